@@ -1,0 +1,79 @@
+//! The one error type of mlprune. Every variant names what the user needs to find the problem: the
+//! file, and where known the tensor or byte offset. `Display` is a single line so the CLI can print
+//! it as is.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system I/O failure on a named file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The package structure is wrong: missing items, paths escaping the package, not a package.
+    #[error("{}: invalid package: {reason}", path.display())]
+    Package { path: PathBuf, reason: String },
+    /// `Manifest.json` is malformed or inconsistent.
+    #[error("{}: invalid manifest: {reason}", path.display())]
+    Manifest { path: PathBuf, reason: String },
+    /// A zipped package could not be read or written.
+    #[error("{}: invalid zip archive: {reason}", path.display())]
+    Zip { path: PathBuf, reason: String },
+    /// `model.mlmodel` could not be decoded, or is not something mlprune can rewrite safely.
+    #[error("{}: {reason}", path.display())]
+    Model { path: PathBuf, reason: String },
+    /// A malformed blob in `weight.bin`; `offset` is the byte offset of the blob metadata record.
+    #[error("{}: blob at offset {offset}: {reason}", path.display())]
+    Blob { path: PathBuf, offset: u64, reason: String },
+    /// A weight tensor whose declared type, shape or data disagree.
+    #[error("tensor '{tensor}': {reason}")]
+    Tensor { tensor: String, reason: String },
+    /// The MIL program graph is inconsistent (dangling names, cycles, ...).
+    #[error("model graph: {0}")]
+    Graph(String),
+    /// The pruning configuration is invalid (mirrors coremltools' validation messages).
+    #[error("config: {0}")]
+    Config(String),
+    /// The command line is unusable as given (e.g. output equals input).
+    #[error("{0}")]
+    Usage(String),
+    /// The model is valid but uses something mlprune does not support.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    /// Exit code for the CLI: 2 for usage and configuration errors, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) | Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// Shorthand for wrapping an `io::Error` with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub fn tensor(tensor: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Tensor { tensor: tensor.into(), reason: reason.into() }
+    }
+}
+
+/// Adds the path to an `io::Result`.
+pub trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}
