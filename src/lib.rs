@@ -6,6 +6,8 @@
 pub mod blob;
 pub mod dtype;
 pub mod error;
+pub mod mil;
 pub mod proto;
+pub mod tensor;
 
 pub use error::{Error, Result};

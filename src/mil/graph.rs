@@ -1,0 +1,261 @@
+//! A read-only index of a MIL program: every op in program order with its path, and for every
+//! value the places that use it (op inputs and block outputs).
+//!
+//! Building the index also validates the graph: every name an op or block output refers to must be
+//! defined earlier in an enclosing scope. MIL blocks are topologically sorted, so this one check
+//! rules out both dangling names and cycles.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
+
+use super::value::OperationExt;
+
+/// Where an op lives: function, block specialization, then op index, and for ops inside nested
+/// blocks alternating (block index, op index) steps.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpPath {
+    pub function: String,
+    pub specialization: String,
+    /// `[op]` for a top-level op, `[op, block, op]` one level down, and so on.
+    pub steps: Vec<usize>,
+}
+
+/// One op of the program, in program order.
+#[derive(Debug, Clone)]
+pub struct OpInfo {
+    pub path: OpPath,
+    /// The `name` attribute, or the first output's name when an op has none.
+    pub name: String,
+    pub op_type: String,
+    pub outputs: Vec<String>,
+}
+
+/// A place that uses a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UseSite {
+    /// Input `param` of the op at index `op` of [`GraphView::ops`].
+    Input { op: usize, param: String },
+    /// Returned by a block: the function body (`owner: None`) or a nested block of op `owner`.
+    BlockOutput { owner: Option<usize> },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GraphView {
+    pub ops: Vec<OpInfo>,
+    uses: BTreeMap<(String, String), Vec<UseSite>>,
+    producers: BTreeMap<(String, String), usize>,
+}
+
+impl GraphView {
+    pub fn build(program: &Program) -> Result<Self> {
+        let mut view = GraphView::default();
+        for (fname, function) in &program.functions {
+            for (spec, block) in &function.block_specializations {
+                let mut scope = Scope::default();
+                for input in &function.inputs {
+                    scope.define(&input.name, fname)?;
+                }
+                let base = OpPath { function: fname.clone(), specialization: spec.clone(), steps: vec![] };
+                view.walk_block(block, &base, None, &mut scope)?;
+            }
+        }
+        Ok(view)
+    }
+
+    fn walk_block(
+        &mut self,
+        block: &Block,
+        base: &OpPath,
+        owner: Option<usize>,
+        scope: &mut Scope,
+    ) -> Result<()> {
+        let mark = scope.mark();
+        for input in &block.inputs {
+            scope.define(&input.name, &base.function)?;
+        }
+        for (i, op) in block.operations.iter().enumerate() {
+            let mut path = base.clone();
+            path.steps.push(i);
+            let index = self.ops.len();
+            let name = op
+                .name()
+                .map(str::to_owned)
+                .or_else(|| op.outputs.first().map(|o| o.name.clone()))
+                .unwrap_or_default();
+            self.ops.push(OpInfo {
+                path: path.clone(),
+                name: name.clone(),
+                op_type: op.r#type.clone(),
+                outputs: op.outputs.iter().map(|o| o.name.clone()).collect(),
+            });
+            for (param, arg) in &op.inputs {
+                for binding in &arg.arguments {
+                    if let Some(Binding::Name(value)) = &binding.binding {
+                        if !scope.contains(value) {
+                            return Err(Error::Graph(format!(
+                                "op '{name}' ({}) input '{param}' refers to '{value}', which is not \
+                                 defined before it in function '{}'",
+                                op.r#type, base.function
+                            )));
+                        }
+                        self.add_use(&base.function, value, UseSite::Input { op: index, param: param.clone() });
+                    }
+                }
+            }
+            for (b, nested) in op.blocks.iter().enumerate() {
+                let mut nested_base = path.clone();
+                nested_base.steps.push(b);
+                self.walk_block(nested, &nested_base, Some(index), scope)?;
+            }
+            for out in &op.outputs {
+                scope.define(&out.name, &base.function)?;
+                self.producers.insert((base.function.clone(), out.name.clone()), index);
+            }
+        }
+        for out in &block.outputs {
+            if !scope.contains(out) {
+                return Err(Error::Graph(format!(
+                    "block output '{out}' in function '{}' is not defined",
+                    base.function
+                )));
+            }
+            self.add_use(&base.function, out, UseSite::BlockOutput { owner });
+        }
+        scope.reset(mark);
+        Ok(())
+    }
+
+    fn add_use(&mut self, function: &str, value: &str, site: UseSite) {
+        self.uses.entry((function.to_owned(), value.to_owned())).or_default().push(site);
+    }
+
+    /// Every use of `value` in `function`, in program order.
+    pub fn uses(&self, function: &str, value: &str) -> &[UseSite] {
+        self.uses.get(&(function.to_owned(), value.to_owned())).map_or(&[], Vec::as_slice)
+    }
+
+    /// The ops that take the output(s) of op `index` as an input, in program order, without repeats.
+    pub fn consumers(&self, index: usize) -> Vec<(usize, &str)> {
+        let info = &self.ops[index];
+        let mut out: Vec<(usize, &str)> = Vec::new();
+        for value in &info.outputs {
+            for site in self.uses(&info.path.function, value) {
+                if let UseSite::Input { op, param } = site {
+                    if !out.iter().any(|(o, p)| o == op && *p == param.as_str()) {
+                        out.push((*op, param.as_str()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The index of the op producing `value` in `function`.
+    pub fn producer(&self, function: &str, value: &str) -> Option<usize> {
+        self.producers.get(&(function.to_owned(), value.to_owned())).copied()
+    }
+}
+
+/// Names visible at a point of a function, with marks to drop a nested block's names on exit.
+#[derive(Default)]
+struct Scope {
+    visible: HashSet<String>,
+    order: Vec<String>,
+}
+
+impl Scope {
+    fn define(&mut self, name: &str, function: &str) -> Result<()> {
+        if !self.visible.insert(name.to_owned()) {
+            return Err(Error::Graph(format!("value '{name}' is defined twice in function '{function}'")));
+        }
+        self.order.push(name.to_owned());
+        Ok(())
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.visible.contains(name)
+    }
+
+    fn mark(&self) -> usize {
+        self.order.len()
+    }
+
+    fn reset(&mut self, mark: usize) {
+        for name in self.order.drain(mark..) {
+            self.visible.remove(&name);
+        }
+    }
+}
+
+/// The op at `path`, if it exists.
+pub fn op_at<'a>(program: &'a Program, path: &OpPath) -> Option<&'a Operation> {
+    let block = program.functions.get(&path.function)?.block_specializations.get(&path.specialization)?;
+    let (&first, rest) = path.steps.split_first()?;
+    let mut op = block.operations.get(first)?;
+    for pair in rest.chunks(2) {
+        let [b, o] = pair else { return None };
+        op = op.blocks.get(*b)?.operations.get(*o)?;
+    }
+    Some(op)
+}
+
+/// Visits every op of every function in program order (an op before the ops of its nested blocks).
+pub fn for_each_op<E>(
+    program: &Program,
+    mut f: impl FnMut(&Operation) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    fn walk<E>(block: &Block, f: &mut impl FnMut(&Operation) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+        for op in &block.operations {
+            f(op)?;
+            for nested in &op.blocks {
+                walk(nested, f)?;
+            }
+        }
+        Ok(())
+    }
+    for function in program.functions.values() {
+        for block in function.block_specializations.values() {
+            walk(block, &mut f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Mutable twin of [`for_each_op`], same order.
+pub fn for_each_op_mut<E>(
+    program: &mut Program,
+    mut f: impl FnMut(&mut Operation) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    fn walk<E>(
+        block: &mut Block,
+        f: &mut impl FnMut(&mut Operation) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        for op in &mut block.operations {
+            f(op)?;
+            for nested in &mut op.blocks {
+                walk(nested, f)?;
+            }
+        }
+        Ok(())
+    }
+    for function in program.functions.values_mut() {
+        for block in function.block_specializations.values_mut() {
+            walk(block, &mut f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Mutable twin of [`op_at`].
+pub fn op_at_mut<'a>(program: &'a mut Program, path: &OpPath) -> Option<&'a mut Operation> {
+    let block = program.functions.get_mut(&path.function)?.block_specializations.get_mut(&path.specialization)?;
+    let (&first, rest) = path.steps.split_first()?;
+    let mut op = block.operations.get_mut(first)?;
+    for pair in rest.chunks(2) {
+        let [b, o] = pair else { return None };
+        op = op.blocks.get_mut(*b)?.operations.get_mut(*o)?;
+    }
+    Some(op)
+}

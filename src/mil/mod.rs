@@ -1,0 +1,14 @@
+//! The engine's view of a MIL program, on top of the prost wire types in `crate::proto`.
+//!
+//! Nothing here edits generated code: behaviour is added through helper traits (`value`), a read-only
+//! index of the graph (`graph`), and explicit rewrite operations (`rewrite`).
+
+pub mod build;
+pub mod graph;
+pub mod model;
+pub mod rewrite;
+pub mod value;
+
+pub use graph::{GraphView, OpInfo, OpPath, UseSite};
+pub use model::{decode_model, encode_model, LoadedModel};
+pub use value::{OperationExt, TensorTypeExt, ValueExt};

@@ -1,0 +1,141 @@
+//! Decoding `model.mlmodel` without silently losing data.
+//!
+//! prost drops fields its schema does not know. Re-encoding a decoded model and comparing lengths
+//! catches that: protobuf writers emit canonical encodings, so any byte difference means content our
+//! schema does not cover (a newer Core ML field, or a non-canonical writer). We refuse rather than
+//! write a model that lost it.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use crate::error::{Error, IoContext, Result};
+use crate::proto::mil::Program;
+use crate::proto::spec::{model, Model};
+
+/// A decoded ML Program model. The program is held apart from the rest of the `Model` so that no
+/// code path has to re-check the `Type` oneof.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    pub path: PathBuf,
+    /// Everything but the program (its `Type` oneof is `None` while loaded).
+    pub shell: Model,
+    pub program: Program,
+}
+
+impl LoadedModel {
+    /// Reads and decodes the file; see [`decode_model`] for what is refused.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).at(path)?;
+        let mut shell = decode_model(&bytes, path)?;
+        let program = match shell.r#type.take() {
+            Some(model::Type::MlProgram(p)) => p,
+            // decode_model only returns ML Programs; keep the error path rather than panic.
+            _ => return Err(Error::Model { path: path.to_owned(), reason: "is not an ML Program".into() }),
+        };
+        Ok(LoadedModel { path: path.to_owned(), shell, program })
+    }
+
+    pub fn spec_version(&self) -> i32 {
+        self.shell.specification_version
+    }
+
+    /// The full model, encoded deterministically.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut model = self.shell.clone();
+        model.r#type = Some(model::Type::MlProgram(self.program.clone()));
+        encode_model(&model)
+    }
+}
+
+/// Decodes a `Model`, checks the re-encode is lossless, and requires an ML Program.
+pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model> {
+    let err = |reason: String| Error::Model { path: path.to_owned(), reason };
+    let model = Model::decode(bytes).map_err(|e| err(format!("not a valid Core ML model protobuf: {e}")))?;
+    let reencoded = model.encoded_len();
+    if reencoded != bytes.len() {
+        return Err(err(format!(
+            "holds {} bytes that mlprune's schema does not cover (unknown fields or a non-canonical \
+             encoding: {} bytes read, {} bytes understood); refusing to rewrite it and lose data",
+            bytes.len().abs_diff(reencoded),
+            bytes.len(),
+            reencoded
+        )));
+    }
+    match &model.r#type {
+        Some(model::Type::MlProgram(program)) => {
+            if program.version != 1 {
+                return Err(err(format!("ML Program version {} is not supported (expected 1)", program.version)));
+            }
+            Ok(model)
+        }
+        Some(model::Type::SerializedModel(_)) => Err(err("is a serialized model, not an ML Program".into())),
+        None => Err(err(
+            "is not an ML Program (neural network, pipeline and classic models are not supported)".into(),
+        )),
+    }
+}
+
+/// Encodes a model deterministically (maps are ordered).
+pub fn encode_model(model: &Model) -> Vec<u8> {
+    model.encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::mil::Program;
+
+    fn program_model() -> Model {
+        Model {
+            specification_version: 7,
+            r#type: Some(model::Type::MlProgram(Program { version: 1, ..Default::default() })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trips_a_program() {
+        let bytes = program_model().encode_to_vec();
+        let m = decode_model(&bytes, Path::new("m")).expect("decodes");
+        assert_eq!(m, program_model());
+    }
+
+    #[test]
+    fn refuses_unknown_fields() {
+        let mut bytes = program_model().encode_to_vec();
+        // Field 77 (varint 5): unknown to our schema, so prost would drop it.
+        bytes.extend_from_slice(&[0xe8, 0x04, 0x05]);
+        let e = decode_model(&bytes, Path::new("x/model.mlmodel")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("x/model.mlmodel: holds 3 bytes"), "{msg}");
+    }
+
+    #[test]
+    fn refuses_non_program_models() {
+        // Field 500 (neuralNetwork) with an empty message.
+        let bytes = [0x08, 0x04, 0xa2, 0x1f, 0x00];
+        let e = decode_model(&bytes, Path::new("m")).unwrap_err().to_string();
+        // The unknown field is caught first: either way the model is refused.
+        assert!(e.contains("schema does not cover"), "{e}");
+        let bytes = Model { specification_version: 4, ..Default::default() }.encode_to_vec();
+        let e = decode_model(&bytes, Path::new("m")).unwrap_err().to_string();
+        assert!(e.contains("is not an ML Program"), "{e}");
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        let e = decode_model(&[0xff, 0xff, 0xff], Path::new("m")).unwrap_err().to_string();
+        assert!(e.contains("not a valid Core ML model protobuf"), "{e}");
+    }
+
+    #[test]
+    fn refuses_other_program_versions() {
+        let m = Model {
+            r#type: Some(model::Type::MlProgram(Program { version: 2, ..Default::default() })),
+            ..Default::default()
+        };
+        let e = decode_model(&m.encode_to_vec(), Path::new("m")).unwrap_err().to_string();
+        assert!(e.contains("version 2"), "{e}");
+    }
+}
