@@ -123,7 +123,8 @@ mod tests {
         assert_eq!(padding_bits(1535, 4), 4);
         assert_eq!(padding_bits(1104, 3), 0);
         assert_eq!(padding_bits(1, 6), 2);
-        assert_eq!(padding_bits(u64::MAX, 3), (8 - (7 * 3) % 8) % 8);
+        // u64::MAX % 8 == 7 elements of 3 bits in the last partial group: 21 bits → 3 unused.
+        assert_eq!(padding_bits(u64::MAX, 3), 3);
         assert_eq!(padding_bits(5, 8), 0);
         assert_eq!(padding_bits(5, 16), 0);
     }
