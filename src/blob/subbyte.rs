@@ -1,0 +1,165 @@
+//! LSB-first bit packing of sub-byte element types (spec §3.4).
+//!
+//! Element `i` of width `b` occupies bits `[i*b, (i+1)*b)` of a little-endian bit stream: stream bit
+//! `k` is bit `k % 8` of byte `k / 8`, and each element's own bits go in LSB first. Widths that do not
+//! divide 8 (3, 6) let an element straddle two bytes, low bits in the earlier byte. Unused high bits of
+//! the last byte are zero. This is numpy's `packbits(..., bitorder="little")` of each element's bits,
+//! the layout Core ML uses both in `weight.bin` and in immediate `TensorValue.bytes`.
+//!
+//! The functions accept any width from 1 to 8 (wider widths are treated as 8, 0 yields nothing): they
+//! take plain integers, so they must not panic whatever a caller passes.
+
+/// Clamps a width to what a `u8` element can hold; 0 stays 0 (nothing to pack).
+fn effective_bits(bits: u32) -> u32 {
+    bits.min(8)
+}
+
+/// Packs the low `bits` bits of each value, element `i` at stream bits `[i*bits, (i+1)*bits)`.
+/// Higher bits of each value are ignored; the unused high bits of the last byte are zero.
+pub fn pack(values: &[u8], bits: u32) -> Vec<u8> {
+    let bits = effective_bits(bits);
+    if bits == 0 {
+        return Vec::new();
+    }
+    if bits == 8 {
+        return values.to_vec();
+    }
+    let mask = (1u16 << bits) - 1;
+    let total_bits = values.len() as u64 * u64::from(bits);
+    let mut out = vec![0u8; total_bits.div_ceil(8) as usize];
+    let mut bit_pos: u64 = 0;
+    for &value in values {
+        // Spread the value over at most two bytes: `shifted` holds it at its position within a u16
+        // window that starts at the byte containing its first bit.
+        let byte = (bit_pos / 8) as usize;
+        let shifted = (u16::from(value) & mask) << (bit_pos % 8);
+        out[byte] |= shifted as u8;
+        let high = (shifted >> 8) as u8;
+        if high != 0 {
+            // Exists: the element's last bit lies within `total_bits`.
+            if let Some(next) = out.get_mut(byte + 1) {
+                *next |= high;
+            }
+        }
+        bit_pos += u64::from(bits);
+    }
+    out
+}
+
+/// Unpacks `count` elements of width `bits`, one per output byte. Elements whose bits lie past the end
+/// of `bytes` read as zero bits there (callers validate lengths first; this only keeps it panic-free).
+pub fn unpack(bytes: &[u8], bits: u32, count: usize) -> Vec<u8> {
+    let bits = effective_bits(bits);
+    if bits == 0 {
+        return vec![0; count];
+    }
+    if bits == 8 {
+        let mut out = bytes[..count.min(bytes.len())].to_vec();
+        out.resize(count, 0);
+        return out;
+    }
+    let mask = (1u16 << bits) - 1;
+    let mut out = Vec::with_capacity(count.min(bytes.len().saturating_mul(8)));
+    let mut bit_pos: u64 = 0;
+    for _ in 0..count {
+        let byte = (bit_pos / 8) as usize;
+        let low = bytes.get(byte).copied().unwrap_or(0);
+        let high = bytes.get(byte + 1).copied().unwrap_or(0);
+        let window = u16::from_le_bytes([low, high]);
+        out.push(((window >> (bit_pos % 8)) & mask) as u8);
+        bit_pos += u64::from(bits);
+    }
+    out
+}
+
+/// Unused bits in the last byte when `count` elements of width `bits` are packed:
+/// `(8 - (count*bits) % 8) % 8`, the value of a blob record's `padding_size_in_bits`.
+pub fn padding_bits(count: u64, bits: u32) -> u64 {
+    // Only the residue mod 8 matters, so reduce first and never overflow.
+    let used = (count % 8) * u64::from(bits % 8);
+    (8 - used % 8) % 8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn uint1_index_one_sets_bit_one_of_byte_zero() {
+        let mut mask = vec![0u8; 9];
+        mask[1] = 1;
+        assert_eq!(pack(&mask, 1), vec![0x02, 0x00]);
+        let mut mask = vec![0u8; 9];
+        mask[8] = 1;
+        assert_eq!(pack(&mask, 1), vec![0x00, 0x01]);
+    }
+
+    #[test]
+    fn uint3_elements_straddle_bytes_low_bits_first() {
+        // 0b101 at bits 0..3, 0b110 at 3..6, 0b011 at 6..9 (low two bits in byte 0, top bit in byte 1).
+        let packed = pack(&[0b101, 0b110, 0b011], 3);
+        assert_eq!(packed, vec![0b1111_0101, 0b0000_0000]);
+        assert_eq!(unpack(&packed, 3, 3), vec![0b101, 0b110, 0b011]);
+    }
+
+    #[test]
+    fn int4_nibbles_low_first() {
+        // -1 → 0xF, 2 → 0x2: first element in the low nibble.
+        assert_eq!(pack(&[0xFF, 0x02, 0x07], 4), vec![0x2F, 0x07]);
+    }
+
+    #[test]
+    fn uint6_straddles_and_values_are_masked() {
+        let packed = pack(&[0xFF, 0x01], 6);
+        // 0x3F in bits 0..6, 1 at bit 6.
+        assert_eq!(packed, vec![0x7F, 0x00]);
+        assert_eq!(unpack(&packed, 6, 2), vec![0x3F, 0x01]);
+    }
+
+    #[test]
+    fn spec_padding_examples() {
+        assert_eq!(padding_bits(2193, 1), 7);
+        assert_eq!(padding_bits(1535, 4), 4);
+        assert_eq!(padding_bits(1104, 3), 0);
+        assert_eq!(padding_bits(1, 6), 2);
+        // u64::MAX % 8 == 7 elements of 3 bits in the last partial group: 21 bits → 3 unused.
+        assert_eq!(padding_bits(u64::MAX, 3), 3);
+        assert_eq!(padding_bits(5, 8), 0);
+        assert_eq!(padding_bits(5, 16), 0);
+    }
+
+    #[test]
+    fn unpack_short_input_does_not_panic() {
+        assert_eq!(unpack(&[0xFF], 4, 4), vec![0xF, 0xF, 0, 0]);
+        assert_eq!(unpack(&[], 3, 2), vec![0, 0]);
+        assert_eq!(unpack(&[7], 8, 2), vec![7, 0]);
+        assert_eq!(unpack(&[7], 0, 2), vec![0, 0]);
+        assert!(pack(&[1, 2], 0).is_empty());
+    }
+
+    #[test]
+    fn widths_above_eight_act_as_bytes() {
+        assert_eq!(pack(&[1, 2, 3], 32), vec![1, 2, 3]);
+        assert_eq!(unpack(&[1, 2, 3], 16, 3), vec![1, 2, 3]);
+    }
+
+    proptest! {
+        #[test]
+        fn pack_unpack_round_trip(
+            bits in prop::sample::select(vec![1u32, 2, 3, 4, 6, 8]),
+            raw in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mask = ((1u16 << bits) - 1) as u8;
+            let values: Vec<u8> = raw.iter().map(|v| v & mask).collect();
+            let packed = pack(&values, bits);
+            prop_assert_eq!(packed.len() as u64, (values.len() as u64 * u64::from(bits)).div_ceil(8));
+            // Unused high bits of the last byte are zero, matching padding_bits.
+            let pad = padding_bits(values.len() as u64, bits);
+            if let Some(last) = packed.last() {
+                prop_assert_eq!(u32::from(*last) >> (8 - pad), 0);
+            }
+            prop_assert_eq!(unpack(&packed, bits, values.len()), values);
+        }
+    }
+}

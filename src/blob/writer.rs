@@ -1,0 +1,471 @@
+//! Writer for `weight.bin` producing the compact layout coremltools writes (spec §3.3): the header,
+//! then per blob zero padding to a multiple of 64, the 64-byte record and the data, with no padding
+//! after the last blob. Blobs written in the same order as coremltools give a byte-identical file.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use super::{
+    align64, describe_dtype, subbyte, BLOB_SENTINEL, HEADER_SIZE, RECORD_SIZE, STORAGE_VERSION,
+};
+use crate::dtype::ScalarType;
+use crate::error::{Error, IoContext, Result};
+use crate::tensor::TensorData;
+
+/// Appends blobs to a fresh `weight.bin`. Offsets are counted from where `inner` stood when the writer
+/// was created (the file start for a new file), since that is where the header goes.
+pub struct BlobWriter<W: Write + Seek> {
+    inner: W,
+    path: PathBuf,
+    /// Stream position of the header.
+    base: u64,
+    /// Bytes written so far, relative to `base`.
+    position: u64,
+    count: u32,
+}
+
+const ZEROS: [u8; 64] = [0; 64];
+
+impl<W: Write + Seek> BlobWriter<W> {
+    /// Writes the header with a zero `count`, patched by [`BlobWriter::finish`]. `path` labels errors.
+    pub fn new(mut inner: W, path: PathBuf) -> Result<Self> {
+        let base = inner.stream_position().at(&path)?;
+        let mut writer = BlobWriter {
+            inner,
+            path,
+            base,
+            position: 0,
+            count: 0,
+        };
+        writer.write_all(&header_bytes(0))?;
+        Ok(writer)
+    }
+
+    /// Blobs appended so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// File size so far (header included).
+    pub fn bytes_written(&self) -> u64 {
+        self.position
+    }
+
+    fn error(&self, offset: u64, reason: impl Into<String>) -> Error {
+        Error::Blob {
+            path: self.path.clone(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        self.inner.write_all(bytes).at(&self.path)?;
+        self.position += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends one blob of `element_count` elements whose storage bytes (bit-packed for sub-byte types)
+    /// are `data`, and returns its record offset, the value for `BlobFileValue.offset`.
+    pub fn append(&mut self, dtype: ScalarType, data: &[u8], element_count: u64) -> Result<u64> {
+        let record_offset = align64(self.position)
+            .ok_or_else(|| self.error(self.position, "file offset overflows"))?;
+        let code = dtype.blob_code().ok_or_else(|| {
+            self.error(
+                record_offset,
+                format!("{} cannot be stored in a blob", describe_dtype(dtype)),
+            )
+        })?;
+        let expected_len = dtype.storage_bytes(element_count);
+        if expected_len != Some(data.len() as u64) {
+            return Err(self.error(
+                record_offset,
+                format!(
+                    "{} data bytes do not hold {element_count} {dtype} elements",
+                    data.len()
+                ),
+            ));
+        }
+        let padding = subbyte::padding_bits(element_count, dtype.bits());
+        // Core ML ignores the padding bits, but coremltools writes them as zero; keep files canonical.
+        if let Some(&last) = data.last() {
+            if padding != 0 && u32::from(last) >> (8 - padding) != 0 {
+                return Err(self.error(
+                    record_offset,
+                    format!("the {padding} padding bits of the last {dtype} byte are not zero"),
+                ));
+            }
+        }
+        let count = self
+            .count
+            .checked_add(1)
+            .ok_or_else(|| self.error(record_offset, "more than u32::MAX blobs in one file"))?;
+        let data_offset = record_offset + RECORD_SIZE;
+
+        let gap = (record_offset - self.position) as usize;
+        self.write_all(&ZEROS[..gap])?;
+        self.write_all(&record_bytes(code, data.len() as u64, data_offset, padding))?;
+        self.write_all(data)?;
+        self.count = count;
+        Ok(record_offset)
+    }
+
+    /// Appends typed data, encoded with [`TensorData::to_le_bytes`].
+    pub fn append_tensor(&mut self, data: &TensorData) -> Result<u64> {
+        self.append(data.dtype(), &data.to_le_bytes(), data.len() as u64)
+    }
+
+    /// Patches the header's `count` and returns the inner writer, positioned at the end of the file.
+    /// Nothing is written after the last blob's data.
+    pub fn finish(mut self) -> Result<W> {
+        self.inner.seek(SeekFrom::Start(self.base)).at(&self.path)?;
+        self.inner
+            .write_all(&header_bytes(self.count))
+            .at(&self.path)?;
+        self.inner
+            .seek(SeekFrom::Start(self.base + self.position))
+            .at(&self.path)?;
+        self.inner.flush().at(&self.path)?;
+        Ok(self.inner)
+    }
+}
+
+/// Storage header (§3.1): count, version, zero reserved fields.
+fn header_bytes(count: u32) -> [u8; 64] {
+    let mut header = [0u8; HEADER_SIZE as usize];
+    header[0..4].copy_from_slice(&count.to_le_bytes());
+    header[4..8].copy_from_slice(&STORAGE_VERSION.to_le_bytes());
+    header
+}
+
+/// Metadata record (§3.2) with zero reserved fields.
+fn record_bytes(code: u32, size_in_bytes: u64, data_offset: u64, padding_bits: u64) -> [u8; 64] {
+    let mut record = [0u8; RECORD_SIZE as usize];
+    record[0..4].copy_from_slice(&BLOB_SENTINEL.to_le_bytes());
+    record[4..8].copy_from_slice(&code.to_le_bytes());
+    record[8..16].copy_from_slice(&size_in_bytes.to_le_bytes());
+    record[16..24].copy_from_slice(&data_offset.to_le_bytes());
+    record[24..32].copy_from_slice(&padding_bits.to_le_bytes());
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use half::f16;
+
+    use super::*;
+    use crate::blob::{BlobReader, BlobRecord};
+
+    const DENSE: &[u8] = include_bytes!("testdata/linear_fp16.weight.bin");
+    const PRUNED: &[u8] = include_bytes!("testdata/linear_fp16_pruned.weight.bin");
+
+    fn write(blobs: &[TensorData]) -> (Vec<u8>, Vec<u64>) {
+        let mut writer =
+            BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        let offsets = blobs
+            .iter()
+            .map(|b| writer.append_tensor(b).unwrap())
+            .collect();
+        assert_eq!(writer.count() as usize, blobs.len());
+        let written = writer.bytes_written();
+        let bytes = writer.finish().unwrap().into_inner();
+        assert_eq!(bytes.len() as u64, written);
+        (bytes, offsets)
+    }
+
+    fn read_back(bytes: &[u8]) -> BlobReader<&[u8]> {
+        BlobReader::new(bytes, PathBuf::from("out.bin")).unwrap()
+    }
+
+    /// One tensor of every type that has a blob code, with awkward lengths and extreme values.
+    fn every_blob_type() -> Vec<TensorData> {
+        let sub = |dtype: ScalarType, len: usize| {
+            let max = ((1u16 << dtype.bits()) - 1) as u8;
+            TensorData::SubByte {
+                dtype,
+                values: (0..len).map(|i| (i * 5 % 7) as u8 & max).collect(),
+            }
+        };
+        vec![
+            TensorData::F16(vec![f16::from_f32(1.0), f16::from_f32(-0.0), f16::MAX]),
+            TensorData::F32(vec![1.5, -2.25, f32::MIN_POSITIVE, 0.0, 7.0]),
+            TensorData::U8(vec![0, 1, 255]),
+            TensorData::I8(vec![-128, -1, 0, 127]),
+            TensorData::Opaque {
+                dtype: ScalarType::BFloat16,
+                count: 2,
+                bytes: vec![0x80, 0x3f, 0x00, 0xc0],
+            },
+            TensorData::I16(vec![i16::MIN, -1, i16::MAX]),
+            TensorData::U16(vec![0, u16::MAX]),
+            TensorData::I4(vec![-8, -7, -1, 0, 1, 7, -3]),
+            sub(ScalarType::UInt1, 13),
+            sub(ScalarType::UInt2, 5),
+            sub(ScalarType::UInt4, 3),
+            sub(ScalarType::UInt3, 11),
+            sub(ScalarType::UInt6, 7),
+            TensorData::I32(vec![i32::MIN, -5, i32::MAX]),
+            TensorData::U32(vec![0, u32::MAX]),
+            TensorData::Opaque {
+                dtype: ScalarType::Float8E4M3FN,
+                count: 3,
+                bytes: vec![0x7e, 0x80, 0x01],
+            },
+            TensorData::Opaque {
+                dtype: ScalarType::Float8E5M2,
+                count: 1,
+                bytes: vec![0x3c],
+            },
+        ]
+    }
+
+    #[test]
+    fn every_blob_type_round_trips() {
+        let blobs = every_blob_type();
+        let covered: Vec<ScalarType> = blobs.iter().map(TensorData::dtype).collect();
+        let with_code: Vec<ScalarType> = ScalarType::ALL
+            .into_iter()
+            .filter(|t| t.blob_code().is_some())
+            .collect();
+        assert!(
+            with_code.iter().all(|t| covered.contains(t)),
+            "a blob type is missing from the test"
+        );
+
+        let (bytes, offsets) = write(&blobs);
+        let reader = read_back(&bytes);
+        assert_eq!(reader.count() as usize, blobs.len());
+        let records = reader.records().unwrap();
+        assert_eq!(
+            records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            offsets
+        );
+        for (blob, &offset) in blobs.iter().zip(&offsets) {
+            let decoded = reader
+                .read_tensor(offset, blob.dtype(), blob.len() as u64)
+                .unwrap();
+            assert_eq!(&decoded, blob, "{}", blob.dtype());
+        }
+    }
+
+    #[test]
+    fn records_are_64_aligned_with_no_trailing_padding() {
+        let blobs = vec![
+            TensorData::U8(vec![1; 3]),
+            TensorData::F32(vec![2.0; 16]),
+            TensorData::U8(vec![3; 5]),
+        ];
+        let (bytes, offsets) = write(&blobs);
+        // 64 + 64 + 3 = 131 → 192; 192 + 64 + 64 = 320 (already aligned); 320 + 64 + 5 = 389.
+        assert_eq!(offsets, vec![64, 192, 320]);
+        assert_eq!(bytes.len(), 389);
+        // Gap bytes are zero, header count patched, version 2.
+        assert!(bytes[131..192].iter().all(|&b| b == 0));
+        assert_eq!(&bytes[0..8], &[3, 0, 0, 0, 2, 0, 0, 0]);
+        assert!(bytes[8..64].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn record_bytes_match_the_spec_layout() {
+        let mut writer =
+            BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        let mut mask = vec![0u8; 9];
+        mask[1] = 1;
+        mask[8] = 1;
+        let offset = writer
+            .append(ScalarType::UInt1, &subbyte::pack(&mask, 1), 9)
+            .unwrap();
+        assert_eq!(offset, 64);
+        let bytes = writer.finish().unwrap().into_inner();
+        let mut expected = vec![1, 0, 0, 0, 2, 0, 0, 0];
+        expected.resize(64, 0);
+        expected.extend_from_slice(&[0xef, 0xbe, 0xad, 0xde, 9, 0, 0, 0]); // sentinel, uint1 code
+        expected.extend_from_slice(&2u64.to_le_bytes()); // size
+        expected.extend_from_slice(&128u64.to_le_bytes()); // data offset
+        expected.extend_from_slice(&7u64.to_le_bytes()); // padding bits
+        expected.resize(128, 0); // reserved
+        expected.extend_from_slice(&[0x02, 0x01]); // index 1 → bit 1 of byte 0; index 8 → bit 0 of byte 1
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn spec_sub_byte_examples() {
+        // (dtype, count, packed bytes, padding bits)
+        let cases = [
+            (ScalarType::UInt1, 2193, 275, 7),
+            (ScalarType::Int4, 1535, 768, 4),
+            (ScalarType::UInt3, 1104, 414, 0),
+        ];
+        for (dtype, count, size, padding) in cases {
+            let values = vec![1u8; count];
+            let (bytes, offsets) = match dtype {
+                ScalarType::Int4 => write(&[TensorData::I4(vec![-1; count])]),
+                _ => write(&[TensorData::SubByte { dtype, values }]),
+            };
+            assert_eq!(offsets, vec![64]);
+            assert_eq!(bytes.len(), 128 + size, "{dtype}: no trailing padding");
+            let record = read_back(&bytes).record(64).unwrap();
+            assert_eq!(
+                record,
+                BlobRecord {
+                    offset: 64,
+                    dtype,
+                    data_offset: 128,
+                    size_in_bytes: size as u64,
+                    padding_bits: padding
+                }
+            );
+            assert_eq!(record.element_count(), count as u64);
+        }
+    }
+
+    #[test]
+    fn append_rejects_inconsistent_input() {
+        let mut writer =
+            BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        let reason = |e: Error| match e {
+            Error::Blob { offset, reason, .. } => {
+                assert_eq!(offset, 64);
+                reason
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        let r = reason(writer.append(ScalarType::Float32, &[0; 7], 2).unwrap_err());
+        assert!(
+            r.contains("7 data bytes do not hold 2 fp32 elements"),
+            "{r}"
+        );
+        let r = reason(writer.append(ScalarType::UInt1, &[0; 2], 17).unwrap_err());
+        assert!(r.contains("do not hold 17 uint1"), "{r}");
+        let r = reason(writer.append(ScalarType::Float64, &[0; 8], 1).unwrap_err());
+        assert!(r.contains("fp64 (no blob dtype code"), "{r}");
+        let r = reason(
+            writer
+                .append(ScalarType::UInt2, &[0b0100_0000], 3)
+                .unwrap_err(),
+        );
+        assert!(r.contains("padding bits"), "{r}");
+        assert!(
+            reason(writer.append(ScalarType::UInt8, &[], u64::MAX).unwrap_err())
+                .contains("do not hold")
+        );
+        // Nothing was written by the failed appends.
+        assert_eq!((writer.count(), writer.bytes_written()), (0, 64));
+        assert_eq!(writer.append(ScalarType::UInt8, &[], 0).unwrap(), 64);
+    }
+
+    #[test]
+    fn offsets_are_relative_to_the_starting_position() {
+        let mut cursor = Cursor::new(vec![0xAA; 10]);
+        cursor.set_position(10);
+        let mut writer = BlobWriter::new(cursor, PathBuf::from("out.bin")).unwrap();
+        assert_eq!(writer.append(ScalarType::UInt8, &[5], 1).unwrap(), 64);
+        let cursor = writer.finish().unwrap();
+        assert_eq!(cursor.position(), 10 + 129);
+        let bytes = cursor.into_inner();
+        assert_eq!(&bytes[..10], &[0xAA; 10]);
+        assert_eq!(
+            read_back(&bytes[10..])
+                .read(64, ScalarType::UInt8, 1)
+                .unwrap(),
+            vec![5]
+        );
+    }
+
+    /// Re-writes every blob of `file` in order and returns the new bytes.
+    fn rewrite(file: &[u8]) -> Vec<u8> {
+        let reader = read_back(file);
+        let mut writer =
+            BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        for record in reader.records().unwrap() {
+            let count = record.element_count();
+            let data = reader.read(record.offset, record.dtype, count).unwrap();
+            assert_eq!(
+                writer.append(record.dtype, &data, count).unwrap(),
+                record.offset
+            );
+        }
+        writer.finish().unwrap().into_inner()
+    }
+
+    fn f16_bits(data: &TensorData) -> Vec<u16> {
+        match data {
+            TensorData::F16(v) => v.iter().map(|x| x.to_bits()).collect(),
+            other => panic!("expected fp16, got {}", other.dtype()),
+        }
+    }
+
+    #[test]
+    fn coremltools_dense_file_parses_and_rewrites_identically() {
+        let reader = read_back(DENSE);
+        let summary: Vec<(u64, ScalarType, u64)> = reader
+            .records()
+            .unwrap()
+            .iter()
+            .map(|r| (r.offset, r.dtype, r.element_count()))
+            .collect();
+        // 64x48 fp16 weight, then the 64-element fp16 bias at align64(128 + 6144).
+        assert_eq!(
+            summary,
+            vec![
+                (64, ScalarType::Float16, 3072),
+                (6272, ScalarType::Float16, 64)
+            ]
+        );
+        let weight = f16_bits(&reader.read_tensor(64, ScalarType::Float16, 3072).unwrap());
+        let bias = f16_bits(&reader.read_tensor(6272, ScalarType::Float16, 64).unwrap());
+        // Values printed by numpy for the fixture script's W[0,0], W[63,47], b[0], b[63].
+        assert_eq!(
+            (weight[0], weight[3071], bias[0], bias[63]),
+            (0x150a, 0x31a4, 0x3d68, 0xb067)
+        );
+        assert_eq!(rewrite(DENSE), DENSE);
+    }
+
+    #[test]
+    fn coremltools_pruned_file_parses_and_rewrites_identically() {
+        let reader = read_back(PRUNED);
+        let summary: Vec<(u64, ScalarType, u64)> = reader
+            .records()
+            .unwrap()
+            .iter()
+            .map(|r| (r.offset, r.dtype, r.element_count()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (64, ScalarType::Float16, 1535),
+                (3200, ScalarType::UInt1, 3072),
+                (3648, ScalarType::Float16, 64)
+            ]
+        );
+        let nonzero = f16_bits(&reader.read_tensor(64, ScalarType::Float16, 1535).unwrap());
+        let mask = match reader.read_tensor(3200, ScalarType::UInt1, 3072).unwrap() {
+            TensorData::SubByte { values, .. } => values,
+            other => panic!("expected uint1, got {}", other.dtype()),
+        };
+        // The mask selects, in row-major order, exactly the dense weights kept as nonzero_data.
+        let dense = f16_bits(
+            &read_back(DENSE)
+                .read_tensor(64, ScalarType::Float16, 3072)
+                .unwrap(),
+        );
+        let kept: Vec<u16> = dense
+            .iter()
+            .zip(&mask)
+            .filter(|(_, &m)| m == 1)
+            .map(|(&w, _)| w)
+            .collect();
+        assert_eq!(kept, nonzero);
+        let dense_bias = read_back(DENSE)
+            .read(6272, ScalarType::Float16, 64)
+            .unwrap();
+        assert_eq!(
+            reader.read(3648, ScalarType::Float16, 64).unwrap(),
+            dense_bias
+        );
+        assert_eq!(rewrite(PRUNED), PRUNED);
+    }
+}
