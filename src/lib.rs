@@ -5,9 +5,11 @@
 
 pub mod blob;
 pub mod dtype;
+pub mod encode;
 pub mod error;
 pub mod mil;
 pub mod proto;
 pub mod tensor;
+pub mod weights;
 
 pub use error::{Error, Result};

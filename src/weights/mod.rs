@@ -1,0 +1,8 @@
+//! Weight tensors as the engine sees them: where a value's data lives (`source`) and how a fresh,
+//! compact `weight.bin` is rebuilt while the program is walked (`rebuild`).
+
+pub mod rebuild;
+pub mod source;
+
+pub use rebuild::WeightFileBuilder;
+pub use source::{TensorMeta, WeightSource};

@@ -1,0 +1,128 @@
+//! Rebuilding `weight.bin` from scratch in program order (spec §3.3, §6.1 step 7).
+//!
+//! Blobs are written in the order coremltools writes them: ops in block order, and within an op its
+//! values in the op's parameter order. An original blob referenced several times (shared values,
+//! multifunction models) is copied once and every reference is patched to the new offset. The result
+//! is compact: no orphan regions, which Core ML's blob enumeration relies on.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use crate::blob::{BlobReader, BlobWriter};
+use crate::error::{Error, IoContext, Result};
+use crate::proto::mil::{argument::binding::Binding, value, Operation, Value};
+use crate::tensor::TensorData;
+
+use super::source::TensorMeta;
+
+/// Parameter order of ops whose values coremltools writes to the blob file, from the MIL op
+/// definitions. Parameters not listed follow in name order.
+fn param_order(op_type: &str) -> &'static [&'static str] {
+    match op_type {
+        "const" => &["val"],
+        "constexpr_sparse_to_dense" => &["nonzero_data", "mask", "shape"],
+        "constexpr_lut_to_dense" => &["indices", "lut", "vector_axis", "shape"],
+        "constexpr_affine_dequantize" => &["quantized_data", "zero_point", "scale", "axis"],
+        "constexpr_blockwise_shift_scale" => &["data", "scale", "offset"],
+        "constexpr_sparse_blockwise_shift_scale" => &["data_mask", "nonzero_data", "scale", "offset"],
+        "constexpr_lut_to_sparse" => &["indices_mask", "indices_nonzero_data", "lut", "vector_axis"],
+        "constexpr_cast" => &["source_val", "output_dtype"],
+        _ => &[],
+    }
+}
+
+/// Every value held inline by `op` (attributes and input bindings), in blob write order.
+pub fn op_values_mut(op: &mut Operation) -> Vec<(String, &mut Value)> {
+    let mut values: Vec<(String, &mut Value)> = Vec::new();
+    for (name, v) in op.attributes.iter_mut() {
+        if name != "name" {
+            values.push((name.clone(), v));
+        }
+    }
+    for (name, arg) in op.inputs.iter_mut() {
+        for binding in &mut arg.arguments {
+            if let Some(Binding::Value(v)) = &mut binding.binding {
+                values.push((name.clone(), v));
+            }
+        }
+    }
+    let order = param_order(&op.r#type);
+    let rank = |n: &str| order.iter().position(|p| *p == n).unwrap_or(order.len());
+    // Stable: attributes before inputs and name order among parameters the table does not know.
+    values.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
+    values
+}
+
+/// Writes a fresh `weight.bin`, copying original blobs on first reference and appending new ones.
+pub struct WeightFileBuilder<W: Write + Seek = BufWriter<File>> {
+    writer: BlobWriter<W>,
+    copied: BTreeMap<u64, u64>,
+}
+
+impl WeightFileBuilder<BufWriter<File>> {
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = File::create(path).at(path)?;
+        Self::new(BufWriter::new(file), path.to_owned())
+    }
+}
+
+impl<W: Write + Seek> WeightFileBuilder<W> {
+    pub fn new(inner: W, path: PathBuf) -> Result<Self> {
+        Ok(WeightFileBuilder { writer: BlobWriter::new(inner, path)?, copied: BTreeMap::new() })
+    }
+
+    /// Copies every blob `op` references from `source` (once per original offset) and patches the
+    /// references. Each blob is validated against the value's declared dtype and element count.
+    pub fn copy_op_blobs<R: crate::blob::ReadAt>(
+        &mut self,
+        op: &mut Operation,
+        op_name: &str,
+        source: Option<&BlobReader<R>>,
+    ) -> Result<()> {
+        for (param, v) in op_values_mut(op) {
+            let Some(value::Value::BlobFileValue(blob)) = v.value.as_ref() else { continue };
+            let old = blob.offset;
+            let new = match self.copied.get(&old) {
+                Some(&new) => new,
+                None => {
+                    let tensor = format!("{op_name}.{param}");
+                    let meta = TensorMeta::of(v).ok_or_else(|| {
+                        Error::tensor(&tensor, "blob value without a numeric tensor type of known shape")
+                    })?;
+                    let reader = source.ok_or_else(|| {
+                        Error::tensor(&tensor, format!("refers to weight.bin offset {old} but the package has no weight.bin"))
+                    })?;
+                    let bytes = reader.read(old, meta.dtype, meta.count).map_err(|e| match e {
+                        Error::Blob { path, offset, reason } => {
+                            Error::Blob { path, offset, reason: format!("{reason} (tensor '{tensor}')") }
+                        }
+                        other => other,
+                    })?;
+                    let new = self.writer.append(meta.dtype, &bytes, meta.count)?;
+                    self.copied.insert(old, new);
+                    new
+                }
+            };
+            if let Some(value::Value::BlobFileValue(blob)) = v.value.as_mut() {
+                blob.offset = new;
+                blob.file_name = crate::mil::value::WEIGHT_FILE_REF.to_owned();
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends new data and returns its record offset.
+    pub fn append(&mut self, data: &TensorData) -> Result<u64> {
+        self.writer.append_tensor(data)
+    }
+
+    pub fn blob_count(&self) -> u32 {
+        self.writer.count()
+    }
+
+    pub fn finish(self) -> Result<W> {
+        self.writer.finish()
+    }
+}

@@ -1,0 +1,83 @@
+//! Reading a weight tensor's values, from an immediate `TensorValue` or from `weight.bin`.
+//!
+//! Everything a file says is checked before use: the declared tensor type must have a known dtype
+//! and a fully known shape whose element count fits, and the stored data must agree with both.
+
+use std::fs::File;
+use std::path::Path;
+
+use crate::blob::BlobReader;
+use crate::dtype::ScalarType;
+use crate::error::{Error, Result};
+use crate::mil::value::{decode_immediate, element_count, TensorTypeExt, ValueExt};
+use crate::proto::mil::Value;
+use crate::tensor::TensorData;
+
+/// Declared type of a tensor value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMeta {
+    pub dtype: ScalarType,
+    pub shape: Vec<u64>,
+    pub count: u64,
+}
+
+impl TensorMeta {
+    /// The declared dtype and shape of `value`; `None` when it is not a numeric tensor with a known
+    /// shape (strings, lists, symbolic shapes), which mlprune never rewrites.
+    pub fn of(value: &Value) -> Option<TensorMeta> {
+        let ty = value.tensor_type()?;
+        let dtype = ty.scalar_type()?;
+        let shape = ty.shape()?;
+        let count = element_count(&shape)?;
+        Some(TensorMeta { dtype, shape, count })
+    }
+
+    /// Stored size in bytes (bit-packed for sub-byte types), `None` on overflow.
+    pub fn storage_bytes(&self) -> Option<u64> {
+        self.dtype.storage_bytes(self.count)
+    }
+}
+
+/// Reads tensor values of one package.
+pub struct WeightSource {
+    blobs: Option<BlobReader<File>>,
+}
+
+impl WeightSource {
+    /// Opens `weight.bin` if the package has one.
+    pub fn open(weight_file: Option<&Path>) -> Result<Self> {
+        let blobs = weight_file.map(BlobReader::open).transpose()?;
+        Ok(WeightSource { blobs })
+    }
+
+    pub fn blob_reader(&self) -> Option<&BlobReader<File>> {
+        self.blobs.as_ref()
+    }
+
+    /// The values of `value`, named `tensor` in errors.
+    pub fn read(&self, tensor: &str, value: &Value) -> Result<(TensorMeta, TensorData)> {
+        let meta = TensorMeta::of(value)
+            .ok_or_else(|| Error::tensor(tensor, "is not a numeric tensor with a known shape"))?;
+        let data = if let Some(offset) = value.blob_offset() {
+            let reader = self.blobs.as_ref().ok_or_else(|| {
+                Error::tensor(tensor, format!("refers to weight.bin offset {offset} but the package has no weight.bin"))
+            })?;
+            reader.read_tensor(offset, meta.dtype, meta.count).map_err(|e| in_tensor(tensor, e))?
+        } else if let Some(imm) = value.immediate_tensor() {
+            decode_immediate(imm, meta.dtype, meta.count).map_err(|r| Error::tensor(tensor, r))?
+        } else {
+            return Err(Error::tensor(tensor, "has neither an immediate value nor a blob reference"));
+        };
+        Ok((meta, data))
+    }
+}
+
+/// Blob errors already name file and offset; add the tensor so the user can find it in the model.
+fn in_tensor(tensor: &str, e: Error) -> Error {
+    match e {
+        Error::Blob { path, offset, reason } => {
+            Error::Blob { path, offset, reason: format!("{reason} (tensor '{tensor}')") }
+        }
+        other => other,
+    }
+}
