@@ -121,3 +121,108 @@ pub fn sparse_to_dense_op<W: Write + Seek>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::blob::BlobReader;
+    use crate::mil::value::{tensor_value_type, OperationExt, ValueExt};
+    use crate::proto::mil::{argument::binding::Binding, tensor_value};
+
+    fn builder() -> WeightFileBuilder<Cursor<Vec<u8>>> {
+        WeightFileBuilder::new(Cursor::new(Vec::new()), "w.bin".into()).unwrap()
+    }
+
+    fn input_value<'a>(op: &'a Operation, name: &str) -> &'a Value {
+        match op.inputs[name].arguments[0].binding.as_ref() {
+            Some(Binding::Value(v)) => v,
+            other => panic!("{name} bound to {other:?}"),
+        }
+    }
+
+    /// 4x4 fp32 weight keeping 11 values (blob) with mask bytes [0xff, 0x07].
+    fn sample() -> (Vec<u64>, TensorData, Vec<u8>) {
+        let kept: Vec<f32> = (1..=11).map(|i| i as f32).collect();
+        (vec![4, 4], TensorData::F32(kept), vec![0xff, 0x07])
+    }
+
+    #[test]
+    fn ios16_form_uses_attributes_uint8_mask_and_uint32_shape() {
+        let (shape, nonzero, mask) = sample();
+        let mut w = builder();
+        let ty = tensor_value_type(ScalarType::Float32, &shape);
+        let op = sparse_to_dense_op("lin_w", ty.clone(), &shape, nonzero.clone(), mask.clone(), 7, &mut w).unwrap();
+        assert_eq!(op.r#type, "constexpr_sparse_to_dense");
+        assert_eq!(op.name(), Some("lin_w_sparsified"));
+        assert!(op.inputs.is_empty());
+        assert_eq!(op.outputs[0].name, "lin_w_sparsified");
+        assert_eq!(op.outputs[0].r#type.as_ref(), Some(&ty));
+        let nz = &op.attributes["nonzero_data"];
+        assert_eq!(nz.blob_offset(), Some(64), "11 fp32 values go to weight.bin first");
+        // The 2-byte mask is below the 10-element rule: immediate bytes.
+        let m = &op.attributes["mask"];
+        assert_eq!(m.blob_offset(), None);
+        assert!(matches!(&m.immediate_tensor().unwrap().value, Some(tensor_value::Value::Bytes(b)) if b.values == mask));
+        let s = &op.attributes["shape"];
+        assert!(matches!(&s.immediate_tensor().unwrap().value,
+            Some(tensor_value::Value::Bytes(b)) if b.values == [4, 0, 0, 0, 4, 0, 0, 0]));
+        let file = w.finish().unwrap().into_inner();
+        let r = BlobReader::new(file, "w.bin".into()).unwrap();
+        assert_eq!(r.read_tensor(64, ScalarType::Float32, 11).unwrap(), nonzero);
+    }
+
+    #[test]
+    fn ios18_form_uses_inputs_and_a_uint1_mask_of_the_dense_shape() {
+        let (shape, nonzero, mask) = sample();
+        let mut w = builder();
+        let ty = tensor_value_type(ScalarType::Float32, &shape);
+        let op = sparse_to_dense_op("c", ty, &shape, nonzero, mask.clone(), 9, &mut w).unwrap();
+        assert_eq!(op.attributes.keys().collect::<Vec<_>>(), ["name"]);
+        let m = input_value(&op, "mask");
+        let mt = m.tensor_type().unwrap();
+        assert_eq!(mt.data_type, ScalarType::UInt1.to_proto() as i32);
+        assert_eq!(crate::mil::value::TensorTypeExt::shape(mt), Some(vec![4, 4]));
+        let offset = m.blob_offset().expect("16 uint1 elements go to weight.bin");
+        let nz_offset = input_value(&op, "nonzero_data").blob_offset().unwrap();
+        assert!(nz_offset < offset, "nonzero_data is written before mask");
+        let file = w.finish().unwrap().into_inner();
+        let r = BlobReader::new(file, "w.bin".into()).unwrap();
+        assert_eq!(r.read(offset, ScalarType::UInt1, 16).unwrap(), mask, "same packed bytes as iOS16");
+    }
+
+    #[test]
+    fn empty_and_small_nonzero_data_stay_immediate() {
+        let mut w = builder();
+        let shape = [4u64, 4];
+        let ty = tensor_value_type(ScalarType::Float16, &shape);
+        let op = sparse_to_dense_op("z", ty.clone(), &shape, TensorData::F16(vec![]), vec![0, 0], 7, &mut w).unwrap();
+        let nz = &op.attributes["nonzero_data"];
+        assert!(matches!(&nz.immediate_tensor().unwrap().value, Some(tensor_value::Value::Bytes(b)) if b.values.is_empty()));
+        let one = vec![half::f16::from_f32(2.0)];
+        let op = sparse_to_dense_op("o", ty, &shape, TensorData::F16(one), vec![1, 0], 9, &mut w).unwrap();
+        assert_eq!(input_value(&op, "nonzero_data").blob_offset(), None);
+        assert_eq!(w.blob_count(), 1, "only the iOS18 uint1 mask (16 elements) was a blob");
+    }
+
+    #[test]
+    fn inconsistent_masks_are_errors() {
+        let mut w = builder();
+        let ty = tensor_value_type(ScalarType::Float32, &[4, 4]);
+        let e = sparse_to_dense_op("t", ty.clone(), &[4, 4], TensorData::F32(vec![1.0]), vec![3, 0], 7, &mut w);
+        assert!(e.unwrap_err().to_string().contains("mask keeps 2 values but 1 were given"));
+        let e = sparse_to_dense_op("t", ty, &[4, 4], TensorData::F32(vec![]), vec![0], 7, &mut w);
+        assert!(e.unwrap_err().to_string().contains("mask has 1 bytes for 16 elements"));
+    }
+
+    #[test]
+    fn weight_file_rule_follows_spec_version() {
+        assert!(goes_to_weight_file(ScalarType::Float16, 10, 7));
+        assert!(!goes_to_weight_file(ScalarType::Float16, 9, 7));
+        assert!(!goes_to_weight_file(ScalarType::Int32, 10, 8));
+        assert!(goes_to_weight_file(ScalarType::Int32, 10, 9));
+        assert!(goes_to_weight_file(ScalarType::UInt1, 10, 9));
+        assert!(!goes_to_weight_file(ScalarType::Bool, 100, 10));
+    }
+}
