@@ -6,6 +6,7 @@
 pub mod blob;
 pub mod dtype;
 pub mod error;
+pub mod package;
 pub mod proto;
 
 pub use error::{Error, Result};
