@@ -35,7 +35,10 @@ pub(crate) fn read_folder(root: &Path, shown: &ShownPaths) -> Result<FolderLayou
 
     let data_path = root.join(DATA_DIR);
     if !exists_no_follow(&data_path) {
-        return Err(package_error(shown.show(root), "the Data directory is missing"));
+        return Err(package_error(
+            shown.show(root),
+            "the Data directory is missing",
+        ));
     }
     let data = confined(&data_path, root, &shown.show(&data_path))?;
     if !data.is_dir() {
@@ -46,9 +49,10 @@ pub(crate) fn read_folder(root: &Path, shown: &ShownPaths) -> Result<FolderLayou
         let item = data_path.join(&relative);
         if exists_no_follow(&item) {
             confined(&item, &data, &shown.show(&item)).map_err(|e| match e {
-                Error::Package { path, reason } => {
-                    Error::Package { path, reason: format!("item '{id}' {reason}") }
-                }
+                Error::Package { path, reason } => Error::Package {
+                    path,
+                    reason: format!("item '{id}' {reason}"),
+                },
                 other => other,
             })?;
         }
@@ -56,18 +60,26 @@ pub(crate) fn read_folder(root: &Path, shown: &ShownPaths) -> Result<FolderLayou
 
     let model = data_path.join(manifest.root_model_relative());
     if !exists_no_follow(&model) {
-        return Err(package_error(shown.show(&model), "the root model file is missing"));
+        return Err(package_error(
+            shown.show(&model),
+            "the root model file is missing",
+        ));
     }
     require_regular_file(&model, &data, shown)?;
 
-    let weight = data_path.join(manifest.weights_relative()).join(WEIGHT_FILE);
+    let weight = data_path
+        .join(manifest.weights_relative())
+        .join(WEIGHT_FILE);
     let weight_file = if exists_no_follow(&weight) {
         require_regular_file(&weight, &data, shown)?;
         Some(weight)
     } else {
         None
     };
-    Ok(FolderLayout { manifest, weight_file })
+    Ok(FolderLayout {
+        manifest,
+        weight_file,
+    })
 }
 
 /// Checks `path` resolves inside `base` to a regular file.
@@ -85,7 +97,9 @@ fn read_confined_file(path: &Path, base: &Path, shown: &ShownPaths) -> Result<Ve
     let resolved = require_regular_file(path, base, shown)?;
     let file = std::fs::File::open(&resolved).at(shown.show(path))?;
     let mut bytes = Vec::new();
-    file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).at(shown.show(path))?;
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .at(shown.show(path))?;
     if bytes.len() as u64 > MAX_MANIFEST_BYTES {
         return Err(Error::Manifest {
             path: shown.show(path),
@@ -96,5 +110,8 @@ fn read_confined_file(path: &Path, base: &Path, shown: &ShownPaths) -> Result<Ve
 }
 
 pub(crate) fn package_error(path: PathBuf, reason: &str) -> Error {
-    Error::Package { path, reason: reason.to_owned() }
+    Error::Package {
+        path,
+        reason: reason.to_owned(),
+    }
 }

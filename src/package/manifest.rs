@@ -31,7 +31,10 @@ pub struct Manifest {
 impl Manifest {
     /// Parses and validates `bytes`; `path` names the file in errors.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Manifest> {
-        let invalid = |reason: String| Error::Manifest { path: path.to_path_buf(), reason };
+        let invalid = |reason: String| Error::Manifest {
+            path: path.to_path_buf(),
+            reason,
+        };
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
         let Value::Object(document) = value else {
@@ -60,7 +63,11 @@ impl Manifest {
             }
         };
         let weights_path = find_weights_item(entries).map(str::to_owned);
-        Ok(Manifest { document, root_path, weights_path })
+        Ok(Manifest {
+            document,
+            root_path,
+            weights_path,
+        })
     }
 
     /// The root model's item path, relative to `Data/`.
@@ -130,7 +137,10 @@ impl Manifest {
         entries
             .iter()
             .map(|(id, item)| {
-                (id.as_str(), relative_item_path(item_str(item, "path")).unwrap_or_default())
+                (
+                    id.as_str(),
+                    relative_item_path(item_str(item, "path")).unwrap_or_default(),
+                )
             })
             .collect()
     }
@@ -160,7 +170,9 @@ fn check_format_version(document: &Map<String, Value>) -> std::result::Result<()
             "fileFormatVersion '{version}' is newer than the supported {}.{}.{}",
             MAX_FORMAT_VERSION.0, MAX_FORMAT_VERSION.1, MAX_FORMAT_VERSION.2
         )),
-        _ => Err(format!("fileFormatVersion '{version}' is not of the form major.minor.patch")),
+        _ => Err(format!(
+            "fileFormatVersion '{version}' is not of the form major.minor.patch"
+        )),
     }
 }
 
@@ -270,7 +282,10 @@ mod tests {
         let m = parse(COREMLTOOLS_MANIFEST).unwrap();
         assert_eq!(m.root_model_path(), "com.apple.CoreML/model.mlmodel");
         assert_eq!(m.weights_dir_path(), Some("com.apple.CoreML/weights"));
-        assert_eq!(String::from_utf8(m.to_json()).unwrap(), COREMLTOOLS_MANIFEST);
+        assert_eq!(
+            String::from_utf8(m.to_json()).unwrap(),
+            COREMLTOOLS_MANIFEST
+        );
     }
 
     #[test]
@@ -316,11 +331,17 @@ mod tests {
         assert_eq!(m.weights_dir_path(), Some("com.apple.CoreML/weights"));
         assert!(!m.ensure_weights_item());
         let reparsed = Manifest::parse(&m.to_json(), Path::new("x")).unwrap();
-        assert_eq!(reparsed.weights_dir_path(), Some("com.apple.CoreML/weights"));
+        assert_eq!(
+            reparsed.weights_dir_path(),
+            Some("com.apple.CoreML/weights")
+        );
         let doc: Value = serde_json::from_slice(&m.to_json()).unwrap();
         let entries = doc["itemInfoEntries"].as_object().unwrap();
         assert_eq!(entries.len(), 3);
-        let (id, item) = entries.iter().find(|(_, v)| v["name"] == "weights").unwrap();
+        let (id, item) = entries
+            .iter()
+            .find(|(_, v)| v["name"] == "weights")
+            .unwrap();
         assert_eq!(id.len(), 36);
         assert_eq!(item["author"], "com.apple.CoreML");
         assert_eq!(item["description"], "CoreML Model Weights");
@@ -329,7 +350,11 @@ mod tests {
 
     #[test]
     fn weights_item_needs_core_ml_author() {
-        let m = parse(&variant("\"author\": \"com.apple.CoreML\"", "\"author\": \"me\"")).unwrap();
+        let m = parse(&variant(
+            "\"author\": \"com.apple.CoreML\"",
+            "\"author\": \"me\"",
+        ))
+        .unwrap();
         assert_eq!(m.weights_dir_path(), None);
     }
 
@@ -340,16 +365,33 @@ mod tests {
         assert!(reason(&variant("\"fileFormatVersion\": \"1.0.0\",", ""))
             .contains("'fileFormatVersion' is missing"));
         assert!(reason(&variant("\"1.0.0\"", "100")).contains("not a string"));
-        for bad in ["1.0", "1.0.0.0", "1.a.0", "1..0", "+1.0.0", "99999999999999999999.0.0"] {
-            assert!(reason(&variant("1.0.0", bad)).contains("major.minor.patch"), "{bad}");
+        for bad in [
+            "1.0",
+            "1.0.0.0",
+            "1.a.0",
+            "1..0",
+            "+1.0.0",
+            "99999999999999999999.0.0",
+        ] {
+            assert!(
+                reason(&variant("1.0.0", bad)).contains("major.minor.patch"),
+                "{bad}"
+            );
         }
         for newer in ["1.0.1", "1.1.0", "2.0.0"] {
-            assert!(reason(&variant("1.0.0", newer)).contains("newer"), "{newer}");
+            assert!(
+                reason(&variant("1.0.0", newer)).contains("newer"),
+                "{newer}"
+            );
         }
-        assert!(reason(r#"{"fileFormatVersion": "1.0.0", "rootModelIdentifier": "x"}"#)
-            .contains("'itemInfoEntries' is missing"));
-        assert!(reason(r#"{"fileFormatVersion": "1.0.0", "itemInfoEntries": [], "rootModelIdentifier": "x"}"#)
-            .contains("'itemInfoEntries' is not an object"));
+        assert!(
+            reason(r#"{"fileFormatVersion": "1.0.0", "rootModelIdentifier": "x"}"#)
+                .contains("'itemInfoEntries' is missing")
+        );
+        assert!(reason(
+            r#"{"fileFormatVersion": "1.0.0", "itemInfoEntries": [], "rootModelIdentifier": "x"}"#
+        )
+        .contains("'itemInfoEntries' is not an object"));
         assert!(reason(&variant(
             r#"{
             "author": "com.apple.CoreML",
@@ -362,17 +404,35 @@ mod tests {
         .contains("is not an object"));
         for key in ITEM_KEYS {
             let missing = variant(&format!("\"{key}\": "), &format!("\"x{key}\": "));
-            assert!(reason(&missing).contains(&format!("'{key}' is missing")), "{key}");
+            assert!(
+                reason(&missing).contains(&format!("'{key}' is missing")),
+                "{key}"
+            );
         }
-        assert!(reason(&variant("\"CoreML Model Weights\"", "false")).contains("'description' is not a string"));
-        assert!(reason(&variant("\"com.apple.CoreML/weights\"", "\"/abs/weights\"")).contains("absolute"));
-        assert!(reason(&variant("\"com.apple.CoreML/weights\"", "\"../weights\"")).contains("'..'"));
-        assert!(reason(&variant("\"rootModelIdentifier\": \"dba3c96a-dc83-4e7d-850f-773703c01120\"", "\"r\": 1"))
-            .contains("'rootModelIdentifier' is missing"));
-        assert!(reason(&variant("\"rootModelIdentifier\": \"dba3c96a-dc83-4e7d-850f-773703c01120\"", "\"rootModelIdentifier\": 1"))
-            .contains("'rootModelIdentifier' is not a string"));
-        assert!(reason(&variant("\"rootModelIdentifier\": \"dba3c96a", "\"rootModelIdentifier\": \"0000"))
-            .contains("is not in itemInfoEntries"));
+        assert!(reason(&variant("\"CoreML Model Weights\"", "false"))
+            .contains("'description' is not a string"));
+        assert!(
+            reason(&variant("\"com.apple.CoreML/weights\"", "\"/abs/weights\""))
+                .contains("absolute")
+        );
+        assert!(
+            reason(&variant("\"com.apple.CoreML/weights\"", "\"../weights\"")).contains("'..'")
+        );
+        assert!(reason(&variant(
+            "\"rootModelIdentifier\": \"dba3c96a-dc83-4e7d-850f-773703c01120\"",
+            "\"r\": 1"
+        ))
+        .contains("'rootModelIdentifier' is missing"));
+        assert!(reason(&variant(
+            "\"rootModelIdentifier\": \"dba3c96a-dc83-4e7d-850f-773703c01120\"",
+            "\"rootModelIdentifier\": 1"
+        ))
+        .contains("'rootModelIdentifier' is not a string"));
+        assert!(reason(&variant(
+            "\"rootModelIdentifier\": \"dba3c96a",
+            "\"rootModelIdentifier\": \"0000"
+        ))
+        .contains("is not in itemInfoEntries"));
     }
 
     #[test]

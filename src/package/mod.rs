@@ -52,7 +52,10 @@ impl Package {
         let meta = std::fs::metadata(input).at(input)?;
         if meta.is_dir() {
             let root = std::fs::canonicalize(input).at(input)?;
-            let shown = ShownPaths { real: root.clone(), shown: input.to_path_buf() };
+            let shown = ShownPaths {
+                real: root.clone(),
+                shown: input.to_path_buf(),
+            };
             return Self::from_dir(input, root, shown, None);
         }
         if !meta.is_file() || !looks_like_zip(input)? {
@@ -61,13 +64,19 @@ impl Package {
                 reason: "not an .mlpackage directory or a .zip archive".into(),
             });
         }
-        let temp = tempfile::Builder::new().prefix(".mlprune-unzip-").tempdir().at(std::env::temp_dir())?;
+        let temp = tempfile::Builder::new()
+            .prefix(".mlprune-unzip-")
+            .tempdir()
+            .at(std::env::temp_dir())?;
         let root = extract_package(input, temp.path(), limits)?;
         let root = std::fs::canonicalize(&root).at(&root)?;
         // Name files inside the archive as `archive.zip/<pkg>.mlpackage/...` rather than by the
         // temporary path the user never chose.
         let inner = root.file_name().map(PathBuf::from).unwrap_or_default();
-        let shown = ShownPaths { real: root.clone(), shown: input.join(inner) };
+        let shown = ShownPaths {
+            real: root.clone(),
+            shown: input.join(inner),
+        };
         Self::from_dir(input, root, shown, Some(temp))
     }
 
@@ -104,12 +113,16 @@ impl Package {
 
     /// `Data/<root model item path>`.
     pub fn model_path(&self) -> PathBuf {
-        self.root.join(DATA_DIR).join(self.manifest.root_model_relative())
+        self.root
+            .join(DATA_DIR)
+            .join(self.manifest.root_model_relative())
     }
 
     /// `Data/<weights item path>`, or `Data/com.apple.CoreML/weights` without a weights item.
     pub fn weights_dir(&self) -> PathBuf {
-        self.root.join(DATA_DIR).join(self.manifest.weights_relative())
+        self.root
+            .join(DATA_DIR)
+            .join(self.manifest.weights_relative())
     }
 
     /// `weight.bin` in the weights directory, when the package has one.
@@ -129,7 +142,9 @@ impl Package {
 
     /// The path of `weight.bin` relative to the package root, used to leave it out of copies.
     pub(crate) fn weight_file_relative(&self) -> PathBuf {
-        Path::new(DATA_DIR).join(self.manifest.weights_relative()).join(WEIGHT_FILE)
+        Path::new(DATA_DIR)
+            .join(self.manifest.weights_relative())
+            .join(WEIGHT_FILE)
     }
 }
 
@@ -152,7 +167,10 @@ impl ShownPaths {
 
 /// A `.zip` name, or a file that starts with a zip signature.
 fn looks_like_zip(path: &Path) -> Result<bool> {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     if strip_suffix_ignore_case(&name, ".zip").len() < name.len() {
         return Ok(true);
     }
@@ -175,11 +193,23 @@ mod tests {
         assert!(!package.is_zip());
         assert_eq!(package.origin(), root);
         assert_eq!(package.root(), std::fs::canonicalize(&root).unwrap());
-        assert_eq!(package.manifest().root_model_path(), "com.apple.CoreML/model.mlmodel");
+        assert_eq!(
+            package.manifest().root_model_path(),
+            "com.apple.CoreML/model.mlmodel"
+        );
         assert_eq!(std::fs::read(package.model_path()).unwrap(), MODEL_BYTES);
-        assert_eq!(package.weights_dir(), package.root().join("Data/com.apple.CoreML/weights"));
-        assert_eq!(std::fs::read(package.weight_file().unwrap()).unwrap(), WEIGHT_BYTES);
-        assert_eq!(package.display_path(&package.model_path()), root.join("Data/com.apple.CoreML/model.mlmodel"));
+        assert_eq!(
+            package.weights_dir(),
+            package.root().join("Data/com.apple.CoreML/weights")
+        );
+        assert_eq!(
+            std::fs::read(package.weight_file().unwrap()).unwrap(),
+            WEIGHT_BYTES
+        );
+        assert_eq!(
+            package.display_path(&package.model_path()),
+            root.join("Data/com.apple.CoreML/model.mlmodel")
+        );
     }
 
     #[test]
@@ -192,7 +222,10 @@ mod tests {
         let package = Package::open(&root).unwrap();
         assert_eq!(package.weight_file(), None);
         assert_eq!(package.manifest().weights_dir_path(), None);
-        assert_eq!(package.weights_dir(), package.root().join("Data/com.apple.CoreML/weights"));
+        assert_eq!(
+            package.weights_dir(),
+            package.root().join("Data/com.apple.CoreML/weights")
+        );
     }
 
     #[test]
@@ -208,12 +241,21 @@ mod tests {
             assert_eq!(package.origin(), zip_path);
             assert_eq!(read_tree(package.root()), expected, "{zip_name}");
             assert_eq!(std::fs::read(package.model_path()).unwrap(), MODEL_BYTES);
-            assert_eq!(std::fs::read(package.weight_file().unwrap()).unwrap(), WEIGHT_BYTES);
-            let folder = if prefix.is_empty() { "flat.mlpackage" } else { "m.mlpackage" };
+            assert_eq!(
+                std::fs::read(package.weight_file().unwrap()).unwrap(),
+                WEIGHT_BYTES
+            );
+            let folder = if prefix.is_empty() {
+                "flat.mlpackage"
+            } else {
+                "m.mlpackage"
+            };
             assert_eq!(package.root().file_name().unwrap(), folder);
             assert_eq!(
                 package.display_path(&package.model_path()),
-                zip_path.join(folder).join("Data/com.apple.CoreML/model.mlmodel")
+                zip_path
+                    .join(folder)
+                    .join("Data/com.apple.CoreML/model.mlmodel")
             );
             // The extracted copy lives only as long as the package.
             let extracted = package.root().to_path_buf();
@@ -246,8 +288,14 @@ mod tests {
         let root = make_package(dir.path(), "a.mlpackage");
         std::fs::remove_file(root.join("Manifest.json")).unwrap();
         let err = Package::open(&root).unwrap_err();
-        assert!(matches!(&err, Error::Package { path, .. } if *path == root), "{err}");
-        assert!(err.to_string().contains("Manifest.json is missing"), "{err}");
+        assert!(
+            matches!(&err, Error::Package { path, .. } if *path == root),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("Manifest.json is missing"),
+            "{err}"
+        );
 
         let root = make_package(dir.path(), "b.mlpackage");
         std::fs::remove_file(root.join("Data/com.apple.CoreML/model.mlmodel")).unwrap();
@@ -260,13 +308,20 @@ mod tests {
         let root = make_package(dir.path(), "c.mlpackage");
         std::fs::write(root.join("Manifest.json"), b"{}").unwrap();
         let err = Package::open(&root).unwrap_err();
-        assert!(matches!(&err, Error::Manifest { path, .. } if *path == root.join("Manifest.json")), "{err}");
+        assert!(
+            matches!(&err, Error::Manifest { path, .. } if *path == root.join("Manifest.json")),
+            "{err}"
+        );
 
         let root = make_package(dir.path(), "d.mlpackage");
         std::fs::remove_file(root.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap();
         std::fs::create_dir(root.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap();
         let err = Package::open(&root).unwrap_err();
-        assert!(err.to_string().contains("weight.bin: invalid package: is not a regular file"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("weight.bin: invalid package: is not a regular file"),
+            "{err}"
+        );
     }
 
     #[cfg(unix)]
@@ -290,7 +345,11 @@ mod tests {
         std::fs::remove_file(&weight).unwrap();
         std::os::unix::fs::symlink(outside.join("model.mlmodel"), &weight).unwrap();
         let err = Package::open(&root).unwrap_err();
-        assert!(err.to_string().contains("weight.bin: invalid package: resolves to"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("weight.bin: invalid package: resolves to"),
+            "{err}"
+        );
 
         // A link that stays inside is fine.
         let root = make_package(dir.path(), "ok.mlpackage");

@@ -13,6 +13,8 @@ use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
 use super::Package;
 use crate::error::{Error, IoContext, Result};
+#[cfg(test)]
+use zip::ZipArchive;
 
 /// How many fresh names to try when a temporary name is taken.
 const NAME_ATTEMPTS: usize = 16;
@@ -43,7 +45,10 @@ impl OutputPackage {
     /// `weight.bin`, which the caller writes at `model_path()` and `weight_path()`.
     pub fn create(input: &Package, output: &Path, force: bool) -> Result<OutputPackage> {
         let name = output.file_name().ok_or_else(|| {
-            Error::Usage(format!("output {} does not name a file or directory", output.display()))
+            Error::Usage(format!(
+                "output {} does not name a file or directory",
+                output.display()
+            ))
         })?;
         let parent = match output.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -67,8 +72,10 @@ impl OutputPackage {
             temp_zip: None,
         };
         // From here on, dropping `staged` on error removes the staging directory.
-        let skip =
-            [Path::new(DATA_DIR).join(input.manifest().root_model_relative()), input.weight_file_relative()];
+        let skip = [
+            Path::new(DATA_DIR).join(input.manifest().root_model_relative()),
+            input.weight_file_relative(),
+        ];
         copy_tree(input, input.root(), &staged.staging, Path::new(""), &skip)?;
         staged.create_item_dirs()?;
         Ok(staged)
@@ -76,7 +83,9 @@ impl OutputPackage {
 
     /// Where to write the root model in staging (its directory exists).
     pub fn model_path(&self) -> PathBuf {
-        self.staging.join(DATA_DIR).join(self.manifest.root_model_relative())
+        self.staging
+            .join(DATA_DIR)
+            .join(self.manifest.root_model_relative())
     }
 
     /// Where to write `weight.bin` in staging (its directory exists).
@@ -125,7 +134,9 @@ impl OutputPackage {
     }
 
     fn weights_dir(&self) -> PathBuf {
-        self.staging.join(DATA_DIR).join(self.manifest.weights_relative())
+        self.staging
+            .join(DATA_DIR)
+            .join(self.manifest.weights_relative())
     }
 
     /// The directories the caller writes into: the root model's and the weights directory.
@@ -152,7 +163,8 @@ impl OutputPackage {
                 Err(e) => return Err(Error::io(path, e)),
             }
         }
-        let (path, e) = last_error.unwrap_or_else(|| (self.parent.clone(), io::ErrorKind::AlreadyExists.into()));
+        let (path, e) = last_error
+            .unwrap_or_else(|| (self.parent.clone(), io::ErrorKind::AlreadyExists.into()));
         Err(Error::io(path, e))
     }
 }
@@ -179,7 +191,10 @@ fn check_output_location(
     force: bool,
 ) -> Result<()> {
     let parent_canonical = std::fs::canonicalize(parent).map_err(|e| {
-        Error::Usage(format!("output directory {} is not usable: {e}", parent.display()))
+        Error::Usage(format!(
+            "output directory {} is not usable: {e}",
+            parent.display()
+        ))
     })?;
     let exists = exists_no_follow(output);
     // A dangling symlink cannot be resolved: compare the link's own location then.
@@ -237,7 +252,13 @@ fn create_staging_dir(parent: &Path, name: &std::ffi::OsStr) -> Result<PathBuf> 
 /// Copies the input package tree `src_dir` (at `relative` inside it) into `dst_root`, skipping
 /// the `skip` paths. A symlink is copied as the file it points to, and only if that file is inside
 /// the package; the copy never follows a link out of it.
-fn copy_tree(input: &Package, src_dir: &Path, dst_root: &Path, relative: &Path, skip: &[PathBuf]) -> Result<()> {
+fn copy_tree(
+    input: &Package,
+    src_dir: &Path,
+    dst_root: &Path,
+    relative: &Path,
+    skip: &[PathBuf],
+) -> Result<()> {
     let shown = |p: &Path| input.display_path(p);
     let mut children: Vec<PathBuf> = std::fs::read_dir(src_dir)
         .at(shown(src_dir))?
@@ -246,9 +267,11 @@ fn copy_tree(input: &Package, src_dir: &Path, dst_root: &Path, relative: &Path, 
         .at(shown(src_dir))?;
     children.sort();
     for src in children {
-        let Some(file_name) = src.file_name() else { continue };
+        let Some(file_name) = src.file_name() else {
+            continue;
+        };
         let child_relative = relative.join(file_name);
-        if skip.iter().any(|s| *s == child_relative) {
+        if skip.contains(&child_relative) {
             continue;
         }
         let dst = dst_root.join(&child_relative);
@@ -280,7 +303,11 @@ fn copy_tree(input: &Package, src_dir: &Path, dst_root: &Path, relative: &Path, 
 /// Copies file contents (std uses copy_file_range/sendfile where it can) into a new file.
 fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
     let mut from = File::open(src).at(src_shown)?;
-    let mut to = OpenOptions::new().write(true).create_new(true).open(dst).at(dst)?;
+    let mut to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .at(dst)?;
     io::copy(&mut from, &mut to).at(dst)?;
     Ok(())
 }
@@ -291,7 +318,9 @@ fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
 fn replace(new: &Path, output: &Path, parent: &Path, name: &OsString) -> Result<()> {
     let existing = match std::fs::symlink_metadata(output) {
         Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return std::fs::rename(new, output).at(output),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return std::fs::rename(new, output).at(output)
+        }
         Err(e) => return Err(Error::io(output, e)),
     };
     let new_is_file = std::fs::symlink_metadata(new).at(new)?.is_file();
@@ -335,4 +364,355 @@ fn sync_dir(dir: &Path) {
     }
     #[cfg(not(unix))]
     let _ = dir;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::testutil::*;
+
+    /// Opens the fixture package in `dir` and stages it to `dir/<out_name>` with a new model,
+    /// weight file and manifest, as the pipeline does.
+    fn stage(dir: &Path, out_name: &str, force: bool) -> Result<(Package, OutputPackage)> {
+        let input = Package::open(&dir.join("in.mlpackage"))?;
+        let mut staged = OutputPackage::create(&input, &dir.join(out_name), force)?;
+        std::fs::write(staged.model_path(), b"new model").unwrap();
+        std::fs::write(staged.weight_path(), b"new weights").unwrap();
+        let mut manifest = input.manifest().clone();
+        manifest.ensure_weights_item();
+        staged.set_manifest(&manifest)?;
+        Ok((input, staged))
+    }
+
+    /// What the committed fixture package must hold.
+    fn expected_tree(input: &Package) -> std::collections::BTreeMap<PathBuf, Option<Vec<u8>>> {
+        let mut tree = read_tree(input.root());
+        tree.insert(
+            "Data/com.apple.CoreML/model.mlmodel".into(),
+            Some(b"new model".to_vec()),
+        );
+        tree.insert(
+            "Data/com.apple.CoreML/weights/weight.bin".into(),
+            Some(b"new weights".to_vec()),
+        );
+        tree
+    }
+
+    fn usage(result: Result<(Package, OutputPackage)>) -> String {
+        match result {
+            Err(Error::Usage(message)) => message,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn staging_holds_a_copy_without_model_and_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
+        let staged =
+            OutputPackage::create(&input, &dir.path().join("out.mlpackage"), false).unwrap();
+        let staging = staged.staging.clone();
+        assert!(staging
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(".out.mlpackage.mlprune-tmp-"));
+        assert_eq!(staging.parent().unwrap(), dir.path());
+        let tree = read_tree(&staging);
+        assert_eq!(
+            tree[Path::new("Manifest.json")].as_deref(),
+            Some(COREMLTOOLS_MANIFEST.as_bytes())
+        );
+        assert_eq!(tree[Path::new(EXTRA_FILE)].as_deref(), Some(&b"notes"[..]));
+        assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/model.mlmodel")));
+        assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/weights/weight.bin")));
+        assert!(staged.weight_path().parent().unwrap().is_dir());
+        assert_eq!(
+            staged.model_path(),
+            staging.join("Data/com.apple.CoreML/model.mlmodel")
+        );
+        // Dropping without commit removes everything it made.
+        drop(staged);
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage"]);
+    }
+
+    #[test]
+    fn commit_folder_output() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let before = read_tree(&dir.path().join("in.mlpackage"));
+        let (input, staged) = stage(dir.path(), "out.mlpackage", false).unwrap();
+        staged.commit().unwrap();
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
+        assert_eq!(
+            read_tree(&dir.path().join("out.mlpackage")),
+            expected_tree(&input)
+        );
+        assert_eq!(read_tree(input.root()), before, "the input is untouched");
+        let output = Package::open(&dir.path().join("out.mlpackage")).unwrap();
+        assert_eq!(
+            std::fs::read(output.weight_file().unwrap()).unwrap(),
+            b"new weights"
+        );
+    }
+
+    #[test]
+    fn set_manifest_rewrites_the_staged_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "in.mlpackage");
+        let without_weights =
+            COREMLTOOLS_MANIFEST.replace("\"name\": \"weights\"", "\"name\": \"w\"");
+        std::fs::write(root.join("Manifest.json"), &without_weights).unwrap();
+        let (_input, staged) = stage(dir.path(), "out.mlpackage", false).unwrap();
+        staged.commit().unwrap();
+        let output = Package::open(&dir.path().join("out.mlpackage")).unwrap();
+        assert_eq!(
+            output.manifest().weights_dir_path(),
+            Some("com.apple.CoreML/weights")
+        );
+        assert_ne!(
+            std::fs::read_to_string(dir.path().join("out.mlpackage/Manifest.json")).unwrap(),
+            without_weights
+        );
+    }
+
+    #[test]
+    fn commit_zip_output_reopens_to_the_same_files() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        for (out_name, folder) in [
+            ("out.zip", "out.mlpackage"),
+            ("out2.mlpackage.zip", "out2.mlpackage"),
+        ] {
+            let (input, staged) = stage(dir.path(), out_name, false).unwrap();
+            staged.commit().unwrap();
+            let zip_path = dir.path().join(out_name);
+            let reopened = Package::open(&zip_path).unwrap();
+            assert_eq!(reopened.root().file_name().unwrap(), folder);
+            assert_eq!(read_tree(reopened.root()), expected_tree(&input));
+            // One top-level folder holds everything, directories included.
+            let archive = ZipArchive::new(File::open(&zip_path).unwrap()).unwrap();
+            let names: Vec<String> = archive
+                .file_names()
+                .map(|n| n.unwrap().into_owned())
+                .collect();
+            assert!(
+                names.iter().all(|n| n.starts_with(&format!("{folder}/"))),
+                "{names:?}"
+            );
+            assert!(names.contains(&format!("{folder}/Data/com.apple.CoreML/weights/")));
+        }
+        assert_eq!(
+            list_dir(dir.path()),
+            ["in.mlpackage", "out.zip", "out2.mlpackage.zip"]
+        );
+    }
+
+    #[test]
+    fn zip_output_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        stage(dir.path(), "a.zip", false)
+            .unwrap()
+            .1
+            .commit()
+            .unwrap();
+        stage(dir.path(), "b.zip", false)
+            .unwrap()
+            .1
+            .commit()
+            .unwrap();
+        // Same folder name inside, so the archives must be byte-identical apart from it.
+        let a = std::fs::read(dir.path().join("a.zip")).unwrap();
+        let b = std::fs::read(dir.path().join("b.zip")).unwrap();
+        assert_eq!(a.len(), b.len());
+        let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        let entries = ZipArchive::new(File::open(dir.path().join("a.zip")).unwrap())
+            .unwrap()
+            .len();
+        // Each name appears twice (local + central header) and differs in one byte ('a' vs 'b').
+        assert_eq!(differing, entries * 2);
+    }
+
+    #[test]
+    fn zipped_input_to_folder_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "src.mlpackage");
+        let zip_path = dir.path().join("in.zip");
+        zip_tree(&root, &zip_path, "src.mlpackage/");
+        let input = Package::open(&zip_path).unwrap();
+        let out = dir.path().join("out.mlpackage");
+        let staged = OutputPackage::create(&input, &out, false).unwrap();
+        std::fs::write(staged.model_path(), b"m").unwrap();
+        staged.commit().unwrap();
+        let tree = read_tree(&out);
+        assert_eq!(tree[Path::new(EXTRA_FILE)].as_deref(), Some(&b"notes"[..]));
+        assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/weights/weight.bin")));
+        // The zip itself is the input: writing over it is refused.
+        assert!(matches!(
+            OutputPackage::create(&input, &zip_path, true),
+            Err(Error::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn output_equal_to_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        assert!(usage(stage(dir.path(), "in.mlpackage", true)).contains("is the input"));
+        // Also when spelled differently.
+        let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
+        let other_spelling = dir.path().join("in.mlpackage/Data/../../in.mlpackage");
+        let err = OutputPackage::create(&input, &other_spelling, true).unwrap_err();
+        assert!(err.to_string().contains("is the input"), "{err}");
+        let no_name = dir.path().join("in.mlpackage/Data/..");
+        let err = OutputPackage::create(&input, &no_name, true).unwrap_err();
+        assert!(err.to_string().contains("does not name a file"), "{err}");
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage"]);
+    }
+
+    #[test]
+    fn output_inside_input_and_input_inside_output_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        assert!(
+            usage(stage(dir.path(), "in.mlpackage/Data/out.mlpackage", true))
+                .contains("inside the input")
+        );
+        let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
+        let err = OutputPackage::create(&input, dir.path(), true).unwrap_err();
+        assert!(err.to_string().contains("contains the input"), "{err}");
+        assert!(input
+            .root()
+            .join("Data/com.apple.CoreML/model.mlmodel")
+            .exists());
+        let in_data = read_tree(input.root());
+        assert!(!in_data
+            .keys()
+            .any(|p| p.to_string_lossy().contains("mlprune-tmp")));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn output_through_a_symlink_into_the_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        std::os::unix::fs::symlink(
+            dir.path().join("in.mlpackage/Data"),
+            dir.path().join("alias"),
+        )
+        .unwrap();
+        assert!(usage(stage(dir.path(), "alias/out.mlpackage", false)).contains("inside the input"));
+    }
+
+    #[test]
+    fn existing_output_needs_force_and_is_replaced_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let out = dir.path().join("out.mlpackage");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("old"), b"old").unwrap();
+        assert!(usage(stage(dir.path(), "out.mlpackage", false)).contains("--force"));
+        assert!(out.join("old").exists());
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
+
+        let (input, staged) = stage(dir.path(), "out.mlpackage", true).unwrap();
+        assert!(out.join("old").exists(), "replaced only at commit time");
+        staged.commit().unwrap();
+        assert_eq!(read_tree(&out), expected_tree(&input));
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
+
+        // A zip over an existing zip, and a folder over a file.
+        std::fs::write(dir.path().join("out.zip"), b"old zip").unwrap();
+        assert!(usage(stage(dir.path(), "out.zip", false)).contains("already exists"));
+        stage(dir.path(), "out.zip", true)
+            .unwrap()
+            .1
+            .commit()
+            .unwrap();
+        assert!(Package::open(&dir.path().join("out.zip")).is_ok());
+        std::fs::write(dir.path().join("file.mlpackage"), b"a file").unwrap();
+        stage(dir.path(), "file.mlpackage", true)
+            .unwrap()
+            .1
+            .commit()
+            .unwrap();
+        assert!(Package::open(&dir.path().join("file.mlpackage")).is_ok());
+        assert_eq!(
+            list_dir(dir.path()),
+            ["file.mlpackage", "in.mlpackage", "out.mlpackage", "out.zip"]
+        );
+    }
+
+    #[test]
+    fn failed_commit_leaves_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        for out_name in ["out.mlpackage", "out.zip"] {
+            let (_input, staged) = stage(dir.path(), out_name, false).unwrap();
+            // Something else creates OUTPUT while we work: commit must not clobber it.
+            std::fs::create_dir(dir.path().join(out_name)).unwrap();
+            std::fs::write(dir.path().join(out_name).join("theirs"), b"x").unwrap();
+            let err = staged.commit().unwrap_err();
+            assert!(matches!(err, Error::Usage(_)), "{err}");
+            assert_eq!(list_dir(&dir.path().join(out_name)), ["theirs"]);
+        }
+        assert_eq!(
+            list_dir(dir.path()),
+            ["in.mlpackage", "out.mlpackage", "out.zip"]
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn failed_zip_write_leaves_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let (_input, staged) = stage(dir.path(), "out.zip", false).unwrap();
+        // A staged file the archive cannot hold (a FIFO) makes the zip writer fail mid-way.
+        let fifo = staged.staging.join("fifo");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(status.is_ok_and(|s| s.success()), "mkfifo failed");
+        let err = staged.commit().unwrap_err();
+        assert!(matches!(err, Error::Zip { .. }), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn copy_never_follows_a_symlink_out_of_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "in.mlpackage");
+        std::fs::write(dir.path().join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("Data/leak")).unwrap();
+        let err = usage_or_package(stage(dir.path(), "out.mlpackage", false));
+        assert!(
+            err.contains("Data/leak: invalid package: resolves to"),
+            "{err}"
+        );
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "secret"]);
+
+        // A link to a file inside the package is copied as that file.
+        std::fs::remove_file(root.join("Data/leak")).unwrap();
+        std::os::unix::fs::symlink("com.apple.CoreML/extra/notes.txt", root.join("Data/alias"))
+            .unwrap();
+        stage(dir.path(), "out.mlpackage", false)
+            .unwrap()
+            .1
+            .commit()
+            .unwrap();
+        let alias = dir.path().join("out.mlpackage/Data/alias");
+        assert!(std::fs::symlink_metadata(&alias).unwrap().is_file());
+        assert_eq!(std::fs::read(alias).unwrap(), b"notes");
+    }
+
+    fn usage_or_package(result: Result<(Package, OutputPackage)>) -> String {
+        match result {
+            Err(e @ Error::Package { .. }) => e.to_string(),
+            other => panic!("expected a package error, got {other:?}"),
+        }
+    }
 }

@@ -41,7 +41,11 @@ pub(crate) fn confined(path: &Path, base: &Path, shown: &Path) -> Result<PathBuf
     if !resolved.starts_with(base) {
         return Err(Error::Package {
             path: shown.to_path_buf(),
-            reason: format!("resolves to {}, outside {}", resolved.display(), base.display()),
+            reason: format!(
+                "resolves to {}, outside {}",
+                resolved.display(),
+                base.display()
+            ),
         });
     }
     Ok(resolved)
@@ -62,13 +66,19 @@ mod tests {
             relative_item_path("com.apple.CoreML/./model.mlmodel").as_deref(),
             Ok(Path::new("com.apple.CoreML/model.mlmodel"))
         );
-        assert!(relative_item_path("/etc/passwd").unwrap_err().contains("absolute"));
+        assert!(relative_item_path("/etc/passwd")
+            .unwrap_err()
+            .contains("absolute"));
         assert!(relative_item_path("a/../../b").unwrap_err().contains(".."));
         assert!(relative_item_path("..").unwrap_err().contains(".."));
-        assert!(relative_item_path("a\\..\\b").unwrap_err().contains("backslash"));
+        assert!(relative_item_path("a\\..\\b")
+            .unwrap_err()
+            .contains("backslash"));
         assert!(relative_item_path("a\0b").unwrap_err().contains("NUL"));
         assert!(relative_item_path("").unwrap_err().contains("Data/ itself"));
-        assert!(relative_item_path("./.").unwrap_err().contains("Data/ itself"));
+        assert!(relative_item_path("./.")
+            .unwrap_err()
+            .contains("Data/ itself"));
     }
 
     #[test]
@@ -81,7 +91,10 @@ mod tests {
         let base = std::fs::canonicalize(&base).unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(dir.path().join("outside"), base.join("link")).unwrap();
-        assert_eq!(confined(&base.join("inside"), &base, Path::new("i")).unwrap(), base.join("inside"));
+        assert_eq!(
+            confined(&base.join("inside"), &base, Path::new("i")).unwrap(),
+            base.join("inside")
+        );
         #[cfg(unix)]
         {
             let err = confined(&base.join("link"), &base, Path::new("shown/link")).unwrap_err();

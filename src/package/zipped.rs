@@ -25,7 +25,10 @@ pub(crate) struct ZipLimits {
 
 impl Default for ZipLimits {
     fn default() -> Self {
-        ZipLimits { max_entries: 100_000, max_total_bytes: 256 << 30 }
+        ZipLimits {
+            max_entries: 100_000,
+            max_total_bytes: 256 << 30,
+        }
     }
 }
 
@@ -48,8 +51,15 @@ struct PlannedEntry {
 
 /// Extracts the package held by the archive at `archive_path` into `dest` (an empty directory
 /// private to this process) and returns the package root, `dest/<name>.mlpackage`.
-pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimits) -> Result<PathBuf> {
-    let zip_error = |reason: String| Error::Zip { path: archive_path.to_path_buf(), reason };
+pub(crate) fn extract_package(
+    archive_path: &Path,
+    dest: &Path,
+    limits: &ZipLimits,
+) -> Result<PathBuf> {
+    let zip_error = |reason: String| Error::Zip {
+        path: archive_path.to_path_buf(),
+        reason,
+    };
     let file = File::open(archive_path).at(archive_path)?;
     let mut archive = ZipArchive::new(BufReader::with_capacity(1 << 20, file))
         .map_err(|e| zip_error(e.to_string()))?;
@@ -71,7 +81,9 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
 
     let mut written: u64 = 0;
     for entry in &entries {
-        let Some(relative) = entry.components.get(strip..) else { continue };
+        let Some(relative) = entry.components.get(strip..) else {
+            continue;
+        };
         let target = relative.iter().fold(root.clone(), |p, c| p.join(c));
         if entry.is_dir {
             std::fs::create_dir_all(&target).at(&target)?;
@@ -117,9 +129,18 @@ fn plan_entries<R: Read + io::Seek>(
             .checked_add(declared_size)
             .filter(|&total| total <= limits.max_total_bytes)
             .ok_or_else(|| {
-                format!("uncompressed size exceeds the limit of {} bytes", limits.max_total_bytes)
+                format!(
+                    "uncompressed size exceeds the limit of {} bytes",
+                    limits.max_total_bytes
+                )
             })?;
-        planned.push(PlannedEntry { index, name, components, is_dir, declared_size });
+        planned.push(PlannedEntry {
+            index,
+            name,
+            components,
+            is_dir,
+            declared_size,
+        });
     }
     Ok(planned)
 }
@@ -162,12 +183,17 @@ fn package_layout(
     entries: &[PlannedEntry],
     archive_path: &Path,
 ) -> std::result::Result<(String, usize), String> {
-    let manifest_at_root =
-        entries.iter().any(|e| !e.is_dir && e.components.len() == 1 && e.components[0] == MANIFEST_FILE);
+    let manifest_at_root = entries
+        .iter()
+        .any(|e| !e.is_dir && e.components.len() == 1 && e.components[0] == MANIFEST_FILE);
     if manifest_at_root {
         return Ok((format!("{}{PACKAGE_SUFFIX}", package_stem(archive_path)), 0));
     }
-    let mut tops: Vec<&str> = entries.iter().filter_map(|e| e.components.first()).map(String::as_str).collect();
+    let mut tops: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e.components.first())
+        .map(String::as_str)
+        .collect();
     tops.sort_unstable();
     tops.dedup();
     match tops.as_slice() {
@@ -187,7 +213,10 @@ fn package_layout(
 
 /// The archive's file name without `.zip` and `.mlpackage` (`out.mlpackage.zip` → `out`).
 pub(crate) fn package_stem(archive_path: &Path) -> String {
-    let name = archive_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = archive_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let stem = strip_suffix_ignore_case(&name, ".zip");
     let stem = strip_suffix_ignore_case(stem, PACKAGE_SUFFIX);
     if stem.is_empty() || stem == "." || stem == ".." {
@@ -215,13 +244,17 @@ fn extract_file<R: Read + io::Seek>(
 ) -> std::result::Result<u64, String> {
     let mut reader = archive.by_index(entry.index).map_err(|e| e.to_string())?;
     // create_new: never overwrite or write through anything already there.
-    let out = OpenOptions::new().write(true).create_new(true).open(target).map_err(|e| {
-        if e.kind() == io::ErrorKind::AlreadyExists {
-            "its path collides with another entry".to_owned()
-        } else {
-            format!("{}: {e}", target.display())
-        }
-    })?;
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(target)
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                "its path collides with another entry".to_owned()
+            } else {
+                format!("{}: {e}", target.display())
+            }
+        })?;
     let mut out = BufWriter::with_capacity(1 << 20, out);
     let copied = io::copy(&mut (&mut reader).take(budget.saturating_add(1)), &mut out)
         .map_err(|e| e.to_string())?;
@@ -229,9 +262,13 @@ fn extract_file<R: Read + io::Seek>(
         return Err("uncompressed data exceeds the archive size limit".into());
     }
     if copied != entry.declared_size {
-        return Err(format!("holds {copied} bytes but its header declares {}", entry.declared_size));
+        return Err(format!(
+            "holds {copied} bytes but its header declares {}",
+            entry.declared_size
+        ));
     }
-    out.flush().map_err(|e| format!("{}: {e}", target.display()))?;
+    out.flush()
+        .map_err(|e| format!("{}: {e}", target.display()))?;
     Ok(copied)
 }
 
@@ -247,13 +284,22 @@ pub(crate) fn write_package_zip(
     let mut writer = ZipWriter::new(BufWriter::with_capacity(1 << 20, file));
     let dir_options = SimpleFileOptions::default().last_modified_time(DateTime::DEFAULT);
     writer
-        .add_directory(format!("{folder_name}/"), dir_options.unix_permissions(0o755))
-        .map_err(|e| Error::Zip { path: dest.to_path_buf(), reason: e.to_string() })?;
+        .add_directory(
+            format!("{folder_name}/"),
+            dir_options.unix_permissions(0o755),
+        )
+        .map_err(|e| Error::Zip {
+            path: dest.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     add_tree(&mut writer, package_dir, folder_name, dest)?;
-    let buffered = writer
-        .finish()
-        .map_err(|e| Error::Zip { path: dest.to_path_buf(), reason: e.to_string() })?;
-    let file = buffered.into_inner().map_err(|e| Error::io(dest, e.into_error()))?;
+    let buffered = writer.finish().map_err(|e| Error::Zip {
+        path: dest.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let file = buffered
+        .into_inner()
+        .map_err(|e| Error::io(dest, e.into_error()))?;
     file.sync_all().at(dest)
 }
 
@@ -263,7 +309,10 @@ fn add_tree<W: Write + io::Seek>(
     prefix: &str,
     dest: &Path,
 ) -> Result<()> {
-    let zip_error = |reason: String| Error::Zip { path: dest.to_path_buf(), reason };
+    let zip_error = |reason: String| Error::Zip {
+        path: dest.to_path_buf(),
+        reason,
+    };
     let mut children: Vec<_> = std::fs::read_dir(dir)
         .at(dir)?
         .map(|entry| entry.map(|e| e.path()))
@@ -280,18 +329,31 @@ fn add_tree<W: Write + io::Seek>(
             .last_modified_time(DateTime::DEFAULT)
             .unix_permissions(permissions(&meta));
         if meta.is_dir() {
-            writer.add_directory(format!("{entry_name}/"), options).map_err(|e| zip_error(e.to_string()))?;
+            writer
+                .add_directory(format!("{entry_name}/"), options)
+                .map_err(|e| zip_error(e.to_string()))?;
             add_tree(writer, &path, &entry_name, dest)?;
         } else if meta.is_file() {
             let size = meta.len();
-            let method = if size < STORE_THRESHOLD { CompressionMethod::Deflated } else { CompressionMethod::Stored };
-            let options = options.compression_method(method).large_file(size >= u64::from(u32::MAX));
-            writer.start_file(entry_name.as_str(), options).map_err(|e| zip_error(e.to_string()))?;
+            let method = if size < STORE_THRESHOLD {
+                CompressionMethod::Deflated
+            } else {
+                CompressionMethod::Stored
+            };
+            let options = options
+                .compression_method(method)
+                .large_file(size >= u64::from(u32::MAX));
+            writer
+                .start_file(entry_name.as_str(), options)
+                .map_err(|e| zip_error(e.to_string()))?;
             let mut source = File::open(&path).at(&path)?;
             io::copy(&mut source, writer)
                 .map_err(|e| zip_error(format!("adding {}: {e}", path.display())))?;
         } else {
-            return Err(zip_error(format!("{}: not a regular file or directory", path.display())));
+            return Err(zip_error(format!(
+                "{}: not a regular file or directory",
+                path.display()
+            )));
         }
     }
     Ok(())
@@ -333,8 +395,14 @@ mod tests {
     fn package_entries<'a>(extra: &[(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a [u8])> {
         let mut entries: Vec<(&str, &[u8])> = vec![
             ("m.mlpackage/Manifest.json", COREMLTOOLS_MANIFEST.as_bytes()),
-            ("m.mlpackage/Data/com.apple.CoreML/model.mlmodel", MODEL_BYTES),
-            ("m.mlpackage/Data/com.apple.CoreML/weights/weight.bin", WEIGHT_BYTES),
+            (
+                "m.mlpackage/Data/com.apple.CoreML/model.mlmodel",
+                MODEL_BYTES,
+            ),
+            (
+                "m.mlpackage/Data/com.apple.CoreML/weights/weight.bin",
+                WEIGHT_BYTES,
+            ),
         ];
         entries.extend_from_slice(extra);
         entries
@@ -352,7 +420,10 @@ mod tests {
             ]),
         );
         let package = Package::open(&zip_path).unwrap();
-        assert_eq!(std::fs::read(package.weight_file().unwrap()).unwrap(), WEIGHT_BYTES);
+        assert_eq!(
+            std::fs::read(package.weight_file().unwrap()).unwrap(),
+            WEIGHT_BYTES
+        );
         assert!(!package.root().join(".DS_Store").exists());
         assert!(!package.root().parent().unwrap().join("__MACOSX").exists());
     }
@@ -360,7 +431,11 @@ mod tests {
     #[test]
     fn zip_slip_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        for evil in ["../evil", "m.mlpackage/../../evil", "m.mlpackage\\..\\..\\evil"] {
+        for evil in [
+            "../evil",
+            "m.mlpackage/../../evil",
+            "m.mlpackage\\..\\..\\evil",
+        ] {
             let zip_path = dir.path().join("slip.zip");
             zip_entries(&zip_path, &package_entries(&[(evil, b"pwned")]));
             let reason = zip_reason(Package::open(&zip_path));
@@ -386,10 +461,18 @@ mod tests {
         let zip_path = dir.path().join("link.zip");
         let mut writer = ZipWriter::new(File::create(&zip_path).unwrap());
         for (name, bytes) in package_entries(&[]) {
-            writer.start_file(name, SimpleFileOptions::default()).unwrap();
+            writer
+                .start_file(name, SimpleFileOptions::default())
+                .unwrap();
             writer.write_all(bytes).unwrap();
         }
-        writer.add_symlink("m.mlpackage/Data/link", "/etc/passwd", SimpleFileOptions::default()).unwrap();
+        writer
+            .add_symlink(
+                "m.mlpackage/Data/link",
+                "/etc/passwd",
+                SimpleFileOptions::default(),
+            )
+            .unwrap();
         writer.finish().unwrap();
         assert!(zip_reason(Package::open(&zip_path)).contains("symbolic link"));
     }
@@ -402,8 +485,12 @@ mod tests {
         // Set general-purpose flag bit 0 (encrypted) in every local and central header.
         let mut bytes = std::fs::read(&zip_path).unwrap();
         for (signature, flags_at) in [(b"PK\x03\x04", 6), (b"PK\x01\x02", 8)] {
-            let starts: Vec<usize> =
-                bytes.windows(4).enumerate().filter(|(_, w)| w == signature).map(|(i, _)| i).collect();
+            let starts: Vec<usize> = bytes
+                .windows(4)
+                .enumerate()
+                .filter(|(_, w)| w == signature)
+                .map(|(i, _)| i)
+                .collect();
             for start in starts {
                 bytes[start + flags_at] |= 1;
             }
@@ -416,10 +503,24 @@ mod tests {
     fn too_many_entries_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let zip_path = dir.path().join("many.zip");
-        zip_entries(&zip_path, &package_entries(&[("m.mlpackage/a", b""), ("m.mlpackage/b", b"")]));
-        let limits = ZipLimits { max_entries: 4, ..ZipLimits::default() };
-        assert!(zip_reason(open_limited(&zip_path, limits)).contains("5 entries, more than the limit of 4"));
-        assert!(open_limited(&zip_path, ZipLimits { max_entries: 5, ..limits }).is_ok());
+        zip_entries(
+            &zip_path,
+            &package_entries(&[("m.mlpackage/a", b""), ("m.mlpackage/b", b"")]),
+        );
+        let limits = ZipLimits {
+            max_entries: 4,
+            ..ZipLimits::default()
+        };
+        assert!(zip_reason(open_limited(&zip_path, limits))
+            .contains("5 entries, more than the limit of 4"));
+        assert!(open_limited(
+            &zip_path,
+            ZipLimits {
+                max_entries: 5,
+                ..limits
+            }
+        )
+        .is_ok());
     }
 
     #[test]
@@ -427,8 +528,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let zip_path = dir.path().join("bomb.zip");
         let zeros = vec![0u8; 5000];
-        zip_entries(&zip_path, &package_entries(&[("m.mlpackage/zeros", &zeros)]));
-        let limits = ZipLimits { max_total_bytes: 4096, ..ZipLimits::default() };
+        zip_entries(
+            &zip_path,
+            &package_entries(&[("m.mlpackage/zeros", &zeros)]),
+        );
+        let limits = ZipLimits {
+            max_total_bytes: 4096,
+            ..ZipLimits::default()
+        };
         assert!(zip_reason(open_limited(&zip_path, limits)).contains("exceeds the limit of 4096"));
     }
 
@@ -437,22 +544,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let zip_path = dir.path().join("liar.zip");
         let zeros = vec![0u8; 50_000];
-        zip_entries(&zip_path, &package_entries(&[("m.mlpackage/zeros", &zeros)]));
+        zip_entries(
+            &zip_path,
+            &package_entries(&[("m.mlpackage/zeros", &zeros)]),
+        );
         // Rewrite the declared uncompressed size of the 50 000-byte entry to 10, in both headers.
         let mut bytes = std::fs::read(&zip_path).unwrap();
         let real = 50_000u32.to_le_bytes();
         let mut patched = 0;
         for (signature, size_at) in [(b"PK\x03\x04", 22), (b"PK\x01\x02", 24)] {
             for start in 0..bytes.len().saturating_sub(size_at + 4) {
-                if &bytes[start..start + 4] == signature && bytes[start + size_at..start + size_at + 4] == real {
-                    bytes[start + size_at..start + size_at + 4].copy_from_slice(&10u32.to_le_bytes());
+                if &bytes[start..start + 4] == signature
+                    && bytes[start + size_at..start + size_at + 4] == real
+                {
+                    bytes[start + size_at..start + size_at + 4]
+                        .copy_from_slice(&10u32.to_le_bytes());
                     patched += 1;
                 }
             }
         }
         assert_eq!(patched, 2);
         std::fs::write(&zip_path, bytes).unwrap();
-        let limits = ZipLimits { max_total_bytes: 1000, ..ZipLimits::default() };
+        let limits = ZipLimits {
+            max_total_bytes: 1000,
+            ..ZipLimits::default()
+        };
         let reason = zip_reason(open_limited(&zip_path, limits));
         assert!(reason.contains("entry 'm.mlpackage/zeros'"), "{reason}");
         assert!(reason.contains("larger than its declared"), "{reason}");
@@ -470,10 +586,16 @@ mod tests {
         let entries = plan_entries(&archive, &ZipLimits::default()).unwrap();
         let target = dir.path().join("out");
         let reason = extract_file(&mut archive, &entries[0], &target, 1000).unwrap_err();
-        assert!(reason.contains("exceeds the archive size limit"), "{reason}");
+        assert!(
+            reason.contains("exceeds the archive size limit"),
+            "{reason}"
+        );
         assert!(std::fs::metadata(&target).unwrap().len() <= 1001);
         let target = dir.path().join("out2");
-        assert_eq!(extract_file(&mut archive, &entries[0], &target, 50_000), Ok(50_000));
+        assert_eq!(
+            extract_file(&mut archive, &entries[0], &target, 50_000),
+            Ok(50_000)
+        );
         assert_eq!(std::fs::read(&target).unwrap(), zeros);
     }
 
@@ -490,7 +612,10 @@ mod tests {
         std::fs::write(&zip_path, b"not a zip at all").unwrap();
         let err = Package::open(&zip_path).unwrap_err();
         assert!(matches!(err, Error::Zip { .. }), "{err}");
-        assert!(err.to_string().starts_with(zip_path.to_str().unwrap()), "{err}");
+        assert!(
+            err.to_string().starts_with(zip_path.to_str().unwrap()),
+            "{err}"
+        );
     }
 
     #[test]
