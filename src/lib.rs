@@ -8,6 +8,7 @@ pub mod dtype;
 pub mod encode;
 pub mod error;
 pub mod mil;
+pub mod package;
 pub mod proto;
 pub mod tensor;
 pub mod weights;

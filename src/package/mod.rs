@@ -1,0 +1,362 @@
+//! `.mlpackage` input and output (spec §1): a package directory or a zip of one, its manifest,
+//! confinement of every path it names, and staged, atomic writing of the result.
+//!
+//! `Package` is read-only: nothing of the input is ever opened for writing. A zipped input is
+//! extracted (with checks) into a private temporary directory, so later stages see a plain
+//! directory either way. `OutputPackage` stages the result next to the output and renames it into
+//! place on `commit`.
+
+mod folder;
+mod manifest;
+mod output;
+mod paths;
+mod random;
+mod zipped;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use manifest::Manifest;
+pub use output::OutputPackage;
+
+use crate::error::{Error, IoContext, Result};
+use folder::{read_folder, DATA_DIR, WEIGHT_FILE};
+use zipped::{extract_package, strip_suffix_ignore_case, ZipLimits};
+
+/// Local file header and empty-archive signatures that start a zip file.
+const ZIP_MAGICS: [&[u8; 4]; 2] = [b"PK\x03\x04", b"PK\x05\x06"];
+
+/// An opened input package.
+#[derive(Debug)]
+pub struct Package {
+    origin: PathBuf,
+    root: PathBuf,
+    manifest: Manifest,
+    weight_file: Option<PathBuf>,
+    shown: ShownPaths,
+    /// Holds the extracted copy of a zipped input; removed when the package is dropped.
+    extracted: Option<tempfile::TempDir>,
+}
+
+impl Package {
+    /// Opens a package directory, or a zip archive holding one (a file named `*.zip` or starting
+    /// with the zip signature).
+    pub fn open(input: &Path) -> Result<Package> {
+        Self::open_with_limits(input, &ZipLimits::default())
+    }
+
+    pub(crate) fn open_with_limits(input: &Path, limits: &ZipLimits) -> Result<Package> {
+        let meta = std::fs::metadata(input).at(input)?;
+        if meta.is_dir() {
+            let root = std::fs::canonicalize(input).at(input)?;
+            let shown = ShownPaths {
+                real: root.clone(),
+                shown: input.to_path_buf(),
+            };
+            return Self::from_dir(input, root, shown, None);
+        }
+        if !meta.is_file() || !looks_like_zip(input)? {
+            return Err(Error::Package {
+                path: input.to_path_buf(),
+                reason: "not an .mlpackage directory or a .zip archive".into(),
+            });
+        }
+        let temp = tempfile::Builder::new()
+            .prefix(".mlprune-unzip-")
+            .tempdir()
+            .at(std::env::temp_dir())?;
+        let root = extract_package(input, temp.path(), limits)?;
+        let root = std::fs::canonicalize(&root).at(&root)?;
+        // Name files inside the archive as `archive.zip/<pkg>.mlpackage/...` rather than by the
+        // temporary path the user never chose.
+        let inner = root.file_name().map(PathBuf::from).unwrap_or_default();
+        let shown = ShownPaths {
+            real: root.clone(),
+            shown: input.join(inner),
+        };
+        Self::from_dir(input, root, shown, Some(temp))
+    }
+
+    fn from_dir(
+        origin: &Path,
+        root: PathBuf,
+        shown: ShownPaths,
+        extracted: Option<tempfile::TempDir>,
+    ) -> Result<Package> {
+        let layout = read_folder(&root, &shown)?;
+        Ok(Package {
+            origin: origin.to_path_buf(),
+            root,
+            manifest: layout.manifest,
+            weight_file: layout.weight_file,
+            shown,
+            extracted,
+        })
+    }
+
+    /// The path the user named (a directory or an archive).
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// The package directory on disk, canonical (a private temporary directory for a zip).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// `Data/<root model item path>`.
+    pub fn model_path(&self) -> PathBuf {
+        self.root
+            .join(DATA_DIR)
+            .join(self.manifest.root_model_relative())
+    }
+
+    /// `Data/<weights item path>`, or `Data/com.apple.CoreML/weights` without a weights item.
+    pub fn weights_dir(&self) -> PathBuf {
+        self.root
+            .join(DATA_DIR)
+            .join(self.manifest.weights_relative())
+    }
+
+    /// `weight.bin` in the weights directory, when the package has one.
+    pub fn weight_file(&self) -> Option<PathBuf> {
+        self.weight_file.clone()
+    }
+
+    pub fn is_zip(&self) -> bool {
+        self.extracted.is_some()
+    }
+
+    /// The path to show the user for a file of this package: inside the folder the user named,
+    /// or inside the archive (`model.zip/model.mlpackage/...`) for a zipped input.
+    pub fn display_path(&self, path: &Path) -> PathBuf {
+        self.shown.show(path)
+    }
+
+    /// The path of `weight.bin` relative to the package root, used to leave it out of copies.
+    pub(crate) fn weight_file_relative(&self) -> PathBuf {
+        Path::new(DATA_DIR)
+            .join(self.manifest.weights_relative())
+            .join(WEIGHT_FILE)
+    }
+}
+
+/// Maps on-disk paths under a package root to the paths the user knows.
+#[derive(Debug, Clone)]
+pub(crate) struct ShownPaths {
+    real: PathBuf,
+    shown: PathBuf,
+}
+
+impl ShownPaths {
+    pub(crate) fn show(&self, path: &Path) -> PathBuf {
+        match path.strip_prefix(&self.real) {
+            Ok(rest) if rest.as_os_str().is_empty() => self.shown.clone(),
+            Ok(rest) => self.shown.join(rest),
+            Err(_) => path.to_path_buf(),
+        }
+    }
+}
+
+/// A `.zip` name, or a file that starts with a zip signature.
+fn looks_like_zip(path: &Path) -> Result<bool> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    if strip_suffix_ignore_case(&name, ".zip").len() < name.len() {
+        return Ok(true);
+    }
+    let mut head = Vec::with_capacity(4);
+    let file = std::fs::File::open(path).at(path)?;
+    file.take(4).read_to_end(&mut head).at(path)?;
+    Ok(ZIP_MAGICS.iter().any(|magic| head == magic[..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    #[test]
+    fn opens_a_folder_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "m.mlpackage");
+        let package = Package::open(&root).unwrap();
+        assert!(!package.is_zip());
+        assert_eq!(package.origin(), root);
+        assert_eq!(package.root(), std::fs::canonicalize(&root).unwrap());
+        assert_eq!(
+            package.manifest().root_model_path(),
+            "com.apple.CoreML/model.mlmodel"
+        );
+        assert_eq!(std::fs::read(package.model_path()).unwrap(), MODEL_BYTES);
+        assert_eq!(
+            package.weights_dir(),
+            package.root().join("Data/com.apple.CoreML/weights")
+        );
+        assert_eq!(
+            std::fs::read(package.weight_file().unwrap()).unwrap(),
+            WEIGHT_BYTES
+        );
+        assert_eq!(
+            package.display_path(&package.model_path()),
+            root.join("Data/com.apple.CoreML/model.mlmodel")
+        );
+    }
+
+    #[test]
+    fn weight_file_is_optional_and_weights_dir_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "m.mlpackage");
+        std::fs::remove_file(root.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap();
+        let manifest = COREMLTOOLS_MANIFEST.replace("\"name\": \"weights\"", "\"name\": \"w\"");
+        std::fs::write(root.join("Manifest.json"), manifest).unwrap();
+        let package = Package::open(&root).unwrap();
+        assert_eq!(package.weight_file(), None);
+        assert_eq!(package.manifest().weights_dir_path(), None);
+        assert_eq!(
+            package.weights_dir(),
+            package.root().join("Data/com.apple.CoreML/weights")
+        );
+    }
+
+    #[test]
+    fn opens_a_zip_of_the_package_folder_and_of_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "m.mlpackage");
+        let expected = read_tree(&root);
+        for (zip_name, prefix) in [("folder.zip", "m.mlpackage/"), ("flat.mlpackage.zip", "")] {
+            let zip_path = dir.path().join(zip_name);
+            zip_tree(&root, &zip_path, prefix);
+            let package = Package::open(&zip_path).unwrap();
+            assert!(package.is_zip());
+            assert_eq!(package.origin(), zip_path);
+            assert_eq!(read_tree(package.root()), expected, "{zip_name}");
+            assert_eq!(std::fs::read(package.model_path()).unwrap(), MODEL_BYTES);
+            assert_eq!(
+                std::fs::read(package.weight_file().unwrap()).unwrap(),
+                WEIGHT_BYTES
+            );
+            let folder = if prefix.is_empty() {
+                "flat.mlpackage"
+            } else {
+                "m.mlpackage"
+            };
+            assert_eq!(package.root().file_name().unwrap(), folder);
+            assert_eq!(
+                package.display_path(&package.model_path()),
+                zip_path
+                    .join(folder)
+                    .join("Data/com.apple.CoreML/model.mlmodel")
+            );
+            // The extracted copy lives only as long as the package.
+            let extracted = package.root().to_path_buf();
+            drop(package);
+            assert!(!extracted.exists());
+        }
+    }
+
+    #[test]
+    fn recognizes_a_zip_by_its_magic_whatever_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "m.mlpackage");
+        let zip_path = dir.path().join("archive.bin");
+        zip_tree(&root, &zip_path, "m.mlpackage/");
+        assert!(Package::open(&zip_path).unwrap().is_zip());
+        let other = dir.path().join("notes.txt");
+        std::fs::write(&other, b"hello").unwrap();
+        let err = Package::open(&other).unwrap_err();
+        assert!(matches!(err, Error::Package { .. }), "{err}");
+        assert!(err.to_string().contains("notes.txt"), "{err}");
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Package::open(&dir.path().join("nope.mlpackage")).unwrap_err();
+        assert!(matches!(missing, Error::Io { .. }), "{missing}");
+        assert!(missing.to_string().contains("nope.mlpackage"));
+
+        let root = make_package(dir.path(), "a.mlpackage");
+        std::fs::remove_file(root.join("Manifest.json")).unwrap();
+        let err = Package::open(&root).unwrap_err();
+        assert!(
+            matches!(&err, Error::Package { path, .. } if *path == root),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("Manifest.json is missing"),
+            "{err}"
+        );
+
+        let root = make_package(dir.path(), "b.mlpackage");
+        std::fs::remove_file(root.join("Data/com.apple.CoreML/model.mlmodel")).unwrap();
+        let err = Package::open(&root).unwrap_err();
+        assert!(
+            matches!(&err, Error::Package { path, .. } if *path == root.join("Data/com.apple.CoreML/model.mlmodel")),
+            "{err}"
+        );
+
+        let root = make_package(dir.path(), "c.mlpackage");
+        std::fs::write(root.join("Manifest.json"), b"{}").unwrap();
+        let err = Package::open(&root).unwrap_err();
+        assert!(
+            matches!(&err, Error::Manifest { path, .. } if *path == root.join("Manifest.json")),
+            "{err}"
+        );
+
+        let root = make_package(dir.path(), "d.mlpackage");
+        std::fs::remove_file(root.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap();
+        std::fs::create_dir(root.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap();
+        let err = Package::open(&root).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("weight.bin: invalid package: is not a regular file"),
+            "{err}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn items_resolving_outside_data_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "m.mlpackage");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("model.mlmodel"), MODEL_BYTES).unwrap();
+        let core_ml = root.join("Data/com.apple.CoreML");
+        std::fs::remove_dir_all(&core_ml).unwrap();
+        std::os::unix::fs::symlink(&outside, &core_ml).unwrap();
+        let err = Package::open(&root).unwrap_err();
+        assert!(matches!(err, Error::Package { .. }), "{err}");
+        assert!(err.to_string().contains("outside"), "{err}");
+
+        // A weight.bin that links out of the package is refused as well.
+        let root = make_package(dir.path(), "w.mlpackage");
+        let weight = root.join("Data/com.apple.CoreML/weights/weight.bin");
+        std::fs::remove_file(&weight).unwrap();
+        std::os::unix::fs::symlink(outside.join("model.mlmodel"), &weight).unwrap();
+        let err = Package::open(&root).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("weight.bin: invalid package: resolves to"),
+            "{err}"
+        );
+
+        // A link that stays inside is fine.
+        let root = make_package(dir.path(), "ok.mlpackage");
+        let model = root.join("Data/com.apple.CoreML/model.mlmodel");
+        std::fs::rename(&model, root.join("Data/real.mlmodel")).unwrap();
+        std::os::unix::fs::symlink("../real.mlmodel", &model).unwrap();
+        let package = Package::open(&root).unwrap();
+        assert_eq!(std::fs::read(package.model_path()).unwrap(), MODEL_BYTES);
+    }
+}

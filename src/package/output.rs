@@ -1,0 +1,718 @@
+//! Staged output: the new package is built in a hidden sibling of OUTPUT and renamed into place
+//! only on `commit`, so OUTPUT is never seen half written and a failed run leaves nothing behind.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
+use super::manifest::Manifest;
+use super::paths::{confined, exists_no_follow};
+use super::random::temp_suffix;
+use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
+use super::Package;
+use crate::error::{Error, IoContext, Result};
+#[cfg(test)]
+use zip::ZipArchive;
+
+/// How many fresh names to try when a temporary name is taken.
+const NAME_ATTEMPTS: usize = 16;
+
+/// A package being written.
+#[derive(Debug)]
+pub struct OutputPackage {
+    /// OUTPUT as the user gave it.
+    output: PathBuf,
+    /// OUTPUT's directory, where every temporary sibling goes (same filesystem, so renames work).
+    parent: PathBuf,
+    /// OUTPUT's file name.
+    name: OsString,
+    force: bool,
+    /// For a zip OUTPUT, the archive's top-level folder name.
+    zip_folder: Option<String>,
+    manifest: Manifest,
+    staging: PathBuf,
+    /// Whether `staging` still exists and is ours to remove.
+    staging_live: bool,
+    /// A partly written archive to remove if the commit fails.
+    temp_zip: Option<PathBuf>,
+}
+
+impl OutputPackage {
+    /// Refuses an OUTPUT that is, contains or lies inside the input, and an existing OUTPUT
+    /// unless `force`. Then stages a copy of every input file except the root model and
+    /// `weight.bin`, which the caller writes at `model_path()` and `weight_path()`.
+    pub fn create(input: &Package, output: &Path, force: bool) -> Result<OutputPackage> {
+        let name = output.file_name().ok_or_else(|| {
+            Error::Usage(format!(
+                "output {} does not name a file or directory",
+                output.display()
+            ))
+        })?;
+        let parent = match output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        check_output_location(input, output, &parent, name, force)?;
+
+        let name_str = name.to_string_lossy();
+        let zip_folder = (strip_suffix_ignore_case(&name_str, ".zip").len() < name_str.len())
+            .then(|| format!("{}.mlpackage", package_stem(output)));
+        let staging = create_staging_dir(&parent, name)?;
+        let staged = OutputPackage {
+            output: output.to_path_buf(),
+            parent,
+            name: name.to_os_string(),
+            force,
+            zip_folder,
+            manifest: input.manifest().clone(),
+            staging,
+            staging_live: true,
+            temp_zip: None,
+        };
+        // From here on, dropping `staged` on error removes the staging directory.
+        let skip = [
+            Path::new(DATA_DIR).join(input.manifest().root_model_relative()),
+            input.weight_file_relative(),
+        ];
+        copy_tree(input, input.root(), &staged.staging, Path::new(""), &skip)?;
+        staged.create_item_dirs()?;
+        Ok(staged)
+    }
+
+    /// Where to write the root model in staging (its directory exists).
+    pub fn model_path(&self) -> PathBuf {
+        self.staging
+            .join(DATA_DIR)
+            .join(self.manifest.root_model_relative())
+    }
+
+    /// Where to write `weight.bin` in staging (its directory exists).
+    pub fn weight_path(&self) -> PathBuf {
+        self.weights_dir().join(WEIGHT_FILE)
+    }
+
+    /// Replaces the staged `Manifest.json` (call it only when the manifest changed).
+    pub fn set_manifest(&mut self, manifest: &Manifest) -> Result<()> {
+        let path = self.staging.join(MANIFEST_FILE);
+        // Remove first: the copy may have kept a read-only mode from the input.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
+            _ => {}
+        }
+        std::fs::write(&path, manifest.to_json()).at(&path)?;
+        self.manifest = manifest.clone();
+        self.create_item_dirs()
+    }
+
+    /// Moves the staged package into place: a rename for a folder OUTPUT; for a `.zip` OUTPUT,
+    /// an archive written to a temporary sibling, synced, then renamed. A replaced OUTPUT is
+    /// removed only once the new one is in place.
+    pub fn commit(mut self) -> Result<()> {
+        if exists_no_follow(&self.output) && !self.force {
+            return Err(Error::Usage(format!(
+                "output {} appeared while writing; not replacing it without --force",
+                self.output.display()
+            )));
+        }
+        match self.zip_folder.clone() {
+            Some(folder) => {
+                let (temp, file) = self.create_temp_zip()?;
+                write_package_zip(&self.staging, &folder, file, &temp)?;
+                replace(&temp, &self.output, &self.parent, &self.name)?;
+                self.temp_zip = None;
+            }
+            None => {
+                sync_tree(&self.staging)?;
+                replace(&self.staging, &self.output, &self.parent, &self.name)?;
+                self.staging_live = false;
+            }
+        }
+        sync_dir(&self.parent);
+        Ok(())
+    }
+
+    fn weights_dir(&self) -> PathBuf {
+        self.staging
+            .join(DATA_DIR)
+            .join(self.manifest.weights_relative())
+    }
+
+    /// The directories the caller writes into: the root model's and the weights directory.
+    fn create_item_dirs(&self) -> Result<()> {
+        let model = self.model_path();
+        if let Some(dir) = model.parent() {
+            std::fs::create_dir_all(dir).at(dir)?;
+        }
+        let weights = self.weights_dir();
+        std::fs::create_dir_all(&weights).at(&weights)
+    }
+
+    /// Creates the temporary archive sibling and records it for cleanup.
+    fn create_temp_zip(&mut self) -> Result<(PathBuf, File)> {
+        let mut last_error = None;
+        for _ in 0..NAME_ATTEMPTS {
+            let path = temp_sibling(&self.parent, &self.name, "tmp");
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    self.temp_zip = Some(path.clone());
+                    return Ok((path, file));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = Some((path, e)),
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        let (path, e) = last_error
+            .unwrap_or_else(|| (self.parent.clone(), io::ErrorKind::AlreadyExists.into()));
+        Err(Error::io(path, e))
+    }
+}
+
+impl Drop for OutputPackage {
+    fn drop(&mut self) {
+        // Best effort: a cleanup failure must not hide the error that got us here.
+        if let Some(temp) = self.temp_zip.take() {
+            let _ = std::fs::remove_file(temp);
+        }
+        if self.staging_live {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+/// OUTPUT must not be the input, inside it, or contain it (comparing canonical paths, so links
+/// and `..` cannot hide it), and must not exist unless `force`.
+fn check_output_location(
+    input: &Package,
+    output: &Path,
+    parent: &Path,
+    name: &std::ffi::OsStr,
+    force: bool,
+) -> Result<()> {
+    let parent_canonical = std::fs::canonicalize(parent).map_err(|e| {
+        Error::Usage(format!(
+            "output directory {} is not usable: {e}",
+            parent.display()
+        ))
+    })?;
+    let exists = exists_no_follow(output);
+    // A dangling symlink cannot be resolved: compare the link's own location then.
+    let output_canonical = exists
+        .then(|| std::fs::canonicalize(output).ok())
+        .flatten()
+        .unwrap_or_else(|| parent_canonical.join(name));
+    let input_canonical = std::fs::canonicalize(input.origin()).at(input.origin())?;
+    let clash = if output_canonical == input_canonical {
+        Some("is the input")
+    } else if output_canonical.starts_with(&input_canonical) {
+        Some("is inside the input")
+    } else if input_canonical.starts_with(&output_canonical) {
+        Some("contains the input")
+    } else {
+        None
+    };
+    if let Some(clash) = clash {
+        return Err(Error::Usage(format!(
+            "output {} {clash} {}",
+            output.display(),
+            input.origin().display()
+        )));
+    }
+    if exists && !force {
+        return Err(Error::Usage(format!(
+            "output {} already exists; pass --force to replace it",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `.<name>.mlprune-<kind>-<random>` next to OUTPUT.
+fn temp_sibling(parent: &Path, name: &OsString, kind: &str) -> PathBuf {
+    let mut file_name = OsString::from(".");
+    file_name.push(name);
+    file_name.push(format!(".mlprune-{kind}-{}", temp_suffix()));
+    parent.join(file_name)
+}
+
+fn create_staging_dir(parent: &Path, name: &std::ffi::OsStr) -> Result<PathBuf> {
+    let name = name.to_os_string();
+    for _ in 0..NAME_ATTEMPTS {
+        let path = temp_sibling(parent, &name, "tmp");
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Err(Error::io(parent, io::ErrorKind::AlreadyExists.into()))
+}
+
+/// Copies the input package tree `src_dir` (at `relative` inside it) into `dst_root`, skipping
+/// the `skip` paths. A symlink is copied as the file it points to, and only if that file is inside
+/// the package; the copy never follows a link out of it.
+fn copy_tree(
+    input: &Package,
+    src_dir: &Path,
+    dst_root: &Path,
+    relative: &Path,
+    skip: &[PathBuf],
+) -> Result<()> {
+    let shown = |p: &Path| input.display_path(p);
+    let mut children: Vec<PathBuf> = std::fs::read_dir(src_dir)
+        .at(shown(src_dir))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<io::Result<_>>()
+        .at(shown(src_dir))?;
+    children.sort();
+    for src in children {
+        let Some(file_name) = src.file_name() else {
+            continue;
+        };
+        let child_relative = relative.join(file_name);
+        if skip.contains(&child_relative) {
+            continue;
+        }
+        let dst = dst_root.join(&child_relative);
+        let meta = std::fs::symlink_metadata(&src).at(shown(&src))?;
+        if meta.is_dir() {
+            std::fs::create_dir(&dst).at(&dst)?;
+            copy_tree(input, &src, dst_root, &child_relative, skip)?;
+        } else if meta.is_file() {
+            copy_file(&src, &dst, &shown(&src))?;
+        } else if meta.file_type().is_symlink() {
+            let target = confined(&src, input.root(), &shown(&src))?;
+            if !std::fs::metadata(&target).at(shown(&src))?.is_file() {
+                return Err(Error::Package {
+                    path: shown(&src),
+                    reason: "a symbolic link to a directory is not supported".into(),
+                });
+            }
+            copy_file(&target, &dst, &shown(&src))?;
+        } else {
+            return Err(Error::Package {
+                path: shown(&src),
+                reason: "not a regular file, directory or symbolic link".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Copies file contents (std uses copy_file_range/sendfile where it can) into a new file.
+fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
+    let mut from = File::open(src).at(src_shown)?;
+    let mut to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .at(dst)?;
+    io::copy(&mut from, &mut to).at(dst)?;
+    Ok(())
+}
+
+/// Puts `new` at `output`. A file over a non-directory is a single atomic rename; otherwise the
+/// old OUTPUT is moved aside, `new` renamed in, and only then the old one removed (and put back
+/// if the rename failed).
+fn replace(new: &Path, output: &Path, parent: &Path, name: &OsString) -> Result<()> {
+    let existing = match std::fs::symlink_metadata(output) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return std::fs::rename(new, output).at(output)
+        }
+        Err(e) => return Err(Error::io(output, e)),
+    };
+    let new_is_file = std::fs::symlink_metadata(new).at(new)?.is_file();
+    if new_is_file && !existing.is_dir() {
+        return std::fs::rename(new, output).at(output);
+    }
+    let aside = temp_sibling(parent, name, "old");
+    std::fs::rename(output, &aside).at(output)?;
+    if let Err(e) = std::fs::rename(new, output) {
+        let _ = std::fs::rename(&aside, output);
+        return Err(Error::io(output, e));
+    }
+    if existing.is_dir() {
+        std::fs::remove_dir_all(&aside).at(&aside)
+    } else {
+        std::fs::remove_file(&aside).at(&aside)
+    }
+}
+
+/// Flushes every file of the staged tree to disk, so the rename publishes complete data.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        let meta = std::fs::symlink_metadata(&path).at(&path)?;
+        if meta.is_dir() {
+            sync_tree(&path)?;
+        } else if meta.is_file() {
+            File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
+        }
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Best-effort directory sync so renames and new entries survive a crash. Some platforms and
+/// filesystems refuse to sync a directory; that is not an error for us.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(handle) = File::open(dir) {
+        let _ = handle.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::testutil::*;
+
+    /// Opens the fixture package in `dir` and stages it to `dir/<out_name>` with a new model,
+    /// weight file and manifest, as the pipeline does.
+    fn stage(dir: &Path, out_name: &str, force: bool) -> Result<(Package, OutputPackage)> {
+        let input = Package::open(&dir.join("in.mlpackage"))?;
+        let mut staged = OutputPackage::create(&input, &dir.join(out_name), force)?;
+        std::fs::write(staged.model_path(), b"new model").unwrap();
+        std::fs::write(staged.weight_path(), b"new weights").unwrap();
+        let mut manifest = input.manifest().clone();
+        manifest.ensure_weights_item();
+        staged.set_manifest(&manifest)?;
+        Ok((input, staged))
+    }
+
+    /// What the committed fixture package must hold.
+    fn expected_tree(input: &Package) -> std::collections::BTreeMap<PathBuf, Option<Vec<u8>>> {
+        let mut tree = read_tree(input.root());
+        tree.insert(
+            "Data/com.apple.CoreML/model.mlmodel".into(),
+            Some(b"new model".to_vec()),
+        );
+        tree.insert(
+            "Data/com.apple.CoreML/weights/weight.bin".into(),
+            Some(b"new weights".to_vec()),
+        );
+        tree
+    }
+
+    fn usage(result: Result<(Package, OutputPackage)>) -> String {
+        match result {
+            Err(Error::Usage(message)) => message,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn staging_holds_a_copy_without_model_and_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
+        let staged =
+            OutputPackage::create(&input, &dir.path().join("out.mlpackage"), false).unwrap();
+        let staging = staged.staging.clone();
+        assert!(staging
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(".out.mlpackage.mlprune-tmp-"));
+        assert_eq!(staging.parent().unwrap(), dir.path());
+        let tree = read_tree(&staging);
+        assert_eq!(
+            tree[Path::new("Manifest.json")].as_deref(),
+            Some(COREMLTOOLS_MANIFEST.as_bytes())
+        );
+        assert_eq!(tree[Path::new(EXTRA_FILE)].as_deref(), Some(&b"notes"[..]));
+        assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/model.mlmodel")));
+        assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/weights/weight.bin")));
+        assert!(staged.weight_path().parent().unwrap().is_dir());
+        assert_eq!(
+            staged.model_path(),
+            staging.join("Data/com.apple.CoreML/model.mlmodel")
+        );
+        // Dropping without commit removes everything it made.
+        drop(staged);
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage"]);
+    }
+
+    #[test]
+    fn commit_folder_output() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let before = read_tree(&dir.path().join("in.mlpackage"));
+        let (input, staged) = stage(dir.path(), "out.mlpackage", false).unwrap();
+        staged.commit().unwrap();
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
+        assert_eq!(
+            read_tree(&dir.path().join("out.mlpackage")),
+            expected_tree(&input)
+        );
+        assert_eq!(read_tree(input.root()), before, "the input is untouched");
+        let output = Package::open(&dir.path().join("out.mlpackage")).unwrap();
+        assert_eq!(
+            std::fs::read(output.weight_file().unwrap()).unwrap(),
+            b"new weights"
+        );
+    }
+
+    #[test]
+    fn set_manifest_rewrites_the_staged_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "in.mlpackage");
+        let without_weights =
+            COREMLTOOLS_MANIFEST.replace("\"name\": \"weights\"", "\"name\": \"w\"");
+        std::fs::write(root.join("Manifest.json"), &without_weights).unwrap();
+        let (_input, staged) = stage(dir.path(), "out.mlpackage", false).unwrap();
+        staged.commit().unwrap();
+        let output = Package::open(&dir.path().join("out.mlpackage")).unwrap();
+        assert_eq!(
+            output.manifest().weights_dir_path(),
+            Some("com.apple.CoreML/weights")
+        );
+        assert_ne!(
+            std::fs::read_to_string(dir.path().join("out.mlpackage/Manifest.json")).unwrap(),
+            without_weights
+        );
+    }
+
+    #[test]
+    fn commit_zip_output_reopens_to_the_same_files() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        for (out_name, folder) in [
+            ("out.zip", "out.mlpackage"),
+            ("out2.mlpackage.zip", "out2.mlpackage"),
+        ] {
+            let (input, staged) = stage(dir.path(), out_name, false).unwrap();
+            staged.commit().unwrap();
+            let zip_path = dir.path().join(out_name);
+            let reopened = Package::open(&zip_path).unwrap();
+            assert_eq!(reopened.root().file_name().unwrap(), folder);
+            assert_eq!(read_tree(reopened.root()), expected_tree(&input));
+            // One top-level folder holds everything, directories included.
+            let archive = ZipArchive::new(File::open(&zip_path).unwrap()).unwrap();
+            let names: Vec<String> = archive
+                .file_names()
+                .map(|n| n.unwrap().into_owned())
+                .collect();
+            assert!(
+                names.iter().all(|n| n.starts_with(&format!("{folder}/"))),
+                "{names:?}"
+            );
+            assert!(names.contains(&format!("{folder}/Data/com.apple.CoreML/weights/")));
+        }
+        assert_eq!(
+            list_dir(dir.path()),
+            ["in.mlpackage", "out.zip", "out2.mlpackage.zip"]
+        );
+    }
+
+    #[test]
+    fn zip_output_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        stage(dir.path(), "a.zip", false)
+            .unwrap()
+            .1
+            .commit()
+            .unwrap();
+        stage(dir.path(), "b.zip", false)
+            .unwrap()
+            .1
+            .commit()
+            .unwrap();
+        // Same folder name inside, so the archives must be byte-identical apart from it.
+        let a = std::fs::read(dir.path().join("a.zip")).unwrap();
+        let b = std::fs::read(dir.path().join("b.zip")).unwrap();
+        assert_eq!(a.len(), b.len());
+        let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        let entries = ZipArchive::new(File::open(dir.path().join("a.zip")).unwrap())
+            .unwrap()
+            .len();
+        // Each name appears twice (local + central header) and differs in one byte ('a' vs 'b').
+        assert_eq!(differing, entries * 2);
+    }
+
+    #[test]
+    fn zipped_input_to_folder_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "src.mlpackage");
+        let zip_path = dir.path().join("in.zip");
+        zip_tree(&root, &zip_path, "src.mlpackage/");
+        let input = Package::open(&zip_path).unwrap();
+        let out = dir.path().join("out.mlpackage");
+        let staged = OutputPackage::create(&input, &out, false).unwrap();
+        std::fs::write(staged.model_path(), b"m").unwrap();
+        staged.commit().unwrap();
+        let tree = read_tree(&out);
+        assert_eq!(tree[Path::new(EXTRA_FILE)].as_deref(), Some(&b"notes"[..]));
+        assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/weights/weight.bin")));
+        // The zip itself is the input: writing over it is refused.
+        assert!(matches!(
+            OutputPackage::create(&input, &zip_path, true),
+            Err(Error::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn output_equal_to_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        assert!(usage(stage(dir.path(), "in.mlpackage", true)).contains("is the input"));
+        // Also when spelled differently.
+        let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
+        let other_spelling = dir.path().join("in.mlpackage/Data/../../in.mlpackage");
+        let err = OutputPackage::create(&input, &other_spelling, true).unwrap_err();
+        assert!(err.to_string().contains("is the input"), "{err}");
+        let no_name = dir.path().join("in.mlpackage/Data/..");
+        let err = OutputPackage::create(&input, &no_name, true).unwrap_err();
+        assert!(err.to_string().contains("does not name a file"), "{err}");
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage"]);
+    }
+
+    #[test]
+    fn output_inside_input_and_input_inside_output_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        assert!(
+            usage(stage(dir.path(), "in.mlpackage/Data/out.mlpackage", true))
+                .contains("inside the input")
+        );
+        let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
+        let err = OutputPackage::create(&input, dir.path(), true).unwrap_err();
+        assert!(err.to_string().contains("contains the input"), "{err}");
+        assert!(input
+            .root()
+            .join("Data/com.apple.CoreML/model.mlmodel")
+            .exists());
+        let in_data = read_tree(input.root());
+        assert!(!in_data
+            .keys()
+            .any(|p| p.to_string_lossy().contains("mlprune-tmp")));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn output_through_a_symlink_into_the_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        std::os::unix::fs::symlink(
+            dir.path().join("in.mlpackage/Data"),
+            dir.path().join("alias"),
+        )
+        .unwrap();
+        assert!(usage(stage(dir.path(), "alias/out.mlpackage", false)).contains("inside the input"));
+    }
+
+    #[test]
+    fn existing_output_needs_force_and_is_replaced_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let out = dir.path().join("out.mlpackage");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("old"), b"old").unwrap();
+        assert!(usage(stage(dir.path(), "out.mlpackage", false)).contains("--force"));
+        assert!(out.join("old").exists());
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
+
+        let (input, staged) = stage(dir.path(), "out.mlpackage", true).unwrap();
+        assert!(out.join("old").exists(), "replaced only at commit time");
+        staged.commit().unwrap();
+        assert_eq!(read_tree(&out), expected_tree(&input));
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
+
+        // A zip over an existing zip, and a folder over a file.
+        std::fs::write(dir.path().join("out.zip"), b"old zip").unwrap();
+        assert!(usage(stage(dir.path(), "out.zip", false)).contains("already exists"));
+        stage(dir.path(), "out.zip", true)
+            .unwrap()
+            .1
+            .commit()
+            .unwrap();
+        assert!(Package::open(&dir.path().join("out.zip")).is_ok());
+        std::fs::write(dir.path().join("file.mlpackage"), b"a file").unwrap();
+        stage(dir.path(), "file.mlpackage", true)
+            .unwrap()
+            .1
+            .commit()
+            .unwrap();
+        assert!(Package::open(&dir.path().join("file.mlpackage")).is_ok());
+        assert_eq!(
+            list_dir(dir.path()),
+            ["file.mlpackage", "in.mlpackage", "out.mlpackage", "out.zip"]
+        );
+    }
+
+    #[test]
+    fn failed_commit_leaves_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        for out_name in ["out.mlpackage", "out.zip"] {
+            let (_input, staged) = stage(dir.path(), out_name, false).unwrap();
+            // Something else creates OUTPUT while we work: commit must not clobber it.
+            std::fs::create_dir(dir.path().join(out_name)).unwrap();
+            std::fs::write(dir.path().join(out_name).join("theirs"), b"x").unwrap();
+            let err = staged.commit().unwrap_err();
+            assert!(matches!(err, Error::Usage(_)), "{err}");
+            assert_eq!(list_dir(&dir.path().join(out_name)), ["theirs"]);
+        }
+        assert_eq!(
+            list_dir(dir.path()),
+            ["in.mlpackage", "out.mlpackage", "out.zip"]
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn failed_zip_write_leaves_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let (_input, staged) = stage(dir.path(), "out.zip", false).unwrap();
+        // A staged file the archive cannot hold (a FIFO) makes the zip writer fail mid-way.
+        let fifo = staged.staging.join("fifo");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(status.is_ok_and(|s| s.success()), "mkfifo failed");
+        let err = staged.commit().unwrap_err();
+        assert!(matches!(err, Error::Zip { .. }), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn copy_never_follows_a_symlink_out_of_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "in.mlpackage");
+        std::fs::write(dir.path().join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("Data/leak")).unwrap();
+        let err = usage_or_package(stage(dir.path(), "out.mlpackage", false));
+        assert!(
+            err.contains("Data/leak: invalid package: resolves to"),
+            "{err}"
+        );
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "secret"]);
+
+        // A link to a file inside the package is copied as that file.
+        std::fs::remove_file(root.join("Data/leak")).unwrap();
+        std::os::unix::fs::symlink("com.apple.CoreML/extra/notes.txt", root.join("Data/alias"))
+            .unwrap();
+        stage(dir.path(), "out.mlpackage", false)
+            .unwrap()
+            .1
+            .commit()
+            .unwrap();
+        let alias = dir.path().join("out.mlpackage/Data/alias");
+        assert!(std::fs::symlink_metadata(&alias).unwrap().is_file());
+        assert_eq!(std::fs::read(alias).unwrap(), b"notes");
+    }
+
+    fn usage_or_package(result: Result<(Package, OutputPackage)>) -> String {
+        match result {
+            Err(e @ Error::Package { .. }) => e.to_string(),
+            other => panic!("expected a package error, got {other:?}"),
+        }
+    }
+}
