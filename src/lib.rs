@@ -7,6 +7,7 @@ pub mod blob;
 pub mod dtype;
 pub mod encode;
 pub mod error;
+pub mod inspect;
 pub mod mil;
 pub mod package;
 pub mod proto;

@@ -24,16 +24,17 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Reads and decodes the file; see [`decode_model`] for what is refused.
-    pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).at(path)?;
-        let mut shell = decode_model(&bytes, path)?;
+    /// Reads and decodes the file at `path`; errors name `label`, the path the user knows (it
+    /// differs for a zipped package). See [`decode_model`] for what is refused.
+    pub fn read(path: &Path, label: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).at(label)?;
+        let mut shell = decode_model(&bytes, label)?;
         let program = match shell.r#type.take() {
             Some(model::Type::MlProgram(p)) => p,
             // decode_model only returns ML Programs; keep the error path rather than panic.
-            _ => return Err(Error::Model { path: path.to_owned(), reason: "is not an ML Program".into() }),
+            _ => return Err(Error::Model { path: label.to_owned(), reason: "is not an ML Program".into() }),
         };
-        Ok(LoadedModel { path: path.to_owned(), shell, program })
+        Ok(LoadedModel { path: label.to_owned(), shell, program })
     }
 
     pub fn spec_version(&self) -> i32 {

@@ -4,11 +4,11 @@
 //! and a fully known shape whose element count fits, and the stored data must agree with both.
 
 use std::fs::File;
-use std::path::Path;
 
 use crate::blob::BlobReader;
 use crate::dtype::ScalarType;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::package::Package;
 use crate::mil::value::{decode_immediate, element_count, TensorTypeExt, ValueExt};
 use crate::proto::mil::Value;
 use crate::tensor::TensorData;
@@ -44,9 +44,16 @@ pub struct WeightSource {
 }
 
 impl WeightSource {
-    /// Opens `weight.bin` if the package has one.
-    pub fn open(weight_file: Option<&Path>) -> Result<Self> {
-        let blobs = weight_file.map(BlobReader::open).transpose()?;
+    /// Opens the package's `weight.bin` if it has one; errors name it as the user knows it.
+    pub fn open(package: &Package) -> Result<Self> {
+        let blobs = match package.weight_file() {
+            Some(path) => {
+                let label = package.display_path(&path);
+                let file = File::open(&path).at(&label)?;
+                Some(BlobReader::new(file, label)?)
+            }
+            None => None,
+        };
         Ok(WeightSource { blobs })
     }
 

@@ -1,0 +1,276 @@
+//! `mlprune inspect`: one row per weight tensor, then a total line.
+//!
+//! A weight tensor is either a plain `const` holding a numeric tensor of rank ≥ 1 (scalars and
+//! string/int32 parameters like strides are not weights), or the last op of a constexpr chain (e.g.
+//! `constexpr_lut_to_dense`, or `constexpr_sparse_to_dense` fed by a joint-compression op). Consts
+//! that only feed constexpr ops are part of that chain's row, not rows of their own.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::dtype::ScalarType;
+use crate::error::Result;
+use crate::mil::graph::{op_at, GraphView};
+use crate::mil::value::OperationExt;
+use crate::mil::LoadedModel;
+use crate::package::Package;
+use crate::proto::mil::{argument::binding::Binding, Operation, Program};
+use crate::tensor::TensorData;
+use crate::weights::{TensorMeta, WeightSource};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Consumer {
+    pub op: String,
+    pub op_type: String,
+    pub input: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WeightRow {
+    pub name: String,
+    pub consumers: Vec<Consumer>,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub elements: u64,
+    /// Bytes the tensor occupies as stored (all values of its constexpr chain).
+    pub bytes: u64,
+    /// Share of exact zeros in the dense tensor; `None` where it cannot be read without decompressing.
+    pub sparsity: Option<f64>,
+    /// The producing op type: `const`, `constexpr_sparse_to_dense`, ...
+    pub storage: String,
+    /// The constexpr ops that produce the tensor, innermost first (empty for a plain const).
+    pub chain: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InspectReport {
+    pub input: String,
+    pub spec_version: i32,
+    pub opsets: Vec<String>,
+    pub weight_file_bytes: u64,
+    pub weights: Vec<WeightRow>,
+}
+
+/// Reads a package and lists its weight tensors. Every blob a row needs is read and validated.
+pub fn inspect(input: &Path) -> Result<InspectReport> {
+    let package = Package::open(input)?;
+    let model_path = package.model_path();
+    let model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
+    let graph = GraphView::build(&model.program)?;
+    let source = WeightSource::open(&package)?;
+    let weight_file_bytes = source.blob_reader().map_or(0, |r| r.size());
+    let mut weights = Vec::new();
+    for (index, info) in graph.ops.iter().enumerate() {
+        let Some(op) = op_at(&model.program, &info.path) else { continue };
+        let consumers: Vec<Consumer> = graph
+            .consumers(index)
+            .into_iter()
+            .map(|(c, input)| Consumer {
+                op: graph.ops[c].name.clone(),
+                op_type: graph.ops[c].op_type.clone(),
+                input: input.to_owned(),
+            })
+            .collect();
+        let feeds_constexpr_only =
+            !consumers.is_empty() && consumers.iter().all(|c| c.op_type.starts_with("constexpr_"));
+        if feeds_constexpr_only {
+            continue;
+        }
+        let row = if let Some(value) = op.const_value() {
+            let Some(meta) = TensorMeta::of(value).filter(|m| is_weight_dtype(m.dtype) && !m.shape.is_empty())
+            else {
+                continue;
+            };
+            let (_, data) = source.read(&info.name, value)?;
+            WeightRow {
+                name: info.name.clone(),
+                consumers,
+                dtype: meta.dtype.to_string(),
+                elements: meta.count,
+                bytes: meta.storage_bytes().unwrap_or(u64::MAX),
+                sparsity: Some(zero_share(&data)),
+                shape: meta.shape,
+                storage: "const".into(),
+                chain: vec![],
+            }
+        } else if op.is_constexpr() {
+            let Some(out) = op.outputs.last() else { continue };
+            let Some(meta) = out.r#type.as_ref().and_then(|t| {
+                TensorMeta::of(&crate::proto::mil::Value { r#type: Some(t.clone()), ..Default::default() })
+            }) else {
+                continue;
+            };
+            let mut chain = Vec::new();
+            let bytes = chain_bytes(&model.program, &graph, index, &mut chain);
+            let sparsity = sparse_mask_share(op, &meta, &source, &info.name)?;
+            WeightRow {
+                name: info.name.clone(),
+                consumers,
+                dtype: meta.dtype.to_string(),
+                elements: meta.count,
+                bytes,
+                sparsity,
+                shape: meta.shape,
+                storage: op.r#type.clone(),
+                chain,
+            }
+        } else {
+            continue;
+        };
+        weights.push(row);
+    }
+    let mut opsets: Vec<String> = model.program.functions.values().map(|f| f.opset.clone()).collect();
+    opsets.dedup();
+    Ok(InspectReport {
+        input: input.display().to_string(),
+        spec_version: model.spec_version(),
+        opsets,
+        weight_file_bytes,
+        weights,
+    })
+}
+
+/// Dtypes that hold weights: floats and 8-bit-or-narrower integers (spec §2.5's storable set).
+fn is_weight_dtype(dtype: ScalarType) -> bool {
+    use ScalarType::*;
+    dtype.is_float() && dtype != Float64 || dtype.is_sub_byte() || matches!(dtype, Int8 | UInt8)
+}
+
+fn zero_share(data: &TensorData) -> f64 {
+    if data.is_empty() {
+        0.0
+    } else {
+        data.count_zeros() as f64 / data.len() as f64
+    }
+}
+
+/// Stored bytes of a constexpr op and everything feeding it, collecting op types innermost first.
+fn chain_bytes(program: &Program, graph: &GraphView, index: usize, chain: &mut Vec<String>) -> u64 {
+    let info = &graph.ops[index];
+    let Some(op) = op_at(program, &info.path) else { return 0 };
+    let mut total = 0u64;
+    let mut inline = |v: &crate::proto::mil::Value| {
+        if let Some(b) = TensorMeta::of(v).and_then(|m| m.storage_bytes()) {
+            total = total.saturating_add(b);
+        }
+    };
+    for (name, v) in &op.attributes {
+        if name != "name" {
+            inline(v);
+        }
+    }
+    let mut named = Vec::new();
+    for arg in op.inputs.values() {
+        for b in &arg.arguments {
+            match &b.binding {
+                Some(Binding::Value(v)) => inline(v),
+                Some(Binding::Name(n)) => named.push(n.clone()),
+                None => {}
+            }
+        }
+    }
+    named.sort();
+    named.dedup();
+    for n in named {
+        if let Some(p) = graph.producer(&info.path.function, &n) {
+            let producer = &graph.ops[p];
+            if producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
+                total = total.saturating_add(chain_bytes(program, graph, p, chain));
+            }
+        }
+    }
+    if op.is_constexpr() {
+        chain.push(op.r#type.clone());
+    }
+    total
+}
+
+/// For a `constexpr_sparse_to_dense` whose mask is held inline, the share of zero mask bits.
+fn sparse_mask_share(op: &Operation, meta: &TensorMeta, source: &WeightSource, name: &str) -> Result<Option<f64>> {
+    if op.r#type != "constexpr_sparse_to_dense" || meta.count == 0 {
+        return Ok(None);
+    }
+    let inline_mask = op.attributes.get("mask").or_else(|| {
+        op.inputs.get("mask").and_then(|a| match a.arguments.first().and_then(|b| b.binding.as_ref()) {
+            Some(Binding::Value(v)) => Some(v),
+            _ => None,
+        })
+    });
+    let Some(mask) = inline_mask else { return Ok(None) };
+    let (_, data) = source.read(&format!("{name}.mask"), mask)?;
+    let bytes = data.to_le_bytes();
+    let kept: u64 = bytes.iter().map(|b| u64::from(b.count_ones())).sum();
+    Ok(Some(1.0 - kept.min(meta.count) as f64 / meta.count as f64))
+}
+
+/// The human table: one row per tensor, then the total line.
+pub fn render_table(report: &InspectReport) -> String {
+    let header = ["NAME", "CONSUMER", "DTYPE", "SHAPE", "ELEMENTS", "BYTES", "SPARSITY", "STORAGE"];
+    let rows: Vec<[String; 8]> = report
+        .weights
+        .iter()
+        .map(|w| {
+            let consumer = match w.consumers.as_slice() {
+                [] => "-".to_owned(),
+                [c, rest @ ..] => {
+                    let more = if rest.is_empty() { String::new() } else { format!(" +{}", rest.len()) };
+                    format!("{} ({}.{}){more}", c.op, c.op_type, c.input)
+                }
+            };
+            let storage = if w.chain.len() > 1 { w.chain.join(" → ") } else { w.storage.clone() };
+            [
+                w.name.clone(),
+                consumer,
+                w.dtype.clone(),
+                format!("{:?}", w.shape),
+                w.elements.to_string(),
+                w.bytes.to_string(),
+                w.sparsity.map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
+                storage,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            // Numbers right-aligned, text left-aligned.
+            let pad = w - cell.chars().count();
+            if (4..=6).contains(&i) {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                if i + 1 < cells.len() {
+                    s.push_str(&" ".repeat(pad));
+                }
+            }
+            if i + 1 < cells.len() {
+                s.push_str("  ");
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&header.map(String::from));
+    for r in &rows {
+        line(r);
+    }
+    let elements: u64 = report.weights.iter().map(|w| w.elements).sum();
+    let bytes: u64 = report.weights.iter().map(|w| w.bytes).sum();
+    out.push_str(&format!(
+        "total: {} weight tensors, {elements} elements, {bytes} bytes; spec version {}, opset {}, weight.bin {} bytes\n",
+        report.weights.len(),
+        report.spec_version,
+        report.opsets.join(","),
+        report.weight_file_bytes
+    ));
+    out
+}
