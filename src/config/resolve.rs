@@ -102,7 +102,8 @@ pub fn resolve_op<'a>(
             op_type: first.op_type.to_string(),
         });
     }
-    // 5. Every consumer must resolve to the same config (or to the same None).
+    // 5. Every consumer must resolve to the same config (or to the same None). coremltools prints
+    //    each op's full multi-line MIL text where we print its name, to keep the message one line.
     let (first_cfg, first_by) = consumer_config(cfg, first);
     for c in &consumers[1..] {
         let (other_cfg, _) = consumer_config(cfg, c);
