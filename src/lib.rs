@@ -4,6 +4,7 @@
 //! `package` → `proto`/`mil` → `config` → `blob`/`tensor` → `prune` → `mil` rewrite → `package` write.
 
 pub mod blob;
+pub mod config;
 pub mod dtype;
 pub mod encode;
 pub mod error;
