@@ -4,13 +4,16 @@
 //! `package` → `proto`/`mil` → `config` → `blob`/`tensor` → `prune` → `mil` rewrite → `package` write.
 
 pub mod blob;
+pub mod cli;
 pub mod config;
 pub mod dtype;
 pub mod encode;
+pub mod engine;
 pub mod error;
 pub mod inspect;
 pub mod mil;
 pub mod package;
+pub mod plan;
 pub mod proto;
 pub mod tensor;
 pub mod weights;

@@ -80,6 +80,16 @@ impl OpConfig {
         }
     }
 
+    /// The pruning mode, as reports name it: `threshold`, `magnitude`, `block` or `n:m`.
+    pub fn mode_name(&self) -> &'static str {
+        match self {
+            OpConfig::Threshold { .. } => "threshold",
+            OpConfig::Magnitude { block_size: Some(_), .. } => "block",
+            OpConfig::Magnitude { n_m_ratio: Some(_), .. } => "n:m",
+            OpConfig::Magnitude { .. } => "magnitude",
+        }
+    }
+
     /// coremltools' class name for this config.
     pub fn class_name(&self) -> &'static str {
         match self {

@@ -1,0 +1,186 @@
+//! Command-line definitions and their validation into engine requests. `main.rs` only parses and
+//! reports; everything that can be wrong with the arguments is turned into an `Error` here.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{from_shortcuts, parse_n_m, OptimizationConfig, Shortcuts};
+use crate::engine::{self, DevicePolicy, PruneJob, PruneSummary};
+use crate::error::{Error, IoContext, Result};
+use crate::inspect;
+
+/// Default `--gpu-min-elements`: tensors smaller than this stay on the CPU under `--device auto`.
+pub const DEFAULT_GPU_MIN_ELEMENTS: u64 = 1 << 20;
+
+#[derive(Debug, Parser)]
+#[command(name = "mlprune", version, about = "Prune Core ML ML Program models exactly like coremltools, fast")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List every weight tensor of a model: consumer, dtype, shape, size, sparsity, storage.
+    Inspect {
+        /// An .mlpackage folder or a .zip holding one.
+        input: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prune a model's weights into a new package (the input is never modified).
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The model to prune: an .mlpackage folder or a .zip holding one.
+    pub input: PathBuf,
+    /// Where to write the pruned model; a path ending in .zip writes a zipped package.
+    pub output: PathBuf,
+    /// coremltools OptimizationConfig.from_dict layout, as JSON or YAML.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["threshold", "sparsity", "n_m", "weight_threshold"])]
+    pub config: Option<PathBuf>,
+    /// Prune weights that are already quantized or palettized (iOS18 models).
+    #[arg(long)]
+    pub joint_compression: bool,
+    /// Where to run the kernels.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+    /// Under --device auto, tensors with at least this many elements go to the GPU.
+    #[arg(long, value_name = "N")]
+    pub gpu_min_elements: Option<u64>,
+    /// Write a per-tensor JSON report to this file.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// Shortcut: threshold pruning, zeroing |w| <= T.
+    #[arg(long, value_name = "T", conflicts_with_all = ["sparsity", "n_m"])]
+    pub threshold: Option<f64>,
+    /// With --threshold: skip tensors that would end up less sparse than P (default 0.5).
+    #[arg(long, value_name = "P", requires = "threshold")]
+    pub min_sparsity: Option<f64>,
+    /// Shortcut: magnitude pruning to target sparsity S in [0, 1].
+    #[arg(long, value_name = "S", conflicts_with = "n_m")]
+    pub sparsity: Option<f64>,
+    /// With --sparsity: block sparsity with blocks of B channels.
+    #[arg(long, value_name = "B", requires = "sparsity")]
+    pub block_size: Option<u64>,
+    /// Axis for --block-size (default 0) or --n-m (default 1).
+    #[arg(long, value_name = "D")]
+    pub dim: Option<u32>,
+    /// Shortcut: n:m sparsity, zeroing the N smallest of every M.
+    #[arg(long = "n-m", value_name = "N:M")]
+    pub n_m: Option<String>,
+    /// Only prune tensors with more than W elements (default 2048).
+    #[arg(long, value_name = "W")]
+    pub weight_threshold: Option<u64>,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl PruneArgs {
+    /// Validates the arguments into a job.
+    pub fn to_job(&self) -> Result<PruneJob> {
+        let config = match &self.config {
+            Some(path) => OptimizationConfig::from_file(path)?,
+            None => {
+                if self.dim.is_some() && self.block_size.is_none() && self.n_m.is_none() {
+                    return Err(Error::Usage("--dim needs --block-size or --n-m".into()));
+                }
+                let shortcuts = Shortcuts {
+                    threshold: self.threshold,
+                    min_sparsity: self.min_sparsity,
+                    sparsity: self.sparsity,
+                    block_size: self.block_size,
+                    n_m: self.n_m.as_deref().map(parse_n_m).transpose()?,
+                    dim: self.dim,
+                    weight_threshold: self.weight_threshold,
+                };
+                if shortcuts == Shortcuts::default() {
+                    return Err(Error::Usage(
+                        "nothing to do: give --config FILE or a mode (--threshold, --sparsity, --n-m, --weight-threshold)".into(),
+                    ));
+                }
+                from_shortcuts(&shortcuts)?
+            }
+        };
+        Ok(PruneJob {
+            input: self.input.clone(),
+            output: self.output.clone(),
+            config,
+            joint_compression: self.joint_compression,
+            device: match self.device {
+                DeviceArg::Auto => DevicePolicy::Auto,
+                DeviceArg::Cpu => DevicePolicy::Cpu,
+                DeviceArg::Gpu => DevicePolicy::Gpu,
+            },
+            gpu_min_elements: self.gpu_min_elements.unwrap_or(DEFAULT_GPU_MIN_ELEMENTS),
+            force: self.force,
+        })
+    }
+}
+
+/// Runs a parsed command line.
+pub fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect { input, json } => {
+            let report = inspect::inspect(&input)?;
+            let text = if json {
+                let mut s = serde_json::to_string_pretty(&report).map_err(|e| Error::Usage(e.to_string()))?;
+                s.push('\n');
+                s
+            } else {
+                inspect::render_table(&report)
+            };
+            print_stdout(&text)
+        }
+        Command::Prune(args) => {
+            let job = args.to_job()?;
+            let summary = engine::prune(&job)?;
+            if let Some(path) = &args.report {
+                let mut json = serde_json::to_vec_pretty(&summary.tensors).map_err(|e| Error::Usage(e.to_string()))?;
+                json.push(b'\n');
+                std::fs::write(path, json).at(path)?;
+            }
+            if !args.quiet {
+                eprint!("{}", human_summary(&summary, &job));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn human_summary(s: &PruneSummary, job: &PruneJob) -> String {
+    let pruned = s.pruned_count();
+    format!(
+        "pruned {pruned} of {} weight tensors ({} skipped); weight.bin {} → {} bytes; wrote {}\n",
+        s.tensors.len(),
+        s.tensors.len() - pruned,
+        s.weight_bytes_before,
+        s.weight_bytes_after,
+        job.output.display()
+    )
+}
+
+/// Writes to stdout, treating a closed pipe (`mlprune inspect m | head`) as success.
+fn print_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.at("<stdout>"),
+    }
+}

@@ -1,0 +1,149 @@
+//! The prune pipeline: package → model → graph → plan → per-tensor kernels → encode → write.
+//!
+//! Ops are visited once, in program order, and `weight.bin` is written in that same order: each
+//! pruned const's new blobs are appended where the const stood, every other blob is copied (once per
+//! original offset). Replacements are one op for one op, so the graph's op paths stay valid while the
+//! program is rewritten. Output goes to a staging folder that is renamed into place only at the end.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::OptimizationConfig;
+use crate::error::{Error, IoContext, Result};
+use crate::mil::graph::{op_at_mut, GraphView};
+use crate::mil::LoadedModel;
+use crate::package::{OutputPackage, Package};
+use crate::plan::{plan, Decision, PlannedTensor};
+use crate::weights::{WeightFileBuilder, WeightSource};
+
+/// Where tensors are pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DevicePolicy {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+/// A validated `mlprune prune` request.
+#[derive(Debug, Clone)]
+pub struct PruneJob {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub config: OptimizationConfig,
+    pub joint_compression: bool,
+    pub device: DevicePolicy,
+    pub gpu_min_elements: u64,
+    pub force: bool,
+}
+
+/// One entry of `--report`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorReport {
+    pub name: String,
+    pub consumer: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub mode: String,
+    pub pruned: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// Share of zeros after pruning (before, for skipped tensors is not computed: `null`).
+    pub sparsity: Option<f64>,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub device: &'static str,
+    pub millis: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneSummary {
+    pub tensors: Vec<TensorReport>,
+    pub weight_bytes_before: u64,
+    pub weight_bytes_after: u64,
+}
+
+impl PruneSummary {
+    pub fn pruned_count(&self) -> usize {
+        self.tensors.iter().filter(|t| t.pruned).count()
+    }
+}
+
+pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
+    if job.joint_compression {
+        return Err(Error::Unsupported("--joint-compression is not implemented yet".into()));
+    }
+    if job.device == DevicePolicy::Gpu {
+        return Err(Error::Unsupported("--device gpu: this build has no GPU backend yet; use --device cpu".into()));
+    }
+    job.config.validate()?;
+    let package = Package::open(&job.input)?;
+    let model_path = package.model_path();
+    let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
+    let graph = GraphView::build(&model.program)?;
+    let planned = plan(&model.program, &graph, &job.config)?;
+    let source = WeightSource::open(&package)?;
+    let had_weight_file = source.blob_reader().is_some();
+    let weight_bytes_before = source.blob_reader().map_or(0, |r| r.size());
+
+    let mut out = OutputPackage::create(&package, &job.output, job.force)?;
+    let weight_path = out.weight_path();
+    let mut weights = WeightFileBuilder::create(&weight_path)?;
+    let mut reports = Vec::with_capacity(planned.len());
+    let mut next_plan = planned.iter().peekable();
+    for (index, info) in graph.ops.iter().enumerate() {
+        let plan_entry = next_plan.next_if(|p| p.op_index == index);
+        let op = op_at_mut(&mut model.program, &info.path)
+            .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
+        let started = Instant::now();
+        match plan_entry {
+            Some(p @ PlannedTensor { decision: Decision::Prune(_), .. }) => {
+                return Err(Error::Unsupported(format!("pruning '{}' is not implemented yet", p.name)));
+            }
+            _ => weights.copy_op_blobs(op, &info.name, source.blob_reader())?,
+        }
+        if let Some(p) = plan_entry {
+            reports.push(skipped_report(p, started));
+        }
+    }
+    let blob_count = weights.blob_count();
+    weights.finish()?;
+    if blob_count == 0 && !had_weight_file {
+        // Mirror the input: a package without blobs has an empty weights folder, no weight.bin.
+        std::fs::remove_file(&weight_path).at(&weight_path)?;
+    } else {
+        let mut manifest = package.manifest().clone();
+        if manifest.ensure_weights_item() {
+            out.set_manifest(&manifest)?;
+        }
+    }
+    let weight_bytes_after = std::fs::metadata(&weight_path).map(|m| m.len()).unwrap_or(0);
+    let model_path = out.model_path();
+    std::fs::write(&model_path, model.encode()).at(&model_path)?;
+    out.commit()?;
+    Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after })
+}
+
+fn skipped_report(p: &PlannedTensor, started: Instant) -> TensorReport {
+    let bytes = p.meta.storage_bytes().unwrap_or(0);
+    let (mode, skipped) = match &p.decision {
+        Decision::Skip(reason) => ("none".to_owned(), Some(reason.clone())),
+        Decision::Prune(c) => (c.mode_name().to_owned(), None),
+    };
+    TensorReport {
+        name: p.name.clone(),
+        consumer: p.consumer.clone(),
+        dtype: p.meta.dtype.to_string(),
+        shape: p.meta.shape.clone(),
+        mode,
+        pruned: false,
+        skipped,
+        sparsity: None,
+        bytes_before: bytes,
+        bytes_after: bytes,
+        device: "cpu",
+        millis: started.elapsed().as_secs_f64() * 1e3,
+    }
+}
