@@ -7,5 +7,6 @@ pub mod blob;
 pub mod dtype;
 pub mod error;
 pub mod proto;
+pub mod prune;
 
 pub use error::{Error, Result};
