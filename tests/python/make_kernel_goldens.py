@@ -210,6 +210,79 @@ def with_specials(w, kinds=("nan", "inf", "-inf", "-0", "0")):
     return w
 
 
+def with_nan_payloads(w):
+    """Signalling and payload-carrying NaNs of both signs: numpy's `w * mask` quiets them."""
+    w = w.copy()
+    bits = {np.float16: [0x7C01, 0xFD23, 0x7E00, 0xFFFF], np.float32: [0x7F800001, 0xFFA12345, 0x7FC00000, 0xFFFFFFFF]}
+    ut = np.uint16 if w.dtype == np.float16 else np.uint32
+    flat = w.reshape(-1).view(ut)
+    for k, b in enumerate(bits[w.dtype.type]):
+        flat[(k * 7 + 3) % flat.size] = b
+    return w
+
+
+def lerp_variants(a, b, g, T):
+    """numpy 2's `_lerp` (the spec formula) and plausible misreadings of it; keyed by name."""
+    diff = T(b - a)
+    spec = T(b - T(diff * T(1 - g))) if g >= 0.5 else T(a + T(diff * T(g)))
+    return {
+        "spec": spec,
+        "one_minus_Tg": T(b - T(diff * T(1 - T(g)))) if g >= 0.5 else spec,
+        "branch_on_Tg": T(b - T(diff * T(1 - g))) if T(g) >= 0.5 else T(a + T(diff * T(g))),
+        "g_via_f32": T(b - T(diff * T(np.float32(1 - g)))) if g >= 0.5 else T(a + T(diff * T(np.float32(g)))),
+        "f64_math": T(b - (float(b) - float(a)) * (1 - g)) if g >= 0.5 else T(float(a) + (float(b) - float(a)) * g),
+    }
+
+
+def mine_lerp_cases(c, per_variant=2):
+    """fp16 magnitude cases on which a misreading of the interpolation prunes differently from the
+    spec formula; coremltools then says which is right. A difference needs the interpolated value
+    to round onto B in one reading and not the other, so the magnitudes are drawn from a few
+    consecutive fp16 codes (A and B one ulp apart) and gamma is placed near 0.5.
+    ("branch_on_Tg" is indistinguishable: T(g) can only reach 0.5 from below where both branches
+    give the same exact midpoint, so it is not required.)"""
+    required = ("one_minus_Tg", "f64_math")
+    found = {k: 0 for k in lerp_variants(np.float16(0), np.float16(1), 0.25, np.float16) if k != "spec"}
+    total = 0
+    for attempt in range(400000):
+        n = int(RNG.integers(10, 40))
+        codes = RNG.integers(0x3C00, 0x3C00 + int(RNG.integers(4, 64)), n).astype(np.uint16)
+        codes |= (RNG.integers(0, 2, n) << 15).astype(np.uint16)
+        w = codes.view(np.float16).reshape(1, n)
+        ts = float((RNG.integers(0, n - 1) + 0.5 + RNG.uniform(-3e-4, 3e-4)) / (n - 1))
+        mag = np.sort(np.abs(w).ravel())
+        quantile = (ts * 100) / 100.0
+        vi = (mag.size - 1) * quantile
+        prev = int(np.floor(vi))
+        g = vi - prev
+        a, b = mag[prev], mag[min(prev + 1, mag.size - 1)]
+        v = lerp_variants(a, b, g, np.float16)
+        counts = {k: int(np.sum(mag <= t)) for k, t in v.items()}
+        wrong = [k for k in found if counts[k] != counts["spec"] and found[k] < per_variant]
+        if wrong:
+            c.add(f"mag_fp16_lerp_mined_{total}_{'_'.join(wrong)}", w, "magnitude", {"target_sparsity": ts})
+            total += 1
+            for k in wrong:
+                found[k] += 1
+            if all(found[k] >= per_variant for k in required):
+                return
+    raise AssertionError(f"not enough discriminating lerp cases: {found}")
+
+
+def order_sensitive(shape, dim, b, T):
+    """Blocks holding one large and b-1 small magnitudes, the large one first or last. Summed
+    sequentially in the weight dtype the small squares vanish when the large one comes first;
+    summed pairwise in f32 they do not. So the two reduction orders rank these blocks differently."""
+    big, small = (1.0, 0.02) if T == np.float16 else (1.0, 1e-4)
+    x = np.moveaxis(np.full(shape, small, T), dim, 0).copy()  # blocks run along axis 0 here
+    for blk in range(x.shape[0] // b):
+        rest = x[blk * b:(blk + 1) * b].reshape(b, -1)
+        for r in range(rest.shape[1]):
+            rest[0 if (blk + r) % 2 == 0 else b - 1, r] = big
+        x[blk * b:(blk + 1) * b] = rest.reshape((b,) + x.shape[1:])
+    return np.ascontiguousarray(np.moveaxis(x, 0, dim))
+
+
 def ints(shape, dtype):
     info = np.iinfo(dtype)
     return RNG.integers(info.min, info.max + 1, shape).astype(dtype)
@@ -300,6 +373,9 @@ def magnitude_cases(c):
         inf.reshape(-1)[[3, 11]] = [np.inf, -np.inf]
         for ts in (0.1, 0.3, 0.93, 0.97, 1.0):
             c.add(f"mag_{dt}_inf_s{ts}", inf, "magnitude", {"target_sparsity": ts})
+        p = with_nan_payloads(normal((6, 5), T))
+        for ts in (0.0, 0.5, 1.0):
+            c.add(f"mag_{dt}_nan_payloads_s{ts}", p, "magnitude", {"target_sparsity": ts})
         one = np.array([[normal((), T)]], T)
         c.add(f"mag_{dt}_single_element", one, "magnitude", {"target_sparsity": 0.5})
         tiny = (RNG.integers(-40, 40, (9, 9)) * 2.0 ** -24).astype(T)
@@ -313,8 +389,9 @@ def magnitude_cases(c):
             c.add(f"mag_{dt}_s{ts}", wi, "magnitude", {"target_sparsity": ts})
     # int8 -128: np.abs keeps it negative, so percentile's b - a wraps (np.percentile -> -128.3).
     w = np.array([-128, 127, 127, 127] * 3, np.int8).reshape(3, 4)
-    for ts in (0.05, 0.1, 0.5, 0.9):
+    for ts in (0.05, 0.1, 0.2, 0.25, 0.5, 0.9):
         c.add(f"mag_int8_wrap_s{ts}", w, "magnitude", {"target_sparsity": ts})
+    mine_lerp_cases(c)
 
 
 def block_cases(c):
@@ -344,6 +421,21 @@ def block_cases(c):
             c.add(f"blk_{dt}_pairwise_b{b}", wide, "block", {"target_sparsity": 0.5, "block_size": b, "dim": 1})
         tall = normal((300, 2), T, 0.5)
         c.add(f"blk_{dt}_sequential_b130", tall, "block", {"target_sparsity": 0.5, "block_size": 130, "dim": 0})
+    # Reduction order: pairwise (block axis innermost) vs sequential (otherwise).
+    for dt in ("fp16", "fp32"):
+        T = DTYPES[dt]
+        for shape, dim in (((4, 32), 1), ((32, 4), 0), ((32, 1), 0), ((3, 32, 1, 1), 1), ((4, 32, 2), 1),
+                           ((32, 3, 2, 1), 0), ((2, 300), 1), ((300, 2), 0)):
+            for b in (8, 16, 12, 130):
+                if b > shape[dim] / 2:
+                    continue
+                w = order_sensitive(shape, dim, b, T)
+                for ts in (0.5, 0.3):
+                    c.add(f"blk_{dt}_order_{shape}_d{dim}_b{b}_s{ts}", w, "block",
+                          {"target_sparsity": ts, "block_size": b, "dim": dim})
+        p = with_nan_payloads(normal((8, 6), T))
+        for ts in (0.0, 0.5, 1.0):
+            c.add(f"blk_{dt}_nan_payloads_s{ts}", p, "block", {"target_sparsity": ts, "block_size": 2, "dim": 0})
     # fp16 squares overflow to inf above ~255.9.
     hot = normal((16, 8), np.float16, 300.0)
     for dim in (0, 1):
@@ -386,6 +478,9 @@ def nm_cases(c):
         t = grid((4, 128), T, step=1.0, span=3)
         for (n, m) in ((16, 32), (20, 64), (7, 40)):
             c.add(f"nm_{dt}_quicksort_{n}of{m}", t, "n_m", {"n": n, "m": m, "dim": 1})
+        p = with_nan_payloads(with_specials(normal((8, 16), T), ("inf", "-inf", "-0")))
+        for (n, m) in ((0, 4), (2, 4), (4, 4)):
+            c.add(f"nm_{dt}_nan_payloads_{n}of{m}", p, "n_m", {"n": n, "m": m, "dim": 1})
         sk = normal((6, 7), T)
         c.add(f"nm_{dt}_skip", sk, "n_m", {"n": 2, "m": 4, "dim": 1})
     for dt in ("int8", "uint8"):
