@@ -23,21 +23,33 @@ impl ChannelLayout {
     /// 0/1, or a shape whose product differs from `len` (or overflows).
     pub fn new(shape: &[usize], len: usize, dim: usize) -> Result<Self, KernelError> {
         if shape.len() < 2 {
-            return Err(KernelError(format!("structural pruning needs rank >= 2, got shape {shape:?}")));
+            return Err(KernelError(format!(
+                "structural pruning needs rank >= 2, got shape {shape:?}"
+            )));
         }
         if dim > 1 {
             return Err(KernelError(format!("dim must be 0 or 1, got {dim}")));
         }
         let product = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         if product != Some(len) {
-            return Err(KernelError(format!("shape {shape:?} does not hold {len} elements")));
+            return Err(KernelError(format!(
+                "shape {shape:?} does not hold {len} elements"
+            )));
         }
         // The partial products cannot overflow: they divide `len`, or a factor is zero.
         let prod = |s: &[usize]| s.iter().product::<usize>();
         Ok(if dim == 0 {
-            ChannelLayout { outer: 1, channel: shape[0], inner: prod(&shape[1..]) }
+            ChannelLayout {
+                outer: 1,
+                channel: shape[0],
+                inner: prod(&shape[1..]),
+            }
         } else {
-            ChannelLayout { outer: shape[0], channel: shape[1], inner: prod(&shape[2..]) }
+            ChannelLayout {
+                outer: shape[0],
+                channel: shape[1],
+                inner: prod(&shape[2..]),
+            }
         })
     }
 
@@ -58,7 +70,9 @@ pub fn check_structural_rank(shape: &[usize], what: &str) -> Result<(), KernelEr
     if (2..=5).contains(&shape.len()) {
         Ok(())
     } else {
-        Err(KernelError(format!("{what} only supports weights of rank [2, 3, 4, 5], got shape {shape:?}")))
+        Err(KernelError(format!(
+            "{what} only supports weights of rank [2, 3, 4, 5], got shape {shape:?}"
+        )))
     }
 }
 
@@ -69,9 +83,23 @@ mod tests {
     #[test]
     fn views_conv_weights_per_dim() {
         let l0 = ChannelLayout::new(&[4, 3, 2, 2], 48, 0).ok();
-        assert_eq!(l0, Some(ChannelLayout { outer: 1, channel: 4, inner: 12 }));
+        assert_eq!(
+            l0,
+            Some(ChannelLayout {
+                outer: 1,
+                channel: 4,
+                inner: 12
+            })
+        );
         let l1 = ChannelLayout::new(&[4, 3, 2, 2], 48, 1).ok();
-        assert_eq!(l1, Some(ChannelLayout { outer: 4, channel: 3, inner: 4 }));
+        assert_eq!(
+            l1,
+            Some(ChannelLayout {
+                outer: 4,
+                channel: 3,
+                inner: 4
+            })
+        );
         // Element [1, 2, 1, 0] of a [4, 3, 2, 2] tensor: flat 1*12 + 2*4 + 1*2 + 0 = 22.
         assert_eq!(l1.map(|l| l.flat(1, 2, 2)), Some(22));
         assert!(ChannelLayout::new(&[4, 3], 11, 0).is_err());

@@ -49,9 +49,16 @@ pub fn block<T: Element>(
         return Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |_| false)));
     }
     let norms = BlockNorms::compute(w, layout, block_size);
-    let cut = percentile_cut::<T::Norm, _, _>(|| norms.weighted_keys(), w.len() as u64, target_sparsity)?;
-    let block_pruned: Vec<bool> = norms.values.iter().map(|n| at_or_below(n.key(), cut)).collect();
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |f| block_pruned[norms.block_of(f)])))
+    let cut =
+        percentile_cut::<T::Norm, _, _>(|| norms.weighted_keys(), w.len() as u64, target_sparsity)?;
+    let block_pruned: Vec<bool> = norms
+        .values
+        .iter()
+        .map(|n| at_or_below(n.key(), cut))
+        .collect();
+    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |f| {
+        block_pruned[norms.block_of(f)]
+    })))
 }
 
 /// One norm per (outer, block, inner) position, stored in that row-major order.
@@ -75,13 +82,22 @@ impl<N: MapValue> BlockNorms<N> {
                 for i in 0..layout.inner {
                     for (j, slot) in buf.iter_mut().enumerate() {
                         let c = c0 + j;
-                        *slot = if c < layout.channel { w[layout.flat(o, c, i)].magnitude() } else { pad };
+                        *slot = if c < layout.channel {
+                            w[layout.flat(o, c, i)].magnitude()
+                        } else {
+                            pad
+                        };
                     }
                     values.push(T::block_norm(&buf, innermost));
                 }
             }
         }
-        BlockNorms { layout, block_size, blocks, values }
+        BlockNorms {
+            layout,
+            block_size,
+            blocks,
+            values,
+        }
     }
 
     /// (key, number of real elements the block covers) for every block, for the percentile.

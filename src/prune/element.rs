@@ -412,7 +412,10 @@ mod tests {
     fn pairwise_sum_matches_the_numpy_blocking() {
         let x: Vec<f32> = (0..300).map(|i| 1.0 + (i as f32) * 1e-7).collect();
         // n > 128 splits at 144 (= 150 rounded down to a multiple of 8).
-        assert_eq!(pairwise_sum_f32(&x), pairwise_sum_f32(&x[..144]) + pairwise_sum_f32(&x[144..]));
+        assert_eq!(
+            pairwise_sum_f32(&x),
+            pairwise_sum_f32(&x[..144]) + pairwise_sum_f32(&x[144..])
+        );
         assert_eq!(pairwise_sum_f32(&[1.0, 2.0, 3.0]), 6.0);
     }
 }

@@ -172,7 +172,11 @@ mod tests {
             return sign | 0x7bff;
         }
         let (dl, dh) = (a - value(lo), value(lo + 1) - a);
-        sign | if dl < dh || (dl == dh && lo % 2 == 0) { lo } else { lo + 1 }
+        sign | if dl < dh || (dl == dh && lo % 2 == 0) {
+            lo
+        } else {
+            lo + 1
+        }
     }
 
     #[test]
@@ -181,7 +185,13 @@ mod tests {
             let v = half::f16::from_bits(b).to_f64();
             let next = half::f16::from_bits(b + 1).to_f64();
             let mid = (v + next) / 2.0;
-            for x in [v, mid, f64::from_bits(mid.to_bits() - 1), f64::from_bits(mid.to_bits() + 1), -mid] {
+            for x in [
+                v,
+                mid,
+                f64::from_bits(mid.to_bits() - 1),
+                f64::from_bits(mid.to_bits() + 1),
+                -mid,
+            ] {
                 assert_eq!(f16_bits_from_f64(x), nearest_f16(x), "x = {x:e}");
             }
         }
@@ -191,7 +201,10 @@ mod tests {
         assert_eq!(f16_bits_from_f64(-0.0), 0x8000);
         assert_eq!(f16_bits_from_f64(1e-300), 0);
         // numpy: np.float16(0.09997) == 0.0999755859375 (spec §5.5).
-        assert_eq!(half::f16::from_bits(f16_bits_from_f64(0.09997)).to_f64(), 0.0999755859375);
+        assert_eq!(
+            half::f16::from_bits(f16_bits_from_f64(0.09997)).to_f64(),
+            0.0999755859375
+        );
     }
 
     #[test]
@@ -202,7 +215,10 @@ mod tests {
         assert_eq!(h(0x7c00).mul_keep(false).to_bits(), 0xfe00);
         assert_eq!(h(0xfc00).mul_keep(true).to_bits(), 0xfc00);
         assert!(h(0xbc00).mul_keep(false).is_zero_value());
-        assert_eq!(f32::from_bits(0x7f80_0001).mul_keep(true).to_bits(), 0x7fc0_0001);
+        assert_eq!(
+            f32::from_bits(0x7f80_0001).mul_keep(true).to_bits(),
+            0x7fc0_0001
+        );
         assert_eq!(f32::INFINITY.mul_keep(false).to_bits(), 0xffc0_0000);
     }
 }

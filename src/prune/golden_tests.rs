@@ -9,11 +9,23 @@ use super::element::Element;
 use super::{block, magnitude, n_m, threshold, KernelError, Outcome};
 
 const GOLDEN_FILES: [(&str, &str); 5] = [
-    ("threshold", include_str!("../../tests/golden/kernels/threshold.json")),
-    ("magnitude", include_str!("../../tests/golden/kernels/magnitude.json")),
-    ("block", include_str!("../../tests/golden/kernels/block.json")),
+    (
+        "threshold",
+        include_str!("../../tests/golden/kernels/threshold.json"),
+    ),
+    (
+        "magnitude",
+        include_str!("../../tests/golden/kernels/magnitude.json"),
+    ),
+    (
+        "block",
+        include_str!("../../tests/golden/kernels/block.json"),
+    ),
     ("n_m", include_str!("../../tests/golden/kernels/n_m.json")),
-    ("model", include_str!("../../tests/golden/kernels/model.json")),
+    (
+        "model",
+        include_str!("../../tests/golden/kernels/model.json"),
+    ),
 ];
 
 fn hex_bytes(s: &str) -> Result<Vec<u8>, String> {
@@ -39,7 +51,10 @@ fn num(params: &Value, key: &str) -> Result<f64, String> {
 }
 
 fn int(params: &Value, key: &str) -> Result<usize, String> {
-    field(params, key)?.as_u64().map(|v| v as usize).ok_or_else(|| format!("{key} is not an integer"))
+    field(params, key)?
+        .as_u64()
+        .map(|v| v as usize)
+        .ok_or_else(|| format!("{key} is not an integer"))
 }
 
 /// Runs one case with element type T; `Err` describes the mismatch.
@@ -60,9 +75,19 @@ fn run_case<T: Element>(case: &Value) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     let p = field(case, "params")?;
     let got: Result<Outcome<T>, KernelError> = match field(case, "mode")?.as_str().ok_or("mode")? {
-        "threshold" => Ok(threshold(&w, num(p, "threshold")?, num(p, "minimum_sparsity_percentile")?)),
+        "threshold" => Ok(threshold(
+            &w,
+            num(p, "threshold")?,
+            num(p, "minimum_sparsity_percentile")?,
+        )),
         "magnitude" => magnitude(&w, num(p, "target_sparsity")?),
-        "block" => block(&w, &shape, num(p, "target_sparsity")?, int(p, "block_size")?, int(p, "dim")?),
+        "block" => block(
+            &w,
+            &shape,
+            num(p, "target_sparsity")?,
+            int(p, "block_size")?,
+            int(p, "dim")?,
+        ),
         "n_m" => n_m(&w, &shape, int(p, "n")?, int(p, "m")?, int(p, "dim")?),
         other => return Err(format!("unknown mode {other}")),
     };
@@ -70,7 +95,9 @@ fn run_case<T: Element>(case: &Value) -> Result<(), String> {
     if let Some(err) = expected.get("error") {
         return match got {
             Err(_) => Ok(()),
-            Ok(o) => Err(format!("coremltools raised {err} but the kernel returned {o:?}")),
+            Ok(o) => Err(format!(
+                "coremltools raised {err} but the kernel returned {o:?}"
+            )),
         };
     }
     let got = got.map_err(|e| format!("kernel error: {e}"))?;
@@ -107,7 +134,10 @@ fn kernels_match_coremltools_goldens() {
     let mut ran = 0usize;
     for (file, text) in GOLDEN_FILES {
         let doc: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{file}.json: {e}"));
-        let cases = doc.get("cases").and_then(Value::as_array).unwrap_or_else(|| panic!("{file}.json: no cases"));
+        let cases = doc
+            .get("cases")
+            .and_then(Value::as_array)
+            .unwrap_or_else(|| panic!("{file}.json: no cases"));
         assert!(!cases.is_empty(), "{file}.json has no cases");
         for case in cases {
             let name = case.get("name").and_then(Value::as_str).unwrap_or("?");
@@ -125,5 +155,10 @@ fn kernels_match_coremltools_goldens() {
         }
     }
     assert!(ran > 500, "only {ran} golden cases ran");
-    assert!(failures.is_empty(), "{} of {ran} golden cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} golden cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -87,7 +87,11 @@ where
         return None;
     }
     let b = if next < count_le { a } else { min_above? };
-    Some(OrderStats { prev: a, next: b, max: max? })
+    Some(OrderStats {
+        prev: a,
+        next: b,
+        max: max?,
+    })
 }
 
 /// The key at 0-based rank `rank` of the ascending expansion of `items`, by radix select.
@@ -137,7 +141,11 @@ mod tests {
     fn stats_by_sorting<K: Key>(keys: &[K], prev: usize, next: usize) -> OrderStats<K> {
         let mut s = keys.to_vec();
         s.sort();
-        OrderStats { prev: s[prev], next: s[next], max: s[s.len() - 1] }
+        OrderStats {
+            prev: s[prev],
+            next: s[next],
+            max: s[s.len() - 1],
+        }
     }
 
     proptest! {
@@ -175,6 +183,13 @@ mod tests {
         assert_eq!(order_stats(it, 3, 3, 3), None);
         assert_eq!(order_stats(it, 3, 2, 1), None);
         assert_eq!(order_stats(it, 4, 0, 1), None);
-        assert_eq!(order_stats(it, 3, 0, 1), Some(OrderStats { prev: 1, next: 2, max: 3 }));
+        assert_eq!(
+            order_stats(it, 3, 0, 1),
+            Some(OrderStats {
+                prev: 1,
+                next: 2,
+                max: 3
+            })
+        );
     }
 }

@@ -27,6 +27,12 @@ pub fn magnitude<T: Element>(w: &[T], target_sparsity: f64) -> Result<Outcome<T>
         return Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |_| false)));
     }
     let key = |x: &T| x.magnitude().key();
-    let cut = percentile_cut::<T::Mag, _, _>(|| w.iter().map(|x| (key(x), 1)), w.len() as u64, target_sparsity)?;
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |i| at_or_below(key(&w[i]), cut))))
+    let cut = percentile_cut::<T::Mag, _, _>(
+        || w.iter().map(|x| (key(x), 1)),
+        w.len() as u64,
+        target_sparsity,
+    )?;
+    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |i| {
+        at_or_below(key(&w[i]), cut)
+    })))
 }

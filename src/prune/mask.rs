@@ -6,12 +6,16 @@
 //! `i / 8`, `ceil(n/8)` bytes, padding bits zero.
 
 use super::element::Element;
-use super::{SparseTensor, Apply};
+use super::{Apply, SparseTensor};
 
 /// Encodes the dense result of pruning `w`: element `i` becomes `0` where `pruned(i)` under
 /// [`Apply::Where`], or `w[i] * (1 - pruned(i))` under [`Apply::Multiply`]; then every non-zero
 /// result is kept (see the module doc).
-pub fn encode_sparse<T: Element>(w: &[T], apply: Apply, pruned: impl Fn(usize) -> bool) -> SparseTensor<T> {
+pub fn encode_sparse<T: Element>(
+    w: &[T],
+    apply: Apply,
+    pruned: impl Fn(usize) -> bool,
+) -> SparseTensor<T> {
     let mut mask = vec![0u8; w.len().div_ceil(8)];
     let mut nonzero = Vec::new();
     for (i, &x) in w.iter().enumerate() {
@@ -27,7 +31,11 @@ pub fn encode_sparse<T: Element>(w: &[T], apply: Apply, pruned: impl Fn(usize) -
         }
     }
     let kept = nonzero.len() as u64;
-    SparseTensor { mask, nonzero, kept }
+    SparseTensor {
+        mask,
+        nonzero,
+        kept,
+    }
 }
 
 /// The dense tensor of `n` elements a [`SparseTensor`] stands for: kept values in mask order, +0

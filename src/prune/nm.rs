@@ -23,7 +23,13 @@ use super::mask::encode_sparse;
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes the `n` smallest magnitudes in every group of `m` consecutive elements along `dim`.
-pub fn n_m<T: Element>(w: &[T], shape: &[usize], n: usize, m: usize, dim: usize) -> Result<Outcome<T>, KernelError> {
+pub fn n_m<T: Element>(
+    w: &[T],
+    shape: &[usize],
+    n: usize,
+    m: usize,
+    dim: usize,
+) -> Result<Outcome<T>, KernelError> {
     if n > m {
         return Err(KernelError(format!("n:m ratio needs n <= m, got {n}:{m}")));
     }
@@ -48,7 +54,11 @@ pub fn n_m<T: Element>(w: &[T], shape: &[usize], n: usize, m: usize, dim: usize)
             for i in 0..layout.inner {
                 for (j, key) in keys.iter_mut().enumerate() {
                     let c = g0 + j;
-                    *key = if c < layout.channel { w[layout.flat(o, c, i)].magnitude().key() } else { pad_key };
+                    *key = if c < layout.channel {
+                        w[layout.flat(o, c, i)].magnitude().key()
+                    } else {
+                        pad_key
+                    };
                 }
                 order.clear();
                 order.extend(0..m);
@@ -62,7 +72,9 @@ pub fn n_m<T: Element>(w: &[T], shape: &[usize], n: usize, m: usize, dim: usize)
             }
         }
     }
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |f| pruned[f])))
+    Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |f| {
+        pruned[f]
+    })))
 }
 
 /// numpy's `aquicksort_` (npysort/quicksort.cpp, the scalar path used when SIMD dispatch is off),

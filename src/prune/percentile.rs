@@ -29,10 +29,18 @@ pub fn virtual_index(n: u64, quantile: f64) -> VirtualIndex {
     let vi = last as f64 * quantile;
     if vi >= last as f64 {
         // Above bounds: both indices are -1 and gamma is measured from -1.
-        return VirtualIndex { prev: last, next: last, gamma: vi + 1.0 };
+        return VirtualIndex {
+            prev: last,
+            next: last,
+            gamma: vi + 1.0,
+        };
     }
     let prev = vi.floor();
-    VirtualIndex { prev: prev as u64, next: prev as u64 + 1, gamma: vi - prev }
+    VirtualIndex {
+        prev: prev as u64,
+        next: prev as u64 + 1,
+        gamma: vi - prev,
+    }
 }
 
 /// The cut `Some(k)` such that `map <= np.percentile(map, target_sparsity * 100)` holds exactly for
@@ -41,7 +49,11 @@ pub fn virtual_index(n: u64, quantile: f64) -> VirtualIndex {
 ///
 /// Errors like numpy when `n == 0` or the quantile is outside [0, 1] (including NaN). The callers
 /// handle `q == 100` and `q == 0` before calling this, as coremltools does.
-pub fn percentile_cut<M, I, F>(items: F, n: u64, target_sparsity: f64) -> Result<Option<M::Key>, KernelError>
+pub fn percentile_cut<M, I, F>(
+    items: F,
+    n: u64,
+    target_sparsity: f64,
+) -> Result<Option<M::Key>, KernelError>
 where
     M: MapValue,
     I: Iterator<Item = (M::Key, u64)>,
@@ -49,7 +61,9 @@ where
 {
     let quantile = quantile_of(target_sparsity)?;
     if n == 0 {
-        return Err(KernelError("cannot take a percentile of an empty tensor".into()));
+        return Err(KernelError(
+            "cannot take a percentile of an empty tensor".into(),
+        ));
     }
     let vi = virtual_index(n, quantile);
     let stats = order_stats(items, n, vi.prev, vi.next)
@@ -57,7 +71,11 @@ where
     if M::is_nan_key(stats.max) {
         return Ok(None);
     }
-    Ok(M::percentile_cut(M::from_key(stats.prev), M::from_key(stats.next), vi.gamma))
+    Ok(M::percentile_cut(
+        M::from_key(stats.prev),
+        M::from_key(stats.next),
+        vi.gamma,
+    ))
 }
 
 /// `np.true_divide(target_sparsity * 100, 100)`, validated like `np.percentile` does.
@@ -88,15 +106,23 @@ mod tests {
         assert_eq!((v.prev, v.next), (307, 308));
         assert!((v.gamma - 0.1).abs() < 1e-9);
         // N = 1: vi = 0 >= 0 -> both -1 (the only element), gamma = 0 + 1.
-        assert_eq!(virtual_index(1, 0.5), VirtualIndex { prev: 0, next: 0, gamma: 1.0 });
+        assert_eq!(
+            virtual_index(1, 0.5),
+            VirtualIndex {
+                prev: 0,
+                next: 0,
+                gamma: 1.0
+            }
+        );
     }
 
     #[test]
     fn distinct_magnitudes_give_floor_plus_one_zeros() {
         // 2049 distinct fp16 magnitudes at s = 0.5 -> 1025 values at or below the cut (spec §5.6).
-        let vals: Vec<half::f16> = (1..=2049u16).map(|b| half::f16::from_bits(b)).collect();
-        let cut = percentile_cut::<half::f16, _, _>(|| vals.iter().map(|v| (v.key(), 1)), 2049, 0.5)
-            .unwrap_or(None);
+        let vals: Vec<half::f16> = (1..=2049u16).map(half::f16::from_bits).collect();
+        let cut =
+            percentile_cut::<half::f16, _, _>(|| vals.iter().map(|v| (v.key(), 1)), 2049, 0.5)
+                .unwrap_or(None);
         let pruned = vals.iter().filter(|v| at_or_below(v.key(), cut)).count();
         assert_eq!(pruned, 1025);
     }
@@ -108,7 +134,7 @@ mod tests {
         assert_eq!(cut.ok(), Some(None));
         let bad = percentile_cut::<f32, _, _>(|| vals.iter().map(|v| (v.key(), 1)), 3, 1.5);
         assert!(bad.is_err());
-        let empty = percentile_cut::<f32, _, _>(|| std::iter::empty(), 0, 0.5);
+        let empty = percentile_cut::<f32, _, _>(std::iter::empty, 0, 0.5);
         assert!(empty.is_err());
     }
 }

@@ -109,7 +109,18 @@ fn pruned32(o: Outcome<f32>) -> SparseTensor<f32> {
 
 #[test]
 fn magnitude_extremes() {
-    let w = [f32::NAN, f32::INFINITY, -1.0, -0.0, 2.0, 0.0, 3.0, 4.0, 5.0, 6.0];
+    let w = [
+        f32::NAN,
+        f32::INFINITY,
+        -1.0,
+        -0.0,
+        2.0,
+        0.0,
+        3.0,
+        4.0,
+        5.0,
+        6.0,
+    ];
     // q == 100: 0 * w keeps NaN (quieted) and turns inf into the default NaN.
     let s = pruned32(magnitude(&w, 1.0).expect("valid"));
     assert_eq!(s.kept, 2);
@@ -135,11 +146,16 @@ fn skips_carry_coremltools_messages() {
     );
     assert_eq!(
         n_m(&w, &[4, 6], 2, 4, 1),
-        Ok(Outcome::Skipped("m > channel / 2 is not applicable for n:m pruning. Got m = 4, channel = 6. Skipped.".into()))
+        Ok(Outcome::Skipped(
+            "m > channel / 2 is not applicable for n:m pruning. Got m = 4, channel = 6. Skipped."
+                .into()
+        ))
     );
     assert_eq!(
         threshold(&w, 0.5, 0.5),
-        Outcome::Skipped("weight value has sparsity of 0.0 < minimum_sparsity_percentile 0.5. Skipped.".into())
+        Outcome::Skipped(
+            "weight value has sparsity of 0.0 < minimum_sparsity_percentile 0.5. Skipped.".into()
+        )
     );
     assert!(n_m(&w, &[24], 1, 2, 0).is_err());
     assert!(n_m(&w, &[4, 6], 3, 2, 0).is_err());
@@ -157,7 +173,11 @@ fn int8_minus_128_is_the_smallest_magnitude() {
     }
     // A negative threshold still prunes -128 (its np.abs is -128 <= -1), and nothing else.
     let cut = <i8 as Element>::Mag::threshold_cut(-1.0);
-    let pruned: Vec<i8> = w.iter().copied().filter(|x| super::percentile::at_or_below(x.magnitude().key(), cut)).collect();
+    let pruned: Vec<i8> = w
+        .iter()
+        .copied()
+        .filter(|x| super::percentile::at_or_below(x.magnitude().key(), cut))
+        .collect();
     assert_eq!(pruned, vec![-128]);
     assert_eq!(<i8 as Element>::Mag::threshold_cut(-128.5), None);
 }

@@ -18,9 +18,15 @@ use super::percentile::at_or_below;
 use super::{python_float_repr, Apply, Outcome};
 
 /// Prunes `w` by magnitude threshold. See the module doc for the exact rules.
-pub fn threshold<T: Element>(w: &[T], threshold: f64, minimum_sparsity_percentile: f64) -> Outcome<T> {
+pub fn threshold<T: Element>(
+    w: &[T],
+    threshold: f64,
+    minimum_sparsity_percentile: f64,
+) -> Outcome<T> {
     let cut = <T::Mag as MapValue>::threshold_cut(threshold);
-    let sparse = encode_sparse(w, Apply::Where, |i| at_or_below(w[i].magnitude().key(), cut));
+    let sparse = encode_sparse(w, Apply::Where, |i| {
+        at_or_below(w[i].magnitude().key(), cut)
+    });
     let zeros = w.len() as u64 - sparse.kept;
     // numpy: int64 / int -> float64 (NaN for an empty tensor, which never compares below).
     let sparsity = zeros as f64 / w.len() as f64;
