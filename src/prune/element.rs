@@ -133,34 +133,40 @@ impl_float_map!(f64, u64);
 /// from 0; for 8 ≤ n ≤ 128 eight interleaved partial sums `r[k] += x[8i+k]` combined as
 /// `((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7))` plus the remainder in order; above 128 the range is split
 /// at `n/2` rounded down to a multiple of 8 and both halves summed recursively).
-pub(crate) fn pairwise_sum_f32(x: &[f32]) -> f32 {
-    let n = x.len();
+/// `x(j)` is the j-th addend; reading through a closure avoids a buffer per block.
+pub(crate) fn pairwise_sum_f32(n: usize, x: &impl Fn(usize) -> f32) -> f32 {
+    pairwise_range(0, n, x)
+}
+
+fn pairwise_range(start: usize, n: usize, x: &impl Fn(usize) -> f32) -> f32 {
     if n < 8 {
         let mut res = 0.0f32;
-        for &v in x {
-            res += v;
+        for j in start..start + n {
+            res += x(j);
         }
         res
     } else if n <= 128 {
         let mut r = [0.0f32; 8];
-        r.copy_from_slice(&x[..8]);
+        for (k, acc) in r.iter_mut().enumerate() {
+            *acc = x(start + k);
+        }
         let full = n - n % 8;
         let mut i = 8;
         while i < full {
             for (k, acc) in r.iter_mut().enumerate() {
-                *acc += x[i + k];
+                *acc += x(start + i + k);
             }
             i += 8;
         }
         let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for &v in &x[full..] {
-            res += v;
+        for j in start + full..start + n {
+            res += x(j);
         }
         res
     } else {
         let mut n2 = n / 2;
         n2 -= n2 % 8;
-        pairwise_sum_f32(&x[..n2]) + pairwise_sum_f32(&x[n2..])
+        pairwise_range(start, n2, x) + pairwise_range(start + n2, n - n2, x)
     }
 }
 
@@ -187,8 +193,8 @@ impl Element for f16 {
     fn block_norm(block: &[f16], innermost: bool) -> f16 {
         let sq = |m: f16| f16::round_from_f64(m.to_f64() * m.to_f64());
         let sum = if innermost {
-            let squares: Vec<f32> = block.iter().map(|&m| sq(m).to_f32()).collect();
-            f16::round_from_f64(f64::from(pairwise_sum_f32(&squares)))
+            let sum = pairwise_sum_f32(block.len(), &|j| sq(block[j]).to_f32());
+            f16::round_from_f64(f64::from(sum))
         } else {
             let mut s = f16::from_bits(0);
             for &m in block {
@@ -220,8 +226,7 @@ impl Element for f32 {
     /// Squares in f32; innermost: f32 pairwise sum; otherwise sequential f32 sum from 0; `sqrtf`.
     fn block_norm(block: &[f32], innermost: bool) -> f32 {
         let sum = if innermost {
-            let squares: Vec<f32> = block.iter().map(|&m| m * m).collect();
-            pairwise_sum_f32(&squares)
+            pairwise_sum_f32(block.len(), &|j| block[j] * block[j])
         } else {
             let mut s = 0.0f32;
             for &m in block {
@@ -411,11 +416,15 @@ mod tests {
     #[test]
     fn pairwise_sum_matches_the_numpy_blocking() {
         let x: Vec<f32> = (0..300).map(|i| 1.0 + (i as f32) * 1e-7).collect();
+        let sum = |s: &[f32]| pairwise_sum_f32(s.len(), &|j| s[j]);
         // n > 128 splits at 144 (= 150 rounded down to a multiple of 8).
-        assert_eq!(
-            pairwise_sum_f32(&x),
-            pairwise_sum_f32(&x[..144]) + pairwise_sum_f32(&x[144..])
-        );
-        assert_eq!(pairwise_sum_f32(&[1.0, 2.0, 3.0]), 6.0);
+        assert_eq!(sum(&x), sum(&x[..144]) + sum(&x[144..]));
+        assert_eq!(sum(&[1.0, 2.0, 3.0]), 6.0);
+        // 8..=128: eight interleaved partial sums, then the remainder in order.
+        let y: Vec<f32> = (0..11).map(|i| 1.0 + (i as f32) * 1e-7).collect();
+        let r = &y[..8];
+        let want =
+            ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])) + y[8] + y[9] + y[10];
+        assert_eq!(sum(&y), want);
     }
 }

@@ -181,3 +181,18 @@ fn int8_minus_128_is_the_smallest_magnitude() {
     assert_eq!(pruned, vec![-128]);
     assert_eq!(<i8 as Element>::Mag::threshold_cut(-128.5), None);
 }
+
+/// Linear-time sanity check on a tensor large enough that a quadratic step would stall.
+#[test]
+fn large_tensors_finish_quickly() {
+    let n = 1 << 20;
+    let w: Vec<f16> = (0..n)
+        .map(|i| f16::from_bits((i as u16).wrapping_mul(40503) & 0x7bff))
+        .collect();
+    let start = std::time::Instant::now();
+    let s = pruned(magnitude(&w, 0.5).expect("valid"));
+    let b = pruned(block(&w, &[1024, 1024], 0.5, 4, 1).expect("valid"));
+    let m = pruned(n_m(&w, &[1024, 1024], 2, 4, 0).expect("valid"));
+    assert!(s.kept > 0 && b.kept > 0 && m.kept > 0);
+    assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
+}
