@@ -3,7 +3,7 @@
 //! coremltools prunes `const` values of dtype float16, float32, int8 and uint8 (spec §5.4, §5.11).
 //! Two traits describe them:
 //! * [`MapValue`]: a value a percentile and a `map <= thr` comparison run on — a magnitude
-//!   `np.abs(w)` or a block norm. It has an integer [`Key`](super::keys::Key) in numpy's sort order.
+//!   `np.abs(w)` or a block norm. It has an integer [`Key`] in numpy's sort order.
 //! * [`Element`]: a weight type: its magnitude type, its block-norm type, `== 0`, and `w * mask`.
 //!
 //! What numpy 2.4 does for the integer types (measured in the project venv):
@@ -61,7 +61,7 @@ pub trait Element: bytemuck::Pod + std::fmt::Debug + Send + Sync + 'static {
     /// The norm of one block of magnitudes (`block[j]` = `|w|` of the j-th element along the block
     /// axis, zero for padding). `innermost` says whether numpy's reduction runs along the innermost
     /// memory axis (pairwise f32 summation) or not (sequential summation in the weight dtype); see
-    /// [`super::block`].
+    /// [`super::block()`].
     fn block_norm(block: &[Self::Mag], innermost: bool) -> Self::Norm;
 }
 
