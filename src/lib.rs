@@ -15,6 +15,7 @@ pub mod mil;
 pub mod package;
 pub mod plan;
 pub mod proto;
+pub mod prune;
 pub mod tensor;
 pub mod weights;
 

@@ -1,0 +1,121 @@
+//! Block sparsity: `target_sparsity` with `block_size` (spec §5.7).
+//!
+//! Rules, exactly as coremltools 9.0 / numpy 2.4:
+//! * `channel = shape[dim]`; if `block_size > channel / 2` (true division) the op is skipped with
+//!   coremltools' warning (checked before anything else, even for q = 0 or 100).
+//! * a block is `block_size` consecutive indices along `dim` at one fixed index of every other axis;
+//!   the last block along `dim` is completed with zero padding.
+//! * block norm `sqrt(sum_j |w_j|²)` in the weight dtype: squares rounded to T (fp16 squares
+//!   overflow to inf above |w| ≈ 255.9), then the sum in numpy's reduction order — if the block axis
+//!   is the innermost memory axis (`inner == 1`, i.e. dim 0 with `prod(shape[1:]) == 1` or dim 1 with
+//!   `prod(shape[2:]) == 1`) numpy's f32 pairwise sum rounded once to T, otherwise a sequential sum
+//!   from 0 rounded to T after every addition — then sqrt computed in f32 and rounded to T.
+//!   int8/uint8: wrapping squares, integer sum, float64 sqrt (see [`super::element`]).
+//! * the norm is broadcast to every element of its block and cropped, and the percentile runs over
+//!   this element-wise map (a block counts once per real element it covers). Then exactly as
+//!   magnitude pruning: `q == 100` → `0 * w`; `q == 0` → `w`; else `map <= thr` is pruned (any NaN
+//!   norm makes thr NaN: nothing pruned); pruned elements become 0 (`np.where`).
+
+use super::axes::{check_structural_rank, ChannelLayout};
+use super::element::{Element, MapValue};
+use super::mask::encode_sparse;
+use super::percentile::{at_or_below, percentile_cut};
+use super::{Apply, KernelError, Outcome};
+
+/// Prunes whole blocks of `block_size` elements along `dim` by their L2 norm.
+pub fn block<T: Element>(
+    w: &[T],
+    shape: &[usize],
+    target_sparsity: f64,
+    block_size: usize,
+    dim: usize,
+) -> Result<Outcome<T>, KernelError> {
+    if block_size == 0 {
+        return Err(KernelError("block_size must be positive".into()));
+    }
+    let layout = ChannelLayout::new(shape, w.len(), dim)?;
+    if layout.exceeds_half_channel(block_size) {
+        return Ok(Outcome::Skipped(format!(
+            "block_size > channel / 2 is not applicable for block sparsity. Got block_size = {block_size}, channel = {}. Skipped.",
+            layout.channel
+        )));
+    }
+    check_structural_rank(shape, "block sparsity")?;
+    let q = target_sparsity * 100.0;
+    if q == 100.0 {
+        return Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |_| true)));
+    }
+    if q == 0.0 {
+        return Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |_| false)));
+    }
+    let norms = BlockNorms::compute(w, layout, block_size);
+    let cut =
+        percentile_cut::<T::Norm, _, _>(|| norms.weighted_keys(), w.len() as u64, target_sparsity)?;
+    let block_pruned: Vec<bool> = norms
+        .values
+        .iter()
+        .map(|n| at_or_below(n.key(), cut))
+        .collect();
+    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |f| {
+        block_pruned[norms.block_of(f)]
+    })))
+}
+
+/// One norm per (outer, block, inner) position, stored in that row-major order.
+struct BlockNorms<N> {
+    layout: ChannelLayout,
+    block_size: usize,
+    blocks: usize,
+    values: Vec<N>,
+}
+
+impl<N: MapValue> BlockNorms<N> {
+    fn compute<T: Element<Norm = N>>(w: &[T], layout: ChannelLayout, block_size: usize) -> Self {
+        let blocks = layout.channel.div_ceil(block_size);
+        let innermost = layout.inner == 1;
+        let pad = T::zero().magnitude();
+        let mut values = Vec::with_capacity(layout.outer * blocks * layout.inner);
+        let mut buf = vec![pad; block_size];
+        for o in 0..layout.outer {
+            for blk in 0..blocks {
+                let c0 = blk * block_size;
+                for i in 0..layout.inner {
+                    for (j, slot) in buf.iter_mut().enumerate() {
+                        let c = c0 + j;
+                        *slot = if c < layout.channel {
+                            w[layout.flat(o, c, i)].magnitude()
+                        } else {
+                            pad
+                        };
+                    }
+                    values.push(T::block_norm(&buf, innermost));
+                }
+            }
+        }
+        BlockNorms {
+            layout,
+            block_size,
+            blocks,
+            values,
+        }
+    }
+
+    /// (key, number of real elements the block covers) for every block, for the percentile.
+    fn weighted_keys(&self) -> impl Iterator<Item = (N::Key, u64)> + '_ {
+        let inner = self.layout.inner.max(1);
+        self.values.iter().enumerate().map(move |(idx, n)| {
+            let blk = (idx / inner) % self.blocks;
+            let covered = (self.layout.channel - blk * self.block_size).min(self.block_size);
+            (n.key(), covered as u64)
+        })
+    }
+
+    /// Index into `values` of the block holding flat element `f`.
+    fn block_of(&self, f: usize) -> usize {
+        let ChannelLayout { channel, inner, .. } = self.layout;
+        let i = f % inner;
+        let c = (f / inner) % channel;
+        let o = f / inner / channel;
+        (o * self.blocks + c / self.block_size) * inner + i
+    }
+}

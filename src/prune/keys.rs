@@ -1,0 +1,195 @@
+//! Integer magnitude keys and linear-time order statistics over them.
+//!
+//! Every value a percentile or a `<=` comparison runs on (a magnitude `|w|` or a block norm) is
+//! mapped to an unsigned integer key whose order is numpy's sort order for that value:
+//! * finite and infinite floats: `bits & 0x7fff…` (non-negative values order like their bits);
+//! * every NaN: one canonical key, the largest (`0x7fff…`). numpy sorts NaN last and treats all NaNs
+//!   as equal (neither is less), so the payload must not influence the order;
+//! * int8 magnitudes (`np.abs` keeps −128 as −128): `(v as u8) ^ 0x80`, so −128 sorts first;
+//! * uint8: the value itself.
+//!
+//! Order statistics use a radix select (16-bit digits, most significant first): one histogram pass
+//! per digit plus one pass to find the successor, so the cost is linear and deterministic and never
+//! sorts. Items carry a multiplicity, which lets block sparsity count a block norm once per element
+//! it covers without materializing the element-wise map.
+
+use std::fmt::Debug;
+
+/// An unsigned integer key (`u8`, `u16`, `u32`, `u64`).
+pub trait Key: Copy + Ord + Debug + Send + Sync + 'static {
+    const BITS: u32;
+    fn to_u64(self) -> u64;
+    /// Inverse of `to_u64` for values that fit (always the case for values produced by `to_u64`).
+    fn from_u64(v: u64) -> Self;
+}
+
+macro_rules! impl_key {
+    ($($t:ty),*) => {$(
+        impl Key for $t {
+            const BITS: u32 = <$t>::BITS;
+            fn to_u64(self) -> u64 {
+                u64::from(self)
+            }
+            fn from_u64(v: u64) -> Self {
+                v as $t
+            }
+        }
+    )*};
+}
+impl_key!(u8, u16, u32, u64);
+
+/// The two neighbouring order statistics a percentile interpolates between, and the maximum
+/// (whose key tells whether a NaN is present).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderStats<K> {
+    /// `sorted[prev]`.
+    pub prev: K,
+    /// `sorted[next]`.
+    pub next: K,
+    /// `sorted[total - 1]`.
+    pub max: K,
+}
+
+/// `sorted[prev]`, `sorted[next]` and the maximum of the multiset described by `items` (key,
+/// multiplicity), where `sorted` is its ascending expansion of length `total`. `items` is called
+/// once per pass and must yield the same sequence each time. `None` when a rank is out of range
+/// (`prev > next` or `next >= total`) or the multiplicities do not add up to `total`.
+pub fn order_stats<K, I, F>(items: F, total: u64, prev: u64, next: u64) -> Option<OrderStats<K>>
+where
+    K: Key,
+    I: Iterator<Item = (K, u64)>,
+    F: Fn() -> I,
+{
+    if prev > next || next >= total {
+        return None;
+    }
+    let a = kth_smallest(&items, prev)?;
+    // One more pass: how many items are <= a, the smallest key above a, and the maximum.
+    let mut count_le: u64 = 0;
+    let mut min_above: Option<K> = None;
+    let mut max: Option<K> = None;
+    let mut seen: u64 = 0;
+    for (k, c) in items() {
+        if c == 0 {
+            continue;
+        }
+        seen = seen.checked_add(c)?;
+        if k <= a {
+            count_le = count_le.checked_add(c)?;
+        } else if min_above.is_none_or(|m| k < m) {
+            min_above = Some(k);
+        }
+        if max.is_none_or(|m| k > m) {
+            max = Some(k);
+        }
+    }
+    if seen != total {
+        return None;
+    }
+    let b = if next < count_le { a } else { min_above? };
+    Some(OrderStats {
+        prev: a,
+        next: b,
+        max: max?,
+    })
+}
+
+/// The key at 0-based rank `rank` of the ascending expansion of `items`, by radix select.
+fn kth_smallest<K, I, F>(items: &F, rank: u64) -> Option<K>
+where
+    K: Key,
+    I: Iterator<Item = (K, u64)>,
+    F: Fn() -> I,
+{
+    const DIGIT: u32 = 16;
+    let mut prefix: u64 = 0;
+    let mut done_bits: u32 = 0;
+    let mut rank = rank;
+    while done_bits < K::BITS {
+        let digit_bits = DIGIT.min(K::BITS - done_bits);
+        let shift = K::BITS - done_bits - digit_bits;
+        let digit_mask = (1u64 << digit_bits) - 1;
+        let mut hist = vec![0u64; 1usize << digit_bits];
+        for (k, c) in items() {
+            let v = k.to_u64();
+            // Only keys that share the digits chosen so far take part.
+            if done_bits > 0 && (v >> (shift + digit_bits)) != prefix {
+                continue;
+            }
+            let slot = &mut hist[((v >> shift) & digit_mask) as usize];
+            *slot = slot.checked_add(c)?;
+        }
+        let mut digit = None;
+        for (d, &count) in hist.iter().enumerate() {
+            if rank < count {
+                digit = Some(d as u64);
+                break;
+            }
+            rank -= count;
+        }
+        prefix = (prefix << digit_bits) | digit?;
+        done_bits += digit_bits;
+    }
+    Some(K::from_u64(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn stats_by_sorting<K: Key>(keys: &[K], prev: usize, next: usize) -> OrderStats<K> {
+        let mut s = keys.to_vec();
+        s.sort();
+        OrderStats {
+            prev: s[prev],
+            next: s[next],
+            max: s[s.len() - 1],
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn radix_select_agrees_with_sorting_u32(keys in prop::collection::vec(0u32..50, 1..300), r in 0usize..300) {
+            let prev = r % keys.len();
+            let next = (prev + 1).min(keys.len() - 1);
+            let got = order_stats(|| keys.iter().map(|&k| (k, 1)), keys.len() as u64, prev as u64, next as u64);
+            prop_assert_eq!(got, Some(stats_by_sorting(&keys, prev, next)));
+        }
+
+        #[test]
+        fn radix_select_agrees_with_sorting_wide_keys(keys in prop::collection::vec(any::<u64>(), 1..200), r in 0usize..200) {
+            let prev = r % keys.len();
+            let next = (prev + 1).min(keys.len() - 1);
+            let got = order_stats(|| keys.iter().map(|&k| (k, 1)), keys.len() as u64, prev as u64, next as u64);
+            prop_assert_eq!(got, Some(stats_by_sorting(&keys, prev, next)));
+        }
+
+        #[test]
+        fn multiplicities_equal_repetition(items in prop::collection::vec((any::<u16>(), 0u64..4), 1..100), r in 0u64..400) {
+            let expanded: Vec<u16> = items.iter().flat_map(|&(k, c)| std::iter::repeat_n(k, c as usize)).collect();
+            prop_assume!(!expanded.is_empty());
+            let prev = (r as usize) % expanded.len();
+            let next = (prev + 1).min(expanded.len() - 1);
+            let got = order_stats(|| items.iter().copied(), expanded.len() as u64, prev as u64, next as u64);
+            prop_assert_eq!(got, Some(stats_by_sorting(&expanded, prev, next)));
+        }
+    }
+
+    #[test]
+    fn bad_ranks_and_totals_are_rejected() {
+        let keys = [3u8, 1, 2];
+        let it = || keys.iter().map(|&k| (k, 1));
+        assert_eq!(order_stats(it, 3, 3, 3), None);
+        assert_eq!(order_stats(it, 3, 2, 1), None);
+        assert_eq!(order_stats(it, 4, 0, 1), None);
+        assert_eq!(
+            order_stats(it, 3, 0, 1),
+            Some(OrderStats {
+                prev: 1,
+                next: 2,
+                max: 3
+            })
+        );
+    }
+}

@@ -1,0 +1,38 @@
+//! Magnitude pruning with `target_sparsity` and no block size (spec §5.6).
+//!
+//! Rules, exactly as coremltools 9.0 / numpy 2.4:
+//! * `q = target_sparsity * 100` (f64). `q == 100`: the result is `0 * w` — every finite value
+//!   becomes zero, but NaN stays NaN (quiet bit set) and ±inf becomes the default NaN, so those are
+//!   kept. `q == 0`: the result is `w` (only existing zeros, incl. −0.0, are dropped).
+//! * otherwise `thr = np.percentile(|w|, q)` ([`super::percentile`]) and `|w| <= thr` is pruned
+//!   (inclusive: every tie with thr goes). Any NaN in `w` makes thr NaN: nothing is pruned, yet the
+//!   tensor is still encoded. ±inf follow IEEE arithmetic in the interpolation.
+//! * the comparison runs on integer keys, which is exactly `|w| <= thr` in the weight dtype
+//!   (float64 for int8/uint8, whose percentile is float64).
+//! * pruned elements become 0 (`np.where`), kept elements keep their exact bits.
+
+use super::element::{Element, MapValue};
+use super::mask::encode_sparse;
+use super::percentile::{at_or_below, percentile_cut};
+use super::{Apply, KernelError, Outcome};
+
+/// Prunes the `target_sparsity` fraction of smallest magnitudes of `w`. Errors for an empty tensor
+/// or a `target_sparsity` numpy's percentile rejects (outside [0, 1], NaN).
+pub fn magnitude<T: Element>(w: &[T], target_sparsity: f64) -> Result<Outcome<T>, KernelError> {
+    let q = target_sparsity * 100.0;
+    if q == 100.0 {
+        return Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |_| true)));
+    }
+    if q == 0.0 {
+        return Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |_| false)));
+    }
+    let key = |x: &T| x.magnitude().key();
+    let cut = percentile_cut::<T::Mag, _, _>(
+        || w.iter().map(|x| (key(x), 1)),
+        w.len() as u64,
+        target_sparsity,
+    )?;
+    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |i| {
+        at_or_below(key(&w[i]), cut)
+    })))
+}
