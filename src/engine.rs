@@ -12,7 +12,11 @@ use serde::Serialize;
 
 use crate::config::OptimizationConfig;
 use crate::error::{Error, IoContext, Result};
+use crate::dispatch::{run_kernel, KernelResult};
+use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::mil::graph::{op_at_mut, GraphView};
+use crate::mil::rewrite::{rename_uses, replace_op};
+use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
 use crate::plan::{plan, Decision, PlannedTensor};
@@ -92,21 +96,69 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let weight_path = out.weight_path();
     let mut weights = WeightFileBuilder::create(&weight_path)?;
     let mut reports = Vec::with_capacity(planned.len());
+    let spec_version = model.spec_version();
+    let mut pruned_any = false;
     let mut next_plan = planned.iter().peekable();
     for (index, info) in graph.ops.iter().enumerate() {
         let plan_entry = next_plan.next_if(|p| p.op_index == index);
         let op = op_at_mut(&mut model.program, &info.path)
             .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
         let started = Instant::now();
-        match plan_entry {
-            Some(p @ PlannedTensor { decision: Decision::Prune(_), .. }) => {
-                return Err(Error::Unsupported(format!("pruning '{}' is not implemented yet", p.name)));
+        let Some(p) = plan_entry else {
+            weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+            continue;
+        };
+        let Decision::Prune(config) = &p.decision else {
+            weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+            reports.push(tensor_report(p, None, started));
+            continue;
+        };
+        let (value, output) = match (op.const_value(), op.outputs.first()) {
+            (Some(v), Some(o)) => (v, o),
+            _ => return Err(Error::tensor(&p.name, "const op without a value or an output")),
+        };
+        let (meta, data) = source.read(&p.name, value)?;
+        match run_kernel(config, &data, &meta.shape, &p.name)? {
+            KernelResult::Skipped(reason) => {
+                weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+                reports.push(tensor_report(p, Some(Err(reason)), started));
             }
-            _ => weights.copy_op_blobs(op, &info.name, source.blob_reader())?,
+            KernelResult::Pruned(pruned) => {
+                let old_output = output.name.clone();
+                let new_name = sparsified_name(&p.name);
+                if graph.producer(&info.path.function, &new_name).is_some() {
+                    return Err(Error::Graph(format!(
+                        "cannot prune '{}': the model already has a value named '{new_name}'",
+                        p.name
+                    )));
+                }
+                let output_type = output.r#type.clone().unwrap_or_default();
+                let kept = pruned.kept;
+                // Stored size of the sparse form: the kept values plus one mask bit per element.
+                let bytes_after = pruned
+                    .nonzero
+                    .dtype()
+                    .storage_bytes(kept)
+                    .and_then(|b| b.checked_add(meta.count.div_ceil(8)))
+                    .unwrap_or(u64::MAX);
+                let new_op = sparse_to_dense_op(
+                    &p.name,
+                    output_type,
+                    &meta.shape,
+                    pruned.nonzero,
+                    pruned.mask,
+                    spec_version,
+                    &mut weights,
+                )?;
+                replace_op(&mut model.program, &info.path, vec![new_op])?;
+                rename_uses(&mut model.program, &info.path.function, &old_output, &new_name)?;
+                pruned_any = true;
+                reports.push(tensor_report(p, Some(Ok((kept, bytes_after))), started));
+            }
         }
-        if let Some(p) = plan_entry {
-            reports.push(skipped_report(p, started));
-        }
+    }
+    if pruned_any && model.spec_version() < 7 {
+        bump_to_ios16(&mut model);
     }
     let blob_count = weights.blob_count();
     weights.finish()?;
@@ -126,11 +178,36 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after })
 }
 
-fn skipped_report(p: &PlannedTensor, started: Instant) -> TensorReport {
+/// coremltools loads programs at spec ≥ 7 for pruning (constexpr ops do not exist in iOS15): spec 6
+/// becomes 7 and every `CoreML5` opset, both `Function.opset` and its block key, becomes `CoreML6`.
+fn bump_to_ios16(model: &mut LoadedModel) {
+    model.shell.specification_version = 7;
+    for function in model.program.functions.values_mut() {
+        if function.opset == "CoreML5" {
+            function.opset = "CoreML6".into();
+        }
+        if let Some(block) = function.block_specializations.remove("CoreML5") {
+            function.block_specializations.insert("CoreML6".into(), block);
+        }
+    }
+}
+
+/// `result`: `None` for a tensor the plan skipped, `Some(Err(reason))` for one the kernel skipped,
+/// `Some(Ok((kept, bytes_after)))` for a pruned one.
+fn tensor_report(p: &PlannedTensor, result: Option<std::result::Result<(u64, u64), String>>, started: Instant) -> TensorReport {
     let bytes = p.meta.storage_bytes().unwrap_or(0);
-    let (mode, skipped) = match &p.decision {
-        Decision::Skip(reason) => ("none".to_owned(), Some(reason.clone())),
-        Decision::Prune(c) => (c.mode_name().to_owned(), None),
+    let mode = match &p.decision {
+        Decision::Skip(_) => "none".to_owned(),
+        Decision::Prune(c) => c.mode_name().to_owned(),
+    };
+    let (pruned, skipped, sparsity, bytes_after) = match (result, &p.decision) {
+        (Some(Ok((kept, after))), _) => {
+            let sparsity = if p.meta.count == 0 { 0.0 } else { 1.0 - kept as f64 / p.meta.count as f64 };
+            (true, None, Some(sparsity), after)
+        }
+        (Some(Err(reason)), _) => (false, Some(reason), None, bytes),
+        (None, Decision::Skip(reason)) => (false, Some(reason.clone()), None, bytes),
+        (None, Decision::Prune(_)) => (false, None, None, bytes),
     };
     TensorReport {
         name: p.name.clone(),
@@ -138,11 +215,11 @@ fn skipped_report(p: &PlannedTensor, started: Instant) -> TensorReport {
         dtype: p.meta.dtype.to_string(),
         shape: p.meta.shape.clone(),
         mode,
-        pruned: false,
+        pruned,
         skipped,
-        sparsity: None,
+        sparsity,
         bytes_before: bytes,
-        bytes_after: bytes,
+        bytes_after,
         device: "cpu",
         millis: started.elapsed().as_secs_f64() * 1e3,
     }

@@ -6,6 +6,7 @@
 pub mod blob;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod dtype;
 pub mod encode;
 pub mod engine;

@@ -1,0 +1,71 @@
+//! Picks the CPU kernel for a config and a tensor's dtype, and returns the result as typed data the
+//! encoder can write. The kernels themselves live in `crate::prune`.
+
+use crate::config::OpConfig;
+use crate::error::{Error, Result};
+use crate::prune::{self, Element, KernelError, Outcome};
+use crate::tensor::TensorData;
+
+/// A pruned tensor in sparse form: kept values plus the packed LSB-first keep-mask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pruned {
+    pub nonzero: TensorData,
+    pub mask: Vec<u8>,
+    pub kept: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KernelResult {
+    Pruned(Pruned),
+    /// coremltools leaves the tensor alone, with this warning.
+    Skipped(String),
+}
+
+/// Runs the kernel `config` selects on `data` of `shape`. `tensor` names errors.
+pub fn run_kernel(config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| Error::tensor(tensor, format!("dimension {d} does not fit in memory"))))
+        .collect::<Result<_>>()?;
+    let result = match data {
+        TensorData::F16(w) => typed(config, w, &shape, TensorData::F16),
+        TensorData::F32(w) => typed(config, w, &shape, TensorData::F32),
+        TensorData::I8(w) => typed(config, w, &shape, TensorData::I8),
+        TensorData::U8(w) => typed(config, w, &shape, TensorData::U8),
+        other => {
+            return Err(Error::tensor(tensor, format!("{} weights cannot be pruned", other.dtype())));
+        }
+    };
+    result.map_err(|e| e.for_tensor(tensor))
+}
+
+fn typed<T: Element>(
+    config: &OpConfig,
+    w: &[T],
+    shape: &[usize],
+    wrap: fn(Vec<T>) -> TensorData,
+) -> std::result::Result<KernelResult, KernelError> {
+    // Sizes beyond usize can never fit a channel, so the kernels' "> channel / 2" rule skips them.
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let outcome = match *config {
+        OpConfig::Threshold { threshold, minimum_sparsity_percentile, .. } => {
+            prune::threshold(w, threshold, minimum_sparsity_percentile)
+        }
+        OpConfig::Magnitude { n_m_ratio: Some((n, m)), dim, .. } => {
+            prune::n_m(w, shape, size(n), size(m), dim.unwrap_or(1) as usize)?
+        }
+        OpConfig::Magnitude { target_sparsity: Some(s), block_size: Some(b), dim, .. } => {
+            prune::block(w, shape, s, size(b), dim.unwrap_or(0) as usize)?
+        }
+        OpConfig::Magnitude { target_sparsity: Some(s), .. } => prune::magnitude(w, s)?,
+        OpConfig::Magnitude { target_sparsity: None, n_m_ratio: None, .. } => {
+            return Err(KernelError(
+                "Either \"target_sparsity\" or \"n_m_ratio\" need to be set. They cannot be set at the same time.".into(),
+            ))
+        }
+    };
+    Ok(match outcome {
+        Outcome::Pruned(s) => KernelResult::Pruned(Pruned { nonzero: wrap(s.nonzero), mask: s.mask, kept: s.kept }),
+        Outcome::Skipped(reason) => KernelResult::Skipped(reason),
+    })
+}
