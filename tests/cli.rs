@@ -1,0 +1,299 @@
+//! End-to-end tests of the `mlprune` binary on fixture models built by coremltools 9.0
+//! (`tests/python/make_fixtures.py`, committed under `tests/fixtures/`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mlprune::mil::graph::for_each_op;
+use mlprune::mil::value::OperationExt;
+use mlprune::mil::LoadedModel;
+use mlprune::package::Package;
+use mlprune::tensor::TensorData;
+use mlprune::weights::WeightSource;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mlprune"))
+}
+
+fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut c = bin();
+    for a in args {
+        c.arg(a);
+    }
+    c.output().expect("mlprune runs")
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/fixtures exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mlpackage"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 8, "expected the committed fixtures, found {v:?}");
+    v
+}
+
+/// Every file of a package folder, by relative path.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(p.strip_prefix(root).unwrap().to_owned(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for (rel, bytes) in snapshot(from) {
+        let p = to.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+}
+
+/// Dense values of every const op (blob or immediate), by op name, read through the library.
+fn const_values(pkg: &Path) -> BTreeMap<String, TensorData> {
+    let package = Package::open(pkg).unwrap();
+    let model_path = package.model_path();
+    let model = LoadedModel::read(&model_path, &model_path).unwrap();
+    let source = WeightSource::open(&package).unwrap();
+    let mut out = BTreeMap::new();
+    for_each_op(&model.program, |op| -> Result<(), ()> {
+        if let (Some(name), Some(v)) = (op.name(), op.const_value()) {
+            if let Ok((_, data)) = source.read(name, v) {
+                out.insert(name.to_owned(), data);
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn inspect_lists_weights_of_every_fixture() {
+    for f in fixtures() {
+        let out = run(&[&"inspect", &f, &"--json"]);
+        assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let spec = report["spec_version"].as_i64().unwrap();
+        assert!((6..=10).contains(&spec), "{}: spec {spec}", f.display());
+        for w in report["weights"].as_array().unwrap() {
+            let shape: Vec<u64> = w["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+            assert_eq!(w["elements"].as_u64().unwrap(), shape.iter().product::<u64>(), "{w}");
+            if let Some(s) = w["sparsity"].as_f64() {
+                assert!((0.0..=1.0).contains(&s), "{w}");
+            }
+        }
+        let table = run(&[&"inspect", &f]);
+        assert!(table.status.success());
+        let text = String::from_utf8(table.stdout).unwrap();
+        assert!(text.starts_with("NAME"), "{text}");
+        let last = text.lines().last().unwrap();
+        assert!(last.starts_with("total: ") && last.contains(&format!("spec version {spec}")), "{last}");
+    }
+}
+
+#[test]
+fn inspect_agrees_with_the_library_on_sparsity() {
+    // The table's sparsity of a plain const is the share of exact zeros of its values.
+    for f in fixtures() {
+        let values = const_values(&f);
+        let out = run(&[&"inspect", &f, &"--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for w in report["weights"].as_array().unwrap() {
+            if w["storage"] != "const" {
+                continue;
+            }
+            let data = &values[w["name"].as_str().unwrap()];
+            let expected = data.count_zeros() as f64 / data.len() as f64;
+            assert_eq!(w["sparsity"].as_f64().unwrap(), expected, "{}", f.display());
+        }
+    }
+}
+
+#[test]
+fn noop_prune_keeps_every_weight_folder_and_zip() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in fixtures() {
+        let stem = f.file_stem().unwrap().to_str().unwrap().to_owned();
+        let before = snapshot(&f);
+        let original = const_values(&f);
+        for out in [tmp.path().join(format!("{stem}.mlpackage")), tmp.path().join(format!("{stem}.zip"))] {
+            let o = run(&[&"prune", &f, &out, &"--weight-threshold", &"1000000000", &"--quiet"]);
+            assert!(o.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&o.stderr));
+            assert!(o.stderr.is_empty(), "--quiet prints nothing");
+            assert_eq!(const_values(&out), original, "{} → {}", f.display(), out.display());
+            // Reading the rewritten package's blobs validates the fresh weight.bin end to end.
+            let o = run(&[&"inspect", &out]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        assert_eq!(snapshot(&f), before, "input untouched");
+    }
+}
+
+#[test]
+fn zipped_input_prunes_like_the_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = &fixtures()[0];
+    let zipped = tmp.path().join("in.zip");
+    let folder_out = tmp.path().join("a.mlpackage");
+    assert!(run(&[&"prune", f, &zipped, &"--weight-threshold", &"1000000000", &"-q"]).status.success());
+    let o = run(&[&"prune", &zipped, &folder_out, &"--weight-threshold", &"1000000000", &"-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(const_values(&folder_out), const_values(f));
+}
+
+#[test]
+fn output_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in fixtures() {
+        let a = tmp.path().join("a.mlpackage");
+        let b = tmp.path().join("b.mlpackage");
+        for out in [&a, &b] {
+            let o = run(&[&"prune", &f, out, &"--weight-threshold", &"1000000000", &"-q", &"--force"]);
+            assert!(o.status.success());
+        }
+        assert_eq!(snapshot(&a), snapshot(&b), "{}", f.display());
+    }
+}
+
+/// Runs `args` on a corrupted copy of a fixture and checks the failure contract: exit 1, one line
+/// on stderr naming `names_file`, no output left, input unchanged.
+fn assert_clean_failure(corrupt: impl Fn(&Path), names_file: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures().into_iter().find(|p| p.join("Data/com.apple.CoreML/weights/weight.bin").exists()).unwrap();
+    let input = tmp.path().join("in.mlpackage");
+    copy_dir(&f, &input);
+    corrupt(&input);
+    let before = snapshot(&input);
+    for args in [vec!["inspect"], vec!["prune", "--weight-threshold", "0"]] {
+        let out_path = tmp.path().join("out.mlpackage");
+        let mut c = bin();
+        c.arg(args[0]).arg(&input);
+        if args[0] == "prune" {
+            c.arg(&out_path).args(&args[1..]);
+        }
+        let o = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with("mlprune: error: ") && stderr.contains(names_file), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!out_path.exists(), "no output left behind");
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("in.mlpackage")], "no temp files left");
+    }
+    assert_eq!(snapshot(&input), before, "input untouched");
+}
+
+fn weight_bin(p: &Path) -> PathBuf {
+    p.join("Data/com.apple.CoreML/weights/weight.bin")
+}
+
+fn model_file(p: &Path) -> PathBuf {
+    p.join("Data/com.apple.CoreML/model.mlmodel")
+}
+
+#[test]
+fn truncated_weight_bin_is_a_clean_error() {
+    assert_clean_failure(
+        |p| {
+            let bytes = std::fs::read(weight_bin(p)).unwrap();
+            std::fs::write(weight_bin(p), &bytes[..bytes.len() / 2]).unwrap();
+        },
+        "weight.bin",
+    );
+}
+
+#[test]
+fn garbage_weight_bin_is_a_clean_error() {
+    assert_clean_failure(
+        |p| {
+            let len = std::fs::metadata(weight_bin(p)).unwrap().len() as usize;
+            let garbage: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
+            std::fs::write(weight_bin(p), garbage).unwrap();
+        },
+        "weight.bin",
+    );
+}
+
+#[test]
+fn forged_blob_header_is_a_clean_error() {
+    // The first record claims 2^60 bytes of data: must fail without allocating them.
+    assert_clean_failure(
+        |p| {
+            let mut bytes = std::fs::read(weight_bin(p)).unwrap();
+            bytes[64 + 8..64 + 16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+            std::fs::write(weight_bin(p), bytes).unwrap();
+        },
+        "weight.bin",
+    );
+}
+
+#[test]
+fn garbage_model_is_a_clean_error() {
+    assert_clean_failure(|p| std::fs::write(model_file(p), b"\xff\xff\xffnot a protobuf").unwrap(), "model.mlmodel");
+}
+
+#[test]
+fn truncated_model_is_a_clean_error() {
+    assert_clean_failure(
+        |p| {
+            let bytes = std::fs::read(model_file(p)).unwrap();
+            std::fs::write(model_file(p), &bytes[..bytes.len() - 7]).unwrap();
+        },
+        "model.mlmodel",
+    );
+}
+
+#[test]
+fn bad_manifest_is_a_clean_error() {
+    assert_clean_failure(|p| std::fs::write(p.join("Manifest.json"), b"{ \"fileFormatVersion\": ").unwrap(), "Manifest.json");
+    assert_clean_failure(
+        |p| {
+            let m = std::fs::read_to_string(p.join("Manifest.json")).unwrap();
+            let m = m.replace("rootModelIdentifier", "rootModelIdentifierX");
+            std::fs::write(p.join("Manifest.json"), m).unwrap();
+        },
+        "Manifest.json",
+    );
+}
+
+#[test]
+fn missing_model_file_is_a_clean_error() {
+    assert_clean_failure(|p| std::fs::remove_file(model_file(p)).unwrap(), "model.mlmodel");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = &fixtures()[0];
+    let out = tmp.path().join("o.mlpackage");
+    // No mode at all.
+    let o = run(&[&"prune", f, &out]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    // Output equal to input.
+    let o = run(&[&"prune", f, f, &"--weight-threshold", &"5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    // Existing output without --force, then with it.
+    std::fs::create_dir(&out).unwrap();
+    let o = run(&[&"prune", f, &out, &"--weight-threshold", &"1000000000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[&"prune", f, &out, &"--weight-threshold", &"1000000000", &"--force", &"-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Clap-level errors.
+    assert_eq!(run(&[&"prune"]).status.code(), Some(2));
+    assert_eq!(run(&[&"frobnicate"]).status.code(), Some(2));
+    assert_eq!(run(&[&"--help"]).status.code(), Some(0));
+}
