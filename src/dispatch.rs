@@ -21,7 +21,30 @@ pub enum KernelResult {
     Skipped(String),
 }
 
-/// Runs the kernel `config` selects on `data` of `shape`. `tensor` names errors.
+/// Where pruning kernels run. The CPU backend is the reference; every other backend must return
+/// byte-identical results for every config and dtype (tests run each case on every backend).
+pub trait Backend {
+    /// `"cpu"` or `"gpu"`, as reports name it.
+    fn name(&self) -> &'static str;
+    /// Runs the kernel `config` selects on `data` of `shape`. `tensor` names errors.
+    fn run(&self, config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult>;
+}
+
+/// The reference backend: the kernels of `crate::prune`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn run(&self, config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
+        run_kernel(config, data, shape, tensor)
+    }
+}
+
+/// Runs the kernel `config` selects on `data` of `shape` on the CPU. `tensor` names errors.
 pub fn run_kernel(config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
     let shape: Vec<usize> = shape
         .iter()
