@@ -86,6 +86,13 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let package = Package::open(&job.input)?;
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
+    if !model.shell.description.as_ref().is_none_or(|d| d.functions.is_empty()) {
+        // coremltools' prune_weights refuses these too; shared blobs across functions would need care.
+        return Err(Error::Unsupported(format!(
+            "{}: pruning a multifunction model is not supported (coremltools refuses it as well)",
+            model.path.display()
+        )));
+    }
     let graph = GraphView::build(&model.program)?;
     let planned = plan(&model.program, &graph, &job.config)?;
     let source = WeightSource::open(&package)?;

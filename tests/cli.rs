@@ -297,3 +297,57 @@ fn usage_errors_exit_2() {
     assert_eq!(run(&[&"frobnicate"]).status.code(), Some(2));
     assert_eq!(run(&[&"--help"]).status.code(), Some(0));
 }
+
+/// Rewrites the fixture's model protobuf in place with `edit`.
+fn edit_model(p: &Path, edit: impl FnOnce(&mut mlprune::proto::spec::Model)) {
+    use prost::Message;
+    let bytes = std::fs::read(model_file(p)).unwrap();
+    let mut model = mlprune::proto::spec::Model::decode(bytes.as_slice()).unwrap();
+    edit(&mut model);
+    std::fs::write(model_file(p), model.encode_to_vec()).unwrap();
+}
+
+#[test]
+fn blob_reference_to_another_file_is_refused() {
+    use mlprune::proto::mil::value::Value as V;
+    assert_clean_failure(
+        |p| {
+            edit_model(p, |m| {
+                let Some(mlprune::proto::spec::model::Type::MlProgram(prog)) = m.r#type.as_mut() else { panic!() };
+                let mut done = false;
+                mlprune::mil::graph::for_each_op_mut(prog, |op| -> Result<(), ()> {
+                    if let Some(val) = op.attributes.get_mut("val") {
+                        if let Some(V::BlobFileValue(b)) = val.value.as_mut() {
+                            if !done {
+                                b.file_name = "@model_path/weights/../../../etc/passwd".into();
+                                done = true;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                assert!(done);
+            })
+        },
+        "only weights/weight.bin is supported",
+    );
+}
+
+#[test]
+fn multifunction_models_are_not_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("mf.mlpackage");
+    copy_dir(&fixtures()[0], &input);
+    edit_model(&input, |m| {
+        let d = m.description.get_or_insert_with(Default::default);
+        d.functions.push(mlprune::proto::spec::FunctionDescription { name: "main".into(), ..Default::default() });
+        d.default_function_name = "main".into();
+    });
+    assert!(run(&[&"inspect", &input]).status.success(), "inspect still reads it");
+    let out = tmp.path().join("o.mlpackage");
+    let o = run(&[&"prune", &input, &out, &"--sparsity", &"0.5"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("multifunction"));
+    assert!(!out.exists());
+}

@@ -88,6 +88,7 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
                 Some(&new) => new,
                 None => {
                     let tensor = format!("{op_name}.{param}");
+                    super::source::check_blob_file(&tensor, v)?;
                     let meta = TensorMeta::of(v).ok_or_else(|| {
                         Error::tensor(&tensor, "blob value without a numeric tensor type of known shape")
                     })?;

@@ -66,6 +66,7 @@ impl WeightSource {
         let meta = TensorMeta::of(value)
             .ok_or_else(|| Error::tensor(tensor, "is not a numeric tensor with a known shape"))?;
         let data = if let Some(offset) = value.blob_offset() {
+            check_blob_file(tensor, value)?;
             let reader = self.blobs.as_ref().ok_or_else(|| {
                 Error::tensor(tensor, format!("refers to weight.bin offset {offset} but the package has no weight.bin"))
             })?;
@@ -77,6 +78,22 @@ impl WeightSource {
         };
         Ok((meta, data))
     }
+}
+
+/// coremltools resolves a `BlobFileValue` by the basename of its file name inside the weights
+/// folder, and writes only `weight.bin`. Any other name would make us read the wrong file, and a
+/// path is never followed, so the reference cannot point outside the package.
+pub fn check_blob_file(tensor: &str, value: &Value) -> Result<()> {
+    if let Some(crate::proto::mil::value::Value::BlobFileValue(b)) = &value.value {
+        let base = b.file_name.rsplit(['/', '\\']).next().unwrap_or_default();
+        if base != "weight.bin" {
+            return Err(Error::tensor(
+                tensor,
+                format!("refers to blob file '{}'; only weights/weight.bin is supported", b.file_name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Blob errors already name file and offset; add the tensor so the user can find it in the model.
