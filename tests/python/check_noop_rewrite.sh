@@ -34,6 +34,10 @@ SEED=${2:-}
 
 cd "$(dirname "$0")/../.." || exit 2
 PYTHON=${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}
+# Absolute, because the loop below runs python from other directories.
+if [[ $PYTHON == */* && $PYTHON != /* ]]; then
+  PYTHON="$PWD/$PYTHON"
+fi
 if ! "$PYTHON" -c 'import coremltools' >/dev/null 2>&1; then
   echo "error: $PYTHON cannot import coremltools; run scripts/setup-python.sh or set PYTHON" >&2
   exit 2
