@@ -33,6 +33,47 @@ pub enum Command {
     },
     /// Prune a model's weights into a new package (the input is never modified).
     Prune(PruneArgs),
+    /// Write a synthetic LLM-shaped model (a chain of linear layers) for benchmarks.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Where to write the package (.mlpackage folder, or .zip).
+    pub output: PathBuf,
+    /// Number of linear layers.
+    #[arg(long, default_value_t = 8)]
+    pub layers: u32,
+    /// Weight shape ROWSxCOLS of even layers (odd layers are transposed so the chain connects).
+    #[arg(long, default_value = "4096x4096")]
+    pub shape: String,
+    /// Weight dtype: fp16 or fp32.
+    #[arg(long, default_value = "fp16")]
+    pub dtype: String,
+    /// Core ML specification version (6 to 10).
+    #[arg(long, default_value_t = 7)]
+    pub spec: i32,
+    /// Seed of the pseudo-random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl GenerateArgs {
+    pub fn to_spec(&self) -> Result<crate::synth::SynthSpec> {
+        let bad_shape = || Error::Usage(format!("--shape must look like 4096x4096, not '{}'", self.shape));
+        let (r, c) = self.shape.split_once(['x', 'X']).ok_or_else(bad_shape)?;
+        let rows = r.trim().parse().map_err(|_| bad_shape())?;
+        let cols = c.trim().parse().map_err(|_| bad_shape())?;
+        let dtype = match self.dtype.as_str() {
+            "fp16" | "float16" => crate::dtype::ScalarType::Float16,
+            "fp32" | "float32" => crate::dtype::ScalarType::Float32,
+            other => return Err(Error::Usage(format!("--dtype must be fp16 or fp32, not '{other}'"))),
+        };
+        Ok(crate::synth::SynthSpec { layers: self.layers, rows, cols, dtype, spec_version: self.spec, seed: self.seed })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -147,6 +188,12 @@ pub fn execute(cli: Cli) -> Result<()> {
                 inspect::render_table(&report)
             };
             print_stdout(&text)
+        }
+        Command::Generate(args) => {
+            let spec = args.to_spec()?;
+            let params = crate::synth::generate(&spec, &args.output, args.force)?;
+            eprintln!("wrote {} ({params} weight parameters)", args.output.display());
+            Ok(())
         }
         Command::Prune(args) => {
             let job = args.to_job()?;

@@ -17,6 +17,7 @@ pub mod package;
 pub mod plan;
 pub mod proto;
 pub mod prune;
+pub mod synth;
 pub mod tensor;
 pub mod weights;
 

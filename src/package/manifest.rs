@@ -83,6 +83,31 @@ impl Manifest {
 
     /// Adds the standard weights item under a fresh identifier if there is none, as coremltools
     /// does for every saved ML Program. Returns whether the manifest changed.
+    /// The manifest of a new package: a root model item and a weights item, as coremltools writes.
+    pub fn new_ml_program() -> Manifest {
+        let id = uuid_v4();
+        let doc = serde_json::json!({
+            "fileFormatVersion": "1.0.0",
+            "itemInfoEntries": {
+                id.clone(): {
+                    "author": CORE_ML_AUTHOR,
+                    "description": "CoreML Model Specification",
+                    "name": "model.mlmodel",
+                    "path": "com.apple.CoreML/model.mlmodel",
+                }
+            },
+            "rootModelIdentifier": id,
+        });
+        let text = serde_json::to_vec(&doc).unwrap_or_default();
+        let mut manifest = match Manifest::parse(&text, Path::new("Manifest.json")) {
+            Ok(m) => m,
+            // The document above is fixed and valid; parse cannot fail on it.
+            Err(e) => unreachable!("built-in manifest is invalid: {e}"),
+        };
+        manifest.ensure_weights_item();
+        manifest
+    }
+
     pub fn ensure_weights_item(&mut self) -> bool {
         if self.weights_path.is_some() {
             return false;

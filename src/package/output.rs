@@ -19,6 +19,18 @@ use zip::ZipArchive;
 /// How many fresh names to try when a temporary name is taken.
 const NAME_ATTEMPTS: usize = 16;
 
+/// OUTPUT's parent directory (`.` for a bare name) and file name.
+fn split_output(output: &Path) -> Result<(PathBuf, OsString)> {
+    let name = output.file_name().ok_or_else(|| {
+        Error::Usage(format!("output {} does not name a file or directory", output.display()))
+    })?;
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, name.to_os_string()))
+}
+
 /// A package being written.
 #[derive(Debug)]
 pub struct OutputPackage {
@@ -44,33 +56,9 @@ impl OutputPackage {
     /// unless `force`. Then stages a copy of every input file except the root model and
     /// `weight.bin`, which the caller writes at `model_path()` and `weight_path()`.
     pub fn create(input: &Package, output: &Path, force: bool) -> Result<OutputPackage> {
-        let name = output.file_name().ok_or_else(|| {
-            Error::Usage(format!(
-                "output {} does not name a file or directory",
-                output.display()
-            ))
-        })?;
-        let parent = match output.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        check_output_location(input, output, &parent, name, force)?;
-
-        let name_str = name.to_string_lossy();
-        let zip_folder = (strip_suffix_ignore_case(&name_str, ".zip").len() < name_str.len())
-            .then(|| format!("{}.mlpackage", package_stem(output)));
-        let staging = create_staging_dir(&parent, name)?;
-        let staged = OutputPackage {
-            output: output.to_path_buf(),
-            parent,
-            name: name.to_os_string(),
-            force,
-            zip_folder,
-            manifest: input.manifest().clone(),
-            staging,
-            staging_live: true,
-            temp_zip: None,
-        };
+        let (parent, name) = split_output(output)?;
+        check_output_location(input, output, &parent, &name, force)?;
+        let staged = Self::stage(output, parent, name, input.manifest().clone(), force)?;
         // From here on, dropping `staged` on error removes the staging directory.
         let skip = [
             Path::new(DATA_DIR).join(input.manifest().root_model_relative()),
@@ -79,6 +67,47 @@ impl OutputPackage {
         copy_tree(input, input.root(), &staged.staging, Path::new(""), &skip)?;
         staged.create_item_dirs()?;
         Ok(staged)
+    }
+
+    /// Stages a brand-new package with `manifest` and nothing else (the caller writes the model
+    /// and `weight.bin`). An existing OUTPUT is refused unless `force`.
+    pub fn create_new(output: &Path, manifest: Manifest, force: bool) -> Result<OutputPackage> {
+        let (parent, name) = split_output(output)?;
+        if exists_no_follow(output) && !force {
+            return Err(Error::Usage(format!(
+                "output {} already exists; pass --force to replace it",
+                output.display()
+            )));
+        }
+        let staged = Self::stage(output, parent, name, manifest, force)?;
+        let path = staged.staging.join(MANIFEST_FILE);
+        std::fs::write(&path, staged.manifest.to_json()).at(&path)?;
+        staged.create_item_dirs()?;
+        Ok(staged)
+    }
+
+    fn stage(
+        output: &Path,
+        parent: PathBuf,
+        name: OsString,
+        manifest: Manifest,
+        force: bool,
+    ) -> Result<OutputPackage> {
+        let name_str = name.to_string_lossy();
+        let zip_folder = (strip_suffix_ignore_case(&name_str, ".zip").len() < name_str.len())
+            .then(|| format!("{}.mlpackage", package_stem(output)));
+        let staging = create_staging_dir(&parent, &name)?;
+        Ok(OutputPackage {
+            output: output.to_path_buf(),
+            parent,
+            name,
+            force,
+            zip_folder,
+            manifest,
+            staging,
+            staging_live: true,
+            temp_zip: None,
+        })
     }
 
     /// Where to write the root model in staging (its directory exists).

@@ -114,6 +114,11 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
         Ok(())
     }
 
+    /// Appends already-encoded little-endian bytes of `count` elements; returns the record offset.
+    pub fn append_raw(&mut self, dtype: crate::dtype::ScalarType, bytes: &[u8], count: u64) -> Result<u64> {
+        self.writer.append(dtype, bytes, count)
+    }
+
     /// Appends new data and returns its record offset.
     pub fn append(&mut self, data: &TensorData) -> Result<u64> {
         self.writer.append_tensor(data)
