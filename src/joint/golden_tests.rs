@@ -240,3 +240,93 @@ fn joint_prune_matches_coremltools_output() {
     }
     assert!(compared >= 25, "only {compared} outputs compared");
 }
+
+/// coremltools inlines every constant input of an iOS18 constexpr op, but other writers may bind
+/// one by name to a `const` op: it must materialize the same and be carried over inline.
+#[test]
+fn name_bound_const_inputs_materialize_and_are_inlined() {
+    use crate::mil::build::{bind_name, const_op};
+    use crate::proto::mil::argument::binding::Binding;
+
+    let path = golden_dir().join("lut4g_fp16.mlpackage");
+    let (package, mut model) = load(&path);
+    let source = WeightSource::open(&package).unwrap();
+    let graph = GraphView::build(&model.program).unwrap();
+    let index = graph.ops.iter().position(|o| o.op_type == LUT_TO_DENSE).unwrap();
+    let expected = materialize(&Context::new(&model.program, &graph, &source), index).unwrap();
+
+    let path_of_op = graph.ops[index].path.clone();
+    let op = op_at_mut(&mut model.program, &path_of_op).unwrap();
+    let Some(Binding::Value(lut)) = op.inputs["lut"].arguments[0].binding.clone() else {
+        panic!("lut inline")
+    };
+    op.inputs.insert("lut".into(), bind_name("lut_const"));
+    let block = model
+        .program
+        .functions
+        .get_mut("main")
+        .unwrap()
+        .block_specializations
+        .values_mut()
+        .next()
+        .unwrap();
+    block.operations.insert(0, const_op("lut_const", lut.clone()));
+
+    let graph = GraphView::build(&model.program).unwrap();
+    let index = graph.ops.iter().position(|o| o.op_type == LUT_TO_DENSE).unwrap();
+    let m = materialize(&Context::new(&model.program, &graph, &source), index).unwrap();
+    assert_eq!(m.dense, expected.dense);
+    let JointKind::Lut { lut: carried, .. } = &m.kind else {
+        panic!("not a LUT")
+    };
+    assert_eq!(carried.arguments[0].binding, Some(Binding::Value(lut)));
+}
+
+#[test]
+fn plan_leaves_plain_consts_alone_and_reports_skips() {
+    let config = OptimizationConfig::from_json_str(
+        r#"{"config_type": "OpMagnitudePrunerConfig", "global_config": {"target_sparsity": 0.5}}"#,
+    )
+    .unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (_, plain) = load(&fixtures.join("linear_fp16_ios18.mlpackage"));
+    let graph = GraphView::build(&plain.program).unwrap();
+    assert!(
+        plan_joint(&plain.program, &graph, &config, 9).unwrap().is_empty(),
+        "const weights are not candidates"
+    );
+
+    let (_, three) = load(&golden_dir().join("three_linear_fp16.mlpackage"));
+    let graph = GraphView::build(&three.program).unwrap();
+    let planned = plan_joint(&three.program, &graph, &config, 9).unwrap();
+    let summary: Vec<_> = planned
+        .iter()
+        .map(|p| {
+            (
+                p.op_type.as_str(),
+                p.meta.count,
+                matches!(p.decision, Decision::Prune(_)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (SHIFT_SCALE, 3072, true),
+            (LUT_TO_DENSE, 2304, true),
+            (SHIFT_SCALE, 3456, true)
+        ]
+    );
+
+    let e = plan_joint(&three.program, &graph, &config, 8).unwrap_err();
+    assert_eq!(e.to_string(), NEEDS_IOS18);
+    let small = OptimizationConfig::from_json_str(
+        r#"{"config_type": "OpMagnitudePrunerConfig", "global_config": {"target_sparsity": 0.5, "weight_threshold": 3072}}"#,
+    )
+    .unwrap();
+    let planned = plan_joint(&three.program, &graph, &small, 9).unwrap();
+    assert!(
+        matches!(&planned[0].decision, Decision::Skip(r) if r.contains("3072 elements ≤ weight_threshold 3072"))
+    );
+    assert!(matches!(planned[2].decision, Decision::Prune(_)));
+}
