@@ -12,6 +12,7 @@ pub mod encode;
 pub mod engine;
 pub mod error;
 pub mod inspect;
+pub mod joint;
 pub mod mil;
 pub mod package;
 pub mod plan;
