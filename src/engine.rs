@@ -12,11 +12,16 @@ use serde::Serialize;
 
 use crate::config::OptimizationConfig;
 use crate::error::{Error, IoContext, Result};
-use crate::dispatch::{run_kernel, KernelResult};
+use crate::config::OpConfig;
+use crate::dispatch::{Backend, CpuBackend, KernelResult};
 use crate::encode::{sparse_to_dense_op, sparsified_name};
-use crate::mil::graph::{op_at_mut, GraphView};
-use crate::mil::rewrite::{rename_uses, replace_op};
+use crate::joint::{
+    apply_replacements, joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer,
+};
+use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath};
+use crate::mil::rewrite::rename_uses;
 use crate::mil::value::OperationExt;
+use crate::proto::mil::{Operation, Program};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
 use crate::plan::{plan, Decision, PlannedTensor};
@@ -76,9 +81,6 @@ impl PruneSummary {
 }
 
 pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
-    if job.joint_compression {
-        return Err(Error::Unsupported("--joint-compression is not implemented yet".into()));
-    }
     if job.device == DevicePolicy::Gpu {
         return Err(Error::Unsupported("--device gpu: this build has no GPU backend yet; use --device cpu".into()));
     }
@@ -94,75 +96,56 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         )));
     }
     let graph = GraphView::build(&model.program)?;
-    let planned = plan(&model.program, &graph, &job.config)?;
+    let planned = if job.joint_compression {
+        plan_joint(&model.program, &graph, &job.config, model.spec_version())?
+            .into_iter()
+            .map(|p| PlannedTensor { op_index: p.op_index, name: p.name, consumer: p.consumer, meta: p.meta, decision: p.decision })
+            .collect()
+    } else {
+        plan(&model.program, &graph, &job.config)?
+    };
     let source = WeightSource::open(&package)?;
     let had_weight_file = source.blob_reader().is_some();
     let weight_bytes_before = source.blob_reader().map_or(0, |r| r.size());
 
     let mut out = OutputPackage::create(&package, &job.output, job.force)?;
     let weight_path = out.weight_path();
-    let mut weights = WeightFileBuilder::create(&weight_path)?;
+    let mut rewrite = Rewrite {
+        spec_version: model.spec_version(),
+        weights: WeightFileBuilder::create(&weight_path)?,
+        namer: JointNamer::new(),
+        edits: Vec::new(),
+        renames: Vec::new(),
+    };
+    let backend = CpuBackend;
     let mut reports = Vec::with_capacity(planned.len());
-    let spec_version = model.spec_version();
-    let mut pruned_any = false;
     let mut next_plan = planned.iter().peekable();
     for (index, info) in graph.ops.iter().enumerate() {
-        let plan_entry = next_plan.next_if(|p| p.op_index == index);
-        let op = op_at_mut(&mut model.program, &info.path)
-            .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
         let started = Instant::now();
-        let Some(p) = plan_entry else {
-            weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
-            continue;
-        };
-        let Decision::Prune(config) = &p.decision else {
-            weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
-            reports.push(tensor_report(p, None, started));
-            continue;
-        };
-        let (value, output) = match (op.const_value(), op.outputs.first()) {
-            (Some(v), Some(o)) => (v, o),
-            _ => return Err(Error::tensor(&p.name, "const op without a value or an output")),
-        };
-        let (meta, data) = source.read(&p.name, value)?;
-        match run_kernel(config, &data, &meta.shape, &p.name)? {
-            KernelResult::Skipped(reason) => {
-                weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
-                reports.push(tensor_report(p, Some(Err(reason)), started));
+        let plan_entry = next_plan.next_if(|p| p.op_index == index);
+        let result = match plan_entry {
+            Some(PlannedTensor { decision: Decision::Prune(config), .. }) if job.joint_compression => {
+                Some(rewrite.prune_joint(&model.program, &graph, &source, index, config, &backend)?)
             }
-            KernelResult::Pruned(pruned) => {
-                let old_output = output.name.clone();
-                let new_name = sparsified_name(&p.name);
-                if graph.producer(&info.path.function, &new_name).is_some() {
-                    return Err(Error::Graph(format!(
-                        "cannot prune '{}': the model already has a value named '{new_name}'",
-                        p.name
-                    )));
-                }
-                let output_type = output.r#type.clone().unwrap_or_default();
-                let kept = pruned.kept;
-                // Stored size of the sparse form: the kept values plus one mask bit per element.
-                let bytes_after = pruned
-                    .nonzero
-                    .dtype()
-                    .storage_bytes(kept)
-                    .and_then(|b| b.checked_add(meta.count.div_ceil(8)))
-                    .unwrap_or(u64::MAX);
-                let new_op = sparse_to_dense_op(
-                    &p.name,
-                    output_type,
-                    &meta.shape,
-                    pruned.nonzero,
-                    pruned.mask,
-                    spec_version,
-                    &mut weights,
-                )?;
-                replace_op(&mut model.program, &info.path, vec![new_op])?;
-                rename_uses(&mut model.program, &info.path.function, &old_output, &new_name)?;
-                pruned_any = true;
-                reports.push(tensor_report(p, Some(Ok((kept, bytes_after))), started));
+            Some(PlannedTensor { decision: Decision::Prune(config), .. }) => {
+                Some(rewrite.prune_const(&model.program, &graph, &source, index, config, &backend)?)
             }
+            _ => None,
+        };
+        if !matches!(result, Some(Ok(_))) {
+            let op = op_at_mut(&mut model.program, &info.path)
+                .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
+            rewrite.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
         }
+        if let Some(p) = plan_entry {
+            reports.push(tensor_report(p, result, started, backend.name()));
+        }
+    }
+    let Rewrite { weights, edits, renames, .. } = rewrite;
+    let pruned_any = !edits.is_empty();
+    apply_replacements(&mut model.program, edits)?;
+    for (function, old, new) in renames {
+        rename_uses(&mut model.program, &function, &old, &new)?;
     }
     if pruned_any && model.spec_version() < 7 {
         bump_to_ios16(&mut model);
@@ -185,6 +168,107 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after })
 }
 
+/// The pending rewrite of one program: blobs are written as ops are visited, while op
+/// replacements are recorded and spliced in at the end (joint compression replaces one op by two,
+/// which would move later op paths).
+struct Rewrite {
+    spec_version: i32,
+    weights: WeightFileBuilder,
+    namer: JointNamer,
+    edits: Vec<(OpPath, Vec<Operation>)>,
+    /// `(function, old output, new output)` to rebind once the edits are in.
+    renames: Vec<(String, String, String)>,
+}
+
+/// `Ok((kept, bytes_after))` for a pruned tensor, `Err(reason)` when the kernel skipped it.
+type PruneResult = std::result::Result<(u64, u64), String>;
+
+impl Rewrite {
+    /// Prunes a plain `const` into `constexpr_sparse_to_dense` (spec §5.10).
+    fn prune_const(
+        &mut self,
+        program: &Program,
+        graph: &GraphView,
+        source: &WeightSource,
+        index: usize,
+        config: &OpConfig,
+        backend: &dyn Backend,
+    ) -> Result<PruneResult> {
+        let info = &graph.ops[index];
+        let op = op_at(program, &info.path).ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
+        let (value, output) = match (op.const_value(), op.outputs.first()) {
+            (Some(v), Some(o)) => (v, o),
+            _ => return Err(Error::tensor(&info.name, "const op without a value or an output")),
+        };
+        let (meta, data) = source.read(&info.name, value)?;
+        let pruned = match backend.run(config, &data, &meta.shape, &info.name)? {
+            KernelResult::Skipped(reason) => return Ok(Err(reason)),
+            KernelResult::Pruned(p) => p,
+        };
+        let new_name = sparsified_name(&info.name);
+        if graph.producer(&info.path.function, &new_name).is_some() {
+            return Err(Error::Graph(format!(
+                "cannot prune '{}': the model already has a value named '{new_name}'",
+                info.name
+            )));
+        }
+        let kept = pruned.kept;
+        let bytes_after = sparse_bytes(pruned.nonzero.dtype(), kept, meta.count);
+        let new_op = sparse_to_dense_op(
+            &info.name,
+            output.r#type.clone().unwrap_or_default(),
+            &meta.shape,
+            pruned.nonzero,
+            pruned.mask,
+            self.spec_version,
+            &mut self.weights,
+        )?;
+        self.renames.push((info.path.function.clone(), output.name.clone(), new_name));
+        self.edits.push((info.path.clone(), vec![new_op]));
+        Ok(Ok((kept, bytes_after)))
+    }
+
+    /// Prunes a quantized or palettized weight into its iOS18 joint form (spec §5.9).
+    fn prune_joint(
+        &mut self,
+        program: &Program,
+        graph: &GraphView,
+        source: &WeightSource,
+        index: usize,
+        config: &OpConfig,
+        backend: &dyn Backend,
+    ) -> Result<PruneResult> {
+        let info = &graph.ops[index];
+        let m = materialize(&JointContext::new(program, graph, source), index)?;
+        let pruned = match backend.run(config, &m.dense, &m.shape, &info.name)? {
+            KernelResult::Skipped(reason) => return Ok(Err(reason)),
+            KernelResult::Pruned(p) => p,
+        };
+        let original = op_at(program, &info.path).ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
+        let old_output = original
+            .outputs
+            .first()
+            .ok_or_else(|| Error::tensor(&info.name, "constexpr op without an output"))?
+            .name
+            .clone();
+        let names = self.namer.names(graph, index)?;
+        let ops = joint_ops(original, &info.name, &m, &pruned.mask, &names, source, &mut self.weights)?;
+        let stored = match &m.kind {
+            JointKind::ShiftScale { data, .. } => data.dtype(),
+            JointKind::Lut { indices, .. } => indices.dtype(),
+        };
+        let count = m.dense.len() as u64;
+        self.renames.push((info.path.function.clone(), old_output, ops.output));
+        self.edits.push((info.path.clone(), ops.ops));
+        Ok(Ok((ops.kept, sparse_bytes(stored, ops.kept, count))))
+    }
+}
+
+/// Stored bytes of a sparse tensor: the kept values plus one mask bit per element.
+fn sparse_bytes(dtype: crate::dtype::ScalarType, kept: u64, count: u64) -> u64 {
+    dtype.storage_bytes(kept).and_then(|b| b.checked_add(count.div_ceil(8))).unwrap_or(u64::MAX)
+}
+
 /// coremltools loads programs at spec ≥ 7 for pruning (constexpr ops do not exist in iOS15): spec 6
 /// becomes 7 and every `CoreML5` opset, both `Function.opset` and its block key, becomes `CoreML6`.
 fn bump_to_ios16(model: &mut LoadedModel) {
@@ -201,7 +285,7 @@ fn bump_to_ios16(model: &mut LoadedModel) {
 
 /// `result`: `None` for a tensor the plan skipped, `Some(Err(reason))` for one the kernel skipped,
 /// `Some(Ok((kept, bytes_after)))` for a pruned one.
-fn tensor_report(p: &PlannedTensor, result: Option<std::result::Result<(u64, u64), String>>, started: Instant) -> TensorReport {
+fn tensor_report(p: &PlannedTensor, result: Option<PruneResult>, started: Instant, device: &'static str) -> TensorReport {
     let bytes = p.meta.storage_bytes().unwrap_or(0);
     let mode = match &p.decision {
         Decision::Skip(_) => "none".to_owned(),
@@ -227,7 +311,7 @@ fn tensor_report(p: &PlannedTensor, result: Option<std::result::Result<(u64, u64
         sparsity,
         bytes_before: bytes,
         bytes_after,
-        device: "cpu",
+        device,
         millis: started.elapsed().as_secs_f64() * 1e3,
     }
 }

@@ -102,7 +102,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 continue;
             };
             let mut chain = Vec::new();
-            let bytes = chain_bytes(&model.program, &graph, index, &mut chain);
+            let bytes = chain_bytes(&model.program, &graph, index, &mut chain, &mut Vec::new());
             let sparsity = sparse_mask_share(op, &meta, &source, &info.name)?;
             WeightRow {
                 name: info.name.clone(),
@@ -146,7 +146,18 @@ fn zero_share(data: &TensorData) -> f64 {
 }
 
 /// Stored bytes of a constexpr op and everything feeding it, collecting op types innermost first.
-fn chain_bytes(program: &Program, graph: &GraphView, index: usize, chain: &mut Vec<String>) -> u64 {
+/// `visited` holds the ops already counted: a joint op feeds both inputs of the op after it.
+fn chain_bytes(
+    program: &Program,
+    graph: &GraphView,
+    index: usize,
+    chain: &mut Vec<String>,
+    visited: &mut Vec<usize>,
+) -> u64 {
+    if visited.contains(&index) {
+        return 0;
+    }
+    visited.push(index);
     let info = &graph.ops[index];
     let Some(op) = op_at(program, &info.path) else { return 0 };
     let mut total = 0u64;
@@ -176,7 +187,7 @@ fn chain_bytes(program: &Program, graph: &GraphView, index: usize, chain: &mut V
         if let Some(p) = graph.producer(&info.path.function, &n) {
             let producer = &graph.ops[p];
             if producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
-                total = total.saturating_add(chain_bytes(program, graph, p, chain));
+                total = total.saturating_add(chain_bytes(program, graph, p, chain, visited));
             }
         }
     }

@@ -351,3 +351,37 @@ fn multifunction_models_are_not_pruned() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("multifunction"));
     assert!(!out.exists());
 }
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[test]
+fn joint_compression_prunes_palettized_and_quantized_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, chain) in [
+        ("palettized_linear_fp16_ios18.mlpackage", "constexpr_lut_to_sparse"),
+        ("quantized_linear_fp16_ios18.mlpackage", "constexpr_sparse_blockwise_shift_scale"),
+    ] {
+        let out = tmp.path().join(name);
+        let o = run(&[&"prune", &fixture(name), &out, &"--sparsity", &"0.5", &"--weight-threshold", &"1000", &"--joint-compression", &"-q"]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value =
+            serde_json::from_slice(&run(&[&"inspect", &out, &"--json"]).stdout).unwrap();
+        let row = report["weights"].as_array().unwrap().iter().find(|w| w["storage"] == "constexpr_sparse_to_dense").unwrap();
+        assert_eq!(row["chain"], serde_json::json!([chain, "constexpr_sparse_to_dense"]), "{name}");
+        // Plain consts are left alone in joint mode.
+        let consts = report["weights"].as_array().unwrap().iter().filter(|w| w["storage"] == "const").count();
+        assert_eq!(consts, 3, "{name}");
+    }
+}
+
+#[test]
+fn joint_compression_needs_ios18() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.mlpackage");
+    let o = run(&[&"prune", &fixture("linear_fp16_ios17.mlpackage"), &out, &"--sparsity", &"0.5", &"--joint-compression"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Joint compression is only supported since iOS18."));
+    assert!(!out.exists());
+}
