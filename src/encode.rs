@@ -110,9 +110,13 @@ pub fn sparse_to_dense_op<W: Write + Seek>(
             Ok(op("constexpr_sparse_to_dense", &name, BTreeMap::new(), attributes, outputs))
         }
         SparseForm::Ios18 => {
-            let bits = crate::blob::unpack(&mask, 1, n as usize);
-            let mask_data = TensorData::SubByte { dtype: ScalarType::UInt1, values: bits };
-            let mask_value = stored_value(&mask_data, shape, spec_version, weights)?;
+            // The packed iOS16 mask bytes are already the uint1 blob's bytes.
+            let mask_value = if goes_to_weight_file(ScalarType::UInt1, n, spec_version) {
+                blob_value(ScalarType::UInt1, shape, weights.append_raw(ScalarType::UInt1, &mask, n)?)
+            } else {
+                let bits = crate::blob::unpack(&mask, 1, n as usize);
+                immediate_value(&TensorData::SubByte { dtype: ScalarType::UInt1, values: bits }, shape)
+            };
             let inputs = BTreeMap::from([
                 ("nonzero_data".to_owned(), bind_value(nonzero_value)),
                 ("mask".to_owned(), bind_value(mask_value)),

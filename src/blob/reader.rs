@@ -331,11 +331,35 @@ impl<R: ReadAt> BlobReader<R> {
         Ok(data)
     }
 
-    /// Reads the blob at `offset` and decodes it to typed data.
+    /// Reads the blob at `offset` and decodes it to typed data. The weight dtypes are read straight
+    /// into their typed vector (no intermediate byte copy) on little-endian machines.
     pub fn read_tensor(&self, offset: u64, expected: ScalarType, count: u64) -> Result<TensorData> {
+        if cfg!(target_endian = "little") {
+            match expected {
+                ScalarType::Float16 => return self.read_pod(offset, expected, count).map(TensorData::F16),
+                ScalarType::Float32 => return self.read_pod(offset, expected, count).map(TensorData::F32),
+                _ => {}
+            }
+        }
         let bytes = self.read(offset, expected, count)?;
         TensorData::from_le_bytes(expected, &bytes, count)
             .map_err(|reason| self.error(offset, reason))
+    }
+
+    /// Reads `count` elements of a byte-aligned type whose in-memory layout is its little-endian
+    /// storage layout.
+    fn read_pod<T: bytemuck::Pod>(&self, offset: u64, expected: ScalarType, count: u64) -> Result<Vec<T>> {
+        let record = self.checked_record(offset, expected, count)?;
+        let n = usize::try_from(count)
+            .ok()
+            .filter(|&n| n.checked_mul(std::mem::size_of::<T>()) == usize::try_from(record.size_in_bytes).ok())
+            .ok_or_else(|| self.error(offset, format!("{count} elements of {expected} do not fit in memory")))?;
+        // `checked_record` verified size_in_bytes == count elements and that it lies within the file.
+        let mut data = vec![T::zeroed(); n];
+        self.source
+            .read_exact_at(bytemuck::cast_slice_mut(&mut data), record.data_offset)
+            .at(&self.path)?;
+        Ok(data)
     }
 
     /// Enumerates every record the way Core ML's `StorageReader::GetAllOffsets` does: the first at 64,

@@ -112,7 +112,7 @@ impl<W: Write + Seek> BlobWriter<W> {
 
     /// Appends typed data, encoded with [`TensorData::to_le_bytes`].
     pub fn append_tensor(&mut self, data: &TensorData) -> Result<u64> {
-        self.append(data.dtype(), &data.to_le_bytes(), data.len() as u64)
+        self.append(data.dtype(), &data.as_le_bytes(), data.len() as u64)
     }
 
     /// Patches the header's `count` and returns the inner writer, positioned at the end of the file.

@@ -13,7 +13,7 @@
 
 use super::element::{Element, MapValue};
 use super::mask::encode_sparse;
-use super::percentile::{at_or_below, percentile_cut};
+use super::percentile::{at_or_below, percentile_cut_of};
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes the `target_sparsity` fraction of smallest magnitudes of `w`. Errors for an empty tensor
@@ -27,11 +27,7 @@ pub fn magnitude<T: Element>(w: &[T], target_sparsity: f64) -> Result<Outcome<T>
         return Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |_| false)));
     }
     let key = |x: &T| x.magnitude().key();
-    let cut = percentile_cut::<T::Mag, _, _>(
-        || w.iter().map(|x| (key(x), 1)),
-        w.len() as u64,
-        target_sparsity,
-    )?;
+    let cut = percentile_cut_of::<T::Mag, _, _>(w, key, target_sparsity)?;
     Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |i| {
         at_or_below(key(&w[i]), cut)
     })))

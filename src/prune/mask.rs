@@ -11,30 +11,81 @@ use super::{Apply, SparseTensor};
 /// Encodes the dense result of pruning `w`: element `i` becomes `0` where `pruned(i)` under
 /// [`Apply::Where`], or `w[i] * (1 - pruned(i))` under [`Apply::Multiply`]; then every non-zero
 /// result is kept (see the module doc).
+///
+/// Runs in parallel over fixed chunks of `CHUNK` elements (a multiple of 8, so chunks own whole
+/// mask bytes): pass 1 writes each chunk's mask bytes and counts its kept values, pass 2 copies
+/// them into disjoint ranges of the output. Chunking is fixed, so the bytes never depend on the
+/// number of threads.
 pub fn encode_sparse<T: Element>(
     w: &[T],
     apply: Apply,
-    pruned: impl Fn(usize) -> bool,
+    pruned: impl Fn(usize) -> bool + Sync,
 ) -> SparseTensor<T> {
-    let mut mask = vec![0u8; w.len().div_ceil(8)];
-    let mut nonzero = Vec::new();
-    for (i, &x) in w.iter().enumerate() {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    // The kept value of element i, and whether it is kept. Evaluated without short-circuits: with
+    // about half the elements kept at random, a branch per element would mispredict constantly.
+    let value = |i: usize, x: T| -> (T, bool) {
         let p = pruned(i);
-        let out = match apply {
-            Apply::Where if p => continue,
-            Apply::Where => x,
-            Apply::Multiply => x.mul_keep(!p),
-        };
-        if !out.is_zero() {
-            mask[i / 8] |= 1 << (i % 8);
-            nonzero.push(out);
+        match apply {
+            Apply::Where => (x, !p & !x.is_zero()),
+            Apply::Multiply => {
+                let out = x.mul_keep(!p);
+                (out, !out.is_zero())
+            }
         }
+    };
+    let mut mask = vec![0u8; w.len().div_ceil(8)];
+    let counts: Vec<usize> = w
+        .par_chunks(CHUNK)
+        .zip(mask.par_chunks_mut(CHUNK / 8))
+        .enumerate()
+        .map(|(c, (values, bytes))| {
+            let base = c * CHUNK;
+            let mut kept = 0usize;
+            for (j, (byte, group)) in bytes.iter_mut().zip(values.chunks(8)).enumerate() {
+                let mut bits = 0u8;
+                for (k, &x) in group.iter().enumerate() {
+                    bits |= u8::from(value(base + j * 8 + k, x).1) << k;
+                }
+                kept += bits.count_ones() as usize;
+                *byte = bits;
+            }
+            kept
+        })
+        .collect();
+    let total: usize = counts.iter().sum();
+    let mut nonzero = vec![T::zero(); total];
+    let mut slots: Vec<&mut [T]> = Vec::with_capacity(counts.len());
+    let mut rest = nonzero.as_mut_slice();
+    for &c in &counts {
+        let (head, tail) = rest.split_at_mut(c);
+        slots.push(head);
+        rest = tail;
     }
-    let kept = nonzero.len() as u64;
+    // Pass 2 visits only the set bits of each mask byte.
+    w.par_chunks(CHUNK)
+        .zip(mask.par_chunks(CHUNK / 8))
+        .zip(slots)
+        .enumerate()
+        .for_each(|(c, ((values, bytes), slot))| {
+            let base = c * CHUNK;
+            let mut out = slot.iter_mut();
+            for (j, &byte) in bytes.iter().enumerate() {
+                let mut bits = byte;
+                while bits != 0 {
+                    let k = j * 8 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if let (Some(o), Some(&x)) = (out.next(), values.get(k)) {
+                        *o = value(base + k, x).0;
+                    }
+                }
+            }
+        });
     SparseTensor {
         mask,
         nonzero,
-        kept,
+        kept: total as u64,
     }
 }
 

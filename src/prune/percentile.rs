@@ -11,7 +11,7 @@
 //! and nothing satisfies `map <= thr`.
 
 use super::element::MapValue;
-use super::keys::{order_stats, Key};
+use super::keys::{order_stats, order_stats_of, Key};
 use super::KernelError;
 
 /// numpy's virtual index for method "linear": ranks of the two neighbours and gamma.
@@ -59,6 +59,25 @@ where
     I: Iterator<Item = (M::Key, u64)>,
     F: Fn() -> I,
 {
+    cut_from_stats::<M>(n, target_sparsity, |prev, next| order_stats(items, n, prev, next))
+}
+
+/// [`percentile_cut`] over the keys of every element of `w` (multiplicity 1), selected in
+/// parallel by [`order_stats_of`]; the same result for any thread count.
+pub fn percentile_cut_of<M, T, F>(w: &[T], key: F, target_sparsity: f64) -> Result<Option<M::Key>, KernelError>
+where
+    M: MapValue,
+    T: Sync,
+    F: Fn(&T) -> M::Key + Sync,
+{
+    cut_from_stats::<M>(w.len() as u64, target_sparsity, |prev, next| order_stats_of(w, key, prev, next))
+}
+
+fn cut_from_stats<M: MapValue>(
+    n: u64,
+    target_sparsity: f64,
+    stats: impl FnOnce(u64, u64) -> Option<super::keys::OrderStats<M::Key>>,
+) -> Result<Option<M::Key>, KernelError> {
     let quantile = quantile_of(target_sparsity)?;
     if n == 0 {
         return Err(KernelError(
@@ -66,7 +85,7 @@ where
         ));
     }
     let vi = virtual_index(n, quantile);
-    let stats = order_stats(items, n, vi.prev, vi.next)
+    let stats = stats(vi.prev, vi.next)
         .ok_or_else(|| KernelError("percentile selection: element counts disagree".into()))?;
     if M::is_nan_key(stats.max) {
         return Ok(None);

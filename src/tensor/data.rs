@@ -158,6 +158,33 @@ impl TensorData {
         })
     }
 
+    /// The storage bytes without copying where the in-memory layout already is the storage layout
+    /// (byte-aligned numeric types on little-endian machines); otherwise [`TensorData::to_le_bytes`].
+    pub fn as_le_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        use std::borrow::Cow;
+        if cfg!(target_endian = "little") {
+            let borrowed: Option<&[u8]> = match self {
+                TensorData::F16(v) => Some(bytemuck::cast_slice(v)),
+                TensorData::F32(v) => Some(bytemuck::cast_slice(v)),
+                TensorData::F64(v) => Some(bytemuck::cast_slice(v)),
+                TensorData::I8(v) => Some(bytemuck::cast_slice(v)),
+                TensorData::U8(v) => Some(v),
+                TensorData::I16(v) => Some(bytemuck::cast_slice(v)),
+                TensorData::U16(v) => Some(bytemuck::cast_slice(v)),
+                TensorData::I32(v) => Some(bytemuck::cast_slice(v)),
+                TensorData::U32(v) => Some(bytemuck::cast_slice(v)),
+                TensorData::I64(v) => Some(bytemuck::cast_slice(v)),
+                TensorData::U64(v) => Some(bytemuck::cast_slice(v)),
+                TensorData::Opaque { bytes, .. } => Some(bytes),
+                _ => None,
+            };
+            if let Some(b) = borrowed {
+                return Cow::Borrowed(b);
+            }
+        }
+        Cow::Owned(self.to_le_bytes())
+    }
+
     /// Encodes to little-endian storage bytes, the inverse of [`TensorData::from_le_bytes`]
     /// (sub-byte types bit-packed with zero padding bits, `bool` as 0/1).
     pub fn to_le_bytes(&self) -> Vec<u8> {
