@@ -71,27 +71,30 @@ struct BlockNorms<N> {
 
 impl<N: MapValue> BlockNorms<N> {
     fn compute<T: Element<Norm = N>>(w: &[T], layout: ChannelLayout, block_size: usize) -> Self {
+        use rayon::prelude::*;
         let blocks = layout.channel.div_ceil(block_size);
         let innermost = layout.inner == 1;
         let pad = T::zero().magnitude();
-        let mut values = Vec::with_capacity(layout.outer * blocks * layout.inner);
-        let mut buf = vec![pad; block_size];
-        for o in 0..layout.outer {
-            for blk in 0..blocks {
-                let c0 = blk * block_size;
-                for i in 0..layout.inner {
+        let inner = layout.inner.max(1);
+        // Each norm depends only on its own block, and `collect` keeps index order, so the values
+        // are the same for any number of threads.
+        let values: Vec<N> = (0..layout.outer * blocks * layout.inner)
+            .into_par_iter()
+            .with_min_len(1 << 12)
+            .map_init(
+                || vec![pad; block_size],
+                |buf, idx| {
+                    let (ob, i) = (idx / inner, idx % inner);
+                    let (o, blk) = (ob / blocks, ob % blocks);
+                    let c0 = blk * block_size;
                     for (j, slot) in buf.iter_mut().enumerate() {
                         let c = c0 + j;
-                        *slot = if c < layout.channel {
-                            w[layout.flat(o, c, i)].magnitude()
-                        } else {
-                            pad
-                        };
+                        *slot = if c < layout.channel { w[layout.flat(o, c, i)].magnitude() } else { pad };
                     }
-                    values.push(T::block_norm(&buf, innermost));
-                }
-            }
-        }
+                    T::block_norm(buf, innermost)
+                },
+            )
+            .collect();
         BlockNorms {
             layout,
             block_size,

@@ -45,32 +45,39 @@ pub fn n_m<T: Element>(
         // coremltools divides by m here (ZeroDivisionError).
         return Err(KernelError("n:m ratio needs m > 0".into()));
     }
+    use rayon::prelude::*;
     let mut pruned = vec![false; w.len()];
     let pad_key = T::zero().magnitude().key();
-    let mut keys = vec![pad_key; m];
-    let mut order: Vec<usize> = Vec::with_capacity(m);
-    for o in 0..layout.outer {
-        for g0 in (0..layout.channel).step_by(m) {
-            for i in 0..layout.inner {
-                for (j, key) in keys.iter_mut().enumerate() {
-                    let c = g0 + j;
-                    *key = if c < layout.channel {
-                        w[layout.flat(o, c, i)].magnitude().key()
-                    } else {
-                        pad_key
-                    };
-                }
-                order.clear();
-                order.extend(0..m);
-                numpy_argsort(&keys, &mut order);
-                for &j in &order[..n] {
-                    let c = g0 + j;
-                    if c < layout.channel {
-                        pruned[layout.flat(o, c, i)] = true;
+    let row_len = layout.channel * layout.inner;
+    // Each outer index owns a contiguous slice of the output, so rows are ranked in parallel with
+    // no shared writes; each group's ranking is the same whatever thread runs it.
+    if row_len > 0 {
+        pruned.par_chunks_mut(row_len).enumerate().for_each_init(
+            || (vec![pad_key; m], Vec::with_capacity(m)),
+            |(keys, order), (o, out)| {
+                for g0 in (0..layout.channel).step_by(m) {
+                    for i in 0..layout.inner {
+                        for (j, key) in keys.iter_mut().enumerate() {
+                            let c = g0 + j;
+                            *key = if c < layout.channel {
+                                w[layout.flat(o, c, i)].magnitude().key()
+                            } else {
+                                pad_key
+                            };
+                        }
+                        order.clear();
+                        order.extend(0..m);
+                        numpy_argsort(keys, order);
+                        for &j in &order[..n] {
+                            let c = g0 + j;
+                            if c < layout.channel {
+                                out[c * layout.inner + i] = true;
+                            }
+                        }
                     }
                 }
-            }
-        }
+            },
+        );
     }
     Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |f| {
         pruned[f]
