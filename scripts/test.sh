@@ -14,3 +14,6 @@ cargo build --locked --bin mlprune
 
 echo "== coremltools loads what mlprune writes (no-op rewrites of unseen models)"
 bash tests/python/check_noop_rewrite.sh target/debug/mlprune
+
+echo "== conformance: mlprune prune against coremltools 9.0 prune_weights"
+"${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/conformance.py --mlprune target/debug/mlprune

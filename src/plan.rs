@@ -5,13 +5,19 @@
 //! first (it can fail on conflicts even for a const that would be skipped later), then the
 //! constexpr-consumer, `weight_threshold is None`, rank and size checks, then the structural-config
 //! consumer check.
+//!
+//! coremltools also resolves configs for values it *materializes*: its loader turns every tensor a
+//! `constexpr_*` op holds inline (iOS16 attributes, iOS18 input values) into a `const` op of its
+//! own, and those that are storable go through the same lookup. They are never pruned (they feed a
+//! constexpr op), but the lookup can raise, e.g. a conflict between the consumers of an already
+//! palettized weight, so [`plan`] runs it too ([`check_materialized_values`]).
 
 use crate::config::{resolve, resolve_op, weight_threshold_of, Consumer, OpConfig, OptimizationConfig, Resolution};
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::{is_constexpr_type, OperationExt};
-use crate::proto::mil::Program;
+use crate::proto::mil::{argument::binding::Binding, Operation, Program};
 use crate::weights::TensorMeta;
 
 /// What happens to one weight tensor.
@@ -38,6 +44,32 @@ fn storable(meta: &TensorMeta) -> bool {
     meta.count >= 10 && matches!(meta.dtype, Float16 | Float32 | UInt8 | Int8)
 }
 
+/// The inline tensors of a constexpr op that coremltools' loader materializes as storable consts:
+/// `(parameter, meta)` for every attribute but `name` and every input bound to a value, whose
+/// numpy dtype would be fp16/fp32/uint8/int8 (sub-byte types load as uint8 or int8) with at least
+/// 10 elements.
+fn materialized_storable_values(op: &Operation) -> Vec<(&str, TensorMeta)> {
+    use ScalarType::*;
+    let attributes = op.attributes.iter().filter(|(name, _)| name.as_str() != "name");
+    let inputs = op.inputs.iter().flat_map(|(name, arg)| {
+        arg.arguments.iter().filter_map(move |b| match &b.binding {
+            Some(Binding::Value(v)) => Some((name, v)),
+            _ => None,
+        })
+    });
+    attributes
+        .chain(inputs)
+        .filter_map(|(name, value)| Some((name.as_str(), TensorMeta::of(value)?)))
+        .filter(|(_, meta)| {
+            meta.count >= 10
+                && matches!(
+                    meta.dtype,
+                    Float16 | Float32 | UInt8 | Int8 | UInt1 | UInt2 | UInt3 | UInt4 | UInt6 | Int4
+                )
+        })
+        .collect()
+}
+
 /// Ops and inputs a structural (block or n:m) config may prune.
 fn structural_target(op_type: &str, input: &str) -> bool {
     matches!((op_type, input), ("conv", "weight") | ("linear", "weight"))
@@ -47,6 +79,10 @@ fn structural_target(op_type: &str, input: &str) -> bool {
 pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -> Result<Vec<PlannedTensor>> {
     let mut planned = Vec::new();
     for (index, info) in graph.ops.iter().enumerate() {
+        if is_constexpr_type(&info.op_type) {
+            check_materialized_values(program, graph, config, index)?;
+            continue;
+        }
         if info.op_type != "const" {
             continue;
         }
@@ -78,8 +114,17 @@ fn consumer_views(graph: &GraphView, index: usize) -> Vec<Consumer<'_>> {
 /// coremltools' `_get_const_op_config`, following chains of constexpr consumers to the op whose
 /// config decides (joint compression reads configs through such chains).
 fn resolve_const<'c>(graph: &GraphView, config: &'c OptimizationConfig, index: usize) -> Result<Resolution<'c>> {
-    let mut resolution = resolve(config, &graph.ops[index].name, &consumer_views(graph, index))?;
-    let mut current = index;
+    let resolution = resolve(config, &graph.ops[index].name, &consumer_views(graph, index))?;
+    follow_constexpr_chain(graph, config, resolution, index)
+}
+
+/// Resolves along the chain of constexpr ops that `resolution` (of the op at `current`) points to.
+fn follow_constexpr_chain<'c>(
+    graph: &GraphView,
+    config: &'c OptimizationConfig,
+    mut resolution: Resolution<'c>,
+    mut current: usize,
+) -> Result<Resolution<'c>> {
     while let Resolution::FollowConstexpr { .. } = resolution {
         // Consumers always come later in program order, so this walk ends.
         let Some(&(next, _)) = graph.consumers(current).first() else { break };
@@ -88,6 +133,38 @@ fn resolve_const<'c>(graph: &GraphView, config: &'c OptimizationConfig, index: u
         current = next;
     }
     Ok(resolution)
+}
+
+/// coremltools' config lookup for the consts its loader makes of the constexpr op at `index`
+/// (see the module doc): only its errors matter, since such consts are skipped afterwards.
+///
+/// The loader names them `<op name>_<param>_<k>` with a process-wide counter (`k = 0` in a fresh
+/// process, which is what `op_name_configs` would have to name); their only consumer is the
+/// constexpr op, so the lookup continues with that op and the chain after it.
+fn check_materialized_values(
+    program: &Program,
+    graph: &GraphView,
+    config: &OptimizationConfig,
+    index: usize,
+) -> Result<()> {
+    let info = &graph.ops[index];
+    let Some(op) = op_at(program, &info.path) else {
+        return Ok(());
+    };
+    let consumer = [Consumer {
+        op_name: &info.name,
+        op_type: &info.op_type,
+    }];
+    for (param, _) in materialized_storable_values(op) {
+        // Step 4 of the lookup: the const's only consumer is the constexpr op, so resolve that op.
+        if let Resolution::FollowConstexpr { .. } =
+            resolve(config, &format!("{}_{param}_0", info.name), &consumer)?
+        {
+            let resolution = resolve_op(config, &info.name, &info.op_type, &consumer_views(graph, index))?;
+            follow_constexpr_chain(graph, config, resolution, index)?;
+        }
+    }
+    Ok(())
 }
 
 fn decide(graph: &GraphView, config: &OptimizationConfig, index: usize, meta: &TensorMeta) -> Result<Decision> {
@@ -129,4 +206,149 @@ fn decide(graph: &GraphView, config: &OptimizationConfig, index: usize, meta: &T
         }
     }
     Ok(Decision::Prune(op_config))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::mil::build::{bind_name, bind_value, const_op, op};
+    use crate::mil::value::{blob_value, immediate_value, tensor_value_type};
+    use crate::proto::mil::{Block, Function, NamedValueType};
+    use crate::tensor::TensorData;
+
+    /// main(x): `w` palettized (iOS18 form: indices and a 16-entry lut held inline) read by two
+    /// linears, plus a plain 8x8 weight `v` read by a third linear.
+    fn palettized_program() -> Program {
+        let t = tensor_value_type(ScalarType::Float32, &[8, 8]);
+        let lut = immediate_value(
+            &TensorData::F32((0..16).map(|i| i as f32).collect()),
+            &[1, 1, 16, 1],
+        );
+        let indices = blob_value(ScalarType::UInt4, &[8, 8], 64);
+        let pal = op(
+            "constexpr_lut_to_dense",
+            "w_palettized",
+            BTreeMap::from([
+                ("indices".into(), bind_value(indices)),
+                ("lut".into(), bind_value(lut)),
+            ]),
+            BTreeMap::new(),
+            vec![("w_palettized".into(), t.clone())],
+        );
+        let linear = |name: &str, weight: &str| {
+            op(
+                "linear",
+                name,
+                BTreeMap::from([("x".into(), bind_name("x")), ("weight".into(), bind_name(weight))]),
+                BTreeMap::new(),
+                vec![(format!("{name}_out"), t.clone())],
+            )
+        };
+        let v = const_op("v", blob_value(ScalarType::Float32, &[8, 8], 128));
+        let ops = vec![
+            pal,
+            linear("lin_a", "w_palettized"),
+            linear("lin_b", "w_palettized"),
+            v,
+            linear("lin_c", "v"),
+        ];
+        let block = Block {
+            outputs: vec!["lin_c_out".into()],
+            operations: ops,
+            ..Default::default()
+        };
+        let function = Function {
+            inputs: vec![NamedValueType {
+                name: "x".into(),
+                r#type: Some(t),
+            }],
+            opset: "CoreML8".into(),
+            block_specializations: BTreeMap::from([("CoreML8".into(), block)]),
+            ..Default::default()
+        };
+        Program {
+            version: 1,
+            functions: BTreeMap::from([("main".into(), function)]),
+            ..Default::default()
+        }
+    }
+
+    fn plan_with(json: &str) -> Result<Vec<PlannedTensor>> {
+        let program = palettized_program();
+        let graph = GraphView::build(&program)?;
+        plan(&program, &graph, &OptimizationConfig::from_json_str(json)?)
+    }
+
+    const MAG: &str = r#""config_type": "OpMagnitudePrunerConfig", "global_config": {"target_sparsity": 0.5, "weight_threshold": 0}"#;
+
+    #[test]
+    fn materialized_constexpr_values_resolve_like_coremltools() {
+        // Equal configs for both readers of the palettized weight: only `v` is planned, pruned.
+        let planned = plan_with(&format!("{{{MAG}}}")).unwrap();
+        let names: Vec<_> = planned
+            .iter()
+            .map(|p| (p.name.as_str(), matches!(p.decision, Decision::Prune(_))))
+            .collect();
+        assert_eq!(names, [("v", true)]);
+
+        // Different configs for lin_a and lin_b: coremltools raises through the lut it materializes.
+        let conflict = format!(
+            r#"{{{MAG}, "op_name_configs": {{"lin_a": {{"config_type": "OpMagnitudePrunerConfig", "target_sparsity": 0.7}}}}}}"#
+        );
+        let e = plan_with(&conflict).unwrap_err().to_string();
+        assert!(e.contains("conflict detected between ops lin_a and lin_b"), "{e}");
+
+        // Naming the constexpr op settles it (the lookup stops there), as in coremltools.
+        let settled = format!(
+            r#"{{{MAG}, "op_name_configs": {{"lin_a": {{"config_type": "OpMagnitudePrunerConfig", "target_sparsity": 0.7}}, "w_palettized": null}}}}"#
+        );
+        assert_eq!(plan_with(&settled).unwrap().len(), 1);
+
+        // The constexpr op's own type as an op-type key, and "const", raise.
+        for key in ["constexpr_lut_to_dense", "const"] {
+            let typed = format!(r#"{{{MAG}, "op_type_configs": {{"{key}": null}}}}"#);
+            let e = plan_with(&typed).unwrap_err().to_string();
+            assert!(
+                e.contains("const ops cannot be set by the `set_op_type` function"),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_or_non_storable_inline_values_are_not_materialized_consts() {
+        let shape = immediate_value(&TensorData::U32(vec![8, 8]), &[2]);
+        let short_lut = immediate_value(&TensorData::F32(vec![0.0; 9]), &[9]);
+        let int32 = immediate_value(&TensorData::I32(vec![0; 16]), &[16]);
+        let mut attributes = BTreeMap::from([
+            ("shape".into(), shape),
+            ("lut".into(), short_lut),
+            ("axis".into(), int32),
+        ]);
+        let o = op(
+            "constexpr_lut_to_dense",
+            "p",
+            BTreeMap::new(),
+            std::mem::take(&mut attributes),
+            vec![],
+        );
+        assert!(materialized_storable_values(&o).is_empty());
+        let lut = immediate_value(&TensorData::F16(vec![half::f16::ZERO; 10]), &[10]);
+        let o = op(
+            "constexpr_lut_to_dense",
+            "p",
+            BTreeMap::new(),
+            BTreeMap::from([("lut".into(), lut)]),
+            vec![],
+        );
+        assert_eq!(
+            materialized_storable_values(&o)
+                .iter()
+                .map(|(p, _)| *p)
+                .collect::<Vec<_>>(),
+            ["lut"]
+        );
+    }
 }
