@@ -12,7 +12,10 @@ use serde::Serialize;
 
 use crate::config::OptimizationConfig;
 use crate::error::{Error, IoContext, Result};
-use crate::dispatch::{run_kernel, KernelResult};
+use crate::config::OpConfig;
+use crate::dispatch::{run_kernel, Backend, KernelResult};
+use crate::gpu::{GpuBackend, GpuContext};
+use crate::tensor::TensorData;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::mil::graph::{op_at_mut, GraphView};
 use crate::mil::rewrite::{rename_uses, replace_op};
@@ -67,6 +70,10 @@ pub struct PruneSummary {
     pub tensors: Vec<TensorReport>,
     pub weight_bytes_before: u64,
     pub weight_bytes_after: u64,
+    /// One-line notices for the user (e.g. `--device auto` found no GPU); the CLI prints them unless
+    /// `--quiet`.
+    #[serde(skip)]
+    pub notices: Vec<String>,
 }
 
 impl PruneSummary {
@@ -79,10 +86,8 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     if job.joint_compression {
         return Err(Error::Unsupported("--joint-compression is not implemented yet".into()));
     }
-    if job.device == DevicePolicy::Gpu {
-        return Err(Error::Unsupported("--device gpu: this build has no GPU backend yet; use --device cpu".into()));
-    }
     job.config.validate()?;
+    let mut devices = Devices::new(job.device, job.gpu_min_elements)?;
     let package = Package::open(&job.input)?;
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
@@ -110,7 +115,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         };
         let Decision::Prune(config) = &p.decision else {
             weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
-            reports.push(tensor_report(p, None, started));
+            reports.push(tensor_report(p, None, "cpu", started));
             continue;
         };
         let (value, output) = match (op.const_value(), op.outputs.first()) {
@@ -118,10 +123,11 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
             _ => return Err(Error::tensor(&p.name, "const op without a value or an output")),
         };
         let (meta, data) = source.read(&p.name, value)?;
-        match run_kernel(config, &data, &meta.shape, &p.name)? {
+        let (result, device) = devices.run(config, &data, &meta.shape, &p.name)?;
+        match result {
             KernelResult::Skipped(reason) => {
                 weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
-                reports.push(tensor_report(p, Some(Err(reason)), started));
+                reports.push(tensor_report(p, Some(Err(reason)), device, started));
             }
             KernelResult::Pruned(pruned) => {
                 let old_output = output.name.clone();
@@ -153,7 +159,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
                 replace_op(&mut model.program, &info.path, vec![new_op])?;
                 rename_uses(&mut model.program, &info.path.function, &old_output, &new_name)?;
                 pruned_any = true;
-                reports.push(tensor_report(p, Some(Ok((kept, bytes_after))), started));
+                reports.push(tensor_report(p, Some(Ok((kept, bytes_after))), device, started));
             }
         }
     }
@@ -175,7 +181,80 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let model_path = out.model_path();
     std::fs::write(&model_path, model.encode()).at(&model_path)?;
     out.commit()?;
-    Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after })
+    Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after, notices: devices.notices })
+}
+
+/// The per-tensor device choice. `Cpu`: always the CPU. `Gpu`: a device of any kind (software
+/// adapters included) is acquired up front — none is an error — and every tensor the GPU kernels
+/// handle runs there. `Auto`: tensors with at least `gpu_min_elements` elements go to a hardware
+/// adapter, acquired on first need; without one everything runs on the CPU, with one notice.
+struct Devices {
+    policy: DevicePolicy,
+    gpu_min_elements: u64,
+    gpu: GpuState,
+    notices: Vec<String>,
+}
+
+enum GpuState {
+    NotTried,
+    Ready(Box<GpuBackend>),
+    Unavailable,
+}
+
+impl Devices {
+    fn new(policy: DevicePolicy, gpu_min_elements: u64) -> Result<Self> {
+        let gpu = if policy == DevicePolicy::Gpu {
+            let ctx = GpuContext::new(DevicePolicy::Gpu)?.ok_or_else(|| {
+                Error::Gpu("--device gpu: no Vulkan or Metal adapter found; use --device cpu or auto".into())
+            })?;
+            GpuState::Ready(Box::new(GpuBackend::new(ctx)))
+        } else {
+            GpuState::NotTried
+        };
+        Ok(Devices { policy, gpu_min_elements, gpu, notices: Vec::new() })
+    }
+
+    /// The GPU backend, acquiring it under `Auto` on first use.
+    fn gpu(&mut self) -> Option<&GpuBackend> {
+        if matches!(self.gpu, GpuState::NotTried) {
+            self.gpu = match GpuContext::new(self.policy) {
+                Ok(Some(ctx)) => GpuState::Ready(Box::new(GpuBackend::new(ctx))),
+                Ok(None) => {
+                    self.notices.push("no hardware GPU adapter found; pruning on the CPU".into());
+                    GpuState::Unavailable
+                }
+                Err(e) => {
+                    self.notices.push(format!("GPU unavailable ({e}); pruning on the CPU"));
+                    GpuState::Unavailable
+                }
+            };
+        }
+        match &self.gpu {
+            GpuState::Ready(backend) => Some(backend),
+            _ => None,
+        }
+    }
+
+    /// Runs one tensor's kernel and says where it ran (`"gpu"` or `"cpu"`).
+    fn run(
+        &mut self,
+        config: &OpConfig,
+        data: &TensorData,
+        shape: &[u64],
+        tensor: &str,
+    ) -> Result<(KernelResult, &'static str)> {
+        let wanted = match self.policy {
+            DevicePolicy::Cpu => false,
+            DevicePolicy::Gpu => true,
+            DevicePolicy::Auto => data.len() as u64 >= self.gpu_min_elements,
+        };
+        if wanted {
+            if let Some(gpu) = self.gpu().filter(|g| g.handles(config, data, shape)) {
+                return Ok((gpu.run(config, data, shape, tensor)?, gpu.name()));
+            }
+        }
+        Ok((run_kernel(config, data, shape, tensor)?, "cpu"))
+    }
 }
 
 /// coremltools loads programs at spec ≥ 7 for pruning (constexpr ops do not exist in iOS15): spec 6
@@ -194,7 +273,12 @@ fn bump_to_ios16(model: &mut LoadedModel) {
 
 /// `result`: `None` for a tensor the plan skipped, `Some(Err(reason))` for one the kernel skipped,
 /// `Some(Ok((kept, bytes_after)))` for a pruned one.
-fn tensor_report(p: &PlannedTensor, result: Option<std::result::Result<(u64, u64), String>>, started: Instant) -> TensorReport {
+fn tensor_report(
+    p: &PlannedTensor,
+    result: Option<std::result::Result<(u64, u64), String>>,
+    device: &'static str,
+    started: Instant,
+) -> TensorReport {
     let bytes = p.meta.storage_bytes().unwrap_or(0);
     let mode = match &p.decision {
         Decision::Skip(_) => "none".to_owned(),
@@ -220,7 +304,7 @@ fn tensor_report(p: &PlannedTensor, result: Option<std::result::Result<(u64, u64
         sparsity,
         bytes_before: bytes,
         bytes_after,
-        device: "cpu",
+        device,
         millis: started.elapsed().as_secs_f64() * 1e3,
     }
 }

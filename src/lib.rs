@@ -3,6 +3,7 @@
 //! Data flows forward through one module per stage (see `README.md` and the architecture notes):
 //! `package` → `proto`/`mil` → `config` → `blob`/`tensor` → `prune` → `mil` rewrite → `package` write.
 
+pub mod bench;
 pub mod blob;
 pub mod cli;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod dtype;
 pub mod encode;
 pub mod engine;
 pub mod error;
+pub mod gpu;
 pub mod inspect;
 pub mod mil;
 pub mod package;
