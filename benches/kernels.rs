@@ -50,12 +50,22 @@ fn configs() -> Vec<(&'static str, OpConfig)> {
         ("magnitude", magnitude(Some(0.5), None, None, None)),
         ("block", magnitude(Some(0.5), Some(4), None, Some(0))),
         ("n_m", magnitude(None, None, Some((2, 4)), Some(1))),
-        ("threshold", OpConfig::Threshold { threshold: 0.1, minimum_sparsity_percentile: 0.0, weight_threshold: None }),
+        (
+            "threshold",
+            OpConfig::Threshold {
+                threshold: 0.1,
+                minimum_sparsity_percentile: 0.0,
+                weight_threshold: None,
+            },
+        ),
     ]
 }
 
 fn kernels(c: &mut Criterion) {
-    let gpu = GpuContext::new(DevicePolicy::Gpu).ok().flatten().map(GpuBackend::new);
+    let gpu = GpuContext::new(DevicePolicy::Gpu)
+        .ok()
+        .flatten()
+        .map(GpuBackend::new);
     match &gpu {
         Some(g) => eprintln!("GPU: {}", g.context().describe()),
         None => eprintln!("no GPU adapter: benchmarking the CPU only"),

@@ -35,7 +35,10 @@ pub struct BenchRow {
 
 /// The default config when none is given: magnitude pruning to 50 % (`--sparsity 0.5`).
 pub fn default_config() -> Result<OptimizationConfig> {
-    from_shortcuts(&Shortcuts { sparsity: Some(0.5), ..Shortcuts::default() })
+    from_shortcuts(&Shortcuts {
+        sparsity: Some(0.5),
+        ..Shortcuts::default()
+    })
 }
 
 /// Benchmarks every tensor `config` prunes in `input`, best of `runs` per device.
@@ -52,7 +55,9 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<(St
     let source = WeightSource::open(&package)?;
     let mut rows = Vec::new();
     for p in plan(&model.program, &graph, config)? {
-        let Decision::Prune(op_config) = &p.decision else { continue };
+        let Decision::Prune(op_config) = &p.decision else {
+            continue;
+        };
         let value = graph
             .ops
             .get(p.op_index)
@@ -69,7 +74,8 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<(St
                 best = best.min(started.elapsed().as_secs_f64());
                 last = Some(result);
             }
-            last.map(|r| (best, r)).ok_or_else(|| Error::Usage("bench: no runs".into()))
+            last.map(|r| (best, r))
+                .ok_or_else(|| Error::Usage("bench: no runs".into()))
         };
         let (cpu_s, cpu_result) = time(&CpuBackend)?;
         let (gpu_s, gpu_result) = time(&gpu)?;
@@ -116,8 +122,8 @@ pub fn render(adapter: &str, rows: &[BenchRow]) -> String {
     let mut out = format!("GPU: {adapter}\n");
     let _ = writeln!(
         out,
-        "{:<32} {:<9} {:<7} {:>11} {:>10} {:>10} {:>9} {:>9}  {}",
-        "tensor", "mode", "dtype", "elements", "cpu ms", "gpu ms", "cpu GB/s", "gpu GB/s", "same"
+        "{:<32} {:<9} {:<7} {:>11} {:>10} {:>10} {:>9} {:>9}  same",
+        "tensor", "mode", "dtype", "elements", "cpu ms", "gpu ms", "cpu GB/s", "gpu GB/s"
     );
     let (mut bytes, mut cpu, mut gpu, mut elements) = (0u64, 0.0, 0.0, 0u64);
     for r in rows {

@@ -10,19 +10,18 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::OptimizationConfig;
-use crate::error::{Error, IoContext, Result};
-use crate::config::OpConfig;
+use crate::config::{OpConfig, OptimizationConfig};
 use crate::dispatch::{run_kernel, Backend, KernelResult};
-use crate::gpu::{GpuBackend, GpuContext};
-use crate::tensor::TensorData;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
+use crate::error::{Error, IoContext, Result};
+use crate::gpu::{GpuBackend, GpuContext};
 use crate::mil::graph::{op_at_mut, GraphView};
 use crate::mil::rewrite::{rename_uses, replace_op};
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
 use crate::plan::{plan, Decision, PlannedTensor};
+use crate::tensor::TensorData;
 use crate::weights::{WeightFileBuilder, WeightSource};
 
 /// Where tensors are pruned.

@@ -34,7 +34,10 @@ fn gpus() -> Option<&'static Gpus> {
         let mut chunked = open()?;
         chunked.set_max_chunk_bytes(TINY_CHUNK_BYTES);
         eprintln!("GPU tests run on {}", normal.describe());
-        Some(Gpus { normal: GpuBackend::new(normal), chunked: GpuBackend::new(chunked) })
+        Some(Gpus {
+            normal: GpuBackend::new(normal),
+            chunked: GpuBackend::new(chunked),
+        })
     })
     .as_ref()
 }
@@ -60,7 +63,10 @@ fn check(config: &OpConfig, data: &TensorData, shape: &[u64], label: &str) -> Ke
             let got = backend.run(config, data, shape, label);
             match (&reference, &got) {
                 (Ok(want), Ok(got)) => {
-                    assert!(same_bytes(want, got), "{label} on {name}: {config:?}\n cpu: {want:?}\n gpu: {got:?}")
+                    assert!(
+                        same_bytes(want, got),
+                        "{label} on {name}: {config:?}\n cpu: {want:?}\n gpu: {got:?}"
+                    )
                 }
                 (Err(want), Err(got)) => assert_eq!(want.to_string(), got.to_string(), "{label} on {name}"),
                 _ => panic!("{label} on {name}: cpu {reference:?} vs {got:?}"),
@@ -82,7 +88,10 @@ impl Rng {
     }
     /// Roughly normal values of scale 1 (sum of uniforms).
     fn normal(&mut self) -> f32 {
-        (0..4).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32).sum::<f32>() - 2.0
+        (0..4)
+            .map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32)
+            .sum::<f32>()
+            - 2.0
     }
 }
 
@@ -120,7 +129,9 @@ fn values_f16(n: usize, fill: Fill, seed: u64) -> Vec<f16> {
     values_f32(n, fill, seed)
         .into_iter()
         .map(|v| match fill {
-            Fill::Specials if rng.next() % 9 == 0 => f16::from_bits([0x7c01, 0xfe00, 0x0001, 0x8001][(rng.next() % 4) as usize]),
+            Fill::Specials if rng.next() % 9 == 0 => {
+                f16::from_bits([0x7c01, 0xfe00, 0x0001, 0x8001][(rng.next() % 4) as usize])
+            }
             // Large magnitudes make fp16 block norms overflow to inf, as numpy's do.
             Fill::Specials if rng.next() % 13 == 0 => f16::from_f32(v * 400.0),
             _ => f16::from_f32(v),
@@ -129,26 +140,59 @@ fn values_f16(n: usize, fill: Fill, seed: u64) -> Vec<f16> {
 }
 
 fn both_dtypes(n: usize, fill: Fill, seed: u64) -> [TensorData; 2] {
-    [TensorData::F16(values_f16(n, fill, seed)), TensorData::F32(values_f32(n, fill, seed))]
+    [
+        TensorData::F16(values_f16(n, fill, seed)),
+        TensorData::F32(values_f32(n, fill, seed)),
+    ]
 }
 
 fn threshold(threshold: f64, minimum: f64) -> OpConfig {
-    OpConfig::Threshold { threshold, minimum_sparsity_percentile: minimum, weight_threshold: None }
+    OpConfig::Threshold {
+        threshold,
+        minimum_sparsity_percentile: minimum,
+        weight_threshold: None,
+    }
 }
 
 fn magnitude(s: f64) -> OpConfig {
-    OpConfig::Magnitude { target_sparsity: Some(s), block_size: None, n_m_ratio: None, dim: None, weight_threshold: None }
+    OpConfig::Magnitude {
+        target_sparsity: Some(s),
+        block_size: None,
+        n_m_ratio: None,
+        dim: None,
+        weight_threshold: None,
+    }
 }
 
 fn block(s: f64, b: u64, dim: u32) -> OpConfig {
-    OpConfig::Magnitude { target_sparsity: Some(s), block_size: Some(b), n_m_ratio: None, dim: Some(dim), weight_threshold: None }
+    OpConfig::Magnitude {
+        target_sparsity: Some(s),
+        block_size: Some(b),
+        n_m_ratio: None,
+        dim: Some(dim),
+        weight_threshold: None,
+    }
 }
 
 fn n_m(n: u64, m: u64, dim: u32) -> OpConfig {
-    OpConfig::Magnitude { target_sparsity: None, block_size: None, n_m_ratio: Some((n, m)), dim: Some(dim), weight_threshold: None }
+    OpConfig::Magnitude {
+        target_sparsity: None,
+        block_size: None,
+        n_m_ratio: Some((n, m)),
+        dim: Some(dim),
+        weight_threshold: None,
+    }
 }
 
-const SHAPES: &[&[u64]] = &[&[37, 3], &[64, 64], &[5, 7, 3, 3], &[33, 130], &[300, 17], &[6, 2], &[12, 10, 1, 1]];
+const SHAPES: &[&[u64]] = &[
+    &[37, 3],
+    &[64, 64],
+    &[5, 7, 3, 3],
+    &[33, 130],
+    &[300, 17],
+    &[6, 2],
+    &[12, 10, 1, 1],
+];
 const FILLS: [Fill; 3] = [Fill::Random, Fill::Ties, Fill::Specials];
 
 fn for_each_tensor(mut f: impl FnMut(&TensorData, &[u64], String)) {
@@ -166,8 +210,21 @@ fn for_each_tensor(mut f: impl FnMut(&TensorData, &[u64], String)) {
 #[test]
 fn threshold_matches_on_every_device() {
     for_each_tensor(|data, shape, label| {
-        for (t, min) in [(0.3, 0.0), (0.09997, 0.0), (1.0, 0.99), (0.0, 0.0), (f64::INFINITY, 0.5), (-1.0, 0.0), (f64::NAN, 0.0)] {
-            check(&threshold(t, min), data, shape, &format!("{label} threshold {t} min {min}"));
+        for (t, min) in [
+            (0.3, 0.0),
+            (0.09997, 0.0),
+            (1.0, 0.99),
+            (0.0, 0.0),
+            (f64::INFINITY, 0.5),
+            (-1.0, 0.0),
+            (f64::NAN, 0.0),
+        ] {
+            check(
+                &threshold(t, min),
+                data,
+                shape,
+                &format!("{label} threshold {t} min {min}"),
+            );
         }
     });
 }
@@ -184,8 +241,22 @@ fn magnitude_matches_on_every_device() {
 #[test]
 fn block_sparsity_matches_on_every_device() {
     for_each_tensor(|data, shape, label| {
-        for (s, b, dim) in [(0.5, 2, 0), (0.3, 3, 1), (0.75, 1, 0), (0.5, 4, 1), (1.0, 2, 0), (0.0, 2, 1), (0.5, 0, 0), (0.5, 64, 0)] {
-            check(&block(s, b, dim), data, shape, &format!("{label} block {s} b{b} dim{dim}"));
+        for (s, b, dim) in [
+            (0.5, 2, 0),
+            (0.3, 3, 1),
+            (0.75, 1, 0),
+            (0.5, 4, 1),
+            (1.0, 2, 0),
+            (0.0, 2, 1),
+            (0.5, 0, 0),
+            (0.5, 64, 0),
+        ] {
+            check(
+                &block(s, b, dim),
+                data,
+                shape,
+                &format!("{label} block {s} b{b} dim{dim}"),
+            );
         }
     });
 }
@@ -193,8 +264,23 @@ fn block_sparsity_matches_on_every_device() {
 #[test]
 fn n_m_matches_on_every_device() {
     for_each_tensor(|data, shape, label| {
-        for (n, m, dim) in [(1, 2, 1), (2, 4, 0), (3, 8, 1), (0, 4, 0), (4, 4, 1), (5, 16, 0), (3, 5, 0), (2, 17, 0), (5, 3, 1)] {
-            check(&n_m(n, m, dim), data, shape, &format!("{label} n:m {n}:{m} dim{dim}"));
+        for (n, m, dim) in [
+            (1, 2, 1),
+            (2, 4, 0),
+            (3, 8, 1),
+            (0, 4, 0),
+            (4, 4, 1),
+            (5, 16, 0),
+            (3, 5, 0),
+            (2, 17, 0),
+            (5, 3, 1),
+        ] {
+            check(
+                &n_m(n, m, dim),
+                data,
+                shape,
+                &format!("{label} n:m {n}:{m} dim{dim}"),
+            );
         }
     });
 }
@@ -202,7 +288,10 @@ fn n_m_matches_on_every_device() {
 #[test]
 fn integer_weights_and_empty_tensors_fall_back_to_the_cpu_kernels() {
     let ints: Vec<i8> = (0..200).map(|i| (i * 37 % 256) as u8 as i8).collect();
-    let cases = [(TensorData::I8(ints.clone()), vec![20u64, 10]), (TensorData::F32(Vec::new()), vec![0, 4])];
+    let cases = [
+        (TensorData::I8(ints.clone()), vec![20u64, 10]),
+        (TensorData::F32(Vec::new()), vec![0, 4]),
+    ];
     for (data, shape) in &cases {
         for config in [magnitude(0.5), threshold(0.5, 0.0), n_m(1, 2, 1)] {
             check(&config, data, shape, &format!("{:?} {shape:?}", data.dtype()));
@@ -210,8 +299,12 @@ fn integer_weights_and_empty_tensors_fall_back_to_the_cpu_kernels() {
     }
     if let Some(g) = gpus() {
         assert!(!g.normal.handles(&magnitude(0.5), &cases[0].0, &cases[0].1));
-        assert!(!g.normal.handles(&n_m(2, 17, 0), &TensorData::F32(vec![1.0; 68]), &[34, 2]));
-        assert!(g.normal.handles(&n_m(2, 16, 0), &TensorData::F32(vec![1.0; 68]), &[34, 2]));
+        assert!(!g
+            .normal
+            .handles(&n_m(2, 17, 0), &TensorData::F32(vec![1.0; 68]), &[34, 2]));
+        assert!(g
+            .normal
+            .handles(&n_m(2, 16, 0), &TensorData::F32(vec![1.0; 68]), &[34, 2]));
     }
 }
 
@@ -225,7 +318,16 @@ fn tensors_larger_than_one_chunk_match() {
         for fill in FILLS {
             for data in both_dtypes(n, fill, n as u64) {
                 let label = format!("{:?} {shape:?} {fill:?}", data.dtype());
-                for config in [magnitude(0.5), magnitude(0.37), threshold(0.4, 0.0), block(0.5, 2, 0), block(0.4, 3, 1), n_m(2, 4, 1), n_m(3, 8, 0), n_m(1, 3, 1)] {
+                for config in [
+                    magnitude(0.5),
+                    magnitude(0.37),
+                    threshold(0.4, 0.0),
+                    block(0.5, 2, 0),
+                    block(0.4, 3, 1),
+                    n_m(2, 4, 1),
+                    n_m(3, 8, 0),
+                    n_m(1, 3, 1),
+                ] {
                     check(&config, &data, shape, &format!("{label} {config:?}"));
                 }
             }
@@ -240,10 +342,21 @@ fn fp16_with_all_ties_and_every_nan_rule() {
     check(&magnitude(0.5), &ties, &[24, 8], "all ties magnitude");
     check(&n_m(2, 4, 1), &ties, &[24, 8], "all ties n:m");
     // NaN with payloads, ±inf and −0.0 in every position of an n:m group.
-    let specials: Vec<f16> =
-        [0x7c01u16, 0xfc00, 0x7c00, 0x8000, 0x0000, 0x3c00, 0xbc00, 0x7e00].iter().cycle().take(64).map(|&b| f16::from_bits(b)).collect();
+    let specials: Vec<f16> = [0x7c01u16, 0xfc00, 0x7c00, 0x8000, 0x0000, 0x3c00, 0xbc00, 0x7e00]
+        .iter()
+        .cycle()
+        .take(64)
+        .map(|&b| f16::from_bits(b))
+        .collect();
     let data = TensorData::F16(specials);
-    for config in [n_m(2, 4, 1), n_m(4, 4, 1), magnitude(1.0), magnitude(0.5), threshold(f64::INFINITY, 0.0), block(0.5, 2, 1)] {
+    for config in [
+        n_m(2, 4, 1),
+        n_m(4, 4, 1),
+        magnitude(1.0),
+        magnitude(0.5),
+        threshold(f64::INFINITY, 0.0),
+        block(0.5, 2, 1),
+    ] {
         let result = check(&config, &data, &[8, 8], &format!("specials {config:?}"));
         assert!(matches!(result, KernelResult::Pruned(_)), "{config:?}");
     }
@@ -252,7 +365,10 @@ fn fp16_with_all_ties_and_every_nan_rule() {
 // ----- end to end ----------------------------------------------------------------------------------
 
 fn mlprune(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mlprune")).args(args).output().expect("running mlprune")
+    Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .args(args)
+        .output()
+        .expect("running mlprune")
 }
 
 /// Every file of a package folder, by relative path.
@@ -265,7 +381,11 @@ fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let rel = path.strip_prefix(root).expect("inside the package").display().to_string();
+                let rel = path
+                    .strip_prefix(root)
+                    .expect("inside the package")
+                    .display()
+                    .to_string();
                 out.push((rel, std::fs::read(&path).expect("reading an output file")));
             }
         }
@@ -302,12 +422,27 @@ fn prune_on_the_gpu_writes_the_same_package_as_on_the_cpu() {
             for device in ["cpu", "gpu"] {
                 let out = tmp.path().join(format!("{mi}-{ci}-{device}.mlpackage"));
                 let report = tmp.path().join(format!("{mi}-{ci}-{device}.json"));
-                let mut args = vec![input.to_str().expect("utf-8 path"), out.to_str().expect("utf-8 path")];
+                let mut args = vec![
+                    "prune",
+                    input.to_str().expect("utf-8 path"),
+                    out.to_str().expect("utf-8 path"),
+                ];
                 args.extend_from_slice(mode);
-                args.extend_from_slice(&["--weight-threshold", "0", "--device", device, "--gpu-min-elements", "0"]);
+                args.extend_from_slice(&[
+                    "--weight-threshold",
+                    "0",
+                    "--device",
+                    device,
+                    "--gpu-min-elements",
+                    "0",
+                ]);
                 args.extend_from_slice(&["--report", report.to_str().expect("utf-8 path"), "--quiet"]);
                 let run = mlprune(&args);
-                assert!(run.status.success(), "{model} {mode:?} {device}: {}", String::from_utf8_lossy(&run.stderr));
+                assert!(
+                    run.status.success(),
+                    "{model} {mode:?} {device}: {}",
+                    String::from_utf8_lossy(&run.stderr)
+                );
                 let report: serde_json::Value =
                     serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
                 for t in report.as_array().expect("report array") {
@@ -319,7 +454,10 @@ fn prune_on_the_gpu_writes_the_same_package_as_on_the_cpu() {
                 }
                 outputs.push(files(&out));
             }
-            assert_eq!(outputs[0], outputs[1], "{model} {mode:?}: cpu and gpu packages differ");
+            assert_eq!(
+                outputs[0], outputs[1],
+                "{model} {mode:?}: cpu and gpu packages differ"
+            );
         }
     }
     assert!(gpu_tensors > 0, "no tensor was pruned on the GPU");
@@ -338,6 +476,7 @@ fn sample_config_prunes_identically_on_gpu() {
     for device in ["cpu", "gpu"] {
         let out = tmp.path().join(format!("{device}.mlpackage"));
         let args = [
+            "prune",
             input.to_str().expect("utf-8"),
             out.to_str().expect("utf-8"),
             "--config",
@@ -348,7 +487,11 @@ fn sample_config_prunes_identically_on_gpu() {
             "0",
         ];
         let run = mlprune(&args);
-        assert!(run.status.success(), "{device}: {}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         outputs.push(files(&out));
     }
     assert_eq!(outputs[0], outputs[1]);

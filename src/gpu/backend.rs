@@ -25,10 +25,23 @@ const MAX_GPU_M: usize = 16;
 /// The exact GPU plan for one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Work {
-    Threshold { threshold: f64, minimum_sparsity: f64 },
-    Magnitude { sparsity: f64 },
-    Block { layout: ChannelLayout, block_size: usize, sparsity: f64 },
-    NM { layout: ChannelLayout, n: usize, m: usize },
+    Threshold {
+        threshold: f64,
+        minimum_sparsity: f64,
+    },
+    Magnitude {
+        sparsity: f64,
+    },
+    Block {
+        layout: ChannelLayout,
+        block_size: usize,
+        sparsity: f64,
+    },
+    NM {
+        layout: ChannelLayout,
+        n: usize,
+        m: usize,
+    },
 }
 
 /// Pruning kernels on a GPU, byte-identical to [`crate::dispatch::CpuBackend`].
@@ -74,14 +87,29 @@ impl GpuBackend {
         if len == 0 || len as u64 > u64::from(u32::MAX / 2) {
             return None;
         }
-        let shape: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+        let shape: Vec<usize> = shape
+            .iter()
+            .map(|&d| usize::try_from(d).ok())
+            .collect::<Option<_>>()?;
         let size = |v: u64| usize::try_from(v).ok();
         let plain = self.chunk_elems(elem_bytes, 1)?;
         match *config {
-            OpConfig::Threshold { threshold, minimum_sparsity_percentile, .. } => {
-                Some((Work::Threshold { threshold, minimum_sparsity: minimum_sparsity_percentile }, plain))
-            }
-            OpConfig::Magnitude { n_m_ratio: Some((n, m)), dim, .. } => {
+            OpConfig::Threshold {
+                threshold,
+                minimum_sparsity_percentile,
+                ..
+            } => Some((
+                Work::Threshold {
+                    threshold,
+                    minimum_sparsity: minimum_sparsity_percentile,
+                },
+                plain,
+            )),
+            OpConfig::Magnitude {
+                n_m_ratio: Some((n, m)),
+                dim,
+                ..
+            } => {
                 let (n, m) = (size(n)?, size(m)?);
                 let layout = ChannelLayout::new(&shape, len, dim.unwrap_or(1) as usize).ok()?;
                 let valid = n <= m && m > 0 && m <= MAX_GPU_M && !layout.exceeds_half_channel(m);
@@ -90,11 +118,20 @@ impl GpuBackend {
                 }
                 // Chunks hold whole groups: bands of m channels, or whole channel runs when the
                 // channel count leaves a padded group at the end of each run.
-                let band = if layout.channel % m == 0 { m * layout.inner } else { layout.channel * layout.inner };
+                let band = if layout.channel % m == 0 {
+                    m * layout.inner
+                } else {
+                    layout.channel * layout.inner
+                };
                 let chunk = self.chunk_elems(elem_bytes, band as u64)?;
                 Some((Work::NM { layout, n, m }, chunk))
             }
-            OpConfig::Magnitude { target_sparsity: Some(sparsity), block_size: Some(b), dim, .. } => {
+            OpConfig::Magnitude {
+                target_sparsity: Some(sparsity),
+                block_size: Some(b),
+                dim,
+                ..
+            } => {
                 let block_size = size(b).filter(|&b| b > 0)?;
                 let layout = ChannelLayout::new(&shape, len, dim.unwrap_or(0) as usize).ok()?;
                 if layout.exceeds_half_channel(block_size) || check_structural_rank(&shape, "").is_err() {
@@ -104,10 +141,24 @@ impl GpuBackend {
                 if flag_bytes > self.ctx.chunk_bytes() {
                     return None;
                 }
-                Some((Work::Block { layout, block_size, sparsity }, plain))
+                Some((
+                    Work::Block {
+                        layout,
+                        block_size,
+                        sparsity,
+                    },
+                    plain,
+                ))
             }
-            OpConfig::Magnitude { target_sparsity: Some(sparsity), .. } => Some((Work::Magnitude { sparsity }, plain)),
-            OpConfig::Magnitude { target_sparsity: None, n_m_ratio: None, .. } => None,
+            OpConfig::Magnitude {
+                target_sparsity: Some(sparsity),
+                ..
+            } => Some((Work::Magnitude { sparsity }, plain)),
+            OpConfig::Magnitude {
+                target_sparsity: None,
+                n_m_ratio: None,
+                ..
+            } => None,
         }
     }
 
@@ -122,7 +173,12 @@ impl GpuBackend {
         let Some((work, chunk_elems)) = self.plan(config, w.len(), T::BYTES, shape) else {
             return run_kernel(config, &wrap(w.to_vec()), shape, tensor);
         };
-        let t = TensorBytes { bytes: bytemuck::cast_slice(w), n: w.len() as u64, is_f16: T::IS_F16, chunk_elems };
+        let t = TensorBytes {
+            bytes: bytemuck::cast_slice(w),
+            n: w.len() as u64,
+            is_f16: T::IS_F16,
+            chunk_elems,
+        };
         // One lock per tensor: its passes share the uploaded data (see `Resident`).
         let mut pool = self.ctx.lock_pool()?;
         let pool = &mut *pool;
@@ -134,11 +190,19 @@ impl GpuBackend {
             has_cut: u32::from(cut.is_some()),
             ..Params::default()
         };
-        let multiply_all = Params { mode: MODE_MULTIPLY_ALL, ..Params::default() };
+        let multiply_all = Params {
+            mode: MODE_MULTIPLY_ALL,
+            ..Params::default()
+        };
         let params = match work {
-            Work::Threshold { threshold, minimum_sparsity } => {
+            Work::Threshold {
+                threshold,
+                minimum_sparsity,
+            } => {
                 let cut = <T::Mag as MapValue>::threshold_cut(threshold).map(|k| k.to_u64() as u32);
-                let sparse = self.ctx.mask_and_compact(pool, &t, where_cut(cut), &[], &mut resident)?;
+                let sparse = self
+                    .ctx
+                    .mask_and_compact(pool, &t, where_cut(cut), &[], &mut resident)?;
                 // numpy: int64 / int -> float64.
                 let sparsity = (n - sparse.kept) as f64 / n as f64;
                 if sparsity < minimum_sparsity {
@@ -151,15 +215,27 @@ impl GpuBackend {
                 return Ok(pruned(sparse, wrap));
             }
             Work::Magnitude { sparsity } => match sparsity * 100.0 {
-                q if q == 100.0 => multiply_all,
-                q if q == 0.0 => where_cut(None),
-                _ => where_cut(T::percentile_cut_on_gpu(&self.ctx, pool, &t, sparsity, &mut resident, tensor)?),
+                100.0 => multiply_all,
+                0.0 => where_cut(None), // float patterns compare with ==: -0.0 too
+                _ => where_cut(T::percentile_cut_on_gpu(
+                    &self.ctx,
+                    pool,
+                    &t,
+                    sparsity,
+                    &mut resident,
+                    tensor,
+                )?),
             },
-            Work::Block { layout, block_size, sparsity } => match sparsity * 100.0 {
-                q if q == 100.0 => multiply_all,
-                q if q == 0.0 => where_cut(None),
+            Work::Block {
+                layout,
+                block_size,
+                sparsity,
+            } => match sparsity * 100.0 {
+                100.0 => multiply_all,
+                0.0 => where_cut(None),
                 _ => {
-                    let flags = block_flags(w, layout, block_size, sparsity).map_err(|e| e.for_tensor(tensor))?;
+                    let flags =
+                        block_flags(w, layout, block_size, sparsity).map_err(|e| e.for_tensor(tensor))?;
                     let p = Params {
                         mode: MODE_BLOCK,
                         channel: layout.channel as u32,
@@ -168,7 +244,10 @@ impl GpuBackend {
                         blocks: layout.channel.div_ceil(block_size) as u32,
                         ..Params::default()
                     };
-                    return Ok(pruned(self.ctx.mask_and_compact(pool, &t, p, &flags, &mut resident)?, wrap));
+                    return Ok(pruned(
+                        self.ctx.mask_and_compact(pool, &t, p, &flags, &mut resident)?,
+                        wrap,
+                    ));
                 }
             },
             Work::NM { layout, n, m } => Params {
@@ -180,7 +259,10 @@ impl GpuBackend {
                 ..Params::default()
             },
         };
-        Ok(pruned(self.ctx.mask_and_compact(pool, &t, params, &[], &mut resident)?, wrap))
+        Ok(pruned(
+            self.ctx.mask_and_compact(pool, &t, params, &[], &mut resident)?,
+            wrap,
+        ))
     }
 }
 
@@ -200,7 +282,11 @@ impl Backend for GpuBackend {
 
 fn pruned<T: GpuElement>(c: Compacted, wrap: fn(Vec<T>) -> TensorData) -> KernelResult {
     let values: Vec<T> = bytemuck::pod_collect_to_vec(&c.values);
-    KernelResult::Pruned(Pruned { nonzero: wrap(values), mask: c.mask, kept: c.kept })
+    KernelResult::Pruned(Pruned {
+        nonzero: wrap(values),
+        mask: c.mask,
+        kept: c.kept,
+    })
 }
 
 fn lcm(a: u64, b: u64) -> Option<u64> {
@@ -214,7 +300,10 @@ fn lcm(a: u64, b: u64) -> Option<u64> {
 }
 
 fn block_count(layout: ChannelLayout, block_size: usize) -> Option<usize> {
-    layout.outer.checked_mul(layout.channel.div_ceil(block_size))?.checked_mul(layout.inner)
+    layout
+        .outer
+        .checked_mul(layout.channel.div_ceil(block_size))?
+        .checked_mul(layout.inner)
 }
 
 /// One "pruned" bit per block (LSB-first u32 words, in [outer, block, inner] order), computed on the
@@ -237,7 +326,11 @@ fn block_flags<T: Element>(
             for i in 0..layout.inner {
                 for (j, slot) in buf.iter_mut().enumerate() {
                     let c = c0 + j;
-                    *slot = if c < layout.channel { w[layout.flat(o, c, i)].magnitude() } else { pad };
+                    *slot = if c < layout.channel {
+                        w[layout.flat(o, c, i)].magnitude()
+                    } else {
+                        pad
+                    };
                 }
                 keys.push(T::block_norm(&buf, innermost).key());
             }
@@ -290,9 +383,18 @@ impl GpuElement for f16 {
         resident: &mut Resident,
         tensor: &str,
     ) -> Result<Option<u32>> {
-        let params = Params { hist_shift: 0, hist_mask: 0x7fff, ..Params::default() };
+        let params = Params {
+            hist_shift: 0,
+            hist_mask: 0x7fff,
+            ..Params::default()
+        };
         let hist = ctx.histogram(pool, t, params, 0x8000, resident)?;
-        let items = || hist.iter().enumerate().filter(|(_, &c)| c > 0).map(|(k, &c)| (k as u16, u64::from(c)));
+        let items = || {
+            hist.iter()
+                .enumerate()
+                .filter(|(_, &c)| c > 0)
+                .map(|(k, &c)| (k as u16, u64::from(c)))
+        };
         let cut = percentile_cut::<f16, _, _>(items, t.n, sparsity).map_err(|e| e.for_tensor(tensor))?;
         Ok(cut.map(u32::from))
     }
@@ -319,9 +421,13 @@ impl GpuElement for f32 {
         if !(0.0..=1.0).contains(&quantile) {
             // The reference reports the bad quantile before looking at any data.
             let cut = percentile_cut::<f32, _, _>(std::iter::empty, t.n, sparsity);
-            return cut.map(|c| c.map(|k| k as u32)).map_err(|e| e.for_tensor(tensor));
+            return cut.map_err(|e| e.for_tensor(tensor));
         }
-        let high = Params { hist_shift: 16, hist_mask: 0x7fff, ..Params::default() };
+        let high = Params {
+            hist_shift: 16,
+            hist_mask: 0x7fff,
+            ..Params::default()
+        };
         let hi = ctx.histogram(pool, t, high, 0x8000, resident)?;
         let vi = virtual_index(t.n, quantile);
         let digit_at = |rank: u64| {
@@ -332,7 +438,10 @@ impl GpuElement for f32 {
                     return Ok(d as u32);
                 }
             }
-            Err(Error::Gpu(format!("histogram of '{tensor}' counts fewer than {} elements", rank + 1)))
+            Err(Error::Gpu(format!(
+                "histogram of '{tensor}' counts fewer than {} elements",
+                rank + 1
+            )))
         };
         let (a, b) = (digit_at(vi.prev)?, digit_at(vi.next)?);
         let low = Params {
@@ -347,10 +456,19 @@ impl GpuElement for f32 {
         let mut items: Vec<(u32, u64)> = Vec::new();
         for (h, &count) in hi.iter().enumerate() {
             let h = h as u32;
-            let exact = if h == a { Some(&lo[..0x10000]) } else if h == b { Some(&lo[0x10000..]) } else { None };
+            let exact = if h == a {
+                Some(&lo[..0x10000])
+            } else if h == b {
+                Some(&lo[0x10000..])
+            } else {
+                None
+            };
             match exact {
                 Some(bins) => items.extend(
-                    bins.iter().enumerate().filter(|(_, &c)| c > 0).map(|(l, &c)| (h << 16 | l as u32, u64::from(c))),
+                    bins.iter()
+                        .enumerate()
+                        .filter(|(_, &c)| c > 0)
+                        .map(|(l, &c)| (h << 16 | l as u32, u64::from(c))),
                 ),
                 None if count > 0 => items.push((h << 16, u64::from(count))),
                 None => {}

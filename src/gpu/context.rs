@@ -37,7 +37,10 @@ pub struct GpuContext {
 
 impl std::fmt::Debug for GpuContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuContext").field("adapter", &self.info.name).field("chunk_bytes", &self.chunk_bytes).finish()
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("chunk_bytes", &self.chunk_bytes)
+            .finish()
     }
 }
 
@@ -93,24 +96,41 @@ impl GpuContext {
         let sink = Arc::clone(&errors);
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| record(&sink, e.to_string())));
         let sink = Arc::clone(&errors);
-        device.set_device_lost_callback(move |reason, msg| record(&sink, format!("device lost ({reason:?}): {msg}")));
+        device.set_device_lost_callback(move |reason, msg| {
+            record(&sink, format!("device lost ({reason:?}): {msg}"))
+        });
 
-        let binding = u64::from(limits.max_storage_buffer_binding_size);
+        let binding = limits.max_storage_buffer_binding_size;
         // The readback buffer holds one chunk's values plus its mask: keep it under max_buffer_size.
         let chunk_bytes = binding.min(limits.max_buffer_size / 2) / 128 * 128;
         if chunk_bytes < 128 {
-            return Err(Error::Gpu(format!("{}: storage buffers are too small ({binding} bytes)", info.name)));
+            return Err(Error::Gpu(format!(
+                "{}: storage buffers are too small ({binding} bytes)",
+                info.name
+            )));
         }
         let pipelines = build_pipelines(&device);
         let pool = BufferPool::new(&device);
-        let ctx = GpuContext { device, queue, info, limits, chunk_bytes, errors, pipelines, pool: Mutex::new(pool) };
+        let ctx = GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            chunk_bytes,
+            errors,
+            pipelines,
+            pool: Mutex::new(pool),
+        };
         ctx.check()?;
         Ok(ctx)
     }
 
     /// The adapter's name and kind, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Cpu, Vulkan)`.
     pub fn describe(&self) -> String {
-        format!("{} ({:?}, {:?})", self.info.name, self.info.device_type, self.info.backend)
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.device_type, self.info.backend
+        )
     }
 
     /// True for software adapters (`DeviceType::Cpu`, e.g. Mesa lavapipe).
@@ -136,7 +156,10 @@ impl GpuContext {
 
     /// The first asynchronous device error since the context was created, as `Error::Gpu`.
     pub(crate) fn check(&self) -> Result<()> {
-        let guard = self.errors.lock().map_err(|_| Error::Gpu("error channel poisoned".into()))?;
+        let guard = self
+            .errors
+            .lock()
+            .map_err(|_| Error::Gpu("error channel poisoned".into()))?;
         match guard.as_ref() {
             Some(msg) => Err(Error::Gpu(format!("{}: {msg}", self.info.name))),
             None => Ok(()),
@@ -188,7 +211,15 @@ fn build_pipelines(device: &wgpu::Device) -> Pipelines {
         count: None,
     }];
     // 1 data, 2 hist, 3 block flags, 4 mask words, 5 word offsets, 6 block sums, 7 compacted.
-    for (binding, read_only) in [(1, true), (2, false), (3, true), (4, false), (5, false), (6, false), (7, false)] {
+    for (binding, read_only) in [
+        (1, true),
+        (2, false),
+        (3, true),
+        (4, false),
+        (5, false),
+        (6, false),
+        (7, false),
+    ] {
         entries.push(storage(binding, read_only));
     }
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {

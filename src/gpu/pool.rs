@@ -36,13 +36,20 @@ pub(crate) struct BufferPool {
 }
 
 fn buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage,
+        mapped_at_creation: false,
+    })
 }
 
 /// Grown size: at least `need` (and 16 bytes), rounded up to a power of two but never past `cap`.
 fn grown(need: u64, cap: u64) -> u64 {
     let need = need.max(16).next_multiple_of(4);
-    need.checked_next_power_of_two().unwrap_or(need).min(cap.max(need))
+    need.checked_next_power_of_two()
+        .unwrap_or(need)
+        .min(cap.max(need))
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE;
@@ -52,7 +59,12 @@ const COPY_DST: wgpu::BufferUsages = wgpu::BufferUsages::COPY_DST;
 impl BufferPool {
     pub fn new(device: &wgpu::Device) -> Self {
         BufferPool {
-            params: buffer(device, "params", PARAMS_BYTES, wgpu::BufferUsages::UNIFORM | COPY_DST),
+            params: buffer(
+                device,
+                "params",
+                PARAMS_BYTES,
+                wgpu::BufferUsages::UNIFORM | COPY_DST,
+            ),
             hist: buffer(device, "histogram", HIST_BINS * 4, STORAGE | COPY_SRC | COPY_DST),
             data: buffer(device, "data", 16, STORAGE | COPY_DST),
             flags: buffer(device, "block flags", 16, STORAGE | COPY_DST),
@@ -60,7 +72,12 @@ impl BufferPool {
             offsets: buffer(device, "word offsets", 16, STORAGE),
             block_sums: buffer(device, "block sums", 16, STORAGE | COPY_SRC),
             compacted: buffer(device, "compacted", 16, STORAGE | COPY_SRC | COPY_DST),
-            readback: buffer(device, "readback", HIST_BINS * 4, wgpu::BufferUsages::MAP_READ | COPY_DST),
+            readback: buffer(
+                device,
+                "readback",
+                HIST_BINS * 4,
+                wgpu::BufferUsages::MAP_READ | COPY_DST,
+            ),
             bind_group: None,
         }
     }
@@ -76,14 +93,25 @@ impl BufferPool {
                 false
             }
         };
-        let readback_need = (READBACK_MASK_OFFSET + needs.mask.next_multiple_of(256) + needs.data).max(HIST_BINS * 4);
+        let readback_need =
+            (READBACK_MASK_OFFSET + needs.mask.next_multiple_of(256) + needs.data).max(HIST_BINS * 4);
         let mut changed = false;
         changed |= replace(&mut self.data, needs.data, "data", STORAGE | COPY_DST);
         changed |= replace(&mut self.flags, needs.flags, "block flags", STORAGE | COPY_DST);
         changed |= replace(&mut self.mask, needs.mask, "mask words", STORAGE | COPY_SRC);
         changed |= replace(&mut self.offsets, needs.mask, "word offsets", STORAGE);
-        changed |= replace(&mut self.block_sums, needs.block_sums, "block sums", STORAGE | COPY_SRC);
-        changed |= replace(&mut self.compacted, needs.data, "compacted", STORAGE | COPY_SRC | COPY_DST);
+        changed |= replace(
+            &mut self.block_sums,
+            needs.block_sums,
+            "block sums",
+            STORAGE | COPY_SRC,
+        );
+        changed |= replace(
+            &mut self.compacted,
+            needs.data,
+            "compacted",
+            STORAGE | COPY_SRC | COPY_DST,
+        );
         // The readback buffer is not bound: growing it keeps the bind group.
         if self.readback.size() < readback_need {
             let size = grown(readback_need, max_buffer);
@@ -112,7 +140,10 @@ impl BufferPool {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
             .collect();
         let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("mlprune kernels"),

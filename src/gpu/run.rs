@@ -64,7 +64,9 @@ impl TensorBytes<'_> {
     }
 
     fn chunks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        (0..self.n).step_by(self.chunk_elems.max(1) as usize).map(|s| (s, (self.n - s).min(self.chunk_elems)))
+        (0..self.n)
+            .step_by(self.chunk_elems.max(1) as usize)
+            .map(|s| (s, (self.n - s).min(self.chunk_elems)))
     }
 }
 
@@ -89,7 +91,9 @@ pub(crate) struct Resident(Option<u64>);
 impl GpuContext {
     /// The buffer pool, locked for one tensor: its passes share the data buffer (see [`Resident`]).
     pub(crate) fn lock_pool(&self) -> Result<MutexGuard<'_, BufferPool>> {
-        self.pool.lock().map_err(|_| Error::Gpu("buffer pool poisoned by an earlier failure".into()))
+        self.pool
+            .lock()
+            .map_err(|_| Error::Gpu("buffer pool poisoned by an earlier failure".into()))
     }
 
     /// Grows the pool for `t` (and `flags_bytes` of block flags).
@@ -102,7 +106,12 @@ impl GpuContext {
             block_sums: (words.div_ceil(WG) + 1) * 4,
             flags: flags_bytes.max(4),
         };
-        pool.ensure(&self.device, needs, self.chunk_bytes(), self.limits().max_buffer_size);
+        pool.ensure(
+            &self.device,
+            needs,
+            self.chunk_bytes(),
+            self.limits().max_buffer_size,
+        );
         self.check()
     }
 
@@ -125,9 +134,17 @@ impl GpuContext {
         resident.0 = Some(start);
     }
 
-    fn dispatch(&self, pool: &mut BufferPool, encoder: &mut wgpu::CommandEncoder, steps: &[(&wgpu::ComputePipeline, u64)]) {
+    fn dispatch(
+        &self,
+        pool: &mut BufferPool,
+        encoder: &mut wgpu::CommandEncoder,
+        steps: &[(&wgpu::ComputePipeline, u64)],
+    ) {
         let group = pool.bind_group(&self.device, &self.pipelines);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
         pass.set_bind_group(0, &group, &[]);
         for (pipeline, workgroups) in steps {
             pass.set_pipeline(pipeline);
@@ -137,7 +154,8 @@ impl GpuContext {
     }
 
     fn encoder(&self) -> wgpu::CommandEncoder {
-        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
     }
 
     /// Maps the first `size` bytes of the readback buffer after the submitted work and copies them.
@@ -175,7 +193,12 @@ impl GpuContext {
         self.queue.submit([encoder.finish()]);
         for (start, len) in t.chunks() {
             self.upload(pool, t, start, len, resident);
-            let p = Params { n: len as u32, base: start as u32, is_f16: t.is_f16 as u32, ..params };
+            let p = Params {
+                n: len as u32,
+                base: start as u32,
+                is_f16: t.is_f16 as u32,
+                ..params
+            };
             self.queue.write_buffer(&pool.params, 0, bytemuck::bytes_of(&p));
             let mut encoder = self.encoder();
             let histogram = &self.pipelines.histogram;
@@ -187,7 +210,10 @@ impl GpuContext {
         encoder.copy_buffer_to_buffer(&pool.hist, 0, &pool.readback, 0, bins * 4);
         self.queue.submit([encoder.finish()]);
         let bytes = self.read_back(pool, bins * 4)?;
-        Ok(bytes.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect())
     }
 
     /// Keep-mask, packing and compaction of every chunk with the decision in `params`;
@@ -203,10 +229,15 @@ impl GpuContext {
         let flags_bytes = flags.len() as u64 * 4;
         self.size_pool(pool, t, flags_bytes)?;
         if !flags.is_empty() {
-            self.queue.write_buffer(&pool.flags, 0, bytemuck::cast_slice(flags));
+            self.queue
+                .write_buffer(&pool.flags, 0, bytemuck::cast_slice(flags));
         }
         let eb = t.elem_bytes();
-        let mut out = Compacted { mask: Vec::with_capacity(t.n.div_ceil(8) as usize), values: Vec::new(), kept: 0 };
+        let mut out = Compacted {
+            mask: Vec::with_capacity(t.n.div_ceil(8) as usize),
+            values: Vec::new(),
+            kept: 0,
+        };
         for (start, len) in t.chunks() {
             self.upload(pool, t, start, len, resident);
             let words = len.div_ceil(32);
@@ -230,7 +261,12 @@ impl GpuContext {
             self.dispatch(
                 pool,
                 &mut encoder,
-                &[(&pl.pack, elem_groups), (&pl.scan_local, scan_blocks), (&pl.scan_blocks, 1), (&pl.scatter, elem_groups)],
+                &[
+                    (&pl.pack, elem_groups),
+                    (&pl.scan_local, scan_blocks),
+                    (&pl.scan_blocks, 1),
+                    (&pl.scatter, elem_groups),
+                ],
             );
             encoder.copy_buffer_to_buffer(&pool.block_sums, scan_blocks * 4, &pool.readback, 0, 4);
             encoder.copy_buffer_to_buffer(&pool.mask, 0, &pool.readback, READBACK_MASK_OFFSET, mask_bytes);
@@ -239,11 +275,15 @@ impl GpuContext {
             let bytes = self.read_back(pool, values_at + value_bytes)?;
             let kept = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
             if kept > len {
-                return Err(Error::Gpu(format!("compaction counted {kept} kept values in a chunk of {len}")));
+                return Err(Error::Gpu(format!(
+                    "compaction counted {kept} kept values in a chunk of {len}"
+                )));
             }
             let mask_start = READBACK_MASK_OFFSET as usize;
-            out.mask.extend_from_slice(&bytes[mask_start..mask_start + len.div_ceil(8) as usize]);
-            out.values.extend_from_slice(&bytes[values_at as usize..(values_at + kept * eb) as usize]);
+            out.mask
+                .extend_from_slice(&bytes[mask_start..mask_start + len.div_ceil(8) as usize]);
+            out.values
+                .extend_from_slice(&bytes[values_at as usize..(values_at + kept * eb) as usize]);
             out.kept += kept;
         }
         Ok(out)
@@ -265,6 +305,9 @@ mod tests {
 
     #[test]
     fn params_match_the_wgsl_struct_size() {
-        assert_eq!(std::mem::size_of::<Params>() as u64, super::super::context::PARAMS_BYTES);
+        assert_eq!(
+            std::mem::size_of::<Params>() as u64,
+            super::super::context::PARAMS_BYTES
+        );
     }
 }

@@ -17,11 +17,16 @@ const MASK: (&str, &str) = ("mask.wgsl", include_str!("../../shaders/mask.wgsl")
 const COMPACT: (&str, &str) = ("compact.wgsl", include_str!("../../shaders/compact.wgsl"));
 
 /// Histograms for the radix select (entry point `histogram`).
-pub const SELECT_MODULE: ModuleSource = ModuleSource { label: "mlprune select", files: &[COMMON, SELECT] };
+pub const SELECT_MODULE: ModuleSource = ModuleSource {
+    label: "mlprune select",
+    files: &[COMMON, SELECT],
+};
 
 /// Masks, packing and compaction (entry points `pack`, `scan_local`, `scan_blocks`, `scatter`).
-pub const PRUNE_MODULE: ModuleSource =
-    ModuleSource { label: "mlprune prune", files: &[COMMON, BLOCK, NM, MASK, COMPACT] };
+pub const PRUNE_MODULE: ModuleSource = ModuleSource {
+    label: "mlprune prune",
+    files: &[COMMON, BLOCK, NM, MASK, COMPACT],
+};
 
 /// Every module, for validation.
 pub const MODULES: [ModuleSource; 2] = [SELECT_MODULE, PRUNE_MODULE];
@@ -49,9 +54,12 @@ mod tests {
     fn translate_everywhere(module: &ModuleSource) -> Result<(), String> {
         let parsed =
             naga::front::wgsl::parse_str(&module.source()).map_err(|e| e.emit_to_string(&module.source()))?;
-        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-            .validate(&parsed)
-            .map_err(|e| format!("validation: {e:?}"))?;
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&parsed)
+        .map_err(|e| format!("validation: {e:?}"))?;
 
         let spv = naga::back::spv::write_vec(&parsed, &info, &naga::back::spv::Options::default(), None)
             .map_err(|e| format!("spir-v: {e}"))?;
@@ -97,6 +105,9 @@ mod tests {
                 .unwrap_or_default()
         };
         assert_eq!(entry_points(&SELECT_MODULE), ["histogram"]);
-        assert_eq!(entry_points(&PRUNE_MODULE), ["pack", "scan_local", "scan_blocks", "scatter"]);
+        assert_eq!(
+            entry_points(&PRUNE_MODULE),
+            ["pack", "scan_local", "scan_blocks", "scatter"]
+        );
     }
 }
