@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::OptimizationConfig;
+use crate::config::{OpConfig, OptimizationConfig};
 use crate::error::{Error, IoContext, Result};
-use crate::config::OpConfig;
-use crate::dispatch::{Backend, CpuBackend, KernelResult};
+use crate::devices::Devices;
+use crate::dispatch::KernelResult;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::joint::{
     apply_replacements, joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer,
@@ -70,6 +70,9 @@ pub struct TensorReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneSummary {
     pub tensors: Vec<TensorReport>,
+    /// One-line notices for the user (e.g. `--device auto` found no GPU); the CLI prints them unless
+    /// `--quiet`.
+    pub notices: Vec<String>,
     pub weight_bytes_before: u64,
     pub weight_bytes_after: u64,
 }
@@ -81,10 +84,8 @@ impl PruneSummary {
 }
 
 pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
-    if job.device == DevicePolicy::Gpu {
-        return Err(Error::Unsupported("--device gpu: this build has no GPU backend yet; use --device cpu".into()));
-    }
     job.config.validate()?;
+    let mut devices = Devices::new(job.device, job.gpu_min_elements)?;
     let package = Package::open(&job.input)?;
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
@@ -117,7 +118,6 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         edits: Vec::new(),
         renames: Vec::new(),
     };
-    let backend = CpuBackend;
     let mut reports = Vec::with_capacity(planned.len());
     let mut next_plan = planned.iter().peekable();
     for (index, info) in graph.ops.iter().enumerate() {
@@ -125,20 +125,22 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         let plan_entry = next_plan.next_if(|p| p.op_index == index);
         let result = match plan_entry {
             Some(PlannedTensor { decision: Decision::Prune(config), .. }) if job.joint_compression => {
-                Some(rewrite.prune_joint(&model.program, &graph, &source, index, config, &backend)?)
+                Some(rewrite.prune_joint(&model.program, &graph, &source, index, config, &mut devices)?)
             }
             Some(PlannedTensor { decision: Decision::Prune(config), .. }) => {
-                Some(rewrite.prune_const(&model.program, &graph, &source, index, config, &backend)?)
+                Some(rewrite.prune_const(&model.program, &graph, &source, index, config, &mut devices)?)
             }
             _ => None,
         };
+        let device = result.as_ref().map_or("cpu", |(_, device)| *device);
+        let result = result.map(|(r, _)| r);
         if !matches!(result, Some(Ok(_))) {
             let op = op_at_mut(&mut model.program, &info.path)
                 .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
             rewrite.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
         }
         if let Some(p) = plan_entry {
-            reports.push(tensor_report(p, result, started, backend.name()));
+            reports.push(tensor_report(p, result, started, device));
         }
     }
     let Rewrite { weights, edits, renames, .. } = rewrite;
@@ -165,7 +167,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let model_path = out.model_path();
     std::fs::write(&model_path, model.encode()).at(&model_path)?;
     out.commit()?;
-    Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after })
+    Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after, notices: devices.notices })
 }
 
 /// The pending rewrite of one program: blobs are written as ops are visited, while op
@@ -192,8 +194,8 @@ impl Rewrite {
         source: &WeightSource,
         index: usize,
         config: &OpConfig,
-        backend: &dyn Backend,
-    ) -> Result<PruneResult> {
+        devices: &mut Devices,
+    ) -> Result<(PruneResult, &'static str)> {
         let info = &graph.ops[index];
         let op = op_at(program, &info.path).ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
         let (value, output) = match (op.const_value(), op.outputs.first()) {
@@ -201,8 +203,9 @@ impl Rewrite {
             _ => return Err(Error::tensor(&info.name, "const op without a value or an output")),
         };
         let (meta, data) = source.read(&info.name, value)?;
-        let pruned = match backend.run(config, &data, &meta.shape, &info.name)? {
-            KernelResult::Skipped(reason) => return Ok(Err(reason)),
+        let (result, device) = devices.run(config, &data, &meta.shape, &info.name)?;
+        let pruned = match result {
+            KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
             KernelResult::Pruned(p) => p,
         };
         let new_name = sparsified_name(&info.name);
@@ -225,7 +228,7 @@ impl Rewrite {
         )?;
         self.renames.push((info.path.function.clone(), output.name.clone(), new_name));
         self.edits.push((info.path.clone(), vec![new_op]));
-        Ok(Ok((kept, bytes_after)))
+        Ok((Ok((kept, bytes_after)), device))
     }
 
     /// Prunes a quantized or palettized weight into its iOS18 joint form (spec §5.9).
@@ -236,12 +239,13 @@ impl Rewrite {
         source: &WeightSource,
         index: usize,
         config: &OpConfig,
-        backend: &dyn Backend,
-    ) -> Result<PruneResult> {
+        devices: &mut Devices,
+    ) -> Result<(PruneResult, &'static str)> {
         let info = &graph.ops[index];
         let m = materialize(&JointContext::new(program, graph, source), index)?;
-        let pruned = match backend.run(config, &m.dense, &m.shape, &info.name)? {
-            KernelResult::Skipped(reason) => return Ok(Err(reason)),
+        let (result, device) = devices.run(config, &m.dense, &m.shape, &info.name)?;
+        let pruned = match result {
+            KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
             KernelResult::Pruned(p) => p,
         };
         let original = op_at(program, &info.path).ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
@@ -260,7 +264,7 @@ impl Rewrite {
         let count = m.dense.len() as u64;
         self.renames.push((info.path.function.clone(), old_output, ops.output));
         self.edits.push((info.path.clone(), ops.ops));
-        Ok(Ok((ops.kept, sparse_bytes(stored, ops.kept, count))))
+        Ok((Ok((ops.kept, sparse_bytes(stored, ops.kept, count))), device))
     }
 }
 

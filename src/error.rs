@@ -43,6 +43,10 @@ pub enum Error {
     /// The command line is unusable as given (e.g. output equals input).
     #[error("{0}")]
     Usage(String),
+    /// The GPU failed: no usable adapter when one was required, a device error (validation, out of
+    /// memory, device lost) or a failed buffer mapping.
+    #[error("gpu: {0}")]
+    Gpu(String),
     /// The model is valid but uses something mlprune does not support.
     #[error("unsupported: {0}")]
     Unsupported(String),

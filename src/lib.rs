@@ -3,14 +3,17 @@
 //! Data flows forward through one module per stage (see `README.md` and the architecture notes):
 //! `package` → `proto`/`mil` → `config` → `blob`/`tensor` → `prune` → `mil` rewrite → `package` write.
 
+pub mod bench;
 pub mod blob;
 pub mod cli;
 pub mod config;
+pub mod devices;
 pub mod dispatch;
 pub mod dtype;
 pub mod encode;
 pub mod engine;
 pub mod error;
+pub mod gpu;
 pub mod inspect;
 pub mod joint;
 pub mod mil;

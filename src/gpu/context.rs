@@ -1,0 +1,264 @@
+//! Device acquisition and the per-run GPU state: one device and queue, the pipelines (compiled once),
+//! the buffer pool, and the error channel that turns wgpu's asynchronous failures into `Error::Gpu`.
+
+use std::sync::{Arc, Mutex};
+
+use super::pool::BufferPool;
+use super::shaders::{ModuleSource, PRUNE_MODULE, SELECT_MODULE};
+use crate::engine::DevicePolicy;
+use crate::error::{Error, Result};
+
+/// Size of the kernels' uniform block (`Params` in shaders/common.wgsl): 20 u32.
+pub(crate) const PARAMS_BYTES: u64 = 80;
+
+/// The compute pipelines, one per entry point, sharing one bind group layout.
+pub(crate) struct Pipelines {
+    pub layout: wgpu::BindGroupLayout,
+    pub histogram: wgpu::ComputePipeline,
+    pub pack: wgpu::ComputePipeline,
+    pub scan_local: wgpu::ComputePipeline,
+    pub scan_blocks: wgpu::ComputePipeline,
+    pub scatter: wgpu::ComputePipeline,
+}
+
+/// An acquired GPU: create one per run and reuse it for every tensor.
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    /// Largest chunk of tensor bytes one dispatch sees (a multiple of 128 bytes = 32 fp32 elements).
+    chunk_bytes: u64,
+    /// The first device error reported asynchronously (validation, out of memory, device lost).
+    errors: Arc<Mutex<Option<String>>>,
+    pub(crate) pipelines: Pipelines,
+    pub(crate) pool: Mutex<BufferPool>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("chunk_bytes", &self.chunk_bytes)
+            .finish()
+    }
+}
+
+/// How well an adapter suits pruning; higher is better, `None` excludes it.
+fn adapter_rank(device_type: wgpu::DeviceType, allow_software: bool) -> Option<u8> {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => Some(4),
+        wgpu::DeviceType::IntegratedGpu => Some(3),
+        wgpu::DeviceType::VirtualGpu => Some(2),
+        wgpu::DeviceType::Other => Some(1),
+        wgpu::DeviceType::Cpu => allow_software.then_some(0),
+    }
+}
+
+impl GpuContext {
+    /// Acquires a device for `policy`: `Cpu` → `None`; `Auto` → the best hardware adapter, or `None`
+    /// when there is none (software rasterizers such as lavapipe report `DeviceType::Cpu` and are
+    /// slower than the CPU kernels); `Gpu` → the best adapter of any kind, software included, or
+    /// `None`. Errors only when an adapter exists but its device cannot be opened.
+    pub fn new(policy: DevicePolicy) -> Result<Option<GpuContext>> {
+        let allow_software = match policy {
+            DevicePolicy::Cpu => return Ok(None),
+            DevicePolicy::Auto => false,
+            DevicePolicy::Gpu => true,
+        };
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL;
+        let instance = wgpu::Instance::new(desc);
+        let adapters = pollster::block_on(instance.enumerate_adapters(desc_backends()));
+        let best = adapters
+            .into_iter()
+            .filter_map(|a| adapter_rank(a.get_info().device_type, allow_software).map(|r| (r, a)))
+            .max_by_key(|(r, _)| *r);
+        let Some((_, adapter)) = best else { return Ok(None) };
+        Self::open(adapter).map(Some)
+    }
+
+    fn open(adapter: wgpu::Adapter) -> Result<GpuContext> {
+        let info = adapter.get_info();
+        // The defaults cap buffers at 256 MiB and bindings at 128 MiB; ask for what the adapter has.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("mlprune"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Gpu(format!("{}: cannot open device: {e}", info.name)))?;
+
+        let errors: Arc<Mutex<Option<String>>> = Arc::default();
+        let sink = Arc::clone(&errors);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| record(&sink, e.to_string())));
+        let sink = Arc::clone(&errors);
+        device.set_device_lost_callback(move |reason, msg| {
+            record(&sink, format!("device lost ({reason:?}): {msg}"))
+        });
+
+        let binding = limits.max_storage_buffer_binding_size;
+        // The readback buffer holds one chunk's values plus its mask: keep it under max_buffer_size.
+        let chunk_bytes = binding.min(limits.max_buffer_size / 2) / 128 * 128;
+        if chunk_bytes < 128 {
+            return Err(Error::Gpu(format!(
+                "{}: storage buffers are too small ({binding} bytes)",
+                info.name
+            )));
+        }
+        let pipelines = build_pipelines(&device);
+        let pool = BufferPool::new(&device);
+        let ctx = GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            chunk_bytes,
+            errors,
+            pipelines,
+            pool: Mutex::new(pool),
+        };
+        ctx.check()?;
+        Ok(ctx)
+    }
+
+    /// The adapter's name and kind, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Cpu, Vulkan)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.device_type, self.info.backend
+        )
+    }
+
+    /// True for software adapters (`DeviceType::Cpu`, e.g. Mesa lavapipe).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The limits the device was opened with (the adapter's own).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Bytes of tensor data one dispatch sees; larger tensors are processed in chunks.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunk_bytes
+    }
+
+    /// Lowers the chunk size (rounded down to a multiple of 128 bytes, at least 128), so tests and
+    /// benchmarks can exercise chunking without gigabytes of data. It never raises it.
+    pub fn set_max_chunk_bytes(&mut self, bytes: u64) {
+        self.chunk_bytes = self.chunk_bytes.min((bytes / 128 * 128).max(128));
+    }
+
+    /// The first asynchronous device error since the context was created, as `Error::Gpu`.
+    pub(crate) fn check(&self) -> Result<()> {
+        let guard = self
+            .errors
+            .lock()
+            .map_err(|_| Error::Gpu("error channel poisoned".into()))?;
+        match guard.as_ref() {
+            Some(msg) => Err(Error::Gpu(format!("{}: {msg}", self.info.name))),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for all submitted work, then reports any device error.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))?;
+        self.check()
+    }
+}
+
+fn desc_backends() -> wgpu::Backends {
+    wgpu::Backends::VULKAN | wgpu::Backends::METAL
+}
+
+fn record(sink: &Mutex<Option<String>>, msg: String) {
+    if let Ok(mut slot) = sink.lock() {
+        // Keep the first error: later ones are usually its consequences.
+        slot.get_or_insert(msg.lines().next().unwrap_or("unknown device error").to_owned());
+    }
+}
+
+fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+fn build_pipelines(device: &wgpu::Device) -> Pipelines {
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: wgpu::BufferSize::new(PARAMS_BYTES),
+        },
+        count: None,
+    }];
+    // 1 data, 2 hist, 3 block flags, 4 mask words, 5 word offsets, 6 block sums, 7 compacted.
+    for (binding, read_only) in [
+        (1, true),
+        (2, false),
+        (3, true),
+        (4, false),
+        (5, false),
+        (6, false),
+        (7, false),
+    ] {
+        entries.push(storage(binding, read_only));
+    }
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("mlprune kernels"),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some("mlprune kernels"),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let module = |m: &ModuleSource| {
+        device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(m.label),
+            source: wgpu::ShaderSource::Wgsl(m.source().into()),
+        })
+    };
+    let select = module(&SELECT_MODULE);
+    let prune = module(&PRUNE_MODULE);
+    let pipeline = |module: &wgpu::ShaderModule, entry: &str| {
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pipeline_layout),
+            module,
+            entry_point: Some(entry),
+            // The kernels clear the workgroup memory they read; skipping the zero-fill saves time.
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[],
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        })
+    };
+    Pipelines {
+        histogram: pipeline(&select, "histogram"),
+        pack: pipeline(&prune, "pack"),
+        scan_local: pipeline(&prune, "scan_local"),
+        scan_blocks: pipeline(&prune, "scan_blocks"),
+        scatter: pipeline(&prune, "scatter"),
+        layout,
+    }
+}

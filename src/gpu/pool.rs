@@ -1,0 +1,156 @@
+//! The buffers every kernel binds, allocated once per context and grown (never shrunk) when a
+//! tensor needs more; tensors reuse them. The bind group is rebuilt only when a buffer is replaced.
+
+use super::context::{Pipelines, PARAMS_BYTES};
+
+/// Histogram bins: 32768 for one pass, plus 65536 × 2 for the fp32 refinement pass.
+pub(crate) const HIST_BINS: u64 = 131_072;
+
+/// Offsets inside the readback buffer: the kept count, then mask words, then values.
+pub(crate) const READBACK_MASK_OFFSET: u64 = 256;
+
+/// Sizes (bytes) a tensor chunk needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Needs {
+    /// Tensor bytes of the largest chunk (rounded up to whole words).
+    pub data: u64,
+    /// Mask words of the largest chunk, in bytes.
+    pub mask: u64,
+    /// Scan block totals plus the grand total, in bytes.
+    pub block_sums: u64,
+    /// Block-pruned flag words, in bytes.
+    pub flags: u64,
+}
+
+pub(crate) struct BufferPool {
+    pub params: wgpu::Buffer,
+    pub hist: wgpu::Buffer,
+    pub data: wgpu::Buffer,
+    pub flags: wgpu::Buffer,
+    pub mask: wgpu::Buffer,
+    pub offsets: wgpu::Buffer,
+    pub block_sums: wgpu::Buffer,
+    pub compacted: wgpu::Buffer,
+    pub readback: wgpu::Buffer,
+    bind_group: Option<wgpu::BindGroup>,
+}
+
+fn buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+/// Grown size: at least `need` (and 16 bytes), rounded up to a power of two but never past `cap`.
+fn grown(need: u64, cap: u64) -> u64 {
+    let need = need.max(16).next_multiple_of(4);
+    need.checked_next_power_of_two()
+        .unwrap_or(need)
+        .min(cap.max(need))
+}
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE;
+const COPY_SRC: wgpu::BufferUsages = wgpu::BufferUsages::COPY_SRC;
+const COPY_DST: wgpu::BufferUsages = wgpu::BufferUsages::COPY_DST;
+
+impl BufferPool {
+    pub fn new(device: &wgpu::Device) -> Self {
+        BufferPool {
+            params: buffer(
+                device,
+                "params",
+                PARAMS_BYTES,
+                wgpu::BufferUsages::UNIFORM | COPY_DST,
+            ),
+            hist: buffer(device, "histogram", HIST_BINS * 4, STORAGE | COPY_SRC | COPY_DST),
+            data: buffer(device, "data", 16, STORAGE | COPY_DST),
+            flags: buffer(device, "block flags", 16, STORAGE | COPY_DST),
+            mask: buffer(device, "mask words", 16, STORAGE | COPY_SRC),
+            offsets: buffer(device, "word offsets", 16, STORAGE),
+            block_sums: buffer(device, "block sums", 16, STORAGE | COPY_SRC),
+            compacted: buffer(device, "compacted", 16, STORAGE | COPY_SRC | COPY_DST),
+            readback: buffer(
+                device,
+                "readback",
+                HIST_BINS * 4,
+                wgpu::BufferUsages::MAP_READ | COPY_DST,
+            ),
+            bind_group: None,
+        }
+    }
+
+    /// Grows whatever is too small for `needs`; `cap` bounds the bound (chunk-sized) buffers and
+    /// `max_buffer` the readback buffer.
+    pub fn ensure(&mut self, device: &wgpu::Device, needs: Needs, cap: u64, max_buffer: u64) {
+        let replace = |buf: &mut wgpu::Buffer, need: u64, label: &str, usage: wgpu::BufferUsages| {
+            if buf.size() < need {
+                *buf = buffer(device, label, grown(need, cap), usage);
+                true
+            } else {
+                false
+            }
+        };
+        let readback_need =
+            (READBACK_MASK_OFFSET + needs.mask.next_multiple_of(256) + needs.data).max(HIST_BINS * 4);
+        let mut changed = false;
+        changed |= replace(&mut self.data, needs.data, "data", STORAGE | COPY_DST);
+        changed |= replace(&mut self.flags, needs.flags, "block flags", STORAGE | COPY_DST);
+        changed |= replace(&mut self.mask, needs.mask, "mask words", STORAGE | COPY_SRC);
+        changed |= replace(&mut self.offsets, needs.mask, "word offsets", STORAGE);
+        changed |= replace(
+            &mut self.block_sums,
+            needs.block_sums,
+            "block sums",
+            STORAGE | COPY_SRC,
+        );
+        changed |= replace(
+            &mut self.compacted,
+            needs.data,
+            "compacted",
+            STORAGE | COPY_SRC | COPY_DST,
+        );
+        // The readback buffer is not bound: growing it keeps the bind group.
+        if self.readback.size() < readback_need {
+            let size = grown(readback_need, max_buffer);
+            self.readback = buffer(device, "readback", size, wgpu::BufferUsages::MAP_READ | COPY_DST);
+        }
+        if changed {
+            self.bind_group = None;
+        }
+    }
+
+    /// The bind group over the current buffers.
+    pub fn bind_group(&mut self, device: &wgpu::Device, pipelines: &Pipelines) -> wgpu::BindGroup {
+        if let Some(group) = &self.bind_group {
+            return group.clone();
+        }
+        let buffers = [
+            &self.params,
+            &self.data,
+            &self.hist,
+            &self.flags,
+            &self.mask,
+            &self.offsets,
+            &self.block_sums,
+            &self.compacted,
+        ];
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("mlprune kernels"),
+            layout: &pipelines.layout,
+            entries: &entries,
+        });
+        self.bind_group = Some(group.clone());
+        group
+    }
+}

@@ -1,0 +1,313 @@
+//! Chunked execution of the kernels: upload a chunk, dispatch, read back. Every pass goes through
+//! here, so the limits (binding size, 65535 workgroups per dimension) are handled in one place.
+
+use std::sync::MutexGuard;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::context::GpuContext;
+use super::pool::{BufferPool, Needs, HIST_BINS, READBACK_MASK_OFFSET};
+use crate::error::{Error, Result};
+
+/// Threads per workgroup (`WG` in shaders/common.wgsl).
+const WG: u64 = 256;
+/// Workgroups per grid dimension allowed by WebGPU.
+const MAX_GRID: u64 = 65_535;
+
+/// The kernels' uniform block, field for field as `Params` in shaders/common.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
+pub(crate) struct Params {
+    pub n: u32,
+    pub base: u32,
+    pub is_f16: u32,
+    pub mode: u32,
+    pub cut: u32,
+    pub has_cut: u32,
+    pub hist_shift: u32,
+    pub hist_mask: u32,
+    pub use_prefix: u32,
+    pub prefix_shift: u32,
+    pub prefix_a: u32,
+    pub prefix_b: u32,
+    pub channel: u32,
+    pub inner: u32,
+    pub group: u32,
+    pub n_prune: u32,
+    pub blocks: u32,
+    pub words: u32,
+    pub scan_blocks: u32,
+    pub pad: u32,
+}
+
+pub(crate) const MODE_WHERE_CUT: u32 = 0;
+pub(crate) const MODE_MULTIPLY_ALL: u32 = 1;
+pub(crate) const MODE_BLOCK: u32 = 2;
+pub(crate) const MODE_NM: u32 = 3;
+
+/// One tensor's raw bytes on their way to the GPU.
+pub(crate) struct TensorBytes<'a> {
+    pub bytes: &'a [u8],
+    pub n: u64,
+    pub is_f16: bool,
+    /// Elements per chunk: a multiple of 32 (whole mask words) and of any group band.
+    pub chunk_elems: u64,
+}
+
+impl TensorBytes<'_> {
+    fn elem_bytes(&self) -> u64 {
+        if self.is_f16 {
+            2
+        } else {
+            4
+        }
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.n)
+            .step_by(self.chunk_elems.max(1) as usize)
+            .map(|s| (s, (self.n - s).min(self.chunk_elems)))
+    }
+}
+
+/// The sparse form of one tensor as raw bytes.
+pub(crate) struct Compacted {
+    pub mask: Vec<u8>,
+    pub values: Vec<u8>,
+    pub kept: u64,
+}
+
+/// A 2-D grid of `workgroups` workgroups (the kernels linearize `id.x + id.y * num.x`).
+fn grid(workgroups: u64) -> (u32, u32) {
+    let workgroups = workgroups.max(1);
+    let x = workgroups.min(MAX_GRID);
+    (x as u32, workgroups.div_ceil(x) as u32)
+}
+
+/// Which chunk of the current tensor the data buffer holds, so single-chunk tensors upload once.
+#[derive(Default)]
+pub(crate) struct Resident(Option<u64>);
+
+impl GpuContext {
+    /// The buffer pool, locked for one tensor: its passes share the data buffer (see [`Resident`]).
+    pub(crate) fn lock_pool(&self) -> Result<MutexGuard<'_, BufferPool>> {
+        self.pool
+            .lock()
+            .map_err(|_| Error::Gpu("buffer pool poisoned by an earlier failure".into()))
+    }
+
+    /// Grows the pool for `t` (and `flags_bytes` of block flags).
+    fn size_pool(&self, pool: &mut BufferPool, t: &TensorBytes<'_>, flags_bytes: u64) -> Result<()> {
+        let chunk = t.chunk_elems.min(t.n).max(32);
+        let words = chunk.div_ceil(32);
+        let needs = Needs {
+            data: (chunk * t.elem_bytes()).next_multiple_of(4),
+            mask: words * 4,
+            block_sums: (words.div_ceil(WG) + 1) * 4,
+            flags: flags_bytes.max(4),
+        };
+        pool.ensure(
+            &self.device,
+            needs,
+            self.chunk_bytes(),
+            self.limits().max_buffer_size,
+        );
+        self.check()
+    }
+
+    fn upload(&self, pool: &BufferPool, t: &TensorBytes<'_>, start: u64, len: u64, resident: &mut Resident) {
+        if resident.0 == Some(start) {
+            return;
+        }
+        let eb = t.elem_bytes() as usize;
+        let bytes = &t.bytes[start as usize * eb..(start + len) as usize * eb];
+        let main = bytes.len() / 4 * 4;
+        if main > 0 {
+            self.queue.write_buffer(&pool.data, 0, &bytes[..main]);
+        }
+        if main < bytes.len() {
+            // An odd fp16 tail: buffer writes are whole words.
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - main].copy_from_slice(&bytes[main..]);
+            self.queue.write_buffer(&pool.data, main as u64, &tail);
+        }
+        resident.0 = Some(start);
+    }
+
+    fn dispatch(
+        &self,
+        pool: &mut BufferPool,
+        encoder: &mut wgpu::CommandEncoder,
+        steps: &[(&wgpu::ComputePipeline, u64)],
+    ) {
+        let group = pool.bind_group(&self.device, &self.pipelines);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_bind_group(0, &group, &[]);
+        for (pipeline, workgroups) in steps {
+            pass.set_pipeline(pipeline);
+            let (x, y) = grid(*workgroups);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+    }
+
+    fn encoder(&self) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+    }
+
+    /// Maps the first `size` bytes of the readback buffer after the submitted work and copies them.
+    fn read_back(&self, pool: &BufferPool, size: u64) -> Result<Vec<u8>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        pool.readback.map_async(wgpu::MapMode::Read, 0..size, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("readback was never mapped".into()))?
+            .map_err(|e| Error::Gpu(format!("cannot map the readback buffer: {e}")))?;
+        let bytes = pool
+            .readback
+            .get_mapped_range(0..size)
+            .map(|view| view.to_vec())
+            .map_err(|e| Error::Gpu(format!("cannot read the readback buffer: {e}")));
+        pool.readback.unmap();
+        bytes
+    }
+
+    /// Histogram of magnitude keys over the whole tensor (`bins` ≤ 131072), counts summed over
+    /// chunks on the device. `params` carries the bin selection; n/base are set per chunk.
+    pub(crate) fn histogram(
+        &self,
+        pool: &mut BufferPool,
+        t: &TensorBytes<'_>,
+        params: Params,
+        bins: u64,
+        resident: &mut Resident,
+    ) -> Result<Vec<u32>> {
+        self.size_pool(pool, t, 0)?;
+        let mut encoder = self.encoder();
+        encoder.clear_buffer(&pool.hist, 0, None);
+        self.queue.submit([encoder.finish()]);
+        for (start, len) in t.chunks() {
+            self.upload(pool, t, start, len, resident);
+            let p = Params {
+                n: len as u32,
+                base: start as u32,
+                is_f16: t.is_f16 as u32,
+                ..params
+            };
+            self.queue.write_buffer(&pool.params, 0, bytemuck::bytes_of(&p));
+            let mut encoder = self.encoder();
+            let histogram = &self.pipelines.histogram;
+            self.dispatch(pool, &mut encoder, &[(histogram, len.div_ceil(WG))]);
+            self.queue.submit([encoder.finish()]);
+        }
+        let bins = bins.min(HIST_BINS);
+        let mut encoder = self.encoder();
+        encoder.copy_buffer_to_buffer(&pool.hist, 0, &pool.readback, 0, bins * 4);
+        self.queue.submit([encoder.finish()]);
+        let bytes = self.read_back(pool, bins * 4)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect())
+    }
+
+    /// Keep-mask, packing and compaction of every chunk with the decision in `params`;
+    /// `flags` are the block-pruned bits for `MODE_BLOCK`.
+    pub(crate) fn mask_and_compact(
+        &self,
+        pool: &mut BufferPool,
+        t: &TensorBytes<'_>,
+        params: Params,
+        flags: &[u32],
+        resident: &mut Resident,
+    ) -> Result<Compacted> {
+        let flags_bytes = flags.len() as u64 * 4;
+        self.size_pool(pool, t, flags_bytes)?;
+        if !flags.is_empty() {
+            self.queue
+                .write_buffer(&pool.flags, 0, bytemuck::cast_slice(flags));
+        }
+        let eb = t.elem_bytes();
+        let mut out = Compacted {
+            mask: Vec::with_capacity(t.n.div_ceil(8) as usize),
+            values: Vec::new(),
+            kept: 0,
+        };
+        for (start, len) in t.chunks() {
+            self.upload(pool, t, start, len, resident);
+            let words = len.div_ceil(32);
+            let scan_blocks = words.div_ceil(WG);
+            let p = Params {
+                n: len as u32,
+                base: start as u32,
+                is_f16: t.is_f16 as u32,
+                words: words as u32,
+                scan_blocks: scan_blocks as u32,
+                ..params
+            };
+            self.queue.write_buffer(&pool.params, 0, bytemuck::bytes_of(&p));
+            let value_bytes = (len * eb).next_multiple_of(4);
+            let mask_bytes = words * 4;
+            let values_at = READBACK_MASK_OFFSET + mask_bytes.next_multiple_of(256);
+            let mut encoder = self.encoder();
+            encoder.clear_buffer(&pool.compacted, 0, Some(value_bytes));
+            let pl = &self.pipelines;
+            let elem_groups = len.div_ceil(WG);
+            self.dispatch(
+                pool,
+                &mut encoder,
+                &[
+                    (&pl.pack, elem_groups),
+                    (&pl.scan_local, scan_blocks),
+                    (&pl.scan_blocks, 1),
+                    (&pl.scatter, elem_groups),
+                ],
+            );
+            encoder.copy_buffer_to_buffer(&pool.block_sums, scan_blocks * 4, &pool.readback, 0, 4);
+            encoder.copy_buffer_to_buffer(&pool.mask, 0, &pool.readback, READBACK_MASK_OFFSET, mask_bytes);
+            encoder.copy_buffer_to_buffer(&pool.compacted, 0, &pool.readback, values_at, value_bytes);
+            self.queue.submit([encoder.finish()]);
+            let bytes = self.read_back(pool, values_at + value_bytes)?;
+            let kept = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+            if kept > len {
+                return Err(Error::Gpu(format!(
+                    "compaction counted {kept} kept values in a chunk of {len}"
+                )));
+            }
+            let mask_start = READBACK_MASK_OFFSET as usize;
+            out.mask
+                .extend_from_slice(&bytes[mask_start..mask_start + len.div_ceil(8) as usize]);
+            out.values
+                .extend_from_slice(&bytes[values_at as usize..(values_at + kept * eb) as usize]);
+            out.kept += kept;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_stay_within_the_per_dimension_limit() {
+        assert_eq!(grid(0), (1, 1));
+        assert_eq!(grid(65_535), (65_535, 1));
+        assert_eq!(grid(65_536), (65_535, 2));
+        let (x, y) = grid(262_144);
+        assert!(u64::from(x) * u64::from(y) >= 262_144 && y <= 65_535);
+    }
+
+    #[test]
+    fn params_match_the_wgsl_struct_size() {
+        assert_eq!(
+            std::mem::size_of::<Params>() as u64,
+            super::super::context::PARAMS_BYTES
+        );
+    }
+}

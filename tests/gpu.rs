@@ -1,0 +1,498 @@
+//! One test, two devices: every case is written once and run on every available backend — the CPU
+//! reference always, the GPU when an adapter exists (software adapters such as lavapipe included),
+//! once with the adapter's chunk size and once with a tiny one that forces chunking. Results must
+//! be the same bytes.
+//!
+//! Without an adapter the GPU half prints "skipping GPU tests: no adapter" and passes, unless
+//! `MLPRUNE_REQUIRE_GPU=1` is set (CI), where it fails.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use half::f16;
+use mlprune::bench::same_bytes;
+use mlprune::config::OpConfig;
+use mlprune::dispatch::{Backend, CpuBackend, KernelResult};
+use mlprune::engine::DevicePolicy;
+use mlprune::gpu::{GpuBackend, GpuContext};
+use mlprune::tensor::TensorData;
+
+/// Chunk size of the chunking backend: 1 KiB = 256 fp32 / 512 fp16 elements.
+const TINY_CHUNK_BYTES: u64 = 1024;
+
+struct Gpus {
+    normal: GpuBackend,
+    chunked: GpuBackend,
+}
+
+fn gpus() -> Option<&'static Gpus> {
+    static GPUS: OnceLock<Option<Gpus>> = OnceLock::new();
+    GPUS.get_or_init(|| {
+        let open = || GpuContext::new(DevicePolicy::Gpu).expect("opening the GPU adapter failed");
+        let normal = open()?;
+        let mut chunked = open()?;
+        chunked.set_max_chunk_bytes(TINY_CHUNK_BYTES);
+        eprintln!("GPU tests run on {}", normal.describe());
+        Some(Gpus {
+            normal: GpuBackend::new(normal),
+            chunked: GpuBackend::new(chunked),
+        })
+    })
+    .as_ref()
+}
+
+/// The GPU backends, or `None` after the skip notice (a failure under MLPRUNE_REQUIRE_GPU=1).
+fn gpu_or_skip() -> Option<&'static Gpus> {
+    let gpus = gpus();
+    if gpus.is_none() {
+        assert!(
+            std::env::var("MLPRUNE_REQUIRE_GPU").as_deref() != Ok("1"),
+            "MLPRUNE_REQUIRE_GPU=1 but no GPU adapter was found (install mesa-vulkan-drivers for lavapipe)"
+        );
+        eprintln!("skipping GPU tests: no adapter");
+    }
+    gpus
+}
+
+/// Runs one case on every backend and compares with the CPU byte for byte. Returns the CPU result.
+fn check(config: &OpConfig, data: &TensorData, shape: &[u64], label: &str) -> KernelResult {
+    let reference = CpuBackend.run(config, data, shape, label);
+    if let Some(g) = gpu_or_skip() {
+        for (name, backend) in [("gpu", &g.normal), ("gpu-chunked", &g.chunked)] {
+            let got = backend.run(config, data, shape, label);
+            match (&reference, &got) {
+                (Ok(want), Ok(got)) => {
+                    assert!(
+                        same_bytes(want, got),
+                        "{label} on {name}: {config:?}\n cpu: {want:?}\n gpu: {got:?}"
+                    )
+                }
+                (Err(want), Err(got)) => assert_eq!(want.to_string(), got.to_string(), "{label} on {name}"),
+                _ => panic!("{label} on {name}: cpu {reference:?} vs {got:?}"),
+            }
+        }
+    }
+    reference.unwrap_or_else(|e| KernelResult::Skipped(format!("error: {e}")))
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Roughly normal values of scale 1 (sum of uniforms).
+    fn normal(&mut self) -> f32 {
+        (0..4)
+            .map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32)
+            .sum::<f32>()
+            - 2.0
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fill {
+    Random,
+    /// Few distinct magnitudes: many ties.
+    Ties,
+    /// Random values sprinkled with NaN (several payloads), ±inf, −0.0, +0.0 and subnormals.
+    Specials,
+}
+
+fn values_f32(n: usize, fill: Fill, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    (0..n)
+        .map(|_| match fill {
+            Fill::Random => rng.normal(),
+            Fill::Ties => [0.0, 0.5, -0.5, 1.0, -1.0, 0.25][(rng.next() % 6) as usize],
+            Fill::Specials => match rng.next() % 12 {
+                0 => f32::from_bits(0x7fc0_0000),
+                1 => f32::from_bits(0xff80_0001),
+                2 => f32::INFINITY,
+                3 => f32::NEG_INFINITY,
+                4 => -0.0,
+                5 => 0.0,
+                6 => f32::from_bits(1 + (rng.next() % 1000) as u32),
+                _ => rng.normal(),
+            },
+        })
+        .collect()
+}
+
+fn values_f16(n: usize, fill: Fill, seed: u64) -> Vec<f16> {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    values_f32(n, fill, seed)
+        .into_iter()
+        .map(|v| match fill {
+            Fill::Specials if rng.next() % 9 == 0 => {
+                f16::from_bits([0x7c01, 0xfe00, 0x0001, 0x8001][(rng.next() % 4) as usize])
+            }
+            // Large magnitudes make fp16 block norms overflow to inf, as numpy's do.
+            Fill::Specials if rng.next() % 13 == 0 => f16::from_f32(v * 400.0),
+            _ => f16::from_f32(v),
+        })
+        .collect()
+}
+
+fn both_dtypes(n: usize, fill: Fill, seed: u64) -> [TensorData; 2] {
+    [
+        TensorData::F16(values_f16(n, fill, seed)),
+        TensorData::F32(values_f32(n, fill, seed)),
+    ]
+}
+
+fn threshold(threshold: f64, minimum: f64) -> OpConfig {
+    OpConfig::Threshold {
+        threshold,
+        minimum_sparsity_percentile: minimum,
+        weight_threshold: None,
+    }
+}
+
+fn magnitude(s: f64) -> OpConfig {
+    OpConfig::Magnitude {
+        target_sparsity: Some(s),
+        block_size: None,
+        n_m_ratio: None,
+        dim: None,
+        weight_threshold: None,
+    }
+}
+
+fn block(s: f64, b: u64, dim: u32) -> OpConfig {
+    OpConfig::Magnitude {
+        target_sparsity: Some(s),
+        block_size: Some(b),
+        n_m_ratio: None,
+        dim: Some(dim),
+        weight_threshold: None,
+    }
+}
+
+fn n_m(n: u64, m: u64, dim: u32) -> OpConfig {
+    OpConfig::Magnitude {
+        target_sparsity: None,
+        block_size: None,
+        n_m_ratio: Some((n, m)),
+        dim: Some(dim),
+        weight_threshold: None,
+    }
+}
+
+const SHAPES: &[&[u64]] = &[
+    &[37, 3],
+    &[64, 64],
+    &[5, 7, 3, 3],
+    &[33, 130],
+    &[300, 17],
+    &[6, 2],
+    &[12, 10, 1, 1],
+];
+const FILLS: [Fill; 3] = [Fill::Random, Fill::Ties, Fill::Specials];
+
+fn for_each_tensor(mut f: impl FnMut(&TensorData, &[u64], String)) {
+    for (si, shape) in SHAPES.iter().enumerate() {
+        let n = shape.iter().product::<u64>() as usize;
+        for (fi, fill) in FILLS.iter().enumerate() {
+            for data in both_dtypes(n, *fill, (si * 10 + fi) as u64) {
+                let label = format!("{:?} {shape:?} {fill:?}", data.dtype());
+                f(&data, shape, label);
+            }
+        }
+    }
+}
+
+#[test]
+fn threshold_matches_on_every_device() {
+    for_each_tensor(|data, shape, label| {
+        for (t, min) in [
+            (0.3, 0.0),
+            (0.09997, 0.0),
+            (1.0, 0.99),
+            (0.0, 0.0),
+            (f64::INFINITY, 0.5),
+            (-1.0, 0.0),
+            (f64::NAN, 0.0),
+        ] {
+            check(
+                &threshold(t, min),
+                data,
+                shape,
+                &format!("{label} threshold {t} min {min}"),
+            );
+        }
+    });
+}
+
+#[test]
+fn magnitude_matches_on_every_device() {
+    for_each_tensor(|data, shape, label| {
+        for s in [0.0, 0.1, 0.3, 0.5, 0.75, 0.999, 1.0, 1.5] {
+            check(&magnitude(s), data, shape, &format!("{label} magnitude {s}"));
+        }
+    });
+}
+
+#[test]
+fn block_sparsity_matches_on_every_device() {
+    for_each_tensor(|data, shape, label| {
+        for (s, b, dim) in [
+            (0.5, 2, 0),
+            (0.3, 3, 1),
+            (0.75, 1, 0),
+            (0.5, 4, 1),
+            (1.0, 2, 0),
+            (0.0, 2, 1),
+            (0.5, 0, 0),
+            (0.5, 64, 0),
+        ] {
+            check(
+                &block(s, b, dim),
+                data,
+                shape,
+                &format!("{label} block {s} b{b} dim{dim}"),
+            );
+        }
+    });
+}
+
+#[test]
+fn n_m_matches_on_every_device() {
+    for_each_tensor(|data, shape, label| {
+        for (n, m, dim) in [
+            (1, 2, 1),
+            (2, 4, 0),
+            (3, 8, 1),
+            (0, 4, 0),
+            (4, 4, 1),
+            (5, 16, 0),
+            (3, 5, 0),
+            (2, 17, 0),
+            (5, 3, 1),
+        ] {
+            check(
+                &n_m(n, m, dim),
+                data,
+                shape,
+                &format!("{label} n:m {n}:{m} dim{dim}"),
+            );
+        }
+    });
+}
+
+#[test]
+fn integer_weights_and_empty_tensors_fall_back_to_the_cpu_kernels() {
+    let ints: Vec<i8> = (0..200).map(|i| (i * 37 % 256) as u8 as i8).collect();
+    let cases = [
+        (TensorData::I8(ints.clone()), vec![20u64, 10]),
+        (TensorData::F32(Vec::new()), vec![0, 4]),
+    ];
+    for (data, shape) in &cases {
+        for config in [magnitude(0.5), threshold(0.5, 0.0), n_m(1, 2, 1)] {
+            check(&config, data, shape, &format!("{:?} {shape:?}", data.dtype()));
+        }
+    }
+    if let Some(g) = gpus() {
+        assert!(!g.normal.handles(&magnitude(0.5), &cases[0].0, &cases[0].1));
+        assert!(!g
+            .normal
+            .handles(&n_m(2, 17, 0), &TensorData::F32(vec![1.0; 68]), &[34, 2]));
+        assert!(g
+            .normal
+            .handles(&n_m(2, 16, 0), &TensorData::F32(vec![1.0; 68]), &[34, 2]));
+    }
+}
+
+/// Tensors many chunks long (the chunked backend sees 1 KiB at a time), with odd sizes so the last
+/// chunk is partial, and fp32 percentiles whose two order statistics fall in different bins.
+#[test]
+fn tensors_larger_than_one_chunk_match() {
+    let shapes: &[&[u64]] = &[&[1001, 7], &[96, 64, 3], &[4099, 2]];
+    for shape in shapes {
+        let n = shape.iter().product::<u64>() as usize;
+        for fill in FILLS {
+            for data in both_dtypes(n, fill, n as u64) {
+                let label = format!("{:?} {shape:?} {fill:?}", data.dtype());
+                for config in [
+                    magnitude(0.5),
+                    magnitude(0.37),
+                    threshold(0.4, 0.0),
+                    block(0.5, 2, 0),
+                    block(0.4, 3, 1),
+                    n_m(2, 4, 1),
+                    n_m(3, 8, 0),
+                    n_m(1, 3, 1),
+                ] {
+                    check(&config, &data, shape, &format!("{label} {config:?}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fp16_with_all_ties_and_every_nan_rule() {
+    // Every element equal: the percentile lands on the tie; n:m prunes the first n of each group.
+    let ties = TensorData::F16(vec![f16::from_f32(0.5); 24 * 8]);
+    check(&magnitude(0.5), &ties, &[24, 8], "all ties magnitude");
+    check(&n_m(2, 4, 1), &ties, &[24, 8], "all ties n:m");
+    // NaN with payloads, ±inf and −0.0 in every position of an n:m group.
+    let specials: Vec<f16> = [0x7c01u16, 0xfc00, 0x7c00, 0x8000, 0x0000, 0x3c00, 0xbc00, 0x7e00]
+        .iter()
+        .cycle()
+        .take(64)
+        .map(|&b| f16::from_bits(b))
+        .collect();
+    let data = TensorData::F16(specials);
+    for config in [
+        n_m(2, 4, 1),
+        n_m(4, 4, 1),
+        magnitude(1.0),
+        magnitude(0.5),
+        threshold(f64::INFINITY, 0.0),
+        block(0.5, 2, 1),
+    ] {
+        let result = check(&config, &data, &[8, 8], &format!("specials {config:?}"));
+        assert!(matches!(result, KernelResult::Pruned(_)), "{config:?}");
+    }
+}
+
+// ----- end to end ----------------------------------------------------------------------------------
+
+fn mlprune(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .args(args)
+        .output()
+        .expect("running mlprune")
+}
+
+/// Every file of a package folder, by relative path.
+fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("reading the output package") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .expect("inside the package")
+                    .display()
+                    .to_string();
+                out.push((rel, std::fs::read(&path).expect("reading an output file")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn prune_on_the_gpu_writes_the_same_package_as_on_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let models = [
+        "tests/fixtures/linear_fp16_ios16.mlpackage",
+        "tests/fixtures/linear_fp32_ios17.mlpackage",
+        "tests/fixtures/conv_fp16_ios18.mlpackage",
+        "tests/fixtures/conv_fp32_ios16.mlpackage",
+        "examples/sample/sample.mlpackage",
+    ];
+    let modes: [&[&str]; 4] = [
+        &["--sparsity", "0.5"],
+        &["--threshold", "0.02", "--min-sparsity", "0.0"],
+        &["--sparsity", "0.5", "--block-size", "2"],
+        &["--n-m", "2:4"],
+    ];
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut gpu_tensors = 0;
+    for (mi, model) in models.iter().enumerate() {
+        let input = root.join(model);
+        for (ci, mode) in modes.iter().enumerate() {
+            let mut outputs = Vec::new();
+            for device in ["cpu", "gpu"] {
+                let out = tmp.path().join(format!("{mi}-{ci}-{device}.mlpackage"));
+                let report = tmp.path().join(format!("{mi}-{ci}-{device}.json"));
+                let mut args = vec![
+                    "prune",
+                    input.to_str().expect("utf-8 path"),
+                    out.to_str().expect("utf-8 path"),
+                ];
+                args.extend_from_slice(mode);
+                args.extend_from_slice(&[
+                    "--weight-threshold",
+                    "0",
+                    "--device",
+                    device,
+                    "--gpu-min-elements",
+                    "0",
+                ]);
+                args.extend_from_slice(&["--report", report.to_str().expect("utf-8 path"), "--quiet"]);
+                let run = mlprune(&args);
+                assert!(
+                    run.status.success(),
+                    "{model} {mode:?} {device}: {}",
+                    String::from_utf8_lossy(&run.stderr)
+                );
+                let report: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
+                for t in report.as_array().expect("report array") {
+                    if t["pruned"] == true {
+                        let want = if device == "gpu" { "gpu" } else { "cpu" };
+                        assert_eq!(t["device"], want, "{model} {mode:?}: {t}");
+                        gpu_tensors += usize::from(device == "gpu");
+                    }
+                }
+                outputs.push(files(&out));
+            }
+            assert_eq!(
+                outputs[0], outputs[1],
+                "{model} {mode:?}: cpu and gpu packages differ"
+            );
+        }
+    }
+    assert!(gpu_tensors > 0, "no tensor was pruned on the GPU");
+}
+
+#[test]
+fn sample_config_prunes_identically_on_gpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let input = root.join("examples/sample/sample.mlpackage");
+    let config = root.join("examples/sample/config.yaml");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut outputs = Vec::new();
+    for device in ["cpu", "gpu"] {
+        let out = tmp.path().join(format!("{device}.mlpackage"));
+        let args = [
+            "prune",
+            input.to_str().expect("utf-8"),
+            out.to_str().expect("utf-8"),
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--device",
+            device,
+            "--gpu-min-elements",
+            "0",
+        ];
+        let run = mlprune(&args);
+        assert!(
+            run.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        outputs.push(files(&out));
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}
