@@ -209,7 +209,10 @@ impl Rewrite {
             KernelResult::Pruned(p) => p,
         };
         let new_name = sparsified_name(&info.name);
-        if graph.producer(&info.path.function, &new_name).is_some() {
+        // Two consts can share a `name` attribute (names are only unique per output): the second
+        // would define `<name>_sparsified` again, so names this rewrite already created count too.
+        let created = self.renames.iter().any(|(f, _, n)| *f == info.path.function && *n == new_name);
+        if created || graph.producer(&info.path.function, &new_name).is_some() {
             return Err(Error::Graph(format!(
                 "cannot prune '{}': the model already has a value named '{new_name}'",
                 info.name

@@ -61,6 +61,19 @@ impl Error {
         }
     }
 
+    /// The message as the CLI prints it: always one line. Names and reasons can carry text from the
+    /// input (a manifest string, a tensor name, a path), so control characters such as newlines are
+    /// escaped rather than allowed to split the line or forge another one.
+    pub fn one_line(&self) -> String {
+        let text = self.to_string();
+        if !text.contains(char::is_control) {
+            return text;
+        }
+        text.chars()
+            .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+            .collect()
+    }
+
     /// Shorthand for wrapping an `io::Error` with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
@@ -79,5 +92,25 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_escapes_control_characters_from_the_input() {
+        let e = Error::Manifest {
+            path: "m/Manifest.json".into(),
+            reason: "fileFormatVersion '1.0\r\nmlprune: error: forged\t' is not major.minor.patch".into(),
+        };
+        assert_eq!(
+            e.one_line(),
+            "m/Manifest.json: invalid manifest: fileFormatVersion '1.0\\r\\nmlprune: error: forged\\t' \
+             is not major.minor.patch"
+        );
+        let plain = Error::Usage("output o exists".into());
+        assert_eq!(plain.one_line(), plain.to_string());
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::dtype::ScalarType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
@@ -197,22 +197,60 @@ fn chain_bytes(
     total
 }
 
-/// For a `constexpr_sparse_to_dense` whose mask is held inline, the share of zero mask bits.
-fn sparse_mask_share(op: &Operation, meta: &TensorMeta, source: &WeightSource, name: &str) -> Result<Option<f64>> {
-    if op.r#type != "constexpr_sparse_to_dense" || meta.count == 0 {
-        return Ok(None);
-    }
-    let inline_mask = op.attributes.get("mask").or_else(|| {
-        op.inputs.get("mask").and_then(|a| match a.arguments.first().and_then(|b| b.binding.as_ref()) {
+/// The value of parameter `param` when the op holds it inline: an attribute (iOS16 serialization)
+/// or an input bound to a value (iOS18); `None` when it is another op's output.
+fn inline_param<'a>(op: &'a Operation, param: &str) -> Option<&'a crate::proto::mil::Value> {
+    op.attributes.get(param).or_else(|| {
+        op.inputs.get(param).and_then(|a| match a.arguments.first().and_then(|b| b.binding.as_ref()) {
             Some(Binding::Value(v)) => Some(v),
             _ => None,
         })
-    });
-    let Some(mask) = inline_mask else { return Ok(None) };
-    let (_, data) = source.read(&format!("{name}.mask"), mask)?;
+    })
+}
+
+/// For a `constexpr_sparse_to_dense` whose mask is held inline, the share of zero mask bits. The
+/// mask must have one bit per dense element (iOS16: packed `uint8[ceil(N/8)]` with zero bits past N;
+/// iOS18: `uint1` of the dense shape), and an inline `nonzero_data` one value per set bit: Core ML
+/// reads past the data otherwise, so a model that disagrees is refused, not reported.
+fn sparse_mask_share(op: &Operation, meta: &TensorMeta, source: &WeightSource, name: &str) -> Result<Option<f64>> {
+    if op.r#type != "constexpr_sparse_to_dense" {
+        return Ok(None);
+    }
+    let Some(mask) = inline_param(op, "mask") else { return Ok(None) };
+    let (mask_meta, data) = source.read(&format!("{name}.mask"), mask)?;
+    let bits = match mask_meta.dtype {
+        ScalarType::UInt8 => mask_meta.count.saturating_mul(8),
+        ScalarType::UInt1 => mask_meta.count,
+        other => {
+            return Err(Error::tensor(name, format!("mask is {other}, expected uint8 (iOS16) or uint1 (iOS18)")))
+        }
+    };
+    if bits < meta.count || bits - meta.count >= 8 || (mask_meta.dtype == ScalarType::UInt1 && bits != meta.count) {
+        return Err(Error::tensor(
+            name,
+            format!("{} mask of {} elements does not fit the {} dense elements", mask_meta.dtype, mask_meta.count, meta.count),
+        ));
+    }
     let bytes = data.to_le_bytes();
     let kept: u64 = bytes.iter().map(|b| u64::from(b.count_ones())).sum();
-    Ok(Some(1.0 - kept.min(meta.count) as f64 / meta.count as f64))
+    // Bits of the last byte past the dense elements must be clear; `bits - count < 8` above.
+    let unused = bits - meta.count;
+    if unused > 0 && bytes.last().is_some_and(|&last| last >> (8 - unused) != 0) {
+        return Err(Error::tensor(name, format!("mask sets bits past the {} dense elements", meta.count)));
+    }
+    if let Some(nonzero) = inline_param(op, "nonzero_data") {
+        let (nonzero_meta, _) = source.read(&format!("{name}.nonzero_data"), nonzero)?;
+        if nonzero_meta.count != kept {
+            return Err(Error::tensor(
+                name,
+                format!("nonzero_data holds {} values but the mask sets {kept} bits", nonzero_meta.count),
+            ));
+        }
+    }
+    if meta.count == 0 {
+        return Ok(None);
+    }
+    Ok(Some(1.0 - kept as f64 / meta.count as f64))
 }
 
 /// The human table: one row per tensor, then the total line.

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match mlprune::cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mlprune: error: {e}");
+            eprintln!("mlprune: error: {}", e.one_line());
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }

@@ -11,6 +11,7 @@ use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::blob::{BlobReader, BlobWriter};
+use crate::dtype::ScalarType;
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::{argument::binding::Binding, value, Operation, Value};
 use crate::tensor::TensorData;
@@ -58,7 +59,8 @@ pub fn op_values_mut(op: &mut Operation) -> Vec<(String, &mut Value)> {
 /// Writes a fresh `weight.bin`, copying original blobs on first reference and appending new ones.
 pub struct WeightFileBuilder<W: Write + Seek = BufWriter<File>> {
     writer: BlobWriter<W>,
-    copied: BTreeMap<u64, u64>,
+    /// Original offset → (new offset, dtype, element count) of each blob copied so far.
+    copied: BTreeMap<u64, (u64, ScalarType, u64)>,
 }
 
 impl WeightFileBuilder<BufWriter<File>> {
@@ -84,14 +86,26 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
         for (param, v) in op_values_mut(op) {
             let Some(value::Value::BlobFileValue(blob)) = v.value.as_ref() else { continue };
             let old = blob.offset;
+            let tensor = format!("{op_name}.{param}");
+            super::source::check_blob_file(&tensor, v)?;
+            let meta = TensorMeta::of(v).ok_or_else(|| {
+                Error::tensor(&tensor, "blob value without a numeric tensor type of known shape")
+            })?;
             let new = match self.copied.get(&old) {
-                Some(&new) => new,
+                // A blob shared by several values was validated against the first one's type; every
+                // other must declare the same, or the copy would carry a reference that misreads it.
+                Some(&(new, dtype, count)) if (dtype, count) == (meta.dtype, meta.count) => new,
+                Some(&(_, dtype, count)) => {
+                    return Err(Error::tensor(
+                        &tensor,
+                        format!(
+                            "declares {} {} elements, but the weight.bin blob at offset {old} it shares \
+                             with another value holds {count} {dtype} elements",
+                            meta.count, meta.dtype
+                        ),
+                    ))
+                }
                 None => {
-                    let tensor = format!("{op_name}.{param}");
-                    super::source::check_blob_file(&tensor, v)?;
-                    let meta = TensorMeta::of(v).ok_or_else(|| {
-                        Error::tensor(&tensor, "blob value without a numeric tensor type of known shape")
-                    })?;
                     let reader = source.ok_or_else(|| {
                         Error::tensor(&tensor, format!("refers to weight.bin offset {old} but the package has no weight.bin"))
                     })?;
@@ -102,7 +116,7 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
                         other => other,
                     })?;
                     let new = self.writer.append(meta.dtype, &bytes, meta.count)?;
-                    self.copied.insert(old, new);
+                    self.copied.insert(old, (new, meta.dtype, meta.count));
                     new
                 }
             };
@@ -130,5 +144,41 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
 
     pub fn finish(self) -> Result<W> {
         self.writer.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::value::blob_value;
+
+    /// A `weight.bin` in memory holding one fp16 blob of 4 elements at offset 64.
+    fn one_blob_file() -> Vec<u8> {
+        let mut builder = WeightFileBuilder::new(std::io::Cursor::new(Vec::new()), "w.bin".into()).unwrap();
+        assert_eq!(builder.append(&TensorData::F16(vec![half::f16::ONE; 4])).unwrap(), 64);
+        builder.finish().unwrap().into_inner()
+    }
+
+    fn const_op(value: Value) -> Operation {
+        Operation { r#type: "const".into(), attributes: [("val".to_owned(), value)].into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_shared_blob_must_be_declared_alike_by_every_reference() {
+        let file = one_blob_file();
+        let reader = BlobReader::new(file.as_slice(), "w.bin".into()).unwrap();
+        let mut out = WeightFileBuilder::new(std::io::Cursor::new(Vec::new()), "o.bin".into()).unwrap();
+        let mut first = const_op(blob_value(ScalarType::Float16, &[4], 64));
+        let mut same = const_op(blob_value(ScalarType::Float16, &[2, 2], 64));
+        out.copy_op_blobs(&mut first, "a", Some(&reader)).unwrap();
+        out.copy_op_blobs(&mut same, "b", Some(&reader)).unwrap();
+        assert_eq!(out.blob_count(), 1, "copied once");
+        // Same offset, another type: refused, where it used to be patched through unchecked.
+        for (dtype, shape) in [(ScalarType::Float32, vec![2]), (ScalarType::Float16, vec![100])] {
+            let mut other = const_op(blob_value(dtype, &shape, 64));
+            let err = out.copy_op_blobs(&mut other, "c", Some(&reader)).unwrap_err();
+            assert!(matches!(&err, Error::Tensor { tensor, .. } if tensor == "c.val"), "{err}");
+            assert!(err.to_string().contains("offset 64"), "{err}");
+        }
     }
 }

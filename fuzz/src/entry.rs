@@ -1,0 +1,273 @@
+//! The fuzz targets' entry points, shared with `tests/hostile.rs` (which replays the saved corpus
+//! through them without a fuzzer). Each takes arbitrary bytes and must return normally: a reader
+//! may refuse the input with an `mlprune::Error`, but never panic, hang or allocate what the input
+//! merely claims. The asserts below are the properties a clean refusal or success must have; a
+//! failing one is a finding just like a panic inside mlprune.
+//!
+//! `unwrap` here is only ever on the harness's own file operations, never on the input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mlprune::blob::BlobReader;
+use mlprune::config::{from_shortcuts, Shortcuts};
+use mlprune::dtype::ScalarType;
+use mlprune::engine::{self, DevicePolicy, PruneJob};
+use mlprune::inspect::{inspect, render_table};
+use mlprune::mil::graph::{op_at, GraphView};
+use mlprune::mil::{decode_model, OperationExt, ValueExt};
+use mlprune::package::{Manifest, Package};
+use mlprune::proto::spec::model::Type;
+use mlprune::weights::TensorMeta;
+use mlprune::Error;
+
+/// What the CLI prints for an error must be one line (stderr is `mlprune: error: <this>`).
+pub fn assert_one_line(e: &Error) {
+    let text = e.one_line();
+    assert!(
+        !text.is_empty() && !text.contains(['\n', '\r']),
+        "error is not one line: {text:?}"
+    );
+}
+
+/// `weight.bin` target: the header, every record the walk finds, every blob read back as the tensor
+/// its record describes, and one probe at an offset, dtype and count taken from the input's tail.
+pub fn blob_reader(data: &[u8]) {
+    let reader = match BlobReader::new(data, PathBuf::from("weight.bin")) {
+        Ok(reader) => reader,
+        Err(e) => return assert_one_line(&e),
+    };
+    match reader.records() {
+        Ok(records) => {
+            for record in records {
+                // A record the walk validated must read back as exactly what it describes.
+                let read = reader.read_tensor(record.offset, record.dtype, record.element_count());
+                let tensor =
+                    read.unwrap_or_else(|e| panic!("validated record {record:?} does not read: {e}"));
+                assert_eq!(tensor.len() as u64, record.element_count());
+            }
+        }
+        Err(e) => assert_one_line(&e),
+    }
+    if let Some(tail) = data.len().checked_sub(16).and_then(|at| data.get(at..)) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&tail[..8]);
+        // Small offsets, where records are, most of the time; the raw value otherwise.
+        let raw = u64::from_le_bytes(word);
+        let offset = if raw >> 63 == 0 {
+            raw % (data.len() as u64 + 64)
+        } else {
+            raw
+        };
+        let dtype = ScalarType::ALL[usize::from(tail[8]) % ScalarType::ALL.len()];
+        let count = u64::from(u32::from_le_bytes([tail[12], tail[13], tail[14], tail[15]]));
+        if let Err(e) = reader.record(offset) {
+            assert_one_line(&e);
+        }
+        if let Err(e) = reader.read_tensor(offset, dtype, count) {
+            assert_one_line(&e);
+        }
+    }
+}
+
+/// `Manifest.json` target: parse; a manifest that parses must write JSON that parses back to a
+/// manifest naming the same items, before and after adding the weights item (what `prune` writes).
+pub fn manifest(data: &[u8]) {
+    let path = Path::new("Manifest.json");
+    let mut parsed = match Manifest::parse(data, path) {
+        Ok(m) => m,
+        Err(e) => return assert_one_line(&e),
+    };
+    for _ in 0..2 {
+        let json = parsed.to_json();
+        let again = Manifest::parse(&json, path)
+            .unwrap_or_else(|e| panic!("mlprune wrote a manifest it cannot read back: {e}"));
+        assert_eq!(again.root_model_path(), parsed.root_model_path());
+        assert_eq!(again.weights_dir_path(), parsed.weights_dir_path());
+        // Not asserted: byte-identical rewrites. serde_json (without `float_roundtrip`) may parse a
+        // float in an unknown key one ulp off, so such a value can drift by an ulp per rewrite.
+        parsed.ensure_weights_item();
+    }
+}
+
+/// A coremltools manifest naming the model and the weights folder.
+pub const MANIFEST: &str = r#"{
+    "fileFormatVersion": "1.0.0",
+    "itemInfoEntries": {
+        "A": {
+            "author": "com.apple.CoreML",
+            "description": "CoreML Model Specification",
+            "name": "model.mlmodel",
+            "path": "com.apple.CoreML/model.mlmodel"
+        },
+        "B": {
+            "author": "com.apple.CoreML",
+            "description": "CoreML Model Weights",
+            "name": "weights",
+            "path": "com.apple.CoreML/weights"
+        }
+    },
+    "rootModelIdentifier": "A"
+}
+"#;
+
+/// Splits a model-target input: a little-endian u32 model length, the model, then `weight.bin`
+/// (none when nothing follows the model).
+pub fn split_model_input(data: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let Some((len, rest)) = data.split_first_chunk::<4>() else {
+        return (data, None);
+    };
+    let len = (u32::from_le_bytes(*len) as usize).min(rest.len());
+    let (model, weights) = rest.split_at(len);
+    (model, (!weights.is_empty()).then_some(weights))
+}
+
+/// The inverse of [`split_model_input`], to build seeds.
+pub fn join_model_input(model: &[u8], weights: Option<&[u8]>) -> Vec<u8> {
+    let mut out = (model.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(model);
+    out.extend_from_slice(weights.unwrap_or_default());
+    out
+}
+
+/// Writes a package folder holding `model` and `weights` at `dir/in.mlpackage`.
+pub fn write_package(dir: &Path, model: &[u8], weights: Option<&[u8]>) -> PathBuf {
+    let root = dir.join("in.mlpackage");
+    let core_ml = root.join("Data/com.apple.CoreML");
+    std::fs::create_dir_all(core_ml.join("weights")).unwrap();
+    std::fs::write(root.join("Manifest.json"), MANIFEST).unwrap();
+    std::fs::write(core_ml.join("model.mlmodel"), model).unwrap();
+    if let Some(weights) = weights {
+        std::fs::write(core_ml.join("weights/weight.bin"), weights).unwrap();
+    }
+    root
+}
+
+/// Every file under `dir`, by path.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Model target: the decoder and graph walk in memory, every const's declared type, then (for
+/// inputs that get that far) the real `inspect` and `prune`, plain and joint, on a package on disk.
+/// A failed prune must leave no output and no temporary sibling; a successful one must write a
+/// package `inspect` reads; the input is never changed.
+pub fn model(data: &[u8]) {
+    let (model_bytes, weights) = split_model_input(data);
+    let model = match decode_model(model_bytes, Path::new("model.mlmodel")) {
+        Ok(m) => m,
+        Err(e) => return assert_one_line(&e),
+    };
+    let Some(Type::MlProgram(program)) = &model.r#type else {
+        panic!("decode_model returned a model that is not an ML Program");
+    };
+    let graph = match GraphView::build(program) {
+        Ok(g) => g,
+        Err(e) => return assert_one_line(&e),
+    };
+    for (index, info) in graph.ops.iter().enumerate() {
+        let op = op_at(program, &info.path).expect("every indexed op is reachable by its path");
+        let _ = graph.consumers(index);
+        if let Some(value) = op.const_value() {
+            let _ = (
+                TensorMeta::of(value),
+                value.blob_offset(),
+                value.immediate_tensor(),
+            );
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_package(dir.path(), model_bytes, weights);
+    let before = snapshot(&input);
+    match inspect(&input) {
+        Ok(report) => {
+            let table = render_table(&report);
+            assert!(table.starts_with("NAME"));
+        }
+        Err(e) => assert_one_line(&e),
+    }
+    let config = from_shortcuts(&Shortcuts {
+        sparsity: Some(0.5),
+        weight_threshold: Some(0),
+        ..Default::default()
+    })
+    .expect("a valid built-in config");
+    for joint_compression in [false, true] {
+        let output = dir.path().join("out.mlpackage");
+        let job = PruneJob {
+            input: input.clone(),
+            output: output.clone(),
+            config: config.clone(),
+            joint_compression,
+            device: DevicePolicy::Cpu,
+            gpu_min_elements: u64::MAX,
+            force: false,
+        };
+        match engine::prune(&job) {
+            Ok(_) => {
+                if let Err(e) = inspect(&output) {
+                    panic!("prune (joint: {joint_compression}) wrote a package inspect refuses: {e}");
+                }
+                std::fs::remove_dir_all(&output).unwrap();
+            }
+            Err(e) => {
+                assert_one_line(&e);
+                assert!(!output.exists(), "a failed prune left its output");
+            }
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("in.mlpackage")],
+            "temporary files left behind"
+        );
+    }
+    assert!(snapshot(&input) == before, "the input package changed");
+}
+
+/// Zip target: arbitrary bytes as a zipped package. Whatever the archive holds, the input file is
+/// not changed and an opened package lies inside its private extraction folder.
+pub fn zip_package(data: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.zip");
+    std::fs::write(&path, data).unwrap();
+    match Package::open(&path) {
+        Ok(package) => {
+            assert!(package.is_zip());
+            let root = package.root().to_path_buf();
+            assert!(package.model_path().starts_with(&root));
+            if let Some(weight) = package.weight_file() {
+                assert!(weight.starts_with(&root));
+            }
+            drop(package);
+            assert!(!root.exists(), "the extracted copy outlived the package");
+        }
+        Err(e) => assert_one_line(&e),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), data, "the archive changed");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("in.zip")],
+        "files appeared beside the archive"
+    );
+}
