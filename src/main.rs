@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    quiet_wayland_probe();
     let cli = match mlprune::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -20,5 +21,16 @@ fn main() -> ExitCode {
             eprintln!("mlprune: error: {}", e.one_line());
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
+    }
+}
+
+/// Mesa's Vulkan drivers probe for a Wayland display while wgpu lists adapters, and libwayland
+/// prints "error: XDG_RUNTIME_DIR is invalid or not set" to stderr when the variable is unset (CI
+/// boxes, ssh sessions). mlprune never opens a window; giving the probe a directory to look in
+/// keeps that noise out of our one-line error contract. Done first thing in `main`, while the
+/// process has a single thread, and only when the variable is unset.
+fn quiet_wayland_probe() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
 }

@@ -385,3 +385,26 @@ fn joint_compression_needs_ios18() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("Joint compression is only supported since iOS18."));
     assert!(!out.exists());
 }
+
+#[test]
+fn gpu_probe_prints_nothing_but_our_own_line() {
+    // Mesa's Vulkan drivers make libwayland complain on stderr when XDG_RUNTIME_DIR is unset.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.mlpackage");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample/sample.mlpackage");
+    let o = bin()
+        .env_remove("XDG_RUNTIME_DIR")
+        .args(["prune", "--sparsity", "0.5", "--device", "gpu", "--gpu-min-elements", "0", "-q"])
+        .arg(&sample)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    match o.status.code() {
+        // An adapter was found: --quiet means nothing at all on stderr.
+        Some(0) => assert!(stderr.is_empty(), "{stderr}"),
+        // No adapter: exactly our one line.
+        Some(1) => assert_eq!(stderr.lines().count(), 1, "{stderr}"),
+        other => panic!("unexpected exit {other:?}: {stderr}"),
+    }
+}
