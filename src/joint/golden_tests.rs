@@ -330,3 +330,50 @@ fn plan_leaves_plain_consts_alone_and_reports_skips() {
     );
     assert!(matches!(planned[2].decision, Decision::Prune(_)));
 }
+
+/// coremltools materializes every candidate op before it looks at the config, and cannot
+/// materialize a LUT op whose `lut` is another constexpr op's output (what per-channel-scale
+/// palettization and a LUT quantized with `joint_compression=True` write). Joint compression of
+/// such a model fails in coremltools even when the config selects nothing; so must the plan.
+#[test]
+fn lut_read_from_a_constexpr_op_fails_every_joint_plan() {
+    use crate::mil::build::bind_name;
+
+    let skip_all = OptimizationConfig::from_json_str(
+        r#"{"config_type": "OpMagnitudePrunerConfig", "global_config": {"target_sparsity": 0.5, "weight_threshold": 1000000}}"#,
+    )
+    .unwrap();
+    let (_, mut model) = load(&golden_dir().join("lut4t_fp16.mlpackage"));
+    let graph = GraphView::build(&model.program).unwrap();
+    let planned = plan_joint(&model.program, &graph, &skip_all, 9).unwrap();
+    assert!(planned.iter().all(|p| matches!(p.decision, Decision::Skip(_))));
+
+    // A copy of the LUT op, named by its output `lut_src`, becomes the producer of its `lut`
+    // (only the producer's op type matters to the check).
+    let index = graph.ops.iter().position(|o| o.op_type == LUT_TO_DENSE).unwrap();
+    let path = graph.ops[index].path.clone();
+    let mut producer = op_at(&model.program, &path).unwrap().clone();
+    producer.attributes.remove("name");
+    producer.outputs[0].name = "lut_src".into();
+    let op = op_at_mut(&mut model.program, &path).unwrap();
+    op.inputs.insert("lut".into(), bind_name("lut_src"));
+    let block = model
+        .program
+        .functions
+        .get_mut("main")
+        .unwrap()
+        .block_specializations
+        .values_mut()
+        .next()
+        .unwrap();
+    block.operations.insert(0, producer);
+
+    let graph = GraphView::build(&model.program).unwrap();
+    let e = plan_joint(&model.program, &graph, &skip_all, 9).unwrap_err();
+    assert!(matches!(e, crate::Error::Unsupported(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("its lut is the output of constexpr op 'lut_src'"),
+        "{e}"
+    );
+}

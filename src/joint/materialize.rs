@@ -242,6 +242,52 @@ fn materialize_at(ctx: &Context, index: usize, follow: usize) -> Result<Material
     Ok(m)
 }
 
+/// Fails where coremltools' `materialized_val_inference()` raises for the op at `op_index`, from
+/// bindings only. Joint compression calls it on every candidate op before any config is looked at
+/// (`prune_weights.is_valid_op`), so one such op makes every joint prune of the model fail, even
+/// one whose config selects nothing. A LUT op reads `indices.val` and `lut.val`, which are None
+/// when a constexpr op produces them (AttributeError: this is what per-channel-scale palettization
+/// and a LUT quantized with `joint_compression=True` write: a shift-scale op feeding `lut`); a
+/// shift-scale op first materializes constexpr producers of `data` and `scale`, so their failures
+/// propagate. (An `offset` from a constexpr op is read as None by coremltools, i.e. dropped, not
+/// an error; [`materialize`] refuses it.)
+pub fn check_materializable(ctx: &Context, op_index: usize) -> Result<()> {
+    check_at(ctx, op_index, MAX_CHAIN)
+}
+
+fn check_at(ctx: &Context, index: usize, follow: usize) -> Result<()> {
+    let info = ctx
+        .graph
+        .ops
+        .get(index)
+        .ok_or_else(|| Error::Graph(format!("no op with index {index}")))?;
+    let (params, lut_op): (&[&str], bool) = match info.op_type.as_str() {
+        LUT_TO_DENSE => (&["indices", "lut"], true),
+        SHIFT_SCALE => (&["data", "scale"], false),
+        // coremltools materializes other constexpr producers; whether mlprune can is decided
+        // when a value is actually needed.
+        _ => return Ok(()),
+    };
+    for param in params {
+        let Some(InputSource::Constexpr(producer)) = ctx.input_source(index, param)? else {
+            continue;
+        };
+        if lut_op {
+            let p = &ctx.graph.ops[producer];
+            return Err(Error::Unsupported(format!(
+                "op '{}': its {param} is the output of constexpr op '{}' ({}), which coremltools 9.0 \
+                 cannot materialize (AttributeError: 'NoneType' object has no attribute 'shape'), so \
+                 joint compression fails on this model",
+                info.name, p.name, p.op_type
+            )));
+        }
+        if follow > 0 {
+            check_at(ctx, producer, follow - 1)?;
+        }
+    }
+    Ok(())
+}
+
 /// The dtype [`materialize`] will return for the op at `op_index`, from declared types only.
 pub fn dense_dtype(ctx: &Context, op_index: usize) -> Result<ScalarType> {
     let info = &ctx.graph.ops[op_index];

@@ -4,7 +4,9 @@
 //! 1. the program must be iOS18+ (checked before anything else);
 //! 2. candidates are `constexpr_blockwise_shift_scale` / `constexpr_lut_to_dense` ops whose
 //!    materialized value would go to the weight file (fp16/fp32/int8/uint8, ≥ 10 elements); plain
-//!    `const` weights and every other op are left alone;
+//!    `const` weights and every other op are left alone. coremltools materializes every such op
+//!    to decide this, so one it cannot materialize fails the whole run, whatever the config
+//!    ([`check_materializable`]);
 //! 3. config resolution for the op (`_get_const_op_config`, following constexpr chains);
 //! 4. a constexpr consumer → skip; `weight_threshold` None → error; rank ≤ 1 → skip;
 //!    size ≤ weight_threshold → skip;
@@ -20,7 +22,7 @@ use crate::plan::Decision;
 use crate::proto::mil::{value_type, Program};
 use crate::weights::TensorMeta;
 
-use super::materialize::{dense_dtype, Context};
+use super::materialize::{check_materializable, dense_dtype, Context};
 use super::{LUT_TO_DENSE, SHIFT_SCALE};
 
 /// coremltools' message for joint compression on a program below iOS18.
@@ -60,6 +62,7 @@ pub fn plan_joint(
         if info.op_type != SHIFT_SCALE && info.op_type != LUT_TO_DENSE {
             continue;
         }
+        check_materializable(&ctx, index)?;
         let shape = op_at(program, &info.path)
             .and_then(|op| op.outputs.first())
             .and_then(|o| match o.r#type.as_ref()?.r#type.as_ref()? {

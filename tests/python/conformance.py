@@ -6,13 +6,18 @@ Usage: conformance.py --mlprune PATH [--jobs N] [--filter SUBSTR] [--keep DIR] [
 1. Builds seeded models with coremltools (tests/python/conformance_models.py: linear, conv 1-D/2-D/
    3-D/grouped/1x1, matmul and gather with constant operands, add/mul with constant tensors,
    shared consts, consts inside a cond's nested blocks, fp16 ties, NaN/inf; fp32, fp16 through the
-   converter and fp16 written directly; specificationVersion 6 to 10).
+   converter and fp16 written directly; specificationVersion 6 to 10; and models whose weights
+   coremltools itself palettized (nbits 1/2/3/4/6/8, per-tensor / per-grouped-channel) or
+   quantized (int8/uint8 per-channel, int4/uint4 per-block), for joint compression).
 2. Runs the config matrix of tests/python/conformance_cases.py (which config on which model, and
    why that covers spec §5). Each case is written as a JSON file in coremltools' from_dict layout;
    a few cases run mlprune with the shortcut flags instead, against the equivalent config.
 3. For each (model, config): coremltools
    `prune_weights(ct.models.MLModel(p, skip_model_load=True), OptimizationConfig.from_dict(d))`
-   then `save`, and `mlprune prune IN OUT --config cfg.json -q`.
+   then `save`, and `mlprune prune IN OUT --config cfg.json -q`. Joint cases (names ending in
+   `+joint`) pass `joint_compression=True` and `--joint-compression`; coremltools runs with fresh
+   Builder name counters, as in a fresh process, since the sparse ops it adds there take auto
+   names (`constexpr_lut_to_sparse_0`, ...).
 
 A case passes iff
 * both fail: coremltools raised and mlprune exited 1 or 2 (a panic, a signal or a timeout never
@@ -191,6 +196,7 @@ def main():
             if mid in broken:
                 problem = f"test error: model build failed: {broken[mid]}"
                 results.append({"model": mid, "case": case.name, "problems": [problem]})
+                report_failure(results[-1])
                 continue
             case_dir = work / "cases" / f"{index:04d}"
             model_path = str(work / "models" / model_dirname(mid))

@@ -34,15 +34,31 @@ exercise what those models are for; together they cover every behaviour of spec 
 * precomp   models whose weights coremltools already palettized, quantized or pruned: such weights
             are never pruned again, but coremltools still resolves configs for the values it
             materializes from their constexpr ops, so conflicts, `"const"` and constexpr op-type
-            keys raise through them; naming the constexpr op settles a conflict.
+            keys raise through them; naming the constexpr op settles a conflict. Each case runs
+            again with joint compression (`+joint`), where the palettized / quantized weights are
+            pruned (a shared one too) and below iOS18 everything raises.
+* joint     (spec §4.4, §5.9) models coremltools compressed itself (conformance_models.COMPRESSED):
+            palettized with nbits 1/2/3/4/6/8, per-tensor and per-grouped-channel, modes "uniform"
+            and "unique"; int8/uint8 per-channel and int4/uint4 per-block quantized; fp32 and fp16;
+            a conv and a linear compressed, a linear left plain; iOS18, one iOS26, and an iOS16
+            palettized / iOS17 quantized model. Every config runs without joint compression (only
+            the plain linear is pruned) and with it (`+joint`: only the compressed weights are;
+            threshold with and without enough sparsity, magnitude, a structural config that
+            weight_threshold skips, op-name / op-type configs on the compressed weights, their
+            consumers and the plain const; block and n:m raise in coremltools, skip cases
+            included; below iOS18 every joint case raises). Three compressions coremltools makes
+            but cannot prune jointly: per-channel-scale palettization and a quantized LUT (a LUT
+            op reading a shift-scale op's output: every joint prune raises, whatever the config)
+            and vector palettization (raises once a weight is pruned).
 
 A config is a dict in coremltools' from_dict layout, or a function of the model's `Names` (actual op
-and const names differ between fp32 and fp16 conversions) returning one. `expect` states what
+and const names differ between fp32 and fp16 conversions) returning one. `joint` runs
+`prune_weights(..., joint_compression=True)` against `mlprune prune --joint-compression`. `expect` states what
 coremltools must do with it ("error", "pruned": at least one tensor pruned, "none": nothing pruned);
 the suite checks it so a case cannot silently stop testing what it was written for.
 
 Public API:
-    Case(name, config, cli=None, expect=None)
+    Case(name, config, cli=None, expect=None, joint=False)
     matrix() -> list[tuple[str, Case]]      (model id, case) pairs, in a fixed order
     CASES: dict[str, Case]                  by case name (names are unique)
 """
@@ -66,6 +82,8 @@ class Case:
     # coremltools runs, the config these flags must be equivalent to.
     cli: Optional[tuple] = None
     expect: Optional[str] = None
+    # prune_weights(..., joint_compression=True) against `mlprune prune --joint-compression`.
+    joint: bool = False
 
 
 def T(**fields):
@@ -410,6 +428,135 @@ PRECOMP_MLP = [
     Case("precomp_mlp:name_consumer_conflict_free", lambda n: with_(M(target_sparsity=0.5, weight_threshold=0), op_name_configs={n.op("fc2"): m(target_sparsity=0.7, weight_threshold=0)}), expect="pruned"),
 ]
 
+# Joint compression on the precompressed models (case `<name>+joint`, coremltools' outcome):
+# precomp_shared's palettized w_shared feeds two linears (their configs must agree) and its
+# quantized s_shared a linear and an add; both are pruned jointly. No plain const is a candidate,
+# so `"const": None` raises nothing. precomp_mlp's fc1 is already sparse (not a joint candidate),
+# fc2 palettized (pruned jointly), fc3 plain (left alone); structural configs raise.
+PRECOMP_SHARED_JOINT_EXPECT = {
+    "mag": "pruned",
+    "thr": "pruned",
+    "conflict_names": "error",
+    "conflict_null": "error",
+    "type_constexpr": "error",
+    "type_const": "pruned",
+    "constexpr_name_wins": "pruned",
+}
+PRECOMP_MLP_JOINT_EXPECT = {
+    "mag": "pruned",
+    "thr": "pruned",
+    "nm": "error",
+    "type_sparse": "pruned",
+    "name_compressed_null": "pruned",
+    "name_consumer_conflict_free": "pruned",
+}
+
+
+def _joint_variants(cases, expect, suffix="+joint"):
+    """`case` with joint compression; `expect` maps the name after the group prefix to the outcome."""
+    return [
+        Case(f"{c.name}{suffix}", c.config, c.cli, expect[c.name.split(":", 1)[1]], joint=True)
+        for c in cases
+        if c.name.split(":", 1)[1] in expect
+    ]
+
+
+PRECOMP_SHARED_JOINT_MODELS = ["precomp_shared/fp16/ios18", "precomp_shared/fp32/ios26"]
+PRECOMP_SHARED_JOINT = _joint_variants(PRECOMP_SHARED, PRECOMP_SHARED_JOINT_EXPECT)
+PRECOMP_MLP_JOINT_MODELS = ["precomp_mlp/fp16/ios18", "precomp_mlp/fp32/ios26"]
+PRECOMP_MLP_JOINT = _joint_variants(PRECOMP_MLP, PRECOMP_MLP_JOINT_EXPECT)
+# Below iOS18 joint compression raises before any config is looked at.
+PRECOMP_SHARED_JOINT_OLD = _joint_variants(PRECOMP_SHARED, {"mag": "error", "thr": "error"}, "+joint_old")
+PRECOMP_MLP_JOINT_OLD = _joint_variants(PRECOMP_MLP, {"mag": "error", "nm": "error"}, "+joint_old")
+
+# One model per compression of conformance_models.COMPRESSED, fp32 and fp16 alternating.
+JOINT_MODELS = [
+    f"{family}/{'fp16' if i % 2 else 'fp32'}/ios18"
+    for i, family in enumerate(f for f in cm.COMPRESSED if f not in cm.JOINT_UNSUPPORTED)
+] + ["pal4g_uniform/fp16/ios26"]
+JOINT_NO_MATERIALIZE_MODELS = ["pal4t_pcs/fp32/ios18", "pal4t_lutq8/fp16/ios18"]
+JOINT_VECTOR_MODELS = ["pal8g_vector2/fp16/ios18"]
+JOINT_OLD_MODELS = ["pal4t_unique/fp32/ios16", "quant_int8c/fp16/ios17"]
+
+
+JOINT_ONLY = "joint only"
+
+
+def _joint_cases(prefix, joint_outcome=lambda outcome: outcome, without=()):
+    """(config, outcome without joint compression, outcome with it) for the `joint` models: the
+    plain jplain (37x40, 1480 elements) is all non-joint pruning sees, jconv (3456) and jfc (3840)
+    all joint pruning sees. Outcome None: it depends on the model's LUT / quantized values;
+    JOINT_ONLY: no case without joint compression (it would only prune jplain once more, and
+    the suite's time is better spent on the compressed weights). `joint_outcome` maps the outcome
+    with joint compression to the one for this prefix's models; rows named in `without` are left
+    out."""
+    rows = [
+        ("thr", T(threshold=0.3, minimum_sparsity_percentile=0.2, weight_threshold=0), "pruned", None),
+        # sparsity 0 passes a minimum of 0: a "sparse" op with an all-ones mask for a LUT with no entry
+        # within 0.05 of zero
+        ("thr_any", T(threshold=0.05, minimum_sparsity_percentile=0.0, weight_threshold=0), JOINT_ONLY, "pruned"),
+        ("thr_fail", T(threshold=0.1, minimum_sparsity_percentile=0.99, weight_threshold=0), JOINT_ONLY, "none"),
+        ("mag", M(target_sparsity=0.5, weight_threshold=0), "pruned", "pruned"),
+        ("mag_0.77", M(target_sparsity=0.77, weight_threshold=0), JOINT_ONLY, "pruned"),
+        ("mag_default_wt", M(target_sparsity=0.3), "none", "pruned"),
+        ("wt_jconv_size", M(target_sparsity=0.5, weight_threshold=3456), JOINT_ONLY, "pruned"),  # jfc only
+        ("block", M(target_sparsity=0.5, block_size=4, weight_threshold=0), "pruned", "error"),
+        ("block_skip", M(target_sparsity=0.5, block_size=32, dim=0, weight_threshold=0), "none", "error"),
+        ("nm", M(n_m_ratio=[2, 4], weight_threshold=0), "pruned", "error"),
+        ("nm_dim0", M(n_m_ratio=[1, 4], dim=0, weight_threshold=0), JOINT_ONLY, "error"),
+        ("nm_skip", M(n_m_ratio=[16, 32], weight_threshold=0), "none", "error"),
+        # weight_threshold skips jconv and jfc before the structural check that raises
+        ("nm_above_wt", M(n_m_ratio=[2, 4], weight_threshold=4000), JOINT_ONLY, "none"),
+        (
+            "plain_named_nm",  # a structural config on the plain const: joint pruning never sees it
+            lambda n: with_(M(target_sparsity=0.5, weight_threshold=0),
+                            op_name_configs={n.w("jplain"): m(n_m_ratio=[2, 4], weight_threshold=0)}),
+            "pruned", "pruned",
+        ),
+        (
+            "compressed_named",
+            lambda n: with_(T(threshold=0.3, minimum_sparsity_percentile=0.0, weight_threshold=0),
+                            op_name_configs={n.compressed("jfc_weight_0"): m(target_sparsity=0.7, weight_threshold=0)}),
+            "pruned", "pruned",
+        ),
+        (
+            "compressed_named_structural",
+            lambda n: with_(M(target_sparsity=0.5, weight_threshold=0),
+                            op_name_configs={n.compressed("jconv_weight_0"): m(n_m_ratio=[1, 4], weight_threshold=0)}),
+            JOINT_ONLY, "error",
+        ),
+        ("consumer_null", lambda n: with_(M(target_sparsity=0.5, weight_threshold=0), op_name_configs={n.op("jconv"): None}), JOINT_ONLY, "pruned"),
+        (
+            "type_conv",
+            with_(M(target_sparsity=0.4, weight_threshold=0),
+                  op_type_configs={"conv": t(threshold=0.3, minimum_sparsity_percentile=0.0, weight_threshold=0)}),
+            JOINT_ONLY, "pruned",
+        ),
+        ("type_linear_null", with_(M(target_sparsity=0.5, weight_threshold=0), op_type_configs={"linear": None}), "none", "pruned"),
+    ]
+    cases = []
+    for name, config, plain, joint in rows:
+        if name in without:
+            continue
+        if plain is not JOINT_ONLY:
+            cases.append(Case(f"{prefix}:{name}", config, expect=plain))
+        cases.append(Case(f"{prefix}:{name}+joint", config, expect=joint_outcome(joint), joint=True))
+    return cases
+
+
+JOINT = _joint_cases("joint")
+# Below iOS18 joint compression raises before anything else.
+JOINT_OLD = _joint_cases("joint_old", lambda _: "error")
+# coremltools cannot materialize the LUT op (its `lut` is a shift-scale op's output), and it
+# materializes every candidate before reading the config: every joint case raises. The models
+# hold two constexpr ops per weight, so the rows naming "the" compressed op are left out.
+JOINT_NO_MATERIALIZE = _joint_cases(
+    "joint_no_materialize", lambda _: "error", without=("compressed_named", "compressed_named_structural")
+)
+# Vector palettization: coremltools raises (IndexError) when it builds the sparse op, i.e. only
+# when a weight is actually pruned.
+JOINT_VECTOR = _joint_cases("joint_vector", lambda outcome: "none" if outcome == "none" else "error")
+
 GROUPS = [
     (CORE_MODELS, CORE),
     (DEEP_MODELS, DEEP),
@@ -425,6 +572,14 @@ GROUPS = [
     (INT8_MODELS, INT8),
     (PRECOMP_SHARED_MODELS, PRECOMP_SHARED),
     (PRECOMP_MLP_MODELS, PRECOMP_MLP),
+    (PRECOMP_SHARED_JOINT_MODELS, PRECOMP_SHARED_JOINT),
+    (PRECOMP_MLP_JOINT_MODELS, PRECOMP_MLP_JOINT),
+    (["precomp_shared/fp32/ios16"], PRECOMP_SHARED_JOINT_OLD),
+    (["precomp_mlp/fp16/ios15"], PRECOMP_MLP_JOINT_OLD),
+    (JOINT_MODELS, JOINT),
+    (JOINT_OLD_MODELS, JOINT_OLD),
+    (JOINT_NO_MATERIALIZE_MODELS, JOINT_NO_MATERIALIZE),
+    (JOINT_VECTOR_MODELS, JOINT_VECTOR),
 ]
 
 CASES = {case.name: case for _, cases in GROUPS for case in cases}

@@ -17,9 +17,12 @@ twice a block size).
 
 Public API:
     FAMILIES, ZOO_FAMILIES, PRECISIONS, TARGETS   the parts of a model id
+    COMPRESSED, JOINT_UNSUPPORTED                 the compressed families for joint compression
     build(model_id, path) -> path                 builds and saves one model (deterministic);
                                                   `zoo_<name>` families are make_zoo's builders,
-                                                  `precomp_*` ones have compressed weights already
+                                                  `precomp_*` ones have compressed weights already,
+                                                  `pal*` / `quant_*` ones are fully compressed
+                                                  (joint-compression models)
 """
 
 import oracle  # noqa: F401  (pins NPY_DISABLE_CPU_FEATURES before numpy is imported)
@@ -343,6 +346,38 @@ def _int8(c):
     return prog
 
 
+def _joint_base(c, nbits=None):
+    """What the `pal*` / `quant_*` families compress: conv `jconv` 24x16x3x3 (3456 elements) and
+    linear `jfc` 40x96 (3840), both above the default weight_threshold 2048 and so compressed by
+    coremltools, and linear `jplain` 37x40 (1480) below it, left a plain const: the pruning target
+    without joint compression (and what block / n:m skip cases skip: 37 < 2 x 32, 40 < 2 x 32).
+
+    With `nbits` the compressed weights hold at most 2**nbits distinct values on a 1/8 grid (0
+    included, exact in fp16), as palettization mode "unique" needs."""
+
+    def weight(shape):
+        if nbits is None:
+            return c.normal(shape)
+        half = 1 << (nbits - 1)
+        palette = np.arange(-half, half) / 8.0
+        return c.rng.choice(palette, size=shape).astype(c.dtype)
+
+    wc, wf, wp = weight((24, 16, 3, 3)), weight((40, 96)), c.normal((37, 40))
+    bc, bp = c.bias(24), c.bias(37)
+
+    @mb.program(
+        input_specs=[mb.TensorSpec(shape=(1, 16, 8, 8)), mb.TensorSpec(shape=(1, 96))], opset_version=c.opset
+    )
+    def prog(x, y):
+        x, y = c.input(x), mb.cast(x=y, dtype="fp16", name="y_fp16") if c.precision == "fp16d" else y
+        a = mb.relu(x=mb.conv(x=x, weight=wc, bias=bc, pad_type="valid", name="jconv"), name="relu_c")
+        h = mb.relu(x=mb.linear(x=y, weight=wf, name="jfc"), name="relu_f")
+        h = mb.linear(x=h, weight=wp, bias=bp, name="jplain")
+        return c.output(a, "out_conv"), c.output(h, "out_fc")
+
+    return prog
+
+
 FAMILIES: dict[str, Callable] = {
     "mlp": _mlp,
     "conv2d": _conv2d,
@@ -392,6 +427,65 @@ def _precompress(family, model):
 
 PRECOMPRESSED = {"precomp_shared": "shared", "precomp_mlp": "mlp"}
 
+# Fully compressed families for joint compression (spec §4.4, §5.9): family -> (coremltools API,
+# its op config). Every weight above the default weight_threshold (jconv, jfc) is compressed;
+# jplain stays a plain const. Palettization covers nbits 1/2/3/4/6/8, per-tensor and
+# per-grouped-channel (group 8, or 4), modes "uniform" (a LUT spanning min..max evenly: few
+# entries near 0, none exactly) and "unique" (the weights' own values, 0 among them; unused LUT
+# entries are 0);
+# quantization int8/uint8 per-channel and int4/uint4 per-block, symmetric and affine.
+# Grouped palettization and 4-bit / per-block quantization need iOS18.
+_T, _G = {"granularity": "per_tensor"}, {"granularity": "per_grouped_channel", "group_size": 8}
+COMPRESSED = {
+    "pal1t_uniform": ("palettize", {"nbits": 1, "mode": "uniform", **_T}),
+    "pal1g_unique": ("palettize", {"nbits": 1, "mode": "unique", **_G}),
+    "pal2t_unique": ("palettize", {"nbits": 2, "mode": "unique", **_T}),
+    "pal2g_uniform": ("palettize", {"nbits": 2, "mode": "uniform", **_G}),
+    "pal3t_uniform": ("palettize", {"nbits": 3, "mode": "uniform", **_T}),
+    "pal3g_unique": ("palettize", {"nbits": 3, "mode": "unique", **_G}),
+    "pal4t_unique": ("palettize", {"nbits": 4, "mode": "unique", **_T}),
+    "pal4g_uniform": ("palettize", {"nbits": 4, "mode": "uniform", "granularity": "per_grouped_channel", "group_size": 4}),
+    "pal6t_uniform": ("palettize", {"nbits": 6, "mode": "uniform", **_T}),
+    "pal6g_unique": ("palettize", {"nbits": 6, "mode": "unique", **_G}),
+    "pal8t_unique": ("palettize", {"nbits": 8, "mode": "unique", **_T}),
+    "pal8g_uniform": ("palettize", {"nbits": 8, "mode": "uniform", **_G}),
+    "quant_int8c": ("quantize", {"mode": "linear_symmetric", "dtype": "int8", "granularity": "per_channel"}),
+    "quant_uint8c": ("quantize", {"mode": "linear", "dtype": "uint8", "granularity": "per_channel"}),
+    "quant_int4b": ("quantize", {"mode": "linear", "dtype": "int4", "granularity": "per_block", "block_size": 16}),
+    "quant_uint4b": (
+        "quantize",
+        {"mode": "linear_symmetric", "dtype": "uint4", "granularity": "per_block", "block_size": 8},
+    ),
+    # Compressions whose ops joint pruning cannot handle in coremltools 9.0 (it raises, so mlprune
+    # must refuse): per-channel scales (constexpr_blockwise_shift_scale reading the LUT op's
+    # output), vector palettization (cluster_dim 2: the indices are not one per element) and a LUT
+    # quantized by `linear_quantize_weights(..., joint_compression=True)` (a shift-scale op
+    # feeding the LUT op).
+    "pal4t_pcs": ("palettize", {"nbits": 4, "mode": "uniform", **_T, "enable_per_channel_scale": True}),
+    "pal8g_vector2": ("palettize", {"nbits": 8, "mode": "unique", **_G, "cluster_dim": 2}),
+    "pal4t_lutq8": ("palettize+quantize_lut", {"nbits": 4, "mode": "uniform", **_T}),
+}
+JOINT_UNSUPPORTED = ("pal4t_pcs", "pal8g_vector2", "pal4t_lutq8")
+
+
+def _compress(family, model):
+    """Compresses every weight above the default weight_threshold the way a user would."""
+    import coremltools.optimize.coreml as cto
+
+    api, fields = COMPRESSED[family]
+    if api == "quantize":
+        config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(**fields))
+        return cto.linear_quantize_weights(model, config)
+    if fields["mode"] == "unique":
+        # coremltools infers nbits from the distinct values (the weights hold 2**nbits of them, or,
+        # for vector palettization, up to 2**nbits distinct vectors).
+        fields = {k: v for k, v in fields.items() if k != "nbits"}
+    model = cto.palettize_weights(model, cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(**fields)))
+    if api == "palettize+quantize_lut":
+        lut_int8 = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_tensor")
+        model = cto.linear_quantize_weights(model, cto.OptimizationConfig(global_config=lut_int8), joint_compression=True)
+    return model
+
 
 def _zoo_program(name, precision, target):
     """make_zoo's builders at a fixed seed (sizes drawn from it), fp32 or fp16 via the converter."""
@@ -404,6 +498,13 @@ def build(model_id, path):
     base = PRECOMPRESSED.get(family, family)
     if base.startswith("zoo_"):
         prog = _zoo_program(base[len("zoo_"):], precision, target)
+    elif family in COMPRESSED:
+        api, fields = COMPRESSED[family]
+        # "unique" palettization: 2**nbits distinct values (vectors: 2**(nbits / cluster_dim) per
+        # element, so up to 2**nbits distinct vectors).
+        unique = fields.get("mode") == "unique"
+        values_bits = fields["nbits"] // fields.get("cluster_dim", 1) if unique else None
+        prog = _joint_base(Ctx(family, precision, target), values_bits)
     else:
         prog = FAMILIES[base](Ctx(base, precision, target))
     model = ct.convert(
@@ -414,6 +515,8 @@ def build(model_id, path):
     )
     if family in PRECOMPRESSED:
         model = _precompress(family, model)
+    elif family in COMPRESSED:
+        model = _compress(family, model)
     return pt.save(model, path)
 
 

@@ -16,10 +16,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import coremltools as ct
+from coremltools.converters.mil.mil.builder import Builder
 from coremltools.optimize.coreml import OptimizationConfig, prune_weights
 
 import check_same_weights as csw
@@ -154,12 +156,18 @@ def _short(text, limit=300):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def run_coremltools(model_path, config, out_path):
-    """prune_weights + save; returns None on success, else the exception as one line."""
+def run_coremltools(model_path, config, out_path, joint=False):
+    """prune_weights (with joint_compression=`joint`) + save; returns None on success, else the
+    exception as one line."""
     try:
         model = ct.models.MLModel(str(model_path), skip_model_load=True)
         # from_dict mutates nothing we rely on, but the same dict is also written for mlprune.
-        pruned = prune_weights(model, OptimizationConfig.from_dict(copy.deepcopy(config)))
+        config = OptimizationConfig.from_dict(copy.deepcopy(config))
+        # As in a fresh process (what one mlprune run stands for): joint compression's sparse ops
+        # take auto names `<op type>_<k>` from the Builder's process-wide counters, which earlier
+        # cases in this worker would otherwise have advanced.
+        Builder.name_count = defaultdict(int)
+        pruned = prune_weights(model, config, joint_compression=joint)
         pruned.save(str(out_path))
         return None
     except Exception as exc:  # coremltools raising is a verdict, not a crash of the suite
@@ -255,6 +263,42 @@ def _pipeline_explained(ct_ops, ml_ops, input_ops, noop_ops):
     return problems
 
 
+def dense_weights(path):
+    """oracle.dense_weights, except that a constexpr op whose value coremltools cannot materialize
+    itself (a LUT op reading its `lut` from another constexpr op, as per-channel-scale
+    palettization and LUT quantization write it) contributes no value. Its inputs still do: the
+    loader turns them into const ops (or they are the producer's materialized output), so a change
+    to them is still seen."""
+    try:
+        return oracle.dense_weights(path)
+    except AttributeError:
+        pass
+    model = oracle.load_package(path)
+    spec = model.get_spec()
+    saved_counts = Builder.name_count
+    Builder.name_count = defaultdict(int)  # as oracle.dense_weights: names independent of history
+    try:
+        prog = oracle.milproto_to_pymil(
+            model_spec=spec, specification_version=spec.specificationVersion, file_weights_dir=model.weights_dir
+        )
+    finally:
+        Builder.name_count = saved_counts
+    out = {}
+    for func in prog.functions.values():
+        for op in oracle._walk_ops(func):
+            if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray):
+                out[op.outputs[0].name] = op.outputs[0].val
+            elif op.op_type.startswith("constexpr_"):
+                try:
+                    vals = op.materialized_val_inference()
+                except AttributeError:
+                    continue
+                vals = vals if isinstance(vals, (tuple, list)) else [vals]
+                for var, v in zip(op.outputs, vals):
+                    out[var.name] = np.asarray(v)
+    return out
+
+
 def compare_outputs(model_id, model_path, ct_path, ml_path):
     """Differences between coremltools' and mlprune's pruned packages, as printable lines."""
     problems = []
@@ -263,8 +307,8 @@ def compare_outputs(model_id, model_path, ct_path, ml_path):
     if (ct_spec, ct_funcs) != (ml_spec, ml_funcs):
         problems.append(f"spec/opsets: coremltools {ct_spec} {ct_funcs}, mlprune {ml_spec} {ml_funcs}")
 
-    ct_weights = oracle.dense_weights(ct_path)
-    ml_weights = oracle.dense_weights(ml_path)
+    ct_weights = dense_weights(ct_path)
+    ml_weights = dense_weights(ml_path)
     diffs = csw.weight_differences(ct_weights, ml_weights)
     diffs = [d.replace("missing in REWRITTEN", "missing in mlprune's output") for d in diffs]
     extra = sorted(set(ml_weights) - set(ct_weights))
@@ -306,7 +350,8 @@ def run_case(model_id, case_name, model_path, case_dir, mlprune):
     # in another worker.
     shared_model, model_path = model_path, case_dir / "input.mlpackage"
     shutil.copytree(shared_model, model_path)
-    result = {"model": model_id, "case": case_name, "problems": [], "cli": list(case.cli or ())}
+    flags = list(case.cli or ()) + (["--joint-compression"] if case.joint else [])
+    result = {"model": model_id, "case": case_name, "problems": [], "cli": flags}
     result["dir"] = str(case_dir)
     try:
         config = case.config(Names(model_id, model_path)) if callable(case.config) else case.config
@@ -319,8 +364,8 @@ def run_case(model_id, case_name, model_path, case_dir, mlprune):
     config_path.write_text(json.dumps(config, indent=1) + "\n")
 
     ct_out, ml_out = case_dir / "coremltools.mlpackage", case_dir / "mlprune.mlpackage"
-    ct_error = run_coremltools(model_path, config, ct_out)
-    ml_args = list(case.cli) if case.cli else ["--config", str(config_path)]
+    ct_error = run_coremltools(model_path, config, ct_out, joint=case.joint)
+    ml_args = flags if case.cli else ["--config", str(config_path), *flags]
     ml_rc, ml_stderr = run_mlprune(mlprune, model_path, ml_out, ml_args)
     result.update(ct_error=ct_error, ml_rc=ml_rc, ml_stderr=ml_stderr)
 
