@@ -192,6 +192,7 @@ impl PruneArgs {
             },
             gpu_min_elements: self.gpu_min_elements.unwrap_or(DEFAULT_GPU_MIN_ELEMENTS),
             force: self.force,
+            progress: !self.quiet,
         })
     }
 }

@@ -46,6 +46,8 @@ pub struct PruneJob {
     pub device: DevicePolicy,
     pub gpu_min_elements: u64,
     pub force: bool,
+    /// Show a progress bar on stderr (it stays hidden anyway when stderr is not a terminal).
+    pub progress: bool,
 }
 
 /// One entry of `--report`.
@@ -120,6 +122,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     };
     let mut reports = Vec::with_capacity(planned.len());
     let mut next_plan = planned.iter().peekable();
+    let mut progress = Progress::new(job.progress, weight_bytes_before, planned.len());
     for (index, info) in graph.ops.iter().enumerate() {
         let started = Instant::now();
         let plan_entry = next_plan.next_if(|p| p.op_index == index);
@@ -140,9 +143,11 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
             rewrite.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
         }
         if let Some(p) = plan_entry {
+            progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
             reports.push(tensor_report(p, result, started, device));
         }
     }
+    progress.finish();
     let Rewrite { weights, edits, renames, .. } = rewrite;
     let pruned_any = !edits.is_empty();
     apply_replacements(&mut model.program, edits)?;
@@ -168,6 +173,40 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     std::fs::write(&model_path, model.encode()).at(&model_path)?;
     out.commit()?;
     Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after, notices: devices.notices })
+}
+
+/// Tensors done, bytes, throughput and ETA on stderr. indicatif hides it when stderr is not a
+/// terminal; `--quiet` hides it always.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    done: usize,
+    tensors: usize,
+}
+
+impl Progress {
+    fn new(enabled: bool, total_bytes: u64, tensors: usize) -> Self {
+        let bar = if enabled {
+            indicatif::ProgressBar::with_draw_target(Some(total_bytes), indicatif::ProgressDrawTarget::stderr())
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}")
+        {
+            bar.set_style(style);
+        }
+        Progress { bar, done: 0, tensors }
+    }
+
+    fn tensor_done(&mut self, name: &str, bytes: u64) {
+        self.done += 1;
+        self.bar.inc(bytes);
+        self.bar.set_message(format!("{}/{} tensors {name}", self.done, self.tensors));
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// The pending rewrite of one program: blobs are written as ops are visited, while op

@@ -203,6 +203,7 @@ fn prune_job(input: &Path, output: &Path, force: bool) -> PruneJob {
         device: DevicePolicy::Cpu,
         gpu_min_elements: u64::MAX,
         force,
+        progress: false,
     }
 }
 

@@ -215,6 +215,7 @@ pub fn model(data: &[u8]) {
             device: DevicePolicy::Cpu,
             gpu_min_elements: u64::MAX,
             force: false,
+            progress: false,
         };
         match engine::prune(&job) {
             Ok(_) => {
