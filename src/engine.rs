@@ -5,6 +5,7 @@
 //! original offset). Replacements are one op for one op, so the graph's op paths stay valid while the
 //! program is rewritten. Output goes to a staging folder that is renamed into place only at the end.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -119,6 +120,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         namer: JointNamer::new(),
         edits: Vec::new(),
         renames: Vec::new(),
+        all_zero: HashMap::new(),
     };
     let mut reports = Vec::with_capacity(planned.len());
     let mut next_plan = planned.iter().peekable();
@@ -219,6 +221,9 @@ struct Rewrite {
     edits: Vec<(OpPath, Vec<Operation>)>,
     /// `(function, old output, new output)` to rebind once the edits are in.
     renames: Vec<(String, String, String)>,
+    /// The first all-zero sparse op per (block, output type): later ones reuse it (see
+    /// [`Rewrite::prune_const`]).
+    all_zero: HashMap<(String, String, Vec<usize>, crate::dtype::ScalarType, Vec<u64>), String>,
 }
 
 /// `Ok((kept, bytes_after))` for a pruned tensor, `Err(reason)` when the kernel skipped it.
@@ -258,6 +263,24 @@ impl Rewrite {
             )));
         }
         let kept = pruned.kept;
+        // coremltools' export deduplicates identical constexpr ops within a block; the case that
+        // arises from pruning is two same-typed weights pruned to all zeros. The later one then
+        // reads the earlier op's output, and its own op and blobs are dropped.
+        let block = (
+            info.path.function.clone(),
+            info.path.specialization.clone(),
+            info.path.steps[..info.path.steps.len().saturating_sub(1)].to_vec(),
+            meta.dtype,
+            meta.shape.clone(),
+        );
+        if kept == 0 {
+            if let Some(first) = self.all_zero.get(&block) {
+                self.renames.push((info.path.function.clone(), output.name.clone(), first.clone()));
+                self.edits.push((info.path.clone(), Vec::new()));
+                return Ok((Ok((0, 0)), device));
+            }
+            self.all_zero.insert(block, new_name.clone());
+        }
         let bytes_after = sparse_bytes(pruned.nonzero.dtype(), kept, meta.count);
         let new_op = sparse_to_dense_op(
             &info.name,

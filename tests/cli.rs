@@ -408,3 +408,28 @@ fn gpu_probe_prints_nothing_but_our_own_line() {
         other => panic!("unexpected exit {other:?}: {stderr}"),
     }
 }
+
+#[test]
+fn all_zero_results_of_the_same_type_share_one_op_like_coremltools() {
+    // coremltools' export merges identical constexpr ops in a block: the sample's three 256x256
+    // layers pruned to nothing become one op that all three layers read.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("z.mlpackage");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample/sample.mlpackage");
+    let o = run(&[&"prune", &sample, &out, &"--sparsity", &"1.0", &"-q", &"--report", &tmp.path().join("r.json")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&run(&[&"inspect", &out, &"--json"]).stdout).unwrap();
+    let sparse: Vec<&str> = report["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["storage"] == "constexpr_sparse_to_dense")
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(sparse, ["fc1_weight_0_to_fp16_sparsified", "head_weight_0_to_fp16_sparsified"]);
+    let fc1 = report["weights"].as_array().unwrap().iter().find(|w| w["name"] == sparse[0]).unwrap();
+    let readers: Vec<&str> = fc1["consumers"].as_array().unwrap().iter().map(|c| c["op"].as_str().unwrap()).collect();
+    assert_eq!(readers, ["fc1_cast_fp16", "fc2_cast_fp16", "fc3_cast_fp16"]);
+    let tensors: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("r.json")).unwrap()).unwrap();
+    assert!(tensors.as_array().unwrap().iter().filter(|t| t["pruned"] == true).all(|t| t["sparsity"] == 1.0));
+}
