@@ -38,8 +38,9 @@ pub struct PlannedTensor {
     pub decision: Decision,
 }
 
-/// coremltools' `should_use_weight_file` at spec iOS15, which `prune_weights` uses to pick candidates.
-fn storable(meta: &TensorMeta) -> bool {
+/// coremltools' `should_use_weight_file` at spec iOS15, which `prune_weights` uses to pick candidates
+/// (on the materialized value, for joint compression).
+pub(crate) fn storable(meta: &TensorMeta) -> bool {
     use ScalarType::*;
     meta.count >= 10 && matches!(meta.dtype, Float16 | Float32 | UInt8 | Int8)
 }
@@ -91,10 +92,7 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         if meta.shape.is_empty() || !(meta.dtype.is_float() || matches!(meta.dtype, ScalarType::Int8 | ScalarType::UInt8)) {
             continue;
         }
-        let consumers = graph.consumers(index);
-        let consumer = consumers.first().map_or("-".to_owned(), |&(c, input)| {
-            format!("{} ({}.{input})", graph.ops[c].name, graph.ops[c].op_type)
-        });
+        let consumer = consumer_label(graph, index);
         let decision = if storable(&meta) { decide(graph, config, index, &meta)? } else {
             Decision::Skip(format!("{} {} values are not stored in weight.bin (needs fp16/fp32/int8/uint8 and at least 10 elements)", meta.count, meta.dtype))
         };
@@ -103,7 +101,15 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
     Ok(planned)
 }
 
-fn consumer_views(graph: &GraphView, index: usize) -> Vec<Consumer<'_>> {
+/// `op (type.input)` of the first consumer of op `index`, as reports show it.
+pub(crate) fn consumer_label(graph: &GraphView, index: usize) -> String {
+    graph.consumers(index).first().map_or("-".to_owned(), |&(c, input)| {
+        format!("{} ({}.{input})", graph.ops[c].name, graph.ops[c].op_type)
+    })
+}
+
+/// The consumers of op `index` as config resolution sees them.
+pub(crate) fn consumer_views(graph: &GraphView, index: usize) -> Vec<Consumer<'_>> {
     graph
         .consumers(index)
         .into_iter()

@@ -13,12 +13,11 @@
 //! 5. block and n:m configs fail in coremltools (`_check_const_op_is_valid` asserts a `const`
 //!    op), so they are an error here too.
 
-use crate::config::{resolve_op, weight_threshold_of, Consumer, OptimizationConfig, Resolution};
-use crate::dtype::ScalarType;
+use crate::config::{resolve_op, weight_threshold_of, OptimizationConfig, Resolution};
 use crate::error::{Error, Result};
 use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::{element_count, is_constexpr_type, TensorTypeExt};
-use crate::plan::Decision;
+use crate::plan::{consumer_label, consumer_views, storable, Decision};
 use crate::proto::mil::{value_type, Program};
 use crate::weights::TensorMeta;
 
@@ -74,10 +73,7 @@ pub fn plan_joint(
             element_count(&shape).ok_or_else(|| Error::tensor(&info.name, "output shape overflows"))?;
         let dtype = dense_dtype(&ctx, index)?;
         let meta = TensorMeta { dtype, shape, count };
-        let consumers = graph.consumers(index);
-        let consumer = consumers.first().map_or("-".to_owned(), |&(c, input)| {
-            format!("{} ({}.{input})", graph.ops[c].name, graph.ops[c].op_type)
-        });
+        let consumer = consumer_label(graph, index);
         let decision = if storable(&meta) {
             decide(graph, config, index, &meta)?
         } else {
@@ -97,23 +93,6 @@ pub fn plan_joint(
         });
     }
     Ok(planned)
-}
-
-/// `should_use_weight_file` at spec iOS15, as `is_valid_op` calls it on the materialized value.
-fn storable(meta: &TensorMeta) -> bool {
-    use ScalarType::*;
-    meta.count >= 10 && matches!(meta.dtype, Float16 | Float32 | UInt8 | Int8)
-}
-
-fn consumer_views(graph: &GraphView, index: usize) -> Vec<Consumer<'_>> {
-    graph
-        .consumers(index)
-        .into_iter()
-        .map(|(c, _)| Consumer {
-            op_name: &graph.ops[c].name,
-            op_type: &graph.ops[c].op_type,
-        })
-        .collect()
 }
 
 fn decide(

@@ -109,12 +109,9 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
                     let reader = source.ok_or_else(|| {
                         Error::tensor(&tensor, format!("refers to weight.bin offset {old} but the package has no weight.bin"))
                     })?;
-                    let bytes = reader.read(old, meta.dtype, meta.count).map_err(|e| match e {
-                        Error::Blob { path, offset, reason } => {
-                            Error::Blob { path, offset, reason: format!("{reason} (tensor '{tensor}')") }
-                        }
-                        other => other,
-                    })?;
+                    let bytes = reader
+                        .read(old, meta.dtype, meta.count)
+                        .map_err(|e| super::source::in_tensor(&tensor, e))?;
                     let new = self.writer.append(meta.dtype, &bytes, meta.count)?;
                     self.copied.insert(old, (new, meta.dtype, meta.count));
                     new

@@ -97,7 +97,7 @@ pub fn check_blob_file(tensor: &str, value: &Value) -> Result<()> {
 }
 
 /// Blob errors already name file and offset; add the tensor so the user can find it in the model.
-fn in_tensor(tensor: &str, e: Error) -> Error {
+pub(crate) fn in_tensor(tensor: &str, e: Error) -> Error {
     match e {
         Error::Blob { path, offset, reason } => {
             Error::Blob { path, offset, reason: format!("{reason} (tensor '{tensor}')") }
