@@ -7,7 +7,7 @@
 //! Every backend gives byte-identical results, so the policy only changes speed.
 
 use crate::config::OpConfig;
-use crate::dispatch::{run_kernel, Backend, KernelResult};
+use crate::dispatch::{run_kernel_in_place, Backend, KernelResult};
 use crate::engine::DevicePolicy;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuBackend, GpuContext};
@@ -37,7 +37,12 @@ impl Devices {
         } else {
             GpuState::NotTried
         };
-        Ok(Devices { policy, gpu_min_elements, gpu, notices: Vec::new() })
+        Ok(Devices {
+            policy,
+            gpu_min_elements,
+            gpu,
+            notices: Vec::new(),
+        })
     }
 
     /// The GPU backend, acquiring it under `Auto` on first use.
@@ -46,11 +51,13 @@ impl Devices {
             self.gpu = match GpuContext::new(self.policy) {
                 Ok(Some(ctx)) => GpuState::Ready(Box::new(GpuBackend::new(ctx))),
                 Ok(None) => {
-                    self.notices.push("no hardware GPU adapter found; pruning on the CPU".into());
+                    self.notices
+                        .push("no hardware GPU adapter found; pruning on the CPU".into());
                     GpuState::Unavailable
                 }
                 Err(e) => {
-                    self.notices.push(format!("GPU unavailable ({e}); pruning on the CPU"));
+                    self.notices
+                        .push(format!("GPU unavailable ({e}); pruning on the CPU"));
                     GpuState::Unavailable
                 }
             };
@@ -61,11 +68,12 @@ impl Devices {
         }
     }
 
-    /// Runs one tensor's kernel and says where it ran (`"gpu"` or `"cpu"`).
+    /// Runs one tensor's kernel and says where it ran (`"gpu"` or `"cpu"`). The CPU kernels reuse
+    /// `data`'s allocation for the kept values.
     pub fn run(
         &mut self,
         config: &OpConfig,
-        data: &TensorData,
+        data: TensorData,
         shape: &[u64],
         tensor: &str,
     ) -> Result<(KernelResult, &'static str)> {
@@ -75,10 +83,10 @@ impl Devices {
             DevicePolicy::Auto => data.len() as u64 >= self.gpu_min_elements,
         };
         if wanted {
-            if let Some(gpu) = self.gpu().filter(|g| g.handles(config, data, shape)) {
-                return Ok((gpu.run(config, data, shape, tensor)?, gpu.name()));
+            if let Some(gpu) = self.gpu().filter(|g| g.handles(config, &data, shape)) {
+                return Ok((gpu.run(config, &data, shape, tensor)?, gpu.name()));
             }
         }
-        Ok((run_kernel(config, data, shape, tensor)?, "cpu"))
+        Ok((run_kernel_in_place(config, data, shape, tensor)?, "cpu"))
     }
 }

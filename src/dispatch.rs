@@ -46,9 +46,23 @@ impl Backend for CpuBackend {
 
 /// Runs the kernel `config` selects on `data` of `shape` on the CPU. `tensor` names errors.
 pub fn run_kernel(config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
+    run_kernel_in_place(config, data.clone(), shape, tensor)
+}
+
+/// [`run_kernel`], reusing `data`'s allocation for the kept values: a large tensor then costs one
+/// buffer, not two.
+pub fn run_kernel_in_place(
+    config: &OpConfig,
+    data: TensorData,
+    shape: &[u64],
+    tensor: &str,
+) -> Result<KernelResult> {
     let shape: Vec<usize> = shape
         .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| Error::tensor(tensor, format!("dimension {d} does not fit in memory"))))
+        .map(|&d| {
+            usize::try_from(d)
+                .map_err(|_| Error::tensor(tensor, format!("dimension {d} does not fit in memory")))
+        })
         .collect::<Result<_>>()?;
     let result = match data {
         TensorData::F16(w) => typed(config, w, &shape, TensorData::F16),
@@ -56,7 +70,10 @@ pub fn run_kernel(config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &
         TensorData::I8(w) => typed(config, w, &shape, TensorData::I8),
         TensorData::U8(w) => typed(config, w, &shape, TensorData::U8),
         other => {
-            return Err(Error::tensor(tensor, format!("{} weights cannot be pruned", other.dtype())));
+            return Err(Error::tensor(
+                tensor,
+                format!("{} weights cannot be pruned", other.dtype()),
+            ));
         }
     };
     result.map_err(|e| e.for_tensor(tensor))
@@ -64,7 +81,7 @@ pub fn run_kernel(config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &
 
 fn typed<T: Element>(
     config: &OpConfig,
-    w: &[T],
+    w: Vec<T>,
     shape: &[usize],
     wrap: fn(Vec<T>) -> TensorData,
 ) -> std::result::Result<KernelResult, KernelError> {
@@ -72,15 +89,15 @@ fn typed<T: Element>(
     let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let outcome = match *config {
         OpConfig::Threshold { threshold, minimum_sparsity_percentile, .. } => {
-            prune::threshold(w, threshold, minimum_sparsity_percentile)
+            prune::threshold::threshold_in_place(w, threshold, minimum_sparsity_percentile)
         }
         OpConfig::Magnitude { n_m_ratio: Some((n, m)), dim, .. } => {
-            prune::n_m(w, shape, size(n), size(m), dim.unwrap_or(1) as usize)?
+            prune::n_m(&w, shape, size(n), size(m), dim.unwrap_or(1) as usize)?
         }
         OpConfig::Magnitude { target_sparsity: Some(s), block_size: Some(b), dim, .. } => {
-            prune::block(w, shape, s, size(b), dim.unwrap_or(0) as usize)?
+            prune::block(&w, shape, s, size(b), dim.unwrap_or(0) as usize)?
         }
-        OpConfig::Magnitude { target_sparsity: Some(s), .. } => prune::magnitude(w, s)?,
+        OpConfig::Magnitude { target_sparsity: Some(s), .. } => prune::magnitude::magnitude_in_place(w, s)?,
         OpConfig::Magnitude { target_sparsity: None, n_m_ratio: None, .. } => {
             return Err(KernelError(
                 "Either \"target_sparsity\" or \"n_m_ratio\" need to be set. They cannot be set at the same time.".into(),
@@ -88,7 +105,11 @@ fn typed<T: Element>(
         }
     };
     Ok(match outcome {
-        Outcome::Pruned(s) => KernelResult::Pruned(Pruned { nonzero: wrap(s.nonzero), mask: s.mask, kept: s.kept }),
+        Outcome::Pruned(s) => KernelResult::Pruned(Pruned {
+            nonzero: wrap(s.nonzero),
+            mask: s.mask,
+            kept: s.kept,
+        }),
         Outcome::Skipped(reason) => KernelResult::Skipped(reason),
     })
 }

@@ -247,7 +247,7 @@ impl Rewrite {
             _ => return Err(Error::tensor(&info.name, "const op without a value or an output")),
         };
         let (meta, data) = source.read(&info.name, value)?;
-        let (result, device) = devices.run(config, &data, &meta.shape, &info.name)?;
+        let (result, device) = devices.run(config, data, &meta.shape, &info.name)?;
         let pruned = match result {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
             KernelResult::Pruned(p) => p,
@@ -308,7 +308,7 @@ impl Rewrite {
     ) -> Result<(PruneResult, &'static str)> {
         let info = &graph.ops[index];
         let m = materialize(&JointContext::new(program, graph, source), index)?;
-        let (result, device) = devices.run(config, &m.dense, &m.shape, &info.name)?;
+        let (result, device) = devices.run(config, m.dense.clone(), &m.shape, &info.name)?;
         let pruned = match result {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
             KernelResult::Pruned(p) => p,

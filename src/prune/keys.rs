@@ -222,16 +222,19 @@ where
         a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
         a
     };
-    // Pass 1: histogram of the top (up to) 16 bits.
+    // Pass 1: histogram of the top (up to) 16 bits. One histogram per rayon job (`fold`), not per
+    // chunk: zeroing and merging 64 Ki bins per chunk would cost as much as the counting.
     let top_hist = w
         .par_chunks(PAR_CHUNK)
-        .map(|c| {
-            let mut h = vec![0u64; bins];
-            for x in c {
-                h[(key(x).to_u64() >> high_shift) as usize] += 1;
-            }
-            h
-        })
+        .fold(
+            || vec![0u64; bins],
+            |mut h, c| {
+                for x in c {
+                    h[(key(x).to_u64() >> high_shift) as usize] += 1;
+                }
+                h
+            },
+        )
         .reduce(|| vec![0u64; bins], merge);
     // Bucket of rank `prev`, and the count of everything below it.
     let mut below = 0u64;
@@ -250,29 +253,34 @@ where
         let a = bucket as u64;
         let count_le = below + top_hist[bucket];
         let b = if next < count_le { a } else { next_bucket? as u64 };
-        return Some(OrderStats { prev: K::from_u64(a), next: K::from_u64(b), max: K::from_u64(max_bucket as u64) });
+        return Some(OrderStats {
+            prev: K::from_u64(a),
+            next: K::from_u64(b),
+            max: K::from_u64(max_bucket as u64),
+        });
     }
     // Pass 2: the low bits inside `bucket`, the smallest key of the next bucket, the largest key.
     let low_mask = (1u64 << high_shift) - 1;
     let (low_hist, min_next, max_key) = w
         .par_chunks(PAR_CHUNK)
-        .map(|c| {
-            let mut h = vec![0u64; 1usize << high_shift.min(16)];
-            let (mut min_next, mut max_key) = (u64::MAX, 0u64);
-            for x in c {
-                let k = key(x).to_u64();
-                let top = (k >> high_shift) as usize;
-                if top == bucket {
-                    h[(k & low_mask) as usize] += 1;
-                } else if Some(top) == next_bucket {
-                    min_next = min_next.min(k);
+        .fold(
+            || (vec![0u64; 1usize << high_shift.min(16)], u64::MAX, 0u64),
+            |(mut h, mut min_next, mut max_key), c| {
+                for x in c {
+                    let k = key(x).to_u64();
+                    let top = (k >> high_shift) as usize;
+                    if top == bucket {
+                        h[(k & low_mask) as usize] += 1;
+                    } else if Some(top) == next_bucket {
+                        min_next = min_next.min(k);
+                    }
+                    if top == max_bucket {
+                        max_key = max_key.max(k);
+                    }
                 }
-                if top == max_bucket {
-                    max_key = max_key.max(k);
-                }
-            }
-            (h, min_next, max_key)
-        })
+                (h, min_next, max_key)
+            },
+        )
         .reduce(
             || (vec![0u64; 1usize << high_shift.min(16)], u64::MAX, 0),
             |(h1, n1, m1), (h2, n2, m2)| (merge(h1, h2), n1.min(n2), m1.max(m2)),
@@ -297,7 +305,11 @@ where
         next_bucket?;
         min_next
     };
-    Some(OrderStats { prev: K::from_u64(a), next: K::from_u64(b), max: K::from_u64(max_key) })
+    Some(OrderStats {
+        prev: K::from_u64(a),
+        next: K::from_u64(b),
+        max: K::from_u64(max_key),
+    })
 }
 
 #[cfg(test)]
@@ -330,7 +342,9 @@ mod parallel_tests {
     #[test]
     fn order_stats_of_spans_several_chunks() {
         // More than one PAR_CHUNK, so partial histograms are merged.
-        let keys: Vec<u32> = (0..(PAR_CHUNK as u32 * 2 + 777)).map(|i| i.wrapping_mul(2_654_435_761) >> 3).collect();
+        let keys: Vec<u32> = (0..(PAR_CHUNK as u32 * 2 + 777))
+            .map(|i| i.wrapping_mul(2_654_435_761) >> 3)
+            .collect();
         let n = keys.len() as u64;
         for (p, q) in [(0, 0), (n / 2, n / 2 + 1), (n - 1, n - 1), (12345, 12346)] {
             let generic = order_stats(|| keys.iter().map(|&k| (k, 1)), n, p, q);

@@ -12,23 +12,42 @@
 //! * pruned elements become 0 (`np.where`), kept elements keep their exact bits.
 
 use super::element::{Element, MapValue};
-use super::mask::encode_sparse;
+use super::mask::encode_sparse_in_place;
 use super::percentile::{at_or_below, percentile_cut_of};
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes the `target_sparsity` fraction of smallest magnitudes of `w`. Errors for an empty tensor
 /// or a `target_sparsity` numpy's percentile rejects (outside [0, 1], NaN).
 pub fn magnitude<T: Element>(w: &[T], target_sparsity: f64) -> Result<Outcome<T>, KernelError> {
+    magnitude_in_place(w.to_vec(), target_sparsity)
+}
+
+/// [`magnitude`], reusing `w`'s allocation for the kept values.
+pub fn magnitude_in_place<T: Element>(w: Vec<T>, target_sparsity: f64) -> Result<Outcome<T>, KernelError> {
     let q = target_sparsity * 100.0;
     if q == 100.0 {
-        return Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |_| true)));
+        return Ok(Outcome::Pruned(encode_sparse_in_place(
+            w,
+            Apply::Multiply,
+            |_, _, flags| flags.fill(true),
+        )));
     }
     if q == 0.0 {
-        return Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |_| false)));
+        return Ok(Outcome::Pruned(encode_sparse_in_place(
+            w,
+            Apply::Where,
+            |_, _, flags| flags.fill(false),
+        )));
     }
     let key = |x: &T| x.magnitude().key();
-    let cut = percentile_cut_of::<T::Mag, _, _>(w, key, target_sparsity)?;
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |i| {
-        at_or_below(key(&w[i]), cut)
-    })))
+    let cut = percentile_cut_of::<T::Mag, _, _>(&w, key, target_sparsity)?;
+    Ok(Outcome::Pruned(encode_sparse_in_place(
+        w,
+        Apply::Where,
+        |_, values, flags| {
+            for (flag, x) in flags.iter_mut().zip(values) {
+                *flag = at_or_below(key(x), cut);
+            }
+        },
+    )))
 }

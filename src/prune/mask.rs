@@ -8,85 +8,93 @@
 use super::element::Element;
 use super::{Apply, SparseTensor};
 
-/// Encodes the dense result of pruning `w`: element `i` becomes `0` where `pruned(i)` under
-/// [`Apply::Where`], or `w[i] * (1 - pruned(i))` under [`Apply::Multiply`]; then every non-zero
-/// result is kept (see the module doc).
-///
-/// Runs in parallel over fixed chunks of `CHUNK` elements (a multiple of 8, so chunks own whole
-/// mask bytes): pass 1 writes each chunk's mask bytes and counts its kept values, pass 2 copies
-/// them into disjoint ranges of the output. Chunking is fixed, so the bytes never depend on the
-/// number of threads.
+/// Elements per parallel work item of [`encode_sparse_in_place`]: a multiple of 8, so every chunk
+/// owns whole mask bytes, and small enough that a chunk and its flags stay in L2. The chunking is
+/// fixed, so the bytes never depend on the number of threads.
+const CHUNK: usize = 1 << 16;
+
+/// [`encode_sparse_in_place`] on a copy of `w`, with the decision given per element.
 pub fn encode_sparse<T: Element>(
     w: &[T],
     apply: Apply,
     pruned: impl Fn(usize) -> bool + Sync,
 ) -> SparseTensor<T> {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 16;
-    // The kept value of element i, and whether it is kept. Evaluated without short-circuits: with
-    // about half the elements kept at random, a branch per element would mispredict constantly.
-    let value = |i: usize, x: T| -> (T, bool) {
-        let p = pruned(i);
-        match apply {
-            Apply::Where => (x, !p & !x.is_zero()),
-            Apply::Multiply => {
-                let out = x.mul_keep(!p);
-                (out, !out.is_zero())
-            }
+    encode_sparse_in_place(w.to_vec(), apply, |start, _, flags| {
+        for (k, flag) in flags.iter_mut().enumerate() {
+            *flag = pruned(start + k);
         }
-    };
+    })
+}
+
+/// Encodes the dense result of pruning `w`: element `i` becomes `0` where it is pruned under
+/// [`Apply::Where`], or `w[i] * (1 - pruned)` under [`Apply::Multiply`]; then every non-zero result
+/// is kept (see the module doc). `pruned_into(start, values, flags)` fills `flags[k]` with whether
+/// element `start + k`, whose value is `values[k]`, is pruned; it is called once per chunk, from
+/// several threads, before the chunk is compacted.
+///
+/// `w`'s allocation becomes `nonzero_data`, so a tensor costs no second buffer: each chunk is
+/// compacted in place in parallel (a kept value only ever moves to a lower index) while its mask
+/// bytes are written, then the chunks' kept prefixes are slid together.
+pub fn encode_sparse_in_place<T: Element>(
+    mut w: Vec<T>,
+    apply: Apply,
+    pruned_into: impl Fn(usize, &[T], &mut [bool]) + Sync,
+) -> SparseTensor<T> {
+    use rayon::prelude::*;
     let mut mask = vec![0u8; w.len().div_ceil(8)];
     let counts: Vec<usize> = w
-        .par_chunks(CHUNK)
+        .par_chunks_mut(CHUNK)
         .zip(mask.par_chunks_mut(CHUNK / 8))
         .enumerate()
-        .map(|(c, (values, bytes))| {
-            let base = c * CHUNK;
-            let mut kept = 0usize;
-            for (j, (byte, group)) in bytes.iter_mut().zip(values.chunks(8)).enumerate() {
-                let mut bits = 0u8;
-                for (k, &x) in group.iter().enumerate() {
-                    bits |= u8::from(value(base + j * 8 + k, x).1) << k;
-                }
-                kept += bits.count_ones() as usize;
-                *byte = bits;
-            }
-            kept
-        })
+        .map_init(
+            || vec![false; CHUNK],
+            |flags, (c, (values, bytes))| {
+                let flags = &mut flags[..values.len()];
+                pruned_into(c * CHUNK, values, flags);
+                compact_chunk(values, flags, bytes, apply)
+            },
+        )
         .collect();
-    let total: usize = counts.iter().sum();
-    let mut nonzero = vec![T::zero(); total];
-    let mut slots: Vec<&mut [T]> = Vec::with_capacity(counts.len());
-    let mut rest = nonzero.as_mut_slice();
-    for &c in &counts {
-        let (head, tail) = rest.split_at_mut(c);
-        slots.push(head);
-        rest = tail;
+    let mut kept = 0usize;
+    for (c, &count) in counts.iter().enumerate() {
+        let start = c * CHUNK;
+        w.copy_within(start..start + count, kept);
+        kept += count;
     }
-    // Pass 2 visits only the set bits of each mask byte.
-    w.par_chunks(CHUNK)
-        .zip(mask.par_chunks(CHUNK / 8))
-        .zip(slots)
-        .enumerate()
-        .for_each(|(c, ((values, bytes), slot))| {
-            let base = c * CHUNK;
-            let mut out = slot.iter_mut();
-            for (j, &byte) in bytes.iter().enumerate() {
-                let mut bits = byte;
-                while bits != 0 {
-                    let k = j * 8 + bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    if let (Some(o), Some(&x)) = (out.next(), values.get(k)) {
-                        *o = value(base + k, x).0;
-                    }
-                }
-            }
-        });
+    w.truncate(kept);
     SparseTensor {
         mask,
-        nonzero,
-        kept: total as u64,
+        nonzero: w,
+        kept: kept as u64,
     }
+}
+
+/// One chunk of [`encode_sparse_in_place`]: writes the mask bytes of `values` and moves its kept
+/// values to its front; returns how many were kept. Branch-free per element: with about half the
+/// elements kept at random, a branch would mispredict constantly.
+fn compact_chunk<T: Element>(values: &mut [T], pruned: &[bool], bytes: &mut [u8], apply: Apply) -> usize {
+    let mut kept = 0usize;
+    for (j, byte) in bytes.iter_mut().enumerate() {
+        let base = j * 8;
+        let end = (base + 8).min(values.len());
+        let mut bits = 0u8;
+        for i in base..end {
+            let x = values[i];
+            let (out, keep) = match apply {
+                Apply::Where => (x, !pruned[i] & !x.is_zero()),
+                Apply::Multiply => {
+                    let out = x.mul_keep(!pruned[i]);
+                    (out, !out.is_zero())
+                }
+            };
+            // `kept <= i`, so this never overwrites a value not yet read.
+            values[kept] = out;
+            kept += usize::from(keep);
+            bits |= u8::from(keep) << (i - base);
+        }
+        *byte = bits;
+    }
+    kept
 }
 
 /// The dense tensor of `n` elements a [`SparseTensor`] stands for: kept values in mask order, +0
@@ -116,4 +124,68 @@ pub fn decode_dense<T: Element>(sparse: &SparseTensor<T>, n: usize) -> Option<Ve
 /// `mask` bit `i` (LSB-first packing).
 pub fn mask_bit(mask: &[u8], i: usize) -> bool {
     mask.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    /// The encoding written out the obvious way, one element at a time.
+    fn encode_sequentially(w: &[f16], apply: Apply, pruned: &[bool]) -> SparseTensor<f16> {
+        let mut mask = vec![0u8; w.len().div_ceil(8)];
+        let mut nonzero = Vec::new();
+        for (i, (&x, &p)) in w.iter().zip(pruned).enumerate() {
+            let out = match apply {
+                Apply::Where if p => f16::from_bits(0),
+                Apply::Where => x,
+                Apply::Multiply => x.mul_keep(!p),
+            };
+            if !out.is_zero() {
+                mask[i / 8] |= 1 << (i % 8);
+                nonzero.push(out);
+            }
+        }
+        let kept = nonzero.len() as u64;
+        SparseTensor { mask, nonzero, kept }
+    }
+
+    #[test]
+    fn in_place_encoding_across_chunks_matches_the_sequential_one() {
+        // Several chunks plus a ragged tail, zeros, -0.0, NaN and inf among random values, and
+        // pseudo-random decisions: every chunk keeps a different count, so the prefixes move.
+        let n = 3 * CHUNK + 13;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let specials = [0x0000, 0x8000, 0x7e01, 0x7c00, 0xfc00];
+        let w: Vec<f16> = (0..n)
+            .map(|i| {
+                let r = next();
+                if i % 97 == 0 {
+                    f16::from_bits(specials[(r % 5) as usize])
+                } else {
+                    f16::from_bits(r as u16)
+                }
+            })
+            .collect();
+        let pruned: Vec<bool> = (0..n).map(|i| next() % (1 + (i / CHUNK) as u64 + 1) == 0).collect();
+        for apply in [Apply::Where, Apply::Multiply] {
+            let want = encode_sequentially(&w, apply, &pruned);
+            let got = encode_sparse_in_place(w.clone(), apply, |start, values, flags| {
+                let same = values.iter().zip(&w[start..]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "the fill sees chunk {start}'s values before compaction");
+                flags.copy_from_slice(&pruned[start..start + flags.len()]);
+            });
+            assert_eq!(got.mask, want.mask, "{apply:?}");
+            assert_eq!(got.kept, want.kept, "{apply:?}");
+            let bits = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.nonzero), bits(&want.nonzero), "{apply:?}");
+            assert!(got.kept > 0 && got.kept < n as u64);
+        }
+    }
 }

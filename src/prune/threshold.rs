@@ -13,23 +13,31 @@
 //!   coremltools' warning text.
 
 use super::element::{Element, MapValue};
-use super::mask::encode_sparse;
+use super::mask::encode_sparse_in_place;
 use super::percentile::at_or_below;
 use super::{python_float_repr, Apply, Outcome};
 
 /// Prunes `w` by magnitude threshold. See the module doc for the exact rules.
-pub fn threshold<T: Element>(
-    w: &[T],
+pub fn threshold<T: Element>(w: &[T], threshold: f64, minimum_sparsity_percentile: f64) -> Outcome<T> {
+    threshold_in_place(w.to_vec(), threshold, minimum_sparsity_percentile)
+}
+
+/// [`threshold()`], reusing `w`'s allocation for the kept values.
+pub fn threshold_in_place<T: Element>(
+    w: Vec<T>,
     threshold: f64,
     minimum_sparsity_percentile: f64,
 ) -> Outcome<T> {
     let cut = <T::Mag as MapValue>::threshold_cut(threshold);
-    let sparse = encode_sparse(w, Apply::Where, |i| {
-        at_or_below(w[i].magnitude().key(), cut)
+    let n = w.len();
+    let sparse = encode_sparse_in_place(w, Apply::Where, |_, values, flags| {
+        for (flag, x) in flags.iter_mut().zip(values) {
+            *flag = at_or_below(x.magnitude().key(), cut);
+        }
     });
-    let zeros = w.len() as u64 - sparse.kept;
+    let zeros = n as u64 - sparse.kept;
     // numpy: int64 / int -> float64 (NaN for an empty tensor, which never compares below).
-    let sparsity = zeros as f64 / w.len() as f64;
+    let sparsity = zeros as f64 / n as f64;
     if sparsity < minimum_sparsity_percentile {
         return Outcome::Skipped(format!(
             "weight value has sparsity of {} < minimum_sparsity_percentile {}. Skipped.",
