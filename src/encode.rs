@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{Seek, Write};
 
 use crate::dtype::ScalarType;
+use crate::blob::TensorSink;
 use crate::error::{Error, Result};
 use crate::mil::build::{bind_value, op};
 use crate::mil::value::{blob_value, immediate_value};
@@ -73,7 +74,7 @@ pub fn sparsified_name(const_name: &str) -> String {
 
 /// Builds the replacement op; `mask` holds `ceil(N/8)` packed LSB-first bytes (bit set = kept) and
 /// `nonzero` the kept values in row-major order.
-pub fn sparse_to_dense_op<W: Write + Seek>(
+pub fn sparse_to_dense_op<W: TensorSink>(
     const_name: &str,
     output_type: ValueType,
     shape: &[u64],
@@ -92,7 +93,12 @@ pub fn sparse_to_dense_op<W: Write + Seek>(
     }
     let name = sparsified_name(const_name);
     let nonzero_shape = [nonzero.len() as u64];
-    let nonzero_value = stored_value(&nonzero, &nonzero_shape, spec_version, weights)?;
+    // The values, the largest part, are handed to the writer rather than copied.
+    let nonzero_value = if goes_to_weight_file(nonzero.dtype(), nonzero.len() as u64, spec_version) {
+        blob_value(nonzero.dtype(), &nonzero_shape, weights.append_owned(nonzero)?)
+    } else {
+        immediate_value(&nonzero, &nonzero_shape)
+    };
     let outputs = vec![(name.clone(), output_type)];
     match SparseForm::for_spec(spec_version) {
         SparseForm::Ios16 => {
@@ -182,7 +188,7 @@ mod tests {
         let (shape, nonzero, mask) = sample();
         let mut w = builder();
         let ty = tensor_value_type(ScalarType::Float32, &shape);
-        let op = sparse_to_dense_op("c", ty, &shape, nonzero, mask.clone(), 9, &mut w).unwrap();
+        let op = sparse_to_dense_op("c", ty, &shape, nonzero.clone(), mask.clone(), 9, &mut w).unwrap();
         assert_eq!(op.attributes.keys().collect::<Vec<_>>(), ["name"]);
         let m = input_value(&op, "mask");
         let mt = m.tensor_type().unwrap();

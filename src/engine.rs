@@ -246,7 +246,8 @@ impl Rewrite {
             (Some(v), Some(o)) => (v, o),
             _ => return Err(Error::tensor(&info.name, "const op without a value or an output")),
         };
-        let (meta, data) = source.read(&info.name, value)?;
+        // A buffer the writer thread has finished with becomes this tensor's read buffer.
+        let (meta, data) = source.read_reusing(&info.name, value, self.weights.recycled_tensor())?;
         let (result, device) = devices.run(config, data, &meta.shape, &info.name)?;
         let pruned = match result {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),

@@ -9,7 +9,7 @@ mod writer;
 
 pub use reader::{BlobReader, ReadAt};
 pub use subbyte::{pack, padding_bits, unpack};
-pub use writer::BlobWriter;
+pub use writer::{BlobWriter, TensorSink};
 
 use crate::dtype::ScalarType;
 

@@ -334,10 +334,33 @@ impl<R: ReadAt> BlobReader<R> {
     /// Reads the blob at `offset` and decodes it to typed data. The weight dtypes are read straight
     /// into their typed vector (no intermediate byte copy) on little-endian machines.
     pub fn read_tensor(&self, offset: u64, expected: ScalarType, count: u64) -> Result<TensorData> {
+        self.read_tensor_reusing(offset, expected, count, None)
+    }
+
+    /// [`BlobReader::read_tensor`] into `spare`'s allocation when it has the same element type:
+    /// reusing a buffer whose pages are already mapped saves the page faults and zeroing a fresh
+    /// tensor-sized allocation costs.
+    pub fn read_tensor_reusing(
+        &self,
+        offset: u64,
+        expected: ScalarType,
+        count: u64,
+        spare: Option<TensorData>,
+    ) -> Result<TensorData> {
         if cfg!(target_endian = "little") {
-            match expected {
-                ScalarType::Float16 => return self.read_pod(offset, expected, count).map(TensorData::F16),
-                ScalarType::Float32 => return self.read_pod(offset, expected, count).map(TensorData::F32),
+            match (expected, spare) {
+                (ScalarType::Float16, Some(TensorData::F16(v))) => {
+                    return self.read_pod(offset, expected, count, v).map(TensorData::F16)
+                }
+                (ScalarType::Float16, _) => {
+                    return self.read_pod(offset, expected, count, Vec::new()).map(TensorData::F16)
+                }
+                (ScalarType::Float32, Some(TensorData::F32(v))) => {
+                    return self.read_pod(offset, expected, count, v).map(TensorData::F32)
+                }
+                (ScalarType::Float32, _) => {
+                    return self.read_pod(offset, expected, count, Vec::new()).map(TensorData::F32)
+                }
                 _ => {}
             }
         }
@@ -347,19 +370,27 @@ impl<R: ReadAt> BlobReader<R> {
     }
 
     /// Reads `count` elements of a byte-aligned type whose in-memory layout is its little-endian
-    /// storage layout.
-    fn read_pod<T: bytemuck::Pod>(&self, offset: u64, expected: ScalarType, count: u64) -> Result<Vec<T>> {
+    /// storage layout, into `buffer` (its contents are replaced, its allocation reused).
+    fn read_pod<T: bytemuck::Pod>(
+        &self,
+        offset: u64,
+        expected: ScalarType,
+        count: u64,
+        mut buffer: Vec<T>,
+    ) -> Result<Vec<T>> {
         let record = self.checked_record(offset, expected, count)?;
         let n = usize::try_from(count)
             .ok()
             .filter(|&n| n.checked_mul(std::mem::size_of::<T>()) == usize::try_from(record.size_in_bytes).ok())
             .ok_or_else(|| self.error(offset, format!("{count} elements of {expected} do not fit in memory")))?;
         // `checked_record` verified size_in_bytes == count elements and that it lies within the file.
-        let mut data = vec![T::zeroed(); n];
+        // Only elements beyond the buffer's current length are zeroed; all are then overwritten.
+        buffer.truncate(n);
+        buffer.resize(n, T::zeroed());
         self.source
-            .read_exact_at(bytemuck::cast_slice_mut(&mut data), record.data_offset)
+            .read_exact_at(bytemuck::cast_slice_mut(&mut buffer), record.data_offset)
             .at(&self.path)?;
-        Ok(data)
+        Ok(buffer)
     }
 
     /// Enumerates every record the way Core ML's `StorageReader::GetAllOffsets` does: the first at 64,

@@ -26,6 +26,23 @@ pub struct BlobWriter<W: Write + Seek> {
 
 const ZEROS: [u8; 64] = [0; 64];
 
+/// Where [`BlobWriter`] writes. A sink may take tensor data by value and write it later (a
+/// background writer does), and give the allocation back once written, so that a large tensor is
+/// neither copied nor allocated again.
+pub trait TensorSink: Write + Seek {
+    /// Writes `data`'s little-endian storage bytes, in order with every other write.
+    fn write_tensor(&mut self, data: TensorData) -> std::io::Result<()> {
+        self.write_all(&data.as_le_bytes())
+    }
+
+    /// A buffer of an earlier [`TensorSink::write_tensor`] that has been written, for reuse.
+    fn recycled_tensor(&mut self) -> Option<TensorData> {
+        None
+    }
+}
+
+impl TensorSink for std::io::Cursor<Vec<u8>> {}
+
 impl<W: Write + Seek> BlobWriter<W> {
     /// Writes the header with a zero `count`, patched by [`BlobWriter::finish`]. `path` labels errors.
     pub fn new(mut inner: W, path: PathBuf) -> Result<Self> {
@@ -39,6 +56,11 @@ impl<W: Write + Seek> BlobWriter<W> {
         };
         writer.write_all(&header_bytes(0))?;
         Ok(writer)
+    }
+
+    /// The sink, e.g. to take back buffers it has written.
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
     }
 
     /// Blobs appended so far.
@@ -68,6 +90,40 @@ impl<W: Write + Seek> BlobWriter<W> {
     /// Appends one blob of `element_count` elements whose storage bytes (bit-packed for sub-byte types)
     /// are `data`, and returns its record offset, the value for `BlobFileValue.offset`.
     pub fn append(&mut self, dtype: ScalarType, data: &[u8], element_count: u64) -> Result<u64> {
+        let (record_offset, count) = self.begin_blob(dtype, data.len() as u64, data.last().copied(), element_count)?;
+        self.write_all(data)?;
+        self.count = count;
+        Ok(record_offset)
+    }
+
+    /// Appends typed data, encoded with [`TensorData::to_le_bytes`].
+    pub fn append_tensor(&mut self, data: &TensorData) -> Result<u64> {
+        self.append(data.dtype(), &data.as_le_bytes(), data.len() as u64)
+    }
+
+    /// [`BlobWriter::append_tensor`], handing `data` itself to the sink, which may write it later
+    /// (see [`TensorSink`]) instead of copying it.
+    pub fn append_tensor_owned(&mut self, data: TensorData) -> Result<u64>
+    where
+        W: TensorSink,
+    {
+        let dtype = data.dtype();
+        if dtype.is_sub_byte() || !matches!(data.as_le_bytes(), std::borrow::Cow::Borrowed(_)) {
+            // Packed or converted bytes are a fresh buffer anyway.
+            return self.append_tensor(&data);
+        }
+        let bytes = data.as_le_bytes().len() as u64;
+        let (record_offset, count) = self.begin_blob(dtype, bytes, None, data.len() as u64)?;
+        self.inner.write_tensor(data).at(&self.path)?;
+        self.position += bytes;
+        self.count = count;
+        Ok(record_offset)
+    }
+
+    /// Checks a blob of `len` data bytes holding `element_count` elements (its last byte `last`,
+    /// for the padding check of sub-byte types), writes the alignment gap and its record, and
+    /// returns the record offset and the blob count once it is complete.
+    fn begin_blob(&mut self, dtype: ScalarType, len: u64, last: Option<u8>, element_count: u64) -> Result<(u64, u32)> {
         let record_offset = align64(self.position)
             .ok_or_else(|| self.error(self.position, "file offset overflows"))?;
         let code = dtype.blob_code().ok_or_else(|| {
@@ -77,18 +133,15 @@ impl<W: Write + Seek> BlobWriter<W> {
             )
         })?;
         let expected_len = dtype.storage_bytes(element_count);
-        if expected_len != Some(data.len() as u64) {
+        if expected_len != Some(len) {
             return Err(self.error(
                 record_offset,
-                format!(
-                    "{} data bytes do not hold {element_count} {dtype} elements",
-                    data.len()
-                ),
+                format!("{len} data bytes do not hold {element_count} {dtype} elements"),
             ));
         }
         let padding = subbyte::padding_bits(element_count, dtype.bits());
         // Core ML ignores the padding bits, but coremltools writes them as zero; keep files canonical.
-        if let Some(&last) = data.last() {
+        if let Some(last) = last {
             if padding != 0 && u32::from(last) >> (8 - padding) != 0 {
                 return Err(self.error(
                     record_offset,
@@ -104,15 +157,8 @@ impl<W: Write + Seek> BlobWriter<W> {
 
         let gap = (record_offset - self.position) as usize;
         self.write_all(&ZEROS[..gap])?;
-        self.write_all(&record_bytes(code, data.len() as u64, data_offset, padding))?;
-        self.write_all(data)?;
-        self.count = count;
-        Ok(record_offset)
-    }
-
-    /// Appends typed data, encoded with [`TensorData::to_le_bytes`].
-    pub fn append_tensor(&mut self, data: &TensorData) -> Result<u64> {
-        self.append(data.dtype(), &data.as_le_bytes(), data.len() as u64)
+        self.write_all(&record_bytes(code, len, data_offset, padding))?;
+        Ok((record_offset, count))
     }
 
     /// Patches the header's `count` and returns the inner writer, positioned at the end of the file.

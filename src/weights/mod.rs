@@ -1,6 +1,8 @@
 //! Weight tensors as the engine sees them: where a value's data lives (`source`) and how a fresh,
-//! compact `weight.bin` is rebuilt while the program is walked (`rebuild`).
+//! compact `weight.bin` is rebuilt while the program is walked (`rebuild`), its bytes written by a
+//! background thread (`background`).
 
+pub mod background;
 pub mod rebuild;
 pub mod source;
 

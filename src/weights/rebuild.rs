@@ -6,16 +6,16 @@
 //! is compact: no orphan regions, which Core ML's blob enumeration relies on.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Seek, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
-use crate::blob::{BlobReader, BlobWriter};
+use crate::blob::{BlobReader, BlobWriter, TensorSink};
 use crate::dtype::ScalarType;
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::{argument::binding::Binding, value, Operation, Value};
 use crate::tensor::TensorData;
 
+use super::background::BackgroundWriter;
 use super::source::TensorMeta;
 
 /// Parameter order of ops whose values coremltools writes to the blob file, from the MIL op
@@ -57,16 +57,16 @@ pub fn op_values_mut(op: &mut Operation) -> Vec<(String, &mut Value)> {
 }
 
 /// Writes a fresh `weight.bin`, copying original blobs on first reference and appending new ones.
-pub struct WeightFileBuilder<W: Write + Seek = BufWriter<File>> {
+pub struct WeightFileBuilder<W: Write + Seek = BackgroundWriter> {
     writer: BlobWriter<W>,
     /// Original offset → (new offset, dtype, element count) of each blob copied so far.
     copied: BTreeMap<u64, (u64, ScalarType, u64)>,
 }
 
-impl WeightFileBuilder<BufWriter<File>> {
+impl WeightFileBuilder<BackgroundWriter> {
+    /// Creates `path`; its bytes are written on a background thread while the caller goes on.
     pub fn create(path: &Path) -> Result<Self> {
-        let file = File::create(path).at(path)?;
-        Self::new(BufWriter::new(file), path.to_owned())
+        Self::new(BackgroundWriter::create(path).at(path)?, path.to_owned())
     }
 }
 
@@ -133,6 +133,22 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
     /// Appends new data and returns its record offset.
     pub fn append(&mut self, data: &TensorData) -> Result<u64> {
         self.writer.append_tensor(data)
+    }
+
+    /// [`WeightFileBuilder::append`], handing `data` to the sink instead of copying it.
+    pub fn append_owned(&mut self, data: TensorData) -> Result<u64>
+    where
+        W: TensorSink,
+    {
+        self.writer.append_tensor_owned(data)
+    }
+
+    /// The buffer of an earlier [`WeightFileBuilder::append_owned`], once written, for reuse.
+    pub fn recycled_tensor(&mut self) -> Option<TensorData>
+    where
+        W: TensorSink,
+    {
+        self.writer.inner_mut().recycled_tensor()
     }
 
     pub fn blob_count(&self) -> u32 {

@@ -63,6 +63,17 @@ impl WeightSource {
 
     /// The values of `value`, named `tensor` in errors.
     pub fn read(&self, tensor: &str, value: &Value) -> Result<(TensorMeta, TensorData)> {
+        self.read_reusing(tensor, value, None)
+    }
+
+    /// [`WeightSource::read`], into `spare`'s allocation where it fits (see
+    /// [`BlobReader::read_tensor_reusing`]).
+    pub fn read_reusing(
+        &self,
+        tensor: &str,
+        value: &Value,
+        spare: Option<TensorData>,
+    ) -> Result<(TensorMeta, TensorData)> {
         let meta = TensorMeta::of(value)
             .ok_or_else(|| Error::tensor(tensor, "is not a numeric tensor with a known shape"))?;
         let data = if let Some(offset) = value.blob_offset() {
@@ -70,7 +81,7 @@ impl WeightSource {
             let reader = self.blobs.as_ref().ok_or_else(|| {
                 Error::tensor(tensor, format!("refers to weight.bin offset {offset} but the package has no weight.bin"))
             })?;
-            reader.read_tensor(offset, meta.dtype, meta.count).map_err(|e| in_tensor(tensor, e))?
+            reader.read_tensor_reusing(offset, meta.dtype, meta.count, spare).map_err(|e| in_tensor(tensor, e))?
         } else if let Some(imm) = value.immediate_tensor() {
             decode_immediate(imm, meta.dtype, meta.count).map_err(|r| Error::tensor(tensor, r))?
         } else {

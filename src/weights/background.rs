@@ -1,0 +1,269 @@
+//! A file writer whose `write` syscalls run on a background thread, so that writing one tensor's
+//! blobs overlaps reading and pruning the next.
+//!
+//! Small writes (records, masks, copied blobs) are gathered into pieces of up to [`PIECE`] bytes;
+//! a pruned tensor's values are handed over by value ([`TensorSink::write_tensor`]), never copied,
+//! and come back through [`TensorSink::recycled_tensor`] once written, to be read into again. The
+//! hand-over channel has no capacity: a send waits until the thread is free. So at most one item
+//! is being written while the caller prepares the next, which keeps memory at two tensors at most
+//! (the one being written, the one being pruned) and makes a fast producer wait for the disk.
+//!
+//! Seeking (only [`crate::blob::BlobWriter::finish`] does, to patch the header) first drains the
+//! pipe and takes the file back; from then on writes go straight to the file. An I/O error on the
+//! thread ends it; the next write, flush or seek reports that error.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use crate::blob::TensorSink;
+use crate::tensor::TensorData;
+
+/// Bytes gathered before a hand-over: large enough that a syscall moves a lot.
+const PIECE: usize = 8 << 20;
+
+pub struct BackgroundWriter {
+    state: State,
+    /// Bytes accepted so far (the logical stream position while piped).
+    position: u64,
+}
+
+enum State {
+    Piped(Pipe),
+    Direct(File),
+    /// After a failure that consumed the pipe; every later call fails.
+    Broken,
+}
+
+/// What the writer thread writes, in order.
+enum Item {
+    Bytes(Vec<u8>),
+    Tensor(TensorData),
+}
+
+struct Pipe {
+    filling: Vec<u8>,
+    to_thread: SyncSender<Item>,
+    pieces_back: Receiver<Vec<u8>>,
+    tensors_back: Receiver<TensorData>,
+    thread: JoinHandle<io::Result<File>>,
+}
+
+fn broken() -> io::Error {
+    io::Error::other("an earlier write to this file failed")
+}
+
+impl BackgroundWriter {
+    /// Creates (truncates) `path` and starts its writer thread.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        let file = File::create(path)?;
+        let (to_thread, from_main) = sync_channel::<Item>(0);
+        let (piece_to_main, pieces_back) = sync_channel::<Vec<u8>>(2);
+        let (tensor_to_main, tensors_back) = sync_channel::<TensorData>(1);
+        let thread = std::thread::Builder::new().name("mlprune-writer".into()).spawn(move || {
+            let mut file = file;
+            for item in from_main {
+                // A full return channel means the caller did not want the buffer back: drop it.
+                match item {
+                    Item::Bytes(mut piece) => {
+                        file.write_all(&piece)?;
+                        piece.clear();
+                        let _ = piece_to_main.try_send(piece);
+                    }
+                    Item::Tensor(data) => {
+                        file.write_all(&data.as_le_bytes())?;
+                        let _ = tensor_to_main.try_send(data);
+                    }
+                }
+            }
+            Ok(file)
+        })?;
+        let pipe = Pipe { filling: Vec::new(), to_thread, pieces_back, tensors_back, thread };
+        Ok(BackgroundWriter { state: State::Piped(pipe), position: 0 })
+    }
+
+    /// Hands `item` to the thread; if the thread has stopped, returns the error it stopped on.
+    fn send(&mut self, item: Item) -> io::Result<()> {
+        let State::Piped(pipe) = &mut self.state else { return Err(broken()) };
+        if pipe.to_thread.send(item).is_err() {
+            return Err(self.drain().err().unwrap_or_else(|| io::Error::other("the writer thread stopped")));
+        }
+        Ok(())
+    }
+
+    /// Hands the piece being filled to the thread and starts a new one (a returned piece if any).
+    fn send_filling(&mut self) -> io::Result<()> {
+        let State::Piped(pipe) = &mut self.state else { return Ok(()) };
+        if pipe.filling.is_empty() {
+            return Ok(());
+        }
+        let next = pipe.pieces_back.try_recv().unwrap_or_default();
+        let full = std::mem::replace(&mut pipe.filling, next);
+        self.send(Item::Bytes(full))
+    }
+
+    /// Sends what is buffered, waits for the thread to write everything and takes the file back.
+    fn drain(&mut self) -> io::Result<&mut File> {
+        if let State::Piped(pipe) = &mut self.state {
+            if !pipe.filling.is_empty() {
+                let last = std::mem::take(&mut pipe.filling);
+                // A failed send means the thread already stopped; its result says why.
+                let _ = pipe.to_thread.send(Item::Bytes(last));
+            }
+        }
+        match std::mem::replace(&mut self.state, State::Broken) {
+            State::Piped(Pipe { to_thread, thread, .. }) => {
+                drop(to_thread);
+                let file = thread.join().map_err(|_| io::Error::other("the writer thread panicked"))??;
+                self.state = State::Direct(file);
+            }
+            other => self.state = other,
+        }
+        match &mut self.state {
+            State::Direct(file) => Ok(file),
+            _ => Err(broken()),
+        }
+    }
+
+    /// Waits for every byte to reach the file and returns it.
+    pub fn into_file(mut self) -> io::Result<File> {
+        self.drain()?;
+        match std::mem::replace(&mut self.state, State::Broken) {
+            State::Direct(file) => Ok(file),
+            _ => Err(broken()),
+        }
+    }
+}
+
+impl Write for BackgroundWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = match &mut self.state {
+            State::Piped(pipe) => {
+                if pipe.filling.capacity() == 0 {
+                    pipe.filling.reserve_exact(PIECE);
+                }
+                let n = buf.len().min(PIECE - pipe.filling.len());
+                pipe.filling.extend_from_slice(&buf[..n]);
+                if pipe.filling.len() == PIECE {
+                    self.send_filling()?;
+                }
+                n
+            }
+            State::Direct(file) => file.write(buf)?,
+            State::Broken => return Err(broken()),
+        };
+        self.position += written as u64;
+        Ok(written)
+    }
+
+    /// Hands buffered bytes to the thread; like `BufWriter`, it does not wait for them to be written
+    /// ([`BackgroundWriter::into_file`] does).
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.state {
+            State::Piped(_) => self.send_filling(),
+            State::Direct(file) => file.flush(),
+            State::Broken => Err(broken()),
+        }
+    }
+}
+
+impl Seek for BackgroundWriter {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        if let (State::Piped(_), SeekFrom::Current(0)) = (&self.state, to) {
+            return Ok(self.position);
+        }
+        let position = self.drain()?.seek(to)?;
+        self.position = position;
+        Ok(position)
+    }
+}
+
+impl TensorSink for BackgroundWriter {
+    fn write_tensor(&mut self, data: TensorData) -> io::Result<()> {
+        let len = data.as_le_bytes().len() as u64;
+        match &mut self.state {
+            State::Piped(_) => {
+                self.send_filling()?;
+                self.send(Item::Tensor(data))?;
+            }
+            State::Direct(file) => file.write_all(&data.as_le_bytes())?,
+            State::Broken => return Err(broken()),
+        }
+        self.position += len;
+        Ok(())
+    }
+
+    fn recycled_tensor(&mut self) -> Option<TensorData> {
+        match &self.state {
+            State::Piped(pipe) => pipe.tensors_back.try_recv().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for BackgroundWriter {
+    /// Dropped without [`BackgroundWriter::into_file`] (an error elsewhere): stop the thread after
+    /// the item it is writing. The file is a staging file the caller removes.
+    fn drop(&mut self) {
+        if let State::Piped(pipe) = std::mem::replace(&mut self.state, State::Broken) {
+            drop(pipe.to_thread);
+            let _ = pipe.thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_arrive_in_order_across_pieces_and_seeks_patch_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.bin");
+        let mut w = BackgroundWriter::create(&path).unwrap();
+        assert_eq!(w.stream_position().unwrap(), 0);
+        let big: Vec<u8> = (0..(2 * PIECE + 12345)).map(|i| (i * 7 % 251) as u8).collect();
+        let mut want = Vec::new();
+        for chunk in [&b"header.."[..], &big, b"tail"] {
+            w.write_all(chunk).unwrap();
+            want.extend_from_slice(chunk);
+        }
+        // A tensor handed over by value lands between the bytes written before and after it, and
+        // its buffer comes back once written.
+        let tensor = TensorData::F16((0..1000u16).map(half::f16::from_bits).collect());
+        let tensor_bytes = tensor.as_le_bytes().into_owned();
+        w.write_tensor(tensor).unwrap();
+        want.extend_from_slice(&tensor_bytes);
+        w.write_all(b"after").unwrap();
+        want.extend_from_slice(b"after");
+        // The hand-over waits until the thread is free, so once "after" is taken the tensor is written.
+        w.flush().unwrap();
+        assert!(matches!(w.recycled_tensor(), Some(TensorData::F16(v)) if v.len() == 1000));
+        assert_eq!(w.stream_position().unwrap(), want.len() as u64);
+        w.seek(SeekFrom::Start(0)).unwrap();
+        w.write_all(b"HEADER").unwrap();
+        want[..6].copy_from_slice(b"HEADER");
+        let end = w.seek(SeekFrom::End(0)).unwrap();
+        assert_eq!(end, want.len() as u64);
+        w.into_file().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+    }
+
+    #[test]
+    fn a_write_error_on_the_thread_is_reported() {
+        // /dev/full accepts the open and fails every write with ENOSPC.
+        let Ok(mut w) = BackgroundWriter::create(Path::new("/dev/full")) else { return };
+        let piece = vec![1u8; PIECE];
+        let mut failed = false;
+        for _ in 0..4 {
+            if w.write_all(&piece).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        let flushed = w.into_file();
+        assert!(failed || flushed.is_err(), "the ENOSPC from the thread must surface");
+    }
+}
