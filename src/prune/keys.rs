@@ -222,20 +222,8 @@ where
         a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
         a
     };
-    // Pass 1: histogram of the top (up to) 16 bits. One histogram per rayon job (`fold`), not per
-    // chunk: zeroing and merging 64 Ki bins per chunk would cost as much as the counting.
-    let top_hist = w
-        .par_chunks(PAR_CHUNK)
-        .fold(
-            || vec![0u64; bins],
-            |mut h, c| {
-                for x in c {
-                    h[(key(x).to_u64() >> high_shift) as usize] += 1;
-                }
-                h
-            },
-        )
-        .reduce(|| vec![0u64; bins], merge);
+    // Pass 1: histogram of the top (up to) 16 bits.
+    let top_hist = top_histogram(w, &key, high_shift, bins);
     // Bucket of rank `prev`, and the count of everything below it.
     let mut below = 0u64;
     let mut bucket = 0usize;
@@ -310,6 +298,49 @@ where
         next: K::from_u64(b),
         max: K::from_u64(max_key),
     })
+}
+
+/// Counts of `key(x) >> high_shift` over `w`, in parallel. One histogram per rayon job (`fold`),
+/// not per chunk: zeroing and merging 64 Ki bins per chunk would cost as much as the counting. The
+/// job histograms count in u32 (half the cache footprint of u64) unless a job could overflow it.
+fn top_histogram<T, K, F>(w: &[T], key: &F, high_shift: u32, bins: usize) -> Vec<u64>
+where
+    T: Sync,
+    K: Key,
+    F: Fn(&T) -> K + Sync,
+{
+    use rayon::prelude::*;
+    fn count<T: Sync, K: Key, C: Copy + Default + Send + Sync + Into<u64> + std::ops::AddAssign>(
+        w: &[T],
+        key: &(impl Fn(&T) -> K + Sync),
+        high_shift: u32,
+        bins: usize,
+        one: C,
+    ) -> Vec<u64> {
+        w.par_chunks(PAR_CHUNK)
+            .fold(
+                || vec![C::default(); bins],
+                |mut h, c| {
+                    for x in c {
+                        h[(key(x).to_u64() >> high_shift) as usize] += one;
+                    }
+                    h
+                },
+            )
+            .map(|h| h.into_iter().map(Into::into).collect::<Vec<u64>>())
+            .reduce(
+                || vec![0u64; bins],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            )
+    }
+    if u32::try_from(w.len()).is_ok() {
+        count(w, key, high_shift, bins, 1u32)
+    } else {
+        count(w, key, high_shift, bins, 1u64)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 
 use super::element::{Element, MapValue};
 use super::mask::encode_sparse_in_place;
-use super::percentile::{at_or_below, percentile_cut_of};
+use super::percentile::{mark_at_or_below, percentile_cut_of};
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes the `target_sparsity` fraction of smallest magnitudes of `w`. Errors for an empty tensor
@@ -44,10 +44,6 @@ pub fn magnitude_in_place<T: Element>(w: Vec<T>, target_sparsity: f64) -> Result
     Ok(Outcome::Pruned(encode_sparse_in_place(
         w,
         Apply::Where,
-        |_, values, flags| {
-            for (flag, x) in flags.iter_mut().zip(values) {
-                *flag = at_or_below(key(x), cut);
-            }
-        },
+        |_, values, flags| mark_at_or_below(values, key, cut, flags),
     )))
 }

@@ -14,7 +14,7 @@
 
 use super::element::{Element, MapValue};
 use super::mask::encode_sparse_in_place;
-use super::percentile::at_or_below;
+use super::percentile::mark_at_or_below;
 use super::{python_float_repr, Apply, Outcome};
 
 /// Prunes `w` by magnitude threshold. See the module doc for the exact rules.
@@ -31,9 +31,7 @@ pub fn threshold_in_place<T: Element>(
     let cut = <T::Mag as MapValue>::threshold_cut(threshold);
     let n = w.len();
     let sparse = encode_sparse_in_place(w, Apply::Where, |_, values, flags| {
-        for (flag, x) in flags.iter_mut().zip(values) {
-            *flag = at_or_below(x.magnitude().key(), cut);
-        }
+        mark_at_or_below(values, |x| x.magnitude().key(), cut, flags)
     });
     let zeros = n as u64 - sparse.kept;
     // numpy: int64 / int -> float64 (NaN for an empty tensor, which never compares below).
