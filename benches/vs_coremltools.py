@@ -7,7 +7,8 @@ coremltools, then for each mode (magnitude 0.5, n:m 2:4, block 4, threshold) tim
   * coremltools: a fresh Python process that loads the package, runs prune_weights and saves;
     the time is measured inside the process from load to saved (interpreter start and imports
     excluded, which favours coremltools), peak RSS is the whole process's;
-  * mlprune: the whole command, wall time and peak RSS from wait4(), best of --repeat runs;
+  * mlprune: the whole command with `--device cpu` (what issue #5 measures), wall time and peak
+    RSS, best of --repeat runs, each into a destination that does not exist yet (as for cp);
   * `cp -r` of the package, the I/O floor.
 GNU time (`/usr/bin/time`, Debian package `time`) measures the commands. Checks that both outputs decompress to identical weights (once per mode) and prints a Markdown
 table with the ratios.
@@ -117,7 +118,9 @@ def main():
         ct_s = json.loads(out.decode().strip().splitlines()[-1])["seconds"]
         ml_best, ml_rss = None, 0
         for _ in range(args.repeat):
-            wall, rss, _, err = timed([args.mlprune, "prune", src, ml_dst, "--config", cfg_path, "--force", "-q"])
+            # Like `cp -r` above: the destination does not exist when the clock starts.
+            shutil.rmtree(ml_dst, ignore_errors=True)
+            wall, rss, _, err = timed([args.mlprune, "prune", src, ml_dst, "--config", cfg_path, "-q", "--device", "cpu"])
             if not os.path.exists(ml_dst):
                 raise SystemExit(f"mlprune failed: {err.decode()}")
             ml_best = wall if ml_best is None else min(ml_best, wall)
