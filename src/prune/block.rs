@@ -17,6 +17,7 @@
 //!   norm makes thr NaN: nothing pruned); pruned elements become 0 (`np.where`).
 
 use super::axes::{check_structural_rank, ChannelLayout};
+use super::block_norms::fast_block_flags;
 use super::element::{Element, MapValue};
 use super::mask::encode_sparse;
 use super::percentile::{at_or_below, percentile_cut};
@@ -48,6 +49,22 @@ pub fn block<T: Element>(
     if q == 0.0 {
         return Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |_| false)));
     }
+    let pruned = match fast_block_flags(w, layout, block_size, target_sparsity) {
+        Some(flags) => flags?,
+        None => reference_flags(w, layout, block_size, target_sparsity)?,
+    };
+    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |f| pruned[f])))
+}
+
+/// The per-element "pruned" flags for `0 < q < 100` by gathering every block through index
+/// arithmetic: the reference for every element type, and the path for int8/uint8.
+pub(super) fn reference_flags<T: Element>(
+    w: &[T],
+    layout: ChannelLayout,
+    block_size: usize,
+    target_sparsity: f64,
+) -> Result<Vec<bool>, KernelError> {
+    use rayon::prelude::*;
     let norms = BlockNorms::compute(w, layout, block_size);
     let cut =
         percentile_cut::<T::Norm, _, _>(|| norms.weighted_keys(), w.len() as u64, target_sparsity)?;
@@ -56,9 +73,7 @@ pub fn block<T: Element>(
         .iter()
         .map(|n| at_or_below(n.key(), cut))
         .collect();
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |f| {
-        block_pruned[norms.block_of(f)]
-    })))
+    Ok((0..w.len()).into_par_iter().map(|f| block_pruned[norms.block_of(f)]).collect())
 }
 
 /// One norm per (outer, block, inner) position, stored in that row-major order.

@@ -20,6 +20,7 @@ use super::axes::{check_structural_rank, ChannelLayout};
 use super::element::{Element, MapValue};
 use super::keys::Key;
 use super::mask::encode_sparse;
+use super::nm_rank::{stable_rank_flags, MAX_STABLE_M};
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes the `n` smallest magnitudes in every group of `m` consecutive elements along `dim`.
@@ -45,6 +46,19 @@ pub fn n_m<T: Element>(
         // coremltools divides by m here (ZeroDivisionError).
         return Err(KernelError("n:m ratio needs m > 0".into()));
     }
+    let pruned = if m <= MAX_STABLE_M {
+        stable_rank_flags(w, layout, n, m)
+    } else {
+        argsort_flags(w, layout, n, m)
+    };
+    Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |f| {
+        pruned[f]
+    })))
+}
+
+/// The per-element "pruned" flags by sorting every group with [`numpy_argsort`]: the reference
+/// for any m (and the only path for m > 16, where numpy's tie order is not stable).
+pub(super) fn argsort_flags<T: Element>(w: &[T], layout: ChannelLayout, n: usize, m: usize) -> Vec<bool> {
     use rayon::prelude::*;
     let mut pruned = vec![false; w.len()];
     let pad_key = T::zero().magnitude().key();
@@ -79,9 +93,7 @@ pub fn n_m<T: Element>(
             },
         );
     }
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |f| {
-        pruned[f]
-    })))
+    pruned
 }
 
 /// numpy's `aquicksort_` (npysort/quicksort.cpp, the scalar path used when SIMD dispatch is off),

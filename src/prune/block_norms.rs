@@ -1,0 +1,280 @@
+//! The fast block-sparsity path for fp16 and fp32 weights (see [`super::block`] for the rules).
+//!
+//! The reference path computes one norm per block by gathering its elements through index
+//! arithmetic. Here the work follows memory instead:
+//! * `inner > 1` (sequential sums): block (o, b) is `real <= block_size` whole rows of `inner`
+//!   contiguous elements, so its `inner` norms are element-wise running sums over those rows,
+//!   computed a tile at a time on f32 vectors. Padding rows add +0 to a sum that is +0, positive
+//!   or NaN, which changes nothing, so they are skipped.
+//! * `inner == 1` (numpy's pairwise sum): a tile of whole blocks is squared in bulk, then each
+//!   block is summed by [`pairwise_sum_f32`] over its zero-padded squares.
+//!
+//! fp16 arithmetic is numpy's: every `+`, `*`, `sqrt` is done in f32 and rounded once to fp16,
+//! which equals the correctly rounded fp16 result (f32 has 24 ≥ 2·11 + 2 significand bits). The
+//! conversions are `half`'s slice conversions, which use F16C (round to nearest even) when the CPU
+//! has it and an exact software rounding otherwise.
+//!
+//! The percentile counts every norm once per real element of its block. For fp16 norms (16-bit
+//! keys) that is a weighted 65536-bin histogram built in parallel, which the generic selection then
+//! reads as at most 65536 (key, count) items; wider keys go through the selection directly.
+//! Every result (norms, integer counts, flags) is independent of the number of threads.
+
+use half::slice::HalfFloatSliceExt;
+use half::f16;
+use rayon::prelude::*;
+
+use super::axes::ChannelLayout;
+use super::element::{pairwise_sum_f32, Element, MapValue};
+use super::keys::Key;
+use super::percentile::{at_or_below, percentile_cut};
+use super::KernelError;
+use crate::dtype::ScalarType;
+
+/// Elements per tile of the vector loops: the f32 buffers stay in L1.
+const TILE: usize = 1024;
+
+/// Norms (or norm keys) per parallel work item of the histogram.
+const HIST_CHUNK: usize = 1 << 18;
+
+/// The per-element "pruned" flags of block sparsity for fp16 and fp32 weights, `None` for other
+/// element types (the caller then takes the reference path). `0 < q < 100` is the caller's.
+pub fn fast_block_flags<T: Element>(
+    w: &[T],
+    layout: ChannelLayout,
+    block_size: usize,
+    target_sparsity: f64,
+) -> Option<Result<Vec<bool>, KernelError>> {
+    match T::DTYPE {
+        ScalarType::Float16 => bytemuck::try_cast_slice::<T, f16>(w)
+            .ok()
+            .map(|w| block_flags(w, layout, block_size, target_sparsity)),
+        ScalarType::Float32 => bytemuck::try_cast_slice::<T, f32>(w)
+            .ok()
+            .map(|w| block_flags(w, layout, block_size, target_sparsity)),
+        _ => None,
+    }
+}
+
+fn block_flags<F: NormFloat>(
+    w: &[F],
+    layout: ChannelLayout,
+    block_size: usize,
+    target_sparsity: f64,
+) -> Result<Vec<bool>, KernelError> {
+    let geometry = Geometry::new(layout, block_size);
+    let norms = block_norms(w, &geometry);
+    let cut = weighted_cut(&norms, &geometry, w.len() as u64, target_sparsity)?;
+    Ok(flags_from_norms(&norms, &geometry, w.len(), cut))
+}
+
+/// Where the blocks are. Norms are stored one block row (`inner` norms) per (outer, block) pair,
+/// in row-major (outer, block, inner) order — the reference path's order.
+struct Geometry {
+    layout: ChannelLayout,
+    block_size: usize,
+    blocks: usize,
+}
+
+impl Geometry {
+    fn new(layout: ChannelLayout, block_size: usize) -> Self {
+        Geometry { layout, block_size, blocks: layout.channel.div_ceil(block_size) }
+    }
+
+    /// Real elements per norm of block `b` (the last block of a channel run may be short).
+    fn covered(&self, b: usize) -> usize {
+        (self.layout.channel - b * self.block_size).min(self.block_size)
+    }
+}
+
+/// Every block norm, computed in parallel over block rows (`inner > 1`) or tiles of blocks.
+fn block_norms<F: NormFloat>(w: &[F], g: &Geometry) -> Vec<F> {
+    let ChannelLayout { outer, channel, inner } = g.layout;
+    let mut norms = vec![F::ZERO; outer * g.blocks * inner];
+    if norms.is_empty() {
+        return norms;
+    }
+    if inner == 1 {
+        let tile_blocks = (TILE / g.block_size).max(1);
+        norms.par_chunks_mut(g.blocks).zip(w.par_chunks(channel)).for_each(|(out, row)| {
+            out.par_chunks_mut(tile_blocks)
+                .zip(row.par_chunks(tile_blocks * g.block_size))
+                .for_each_init(Scratch::default, |s, (out, part)| {
+                    F::pairwise_norms(part, g.block_size, out, s)
+                });
+        });
+    } else {
+        let row_len = channel * inner;
+        norms.par_chunks_mut(inner).enumerate().for_each_init(Scratch::default, |s, (r, out)| {
+            let (o, b) = (r / g.blocks, r % g.blocks);
+            let start = o * row_len + b * g.block_size * inner;
+            F::sequential_norms(&w[start..start + g.covered(b) * inner], inner, out, s);
+        });
+    }
+    norms
+}
+
+/// The pruning cut of `np.percentile(map, q)` where `map` repeats each norm once per element its
+/// block covers (`total` elements in all).
+fn weighted_cut<F: NormFloat>(
+    norms: &[F],
+    g: &Geometry,
+    total: u64,
+    target_sparsity: f64,
+) -> Result<Option<F::Key>, KernelError> {
+    let inner = g.layout.inner;
+    let weight = |row: usize| g.covered(row % g.blocks) as u64;
+    if F::Key::BITS <= 16 {
+        // The histogram is exact: every bin is one key.
+        let bins = 1usize << F::Key::BITS;
+        let rows_per_chunk = (HIST_CHUNK / inner).max(1);
+        let hist = norms
+            .par_chunks(rows_per_chunk * inner)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let mut h = vec![0u64; bins];
+                for (r, row) in chunk.chunks(inner).enumerate() {
+                    let wt = weight(c * rows_per_chunk + r);
+                    row.iter().for_each(|n| h[n.key().to_u64() as usize] += wt);
+                }
+                h
+            })
+            .reduce(
+                || vec![0u64; bins],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        let items = || {
+            hist.iter()
+                .enumerate()
+                .filter(|(_, &c)| c > 0)
+                .map(|(k, &c)| (F::Key::from_u64(k as u64), c))
+        };
+        percentile_cut::<F, _, _>(items, total, target_sparsity)
+    } else {
+        let items = || {
+            norms
+                .chunks(inner)
+                .enumerate()
+                .flat_map(move |(r, row)| row.iter().map(move |n| (n.key(), weight(r))))
+        };
+        percentile_cut::<F, _, _>(items, total, target_sparsity)
+    }
+}
+
+/// Broadcasts `norm <= cut` to every real element of each block, in parallel over block rows.
+fn flags_from_norms<F: NormFloat>(norms: &[F], g: &Geometry, len: usize, cut: Option<F::Key>) -> Vec<bool> {
+    let mut flags = vec![false; len];
+    let ChannelLayout { channel, inner, .. } = g.layout;
+    let (row_len, block_len) = (channel * inner, g.block_size * inner);
+    if row_len == 0 || cut.is_none() {
+        return flags;
+    }
+    let min_blocks = (TILE / block_len).max(1);
+    flags.par_chunks_mut(row_len).zip(norms.par_chunks(g.blocks * inner)).for_each(|(out, norms)| {
+        // The flags of block b are `covered(b)` rows of `inner`, all equal to its norms' flags.
+        out.par_chunks_mut(block_len).zip(norms.par_chunks(inner)).with_min_len(min_blocks).for_each(
+            |(out, norms)| {
+                for row in out.chunks_mut(inner) {
+                    row.iter_mut().zip(norms).for_each(|(f, n)| *f = at_or_below(n.key(), cut));
+                }
+            },
+        );
+    });
+    flags
+}
+
+/// Per-thread f32 / f16 buffers, grown on demand.
+#[derive(Default)]
+struct Scratch {
+    acc: Vec<f32>,
+    sq: Vec<f32>,
+    half: Vec<f16>,
+}
+
+fn grown<V: Copy + Default>(v: &mut Vec<V>, len: usize) -> &mut [V] {
+    if v.len() < len {
+        v.resize(len, V::default());
+    }
+    &mut v[..len]
+}
+
+/// Rounds every f32 to the nearest fp16 value (ties to even), kept as f32; `half` is scratch of the
+/// same length.
+fn round_to_f16(x: &mut [f32], half: &mut [f16]) {
+    half.convert_from_f32_slice(x);
+    half.convert_to_f32_slice(x);
+}
+
+/// The float weight types with a fast norm kernel; their norm type is themselves.
+trait NormFloat: Element + MapValue {
+    const ZERO: Self;
+    /// Norms of one block row: `block` is `real` rows of `out.len()` elements; the sum runs over
+    /// the rows in order, from 0, rounded to Self after every addition.
+    fn sequential_norms(block: &[Self], inner: usize, out: &mut [Self], s: &mut Scratch);
+    /// Norms of consecutive blocks of `block_size` elements; `part` holds `out.len()` blocks, the
+    /// last one maybe short (zero padded). numpy's pairwise f32 sum per block.
+    fn pairwise_norms(part: &[Self], block_size: usize, out: &mut [Self], s: &mut Scratch);
+}
+
+impl NormFloat for f16 {
+    const ZERO: Self = f16::ZERO;
+
+    fn sequential_norms(block: &[f16], inner: usize, out: &mut [f16], s: &mut Scratch) {
+        let real = block.len() / inner;
+        for (i0, out) in (0..inner).step_by(TILE).zip(out.chunks_mut(TILE)) {
+            let len = out.len();
+            let acc = grown(&mut s.acc, len);
+            let sq = grown(&mut s.sq, len);
+            acc.fill(0.0);
+            for j in 0..real {
+                let start = j * inner + i0;
+                block[start..start + len].convert_to_f32_slice(sq);
+                sq.iter_mut().for_each(|x| *x *= *x);
+                // `out` doubles as the fp16 scratch: it is written for real at the end.
+                round_to_f16(sq, out);
+                acc.iter_mut().zip(sq.iter()).for_each(|(a, q)| *a += q);
+                round_to_f16(acc, out);
+            }
+            acc.iter_mut().for_each(|a| *a = a.sqrt());
+            out.convert_from_f32_slice(acc);
+        }
+    }
+
+    fn pairwise_norms(part: &[f16], block_size: usize, out: &mut [f16], s: &mut Scratch) {
+        let padded = out.len() * block_size;
+        let sq = grown(&mut s.sq, padded);
+        part.convert_to_f32_slice(&mut sq[..part.len()]);
+        sq[part.len()..].fill(0.0);
+        sq.iter_mut().for_each(|x| *x *= *x);
+        round_to_f16(sq, grown(&mut s.half, padded));
+        let sums = grown(&mut s.acc, out.len());
+        for (b, sum) in sums.iter_mut().enumerate() {
+            let block = &sq[b * block_size..(b + 1) * block_size];
+            *sum = pairwise_sum_f32(block_size, &|j| block[j]);
+        }
+        round_to_f16(sums, out);
+        sums.iter_mut().for_each(|a| *a = a.sqrt());
+        out.convert_from_f32_slice(sums);
+    }
+}
+
+impl NormFloat for f32 {
+    const ZERO: Self = 0.0;
+
+    fn sequential_norms(block: &[f32], inner: usize, out: &mut [f32], _: &mut Scratch) {
+        out.fill(0.0);
+        for row in block.chunks_exact(inner) {
+            out.iter_mut().zip(row).for_each(|(a, x)| *a += x * x);
+        }
+        out.iter_mut().for_each(|a| *a = a.sqrt());
+    }
+
+    fn pairwise_norms(part: &[f32], block_size: usize, out: &mut [f32], _: &mut Scratch) {
+        let sq = |i: usize| part.get(i).map_or(0.0, |x| x * x);
+        for (b, norm) in out.iter_mut().enumerate() {
+            *norm = pairwise_sum_f32(block_size, &|j| sq(b * block_size + j)).sqrt();
+        }
+    }
+}
