@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use super::axes::ChannelLayout;
 use super::element::{pairwise_sum_f32, Element, MapValue};
 use super::keys::Key;
-use super::percentile::{at_or_below, percentile_cut};
+use super::percentile::percentile_cut;
 use super::KernelError;
 use crate::dtype::ScalarType;
 
@@ -44,6 +44,10 @@ pub fn fast_block_flags<T: Element>(
     block_size: usize,
     target_sparsity: f64,
 ) -> Option<Result<Vec<bool>, KernelError>> {
+    if w.is_empty() {
+        // The reference path reports numpy's error for an empty percentile.
+        return None;
+    }
     match T::DTYPE {
         ScalarType::Float16 => bytemuck::try_cast_slice::<T, f16>(w)
             .ok()
@@ -122,20 +126,16 @@ fn weighted_cut<F: NormFloat>(
     target_sparsity: f64,
 ) -> Result<Option<F::Key>, KernelError> {
     let inner = g.layout.inner;
-    let weight = |row: usize| g.covered(row % g.blocks) as u64;
     if F::Key::BITS <= 16 {
-        // The histogram is exact: every bin is one key.
+        // The histogram is exact: every bin is one key. Every block covers `block_size` elements
+        // but the last of each channel run, so count norms, scale, and take back what the short
+        // blocks do not cover (no weight lookup per norm).
         let bins = 1usize << F::Key::BITS;
-        let rows_per_chunk = (HIST_CHUNK / inner).max(1);
-        let hist = norms
-            .par_chunks(rows_per_chunk * inner)
-            .enumerate()
-            .map(|(c, chunk)| {
+        let mut hist = norms
+            .par_chunks(HIST_CHUNK)
+            .map(|chunk| {
                 let mut h = vec![0u64; bins];
-                for (r, row) in chunk.chunks(inner).enumerate() {
-                    let wt = weight(c * rows_per_chunk + r);
-                    row.iter().for_each(|n| h[n.key().to_u64() as usize] += wt);
-                }
+                chunk.iter().for_each(|n| h[n.key().to_u64() as usize] += 1);
                 h
             })
             .reduce(
@@ -145,6 +145,14 @@ fn weighted_cut<F: NormFloat>(
                     a
                 },
             );
+        let scale = g.block_size as u64;
+        hist.iter_mut().for_each(|c| *c *= scale);
+        let last = g.blocks.saturating_sub(1);
+        let short = scale - g.covered(last) as u64;
+        if short > 0 {
+            let last_rows = norms.chunks(inner).skip(last).step_by(g.blocks);
+            last_rows.flatten().for_each(|n| hist[n.key().to_u64() as usize] -= short);
+        }
         let items = || {
             hist.iter()
                 .enumerate()
@@ -153,6 +161,7 @@ fn weighted_cut<F: NormFloat>(
         };
         percentile_cut::<F, _, _>(items, total, target_sparsity)
     } else {
+        let weight = |row: usize| g.covered(row % g.blocks) as u64;
         let items = || {
             norms
                 .chunks(inner)
@@ -167,22 +176,66 @@ fn weighted_cut<F: NormFloat>(
 fn flags_from_norms<F: NormFloat>(norms: &[F], g: &Geometry, len: usize, cut: Option<F::Key>) -> Vec<bool> {
     let mut flags = vec![false; len];
     let ChannelLayout { channel, inner, .. } = g.layout;
-    let (row_len, block_len) = (channel * inner, g.block_size * inner);
-    if row_len == 0 || cut.is_none() {
+    let Some(cut) = cut else { return flags };
+    if len == 0 {
         return flags;
     }
-    let min_blocks = (TILE / block_len).max(1);
-    flags.par_chunks_mut(row_len).zip(norms.par_chunks(g.blocks * inner)).for_each(|(out, norms)| {
-        // The flags of block b are `covered(b)` rows of `inner`, all equal to its norms' flags.
-        out.par_chunks_mut(block_len).zip(norms.par_chunks(inner)).with_min_len(min_blocks).for_each(
-            |(out, norms)| {
-                for row in out.chunks_mut(inner) {
-                    row.iter_mut().zip(norms).for_each(|(f, n)| *f = at_or_below(n.key(), cut));
-                }
-            },
-        );
-    });
+    let pruned = |n: &F| n.key() <= cut;
+    if inner == 1 {
+        // Rows of consecutive blocks; huge rows are split into tiles of whole blocks.
+        let tile_blocks = (TILE / g.block_size).max(1);
+        flags.par_chunks_mut(channel).zip(norms.par_chunks(g.blocks)).for_each(|(out, norms)| {
+            out.par_chunks_mut(tile_blocks * g.block_size)
+                .zip(norms.par_chunks(tile_blocks))
+                .for_each(|(out, norms)| spread(out, norms, g.block_size, pruned));
+        });
+    } else {
+        // Block b is `covered(b)` rows of `inner` flags, all equal to its row of norms' flags.
+        let block_len = g.block_size * inner;
+        let rows = flags.par_chunks_mut(channel * inner).zip(norms.par_chunks(g.blocks * inner));
+        rows.for_each(|(out, norms)| {
+            out.par_chunks_mut(block_len).zip(norms.par_chunks(inner)).for_each(|(out, norms)| {
+                let (first, rest) = out.split_at_mut(inner);
+                first.iter_mut().zip(norms).for_each(|(f, n)| *f = pruned(n));
+                rest.chunks_mut(inner).for_each(|row| row.copy_from_slice(first));
+            });
+        });
+    }
     flags
+}
+
+/// `out[c] = pruned(norms[c / block_size])`. Blocks are tiny for the common sizes, so those get a
+/// fixed-size store per block instead of a `fill` call.
+fn spread<F>(out: &mut [bool], norms: &[F], block_size: usize, pruned: impl Fn(&F) -> bool) {
+    fn fixed<F, const B: usize>(out: &mut [bool], norms: &[F], pruned: impl Fn(&F) -> bool) {
+        let full = out.len() / B;
+        let mut blocks = out.chunks_exact_mut(B);
+        for (b, n) in (&mut blocks).zip(norms) {
+            b.copy_from_slice(&[pruned(n); B]);
+        }
+        let tail = blocks.into_remainder();
+        if let Some(n) = norms.get(full) {
+            tail.fill(pruned(n));
+        }
+    }
+    match block_size {
+        2 => fixed::<F, 2>(out, norms, pruned),
+        4 => fixed::<F, 4>(out, norms, pruned),
+        8 => fixed::<F, 8>(out, norms, pruned),
+        _ => out.chunks_mut(block_size).zip(norms).for_each(|(b, n)| b.fill(pruned(n))),
+    }
+}
+
+/// numpy's f32 pairwise sum of each run of `block_size` values of `sq` (one per `sums` slot).
+/// Below 8 addends numpy adds in order from 0, which is inlined here: a call per block would cost
+/// more than the block.
+fn block_sums(sq: &[f32], block_size: usize, sums: &mut [f32]) {
+    let blocks = sq.chunks_exact(block_size).zip(sums.iter_mut());
+    if block_size < 8 {
+        blocks.for_each(|(b, sum)| *sum = b.iter().fold(0.0, |acc, &x| acc + x));
+    } else {
+        blocks.for_each(|(b, sum)| *sum = pairwise_sum_f32(block_size, &|j| b[j]));
+    }
 }
 
 /// Per-thread f32 / f16 buffers, grown on demand.
@@ -250,10 +303,7 @@ impl NormFloat for f16 {
         sq.iter_mut().for_each(|x| *x *= *x);
         round_to_f16(sq, grown(&mut s.half, padded));
         let sums = grown(&mut s.acc, out.len());
-        for (b, sum) in sums.iter_mut().enumerate() {
-            let block = &sq[b * block_size..(b + 1) * block_size];
-            *sum = pairwise_sum_f32(block_size, &|j| block[j]);
-        }
+        block_sums(sq, block_size, sums);
         round_to_f16(sums, out);
         sums.iter_mut().for_each(|a| *a = a.sqrt());
         out.convert_from_f32_slice(sums);
@@ -271,10 +321,11 @@ impl NormFloat for f32 {
         out.iter_mut().for_each(|a| *a = a.sqrt());
     }
 
-    fn pairwise_norms(part: &[f32], block_size: usize, out: &mut [f32], _: &mut Scratch) {
-        let sq = |i: usize| part.get(i).map_or(0.0, |x| x * x);
-        for (b, norm) in out.iter_mut().enumerate() {
-            *norm = pairwise_sum_f32(block_size, &|j| sq(b * block_size + j)).sqrt();
-        }
+    fn pairwise_norms(part: &[f32], block_size: usize, out: &mut [f32], s: &mut Scratch) {
+        let sq = grown(&mut s.sq, out.len() * block_size);
+        sq.iter_mut().zip(part).for_each(|(q, x)| *q = x * x);
+        sq[part.len()..].fill(0.0);
+        block_sums(sq, block_size, out);
+        out.iter_mut().for_each(|a| *a = a.sqrt());
     }
 }
