@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::axes::ChannelLayout;
 use super::element::{Element, MapValue};
+use crate::dtype::ScalarType;
 use super::keys::Key;
 
 /// The largest m whose argsort is numpy's stable insertion sort (`SMALL_QUICKSORT` is 15:
@@ -32,14 +33,41 @@ const TILE: usize = 1024;
 
 /// The per-element "pruned" flags of n:m sparsity for `1 <= m <= MAX_STABLE_M`, `n <= m`.
 pub fn stable_rank_flags<T: Element>(w: &[T], layout: ChannelLayout, n: usize, m: usize) -> Vec<bool> {
+    // Ranks only compare keys, so any key with the same order as `magnitude().key()` will do.
+    // For floats that is the magnitude bits with every NaN clamped to one value above inf: a
+    // `min` in the key's own width, which vectorizes (the generic key goes through u64).
+    match T::DTYPE {
+        ScalarType::Float16 => {
+            if let Ok(w) = bytemuck::try_cast_slice::<T, u16>(w) {
+                return flags_by_key(w, layout, n, m, |&b| (b & 0x7fff).min(0x7c01));
+            }
+        }
+        ScalarType::Float32 => {
+            if let Ok(w) = bytemuck::try_cast_slice::<T, u32>(w) {
+                return flags_by_key(w, layout, n, m, |&b| (b & 0x7fff_ffff).min(0x7f80_0001));
+            }
+        }
+        _ => {}
+    }
+    flags_by_key(w, layout, n, m, |x| x.magnitude().key())
+}
+
+/// [`stable_rank_flags`] for element type T (zero is `T::zeroed()`) ranked by `key`.
+fn flags_by_key<T, K, F>(w: &[T], layout: ChannelLayout, n: usize, m: usize, key: F) -> Vec<bool>
+where
+    T: bytemuck::Pod + Sync,
+    K: Key,
+    F: Fn(&T) -> K + Sync,
+{
     debug_assert!((1..=MAX_STABLE_M).contains(&m) && n <= m && w.len() == layout.outer * layout.channel * layout.inner);
     let mut flags = vec![false; w.len()];
     let row_len = layout.channel * layout.inner;
     if row_len == 0 || n == 0 {
         return flags;
     }
-    let pad = T::zero().magnitude().key();
-    let ranker = Ranker { n, m, pad };
+    // Padding is +0, whose bits are all zero in every element type.
+    let ranker = Ranker { n, m, pad: key(&T::zeroed()), key };
+    let pad = ranker.pad;
     if layout.inner == 1 {
         // A row is a run of groups; a piece of TILE whole groups is one work item.
         let piece = TILE * m;
@@ -62,10 +90,11 @@ pub fn stable_rank_flags<T: Element>(w: &[T], layout: ChannelLayout, n: usize, m
     flags
 }
 
-struct Ranker<K> {
+struct Ranker<K, F> {
     n: usize,
     m: usize,
     pad: K,
+    key: F,
 }
 
 /// Per-thread buffers: m lanes of keys and of flags, one lane of rank counters.
@@ -81,47 +110,42 @@ impl<K: Key> Scratch<K> {
     }
 }
 
-impl<K: Key> Ranker<K> {
+impl<K: Key, F> Ranker<K, F> {
     /// `groups` holds consecutive groups of m elements (the last one maybe short: zero padded).
-    fn contiguous_groups<T: Element<Mag: MapValue<Key = K>>>(
-        &self,
-        groups: &[T],
-        out: &mut [bool],
-        s: &mut Scratch<K>,
-    ) {
+    fn contiguous_groups<T>(&self, groups: &[T], out: &mut [bool], s: &mut Scratch<K>)
+    where
+        F: Fn(&T) -> K,
+    {
         let m = self.m;
         let len = groups.len().div_ceil(m);
         let (keys, flags) = (&mut s.keys[..m * len], &mut s.flags[..m * len]);
+        // Transpose into lanes: lane j is every m-th element from j on (padding where the last
+        // group is short).
         for (j, lane) in keys.chunks_exact_mut(len).enumerate() {
-            for (g, key) in lane.iter_mut().enumerate() {
-                *key = groups.get(g * m + j).map_or(self.pad, |x| x.magnitude().key());
-            }
+            let members = groups.get(j..).unwrap_or_default().iter().step_by(m);
+            let real = members.len();
+            lane.iter_mut().zip(members).for_each(|(k, x)| *k = (self.key)(x));
+            lane[real..].fill(self.pad);
         }
         self.rank_lanes(keys, len, flags, len, &mut s.rank[..len]);
         for (j, lane) in flags.chunks_exact(len).enumerate() {
-            for (g, &f) in lane.iter().enumerate() {
-                if let Some(o) = out.get_mut(g * m + j) {
-                    *o = f;
-                }
-            }
+            let members = out.get_mut(j..).unwrap_or_default().iter_mut().step_by(m);
+            members.zip(lane).for_each(|(o, &f)| *o = f);
         }
     }
 
     /// `group` is `real <= m` rows of `inner` elements; rows `real..m` are padding.
-    fn row_group<T: Element<Mag: MapValue<Key = K>>>(
-        &self,
-        group: &[T],
-        inner: usize,
-        out: &mut [bool],
-        s: &mut Scratch<K>,
-    ) {
+    fn row_group<T>(&self, group: &[T], inner: usize, out: &mut [bool], s: &mut Scratch<K>)
+    where
+        F: Fn(&T) -> K,
+    {
         let m = self.m;
         for i0 in (0..inner).step_by(TILE) {
             let len = TILE.min(inner - i0);
             let keys = &mut s.keys[..m * len];
             for (j, lane) in keys.chunks_exact_mut(len).enumerate() {
                 match group.get(j * inner + i0..j * inner + i0 + len) {
-                    Some(row) => lane.iter_mut().zip(row).for_each(|(k, x)| *k = x.magnitude().key()),
+                    Some(row) => lane.iter_mut().zip(row).for_each(|(k, x)| *k = (self.key)(x)),
                     None => lane.fill(self.pad),
                 }
             }
