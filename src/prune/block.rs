@@ -15,6 +15,9 @@
 //!   this element-wise map (a block counts once per real element it covers). Then exactly as
 //!   magnitude pruning: `q == 100` → `0 * w`; `q == 0` → `w`; else `map <= thr` is pruned (any NaN
 //!   norm makes thr NaN: nothing pruned); pruned elements become 0 (`np.where`).
+//!
+//! fp16 and fp32 weights take the vectorized path of [`super::block_norms`]; int8/uint8 (and the
+//! tests, as the reference) take [`reference_flags`], which gathers each block by index.
 
 use super::axes::{check_structural_rank, ChannelLayout};
 use super::block_norms::fast_block_flags;
@@ -66,14 +69,12 @@ pub(super) fn reference_flags<T: Element>(
 ) -> Result<Vec<bool>, KernelError> {
     use rayon::prelude::*;
     let norms = BlockNorms::compute(w, layout, block_size);
-    let cut =
-        percentile_cut::<T::Norm, _, _>(|| norms.weighted_keys(), w.len() as u64, target_sparsity)?;
-    let block_pruned: Vec<bool> = norms
-        .values
-        .iter()
-        .map(|n| at_or_below(n.key(), cut))
-        .collect();
-    Ok((0..w.len()).into_par_iter().map(|f| block_pruned[norms.block_of(f)]).collect())
+    let cut = percentile_cut::<T::Norm, _, _>(|| norms.weighted_keys(), w.len() as u64, target_sparsity)?;
+    let block_pruned: Vec<bool> = norms.values.iter().map(|n| at_or_below(n.key(), cut)).collect();
+    Ok((0..w.len())
+        .into_par_iter()
+        .map(|f| block_pruned[norms.block_of(f)])
+        .collect())
 }
 
 /// One norm per (outer, block, inner) position, stored in that row-major order.
@@ -104,7 +105,11 @@ impl<N: MapValue> BlockNorms<N> {
                     let c0 = blk * block_size;
                     for (j, slot) in buf.iter_mut().enumerate() {
                         let c = c0 + j;
-                        *slot = if c < layout.channel { w[layout.flat(o, c, i)].magnitude() } else { pad };
+                        *slot = if c < layout.channel {
+                            w[layout.flat(o, c, i)].magnitude()
+                        } else {
+                            pad
+                        };
                     }
                     T::block_norm(buf, innermost)
                 },

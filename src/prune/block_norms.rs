@@ -19,8 +19,8 @@
 //! reads as at most 65536 (key, count) items; wider keys go through the selection directly.
 //! Every result (norms, integer counts, flags) is independent of the number of threads.
 
-use half::slice::HalfFloatSliceExt;
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::axes::ChannelLayout;
@@ -81,7 +81,11 @@ struct Geometry {
 
 impl Geometry {
     fn new(layout: ChannelLayout, block_size: usize) -> Self {
-        Geometry { layout, block_size, blocks: layout.channel.div_ceil(block_size) }
+        Geometry {
+            layout,
+            block_size,
+            blocks: layout.channel.div_ceil(block_size),
+        }
     }
 
     /// Real elements per norm of block `b` (the last block of a channel run may be short).
@@ -92,27 +96,37 @@ impl Geometry {
 
 /// Every block norm, computed in parallel over block rows (`inner > 1`) or tiles of blocks.
 fn block_norms<F: NormFloat>(w: &[F], g: &Geometry) -> Vec<F> {
-    let ChannelLayout { outer, channel, inner } = g.layout;
+    let ChannelLayout {
+        outer,
+        channel,
+        inner,
+    } = g.layout;
     let mut norms = vec![F::ZERO; outer * g.blocks * inner];
     if norms.is_empty() {
         return norms;
     }
     if inner == 1 {
         let tile_blocks = (TILE / g.block_size).max(1);
-        norms.par_chunks_mut(g.blocks).zip(w.par_chunks(channel)).for_each(|(out, row)| {
-            out.par_chunks_mut(tile_blocks)
-                .zip(row.par_chunks(tile_blocks * g.block_size))
-                .for_each_init(Scratch::default, |s, (out, part)| {
-                    F::pairwise_norms(part, g.block_size, out, s)
-                });
-        });
+        norms
+            .par_chunks_mut(g.blocks)
+            .zip(w.par_chunks(channel))
+            .for_each(|(out, row)| {
+                out.par_chunks_mut(tile_blocks)
+                    .zip(row.par_chunks(tile_blocks * g.block_size))
+                    .for_each_init(Scratch::default, |s, (out, part)| {
+                        F::pairwise_norms(part, g.block_size, out, s)
+                    });
+            });
     } else {
         let row_len = channel * inner;
-        norms.par_chunks_mut(inner).enumerate().for_each_init(Scratch::default, |s, (r, out)| {
-            let (o, b) = (r / g.blocks, r % g.blocks);
-            let start = o * row_len + b * g.block_size * inner;
-            F::sequential_norms(&w[start..start + g.covered(b) * inner], inner, out, s);
-        });
+        norms
+            .par_chunks_mut(inner)
+            .enumerate()
+            .for_each_init(Scratch::default, |s, (r, out)| {
+                let (o, b) = (r / g.blocks, r % g.blocks);
+                let start = o * row_len + b * g.block_size * inner;
+                F::sequential_norms(&w[start..start + g.covered(b) * inner], inner, out, s);
+            });
     }
     norms
 }
@@ -151,7 +165,9 @@ fn weighted_cut<F: NormFloat>(
         let short = scale - g.covered(last) as u64;
         if short > 0 {
             let last_rows = norms.chunks(inner).skip(last).step_by(g.blocks);
-            last_rows.flatten().for_each(|n| hist[n.key().to_u64() as usize] -= short);
+            last_rows
+                .flatten()
+                .for_each(|n| hist[n.key().to_u64() as usize] -= short);
         }
         let items = || {
             hist.iter()
@@ -184,21 +200,28 @@ fn flags_from_norms<F: NormFloat>(norms: &[F], g: &Geometry, len: usize, cut: Op
     if inner == 1 {
         // Rows of consecutive blocks; huge rows are split into tiles of whole blocks.
         let tile_blocks = (TILE / g.block_size).max(1);
-        flags.par_chunks_mut(channel).zip(norms.par_chunks(g.blocks)).for_each(|(out, norms)| {
-            out.par_chunks_mut(tile_blocks * g.block_size)
-                .zip(norms.par_chunks(tile_blocks))
-                .for_each(|(out, norms)| spread(out, norms, g.block_size, pruned));
-        });
+        flags
+            .par_chunks_mut(channel)
+            .zip(norms.par_chunks(g.blocks))
+            .for_each(|(out, norms)| {
+                out.par_chunks_mut(tile_blocks * g.block_size)
+                    .zip(norms.par_chunks(tile_blocks))
+                    .for_each(|(out, norms)| spread(out, norms, g.block_size, pruned));
+            });
     } else {
         // Block b is `covered(b)` rows of `inner` flags, all equal to its row of norms' flags.
         let block_len = g.block_size * inner;
-        let rows = flags.par_chunks_mut(channel * inner).zip(norms.par_chunks(g.blocks * inner));
+        let rows = flags
+            .par_chunks_mut(channel * inner)
+            .zip(norms.par_chunks(g.blocks * inner));
         rows.for_each(|(out, norms)| {
-            out.par_chunks_mut(block_len).zip(norms.par_chunks(inner)).for_each(|(out, norms)| {
-                let (first, rest) = out.split_at_mut(inner);
-                first.iter_mut().zip(norms).for_each(|(f, n)| *f = pruned(n));
-                rest.chunks_mut(inner).for_each(|row| row.copy_from_slice(first));
-            });
+            out.par_chunks_mut(block_len)
+                .zip(norms.par_chunks(inner))
+                .for_each(|(out, norms)| {
+                    let (first, rest) = out.split_at_mut(inner);
+                    first.iter_mut().zip(norms).for_each(|(f, n)| *f = pruned(n));
+                    rest.chunks_mut(inner).for_each(|row| row.copy_from_slice(first));
+                });
         });
     }
     flags
@@ -222,7 +245,10 @@ fn spread<F>(out: &mut [bool], norms: &[F], block_size: usize, pruned: impl Fn(&
         2 => fixed::<F, 2>(out, norms, pruned),
         4 => fixed::<F, 4>(out, norms, pruned),
         8 => fixed::<F, 8>(out, norms, pruned),
-        _ => out.chunks_mut(block_size).zip(norms).for_each(|(b, n)| b.fill(pruned(n))),
+        _ => out
+            .chunks_mut(block_size)
+            .zip(norms)
+            .for_each(|(b, n)| b.fill(pruned(n))),
     }
 }
 
@@ -280,15 +306,19 @@ impl NormFloat for f16 {
             let len = out.len();
             let acc = grown(&mut s.acc, len);
             let sq = grown(&mut s.sq, len);
-            acc.fill(0.0);
             for j in 0..real {
                 let start = j * inner + i0;
                 block[start..start + len].convert_to_f32_slice(sq);
                 sq.iter_mut().for_each(|x| *x *= *x);
                 // `out` doubles as the fp16 scratch: it is written for real at the end.
                 round_to_f16(sq, out);
-                acc.iter_mut().zip(sq.iter()).for_each(|(a, q)| *a += q);
-                round_to_f16(acc, out);
+                if j == 0 {
+                    // 0 + sq is sq itself: a square is never -0, and it is already an fp16 value.
+                    acc.copy_from_slice(sq);
+                } else {
+                    acc.iter_mut().zip(sq.iter()).for_each(|(a, q)| *a += q);
+                    round_to_f16(acc, out);
+                }
             }
             acc.iter_mut().for_each(|a| *a = a.sqrt());
             out.convert_from_f32_slice(acc);

@@ -28,13 +28,19 @@ fn f16_bits() -> impl Strategy<Value = u16> {
 /// A rank 2–4 shape of at most a few thousand elements, the pruned dim, and a divisor-free size
 /// parameter (m or block size) in 1..=max.
 fn shape_dim(max_size: usize) -> impl Strategy<Value = (Vec<usize>, usize, usize)> {
-    (prop::collection::vec(1usize..40, 2..5), 0usize..2, 1..=max_size).prop_filter(
-        "at most 6000 elements",
-        |(s, _, _)| s.iter().product::<usize>() <= 6000,
-    )
+    (prop::collection::vec(1usize..40, 2..5), 0usize..2, 1..=max_size)
+        .prop_filter("at most 6000 elements", |(s, _, _)| {
+            s.iter().product::<usize>() <= 6000
+        })
 }
 
-fn nm_agrees<T: Element>(w: &[T], shape: &[usize], dim: usize, n: usize, m: usize) -> Result<(), TestCaseError> {
+fn nm_agrees<T: Element>(
+    w: &[T],
+    shape: &[usize],
+    dim: usize,
+    n: usize,
+    m: usize,
+) -> Result<(), TestCaseError> {
     let layout = ChannelLayout::new(shape, w.len(), dim).map_err(|e| TestCaseError::fail(e.0))?;
     let fast = stable_rank_flags(w, layout, n, m);
     let reference = argsort_flags(w, layout, n, m);
@@ -83,10 +89,15 @@ fn nm_stable_rank_spans_tiles() -> Result<(), TestCaseError> {
         .map(|_| {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             // Few distinct magnitudes: plenty of ties, some NaN and inf.
-            f16::from_bits(((x >> 16) as u16 & 0x8007) | 0x7c00 * u16::from((x >> 8) % 97 == 0))
+            f16::from_bits(((x >> 16) as u16 & 0x8007) | (0x7c00 * u16::from((x >> 8) % 97 == 0)))
         })
         .collect();
-    for (shape, dim) in [(vec![6, 5003], 1), (vec![6, 5003], 0), (vec![5003, 6], 0), (vec![3, 5003, 2], 1)] {
+    for (shape, dim) in [
+        (vec![6, 5003], 1),
+        (vec![6, 5003], 0),
+        (vec![5003, 6], 0),
+        (vec![3, 5003, 2], 1),
+    ] {
         for (n, m) in [(2, 4), (1, 3), (5, 16), (7, 7)] {
             nm_agrees(&w, &shape, dim, n, m)?;
         }
@@ -94,18 +105,35 @@ fn nm_stable_rank_spans_tiles() -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn block_agrees<T: Element>(w: &[T], shape: &[usize], dim: usize, bs: usize, s: f64) -> Result<(), TestCaseError> {
+fn block_agrees<T: Element>(
+    w: &[T],
+    shape: &[usize],
+    dim: usize,
+    bs: usize,
+    s: f64,
+) -> Result<(), TestCaseError> {
     let layout = ChannelLayout::new(shape, w.len(), dim).map_err(|e| TestCaseError::fail(e.0))?;
     let fast = fast_block_flags(w, layout, bs, s).ok_or_else(|| TestCaseError::fail("no fast path"))?;
     let reference = reference_flags(w, layout, bs, s);
-    prop_assert_eq!(fast, reference, "shape {:?} dim {} block {} s {}", shape, dim, bs, s);
+    prop_assert_eq!(
+        fast,
+        reference,
+        "shape {:?} dim {} block {} s {}",
+        shape,
+        dim,
+        bs,
+        s
+    );
     Ok(())
 }
 
 /// Sparsities between 0 and 1 (exclusive, as the kernel's callers guarantee), with the round ones
 /// that coremltools configs use.
 fn sparsity() -> impl Strategy<Value = f64> {
-    prop_oneof![0.0001f64..0.9999, prop::sample::select(vec![0.5, 0.3, 0.75, 0.9, 0.01])]
+    prop_oneof![
+        0.0001f64..0.9999,
+        prop::sample::select(vec![0.5, 0.3, 0.75, 0.9, 0.01])
+    ]
 }
 
 proptest! {
@@ -167,7 +195,12 @@ fn block_fast_spans_tiles_and_pairwise_cases() -> Result<(), TestCaseError> {
         })
         .collect();
     let w32: Vec<f32> = w.iter().map(|h| h.to_f32() * 1e17).collect();
-    for (shape, dim) in [(vec![6, 5003], 1), (vec![6, 5003], 0), (vec![5003, 6], 0), (vec![3, 5003, 2], 1)] {
+    for (shape, dim) in [
+        (vec![6, 5003], 1),
+        (vec![6, 5003], 0),
+        (vec![5003, 6], 0),
+        (vec![3, 5003, 2], 1),
+    ] {
         for bs in [1, 2, 4, 7, 8, 9, 16, 150, 1500] {
             for s in [0.5, 0.37, 0.9] {
                 block_agrees(&w, &shape, dim, bs, s)?;
@@ -176,4 +209,35 @@ fn block_fast_spans_tiles_and_pairwise_cases() -> Result<(), TestCaseError> {
         }
     }
     Ok(())
+}
+
+/// The flags are the same whatever the number of threads (work is split by rows, groups and
+/// tiles; the histogram merges integer counts).
+#[test]
+fn fast_paths_ignore_thread_count() {
+    let w: Vec<f16> = (0..257 * 1031u32)
+        .map(|i| f16::from_bits((i.wrapping_mul(2_654_435_761) >> 19) as u16 & 0x5fff))
+        .collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        pool.install(|| {
+            [(vec![257, 1031], 0), (vec![257, 1031], 1)]
+                .into_iter()
+                .map(|(shape, dim)| {
+                    let layout = ChannelLayout::new(&shape, w.len(), dim).expect("valid shape");
+                    let nm = stable_rank_flags(&w, layout, 2, 4);
+                    let blk = fast_block_flags(&w, layout, 4, 0.5).and_then(|r| r.ok());
+                    (nm, blk)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let one = run(1);
+    assert!(one
+        .iter()
+        .all(|(nm, blk)| nm.contains(&true) && blk.as_ref().is_some_and(|b| b.contains(&true))));
+    assert_eq!(one, run(3));
 }

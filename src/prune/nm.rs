@@ -15,6 +15,10 @@
 //! * the result is `w * (1 - mask)`: kept elements are `w * 1`, pruned `w * 0`. So a pruned ±inf
 //!   becomes the default NaN and a NaN stays NaN (quiet bit set) — both are then *kept* by the
 //!   encoder; every NaN's quiet bit is set even when it is not pruned.
+//!
+//! Two paths compute the flags: for m ≤ 16 the stable ranking of [`super::nm_rank`] (no sort;
+//! vectorized), otherwise [`argsort_flags`], which sorts every group with [`numpy_argsort`] and is
+//! also the reference the fast path is tested against.
 
 use super::axes::{check_structural_rank, ChannelLayout};
 use super::element::{Element, MapValue};
@@ -51,9 +55,7 @@ pub fn n_m<T: Element>(
     } else {
         argsort_flags(w, layout, n, m)
     };
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |f| {
-        pruned[f]
-    })))
+    Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |f| pruned[f])))
 }
 
 /// The per-element "pruned" flags by sorting every group with [`numpy_argsort`]: the reference

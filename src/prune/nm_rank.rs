@@ -20,8 +20,8 @@ use rayon::prelude::*;
 
 use super::axes::ChannelLayout;
 use super::element::{Element, MapValue};
-use crate::dtype::ScalarType;
 use super::keys::Key;
+use crate::dtype::ScalarType;
 
 /// The largest m whose argsort is numpy's stable insertion sort (`SMALL_QUICKSORT` is 15:
 /// a range of `pr - pl <= 15`, i.e. at most 16 elements, is never partitioned).
@@ -59,33 +59,50 @@ where
     K: Key,
     F: Fn(&T) -> K + Sync,
 {
-    debug_assert!((1..=MAX_STABLE_M).contains(&m) && n <= m && w.len() == layout.outer * layout.channel * layout.inner);
+    debug_assert!(
+        (1..=MAX_STABLE_M).contains(&m) && n <= m && w.len() == layout.outer * layout.channel * layout.inner
+    );
     let mut flags = vec![false; w.len()];
     let row_len = layout.channel * layout.inner;
     if row_len == 0 || n == 0 {
         return flags;
     }
     // Padding is +0, whose bits are all zero in every element type.
-    let ranker = Ranker { n, m, pad: key(&T::zeroed()), key };
+    let ranker = Ranker {
+        n,
+        m,
+        pad: key(&T::zeroed()),
+        key,
+    };
     let pad = ranker.pad;
     if layout.inner == 1 {
         // A row is a run of groups; a piece of TILE whole groups is one work item.
         let piece = TILE * m;
-        flags.par_chunks_mut(row_len).zip(w.par_chunks(row_len)).for_each(|(out, row)| {
-            out.par_chunks_mut(piece).zip(row.par_chunks(piece)).for_each_init(
-                || Scratch::new(m, pad),
-                |s, (out, groups)| ranker.contiguous_groups(groups, out, s),
-            );
-        });
+        flags
+            .par_chunks_mut(row_len)
+            .zip(w.par_chunks(row_len))
+            .for_each(|(out, row)| {
+                out.par_chunks_mut(piece)
+                    .zip(row.par_chunks(piece))
+                    .for_each_init(
+                        || Scratch::new(m, pad),
+                        |s, (out, groups)| ranker.contiguous_groups(groups, out, s),
+                    );
+            });
     } else {
         // A group is m rows of `inner` elements, contiguous in memory (fewer in the last group).
         let inner = layout.inner;
-        flags.par_chunks_mut(row_len).zip(w.par_chunks(row_len)).for_each(|(out, row)| {
-            out.par_chunks_mut(m * inner).zip(row.par_chunks(m * inner)).for_each_init(
-                || Scratch::new(m, pad),
-                |s, (out, group)| ranker.row_group(group, inner, out, s),
-            );
-        });
+        flags
+            .par_chunks_mut(row_len)
+            .zip(w.par_chunks(row_len))
+            .for_each(|(out, row)| {
+                out.par_chunks_mut(m * inner)
+                    .zip(row.par_chunks(m * inner))
+                    .for_each_init(
+                        || Scratch::new(m, pad),
+                        |s, (out, group)| ranker.row_group(group, inner, out, s),
+                    );
+            });
     }
     flags
 }
@@ -106,7 +123,11 @@ struct Scratch<K> {
 
 impl<K: Key> Scratch<K> {
     fn new(m: usize, pad: K) -> Self {
-        Scratch { keys: vec![pad; m * TILE], flags: vec![false; m * TILE], rank: vec![0; TILE] }
+        Scratch {
+            keys: vec![pad; m * TILE],
+            flags: vec![false; m * TILE],
+            rank: vec![0; TILE],
+        }
     }
 }
 
@@ -159,16 +180,22 @@ impl<K: Key, F> Ranker<K, F> {
     fn rank_lanes(&self, keys: &[K], len: usize, out: &mut [bool], stride: usize, rank: &mut [u8]) {
         let n = self.n as u8;
         for j in 0..self.m {
-            let Some(dst) = out.get_mut(j * stride..j * stride + len) else { break };
+            let Some(dst) = out.get_mut(j * stride..j * stride + len) else {
+                break;
+            };
             let kj = &keys[j * len..(j + 1) * len];
             rank.fill(0);
             for k in 0..self.m {
                 let kk = &keys[k * len..(k + 1) * len];
                 // Ties count against j only for earlier members (the sort is stable).
                 if k < j {
-                    rank.iter_mut().zip(kk.iter().zip(kj)).for_each(|(r, (a, b))| *r += u8::from(a <= b));
+                    rank.iter_mut()
+                        .zip(kk.iter().zip(kj))
+                        .for_each(|(r, (a, b))| *r += u8::from(a <= b));
                 } else if k > j {
-                    rank.iter_mut().zip(kk.iter().zip(kj)).for_each(|(r, (a, b))| *r += u8::from(a < b));
+                    rank.iter_mut()
+                        .zip(kk.iter().zip(kj))
+                        .for_each(|(r, (a, b))| *r += u8::from(a < b));
                 }
             }
             dst.iter_mut().zip(rank.iter()).for_each(|(d, &r)| *d = r < n);
