@@ -177,12 +177,14 @@ fn weighted_cut<F: NormFloat>(
         };
         percentile_cut::<F, _, _>(items, total, target_sparsity)
     } else {
-        let weight = |row: usize| g.covered(row % g.blocks) as u64;
+        // Walk channel runs, then blocks, so a block's weight needs no division.
         let items = || {
-            norms
-                .chunks(inner)
-                .enumerate()
-                .flat_map(move |(r, row)| row.iter().map(move |n| (n.key(), weight(r))))
+            norms.chunks(g.blocks * inner).flat_map(move |run| {
+                run.chunks(inner).enumerate().flat_map(move |(b, row)| {
+                    let weight = g.covered(b) as u64;
+                    row.iter().map(move |n| (n.key(), weight))
+                })
+            })
         };
         percentile_cut::<F, _, _>(items, total, target_sparsity)
     }

@@ -66,11 +66,13 @@ fn layout(w: &[f16], dim: usize) -> ChannelLayout {
 #[ignore = "timing only; run in release mode"]
 fn time_fast_flags_4096() {
     let w = weights();
+    let w32: Vec<f32> = w.iter().map(|x| x.to_f32()).collect();
     for dim in [1, 0] {
         let l = layout(&w, dim);
         let nm = best_ms(|| count(&stable_rank_flags(&w, l, 2, 4)));
         let blk = best_ms(|| count_fast(fast_block_flags(&w, l, 4, 0.5)));
-        println!("dim {dim} fast flags: n_m 2:4 {nm:.1} ms, block 4 {blk:.1} ms");
+        let blk32 = best_ms(|| count_fast(fast_block_flags(&w32, l, 4, 0.5)));
+        println!("dim {dim} fast flags: n_m 2:4 {nm:.1} ms, block 4 {blk:.1} ms (fp32 {blk32:.1} ms)");
     }
 }
 
