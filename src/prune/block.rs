@@ -15,8 +15,12 @@
 //!   this element-wise map (a block counts once per real element it covers). Then exactly as
 //!   magnitude pruning: `q == 100` → `0 * w`; `q == 0` → `w`; else `map <= thr` is pruned (any NaN
 //!   norm makes thr NaN: nothing pruned); pruned elements become 0 (`np.where`).
+//!
+//! fp16 and fp32 weights take the vectorized path of [`super::block_norms`]; int8/uint8 (and the
+//! tests, as the reference) take [`reference_flags`], which gathers each block by index.
 
 use super::axes::{check_structural_rank, ChannelLayout};
+use super::block_norms::fast_block_flags;
 use super::element::{Element, MapValue};
 use super::mask::encode_sparse;
 use super::percentile::{at_or_below, percentile_cut};
@@ -48,17 +52,29 @@ pub fn block<T: Element>(
     if q == 0.0 {
         return Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |_| false)));
     }
+    let pruned = match fast_block_flags(w, layout, block_size, target_sparsity) {
+        Some(flags) => flags?,
+        None => reference_flags(w, layout, block_size, target_sparsity)?,
+    };
+    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |f| pruned[f])))
+}
+
+/// The per-element "pruned" flags for `0 < q < 100` by gathering every block through index
+/// arithmetic: the reference for every element type, and the path for int8/uint8.
+pub(super) fn reference_flags<T: Element>(
+    w: &[T],
+    layout: ChannelLayout,
+    block_size: usize,
+    target_sparsity: f64,
+) -> Result<Vec<bool>, KernelError> {
+    use rayon::prelude::*;
     let norms = BlockNorms::compute(w, layout, block_size);
-    let cut =
-        percentile_cut::<T::Norm, _, _>(|| norms.weighted_keys(), w.len() as u64, target_sparsity)?;
-    let block_pruned: Vec<bool> = norms
-        .values
-        .iter()
-        .map(|n| at_or_below(n.key(), cut))
-        .collect();
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |f| {
-        block_pruned[norms.block_of(f)]
-    })))
+    let cut = percentile_cut::<T::Norm, _, _>(|| norms.weighted_keys(), w.len() as u64, target_sparsity)?;
+    let block_pruned: Vec<bool> = norms.values.iter().map(|n| at_or_below(n.key(), cut)).collect();
+    Ok((0..w.len())
+        .into_par_iter()
+        .map(|f| block_pruned[norms.block_of(f)])
+        .collect())
 }
 
 /// One norm per (outer, block, inner) position, stored in that row-major order.
@@ -89,7 +105,11 @@ impl<N: MapValue> BlockNorms<N> {
                     let c0 = blk * block_size;
                     for (j, slot) in buf.iter_mut().enumerate() {
                         let c = c0 + j;
-                        *slot = if c < layout.channel { w[layout.flat(o, c, i)].magnitude() } else { pad };
+                        *slot = if c < layout.channel {
+                            w[layout.flat(o, c, i)].magnitude()
+                        } else {
+                            pad
+                        };
                     }
                     T::block_norm(buf, innermost)
                 },

@@ -30,17 +30,23 @@
 
 pub mod axes;
 pub mod block;
+mod block_norms;
 pub mod element;
 mod float;
 pub mod keys;
 pub mod magnitude;
 pub mod mask;
 pub mod nm;
+mod nm_rank;
 pub mod percentile;
 pub mod threshold;
 
 #[cfg(test)]
+mod fast_path_tests;
+#[cfg(test)]
 mod golden_tests;
+#[cfg(test)]
+mod kernel_timing;
 #[cfg(test)]
 mod property_tests;
 

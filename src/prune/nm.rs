@@ -15,11 +15,16 @@
 //! * the result is `w * (1 - mask)`: kept elements are `w * 1`, pruned `w * 0`. So a pruned ±inf
 //!   becomes the default NaN and a NaN stays NaN (quiet bit set) — both are then *kept* by the
 //!   encoder; every NaN's quiet bit is set even when it is not pruned.
+//!
+//! Two paths compute the flags: for m ≤ 16 the stable ranking of [`super::nm_rank`] (no sort;
+//! vectorized), otherwise [`argsort_flags`], which sorts every group with [`numpy_argsort`] and is
+//! also the reference the fast path is tested against.
 
 use super::axes::{check_structural_rank, ChannelLayout};
 use super::element::{Element, MapValue};
 use super::keys::Key;
 use super::mask::encode_sparse;
+use super::nm_rank::{stable_rank_flags, MAX_STABLE_M};
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes the `n` smallest magnitudes in every group of `m` consecutive elements along `dim`.
@@ -45,6 +50,17 @@ pub fn n_m<T: Element>(
         // coremltools divides by m here (ZeroDivisionError).
         return Err(KernelError("n:m ratio needs m > 0".into()));
     }
+    let pruned = if m <= MAX_STABLE_M {
+        stable_rank_flags(w, layout, n, m)
+    } else {
+        argsort_flags(w, layout, n, m)
+    };
+    Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |f| pruned[f])))
+}
+
+/// The per-element "pruned" flags by sorting every group with [`numpy_argsort`]: the reference
+/// for any m (and the only path for m > 16, where numpy's tie order is not stable).
+pub(super) fn argsort_flags<T: Element>(w: &[T], layout: ChannelLayout, n: usize, m: usize) -> Vec<bool> {
     use rayon::prelude::*;
     let mut pruned = vec![false; w.len()];
     let pad_key = T::zero().magnitude().key();
@@ -79,9 +95,7 @@ pub fn n_m<T: Element>(
             },
         );
     }
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |f| {
-        pruned[f]
-    })))
+    pruned
 }
 
 /// numpy's `aquicksort_` (npysort/quicksort.cpp, the scalar path used when SIMD dispatch is off),

@@ -1,0 +1,363 @@
+//! The fast block-sparsity path for fp16 and fp32 weights (see [`super::block`] for the rules).
+//!
+//! The reference path computes one norm per block by gathering its elements through index
+//! arithmetic. Here the work follows memory instead:
+//! * `inner > 1` (sequential sums): block (o, b) is `real <= block_size` whole rows of `inner`
+//!   contiguous elements, so its `inner` norms are element-wise running sums over those rows,
+//!   computed a tile at a time on f32 vectors. Padding rows add +0 to a sum that is +0, positive
+//!   or NaN, which changes nothing, so they are skipped.
+//! * `inner == 1` (numpy's pairwise sum): a tile of whole blocks is squared in bulk, then each
+//!   block is summed by [`pairwise_sum_f32`] over its zero-padded squares.
+//!
+//! fp16 arithmetic is numpy's: every `+`, `*`, `sqrt` is done in f32 and rounded once to fp16,
+//! which equals the correctly rounded fp16 result (f32 has 24 ≥ 2·11 + 2 significand bits). The
+//! conversions are `half`'s slice conversions, which use F16C (round to nearest even) when the CPU
+//! has it and an exact software rounding otherwise.
+//!
+//! The percentile counts every norm once per real element of its block. For fp16 norms (16-bit
+//! keys) that is a weighted 65536-bin histogram built in parallel, which the generic selection then
+//! reads as at most 65536 (key, count) items; wider keys go through the selection directly.
+//! Every result (norms, integer counts, flags) is independent of the number of threads.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use super::axes::ChannelLayout;
+use super::element::{pairwise_sum_f32, Element, MapValue};
+use super::keys::Key;
+use super::percentile::percentile_cut;
+use super::KernelError;
+use crate::dtype::ScalarType;
+
+/// Elements per tile of the vector loops: the f32 buffers stay in L1.
+const TILE: usize = 1024;
+
+/// Norms (or norm keys) per parallel work item of the histogram.
+const HIST_CHUNK: usize = 1 << 18;
+
+/// The per-element "pruned" flags of block sparsity for fp16 and fp32 weights, `None` for other
+/// element types (the caller then takes the reference path). `0 < q < 100` is the caller's.
+pub fn fast_block_flags<T: Element>(
+    w: &[T],
+    layout: ChannelLayout,
+    block_size: usize,
+    target_sparsity: f64,
+) -> Option<Result<Vec<bool>, KernelError>> {
+    if w.is_empty() {
+        // The reference path reports numpy's error for an empty percentile.
+        return None;
+    }
+    match T::DTYPE {
+        ScalarType::Float16 => bytemuck::try_cast_slice::<T, f16>(w)
+            .ok()
+            .map(|w| block_flags(w, layout, block_size, target_sparsity)),
+        ScalarType::Float32 => bytemuck::try_cast_slice::<T, f32>(w)
+            .ok()
+            .map(|w| block_flags(w, layout, block_size, target_sparsity)),
+        _ => None,
+    }
+}
+
+fn block_flags<F: NormFloat>(
+    w: &[F],
+    layout: ChannelLayout,
+    block_size: usize,
+    target_sparsity: f64,
+) -> Result<Vec<bool>, KernelError> {
+    let geometry = Geometry::new(layout, block_size);
+    let norms = block_norms(w, &geometry);
+    let cut = weighted_cut(&norms, &geometry, w.len() as u64, target_sparsity)?;
+    Ok(flags_from_norms(&norms, &geometry, w.len(), cut))
+}
+
+/// Where the blocks are. Norms are stored one block row (`inner` norms) per (outer, block) pair,
+/// in row-major (outer, block, inner) order — the reference path's order.
+struct Geometry {
+    layout: ChannelLayout,
+    block_size: usize,
+    blocks: usize,
+}
+
+impl Geometry {
+    fn new(layout: ChannelLayout, block_size: usize) -> Self {
+        Geometry {
+            layout,
+            block_size,
+            blocks: layout.channel.div_ceil(block_size),
+        }
+    }
+
+    /// Real elements per norm of block `b` (the last block of a channel run may be short).
+    fn covered(&self, b: usize) -> usize {
+        (self.layout.channel - b * self.block_size).min(self.block_size)
+    }
+}
+
+/// Every block norm, computed in parallel over block rows (`inner > 1`) or tiles of blocks.
+fn block_norms<F: NormFloat>(w: &[F], g: &Geometry) -> Vec<F> {
+    let ChannelLayout {
+        outer,
+        channel,
+        inner,
+    } = g.layout;
+    let mut norms = vec![F::ZERO; outer * g.blocks * inner];
+    if norms.is_empty() {
+        return norms;
+    }
+    if inner == 1 {
+        let tile_blocks = (TILE / g.block_size).max(1);
+        norms
+            .par_chunks_mut(g.blocks)
+            .zip(w.par_chunks(channel))
+            .for_each(|(out, row)| {
+                out.par_chunks_mut(tile_blocks)
+                    .zip(row.par_chunks(tile_blocks * g.block_size))
+                    .for_each_init(Scratch::default, |s, (out, part)| {
+                        F::pairwise_norms(part, g.block_size, out, s)
+                    });
+            });
+    } else {
+        let row_len = channel * inner;
+        norms
+            .par_chunks_mut(inner)
+            .enumerate()
+            .for_each_init(Scratch::default, |s, (r, out)| {
+                let (o, b) = (r / g.blocks, r % g.blocks);
+                let start = o * row_len + b * g.block_size * inner;
+                F::sequential_norms(&w[start..start + g.covered(b) * inner], inner, out, s);
+            });
+    }
+    norms
+}
+
+/// The pruning cut of `np.percentile(map, q)` where `map` repeats each norm once per element its
+/// block covers (`total` elements in all).
+fn weighted_cut<F: NormFloat>(
+    norms: &[F],
+    g: &Geometry,
+    total: u64,
+    target_sparsity: f64,
+) -> Result<Option<F::Key>, KernelError> {
+    let inner = g.layout.inner;
+    if F::Key::BITS <= 16 {
+        // The histogram is exact: every bin is one key. Every block covers `block_size` elements
+        // but the last of each channel run, so count norms, scale, and take back what the short
+        // blocks do not cover (no weight lookup per norm).
+        let bins = 1usize << F::Key::BITS;
+        let mut hist = norms
+            .par_chunks(HIST_CHUNK)
+            .map(|chunk| {
+                let mut h = vec![0u64; bins];
+                chunk.iter().for_each(|n| h[n.key().to_u64() as usize] += 1);
+                h
+            })
+            .reduce(
+                || vec![0u64; bins],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        let scale = g.block_size as u64;
+        hist.iter_mut().for_each(|c| *c *= scale);
+        let last = g.blocks.saturating_sub(1);
+        let short = scale - g.covered(last) as u64;
+        if short > 0 {
+            let last_rows = norms.chunks(inner).skip(last).step_by(g.blocks);
+            last_rows
+                .flatten()
+                .for_each(|n| hist[n.key().to_u64() as usize] -= short);
+        }
+        let items = || {
+            hist.iter()
+                .enumerate()
+                .filter(|(_, &c)| c > 0)
+                .map(|(k, &c)| (F::Key::from_u64(k as u64), c))
+        };
+        percentile_cut::<F, _, _>(items, total, target_sparsity)
+    } else {
+        // Walk channel runs, then blocks, so a block's weight needs no division.
+        let items = || {
+            norms.chunks(g.blocks * inner).flat_map(move |run| {
+                run.chunks(inner).enumerate().flat_map(move |(b, row)| {
+                    let weight = g.covered(b) as u64;
+                    row.iter().map(move |n| (n.key(), weight))
+                })
+            })
+        };
+        percentile_cut::<F, _, _>(items, total, target_sparsity)
+    }
+}
+
+/// Broadcasts `norm <= cut` to every real element of each block, in parallel over block rows.
+fn flags_from_norms<F: NormFloat>(norms: &[F], g: &Geometry, len: usize, cut: Option<F::Key>) -> Vec<bool> {
+    let mut flags = vec![false; len];
+    let ChannelLayout { channel, inner, .. } = g.layout;
+    let Some(cut) = cut else { return flags };
+    if len == 0 {
+        return flags;
+    }
+    let pruned = |n: &F| n.key() <= cut;
+    if inner == 1 {
+        // Rows of consecutive blocks; huge rows are split into tiles of whole blocks.
+        let tile_blocks = (TILE / g.block_size).max(1);
+        flags
+            .par_chunks_mut(channel)
+            .zip(norms.par_chunks(g.blocks))
+            .for_each(|(out, norms)| {
+                out.par_chunks_mut(tile_blocks * g.block_size)
+                    .zip(norms.par_chunks(tile_blocks))
+                    .for_each(|(out, norms)| spread(out, norms, g.block_size, pruned));
+            });
+    } else {
+        // Block b is `covered(b)` rows of `inner` flags, all equal to its row of norms' flags.
+        let block_len = g.block_size * inner;
+        let rows = flags
+            .par_chunks_mut(channel * inner)
+            .zip(norms.par_chunks(g.blocks * inner));
+        rows.for_each(|(out, norms)| {
+            out.par_chunks_mut(block_len)
+                .zip(norms.par_chunks(inner))
+                .for_each(|(out, norms)| {
+                    let (first, rest) = out.split_at_mut(inner);
+                    first.iter_mut().zip(norms).for_each(|(f, n)| *f = pruned(n));
+                    rest.chunks_mut(inner).for_each(|row| row.copy_from_slice(first));
+                });
+        });
+    }
+    flags
+}
+
+/// `out[c] = pruned(norms[c / block_size])`. Blocks are tiny for the common sizes, so those get a
+/// fixed-size store per block instead of a `fill` call.
+fn spread<F>(out: &mut [bool], norms: &[F], block_size: usize, pruned: impl Fn(&F) -> bool) {
+    fn fixed<F, const B: usize>(out: &mut [bool], norms: &[F], pruned: impl Fn(&F) -> bool) {
+        let full = out.len() / B;
+        let mut blocks = out.chunks_exact_mut(B);
+        for (b, n) in (&mut blocks).zip(norms) {
+            b.copy_from_slice(&[pruned(n); B]);
+        }
+        let tail = blocks.into_remainder();
+        if let Some(n) = norms.get(full) {
+            tail.fill(pruned(n));
+        }
+    }
+    match block_size {
+        2 => fixed::<F, 2>(out, norms, pruned),
+        4 => fixed::<F, 4>(out, norms, pruned),
+        8 => fixed::<F, 8>(out, norms, pruned),
+        _ => out
+            .chunks_mut(block_size)
+            .zip(norms)
+            .for_each(|(b, n)| b.fill(pruned(n))),
+    }
+}
+
+/// numpy's f32 pairwise sum of each run of `block_size` values of `sq` (one per `sums` slot).
+/// Below 8 addends numpy adds in order from 0, which is inlined here: a call per block would cost
+/// more than the block.
+fn block_sums(sq: &[f32], block_size: usize, sums: &mut [f32]) {
+    let blocks = sq.chunks_exact(block_size).zip(sums.iter_mut());
+    if block_size < 8 {
+        blocks.for_each(|(b, sum)| *sum = b.iter().fold(0.0, |acc, &x| acc + x));
+    } else {
+        blocks.for_each(|(b, sum)| *sum = pairwise_sum_f32(block_size, &|j| b[j]));
+    }
+}
+
+/// Per-thread f32 / f16 buffers, grown on demand.
+#[derive(Default)]
+struct Scratch {
+    acc: Vec<f32>,
+    sq: Vec<f32>,
+    half: Vec<f16>,
+}
+
+fn grown<V: Copy + Default>(v: &mut Vec<V>, len: usize) -> &mut [V] {
+    if v.len() < len {
+        v.resize(len, V::default());
+    }
+    &mut v[..len]
+}
+
+/// Rounds every f32 to the nearest fp16 value (ties to even), kept as f32; `half` is scratch of the
+/// same length.
+fn round_to_f16(x: &mut [f32], half: &mut [f16]) {
+    half.convert_from_f32_slice(x);
+    half.convert_to_f32_slice(x);
+}
+
+/// The float weight types with a fast norm kernel; their norm type is themselves.
+trait NormFloat: Element + MapValue {
+    const ZERO: Self;
+    /// Norms of one block row: `block` is `real` rows of `out.len()` elements; the sum runs over
+    /// the rows in order, from 0, rounded to Self after every addition.
+    fn sequential_norms(block: &[Self], inner: usize, out: &mut [Self], s: &mut Scratch);
+    /// Norms of consecutive blocks of `block_size` elements; `part` holds `out.len()` blocks, the
+    /// last one maybe short (zero padded). numpy's pairwise f32 sum per block.
+    fn pairwise_norms(part: &[Self], block_size: usize, out: &mut [Self], s: &mut Scratch);
+}
+
+impl NormFloat for f16 {
+    const ZERO: Self = f16::ZERO;
+
+    fn sequential_norms(block: &[f16], inner: usize, out: &mut [f16], s: &mut Scratch) {
+        let real = block.len() / inner;
+        for (i0, out) in (0..inner).step_by(TILE).zip(out.chunks_mut(TILE)) {
+            let len = out.len();
+            let acc = grown(&mut s.acc, len);
+            let sq = grown(&mut s.sq, len);
+            for j in 0..real {
+                let start = j * inner + i0;
+                block[start..start + len].convert_to_f32_slice(sq);
+                sq.iter_mut().for_each(|x| *x *= *x);
+                // `out` doubles as the fp16 scratch: it is written for real at the end.
+                round_to_f16(sq, out);
+                if j == 0 {
+                    // 0 + sq is sq itself: a square is never -0, and it is already an fp16 value.
+                    acc.copy_from_slice(sq);
+                } else {
+                    acc.iter_mut().zip(sq.iter()).for_each(|(a, q)| *a += q);
+                    round_to_f16(acc, out);
+                }
+            }
+            acc.iter_mut().for_each(|a| *a = a.sqrt());
+            out.convert_from_f32_slice(acc);
+        }
+    }
+
+    fn pairwise_norms(part: &[f16], block_size: usize, out: &mut [f16], s: &mut Scratch) {
+        let padded = out.len() * block_size;
+        let sq = grown(&mut s.sq, padded);
+        part.convert_to_f32_slice(&mut sq[..part.len()]);
+        sq[part.len()..].fill(0.0);
+        sq.iter_mut().for_each(|x| *x *= *x);
+        round_to_f16(sq, grown(&mut s.half, padded));
+        let sums = grown(&mut s.acc, out.len());
+        block_sums(sq, block_size, sums);
+        round_to_f16(sums, out);
+        sums.iter_mut().for_each(|a| *a = a.sqrt());
+        out.convert_from_f32_slice(sums);
+    }
+}
+
+impl NormFloat for f32 {
+    const ZERO: Self = 0.0;
+
+    fn sequential_norms(block: &[f32], inner: usize, out: &mut [f32], _: &mut Scratch) {
+        out.fill(0.0);
+        for row in block.chunks_exact(inner) {
+            out.iter_mut().zip(row).for_each(|(a, x)| *a += x * x);
+        }
+        out.iter_mut().for_each(|a| *a = a.sqrt());
+    }
+
+    fn pairwise_norms(part: &[f32], block_size: usize, out: &mut [f32], s: &mut Scratch) {
+        let sq = grown(&mut s.sq, out.len() * block_size);
+        sq.iter_mut().zip(part).for_each(|(q, x)| *q = x * x);
+        sq[part.len()..].fill(0.0);
+        block_sums(sq, block_size, out);
+        out.iter_mut().for_each(|a| *a = a.sqrt());
+    }
+}

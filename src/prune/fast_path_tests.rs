@@ -1,0 +1,243 @@
+//! The fast structural paths ([`super::nm_rank`], [`super::block_norms`]) against the generic
+//! reference paths, on random data full of the awkward cases: ties, ±0, NaN payloads, ±inf, fp16
+//! values whose square overflows, odd shapes (channel not a multiple of m or the block size,
+//! inner > 1, outer > 1), both dims, and tensors larger than one tile.
+
+use half::f16;
+use proptest::prelude::*;
+
+use super::axes::ChannelLayout;
+use super::block::reference_flags;
+use super::block_norms::fast_block_flags;
+use super::element::Element;
+use super::nm::argsort_flags;
+use super::nm_rank::stable_rank_flags;
+
+/// fp16 bit patterns: mostly a few repeated magnitudes (ties), plus the special values.
+fn f16_bits() -> impl Strategy<Value = u16> {
+    prop_oneof![
+        4 => prop::sample::select(vec![0x3c00u16, 0xbc00, 0x3c01, 0x4000, 0x2e66, 0x0001, 0x8001]),
+        3 => any::<u16>(),
+        2 => prop::sample::select(vec![
+            0x0000u16, 0x8000, 0x7c00, 0xfc00, 0x7e00, 0xfe00, 0x7c01, 0x7dff, 0x7bff, 0x5bff, 0x5c00,
+            0x5bfe, 0xfbff,
+        ]),
+    ]
+}
+
+/// A rank 2–4 shape of at most a few thousand elements, the pruned dim, and a divisor-free size
+/// parameter (m or block size) in 1..=max.
+fn shape_dim(max_size: usize) -> impl Strategy<Value = (Vec<usize>, usize, usize)> {
+    (prop::collection::vec(1usize..40, 2..5), 0usize..2, 1..=max_size)
+        .prop_filter("at most 6000 elements", |(s, _, _)| {
+            s.iter().product::<usize>() <= 6000
+        })
+}
+
+fn nm_agrees<T: Element>(
+    w: &[T],
+    shape: &[usize],
+    dim: usize,
+    n: usize,
+    m: usize,
+) -> Result<(), TestCaseError> {
+    let layout = ChannelLayout::new(shape, w.len(), dim).map_err(|e| TestCaseError::fail(e.0))?;
+    let fast = stable_rank_flags(w, layout, n, m);
+    let reference = argsort_flags(w, layout, n, m);
+    prop_assert_eq!(fast, reference, "shape {:?} dim {} {}:{}", shape, dim, n, m);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn nm_stable_rank_matches_argsort_f16(
+        (shape, dim, m) in shape_dim(16),
+        n_frac in 0.0f64..=1.0,
+        bits in prop::collection::vec(f16_bits(), 6000),
+    ) {
+        let len: usize = shape.iter().product();
+        let w: Vec<f16> = bits[..len].iter().map(|&b| f16::from_bits(b)).collect();
+        let n = ((m as f64) * n_frac).round() as usize;
+        nm_agrees(&w, &shape, dim, n, m)?;
+    }
+
+    #[test]
+    fn nm_stable_rank_matches_argsort_other_types(
+        (shape, dim, m) in shape_dim(16),
+        n_frac in 0.0f64..=1.0,
+        bytes in prop::collection::vec(prop_oneof![any::<u8>(), prop::sample::select(vec![0u8, 1, 128, 255, 127])], 6000),
+        wide in prop::collection::vec(prop_oneof![any::<u32>(), prop::sample::select(vec![0u32, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0000, 0x7f80_0001, 0x3f80_0000, 0xbf80_0000])], 6000),
+    ) {
+        let len: usize = shape.iter().product();
+        let n = ((m as f64) * n_frac).round() as usize;
+        let w8: Vec<i8> = bytes[..len].iter().map(|&b| b as i8).collect();
+        nm_agrees(&w8, &shape, dim, n, m)?;
+        nm_agrees(&bytes[..len], &shape, dim, n, m)?;
+        let w32: Vec<f32> = wide[..len].iter().map(|&b| f32::from_bits(b)).collect();
+        nm_agrees(&w32, &shape, dim, n, m)?;
+    }
+}
+
+/// Tensors wider than one tile in each layout: many groups in a row (inner == 1) and long rows
+/// per group member (inner > 1), with outer > 1.
+#[test]
+fn nm_stable_rank_spans_tiles() -> Result<(), TestCaseError> {
+    let mut x: u32 = 12345;
+    let w: Vec<f16> = (0..3 * 5003 * 2)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            // Few distinct magnitudes: plenty of ties, some NaN and inf.
+            f16::from_bits(((x >> 16) as u16 & 0x8007) | (0x7c00 * u16::from((x >> 8) % 97 == 0)))
+        })
+        .collect();
+    for (shape, dim) in [
+        (vec![6, 5003], 1),
+        (vec![6, 5003], 0),
+        (vec![5003, 6], 0),
+        (vec![3, 5003, 2], 1),
+    ] {
+        for (n, m) in [(2, 4), (1, 3), (5, 16), (7, 7)] {
+            nm_agrees(&w, &shape, dim, n, m)?;
+        }
+    }
+    Ok(())
+}
+
+fn block_agrees<T: Element>(
+    w: &[T],
+    shape: &[usize],
+    dim: usize,
+    bs: usize,
+    s: f64,
+) -> Result<(), TestCaseError> {
+    let layout = ChannelLayout::new(shape, w.len(), dim).map_err(|e| TestCaseError::fail(e.0))?;
+    let fast = fast_block_flags(w, layout, bs, s).ok_or_else(|| TestCaseError::fail("no fast path"))?;
+    let reference = reference_flags(w, layout, bs, s);
+    prop_assert_eq!(
+        fast,
+        reference,
+        "shape {:?} dim {} block {} s {}",
+        shape,
+        dim,
+        bs,
+        s
+    );
+    Ok(())
+}
+
+/// Sparsities between 0 and 1 (exclusive, as the kernel's callers guarantee), with the round ones
+/// that coremltools configs use.
+fn sparsity() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        0.0001f64..0.9999,
+        prop::sample::select(vec![0.5, 0.3, 0.75, 0.9, 0.01])
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn block_fast_matches_reference_f16(
+        (shape, dim, bs) in shape_dim(20),
+        s in sparsity(),
+        bits in prop::collection::vec(f16_bits(), 6000),
+        calm in any::<bool>(),
+    ) {
+        let len: usize = shape.iter().product();
+        // Half the cases without NaN, so the percentile is not always disabled.
+        let w: Vec<f16> = bits[..len]
+            .iter()
+            .map(|&b| if calm && (b & 0x7fff) > 0x7c00 { b & 0x3fff } else { b })
+            .map(f16::from_bits)
+            .collect();
+        block_agrees(&w, &shape, dim, bs, s)?;
+    }
+
+    #[test]
+    fn block_fast_matches_reference_f32(
+        (shape, dim, bs) in shape_dim(20),
+        s in sparsity(),
+        bits in prop::collection::vec(prop_oneof![
+            3 => prop::sample::select(vec![0x3f80_0000u32, 0xbf80_0000, 0x3f80_0001, 0x4000_0000, 0x0000_0001, 0x5f00_0000, 0x6000_0000]),
+            3 => any::<u32>().prop_map(|b| b & 0xbfff_ffff),
+            1 => prop::sample::select(vec![0u32, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0000, 0x7f80_0001, 0x7f7f_ffff]),
+        ], 6000),
+        calm in any::<bool>(),
+    ) {
+        let len: usize = shape.iter().product();
+        let w: Vec<f32> = bits[..len]
+            .iter()
+            .map(|&b| if calm && (b & 0x7fff_ffff) > 0x7f80_0000 { b & 0x3fff_ffff } else { b })
+            .map(f32::from_bits)
+            .collect();
+        block_agrees(&w, &shape, dim, bs, s)?;
+    }
+}
+
+/// Shapes wider than one tile, block sizes that take numpy's 8-way and recursive pairwise sums,
+/// and fp16 magnitudes around the square-overflow edge (255.9).
+#[test]
+fn block_fast_spans_tiles_and_pairwise_cases() -> Result<(), TestCaseError> {
+    let mut x: u32 = 777;
+    let w: Vec<f16> = (0..6 * 5003)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let r = x >> 16;
+            let b = match r % 5 {
+                0 => 0x5bf0 + (r as u16 >> 4 & 0x1f),
+                1 => 0x3c00,
+                _ => r as u16 & 0x47ff,
+            };
+            f16::from_bits(b | (r as u16 & 0x8000))
+        })
+        .collect();
+    let w32: Vec<f32> = w.iter().map(|h| h.to_f32() * 1e17).collect();
+    for (shape, dim) in [
+        (vec![6, 5003], 1),
+        (vec![6, 5003], 0),
+        (vec![5003, 6], 0),
+        (vec![3, 5003, 2], 1),
+    ] {
+        for bs in [1, 2, 4, 7, 8, 9, 16, 150, 1500] {
+            for s in [0.5, 0.37, 0.9] {
+                block_agrees(&w, &shape, dim, bs, s)?;
+                block_agrees(&w32, &shape, dim, bs, s)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The flags are the same whatever the number of threads (work is split by rows, groups and
+/// tiles; the histogram merges integer counts).
+#[test]
+fn fast_paths_ignore_thread_count() {
+    let w: Vec<f16> = (0..257 * 1031u32)
+        .map(|i| f16::from_bits((i.wrapping_mul(2_654_435_761) >> 19) as u16 & 0x5fff))
+        .collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        pool.install(|| {
+            [(vec![257, 1031], 0), (vec![257, 1031], 1)]
+                .into_iter()
+                .map(|(shape, dim)| {
+                    let layout = ChannelLayout::new(&shape, w.len(), dim).expect("valid shape");
+                    let nm = stable_rank_flags(&w, layout, 2, 4);
+                    let blk = fast_block_flags(&w, layout, 4, 0.5).and_then(|r| r.ok());
+                    (nm, blk)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let one = run(1);
+    assert!(one
+        .iter()
+        .all(|(nm, blk)| nm.contains(&true) && blk.as_ref().is_some_and(|b| b.contains(&true))));
+    assert_eq!(one, run(3));
+}

@@ -1,0 +1,204 @@
+//! The fast n:m ranking for `m <= 16` (see [`super::nm`] for the rules).
+//!
+//! For `m <= 16` numpy's argsort of one group is a plain insertion sort, which is stable, so the
+//! position of element j in the sorted order is its *stable rank*
+//! `#{k < j: key_k <= key_j} + #{k > j: key_k < key_j}`, and j is pruned iff that rank is `< n`.
+//! That is `m * (m - 1)` branch-free comparisons per group instead of a sort, and it vectorizes
+//! when the comparisons run lane by lane: the keys of a tile are laid out as m *lanes* (lane j
+//! holds the key of the j-th member of every group in the tile), and each pass compares two whole
+//! lanes element-wise.
+//! * `inner > 1` (e.g. dim 0): the m members of a group are m rows of `inner` contiguous
+//!   elements, so a lane is a slice of one row: the layout is already lane-major.
+//! * `inner == 1` (e.g. dim 1 of a matrix): groups are m consecutive elements of a row; a tile of
+//!   up to [`TILE`] groups is transposed into lanes (a strided gather that stays in L1).
+//!
+//! Zero padding of a short last group is a lane position holding the key of +0. Every group is
+//! ranked on its own and the output is split by rows and groups, so the flags never depend on
+//! the number of threads.
+
+use rayon::prelude::*;
+
+use super::axes::ChannelLayout;
+use super::element::{Element, MapValue};
+use super::keys::Key;
+use crate::dtype::ScalarType;
+
+/// The largest m whose argsort is numpy's stable insertion sort (`SMALL_QUICKSORT` is 15:
+/// a range of `pr - pl <= 15`, i.e. at most 16 elements, is never partitioned).
+pub const MAX_STABLE_M: usize = 16;
+
+/// Lane length of one tile: enough to amortize the per-pass loop overhead, small enough that the
+/// m lanes of keys stay in L1/L2.
+const TILE: usize = 1024;
+
+/// The per-element "pruned" flags of n:m sparsity for `1 <= m <= MAX_STABLE_M`, `n <= m`.
+pub fn stable_rank_flags<T: Element>(w: &[T], layout: ChannelLayout, n: usize, m: usize) -> Vec<bool> {
+    // Ranks only compare keys, so any key with the same order as `magnitude().key()` will do.
+    // For floats that is the magnitude bits with every NaN clamped to one value above inf: a
+    // `min` in the key's own width, which vectorizes (the generic key goes through u64).
+    match T::DTYPE {
+        ScalarType::Float16 => {
+            if let Ok(w) = bytemuck::try_cast_slice::<T, u16>(w) {
+                return flags_by_key(w, layout, n, m, |&b| (b & 0x7fff).min(0x7c01));
+            }
+        }
+        ScalarType::Float32 => {
+            if let Ok(w) = bytemuck::try_cast_slice::<T, u32>(w) {
+                return flags_by_key(w, layout, n, m, |&b| (b & 0x7fff_ffff).min(0x7f80_0001));
+            }
+        }
+        _ => {}
+    }
+    flags_by_key(w, layout, n, m, |x| x.magnitude().key())
+}
+
+/// [`stable_rank_flags`] for element type T (zero is `T::zeroed()`) ranked by `key`.
+fn flags_by_key<T, K, F>(w: &[T], layout: ChannelLayout, n: usize, m: usize, key: F) -> Vec<bool>
+where
+    T: bytemuck::Pod + Sync,
+    K: Key,
+    F: Fn(&T) -> K + Sync,
+{
+    debug_assert!(
+        (1..=MAX_STABLE_M).contains(&m) && n <= m && w.len() == layout.outer * layout.channel * layout.inner
+    );
+    let mut flags = vec![false; w.len()];
+    let row_len = layout.channel * layout.inner;
+    if row_len == 0 || n == 0 {
+        return flags;
+    }
+    // Padding is +0, whose bits are all zero in every element type.
+    let ranker = Ranker {
+        n,
+        m,
+        pad: key(&T::zeroed()),
+        key,
+    };
+    let pad = ranker.pad;
+    if layout.inner == 1 {
+        // A row is a run of groups; a piece of TILE whole groups is one work item.
+        let piece = TILE * m;
+        flags
+            .par_chunks_mut(row_len)
+            .zip(w.par_chunks(row_len))
+            .for_each(|(out, row)| {
+                out.par_chunks_mut(piece)
+                    .zip(row.par_chunks(piece))
+                    .for_each_init(
+                        || Scratch::new(m, pad),
+                        |s, (out, groups)| ranker.contiguous_groups(groups, out, s),
+                    );
+            });
+    } else {
+        // A group is m rows of `inner` elements, contiguous in memory (fewer in the last group).
+        let inner = layout.inner;
+        flags
+            .par_chunks_mut(row_len)
+            .zip(w.par_chunks(row_len))
+            .for_each(|(out, row)| {
+                out.par_chunks_mut(m * inner)
+                    .zip(row.par_chunks(m * inner))
+                    .for_each_init(
+                        || Scratch::new(m, pad),
+                        |s, (out, group)| ranker.row_group(group, inner, out, s),
+                    );
+            });
+    }
+    flags
+}
+
+struct Ranker<K, F> {
+    n: usize,
+    m: usize,
+    pad: K,
+    key: F,
+}
+
+/// Per-thread buffers: m lanes of keys and of flags, one lane of rank counters.
+struct Scratch<K> {
+    keys: Vec<K>,
+    flags: Vec<bool>,
+    rank: Vec<u8>,
+}
+
+impl<K: Key> Scratch<K> {
+    fn new(m: usize, pad: K) -> Self {
+        Scratch {
+            keys: vec![pad; m * TILE],
+            flags: vec![false; m * TILE],
+            rank: vec![0; TILE],
+        }
+    }
+}
+
+impl<K: Key, F> Ranker<K, F> {
+    /// `groups` holds consecutive groups of m elements (the last one maybe short: zero padded).
+    fn contiguous_groups<T>(&self, groups: &[T], out: &mut [bool], s: &mut Scratch<K>)
+    where
+        F: Fn(&T) -> K,
+    {
+        let m = self.m;
+        let len = groups.len().div_ceil(m);
+        let (keys, flags) = (&mut s.keys[..m * len], &mut s.flags[..m * len]);
+        // Transpose into lanes: lane j is every m-th element from j on (padding where the last
+        // group is short).
+        for (j, lane) in keys.chunks_exact_mut(len).enumerate() {
+            let members = groups.get(j..).unwrap_or_default().iter().step_by(m);
+            let real = members.len();
+            lane.iter_mut().zip(members).for_each(|(k, x)| *k = (self.key)(x));
+            lane[real..].fill(self.pad);
+        }
+        self.rank_lanes(keys, len, flags, len, &mut s.rank[..len]);
+        for (j, lane) in flags.chunks_exact(len).enumerate() {
+            let members = out.get_mut(j..).unwrap_or_default().iter_mut().step_by(m);
+            members.zip(lane).for_each(|(o, &f)| *o = f);
+        }
+    }
+
+    /// `group` is `real <= m` rows of `inner` elements; rows `real..m` are padding.
+    fn row_group<T>(&self, group: &[T], inner: usize, out: &mut [bool], s: &mut Scratch<K>)
+    where
+        F: Fn(&T) -> K,
+    {
+        let m = self.m;
+        for i0 in (0..inner).step_by(TILE) {
+            let len = TILE.min(inner - i0);
+            let keys = &mut s.keys[..m * len];
+            for (j, lane) in keys.chunks_exact_mut(len).enumerate() {
+                match group.get(j * inner + i0..j * inner + i0 + len) {
+                    Some(row) => lane.iter_mut().zip(row).for_each(|(k, x)| *k = (self.key)(x)),
+                    None => lane.fill(self.pad),
+                }
+            }
+            // Flags go straight to the output rows; padding rows have no output.
+            self.rank_lanes(keys, len, &mut out[i0..], inner, &mut s.rank[..len]);
+        }
+    }
+
+    /// Writes `rank(j, i) < n` for every real lane j (those with room in `out`) to
+    /// `out[j * stride + i]`, `i < len`, where `keys` holds m lanes of `len` keys.
+    fn rank_lanes(&self, keys: &[K], len: usize, out: &mut [bool], stride: usize, rank: &mut [u8]) {
+        let n = self.n as u8;
+        for j in 0..self.m {
+            let Some(dst) = out.get_mut(j * stride..j * stride + len) else {
+                break;
+            };
+            let kj = &keys[j * len..(j + 1) * len];
+            rank.fill(0);
+            for k in 0..self.m {
+                let kk = &keys[k * len..(k + 1) * len];
+                // Ties count against j only for earlier members (the sort is stable).
+                if k < j {
+                    rank.iter_mut()
+                        .zip(kk.iter().zip(kj))
+                        .for_each(|(r, (a, b))| *r += u8::from(a <= b));
+                } else if k > j {
+                    rank.iter_mut()
+                        .zip(kk.iter().zip(kj))
+                        .for_each(|(r, (a, b))| *r += u8::from(a < b));
+                }
+            }
+            dst.iter_mut().zip(rank.iter()).for_each(|(d, &r)| *d = r < n);
+        }
+    }
+}
