@@ -92,10 +92,10 @@ fn typed<T: Element>(
             prune::threshold::threshold_in_place(w, threshold, minimum_sparsity_percentile)
         }
         OpConfig::Magnitude { n_m_ratio: Some((n, m)), dim, .. } => {
-            prune::n_m(&w, shape, size(n), size(m), dim.unwrap_or(1) as usize)?
+            prune::nm::n_m_in_place(w, shape, size(n), size(m), dim.unwrap_or(1) as usize)?
         }
         OpConfig::Magnitude { target_sparsity: Some(s), block_size: Some(b), dim, .. } => {
-            prune::block(&w, shape, s, size(b), dim.unwrap_or(0) as usize)?
+            prune::block::block_in_place(w, shape, s, size(b), dim.unwrap_or(0) as usize)?
         }
         OpConfig::Magnitude { target_sparsity: Some(s), .. } => prune::magnitude::magnitude_in_place(w, s)?,
         OpConfig::Magnitude { target_sparsity: None, n_m_ratio: None, .. } => {

@@ -22,13 +22,24 @@
 use super::axes::{check_structural_rank, ChannelLayout};
 use super::block_norms::fast_block_flags;
 use super::element::{Element, MapValue};
-use super::mask::encode_sparse;
+use super::mask::encode_sparse_in_place;
 use super::percentile::{at_or_below, percentile_cut};
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes whole blocks of `block_size` elements along `dim` by their L2 norm.
 pub fn block<T: Element>(
     w: &[T],
+    shape: &[usize],
+    target_sparsity: f64,
+    block_size: usize,
+    dim: usize,
+) -> Result<Outcome<T>, KernelError> {
+    block_in_place(w.to_vec(), shape, target_sparsity, block_size, dim)
+}
+
+/// [`block()`], reusing `w`'s allocation for the kept values.
+pub fn block_in_place<T: Element>(
+    w: Vec<T>,
     shape: &[usize],
     target_sparsity: f64,
     block_size: usize,
@@ -47,16 +58,18 @@ pub fn block<T: Element>(
     check_structural_rank(shape, "block sparsity")?;
     let q = target_sparsity * 100.0;
     if q == 100.0 {
-        return Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |_| true)));
+        return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Multiply, |_, _, flags| flags.fill(true))));
     }
     if q == 0.0 {
-        return Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |_| false)));
+        return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |_, _, flags| flags.fill(false))));
     }
-    let pruned = match fast_block_flags(w, layout, block_size, target_sparsity) {
+    let pruned = match fast_block_flags(&w, layout, block_size, target_sparsity) {
         Some(flags) => flags?,
-        None => reference_flags(w, layout, block_size, target_sparsity)?,
+        None => reference_flags(&w, layout, block_size, target_sparsity)?,
     };
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Where, |f| pruned[f])))
+    Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |start, _, flags| {
+        flags.copy_from_slice(&pruned[start..start + flags.len()])
+    })))
 }
 
 /// The per-element "pruned" flags for `0 < q < 100` by gathering every block through index

@@ -70,29 +70,34 @@ pub fn encode_sparse_in_place<T: Element>(
 }
 
 /// One chunk of [`encode_sparse_in_place`]: writes the mask bytes of `values` and moves its kept
-/// values to its front; returns how many were kept. Branch-free per element: with about half the
-/// elements kept at random, a branch would mispredict constantly.
-fn compact_chunk<T: Element>(values: &mut [T], pruned: &[bool], bytes: &mut [u8], apply: Apply) -> usize {
-    let mut kept = 0usize;
-    for (j, byte) in bytes.iter_mut().enumerate() {
-        let base = j * 8;
-        let end = (base + 8).min(values.len());
-        let mut bits = 0u8;
-        for i in base..end {
-            let x = values[i];
-            let (out, keep) = match apply {
-                Apply::Where => (x, !pruned[i] & !x.is_zero()),
-                Apply::Multiply => {
-                    let out = x.mul_keep(!pruned[i]);
-                    (out, !out.is_zero())
-                }
-            };
-            // `kept <= i`, so this never overwrites a value not yet read.
-            values[kept] = out;
-            kept += usize::from(keep);
-            bits |= u8::from(keep) << (i - base);
+/// values to its front; returns how many were kept. Three simple passes over a chunk that sits in
+/// L2, each branch-free (with about half the elements kept at random, a branch per element would
+/// mispredict constantly): the keep decision (vectorized), the mask bytes, the compaction.
+fn compact_chunk<T: Element>(values: &mut [T], pruned: &mut [bool], bytes: &mut [u8], apply: Apply) -> usize {
+    // The flags become "kept" flags.
+    match apply {
+        Apply::Where => {
+            for (flag, x) in pruned.iter_mut().zip(values.iter()) {
+                *flag = !*flag & !x.is_zero();
+            }
         }
-        *byte = bits;
+        Apply::Multiply => {
+            for (flag, x) in pruned.iter_mut().zip(values.iter_mut()) {
+                *x = x.mul_keep(!*flag);
+                *flag = !x.is_zero();
+            }
+        }
+    }
+    let keep = &*pruned;
+    for (byte, group) in bytes.iter_mut().zip(keep.chunks(8)) {
+        *byte = group.iter().enumerate().fold(0u8, |bits, (k, &f)| bits | (u8::from(f) << k));
+    }
+    let mut kept = 0usize;
+    for i in 0..values.len() {
+        // `kept <= i`, so this never overwrites a value not yet read; a value not kept is
+        // overwritten by the next kept one.
+        values[kept] = values[i];
+        kept += usize::from(keep[i]);
     }
     kept
 }

@@ -23,13 +23,24 @@
 use super::axes::{check_structural_rank, ChannelLayout};
 use super::element::{Element, MapValue};
 use super::keys::Key;
-use super::mask::encode_sparse;
+use super::mask::encode_sparse_in_place;
 use super::nm_rank::{stable_rank_flags, MAX_STABLE_M};
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes the `n` smallest magnitudes in every group of `m` consecutive elements along `dim`.
 pub fn n_m<T: Element>(
     w: &[T],
+    shape: &[usize],
+    n: usize,
+    m: usize,
+    dim: usize,
+) -> Result<Outcome<T>, KernelError> {
+    n_m_in_place(w.to_vec(), shape, n, m, dim)
+}
+
+/// [`n_m`], reusing `w`'s allocation for the kept values.
+pub fn n_m_in_place<T: Element>(
+    w: Vec<T>,
     shape: &[usize],
     n: usize,
     m: usize,
@@ -51,11 +62,13 @@ pub fn n_m<T: Element>(
         return Err(KernelError("n:m ratio needs m > 0".into()));
     }
     let pruned = if m <= MAX_STABLE_M {
-        stable_rank_flags(w, layout, n, m)
+        stable_rank_flags(&w, layout, n, m)
     } else {
-        argsort_flags(w, layout, n, m)
+        argsort_flags(&w, layout, n, m)
     };
-    Ok(Outcome::Pruned(encode_sparse(w, Apply::Multiply, |f| pruned[f])))
+    Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Multiply, |start, _, flags| {
+        flags.copy_from_slice(&pruned[start..start + flags.len()])
+    })))
 }
 
 /// The per-element "pruned" flags by sorting every group with [`numpy_argsort`]: the reference

@@ -23,6 +23,8 @@ use crate::tensor::TensorData;
 
 /// Bytes gathered before a hand-over: large enough that a syscall moves a lot.
 const PIECE: usize = 8 << 20;
+/// Bytes written between two `fdatasync`s on the writer thread.
+const SYNC_EVERY: usize = 16 << 20;
 
 pub struct BackgroundWriter {
     state: State,
@@ -64,18 +66,29 @@ impl BackgroundWriter {
         let (tensor_to_main, tensors_back) = sync_channel::<TensorData>(1);
         let thread = std::thread::Builder::new().name("mlprune-writer".into()).spawn(move || {
             let mut file = file;
+            let mut unsynced = 0usize;
             for item in from_main {
                 // A full return channel means the caller did not want the buffer back: drop it.
                 match item {
                     Item::Bytes(mut piece) => {
                         file.write_all(&piece)?;
+                        unsynced += piece.len();
                         piece.clear();
                         let _ = piece_to_main.try_send(piece);
                     }
                     Item::Tensor(data) => {
-                        file.write_all(&data.as_le_bytes())?;
+                        let bytes = data.as_le_bytes();
+                        file.write_all(&bytes)?;
+                        unsynced += bytes.len();
+                        drop(bytes);
                         let _ = tensor_to_main.try_send(data);
                     }
+                }
+                // The package is only committed after an fsync of every file. Flushing as we go,
+                // here where it overlaps pruning, leaves that final fsync little to wait for.
+                if unsynced >= SYNC_EVERY {
+                    file.sync_data()?;
+                    unsynced = 0;
                 }
             }
             Ok(file)
