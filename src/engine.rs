@@ -26,6 +26,7 @@ use crate::proto::mil::{Operation, Program};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
 use crate::plan::{plan, Decision, PlannedTensor};
+use crate::prefetch::{Job, Prefetcher};
 use crate::weights::{WeightFileBuilder, WeightSource};
 
 /// Where tensors are pruned.
@@ -125,30 +126,42 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let mut reports = Vec::with_capacity(planned.len());
     let mut next_plan = planned.iter().peekable();
     let mut progress = Progress::new(job.progress, weight_bytes_before, planned.len());
-    for (index, info) in graph.ops.iter().enumerate() {
-        let started = Instant::now();
-        let plan_entry = next_plan.next_if(|p| p.op_index == index);
-        let result = match plan_entry {
-            Some(PlannedTensor { decision: Decision::Prune(config), .. }) if job.joint_compression => {
-                Some(rewrite.prune_joint(&model.program, &graph, &source, index, config, &mut devices)?)
+    // Plain consts are read ahead on a reader thread; joint compression materializes its inputs
+    // from several ops and reads them itself.
+    let jobs = if job.joint_compression { Vec::new() } else { prefetch_jobs(&model.program, &graph, &planned) };
+    std::thread::scope(|scope| -> Result<()> {
+        let prefetcher = Prefetcher::start(scope, &source, jobs);
+        for (index, info) in graph.ops.iter().enumerate() {
+            let started = Instant::now();
+            let plan_entry = next_plan.next_if(|p| p.op_index == index);
+            let result = match plan_entry {
+                Some(PlannedTensor { decision: Decision::Prune(config), .. }) if job.joint_compression => {
+                    Some(rewrite.prune_joint(&model.program, &graph, &source, index, config, &mut devices)?)
+                }
+                Some(PlannedTensor { decision: Decision::Prune(config), .. }) => Some(rewrite.prune_const(
+                    &model.program,
+                    &graph,
+                    (&source, &prefetcher),
+                    index,
+                    config,
+                    &mut devices,
+                )?),
+                _ => None,
+            };
+            let device = result.as_ref().map_or("cpu", |(_, device)| *device);
+            let result = result.map(|(r, _)| r);
+            if !matches!(result, Some(Ok(_))) {
+                let op = op_at_mut(&mut model.program, &info.path)
+                    .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
+                rewrite.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
             }
-            Some(PlannedTensor { decision: Decision::Prune(config), .. }) => {
-                Some(rewrite.prune_const(&model.program, &graph, &source, index, config, &mut devices)?)
+            if let Some(p) = plan_entry {
+                progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
+                reports.push(tensor_report(p, result, started, device));
             }
-            _ => None,
-        };
-        let device = result.as_ref().map_or("cpu", |(_, device)| *device);
-        let result = result.map(|(r, _)| r);
-        if !matches!(result, Some(Ok(_))) {
-            let op = op_at_mut(&mut model.program, &info.path)
-                .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
-            rewrite.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
         }
-        if let Some(p) = plan_entry {
-            progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
-            reports.push(tensor_report(p, result, started, device));
-        }
-    }
+        Ok(())
+    })?;
     progress.finish();
     let Rewrite { weights, edits, renames, .. } = rewrite;
     let pruned_any = !edits.is_empty();
@@ -175,6 +188,19 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     std::fs::write(&model_path, model.encode()).at(&model_path)?;
     out.commit()?;
     Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after, notices: devices.notices })
+}
+
+/// The consts the plan prunes, in program order, for the reader thread.
+fn prefetch_jobs(program: &Program, graph: &GraphView, planned: &[PlannedTensor]) -> Vec<Job> {
+    planned
+        .iter()
+        .filter(|p| matches!(p.decision, Decision::Prune(_)))
+        .filter_map(|p| {
+            let info = graph.ops.get(p.op_index)?;
+            let value = op_at(program, &info.path)?.const_value()?.clone();
+            Some(Job { op_index: p.op_index, name: info.name.clone(), value })
+        })
+        .collect()
 }
 
 /// Tensors done, bytes, throughput and ETA on stderr. indicatif hides it when stderr is not a
@@ -235,7 +261,7 @@ impl Rewrite {
         &mut self,
         program: &Program,
         graph: &GraphView,
-        source: &WeightSource,
+        (source, prefetcher): (&WeightSource, &Prefetcher),
         index: usize,
         config: &OpConfig,
         devices: &mut Devices,
@@ -246,8 +272,12 @@ impl Rewrite {
             (Some(v), Some(o)) => (v, o),
             _ => return Err(Error::tensor(&info.name, "const op without a value or an output")),
         };
-        // A buffer the writer thread has finished with becomes this tensor's read buffer.
-        let (meta, data) = source.read_reusing(&info.name, value, self.weights.recycled_tensor())?;
+        // A buffer the writer thread has finished with becomes the next read-ahead buffer.
+        prefetcher.recycle(self.weights.recycled_tensor());
+        let (meta, data) = match prefetcher.next(index) {
+            Some(read) => read?,
+            None => source.read_reusing(&info.name, value, self.weights.recycled_tensor())?,
+        };
         let (result, device) = devices.run(config, data, &meta.shape, &info.name)?;
         let pruned = match result {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),

@@ -19,6 +19,7 @@ pub mod joint;
 pub mod mil;
 pub mod package;
 pub mod plan;
+pub mod prefetch;
 pub mod proto;
 pub mod prune;
 pub mod synth;

@@ -92,15 +92,46 @@ fn compact_chunk<T: Element>(values: &mut [T], pruned: &mut [bool], bytes: &mut 
     for (byte, group) in bytes.iter_mut().zip(keep.chunks(8)) {
         *byte = group.iter().enumerate().fold(0u8, |bits, (k, &f)| bits | (u8::from(f) << k));
     }
+    // Compaction, eight elements per mask byte: copy the group out, then write all eight slots
+    // `kept..kept + 8` from it in the order the byte's set bits give; only the first popcount
+    // slots matter, the rest are overwritten by the next group. `kept <= base`, so the writes
+    // never reach a later group's values.
     let mut kept = 0usize;
-    for i in 0..values.len() {
-        // `kept <= i`, so this never overwrites a value not yet read; a value not kept is
-        // overwritten by the next kept one.
+    let full = values.len() / 8;
+    for (j, &byte) in bytes[..full].iter().enumerate() {
+        let base = j * 8;
+        let mut group = [T::zero(); 8];
+        group.copy_from_slice(&values[base..base + 8]);
+        let order = &SET_BITS[usize::from(byte)];
+        for (slot, &k) in values[kept..kept + 8].iter_mut().zip(order) {
+            *slot = group[usize::from(k)];
+        }
+        kept += byte.count_ones() as usize;
+    }
+    for i in full * 8..values.len() {
         values[kept] = values[i];
         kept += usize::from(keep[i]);
     }
     kept
 }
+
+/// For every byte, the positions of its set bits in ascending order, padded with 0.
+static SET_BITS: [[u8; 8]; 256] = {
+    let mut table = [[0u8; 8]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let (mut k, mut n) = (0, 0);
+        while k < 8 {
+            if byte & (1 << k) != 0 {
+                table[byte][n] = k as u8;
+                n += 1;
+            }
+            k += 1;
+        }
+        byte += 1;
+    }
+    table
+};
 
 /// The dense tensor of `n` elements a [`SparseTensor`] stands for: kept values in mask order, +0
 /// elsewhere (what `constexpr_sparse_to_dense` produces). `None` when the mask length, popcount,
