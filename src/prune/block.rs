@@ -20,7 +20,7 @@
 //! tests, as the reference) take [`reference_flags`], which gathers each block by index.
 
 use super::axes::{check_structural_rank, ChannelLayout};
-use super::block_norms::fast_block_flags;
+use super::block_norms::fast_block_decisions;
 use super::element::{Element, MapValue};
 use super::mask::encode_sparse_in_place;
 use super::percentile::{at_or_below, percentile_cut};
@@ -63,10 +63,13 @@ pub fn block_in_place<T: Element>(
     if q == 0.0 {
         return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |_, _, flags| flags.fill(false))));
     }
-    let pruned = match fast_block_flags(&w, layout, block_size, target_sparsity) {
-        Some(flags) => flags?,
-        None => reference_flags(&w, layout, block_size, target_sparsity)?,
-    };
+    if let Some(decisions) = fast_block_decisions(&w, layout, block_size, target_sparsity) {
+        let decisions = decisions?;
+        return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |start, _, flags| {
+            decisions.fill(start, flags)
+        })));
+    }
+    let pruned = reference_flags(&w, layout, block_size, target_sparsity)?;
     Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |start, _, flags| {
         flags.copy_from_slice(&pruned[start..start + flags.len()])
     })))

@@ -37,13 +37,31 @@ const TILE: usize = 1024;
 const HIST_CHUNK: usize = 1 << 18;
 
 /// The per-element "pruned" flags of block sparsity for fp16 and fp32 weights, `None` for other
-/// element types (the caller then takes the reference path). `0 < q < 100` is the caller's.
+/// element types (the caller then takes the reference path). `0 < q < 100` is the caller's. The
+/// tests compare it with the reference path, which checks [`BlockDecisions::fill`] too.
+#[cfg(test)]
 pub fn fast_block_flags<T: Element>(
     w: &[T],
     layout: ChannelLayout,
     block_size: usize,
     target_sparsity: f64,
 ) -> Option<Result<Vec<bool>, KernelError>> {
+    let decisions = fast_block_decisions(w, layout, block_size, target_sparsity)?;
+    Some(decisions.map(|d| {
+        let mut flags = vec![false; w.len()];
+        d.fill(0, &mut flags);
+        flags
+    }))
+}
+
+/// [`fast_block_flags`] as one decision per block, which the encoder expands chunk by chunk
+/// ([`BlockDecisions::fill`]) instead of materializing a flag per element.
+pub fn fast_block_decisions<T: Element>(
+    w: &[T],
+    layout: ChannelLayout,
+    block_size: usize,
+    target_sparsity: f64,
+) -> Option<Result<BlockDecisions, KernelError>> {
     if w.is_empty() {
         // The reference path reports numpy's error for an empty percentile.
         return None;
@@ -51,24 +69,82 @@ pub fn fast_block_flags<T: Element>(
     match T::DTYPE {
         ScalarType::Float16 => bytemuck::try_cast_slice::<T, f16>(w)
             .ok()
-            .map(|w| block_flags(w, layout, block_size, target_sparsity)),
+            .map(|w| block_decisions(w, layout, block_size, target_sparsity)),
         ScalarType::Float32 => bytemuck::try_cast_slice::<T, f32>(w)
             .ok()
-            .map(|w| block_flags(w, layout, block_size, target_sparsity)),
+            .map(|w| block_decisions(w, layout, block_size, target_sparsity)),
         _ => None,
     }
 }
 
-fn block_flags<F: NormFloat>(
+fn block_decisions<F: NormFloat>(
     w: &[F],
     layout: ChannelLayout,
     block_size: usize,
     target_sparsity: f64,
-) -> Result<Vec<bool>, KernelError> {
+) -> Result<BlockDecisions, KernelError> {
     let geometry = Geometry::new(layout, block_size);
     let norms = block_norms(w, &geometry);
     let cut = weighted_cut(&norms, &geometry, w.len() as u64, target_sparsity)?;
-    Ok(flags_from_norms(&norms, &geometry, w.len(), cut))
+    let pruned = match cut {
+        Some(cut) => norms.par_iter().map(|n| n.key() <= cut).collect(),
+        None => vec![false; norms.len()],
+    };
+    Ok(BlockDecisions { geometry, pruned })
+}
+
+/// Whether each block is pruned, one flag per norm in the norms' (outer, block, inner) order.
+pub struct BlockDecisions {
+    geometry: Geometry,
+    pruned: Vec<bool>,
+}
+
+impl BlockDecisions {
+    /// `flags[k]` = whether element `start + k` is pruned: its block's decision. Walks runs of
+    /// elements that share a decision row (`inner > 1`: one row of `inner` decisions per channel
+    /// index) or a decision (`inner == 1`: the elements of one block), with no division per run
+    /// after the first.
+    pub fn fill(&self, start: usize, flags: &mut [bool]) {
+        let Geometry { layout, block_size, blocks } = self.geometry;
+        let ChannelLayout { channel, inner, .. } = layout;
+        if flags.is_empty() || channel == 0 || inner == 0 {
+            return;
+        }
+        let row = start / inner;
+        let (mut i, mut o, mut c) = (start % inner, row / channel, row % channel);
+        let mut b = c / block_size;
+        let mut out = flags;
+        while !out.is_empty() {
+            if inner == 1 {
+                // The rest of block b in this channel run share one decision.
+                let end = ((b + 1) * block_size).min(channel);
+                let n = end.saturating_sub(c).clamp(1, out.len());
+                let (head, rest) = out.split_at_mut(n);
+                head.fill(self.pruned[o * blocks + b]);
+                out = rest;
+                c += n;
+                if c >= end {
+                    b += 1;
+                }
+            } else {
+                let n = (inner - i).min(out.len());
+                let base = (o * blocks + b) * inner + i;
+                let (head, rest) = out.split_at_mut(n);
+                head.copy_from_slice(&self.pruned[base..base + n]);
+                out = rest;
+                i = 0;
+                c += 1;
+                if c % block_size == 0 {
+                    b += 1;
+                }
+            }
+            if c >= channel {
+                c = 0;
+                b = 0;
+                o += 1;
+            }
+        }
+    }
 }
 
 /// Where the blocks are. Norms are stored one block row (`inner` norms) per (outer, block) pair,
@@ -145,13 +221,17 @@ fn weighted_cut<F: NormFloat>(
         // but the last of each channel run, so count norms, scale, and take back what the short
         // blocks do not cover (no weight lookup per norm).
         let bins = 1usize << F::Key::BITS;
+        // One histogram per rayon job, not per chunk: zeroing 64 Ki bins per chunk costs as much
+        // as the counting.
         let mut hist = norms
             .par_chunks(HIST_CHUNK)
-            .map(|chunk| {
-                let mut h = vec![0u64; bins];
-                chunk.iter().for_each(|n| h[n.key().to_u64() as usize] += 1);
-                h
-            })
+            .fold(
+                || vec![0u64; bins],
+                |mut h, chunk| {
+                    chunk.iter().for_each(|n| h[n.key().to_u64() as usize] += 1);
+                    h
+                },
+            )
             .reduce(
                 || vec![0u64; bins],
                 |mut a, b| {
@@ -187,70 +267,6 @@ fn weighted_cut<F: NormFloat>(
             })
         };
         percentile_cut::<F, _, _>(items, total, target_sparsity)
-    }
-}
-
-/// Broadcasts `norm <= cut` to every real element of each block, in parallel over block rows.
-fn flags_from_norms<F: NormFloat>(norms: &[F], g: &Geometry, len: usize, cut: Option<F::Key>) -> Vec<bool> {
-    let mut flags = vec![false; len];
-    let ChannelLayout { channel, inner, .. } = g.layout;
-    let Some(cut) = cut else { return flags };
-    if len == 0 {
-        return flags;
-    }
-    let pruned = |n: &F| n.key() <= cut;
-    if inner == 1 {
-        // Rows of consecutive blocks; huge rows are split into tiles of whole blocks.
-        let tile_blocks = (TILE / g.block_size).max(1);
-        flags
-            .par_chunks_mut(channel)
-            .zip(norms.par_chunks(g.blocks))
-            .for_each(|(out, norms)| {
-                out.par_chunks_mut(tile_blocks * g.block_size)
-                    .zip(norms.par_chunks(tile_blocks))
-                    .for_each(|(out, norms)| spread(out, norms, g.block_size, pruned));
-            });
-    } else {
-        // Block b is `covered(b)` rows of `inner` flags, all equal to its row of norms' flags.
-        let block_len = g.block_size * inner;
-        let rows = flags
-            .par_chunks_mut(channel * inner)
-            .zip(norms.par_chunks(g.blocks * inner));
-        rows.for_each(|(out, norms)| {
-            out.par_chunks_mut(block_len)
-                .zip(norms.par_chunks(inner))
-                .for_each(|(out, norms)| {
-                    let (first, rest) = out.split_at_mut(inner);
-                    first.iter_mut().zip(norms).for_each(|(f, n)| *f = pruned(n));
-                    rest.chunks_mut(inner).for_each(|row| row.copy_from_slice(first));
-                });
-        });
-    }
-    flags
-}
-
-/// `out[c] = pruned(norms[c / block_size])`. Blocks are tiny for the common sizes, so those get a
-/// fixed-size store per block instead of a `fill` call.
-fn spread<F>(out: &mut [bool], norms: &[F], block_size: usize, pruned: impl Fn(&F) -> bool) {
-    fn fixed<F, const B: usize>(out: &mut [bool], norms: &[F], pruned: impl Fn(&F) -> bool) {
-        let full = out.len() / B;
-        let mut blocks = out.chunks_exact_mut(B);
-        for (b, n) in (&mut blocks).zip(norms) {
-            b.copy_from_slice(&[pruned(n); B]);
-        }
-        let tail = blocks.into_remainder();
-        if let Some(n) = norms.get(full) {
-            tail.fill(pruned(n));
-        }
-    }
-    match block_size {
-        2 => fixed::<F, 2>(out, norms, pruned),
-        4 => fixed::<F, 4>(out, norms, pruned),
-        8 => fixed::<F, 8>(out, norms, pruned),
-        _ => out
-            .chunks_mut(block_size)
-            .zip(norms)
-            .for_each(|(b, n)| b.fill(pruned(n))),
     }
 }
 

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::axes::ChannelLayout;
 use super::block::reference_flags;
-use super::block_norms::fast_block_flags;
+use super::block_norms::{fast_block_decisions, fast_block_flags};
 use super::element::Element;
 use super::nm::argsort_flags;
 use super::nm_rank::stable_rank_flags;
@@ -115,6 +115,14 @@ fn block_agrees<T: Element>(
     let layout = ChannelLayout::new(shape, w.len(), dim).map_err(|e| TestCaseError::fail(e.0))?;
     let fast = fast_block_flags(w, layout, bs, s).ok_or_else(|| TestCaseError::fail("no fast path"))?;
     let reference = reference_flags(w, layout, bs, s);
+    // The encoder asks for the flags chunk by chunk: any window must match the whole.
+    if let (Some(Ok(decisions)), Ok(all)) = (fast_block_decisions(w, layout, bs, s), &reference) {
+        for (start, len) in [(0, w.len()), (1, w.len() - 1), (w.len() / 3, w.len() / 2), (w.len() - 1, 1)] {
+            let mut window = vec![true; len];
+            decisions.fill(start, &mut window);
+            prop_assert_eq!(&window[..], &all[start..start + len], "window at {} of {}", start, len);
+        }
+    }
     prop_assert_eq!(
         fast,
         reference,
