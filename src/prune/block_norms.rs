@@ -105,7 +105,11 @@ impl BlockDecisions {
     /// index) or a decision (`inner == 1`: the elements of one block), with no division per run
     /// after the first.
     pub fn fill(&self, start: usize, flags: &mut [bool]) {
-        let Geometry { layout, block_size, blocks } = self.geometry;
+        let Geometry {
+            layout,
+            block_size,
+            blocks,
+        } = self.geometry;
         let ChannelLayout { channel, inner, .. } = layout;
         if flags.is_empty() || channel == 0 || inner == 0 {
             return;

@@ -90,7 +90,10 @@ fn compact_chunk<T: Element>(values: &mut [T], pruned: &mut [bool], bytes: &mut 
     }
     let keep = &*pruned;
     for (byte, group) in bytes.iter_mut().zip(keep.chunks(8)) {
-        *byte = group.iter().enumerate().fold(0u8, |bits, (k, &f)| bits | (u8::from(f) << k));
+        *byte = group
+            .iter()
+            .enumerate()
+            .fold(0u8, |bits, (k, &f)| bits | (u8::from(f) << k));
     }
     // Compaction, eight elements per mask byte: copy the group out, then write all eight slots
     // `kept..kept + 8` from it in the order the byte's set bits give; only the first popcount
@@ -209,11 +212,16 @@ mod tests {
                 }
             })
             .collect();
-        let pruned: Vec<bool> = (0..n).map(|i| next() % (1 + (i / CHUNK) as u64 + 1) == 0).collect();
+        let pruned: Vec<bool> = (0..n)
+            .map(|i| next() % (1 + (i / CHUNK) as u64 + 1) == 0)
+            .collect();
         for apply in [Apply::Where, Apply::Multiply] {
             let want = encode_sequentially(&w, apply, &pruned);
             let got = encode_sparse_in_place(w.clone(), apply, |start, values, flags| {
-                let same = values.iter().zip(&w[start..]).all(|(a, b)| a.to_bits() == b.to_bits());
+                let same = values
+                    .iter()
+                    .zip(&w[start..])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "the fill sees chunk {start}'s values before compaction");
                 flags.copy_from_slice(&pruned[start..start + flags.len()]);
             });

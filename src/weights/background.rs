@@ -64,51 +64,69 @@ impl BackgroundWriter {
         let (to_thread, from_main) = sync_channel::<Item>(0);
         let (piece_to_main, pieces_back) = sync_channel::<Vec<u8>>(2);
         let (tensor_to_main, tensors_back) = sync_channel::<TensorData>(1);
-        let thread = std::thread::Builder::new().name("mlprune-writer".into()).spawn(move || {
-            let mut file = file;
-            let mut unsynced = 0usize;
-            for item in from_main {
-                // A full return channel means the caller did not want the buffer back: drop it.
-                match item {
-                    Item::Bytes(mut piece) => {
-                        file.write_all(&piece)?;
-                        unsynced += piece.len();
-                        piece.clear();
-                        let _ = piece_to_main.try_send(piece);
+        let thread = std::thread::Builder::new()
+            .name("mlprune-writer".into())
+            .spawn(move || {
+                let mut file = file;
+                let mut unsynced = 0usize;
+                for item in from_main {
+                    // A full return channel means the caller did not want the buffer back: drop it.
+                    match item {
+                        Item::Bytes(mut piece) => {
+                            file.write_all(&piece)?;
+                            unsynced += piece.len();
+                            piece.clear();
+                            let _ = piece_to_main.try_send(piece);
+                        }
+                        Item::Tensor(data) => {
+                            let bytes = data.as_le_bytes();
+                            file.write_all(&bytes)?;
+                            unsynced += bytes.len();
+                            drop(bytes);
+                            let _ = tensor_to_main.try_send(data);
+                        }
                     }
-                    Item::Tensor(data) => {
-                        let bytes = data.as_le_bytes();
-                        file.write_all(&bytes)?;
-                        unsynced += bytes.len();
-                        drop(bytes);
-                        let _ = tensor_to_main.try_send(data);
+                    // The package is only committed after an fsync of every file. Flushing as we go,
+                    // here where it overlaps pruning, leaves that final fsync little to wait for.
+                    if unsynced >= SYNC_EVERY {
+                        file.sync_data()?;
+                        unsynced = 0;
                     }
                 }
-                // The package is only committed after an fsync of every file. Flushing as we go,
-                // here where it overlaps pruning, leaves that final fsync little to wait for.
-                if unsynced >= SYNC_EVERY {
-                    file.sync_data()?;
-                    unsynced = 0;
-                }
-            }
-            Ok(file)
-        })?;
-        let pipe = Pipe { filling: Vec::new(), to_thread, pieces_back, tensors_back, thread };
-        Ok(BackgroundWriter { state: State::Piped(pipe), position: 0 })
+                Ok(file)
+            })?;
+        let pipe = Pipe {
+            filling: Vec::new(),
+            to_thread,
+            pieces_back,
+            tensors_back,
+            thread,
+        };
+        Ok(BackgroundWriter {
+            state: State::Piped(pipe),
+            position: 0,
+        })
     }
 
     /// Hands `item` to the thread; if the thread has stopped, returns the error it stopped on.
     fn send(&mut self, item: Item) -> io::Result<()> {
-        let State::Piped(pipe) = &mut self.state else { return Err(broken()) };
+        let State::Piped(pipe) = &mut self.state else {
+            return Err(broken());
+        };
         if pipe.to_thread.send(item).is_err() {
-            return Err(self.drain().err().unwrap_or_else(|| io::Error::other("the writer thread stopped")));
+            return Err(self
+                .drain()
+                .err()
+                .unwrap_or_else(|| io::Error::other("the writer thread stopped")));
         }
         Ok(())
     }
 
     /// Hands the piece being filled to the thread and starts a new one (a returned piece if any).
     fn send_filling(&mut self) -> io::Result<()> {
-        let State::Piped(pipe) = &mut self.state else { return Ok(()) };
+        let State::Piped(pipe) = &mut self.state else {
+            return Ok(());
+        };
         if pipe.filling.is_empty() {
             return Ok(());
         }
@@ -127,9 +145,13 @@ impl BackgroundWriter {
             }
         }
         match std::mem::replace(&mut self.state, State::Broken) {
-            State::Piped(Pipe { to_thread, thread, .. }) => {
+            State::Piped(Pipe {
+                to_thread, thread, ..
+            }) => {
                 drop(to_thread);
-                let file = thread.join().map_err(|_| io::Error::other("the writer thread panicked"))??;
+                let file = thread
+                    .join()
+                    .map_err(|_| io::Error::other("the writer thread panicked"))??;
                 self.state = State::Direct(file);
             }
             other => self.state = other,
@@ -267,7 +289,9 @@ mod tests {
     #[test]
     fn a_write_error_on_the_thread_is_reported() {
         // /dev/full accepts the open and fails every write with ENOSPC.
-        let Ok(mut w) = BackgroundWriter::create(Path::new("/dev/full")) else { return };
+        let Ok(mut w) = BackgroundWriter::create(Path::new("/dev/full")) else {
+            return;
+        };
         let piece = vec![1u8; PIECE];
         let mut failed = false;
         for _ in 0..4 {
@@ -277,6 +301,9 @@ mod tests {
             }
         }
         let flushed = w.into_file();
-        assert!(failed || flushed.is_err(), "the ENOSPC from the thread must surface");
+        assert!(
+            failed || flushed.is_err(),
+            "the ENOSPC from the thread must surface"
+        );
     }
 }
