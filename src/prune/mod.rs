@@ -46,8 +46,6 @@ mod fast_path_tests;
 #[cfg(test)]
 mod golden_tests;
 #[cfg(test)]
-mod kernel_timing;
-#[cfg(test)]
 mod property_tests;
 
 pub use block::block;
