@@ -9,7 +9,6 @@
 //! parameter order: `nonzero_data`, then `mask`.
 
 use std::collections::BTreeMap;
-use std::io::{Seek, Write};
 
 use crate::dtype::ScalarType;
 use crate::blob::TensorSink;
@@ -51,19 +50,21 @@ pub fn goes_to_weight_file(dtype: ScalarType, count: u64, spec_version: i32) -> 
     storable && count >= 10
 }
 
-/// A tensor value, in `weight.bin` or immediate according to [`goes_to_weight_file`].
-pub fn stored_value<W: Write + Seek>(
-    data: &TensorData,
+/// A tensor value, in `weight.bin` or immediate according to [`goes_to_weight_file`]. `data` is
+/// handed to the writer rather than copied (see [`TensorSink`]).
+pub fn stored_value<W: TensorSink>(
+    data: TensorData,
     shape: &[u64],
     spec_version: i32,
     weights: &mut WeightFileBuilder<W>,
 ) -> Result<Value> {
     let count = data.len() as u64;
-    if goes_to_weight_file(data.dtype(), count, spec_version) {
-        let offset = weights.append(data)?;
-        Ok(blob_value(data.dtype(), shape, offset))
+    let dtype = data.dtype();
+    if goes_to_weight_file(dtype, count, spec_version) {
+        let offset = weights.append_owned(data)?;
+        Ok(blob_value(dtype, shape, offset))
     } else {
-        Ok(immediate_value(data, shape))
+        Ok(immediate_value(&data, shape))
     }
 }
 
@@ -93,16 +94,11 @@ pub fn sparse_to_dense_op<W: TensorSink>(
     }
     let name = sparsified_name(const_name);
     let nonzero_shape = [nonzero.len() as u64];
-    // The values, the largest part, are handed to the writer rather than copied.
-    let nonzero_value = if goes_to_weight_file(nonzero.dtype(), nonzero.len() as u64, spec_version) {
-        blob_value(nonzero.dtype(), &nonzero_shape, weights.append_owned(nonzero)?)
-    } else {
-        immediate_value(&nonzero, &nonzero_shape)
-    };
+    let nonzero_value = stored_value(nonzero, &nonzero_shape, spec_version, weights)?;
     let outputs = vec![(name.clone(), output_type)];
     match SparseForm::for_spec(spec_version) {
         SparseForm::Ios16 => {
-            let mask_value = stored_value(&TensorData::U8(mask), &[n.div_ceil(8)], spec_version, weights)?;
+            let mask_value = stored_value(TensorData::U8(mask), &[n.div_ceil(8)], spec_version, weights)?;
             let dims: Vec<u32> = shape
                 .iter()
                 .map(|&d| u32::try_from(d).map_err(|_| Error::tensor(const_name, format!("dimension {d} exceeds uint32"))))

@@ -108,11 +108,12 @@ impl<W: Write + Seek> BlobWriter<W> {
         W: TensorSink,
     {
         let dtype = data.dtype();
-        if dtype.is_sub_byte() || !matches!(data.as_le_bytes(), std::borrow::Cow::Borrowed(_)) {
-            // Packed or converted bytes are a fresh buffer anyway.
-            return self.append_tensor(&data);
-        }
-        let bytes = data.as_le_bytes().len() as u64;
+        let bytes = match data.as_le_bytes() {
+            std::borrow::Cow::Borrowed(stored) if !dtype.is_sub_byte() => stored.len() as u64,
+            // Sub-byte data needs its padding bits checked, and converted bytes are a fresh buffer
+            // anyway: write them as they are.
+            other => return self.append(dtype, &other, data.len() as u64),
+        };
         let (record_offset, count) = self.begin_blob(dtype, bytes, None, data.len() as u64)?;
         self.inner.write_tensor(data).at(&self.path)?;
         self.position += bytes;

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::io::{Seek, Write};
 
+use crate::blob::TensorSink;
 use crate::dtype::ScalarType;
 use crate::encode::stored_value;
 use crate::error::{Error, Result};
@@ -55,7 +56,7 @@ pub struct JointOps {
 /// Builds the replacement ops for `original` (the constexpr op materialized as `m`) from the
 /// kernel's packed LSB-first keep-mask, appending new blobs to `weights` and copying carried-over
 /// ones from `source`. `op_name` names errors.
-pub fn joint_ops<W: Write + Seek>(
+pub fn joint_ops<W: TensorSink>(
     original: &Operation,
     op_name: &str,
     m: &Materialized,
@@ -117,8 +118,8 @@ pub fn joint_ops<W: Write + Seek>(
         dtype: ScalarType::UInt1,
         values: bits,
     };
-    let mask_value = stored_value(&mask_data, &m.shape, SPEC_IOS18, weights)?;
-    let nonzero_value = stored_value(&nonzero, &[kept], SPEC_IOS18, weights)?;
+    let mask_value = stored_value(mask_data, &m.shape, SPEC_IOS18, weights)?;
+    let nonzero_value = stored_value(nonzero, &[kept], SPEC_IOS18, weights)?;
     let carried = carried_inputs(
         sparse_type,
         &m.kind,

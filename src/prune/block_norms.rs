@@ -25,16 +25,13 @@ use rayon::prelude::*;
 
 use super::axes::ChannelLayout;
 use super::element::{pairwise_sum_f32, Element, MapValue};
-use super::keys::Key;
+use super::keys::{key_histogram, Key};
 use super::percentile::percentile_cut;
 use super::KernelError;
 use crate::dtype::ScalarType;
 
 /// Elements per tile of the vector loops: the f32 buffers stay in L1.
 const TILE: usize = 1024;
-
-/// Norms (or norm keys) per parallel work item of the histogram.
-const HIST_CHUNK: usize = 1 << 18;
 
 /// The per-element "pruned" flags of block sparsity for fp16 and fp32 weights, `None` for other
 /// element types (the caller then takes the reference path). `0 < q < 100` is the caller's. The
@@ -225,24 +222,7 @@ fn weighted_cut<F: NormFloat>(
         // but the last of each channel run, so count norms, scale, and take back what the short
         // blocks do not cover (no weight lookup per norm).
         let bins = 1usize << F::Key::BITS;
-        // One histogram per rayon job, not per chunk: zeroing 64 Ki bins per chunk costs as much
-        // as the counting.
-        let mut hist = norms
-            .par_chunks(HIST_CHUNK)
-            .fold(
-                || vec![0u64; bins],
-                |mut h, chunk| {
-                    chunk.iter().for_each(|n| h[n.key().to_u64() as usize] += 1);
-                    h
-                },
-            )
-            .reduce(
-                || vec![0u64; bins],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
+        let mut hist = key_histogram(norms, &|n: &F| n.key(), 0, bins);
         let scale = g.block_size as u64;
         hist.iter_mut().for_each(|c| *c *= scale);
         let last = g.blocks.saturating_sub(1);

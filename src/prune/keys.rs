@@ -218,12 +218,8 @@ where
     let low_bits = K::BITS.min(16);
     let high_shift = K::BITS - low_bits;
     let bins = 1usize << low_bits;
-    let merge = |mut a: Vec<u64>, b: Vec<u64>| {
-        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-        a
-    };
     // Pass 1: histogram of the top (up to) 16 bits.
-    let top_hist = top_histogram(w, &key, high_shift, bins);
+    let top_hist = key_histogram(w, &key, high_shift, bins);
     // Bucket of rank `prev`, and the count of everything below it.
     let mut below = 0u64;
     let mut bucket = 0usize;
@@ -271,7 +267,7 @@ where
         )
         .reduce(
             || (vec![0u64; 1usize << high_shift.min(16)], u64::MAX, 0),
-            |(h1, n1, m1), (h2, n2, m2)| (merge(h1, h2), n1.min(n2), m1.max(m2)),
+            |(h1, n1, m1), (h2, n2, m2)| (add_counts(h1, h2), n1.min(n2), m1.max(m2)),
         );
     let rank = prev - below;
     let mut seen = 0u64;
@@ -300,10 +296,17 @@ where
     })
 }
 
-/// Counts of `key(x) >> high_shift` over `w`, in parallel. One histogram per rayon job (`fold`),
-/// not per chunk: zeroing and merging 64 Ki bins per chunk would cost as much as the counting. The
-/// job histograms count in u32 (half the cache footprint of u64) unless a job could overflow it.
-fn top_histogram<T, K, F>(w: &[T], key: &F, high_shift: u32, bins: usize) -> Vec<u64>
+/// Element-wise sum of two histograms.
+fn add_counts(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
+    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+    a
+}
+
+/// Counts of `key(x) >> high_shift` over `w` (`bins` bins), in parallel. One histogram per rayon
+/// job (`fold`), not per chunk: zeroing and merging 64 Ki bins per chunk would cost as much as the
+/// counting. The job histograms count in u32 (half the cache footprint of u64) unless a job could
+/// overflow it. The counts are the same for any thread count.
+pub(crate) fn key_histogram<T, K, F>(w: &[T], key: &F, high_shift: u32, bins: usize) -> Vec<u64>
 where
     T: Sync,
     K: Key,
@@ -328,13 +331,7 @@ where
                 },
             )
             .map(|h| h.into_iter().map(Into::into).collect::<Vec<u64>>())
-            .reduce(
-                || vec![0u64; bins],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            )
+            .reduce(|| vec![0u64; bins], add_counts)
     }
     if u32::try_from(w.len()).is_ok() {
         count(w, key, high_shift, bins, 1u32)
