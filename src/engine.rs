@@ -273,7 +273,9 @@ impl Rewrite {
             _ => return Err(Error::tensor(&info.name, "const op without a value or an output")),
         };
         // A buffer the writer thread has finished with becomes the next read-ahead buffer.
-        prefetcher.recycle(self.weights.recycled_tensor());
+        while let Some(buffer) = self.weights.recycled_tensor() {
+            prefetcher.recycle(buffer);
+        }
         let (meta, data) = match prefetcher.next(index) {
             Some(read) => read?,
             None => source.read_reusing(&info.name, value, self.weights.recycled_tensor())?,

@@ -10,7 +10,8 @@
 //! [`FRESH_READ_LIMIT`] bytes. A larger tensor with no buffer to reuse is left for the engine to
 //! read itself ([`Prefetched::NotRead`]), so read-ahead never adds a third large tensor.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::Result;
 use crate::proto::mil::Value;
@@ -38,7 +39,37 @@ pub enum Prefetched {
 
 pub struct Prefetcher {
     results: Receiver<(usize, Prefetched)>,
-    spares: SyncSender<TensorData>,
+    spare: Arc<SpareSlot>,
+}
+
+/// The buffer the next read goes into, if the engine has passed one back.
+#[derive(Default)]
+struct SpareSlot(Mutex<Option<TensorData>>);
+
+impl SpareSlot {
+    /// Keeps the largest reusable buffer offered (a mask's bytes come back too, and must not
+    /// displace a tensor's values); the other is freed.
+    fn offer(&self, buffer: TensorData) {
+        let mut spare = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let larger = spare.as_ref().is_none_or(|kept| reusable_capacity(&buffer) > reusable_capacity(kept));
+        if larger && reusable_capacity(&buffer) > 0 {
+            *spare = Some(buffer);
+        }
+    }
+
+    fn take(&self) -> Option<TensorData> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// Bytes a spare can take without reallocating; only float buffers are read into (weights that
+/// reach the reader are fp16 or fp32 almost always).
+fn reusable_capacity(buffer: &TensorData) -> usize {
+    match buffer {
+        TensorData::F16(v) => v.capacity() * 2,
+        TensorData::F32(v) => v.capacity() * 4,
+        _ => 0,
+    }
 }
 
 impl Prefetcher {
@@ -49,10 +80,11 @@ impl Prefetcher {
         jobs: Vec<Job>,
     ) -> Prefetcher {
         let (to_engine, results) = sync_channel(0);
-        let (spares, from_engine) = sync_channel::<TensorData>(1);
+        let spare = Arc::new(SpareSlot::default());
+        let spare_for_reader = Arc::clone(&spare);
         scope.spawn(move || {
             for job in jobs {
-                let spare = from_engine.try_recv().ok();
+                let spare = spare_for_reader.take();
                 let fresh_ok = TensorMeta::of(&job.value)
                     .and_then(|m| m.storage_bytes())
                     .is_some_and(|bytes| bytes <= FRESH_READ_LIMIT);
@@ -67,7 +99,7 @@ impl Prefetcher {
                 }
             }
         });
-        Prefetcher { results, spares }
+        Prefetcher { results, spare }
     }
 
     /// The tensor of the next job, which must be `op_index`'s. `None` when the reader has nothing
@@ -85,10 +117,34 @@ impl Prefetcher {
     }
 
     /// Offers a buffer the writer has finished with for the next read.
-    pub fn recycle(&self, buffer: Option<TensorData>) {
-        if let Some(buffer) = buffer {
-            // Full: the reader has a spare already, so this one is freed.
-            let _ = self.spares.try_send(buffer);
-        }
+    pub fn recycle(&self, buffer: TensorData) {
+        self.spare.offer(buffer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+
+    #[test]
+    fn the_spare_is_the_largest_float_buffer_offered() {
+        let slot = SpareSlot::default();
+        let values = |n: usize| {
+            let mut v = Vec::with_capacity(n);
+            v.push(f16::ZERO);
+            TensorData::F16(v)
+        };
+        slot.offer(TensorData::U8(vec![0; 1 << 20]));
+        assert!(slot.take().is_none(), "a mask's bytes are never read into");
+        slot.offer(values(1000));
+        slot.offer(TensorData::U8(vec![0; 1 << 20]));
+        slot.offer(values(10));
+        assert!(matches!(slot.take(), Some(TensorData::F16(v)) if v.capacity() >= 1000));
+        assert!(slot.take().is_none());
+        slot.offer(TensorData::F32(Vec::with_capacity(600)));
+        slot.offer(values(1000));
+        assert!(matches!(slot.take(), Some(TensorData::F32(v)) if v.capacity() >= 600));
     }
 }

@@ -20,10 +20,11 @@ use std::thread::JoinHandle;
 
 use crate::blob::TensorSink;
 use crate::tensor::TensorData;
+use crate::weights::syncer::Syncer;
 
 /// Bytes gathered before a hand-over: large enough that a syscall moves a lot.
 const PIECE: usize = 8 << 20;
-/// Bytes written between two `fdatasync`s on the writer thread.
+/// Bytes written between two requests for an `fdatasync` (see [`Syncer`]).
 const SYNC_EVERY: usize = 16 << 20;
 
 pub struct BackgroundWriter {
@@ -63,11 +64,13 @@ impl BackgroundWriter {
         let file = File::create(path)?;
         let (to_thread, from_main) = sync_channel::<Item>(0);
         let (piece_to_main, pieces_back) = sync_channel::<Vec<u8>>(2);
-        let (tensor_to_main, tensors_back) = sync_channel::<TensorData>(1);
+        // Room for a tensor's values and its mask, so that the values are not the one dropped.
+        let (tensor_to_main, tensors_back) = sync_channel::<TensorData>(2);
         let thread = std::thread::Builder::new()
             .name("mlprune-writer".into())
             .spawn(move || {
                 let mut file = file;
+                let mut syncer = Syncer::start(file.try_clone()?)?;
                 let mut unsynced = 0usize;
                 for item in from_main {
                     // A full return channel means the caller did not want the buffer back: drop it.
@@ -86,13 +89,12 @@ impl BackgroundWriter {
                             let _ = tensor_to_main.try_send(data);
                         }
                     }
-                    // The package is only committed after an fsync of every file. Flushing as we go,
-                    // here where it overlaps pruning, leaves that final fsync little to wait for.
                     if unsynced >= SYNC_EVERY {
-                        file.sync_data()?;
+                        syncer.request()?;
                         unsynced = 0;
                     }
                 }
+                syncer.finish()?;
                 Ok(file)
             })?;
         let pipe = Pipe {
