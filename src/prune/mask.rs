@@ -5,6 +5,7 @@
 //! order; the mask is `np.packbits(keep, bitorder="little")`: bit `i % 8` (LSB first) of byte
 //! `i / 8`, `ceil(n/8)` bytes, padding bits zero.
 
+use super::compact::compact_groups;
 use super::element::Element;
 use super::{Apply, SparseTensor};
 
@@ -72,7 +73,8 @@ pub fn encode_sparse_in_place<T: Element>(
 /// One chunk of [`encode_sparse_in_place`]: writes the mask bytes of `values` and moves its kept
 /// values to its front; returns how many were kept. Three simple passes over a chunk that sits in
 /// L2, each branch-free (with about half the elements kept at random, a branch per element would
-/// mispredict constantly): the keep decision (vectorized), the mask bytes, the compaction.
+/// mispredict constantly): the keep decision (vectorized), the mask bytes (one multiply per eight
+/// flags), the compaction ([`compact_groups`]).
 fn compact_chunk<T: Element>(values: &mut [T], pruned: &mut [bool], bytes: &mut [u8], apply: Apply) -> usize {
     // The flags become "kept" flags.
     match apply {
@@ -88,53 +90,25 @@ fn compact_chunk<T: Element>(values: &mut [T], pruned: &mut [bool], bytes: &mut 
             }
         }
     }
-    let keep = &*pruned;
-    for (byte, group) in bytes.iter_mut().zip(keep.chunks(8)) {
-        *byte = group
-            .iter()
-            .enumerate()
-            .fold(0u8, |bits, (k, &f)| bits | (u8::from(f) << k));
-    }
-    // Compaction, eight elements per mask byte: copy the group out, then write all eight slots
-    // `kept..kept + 8` from it in the order the byte's set bits give; only the first popcount
-    // slots matter, the rest are overwritten by the next group. `kept <= base`, so the writes
-    // never reach a later group's values.
-    let mut kept = 0usize;
+    let keep: &[u8] = bytemuck::cast_slice(&*pruned);
     let full = values.len() / 8;
-    for (j, &byte) in bytes[..full].iter().enumerate() {
-        let base = j * 8;
-        let mut group = [T::zero(); 8];
-        group.copy_from_slice(&values[base..base + 8]);
-        let order = &SET_BITS[usize::from(byte)];
-        for (slot, &k) in values[kept..kept + 8].iter_mut().zip(order) {
-            *slot = group[usize::from(k)];
-        }
-        kept += byte.count_ones() as usize;
+    for (byte, group) in bytes.iter_mut().zip(keep.chunks_exact(8)) {
+        // Eight 0/1 bytes become one bit each: the multiply adds byte k's low bit at bit 56 + k
+        // (all 64 partial products land on distinct bits, so nothing carries), and the top byte
+        // is the mask byte.
+        let flags = u64::from_le_bytes(group.try_into().expect("chunks of 8"));
+        *byte = (flags.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8;
     }
+    if full < bytes.len() {
+        bytes[full] = keep[full * 8..].iter().enumerate().fold(0u8, |bits, (k, &f)| bits | (f << k));
+    }
+    let mut kept = compact_groups(values, &bytes[..full]);
     for i in full * 8..values.len() {
         values[kept] = values[i];
         kept += usize::from(keep[i]);
     }
     kept
 }
-
-/// For every byte, the positions of its set bits in ascending order, padded with 0.
-static SET_BITS: [[u8; 8]; 256] = {
-    let mut table = [[0u8; 8]; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let (mut k, mut n) = (0, 0);
-        while k < 8 {
-            if byte & (1 << k) != 0 {
-                table[byte][n] = k as u8;
-                n += 1;
-            }
-            k += 1;
-        }
-        byte += 1;
-    }
-    table
-};
 
 /// The dense tensor of `n` elements a [`SparseTensor`] stands for: kept values in mask order, +0
 /// elsewhere (what `constexpr_sparse_to_dense` produces). `None` when the mask length, popcount,

@@ -31,6 +31,7 @@
 pub mod axes;
 pub mod block;
 mod block_norms;
+mod compact;
 pub mod element;
 mod float;
 pub mod keys;

@@ -1,0 +1,212 @@
+//! Moving a chunk's kept values to its front, eight elements per mask byte.
+//!
+//! This is the innermost loop of every pruning mode, run once per element of every tensor. The
+//! portable version moves the eight elements of a group one by one through a table of set-bit
+//! positions. On x86-64 with SSSE3 (every x86-64 CPU of the last fifteen years), 2- and 4-byte
+//! elements are moved with one byte shuffle per 16 bytes instead, about three times faster; the
+//! result is the same, which the tests below check on random masks.
+
+use super::element::Element;
+
+/// Moves the elements of `values` whose bit is set in `bytes` (LSB first, one byte per group of 8)
+/// to the front, in order, for the `bytes.len()` whole groups; returns how many were kept. The
+/// slots after the kept ones hold leftovers. `values.len() >= 8 * bytes.len()`.
+pub fn compact_groups<T: Element>(values: &mut [T], bytes: &[u8]) -> usize {
+    assert!(values.len() >= bytes.len() * 8);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("ssse3") {
+        match std::mem::size_of::<T>() {
+            2 => return x86::compact_u16(bytemuck::cast_slice_mut(values), bytes),
+            4 => return x86::compact_u32(bytemuck::cast_slice_mut(values), bytes),
+            _ => {}
+        }
+    }
+    compact_portable(values, bytes)
+}
+
+/// Copies the group out, then writes all eight slots `kept..kept + 8` from it in the order the
+/// byte's set bits give; only the first popcount slots matter, the rest are overwritten by the
+/// next group. `kept <= base`, so the writes never reach a later group's values.
+fn compact_portable<T: Element>(values: &mut [T], bytes: &[u8]) -> usize {
+    let mut kept = 0usize;
+    for (j, &byte) in bytes.iter().enumerate() {
+        let base = j * 8;
+        let mut group = [T::zero(); 8];
+        group.copy_from_slice(&values[base..base + 8]);
+        let order = &SET_BITS[usize::from(byte)];
+        for (slot, &k) in values[kept..kept + 8].iter_mut().zip(order) {
+            *slot = group[usize::from(k)];
+        }
+        kept += byte.count_ones() as usize;
+    }
+    kept
+}
+
+/// For every byte, the positions of its set bits in ascending order, padded with 0.
+static SET_BITS: [[u8; 8]; 256] = {
+    let mut table = [[0u8; 8]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let (mut k, mut n) = (0, 0);
+        while k < 8 {
+            if byte & (1 << k) != 0 {
+                table[byte][n] = k as u8;
+                n += 1;
+            }
+            k += 1;
+        }
+        byte += 1;
+    }
+    table
+};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_shuffle_epi8, _mm_storeu_si128};
+
+    use super::SET_BITS;
+
+    /// `pshufb` controls that gather the elements of `width` bytes named by `SET_BITS[byte]` (for
+    /// the first `16 / width` of them) to the front of a 16-byte register.
+    const fn shuffles(width: usize) -> [[u8; 16]; 256] {
+        let mut table = [[0u8; 16]; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            let mut slot = 0;
+            while slot < 16 / width {
+                let mut b = 0;
+                while b < width {
+                    table[byte][slot * width + b] = (SET_BITS[byte][slot] as usize * width + b) as u8;
+                    b += 1;
+                }
+                slot += 1;
+            }
+            byte += 1;
+        }
+        table
+    }
+
+    /// Indexed by a whole mask byte: eight 2-byte elements fill one register.
+    static SHUFFLE_U16: [[u8; 16]; 256] = shuffles(2);
+    /// Indexed by a mask nibble (entries 0..16 used): four 4-byte elements fill one register.
+    static SHUFFLE_U32: [[u8; 16]; 256] = shuffles(4);
+
+    pub fn compact_u16(values: &mut [u16], bytes: &[u8]) -> usize {
+        assert!(values.len() >= bytes.len() * 8);
+        // SAFETY: the caller checked SSSE3 is available; the length was just checked.
+        unsafe { compact_u16_ssse3(values, bytes) }
+    }
+
+    pub fn compact_u32(values: &mut [u32], bytes: &[u8]) -> usize {
+        assert!(values.len() >= bytes.len() * 8);
+        // SAFETY: as for `compact_u16`.
+        unsafe { compact_u32_ssse3(values, bytes) }
+    }
+
+    /// # Safety
+    /// SSSE3 must be available and `values.len() >= 8 * bytes.len()`.
+    #[target_feature(enable = "ssse3")]
+    unsafe fn compact_u16_ssse3(values: &mut [u16], bytes: &[u8]) -> usize {
+        let p = values.as_mut_ptr();
+        let mut kept = 0usize;
+        for (j, &byte) in bytes.iter().enumerate() {
+            // SAFETY: group j is values[8j..8j+8], in bounds by the length precondition. The store
+            // covers values[kept..kept+8] with kept <= 8j (at most eight kept per earlier group),
+            // so it stays in bounds and only overwrites groups already read.
+            unsafe {
+                let group = _mm_loadu_si128(p.add(j * 8).cast::<__m128i>());
+                let control = _mm_loadu_si128(SHUFFLE_U16[usize::from(byte)].as_ptr().cast::<__m128i>());
+                _mm_storeu_si128(p.add(kept).cast::<__m128i>(), _mm_shuffle_epi8(group, control));
+            }
+            kept += byte.count_ones() as usize;
+        }
+        kept
+    }
+
+    /// # Safety
+    /// SSSE3 must be available and `values.len() >= 8 * bytes.len()`.
+    #[target_feature(enable = "ssse3")]
+    unsafe fn compact_u32_ssse3(values: &mut [u32], bytes: &[u8]) -> usize {
+        let p = values.as_mut_ptr();
+        let mut kept = 0usize;
+        for (j, &byte) in bytes.iter().enumerate() {
+            for (half, nibble) in [(0, byte & 0x0f), (4, byte >> 4)] {
+                // SAFETY: the half group is values[8j+half..][..4], in bounds by the length
+                // precondition; the store covers values[kept..kept+4] with kept <= 8j+half, in
+                // bounds and over elements already read.
+                unsafe {
+                    let group = _mm_loadu_si128(p.add(j * 8 + half).cast::<__m128i>());
+                    let control = _mm_loadu_si128(SHUFFLE_U32[usize::from(nibble)].as_ptr().cast::<__m128i>());
+                    _mm_storeu_si128(p.add(kept).cast::<__m128i>(), _mm_shuffle_epi8(group, control));
+                }
+                kept += nibble.count_ones() as usize;
+            }
+        }
+        kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What compaction must produce: the kept elements in order.
+    fn kept_in_order<T: Copy>(values: &[T], bytes: &[u8]) -> Vec<T> {
+        (0..bytes.len() * 8).filter(|&i| bytes[i / 8] & (1 << (i % 8)) != 0).map(|i| values[i]).collect()
+    }
+
+    /// Compared as bytes: NaN payloads must survive too.
+    fn bytes_of<T: Element>(values: &[T]) -> &[u8] {
+        bytemuck::cast_slice(values)
+    }
+
+    fn check<T: Element>(values: Vec<T>, bytes: &[u8]) -> Result<(), TestCaseError> {
+        let want = kept_in_order(&values, bytes);
+        let mut fast = values.clone();
+        let kept = compact_groups(&mut fast, bytes);
+        prop_assert_eq!(kept, want.len());
+        prop_assert_eq!(bytes_of(&fast[..kept]), bytes_of(&want));
+        prop_assert_eq!(bytes_of(&fast[bytes.len() * 8..]), bytes_of(&values[bytes.len() * 8..]));
+        let mut portable = values;
+        prop_assert_eq!(compact_portable(&mut portable, bytes), kept);
+        prop_assert_eq!(bytes_of(&portable[..kept]), bytes_of(&want));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// Every mask byte, every element width the weights come in, and a ragged tail after the
+        /// whole groups that must be left alone.
+        #[test]
+        fn compaction_keeps_the_set_bits_in_order(
+            bytes in prop::collection::vec(any::<u8>(), 0..200),
+            seed in any::<u64>(),
+            tail in 0usize..8,
+        ) {
+            let n = bytes.len() * 8 + tail;
+            let bits = |i: usize| seed.wrapping_mul(i as u64 + 1).rotate_left((i % 63) as u32);
+            check((0..n).map(|i| f16::from_bits(bits(i) as u16)).collect::<Vec<_>>(), &bytes)?;
+            check((0..n).map(|i| bits(i) as u32 as f32).collect::<Vec<_>>(), &bytes)?;
+            check((0..n).map(|i| bits(i) as i8).collect::<Vec<_>>(), &bytes)?;
+        }
+    }
+
+    #[test]
+    fn all_256_bytes_in_one_run() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let n = bytes.len() * 8;
+        let f16s: Vec<f16> = (0..n as u16).map(f16::from_bits).collect();
+        let want = kept_in_order(&f16s, &bytes);
+        let mut got = f16s.clone();
+        let kept = compact_groups(&mut got, &bytes);
+        assert_eq!(bytes_of(&got[..kept]), bytes_of(&want));
+        let f32s: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let want = kept_in_order(&f32s, &bytes);
+        let mut got = f32s.clone();
+        let kept = compact_groups(&mut got, &bytes);
+        assert_eq!(&got[..kept], &want[..]);
+    }
+}
