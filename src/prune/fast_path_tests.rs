@@ -80,6 +80,26 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// m = 2 and 4 along the innermost axis rank each group without transposing: rows whose
+    /// length is not a multiple of m (a zero-padded last group), ties, NaN and inf.
+    #[test]
+    fn nm_small_m_on_contiguous_groups_matches_argsort(
+        rows in 1usize..6,
+        channel in 1usize..70,
+        four in any::<bool>(),
+        n_frac in 0.0f64..=1.0,
+        bits in prop::collection::vec(prop_oneof![f16_bits(), prop::sample::select(vec![0u16, 0x8000, 0x3c00, 0xbc00, 0x7c00, 0x7e00])], 420),
+    ) {
+        let m = if four { 4 } else { 2 };
+        let n = ((m as f64) * n_frac).round() as usize;
+        let w: Vec<f16> = bits[..rows * channel].iter().map(|&b| f16::from_bits(b)).collect();
+        nm_agrees(&w, &[rows, channel], 1, n, m)?;
+    }
+}
+
 /// Tensors wider than one tile in each layout: many groups in a row (inner == 1) and long rows
 /// per group member (inner > 1), with outer > 1.
 #[test]
@@ -103,6 +123,45 @@ fn nm_stable_rank_spans_tiles() -> Result<(), TestCaseError> {
         }
     }
     Ok(())
+}
+
+/// Where every encoding chunk holds whole groups, n:m ranks chunk by chunk inside the encoding
+/// (no tensor-sized flags): the sparse result must be the reference's, for groups of one element
+/// per row (dim 1) and of whole rows (dim 0), chunk boundaries inside rows, and outer > 1.
+#[test]
+fn nm_ranked_per_chunk_matches_the_reference_encoding() {
+    use super::mask::{encode_sparse, ENCODE_CHUNK};
+    use super::nm::n_m_in_place;
+    use super::{Apply, Outcome};
+    let mut x: u32 = 777;
+    let w: Vec<f16> = (0..(3 * ENCODE_CHUNK + 4 * 4100))
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            f16::from_bits(((x >> 16) as u16 & 0x800f) | (0x7c00 * u16::from((x >> 8) % 89 == 0)))
+        })
+        .collect();
+    for (shape, dim, n, m) in [
+        (vec![48, 4096], 1, 2, 4),
+        (vec![37, 4100], 1, 2, 4),
+        (vec![37, 4100], 1, 1, 2),
+        (vec![37, 4100], 1, 3, 4),
+        (vec![9475, 16], 1, 5, 8),
+        (vec![64, 2048], 0, 2, 4),
+        (vec![3, 16, 4096], 1, 2, 4),
+    ] {
+        let len: usize = shape.iter().product();
+        let w = &w[..len];
+        let layout = ChannelLayout::new(&shape, len, dim).unwrap();
+        let reference_flags = argsort_flags(w, layout, n, m);
+        let want = encode_sparse(w, Apply::Multiply, |i| reference_flags[i]);
+        let Ok(Outcome::Pruned(got)) = n_m_in_place(w.to_vec(), &shape, n, m, dim) else {
+            panic!("{shape:?} {n}:{m} was not pruned");
+        };
+        assert_eq!(got.mask, want.mask, "{shape:?} dim {dim} {n}:{m}");
+        assert_eq!(got.kept, want.kept);
+        let bits = |v: &[f16]| v.iter().map(|h| h.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got.nonzero), bits(&want.nonzero));
+    }
 }
 
 fn block_agrees<T: Element>(

@@ -12,7 +12,7 @@ use super::{Apply, SparseTensor};
 /// Elements per parallel work item of [`encode_sparse_in_place`]: a multiple of 8, so every chunk
 /// owns whole mask bytes, and small enough that a chunk and its flags stay in L2. The chunking is
 /// fixed, so the bytes never depend on the number of threads.
-const CHUNK: usize = 1 << 16;
+pub const ENCODE_CHUNK: usize = 1 << 16;
 
 /// [`encode_sparse_in_place`] on a copy of `w`, with the decision given per element.
 pub fn encode_sparse<T: Element>(
@@ -44,21 +44,21 @@ pub fn encode_sparse_in_place<T: Element>(
     use rayon::prelude::*;
     let mut mask = vec![0u8; w.len().div_ceil(8)];
     let counts: Vec<usize> = w
-        .par_chunks_mut(CHUNK)
-        .zip(mask.par_chunks_mut(CHUNK / 8))
+        .par_chunks_mut(ENCODE_CHUNK)
+        .zip(mask.par_chunks_mut(ENCODE_CHUNK / 8))
         .enumerate()
         .map_init(
-            || vec![false; CHUNK],
+            || vec![false; ENCODE_CHUNK],
             |flags, (c, (values, bytes))| {
                 let flags = &mut flags[..values.len()];
-                pruned_into(c * CHUNK, values, flags);
+                pruned_into(c * ENCODE_CHUNK, values, flags);
                 compact_chunk(values, flags, bytes, apply)
             },
         )
         .collect();
     let mut kept = 0usize;
     for (c, &count) in counts.iter().enumerate() {
-        let start = c * CHUNK;
+        let start = c * ENCODE_CHUNK;
         w.copy_within(start..start + count, kept);
         kept += count;
     }
@@ -167,7 +167,7 @@ mod tests {
     fn in_place_encoding_across_chunks_matches_the_sequential_one() {
         // Several chunks plus a ragged tail, zeros, -0.0, NaN and inf among random values, and
         // pseudo-random decisions: every chunk keeps a different count, so the prefixes move.
-        let n = 3 * CHUNK + 13;
+        let n = 3 * ENCODE_CHUNK + 13;
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             state ^= state << 13;
@@ -187,7 +187,7 @@ mod tests {
             })
             .collect();
         let pruned: Vec<bool> = (0..n)
-            .map(|i| next() % (1 + (i / CHUNK) as u64 + 1) == 0)
+            .map(|i| next() % (1 + (i / ENCODE_CHUNK) as u64 + 1) == 0)
             .collect();
         for apply in [Apply::Where, Apply::Multiply] {
             let want = encode_sequentially(&w, apply, &pruned);

@@ -23,8 +23,8 @@
 use super::axes::{check_structural_rank, ChannelLayout};
 use super::element::{Element, MapValue};
 use super::keys::Key;
-use super::mask::encode_sparse_in_place;
-use super::nm_rank::{stable_rank_flags, MAX_STABLE_M};
+use super::mask::{encode_sparse_in_place, ENCODE_CHUNK};
+use super::nm_rank::{stable_rank_flags, stable_rank_flags_into, Span, MAX_STABLE_M};
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes the `n` smallest magnitudes in every group of `m` consecutive elements along `dim`.
@@ -61,6 +61,15 @@ pub fn n_m_in_place<T: Element>(
         // coremltools divides by m here (ZeroDivisionError).
         return Err(KernelError("n:m ratio needs m > 0".into()));
     }
+    if m <= MAX_STABLE_M {
+        if let Some(inner) = chunk_holds_whole_groups(layout, m) {
+            // Each encoding chunk ranks its own groups while they are in cache, with no
+            // tensor-sized flag array.
+            return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Multiply, |_, values, flags| {
+                stable_rank_flags_into(values, Span::Groups { inner }, n, m, flags)
+            })));
+        }
+    }
     let pruned = if m <= MAX_STABLE_M {
         stable_rank_flags(&w, layout, n, m)
     } else {
@@ -69,6 +78,14 @@ pub fn n_m_in_place<T: Element>(
     Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Multiply, |start, _, flags| {
         flags.copy_from_slice(&pruned[start..start + flags.len()])
     })))
+}
+
+/// `Some(inner)` when every chunk of the encoding ([`ENCODE_CHUNK`] elements, the last one shorter)
+/// is a run of whole groups: rows split into groups exactly (no padding) and a group, m rows of
+/// `inner` elements, divides the chunk length.
+fn chunk_holds_whole_groups(layout: ChannelLayout, m: usize) -> Option<usize> {
+    let group = m.checked_mul(layout.inner)?;
+    (layout.channel % m == 0 && group > 0 && ENCODE_CHUNK % group == 0).then_some(layout.inner)
 }
 
 /// The per-element "pruned" flags by sorting every group with [`numpy_argsort`]: the reference

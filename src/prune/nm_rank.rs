@@ -31,41 +31,55 @@ pub const MAX_STABLE_M: usize = 16;
 /// m lanes of keys stay in L1/L2.
 const TILE: usize = 1024;
 
+/// What a call ranks: a whole tensor, or whole groups laid back to back.
+#[derive(Debug, Clone, Copy)]
+pub enum Span {
+    /// A tensor with this layout, ranked in parallel.
+    Tensor(ChannelLayout),
+    /// Complete groups of m rows of `inner` elements each (no padding), ranked on the calling
+    /// thread: one chunk of the encoding, which runs chunks in parallel itself.
+    Groups { inner: usize },
+}
+
 /// The per-element "pruned" flags of n:m sparsity for `1 <= m <= MAX_STABLE_M`, `n <= m`.
 pub fn stable_rank_flags<T: Element>(w: &[T], layout: ChannelLayout, n: usize, m: usize) -> Vec<bool> {
+    let mut flags = vec![false; w.len()];
+    stable_rank_flags_into(w, Span::Tensor(layout), n, m, &mut flags);
+    flags
+}
+
+/// [`stable_rank_flags`] of `span` into `out` (`out.len() == w.len()`).
+pub fn stable_rank_flags_into<T: Element>(w: &[T], span: Span, n: usize, m: usize, out: &mut [bool]) {
     // Ranks only compare keys, so any key with the same order as `magnitude().key()` will do.
     // For floats that is the magnitude bits with every NaN clamped to one value above inf: a
     // `min` in the key's own width, which vectorizes (the generic key goes through u64).
     match T::DTYPE {
         ScalarType::Float16 => {
             if let Ok(w) = bytemuck::try_cast_slice::<T, u16>(w) {
-                return flags_by_key(w, layout, n, m, |&b| (b & 0x7fff).min(0x7c01));
+                return flags_by_key(w, span, n, m, out, |&b| (b & 0x7fff).min(0x7c01));
             }
         }
         ScalarType::Float32 => {
             if let Ok(w) = bytemuck::try_cast_slice::<T, u32>(w) {
-                return flags_by_key(w, layout, n, m, |&b| (b & 0x7fff_ffff).min(0x7f80_0001));
+                return flags_by_key(w, span, n, m, out, |&b| (b & 0x7fff_ffff).min(0x7f80_0001));
             }
         }
         _ => {}
     }
-    flags_by_key(w, layout, n, m, |x| x.magnitude().key())
+    flags_by_key(w, span, n, m, out, |x| x.magnitude().key())
 }
 
-/// [`stable_rank_flags`] for element type T (zero is `T::zeroed()`) ranked by `key`.
-fn flags_by_key<T, K, F>(w: &[T], layout: ChannelLayout, n: usize, m: usize, key: F) -> Vec<bool>
+/// [`stable_rank_flags_into`] for element type T (zero is `T::zeroed()`) ranked by `key`.
+fn flags_by_key<T, K, F>(w: &[T], span: Span, n: usize, m: usize, flags: &mut [bool], key: F)
 where
     T: bytemuck::Pod + Sync,
     K: Key,
     F: Fn(&T) -> K + Sync,
 {
-    debug_assert!(
-        (1..=MAX_STABLE_M).contains(&m) && n <= m && w.len() == layout.outer * layout.channel * layout.inner
-    );
-    let mut flags = vec![false; w.len()];
-    let row_len = layout.channel * layout.inner;
-    if row_len == 0 || n == 0 {
-        return flags;
+    debug_assert!((1..=MAX_STABLE_M).contains(&m) && n <= m && w.len() == flags.len());
+    if n == 0 {
+        flags.fill(false);
+        return;
     }
     // Padding is +0, whose bits are all zero in every element type.
     let ranker = Ranker {
@@ -75,6 +89,28 @@ where
         key,
     };
     let pad = ranker.pad;
+    let layout = match span {
+        Span::Tensor(layout) => {
+            debug_assert!(w.len() == layout.outer * layout.channel * layout.inner);
+            layout
+        }
+        Span::Groups { inner } => {
+            let mut s = Scratch::new(m, pad);
+            let piece = if inner == 1 { TILE * m } else { m * inner };
+            for (out, groups) in flags.chunks_mut(piece).zip(w.chunks(piece)) {
+                if inner == 1 {
+                    ranker.contiguous_groups(groups, out, &mut s);
+                } else {
+                    ranker.row_group(groups, inner, out, &mut s);
+                }
+            }
+            return;
+        }
+    };
+    let row_len = layout.channel * layout.inner;
+    if row_len == 0 {
+        return;
+    }
     if layout.inner == 1 {
         // A row is a run of groups; a piece of TILE whole groups is one work item.
         let piece = TILE * m;
@@ -104,7 +140,6 @@ where
                     );
             });
     }
-    flags
 }
 
 struct Ranker<K, F> {
@@ -137,6 +172,13 @@ impl<K: Key, F> Ranker<K, F> {
     where
         F: Fn(&T) -> K,
     {
+        // Transposing costs more than ranking for the smallest m (2:4 is the common case): there
+        // the m(m-1) comparisons of each group run on the group itself, unrolled.
+        match self.m {
+            2 => return self.small_groups::<T, 2>(groups, out),
+            4 => return self.small_groups::<T, 4>(groups, out),
+            _ => {}
+        }
         let m = self.m;
         let len = groups.len().div_ceil(m);
         let (keys, flags) = (&mut s.keys[..m * len], &mut s.flags[..m * len]);
@@ -152,6 +194,35 @@ impl<K: Key, F> Ranker<K, F> {
         for (j, lane) in flags.chunks_exact(len).enumerate() {
             let members = out.get_mut(j..).unwrap_or_default().iter_mut().step_by(m);
             members.zip(lane).for_each(|(o, &f)| *o = f);
+        }
+    }
+
+    /// [`Ranker::contiguous_groups`] for `m == M`, group by group.
+    fn small_groups<T, const M: usize>(&self, groups: &[T], out: &mut [bool])
+    where
+        F: Fn(&T) -> K,
+    {
+        let n = self.n;
+        let flags_of = |keys: &[K; M]| -> [bool; M] {
+            std::array::from_fn(|j| {
+                let mut rank = 0;
+                for (i, k) in keys.iter().enumerate() {
+                    // Ties count against j only for earlier members (the sort is stable).
+                    rank += usize::from(if i < j { *k <= keys[j] } else { i > j && *k < keys[j] });
+                }
+                rank < n
+            })
+        };
+        let mut whole = groups.chunks_exact(M);
+        let mut outs = out.chunks_exact_mut(M);
+        for (group, out) in (&mut whole).zip(&mut outs) {
+            out.copy_from_slice(&flags_of(&std::array::from_fn(|j| (self.key)(&group[j]))));
+        }
+        let short = whole.remainder();
+        if !short.is_empty() {
+            let keys = std::array::from_fn(|j| short.get(j).map_or(self.pad, |x| (self.key)(x)));
+            let out = outs.into_remainder();
+            out.copy_from_slice(&flags_of(&keys)[..out.len()]);
         }
     }
 
