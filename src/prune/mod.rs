@@ -32,6 +32,7 @@ pub mod axes;
 pub mod block;
 mod block_norms;
 mod compact;
+mod f16_lanes;
 pub mod element;
 mod float;
 pub mod keys;
