@@ -302,10 +302,12 @@ fn add_counts(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
     a
 }
 
-/// Counts of `key(x) >> high_shift` over `w` (`bins` bins), in parallel. One histogram per rayon
-/// job (`fold`), not per chunk: zeroing and merging 64 Ki bins per chunk would cost as much as the
-/// counting. The job histograms count in u32 (half the cache footprint of u64) unless a job could
-/// overflow it. The counts are the same for any thread count.
+/// Counts of `key(x) >> high_shift` over `w` (`bins` bins), in parallel. `w` is split into a few
+/// parts per thread (enough to balance the load); each part counts into its thread's own table,
+/// kept across calls, and adds it into the total. Zeroing and merging 64 Ki bins costs as much as
+/// counting a few hundred thousand keys, so per-chunk tables would cost more than the counting,
+/// and fresh tables per call would page-fault. The tables count in u32 (half the cache footprint of
+/// u64) unless a part could overflow them. The counts are the same for any thread count.
 pub(crate) fn key_histogram<T, K, F>(w: &[T], key: &F, high_shift: u32, bins: usize) -> Vec<u64>
 where
     T: Sync,
@@ -313,31 +315,41 @@ where
     F: Fn(&T) -> K + Sync,
 {
     use rayon::prelude::*;
-    fn count<T: Sync, K: Key, C: Copy + Default + Send + Sync + Into<u64> + std::ops::AddAssign>(
-        w: &[T],
-        key: &(impl Fn(&T) -> K + Sync),
-        high_shift: u32,
-        bins: usize,
-        one: C,
-    ) -> Vec<u64> {
-        w.par_chunks(PAR_CHUNK)
-            .fold(
-                || vec![C::default(); bins],
-                |mut h, c| {
-                    for x in c {
-                        h[(key(x).to_u64() >> high_shift) as usize] += one;
-                    }
-                    h
-                },
-            )
-            .map(|h| h.into_iter().map(Into::into).collect::<Vec<u64>>())
-            .reduce(|| vec![0u64; bins], add_counts)
+    use std::cell::RefCell;
+    use std::sync::{Mutex, PoisonError};
+
+    thread_local! {
+        static TABLE: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     }
-    if u32::try_from(w.len()).is_ok() {
-        count(w, key, high_shift, bins, 1u32)
+    let parts = 4 * rayon::current_num_threads();
+    let part_len = w.len().div_ceil(parts).max(PAR_CHUNK);
+    let total = Mutex::new(vec![0u64; bins]);
+    let add_into_total = |counts: &mut dyn Iterator<Item = u64>| {
+        let mut total = total.lock().unwrap_or_else(PoisonError::into_inner);
+        total.iter_mut().zip(counts).for_each(|(t, c)| *t += c);
+    };
+    if u32::try_from(part_len).is_ok() {
+        w.par_chunks(part_len).for_each(|part| {
+            TABLE.with(|table| {
+                let mut table = table.borrow_mut();
+                table.clear();
+                table.resize(bins, 0);
+                for x in part {
+                    table[(key(x).to_u64() >> high_shift) as usize] += 1;
+                }
+                add_into_total(&mut table.iter().map(|&c| u64::from(c)));
+            })
+        });
     } else {
-        count(w, key, high_shift, bins, 1u64)
+        w.par_chunks(part_len).for_each(|part| {
+            let mut table = vec![0u64; bins];
+            for x in part {
+                table[(key(x).to_u64() >> high_shift) as usize] += 1;
+            }
+            add_into_total(&mut table.into_iter());
+        });
     }
+    total.into_inner().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
