@@ -68,6 +68,19 @@ pub fn stored_value<W: TensorSink>(
     }
 }
 
+/// An iOS16 mask (flat uint8), placed like [`stored_value`] but copied into the writer's buffer
+/// instead of handed over: it is an eighth of an element per element, so the copy is cheap, while a
+/// hand-over would wait for the writer thread to finish the values before it, which is exactly the
+/// write that pruning the next tensor should overlap.
+fn stored_mask<W: TensorSink>(mask: Vec<u8>, spec_version: i32, weights: &mut WeightFileBuilder<W>) -> Result<Value> {
+    let count = mask.len() as u64;
+    if goes_to_weight_file(ScalarType::UInt8, count, spec_version) {
+        Ok(blob_value(ScalarType::UInt8, &[count], weights.append_raw(ScalarType::UInt8, &mask, count)?))
+    } else {
+        Ok(immediate_value(&TensorData::U8(mask), &[count]))
+    }
+}
+
 /// The name coremltools gives the new op and its output.
 pub fn sparsified_name(const_name: &str) -> String {
     format!("{const_name}_sparsified")
@@ -98,7 +111,7 @@ pub fn sparse_to_dense_op<W: TensorSink>(
     let outputs = vec![(name.clone(), output_type)];
     match SparseForm::for_spec(spec_version) {
         SparseForm::Ios16 => {
-            let mask_value = stored_value(TensorData::U8(mask), &[n.div_ceil(8)], spec_version, weights)?;
+            let mask_value = stored_mask(mask, spec_version, weights)?;
             let dims: Vec<u32> = shape
                 .iter()
                 .map(|&d| u32::try_from(d).map_err(|_| Error::tensor(const_name, format!("dimension {d} exceeds uint32"))))

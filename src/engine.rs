@@ -26,7 +26,7 @@ use crate::proto::mil::{Operation, Program};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
 use crate::plan::{plan, Decision, PlannedTensor};
-use crate::prefetch::{Job, Prefetcher};
+use crate::prefetch::{Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::weights::{WeightFileBuilder, WeightSource};
 
 /// Where tensors are pruned.
@@ -324,6 +324,13 @@ impl Rewrite {
             self.spec_version,
             &mut self.weights,
         )?;
+        // The writer thread writes these values while the next tensor is read and pruned: three
+        // tensors in memory. That fits the memory bound (two of the largest tensor plus 128 MiB)
+        // only for tensors the reader may also read ahead into fresh memory; after a larger one,
+        // wait until its values are written, so that at most two are in memory.
+        if meta.storage_bytes().is_none_or(|bytes| bytes > FRESH_READ_LIMIT) {
+            self.weights.flush()?;
+        }
         self.renames.push((info.path.function.clone(), output.name.clone(), new_name));
         self.edits.push((info.path.clone(), vec![new_op]));
         Ok((Ok((kept, bytes_after)), device))

@@ -58,6 +58,11 @@ impl<W: Write + Seek> BlobWriter<W> {
         Ok(writer)
     }
 
+    /// Flushes the sink (see [`WeightFileBuilder::flush`](crate::weights::WeightFileBuilder::flush)).
+    pub fn flush(&mut self) -> Result<()> {
+        self.inner.flush().at(&self.path)
+    }
+
     /// The sink, e.g. to take back buffers it has written.
     pub fn inner_mut(&mut self) -> &mut W {
         &mut self.inner

@@ -125,11 +125,13 @@ impl BackgroundWriter {
     }
 
     /// Hands the piece being filled to the thread and starts a new one (a returned piece if any).
-    fn send_filling(&mut self) -> io::Result<()> {
+    /// With `always`, an empty piece is sent too, to wait until the thread has written everything
+    /// before it.
+    fn send_filling(&mut self, always: bool) -> io::Result<()> {
         let State::Piped(pipe) = &mut self.state else {
             return Ok(());
         };
-        if pipe.filling.is_empty() {
+        if pipe.filling.is_empty() && !always {
             return Ok(());
         }
         let next = pipe.pieces_back.try_recv().unwrap_or_default();
@@ -184,7 +186,7 @@ impl Write for BackgroundWriter {
                 let n = buf.len().min(PIECE - pipe.filling.len());
                 pipe.filling.extend_from_slice(&buf[..n]);
                 if pipe.filling.len() == PIECE {
-                    self.send_filling()?;
+                    self.send_filling(false)?;
                 }
                 n
             }
@@ -195,11 +197,12 @@ impl Write for BackgroundWriter {
         Ok(written)
     }
 
-    /// Hands buffered bytes to the thread; like `BufWriter`, it does not wait for them to be written
-    /// ([`BackgroundWriter::into_file`] does).
+    /// Hands buffered bytes to the thread, which takes them once it has written everything handed
+    /// over before (tensors included); unlike `BufWriter`, it does not wait for these bytes
+    /// themselves to be written ([`BackgroundWriter::into_file`] does).
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.state {
-            State::Piped(_) => self.send_filling(),
+            State::Piped(_) => self.send_filling(true),
             State::Direct(file) => file.flush(),
             State::Broken => Err(broken()),
         }
@@ -222,7 +225,7 @@ impl TensorSink for BackgroundWriter {
         let len = data.as_le_bytes().len() as u64;
         match &mut self.state {
             State::Piped(_) => {
-                self.send_filling()?;
+                self.send_filling(false)?;
                 self.send(Item::Tensor(data))?;
             }
             State::Direct(file) => file.write_all(&data.as_le_bytes())?,

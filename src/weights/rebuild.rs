@@ -143,6 +143,13 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
         self.writer.append_tensor_owned(data)
     }
 
+    /// Waits until the sink has taken everything appended so far: with a [`TensorSink`] that writes
+    /// on its own thread, until the last tensor handed over is written (the writer takes the next
+    /// item only then).
+    pub fn flush(&mut self) -> Result<()> {
+        self.writer.flush()
+    }
+
     /// The buffer of an earlier [`WeightFileBuilder::append_owned`], once written, for reuse.
     pub fn recycled_tensor(&mut self) -> Option<TensorData>
     where
