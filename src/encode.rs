@@ -101,7 +101,7 @@ pub fn sparse_to_dense_op<W: TensorSink>(
     if mask.len() as u64 != n.div_ceil(8) {
         return Err(Error::tensor(const_name, format!("mask has {} bytes for {n} elements", mask.len())));
     }
-    let kept: u64 = mask.iter().map(|b| u64::from(b.count_ones())).sum();
+    let kept = crate::blob::count_ones(&mask);
     if kept != nonzero.len() as u64 {
         return Err(Error::tensor(const_name, format!("mask keeps {kept} values but {} were given", nonzero.len())));
     }

@@ -232,7 +232,7 @@ fn sparse_mask_share(op: &Operation, meta: &TensorMeta, source: &WeightSource, n
         ));
     }
     let bytes = data.to_le_bytes();
-    let kept: u64 = bytes.iter().map(|b| u64::from(b.count_ones())).sum();
+    let kept = crate::blob::count_ones(&bytes);
     // Bits of the last byte past the dense elements must be clear; `bits - count < 8` above.
     let unused = bits - meta.count;
     if unused > 0 && bytes.last().is_some_and(|&last| last >> (8 - unused) != 0) {

@@ -8,7 +8,7 @@ pub mod subbyte;
 mod writer;
 
 pub use reader::{BlobReader, ReadAt};
-pub use subbyte::{pack, padding_bits, unpack};
+pub use subbyte::{count_ones, pack, padding_bits, unpack};
 pub use writer::{BlobWriter, TensorSink};
 
 use crate::dtype::ScalarType;

@@ -117,7 +117,7 @@ pub fn decode_dense<T: Element>(sparse: &SparseTensor<T>, n: usize) -> Option<Ve
     if sparse.mask.len() != n.div_ceil(8) || sparse.kept != sparse.nonzero.len() as u64 {
         return None;
     }
-    let popcount: u64 = sparse.mask.iter().map(|b| u64::from(b.count_ones())).sum();
+    let popcount = crate::blob::count_ones(&sparse.mask);
     if popcount != sparse.kept {
         return None;
     }
