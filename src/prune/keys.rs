@@ -334,10 +334,12 @@ where
                 let mut table = table.borrow_mut();
                 table.clear();
                 table.resize(bins, 0);
+                // A plain slice, so the loop keeps its pointer and length in registers.
+                let counts: &mut [u32] = &mut table;
                 for x in part {
-                    table[(key(x).to_u64() >> high_shift) as usize] += 1;
+                    counts[(key(x).to_u64() >> high_shift) as usize] += 1;
                 }
-                add_into_total(&mut table.iter().map(|&c| u64::from(c)));
+                add_into_total(&mut counts.iter().map(|&c| u64::from(c)));
             })
         });
     } else {
