@@ -8,7 +8,9 @@
 //! tensor read ahead, and it reads ahead only into a buffer the writer has finished with (which the
 //! engine passes back through [`Prefetcher::recycle`]) or, without one, a tensor of at most
 //! [`FRESH_READ_LIMIT`] bytes. A larger tensor with no buffer to reuse is left for the engine to
-//! read itself ([`Prefetched::NotRead`]), so read-ahead never adds a third large tensor.
+//! read itself ([`Prefetched::NotRead`]), so read-ahead never adds a third large tensor. For
+//! tensors up to that size four buffers can be in use (pruned, written, read ahead, spare), which
+//! the memory bound of two of the largest tensors plus 128 MiB still holds.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,9 +20,10 @@ use crate::proto::mil::Value;
 use crate::tensor::TensorData;
 use crate::weights::{TensorMeta, WeightSource};
 
-/// Largest tensor read ahead into fresh memory: it fits in the 128 MiB the memory bound allows
-/// beyond two tensors, with the writer's pieces and the masks.
-pub const FRESH_READ_LIMIT: u64 = 48 << 20;
+/// Largest tensor read ahead into fresh memory, and written while the next one is pruned: two
+/// more such tensors fit in the 128 MiB the memory bound allows beyond two, with the writer's
+/// pieces, the masks and the histograms.
+pub const FRESH_READ_LIMIT: u64 = 40 << 20;
 
 /// One tensor the reader was asked for.
 pub struct Job {
@@ -42,23 +45,28 @@ pub struct Prefetcher {
     spare: Arc<SpareSlot>,
 }
 
-/// The buffer the next read goes into, if the engine has passed one back.
+/// The buffers the next reads go into, as the engine passes them back: the largest, and a second
+/// one if it is small enough to be read into fresh anyway (two can come back at once when the
+/// writer is behind; freeing one would only mean page-faulting a new one in later).
 #[derive(Default)]
-struct SpareSlot(Mutex<Option<TensorData>>);
+struct SpareSlot(Mutex<Vec<TensorData>>);
 
 impl SpareSlot {
-    /// Keeps the largest reusable buffer offered (a mask's bytes come back too, and must not
-    /// displace a tensor's values); the other is freed.
     fn offer(&self, buffer: TensorData) {
-        let mut spare = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let larger = spare.as_ref().is_none_or(|kept| reusable_capacity(&buffer) > reusable_capacity(kept));
-        if larger && reusable_capacity(&buffer) > 0 {
-            *spare = Some(buffer);
+        if reusable_capacity(&buffer) == 0 {
+            return;
         }
+        let mut spares = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        spares.push(buffer);
+        spares.sort_by_key(|b| std::cmp::Reverse(reusable_capacity(b)));
+        let keep = if spares.get(1).is_some_and(|b| reusable_capacity(b) as u64 <= FRESH_READ_LIMIT) { 2 } else { 1 };
+        spares.truncate(keep);
     }
 
+    /// The largest spare.
     fn take(&self) -> Option<TensorData> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        let mut spares = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        (!spares.is_empty()).then(|| spares.remove(0))
     }
 }
 
@@ -138,13 +146,25 @@ mod tests {
         };
         slot.offer(TensorData::U8(vec![0; 1 << 20]));
         assert!(slot.take().is_none(), "a mask's bytes are never read into");
+        // The two largest small buffers are kept, largest first.
+        slot.offer(values(10));
         slot.offer(values(1000));
         slot.offer(TensorData::U8(vec![0; 1 << 20]));
-        slot.offer(values(10));
+        slot.offer(values(100));
         assert!(matches!(slot.take(), Some(TensorData::F16(v)) if v.capacity() >= 1000));
+        assert!(matches!(slot.take(), Some(TensorData::F16(v)) if (100..1000).contains(&v.capacity())));
         assert!(slot.take().is_none());
         slot.offer(TensorData::F32(Vec::with_capacity(600)));
         slot.offer(values(1000));
         assert!(matches!(slot.take(), Some(TensorData::F32(v)) if v.capacity() >= 600));
+        assert!(matches!(slot.take(), Some(TensorData::F16(_))));
+        assert!(slot.take().is_none());
+        // A second buffer larger than a fresh read may be is freed (capacity only: nothing is
+        // touched, so this costs no memory).
+        let large = FRESH_READ_LIMIT as usize / 2 + 1;
+        slot.offer(values(large));
+        slot.offer(values(large + 1));
+        assert!(matches!(slot.take(), Some(TensorData::F16(v)) if v.capacity() > large));
+        assert!(slot.take().is_none());
     }
 }
