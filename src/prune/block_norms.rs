@@ -296,11 +296,6 @@ impl NormFloat for f16 {
     const ZERO: Self = f16::ZERO;
 
     fn sequential_norms(block: &[f16], inner: usize, out: &mut [f16], s: &mut Scratch) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is available, checked just above.
-            return unsafe { wide::sequential_norms_f16(block, inner, out, s) };
-        }
         sequential_norms_f16(block, inner, out, s)
     }
 
@@ -314,10 +309,16 @@ impl NormFloat for f16 {
     }
 }
 
-/// The fp16 kernels again, compiled for AVX2: the same code, vectorized eight lanes wide with
-/// blends instead of four with SSE2 masks (the fp16 rounding steps are most of a block norm).
+/// The fp16 kernels for x86-64 CPUs with AVX2 and F16C, eight lanes at a time. The rounding steps
+/// are most of a block norm; F16C does each in two instructions (the same IEEE conversions `half`
+/// uses on such CPUs, so the result is the portable one).
 #[cfg(target_arch = "x86_64")]
 mod wide {
+    use std::arch::x86_64::{
+        __m128i, _mm256_add_ps, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_mul_ps,
+        _mm256_storeu_ps, _mm_loadu_si128, _MM_FROUND_TO_NEAREST_INT,
+    };
+
     use half::f16;
 
     use super::Scratch;
@@ -325,36 +326,67 @@ mod wide {
     /// # Safety
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn sequential_norms_f16(block: &[f16], inner: usize, out: &mut [f16], s: &mut Scratch) {
-        super::sequential_norms_f16(block, inner, out, s)
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
     pub unsafe fn pairwise_norms_f16(part: &[f16], block_size: usize, out: &mut [f16], s: &mut Scratch) {
         super::pairwise_norms_f16(part, block_size, out, s)
     }
+
+    /// [`super::accumulate_squares`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and F16C, and `row.len() >= acc.len()`.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn accumulate_squares(acc: &mut [f32], row: &[f16], first: bool) {
+        let lanes = acc.len() / 8 * 8;
+        for i in (0..lanes).step_by(8) {
+            // SAFETY: i + 8 <= acc.len() <= row.len(): the loads and the store are in bounds.
+            unsafe {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(i).cast::<__m128i>()));
+                let square = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(x, x)));
+                let sum = if first {
+                    square
+                } else {
+                    let total = _mm256_add_ps(_mm256_loadu_ps(acc.as_ptr().add(i)), square);
+                    _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(total))
+                };
+                _mm256_storeu_ps(acc.as_mut_ptr().add(i), sum);
+            }
+        }
+        super::accumulate_squares_portable(&mut acc[lanes..], &row[lanes..], first);
+    }
+}
+
+/// `acc[i] = f16(acc[i] + f16(row[i]²))`, or `f16(row[i]²)` for the `first` row (0 + sq is sq
+/// itself: a square is never -0, and it is already an fp16 value), kept as f32.
+fn accumulate_squares(acc: &mut [f32], row: &[f16], first: bool) {
+    assert!(row.len() >= acc.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: both features were just checked, the lengths just above.
+        return unsafe { wide::accumulate_squares(acc, row, first) };
+    }
+    accumulate_squares_portable(acc, row, first)
 }
 
 #[inline(always)]
+fn accumulate_squares_portable(acc: &mut [f32], row: &[f16], first: bool) {
+    let square = |x: f16| f16_lanes::round_non_negative(f16_lanes::to_f32(x) * f16_lanes::to_f32(x));
+    if first {
+        acc.iter_mut().zip(row).for_each(|(a, &x)| *a = square(x));
+    } else {
+        acc.iter_mut()
+            .zip(row)
+            .for_each(|(a, &x)| *a = f16_lanes::round_non_negative(*a + square(x)));
+    }
+}
+
 fn sequential_norms_f16(block: &[f16], inner: usize, out: &mut [f16], s: &mut Scratch) {
     let real = block.len() / inner;
     for (i0, out) in (0..inner).step_by(TILE).zip(out.chunks_mut(TILE)) {
         let len = out.len();
         let acc = grown(&mut s.acc, len);
-        let square = |x: f16| f16_lanes::round_non_negative(f16_lanes::to_f32(x) * f16_lanes::to_f32(x));
         for j in 0..real {
             let start = j * inner + i0;
-            let row = &block[start..start + len];
-            if j == 0 {
-                // 0 + sq is sq itself: a square is never -0, and it is already an fp16 value.
-                acc.iter_mut().zip(row).for_each(|(a, &x)| *a = square(x));
-            } else {
-                acc.iter_mut()
-                    .zip(row)
-                    .for_each(|(a, &x)| *a = f16_lanes::round_non_negative(*a + square(x)));
-            }
+            accumulate_squares(acc, &block[start..start + len], j == 0);
         }
         acc.iter_mut().for_each(|a| *a = a.sqrt());
         out.convert_from_f32_slice(acc);
@@ -393,5 +425,34 @@ impl NormFloat for f32 {
         sq[part.len()..].fill(0.0);
         block_sums(sq, block_size, out);
         out.iter_mut().for_each(|a| *a = a.sqrt());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dispatched row step (F16C on this machine when it has it) against the portable one,
+    /// bit for bit: every fp16 pattern as a weight, against accumulators across the fp16 range
+    /// (sums that round up, overflow to infinity, stay subnormal), with ragged tails.
+    #[test]
+    fn accumulate_squares_matches_the_portable_step() {
+        let row: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        for first in [true, false] {
+            for (seed, len) in [(1u32, row.len()), (7, 1001), (11, 5)] {
+                let acc0: Vec<f32> = (0..len)
+                    .map(|i| {
+                        let bits = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 0x7c01;
+                        f16::from_bits(bits as u16).to_f32()
+                    })
+                    .collect();
+                let (mut fast, mut portable) = (acc0.clone(), acc0);
+                accumulate_squares(&mut fast, &row[..len], first);
+                accumulate_squares_portable(&mut portable, &row[..len], first);
+                for (i, (f, p)) in fast.iter().zip(&portable).enumerate() {
+                    assert!(f.to_bits() == p.to_bits() || (f.is_nan() && p.is_nan()), "element {i}: {f} vs {p}");
+                }
+            }
+        }
     }
 }
