@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::blob::ReadThreads;
 use crate::config::{OpConfig, OptimizationConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::devices::Devices;
@@ -278,7 +279,8 @@ impl Rewrite {
         }
         let (meta, data) = match prefetcher.next(index) {
             Some(read) => read?,
-            None => source.read_reusing(&info.name, value, self.weights.recycled_tensor())?,
+            // Not read ahead: nothing else runs while the engine reads, so the pool reads.
+            None => source.read_reusing(&info.name, value, self.weights.recycled_tensor(), ReadThreads::Pool)?,
         };
         let (result, device) = devices.run(config, data, &meta.shape, &info.name)?;
         let pruned = match result {

@@ -15,6 +15,7 @@
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::blob::ReadThreads;
 use crate::error::Result;
 use crate::proto::mil::Value;
 use crate::tensor::TensorData;
@@ -91,13 +92,15 @@ impl Prefetcher {
         let spare = Arc::new(SpareSlot::default());
         let spare_for_reader = Arc::clone(&spare);
         scope.spawn(move || {
-            for job in jobs {
+            for (n, job) in jobs.into_iter().enumerate() {
                 let spare = spare_for_reader.take();
                 let fresh_ok = TensorMeta::of(&job.value)
                     .and_then(|m| m.storage_bytes())
                     .is_some_and(|bytes| bytes <= FRESH_READ_LIMIT);
                 let item = if spare.is_some() || fresh_ok {
-                    Prefetched::Read(source.read_reusing(&job.name, &job.value, spare))
+                    // The engine waits for the first tensor with nothing to do: the pool reads it.
+                    let threads = if n == 0 { ReadThreads::Pool } else { ReadThreads::Caller };
+                    Prefetched::Read(source.read_reusing(&job.name, &job.value, spare, threads))
                 } else {
                     Prefetched::NotRead
                 };

@@ -7,7 +7,7 @@ mod reader;
 pub mod subbyte;
 mod writer;
 
-pub use reader::{BlobReader, ReadAt};
+pub use reader::{BlobReader, ReadAt, ReadThreads};
 pub use subbyte::{count_ones, pack, padding_bits, unpack};
 pub use writer::{BlobWriter, TensorSink};
 

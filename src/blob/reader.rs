@@ -12,7 +12,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::tensor::TensorData;
 
 /// Random-access byte source: a file read with positioned reads, or bytes in memory.
-pub trait ReadAt {
+pub trait ReadAt: Sync {
     /// Total size in bytes.
     fn size(&self) -> u64;
     /// Fills `buf` from `offset`; fails (e.g. `UnexpectedEof`) if the source is too short.
@@ -103,6 +103,18 @@ fn u64_at(bytes: &[u8; 64], at: usize) -> u64 {
 }
 
 /// Reads blobs from a `weight.bin` whose header has been validated.
+/// Who reads a large blob: the calling thread, or the rayon pool in pieces, for a caller that would
+/// otherwise wait. Faulting in a fresh buffer's pages is most of such a read, and that scales
+/// across cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadThreads {
+    Caller,
+    Pool,
+}
+
+/// The piece one pool thread reads at a time under [`ReadThreads::Pool`].
+const READ_PIECE: usize = 4 << 20;
+
 pub struct BlobReader<R: ReadAt> {
     source: R,
     path: PathBuf,
@@ -334,32 +346,33 @@ impl<R: ReadAt> BlobReader<R> {
     /// Reads the blob at `offset` and decodes it to typed data. The weight dtypes are read straight
     /// into their typed vector (no intermediate byte copy) on little-endian machines.
     pub fn read_tensor(&self, offset: u64, expected: ScalarType, count: u64) -> Result<TensorData> {
-        self.read_tensor_reusing(offset, expected, count, None)
+        self.read_tensor_reusing(offset, expected, count, None, ReadThreads::Caller)
     }
 
     /// [`BlobReader::read_tensor`] into `spare`'s allocation when it has the same element type:
     /// reusing a buffer whose pages are already mapped saves the page faults and zeroing a fresh
-    /// tensor-sized allocation costs.
+    /// tensor-sized allocation costs. `threads` says who reads (see [`ReadThreads`]).
     pub fn read_tensor_reusing(
         &self,
         offset: u64,
         expected: ScalarType,
         count: u64,
         spare: Option<TensorData>,
+        threads: ReadThreads,
     ) -> Result<TensorData> {
         if cfg!(target_endian = "little") {
             match (expected, spare) {
                 (ScalarType::Float16, Some(TensorData::F16(v))) => {
-                    return self.read_pod(offset, expected, count, v).map(TensorData::F16)
+                    return self.read_pod(offset, expected, count, v, threads).map(TensorData::F16)
                 }
                 (ScalarType::Float16, _) => {
-                    return self.read_pod(offset, expected, count, Vec::new()).map(TensorData::F16)
+                    return self.read_pod(offset, expected, count, Vec::new(), threads).map(TensorData::F16)
                 }
                 (ScalarType::Float32, Some(TensorData::F32(v))) => {
-                    return self.read_pod(offset, expected, count, v).map(TensorData::F32)
+                    return self.read_pod(offset, expected, count, v, threads).map(TensorData::F32)
                 }
                 (ScalarType::Float32, _) => {
-                    return self.read_pod(offset, expected, count, Vec::new()).map(TensorData::F32)
+                    return self.read_pod(offset, expected, count, Vec::new(), threads).map(TensorData::F32)
                 }
                 _ => {}
             }
@@ -370,13 +383,15 @@ impl<R: ReadAt> BlobReader<R> {
     }
 
     /// Reads `count` elements of a byte-aligned type whose in-memory layout is its little-endian
-    /// storage layout, into `buffer` (its contents are replaced, its allocation reused).
+    /// storage layout, into `buffer` (its contents are replaced, its allocation reused if large
+    /// enough).
     fn read_pod<T: bytemuck::Pod>(
         &self,
         offset: u64,
         expected: ScalarType,
         count: u64,
-        mut buffer: Vec<T>,
+        buffer: Vec<T>,
+        threads: ReadThreads,
     ) -> Result<Vec<T>> {
         let record = self.checked_record(offset, expected, count)?;
         let n = usize::try_from(count)
@@ -384,12 +399,28 @@ impl<R: ReadAt> BlobReader<R> {
             .filter(|&n| n.checked_mul(std::mem::size_of::<T>()) == usize::try_from(record.size_in_bytes).ok())
             .ok_or_else(|| self.error(offset, format!("{count} elements of {expected} do not fit in memory")))?;
         // `checked_record` verified size_in_bytes == count elements and that it lies within the file.
-        // Only elements beyond the buffer's current length are zeroed; all are then overwritten.
-        buffer.truncate(n);
-        buffer.resize(n, T::zeroed());
-        self.source
-            .read_exact_at(bytemuck::cast_slice_mut(&mut buffer), record.data_offset)
-            .at(&self.path)?;
+        let mut buffer = if buffer.capacity() >= n {
+            // Only elements beyond the buffer's current length are zeroed; all are then overwritten.
+            let mut buffer = buffer;
+            buffer.truncate(n);
+            buffer.resize(n, T::zeroed());
+            buffer
+        } else {
+            // Zeroed by the allocator: fresh pages are zero already, so nothing touches them before
+            // the read does (a resize would fault every page in just to write zeros).
+            bytemuck::zeroed_vec(n)
+        };
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buffer);
+        match threads {
+            ReadThreads::Pool if bytes.len() >= 2 * READ_PIECE => {
+                use rayon::prelude::*;
+                bytes.par_chunks_mut(READ_PIECE).enumerate().try_for_each(|(i, piece)| {
+                    self.source.read_exact_at(piece, record.data_offset + (i * READ_PIECE) as u64)
+                })
+            }
+            _ => self.source.read_exact_at(bytes, record.data_offset),
+        }
+        .at(&self.path)?;
         Ok(buffer)
     }
 
@@ -756,6 +787,29 @@ mod tests {
         let (offset, reason) = blob_err(reader(file).records());
         assert_eq!(offset, 192);
         assert!(reason.contains("bad sentinel 0xeeeeeeee"), "{reason}");
+    }
+
+    #[test]
+    fn pool_reads_match_caller_reads_into_any_buffer() {
+        // Larger than two read pieces and not a multiple of one: the pieces and the tail land in
+        // place, whether the buffer is fresh, too small or reused.
+        let n = 2 * READ_PIECE + 6;
+        let data: Vec<u8> = (0..n).map(|i| (i * 131 % 251) as u8).collect();
+        let r = reader(one_blob(rec(1, n as u64, 128, 0), &data));
+        let count = (n / 2) as u64;
+        let spares = [
+            None,
+            Some(TensorData::F16(vec![half::f16::ONE; 3])),
+            Some(TensorData::F16(vec![half::f16::ONE; n])),
+            Some(TensorData::U8(vec![1; 8])),
+        ];
+        for spare in spares {
+            for threads in [ReadThreads::Caller, ReadThreads::Pool] {
+                let got = r.read_tensor_reusing(64, ScalarType::Float16, count, spare.clone(), threads).unwrap();
+                // Compared as bytes: the data holds NaN patterns.
+                assert!(got.as_le_bytes() == data.as_slice(), "{threads:?}");
+            }
+        }
     }
 
     #[test]

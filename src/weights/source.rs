@@ -5,7 +5,7 @@
 
 use std::fs::File;
 
-use crate::blob::BlobReader;
+use crate::blob::{BlobReader, ReadThreads};
 use crate::dtype::ScalarType;
 use crate::error::{Error, IoContext, Result};
 use crate::package::Package;
@@ -63,16 +63,17 @@ impl WeightSource {
 
     /// The values of `value`, named `tensor` in errors.
     pub fn read(&self, tensor: &str, value: &Value) -> Result<(TensorMeta, TensorData)> {
-        self.read_reusing(tensor, value, None)
+        self.read_reusing(tensor, value, None, ReadThreads::Caller)
     }
 
-    /// [`WeightSource::read`], into `spare`'s allocation where it fits (see
+    /// [`WeightSource::read`], into `spare`'s allocation where it fits, by `threads` (see
     /// [`BlobReader::read_tensor_reusing`]).
     pub fn read_reusing(
         &self,
         tensor: &str,
         value: &Value,
         spare: Option<TensorData>,
+        threads: ReadThreads,
     ) -> Result<(TensorMeta, TensorData)> {
         let meta = TensorMeta::of(value)
             .ok_or_else(|| Error::tensor(tensor, "is not a numeric tensor with a known shape"))?;
@@ -81,7 +82,7 @@ impl WeightSource {
             let reader = self.blobs.as_ref().ok_or_else(|| {
                 Error::tensor(tensor, format!("refers to weight.bin offset {offset} but the package has no weight.bin"))
             })?;
-            reader.read_tensor_reusing(offset, meta.dtype, meta.count, spare).map_err(|e| in_tensor(tensor, e))?
+            reader.read_tensor_reusing(offset, meta.dtype, meta.count, spare, threads).map_err(|e| in_tensor(tensor, e))?
         } else if let Some(imm) = value.immediate_tensor() {
             decode_immediate(imm, meta.dtype, meta.count).map_err(|r| Error::tensor(tensor, r))?
         } else {
