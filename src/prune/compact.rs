@@ -136,7 +136,8 @@ mod x86 {
                 // bounds and over elements already read.
                 unsafe {
                     let group = _mm_loadu_si128(p.add(j * 8 + half).cast::<__m128i>());
-                    let control = _mm_loadu_si128(SHUFFLE_U32[usize::from(nibble)].as_ptr().cast::<__m128i>());
+                    let control =
+                        _mm_loadu_si128(SHUFFLE_U32[usize::from(nibble)].as_ptr().cast::<__m128i>());
                     _mm_storeu_si128(p.add(kept).cast::<__m128i>(), _mm_shuffle_epi8(group, control));
                 }
                 kept += nibble.count_ones() as usize;
@@ -155,7 +156,10 @@ mod tests {
 
     /// What compaction must produce: the kept elements in order.
     fn kept_in_order<T: Copy>(values: &[T], bytes: &[u8]) -> Vec<T> {
-        (0..bytes.len() * 8).filter(|&i| bytes[i / 8] & (1 << (i % 8)) != 0).map(|i| values[i]).collect()
+        (0..bytes.len() * 8)
+            .filter(|&i| bytes[i / 8] & (1 << (i % 8)) != 0)
+            .map(|i| values[i])
+            .collect()
     }
 
     /// Compared as bytes: NaN payloads must survive too.
@@ -169,7 +173,10 @@ mod tests {
         let kept = compact_groups(&mut fast, bytes);
         prop_assert_eq!(kept, want.len());
         prop_assert_eq!(bytes_of(&fast[..kept]), bytes_of(&want));
-        prop_assert_eq!(bytes_of(&fast[bytes.len() * 8..]), bytes_of(&values[bytes.len() * 8..]));
+        prop_assert_eq!(
+            bytes_of(&fast[bytes.len() * 8..]),
+            bytes_of(&values[bytes.len() * 8..])
+        );
         let mut portable = values;
         prop_assert_eq!(compact_portable(&mut portable, bytes), kept);
         prop_assert_eq!(bytes_of(&portable[..kept]), bytes_of(&want));

@@ -34,7 +34,11 @@ pub fn round_non_negative(x: f32) -> f32 {
     let subnormal = (x + 0.5) - 0.5;
     // 65520 lies halfway between the largest fp16 (65504, odd significand) and 2^16: ties to even
     // overflow to infinity.
-    let rounded = if x < f32::from_bits(0x3880_0000) { subnormal } else { normal };
+    let rounded = if x < f32::from_bits(0x3880_0000) {
+        subnormal
+    } else {
+        normal
+    };
     if x >= 65520.0 {
         f32::INFINITY
     } else if x.is_nan() {
@@ -54,7 +58,10 @@ mod tests {
         for h in 0..=u16::MAX {
             let (got, want) = (to_f32(f16::from_bits(h)), f16::from_bits(h).to_f32());
             // NaN payloads never matter to the norms (every NaN has the same key).
-            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{h:#06x}");
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{h:#06x}"
+            );
         }
     }
 
@@ -83,7 +90,15 @@ mod tests {
                 }
             }
         }
-        for bits in [0, 1, 0x7f7f_ffff, 0x7f80_0000, 0x7f80_0001, 0x7fc0_0000, 0x7fff_ffff] {
+        for bits in [
+            0,
+            1,
+            0x7f7f_ffff,
+            0x7f80_0000,
+            0x7f80_0001,
+            0x7fc0_0000,
+            0x7fff_ffff,
+        ] {
             check(bits);
         }
     }

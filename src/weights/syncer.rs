@@ -40,7 +40,9 @@ impl Syncer {
     pub fn request(&mut self) -> io::Result<()> {
         match self.requests.as_ref().map(|r| r.try_send(())) {
             Some(Ok(())) | Some(Err(TrySendError::Full(()))) => Ok(()),
-            _ => self.finish().and(Err(io::Error::other("the sync thread stopped"))),
+            _ => self
+                .finish()
+                .and(Err(io::Error::other("the sync thread stopped"))),
         }
     }
 
@@ -79,6 +81,9 @@ mod tests {
         syncer.finish().unwrap();
         // Finished: later requests fail instead of being lost.
         assert!(syncer.request().is_err());
-        assert_eq!(std::fs::metadata(dir.path().join("w.bin")).unwrap().len(), 50 * 4096);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("w.bin")).unwrap().len(),
+            50 * 4096
+        );
     }
 }
