@@ -166,10 +166,13 @@ impl GpuContext {
         }
     }
 
-    /// Waits for all submitted work, then reports any device error.
-    pub(crate) fn wait(&self) -> Result<()> {
+    /// Waits for `submission` (and the work before it) to finish, then reports any device error.
+    pub(crate) fn wait_for(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
             .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))?;
         self.check()
     }

@@ -1,5 +1,6 @@
 //! The buffers every kernel binds, allocated once per context and grown (never shrunk) when a
-//! tensor needs more; tensors reuse them. The bind group is rebuilt only when a buffer is replaced.
+//! tensor needs more; tensors reuse them. Chunk buffers come in two slots for the upload / compute /
+//! readback pipeline. A slot's bind group is rebuilt only when one of its buffers is replaced.
 
 use super::context::{Pipelines, PARAMS_BYTES};
 
@@ -22,17 +23,28 @@ pub(crate) struct Needs {
     pub flags: u64,
 }
 
-pub(crate) struct BufferPool {
+/// The buffers of one chunk in flight. There are two, so that chunk i+1 is uploaded and computed
+/// while chunk i is read back (see `GpuContext::mask_and_compact`).
+pub(crate) struct Slot {
     pub params: wgpu::Buffer,
-    pub hist: wgpu::Buffer,
     pub data: wgpu::Buffer,
-    pub flags: wgpu::Buffer,
     pub mask: wgpu::Buffer,
     pub offsets: wgpu::Buffer,
     pub block_sums: wgpu::Buffer,
     pub compacted: wgpu::Buffer,
     pub readback: wgpu::Buffer,
     bind_group: Option<wgpu::BindGroup>,
+}
+
+/// Chunk slots in the pipeline.
+pub(crate) const SLOTS: usize = 2;
+
+pub(crate) struct BufferPool {
+    /// Shared by the slots: the histogram accumulates over every chunk of a tensor, and the block
+    /// flags cover the whole tensor.
+    pub hist: wgpu::Buffer,
+    pub flags: wgpu::Buffer,
+    pub slots: [Slot; SLOTS],
 }
 
 fn buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
@@ -56,18 +68,16 @@ const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE;
 const COPY_SRC: wgpu::BufferUsages = wgpu::BufferUsages::COPY_SRC;
 const COPY_DST: wgpu::BufferUsages = wgpu::BufferUsages::COPY_DST;
 
-impl BufferPool {
-    pub fn new(device: &wgpu::Device) -> Self {
-        BufferPool {
+impl Slot {
+    fn new(device: &wgpu::Device) -> Self {
+        Slot {
             params: buffer(
                 device,
                 "params",
                 PARAMS_BYTES,
                 wgpu::BufferUsages::UNIFORM | COPY_DST,
             ),
-            hist: buffer(device, "histogram", HIST_BINS * 4, STORAGE | COPY_SRC | COPY_DST),
             data: buffer(device, "data", 16, STORAGE | COPY_DST),
-            flags: buffer(device, "block flags", 16, STORAGE | COPY_DST),
             mask: buffer(device, "mask words", 16, STORAGE | COPY_SRC),
             offsets: buffer(device, "word offsets", 16, STORAGE),
             block_sums: buffer(device, "block sums", 16, STORAGE | COPY_SRC),
@@ -81,9 +91,19 @@ impl BufferPool {
             bind_group: None,
         }
     }
+}
 
-    /// Grows whatever is too small for `needs`; `cap` bounds the bound (chunk-sized) buffers and
-    /// `max_buffer` the readback buffer.
+impl BufferPool {
+    pub fn new(device: &wgpu::Device) -> Self {
+        BufferPool {
+            hist: buffer(device, "histogram", HIST_BINS * 4, STORAGE | COPY_SRC | COPY_DST),
+            flags: buffer(device, "block flags", 16, STORAGE | COPY_DST),
+            slots: [Slot::new(device), Slot::new(device)],
+        }
+    }
+
+    /// Grows whatever is too small for `needs`, in every slot; `cap` bounds the bound (chunk-sized)
+    /// buffers and `max_buffer` the readback buffers.
     pub fn ensure(&mut self, device: &wgpu::Device, needs: Needs, cap: u64, max_buffer: u64) {
         let replace = |buf: &mut wgpu::Buffer, need: u64, label: &str, usage: wgpu::BufferUsages| {
             if buf.size() < need {
@@ -95,47 +115,56 @@ impl BufferPool {
         };
         let readback_need =
             (READBACK_MASK_OFFSET + needs.mask.next_multiple_of(256) + needs.data).max(HIST_BINS * 4);
-        let mut changed = false;
-        changed |= replace(&mut self.data, needs.data, "data", STORAGE | COPY_DST);
-        changed |= replace(&mut self.flags, needs.flags, "block flags", STORAGE | COPY_DST);
-        changed |= replace(&mut self.mask, needs.mask, "mask words", STORAGE | COPY_SRC);
-        changed |= replace(&mut self.offsets, needs.mask, "word offsets", STORAGE);
-        changed |= replace(
-            &mut self.block_sums,
-            needs.block_sums,
-            "block sums",
-            STORAGE | COPY_SRC,
-        );
-        changed |= replace(
-            &mut self.compacted,
-            needs.data,
-            "compacted",
-            STORAGE | COPY_SRC | COPY_DST,
-        );
-        // The readback buffer is not bound: growing it keeps the bind group.
-        if self.readback.size() < readback_need {
-            let size = grown(readback_need, max_buffer);
-            self.readback = buffer(device, "readback", size, wgpu::BufferUsages::MAP_READ | COPY_DST);
-        }
-        if changed {
-            self.bind_group = None;
+        let shared_changed = replace(&mut self.flags, needs.flags, "block flags", STORAGE | COPY_DST);
+        for slot in &mut self.slots {
+            let mut changed = shared_changed;
+            changed |= replace(&mut slot.data, needs.data, "data", STORAGE | COPY_DST);
+            changed |= replace(&mut slot.mask, needs.mask, "mask words", STORAGE | COPY_SRC);
+            changed |= replace(&mut slot.offsets, needs.mask, "word offsets", STORAGE);
+            changed |= replace(
+                &mut slot.block_sums,
+                needs.block_sums,
+                "block sums",
+                STORAGE | COPY_SRC,
+            );
+            changed |= replace(
+                &mut slot.compacted,
+                needs.data,
+                "compacted",
+                STORAGE | COPY_SRC | COPY_DST,
+            );
+            // The readback buffer is not bound: growing it keeps the bind group.
+            if slot.readback.size() < readback_need {
+                let size = grown(readback_need, max_buffer);
+                slot.readback = buffer(device, "readback", size, wgpu::BufferUsages::MAP_READ | COPY_DST);
+            }
+            if changed {
+                slot.bind_group = None;
+            }
         }
     }
 
-    /// The bind group over the current buffers.
-    pub fn bind_group(&mut self, device: &wgpu::Device, pipelines: &Pipelines) -> wgpu::BindGroup {
-        if let Some(group) = &self.bind_group {
+    /// The bind group over slot `index`'s buffers and the shared ones.
+    pub fn bind_group(
+        &mut self,
+        index: usize,
+        device: &wgpu::Device,
+        pipelines: &Pipelines,
+    ) -> wgpu::BindGroup {
+        let (hist, flags) = (&self.hist, &self.flags);
+        let slot = &mut self.slots[index];
+        if let Some(group) = &slot.bind_group {
             return group.clone();
         }
         let buffers = [
-            &self.params,
-            &self.data,
-            &self.hist,
-            &self.flags,
-            &self.mask,
-            &self.offsets,
-            &self.block_sums,
-            &self.compacted,
+            &slot.params,
+            &slot.data,
+            hist,
+            flags,
+            &slot.mask,
+            &slot.offsets,
+            &slot.block_sums,
+            &slot.compacted,
         ];
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
@@ -150,7 +179,7 @@ impl BufferPool {
             layout: &pipelines.layout,
             entries: &entries,
         });
-        self.bind_group = Some(group.clone());
+        slot.bind_group = Some(group.clone());
         group
     }
 }

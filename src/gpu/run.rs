@@ -6,7 +6,7 @@ use std::sync::MutexGuard;
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
-use super::pool::{BufferPool, Needs, HIST_BINS, READBACK_MASK_OFFSET};
+use super::pool::{BufferPool, Needs, HIST_BINS, READBACK_MASK_OFFSET, SLOTS};
 use crate::error::{Error, Result};
 
 /// Threads per workgroup (`WG` in shaders/common.wgsl).
@@ -84,9 +84,20 @@ fn grid(workgroups: u64) -> (u32, u32) {
     (x as u32, workgroups.div_ceil(x) as u32)
 }
 
-/// Which chunk of the current tensor the data buffer holds, so single-chunk tensors upload once.
+/// Which chunk of the current tensor each slot's data buffer holds, so single-chunk tensors upload
+/// once.
 #[derive(Default)]
-pub(crate) struct Resident(Option<u64>);
+pub(crate) struct Resident([Option<u64>; SLOTS]);
+
+/// A chunk whose results are on their way back: its slot, its submission, where its values start
+/// in the readback buffer.
+struct InFlight {
+    slot: usize,
+    submission: wgpu::SubmissionIndex,
+    len: u64,
+    values_at: u64,
+    value_bytes: u64,
+}
 
 impl GpuContext {
     /// The buffer pool, locked for one tensor: its passes share the data buffer (see [`Resident`]).
@@ -115,32 +126,42 @@ impl GpuContext {
         self.check()
     }
 
-    fn upload(&self, pool: &BufferPool, t: &TensorBytes<'_>, start: u64, len: u64, resident: &mut Resident) {
-        if resident.0 == Some(start) {
+    fn upload(
+        &self,
+        pool: &BufferPool,
+        slot: usize,
+        t: &TensorBytes<'_>,
+        start: u64,
+        len: u64,
+        resident: &mut Resident,
+    ) {
+        if resident.0[slot] == Some(start) {
             return;
         }
+        let data = &pool.slots[slot].data;
         let eb = t.elem_bytes() as usize;
         let bytes = &t.bytes[start as usize * eb..(start + len) as usize * eb];
         let main = bytes.len() / 4 * 4;
         if main > 0 {
-            self.queue.write_buffer(&pool.data, 0, &bytes[..main]);
+            self.queue.write_buffer(data, 0, &bytes[..main]);
         }
         if main < bytes.len() {
             // An odd fp16 tail: buffer writes are whole words.
             let mut tail = [0u8; 4];
             tail[..bytes.len() - main].copy_from_slice(&bytes[main..]);
-            self.queue.write_buffer(&pool.data, main as u64, &tail);
+            self.queue.write_buffer(data, main as u64, &tail);
         }
-        resident.0 = Some(start);
+        resident.0[slot] = Some(start);
     }
 
     fn dispatch(
         &self,
         pool: &mut BufferPool,
+        slot: usize,
         encoder: &mut wgpu::CommandEncoder,
         steps: &[(&wgpu::ComputePipeline, u64)],
     ) {
-        let group = pool.bind_group(&self.device, &self.pipelines);
+        let group = pool.bind_group(slot, &self.device, &self.pipelines);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
             timestamp_writes: None,
@@ -158,22 +179,29 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
     }
 
-    /// Maps the first `size` bytes of the readback buffer after the submitted work and copies them.
-    fn read_back(&self, pool: &BufferPool, size: u64) -> Result<Vec<u8>> {
+    /// Maps the first `size` bytes of slot `slot`'s readback buffer once `submission` has run
+    /// (later submissions may still be running) and copies them.
+    fn read_back(
+        &self,
+        pool: &BufferPool,
+        slot: usize,
+        size: u64,
+        submission: wgpu::SubmissionIndex,
+    ) -> Result<Vec<u8>> {
+        let readback = &pool.slots[slot].readback;
         let (tx, rx) = std::sync::mpsc::channel();
-        pool.readback.map_async(wgpu::MapMode::Read, 0..size, move |r| {
+        readback.map_async(wgpu::MapMode::Read, 0..size, move |r| {
             let _ = tx.send(r);
         });
-        self.wait()?;
+        self.wait_for(submission)?;
         rx.recv()
             .map_err(|_| Error::Gpu("readback was never mapped".into()))?
             .map_err(|e| Error::Gpu(format!("cannot map the readback buffer: {e}")))?;
-        let bytes = pool
-            .readback
+        let bytes = readback
             .get_mapped_range(0..size)
             .map(|view| view.to_vec())
             .map_err(|e| Error::Gpu(format!("cannot read the readback buffer: {e}")));
-        pool.readback.unmap();
+        readback.unmap();
         bytes
     }
 
@@ -191,25 +219,29 @@ impl GpuContext {
         let mut encoder = self.encoder();
         encoder.clear_buffer(&pool.hist, 0, None);
         self.queue.submit([encoder.finish()]);
+        // The counts accumulate on the device and are read once at the end, so the chunks need
+        // no second slot: the queue orders each upload after the pass before.
+        const SLOT: usize = 0;
         for (start, len) in t.chunks() {
-            self.upload(pool, t, start, len, resident);
+            self.upload(pool, SLOT, t, start, len, resident);
             let p = Params {
                 n: len as u32,
                 base: start as u32,
                 is_f16: t.is_f16 as u32,
                 ..params
             };
-            self.queue.write_buffer(&pool.params, 0, bytemuck::bytes_of(&p));
+            self.queue
+                .write_buffer(&pool.slots[SLOT].params, 0, bytemuck::bytes_of(&p));
             let mut encoder = self.encoder();
             let histogram = &self.pipelines.histogram;
-            self.dispatch(pool, &mut encoder, &[(histogram, len.div_ceil(WG))]);
+            self.dispatch(pool, SLOT, &mut encoder, &[(histogram, len.div_ceil(WG))]);
             self.queue.submit([encoder.finish()]);
         }
         let bins = bins.min(HIST_BINS);
         let mut encoder = self.encoder();
-        encoder.copy_buffer_to_buffer(&pool.hist, 0, &pool.readback, 0, bins * 4);
-        self.queue.submit([encoder.finish()]);
-        let bytes = self.read_back(pool, bins * 4)?;
+        encoder.copy_buffer_to_buffer(&pool.hist, 0, &pool.slots[SLOT].readback, 0, bins * 4);
+        let submission = self.queue.submit([encoder.finish()]);
+        let bytes = self.read_back(pool, SLOT, bins * 4, submission)?;
         Ok(bytes
             .chunks_exact(4)
             .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
@@ -218,6 +250,10 @@ impl GpuContext {
 
     /// Keep-mask, packing and compaction of every chunk with the decision in `params`;
     /// `flags` are the block-pruned bits for `MODE_BLOCK`.
+    ///
+    /// Chunks alternate between the pool's two slots and are pipelined: chunk i+1 is uploaded and
+    /// submitted before chunk i's results are waited for, so the device computes one chunk while
+    /// the host copies the next one in and the previous one out.
     pub(crate) fn mask_and_compact(
         &self,
         pool: &mut BufferPool,
@@ -238,8 +274,10 @@ impl GpuContext {
             values: Vec::new(),
             kept: 0,
         };
-        for (start, len) in t.chunks() {
-            self.upload(pool, t, start, len, resident);
+        let mut in_flight: Option<InFlight> = None;
+        for (i, (start, len)) in t.chunks().enumerate() {
+            let slot = i % SLOTS;
+            self.upload(pool, slot, t, start, len, resident);
             let words = len.div_ceil(32);
             let scan_blocks = words.div_ceil(WG);
             let p = Params {
@@ -250,16 +288,19 @@ impl GpuContext {
                 scan_blocks: scan_blocks as u32,
                 ..params
             };
-            self.queue.write_buffer(&pool.params, 0, bytemuck::bytes_of(&p));
+            let buffers = &pool.slots[slot];
+            self.queue
+                .write_buffer(&buffers.params, 0, bytemuck::bytes_of(&p));
             let value_bytes = (len * eb).next_multiple_of(4);
             let mask_bytes = words * 4;
             let values_at = READBACK_MASK_OFFSET + mask_bytes.next_multiple_of(256);
             let mut encoder = self.encoder();
-            encoder.clear_buffer(&pool.compacted, 0, Some(value_bytes));
+            encoder.clear_buffer(&buffers.compacted, 0, Some(value_bytes));
             let pl = &self.pipelines;
             let elem_groups = len.div_ceil(WG);
             self.dispatch(
                 pool,
+                slot,
                 &mut encoder,
                 &[
                     (&pl.pack, elem_groups),
@@ -268,25 +309,52 @@ impl GpuContext {
                     (&pl.scatter, elem_groups),
                 ],
             );
-            encoder.copy_buffer_to_buffer(&pool.block_sums, scan_blocks * 4, &pool.readback, 0, 4);
-            encoder.copy_buffer_to_buffer(&pool.mask, 0, &pool.readback, READBACK_MASK_OFFSET, mask_bytes);
-            encoder.copy_buffer_to_buffer(&pool.compacted, 0, &pool.readback, values_at, value_bytes);
-            self.queue.submit([encoder.finish()]);
-            let bytes = self.read_back(pool, values_at + value_bytes)?;
-            let kept = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
-            if kept > len {
-                return Err(Error::Gpu(format!(
-                    "compaction counted {kept} kept values in a chunk of {len}"
-                )));
+            let buffers = &pool.slots[slot];
+            encoder.copy_buffer_to_buffer(&buffers.block_sums, scan_blocks * 4, &buffers.readback, 0, 4);
+            encoder.copy_buffer_to_buffer(
+                &buffers.mask,
+                0,
+                &buffers.readback,
+                READBACK_MASK_OFFSET,
+                mask_bytes,
+            );
+            encoder.copy_buffer_to_buffer(&buffers.compacted, 0, &buffers.readback, values_at, value_bytes);
+            let submission = self.queue.submit([encoder.finish()]);
+            // The previous chunk, in the other slot, is collected while this one computes. Its
+            // slot is free again before the next upload into it (two chunks from now).
+            if let Some(previous) = in_flight.replace(InFlight {
+                slot,
+                submission,
+                len,
+                values_at,
+                value_bytes,
+            }) {
+                self.collect(pool, previous, eb, &mut out)?;
             }
-            let mask_start = READBACK_MASK_OFFSET as usize;
-            out.mask
-                .extend_from_slice(&bytes[mask_start..mask_start + len.div_ceil(8) as usize]);
-            out.values
-                .extend_from_slice(&bytes[values_at as usize..(values_at + kept * eb) as usize]);
-            out.kept += kept;
+        }
+        if let Some(last) = in_flight {
+            self.collect(pool, last, eb, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Waits for chunk `c`'s results and appends them to `out`.
+    fn collect(&self, pool: &BufferPool, c: InFlight, eb: u64, out: &mut Compacted) -> Result<()> {
+        let bytes = self.read_back(pool, c.slot, c.values_at + c.value_bytes, c.submission)?;
+        let kept = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+        if kept > c.len {
+            return Err(Error::Gpu(format!(
+                "compaction counted {kept} kept values in a chunk of {}",
+                c.len
+            )));
+        }
+        let mask_start = READBACK_MASK_OFFSET as usize;
+        out.mask
+            .extend_from_slice(&bytes[mask_start..mask_start + c.len.div_ceil(8) as usize]);
+        out.values
+            .extend_from_slice(&bytes[c.values_at as usize..(c.values_at + kept * eb) as usize]);
+        out.kept += kept;
+        Ok(())
     }
 }
 
