@@ -307,7 +307,7 @@ fn add_counts(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
 /// kept across calls, and adds it into the total. Zeroing and merging 64 Ki bins costs as much as
 /// counting a few hundred thousand keys, so per-chunk tables would cost more than the counting,
 /// and fresh tables per call would page-fault. The tables count in u32 (half the cache footprint of
-/// u64) unless a part could overflow them. The counts are the same for any thread count.
+/// u64): a part never holds more than `u32::MAX` keys. The counts are the same for any thread count.
 pub(crate) fn key_histogram<T, K, F>(w: &[T], key: &F, high_shift: u32, bins: usize) -> Vec<u64>
 where
     T: Sync,
@@ -322,35 +322,22 @@ where
         static TABLE: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     }
     let parts = 4 * rayon::current_num_threads();
-    let part_len = w.len().div_ceil(parts).max(PAR_CHUNK);
+    let part_len = w.len().div_ceil(parts).clamp(PAR_CHUNK, u32::MAX as usize);
     let total = Mutex::new(vec![0u64; bins]);
-    let add_into_total = |counts: &mut dyn Iterator<Item = u64>| {
-        let mut total = total.lock().unwrap_or_else(PoisonError::into_inner);
-        total.iter_mut().zip(counts).for_each(|(t, c)| *t += c);
-    };
-    if u32::try_from(part_len).is_ok() {
-        w.par_chunks(part_len).for_each(|part| {
-            TABLE.with(|table| {
-                let mut table = table.borrow_mut();
-                table.clear();
-                table.resize(bins, 0);
-                // A plain slice, so the loop keeps its pointer and length in registers.
-                let counts: &mut [u32] = &mut table;
-                for x in part {
-                    counts[(key(x).to_u64() >> high_shift) as usize] += 1;
-                }
-                add_into_total(&mut counts.iter().map(|&c| u64::from(c)));
-            })
-        });
-    } else {
-        w.par_chunks(part_len).for_each(|part| {
-            let mut table = vec![0u64; bins];
+    w.par_chunks(part_len).for_each(|part| {
+        TABLE.with(|table| {
+            let mut table = table.borrow_mut();
+            table.clear();
+            table.resize(bins, 0);
+            // A plain slice, so the loop keeps its pointer and length in registers.
+            let counts: &mut [u32] = &mut table;
             for x in part {
-                table[(key(x).to_u64() >> high_shift) as usize] += 1;
+                counts[(key(x).to_u64() >> high_shift) as usize] += 1;
             }
-            add_into_total(&mut table.into_iter());
-        });
-    }
+            let mut total = total.lock().unwrap_or_else(PoisonError::into_inner);
+            total.iter_mut().zip(counts.iter()).for_each(|(t, &c)| *t += u64::from(c));
+        })
+    });
     total.into_inner().unwrap_or_else(PoisonError::into_inner)
 }
 
