@@ -102,7 +102,6 @@ fn u64_at(bytes: &[u8; 64], at: usize) -> u64 {
     u64::from_le_bytes(field)
 }
 
-/// Reads blobs from a `weight.bin` whose header has been validated.
 /// Who reads a large blob: the calling thread, or the rayon pool in pieces, for a caller that would
 /// otherwise wait. Faulting in a fresh buffer's pages is most of such a read, and that scales
 /// across cores.
@@ -115,6 +114,7 @@ pub enum ReadThreads {
 /// The piece one pool thread reads at a time under [`ReadThreads::Pool`].
 const READ_PIECE: usize = 4 << 20;
 
+/// Reads blobs from a `weight.bin` whose header has been validated.
 pub struct BlobReader<R: ReadAt> {
     source: R,
     path: PathBuf,

@@ -72,8 +72,6 @@ pub fn unpack(bytes: &[u8], bits: u32, count: usize) -> Vec<u8> {
     out
 }
 
-/// Unused bits in the last byte when `count` elements of width `bits` are packed:
-/// `(8 - (count*bits) % 8) % 8`, the value of a blob record's `padding_size_in_bits`.
 /// The number of set bits in `bytes` (a mask's kept count), a 64-bit word at a time: per byte,
 /// a CPU without a popcount instruction spends a dozen instructions on each.
 pub fn count_ones(bytes: &[u8]) -> u64 {
@@ -85,6 +83,8 @@ pub fn count_ones(bytes: &[u8]) -> u64 {
         + tail
 }
 
+/// Unused bits in the last byte when `count` elements of width `bits` are packed:
+/// `(8 - (count*bits) % 8) % 8`, the value of a blob record's `padding_size_in_bits`.
 pub fn padding_bits(count: u64, bits: u32) -> u64 {
     // Only the residue mod 8 matters, so reduce first and never overflow.
     let used = (count % 8) * u64::from(bits % 8);
@@ -94,6 +94,7 @@ pub fn padding_bits(count: u64, bits: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn count_ones_counts_words_and_the_tail() {
@@ -103,7 +104,6 @@ mod tests {
             assert_eq!(count_ones(&bytes), want, "{len} bytes");
         }
     }
-    use proptest::prelude::*;
 
     #[test]
     fn uint1_index_one_sets_bit_one_of_byte_zero() {
