@@ -279,8 +279,9 @@ impl Rewrite {
         }
         let (meta, data) = match prefetcher.next(index) {
             Some(read) => read?,
-            // Not read ahead: nothing else runs while the engine reads, so the pool reads.
-            None => source.read_reusing(&info.name, value, self.weights.recycled_tensor(), ReadThreads::Pool)?,
+            // Not read ahead: nothing else runs while the engine reads, so the pool reads, into a
+            // spare if one was passed back (they were all handed to the prefetcher just above).
+            None => source.read_reusing(&info.name, value, prefetcher.take_spare(), ReadThreads::Pool)?,
         };
         let (result, device) = devices.run(config, data, &meta.shape, &info.name)?;
         let pruned = match result {

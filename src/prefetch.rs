@@ -16,6 +16,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::blob::ReadThreads;
+use crate::dtype::ScalarType;
 use crate::error::Result;
 use crate::proto::mil::Value;
 use crate::tensor::TensorData;
@@ -71,6 +72,17 @@ impl SpareSlot {
     }
 }
 
+/// Whether `buffer` can be read into for a tensor of `meta` without reallocating (see
+/// `BlobReader::read_tensor_reusing`).
+fn holds(buffer: &TensorData, meta: &TensorMeta) -> bool {
+    let fits = |capacity: usize| u64::try_from(capacity).is_ok_and(|c| c >= meta.count);
+    match (buffer, meta.dtype) {
+        (TensorData::F16(v), ScalarType::Float16) => fits(v.capacity()),
+        (TensorData::F32(v), ScalarType::Float32) => fits(v.capacity()),
+        _ => false,
+    }
+}
+
 /// Bytes a spare can take without reallocating; only float buffers are read into (weights that
 /// reach the reader are fp16 or fp32 almost always).
 fn reusable_capacity(buffer: &TensorData) -> usize {
@@ -93,15 +105,21 @@ impl Prefetcher {
         let spare_for_reader = Arc::clone(&spare);
         scope.spawn(move || {
             for (n, job) in jobs.into_iter().enumerate() {
+                let meta = TensorMeta::of(&job.value);
                 let spare = spare_for_reader.take();
-                let fresh_ok = TensorMeta::of(&job.value)
+                // A spare too small (or of another type) would be freed and a fresh buffer read into.
+                let spare_fits = spare.as_ref().zip(meta.as_ref()).is_some_and(|(s, m)| holds(s, m));
+                let fresh_ok = meta
                     .and_then(|m| m.storage_bytes())
                     .is_some_and(|bytes| bytes <= FRESH_READ_LIMIT);
-                let item = if spare.is_some() || fresh_ok {
+                let item = if spare_fits || fresh_ok {
                     // The engine waits for the first tensor with nothing to do: the pool reads it.
                     let threads = if n == 0 { ReadThreads::Pool } else { ReadThreads::Caller };
                     Prefetched::Read(source.read_reusing(&job.name, &job.value, spare, threads))
                 } else {
+                    if let Some(spare) = spare {
+                        spare_for_reader.offer(spare);
+                    }
                     Prefetched::NotRead
                 };
                 // The engine stopped (an error elsewhere): nothing more to read.
@@ -131,6 +149,11 @@ impl Prefetcher {
     pub fn recycle(&self, buffer: TensorData) {
         self.spare.offer(buffer);
     }
+
+    /// A spare buffer, for a tensor the engine reads itself ([`Prefetched::NotRead`]).
+    pub fn take_spare(&self) -> Option<TensorData> {
+        self.spare.take()
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +161,17 @@ mod tests {
     use half::f16;
 
     use super::*;
+
+    #[test]
+    fn a_spare_holds_a_tensor_of_its_type_and_no_larger() {
+        let meta = |dtype, count| TensorMeta { dtype, shape: vec![count], count };
+        let f16s = TensorData::F16(Vec::with_capacity(100));
+        assert!(holds(&f16s, &meta(ScalarType::Float16, 100)));
+        assert!(!holds(&f16s, &meta(ScalarType::Float16, 101)));
+        assert!(!holds(&f16s, &meta(ScalarType::Float32, 10)), "another element type is reallocated");
+        assert!(holds(&TensorData::F32(Vec::with_capacity(8)), &meta(ScalarType::Float32, 8)));
+        assert!(!holds(&TensorData::U8(vec![0; 64]), &meta(ScalarType::UInt8, 8)));
+    }
 
     #[test]
     fn the_spare_is_the_largest_float_buffer_offered() {
