@@ -15,7 +15,8 @@
 //! has it and an exact software rounding otherwise.
 //!
 //! The percentile counts every norm once per real element of its block. For fp16 norms (16-bit
-//! keys) that is a weighted 65536-bin histogram built in parallel, which the generic selection then
+//! keys) that is a count around a sampled key bracket (see [`super::bracket`]), or if the bracket
+//! misses, a weighted 65536-bin histogram built in parallel, which the generic selection then
 //! reads as at most 65536 (key, count) items; wider keys go through the selection directly.
 //! Every result (norms, integer counts, flags) is independent of the number of threads.
 
@@ -26,8 +27,9 @@ use rayon::prelude::*;
 use super::axes::ChannelLayout;
 use super::element::{pairwise_sum_f32, Element, MapValue};
 use super::f16_lanes;
-use super::keys::{key_histogram, Key};
-use super::percentile::percentile_cut;
+use super::bracket::{count_bracket, sample_bracket};
+use super::keys::{key_histogram, order_stats, Key};
+use super::percentile::{cut_from_stats, percentile_cut};
 use super::KernelError;
 use crate::dtype::ScalarType;
 
@@ -219,28 +221,42 @@ fn weighted_cut<F: NormFloat>(
 ) -> Result<Option<F::Key>, KernelError> {
     let inner = g.layout.inner;
     if F::Key::BITS <= 16 {
-        // The histogram is exact: every bin is one key. Every block covers `block_size` elements
-        // but the last of each channel run, so count norms, scale, and take back what the short
-        // blocks do not cover (no weight lookup per norm).
-        let bins = 1usize << F::Key::BITS;
-        let mut hist = key_histogram(norms, &|n: &F| n.key(), 0, bins);
+        // Every block covers `block_size` elements but the last of each channel run, so count
+        // norms, scale, and take back what the short blocks do not cover (no weight lookup per
+        // norm).
+        let key = |n: &F| n.key();
         let scale = g.block_size as u64;
-        hist.iter_mut().for_each(|c| *c *= scale);
         let last = g.blocks.saturating_sub(1);
         let short = scale - g.covered(last) as u64;
-        if short > 0 {
-            let last_rows = norms.chunks(inner).skip(last).step_by(g.blocks);
-            last_rows
-                .flatten()
-                .for_each(|n| hist[n.key().to_u64() as usize] -= short);
-        }
-        let items = || {
-            hist.iter()
-                .enumerate()
-                .filter(|(_, &c)| c > 0)
-                .map(|(k, &c)| (F::Key::from_u64(k as u64), c))
+        let short_norms = || norms.chunks(inner).skip(last).step_by(g.blocks).flatten();
+        let stats = |prev, next| {
+            // First around a sampled bracket (see `order_stats_of`), ...
+            if let Some(bracket) = sample_bracket(norms, &key, prev, next, total) {
+                let mut counts = count_bracket(norms, &key, bracket);
+                counts.scale(scale)?;
+                if short > 0 {
+                    short_norms().try_for_each(|n| counts.remove(n.key(), short))?;
+                }
+                if let Some(stats) = counts.order_stats(prev, next) {
+                    return Some(stats);
+                }
+            }
+            // ... else with the full histogram, which is exact: every bin is one key.
+            let bins = 1usize << F::Key::BITS;
+            let mut hist = key_histogram(norms, &key, 0, bins);
+            hist.iter_mut().for_each(|c| *c *= scale);
+            if short > 0 {
+                short_norms().for_each(|n| hist[n.key().to_u64() as usize] -= short);
+            }
+            let items = || {
+                hist.iter()
+                    .enumerate()
+                    .filter(|(_, &c)| c > 0)
+                    .map(|(k, &c)| (F::Key::from_u64(k as u64), c))
+            };
+            order_stats(items, total, prev, next)
         };
-        percentile_cut::<F, _, _>(items, total, target_sparsity)
+        cut_from_stats::<F>(total, target_sparsity, stats)
     } else {
         // Walk channel runs, then blocks, so a block's weight needs no division.
         let items = || {

@@ -6,12 +6,10 @@
 //! 4-byte elements are moved with one byte shuffle per 16 bytes instead, about three times faster;
 //! the result is the same, which the tests below check on random masks.
 
-use super::element::Element;
-
 /// Moves the elements of `values` whose bit is set in `bytes` (LSB first, one byte per group of 8)
 /// to the front, in order, for the `bytes.len()` whole groups; returns how many were kept. The
 /// slots after the kept ones hold leftovers. `values.len() >= 8 * bytes.len()`.
-pub fn compact_groups<T: Element>(values: &mut [T], bytes: &[u8]) -> usize {
+pub fn compact_groups<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize {
     assert!(values.len() >= bytes.len() * 8);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("ssse3") && std::arch::is_x86_feature_detected!("popcnt") {
@@ -24,14 +22,47 @@ pub fn compact_groups<T: Element>(values: &mut [T], bytes: &[u8]) -> usize {
     compact_portable(values, bytes)
 }
 
+/// Writes the mask bytes of `flags` (see [`flags_to_bytes`]) and moves the elements of `values`
+/// whose flag is set to the front, in order; returns how many. `flags.len() == values.len()` and
+/// `bytes.len() >= values.len().div_ceil(8)`.
+pub fn compact_flagged<T: bytemuck::Pod>(values: &mut [T], flags: &[bool], bytes: &mut [u8]) -> usize {
+    assert_eq!(values.len(), flags.len());
+    flags_to_bytes(flags, bytes);
+    let full = values.len() / 8;
+    let mut kept = compact_groups(values, &bytes[..full]);
+    for i in full * 8..values.len() {
+        values[kept] = values[i];
+        kept += usize::from(flags[i]);
+    }
+    kept
+}
+
+/// Packs 0/1 flags into mask bytes, LSB first: `bytes[j]` gets `flags[8j..8j + 8]` (the last
+/// byte may be partial). `bytes.len() >= flags.len().div_ceil(8)`.
+pub fn flags_to_bytes(flags: &[bool], bytes: &mut [u8]) {
+    let flags: &[u8] = bytemuck::cast_slice(flags);
+    let mut groups = flags.chunks_exact(8);
+    for (byte, group) in bytes.iter_mut().zip(&mut groups) {
+        // Eight 0/1 bytes become one bit each: the multiply adds byte k's low bit at bit 56 + k
+        // (all 64 partial products land on distinct bits, so nothing carries), and the top byte
+        // is the mask byte.
+        let group = u64::from_le_bytes(group.try_into().expect("chunks of 8"));
+        *byte = (group.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8;
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        bytes[flags.len() / 8] = rest.iter().enumerate().fold(0u8, |bits, (k, &f)| bits | (f << k));
+    }
+}
+
 /// Copies the group out, then writes all eight slots `kept..kept + 8` from it in the order the
 /// byte's set bits give; only the first popcount slots matter, the rest are overwritten by the
 /// next group. `kept <= base`, so the writes never reach a later group's values.
-fn compact_portable<T: Element>(values: &mut [T], bytes: &[u8]) -> usize {
+fn compact_portable<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize {
     let mut kept = 0usize;
     for (j, &byte) in bytes.iter().enumerate() {
         let base = j * 8;
-        let mut group = [T::zero(); 8];
+        let mut group = [T::zeroed(); 8];
         group.copy_from_slice(&values[base..base + 8]);
         let order = &SET_BITS[usize::from(byte)];
         for (slot, &k) in values[kept..kept + 8].iter_mut().zip(order) {
@@ -153,6 +184,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::prune::element::Element;
 
     /// What compaction must produce: the kept elements in order.
     fn kept_in_order<T: Copy>(values: &[T], bytes: &[u8]) -> Vec<T> {

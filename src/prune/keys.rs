@@ -16,7 +16,7 @@
 use std::fmt::Debug;
 
 /// An unsigned integer key (`u8`, `u16`, `u32`, `u64`).
-pub trait Key: Copy + Ord + Debug + Send + Sync + 'static {
+pub trait Key: bytemuck::Pod + Ord + Debug + Send + Sync + 'static {
     const BITS: u32;
     fn to_u64(self) -> u64;
     /// Inverse of `to_u64` for values that fit (always the case for values produced by `to_u64`).
@@ -214,6 +214,14 @@ where
     }
     if K::BITS > 32 {
         return order_stats(|| w.iter().map(|x| (key(x), 1)), total, prev, next);
+    }
+    // Narrow keys of a large tensor: count around a sampled bracket first, and fall back to the
+    // full histogram below only if the wanted ranks turn out to lie outside it.
+    if let Some(bracket) = super::bracket::sample_bracket(w, &key, prev, next, total) {
+        let counts = super::bracket::count_bracket(w, &key, bracket);
+        if let Some(stats) = counts.order_stats(prev, next) {
+            return Some(stats);
+        }
     }
     let low_bits = K::BITS.min(16);
     let high_shift = K::BITS - low_bits;

@@ -5,7 +5,7 @@
 //! order; the mask is `np.packbits(keep, bitorder="little")`: bit `i % 8` (LSB first) of byte
 //! `i / 8`, `ceil(n/8)` bytes, padding bits zero.
 
-use super::compact::compact_groups;
+use super::compact::compact_flagged;
 use super::element::Element;
 use super::{Apply, SparseTensor};
 
@@ -74,7 +74,7 @@ pub fn encode_sparse_in_place<T: Element>(
 /// values to its front; returns how many were kept. Three simple passes over a chunk that sits in
 /// L2, each branch-free (with about half the elements kept at random, a branch per element would
 /// mispredict constantly): the keep decision (vectorized), the mask bytes (one multiply per eight
-/// flags), the compaction ([`compact_groups`]).
+/// flags), the compaction ([`compact_flagged`]).
 fn compact_chunk<T: Element>(values: &mut [T], pruned: &mut [bool], bytes: &mut [u8], apply: Apply) -> usize {
     // The flags become "kept" flags.
     match apply {
@@ -90,24 +90,7 @@ fn compact_chunk<T: Element>(values: &mut [T], pruned: &mut [bool], bytes: &mut 
             }
         }
     }
-    let keep: &[u8] = bytemuck::cast_slice(&*pruned);
-    let full = values.len() / 8;
-    for (byte, group) in bytes.iter_mut().zip(keep.chunks_exact(8)) {
-        // Eight 0/1 bytes become one bit each: the multiply adds byte k's low bit at bit 56 + k
-        // (all 64 partial products land on distinct bits, so nothing carries), and the top byte
-        // is the mask byte.
-        let flags = u64::from_le_bytes(group.try_into().expect("chunks of 8"));
-        *byte = (flags.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8;
-    }
-    if full < bytes.len() {
-        bytes[full] = keep[full * 8..].iter().enumerate().fold(0u8, |bits, (k, &f)| bits | (f << k));
-    }
-    let mut kept = compact_groups(values, &bytes[..full]);
-    for i in full * 8..values.len() {
-        values[kept] = values[i];
-        kept += usize::from(keep[i]);
-    }
-    kept
+    compact_flagged(values, pruned, bytes)
 }
 
 /// The dense tensor of `n` elements a [`SparseTensor`] stands for: kept values in mask order, +0

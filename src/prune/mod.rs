@@ -31,6 +31,7 @@
 pub mod axes;
 pub mod block;
 mod block_norms;
+mod bracket;
 mod compact;
 mod f16_lanes;
 pub mod element;

@@ -73,7 +73,9 @@ where
     cut_from_stats::<M>(w.len() as u64, target_sparsity, |prev, next| order_stats_of(w, key, prev, next))
 }
 
-fn cut_from_stats<M: MapValue>(
+/// The cut from the two order statistics `stats(prev, next)` returns for the virtual index of
+/// `target_sparsity` among `n` map values, validated like [`percentile_cut`].
+pub(crate) fn cut_from_stats<M: MapValue>(
     n: u64,
     target_sparsity: f64,
     stats: impl FnOnce(u64, u64) -> Option<super::keys::OrderStats<M::Key>>,

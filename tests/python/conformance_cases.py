@@ -26,6 +26,10 @@ exercise what those models are for; together they cover every behaviour of spec 
 * grid      fp16/fp32 weights on a 1/8 grid: ties at the threshold, in percentiles, block norms and
             n:m groups.
 * special   NaN, +-inf and fp16 block-norm overflow.
+* large     fp16 weights of over 2**20 elements (and block norms), where mlprune's percentile
+            takes its sampled key bracket: magnitude at 0.03 / 0.5 / 0.97, block 2 and 3 (a short
+            last block) on dim 0, block 2 on dim 1; columns of very different scale, 30% zeros,
+            grid ties.
 * zoo       make_zoo's models at a fixed seed, three configs each.
 * blockout  consts returned by a cond's branches (renamed there too), and a const that is only a
             block output (never pruned; naming it raises in coremltools).
@@ -372,6 +376,16 @@ SPECIAL = [
     Case("special:nm", M(n_m_ratio=[2, 4], weight_threshold=0), expect="pruned"),
 ]
 
+LARGE_MODELS = ["large/fp16d/ios16", "large/fp16/ios18"]
+LARGE = [
+    Case("large:mag", M(target_sparsity=0.5), expect="pruned"),
+    Case("large:mag_0.03", M(target_sparsity=0.03), expect="pruned"),
+    Case("large:mag_0.97", M(target_sparsity=0.97), expect="pruned"),
+    Case("large:block2", M(target_sparsity=0.5, block_size=2), expect="pruned"),
+    Case("large:block3", M(target_sparsity=0.4, block_size=3), expect="pruned"),
+    Case("large:block2_dim1", M(target_sparsity=0.6, block_size=2, dim=1), expect="pruned"),
+]
+
 ZOO_MODELS = [f"{z}/{v}" for z in cm.ZOO_FAMILIES for v in ("fp16/ios18", "fp32/ios16")]
 ZOO = [
     Case("zoo:mag", M(target_sparsity=0.5, weight_threshold=0), expect="pruned"),
@@ -567,6 +581,7 @@ GROUPS = [
     (COND_MODELS, COND),
     (GRID_MODELS, GRID),
     (SPECIAL_MODELS, SPECIAL),
+    (LARGE_MODELS, LARGE),
     (ZOO_MODELS, ZOO),
     (BLOCKOUT_MODELS, BLOCKOUT),
     (INT8_MODELS, INT8),

@@ -301,6 +301,25 @@ def _special(c):
     return prog
 
 
+def _large(c):
+    """Weights above mlprune's sampled-selection size (2**20 keys, src/prune/bracket.rs), so the
+    percentile runs through its sampled key bracket: 3076x1024 normal (block 3 on dim 0 leaves a
+    short last block, over 2**20 norms), 1152x1024 whose columns span four orders of magnitude with
+    30% exact zeros (a lopsided sample must not matter), and 1088x1024 on the 1/8 grid (ties)."""
+    wide = c.normal((3076, 1024))
+    skewed = (c.normal((1152, 1024)) * 10.0 ** c.rng.uniform(-2, 2, size=(1, 1024))).astype(c.dtype)
+    skewed[c.rng.random(skewed.shape) < 0.3] = 0
+    grid = c.grid((1088, 1024))
+    weights = (("wide_fc", wide), ("skewed_fc", skewed), ("grid_fc", grid))
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 1024))], opset_version=c.opset)
+    def prog(x):
+        x = c.input(x)
+        return tuple(c.output(mb.linear(x=x, weight=w, name=n), f"out_{n}") for n, w in weights)
+
+    return prog
+
+
 def _blockout(c):
     """Consts returned by a cond's branches: v_both is a branch's output and is also read by ops
     inside and outside the cond; u_only is nothing but a branch's output."""
@@ -393,6 +412,7 @@ FAMILIES: dict[str, Callable] = {
     "special": _special,
     "blockout": _blockout,
     "int8": _int8,
+    "large": _large,
 }
 
 
