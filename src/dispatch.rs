@@ -3,8 +3,9 @@
 
 use crate::config::OpConfig;
 use crate::error::{Error, Result};
+use crate::prune::mask::Dense;
 use crate::prune::{self, Element, KernelError, Outcome};
-use crate::tensor::TensorData;
+use crate::tensor::{TensorData, TensorView};
 
 /// A pruned tensor in sparse form: kept values plus the packed LSB-first keep-mask.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,18 +58,12 @@ pub fn run_kernel_in_place(
     shape: &[u64],
     tensor: &str,
 ) -> Result<KernelResult> {
-    let shape: Vec<usize> = shape
-        .iter()
-        .map(|&d| {
-            usize::try_from(d)
-                .map_err(|_| Error::tensor(tensor, format!("dimension {d} does not fit in memory")))
-        })
-        .collect::<Result<_>>()?;
+    let shape = dims(shape, tensor)?;
     let result = match data {
-        TensorData::F16(w) => typed(config, w, &shape, TensorData::F16),
-        TensorData::F32(w) => typed(config, w, &shape, TensorData::F32),
-        TensorData::I8(w) => typed(config, w, &shape, TensorData::I8),
-        TensorData::U8(w) => typed(config, w, &shape, TensorData::U8),
+        TensorData::F16(w) => typed(config, w.into(), &shape, TensorData::F16),
+        TensorData::F32(w) => typed(config, w.into(), &shape, TensorData::F32),
+        TensorData::I8(w) => typed(config, w.into(), &shape, TensorData::I8),
+        TensorData::U8(w) => typed(config, w.into(), &shape, TensorData::U8),
         other => {
             return Err(Error::tensor(
                 tensor,
@@ -79,9 +74,48 @@ pub fn run_kernel_in_place(
     result.map_err(|e| e.for_tensor(tensor))
 }
 
+/// [`run_kernel`] on borrowed values (a mapped weight file), with the kept values written into
+/// `out`'s allocation when it is of the same type and large enough (else a fresh one): the input
+/// is read where it lies, never copied whole.
+pub fn run_kernel_on_view(
+    config: &OpConfig,
+    view: TensorView<'_>,
+    out: Option<TensorData>,
+    shape: &[u64],
+    tensor: &str,
+) -> Result<KernelResult> {
+    let shape = dims(shape, tensor)?;
+    let result = match (view, out) {
+        (TensorView::F16(values), Some(TensorData::F16(out))) => {
+            typed(config, Dense::Borrowed { values, out }, &shape, TensorData::F16)
+        }
+        (TensorView::F16(values), _) => {
+            typed(config, Dense::Borrowed { values, out: Vec::new() }, &shape, TensorData::F16)
+        }
+        (TensorView::F32(values), Some(TensorData::F32(out))) => {
+            typed(config, Dense::Borrowed { values, out }, &shape, TensorData::F32)
+        }
+        (TensorView::F32(values), _) => {
+            typed(config, Dense::Borrowed { values, out: Vec::new() }, &shape, TensorData::F32)
+        }
+    };
+    result.map_err(|e| e.for_tensor(tensor))
+}
+
+/// The shape as `usize`s, or an error naming `tensor`.
+fn dims(shape: &[u64], tensor: &str) -> Result<Vec<usize>> {
+    shape
+        .iter()
+        .map(|&d| {
+            usize::try_from(d)
+                .map_err(|_| Error::tensor(tensor, format!("dimension {d} does not fit in memory")))
+        })
+        .collect()
+}
+
 fn typed<T: Element>(
     config: &OpConfig,
-    w: Vec<T>,
+    w: Dense<'_, T>,
     shape: &[usize],
     wrap: fn(Vec<T>) -> TensorData,
 ) -> std::result::Result<KernelResult, KernelError> {

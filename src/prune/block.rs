@@ -22,7 +22,7 @@
 use super::axes::{check_structural_rank, ChannelLayout};
 use super::block_norms::fast_block_decisions;
 use super::element::{Element, MapValue};
-use super::mask::encode_sparse_in_place;
+use super::mask::{encode_sparse_in_place, Dense};
 use super::percentile::{at_or_below, percentile_cut};
 use super::{Apply, KernelError, Outcome};
 
@@ -34,12 +34,12 @@ pub fn block<T: Element>(
     block_size: usize,
     dim: usize,
 ) -> Result<Outcome<T>, KernelError> {
-    block_in_place(w.to_vec(), shape, target_sparsity, block_size, dim)
+    block_in_place(Dense::Borrowed { values: w, out: Vec::new() }, shape, target_sparsity, block_size, dim)
 }
 
-/// [`block()`], reusing `w`'s allocation for the kept values.
-pub fn block_in_place<T: Element>(
-    w: Vec<T>,
+/// [`block()`], with the kept values in `w`'s own allocation or its output buffer.
+pub fn block_in_place<'a, T: Element>(
+    w: impl Into<Dense<'a, T>>,
     shape: &[usize],
     target_sparsity: f64,
     block_size: usize,
@@ -48,7 +48,8 @@ pub fn block_in_place<T: Element>(
     if block_size == 0 {
         return Err(KernelError("block_size must be positive".into()));
     }
-    let layout = ChannelLayout::new(shape, w.len(), dim)?;
+    let w = w.into();
+    let layout = ChannelLayout::new(shape, w.values().len(), dim)?;
     if layout.exceeds_half_channel(block_size) {
         return Ok(Outcome::Skipped(format!(
             "block_size > channel / 2 is not applicable for block sparsity. Got block_size = {block_size}, channel = {}. Skipped.",
@@ -63,13 +64,13 @@ pub fn block_in_place<T: Element>(
     if q == 0.0 {
         return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |_, _, flags| flags.fill(false))));
     }
-    if let Some(decisions) = fast_block_decisions(&w, layout, block_size, target_sparsity) {
+    if let Some(decisions) = fast_block_decisions(w.values(), layout, block_size, target_sparsity) {
         let decisions = decisions?;
         return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |start, _, flags| {
             decisions.fill(start, flags)
         })));
     }
-    let pruned = reference_flags(&w, layout, block_size, target_sparsity)?;
+    let pruned = reference_flags(w.values(), layout, block_size, target_sparsity)?;
     Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |start, _, flags| {
         flags.copy_from_slice(&pruned[start..start + flags.len()])
     })))

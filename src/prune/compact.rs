@@ -11,15 +11,36 @@
 /// slots after the kept ones hold leftovers. `values.len() >= 8 * bytes.len()`.
 pub fn compact_groups<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize {
     assert!(values.len() >= bytes.len() * 8);
+    let p = values.as_mut_ptr();
+    // SAFETY: source and destination are the same slice, long enough; `compact_raw` reads each
+    // group before any store reaches it.
+    unsafe { compact_raw(p, p, bytes) }
+}
+
+/// [`compact_groups`] from `src` into the front of `dst` (`src` is left as it is). Both hold at
+/// least `8 * bytes.len()` elements; `dst`'s slots after the kept ones hold leftovers.
+pub fn compact_groups_into<T: bytemuck::Pod>(src: &[T], dst: &mut [T], bytes: &[u8]) -> usize {
+    assert!(src.len() >= bytes.len() * 8 && dst.len() >= bytes.len() * 8);
+    // SAFETY: both lengths were just checked; a shared and a mutable borrow never overlap.
+    unsafe { compact_raw(src.as_ptr(), dst.as_mut_ptr(), bytes) }
+}
+
+/// # Safety
+/// `src` must be valid for reads and `dst` for writes of `8 * bytes.len()` elements, and they must
+/// be the same pointer or not overlap at all. Group j is read before anything is stored at or
+/// past `dst + 8j` (at most eight are kept per group), so `src == dst` is compaction in place.
+unsafe fn compact_raw<T: bytemuck::Pod>(src: *const T, dst: *mut T, bytes: &[u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("ssse3") && std::arch::is_x86_feature_detected!("popcnt") {
+        // SAFETY (both arms): the features were just checked; the pointer contract is ours.
         match std::mem::size_of::<T>() {
-            2 => return x86::compact_u16(bytemuck::cast_slice_mut(values), bytes),
-            4 => return x86::compact_u32(bytemuck::cast_slice_mut(values), bytes),
+            2 => return unsafe { x86::compact_u16_ssse3(src.cast(), dst.cast(), bytes) },
+            4 => return unsafe { x86::compact_u32_ssse3(src.cast(), dst.cast(), bytes) },
             _ => {}
         }
     }
-    compact_portable(values, bytes)
+    // SAFETY: the caller's contract.
+    unsafe { compact_portable(src, dst, bytes) }
 }
 
 /// Writes the mask bytes of `flags` (see [`flags_to_bytes`]) and moves the elements of `values`
@@ -32,6 +53,19 @@ pub fn compact_flagged<T: bytemuck::Pod>(values: &mut [T], flags: &[bool], bytes
     let mut kept = compact_groups(values, &bytes[..full]);
     for i in full * 8..values.len() {
         values[kept] = values[i];
+        kept += usize::from(flags[i]);
+    }
+    kept
+}
+
+/// [`compact_flagged`] from `src` into the front of `dst` (`dst.len() >= src.len()`).
+pub fn compact_flagged_into<T: bytemuck::Pod>(src: &[T], flags: &[bool], bytes: &mut [u8], dst: &mut [T]) -> usize {
+    assert_eq!(src.len(), flags.len());
+    flags_to_bytes(flags, bytes);
+    let full = src.len() / 8;
+    let mut kept = compact_groups_into(src, dst, &bytes[..full]);
+    for i in full * 8..src.len() {
+        dst[kept] = src[i];
         kept += usize::from(flags[i]);
     }
     kept
@@ -58,15 +92,19 @@ pub fn flags_to_bytes(flags: &[bool], bytes: &mut [u8]) {
 /// Copies the group out, then writes all eight slots `kept..kept + 8` from it in the order the
 /// byte's set bits give; only the first popcount slots matter, the rest are overwritten by the
 /// next group. `kept <= base`, so the writes never reach a later group's values.
-fn compact_portable<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize {
+///
+/// # Safety
+/// As for [`compact_raw`].
+unsafe fn compact_portable<T: bytemuck::Pod>(src: *const T, dst: *mut T, bytes: &[u8]) -> usize {
     let mut kept = 0usize;
     for (j, &byte) in bytes.iter().enumerate() {
-        let base = j * 8;
-        let mut group = [T::zeroed(); 8];
-        group.copy_from_slice(&values[base..base + 8]);
+        // SAFETY: group j is src[8j..8j+8], in bounds by the contract; it is copied out before
+        // the writes to dst[kept..kept+8], kept <= 8j, which are in bounds too.
+        let group: [T; 8] = unsafe { std::ptr::read_unaligned(src.add(j * 8).cast::<[T; 8]>()) };
         let order = &SET_BITS[usize::from(byte)];
-        for (slot, &k) in values[kept..kept + 8].iter_mut().zip(order) {
-            *slot = group[usize::from(k)];
+        for (slot, &k) in order.iter().enumerate() {
+            // SAFETY: as above.
+            unsafe { dst.add(kept + slot).write(group[usize::from(k)]) };
         }
         kept += byte.count_ones() as usize;
     }
@@ -122,32 +160,19 @@ mod x86 {
     /// Indexed by a mask nibble (entries 0..16 used): four 4-byte elements fill one register.
     static SHUFFLE_U32: [[u8; 16]; 256] = shuffles(4);
 
-    pub fn compact_u16(values: &mut [u16], bytes: &[u8]) -> usize {
-        assert!(values.len() >= bytes.len() * 8);
-        // SAFETY: the caller checked SSSE3 and POPCNT are available; the length was just checked.
-        unsafe { compact_u16_ssse3(values, bytes) }
-    }
-
-    pub fn compact_u32(values: &mut [u32], bytes: &[u8]) -> usize {
-        assert!(values.len() >= bytes.len() * 8);
-        // SAFETY: as for `compact_u16`.
-        unsafe { compact_u32_ssse3(values, bytes) }
-    }
-
     /// # Safety
-    /// SSSE3 and POPCNT must be available and `values.len() >= 8 * bytes.len()`.
+    /// SSSE3 and POPCNT must be available; the pointers as for [`super::compact_raw`].
     #[target_feature(enable = "ssse3,popcnt")]
-    unsafe fn compact_u16_ssse3(values: &mut [u16], bytes: &[u8]) -> usize {
-        let p = values.as_mut_ptr();
+    pub unsafe fn compact_u16_ssse3(src: *const u16, dst: *mut u16, bytes: &[u8]) -> usize {
         let mut kept = 0usize;
         for (j, &byte) in bytes.iter().enumerate() {
-            // SAFETY: group j is values[8j..8j+8], in bounds by the length precondition. The store
-            // covers values[kept..kept+8] with kept <= 8j (at most eight kept per earlier group),
-            // so it stays in bounds and only overwrites groups already read.
+            // SAFETY: group j is src[8j..8j+8], in bounds by the contract. The store covers
+            // dst[kept..kept+8] with kept <= 8j (at most eight kept per earlier group), so it
+            // stays in bounds and, in place, only overwrites groups already read.
             unsafe {
-                let group = _mm_loadu_si128(p.add(j * 8).cast::<__m128i>());
+                let group = _mm_loadu_si128(src.add(j * 8).cast::<__m128i>());
                 let control = _mm_loadu_si128(SHUFFLE_U16[usize::from(byte)].as_ptr().cast::<__m128i>());
-                _mm_storeu_si128(p.add(kept).cast::<__m128i>(), _mm_shuffle_epi8(group, control));
+                _mm_storeu_si128(dst.add(kept).cast::<__m128i>(), _mm_shuffle_epi8(group, control));
             }
             kept += byte.count_ones() as usize;
         }
@@ -155,21 +180,20 @@ mod x86 {
     }
 
     /// # Safety
-    /// SSSE3 and POPCNT must be available and `values.len() >= 8 * bytes.len()`.
+    /// As for [`compact_u16_ssse3`].
     #[target_feature(enable = "ssse3,popcnt")]
-    unsafe fn compact_u32_ssse3(values: &mut [u32], bytes: &[u8]) -> usize {
-        let p = values.as_mut_ptr();
+    pub unsafe fn compact_u32_ssse3(src: *const u32, dst: *mut u32, bytes: &[u8]) -> usize {
         let mut kept = 0usize;
         for (j, &byte) in bytes.iter().enumerate() {
             for (half, nibble) in [(0, byte & 0x0f), (4, byte >> 4)] {
-                // SAFETY: the half group is values[8j+half..][..4], in bounds by the length
-                // precondition; the store covers values[kept..kept+4] with kept <= 8j+half, in
-                // bounds and over elements already read.
+                // SAFETY: the half group is src[8j+half..][..4], in bounds by the contract; the
+                // store covers dst[kept..kept+4] with kept <= 8j+half, in bounds and, in place,
+                // over elements already read.
                 unsafe {
-                    let group = _mm_loadu_si128(p.add(j * 8 + half).cast::<__m128i>());
+                    let group = _mm_loadu_si128(src.add(j * 8 + half).cast::<__m128i>());
                     let control =
                         _mm_loadu_si128(SHUFFLE_U32[usize::from(nibble)].as_ptr().cast::<__m128i>());
-                    _mm_storeu_si128(p.add(kept).cast::<__m128i>(), _mm_shuffle_epi8(group, control));
+                    _mm_storeu_si128(dst.add(kept).cast::<__m128i>(), _mm_shuffle_epi8(group, control));
                 }
                 kept += nibble.count_ones() as usize;
             }
@@ -209,9 +233,14 @@ mod tests {
             bytes_of(&fast[bytes.len() * 8..]),
             bytes_of(&values[bytes.len() * 8..])
         );
-        let mut portable = values;
-        prop_assert_eq!(compact_portable(&mut portable, bytes), kept);
+        let mut portable = values.clone();
+        let p = portable.as_mut_ptr();
+        // SAFETY: in place over a slice holding every group.
+        prop_assert_eq!(unsafe { compact_portable(p, p, bytes) }, kept);
         prop_assert_eq!(bytes_of(&portable[..kept]), bytes_of(&want));
+        let mut into = vec![T::zero(); values.len()];
+        prop_assert_eq!(compact_groups_into(&values, &mut into, bytes), kept);
+        prop_assert_eq!(bytes_of(&into[..kept]), bytes_of(&want));
         Ok(())
     }
 

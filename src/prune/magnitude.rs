@@ -12,18 +12,22 @@
 //! * pruned elements become 0 (`np.where`), kept elements keep their exact bits.
 
 use super::element::{Element, MapValue};
-use super::mask::encode_sparse_in_place;
+use super::mask::{encode_sparse_in_place, Dense};
 use super::percentile::{mark_at_or_below, percentile_cut_of};
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes the `target_sparsity` fraction of smallest magnitudes of `w`. Errors for an empty tensor
 /// or a `target_sparsity` numpy's percentile rejects (outside [0, 1], NaN).
 pub fn magnitude<T: Element>(w: &[T], target_sparsity: f64) -> Result<Outcome<T>, KernelError> {
-    magnitude_in_place(w.to_vec(), target_sparsity)
+    magnitude_in_place(Dense::Borrowed { values: w, out: Vec::new() }, target_sparsity)
 }
 
-/// [`magnitude`], reusing `w`'s allocation for the kept values.
-pub fn magnitude_in_place<T: Element>(w: Vec<T>, target_sparsity: f64) -> Result<Outcome<T>, KernelError> {
+/// [`magnitude`], with the kept values in `w`'s own allocation or its output buffer.
+pub fn magnitude_in_place<'a, T: Element>(
+    w: impl Into<Dense<'a, T>>,
+    target_sparsity: f64,
+) -> Result<Outcome<T>, KernelError> {
+    let w = w.into();
     let q = target_sparsity * 100.0;
     if q == 100.0 {
         return Ok(Outcome::Pruned(encode_sparse_in_place(
@@ -40,7 +44,7 @@ pub fn magnitude_in_place<T: Element>(w: Vec<T>, target_sparsity: f64) -> Result
         )));
     }
     let key = |x: &T| x.magnitude().key();
-    let cut = percentile_cut_of::<T::Mag, _, _>(&w, key, target_sparsity)?;
+    let cut = percentile_cut_of::<T::Mag, _, _>(w.values(), key, target_sparsity)?;
     Ok(Outcome::Pruned(encode_sparse_in_place(
         w,
         Apply::Where,

@@ -5,7 +5,7 @@
 //! order; the mask is `np.packbits(keep, bitorder="little")`: bit `i % 8` (LSB first) of byte
 //! `i / 8`, `ceil(n/8)` bytes, padding bits zero.
 
-use super::compact::compact_flagged;
+use super::compact::{compact_flagged, compact_flagged_into};
 use super::element::Element;
 use super::{Apply, SparseTensor};
 
@@ -14,17 +14,43 @@ use super::{Apply, SparseTensor};
 /// fixed, so the bytes never depend on the number of threads.
 pub const ENCODE_CHUNK: usize = 1 << 16;
 
-/// [`encode_sparse_in_place`] on a copy of `w`, with the decision given per element.
+/// [`encode_sparse_in_place`] on a borrowed `w`, with the decision given per element.
 pub fn encode_sparse<T: Element>(
     w: &[T],
     apply: Apply,
     pruned: impl Fn(usize) -> bool + Sync,
 ) -> SparseTensor<T> {
-    encode_sparse_in_place(w.to_vec(), apply, |start, _, flags| {
+    let w = Dense::Borrowed { values: w, out: Vec::new() };
+    encode_sparse_in_place(w, apply, |start, _, flags| {
         for (k, flag) in flags.iter_mut().enumerate() {
             *flag = pruned(start + k);
         }
     })
+}
+
+/// A tensor's dense values, and where its kept values go.
+pub enum Dense<'a, T> {
+    /// The buffer itself becomes `nonzero_data`: kept values are compacted in place.
+    Owned(Vec<T>),
+    /// Values borrowed from elsewhere (a mapped input file): kept values go to `out`, whose
+    /// allocation is reused when it holds the tensor (any length; its contents are ignored).
+    Borrowed { values: &'a [T], out: Vec<T> },
+}
+
+impl<T> Dense<'_, T> {
+    /// The dense values.
+    pub fn values(&self) -> &[T] {
+        match self {
+            Dense::Owned(w) => w,
+            Dense::Borrowed { values, .. } => values,
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Dense<'_, T> {
+    fn from(w: Vec<T>) -> Self {
+        Dense::Owned(w)
+    }
 }
 
 /// Encodes the dense result of pruning `w`: element `i` becomes `0` where it is pruned under
@@ -33,40 +59,83 @@ pub fn encode_sparse<T: Element>(
 /// element `start + k`, whose value is `values[k]`, is pruned; it is called once per chunk, from
 /// several threads, before the chunk is compacted.
 ///
-/// `w`'s allocation becomes `nonzero_data`, so a tensor costs no second buffer: each chunk is
-/// compacted in place in parallel (a kept value only ever moves to a lower index) while its mask
-/// bytes are written, then the chunks' kept prefixes are slid together.
-pub fn encode_sparse_in_place<T: Element>(
-    mut w: Vec<T>,
+/// An owned `w` becomes `nonzero_data`, so a tensor costs no second buffer; a borrowed one is
+/// compacted straight into its output buffer, never copied whole. Each chunk is compacted in
+/// parallel (a kept value only ever moves to a lower index within its chunk) while its mask bytes
+/// are written, then the chunks' kept prefixes are slid together.
+pub fn encode_sparse_in_place<'a, T: Element>(
+    w: impl Into<Dense<'a, T>>,
     apply: Apply,
     pruned_into: impl Fn(usize, &[T], &mut [bool]) + Sync,
 ) -> SparseTensor<T> {
     use rayon::prelude::*;
-    let mut mask = vec![0u8; w.len().div_ceil(8)];
-    let counts: Vec<usize> = w
+    let (src, mut out) = match w.into() {
+        Dense::Owned(w) => (None, w),
+        Dense::Borrowed { values, out } => (Some(values), output_buffer(out, values.len())),
+    };
+    let n = out.len();
+    let mut mask = vec![0u8; n.div_ceil(8)];
+    let counts: Vec<usize> = out
         .par_chunks_mut(ENCODE_CHUNK)
         .zip(mask.par_chunks_mut(ENCODE_CHUNK / 8))
         .enumerate()
         .map_init(
             || vec![false; ENCODE_CHUNK],
-            |flags, (c, (values, bytes))| {
-                let flags = &mut flags[..values.len()];
-                pruned_into(c * ENCODE_CHUNK, values, flags);
-                compact_chunk(values, flags, bytes, apply)
+            |flags, (c, (dst, bytes))| {
+                let flags = &mut flags[..dst.len()];
+                let start = c * ENCODE_CHUNK;
+                match src {
+                    Some(src) => {
+                        let src = &src[start..start + dst.len()];
+                        pruned_into(start, src, flags);
+                        if apply == Apply::Multiply {
+                            // The products are new values: make them in the output, then compact
+                            // there as in place.
+                            dst.copy_from_slice(src);
+                            compact_chunk(dst, flags, bytes, apply)
+                        } else {
+                            keep_flags(src, flags);
+                            compact_flagged_into(src, flags, bytes, dst)
+                        }
+                    }
+                    None => {
+                        pruned_into(start, dst, flags);
+                        compact_chunk(dst, flags, bytes, apply)
+                    }
+                }
             },
         )
         .collect();
     let mut kept = 0usize;
     for (c, &count) in counts.iter().enumerate() {
         let start = c * ENCODE_CHUNK;
-        w.copy_within(start..start + count, kept);
+        out.copy_within(start..start + count, kept);
         kept += count;
     }
-    w.truncate(kept);
+    out.truncate(kept);
     SparseTensor {
         mask,
-        nonzero: w,
+        nonzero: out,
         kept: kept as u64,
+    }
+}
+
+/// `buffer` resized to `n` elements, or a fresh one if it cannot hold them. Fresh memory comes
+/// zeroed from the allocator, untouched: only the pages the kept values land on are ever faulted in.
+fn output_buffer<T: Element>(mut buffer: Vec<T>, n: usize) -> Vec<T> {
+    if buffer.capacity() < n {
+        return bytemuck::zeroed_vec(n);
+    }
+    // Only elements beyond the current length are written here.
+    buffer.truncate(n);
+    buffer.resize(n, T::zeroed());
+    buffer
+}
+
+/// Pruned flags become "kept" flags for [`Apply::Where`]: not pruned and not zero.
+fn keep_flags<T: Element>(values: &[T], flags: &mut [bool]) {
+    for (flag, x) in flags.iter_mut().zip(values) {
+        *flag = !*flag & !x.is_zero();
     }
 }
 
@@ -76,14 +145,10 @@ pub fn encode_sparse_in_place<T: Element>(
 /// mispredict constantly): the keep decision (vectorized), the mask bytes (one multiply per eight
 /// flags), the compaction ([`compact_flagged`]).
 fn compact_chunk<T: Element>(values: &mut [T], pruned: &mut [bool], bytes: &mut [u8], apply: Apply) -> usize {
-    // The flags become "kept" flags.
     match apply {
-        Apply::Where => {
-            for (flag, x) in pruned.iter_mut().zip(values.iter()) {
-                *flag = !*flag & !x.is_zero();
-            }
-        }
+        Apply::Where => keep_flags(values, pruned),
         Apply::Multiply => {
+            // The flags become "kept" flags.
             for (flag, x) in pruned.iter_mut().zip(values.iter_mut()) {
                 *x = x.mul_keep(!*flag);
                 *flag = !x.is_zero();

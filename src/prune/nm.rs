@@ -23,7 +23,7 @@
 use super::axes::{check_structural_rank, ChannelLayout};
 use super::element::{Element, MapValue};
 use super::keys::Key;
-use super::mask::{encode_sparse_in_place, ENCODE_CHUNK};
+use super::mask::{encode_sparse_in_place, Dense, ENCODE_CHUNK};
 use super::nm_rank::{stable_rank_flags, stable_rank_flags_into, Span, MAX_STABLE_M};
 use super::{Apply, KernelError, Outcome};
 
@@ -35,12 +35,12 @@ pub fn n_m<T: Element>(
     m: usize,
     dim: usize,
 ) -> Result<Outcome<T>, KernelError> {
-    n_m_in_place(w.to_vec(), shape, n, m, dim)
+    n_m_in_place(Dense::Borrowed { values: w, out: Vec::new() }, shape, n, m, dim)
 }
 
-/// [`n_m`], reusing `w`'s allocation for the kept values.
-pub fn n_m_in_place<T: Element>(
-    w: Vec<T>,
+/// [`n_m`], with the kept values in `w`'s own allocation or its output buffer.
+pub fn n_m_in_place<'a, T: Element>(
+    w: impl Into<Dense<'a, T>>,
     shape: &[usize],
     n: usize,
     m: usize,
@@ -49,7 +49,8 @@ pub fn n_m_in_place<T: Element>(
     if n > m {
         return Err(KernelError(format!("n:m ratio needs n <= m, got {n}:{m}")));
     }
-    let layout = ChannelLayout::new(shape, w.len(), dim)?;
+    let w = w.into();
+    let layout = ChannelLayout::new(shape, w.values().len(), dim)?;
     check_structural_rank(shape, "m:m pruning")?;
     if layout.exceeds_half_channel(m) {
         return Ok(Outcome::Skipped(format!(
@@ -71,9 +72,9 @@ pub fn n_m_in_place<T: Element>(
         }
     }
     let pruned = if m <= MAX_STABLE_M {
-        stable_rank_flags(&w, layout, n, m)
+        stable_rank_flags(w.values(), layout, n, m)
     } else {
-        argsort_flags(&w, layout, n, m)
+        argsort_flags(w.values(), layout, n, m)
     };
     Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Multiply, |start, _, flags| {
         flags.copy_from_slice(&pruned[start..start + flags.len()])

@@ -13,23 +13,24 @@
 //!   coremltools' warning text.
 
 use super::element::{Element, MapValue};
-use super::mask::encode_sparse_in_place;
+use super::mask::{encode_sparse_in_place, Dense};
 use super::percentile::mark_at_or_below;
 use super::{python_float_repr, Apply, Outcome};
 
 /// Prunes `w` by magnitude threshold. See the module doc for the exact rules.
 pub fn threshold<T: Element>(w: &[T], threshold: f64, minimum_sparsity_percentile: f64) -> Outcome<T> {
-    threshold_in_place(w.to_vec(), threshold, minimum_sparsity_percentile)
+    threshold_in_place(Dense::Borrowed { values: w, out: Vec::new() }, threshold, minimum_sparsity_percentile)
 }
 
-/// [`threshold()`], reusing `w`'s allocation for the kept values.
-pub fn threshold_in_place<T: Element>(
-    w: Vec<T>,
+/// [`threshold()`], with the kept values in `w`'s own allocation or its output buffer.
+pub fn threshold_in_place<'a, T: Element>(
+    w: impl Into<Dense<'a, T>>,
     threshold: f64,
     minimum_sparsity_percentile: f64,
 ) -> Outcome<T> {
     let cut = <T::Mag as MapValue>::threshold_cut(threshold);
-    let n = w.len();
+    let w = w.into();
+    let n = w.values().len();
     let sparse = encode_sparse_in_place(w, Apply::Where, |_, values, flags| {
         mark_at_or_below(values, |x| x.magnitude().key(), cut, flags)
     });
