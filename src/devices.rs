@@ -7,11 +7,11 @@
 //! Every backend gives byte-identical results, so the policy only changes speed.
 
 use crate::config::OpConfig;
-use crate::dispatch::{run_kernel_in_place, Backend, KernelResult};
+use crate::dispatch::{run_kernel_in_place, run_kernel_on_view, Backend, KernelResult};
 use crate::engine::DevicePolicy;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuBackend, GpuContext};
-use crate::tensor::TensorData;
+use crate::tensor::{TensorData, TensorView};
 
 pub struct Devices {
     policy: DevicePolicy,
@@ -66,6 +66,27 @@ impl Devices {
             GpuState::Ready(backend) => Some(backend),
             _ => None,
         }
+    }
+
+    /// [`Devices::run`] on borrowed values; the CPU kernels write the kept values into `out`'s
+    /// allocation where it fits. A GPU copies the values it uploads anyway.
+    pub fn run_view(
+        &mut self,
+        config: &OpConfig,
+        view: TensorView<'_>,
+        out: Option<TensorData>,
+        shape: &[u64],
+        tensor: &str,
+    ) -> Result<(KernelResult, &'static str)> {
+        let wanted = match self.policy {
+            DevicePolicy::Cpu => false,
+            DevicePolicy::Gpu => true,
+            DevicePolicy::Auto => view.len() as u64 >= self.gpu_min_elements,
+        };
+        if wanted && self.gpu().is_some() {
+            return self.run(config, view.to_owned(), shape, tensor);
+        }
+        Ok((run_kernel_on_view(config, view, out, shape, tensor)?, "cpu"))
     }
 
     /// Runs one tensor's kernel and says where it ran (`"gpu"` or `"cpu"`). The CPU kernels reuse

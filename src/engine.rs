@@ -27,7 +27,7 @@ use crate::proto::mil::{Operation, Program};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
 use crate::plan::{plan, Decision, PlannedTensor};
-use crate::prefetch::{Job, Prefetcher, FRESH_READ_LIMIT};
+use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::weights::{WeightFileBuilder, WeightSource};
 
 /// Where tensors are pruned.
@@ -277,13 +277,35 @@ impl Rewrite {
         while let Some(buffer) = self.weights.recycled_tensor() {
             prefetcher.recycle(buffer);
         }
-        let (meta, data) = match prefetcher.next(index) {
-            Some(read) => read?,
-            // Not read ahead: nothing else runs while the engine reads, so the pool reads, into a
-            // spare if one was passed back (they were all handed to the prefetcher just above).
-            None => source.read_reusing(&info.name, value, prefetcher.take_spare(), ReadThreads::Pool)?,
+        let input = match prefetcher.next(index) {
+            Some(ready) => ready?,
+            None => match source.map(&info.name, value)? {
+                Some((meta, mapped)) => Input::Mapped(meta, mapped),
+                // Not read ahead: nothing else runs while the engine reads, so the pool reads,
+                // into a spare if one was passed back (they were all handed to the prefetcher
+                // just above).
+                None => {
+                    let spare = prefetcher.take_spare();
+                    let (meta, data) = source.read_reusing(&info.name, value, spare, ReadThreads::Pool)?;
+                    Input::Read(meta, data)
+                }
+            },
         };
-        let (result, device) = devices.run(config, data, &meta.shape, &info.name)?;
+        let (meta, (result, device)) = match input {
+            Input::Read(meta, data) => {
+                let run = devices.run(config, data, &meta.shape, &info.name)?;
+                (meta, run)
+            }
+            Input::Mapped(meta, mapped) => {
+                let view = mapped
+                    .view()
+                    .ok_or_else(|| Error::tensor(&info.name, "mapped data does not match its type"))?;
+                let out = prefetcher.take_spare_of(meta.dtype);
+                let run = devices.run_view(config, view, out, &meta.shape, &info.name)?;
+                // The mapping is dropped here, which releases its pages.
+                (meta, run)
+            }
+        };
         let pruned = match result {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
             KernelResult::Pruned(p) => p,

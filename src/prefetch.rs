@@ -1,7 +1,8 @@
-//! Reads the next tensor to prune while the current one is pruned.
+//! Reads (or maps) the next tensor to prune while the current one is pruned.
 //!
 //! A reader thread walks the prunable consts in program order — the order the engine asks for
-//! them — and reads each one ahead. With the background writer this makes a three-stage pipeline:
+//! them — and gets each one ahead: fp16 and fp32 tensors of `weight.bin` are mapped with their
+//! pages populated ([`MappedTensor`]), anything else is read into a buffer. With the background writer this makes a three-stage pipeline:
 //! tensor k+1 is read while k is pruned and k−1 is written.
 //!
 //! Memory stays bounded: the hand-over channel has no capacity, so the reader holds at most one
@@ -20,6 +21,7 @@ use crate::dtype::ScalarType;
 use crate::error::Result;
 use crate::proto::mil::Value;
 use crate::tensor::TensorData;
+use crate::weights::mapped::MappedTensor;
 use crate::weights::{TensorMeta, WeightSource};
 
 /// Largest tensor read ahead into fresh memory, and written while the next one is pruned: two
@@ -35,10 +37,19 @@ pub struct Job {
     pub value: Value,
 }
 
+/// A tensor ready to prune.
+pub enum Input {
+    /// Read into a buffer.
+    Read(TensorMeta, TensorData),
+    /// Mapped from `weight.bin` (fp16 and fp32 tensors of a weight file).
+    Mapped(TensorMeta, MappedTensor),
+}
+
 /// What the reader produced for a job.
 pub enum Prefetched {
-    Read(Result<(TensorMeta, TensorData)>),
-    /// Read ahead would have needed a large fresh buffer: the engine reads it itself.
+    Ready(Result<Input>),
+    /// Read or mapped ahead, the tensor would have been a third large one in memory: the engine
+    /// gets it itself.
     NotRead,
 }
 
@@ -106,21 +117,32 @@ impl Prefetcher {
         scope.spawn(move || {
             for (n, job) in jobs.into_iter().enumerate() {
                 let meta = TensorMeta::of(&job.value);
-                let spare = spare_for_reader.take();
-                // A spare too small (or of another type) would be freed and a fresh buffer read into.
-                let spare_fits = spare.as_ref().zip(meta.as_ref()).is_some_and(|(s, m)| holds(s, m));
                 let fresh_ok = meta
+                    .as_ref()
                     .and_then(|m| m.storage_bytes())
                     .is_some_and(|bytes| bytes <= FRESH_READ_LIMIT);
-                let item = if spare_fits || fresh_ok {
-                    // The engine waits for the first tensor with nothing to do: the pool reads it.
-                    let threads = if n == 0 { ReadThreads::Pool } else { ReadThreads::Caller };
-                    Prefetched::Read(source.read_reusing(&job.name, &job.value, spare, threads))
-                } else {
-                    if let Some(spare) = spare {
-                        spare_for_reader.offer(spare);
+                // Mapping ahead holds the tensor's pages as a fresh read would: small ones only.
+                let mapped = if fresh_ok { source.map(&job.name, &job.value).transpose() } else { None };
+                let item = match mapped {
+                    Some(mapped) => Prefetched::Ready(mapped.map(|(meta, m)| Input::Mapped(meta, m))),
+                    None => {
+                        let spare = spare_for_reader.take();
+                        // A spare too small (or of another type) would be freed and a fresh buffer
+                        // read into.
+                        let spare_fits = spare.as_ref().zip(meta.as_ref()).is_some_and(|(s, m)| holds(s, m));
+                        if spare_fits || fresh_ok {
+                            // The engine waits for the first tensor with nothing to do: the pool
+                            // reads it.
+                            let threads = if n == 0 { ReadThreads::Pool } else { ReadThreads::Caller };
+                            let read = source.read_reusing(&job.name, &job.value, spare, threads);
+                            Prefetched::Ready(read.map(|(meta, data)| Input::Read(meta, data)))
+                        } else {
+                            if let Some(spare) = spare {
+                                spare_for_reader.offer(spare);
+                            }
+                            Prefetched::NotRead
+                        }
                     }
-                    Prefetched::NotRead
                 };
                 // The engine stopped (an error elsewhere): nothing more to read.
                 if to_engine.send((job.op_index, item)).is_err() {
@@ -132,13 +154,13 @@ impl Prefetcher {
     }
 
     /// The tensor of the next job, which must be `op_index`'s. `None` when the reader has nothing
-    /// for it (not read ahead, or the jobs ran out); the engine then reads it itself.
-    pub fn next(&self, op_index: usize) -> Option<Result<(TensorMeta, TensorData)>> {
+    /// for it (not read ahead, or the jobs ran out); the engine then gets it itself.
+    pub fn next(&self, op_index: usize) -> Option<Result<Input>> {
         // Jobs come in the engine's order; one the engine did not ask for is passed over.
         while let Ok((index, item)) = self.results.recv() {
             match (index.cmp(&op_index), item) {
                 (std::cmp::Ordering::Less, _) => continue,
-                (std::cmp::Ordering::Equal, Prefetched::Read(result)) => return Some(result),
+                (std::cmp::Ordering::Equal, Prefetched::Ready(result)) => return Some(result),
                 _ => return None,
             }
         }
@@ -153,6 +175,17 @@ impl Prefetcher {
     /// A spare buffer, for a tensor the engine reads itself ([`Prefetched::NotRead`]).
     pub fn take_spare(&self) -> Option<TensorData> {
         self.spare.take()
+    }
+
+    /// A spare buffer of `dtype`'s elements, for the kept values of a mapped tensor; a spare of
+    /// another type stays for the reads.
+    pub fn take_spare_of(&self, dtype: ScalarType) -> Option<TensorData> {
+        let spare = self.spare.take()?;
+        if spare.dtype() == dtype {
+            return Some(spare);
+        }
+        self.spare.offer(spare);
+        None
     }
 }
 

@@ -382,6 +382,18 @@ impl<R: ReadAt> BlobReader<R> {
             .map_err(|reason| self.error(offset, reason))
     }
 
+    /// Where the `count` elements of `expected` stored at `offset` lie in the source: their byte
+    /// offset and length, after the same checks a read makes.
+    pub fn data_range(&self, offset: u64, expected: ScalarType, count: u64) -> Result<(u64, u64)> {
+        let record = self.checked_record(offset, expected, count)?;
+        Ok((record.data_offset, record.size_in_bytes))
+    }
+
+    /// What the reader reads from.
+    pub fn source(&self) -> &R {
+        &self.source
+    }
+
     /// Reads `count` elements of a byte-aligned type whose in-memory layout is its little-endian
     /// storage layout, into `buffer` (its contents are replaced, its allocation reused if large
     /// enough).

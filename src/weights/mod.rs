@@ -3,6 +3,7 @@
 //! background thread (`background`) and flushed to disk as they go (`syncer`).
 
 pub mod background;
+pub mod mapped;
 pub mod rebuild;
 pub mod source;
 pub mod syncer;

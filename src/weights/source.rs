@@ -12,6 +12,7 @@ use crate::package::Package;
 use crate::mil::value::{decode_immediate, element_count, TensorTypeExt, ValueExt};
 use crate::proto::mil::Value;
 use crate::tensor::TensorData;
+use crate::weights::mapped::MappedTensor;
 
 /// Declared type of a tensor value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +90,24 @@ impl WeightSource {
             return Err(Error::tensor(tensor, "has neither an immediate value nor a blob reference"));
         };
         Ok((meta, data))
+    }
+}
+
+impl WeightSource {
+    /// `value`'s data mapped from `weight.bin`, or `Ok(None)` where mapping does not apply (an
+    /// immediate value, a dtype other than fp16/fp32; see [`MappedTensor::map`]) and the tensor
+    /// must be read. The blob is checked exactly as a read checks it.
+    pub fn map(&self, tensor: &str, value: &Value) -> Result<Option<(TensorMeta, MappedTensor)>> {
+        let (Some(meta), Some(offset), Some(reader)) = (TensorMeta::of(value), value.blob_offset(), &self.blobs)
+        else {
+            return Ok(None);
+        };
+        if !matches!(meta.dtype, ScalarType::Float16 | ScalarType::Float32) {
+            return Ok(None);
+        }
+        check_blob_file(tensor, value)?;
+        let (data_offset, len) = reader.data_range(offset, meta.dtype, meta.count).map_err(|e| in_tensor(tensor, e))?;
+        Ok(MappedTensor::map(reader.source(), data_offset, len, meta.dtype).map(|m| (meta, m)))
     }
 }
 

@@ -1,0 +1,87 @@
+//! A float tensor pruned straight from the input's page cache.
+//!
+//! Reading a tensor copies it out of the page cache into a buffer, and a fresh buffer costs a page
+//! fault and a zeroed page per 4 KiB on top; that was most of the system time of a run. A mapped
+//! tensor is read where it lies: the kernels compact its kept values into an output buffer (which
+//! the writer recycles), so neither the copy nor an input buffer exists. The mapping covers only
+//! the tensor's bytes and is dropped after the tensor, which releases its pages from our resident
+//! set (the memory bound counts them while mapped).
+//!
+//! The input must not be truncated while it is mapped (the process would get SIGBUS): mlprune
+//! never writes its input, and a package being rewritten underneath a run is outside what any
+//! reader can handle.
+
+use std::fs::File;
+
+use memmap2::{Mmap, MmapOptions};
+
+use crate::dtype::ScalarType;
+use crate::tensor::TensorView;
+
+/// One tensor's bytes, mapped read-only.
+pub struct MappedTensor {
+    map: Mmap,
+    dtype: ScalarType,
+}
+
+impl MappedTensor {
+    /// Maps `len` bytes at `offset` of `file` holding `dtype` values, with every page mapped
+    /// up front (`populate`: on the reader thread, so the kernels then run without page faults).
+    /// `None` where mapping does not apply (other dtypes, big-endian hosts, an empty tensor, an
+    /// offset not aligned for the type, or a failed map): the caller reads the tensor instead.
+    pub fn map(file: &File, offset: u64, len: u64, dtype: ScalarType) -> Option<MappedTensor> {
+        let elem = match dtype {
+            ScalarType::Float16 => 2,
+            ScalarType::Float32 => 4,
+            _ => return None,
+        };
+        if cfg!(target_endian = "big") || len == 0 || offset % elem != 0 {
+            return None;
+        }
+        let len = usize::try_from(len).ok()?;
+        // SAFETY: the mapping is read-only and private to this value; see the module doc for the
+        // one way it can fail (the file truncated underneath).
+        let map = unsafe { MmapOptions::new().offset(offset).len(len).populate().map(file) }.ok()?;
+        let mapped = MappedTensor { map, dtype };
+        mapped.view().is_some().then_some(mapped)
+    }
+
+    /// The values, typed.
+    pub fn view(&self) -> Option<TensorView<'_>> {
+        match self.dtype {
+            ScalarType::Float16 => bytemuck::try_cast_slice(&self.map).ok().map(TensorView::F16),
+            ScalarType::Float32 => bytemuck::try_cast_slice(&self.map).ok().map(TensorView::F32),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_mapped_tensor_views_the_bytes_at_its_offset() {
+        let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[0xAB; 64]).unwrap();
+        file.write_all(bytemuck::cast_slice(&values)).unwrap();
+        let mapped = MappedTensor::map(&file, 64, 4000, ScalarType::Float32).expect("maps");
+        match mapped.view() {
+            Some(TensorView::F32(v)) => assert_eq!(v, &values[..]),
+            _ => panic!("wrong view"),
+        }
+        let halves = MappedTensor::map(&file, 64, 4000, ScalarType::Float16).expect("maps");
+        assert_eq!(halves.view().map(|v| v.len()), Some(2000));
+    }
+
+    #[test]
+    fn what_cannot_be_mapped_is_left_to_a_read() {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[0u8; 256]).unwrap();
+        assert!(MappedTensor::map(&file, 66, 8, ScalarType::Float32).is_none(), "misaligned");
+        assert!(MappedTensor::map(&file, 64, 0, ScalarType::Float16).is_none(), "empty");
+        assert!(MappedTensor::map(&file, 64, 8, ScalarType::Int8).is_none(), "not a float");
+    }
+}
