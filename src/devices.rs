@@ -68,6 +68,15 @@ impl Devices {
         }
     }
 
+    /// Whether the policy sends a tensor of `elements` to the GPU (if there is one).
+    fn wants_gpu(&self, elements: usize) -> bool {
+        match self.policy {
+            DevicePolicy::Cpu => false,
+            DevicePolicy::Gpu => true,
+            DevicePolicy::Auto => elements as u64 >= self.gpu_min_elements,
+        }
+    }
+
     /// [`Devices::run`] on borrowed values; the CPU kernels write the kept values into `out`'s
     /// allocation where it fits. A GPU copies the values it uploads anyway.
     pub fn run_view(
@@ -78,12 +87,7 @@ impl Devices {
         shape: &[u64],
         tensor: &str,
     ) -> Result<(KernelResult, &'static str)> {
-        let wanted = match self.policy {
-            DevicePolicy::Cpu => false,
-            DevicePolicy::Gpu => true,
-            DevicePolicy::Auto => view.len() as u64 >= self.gpu_min_elements,
-        };
-        if wanted && self.gpu().is_some() {
+        if self.wants_gpu(view.len()) && self.gpu().is_some() {
             return self.run(config, view.to_owned(), shape, tensor);
         }
         Ok((run_kernel_on_view(config, view, out, shape, tensor)?, "cpu"))
@@ -98,12 +102,7 @@ impl Devices {
         shape: &[u64],
         tensor: &str,
     ) -> Result<(KernelResult, &'static str)> {
-        let wanted = match self.policy {
-            DevicePolicy::Cpu => false,
-            DevicePolicy::Gpu => true,
-            DevicePolicy::Auto => data.len() as u64 >= self.gpu_min_elements,
-        };
-        if wanted {
+        if self.wants_gpu(data.len()) {
             if let Some(gpu) = self.gpu().filter(|g| g.handles(config, &data, shape)) {
                 return Ok((gpu.run(config, &data, shape, tensor)?, gpu.name()));
             }

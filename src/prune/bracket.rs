@@ -15,8 +15,7 @@
 //! so runs are repeatable too.
 
 use super::compact::compact_flagged;
-use super::keys::{Key, OrderStats};
-use std::cell::RefCell;
+use super::keys::{for_each_part_with_table, Key, OrderStats};
 use std::sync::{Mutex, PoisonError};
 
 /// Below this many keys the full histogram costs too little for a bracket to pay.
@@ -198,26 +197,14 @@ where
     K: Key,
     F: Fn(&T) -> K + Sync,
 {
-    use rayon::prelude::*;
-    thread_local! {
-        static TABLE: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    }
     let total = Mutex::new(BracketCounts::empty(bracket));
     let span = total.lock().unwrap_or_else(PoisonError::into_inner).inside.len();
-    let parts = 4 * rayon::current_num_threads();
-    // A part's table counts in u32, so a part holds fewer than 2^32 keys.
-    let part_len = w.len().div_ceil(parts).clamp(1 << 16, u32::MAX as usize);
-    w.par_chunks(part_len).for_each(|part| {
-        TABLE.with(|table| {
-            let mut table = table.borrow_mut();
-            table.clear();
-            table.resize(span, 0);
-            let counts = count_part(part, key, bracket, &mut table);
-            total
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .add(&counts, &table);
-        })
+    for_each_part_with_table(w, 1 << 16, span, |part, table| {
+        let counts = count_part(part, key, bracket, table);
+        total
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(&counts, table);
     });
     total.into_inner().unwrap_or_else(PoisonError::into_inner)
 }
@@ -299,13 +286,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn by_sorting<K: Key>(keys: &[K], prev: u64, next: u64) -> OrderStats<K> {
-        let mut s = keys.to_vec();
-        s.sort();
-        OrderStats {
-            prev: s[prev as usize],
-            next: s[next as usize],
-            max: s[s.len() - 1],
-        }
+        crate::prune::keys::tests::stats_by_sorting(keys, prev as usize, next as usize)
     }
 
     /// Ranks `prev <= next` (one apart, or equal at the end, as a percentile asks for) of `n`.

@@ -134,11 +134,12 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn stats_by_sorting<K: Key>(keys: &[K], prev: usize, next: usize) -> OrderStats<K> {
+    /// The order statistics by sorting a copy: what every selection must agree with.
+    pub(crate) fn stats_by_sorting<K: Key>(keys: &[K], prev: usize, next: usize) -> OrderStats<K> {
         let mut s = keys.to_vec();
         s.sort();
         OrderStats {
@@ -322,31 +323,45 @@ where
     K: Key,
     F: Fn(&T) -> K + Sync,
 {
+    use std::sync::{Mutex, PoisonError};
+    let total = Mutex::new(vec![0u64; bins]);
+    for_each_part_with_table(w, PAR_CHUNK, bins, |part, counts| {
+        for x in part {
+            counts[(key(x).to_u64() >> high_shift) as usize] += 1;
+        }
+        let mut total = total.lock().unwrap_or_else(PoisonError::into_inner);
+        total.iter_mut().zip(counts.iter()).for_each(|(t, &c)| *t += u64::from(c));
+    });
+    total.into_inner().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `count(part, table)` on `w` split into a few parts per thread (at least `min_part`
+/// elements each, enough to balance the load), in parallel. Each part gets its thread's own table
+/// of `bins` u32 zeros, kept across calls: zeroing and merging a large table costs as much as
+/// counting a few hundred thousand keys, and fresh tables per call would page-fault. A part never
+/// holds more than `u32::MAX` elements, so its counts fit.
+pub(crate) fn for_each_part_with_table<T: Sync>(
+    w: &[T],
+    min_part: usize,
+    bins: usize,
+    count: impl Fn(&[T], &mut [u32]) + Sync,
+) {
     use rayon::prelude::*;
     use std::cell::RefCell;
-    use std::sync::{Mutex, PoisonError};
-
     thread_local! {
         static TABLE: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     }
     let parts = 4 * rayon::current_num_threads();
-    let part_len = w.len().div_ceil(parts).clamp(PAR_CHUNK, u32::MAX as usize);
-    let total = Mutex::new(vec![0u64; bins]);
+    let part_len = w.len().div_ceil(parts).clamp(min_part, u32::MAX as usize);
     w.par_chunks(part_len).for_each(|part| {
         TABLE.with(|table| {
             let mut table = table.borrow_mut();
             table.clear();
             table.resize(bins, 0);
-            // A plain slice, so the loop keeps its pointer and length in registers.
-            let counts: &mut [u32] = &mut table;
-            for x in part {
-                counts[(key(x).to_u64() >> high_shift) as usize] += 1;
-            }
-            let mut total = total.lock().unwrap_or_else(PoisonError::into_inner);
-            total.iter_mut().zip(counts.iter()).for_each(|(t, &c)| *t += u64::from(c));
+            // A plain slice, so counting loops keep its pointer and length in registers.
+            count(part, &mut table)
         })
     });
-    total.into_inner().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

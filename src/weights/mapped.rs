@@ -80,8 +80,17 @@ mod tests {
     fn what_cannot_be_mapped_is_left_to_a_read() {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&[0u8; 256]).unwrap();
-        assert!(MappedTensor::map(&file, 66, 8, ScalarType::Float32).is_none(), "misaligned");
-        assert!(MappedTensor::map(&file, 64, 0, ScalarType::Float16).is_none(), "empty");
-        assert!(MappedTensor::map(&file, 64, 8, ScalarType::Int8).is_none(), "not a float");
+        assert!(
+            MappedTensor::map(&file, 66, 8, ScalarType::Float32).is_none(),
+            "misaligned"
+        );
+        assert!(
+            MappedTensor::map(&file, 64, 0, ScalarType::Float16).is_none(),
+            "empty"
+        );
+        assert!(
+            MappedTensor::map(&file, 64, 8, ScalarType::Int8).is_none(),
+            "not a float"
+        );
     }
 }
