@@ -411,17 +411,7 @@ impl<R: ReadAt> BlobReader<R> {
             .filter(|&n| n.checked_mul(std::mem::size_of::<T>()) == usize::try_from(record.size_in_bytes).ok())
             .ok_or_else(|| self.error(offset, format!("{count} elements of {expected} do not fit in memory")))?;
         // `checked_record` verified size_in_bytes == count elements and that it lies within the file.
-        let mut buffer = if buffer.capacity() >= n {
-            // Only elements beyond the buffer's current length are zeroed; all are then overwritten.
-            let mut buffer = buffer;
-            buffer.truncate(n);
-            buffer.resize(n, T::zeroed());
-            buffer
-        } else {
-            // Zeroed by the allocator: fresh pages are zero already, so nothing touches them before
-            // the read does (a resize would fault every page in just to write zeros).
-            bytemuck::zeroed_vec(n)
-        };
+        let mut buffer = crate::tensor::reuse_or_zeroed(buffer, n);
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buffer);
         match threads {
             ReadThreads::Pool if bytes.len() >= 2 * READ_PIECE => {

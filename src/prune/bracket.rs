@@ -331,6 +331,15 @@ mod tests {
         Ok(())
     }
 
+    /// Counts against the bracket between `ends` are exact, and so are the statistics it gives.
+    fn check_any_bracket<K: Key>(keys: &[K], ends: (K, K), r: prop::sample::Index) -> Result<(), TestCaseError> {
+        let b = Bracket { lo: ends.0.min(ends.1), hi: ends.0.max(ends.1) };
+        let counts = count_bracket(keys, &|&k: &K| k, b);
+        check_counts(keys, b, &counts)?;
+        let (prev, next) = ranks(r, keys.len());
+        check_stats(keys, b, &counts, prev, next)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
@@ -340,11 +349,7 @@ mod tests {
             ends in (any::<u16>(), any::<u16>()),
             r in any::<prop::sample::Index>(),
         ) {
-            let b = Bracket { lo: ends.0.min(ends.1), hi: ends.0.max(ends.1) };
-            let counts = count_bracket(&keys, &|&k: &u16| k, b);
-            check_counts(&keys, b, &counts)?;
-            let (prev, next) = ranks(r, keys.len());
-            check_stats(&keys, b, &counts, prev, next)?;
+            check_any_bracket(&keys, ends, r)?;
         }
 
         #[test]
@@ -353,11 +358,7 @@ mod tests {
             ends in (any::<u8>(), any::<u8>()),
             r in any::<prop::sample::Index>(),
         ) {
-            let b = Bracket { lo: ends.0.min(ends.1), hi: ends.0.max(ends.1) };
-            let counts = count_bracket(&keys, &|&k: &u8| k, b);
-            check_counts(&keys, b, &counts)?;
-            let (prev, next) = ranks(r, keys.len());
-            check_stats(&keys, b, &counts, prev, next)?;
+            check_any_bracket(&keys, ends, r)?;
         }
 
         /// A sampled bracket, over keys from narrow (heavy ties) to wide, sorted or not: the

@@ -7,6 +7,7 @@
 
 use super::compact::{compact_flagged, compact_flagged_into};
 use super::element::Element;
+use crate::tensor::reuse_or_zeroed;
 use super::{Apply, SparseTensor};
 
 /// Elements per parallel work item of [`encode_sparse_in_place`]: a multiple of 8, so every chunk
@@ -71,7 +72,7 @@ pub fn encode_sparse_in_place<'a, T: Element>(
     use rayon::prelude::*;
     let (src, mut out) = match w.into() {
         Dense::Owned(w) => (None, w),
-        Dense::Borrowed { values, out } => (Some(values), output_buffer(out, values.len())),
+        Dense::Borrowed { values, out } => (Some(values), reuse_or_zeroed(out, values.len())),
     };
     let n = out.len();
     let mut mask = vec![0u8; n.div_ceil(8)];
@@ -118,18 +119,6 @@ pub fn encode_sparse_in_place<'a, T: Element>(
         nonzero: out,
         kept: kept as u64,
     }
-}
-
-/// `buffer` resized to `n` elements, or a fresh one if it cannot hold them. Fresh memory comes
-/// zeroed from the allocator, untouched: only the pages the kept values land on are ever faulted in.
-fn output_buffer<T: Element>(mut buffer: Vec<T>, n: usize) -> Vec<T> {
-    if buffer.capacity() < n {
-        return bytemuck::zeroed_vec(n);
-    }
-    // Only elements beyond the current length are written here.
-    buffer.truncate(n);
-    buffer.resize(n, T::zeroed());
-    buffer
 }
 
 /// Pruned flags become "kept" flags for [`Apply::Where`]: not pruned and not zero.
