@@ -30,17 +30,55 @@ pub fn compact_groups_into<T: bytemuck::Pod>(src: &[T], dst: &mut [T], bytes: &[
 /// be the same pointer or not overlap at all. Group j is read before anything is stored at or
 /// past `dst + 8j` (at most eight are kept per group), so `src == dst` is compaction in place.
 unsafe fn compact_raw<T: bytemuck::Pod>(src: *const T, dst: *mut T, bytes: &[u8]) -> usize {
+    // SAFETY: the caller's contract; with unlimited room every group is done.
+    unsafe { compact_raw_with_room(src, dst, bytes, usize::MAX).1 }
+}
+
+/// [`compact_raw`] that stops before a group whose 8-element store would reach past `dst + room`;
+/// returns how many groups it did, and how many elements they kept.
+///
+/// # Safety
+/// As for [`compact_raw`], except that `dst` need only be valid for writes of
+/// `min(8 * bytes.len(), room)` elements.
+unsafe fn compact_raw_with_room<T: bytemuck::Pod>(
+    src: *const T,
+    dst: *mut T,
+    bytes: &[u8],
+    room: usize,
+) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("ssse3") && std::arch::is_x86_feature_detected!("popcnt") {
         // SAFETY (both arms): the features were just checked; the pointer contract is ours.
         match std::mem::size_of::<T>() {
-            2 => return unsafe { x86::compact_u16_ssse3(src.cast(), dst.cast(), bytes) },
-            4 => return unsafe { x86::compact_u32_ssse3(src.cast(), dst.cast(), bytes) },
+            2 => return unsafe { x86::compact_u16_ssse3(src.cast(), dst.cast(), bytes, room) },
+            4 => return unsafe { x86::compact_u32_ssse3(src.cast(), dst.cast(), bytes, room) },
             _ => {}
         }
     }
     // SAFETY: the caller's contract.
-    unsafe { compact_portable(src, dst, bytes) }
+    unsafe { compact_portable(src, dst, bytes, room) }
+}
+
+/// Moves the elements of `src` whose mask bit is set (`bytes`, LSB first, the last byte possibly
+/// partial with zero padding bits) into `dst`, in order, writing exactly `dst.len()` slots and
+/// nothing past them: `dst.len()` must be the number of set bits. Several of these can fill
+/// neighbouring parts of one output at the same time, which the 8-slot stores of
+/// [`compact_groups_into`] (leftovers past the kept ones) would not allow.
+pub fn compact_exact_into<T: bytemuck::Pod>(src: &[T], bytes: &[u8], dst: &mut [std::mem::MaybeUninit<T>]) {
+    let full = src.len() / 8;
+    assert!(bytes.len() >= src.len().div_ceil(8));
+    // SAFETY: `src` holds every full group; `dst` is written only below `dst.len()` (the room),
+    // and a mutable borrow never overlaps a shared one.
+    let (done, mut kept) =
+        unsafe { compact_raw_with_room(src.as_ptr(), dst.as_mut_ptr().cast::<T>(), &bytes[..full], dst.len()) };
+    // The last few groups, within 8 slots of the end, one kept element at a time.
+    for (i, x) in src.iter().enumerate().skip(done * 8) {
+        if bytes[i / 8] & (1 << (i % 8)) != 0 {
+            dst[kept].write(*x);
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, dst.len(), "the mask's set bits and the output length disagree");
 }
 
 /// Writes the mask bytes of `flags` (see [`flags_to_bytes`]) and moves the elements of `values`
@@ -95,9 +133,12 @@ pub fn flags_to_bytes(flags: &[bool], bytes: &mut [u8]) {
 ///
 /// # Safety
 /// As for [`compact_raw`].
-unsafe fn compact_portable<T: bytemuck::Pod>(src: *const T, dst: *mut T, bytes: &[u8]) -> usize {
+unsafe fn compact_portable<T: bytemuck::Pod>(src: *const T, dst: *mut T, bytes: &[u8], room: usize) -> (usize, usize) {
     let mut kept = 0usize;
     for (j, &byte) in bytes.iter().enumerate() {
+        if room.saturating_sub(kept) < 8 {
+            return (j, kept);
+        }
         // SAFETY: group j is src[8j..8j+8], in bounds by the contract; it is copied out before
         // the writes to dst[kept..kept+8], kept <= 8j, which are in bounds too.
         let group: [T; 8] = unsafe { std::ptr::read_unaligned(src.add(j * 8).cast::<[T; 8]>()) };
@@ -108,7 +149,7 @@ unsafe fn compact_portable<T: bytemuck::Pod>(src: *const T, dst: *mut T, bytes: 
         }
         kept += byte.count_ones() as usize;
     }
-    kept
+    (bytes.len(), kept)
 }
 
 /// For every byte, the positions of its set bits in ascending order, padded with 0.
@@ -161,11 +202,14 @@ mod x86 {
     static SHUFFLE_U32: [[u8; 16]; 256] = shuffles(4);
 
     /// # Safety
-    /// SSSE3 and POPCNT must be available; the pointers as for [`super::compact_raw`].
+    /// SSSE3 and POPCNT must be available; the pointers as for [`super::compact_raw_with_room`].
     #[target_feature(enable = "ssse3,popcnt")]
-    pub unsafe fn compact_u16_ssse3(src: *const u16, dst: *mut u16, bytes: &[u8]) -> usize {
+    pub unsafe fn compact_u16_ssse3(src: *const u16, dst: *mut u16, bytes: &[u8], room: usize) -> (usize, usize) {
         let mut kept = 0usize;
         for (j, &byte) in bytes.iter().enumerate() {
+            if room.saturating_sub(kept) < 8 {
+                return (j, kept);
+            }
             // SAFETY: group j is src[8j..8j+8], in bounds by the contract. The store covers
             // dst[kept..kept+8] with kept <= 8j (at most eight kept per earlier group), so it
             // stays in bounds and, in place, only overwrites groups already read.
@@ -176,15 +220,18 @@ mod x86 {
             }
             kept += byte.count_ones() as usize;
         }
-        kept
+        (bytes.len(), kept)
     }
 
     /// # Safety
     /// As for [`compact_u16_ssse3`].
     #[target_feature(enable = "ssse3,popcnt")]
-    pub unsafe fn compact_u32_ssse3(src: *const u32, dst: *mut u32, bytes: &[u8]) -> usize {
+    pub unsafe fn compact_u32_ssse3(src: *const u32, dst: *mut u32, bytes: &[u8], room: usize) -> (usize, usize) {
         let mut kept = 0usize;
         for (j, &byte) in bytes.iter().enumerate() {
+            if room.saturating_sub(kept) < 8 {
+                return (j, kept);
+            }
             for (half, nibble) in [(0, byte & 0x0f), (4, byte >> 4)] {
                 // SAFETY: the half group is src[8j+half..][..4], in bounds by the contract; the
                 // store covers dst[kept..kept+4] with kept <= 8j+half, in bounds and, in place,
@@ -198,7 +245,7 @@ mod x86 {
                 kept += nibble.count_ones() as usize;
             }
         }
-        kept
+        (bytes.len(), kept)
     }
 }
 
@@ -236,7 +283,7 @@ mod tests {
         let mut portable = values.clone();
         let p = portable.as_mut_ptr();
         // SAFETY: in place over a slice holding every group.
-        prop_assert_eq!(unsafe { compact_portable(p, p, bytes) }, kept);
+        prop_assert_eq!(unsafe { compact_portable(p, p, bytes, usize::MAX) }, (bytes.len(), kept));
         prop_assert_eq!(bytes_of(&portable[..kept]), bytes_of(&want));
         let mut into = vec![T::zero(); values.len()];
         prop_assert_eq!(compact_groups_into(&values, &mut into, bytes), kept);
@@ -259,6 +306,41 @@ mod tests {
             check((0..n).map(|i| f16::from_bits(bits(i) as u16)).collect::<Vec<_>>(), &bytes)?;
             check((0..n).map(|i| bits(i) as u32 as f32).collect::<Vec<_>>(), &bytes)?;
             check((0..n).map(|i| bits(i) as i8).collect::<Vec<_>>(), &bytes)?;
+        }
+    }
+
+    /// Exact compaction into a part of a larger buffer: every slot of the part is written with the
+    /// kept values in order, and nothing around it is touched (the SIMD stores must stop short).
+    fn check_exact<T: Element>(values: Vec<T>, bytes: &[u8], sentinel: T) -> Result<(), TestCaseError> {
+        let n = values.len();
+        let mut bytes = bytes[..n.div_ceil(8)].to_vec();
+        if n % 8 != 0 {
+            // The mask's padding bits are zero.
+            *bytes.last_mut().unwrap() &= (1u8 << (n % 8)) - 1;
+        }
+        let want: Vec<T> = (0..n).filter(|&i| bytes[i / 8] & (1 << (i % 8)) != 0).map(|i| values[i]).collect();
+        let mut buffer = vec![std::mem::MaybeUninit::new(sentinel); want.len() + 16];
+        compact_exact_into(&values, &bytes, &mut buffer[8..8 + want.len()]);
+        // SAFETY: every slot was initialized with the sentinel, and written with a T since.
+        let got: Vec<T> = buffer.iter().map(|x| unsafe { x.assume_init() }).collect();
+        prop_assert_eq!(bytes_of(&got[8..8 + want.len()]), bytes_of(&want));
+        prop_assert!(got[..8].iter().chain(&got[8 + want.len()..]).all(|x| bytes_of(&[*x]) == bytes_of(&[sentinel])));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn exact_compaction_writes_the_kept_values_and_nothing_else(
+            bytes in prop::collection::vec(any::<u8>(), 1..200),
+            seed in any::<u64>(),
+            cut in 0usize..8,
+        ) {
+            let n = bytes.len() * 8 - cut;
+            let bits = |i: usize| seed.wrapping_mul(i as u64 + 1).rotate_left((i % 63) as u32);
+            check_exact((0..n).map(|i| f16::from_bits(bits(i) as u16 | 1)).collect::<Vec<_>>(), &bytes, f16::from_bits(0))?;
+            check_exact((0..n).map(|i| (bits(i) as u32 | 1) as f32).collect::<Vec<_>>(), &bytes, 0.0)?;
+            check_exact((0..n).map(|i| bits(i) as i8 | 1).collect::<Vec<_>>(), &bytes, 0)?;
         }
     }
 

@@ -63,6 +63,11 @@ pub trait Element: bytemuck::Pod + std::fmt::Debug + Send + Sync + 'static {
     /// memory axis (pairwise f32 summation) or not (sequential summation in the weight dtype); see
     /// [`super::block()`].
     fn block_norm(block: &[Self::Mag], innermost: bool) -> Self::Norm;
+    /// The keep mask of `np.where(|w| <= thr, 0, w)` for the cut of `thr`; see
+    /// [`super::keep_mask`], whose one-compare path fp16 and fp32 take.
+    fn keep_mask(values: &[Self], cut: Option<<Self::Mag as MapValue>::Key>, bytes: &mut [u8]) -> usize {
+        super::keep_mask::keep_mask_generic(values, cut, bytes)
+    }
 }
 
 // ----- floats ------------------------------------------------------------------------------------
@@ -190,6 +195,9 @@ impl Element for f16 {
     /// Squares rounded to fp16 (so |w| > ~255.9 squares to inf); innermost: f32 pairwise sum of the
     /// fp16 squares rounded once to fp16; otherwise `s = f16(s + sq)` from 0 in order; then
     /// `f16(sqrtf(s))`.
+    fn keep_mask(values: &[f16], cut: Option<u16>, bytes: &mut [u8]) -> usize {
+        super::keep_mask::keep_mask_f16(values, cut, bytes)
+    }
     fn block_norm(block: &[f16], innermost: bool) -> f16 {
         // An fp16 square has at most 22 significant bits, so the f32 product is exact and one
         // f32 -> f16 rounding equals numpy's (checked for every fp16 value in the tests).
@@ -226,6 +234,9 @@ impl Element for f32 {
         IeeeFloat::mul_keep(self, keep)
     }
     /// Squares in f32; innermost: f32 pairwise sum; otherwise sequential f32 sum from 0; `sqrtf`.
+    fn keep_mask(values: &[f32], cut: Option<u32>, bytes: &mut [u8]) -> usize {
+        super::keep_mask::keep_mask_f32(values, cut, bytes)
+    }
     fn block_norm(block: &[f32], innermost: bool) -> f32 {
         let sum = if innermost {
             pairwise_sum_f32(block.len(), &|j| block[j] * block[j])

@@ -12,8 +12,8 @@
 //! * pruned elements become 0 (`np.where`), kept elements keep their exact bits.
 
 use super::element::{Element, MapValue};
-use super::mask::{encode_sparse_in_place, Dense};
-use super::percentile::{mark_at_or_below, percentile_cut_of};
+use super::mask::{encode_kept, encode_sparse_in_place, Dense};
+use super::percentile::percentile_cut_of;
 use super::{Apply, KernelError, Outcome};
 
 /// Prunes the `target_sparsity` fraction of smallest magnitudes of `w`. Errors for an empty tensor
@@ -36,18 +36,11 @@ pub fn magnitude_in_place<'a, T: Element>(
             |_, _, flags| flags.fill(true),
         )));
     }
-    if q == 0.0 {
-        return Ok(Outcome::Pruned(encode_sparse_in_place(
-            w,
-            Apply::Where,
-            |_, _, flags| flags.fill(false),
-        )));
-    }
-    let key = |x: &T| x.magnitude().key();
-    let cut = percentile_cut_of::<T::Mag, _, _>(w.values(), key, target_sparsity)?;
-    Ok(Outcome::Pruned(encode_sparse_in_place(
-        w,
-        Apply::Where,
-        |_, values, flags| mark_at_or_below(values, key, cut, flags),
-    )))
+    // No cut keeps every non-zero.
+    let cut = if q == 0.0 {
+        None
+    } else {
+        percentile_cut_of::<T::Mag, _, _>(w.values(), |x: &T| x.magnitude().key(), target_sparsity)?
+    };
+    Ok(Outcome::Pruned(encode_kept(w, |_, values, bytes| T::keep_mask(values, cut, bytes))))
 }

@@ -5,7 +5,7 @@
 //! order; the mask is `np.packbits(keep, bitorder="little")`: bit `i % 8` (LSB first) of byte
 //! `i / 8`, `ceil(n/8)` bytes, padding bits zero.
 
-use super::compact::{compact_flagged, compact_flagged_into};
+use super::compact::{compact_exact_into, compact_flagged, compact_flagged_into, compact_groups};
 use super::element::Element;
 use crate::tensor::reuse_or_zeroed;
 use super::{Apply, SparseTensor};
@@ -107,6 +107,18 @@ pub fn encode_sparse_in_place<'a, T: Element>(
             },
         )
         .collect();
+    let kept = slide_chunk_prefixes(&mut out, &counts);
+    SparseTensor {
+        mask,
+        nonzero: out,
+        kept: kept as u64,
+    }
+}
+
+/// Puts the kept prefixes of the [`ENCODE_CHUNK`]-element chunks of `out` (`counts[c]` values at
+/// the front of chunk c) together at its front, in order, and cuts off the rest; returns how many
+/// there are.
+fn slide_chunk_prefixes<T: Copy>(out: &mut Vec<T>, counts: &[usize]) -> usize {
     let mut kept = 0usize;
     for (c, &count) in counts.iter().enumerate() {
         let start = c * ENCODE_CHUNK;
@@ -114,11 +126,84 @@ pub fn encode_sparse_in_place<'a, T: Element>(
         kept += count;
     }
     out.truncate(kept);
+    kept
+}
+
+/// Encodes the `np.where(pruned, 0, w)` of a mode whose keep mask is cheap to make straight from
+/// the values: `mask_into(start, values, bytes)` writes the mask bytes of the chunk of `values`
+/// that starts at element `start` (keep = not pruned and not zero) and returns how many it keeps.
+/// It is called once per chunk, in parallel.
+///
+/// The mask comes first, for the whole tensor, so every chunk's final place is known before any
+/// value moves: a borrowed `w` is compacted by all chunks at once straight to their places in the
+/// output buffer, which is neither zeroed first nor slid afterwards. An owned `w` is compacted in
+/// place as in [`encode_sparse_in_place`].
+pub fn encode_kept<'a, T: Element>(
+    w: impl Into<Dense<'a, T>>,
+    mask_into: impl Fn(usize, &[T], &mut [u8]) -> usize + Sync,
+) -> SparseTensor<T> {
+    use rayon::prelude::*;
+    let w = w.into();
+    let values = w.values();
+    let n = values.len();
+    let mut mask = vec![0u8; n.div_ceil(8)];
+    let counts: Vec<usize> = values
+        .par_chunks(ENCODE_CHUNK)
+        .zip(mask.par_chunks_mut(ENCODE_CHUNK / 8))
+        .enumerate()
+        .map(|(c, (chunk, bytes))| mask_into(c * ENCODE_CHUNK, chunk, bytes))
+        .collect();
+    let kept: usize = counts.iter().sum();
+    let nonzero = match w {
+        Dense::Owned(mut w) => {
+            w.par_chunks_mut(ENCODE_CHUNK)
+                .zip(mask.par_chunks(ENCODE_CHUNK / 8))
+                .for_each(|(chunk, bytes)| {
+                    compact_by_mask(chunk, bytes);
+                });
+            slide_chunk_prefixes(&mut w, &counts);
+            w
+        }
+        Dense::Borrowed { values, mut out } => {
+            out.clear();
+            if out.capacity() < n {
+                // Room for any tensor of this size, so the buffer can be reused for the next.
+                out = Vec::with_capacity(n);
+            }
+            let mut places = Vec::with_capacity(counts.len());
+            let mut rest = &mut out.spare_capacity_mut()[..kept];
+            for &count in &counts {
+                let (place, after) = std::mem::take(&mut rest).split_at_mut(count);
+                places.push(place);
+                rest = after;
+            }
+            values
+                .par_chunks(ENCODE_CHUNK)
+                .zip(mask.par_chunks(ENCODE_CHUNK / 8))
+                .zip(places)
+                .for_each(|((chunk, bytes), place)| compact_exact_into(chunk, bytes, place));
+            // SAFETY: the places tile `0..kept` of the spare capacity, and `compact_exact_into`
+            // wrote every slot of each (it fails rather than return otherwise).
+            unsafe { out.set_len(kept) };
+            out
+        }
+    };
     SparseTensor {
         mask,
-        nonzero: out,
+        nonzero,
         kept: kept as u64,
     }
+}
+
+/// Moves the elements of `values` whose mask bit is set to the front, in order; returns how many.
+fn compact_by_mask<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize {
+    let full = values.len() / 8;
+    let mut kept = compact_groups(values, &bytes[..full]);
+    for i in full * 8..values.len() {
+        values[kept] = values[i];
+        kept += usize::from(bytes[i / 8] & (1 << (i % 8)) != 0);
+    }
+    kept
 }
 
 /// Pruned flags become "kept" flags for [`Apply::Where`]: not pruned and not zero.
@@ -179,6 +264,7 @@ pub fn mask_bit(mask: &[u8], i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prune::compact::flags_to_bytes;
     use half::f16;
 
     /// The encoding written out the obvious way, one element at a time.
@@ -200,10 +286,9 @@ mod tests {
         SparseTensor { mask, nonzero, kept }
     }
 
-    #[test]
-    fn in_place_encoding_across_chunks_matches_the_sequential_one() {
-        // Several chunks plus a ragged tail, zeros, -0.0, NaN and inf among random values, and
-        // pseudo-random decisions: every chunk keeps a different count, so the prefixes move.
+    /// Several chunks plus a ragged tail, zeros, -0.0, NaN and inf among random values, and
+    /// pseudo-random decisions that keep a different share in every chunk.
+    fn chunky_tensor() -> (Vec<f16>, Vec<bool>) {
         let n = 3 * ENCODE_CHUNK + 13;
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
@@ -226,6 +311,14 @@ mod tests {
         let pruned: Vec<bool> = (0..n)
             .map(|i| next() % (1 + (i / ENCODE_CHUNK) as u64 + 1) == 0)
             .collect();
+        (w, pruned)
+    }
+
+    #[test]
+    fn in_place_encoding_across_chunks_matches_the_sequential_one() {
+        // Every chunk keeps a different count, so the prefixes move.
+        let (w, pruned) = chunky_tensor();
+        let n = w.len();
         for apply in [Apply::Where, Apply::Multiply] {
             let want = encode_sequentially(&w, apply, &pruned);
             let got = encode_sparse_in_place(w.clone(), apply, |start, values, flags| {
@@ -242,5 +335,30 @@ mod tests {
             assert_eq!(bits(&got.nonzero), bits(&want.nonzero), "{apply:?}");
             assert!(got.kept > 0 && got.kept < n as u64);
         }
+    }
+
+    #[test]
+    fn encoding_by_mask_matches_the_sequential_one_owned_and_borrowed() {
+        let (w, pruned) = chunky_tensor();
+        let want = encode_sequentially(&w, Apply::Where, &pruned);
+        let mask_into = |start: usize, values: &[f16], bytes: &mut [u8]| {
+            let mut keep: Vec<bool> = pruned[start..start + values.len()].to_vec();
+            keep_flags(values, &mut keep);
+            flags_to_bytes(&keep, bytes);
+            keep.iter().filter(|&&k| k).count()
+        };
+        let bits = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let owned = encode_kept(w.clone(), mask_into);
+        // Output buffers: none, one too small, one large enough and full of other values.
+        let outs = [Vec::new(), vec![f16::ONE; 5], vec![f16::NAN; w.len() + 100]];
+        for (k, out) in outs.into_iter().enumerate() {
+            let borrowed = encode_kept(Dense::Borrowed { values: &w, out }, mask_into);
+            assert_eq!(borrowed.mask, want.mask, "borrowed {k}");
+            assert_eq!(borrowed.kept, want.kept, "borrowed {k}");
+            assert_eq!(bits(&borrowed.nonzero), bits(&want.nonzero), "borrowed {k}");
+        }
+        assert_eq!(owned.mask, want.mask);
+        assert_eq!(owned.kept, want.kept);
+        assert_eq!(bits(&owned.nonzero), bits(&want.nonzero));
     }
 }

@@ -34,6 +34,7 @@ mod block_norms;
 mod bracket;
 mod compact;
 mod f16_lanes;
+pub mod keep_mask;
 pub mod element;
 mod float;
 pub mod keys;

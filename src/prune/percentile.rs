@@ -116,19 +116,6 @@ pub fn at_or_below<K: Key>(key: K, cut: Option<K>) -> bool {
     cut.is_some_and(|c| key <= c)
 }
 
-/// `flags[i] = at_or_below(key(&values[i]), cut)` for a whole slice, with the cut unpacked once so
-/// the loop is a plain compare the compiler vectorizes.
-pub fn mark_at_or_below<T, K: Key>(values: &[T], key: impl Fn(&T) -> K, cut: Option<K>, flags: &mut [bool]) {
-    match cut {
-        None => flags.fill(false),
-        Some(c) => {
-            for (flag, x) in flags.iter_mut().zip(values) {
-                *flag = key(x) <= c;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

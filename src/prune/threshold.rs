@@ -13,9 +13,8 @@
 //!   coremltools' warning text.
 
 use super::element::{Element, MapValue};
-use super::mask::{encode_sparse_in_place, Dense};
-use super::percentile::mark_at_or_below;
-use super::{python_float_repr, Apply, Outcome};
+use super::mask::{encode_kept, Dense};
+use super::{python_float_repr, Outcome};
 
 /// Prunes `w` by magnitude threshold. See the module doc for the exact rules.
 pub fn threshold<T: Element>(w: &[T], threshold: f64, minimum_sparsity_percentile: f64) -> Outcome<T> {
@@ -31,9 +30,7 @@ pub fn threshold_in_place<'a, T: Element>(
     let cut = <T::Mag as MapValue>::threshold_cut(threshold);
     let w = w.into();
     let n = w.values().len();
-    let sparse = encode_sparse_in_place(w, Apply::Where, |_, values, flags| {
-        mark_at_or_below(values, |x| x.magnitude().key(), cut, flags)
-    });
+    let sparse = encode_kept(w, |_, values, bytes| T::keep_mask(values, cut, bytes));
     let zeros = n as u64 - sparse.kept;
     // numpy: int64 / int -> float64 (NaN for an empty tensor, which never compares below).
     let sparsity = zeros as f64 / n as f64;

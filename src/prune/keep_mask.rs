@@ -1,0 +1,247 @@
+//! The keep mask of `np.where(|w| <= thr, 0, w)`, straight from the weights: threshold and
+//! magnitude pruning keep element `i` iff its magnitude key is above the cut and it is not zero.
+//!
+//! This runs over every element of every tensor those modes prune. Going through per-element
+//! flags (a closure call, a flag byte, then eight flags packed per mask byte) cost about three
+//! times the compaction it feeds. For fp16 and fp32 the decision is one integer compare instead:
+//! with `c` the cut (`0` for none), element `x` is kept iff `bits(x) & 0x7fff…  > c`, because
+//! * a cut is the key of a non-negative non-NaN value (`c <= INF_BITS`), so the raw magnitude bits
+//!   order every value against it as the key does — a NaN's bits are above `INF_BITS` like its
+//!   canonical key;
+//! * a kept value is above `c >= 0`, hence never a zero (±0 has magnitude bits 0), and without a cut
+//!   `bits > 0` is exactly "not zero".
+//!
+//! Both sides stay below the sign bit, so the compare is a signed SIMD compare: 32 elements give
+//! four mask bytes with AVX2. Other element types, and cuts that are no key of a cut (above
+//! `INF_BITS`), take the generic per-element rule.
+
+use half::f16;
+
+use super::element::{Element, MapValue};
+use super::float::IeeeFloat;
+use super::percentile::at_or_below;
+
+/// The key of `np.abs` of `T`, which a cut is given in.
+pub type MagKey<T> = <<T as Element>::Mag as MapValue>::Key;
+
+/// Writes the keep mask of `values` into `bytes` (LSB first, `ceil(len / 8)` bytes, padding bits
+/// zero): element `i` is kept iff `!(key(|x|) <= cut)` and `x != 0`. Returns how many are kept.
+pub fn keep_mask<T: Element>(values: &[T], cut: Option<MagKey<T>>, bytes: &mut [u8]) -> usize {
+    T::keep_mask(values, cut, bytes)
+}
+
+/// [`keep_mask`] by the rule itself, one element at a time: the reference, and the path for
+/// element types without a faster one.
+pub fn keep_mask_generic<T: Element>(values: &[T], cut: Option<MagKey<T>>, bytes: &mut [u8]) -> usize {
+    let mut kept = 0;
+    for (group, byte) in values.chunks(8).zip(bytes.iter_mut()) {
+        *byte = group.iter().enumerate().fold(0u8, |bits, (k, x)| {
+            let keep = !at_or_below(x.magnitude().key(), cut) && !x.is_zero();
+            bits | (u8::from(keep) << k)
+        });
+        kept += byte.count_ones() as usize;
+    }
+    kept
+}
+
+/// [`keep_mask`] for fp16.
+pub fn keep_mask_f16(values: &[f16], cut: Option<u16>, bytes: &mut [u8]) -> usize {
+    let cut = match cut {
+        Some(c) if c > <f16 as IeeeFloat>::INF_BITS as u16 => {
+            return keep_mask_generic(values, Some(c), bytes)
+        }
+        c => c.unwrap_or(0),
+    };
+    let bits: &[u16] = bytemuck::cast_slice(values);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is available, checked just above.
+        return unsafe { x86::above_u16_avx2(bits, cut, bytes) };
+    }
+    above_portable(bits, 0x7fff, cut, bytes)
+}
+
+/// [`keep_mask`] for fp32.
+pub fn keep_mask_f32(values: &[f32], cut: Option<u32>, bytes: &mut [u8]) -> usize {
+    let cut = match cut {
+        Some(c) if c > <f32 as IeeeFloat>::INF_BITS as u32 => {
+            return keep_mask_generic(values, Some(c), bytes)
+        }
+        c => c.unwrap_or(0),
+    };
+    let bits: &[u32] = bytemuck::cast_slice(values);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is available, checked just above.
+        return unsafe { x86::above_u32_avx2(bits, cut, bytes) };
+    }
+    above_portable(bits, 0x7fff_ffff, cut, bytes)
+}
+
+/// Bit `i` set iff `bits[i] & abs > cut`, one mask byte per eight elements.
+fn above_portable<U>(bits: &[U], abs: U, cut: U, bytes: &mut [u8]) -> usize
+where
+    U: Copy + Ord + std::ops::BitAnd<Output = U>,
+{
+    let mut kept = 0;
+    for (group, byte) in bits.chunks(8).zip(bytes.iter_mut()) {
+        *byte = group
+            .iter()
+            .enumerate()
+            .fold(0u8, |m, (k, &b)| m | (u8::from((b & abs) > cut) << k));
+        kept += byte.count_ones() as usize;
+    }
+    kept
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX2 must be available. `cut <= 0x7fff`; `bytes` holds `ceil(bits.len() / 8)` bytes.
+    #[target_feature(enable = "avx2,popcnt")]
+    pub unsafe fn above_u16_avx2(bits: &[u16], cut: u16, bytes: &mut [u8]) -> usize {
+        let abs = _mm256_set1_epi16(0x7fff);
+        let cut_lanes = _mm256_set1_epi16(cut as i16);
+        let mut kept = 0;
+        let mut groups = bits.chunks_exact(32);
+        for (group, out) in (&mut groups).zip(bytes.chunks_exact_mut(4)) {
+            // SAFETY: `group` holds 32 elements: two unaligned 32-byte loads.
+            let (a, b) = unsafe {
+                (
+                    _mm256_loadu_si256(group.as_ptr().cast()),
+                    _mm256_loadu_si256(group.as_ptr().add(16).cast()),
+                )
+            };
+            // Magnitudes and the cut are below 0x8000: the signed compare orders them correctly.
+            let a = _mm256_cmpgt_epi16(_mm256_and_si256(a, abs), cut_lanes);
+            let b = _mm256_cmpgt_epi16(_mm256_and_si256(b, abs), cut_lanes);
+            // packs works per 128-bit lane (a0–7, b0–7, a8–15, b8–15): the permute puts the 32
+            // byte flags back in element order before one byte-mask extract.
+            let flags = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(a, b));
+            let mask = _mm256_movemask_epi8(flags) as u32;
+            out.copy_from_slice(&mask.to_le_bytes());
+            kept += mask.count_ones() as usize;
+        }
+        let done = bits.len() - groups.remainder().len();
+        kept + super::above_portable(groups.remainder(), 0x7fff, cut, &mut bytes[done / 8..])
+    }
+
+    /// # Safety
+    /// AVX2 must be available. `cut <= 0x7fff_ffff`; `bytes` holds `ceil(bits.len() / 8)` bytes.
+    #[target_feature(enable = "avx2,popcnt")]
+    pub unsafe fn above_u32_avx2(bits: &[u32], cut: u32, bytes: &mut [u8]) -> usize {
+        let abs = _mm256_set1_epi32(0x7fff_ffff);
+        let cut_lanes = _mm256_set1_epi32(cut as i32);
+        let mut kept = 0;
+        let mut groups = bits.chunks_exact(8);
+        for (group, out) in (&mut groups).zip(bytes.iter_mut()) {
+            // SAFETY: `group` holds 8 elements: one unaligned 32-byte load.
+            let x = unsafe { _mm256_loadu_si256(group.as_ptr().cast()) };
+            let above = _mm256_cmpgt_epi32(_mm256_and_si256(x, abs), cut_lanes);
+            let mask = _mm256_movemask_ps(_mm256_castsi256_ps(above)) as u8;
+            *out = mask;
+            kept += mask.count_ones() as usize;
+        }
+        let done = bits.len() - groups.remainder().len();
+        kept + super::above_portable(groups.remainder(), 0x7fff_ffff, cut, &mut bytes[done / 8..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// fp16 bit patterns with the awkward ones often: ±0, subnormals, ±inf, NaNs, and ties.
+    fn f16_bits() -> impl Strategy<Value = u16> {
+        prop_oneof![
+            3 => any::<u16>(),
+            2 => prop::sample::select(vec![
+                0x0000u16, 0x8000, 0x0001, 0x8001, 0x3c00, 0xbc00, 0x7bff, 0x7c00, 0xfc00, 0x7c01, 0x7e00,
+                0xfe00, 0x7fff, 0xffff,
+            ]),
+        ]
+    }
+
+    fn f32_bits() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            3 => any::<u32>(),
+            2 => prop::sample::select(vec![
+                0u32, 0x8000_0000, 1, 0x8000_0001, 0x3f80_0000, 0xbf80_0000, 0x7f7f_ffff, 0x7f80_0000,
+                0xff80_0000, 0x7f80_0001, 0x7fc0_0000, 0xffc0_0000, 0x7fff_ffff,
+            ]),
+        ]
+    }
+
+    /// A cut as the kernels make them (an element's key, either end, none) or any key at all.
+    fn cut_of<K: Copy + 'static + std::fmt::Debug>(
+        keys: Vec<K>,
+        any: impl Strategy<Value = K> + 'static,
+    ) -> impl Strategy<Value = Option<K>> {
+        prop_oneof![
+            Just(None),
+            prop::sample::select(keys).prop_map(Some),
+            any.prop_map(Some),
+        ]
+    }
+
+    fn agrees<T: Element>(values: &[T], cut: Option<MagKey<T>>) -> Result<(), TestCaseError> {
+        let n = values.len();
+        let mut want = vec![0u8; n.div_ceil(8)];
+        let kept = keep_mask_generic(values, cut, &mut want);
+        let mut got = vec![0xa5u8; n.div_ceil(8)];
+        prop_assert_eq!(keep_mask(values, cut, &mut got), kept);
+        prop_assert_eq!(&got, &want, "cut {:?}", cut);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The one-compare rule is the per-element rule, for every length (SIMD groups and a
+        /// ragged tail) and every cut, including keys no cut has (NaN keys) and none.
+        #[test]
+        fn fp16_keep_mask_matches_the_rule(
+            bits in prop::collection::vec(f16_bits(), 0..300),
+            cut in cut_of(vec![0u16, 1, 0x3c00, 0x7bff, 0x7c00, 0x7c01, 0x7fff], any::<u16>()),
+        ) {
+            let values: Vec<f16> = bits.iter().map(|&b| f16::from_bits(b)).collect();
+            agrees(&values, cut)?;
+            let keys: Vec<u16> = values.iter().map(|x| x.magnitude().key()).collect();
+            for &k in keys.iter().take(4) {
+                agrees(&values, Some(k))?;
+            }
+        }
+
+        #[test]
+        fn fp32_keep_mask_matches_the_rule(
+            bits in prop::collection::vec(f32_bits(), 0..100),
+            cut in cut_of(vec![0u32, 1, 0x3f80_0000, 0x7f80_0000, 0x7f80_0001, 0x7fff_ffff], any::<u32>()),
+        ) {
+            let values: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+            agrees(&values, cut)?;
+            let keys: Vec<u32> = values.iter().map(|x| x.magnitude().key()).collect();
+            for &k in keys.iter().take(4) {
+                agrees(&values, Some(k))?;
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_compare_matches_the_simd_one() {
+        // On a machine with AVX2, `keep_mask_f16` above ran the SIMD path: check the portable
+        // one on its own too.
+        let bits: Vec<u16> = (0..=u16::MAX).collect();
+        let values: Vec<f16> = bits.iter().map(|&b| f16::from_bits(b)).collect();
+        for cut in [None, Some(0u16), Some(0x3555), Some(0x7c00)] {
+            let mut want = vec![0u8; bits.len() / 8];
+            let kept = keep_mask_generic(&values, cut, &mut want);
+            let mut got = vec![0u8; bits.len() / 8];
+            assert_eq!(above_portable(&bits, 0x7fff, cut.unwrap_or(0), &mut got), kept);
+            assert_eq!(got, want);
+        }
+    }
+}
