@@ -22,7 +22,7 @@
 use super::axes::{check_structural_rank, ChannelLayout};
 use super::block_norms::fast_block_decisions;
 use super::element::{Element, MapValue};
-use super::mask::{encode_sparse_in_place, Dense};
+use super::mask::{encode_kept, encode_sparse_in_place, mask_from_pruned, Dense};
 use super::percentile::{at_or_below, percentile_cut};
 use super::{Apply, KernelError, Outcome};
 
@@ -62,17 +62,18 @@ pub fn block_in_place<'a, T: Element>(
         return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Multiply, |_, _, flags| flags.fill(true))));
     }
     if q == 0.0 {
-        return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |_, _, flags| flags.fill(false))));
+        // No cut: every non-zero is kept.
+        return Ok(Outcome::Pruned(encode_kept(w, |_, values, bytes| T::keep_mask(values, None, bytes))));
     }
     if let Some(decisions) = fast_block_decisions(w.values(), layout, block_size, target_sparsity) {
         let decisions = decisions?;
-        return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |start, _, flags| {
-            decisions.fill(start, flags)
-        })));
+        return Ok(Outcome::Pruned(encode_kept(w, |start, values, bytes| decisions.mask_into(start, values, bytes))));
     }
     let pruned = reference_flags(w.values(), layout, block_size, target_sparsity)?;
-    Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Where, |start, _, flags| {
-        flags.copy_from_slice(&pruned[start..start + flags.len()])
+    Ok(Outcome::Pruned(encode_kept(w, |start, values, bytes| {
+        mask_from_pruned(start, values, bytes, |start, flags| {
+            flags.copy_from_slice(&pruned[start..start + flags.len()])
+        })
     })))
 }
 

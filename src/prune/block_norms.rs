@@ -29,6 +29,7 @@ use super::element::{pairwise_sum_f32, Element, MapValue};
 use super::f16_lanes;
 use super::bracket::{count_bracket, sample_bracket};
 use super::keys::{key_histogram, order_stats, Key};
+use super::mask::mask_from_pruned;
 use super::percentile::{cut_from_stats, percentile_cut};
 use super::KernelError;
 use crate::dtype::ScalarType;
@@ -86,20 +87,80 @@ fn block_decisions<F: NormFloat>(
     let geometry = Geometry::new(layout, block_size);
     let norms = block_norms(w, &geometry);
     let cut = weighted_cut(&norms, &geometry, w.len() as u64, target_sparsity)?;
-    let pruned = match cut {
-        Some(cut) => norms.par_iter().map(|n| n.key() <= cut).collect(),
-        None => vec![false; norms.len()],
+    let inner = layout.inner;
+    let decisions = if inner > 1 && inner % 8 == 0 {
+        // Whole bytes per decision row: the element mask will be the non-zero mask ANDed with
+        // the rows' bits, a byte at a time. A kept norm is one above the cut, which is the keep
+        // mask of the norms themselves (a norm above a cut is never zero).
+        let mut bits = vec![0xffu8; norms.len().div_ceil(8)];
+        if let Some(cut) = cut {
+            bits.par_chunks_mut(1 << 13)
+                .zip(norms.par_chunks(1 << 16))
+                .for_each(|(bits, norms)| {
+                    F::keep_mask(norms, Some(cut), bits);
+                });
+        }
+        Decisions::KeptBits(bits)
+    } else {
+        Decisions::Pruned(match cut {
+            Some(cut) => norms.par_iter().map(|n| n.key() <= cut).collect(),
+            None => vec![false; norms.len()],
+        })
     };
-    Ok(BlockDecisions { geometry, pruned })
+    Ok(BlockDecisions { geometry, decisions })
 }
 
-/// Whether each block is pruned, one flag per norm in the norms' (outer, block, inner) order.
+/// Whether each block is pruned, per norm in the norms' (outer, block, inner) order.
 pub struct BlockDecisions {
     geometry: Geometry,
-    pruned: Vec<bool>,
+    decisions: Decisions,
+}
+
+enum Decisions {
+    /// One flag per norm.
+    Pruned(Vec<bool>),
+    /// "Kept" bits, LSB first, when `inner` is a multiple of 8 (and above 1), so that every row
+    /// of decisions starts on a byte.
+    KeptBits(Vec<u8>),
+}
+
+impl Decisions {
+    fn pruned(&self, norm: usize) -> bool {
+        match self {
+            Decisions::Pruned(flags) => flags[norm],
+            Decisions::KeptBits(bits) => bits[norm / 8] & (1 << (norm % 8)) == 0,
+        }
+    }
 }
 
 impl BlockDecisions {
+    /// The keep mask of the elements `values` from element `start` on (a multiple of 8), as
+    /// [`super::mask::encode_kept`] asks for: not pruned and not zero. Returns how many are kept.
+    pub fn mask_into<T: Element>(&self, start: usize, values: &[T], bytes: &mut [u8]) -> usize {
+        let Decisions::KeptBits(kept_bits) = &self.decisions else {
+            return mask_from_pruned(start, values, bytes, |start, flags| self.fill(start, flags));
+        };
+        debug_assert_eq!(start % 8, 0);
+        T::keep_mask(values, None, bytes);
+        let Geometry { layout, block_size, blocks } = self.geometry;
+        let ChannelLayout { channel, inner, .. } = layout;
+        // Rows of `inner` elements share a row of decisions, and start on a byte.
+        let mut at = 0;
+        while at < values.len() {
+            let f = start + at;
+            let (row, i) = (f / inner, f % inner);
+            let (o, c) = (row / channel, row % channel);
+            let n = (inner - i).min(values.len() - at);
+            let decisions = ((o * blocks + c / block_size) * inner + i) / 8;
+            let row_bytes = &mut bytes[at / 8..(at + n).div_ceil(8)];
+            for (byte, kept) in row_bytes.iter_mut().zip(&kept_bits[decisions..]) {
+                *byte &= kept;
+            }
+            at += n;
+        }
+        crate::blob::count_ones(&bytes[..values.len().div_ceil(8)]) as usize
+    }
+
     /// `flags[k]` = whether element `start + k` is pruned: its block's decision. Walks runs of
     /// elements that share a decision row (`inner > 1`: one row of `inner` decisions per channel
     /// index) or a decision (`inner == 1`: the elements of one block), with no division per run
@@ -124,7 +185,7 @@ impl BlockDecisions {
                 let end = ((b + 1) * block_size).min(channel);
                 let n = end.saturating_sub(c).clamp(1, out.len());
                 let (head, rest) = out.split_at_mut(n);
-                head.fill(self.pruned[o * blocks + b]);
+                head.fill(self.decisions.pruned(o * blocks + b));
                 out = rest;
                 c += n;
                 if c >= end {
@@ -134,7 +195,10 @@ impl BlockDecisions {
                 let n = (inner - i).min(out.len());
                 let base = (o * blocks + b) * inner + i;
                 let (head, rest) = out.split_at_mut(n);
-                head.copy_from_slice(&self.pruned[base..base + n]);
+                match &self.decisions {
+                    Decisions::Pruned(flags) => head.copy_from_slice(&flags[base..base + n]),
+                    d => head.iter_mut().enumerate().for_each(|(k, f)| *f = d.pruned(base + k)),
+                }
                 out = rest;
                 i = 0;
                 c += 1;
@@ -298,7 +362,7 @@ fn grown<V: Copy + Default>(v: &mut Vec<V>, len: usize) -> &mut [V] {
 }
 
 /// The float weight types with a fast norm kernel; their norm type is themselves.
-trait NormFloat: Element + MapValue {
+trait NormFloat: Element<Mag = Self> + MapValue {
     const ZERO: Self;
     /// Norms of one block row: `block` is `real` rows of `out.len()` elements; the sum runs over
     /// the rows in order, from 0, rounded to Self after every addition.

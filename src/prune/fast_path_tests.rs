@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use super::axes::ChannelLayout;
 use super::block::reference_flags;
 use super::block_norms::{fast_block_decisions, fast_block_flags};
+use super::compact::flags_to_bytes;
 use super::element::Element;
 use super::nm::argsort_flags;
 use super::nm_rank::stable_rank_flags;
@@ -181,6 +182,18 @@ fn block_agrees<T: Element>(
             decisions.fill(start, &mut window);
             prop_assert_eq!(&window[..], &all[start..start + len], "window at {} of {}", start, len);
         }
+        // The keep mask the encoder asks for, chunk by chunk from a whole byte on: not pruned and
+        // not zero.
+        for start in [0, w.len() / 3 / 8 * 8, w.len() / 8 * 8] {
+            let values = &w[start..];
+            let keep: Vec<bool> = values.iter().zip(&all[start..]).map(|(x, &p)| !p && !x.is_zero()).collect();
+            let mut want = vec![0u8; values.len().div_ceil(8)];
+            flags_to_bytes(&keep, &mut want);
+            let mut got = vec![0xa5u8; want.len()];
+            let kept = decisions.mask_into(start, values, &mut got);
+            prop_assert_eq!(&got, &want, "mask from {}", start);
+            prop_assert_eq!(kept, keep.iter().filter(|&&k| k).count());
+        }
     }
     prop_assert_eq!(
         fast,
@@ -267,11 +280,15 @@ fn block_fast_spans_tiles_and_pairwise_cases() -> Result<(), TestCaseError> {
         (vec![6, 5003], 0),
         (vec![5003, 6], 0),
         (vec![3, 5003, 2], 1),
+        // Rows of decisions a whole number of bytes long.
+        (vec![600, 48], 0),
+        (vec![2, 600, 24], 1),
     ] {
+        let len: usize = shape.iter().product();
         for bs in [1, 2, 4, 7, 8, 9, 16, 150, 1500] {
             for s in [0.5, 0.37, 0.9] {
-                block_agrees(&w, &shape, dim, bs, s)?;
-                block_agrees(&w32, &shape, dim, bs, s)?;
+                block_agrees(&w[..len], &shape, dim, bs, s)?;
+                block_agrees(&w32[..len], &shape, dim, bs, s)?;
             }
         }
     }

@@ -5,7 +5,7 @@
 //! order; the mask is `np.packbits(keep, bitorder="little")`: bit `i % 8` (LSB first) of byte
 //! `i / 8`, `ceil(n/8)` bytes, padding bits zero.
 
-use super::compact::{compact_exact_into, compact_flagged, compact_flagged_into, compact_groups};
+use super::compact::{compact_exact_into, compact_flagged, compact_flagged_into, compact_groups, flags_to_bytes};
 use super::element::Element;
 use crate::tensor::reuse_or_zeroed;
 use super::{Apply, SparseTensor};
@@ -195,6 +195,28 @@ pub fn encode_kept<'a, T: Element>(
     }
 }
 
+/// An [`encode_kept`] mask from per-element "pruned" flags: `pruned_into(start, flags)` fills
+/// `flags[k]` with whether element `start + k` is pruned; kept are the others that are not zero.
+/// The flags go through a small buffer that stays in L1. Returns how many are kept.
+pub fn mask_from_pruned<T: Element>(
+    start: usize,
+    values: &[T],
+    bytes: &mut [u8],
+    pruned_into: impl Fn(usize, &mut [bool]),
+) -> usize {
+    const STEP: usize = 2048;
+    let mut flags = [false; STEP];
+    let mut kept = 0;
+    for (k, (part, part_bytes)) in values.chunks(STEP).zip(bytes.chunks_mut(STEP / 8)).enumerate() {
+        let flags = &mut flags[..part.len()];
+        pruned_into(start + k * STEP, flags);
+        keep_flags(part, flags);
+        flags_to_bytes(flags, part_bytes);
+        kept += flags.iter().filter(|&&f| f).count();
+    }
+    kept
+}
+
 /// Moves the elements of `values` whose mask bit is set to the front, in order; returns how many.
 fn compact_by_mask<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize {
     let full = values.len() / 8;
@@ -264,7 +286,6 @@ pub fn mask_bit(mask: &[u8], i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prune::compact::flags_to_bytes;
     use half::f16;
 
     /// The encoding written out the obvious way, one element at a time.
