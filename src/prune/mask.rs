@@ -142,6 +142,62 @@ pub fn encode_kept<'a, T: Element>(
     w: impl Into<Dense<'a, T>>,
     mask_into: impl Fn(usize, &[T], &mut [u8]) -> usize + Sync,
 ) -> SparseTensor<T> {
+    encode_by_mask(w, mask_into, |_, _, _| false)
+}
+
+/// The `w * (1 - pruned)` of a mode like [`encode_kept`] does `np.where`: `pruned_into(start,
+/// values, flags)` fills the chunk's "pruned" flags, and each chunk calls it once, or twice if it
+/// holds a NaN or an infinity.
+///
+/// A kept product is the value itself (`x * 1 == x` bit for bit) except for NaN (its quiet bit is
+/// set) and a pruned infinity (the default NaN, kept): only chunks holding those have their
+/// products made, into a scratch buffer the chunk is compacted from.
+pub fn encode_products<'a, T: Element>(
+    w: impl Into<Dense<'a, T>>,
+    pruned_into: impl Fn(usize, &[T], &mut [bool]) + Sync,
+) -> SparseTensor<T> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let w = w.into();
+    let chunks = w.values().len().div_ceil(ENCODE_CHUNK);
+    let special: Vec<AtomicBool> = (0..chunks).map(|_| AtomicBool::new(false)).collect();
+    encode_by_mask(
+        w,
+        |start, values, bytes| {
+            let mut flags = vec![false; values.len()];
+            pruned_into(start, values, &mut flags);
+            let mut any_special = false;
+            for (flag, x) in flags.iter_mut().zip(values) {
+                // NaN and ±inf: `x * 0` is not a zero.
+                let is_special = !x.mul_keep(false).is_zero();
+                any_special |= is_special;
+                *flag = is_special | (!*flag & !x.is_zero());
+            }
+            if any_special {
+                special[start / ENCODE_CHUNK].store(true, Ordering::Relaxed);
+            }
+            flags_to_bytes(&flags, bytes);
+            flags.iter().filter(|&&f| f).count()
+        },
+        |start, values, products| {
+            if !special[start / ENCODE_CHUNK].load(Ordering::Relaxed) {
+                return false;
+            }
+            let mut flags = vec![false; values.len()];
+            pruned_into(start, values, &mut flags);
+            products.clear();
+            products.extend(values.iter().zip(&flags).map(|(x, &pruned)| x.mul_keep(!pruned)));
+            true
+        },
+    )
+}
+
+/// [`encode_kept`], where `rewrite(start, values, new)` may put new values for a chunk into `new`
+/// (and return true), to be compacted instead of the chunk's own (with the same mask).
+fn encode_by_mask<'a, T: Element>(
+    w: impl Into<Dense<'a, T>>,
+    mask_into: impl Fn(usize, &[T], &mut [u8]) -> usize + Sync,
+    rewrite: impl Fn(usize, &[T], &mut Vec<T>) -> bool + Sync,
+) -> SparseTensor<T> {
     use rayon::prelude::*;
     let w = w.into();
     let values = w.values();
@@ -158,7 +214,11 @@ pub fn encode_kept<'a, T: Element>(
         Dense::Owned(mut w) => {
             w.par_chunks_mut(ENCODE_CHUNK)
                 .zip(mask.par_chunks(ENCODE_CHUNK / 8))
-                .for_each(|(chunk, bytes)| {
+                .enumerate()
+                .for_each_init(Vec::new, |new, (c, (chunk, bytes))| {
+                    if rewrite(c * ENCODE_CHUNK, chunk, new) {
+                        chunk.copy_from_slice(new);
+                    }
                     compact_by_mask(chunk, bytes);
                 });
             slide_chunk_prefixes(&mut w, &counts);
@@ -181,7 +241,14 @@ pub fn encode_kept<'a, T: Element>(
                 .par_chunks(ENCODE_CHUNK)
                 .zip(mask.par_chunks(ENCODE_CHUNK / 8))
                 .zip(places)
-                .for_each(|((chunk, bytes), place)| compact_exact_into(chunk, bytes, place));
+                .enumerate()
+                .for_each_init(Vec::new, |new, (c, ((chunk, bytes), place))| {
+                    if rewrite(c * ENCODE_CHUNK, chunk, new) {
+                        compact_exact_into(new, bytes, place)
+                    } else {
+                        compact_exact_into(chunk, bytes, place)
+                    }
+                });
             // SAFETY: the places tile `0..kept` of the spare capacity, and `compact_exact_into`
             // wrote every slot of each (it fails rather than return otherwise).
             unsafe { out.set_len(kept) };
@@ -381,5 +448,35 @@ mod tests {
         assert_eq!(owned.mask, want.mask);
         assert_eq!(owned.kept, want.kept);
         assert_eq!(bits(&owned.nonzero), bits(&want.nonzero));
+    }
+
+    #[test]
+    fn encoding_products_matches_the_sequential_one_owned_and_borrowed() {
+        // Chunks 1 and 3 (the ragged tail) without NaN or inf, whose kept products are the
+        // values themselves; the others full of both.
+        let (mut w, pruned) = chunky_tensor();
+        for (i, x) in w.iter_mut().enumerate() {
+            if matches!(i / ENCODE_CHUNK, 1 | 3) && x.to_bits() & 0x7c00 == 0x7c00 {
+                *x = f16::from_bits(x.to_bits() & 0xbfff);
+            }
+        }
+        let want = encode_sequentially(&w, Apply::Multiply, &pruned);
+        let pruned_into = |start: usize, values: &[f16], flags: &mut [bool]| {
+            flags.copy_from_slice(&pruned[start..start + values.len()])
+        };
+        let bits = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let outs = [Vec::new(), vec![f16::NAN; w.len()]];
+        for (k, out) in outs.into_iter().enumerate() {
+            let borrowed = encode_products(Dense::Borrowed { values: &w, out }, pruned_into);
+            assert_eq!(borrowed.mask, want.mask, "borrowed {k}");
+            assert_eq!(bits(&borrowed.nonzero), bits(&want.nonzero), "borrowed {k}");
+            assert_eq!(borrowed.kept, want.kept);
+        }
+        let owned = encode_products(w.clone(), pruned_into);
+        assert_eq!(owned.mask, want.mask);
+        assert_eq!(bits(&owned.nonzero), bits(&want.nonzero));
+        // The NaNs that were kept got their quiet bit, and pruned infinities became NaN.
+        assert!(want.nonzero.iter().zip(&owned.nonzero).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(w.iter().any(|x| x.to_bits() & 0x7e00 == 0x7c00 && x.to_bits() & 0x3ff != 0), "a signalling NaN");
     }
 }

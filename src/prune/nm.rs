@@ -23,7 +23,7 @@
 use super::axes::{check_structural_rank, ChannelLayout};
 use super::element::{Element, MapValue};
 use super::keys::Key;
-use super::mask::{encode_sparse_in_place, Dense, ENCODE_CHUNK};
+use super::mask::{encode_products, encode_sparse_in_place, Dense, ENCODE_CHUNK};
 use super::nm_rank::{stable_rank_flags, stable_rank_flags_into, Span, MAX_STABLE_M};
 use super::{Apply, KernelError, Outcome};
 
@@ -66,7 +66,7 @@ pub fn n_m_in_place<'a, T: Element>(
         if let Some(inner) = chunk_holds_whole_groups(layout, m) {
             // Each encoding chunk ranks its own groups while they are in cache, with no
             // tensor-sized flag array.
-            return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Multiply, |_, values, flags| {
+            return Ok(Outcome::Pruned(encode_products(w, |_, values, flags| {
                 stable_rank_flags_into(values, Span::Groups { inner }, n, m, flags)
             })));
         }
