@@ -228,55 +228,152 @@ where
     count_part_portable(part, key, b, table)
 }
 
-/// The same code compiled for AVX2, where the first loop runs 16 keys per instruction.
+/// The same code compiled for AVX2, where the key loop runs 16 keys per instruction and 16-bit
+/// keys are tallied by [`tally_u16_avx2`].
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,popcnt,bmi1")]
 unsafe fn count_part_avx2<T, K, F>(part: &[T], key: &F, b: Bracket<K>, table: &mut [u32]) -> PartCounts<K>
 where
     K: Key,
     F: Fn(&T) -> K,
 {
-    count_part_portable(part, key, b, table)
+    count_part_with(part, key, table, |keys, table| {
+        if K::BITS == 16 {
+            let (lo, hi) = (b.lo.to_u64() as u16, b.hi.to_u64() as u16);
+            // SAFETY: AVX2 is available (this function's contract); 16-bit keys are u16s.
+            let (below, above, max) = unsafe { tally_u16_avx2(bytemuck::cast_slice(keys), lo, hi, table) };
+            (below, above, K::from_u64(u64::from(max)))
+        } else {
+            tally(keys, b, table)
+        }
+    })
 }
 
 /// Keys per block: the block's keys, flags and mask bytes stay in L1.
 const BLOCK: usize = 2048;
 
-#[inline(always)]
 fn count_part_portable<T, K, F>(part: &[T], key: &F, b: Bracket<K>, table: &mut [u32]) -> PartCounts<K>
 where
     K: Key,
     F: Fn(&T) -> K,
 {
-    let lo = b.lo.to_u64();
+    count_part_with(part, key, table, |keys, table| tally(keys, b, table))
+}
+
+/// Block by block: the keys, then `tally(keys, table)`, which histograms the keys inside the
+/// bracket into `table` and returns how many lie below and above it, and the largest key.
+#[inline(always)]
+fn count_part_with<T, K, F>(
+    part: &[T],
+    key: &F,
+    table: &mut [u32],
+    tally: impl Fn(&[K], &mut [u32]) -> (u32, u32, K),
+) -> PartCounts<K>
+where
+    K: Key,
+    F: Fn(&T) -> K,
+{
     let mut keys = [K::from_u64(0); BLOCK];
-    let mut inside = [false; BLOCK];
-    let mut bytes = [0u8; BLOCK / 8];
     let (mut below, mut above) = (0u64, 0u64);
     let mut max: Option<K> = None;
     for block in part.chunks(BLOCK) {
-        let (keys, inside) = (&mut keys[..block.len()], &mut inside[..block.len()]);
-        let (mut block_below, mut block_above) = (0u32, 0u32);
-        let mut block_max = K::from_u64(0);
-        for ((x, k), flag) in block.iter().zip(keys.iter_mut()).zip(inside.iter_mut()) {
+        let keys = &mut keys[..block.len()];
+        for (x, k) in block.iter().zip(keys.iter_mut()) {
             *k = key(x);
-            block_below += u32::from(*k < b.lo);
-            block_above += u32::from(*k > b.hi);
-            *flag = b.lo <= *k && *k <= b.hi;
-            block_max = block_max.max(*k);
         }
+        let (block_below, block_above, block_max) = tally(keys, table);
         below += u64::from(block_below);
         above += u64::from(block_above);
         max = max.max(Some(block_max));
-        let kept = compact_flagged(keys, inside, &mut bytes);
-        for k in &keys[..kept] {
-            table[(k.to_u64() - lo) as usize] += 1;
-        }
     }
     PartCounts { below, above, max }
+}
+
+/// One block of keys (at most [`BLOCK`]): with no branch per key (about half the steps of a few
+/// keys hold a key inside, at random, so a branch would mispredict constantly), the counts below
+/// and above, the maximum and the "inside" flags in one vectorized loop; then the inside keys are
+/// moved to the front ([`compact_flagged`]) and only those few are histogrammed.
+#[inline(always)]
+fn tally<K: Key>(keys: &[K], b: Bracket<K>, table: &mut [u32]) -> (u32, u32, K) {
+    let lo = b.lo.to_u64();
+    let mut inside = [false; BLOCK];
+    let mut bytes = [0u8; BLOCK / 8];
+    let mut scratch = [K::from_u64(0); BLOCK];
+    let (inside, scratch) = (&mut inside[..keys.len()], &mut scratch[..keys.len()]);
+    let (mut below, mut above) = (0u32, 0u32);
+    let mut max = K::from_u64(0);
+    for ((&k, flag), slot) in keys.iter().zip(inside.iter_mut()).zip(scratch.iter_mut()) {
+        below += u32::from(k < b.lo);
+        above += u32::from(k > b.hi);
+        *flag = b.lo <= k && k <= b.hi;
+        max = max.max(k);
+        *slot = k;
+    }
+    let kept = compact_flagged(scratch, inside, &mut bytes);
+    for k in &scratch[..kept] {
+        table[(k.to_u64() - lo) as usize] += 1;
+    }
+    (below, above, max)
+}
+
+/// [`tally`] for 16-bit keys, 32 at a time: unsigned compares give "at least lo" and "at most hi"
+/// masks, one bit per key, whose bit counts are the counts below and above and whose AND marks
+/// the keys inside. Those are compacted by their mask bytes ([`compact_groups_into`]) and only
+/// they are histogrammed: no flags, and no branch per key or per few keys (about one key in 30
+/// is inside, at random, so a branch on "any inside" would mispredict constantly).
+///
+/// # Safety
+/// AVX2, POPCNT and BMI1 must be available. Every key inside `lo..=hi` indexes `table` at `k - lo`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt,bmi1")]
+unsafe fn tally_u16_avx2(keys: &[u16], lo: u16, hi: u16, table: &mut [u32]) -> (u32, u32, u16) {
+    use std::arch::x86_64::*;
+    let (lo_lanes, hi_lanes) = (_mm256_set1_epi16(lo as i16), _mm256_set1_epi16(hi as i16));
+    let mut max_lanes = _mm256_setzero_si256();
+    let (mut below, mut above) = (0u32, 0u32);
+    let mut bytes = [0u8; BLOCK / 8];
+    let mut groups = keys.chunks_exact(32);
+    for (group, out) in (&mut groups).zip(bytes.chunks_exact_mut(4)) {
+        // SAFETY: `group` holds 32 keys: two unaligned 32-byte loads.
+        let (a, b) = unsafe {
+            (
+                _mm256_loadu_si256(group.as_ptr().cast()),
+                _mm256_loadu_si256(group.as_ptr().add(16).cast()),
+            )
+        };
+        let at_least_lo = |k| _mm256_cmpeq_epi16(_mm256_max_epu16(k, lo_lanes), k);
+        let at_most_hi = |k| _mm256_cmpeq_epi16(_mm256_min_epu16(k, hi_lanes), k);
+        max_lanes = _mm256_max_epu16(max_lanes, _mm256_max_epu16(a, b));
+        // One bit per key, in key order (packs works per 128-bit lane: the permute undoes that).
+        let bits = |x, y| _mm256_movemask_epi8(_mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(x, y))) as u32;
+        let lo_mask = bits(at_least_lo(a), at_least_lo(b));
+        let hi_mask = bits(at_most_hi(a), at_most_hi(b));
+        below += 32 - lo_mask.count_ones();
+        above += 32 - hi_mask.count_ones();
+        out.copy_from_slice(&(lo_mask & hi_mask).to_le_bytes());
+    }
+    let done = keys.len() - groups.remainder().len();
+    let mut inside = [0u16; BLOCK];
+    let kept = super::compact::compact_groups_into(&keys[..done], &mut inside[..done], &bytes[..done / 8]);
+    for &k in &inside[..kept] {
+        table[usize::from(k - lo)] += 1;
+    }
+    let mut lanes = [0u16; 16];
+    // SAFETY: `lanes` is 32 bytes.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), max_lanes) };
+    let mut max = lanes.iter().copied().max().unwrap_or(0);
+    for &k in groups.remainder() {
+        below += u32::from(k < lo);
+        above += u32::from(k > hi);
+        max = max.max(k);
+        if (lo..=hi).contains(&k) {
+            table[usize::from(k - lo)] += 1;
+        }
+    }
+    (below, above, max)
 }
 
 #[cfg(test)]
@@ -336,6 +433,11 @@ mod tests {
         let b = Bracket { lo: ends.0.min(ends.1), hi: ends.0.max(ends.1) };
         let counts = count_bracket(keys, &|&k: &K| k, b);
         check_counts(keys, b, &counts)?;
+        // The portable part counter too (`count_bracket` took the AVX2 one where the CPU has it).
+        let mut table = vec![0u32; counts.inside.len()];
+        let part = count_part_portable(keys, &|&k: &K| k, b, &mut table);
+        prop_assert_eq!((part.below, part.above, part.max), (counts.below, counts.above, counts.max));
+        prop_assert!(table.iter().zip(&counts.inside).all(|(&t, &c)| u64::from(t) == c));
         let (prev, next) = ranks(r, keys.len());
         check_stats(keys, b, &counts, prev, next)
     }
