@@ -59,10 +59,14 @@ where
     K: Key,
     F: Fn(&T) -> K,
 {
-    let starts = keys.len() - RUN_LEN + 1;
+    let places = keys.len() - RUN_LEN + 1;
+    let starts: Vec<usize> = (0..RUNS as u64).map(|r| (splitmix64(r) % places as u64) as usize).collect();
+    // Touch every run first: these loads are independent, so their cache misses overlap, where
+    // the gathering loop below would wait for each in turn.
+    let touched = starts.iter().fold(0u64, |acc, &s| acc ^ key(&keys[s]).to_u64() ^ key(&keys[s + RUN_LEN - 1]).to_u64());
+    std::hint::black_box(touched);
     let mut sample: Vec<K> = Vec::with_capacity(SAMPLE);
-    for r in 0..RUNS as u64 {
-        let start = (splitmix64(r) % starts as u64) as usize;
+    for &start in &starts {
         sample.extend(keys[start..start + RUN_LEN].iter().map(key));
     }
     let scaled = |rank: u64| (u128::from(rank) * SAMPLE as u128 / u128::from(n)) as usize;
