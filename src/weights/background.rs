@@ -25,7 +25,7 @@ use crate::weights::syncer::Syncer;
 /// Bytes gathered before a hand-over: large enough that a syscall moves a lot.
 const PIECE: usize = 8 << 20;
 /// Bytes written between two requests for an `fdatasync` (see [`Syncer`]).
-const SYNC_EVERY: usize = 16 << 20;
+const SYNC_EVERY: usize = 4 << 20;
 
 pub struct BackgroundWriter {
     state: State,
@@ -83,8 +83,17 @@ impl BackgroundWriter {
                         }
                         Item::Tensor(data) => {
                             let bytes = data.as_le_bytes();
-                            file.write_all(&bytes)?;
-                            unsynced += bytes.len();
+                            // In slices, each synced as soon as it is written: the disk then
+                            // works while the rest is copied, and the last sync (which the
+                            // commit waits for) covers one slice, not the whole tensor.
+                            for slice in bytes.chunks(SYNC_EVERY) {
+                                file.write_all(slice)?;
+                                unsynced += slice.len();
+                                if unsynced >= SYNC_EVERY {
+                                    syncer.request()?;
+                                    unsynced = 0;
+                                }
+                            }
                             drop(bytes);
                             let _ = tensor_to_main.try_send(data);
                         }
