@@ -176,7 +176,7 @@ pub fn encode_products<'a, T: Element>(
                 special[start / ENCODE_CHUNK].store(true, Ordering::Relaxed);
             }
             flags_to_bytes(&flags, bytes);
-            flags.iter().filter(|&&f| f).count()
+            crate::blob::count_ones(&bytes[..values.len().div_ceil(8)]) as usize
         },
         |start, values, products| {
             if !special[start / ENCODE_CHUNK].load(Ordering::Relaxed) {
@@ -279,7 +279,7 @@ pub fn mask_from_pruned<T: Element>(
         pruned_into(start + k * STEP, flags);
         keep_flags(part, flags);
         flags_to_bytes(flags, part_bytes);
-        kept += flags.iter().filter(|&&f| f).count();
+        kept += crate::blob::count_ones(&part_bytes[..part.len().div_ceil(8)]) as usize;
     }
     kept
 }
