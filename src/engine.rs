@@ -250,8 +250,12 @@ struct Rewrite {
     renames: Vec<(String, String, String)>,
     /// The first all-zero sparse op per (block, output type): later ones reuse it (see
     /// [`Rewrite::prune_const`]).
-    all_zero: HashMap<(String, String, Vec<usize>, crate::dtype::ScalarType, Vec<u64>), String>,
+    all_zero: HashMap<AllZeroKey, String>,
 }
+
+/// Where an all-zero sparse op can be shared: (function, specialization, enclosing block's steps,
+/// element type, shape).
+type AllZeroKey = (String, String, Vec<usize>, crate::dtype::ScalarType, Vec<u64>);
 
 /// `Ok((kept, bytes_after))` for a pruned tensor, `Err(reason)` when the kernel skipped it.
 type PruneResult = std::result::Result<(u64, u64), String>;
