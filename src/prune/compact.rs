@@ -19,6 +19,8 @@ pub fn compact_groups<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize
 
 /// [`compact_groups`] from `src` into the front of `dst` (`src` is left as it is). Both hold at
 /// least `8 * bytes.len()` elements; `dst`'s slots after the kept ones hold leftovers.
+// Only the AVX2 bracket tally (and the tests) use it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub fn compact_groups_into<T: bytemuck::Pod>(src: &[T], dst: &mut [T], bytes: &[u8]) -> usize {
     assert!(src.len() >= bytes.len() * 8 && dst.len() >= bytes.len() * 8);
     // SAFETY: both lengths were just checked; a shared and a mutable borrow never overlap.
@@ -87,24 +89,17 @@ pub fn compact_exact_into<T: bytemuck::Pod>(src: &[T], bytes: &[u8], dst: &mut [
 pub fn compact_flagged<T: bytemuck::Pod>(values: &mut [T], flags: &[bool], bytes: &mut [u8]) -> usize {
     assert_eq!(values.len(), flags.len());
     flags_to_bytes(flags, bytes);
+    compact_masked(values, bytes)
+}
+
+/// Moves the elements of `values` whose bit is set in `bytes` (LSB first, the last byte possibly
+/// partial) to the front, in order; returns how many. `bytes.len() >= values.len().div_ceil(8)`.
+pub fn compact_masked<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize {
     let full = values.len() / 8;
     let mut kept = compact_groups(values, &bytes[..full]);
     for i in full * 8..values.len() {
         values[kept] = values[i];
-        kept += usize::from(flags[i]);
-    }
-    kept
-}
-
-/// [`compact_flagged`] from `src` into the front of `dst` (`dst.len() >= src.len()`).
-pub fn compact_flagged_into<T: bytemuck::Pod>(src: &[T], flags: &[bool], bytes: &mut [u8], dst: &mut [T]) -> usize {
-    assert_eq!(src.len(), flags.len());
-    flags_to_bytes(flags, bytes);
-    let full = src.len() / 8;
-    let mut kept = compact_groups_into(src, dst, &bytes[..full]);
-    for i in full * 8..src.len() {
-        dst[kept] = src[i];
-        kept += usize::from(flags[i]);
+        kept += usize::from(bytes[i / 8] & (1 << (i % 8)) != 0);
     }
     kept
 }

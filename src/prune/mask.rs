@@ -5,9 +5,8 @@
 //! order; the mask is `np.packbits(keep, bitorder="little")`: bit `i % 8` (LSB first) of byte
 //! `i / 8`, `ceil(n/8)` bytes, padding bits zero.
 
-use super::compact::{compact_exact_into, compact_flagged, compact_flagged_into, compact_groups, flags_to_bytes};
+use super::compact::{compact_exact_into, compact_masked, flags_to_bytes};
 use super::element::Element;
-use crate::tensor::reuse_or_zeroed;
 use super::{Apply, SparseTensor};
 
 /// Elements per parallel work item of [`encode_sparse_in_place`]: a multiple of 8, so every chunk
@@ -57,61 +56,24 @@ impl<T> From<Vec<T>> for Dense<'_, T> {
 /// Encodes the dense result of pruning `w`: element `i` becomes `0` where it is pruned under
 /// [`Apply::Where`], or `w[i] * (1 - pruned)` under [`Apply::Multiply`]; then every non-zero result
 /// is kept (see the module doc). `pruned_into(start, values, flags)` fills `flags[k]` with whether
-/// element `start + k`, whose value is `values[k]`, is pruned; it is called once per chunk, from
-/// several threads, before the chunk is compacted.
+/// element `start + k`, whose value is `values[k]`, is pruned; it is called per chunk, from several
+/// threads ([`encode_kept`], [`encode_products`]).
 ///
 /// An owned `w` becomes `nonzero_data`, so a tensor costs no second buffer; a borrowed one is
-/// compacted straight into its output buffer, never copied whole. Each chunk is compacted in
-/// parallel (a kept value only ever moves to a lower index within its chunk) while its mask bytes
-/// are written, then the chunks' kept prefixes are slid together.
+/// compacted straight into its output buffer, never copied whole.
 pub fn encode_sparse_in_place<'a, T: Element>(
     w: impl Into<Dense<'a, T>>,
     apply: Apply,
     pruned_into: impl Fn(usize, &[T], &mut [bool]) + Sync,
 ) -> SparseTensor<T> {
-    use rayon::prelude::*;
-    let (src, mut out) = match w.into() {
-        Dense::Owned(w) => (None, w),
-        Dense::Borrowed { values, out } => (Some(values), reuse_or_zeroed(out, values.len())),
-    };
-    let n = out.len();
-    let mut mask = vec![0u8; n.div_ceil(8)];
-    let counts: Vec<usize> = out
-        .par_chunks_mut(ENCODE_CHUNK)
-        .zip(mask.par_chunks_mut(ENCODE_CHUNK / 8))
-        .enumerate()
-        .map_init(
-            || vec![false; ENCODE_CHUNK],
-            |flags, (c, (dst, bytes))| {
-                let flags = &mut flags[..dst.len()];
-                let start = c * ENCODE_CHUNK;
-                match src {
-                    Some(src) => {
-                        let src = &src[start..start + dst.len()];
-                        pruned_into(start, src, flags);
-                        if apply == Apply::Multiply {
-                            // The products are new values: make them in the output, then compact
-                            // there as in place.
-                            dst.copy_from_slice(src);
-                            compact_chunk(dst, flags, bytes, apply)
-                        } else {
-                            keep_flags(src, flags);
-                            compact_flagged_into(src, flags, bytes, dst)
-                        }
-                    }
-                    None => {
-                        pruned_into(start, dst, flags);
-                        compact_chunk(dst, flags, bytes, apply)
-                    }
-                }
-            },
-        )
-        .collect();
-    let kept = slide_chunk_prefixes(&mut out, &counts);
-    SparseTensor {
-        mask,
-        nonzero: out,
-        kept: kept as u64,
+    match apply {
+        Apply::Where => encode_kept(w, |start, values, bytes| {
+            let mut flags = vec![false; values.len()];
+            pruned_into(start, values, &mut flags);
+            keep_flags(values, &mut flags);
+            mask_of_flags(&flags, bytes)
+        }),
+        Apply::Multiply => encode_products(w, pruned_into),
     }
 }
 
@@ -175,8 +137,7 @@ pub fn encode_products<'a, T: Element>(
             if any_special {
                 special[start / ENCODE_CHUNK].store(true, Ordering::Relaxed);
             }
-            flags_to_bytes(&flags, bytes);
-            crate::blob::count_ones(&bytes[..values.len().div_ceil(8)]) as usize
+            mask_of_flags(&flags, bytes)
         },
         |start, values, products| {
             if !special[start / ENCODE_CHUNK].load(Ordering::Relaxed) {
@@ -219,7 +180,7 @@ fn encode_by_mask<'a, T: Element>(
                     if rewrite(c * ENCODE_CHUNK, chunk, new) {
                         chunk.copy_from_slice(new);
                     }
-                    compact_by_mask(chunk, bytes);
+                    compact_masked(chunk, bytes);
                 });
             slide_chunk_prefixes(&mut w, &counts);
             w
@@ -278,21 +239,16 @@ pub fn mask_from_pruned<T: Element>(
         let flags = &mut flags[..part.len()];
         pruned_into(start + k * STEP, flags);
         keep_flags(part, flags);
-        flags_to_bytes(flags, part_bytes);
-        kept += crate::blob::count_ones(&part_bytes[..part.len().div_ceil(8)]) as usize;
+        kept += mask_of_flags(flags, part_bytes);
     }
     kept
 }
 
-/// Moves the elements of `values` whose mask bit is set to the front, in order; returns how many.
-fn compact_by_mask<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize {
-    let full = values.len() / 8;
-    let mut kept = compact_groups(values, &bytes[..full]);
-    for i in full * 8..values.len() {
-        values[kept] = values[i];
-        kept += usize::from(bytes[i / 8] & (1 << (i % 8)) != 0);
-    }
-    kept
+/// Packs "kept" flags into mask bytes ([`flags_to_bytes`]); returns how many are set.
+fn mask_of_flags(flags: &[bool], bytes: &mut [u8]) -> usize {
+    let bytes = &mut bytes[..flags.len().div_ceil(8)];
+    flags_to_bytes(flags, bytes);
+    crate::blob::count_ones(bytes) as usize
 }
 
 /// Pruned flags become "kept" flags for [`Apply::Where`]: not pruned and not zero.
@@ -300,25 +256,6 @@ fn keep_flags<T: Element>(values: &[T], flags: &mut [bool]) {
     for (flag, x) in flags.iter_mut().zip(values) {
         *flag = !*flag & !x.is_zero();
     }
-}
-
-/// One chunk of [`encode_sparse_in_place`]: writes the mask bytes of `values` and moves its kept
-/// values to its front; returns how many were kept. Three simple passes over a chunk that sits in
-/// L2, each branch-free (with about half the elements kept at random, a branch per element would
-/// mispredict constantly): the keep decision (vectorized), the mask bytes (one multiply per eight
-/// flags), the compaction ([`compact_flagged`]).
-fn compact_chunk<T: Element>(values: &mut [T], pruned: &mut [bool], bytes: &mut [u8], apply: Apply) -> usize {
-    match apply {
-        Apply::Where => keep_flags(values, pruned),
-        Apply::Multiply => {
-            // The flags become "kept" flags.
-            for (flag, x) in pruned.iter_mut().zip(values.iter_mut()) {
-                *x = x.mul_keep(!*flag);
-                *flag = !x.is_zero();
-            }
-        }
-    }
-    compact_flagged(values, pruned, bytes)
 }
 
 /// The dense tensor of `n` elements a [`SparseTensor`] stands for: kept values in mask order, +0
