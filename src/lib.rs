@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod blob;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod devices;

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use manifest::Manifest;
 pub use output::OutputPackage;
+pub(crate) use random::temp_suffix;
 
 use crate::error::{Error, IoContext, Result};
 use folder::{read_folder, DATA_DIR, WEIGHT_FILE};

@@ -7,7 +7,7 @@
 //! 3. seeded bit flips and truncations of every fixture through `inspect` and `prune`.
 
 #[allow(dead_code)]
-#[path = "../fuzz/src/entry.rs"]
+#[path = "../../fuzz/src/entry.rs"]
 mod entry;
 
 use std::collections::BTreeMap;
@@ -940,3 +940,12 @@ fn two_consts_sharing_a_name_attribute() {
     let graph = |e: &Error| matches!(e, Error::Graph(m) if m.contains("_sparsified"));
     assert_refused(&case, Refused::PruneOnly, graph, &["model graph", weight]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. Second round (issue 18): one module per class of hostile input, sharing the helpers above.
+
+mod config_input;
+mod model_checks;
+mod output_safety;
+mod scaling;
+mod zip_input;

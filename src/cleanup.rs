@@ -1,0 +1,300 @@
+//! Scratch paths (staging folders, temporary archives and reports, extracted zips) that must not
+//! outlive the process, even when it is interrupted.
+//!
+//! Every scratch path is created through [`ScratchPath::create_dir`] or
+//! [`ScratchPath::create_file`], which
+//! - registers it, so that SIGINT, SIGTERM or SIGHUP remove it before the process exits
+//!   ([`install_signal_cleanup`], called once by `main`);
+//! - holds an exclusive advisory lock (`flock`) on it for as long as the owner lives, so that a
+//!   later run can tell a scratch path left by a killed process (`kill -9`, power loss: no handler
+//!   runs) from one in use by a live run, and remove only the former ([`sweep_stale`]).
+//!
+//! The owner removes its scratch path itself on success or error (its `Drop`); the registry only
+//! matters when a signal arrives. Commits that rename scratch paths into place run under
+//! [`hold_off_signals`], so a signal never removes half of a commit: it waits for the commit to
+//! finish and then removes only what is still registered.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Paths to remove if a signal arrives, by registration id.
+static REGISTRY: Mutex<BTreeMap<u64, Registered>> = Mutex::new(BTreeMap::new());
+/// Taken by commits, and by the signal thread before it removes anything.
+static COMMIT: Mutex<()> = Mutex::new(());
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// How many fresh names to try when a random name is taken.
+const NAME_ATTEMPTS: usize = 16;
+
+#[derive(Debug, Clone)]
+struct Registered {
+    path: PathBuf,
+    is_dir: bool,
+}
+
+fn registry() -> MutexGuard<'static, BTreeMap<u64, Registered>> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Blocks signal cleanup while held: take it around renames that move scratch paths into place.
+pub fn hold_off_signals() -> MutexGuard<'static, ()> {
+    COMMIT.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A registered, locked scratch file or directory. Dropping it unregisters it and releases the
+/// lock; it does not remove the path (the owner decides: remove on failure, rename on success).
+#[derive(Debug)]
+pub struct ScratchPath {
+    id: u64,
+    path: PathBuf,
+    /// Open handle holding the advisory lock; for a file, the handle to write through.
+    handle: File,
+}
+
+impl ScratchPath {
+    /// Creates `<parent>/<prefix><random>` as a new directory, locked and registered.
+    pub fn create_dir(parent: &Path, prefix: &str) -> Result<ScratchPath> {
+        Self::create(parent, prefix, true)
+    }
+
+    /// Creates `<parent>/<prefix><random>` as a new empty file, open for writing, locked and
+    /// registered.
+    pub fn create_file(parent: &Path, prefix: &str) -> Result<ScratchPath> {
+        Self::create(parent, prefix, false)
+    }
+
+    fn create(parent: &Path, prefix: &str, is_dir: bool) -> Result<ScratchPath> {
+        let mut last_error = None;
+        for _ in 0..NAME_ATTEMPTS {
+            let mut name = OsString::from(prefix);
+            name.push(crate::package::temp_suffix());
+            let path = parent.join(name);
+            // Register before creating, so no instant exists where the path is ours but unknown
+            // to the signal handler.
+            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            registry().insert(id, Registered { path: path.clone(), is_dir });
+            match create_locked(&path, is_dir) {
+                Ok(handle) => return Ok(ScratchPath { id, path, handle }),
+                Err(e) => {
+                    registry().remove(&id);
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(Error::io(path, e));
+                    }
+                    last_error = Some((path, e));
+                }
+            }
+        }
+        let (path, e) =
+            last_error.unwrap_or_else(|| (parent.to_path_buf(), io::ErrorKind::AlreadyExists.into()));
+        Err(Error::io(path, e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file (for a scratch file: write through it; it holds the lock).
+    pub fn file(&self) -> &File {
+        &self.handle
+    }
+
+    /// Records that the path was renamed to `new_path` (which now holds the same lock): a signal
+    /// before the caller drops this removes the new path instead.
+    pub fn renamed_to(&mut self, new_path: PathBuf) {
+        if let Some(entry) = registry().get_mut(&self.id) {
+            entry.path = new_path.clone();
+        }
+        self.path = new_path;
+    }
+
+    /// Removes the path now (best effort) and unregisters it.
+    pub fn remove(self) {
+        let is_dir = registry().get(&self.id).is_some_and(|r| r.is_dir);
+        remove_path(&self.path, is_dir);
+    }
+}
+
+impl Drop for ScratchPath {
+    fn drop(&mut self) {
+        registry().remove(&self.id);
+    }
+}
+
+/// Creates the file or directory with `create_new` semantics and takes an exclusive lock on it.
+fn create_locked(path: &Path, is_dir: bool) -> io::Result<File> {
+    let handle = if is_dir {
+        std::fs::create_dir(path)?;
+        File::open(path)?
+    } else {
+        OpenOptions::new().read(true).write(true).create_new(true).open(path)?
+    };
+    // Nobody else can hold it yet, except a sweep that saw the fresh, unlocked path and is about to
+    // remove it: if the path no longer names our inode, report it as taken and try another name.
+    match handle.try_lock() {
+        Ok(()) if same_file(path, &handle) => Ok(handle),
+        _ => Err(io::ErrorKind::AlreadyExists.into()),
+    }
+}
+
+#[cfg(unix)]
+fn same_file(path: &Path, handle: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(path), handle.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(path: &Path, _handle: &File) -> bool {
+    path.exists()
+}
+
+fn remove_path(path: &Path, is_dir: bool) {
+    let _ = if is_dir { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+}
+
+/// Removes every entry of `dir` whose name starts with `prefix` and that no live process holds
+/// (its lock can be taken): scratch paths left by a run that was killed before it could clean up.
+/// Returns what was removed. Entries of other kinds (links, FIFOs) are left alone, and so is
+/// anything that cannot be opened.
+pub fn sweep_stale(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.at(dir)?;
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if !(meta.is_dir() || meta.is_file()) {
+            continue;
+        }
+        let Ok(handle) = File::open(&path) else { continue };
+        if handle.try_lock().is_err() || !same_file(&path, &handle) {
+            continue; // a live run holds it, or it was replaced meanwhile
+        }
+        remove_path(&path, meta.is_dir());
+        removed.push(path);
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: wait for a commit in progress, remove every registered scratch
+/// path, and exit with 128 + the signal number, as a shell reports a death by that signal.
+#[cfg(unix)]
+pub fn install_signal_cleanup() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::iterator::Signals;
+
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| Error::Usage(format!("cannot install signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("mlprune-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _commit = hold_off_signals();
+                for scratch in registry().values() {
+                    remove_path(&scratch.path, scratch.is_dir);
+                }
+                std::process::exit(128 + signal);
+            }
+        })
+        .map_err(|e| Error::Usage(format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn install_signal_cleanup() -> Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn scratch_paths_are_registered_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = ScratchPath::create_dir(dir.path(), ".x.mlprune-tmp-").unwrap();
+        assert!(scratch.path().is_dir());
+        assert!(registry().values().any(|r| r.path == scratch.path()));
+        let path = scratch.path().to_path_buf();
+        drop(scratch);
+        assert!(path.is_dir(), "dropping does not remove; the owner does");
+        assert!(!registry().values().any(|r| r.path == path));
+    }
+
+    #[test]
+    fn sweep_removes_only_what_no_live_owner_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_dir = ScratchPath::create_dir(dir.path(), ".o.mlprune-tmp-").unwrap();
+        let live_file = ScratchPath::create_file(dir.path(), ".o.mlprune-tmp-").unwrap();
+        // A killed run's leftovers: nobody holds a lock on them.
+        std::fs::create_dir(dir.path().join(".o.mlprune-tmp-dead1")).unwrap();
+        std::fs::write(dir.path().join(".o.mlprune-tmp-dead1/weight.bin"), b"x").unwrap();
+        std::fs::write(dir.path().join(".o.mlprune-tmp-dead2"), b"x").unwrap();
+        // Not ours to touch: another prefix, and a link matching the prefix.
+        std::fs::write(dir.path().join("o.mlpackage"), b"x").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("o.mlpackage", dir.path().join(".o.mlprune-tmp-link")).unwrap();
+
+        let removed = sweep_stale(dir.path(), ".o.mlprune-tmp-").unwrap();
+        assert_eq!(
+            removed,
+            [dir.path().join(".o.mlprune-tmp-dead1"), dir.path().join(".o.mlprune-tmp-dead2")]
+        );
+        assert!(live_dir.path().is_dir());
+        assert!(live_file.path().is_file());
+        let mut expected = vec!["o.mlpackage".to_string()];
+        #[cfg(unix)]
+        expected.push(".o.mlprune-tmp-link".into());
+        expected.push(live_dir.path().file_name().unwrap().to_string_lossy().into_owned());
+        expected.push(live_file.path().file_name().unwrap().to_string_lossy().into_owned());
+        expected.sort();
+        assert_eq!(names(dir.path()), expected);
+
+        // Once the owners are gone (dropped without removing, as a killed process would leave
+        // them), the next sweep takes them.
+        let (a, b) = (live_dir.path().to_path_buf(), live_file.path().to_path_buf());
+        drop((live_dir, live_file));
+        let mut removed = sweep_stale(dir.path(), ".o.mlprune-tmp-").unwrap();
+        removed.sort();
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(removed, both);
+    }
+
+    #[test]
+    fn remove_deletes_and_unregisters() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = ScratchPath::create_dir(dir.path(), ".r-").unwrap();
+        std::fs::write(scratch.path().join("f"), b"x").unwrap();
+        let path = scratch.path().to_path_buf();
+        scratch.remove();
+        assert!(!path.exists());
+        assert!(!registry().values().any(|r| r.path == path));
+    }
+}

@@ -1,0 +1,4 @@
+//! Config files: special files, size and depth caps, lookups, encodings, NaN.
+
+#[allow(unused_imports)]
+use crate::*;

@@ -1,0 +1,4 @@
+//! Time and memory in the number of tensors and operations.
+
+#[allow(unused_imports)]
+use crate::*;
