@@ -192,6 +192,8 @@ impl PruneArgs {
             },
             gpu_min_elements: self.gpu_min_elements.unwrap_or(DEFAULT_GPU_MIN_ELEMENTS),
             force: self.force,
+            report: self.report.clone(),
+            config_file: self.config.clone(),
             progress: !self.quiet,
         })
     }
@@ -232,11 +234,6 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Prune(args) => {
             let job = args.to_job()?;
             let summary = engine::prune(&job)?;
-            if let Some(path) = &args.report {
-                let mut json = serde_json::to_vec_pretty(&summary.tensors).map_err(|e| Error::Usage(e.to_string()))?;
-                json.push(b'\n');
-                std::fs::write(path, json).at(path)?;
-            }
             if !args.quiet {
                 for notice in &summary.notices {
                     eprintln!("mlprune: {notice}");

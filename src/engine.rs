@@ -49,6 +49,10 @@ pub struct PruneJob {
     pub device: DevicePolicy,
     pub gpu_min_elements: u64,
     pub force: bool,
+    /// Write the per-tensor report (`--report`) here, committed together with OUTPUT.
+    pub report: Option<PathBuf>,
+    /// The config file the job was read from, if any: the report may not overwrite it.
+    pub config_file: Option<PathBuf>,
     /// Show a progress bar on stderr (it stays hidden anyway when stderr is not a terminal).
     pub progress: bool,
 }
@@ -115,6 +119,11 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let weight_bytes_before = source.blob_reader().map_or(0, |r| r.size());
 
     let mut out = OutputPackage::create(&package, &job.output, job.force)?;
+    if let Some(report) = &job.report {
+        let protected: Vec<&std::path::Path> =
+            std::iter::once(job.input.as_path()).chain(job.config_file.as_deref()).collect();
+        out.reserve_companion(report, &protected)?;
+    }
     let weight_path = out.weight_path();
     let mut rewrite = Rewrite {
         spec_version: model.spec_version(),
@@ -187,8 +196,16 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let weight_bytes_after = std::fs::metadata(&weight_path).map(|m| m.len()).unwrap_or(0);
     let model_path = out.model_path();
     std::fs::write(&model_path, model.encode()).at(&model_path)?;
+    if job.report.is_some() {
+        let mut json = serde_json::to_vec_pretty(&reports)
+            .map_err(|e| Error::Usage(format!("cannot serialize the report: {e}")))?;
+        json.push(b'\n');
+        out.write_companion(&json)?;
+    }
+    let mut notices = out.notices().to_vec();
+    notices.extend(devices.notices);
     out.commit()?;
-    Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after, notices: devices.notices })
+    Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after, notices })
 }
 
 /// The consts the plan prunes, in program order, for the reader thread.

@@ -15,6 +15,12 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
+    // From here on, an interrupted run removes its scratch paths (staging, temporary archives and
+    // reports, extracted zips) and exits 128 + the signal number.
+    if let Err(e) = mlprune::cleanup::install_signal_cleanup() {
+        eprintln!("mlprune: error: {}", e.one_line());
+        return ExitCode::from(1);
+    }
     match mlprune::cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -286,8 +286,14 @@ fn usage_errors_exit_2() {
     // Output equal to input.
     let o = run(&[&"prune", f, f, &"--weight-threshold", &"5"]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
-    // Existing output without --force, then with it.
+    // An existing folder that is no package is not replaced, even with --force.
     std::fs::create_dir(&out).unwrap();
+    let o = run(&[&"prune", f, &out, &"--weight-threshold", &"1000000000", &"--force"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir(&out).unwrap();
+    // An existing package needs --force, then is replaced.
+    let o = run(&[&"prune", f, &out, &"--weight-threshold", &"1000000000", &"-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&[&"prune", f, &out, &"--weight-threshold", &"1000000000"]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&[&"prune", f, &out, &"--weight-threshold", &"1000000000", &"--force", &"-q"]);

@@ -215,6 +215,8 @@ pub fn model(data: &[u8]) {
             device: DevicePolicy::Cpu,
             gpu_min_elements: u64::MAX,
             force: false,
+            report: None,
+            config_file: None,
             progress: false,
         };
         match engine::prune(&job) {

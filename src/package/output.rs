@@ -3,32 +3,57 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::manifest::Manifest;
 use super::paths::{confined, exists_no_follow};
 use super::random::temp_suffix;
+use crate::cleanup::{self, ScratchPath};
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
 use super::Package;
 use crate::error::{Error, IoContext, Result};
 #[cfg(test)]
 use zip::ZipArchive;
 
-/// How many fresh names to try when a temporary name is taken.
-const NAME_ATTEMPTS: usize = 16;
-
 /// OUTPUT's parent directory (`.` for a bare name) and file name.
 fn split_output(output: &Path) -> Result<(PathBuf, OsString)> {
     let name = output.file_name().ok_or_else(|| {
         Error::Usage(format!("output {} does not name a file or directory", output.display()))
     })?;
-    let parent = match output.parent() {
+    Ok((parent_dir(output), name.to_os_string()))
+}
+
+/// The directory `path` is in (`.` for a bare name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    };
-    Ok((parent, name.to_os_string()))
+    }
+}
+
+/// `.<name>.mlprune-tmp-`: the prefix of every scratch sibling of `name` (staging folder, archive
+/// or report being written). A fixed prefix lets a later run find what a killed run left.
+fn scratch_prefix(name: &std::ffi::OsStr) -> String {
+    format!(".{}.mlprune-tmp-", name.to_string_lossy())
+}
+
+/// Removes scratch siblings of `name` in `dir` that a killed run left (no live process holds
+/// them), and says so in `notices`.
+fn sweep_leftovers(dir: &Path, name: &std::ffi::OsStr, notices: &mut Vec<String>) -> Result<()> {
+    for path in cleanup::sweep_stale(dir, &scratch_prefix(name))? {
+        notices.push(format!("removed {}, left by an interrupted run", path.display()));
+    }
+    Ok(())
+}
+
+/// A file published together with the package (the `--report`): written to a hidden sibling of
+/// its final path and renamed into place by the same commit, so both appear or neither does.
+#[derive(Debug)]
+struct Companion {
+    final_path: PathBuf,
+    scratch: ScratchPath,
 }
 
 /// A package being written.
@@ -44,17 +69,20 @@ pub struct OutputPackage {
     /// For a zip OUTPUT, the archive's top-level folder name.
     zip_folder: Option<String>,
     manifest: Manifest,
-    staging: PathBuf,
-    /// Whether `staging` still exists and is ours to remove.
-    staging_live: bool,
-    /// A partly written archive to remove if the commit fails.
-    temp_zip: Option<PathBuf>,
+    /// The staging folder; `None` once it has been renamed into place.
+    staging: Option<ScratchPath>,
+    /// The archive being written for a zip OUTPUT; `None` before `commit` and after it.
+    temp_zip: Option<ScratchPath>,
+    companion: Option<Companion>,
+    /// Things the user should hear about (stale scratch paths removed).
+    notices: Vec<String>,
 }
 
 impl OutputPackage {
     /// Refuses an OUTPUT that is, contains or lies inside the input, and an existing OUTPUT
-    /// unless `force`. Then stages a copy of every input file except the root model and
-    /// `weight.bin`, which the caller writes at `model_path()` and `weight_path()`.
+    /// unless `force` (and then only a package). Then stages a copy of every input file except
+    /// the root model and `weight.bin`, which the caller writes at `model_path()` and
+    /// `weight_path()`.
     pub fn create(input: &Package, output: &Path, force: bool) -> Result<OutputPackage> {
         let (parent, name) = split_output(output)?;
         check_output_location(input, output, &parent, &name, force)?;
@@ -64,23 +92,18 @@ impl OutputPackage {
             Path::new(DATA_DIR).join(input.manifest().root_model_relative()),
             input.weight_file_relative(),
         ];
-        copy_tree(input, input.root(), &staged.staging, Path::new(""), &skip)?;
+        copy_tree(input, input.root(), staged.staging_dir(), Path::new(""), &skip)?;
         staged.create_item_dirs()?;
         Ok(staged)
     }
 
     /// Stages a brand-new package with `manifest` and nothing else (the caller writes the model
-    /// and `weight.bin`). An existing OUTPUT is refused unless `force`.
+    /// and `weight.bin`). An existing OUTPUT is refused unless `force` (and then only a package).
     pub fn create_new(output: &Path, manifest: Manifest, force: bool) -> Result<OutputPackage> {
         let (parent, name) = split_output(output)?;
-        if exists_no_follow(output) && !force {
-            return Err(Error::Usage(format!(
-                "output {} already exists; pass --force to replace it",
-                output.display()
-            )));
-        }
+        check_existing_output(output, force)?;
         let staged = Self::stage(output, parent, name, manifest, force)?;
-        let path = staged.staging.join(MANIFEST_FILE);
+        let path = staged.staging_dir().join(MANIFEST_FILE);
         std::fs::write(&path, staged.manifest.to_json()).at(&path)?;
         staged.create_item_dirs()?;
         Ok(staged)
@@ -96,7 +119,9 @@ impl OutputPackage {
         let name_str = name.to_string_lossy();
         let zip_folder = (strip_suffix_ignore_case(&name_str, ".zip").len() < name_str.len())
             .then(|| format!("{}.mlpackage", package_stem(output)));
-        let staging = create_staging_dir(&parent, &name)?;
+        let mut notices = Vec::new();
+        sweep_leftovers(&parent, &name, &mut notices)?;
+        let staging = ScratchPath::create_dir(&parent, &scratch_prefix(&name))?;
         Ok(OutputPackage {
             output: output.to_path_buf(),
             parent,
@@ -104,15 +129,57 @@ impl OutputPackage {
             force,
             zip_folder,
             manifest,
-            staging,
-            staging_live: true,
+            staging: Some(staging),
             temp_zip: None,
+            companion: None,
+            notices,
         })
+    }
+
+    /// Notices for the user: stale scratch paths of interrupted runs that staging removed.
+    pub fn notices(&self) -> &[String] {
+        &self.notices
+    }
+
+    fn staging_dir(&self) -> &Path {
+        self.staging
+            .as_ref()
+            .map_or(Path::new(""), ScratchPath::path)
+    }
+
+    /// Reserves `path` for a file to publish with the package (see `write_companion`): refuses a
+    /// path that is or lies inside OUTPUT or any of `protected` (the input, the config file),
+    /// also through links, and one where something other than a regular file exists. Creates
+    /// its hidden sibling now, so an unusable folder fails the run before any work is done.
+    pub fn reserve_companion(&mut self, path: &Path, protected: &[&Path]) -> Result<()> {
+        let mut guarded: Vec<&Path> = protected.to_vec();
+        guarded.push(&self.output);
+        check_companion_location(path, &guarded)?;
+        let (dir, name) = (parent_dir(path), path.file_name().unwrap_or_default());
+        sweep_leftovers(&dir, name, &mut self.notices)?;
+        let scratch = ScratchPath::create_file(&dir, &scratch_prefix(name))?;
+        self.companion = Some(Companion { final_path: path.to_path_buf(), scratch });
+        Ok(())
+    }
+
+    /// Writes the reserved companion's contents (synced; published by `commit`).
+    pub fn write_companion(&mut self, bytes: &[u8]) -> Result<()> {
+        let companion = self
+            .companion
+            .as_ref()
+            .ok_or_else(|| Error::Usage("no companion file was reserved".into()))?;
+        let scratch = companion.scratch.path();
+        let mut file = companion.scratch.file();
+        file.set_len(0)
+            .and_then(|()| file.seek(io::SeekFrom::Start(0)).map(drop))
+            .and_then(|()| file.write_all(bytes))
+            .and_then(|()| file.sync_all())
+            .at(scratch)
     }
 
     /// Where to write the root model in staging (its directory exists).
     pub fn model_path(&self) -> PathBuf {
-        self.staging
+        self.staging_dir()
             .join(DATA_DIR)
             .join(self.manifest.root_model_relative())
     }
@@ -124,7 +191,7 @@ impl OutputPackage {
 
     /// Replaces the staged `Manifest.json` (call it only when the manifest changed).
     pub fn set_manifest(&mut self, manifest: &Manifest) -> Result<()> {
-        let path = self.staging.join(MANIFEST_FILE);
+        let path = self.staging_dir().join(MANIFEST_FILE);
         // Remove first: the copy may have kept a read-only mode from the input.
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
@@ -135,35 +202,65 @@ impl OutputPackage {
         self.create_item_dirs()
     }
 
-    /// Moves the staged package into place: a rename for a folder OUTPUT; for a `.zip` OUTPUT,
-    /// an archive written to a temporary sibling, synced, then renamed. A replaced OUTPUT is
-    /// removed only once the new one is in place.
+    /// Moves the staged package into place, with its companion file if one was reserved: a
+    /// rename for a folder OUTPUT; for a `.zip` OUTPUT, an archive written to a temporary sibling,
+    /// synced, then renamed. A replaced OUTPUT is removed only once the new one (and the
+    /// companion) are in place; if the companion cannot be put in place, the package is taken
+    /// back out and the old OUTPUT restored. Signals wait until the renames are done.
     pub fn commit(mut self) -> Result<()> {
-        if exists_no_follow(&self.output) && !self.force {
-            return Err(Error::Usage(format!(
-                "output {} appeared while writing; not replacing it without --force",
-                self.output.display()
-            )));
-        }
-        match self.zip_folder.clone() {
+        let new_path = match self.zip_folder.clone() {
             Some(folder) => {
-                let (temp, file) = self.create_temp_zip()?;
-                write_package_zip(&self.staging, &folder, file, &temp)?;
-                replace(&temp, &self.output, &self.parent, &self.name)?;
-                self.temp_zip = None;
+                let temp = ScratchPath::create_file(&self.parent, &scratch_prefix(&self.name))?;
+                let file = temp.file().try_clone().at(temp.path())?;
+                let temp_path = temp.path().to_path_buf();
+                self.temp_zip = Some(temp);
+                write_package_zip(self.staging_dir(), &folder, file, &temp_path)?;
+                temp_path
             }
             None => {
-                sync_tree(&self.staging)?;
-                replace(&self.staging, &self.output, &self.parent, &self.name)?;
-                self.staging_live = false;
+                sync_tree(self.staging_dir())?;
+                self.staging_dir().to_path_buf()
             }
+        };
+        let _signals = cleanup::hold_off_signals();
+        if exists_no_follow(&self.output) {
+            if !self.force {
+                return Err(Error::Usage(format!(
+                    "output {} appeared while writing; not replacing it without --force",
+                    self.output.display()
+                )));
+            }
+            check_replaceable(&self.output)?;
+        }
+        let aside = move_into_place(&new_path, &self.output, &self.parent, &self.name)?;
+        if let Some(companion) = &self.companion {
+            if let Err(e) = std::fs::rename(companion.scratch.path(), &companion.final_path) {
+                // Take the new package back out (to where it was staged, still ours to remove)
+                // and put the old OUTPUT back: the run fails as a whole.
+                let _ = std::fs::rename(&self.output, &new_path);
+                if let Some(aside) = &aside {
+                    let _ = std::fs::rename(aside, &self.output);
+                }
+                return Err(Error::io(&companion.final_path, e));
+            }
+            sync_dir(&parent_dir(&companion.final_path));
+        }
+        // Published: nothing of it is scratch any more.
+        if self.zip_folder.is_some() {
+            self.temp_zip = None;
+        } else {
+            self.staging = None;
+        }
+        self.companion = None;
+        if let Some(aside) = aside {
+            remove_path(&aside)?;
         }
         sync_dir(&self.parent);
         Ok(())
     }
 
     fn weights_dir(&self) -> PathBuf {
-        self.staging
+        self.staging_dir()
             .join(DATA_DIR)
             .join(self.manifest.weights_relative())
     }
@@ -177,35 +274,16 @@ impl OutputPackage {
         let weights = self.weights_dir();
         std::fs::create_dir_all(&weights).at(&weights)
     }
-
-    /// Creates the temporary archive sibling and records it for cleanup.
-    fn create_temp_zip(&mut self) -> Result<(PathBuf, File)> {
-        let mut last_error = None;
-        for _ in 0..NAME_ATTEMPTS {
-            let path = temp_sibling(&self.parent, &self.name, "tmp");
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    self.temp_zip = Some(path.clone());
-                    return Ok((path, file));
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = Some((path, e)),
-                Err(e) => return Err(Error::io(path, e)),
-            }
-        }
-        let (path, e) = last_error
-            .unwrap_or_else(|| (self.parent.clone(), io::ErrorKind::AlreadyExists.into()));
-        Err(Error::io(path, e))
-    }
 }
 
 impl Drop for OutputPackage {
     fn drop(&mut self) {
         // Best effort: a cleanup failure must not hide the error that got us here.
-        if let Some(temp) = self.temp_zip.take() {
-            let _ = std::fs::remove_file(temp);
+        for scratch in [self.temp_zip.take(), self.staging.take()].into_iter().flatten() {
+            scratch.remove();
         }
-        if self.staging_live {
-            let _ = std::fs::remove_dir_all(&self.staging);
+        if let Some(companion) = self.companion.take() {
+            companion.scratch.remove();
         }
     }
 }
@@ -248,34 +326,141 @@ fn check_output_location(
             input.origin().display()
         )));
     }
-    if exists && !force {
+    check_existing_output(output, force)
+}
+
+/// An existing OUTPUT needs `force`, and even then only a package may be replaced.
+fn check_existing_output(output: &Path, force: bool) -> Result<()> {
+    if !exists_no_follow(output) {
+        return Ok(());
+    }
+    if !force {
         return Err(Error::Usage(format!(
             "output {} already exists; pass --force to replace it",
             output.display()
         )));
     }
+    check_replaceable(output)
+}
+
+/// `--force` replaces only what mlprune could have written: an `.mlpackage` folder (with
+/// `Manifest.json` and `Data/`) or a zip holding one. Another folder, a plain file, a link, a
+/// FIFO or a device is somebody else's, and is refused.
+fn check_replaceable(output: &Path) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::Usage(format!(
+            "output {} exists and is {what}; --force only replaces an .mlpackage folder or a zip \
+             holding one",
+            output.display()
+        )))
+    };
+    let meta = std::fs::symlink_metadata(output).at(output)?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        refuse("a symbolic link")
+    } else if kind.is_dir() {
+        if is_package_dir(output) {
+            Ok(())
+        } else {
+            refuse("a folder that is not an .mlpackage (no Manifest.json file and Data folder)")
+        }
+    } else if kind.is_file() {
+        if zip_holds_package(output) {
+            Ok(())
+        } else {
+            refuse("a file that is not a zip holding an .mlpackage")
+        }
+    } else {
+        refuse("not a regular file or folder")
+    }
+}
+
+/// A folder with a `Manifest.json` file and a `Data` folder (neither a link).
+fn is_package_dir(dir: &Path) -> bool {
+    let is = |name: &str, want_dir: bool| {
+        std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| {
+            if want_dir {
+                m.file_type().is_dir()
+            } else {
+                m.file_type().is_file()
+            }
+        })
+    };
+    is(MANIFEST_FILE, false) && is(DATA_DIR, true)
+}
+
+/// A zip archive whose entries hold a `Manifest.json` at the root or in one `*.mlpackage/`
+/// folder: what mlprune writes for a `.zip` OUTPUT, and what it reads as a zipped package.
+fn zip_holds_package(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let Ok(archive) = zip::ZipArchive::new(io::BufReader::new(file)) else {
+        return false;
+    };
+    let holds = archive.file_names().any(|entry| {
+        let Ok(entry) = entry else { return false };
+        let entry = entry.trim_start_matches("./");
+        entry == MANIFEST_FILE
+            || entry.strip_suffix(MANIFEST_FILE).is_some_and(|folder| {
+                folder.strip_suffix('/').is_some_and(|folder| {
+                    !folder.contains('/')
+                        && strip_suffix_ignore_case(folder, ".mlpackage").len() < folder.len()
+                })
+            })
+    });
+    holds
+}
+
+/// A file written next to OUTPUT (the report) must not land on or inside OUTPUT or any of
+/// `protected`, neither at its own location nor where a link there leads, and where something
+/// exists at `path` it must be a regular file (or a link to one) that a rename may replace.
+fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
+    let name = path.file_name().ok_or_else(|| {
+        Error::Usage(format!("report {} does not name a file", path.display()))
+    })?;
+    let dir = parent_dir(path);
+    let dir_canonical = std::fs::canonicalize(&dir).map_err(|e| {
+        Error::Usage(format!("report directory {} is not usable: {e}", dir.display()))
+    })?;
+    let mut locations = vec![dir_canonical.join(name)];
+    if exists_no_follow(path) {
+        let followed = std::fs::metadata(path).ok().filter(|m| m.is_file());
+        if followed.is_none() {
+            return Err(Error::Usage(format!(
+                "report {} exists and is not a regular file",
+                path.display()
+            )));
+        }
+        locations.push(std::fs::canonicalize(path).at(path)?);
+    }
+    for guarded in protected {
+        let guarded_canonical = match std::fs::canonicalize(guarded) {
+            Ok(p) => p,
+            // Not there (yet): where it would be.
+            Err(_) => match (guarded.file_name(), std::fs::canonicalize(parent_dir(guarded))) {
+                (Some(n), Ok(d)) => d.join(n),
+                _ => continue,
+            },
+        };
+        if locations.iter().any(|l| l.starts_with(&guarded_canonical)) {
+            return Err(Error::Usage(format!(
+                "report {} would overwrite {}: it is, or lies inside, it",
+                path.display(),
+                guarded.display()
+            )));
+        }
+    }
     Ok(())
 }
 
-/// `.<name>.mlprune-<kind>-<random>` next to OUTPUT.
-fn temp_sibling(parent: &Path, name: &OsString, kind: &str) -> PathBuf {
-    let mut file_name = OsString::from(".");
-    file_name.push(name);
-    file_name.push(format!(".mlprune-{kind}-{}", temp_suffix()));
-    parent.join(file_name)
-}
-
-fn create_staging_dir(parent: &Path, name: &std::ffi::OsStr) -> Result<PathBuf> {
-    let name = name.to_os_string();
-    for _ in 0..NAME_ATTEMPTS {
-        let path = temp_sibling(parent, &name, "tmp");
-        match std::fs::create_dir(&path) {
-            Ok(()) => return Ok(path),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io(path, e)),
-        }
+fn remove_path(path: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path).at(path)?;
+    if meta.is_dir() {
+        std::fs::remove_dir_all(path).at(path)
+    } else {
+        std::fs::remove_file(path).at(path)
     }
-    Err(Error::io(parent, io::ErrorKind::AlreadyExists.into()))
 }
 
 /// Copies the input package tree `src_dir` (at `relative` inside it) into `dst_root`, skipping
@@ -342,31 +527,35 @@ fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
 }
 
 /// Puts `new` at `output`. A file over a non-directory is a single atomic rename; otherwise the
-/// old OUTPUT is moved aside, `new` renamed in, and only then the old one removed (and put back
-/// if the rename failed).
-fn replace(new: &Path, output: &Path, parent: &Path, name: &OsString) -> Result<()> {
+/// old OUTPUT is moved aside, `new` renamed in (the old one put back if that fails), and the
+/// aside path returned for the caller to remove once the commit is complete.
+fn move_into_place(
+    new: &Path,
+    output: &Path,
+    parent: &Path,
+    name: &std::ffi::OsStr,
+) -> Result<Option<PathBuf>> {
     let existing = match std::fs::symlink_metadata(output) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return std::fs::rename(new, output).at(output)
+            return std::fs::rename(new, output).at(output).map(|()| None)
         }
         Err(e) => return Err(Error::io(output, e)),
     };
     let new_is_file = std::fs::symlink_metadata(new).at(new)?.is_file();
     if new_is_file && !existing.is_dir() {
-        return std::fs::rename(new, output).at(output);
+        return std::fs::rename(new, output).at(output).map(|()| None);
     }
-    let aside = temp_sibling(parent, name, "old");
+    let mut aside_name = OsString::from(".");
+    aside_name.push(name);
+    aside_name.push(format!(".mlprune-old-{}", temp_suffix()));
+    let aside = parent.join(aside_name);
     std::fs::rename(output, &aside).at(output)?;
     if let Err(e) = std::fs::rename(new, output) {
         let _ = std::fs::rename(&aside, output);
         return Err(Error::io(output, e));
     }
-    if existing.is_dir() {
-        std::fs::remove_dir_all(&aside).at(&aside)
-    } else {
-        std::fs::remove_file(&aside).at(&aside)
-    }
+    Ok(Some(aside))
 }
 
 /// Flushes every file of the staged tree to disk, so the rename publishes complete data.
@@ -441,7 +630,7 @@ mod tests {
         let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
         let staged =
             OutputPackage::create(&input, &dir.path().join("out.mlpackage"), false).unwrap();
-        let staging = staged.staging.clone();
+        let staging = staged.staging_dir().to_path_buf();
         assert!(staging
             .file_name()
             .unwrap()
@@ -640,8 +829,7 @@ mod tests {
     fn existing_output_needs_force_and_is_replaced_with_it() {
         let dir = tempfile::tempdir().unwrap();
         make_package(dir.path(), "in.mlpackage");
-        let out = dir.path().join("out.mlpackage");
-        std::fs::create_dir(&out).unwrap();
+        let out = make_package(dir.path(), "out.mlpackage");
         std::fs::write(out.join("old"), b"old").unwrap();
         assert!(usage(stage(dir.path(), "out.mlpackage", false)).contains("--force"));
         assert!(out.join("old").exists());
@@ -653,26 +841,138 @@ mod tests {
         assert_eq!(read_tree(&out), expected_tree(&input));
         assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
 
-        // A zip over an existing zip, and a folder over a file.
-        std::fs::write(dir.path().join("out.zip"), b"old zip").unwrap();
+        // A zip over an existing zip holding a package (one mlprune wrote).
+        stage(dir.path(), "out.zip", false).unwrap().1.commit().unwrap();
         assert!(usage(stage(dir.path(), "out.zip", false)).contains("already exists"));
-        stage(dir.path(), "out.zip", true)
-            .unwrap()
-            .1
-            .commit()
-            .unwrap();
+        stage(dir.path(), "out.zip", true).unwrap().1.commit().unwrap();
         assert!(Package::open(&dir.path().join("out.zip")).is_ok());
-        std::fs::write(dir.path().join("file.mlpackage"), b"a file").unwrap();
-        stage(dir.path(), "file.mlpackage", true)
-            .unwrap()
-            .1
-            .commit()
-            .unwrap();
-        assert!(Package::open(&dir.path().join("file.mlpackage")).is_ok());
-        assert_eq!(
-            list_dir(dir.path()),
-            ["file.mlpackage", "in.mlpackage", "out.mlpackage", "out.zip"]
-        );
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage", "out.zip"]);
+    }
+
+    #[test]
+    fn force_refuses_to_replace_anything_but_a_package() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        // A user's folder, a folder with only one of the two package parts, a plain file, a
+        // file named .zip that is no zip, and a zip that holds no package.
+        std::fs::create_dir_all(dir.path().join("victim/important")).unwrap();
+        std::fs::write(dir.path().join("victim/important/thesis.txt"), b"years").unwrap();
+        std::fs::create_dir_all(dir.path().join("half.mlpackage/Data")).unwrap();
+        std::fs::write(dir.path().join("plain.mlpackage"), b"a file").unwrap();
+        std::fs::write(dir.path().join("fake.zip"), b"not a zip").unwrap();
+        let other_zip = dir.path().join("other.zip");
+        {
+            let mut writer = zip::ZipWriter::new(File::create(&other_zip).unwrap());
+            writer
+                .start_file("notes/Manifest.json", zip::write::SimpleFileOptions::default())
+                .unwrap();
+            writer.write_all(b"{}").unwrap();
+            writer.finish().unwrap();
+        }
+        let mut names = vec!["victim", "half.mlpackage", "plain.mlpackage", "fake.zip", "other.zip"];
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("victim", dir.path().join("link.mlpackage")).unwrap();
+            let fifo = dir.path().join("fifo.mlpackage");
+            let status = std::process::Command::new("mkfifo").arg(&fifo).status();
+            assert!(status.is_ok_and(|s| s.success()), "mkfifo failed");
+            names.extend(["link.mlpackage", "fifo.mlpackage"]);
+        }
+        let before = read_tree(dir.path());
+        for name in &names {
+            let message = usage(stage(dir.path(), name, true));
+            assert!(message.contains("--force only replaces"), "{name}: {message}");
+            assert!(message.contains(name), "{name}: {message}");
+            // `generate` stages through create_new: the same rule.
+            let err =
+                OutputPackage::create_new(&dir.path().join(name), Manifest::new_ml_program(), true)
+                    .unwrap_err();
+            assert!(err.to_string().contains("--force only replaces"), "{name}: {err}");
+        }
+        assert_eq!(read_tree(dir.path()), before, "nothing replaced, nothing left behind");
+    }
+
+    #[test]
+    fn a_stale_staging_folder_is_swept_but_a_live_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        // Left by a killed run: nobody holds its lock.
+        let stale = dir.path().join(".out.mlpackage.mlprune-tmp-dead");
+        std::fs::create_dir_all(stale.join("Data")).unwrap();
+        // In use by a run still going (this process holds its lock).
+        let live = ScratchPath::create_dir(dir.path(), ".out.mlpackage.mlprune-tmp-").unwrap();
+        let (_input, staged) = stage(dir.path(), "out.mlpackage", false).unwrap();
+        assert_eq!(staged.notices().len(), 1, "{:?}", staged.notices());
+        assert!(staged.notices()[0].contains(".out.mlpackage.mlprune-tmp-dead"));
+        assert!(staged.notices()[0].contains("interrupted run"));
+        assert!(!stale.exists());
+        assert!(live.path().is_dir());
+        staged.commit().unwrap();
+        assert!(live.path().is_dir());
+    }
+
+    #[test]
+    fn a_companion_is_published_with_the_package_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let report = dir.path().join("report.json");
+        let (input, mut staged) = stage(dir.path(), "out.mlpackage", false).unwrap();
+        staged.reserve_companion(&report, &[input.origin()]).unwrap();
+        staged.write_companion(b"first draft, longer").unwrap();
+        staged.write_companion(b"[]\n").unwrap();
+        assert!(!report.exists(), "published only at commit");
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&report).unwrap(), b"[]\n");
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage", "report.json"]);
+
+        // Dropped before commit: neither appears, and no scratch sibling stays.
+        let (input, mut staged) = stage(dir.path(), "out2.zip", false).unwrap();
+        staged.reserve_companion(&dir.path().join("r2.json"), &[input.origin()]).unwrap();
+        staged.write_companion(b"[]").unwrap();
+        drop(staged);
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage", "report.json"]);
+    }
+
+    #[test]
+    fn a_companion_may_not_overwrite_the_input_the_output_or_a_protected_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let input_root = make_package(dir.path(), "in.mlpackage");
+        make_package(dir.path(), "out.mlpackage");
+        let zip = dir.path().join("in.zip");
+        zip_tree(&input_root, &zip, "in.mlpackage/");
+        std::fs::write(dir.path().join("config.yaml"), b"x").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(
+            input_root.join("Data/com.apple.CoreML/weights/weight.bin"),
+            dir.path().join("innocent.json"),
+        )
+        .unwrap();
+        let before = read_tree(dir.path());
+        let input = Package::open(&input_root).unwrap();
+        let zipped = Package::open(&zip).unwrap();
+        let config = dir.path().join("config.yaml");
+        let mut cases = vec![
+            (&input, "in.mlpackage/Data/com.apple.CoreML/weights/weight.bin", "would overwrite"),
+            (&input, "in.mlpackage/Manifest.json", "would overwrite"),
+            (&input, "out.mlpackage/Manifest.json", "would overwrite"),
+            (&input, "out.mlpackage", "not a regular file"),
+            (&input, "config.yaml", "would overwrite"),
+            (&zipped, "in.zip", "would overwrite"),
+            (&input, "missing/report.json", "not usable"),
+        ];
+        #[cfg(unix)]
+        cases.push((&input, "innocent.json", "would overwrite"));
+        for (package, report, expected) in cases {
+            let mut staged =
+                OutputPackage::create(package, &dir.path().join("out.mlpackage"), true).unwrap();
+            let err = staged
+                .reserve_companion(&dir.path().join(report), &[package.origin(), &config])
+                .unwrap_err();
+            assert!(matches!(err, Error::Usage(_)), "{report}: {err:?}");
+            assert!(err.to_string().contains(expected), "{report}: {err}");
+        }
+        // The output was staged with --force each time but never committed: all as before.
+        assert_eq!(read_tree(dir.path()), before);
     }
 
     #[test]
@@ -701,7 +1001,7 @@ mod tests {
         make_package(dir.path(), "in.mlpackage");
         let (_input, staged) = stage(dir.path(), "out.zip", false).unwrap();
         // A staged file the archive cannot hold (a FIFO) makes the zip writer fail mid-way.
-        let fifo = staged.staging.join("fifo");
+        let fifo = staged.staging_dir().join("fifo");
         let status = std::process::Command::new("mkfifo").arg(&fifo).status();
         assert!(status.is_ok_and(|s| s.success()), "mkfifo failed");
         let err = staged.commit().unwrap_err();

@@ -45,15 +45,23 @@ pub(crate) fn make_package(dir: &Path, name: &str) -> PathBuf {
     root
 }
 
-/// Every file and directory under `root`: relative path → contents (`None` for directories).
+/// Every file and directory under `root`: relative path → contents (`None` for directories). A
+/// symbolic link is recorded as `-> target` (not followed), a FIFO or device as `<special>` (never
+/// opened, so a FIFO cannot block the test).
 pub(crate) fn read_tree(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Option<Vec<u8>>>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let relative = path.strip_prefix(root).unwrap().to_path_buf();
-            if path.is_dir() {
+            let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
+            if kind.is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(relative, Some(format!("-> {}", target.display()).into_bytes()));
+            } else if kind.is_dir() {
                 out.insert(relative, None);
                 walk(root, &path, out);
+            } else if !kind.is_file() {
+                out.insert(relative, Some(b"<special>".to_vec()));
             } else {
                 out.insert(relative, Some(std::fs::read(&path).unwrap()));
             }

@@ -203,6 +203,8 @@ fn prune_job(input: &Path, output: &Path, force: bool) -> PruneJob {
         device: DevicePolicy::Cpu,
         gpu_min_elements: u64::MAX,
         force,
+        report: None,
+        config_file: None,
         progress: false,
     }
 }

@@ -1,4 +1,282 @@
 //! What --report and --force may write, replace or leave behind; signals.
 
+use std::process::Stdio;
+
 #[allow(unused_imports)]
 use crate::*;
+
+/// Runs `prune` with the default mode and `extra` flags, naming the input and output as given.
+fn prune_with(case: &Case, output: &Path, extra: &[&str]) -> Output {
+    cli_prune(&case.input, output, extra)
+}
+
+#[test]
+fn report_may_not_overwrite_the_input_or_the_output() {
+    let case = Case::linear();
+    let before = snapshot(&case.input);
+    let weight_bin = case.weight_bin();
+    let manifest = case.input.join("Manifest.json");
+    let output = case.output();
+    let zip_output = case.tmp.path().join("o.zip");
+    for (out, report) in [
+        (&output, weight_bin.clone()),
+        (&output, manifest.clone()),
+        (&output, case.input.clone()),
+        (&output, output.join("Manifest.json")),
+        (&zip_output, zip_output.clone()),
+    ] {
+        let o = prune_with(&case, out, &["--report", report.to_str().unwrap()]);
+        assert_cli_error(&o, 2, &["report"]);
+        assert_nothing_left(&case, &["in.mlpackage"]);
+    }
+    // Into the package a --force run is about to replace.
+    assert!(prune_with(&case, &output, &["-q"]).status.success());
+    let output_before = snapshot(&output);
+    let inside = output.join("Manifest.json");
+    let o = prune_with(&case, &output, &["--force", "--report", inside.to_str().unwrap()]);
+    assert_cli_error(&o, 2, &["Manifest.json", "would overwrite"]);
+    assert_eq!(snapshot(&output), output_before, "the existing output is kept as it was");
+    std::fs::remove_dir_all(&output).unwrap();
+    // A link that leads into the input is no way around it.
+    #[cfg(unix)]
+    {
+        let link = case.tmp.path().join("innocent.json");
+        std::os::unix::fs::symlink(&weight_bin, &link).unwrap();
+        let o = prune_with(&case, &output, &["--report", link.to_str().unwrap()]);
+        assert_cli_error(&o, 2, &["innocent.json", "would overwrite"]);
+        assert_nothing_left(&case, &["in.mlpackage", "innocent.json"]);
+        std::fs::remove_file(&link).unwrap();
+    }
+    assert_eq!(snapshot(&case.input), before, "input unchanged");
+}
+
+#[test]
+fn report_may_not_overwrite_a_zipped_input_or_the_config() {
+    let case = Case::linear();
+    let zip = case.tmp.path().join("in.zip");
+    let entries: Vec<(String, Vec<u8>)> = snapshot(&case.input)
+        .into_iter()
+        .map(|(p, b)| (format!("in.mlpackage/{}", p.display()), b))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = entries.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    write_zip(&zip, &refs);
+    let zip_bytes = std::fs::read(&zip).unwrap();
+    let o = cli(&[
+        "prune".as_ref(),
+        zip.as_os_str(),
+        case.output().as_os_str(),
+        "--sparsity".as_ref(),
+        "0.5".as_ref(),
+        "--report".as_ref(),
+        zip.as_os_str(),
+    ]);
+    assert_cli_error(&o, 2, &["in.zip"]);
+    assert_eq!(std::fs::read(&zip).unwrap(), zip_bytes);
+
+    let config = case.tmp.path().join("config.yaml");
+    let config_text = "config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n";
+    std::fs::write(&config, config_text).unwrap();
+    let o = cli(&[
+        "prune".as_ref(),
+        case.input.as_os_str(),
+        case.output().as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--report".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert_cli_error(&o, 2, &["config.yaml", "would overwrite"]);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), config_text);
+    assert_nothing_left(&case, &["config.yaml", "in.mlpackage", "in.zip"]);
+}
+
+#[test]
+fn an_unwritable_report_fails_the_run_before_any_output_exists() {
+    let case = Case::linear();
+    let before = snapshot(&case.input);
+    let missing = case.tmp.path().join("no/such/folder/report.json");
+    let o = prune_with(&case, &case.output(), &["--report", missing.to_str().unwrap()]);
+    assert_cli_error(&o, 2, &["report directory", "not usable"]);
+    assert_nothing_left(&case, &["in.mlpackage"]);
+    #[cfg(target_os = "linux")]
+    {
+        let o = prune_with(&case, &case.output(), &["--report", "/dev/full"]);
+        assert_cli_error(&o, 2, &["/dev/full", "not a regular file"]);
+        assert_nothing_left(&case, &["in.mlpackage"]);
+    }
+    // A folder where the report should go.
+    std::fs::create_dir(case.tmp.path().join("dir.json")).unwrap();
+    let dir_report = case.tmp.path().join("dir.json");
+    let o = prune_with(&case, &case.output(), &["--report", dir_report.to_str().unwrap()]);
+    assert_cli_error(&o, 2, &["dir.json", "not a regular file"]);
+    assert_nothing_left(&case, &["dir.json", "in.mlpackage"]);
+    assert_eq!(snapshot(&case.input), before);
+}
+
+#[test]
+fn report_and_output_are_committed_together() {
+    let case = Case::linear();
+    let report = case.tmp.path().join("report.json");
+    std::fs::write(&report, b"an older report").unwrap();
+    let o = prune_with(&case, &case.output(), &["--report", report.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let parsed: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(parsed.as_array().is_some_and(|tensors| !tensors.is_empty()), "{parsed}");
+    assert!(mlprune::package::Package::open(&case.output()).is_ok());
+    assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage", "report.json"]);
+}
+
+#[test]
+fn force_replaces_only_a_package() {
+    let case = Case::linear();
+    let before = snapshot(&case.input);
+    let victim = case.tmp.path().join("victim");
+    std::fs::create_dir_all(victim.join("important")).unwrap();
+    std::fs::write(victim.join("important/thesis.txt"), b"four years").unwrap();
+    let plain = case.tmp.path().join("notes.mlpackage");
+    std::fs::write(&plain, b"my notes").unwrap();
+    let fake_zip = case.tmp.path().join("photos.zip");
+    std::fs::write(&fake_zip, b"not a zip at all").unwrap();
+    let mut targets = vec![victim.clone(), plain.clone(), fake_zip.clone()];
+    #[cfg(unix)]
+    {
+        let fifo = case.tmp.path().join("pipe");
+        let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(status.success());
+        let link = case.tmp.path().join("link.mlpackage");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        targets.extend([fifo, link]);
+    }
+    let names: Vec<String> = std::fs::read_dir(case.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let victim_before = snapshot(&victim);
+    for target in &targets {
+        let shown = target.file_name().unwrap().to_str().unwrap();
+        let err = engine::prune(&prune_job(&case.input, target, true)).unwrap_err();
+        assert!(matches!(&err, Error::Usage(m) if m.contains("--force only replaces")), "{err}");
+        assert_cli_error(&prune_with(&case, target, &["--force"]), 2, &[shown, "--force only replaces"]);
+        // `generate --force` follows the same rule.
+        let o = cli(&[
+            "generate".as_ref(),
+            target.as_os_str(),
+            "--layers".as_ref(),
+            "1".as_ref(),
+            "--shape".as_ref(),
+            "8x8".as_ref(),
+            "--force".as_ref(),
+        ]);
+        assert_cli_error(&o, 2, &[shown, "--force only replaces"]);
+        assert_nothing_left(&case, &names);
+    }
+    assert_eq!(snapshot(&victim), victim_before);
+    assert_eq!(std::fs::read(&plain).unwrap(), b"my notes");
+    assert_eq!(std::fs::read(&fake_zip).unwrap(), b"not a zip at all");
+    assert_eq!(snapshot(&case.input), before);
+
+    // What mlprune wrote itself, folder or zip, it may replace.
+    for output in [case.output(), case.tmp.path().join("o.zip")] {
+        assert!(prune_with(&case, &output, &["-q"]).status.success());
+        let o = prune_with(&case, &output, &["-q", "--force"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+/// Generates a model large enough that a debug-build prune of it runs for a while.
+#[cfg(unix)]
+fn big_case() -> Case {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.mlpackage");
+    let o = cli(&[
+        "generate".as_ref(),
+        input.as_os_str(),
+        "--layers".as_ref(),
+        "24".as_ref(),
+        "--shape".as_ref(),
+        "1024x1024".as_ref(),
+        "--dtype".as_ref(),
+        "fp32".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    Case { tmp, input }
+}
+
+/// Starts `prune` on `case` and waits until its staging folder holds a `weight.bin`: the run is
+/// then in the middle of writing. Returns the child and the staging folder.
+#[cfg(unix)]
+fn start_prune_and_wait_for_staging(case: &Case) -> (std::process::Child, PathBuf) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .args(["prune".as_ref(), case.input.as_os_str(), case.output().as_os_str()])
+        .args(["--sparsity", "0.5", "--device", "cpu", "-q"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let staging = std::fs::read_dir(case.tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains(".out.mlpackage.mlprune-tmp-"));
+        if let Some(staging) = staging {
+            let weights = staging.join(CORE_ML).join("weights/weight.bin");
+            if std::fs::metadata(&weights).is_ok_and(|m| m.len() > 0) {
+                return (child, staging);
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        assert!(Instant::now() < deadline, "no staging folder appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[cfg(unix)]
+fn send(signal: &str, child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_and_sigterm_during_a_run_leave_nothing_behind() {
+    let case = big_case();
+    let before = snapshot(&case.input);
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let (child, staging) = start_prune_and_wait_for_staging(&case);
+        send(signal, &child);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(code), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!staging.exists(), "staging folder removed");
+        assert_nothing_left(&case, &["in.mlpackage"]);
+    }
+    assert_eq!(snapshot(&case.input), before);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_killed_runs_staging_folder_is_removed_by_the_next_run() {
+    let case = big_case();
+    let (child, staging) = start_prune_and_wait_for_staging(&case);
+    send("-KILL", &child);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), None, "killed by the signal");
+    assert!(staging.exists(), "SIGKILL runs no handler: the folder stays");
+    let o = cli(&[
+        "prune".as_ref(),
+        case.input.as_os_str(),
+        case.output().as_os_str(),
+        "--n-m".as_ref(),
+        "2:4".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("left by an interrupted run"), "{stderr}");
+    assert!(stderr.contains(staging.file_name().unwrap().to_str().unwrap()), "{stderr}");
+    assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage"]);
+}
