@@ -3,8 +3,8 @@
 //! once with the adapter's chunk size and once with a tiny one that forces chunking. Results must
 //! be the same bytes.
 //!
-//! Without an adapter the GPU half prints "skipping GPU tests: no adapter" and passes, unless
-//! `MLPRUNE_REQUIRE_GPU=1` is set (CI), where it fails.
+//! Without an adapter the GPU half prints "SKIPPING GPU tests: no GPU adapter" to the test run's
+//! visible stderr and passes, unless `MLPRUNE_REQUIRE_GPU=1` is set (CI), where it fails.
 
 use std::path::Path;
 use std::process::Command;
@@ -33,7 +33,7 @@ fn gpus() -> Option<&'static Gpus> {
         let normal = open()?;
         let mut chunked = open()?;
         chunked.set_max_chunk_bytes(TINY_CHUNK_BYTES);
-        eprintln!("GPU tests run on {}", normal.describe());
+        visible(&format!("GPU tests run on {}", normal.describe()));
         Some(Gpus {
             normal: GpuBackend::new(normal),
             chunked: GpuBackend::new(chunked),
@@ -50,15 +50,39 @@ fn gpu_or_skip() -> Option<&'static Gpus> {
             std::env::var("MLPRUNE_REQUIRE_GPU").as_deref() != Ok("1"),
             "MLPRUNE_REQUIRE_GPU=1 but no GPU adapter was found (install mesa-vulkan-drivers for lavapipe)"
         );
-        eprintln!("skipping GPU tests: no adapter");
+        visible("SKIPPING GPU tests: no GPU adapter (install mesa-vulkan-drivers for lavapipe, or set MLPRUNE_REQUIRE_GPU=1 to make this a failure)");
     }
     gpus
 }
 
+/// Prints a line once per test binary where people look: straight to the process's stderr, which
+/// libtest does not capture (`eprintln!` output of a passing test is swallowed).
+fn visible(line: &str) {
+    use std::io::Write;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    });
+}
+
 /// Runs one case on every backend and compares with the CPU byte for byte. Returns the CPU result.
+///
+/// `GpuBackend::run` quietly runs the CPU kernel for cases outside the GPU's scope, so a case could
+/// compare the CPU with itself. The full-size GPU backend must therefore run every case on the GPU,
+/// except those `cpu_by_design` lists, and must not run those (the list is exactly its scope). The
+/// chunking backend (1 KiB chunks) may also decline a case whose n:m group band or block flags do
+/// not fit one chunk; `tensors_larger_than_one_chunk_match` checks it does run its cases.
 fn check(config: &OpConfig, data: &TensorData, shape: &[u64], label: &str) -> KernelResult {
     let reference = CpuBackend.run(config, data, shape, label);
     if let Some(g) = gpu_or_skip() {
+        let on_gpu = g.normal.handles(config, data, shape);
+        match cpu_by_design(config, data, shape) {
+            Some(reason) => assert!(!on_gpu, "{label}: listed as CPU by design ({reason}) but the GPU runs it"),
+            None => assert!(on_gpu, "{label}: {config:?} fell back to the CPU kernel on the GPU backend"),
+        }
+        if g.chunked.handles(config, data, shape) {
+            assert!(on_gpu, "{label}: the chunking backend runs a case the full-size one declines");
+        }
         for (name, backend) in [("gpu", &g.normal), ("gpu-chunked", &g.chunked)] {
             let got = backend.run(config, data, shape, label);
             match (&reference, &got) {
@@ -74,6 +98,48 @@ fn check(config: &OpConfig, data: &TensorData, shape: &[u64], label: &str) -> Ke
         }
     }
     reference.unwrap_or_else(|e| KernelResult::Skipped(format!("error: {e}")))
+}
+
+/// Why the GPU backend leaves a case to the CPU kernel (see `src/gpu/backend.rs`, `plan`), or
+/// `None` when the case must run on the GPU.
+fn cpu_by_design(config: &OpConfig, data: &TensorData, shape: &[u64]) -> Option<&'static str> {
+    let len = match data {
+        TensorData::F16(w) => w.len(),
+        TensorData::F32(w) => w.len(),
+        _ => return Some("integer weights: the GPU kernels take fp16 and fp32"),
+    };
+    if len == 0 {
+        return Some("empty tensor");
+    }
+    let structural = |size: u64, dim: Option<u32>, default_dim: u32| {
+        let channel = shape.get(dim.unwrap_or(default_dim) as usize).copied().unwrap_or(0);
+        if !(2..=5).contains(&shape.len()) {
+            Some("rank outside 2..=5: coremltools raises, the CPU kernel reports it")
+        } else if size * 2 > channel {
+            Some("group or block larger than half the channels: the CPU kernel skips the tensor")
+        } else {
+            None
+        }
+    };
+    match *config {
+        OpConfig::Magnitude { n_m_ratio: Some((n, m)), dim, .. } => {
+            if m == 0 || n > m {
+                Some("invalid n:m: the CPU kernel reports it")
+            } else if m > 16 {
+                Some("m > 16: the GPU ranks groups of at most 16")
+            } else {
+                structural(m, dim, 1)
+            }
+        }
+        OpConfig::Magnitude { block_size: Some(b), dim, .. } => {
+            if b == 0 {
+                Some("block size 0: the CPU kernel reports it")
+            } else {
+                structural(b, dim, 0)
+            }
+        }
+        _ => None,
+    }
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -312,13 +378,16 @@ fn integer_weights_and_empty_tensors_fall_back_to_the_cpu_kernels() {
 /// chunk is partial, and fp32 percentiles whose two order statistics fall in different bins.
 #[test]
 fn tensors_larger_than_one_chunk_match() {
-    let shapes: &[&[u64]] = &[&[1001, 7], &[96, 64, 3], &[4099, 2]];
+    // [1000, 3]: 8 divides the 1000 channels, so 3:8 groups on dim 0 chunk in bands of 8 rows.
+    let shapes: &[&[u64]] = &[&[1001, 7], &[96, 64, 3], &[4099, 2], &[1000, 3]];
+    // Per config of the list below: whether some shape, fill and dtype ran in chunks on the GPU.
+    let mut chunked = [false; 8];
     for shape in shapes {
         let n = shape.iter().product::<u64>() as usize;
         for fill in FILLS {
             for data in both_dtypes(n, fill, n as u64) {
                 let label = format!("{:?} {shape:?} {fill:?}", data.dtype());
-                for config in [
+                for (ci, config) in [
                     magnitude(0.5),
                     magnitude(0.37),
                     threshold(0.4, 0.0),
@@ -327,12 +396,56 @@ fn tensors_larger_than_one_chunk_match() {
                     n_m(2, 4, 1),
                     n_m(3, 8, 0),
                     n_m(1, 3, 1),
-                ] {
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    if let Some(g) = gpus().filter(|_| cpu_by_design(&config, &data, shape).is_none()) {
+                        let fits = group_band_fits_tiny_chunk(&config, &data, shape);
+                        assert_eq!(
+                            g.chunked.handles(&config, &data, shape),
+                            fits,
+                            "{label} {config:?}: the chunking backend runs exactly the cases whose group band fits a chunk"
+                        );
+                        chunked[ci] |= fits;
+                    }
                     check(&config, &data, shape, &format!("{label} {config:?}"));
                 }
             }
         }
     }
+    if gpus().is_some() {
+        assert!(chunked.iter().all(|&c| c), "configs that never ran in chunks: {chunked:?}");
+    }
+}
+
+/// Whether a case fits the chunking backend's `TINY_CHUNK_BYTES`. n:m: chunks hold whole group
+/// bands, m channels (or, when m does not divide the channel count, a whole channel run) times the
+/// inner size, and a chunk is a multiple of both the band and 32 elements. Block: the one-bit-per-
+/// block flags must fit one chunk. Other modes always fit.
+fn group_band_fits_tiny_chunk(config: &OpConfig, data: &TensorData, shape: &[u64]) -> bool {
+    let (m, dim) = match *config {
+        OpConfig::Magnitude { n_m_ratio: Some((_, m)), dim, .. } => (m, dim.unwrap_or(1) as usize),
+        OpConfig::Magnitude { block_size: Some(b), dim, .. } => {
+            let dim = dim.unwrap_or(0) as usize;
+            let outer = shape[..dim].iter().product::<u64>();
+            let inner = shape[dim + 1..].iter().product::<u64>();
+            let blocks = outer * shape[dim].div_ceil(b) * inner;
+            return blocks.div_ceil(32) * 4 <= TINY_CHUNK_BYTES;
+        }
+        _ => return true,
+    };
+    let (channel, inner) = (shape[dim], shape[dim + 1..].iter().product::<u64>());
+    let band = if channel % m == 0 { m * inner } else { channel * inner };
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let unit = 32 / gcd(32, band) * band;
+    let elem_bytes = if matches!(data, TensorData::F16(_)) { 2 } else { 4 };
+    unit * elem_bytes <= TINY_CHUNK_BYTES
 }
 
 #[test]
@@ -475,6 +588,7 @@ fn sample_config_prunes_identically_on_gpu() {
     let mut outputs = Vec::new();
     for device in ["cpu", "gpu"] {
         let out = tmp.path().join(format!("{device}.mlpackage"));
+        let report = tmp.path().join(format!("{device}.json"));
         let args = [
             "prune",
             input.to_str().expect("utf-8"),
@@ -485,6 +599,8 @@ fn sample_config_prunes_identically_on_gpu() {
             device,
             "--gpu-min-elements",
             "0",
+            "--report",
+            report.to_str().expect("utf-8"),
         ];
         let run = mlprune(&args);
         assert!(
@@ -492,6 +608,14 @@ fn sample_config_prunes_identically_on_gpu() {
             "{device}: {}",
             String::from_utf8_lossy(&run.stderr)
         );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
+        let ran_on = |d: &str| report.as_array().expect("array").iter().filter(|t| t["device"] == d).count();
+        if device == "gpu" {
+            assert!(ran_on("gpu") > 0, "no tensor of the sample ran on the GPU: {report}");
+        } else {
+            assert_eq!(ran_on("gpu"), 0);
+        }
         outputs.push(files(&out));
     }
     assert_eq!(outputs[0], outputs[1]);
