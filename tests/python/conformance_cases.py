@@ -58,8 +58,11 @@ exercise what those models are for; together they cover every behaviour of spec 
 A config is a dict in coremltools' from_dict layout, or a function of the model's `Names` (actual op
 and const names differ between fp32 and fp16 conversions) returning one. `joint` runs
 `prune_weights(..., joint_compression=True)` against `mlprune prune --joint-compression`. `expect` states what
-coremltools must do with it ("error", "pruned": at least one tensor pruned, "none": nothing pruned);
-the suite checks it so a case cannot silently stop testing what it was written for.
+coremltools must do with it ("pruned": at least one tensor pruned, "none": nothing pruned, "error": it
+refuses the config, while reading it or against this model, and mlprune must exit 2 as for a config
+error, "unsupported": it fails on the model's compression itself, and mlprune must exit 1 as for
+unsupported input); the suite checks it so a case cannot silently stop testing what it was written
+for. A case without `expect` where coremltools raises counts as "error".
 
 Public API:
     Case(name, config, cli=None, expect=None, joint=False)
@@ -565,11 +568,11 @@ JOINT_OLD = _joint_cases("joint_old", lambda _: "error")
 # materializes every candidate before reading the config: every joint case raises. The models
 # hold two constexpr ops per weight, so the rows naming "the" compressed op are left out.
 JOINT_NO_MATERIALIZE = _joint_cases(
-    "joint_no_materialize", lambda _: "error", without=("compressed_named", "compressed_named_structural")
+    "joint_no_materialize", lambda _: "unsupported", without=("compressed_named", "compressed_named_structural")
 )
 # Vector palettization: coremltools raises (IndexError) when it builds the sparse op, i.e. only
-# when a weight is actually pruned.
-JOINT_VECTOR = _joint_cases("joint_vector", lambda outcome: "none" if outcome == "none" else "error")
+# when a weight is actually pruned; structural configs are refused before that, as on any model.
+JOINT_VECTOR = _joint_cases("joint_vector", lambda outcome: outcome if outcome in ("none", "error") else "unsupported")
 
 GROUPS = [
     (CORE_MODELS, CORE),

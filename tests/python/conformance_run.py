@@ -160,9 +160,12 @@ def run_coremltools(model_path, config, out_path, joint=False):
     """prune_weights (with joint_compression=`joint`) + save; returns None on success, else the
     exception as one line."""
     try:
-        model = ct.models.MLModel(str(model_path), skip_model_load=True)
         # from_dict mutates nothing we rely on, but the same dict is also written for mlprune.
         config = OptimizationConfig.from_dict(copy.deepcopy(config))
+    except Exception as exc:
+        return "config: " + _leaf_message(exc)
+    try:
+        model = ct.models.MLModel(str(model_path), skip_model_load=True)
         # As in a fresh process (what one mlprune run stands for): joint compression's sparse ops
         # take auto names `<op type>_<k>` from the Builder's process-wide counters, which earlier
         # cases in this worker would otherwise have advanced.
@@ -171,12 +174,16 @@ def run_coremltools(model_path, config, out_path, joint=False):
         pruned.save(str(out_path))
         return None
     except Exception as exc:  # coremltools raising is a verdict, not a crash of the suite
-        # cattrs wraps validation errors in exception groups: report the first leaf, what a user
-        # reads first.
-        leaf = exc
-        while getattr(leaf, "exceptions", None):
-            leaf = leaf.exceptions[0]
-        return _short(f"{type(leaf).__name__}: {leaf}")
+        return "prune_weights: " + _leaf_message(exc)
+
+
+def _leaf_message(exc):
+    """One line for an exception. cattrs wraps validation errors in exception groups: report the
+    first leaf, what a user reads first."""
+    leaf = exc
+    while getattr(leaf, "exceptions", None):
+        leaf = leaf.exceptions[0]
+    return _short(f"{type(leaf).__name__}: {leaf}")
 
 
 def run_mlprune(mlprune, model_path, out_path, args):
@@ -374,9 +381,20 @@ def run_case(model_id, case_name, model_path, case_dir, mlprune):
         # 101 is a Rust panic, negative a signal or our timeout: never an acceptable refusal.
         problems.append(f"mlprune crashed (exit {ml_rc}): {ml_stderr}")
     if ct_error is not None:
-        outcome = "error"
+        # Both must fail for the same class of reason: a config coremltools refuses (while reading
+        # it, or against this model) is a config error, exit 2; a model whose compression
+        # coremltools itself cannot handle ("unsupported" cases) is bad input, exit 1.
+        outcome = "unsupported" if case.expect == "unsupported" else "error"
+        want_rc = 1 if outcome == "unsupported" else 2
         if ml_rc == 0:
             problems.append(f"coremltools raised ({ct_error}) but mlprune succeeded")
+        elif ml_rc in (1, 2) and ml_rc != want_rc:
+            problems.append(
+                f"coremltools raised ({ct_error}) and mlprune failed for another class of reason: "
+                f"exit {ml_rc}, expected {want_rc}: {ml_stderr}"
+            )
+        if outcome == "unsupported" and ct_error.startswith("config: "):
+            problems.append(f"test matrix: an 'unsupported' case, but coremltools refused the config itself: {ct_error}")
     elif ml_rc != 0:
         outcome = None
         problems.append(f"mlprune failed (exit {ml_rc}: {ml_stderr}) but coremltools succeeded")
