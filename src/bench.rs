@@ -131,7 +131,7 @@ pub fn render(adapter: &str, rows: &[BenchRow]) -> String {
         let _ = writeln!(
             out,
             "{:<32} {:<9} {:<7} {:>11} {:>10.3} {:>10.3} {:>9.3} {:>9.3}  {}{}",
-            r.name,
+            crate::error::escape_control(&r.name),
             r.mode,
             r.dtype,
             r.elements,

@@ -205,9 +205,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Inspect { input, json } => {
             let report = inspect::inspect(&input)?;
             let text = if json {
-                let mut s = serde_json::to_string_pretty(&report).map_err(|e| Error::Usage(e.to_string()))?;
-                s.push('\n');
-                s
+                inspect::render_json(&report)?
             } else {
                 inspect::render_table(&report)
             };

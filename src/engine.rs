@@ -247,6 +247,8 @@ impl Progress {
     fn tensor_done(&mut self, name: &str, bytes: u64) {
         self.done += 1;
         self.bar.inc(bytes);
+        // The name comes from the model: escaped like inspect's table, it cannot drive the terminal.
+        let name = crate::error::escape_control(name);
         self.bar.set_message(format!("{}/{} tensors {name}", self.done, self.tensors));
     }
 

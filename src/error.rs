@@ -65,13 +65,7 @@ impl Error {
     /// input (a manifest string, a tensor name, a path), so control characters such as newlines are
     /// escaped rather than allowed to split the line or forge another one.
     pub fn one_line(&self) -> String {
-        let text = self.to_string();
-        if !text.contains(char::is_control) {
-            return text;
-        }
-        text.chars()
-            .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
-            .collect()
+        escape_control(&self.to_string()).into_owned()
     }
 
     /// Shorthand for wrapping an `io::Error` with the path it concerns.
@@ -82,6 +76,19 @@ impl Error {
     pub fn tensor(tensor: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Tensor { tensor: tensor.into(), reason: reason.into() }
     }
+}
+
+/// `text` with every control character (C0, DEL, C1: newlines, ESC, BEL, CSI, ...) written as its
+/// Rust escape (`\n`, `\u{1b}`), so that text taken from the input can neither split a line nor
+/// drive the terminal. Errors ([`Error::one_line`]) and `mlprune inspect`'s table both go through it.
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect::<String>()
+        .into()
 }
 
 /// Adds the path to an `io::Result`.

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::dtype::ScalarType;
-use crate::error::{Error, Result};
+use crate::error::{escape_control, Error, Result};
 use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
@@ -253,6 +253,25 @@ fn sparse_mask_share(op: &Operation, meta: &TensorMeta, source: &WeightSource, n
     Ok(Some(1.0 - kept as f64 / meta.count as f64))
 }
 
+/// The report as pretty JSON, ending in a newline. serde_json escapes C0 control characters in
+/// strings; DEL and the C1 controls (U+0080–U+009F, e.g. CSI) it leaves raw, so they are escaped
+/// here as well (`\u007f`): same JSON value, and nothing in it can drive a terminal.
+pub fn render_json(report: &InspectReport) -> Result<String> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| Error::Usage(e.to_string()))?;
+    // Outside strings, valid JSON holds only ASCII structure and whitespace, so every DEL or C1
+    // character here is inside a string, where `\u00XX` means the same character.
+    let mut out = String::with_capacity(text.len() + 1);
+    for c in text.chars() {
+        if ('\u{7f}'..='\u{9f}').contains(&c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\n');
+    Ok(out)
+}
+
 /// The human table: one row per tensor, then the total line.
 pub fn render_table(report: &InspectReport) -> String {
     let header = ["NAME", "CONSUMER", "DTYPE", "SHAPE", "ELEMENTS", "BYTES", "SPARSITY", "STORAGE"];
@@ -278,6 +297,8 @@ pub fn render_table(report: &InspectReport) -> String {
                 w.sparsity.map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
                 storage,
             ]
+            // Names and op types come from the input: no control character reaches the terminal.
+            .map(|cell| escape_control(&cell).into_owned())
         })
         .collect();
     let mut widths = header.map(|h| h.chars().count());
@@ -318,7 +339,7 @@ pub fn render_table(report: &InspectReport) -> String {
         "total: {} weight tensors, {elements} elements, {bytes} bytes; spec version {}, opset {}, weight.bin {} bytes\n",
         report.weights.len(),
         report.spec_version,
-        report.opsets.join(","),
+        escape_control(&report.opsets.join(",")),
         report.weight_file_bytes
     ));
     out

@@ -304,6 +304,79 @@ fn usage_errors_exit_2() {
     assert_eq!(run(&[&"--help"]).status.code(), Some(0));
 }
 
+#[test]
+fn argument_errors_are_one_prefixed_line_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures()[0].to_str().unwrap().to_owned();
+    let out = tmp.path().join("o.mlpackage");
+    let out = out.to_str().unwrap();
+    let prune_help = "; see 'mlprune prune --help'";
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        // Unknown flag, with clap's suggestion.
+        (vec!["prune", &f, out, "--foo"], vec!["unexpected argument '--foo'", prune_help]),
+        (vec!["prune", &f, out, "--forc"], vec!["unexpected argument '--forc' (did you mean '--force'?)"]),
+        (vec!["inspect", &f, "extra"], vec!["unexpected argument 'extra'; see 'mlprune inspect --help'"]),
+        // Missing arguments.
+        (vec!["prune", &f], vec!["missing required argument <OUTPUT>", prune_help]),
+        (vec!["prune"], vec!["missing required arguments <INPUT>, <OUTPUT>", prune_help]),
+        (vec!["prune", &f, out, "--config"], vec!["a value is required for '--config <FILE>'"]),
+        (vec!["prune", &f, out, "--min-sparsity", "0.3"], vec!["missing required argument --threshold <T>"]),
+        // Bad values.
+        (vec!["prune", &f, out, "--sparsity", "half"], vec!["invalid value 'half' for '--sparsity <S>': invalid float literal", prune_help]),
+        (vec!["prune", &f, out, "--device", "tpu"], vec!["invalid value 'tpu' for '--device <DEVICE>' (possible values: auto, cpu, gpu)"]),
+        (vec!["generate", out, "--layers", "many"], vec!["invalid value 'many' for '--layers <LAYERS>': invalid digit", "; see 'mlprune generate --help'"]),
+        // Conflicting and repeated flags.
+        (vec!["prune", &f, out, "--threshold", "0.1", "--sparsity", "0.5"], vec!["the argument '--threshold <T>' cannot be used with '--sparsity <S>'", prune_help]),
+        (vec!["prune", &f, out, "--config", "c.json", "--n-m", "2:4"], vec!["the argument '--config <FILE>' cannot be used with '--n-m <N:M>'"]),
+        (vec!["prune", &f, out, "--sparsity", "0.5", "--sparsity", "0.4"], vec!["'--sparsity <S>' cannot be used more than once"]),
+        // Commands.
+        (vec!["frobnicate"], vec!["unrecognized command 'frobnicate'; see 'mlprune --help'"]),
+        (vec![], vec!["no command given (one of: inspect, prune, generate, bench); see 'mlprune --help'"]),
+    ];
+    for (args, expected) in cases {
+        let o = bin().args(&args).output().unwrap();
+        let stderr = String::from_utf8(o.stderr).unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(stderr.starts_with("mlprune: error: ") && stderr.ends_with("--help'\n"), "{args:?}: {stderr}");
+        for e in expected {
+            assert!(stderr.contains(e), "{args:?}: expected '{e}' in {stderr}");
+        }
+        assert!(!out_exists(out), "{args:?}: nothing written");
+    }
+    // Control characters in an argument are escaped like those of any other error.
+    let o = bin().args(["prune", &f, out, "--device", "\x1b[2J\ngpu"]).output().unwrap();
+    let stderr = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("invalid value '\\u{1b}[2J\\ngpu'") && !stderr.contains('\x1b'), "{stderr}");
+}
+
+fn out_exists(p: &str) -> bool {
+    Path::new(p).exists()
+}
+
+#[test]
+fn help_and_version_print_in_full_on_stdout_with_exit_0() {
+    for args in [vec!["--help"], vec!["-h"], vec!["prune", "--help"], vec!["help", "prune"], vec!["inspect", "--help"]] {
+        let o = bin().args(&args).output().unwrap();
+        let stdout = String::from_utf8(o.stdout).unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert!(o.stderr.is_empty(), "{args:?}");
+        assert!(stdout.contains("Usage: mlprune") && stdout.lines().count() > 5, "{args:?}: {stdout}");
+        if args.contains(&"prune") {
+            assert!(stdout.contains("--sparsity <S>") && stdout.contains("--joint-compression"), "{stdout}");
+        }
+    }
+    for flag in ["--version", "-V"] {
+        let o = bin().arg(flag).output().unwrap();
+        assert_eq!(o.status.code(), Some(0));
+        assert!(o.stderr.is_empty());
+        assert_eq!(String::from_utf8(o.stdout).unwrap(), format!("mlprune {}\n", env!("CARGO_PKG_VERSION")));
+    }
+}
+
 /// Rewrites the fixture's model protobuf in place with `edit`.
 fn edit_model(p: &Path, edit: impl FnOnce(&mut mlprune::proto::spec::Model)) {
     use prost::Message;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
-use super::value::OperationExt;
+use super::value::{describe_type, same_declared_type, OperationExt};
 
 /// Where an op lives: function, block specialization, then op index, and for ops inside nested
 /// blocks alternating (block index, op index) steps.
@@ -84,6 +84,7 @@ impl GraphView {
                 .map(str::to_owned)
                 .or_else(|| op.outputs.first().map(|o| o.name.clone()))
                 .unwrap_or_default();
+            check_op(op, &name, &base.function)?;
             self.ops.push(OpInfo {
                 path: path.clone(),
                 name: name.clone(),
@@ -156,6 +157,54 @@ impl GraphView {
     pub fn producer(&self, function: &str, value: &str) -> Option<usize> {
         self.producers.get(&(function.to_owned(), value.to_owned())).copied()
     }
+}
+
+/// What every reader of the program relies on and nothing else checks: every op has a type and
+/// every output a declared type, and a `const` is one typed output holding its value in `val`, of
+/// exactly that type. A const whose `val` disagrees with its output would be pruned (or listed)
+/// under one type and consumed under the other; one without `val` has no data to carry over.
+fn check_op(op: &Operation, name: &str, function: &str) -> Result<()> {
+    if op.r#type.is_empty() {
+        return Err(Error::Graph(format!("op '{name}' in function '{function}' has no op type")));
+    }
+    for out in &op.outputs {
+        if out.r#type.as_ref().and_then(|t| t.r#type.as_ref()).is_none() {
+            return Err(Error::Graph(format!(
+                "op '{name}' ({}) in function '{function}': output '{}' has no declared type",
+                op.r#type, out.name
+            )));
+        }
+    }
+    if !op.is_const() {
+        return Ok(());
+    }
+    if let Some(param) = op.inputs.keys().next() {
+        return Err(Error::tensor(
+            name,
+            format!("const op has an input ('{param}'); its value must be its 'val' attribute"),
+        ));
+    }
+    let [out] = op.outputs.as_slice() else {
+        return Err(Error::tensor(name, format!("const op has {} outputs, expected 1", op.outputs.len())));
+    };
+    let Some(val) = op.attributes.get("val") else {
+        return Err(Error::tensor(name, "const op has no 'val' attribute"));
+    };
+    if val.value.is_none() {
+        return Err(Error::tensor(name, "const 'val' holds neither an immediate value nor a weight.bin reference"));
+    }
+    if !same_declared_type(val.r#type.as_ref(), out.r#type.as_ref()) {
+        return Err(Error::tensor(
+            name,
+            format!(
+                "const 'val' is {} but the op's output '{}' is declared {}",
+                describe_type(val.r#type.as_ref()),
+                out.name,
+                describe_type(out.r#type.as_ref())
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Names visible at a point of a function, with marks to drop a nested block's names on exit.
@@ -258,4 +307,59 @@ pub fn op_at_mut<'a>(program: &'a mut Program, path: &OpPath) -> Option<&'a mut 
         op = op.blocks.get_mut(*b)?.operations.get_mut(*o)?;
     }
     Some(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::ScalarType;
+    use crate::mil::build::const_op;
+    use crate::mil::value::{blob_value, immediate_value, tensor_value_type};
+    use crate::tensor::TensorData;
+
+    fn refusal(op: &Operation) -> String {
+        check_op(op, "w", "main").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn consts_must_hold_a_val_of_their_output_type() {
+        let good = const_op("w", blob_value(ScalarType::Float16, &[2, 3], 64));
+        check_op(&good, "w", "main").unwrap();
+        let scalar = const_op("s", immediate_value(&TensorData::I32(vec![1]), &[]));
+        check_op(&scalar, "s", "main").unwrap();
+
+        let mut other_dtype = good.clone();
+        other_dtype.outputs[0].r#type = Some(tensor_value_type(ScalarType::Float32, &[2, 3]));
+        assert_eq!(
+            refusal(&other_dtype),
+            "tensor 'w': const 'val' is fp16 [2, 3] but the op's output 'w' is declared fp32 [2, 3]"
+        );
+        let mut other_shape = good.clone();
+        other_shape.outputs[0].r#type = Some(tensor_value_type(ScalarType::Float16, &[3, 2]));
+        assert!(refusal(&other_shape).ends_with("declared fp16 [3, 2]"));
+
+        let mut no_val = good.clone();
+        no_val.attributes.remove("val");
+        assert_eq!(refusal(&no_val), "tensor 'w': const op has no 'val' attribute");
+        let mut empty_val = good.clone();
+        empty_val.attributes.get_mut("val").unwrap().value = None;
+        assert!(refusal(&empty_val).contains("neither an immediate value nor a weight.bin reference"));
+        let mut untyped_val = good.clone();
+        untyped_val.attributes.get_mut("val").unwrap().r#type = None;
+        assert!(refusal(&untyped_val).contains("const 'val' is no type but"));
+    }
+
+    #[test]
+    fn every_op_needs_a_type_and_typed_outputs() {
+        let mut op = const_op("w", blob_value(ScalarType::Float16, &[2, 3], 64));
+        op.r#type = "relu".into();
+        check_op(&op, "w", "main").unwrap();
+        op.outputs[0].r#type = Some(Default::default());
+        assert_eq!(
+            refusal(&op),
+            "model graph: op 'w' (relu) in function 'main': output 'w' has no declared type"
+        );
+        op.r#type.clear();
+        assert_eq!(refusal(&op), "model graph: op 'w' in function 'main' has no op type");
+    }
 }

@@ -270,6 +270,49 @@ pub fn decode_immediate(
     }
 }
 
+/// A declared type as errors show it: `fp16 [64, 32]`, `string []`, `list`, or `no type`.
+pub fn describe_type(ty: Option<&ValueType>) -> String {
+    match ty.and_then(|t| t.r#type.as_ref()) {
+        None => "no type".into(),
+        Some(value_type::Type::TensorType(t)) => {
+            let dtype = match (t.scalar_type(), DataType::try_from(t.data_type)) {
+                (Some(s), _) => s.to_string(),
+                (None, Ok(d)) => d.as_str_name().to_ascii_lowercase(),
+                (None, Err(_)) => format!("data type {}", t.data_type),
+            };
+            let dims: Vec<String> = t
+                .dimensions
+                .iter()
+                .map(|d| match &d.dimension {
+                    Some(dimension::Dimension::Constant(c)) => c.size.to_string(),
+                    _ => "?".into(),
+                })
+                .collect();
+            let rank = if usize::try_from(t.rank).ok() == Some(dims.len()) { String::new() } else { format!(" (rank {})", t.rank) };
+            format!("{dtype} [{}]{rank}", dims.join(", "))
+        }
+        Some(value_type::Type::ListType(_)) => "list".into(),
+        Some(value_type::Type::TupleType(_)) => "tuple".into(),
+        Some(value_type::Type::DictionaryType(_)) => "dictionary".into(),
+        Some(value_type::Type::StateType(_)) => "state".into(),
+    }
+}
+
+/// Whether a const's `val` type and its output type agree: for tensors the element type, rank and
+/// dimensions (tensor attributes carry no type information); any other type must be identical.
+pub fn same_declared_type(a: Option<&ValueType>, b: Option<&ValueType>) -> bool {
+    fn tensor(t: Option<&ValueType>) -> Option<&TensorType> {
+        match t?.r#type.as_ref()? {
+            value_type::Type::TensorType(t) => Some(t),
+            _ => None,
+        }
+    }
+    match (tensor(a), tensor(b)) {
+        (Some(x), Some(y)) => x.data_type == y.data_type && x.rank == y.rank && x.dimensions == y.dimensions,
+        _ => a.is_some() && a == b,
+    }
+}
+
 /// The single output of a const op as `(name, type)`.
 pub fn single_output(op: &Operation) -> Option<&NamedValueType> {
     match op.outputs.as_slice() {

@@ -1,4 +1,288 @@
 //! Inconsistent models, terminal-safe inspect output, usage-error format.
 
+use mlprune::proto::mil::{DataType, Dimension, NamedValueType, ValueType};
+
 #[allow(unused_imports)]
 use crate::*;
+
+/// Applies `edit` to the op whose `name` attribute is `name`.
+fn edit_named_op(case: &Case, name: &str, edit: impl FnOnce(&mut Operation)) {
+    case.edit_program(|p| {
+        let mut edit = Some(edit);
+        for_each_op_mut(p, |op| -> Result<(), ()> {
+            if mlprune::mil::OperationExt::name(op) == Some(name) {
+                if let Some(edit) = edit.take() {
+                    edit(op);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(edit.is_none(), "no op named {name}");
+    });
+}
+
+/// The tensor type of a const's `val` or output.
+fn tensor_type(ty: &mut Option<ValueType>) -> &mut mlprune::proto::mil::TensorType {
+    match ty.as_mut().and_then(|t| t.r#type.as_mut()) {
+        Some(mlprune::proto::mil::value_type::Type::TensorType(t)) => t,
+        other => panic!("not a tensor type: {other:?}"),
+    }
+}
+
+fn constant(size: u64) -> Dimension {
+    Dimension {
+        dimension: Some(dimension::Dimension::Constant(dimension::ConstantDimension {
+            size,
+        })),
+    }
+}
+
+/// Every character of `text` that a terminal could act on, other than the line breaks in `allowed`.
+fn control_chars(text: &str, allowed: &[char]) -> Vec<char> {
+    text.chars()
+        .filter(|c| c.is_control() && !allowed.contains(c))
+        .collect()
+}
+
+#[test]
+fn inspect_escapes_control_characters_from_the_input() {
+    // ESC sequences, BEL, CR/LF, DEL and the C1 CSI (U+009B) in every string inspect shows: the
+    // tensor name, its consumer's name, op type and input name, and the opset.
+    let case = Case::linear();
+    let (weight, _) = first_blob_const(&case);
+    let evil_name = format!("{weight}\x1b[2J\x1b]0;pwned\x07\r\nfake row");
+    let evil_consumer = "fc1\x1b[31m\u{9b}1m\x7f";
+    let evil_type = "linear\x08\x08\x08";
+    let evil_input = "weight\n";
+    let evil_opset = "CoreML8\x1b[0m";
+    case.edit_program(|p| {
+        for function in p.functions.values_mut() {
+            function.opset = evil_opset.into();
+        }
+    });
+    edit_named_op(&case, &weight, |op| {
+        op.attributes
+            .insert("name".into(), mlprune::mil::value::string_value(&evil_name));
+    });
+    edit_named_op(&case, "fc1_cast_fp16", |op| {
+        op.attributes
+            .insert("name".into(), mlprune::mil::value::string_value(evil_consumer));
+        op.r#type = evil_type.into();
+        let arg = op.inputs.remove("weight").unwrap();
+        op.inputs.insert(evil_input.into(), arg);
+    });
+    let before = snapshot(&case.input);
+
+    // The library reports the strings as they are; only what is printed is escaped.
+    let report = mlprune::inspect::inspect(&case.input).unwrap();
+    let row = report.weights.iter().find(|w| w.name == evil_name).unwrap();
+    assert_eq!(
+        (
+            row.consumers[0].op.as_str(),
+            row.consumers[0].op_type.as_str(),
+            row.consumers[0].input.as_str()
+        ),
+        (evil_consumer, evil_type, evil_input)
+    );
+
+    let o = cli_inspect(&case.input);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(control_chars(&table, &['\n']), Vec::<char>::new(), "{table}");
+    assert!(
+        !table.contains('\r') && !table.as_bytes().contains(&0x1b),
+        "{table}"
+    );
+    // One header, one line per tensor, the total: no name split a line or forged one.
+    assert_eq!(table.lines().count(), report.weights.len() + 2, "{table}");
+    assert!(!table.lines().any(|l| l.starts_with("fake row")), "{table}");
+    let escaped_name = format!("{weight}\\u{{1b}}[2J\\u{{1b}}]0;pwned\\u{{7}}\\r\\nfake row");
+    let row_line = table
+        .lines()
+        .find(|l| l.starts_with(&escaped_name))
+        .unwrap_or_else(|| panic!("row of {escaped_name}: {table}"));
+    assert!(
+        row_line.contains("fc1\\u{1b}[31m\\u{9b}1m\\u{7f} (linear\\u{8}\\u{8}\\u{8}.weight\\n)"),
+        "{row_line}"
+    );
+    let total = table.lines().last().unwrap();
+    assert!(total.contains("opset CoreML8\\u{1b}[0m, weight.bin"), "{total}");
+
+    // JSON: every control character escaped (serde_json does C0; DEL and C1 are escaped too), and
+    // the strings read back exactly.
+    let o = cli(&["inspect".as_ref(), case.input.as_os_str(), "--json".as_ref()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json = String::from_utf8(o.stdout).unwrap();
+    // Pretty JSON breaks lines between values; inside strings a newline is `\n`.
+    assert_eq!(control_chars(&json, &['\n']), Vec::<char>::new(), "{json}");
+    assert!(
+        json.contains("\\u007f") && json.contains("\\u009b") && json.contains("\\u001b"),
+        "{json}"
+    );
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed["opsets"][0], evil_opset);
+    let row = parsed["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == evil_name.as_str())
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(row["consumers"][0]["op"], evil_consumer);
+    assert_eq!(row["consumers"][0]["op_type"], evil_type);
+    assert_eq!(row["consumers"][0]["input"], evil_input);
+
+    assert_nothing_left(&case, &["in.mlpackage"]);
+    assert_eq!(snapshot(&case.input), before, "input unchanged");
+}
+
+fn is_tensor_error<'a>(name: &'a str, reason: &'a str) -> impl Fn(&Error) -> bool + 'a {
+    move |e| matches!(e, Error::Tensor { tensor, reason: r } if tensor == name && r.contains(reason))
+}
+
+fn is_graph_error<'a>(parts: &'a [&'a str]) -> impl Fn(&Error) -> bool + 'a {
+    move |e| matches!(e, Error::Graph(m) if parts.iter().all(|p| m.contains(p)))
+}
+
+#[test]
+fn const_whose_val_disagrees_with_its_output_type() {
+    // The val says one thing, the output another: pruning the val's shape into a sparse op of the
+    // output type would give consumers a tensor of the wrong size. Refused by prune and inspect.
+    type Edit = fn(&mut Operation);
+    let edits: [(Edit, &str); 5] = [
+        (
+            |op| tensor_type(&mut op.outputs[0].r#type).data_type = DataType::Float32 as i32,
+            "declared fp32 [48, 64]",
+        ),
+        (
+            |op| {
+                tensor_type(&mut op.attributes.get_mut("val").unwrap().r#type).data_type =
+                    DataType::Float32 as i32
+            },
+            "'val' is fp32 [48, 64]",
+        ),
+        (
+            |op| {
+                let t = tensor_type(&mut op.outputs[0].r#type);
+                t.dimensions = vec![constant(64), constant(48)];
+            },
+            "declared fp16 [64, 48]",
+        ),
+        (
+            |op| {
+                let t = tensor_type(&mut op.outputs[0].r#type);
+                t.rank = 1;
+                t.dimensions = vec![constant(48 * 64)];
+            },
+            "declared fp16 [3072]",
+        ),
+        (
+            |op| {
+                op.outputs[0].r#type = Some(ValueType {
+                    r#type: Some(mlprune::proto::mil::value_type::Type::ListType(Box::default())),
+                })
+            },
+            "declared list",
+        ),
+    ];
+    for (edit, detail) in edits {
+        let case = Case::linear();
+        let (weight, _) = first_blob_const(&case);
+        assert_eq!(weight, "fc1_weight_0_to_fp16", "fixture layout");
+        edit_named_op(&case, &weight, edit);
+        let kind = is_tensor_error(&weight, "const 'val' is fp");
+        let check = |e: &Error| kind(e) && e.to_string().contains(detail);
+        assert_refused(&case, Refused::Both, check, &[&weight, detail]);
+    }
+}
+
+#[test]
+fn const_without_a_usable_val() {
+    type Edit = fn(&mut Operation);
+    let edits: [(Edit, &'static str); 4] = [
+        (|op| drop(op.attributes.remove("val")), "no 'val' attribute"),
+        (
+            |op| op.attributes.get_mut("val").unwrap().value = None,
+            "neither an immediate value nor a weight.bin reference",
+        ),
+        (
+            // The value moved to an input: it would be ignored and its blob dropped.
+            |op| {
+                let val = op.attributes.remove("val").unwrap();
+                op.inputs
+                    .insert("val".into(), mlprune::mil::build::bind_value(val));
+            },
+            "has an input ('val')",
+        ),
+        (
+            |op| {
+                let extra = NamedValueType {
+                    name: "second".into(),
+                    ..op.outputs[0].clone()
+                };
+                op.outputs.push(extra);
+            },
+            "2 outputs, expected 1",
+        ),
+    ];
+    for (edit, reason) in edits {
+        let case = Case::linear();
+        let (weight, _) = first_blob_const(&case);
+        edit_named_op(&case, &weight, edit);
+        assert_refused(
+            &case,
+            Refused::Both,
+            is_tensor_error(&weight, reason),
+            &[&weight, reason],
+        );
+    }
+    // A const with no val and no output at all.
+    let case = Case::linear();
+    let (weight, _) = first_blob_const(&case);
+    edit_named_op(&case, &weight, |op| {
+        op.attributes.remove("val");
+        op.outputs.clear();
+    });
+    // Refused at the const, before its consumer is found reading an undefined value.
+    let reason = "0 outputs, expected 1";
+    assert_refused(
+        &case,
+        Refused::Both,
+        is_tensor_error(&weight, reason),
+        &[&weight, reason],
+    );
+}
+
+#[test]
+fn ops_and_outputs_without_a_type() {
+    // A linear's output with no type, and with an empty ValueType; a const's output the same; an op
+    // with an empty op type.
+    type Edit = fn(&mut Operation);
+    let cases: [(&str, Edit, &[&str]); 4] = [
+        (
+            "fc1_cast_fp16",
+            |op| op.outputs[0].r#type = None,
+            &["fc1_cast_fp16", "(linear)", "has no declared type"],
+        ),
+        (
+            "fc2_cast_fp16",
+            |op| op.outputs[0].r#type = Some(ValueType::default()),
+            &["fc2_cast_fp16", "(linear)", "has no declared type"],
+        ),
+        (
+            "fc2_bias_0_to_fp16",
+            |op| op.outputs[0].r#type = None,
+            &["fc2_bias_0_to_fp16", "(const)", "has no declared type"],
+        ),
+        (
+            "fc1_cast_fp16",
+            |op| op.r#type.clear(),
+            &["fc1_cast_fp16", "has no op type"],
+        ),
+    ];
+    for (name, edit, parts) in cases {
+        let case = Case::linear();
+        edit_named_op(&case, name, edit);
+        assert_refused(&case, Refused::Both, is_graph_error(parts), parts);
+    }
+}
