@@ -131,7 +131,11 @@ impl Drop for ScratchPath {
 fn create_locked(path: &Path, is_dir: bool) -> io::Result<File> {
     let handle = if is_dir {
         std::fs::create_dir(path)?;
-        File::open(path)?
+        // A sweep may already have removed the fresh, unlocked folder: the name is taken, as below.
+        File::open(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => io::ErrorKind::AlreadyExists.into(),
+            _ => e,
+        })?
     } else {
         OpenOptions::new().read(true).write(true).create_new(true).open(path)?
     };
@@ -285,6 +289,37 @@ mod tests {
         let mut both = vec![a, b];
         both.sort();
         assert_eq!(removed, both);
+    }
+
+    #[test]
+    fn creating_while_another_run_sweeps_never_fails() {
+        // Regression: a sweep that removed a folder between its creation and its locking made
+        // create_dir fail with NotFound instead of trying another name.
+        let dir = tempfile::tempdir().unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    sweep_stale(dir.path(), ".race-").unwrap();
+                }
+            });
+            let creators: Vec<_> = (0..3)
+                .map(|_| {
+                    scope.spawn(|| {
+                        for _ in 0..300 {
+                            let scratch = ScratchPath::create_dir(dir.path(), ".race-").unwrap();
+                            assert!(scratch.path().is_dir(), "a live scratch folder is never swept");
+                            scratch.remove();
+                        }
+                    })
+                })
+                .collect();
+            for creator in creators {
+                let result = creator.join();
+                stop.store(true, Ordering::Relaxed);
+                result.unwrap();
+            }
+        });
     }
 
     #[test]

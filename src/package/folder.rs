@@ -13,7 +13,7 @@ pub(crate) const MANIFEST_FILE: &str = "Manifest.json";
 pub(crate) const DATA_DIR: &str = "Data";
 pub(crate) const WEIGHT_FILE: &str = "weight.bin";
 /// A real manifest is under a kilobyte; refuse to load an absurd one into memory.
-const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 /// What a valid package directory holds, as needed by later stages.
 #[derive(Debug)]

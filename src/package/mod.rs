@@ -3,8 +3,8 @@
 //!
 //! `Package` is read-only: nothing of the input is ever opened for writing. A zipped input is
 //! extracted (with checks) into a private temporary directory, so later stages see a plain
-//! directory either way. `OutputPackage` stages the result next to the output and renames it into
-//! place on `commit`.
+//! directory either way; only the entries the package uses ([`used_paths`]) are extracted.
+//! `OutputPackage` stages the result next to the output and renames it into place on `commit`.
 
 mod folder;
 mod manifest;
@@ -23,12 +23,15 @@ pub use manifest::Manifest;
 pub use output::OutputPackage;
 pub(crate) use random::temp_suffix;
 
+use crate::cleanup::{sweep_stale, ScratchPath};
 use crate::error::{Error, IoContext, Result};
-use folder::{read_folder, DATA_DIR, WEIGHT_FILE};
+use folder::{read_folder, DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use zipped::{extract_package, strip_suffix_ignore_case, ZipLimits};
 
 /// Local file header and empty-archive signatures that start a zip file.
 const ZIP_MAGICS: [&[u8; 4]; 2] = [b"PK\x03\x04", b"PK\x05\x06"];
+/// Name prefix of the private folders zipped inputs are extracted into, in the temporary directory.
+pub(crate) const UNZIP_PREFIX: &str = ".mlprune-unzip-";
 
 /// An opened input package.
 #[derive(Debug)]
@@ -39,7 +42,26 @@ pub struct Package {
     weight_file: Option<PathBuf>,
     shown: ShownPaths,
     /// Holds the extracted copy of a zipped input; removed when the package is dropped.
-    extracted: Option<tempfile::TempDir>,
+    extracted: Option<ExtractedDir>,
+}
+
+/// The folder a zipped input is extracted into: a locked, registered scratch path, so a signal
+/// removes it and a later run can tell it from a live run's ([`sweep_stale`]). Removed on drop.
+#[derive(Debug)]
+struct ExtractedDir(Option<ScratchPath>);
+
+impl ExtractedDir {
+    fn path(&self) -> &Path {
+        self.0.as_ref().map_or(Path::new(""), ScratchPath::path)
+    }
+}
+
+impl Drop for ExtractedDir {
+    fn drop(&mut self) {
+        if let Some(scratch) = self.0.take() {
+            scratch.remove();
+        }
+    }
 }
 
 impl Package {
@@ -50,6 +72,12 @@ impl Package {
     }
 
     pub(crate) fn open_with_limits(input: &Path, limits: &ZipLimits) -> Result<Package> {
+        let temp_dir = std::env::temp_dir();
+        // Extracted copies left by runs killed before they could remove them (SIGKILL, power loss)
+        // go first; a live run's copy is locked and stays. Best effort: a temporary directory that
+        // cannot be listed is no reason to refuse a folder input, and extraction reports its own
+        // errors.
+        let _ = sweep_stale(&temp_dir, UNZIP_PREFIX);
         let meta = std::fs::metadata(input).at(input)?;
         if meta.is_dir() {
             let root = std::fs::canonicalize(input).at(input)?;
@@ -65,10 +93,8 @@ impl Package {
                 reason: "not an .mlpackage directory or a .zip archive".into(),
             });
         }
-        let temp = tempfile::Builder::new()
-            .prefix(".mlprune-unzip-")
-            .tempdir()
-            .at(std::env::temp_dir())?;
+        // From here on, dropping `temp` (on error, or with the package) removes the extraction.
+        let temp = ExtractedDir(Some(ScratchPath::create_dir(&temp_dir, UNZIP_PREFIX)?));
         let root = extract_package(input, temp.path(), limits)?;
         let root = std::fs::canonicalize(&root).at(&root)?;
         // Name files inside the archive as `archive.zip/<pkg>.mlpackage/...` rather than by the
@@ -85,7 +111,7 @@ impl Package {
         origin: &Path,
         root: PathBuf,
         shown: ShownPaths,
-        extracted: Option<tempfile::TempDir>,
+        extracted: Option<ExtractedDir>,
     ) -> Result<Package> {
         let layout = read_folder(&root, &shown)?;
         Ok(Package {
@@ -146,6 +172,49 @@ impl Package {
         Path::new(DATA_DIR)
             .join(self.manifest.weights_relative())
             .join(WEIGHT_FILE)
+    }
+}
+
+/// The paths a package uses, relative to its root: `Manifest.json`, and `Data/<path>` for every item
+/// the manifest declares (the root model, the weights folder, any other item, each with everything
+/// under it), plus the weights folder `weight_file` looks in when no item declares one.
+///
+/// Everything else in a package (a README or a stray copy next to the items, say) is invisible to
+/// Core ML and to coremltools: ModelPackage only ever resolves declared items, and coremltools 9.0's
+/// `prune_weights` builds its result as a brand-new package (`_mil_convert` → `_create_mlpackage`:
+/// root model plus weights only) before `MLModel.save` copies it. So mlprune neither extracts such
+/// files from a zipped input nor carries them from a folder input to the output: both inputs give
+/// the same output, and an unused entry costs neither time nor disk. Declared items other than the
+/// model and weights are kept (unlike coremltools) because the manifest we copy still names them.
+pub(crate) fn used_paths(manifest: &Manifest) -> Vec<PathBuf> {
+    let data = Path::new(DATA_DIR);
+    let mut used = vec![PathBuf::from(MANIFEST_FILE)];
+    used.extend(manifest.item_paths().into_iter().map(|(_, item)| data.join(item)));
+    used.push(data.join(manifest.weights_relative()));
+    used.sort();
+    used.dedup();
+    used
+}
+
+/// How a path relative to the package root stands to [`used_paths`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// A used path or something under one: extract or copy it, with everything under it.
+    Used,
+    /// A folder on the way to a used path (`Data`, `Data/com.apple.CoreML`): create it and look
+    /// inside.
+    Ancestor,
+    /// Neither: leave it out.
+    Unused,
+}
+
+pub(crate) fn use_of(relative: &Path, used: &[PathBuf]) -> Use {
+    if used.iter().any(|u| relative.starts_with(u)) {
+        Use::Used
+    } else if used.iter().any(|u| u.starts_with(relative)) {
+        Use::Ancestor
+    } else {
+        Use::Unused
     }
 }
 
@@ -233,7 +302,10 @@ mod tests {
     fn opens_a_zip_of_the_package_folder_and_of_its_contents() {
         let dir = tempfile::tempdir().unwrap();
         let root = make_package(dir.path(), "m.mlpackage");
-        let expected = read_tree(&root);
+        // Everything but the file no manifest item covers, and its folder.
+        let mut expected = read_tree(&root);
+        assert!(expected.remove(Path::new(EXTRA_FILE)).is_some());
+        assert!(expected.remove(Path::new("Data/com.apple.CoreML/extra")).is_some());
         for (zip_name, prefix) in [("folder.zip", "m.mlpackage/"), ("flat.mlpackage.zip", "")] {
             let zip_path = dir.path().join(zip_name);
             zip_tree(&root, &zip_path, prefix);
@@ -263,6 +335,86 @@ mod tests {
             drop(package);
             assert!(!extracted.exists());
         }
+    }
+
+    #[test]
+    fn used_paths_are_the_manifest_and_the_declared_items() {
+        let manifest = Manifest::parse(
+            manifest_with_extra_item().as_bytes(),
+            Path::new("Manifest.json"),
+        )
+        .unwrap();
+        let used = used_paths(&manifest);
+        assert_eq!(
+            used,
+            [
+                "Data/com.apple.CoreML/model.mlmodel",
+                "Data/com.apple.CoreML/weights",
+                "Data/com.example/labels",
+                "Manifest.json",
+            ]
+            .map(PathBuf::from)
+        );
+        for (path, expected) in [
+            ("", Use::Ancestor),
+            ("Data", Use::Ancestor),
+            ("Data/com.apple.CoreML", Use::Ancestor),
+            ("Data/com.apple.CoreML/model.mlmodel", Use::Used),
+            ("Data/com.apple.CoreML/weights/weight.bin", Use::Used),
+            ("Data/com.apple.CoreML/weights/sub/x", Use::Used),
+            ("Data/com.example/labels/de/de.txt", Use::Used),
+            ("Manifest.json", Use::Used),
+            ("Data/com.apple.CoreML/model.mlmodel.bak", Use::Unused),
+            ("Data/com.apple.CoreML/weights2", Use::Unused),
+            ("Data/com.example/labels2", Use::Unused),
+            ("Data/stray.bin", Use::Unused),
+            ("README.md", Use::Unused),
+            ("manifest.json", Use::Unused),
+        ] {
+            assert_eq!(use_of(Path::new(path), &used), expected, "{path}");
+        }
+        // Without a weights item, the folder weight_file looks in is still used.
+        let manifest = COREMLTOOLS_MANIFEST.replace("\"name\": \"weights\"", "\"name\": \"w\"");
+        let manifest = Manifest::parse(manifest.as_bytes(), Path::new("Manifest.json")).unwrap();
+        assert!(used_paths(&manifest).contains(&PathBuf::from("Data/com.apple.CoreML/weights")));
+    }
+
+    /// A folder named like an extraction, as a killed run leaves it: not locked by anyone.
+    fn plant_stale_extraction(tag: &str) -> PathBuf {
+        let stale = std::env::temp_dir().join(format!("{UNZIP_PREFIX}stale-{tag}-{}", temp_suffix()));
+        std::fs::create_dir_all(stale.join("m.mlpackage/Data")).unwrap();
+        std::fs::write(stale.join("m.mlpackage/Data/weight.bin"), b"left behind").unwrap();
+        stale
+    }
+
+    #[test]
+    fn open_sweeps_extractions_left_by_killed_runs_but_not_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "m.mlpackage");
+        let zip_path = dir.path().join("m.zip");
+        zip_tree(&root, &zip_path, "m.mlpackage/");
+
+        // A live run's extraction (this process's, held by an open package) survives a sweep.
+        let live = Package::open(&zip_path).unwrap();
+        let live_dir = live.root().parent().unwrap().to_path_buf();
+        assert!(live_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(UNZIP_PREFIX));
+        assert_eq!(live_dir.parent().unwrap(), std::fs::canonicalize(std::env::temp_dir()).unwrap());
+
+        // Opening a folder input sweeps too; opening a zip input as well.
+        for (tag, input) in [("folder", &root), ("zip", &zip_path)] {
+            let stale = plant_stale_extraction(tag);
+            let package = Package::open(input).unwrap();
+            assert!(!stale.exists(), "{tag}: stale extraction swept");
+            assert!(live_dir.is_dir(), "{tag}: live extraction kept");
+            drop(package);
+        }
+        // Dropping the package removes its extraction.
+        drop(live);
+        assert!(!live_dir.exists());
     }
 
     #[test]

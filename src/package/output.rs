@@ -12,7 +12,7 @@ use super::paths::{confined, exists_no_follow};
 use super::random::temp_suffix;
 use crate::cleanup::{self, ScratchPath};
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
-use super::Package;
+use super::{use_of, used_paths, Package, Use};
 use crate::error::{Error, IoContext, Result};
 #[cfg(test)]
 use zip::ZipArchive;
@@ -80,9 +80,9 @@ pub struct OutputPackage {
 
 impl OutputPackage {
     /// Refuses an OUTPUT that is, contains or lies inside the input, and an existing OUTPUT
-    /// unless `force` (and then only a package). Then stages a copy of every input file except
-    /// the root model and `weight.bin`, which the caller writes at `model_path()` and
-    /// `weight_path()`.
+    /// unless `force` (and then only a package). Then stages a copy of every input file the
+    /// package uses (the manifest and its declared items: [`used_paths`]) except the root model and
+    /// `weight.bin`, which the caller writes at `model_path()` and `weight_path()`.
     pub fn create(input: &Package, output: &Path, force: bool) -> Result<OutputPackage> {
         let (parent, name) = split_output(output)?;
         check_output_location(input, output, &parent, &name, force)?;
@@ -92,7 +92,8 @@ impl OutputPackage {
             Path::new(DATA_DIR).join(input.manifest().root_model_relative()),
             input.weight_file_relative(),
         ];
-        copy_tree(input, input.root(), staged.staging_dir(), Path::new(""), &skip)?;
+        let used = used_paths(input.manifest());
+        copy_tree(input, input.root(), staged.staging_dir(), Path::new(""), &used, &skip)?;
         staged.create_item_dirs()?;
         Ok(staged)
     }
@@ -463,14 +464,17 @@ fn remove_path(path: &Path) -> Result<()> {
     }
 }
 
-/// Copies the input package tree `src_dir` (at `relative` inside it) into `dst_root`, skipping
-/// the `skip` paths. A symlink is copied as the file it points to, and only if that file is inside
-/// the package; the copy never follows a link out of it.
+/// Copies the input package tree `src_dir` (at `relative` inside it) into `dst_root`: the `used`
+/// paths with everything under them, except the `skip` paths. Files outside every used path are
+/// left out, as extraction leaves them out of a zipped input (see [`used_paths`]). A symlink is
+/// copied as the file it points to, and only if that file is inside the package; the copy never
+/// follows a link out of it.
 fn copy_tree(
     input: &Package,
     src_dir: &Path,
     dst_root: &Path,
     relative: &Path,
+    used: &[PathBuf],
     skip: &[PathBuf],
 ) -> Result<()> {
     let shown = |p: &Path| input.display_path(p);
@@ -485,14 +489,14 @@ fn copy_tree(
             continue;
         };
         let child_relative = relative.join(file_name);
-        if skip.contains(&child_relative) {
+        if skip.contains(&child_relative) || use_of(&child_relative, used) == Use::Unused {
             continue;
         }
         let dst = dst_root.join(&child_relative);
         let meta = std::fs::symlink_metadata(&src).at(shown(&src))?;
         if meta.is_dir() {
             std::fs::create_dir(&dst).at(&dst)?;
-            copy_tree(input, &src, dst_root, &child_relative, skip)?;
+            copy_tree(input, &src, dst_root, &child_relative, used, skip)?;
         } else if meta.is_file() {
             copy_file(&src, &dst, &shown(&src))?;
         } else if meta.file_type().is_symlink() {
@@ -602,9 +606,12 @@ mod tests {
         Ok((input, staged))
     }
 
-    /// What the committed fixture package must hold.
+    /// What the committed fixture package must hold: the input, less the file no manifest item
+    /// covers and its folder, with the new model and weights.
     fn expected_tree(input: &Package) -> std::collections::BTreeMap<PathBuf, Option<Vec<u8>>> {
         let mut tree = read_tree(input.root());
+        tree.remove(Path::new(EXTRA_FILE));
+        tree.remove(Path::new("Data/com.apple.CoreML/extra"));
         tree.insert(
             "Data/com.apple.CoreML/model.mlmodel".into(),
             Some(b"new model".to_vec()),
@@ -643,7 +650,7 @@ mod tests {
             tree[Path::new("Manifest.json")].as_deref(),
             Some(COREMLTOOLS_MANIFEST.as_bytes())
         );
-        assert_eq!(tree[Path::new(EXTRA_FILE)].as_deref(), Some(&b"notes"[..]));
+        assert!(!tree.contains_key(Path::new(EXTRA_FILE)), "not in any manifest item");
         assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/model.mlmodel")));
         assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/weights/weight.bin")));
         assert!(staged.weight_path().parent().unwrap().is_dir());
@@ -766,7 +773,7 @@ mod tests {
         std::fs::write(staged.model_path(), b"m").unwrap();
         staged.commit().unwrap();
         let tree = read_tree(&out);
-        assert_eq!(tree[Path::new(EXTRA_FILE)].as_deref(), Some(&b"notes"[..]));
+        assert!(!tree.contains_key(Path::new(EXTRA_FILE)));
         assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/weights/weight.bin")));
         // The zip itself is the input: writing over it is refused.
         assert!(matches!(
@@ -1016,26 +1023,78 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = make_package(dir.path(), "in.mlpackage");
         std::fs::write(dir.path().join("secret"), b"secret").unwrap();
-        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("Data/leak")).unwrap();
+        // Inside the declared weights folder, so the copy must look at it.
+        let weights = root.join("Data/com.apple.CoreML/weights");
+        std::os::unix::fs::symlink(dir.path().join("secret"), weights.join("leak")).unwrap();
         let err = usage_or_package(stage(dir.path(), "out.mlpackage", false));
         assert!(
-            err.contains("Data/leak: invalid package: resolves to"),
+            err.contains("weights/leak: invalid package: resolves to"),
             "{err}"
         );
         assert_eq!(list_dir(dir.path()), ["in.mlpackage", "secret"]);
 
-        // A link to a file inside the package is copied as that file.
-        std::fs::remove_file(root.join("Data/leak")).unwrap();
-        std::os::unix::fs::symlink("com.apple.CoreML/extra/notes.txt", root.join("Data/alias"))
-            .unwrap();
+        // A link to a file inside the package (even one no item covers) is copied as that file.
+        std::fs::remove_file(weights.join("leak")).unwrap();
+        std::os::unix::fs::symlink("../extra/notes.txt", weights.join("alias")).unwrap();
         stage(dir.path(), "out.mlpackage", false)
             .unwrap()
             .1
             .commit()
             .unwrap();
-        let alias = dir.path().join("out.mlpackage/Data/alias");
+        let alias = dir
+            .path()
+            .join("out.mlpackage/Data/com.apple.CoreML/weights/alias");
         assert!(std::fs::symlink_metadata(&alias).unwrap().is_file());
         assert_eq!(std::fs::read(alias).unwrap(), b"notes");
+    }
+
+    #[test]
+    fn folder_and_zip_inputs_carry_declared_items_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "in.mlpackage");
+        std::fs::write(root.join("Manifest.json"), manifest_with_extra_item()).unwrap();
+        let labels = root.join("Data").join(EXTRA_ITEM);
+        std::fs::create_dir_all(labels.join("de")).unwrap();
+        std::fs::write(labels.join("en.txt"), b"cat").unwrap();
+        std::fs::write(labels.join("de/de.txt"), b"Katze").unwrap();
+        // Next to the items, covered by none (EXTRA_FILE is one too).
+        std::fs::write(root.join("README.md"), b"readme").unwrap();
+        std::fs::write(root.join("Data/stray.bin"), b"stray").unwrap();
+        std::fs::create_dir_all(root.join("Data/com.example/labels2")).unwrap();
+        std::fs::write(root.join("Data/com.example/labels2/x"), b"x").unwrap();
+        let zip_path = dir.path().join("in.zip");
+        zip_tree(&root, &zip_path, "in.mlpackage/");
+
+        let mut outputs = Vec::new();
+        for (input, out_name) in [(&root, "from-folder.mlpackage"), (&zip_path, "from-zip.mlpackage")] {
+            let input = Package::open(input).unwrap();
+            let out = dir.path().join(out_name);
+            let staged = OutputPackage::create(&input, &out, false).unwrap();
+            std::fs::write(staged.model_path(), b"new model").unwrap();
+            std::fs::write(staged.weight_path(), b"new weights").unwrap();
+            staged.commit().unwrap();
+            outputs.push(read_tree(&out));
+        }
+        let expected: std::collections::BTreeMap<PathBuf, Option<Vec<u8>>> = [
+            ("Data", None),
+            ("Data/com.apple.CoreML", None),
+            ("Data/com.apple.CoreML/model.mlmodel", Some(&b"new model"[..])),
+            ("Data/com.apple.CoreML/weights", None),
+            ("Data/com.apple.CoreML/weights/weight.bin", Some(b"new weights")),
+            ("Data/com.example", None),
+            ("Data/com.example/labels", None),
+            ("Data/com.example/labels/de", None),
+            ("Data/com.example/labels/de/de.txt", Some(b"Katze")),
+            ("Data/com.example/labels/en.txt", Some(b"cat")),
+            ("Manifest.json", Some(manifest_with_extra_item().as_bytes())),
+        ]
+        .into_iter()
+        .map(|(p, c)| (PathBuf::from(p), c.map(<[u8]>::to_vec)))
+        .collect();
+        assert_eq!(outputs[0], expected, "folder input");
+        assert_eq!(outputs[1], expected, "zip input");
+        // The input folder still holds everything.
+        assert!(root.join("README.md").is_file() && root.join(EXTRA_FILE).is_file());
     }
 
     fn usage_or_package(result: Result<(Package, OutputPackage)>) -> String {

@@ -32,7 +32,27 @@ pub(crate) const MODEL_BYTES: &[u8] = b"model bytes";
 pub(crate) const WEIGHT_BYTES: &[u8] = b"weight bytes";
 pub(crate) const EXTRA_FILE: &str = "Data/com.apple.CoreML/extra/notes.txt";
 
-/// Creates `<dir>/<name>` as a coremltools-like package with one extra file; returns its path.
+/// Path under `Data/` of the extra item [`manifest_with_extra_item`] declares.
+pub(crate) const EXTRA_ITEM: &str = "com.example/labels";
+
+/// [`COREMLTOOLS_MANIFEST`] with one more item, a folder at `Data/<EXTRA_ITEM>`.
+pub(crate) fn manifest_with_extra_item() -> String {
+    let item = format!(
+        r#""itemInfoEntries": {{
+        "0a0a0a0a-0000-4000-8000-000000000000": {{
+            "author": "com.example",
+            "description": "Labels",
+            "name": "labels",
+            "path": "{EXTRA_ITEM}"
+        }},"#
+    );
+    let manifest = COREMLTOOLS_MANIFEST.replacen(r#""itemInfoEntries": {"#, &item, 1);
+    assert_ne!(manifest, COREMLTOOLS_MANIFEST);
+    manifest
+}
+
+/// Creates `<dir>/<name>` as a coremltools-like package with one extra file that no manifest item
+/// covers ([`EXTRA_FILE`]); returns its path.
 pub(crate) fn make_package(dir: &Path, name: &str) -> PathBuf {
     let root = dir.join(name);
     let core_ml = root.join("Data/com.apple.CoreML");

@@ -2,8 +2,12 @@
 //! directory as an archive.
 //!
 //! Extraction trusts nothing in the archive: names are confined, symlinks and encrypted entries are
-//! refused, the entry count and the total size are capped, and the size cap is enforced on the
-//! bytes actually written, so a header that understates a size cannot fill the disk.
+//! refused, and the entry count is capped. Only what the package uses is extracted: its manifest
+//! first, then the entries under the items it declares ([`used_paths`]); the rest is never
+//! decompressed. Before anything else is written, the sizes those entries declare are checked
+//! against the free space of the temporary filesystem and against a cap; while writing, each
+//! entry is held to its declared size and the total to the cap, so a header that understates a
+//! size cannot fill the disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -12,15 +16,19 @@ use std::path::{Component, Path, PathBuf};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
 
-use super::folder::MANIFEST_FILE;
+use super::folder::{MANIFEST_FILE, MAX_MANIFEST_BYTES};
+use super::manifest::Manifest;
+use super::{use_of, used_paths, Use};
 use crate::error::{Error, IoContext, Result};
 
 /// Resource caps for extraction. Tests inject small ones.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ZipLimits {
     pub max_entries: usize,
-    /// Cap on the total uncompressed size, declared and actual.
+    /// Cap on the total uncompressed size of the extracted entries, declared and actual.
     pub max_total_bytes: u64,
+    /// Free bytes to assume on the temporary filesystem instead of asking it (tests).
+    pub free_bytes: Option<u64>,
 }
 
 impl Default for ZipLimits {
@@ -28,6 +36,7 @@ impl Default for ZipLimits {
         ZipLimits {
             max_entries: 100_000,
             max_total_bytes: 256 << 30,
+            free_bytes: None,
         }
     }
 }
@@ -40,7 +49,7 @@ const MACOS_METADATA_DIR: &str = "__MACOSX";
 const MACOS_FOLDER_FILE: &str = ".DS_Store";
 const PACKAGE_SUFFIX: &str = ".mlpackage";
 
-/// One archive entry that will be extracted, with its confined path.
+/// One archive entry that passed the checks, with its confined path.
 struct PlannedEntry {
     index: usize,
     name: String,
@@ -51,6 +60,9 @@ struct PlannedEntry {
 
 /// Extracts the package held by the archive at `archive_path` into `dest` (an empty directory
 /// private to this process) and returns the package root, `dest/<name>.mlpackage`.
+///
+/// Without a readable `Manifest.json` nothing but the package folder is created, and reading the
+/// folder reports the problem exactly as for a folder input.
 pub(crate) fn extract_package(
     archive_path: &Path,
     dest: &Path,
@@ -74,17 +86,57 @@ pub(crate) fn extract_package(
         return Err(zip_error("it holds two entries with the same name".into()));
     }
 
-    let entries = plan_entries(&archive, limits).map_err(zip_error)?;
+    let entries = plan_entries(&archive).map_err(zip_error)?;
     let (package_name, strip) = package_layout(&entries, archive_path).map_err(zip_error)?;
     let root = dest.join(&package_name);
     std::fs::create_dir(&root).at(&root)?;
 
+    // Each entry with its path relative to the package root.
+    let entries: Vec<(&PlannedEntry, PathBuf)> = entries
+        .iter()
+        .filter_map(|e| {
+            let relative = e.components.get(strip..)?;
+            (!relative.is_empty()).then(|| (e, relative.iter().collect()))
+        })
+        .collect();
+    let Some((manifest_entry, _)) = entries
+        .iter()
+        .find(|(e, relative)| !e.is_dir && relative == Path::new(MANIFEST_FILE))
+    else {
+        return Ok(root);
+    };
+    // Named as read_folder names it: `archive.zip/<name>.mlpackage/Manifest.json`.
+    let manifest_shown = archive_path.join(&package_name).join(MANIFEST_FILE);
+    let manifest_bytes =
+        read_manifest(&mut archive, manifest_entry, archive_path, &manifest_shown)?;
+    let manifest = Manifest::parse(&manifest_bytes, &manifest_shown)?;
+
+    let used = used_paths(&manifest);
+    let selected: Vec<&(&PlannedEntry, PathBuf)> = entries
+        .iter()
+        .filter(|(e, relative)| match use_of(relative, &used) {
+            Use::Used => true,
+            Use::Ancestor => e.is_dir,
+            Use::Unused => false,
+        })
+        .collect();
+    let needed = selected
+        .iter()
+        .fold(0u64, |sum, (e, _)| sum.saturating_add(e.declared_size));
+    // Free space first: it is the figure the user can act on (TMPDIR), and a claim no disk could
+    // hold reads best as what it is. The cap then stops a claim that a huge disk could hold.
+    check_free_space(archive_path, dest, needed, limits)?;
+    if needed > limits.max_total_bytes {
+        return Err(zip_error(format!(
+            "uncompressed size of the entries the package uses ({needed} bytes) exceeds the \
+             limit of {} bytes",
+            limits.max_total_bytes
+        )));
+    }
+
     let mut written: u64 = 0;
-    for entry in &entries {
-        let Some(relative) = entry.components.get(strip..) else {
-            continue;
-        };
-        let target = relative.iter().fold(root.clone(), |p, c| p.join(c));
+    for (entry, relative) in selected {
+        let target = root.join(relative);
         if entry.is_dir {
             std::fs::create_dir_all(&target).at(&target)?;
             continue;
@@ -92,21 +144,102 @@ pub(crate) fn extract_package(
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).at(parent)?;
         }
-        let remaining = limits.max_total_bytes.saturating_sub(written);
-        let copied = extract_file(&mut archive, entry, &target, remaining)
-            .map_err(|reason| zip_error(format!("entry '{}': {reason}", entry.name)))?;
-        written += copied;
+        let entry_error = |reason: String| zip_error(format!("entry '{}': {reason}", entry.name));
+        if entry.index == manifest_entry.index {
+            // Already read and checked: write it from memory.
+            let mut out = create_new(&target).map_err(entry_error)?;
+            out.write_all(&manifest_bytes)
+                .map_err(|e| Error::io(&target, e))?;
+            written += manifest_bytes.len() as u64;
+            continue;
+        }
+        let budget = limits.max_total_bytes.saturating_sub(written);
+        written += extract_file(&mut archive, entry, &target, budget).map_err(entry_error)?;
     }
     Ok(root)
 }
 
-/// Checks every entry's metadata before anything is written; returns the entries to extract.
+/// Reads the manifest entry into memory, refusing one larger than read_folder would read.
+fn read_manifest<R: Read + io::Seek>(
+    archive: &mut ZipArchive<R>,
+    entry: &PlannedEntry,
+    archive_path: &Path,
+    shown: &Path,
+) -> Result<Vec<u8>> {
+    if entry.declared_size > MAX_MANIFEST_BYTES {
+        return Err(Error::Manifest {
+            path: shown.to_path_buf(),
+            reason: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+        });
+    }
+    let entry_error = |reason: String| Error::Zip {
+        path: archive_path.to_path_buf(),
+        reason: format!("entry '{}': {reason}", entry.name),
+    };
+    let reader = archive
+        .by_index(entry.index)
+        .map_err(|e| entry_error(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(entry.declared_size as usize);
+    reader
+        .take(entry.declared_size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| entry_error(e.to_string()))?;
+    if bytes.len() as u64 != entry.declared_size {
+        return Err(entry_error(format!(
+            "holds {} bytes but its header declares {}",
+            bytes.len(),
+            entry.declared_size
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Refuses to start an extraction of `needed` bytes into `dest` that the filesystem cannot hold.
+fn check_free_space(
+    archive_path: &Path,
+    dest: &Path,
+    needed: u64,
+    limits: &ZipLimits,
+) -> Result<()> {
+    let available = match limits.free_bytes {
+        Some(bytes) => bytes,
+        None => free_space(dest).at(dest)?,
+    };
+    if needed <= available {
+        return Ok(());
+    }
+    let temp_dir = dest.parent().unwrap_or(dest);
+    Err(Error::io(
+        archive_path,
+        io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "extracting it needs {needed} bytes of temporary space in {}, but only {available} \
+                 bytes are available there (set TMPDIR to a folder with more room)",
+                temp_dir.display()
+            ),
+        ),
+    ))
+}
+
+/// Bytes an unprivileged process may still write on the filesystem holding `dir`.
+#[cfg(unix)]
+fn free_space(dir: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn free_space(_dir: &Path) -> io::Result<u64> {
+    Ok(u64::MAX)
+}
+
+/// Checks every entry's metadata (used or not) before anything is written; returns the entries
+/// worth considering (macOS litter and the archive root left out).
 fn plan_entries<R: Read + io::Seek>(
     archive: &ZipArchive<R>,
-    limits: &ZipLimits,
 ) -> std::result::Result<Vec<PlannedEntry>, String> {
     let mut planned = Vec::new();
-    let mut declared_total: u64 = 0;
     for index in 0..archive.len() {
         let entry = archive.by_index_data(index).map_err(|e| e.to_string())?;
         let name = entry.name().map_err(|e| e.to_string())?.into_owned();
@@ -125,15 +258,6 @@ fn plan_entries<R: Read + io::Seek>(
         }
         let is_dir = entry.is_dir();
         let declared_size = if is_dir { 0 } else { entry.size() };
-        declared_total = declared_total
-            .checked_add(declared_size)
-            .filter(|&total| total <= limits.max_total_bytes)
-            .ok_or_else(|| {
-                format!(
-                    "uncompressed size exceeds the limit of {} bytes",
-                    limits.max_total_bytes
-                )
-            })?;
         planned.push(PlannedEntry {
             index,
             name,
@@ -234,17 +358,9 @@ pub(crate) fn strip_suffix_ignore_case<'a>(name: &'a str, suffix: &str) -> &'a s
     }
 }
 
-/// Decompresses one file entry into a new file at `target`, writing at most `budget` bytes.
-/// Returns the byte count.
-fn extract_file<R: Read + io::Seek>(
-    archive: &mut ZipArchive<R>,
-    entry: &PlannedEntry,
-    target: &Path,
-    budget: u64,
-) -> std::result::Result<u64, String> {
-    let mut reader = archive.by_index(entry.index).map_err(|e| e.to_string())?;
-    // create_new: never overwrite or write through anything already there.
-    let out = OpenOptions::new()
+/// Creates `target`, which must not exist: never overwrite or write through anything already there.
+fn create_new(target: &Path) -> std::result::Result<File, String> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(target)
@@ -254,16 +370,33 @@ fn extract_file<R: Read + io::Seek>(
             } else {
                 format!("{}: {e}", target.display())
             }
-        })?;
-    let mut out = BufWriter::with_capacity(1 << 20, out);
-    let copied = io::copy(&mut (&mut reader).take(budget.saturating_add(1)), &mut out)
+        })
+}
+
+/// Decompresses one file entry into a new file at `target`, writing at most its declared size and
+/// at most `budget` bytes. Returns the byte count.
+fn extract_file<R: Read + io::Seek>(
+    archive: &mut ZipArchive<R>,
+    entry: &PlannedEntry,
+    target: &Path,
+    budget: u64,
+) -> std::result::Result<u64, String> {
+    let mut reader = archive.by_index(entry.index).map_err(|e| e.to_string())?;
+    let mut out = BufWriter::with_capacity(1 << 20, create_new(target)?);
+    let limit = entry.declared_size.min(budget);
+    let copied = io::copy(&mut (&mut reader).take(limit.saturating_add(1)), &mut out)
         .map_err(|e| e.to_string())?;
     if copied > budget {
         return Err("uncompressed data exceeds the archive size limit".into());
     }
     if copied != entry.declared_size {
+        let held = if copied > entry.declared_size {
+            "more".to_owned()
+        } else {
+            copied.to_string()
+        };
         return Err(format!(
-            "holds {copied} bytes but its header declares {}",
+            "holds {held} bytes but its header declares {}",
             entry.declared_size
         ));
     }
@@ -391,6 +524,9 @@ mod tests {
         }
     }
 
+    /// An entry inside the declared weights item, so it is extracted.
+    const USED_ZEROS: &str = "m.mlpackage/Data/com.apple.CoreML/weights/zeros";
+
     /// A valid package's entries plus `extra`, all under `m.mlpackage/`.
     fn package_entries<'a>(extra: &[(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a [u8])> {
         let mut entries: Vec<(&str, &[u8])> = vec![
@@ -513,14 +649,14 @@ mod tests {
         };
         assert!(zip_reason(open_limited(&zip_path, limits))
             .contains("5 entries, more than the limit of 4"));
-        assert!(open_limited(
+        open_limited(
             &zip_path,
             ZipLimits {
                 max_entries: 5,
                 ..limits
-            }
+            },
         )
-        .is_ok());
+        .unwrap();
     }
 
     #[test]
@@ -528,15 +664,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let zip_path = dir.path().join("bomb.zip");
         let zeros = vec![0u8; 5000];
-        zip_entries(
-            &zip_path,
-            &package_entries(&[("m.mlpackage/zeros", &zeros)]),
-        );
+        zip_entries(&zip_path, &package_entries(&[(USED_ZEROS, &zeros)]));
         let limits = ZipLimits {
             max_total_bytes: 4096,
             ..ZipLimits::default()
         };
         assert!(zip_reason(open_limited(&zip_path, limits)).contains("exceeds the limit of 4096"));
+        // The cap counts only what is extracted: the same entry outside every item is skipped.
+        zip_entries(
+            &zip_path,
+            &package_entries(&[("m.mlpackage/zeros", &zeros)]),
+        );
+        assert!(open_limited(&zip_path, limits).is_ok());
     }
 
     #[test]
@@ -544,10 +683,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let zip_path = dir.path().join("liar.zip");
         let zeros = vec![0u8; 50_000];
-        zip_entries(
-            &zip_path,
-            &package_entries(&[("m.mlpackage/zeros", &zeros)]),
-        );
+        zip_entries(&zip_path, &package_entries(&[(USED_ZEROS, &zeros)]));
         // Rewrite the declared uncompressed size of the 50 000-byte entry to 10, in both headers.
         let mut bytes = std::fs::read(&zip_path).unwrap();
         let real = 50_000u32.to_le_bytes();
@@ -570,7 +706,10 @@ mod tests {
             ..ZipLimits::default()
         };
         let reason = zip_reason(open_limited(&zip_path, limits));
-        assert!(reason.contains("entry 'm.mlpackage/zeros'"), "{reason}");
+        assert!(
+            reason.contains(&format!("entry '{USED_ZEROS}'")),
+            "{reason}"
+        );
         assert!(reason.contains("larger than its declared"), "{reason}");
     }
 
@@ -583,7 +722,7 @@ mod tests {
         let zeros = vec![0u8; 50_000];
         zip_entries(&zip_path, &[("zeros", &zeros)]);
         let mut archive = ZipArchive::new(File::open(&zip_path).unwrap()).unwrap();
-        let entries = plan_entries(&archive, &ZipLimits::default()).unwrap();
+        let entries = plan_entries(&archive).unwrap();
         let target = dir.path().join("out");
         let reason = extract_file(&mut archive, &entries[0], &target, 1000).unwrap_err();
         assert!(
@@ -614,6 +753,174 @@ mod tests {
         assert!(matches!(err, Error::Zip { .. }), "{err}");
         assert!(
             err.to_string().starts_with(zip_path.to_str().unwrap()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_the_manifest_and_declared_items_are_extracted() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip_path = dir.path().join("m.zip");
+        let manifest = manifest_with_extra_item();
+        // An unused entry whose header understates its size: it would fail if it were inflated.
+        let bomb = vec![0u8; 100_000];
+        let mut entries: Vec<(&str, &[u8])> = vec![
+            ("m.mlpackage/Manifest.json", manifest.as_bytes()),
+            (
+                "m.mlpackage/Data/com.apple.CoreML/model.mlmodel",
+                MODEL_BYTES,
+            ),
+            (
+                "m.mlpackage/Data/com.apple.CoreML/weights/weight.bin",
+                WEIGHT_BYTES,
+            ),
+            ("m.mlpackage/Data/com.example/labels/en.txt", b"cat"),
+            ("m.mlpackage/Data/com.example/labels/de/de.txt", b"Katze"),
+        ];
+        let unused: [(&str, &[u8]); 6] = [
+            ("m.mlpackage/README.md", b"readme"),
+            ("m.mlpackage/Data/stray.bin", b"stray"),
+            (
+                "m.mlpackage/Data/com.apple.CoreML/model.mlmodel.bak",
+                b"old",
+            ),
+            (
+                "m.mlpackage/Data/com.apple.CoreML/extra/notes.txt",
+                b"notes",
+            ),
+            ("m.mlpackage/Data/com.example/labels2/x", b"x"),
+            ("m.mlpackage/Data/com.example/bomb", &bomb),
+        ];
+        entries.extend_from_slice(&unused);
+        zip_entries(&zip_path, &entries);
+        let mut bytes = std::fs::read(&zip_path).unwrap();
+        let real = 100_000u32.to_le_bytes();
+        for (signature, size_at) in [(b"PK\x03\x04", 22), (b"PK\x01\x02", 24)] {
+            for start in 0..bytes.len() - 30 {
+                if &bytes[start..start + 4] == signature
+                    && bytes[start + size_at..start + size_at + 4] == real
+                {
+                    bytes[start + size_at..start + size_at + 4].copy_from_slice(&[10, 0, 0, 0]);
+                }
+            }
+        }
+        std::fs::write(&zip_path, &bytes).unwrap();
+
+        let package = Package::open(&zip_path).unwrap();
+        let tree: Vec<(String, Option<Vec<u8>>)> = read_tree(package.root())
+            .into_iter()
+            .map(|(p, c)| (p.to_str().unwrap().to_owned(), c))
+            .collect();
+        let file = |p: &str, c: &[u8]| (p.to_owned(), Some(c.to_vec()));
+        let folder = |p: &str| (p.to_owned(), None);
+        assert_eq!(
+            tree,
+            [
+                folder("Data"),
+                folder("Data/com.apple.CoreML"),
+                file("Data/com.apple.CoreML/model.mlmodel", MODEL_BYTES),
+                folder("Data/com.apple.CoreML/weights"),
+                file("Data/com.apple.CoreML/weights/weight.bin", WEIGHT_BYTES),
+                folder("Data/com.example"),
+                folder("Data/com.example/labels"),
+                folder("Data/com.example/labels/de"),
+                file("Data/com.example/labels/de/de.txt", b"Katze"),
+                file("Data/com.example/labels/en.txt", b"cat"),
+                file("Manifest.json", manifest.as_bytes()),
+            ]
+        );
+    }
+
+    #[test]
+    fn free_space_is_checked_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip_path = dir.path().join("m.zip");
+        // A large unused entry does not count.
+        let unused = vec![7u8; 1 << 20];
+        zip_entries(
+            &zip_path,
+            &package_entries(&[("m.mlpackage/unused.bin", &unused)]),
+        );
+        let needed = (COREMLTOOLS_MANIFEST.len() + MODEL_BYTES.len() + WEIGHT_BYTES.len()) as u64;
+        let dest = dir.path().join("dest");
+        for available in [0, needed - 1] {
+            std::fs::create_dir(&dest).unwrap();
+            let limits = ZipLimits {
+                free_bytes: Some(available),
+                ..ZipLimits::default()
+            };
+            let err = extract_package(&zip_path, &dest, &limits).unwrap_err();
+            let Error::Io { path, source } = &err else {
+                panic!("expected an I/O error, got {err:?}")
+            };
+            assert_eq!(path, &zip_path);
+            assert_eq!(source.kind(), io::ErrorKind::StorageFull);
+            let message = err.to_string();
+            assert!(message.starts_with(zip_path.to_str().unwrap()), "{message}");
+            assert!(
+                message.contains(&format!(
+                    "needs {needed} bytes of temporary space in {}",
+                    dir.path().display()
+                )),
+                "{message}"
+            );
+            assert!(
+                message.contains(&format!("only {available} bytes are available")),
+                "{message}"
+            );
+            // Nothing was extracted: the package folder is empty.
+            assert!(list_dir(&dest.join("m.mlpackage")).is_empty());
+            std::fs::remove_dir_all(&dest).unwrap();
+        }
+        let limits = ZipLimits {
+            free_bytes: Some(needed),
+            ..ZipLimits::default()
+        };
+        assert!(open_limited(&zip_path, limits).is_ok());
+        // And the real filesystem is asked when no figure is injected.
+        assert!(free_space(dir.path()).unwrap() > 0);
+    }
+
+    #[test]
+    fn manifest_problems_are_named_inside_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip_path = dir.path().join("m.zip");
+        let shown = zip_path.join("m.mlpackage/Manifest.json");
+        zip_entries(
+            &zip_path,
+            &[
+                ("m.mlpackage/Manifest.json", b"{}"),
+                (
+                    "m.mlpackage/Data/com.apple.CoreML/model.mlmodel",
+                    MODEL_BYTES,
+                ),
+            ],
+        );
+        let err = Package::open(&zip_path).unwrap_err();
+        assert!(
+            matches!(&err, Error::Manifest { path, .. } if *path == shown),
+            "{err}"
+        );
+
+        let huge = vec![b' '; (MAX_MANIFEST_BYTES + 1) as usize];
+        zip_entries(&zip_path, &[("m.mlpackage/Manifest.json", &huge)]);
+        let err = Package::open(&zip_path).unwrap_err();
+        assert!(
+            matches!(&err, Error::Manifest { path, reason } if *path == shown && reason.contains("larger than")),
+            "{err}"
+        );
+
+        zip_entries(
+            &zip_path,
+            &[(
+                "m.mlpackage/Data/com.apple.CoreML/model.mlmodel",
+                MODEL_BYTES,
+            )],
+        );
+        let err = Package::open(&zip_path).unwrap_err();
+        assert!(
+            matches!(&err, Error::Package { path, reason }
+                if *path == zip_path.join("m.mlpackage") && reason == "Manifest.json is missing"),
             "{err}"
         );
     }

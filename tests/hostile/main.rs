@@ -592,10 +592,11 @@ fn symlinks_pointing_outside_the_package() {
     assert_nothing_left(&case, &["in.mlpackage", "secret"]);
     assert_eq!(snapshot(&case.input), before);
 
-    // A link that is no manifest item: inspect never reads it, prune refuses to copy it out.
+    // A link inside the weights item that is no file mlprune reads: inspect never reads it, prune
+    // refuses to copy it out. (Outside every item it would simply be left out of the output.)
     let case = Case::linear();
     let outside = outside_of(&case);
-    std::os::unix::fs::symlink(&outside, case.input.join("Data/notes.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, case.file("weights/notes.txt")).unwrap();
     let before = snapshot(&case.input);
     assert!(cli_inspect(&case.input).status.success());
     assert!(engine::prune(&prune_job(&case.input, &case.output(), false)).is_err_and(|e| package_error(&e)));
@@ -682,10 +683,12 @@ fn zip_bomb_with_an_understated_size_stops_at_the_declared_size() {
     // after the declared size, not inflate the bomb (the zip crate enforces the declared size; this
     // pins it): the CLI runs with a 16 MiB file-size limit, a larger write kills it with SIGXFSZ.
     let zeros = vec![0u8; 256 << 20];
-    let case = zip_case(&[("linear.mlpackage/Data/bomb.bin", &zeros)]);
+    // Inside the weights item: only entries under a declared item are extracted at all.
+    let bomb = "linear.mlpackage/Data/com.apple.CoreML/weights/bomb.bin";
+    let case = zip_case(&[(bomb, &zeros)]);
     drop(zeros);
     let mut bytes = std::fs::read(&case.input).unwrap();
-    understate_size(&mut bytes, "linear.mlpackage/Data/bomb.bin", 1024);
+    understate_size(&mut bytes, bomb, 1024);
     std::fs::write(&case.input, &bytes).unwrap();
     let zip_error = |e: &Error| matches!(e, Error::Zip { reason, .. } if reason.contains("bomb.bin"));
     let started = Instant::now();
