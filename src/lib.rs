@@ -3,6 +3,7 @@
 //! Data flows forward through one module per stage (see `README.md` and the architecture notes):
 //! `package` → `proto`/`mil` → `config` → `blob`/`tensor` → `prune` → `mil` rewrite → `package` write.
 
+pub mod arg_errors;
 pub mod bench;
 pub mod blob;
 pub mod cleanup;
