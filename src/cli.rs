@@ -11,15 +11,10 @@ use crate::engine::{self, DevicePolicy, PruneJob, PruneSummary};
 use crate::error::{Error, IoContext, Result};
 use crate::inspect;
 
-/// Default `--gpu-min-elements`: tensors smaller than this stay on the CPU under `--device auto`.
-///
-/// Measured here (release build, `cargo bench --bench kernels`, 1M elements): the CPU kernels run
-/// at 90–300 MiB/s for fp16 and 140–480 MiB/s for fp32, so a 1M-element tensor costs 7–45 ms on the
-/// CPU. The GPU path's cost per tensor is a few submissions and mapped readbacks plus the upload —
-/// around a millisecond on a hardware adapter — so at 2^20 elements a hardware GPU is well ahead,
-/// while models made only of smaller tensors (cheap on the CPU anyway) never pay for acquiring a
-/// device. Software adapters (lavapipe: 10–40 MiB/s) are never used under `auto`. Not yet measured
-/// on hardware GPUs: `mlprune bench` reports both devices per tensor to tune it.
+/// Default `--gpu-min-elements`: under `--device auto`, smaller tensors stay on the CPU and never
+/// pay a device round trip. Larger ones go to a hardware GPU only after it won the race against the
+/// CPU on this machine (see `devices`): measured on an NVIDIA H200 (issue 14), the GPU path was
+/// 7–40 times slower than the CPU path, so the size alone does not decide.
 pub const DEFAULT_GPU_MIN_ELEMENTS: u64 = 1 << 20;
 
 #[derive(Debug, Parser)]

@@ -620,3 +620,54 @@ fn sample_config_prunes_identically_on_gpu() {
     }
     assert_eq!(outputs[0], outputs[1]);
 }
+
+/// `--device auto` races the first tensor both devices can run, keeps the CPU's bytes, and sends
+/// every later tensor to the winner; the notice names the tensor and both times. Run on any adapter
+/// through the software hook (on lavapipe the CPU normally wins, but either outcome is checked).
+#[test]
+fn auto_races_the_first_large_tensor_and_keeps_the_winner() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let input = root.join("examples/sample/sample.mlpackage");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut outputs = Vec::new();
+    let mut race_notice = String::new();
+    for device in ["cpu", "auto"] {
+        let out = tmp.path().join(format!("{device}.mlpackage"));
+        let report = tmp.path().join(format!("{device}.json"));
+        let run = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+            .args(["prune", input.to_str().expect("utf-8"), out.to_str().expect("utf-8")])
+            .args(["--sparsity", "0.5", "--weight-threshold", "0", "--device", device])
+            .args(["--gpu-min-elements", "0", "--report", report.to_str().expect("utf-8")])
+            .env(mlprune::gpu::AUTO_SOFTWARE_ENV, "1")
+            .output()
+            .expect("running mlprune");
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{device}: {stderr}");
+        outputs.push(files(&out));
+        if device == "cpu" {
+            assert!(!stderr.contains("raced"), "{stderr}");
+            continue;
+        }
+        let races: Vec<&str> = stderr.lines().filter(|l| l.contains("raced tensor")).collect();
+        assert_eq!(races.len(), 1, "exactly one race: {stderr}");
+        race_notice = races[0].to_string();
+        let winner = if race_notice.ends_with("the gpu prunes the rest") { "gpu" } else { "cpu" };
+        assert!(race_notice.ends_with(&format!("the {winner} prunes the rest")), "{race_notice}");
+        assert!(race_notice.contains(" ms, gpu "), "both times are given: {race_notice}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
+        let pruned: Vec<&serde_json::Value> =
+            report.as_array().expect("array").iter().filter(|t| t["pruned"] == true).collect();
+        assert!(pruned.len() >= 2, "the sample has several tensors to prune");
+        let raced = pruned.iter().position(|t| race_notice.contains(&format!("'{}'", t["name"].as_str().unwrap())));
+        let raced = raced.expect("the raced tensor is in the report");
+        assert_eq!(pruned[raced]["device"], "cpu", "the race keeps the CPU's result");
+        for t in &pruned[raced + 1..] {
+            assert_eq!(t["device"], winner, "after the race every tensor goes to the winner: {t}");
+        }
+    }
+    assert_eq!(outputs[0], outputs[1], "auto writes the same package as cpu ({race_notice})");
+}

@@ -55,6 +55,10 @@ fn adapter_rank(device_type: wgpu::DeviceType, allow_software: bool) -> Option<u
     }
 }
 
+/// `MLPRUNE_AUTO_SOFTWARE_GPU=1` lets `--device auto` use a software adapter (tests only: such an
+/// adapter loses the race against the CPU kernels anyway).
+pub const AUTO_SOFTWARE_ENV: &str = "MLPRUNE_AUTO_SOFTWARE_GPU";
+
 impl GpuContext {
     /// Acquires a device for `policy`: `Cpu` → `None`; `Auto` → the best hardware adapter, or `None`
     /// when there is none (software rasterizers such as lavapipe report `DeviceType::Cpu` and are
@@ -63,7 +67,8 @@ impl GpuContext {
     pub fn new(policy: DevicePolicy) -> Result<Option<GpuContext>> {
         let allow_software = match policy {
             DevicePolicy::Cpu => return Ok(None),
-            DevicePolicy::Auto => false,
+            // Test hook: lets the tests run `auto`'s race on lavapipe, where no hardware GPU exists.
+            DevicePolicy::Auto => std::env::var_os(AUTO_SOFTWARE_ENV).is_some_and(|v| v == "1"),
             DevicePolicy::Gpu => true,
         };
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();

@@ -39,4 +39,4 @@ mod run;
 pub mod shaders;
 
 pub use backend::GpuBackend;
-pub use context::GpuContext;
+pub use context::{GpuContext, AUTO_SOFTWARE_ENV};
