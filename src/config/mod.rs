@@ -14,6 +14,7 @@ pub mod parse;
 pub(crate) mod pyfmt;
 pub mod resolve;
 pub mod shortcuts;
+pub mod source;
 pub mod validate;
 
 use std::collections::BTreeMap;

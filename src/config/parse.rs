@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::source::read_config_text;
 use super::validate::{PyInt, RawMagnitude, RawThreshold};
 use super::{pyfmt, OpConfig, OptimizationConfig, MAGNITUDE_CLASS, THRESHOLD_CLASS};
 use crate::{Error, Result};
@@ -168,9 +169,10 @@ pub fn from_yaml_str(s: &str) -> Result<OptimizationConfig> {
 }
 
 /// Read a config file: `.json` as JSON, `.yaml`/`.yml` as YAML, anything else JSON first, then YAML
-/// if it is not JSON at all. Errors are prefixed with the file name.
+/// if it is not JSON at all. Errors are prefixed with the file name. The file must be a regular
+/// UTF-8 file of at most [`super::source::MAX_CONFIG_BYTES`] ([`super::source`]).
 pub fn from_file(path: &Path) -> Result<OptimizationConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = read_config_text(path)?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
