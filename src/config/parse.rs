@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::depth::check_depth;
 use super::source::read_config_text;
 use super::validate::{PyInt, RawMagnitude, RawThreshold};
 use super::{pyfmt, OpConfig, OptimizationConfig, MAGNITUDE_CLASS, THRESHOLD_CLASS};
@@ -158,30 +159,36 @@ fn parse_yaml(s: &str) -> Result<Py> {
     from_yaml_value(v)
 }
 
-/// Parse the `from_dict` layout from JSON text.
+/// Parse the `from_dict` layout from JSON text. Text nested deeper than
+/// [`super::depth::MAX_CONFIG_DEPTH`] is refused before it is parsed.
 pub fn from_json_str(s: &str) -> Result<OptimizationConfig> {
+    check_depth(s)?;
     from_dict(&parse_json(s)?)
 }
 
-/// Parse the `from_dict` layout from YAML text.
+/// Parse the `from_dict` layout from YAML text. Text nested deeper than
+/// [`super::depth::MAX_CONFIG_DEPTH`] is refused before it is parsed.
 pub fn from_yaml_str(s: &str) -> Result<OptimizationConfig> {
+    check_depth(s)?;
     from_dict(&parse_yaml(s)?)
 }
 
 /// Read a config file: `.json` as JSON, `.yaml`/`.yml` as YAML, anything else JSON first, then YAML
 /// if it is not JSON at all. Errors are prefixed with the file name. The file must be a regular
-/// UTF-8 file of at most [`super::source::MAX_CONFIG_BYTES`] ([`super::source`]).
+/// UTF-8 file of at most [`super::source::MAX_CONFIG_BYTES`] ([`super::source`]), nested at most
+/// [`super::depth::MAX_CONFIG_DEPTH`] deep ([`super::depth`]); both are checked before any parser
+/// runs.
 pub fn from_file(path: &Path) -> Result<OptimizationConfig> {
     let text = read_config_text(path)?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    let tree = match ext.as_deref() {
+    let tree = check_depth(&text).and_then(|()| match ext.as_deref() {
         Some("json") => parse_json(&text),
         Some("yaml") | Some("yml") => parse_yaml(&text),
         _ => parse_json(&text).or_else(|_| parse_yaml(&text)),
-    };
+    });
     tree.and_then(|t| from_dict(&t)).map_err(|e| match e {
         Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
         other => other,
