@@ -93,7 +93,10 @@ pub(crate) fn read_config_text(path: &Path) -> Result<String> {
     if !meta.is_file() {
         return Err(config_error(
             path,
-            format!("is {}; a config must be a regular JSON or YAML file", kind_of(&meta)),
+            format!(
+                "is {}; a config must be a regular JSON or YAML file",
+                kind_of(&meta)
+            ),
         ));
     }
     if meta.len() > MAX_CONFIG_BYTES {
@@ -167,7 +170,10 @@ mod tests {
         assert!(status.success());
         // No writer ever opens it: a blocking open would hang this test.
         let m = config_message(read_config_text(&fifo));
-        assert!(m.ends_with("c.json: is a FIFO; a config must be a regular JSON or YAML file"), "{m}");
+        assert!(
+            m.ends_with("c.json: is a FIFO; a config must be a regular JSON or YAML file"),
+            "{m}"
+        );
         let m = config_message(read_config_text(Path::new("/dev/zero")));
         assert!(m.contains("is a character device"), "{m}");
     }
