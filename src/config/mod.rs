@@ -10,10 +10,12 @@
 //!
 //! Every failure is `Error::Config` carrying coremltools' own message where coremltools has one.
 
+pub mod depth;
 pub mod parse;
 pub(crate) mod pyfmt;
 pub mod resolve;
 pub mod shortcuts;
+pub mod source;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -43,8 +45,8 @@ pub const STRUCTURAL_OP_TYPES: [&str; 2] = ["conv", "linear"];
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpConfig {
     /// `OpThresholdPrunerConfig`: zero `|w| <= threshold`; keep dense if the sparsity stays below
-    /// `minimum_sparsity_percentile`. NaN values are accepted (as in coremltools): a NaN threshold
-    /// zeroes nothing, a NaN minimum never rejects.
+    /// `minimum_sparsity_percentile`. NaN is refused (coremltools accepts it but cannot prune with
+    /// it, see [`validate`]); a threshold of +inf zeroes every value.
     Threshold {
         threshold: f64,
         minimum_sparsity_percentile: f64,

@@ -30,11 +30,13 @@
 //! | `weight_threshold: -1` | `"weight_threshold" must be a non-negative integer. Got -1.` | same |
 //! | `weight_threshold: 10**30` | accepted | accepted, saturated to u64::MAX (same effect) |
 //! | `threshold: -1` / `-1e-300` | `Invalid value of "threshold": -1.0. Needs to be in [0, inf)` | same |
-//! | `threshold: -0.0`, `.nan`, `.inf` | accepted | same |
+//! | `threshold: -0.0`, `.inf` | accepted (`.inf` zeroes every value) | same |
+//! | `threshold: .nan`, `minimum_sparsity_percentile: .nan` | accepted; the pass then fails with `compression config conflict detected` for every const whose consumers resolve to it (attrs compares fields with `==`, and a config holding nan is not equal to itself) | **rejected** (divergence) |
+//! | `minimum_sparsity_percentile: .inf`, `target_sparsity: .inf`, `threshold: -.inf` | `Invalid value of …: inf. Needs to be in …` | same |
 //! | `minimum_sparsity_percentile` outside [0, 1] | `Invalid value of "minimum_sparsity_percentile": …` | same |
 //! | magnitude with neither / both of `target_sparsity`, `n_m_ratio` | `Either "target_sparsity" or "n_m_ratio" need to be set. …` | same |
 //! | `target_sparsity` outside [0, 1] (`1.0000001`, `2`) | `Invalid value of "target_sparsity": 2.0. Needs to be in [0, 1].` | same |
-//! | `target_sparsity: .nan` | accepted (the pass later fails in `numpy.percentile`) | **rejected** (divergence) |
+//! | `target_sparsity: .nan` | accepted; the pass then fails (config conflict as above, or in `numpy.percentile` for a const named in `op_name_configs`) | **rejected** (divergence) |
 //! | `block_size` with `n_m_ratio` | `"block_size" and "n_m_ratio" cannot be set at the same time.` | same |
 //! | `block_size <= 1` (incl. `true`, -3) | `"block_size" must be an integer > 1. Got 1.` | same |
 //! | `n_m_ratio` as list, tuple, or 2-char string `"34"` | accepted as (3, 4) | same |
@@ -119,6 +121,21 @@ fn check_weight_threshold(v: Option<PyInt>) -> Result<Option<u64>> {
     }
 }
 
+/// Divergence: coremltools 9.0 accepts nan for its float fields (its range checks are comparisons,
+/// false for nan) but cannot prune with such a config: attrs' `__eq__` compares fields with `==`,
+/// so the config is not equal to itself and the pass raises `compression config conflict detected`
+/// for every const it applies to (a magnitude config named for the const itself fails in
+/// `numpy.percentile` instead). mlprune refuses nan up front, from config files and flags alike.
+fn reject_nan(name: &str, v: f64, range: &str) -> Result<()> {
+    if v.is_nan() {
+        return Err(err(format!(
+            "Invalid value of \"{name}\": nan. Needs to be in {range} \
+             (coremltools 9.0 accepts nan here but then fails while pruning)"
+        )));
+    }
+    Ok(())
+}
+
 impl RawThreshold {
     /// attrs validation in field order, then the typed config.
     pub(crate) fn into_config(self) -> Result<OpConfig> {
@@ -127,7 +144,7 @@ impl RawThreshold {
             minimum_sparsity_percentile: min,
             weight_threshold,
         } = self;
-        // `threshold < 0` is false for NaN, so NaN passes, as in coremltools.
+        // `threshold < 0` is false for NaN, so NaN passes here, as in coremltools (see below).
         if threshold < 0.0 {
             return Err(err(format!(
                 "Invalid value of \"threshold\": {}. Needs to be in [0, inf)",
@@ -143,6 +160,9 @@ impl RawThreshold {
             )));
         }
         let weight_threshold = check_weight_threshold(weight_threshold)?;
+        // Divergences, after every check coremltools makes so its messages come first.
+        reject_nan("threshold", threshold, "[0, inf)")?;
+        reject_nan("minimum_sparsity_percentile", min, "[0, 1]")?;
         Ok(OpConfig::Threshold {
             threshold,
             minimum_sparsity_percentile: min,
@@ -169,20 +189,13 @@ impl RawMagnitude {
             ));
         }
         if let Some(ts) = target_sparsity {
-            // Two comparisons, as in Python: NaN passes here and gets its own message below.
+            // Two comparisons, as in Python: NaN passes here and is refused at the end.
             #[allow(clippy::manual_range_contains)]
             if ts < 0.0 || ts > 1.0 {
                 return Err(err(format!(
                     "Invalid value of \"target_sparsity\": {}. Needs to be in [0, 1].",
                     pyfmt::float(ts)
                 )));
-            }
-            // Divergence: coremltools accepts NaN here and then fails inside numpy.percentile.
-            if ts.is_nan() {
-                return Err(err(
-                    "Invalid value of \"target_sparsity\": nan. Needs to be in [0, 1]. \
-                     (coremltools 9.0 accepts nan here but then fails while pruning)",
-                ));
             }
         }
 
@@ -227,6 +240,9 @@ impl RawMagnitude {
         }
 
         let weight_threshold = check_weight_threshold(weight_threshold)?;
+        if let Some(ts) = target_sparsity {
+            reject_nan("target_sparsity", ts, "[0, 1]")?;
+        }
 
         // __attrs_post_init__: block sparsity runs along output channels, n:m along input channels.
         let dim = match (dim, block_size, n_m_ratio) {
@@ -395,13 +411,61 @@ mod tests {
         assert!(message(magnitude(|r| r.n_m_ratio = Some((0, 0)))).contains("m >= 1"));
         assert!(message(magnitude(|r| r.n_m_ratio = Some((-1, 4)))).contains("n >= 0"));
         assert!(magnitude(|r| r.target_sparsity = Some(1.0)).is_ok());
-        assert!(magnitude(|r| r.target_sparsity = Some(f64::NAN)).is_err());
-        let t = RawThreshold {
+        assert_eq!(
+            message(magnitude(|r| r.target_sparsity = Some(f64::NAN))),
+            "Invalid value of \"target_sparsity\": nan. Needs to be in [0, 1] \
+             (coremltools 9.0 accepts nan here but then fails while pruning)"
+        );
+        // NaN is refused for every float field; coremltools' own checks are reported first.
+        let nan_threshold = RawThreshold {
             threshold: f64::NAN,
             ..Default::default()
-        }
-        .into_config();
-        assert!(t.is_ok(), "NaN threshold is accepted by coremltools");
+        };
+        assert_eq!(
+            message(nan_threshold.clone().into_config()),
+            "Invalid value of \"threshold\": nan. Needs to be in [0, inf) \
+             (coremltools 9.0 accepts nan here but then fails while pruning)"
+        );
+        let m = message(
+            RawThreshold {
+                minimum_sparsity_percentile: f64::NAN,
+                ..Default::default()
+            }
+            .into_config(),
+        );
+        assert!(m.starts_with("Invalid value of \"minimum_sparsity_percentile\": nan. Needs to be in [0, 1]"), "{m}");
+        let m = message(
+            RawThreshold {
+                minimum_sparsity_percentile: 2.0,
+                ..nan_threshold
+            }
+            .into_config(),
+        );
+        assert!(m.starts_with("Invalid value of \"minimum_sparsity_percentile\": 2.0."), "{m}");
+        // Infinity: a threshold of inf is valid (every value is zeroed), the fractions are not.
+        let inf = RawThreshold {
+            threshold: f64::INFINITY,
+            ..Default::default()
+        };
+        assert!(inf.into_config().is_ok());
+        let m = message(
+            RawThreshold {
+                minimum_sparsity_percentile: f64::INFINITY,
+                ..Default::default()
+            }
+            .into_config(),
+        );
+        assert_eq!(m, "Invalid value of \"minimum_sparsity_percentile\": inf. Needs to be in [0, 1]");
+        let m = message(magnitude(|r| r.target_sparsity = Some(f64::INFINITY)));
+        assert_eq!(m, "Invalid value of \"target_sparsity\": inf. Needs to be in [0, 1].");
+        let m = message(
+            RawThreshold {
+                threshold: f64::NEG_INFINITY,
+                ..Default::default()
+            }
+            .into_config(),
+        );
+        assert_eq!(m, "Invalid value of \"threshold\": -inf. Needs to be in [0, inf)");
         let m = message(
             RawThreshold {
                 weight_threshold: Some(-1),
