@@ -5,7 +5,7 @@
 //! original offset). Replacements are one op for one op, so the graph's op paths stay valid while the
 //! program is rewritten. Output goes to a staging folder that is renamed into place only at the end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -21,7 +21,7 @@ use crate::joint::{
     apply_replacements, joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer,
 };
 use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath};
-use crate::mil::rewrite::rename_uses;
+use crate::mil::rewrite::rename_all;
 use crate::mil::value::OperationExt;
 use crate::proto::mil::{Operation, Program};
 use crate::mil::LoadedModel;
@@ -84,6 +84,11 @@ pub struct PruneSummary {
     pub notices: Vec<String>,
     pub weight_bytes_before: u64,
     pub weight_bytes_after: u64,
+    /// Ops the program rewrite stepped through after the walk (moved while splicing replacements,
+    /// visited while renaming uses): one pass each, so at most a small multiple of the op count
+    /// whatever the number of pruned tensors. A count of work, for scaling tests.
+    #[serde(skip)]
+    pub rewrite_steps: usize,
 }
 
 impl PruneSummary {
@@ -130,21 +135,25 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         weights: WeightFileBuilder::create(&weight_path)?,
         namer: JointNamer::new(),
         edits: Vec::new(),
+        replaced: None,
+        pruned: 0,
         renames: Vec::new(),
+        created: HashSet::new(),
         all_zero: HashMap::new(),
     };
     let mut reports = Vec::with_capacity(planned.len());
-    let mut next_plan = planned.iter().peekable();
     let mut progress = Progress::new(job.progress, weight_bytes_before, planned.len());
     // Plain consts are read ahead on a reader thread; joint compression materializes its inputs
     // from several ops and reads them itself.
     let jobs = if job.joint_compression { Vec::new() } else { prefetch_jobs(&model.program, &graph, &planned) };
+    // Each entry moves into its report.
+    let mut next_plan = planned.into_iter().peekable();
     std::thread::scope(|scope| -> Result<()> {
         let prefetcher = Prefetcher::start(scope, &source, jobs);
         for (index, info) in graph.ops.iter().enumerate() {
             let started = Instant::now();
             let plan_entry = next_plan.next_if(|p| p.op_index == index);
-            let result = match plan_entry {
+            let result = match &plan_entry {
                 Some(PlannedTensor { decision: Decision::Prune(config), .. }) if job.joint_compression => {
                     Some(rewrite.prune_joint(&model.program, &graph, &source, index, config, &mut devices)?)
                 }
@@ -160,9 +169,13 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
             };
             let device = result.as_ref().map_or("cpu", |(_, device)| *device);
             let result = result.map(|(r, _)| r);
-            if !matches!(result, Some(Ok(_))) {
-                let op = op_at_mut(&mut model.program, &info.path)
-                    .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
+            let op = op_at_mut(&mut model.program, &info.path)
+                .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
+            if let Some(new_op) = rewrite.replaced.take() {
+                // One op for one: later paths stay valid, and the const (with its inline data, if
+                // any) is freed now rather than held with its replacement until the end.
+                *op = new_op;
+            } else if !matches!(result, Some(Ok(_))) {
                 rewrite.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
             }
             if let Some(p) = plan_entry {
@@ -173,12 +186,13 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         Ok(())
     })?;
     progress.finish();
-    let Rewrite { weights, edits, renames, .. } = rewrite;
-    let pruned_any = !edits.is_empty();
-    apply_replacements(&mut model.program, edits)?;
-    for (function, old, new) in renames {
-        rename_uses(&mut model.program, &function, &old, &new)?;
-    }
+    // The index and the plan are not needed any more: free them before the program is encoded.
+    drop(graph);
+    let Rewrite { weights, edits, renames, pruned, .. } = rewrite;
+    let pruned_any = pruned > 0;
+    let moved = apply_replacements(&mut model.program, edits)?;
+    let visited = rename_all(&mut model.program, &renames)?.ops_visited;
+    drop(renames);
     if pruned_any && model.spec_version() < 7 {
         bump_to_ios16(&mut model);
     }
@@ -205,7 +219,13 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let mut notices = out.notices().to_vec();
     notices.extend(devices.notices);
     out.commit()?;
-    Ok(PruneSummary { tensors: reports, weight_bytes_before, weight_bytes_after, notices })
+    Ok(PruneSummary {
+        tensors: reports,
+        weight_bytes_before,
+        weight_bytes_after,
+        notices,
+        rewrite_steps: moved + visited,
+    })
 }
 
 /// The consts the plan prunes, in program order, for the reader thread.
@@ -265,8 +285,15 @@ struct Rewrite {
     weights: WeightFileBuilder,
     namer: JointNamer,
     edits: Vec<(OpPath, Vec<Operation>)>,
+    /// The op that replaces the one just visited, one for one: the walk puts it in place at once.
+    replaced: Option<Operation>,
+    /// Tensors pruned so far.
+    pruned: usize,
     /// `(function, old output, new output)` to rebind once the edits are in.
     renames: Vec<(String, String, String)>,
+    /// `(function, new output)` of every rename so far, to find a name created twice without a
+    /// search through `renames` per tensor.
+    created: HashSet<(String, String)>,
     /// The first all-zero sparse op per (block, output type): later ones reuse it (see
     /// [`Rewrite::prune_const`]).
     all_zero: HashMap<AllZeroKey, String>,
@@ -280,6 +307,12 @@ type AllZeroKey = (String, String, Vec<usize>, crate::dtype::ScalarType, Vec<u64
 type PruneResult = std::result::Result<(u64, u64), String>;
 
 impl Rewrite {
+    /// Records that uses of `old` in `function` are to read `new`.
+    fn rename(&mut self, function: &str, old: &str, new: String) {
+        self.created.insert((function.to_owned(), new.clone()));
+        self.renames.push((function.to_owned(), old.to_owned(), new));
+    }
+
     /// Prunes a plain `const` into `constexpr_sparse_to_dense` (spec §5.10).
     fn prune_const(
         &mut self,
@@ -336,7 +369,7 @@ impl Rewrite {
         let new_name = sparsified_name(&info.name);
         // Two consts can share a `name` attribute (names are only unique per output): the second
         // would define `<name>_sparsified` again, so names this rewrite already created count too.
-        let created = self.renames.iter().any(|(f, _, n)| *f == info.path.function && *n == new_name);
+        let created = self.created.contains(&(info.path.function.clone(), new_name.clone()));
         if created || graph.producer(&info.path.function, &new_name).is_some() {
             return Err(Error::Graph(format!(
                 "cannot prune '{}': the model already has a value named '{new_name}'",
@@ -356,8 +389,10 @@ impl Rewrite {
         );
         if kept == 0 {
             if let Some(first) = self.all_zero.get(&block) {
-                self.renames.push((info.path.function.clone(), output.name.clone(), first.clone()));
+                let first = first.clone();
+                self.rename(&info.path.function, &output.name, first);
                 self.edits.push((info.path.clone(), Vec::new()));
+                self.pruned += 1;
                 return Ok((Ok((0, 0)), device));
             }
             self.all_zero.insert(block, new_name.clone());
@@ -379,8 +414,9 @@ impl Rewrite {
         if meta.storage_bytes().is_none_or(|bytes| bytes > FRESH_READ_LIMIT) {
             self.weights.flush()?;
         }
-        self.renames.push((info.path.function.clone(), output.name.clone(), new_name));
-        self.edits.push((info.path.clone(), vec![new_op]));
+        self.rename(&info.path.function, &output.name, new_name);
+        self.replaced = Some(new_op);
+        self.pruned += 1;
         Ok((Ok((kept, bytes_after)), device))
     }
 
@@ -415,8 +451,9 @@ impl Rewrite {
             JointKind::Lut { indices, .. } => indices.dtype(),
         };
         let count = m.dense.len() as u64;
-        self.renames.push((info.path.function.clone(), old_output, ops.output));
+        self.rename(&info.path.function, &old_output, ops.output);
         self.edits.push((info.path.clone(), ops.ops));
+        self.pruned += 1;
         Ok((Ok((ops.kept, sparse_bytes(stored, ops.kept, count))), device))
     }
 }
@@ -442,26 +479,26 @@ fn bump_to_ios16(model: &mut LoadedModel) {
 
 /// `result`: `None` for a tensor the plan skipped, `Some(Err(reason))` for one the kernel skipped,
 /// `Some(Ok((kept, bytes_after)))` for a pruned one.
-fn tensor_report(p: &PlannedTensor, result: Option<PruneResult>, started: Instant, device: &'static str) -> TensorReport {
+fn tensor_report(p: PlannedTensor, result: Option<PruneResult>, started: Instant, device: &'static str) -> TensorReport {
     let bytes = p.meta.storage_bytes().unwrap_or(0);
     let mode = match &p.decision {
         Decision::Skip(_) => "none".to_owned(),
         Decision::Prune(c) => c.mode_name().to_owned(),
     };
-    let (pruned, skipped, sparsity, bytes_after) = match (result, &p.decision) {
+    let (pruned, skipped, sparsity, bytes_after) = match (result, p.decision) {
         (Some(Ok((kept, after))), _) => {
             let sparsity = if p.meta.count == 0 { 0.0 } else { 1.0 - kept as f64 / p.meta.count as f64 };
             (true, None, Some(sparsity), after)
         }
         (Some(Err(reason)), _) => (false, Some(reason), None, bytes),
-        (None, Decision::Skip(reason)) => (false, Some(reason.clone()), None, bytes),
+        (None, Decision::Skip(reason)) => (false, Some(reason), None, bytes),
         (None, Decision::Prune(_)) => (false, None, None, bytes),
     };
     TensorReport {
-        name: p.name.clone(),
-        consumer: p.consumer.clone(),
+        name: p.name,
+        consumer: p.consumer,
         dtype: p.meta.dtype.to_string(),
-        shape: p.meta.shape.clone(),
+        shape: p.meta.shape,
         mode,
         pruned,
         skipped,

@@ -21,7 +21,7 @@ mod golden_tests;
 
 use crate::error::{Error, Result};
 use crate::mil::graph::{GraphView, OpPath};
-use crate::mil::rewrite::replace_op;
+use crate::mil::rewrite::replace_ops;
 use crate::proto::mil::{Operation, Program};
 
 pub use encode::{joint_ops, JointNames, JointOps};
@@ -92,19 +92,12 @@ impl JointNamer {
 }
 
 /// Replaces each op at a path by its new ops. Paths are those of the unmodified program (a
-/// [`GraphView`] built before the walk); they are applied from the last to the first, so splicing
-/// one op into several never moves an op that is still to be replaced.
-pub fn apply_replacements(program: &mut Program, mut edits: Vec<(OpPath, Vec<Operation>)>) -> Result<()> {
-    edits.sort_by(|a, b| b.0.cmp(&a.0));
-    for pair in edits.windows(2) {
-        if pair[0].0 == pair[1].0 {
-            return Err(Error::Graph(format!("op at {:?} replaced twice", pair[0].0)));
-        }
-    }
-    for (path, ops) in edits {
-        replace_op(program, &path, ops)?;
-    }
-    Ok(())
+/// [`GraphView`] built before the walk); each edited block is rebuilt once
+/// ([`replace_ops`]), so splicing one op into several never moves an op that is still to be
+/// replaced, and many edits cost one pass over the block.
+/// Returns the number of ops moved (see [`replace_ops`]).
+pub fn apply_replacements(program: &mut Program, edits: Vec<(OpPath, Vec<Operation>)>) -> Result<usize> {
+    replace_ops(program, edits)
 }
 
 #[cfg(test)]

@@ -41,10 +41,11 @@ impl LoadedModel {
         self.shell.specification_version
     }
 
-    /// The full model, encoded deterministically.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut model = self.shell.clone();
-        model.r#type = Some(model::Type::MlProgram(self.program.clone()));
+    /// The full model, encoded deterministically. Consumes the model: the program moves back into
+    /// the shell instead of being copied (a decoded program takes many times its file size).
+    pub fn encode(self) -> Vec<u8> {
+        let mut model = self.shell;
+        model.r#type = Some(model::Type::MlProgram(self.program));
         encode_model(&model)
     }
 }

@@ -1,5 +1,7 @@
 //! Structural edits of a program: replacing an op and rebinding every use of a value.
 
+use std::collections::{BTreeMap, HashMap};
+
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
@@ -8,18 +10,8 @@ use super::graph::OpPath;
 /// Replaces the op at `path` with `replacement` (one or more ops, in order) and returns the old op.
 pub fn replace_op(program: &mut Program, path: &OpPath, replacement: Vec<Operation>) -> Result<Operation> {
     let missing = || Error::Graph(format!("no op at {path:?}"));
-    let block = program
-        .functions
-        .get_mut(&path.function)
-        .and_then(|f| f.block_specializations.get_mut(&path.specialization))
-        .ok_or_else(missing)?;
     let (&last, parents) = path.steps.split_last().ok_or_else(missing)?;
-    let mut block: &mut Block = block;
-    let mut iter = parents.chunks(2);
-    for pair in &mut iter {
-        let [o, b] = pair else { return Err(missing()) };
-        block = block.operations.get_mut(*o).and_then(|op| op.blocks.get_mut(*b)).ok_or_else(missing)?;
-    }
+    let block = block_at_mut(program, &path.function, &path.specialization, parents).ok_or_else(missing)?;
     if last >= block.operations.len() {
         return Err(missing());
     }
@@ -27,39 +19,159 @@ pub fn replace_op(program: &mut Program, path: &OpPath, replacement: Vec<Operati
     Ok(old)
 }
 
+/// The block reached from a function's specialization through `(op, block)` index pairs.
+fn block_at_mut<'p>(
+    program: &'p mut Program,
+    function: &str,
+    specialization: &str,
+    parents: &[usize],
+) -> Option<&'p mut Block> {
+    let mut block = program.functions.get_mut(function)?.block_specializations.get_mut(specialization)?;
+    for pair in parents.chunks(2) {
+        let [o, b] = pair else { return None };
+        block = block.operations.get_mut(*o)?.blocks.get_mut(*b)?;
+    }
+    Some(block)
+}
+
+/// Replaces many ops at once, each by zero or more ops: every block holding an edit is rebuilt
+/// once, so the cost is that of the blocks' lengths plus the edits, not of one splice per edit
+/// (which moves the rest of the block each time an op becomes two or none).
+///
+/// Paths are those of the program before any edit. Blocks nested inside an op are rebuilt before
+/// the block holding that op (their paths run through the op's original index); an edit of an op
+/// whose nested block was edited too replaces the edited op. An op edited twice, or a path that
+/// leads nowhere, is an error and leaves the program partly edited (callers drop it then).
+///
+/// Returns the number of ops moved or put in, the length of the edited blocks after the edits: the
+/// work done, which a test can hold against the program's size.
+pub fn replace_ops(program: &mut Program, mut edits: Vec<(OpPath, Vec<Operation>)>) -> Result<usize> {
+    let mut moved = 0;
+    // Deepest blocks first (a block's key extends its parent's, so it sorts after it), and within
+    // a block by op index.
+    edits.sort_by(|(a, _), (b, _)| block_key(b).cmp(&block_key(a)).then_with(|| a.steps.last().cmp(&b.steps.last())));
+    let mut edits = edits.into_iter().peekable();
+    while let Some((first_path, first_ops)) = edits.next() {
+        let missing = |path: &OpPath| Error::Graph(format!("no op at {path:?}"));
+        let Some(&first_index) = first_path.steps.last() else { return Err(missing(&first_path)) };
+        let mut group = vec![(first_index, first_path.clone(), first_ops)];
+        while let Some((path, ops)) = edits.next_if(|(p, _)| same_block(p, &first_path)) {
+            let index = *path.steps.last().ok_or_else(|| missing(&path))?;
+            if index == group.last().map_or(usize::MAX, |g| g.0) {
+                return Err(Error::Graph(format!("op at {path:?} replaced twice")));
+            }
+            group.push((index, path, ops));
+        }
+        let block = block_at_mut(
+            program,
+            &first_path.function,
+            &first_path.specialization,
+            parent_steps(&first_path),
+        )
+        .ok_or_else(|| missing(&first_path))?;
+        if let Some((_, path, _)) = group.iter().find(|(i, _, _)| *i >= block.operations.len()) {
+            return Err(missing(path));
+        }
+        let added: usize = group.iter().map(|(_, _, ops)| ops.len()).sum();
+        let old = std::mem::take(&mut block.operations);
+        let mut rebuilt = Vec::with_capacity(old.len() - group.len() + added);
+        let mut group = group.into_iter().peekable();
+        for (i, op) in old.into_iter().enumerate() {
+            match group.next_if(|(index, _, _)| *index == i) {
+                Some((_, _, replacement)) => rebuilt.extend(replacement),
+                None => rebuilt.push(op),
+            }
+        }
+        moved += rebuilt.len();
+        block.operations = rebuilt;
+    }
+    Ok(moved)
+}
+
+/// The block holding the op at `path`: function, specialization, steps.
+fn block_key(path: &OpPath) -> (&str, &str, &[usize]) {
+    (&path.function, &path.specialization, parent_steps(path))
+}
+
+/// The steps of the block holding the op at `path`.
+fn parent_steps(path: &OpPath) -> &[usize] {
+    &path.steps[..path.steps.len().saturating_sub(1)]
+}
+
+fn same_block(a: &OpPath, b: &OpPath) -> bool {
+    block_key(a) == block_key(b)
+}
+
 /// Rebinds every use of `old` in `function` to `new`: op inputs at any depth and block outputs.
 /// Value names are unique within a function (SSA), so a plain rename is exact.
 pub fn rename_uses(program: &mut Program, function: &str, old: &str, new: &str) -> Result<usize> {
-    fn walk(block: &mut Block, old: &str, new: &str) -> usize {
+    Ok(rename_all(program, &[(function.to_owned(), old.to_owned(), new.to_owned())])?.rebound)
+}
+
+/// What [`rename_all`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renamed {
+    /// Places rebound (op inputs and block outputs).
+    pub rebound: usize,
+    /// Ops looked at: the work done, once per op of each function with a rename.
+    pub ops_visited: usize,
+}
+
+/// Rebinds many values at once, `(function, old, new)` each: one walk over every function that has
+/// a rename, whatever their number.
+///
+/// The renames apply together, not one after the other, which is the same only because a new name
+/// is never another rename's old name in the same function (new names are fresh); that, and an old
+/// name renamed twice, is refused.
+pub fn rename_all(program: &mut Program, renames: &[(String, String, String)]) -> Result<Renamed> {
+    fn walk(block: &mut Block, map: &HashMap<&str, &str>, visited: &mut usize) -> usize {
         let mut n = 0;
         for op in &mut block.operations {
+            *visited += 1;
             for arg in op.inputs.values_mut() {
                 for binding in &mut arg.arguments {
                     if let Some(Binding::Name(name)) = &mut binding.binding {
-                        if name == old {
-                            *name = new.to_owned();
+                        if let Some(new) = map.get(name.as_str()) {
+                            *name = (*new).to_owned();
                             n += 1;
                         }
                     }
                 }
             }
             for nested in &mut op.blocks {
-                n += walk(nested, old, new);
+                n += walk(nested, map, visited);
             }
         }
         for out in &mut block.outputs {
-            if out == old {
-                *out = new.to_owned();
+            if let Some(new) = map.get(out.as_str()) {
+                *out = (*new).to_owned();
                 n += 1;
             }
         }
         n
     }
-    let f = program
-        .functions
-        .get_mut(function)
-        .ok_or_else(|| Error::Graph(format!("no function '{function}'")))?;
-    Ok(f.block_specializations.values_mut().map(|b| walk(b, old, new)).sum())
+    let mut by_function: BTreeMap<&str, HashMap<&str, &str>> = BTreeMap::new();
+    for (function, old, new) in renames {
+        if by_function.entry(function).or_default().insert(old, new).is_some() {
+            return Err(Error::Graph(format!("value '{old}' in function '{function}' renamed twice")));
+        }
+    }
+    let mut done = Renamed { rebound: 0, ops_visited: 0 };
+    for (function, map) in &by_function {
+        if let Some(chained) = map.values().find(|new| map.contains_key(**new)) {
+            return Err(Error::Graph(format!(
+                "value '{chained}' in function '{function}' is both renamed and the new name of another value"
+            )));
+        }
+        let f = program
+            .functions
+            .get_mut(*function)
+            .ok_or_else(|| Error::Graph(format!("no function '{function}'")))?;
+        for block in f.block_specializations.values_mut() {
+            done.rebound += walk(block, map, &mut done.ops_visited);
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
