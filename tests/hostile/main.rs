@@ -795,6 +795,24 @@ fn tiny_weight_bin_claiming_2_pow_60_bytes_fails_fast_without_allocating() {
     assert_nothing_left(&case, &["in.mlpackage"]);
 }
 
+/// A `weight.bin` cut inside its last tensor (as by a copy that stopped, or a file truncated before
+/// the run): the tensor is never mapped past the end of the file (which would be SIGBUS), and both
+/// commands fail with one line naming the file.
+#[test]
+fn weight_bin_cut_inside_its_last_tensor_is_a_clean_error() {
+    let case = Case::linear();
+    let len = std::fs::metadata(case.weight_bin()).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(case.weight_bin()).unwrap();
+    f.set_len(len - 2).unwrap();
+    drop(f);
+    assert_refused(
+        &case,
+        Refused::Both,
+        |e| matches!(e, Error::Blob { path, .. } if path.ends_with("weight.bin")),
+        &["weight.bin", "offset"],
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Seeded bit flips and truncations of every fixture
 
