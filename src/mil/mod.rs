@@ -4,6 +4,7 @@
 //! index of the graph (`graph`), and explicit rewrite operations (`rewrite`).
 
 pub mod build;
+pub mod decode_budget;
 pub mod graph;
 pub mod model;
 pub mod rewrite;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use super::decode_budget;
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::Program;
 use crate::proto::spec::{model, Model};
@@ -53,6 +54,21 @@ impl LoadedModel {
 /// Decodes a `Model`, checks the re-encode is lossless, and requires an ML Program.
 pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model> {
     let err = |reason: String| Error::Model { path: path.to_owned(), reason };
+    if let Some(size) = decode_budget::decoded_size(bytes) {
+        let (estimate, budget) = (size.estimate(), decode_budget::budget(bytes.len() as u64));
+        if estimate > budget {
+            return Err(err(format!(
+                "would take about {} MiB of memory once decoded ({} messages in {} bytes), more than \
+                 the budget of {} MiB ({}× the file size plus {} MiB); refusing to decode it",
+                estimate >> 20,
+                size.messages,
+                bytes.len(),
+                budget >> 20,
+                decode_budget::BUDGET_FACTOR,
+                decode_budget::BUDGET_FLOOR >> 20
+            )));
+        }
+    }
     let model = Model::decode(bytes).map_err(|e| err(format!("not a valid Core ML model protobuf: {e}")))?;
     let reencoded = model.encoded_len();
     if reencoded != bytes.len() {
