@@ -18,7 +18,10 @@
 //! keys) that is a count around a sampled key bracket (see [`super::bracket`]), or if the bracket
 //! misses, a weighted 65536-bin histogram built in parallel, which the generic selection then
 //! reads as at most 65536 (key, count) items; wider keys go through the selection directly.
-//! Every result (norms, integer counts, flags) is independent of the number of threads.
+//! Every result (norms, integer counts, flags) is independent of the number of threads. The
+//! x86-64 builds (AVX2, F16C) give the portable norms bit for bit, except that a NaN norm's sign
+//! and payload are unspecified (which NaN operand an addition passes on differs between builds);
+//! every NaN norm has the same key, so no decision depends on them.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;

@@ -112,8 +112,11 @@ fn check_nm<T: Element>(w: &[T], n: usize, m: usize) -> Result<(), TestCaseError
     Ok(())
 }
 
+/// Norms as bits, every NaN as one: a NaN norm's sign and payload depend on which NaN operand an
+/// addition passes on, which two builds of the same code need not agree on (the fuzzer found
+/// such a pair); the decisions give every NaN the same key.
 fn norm_bits(norms: &[f16]) -> Vec<u16> {
-    norms.iter().map(|x| x.to_bits()).collect()
+    norms.iter().map(|x| if x.is_nan() { 0x7e00 } else { x.to_bits() }).collect()
 }
 
 proptest! {
@@ -220,9 +223,9 @@ proptest! {
         }
     }
 
-    /// The F16C row step: the same f32 accumulators, except that a NaN's payload bits below fp16
-    /// precision may differ (F16C drops them, the portable rounding keeps them); the fp16 value
-    /// the norms are made of is the same.
+    /// The F16C row step: the same f32 accumulators, except that a NaN may differ in sign and
+    /// payload (F16C drops payload bits below fp16 precision, the portable rounding keeps them,
+    /// and see [`norm_bits`]).
     #[test]
     fn simd_row_step_is_the_portable_one(
         row in prop::collection::vec(f16_bits(), 0..100),
@@ -238,8 +241,7 @@ proptest! {
         accumulate_squares(Some(token), &mut simd, &row, first);
         accumulate_squares(None, &mut portable, &row, first);
         for (s, p) in simd.iter().zip(&portable) {
-            let same = s.to_bits() == p.to_bits()
-                || (s.is_nan() && p.is_nan() && f16::from_f32(*s).to_bits() == f16::from_f32(*p).to_bits());
+            let same = s.to_bits() == p.to_bits() || (s.is_nan() && p.is_nan());
             prop_assert!(same, "{:#010x} vs {:#010x}", s.to_bits(), p.to_bits());
         }
     }
