@@ -18,7 +18,10 @@
 //! keys) that is a count around a sampled key bracket (see [`super::bracket`]), or if the bracket
 //! misses, a weighted 65536-bin histogram built in parallel, which the generic selection then
 //! reads as at most 65536 (key, count) items; wider keys go through the selection directly.
-//! Every result (norms, integer counts, flags) is independent of the number of threads.
+//! Every result (norms, integer counts, flags) is independent of the number of threads. The
+//! x86-64 builds (AVX2, F16C) give the portable norms bit for bit, except that a NaN norm's sign
+//! and payload are unspecified (which NaN operand an addition passes on differs between builds);
+//! every NaN norm has the same key, so no decision depends on them.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -28,6 +31,7 @@ use super::axes::ChannelLayout;
 use super::element::{pairwise_sum_f32, Element, MapValue};
 use super::f16_lanes;
 use super::bracket::{count_bracket, sample_bracket};
+use super::cpu::{Avx2, Avx2F16c};
 use super::keys::{key_histogram, order_stats, Key};
 use super::mask::mask_from_pruned;
 use super::percentile::{cut_from_stats, percentile_cut};
@@ -349,7 +353,7 @@ fn block_sums(sq: &[f32], block_size: usize, sums: &mut [f32]) {
 
 /// Per-thread f32 buffers, grown on demand.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     acc: Vec<f32>,
     sq: Vec<f32>,
 }
@@ -376,17 +380,32 @@ impl NormFloat for f16 {
     const ZERO: Self = f16::ZERO;
 
     fn sequential_norms(block: &[f16], inner: usize, out: &mut [f16], s: &mut Scratch) {
-        sequential_norms_f16(block, inner, out, s)
+        sequential_norms_f16(Avx2F16c::detect(), block, inner, out, s)
     }
 
     fn pairwise_norms(part: &[f16], block_size: usize, out: &mut [f16], s: &mut Scratch) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is available, checked just above.
-            return unsafe { wide::pairwise_norms_f16(part, block_size, out, s) };
-        }
-        pairwise_norms_f16(part, block_size, out, s)
+        pairwise_norms_f16_on(Avx2::detect(), part, block_size, out, s)
     }
+}
+
+/// [`NormFloat::pairwise_norms`] for fp16, compiled for AVX2 when given the token, else portable:
+/// the same norms.
+pub(crate) fn pairwise_norms_f16_on(
+    simd: Option<Avx2>,
+    part: &[f16],
+    block_size: usize,
+    out: &mut [f16],
+    s: &mut Scratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(token) = simd {
+        // SAFETY: the token exists only on a CPU with AVX2, all `wide::pairwise_norms_f16`
+        // enables; it has no other requirement.
+        return unsafe { wide::pairwise_norms_f16(token, part, block_size, out, s) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
+    pairwise_norms_f16(part, block_size, out, s)
 }
 
 /// The fp16 kernels for x86-64 CPUs with AVX2 and F16C, eight lanes at a time. The rounding steps
@@ -402,20 +421,23 @@ mod wide {
     use half::f16;
 
     use super::Scratch;
+    use crate::prune::cpu::{Avx2, Avx2F16c};
 
+    /// [`super::pairwise_norms_f16`] compiled for AVX2.
+    ///
     /// # Safety
-    /// The CPU must support AVX2.
+    /// None beyond the token's proof that the CPU has AVX2.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn pairwise_norms_f16(part: &[f16], block_size: usize, out: &mut [f16], s: &mut Scratch) {
+    pub unsafe fn pairwise_norms_f16(_: Avx2, part: &[f16], block_size: usize, out: &mut [f16], s: &mut Scratch) {
         super::pairwise_norms_f16(part, block_size, out, s)
     }
 
-    /// [`super::accumulate_squares`].
+    /// [`super::accumulate_squares`], eight lanes per step.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and F16C, and `row.len() >= acc.len()`.
+    /// `row.len() >= acc.len()` (the token proves AVX2 and F16C).
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn accumulate_squares(acc: &mut [f32], row: &[f16], first: bool) {
+    pub unsafe fn accumulate_squares(_: Avx2F16c, acc: &mut [f32], row: &[f16], first: bool) {
         let lanes = acc.len() / 8 * 8;
         for i in (0..lanes).step_by(8) {
             // SAFETY: i + 8 <= acc.len() <= row.len(): the loads and the store are in bounds.
@@ -437,13 +459,17 @@ mod wide {
 
 /// `acc[i] = f16(acc[i] + f16(row[i]²))`, or `f16(row[i]²)` for the `first` row (0 + sq is sq
 /// itself: a square is never -0, and it is already an fp16 value), kept as f32.
-fn accumulate_squares(acc: &mut [f32], row: &[f16], first: bool) {
+/// With F16C conversions when given the token, else portable: the same bits.
+pub(crate) fn accumulate_squares(simd: Option<Avx2F16c>, acc: &mut [f32], row: &[f16], first: bool) {
     assert!(row.len() >= acc.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: both features were just checked, the lengths just above.
-        return unsafe { wide::accumulate_squares(acc, row, first) };
+    if let Some(token) = simd {
+        // SAFETY: the token exists only on a CPU with AVX2 and F16C, all that
+        // `wide::accumulate_squares` enables; `row.len() >= acc.len()` was asserted above.
+        return unsafe { wide::accumulate_squares(token, acc, row, first) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
     accumulate_squares_portable(acc, row, first)
 }
 
@@ -459,14 +485,21 @@ fn accumulate_squares_portable(acc: &mut [f32], row: &[f16], first: bool) {
     }
 }
 
-fn sequential_norms_f16(block: &[f16], inner: usize, out: &mut [f16], s: &mut Scratch) {
+/// [`NormFloat::sequential_norms`] for fp16, the row step by [`accumulate_squares`] on `simd`.
+pub(crate) fn sequential_norms_f16(
+    simd: Option<Avx2F16c>,
+    block: &[f16],
+    inner: usize,
+    out: &mut [f16],
+    s: &mut Scratch,
+) {
     let real = block.len() / inner;
     for (i0, out) in (0..inner).step_by(TILE).zip(out.chunks_mut(TILE)) {
         let len = out.len();
         let acc = grown(&mut s.acc, len);
         for j in 0..real {
             let start = j * inner + i0;
-            accumulate_squares(acc, &block[start..start + len], j == 0);
+            accumulate_squares(simd, acc, &block[start..start + len], j == 0);
         }
         acc.iter_mut().for_each(|a| *a = a.sqrt());
         out.convert_from_f32_slice(acc);
@@ -512,7 +545,7 @@ impl NormFloat for f32 {
 mod tests {
     use super::*;
 
-    /// The dispatched row step (F16C on this machine when it has it) against the portable one,
+    /// The F16C row step (called with its token, where this machine has it) against the portable one,
     /// bit for bit: every fp16 pattern as a weight, against accumulators across the fp16 range
     /// (sums that round up, overflow to infinity, stay subnormal), with ragged tails.
     #[test]
@@ -527,8 +560,8 @@ mod tests {
                     })
                     .collect();
                 let (mut fast, mut portable) = (acc0.clone(), acc0);
-                accumulate_squares(&mut fast, &row[..len], first);
-                accumulate_squares_portable(&mut portable, &row[..len], first);
+                accumulate_squares(Avx2F16c::detect(), &mut fast, &row[..len], first);
+                accumulate_squares(None, &mut portable, &row[..len], first);
                 for (i, (f, p)) in fast.iter().zip(&portable).enumerate() {
                     assert!(f.to_bits() == p.to_bits() || (f.is_nan() && p.is_nan()), "element {i}: {f} vs {p}");
                 }

@@ -15,6 +15,7 @@
 //! so runs are repeatable too.
 
 use super::compact::compact_flagged;
+use super::cpu::Avx2PopcntBmi1;
 use super::keys::{for_each_part_with_table, Key, OrderStats};
 use std::sync::{Mutex, PoisonError};
 
@@ -187,10 +188,10 @@ impl<K: Key> BracketCounts<K> {
 }
 
 /// One part's counts besides its bracket table.
-struct PartCounts<K> {
-    below: u64,
-    above: u64,
-    max: Option<K>,
+pub(crate) struct PartCounts<K> {
+    pub below: u64,
+    pub above: u64,
+    pub max: Option<K>,
 }
 
 /// Counts `key(x)` for every `x` of `w` against `bracket`, in parallel. The same counts for any
@@ -224,11 +225,30 @@ where
     K: Key,
     F: Fn(&T) -> K,
 {
+    count_part_on(Avx2PopcntBmi1::detect(), part, key, b, table)
+}
+
+/// [`count_part`] compiled for AVX2 when given the token, else portable: the same counts.
+/// `table` holds at least `hi - lo + 1` counters.
+pub(crate) fn count_part_on<T, K, F>(
+    simd: Option<Avx2PopcntBmi1>,
+    part: &[T],
+    key: &F,
+    b: Bracket<K>,
+    table: &mut [u32],
+) -> PartCounts<K>
+where
+    K: Key,
+    F: Fn(&T) -> K,
+{
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is available, checked just above.
-        return unsafe { count_part_avx2(part, key, b, table) };
+    if let Some(token) = simd {
+        // SAFETY: the token exists only on a CPU with AVX2, POPCNT and BMI1, all that
+        // `count_part_avx2` enables; it has no other requirement.
+        return unsafe { count_part_avx2(token, part, key, b, table) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
     count_part_portable(part, key, b, table)
 }
 
@@ -236,10 +256,16 @@ where
 /// keys are tallied by [`tally_u16_avx2`].
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// None beyond the token's proof that the CPU has AVX2, POPCNT and BMI1.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,popcnt,bmi1")]
-unsafe fn count_part_avx2<T, K, F>(part: &[T], key: &F, b: Bracket<K>, table: &mut [u32]) -> PartCounts<K>
+unsafe fn count_part_avx2<T, K, F>(
+    token: Avx2PopcntBmi1,
+    part: &[T],
+    key: &F,
+    b: Bracket<K>,
+    table: &mut [u32],
+) -> PartCounts<K>
 where
     K: Key,
     F: Fn(&T) -> K,
@@ -247,8 +273,10 @@ where
     count_part_with(part, key, table, |keys, table| {
         if K::BITS == 16 {
             let (lo, hi) = (b.lo.to_u64() as u16, b.hi.to_u64() as u16);
-            // SAFETY: AVX2 is available (this function's contract); 16-bit keys are u16s.
-            let (below, above, max) = unsafe { tally_u16_avx2(bytemuck::cast_slice(keys), lo, hi, table) };
+            // SAFETY: the token proves AVX2, POPCNT and BMI1, all `tally_u16_avx2` enables;
+            // 16-bit keys are u16s (`cast_slice` checks size and alignment).
+            let (below, above, max) =
+                unsafe { tally_u16_avx2(token, bytemuck::cast_slice(keys), lo, hi, table) };
             (below, above, K::from_u64(u64::from(max)))
         } else {
             tally(keys, b, table)
@@ -329,12 +357,15 @@ fn tally<K: Key>(keys: &[K], b: Bracket<K>, table: &mut [u32]) -> (u32, u32, K) 
 /// they are histogrammed: no flags, and no branch per key or per few keys (about one key in 30
 /// is inside, at random, so a branch on "any inside" would mispredict constantly).
 ///
+/// At most [`BLOCK`] keys; `table` holds at least `hi - lo + 1` counters (else it panics).
+///
 /// # Safety
-/// AVX2, POPCNT and BMI1 must be available. Every key inside `lo..=hi` indexes `table` at `k - lo`.
+/// None beyond the token's proof that the CPU has AVX2, POPCNT and BMI1.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,popcnt,bmi1")]
-unsafe fn tally_u16_avx2(keys: &[u16], lo: u16, hi: u16, table: &mut [u32]) -> (u32, u32, u16) {
+unsafe fn tally_u16_avx2(_: Avx2PopcntBmi1, keys: &[u16], lo: u16, hi: u16, table: &mut [u32]) -> (u32, u32, u16) {
     use std::arch::x86_64::*;
+    assert!(keys.len() <= BLOCK);
     let (lo_lanes, hi_lanes) = (_mm256_set1_epi16(lo as i16), _mm256_set1_epi16(hi as i16));
     let mut max_lanes = _mm256_setzero_si256();
     let (mut below, mut above) = (0u32, 0u32);
@@ -366,7 +397,7 @@ unsafe fn tally_u16_avx2(keys: &[u16], lo: u16, hi: u16, table: &mut [u32]) -> (
         table[usize::from(k - lo)] += 1;
     }
     let mut lanes = [0u16; 16];
-    // SAFETY: `lanes` is 32 bytes.
+    // SAFETY: `lanes` is 32 writable bytes; the store is unaligned.
     unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), max_lanes) };
     let mut max = lanes.iter().copied().max().unwrap_or(0);
     for &k in groups.remainder() {
@@ -437,11 +468,13 @@ mod tests {
         let b = Bracket { lo: ends.0.min(ends.1), hi: ends.0.max(ends.1) };
         let counts = count_bracket(keys, &|&k: &K| k, b);
         check_counts(keys, b, &counts)?;
-        // The portable part counter too (`count_bracket` took the AVX2 one where the CPU has it).
-        let mut table = vec![0u32; counts.inside.len()];
-        let part = count_part_portable(keys, &|&k: &K| k, b, &mut table);
-        prop_assert_eq!((part.below, part.above, part.max), (counts.below, counts.above, counts.max));
-        prop_assert!(table.iter().zip(&counts.inside).all(|(&t, &c)| u64::from(t) == c));
+        // Both part counters, each called explicitly: portable, and AVX2 where the CPU has it.
+        for simd in [None, Avx2PopcntBmi1::detect()] {
+            let mut table = vec![0u32; counts.inside.len()];
+            let part = count_part_on(simd, keys, &|&k: &K| k, b, &mut table);
+            prop_assert_eq!((part.below, part.above, part.max), (counts.below, counts.above, counts.max));
+            prop_assert!(table.iter().zip(&counts.inside).all(|(&t, &c)| u64::from(t) == c), "{:?}", simd);
+        }
         let (prev, next) = ranks(r, keys.len());
         check_stats(keys, b, &counts, prev, next)
     }

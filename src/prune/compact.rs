@@ -6,15 +6,23 @@
 //! 4-byte elements are moved with one byte shuffle per 16 bytes instead, about three times faster;
 //! the result is the same, which the tests below check on random masks.
 
+use super::cpu::Ssse3Popcnt;
+
 /// Moves the elements of `values` whose bit is set in `bytes` (LSB first, one byte per group of 8)
 /// to the front, in order, for the `bytes.len()` whole groups; returns how many were kept. The
 /// slots after the kept ones hold leftovers. `values.len() >= 8 * bytes.len()`.
 pub fn compact_groups<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize {
+    compact_groups_with(Ssse3Popcnt::detect(), values, bytes)
+}
+
+/// [`compact_groups`] by the byte shuffle when given the token, else portably: the same result.
+pub(crate) fn compact_groups_with<T: bytemuck::Pod>(simd: Option<Ssse3Popcnt>, values: &mut [T], bytes: &[u8]) -> usize {
     assert!(values.len() >= bytes.len() * 8);
     let p = values.as_mut_ptr();
-    // SAFETY: source and destination are the same slice, long enough; `compact_raw` reads each
-    // group before any store reaches it.
-    unsafe { compact_raw(p, p, bytes) }
+    // SAFETY: source and destination are the same pointer into `values`, which holds the
+    // `8 * bytes.len()` elements read and written (just asserted); no other reference to it is
+    // used meanwhile.
+    unsafe { compact_raw(simd, p, p, bytes, usize::MAX).1 }
 }
 
 /// [`compact_groups`] from `src` into the front of `dst` (`src` is left as it is). Both hold at
@@ -22,42 +30,55 @@ pub fn compact_groups<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize
 // Only the AVX2 bracket tally (and the tests) use it.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub fn compact_groups_into<T: bytemuck::Pod>(src: &[T], dst: &mut [T], bytes: &[u8]) -> usize {
+    compact_groups_into_with(Ssse3Popcnt::detect(), src, dst, bytes)
+}
+
+/// [`compact_groups_into`] by the byte shuffle when given the token, else portably.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn compact_groups_into_with<T: bytemuck::Pod>(
+    simd: Option<Ssse3Popcnt>,
+    src: &[T],
+    dst: &mut [T],
+    bytes: &[u8],
+) -> usize {
     assert!(src.len() >= bytes.len() * 8 && dst.len() >= bytes.len() * 8);
-    // SAFETY: both lengths were just checked; a shared and a mutable borrow never overlap.
-    unsafe { compact_raw(src.as_ptr(), dst.as_mut_ptr(), bytes) }
+    // SAFETY: both hold the `8 * bytes.len()` elements read or written (just asserted), and a
+    // shared and a mutable borrow never overlap.
+    unsafe { compact_raw(simd, src.as_ptr(), dst.as_mut_ptr(), bytes, usize::MAX).1 }
 }
 
-/// # Safety
-/// `src` must be valid for reads and `dst` for writes of `8 * bytes.len()` elements, and they must
-/// be the same pointer or not overlap at all. Group j is read before anything is stored at or
-/// past `dst + 8j` (at most eight are kept per group), so `src == dst` is compaction in place.
-unsafe fn compact_raw<T: bytemuck::Pod>(src: *const T, dst: *mut T, bytes: &[u8]) -> usize {
-    // SAFETY: the caller's contract; with unlimited room every group is done.
-    unsafe { compact_raw_with_room(src, dst, bytes, usize::MAX).1 }
-}
-
-/// [`compact_raw`] that stops before a group whose 8-element store would reach past `dst + room`;
-/// returns how many groups it did, and how many elements they kept.
+/// Moves the kept elements of the groups of `src` (a set bit in `bytes`, LSB first, one byte per
+/// group of 8) to `dst`, in order, and stops before a group whose 8-element store would reach past
+/// `dst + room`; returns how many groups it did, and how many elements they kept. Group j is read
+/// before anything is stored at or past `dst + 8j` (at most eight are kept per group), so
+/// `src == dst` is compaction in place. With the token, 2- and 4-byte elements move by byte
+/// shuffles; the result is the same.
 ///
 /// # Safety
-/// As for [`compact_raw`], except that `dst` need only be valid for writes of
-/// `min(8 * bytes.len(), room)` elements.
-unsafe fn compact_raw_with_room<T: bytemuck::Pod>(
+/// `src` must be valid for reads of `8 * bytes.len()` elements and `dst` for writes of
+/// `min(8 * bytes.len(), room)`, and they must be the same pointer or not overlap at all.
+unsafe fn compact_raw<T: bytemuck::Pod>(
+    simd: Option<Ssse3Popcnt>,
     src: *const T,
     dst: *mut T,
     bytes: &[u8],
     room: usize,
 ) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("ssse3") && std::arch::is_x86_feature_detected!("popcnt") {
-        // SAFETY (both arms): the features were just checked; the pointer contract is ours.
+    if let Some(token) = simd {
         match std::mem::size_of::<T>() {
-            2 => return unsafe { x86::compact_u16_ssse3(src.cast(), dst.cast(), bytes, room) },
-            4 => return unsafe { x86::compact_u32_ssse3(src.cast(), dst.cast(), bytes, room) },
+            // SAFETY: the token exists only on a CPU with SSSE3 and POPCNT, all the shuffle
+            // enables; `T` is 2 bytes like `u16` (any bits are a value of both: Pod); the pointer
+            // contract is ours.
+            2 => return unsafe { x86::compact_u16_ssse3(token, src.cast(), dst.cast(), bytes, room) },
+            // SAFETY: as above, with `T` 4 bytes like `u32`.
+            4 => return unsafe { x86::compact_u32_ssse3(token, src.cast(), dst.cast(), bytes, room) },
             _ => {}
         }
     }
-    // SAFETY: the caller's contract.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
+    // SAFETY: the caller's contract, which is `compact_portable`'s.
     unsafe { compact_portable(src, dst, bytes, room) }
 }
 
@@ -67,12 +88,23 @@ unsafe fn compact_raw_with_room<T: bytemuck::Pod>(
 /// neighbouring parts of one output at the same time, which the 8-slot stores of
 /// [`compact_groups_into`] (leftovers past the kept ones) would not allow.
 pub fn compact_exact_into<T: bytemuck::Pod>(src: &[T], bytes: &[u8], dst: &mut [std::mem::MaybeUninit<T>]) {
+    compact_exact_into_with(Ssse3Popcnt::detect(), src, bytes, dst)
+}
+
+/// [`compact_exact_into`] by the byte shuffle when given the token, else portably. Panics (having
+/// written only slots of `dst`) if the set bits and `dst.len()` disagree.
+pub(crate) fn compact_exact_into_with<T: bytemuck::Pod>(
+    simd: Option<Ssse3Popcnt>,
+    src: &[T],
+    bytes: &[u8],
+    dst: &mut [std::mem::MaybeUninit<T>],
+) {
     let full = src.len() / 8;
     assert!(bytes.len() >= src.len().div_ceil(8));
     // SAFETY: `src` holds every full group; `dst` is written only below `dst.len()` (the room),
     // and a mutable borrow never overlaps a shared one.
     let (done, mut kept) =
-        unsafe { compact_raw_with_room(src.as_ptr(), dst.as_mut_ptr().cast::<T>(), &bytes[..full], dst.len()) };
+        unsafe { compact_raw(simd, src.as_ptr(), dst.as_mut_ptr().cast::<T>(), &bytes[..full], dst.len()) };
     // The last few groups, within 8 slots of the end, one kept element at a time.
     for (i, x) in src.iter().enumerate().skip(done * 8) {
         if bytes[i / 8] & (1 << (i % 8)) != 0 {
@@ -122,9 +154,10 @@ pub fn flags_to_bytes(flags: &[bool], bytes: &mut [u8]) {
     }
 }
 
-/// Copies the group out, then writes all eight slots `kept..kept + 8` from it in the order the
-/// byte's set bits give; only the first popcount slots matter, the rest are overwritten by the
-/// next group. `kept <= base`, so the writes never reach a later group's values.
+/// [`compact_raw`] one element at a time: copies the group out, then writes all eight slots
+/// `kept..kept + 8` from it in the order the byte's set bits give; only the first popcount slots
+/// matter, the rest are overwritten by the next group. `kept <= 8j` for group j, so the writes
+/// never reach a later group's values.
 ///
 /// # Safety
 /// As for [`compact_raw`].
@@ -134,12 +167,14 @@ unsafe fn compact_portable<T: bytemuck::Pod>(src: *const T, dst: *mut T, bytes: 
         if room.saturating_sub(kept) < 8 {
             return (j, kept);
         }
-        // SAFETY: group j is src[8j..8j+8], in bounds by the contract; it is copied out before
-        // the writes to dst[kept..kept+8], kept <= 8j, which are in bounds too.
+        // SAFETY: group j is src[8j..8j+8], in bounds by the contract (`read_unaligned`: `T` is
+        // Pod, any bits are a value); it is copied out before the writes below.
         let group: [T; 8] = unsafe { std::ptr::read_unaligned(src.add(j * 8).cast::<[T; 8]>()) };
         let order = &SET_BITS[usize::from(byte)];
         for (slot, &k) in order.iter().enumerate() {
-            // SAFETY: as above.
+            // SAFETY: kept + slot < kept + 8 <= min(8 * bytes.len(), room): `kept <= 8j` (at most
+            // eight kept per earlier group) and the room check above; in place, only slots of
+            // groups 0..=j, all read already, are written.
             unsafe { dst.add(kept + slot).write(group[usize::from(k)]) };
         }
         kept += byte.count_ones() as usize;
@@ -169,7 +204,7 @@ static SET_BITS: [[u8; 8]; 256] = {
 mod x86 {
     use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_shuffle_epi8, _mm_storeu_si128};
 
-    use super::SET_BITS;
+    use super::{Ssse3Popcnt, SET_BITS};
 
     /// `pshufb` controls that gather the elements of `width` bytes named by `SET_BITS[byte]` (for
     /// the first `16 / width` of them) to the front of a 16-byte register.
@@ -196,10 +231,18 @@ mod x86 {
     /// Indexed by a mask nibble (entries 0..16 used): four 4-byte elements fill one register.
     static SHUFFLE_U32: [[u8; 16]; 256] = shuffles(4);
 
+    /// [`super::compact_raw`] for 2-byte elements, one `pshufb` per group.
+    ///
     /// # Safety
-    /// SSSE3 and POPCNT must be available; the pointers as for [`super::compact_raw_with_room`].
+    /// The pointers as for [`super::compact_raw`] (the token proves SSSE3 and POPCNT).
     #[target_feature(enable = "ssse3,popcnt")]
-    pub unsafe fn compact_u16_ssse3(src: *const u16, dst: *mut u16, bytes: &[u8], room: usize) -> (usize, usize) {
+    pub unsafe fn compact_u16_ssse3(
+        _: Ssse3Popcnt,
+        src: *const u16,
+        dst: *mut u16,
+        bytes: &[u8],
+        room: usize,
+    ) -> (usize, usize) {
         let mut kept = 0usize;
         for (j, &byte) in bytes.iter().enumerate() {
             if room.saturating_sub(kept) < 8 {
@@ -218,10 +261,18 @@ mod x86 {
         (bytes.len(), kept)
     }
 
+    /// [`super::compact_raw`] for 4-byte elements, one `pshufb` per half group.
+    ///
     /// # Safety
     /// As for [`compact_u16_ssse3`].
     #[target_feature(enable = "ssse3,popcnt")]
-    pub unsafe fn compact_u32_ssse3(src: *const u32, dst: *mut u32, bytes: &[u8], room: usize) -> (usize, usize) {
+    pub unsafe fn compact_u32_ssse3(
+        _: Ssse3Popcnt,
+        src: *const u32,
+        dst: *mut u32,
+        bytes: &[u8],
+        room: usize,
+    ) -> (usize, usize) {
         let mut kept = 0usize;
         for (j, &byte) in bytes.iter().enumerate() {
             if room.saturating_sub(kept) < 8 {
@@ -265,24 +316,27 @@ mod tests {
         bytemuck::cast_slice(values)
     }
 
+    /// Both paths, each called explicitly (`None`: portable; the token: byte shuffles where the
+    /// CPU has them), in place and into another buffer.
+    fn paths() -> [Option<Ssse3Popcnt>; 2] {
+        [None, Ssse3Popcnt::detect()]
+    }
+
     fn check<T: Element>(values: Vec<T>, bytes: &[u8]) -> Result<(), TestCaseError> {
         let want = kept_in_order(&values, bytes);
-        let mut fast = values.clone();
-        let kept = compact_groups(&mut fast, bytes);
-        prop_assert_eq!(kept, want.len());
-        prop_assert_eq!(bytes_of(&fast[..kept]), bytes_of(&want));
-        prop_assert_eq!(
-            bytes_of(&fast[bytes.len() * 8..]),
-            bytes_of(&values[bytes.len() * 8..])
-        );
-        let mut portable = values.clone();
-        let p = portable.as_mut_ptr();
-        // SAFETY: in place over a slice holding every group.
-        prop_assert_eq!(unsafe { compact_portable(p, p, bytes, usize::MAX) }, (bytes.len(), kept));
-        prop_assert_eq!(bytes_of(&portable[..kept]), bytes_of(&want));
-        let mut into = vec![T::zero(); values.len()];
-        prop_assert_eq!(compact_groups_into(&values, &mut into, bytes), kept);
-        prop_assert_eq!(bytes_of(&into[..kept]), bytes_of(&want));
+        for simd in paths() {
+            let mut fast = values.clone();
+            let kept = compact_groups_with(simd, &mut fast, bytes);
+            prop_assert_eq!(kept, want.len());
+            prop_assert_eq!(bytes_of(&fast[..kept]), bytes_of(&want), "{:?}", simd);
+            prop_assert_eq!(
+                bytes_of(&fast[bytes.len() * 8..]),
+                bytes_of(&values[bytes.len() * 8..])
+            );
+            let mut into = vec![T::zero(); values.len()];
+            prop_assert_eq!(compact_groups_into_with(simd, &values, &mut into, bytes), kept);
+            prop_assert_eq!(bytes_of(&into[..kept]), bytes_of(&want), "{:?}", simd);
+        }
         Ok(())
     }
 
@@ -314,12 +368,14 @@ mod tests {
             *bytes.last_mut().unwrap() &= (1u8 << (n % 8)) - 1;
         }
         let want: Vec<T> = (0..n).filter(|&i| bytes[i / 8] & (1 << (i % 8)) != 0).map(|i| values[i]).collect();
-        let mut buffer = vec![std::mem::MaybeUninit::new(sentinel); want.len() + 16];
-        compact_exact_into(&values, &bytes, &mut buffer[8..8 + want.len()]);
-        // SAFETY: every slot was initialized with the sentinel, and written with a T since.
-        let got: Vec<T> = buffer.iter().map(|x| unsafe { x.assume_init() }).collect();
-        prop_assert_eq!(bytes_of(&got[8..8 + want.len()]), bytes_of(&want));
-        prop_assert!(got[..8].iter().chain(&got[8 + want.len()..]).all(|x| bytes_of(&[*x]) == bytes_of(&[sentinel])));
+        for simd in paths() {
+            let mut buffer = vec![std::mem::MaybeUninit::new(sentinel); want.len() + 16];
+            compact_exact_into_with(simd, &values, &bytes, &mut buffer[8..8 + want.len()]);
+            // SAFETY: every slot was initialized with the sentinel, and written with a T since.
+            let got: Vec<T> = buffer.iter().map(|x| unsafe { x.assume_init() }).collect();
+            prop_assert_eq!(bytes_of(&got[8..8 + want.len()]), bytes_of(&want), "{:?}", simd);
+            prop_assert!(got[..8].iter().chain(&got[8 + want.len()..]).all(|x| bytes_of(&[*x]) == bytes_of(&[sentinel])));
+        }
         Ok(())
     }
 
@@ -344,14 +400,16 @@ mod tests {
         let bytes: Vec<u8> = (0..=255).collect();
         let n = bytes.len() * 8;
         let f16s: Vec<f16> = (0..n as u16).map(f16::from_bits).collect();
-        let want = kept_in_order(&f16s, &bytes);
-        let mut got = f16s.clone();
-        let kept = compact_groups(&mut got, &bytes);
-        assert_eq!(bytes_of(&got[..kept]), bytes_of(&want));
         let f32s: Vec<f32> = (0..n).map(|i| i as f32).collect();
-        let want = kept_in_order(&f32s, &bytes);
-        let mut got = f32s.clone();
-        let kept = compact_groups(&mut got, &bytes);
-        assert_eq!(&got[..kept], &want[..]);
+        for simd in paths() {
+            let want = kept_in_order(&f16s, &bytes);
+            let mut got = f16s.clone();
+            let kept = compact_groups_with(simd, &mut got, &bytes);
+            assert_eq!(bytes_of(&got[..kept]), bytes_of(&want));
+            let want = kept_in_order(&f32s, &bytes);
+            let mut got = f32s.clone();
+            let kept = compact_groups_with(simd, &mut got, &bytes);
+            assert_eq!(&got[..kept], &want[..]);
+        }
     }
 }

@@ -17,6 +17,7 @@
 
 use half::f16;
 
+use super::cpu::Avx2Popcnt;
 use super::element::{Element, MapValue};
 use super::float::IeeeFloat;
 use super::percentile::at_or_below;
@@ -52,13 +53,7 @@ pub fn keep_mask_f16(values: &[f16], cut: Option<u16>, bytes: &mut [u8]) -> usiz
         }
         c => c.unwrap_or(0),
     };
-    let bits: &[u16] = bytemuck::cast_slice(values);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is available, checked just above.
-        return unsafe { x86::above_u16_avx2(bits, cut, bytes) };
-    }
-    above_portable(bits, 0x7fff, cut, bytes)
+    above_u16(Avx2Popcnt::detect(), bytemuck::cast_slice(values), cut, bytes)
 }
 
 /// [`keep_mask`] for fp32.
@@ -69,12 +64,34 @@ pub fn keep_mask_f32(values: &[f32], cut: Option<u32>, bytes: &mut [u8]) -> usiz
         }
         c => c.unwrap_or(0),
     };
-    let bits: &[u32] = bytemuck::cast_slice(values);
+    above_u32(Avx2Popcnt::detect(), bytemuck::cast_slice(values), cut, bytes)
+}
+
+/// Bit `i` of `bytes` (`ceil(bits.len() / 8)` of them) set iff `bits[i] & 0x7fff > cut`, for
+/// `cut <= 0x7fff`; returns how many are set. With AVX2 when given the token, else portable: the
+/// same bytes either way.
+pub(crate) fn above_u16(simd: Option<Avx2Popcnt>, bits: &[u16], cut: u16, bytes: &mut [u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is available, checked just above.
-        return unsafe { x86::above_u32_avx2(bits, cut, bytes) };
+    if let Some(token) = simd {
+        // SAFETY: the token exists only on a CPU with AVX2 and POPCNT, all `above_u16_avx2`
+        // enables; it has no other requirement.
+        return unsafe { x86::above_u16_avx2(token, bits, cut, bytes) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
+    above_portable(bits, 0x7fff, cut, bytes)
+}
+
+/// [`above_u16`] for 32-bit patterns: `bits[i] & 0x7fff_ffff > cut`, `cut <= 0x7fff_ffff`.
+pub(crate) fn above_u32(simd: Option<Avx2Popcnt>, bits: &[u32], cut: u32, bytes: &mut [u8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(token) = simd {
+        // SAFETY: the token exists only on a CPU with AVX2 and POPCNT, all `above_u32_avx2`
+        // enables; it has no other requirement.
+        return unsafe { x86::above_u32_avx2(token, bits, cut, bytes) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
     above_portable(bits, 0x7fff_ffff, cut, bytes)
 }
 
@@ -98,10 +115,15 @@ where
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::Avx2Popcnt;
+
+    /// [`super::above_u16`], 32 elements per step. (`cut > 0x7fff` or too few `bytes` give a
+    /// wrong mask or a panic, never undefined behaviour.)
+    ///
     /// # Safety
-    /// AVX2 must be available. `cut <= 0x7fff`; `bytes` holds `ceil(bits.len() / 8)` bytes.
+    /// None beyond the token's proof that the CPU has AVX2 and POPCNT.
     #[target_feature(enable = "avx2,popcnt")]
-    pub unsafe fn above_u16_avx2(bits: &[u16], cut: u16, bytes: &mut [u8]) -> usize {
+    pub unsafe fn above_u16_avx2(_: Avx2Popcnt, bits: &[u16], cut: u16, bytes: &mut [u8]) -> usize {
         let abs = _mm256_set1_epi16(0x7fff);
         let cut_lanes = _mm256_set1_epi16(cut as i16);
         let mut kept = 0;
@@ -128,10 +150,12 @@ mod x86 {
         kept + super::above_portable(groups.remainder(), 0x7fff, cut, &mut bytes[done / 8..])
     }
 
+    /// [`super::above_u32`], 8 elements per step.
+    ///
     /// # Safety
-    /// AVX2 must be available. `cut <= 0x7fff_ffff`; `bytes` holds `ceil(bits.len() / 8)` bytes.
+    /// None beyond the token's proof that the CPU has AVX2 and POPCNT.
     #[target_feature(enable = "avx2,popcnt")]
-    pub unsafe fn above_u32_avx2(bits: &[u32], cut: u32, bytes: &mut [u8]) -> usize {
+    pub unsafe fn above_u32_avx2(_: Avx2Popcnt, bits: &[u32], cut: u32, bytes: &mut [u8]) -> usize {
         let abs = _mm256_set1_epi32(0x7fff_ffff);
         let cut_lanes = _mm256_set1_epi32(cut as i32);
         let mut kept = 0;
@@ -230,18 +254,31 @@ mod tests {
         }
     }
 
+    /// Both compares, each called explicitly (the token for AVX2, `None` for portable), over every
+    /// fp16 pattern and every length up to two SIMD steps and a tail, against the rule.
     #[test]
-    fn the_portable_compare_matches_the_simd_one() {
-        // On a machine with AVX2, `keep_mask_f16` above ran the SIMD path: check the portable
-        // one on its own too.
+    fn the_portable_compare_and_the_simd_one_give_the_rules_bytes() {
         let bits: Vec<u16> = (0..=u16::MAX).collect();
         let values: Vec<f16> = bits.iter().map(|&b| f16::from_bits(b)).collect();
+        let paths = [None, Avx2Popcnt::detect()];
         for cut in [None, Some(0u16), Some(0x3555), Some(0x7c00)] {
             let mut want = vec![0u8; bits.len() / 8];
             let kept = keep_mask_generic(&values, cut, &mut want);
-            let mut got = vec![0u8; bits.len() / 8];
-            assert_eq!(above_portable(&bits, 0x7fff, cut.unwrap_or(0), &mut got), kept);
-            assert_eq!(got, want);
+            for simd in paths {
+                let mut got = vec![0u8; bits.len() / 8];
+                assert_eq!(above_u16(simd, &bits, cut.unwrap_or(0), &mut got), kept, "{simd:?}");
+                assert_eq!(got, want, "{simd:?}");
+            }
+            for len in 0..80 {
+                let (bits, values) = (&bits[0x7bd0..0x7bd0 + len], &values[0x7bd0..0x7bd0 + len]);
+                let mut want = vec![0u8; len.div_ceil(8)];
+                let kept = keep_mask_generic(values, cut, &mut want);
+                for simd in paths {
+                    let mut got = vec![0x5au8; len.div_ceil(8)];
+                    assert_eq!(above_u16(simd, bits, cut.unwrap_or(0), &mut got), kept, "{simd:?} {len}");
+                    assert_eq!(got, want, "{simd:?} {len}");
+                }
+            }
         }
     }
 }

@@ -33,11 +33,14 @@ pub mod block;
 mod block_norms;
 mod bracket;
 mod compact;
+mod cpu;
 mod f16_lanes;
 pub mod keep_mask;
 pub mod element;
 mod float;
 pub mod keys;
+#[doc(hidden)]
+pub mod kernel_paths;
 pub mod magnitude;
 pub mod mask;
 pub mod nm;
@@ -51,6 +54,8 @@ mod fast_path_tests;
 mod golden_tests;
 #[cfg(test)]
 mod property_tests;
+#[cfg(test)]
+mod simd_tests;
 
 pub use block::block;
 pub use element::{Element, I8Mag, MapValue};

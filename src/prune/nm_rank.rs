@@ -19,6 +19,7 @@
 use rayon::prelude::*;
 
 use super::axes::ChannelLayout;
+use super::cpu::Avx2;
 use super::element::{Element, MapValue};
 use super::keys::Key;
 use crate::dtype::ScalarType;
@@ -50,27 +51,40 @@ pub fn stable_rank_flags<T: Element>(w: &[T], layout: ChannelLayout, n: usize, m
 
 /// [`stable_rank_flags`] of `span` into `out` (`out.len() == w.len()`).
 pub fn stable_rank_flags_into<T: Element>(w: &[T], span: Span, n: usize, m: usize, out: &mut [bool]) {
+    stable_rank_flags_on(Avx2::detect(), w, span, n, m, out)
+}
+
+/// [`stable_rank_flags_into`] with groups of 2 and 4 ranked by code compiled for AVX2 when given
+/// the token, else by the portable build of the same code: the same flags.
+pub(crate) fn stable_rank_flags_on<T: Element>(
+    simd: Option<Avx2>,
+    w: &[T],
+    span: Span,
+    n: usize,
+    m: usize,
+    out: &mut [bool],
+) {
     // Ranks only compare keys, so any key with the same order as `magnitude().key()` will do.
     // For floats that is the magnitude bits with every NaN clamped to one value above inf: a
     // `min` in the key's own width, which vectorizes (the generic key goes through u64).
     match T::DTYPE {
         ScalarType::Float16 => {
             if let Ok(w) = bytemuck::try_cast_slice::<T, u16>(w) {
-                return flags_by_key(w, span, n, m, out, |&b| (b & 0x7fff).min(0x7c01));
+                return flags_by_key(simd, w, span, n, m, out, |&b| (b & 0x7fff).min(0x7c01));
             }
         }
         ScalarType::Float32 => {
             if let Ok(w) = bytemuck::try_cast_slice::<T, u32>(w) {
-                return flags_by_key(w, span, n, m, out, |&b| (b & 0x7fff_ffff).min(0x7f80_0001));
+                return flags_by_key(simd, w, span, n, m, out, |&b| (b & 0x7fff_ffff).min(0x7f80_0001));
             }
         }
         _ => {}
     }
-    flags_by_key(w, span, n, m, out, |x| x.magnitude().key())
+    flags_by_key(simd, w, span, n, m, out, |x| x.magnitude().key())
 }
 
 /// [`stable_rank_flags_into`] for element type T (zero is `T::zeroed()`) ranked by `key`.
-fn flags_by_key<T, K, F>(w: &[T], span: Span, n: usize, m: usize, flags: &mut [bool], key: F)
+fn flags_by_key<T, K, F>(simd: Option<Avx2>, w: &[T], span: Span, n: usize, m: usize, flags: &mut [bool], key: F)
 where
     T: bytemuck::Pod + Sync,
     K: Key,
@@ -87,6 +101,7 @@ where
         m,
         pad: key(&T::zeroed()),
         key,
+        simd,
     };
     let pad = ranker.pad;
     let layout = match span {
@@ -147,6 +162,9 @@ struct Ranker<K, F> {
     m: usize,
     pad: K,
     key: F,
+    /// Rank groups of 2 and 4 with code compiled for AVX2.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    simd: Option<Avx2>,
 }
 
 /// Per-thread buffers: m lanes of keys and of flags, one lane of rank counters.
@@ -203,9 +221,10 @@ impl<K: Key, F> Ranker<K, F> {
         F: Fn(&T) -> K,
     {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is available, checked just above.
-            return unsafe { self.small_groups_avx2::<T, M>(groups, out) };
+        if let Some(token) = self.simd {
+            // SAFETY: the token exists only on a CPU with AVX2, all `small_groups_avx2` enables;
+            // it has no other requirement.
+            return unsafe { self.small_groups_avx2::<T, M>(token, groups, out) };
         }
         self.small_groups_portable::<T, M>(groups, out)
     }
@@ -214,10 +233,10 @@ impl<K: Key, F> Ranker<K, F> {
     /// (about twice as fast as the SSE2 baseline).
     ///
     /// # Safety
-    /// The CPU must support AVX2.
+    /// None beyond the token's proof that the CPU has AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn small_groups_avx2<T, const M: usize>(&self, groups: &[T], out: &mut [bool])
+    unsafe fn small_groups_avx2<T, const M: usize>(&self, _: Avx2, groups: &[T], out: &mut [bool])
     where
         F: Fn(&T) -> K,
     {

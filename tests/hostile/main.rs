@@ -972,6 +972,7 @@ fn two_consts_sharing_a_name_attribute() {
 // 4. Second round (issue 18): one module per class of hostile input, sharing the helpers above.
 
 mod config_input;
+mod kernels;
 mod model_checks;
 mod output_safety;
 mod scaling;
