@@ -87,14 +87,12 @@ pub fn one_line(e: &clap::Error) -> Error {
 /// value, so the command, when one was named, is the first argument.
 fn command_path() -> String {
     let first = std::env::args_os().nth(1);
-    let command = first.as_ref().and_then(|a| a.to_str()).filter(|a| {
-        Cli::command()
-            .get_subcommands()
-            .any(|c| c.get_name() == *a)
-    });
+    let command = first
+        .as_ref()
+        .and_then(|a| a.to_str())
+        .filter(|a| Cli::command().get_subcommands().any(|c| c.get_name() == *a));
     match command {
         Some(c) => format!("mlprune {c}"),
         None => "mlprune".into(),
     }
 }
-

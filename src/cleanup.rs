@@ -79,7 +79,13 @@ impl ScratchPath {
             // Register before creating, so no instant exists where the path is ours but unknown
             // to the signal handler.
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-            registry().insert(id, Registered { path: path.clone(), is_dir });
+            registry().insert(
+                id,
+                Registered {
+                    path: path.clone(),
+                    is_dir,
+                },
+            );
             match create_locked(&path, is_dir) {
                 Ok(handle) => return Ok(ScratchPath { id, path, handle }),
                 Err(e) => {
@@ -137,7 +143,11 @@ fn create_locked(path: &Path, is_dir: bool) -> io::Result<File> {
             _ => e,
         })?
     } else {
-        OpenOptions::new().read(true).write(true).create_new(true).open(path)?
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?
     };
     // Nobody else can hold it yet, except a sweep that saw the fresh, unlocked path and is about to
     // remove it: if the path no longer names our inode, report it as taken and try another name.
@@ -162,7 +172,11 @@ fn same_file(path: &Path, _handle: &File) -> bool {
 }
 
 fn remove_path(path: &Path, is_dir: bool) {
-    let _ = if is_dir { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    let _ = if is_dir {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
 }
 
 /// Removes every entry of `dir` whose name starts with `prefix` and that no live process holds
@@ -182,7 +196,9 @@ pub fn sweep_stale(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
             continue;
         }
         let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
         if !(meta.is_dir() || meta.is_file()) {
             continue;
         }
@@ -268,15 +284,32 @@ mod tests {
         let removed = sweep_stale(dir.path(), ".o.mlprune-tmp-").unwrap();
         assert_eq!(
             removed,
-            [dir.path().join(".o.mlprune-tmp-dead1"), dir.path().join(".o.mlprune-tmp-dead2")]
+            [
+                dir.path().join(".o.mlprune-tmp-dead1"),
+                dir.path().join(".o.mlprune-tmp-dead2")
+            ]
         );
         assert!(live_dir.path().is_dir());
         assert!(live_file.path().is_file());
         let mut expected = vec!["o.mlpackage".to_string()];
         #[cfg(unix)]
         expected.push(".o.mlprune-tmp-link".into());
-        expected.push(live_dir.path().file_name().unwrap().to_string_lossy().into_owned());
-        expected.push(live_file.path().file_name().unwrap().to_string_lossy().into_owned());
+        expected.push(
+            live_dir
+                .path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        );
+        expected.push(
+            live_file
+                .path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        );
         expected.sort();
         assert_eq!(names(dir.path()), expected);
 

@@ -18,7 +18,11 @@ use crate::inspect;
 pub const DEFAULT_GPU_MIN_ELEMENTS: u64 = 1 << 20;
 
 #[derive(Debug, Parser)]
-#[command(name = "mlprune", version, about = "Prune Core ML ML Program models exactly like coremltools, fast")]
+#[command(
+    name = "mlprune",
+    version,
+    about = "Prune Core ML ML Program models exactly like coremltools, fast"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -85,9 +89,20 @@ impl GenerateArgs {
         let dtype = match self.dtype.as_str() {
             "fp16" | "float16" => crate::dtype::ScalarType::Float16,
             "fp32" | "float32" => crate::dtype::ScalarType::Float32,
-            other => return Err(Error::Usage(format!("--dtype must be fp16 or fp32, not '{other}'"))),
+            other => {
+                return Err(Error::Usage(format!(
+                    "--dtype must be fp16 or fp32, not '{other}'"
+                )))
+            }
         };
-        Ok(crate::synth::SynthSpec { layers: self.layers, rows, cols, dtype, spec_version: self.spec, seed: self.seed })
+        Ok(crate::synth::SynthSpec {
+            layers: self.layers,
+            rows,
+            cols,
+            dtype,
+            spec_version: self.spec,
+            seed: self.seed,
+        })
     }
 }
 

@@ -84,9 +84,7 @@ impl Devices {
         match self.policy {
             DevicePolicy::Cpu => false,
             DevicePolicy::Gpu => true,
-            DevicePolicy::Auto => {
-                elements as u64 >= self.gpu_min_elements && self.auto_winner != Some("cpu")
-            }
+            DevicePolicy::Auto => elements as u64 >= self.gpu_min_elements && self.auto_winner != Some("cpu"),
         }
     }
 

@@ -89,15 +89,27 @@ pub fn run_kernel_on_view(
         (TensorView::F16(values), Some(TensorData::F16(out))) => {
             typed(config, Dense::Borrowed { values, out }, &shape, TensorData::F16)
         }
-        (TensorView::F16(values), _) => {
-            typed(config, Dense::Borrowed { values, out: Vec::new() }, &shape, TensorData::F16)
-        }
+        (TensorView::F16(values), _) => typed(
+            config,
+            Dense::Borrowed {
+                values,
+                out: Vec::new(),
+            },
+            &shape,
+            TensorData::F16,
+        ),
         (TensorView::F32(values), Some(TensorData::F32(out))) => {
             typed(config, Dense::Borrowed { values, out }, &shape, TensorData::F32)
         }
-        (TensorView::F32(values), _) => {
-            typed(config, Dense::Borrowed { values, out: Vec::new() }, &shape, TensorData::F32)
-        }
+        (TensorView::F32(values), _) => typed(
+            config,
+            Dense::Borrowed {
+                values,
+                out: Vec::new(),
+            },
+            &shape,
+            TensorData::F32,
+        ),
     };
     result.map_err(|e| e.for_tensor(tensor))
 }

@@ -140,7 +140,10 @@ impl ScalarType {
 
     pub fn is_float(self) -> bool {
         use ScalarType::*;
-        matches!(self, Float16 | Float32 | Float64 | BFloat16 | Float8E4M3FN | Float8E5M2)
+        matches!(
+            self,
+            Float16 | Float32 | Float64 | BFloat16 | Float8E4M3FN | Float8E5M2
+        )
     }
 
     /// Lower-case name as coremltools and numpy spell it (`fp16` style is used only for display).

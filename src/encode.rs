@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::dtype::ScalarType;
 use crate::blob::TensorSink;
+use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::mil::build::{bind_value, op};
 use crate::mil::value::{blob_value, immediate_value};
@@ -72,10 +72,18 @@ pub fn stored_value<W: TensorSink>(
 /// instead of handed over: it is an eighth of an element per element, so the copy is cheap, while a
 /// hand-over would wait for the writer thread to finish the values before it, which is exactly the
 /// write that pruning the next tensor should overlap.
-fn stored_mask<W: TensorSink>(mask: Vec<u8>, spec_version: i32, weights: &mut WeightFileBuilder<W>) -> Result<Value> {
+fn stored_mask<W: TensorSink>(
+    mask: Vec<u8>,
+    spec_version: i32,
+    weights: &mut WeightFileBuilder<W>,
+) -> Result<Value> {
     let count = mask.len() as u64;
     if goes_to_weight_file(ScalarType::UInt8, count, spec_version) {
-        Ok(blob_value(ScalarType::UInt8, &[count], weights.append_raw(ScalarType::UInt8, &mask, count)?))
+        Ok(blob_value(
+            ScalarType::UInt8,
+            &[count],
+            weights.append_raw(ScalarType::UInt8, &mask, count)?,
+        ))
     } else {
         Ok(immediate_value(&TensorData::U8(mask), &[count]))
     }
@@ -99,11 +107,17 @@ pub fn sparse_to_dense_op<W: TensorSink>(
 ) -> Result<Operation> {
     let n: u64 = shape.iter().product();
     if mask.len() as u64 != n.div_ceil(8) {
-        return Err(Error::tensor(const_name, format!("mask has {} bytes for {n} elements", mask.len())));
+        return Err(Error::tensor(
+            const_name,
+            format!("mask has {} bytes for {n} elements", mask.len()),
+        ));
     }
     let kept = crate::blob::count_ones(&mask);
     if kept != nonzero.len() as u64 {
-        return Err(Error::tensor(const_name, format!("mask keeps {kept} values but {} were given", nonzero.len())));
+        return Err(Error::tensor(
+            const_name,
+            format!("mask keeps {kept} values but {} were given", nonzero.len()),
+        ));
     }
     let name = sparsified_name(const_name);
     let nonzero_shape = [nonzero.len() as u64];
@@ -114,7 +128,10 @@ pub fn sparse_to_dense_op<W: TensorSink>(
             let mask_value = stored_mask(mask, spec_version, weights)?;
             let dims: Vec<u32> = shape
                 .iter()
-                .map(|&d| u32::try_from(d).map_err(|_| Error::tensor(const_name, format!("dimension {d} exceeds uint32"))))
+                .map(|&d| {
+                    u32::try_from(d)
+                        .map_err(|_| Error::tensor(const_name, format!("dimension {d} exceeds uint32")))
+                })
                 .collect::<Result<_>>()?;
             let shape_value = immediate_value(&TensorData::U32(dims), &[shape.len() as u64]);
             let attributes = BTreeMap::from([
@@ -122,21 +139,43 @@ pub fn sparse_to_dense_op<W: TensorSink>(
                 ("mask".to_owned(), mask_value),
                 ("shape".to_owned(), shape_value),
             ]);
-            Ok(op("constexpr_sparse_to_dense", &name, BTreeMap::new(), attributes, outputs))
+            Ok(op(
+                "constexpr_sparse_to_dense",
+                &name,
+                BTreeMap::new(),
+                attributes,
+                outputs,
+            ))
         }
         SparseForm::Ios18 => {
             // The packed iOS16 mask bytes are already the uint1 blob's bytes.
             let mask_value = if goes_to_weight_file(ScalarType::UInt1, n, spec_version) {
-                blob_value(ScalarType::UInt1, shape, weights.append_raw(ScalarType::UInt1, &mask, n)?)
+                blob_value(
+                    ScalarType::UInt1,
+                    shape,
+                    weights.append_raw(ScalarType::UInt1, &mask, n)?,
+                )
             } else {
                 let bits = crate::blob::unpack(&mask, 1, n as usize);
-                immediate_value(&TensorData::SubByte { dtype: ScalarType::UInt1, values: bits }, shape)
+                immediate_value(
+                    &TensorData::SubByte {
+                        dtype: ScalarType::UInt1,
+                        values: bits,
+                    },
+                    shape,
+                )
             };
             let inputs = BTreeMap::from([
                 ("nonzero_data".to_owned(), bind_value(nonzero_value)),
                 ("mask".to_owned(), bind_value(mask_value)),
             ]);
-            Ok(op("constexpr_sparse_to_dense", &name, inputs, BTreeMap::new(), outputs))
+            Ok(op(
+                "constexpr_sparse_to_dense",
+                &name,
+                inputs,
+                BTreeMap::new(),
+                outputs,
+            ))
         }
     }
 }
@@ -172,18 +211,33 @@ mod tests {
         let (shape, nonzero, mask) = sample();
         let mut w = builder();
         let ty = tensor_value_type(ScalarType::Float32, &shape);
-        let op = sparse_to_dense_op("lin_w", ty.clone(), &shape, nonzero.clone(), mask.clone(), 7, &mut w).unwrap();
+        let op = sparse_to_dense_op(
+            "lin_w",
+            ty.clone(),
+            &shape,
+            nonzero.clone(),
+            mask.clone(),
+            7,
+            &mut w,
+        )
+        .unwrap();
         assert_eq!(op.r#type, "constexpr_sparse_to_dense");
         assert_eq!(op.name(), Some("lin_w_sparsified"));
         assert!(op.inputs.is_empty());
         assert_eq!(op.outputs[0].name, "lin_w_sparsified");
         assert_eq!(op.outputs[0].r#type.as_ref(), Some(&ty));
         let nz = &op.attributes["nonzero_data"];
-        assert_eq!(nz.blob_offset(), Some(64), "11 fp32 values go to weight.bin first");
+        assert_eq!(
+            nz.blob_offset(),
+            Some(64),
+            "11 fp32 values go to weight.bin first"
+        );
         // The 2-byte mask is below the 10-element rule: immediate bytes.
         let m = &op.attributes["mask"];
         assert_eq!(m.blob_offset(), None);
-        assert!(matches!(&m.immediate_tensor().unwrap().value, Some(tensor_value::Value::Bytes(b)) if b.values == mask));
+        assert!(
+            matches!(&m.immediate_tensor().unwrap().value, Some(tensor_value::Value::Bytes(b)) if b.values == mask)
+        );
         let s = &op.attributes["shape"];
         assert!(matches!(&s.immediate_tensor().unwrap().value,
             Some(tensor_value::Value::Bytes(b)) if b.values == [4, 0, 0, 0, 4, 0, 0, 0]));
@@ -208,7 +262,11 @@ mod tests {
         assert!(nz_offset < offset, "nonzero_data is written before mask");
         let file = w.finish().unwrap().into_inner();
         let r = BlobReader::new(file, "w.bin".into()).unwrap();
-        assert_eq!(r.read(offset, ScalarType::UInt1, 16).unwrap(), mask, "same packed bytes as iOS16");
+        assert_eq!(
+            r.read(offset, ScalarType::UInt1, 16).unwrap(),
+            mask,
+            "same packed bytes as iOS16"
+        );
     }
 
     #[test]
@@ -216,23 +274,52 @@ mod tests {
         let mut w = builder();
         let shape = [4u64, 4];
         let ty = tensor_value_type(ScalarType::Float16, &shape);
-        let op = sparse_to_dense_op("z", ty.clone(), &shape, TensorData::F16(vec![]), vec![0, 0], 7, &mut w).unwrap();
+        let op = sparse_to_dense_op(
+            "z",
+            ty.clone(),
+            &shape,
+            TensorData::F16(vec![]),
+            vec![0, 0],
+            7,
+            &mut w,
+        )
+        .unwrap();
         let nz = &op.attributes["nonzero_data"];
-        assert!(matches!(&nz.immediate_tensor().unwrap().value, Some(tensor_value::Value::Bytes(b)) if b.values.is_empty()));
+        assert!(
+            matches!(&nz.immediate_tensor().unwrap().value, Some(tensor_value::Value::Bytes(b)) if b.values.is_empty())
+        );
         let one = vec![half::f16::from_f32(2.0)];
         let op = sparse_to_dense_op("o", ty, &shape, TensorData::F16(one), vec![1, 0], 9, &mut w).unwrap();
         assert_eq!(input_value(&op, "nonzero_data").blob_offset(), None);
-        assert_eq!(w.blob_count(), 1, "only the iOS18 uint1 mask (16 elements) was a blob");
+        assert_eq!(
+            w.blob_count(),
+            1,
+            "only the iOS18 uint1 mask (16 elements) was a blob"
+        );
     }
 
     #[test]
     fn inconsistent_masks_are_errors() {
         let mut w = builder();
         let ty = tensor_value_type(ScalarType::Float32, &[4, 4]);
-        let e = sparse_to_dense_op("t", ty.clone(), &[4, 4], TensorData::F32(vec![1.0]), vec![3, 0], 7, &mut w);
-        assert!(e.unwrap_err().to_string().contains("mask keeps 2 values but 1 were given"));
+        let e = sparse_to_dense_op(
+            "t",
+            ty.clone(),
+            &[4, 4],
+            TensorData::F32(vec![1.0]),
+            vec![3, 0],
+            7,
+            &mut w,
+        );
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("mask keeps 2 values but 1 were given"));
         let e = sparse_to_dense_op("t", ty, &[4, 4], TensorData::F32(vec![]), vec![0], 7, &mut w);
-        assert!(e.unwrap_err().to_string().contains("mask has 1 bytes for 16 elements"));
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("mask has 1 bytes for 16 elements"));
     }
 
     #[test]

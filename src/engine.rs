@@ -13,21 +13,21 @@ use serde::Serialize;
 
 use crate::blob::ReadThreads;
 use crate::config::{OpConfig, OptimizationConfig};
-use crate::error::{Error, IoContext, Result};
 use crate::devices::Devices;
 use crate::dispatch::KernelResult;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
+use crate::error::{Error, IoContext, Result};
 use crate::joint::{
     apply_replacements, joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer,
 };
 use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath};
 use crate::mil::rewrite::rename_all;
 use crate::mil::value::OperationExt;
-use crate::proto::mil::{Operation, Program};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
 use crate::plan::{plan, Decision, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
+use crate::proto::mil::{Operation, Program};
 use crate::weights::{WeightFileBuilder, WeightSource};
 
 /// Where tensors are pruned.
@@ -103,7 +103,12 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let package = Package::open(&job.input)?;
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
-    if !model.shell.description.as_ref().is_none_or(|d| d.functions.is_empty()) {
+    if !model
+        .shell
+        .description
+        .as_ref()
+        .is_none_or(|d| d.functions.is_empty())
+    {
         // coremltools' prune_weights refuses these too; shared blobs across functions would need care.
         return Err(Error::Unsupported(format!(
             "{}: pruning a multifunction model is not supported (coremltools refuses it as well)",
@@ -114,7 +119,13 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let planned = if job.joint_compression {
         plan_joint(&model.program, &graph, &job.config, model.spec_version())?
             .into_iter()
-            .map(|p| PlannedTensor { op_index: p.op_index, name: p.name, consumer: p.consumer, meta: p.meta, decision: p.decision })
+            .map(|p| PlannedTensor {
+                op_index: p.op_index,
+                name: p.name,
+                consumer: p.consumer,
+                meta: p.meta,
+                decision: p.decision,
+            })
             .collect()
     } else {
         plan(&model.program, &graph, &job.config)?
@@ -125,8 +136,9 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
 
     let mut out = OutputPackage::create(&package, &job.output, job.force)?;
     if let Some(report) = &job.report {
-        let protected: Vec<&std::path::Path> =
-            std::iter::once(job.input.as_path()).chain(job.config_file.as_deref()).collect();
+        let protected: Vec<&std::path::Path> = std::iter::once(job.input.as_path())
+            .chain(job.config_file.as_deref())
+            .collect();
         out.reserve_companion(report, &protected)?;
     }
     let weight_path = out.weight_path();
@@ -145,7 +157,11 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let mut progress = Progress::new(job.progress, weight_bytes_before, planned.len());
     // Plain consts are read ahead on a reader thread; joint compression materializes its inputs
     // from several ops and reads them itself.
-    let jobs = if job.joint_compression { Vec::new() } else { prefetch_jobs(&model.program, &graph, &planned) };
+    let jobs = if job.joint_compression {
+        Vec::new()
+    } else {
+        prefetch_jobs(&model.program, &graph, &planned)
+    };
     // Each entry moves into its report.
     let mut next_plan = planned.into_iter().peekable();
     std::thread::scope(|scope| -> Result<()> {
@@ -154,10 +170,16 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
             let started = Instant::now();
             let plan_entry = next_plan.next_if(|p| p.op_index == index);
             let result = match &plan_entry {
-                Some(PlannedTensor { decision: Decision::Prune(config), .. }) if job.joint_compression => {
+                Some(PlannedTensor {
+                    decision: Decision::Prune(config),
+                    ..
+                }) if job.joint_compression => {
                     Some(rewrite.prune_joint(&model.program, &graph, &source, index, config, &mut devices)?)
                 }
-                Some(PlannedTensor { decision: Decision::Prune(config), .. }) => Some(rewrite.prune_const(
+                Some(PlannedTensor {
+                    decision: Decision::Prune(config),
+                    ..
+                }) => Some(rewrite.prune_const(
                     &model.program,
                     &graph,
                     (&source, &prefetcher),
@@ -176,7 +198,9 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
                 // any) is freed now rather than held with its replacement until the end.
                 *op = new_op;
             } else if !matches!(result, Some(Ok(_))) {
-                rewrite.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+                rewrite
+                    .weights
+                    .copy_op_blobs(op, &info.name, source.blob_reader())?;
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
@@ -188,7 +212,13 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     progress.finish();
     // The index and the plan are not needed any more: free them before the program is encoded.
     drop(graph);
-    let Rewrite { weights, edits, renames, pruned, .. } = rewrite;
+    let Rewrite {
+        weights,
+        edits,
+        renames,
+        pruned,
+        ..
+    } = rewrite;
     let pruned_any = pruned > 0;
     let moved = apply_replacements(&mut model.program, edits)?;
     let visited = rename_all(&mut model.program, &renames)?.ops_visited;
@@ -236,7 +266,11 @@ fn prefetch_jobs(program: &Program, graph: &GraphView, planned: &[PlannedTensor]
         .filter_map(|p| {
             let info = graph.ops.get(p.op_index)?;
             let value = op_at(program, &info.path)?.const_value()?.clone();
-            Some(Job { op_index: p.op_index, name: info.name.clone(), value })
+            Some(Job {
+                op_index: p.op_index,
+                name: info.name.clone(),
+                value,
+            })
         })
         .collect()
 }
@@ -252,16 +286,23 @@ struct Progress {
 impl Progress {
     fn new(enabled: bool, total_bytes: u64, tensors: usize) -> Self {
         let bar = if enabled {
-            indicatif::ProgressBar::with_draw_target(Some(total_bytes), indicatif::ProgressDrawTarget::stderr())
+            indicatif::ProgressBar::with_draw_target(
+                Some(total_bytes),
+                indicatif::ProgressDrawTarget::stderr(),
+            )
         } else {
             indicatif::ProgressBar::hidden()
         };
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}")
-        {
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+        ) {
             bar.set_style(style);
         }
-        Progress { bar, done: 0, tensors }
+        Progress {
+            bar,
+            done: 0,
+            tensors,
+        }
     }
 
     fn tensor_done(&mut self, name: &str, bytes: u64) {
@@ -269,7 +310,8 @@ impl Progress {
         self.bar.inc(bytes);
         // The name comes from the model: escaped like inspect's table, it cannot drive the terminal.
         let name = crate::error::escape_control(name);
-        self.bar.set_message(format!("{}/{} tensors {name}", self.done, self.tensors));
+        self.bar
+            .set_message(format!("{}/{} tensors {name}", self.done, self.tensors));
     }
 
     fn finish(&self) {
@@ -369,7 +411,9 @@ impl Rewrite {
         let new_name = sparsified_name(&info.name);
         // Two consts can share a `name` attribute (names are only unique per output): the second
         // would define `<name>_sparsified` again, so names this rewrite already created count too.
-        let created = self.created.contains(&(info.path.function.clone(), new_name.clone()));
+        let created = self
+            .created
+            .contains(&(info.path.function.clone(), new_name.clone()));
         if created || graph.producer(&info.path.function, &new_name).is_some() {
             return Err(Error::Graph(format!(
                 "cannot prune '{}': the model already has a value named '{new_name}'",
@@ -437,7 +481,8 @@ impl Rewrite {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
             KernelResult::Pruned(p) => p,
         };
-        let original = op_at(program, &info.path).ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
+        let original =
+            op_at(program, &info.path).ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
         let old_output = original
             .outputs
             .first()
@@ -445,7 +490,15 @@ impl Rewrite {
             .name
             .clone();
         let names = self.namer.names(graph, index)?;
-        let ops = joint_ops(original, &info.name, &m, &pruned.mask, &names, source, &mut self.weights)?;
+        let ops = joint_ops(
+            original,
+            &info.name,
+            &m,
+            &pruned.mask,
+            &names,
+            source,
+            &mut self.weights,
+        )?;
         let stored = match &m.kind {
             JointKind::ShiftScale { data, .. } => data.dtype(),
             JointKind::Lut { indices, .. } => indices.dtype(),
@@ -460,7 +513,10 @@ impl Rewrite {
 
 /// Stored bytes of a sparse tensor: the kept values plus one mask bit per element.
 fn sparse_bytes(dtype: crate::dtype::ScalarType, kept: u64, count: u64) -> u64 {
-    dtype.storage_bytes(kept).and_then(|b| b.checked_add(count.div_ceil(8))).unwrap_or(u64::MAX)
+    dtype
+        .storage_bytes(kept)
+        .and_then(|b| b.checked_add(count.div_ceil(8)))
+        .unwrap_or(u64::MAX)
 }
 
 /// coremltools loads programs at spec ≥ 7 for pruning (constexpr ops do not exist in iOS15): spec 6
@@ -479,7 +535,12 @@ fn bump_to_ios16(model: &mut LoadedModel) {
 
 /// `result`: `None` for a tensor the plan skipped, `Some(Err(reason))` for one the kernel skipped,
 /// `Some(Ok((kept, bytes_after)))` for a pruned one.
-fn tensor_report(p: PlannedTensor, result: Option<PruneResult>, started: Instant, device: &'static str) -> TensorReport {
+fn tensor_report(
+    p: PlannedTensor,
+    result: Option<PruneResult>,
+    started: Instant,
+    device: &'static str,
+) -> TensorReport {
     let bytes = p.meta.storage_bytes().unwrap_or(0);
     let mode = match &p.decision {
         Decision::Skip(_) => "none".to_owned(),
@@ -487,7 +548,11 @@ fn tensor_report(p: PlannedTensor, result: Option<PruneResult>, started: Instant
     };
     let (pruned, skipped, sparsity, bytes_after) = match (result, p.decision) {
         (Some(Ok((kept, after))), _) => {
-            let sparsity = if p.meta.count == 0 { 0.0 } else { 1.0 - kept as f64 / p.meta.count as f64 };
+            let sparsity = if p.meta.count == 0 {
+                0.0
+            } else {
+                1.0 - kept as f64 / p.meta.count as f64
+            };
             (true, None, Some(sparsity), after)
         }
         (Some(Err(reason)), _) => (false, Some(reason), None, bytes),

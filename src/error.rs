@@ -30,7 +30,11 @@ pub enum Error {
     Model { path: PathBuf, reason: String },
     /// A malformed blob in `weight.bin`; `offset` is the byte offset of the blob metadata record.
     #[error("{}: blob at offset {offset}: {reason}", path.display())]
-    Blob { path: PathBuf, offset: u64, reason: String },
+    Blob {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     /// A weight tensor whose declared type, shape or data disagree.
     #[error("tensor '{tensor}': {reason}")]
     Tensor { tensor: String, reason: String },
@@ -70,11 +74,17 @@ impl Error {
 
     /// Shorthand for wrapping an `io::Error` with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn tensor(tensor: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Tensor { tensor: tensor.into(), reason: reason.into() }
+        Error::Tensor {
+            tensor: tensor.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -86,7 +96,13 @@ pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
         return text.into();
     }
     text.chars()
-        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
         .collect::<String>()
         .into()
 }

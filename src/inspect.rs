@@ -62,7 +62,9 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
     let weight_file_bytes = source.blob_reader().map_or(0, |r| r.size());
     let mut weights = Vec::new();
     for (index, info) in graph.ops.iter().enumerate() {
-        let Some(op) = op_at(&model.program, &info.path) else { continue };
+        let Some(op) = op_at(&model.program, &info.path) else {
+            continue;
+        };
         let consumers: Vec<Consumer> = graph
             .consumers(index)
             .into_iter()
@@ -78,7 +80,8 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             continue;
         }
         let row = if let Some(value) = op.const_value() {
-            let Some(meta) = TensorMeta::of(value).filter(|m| is_weight_dtype(m.dtype) && !m.shape.is_empty())
+            let Some(meta) =
+                TensorMeta::of(value).filter(|m| is_weight_dtype(m.dtype) && !m.shape.is_empty())
             else {
                 continue;
             };
@@ -97,7 +100,10 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
         } else if op.is_constexpr() {
             let Some(out) = op.outputs.last() else { continue };
             let Some(meta) = out.r#type.as_ref().and_then(|t| {
-                TensorMeta::of(&crate::proto::mil::Value { r#type: Some(t.clone()), ..Default::default() })
+                TensorMeta::of(&crate::proto::mil::Value {
+                    r#type: Some(t.clone()),
+                    ..Default::default()
+                })
             }) else {
                 continue;
             };
@@ -120,7 +126,12 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
         };
         weights.push(row);
     }
-    let mut opsets: Vec<String> = model.program.functions.values().map(|f| f.opset.clone()).collect();
+    let mut opsets: Vec<String> = model
+        .program
+        .functions
+        .values()
+        .map(|f| f.opset.clone())
+        .collect();
     opsets.dedup();
     Ok(InspectReport {
         input: input.display().to_string(),
@@ -159,7 +170,9 @@ fn chain_bytes(
     }
     visited.push(index);
     let info = &graph.ops[index];
-    let Some(op) = op_at(program, &info.path) else { return 0 };
+    let Some(op) = op_at(program, &info.path) else {
+        return 0;
+    };
     let mut total = 0u64;
     let mut inline = |v: &crate::proto::mil::Value| {
         if let Some(b) = TensorMeta::of(v).and_then(|m| m.storage_bytes()) {
@@ -201,10 +214,12 @@ fn chain_bytes(
 /// or an input bound to a value (iOS18); `None` when it is another op's output.
 fn inline_param<'a>(op: &'a Operation, param: &str) -> Option<&'a crate::proto::mil::Value> {
     op.attributes.get(param).or_else(|| {
-        op.inputs.get(param).and_then(|a| match a.arguments.first().and_then(|b| b.binding.as_ref()) {
-            Some(Binding::Value(v)) => Some(v),
-            _ => None,
-        })
+        op.inputs
+            .get(param)
+            .and_then(|a| match a.arguments.first().and_then(|b| b.binding.as_ref()) {
+                Some(Binding::Value(v)) => Some(v),
+                _ => None,
+            })
     })
 }
 
@@ -212,23 +227,39 @@ fn inline_param<'a>(op: &'a Operation, param: &str) -> Option<&'a crate::proto::
 /// mask must have one bit per dense element (iOS16: packed `uint8[ceil(N/8)]` with zero bits past N;
 /// iOS18: `uint1` of the dense shape), and an inline `nonzero_data` one value per set bit: Core ML
 /// reads past the data otherwise, so a model that disagrees is refused, not reported.
-fn sparse_mask_share(op: &Operation, meta: &TensorMeta, source: &WeightSource, name: &str) -> Result<Option<f64>> {
+fn sparse_mask_share(
+    op: &Operation,
+    meta: &TensorMeta,
+    source: &WeightSource,
+    name: &str,
+) -> Result<Option<f64>> {
     if op.r#type != "constexpr_sparse_to_dense" {
         return Ok(None);
     }
-    let Some(mask) = inline_param(op, "mask") else { return Ok(None) };
+    let Some(mask) = inline_param(op, "mask") else {
+        return Ok(None);
+    };
     let (mask_meta, data) = source.read(&format!("{name}.mask"), mask)?;
     let bits = match mask_meta.dtype {
         ScalarType::UInt8 => mask_meta.count.saturating_mul(8),
         ScalarType::UInt1 => mask_meta.count,
         other => {
-            return Err(Error::tensor(name, format!("mask is {other}, expected uint8 (iOS16) or uint1 (iOS18)")))
+            return Err(Error::tensor(
+                name,
+                format!("mask is {other}, expected uint8 (iOS16) or uint1 (iOS18)"),
+            ))
         }
     };
-    if bits < meta.count || bits - meta.count >= 8 || (mask_meta.dtype == ScalarType::UInt1 && bits != meta.count) {
+    if bits < meta.count
+        || bits - meta.count >= 8
+        || (mask_meta.dtype == ScalarType::UInt1 && bits != meta.count)
+    {
         return Err(Error::tensor(
             name,
-            format!("{} mask of {} elements does not fit the {} dense elements", mask_meta.dtype, mask_meta.count, meta.count),
+            format!(
+                "{} mask of {} elements does not fit the {} dense elements",
+                mask_meta.dtype, mask_meta.count, meta.count
+            ),
         ));
     }
     let bytes = data.to_le_bytes();
@@ -236,14 +267,20 @@ fn sparse_mask_share(op: &Operation, meta: &TensorMeta, source: &WeightSource, n
     // Bits of the last byte past the dense elements must be clear; `bits - count < 8` above.
     let unused = bits - meta.count;
     if unused > 0 && bytes.last().is_some_and(|&last| last >> (8 - unused) != 0) {
-        return Err(Error::tensor(name, format!("mask sets bits past the {} dense elements", meta.count)));
+        return Err(Error::tensor(
+            name,
+            format!("mask sets bits past the {} dense elements", meta.count),
+        ));
     }
     if let Some(nonzero) = inline_param(op, "nonzero_data") {
         let (nonzero_meta, _) = source.read(&format!("{name}.nonzero_data"), nonzero)?;
         if nonzero_meta.count != kept {
             return Err(Error::tensor(
                 name,
-                format!("nonzero_data holds {} values but the mask sets {kept} bits", nonzero_meta.count),
+                format!(
+                    "nonzero_data holds {} values but the mask sets {kept} bits",
+                    nonzero_meta.count
+                ),
             ));
         }
     }
@@ -274,7 +311,9 @@ pub fn render_json(report: &InspectReport) -> Result<String> {
 
 /// The human table: one row per tensor, then the total line.
 pub fn render_table(report: &InspectReport) -> String {
-    let header = ["NAME", "CONSUMER", "DTYPE", "SHAPE", "ELEMENTS", "BYTES", "SPARSITY", "STORAGE"];
+    let header = [
+        "NAME", "CONSUMER", "DTYPE", "SHAPE", "ELEMENTS", "BYTES", "SPARSITY", "STORAGE",
+    ];
     let rows: Vec<[String; 8]> = report
         .weights
         .iter()
@@ -282,11 +321,19 @@ pub fn render_table(report: &InspectReport) -> String {
             let consumer = match w.consumers.as_slice() {
                 [] => "-".to_owned(),
                 [c, rest @ ..] => {
-                    let more = if rest.is_empty() { String::new() } else { format!(" +{}", rest.len()) };
+                    let more = if rest.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" +{}", rest.len())
+                    };
                     format!("{} ({}.{}){more}", c.op, c.op_type, c.input)
                 }
             };
-            let storage = if w.chain.len() > 1 { w.chain.join(" → ") } else { w.storage.clone() };
+            let storage = if w.chain.len() > 1 {
+                w.chain.join(" → ")
+            } else {
+                w.storage.clone()
+            };
             [
                 w.name.clone(),
                 consumer,

@@ -12,7 +12,9 @@
 //! constexpr op), but the lookup can raise, e.g. a conflict between the consumers of an already
 //! palettized weight, so [`plan`] runs it too ([`check_materialized_values`]).
 
-use crate::config::{resolve, resolve_op, weight_threshold_of, Consumer, OpConfig, OptimizationConfig, Resolution};
+use crate::config::{
+    resolve, resolve_op, weight_threshold_of, Consumer, OpConfig, OptimizationConfig, Resolution,
+};
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::mil::graph::{op_at, GraphView};
@@ -87,25 +89,42 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         if info.op_type != "const" {
             continue;
         }
-        let Some(value) = op_at(program, &info.path).and_then(|op| op.const_value()) else { continue };
-        let Some(meta) = TensorMeta::of(value) else { continue };
-        if meta.shape.is_empty() || !(meta.dtype.is_float() || matches!(meta.dtype, ScalarType::Int8 | ScalarType::UInt8)) {
+        let Some(value) = op_at(program, &info.path).and_then(|op| op.const_value()) else {
+            continue;
+        };
+        let Some(meta) = TensorMeta::of(value) else {
+            continue;
+        };
+        if meta.shape.is_empty()
+            || !(meta.dtype.is_float() || matches!(meta.dtype, ScalarType::Int8 | ScalarType::UInt8))
+        {
             continue;
         }
         let consumer = consumer_label(graph, index);
-        let decision = if storable(&meta) { decide(graph, config, index, &meta)? } else {
+        let decision = if storable(&meta) {
+            decide(graph, config, index, &meta)?
+        } else {
             Decision::Skip(format!("{} {} values are not stored in weight.bin (needs fp16/fp32/int8/uint8 and at least 10 elements)", meta.count, meta.dtype))
         };
-        planned.push(PlannedTensor { op_index: index, name: info.name.clone(), consumer, meta, decision });
+        planned.push(PlannedTensor {
+            op_index: index,
+            name: info.name.clone(),
+            consumer,
+            meta,
+            decision,
+        });
     }
     Ok(planned)
 }
 
 /// `op (type.input)` of the first consumer of op `index`, as reports show it.
 pub(crate) fn consumer_label(graph: &GraphView, index: usize) -> String {
-    graph.consumers(index).first().map_or("-".to_owned(), |&(c, input)| {
-        format!("{} ({}.{input})", graph.ops[c].name, graph.ops[c].op_type)
-    })
+    graph
+        .consumers(index)
+        .first()
+        .map_or("-".to_owned(), |&(c, input)| {
+            format!("{} ({}.{input})", graph.ops[c].name, graph.ops[c].op_type)
+        })
 }
 
 /// The consumers of op `index` as config resolution sees them.
@@ -113,13 +132,20 @@ pub(crate) fn consumer_views(graph: &GraphView, index: usize) -> Vec<Consumer<'_
     graph
         .consumers(index)
         .into_iter()
-        .map(|(c, _)| Consumer { op_name: &graph.ops[c].name, op_type: &graph.ops[c].op_type })
+        .map(|(c, _)| Consumer {
+            op_name: &graph.ops[c].name,
+            op_type: &graph.ops[c].op_type,
+        })
         .collect()
 }
 
 /// coremltools' `_get_const_op_config`, following chains of constexpr consumers to the op whose
 /// config decides (joint compression reads configs through such chains).
-fn resolve_const<'c>(graph: &GraphView, config: &'c OptimizationConfig, index: usize) -> Result<Resolution<'c>> {
+fn resolve_const<'c>(
+    graph: &GraphView,
+    config: &'c OptimizationConfig,
+    index: usize,
+) -> Result<Resolution<'c>> {
     let resolution = resolve(config, &graph.ops[index].name, &consumer_views(graph, index))?;
     follow_constexpr_chain(graph, config, resolution, index)
 }
@@ -133,7 +159,9 @@ fn follow_constexpr_chain<'c>(
 ) -> Result<Resolution<'c>> {
     while let Resolution::FollowConstexpr { .. } = resolution {
         // Consumers always come later in program order, so this walk ends.
-        let Some(&(next, _)) = graph.consumers(current).first() else { break };
+        let Some(&(next, _)) = graph.consumers(current).first() else {
+            break;
+        };
         let op = &graph.ops[next];
         resolution = resolve_op(config, &op.name, &op.op_type, &consumer_views(graph, next))?;
         current = next;
@@ -173,7 +201,12 @@ fn check_materialized_values(
     Ok(())
 }
 
-fn decide(graph: &GraphView, config: &OptimizationConfig, index: usize, meta: &TensorMeta) -> Result<Decision> {
+fn decide(
+    graph: &GraphView,
+    config: &OptimizationConfig,
+    index: usize,
+    meta: &TensorMeta,
+) -> Result<Decision> {
     let info = &graph.ops[index];
     let consumers = graph.consumers(index);
     let op_config = match resolve_const(graph, config, index)? {
@@ -183,8 +216,13 @@ fn decide(graph: &GraphView, config: &OptimizationConfig, index: usize, meta: &T
             return Ok(Decision::Skip(format!("feeds constexpr op '{consumer}'")));
         }
     };
-    if consumers.iter().any(|&(c, _)| is_constexpr_type(&graph.ops[c].op_type)) {
-        return Ok(Decision::Skip("feeds a constexpr op (already compressed; see --joint-compression)".into()));
+    if consumers
+        .iter()
+        .any(|&(c, _)| is_constexpr_type(&graph.ops[c].op_type))
+    {
+        return Ok(Decision::Skip(
+            "feeds a constexpr op (already compressed; see --joint-compression)".into(),
+        ));
     }
     let weight_threshold = weight_threshold_of(&op_config)?;
     if consumers.is_empty() {
@@ -196,13 +234,21 @@ fn decide(graph: &GraphView, config: &OptimizationConfig, index: usize, meta: &T
         )));
     }
     if meta.shape.len() <= 1 {
-        return Ok(Decision::Skip(format!("rank {} tensor (coremltools never prunes rank ≤ 1 consts)", meta.shape.len())));
+        return Ok(Decision::Skip(format!(
+            "rank {} tensor (coremltools never prunes rank ≤ 1 consts)",
+            meta.shape.len()
+        )));
     }
     if meta.count <= weight_threshold {
-        return Ok(Decision::Skip(format!("{} elements ≤ weight_threshold {weight_threshold}", meta.count)));
+        return Ok(Decision::Skip(format!(
+            "{} elements ≤ weight_threshold {weight_threshold}",
+            meta.count
+        )));
     }
     if op_config.is_structural() && !config.op_name.contains_key(&info.name) {
-        let all_targets = consumers.iter().all(|&(c, input)| structural_target(&graph.ops[c].op_type, input));
+        let all_targets = consumers
+            .iter()
+            .all(|&(c, input)| structural_target(&graph.ops[c].op_type, input));
         if !all_targets {
             return Ok(Decision::Skip(format!(
                 "op named {} not applicable for {} configuration. Skipped.",

@@ -75,7 +75,14 @@ impl SpareSlot {
         let mut spares = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         spares.push(buffer);
         spares.sort_by_key(|b| std::cmp::Reverse(reusable_capacity(b)));
-        let keep = if spares.get(1).is_some_and(|b| reusable_capacity(b) as u64 <= FRESH_READ_LIMIT) { 2 } else { 1 };
+        let keep = if spares
+            .get(1)
+            .is_some_and(|b| reusable_capacity(b) as u64 <= FRESH_READ_LIMIT)
+        {
+            2
+        } else {
+            1
+        };
         spares.truncate(keep);
     }
 
@@ -125,18 +132,29 @@ impl Prefetcher {
                     .and_then(|m| m.storage_bytes())
                     .is_some_and(|bytes| bytes <= FRESH_READ_LIMIT);
                 // Mapping ahead holds the tensor's pages as a fresh read would: small ones only.
-                let mapped = if fresh_ok { source.map(&job.name, &job.value).transpose() } else { None };
+                let mapped = if fresh_ok {
+                    source.map(&job.name, &job.value).transpose()
+                } else {
+                    None
+                };
                 let item = match mapped {
                     Some(mapped) => Prefetched::Ready(mapped.map(|(meta, m)| Input::Mapped(meta, m))),
                     None => {
                         let spare = spare_for_reader.take();
                         // A spare too small (or of another type) would be freed and a fresh buffer
                         // read into.
-                        let spare_fits = spare.as_ref().zip(meta.as_ref()).is_some_and(|(s, m)| holds(s, m));
+                        let spare_fits = spare
+                            .as_ref()
+                            .zip(meta.as_ref())
+                            .is_some_and(|(s, m)| holds(s, m));
                         if spare_fits || fresh_ok {
                             // The engine waits for the first tensor with nothing to do: the pool
                             // reads it.
-                            let threads = if n == 0 { ReadThreads::Pool } else { ReadThreads::Caller };
+                            let threads = if n == 0 {
+                                ReadThreads::Pool
+                            } else {
+                                ReadThreads::Caller
+                            };
                             let read = source.read_reusing(&job.name, &job.value, spare, threads);
                             Prefetched::Ready(read.map(|(meta, data)| Input::Read(meta, data)))
                         } else {
@@ -200,12 +218,22 @@ mod tests {
 
     #[test]
     fn a_spare_holds_a_tensor_of_its_type_and_no_larger() {
-        let meta = |dtype, count| TensorMeta { dtype, shape: vec![count], count };
+        let meta = |dtype, count| TensorMeta {
+            dtype,
+            shape: vec![count],
+            count,
+        };
         let f16s = TensorData::F16(Vec::with_capacity(100));
         assert!(holds(&f16s, &meta(ScalarType::Float16, 100)));
         assert!(!holds(&f16s, &meta(ScalarType::Float16, 101)));
-        assert!(!holds(&f16s, &meta(ScalarType::Float32, 10)), "another element type is reallocated");
-        assert!(holds(&TensorData::F32(Vec::with_capacity(8)), &meta(ScalarType::Float32, 8)));
+        assert!(
+            !holds(&f16s, &meta(ScalarType::Float32, 10)),
+            "another element type is reallocated"
+        );
+        assert!(holds(
+            &TensorData::F32(Vec::with_capacity(8)),
+            &meta(ScalarType::Float32, 8)
+        ));
         assert!(!holds(&TensorData::U8(vec![0; 64]), &meta(ScalarType::UInt8, 8)));
     }
 

@@ -13,8 +13,8 @@ use crate::mil::value::{blob_value, tensor_value_type};
 use crate::package::{Manifest, OutputPackage};
 use crate::proto::mil::{Block, Function, NamedValueType, Program};
 use crate::proto::spec::{
-    array_feature_type, feature_type, model, ArrayFeatureType, FeatureDescription, FeatureType,
-    ModelDescription, Model,
+    array_feature_type, feature_type, model, ArrayFeatureType, FeatureDescription, FeatureType, Model,
+    ModelDescription,
 };
 use crate::weights::WeightFileBuilder;
 
@@ -46,7 +46,10 @@ pub fn opset_for_spec(spec_version: i32) -> Option<&'static str> {
 /// Writes the package and returns the number of weight parameters.
 pub fn generate(spec: &SynthSpec, output: &Path, force: bool) -> Result<u64> {
     if !matches!(spec.dtype, ScalarType::Float16 | ScalarType::Float32) {
-        return Err(Error::Usage(format!("--dtype must be fp16 or fp32, not {}", spec.dtype)));
+        return Err(Error::Usage(format!(
+            "--dtype must be fp16 or fp32, not {}",
+            spec.dtype
+        )));
     }
     let opset = opset_for_spec(spec.spec_version)
         .ok_or_else(|| Error::Usage(format!("--spec must be 6 to 10, not {}", spec.spec_version)))?;
@@ -54,7 +57,9 @@ pub fn generate(spec: &SynthSpec, output: &Path, force: bool) -> Result<u64> {
         return Err(Error::Usage("fp16 model inputs need --spec 7 or later".into()));
     }
     if spec.layers == 0 || spec.rows == 0 || spec.cols == 0 {
-        return Err(Error::Usage("--layers and both --shape dimensions must be positive".into()));
+        return Err(Error::Usage(
+            "--layers and both --shape dimensions must be positive".into(),
+        ));
     }
     let out = OutputPackage::create_new(output, Manifest::new_ml_program(), force)?;
     let weight_path = out.weight_path();
@@ -64,8 +69,14 @@ pub fn generate(spec: &SynthSpec, output: &Path, force: bool) -> Result<u64> {
     let mut input = "x".to_owned();
     let mut params = 0u64;
     for layer in 0..spec.layers {
-        let (o, i) = if layer % 2 == 0 { (spec.rows, spec.cols) } else { (spec.cols, spec.rows) };
-        let count = o.checked_mul(i).ok_or_else(|| Error::Usage("--shape is too large".into()))?;
+        let (o, i) = if layer % 2 == 0 {
+            (spec.rows, spec.cols)
+        } else {
+            (spec.cols, spec.rows)
+        };
+        let count = o
+            .checked_mul(i)
+            .ok_or_else(|| Error::Usage("--shape is too large".into()))?;
         let bytes = random_tensor(&mut rng, spec.dtype, count, (i as f64).sqrt().recip())?;
         let w_name = format!("layer{layer}_weight");
         let w_offset = weights.append_raw(spec.dtype, &bytes, count)?;
@@ -91,8 +102,16 @@ pub fn generate(spec: &SynthSpec, output: &Path, force: bool) -> Result<u64> {
         input = y;
     }
     weights.finish()?;
-    let last_dim = if spec.layers % 2 == 1 { spec.rows } else { spec.cols };
-    let block = Block { outputs: vec![input.clone()], operations, ..Default::default() };
+    let last_dim = if spec.layers % 2 == 1 {
+        spec.rows
+    } else {
+        spec.cols
+    };
+    let block = Block {
+        outputs: vec![input.clone()],
+        operations,
+        ..Default::default()
+    };
     let function = Function {
         inputs: vec![NamedValueType {
             name: "x".into(),
@@ -102,7 +121,11 @@ pub fn generate(spec: &SynthSpec, output: &Path, force: bool) -> Result<u64> {
         block_specializations: BTreeMap::from([(opset.to_owned(), block)]),
         ..Default::default()
     };
-    let program = Program { version: 1, functions: BTreeMap::from([("main".into(), function)]), ..Default::default() };
+    let program = Program {
+        version: 1,
+        functions: BTreeMap::from([("main".into(), function)]),
+        ..Default::default()
+    };
     let model = Model {
         specification_version: spec.spec_version,
         description: Some(ModelDescription {
@@ -141,7 +164,8 @@ fn array_feature(name: &str, dtype: ScalarType, width: u64) -> FeatureDescriptio
 /// Little-endian bytes of `count` values, roughly normal with standard deviation `scale`.
 fn random_tensor(rng: &mut SplitMix64, dtype: ScalarType, count: u64, scale: f64) -> Result<Vec<u8>> {
     let elem = (dtype.bits() / 8) as u64;
-    let len = usize::try_from(count * elem).map_err(|_| Error::Usage("tensor does not fit in memory".into()))?;
+    let len =
+        usize::try_from(count * elem).map_err(|_| Error::Usage("tensor does not fit in memory".into()))?;
     let mut out = Vec::with_capacity(len);
     for _ in 0..count {
         // Irwin–Hall with 4 uniforms: cheap, bell-shaped, and distinct values almost everywhere.
@@ -181,31 +205,74 @@ mod tests {
     fn generated_package_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("s.mlpackage");
-        let spec = SynthSpec { layers: 3, rows: 48, cols: 32, dtype: ScalarType::Float16, spec_version: 7, seed: 1 };
+        let spec = SynthSpec {
+            layers: 3,
+            rows: 48,
+            cols: 32,
+            dtype: ScalarType::Float16,
+            spec_version: 7,
+            seed: 1,
+        };
         assert_eq!(generate(&spec, &out, false).unwrap(), 3 * 48 * 32 + 48 + 32 + 48);
         let report = inspect(&out).unwrap();
         let shapes: Vec<_> = report.weights.iter().map(|w| w.shape.clone()).collect();
-        assert_eq!(shapes, [vec![48, 32], vec![48], vec![32, 48], vec![32], vec![48, 32], vec![48]]);
-        assert!(report.weights.iter().all(|w| w.sparsity == Some(0.0) || w.elements < 100));
+        assert_eq!(
+            shapes,
+            [
+                vec![48, 32],
+                vec![48],
+                vec![32, 48],
+                vec![32],
+                vec![48, 32],
+                vec![48]
+            ]
+        );
+        assert!(report
+            .weights
+            .iter()
+            .all(|w| w.sparsity == Some(0.0) || w.elements < 100));
         assert_eq!(report.opsets, ["CoreML6"]);
         // Same seed, same bytes.
         let again = dir.path().join("t.mlpackage");
         generate(&spec, &again, false).unwrap();
         let wb = |p: &Path| std::fs::read(p.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap();
         assert_eq!(wb(&out), wb(&again));
-        assert!(generate(&spec, &out, false).is_err(), "existing output needs force");
+        assert!(
+            generate(&spec, &out, false).is_err(),
+            "existing output needs force"
+        );
     }
 
     #[test]
     fn rejects_bad_specs() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("s.mlpackage");
-        let base = SynthSpec { layers: 1, rows: 4, cols: 4, dtype: ScalarType::Float32, spec_version: 7, seed: 0 };
+        let base = SynthSpec {
+            layers: 1,
+            rows: 4,
+            cols: 4,
+            dtype: ScalarType::Float32,
+            spec_version: 7,
+            seed: 0,
+        };
         for bad in [
-            SynthSpec { dtype: ScalarType::Int8, ..base.clone() },
-            SynthSpec { spec_version: 11, ..base.clone() },
-            SynthSpec { layers: 0, ..base.clone() },
-            SynthSpec { dtype: ScalarType::Float16, spec_version: 6, ..base.clone() },
+            SynthSpec {
+                dtype: ScalarType::Int8,
+                ..base.clone()
+            },
+            SynthSpec {
+                spec_version: 11,
+                ..base.clone()
+            },
+            SynthSpec {
+                layers: 0,
+                ..base.clone()
+            },
+            SynthSpec {
+                dtype: ScalarType::Float16,
+                spec_version: 6,
+                ..base.clone()
+            },
         ] {
             assert!(generate(&bad, &out, false).is_err(), "{bad:?}");
             assert!(!out.exists());

@@ -44,7 +44,10 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
-                out.insert(p.strip_prefix(root).unwrap().to_owned(), std::fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_owned(),
+                    std::fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -84,13 +87,27 @@ fn const_values(pkg: &Path) -> BTreeMap<String, TensorData> {
 fn inspect_lists_weights_of_every_fixture() {
     for f in fixtures() {
         let out = run(&[&"inspect", &f, &"--json"]);
-        assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let spec = report["spec_version"].as_i64().unwrap();
         assert!((6..=10).contains(&spec), "{}: spec {spec}", f.display());
         for w in report["weights"].as_array().unwrap() {
-            let shape: Vec<u64> = w["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
-            assert_eq!(w["elements"].as_u64().unwrap(), shape.iter().product::<u64>(), "{w}");
+            let shape: Vec<u64> = w["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                w["elements"].as_u64().unwrap(),
+                shape.iter().product::<u64>(),
+                "{w}"
+            );
             if let Some(s) = w["sparsity"].as_f64() {
                 assert!((0.0..=1.0).contains(&s), "{w}");
             }
@@ -100,7 +117,10 @@ fn inspect_lists_weights_of_every_fixture() {
         let text = String::from_utf8(table.stdout).unwrap();
         assert!(text.starts_with("NAME"), "{text}");
         let last = text.lines().last().unwrap();
-        assert!(last.starts_with("total: ") && last.contains(&format!("spec version {spec}")), "{last}");
+        assert!(
+            last.starts_with("total: ") && last.contains(&format!("spec version {spec}")),
+            "{last}"
+        );
     }
 }
 
@@ -129,11 +149,32 @@ fn noop_prune_keeps_every_weight_folder_and_zip() {
         let stem = f.file_stem().unwrap().to_str().unwrap().to_owned();
         let before = snapshot(&f);
         let original = const_values(&f);
-        for out in [tmp.path().join(format!("{stem}.mlpackage")), tmp.path().join(format!("{stem}.zip"))] {
-            let o = run(&[&"prune", &f, &out, &"--weight-threshold", &"1000000000", &"--quiet"]);
-            assert!(o.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&o.stderr));
+        for out in [
+            tmp.path().join(format!("{stem}.mlpackage")),
+            tmp.path().join(format!("{stem}.zip")),
+        ] {
+            let o = run(&[
+                &"prune",
+                &f,
+                &out,
+                &"--weight-threshold",
+                &"1000000000",
+                &"--quiet",
+            ]);
+            assert!(
+                o.status.success(),
+                "{}: {}",
+                f.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
             assert!(o.stderr.is_empty(), "--quiet prints nothing");
-            assert_eq!(const_values(&out), original, "{} → {}", f.display(), out.display());
+            assert_eq!(
+                const_values(&out),
+                original,
+                "{} → {}",
+                f.display(),
+                out.display()
+            );
             // Reading the rewritten package's blobs validates the fresh weight.bin end to end.
             let o = run(&[&"inspect", &out]);
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -148,8 +189,19 @@ fn zipped_input_prunes_like_the_folder() {
     let f = &fixtures()[0];
     let zipped = tmp.path().join("in.zip");
     let folder_out = tmp.path().join("a.mlpackage");
-    assert!(run(&[&"prune", f, &zipped, &"--weight-threshold", &"1000000000", &"-q"]).status.success());
-    let o = run(&[&"prune", &zipped, &folder_out, &"--weight-threshold", &"1000000000", &"-q"]);
+    assert!(
+        run(&[&"prune", f, &zipped, &"--weight-threshold", &"1000000000", &"-q"])
+            .status
+            .success()
+    );
+    let o = run(&[
+        &"prune",
+        &zipped,
+        &folder_out,
+        &"--weight-threshold",
+        &"1000000000",
+        &"-q",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(const_values(&folder_out), const_values(f));
 }
@@ -161,7 +213,15 @@ fn output_is_deterministic() {
         let a = tmp.path().join("a.mlpackage");
         let b = tmp.path().join("b.mlpackage");
         for out in [&a, &b] {
-            let o = run(&[&"prune", &f, out, &"--weight-threshold", &"1000000000", &"-q", &"--force"]);
+            let o = run(&[
+                &"prune",
+                &f,
+                out,
+                &"--weight-threshold",
+                &"1000000000",
+                &"-q",
+                &"--force",
+            ]);
             assert!(o.status.success());
         }
         assert_eq!(snapshot(&a), snapshot(&b), "{}", f.display());
@@ -172,7 +232,10 @@ fn output_is_deterministic() {
 /// on stderr naming `names_file`, no output left, input unchanged.
 fn assert_clean_failure(corrupt: impl Fn(&Path), names_file: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let f = fixtures().into_iter().find(|p| p.join("Data/com.apple.CoreML/weights/weight.bin").exists()).unwrap();
+    let f = fixtures()
+        .into_iter()
+        .find(|p| p.join("Data/com.apple.CoreML/weights/weight.bin").exists())
+        .unwrap();
     let input = tmp.path().join("in.mlpackage");
     copy_dir(&f, &input);
     corrupt(&input);
@@ -188,11 +251,21 @@ fn assert_clean_failure(corrupt: impl Fn(&Path), names_file: &str) {
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-        assert!(stderr.starts_with("mlprune: error: ") && stderr.contains(names_file), "{stderr}");
+        assert!(
+            stderr.starts_with("mlprune: error: ") && stderr.contains(names_file),
+            "{stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!out_path.exists(), "no output left behind");
-        let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers, vec![std::ffi::OsString::from("in.mlpackage")], "no temp files left");
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            leftovers,
+            vec![std::ffi::OsString::from("in.mlpackage")],
+            "no temp files left"
+        );
     }
     assert_eq!(snapshot(&input), before, "input untouched");
 }
@@ -243,7 +316,10 @@ fn forged_blob_header_is_a_clean_error() {
 
 #[test]
 fn garbage_model_is_a_clean_error() {
-    assert_clean_failure(|p| std::fs::write(model_file(p), b"\xff\xff\xffnot a protobuf").unwrap(), "model.mlmodel");
+    assert_clean_failure(
+        |p| std::fs::write(model_file(p), b"\xff\xff\xffnot a protobuf").unwrap(),
+        "model.mlmodel",
+    );
 }
 
 #[test]
@@ -259,7 +335,10 @@ fn truncated_model_is_a_clean_error() {
 
 #[test]
 fn bad_manifest_is_a_clean_error() {
-    assert_clean_failure(|p| std::fs::write(p.join("Manifest.json"), b"{ \"fileFormatVersion\": ").unwrap(), "Manifest.json");
+    assert_clean_failure(
+        |p| std::fs::write(p.join("Manifest.json"), b"{ \"fileFormatVersion\": ").unwrap(),
+        "Manifest.json",
+    );
     assert_clean_failure(
         |p| {
             let m = std::fs::read_to_string(p.join("Manifest.json")).unwrap();
@@ -288,7 +367,14 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     // An existing folder that is no package is not replaced, even with --force.
     std::fs::create_dir(&out).unwrap();
-    let o = run(&[&"prune", f, &out, &"--weight-threshold", &"1000000000", &"--force"]);
+    let o = run(&[
+        &"prune",
+        f,
+        &out,
+        &"--weight-threshold",
+        &"1000000000",
+        &"--force",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir(&out).unwrap();
     // An existing package needs --force, then is replaced.
@@ -296,7 +382,15 @@ fn usage_errors_exit_2() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&[&"prune", f, &out, &"--weight-threshold", &"1000000000"]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = run(&[&"prune", f, &out, &"--weight-threshold", &"1000000000", &"--force", &"-q"]);
+    let o = run(&[
+        &"prune",
+        f,
+        &out,
+        &"--weight-threshold",
+        &"1000000000",
+        &"--force",
+        &"-q",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Clap-level errors.
     assert_eq!(run(&[&"prune"]).status.code(), Some(2));
@@ -313,25 +407,79 @@ fn argument_errors_are_one_prefixed_line_with_exit_2() {
     let prune_help = "; see 'mlprune prune --help'";
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         // Unknown flag, with clap's suggestion.
-        (vec!["prune", &f, out, "--foo"], vec!["unexpected argument '--foo'", prune_help]),
-        (vec!["prune", &f, out, "--forc"], vec!["unexpected argument '--forc' (did you mean '--force'?)"]),
-        (vec!["inspect", &f, "extra"], vec!["unexpected argument 'extra'; see 'mlprune inspect --help'"]),
+        (
+            vec!["prune", &f, out, "--foo"],
+            vec!["unexpected argument '--foo'", prune_help],
+        ),
+        (
+            vec!["prune", &f, out, "--forc"],
+            vec!["unexpected argument '--forc' (did you mean '--force'?)"],
+        ),
+        (
+            vec!["inspect", &f, "extra"],
+            vec!["unexpected argument 'extra'; see 'mlprune inspect --help'"],
+        ),
         // Missing arguments.
-        (vec!["prune", &f], vec!["missing required argument <OUTPUT>", prune_help]),
-        (vec!["prune"], vec!["missing required arguments <INPUT>, <OUTPUT>", prune_help]),
-        (vec!["prune", &f, out, "--config"], vec!["a value is required for '--config <FILE>'"]),
-        (vec!["prune", &f, out, "--min-sparsity", "0.3"], vec!["missing required argument --threshold <T>"]),
+        (
+            vec!["prune", &f],
+            vec!["missing required argument <OUTPUT>", prune_help],
+        ),
+        (
+            vec!["prune"],
+            vec!["missing required arguments <INPUT>, <OUTPUT>", prune_help],
+        ),
+        (
+            vec!["prune", &f, out, "--config"],
+            vec!["a value is required for '--config <FILE>'"],
+        ),
+        (
+            vec!["prune", &f, out, "--min-sparsity", "0.3"],
+            vec!["missing required argument --threshold <T>"],
+        ),
         // Bad values.
-        (vec!["prune", &f, out, "--sparsity", "half"], vec!["invalid value 'half' for '--sparsity <S>': invalid float literal", prune_help]),
-        (vec!["prune", &f, out, "--device", "tpu"], vec!["invalid value 'tpu' for '--device <DEVICE>' (possible values: auto, cpu, gpu)"]),
-        (vec!["generate", out, "--layers", "many"], vec!["invalid value 'many' for '--layers <LAYERS>': invalid digit", "; see 'mlprune generate --help'"]),
+        (
+            vec!["prune", &f, out, "--sparsity", "half"],
+            vec![
+                "invalid value 'half' for '--sparsity <S>': invalid float literal",
+                prune_help,
+            ],
+        ),
+        (
+            vec!["prune", &f, out, "--device", "tpu"],
+            vec!["invalid value 'tpu' for '--device <DEVICE>' (possible values: auto, cpu, gpu)"],
+        ),
+        (
+            vec!["generate", out, "--layers", "many"],
+            vec![
+                "invalid value 'many' for '--layers <LAYERS>': invalid digit",
+                "; see 'mlprune generate --help'",
+            ],
+        ),
         // Conflicting and repeated flags.
-        (vec!["prune", &f, out, "--threshold", "0.1", "--sparsity", "0.5"], vec!["the argument '--threshold <T>' cannot be used with '--sparsity <S>'", prune_help]),
-        (vec!["prune", &f, out, "--config", "c.json", "--n-m", "2:4"], vec!["the argument '--config <FILE>' cannot be used with '--n-m <N:M>'"]),
-        (vec!["prune", &f, out, "--sparsity", "0.5", "--sparsity", "0.4"], vec!["'--sparsity <S>' cannot be used more than once"]),
+        (
+            vec!["prune", &f, out, "--threshold", "0.1", "--sparsity", "0.5"],
+            vec![
+                "the argument '--threshold <T>' cannot be used with '--sparsity <S>'",
+                prune_help,
+            ],
+        ),
+        (
+            vec!["prune", &f, out, "--config", "c.json", "--n-m", "2:4"],
+            vec!["the argument '--config <FILE>' cannot be used with '--n-m <N:M>'"],
+        ),
+        (
+            vec!["prune", &f, out, "--sparsity", "0.5", "--sparsity", "0.4"],
+            vec!["'--sparsity <S>' cannot be used more than once"],
+        ),
         // Commands.
-        (vec!["frobnicate"], vec!["unrecognized command 'frobnicate'; see 'mlprune --help'"]),
-        (vec![], vec!["no command given (one of: inspect, prune, generate, bench); see 'mlprune --help'"]),
+        (
+            vec!["frobnicate"],
+            vec!["unrecognized command 'frobnicate'; see 'mlprune --help'"],
+        ),
+        (
+            vec![],
+            vec!["no command given (one of: inspect, prune, generate, bench); see 'mlprune --help'"],
+        ),
     ];
     for (args, expected) in cases {
         let o = bin().args(&args).output().unwrap();
@@ -339,18 +487,27 @@ fn argument_errors_are_one_prefixed_line_with_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(o.stdout.is_empty(), "{args:?}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
-        assert!(stderr.starts_with("mlprune: error: ") && stderr.ends_with("--help'\n"), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("mlprune: error: ") && stderr.ends_with("--help'\n"),
+            "{args:?}: {stderr}"
+        );
         for e in expected {
             assert!(stderr.contains(e), "{args:?}: expected '{e}' in {stderr}");
         }
         assert!(!out_exists(out), "{args:?}: nothing written");
     }
     // Control characters in an argument are escaped like those of any other error.
-    let o = bin().args(["prune", &f, out, "--device", "\x1b[2J\ngpu"]).output().unwrap();
+    let o = bin()
+        .args(["prune", &f, out, "--device", "\x1b[2J\ngpu"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8(o.stderr).unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("invalid value '\\u{1b}[2J\\ngpu'") && !stderr.contains('\x1b'), "{stderr}");
+    assert!(
+        stderr.contains("invalid value '\\u{1b}[2J\\ngpu'") && !stderr.contains('\x1b'),
+        "{stderr}"
+    );
 }
 
 fn out_exists(p: &str) -> bool {
@@ -359,21 +516,36 @@ fn out_exists(p: &str) -> bool {
 
 #[test]
 fn help_and_version_print_in_full_on_stdout_with_exit_0() {
-    for args in [vec!["--help"], vec!["-h"], vec!["prune", "--help"], vec!["help", "prune"], vec!["inspect", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["-h"],
+        vec!["prune", "--help"],
+        vec!["help", "prune"],
+        vec!["inspect", "--help"],
+    ] {
         let o = bin().args(&args).output().unwrap();
         let stdout = String::from_utf8(o.stdout).unwrap();
         assert_eq!(o.status.code(), Some(0), "{args:?}");
         assert!(o.stderr.is_empty(), "{args:?}");
-        assert!(stdout.contains("Usage: mlprune") && stdout.lines().count() > 5, "{args:?}: {stdout}");
+        assert!(
+            stdout.contains("Usage: mlprune") && stdout.lines().count() > 5,
+            "{args:?}: {stdout}"
+        );
         if args.contains(&"prune") {
-            assert!(stdout.contains("--sparsity <S>") && stdout.contains("--joint-compression"), "{stdout}");
+            assert!(
+                stdout.contains("--sparsity <S>") && stdout.contains("--joint-compression"),
+                "{stdout}"
+            );
         }
     }
     for flag in ["--version", "-V"] {
         let o = bin().arg(flag).output().unwrap();
         assert_eq!(o.status.code(), Some(0));
         assert!(o.stderr.is_empty());
-        assert_eq!(String::from_utf8(o.stdout).unwrap(), format!("mlprune {}\n", env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            String::from_utf8(o.stdout).unwrap(),
+            format!("mlprune {}\n", env!("CARGO_PKG_VERSION"))
+        );
     }
 }
 
@@ -392,7 +564,9 @@ fn blob_reference_to_another_file_is_refused() {
     assert_clean_failure(
         |p| {
             edit_model(p, |m| {
-                let Some(mlprune::proto::spec::model::Type::MlProgram(prog)) = m.r#type.as_mut() else { panic!() };
+                let Some(mlprune::proto::spec::model::Type::MlProgram(prog)) = m.r#type.as_mut() else {
+                    panic!()
+                };
                 let mut done = false;
                 mlprune::mil::graph::for_each_op_mut(prog, |op| -> Result<(), ()> {
                     if let Some(val) = op.attributes.get_mut("val") {
@@ -420,10 +594,16 @@ fn multifunction_models_are_not_pruned() {
     copy_dir(&fixtures()[0], &input);
     edit_model(&input, |m| {
         let d = m.description.get_or_insert_with(Default::default);
-        d.functions.push(mlprune::proto::spec::FunctionDescription { name: "main".into(), ..Default::default() });
+        d.functions.push(mlprune::proto::spec::FunctionDescription {
+            name: "main".into(),
+            ..Default::default()
+        });
         d.default_function_name = "main".into();
     });
-    assert!(run(&[&"inspect", &input]).status.success(), "inspect still reads it");
+    assert!(
+        run(&[&"inspect", &input]).status.success(),
+        "inspect still reads it"
+    );
     let out = tmp.path().join("o.mlpackage");
     let o = run(&[&"prune", &input, &out, &"--sparsity", &"0.5"]);
     assert_eq!(o.status.code(), Some(1));
@@ -432,25 +612,61 @@ fn multifunction_models_are_not_pruned() {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 #[test]
 fn joint_compression_prunes_palettized_and_quantized_weights() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, chain) in [
-        ("palettized_linear_fp16_ios18.mlpackage", "constexpr_lut_to_sparse"),
-        ("quantized_linear_fp16_ios18.mlpackage", "constexpr_sparse_blockwise_shift_scale"),
+        (
+            "palettized_linear_fp16_ios18.mlpackage",
+            "constexpr_lut_to_sparse",
+        ),
+        (
+            "quantized_linear_fp16_ios18.mlpackage",
+            "constexpr_sparse_blockwise_shift_scale",
+        ),
     ] {
         let out = tmp.path().join(name);
-        let o = run(&[&"prune", &fixture(name), &out, &"--sparsity", &"0.5", &"--weight-threshold", &"1000", &"--joint-compression", &"-q"]);
-        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = run(&[
+            &"prune",
+            &fixture(name),
+            &out,
+            &"--sparsity",
+            &"0.5",
+            &"--weight-threshold",
+            &"1000",
+            &"--joint-compression",
+            &"-q",
+        ]);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let report: serde_json::Value =
             serde_json::from_slice(&run(&[&"inspect", &out, &"--json"]).stdout).unwrap();
-        let row = report["weights"].as_array().unwrap().iter().find(|w| w["storage"] == "constexpr_sparse_to_dense").unwrap();
-        assert_eq!(row["chain"], serde_json::json!([chain, "constexpr_sparse_to_dense"]), "{name}");
+        let row = report["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["storage"] == "constexpr_sparse_to_dense")
+            .unwrap();
+        assert_eq!(
+            row["chain"],
+            serde_json::json!([chain, "constexpr_sparse_to_dense"]),
+            "{name}"
+        );
         // Plain consts are left alone in joint mode.
-        let consts = report["weights"].as_array().unwrap().iter().filter(|w| w["storage"] == "const").count();
+        let consts = report["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["storage"] == "const")
+            .count();
         assert_eq!(consts, 3, "{name}");
     }
 }
@@ -459,7 +675,14 @@ fn joint_compression_prunes_palettized_and_quantized_weights() {
 fn joint_compression_needs_ios18() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o.mlpackage");
-    let o = run(&[&"prune", &fixture("linear_fp16_ios17.mlpackage"), &out, &"--sparsity", &"0.5", &"--joint-compression"]);
+    let o = run(&[
+        &"prune",
+        &fixture("linear_fp16_ios17.mlpackage"),
+        &out,
+        &"--sparsity",
+        &"0.5",
+        &"--joint-compression",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("Joint compression is only supported since iOS18."));
     assert!(!out.exists());
@@ -473,7 +696,16 @@ fn gpu_probe_prints_nothing_but_our_own_line() {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample/sample.mlpackage");
     let o = bin()
         .env_remove("XDG_RUNTIME_DIR")
-        .args(["prune", "--sparsity", "0.5", "--device", "gpu", "--gpu-min-elements", "0", "-q"])
+        .args([
+            "prune",
+            "--sparsity",
+            "0.5",
+            "--device",
+            "gpu",
+            "--gpu-min-elements",
+            "0",
+            "-q",
+        ])
         .arg(&sample)
         .arg(&out)
         .output()
@@ -495,9 +727,19 @@ fn all_zero_results_of_the_same_type_share_one_op_like_coremltools() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("z.mlpackage");
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample/sample.mlpackage");
-    let o = run(&[&"prune", &sample, &out, &"--sparsity", &"1.0", &"-q", &"--report", &tmp.path().join("r.json")]);
+    let o = run(&[
+        &"prune",
+        &sample,
+        &out,
+        &"--sparsity",
+        &"1.0",
+        &"-q",
+        &"--report",
+        &tmp.path().join("r.json"),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&run(&[&"inspect", &out, &"--json"]).stdout).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&run(&[&"inspect", &out, &"--json"]).stdout).unwrap();
     let sparse: Vec<&str> = report["weights"]
         .as_array()
         .unwrap()
@@ -505,10 +747,32 @@ fn all_zero_results_of_the_same_type_share_one_op_like_coremltools() {
         .filter(|w| w["storage"] == "constexpr_sparse_to_dense")
         .map(|w| w["name"].as_str().unwrap())
         .collect();
-    assert_eq!(sparse, ["fc1_weight_0_to_fp16_sparsified", "head_weight_0_to_fp16_sparsified"]);
-    let fc1 = report["weights"].as_array().unwrap().iter().find(|w| w["name"] == sparse[0]).unwrap();
-    let readers: Vec<&str> = fc1["consumers"].as_array().unwrap().iter().map(|c| c["op"].as_str().unwrap()).collect();
+    assert_eq!(
+        sparse,
+        [
+            "fc1_weight_0_to_fp16_sparsified",
+            "head_weight_0_to_fp16_sparsified"
+        ]
+    );
+    let fc1 = report["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == sparse[0])
+        .unwrap();
+    let readers: Vec<&str> = fc1["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["op"].as_str().unwrap())
+        .collect();
     assert_eq!(readers, ["fc1_cast_fp16", "fc2_cast_fp16", "fc3_cast_fp16"]);
-    let tensors: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("r.json")).unwrap()).unwrap();
-    assert!(tensors.as_array().unwrap().iter().filter(|t| t["pruned"] == true).all(|t| t["sparsity"] == 1.0));
+    let tensors: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("r.json")).unwrap()).unwrap();
+    assert!(tensors
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["pruned"] == true)
+        .all(|t| t["sparsity"] == 1.0));
 }

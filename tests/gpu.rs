@@ -77,11 +77,20 @@ fn check(config: &OpConfig, data: &TensorData, shape: &[u64], label: &str) -> Ke
     if let Some(g) = gpu_or_skip() {
         let on_gpu = g.normal.handles(config, data, shape);
         match cpu_by_design(config, data, shape) {
-            Some(reason) => assert!(!on_gpu, "{label}: listed as CPU by design ({reason}) but the GPU runs it"),
-            None => assert!(on_gpu, "{label}: {config:?} fell back to the CPU kernel on the GPU backend"),
+            Some(reason) => assert!(
+                !on_gpu,
+                "{label}: listed as CPU by design ({reason}) but the GPU runs it"
+            ),
+            None => assert!(
+                on_gpu,
+                "{label}: {config:?} fell back to the CPU kernel on the GPU backend"
+            ),
         }
         if g.chunked.handles(config, data, shape) {
-            assert!(on_gpu, "{label}: the chunking backend runs a case the full-size one declines");
+            assert!(
+                on_gpu,
+                "{label}: the chunking backend runs a case the full-size one declines"
+            );
         }
         for (name, backend) in [("gpu", &g.normal), ("gpu-chunked", &g.chunked)] {
             let got = backend.run(config, data, shape, label);
@@ -112,7 +121,10 @@ fn cpu_by_design(config: &OpConfig, data: &TensorData, shape: &[u64]) -> Option<
         return Some("empty tensor");
     }
     let structural = |size: u64, dim: Option<u32>, default_dim: u32| {
-        let channel = shape.get(dim.unwrap_or(default_dim) as usize).copied().unwrap_or(0);
+        let channel = shape
+            .get(dim.unwrap_or(default_dim) as usize)
+            .copied()
+            .unwrap_or(0);
         if !(2..=5).contains(&shape.len()) {
             Some("rank outside 2..=5: coremltools raises, the CPU kernel reports it")
         } else if size * 2 > channel {
@@ -122,7 +134,11 @@ fn cpu_by_design(config: &OpConfig, data: &TensorData, shape: &[u64]) -> Option<
         }
     };
     match *config {
-        OpConfig::Magnitude { n_m_ratio: Some((n, m)), dim, .. } => {
+        OpConfig::Magnitude {
+            n_m_ratio: Some((n, m)),
+            dim,
+            ..
+        } => {
             if m == 0 || n > m {
                 Some("invalid n:m: the CPU kernel reports it")
             } else if m > 16 {
@@ -131,7 +147,11 @@ fn cpu_by_design(config: &OpConfig, data: &TensorData, shape: &[u64]) -> Option<
                 structural(m, dim, 1)
             }
         }
-        OpConfig::Magnitude { block_size: Some(b), dim, .. } => {
+        OpConfig::Magnitude {
+            block_size: Some(b),
+            dim,
+            ..
+        } => {
             if b == 0 {
                 Some("block size 0: the CPU kernel reports it")
             } else {
@@ -195,11 +215,11 @@ fn values_f16(n: usize, fill: Fill, seed: u64) -> Vec<f16> {
     values_f32(n, fill, seed)
         .into_iter()
         .map(|v| match fill {
-            Fill::Specials if rng.next() % 9 == 0 => {
+            Fill::Specials if rng.next().is_multiple_of(9) => {
                 f16::from_bits([0x7c01, 0xfe00, 0x0001, 0x8001][(rng.next() % 4) as usize])
             }
             // Large magnitudes make fp16 block norms overflow to inf, as numpy's do.
-            Fill::Specials if rng.next() % 13 == 0 => f16::from_f32(v * 400.0),
+            Fill::Specials if rng.next().is_multiple_of(13) => f16::from_f32(v * 400.0),
             _ => f16::from_f32(v),
         })
         .collect()
@@ -415,7 +435,10 @@ fn tensors_larger_than_one_chunk_match() {
         }
     }
     if gpus().is_some() {
-        assert!(chunked.iter().all(|&c| c), "configs that never ran in chunks: {chunked:?}");
+        assert!(
+            chunked.iter().all(|&c| c),
+            "configs that never ran in chunks: {chunked:?}"
+        );
     }
 }
 
@@ -425,8 +448,16 @@ fn tensors_larger_than_one_chunk_match() {
 /// block flags must fit one chunk. Other modes always fit.
 fn group_band_fits_tiny_chunk(config: &OpConfig, data: &TensorData, shape: &[u64]) -> bool {
     let (m, dim) = match *config {
-        OpConfig::Magnitude { n_m_ratio: Some((_, m)), dim, .. } => (m, dim.unwrap_or(1) as usize),
-        OpConfig::Magnitude { block_size: Some(b), dim, .. } => {
+        OpConfig::Magnitude {
+            n_m_ratio: Some((_, m)),
+            dim,
+            ..
+        } => (m, dim.unwrap_or(1) as usize),
+        OpConfig::Magnitude {
+            block_size: Some(b),
+            dim,
+            ..
+        } => {
             let dim = dim.unwrap_or(0) as usize;
             let outer = shape[..dim].iter().product::<u64>();
             let inner = shape[dim + 1..].iter().product::<u64>();
@@ -436,7 +467,11 @@ fn group_band_fits_tiny_chunk(config: &OpConfig, data: &TensorData, shape: &[u64
         _ => return true,
     };
     let (channel, inner) = (shape[dim], shape[dim + 1..].iter().product::<u64>());
-    let band = if channel % m == 0 { m * inner } else { channel * inner };
+    let band = if channel % m == 0 {
+        m * inner
+    } else {
+        channel * inner
+    };
     let gcd = |mut a: u64, mut b: u64| {
         while b != 0 {
             (a, b) = (b, a % b);
@@ -610,9 +645,19 @@ fn sample_config_prunes_identically_on_gpu() {
         );
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
-        let ran_on = |d: &str| report.as_array().expect("array").iter().filter(|t| t["device"] == d).count();
+        let ran_on = |d: &str| {
+            report
+                .as_array()
+                .expect("array")
+                .iter()
+                .filter(|t| t["device"] == d)
+                .count()
+        };
         if device == "gpu" {
-            assert!(ran_on("gpu") > 0, "no tensor of the sample ran on the GPU: {report}");
+            assert!(
+                ran_on("gpu") > 0,
+                "no tensor of the sample ran on the GPU: {report}"
+            );
         } else {
             assert_eq!(ran_on("gpu"), 0);
         }
@@ -638,9 +683,18 @@ fn auto_races_the_first_large_tensor_and_keeps_the_winner() {
         let out = tmp.path().join(format!("{device}.mlpackage"));
         let report = tmp.path().join(format!("{device}.json"));
         let run = Command::new(env!("CARGO_BIN_EXE_mlprune"))
-            .args(["prune", input.to_str().expect("utf-8"), out.to_str().expect("utf-8")])
+            .args([
+                "prune",
+                input.to_str().expect("utf-8"),
+                out.to_str().expect("utf-8"),
+            ])
             .args(["--sparsity", "0.5", "--weight-threshold", "0", "--device", device])
-            .args(["--gpu-min-elements", "0", "--report", report.to_str().expect("utf-8")])
+            .args([
+                "--gpu-min-elements",
+                "0",
+                "--report",
+                report.to_str().expect("utf-8"),
+            ])
             .env(mlprune::gpu::AUTO_SOFTWARE_ENV, "1")
             .output()
             .expect("running mlprune");
@@ -654,20 +708,42 @@ fn auto_races_the_first_large_tensor_and_keeps_the_winner() {
         let races: Vec<&str> = stderr.lines().filter(|l| l.contains("raced tensor")).collect();
         assert_eq!(races.len(), 1, "exactly one race: {stderr}");
         race_notice = races[0].to_string();
-        let winner = if race_notice.ends_with("the gpu prunes the rest") { "gpu" } else { "cpu" };
-        assert!(race_notice.ends_with(&format!("the {winner} prunes the rest")), "{race_notice}");
-        assert!(race_notice.contains(" ms, gpu "), "both times are given: {race_notice}");
+        let winner = if race_notice.ends_with("the gpu prunes the rest") {
+            "gpu"
+        } else {
+            "cpu"
+        };
+        assert!(
+            race_notice.ends_with(&format!("the {winner} prunes the rest")),
+            "{race_notice}"
+        );
+        assert!(
+            race_notice.contains(" ms, gpu "),
+            "both times are given: {race_notice}"
+        );
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
-        let pruned: Vec<&serde_json::Value> =
-            report.as_array().expect("array").iter().filter(|t| t["pruned"] == true).collect();
+        let pruned: Vec<&serde_json::Value> = report
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|t| t["pruned"] == true)
+            .collect();
         assert!(pruned.len() >= 2, "the sample has several tensors to prune");
-        let raced = pruned.iter().position(|t| race_notice.contains(&format!("'{}'", t["name"].as_str().unwrap())));
+        let raced = pruned
+            .iter()
+            .position(|t| race_notice.contains(&format!("'{}'", t["name"].as_str().unwrap())));
         let raced = raced.expect("the raced tensor is in the report");
         assert_eq!(pruned[raced]["device"], "cpu", "the race keeps the CPU's result");
         for t in &pruned[raced + 1..] {
-            assert_eq!(t["device"], winner, "after the race every tensor goes to the winner: {t}");
+            assert_eq!(
+                t["device"], winner,
+                "after the race every tensor goes to the winner: {t}"
+            );
         }
     }
-    assert_eq!(outputs[0], outputs[1], "auto writes the same package as cpu ({race_notice})");
+    assert_eq!(
+        outputs[0], outputs[1],
+        "auto writes the same package as cpu ({race_notice})"
+    );
 }

@@ -290,7 +290,10 @@ pub fn kernels(data: &[u8]) {
     let split = data.len().min(p.len());
     p[..split].copy_from_slice(&data[..split]);
     let payload = &data[split..];
-    let u16s: Vec<u16> = payload.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let u16s: Vec<u16> = payload
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     let u32s: Vec<u32> = payload
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -310,20 +313,36 @@ pub fn kernels(data: &[u8]) {
     if cut16 <= 0x7c00 {
         let mut rule = vec![0u8; u16s.len().div_ceil(8)];
         let kept = keep_mask_generic(&f16s, Some(cut16), &mut rule);
-        assert_eq!(portable, (rule, kept), "fp16 keep mask against the rule, cut {cut16:#x}");
+        assert_eq!(
+            portable,
+            (rule, kept),
+            "fp16 keep mask against the rule, cut {cut16:#x}"
+        );
     }
     if let Some(token) = Avx2Popcnt::detect() {
-        assert_eq!(keep_mask_u16(Some(token), &u16s, cut16), portable, "fp16 keep mask, cut {cut16:#x}");
+        assert_eq!(
+            keep_mask_u16(Some(token), &u16s, cut16),
+            portable,
+            "fp16 keep mask, cut {cut16:#x}"
+        );
     }
     let cut32 = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff;
     let portable = keep_mask_u32(None, &u32s, cut32);
     if cut32 <= 0x7f80_0000 {
         let mut rule = vec![0u8; u32s.len().div_ceil(8)];
         let kept = keep_mask_generic(&f32s, Some(cut32), &mut rule);
-        assert_eq!(portable, (rule, kept), "fp32 keep mask against the rule, cut {cut32:#x}");
+        assert_eq!(
+            portable,
+            (rule, kept),
+            "fp32 keep mask against the rule, cut {cut32:#x}"
+        );
     }
     if let Some(token) = Avx2Popcnt::detect() {
-        assert_eq!(keep_mask_u32(Some(token), &u32s, cut32), portable, "fp32 keep mask, cut {cut32:#x}");
+        assert_eq!(
+            keep_mask_u32(Some(token), &u32s, cut32),
+            portable,
+            "fp32 keep mask, cut {cut32:#x}"
+        );
     }
 
     // Compaction, every element width, both paths.
@@ -343,13 +362,21 @@ pub fn kernels(data: &[u8]) {
     assert_eq!(portable.above, u16s.iter().filter(|&&k| k > hi).count() as u64);
     assert_eq!(portable.max, u16s.iter().copied().max());
     if let Some(token) = Avx2PopcntBmi1::detect() {
-        assert_eq!(bracket_tally(Some(token), &u16s, lo, hi), portable, "u16 bracket {lo}..={hi}");
+        assert_eq!(
+            bracket_tally(Some(token), &u16s, lo, hi),
+            portable,
+            "u16 bracket {lo}..={hi}"
+        );
     }
     let (lo, hi) = (p[4], p[4].saturating_add(p[6]));
     let portable = bracket_tally(None, payload, lo, hi);
     assert_eq!(portable.below, payload.iter().filter(|&&k| k < lo).count() as u64);
     if let Some(token) = Avx2PopcntBmi1::detect() {
-        assert_eq!(bracket_tally(Some(token), payload, lo, hi), portable, "u8 bracket {lo}..={hi}");
+        assert_eq!(
+            bracket_tally(Some(token), payload, lo, hi),
+            portable,
+            "u8 bracket {lo}..={hi}"
+        );
     }
 
     // n:m ranking of consecutive groups: m = 2 and 4 (the AVX2 build) most of the time.
@@ -357,34 +384,57 @@ pub fn kernels(data: &[u8]) {
     let n = usize::from(p[7] / 8) % (m + 1);
     let portable = nm_flags(None, &f16s, n, m);
     for group in portable.chunks_exact(m) {
-        assert_eq!(group.iter().filter(|&&f| f).count(), n, "{n}:{m} prunes n per group");
+        assert_eq!(
+            group.iter().filter(|&&f| f).count(),
+            n,
+            "{n}:{m} prunes n per group"
+        );
     }
     if let Some(token) = Avx2::detect() {
         assert_eq!(nm_flags(Some(token), &f16s, n, m), portable, "fp16 {n}:{m}");
-        assert_eq!(nm_flags(Some(token), &f32s, n, m), nm_flags(None, &f32s, n, m), "fp32 {n}:{m}");
+        assert_eq!(
+            nm_flags(Some(token), &f32s, n, m),
+            nm_flags(None, &f32s, n, m),
+            "fp32 {n}:{m}"
+        );
     }
 
     // fp16 block norms: pairwise sums per block, sequential sums down rows, and the row step.
     // A NaN norm's sign and payload depend on which NaN operand an addition passes on, which the
     // two builds need not agree on; every NaN is one key to the decisions, so NaNs compare equal.
-    let bits = |v: &[half::f16]| v.iter().map(|x| if x.is_nan() { 0x7e00 } else { x.to_bits() }).collect::<Vec<_>>();
+    let bits = |v: &[half::f16]| {
+        v.iter()
+            .map(|x| if x.is_nan() { 0x7e00 } else { x.to_bits() })
+            .collect::<Vec<_>>()
+    };
     let block_size = 1 + usize::from(p[8] % 64);
     let portable = pairwise_norms_f16(None, &f16s, block_size);
     assert_eq!(portable.len(), f16s.len().div_ceil(block_size));
     if let Some(token) = Avx2::detect() {
-        assert_eq!(bits(&pairwise_norms_f16(Some(token), &f16s, block_size)), bits(&portable), "pairwise {block_size}");
+        assert_eq!(
+            bits(&pairwise_norms_f16(Some(token), &f16s, block_size)),
+            bits(&portable),
+            "pairwise {block_size}"
+        );
     }
     let inner = (1 + usize::from(p[9] % 64)).min(f16s.len());
     if inner > 0 {
         if let Some(token) = Avx2F16c::detect() {
             let simd = sequential_norms_f16(Some(token), &f16s, inner);
-            assert_eq!(bits(&simd), bits(&sequential_norms_f16(None, &f16s, inner)), "sequential {inner}");
+            assert_eq!(
+                bits(&simd),
+                bits(&sequential_norms_f16(None, &f16s, inner)),
+                "sequential {inner}"
+            );
         }
     }
     if let Some(token) = Avx2F16c::detect() {
         // The accumulators: fp16 sums of squares (non-negative), from the payload's first half.
         let len = f16s.len() / 2;
-        let acc: Vec<f32> = f16s[..len].iter().map(|x| half::f16::from_bits(x.to_bits() & 0x7fff).to_f32()).collect();
+        let acc: Vec<f32> = f16s[..len]
+            .iter()
+            .map(|x| half::f16::from_bits(x.to_bits() & 0x7fff).to_f32())
+            .collect();
         let row = &f16s[len..];
         let (mut simd, mut portable) = (acc.clone(), acc);
         let first = p[10] & 1 != 0;
@@ -409,16 +459,27 @@ fn compaction<T: bytemuck::Pod + PartialEq + std::fmt::Debug>(
 
     let n = values.len();
     let kept_of = |len: usize| -> Vec<T> {
-        (0..len).filter(|&i| mask[i / 8] & (1 << (i % 8)) != 0).map(|i| values[i]).collect()
+        (0..len)
+            .filter(|&i| mask[i / 8] & (1 << (i % 8)) != 0)
+            .map(|i| values[i])
+            .collect()
     };
     let groups = &mask[..n / 8];
     let want = kept_of(groups.len() * 8);
     let mut in_place = values.to_vec();
     let kept = compact_in_place(simd, &mut in_place, groups);
     assert_eq!(&in_place[..kept], &want[..], "in place, {simd:?}");
-    assert_eq!(&in_place[groups.len() * 8..], &values[groups.len() * 8..], "the tail was touched");
+    assert_eq!(
+        &in_place[groups.len() * 8..],
+        &values[groups.len() * 8..],
+        "the tail was touched"
+    );
     let mut into = vec![T::zeroed(); groups.len() * 8];
     assert_eq!(compact_into(simd, values, &mut into, groups), kept);
     assert_eq!(&into[..kept], &want[..], "into, {simd:?}");
-    assert_eq!(compact_exact_vec(simd, values, &mask[..n.div_ceil(8)]), kept_of(n), "exact, {simd:?}");
+    assert_eq!(
+        compact_exact_vec(simd, values, &mask[..n.div_ceil(8)]),
+        kept_of(n),
+        "exact, {simd:?}"
+    );
 }

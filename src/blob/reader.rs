@@ -62,8 +62,7 @@ impl ReadAt for [u8] {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let eof =
-            || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past end of buffer");
+        let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past end of buffer");
         let start = usize::try_from(offset).map_err(|_| eof())?;
         let end = start.checked_add(buf.len()).ok_or_else(eof)?;
         buf.copy_from_slice(self.get(start..end).ok_or_else(eof)?);
@@ -237,7 +236,10 @@ impl<R: ReadAt> BlobReader<R> {
         if record.data_offset < record_end {
             return Err(self.error(
                 offset,
-                format!("data offset {} overlaps its own record (data must start at {record_end} or later)", record.data_offset),
+                format!(
+                    "data offset {} overlaps its own record (data must start at {record_end} or later)",
+                    record.data_offset
+                ),
             ));
         }
         match record.data_end() {
@@ -363,23 +365,30 @@ impl<R: ReadAt> BlobReader<R> {
         if cfg!(target_endian = "little") {
             match (expected, spare) {
                 (ScalarType::Float16, Some(TensorData::F16(v))) => {
-                    return self.read_pod(offset, expected, count, v, threads).map(TensorData::F16)
+                    return self
+                        .read_pod(offset, expected, count, v, threads)
+                        .map(TensorData::F16)
                 }
                 (ScalarType::Float16, _) => {
-                    return self.read_pod(offset, expected, count, Vec::new(), threads).map(TensorData::F16)
+                    return self
+                        .read_pod(offset, expected, count, Vec::new(), threads)
+                        .map(TensorData::F16)
                 }
                 (ScalarType::Float32, Some(TensorData::F32(v))) => {
-                    return self.read_pod(offset, expected, count, v, threads).map(TensorData::F32)
+                    return self
+                        .read_pod(offset, expected, count, v, threads)
+                        .map(TensorData::F32)
                 }
                 (ScalarType::Float32, _) => {
-                    return self.read_pod(offset, expected, count, Vec::new(), threads).map(TensorData::F32)
+                    return self
+                        .read_pod(offset, expected, count, Vec::new(), threads)
+                        .map(TensorData::F32)
                 }
                 _ => {}
             }
         }
         let bytes = self.read(offset, expected, count)?;
-        TensorData::from_le_bytes(expected, &bytes, count)
-            .map_err(|reason| self.error(offset, reason))
+        TensorData::from_le_bytes(expected, &bytes, count).map_err(|reason| self.error(offset, reason))
     }
 
     /// Where the `count` elements of `expected` stored at `offset` lie in the source: their byte
@@ -408,17 +417,28 @@ impl<R: ReadAt> BlobReader<R> {
         let record = self.checked_record(offset, expected, count)?;
         let n = usize::try_from(count)
             .ok()
-            .filter(|&n| n.checked_mul(std::mem::size_of::<T>()) == usize::try_from(record.size_in_bytes).ok())
-            .ok_or_else(|| self.error(offset, format!("{count} elements of {expected} do not fit in memory")))?;
+            .filter(|&n| {
+                n.checked_mul(std::mem::size_of::<T>()) == usize::try_from(record.size_in_bytes).ok()
+            })
+            .ok_or_else(|| {
+                self.error(
+                    offset,
+                    format!("{count} elements of {expected} do not fit in memory"),
+                )
+            })?;
         // `checked_record` verified size_in_bytes == count elements and that it lies within the file.
         let mut buffer = crate::tensor::reuse_or_zeroed(buffer, n);
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buffer);
         match threads {
             ReadThreads::Pool if bytes.len() >= 2 * READ_PIECE => {
                 use rayon::prelude::*;
-                bytes.par_chunks_mut(READ_PIECE).enumerate().try_for_each(|(i, piece)| {
-                    self.source.read_exact_at(piece, record.data_offset + (i * READ_PIECE) as u64)
-                })
+                bytes
+                    .par_chunks_mut(READ_PIECE)
+                    .enumerate()
+                    .try_for_each(|(i, piece)| {
+                        self.source
+                            .read_exact_at(piece, record.data_offset + (i * READ_PIECE) as u64)
+                    })
             }
             _ => self.source.read_exact_at(bytes, record.data_offset),
         }
@@ -432,17 +452,12 @@ impl<R: ReadAt> BlobReader<R> {
     /// file end even if `count` is garbage.
     pub fn records(&self) -> Result<Vec<BlobRecord>> {
         let max_records = self.size / RECORD_SIZE;
-        let mut records = Vec::with_capacity(
-            usize::try_from(u64::from(self.count).min(max_records)).unwrap_or(0),
-        );
+        let mut records =
+            Vec::with_capacity(usize::try_from(u64::from(self.count).min(max_records)).unwrap_or(0));
         let mut offset = HEADER_SIZE;
         for index in 0..self.count {
             let record = self.record(offset).map_err(|e| match e {
-                Error::Blob {
-                    path,
-                    offset,
-                    reason,
-                } => Error::Blob {
+                Error::Blob { path, offset, reason } => Error::Blob {
                     path,
                     offset,
                     reason: format!("record {index} of {}: {reason}", self.count),
@@ -519,11 +534,7 @@ mod tests {
     /// The error's offset and message, asserting it is a Blob error for our path.
     fn blob_err<T: std::fmt::Debug>(result: Result<T>) -> (u64, String) {
         match result.expect_err("should fail") {
-            Error::Blob {
-                path,
-                offset,
-                reason,
-            } => {
+            Error::Blob { path, offset, reason } => {
                 assert_eq!(path, PathBuf::from("w.bin"));
                 (offset, reason)
             }
@@ -533,10 +544,7 @@ mod tests {
 
     #[test]
     fn reads_a_hand_built_fp32_blob() {
-        let data: Vec<u8> = [1.0f32, -2.0, 0.5]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let data: Vec<u8> = [1.0f32, -2.0, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
         let r = reader(one_blob(rec(2, 12, 128, 0), &data));
         assert_eq!(r.count(), 1);
         assert_eq!(r.path(), Path::new("w.bin"));
@@ -574,10 +582,7 @@ mod tests {
         // Not coremltools' layout, but the record says where its data is; honour it.
         let mut file = one_blob(rec(3, 2, 192, 0), &[0; 64]);
         file.extend_from_slice(&[5, 6]);
-        assert_eq!(
-            reader(file).read(64, ScalarType::UInt8, 2).unwrap(),
-            vec![5, 6]
-        );
+        assert_eq!(reader(file).read(64, ScalarType::UInt8, 2).unwrap(), vec![5, 6]);
     }
 
     #[test]
@@ -586,18 +591,15 @@ mod tests {
         let (offset, reason) = blob_err(err);
         assert_eq!(offset, 0);
         assert!(reason.contains("63 bytes"), "{reason}");
-        assert!(
-            blob_err(BlobReader::new(Vec::new(), PathBuf::from("w.bin")))
-                .1
-                .contains("0 bytes")
-        );
+        assert!(blob_err(BlobReader::new(Vec::new(), PathBuf::from("w.bin")))
+            .1
+            .contains("0 bytes"));
     }
 
     #[test]
     fn version_must_be_2() {
         for version in [0, 1, 3] {
-            let (offset, reason) =
-                blob_err(BlobReader::new(header(0, version), PathBuf::from("w.bin")));
+            let (offset, reason) = blob_err(BlobReader::new(header(0, version), PathBuf::from("w.bin")));
             assert_eq!(offset, 0);
             assert!(reason.contains(&format!("version {version}")), "{reason}");
         }
@@ -610,10 +612,7 @@ mod tests {
         assert!(r.record(64).is_ok());
         let (offset, reason) = blob_err(r.record(65));
         assert_eq!(offset, 65);
-        assert!(
-            reason.contains("does not fit in the 128-byte file"),
-            "{reason}"
-        );
+        assert!(reason.contains("does not fit in the 128-byte file"), "{reason}");
         // offset + 64 overflows u64.
         let (offset, _) = blob_err(r.record(u64::MAX - 10));
         assert_eq!(offset, u64::MAX - 10);
@@ -659,8 +658,7 @@ mod tests {
     #[test]
     fn data_before_or_inside_its_record() {
         for data_offset in [0, 64, 127] {
-            let (_, reason) =
-                blob_err(reader(one_blob(rec(3, 1, data_offset, 0), &[0])).record(64));
+            let (_, reason) = blob_err(reader(one_blob(rec(3, 1, data_offset, 0), &[0])).record(64));
             assert!(
                 reason.contains("overlaps its own record"),
                 "{data_offset}: {reason}"
@@ -697,12 +695,12 @@ mod tests {
     #[test]
     fn padding_rules() {
         let cases: [(u32, u64, u64, &str); 6] = [
-            (9, 1, 8, "must be fewer than 8"), // uint1, 8 bits of padding
-            (9, 1, u64::MAX, "must be fewer than 8"), // garbage
+            (9, 1, 8, "must be fewer than 8"),           // uint1, 8 bits of padding
+            (9, 1, u64::MAX, "must be fewer than 8"),    // garbage
             (3, 1, 1, "only sub-byte types are padded"), // uint8 padded
-            (11, 1, 2, "whole number of 4-bit uint4"), // uint4 padding not a multiple of 4
-            (12, 1, 1, "whole number of 3-bit uint3"), // 7 bits left: not whole uint3s
-            (9, 0, 1, "0 bytes with 1 padding bits"), // more padding than data
+            (11, 1, 2, "whole number of 4-bit uint4"),   // uint4 padding not a multiple of 4
+            (12, 1, 1, "whole number of 3-bit uint3"),   // 7 bits left: not whole uint3s
+            (9, 0, 1, "0 bytes with 1 padding bits"),    // more padding than data
         ];
         for (code, size, padding, expected) in cases {
             let r = reader(one_blob(rec(code, size, 128, padding), &[0; 1]));
@@ -737,9 +735,7 @@ mod tests {
         // uint1 × 2193 in 275 bytes with padding 7 (spec example); 2192 is not the same blob.
         let r = reader(one_blob(rec(9, 275, 128, 7), &[0; 275]));
         assert_eq!(r.read(64, ScalarType::UInt1, 2193).unwrap().len(), 275);
-        assert!(blob_err(r.read(64, ScalarType::UInt1, 2192))
-            .1
-            .contains("2193"));
+        assert!(blob_err(r.read(64, ScalarType::UInt1, 2192)).1.contains("2193"));
     }
 
     #[test]
@@ -807,7 +803,9 @@ mod tests {
         ];
         for spare in spares {
             for threads in [ReadThreads::Caller, ReadThreads::Pool] {
-                let got = r.read_tensor_reusing(64, ScalarType::Float16, count, spare.clone(), threads).unwrap();
+                let got = r
+                    .read_tensor_reusing(64, ScalarType::Float16, count, spare.clone(), threads)
+                    .unwrap();
                 // Compared as bytes: the data holds NaN patterns.
                 assert!(got.as_le_bytes() == data.as_slice(), "{threads:?}");
             }
@@ -833,8 +831,6 @@ mod tests {
         assert_eq!(r.size(), 130);
         assert_eq!(r.read(64, ScalarType::Int8, 2).unwrap(), vec![0xFF, 0x01]);
         let missing = dir.path().join("missing.bin");
-        assert!(
-            matches!(BlobReader::open(&missing), Err(Error::Io { path, .. }) if path == missing)
-        );
+        assert!(matches!(BlobReader::open(&missing), Err(Error::Io { path, .. }) if path == missing));
     }
 }

@@ -5,9 +5,7 @@
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use super::{
-    align64, describe_dtype, subbyte, BLOB_SENTINEL, HEADER_SIZE, RECORD_SIZE, STORAGE_VERSION,
-};
+use super::{align64, describe_dtype, subbyte, BLOB_SENTINEL, HEADER_SIZE, RECORD_SIZE, STORAGE_VERSION};
 use crate::dtype::ScalarType;
 use crate::error::{Error, IoContext, Result};
 use crate::tensor::TensorData;
@@ -95,7 +93,8 @@ impl<W: Write + Seek> BlobWriter<W> {
     /// Appends one blob of `element_count` elements whose storage bytes (bit-packed for sub-byte types)
     /// are `data`, and returns its record offset, the value for `BlobFileValue.offset`.
     pub fn append(&mut self, dtype: ScalarType, data: &[u8], element_count: u64) -> Result<u64> {
-        let (record_offset, count) = self.begin_blob(dtype, data.len() as u64, data.last().copied(), element_count)?;
+        let (record_offset, count) =
+            self.begin_blob(dtype, data.len() as u64, data.last().copied(), element_count)?;
         self.write_all(data)?;
         self.count = count;
         Ok(record_offset)
@@ -129,9 +128,15 @@ impl<W: Write + Seek> BlobWriter<W> {
     /// Checks a blob of `len` data bytes holding `element_count` elements (its last byte `last`,
     /// for the padding check of sub-byte types), writes the alignment gap and its record, and
     /// returns the record offset and the blob count once it is complete.
-    fn begin_blob(&mut self, dtype: ScalarType, len: u64, last: Option<u8>, element_count: u64) -> Result<(u64, u32)> {
-        let record_offset = align64(self.position)
-            .ok_or_else(|| self.error(self.position, "file offset overflows"))?;
+    fn begin_blob(
+        &mut self,
+        dtype: ScalarType,
+        len: u64,
+        last: Option<u8>,
+        element_count: u64,
+    ) -> Result<(u64, u32)> {
+        let record_offset =
+            align64(self.position).ok_or_else(|| self.error(self.position, "file offset overflows"))?;
         let code = dtype.blob_code().ok_or_else(|| {
             self.error(
                 record_offset,
@@ -171,9 +176,7 @@ impl<W: Write + Seek> BlobWriter<W> {
     /// Nothing is written after the last blob's data.
     pub fn finish(mut self) -> Result<W> {
         self.inner.seek(SeekFrom::Start(self.base)).at(&self.path)?;
-        self.inner
-            .write_all(&header_bytes(self.count))
-            .at(&self.path)?;
+        self.inner.write_all(&header_bytes(self.count)).at(&self.path)?;
         self.inner
             .seek(SeekFrom::Start(self.base + self.position))
             .at(&self.path)?;
@@ -214,12 +217,8 @@ mod tests {
     const PRUNED: &[u8] = include_bytes!("testdata/linear_fp16_pruned.weight.bin");
 
     fn write(blobs: &[TensorData]) -> (Vec<u8>, Vec<u64>) {
-        let mut writer =
-            BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
-        let offsets = blobs
-            .iter()
-            .map(|b| writer.append_tensor(b).unwrap())
-            .collect();
+        let mut writer = BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        let offsets = blobs.iter().map(|b| writer.append_tensor(b).unwrap()).collect();
         assert_eq!(writer.count() as usize, blobs.len());
         let written = writer.bytes_written();
         let bytes = writer.finish().unwrap().into_inner();
@@ -290,10 +289,7 @@ mod tests {
         let reader = read_back(&bytes);
         assert_eq!(reader.count() as usize, blobs.len());
         let records = reader.records().unwrap();
-        assert_eq!(
-            records.iter().map(|r| r.offset).collect::<Vec<_>>(),
-            offsets
-        );
+        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), offsets);
         for (blob, &offset) in blobs.iter().zip(&offsets) {
             let decoded = reader
                 .read_tensor(offset, blob.dtype(), blob.len() as u64)
@@ -321,8 +317,7 @@ mod tests {
 
     #[test]
     fn record_bytes_match_the_spec_layout() {
-        let mut writer =
-            BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        let mut writer = BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
         let mut mask = vec![0u8; 9];
         mask[1] = 1;
         mask[8] = 1;
@@ -375,8 +370,7 @@ mod tests {
 
     #[test]
     fn append_rejects_inconsistent_input() {
-        let mut writer =
-            BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        let mut writer = BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
         let reason = |e: Error| match e {
             Error::Blob { offset, reason, .. } => {
                 assert_eq!(offset, 64);
@@ -385,24 +379,14 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         };
         let r = reason(writer.append(ScalarType::Float32, &[0; 7], 2).unwrap_err());
-        assert!(
-            r.contains("7 data bytes do not hold 2 fp32 elements"),
-            "{r}"
-        );
+        assert!(r.contains("7 data bytes do not hold 2 fp32 elements"), "{r}");
         let r = reason(writer.append(ScalarType::UInt1, &[0; 2], 17).unwrap_err());
         assert!(r.contains("do not hold 17 uint1"), "{r}");
         let r = reason(writer.append(ScalarType::Float64, &[0; 8], 1).unwrap_err());
         assert!(r.contains("fp64 (no blob dtype code"), "{r}");
-        let r = reason(
-            writer
-                .append(ScalarType::UInt2, &[0b0100_0000], 3)
-                .unwrap_err(),
-        );
+        let r = reason(writer.append(ScalarType::UInt2, &[0b0100_0000], 3).unwrap_err());
         assert!(r.contains("padding bits"), "{r}");
-        assert!(
-            reason(writer.append(ScalarType::UInt8, &[], u64::MAX).unwrap_err())
-                .contains("do not hold")
-        );
+        assert!(reason(writer.append(ScalarType::UInt8, &[], u64::MAX).unwrap_err()).contains("do not hold"));
         // Nothing was written by the failed appends.
         assert_eq!((writer.count(), writer.bytes_written()), (0, 64));
         assert_eq!(writer.append(ScalarType::UInt8, &[], 0).unwrap(), 64);
@@ -419,9 +403,7 @@ mod tests {
         let bytes = cursor.into_inner();
         assert_eq!(&bytes[..10], &[0xAA; 10]);
         assert_eq!(
-            read_back(&bytes[10..])
-                .read(64, ScalarType::UInt8, 1)
-                .unwrap(),
+            read_back(&bytes[10..]).read(64, ScalarType::UInt8, 1).unwrap(),
             vec![5]
         );
     }
@@ -429,15 +411,11 @@ mod tests {
     /// Re-writes every blob of `file` in order and returns the new bytes.
     fn rewrite(file: &[u8]) -> Vec<u8> {
         let reader = read_back(file);
-        let mut writer =
-            BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        let mut writer = BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
         for record in reader.records().unwrap() {
             let count = record.element_count();
             let data = reader.read(record.offset, record.dtype, count).unwrap();
-            assert_eq!(
-                writer.append(record.dtype, &data, count).unwrap(),
-                record.offset
-            );
+            assert_eq!(writer.append(record.dtype, &data, count).unwrap(), record.offset);
         }
         writer.finish().unwrap().into_inner()
     }
@@ -461,10 +439,7 @@ mod tests {
         // 64x48 fp16 weight, then the 64-element fp16 bias at align64(128 + 6144).
         assert_eq!(
             summary,
-            vec![
-                (64, ScalarType::Float16, 3072),
-                (6272, ScalarType::Float16, 64)
-            ]
+            vec![(64, ScalarType::Float16, 3072), (6272, ScalarType::Float16, 64)]
         );
         let weight = f16_bits(&reader.read_tensor(64, ScalarType::Float16, 3072).unwrap());
         let bias = f16_bits(&reader.read_tensor(6272, ScalarType::Float16, 64).unwrap());
@@ -511,13 +486,8 @@ mod tests {
             .map(|(&w, _)| w)
             .collect();
         assert_eq!(kept, nonzero);
-        let dense_bias = read_back(DENSE)
-            .read(6272, ScalarType::Float16, 64)
-            .unwrap();
-        assert_eq!(
-            reader.read(3648, ScalarType::Float16, 64).unwrap(),
-            dense_bias
-        );
+        let dense_bias = read_back(DENSE).read(6272, ScalarType::Float16, 64).unwrap();
+        assert_eq!(reader.read(3648, ScalarType::Float16, 64).unwrap(), dense_bias);
         assert_eq!(rewrite(PRUNED), PRUNED);
     }
 }

@@ -73,12 +73,9 @@ impl OpConfig {
     /// config but an error once a const resolves to it.
     pub fn weight_threshold(&self) -> Option<u64> {
         match self {
-            OpConfig::Threshold {
-                weight_threshold, ..
+            OpConfig::Threshold { weight_threshold, .. } | OpConfig::Magnitude { weight_threshold, .. } => {
+                *weight_threshold
             }
-            | OpConfig::Magnitude {
-                weight_threshold, ..
-            } => *weight_threshold,
         }
     }
 
@@ -86,8 +83,12 @@ impl OpConfig {
     pub fn mode_name(&self) -> &'static str {
         match self {
             OpConfig::Threshold { .. } => "threshold",
-            OpConfig::Magnitude { block_size: Some(_), .. } => "block",
-            OpConfig::Magnitude { n_m_ratio: Some(_), .. } => "n:m",
+            OpConfig::Magnitude {
+                block_size: Some(_), ..
+            } => "block",
+            OpConfig::Magnitude {
+                n_m_ratio: Some(_), ..
+            } => "n:m",
             OpConfig::Magnitude { .. } => "magnitude",
         }
     }

@@ -59,10 +59,7 @@ impl Py {
             Py::Int(i) => i.to_string(),
             Py::Float(f) => pyfmt::float(*f),
             Py::Str(s) => pyfmt::string(s),
-            Py::List(items) => format!(
-                "[{}]",
-                items.iter().map(Py::repr).collect::<Vec<_>>().join(", ")
-            ),
+            Py::List(items) => format!("[{}]", items.iter().map(Py::repr).collect::<Vec<_>>().join(", ")),
             Py::Dict(items) => format!(
                 "{{{}}}",
                 items
@@ -129,12 +126,7 @@ fn from_yaml_value(v: serde_norway::Value) -> Result<Py> {
             }
         }
         Y::String(s) => Py::Str(s),
-        Y::Sequence(items) => Py::List(
-            items
-                .into_iter()
-                .map(from_yaml_value)
-                .collect::<Result<_>>()?,
-        ),
+        Y::Sequence(items) => Py::List(items.into_iter().map(from_yaml_value).collect::<Result<_>>()?),
         Y::Mapping(map) => Py::Dict(
             map.into_iter()
                 .map(|(k, v)| Ok((from_yaml_value(k)?, from_yaml_value(v)?)))
@@ -145,8 +137,7 @@ fn from_yaml_value(v: serde_norway::Value) -> Result<Py> {
 }
 
 fn parse_json(s: &str) -> Result<Py> {
-    let v: serde_json::Value =
-        serde_json::from_str(s).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(s).map_err(|e| err(format!("invalid JSON: {e}")))?;
     Ok(from_json_value(v))
 }
 
@@ -154,8 +145,7 @@ fn parse_yaml(s: &str) -> Result<Py> {
     let mut v: serde_norway::Value =
         serde_norway::from_str(s).map_err(|e| err(format!("invalid YAML: {e}")))?;
     // PyYAML's safe_load resolves `<<` merge keys.
-    v.apply_merge()
-        .map_err(|e| err(format!("invalid YAML: {e}")))?;
+    v.apply_merge().map_err(|e| err(format!("invalid YAML: {e}")))?;
     from_yaml_value(v)
 }
 
@@ -263,8 +253,9 @@ fn to_float(v: &Py) -> std::result::Result<f64, String> {
         Py::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
         Py::Int(i) => Ok(*i as f64),
         Py::Float(f) => Ok(*f),
-        Py::Str(s) => python_float_from_str(s)
-            .ok_or_else(|| format!("could not convert string to float: {}", v.repr())),
+        Py::Str(s) => {
+            python_float_from_str(s).ok_or_else(|| format!("could not convert string to float: {}", v.repr()))
+        }
         other => Err(format!(
             "float() argument must be a string or a real number, not '{}'",
             other.type_name()
@@ -300,12 +291,7 @@ fn to_int_pair(v: &Py) -> std::result::Result<(PyInt, PyInt), String> {
                 v.repr()
             ))
         }
-        other => {
-            return Err(format!(
-                "object of type '{}' has no len()",
-                other.type_name()
-            ))
-        }
+        other => return Err(format!("object of type '{}' has no len()", other.type_name())),
     };
     let converted: Vec<PyInt> = items
         .iter()
@@ -445,11 +431,7 @@ fn entry(default_class: &str, value: &Py, at: &str) -> Result<Option<Entry>> {
         .cloned()
         .collect();
     let known: &[&str] = match class.as_str() {
-        THRESHOLD_CLASS => &[
-            "threshold",
-            "minimum_sparsity_percentile",
-            "weight_threshold",
-        ],
+        THRESHOLD_CLASS => &["threshold", "minimum_sparsity_percentile", "weight_threshold"],
         MAGNITUDE_CLASS => &[
             "target_sparsity",
             "block_size",
@@ -480,9 +462,7 @@ fn entry(default_class: &str, value: &Py, at: &str) -> Result<Option<Entry>> {
 }
 
 fn only_accept_message(got: &str) -> String {
-    format!(
-        "prune_weights only accept {MAGNITUDE_CLASS}, {THRESHOLD_CLASS} type config. Got {got}."
-    )
+    format!("prune_weights only accept {MAGNITUDE_CLASS}, {THRESHOLD_CLASS} type config. Got {got}.")
 }
 
 /// Python's `<class 'list'>` for a value's type.
@@ -671,8 +651,10 @@ mod tests {
 
     #[test]
     fn entry_errors_say_where() {
-        let e = from_json_str(r#"{"config_type": "OpThresholdPrunerConfig", "op_name_configs": {"w": {"threshold": -1}}}"#)
-            .unwrap_err();
+        let e = from_json_str(
+            r#"{"config_type": "OpThresholdPrunerConfig", "op_name_configs": {"w": {"threshold": -1}}}"#,
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "config: op_name_configs['w']: Invalid value of \"threshold\": -1.0. Needs to be in [0, inf)"
@@ -700,10 +682,7 @@ mod tests {
             "config_type: OpThresholdPrunerConfig\nglobal_config: {}\n",
         )
         .unwrap();
-        assert!(OptimizationConfig::from_file(&other)
-            .unwrap()
-            .global
-            .is_some());
+        assert!(OptimizationConfig::from_file(&other).unwrap().global.is_some());
 
         let bad = dir.path().join("bad.json");
         std::fs::write(
@@ -712,7 +691,12 @@ mod tests {
         )
         .unwrap();
         let msg = OptimizationConfig::from_file(&bad).unwrap_err().to_string();
-        assert!(msg.contains("bad.json: global_config: Extra fields in constructor for OpThresholdPrunerConfig: x"), "{msg}");
+        assert!(
+            msg.contains(
+                "bad.json: global_config: Extra fields in constructor for OpThresholdPrunerConfig: x"
+            ),
+            "{msg}"
+        );
 
         let missing = dir.path().join("missing.json");
         assert!(matches!(

@@ -142,21 +142,12 @@ fn by_level(entry: Option<&OpConfig>, by: Option<String>) -> Resolution<'_> {
 
 /// `_get_op_config` for a non-const consumer: op name, then op type, then global.
 /// Returns the config and the level it came from (`None` = global), for the skip reason.
-fn consumer_config<'a>(
-    cfg: &'a OptimizationConfig,
-    c: &Consumer,
-) -> (Option<&'a OpConfig>, Option<String>) {
+fn consumer_config<'a>(cfg: &'a OptimizationConfig, c: &Consumer) -> (Option<&'a OpConfig>, Option<String>) {
     if let Some(e) = cfg.op_name.get(c.op_name) {
-        return (
-            e.as_ref(),
-            Some(format!("op_name_configs['{}']", c.op_name)),
-        );
+        return (e.as_ref(), Some(format!("op_name_configs['{}']", c.op_name)));
     }
     if let Some(e) = cfg.op_type.get(c.op_type) {
-        return (
-            e.as_ref(),
-            Some(format!("op_type_configs['{}']", c.op_type)),
-        );
+        return (e.as_ref(), Some(format!("op_type_configs['{}']", c.op_type)));
     }
     (cfg.global.as_ref(), None)
 }
@@ -280,11 +271,7 @@ mod tests {
     fn consumers_resolving_to_none_and_a_config_conflict() {
         let mut cfg = OptimizationConfig::global(threshold(0.1));
         cfg.op_type.insert("linear".into(), None);
-        let m = message(resolve(
-            &cfg,
-            "w",
-            &[c("linear_0", "linear"), c("add_0", "add")],
-        ));
+        let m = message(resolve(&cfg, "w", &[c("linear_0", "linear"), c("add_0", "add")]));
         assert_eq!(
             m,
             "compression config conflict detected between ops linear_0 and add_0. linear_0 has config None \
@@ -296,11 +283,7 @@ mod tests {
     fn conflicting_configs_name_both_ops() {
         let mut cfg = OptimizationConfig::global(threshold(0.1));
         cfg.op_type.insert("conv".into(), Some(nm(2, 4)));
-        let m = message(resolve(
-            &cfg,
-            "w",
-            &[c("conv_0", "conv"), c("mul_1", "mul")],
-        ));
+        let m = message(resolve(&cfg, "w", &[c("conv_0", "conv"), c("mul_1", "mul")]));
         assert!(
             m.starts_with("compression config conflict detected between ops conv_0 and mul_1. "),
             "{m}"
@@ -322,7 +305,10 @@ mod tests {
         // conflict for `OpThresholdPrunerConfig(threshold=nan)` on any const with two consumers).
         let nan = OptimizationConfig::global(threshold(f64::NAN));
         let m = message(resolve(&nan, "w", &[c("a", "add")]));
-        assert!(m.starts_with("compression config conflict detected between ops a and a."), "{m}");
+        assert!(
+            m.starts_with("compression config conflict detected between ops a and a."),
+            "{m}"
+        );
         assert!(nan.validate().is_err(), "validation refuses it first");
     }
 
@@ -367,21 +353,9 @@ mod tests {
         keyed
             .op_type
             .insert("constexpr_lut_to_dense".into(), Some(threshold(0.2)));
-        assert!(resolve_op(
-            &keyed,
-            "lut_0",
-            "constexpr_lut_to_dense",
-            &[c("conv_0", "conv")]
-        )
-        .is_err());
+        assert!(resolve_op(&keyed, "lut_0", "constexpr_lut_to_dense", &[c("conv_0", "conv")]).is_err());
         assert_eq!(
-            resolve_op(
-                &cfg,
-                "lut_0",
-                "constexpr_lut_to_dense",
-                &[c("conv_0", "conv")]
-            )
-            .unwrap(),
+            resolve_op(&cfg, "lut_0", "constexpr_lut_to_dense", &[c("conv_0", "conv")]).unwrap(),
             Resolution::Config(&threshold(0.1))
         );
         // Mixed consumers are resolved normally (the constexpr one by its type, then global).

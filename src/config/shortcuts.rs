@@ -30,12 +30,10 @@ pub struct Shortcuts {
 /// flags is an error, as is giving no flag at all. Field checks and their messages are coremltools'.
 pub fn from_shortcuts(s: &Shortcuts) -> Result<OptimizationConfig> {
     let weight_threshold = Some(PyInt::from(
-        s.weight_threshold
-            .unwrap_or(super::DEFAULT_WEIGHT_THRESHOLD),
+        s.weight_threshold.unwrap_or(super::DEFAULT_WEIGHT_THRESHOLD),
     ));
     let threshold_mode = s.threshold.is_some() || s.min_sparsity.is_some();
-    let magnitude_mode =
-        s.sparsity.is_some() || s.n_m.is_some() || s.block_size.is_some() || s.dim.is_some();
+    let magnitude_mode = s.sparsity.is_some() || s.n_m.is_some() || s.block_size.is_some() || s.dim.is_some();
 
     let op: OpConfig = match (threshold_mode, magnitude_mode) {
         (true, true) => {

@@ -206,9 +206,7 @@ impl RawMagnitude {
         }
         if let Some(b) = block_size {
             if b <= 1 {
-                return Err(err(format!(
-                    "\"block_size\" must be an integer > 1. Got {b}."
-                )));
+                return Err(err(format!("\"block_size\" must be an integer > 1. Got {b}.")));
             }
         }
 
@@ -433,7 +431,10 @@ mod tests {
             }
             .into_config(),
         );
-        assert!(m.starts_with("Invalid value of \"minimum_sparsity_percentile\": nan. Needs to be in [0, 1]"), "{m}");
+        assert!(
+            m.starts_with("Invalid value of \"minimum_sparsity_percentile\": nan. Needs to be in [0, 1]"),
+            "{m}"
+        );
         let m = message(
             RawThreshold {
                 minimum_sparsity_percentile: 2.0,
@@ -441,7 +442,10 @@ mod tests {
             }
             .into_config(),
         );
-        assert!(m.starts_with("Invalid value of \"minimum_sparsity_percentile\": 2.0."), "{m}");
+        assert!(
+            m.starts_with("Invalid value of \"minimum_sparsity_percentile\": 2.0."),
+            "{m}"
+        );
         // Infinity: a threshold of inf is valid (every value is zeroed), the fractions are not.
         let inf = RawThreshold {
             threshold: f64::INFINITY,
@@ -455,9 +459,15 @@ mod tests {
             }
             .into_config(),
         );
-        assert_eq!(m, "Invalid value of \"minimum_sparsity_percentile\": inf. Needs to be in [0, 1]");
+        assert_eq!(
+            m,
+            "Invalid value of \"minimum_sparsity_percentile\": inf. Needs to be in [0, 1]"
+        );
         let m = message(magnitude(|r| r.target_sparsity = Some(f64::INFINITY)));
-        assert_eq!(m, "Invalid value of \"target_sparsity\": inf. Needs to be in [0, 1].");
+        assert_eq!(
+            m,
+            "Invalid value of \"target_sparsity\": inf. Needs to be in [0, 1]."
+        );
         let m = message(
             RawThreshold {
                 threshold: f64::NEG_INFINITY,
@@ -473,10 +483,7 @@ mod tests {
             }
             .into_config(),
         );
-        assert_eq!(
-            m,
-            "\"weight_threshold\" must be a non-negative integer. Got -1."
-        );
+        assert_eq!(m, "\"weight_threshold\" must be a non-negative integer. Got -1.");
         let big = RawThreshold {
             weight_threshold: Some(1 << 100),
             ..Default::default()

@@ -9,13 +9,19 @@ use super::value::string_value;
 /// An input argument bound to a named value.
 pub fn bind_name(name: &str) -> Argument {
     Argument {
-        arguments: vec![argument::Binding { binding: Some(argument::binding::Binding::Name(name.to_owned())) }],
+        arguments: vec![argument::Binding {
+            binding: Some(argument::binding::Binding::Name(name.to_owned())),
+        }],
     }
 }
 
 /// An input argument holding a value inline.
 pub fn bind_value(value: Value) -> Argument {
-    Argument { arguments: vec![argument::Binding { binding: Some(argument::binding::Binding::Value(value)) }] }
+    Argument {
+        arguments: vec![argument::Binding {
+            binding: Some(argument::binding::Binding::Value(value)),
+        }],
+    }
 }
 
 /// An op with a `name` attribute plus the given attributes, inputs and outputs.
@@ -30,7 +36,13 @@ pub fn op(
     Operation {
         r#type: op_type.to_owned(),
         inputs,
-        outputs: outputs.into_iter().map(|(name, ty)| NamedValueType { name, r#type: Some(ty) }).collect(),
+        outputs: outputs
+            .into_iter()
+            .map(|(name, ty)| NamedValueType {
+                name,
+                r#type: Some(ty),
+            })
+            .collect(),
         blocks: vec![],
         attributes,
     }
@@ -41,5 +53,11 @@ pub fn const_op(name: &str, value: Value) -> Operation {
     let ty = value.r#type.clone().unwrap_or_default();
     let mut attributes = BTreeMap::new();
     attributes.insert("val".to_owned(), value);
-    op("const", name, BTreeMap::new(), attributes, vec![(name.to_owned(), ty)])
+    op(
+        "const",
+        name,
+        BTreeMap::new(),
+        attributes,
+        vec![(name.to_owned(), ty)],
+    )
 }

@@ -37,13 +37,17 @@ pub struct DecodedSize {
 impl DecodedSize {
     /// The estimated heap bytes of the decoded model.
     pub fn estimate(&self) -> u64 {
-        self.messages.saturating_mul(MESSAGE_COST).saturating_add(self.payload)
+        self.messages
+            .saturating_mul(MESSAGE_COST)
+            .saturating_add(self.payload)
     }
 }
 
 /// The budget for a file of `file_len` bytes.
 pub fn budget(file_len: u64) -> u64 {
-    file_len.saturating_mul(BUDGET_FACTOR).saturating_add(BUDGET_FLOOR)
+    file_len
+        .saturating_mul(BUDGET_FACTOR)
+        .saturating_add(BUDGET_FLOOR)
 }
 
 /// Counts what decoding `bytes` as a `Model` allocates. `None` if the bytes are not a well-formed
@@ -106,10 +110,24 @@ mod tests {
     use prost::Message;
 
     fn model_with_ops(ops: usize) -> Model {
-        let block = Block { operations: vec![Operation::default(); ops], ..Default::default() };
-        let function = Function { block_specializations: [("CoreML5".to_owned(), block)].into(), ..Default::default() };
-        let program = Program { version: 1, functions: [("main".to_owned(), function)].into(), ..Default::default() };
-        Model { specification_version: 7, r#type: Some(model::Type::MlProgram(program)), ..Default::default() }
+        let block = Block {
+            operations: vec![Operation::default(); ops],
+            ..Default::default()
+        };
+        let function = Function {
+            block_specializations: [("CoreML5".to_owned(), block)].into(),
+            ..Default::default()
+        };
+        let program = Program {
+            version: 1,
+            functions: [("main".to_owned(), function)].into(),
+            ..Default::default()
+        };
+        Model {
+            specification_version: 7,
+            r#type: Some(model::Type::MlProgram(program)),
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -57,7 +57,11 @@ impl GraphView {
                 for input in &function.inputs {
                     scope.define(&input.name, fname)?;
                 }
-                let base = OpPath { function: fname.clone(), specialization: spec.clone(), steps: vec![] };
+                let base = OpPath {
+                    function: fname.clone(),
+                    specialization: spec.clone(),
+                    steps: vec![],
+                };
                 view.walk_block(block, &base, None, &mut scope)?;
             }
         }
@@ -101,7 +105,14 @@ impl GraphView {
                                 op.r#type, base.function
                             )));
                         }
-                        self.add_use(&base.function, value, UseSite::Input { op: index, param: param.clone() });
+                        self.add_use(
+                            &base.function,
+                            value,
+                            UseSite::Input {
+                                op: index,
+                                param: param.clone(),
+                            },
+                        );
                     }
                 }
             }
@@ -112,7 +123,8 @@ impl GraphView {
             }
             for out in &op.outputs {
                 scope.define(&out.name, &base.function)?;
-                self.producers.insert((base.function.clone(), out.name.clone()), index);
+                self.producers
+                    .insert((base.function.clone(), out.name.clone()), index);
             }
         }
         for out in &block.outputs {
@@ -129,12 +141,17 @@ impl GraphView {
     }
 
     fn add_use(&mut self, function: &str, value: &str, site: UseSite) {
-        self.uses.entry((function.to_owned(), value.to_owned())).or_default().push(site);
+        self.uses
+            .entry((function.to_owned(), value.to_owned()))
+            .or_default()
+            .push(site);
     }
 
     /// Every use of `value` in `function`, in program order.
     pub fn uses(&self, function: &str, value: &str) -> &[UseSite] {
-        self.uses.get(&(function.to_owned(), value.to_owned())).map_or(&[], Vec::as_slice)
+        self.uses
+            .get(&(function.to_owned(), value.to_owned()))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The ops that take the output(s) of op `index` as an input, in program order, without repeats.
@@ -155,7 +172,9 @@ impl GraphView {
 
     /// The index of the op producing `value` in `function`.
     pub fn producer(&self, function: &str, value: &str) -> Option<usize> {
-        self.producers.get(&(function.to_owned(), value.to_owned())).copied()
+        self.producers
+            .get(&(function.to_owned(), value.to_owned()))
+            .copied()
     }
 }
 
@@ -165,7 +184,9 @@ impl GraphView {
 /// under one type and consumed under the other; one without `val` has no data to carry over.
 fn check_op(op: &Operation, name: &str, function: &str) -> Result<()> {
     if op.r#type.is_empty() {
-        return Err(Error::Graph(format!("op '{name}' in function '{function}' has no op type")));
+        return Err(Error::Graph(format!(
+            "op '{name}' in function '{function}' has no op type"
+        )));
     }
     for out in &op.outputs {
         if out.r#type.as_ref().and_then(|t| t.r#type.as_ref()).is_none() {
@@ -185,13 +206,19 @@ fn check_op(op: &Operation, name: &str, function: &str) -> Result<()> {
         ));
     }
     let [out] = op.outputs.as_slice() else {
-        return Err(Error::tensor(name, format!("const op has {} outputs, expected 1", op.outputs.len())));
+        return Err(Error::tensor(
+            name,
+            format!("const op has {} outputs, expected 1", op.outputs.len()),
+        ));
     };
     let Some(val) = op.attributes.get("val") else {
         return Err(Error::tensor(name, "const op has no 'val' attribute"));
     };
     if val.value.is_none() {
-        return Err(Error::tensor(name, "const 'val' holds neither an immediate value nor a weight.bin reference"));
+        return Err(Error::tensor(
+            name,
+            "const 'val' holds neither an immediate value nor a weight.bin reference",
+        ));
     }
     if !same_declared_type(val.r#type.as_ref(), out.r#type.as_ref()) {
         return Err(Error::tensor(
@@ -217,7 +244,9 @@ struct Scope {
 impl Scope {
     fn define(&mut self, name: &str, function: &str) -> Result<()> {
         if !self.visible.insert(name.to_owned()) {
-            return Err(Error::Graph(format!("value '{name}' is defined twice in function '{function}'")));
+            return Err(Error::Graph(format!(
+                "value '{name}' is defined twice in function '{function}'"
+            )));
         }
         self.order.push(name.to_owned());
         Ok(())
@@ -240,7 +269,11 @@ impl Scope {
 
 /// The op at `path`, if it exists.
 pub fn op_at<'a>(program: &'a Program, path: &OpPath) -> Option<&'a Operation> {
-    let block = program.functions.get(&path.function)?.block_specializations.get(&path.specialization)?;
+    let block = program
+        .functions
+        .get(&path.function)?
+        .block_specializations
+        .get(&path.specialization)?;
     let (&first, rest) = path.steps.split_first()?;
     let mut op = block.operations.get(first)?;
     for pair in rest.chunks(2) {
@@ -255,7 +288,10 @@ pub fn for_each_op<E>(
     program: &Program,
     mut f: impl FnMut(&Operation) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
-    fn walk<E>(block: &Block, f: &mut impl FnMut(&Operation) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+    fn walk<E>(
+        block: &Block,
+        f: &mut impl FnMut(&Operation) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         for op in &block.operations {
             f(op)?;
             for nested in &op.blocks {
@@ -299,7 +335,11 @@ pub fn for_each_op_mut<E>(
 
 /// Mutable twin of [`op_at`].
 pub fn op_at_mut<'a>(program: &'a mut Program, path: &OpPath) -> Option<&'a mut Operation> {
-    let block = program.functions.get_mut(&path.function)?.block_specializations.get_mut(&path.specialization)?;
+    let block = program
+        .functions
+        .get_mut(&path.function)?
+        .block_specializations
+        .get_mut(&path.specialization)?;
     let (&first, rest) = path.steps.split_first()?;
     let mut op = block.operations.get_mut(first)?;
     for pair in rest.chunks(2) {
@@ -360,6 +400,9 @@ mod tests {
             "model graph: op 'w' (relu) in function 'main': output 'w' has no declared type"
         );
         op.r#type.clear();
-        assert_eq!(refusal(&op), "model graph: op 'w' in function 'main' has no op type");
+        assert_eq!(
+            refusal(&op),
+            "model graph: op 'w' in function 'main' has no op type"
+        );
     }
 }

@@ -33,9 +33,18 @@ impl LoadedModel {
         let program = match shell.r#type.take() {
             Some(model::Type::MlProgram(p)) => p,
             // decode_model only returns ML Programs; keep the error path rather than panic.
-            _ => return Err(Error::Model { path: label.to_owned(), reason: "is not an ML Program".into() }),
+            _ => {
+                return Err(Error::Model {
+                    path: label.to_owned(),
+                    reason: "is not an ML Program".into(),
+                })
+            }
         };
-        Ok(LoadedModel { path: label.to_owned(), shell, program })
+        Ok(LoadedModel {
+            path: label.to_owned(),
+            shell,
+            program,
+        })
     }
 
     pub fn spec_version(&self) -> i32 {
@@ -53,7 +62,10 @@ impl LoadedModel {
 
 /// Decodes a `Model`, checks the re-encode is lossless, and requires an ML Program.
 pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model> {
-    let err = |reason: String| Error::Model { path: path.to_owned(), reason };
+    let err = |reason: String| Error::Model {
+        path: path.to_owned(),
+        reason,
+    };
     if let Some(size) = decode_budget::decoded_size(bytes) {
         let (estimate, budget) = (size.estimate(), decode_budget::budget(bytes.len() as u64));
         if estimate > budget {
@@ -83,7 +95,10 @@ pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model> {
     match &model.r#type {
         Some(model::Type::MlProgram(program)) => {
             if program.version != 1 {
-                return Err(err(format!("ML Program version {} is not supported (expected 1)", program.version)));
+                return Err(err(format!(
+                    "ML Program version {} is not supported (expected 1)",
+                    program.version
+                )));
             }
             Ok(model)
         }
@@ -107,7 +122,10 @@ mod tests {
     fn program_model() -> Model {
         Model {
             specification_version: 7,
-            r#type: Some(model::Type::MlProgram(Program { version: 1, ..Default::default() })),
+            r#type: Some(model::Type::MlProgram(Program {
+                version: 1,
+                ..Default::default()
+            })),
             ..Default::default()
         }
     }
@@ -136,24 +154,35 @@ mod tests {
         let e = decode_model(&bytes, Path::new("m")).unwrap_err().to_string();
         // The unknown field is caught first: either way the model is refused.
         assert!(e.contains("schema does not cover"), "{e}");
-        let bytes = Model { specification_version: 4, ..Default::default() }.encode_to_vec();
+        let bytes = Model {
+            specification_version: 4,
+            ..Default::default()
+        }
+        .encode_to_vec();
         let e = decode_model(&bytes, Path::new("m")).unwrap_err().to_string();
         assert!(e.contains("is not an ML Program"), "{e}");
     }
 
     #[test]
     fn refuses_garbage() {
-        let e = decode_model(&[0xff, 0xff, 0xff], Path::new("m")).unwrap_err().to_string();
+        let e = decode_model(&[0xff, 0xff, 0xff], Path::new("m"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a valid Core ML model protobuf"), "{e}");
     }
 
     #[test]
     fn refuses_other_program_versions() {
         let m = Model {
-            r#type: Some(model::Type::MlProgram(Program { version: 2, ..Default::default() })),
+            r#type: Some(model::Type::MlProgram(Program {
+                version: 2,
+                ..Default::default()
+            })),
             ..Default::default()
         };
-        let e = decode_model(&m.encode_to_vec(), Path::new("m")).unwrap_err().to_string();
+        let e = decode_model(&m.encode_to_vec(), Path::new("m"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("version 2"), "{e}");
     }
 }

@@ -15,7 +15,11 @@ pub fn replace_op(program: &mut Program, path: &OpPath, replacement: Vec<Operati
     if last >= block.operations.len() {
         return Err(missing());
     }
-    let old = block.operations.splice(last..=last, replacement).next().ok_or_else(missing)?;
+    let old = block
+        .operations
+        .splice(last..=last, replacement)
+        .next()
+        .ok_or_else(missing)?;
     Ok(old)
 }
 
@@ -26,7 +30,11 @@ fn block_at_mut<'p>(
     specialization: &str,
     parents: &[usize],
 ) -> Option<&'p mut Block> {
-    let mut block = program.functions.get_mut(function)?.block_specializations.get_mut(specialization)?;
+    let mut block = program
+        .functions
+        .get_mut(function)?
+        .block_specializations
+        .get_mut(specialization)?;
     for pair in parents.chunks(2) {
         let [o, b] = pair else { return None };
         block = block.operations.get_mut(*o)?.blocks.get_mut(*b)?;
@@ -49,11 +57,17 @@ pub fn replace_ops(program: &mut Program, mut edits: Vec<(OpPath, Vec<Operation>
     let mut moved = 0;
     // Deepest blocks first (a block's key extends its parent's, so it sorts after it), and within
     // a block by op index.
-    edits.sort_by(|(a, _), (b, _)| block_key(b).cmp(&block_key(a)).then_with(|| a.steps.last().cmp(&b.steps.last())));
+    edits.sort_by(|(a, _), (b, _)| {
+        block_key(b)
+            .cmp(&block_key(a))
+            .then_with(|| a.steps.last().cmp(&b.steps.last()))
+    });
     let mut edits = edits.into_iter().peekable();
     while let Some((first_path, first_ops)) = edits.next() {
         let missing = |path: &OpPath| Error::Graph(format!("no op at {path:?}"));
-        let Some(&first_index) = first_path.steps.last() else { return Err(missing(&first_path)) };
+        let Some(&first_index) = first_path.steps.last() else {
+            return Err(missing(&first_path));
+        };
         let mut group = vec![(first_index, first_path.clone(), first_ops)];
         while let Some((path, ops)) = edits.next_if(|(p, _)| same_block(p, &first_path)) {
             let index = *path.steps.last().ok_or_else(|| missing(&path))?;
@@ -152,11 +166,21 @@ pub fn rename_all(program: &mut Program, renames: &[(String, String, String)]) -
     }
     let mut by_function: BTreeMap<&str, HashMap<&str, &str>> = BTreeMap::new();
     for (function, old, new) in renames {
-        if by_function.entry(function).or_default().insert(old, new).is_some() {
-            return Err(Error::Graph(format!("value '{old}' in function '{function}' renamed twice")));
+        if by_function
+            .entry(function)
+            .or_default()
+            .insert(old, new)
+            .is_some()
+        {
+            return Err(Error::Graph(format!(
+                "value '{old}' in function '{function}' renamed twice"
+            )));
         }
     }
-    let mut done = Renamed { rebound: 0, ops_visited: 0 };
+    let mut done = Renamed {
+        rebound: 0,
+        ops_visited: 0,
+    };
     for (function, map) in &by_function {
         if let Some(chained) = map.values().find(|new| map.contains_key(**new)) {
             return Err(Error::Graph(format!(
@@ -204,16 +228,37 @@ mod tests {
             BTreeMap::new(),
             vec![("z".into(), t.clone())],
         );
-        let mut outer = op("cond", "branch", BTreeMap::new(), BTreeMap::new(), vec![("c".into(), t.clone())]);
-        outer.blocks.push(Block { outputs: vec!["z".into()], operations: vec![inner], ..Default::default() });
-        let block = Block { outputs: vec!["y".into(), "w".into()], operations: vec![w, lin, outer], ..Default::default() };
+        let mut outer = op(
+            "cond",
+            "branch",
+            BTreeMap::new(),
+            BTreeMap::new(),
+            vec![("c".into(), t.clone())],
+        );
+        outer.blocks.push(Block {
+            outputs: vec!["z".into()],
+            operations: vec![inner],
+            ..Default::default()
+        });
+        let block = Block {
+            outputs: vec!["y".into(), "w".into()],
+            operations: vec![w, lin, outer],
+            ..Default::default()
+        };
         let function = Function {
-            inputs: vec![NamedValueType { name: "x".into(), r#type: Some(t) }],
+            inputs: vec![NamedValueType {
+                name: "x".into(),
+                r#type: Some(t),
+            }],
             opset: "CoreML6".into(),
             block_specializations: BTreeMap::from([("CoreML6".into(), block)]),
             ..Default::default()
         };
-        Program { version: 1, functions: BTreeMap::from([("main".into(), function)]), ..Default::default() }
+        Program {
+            version: 1,
+            functions: BTreeMap::from([("main".into(), function)]),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -227,33 +272,60 @@ mod tests {
         assert_eq!(
             uses,
             &[
-                UseSite::Input { op: 1, param: "weight".into() },
-                UseSite::Input { op: 3, param: "y".into() },
+                UseSite::Input {
+                    op: 1,
+                    param: "weight".into()
+                },
+                UseSite::Input {
+                    op: 3,
+                    param: "y".into()
+                },
                 UseSite::BlockOutput { owner: None },
             ]
         );
         assert_eq!(g.consumers(0), vec![(1, "weight"), (3, "y")]);
         assert_eq!(g.producer("main", "y"), Some(1));
-        assert_eq!(op_at(&p, &g.ops[3].path).and_then(|o| o.name()), Some("inner_add"));
+        assert_eq!(
+            op_at(&p, &g.ops[3].path).and_then(|o| o.name()),
+            Some("inner_add")
+        );
     }
 
     #[test]
     fn graph_rejects_dangling_and_cyclic_names() {
         let mut p = sample();
         // Make `lin` use `z`, which is only defined later inside a nested block: a dangling use.
-        let block = p.functions.get_mut("main").unwrap().block_specializations.get_mut("CoreML6").unwrap();
+        let block = p
+            .functions
+            .get_mut("main")
+            .unwrap()
+            .block_specializations
+            .get_mut("CoreML6")
+            .unwrap();
         block.operations[1].inputs.insert("bias".into(), bind_name("c"));
         let e = GraphView::build(&p).unwrap_err().to_string();
         assert!(e.contains("op 'lin' (linear) input 'bias' refers to 'c'"), "{e}");
 
         let mut p = sample();
-        let block = p.functions.get_mut("main").unwrap().block_specializations.get_mut("CoreML6").unwrap();
+        let block = p
+            .functions
+            .get_mut("main")
+            .unwrap()
+            .block_specializations
+            .get_mut("CoreML6")
+            .unwrap();
         block.outputs.push("nowhere".into());
         let e = GraphView::build(&p).unwrap_err().to_string();
         assert!(e.contains("block output 'nowhere'"), "{e}");
 
         let mut p = sample();
-        let block = p.functions.get_mut("main").unwrap().block_specializations.get_mut("CoreML6").unwrap();
+        let block = p
+            .functions
+            .get_mut("main")
+            .unwrap()
+            .block_specializations
+            .get_mut("CoreML6")
+            .unwrap();
         let dup = block.operations[0].clone();
         block.operations.insert(1, dup);
         let e = GraphView::build(&p).unwrap_err().to_string();
@@ -263,7 +335,13 @@ mod tests {
     #[test]
     fn nested_names_do_not_leak_out_of_their_block() {
         let mut p = sample();
-        let block = p.functions.get_mut("main").unwrap().block_specializations.get_mut("CoreML6").unwrap();
+        let block = p
+            .functions
+            .get_mut("main")
+            .unwrap()
+            .block_specializations
+            .get_mut("CoreML6")
+            .unwrap();
         block.outputs.push("z".into());
         assert!(GraphView::build(&p).is_err());
     }
@@ -287,7 +365,10 @@ mod tests {
         let g = GraphView::build(&p).unwrap();
         let path = g.ops[3].path.clone();
         let repl = op("identity", "ident", BTreeMap::new(), BTreeMap::new(), vec![]);
-        assert_eq!(replace_op(&mut p, &path, vec![repl]).unwrap().name(), Some("inner_add"));
+        assert_eq!(
+            replace_op(&mut p, &path, vec![repl]).unwrap().name(),
+            Some("inner_add")
+        );
         assert_eq!(op_at(&p, &path).and_then(|o| o.name()), Some("ident"));
         let mut bad = path.clone();
         bad.steps = vec![9];

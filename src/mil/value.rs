@@ -5,7 +5,7 @@
 
 use crate::dtype::ScalarType;
 use crate::proto::mil::{
-    dimension, DataType, tensor_value, value, value_type, Dimension, NamedValueType, Operation, TensorType,
+    dimension, tensor_value, value, value_type, DataType, Dimension, NamedValueType, Operation, TensorType,
     TensorValue, Value, ValueType,
 };
 use crate::tensor::TensorData;
@@ -195,23 +195,23 @@ pub fn immediate_value(data: &TensorData, shape: &[u64]) -> Value {
             values: v.iter().map(|&x| x as i64).collect(),
         }),
         TensorData::Bool(v) => Tv::Bools(tensor_value::RepeatedBools { values: v.clone() }),
-        _ => Tv::Bytes(tensor_value::RepeatedBytes { values: data.to_le_bytes() }),
+        _ => Tv::Bytes(tensor_value::RepeatedBytes {
+            values: data.to_le_bytes(),
+        }),
     };
     Value {
         doc_string: String::new(),
         r#type: Some(tensor_value_type(dtype, shape)),
         value: Some(value::Value::ImmediateValue(value::ImmediateValue {
-            value: Some(value::immediate_value::Value::Tensor(TensorValue { value: Some(field) })),
+            value: Some(value::immediate_value::Value::Tensor(TensorValue {
+                value: Some(field),
+            })),
         })),
     }
 }
 
 /// Decodes an immediate tensor into typed data, checking it holds `count` elements of `dtype`.
-pub fn decode_immediate(
-    tensor: &TensorValue,
-    dtype: ScalarType,
-    count: u64,
-) -> Result<TensorData, String> {
+pub fn decode_immediate(tensor: &TensorValue, dtype: ScalarType, count: u64) -> Result<TensorData, String> {
     use tensor_value::Value as Tv;
     let mismatch = |field: &str, len: usize| {
         format!("immediate {field} holds {len} values but the type {dtype} needs {count}")
@@ -232,7 +232,9 @@ pub fn decode_immediate(
             _ => Err(wrong_field("floats")),
         },
         Some(Tv::Doubles(f)) => match dtype {
-            ScalarType::Float64 => check("doubles", f.values.len()).map(|_| TensorData::F64(f.values.clone())),
+            ScalarType::Float64 => {
+                check("doubles", f.values.len()).map(|_| TensorData::F64(f.values.clone()))
+            }
             _ => Err(wrong_field("doubles")),
         },
         Some(Tv::Ints(i)) => {
@@ -288,7 +290,11 @@ pub fn describe_type(ty: Option<&ValueType>) -> String {
                     _ => "?".into(),
                 })
                 .collect();
-            let rank = if usize::try_from(t.rank).ok() == Some(dims.len()) { String::new() } else { format!(" (rank {})", t.rank) };
+            let rank = if usize::try_from(t.rank).ok() == Some(dims.len()) {
+                String::new()
+            } else {
+                format!(" (rank {})", t.rank)
+            };
             format!("{dtype} [{}]{rank}", dims.join(", "))
         }
         Some(value_type::Type::ListType(_)) => "list".into(),

@@ -35,10 +35,7 @@ pub(crate) fn read_folder(root: &Path, shown: &ShownPaths) -> Result<FolderLayou
 
     let data_path = root.join(DATA_DIR);
     if !exists_no_follow(&data_path) {
-        return Err(package_error(
-            shown.show(root),
-            "the Data directory is missing",
-        ));
+        return Err(package_error(shown.show(root), "the Data directory is missing"));
     }
     let data = confined(&data_path, root, &shown.show(&data_path))?;
     if !data.is_dir() {
@@ -67,9 +64,7 @@ pub(crate) fn read_folder(root: &Path, shown: &ShownPaths) -> Result<FolderLayou
     }
     require_regular_file(&model, &data, shown)?;
 
-    let weight = data_path
-        .join(manifest.weights_relative())
-        .join(WEIGHT_FILE);
+    let weight = data_path.join(manifest.weights_relative()).join(WEIGHT_FILE);
     let weight_file = if exists_no_follow(&weight) {
         require_regular_file(&weight, &data, shown)?;
         Some(weight)

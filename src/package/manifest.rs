@@ -228,8 +228,7 @@ fn find_weights_item(entries: &Map<String, Value>) -> Option<&str> {
     let mut ids: Vec<&String> = entries.keys().collect();
     ids.sort();
     ids.into_iter().map(|id| &entries[id]).find_map(|item| {
-        let is_weights =
-            item_str(item, "name") == WEIGHTS_NAME && item_str(item, "author") == CORE_ML_AUTHOR;
+        let is_weights = item_str(item, "name") == WEIGHTS_NAME && item_str(item, "author") == CORE_ML_AUTHOR;
         is_weights.then(|| item_str(item, "path"))
     })
 }
@@ -307,10 +306,7 @@ mod tests {
         let m = parse(COREMLTOOLS_MANIFEST).unwrap();
         assert_eq!(m.root_model_path(), "com.apple.CoreML/model.mlmodel");
         assert_eq!(m.weights_dir_path(), Some("com.apple.CoreML/weights"));
-        assert_eq!(
-            String::from_utf8(m.to_json()).unwrap(),
-            COREMLTOOLS_MANIFEST
-        );
+        assert_eq!(String::from_utf8(m.to_json()).unwrap(), COREMLTOOLS_MANIFEST);
     }
 
     #[test]
@@ -356,17 +352,11 @@ mod tests {
         assert_eq!(m.weights_dir_path(), Some("com.apple.CoreML/weights"));
         assert!(!m.ensure_weights_item());
         let reparsed = Manifest::parse(&m.to_json(), Path::new("x")).unwrap();
-        assert_eq!(
-            reparsed.weights_dir_path(),
-            Some("com.apple.CoreML/weights")
-        );
+        assert_eq!(reparsed.weights_dir_path(), Some("com.apple.CoreML/weights"));
         let doc: Value = serde_json::from_slice(&m.to_json()).unwrap();
         let entries = doc["itemInfoEntries"].as_object().unwrap();
         assert_eq!(entries.len(), 3);
-        let (id, item) = entries
-            .iter()
-            .find(|(_, v)| v["name"] == "weights")
-            .unwrap();
+        let (id, item) = entries.iter().find(|(_, v)| v["name"] == "weights").unwrap();
         assert_eq!(id.len(), 36);
         assert_eq!(item["author"], "com.apple.CoreML");
         assert_eq!(item["description"], "CoreML Model Weights");
@@ -375,11 +365,7 @@ mod tests {
 
     #[test]
     fn weights_item_needs_core_ml_author() {
-        let m = parse(&variant(
-            "\"author\": \"com.apple.CoreML\"",
-            "\"author\": \"me\"",
-        ))
-        .unwrap();
+        let m = parse(&variant("\"author\": \"com.apple.CoreML\"", "\"author\": \"me\"")).unwrap();
         assert_eq!(m.weights_dir_path(), None);
     }
 
@@ -404,10 +390,7 @@ mod tests {
             );
         }
         for newer in ["1.0.1", "1.1.0", "2.0.0"] {
-            assert!(
-                reason(&variant("1.0.0", newer)).contains("newer"),
-                "{newer}"
-            );
+            assert!(reason(&variant("1.0.0", newer)).contains("newer"), "{newer}");
         }
         assert!(
             reason(r#"{"fileFormatVersion": "1.0.0", "rootModelIdentifier": "x"}"#)
@@ -429,20 +412,13 @@ mod tests {
         .contains("is not an object"));
         for key in ITEM_KEYS {
             let missing = variant(&format!("\"{key}\": "), &format!("\"x{key}\": "));
-            assert!(
-                reason(&missing).contains(&format!("'{key}' is missing")),
-                "{key}"
-            );
+            assert!(reason(&missing).contains(&format!("'{key}' is missing")), "{key}");
         }
-        assert!(reason(&variant("\"CoreML Model Weights\"", "false"))
-            .contains("'description' is not a string"));
         assert!(
-            reason(&variant("\"com.apple.CoreML/weights\"", "\"/abs/weights\""))
-                .contains("absolute")
+            reason(&variant("\"CoreML Model Weights\"", "false")).contains("'description' is not a string")
         );
-        assert!(
-            reason(&variant("\"com.apple.CoreML/weights\"", "\"../weights\"")).contains("'..'")
-        );
+        assert!(reason(&variant("\"com.apple.CoreML/weights\"", "\"/abs/weights\"")).contains("absolute"));
+        assert!(reason(&variant("\"com.apple.CoreML/weights\"", "\"../weights\"")).contains("'..'"));
         assert!(reason(&variant(
             "\"rootModelIdentifier\": \"dba3c96a-dc83-4e7d-850f-773703c01120\"",
             "\"r\": 1"

@@ -140,16 +140,12 @@ impl Package {
 
     /// `Data/<root model item path>`.
     pub fn model_path(&self) -> PathBuf {
-        self.root
-            .join(DATA_DIR)
-            .join(self.manifest.root_model_relative())
+        self.root.join(DATA_DIR).join(self.manifest.root_model_relative())
     }
 
     /// `Data/<weights item path>`, or `Data/com.apple.CoreML/weights` without a weights item.
     pub fn weights_dir(&self) -> PathBuf {
-        self.root
-            .join(DATA_DIR)
-            .join(self.manifest.weights_relative())
+        self.root.join(DATA_DIR).join(self.manifest.weights_relative())
     }
 
     /// `weight.bin` in the weights directory, when the package has one.
@@ -237,10 +233,7 @@ impl ShownPaths {
 
 /// A `.zip` name, or a file that starts with a zip signature.
 fn looks_like_zip(path: &Path) -> Result<bool> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     if strip_suffix_ignore_case(&name, ".zip").len() < name.len() {
         return Ok(true);
     }
@@ -305,7 +298,9 @@ mod tests {
         // Everything but the file no manifest item covers, and its folder.
         let mut expected = read_tree(&root);
         assert!(expected.remove(Path::new(EXTRA_FILE)).is_some());
-        assert!(expected.remove(Path::new("Data/com.apple.CoreML/extra")).is_some());
+        assert!(expected
+            .remove(Path::new("Data/com.apple.CoreML/extra"))
+            .is_some());
         for (zip_name, prefix) in [("folder.zip", "m.mlpackage/"), ("flat.mlpackage.zip", "")] {
             let zip_path = dir.path().join(zip_name);
             zip_tree(&root, &zip_path, prefix);
@@ -326,9 +321,7 @@ mod tests {
             assert_eq!(package.root().file_name().unwrap(), folder);
             assert_eq!(
                 package.display_path(&package.model_path()),
-                zip_path
-                    .join(folder)
-                    .join("Data/com.apple.CoreML/model.mlmodel")
+                zip_path.join(folder).join("Data/com.apple.CoreML/model.mlmodel")
             );
             // The extracted copy lives only as long as the package.
             let extracted = package.root().to_path_buf();
@@ -339,11 +332,8 @@ mod tests {
 
     #[test]
     fn used_paths_are_the_manifest_and_the_declared_items() {
-        let manifest = Manifest::parse(
-            manifest_with_extra_item().as_bytes(),
-            Path::new("Manifest.json"),
-        )
-        .unwrap();
+        let manifest =
+            Manifest::parse(manifest_with_extra_item().as_bytes(), Path::new("Manifest.json")).unwrap();
         let used = used_paths(&manifest);
         assert_eq!(
             used,
@@ -402,7 +392,10 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .starts_with(UNZIP_PREFIX));
-        assert_eq!(live_dir.parent().unwrap(), std::fs::canonicalize(std::env::temp_dir()).unwrap());
+        assert_eq!(
+            live_dir.parent().unwrap(),
+            std::fs::canonicalize(std::env::temp_dir()).unwrap()
+        );
 
         // Opening a folder input sweeps too; opening a zip input as well.
         for (tag, input) in [("folder", &root), ("zip", &zip_path)] {
@@ -445,10 +438,7 @@ mod tests {
             matches!(&err, Error::Package { path, .. } if *path == root),
             "{err}"
         );
-        assert!(
-            err.to_string().contains("Manifest.json is missing"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("Manifest.json is missing"), "{err}");
 
         let root = make_package(dir.path(), "b.mlpackage");
         std::fs::remove_file(root.join("Data/com.apple.CoreML/model.mlmodel")).unwrap();

@@ -10,9 +10,9 @@ use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::manifest::Manifest;
 use super::paths::{confined, exists_no_follow};
 use super::random::temp_suffix;
-use crate::cleanup::{self, ScratchPath};
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
 use super::{use_of, used_paths, Package, Use};
+use crate::cleanup::{self, ScratchPath};
 use crate::error::{Error, IoContext, Result};
 #[cfg(test)]
 use zip::ZipArchive;
@@ -20,7 +20,10 @@ use zip::ZipArchive;
 /// OUTPUT's parent directory (`.` for a bare name) and file name.
 fn split_output(output: &Path) -> Result<(PathBuf, OsString)> {
     let name = output.file_name().ok_or_else(|| {
-        Error::Usage(format!("output {} does not name a file or directory", output.display()))
+        Error::Usage(format!(
+            "output {} does not name a file or directory",
+            output.display()
+        ))
     })?;
     Ok((parent_dir(output), name.to_os_string()))
 }
@@ -93,7 +96,14 @@ impl OutputPackage {
             input.weight_file_relative(),
         ];
         let used = used_paths(input.manifest());
-        copy_tree(input, input.root(), staged.staging_dir(), Path::new(""), &used, &skip)?;
+        copy_tree(
+            input,
+            input.root(),
+            staged.staging_dir(),
+            Path::new(""),
+            &used,
+            &skip,
+        )?;
         staged.create_item_dirs()?;
         Ok(staged)
     }
@@ -143,9 +153,7 @@ impl OutputPackage {
     }
 
     fn staging_dir(&self) -> &Path {
-        self.staging
-            .as_ref()
-            .map_or(Path::new(""), ScratchPath::path)
+        self.staging.as_ref().map_or(Path::new(""), ScratchPath::path)
     }
 
     /// Reserves `path` for a file to publish with the package (see `write_companion`): refuses a
@@ -159,7 +167,10 @@ impl OutputPackage {
         let (dir, name) = (parent_dir(path), path.file_name().unwrap_or_default());
         sweep_leftovers(&dir, name, &mut self.notices)?;
         let scratch = ScratchPath::create_file(&dir, &scratch_prefix(name))?;
-        self.companion = Some(Companion { final_path: path.to_path_buf(), scratch });
+        self.companion = Some(Companion {
+            final_path: path.to_path_buf(),
+            scratch,
+        });
         Ok(())
     }
 
@@ -417,13 +428,12 @@ fn zip_holds_package(path: &Path) -> bool {
 /// `protected`, neither at its own location nor where a link there leads, and where something
 /// exists at `path` it must be a regular file (or a link to one) that a rename may replace.
 fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        Error::Usage(format!("report {} does not name a file", path.display()))
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("report {} does not name a file", path.display())))?;
     let dir = parent_dir(path);
-    let dir_canonical = std::fs::canonicalize(&dir).map_err(|e| {
-        Error::Usage(format!("report directory {} is not usable: {e}", dir.display()))
-    })?;
+    let dir_canonical = std::fs::canonicalize(&dir)
+        .map_err(|e| Error::Usage(format!("report directory {} is not usable: {e}", dir.display())))?;
     let mut locations = vec![dir_canonical.join(name)];
     if exists_no_follow(path) {
         let followed = std::fs::metadata(path).ok().filter(|m| m.is_file());
@@ -635,8 +645,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         make_package(dir.path(), "in.mlpackage");
         let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
-        let staged =
-            OutputPackage::create(&input, &dir.path().join("out.mlpackage"), false).unwrap();
+        let staged = OutputPackage::create(&input, &dir.path().join("out.mlpackage"), false).unwrap();
         let staging = staged.staging_dir().to_path_buf();
         assert!(staging
             .file_name()
@@ -650,7 +659,10 @@ mod tests {
             tree[Path::new("Manifest.json")].as_deref(),
             Some(COREMLTOOLS_MANIFEST.as_bytes())
         );
-        assert!(!tree.contains_key(Path::new(EXTRA_FILE)), "not in any manifest item");
+        assert!(
+            !tree.contains_key(Path::new(EXTRA_FILE)),
+            "not in any manifest item"
+        );
         assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/model.mlmodel")));
         assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/weights/weight.bin")));
         assert!(staged.weight_path().parent().unwrap().is_dir());
@@ -687,8 +699,7 @@ mod tests {
     fn set_manifest_rewrites_the_staged_manifest() {
         let dir = tempfile::tempdir().unwrap();
         let root = make_package(dir.path(), "in.mlpackage");
-        let without_weights =
-            COREMLTOOLS_MANIFEST.replace("\"name\": \"weights\"", "\"name\": \"w\"");
+        let without_weights = COREMLTOOLS_MANIFEST.replace("\"name\": \"weights\"", "\"name\": \"w\"");
         std::fs::write(root.join("Manifest.json"), &without_weights).unwrap();
         let (_input, staged) = stage(dir.path(), "out.mlpackage", false).unwrap();
         staged.commit().unwrap();
@@ -719,10 +730,7 @@ mod tests {
             assert_eq!(read_tree(reopened.root()), expected_tree(&input));
             // One top-level folder holds everything, directories included.
             let archive = ZipArchive::new(File::open(&zip_path).unwrap()).unwrap();
-            let names: Vec<String> = archive
-                .file_names()
-                .map(|n| n.unwrap().into_owned())
-                .collect();
+            let names: Vec<String> = archive.file_names().map(|n| n.unwrap().into_owned()).collect();
             assert!(
                 names.iter().all(|n| n.starts_with(&format!("{folder}/"))),
                 "{names:?}"
@@ -739,16 +747,8 @@ mod tests {
     fn zip_output_is_deterministic() {
         let dir = tempfile::tempdir().unwrap();
         make_package(dir.path(), "in.mlpackage");
-        stage(dir.path(), "a.zip", false)
-            .unwrap()
-            .1
-            .commit()
-            .unwrap();
-        stage(dir.path(), "b.zip", false)
-            .unwrap()
-            .1
-            .commit()
-            .unwrap();
+        stage(dir.path(), "a.zip", false).unwrap().1.commit().unwrap();
+        stage(dir.path(), "b.zip", false).unwrap().1.commit().unwrap();
         // Same folder name inside, so the archives must be byte-identical apart from it.
         let a = std::fs::read(dir.path().join("a.zip")).unwrap();
         let b = std::fs::read(dir.path().join("b.zip")).unwrap();
@@ -803,16 +803,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         make_package(dir.path(), "in.mlpackage");
         assert!(
-            usage(stage(dir.path(), "in.mlpackage/Data/out.mlpackage", true))
-                .contains("inside the input")
+            usage(stage(dir.path(), "in.mlpackage/Data/out.mlpackage", true)).contains("inside the input")
         );
         let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
         let err = OutputPackage::create(&input, dir.path(), true).unwrap_err();
         assert!(err.to_string().contains("contains the input"), "{err}");
-        assert!(input
-            .root()
-            .join("Data/com.apple.CoreML/model.mlmodel")
-            .exists());
+        assert!(input.root().join("Data/com.apple.CoreML/model.mlmodel").exists());
         let in_data = read_tree(input.root());
         assert!(!in_data
             .keys()
@@ -824,11 +820,7 @@ mod tests {
     fn output_through_a_symlink_into_the_input_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         make_package(dir.path(), "in.mlpackage");
-        std::os::unix::fs::symlink(
-            dir.path().join("in.mlpackage/Data"),
-            dir.path().join("alias"),
-        )
-        .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("in.mlpackage/Data"), dir.path().join("alias")).unwrap();
         assert!(usage(stage(dir.path(), "alias/out.mlpackage", false)).contains("inside the input"));
     }
 
@@ -876,7 +868,13 @@ mod tests {
             writer.write_all(b"{}").unwrap();
             writer.finish().unwrap();
         }
-        let mut names = vec!["victim", "half.mlpackage", "plain.mlpackage", "fake.zip", "other.zip"];
+        let mut names = vec![
+            "victim",
+            "half.mlpackage",
+            "plain.mlpackage",
+            "fake.zip",
+            "other.zip",
+        ];
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink("victim", dir.path().join("link.mlpackage")).unwrap();
@@ -891,12 +889,15 @@ mod tests {
             assert!(message.contains("--force only replaces"), "{name}: {message}");
             assert!(message.contains(name), "{name}: {message}");
             // `generate` stages through create_new: the same rule.
-            let err =
-                OutputPackage::create_new(&dir.path().join(name), Manifest::new_ml_program(), true)
-                    .unwrap_err();
+            let err = OutputPackage::create_new(&dir.path().join(name), Manifest::new_ml_program(), true)
+                .unwrap_err();
             assert!(err.to_string().contains("--force only replaces"), "{name}: {err}");
         }
-        assert_eq!(read_tree(dir.path()), before, "nothing replaced, nothing left behind");
+        assert_eq!(
+            read_tree(dir.path()),
+            before,
+            "nothing replaced, nothing left behind"
+        );
     }
 
     #[test]
@@ -930,14 +931,22 @@ mod tests {
         assert!(!report.exists(), "published only at commit");
         staged.commit().unwrap();
         assert_eq!(std::fs::read(&report).unwrap(), b"[]\n");
-        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage", "report.json"]);
+        assert_eq!(
+            list_dir(dir.path()),
+            ["in.mlpackage", "out.mlpackage", "report.json"]
+        );
 
         // Dropped before commit: neither appears, and no scratch sibling stays.
         let (input, mut staged) = stage(dir.path(), "out2.zip", false).unwrap();
-        staged.reserve_companion(&dir.path().join("r2.json"), &[input.origin()]).unwrap();
+        staged
+            .reserve_companion(&dir.path().join("r2.json"), &[input.origin()])
+            .unwrap();
         staged.write_companion(b"[]").unwrap();
         drop(staged);
-        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage", "report.json"]);
+        assert_eq!(
+            list_dir(dir.path()),
+            ["in.mlpackage", "out.mlpackage", "report.json"]
+        );
     }
 
     #[test]
@@ -959,7 +968,11 @@ mod tests {
         let zipped = Package::open(&zip).unwrap();
         let config = dir.path().join("config.yaml");
         let mut cases = vec![
-            (&input, "in.mlpackage/Data/com.apple.CoreML/weights/weight.bin", "would overwrite"),
+            (
+                &input,
+                "in.mlpackage/Data/com.apple.CoreML/weights/weight.bin",
+                "would overwrite",
+            ),
             (&input, "in.mlpackage/Manifest.json", "would overwrite"),
             (&input, "out.mlpackage/Manifest.json", "would overwrite"),
             (&input, "out.mlpackage", "not a regular file"),
@@ -970,8 +983,7 @@ mod tests {
         #[cfg(unix)]
         cases.push((&input, "innocent.json", "would overwrite"));
         for (package, report, expected) in cases {
-            let mut staged =
-                OutputPackage::create(package, &dir.path().join("out.mlpackage"), true).unwrap();
+            let mut staged = OutputPackage::create(package, &dir.path().join("out.mlpackage"), true).unwrap();
             let err = staged
                 .reserve_companion(&dir.path().join(report), &[package.origin(), &config])
                 .unwrap_err();
@@ -995,10 +1007,7 @@ mod tests {
             assert!(matches!(err, Error::Usage(_)), "{err}");
             assert_eq!(list_dir(&dir.path().join(out_name)), ["theirs"]);
         }
-        assert_eq!(
-            list_dir(dir.path()),
-            ["in.mlpackage", "out.mlpackage", "out.zip"]
-        );
+        assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage", "out.zip"]);
     }
 
     #[cfg(unix)]
@@ -1066,7 +1075,10 @@ mod tests {
         zip_tree(&root, &zip_path, "in.mlpackage/");
 
         let mut outputs = Vec::new();
-        for (input, out_name) in [(&root, "from-folder.mlpackage"), (&zip_path, "from-zip.mlpackage")] {
+        for (input, out_name) in [
+            (&root, "from-folder.mlpackage"),
+            (&zip_path, "from-zip.mlpackage"),
+        ] {
             let input = Package::open(input).unwrap();
             let out = dir.path().join(out_name);
             let staged = OutputPackage::create(&input, &out, false).unwrap();

@@ -41,11 +41,7 @@ pub(crate) fn confined(path: &Path, base: &Path, shown: &Path) -> Result<PathBuf
     if !resolved.starts_with(base) {
         return Err(Error::Package {
             path: shown.to_path_buf(),
-            reason: format!(
-                "resolves to {}, outside {}",
-                resolved.display(),
-                base.display()
-            ),
+            reason: format!("resolves to {}, outside {}", resolved.display(), base.display()),
         });
     }
     Ok(resolved)
@@ -71,14 +67,10 @@ mod tests {
             .contains("absolute"));
         assert!(relative_item_path("a/../../b").unwrap_err().contains(".."));
         assert!(relative_item_path("..").unwrap_err().contains(".."));
-        assert!(relative_item_path("a\\..\\b")
-            .unwrap_err()
-            .contains("backslash"));
+        assert!(relative_item_path("a\\..\\b").unwrap_err().contains("backslash"));
         assert!(relative_item_path("a\0b").unwrap_err().contains("NUL"));
         assert!(relative_item_path("").unwrap_err().contains("Data/ itself"));
-        assert!(relative_item_path("./.")
-            .unwrap_err()
-            .contains("Data/ itself"));
+        assert!(relative_item_path("./.").unwrap_err().contains("Data/ itself"));
     }
 
     #[test]

@@ -113,9 +113,7 @@ pub(crate) fn zip_tree(root: &Path, zip_path: &Path, prefix: &str) {
 pub(crate) fn zip_entries(zip_path: &Path, entries: &[(&str, &[u8])]) {
     let mut writer = ZipWriter::new(std::fs::File::create(zip_path).unwrap());
     for (name, bytes) in entries {
-        writer
-            .start_file(*name, SimpleFileOptions::default())
-            .unwrap();
+        writer.start_file(*name, SimpleFileOptions::default()).unwrap();
         writer.write_all(bytes).unwrap();
     }
     writer.finish().unwrap();

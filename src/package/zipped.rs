@@ -63,18 +63,14 @@ struct PlannedEntry {
 ///
 /// Without a readable `Manifest.json` nothing but the package folder is created, and reading the
 /// folder reports the problem exactly as for a folder input.
-pub(crate) fn extract_package(
-    archive_path: &Path,
-    dest: &Path,
-    limits: &ZipLimits,
-) -> Result<PathBuf> {
+pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimits) -> Result<PathBuf> {
     let zip_error = |reason: String| Error::Zip {
         path: archive_path.to_path_buf(),
         reason,
     };
     let file = File::open(archive_path).at(archive_path)?;
-    let mut archive = ZipArchive::new(BufReader::with_capacity(1 << 20, file))
-        .map_err(|e| zip_error(e.to_string()))?;
+    let mut archive =
+        ZipArchive::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| zip_error(e.to_string()))?;
     if archive.len() > limits.max_entries {
         return Err(zip_error(format!(
             "{} entries, more than the limit of {}",
@@ -107,8 +103,7 @@ pub(crate) fn extract_package(
     };
     // Named as read_folder names it: `archive.zip/<name>.mlpackage/Manifest.json`.
     let manifest_shown = archive_path.join(&package_name).join(MANIFEST_FILE);
-    let manifest_bytes =
-        read_manifest(&mut archive, manifest_entry, archive_path, &manifest_shown)?;
+    let manifest_bytes = read_manifest(&mut archive, manifest_entry, archive_path, &manifest_shown)?;
     let manifest = Manifest::parse(&manifest_bytes, &manifest_shown)?;
 
     let used = used_paths(&manifest);
@@ -195,12 +190,7 @@ fn read_manifest<R: Read + io::Seek>(
 }
 
 /// Refuses to start an extraction of `needed` bytes into `dest` that the filesystem cannot hold.
-fn check_free_space(
-    archive_path: &Path,
-    dest: &Path,
-    needed: u64,
-    limits: &ZipLimits,
-) -> Result<()> {
+fn check_free_space(archive_path: &Path, dest: &Path, needed: u64, limits: &ZipLimits) -> Result<()> {
     let available = match limits.free_bytes {
         Some(bytes) => bytes,
         None => free_space(dest).at(dest)?,
@@ -384,8 +374,8 @@ fn extract_file<R: Read + io::Seek>(
     let mut reader = archive.by_index(entry.index).map_err(|e| e.to_string())?;
     let mut out = BufWriter::with_capacity(1 << 20, create_new(target)?);
     let limit = entry.declared_size.min(budget);
-    let copied = io::copy(&mut (&mut reader).take(limit.saturating_add(1)), &mut out)
-        .map_err(|e| e.to_string())?;
+    let copied =
+        io::copy(&mut (&mut reader).take(limit.saturating_add(1)), &mut out).map_err(|e| e.to_string())?;
     if copied > budget {
         return Err("uncompressed data exceeds the archive size limit".into());
     }
@@ -400,8 +390,7 @@ fn extract_file<R: Read + io::Seek>(
             entry.declared_size
         ));
     }
-    out.flush()
-        .map_err(|e| format!("{}: {e}", target.display()))?;
+    out.flush().map_err(|e| format!("{}: {e}", target.display()))?;
     Ok(copied)
 }
 
@@ -417,10 +406,7 @@ pub(crate) fn write_package_zip(
     let mut writer = ZipWriter::new(BufWriter::with_capacity(1 << 20, file));
     let dir_options = SimpleFileOptions::default().last_modified_time(DateTime::DEFAULT);
     writer
-        .add_directory(
-            format!("{folder_name}/"),
-            dir_options.unix_permissions(0o755),
-        )
+        .add_directory(format!("{folder_name}/"), dir_options.unix_permissions(0o755))
         .map_err(|e| Error::Zip {
             path: dest.to_path_buf(),
             reason: e.to_string(),
@@ -453,9 +439,10 @@ fn add_tree<W: Write + io::Seek>(
         .at(dir)?;
     children.sort();
     for path in children {
-        let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-            zip_error(format!("{}: file name is not valid UTF-8", path.display()))
-        })?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| zip_error(format!("{}: file name is not valid UTF-8", path.display())))?;
         let entry_name = format!("{prefix}/{name}");
         let meta = std::fs::symlink_metadata(&path).at(&path)?;
         let options = SimpleFileOptions::default()
@@ -531,10 +518,7 @@ mod tests {
     fn package_entries<'a>(extra: &[(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a [u8])> {
         let mut entries: Vec<(&str, &[u8])> = vec![
             ("m.mlpackage/Manifest.json", COREMLTOOLS_MANIFEST.as_bytes()),
-            (
-                "m.mlpackage/Data/com.apple.CoreML/model.mlmodel",
-                MODEL_BYTES,
-            ),
+            ("m.mlpackage/Data/com.apple.CoreML/model.mlmodel", MODEL_BYTES),
             (
                 "m.mlpackage/Data/com.apple.CoreML/weights/weight.bin",
                 WEIGHT_BYTES,
@@ -567,11 +551,7 @@ mod tests {
     #[test]
     fn zip_slip_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        for evil in [
-            "../evil",
-            "m.mlpackage/../../evil",
-            "m.mlpackage\\..\\..\\evil",
-        ] {
+        for evil in ["../evil", "m.mlpackage/../../evil", "m.mlpackage\\..\\..\\evil"] {
             let zip_path = dir.path().join("slip.zip");
             zip_entries(&zip_path, &package_entries(&[(evil, b"pwned")]));
             let reason = zip_reason(Package::open(&zip_path));
@@ -597,9 +577,7 @@ mod tests {
         let zip_path = dir.path().join("link.zip");
         let mut writer = ZipWriter::new(File::create(&zip_path).unwrap());
         for (name, bytes) in package_entries(&[]) {
-            writer
-                .start_file(name, SimpleFileOptions::default())
-                .unwrap();
+            writer.start_file(name, SimpleFileOptions::default()).unwrap();
             writer.write_all(bytes).unwrap();
         }
         writer
@@ -647,8 +625,7 @@ mod tests {
             max_entries: 4,
             ..ZipLimits::default()
         };
-        assert!(zip_reason(open_limited(&zip_path, limits))
-            .contains("5 entries, more than the limit of 4"));
+        assert!(zip_reason(open_limited(&zip_path, limits)).contains("5 entries, more than the limit of 4"));
         open_limited(
             &zip_path,
             ZipLimits {
@@ -671,10 +648,7 @@ mod tests {
         };
         assert!(zip_reason(open_limited(&zip_path, limits)).contains("exceeds the limit of 4096"));
         // The cap counts only what is extracted: the same entry outside every item is skipped.
-        zip_entries(
-            &zip_path,
-            &package_entries(&[("m.mlpackage/zeros", &zeros)]),
-        );
+        zip_entries(&zip_path, &package_entries(&[("m.mlpackage/zeros", &zeros)]));
         assert!(open_limited(&zip_path, limits).is_ok());
     }
 
@@ -693,8 +667,7 @@ mod tests {
                 if &bytes[start..start + 4] == signature
                     && bytes[start + size_at..start + size_at + 4] == real
                 {
-                    bytes[start + size_at..start + size_at + 4]
-                        .copy_from_slice(&10u32.to_le_bytes());
+                    bytes[start + size_at..start + size_at + 4].copy_from_slice(&10u32.to_le_bytes());
                     patched += 1;
                 }
             }
@@ -706,10 +679,7 @@ mod tests {
             ..ZipLimits::default()
         };
         let reason = zip_reason(open_limited(&zip_path, limits));
-        assert!(
-            reason.contains(&format!("entry '{USED_ZEROS}'")),
-            "{reason}"
-        );
+        assert!(reason.contains(&format!("entry '{USED_ZEROS}'")), "{reason}");
         assert!(reason.contains("larger than its declared"), "{reason}");
     }
 
@@ -725,10 +695,7 @@ mod tests {
         let entries = plan_entries(&archive).unwrap();
         let target = dir.path().join("out");
         let reason = extract_file(&mut archive, &entries[0], &target, 1000).unwrap_err();
-        assert!(
-            reason.contains("exceeds the archive size limit"),
-            "{reason}"
-        );
+        assert!(reason.contains("exceeds the archive size limit"), "{reason}");
         assert!(std::fs::metadata(&target).unwrap().len() <= 1001);
         let target = dir.path().join("out2");
         assert_eq!(
@@ -751,10 +718,7 @@ mod tests {
         std::fs::write(&zip_path, b"not a zip at all").unwrap();
         let err = Package::open(&zip_path).unwrap_err();
         assert!(matches!(err, Error::Zip { .. }), "{err}");
-        assert!(
-            err.to_string().starts_with(zip_path.to_str().unwrap()),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with(zip_path.to_str().unwrap()), "{err}");
     }
 
     #[test]
@@ -766,10 +730,7 @@ mod tests {
         let bomb = vec![0u8; 100_000];
         let mut entries: Vec<(&str, &[u8])> = vec![
             ("m.mlpackage/Manifest.json", manifest.as_bytes()),
-            (
-                "m.mlpackage/Data/com.apple.CoreML/model.mlmodel",
-                MODEL_BYTES,
-            ),
+            ("m.mlpackage/Data/com.apple.CoreML/model.mlmodel", MODEL_BYTES),
             (
                 "m.mlpackage/Data/com.apple.CoreML/weights/weight.bin",
                 WEIGHT_BYTES,
@@ -780,14 +741,8 @@ mod tests {
         let unused: [(&str, &[u8]); 6] = [
             ("m.mlpackage/README.md", b"readme"),
             ("m.mlpackage/Data/stray.bin", b"stray"),
-            (
-                "m.mlpackage/Data/com.apple.CoreML/model.mlmodel.bak",
-                b"old",
-            ),
-            (
-                "m.mlpackage/Data/com.apple.CoreML/extra/notes.txt",
-                b"notes",
-            ),
+            ("m.mlpackage/Data/com.apple.CoreML/model.mlmodel.bak", b"old"),
+            ("m.mlpackage/Data/com.apple.CoreML/extra/notes.txt", b"notes"),
             ("m.mlpackage/Data/com.example/labels2/x", b"x"),
             ("m.mlpackage/Data/com.example/bomb", &bomb),
         ];
@@ -890,10 +845,7 @@ mod tests {
             &zip_path,
             &[
                 ("m.mlpackage/Manifest.json", b"{}"),
-                (
-                    "m.mlpackage/Data/com.apple.CoreML/model.mlmodel",
-                    MODEL_BYTES,
-                ),
+                ("m.mlpackage/Data/com.apple.CoreML/model.mlmodel", MODEL_BYTES),
             ],
         );
         let err = Package::open(&zip_path).unwrap_err();
@@ -912,10 +864,7 @@ mod tests {
 
         zip_entries(
             &zip_path,
-            &[(
-                "m.mlpackage/Data/com.apple.CoreML/model.mlmodel",
-                MODEL_BYTES,
-            )],
+            &[("m.mlpackage/Data/com.apple.CoreML/model.mlmodel", MODEL_BYTES)],
         );
         let err = Package::open(&zip_path).unwrap_err();
         assert!(

@@ -34,7 +34,16 @@ pub fn block<T: Element>(
     block_size: usize,
     dim: usize,
 ) -> Result<Outcome<T>, KernelError> {
-    block_in_place(Dense::Borrowed { values: w, out: Vec::new() }, shape, target_sparsity, block_size, dim)
+    block_in_place(
+        Dense::Borrowed {
+            values: w,
+            out: Vec::new(),
+        },
+        shape,
+        target_sparsity,
+        block_size,
+        dim,
+    )
 }
 
 /// [`block()`], with the kept values in `w`'s own allocation or its output buffer.
@@ -59,15 +68,23 @@ pub fn block_in_place<'a, T: Element>(
     check_structural_rank(shape, "block sparsity")?;
     let q = target_sparsity * 100.0;
     if q == 100.0 {
-        return Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Multiply, |_, _, flags| flags.fill(true))));
+        return Ok(Outcome::Pruned(encode_sparse_in_place(
+            w,
+            Apply::Multiply,
+            |_, _, flags| flags.fill(true),
+        )));
     }
     if q == 0.0 {
         // No cut: every non-zero is kept.
-        return Ok(Outcome::Pruned(encode_kept(w, |_, values, bytes| T::keep_mask(values, None, bytes))));
+        return Ok(Outcome::Pruned(encode_kept(w, |_, values, bytes| {
+            T::keep_mask(values, None, bytes)
+        })));
     }
     if let Some(decisions) = fast_block_decisions(w.values(), layout, block_size, target_sparsity) {
         let decisions = decisions?;
-        return Ok(Outcome::Pruned(encode_kept(w, |start, values, bytes| decisions.mask_into(start, values, bytes))));
+        return Ok(Outcome::Pruned(encode_kept(w, |start, values, bytes| {
+            decisions.mask_into(start, values, bytes)
+        })));
     }
     let pruned = reference_flags(w.values(), layout, block_size, target_sparsity)?;
     Ok(Outcome::Pruned(encode_kept(w, |start, values, bytes| {

@@ -28,10 +28,10 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::axes::ChannelLayout;
-use super::element::{pairwise_sum_f32, Element, MapValue};
-use super::f16_lanes;
 use super::bracket::{count_bracket, sample_bracket};
 use super::cpu::{Avx2, Avx2F16c};
+use super::element::{pairwise_sum_f32, Element, MapValue};
+use super::f16_lanes;
 use super::keys::{key_histogram, order_stats, Key};
 use super::mask::mask_from_pruned;
 use super::percentile::{cut_from_stats, percentile_cut};
@@ -92,7 +92,7 @@ fn block_decisions<F: NormFloat>(
     let norms = block_norms(w, &geometry);
     let cut = weighted_cut(&norms, &geometry, w.len() as u64, target_sparsity)?;
     let inner = layout.inner;
-    let decisions = if inner > 1 && inner % 8 == 0 {
+    let decisions = if inner > 1 && inner.is_multiple_of(8) {
         // Whole bytes per decision row: the element mask will be the non-zero mask ANDed with
         // the rows' bits, a byte at a time. A kept norm is one above the cut, which is the keep
         // mask of the norms themselves (a norm above a cut is never zero).
@@ -146,7 +146,11 @@ impl BlockDecisions {
         };
         debug_assert_eq!(start % 8, 0);
         T::keep_mask(values, None, bytes);
-        let Geometry { layout, block_size, blocks } = self.geometry;
+        let Geometry {
+            layout,
+            block_size,
+            blocks,
+        } = self.geometry;
         let ChannelLayout { channel, inner, .. } = layout;
         // Rows of `inner` elements share a row of decisions, and start on a byte.
         let mut at = 0;
@@ -201,7 +205,10 @@ impl BlockDecisions {
                 let (head, rest) = out.split_at_mut(n);
                 match &self.decisions {
                     Decisions::Pruned(flags) => head.copy_from_slice(&flags[base..base + n]),
-                    d => head.iter_mut().enumerate().for_each(|(k, f)| *f = d.pruned(base + k)),
+                    d => head
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(k, f)| *f = d.pruned(base + k)),
                 }
                 out = rest;
                 i = 0;
@@ -428,7 +435,13 @@ mod wide {
     /// # Safety
     /// None beyond the token's proof that the CPU has AVX2.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn pairwise_norms_f16(_: Avx2, part: &[f16], block_size: usize, out: &mut [f16], s: &mut Scratch) {
+    pub unsafe fn pairwise_norms_f16(
+        _: Avx2,
+        part: &[f16],
+        block_size: usize,
+        out: &mut [f16],
+        s: &mut Scratch,
+    ) {
         super::pairwise_norms_f16(part, block_size, out, s)
     }
 
@@ -443,7 +456,8 @@ mod wide {
             // SAFETY: i + 8 <= acc.len() <= row.len(): the loads and the store are in bounds.
             unsafe {
                 let x = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(i).cast::<__m128i>()));
-                let square = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(x, x)));
+                let square =
+                    _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(x, x)));
                 let sum = if first {
                     square
                 } else {
@@ -517,7 +531,8 @@ fn pairwise_norms_f16(part: &[f16], block_size: usize, out: &mut [f16], s: &mut 
     sq[part.len()..].fill(0.0);
     let sums = grown(&mut s.acc, out.len());
     block_sums(sq, block_size, sums);
-    sums.iter_mut().for_each(|a| *a = f16_lanes::round_non_negative(*a).sqrt());
+    sums.iter_mut()
+        .for_each(|a| *a = f16_lanes::round_non_negative(*a).sqrt());
     out.convert_from_f32_slice(sums);
 }
 
@@ -563,7 +578,10 @@ mod tests {
                 accumulate_squares(Avx2F16c::detect(), &mut fast, &row[..len], first);
                 accumulate_squares(None, &mut portable, &row[..len], first);
                 for (i, (f, p)) in fast.iter().zip(&portable).enumerate() {
-                    assert!(f.to_bits() == p.to_bits() || (f.is_nan() && p.is_nan()), "element {i}: {f} vs {p}");
+                    assert!(
+                        f.to_bits() == p.to_bits() || (f.is_nan() && p.is_nan()),
+                        "element {i}: {f} vs {p}"
+                    );
                 }
             }
         }

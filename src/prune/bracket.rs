@@ -61,10 +61,14 @@ where
     F: Fn(&T) -> K,
 {
     let places = keys.len() - RUN_LEN + 1;
-    let starts: Vec<usize> = (0..RUNS as u64).map(|r| (splitmix64(r) % places as u64) as usize).collect();
+    let starts: Vec<usize> = (0..RUNS as u64)
+        .map(|r| (splitmix64(r) % places as u64) as usize)
+        .collect();
     // Touch every run first: these loads are independent, so their cache misses overlap, where
     // the gathering loop below would wait for each in turn.
-    let touched = starts.iter().fold(0u64, |acc, &s| acc ^ key(&keys[s]).to_u64() ^ key(&keys[s + RUN_LEN - 1]).to_u64());
+    let touched = starts.iter().fold(0u64, |acc, &s| {
+        acc ^ key(&keys[s]).to_u64() ^ key(&keys[s + RUN_LEN - 1]).to_u64()
+    });
     std::hint::black_box(touched);
     let mut sample: Vec<K> = Vec::with_capacity(SAMPLE);
     for &start in &starts {
@@ -363,7 +367,13 @@ fn tally<K: Key>(keys: &[K], b: Bracket<K>, table: &mut [u32]) -> (u32, u32, K) 
 /// None beyond the token's proof that the CPU has AVX2, POPCNT and BMI1.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,popcnt,bmi1")]
-unsafe fn tally_u16_avx2(_: Avx2PopcntBmi1, keys: &[u16], lo: u16, hi: u16, table: &mut [u32]) -> (u32, u32, u16) {
+unsafe fn tally_u16_avx2(
+    _: Avx2PopcntBmi1,
+    keys: &[u16],
+    lo: u16,
+    hi: u16,
+    table: &mut [u32],
+) -> (u32, u32, u16) {
     use std::arch::x86_64::*;
     assert!(keys.len() <= BLOCK);
     let (lo_lanes, hi_lanes) = (_mm256_set1_epi16(lo as i16), _mm256_set1_epi16(hi as i16));
@@ -383,7 +393,11 @@ unsafe fn tally_u16_avx2(_: Avx2PopcntBmi1, keys: &[u16], lo: u16, hi: u16, tabl
         let at_most_hi = |k| _mm256_cmpeq_epi16(_mm256_min_epu16(k, hi_lanes), k);
         max_lanes = _mm256_max_epu16(max_lanes, _mm256_max_epu16(a, b));
         // One bit per key, in key order (packs works per 128-bit lane: the permute undoes that).
-        let bits = |x, y| _mm256_movemask_epi8(_mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(x, y))) as u32;
+        let bits = |x, y| {
+            _mm256_movemask_epi8(_mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(
+                x, y,
+            ))) as u32
+        };
         let lo_mask = bits(at_least_lo(a), at_least_lo(b));
         let hi_mask = bits(at_most_hi(a), at_most_hi(b));
         below += 32 - lo_mask.count_ones();
@@ -464,16 +478,30 @@ mod tests {
     }
 
     /// Counts against the bracket between `ends` are exact, and so are the statistics it gives.
-    fn check_any_bracket<K: Key>(keys: &[K], ends: (K, K), r: prop::sample::Index) -> Result<(), TestCaseError> {
-        let b = Bracket { lo: ends.0.min(ends.1), hi: ends.0.max(ends.1) };
+    fn check_any_bracket<K: Key>(
+        keys: &[K],
+        ends: (K, K),
+        r: prop::sample::Index,
+    ) -> Result<(), TestCaseError> {
+        let b = Bracket {
+            lo: ends.0.min(ends.1),
+            hi: ends.0.max(ends.1),
+        };
         let counts = count_bracket(keys, &|&k: &K| k, b);
         check_counts(keys, b, &counts)?;
         // Both part counters, each called explicitly: portable, and AVX2 where the CPU has it.
         for simd in [None, Avx2PopcntBmi1::detect()] {
             let mut table = vec![0u32; counts.inside.len()];
             let part = count_part_on(simd, keys, &|&k: &K| k, b, &mut table);
-            prop_assert_eq!((part.below, part.above, part.max), (counts.below, counts.above, counts.max));
-            prop_assert!(table.iter().zip(&counts.inside).all(|(&t, &c)| u64::from(t) == c), "{:?}", simd);
+            prop_assert_eq!(
+                (part.below, part.above, part.max),
+                (counts.below, counts.above, counts.max)
+            );
+            prop_assert!(
+                table.iter().zip(&counts.inside).all(|(&t, &c)| u64::from(t) == c),
+                "{:?}",
+                simd
+            );
         }
         let (prev, next) = ranks(r, keys.len());
         check_stats(keys, b, &counts, prev, next)

@@ -16,7 +16,11 @@ pub fn compact_groups<T: bytemuck::Pod>(values: &mut [T], bytes: &[u8]) -> usize
 }
 
 /// [`compact_groups`] by the byte shuffle when given the token, else portably: the same result.
-pub(crate) fn compact_groups_with<T: bytemuck::Pod>(simd: Option<Ssse3Popcnt>, values: &mut [T], bytes: &[u8]) -> usize {
+pub(crate) fn compact_groups_with<T: bytemuck::Pod>(
+    simd: Option<Ssse3Popcnt>,
+    values: &mut [T],
+    bytes: &[u8],
+) -> usize {
     assert!(values.len() >= bytes.len() * 8);
     let p = values.as_mut_ptr();
     // SAFETY: source and destination are the same pointer into `values`, which holds the
@@ -103,8 +107,15 @@ pub(crate) fn compact_exact_into_with<T: bytemuck::Pod>(
     assert!(bytes.len() >= src.len().div_ceil(8));
     // SAFETY: `src` holds every full group; `dst` is written only below `dst.len()` (the room),
     // and a mutable borrow never overlaps a shared one.
-    let (done, mut kept) =
-        unsafe { compact_raw(simd, src.as_ptr(), dst.as_mut_ptr().cast::<T>(), &bytes[..full], dst.len()) };
+    let (done, mut kept) = unsafe {
+        compact_raw(
+            simd,
+            src.as_ptr(),
+            dst.as_mut_ptr().cast::<T>(),
+            &bytes[..full],
+            dst.len(),
+        )
+    };
     // The last few groups, within 8 slots of the end, one kept element at a time.
     for (i, x) in src.iter().enumerate().skip(done * 8) {
         if bytes[i / 8] & (1 << (i % 8)) != 0 {
@@ -112,7 +123,11 @@ pub(crate) fn compact_exact_into_with<T: bytemuck::Pod>(
             kept += 1;
         }
     }
-    assert_eq!(kept, dst.len(), "the mask's set bits and the output length disagree");
+    assert_eq!(
+        kept,
+        dst.len(),
+        "the mask's set bits and the output length disagree"
+    );
 }
 
 /// Writes the mask bytes of `flags` (see [`flags_to_bytes`]) and moves the elements of `values`
@@ -161,7 +176,12 @@ pub fn flags_to_bytes(flags: &[bool], bytes: &mut [u8]) {
 ///
 /// # Safety
 /// As for [`compact_raw`].
-unsafe fn compact_portable<T: bytemuck::Pod>(src: *const T, dst: *mut T, bytes: &[u8], room: usize) -> (usize, usize) {
+unsafe fn compact_portable<T: bytemuck::Pod>(
+    src: *const T,
+    dst: *mut T,
+    bytes: &[u8],
+    room: usize,
+) -> (usize, usize) {
     let mut kept = 0usize;
     for (j, &byte) in bytes.iter().enumerate() {
         if room.saturating_sub(kept) < 8 {
@@ -363,18 +383,24 @@ mod tests {
     fn check_exact<T: Element>(values: Vec<T>, bytes: &[u8], sentinel: T) -> Result<(), TestCaseError> {
         let n = values.len();
         let mut bytes = bytes[..n.div_ceil(8)].to_vec();
-        if n % 8 != 0 {
+        if !n.is_multiple_of(8) {
             // The mask's padding bits are zero.
             *bytes.last_mut().unwrap() &= (1u8 << (n % 8)) - 1;
         }
-        let want: Vec<T> = (0..n).filter(|&i| bytes[i / 8] & (1 << (i % 8)) != 0).map(|i| values[i]).collect();
+        let want: Vec<T> = (0..n)
+            .filter(|&i| bytes[i / 8] & (1 << (i % 8)) != 0)
+            .map(|i| values[i])
+            .collect();
         for simd in paths() {
             let mut buffer = vec![std::mem::MaybeUninit::new(sentinel); want.len() + 16];
             compact_exact_into_with(simd, &values, &bytes, &mut buffer[8..8 + want.len()]);
             // SAFETY: every slot was initialized with the sentinel, and written with a T since.
             let got: Vec<T> = buffer.iter().map(|x| unsafe { x.assume_init() }).collect();
             prop_assert_eq!(bytes_of(&got[8..8 + want.len()]), bytes_of(&want), "{:?}", simd);
-            prop_assert!(got[..8].iter().chain(&got[8 + want.len()..]).all(|x| bytes_of(&[*x]) == bytes_of(&[sentinel])));
+            prop_assert!(got[..8]
+                .iter()
+                .chain(&got[8 + want.len()..])
+                .all(|x| bytes_of(&[*x]) == bytes_of(&[sentinel])));
         }
         Ok(())
     }

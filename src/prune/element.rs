@@ -436,8 +436,7 @@ mod tests {
         // 8..=128: eight interleaved partial sums, then the remainder in order.
         let y: Vec<f32> = (0..11).map(|i| 1.0 + (i as f32) * 1e-7).collect();
         let r = &y[..8];
-        let want =
-            ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])) + y[8] + y[9] + y[10];
+        let want = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])) + y[8] + y[9] + y[10];
         assert_eq!(sum(&y), want);
     }
 

@@ -110,7 +110,7 @@ fn nm_stable_rank_spans_tiles() -> Result<(), TestCaseError> {
         .map(|_| {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             // Few distinct magnitudes: plenty of ties, some NaN and inf.
-            f16::from_bits(((x >> 16) as u16 & 0x8007) | (0x7c00 * u16::from((x >> 8) % 97 == 0)))
+            f16::from_bits(((x >> 16) as u16 & 0x8007) | (0x7c00 * u16::from((x >> 8).is_multiple_of(97))))
         })
         .collect();
     for (shape, dim) in [
@@ -138,7 +138,7 @@ fn nm_ranked_per_chunk_matches_the_reference_encoding() {
     let w: Vec<f16> = (0..(3 * ENCODE_CHUNK + 4 * 4100))
         .map(|_| {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            f16::from_bits(((x >> 16) as u16 & 0x800f) | (0x7c00 * u16::from((x >> 8) % 89 == 0)))
+            f16::from_bits(((x >> 16) as u16 & 0x800f) | (0x7c00 * u16::from((x >> 8).is_multiple_of(89))))
         })
         .collect();
     for (shape, dim, n, m) in [
@@ -177,16 +177,31 @@ fn block_agrees<T: Element>(
     let reference = reference_flags(w, layout, bs, s);
     // The encoder asks for the flags chunk by chunk: any window must match the whole.
     if let (Some(Ok(decisions)), Ok(all)) = (fast_block_decisions(w, layout, bs, s), &reference) {
-        for (start, len) in [(0, w.len()), (1, w.len() - 1), (w.len() / 3, w.len() / 2), (w.len() - 1, 1)] {
+        for (start, len) in [
+            (0, w.len()),
+            (1, w.len() - 1),
+            (w.len() / 3, w.len() / 2),
+            (w.len() - 1, 1),
+        ] {
             let mut window = vec![true; len];
             decisions.fill(start, &mut window);
-            prop_assert_eq!(&window[..], &all[start..start + len], "window at {} of {}", start, len);
+            prop_assert_eq!(
+                &window[..],
+                &all[start..start + len],
+                "window at {} of {}",
+                start,
+                len
+            );
         }
         // The keep mask the encoder asks for, chunk by chunk from a whole byte on: not pruned and
         // not zero.
         for start in [0, w.len() / 3 / 8 * 8, w.len() / 8 * 8] {
             let values = &w[start..];
-            let keep: Vec<bool> = values.iter().zip(&all[start..]).map(|(x, &p)| !p && !x.is_zero()).collect();
+            let keep: Vec<bool> = values
+                .iter()
+                .zip(&all[start..])
+                .map(|(x, &p)| !p && !x.is_zero())
+                .collect();
             let mut want = vec![0u8; values.len().div_ceil(8)];
             flags_to_bytes(&keep, &mut want);
             let mut got = vec![0xa5u8; want.len()];

@@ -224,10 +224,7 @@ mod tests {
         assert_eq!(h(0x7c00).mul_keep(false).to_bits(), 0xfe00);
         assert_eq!(h(0xfc00).mul_keep(true).to_bits(), 0xfc00);
         assert!(h(0xbc00).mul_keep(false).is_zero_value());
-        assert_eq!(
-            f32::from_bits(0x7f80_0001).mul_keep(true).to_bits(),
-            0x7fc0_0001
-        );
+        assert_eq!(f32::from_bits(0x7f80_0001).mul_keep(true).to_bits(), 0x7fc0_0001);
         assert_eq!(f32::INFINITY.mul_keep(false).to_bits(), 0xffc0_0000);
     }
 }

@@ -17,19 +17,13 @@ const GOLDEN_FILES: [(&str, &str); 5] = [
         "magnitude",
         include_str!("../../tests/golden/kernels/magnitude.json"),
     ),
-    (
-        "block",
-        include_str!("../../tests/golden/kernels/block.json"),
-    ),
+    ("block", include_str!("../../tests/golden/kernels/block.json")),
     ("n_m", include_str!("../../tests/golden/kernels/n_m.json")),
-    (
-        "model",
-        include_str!("../../tests/golden/kernels/model.json"),
-    ),
+    ("model", include_str!("../../tests/golden/kernels/model.json")),
 ];
 
 fn hex_bytes(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("odd hex length".into());
     }
     (0..s.len())
@@ -102,9 +96,7 @@ fn run_case<T: Element>(case: &Value) -> Result<(), String> {
             Err(e) => Err(format!(
                 "coremltools raised {err} but the kernel failed for another reason: {e}"
             )),
-            Ok(o) => Err(format!(
-                "coremltools raised {err} but the kernel returned {o:?}"
-            )),
+            Ok(o) => Err(format!("coremltools raised {err} but the kernel returned {o:?}")),
         };
     }
     let got = got.map_err(|e| format!("kernel error: {e}"))?;

@@ -266,7 +266,11 @@ mod tests {
             let kept = keep_mask_generic(&values, cut, &mut want);
             for simd in paths {
                 let mut got = vec![0u8; bits.len() / 8];
-                assert_eq!(above_u16(simd, &bits, cut.unwrap_or(0), &mut got), kept, "{simd:?}");
+                assert_eq!(
+                    above_u16(simd, &bits, cut.unwrap_or(0), &mut got),
+                    kept,
+                    "{simd:?}"
+                );
                 assert_eq!(got, want, "{simd:?}");
             }
             for len in 0..80 {
@@ -275,7 +279,11 @@ mod tests {
                 let kept = keep_mask_generic(values, cut, &mut want);
                 for simd in paths {
                     let mut got = vec![0x5au8; len.div_ceil(8)];
-                    assert_eq!(above_u16(simd, bits, cut.unwrap_or(0), &mut got), kept, "{simd:?} {len}");
+                    assert_eq!(
+                        above_u16(simd, bits, cut.unwrap_or(0), &mut got),
+                        kept,
+                        "{simd:?} {len}"
+                    );
                     assert_eq!(got, want, "{simd:?} {len}");
                 }
             }

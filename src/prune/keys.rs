@@ -330,7 +330,10 @@ where
             counts[(key(x).to_u64() >> high_shift) as usize] += 1;
         }
         let mut total = total.lock().unwrap_or_else(PoisonError::into_inner);
-        total.iter_mut().zip(counts.iter()).for_each(|(t, &c)| *t += u64::from(c));
+        total
+            .iter_mut()
+            .zip(counts.iter())
+            .for_each(|(t, &c)| *t += u64::from(c));
     });
     total.into_inner().unwrap_or_else(PoisonError::into_inner)
 }

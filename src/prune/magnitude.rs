@@ -19,7 +19,13 @@ use super::{Apply, KernelError, Outcome};
 /// Prunes the `target_sparsity` fraction of smallest magnitudes of `w`. Errors for an empty tensor
 /// or a `target_sparsity` numpy's percentile rejects (outside [0, 1], NaN).
 pub fn magnitude<T: Element>(w: &[T], target_sparsity: f64) -> Result<Outcome<T>, KernelError> {
-    magnitude_in_place(Dense::Borrowed { values: w, out: Vec::new() }, target_sparsity)
+    magnitude_in_place(
+        Dense::Borrowed {
+            values: w,
+            out: Vec::new(),
+        },
+        target_sparsity,
+    )
 }
 
 /// [`magnitude`], with the kept values in `w`'s own allocation or its output buffer.
@@ -42,5 +48,7 @@ pub fn magnitude_in_place<'a, T: Element>(
     } else {
         percentile_cut_of::<T::Mag, _, _>(w.values(), |x: &T| x.magnitude().key(), target_sparsity)?
     };
-    Ok(Outcome::Pruned(encode_kept(w, |_, values, bytes| T::keep_mask(values, cut, bytes))))
+    Ok(Outcome::Pruned(encode_kept(w, |_, values, bytes| {
+        T::keep_mask(values, cut, bytes)
+    })))
 }

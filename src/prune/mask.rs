@@ -20,7 +20,10 @@ pub fn encode_sparse<T: Element>(
     apply: Apply,
     pruned: impl Fn(usize) -> bool + Sync,
 ) -> SparseTensor<T> {
-    let w = Dense::Borrowed { values: w, out: Vec::new() };
+    let w = Dense::Borrowed {
+        values: w,
+        out: Vec::new(),
+    };
     encode_sparse_in_place(w, apply, |start, _, flags| {
         for (k, flag) in flags.iter_mut().enumerate() {
             *flag = pruned(start + k);
@@ -413,7 +416,15 @@ mod tests {
         assert_eq!(owned.mask, want.mask);
         assert_eq!(bits(&owned.nonzero), bits(&want.nonzero));
         // The NaNs that were kept got their quiet bit, and pruned infinities became NaN.
-        assert!(want.nonzero.iter().zip(&owned.nonzero).all(|(a, b)| a.to_bits() == b.to_bits()));
-        assert!(w.iter().any(|x| x.to_bits() & 0x7e00 == 0x7c00 && x.to_bits() & 0x3ff != 0), "a signalling NaN");
+        assert!(want
+            .nonzero
+            .iter()
+            .zip(&owned.nonzero)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(
+            w.iter()
+                .any(|x| x.to_bits() & 0x7e00 == 0x7c00 && x.to_bits() & 0x3ff != 0),
+            "a signalling NaN"
+        );
     }
 }

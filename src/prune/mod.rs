@@ -34,13 +34,13 @@ mod block_norms;
 mod bracket;
 mod compact;
 mod cpu;
-mod f16_lanes;
-pub mod keep_mask;
 pub mod element;
+mod f16_lanes;
 mod float;
-pub mod keys;
+pub mod keep_mask;
 #[doc(hidden)]
 pub mod kernel_paths;
+pub mod keys;
 pub mod magnitude;
 pub mod mask;
 pub mod nm;

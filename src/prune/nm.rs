@@ -35,7 +35,16 @@ pub fn n_m<T: Element>(
     m: usize,
     dim: usize,
 ) -> Result<Outcome<T>, KernelError> {
-    n_m_in_place(Dense::Borrowed { values: w, out: Vec::new() }, shape, n, m, dim)
+    n_m_in_place(
+        Dense::Borrowed {
+            values: w,
+            out: Vec::new(),
+        },
+        shape,
+        n,
+        m,
+        dim,
+    )
 }
 
 /// [`n_m`], with the kept values in `w`'s own allocation or its output buffer.
@@ -76,9 +85,11 @@ pub fn n_m_in_place<'a, T: Element>(
     } else {
         argsort_flags(w.values(), layout, n, m)
     };
-    Ok(Outcome::Pruned(encode_sparse_in_place(w, Apply::Multiply, |start, _, flags| {
-        flags.copy_from_slice(&pruned[start..start + flags.len()])
-    })))
+    Ok(Outcome::Pruned(encode_sparse_in_place(
+        w,
+        Apply::Multiply,
+        |start, _, flags| flags.copy_from_slice(&pruned[start..start + flags.len()]),
+    )))
 }
 
 /// `Some(inner)` when every chunk of the encoding ([`ENCODE_CHUNK`] elements, the last one shorter)
@@ -86,7 +97,8 @@ pub fn n_m_in_place<'a, T: Element>(
 /// `inner` elements, divides the chunk length.
 fn chunk_holds_whole_groups(layout: ChannelLayout, m: usize) -> Option<usize> {
     let group = m.checked_mul(layout.inner)?;
-    (layout.channel % m == 0 && group > 0 && ENCODE_CHUNK % group == 0).then_some(layout.inner)
+    (layout.channel.is_multiple_of(m) && group > 0 && ENCODE_CHUNK.is_multiple_of(group))
+        .then_some(layout.inner)
 }
 
 /// The per-element "pruned" flags by sorting every group with [`numpy_argsort`]: the reference

@@ -84,8 +84,15 @@ pub(crate) fn stable_rank_flags_on<T: Element>(
 }
 
 /// [`stable_rank_flags_into`] for element type T (zero is `T::zeroed()`) ranked by `key`.
-fn flags_by_key<T, K, F>(simd: Option<Avx2>, w: &[T], span: Span, n: usize, m: usize, flags: &mut [bool], key: F)
-where
+fn flags_by_key<T, K, F>(
+    simd: Option<Avx2>,
+    w: &[T],
+    span: Span,
+    n: usize,
+    m: usize,
+    flags: &mut [bool],
+    key: F,
+) where
     T: bytemuck::Pod + Sync,
     K: Key,
     F: Fn(&T) -> K + Sync,
@@ -254,7 +261,11 @@ impl<K: Key, F> Ranker<K, F> {
                 let mut rank = 0;
                 for (i, k) in keys.iter().enumerate() {
                     // Ties count against j only for earlier members (the sort is stable).
-                    rank += usize::from(if i < j { *k <= keys[j] } else { i > j && *k < keys[j] });
+                    rank += usize::from(if i < j {
+                        *k <= keys[j]
+                    } else {
+                        i > j && *k < keys[j]
+                    });
                 }
                 rank < n
             })

@@ -49,11 +49,7 @@ pub fn virtual_index(n: u64, quantile: f64) -> VirtualIndex {
 ///
 /// Errors like numpy when `n == 0` or the quantile is outside [0, 1] (including NaN). The callers
 /// handle `q == 100` and `q == 0` before calling this, as coremltools does.
-pub fn percentile_cut<M, I, F>(
-    items: F,
-    n: u64,
-    target_sparsity: f64,
-) -> Result<Option<M::Key>, KernelError>
+pub fn percentile_cut<M, I, F>(items: F, n: u64, target_sparsity: f64) -> Result<Option<M::Key>, KernelError>
 where
     M: MapValue,
     I: Iterator<Item = (M::Key, u64)>,
@@ -64,13 +60,19 @@ where
 
 /// [`percentile_cut`] over the keys of every element of `w` (multiplicity 1), selected in
 /// parallel by [`order_stats_of`]; the same result for any thread count.
-pub fn percentile_cut_of<M, T, F>(w: &[T], key: F, target_sparsity: f64) -> Result<Option<M::Key>, KernelError>
+pub fn percentile_cut_of<M, T, F>(
+    w: &[T],
+    key: F,
+    target_sparsity: f64,
+) -> Result<Option<M::Key>, KernelError>
 where
     M: MapValue,
     T: Sync,
     F: Fn(&T) -> M::Key + Sync,
 {
-    cut_from_stats::<M>(w.len() as u64, target_sparsity, |prev, next| order_stats_of(w, key, prev, next))
+    cut_from_stats::<M>(w.len() as u64, target_sparsity, |prev, next| {
+        order_stats_of(w, key, prev, next)
+    })
 }
 
 /// The cut from the two order statistics `stats(prev, next)` returns for the virtual index of
@@ -82,9 +84,7 @@ pub(crate) fn cut_from_stats<M: MapValue>(
 ) -> Result<Option<M::Key>, KernelError> {
     let quantile = quantile_of(target_sparsity)?;
     if n == 0 {
-        return Err(KernelError(
-            "cannot take a percentile of an empty tensor".into(),
-        ));
+        return Err(KernelError("cannot take a percentile of an empty tensor".into()));
     }
     let vi = virtual_index(n, quantile);
     let stats = stats(vi.prev, vi.next)
@@ -141,9 +141,8 @@ mod tests {
     fn distinct_magnitudes_give_floor_plus_one_zeros() {
         // 2049 distinct fp16 magnitudes at s = 0.5 -> 1025 values at or below the cut (spec §5.6).
         let vals: Vec<half::f16> = (1..=2049u16).map(half::f16::from_bits).collect();
-        let cut =
-            percentile_cut::<half::f16, _, _>(|| vals.iter().map(|v| (v.key(), 1)), 2049, 0.5)
-                .unwrap_or(None);
+        let cut = percentile_cut::<half::f16, _, _>(|| vals.iter().map(|v| (v.key(), 1)), 2049, 0.5)
+            .unwrap_or(None);
         let pruned = vals.iter().filter(|v| at_or_below(v.key(), cut)).count();
         assert_eq!(pruned, 1025);
     }

@@ -116,18 +116,7 @@ fn pruned32(o: Outcome<f32>) -> SparseTensor<f32> {
 
 #[test]
 fn magnitude_extremes() {
-    let w = [
-        f32::NAN,
-        f32::INFINITY,
-        -1.0,
-        -0.0,
-        2.0,
-        0.0,
-        3.0,
-        4.0,
-        5.0,
-        6.0,
-    ];
+    let w = [f32::NAN, f32::INFINITY, -1.0, -0.0, 2.0, 0.0, 3.0, 4.0, 5.0, 6.0];
     // q == 100: 0 * w keeps NaN (quieted) and turns inf into the default NaN.
     let s = pruned32(magnitude(&w, 1.0).expect("valid"));
     assert_eq!(s.kept, 2);
@@ -154,8 +143,7 @@ fn skips_carry_coremltools_messages() {
     assert_eq!(
         n_m(&w, &[4, 6], 2, 4, 1),
         Ok(Outcome::Skipped(
-            "m > channel / 2 is not applicable for n:m pruning. Got m = 4, channel = 6. Skipped."
-                .into()
+            "m > channel / 2 is not applicable for n:m pruning. Got m = 4, channel = 6. Skipped.".into()
         ))
     );
     assert_eq!(

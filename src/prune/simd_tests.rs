@@ -116,7 +116,10 @@ fn check_nm<T: Element>(w: &[T], n: usize, m: usize) -> Result<(), TestCaseError
 /// addition passes on, which two builds of the same code need not agree on (the fuzzer found
 /// such a pair); the decisions give every NaN the same key.
 fn norm_bits(norms: &[f16]) -> Vec<u16> {
-    norms.iter().map(|x| if x.is_nan() { 0x7e00 } else { x.to_bits() }).collect()
+    norms
+        .iter()
+        .map(|x| if x.is_nan() { 0x7e00 } else { x.to_bits() })
+        .collect()
 }
 
 proptest! {

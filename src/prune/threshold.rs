@@ -18,7 +18,14 @@ use super::{python_float_repr, Outcome};
 
 /// Prunes `w` by magnitude threshold. See the module doc for the exact rules.
 pub fn threshold<T: Element>(w: &[T], threshold: f64, minimum_sparsity_percentile: f64) -> Outcome<T> {
-    threshold_in_place(Dense::Borrowed { values: w, out: Vec::new() }, threshold, minimum_sparsity_percentile)
+    threshold_in_place(
+        Dense::Borrowed {
+            values: w,
+            out: Vec::new(),
+        },
+        threshold,
+        minimum_sparsity_percentile,
+    )
 }
 
 /// [`threshold()`], with the kept values in `w`'s own allocation or its output buffer.

@@ -124,8 +124,7 @@ impl TensorData {
             ));
         }
         // Equal to bytes.len() or smaller, so it fits in usize.
-        let n =
-            usize::try_from(count).map_err(|_| format!("{count} elements do not fit in memory"))?;
+        let n = usize::try_from(count).map_err(|_| format!("{count} elements do not fit in memory"))?;
         use ScalarType as S;
         Ok(match dtype {
             S::Float16 => TensorData::F16(le_chunks(bytes, f16::from_le_bytes)),
@@ -235,9 +234,7 @@ impl TensorData {
                 zeros(values, |x| *x & mask == 0)
             }
             TensorData::Opaque { dtype, bytes, .. } => match dtype {
-                ScalarType::BFloat16 => {
-                    zeros(&le_chunks(bytes, u16::from_le_bytes), |x| x & 0x7fff == 0)
-                }
+                ScalarType::BFloat16 => zeros(&le_chunks(bytes, u16::from_le_bytes), |x| x & 0x7fff == 0),
                 // fp8: one byte each; magnitude bits zero means ±0 (NaN encodings are nonzero).
                 _ => zeros(bytes, |x| x & 0x7f == 0),
             },
@@ -251,8 +248,8 @@ mod tests {
 
     fn round_trip(data: TensorData) {
         let bytes = data.to_le_bytes();
-        let decoded = TensorData::from_le_bytes(data.dtype(), &bytes, data.len() as u64)
-            .expect("length matches");
+        let decoded =
+            TensorData::from_le_bytes(data.dtype(), &bytes, data.len() as u64).expect("length matches");
         // Compare bytes too: NaN payloads make `PartialEq` useless for floats.
         assert_eq!(decoded.to_le_bytes(), bytes);
         assert_eq!((decoded.dtype(), decoded.len()), (data.dtype(), data.len()));
@@ -308,8 +305,7 @@ mod tests {
 
     #[test]
     fn decodes_little_endian() {
-        let data =
-            TensorData::from_le_bytes(ScalarType::Float16, &[0x00, 0x3c, 0x00, 0xc0], 2).unwrap();
+        let data = TensorData::from_le_bytes(ScalarType::Float16, &[0x00, 0x3c, 0x00, 0xc0], 2).unwrap();
         assert_eq!(
             data,
             TensorData::F16(vec![f16::from_f32(1.0), f16::from_f32(-2.0)])
@@ -335,26 +331,16 @@ mod tests {
         );
         // uint1 × 9 needs 2 bytes.
         assert!(TensorData::from_le_bytes(ScalarType::UInt1, &[0], 9).is_err());
-        assert!(
-            TensorData::from_le_bytes(ScalarType::Float32, &[], u64::MAX)
-                .unwrap_err()
-                .contains("overflow")
-        );
+        assert!(TensorData::from_le_bytes(ScalarType::Float32, &[], u64::MAX)
+            .unwrap_err()
+            .contains("overflow"));
     }
 
     #[test]
     fn count_zeros_treats_negative_zero_as_zero_and_nan_as_nonzero() {
-        let f16s = TensorData::F16(vec![
-            f16::from_f32(0.0),
-            f16::from_f32(-0.0),
-            f16::NAN,
-            f16::ONE,
-        ]);
+        let f16s = TensorData::F16(vec![f16::from_f32(0.0), f16::from_f32(-0.0), f16::NAN, f16::ONE]);
         assert_eq!(f16s.count_zeros(), 2);
-        assert_eq!(
-            TensorData::F32(vec![-0.0, 0.0, f32::NAN, 1.0]).count_zeros(),
-            2
-        );
+        assert_eq!(TensorData::F32(vec![-0.0, 0.0, f32::NAN, 1.0]).count_zeros(), 2);
         assert_eq!(TensorData::F64(vec![-0.0, f64::NAN]).count_zeros(), 1);
         assert_eq!(TensorData::I4(vec![0, -1, 0]).count_zeros(), 2);
         assert_eq!(TensorData::Bool(vec![false, true]).count_zeros(), 1);

@@ -39,7 +39,7 @@ impl MappedTensor {
             ScalarType::Float32 => 4,
             _ => return None,
         };
-        if cfg!(target_endian = "big") || len == 0 || offset % elem != 0 {
+        if cfg!(target_endian = "big") || len == 0 || !offset.is_multiple_of(elem) {
             return None;
         }
         // Mapping past the end of the file succeeds, and the first touch of a page past it is

@@ -72,7 +72,10 @@ impl WeightFileBuilder<BackgroundWriter> {
 
 impl<W: Write + Seek> WeightFileBuilder<W> {
     pub fn new(inner: W, path: PathBuf) -> Result<Self> {
-        Ok(WeightFileBuilder { writer: BlobWriter::new(inner, path)?, copied: BTreeMap::new() })
+        Ok(WeightFileBuilder {
+            writer: BlobWriter::new(inner, path)?,
+            copied: BTreeMap::new(),
+        })
     }
 
     /// Copies every blob `op` references from `source` (once per original offset) and patches the
@@ -84,7 +87,9 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
         source: Option<&BlobReader<R>>,
     ) -> Result<()> {
         for (param, v) in op_values_mut(op) {
-            let Some(value::Value::BlobFileValue(blob)) = v.value.as_ref() else { continue };
+            let Some(value::Value::BlobFileValue(blob)) = v.value.as_ref() else {
+                continue;
+            };
             let old = blob.offset;
             let tensor = format!("{op_name}.{param}");
             super::source::check_blob_file(&tensor, v)?;
@@ -107,7 +112,10 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
                 }
                 None => {
                     let reader = source.ok_or_else(|| {
-                        Error::tensor(&tensor, format!("refers to weight.bin offset {old} but the package has no weight.bin"))
+                        Error::tensor(
+                            &tensor,
+                            format!("refers to weight.bin offset {old} but the package has no weight.bin"),
+                        )
                     })?;
                     let bytes = reader
                         .read(old, meta.dtype, meta.count)
@@ -175,12 +183,19 @@ mod tests {
     /// A `weight.bin` in memory holding one fp16 blob of 4 elements at offset 64.
     fn one_blob_file() -> Vec<u8> {
         let mut builder = WeightFileBuilder::new(std::io::Cursor::new(Vec::new()), "w.bin".into()).unwrap();
-        assert_eq!(builder.append(&TensorData::F16(vec![half::f16::ONE; 4])).unwrap(), 64);
+        assert_eq!(
+            builder.append(&TensorData::F16(vec![half::f16::ONE; 4])).unwrap(),
+            64
+        );
         builder.finish().unwrap().into_inner()
     }
 
     fn const_op(value: Value) -> Operation {
-        Operation { r#type: "const".into(), attributes: [("val".to_owned(), value)].into(), ..Default::default() }
+        Operation {
+            r#type: "const".into(),
+            attributes: [("val".to_owned(), value)].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -197,7 +212,10 @@ mod tests {
         for (dtype, shape) in [(ScalarType::Float32, vec![2]), (ScalarType::Float16, vec![100])] {
             let mut other = const_op(blob_value(dtype, &shape, 64));
             let err = out.copy_op_blobs(&mut other, "c", Some(&reader)).unwrap_err();
-            assert!(matches!(&err, Error::Tensor { tensor, .. } if tensor == "c.val"), "{err}");
+            assert!(
+                matches!(&err, Error::Tensor { tensor, .. } if tensor == "c.val"),
+                "{err}"
+            );
             assert!(err.to_string().contains("offset 64"), "{err}");
         }
     }

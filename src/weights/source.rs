@@ -8,8 +8,8 @@ use std::fs::File;
 use crate::blob::{BlobReader, ReadThreads};
 use crate::dtype::ScalarType;
 use crate::error::{Error, IoContext, Result};
-use crate::package::Package;
 use crate::mil::value::{decode_immediate, element_count, TensorTypeExt, ValueExt};
+use crate::package::Package;
 use crate::proto::mil::Value;
 use crate::tensor::TensorData;
 use crate::weights::mapped::MappedTensor;
@@ -81,13 +81,21 @@ impl WeightSource {
         let data = if let Some(offset) = value.blob_offset() {
             check_blob_file(tensor, value)?;
             let reader = self.blobs.as_ref().ok_or_else(|| {
-                Error::tensor(tensor, format!("refers to weight.bin offset {offset} but the package has no weight.bin"))
+                Error::tensor(
+                    tensor,
+                    format!("refers to weight.bin offset {offset} but the package has no weight.bin"),
+                )
             })?;
-            reader.read_tensor_reusing(offset, meta.dtype, meta.count, spare, threads).map_err(|e| in_tensor(tensor, e))?
+            reader
+                .read_tensor_reusing(offset, meta.dtype, meta.count, spare, threads)
+                .map_err(|e| in_tensor(tensor, e))?
         } else if let Some(imm) = value.immediate_tensor() {
             decode_immediate(imm, meta.dtype, meta.count).map_err(|r| Error::tensor(tensor, r))?
         } else {
-            return Err(Error::tensor(tensor, "has neither an immediate value nor a blob reference"));
+            return Err(Error::tensor(
+                tensor,
+                "has neither an immediate value nor a blob reference",
+            ));
         };
         Ok((meta, data))
     }
@@ -98,7 +106,8 @@ impl WeightSource {
     /// immediate value, a dtype other than fp16/fp32; see [`MappedTensor::map`]) and the tensor
     /// must be read. The blob is checked exactly as a read checks it.
     pub fn map(&self, tensor: &str, value: &Value) -> Result<Option<(TensorMeta, MappedTensor)>> {
-        let (Some(meta), Some(offset), Some(reader)) = (TensorMeta::of(value), value.blob_offset(), &self.blobs)
+        let (Some(meta), Some(offset), Some(reader)) =
+            (TensorMeta::of(value), value.blob_offset(), &self.blobs)
         else {
             return Ok(None);
         };
@@ -106,7 +115,9 @@ impl WeightSource {
             return Ok(None);
         }
         check_blob_file(tensor, value)?;
-        let (data_offset, len) = reader.data_range(offset, meta.dtype, meta.count).map_err(|e| in_tensor(tensor, e))?;
+        let (data_offset, len) = reader
+            .data_range(offset, meta.dtype, meta.count)
+            .map_err(|e| in_tensor(tensor, e))?;
         Ok(MappedTensor::map(reader.source(), data_offset, len, meta.dtype).map(|m| (meta, m)))
     }
 }
@@ -120,7 +131,10 @@ pub fn check_blob_file(tensor: &str, value: &Value) -> Result<()> {
         if base != "weight.bin" {
             return Err(Error::tensor(
                 tensor,
-                format!("refers to blob file '{}'; only weights/weight.bin is supported", b.file_name),
+                format!(
+                    "refers to blob file '{}'; only weights/weight.bin is supported",
+                    b.file_name
+                ),
             ));
         }
     }
@@ -130,9 +144,11 @@ pub fn check_blob_file(tensor: &str, value: &Value) -> Result<()> {
 /// Blob errors already name file and offset; add the tensor so the user can find it in the model.
 pub(crate) fn in_tensor(tensor: &str, e: Error) -> Error {
     match e {
-        Error::Blob { path, offset, reason } => {
-            Error::Blob { path, offset, reason: format!("{reason} (tensor '{tensor}')") }
-        }
+        Error::Blob { path, offset, reason } => Error::Blob {
+            path,
+            offset,
+            reason: format!("{reason} (tensor '{tensor}')"),
+        },
         other => other,
     }
 }

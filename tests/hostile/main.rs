@@ -802,7 +802,10 @@ fn tiny_weight_bin_claiming_2_pow_60_bytes_fails_fast_without_allocating() {
 fn weight_bin_cut_inside_its_last_tensor_is_a_clean_error() {
     let case = Case::linear();
     let len = std::fs::metadata(case.weight_bin()).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(case.weight_bin()).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(case.weight_bin())
+        .unwrap();
     f.set_len(len - 2).unwrap();
     drop(f);
     assert_refused(

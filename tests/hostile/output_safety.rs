@@ -35,7 +35,11 @@ fn report_may_not_overwrite_the_input_or_the_output() {
     let inside = output.join("Manifest.json");
     let o = prune_with(&case, &output, &["--force", "--report", inside.to_str().unwrap()]);
     assert_cli_error(&o, 2, &["Manifest.json", "would overwrite"]);
-    assert_eq!(snapshot(&output), output_before, "the existing output is kept as it was");
+    assert_eq!(
+        snapshot(&output),
+        output_before,
+        "the existing output is kept as it was"
+    );
     std::fs::remove_dir_all(&output).unwrap();
     // A link that leads into the input is no way around it.
     #[cfg(unix)]
@@ -118,10 +122,17 @@ fn report_and_output_are_committed_together() {
     let case = Case::linear();
     let report = case.tmp.path().join("report.json");
     std::fs::write(&report, b"an older report").unwrap();
-    let o = prune_with(&case, &case.output(), &["--report", report.to_str().unwrap(), "-q"]);
+    let o = prune_with(
+        &case,
+        &case.output(),
+        &["--report", report.to_str().unwrap(), "-q"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let parsed: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert!(parsed.as_array().is_some_and(|tensors| !tensors.is_empty()), "{parsed}");
+    assert!(
+        parsed.as_array().is_some_and(|tensors| !tensors.is_empty()),
+        "{parsed}"
+    );
     assert!(mlprune::package::Package::open(&case.output()).is_ok());
     assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage", "report.json"]);
 }
@@ -156,8 +167,15 @@ fn force_replaces_only_a_package() {
     for target in &targets {
         let shown = target.file_name().unwrap().to_str().unwrap();
         let err = engine::prune(&prune_job(&case.input, target, true)).unwrap_err();
-        assert!(matches!(&err, Error::Usage(m) if m.contains("--force only replaces")), "{err}");
-        assert_cli_error(&prune_with(&case, target, &["--force"]), 2, &[shown, "--force only replaces"]);
+        assert!(
+            matches!(&err, Error::Usage(m) if m.contains("--force only replaces")),
+            "{err}"
+        );
+        assert_cli_error(
+            &prune_with(&case, target, &["--force"]),
+            2,
+            &[shown, "--force only replaces"],
+        );
         // `generate --force` follows the same rule.
         let o = cli(&[
             "generate".as_ref(),
@@ -208,7 +226,11 @@ fn big_case() -> Case {
 #[cfg(unix)]
 fn start_prune_and_wait_for_staging(case: &Case) -> (std::process::Child, PathBuf) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
-        .args(["prune".as_ref(), case.input.as_os_str(), case.output().as_os_str()])
+        .args([
+            "prune".as_ref(),
+            case.input.as_os_str(),
+            case.output().as_os_str(),
+        ])
         .args(["--sparsity", "0.5", "--device", "cpu", "-q"])
         .stderr(Stdio::piped())
         .spawn()
@@ -225,7 +247,10 @@ fn start_prune_and_wait_for_staging(case: &Case) -> (std::process::Child, PathBu
                 return (child, staging);
             }
         }
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be interrupted"
+        );
         assert!(Instant::now() < deadline, "no staging folder appeared");
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -249,7 +274,12 @@ fn sigint_and_sigterm_during_a_run_leave_nothing_behind() {
         let (child, staging) = start_prune_and_wait_for_staging(&case);
         send(signal, &child);
         let o = child.wait_with_output().unwrap();
-        assert_eq!(o.status.code(), Some(code), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert!(!staging.exists(), "staging folder removed");
         assert_nothing_left(&case, &["in.mlpackage"]);
     }
@@ -277,6 +307,9 @@ fn a_killed_runs_staging_folder_is_removed_by_the_next_run() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     assert!(stderr.contains("left by an interrupted run"), "{stderr}");
-    assert!(stderr.contains(staging.file_name().unwrap().to_str().unwrap()), "{stderr}");
+    assert!(
+        stderr.contains(staging.file_name().unwrap().to_str().unwrap()),
+        "{stderr}"
+    );
     assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage"]);
 }

@@ -24,8 +24,7 @@ fn run(case: &Value) -> crate::Result<OptimizationConfig> {
 }
 
 fn describe(c: &Option<OpConfig>) -> Value {
-    c.as_ref()
-        .map_or(Value::Null, |c| Value::String(c.describe()))
+    c.as_ref().map_or(Value::Null, |c| Value::String(c.describe()))
 }
 
 fn level(map: &BTreeMap<String, Option<OpConfig>>) -> BTreeMap<String, Value> {
@@ -48,7 +47,9 @@ fn check(case: &Value) -> Option<String> {
         // Deliberate: coremltools accepts, mlprune refuses (see validate.rs).
         return match (&ours, ct_accepts) {
             (Err(Error::Config(_)), true) => None,
-            _ => Some(format!("{name}: expected a deliberate rejection, coremltools accepted={ct_accepts}, ours={ours:?}")),
+            _ => Some(format!(
+                "{name}: expected a deliberate rejection, coremltools accepted={ct_accepts}, ours={ours:?}"
+            )),
         };
     }
     match ours {
@@ -61,11 +62,7 @@ fn check(case: &Value) -> Option<String> {
                 golden_level(&case["op_type"]),
                 golden_level(&case["op_name"]),
             );
-            let got = (
-                describe(&cfg.global),
-                level(&cfg.op_type),
-                level(&cfg.op_name),
-            );
+            let got = (describe(&cfg.global), level(&cfg.op_type), level(&cfg.op_name));
             (want != got).then(|| format!("{name}: coremltools has {want:?}, we have {got:?}"))
         }
         Ok(cfg) => Some(format!(
@@ -76,8 +73,7 @@ fn check(case: &Value) -> Option<String> {
         Err(Error::Config(msg)) => {
             let ct_type = case["error_type"].as_str().unwrap_or("");
             let ct_msg = case["message"].as_str().unwrap_or("");
-            let check_message =
-                MESSAGE_TYPES.contains(&ct_type) && case.get("message_differs").is_none();
+            let check_message = MESSAGE_TYPES.contains(&ct_type) && case.get("message_differs").is_none();
             (check_message && !msg.contains(ct_msg))
                 .then(|| format!("{name}: message {msg:?} lacks {ct_msg:?}"))
         }
@@ -106,10 +102,7 @@ fn golden_covers_both_outcomes_and_the_divergences() {
     let golden: Value = serde_json::from_str(GOLDEN).expect("golden file is JSON");
     let cases = golden["cases"].as_array().expect("cases array");
     let accepted = cases.iter().filter(|c| c["accepted"] == true).count();
-    let divergent = cases
-        .iter()
-        .filter(|c| c.get("divergence").is_some())
-        .count();
+    let divergent = cases.iter().filter(|c| c.get("divergence").is_some()).count();
     assert!(
         accepted > 30 && cases.len() - accepted > 30,
         "accepted {accepted} of {}",
