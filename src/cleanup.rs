@@ -246,14 +246,7 @@ pub fn install_signal_cleanup() -> Result<()> {
 mod tests {
     use super::*;
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::package::testutil::list_dir as names;
 
     #[test]
     fn scratch_paths_are_registered_until_dropped() {

@@ -211,6 +211,16 @@ mod tests {
 
     /// main(x): w = const; y = linear(x, w); cond-like op with a nested block that also uses w;
     /// the function returns y and w.
+    /// The sample's top-level block.
+    fn main_block(p: &mut Program) -> &mut Block {
+        p.functions
+            .get_mut("main")
+            .unwrap()
+            .block_specializations
+            .get_mut("CoreML6")
+            .unwrap()
+    }
+
     fn sample() -> Program {
         let t = tensor_value_type(ScalarType::Float32, &[4, 4]);
         let w = const_op("w", blob_value(ScalarType::Float32, &[4, 4], 64));
@@ -295,37 +305,19 @@ mod tests {
     fn graph_rejects_dangling_and_cyclic_names() {
         let mut p = sample();
         // Make `lin` use `z`, which is only defined later inside a nested block: a dangling use.
-        let block = p
-            .functions
-            .get_mut("main")
-            .unwrap()
-            .block_specializations
-            .get_mut("CoreML6")
-            .unwrap();
+        let block = main_block(&mut p);
         block.operations[1].inputs.insert("bias".into(), bind_name("c"));
         let e = GraphView::build(&p).unwrap_err().to_string();
         assert!(e.contains("op 'lin' (linear) input 'bias' refers to 'c'"), "{e}");
 
         let mut p = sample();
-        let block = p
-            .functions
-            .get_mut("main")
-            .unwrap()
-            .block_specializations
-            .get_mut("CoreML6")
-            .unwrap();
+        let block = main_block(&mut p);
         block.outputs.push("nowhere".into());
         let e = GraphView::build(&p).unwrap_err().to_string();
         assert!(e.contains("block output 'nowhere'"), "{e}");
 
         let mut p = sample();
-        let block = p
-            .functions
-            .get_mut("main")
-            .unwrap()
-            .block_specializations
-            .get_mut("CoreML6")
-            .unwrap();
+        let block = main_block(&mut p);
         let dup = block.operations[0].clone();
         block.operations.insert(1, dup);
         let e = GraphView::build(&p).unwrap_err().to_string();
@@ -335,13 +327,7 @@ mod tests {
     #[test]
     fn nested_names_do_not_leak_out_of_their_block() {
         let mut p = sample();
-        let block = p
-            .functions
-            .get_mut("main")
-            .unwrap()
-            .block_specializations
-            .get_mut("CoreML6")
-            .unwrap();
+        let block = main_block(&mut p);
         block.outputs.push("z".into());
         assert!(GraphView::build(&p).is_err());
     }
