@@ -14,7 +14,7 @@ counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(5000 10000 20000)
 printf '%8s %12s %14s %12s %14s\n' tensors model.mlmodel "median wall s" "us/tensor" "peak RSS MiB"
 for n in "${counts[@]}"; do
-  "$bin" generate "$work/in$n.mlpackage" --layers "$n" --shape 32x32 >/dev/null
+  "$bin" generate "$work/in$n.mlpackage" --layers "$n" --shape 32x32 >/dev/null 2>&1
   proto=$(stat -c %s "$work/in$n.mlpackage/Data/com.apple.CoreML/model.mlmodel")
   walls=() rss=()
   for run in 1 2 3; do
