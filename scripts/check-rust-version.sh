@@ -19,7 +19,8 @@ newer = sorted((p["name"], p["rust_version"]) for p in packages
 if newer:
     sys.exit(f"rust-version {declared} is older than what these dependencies need: {newer}")
 top = max((key(p["rust_version"]), p["name"]) for p in packages if p.get("rust_version"))
-print(f"rust-version {declared}: no dependency needs more (highest: {top[1]} at {'.'.join(map(str, top[0]))})")
+highest = ".".join(map(str, top[0]))
+print(f"rust-version {declared}: no dependency needs more (highest: {top[1]} at {highest})")
 ' "$declared"
 
 if ! command -v rustup >/dev/null 2>&1; then
