@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::blob::ReadThreads;
+pub use crate::cancel::CancelFlag;
 use crate::config::{OpConfig, OptimizationConfig};
 use crate::devices::Devices;
 use crate::dispatch::KernelResult;
@@ -55,6 +56,9 @@ pub struct PruneJob {
     pub config_file: Option<PathBuf>,
     /// Show a progress bar on stderr (it stays hidden anyway when stderr is not a terminal).
     pub progress: bool,
+    /// Checked before every op and before the commit: once set, the run fails with
+    /// `Error::Interrupted` and leaves nothing behind.
+    pub cancel: CancelFlag,
 }
 
 /// One entry of `--report`.
@@ -167,6 +171,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     std::thread::scope(|scope| -> Result<()> {
         let prefetcher = Prefetcher::start(scope, &source, jobs);
         for (index, info) in graph.ops.iter().enumerate() {
+            job.cancel.check()?;
             let started = Instant::now();
             let plan_entry = next_plan.next_if(|p| p.op_index == index);
             let result = match &plan_entry {
@@ -248,6 +253,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     }
     let mut notices = out.notices().to_vec();
     notices.extend(devices.notices);
+    job.cancel.check()?;
     out.commit()?;
     Ok(PruneSummary {
         tensors: reports,

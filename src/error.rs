@@ -54,6 +54,10 @@ pub enum Error {
     /// The model is valid but uses something mlprune does not support.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The caller cancelled the run (`PruneJob::cancel`: Ctrl-C in the Python bindings). Nothing was
+    /// written.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl Error {
@@ -61,6 +65,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Usage(_) => 2,
+            // 128 + SIGINT, as a shell reports a run stopped by Ctrl-C.
+            Error::Interrupted => 130,
             _ => 1,
         }
     }

@@ -11,6 +11,7 @@
 pub mod arg_errors;
 pub mod bench;
 pub mod blob;
+pub mod cancel;
 pub mod cleanup;
 pub mod cli;
 pub mod config;

@@ -218,6 +218,7 @@ pub fn model(data: &[u8]) {
             report: None,
             config_file: None,
             progress: false,
+            cancel: Default::default(),
         };
         match engine::prune(&job) {
             Ok(_) => {

@@ -206,6 +206,7 @@ fn prune_job(input: &Path, output: &Path, force: bool) -> PruneJob {
         report: None,
         config_file: None,
         progress: false,
+        cancel: Default::default(),
     }
 }
 

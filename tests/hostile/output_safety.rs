@@ -313,3 +313,18 @@ fn a_killed_runs_staging_folder_is_removed_by_the_next_run() {
     );
     assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage"]);
 }
+
+/// A cancelled job (Ctrl-C in the Python bindings) stops with `Error::Interrupted`, exit code 130,
+/// and leaves nothing behind.
+#[test]
+fn a_cancelled_prune_leaves_nothing() {
+    let case = Case::linear();
+    let before = snapshot(&case.input);
+    let job = prune_job(&case.input, &case.output(), false);
+    job.cancel.cancel();
+    let err = engine::prune(&job).expect_err("cancelled");
+    assert!(matches!(err, Error::Interrupted), "{err:?}");
+    assert_eq!(err.exit_code(), 130);
+    assert_nothing_left(&case, &["in.mlpackage"]);
+    assert_eq!(snapshot(&case.input), before);
+}
