@@ -1,9 +1,13 @@
-//! Command-line definitions and their validation into engine requests. `main.rs` only parses and
-//! reports; everything that can be wrong with the arguments is turned into an `Error` here.
+//! Command-line definitions and their validation into engine requests, and [`run`], the whole
+//! command line from arguments to exit code: `main.rs` and the Python package's `mlprune` console
+//! script both call it. Everything that can be wrong with the arguments is turned into an `Error`
+//! here.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{from_shortcuts, parse_n_m, OptimizationConfig, Shortcuts};
@@ -205,7 +209,53 @@ impl PruneArgs {
             report: self.report.clone(),
             config_file: self.config.clone(),
             progress: !self.quiet,
+            cancel: Default::default(),
         })
+    }
+}
+
+/// The command line `args` (program name first), run to its exit code: 0 success, 1 bad input or
+/// runtime failure, 2 usage or configuration error; 128 + the signal when interrupted (the signal
+/// handlers exit the process themselves). Errors are printed as one `mlprune: error: ` line.
+///
+/// Installs process-wide signal handlers and may set `XDG_RUNTIME_DIR`: call it from a process
+/// that runs this command line and nothing else, while it has one thread.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
+    quiet_wayland_probe();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            // --help and --version: the full text on stdout, exit 0.
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(0);
+        }
+        Err(e) => return report(&crate::arg_errors::one_line(&e)),
+    };
+    // From here on, an interrupted run removes its scratch paths (staging, temporary archives and
+    // reports, extracted zips) and exits 128 + the signal number.
+    if let Err(e) = crate::cleanup::install_signal_cleanup() {
+        return report(&e);
+    }
+    match execute(cli) {
+        Ok(()) => 0,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints the one error line and returns its exit code.
+fn report(e: &Error) -> u8 {
+    eprintln!("mlprune: error: {}", e.one_line());
+    u8::try_from(e.exit_code()).unwrap_or(1)
+}
+
+/// Mesa's Vulkan drivers probe for a Wayland display while wgpu lists adapters, and libwayland
+/// prints "error: XDG_RUNTIME_DIR is invalid or not set" to stderr when the variable is unset (CI
+/// boxes, ssh sessions). mlprune never opens a window; giving the probe a directory to look in
+/// keeps that noise out of our one-line error contract. Done first, while the process has a single
+/// thread, and only when the variable is unset.
+fn quiet_wayland_probe() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
 }
 
