@@ -1,0 +1,109 @@
+"""The Python API: ``prune_weights`` (coremltools' drop-in), ``prune`` and ``inspect`` (paths)."""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Dict, List, Union
+
+from . import _mlprune
+from ._config import config_source
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def prune(
+    src: PathLike,
+    dst: PathLike,
+    config: Any,
+    *,
+    joint_compression: bool = False,
+    device: str = "auto",
+    force: bool = False,
+    progress: bool = False,
+) -> List[Dict[str, Any]]:
+    """Prunes the package ``src`` (an ``.mlpackage`` folder or a zip holding one) into ``dst``.
+
+    Returns the per-tensor report: the entries ``mlprune prune --report`` writes. ``config`` is an
+    ``OptimizationConfig``, a dict in its ``from_dict`` layout, or a JSON or YAML file. Invalid
+    configs and arguments raise ``ValueError``, bad input ``MlpruneError``; either way nothing is
+    left at ``dst``. Needs no coremltools.
+    """
+    config_json, config_path = config_source(config)
+    report = _mlprune.prune(
+        os.fspath(src),
+        os.fspath(dst),
+        config_json=config_json,
+        config_path=config_path,
+        joint_compression=joint_compression,
+        device=device,
+        force=force,
+        progress=progress,
+    )
+    return json.loads(report)
+
+
+def inspect(path: PathLike) -> Dict[str, Any]:
+    """What ``mlprune inspect PATH --json`` prints, as Python objects."""
+    return json.loads(_mlprune.inspect(os.fspath(path)))
+
+
+def prune_weights(
+    mlmodel: Any,
+    config: Any,
+    joint_compression: bool = False,
+    *,
+    device: str = "auto",
+    progress: bool = False,
+) -> Any:
+    """``coremltools.optimize.coreml.prune_weights``, done by mlprune: the same weights and ops.
+
+    ``mlmodel`` is a ``coremltools.models.MLModel`` of type mlprogram, or the path of an
+    ``.mlpackage`` or a zip holding one. Returns a new ``MLModel`` backed by a temporary package that
+    lives as long as the object, as coremltools' result is.
+    """
+    import coremltools as ct
+
+    config_json, config_path = config_source(config)
+    scratch = tempfile.mkdtemp(prefix="mlprune-")
+    try:
+        if isinstance(mlmodel, (str, os.PathLike)):
+            src = os.fspath(mlmodel)
+            compute_units = ct.ComputeUnit.ALL
+            skip_model_load = sys.platform != "darwin"
+        else:
+            src = _package_of(mlmodel, scratch)
+            compute_units = mlmodel.compute_unit
+            skip_model_load = mlmodel.__proxy__ is None
+        dst = tempfile.mkdtemp(suffix=".mlpackage")
+        os.rmdir(dst)  # mlprune writes a fresh package there, never into an existing folder
+        _mlprune.prune(
+            src,
+            dst,
+            config_json=config_json,
+            config_path=config_path,
+            joint_compression=joint_compression,
+            device=device,
+            force=False,
+            progress=progress,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return ct.models.MLModel(
+        dst, compute_units=compute_units, skip_model_load=skip_model_load, is_temp_package=True
+    )
+
+
+def _package_of(mlmodel: Any, scratch: str) -> str:
+    """The package behind ``mlmodel``, saved into ``scratch`` first if it has none."""
+    model_type = mlmodel.get_spec().WhichOneof("Type")
+    if model_type != "mlProgram":
+        # coremltools' own words for this case
+        raise TypeError(f"weight compression not applicable for model type {model_type}")
+    path = getattr(mlmodel, "package_path", None)
+    if path and os.path.isdir(path):
+        return path
+    saved = os.path.join(scratch, "model.mlpackage")
+    mlmodel.save(saved)
+    return saved
