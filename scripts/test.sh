@@ -5,7 +5,8 @@
 #      run for real) and python3-venv (for the coremltools venv);
 #   2. style: cargo fmt --check and cargo clippy with warnings as errors; rust-version checked;
 #   3. the coremltools 9.0 venv (our oracle), Rust unit and integration tests;
-#   4. end-to-end checks where coremltools loads what mlprune wrote, and the conformance suite.
+#   4. end-to-end checks where coremltools loads what mlprune wrote, and the conformance suite;
+#   5. the Python package: `pip install .` into the venv, then its pytest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,8 @@ scripts/install-system-packages.sh
 echo "== style: cargo fmt --check, cargo clippy --all-targets -D warnings"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
+# The Python bindings' crate (a workspace member outside the default build).
+cargo clippy --locked -p mlprune-python -- -D warnings
 
 echo "== rust-version"
 scripts/check-rust-version.sh
@@ -37,3 +40,10 @@ bash tests/python/check_noop_rewrite.sh target/debug/mlprune
 
 echo "== conformance: mlprune prune against coremltools 9.0 prune_weights"
 "${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/conformance.py --mlprune target/debug/mlprune
+
+echo "== Python package: pip install . and its tests"
+VENV_PYTHON="${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}"
+# Built by maturin from source, as a user's `pip install <checkout>` does; the shared target folder
+# keeps a rerun incremental.
+CARGO_TARGET_DIR="$PWD/target" "$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check .
+"$VENV_PYTHON" -m pytest -q tests/python/test_package.py

@@ -1,0 +1,297 @@
+"""The Python package `mlprune` (pyproject.toml, python/), as installed by `pip install .`.
+
+Run by scripts/test.sh in the coremltools 9.0 venv: `python -m pytest tests/python/test_package.py`.
+`mlprune.prune_weights` is held against `coremltools.optimize.coreml.prune_weights` on models of the
+conformance suite (tests/python/conformance_models.py), with its comparison: materialized weights,
+op chains, and weight.bin no larger than coremltools'.
+"""
+
+import oracle  # noqa: F401  (pins NPY_DISABLE_CPU_FEATURES before numpy is imported)
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+import coremltools as ct
+from coremltools.converters.mil.mil.builder import Builder
+from coremltools.optimize.coreml import OptimizationConfig
+
+import mlprune
+import conformance_cases as cc
+import conformance_models as cm
+import conformance_run as cr
+
+ROOT = Path(__file__).resolve().parents[2]
+CONSOLE_SCRIPT = Path(sys.executable).with_name("mlprune")
+
+# Models of the conformance suite, and the cases each is pruned with here: every mode, op-type and
+# op-name configs (None entries included), configs both tools refuse, and joint compression of
+# palettized and quantized weights.
+SELECTED = {
+    "mlp/fp16/ios16": [
+        "core:thr", "core:mag", "core:block", "core:nm", "deep:type_linear_null",
+        "deep:name_const_null", "deep:name_const_only", "deep:name_consumer",
+        "deep:name_consumer_null", "deep:mag_default_wt", "deep:type_const",
+    ],
+    "conv2d/fp16/ios18": None,  # None: every case of the model
+    "shared/fp16/ios18": None,
+    "cond/fp32/ios18": None,
+    "grid/fp16d/ios18": None,
+    "pal4g_uniform/fp16/ios18": 10,  # a number: the first N cases
+    "quant_int8c/fp32/ios18": 10,
+}
+
+
+def _selected_pairs():
+    by_model = defaultdict(list)
+    for model, case in cc.matrix():
+        by_model[model].append(case)
+    pairs = []
+    for model, pick in SELECTED.items():
+        cases = [c for c in by_model[model] if not c.cli]  # shortcut-flag cases are CLI-only
+        if isinstance(pick, list):
+            cases = [c for c in cases if c.name in pick]
+            assert len(cases) == len(pick), f"{model}: missing cases"
+        elif isinstance(pick, int):
+            cases = cases[:pick]
+        pairs += [(model, c.name) for c in cases]
+    return pairs
+
+
+PAIRS = _selected_pairs()
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Builds each selected model once."""
+    root = tmp_path_factory.mktemp("models")
+    built = {}
+
+    def get(model_id):
+        if model_id not in built:
+            built[model_id] = cm.build(model_id, root / (model_id.replace("/", "_") + ".mlpackage"))
+        return Path(built[model_id])
+
+    return get
+
+
+@pytest.mark.parametrize("index", range(len(PAIRS)), ids=[f"{m}-{c}" for m, c in PAIRS])
+def test_prune_weights_matches_coremltools(index, models, tmp_path):
+    model_id, case_name = PAIRS[index]
+    case = cc.CASES[case_name]
+    model_path = tmp_path / "input.mlpackage"
+    shutil.copytree(models(model_id), model_path)
+    config = case.config(cr.Names(model_id, model_path)) if callable(case.config) else case.config
+    ct_out, ml_out = tmp_path / "coremltools.mlpackage", tmp_path / "mlprune.mlpackage"
+    ct_error = cr.run_coremltools(model_path, config, ct_out, joint=case.joint)
+
+    # Alternate the input forms: MLModel or path, OptimizationConfig or dict.
+    try:
+        config_arg = OptimizationConfig.from_dict(copy.deepcopy(config)) if index % 2 == 0 else config
+    except Exception:
+        config_arg = config  # coremltools refuses to read it: hand mlprune the dict
+    model_arg = ct.models.MLModel(str(model_path), skip_model_load=True) if index % 3 else str(model_path)
+    Builder.name_count = defaultdict(int)
+
+    if ct_error is not None:
+        expected = mlprune.MlpruneError if case.expect == "unsupported" else ValueError
+        with pytest.raises(expected) as raised:
+            mlprune.prune_weights(model_arg, config_arg, joint_compression=case.joint)
+        assert "\n" not in str(raised.value)
+        return
+    pruned = mlprune.prune_weights(model_arg, config_arg, joint_compression=case.joint, device="cpu")
+    assert isinstance(pruned, ct.models.MLModel)
+    pruned.save(str(ml_out))
+    problems, _, _ = cr.compare_outputs(model_id, model_path, ct_out, ml_out)
+    assert problems == [], f"{model_id} {case_name}: {problems}"
+
+
+def test_returned_model_lives_in_a_temporary_package(models):
+    """Like coremltools' result: a temporary package (`is_temp_package`), removed when Python exits."""
+    script = f"""
+import coremltools as ct, mlprune
+model = ct.models.MLModel({str(models("mlp/fp16/ios16"))!r}, skip_model_load=True)
+pruned = mlprune.prune_weights(model, {cc.CASES["core:mag"].config!r})
+assert pruned.is_temp_package and pruned.package_path != model.package_path
+assert pruned.get_spec().WhichOneof("Type") == "mlProgram"
+print(pruned.package_path)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    package = Path(run.stdout.strip().splitlines()[-1])
+    assert package.name.endswith(".mlpackage")
+    assert not package.exists(), "removed at exit, as coremltools removes its temporary packages"
+
+
+def test_in_memory_model_without_a_package_is_saved_first(models, tmp_path):
+    source = ct.models.MLModel(str(models("mlp/fp16/ios16")), skip_model_load=True)
+    # An MLModel made from a spec and a weights folder has no package of its own.
+    weights = tmp_path / "weights"
+    shutil.copytree(Path(source.package_path) / "Data/com.apple.CoreML/weights", weights)
+    model = ct.models.MLModel(source.get_spec(), weights_dir=str(weights), skip_model_load=True)
+    config = cc.CASES["core:nm"].config
+    pruned = mlprune.prune_weights(model, config)
+    reference = ct.optimize.coreml.prune_weights(source, OptimizationConfig.from_dict(config))
+    pruned.save(str(tmp_path / "ml.mlpackage"))
+    reference.save(str(tmp_path / "ct.mlpackage"))
+    problems, _, _ = cr.compare_outputs(
+        "mlp/fp16/ios16", Path(source.package_path), tmp_path / "ct.mlpackage", tmp_path / "ml.mlpackage"
+    )
+    assert problems == []
+
+
+def test_prune_returns_the_report_and_the_console_script_writes_the_same(models, tmp_path):
+    src = models("mlp/fp16/ios16")
+    config = cc.CASES["core:block"].config
+    report = mlprune.prune(src, tmp_path / "a.mlpackage", config, device="cpu")
+    assert any(r["pruned"] for r in report), report
+    for entry in report:
+        assert set(entry) >= {"name", "consumer", "dtype", "shape", "mode", "pruned", "sparsity",
+                              "bytes_before", "bytes_after", "device", "millis"}
+        assert entry["device"] == "cpu"
+    pruned = [r for r in report if r["pruned"]]
+    assert all(r["mode"] == "block" and 0.4 < r["sparsity"] < 0.6 for r in pruned), report
+
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config))
+    cli = subprocess.run(
+        [str(CONSOLE_SCRIPT), "prune", str(src), str(tmp_path / "b.mlpackage"), "--config",
+         str(config_file), "--device", "cpu", "--report", str(tmp_path / "report.json"), "-q"],
+        capture_output=True, text=True,
+    )
+    assert cli.returncode == 0, cli.stderr
+    from_cli = json.loads((tmp_path / "report.json").read_text())
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "millis"} for r in rows]  # noqa: E731
+    assert strip(from_cli) == strip(report)
+    # A path config reads the same.
+    again = mlprune.prune(src, tmp_path / "c.mlpackage", config_file, device="cpu")
+    assert strip(again) == strip(report)
+
+
+def test_inspect_is_the_cli_json(models):
+    src = models("conv2d/fp16/ios18")
+    cli = subprocess.run([str(CONSOLE_SCRIPT), "inspect", str(src), "--json"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert mlprune.inspect(src) == json.loads(cli.stdout)
+
+
+def _leftovers(directory, keep):
+    return sorted(p.name for p in Path(directory).iterdir() if p.name not in keep)
+
+
+def test_errors_name_the_cause_and_leave_nothing(models, tmp_path):
+    src = tmp_path / "in.mlpackage"
+    shutil.copytree(models("mlp/fp16/ios16"), src)
+    weight_bin = src / "Data/com.apple.CoreML/weights/weight.bin"
+    data = bytearray(weight_bin.read_bytes())
+    data[64:72] = b"\xff" * 8  # the first blob's sentinel
+    weight_bin.write_bytes(bytes(data))
+    good = cc.CASES["core:mag"].config
+
+    with pytest.raises(mlprune.MlpruneError) as bad_input:
+        mlprune.prune(src, tmp_path / "out.mlpackage", good)
+    message = str(bad_input.value)
+    assert "weight.bin" in message and "\n" not in message
+    with pytest.raises(mlprune.MlpruneError):
+        mlprune.prune_weights(str(src), good)
+    with pytest.raises(mlprune.MlpruneError, match="weight.bin"):
+        mlprune.inspect(src)
+    assert _leftovers(tmp_path, {"in.mlpackage"}) == []
+
+    clean = models("mlp/fp16/ios16")
+    with pytest.raises(ValueError, match="target_sparsity"):
+        mlprune.prune(clean, tmp_path / "out.mlpackage", {"config_type": "OpMagnitudePrunerConfig",
+                                                          "global_config": {"target_sparsity": 1.5}})
+    with pytest.raises(ValueError, match="config:"):
+        mlprune.prune(clean, tmp_path / "out.mlpackage", {"config_type": "NoSuchConfig", "global_config": {}})
+    with pytest.raises(ValueError, match="op_selector"):
+        mlprune.prune_weights(str(clean), OptimizationConfig(
+            global_config=ct.optimize.coreml.OpMagnitudePrunerConfig(target_sparsity=0.5),
+            is_deprecated=True, op_selector=lambda op: True))
+    with pytest.raises(ValueError, match="device"):
+        mlprune.prune(clean, tmp_path / "out.mlpackage", good, device="tpu")
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(ValueError, match="exists"):
+        mlprune.prune(clean, tmp_path / "exists", good)
+    with pytest.raises(mlprune.MlpruneError, match="missing.mlpackage"):
+        mlprune.prune(tmp_path / "missing.mlpackage", tmp_path / "out.mlpackage", good)
+    assert _leftovers(tmp_path, {"in.mlpackage", "exists"}) == []
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory):
+    """About 1.2 s of CPU pruning on this machine's 2 cores: 600 fp16 weights of 512x512."""
+    path = tmp_path_factory.mktemp("big") / "big.mlpackage"
+    subprocess.run([str(CONSOLE_SCRIPT), "generate", str(path), "--layers", "600", "--shape", "512x512"],
+                   check=True, capture_output=True)
+    return path
+
+
+def test_other_python_threads_run_during_a_prune(big_model, tmp_path):
+    ticks = []
+    running = threading.Event()
+    done = threading.Event()
+
+    def ticker():
+        running.set()
+        while not done.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=ticker)
+    thread.start()
+    running.wait()
+    started = time.monotonic()
+    mlprune.prune(big_model, tmp_path / "out.mlpackage", {"config_type": "OpMagnitudePrunerConfig",
+                                                          "global_config": {"target_sparsity": 0.5}},
+                  device="cpu")
+    finished = time.monotonic()
+    done.set()
+    thread.join()
+    during = [t for t in ticks if started < t < finished]
+    # Held GIL: no tick at all while Rust runs. Released: the ticker runs all along.
+    assert finished - started > 0.2, "the prune is long enough to tell"
+    assert len(during) > 50, f"{len(during)} ticks in {finished - started:.2f} s"
+
+
+def test_ctrl_c_stops_a_prune_and_leaves_nothing(big_model, tmp_path):
+    out = tmp_path / "out.mlpackage"
+    timer = threading.Timer(0.15, lambda: os.kill(os.getpid(), signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        mlprune.prune(big_model, out, {"config_type": "OpMagnitudePrunerConfig",
+                                       "global_config": {"target_sparsity": 0.5}}, device="cpu")
+    timer.join()
+    assert time.monotonic() - started < 5
+    assert _leftovers(tmp_path, set()) == [], "no output, no staging folder"
+    # The same prune, uninterrupted, takes longer than the delay: the signal came mid-run.
+    started = time.monotonic()
+    mlprune.prune(big_model, out, {"config_type": "OpMagnitudePrunerConfig",
+                                   "global_config": {"target_sparsity": 0.5}}, device="cpu")
+    assert time.monotonic() - started > 0.3
+
+
+def test_package_metadata():
+    cargo = (ROOT / "Cargo.toml").read_text()
+    version = next(line.split('"')[1] for line in cargo.splitlines() if line.startswith("version = "))
+    assert mlprune.__version__ == version
+    from importlib.metadata import version as dist_version
+
+    assert dist_version("mlprune") == version
+    package = Path(mlprune.__file__).parent
+    assert (package / "py.typed").is_file() and (package / "__init__.pyi").is_file()
+    cli = subprocess.run([str(CONSOLE_SCRIPT), "--version"], capture_output=True, text=True)
+    assert cli.returncode == 0 and version in cli.stdout
+    cli = subprocess.run([str(CONSOLE_SCRIPT), "prune", "--sparsity"], capture_output=True, text=True)
+    assert cli.returncode == 2 and cli.stderr.startswith("mlprune: error: ")
