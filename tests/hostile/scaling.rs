@@ -81,20 +81,7 @@ fn millions_of_empty_operations_are_refused_before_decoding() {
         |e| matches!(e, Error::Model { path, reason } if path.ends_with("model.mlmodel") && reason.contains("once decoded")),
         &["model.mlmodel", "4000006 messages", "refusing to decode it"],
     );
-    for command in [
-        format!("inspect '{}'", case.input.display()),
-        format!(
-            "prune '{}' '{}' {}",
-            case.input.display(),
-            case.output().display(),
-            PRUNE_ARGS.join(" ")
-        ),
-    ] {
-        let script = format!(
-            "ulimit -v 1048576; exec '{}' {command}",
-            env!("CARGO_BIN_EXE_mlprune")
-        );
-        let o = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    for o in both_commands_under_1_gib(&case) {
         assert_cli_error(&o, 1, &["model.mlmodel", "refusing to decode it"]);
     }
     assert_nothing_left(&case, &["in.mlpackage"]);
