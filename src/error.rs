@@ -94,16 +94,18 @@ impl Error {
     }
 }
 
-/// `text` with every control character (C0, DEL, C1: newlines, ESC, BEL, CSI, ...) written as its
-/// Rust escape (`\n`, `\u{1b}`), so that text taken from the input can neither split a line nor
-/// drive the terminal. Errors ([`Error::one_line`]) and `mlprune inspect`'s table both go through it.
+/// `text` with every control character (C0, DEL, C1: newlines, ESC, BEL, CSI, ...) and every
+/// bidirectional formatting character (U+061C, U+200E/F, U+202A–U+202E, U+2066–U+2069, which reorder
+/// what a terminal shows: "Trojan Source") written as its Rust escape (`\n`, `\u{1b}`, `\u{202e}`),
+/// so that text taken from the input can neither split a line, drive the terminal, nor disguise
+/// itself. Errors ([`Error::one_line`]) and `mlprune inspect`'s table both go through it.
 pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains(char::is_control) {
+    if !text.contains(needs_escape) {
         return text.into();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if needs_escape(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
@@ -111,6 +113,15 @@ pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
         })
         .collect::<String>()
         .into()
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || is_bidi_format(c)
+}
+
+/// Unicode's bidirectional formatting characters (marks, embeddings, overrides, isolates).
+pub(crate) fn is_bidi_format(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Adds the path to an `io::Result`.
@@ -139,6 +150,8 @@ mod tests {
             "m/Manifest.json: invalid manifest: fileFormatVersion '1.0\\r\\nmlprune: error: forged\\t' \
              is not major.minor.patch"
         );
+        let spoof = Error::tensor("w\u{202E}txt.exe\u{2066}", "bad");
+        assert_eq!(spoof.one_line(), "tensor 'w\\u{202e}txt.exe\\u{2066}': bad");
         let plain = Error::Usage("output o exists".into());
         assert_eq!(plain.one_line(), plain.to_string());
     }

@@ -291,15 +291,16 @@ fn sparse_mask_share(
 }
 
 /// The report as pretty JSON, ending in a newline. serde_json escapes C0 control characters in
-/// strings; DEL and the C1 controls (U+0080–U+009F, e.g. CSI) it leaves raw, so they are escaped
-/// here as well (`\u007f`): same JSON value, and nothing in it can drive a terminal.
+/// strings; DEL, the C1 controls (U+0080–U+009F, e.g. CSI) and the bidirectional formatting
+/// characters it leaves raw, so they are escaped here as well (`\u007f`, `\u202e`): same JSON
+/// value, and nothing in it can drive a terminal or reorder what it shows.
 pub fn render_json(report: &InspectReport) -> Result<String> {
     let text = serde_json::to_string_pretty(report).map_err(|e| Error::Usage(e.to_string()))?;
-    // Outside strings, valid JSON holds only ASCII structure and whitespace, so every DEL or C1
-    // character here is inside a string, where `\u00XX` means the same character.
+    // Outside strings, valid JSON holds only ASCII structure and whitespace, so every such
+    // character here is inside a string, where `\uXXXX` means the same character.
     let mut out = String::with_capacity(text.len() + 1);
     for c in text.chars() {
-        if ('\u{7f}'..='\u{9f}').contains(&c) {
+        if ('\u{7f}'..='\u{9f}').contains(&c) || crate::error::is_bidi_format(c) {
             out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);

@@ -38,10 +38,12 @@ fn constant(size: u64) -> Dimension {
     }
 }
 
-/// Every character of `text` that a terminal could act on, other than the line breaks in `allowed`.
+/// Every character of `text` that a terminal could act on (controls, and the bidirectional
+/// formatting characters that reorder what it shows), other than the line breaks in `allowed`.
 fn control_chars(text: &str, allowed: &[char]) -> Vec<char> {
+    let bidi = |c: char| matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
     text.chars()
-        .filter(|c| c.is_control() && !allowed.contains(c))
+        .filter(|&c| (c.is_control() || bidi(c)) && !allowed.contains(&c))
         .collect()
 }
 
@@ -55,7 +57,7 @@ fn inspect_escapes_control_characters_from_the_input() {
     let evil_consumer = "fc1\x1b[31m\u{9b}1m\x7f";
     let evil_type = "linear\x08\x08\x08";
     let evil_input = "weight\n";
-    let evil_opset = "CoreML8\x1b[0m";
+    let evil_opset = "CoreML8\x1b[0m\u{202E}\u{2066}";
     case.edit_program(|p| {
         for function in p.functions.values_mut() {
             function.opset = evil_opset.into();
@@ -107,7 +109,10 @@ fn inspect_escapes_control_characters_from_the_input() {
         "{row_line}"
     );
     let total = table.lines().last().unwrap();
-    assert!(total.contains("opset CoreML8\\u{1b}[0m, weight.bin"), "{total}");
+    assert!(
+        total.contains("opset CoreML8\\u{1b}[0m\\u{202e}\\u{2066}, weight.bin"),
+        "{total}"
+    );
 
     // JSON: every control character escaped (serde_json does C0; DEL and C1 are escaped too), and
     // the strings read back exactly.
@@ -117,7 +122,10 @@ fn inspect_escapes_control_characters_from_the_input() {
     // Pretty JSON breaks lines between values; inside strings a newline is `\n`.
     assert_eq!(control_chars(&json, &['\n']), Vec::<char>::new(), "{json}");
     assert!(
-        json.contains("\\u007f") && json.contains("\\u009b") && json.contains("\\u001b"),
+        json.contains("\\u007f")
+            && json.contains("\\u009b")
+            && json.contains("\\u001b")
+            && json.contains("\\u202e"),
         "{json}"
     );
     let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
