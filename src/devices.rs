@@ -20,12 +20,28 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::tensor::{TensorData, TensorView};
 
+/// Where a tensor was pruned, and why there (`--report`'s `device` and `device_reason`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub device: &'static str,
+    pub reason: String,
+}
+
+impl Placement {
+    fn cpu(reason: String) -> Self {
+        Placement {
+            device: "cpu",
+            reason,
+        }
+    }
+}
+
 pub struct Devices {
     policy: DevicePolicy,
     gpu_min_elements: u64,
     gpu: GpuState,
-    /// Under `auto`, the device that won the race (`None` before it ran).
-    auto_winner: Option<&'static str>,
+    /// Under `auto`, the device that won the race and what decided it (`None` before it ran).
+    auto_verdict: Option<(&'static str, String)>,
     /// One-line notices for the user, e.g. that `auto` found no hardware GPU.
     pub notices: Vec<String>,
 }
@@ -50,7 +66,7 @@ impl Devices {
             policy,
             gpu_min_elements,
             gpu,
-            auto_winner: None,
+            auto_verdict: None,
             notices: Vec::new(),
         })
     }
@@ -78,13 +94,30 @@ impl Devices {
         }
     }
 
-    /// Whether the policy may send a tensor of `elements` to the GPU (if there is one): never under
-    /// `cpu`, always under `gpu`; under `auto` for large enough tensors, unless the CPU won the race.
-    fn wants_gpu(&self, elements: usize) -> bool {
+    /// The policy's name in reasons.
+    fn policy_label(&self) -> &'static str {
         match self.policy {
-            DevicePolicy::Cpu => false,
-            DevicePolicy::Gpu => true,
-            DevicePolicy::Auto => elements as u64 >= self.gpu_min_elements && self.auto_winner != Some("cpu"),
+            DevicePolicy::Cpu => "--device cpu",
+            DevicePolicy::Gpu => "--device gpu",
+            DevicePolicy::Auto => "--device auto",
+        }
+    }
+
+    /// Why a tensor of `elements` stays on the CPU without asking the GPU, or `None` if the policy
+    /// lets it go to the GPU (if there is one): never under `cpu`, always under `gpu`; under `auto`
+    /// for large enough tensors, unless the CPU won the race.
+    fn policy_keeps_on_cpu(&self, elements: usize) -> Option<String> {
+        match self.policy {
+            DevicePolicy::Cpu => Some("--device cpu".into()),
+            DevicePolicy::Gpu => None,
+            DevicePolicy::Auto if (elements as u64) < self.gpu_min_elements => Some(format!(
+                "--device auto: below --gpu-min-elements ({})",
+                self.gpu_min_elements
+            )),
+            DevicePolicy::Auto => match &self.auto_verdict {
+                Some(("cpu", why)) => Some(format!("--device auto: the cpu won the race ({why})")),
+                _ => None,
+            },
         }
     }
 
@@ -96,9 +129,10 @@ impl Devices {
         data: TensorData,
         shape: &[u64],
         tensor: &str,
-    ) -> Result<(KernelResult, &'static str)> {
+    ) -> Result<(KernelResult, Placement)> {
         let Some(gpu) = self.gpu() else {
-            return Ok((run_kernel_in_place(config, data, shape, tensor)?, "cpu"));
+            let result = run_kernel_in_place(config, data, shape, tensor)?;
+            return Ok((result, Placement::cpu("--device auto: no hardware GPU".into())));
         };
         let started = Instant::now();
         let on_gpu = gpu.run(config, &data, shape, tensor);
@@ -114,11 +148,13 @@ impl Devices {
                 format!("cpu {cpu_ms:.1} ms, gpu {gpu_ms:.1} ms"),
             ),
         };
-        self.auto_winner = Some(winner);
+        let verdict = format!("on tensor '{tensor}': {why}");
         self.notices.push(format!(
             "--device auto: raced tensor '{tensor}' on both devices ({why}); the {winner} prunes the rest"
         ));
-        Ok((on_cpu, "cpu"))
+        let reason = format!("--device auto: raced here on both devices ({why}); the CPU's result is kept");
+        self.auto_verdict = Some((winner, verdict));
+        Ok((on_cpu, Placement::cpu(reason)))
     }
 
     /// [`Devices::run`] on borrowed values; the CPU kernels write the kept values into `out`'s
@@ -130,31 +166,53 @@ impl Devices {
         out: Option<TensorData>,
         shape: &[u64],
         tensor: &str,
-    ) -> Result<(KernelResult, &'static str)> {
-        if self.wants_gpu(view.len()) && self.gpu().is_some() {
-            return self.run(config, view.to_owned(), shape, tensor);
-        }
-        Ok((run_kernel_on_view(config, view, out, shape, tensor)?, "cpu"))
+    ) -> Result<(KernelResult, Placement)> {
+        let reason = match self.policy_keeps_on_cpu(view.len()) {
+            Some(reason) => reason,
+            None if self.gpu().is_some() => return self.run(config, view.to_owned(), shape, tensor),
+            None => "--device auto: no hardware GPU".into(),
+        };
+        Ok((
+            run_kernel_on_view(config, view, out, shape, tensor)?,
+            Placement::cpu(reason),
+        ))
     }
 
-    /// Runs one tensor's kernel and says where it ran (`"gpu"` or `"cpu"`). The CPU kernels reuse
-    /// `data`'s allocation for the kept values.
+    /// Runs one tensor's kernel and says where it ran (`"gpu"` or `"cpu"`) and why. The CPU kernels
+    /// reuse `data`'s allocation for the kept values.
     pub fn run(
         &mut self,
         config: &OpConfig,
         data: TensorData,
         shape: &[u64],
         tensor: &str,
-    ) -> Result<(KernelResult, &'static str)> {
-        if self.wants_gpu(data.len()) {
-            let undecided = self.policy == DevicePolicy::Auto && self.auto_winner.is_none();
-            if let Some(gpu) = self.gpu().filter(|g| g.handles(config, &data, shape)) {
-                if undecided {
-                    return self.race(config, data, shape, tensor);
+    ) -> Result<(KernelResult, Placement)> {
+        let reason = match self.policy_keeps_on_cpu(data.len()) {
+            Some(reason) => reason,
+            None => {
+                let label = self.policy_label();
+                let undecided = self.policy == DevicePolicy::Auto && self.auto_verdict.is_none();
+                match self.gpu() {
+                    None => format!("{label}: no hardware GPU"),
+                    Some(gpu) if !gpu.handles(config, &data, shape) => {
+                        format!("{label}: the GPU kernels do not cover this case")
+                    }
+                    Some(_) if undecided => return self.race(config, data, shape, tensor),
+                    Some(gpu) => {
+                        let result = gpu.run(config, &data, shape, tensor)?;
+                        let device = gpu.name();
+                        let reason = match &self.auto_verdict {
+                            Some((_, verdict)) => format!("--device auto: the gpu won the race ({verdict})"),
+                            None => label.to_string(),
+                        };
+                        return Ok((result, Placement { device, reason }));
+                    }
                 }
-                return Ok((gpu.run(config, &data, shape, tensor)?, gpu.name()));
             }
-        }
-        Ok((run_kernel_in_place(config, data, shape, tensor)?, "cpu"))
+        };
+        Ok((
+            run_kernel_in_place(config, data, shape, tensor)?,
+            Placement::cpu(reason),
+        ))
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::blob::ReadThreads;
 pub use crate::cancel::CancelFlag;
 use crate::config::{OpConfig, OptimizationConfig};
-use crate::devices::Devices;
+use crate::devices::{Devices, Placement};
 use crate::dispatch::KernelResult;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::error::{Error, IoContext, Result};
@@ -77,6 +77,10 @@ pub struct TensorReport {
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub device: &'static str,
+    /// Why the kernel ran on that device (the policy, the size cut-off, `auto`'s race); absent
+    /// when no kernel ran (a tensor the plan skipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_reason: Option<String>,
     pub millis: f64,
 }
 
@@ -194,8 +198,10 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
                 )?),
                 _ => None,
             };
-            let device = result.as_ref().map_or("cpu", |(_, device)| *device);
-            let result = result.map(|(r, _)| r);
+            let (result, placement) = match result {
+                Some((r, placement)) => (Some(r), Some(placement)),
+                None => (None, None),
+            };
             let op = op_at_mut(&mut model.program, &info.path)
                 .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
             if let Some(new_op) = rewrite.replaced.take() {
@@ -209,7 +215,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
-                reports.push(tensor_report(p, result, started, device));
+                reports.push(tensor_report(p, result, started, placement));
             }
         }
         Ok(())
@@ -370,7 +376,7 @@ impl Rewrite {
         index: usize,
         config: &OpConfig,
         devices: &mut Devices,
-    ) -> Result<(PruneResult, &'static str)> {
+    ) -> Result<(PruneResult, Placement)> {
         let info = &graph.ops[index];
         let op = op_at(program, &info.path).ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
         let (value, output) = match (op.const_value(), op.outputs.first()) {
@@ -479,7 +485,7 @@ impl Rewrite {
         index: usize,
         config: &OpConfig,
         devices: &mut Devices,
-    ) -> Result<(PruneResult, &'static str)> {
+    ) -> Result<(PruneResult, Placement)> {
         let info = &graph.ops[index];
         let m = materialize(&JointContext::new(program, graph, source), index)?;
         let (result, device) = devices.run(config, m.dense.clone(), &m.shape, &info.name)?;
@@ -540,12 +546,12 @@ fn bump_to_ios16(model: &mut LoadedModel) {
 }
 
 /// `result`: `None` for a tensor the plan skipped, `Some(Err(reason))` for one the kernel skipped,
-/// `Some(Ok((kept, bytes_after)))` for a pruned one.
+/// `Some(Ok((kept, bytes_after)))` for a pruned one. `placement`: where its kernel ran, if one did.
 fn tensor_report(
     p: PlannedTensor,
     result: Option<PruneResult>,
     started: Instant,
-    device: &'static str,
+    placement: Option<Placement>,
 ) -> TensorReport {
     let bytes = p.meta.storage_bytes().unwrap_or(0);
     let mode = match &p.decision {
@@ -576,7 +582,8 @@ fn tensor_report(
         sparsity,
         bytes_before: bytes,
         bytes_after,
-        device,
+        device: placement.as_ref().map_or("cpu", |p| p.device),
+        device_reason: placement.map(|p| p.reason),
         millis: started.elapsed().as_secs_f64() * 1e3,
     }
 }

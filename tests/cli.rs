@@ -776,3 +776,48 @@ fn all_zero_results_of_the_same_type_share_one_op_like_coremltools() {
         .filter(|t| t["pruned"] == true)
         .all(|t| t["sparsity"] == 1.0));
 }
+
+#[test]
+fn the_report_says_why_each_device_was_chosen() {
+    // Without a GPU in play: `cpu` says so, and `auto` keeps tensors below --gpu-min-elements on
+    // the CPU and says that. Skipped tensors ran no kernel and give no reason.
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample/sample.mlpackage");
+    for (device, reason) in [
+        ("cpu", "--device cpu".to_string()),
+        (
+            "auto",
+            format!("--device auto: below --gpu-min-elements ({})", u64::MAX),
+        ),
+    ] {
+        let report_path = tmp.path().join(format!("{device}.json"));
+        let max = u64::MAX.to_string();
+        let o = run(&[
+            &"prune",
+            &sample,
+            &tmp.path().join(format!("{device}.mlpackage")),
+            &"--sparsity",
+            &"0.5",
+            &"--device",
+            &device,
+            &"--gpu-min-elements",
+            &max,
+            &"-q",
+            &"--report",
+            &report_path,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+        let tensors = report.as_array().unwrap();
+        assert!(tensors.iter().any(|t| t["pruned"] == true), "{report}");
+        for t in tensors {
+            if t["pruned"] == true {
+                assert_eq!(t["device"], "cpu", "{t}");
+                assert_eq!(t["device_reason"], reason.as_str(), "{t}");
+            } else if t["skipped"].as_str().is_some_and(|s| !s.is_empty()) && t["mode"] == "none" {
+                assert!(t.get("device_reason").is_none(), "no kernel ran: {t}");
+            }
+        }
+    }
+}

@@ -735,10 +735,23 @@ fn auto_races_the_first_large_tensor_and_keeps_the_winner() {
             .position(|t| race_notice.contains(&format!("'{}'", t["name"].as_str().unwrap())));
         let raced = raced.expect("the raced tensor is in the report");
         assert_eq!(pruned[raced]["device"], "cpu", "the race keeps the CPU's result");
+        // The report says why each device was chosen.
+        let reason = |t: &serde_json::Value| t["device_reason"].as_str().unwrap_or_default().to_string();
+        assert!(
+            reason(pruned[raced]).starts_with("--device auto: raced here on both devices (cpu "),
+            "{}",
+            pruned[raced]
+        );
         for t in &pruned[raced + 1..] {
             assert_eq!(
                 t["device"], winner,
                 "after the race every tensor goes to the winner: {t}"
+            );
+            let why = reason(t);
+            assert!(
+                why.starts_with(&format!("--device auto: the {winner} won the race (on tensor '"))
+                    || why == "--device auto: the GPU kernels do not cover this case",
+                "{t}"
             );
         }
     }
