@@ -102,8 +102,19 @@ def _package_of(mlmodel: Any, scratch: str) -> str:
         # coremltools' own words for this case
         raise TypeError(f"weight compression not applicable for model type {model_type}")
     path = getattr(mlmodel, "package_path", None)
-    if path and os.path.isdir(path):
+    if path and os.path.isdir(path) and _spec_is_the_packages(mlmodel, path):
         return path
+    # No package, or its spec was changed in memory (metadata, descriptions): coremltools prunes
+    # the in-memory spec, so that is what gets pruned here too.
     saved = os.path.join(scratch, "model.mlpackage")
     mlmodel.save(saved)
     return saved
+
+
+def _spec_is_the_packages(mlmodel: Any, path: str) -> bool:
+    """Whether ``mlmodel``'s in-memory spec is the one its package holds (equal messages serialize
+    to equal bytes when both are serialized deterministically by the same library)."""
+    from coremltools.models.utils import load_spec
+
+    on_disk = load_spec(path).SerializeToString(deterministic=True)
+    return on_disk == mlmodel.get_spec().SerializeToString(deterministic=True)

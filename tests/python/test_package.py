@@ -150,6 +150,24 @@ def test_in_memory_model_without_a_package_is_saved_first(models, tmp_path):
     assert problems == []
 
 
+def test_metadata_changed_in_memory_is_kept_as_coremltools_keeps_it(models, tmp_path):
+    model = ct.models.MLModel(str(models("mlp/fp16/ios16")), skip_model_load=True)
+    model.user_defined_metadata["pruned_by"] = "test"
+    model.short_description = "changed in memory"
+    config = OptimizationConfig.from_dict(cc.CASES["core:thr"].config)
+    ours = mlprune.prune_weights(model, config)
+    theirs = ct.optimize.coreml.prune_weights(model, config)
+    for pruned in (ours, theirs):
+        assert pruned.user_defined_metadata["pruned_by"] == "test"
+        assert pruned.short_description == "changed in memory"
+    ours.save(str(tmp_path / "ml.mlpackage"))
+    theirs.save(str(tmp_path / "ct.mlpackage"))
+    problems, _, _ = cr.compare_outputs(
+        "mlp/fp16/ios16", Path(model.package_path), tmp_path / "ct.mlpackage", tmp_path / "ml.mlpackage"
+    )
+    assert problems == []
+
+
 def test_prune_returns_the_report_and_the_console_script_writes_the_same(models, tmp_path):
     src = models("mlp/fp16/ios16")
     config = cc.CASES["core:block"].config
