@@ -31,6 +31,7 @@ def prune(
     left at ``dst``. Needs no coremltools.
     """
     config_json, config_path = config_source(config)
+    _quiet_wayland_probe(device)
     report = _mlprune.prune(
         os.fspath(src),
         os.fspath(dst),
@@ -76,6 +77,7 @@ def prune_weights(
             src = _package_of(mlmodel, scratch)
             compute_units = mlmodel.compute_unit
             skip_model_load = mlmodel.__proxy__ is None
+        _quiet_wayland_probe(device)
         dst = tempfile.mkdtemp(suffix=".mlpackage")
         os.rmdir(dst)  # mlprune writes a fresh package there, never into an existing folder
         _mlprune.prune(
@@ -118,3 +120,12 @@ def _spec_is_the_packages(mlmodel: Any, path: str) -> bool:
 
     on_disk = load_spec(path).SerializeToString(deterministic=True)
     return on_disk == mlmodel.get_spec().SerializeToString(deterministic=True)
+
+
+def _quiet_wayland_probe(device: str) -> None:
+    """Looking for a GPU loads the Vulkan drivers, and Mesa's probe for a Wayland display prints
+    "error: XDG_RUNTIME_DIR is invalid or not set" when the variable is unset (headless boxes, CI).
+    The CLI gives the probe a folder to look in; so does this, only when the variable is unset and a
+    GPU may be looked for. mlprune never opens a window."""
+    if device != "cpu" and "XDG_RUNTIME_DIR" not in os.environ:
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.gettempdir()

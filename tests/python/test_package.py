@@ -313,3 +313,21 @@ def test_package_metadata():
     assert cli.returncode == 0 and version in cli.stdout
     cli = subprocess.run([str(CONSOLE_SCRIPT), "prune", "--sparsity"], capture_output=True, text=True)
     assert cli.returncode == 2 and cli.stderr.startswith("mlprune: error: ")
+
+
+def test_looking_for_a_gpu_prints_nothing(tmp_path):
+    # Tensors of 2**20 elements make `auto` look for a GPU; on a headless box Mesa's Wayland probe
+    # would print an "error:" line unless XDG_RUNTIME_DIR is set.
+    model = tmp_path / "m.mlpackage"
+    subprocess.run([str(CONSOLE_SCRIPT), "generate", str(model), "--layers", "2", "--shape", "1024x1024"],
+                   check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    script = (
+        "import mlprune; "
+        f"r = mlprune.prune({str(model)!r}, {str(tmp_path / 'o.mlpackage')!r}, "
+        "{'config_type': 'OpMagnitudePrunerConfig', 'global_config': {'target_sparsity': 0.5}}); "
+        "print(len(r))"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "", run.stderr
