@@ -71,6 +71,12 @@ impl GpuContext {
             DevicePolicy::Auto => std::env::var_os(AUTO_SOFTWARE_ENV).is_some_and(|v| v == "1"),
             DevicePolicy::Gpu => true,
         };
+        // `auto` only wants a hardware adapter. Where the system has no GPU device node at all,
+        // none can exist, and loading the Vulkan drivers just to find the software one would cost
+        // time and about 50 MiB of resident memory (lavapipe links LLVM).
+        if !allow_software && !hardware_gpu_node_present() {
+            return Ok(None);
+        }
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL;
         let instance = wgpu::Instance::new(desc);
@@ -269,4 +275,23 @@ fn build_pipelines(device: &wgpu::Device) -> Pipelines {
         scatter: pipeline(&prune, "scatter"),
         layout,
     }
+}
+
+/// Whether a GPU device node exists: on Linux every hardware Vulkan driver opens one (Mesa's
+/// `/dev/dri/renderD*` or `card*`, NVIDIA's `/dev/nvidia*`, WSL's `/dev/dxg`); a software adapter
+/// needs none. Elsewhere (macOS: Metal) assume there is one and let wgpu look.
+fn hardware_gpu_node_present() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let named = |dir: &str, prefixes: &[&str]| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                prefixes.iter().any(|p| name.starts_with(p))
+            })
+        })
+    };
+    named("/dev/dri", &["renderD", "card"]) || named("/dev", &["nvidia", "dxg"])
 }
