@@ -280,10 +280,9 @@ impl Backend for GpuBackend {
     }
 }
 
-fn pruned<T: GpuElement>(c: Compacted, wrap: fn(Vec<T>) -> TensorData) -> KernelResult {
-    let values: Vec<T> = bytemuck::pod_collect_to_vec(&c.values);
+fn pruned<T: GpuElement>(c: Compacted<T>, wrap: fn(Vec<T>) -> TensorData) -> KernelResult {
     KernelResult::Pruned(Pruned {
-        nonzero: wrap(values),
+        nonzero: wrap(c.values),
         mask: c.mask,
         kept: c.kept,
     })

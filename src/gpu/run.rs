@@ -70,10 +70,11 @@ impl TensorBytes<'_> {
     }
 }
 
-/// The sparse form of one tensor as raw bytes.
-pub(crate) struct Compacted {
+/// The sparse form of one tensor: the mask's bytes and the kept values, typed (`T` is the
+/// tensor's element type), so they reach the writer without another copy.
+pub(crate) struct Compacted<T> {
     pub mask: Vec<u8>,
-    pub values: Vec<u8>,
+    pub values: Vec<T>,
     pub kept: u64,
 }
 
@@ -180,14 +181,16 @@ impl GpuContext {
     }
 
     /// Maps the first `size` bytes of slot `slot`'s readback buffer once `submission` has run
-    /// (later submissions may still be running) and copies them.
-    fn read_back(
+    /// (later submissions may still be running) and hands the mapped bytes to `read`, which copies
+    /// out what it needs: one copy, straight from the mapping, and no buffer per chunk.
+    fn read_back<T>(
         &self,
         pool: &BufferPool,
         slot: usize,
         size: u64,
         submission: wgpu::SubmissionIndex,
-    ) -> Result<Vec<u8>> {
+        read: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
         let readback = &pool.slots[slot].readback;
         let (tx, rx) = std::sync::mpsc::channel();
         readback.map_async(wgpu::MapMode::Read, 0..size, move |r| {
@@ -197,12 +200,12 @@ impl GpuContext {
         rx.recv()
             .map_err(|_| Error::Gpu("readback was never mapped".into()))?
             .map_err(|e| Error::Gpu(format!("cannot map the readback buffer: {e}")))?;
-        let bytes = readback
+        let result = readback
             .get_mapped_range(0..size)
-            .map(|view| view.to_vec())
-            .map_err(|e| Error::Gpu(format!("cannot read the readback buffer: {e}")));
+            .map_err(|e| Error::Gpu(format!("cannot read the readback buffer: {e}")))
+            .and_then(|view| read(&view));
         readback.unmap();
-        bytes
+        result
     }
 
     /// Histogram of magnitude keys over the whole tensor (`bins` ≤ 131072), counts summed over
@@ -241,11 +244,12 @@ impl GpuContext {
         let mut encoder = self.encoder();
         encoder.copy_buffer_to_buffer(&pool.hist, 0, &pool.slots[SLOT].readback, 0, bins * 4);
         let submission = self.queue.submit([encoder.finish()]);
-        let bytes = self.read_back(pool, SLOT, bins * 4, submission)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-            .collect())
+        self.read_back(pool, SLOT, bins * 4, submission, |bytes| {
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                .collect())
+        })
     }
 
     /// Keep-mask, packing and compaction of every chunk with the decision in `params`;
@@ -254,14 +258,14 @@ impl GpuContext {
     /// Chunks alternate between the pool's two slots and are pipelined: chunk i+1 is uploaded and
     /// submitted before chunk i's results are waited for, so the device computes one chunk while
     /// the host copies the next one in and the previous one out.
-    pub(crate) fn mask_and_compact(
+    pub(crate) fn mask_and_compact<T: Pod>(
         &self,
         pool: &mut BufferPool,
         t: &TensorBytes<'_>,
         params: Params,
         flags: &[u32],
         resident: &mut Resident,
-    ) -> Result<Compacted> {
+    ) -> Result<Compacted<T>> {
         let flags_bytes = flags.len() as u64 * 4;
         self.size_pool(pool, t, flags_bytes)?;
         if !flags.is_empty() {
@@ -269,9 +273,11 @@ impl GpuContext {
                 .write_buffer(&pool.flags, 0, bytemuck::cast_slice(flags));
         }
         let eb = t.elem_bytes();
+        // Reserved once, at most the whole tensor: chunks append without regrowing (each regrowth
+        // copies everything so far into fresh pages); pages never written are never touched.
         let mut out = Compacted {
             mask: Vec::with_capacity(t.n.div_ceil(8) as usize),
-            values: Vec::new(),
+            values: Vec::with_capacity(t.n as usize),
             kept: 0,
         };
         let mut in_flight: Option<InFlight> = None;
@@ -338,23 +344,32 @@ impl GpuContext {
         Ok(out)
     }
 
-    /// Waits for chunk `c`'s results and appends them to `out`.
-    fn collect(&self, pool: &BufferPool, c: InFlight, eb: u64, out: &mut Compacted) -> Result<()> {
-        let bytes = self.read_back(pool, c.slot, c.values_at + c.value_bytes, c.submission)?;
-        let kept = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
-        if kept > c.len {
-            return Err(Error::Gpu(format!(
-                "compaction counted {kept} kept values in a chunk of {}",
-                c.len
-            )));
-        }
-        let mask_start = READBACK_MASK_OFFSET as usize;
-        out.mask
-            .extend_from_slice(&bytes[mask_start..mask_start + c.len.div_ceil(8) as usize]);
-        out.values
-            .extend_from_slice(&bytes[c.values_at as usize..(c.values_at + kept * eb) as usize]);
-        out.kept += kept;
-        Ok(())
+    /// Waits for chunk `c`'s results and appends them to `out`, copied straight from the mapping.
+    fn collect<T: Pod>(&self, pool: &BufferPool, c: InFlight, eb: u64, out: &mut Compacted<T>) -> Result<()> {
+        self.read_back(pool, c.slot, c.values_at + c.value_bytes, c.submission, |bytes| {
+            let kept = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+            if kept > c.len {
+                return Err(Error::Gpu(format!(
+                    "compaction counted {kept} kept values in a chunk of {}",
+                    c.len
+                )));
+            }
+            let mask_start = READBACK_MASK_OFFSET as usize;
+            out.mask
+                .extend_from_slice(&bytes[mask_start..mask_start + c.len.div_ceil(8) as usize]);
+            let values = &bytes[c.values_at as usize..(c.values_at + kept * eb) as usize];
+            match bytemuck::try_cast_slice::<u8, T>(values) {
+                Ok(typed) => out.values.extend_from_slice(typed),
+                // A mapping is normally aligned far beyond T; if not, read each value unaligned.
+                Err(_) => out.values.extend(
+                    values
+                        .chunks_exact(std::mem::size_of::<T>())
+                        .map(bytemuck::pod_read_unaligned::<T>),
+                ),
+            }
+            out.kept += kept;
+            Ok(())
+        })
     }
 }
 
