@@ -121,25 +121,41 @@ impl Devices {
         }
     }
 
-    /// `auto`'s race: runs the tensor on both devices, keeps the CPU's result (the reference), and
-    /// records the faster device for the tensors that follow. A GPU that fails or differs loses.
-    fn race(
-        &mut self,
-        config: &OpConfig,
-        data: TensorData,
-        shape: &[u64],
-        tensor: &str,
-    ) -> Result<(KernelResult, Placement)> {
-        let Some(gpu) = self.gpu() else {
-            let result = run_kernel_in_place(config, data, shape, tensor)?;
-            return Ok((result, Placement::cpu("--device auto: no hardware GPU".into())));
+    /// Where a tensor of `elements` goes: the CPU (with the reason), the GPU, or `auto`'s race.
+    /// `covered` says whether the GPU kernels handle this case.
+    fn route(&mut self, elements: usize, covered: impl FnOnce(&GpuBackend) -> bool) -> Route {
+        if let Some(reason) = self.policy_keeps_on_cpu(elements) {
+            return Route::Cpu(reason);
+        }
+        let label = self.policy_label();
+        let undecided = self.policy == DevicePolicy::Auto && self.auto_verdict.is_none();
+        match self.gpu() {
+            None => Route::Cpu(format!("{label}: no hardware GPU")),
+            Some(gpu) if !covered(gpu) => {
+                Route::Cpu(format!("{label}: the GPU kernels do not cover this case"))
+            }
+            Some(_) if undecided => Route::Race,
+            Some(_) => Route::Gpu,
+        }
+    }
+
+    /// Why a tensor routed to the GPU runs there.
+    fn gpu_placement(&self, device: &'static str) -> Placement {
+        let reason = match &self.auto_verdict {
+            Some((_, verdict)) => format!("--device auto: the gpu won the race ({verdict})"),
+            None => self.policy_label().to_string(),
         };
-        let started = Instant::now();
-        let on_gpu = gpu.run(config, &data, shape, tensor);
-        let gpu_ms = started.elapsed().as_secs_f64() * 1e3;
-        let started = Instant::now();
-        let on_cpu = run_kernel_in_place(config, data, shape, tensor)?;
-        let cpu_ms = started.elapsed().as_secs_f64() * 1e3;
+        Placement { device, reason }
+    }
+
+    /// Settles `auto`'s race from both runs: keeps the CPU's result (the reference) and records
+    /// the faster device for the tensors that follow. A GPU that fails or differs loses.
+    fn settle_race(
+        &mut self,
+        tensor: &str,
+        (on_gpu, gpu_ms): (Result<KernelResult>, f64),
+        (on_cpu, cpu_ms): (KernelResult, f64),
+    ) -> (KernelResult, Placement) {
         let (winner, why) = match &on_gpu {
             Ok(result) if !same_bytes(result, &on_cpu) => ("cpu", "the GPU's result differed".to_string()),
             Err(e) => ("cpu", format!("the GPU failed: {e}")),
@@ -148,17 +164,16 @@ impl Devices {
                 format!("cpu {cpu_ms:.1} ms, gpu {gpu_ms:.1} ms"),
             ),
         };
-        let verdict = format!("on tensor '{tensor}': {why}");
         self.notices.push(format!(
             "--device auto: raced tensor '{tensor}' on both devices ({why}); the {winner} prunes the rest"
         ));
         let reason = format!("--device auto: raced here on both devices ({why}); the CPU's result is kept");
-        self.auto_verdict = Some((winner, verdict));
-        Ok((on_cpu, Placement::cpu(reason)))
+        self.auto_verdict = Some((winner, format!("on tensor '{tensor}': {why}")));
+        (on_cpu, Placement::cpu(reason))
     }
 
-    /// [`Devices::run`] on borrowed values; the CPU kernels write the kept values into `out`'s
-    /// allocation where it fits. A GPU copies the values it uploads anyway.
+    /// [`Devices::run`] on borrowed values (a mapped tensor): the CPU kernels write the kept values
+    /// into `out`'s allocation where it fits, and the GPU uploads straight from the view.
     pub fn run_view(
         &mut self,
         config: &OpConfig,
@@ -167,10 +182,23 @@ impl Devices {
         shape: &[u64],
         tensor: &str,
     ) -> Result<(KernelResult, Placement)> {
-        let reason = match self.policy_keeps_on_cpu(view.len()) {
-            Some(reason) => reason,
-            None if self.gpu().is_some() => return self.run(config, view.to_owned(), shape, tensor),
-            None => "--device auto: no hardware GPU".into(),
+        let reason = match self.route(view.len(), |gpu| gpu.handles_view(config, view, shape)) {
+            Route::Cpu(reason) => reason,
+            Route::Gpu => {
+                let gpu = self.gpu().ok_or_else(gpu_gone)?;
+                let (result, device) = (gpu.run_view(config, view, shape, tensor)?, gpu.name());
+                return Ok((result, self.gpu_placement(device)));
+            }
+            Route::Race => {
+                let gpu = self.gpu().ok_or_else(gpu_gone)?;
+                let started = Instant::now();
+                let on_gpu = gpu.run_view(config, view, shape, tensor);
+                let gpu_ms = started.elapsed().as_secs_f64() * 1e3;
+                let started = Instant::now();
+                let on_cpu = run_kernel_on_view(config, view, out, shape, tensor)?;
+                let cpu_ms = started.elapsed().as_secs_f64() * 1e3;
+                return Ok(self.settle_race(tensor, (on_gpu, gpu_ms), (on_cpu, cpu_ms)));
+            }
         };
         Ok((
             run_kernel_on_view(config, view, out, shape, tensor)?,
@@ -187,27 +215,22 @@ impl Devices {
         shape: &[u64],
         tensor: &str,
     ) -> Result<(KernelResult, Placement)> {
-        let reason = match self.policy_keeps_on_cpu(data.len()) {
-            Some(reason) => reason,
-            None => {
-                let label = self.policy_label();
-                let undecided = self.policy == DevicePolicy::Auto && self.auto_verdict.is_none();
-                match self.gpu() {
-                    None => format!("{label}: no hardware GPU"),
-                    Some(gpu) if !gpu.handles(config, &data, shape) => {
-                        format!("{label}: the GPU kernels do not cover this case")
-                    }
-                    Some(_) if undecided => return self.race(config, data, shape, tensor),
-                    Some(gpu) => {
-                        let result = gpu.run(config, &data, shape, tensor)?;
-                        let device = gpu.name();
-                        let reason = match &self.auto_verdict {
-                            Some((_, verdict)) => format!("--device auto: the gpu won the race ({verdict})"),
-                            None => label.to_string(),
-                        };
-                        return Ok((result, Placement { device, reason }));
-                    }
-                }
+        let reason = match self.route(data.len(), |gpu| gpu.handles(config, &data, shape)) {
+            Route::Cpu(reason) => reason,
+            Route::Gpu => {
+                let gpu = self.gpu().ok_or_else(gpu_gone)?;
+                let (result, device) = (gpu.run(config, &data, shape, tensor)?, gpu.name());
+                return Ok((result, self.gpu_placement(device)));
+            }
+            Route::Race => {
+                let gpu = self.gpu().ok_or_else(gpu_gone)?;
+                let started = Instant::now();
+                let on_gpu = gpu.run(config, &data, shape, tensor);
+                let gpu_ms = started.elapsed().as_secs_f64() * 1e3;
+                let started = Instant::now();
+                let on_cpu = run_kernel_in_place(config, data, shape, tensor)?;
+                let cpu_ms = started.elapsed().as_secs_f64() * 1e3;
+                return Ok(self.settle_race(tensor, (on_gpu, gpu_ms), (on_cpu, cpu_ms)));
             }
         };
         Ok((
@@ -215,4 +238,17 @@ impl Devices {
             Placement::cpu(reason),
         ))
     }
+}
+
+/// `route` chose the GPU only after acquiring it, and it stays acquired: unreachable, but an error
+/// rather than a panic.
+fn gpu_gone() -> Error {
+    Error::Gpu("the GPU backend is gone after it was chosen".into())
+}
+
+/// Where [`Devices::route`] sends a tensor.
+enum Route {
+    Cpu(String),
+    Gpu,
+    Race,
 }

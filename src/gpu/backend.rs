@@ -17,7 +17,7 @@ use crate::prune::axes::{check_structural_rank, ChannelLayout};
 use crate::prune::keys::Key;
 use crate::prune::percentile::{at_or_below, percentile_cut, virtual_index};
 use crate::prune::{python_float_repr, Element, MapValue};
-use crate::tensor::TensorData;
+use crate::tensor::{TensorData, TensorView};
 
 /// Largest m the GPU ranks: numpy's argsort is a (stable) insertion sort up to 16 elements.
 const MAX_GPU_M: usize = 16;
@@ -69,6 +69,29 @@ impl GpuBackend {
             TensorData::F16(w) => self.plan(config, w.len(), 2, shape).is_some(),
             TensorData::F32(w) => self.plan(config, w.len(), 4, shape).is_some(),
             _ => false,
+        }
+    }
+
+    /// [`GpuBackend::handles`] for borrowed values.
+    pub fn handles_view(&self, config: &OpConfig, view: TensorView<'_>, shape: &[u64]) -> bool {
+        match view {
+            TensorView::F16(w) => self.plan(config, w.len(), 2, shape).is_some(),
+            TensorView::F32(w) => self.plan(config, w.len(), 4, shape).is_some(),
+        }
+    }
+
+    /// Runs on borrowed values (a tensor mapped from `weight.bin`): the uploads read straight from
+    /// them, with no owned copy first.
+    pub fn run_view(
+        &self,
+        config: &OpConfig,
+        view: TensorView<'_>,
+        shape: &[u64],
+        tensor: &str,
+    ) -> Result<KernelResult> {
+        match view {
+            TensorView::F16(w) => self.run_typed(config, w, shape, tensor, TensorData::F16),
+            TensorView::F32(w) => self.run_typed(config, w, shape, tensor, TensorData::F32),
         }
     }
 
