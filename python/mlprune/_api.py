@@ -61,12 +61,12 @@ def prune_weights(
     """``coremltools.optimize.coreml.prune_weights``, done by mlprune: the same weights and ops.
 
     ``mlmodel`` is a ``coremltools.models.MLModel`` of type mlprogram, or the path of an
-    ``.mlpackage`` or a zip holding one. Returns a new ``MLModel`` backed by a temporary package that
-    lives as long as the object, as coremltools' result is.
+    ``.mlpackage`` or a zip holding one. Returns a new ``MLModel`` backed by a temporary package
+    (``is_temp_package``), removed when Python exits, as coremltools' result is.
     """
     import coremltools as ct
 
-    config_json, config_path = config_source(config)
+    config_source(config)  # an unusable config fails before anything is saved
     scratch = tempfile.mkdtemp(prefix="mlprune-")
     try:
         if isinstance(mlmodel, (str, os.PathLike)):
@@ -77,19 +77,9 @@ def prune_weights(
             src = _package_of(mlmodel, scratch)
             compute_units = mlmodel.compute_unit
             skip_model_load = mlmodel.__proxy__ is None
-        _quiet_wayland_probe(device)
         dst = tempfile.mkdtemp(suffix=".mlpackage")
         os.rmdir(dst)  # mlprune writes a fresh package there, never into an existing folder
-        _mlprune.prune(
-            src,
-            dst,
-            config_json=config_json,
-            config_path=config_path,
-            joint_compression=joint_compression,
-            device=device,
-            force=False,
-            progress=progress,
-        )
+        prune(src, dst, config, joint_compression=joint_compression, device=device, progress=progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return ct.models.MLModel(
