@@ -178,27 +178,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    /// fp16 bit patterns with the awkward ones often: ±0, subnormals, ±inf, NaNs, and ties.
-    fn f16_bits() -> impl Strategy<Value = u16> {
-        prop_oneof![
-            3 => any::<u16>(),
-            2 => prop::sample::select(vec![
-                0x0000u16, 0x8000, 0x0001, 0x8001, 0x3c00, 0xbc00, 0x7bff, 0x7c00, 0xfc00, 0x7c01, 0x7e00,
-                0xfe00, 0x7fff, 0xffff,
-            ]),
-        ]
-    }
-
-    fn f32_bits() -> impl Strategy<Value = u32> {
-        prop_oneof![
-            3 => any::<u32>(),
-            2 => prop::sample::select(vec![
-                0u32, 0x8000_0000, 1, 0x8000_0001, 0x3f80_0000, 0xbf80_0000, 0x7f7f_ffff, 0x7f80_0000,
-                0xff80_0000, 0x7f80_0001, 0x7fc0_0000, 0xffc0_0000, 0x7fff_ffff,
-            ]),
-        ]
-    }
+    use crate::prune::simd_tests::{f16_bits, f32_bits};
 
     /// A cut as the kernels make them (an element's key, either end, none) or any key at all.
     fn cut_of<K: Copy + 'static + std::fmt::Debug>(

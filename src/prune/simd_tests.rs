@@ -13,7 +13,8 @@ use super::element::Element;
 use super::kernel_paths::*;
 
 /// fp16 bit patterns with the awkward ones often: ±0, subnormals, ±inf, NaNs, the largest finite.
-fn f16_bits() -> impl Strategy<Value = u16> {
+/// Shared with the other kernel tests of `prune`.
+pub(super) fn f16_bits() -> impl Strategy<Value = u16> {
     prop_oneof![
         3 => any::<u16>(),
         2 => prop::sample::select(vec![
@@ -23,7 +24,8 @@ fn f16_bits() -> impl Strategy<Value = u16> {
     ]
 }
 
-fn f32_bits() -> impl Strategy<Value = u32> {
+/// fp32 bit patterns with the awkward ones often, as [`f16_bits`].
+pub(super) fn f32_bits() -> impl Strategy<Value = u32> {
     prop_oneof![
         3 => any::<u32>(),
         2 => prop::sample::select(vec![
