@@ -18,11 +18,9 @@ use crate::devices::{Devices, Placement};
 use crate::dispatch::KernelResult;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::error::{Error, IoContext, Result};
-use crate::joint::{
-    apply_replacements, joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer,
-};
+use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
 use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath};
-use crate::mil::rewrite::rename_all;
+use crate::mil::rewrite::{rename_all, replace_ops};
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
@@ -231,7 +229,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         ..
     } = rewrite;
     let pruned_any = pruned > 0;
-    let moved = apply_replacements(&mut model.program, edits)?;
+    let moved = replace_ops(&mut model.program, edits)?;
     let visited = rename_all(&mut model.program, &renames)?.ops_visited;
     drop(renames);
     if pruned_any && model.spec_version() < 7 {

@@ -13,7 +13,7 @@ use super::*;
 use crate::config::OptimizationConfig;
 use crate::dispatch::{run_kernel, KernelResult};
 use crate::mil::graph::{op_at, op_at_mut};
-use crate::mil::rewrite::rename_uses;
+use crate::mil::rewrite::{rename_all, replace_ops};
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
 use crate::package::Package;
@@ -141,10 +141,8 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
         weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
     }
     let pruned = edits.len();
-    apply_replacements(&mut model.program, edits)?;
-    for (function, old, new) in renames {
-        rename_uses(&mut model.program, &function, &old, &new)?;
-    }
+    replace_ops(&mut model.program, edits)?;
+    rename_all(&mut model.program, &renames)?;
     let weight_bin = weights.finish()?.into_inner();
     Ok(JointRun {
         model,

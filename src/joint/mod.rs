@@ -8,9 +8,9 @@
 //!
 //! The engine loop, per planned op in program order: materialize → `dispatch::run_kernel` on
 //! `dense` → on `Pruned { mask, .. }` take names from a [`JointNamer`], build [`joint_ops`], record
-//! `(path, ops)` and `rename_uses(old output → JointOps::output)`; after the walk, splice all
-//! replacements with [`apply_replacements`] (one op becomes two, so splicing during the walk would
-//! shift the paths of later ops in the same block).
+//! `(path, ops)` and a rename (old output → `JointOps::output`); after the walk, splice all
+//! replacements with `mil::rewrite::replace_ops` and rebind with `rename_all` (one op becomes two,
+//! so splicing during the walk would shift the paths of later ops in the same block).
 
 pub mod encode;
 pub mod materialize;
@@ -20,9 +20,7 @@ pub mod plan;
 mod golden_tests;
 
 use crate::error::{Error, Result};
-use crate::mil::graph::{GraphView, OpPath};
-use crate::mil::rewrite::replace_ops;
-use crate::proto::mil::{Operation, Program};
+use crate::mil::graph::GraphView;
 
 pub use encode::{joint_ops, JointNames, JointOps};
 pub use materialize::{dense_dtype, materialize, Context, JointKind, Materialized};
@@ -91,15 +89,6 @@ impl JointNamer {
     }
 }
 
-/// Replaces each op at a path by its new ops. Paths are those of the unmodified program (a
-/// [`GraphView`] built before the walk); each edited block is rebuilt once
-/// ([`replace_ops`]), so splicing one op into several never moves an op that is still to be
-/// replaced, and many edits cost one pass over the block.
-/// Returns the number of ops moved (see [`replace_ops`]).
-pub fn apply_replacements(program: &mut Program, edits: Vec<(OpPath, Vec<Operation>)>) -> Result<usize> {
-    replace_ops(program, edits)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -107,8 +96,9 @@ mod tests {
     use super::*;
     use crate::dtype::ScalarType;
     use crate::mil::build::{bind_name, op};
+    use crate::mil::rewrite::replace_ops;
     use crate::mil::value::{tensor_value_type, OperationExt};
-    use crate::proto::mil::{Block, Function};
+    use crate::proto::mil::{Block, Function, Operation, Program};
 
     fn program(ops: Vec<Operation>) -> Program {
         let block = Block {
@@ -199,7 +189,7 @@ mod tests {
             (g.ops[0].path.clone(), two("a")),
             (g.ops[2].path.clone(), two("c")),
         ];
-        apply_replacements(&mut p, edits).unwrap();
+        replace_ops(&mut p, edits).unwrap();
         let names: Vec<_> = p.functions["main"].block_specializations["CoreML8"]
             .operations
             .iter()
@@ -207,6 +197,6 @@ mod tests {
             .collect();
         assert_eq!(names, ["a1", "a2", "b", "c1", "c2"]);
         let twice = vec![(g.ops[1].path.clone(), vec![]), (g.ops[1].path.clone(), vec![])];
-        assert!(apply_replacements(&mut p, twice).is_err());
+        assert!(replace_ops(&mut p, twice).is_err());
     }
 }

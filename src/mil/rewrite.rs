@@ -1,4 +1,4 @@
-//! Structural edits of a program: replacing an op and rebinding every use of a value.
+//! Structural edits of a program: replacing ops and rebinding every use of values.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -6,22 +6,6 @@ use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
 use super::graph::OpPath;
-
-/// Replaces the op at `path` with `replacement` (one or more ops, in order) and returns the old op.
-pub fn replace_op(program: &mut Program, path: &OpPath, replacement: Vec<Operation>) -> Result<Operation> {
-    let missing = || Error::Graph(format!("no op at {path:?}"));
-    let (&last, parents) = path.steps.split_last().ok_or_else(missing)?;
-    let block = block_at_mut(program, &path.function, &path.specialization, parents).ok_or_else(missing)?;
-    if last >= block.operations.len() {
-        return Err(missing());
-    }
-    let old = block
-        .operations
-        .splice(last..=last, replacement)
-        .next()
-        .ok_or_else(missing)?;
-    Ok(old)
-}
 
 /// The block reached from a function's specialization through `(op, block)` index pairs.
 fn block_at_mut<'p>(
@@ -116,12 +100,6 @@ fn same_block(a: &OpPath, b: &OpPath) -> bool {
     block_key(a) == block_key(b)
 }
 
-/// Rebinds every use of `old` in `function` to `new`: op inputs at any depth and block outputs.
-/// Value names are unique within a function (SSA), so a plain rename is exact.
-pub fn rename_uses(program: &mut Program, function: &str, old: &str, new: &str) -> Result<usize> {
-    Ok(rename_all(program, &[(function.to_owned(), old.to_owned(), new.to_owned())])?.rebound)
-}
-
 /// What [`rename_all`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Renamed {
@@ -131,8 +109,10 @@ pub struct Renamed {
     pub ops_visited: usize,
 }
 
-/// Rebinds many values at once, `(function, old, new)` each: one walk over every function that has
-/// a rename, whatever their number.
+/// Rebinds many values at once, `(function, old, new)` each: every use of `old` in `function`, op
+/// inputs at any depth and block outputs, now reads `new`. Value names are unique within a function
+/// (SSA), so a plain rename is exact. One walk over every function that has a rename, whatever
+/// their number.
 ///
 /// The renames apply together, not one after the other, which is the same only because a new name
 /// is never another rename's old name in the same function (new names are fresh); that, and an old
@@ -336,10 +316,15 @@ mod tests {
     fn replace_and_rename_rewire_every_use() {
         let mut p = sample();
         let g = GraphView::build(&p).unwrap();
+        assert_eq!(op_at(&p, &g.ops[0].path).and_then(|o| o.name()), Some("w"));
         let new = const_op("w_sparsified", blob_value(ScalarType::Float32, &[4, 4], 128));
-        let old = replace_op(&mut p, &g.ops[0].path, vec![new]).unwrap();
-        assert_eq!(old.name(), Some("w"));
-        assert_eq!(rename_uses(&mut p, "main", "w", "w_sparsified").unwrap(), 3);
+        replace_ops(&mut p, vec![(g.ops[0].path.clone(), vec![new])]).unwrap();
+        assert_eq!(
+            op_at(&p, &g.ops[0].path).and_then(|o| o.name()),
+            Some("w_sparsified")
+        );
+        let rename = [("main".to_owned(), "w".to_owned(), "w_sparsified".to_owned())];
+        assert_eq!(rename_all(&mut p, &rename).unwrap().rebound, 3);
         let g = GraphView::build(&p).expect("graph still valid after rewiring");
         assert!(g.uses("main", "w").is_empty());
         assert_eq!(g.uses("main", "w_sparsified").len(), 3);
@@ -350,17 +335,16 @@ mod tests {
         let mut p = sample();
         let g = GraphView::build(&p).unwrap();
         let path = g.ops[3].path.clone();
+        assert_eq!(op_at(&p, &path).and_then(|o| o.name()), Some("inner_add"));
         let repl = op("identity", "ident", BTreeMap::new(), BTreeMap::new(), vec![]);
-        assert_eq!(
-            replace_op(&mut p, &path, vec![repl]).unwrap().name(),
-            Some("inner_add")
-        );
+        replace_ops(&mut p, vec![(path.clone(), vec![repl])]).unwrap();
         assert_eq!(op_at(&p, &path).and_then(|o| o.name()), Some("ident"));
         let mut bad = path.clone();
         bad.steps = vec![9];
-        assert!(replace_op(&mut p, &bad, vec![]).is_err());
+        assert!(replace_ops(&mut p, vec![(bad.clone(), vec![])]).is_err());
         bad.steps = vec![2, 5, 0];
-        assert!(replace_op(&mut p, &bad, vec![]).is_err());
-        assert!(rename_uses(&mut p, "nope", "a", "b").is_err());
+        assert!(replace_ops(&mut p, vec![(bad, vec![])]).is_err());
+        let rename = [("nope".to_owned(), "a".to_owned(), "b".to_owned())];
+        assert!(rename_all(&mut p, &rename).is_err());
     }
 }
