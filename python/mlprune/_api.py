@@ -8,7 +8,7 @@ import tempfile
 from typing import Any, Dict, List, Union
 
 from . import _mlprune
-from ._config import config_source
+from ._config import ConfigSource, config_source
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -30,9 +30,23 @@ def prune(
     configs and arguments raise ``ValueError``, bad input ``MlpruneError``; either way nothing is
     left at ``dst``. Needs no coremltools.
     """
-    config_json, config_path = config_source(config)
+    report = _prune(src, dst, config_source(config), joint_compression, device, force, progress)
+    return json.loads(report)
+
+
+def _prune(
+    src: PathLike,
+    dst: PathLike,
+    source: ConfigSource,
+    joint_compression: bool,
+    device: str,
+    force: bool,
+    progress: bool,
+) -> str:
+    """The extension's prune, with the config already in the form it reads; the report as JSON."""
+    config_json, config_path = source
     _quiet_wayland_probe(device)
-    report = _mlprune.prune(
+    return _mlprune.prune(
         os.fspath(src),
         os.fspath(dst),
         config_json=config_json,
@@ -42,7 +56,6 @@ def prune(
         force=force,
         progress=progress,
     )
-    return json.loads(report)
 
 
 def inspect(path: PathLike) -> Dict[str, Any]:
@@ -66,7 +79,7 @@ def prune_weights(
     """
     import coremltools as ct
 
-    config_source(config)  # an unusable config fails before anything is saved
+    source = config_source(config)  # an unusable config fails before anything is saved
     scratch = tempfile.mkdtemp(prefix="mlprune-")
     try:
         if isinstance(mlmodel, (str, os.PathLike)):
@@ -79,7 +92,7 @@ def prune_weights(
             skip_model_load = mlmodel.__proxy__ is None
         dst = tempfile.mkdtemp(suffix=".mlpackage")
         os.rmdir(dst)  # mlprune writes a fresh package there, never into an existing folder
-        prune(src, dst, config, joint_compression=joint_compression, device=device, progress=progress)
+        _prune(src, dst, source, joint_compression, device, False, progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return ct.models.MLModel(
