@@ -73,6 +73,21 @@ fn declare_zip64_size(zip: &mut [u8], name: &str, declared: u64) {
     );
 }
 
+/// OUTPUT holds the package's own files and nothing else: unused entries are not carried over.
+fn assert_only_package_files(output: &Path) {
+    let written: Vec<PathBuf> = snapshot(output).into_keys().collect();
+    assert_eq!(
+        written,
+        [
+            "Data/com.apple.CoreML/model.mlmodel",
+            "Data/com.apple.CoreML/weights/weight.bin",
+            "Manifest.json",
+        ]
+        .map(PathBuf::from),
+        "the unused entries are not carried to the output"
+    );
+}
+
 /// A private, initially empty TMPDIR for CLI runs.
 fn private_tmpdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -137,17 +152,7 @@ fn a_large_unused_entry_is_neither_extracted_nor_carried() {
     let o = mlprune(tmpdir.path(), Some(32 << 10), &prune_args(&case.input, &output));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(names_in(tmpdir.path()).is_empty(), "extraction removed");
-    let written: Vec<PathBuf> = snapshot(&output).into_keys().collect();
-    assert_eq!(
-        written,
-        [
-            "Data/com.apple.CoreML/model.mlmodel",
-            "Data/com.apple.CoreML/weights/weight.bin",
-            "Manifest.json",
-        ]
-        .map(PathBuf::from),
-        "the unused entries are not carried to the output"
-    );
+    assert_only_package_files(&output);
     assert_nothing_left(&case, &["in.zip", "out.mlpackage"]);
     assert_eq!(
         std::fs::read(&case.input).unwrap(),
@@ -174,16 +179,7 @@ fn a_folder_input_leaves_the_same_files_out() {
     let output = case.output();
     let o = mlprune(tmpdir.path(), None, &prune_args(&case.input, &output));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let written: Vec<PathBuf> = snapshot(&output).into_keys().collect();
-    assert_eq!(
-        written,
-        [
-            "Data/com.apple.CoreML/model.mlmodel",
-            "Data/com.apple.CoreML/weights/weight.bin",
-            "Manifest.json",
-        ]
-        .map(PathBuf::from)
-    );
+    assert_only_package_files(&output);
     assert!(names_in(tmpdir.path()).is_empty());
     assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage"]);
     assert_eq!(snapshot(&case.input), before, "input untouched");
