@@ -154,7 +154,6 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         namer: JointNamer::new(),
         edits: Vec::new(),
         replaced: None,
-        pruned: 0,
         renames: Vec::new(),
         created: HashSet::new(),
         all_zero: HashMap::new(),
@@ -225,10 +224,9 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         weights,
         edits,
         renames,
-        pruned,
         ..
     } = rewrite;
-    let pruned_any = pruned > 0;
+    let pruned_any = reports.iter().any(|t| t.pruned);
     let moved = replace_ops(&mut model.program, edits)?;
     let visited = rename_all(&mut model.program, &renames)?.ops_visited;
     drop(renames);
@@ -339,8 +337,6 @@ struct Rewrite {
     edits: Vec<(OpPath, Vec<Operation>)>,
     /// The op that replaces the one just visited, one for one: the walk puts it in place at once.
     replaced: Option<Operation>,
-    /// Tensors pruned so far.
-    pruned: usize,
     /// `(function, old output, new output)` to rebind once the edits are in.
     renames: Vec<(String, String, String)>,
     /// `(function, new output)` of every rename so far, to find a name created twice without a
@@ -446,7 +442,6 @@ impl Rewrite {
                 let first = first.clone();
                 self.rename(&info.path.function, &output.name, first);
                 self.edits.push((info.path.clone(), Vec::new()));
-                self.pruned += 1;
                 return Ok((Ok((0, 0)), device));
             }
             self.all_zero.insert(block, new_name.clone());
@@ -470,7 +465,6 @@ impl Rewrite {
         }
         self.rename(&info.path.function, &output.name, new_name);
         self.replaced = Some(new_op);
-        self.pruned += 1;
         Ok((Ok((kept, bytes_after)), device))
     }
 
@@ -516,7 +510,6 @@ impl Rewrite {
         let count = m.dense.len() as u64;
         self.rename(&info.path.function, &old_output, ops.output);
         self.edits.push((info.path.clone(), ops.ops));
-        self.pruned += 1;
         Ok((Ok((ops.kept, sparse_bytes(stored, ops.kept, count))), device))
     }
 }
