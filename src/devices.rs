@@ -191,13 +191,9 @@ impl Devices {
             }
             Route::Race => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let started = Instant::now();
-                let on_gpu = gpu.run_view(config, view, shape, tensor);
-                let gpu_ms = started.elapsed().as_secs_f64() * 1e3;
-                let started = Instant::now();
-                let on_cpu = run_kernel_on_view(config, view, out, shape, tensor)?;
-                let cpu_ms = started.elapsed().as_secs_f64() * 1e3;
-                return Ok(self.settle_race(tensor, (on_gpu, gpu_ms), (on_cpu, cpu_ms)));
+                let on_gpu = timed(|| gpu.run_view(config, view, shape, tensor));
+                let (on_cpu, cpu_ms) = timed(|| run_kernel_on_view(config, view, out, shape, tensor));
+                return Ok(self.settle_race(tensor, on_gpu, (on_cpu?, cpu_ms)));
             }
         };
         Ok((
@@ -224,13 +220,9 @@ impl Devices {
             }
             Route::Race => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let started = Instant::now();
-                let on_gpu = gpu.run(config, &data, shape, tensor);
-                let gpu_ms = started.elapsed().as_secs_f64() * 1e3;
-                let started = Instant::now();
-                let on_cpu = run_kernel_in_place(config, data, shape, tensor)?;
-                let cpu_ms = started.elapsed().as_secs_f64() * 1e3;
-                return Ok(self.settle_race(tensor, (on_gpu, gpu_ms), (on_cpu, cpu_ms)));
+                let on_gpu = timed(|| gpu.run(config, &data, shape, tensor));
+                let (on_cpu, cpu_ms) = timed(|| run_kernel_in_place(config, data, shape, tensor));
+                return Ok(self.settle_race(tensor, on_gpu, (on_cpu?, cpu_ms)));
             }
         };
         Ok((
@@ -238,6 +230,13 @@ impl Devices {
             Placement::cpu(reason),
         ))
     }
+}
+
+/// Runs `f` and says how long it took, in milliseconds.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let started = Instant::now();
+    let value = f();
+    (value, started.elapsed().as_secs_f64() * 1e3)
 }
 
 /// `route` chose the GPU only after acquiring it, and it stays acquired: unreachable, but an error
