@@ -186,6 +186,7 @@ mod tests {
 
     use super::*;
     use crate::blob::BlobReader;
+    use crate::mil::entries::Entries;
     use crate::mil::value::{tensor_value_type, OperationExt, ValueExt};
     use crate::proto::mil::{argument::binding::Binding, tensor_value};
 
@@ -194,7 +195,7 @@ mod tests {
     }
 
     fn input_value<'a>(op: &'a Operation, name: &str) -> &'a Value {
-        match op.inputs[name].arguments[0].binding.as_ref() {
+        match op.inputs.lookup(name).unwrap().arguments[0].binding.as_ref() {
             Some(Binding::Value(v)) => v,
             other => panic!("{name} bound to {other:?}"),
         }
@@ -226,19 +227,19 @@ mod tests {
         assert!(op.inputs.is_empty());
         assert_eq!(op.outputs[0].name, "lin_w_sparsified");
         assert_eq!(op.outputs[0].r#type.as_ref(), Some(&ty));
-        let nz = &op.attributes["nonzero_data"];
+        let nz = op.attributes.lookup("nonzero_data").unwrap();
         assert_eq!(
             nz.blob_offset(),
             Some(64),
             "11 fp32 values go to weight.bin first"
         );
         // The 2-byte mask is below the 10-element rule: immediate bytes.
-        let m = &op.attributes["mask"];
+        let m = op.attributes.lookup("mask").unwrap();
         assert_eq!(m.blob_offset(), None);
         assert!(
             matches!(&m.immediate_tensor().unwrap().value, Some(tensor_value::Value::Bytes(b)) if b.values == mask)
         );
-        let s = &op.attributes["shape"];
+        let s = op.attributes.lookup("shape").unwrap();
         assert!(matches!(&s.immediate_tensor().unwrap().value,
             Some(tensor_value::Value::Bytes(b)) if b.values == [4, 0, 0, 0, 4, 0, 0, 0]));
         let file = w.finish().unwrap().into_inner();
@@ -284,7 +285,7 @@ mod tests {
             &mut w,
         )
         .unwrap();
-        let nz = &op.attributes["nonzero_data"];
+        let nz = op.attributes.lookup("nonzero_data").unwrap();
         assert!(
             matches!(&nz.immediate_tensor().unwrap().value, Some(tensor_value::Value::Bytes(b)) if b.values.is_empty())
         );

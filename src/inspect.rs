@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::dtype::ScalarType;
 use crate::error::{escape_control, Error, Result};
+use crate::mil::entries::Entries;
 use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
@@ -179,13 +180,13 @@ fn chain_bytes(
             total = total.saturating_add(b);
         }
     };
-    for (name, v) in &op.attributes {
+    for (name, v) in op.attributes.pairs() {
         if name != "name" {
             inline(v);
         }
     }
     let mut named = Vec::new();
-    for arg in op.inputs.values() {
+    for (_, arg) in op.inputs.pairs() {
         for b in &arg.arguments {
             match &b.binding {
                 Some(Binding::Value(v)) => inline(v),
@@ -213,9 +214,9 @@ fn chain_bytes(
 /// The value of parameter `param` when the op holds it inline: an attribute (iOS16 serialization)
 /// or an input bound to a value (iOS18); `None` when it is another op's output.
 fn inline_param<'a>(op: &'a Operation, param: &str) -> Option<&'a crate::proto::mil::Value> {
-    op.attributes.get(param).or_else(|| {
+    op.attributes.lookup(param).or_else(|| {
         op.inputs
-            .get(param)
+            .lookup(param)
             .and_then(|a| match a.arguments.first().and_then(|b| b.binding.as_ref()) {
                 Some(Binding::Value(v)) => Some(v),
                 _ => None,

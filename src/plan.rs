@@ -17,6 +17,7 @@ use crate::config::{
 };
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
+use crate::mil::entries::Entries;
 use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::{is_constexpr_type, OperationExt};
 use crate::proto::mil::{argument::binding::Binding, Operation, Program};
@@ -53,8 +54,8 @@ pub(crate) fn storable(meta: &TensorMeta) -> bool {
 /// 10 elements.
 fn materialized_storable_values(op: &Operation) -> Vec<(&str, TensorMeta)> {
     use ScalarType::*;
-    let attributes = op.attributes.iter().filter(|(name, _)| name.as_str() != "name");
-    let inputs = op.inputs.iter().flat_map(|(name, arg)| {
+    let attributes = op.attributes.pairs().filter(|(name, _)| *name != "name");
+    let inputs = op.inputs.pairs().flat_map(|(name, arg)| {
         arg.arguments.iter().filter_map(move |b| match &b.binding {
             Some(Binding::Value(v)) => Some((name, v)),
             _ => None,
@@ -62,7 +63,7 @@ fn materialized_storable_values(op: &Operation) -> Vec<(&str, TensorMeta)> {
     });
     attributes
         .chain(inputs)
-        .filter_map(|(name, value)| Some((name.as_str(), TensorMeta::of(value)?)))
+        .filter_map(|(name, value)| Some((name, TensorMeta::of(value)?)))
         .filter(|(_, meta)| {
             meta.count >= 10
                 && matches!(

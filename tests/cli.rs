@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use mlprune::mil::entries::Entries;
 use mlprune::mil::graph::for_each_op;
 use mlprune::mil::value::OperationExt;
 use mlprune::mil::LoadedModel;
@@ -569,7 +570,7 @@ fn blob_reference_to_another_file_is_refused() {
                 };
                 let mut done = false;
                 mlprune::mil::graph::for_each_op_mut(prog, |op| -> Result<(), ()> {
-                    if let Some(val) = op.attributes.get_mut("val") {
+                    if let Some(val) = op.attributes.lookup_mut("val") {
                         if let Some(V::BlobFileValue(b)) = val.value.as_mut() {
                             if !done {
                                 b.file_name = "@model_path/weights/../../../etc/passwd".into();

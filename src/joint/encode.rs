@@ -22,6 +22,7 @@ use crate::dtype::ScalarType;
 use crate::encode::stored_value;
 use crate::error::{Error, Result};
 use crate::mil::build::{bind_name, bind_value, op};
+use crate::mil::entries::Entries;
 use crate::mil::value::tensor_value_type;
 use crate::proto::mil::{Argument, Operation, ValueType};
 use crate::tensor::TensorData;
@@ -180,14 +181,18 @@ fn carried_inputs<W: Write + Seek>(
         r#type: sparse_type.to_owned(),
         ..Default::default()
     };
-    carrier.inputs.insert(params[0].to_owned(), first.clone());
+    carrier.inputs.set(params[0].to_owned(), first.clone());
     if let Some(arg) = second {
-        carrier.inputs.insert(params[1].to_owned(), arg.clone());
+        carrier.inputs.set(params[1].to_owned(), arg.clone());
     }
     // A carrier op holding only these inputs lets the builder copy their blobs (once per original
     // offset) in the op type's parameter order, after the mask and nonzero data written above.
     weights.copy_op_blobs(&mut carrier, op_name, source.blob_reader())?;
-    Ok(carrier.inputs)
+    Ok(carrier
+        .inputs
+        .into_iter()
+        .filter_map(|e| Some((e.key, e.value?)))
+        .collect())
 }
 
 fn declared_dtype(ty: &ValueType) -> Option<ScalarType> {

@@ -5,6 +5,8 @@
 //! names, bindings, types and blob offsets — and a byte-identical weight.bin.
 
 use std::io::Cursor;
+
+use crate::mil::entries::Entries;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
@@ -255,10 +257,10 @@ fn name_bound_const_inputs_materialize_and_are_inlined() {
 
     let path_of_op = graph.ops[index].path.clone();
     let op = op_at_mut(&mut model.program, &path_of_op).unwrap();
-    let Some(Binding::Value(lut)) = op.inputs["lut"].arguments[0].binding.clone() else {
+    let Some(Binding::Value(lut)) = op.inputs.lookup("lut").unwrap().arguments[0].binding.clone() else {
         panic!("lut inline")
     };
-    op.inputs.insert("lut".into(), bind_name("lut_const"));
+    op.inputs.set("lut".into(), bind_name("lut_const"));
     let block = model
         .program
         .functions
@@ -351,10 +353,10 @@ fn lut_read_from_a_constexpr_op_fails_every_joint_plan() {
     let index = graph.ops.iter().position(|o| o.op_type == LUT_TO_DENSE).unwrap();
     let path = graph.ops[index].path.clone();
     let mut producer = op_at(&model.program, &path).unwrap().clone();
-    producer.attributes.remove("name");
+    producer.attributes.take("name");
     producer.outputs[0].name = "lut_src".into();
     let op = op_at_mut(&mut model.program, &path).unwrap();
-    op.inputs.insert("lut".into(), bind_name("lut_src"));
+    op.inputs.set("lut".into(), bind_name("lut_src"));
     let block = model
         .program
         .functions

@@ -16,6 +16,7 @@ use half::f16;
 
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
+use crate::mil::entries::Entries;
 use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::{element_count, TensorTypeExt};
 use crate::proto::mil::{argument::binding::Binding, Argument, Operation, Program, Value};
@@ -102,7 +103,7 @@ impl<'a> Context<'a> {
     fn input_source<'p>(&'p self, index: usize, param: &str) -> Result<Option<InputSource<'p>>> {
         let op = self.op(index)?;
         let info = &self.graph.ops[index];
-        let Some(arg) = op.inputs.get(param) else {
+        let Some(arg) = op.inputs.lookup(param) else {
             return Ok(None);
         };
         let tensor = format!("{}.{param}", info.name);
@@ -116,7 +117,7 @@ impl<'a> Context<'a> {
                     let producer_op = self.op(producer)?;
                     if let Some(v) = producer_op
                         .attributes
-                        .get("val")
+                        .lookup("val")
                         .filter(|_| producer_op.r#type == "const")
                     {
                         Ok(Some(InputSource::Value(v)))
@@ -194,7 +195,7 @@ impl<'a> Context<'a> {
         Ok(match self.input_source(index, param)? {
             None => None,
             Some(InputSource::Value(v)) => Some(crate::mil::build::bind_value(v.clone())),
-            Some(InputSource::Constexpr(_)) => op.inputs.get(param).cloned(),
+            Some(InputSource::Constexpr(_)) => op.inputs.lookup(param).cloned(),
         })
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::proto::mil::{argument, Argument, NamedValueType, Operation, Value, ValueType};
 
+use super::entries::entries_from;
 use super::value::string_value;
 
 /// An input argument bound to a named value.
@@ -35,7 +36,7 @@ pub fn op(
     attributes.insert("name".to_owned(), string_value(name));
     Operation {
         r#type: op_type.to_owned(),
-        inputs,
+        inputs: entries_from(inputs),
         outputs: outputs
             .into_iter()
             .map(|(name, ty)| NamedValueType {
@@ -44,7 +45,7 @@ pub fn op(
             })
             .collect(),
         blocks: vec![],
-        attributes,
+        attributes: entries_from(attributes),
     }
 }
 

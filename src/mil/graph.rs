@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use super::entries::Entries;
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
@@ -95,7 +96,7 @@ impl GraphView {
                 op_type: op.r#type.clone(),
                 outputs: op.outputs.iter().map(|o| o.name.clone()).collect(),
             });
-            for (param, arg) in &op.inputs {
+            for (param, arg) in op.inputs.pairs() {
                 for binding in &arg.arguments {
                     if let Some(Binding::Name(value)) = &binding.binding {
                         if !scope.contains(value) {
@@ -110,7 +111,7 @@ impl GraphView {
                             value,
                             UseSite::Input {
                                 op: index,
-                                param: param.clone(),
+                                param: param.to_owned(),
                             },
                         );
                     }
@@ -211,7 +212,7 @@ fn check_op(op: &Operation, name: &str, function: &str) -> Result<()> {
             format!("const op has {} outputs, expected 1", op.outputs.len()),
         ));
     };
-    let Some(val) = op.attributes.get("val") else {
+    let Some(val) = op.attributes.lookup("val") else {
         return Err(Error::tensor(name, "const op has no 'val' attribute"));
     };
     if val.value.is_none() {
@@ -379,13 +380,13 @@ mod tests {
         assert!(refusal(&other_shape).ends_with("declared fp16 [3, 2]"));
 
         let mut no_val = good.clone();
-        no_val.attributes.remove("val");
+        no_val.attributes.take("val");
         assert_eq!(refusal(&no_val), "tensor 'w': const op has no 'val' attribute");
         let mut empty_val = good.clone();
-        empty_val.attributes.get_mut("val").unwrap().value = None;
+        empty_val.attributes.lookup_mut("val").unwrap().value = None;
         assert!(refusal(&empty_val).contains("neither an immediate value nor a weight.bin reference"));
         let mut untyped_val = good.clone();
-        untyped_val.attributes.get_mut("val").unwrap().r#type = None;
+        untyped_val.attributes.lookup_mut("val").unwrap().r#type = None;
         assert!(refusal(&untyped_val).contains("const 'val' is no type but"));
     }
 

@@ -5,11 +5,13 @@
 
 pub mod build;
 pub mod decode_budget;
+pub mod entries;
 pub mod graph;
 pub mod model;
 pub mod rewrite;
 pub mod value;
 
+pub use entries::Entries;
 pub use graph::{GraphView, OpInfo, OpPath, UseSite};
 pub use model::{decode_model, encode_model, LoadedModel};
 pub use value::{OperationExt, TensorTypeExt, ValueExt};

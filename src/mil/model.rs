@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use super::decode_budget;
+use super::{decode_budget, entries};
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::Program;
 use crate::proto::spec::{model, Model};
@@ -81,7 +81,8 @@ pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model> {
             )));
         }
     }
-    let model = Model::decode(bytes).map_err(|e| err(format!("not a valid Core ML model protobuf: {e}")))?;
+    let mut model =
+        Model::decode(bytes).map_err(|e| err(format!("not a valid Core ML model protobuf: {e}")))?;
     let reencoded = model.encoded_len();
     if reencoded != bytes.len() {
         return Err(err(format!(
@@ -92,7 +93,7 @@ pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model> {
             reencoded
         )));
     }
-    match &model.r#type {
+    match &mut model.r#type {
         Some(model::Type::MlProgram(program)) => {
             if program.version != 1 {
                 return Err(err(format!(
@@ -100,6 +101,13 @@ pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model> {
                     program.version
                 )));
             }
+            // After the lossless check, which must see the entries as they were read.
+            entries::normalize_program(program).map_err(|d| {
+                err(format!(
+                    "operation '{}' has two {}s named '{}'",
+                    d.op, d.field, d.key
+                ))
+            })?;
             Ok(model)
         }
         Some(model::Type::SerializedModel(_)) => Err(err("is a serialized model, not an ML Program".into())),

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::entries::Entries;
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
@@ -286,7 +287,7 @@ mod tests {
         let mut p = sample();
         // Make `lin` use `z`, which is only defined later inside a nested block: a dangling use.
         let block = main_block(&mut p);
-        block.operations[1].inputs.insert("bias".into(), bind_name("c"));
+        block.operations[1].inputs.set("bias".into(), bind_name("c"));
         let e = GraphView::build(&p).unwrap_err().to_string();
         assert!(e.contains("op 'lin' (linear) input 'bias' refers to 'c'"), "{e}");
 

@@ -3,6 +3,7 @@
 //! They encode coremltools' serialization conventions (spec §2.5): scalars are rank-0 tensors, op
 //! names live in `attributes["name"]`, and each dtype has one `TensorValue` field for immediates.
 
+use super::entries::Entries;
 use crate::dtype::ScalarType;
 use crate::proto::mil::{
     dimension, tensor_value, value, value_type, DataType, Dimension, NamedValueType, Operation, TensorType,
@@ -98,12 +99,12 @@ pub trait OperationExt {
 
 impl OperationExt for Operation {
     fn name(&self) -> Option<&str> {
-        self.attributes.get("name")?.as_str()
+        self.attributes.lookup("name")?.as_str()
     }
 
     fn const_value(&self) -> Option<&Value> {
         if self.is_const() {
-            self.attributes.get("val")
+            self.attributes.lookup("val")
         } else {
             None
         }

@@ -37,12 +37,17 @@ fn param_order(op_type: &str) -> &'static [&'static str] {
 /// Every value held inline by `op` (attributes and input bindings), in blob write order.
 pub fn op_values_mut(op: &mut Operation) -> Vec<(String, &mut Value)> {
     let mut values: Vec<(String, &mut Value)> = Vec::new();
-    for (name, v) in op.attributes.iter_mut() {
-        if name != "name" {
-            values.push((name.clone(), v));
+    for entry in op.attributes.iter_mut() {
+        if let (name, Some(v)) = (&entry.key, &mut entry.value) {
+            if name != "name" {
+                values.push((name.clone(), v));
+            }
         }
     }
-    for (name, arg) in op.inputs.iter_mut() {
+    for entry in op.inputs.iter_mut() {
+        let (name, Some(arg)) = (&entry.key, &mut entry.value) else {
+            continue;
+        };
         for binding in &mut arg.arguments {
             if let Some(Binding::Value(v)) = &mut binding.binding {
                 values.push((name.clone(), v));
@@ -193,7 +198,7 @@ mod tests {
     fn const_op(value: Value) -> Operation {
         Operation {
             r#type: "const".into(),
-            attributes: [("val".to_owned(), value)].into(),
+            attributes: crate::mil::entries::entries_from([("val".to_owned(), value)]),
             ..Default::default()
         }
     }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use mlprune::config::{from_shortcuts, Shortcuts};
 use mlprune::engine::{self, DevicePolicy, PruneJob};
+use mlprune::mil::entries::Entries;
 use mlprune::mil::graph::for_each_op_mut;
 use mlprune::proto::mil::argument::binding::Binding;
 use mlprune::proto::mil::{dimension, value, Operation, Program};
@@ -302,7 +303,7 @@ fn first_blob_const(case: &Case) -> (String, u64) {
     };
     let mut found = None;
     mlprune::mil::graph::for_each_op(&program, |op| -> Result<(), ()> {
-        if let (None, Some(v)) = (&found, op.attributes.get("val")) {
+        if let (None, Some(v)) = (&found, op.attributes.lookup("val")) {
             if let Some(value::Value::BlobFileValue(b)) = &v.value {
                 found = mlprune::mil::OperationExt::name(op).map(|n| (n.to_owned(), b.offset));
             }
@@ -319,7 +320,7 @@ fn set_blob_offset(case: &Case, tensor: &str, offset: u64) {
         for_each_op_mut(p, |op| -> Result<(), ()> {
             if mlprune::mil::OperationExt::name(op) == Some(tensor) {
                 if let Some(value::Value::BlobFileValue(b)) =
-                    op.attributes.get_mut("val").and_then(|v| v.value.as_mut())
+                    op.attributes.lookup_mut("val").and_then(|v| v.value.as_mut())
                 {
                     b.offset = offset;
                 }
@@ -428,7 +429,7 @@ fn shape_whose_element_count_does_not_match_the_data() {
             if mlprune::mil::OperationExt::name(op) == Some(tensor.as_str()) {
                 // The val and the output keep agreeing (a disagreement is refused before any data
                 // is read: model_checks.rs); the blob's element count is what no longer fits.
-                let val = op.attributes.get_mut("val").unwrap();
+                let val = op.attributes.lookup_mut("val").unwrap();
                 for ty in [&mut val.r#type, &mut op.outputs[0].r#type] {
                     let Some(mlprune::proto::mil::value_type::Type::TensorType(t)) =
                         ty.as_mut().and_then(|t| t.r#type.as_mut())
@@ -464,7 +465,7 @@ fn blob_shared_by_values_of_different_types() {
         for_each_op_mut(p, |op| -> Result<(), ()> {
             let name = mlprune::mil::OperationExt::name(op).map(str::to_owned);
             if let Some(value::Value::BlobFileValue(b)) =
-                op.attributes.get_mut("val").and_then(|v| v.value.as_mut())
+                op.attributes.lookup_mut("val").and_then(|v| v.value.as_mut())
             {
                 if name.as_deref() != Some(weight.as_str()) {
                     b.offset = offset;
@@ -493,7 +494,10 @@ fn sparse_blobs(case: &Case) -> (u64, u64) {
             Some(value::Value::BlobFileValue(b)) => b.offset,
             _ => panic!("fixture stores sparse data in weight.bin"),
         };
-        offsets = (blob(&op.attributes["mask"]), blob(&op.attributes["nonzero_data"]));
+        offsets = (
+            blob(op.attributes.lookup("mask").unwrap()),
+            blob(op.attributes.lookup("nonzero_data").unwrap()),
+        );
     });
     offsets
 }
@@ -523,7 +527,7 @@ fn nonzero_data_length_differs_from_the_mask_popcount() {
 fn dangling_names_and_cycles_in_the_op_graph() {
     let dangling = Case::linear();
     dangling.edit_op("linear", |op| {
-        let arg = op.inputs.get_mut("x").unwrap();
+        let arg = op.inputs.lookup_mut("x").unwrap();
         arg.arguments[0].binding = Some(Binding::Name("no_such_value".into()));
     });
     let graph = |e: &Error| matches!(e, Error::Graph(m) if m.contains("not defined"));
@@ -547,7 +551,7 @@ fn dangling_names_and_cycles_in_the_op_graph() {
             .iter_mut()
             .find(|o| o.r#type == "linear")
             .unwrap();
-        linear.inputs.get_mut("x").unwrap().arguments[0].binding = Some(Binding::Name(last.clone()));
+        linear.inputs.lookup_mut("x").unwrap().arguments[0].binding = Some(Binding::Name(last.clone()));
     });
     assert_refused(&cycle, Refused::Both, graph, &["model graph", "refers to"]);
 }
@@ -974,7 +978,7 @@ fn two_consts_sharing_a_name_attribute() {
         for_each_op_mut(p, |op| -> Result<(), ()> {
             if mlprune::mil::OperationExt::name(op) == Some("fc2_weight_0_to_fp16") {
                 let name = mlprune::mil::value::string_value(weight);
-                op.attributes.insert("name".into(), name);
+                op.attributes.set("name".into(), name);
             }
             Ok(())
         })

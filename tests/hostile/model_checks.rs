@@ -65,14 +65,14 @@ fn inspect_escapes_control_characters_from_the_input() {
     });
     edit_named_op(&case, &weight, |op| {
         op.attributes
-            .insert("name".into(), mlprune::mil::value::string_value(&evil_name));
+            .set("name".into(), mlprune::mil::value::string_value(&evil_name));
     });
     edit_named_op(&case, "fc1_cast_fp16", |op| {
         op.attributes
-            .insert("name".into(), mlprune::mil::value::string_value(evil_consumer));
+            .set("name".into(), mlprune::mil::value::string_value(evil_consumer));
         op.r#type = evil_type.into();
-        let arg = op.inputs.remove("weight").unwrap();
-        op.inputs.insert(evil_input.into(), arg);
+        let arg = op.inputs.take("weight").unwrap();
+        op.inputs.set(evil_input.into(), arg);
     });
     let before = snapshot(&case.input);
 
@@ -164,7 +164,7 @@ fn const_whose_val_disagrees_with_its_output_type() {
         ),
         (
             |op| {
-                tensor_type(&mut op.attributes.get_mut("val").unwrap().r#type).data_type =
+                tensor_type(&mut op.attributes.lookup_mut("val").unwrap().r#type).data_type =
                     DataType::Float32 as i32
             },
             "'val' is fp32 [48, 64]",
@@ -208,17 +208,16 @@ fn const_whose_val_disagrees_with_its_output_type() {
 fn const_without_a_usable_val() {
     type Edit = fn(&mut Operation);
     let edits: [(Edit, &'static str); 4] = [
-        (|op| drop(op.attributes.remove("val")), "no 'val' attribute"),
+        (|op| drop(op.attributes.take("val")), "no 'val' attribute"),
         (
-            |op| op.attributes.get_mut("val").unwrap().value = None,
+            |op| op.attributes.lookup_mut("val").unwrap().value = None,
             "neither an immediate value nor a weight.bin reference",
         ),
         (
             // The value moved to an input: it would be ignored and its blob dropped.
             |op| {
-                let val = op.attributes.remove("val").unwrap();
-                op.inputs
-                    .insert("val".into(), mlprune::mil::build::bind_value(val));
+                let val = op.attributes.take("val").unwrap();
+                op.inputs.set("val".into(), mlprune::mil::build::bind_value(val));
             },
             "has an input ('val')",
         ),
@@ -248,7 +247,7 @@ fn const_without_a_usable_val() {
     let case = Case::linear();
     let (weight, _) = first_blob_const(&case);
     edit_named_op(&case, &weight, |op| {
-        op.attributes.remove("val");
+        op.attributes.take("val");
         op.outputs.clear();
     });
     // Refused at the const, before its consumer is found reading an undefined value.
@@ -292,5 +291,46 @@ fn ops_and_outputs_without_a_type() {
         let case = Case::linear();
         edit_named_op(&case, name, edit);
         assert_refused(&case, Refused::Both, is_graph_error(parts), parts);
+    }
+}
+
+#[test]
+fn a_key_given_twice_in_an_ops_inputs_or_attributes() {
+    // On the wire these are protobuf maps: a key given twice is legal protobuf, and a map reader
+    // silently keeps one of them. Which binding the user meant cannot be known: refused, naming
+    // the op and the key, by prune and inspect alike.
+    type Edit = fn(&mut Operation);
+    use mlprune::proto::mil::operation::{AttributeEntry, InputEntry};
+    let edits: [(Edit, &str); 2] = [
+        (
+            |op| {
+                let val = op.attributes.lookup("val").cloned();
+                op.attributes.push(AttributeEntry {
+                    key: "val".into(),
+                    value: val,
+                })
+            },
+            "has two attributes named 'val'",
+        ),
+        (
+            |op| {
+                op.inputs.push(InputEntry {
+                    key: "unused".into(),
+                    value: Some(mlprune::mil::build::bind_name("a")),
+                });
+                op.inputs.push(InputEntry {
+                    key: "unused".into(),
+                    value: Some(mlprune::mil::build::bind_name("b")),
+                });
+            },
+            "has two inputs named 'unused'",
+        ),
+    ];
+    for (edit, reason) in edits {
+        let case = Case::linear();
+        let (weight, _) = first_blob_const(&case);
+        edit_named_op(&case, &weight, edit);
+        let check = |e: &Error| matches!(e, Error::Model { reason: r, .. } if r.contains(reason) && r.contains(&weight));
+        assert_refused(&case, Refused::Both, check, &[&weight, reason]);
     }
 }
