@@ -14,8 +14,9 @@ use crate::config::OpConfig;
 use crate::dispatch::{run_kernel, Backend, KernelResult, Pruned};
 use crate::error::{Error, Result};
 use crate::prune::axes::{check_structural_rank, ChannelLayout};
+use crate::prune::fast_block_decisions;
 use crate::prune::keys::Key;
-use crate::prune::percentile::{at_or_below, percentile_cut, virtual_index};
+use crate::prune::percentile::{percentile_cut, virtual_index};
 use crate::prune::{python_float_repr, Element, MapValue};
 use crate::tensor::{TensorData, TensorView};
 
@@ -257,8 +258,14 @@ impl GpuBackend {
                 100.0 => multiply_all,
                 0.0 => where_cut(None),
                 _ => {
-                    let flags =
-                        block_flags(w, layout, block_size, sparsity).map_err(|e| e.for_tensor(tensor))?;
+                    // The norms and their percentile stay on the CPU (WGSL rounds neither sqrt
+                    // nor f16 conversion correctly), computed by the CPU path's own parallel
+                    // kernel: one rule, never a serial pass over the tensor. `None` is only for
+                    // empty or non-float tensors, which `plan` already sent to the CPU.
+                    let Some(decisions) = fast_block_decisions(w, layout, block_size, sparsity) else {
+                        return run_kernel(config, &wrap(w.to_vec()), shape, tensor);
+                    };
+                    let flags = decisions.map_err(|e| e.for_tensor(tensor))?.pruned_words();
                     let p = Params {
                         mode: MODE_BLOCK,
                         channel: layout.channel as u32,
@@ -326,54 +333,6 @@ fn block_count(layout: ChannelLayout, block_size: usize) -> Option<usize> {
         .outer
         .checked_mul(layout.channel.div_ceil(block_size))?
         .checked_mul(layout.inner)
-}
-
-/// One "pruned" bit per block (LSB-first u32 words, in [outer, block, inner] order), computed on the
-/// CPU with the reference norm (`Element::block_norm`, numpy's fp16 rounding and reduction order)
-/// and percentile: WGSL rounds neither sqrt nor f16 conversion correctly.
-fn block_flags<T: Element>(
-    w: &[T],
-    layout: ChannelLayout,
-    block_size: usize,
-    sparsity: f64,
-) -> std::result::Result<Vec<u32>, crate::prune::KernelError> {
-    let blocks = layout.channel.div_ceil(block_size);
-    let innermost = layout.inner == 1;
-    let pad = T::zero().magnitude();
-    let mut keys = Vec::with_capacity(layout.outer * blocks * layout.inner);
-    let mut buf = vec![pad; block_size];
-    for o in 0..layout.outer {
-        for blk in 0..blocks {
-            let c0 = blk * block_size;
-            for i in 0..layout.inner {
-                for (j, slot) in buf.iter_mut().enumerate() {
-                    let c = c0 + j;
-                    *slot = if c < layout.channel {
-                        w[layout.flat(o, c, i)].magnitude()
-                    } else {
-                        pad
-                    };
-                }
-                keys.push(T::block_norm(&buf, innermost).key());
-            }
-        }
-    }
-    // Each block counts once per real element it covers (the norm is broadcast, then cropped).
-    let inner = layout.inner.max(1);
-    let weighted = || {
-        keys.iter().enumerate().map(move |(idx, &k)| {
-            let blk = (idx / inner) % blocks;
-            (k, (layout.channel - blk * block_size).min(block_size) as u64)
-        })
-    };
-    let cut = percentile_cut::<T::Norm, _, _>(weighted, w.len() as u64, sparsity)?;
-    let mut flags = vec![0u32; keys.len().div_ceil(32)];
-    for (b, &k) in keys.iter().enumerate() {
-        if at_or_below(k, cut) {
-            flags[b / 32] |= 1 << (b % 32);
-        }
-    }
-    Ok(flags)
 }
 
 /// The float weight types the GPU kernels handle, and how each selects its percentile.

@@ -138,6 +138,23 @@ impl Decisions {
 }
 
 impl BlockDecisions {
+    /// Every block's decision as "pruned" bits, LSB first in `u32` words, in the norms' (outer,
+    /// block, inner) order: the flags the GPU's block mask pass reads. Bits past the last block
+    /// are 0.
+    pub fn pruned_words(&self) -> Vec<u32> {
+        let norms = self.geometry.layout.outer * self.geometry.blocks * self.geometry.layout.inner;
+        let mut words = vec![0u32; norms.div_ceil(32)];
+        words.par_iter_mut().enumerate().for_each(|(w, word)| {
+            let first = w * 32;
+            for bit in 0..(norms - first).min(32) {
+                if self.decisions.pruned(first + bit) {
+                    *word |= 1 << bit;
+                }
+            }
+        });
+        words
+    }
+
     /// The keep mask of the elements `values` from element `start` on (a multiple of 8), as
     /// [`super::mask::encode_kept`] asks for: not pruned and not zero. Returns how many are kept.
     pub fn mask_into<T: Element>(&self, start: usize, values: &[T], bytes: &mut [u8]) -> usize {

@@ -193,6 +193,16 @@ fn block_agrees<T: Element>(
                 len
             );
         }
+        // The GPU's block flags: element (o, c, i) reads bit (o * blocks + c / bs) * inner + i.
+        let words = decisions.pruned_words();
+        let blocks = layout.channel.div_ceil(bs);
+        prop_assert_eq!(words.len(), (layout.outer * blocks * layout.inner).div_ceil(32));
+        for (f, &want) in all.iter().enumerate() {
+            let (row, i) = (f / layout.inner, f % layout.inner);
+            let (o, c) = (row / layout.channel, row % layout.channel);
+            let b = (o * blocks + c / bs) * layout.inner + i;
+            prop_assert_eq!(words[b / 32] >> (b % 32) & 1 == 1, want, "element {}", f);
+        }
         // The keep mask the encoder asks for, chunk by chunk from a whole byte on: not pruned and
         // not zero.
         for start in [0, w.len() / 3 / 8 * 8, w.len() / 8 * 8] {

@@ -58,6 +58,7 @@ mod property_tests;
 mod simd_tests;
 
 pub use block::block;
+pub use block_norms::{fast_block_decisions, BlockDecisions};
 pub use element::{Element, I8Mag, MapValue};
 pub use magnitude::magnitude;
 pub use mask::{decode_dense, encode_sparse, mask_bit};
