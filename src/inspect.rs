@@ -5,6 +5,7 @@
 //! `constexpr_lut_to_dense`, or `constexpr_sparse_to_dense` fed by a joint-compression op). Consts
 //! that only feed constexpr ops are part of that chain's row, not rows of their own.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Serialize;
@@ -12,7 +13,7 @@ use serde::Serialize;
 use crate::dtype::ScalarType;
 use crate::error::{escape_control, Error, Result};
 use crate::mil::graph::{op_at, GraphView};
-use crate::mil::value::OperationExt;
+use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::Package;
 use crate::proto::mil::{argument::binding::Binding, Operation, Program};
@@ -28,6 +29,8 @@ pub struct Consumer {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct WeightRow {
+    /// The function the tensor's op belongs to (`main` in a single-function model).
+    pub function: String,
     pub name: String,
     pub consumers: Vec<Consumer>,
     pub dtype: String,
@@ -41,6 +44,16 @@ pub struct WeightRow {
     pub storage: String,
     /// The constexpr ops that produce the tensor, innermost first (empty for a plain const).
     pub chain: Vec<String>,
+    /// Other rows that store a `weight.bin` blob of this one too (the same weight in several
+    /// functions of a multifunction model), in row order.
+    pub shared_with: Vec<RowRef>,
+}
+
+/// A row named by its function and tensor name.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RowRef {
+    pub function: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -48,6 +61,10 @@ pub struct InspectReport {
     pub input: String,
     pub spec_version: i32,
     pub opsets: Vec<String>,
+    /// The program's functions, in name order.
+    pub functions: Vec<String>,
+    /// `defaultFunctionName` of a multifunction model's description.
+    pub default_function: Option<String>,
     pub weight_file_bytes: u64,
     pub weights: Vec<WeightRow>,
 }
@@ -61,6 +78,8 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
     let source = WeightSource::open(&package)?;
     let weight_file_bytes = source.blob_reader().map_or(0, |r| r.size());
     let mut weights = Vec::new();
+    // The weight.bin offsets each row stores, parallel to `weights`.
+    let mut row_blobs: Vec<Vec<u64>> = Vec::new();
     for (index, info) in graph.ops.iter().enumerate() {
         let Some(op) = op_at(&model.program, &info.path) else {
             continue;
@@ -79,6 +98,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
         if feeds_constexpr_only {
             continue;
         }
+        let mut blobs = Vec::new();
         let row = if let Some(value) = op.const_value() {
             let Some(meta) =
                 TensorMeta::of(value).filter(|m| is_weight_dtype(m.dtype) && !m.shape.is_empty())
@@ -86,7 +106,9 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 continue;
             };
             let (_, data) = source.read(&info.name, value)?;
+            blobs.extend(value.blob_offset());
             WeightRow {
+                function: info.path.function.clone(),
                 name: info.name.clone(),
                 consumers,
                 dtype: meta.dtype.to_string(),
@@ -96,6 +118,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 shape: meta.shape,
                 storage: "const".into(),
                 chain: vec![],
+                shared_with: vec![],
             }
         } else if op.is_constexpr() {
             let Some(out) = op.outputs.last() else { continue };
@@ -107,10 +130,13 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             }) else {
                 continue;
             };
-            let mut chain = Vec::new();
-            let bytes = chain_bytes(&model.program, &graph, index, &mut chain, &mut Vec::new());
+            let mut walk = ChainWalk::default();
+            let bytes = walk.bytes(&model.program, &graph, index);
+            let chain = walk.chain;
+            blobs = walk.blobs;
             let sparsity = sparse_mask_share(op, &meta, &source, &info.name)?;
             WeightRow {
+                function: info.path.function.clone(),
                 name: info.name.clone(),
                 consumers,
                 dtype: meta.dtype.to_string(),
@@ -120,12 +146,15 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 shape: meta.shape,
                 storage: op.r#type.clone(),
                 chain,
+                shared_with: vec![],
             }
         } else {
             continue;
         };
         weights.push(row);
+        row_blobs.push(blobs);
     }
+    mark_shared(&mut weights, &row_blobs);
     let mut opsets: Vec<String> = model
         .program
         .functions
@@ -133,10 +162,18 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
         .map(|f| f.opset.clone())
         .collect();
     opsets.dedup();
+    let default_function = model
+        .shell
+        .description
+        .as_ref()
+        .map(|d| d.default_function_name.clone())
+        .filter(|name| !name.is_empty());
     Ok(InspectReport {
         input: input.display().to_string(),
         spec_version: model.spec_version(),
         opsets,
+        functions: model.program.functions.keys().cloned().collect(),
+        default_function,
         weight_file_bytes,
         weights,
     })
@@ -156,58 +193,90 @@ fn zero_share(data: &TensorData) -> f64 {
     }
 }
 
-/// Stored bytes of a constexpr op and everything feeding it, collecting op types innermost first.
-/// `visited` holds the ops already counted: a joint op feeds both inputs of the op after it.
-fn chain_bytes(
-    program: &Program,
-    graph: &GraphView,
-    index: usize,
-    chain: &mut Vec<String>,
-    visited: &mut Vec<usize>,
-) -> u64 {
-    if visited.contains(&index) {
-        return 0;
-    }
-    visited.push(index);
-    let info = &graph.ops[index];
-    let Some(op) = op_at(program, &info.path) else {
-        return 0;
-    };
-    let mut total = 0u64;
-    let mut inline = |v: &crate::proto::mil::Value| {
-        if let Some(b) = TensorMeta::of(v).and_then(|m| m.storage_bytes()) {
-            total = total.saturating_add(b);
-        }
-    };
-    for (name, v) in &op.attributes {
-        if name != "name" {
-            inline(v);
+/// Fills [`WeightRow::shared_with`]: rows that store a blob at the same `weight.bin` offset.
+fn mark_shared(rows: &mut [WeightRow], row_blobs: &[Vec<u64>]) {
+    let mut by_offset: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (row, blobs) in row_blobs.iter().enumerate() {
+        for &offset in blobs {
+            by_offset.entry(offset).or_default().push(row);
         }
     }
-    let mut named = Vec::new();
-    for arg in op.inputs.values() {
-        for b in &arg.arguments {
-            match &b.binding {
-                Some(Binding::Value(v)) => inline(v),
-                Some(Binding::Name(n)) => named.push(n.clone()),
-                None => {}
+    let mut shared: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); rows.len()];
+    for users in by_offset.values().filter(|u| u.len() > 1) {
+        for &a in users {
+            shared[a].extend(users.iter().copied().filter(|&b| b != a));
+        }
+    }
+    let refs: Vec<RowRef> = rows
+        .iter()
+        .map(|r| RowRef {
+            function: r.function.clone(),
+            name: r.name.clone(),
+        })
+        .collect();
+    for (row, others) in rows.iter_mut().zip(shared) {
+        row.shared_with = others.into_iter().map(|o| refs[o].clone()).collect();
+    }
+}
+
+/// A walk over a constexpr op and everything feeding it: stored bytes, op types innermost first,
+/// and the `weight.bin` offsets read.
+#[derive(Default)]
+struct ChainWalk {
+    chain: Vec<String>,
+    blobs: Vec<u64>,
+    /// The ops already counted: a joint op feeds both inputs of the op after it.
+    visited: Vec<usize>,
+}
+
+impl ChainWalk {
+    fn bytes(&mut self, program: &Program, graph: &GraphView, index: usize) -> u64 {
+        if self.visited.contains(&index) {
+            return 0;
+        }
+        self.visited.push(index);
+        let info = &graph.ops[index];
+        let Some(op) = op_at(program, &info.path) else {
+            return 0;
+        };
+        let mut total = 0u64;
+        let blobs = &mut self.blobs;
+        let mut inline = |v: &crate::proto::mil::Value| {
+            if let Some(b) = TensorMeta::of(v).and_then(|m| m.storage_bytes()) {
+                total = total.saturating_add(b);
+            }
+            blobs.extend(v.blob_offset());
+        };
+        for (name, v) in &op.attributes {
+            if name != "name" {
+                inline(v);
             }
         }
-    }
-    named.sort();
-    named.dedup();
-    for n in named {
-        if let Some(p) = graph.producer(&info.path.function, &n) {
-            let producer = &graph.ops[p];
-            if producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
-                total = total.saturating_add(chain_bytes(program, graph, p, chain, visited));
+        let mut named = Vec::new();
+        for arg in op.inputs.values() {
+            for b in &arg.arguments {
+                match &b.binding {
+                    Some(Binding::Value(v)) => inline(v),
+                    Some(Binding::Name(n)) => named.push(n.clone()),
+                    None => {}
+                }
             }
         }
+        named.sort();
+        named.dedup();
+        for n in named {
+            if let Some(p) = graph.producer(&info.path.function, &n) {
+                let producer = &graph.ops[p];
+                if producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
+                    total = total.saturating_add(self.bytes(program, graph, p));
+                }
+            }
+        }
+        if op.is_constexpr() {
+            self.chain.push(op.r#type.clone());
+        }
+        total
     }
-    if op.is_constexpr() {
-        chain.push(op.r#type.clone());
-    }
-    total
 }
 
 /// The value of parameter `param` when the op holds it inline: an attribute (iOS16 serialization)
@@ -310,12 +379,25 @@ pub fn render_json(report: &InspectReport) -> Result<String> {
     Ok(out)
 }
 
-/// The human table: one row per tensor, then the total line.
+/// The human table: one row per tensor, then the total line. A multifunction model gets a
+/// FUNCTION column in front, and a SHARED column (the functions of the other rows that store the
+/// same blob, `-` for none) is added when any row shares a blob.
 pub fn render_table(report: &InspectReport) -> String {
-    let header = [
+    let multifunction = report.functions.len() > 1;
+    let any_shared = report.weights.iter().any(|w| !w.shared_with.is_empty());
+    let mut header: Vec<&str> = Vec::new();
+    if multifunction {
+        header.push("FUNCTION");
+    }
+    header.extend([
         "NAME", "CONSUMER", "DTYPE", "SHAPE", "ELEMENTS", "BYTES", "SPARSITY", "STORAGE",
-    ];
-    let rows: Vec<[String; 8]> = report
+    ]);
+    if any_shared {
+        header.push("SHARED");
+    }
+    // ELEMENTS, BYTES and SPARSITY are right-aligned.
+    let numeric = |i: usize| (4..=6).contains(&i.wrapping_sub(usize::from(multifunction)));
+    let rows: Vec<Vec<String>> = report
         .weights
         .iter()
         .map(|w| {
@@ -335,7 +417,11 @@ pub fn render_table(report: &InspectReport) -> String {
             } else {
                 w.storage.clone()
             };
-            [
+            let mut cells = Vec::with_capacity(header.len());
+            if multifunction {
+                cells.push(w.function.clone());
+            }
+            cells.extend([
                 w.name.clone(),
                 consumer,
                 w.dtype.clone(),
@@ -344,12 +430,18 @@ pub fn render_table(report: &InspectReport) -> String {
                 w.bytes.to_string(),
                 w.sparsity.map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
                 storage,
-            ]
+            ]);
+            if any_shared {
+                cells.push(shared_cell(&w.shared_with));
+            }
             // Names and op types come from the input: no control character reaches the terminal.
-            .map(|cell| escape_control(&cell).into_owned())
+            cells
+                .into_iter()
+                .map(|cell| escape_control(&cell).into_owned())
+                .collect()
         })
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -358,10 +450,9 @@ pub fn render_table(report: &InspectReport) -> String {
     let mut out = String::new();
     let mut line = |cells: &[String]| {
         let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            // Numbers right-aligned, text left-aligned.
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             let pad = w - cell.chars().count();
-            if (4..=6).contains(&i) {
+            if numeric(i) {
                 s.push_str(&" ".repeat(pad));
                 s.push_str(cell);
             } else {
@@ -377,18 +468,43 @@ pub fn render_table(report: &InspectReport) -> String {
         out.push_str(s.trim_end());
         out.push('\n');
     };
-    line(&header.map(String::from));
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     for r in &rows {
         line(r);
     }
     let elements: u64 = report.weights.iter().map(|w| w.elements).sum();
     let bytes: u64 = report.weights.iter().map(|w| w.bytes).sum();
+    let functions = if multifunction {
+        format!(
+            "; functions {}{}",
+            report.functions.join(","),
+            report
+                .default_function
+                .as_ref()
+                .map_or(String::new(), |d| format!(" (default {d})"))
+        )
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "total: {} weight tensors, {elements} elements, {bytes} bytes; spec version {}, opset {}, weight.bin {} bytes\n",
+        "total: {} weight tensors, {elements} elements, {bytes} bytes; spec version {}, opset {}, weight.bin {} bytes{}\n",
         report.weights.len(),
         report.spec_version,
         escape_control(&report.opsets.join(",")),
-        report.weight_file_bytes
+        report.weight_file_bytes,
+        escape_control(&functions),
     ));
     out
+}
+
+/// The functions of the rows sharing a blob with this one (`-` for none), each once.
+fn shared_cell(shared_with: &[RowRef]) -> String {
+    let mut functions: Vec<&str> = shared_with.iter().map(|r| r.function.as_str()).collect();
+    functions.sort_unstable();
+    functions.dedup();
+    if functions.is_empty() {
+        "-".into()
+    } else {
+        functions.join(",")
+    }
 }
