@@ -125,6 +125,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         )));
     }
     let graph = GraphView::build(&model.program)?;
+    let mut shared_keys = HashSet::new();
     let planned = if job.joint_compression {
         plan_joint(&model.program, &graph, &job.config, model.spec_version())?
             .into_iter()
@@ -138,7 +139,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
             .collect()
     } else {
         let planned = plan(&model.program, &graph, &job.config)?;
-        check_shared_configs(&model.program, &graph, &job.config, &planned)?;
+        shared_keys = check_shared_configs(&model.program, &graph, &job.config, &planned)?;
         planned
     };
     let source = WeightSource::open(&package)?;
@@ -162,7 +163,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         renames: Vec::new(),
         created: HashSet::new(),
         all_zero: HashMap::new(),
-        shared: SharedOutcomes::default(),
+        shared: SharedOutcomes::new(shared_keys),
     };
     let mut reports = Vec::with_capacity(planned.len());
     let mut progress = Progress::new(job.progress, weight_bytes_before, planned.len());
@@ -439,9 +440,7 @@ impl Rewrite {
         };
         let pruned = match result {
             KernelResult::Skipped(reason) => {
-                if let Some(key) = key {
-                    self.shared.insert(key, Outcome::Skipped(reason.clone()));
-                }
+                self.shared.record(key, || Outcome::Skipped(reason.clone()));
                 return Ok((Err(reason), device));
             }
             KernelResult::Pruned(p) => p,
@@ -465,9 +464,7 @@ impl Rewrite {
                 let first = first.clone();
                 self.rename(&info.path.function, &output.name, first);
                 self.edits.push((info.path.clone(), Vec::new()));
-                if let Some(key) = key {
-                    self.shared.insert(key, shared_outcome(None));
-                }
+                self.shared.record(key, || shared_outcome(None));
                 return Ok((Ok((0, 0)), device));
             }
             self.all_zero.insert(block, new_name.clone());
@@ -488,9 +485,7 @@ impl Rewrite {
         if meta.storage_bytes().is_none_or(|bytes| bytes > FRESH_READ_LIMIT) {
             self.weights.flush()?;
         }
-        if let Some(key) = key {
-            self.shared.insert(key, shared_outcome(Some(&new_op)));
-        }
+        self.shared.record(key, || shared_outcome(Some(&new_op)));
         self.rename(&info.path.function, &output.name, new_name);
         self.replaced = Some(new_op);
         Ok((Ok((kept, bytes_after)), device))

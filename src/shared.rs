@@ -7,7 +7,7 @@
 //! of them are pruned with the same config, which [`check_shared_configs`] makes sure of before
 //! anything is written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::config::{OpConfig, OptimizationConfig, Resolution, SkipReason};
 use crate::dtype::ScalarType;
@@ -44,12 +44,14 @@ pub fn qualified(graph: &GraphView, index: usize) -> String {
 /// the resolution leaves alone for other reasons (only a block output, feeding a constexpr op) and
 /// eligibility skips (rank, size, a structural config on a non-conv/linear consumer) are not
 /// compared, since each function is then pruned as coremltools prunes its source on its own.
+///
+/// Returns the keys of the blobs that several planned consts read, for [`SharedOutcomes::new`].
 pub fn check_shared_configs(
     program: &Program,
     graph: &GraphView,
     config: &OptimizationConfig,
     planned: &[PlannedTensor],
-) -> Result<()> {
+) -> Result<HashSet<BlobKey>> {
     let mut groups: BTreeMap<BlobKey, Vec<&PlannedTensor>> = BTreeMap::new();
     for p in planned {
         if let Some(key) = blob_key(program, graph, p.op_index) {
@@ -58,14 +60,12 @@ pub fn check_shared_configs(
     }
     // Only a blob that is pruned for some const can come out unshared; one every const leaves
     // alone (a rank-1 bias, say) is copied once whatever the configs say.
+    groups.retain(|_, m| m.len() > 1);
     let pruned_somewhere =
         |m: &Vec<&PlannedTensor>| m.iter().any(|p| matches!(p.decision, Decision::Prune(_)));
-    for ((offset, ..), members) in groups
-        .into_iter()
-        .filter(|(_, m)| m.len() > 1 && pruned_somewhere(m))
-    {
+    for ((offset, ..), members) in groups.iter().filter(|(_, m)| pruned_somewhere(m)) {
         let mut first: Option<(usize, Option<OpConfig>)> = None;
-        for p in members {
+        for &p in members {
             let Some(resolved) = resolved_config(graph, config, p)? else {
                 continue;
             };
@@ -85,7 +85,7 @@ pub fn check_shared_configs(
             }
         }
     }
-    Ok(())
+    Ok(groups.into_keys().collect())
 }
 
 /// The config a planned const resolves to: `Some(Some(c))` pruned (or an eligibility skip) under
@@ -128,19 +128,32 @@ pub enum Outcome {
     },
 }
 
-/// The outcomes of shared blobs pruned so far, by [`BlobKey`].
+/// The outcomes of shared blobs pruned so far, by [`BlobKey`]. Only blobs that several consts
+/// read are kept: a model without shared weights keeps nothing here.
 #[derive(Debug, Default)]
 pub struct SharedOutcomes {
+    shared: HashSet<BlobKey>,
     outcomes: HashMap<BlobKey, Outcome>,
 }
 
 impl SharedOutcomes {
+    pub fn new(shared: HashSet<BlobKey>) -> Self {
+        SharedOutcomes {
+            shared,
+            outcomes: HashMap::new(),
+        }
+    }
+
     pub fn get(&self, key: &BlobKey) -> Option<&Outcome> {
         self.outcomes.get(key)
     }
 
-    pub fn insert(&mut self, key: BlobKey, outcome: Outcome) {
-        self.outcomes.insert(key, outcome);
+    /// Records what became of `key`'s blob, if other consts read it too. `outcome` is called only
+    /// then, so nothing is cloned for a blob no other const reads.
+    pub fn record(&mut self, key: Option<BlobKey>, outcome: impl FnOnce() -> Outcome) {
+        if let Some(key) = key.filter(|k| self.shared.contains(k)) {
+            self.outcomes.insert(key, outcome());
+        }
     }
 
     /// Records the op written for an all-zero result whose first const wrote none.
