@@ -440,7 +440,11 @@ impl Rewrite {
         };
         let pruned = match result {
             KernelResult::Skipped(reason) => {
-                self.shared.record(key, || Outcome::Skipped(reason.clone()));
+                self.shared.record(key, || Outcome::Skipped {
+                    reason: reason.clone(),
+                    first: qualified(graph, index),
+                    device: device.device,
+                });
                 return Ok((Err(reason), device));
             }
             KernelResult::Pruned(p) => p,
@@ -524,10 +528,14 @@ impl Rewrite {
     ) -> Result<(PruneResult, Placement)> {
         let info = &graph.ops[index];
         let (kept, bytes_after, op, first, device) = match outcome {
-            Outcome::Skipped(reason) => {
+            Outcome::Skipped {
+                reason,
+                first,
+                device,
+            } => {
                 let placement = Placement {
-                    device: "cpu",
-                    reason: "shared weight.bin blob: the kernel ran once, for an earlier const".into(),
+                    device,
+                    reason: format!("shared weight.bin blob: the kernel ran once, for {first}"),
                 };
                 return Ok((Err(reason), placement));
             }

@@ -44,16 +44,11 @@ pub struct WeightRow {
     pub storage: String,
     /// The constexpr ops that produce the tensor, innermost first (empty for a plain const).
     pub chain: Vec<String>,
-    /// Other rows that store a `weight.bin` blob of this one too (the same weight in several
-    /// functions of a multifunction model), in row order.
-    pub shared_with: Vec<RowRef>,
-}
-
-/// A row named by its function and tensor name.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RowRef {
-    pub function: String,
-    pub name: String,
+    /// The `weight.bin` offsets of this row's blobs that other rows store too (the same weight in
+    /// several functions of a multifunction model): rows listing an offset share that blob.
+    pub shared_offsets: Vec<u64>,
+    /// The functions of those other rows, in name order, each once.
+    pub shared_with: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -118,6 +113,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 shape: meta.shape,
                 storage: "const".into(),
                 chain: vec![],
+                shared_offsets: vec![],
                 shared_with: vec![],
             }
         } else if op.is_constexpr() {
@@ -146,6 +142,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 shape: meta.shape,
                 storage: op.r#type.clone(),
                 chain,
+                shared_offsets: vec![],
                 shared_with: vec![],
             }
         } else {
@@ -193,29 +190,48 @@ fn zero_share(data: &TensorData) -> f64 {
     }
 }
 
-/// Fills [`WeightRow::shared_with`]: rows that store a blob at the same `weight.bin` offset.
+/// Fills [`WeightRow::shared_offsets`] and [`WeightRow::shared_with`] from the offsets each row
+/// stores. Linear in the rows and functions: many rows sharing one blob (save_multifunction shares
+/// every equal const, e.g. all-ones norm weights) list the blob, not each other.
 fn mark_shared(rows: &mut [WeightRow], row_blobs: &[Vec<u64>]) {
-    let mut by_offset: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-    for (row, blobs) in row_blobs.iter().enumerate() {
-        for &offset in blobs {
-            by_offset.entry(offset).or_default().push(row);
+    let mut by_offset: BTreeMap<u64, BTreeMap<&str, usize>> = BTreeMap::new();
+    for (row, blobs) in rows.iter().zip(row_blobs) {
+        let mut blobs = blobs.clone();
+        blobs.sort_unstable();
+        blobs.dedup();
+        for offset in blobs {
+            *by_offset
+                .entry(offset)
+                .or_default()
+                .entry(row.function.as_str())
+                .or_default() += 1;
         }
     }
-    let mut shared: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); rows.len()];
-    for users in by_offset.values().filter(|u| u.len() > 1) {
-        for &a in users {
-            shared[a].extend(users.iter().copied().filter(|&b| b != a));
-        }
-    }
-    let refs: Vec<RowRef> = rows
+    let marks: Vec<(Vec<u64>, Vec<String>)> = rows
         .iter()
-        .map(|r| RowRef {
-            function: r.function.clone(),
-            name: r.name.clone(),
+        .zip(row_blobs)
+        .map(|(row, blobs)| {
+            let mut offsets = Vec::new();
+            let mut functions = BTreeSet::new();
+            for offset in blobs {
+                let users = &by_offset[offset];
+                let others: Vec<&str> = users
+                    .iter()
+                    // This row counts once among its own function's users.
+                    .filter(|(f, n)| **f != row.function || **n > 1)
+                    .map(|(f, _)| *f)
+                    .collect();
+                if !others.is_empty() && !offsets.contains(offset) {
+                    offsets.push(*offset);
+                    functions.extend(others.into_iter().map(str::to_owned));
+                }
+            }
+            (offsets, functions.into_iter().collect())
         })
         .collect();
-    for (row, others) in rows.iter_mut().zip(shared) {
-        row.shared_with = others.into_iter().map(|o| refs[o].clone()).collect();
+    for (row, (offsets, functions)) in rows.iter_mut().zip(marks) {
+        row.shared_offsets = offsets;
+        row.shared_with = functions;
     }
 }
 
@@ -497,14 +513,11 @@ pub fn render_table(report: &InspectReport) -> String {
     out
 }
 
-/// The functions of the rows sharing a blob with this one (`-` for none), each once.
-fn shared_cell(shared_with: &[RowRef]) -> String {
-    let mut functions: Vec<&str> = shared_with.iter().map(|r| r.function.as_str()).collect();
-    functions.sort_unstable();
-    functions.dedup();
-    if functions.is_empty() {
+/// The functions of the other rows sharing a blob with this one (`-` for none).
+fn shared_cell(shared_with: &[String]) -> String {
+    if shared_with.is_empty() {
         "-".into()
     } else {
-        functions.join(",")
+        shared_with.join(",")
     }
 }

@@ -112,8 +112,13 @@ fn resolved_config(
 /// What became of a shared blob the first time a const read it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// The kernel skipped it (e.g. a threshold config below its minimum sparsity); the reason.
-    Skipped(String),
+    /// The kernel skipped it (e.g. a threshold config below its minimum sparsity): the reason, the
+    /// const it ran for (`function/name`) and where.
+    Skipped {
+        reason: String,
+        first: String,
+        device: &'static str,
+    },
     /// Pruned: `kept` values of `bytes_after` stored bytes. `op` is the `constexpr_sparse_to_dense`
     /// that reads the output blobs; `None` while none was written (the first const was all zeros
     /// and reused an earlier all-zero op of its block), so a later reader writes it.

@@ -243,12 +243,15 @@ fn inspect_and_report_name_the_function_and_mark_shared_tensors() {
         .iter()
         .find(|w| w.function == "second" && w.name == "fc1_weight_0_to_fp16")
         .unwrap();
-    let shared: Vec<_> = row
-        .shared_with
+    assert_eq!(row.shared_with, ["main"]);
+    let main_row = report
+        .weights
         .iter()
-        .map(|r| (r.function.as_str(), r.name.as_str()))
-        .collect();
-    assert_eq!(shared, [("main", "fc1_weight_0_to_fp16")]);
+        .find(|w| w.function == "main" && w.name == "fc1_weight_0_to_fp16")
+        .unwrap();
+    assert_eq!(main_row.shared_with, ["second"]);
+    assert_eq!(row.shared_offsets.len(), 1);
+    assert_eq!(row.shared_offsets, main_row.shared_offsets);
 
     // A single-function model keeps its table: no FUNCTION or SHARED column.
     let single = cli_inspect(&Case::linear().input);
@@ -276,4 +279,41 @@ fn inspect_and_report_name_the_function_and_mark_shared_tensors() {
         .collect();
     assert_eq!(functions.len(), 8, "{entries}");
     assert_eq!(functions.iter().filter(|f| **f == "second").count(), 4);
+}
+
+#[test]
+fn a_shared_weight_the_kernel_skips_is_skipped_once_for_every_function() {
+    // A threshold far below every magnitude leaves the tensors short of the minimum sparsity: the
+    // kernel skips them, once, and the second function's consts take that verdict.
+    let case = two_functions(&[]);
+    let mut job = prune_job(&case.input, &case.output(), false);
+    job.config = from_shortcuts(&Shortcuts {
+        threshold: Some(1e-9),
+        min_sparsity: Some(0.5),
+        weight_threshold: Some(0),
+        ..Default::default()
+    })
+    .unwrap();
+    let summary = engine::prune(&job).unwrap();
+    assert_eq!(summary.pruned_count(), 0);
+    let second: Vec<_> = summary
+        .tensors
+        .iter()
+        .filter(|t| t.function == "second" && t.name.contains("weight"))
+        .collect();
+    assert_eq!(second.len(), 2);
+    for t in second {
+        let first = summary
+            .tensors
+            .iter()
+            .find(|f| f.function == "main" && f.name == t.name)
+            .unwrap();
+        assert!(t.skipped.is_some() && t.skipped == first.skipped, "{t:?}");
+        assert_eq!(
+            t.device_reason.as_deref(),
+            Some(format!("shared weight.bin blob: the kernel ran once, for main/{}", t.name).as_str())
+        );
+    }
+    // Nothing pruned, every blob copied once: the input's weight.bin.
+    assert_eq!(weight_bin_len(&case.output()), weight_bin_len(&case.input));
 }
