@@ -43,28 +43,28 @@ from coremltools.optimize.coreml import OptimizationConfig, prune_weights
 TARGET = ct.target.iOS18
 
 
-def _convert(prog, path):
+def _convert(prog, path, target=TARGET):
     model = ct.convert(
         prog,
         convert_to="mlprogram",
-        minimum_deployment_target=TARGET,
+        minimum_deployment_target=target,
         compute_precision=ct.precision.FLOAT16,
     )
     model.save(str(path))
 
 
-def mlp(path, layers):
+def mlp(path, layers, target=TARGET):
     """Linears in a chain: `layers` is [(op name, fp16 weight)], each weight (out, in)."""
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, layers[0][1].shape[1]), dtype=types.fp16)],
-                opset_version=TARGET)
+                opset_version=target)
     def prog(x):
         for name, w in layers:
             x = mb.linear(x=x, weight=w, name=name)
             x = mb.relu(x=x, name=f"{name}_relu")
         return x
 
-    _convert(prog, path)
+    _convert(prog, path, target)
 
 
 def convnet(path, rng):
@@ -108,8 +108,16 @@ def build_packages(root):
                   ("lora_up", lora), ("ad_fc4", weights["fc4"])])
     conv = root / "conv.mlpackage"
     convnet(conv, rng)
+    # iOS16 sources: save_multifunction lifts them to spec 9 (opset CoreML8), but it cannot join
+    # their pruned forms (iOS16 sparse ops do not load at spec 9), so the reference is each pruned
+    # source on its own (UNJOINED).
+    base16 = root / "base_ios16.mlpackage"
+    mlp(base16, [(n, w) for n, w in weights.items()], ct.target.iOS16)
+    adapter16 = root / "adapter_ios16.mlpackage"
+    mlp(adapter16, [("fc1", weights["fc1"]), ("fc2", weights["fc2"]), ("fc3", fc3)], ct.target.iOS16)
     layouts = {
         "base_adapter": ([(base, "main", "main"), (adapter, "main", "adapter")], "main"),
+        "ios16_sources": ([(base16, "main", "main"), (adapter16, "main", "adapter")], "adapter"),
         "unrelated": ([(base, "main", "text"), (conv, "main", "vision")], "vision"),
         "two_names": ([(base, "main", "main"), (base, "main", "main_copy")], "main_copy"),
     }
@@ -150,6 +158,8 @@ CONFIGS = {
         "op_name_configs": {"ad_fc4": {"target_sparsity": 0.9}},
     },
 }
+# Packages whose reference is each pruned source on its own (see build_packages).
+UNJOINED = {"ios16_sources"}
 # (package, config) pairs whose mlprune run must fail: (exit code, strings the message holds).
 EXPECTED_FAILURES = {
     ("base_adapter", "conflict"): (2, ["main/fc4", "adapter/ad_fc4", "conflict"]),
@@ -157,7 +167,8 @@ EXPECTED_FAILURES = {
 
 
 def reference(package_id, functions, default, config, work):
-    """coremltools: prune each source on its own, then join the pruned sources."""
+    """coremltools: prune each source on its own, then join the pruned sources. For UNJOINED
+    packages, {target function: pruned source} instead."""
     pruned = {}
     for source, _, _ in functions:
         if source in pruned:
@@ -167,6 +178,8 @@ def reference(package_id, functions, default, config, work):
         model = ct.models.MLModel(str(source), skip_model_load=True)
         prune_weights(model, OptimizationConfig.from_dict(copy.deepcopy(config))).save(str(out))
         pruned[source] = out
+    if package_id in UNJOINED:
+        return {target: pruned[source] for source, _, target in functions}
     path = work / f"ref_{package_id}.mlpackage"
     join([(pruned[s], f, t) for s, f, t in functions], default, path)
     return path
@@ -278,6 +291,28 @@ def compare(input_path, ours, ref):
     return problems
 
 
+def compare_unjoined(input_path, ours, sources):
+    """Like `compare`, against `{function: pruned source}` (each source's only function, main)."""
+    problems = []
+    our_spec = spec_of(ours)
+    our_chains, our_w = op_chains(our_spec), function_weights(ours)
+    if sorted(our_chains) != sorted(sources):
+        problems.append(f"program functions {sorted(our_chains)} != {sorted(sources)}")
+    for fname in sorted(set(our_chains) & set(sources)):
+        ref_chain = op_chains(spec_of(sources[fname]))["main"]
+        if our_chains[fname] != ref_chain:
+            problems.append(f"{fname}: ops {our_chains[fname]} != reference {ref_chain}")
+        ref_w = function_weights(sources[fname])["main"]
+        if sorted(our_w[fname]) != sorted(ref_w):
+            problems.append(f"{fname}: weights {sorted(our_w[fname])} != {sorted(ref_w)}")
+        for name in sorted(set(our_w[fname]) & set(ref_w)):
+            if not same_array(our_w[fname][name], ref_w[name]):
+                problems.append(f"{fname}: {name} differs from the reference")
+        ct.models.MLModel(str(ours), skip_model_load=True, function_name=fname)
+    problems += shared_stays_shared(input_path, our_spec)
+    return problems
+
+
 def shared_stays_shared(input_path, our_spec):
     """Pruned ops whose source consts shared one blob must read the same output blobs."""
     sources = blob_offsets(spec_of(input_path), "const", ["val"])
@@ -332,14 +367,19 @@ def run(mlprune, packages, work, require_size):
                 failures += 1
                 continue
             ref = reference(package_id, functions, default, config, work)
-            problems = compare(path, ours, ref)
-            ours_size, ref_size = weight_size(ours), weight_size(ref)
-            if require_size and ours_size > ref_size:
-                problems.append(f"weight.bin {ours_size} bytes > reference {ref_size}")
+            if package_id in UNJOINED:
+                problems = compare_unjoined(path, ours, ref)
+                ours_size, ref_label = weight_size(ours), "not joinable"
+            else:
+                problems = compare(path, ours, ref)
+                ours_size, ref_size = weight_size(ours), weight_size(ref)
+                if require_size and ours_size > ref_size:
+                    problems.append(f"weight.bin {ours_size} bytes > reference {ref_size}")
+                ref_label = f"{ref_size} B"
             shared, users = shared_pruned_count(path, ours)
             shared_seen += shared
             status = "FAIL" if problems else "ok  "
-            print(f"{status} {label}: weight.bin ours {ours_size} B, reference {ref_size} B, input "
+            print(f"{status} {label}: weight.bin ours {ours_size} B, reference {ref_label}, input "
                   f"{weight_size(path)} B; {shared} shared source blobs pruned once for {users} ops")
             for p in problems[:10]:
                 print(f"     {p}")
