@@ -521,3 +521,60 @@ fn shared_cell(shared_with: &[String]) -> String {
         shared_with.join(",")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(function: &str, name: &str) -> WeightRow {
+        WeightRow {
+            function: function.into(),
+            name: name.into(),
+            consumers: vec![],
+            dtype: "fp16".into(),
+            shape: vec![4],
+            elements: 4,
+            bytes: 8,
+            sparsity: None,
+            storage: "const".into(),
+            chain: vec![],
+            shared_offsets: vec![],
+            shared_with: vec![],
+        }
+    }
+
+    #[test]
+    fn shared_rows_name_the_other_rows_functions_and_the_offsets() {
+        let mut rows = vec![row("a", "w"), row("a", "v"), row("b", "w"), row("b", "u")];
+        // a/w and b/w share 64; a/v and b/w share 128 (a joint chain reads two blobs); b/u and
+        // a/v read the same blob twice each, which alone shares nothing.
+        let blobs = vec![vec![64], vec![128, 256, 256], vec![64, 128], vec![512, 512]];
+        mark_shared(&mut rows, &blobs);
+        let marks: Vec<(&str, &[u64], &[String])> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.shared_offsets.as_slice(),
+                    r.shared_with.as_slice(),
+                )
+            })
+            .collect();
+        let b = ["b".to_string()];
+        let a = ["a".to_string()];
+        assert_eq!(
+            marks,
+            [
+                ("w", &[64][..], &b[..]),
+                ("v", &[128][..], &b[..]),
+                ("w", &[64, 128][..], &a[..]),
+                ("u", &[][..], &[][..]),
+            ]
+        );
+        // Two rows of one function sharing a blob name that function.
+        let mut rows = vec![row("a", "x"), row("a", "y")];
+        mark_shared(&mut rows, &[vec![64], vec![64]]);
+        assert_eq!(rows[0].shared_with, a);
+        assert_eq!(rows[1].shared_offsets, [64]);
+    }
+}
