@@ -2,7 +2,8 @@
 //!
 //! Ops are visited once, in program order, and `weight.bin` is written in that same order: each
 //! pruned const's new blobs are appended where the const stood, every other blob is copied (once per
-//! original offset). Replacements are one op for one op, so the graph's op paths stay valid while the
+//! original offset). A blob several consts read (the functions of a multifunction model share equal
+//! weights) is pruned once, for the first; the others point at its output blobs (`crate::shared`). Replacements are one op for one op, so the graph's op paths stay valid while the
 //! program is rewritten. Output goes to a staging folder that is renamed into place only at the end.
 
 use std::collections::{HashMap, HashSet};
