@@ -38,12 +38,12 @@ pub fn qualified(graph: &GraphView, index: usize) -> String {
 }
 
 /// Refuses a shared blob that some const prunes while the consts sharing it resolve to different
-/// configs: it could not stay shared, and the user asked for two different results from one
-/// stored weight. Configs are compared as
-/// coremltools resolves them (a level set to `None`, or no config at all, counts as `None`); consts
-/// the resolution leaves alone for other reasons (only a block output, feeding a constexpr op) and
-/// eligibility skips (rank, size, a structural config on a non-conv/linear consumer) are not
-/// compared, since each function is then pruned as coremltools prunes its source on its own.
+/// configs: it could not stay shared, and the user asked for two different results from one stored
+/// weight. Configs are compared as coremltools resolves them (a level set to `None`, or no config
+/// at all, counts as `None`); consts the resolution leaves alone for other reasons (only a block
+/// output, feeding a constexpr op) are not compared. Nor are eligibility skips under an equal
+/// config (rank, size, a structural config on a non-conv/linear consumer): each function is then
+/// pruned as coremltools prunes its source on its own, and the blob is stored pruned and as is.
 ///
 /// Returns the keys of the blobs that several planned consts read, for [`SharedOutcomes::new`].
 pub fn check_shared_configs(
