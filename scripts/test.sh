@@ -41,6 +41,9 @@ bash tests/python/check_noop_rewrite.sh target/debug/mlprune
 echo "== conformance: mlprune prune against coremltools 9.0 prune_weights"
 "${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/conformance.py --mlprune target/debug/mlprune
 
+echo "== multifunction packages: mlprune against coremltools pruning each source, joined"
+"${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/multifunction.py --mlprune target/debug/mlprune
+
 echo "== Python package: pip install . and its tests"
 VENV_PYTHON="${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}"
 # Built by maturin from source, as a user's `pip install <checkout>` does; the shared target folder

@@ -2,7 +2,8 @@
 //!
 //! Ops are visited once, in program order, and `weight.bin` is written in that same order: each
 //! pruned const's new blobs are appended where the const stood, every other blob is copied (once per
-//! original offset). Replacements are one op for one op, so the graph's op paths stay valid while the
+//! original offset). A blob several consts read (the functions of a multifunction model share equal
+//! weights) is pruned once, for the first; the others point at its output blobs (`crate::shared`). Replacements are one op for one op, so the graph's op paths stay valid while the
 //! program is rewritten. Output goes to a staging folder that is renamed into place only at the end.
 
 use std::collections::{HashMap, HashSet};
@@ -26,7 +27,11 @@ use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
 use crate::plan::{plan, Decision, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
-use crate::proto::mil::{Operation, Program};
+use crate::proto::mil::{NamedValueType, Operation, Program};
+use crate::shared::{
+    blob_key, check_shared_configs, qualified, renamed_copy, BlobKey, Outcome, SharedOutcomes,
+};
+use crate::tensor::TensorData;
 use crate::weights::{WeightFileBuilder, WeightSource};
 
 /// Where tensors are pruned.
@@ -62,6 +67,8 @@ pub struct PruneJob {
 /// One entry of `--report`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorReport {
+    /// The function of a multifunction model (`main` for a single-function one).
+    pub function: String,
     pub name: String,
     pub consumer: String,
     pub dtype: String,
@@ -109,19 +116,17 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let package = Package::open(&job.input)?;
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
-    if !model
-        .shell
-        .description
-        .as_ref()
-        .is_none_or(|d| d.functions.is_empty())
-    {
-        // coremltools' prune_weights refuses these too; shared blobs across functions would need care.
+    let functions = model.program.functions.len();
+    if job.joint_compression && functions > 1 {
+        // Shared blobs feed several ops of a joint chain each (indices, LUT, scales); pruning them
+        // once across functions is not built yet, and pruning them per function would unshare them.
         return Err(Error::Unsupported(format!(
-            "{}: pruning a multifunction model is not supported (coremltools refuses it as well)",
+            "{}: --joint-compression of a multifunction model ({functions} functions) is not supported",
             model.path.display()
         )));
     }
     let graph = GraphView::build(&model.program)?;
+    let mut shared_keys = HashSet::new();
     let planned = if job.joint_compression {
         plan_joint(&model.program, &graph, &job.config, model.spec_version())?
             .into_iter()
@@ -134,7 +139,9 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
             })
             .collect()
     } else {
-        plan(&model.program, &graph, &job.config)?
+        let planned = plan(&model.program, &graph, &job.config)?;
+        shared_keys = check_shared_configs(&model.program, &graph, &job.config, &planned)?;
+        planned
     };
     let source = WeightSource::open(&package)?;
     let had_weight_file = source.blob_reader().is_some();
@@ -157,6 +164,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         renames: Vec::new(),
         created: HashSet::new(),
         all_zero: HashMap::new(),
+        shared: SharedOutcomes::new(shared_keys),
     };
     let mut reports = Vec::with_capacity(planned.len());
     let mut progress = Progress::new(job.progress, weight_bytes_before, planned.len());
@@ -212,7 +220,8 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
-                reports.push(tensor_report(p, result, started, placement));
+                let function = info.path.function.clone();
+                reports.push(tensor_report(p, function, result, started, placement));
             }
         }
         Ok(())
@@ -266,11 +275,14 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     })
 }
 
-/// The consts the plan prunes, in program order, for the reader thread.
+/// The consts the plan prunes, in program order, for the reader thread. A blob several consts share
+/// is read for the first of them only: the others reuse its result.
 fn prefetch_jobs(program: &Program, graph: &GraphView, planned: &[PlannedTensor]) -> Vec<Job> {
+    let mut seen = HashSet::new();
     planned
         .iter()
         .filter(|p| matches!(p.decision, Decision::Prune(_)))
+        .filter(|p| blob_key(program, graph, p.op_index).is_none_or(|key| seen.insert(key)))
         .filter_map(|p| {
             let info = graph.ops.get(p.op_index)?;
             let value = op_at(program, &info.path)?.const_value()?.clone();
@@ -345,11 +357,23 @@ struct Rewrite {
     /// The first all-zero sparse op per (block, output type): later ones reuse it (see
     /// [`Rewrite::prune_const`]).
     all_zero: HashMap<AllZeroKey, String>,
+    /// What became of each shared blob pruned so far (see [`crate::shared`]).
+    shared: SharedOutcomes,
 }
 
 /// Where an all-zero sparse op can be shared: (function, specialization, enclosing block's steps,
 /// element type, shape).
 type AllZeroKey = (String, String, Vec<usize>, crate::dtype::ScalarType, Vec<u64>);
+
+fn all_zero_key(path: &OpPath, dtype: crate::dtype::ScalarType, shape: &[u64]) -> AllZeroKey {
+    (
+        path.function.clone(),
+        path.specialization.clone(),
+        path.steps[..path.steps.len().saturating_sub(1)].to_vec(),
+        dtype,
+        shape.to_vec(),
+    )
+}
 
 /// `Ok((kept, bytes_after))` for a pruned tensor, `Err(reason)` when the kernel skipped it.
 type PruneResult = std::result::Result<(u64, u64), String>;
@@ -381,6 +405,11 @@ impl Rewrite {
         while let Some(buffer) = self.weights.recycled_tensor() {
             prefetcher.recycle(buffer);
         }
+        let key = blob_key(program, graph, index);
+        if let Some((key, outcome)) = key.as_ref().and_then(|k| Some((k, self.shared.get(k)?.clone()))) {
+            // Not read again: the prefetcher has no job for it either.
+            return self.reuse_shared(graph, index, key, outcome, output);
+        }
         let input = match prefetcher.next(index) {
             Some(ready) => ready?,
             None => match source.map(&info.name, value)? {
@@ -411,42 +440,40 @@ impl Rewrite {
             }
         };
         let pruned = match result {
-            KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
+            KernelResult::Skipped(reason) => {
+                self.shared.record(key, || Outcome::Skipped {
+                    reason: reason.clone(),
+                    first: qualified(graph, index),
+                    device: device.device,
+                });
+                return Ok((Err(reason), device));
+            }
             KernelResult::Pruned(p) => p,
         };
-        let new_name = sparsified_name(&info.name);
-        // Two consts can share a `name` attribute (names are only unique per output): the second
-        // would define `<name>_sparsified` again, so names this rewrite already created count too.
-        let created = self
-            .created
-            .contains(&(info.path.function.clone(), new_name.clone()));
-        if created || graph.producer(&info.path.function, &new_name).is_some() {
-            return Err(Error::Graph(format!(
-                "cannot prune '{}': the model already has a value named '{new_name}'",
-                info.name
-            )));
-        }
+        let new_name = self.fresh_name(graph, index)?;
         let kept = pruned.kept;
+        let bytes_after = sparse_bytes(pruned.nonzero.dtype(), kept, meta.count);
+        let shared_outcome = |op: Option<&Operation>| Outcome::Pruned {
+            kept,
+            bytes_after,
+            op: op.cloned(),
+            first: qualified(graph, index),
+            device: device.device,
+        };
         // coremltools' export deduplicates identical constexpr ops within a block; the case that
         // arises from pruning is two same-typed weights pruned to all zeros. The later one then
         // reads the earlier op's output, and its own op and blobs are dropped.
-        let block = (
-            info.path.function.clone(),
-            info.path.specialization.clone(),
-            info.path.steps[..info.path.steps.len().saturating_sub(1)].to_vec(),
-            meta.dtype,
-            meta.shape.clone(),
-        );
+        let block = all_zero_key(&info.path, meta.dtype, &meta.shape);
         if kept == 0 {
             if let Some(first) = self.all_zero.get(&block) {
                 let first = first.clone();
                 self.rename(&info.path.function, &output.name, first);
                 self.edits.push((info.path.clone(), Vec::new()));
+                self.shared.record(key, || shared_outcome(None));
                 return Ok((Ok((0, 0)), device));
             }
             self.all_zero.insert(block, new_name.clone());
         }
-        let bytes_after = sparse_bytes(pruned.nonzero.dtype(), kept, meta.count);
         let new_op = sparse_to_dense_op(
             &info.name,
             output.r#type.clone().unwrap_or_default(),
@@ -463,9 +490,104 @@ impl Rewrite {
         if meta.storage_bytes().is_none_or(|bytes| bytes > FRESH_READ_LIMIT) {
             self.weights.flush()?;
         }
+        self.shared.record(key, || shared_outcome(Some(&new_op)));
         self.rename(&info.path.function, &output.name, new_name);
         self.replaced = Some(new_op);
         Ok((Ok((kept, bytes_after)), device))
+    }
+
+    /// `<name>_sparsified` for the const at `index`, refused if that value exists already. Two
+    /// consts can share a `name` attribute (names are only unique per output): the second would
+    /// define `<name>_sparsified` again, so names this rewrite already created count too.
+    fn fresh_name(&self, graph: &GraphView, index: usize) -> Result<String> {
+        let info = &graph.ops[index];
+        let new_name = sparsified_name(&info.name);
+        let created = self
+            .created
+            .contains(&(info.path.function.clone(), new_name.clone()));
+        if created || graph.producer(&info.path.function, &new_name).is_some() {
+            return Err(Error::Graph(format!(
+                "cannot prune '{}': the model already has a value named '{new_name}'",
+                info.name
+            )));
+        }
+        Ok(new_name)
+    }
+
+    /// Replaces the const at `index`, whose blob an earlier const shared and was pruned (or
+    /// skipped by the kernel) for, by an op reading that result's blobs: nothing is read or
+    /// computed again. The plan made sure both resolve to the same config
+    /// ([`check_shared_configs`]). An all-zero result follows the block rule of
+    /// [`Rewrite::prune_const`], as pruning this function's source on its own would.
+    fn reuse_shared(
+        &mut self,
+        graph: &GraphView,
+        index: usize,
+        key: &BlobKey,
+        outcome: Outcome,
+        output: &NamedValueType,
+    ) -> Result<(PruneResult, Placement)> {
+        let info = &graph.ops[index];
+        let (kept, bytes_after, op, first, device) = match outcome {
+            Outcome::Skipped {
+                reason,
+                first,
+                device,
+            } => {
+                let placement = Placement {
+                    device,
+                    reason: format!("shared weight.bin blob: the kernel ran once, for {first}"),
+                };
+                return Ok((Err(reason), placement));
+            }
+            Outcome::Pruned {
+                kept,
+                bytes_after,
+                op,
+                first,
+                device,
+            } => (kept, bytes_after, op, first, device),
+        };
+        let placement = Placement {
+            device,
+            reason: format!("shared weight.bin blob: pruned once, for {first}"),
+        };
+        let new_name = self.fresh_name(graph, index)?;
+        let (_, dtype, shape) = key;
+        if kept == 0 {
+            let block = all_zero_key(&info.path, *dtype, shape);
+            if let Some(first_zero) = self.all_zero.get(&block) {
+                let first_zero = first_zero.clone();
+                self.rename(&info.path.function, &output.name, first_zero);
+                self.edits.push((info.path.clone(), Vec::new()));
+                return Ok((Ok((0, 0)), placement));
+            }
+            self.all_zero.insert(block, new_name.clone());
+        }
+        let new_op = match op {
+            Some(op) => renamed_copy(&op, &new_name),
+            None => {
+                // The first const was all zeros and reused an op of its own block, so no blobs
+                // were written: write them now, an all-clear mask and no values.
+                let count: u64 = shape.iter().product();
+                let nothing =
+                    TensorData::from_le_bytes(*dtype, &[], 0).map_err(|e| Error::tensor(&info.name, e))?;
+                let op = sparse_to_dense_op(
+                    &info.name,
+                    output.r#type.clone().unwrap_or_default(),
+                    shape,
+                    nothing,
+                    vec![0; count.div_ceil(8) as usize],
+                    self.spec_version,
+                    &mut self.weights,
+                )?;
+                self.shared.set_op(key, &op);
+                op
+            }
+        };
+        self.rename(&info.path.function, &output.name, new_name);
+        self.replaced = Some(new_op);
+        Ok((Ok((kept, bytes_after)), placement))
     }
 
     /// Prunes a quantized or palettized weight into its iOS18 joint form (spec §5.9).
@@ -540,6 +662,7 @@ fn bump_to_ios16(model: &mut LoadedModel) {
 /// `Some(Ok((kept, bytes_after)))` for a pruned one. `placement`: where its kernel ran, if one did.
 fn tensor_report(
     p: PlannedTensor,
+    function: String,
     result: Option<PruneResult>,
     started: Instant,
     placement: Option<Placement>,
@@ -563,6 +686,7 @@ fn tensor_report(
         (None, Decision::Prune(_)) => (false, None, None, bytes),
     };
     TensorReport {
+        function,
         name: p.name,
         consumer: p.consumer,
         dtype: p.meta.dtype.to_string(),

@@ -5,6 +5,7 @@
 //! `constexpr_lut_to_dense`, or `constexpr_sparse_to_dense` fed by a joint-compression op). Consts
 //! that only feed constexpr ops are part of that chain's row, not rows of their own.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Serialize;
@@ -13,7 +14,7 @@ use crate::dtype::ScalarType;
 use crate::error::{escape_control, Error, Result};
 use crate::mil::entries::Entries;
 use crate::mil::graph::{op_at, GraphView};
-use crate::mil::value::OperationExt;
+use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::Package;
 use crate::proto::mil::{argument::binding::Binding, Operation, Program};
@@ -29,6 +30,8 @@ pub struct Consumer {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct WeightRow {
+    /// The function the tensor's op belongs to (`main` in a single-function model).
+    pub function: String,
     pub name: String,
     pub consumers: Vec<Consumer>,
     pub dtype: String,
@@ -42,6 +45,11 @@ pub struct WeightRow {
     pub storage: String,
     /// The constexpr ops that produce the tensor, innermost first (empty for a plain const).
     pub chain: Vec<String>,
+    /// The `weight.bin` offsets of this row's blobs that other rows store too (the same weight in
+    /// several functions of a multifunction model): rows listing an offset share that blob.
+    pub shared_offsets: Vec<u64>,
+    /// The functions of those other rows, in name order, each once.
+    pub shared_with: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -49,6 +57,10 @@ pub struct InspectReport {
     pub input: String,
     pub spec_version: i32,
     pub opsets: Vec<String>,
+    /// The program's functions, in name order.
+    pub functions: Vec<String>,
+    /// `defaultFunctionName` of a multifunction model's description.
+    pub default_function: Option<String>,
     pub weight_file_bytes: u64,
     pub weights: Vec<WeightRow>,
 }
@@ -62,6 +74,8 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
     let source = WeightSource::open(&package)?;
     let weight_file_bytes = source.blob_reader().map_or(0, |r| r.size());
     let mut weights = Vec::new();
+    // The weight.bin offsets each row stores, parallel to `weights`.
+    let mut row_blobs: Vec<Vec<u64>> = Vec::new();
     for (index, info) in graph.ops.iter().enumerate() {
         let Some(op) = op_at(&model.program, &info.path) else {
             continue;
@@ -80,6 +94,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
         if feeds_constexpr_only {
             continue;
         }
+        let mut blobs = Vec::new();
         let row = if let Some(value) = op.const_value() {
             let Some(meta) =
                 TensorMeta::of(value).filter(|m| is_weight_dtype(m.dtype) && !m.shape.is_empty())
@@ -87,7 +102,9 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 continue;
             };
             let (_, data) = source.read(&info.name, value)?;
+            blobs.extend(value.blob_offset());
             WeightRow {
+                function: info.path.function.clone(),
                 name: info.name.clone(),
                 consumers,
                 dtype: meta.dtype.to_string(),
@@ -97,6 +114,8 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 shape: meta.shape,
                 storage: "const".into(),
                 chain: vec![],
+                shared_offsets: vec![],
+                shared_with: vec![],
             }
         } else if op.is_constexpr() {
             let Some(out) = op.outputs.last() else { continue };
@@ -108,10 +127,13 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             }) else {
                 continue;
             };
-            let mut chain = Vec::new();
-            let bytes = chain_bytes(&model.program, &graph, index, &mut chain, &mut Vec::new());
+            let mut walk = ChainWalk::default();
+            let bytes = walk.bytes(&model.program, &graph, index);
+            let chain = walk.chain;
+            blobs = walk.blobs;
             let sparsity = sparse_mask_share(op, &meta, &source, &info.name)?;
             WeightRow {
+                function: info.path.function.clone(),
                 name: info.name.clone(),
                 consumers,
                 dtype: meta.dtype.to_string(),
@@ -121,12 +143,16 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 shape: meta.shape,
                 storage: op.r#type.clone(),
                 chain,
+                shared_offsets: vec![],
+                shared_with: vec![],
             }
         } else {
             continue;
         };
         weights.push(row);
+        row_blobs.push(blobs);
     }
+    mark_shared(&mut weights, &row_blobs);
     let mut opsets: Vec<String> = model
         .program
         .functions
@@ -134,10 +160,18 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
         .map(|f| f.opset.clone())
         .collect();
     opsets.dedup();
+    let default_function = model
+        .shell
+        .description
+        .as_ref()
+        .map(|d| d.default_function_name.clone())
+        .filter(|name| !name.is_empty());
     Ok(InspectReport {
         input: input.display().to_string(),
         spec_version: model.spec_version(),
         opsets,
+        functions: model.program.functions.keys().cloned().collect(),
+        default_function,
         weight_file_bytes,
         weights,
     })
@@ -157,58 +191,109 @@ fn zero_share(data: &TensorData) -> f64 {
     }
 }
 
-/// Stored bytes of a constexpr op and everything feeding it, collecting op types innermost first.
-/// `visited` holds the ops already counted: a joint op feeds both inputs of the op after it.
-fn chain_bytes(
-    program: &Program,
-    graph: &GraphView,
-    index: usize,
-    chain: &mut Vec<String>,
-    visited: &mut Vec<usize>,
-) -> u64 {
-    if visited.contains(&index) {
-        return 0;
-    }
-    visited.push(index);
-    let info = &graph.ops[index];
-    let Some(op) = op_at(program, &info.path) else {
-        return 0;
-    };
-    let mut total = 0u64;
-    let mut inline = |v: &crate::proto::mil::Value| {
-        if let Some(b) = TensorMeta::of(v).and_then(|m| m.storage_bytes()) {
-            total = total.saturating_add(b);
-        }
-    };
-    for (name, v) in op.attributes.pairs() {
-        if name != "name" {
-            inline(v);
+/// Fills [`WeightRow::shared_offsets`] and [`WeightRow::shared_with`] from the offsets each row
+/// stores. Linear in the rows and functions: many rows sharing one blob (save_multifunction shares
+/// every equal const, e.g. all-ones norm weights) list the blob, not each other.
+fn mark_shared(rows: &mut [WeightRow], row_blobs: &[Vec<u64>]) {
+    let mut by_offset: BTreeMap<u64, BTreeMap<&str, usize>> = BTreeMap::new();
+    for (row, blobs) in rows.iter().zip(row_blobs) {
+        let mut blobs = blobs.clone();
+        blobs.sort_unstable();
+        blobs.dedup();
+        for offset in blobs {
+            *by_offset
+                .entry(offset)
+                .or_default()
+                .entry(row.function.as_str())
+                .or_default() += 1;
         }
     }
-    let mut named = Vec::new();
-    for (_, arg) in op.inputs.pairs() {
-        for b in &arg.arguments {
-            match &b.binding {
-                Some(Binding::Value(v)) => inline(v),
-                Some(Binding::Name(n)) => named.push(n.clone()),
-                None => {}
+    let marks: Vec<(Vec<u64>, Vec<String>)> = rows
+        .iter()
+        .zip(row_blobs)
+        .map(|(row, blobs)| {
+            let mut offsets = Vec::new();
+            let mut functions = BTreeSet::new();
+            for offset in blobs {
+                let users = &by_offset[offset];
+                let others: Vec<&str> = users
+                    .iter()
+                    // This row counts once among its own function's users.
+                    .filter(|(f, n)| **f != row.function || **n > 1)
+                    .map(|(f, _)| *f)
+                    .collect();
+                if !others.is_empty() && !offsets.contains(offset) {
+                    offsets.push(*offset);
+                    functions.extend(others.into_iter().map(str::to_owned));
+                }
+            }
+            (offsets, functions.into_iter().collect())
+        })
+        .collect();
+    for (row, (offsets, functions)) in rows.iter_mut().zip(marks) {
+        row.shared_offsets = offsets;
+        row.shared_with = functions;
+    }
+}
+
+/// A walk over a constexpr op and everything feeding it: stored bytes, op types innermost first,
+/// and the `weight.bin` offsets read.
+#[derive(Default)]
+struct ChainWalk {
+    chain: Vec<String>,
+    blobs: Vec<u64>,
+    /// The ops already counted: a joint op feeds both inputs of the op after it.
+    visited: Vec<usize>,
+}
+
+impl ChainWalk {
+    fn bytes(&mut self, program: &Program, graph: &GraphView, index: usize) -> u64 {
+        if self.visited.contains(&index) {
+            return 0;
+        }
+        self.visited.push(index);
+        let info = &graph.ops[index];
+        let Some(op) = op_at(program, &info.path) else {
+            return 0;
+        };
+        let mut total = 0u64;
+        let blobs = &mut self.blobs;
+        let mut inline = |v: &crate::proto::mil::Value| {
+            if let Some(b) = TensorMeta::of(v).and_then(|m| m.storage_bytes()) {
+                total = total.saturating_add(b);
+            }
+            blobs.extend(v.blob_offset());
+        };
+        for (name, v) in op.attributes.pairs() {
+            if name != "name" {
+                inline(v);
             }
         }
-    }
-    named.sort();
-    named.dedup();
-    for n in named {
-        if let Some(p) = graph.producer(&info.path.function, &n) {
-            let producer = &graph.ops[p];
-            if producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
-                total = total.saturating_add(chain_bytes(program, graph, p, chain, visited));
+        let mut named = Vec::new();
+        for (_, arg) in op.inputs.pairs() {
+            for b in &arg.arguments {
+                match &b.binding {
+                    Some(Binding::Value(v)) => inline(v),
+                    Some(Binding::Name(n)) => named.push(n.clone()),
+                    None => {}
+                }
             }
         }
+        named.sort();
+        named.dedup();
+        for n in named {
+            if let Some(p) = graph.producer(&info.path.function, &n) {
+                let producer = &graph.ops[p];
+                if producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
+                    total = total.saturating_add(self.bytes(program, graph, p));
+                }
+            }
+        }
+        if op.is_constexpr() {
+            self.chain.push(op.r#type.clone());
+        }
+        total
     }
-    if op.is_constexpr() {
-        chain.push(op.r#type.clone());
-    }
-    total
 }
 
 /// The value of parameter `param` when the op holds it inline: an attribute (iOS16 serialization)
@@ -311,12 +396,25 @@ pub fn render_json(report: &InspectReport) -> Result<String> {
     Ok(out)
 }
 
-/// The human table: one row per tensor, then the total line.
+/// The human table: one row per tensor, then the total line. A multifunction model gets a
+/// FUNCTION column in front, and a SHARED column (the functions of the other rows that store the
+/// same blob, `-` for none) is added when any row shares a blob.
 pub fn render_table(report: &InspectReport) -> String {
-    let header = [
+    let multifunction = report.functions.len() > 1;
+    let any_shared = report.weights.iter().any(|w| !w.shared_with.is_empty());
+    let mut header: Vec<&str> = Vec::new();
+    if multifunction {
+        header.push("FUNCTION");
+    }
+    header.extend([
         "NAME", "CONSUMER", "DTYPE", "SHAPE", "ELEMENTS", "BYTES", "SPARSITY", "STORAGE",
-    ];
-    let rows: Vec<[String; 8]> = report
+    ]);
+    if any_shared {
+        header.push("SHARED");
+    }
+    // ELEMENTS, BYTES and SPARSITY are right-aligned.
+    let numeric = |i: usize| (4..=6).contains(&i.wrapping_sub(usize::from(multifunction)));
+    let rows: Vec<Vec<String>> = report
         .weights
         .iter()
         .map(|w| {
@@ -336,7 +434,11 @@ pub fn render_table(report: &InspectReport) -> String {
             } else {
                 w.storage.clone()
             };
-            [
+            let mut cells = Vec::with_capacity(header.len());
+            if multifunction {
+                cells.push(w.function.clone());
+            }
+            cells.extend([
                 w.name.clone(),
                 consumer,
                 w.dtype.clone(),
@@ -345,12 +447,18 @@ pub fn render_table(report: &InspectReport) -> String {
                 w.bytes.to_string(),
                 w.sparsity.map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
                 storage,
-            ]
+            ]);
+            if any_shared {
+                cells.push(shared_cell(&w.shared_with));
+            }
             // Names and op types come from the input: no control character reaches the terminal.
-            .map(|cell| escape_control(&cell).into_owned())
+            cells
+                .into_iter()
+                .map(|cell| escape_control(&cell).into_owned())
+                .collect()
         })
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -359,10 +467,9 @@ pub fn render_table(report: &InspectReport) -> String {
     let mut out = String::new();
     let mut line = |cells: &[String]| {
         let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            // Numbers right-aligned, text left-aligned.
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             let pad = w - cell.chars().count();
-            if (4..=6).contains(&i) {
+            if numeric(i) {
                 s.push_str(&" ".repeat(pad));
                 s.push_str(cell);
             } else {
@@ -378,18 +485,97 @@ pub fn render_table(report: &InspectReport) -> String {
         out.push_str(s.trim_end());
         out.push('\n');
     };
-    line(&header.map(String::from));
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     for r in &rows {
         line(r);
     }
     let elements: u64 = report.weights.iter().map(|w| w.elements).sum();
     let bytes: u64 = report.weights.iter().map(|w| w.bytes).sum();
+    let functions = if multifunction {
+        format!(
+            "; functions {}{}",
+            report.functions.join(","),
+            report
+                .default_function
+                .as_ref()
+                .map_or(String::new(), |d| format!(" (default {d})"))
+        )
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "total: {} weight tensors, {elements} elements, {bytes} bytes; spec version {}, opset {}, weight.bin {} bytes\n",
+        "total: {} weight tensors, {elements} elements, {bytes} bytes; spec version {}, opset {}, weight.bin {} bytes{}\n",
         report.weights.len(),
         report.spec_version,
         escape_control(&report.opsets.join(",")),
-        report.weight_file_bytes
+        report.weight_file_bytes,
+        escape_control(&functions),
     ));
     out
+}
+
+/// The functions of the other rows sharing a blob with this one (`-` for none).
+fn shared_cell(shared_with: &[String]) -> String {
+    if shared_with.is_empty() {
+        "-".into()
+    } else {
+        shared_with.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(function: &str, name: &str) -> WeightRow {
+        WeightRow {
+            function: function.into(),
+            name: name.into(),
+            consumers: vec![],
+            dtype: "fp16".into(),
+            shape: vec![4],
+            elements: 4,
+            bytes: 8,
+            sparsity: None,
+            storage: "const".into(),
+            chain: vec![],
+            shared_offsets: vec![],
+            shared_with: vec![],
+        }
+    }
+
+    #[test]
+    fn shared_rows_name_the_other_rows_functions_and_the_offsets() {
+        let mut rows = vec![row("a", "w"), row("a", "v"), row("b", "w"), row("b", "u")];
+        // a/w and b/w share 64; a/v and b/w share 128 (a joint chain reads two blobs); b/u and
+        // a/v read the same blob twice each, which alone shares nothing.
+        let blobs = vec![vec![64], vec![128, 256, 256], vec![64, 128], vec![512, 512]];
+        mark_shared(&mut rows, &blobs);
+        let marks: Vec<(&str, &[u64], &[String])> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.shared_offsets.as_slice(),
+                    r.shared_with.as_slice(),
+                )
+            })
+            .collect();
+        let b = ["b".to_string()];
+        let a = ["a".to_string()];
+        assert_eq!(
+            marks,
+            [
+                ("w", &[64][..], &b[..]),
+                ("v", &[128][..], &b[..]),
+                ("w", &[64, 128][..], &a[..]),
+                ("u", &[][..], &[][..]),
+            ]
+        );
+        // Two rows of one function sharing a blob name that function.
+        let mut rows = vec![row("a", "x"), row("a", "y")];
+        mark_shared(&mut rows, &[vec![64], vec![64]]);
+        assert_eq!(rows[0].shared_with, a);
+        assert_eq!(rows[1].shared_offsets, [64]);
+    }
 }

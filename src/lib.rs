@@ -30,6 +30,7 @@ pub mod plan;
 pub mod prefetch;
 pub mod proto;
 pub mod prune;
+pub mod shared;
 pub mod synth;
 pub mod tensor;
 pub mod weights;

@@ -142,7 +142,7 @@ pub(crate) fn consumer_views(graph: &GraphView, index: usize) -> Vec<Consumer<'_
 
 /// coremltools' `_get_const_op_config`, following chains of constexpr consumers to the op whose
 /// config decides (joint compression reads configs through such chains).
-fn resolve_const<'c>(
+pub(crate) fn resolve_const<'c>(
     graph: &GraphView,
     config: &'c OptimizationConfig,
     index: usize,

@@ -76,6 +76,9 @@ def prune_weights(
     ``mlmodel`` is a ``coremltools.models.MLModel`` of type mlprogram, or the path of an
     ``.mlpackage`` or a zip holding one. Returns a new ``MLModel`` backed by a temporary package
     (``is_temp_package``), removed when Python exits, as coremltools' result is.
+
+    A multifunction model (which coremltools refuses) has every function pruned; the returned model
+    opens the function ``mlmodel`` had open (its ``function_name``), the default one for a path.
     """
     import coremltools as ct
 
@@ -86,17 +89,23 @@ def prune_weights(
             src = os.fspath(mlmodel)
             compute_units = ct.ComputeUnit.ALL
             skip_model_load = sys.platform != "darwin"
+            function_name = None
         else:
             src = _package_of(mlmodel, scratch)
             compute_units = mlmodel.compute_unit
             skip_model_load = mlmodel.__proxy__ is None
+            function_name = getattr(mlmodel, "function_name", None)
         dst = tempfile.mkdtemp(suffix=".mlpackage")
         os.rmdir(dst)  # mlprune writes a fresh package there, never into an existing folder
         _prune(src, dst, source, joint_compression, device, False, progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return ct.models.MLModel(
-        dst, compute_units=compute_units, skip_model_load=skip_model_load, is_temp_package=True
+        dst,
+        compute_units=compute_units,
+        skip_model_load=skip_model_load,
+        is_temp_package=True,
+        function_name=function_name,
     )
 
 

@@ -994,6 +994,7 @@ fn two_consts_sharing_a_name_attribute() {
 mod config_input;
 mod kernels;
 mod model_checks;
+mod multifunction;
 mod output_safety;
 mod scaling;
 mod zip_input;

@@ -116,6 +116,33 @@ def test_prune_weights_matches_coremltools(index, models, tmp_path):
     assert problems == [], f"{model_id} {case_name}: {problems}"
 
 
+def test_multifunction_models_are_pruned_function_by_function(tmp_path):
+    """coremltools refuses multifunction models; mlprune prunes every function as coremltools prunes
+    that function's source model (tests/python/multifunction.py holds the full comparison)."""
+    import multifunction as mf
+    from coremltools.optimize.coreml import prune_weights as ct_prune_weights
+
+    path, functions, default = mf.build_packages(tmp_path)["base_adapter"]
+    config = mf.CONFIGS["magnitude"]
+    reference = mf.reference("base_adapter", functions, default, config, tmp_path)
+
+    pruned = mlprune.prune_weights(str(path), config, device="cpu")
+    assert pruned.function_name == default
+    ours = tmp_path / "ours.mlpackage"
+    pruned.save(str(ours))
+    assert mf.compare(path, ours, reference) == []
+
+    # An MLModel opened on one function: every function is pruned, and the result opens that one.
+    model = ct.models.MLModel(str(path), skip_model_load=True, function_name="adapter")
+    with pytest.raises(Exception, match="multifunction"):
+        ct_prune_weights(model, OptimizationConfig.from_dict(copy.deepcopy(config)))
+    pruned = mlprune.prune_weights(model, OptimizationConfig.from_dict(copy.deepcopy(config)))
+    assert pruned.function_name == "adapter"
+    ours = tmp_path / "ours_adapter.mlpackage"
+    pruned.save(str(ours))
+    assert mf.compare(path, ours, reference) == []
+
+
 def test_returned_model_lives_in_a_temporary_package(models):
     """Like coremltools' result: a temporary package (`is_temp_package`), removed when Python exits."""
     script = f"""
