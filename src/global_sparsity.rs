@@ -1,0 +1,667 @@
+//! Whole-model sparsity (`--global-sparsity S`): one magnitude cut across every eligible tensor.
+//!
+//! The rule: let N be the total element count of the eligible tensors and `k = floor(S × N)`, with
+//! S read as the exact decimal the user wrote (`0.3` is 3/10, not the binary64 nearest to it), so k
+//! is computed in integers. v is the k-th smallest magnitude over all eligible elements (1-based),
+//! compared exactly across fp16 and fp32 (every fp16 is exactly an fp32), NaN the largest, −0 equal
+//! to +0. Every eligible element with `|w| <= v` becomes 0 (ties over-prune); `k = 0` zeroes nothing.
+//!
+//! Magnitudes are compared through one integer key, [`common_key`]: the bits of `|x|` as an f32
+//! with every NaN mapped to the largest key. The cut found is such a key ([`GlobalCut`]); each
+//! tensor is then pruned by the existing "key <= cut" work order in its own dtype's key space
+//! ([`CutKey`]), on the CPU or the GPU.
+//!
+//! Selection never sorts and never holds more than one tensor: [`select`] streams the tensors
+//! through fixed-size histograms (memory: 2^15 + 2 × 2^16 counters, 1.25 MiB):
+//! * pass 1 (every tensor): fp16 keys go to an exact 2^15-bin histogram; fp32 keys to a 2^16-bin
+//!   histogram of their high 16 bits. Together they give the count per high-16-bit bin, hence the bin
+//!   that holds the k-th key.
+//! * pass 2 (fp32 tensors only, and only when that bin holds fp32 values): a 2^16-bin histogram of
+//!   the low 16 bits of the fp32 keys inside the bin; the fp16 contributions come from pass 1's exact
+//!   histogram. fp16-only models, and cuts whose bin holds only fp16 values, skip it.
+//!
+//! So fp16 tensors are read twice per run (pass 1, then pruning) and fp32 tensors two or three times.
+
+use std::collections::HashSet;
+
+use half::f16;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cancel::CancelFlag;
+use crate::dtype::ScalarType;
+use crate::error::{Error, Result};
+use crate::mil::graph::{op_at, GraphView};
+use crate::mil::value::OperationExt;
+use crate::plan::{Decision, PlannedTensor};
+use crate::prune::keep_mask::MagKey;
+use crate::prune::Element;
+use crate::proto::mil::Program;
+use crate::tensor::{TensorData, TensorView};
+use crate::weights::WeightSource;
+
+/// The sparsity S of `--global-sparsity`, as the exact decimal `numerator / 10^scale` in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sparsity {
+    numerator: u64,
+    scale: u32,
+}
+
+/// At most this many digits after the decimal point (so `numerator × N` fits in 128 bits).
+const MAX_SCALE: u32 = 19;
+
+impl Sparsity {
+    /// Parses a plain decimal (`0.5`, `.25`, `1`, `5e-1`, `2.5E-3`) in [0, 1]. NaN, infinities,
+    /// hexadecimal floats and more than 19 significant fractional digits are refused.
+    pub fn parse(text: &str) -> Result<Sparsity, String> {
+        let bad = || format!("'{text}' is not a decimal number in [0, 1]");
+        let t = text.trim();
+        let t = t.strip_prefix('+').unwrap_or(t);
+        let (mantissa, exponent) = match t.find(['e', 'E']) {
+            Some(i) => {
+                let exp: i64 = t[i + 1..].parse().map_err(|_| bad())?;
+                (&t[..i], exp)
+            }
+            None => (t, 0),
+        };
+        let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits_ok = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if (int_part.is_empty() && frac_part.is_empty()) || !digits_ok(int_part) || !digits_ok(frac_part) {
+            return Err(bad());
+        }
+        // value = digits × 10^(exponent − frac_len), digits without leading/trailing zeros.
+        let digits = format!("{int_part}{frac_part}");
+        let digits = digits.trim_start_matches('0');
+        let trailing = digits.len() - digits.trim_end_matches('0').len();
+        let digits = digits.trim_end_matches('0');
+        if digits.is_empty() {
+            return Ok(Sparsity { numerator: 0, scale: 0 });
+        }
+        let power = exponent
+            .checked_sub(frac_part.len() as i64)
+            .and_then(|p| p.checked_add(trailing as i64))
+            .ok_or_else(bad)?;
+        let out_of_range = || format!("{text} is outside [0, 1]");
+        if power >= 0 {
+            // An integer ≥ 1: only exactly 1 is in range.
+            return if digits == "1" && power == 0 {
+                Ok(Sparsity { numerator: 1, scale: 0 })
+            } else {
+                Err(out_of_range())
+            };
+        }
+        let scale = u32::try_from(-power).map_err(|_| bad())?;
+        if digits.len() as u64 > u64::from(scale) {
+            return Err(out_of_range());
+        }
+        if scale > MAX_SCALE {
+            return Err(format!(
+                "{text} has more than {MAX_SCALE} digits after the decimal point"
+            ));
+        }
+        let numerator = digits.parse().map_err(|_| bad())?;
+        Ok(Sparsity { numerator, scale })
+    }
+
+    /// `floor(S × n)`, exactly.
+    pub fn count_of(&self, n: u64) -> u64 {
+        let product = u128::from(self.numerator) * u128::from(n);
+        // S ≤ 1, so the quotient is at most n.
+        (product / 10u128.pow(self.scale)) as u64
+    }
+
+    /// The nearest binary64, for coremltools' `target_sparsity` (eligibility does not depend on it).
+    pub fn to_f64(&self) -> f64 {
+        format!("{}e-{}", self.numerator, self.scale)
+            .parse()
+            .unwrap_or(0.0)
+    }
+}
+
+impl std::fmt::Display for Sparsity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.scale == 0 {
+            return write!(f, "{}", self.numerator);
+        }
+        let digits = format!("{:0>width$}", self.numerator, width = self.scale as usize);
+        let (int, frac) = digits.split_at(digits.len() - self.scale as usize);
+        write!(f, "{}.{frac}", if int.is_empty() { "0" } else { int })
+    }
+}
+
+/// The key every NaN shares: the largest.
+pub const NAN_KEY: u32 = 0x7fff_ffff;
+const F32_INF: u32 = 0x7f80_0000;
+
+/// The order key of `|x|` for an f32: its bits without the sign, every NaN the largest.
+pub fn common_key(x: f32) -> u32 {
+    let k = x.to_bits() & 0x7fff_ffff;
+    if k > F32_INF {
+        NAN_KEY
+    } else {
+        k
+    }
+}
+
+/// [`common_key`] of an fp16 magnitude key (`bits & 0x7fff`): the fp16 → f32 conversion is exact.
+fn common_key_of_f16_key(k16: u16) -> u32 {
+    common_key(f16::from_bits(k16 & 0x7fff).to_f32())
+}
+
+/// The decided cut: every eligible element whose [`common_key`] is `<=` it is pruned; `None` (k = 0)
+/// prunes nothing (zeros are never stored either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalCut {
+    pub key: Option<u32>,
+}
+
+impl GlobalCut {
+    /// The cut value v (`None` for k = 0): an exact f32, NaN when every non-NaN value is below it.
+    pub fn value(&self) -> Option<f32> {
+        self.key.map(f32::from_bits)
+    }
+}
+
+/// The cut in a weight dtype's own key space, for the existing "key <= cut" kernels.
+pub trait CutKey: Element {
+    fn cut_key(cut: GlobalCut) -> Option<MagKey<Self>>;
+}
+
+impl CutKey for f32 {
+    fn cut_key(cut: GlobalCut) -> Option<u32> {
+        // The fp32 magnitude key is the common key itself.
+        cut.key
+    }
+}
+
+impl CutKey for f16 {
+    /// The largest fp16 key whose value is `<=` the cut: fp16 → f32 is monotone on magnitudes, so a
+    /// binary search over the non-NaN keys finds it; only a NaN cut takes the NaN key.
+    fn cut_key(cut: GlobalCut) -> Option<u16> {
+        let c = cut.key?;
+        if c == NAN_KEY {
+            return Some(0x7fff);
+        }
+        // Invariant: common(lo) <= c (key 0 is +0), common(hi) > c or hi is past infinity.
+        let (mut lo, mut hi) = (0u16, 0x7c01u16);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if common_key_of_f16_key(mid) <= c {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
+}
+
+/// Which tensors a pass reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Pass 1: every eligible tensor.
+    All,
+    /// Pass 2: the fp32 tensors only (fp16 ones may be skipped; they are ignored if given).
+    Fp32Only,
+}
+
+const F16_BINS: usize = 1 << 15;
+const BINS: usize = 1 << 16;
+/// Elements per parallel histogram task: large enough that a task's private histogram is cheap.
+const PAR_CHUNK: usize = 1 << 18;
+
+/// Counts of `key(x)` over `values`, in parallel chunks with private histograms summed at the end.
+fn histogram<T: Sync>(values: &[T], bins: usize, bin_of: impl Fn(&T) -> Option<usize> + Sync) -> Vec<u64> {
+    let count = |chunk: &[T], hist: &mut Vec<u64>| {
+        for x in chunk {
+            if let Some(b) = bin_of(x) {
+                hist[b] += 1;
+            }
+        }
+    };
+    if values.len() <= PAR_CHUNK {
+        let mut hist = vec![0u64; bins];
+        count(values, &mut hist);
+        return hist;
+    }
+    values
+        .par_chunks(PAR_CHUNK)
+        .fold(
+            || vec![0u64; bins],
+            |mut hist, chunk| {
+                count(chunk, &mut hist);
+                hist
+            },
+        )
+        .reduce(
+            || vec![0u64; bins],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+fn add_into(total: &mut [u64], part: &[u64]) {
+    total.iter_mut().zip(part).for_each(|(x, y)| *x += y);
+}
+
+/// The bin holding 0-based `rank` in a histogram, and the rank within that bin.
+fn locate(counts: impl IntoIterator<Item = u64>, mut rank: u64) -> Option<(usize, u64)> {
+    for (bin, count) in counts.into_iter().enumerate() {
+        if rank < count {
+            return Some((bin, rank));
+        }
+        rank -= count;
+    }
+    None
+}
+
+/// Finds the cut for k (see the module doc). `read(pass, sink)` must hand every eligible tensor of
+/// `pass` to `sink`, one at a time, the same tensors on every call; `total` is their element count
+/// (N). Errors from `read` are passed through. `k > total` is clamped to `total`.
+pub fn select<E>(
+    k: u64,
+    mut read: impl FnMut(Pass, &mut dyn FnMut(TensorView<'_>)) -> std::result::Result<(), E>,
+) -> std::result::Result<(GlobalCut, u64), E> {
+    // Pass 1.
+    let mut f16_hist = vec![0u64; F16_BINS];
+    let mut f32_high = vec![0u64; BINS];
+    read(Pass::All, &mut |view| match view {
+        TensorView::F16(w) => add_into(
+            &mut f16_hist,
+            &histogram(w, F16_BINS, |x| Some((x.to_bits() & 0x7fff) as usize)),
+        ),
+        TensorView::F32(w) => add_into(
+            &mut f32_high,
+            &histogram(w, BINS, |x| Some((common_key(*x) >> 16) as usize)),
+        ),
+    })?;
+    let total: u64 = f16_hist.iter().sum::<u64>() + f32_high.iter().sum::<u64>();
+    let k = k.min(total);
+    if k == 0 {
+        return Ok((GlobalCut { key: None }, total));
+    }
+    // The fp16 keys in common-key order, with their counts (fp16 → f32 keeps the order).
+    let f16_common = |k16: usize| common_key_of_f16_key(k16 as u16);
+    let mut high = f32_high.clone();
+    for (k16, &c) in f16_hist.iter().enumerate() {
+        high[(f16_common(k16) >> 16) as usize] += c;
+    }
+    let (bin, rank) = locate(high.iter().copied(), k - 1).expect("k <= total is within the histogram");
+    let in_bin_f16 = || {
+        f16_hist
+            .iter()
+            .enumerate()
+            .filter(move |&(k16, &c)| c > 0 && (f16_common(k16) >> 16) as usize == bin)
+            .map(move |(k16, &c)| ((f16_common(k16) & 0xffff) as usize, c))
+    };
+    let mut low = vec![0u64; BINS];
+    for (lo, c) in in_bin_f16() {
+        low[lo] += c;
+    }
+    if f32_high[bin] > 0 {
+        // Pass 2: the fp32 keys inside the boundary bin.
+        read(Pass::Fp32Only, &mut |view| {
+            if let TensorView::F32(w) = view {
+                let part = histogram(w, BINS, |x| {
+                    let key = common_key(*x);
+                    ((key >> 16) as usize == bin).then_some((key & 0xffff) as usize)
+                });
+                add_into(&mut low, &part);
+            }
+        })?;
+    }
+    let (lo, _) = locate(low.iter().copied(), rank).expect("the boundary bin holds the rank");
+    Ok((
+        GlobalCut {
+            key: Some(((bin as u32) << 16) | lo as u32),
+        },
+        total,
+    ))
+}
+
+/// A `--global-sparsity` request: S and the `--exclude` names (const or consumer op names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalSparsity {
+    pub sparsity: Sparsity,
+    pub exclude: Vec<String>,
+}
+
+/// The cut as `--report` and the summary give it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CutReport {
+    /// S as given.
+    pub global_sparsity: String,
+    /// N: elements of the eligible tensors.
+    pub eligible_elements: u64,
+    /// k = floor(S × N).
+    pub k: u64,
+    /// v, the k-th smallest magnitude, as Rust prints the f32 (`inf`, `NaN`); `null` for k = 0.
+    pub cut_value: Option<String>,
+    /// v's key: the bits of |v| as an f32, every NaN 0x7fffffff; `null` for k = 0.
+    pub cut_key: Option<u32>,
+    #[serde(skip)]
+    pub cut: GlobalCut,
+}
+
+impl CutReport {
+    /// `cut |w| <= v (key 0x…), k of N` for the one-line summary.
+    pub fn summary(&self) -> String {
+        match (&self.cut_value, self.cut_key) {
+            (Some(v), Some(key)) => format!(
+                "global cut |w| <= {v} (key {key:#010x}), k = {} of {} eligible elements",
+                self.k, self.eligible_elements
+            ),
+            _ => format!(
+                "global cut: none (k = 0 of {} eligible elements)",
+                self.eligible_elements
+            ),
+        }
+    }
+}
+
+/// Applies `--exclude` to the plan of the global magnitude config, then selects the cut over the
+/// tensors still to be pruned, reading each through `source` (mapped where it can be).
+pub fn decide_cut(
+    program: &Program,
+    graph: &GraphView,
+    source: &WeightSource,
+    planned: &mut [PlannedTensor],
+    global: &GlobalSparsity,
+    cancel: &CancelFlag,
+) -> Result<CutReport> {
+    exclude(graph, planned, &global.exclude)?;
+    let eligible: Vec<&PlannedTensor> = planned
+        .iter()
+        .filter(|p| matches!(p.decision, Decision::Prune(_)))
+        .collect();
+    for p in &eligible {
+        if !matches!(p.meta.dtype, ScalarType::Float16 | ScalarType::Float32) {
+            return Err(Error::Unsupported(format!(
+                "--global-sparsity compares fp16 and fp32 weights only; tensor '{}' is {} (leave it out with --exclude)",
+                p.name, p.meta.dtype
+            )));
+        }
+    }
+    let total = eligible.iter().try_fold(0u64, |sum, p| sum.checked_add(p.meta.count));
+    let total = total.ok_or_else(|| Error::Unsupported("the eligible element count overflows".into()))?;
+    let k = global.sparsity.count_of(total);
+    let (cut, _) = select(k, |pass, sink| -> Result<()> {
+        for p in &eligible {
+            if pass == Pass::Fp32Only && p.meta.dtype != ScalarType::Float32 {
+                continue;
+            }
+            cancel.check()?;
+            let info = &graph.ops[p.op_index];
+            let value = op_at(program, &info.path)
+                .and_then(|op| op.const_value())
+                .ok_or_else(|| Error::tensor(&p.name, "const op without a value"))?;
+            match source.map(&p.name, value)? {
+                Some((_, mapped)) => {
+                    let view = mapped
+                        .view()
+                        .ok_or_else(|| Error::tensor(&p.name, "mapped data does not match its type"))?;
+                    sink(view);
+                }
+                None => match source.read(&p.name, value)?.1 {
+                    TensorData::F16(w) => sink(TensorView::F16(&w)),
+                    TensorData::F32(w) => sink(TensorView::F32(&w)),
+                    other => {
+                        return Err(Error::tensor(&p.name, format!("read as {}", other.dtype())));
+                    }
+                },
+            }
+        }
+        Ok(())
+    })?;
+    Ok(CutReport {
+        global_sparsity: global.sparsity.to_string(),
+        eligible_elements: total,
+        k,
+        cut_value: cut.value().map(|v| v.to_string()),
+        cut_key: cut.key,
+        cut,
+    })
+}
+
+/// Marks the planned tensors named by `names` (their const name or a consumer op's name) as
+/// skipped. A name that is no op, const or consumer of the model is a usage error: a typo would
+/// otherwise silently prune what the user meant to keep.
+fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let known: HashSet<&str> = graph.ops.iter().map(|op| op.name.as_str()).collect();
+    if let Some(unknown) = names.iter().find(|n| !known.contains(n.as_str())) {
+        return Err(Error::Usage(format!(
+            "--exclude '{unknown}': the model has no op or const of that name"
+        )));
+    }
+    let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+    for p in planned.iter_mut() {
+        if !matches!(p.decision, Decision::Prune(_)) {
+            continue;
+        }
+        let by_consumer = graph
+            .consumers(p.op_index)
+            .into_iter()
+            .find(|&(c, _)| names.contains(graph.ops[c].name.as_str()));
+        let reason = if names.contains(p.name.as_str()) {
+            format!("excluded by --exclude '{}'", p.name)
+        } else if let Some((c, _)) = by_consumer {
+            format!("excluded by --exclude '{}' (a consumer)", graph.ops[c].name)
+        } else {
+            continue;
+        };
+        p.decision = Decision::Skip(reason);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule by sorting: the k-th smallest common key.
+    fn by_sorting(tensors: &[Vec<Tensor>], k: u64) -> GlobalCut {
+        let mut keys: Vec<u32> = tensors
+            .iter()
+            .flatten()
+            .flat_map(|t| match t {
+                Tensor::F16(w) => w.iter().map(|x| common_key(x.to_f32())).collect::<Vec<_>>(),
+                Tensor::F32(w) => w.iter().map(|x| common_key(*x)).collect(),
+            })
+            .collect();
+        keys.sort_unstable();
+        GlobalCut {
+            key: (k > 0).then(|| keys[k as usize - 1]),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Tensor {
+        F16(Vec<f16>),
+        F32(Vec<f32>),
+    }
+
+    /// Runs [`select`] over in-memory tensors and counts how often each pass read.
+    fn run(tensors: &[Tensor], k: u64) -> (GlobalCut, u64, [usize; 2]) {
+        let mut reads = [0usize; 2];
+        let (cut, total) = select::<()>(k, |pass, sink| {
+            reads[usize::from(pass == Pass::Fp32Only)] += 1;
+            for t in tensors {
+                match (t, pass) {
+                    (Tensor::F16(w), Pass::All) => sink(TensorView::F16(w)),
+                    (Tensor::F16(_), Pass::Fp32Only) => {}
+                    (Tensor::F32(w), _) => sink(TensorView::F32(w)),
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        (cut, total, reads)
+    }
+
+    fn f16s(v: &[f32]) -> Tensor {
+        Tensor::F16(v.iter().map(|&x| f16::from_f32(x)).collect())
+    }
+
+    #[test]
+    fn sparsity_is_read_as_the_exact_decimal() {
+        let s = |t: &str| Sparsity::parse(t).unwrap();
+        // binary64 0.3 × 10 is 2.9999999999999996 in exact arithmetic: the decimal gives 3.
+        assert_eq!(s("0.3").count_of(10), 3);
+        assert_eq!(s(".25").count_of(7), 1);
+        assert_eq!(s("1").count_of(u64::MAX), u64::MAX);
+        assert_eq!(s("1.000").count_of(5), 5);
+        assert_eq!(s("0").count_of(u64::MAX), 0);
+        assert_eq!(s("5e-1").count_of(9), 4);
+        assert_eq!(s("25E-2").count_of(8), 2);
+        // floor(M − M / 10^19) with M / 10^19 = 1.84…
+        assert_eq!(s("0.9999999999999999999").count_of(u64::MAX), u64::MAX - 2);
+        assert_eq!(s("0.5").to_string(), "0.5");
+        assert_eq!(s("0.05").to_string(), "0.05");
+        assert_eq!(s("0.05").to_f64(), 0.05);
+        for bad in ["nan", "NaN", "inf", "-0.1", "1.5", "2", "", ".", "0x1p-1", "1e", "0.5.5", "1e400"] {
+            assert!(Sparsity::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Sparsity::parse("0.00000000000000000001").is_err());
+    }
+
+    #[test]
+    fn f16_cut_is_the_largest_fp16_not_above_the_cut() {
+        let cut = |x: f32| GlobalCut {
+            key: Some(common_key(x)),
+        };
+        // 0.1f32 lies between two fp16 values; the lower one is kept as the cut.
+        let below = f16::from_f32(0.1);
+        let k = <f16 as CutKey>::cut_key(cut(0.1)).unwrap();
+        assert!(f16::from_bits(k).to_f32() <= 0.1);
+        assert!(f16::from_bits(k + 1).to_f32() > 0.1);
+        assert!(k == below.to_bits() || k + 1 == below.to_bits());
+        assert_eq!(<f16 as CutKey>::cut_key(cut(1.0)), Some(f16::ONE.to_bits()));
+        assert_eq!(<f16 as CutKey>::cut_key(cut(0.0)), Some(0));
+        assert_eq!(<f16 as CutKey>::cut_key(cut(1e9)), Some(0x7bff)); // 65504: inf is above
+        assert_eq!(<f16 as CutKey>::cut_key(cut(f32::INFINITY)), Some(0x7c00));
+        assert_eq!(<f16 as CutKey>::cut_key(cut(f32::NAN)), Some(0x7fff));
+        assert_eq!(<f16 as CutKey>::cut_key(GlobalCut { key: None }), None);
+        // Exhaustively: every fp16 key is pruned iff its value is <= the cut.
+        for c in [1e-8f32, 6e-8, 0.1, 0.33333334, 65504.0, 65519.0, 65520.0] {
+            let k = <f16 as CutKey>::cut_key(cut(c)).unwrap();
+            for k16 in 0..0x7c01u16 {
+                assert_eq!(k16 <= k, f16::from_bits(k16).to_f32() <= c, "cut {c} key {k16:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn selection_matches_sorting_on_mixed_models() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..40 {
+            let mut tensors = Vec::new();
+            for t in 0..(1 + next() % 4) {
+                let n = 1 + (next() % 300) as usize;
+                // Few distinct values in some rounds, to make ties at the cut.
+                let distinct = if round % 3 == 0 { 5 } else { u64::MAX };
+                // Any bits (NaN and infinities included), with either sign.
+                let values: Vec<f32> = (0..n)
+                    .map(|_| {
+                        let r = next();
+                        let bits = ((r % distinct) as u32).wrapping_mul(0x0010_1357) ^ 0x3c00_0000;
+                        f32::from_bits(bits ^ ((r >> 40) as u32 & 0x8000_0000))
+                    })
+                    .collect();
+                tensors.push(if (t + round) % 2 == 0 {
+                    f16s(&values)
+                } else {
+                    Tensor::F32(values)
+                });
+            }
+            let total: u64 = tensors
+                .iter()
+                .map(|t| match t {
+                    Tensor::F16(w) => w.len() as u64,
+                    Tensor::F32(w) => w.len() as u64,
+                })
+                .sum();
+            for k in [0, 1, total / 3, total / 2, total - 1, total] {
+                let (cut, n, _) = run(&tensors, k);
+                assert_eq!(n, total);
+                assert_eq!(cut, by_sorting(&[tensors.clone()], k), "round {round} k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn fp16_only_models_take_one_histogram_pass() {
+        let tensors = vec![f16s(&[0.5, -0.25, 0.125, 3.0]), f16s(&[0.25, 1.0])];
+        let (cut, total, reads) = run(&tensors, 3);
+        assert_eq!(total, 6);
+        assert_eq!(cut.value(), Some(0.25)); // 0.125, 0.25, 0.25: the tie is at the cut
+        assert_eq!(reads, [1, 0]);
+    }
+
+    #[test]
+    fn the_refinement_pass_runs_only_when_the_boundary_bin_holds_fp32_values() {
+        // fp32 values far above the cut: the boundary bin is fp16 only.
+        let tensors = vec![f16s(&[0.5, 0.25, 0.125]), Tensor::F32(vec![1000.0, 2000.0])];
+        let (cut, _, reads) = run(&tensors, 2);
+        assert_eq!((cut.value(), reads), (Some(0.25), [1, 0]));
+        // The cut falls between fp32 values that share their high 16 bits.
+        let a = f32::from_bits(0x3e80_0001);
+        let b = f32::from_bits(0x3e80_0002);
+        let tensors = vec![f16s(&[0.25, 8.0]), Tensor::F32(vec![b, a, -a])];
+        let (cut, _, reads) = run(&tensors, 3);
+        assert_eq!((cut.value(), reads), (Some(a), [1, 1]));
+        let (cut, _, _) = run(&tensors, 1);
+        assert_eq!(cut.value(), Some(0.25));
+    }
+
+    #[test]
+    fn nan_is_the_largest_magnitude_and_signed_zeros_are_equal() {
+        let tensors = vec![
+            f16s(&[f32::NAN, -0.0, 1.0]),
+            Tensor::F32(vec![0.0, f32::NAN, f32::NEG_INFINITY, -2.0]),
+        ];
+        let (cut, _, _) = run(&tensors, 2);
+        assert_eq!(cut.key, Some(0)); // -0 and +0 tie
+        let (cut, _, _) = run(&tensors, 5);
+        assert_eq!(cut.value(), Some(f32::INFINITY));
+        let (cut, _, _) = run(&tensors, 6);
+        assert_eq!(cut.key, Some(NAN_KEY));
+        let (cut, _, _) = run(&tensors, 7);
+        assert_eq!(cut.key, Some(NAN_KEY));
+        // f32 NaN payloads all share the one key.
+        assert_eq!(common_key(f32::from_bits(0xffc0_0001)), NAN_KEY);
+        assert_eq!(common_key_of_f16_key(0x7e01), NAN_KEY);
+    }
+
+    #[test]
+    fn k_zero_and_empty_models_cut_nothing() {
+        let (cut, total, _) = run(&[f16s(&[1.0, 2.0])], 0);
+        assert_eq!((cut.key, total), (None, 2));
+        let (cut, total, _) = run(&[], 5);
+        assert_eq!((cut.key, total), (None, 0));
+    }
+
+    #[test]
+    fn parallel_histograms_match_a_sequential_count() {
+        let values: Vec<f32> = (0..(3 * PAR_CHUNK + 17)).map(|i| (i % 1000) as f32 * 0.37).collect();
+        let hist = histogram(&values, BINS, |x| Some((common_key(*x) >> 16) as usize));
+        let mut expected = vec![0u64; BINS];
+        for x in &values {
+            expected[(common_key(*x) >> 16) as usize] += 1;
+        }
+        assert_eq!(hist, expected);
+        let tensors = vec![Tensor::F32(values.clone())];
+        let k = values.len() as u64 / 2;
+        assert_eq!(run(&tensors, k).0, by_sorting(&[tensors.clone()], k));
+    }
+}
