@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{from_shortcuts, parse_n_m, OptimizationConfig, Shortcuts};
 use crate::engine::{self, DevicePolicy, PruneJob, PruneSummary};
-use crate::global_sparsity::{GlobalSparsity, Sparsity};
 use crate::error::{Error, IoContext, Result};
+use crate::global_sparsity::{GlobalSparsity, Sparsity};
 use crate::inspect;
 
 /// Default `--gpu-min-elements`: under `--device auto`, smaller tensors stay on the CPU and never
@@ -168,7 +168,7 @@ pub struct PruneArgs {
     )]
     pub global_sparsity: Option<Sparsity>,
     /// With --global-sparsity: leave out this const, or every const feeding this op (repeatable).
-    #[arg(long, value_name = "NAME", requires = "global_sparsity")]
+    #[arg(long, value_name = "NAME")]
     pub exclude: Vec<String>,
     /// Only prune tensors with more than W elements (default 2048).
     #[arg(long, value_name = "W")]
@@ -196,6 +196,10 @@ impl PruneArgs {
 
     /// Validates the arguments into a job.
     pub fn to_job(&self) -> Result<PruneJob> {
+        // clap's `requires` is not enforced for this optional repeated flag, so it is checked here.
+        if !self.exclude.is_empty() && self.global_sparsity.is_none() {
+            return Err(Error::Usage("--exclude needs --global-sparsity".into()));
+        }
         let config = match (&self.config, self.global_sparsity) {
             (Some(path), _) => OptimizationConfig::from_file(path)?,
             // Eligibility is that of a global OpMagnitudePrunerConfig(target_sparsity=S,

@@ -17,9 +17,9 @@ use crate::config::OpConfig;
 use crate::dispatch::{
     run_cut_in_place, run_cut_on_view, run_kernel_in_place, run_kernel_on_view, Backend, KernelResult,
 };
-use crate::global_sparsity::GlobalCut;
 use crate::engine::DevicePolicy;
 use crate::error::{Error, Result};
+use crate::global_sparsity::GlobalCut;
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::tensor::{TensorData, TensorView};
 
@@ -269,7 +269,12 @@ impl Devices {
 
     /// [`Devices::run_cut_view`] on owned values (an immediate value, or one read rather than
     /// mapped); the CPU reuses `data`'s allocation.
-    pub fn run_cut(&mut self, cut: GlobalCut, data: TensorData, tensor: &str) -> Result<(KernelResult, Placement)> {
+    pub fn run_cut(
+        &mut self,
+        cut: GlobalCut,
+        data: TensorData,
+        tensor: &str,
+    ) -> Result<(KernelResult, Placement)> {
         let elem_bytes = match data {
             TensorData::F16(_) => 2,
             _ => 4,

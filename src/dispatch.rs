@@ -170,7 +170,10 @@ pub fn run_cut_in_place(cut: GlobalCut, data: TensorData, tensor: &str) -> Resul
         TensorData::F32(w) => Ok(cut_typed(cut, Dense::from(w), TensorData::F32)),
         other => Err(Error::tensor(
             tensor,
-            format!("{} weights cannot take a global magnitude cut (fp16 and fp32 only)", other.dtype()),
+            format!(
+                "{} weights cannot take a global magnitude cut (fp16 and fp32 only)",
+                other.dtype()
+            ),
         )),
     }
 }

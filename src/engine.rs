@@ -18,8 +18,8 @@ use crate::devices::{Devices, Placement};
 use crate::dispatch::KernelResult;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::error::{Error, IoContext, Result};
-pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::global_sparsity::{decide_cut, GlobalCut};
+pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
 use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath};
 use crate::mil::rewrite::{rename_all, replace_ops};
@@ -162,7 +162,14 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     let had_weight_file = source.blob_reader().is_some();
     let weight_bytes_before = source.blob_reader().map_or(0, |r| r.size());
     let global_cut = match global {
-        Some(g) => Some(decide_cut(&model.program, &graph, &source, &mut planned, g, &job.cancel)?),
+        Some(g) => Some(decide_cut(
+            &model.program,
+            &graph,
+            &source,
+            &mut planned,
+            g,
+            &job.cancel,
+        )?),
         None => None,
     };
 

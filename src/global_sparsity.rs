@@ -34,9 +34,9 @@ use crate::error::{Error, Result};
 use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::OperationExt;
 use crate::plan::{Decision, PlannedTensor};
+use crate::proto::mil::Program;
 use crate::prune::keep_mask::MagKey;
 use crate::prune::Element;
-use crate::proto::mil::Program;
 use crate::tensor::{TensorData, TensorView};
 use crate::weights::WeightSource;
 
@@ -75,7 +75,10 @@ impl Sparsity {
         let trailing = digits.len() - digits.trim_end_matches('0').len();
         let digits = digits.trim_end_matches('0');
         if digits.is_empty() {
-            return Ok(Sparsity { numerator: 0, scale: 0 });
+            return Ok(Sparsity {
+                numerator: 0,
+                scale: 0,
+            });
         }
         let power = exponent
             .checked_sub(frac_part.len() as i64)
@@ -85,7 +88,10 @@ impl Sparsity {
         if power >= 0 {
             // An integer ≥ 1: only exactly 1 is in range.
             return if digits == "1" && power == 0 {
-                Ok(Sparsity { numerator: 1, scale: 0 })
+                Ok(Sparsity {
+                    numerator: 1,
+                    scale: 0,
+                })
             } else {
                 Err(out_of_range())
             };
@@ -384,7 +390,9 @@ pub fn decide_cut(
             )));
         }
     }
-    let total = eligible.iter().try_fold(0u64, |sum, p| sum.checked_add(p.meta.count));
+    let total = eligible
+        .iter()
+        .try_fold(0u64, |sum, p| sum.checked_add(p.meta.count));
     let total = total.ok_or_else(|| Error::Unsupported("the eligible element count overflows".into()))?;
     let k = global.sparsity.count_of(total);
     let (cut, _) = select(k, |pass, sink| -> Result<()> {
@@ -464,10 +472,9 @@ mod tests {
     use super::*;
 
     /// The rule by sorting: the k-th smallest common key.
-    fn by_sorting(tensors: &[Vec<Tensor>], k: u64) -> GlobalCut {
+    fn by_sorting(tensors: &[Tensor], k: u64) -> GlobalCut {
         let mut keys: Vec<u32> = tensors
             .iter()
-            .flatten()
             .flat_map(|t| match t {
                 Tensor::F16(w) => w.iter().map(|x| common_key(x.to_f32())).collect::<Vec<_>>(),
                 Tensor::F32(w) => w.iter().map(|x| common_key(*x)).collect(),
@@ -523,7 +530,9 @@ mod tests {
         assert_eq!(s("0.5").to_string(), "0.5");
         assert_eq!(s("0.05").to_string(), "0.05");
         assert_eq!(s("0.05").to_f64(), 0.05);
-        for bad in ["nan", "NaN", "inf", "-0.1", "1.5", "2", "", ".", "0x1p-1", "1e", "0.5.5", "1e400"] {
+        for bad in [
+            "nan", "NaN", "inf", "-0.1", "1.5", "2", "", ".", "0x1p-1", "1e", "0.5.5", "1e400",
+        ] {
             assert!(Sparsity::parse(bad).is_err(), "{bad}");
         }
         assert!(Sparsity::parse("0.00000000000000000001").is_err());
@@ -550,7 +559,11 @@ mod tests {
         for c in [1e-8f32, 6e-8, 0.1, 0.33333334, 65504.0, 65519.0, 65520.0] {
             let k = <f16 as CutKey>::cut_key(cut(c)).unwrap();
             for k16 in 0..0x7c01u16 {
-                assert_eq!(k16 <= k, f16::from_bits(k16).to_f32() <= c, "cut {c} key {k16:#x}");
+                assert_eq!(
+                    k16 <= k,
+                    f16::from_bits(k16).to_f32() <= c,
+                    "cut {c} key {k16:#x}"
+                );
             }
         }
     }
@@ -594,7 +607,7 @@ mod tests {
             for k in [0, 1, total / 3, total / 2, total - 1, total] {
                 let (cut, n, _) = run(&tensors, k);
                 assert_eq!(n, total);
-                assert_eq!(cut, by_sorting(&[tensors.clone()], k), "round {round} k {k}");
+                assert_eq!(cut, by_sorting(&tensors, k), "round {round} k {k}");
             }
         }
     }
@@ -653,7 +666,9 @@ mod tests {
 
     #[test]
     fn parallel_histograms_match_a_sequential_count() {
-        let values: Vec<f32> = (0..(3 * PAR_CHUNK + 17)).map(|i| (i % 1000) as f32 * 0.37).collect();
+        let values: Vec<f32> = (0..(3 * PAR_CHUNK + 17))
+            .map(|i| (i % 1000) as f32 * 0.37)
+            .collect();
         let hist = histogram(&values, BINS, |x| Some((common_key(*x) >> 16) as usize));
         let mut expected = vec![0u64; BINS];
         for x in &values {
@@ -662,6 +677,6 @@ mod tests {
         assert_eq!(hist, expected);
         let tensors = vec![Tensor::F32(values.clone())];
         let k = values.len() as u64 / 2;
-        assert_eq!(run(&tensors, k).0, by_sorting(&[tensors.clone()], k));
+        assert_eq!(run(&tensors, k).0, by_sorting(&tensors, k));
     }
 }

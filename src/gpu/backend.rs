@@ -12,8 +12,8 @@ use super::run::{
 };
 use crate::config::OpConfig;
 use crate::dispatch::{run_cut_in_place, run_kernel, Backend, KernelResult, Pruned};
-use crate::global_sparsity::{CutKey, GlobalCut};
 use crate::error::{Error, Result};
+use crate::global_sparsity::{CutKey, GlobalCut};
 use crate::prune::axes::{check_structural_rank, ChannelLayout};
 use crate::prune::keys::Key;
 use crate::prune::percentile::{at_or_below, percentile_cut, virtual_index};
@@ -348,7 +348,8 @@ impl GpuBackend {
         let mut pool = self.ctx.lock_pool()?;
         let mut resident = Resident::default();
         Ok(pruned(
-            self.ctx.mask_and_compact(&mut pool, &t, params, &[], &mut resident)?,
+            self.ctx
+                .mask_and_compact(&mut pool, &t, params, &[], &mut resident)?,
             wrap,
         ))
     }
