@@ -248,6 +248,12 @@ fn histogram<T: Sync>(values: &[T], bins: usize, bin_of: impl Fn(&T) -> Option<u
         )
 }
 
+fn changed() -> Error {
+    Error::Unsupported(
+        "--global-sparsity: the eligible weights changed between the selection passes (was weight.bin modified during the run?)".into(),
+    )
+}
+
 fn add_into(total: &mut [u64], part: &[u64]) {
     total.iter_mut().zip(part).for_each(|(x, y)| *x += y);
 }
@@ -263,13 +269,15 @@ fn locate(counts: impl IntoIterator<Item = u64>, mut rank: u64) -> Option<(usize
     None
 }
 
-/// Finds the cut for k (see the module doc). `read(pass, sink)` must hand every eligible tensor of
-/// `pass` to `sink`, one at a time, the same tensors on every call; `total` is their element count
-/// (N). Errors from `read` are passed through. `k > total` is clamped to `total`.
-pub fn select<E>(
+/// Finds the cut for k (see the module doc) and returns it with N, the element count seen.
+/// `read(pass, sink)` must hand every eligible tensor of `pass` to `sink`, one at a time, the same
+/// values on every call; if the second pass disagrees with the first (the weights changed on disk
+/// between them), that is an error rather than a wrong cut. Errors from `read` are passed through.
+/// `k > N` is clamped to N.
+pub fn select(
     k: u64,
-    mut read: impl FnMut(Pass, &mut dyn FnMut(TensorView<'_>)) -> std::result::Result<(), E>,
-) -> std::result::Result<(GlobalCut, u64), E> {
+    mut read: impl FnMut(Pass, &mut dyn FnMut(TensorView<'_>)) -> Result<()>,
+) -> Result<(GlobalCut, u64)> {
     // Pass 1.
     let mut f16_hist = vec![0u64; F16_BINS];
     let mut f32_high = vec![0u64; BINS];
@@ -294,7 +302,8 @@ pub fn select<E>(
     for (k16, &c) in f16_hist.iter().enumerate() {
         high[(f16_common(k16) >> 16) as usize] += c;
     }
-    let (bin, rank) = locate(high.iter().copied(), k - 1).expect("k <= total is within the histogram");
+    // k <= total, so the rank lies inside the histogram.
+    let (bin, rank) = locate(high.iter().copied(), k - 1).ok_or_else(changed)?;
     let in_bin_f16 = || {
         f16_hist
             .iter()
@@ -318,7 +327,10 @@ pub fn select<E>(
             }
         })?;
     }
-    let (lo, _) = locate(low.iter().copied(), rank).expect("the boundary bin holds the rank");
+    if low.iter().sum::<u64>() != high[bin] {
+        return Err(changed());
+    }
+    let (lo, _) = locate(low.iter().copied(), rank).ok_or_else(changed)?;
     Ok((
         GlobalCut {
             key: Some(((bin as u32) << 16) | lo as u32),
@@ -395,7 +407,7 @@ pub fn decide_cut(
         .try_fold(0u64, |sum, p| sum.checked_add(p.meta.count));
     let total = total.ok_or_else(|| Error::Unsupported("the eligible element count overflows".into()))?;
     let k = global.sparsity.count_of(total);
-    let (cut, _) = select(k, |pass, sink| -> Result<()> {
+    let (cut, _) = select(k, |pass, sink| {
         for p in &eligible {
             if pass == Pass::Fp32Only && p.meta.dtype != ScalarType::Float32 {
                 continue;
@@ -495,7 +507,7 @@ mod tests {
     /// Runs [`select`] over in-memory tensors and counts how often each pass read.
     fn run(tensors: &[Tensor], k: u64) -> (GlobalCut, u64, [usize; 2]) {
         let mut reads = [0usize; 2];
-        let (cut, total) = select::<()>(k, |pass, sink| {
+        let (cut, total) = select(k, |pass, sink| {
             reads[usize::from(pass == Pass::Fp32Only)] += 1;
             for t in tensors {
                 match (t, pass) {
@@ -654,6 +666,18 @@ mod tests {
         // f32 NaN payloads all share the one key.
         assert_eq!(common_key(f32::from_bits(0xffc0_0001)), NAN_KEY);
         assert_eq!(common_key_of_f16_key(0x7e01), NAN_KEY);
+    }
+
+    #[test]
+    fn weights_that_change_between_passes_are_an_error_not_a_wrong_cut() {
+        let first = [1.0f32, 2.0, 3.0];
+        let second = [1.0f32, 5.0, 3.0];
+        let result = select(2, |pass, sink| {
+            sink(TensorView::F32(if pass == Pass::All { &first } else { &second }));
+            Ok(())
+        });
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("changed between the selection passes"), "{err}");
     }
 
     #[test]
