@@ -248,8 +248,9 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
+                let cut_by_global = matches!(p.decision, Decision::Prune(_)).then_some(&global_cut);
                 let mut report = tensor_report(p, result, started, placement);
-                if let (Some(g), "magnitude") = (&global_cut, report.mode.as_str()) {
+                if let Some(Some(g)) = cut_by_global {
                     report.mode = "global".into();
                     report.global_cut = Some(g.clone());
                 }

@@ -216,9 +216,11 @@ const BINS: usize = 1 << 16;
 /// Elements per parallel histogram task: large enough that a task's private histogram is cheap.
 const PAR_CHUNK: usize = 1 << 18;
 
-/// Counts of `key(x)` over `values`, in parallel chunks with private histograms summed at the end.
-fn histogram<T: Sync>(values: &[T], bins: usize, bin_of: impl Fn(&T) -> Option<usize> + Sync) -> Vec<u64> {
-    let count = |chunk: &[T], hist: &mut Vec<u64>| {
+/// Adds the counts of `bin_of(x)` over `values` to `hist`: a small tensor straight into it, a large
+/// one in parallel chunks with private histograms summed at the end.
+fn count_into<T: Sync>(hist: &mut [u64], values: &[T], bin_of: impl Fn(&T) -> Option<usize> + Sync) {
+    let bins = hist.len();
+    let count = |chunk: &[T], hist: &mut [u64]| {
         for x in chunk {
             if let Some(b) = bin_of(x) {
                 hist[b] += 1;
@@ -226,11 +228,10 @@ fn histogram<T: Sync>(values: &[T], bins: usize, bin_of: impl Fn(&T) -> Option<u
         }
     };
     if values.len() <= PAR_CHUNK {
-        let mut hist = vec![0u64; bins];
-        count(values, &mut hist);
-        return hist;
+        count(values, hist);
+        return;
     }
-    values
+    let part = values
         .par_chunks(PAR_CHUNK)
         .fold(
             || vec![0u64; bins],
@@ -242,10 +243,11 @@ fn histogram<T: Sync>(values: &[T], bins: usize, bin_of: impl Fn(&T) -> Option<u
         .reduce(
             || vec![0u64; bins],
             |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                add_into(&mut a, &b);
                 a
             },
-        )
+        );
+    add_into(hist, &part);
 }
 
 fn changed() -> Error {
@@ -282,14 +284,8 @@ pub fn select(
     let mut f16_hist = vec![0u64; F16_BINS];
     let mut f32_high = vec![0u64; BINS];
     read(Pass::All, &mut |view| match view {
-        TensorView::F16(w) => add_into(
-            &mut f16_hist,
-            &histogram(w, F16_BINS, |x| Some((x.to_bits() & 0x7fff) as usize)),
-        ),
-        TensorView::F32(w) => add_into(
-            &mut f32_high,
-            &histogram(w, BINS, |x| Some((common_key(*x) >> 16) as usize)),
-        ),
+        TensorView::F16(w) => count_into(&mut f16_hist, w, |x| Some((x.to_bits() & 0x7fff) as usize)),
+        TensorView::F32(w) => count_into(&mut f32_high, w, |x| Some((common_key(*x) >> 16) as usize)),
     })?;
     let total: u64 = f16_hist.iter().sum::<u64>() + f32_high.iter().sum::<u64>();
     let k = k.min(total);
@@ -319,11 +315,10 @@ pub fn select(
         // Pass 2: the fp32 keys inside the boundary bin.
         read(Pass::Fp32Only, &mut |view| {
             if let TensorView::F32(w) = view {
-                let part = histogram(w, BINS, |x| {
+                count_into(&mut low, w, |x| {
                     let key = common_key(*x);
                     ((key >> 16) as usize == bin).then_some((key & 0xffff) as usize)
                 });
-                add_into(&mut low, &part);
             }
         })?;
     }
@@ -693,8 +688,9 @@ mod tests {
         let values: Vec<f32> = (0..(3 * PAR_CHUNK + 17))
             .map(|i| (i % 1000) as f32 * 0.37)
             .collect();
-        let hist = histogram(&values, BINS, |x| Some((common_key(*x) >> 16) as usize));
-        let mut expected = vec![0u64; BINS];
+        let mut hist = vec![1u64; BINS]; // counts are added to what is there
+        count_into(&mut hist, &values, |x| Some((common_key(*x) >> 16) as usize));
+        let mut expected = vec![1u64; BINS];
         for x in &values {
             expected[(common_key(*x) >> 16) as usize] += 1;
         }
