@@ -300,16 +300,13 @@ pub fn select(
     }
     // k <= total, so the rank lies inside the histogram.
     let (bin, rank) = locate(high.iter().copied(), k - 1).ok_or_else(changed)?;
-    let in_bin_f16 = || {
-        f16_hist
-            .iter()
-            .enumerate()
-            .filter(move |&(k16, &c)| c > 0 && (f16_common(k16) >> 16) as usize == bin)
-            .map(move |(k16, &c)| ((f16_common(k16) & 0xffff) as usize, c))
-    };
+    // The low 16 bits of the keys inside that bin: the fp16 ones from pass 1's exact histogram.
     let mut low = vec![0u64; BINS];
-    for (lo, c) in in_bin_f16() {
-        low[lo] += c;
+    for (k16, &c) in f16_hist.iter().enumerate() {
+        let key = f16_common(k16);
+        if (key >> 16) as usize == bin {
+            low[(key & 0xffff) as usize] += c;
+        }
     }
     if f32_high[bin] > 0 {
         // Pass 2: the fp32 keys inside the boundary bin.
