@@ -9,10 +9,12 @@ sparsity"):
 * every eligible element with |w| <= v becomes 0 (all of them when v is NaN), k = 0 changes nothing.
 
 Models mix fp16 and fp32 weights, hold ties across the two dtypes at the cut, NaN, ±inf and ±0, and
-are built for iOS16 and iOS18. Every materialized weight is compared bit for bit, every eligible
-tensor must be stored as constexpr_sparse_to_dense, and the report's cut and k are checked.
+are built for iOS16 and iOS18 (`--seed` draws other weights); four conformance-suite models (a const
+shared by two ops, consts read inside cond branches, NaN/inf/overflowing values, conv3d) are checked
+too. Every materialized weight is compared bit for bit, every eligible tensor must be stored as
+constexpr_sparse_to_dense, and the report's cut, k, sparsities and devices are checked.
 
-    python tests/python/global_sparsity.py --mlprune target/debug/mlprune [--device cpu]
+    python tests/python/global_sparsity.py --mlprune target/debug/mlprune [--device cpu|gpu] [--seed N]
 
 Exits non-zero on any mismatch.
 """
@@ -33,9 +35,11 @@ import coremltools.optimize as cto
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.frontend.milproto.load import load as milproto_to_pymil
 
+import conformance_models
 import package_tools as pt
 
 TARGETS = {"ios16": ct.target.iOS16, "ios18": ct.target.iOS18}
+CONFORMANCE_MODELS = ("shared/fp16/ios18", "cond/fp32/ios16", "special/fp16d/ios18", "conv3d/fp16/ios16")
 
 
 def _weights(rng, shape, dtype, specials=False, raw=False):
@@ -56,10 +60,10 @@ def _weights(rng, shape, dtype, specials=False, raw=False):
     return w.astype(dtype)
 
 
-def build(target, path):
+def build(target, path, seed):
     """fp32 linear 64x53 (half off the fp16 grid) and conv 32x5x4x4 (NaN, inf), fp16 linears 64x64
     and 48x64 (NaN, inf), a small fp32 const under the weight threshold and a rank-1 bias."""
-    rng = np.random.default_rng(16)
+    rng = np.random.default_rng(seed)
     w1 = _weights(rng, (64, 53), np.float32, raw=True)
     wc = _weights(rng, (32, 5, 4, 4), np.float32, specials=True)
     w2 = _weights(rng, (64, 64), np.float16, raw=True)
@@ -119,7 +123,7 @@ def eligible_by_coremltools(src, weight_threshold, scratch):
         global_config=cto.coreml.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=weight_threshold)
     )
     pruned = cto.coreml.prune_weights(oracle.load_package(src), config)
-    path = pt.save(pruned, scratch / f"ct_{weight_threshold}.mlpackage")
+    path = pt.save(pruned, scratch / f"ct_{Path(src).stem}_{weight_threshold}.mlpackage")
     return {key for key, (_, op_type, _) in weight_inputs(path).items() if op_type == "constexpr_sparse_to_dense"}
 
 
@@ -252,12 +256,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mlprune", required=True)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=16, help="seed of the mixed models' weights")
     args = ap.parse_args()
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         for target in TARGETS:
-            src = build(target, scratch / f"mixed_{target}.mlpackage")
+            src = build(target, scratch / f"mixed_{target}.mlpackage", args.seed)
             eligible = {w: eligible_by_coremltools(src, w, scratch) for w in (2048, 3100)}
             if not any(key[1] == "weight" for key in eligible[2048]) or len(eligible[2048]) != 4:
                 failures.append(f"{target}: coremltools found too few eligible weights: {sorted(eligible[2048])}")
@@ -281,6 +286,13 @@ def main():
                 w = int(extra[extra.index("--weight-threshold") + 1]) if "--weight-threshold" in extra else 2048
                 name = f"{target}_{i}_s{s_text}"
                 failures += check_case(args, src, target, s_text, extra, eligible[w], scratch, name)
+        # Conformance-suite models built for other purposes: shared consts, nested blocks, specials.
+        for model_id in CONFORMANCE_MODELS:
+            src = conformance_models.build(model_id, scratch / (model_id.replace("/", "_") + ".mlpackage"))
+            eligible = eligible_by_coremltools(src, 2048, scratch)
+            for s_text in ("0.5", "0.9"):
+                name = f"{model_id.replace('/', '_')}_s{s_text}"
+                failures += check_case(args, src, None, s_text, [], eligible, scratch, name)
     for line in failures:
         print(line, file=sys.stderr)
     if failures:
