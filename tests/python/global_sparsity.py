@@ -134,7 +134,7 @@ def magnitude_key(values):
 
 def bits(a):
     a = np.ascontiguousarray(a)
-    return a.view({2: np.uint16, 4: np.uint32}[a.dtype.itemsize])
+    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[a.dtype.itemsize])
 
 
 def f32_key(v):
@@ -252,6 +252,26 @@ def off_grid_sparsity(src, eligible):
     return f"{numerator}e-9"
 
 
+def check_integer_weights(args, scratch):
+    """Eligible int8/uint8 consts are refused (exit 1, naming the tensor and --exclude); excluded
+    through their consumers, the rest of the model follows the rule."""
+    src = conformance_models.build("int8/fp32/ios18", scratch / "int8.mlpackage")
+    out = scratch / "int8_refused.mlpackage"
+    run = subprocess.run(
+        [args.mlprune, "prune", str(src), str(out), "--global-sparsity", "0.5", "--weight-threshold", "100",
+         "--device", args.device, "--quiet"],
+        capture_output=True, text=True,
+    )
+    failures = []
+    if run.returncode != 1 or "--exclude" not in run.stderr or "int8" not in run.stderr or out.exists():
+        failures.append(f"int8: expected a clean refusal (exit 1), got {run.returncode}: {run.stderr.strip()}")
+    eligible = eligible_by_coremltools(src, 100, scratch)
+    extra = ["--weight-threshold", "100", "--exclude", "gather_i8", "--exclude", "gather_u8"]
+    failures += check_case(args, src, None, "0.5", extra, eligible, scratch, "int8_excluded_s0.5")
+    print(f"{'FAIL' if failures else 'ok  '} int8 refusal and exclusion")
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mlprune", required=True)
@@ -293,6 +313,7 @@ def main():
             for s_text in ("0.5", "0.9"):
                 name = f"{model_id.replace('/', '_')}_s{s_text}"
                 failures += check_case(args, src, None, s_text, [], eligible, scratch, name)
+        failures += check_integer_weights(args, scratch)
     for line in failures:
         print(line, file=sys.stderr)
     if failures:
