@@ -44,6 +44,12 @@ echo "== conformance: mlprune prune against coremltools 9.0 prune_weights"
 echo "== multifunction packages: mlprune against coremltools pruning each source, joined"
 "${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/multifunction.py --mlprune target/debug/mlprune
 
+echo "== --global-sparsity against a numpy restatement of its rule (CPU, then GPU where required)"
+"${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/global_sparsity.py --mlprune target/debug/mlprune --device cpu
+if [ "${MLPRUNE_REQUIRE_GPU:-}" = 1 ]; then
+  "${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/global_sparsity.py --mlprune target/debug/mlprune --device gpu
+fi
+
 echo "== Python package: pip install . and its tests"
 VENV_PYTHON="${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}"
 # Built by maturin from source, as a user's `pip install <checkout>` does; the shared target folder

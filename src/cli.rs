@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{from_shortcuts, parse_n_m, OptimizationConfig, Shortcuts};
 use crate::engine::{self, DevicePolicy, PruneJob, PruneSummary};
 use crate::error::{Error, IoContext, Result};
+use crate::global_sparsity::{GlobalSparsity, Sparsity};
 use crate::inspect;
 
 /// Default `--gpu-min-elements`: under `--device auto`, smaller tensors stay on the CPU and never
@@ -157,6 +158,18 @@ pub struct PruneArgs {
     /// Shortcut: n:m sparsity, zeroing the N smallest of every M.
     #[arg(long = "n-m", value_name = "N:M")]
     pub n_m: Option<String>,
+    /// Whole-model magnitude pruning: zero the floor(S × N) smallest magnitudes over all eligible
+    /// tensors together (N elements; ties at the cut are zeroed too). S is read as an exact decimal.
+    #[arg(
+        long,
+        value_name = "S",
+        value_parser = parse_global_sparsity,
+        conflicts_with_all = ["config", "threshold", "min_sparsity", "sparsity", "block_size", "dim", "n_m", "joint_compression"]
+    )]
+    pub global_sparsity: Option<Sparsity>,
+    /// With --global-sparsity: leave out this const, or every const feeding this op (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub exclude: Vec<String>,
     /// Only prune tensors with more than W elements (default 2048).
     #[arg(long, value_name = "W")]
     pub weight_threshold: Option<u64>,
@@ -168,12 +181,35 @@ pub struct PruneArgs {
     pub quiet: bool,
 }
 
+fn parse_global_sparsity(text: &str) -> std::result::Result<Sparsity, String> {
+    Sparsity::parse(text)
+}
+
 impl PruneArgs {
+    /// The `--global-sparsity` request, if given.
+    pub fn global(&self) -> Option<GlobalSparsity> {
+        self.global_sparsity.map(|sparsity| GlobalSparsity {
+            sparsity,
+            exclude: self.exclude.clone(),
+        })
+    }
+
     /// Validates the arguments into a job.
     pub fn to_job(&self) -> Result<PruneJob> {
-        let config = match &self.config {
-            Some(path) => OptimizationConfig::from_file(path)?,
-            None => {
+        // clap's `requires` is not enforced for this optional repeated flag, so it is checked here.
+        if !self.exclude.is_empty() && self.global_sparsity.is_none() {
+            return Err(Error::Usage("--exclude needs --global-sparsity".into()));
+        }
+        let config = match (&self.config, self.global_sparsity) {
+            (Some(path), _) => OptimizationConfig::from_file(path)?,
+            // Eligibility is that of a global OpMagnitudePrunerConfig(target_sparsity=S,
+            // weight_threshold=W): the plan decides it, as for every other mode.
+            (None, Some(s)) => from_shortcuts(&Shortcuts {
+                sparsity: Some(s.to_f64()),
+                weight_threshold: self.weight_threshold,
+                ..Shortcuts::default()
+            })?,
+            (None, None) => {
                 if self.dim.is_some() && self.block_size.is_none() && self.n_m.is_none() {
                     return Err(Error::Usage("--dim needs --block-size or --n-m".into()));
                 }
@@ -188,7 +224,7 @@ impl PruneArgs {
                 };
                 if shortcuts == Shortcuts::default() {
                     return Err(Error::Usage(
-                        "nothing to do: give --config FILE or a mode (--threshold, --sparsity, --n-m, --weight-threshold)".into(),
+                        "nothing to do: give --config FILE or a mode (--threshold, --sparsity, --n-m, --global-sparsity, --weight-threshold)".into(),
                     ));
                 }
                 from_shortcuts(&shortcuts)?
@@ -291,7 +327,10 @@ pub fn execute(cli: Cli) -> Result<()> {
         }
         Command::Prune(args) => {
             let job = args.to_job()?;
-            let summary = engine::prune(&job)?;
+            let summary = match args.global() {
+                Some(global) => engine::prune_global(&job, &global)?,
+                None => engine::prune(&job)?,
+            };
             if !args.quiet {
                 for notice in &summary.notices {
                     eprintln!("mlprune: {notice}");
@@ -305,8 +344,13 @@ pub fn execute(cli: Cli) -> Result<()> {
 
 fn human_summary(s: &PruneSummary, job: &PruneJob) -> String {
     let pruned = s.pruned_count();
+    let cut = s
+        .global_cut
+        .as_ref()
+        .map(|g| format!("; {}", g.summary()))
+        .unwrap_or_default();
     format!(
-        "pruned {pruned} of {} weight tensors ({} skipped); weight.bin {} → {} bytes; wrote {}\n",
+        "pruned {pruned} of {} weight tensors ({} skipped){cut}; weight.bin {} → {} bytes; wrote {}\n",
         s.tensors.len(),
         s.tensors.len() - pruned,
         s.weight_bytes_before,

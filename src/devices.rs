@@ -14,9 +14,12 @@ use std::time::Instant;
 
 use crate::bench::same_bytes;
 use crate::config::OpConfig;
-use crate::dispatch::{run_kernel_in_place, run_kernel_on_view, Backend, KernelResult};
+use crate::dispatch::{
+    run_cut_in_place, run_cut_on_view, run_kernel_in_place, run_kernel_on_view, Backend, KernelResult,
+};
 use crate::engine::DevicePolicy;
 use crate::error::{Error, Result};
+use crate::global_sparsity::GlobalCut;
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::tensor::{TensorData, TensorView};
 
@@ -229,6 +232,70 @@ impl Devices {
             run_kernel_in_place(config, data, shape, tensor)?,
             Placement::cpu(reason),
         ))
+    }
+}
+
+impl Devices {
+    /// The `--global-sparsity` work order on borrowed values (see [`crate::global_sparsity`]),
+    /// routed like [`Devices::run_view`]: the cut was decided beforehand, so both devices only
+    /// apply it.
+    pub fn run_cut_view(
+        &mut self,
+        cut: GlobalCut,
+        view: TensorView<'_>,
+        out: Option<TensorData>,
+        tensor: &str,
+    ) -> Result<(KernelResult, Placement)> {
+        let elem_bytes = match view {
+            TensorView::F16(_) => 2,
+            TensorView::F32(_) => 4,
+        };
+        let reason = match self.route(view.len(), |gpu| gpu.handles_cut(view.len(), elem_bytes)) {
+            Route::Cpu(reason) => reason,
+            Route::Gpu => {
+                let gpu = self.gpu().ok_or_else(gpu_gone)?;
+                let (result, device) = (gpu.run_cut_view(cut, view, tensor)?, gpu.name());
+                return Ok((result, self.gpu_placement(device)));
+            }
+            Route::Race => {
+                let gpu = self.gpu().ok_or_else(gpu_gone)?;
+                let on_gpu = timed(|| gpu.run_cut_view(cut, view, tensor));
+                let (on_cpu, cpu_ms) = timed(|| run_cut_on_view(cut, view, out));
+                return Ok(self.settle_race(tensor, on_gpu, (on_cpu, cpu_ms)));
+            }
+        };
+        Ok((run_cut_on_view(cut, view, out), Placement::cpu(reason)))
+    }
+
+    /// [`Devices::run_cut_view`] on owned values (an immediate value, or one read rather than
+    /// mapped); the CPU reuses `data`'s allocation.
+    pub fn run_cut(
+        &mut self,
+        cut: GlobalCut,
+        data: TensorData,
+        tensor: &str,
+    ) -> Result<(KernelResult, Placement)> {
+        let elem_bytes = match data {
+            TensorData::F16(_) => 2,
+            _ => 4,
+        };
+        let covered = matches!(data, TensorData::F16(_) | TensorData::F32(_));
+        let len = data.len();
+        let reason = match self.route(len, |gpu| covered && gpu.handles_cut(len, elem_bytes)) {
+            Route::Cpu(reason) => reason,
+            Route::Gpu => {
+                let gpu = self.gpu().ok_or_else(gpu_gone)?;
+                let (result, device) = (gpu.run_cut(cut, &data, tensor)?, gpu.name());
+                return Ok((result, self.gpu_placement(device)));
+            }
+            Route::Race => {
+                let gpu = self.gpu().ok_or_else(gpu_gone)?;
+                let on_gpu = timed(|| gpu.run_cut(cut, &data, tensor));
+                let (on_cpu, cpu_ms) = timed(|| run_cut_in_place(cut, data, tensor));
+                return Ok(self.settle_race(tensor, on_gpu, (on_cpu?, cpu_ms)));
+            }
+        };
+        Ok((run_cut_in_place(cut, data, tensor)?, Placement::cpu(reason)))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::config::OpConfig;
 use crate::error::{Error, Result};
+use crate::global_sparsity::{CutKey, GlobalCut};
 use crate::prune::mask::Dense;
 use crate::prune::{self, Element, KernelError, Outcome};
 use crate::tensor::{TensorData, TensorView};
@@ -157,5 +158,60 @@ fn typed<T: Element>(
             kept: s.kept,
         }),
         Outcome::Skipped(reason) => KernelResult::Skipped(reason),
+    })
+}
+
+/// The `--global-sparsity` work order on the CPU: every element whose magnitude key is `<=` the
+/// cut (in the tensor's dtype, see [`crate::global_sparsity::CutKey`]) becomes 0, the tensor is
+/// stored sparse. The same keep mask as threshold pruning, without its minimum-sparsity check.
+pub fn run_cut_in_place(cut: GlobalCut, data: TensorData, tensor: &str) -> Result<KernelResult> {
+    match data {
+        TensorData::F16(w) => Ok(cut_typed(cut, Dense::from(w), TensorData::F16)),
+        TensorData::F32(w) => Ok(cut_typed(cut, Dense::from(w), TensorData::F32)),
+        other => Err(Error::tensor(
+            tensor,
+            format!(
+                "{} weights cannot take a global magnitude cut (fp16 and fp32 only)",
+                other.dtype()
+            ),
+        )),
+    }
+}
+
+/// [`run_cut_in_place`] on borrowed values, kept values written into `out` where it fits.
+pub fn run_cut_on_view(cut: GlobalCut, view: TensorView<'_>, out: Option<TensorData>) -> KernelResult {
+    match (view, out) {
+        (TensorView::F16(values), Some(TensorData::F16(out))) => {
+            cut_typed(cut, Dense::Borrowed { values, out }, TensorData::F16)
+        }
+        (TensorView::F16(values), _) => cut_typed(
+            cut,
+            Dense::Borrowed {
+                values,
+                out: Vec::new(),
+            },
+            TensorData::F16,
+        ),
+        (TensorView::F32(values), Some(TensorData::F32(out))) => {
+            cut_typed(cut, Dense::Borrowed { values, out }, TensorData::F32)
+        }
+        (TensorView::F32(values), _) => cut_typed(
+            cut,
+            Dense::Borrowed {
+                values,
+                out: Vec::new(),
+            },
+            TensorData::F32,
+        ),
+    }
+}
+
+fn cut_typed<T: CutKey>(cut: GlobalCut, w: Dense<'_, T>, wrap: fn(Vec<T>) -> TensorData) -> KernelResult {
+    let key = T::cut_key(cut);
+    let s = prune::mask::encode_kept(w, |_, values, bytes| T::keep_mask(values, key, bytes));
+    KernelResult::Pruned(Pruned {
+        nonzero: wrap(s.nonzero),
+        mask: s.mask,
+        kept: s.kept,
     })
 }

@@ -19,6 +19,8 @@ use crate::devices::{Devices, Placement};
 use crate::dispatch::KernelResult;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::error::{Error, IoContext, Result};
+use crate::global_sparsity::{decide_cut, GlobalCut};
+pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
 use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath};
 use crate::mil::rewrite::{rename_all, replace_ops};
@@ -87,6 +89,9 @@ pub struct TensorReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_reason: Option<String>,
     pub millis: f64,
+    /// `--global-sparsity`: the one cut every eligible tensor was pruned by (mode `global`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_cut: Option<CutReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +107,8 @@ pub struct PruneSummary {
     /// whatever the number of pruned tensors. A count of work, for scaling tests.
     #[serde(skip)]
     pub rewrite_steps: usize,
+    /// `--global-sparsity`'s cut, `None` otherwise.
+    pub global_cut: Option<CutReport>,
 }
 
 impl PruneSummary {
@@ -111,6 +118,21 @@ impl PruneSummary {
 }
 
 pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
+    prune_with(job, None)
+}
+
+/// `--global-sparsity`: `job.config` must be the global magnitude config whose eligibility applies
+/// (see [`crate::global_sparsity`]); every eligible tensor not excluded is pruned by one cut.
+pub fn prune_global(job: &PruneJob, global: &GlobalSparsity) -> Result<PruneSummary> {
+    if job.joint_compression {
+        return Err(Error::Usage(
+            "--global-sparsity cannot be combined with --joint-compression".into(),
+        ));
+    }
+    prune_with(job, Some(global))
+}
+
+fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSummary> {
     job.config.validate()?;
     let mut devices = Devices::new(job.device, job.gpu_min_elements)?;
     let package = Package::open(&job.input)?;
@@ -127,7 +149,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     }
     let graph = GraphView::build(&model.program)?;
     let mut shared_keys = HashSet::new();
-    let planned = if job.joint_compression {
+    let mut planned = if job.joint_compression {
         plan_joint(&model.program, &graph, &job.config, model.spec_version())?
             .into_iter()
             .map(|p| PlannedTensor {
@@ -146,6 +168,17 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
     let source = WeightSource::open(&package)?;
     let had_weight_file = source.blob_reader().is_some();
     let weight_bytes_before = source.blob_reader().map_or(0, |r| r.size());
+    let global_cut = match global {
+        Some(g) => Some(decide_cut(
+            &model.program,
+            &graph,
+            &source,
+            &mut planned,
+            g,
+            &job.cancel,
+        )?),
+        None => None,
+    };
 
     let mut out = OutputPackage::create(&package, &job.output, job.force)?;
     if let Some(report) = &job.report {
@@ -198,7 +231,10 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
                     &graph,
                     (&source, &prefetcher),
                     index,
-                    config,
+                    match &global_cut {
+                        Some(g) => Order::Cut(g.cut),
+                        None => Order::Config(config),
+                    },
                     &mut devices,
                 )?),
                 _ => None,
@@ -221,7 +257,13 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
                 let function = info.path.function.clone();
-                reports.push(tensor_report(p, function, result, started, placement));
+                let cut_by_global = matches!(p.decision, Decision::Prune(_)).then_some(&global_cut);
+                let mut report = tensor_report(p, function, result, started, placement);
+                if let Some(Some(g)) = cut_by_global {
+                    report.mode = "global".into();
+                    report.global_cut = Some(g.clone());
+                }
+                reports.push(report);
             }
         }
         Ok(())
@@ -272,6 +314,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         weight_bytes_after,
         notices,
         rewrite_steps: moved + visited,
+        global_cut,
     })
 }
 
@@ -392,7 +435,7 @@ impl Rewrite {
         graph: &GraphView,
         (source, prefetcher): (&WeightSource, &Prefetcher),
         index: usize,
-        config: &OpConfig,
+        order: Order<'_>,
         devices: &mut Devices,
     ) -> Result<(PruneResult, Placement)> {
         let info = &graph.ops[index];
@@ -426,7 +469,10 @@ impl Rewrite {
         };
         let (meta, (result, device)) = match input {
             Input::Read(meta, data) => {
-                let run = devices.run(config, data, &meta.shape, &info.name)?;
+                let run = match order {
+                    Order::Config(config) => devices.run(config, data, &meta.shape, &info.name)?,
+                    Order::Cut(cut) => devices.run_cut(cut, data, &info.name)?,
+                };
                 (meta, run)
             }
             Input::Mapped(meta, mapped) => {
@@ -434,7 +480,10 @@ impl Rewrite {
                     .view()
                     .ok_or_else(|| Error::tensor(&info.name, "mapped data does not match its type"))?;
                 let out = prefetcher.take_spare_of(meta.dtype);
-                let run = devices.run_view(config, view, out, &meta.shape, &info.name)?;
+                let run = match order {
+                    Order::Config(config) => devices.run_view(config, view, out, &meta.shape, &info.name)?,
+                    Order::Cut(cut) => devices.run_cut_view(cut, view, out, &info.name)?,
+                };
                 // The mapping is dropped here, which releases its pages.
                 (meta, run)
             }
@@ -636,6 +685,13 @@ impl Rewrite {
     }
 }
 
+/// What prunes one plain const: its resolved config, or `--global-sparsity`'s cut.
+#[derive(Clone, Copy)]
+enum Order<'a> {
+    Config(&'a OpConfig),
+    Cut(GlobalCut),
+}
+
 /// Stored bytes of a sparse tensor: the kept values plus one mask bit per element.
 fn sparse_bytes(dtype: crate::dtype::ScalarType, kept: u64, count: u64) -> u64 {
     dtype
@@ -700,5 +756,6 @@ fn tensor_report(
         device: placement.as_ref().map_or("cpu", |p| p.device),
         device_reason: placement.map(|p| p.reason),
         millis: started.elapsed().as_secs_f64() * 1e3,
+        global_cut: None,
     }
 }

@@ -21,6 +21,7 @@ pub mod dtype;
 pub mod encode;
 pub mod engine;
 pub mod error;
+pub mod global_sparsity;
 pub mod gpu;
 pub mod inspect;
 pub mod joint;

@@ -824,3 +824,134 @@ fn the_report_says_why_each_device_was_chosen() {
         }
     }
 }
+
+// ----- --global-sparsity ---------------------------------------------------------------------------
+
+/// One cut over the whole sample model: the report's k, N and cut are those of the rule restated by
+/// sorting every eligible magnitude, each tensor's sparsity is its share of `|w| <= v` (or zero),
+/// an excluded consumer's weight stays dense, and the summary line names the cut.
+#[test]
+fn global_sparsity_cuts_every_eligible_tensor_at_one_magnitude() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample/sample.mlpackage");
+    let values = const_values(&input);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.mlpackage");
+    let report = tmp.path().join("report.json");
+    let o = run(&[
+        &"prune",
+        &input,
+        &out,
+        &"--global-sparsity",
+        &"0.37",
+        &"--exclude",
+        &"head_cast_fp16",
+        &"--report",
+        &report,
+        &"--device",
+        &"cpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("global cut |w| <= "), "{stderr}");
+    let entries: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let entries = entries.as_array().unwrap();
+    let eligible: Vec<&serde_json::Value> = entries.iter().filter(|e| e["mode"] == "global").collect();
+    let names: Vec<&str> = eligible.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "fc1_weight_0_to_fp16",
+            "fc2_weight_0_to_fp16",
+            "fc3_weight_0_to_fp16"
+        ],
+        "the head weight is excluded by its consumer, biases are below the weight threshold"
+    );
+    let head = entries
+        .iter()
+        .find(|e| e["name"] == "head_weight_0_to_fp16")
+        .unwrap();
+    assert_eq!(head["pruned"], false);
+    assert!(
+        head["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("--exclude 'head_cast_fp16'"),
+        "{head}"
+    );
+    let mags = |name: &str| match &values[name] {
+        TensorData::F16(w) => w.iter().map(|x| x.to_f32().abs()).collect::<Vec<f32>>(),
+        other => panic!("{name}: {other:?}"),
+    };
+    let mut all: Vec<f32> = names.iter().flat_map(|n| mags(n)).collect();
+    all.sort_by(f32::total_cmp);
+    let n = all.len() as u64;
+    let k = 37 * n / 100;
+    let v = all[k as usize - 1];
+    for e in &eligible {
+        let cut = &e["global_cut"];
+        assert_eq!(cut["eligible_elements"], n);
+        assert_eq!(cut["k"], k);
+        assert_eq!(cut["cut_key"], v.to_bits());
+        assert_eq!(cut["cut_value"], v.to_string());
+        let w = mags(e["name"].as_str().unwrap());
+        let zeros = w.iter().filter(|&&m| m <= v).count();
+        assert_eq!(
+            e["sparsity"].as_f64().unwrap(),
+            zeros as f64 / w.len() as f64,
+            "{e}"
+        );
+    }
+    // Ties over-prune: at least k elements are zero in all.
+    let zeros: usize = all.iter().filter(|&&m| m <= v).count();
+    assert!(zeros as u64 >= k);
+}
+
+#[test]
+fn global_sparsity_usage_errors_exit_2_and_leave_nothing() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample/sample.mlpackage");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.mlpackage");
+    let cases: [(&[&str], &str); 9] = [
+        (&["--global-sparsity", "nan"], "not a decimal number in [0, 1]"),
+        (&["--global-sparsity", "1.5"], "outside [0, 1]"),
+        (&["--global-sparsity=-0.1"], "not a decimal number"),
+        (
+            &["--global-sparsity", "0.5", "--sparsity", "0.5"],
+            "cannot be used with",
+        ),
+        (
+            &["--global-sparsity", "0.5", "--threshold", "0.1"],
+            "cannot be used with",
+        ),
+        (
+            &["--global-sparsity", "0.5", "--n-m", "2:4"],
+            "cannot be used with",
+        ),
+        (
+            &["--global-sparsity", "0.5", "--config", "x.json"],
+            "cannot be used with",
+        ),
+        (
+            &["--global-sparsity", "0.5", "--exclude", "no_such_op"],
+            "--exclude 'no_such_op'",
+        ),
+        (
+            &["--sparsity", "0.5", "--exclude", "fc1_cast_fp16"],
+            "--exclude needs --global-sparsity",
+        ),
+    ];
+    for (flags, message) in cases {
+        let mut c = bin();
+        c.arg("prune").arg(&input).arg(&out).args(flags);
+        let o = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{flags:?}: {stderr}");
+        assert!(stderr.contains(message), "{flags:?}: {stderr}");
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "{flags:?} left files"
+        );
+    }
+}

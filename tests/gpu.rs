@@ -760,3 +760,106 @@ fn auto_races_the_first_large_tensor_and_keeps_the_winner() {
         "auto writes the same package as cpu ({race_notice})"
     );
 }
+
+// ----- --global-sparsity ---------------------------------------------------------------------------
+
+/// The global cut's work order ("every magnitude key <= the cut becomes 0"), in each dtype's key
+/// space, on both GPU backends against the CPU kernel: cuts between fp16 values, at ±0, inf and
+/// NaN, and none (k = 0).
+#[test]
+fn global_cut_matches_on_every_device() {
+    use mlprune::dispatch::run_cut_in_place;
+    use mlprune::global_sparsity::{common_key, GlobalCut, NAN_KEY};
+    let Some(g) = gpu_or_skip() else {
+        return;
+    };
+    let cuts = [
+        None,
+        Some(0),
+        Some(common_key(0.1)), // between two fp16 values
+        Some(common_key(0.5)), // a tie in the Ties fill
+        Some(common_key(1.7)),
+        Some(common_key(f32::INFINITY)),
+        Some(NAN_KEY),
+    ];
+    for_each_tensor(|data, shape, label| {
+        for key in cuts {
+            let cut = GlobalCut { key };
+            let elem_bytes = if matches!(data, TensorData::F16(_)) { 2 } else { 4 };
+            assert!(
+                g.normal.handles_cut(data.len(), elem_bytes),
+                "{label}: not on the GPU"
+            );
+            let cpu = run_cut_in_place(cut, data.clone(), &label).expect("cpu");
+            for (which, gpu) in [("gpu", &g.normal), ("chunked gpu", &g.chunked)] {
+                let on_gpu = gpu.run_cut(cut, data, &label).expect("gpu");
+                assert!(
+                    same_bytes(&on_gpu, &cpu),
+                    "{label} {shape:?} cut {key:?}: {which} differs"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn global_sparsity_prunes_identically_on_gpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let models = [
+        "tests/fixtures/linear_fp16_ios16.mlpackage",
+        "tests/fixtures/linear_fp32_ios17.mlpackage",
+        "tests/fixtures/conv_fp16_ios18.mlpackage",
+        "examples/sample/sample.mlpackage",
+    ];
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut gpu_tensors = 0;
+    for (mi, model) in models.iter().enumerate() {
+        let input = root.join(model);
+        for s in ["0", "0.37", "0.9", "1"] {
+            let mut outputs = Vec::new();
+            for device in ["cpu", "gpu"] {
+                let out = tmp.path().join(format!("{mi}-{s}-{device}.mlpackage"));
+                let report = tmp.path().join(format!("{mi}-{s}-{device}.json"));
+                let run = mlprune(&[
+                    "prune",
+                    input.to_str().expect("utf-8 path"),
+                    out.to_str().expect("utf-8 path"),
+                    "--global-sparsity",
+                    s,
+                    "--weight-threshold",
+                    "0",
+                    "--device",
+                    device,
+                    "--gpu-min-elements",
+                    "0",
+                    "--report",
+                    report.to_str().expect("utf-8 path"),
+                    "--quiet",
+                ]);
+                assert!(
+                    run.status.success(),
+                    "{model} {s} {device}: {}",
+                    String::from_utf8_lossy(&run.stderr)
+                );
+                let report: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
+                for t in report.as_array().expect("report array") {
+                    if t["pruned"] == true {
+                        assert_eq!(t["mode"], "global", "{model}: {t}");
+                        assert_eq!(t["device"], device, "{model} {s}: {t}");
+                        gpu_tensors += usize::from(device == "gpu");
+                    }
+                }
+                outputs.push(files(&out));
+            }
+            assert_eq!(
+                outputs[0], outputs[1],
+                "{model} --global-sparsity {s}: cpu and gpu packages differ"
+            );
+        }
+    }
+    assert!(gpu_tensors > 0, "no tensor was pruned on the GPU");
+}

@@ -11,8 +11,9 @@ use super::run::{
     Compacted, Params, Resident, TensorBytes, MODE_BLOCK, MODE_MULTIPLY_ALL, MODE_NM, MODE_WHERE_CUT,
 };
 use crate::config::OpConfig;
-use crate::dispatch::{run_kernel, Backend, KernelResult, Pruned};
+use crate::dispatch::{run_cut_in_place, run_kernel, Backend, KernelResult, Pruned};
 use crate::error::{Error, Result};
+use crate::global_sparsity::{CutKey, GlobalCut};
 use crate::prune::axes::{check_structural_rank, ChannelLayout};
 use crate::prune::fast_block_decisions;
 use crate::prune::keys::Key;
@@ -291,6 +292,71 @@ impl GpuBackend {
         };
         Ok(pruned(
             self.ctx.mask_and_compact(pool, &t, params, &[], &mut resident)?,
+            wrap,
+        ))
+    }
+}
+
+impl GpuBackend {
+    /// Whether [`GpuBackend::run_cut_view`] runs a tensor of `len` elements on the GPU.
+    pub fn handles_cut(&self, len: usize, elem_bytes: u64) -> bool {
+        self.cut_chunk(len, elem_bytes).is_some()
+    }
+
+    /// Elements per chunk for the global cut, or `None` where the CPU kernel runs (as in `plan`).
+    fn cut_chunk(&self, len: usize, elem_bytes: u64) -> Option<u64> {
+        if len == 0 || len as u64 > u64::from(u32::MAX / 2) {
+            return None;
+        }
+        self.chunk_elems(elem_bytes, 1)
+    }
+
+    /// The `--global-sparsity` work order ("every key <= the cut becomes 0") on borrowed values:
+    /// the mask and compaction of threshold pruning, with the cut the CPU selected.
+    pub fn run_cut_view(&self, cut: GlobalCut, view: TensorView<'_>, tensor: &str) -> Result<KernelResult> {
+        match view {
+            TensorView::F16(w) => self.run_cut_typed(cut, w, tensor, TensorData::F16),
+            TensorView::F32(w) => self.run_cut_typed(cut, w, tensor, TensorData::F32),
+        }
+    }
+
+    /// [`GpuBackend::run_cut_view`] on owned values.
+    pub fn run_cut(&self, cut: GlobalCut, data: &TensorData, tensor: &str) -> Result<KernelResult> {
+        match data {
+            TensorData::F16(w) => self.run_cut_typed(cut, w, tensor, TensorData::F16),
+            TensorData::F32(w) => self.run_cut_typed(cut, w, tensor, TensorData::F32),
+            other => run_cut_in_place(cut, other.clone(), tensor),
+        }
+    }
+
+    fn run_cut_typed<T: GpuElement + CutKey>(
+        &self,
+        cut: GlobalCut,
+        w: &[T],
+        tensor: &str,
+        wrap: fn(Vec<T>) -> TensorData,
+    ) -> Result<KernelResult> {
+        let Some(chunk_elems) = self.cut_chunk(w.len(), T::BYTES) else {
+            return run_cut_in_place(cut, wrap(w.to_vec()), tensor);
+        };
+        let t = TensorBytes {
+            bytes: bytemuck::cast_slice(w),
+            n: w.len() as u64,
+            is_f16: T::IS_F16,
+            chunk_elems,
+        };
+        let key = T::cut_key(cut);
+        let params = Params {
+            mode: MODE_WHERE_CUT,
+            cut: key.map_or(0, |k| k.to_u64() as u32),
+            has_cut: u32::from(key.is_some()),
+            ..Params::default()
+        };
+        let mut pool = self.ctx.lock_pool()?;
+        let mut resident = Resident::default();
+        Ok(pruned(
+            self.ctx
+                .mask_and_compact(&mut pool, &t, params, &[], &mut resident)?,
             wrap,
         ))
     }

@@ -1,0 +1,186 @@
+//! Whole-model sparsity (`--global-sparsity S`): one magnitude cut across every eligible tensor.
+//!
+//! The rule: let N be the total element count of the eligible tensors and `k = floor(S × N)`, with
+//! S read as the exact decimal the user wrote (`0.3` is 3/10, not the binary64 nearest to it), so k
+//! is computed in integers. v is the k-th smallest magnitude over all eligible elements (1-based),
+//! compared exactly across fp16 and fp32 (every fp16 is exactly an fp32), NaN the largest, −0 equal
+//! to +0. Every eligible element with `|w| <= v` becomes 0 (ties over-prune); `k = 0` zeroes nothing.
+//!
+//! Magnitudes are compared through one integer key, [`common_key`]: the bits of `|x|` as an f32
+//! with every NaN mapped to the largest key. The cut found is such a key ([`GlobalCut`]); each
+//! tensor is then pruned by the existing "key <= cut" work order in its own dtype's key space
+//! ([`CutKey`]), on the CPU or the GPU.
+//!
+//! Selection never sorts and never holds more than one tensor: [`select`] streams the tensors
+//! through fixed-size histograms (memory: 2^15 + 2 × 2^16 counters, 1.25 MiB):
+//! * pass 1 (every tensor): fp16 keys go to an exact 2^15-bin histogram; fp32 keys to a 2^16-bin
+//!   histogram of their high 16 bits. Together they give the count per high-16-bit bin, hence the bin
+//!   that holds the k-th key.
+//! * pass 2 (fp32 tensors only, and only when that bin holds fp32 values): a 2^16-bin histogram of
+//!   the low 16 bits of the fp32 keys inside the bin; the fp16 contributions come from pass 1's exact
+//!   histogram. fp16-only models, and cuts whose bin holds only fp16 values, skip it.
+//!
+//! So fp16 tensors are read twice per run (pass 1, then pruning) and fp32 tensors two or three times.
+//!
+//! Files: `decimal.rs` reads S; `select.rs` finds the cut; this module applies `--exclude`
+//! to the plan, reads the eligible tensors for the selection, and reports the cut.
+
+mod decimal;
+mod select;
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::cancel::CancelFlag;
+use crate::dtype::ScalarType;
+use crate::error::{Error, Result};
+use crate::mil::graph::{op_at, GraphView};
+use crate::mil::value::OperationExt;
+use crate::plan::{Decision, PlannedTensor};
+use crate::proto::mil::Program;
+use crate::tensor::{TensorData, TensorView};
+use crate::weights::WeightSource;
+
+pub use decimal::Sparsity;
+pub use select::{common_key, select, CutKey, GlobalCut, Pass, NAN_KEY};
+
+/// A `--global-sparsity` request: S and the `--exclude` names (const or consumer op names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalSparsity {
+    pub sparsity: Sparsity,
+    pub exclude: Vec<String>,
+}
+
+/// The cut as `--report` and the summary give it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CutReport {
+    /// S as given.
+    pub global_sparsity: String,
+    /// N: elements of the eligible tensors.
+    pub eligible_elements: u64,
+    /// k = floor(S × N).
+    pub k: u64,
+    /// v, the k-th smallest magnitude, as Rust prints the f32 (`inf`, `NaN`); `null` for k = 0.
+    pub cut_value: Option<String>,
+    /// v's key: the bits of |v| as an f32, every NaN 0x7fffffff; `null` for k = 0.
+    pub cut_key: Option<u32>,
+    #[serde(skip)]
+    pub cut: GlobalCut,
+}
+
+impl CutReport {
+    /// `cut |w| <= v (key 0x…), k of N` for the one-line summary.
+    pub fn summary(&self) -> String {
+        match (&self.cut_value, self.cut_key) {
+            (Some(v), Some(key)) => format!(
+                "global cut |w| <= {v} (key {key:#010x}), k = {} of {} eligible elements",
+                self.k, self.eligible_elements
+            ),
+            _ => format!(
+                "global cut: none (k = 0 of {} eligible elements)",
+                self.eligible_elements
+            ),
+        }
+    }
+}
+
+/// Applies `--exclude` to the plan of the global magnitude config, then selects the cut over the
+/// tensors still to be pruned, reading each through `source` (mapped where it can be).
+pub fn decide_cut(
+    program: &Program,
+    graph: &GraphView,
+    source: &WeightSource,
+    planned: &mut [PlannedTensor],
+    global: &GlobalSparsity,
+    cancel: &CancelFlag,
+) -> Result<CutReport> {
+    exclude(graph, planned, &global.exclude)?;
+    let eligible: Vec<&PlannedTensor> = planned
+        .iter()
+        .filter(|p| matches!(p.decision, Decision::Prune(_)))
+        .collect();
+    for p in &eligible {
+        if !matches!(p.meta.dtype, ScalarType::Float16 | ScalarType::Float32) {
+            return Err(Error::Unsupported(format!(
+                "--global-sparsity compares fp16 and fp32 weights only; tensor '{}' is {} (leave it out with --exclude)",
+                p.name, p.meta.dtype
+            )));
+        }
+    }
+    let total = eligible
+        .iter()
+        .try_fold(0u64, |sum, p| sum.checked_add(p.meta.count));
+    let total = total.ok_or_else(|| Error::Unsupported("the eligible element count overflows".into()))?;
+    let k = global.sparsity.count_of(total);
+    let (cut, _) = select(k, |pass, sink| {
+        for p in &eligible {
+            if pass == Pass::Fp32Only && p.meta.dtype != ScalarType::Float32 {
+                continue;
+            }
+            cancel.check()?;
+            let info = &graph.ops[p.op_index];
+            let value = op_at(program, &info.path)
+                .and_then(|op| op.const_value())
+                .ok_or_else(|| Error::tensor(&p.name, "const op without a value"))?;
+            match source.map(&p.name, value)? {
+                Some((_, mapped)) => {
+                    let view = mapped
+                        .view()
+                        .ok_or_else(|| Error::tensor(&p.name, "mapped data does not match its type"))?;
+                    sink(view);
+                }
+                None => match source.read(&p.name, value)?.1 {
+                    TensorData::F16(w) => sink(TensorView::F16(&w)),
+                    TensorData::F32(w) => sink(TensorView::F32(&w)),
+                    other => {
+                        return Err(Error::tensor(&p.name, format!("read as {}", other.dtype())));
+                    }
+                },
+            }
+        }
+        Ok(())
+    })?;
+    Ok(CutReport {
+        global_sparsity: global.sparsity.to_string(),
+        eligible_elements: total,
+        k,
+        cut_value: cut.value().map(|v| v.to_string()),
+        cut_key: cut.key,
+        cut,
+    })
+}
+
+/// Marks the planned tensors named by `names` (their const name or a consumer op's name) as
+/// skipped. A name that is no op, const or consumer of the model is a usage error: a typo would
+/// otherwise silently prune what the user meant to keep.
+fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let known: HashSet<&str> = graph.ops.iter().map(|op| op.name.as_str()).collect();
+    if let Some(unknown) = names.iter().find(|n| !known.contains(n.as_str())) {
+        return Err(Error::Usage(format!(
+            "--exclude '{unknown}': the model has no op or const of that name"
+        )));
+    }
+    let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+    for p in planned.iter_mut() {
+        if !matches!(p.decision, Decision::Prune(_)) {
+            continue;
+        }
+        let by_consumer = graph
+            .consumers(p.op_index)
+            .into_iter()
+            .find(|&(c, _)| names.contains(graph.ops[c].name.as_str()));
+        let reason = if names.contains(p.name.as_str()) {
+            format!("excluded by --exclude '{}'", p.name)
+        } else if let Some((c, _)) = by_consumer {
+            format!("excluded by --exclude '{}' (a consumer)", graph.ops[c].name)
+        } else {
+            continue;
+        };
+        p.decision = Decision::Skip(reason);
+    }
+    Ok(())
+}
