@@ -39,6 +39,7 @@ use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::OperationExt;
 use crate::plan::{Decision, PlannedTensor};
 use crate::proto::mil::Program;
+use crate::shared::blob_key;
 use crate::tensor::{TensorData, TensorView};
 use crate::weights::WeightSource;
 
@@ -96,9 +97,13 @@ pub fn decide_cut(
     cancel: &CancelFlag,
 ) -> Result<CutReport> {
     exclude(graph, planned, &global.exclude)?;
+    // A weight.bin blob that several functions' consts share (a multifunction package) is one
+    // tensor, pruned once: it counts once in N and in the histogram.
+    let mut seen = HashSet::new();
     let eligible: Vec<&PlannedTensor> = planned
         .iter()
         .filter(|p| matches!(p.decision, Decision::Prune(_)))
+        .filter(|p| blob_key(program, graph, p.op_index).is_none_or(|key| seen.insert(key)))
         .collect();
     for p in &eligible {
         if !matches!(p.meta.dtype, ScalarType::Float16 | ScalarType::Float32) {
