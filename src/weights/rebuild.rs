@@ -6,7 +6,6 @@
 //! is compact: no orphan regions, which Core ML's blob enumeration relies on.
 
 use std::collections::BTreeMap;
-use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::blob::{BlobReader, BlobWriter, TensorSink};
@@ -57,7 +56,7 @@ pub fn op_values_mut(op: &mut Operation) -> Vec<(String, &mut Value)> {
 }
 
 /// Writes a fresh `weight.bin`, copying original blobs on first reference and appending new ones.
-pub struct WeightFileBuilder<W: Write + Seek = BackgroundWriter> {
+pub struct WeightFileBuilder<W: TensorSink = BackgroundWriter> {
     writer: BlobWriter<W>,
     /// Original offset → (new offset, dtype, element count) of each blob copied so far.
     copied: BTreeMap<u64, (u64, ScalarType, u64)>,
@@ -70,7 +69,7 @@ impl WeightFileBuilder<BackgroundWriter> {
     }
 }
 
-impl<W: Write + Seek> WeightFileBuilder<W> {
+impl<W: TensorSink> WeightFileBuilder<W> {
     pub fn new(inner: W, path: PathBuf) -> Result<Self> {
         Ok(WeightFileBuilder {
             writer: BlobWriter::new(inner, path)?,
