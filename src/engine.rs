@@ -5,7 +5,7 @@
 //! original offset). Replacements are one op for one op, so the graph's op paths stay valid while the
 //! program is rewritten. Output goes to a staging folder that is renamed into place only at the end.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -14,12 +14,13 @@ use serde::Serialize;
 use crate::blob::ReadThreads;
 pub use crate::cancel::CancelFlag;
 use crate::config::{OpConfig, OptimizationConfig};
+use crate::dedupe::{Deduplicator, Verdict};
 use crate::devices::{Devices, Placement};
 use crate::dispatch::KernelResult;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::error::{Error, IoContext, Result};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
-use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath};
+use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath, UseSite};
 use crate::mil::rewrite::{rename_all, replace_ops};
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
@@ -156,7 +157,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
         replaced: None,
         renames: Vec::new(),
         created: HashSet::new(),
-        all_zero: HashMap::new(),
+        dedupe: Deduplicator::new(),
     };
     let mut reports = Vec::with_capacity(planned.len());
     let mut progress = Progress::new(job.progress, weight_bytes_before, planned.len());
@@ -209,6 +210,19 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
                 rewrite
                     .weights
                     .copy_op_blobs(op, &info.name, source.blob_reader())?;
+                let returned = op
+                    .outputs
+                    .first()
+                    .is_some_and(|o| returned_by_own_block(&graph, index, &o.name));
+                if let Verdict::DuplicateOf(first) =
+                    rewrite
+                        .dedupe
+                        .observe(&info.path, op, returned, &mut rewrite.weights)?
+                {
+                    let duplicate = op.outputs[0].name.clone();
+                    rewrite.rename(&info.path.function, &duplicate, first);
+                    rewrite.edits.push((info.path.clone(), Vec::new()));
+                }
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
@@ -342,14 +356,9 @@ struct Rewrite {
     /// `(function, new output)` of every rename so far, to find a name created twice without a
     /// search through `renames` per tensor.
     created: HashSet<(String, String)>,
-    /// The first all-zero sparse op per (block, output type): later ones reuse it (see
-    /// [`Rewrite::prune_const`]).
-    all_zero: HashMap<AllZeroKey, String>,
+    /// coremltools' `const_deduplication`, applied to every const and constexpr op as it is final.
+    dedupe: Deduplicator,
 }
-
-/// Where an all-zero sparse op can be shared: (function, specialization, enclosing block's steps,
-/// element type, shape).
-type AllZeroKey = (String, String, Vec<usize>, crate::dtype::ScalarType, Vec<u64>);
 
 /// `Ok((kept, bytes_after))` for a pruned tensor, `Err(reason)` when the kernel skipped it.
 type PruneResult = std::result::Result<(u64, u64), String>;
@@ -427,25 +436,6 @@ impl Rewrite {
             )));
         }
         let kept = pruned.kept;
-        // coremltools' export deduplicates identical constexpr ops within a block; the case that
-        // arises from pruning is two same-typed weights pruned to all zeros. The later one then
-        // reads the earlier op's output, and its own op and blobs are dropped.
-        let block = (
-            info.path.function.clone(),
-            info.path.specialization.clone(),
-            info.path.steps[..info.path.steps.len().saturating_sub(1)].to_vec(),
-            meta.dtype,
-            meta.shape.clone(),
-        );
-        if kept == 0 {
-            if let Some(first) = self.all_zero.get(&block) {
-                let first = first.clone();
-                self.rename(&info.path.function, &output.name, first);
-                self.edits.push((info.path.clone(), Vec::new()));
-                return Ok((Ok((0, 0)), device));
-            }
-            self.all_zero.insert(block, new_name.clone());
-        }
         let bytes_after = sparse_bytes(pruned.nonzero.dtype(), kept, meta.count);
         let new_op = sparse_to_dense_op(
             &info.name,
@@ -456,6 +446,18 @@ impl Rewrite {
             self.spec_version,
             &mut self.weights,
         )?;
+        // coremltools' export merges a sparse op equal to an earlier one in its block (identical
+        // weights, or same-shaped weights pruned to all zeros): the later one's readers read the
+        // earlier op, and it stores nothing of its own (its blobs were stored once already).
+        let returned = returned_by_own_block(graph, index, &output.name);
+        if let Verdict::DuplicateOf(first) =
+            self.dedupe
+                .observe(&info.path, &new_op, returned, &mut self.weights)?
+        {
+            self.rename(&info.path.function, &output.name, first);
+            self.edits.push((info.path.clone(), Vec::new()));
+            return Ok((Ok((kept, 0)), device));
+        }
         // The writer thread writes these values while the next tensor is read and pruned: three
         // tensors in memory. That fits the memory bound (two of the largest tensor plus 128 MiB)
         // only for tensors the reader may also read ahead into fresh memory; after a larger one,
@@ -512,6 +514,21 @@ impl Rewrite {
         self.edits.push((info.path.clone(), ops.ops));
         Ok((Ok((ops.kept, sparse_bytes(stored, ops.kept, count))), device))
     }
+}
+
+/// Whether the block holding op `index` returns `value` (coremltools keeps such a duplicate).
+fn returned_by_own_block(graph: &GraphView, index: usize, value: &str) -> bool {
+    let path = &graph.ops[index].path;
+    // The op owning the block: none for a function body, else the op two steps up.
+    let owner_steps = path.steps.len().checked_sub(2).map(|n| &path.steps[..n]);
+    graph.uses(&path.function, value).iter().any(|site| match site {
+        UseSite::BlockOutput { owner: None } => owner_steps.is_none(),
+        UseSite::BlockOutput { owner: Some(o) } => graph.ops.get(*o).is_some_and(|owner| {
+            owner.path.specialization == path.specialization
+                && Some(owner.path.steps.as_slice()) == owner_steps
+        }),
+        UseSite::Input { .. } => false,
+    })
 }
 
 /// Stored bytes of a sparse tensor: the kept values plus one mask bit per element.

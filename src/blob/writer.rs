@@ -158,6 +158,35 @@ impl<W: TensorSink> BlobWriter<W> {
         Ok(true)
     }
 
+    /// Whether `test` holds for any chunk of the `len` data bytes of the blob written at
+    /// `record_offset`, read back from the file a chunk at a time (chunks hold whole elements of
+    /// any byte-sized type).
+    pub fn any_written_chunk(
+        &mut self,
+        record_offset: u64,
+        len: u64,
+        mut test: impl FnMut(&[u8]) -> bool,
+    ) -> Result<bool> {
+        let data_offset = record_offset + RECORD_SIZE;
+        if data_offset.checked_add(len).is_none_or(|end| end > self.position) {
+            return Err(self.error(record_offset, "no blob of that size was written there"));
+        }
+        let mut chunk = vec![0u8; COMPARE_CHUNK.min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(COMPARE_CHUNK as u64) as usize;
+            let at = self.base + data_offset + done;
+            self.inner
+                .read_written(at, &mut chunk[..n])
+                .map_err(|e| self.error(record_offset, format!("cannot read back an earlier blob: {e}")))?;
+            if test(&chunk[..n]) {
+                return Ok(true);
+            }
+            done += n as u64;
+        }
+        Ok(false)
+    }
+
     fn content_key(&self, dtype: ScalarType, element_count: u64, data: &[u8]) -> ContentKey {
         (dtype, element_count, (self.hash)(data))
     }

@@ -169,8 +169,25 @@ impl<W: TensorSink> WeightFileBuilder<W> {
         self.writer.count()
     }
 
+    /// Appends answered with an identical blob already written (see [`BlobWriter`]).
+    pub fn shared_count(&self) -> u64 {
+        self.writer.shared_count()
+    }
+
     pub fn finish(self) -> Result<W> {
         self.writer.finish()
+    }
+}
+
+impl<W: TensorSink> crate::dedupe::StoredBlobs for WeightFileBuilder<W> {
+    fn blob_holds_nan(&mut self, offset: u64, dtype: ScalarType, count: u64) -> Result<bool> {
+        let len = dtype.storage_bytes(count).ok_or_else(|| {
+            Error::Graph(format!(
+                "blob at offset {offset}: {count} {dtype} elements overflow"
+            ))
+        })?;
+        self.writer
+            .any_written_chunk(offset, len, |chunk| crate::dedupe::holds_nan(dtype, chunk))
     }
 }
 
