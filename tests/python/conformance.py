@@ -51,11 +51,12 @@ if that re-export already differs from the input, it checks instead that
   - coremltools' other ops are exactly those of its no-op re-export, i.e. the difference is the
     pipeline's, not pruning's.
 If the no-op re-export equals the input, any difference is reported as mlprune's. Cases compared
-this way are counted in the summary line on stderr. Known divergence, left out of the matrix: the
-pipeline's `const_deduplication` merges identical constexpr ops, e.g. two same-shaped weights both
-pruned to all zeros (target_sparsity 1.0): coremltools keeps one sparse op and rebinds the other's
-readers, mlprune keeps both (same dense values for every reader, but a weight only in mlprune's
-output and a larger weight.bin, which this suite reports as a failure). Manifest
+this way are counted in the summary line on stderr. The pipeline's `const_deduplication` (consts
+of >= 100 equal elements, then constexpr ops with equal parameters, merged per block) is part of
+what mlprune restates (src/dedupe.rs); the `dup` models (input converted with that pass off) hold
+such duplicates: same-shaped weights pruned to all zeros or all ones, a weight equal to another,
+one with an equal mask but other values, an equal mask in another shape, untouched equal consts.
+Manifest
 UUIDs, `buildInfo` and protobuf byte order are not compared (spec §8.14).
 
 Each case runs on a private copy of its model: opening a package with coremltools rewrites its

@@ -397,6 +397,41 @@ def _joint_base(c, nbits=None):
     return prog
 
 
+def _dup(c):
+    """What coremltools' const_deduplication merges (see conformance.py's docstring). Converted
+    with that pass off (KEEP_DUPLICATES), so the input itself holds duplicates: fc_a, fc_b, fc_c,
+    fc_twin and fc_scaled are 64x64 linears, fc_twin's weight a separate const equal to fc_a's,
+    fc_scaled's fc_a's times 2 (the same magnitude order: equal masks, other values); fc_tall is
+    128x32, as many elements as the others in another shape (an equal iOS16 packed mask); the
+    identical 64-element biases of fc_a and fc_twin are below the 100-element threshold; `tail`
+    and `tail_twin` read equal 96x100 consts (untouched duplicates when weight_threshold skips
+    them)."""
+    a, b, cc = c.normal((64, 64)), c.normal((64, 64)), c.normal((64, 64))
+    scaled = (a.astype(np.float32) * 2).astype(c.dtype)
+    narrow, tall = c.normal((32, 64)), c.normal((128, 32))
+    bias = c.bias(64)
+    tail = c.normal((96, 100))
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 64)), mb.TensorSpec(shape=(96, 100))], opset_version=c.opset)
+    def prog(x, y):
+        x = c.input(x)
+        if c.precision == "fp16d":
+            y = mb.cast(x=y, dtype="fp16", name="y_fp16")
+        x = mb.linear(x=x, weight=a, bias=bias, name="fc_a")
+        x = mb.relu(x=x, name="r1")
+        x = mb.linear(x=x, weight=b, name="fc_b")
+        x = mb.linear(x=x, weight=cc, name="fc_c")
+        x = mb.linear(x=x, weight=a.copy(), bias=bias.copy(), name="fc_twin")
+        x = mb.linear(x=x, weight=scaled, name="fc_scaled")
+        x = mb.linear(x=x, weight=narrow, name="fc_narrow")
+        x = mb.linear(x=x, weight=tall, name="fc_tall")
+        t = mb.add(x=y, y=tail, name="tail")
+        t = mb.mul(x=t, y=tail.copy(), name="tail_twin")
+        return c.output(x), c.output(t, "out_t")
+
+    return prog
+
+
 FAMILIES: dict[str, Callable] = {
     "mlp": _mlp,
     "conv2d": _conv2d,
@@ -413,6 +448,7 @@ FAMILIES: dict[str, Callable] = {
     "blockout": _blockout,
     "int8": _int8,
     "large": _large,
+    "dup": _dup,
 }
 
 
@@ -512,6 +548,10 @@ def _zoo_program(name, precision, target):
     return make_zoo.MODELS[name](make_zoo.model_rng(SEED, name), TARGETS[target], precision)
 
 
+# Families converted without const_deduplication, so that the input holds duplicate consts.
+KEEP_DUPLICATES = ("dup",)
+
+
 def build(model_id, path):
     """Builds the model `family/precision/target` (see module doc) and saves it to `path`."""
     family, precision, target = model_id.split("/")
@@ -527,11 +567,15 @@ def build(model_id, path):
         prog = _joint_base(Ctx(family, precision, target), values_bits)
     else:
         prog = FAMILIES[base](Ctx(base, precision, target))
+    pipeline = ct.PassPipeline.DEFAULT
+    if family in KEEP_DUPLICATES:
+        pipeline.remove_passes(["common::const_deduplication"])
     model = ct.convert(
         prog,
         convert_to="mlprogram",
         minimum_deployment_target=TARGETS[target],
         compute_precision=pt.PRECISIONS["fp16" if precision == "fp16" else "fp32"],
+        pass_pipeline=pipeline,
     )
     if family in PRECOMPRESSED:
         model = _precompress(family, model)
