@@ -226,3 +226,225 @@ pub fn holds_nan(dtype: ScalarType, bytes: &[u8]) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Cursor;
+
+    use half::f16;
+
+    use super::*;
+    use crate::mil::build::{bind_name, bind_value, const_op, op};
+    use crate::mil::value::{blob_value, immediate_value, tensor_value_type};
+    use crate::tensor::TensorData;
+    use crate::weights::WeightFileBuilder;
+
+    type Weights = WeightFileBuilder<Cursor<Vec<u8>>>;
+
+    fn weights() -> Weights {
+        WeightFileBuilder::new(Cursor::new(Vec::new()), "w.bin".into()).unwrap()
+    }
+
+    /// A top-level op path (`steps = [index]`) or, with `nested`, one inside op 0's first block.
+    fn at(index: usize, nested: bool) -> OpPath {
+        OpPath {
+            function: "main".into(),
+            specialization: "CoreML8".into(),
+            steps: if nested { vec![0, 0, index] } else { vec![index] },
+        }
+    }
+
+    /// A const of `data` with `shape`, stored like the engine stores it (the writer keeps one copy).
+    fn stored_const(w: &mut Weights, name: &str, data: &TensorData, shape: &[u64]) -> Operation {
+        let offset = w.append(data).unwrap();
+        const_op(name, blob_value(data.dtype(), shape, offset))
+    }
+
+    fn fp16(values: impl IntoIterator<Item = f32>) -> TensorData {
+        TensorData::F16(values.into_iter().map(f16::from_f32).collect())
+    }
+
+    fn seen(d: &mut Deduplicator, w: &mut Weights, path: OpPath, op: &Operation, returned: bool) -> Verdict {
+        d.observe(&path, op, returned, w).unwrap()
+    }
+
+    #[test]
+    fn a_large_const_equal_to_an_earlier_one_in_its_block_is_a_duplicate() {
+        let (mut d, mut w) = (Deduplicator::new(), weights());
+        let data = fp16((0..100).map(|i| i as f32));
+        let a = stored_const(&mut w, "a", &data, &[10, 10]);
+        let b = stored_const(&mut w, "b", &data, &[10, 10]);
+        let reshaped = stored_const(&mut w, "reshaped", &data, &[100]);
+        let mut other = data.clone();
+        if let TensorData::F16(v) = &mut other {
+            v[99] = f16::from_f32(-1.0);
+        }
+        let c = stored_const(&mut w, "c", &other, &[10, 10]);
+        let nested = stored_const(&mut w, "nested", &data, &[10, 10]);
+        assert_eq!(seen(&mut d, &mut w, at(0, false), &a, false), Verdict::Keep);
+        assert_eq!(
+            seen(&mut d, &mut w, at(1, false), &b, false),
+            Verdict::DuplicateOf("a".into())
+        );
+        // Same bytes in another shape, other values, another block: not merged.
+        assert_eq!(
+            seen(&mut d, &mut w, at(2, false), &reshaped, false),
+            Verdict::Keep
+        );
+        assert_eq!(seen(&mut d, &mut w, at(3, false), &c, false), Verdict::Keep);
+        assert_eq!(seen(&mut d, &mut w, at(0, true), &nested, false), Verdict::Keep);
+        // The nested one is the first of its own block.
+        let nested_twin = stored_const(&mut w, "nested_twin", &data, &[10, 10]);
+        assert_eq!(
+            seen(&mut d, &mut w, at(1, true), &nested_twin, false),
+            Verdict::DuplicateOf("nested".into())
+        );
+    }
+
+    #[test]
+    fn small_consts_and_returned_duplicates_stay() {
+        let (mut d, mut w) = (Deduplicator::new(), weights());
+        let small = fp16((0..99).map(|i| i as f32));
+        let s1 = stored_const(&mut w, "s1", &small, &[99]);
+        let s2 = stored_const(&mut w, "s2", &small, &[99]);
+        assert_eq!(seen(&mut d, &mut w, at(0, false), &s1, false), Verdict::Keep);
+        assert_eq!(seen(&mut d, &mut w, at(1, false), &s2, false), Verdict::Keep);
+        let big = fp16((0..128).map(|i| i as f32));
+        let first = stored_const(&mut w, "first", &big, &[128]);
+        let returned = stored_const(&mut w, "returned", &big, &[128]);
+        let third = stored_const(&mut w, "third", &big, &[128]);
+        assert_eq!(seen(&mut d, &mut w, at(2, false), &first, false), Verdict::Keep);
+        assert_eq!(seen(&mut d, &mut w, at(3, false), &returned, true), Verdict::Keep);
+        // A later one still reads the first, not the returned duplicate.
+        assert_eq!(
+            seen(&mut d, &mut w, at(4, false), &third, false),
+            Verdict::DuplicateOf("first".into())
+        );
+    }
+
+    #[test]
+    fn a_large_value_holding_nan_equals_nothing() {
+        // np.allclose is False wherever NaN is, so coremltools never merges such a const.
+        let (mut d, mut w) = (Deduplicator::new(), weights());
+        let mut values: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        values[57] = f32::NAN;
+        let data = TensorData::F32(values);
+        let a = stored_const(&mut w, "a", &data, &[100]);
+        let b = stored_const(&mut w, "b", &data, &[100]);
+        assert_eq!(seen(&mut d, &mut w, at(0, false), &a, false), Verdict::Keep);
+        assert_eq!(seen(&mut d, &mut w, at(1, false), &b, false), Verdict::Keep);
+        // Immediate values are checked the same way.
+        let imm = const_op("imm", immediate_value(&data, &[100]));
+        let imm2 = const_op("imm2", immediate_value(&data, &[100]));
+        assert_eq!(seen(&mut d, &mut w, at(2, false), &imm, false), Verdict::Keep);
+        assert_eq!(seen(&mut d, &mut w, at(3, false), &imm2, false), Verdict::Keep);
+    }
+
+    /// An iOS16-form sparse op: `nonzero_data` and `mask` stored, `shape` immediate.
+    fn sparse16(w: &mut Weights, name: &str, nonzero: &TensorData, mask: &[u8], shape: &[u32]) -> Operation {
+        let dense: Vec<u64> = shape.iter().map(|&d| u64::from(d)).collect();
+        let mut attributes = BTreeMap::new();
+        let value = |w: &mut Weights, data: &TensorData| {
+            let offset = w.append(data).unwrap();
+            blob_value(data.dtype(), &[data.len() as u64], offset)
+        };
+        attributes.insert("nonzero_data".to_owned(), value(w, nonzero));
+        attributes.insert("mask".to_owned(), value(w, &TensorData::U8(mask.to_vec())));
+        attributes.insert(
+            "shape".to_owned(),
+            immediate_value(&TensorData::U32(shape.to_vec()), &[shape.len() as u64]),
+        );
+        let ty = tensor_value_type(nonzero.dtype(), &dense);
+        op(
+            "constexpr_sparse_to_dense",
+            name,
+            BTreeMap::new(),
+            attributes,
+            vec![(format!("{name}_out"), ty)],
+        )
+    }
+
+    #[test]
+    fn equal_constexpr_ops_merge_and_any_other_parameter_keeps_them_apart() {
+        let (mut d, mut w) = (Deduplicator::new(), weights());
+        let data = fp16((1..=12).map(|i| i as f32));
+        let mask = [0xffu8, 0x0f];
+        let a = sparse16(&mut w, "a", &data, &mask, &[3, 4]);
+        let b = sparse16(&mut w, "b", &data, &mask, &[3, 4]);
+        // The same mask and values for another dense shape: the `shape` parameter differs.
+        let c = sparse16(&mut w, "c", &data, &mask, &[4, 3]);
+        let e = sparse16(&mut w, "e", &fp16((2..=13).map(|i| i as f32)), &mask, &[3, 4]);
+        assert_eq!(seen(&mut d, &mut w, at(0, false), &a, false), Verdict::Keep);
+        assert_eq!(
+            seen(&mut d, &mut w, at(1, false), &b, false),
+            Verdict::DuplicateOf("a_out".into())
+        );
+        assert_eq!(seen(&mut d, &mut w, at(2, false), &c, false), Verdict::Keep);
+        assert_eq!(seen(&mut d, &mut w, at(3, false), &e, false), Verdict::Keep);
+        // A returned duplicate stays.
+        let f = sparse16(&mut w, "f", &data, &mask, &[3, 4]);
+        assert_eq!(seen(&mut d, &mut w, at(4, false), &f, true), Verdict::Keep);
+        // Another op type with the same parameters is not a duplicate.
+        let mut g = sparse16(&mut w, "g", &data, &mask, &[3, 4]);
+        g.r#type = "constexpr_other".into();
+        assert_eq!(seen(&mut d, &mut w, at(5, false), &g, false), Verdict::Keep);
+    }
+
+    #[test]
+    fn inputs_bound_to_duplicates_compare_as_the_op_they_were_merged_into() {
+        let (mut d, mut w) = (Deduplicator::new(), weights());
+        let data = fp16((0..200).map(|i| i as f32 / 8.0));
+        let a = stored_const(&mut w, "a", &data, &[200]);
+        let b = stored_const(&mut w, "b", &data, &[200]);
+        let reader = |name: &str, bound: &str| {
+            let mut inputs = BTreeMap::new();
+            inputs.insert("x".to_owned(), bind_name(bound));
+            inputs.insert(
+                "scale".to_owned(),
+                bind_value(immediate_value(&fp16([0.5]), &[1])),
+            );
+            op(
+                "constexpr_cast",
+                name,
+                inputs,
+                BTreeMap::new(),
+                vec![(name.to_owned(), tensor_value_type(ScalarType::Float16, &[200]))],
+            )
+        };
+        assert_eq!(seen(&mut d, &mut w, at(0, false), &a, false), Verdict::Keep);
+        assert_eq!(
+            seen(&mut d, &mut w, at(1, false), &b, false),
+            Verdict::DuplicateOf("a".into())
+        );
+        assert_eq!(
+            seen(&mut d, &mut w, at(2, false), &reader("ra", "a"), false),
+            Verdict::Keep
+        );
+        assert_eq!(
+            seen(&mut d, &mut w, at(3, false), &reader("rb", "b"), false),
+            Verdict::DuplicateOf("ra".into())
+        );
+    }
+
+    #[test]
+    fn nan_is_found_in_every_float_type_and_inf_is_not_nan() {
+        let f16_bytes = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        assert!(!holds_nan(
+            ScalarType::Float16,
+            &f16_bytes(&[0x7c00, 0xfc00, 0x0001, 0x8000])
+        ));
+        assert!(holds_nan(ScalarType::Float16, &f16_bytes(&[0x3c00, 0x7c01])));
+        assert!(holds_nan(ScalarType::Float16, &f16_bytes(&[0xfe00])));
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        assert!(!holds_nan(
+            ScalarType::Float32,
+            &f32_bytes(&[f32::INFINITY, f32::NEG_INFINITY, -0.0])
+        ));
+        assert!(holds_nan(ScalarType::Float32, &f32_bytes(&[1.0, -f32::NAN])));
+        assert!(holds_nan(ScalarType::Float64, &f64::NAN.to_le_bytes()));
+        // Integer bytes that would be NaN as floats are just integers.
+        assert!(!holds_nan(ScalarType::UInt8, &[0xff; 8]));
+        assert!(!holds_nan(ScalarType::Int32, &f32_bytes(&[f32::NAN])));
+    }
+}

