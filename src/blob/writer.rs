@@ -91,7 +91,7 @@ impl<W: TensorSink> BlobWriter<W> {
             count: 0,
             stored: HashMap::new(),
             shared: 0,
-            hash: xxhash_rust::xxh3::xxh3_64,
+            hash: content_hash,
         };
         writer.write_all(&header_bytes(0))?;
         Ok(writer)
@@ -319,6 +319,25 @@ impl<W: TensorSink> BlobWriter<W> {
         self.inner.flush().at(&self.path)?;
         Ok(self.inner)
     }
+}
+
+/// Pieces hashed on their own, in parallel, when a blob is larger than one.
+const HASH_PIECE: usize = 1 << 20;
+
+/// xxh3 of the bytes; a blob larger than [`HASH_PIECE`] is hashed as the xxh3 of its pieces'
+/// hashes, pieces hashed in parallel (the same value whatever the thread count), so that hashing
+/// a large tensor costs a fraction of writing it.
+fn content_hash(bytes: &[u8]) -> u64 {
+    use rayon::prelude::*;
+    if bytes.len() <= HASH_PIECE {
+        return xxhash_rust::xxh3::xxh3_64(bytes);
+    }
+    let pieces: Vec<u8> = bytes
+        .par_chunks(HASH_PIECE)
+        .map(|piece| xxhash_rust::xxh3::xxh3_64(piece).to_le_bytes())
+        .collect::<Vec<[u8; 8]>>()
+        .concat();
+    xxhash_rust::xxh3::xxh3_64(&pieces)
 }
 
 /// A checked blob not yet written: its record offset, the blob count once it is, and its record.
@@ -585,6 +604,21 @@ mod tests {
         let d = writer.append(ScalarType::UInt1, &[7; 16], 128).unwrap();
         assert_eq!(vec![a, b, c, d], vec![64, 192, 320, 448]);
         assert_eq!(writer.shared_count(), 0);
+    }
+
+    #[test]
+    fn the_content_hash_of_a_large_blob_depends_on_every_piece_and_their_order() {
+        let a: Vec<u8> = (0..3 * HASH_PIECE + 5).map(|i| (i % 253) as u8).collect();
+        assert_eq!(content_hash(&a), content_hash(&a.clone()));
+        let mut b = a.clone();
+        b[2 * HASH_PIECE + 1] ^= 1;
+        assert_ne!(content_hash(&a), content_hash(&b));
+        // The same pieces in another order.
+        let mut swapped = a[HASH_PIECE..2 * HASH_PIECE].to_vec();
+        swapped.extend_from_slice(&a[..HASH_PIECE]);
+        swapped.extend_from_slice(&a[2 * HASH_PIECE..]);
+        assert_ne!(content_hash(&a), content_hash(&swapped));
+        assert_eq!(content_hash(&a[..10]), xxhash_rust::xxh3::xxh3_64(&a[..10]));
     }
 
     #[test]
