@@ -12,13 +12,14 @@
 //!
 //! A duplicate that its block returns stays. Here both steps use the stored content: the writer
 //! stores identical content once (`crate::blob`), so two values of the same dtype and shape are
-//! equal exactly when they have the same blob offset (or the same immediate bytes). Values are
-//! compared by value in coremltools with `np.allclose(rtol=0, atol=6e-8 for fp16, 1e-12 otherwise)`,
-//! which NaN never passes: a large value holding NaN is never a duplicate. What this does not
-//! restate (see README): values that `allclose` calls equal without being bit-identical (fp16
-//! values one subnormal step apart, +0/-0 past the first 100 elements, fp32 values within 1e-12),
-//! and small parameters that print alike without being bit-identical (NaN payloads, fp32 values
-//! equal to numpy's 8 printed digits).
+//! bit-identical exactly when they have the same blob offset (or the same immediate bytes).
+//! coremltools compares consts by value, `np.allclose(rtol=0, atol=6e-8 for fp16, 1e-12
+//! otherwise)` among consts whose first 100 elements have the same bytes: [`all_close`] restates
+//! that, and [`Deduplicator::near_duplicate`] applies it to a float const of the input before its
+//! blob is copied (so a dropped const leaves no orphan blob). NaN is close to nothing: a large
+//! value holding NaN is never a duplicate. Not restated (see README): parameters of new sparse ops
+//! that `allclose` calls equal without being bit-identical, and small parameters that print alike
+//! without being bit-identical (NaN payloads, fp32 values equal to numpy's 8 printed digits).
 
 use std::collections::HashMap;
 
@@ -40,13 +41,36 @@ pub enum Verdict {
     DuplicateOf(String),
 }
 
-/// Reads a stored blob back for the NaN check: `blob_holds_nan(offset, dtype, count)`.
+/// Reads stored blobs back (a chunk at a time) for the checks the rule makes.
 pub trait StoredBlobs {
     fn blob_holds_nan(&mut self, offset: u64, dtype: ScalarType, count: u64) -> Result<bool>;
+    /// Whether [`all_close`] holds between the blob at `offset` and `values` (as many bytes).
+    fn blob_all_close(&mut self, offset: u64, dtype: ScalarType, values: &[u8]) -> Result<bool>;
+    /// The first `len` data bytes of the blob at `offset`.
+    fn blob_prefix(&mut self, offset: u64, len: usize) -> Result<Vec<u8>>;
 }
+
+/// What [`Deduplicator::near_duplicate`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Near {
+    /// No earlier const is close: copy the const and show it to [`Deduplicator::observe`].
+    None,
+    /// Remove the const without copying it; its readers read this earlier const.
+    DuplicateOf(String),
+    /// Close to an earlier const but returned by its block: copy it, and do not show it to
+    /// `observe` (a duplicate never becomes the first of its values).
+    Returned,
+}
+
+/// Elements whose raw bytes key coremltools' candidates (`LENGTH_OF_HASHKEY`).
+const KEY_ELEMENTS: usize = 100;
 
 /// The block an op is in: function, specialization and the steps to the block.
 type BlockKey = (String, String, Vec<usize>);
+
+/// Where coremltools looks for a const's equal: block, declared type, bytes of the first
+/// [`KEY_ELEMENTS`] elements.
+type CloseKey = (BlockKey, String, Vec<u8>);
 
 /// How a value takes part in a key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -79,6 +103,9 @@ enum Key {
 #[derive(Debug, Default)]
 pub struct Deduplicator {
     first: HashMap<Key, String>,
+    /// Float consts that are the first of their values, by (block, declared type, bytes of the
+    /// first [`KEY_ELEMENTS`] elements): `(blob offset, output)` in program order.
+    close_candidates: HashMap<CloseKey, Vec<(u64, String)>>,
     /// `(function, duplicate output)` → the output its readers read now.
     resolved: HashMap<(String, String), String>,
     uniques: usize,
@@ -162,10 +189,79 @@ impl Deduplicator {
             }
             Some(_) => Ok(Verdict::Keep),
             None => {
+                if let Key::Const {
+                    block,
+                    value_type,
+                    identity: Identity::Blob(offset),
+                } = &key
+                {
+                    if let Some(len) = close_prefix_len(op) {
+                        let prefix = stored.blob_prefix(*offset, len)?;
+                        self.close_candidates
+                            .entry((block.clone(), value_type.clone(), prefix))
+                            .or_default()
+                            .push((*offset, output.name.clone()));
+                    }
+                }
                 self.first.insert(key, output.name.clone());
                 Ok(Verdict::Keep)
             }
         }
+    }
+
+    /// coremltools' comparison of a float `const` (before it is copied: `values` are its stored
+    /// bytes, from the input) with the earlier firsts of its block: same declared type and the
+    /// same bytes in the first 100 elements, then [`all_close`] over all of them; the first such
+    /// const wins. Exact equality is the special case; this adds the values `allclose` calls
+    /// equal without being bit-identical. Call it before [`Deduplicator::observe`] for a const.
+    pub fn near_duplicate(
+        &mut self,
+        path: &OpPath,
+        op: &Operation,
+        returned: bool,
+        values: impl FnOnce() -> Result<Vec<u8>>,
+        stored: &mut impl StoredBlobs,
+    ) -> Result<Near> {
+        let (Some(len), [output]) = (close_prefix_len(op), op.outputs.as_slice()) else {
+            return Ok(Near::None);
+        };
+        let Some(value) = op.attributes.get("val") else {
+            return Ok(Near::None);
+        };
+        let block = (
+            path.function.clone(),
+            path.specialization.clone(),
+            path.steps[..path.steps.len().saturating_sub(1)].to_vec(),
+        );
+        let value_type = format!("{:?}", value.r#type);
+        // Read the values only where some const of the same block and type could match.
+        if !self
+            .close_candidates
+            .keys()
+            .any(|(b, t, _)| *b == block && *t == value_type)
+        {
+            return Ok(Near::None);
+        }
+        let Some(meta) = TensorMeta::of(value) else {
+            return Ok(Near::None);
+        };
+        let values = values()?;
+        if values.len() < len || holds_nan(meta.dtype, &values) {
+            return Ok(Near::None);
+        }
+        let key = (block, value_type, values[..len].to_vec());
+        let candidates = self.close_candidates.get(&key).cloned().unwrap_or_default();
+        for (offset, first) in candidates {
+            if stored.blob_all_close(offset, meta.dtype, &values)? {
+                if returned {
+                    return Ok(Near::Returned);
+                }
+                self.resolved
+                    .insert((path.function.clone(), output.name.clone()), first.clone());
+                return Ok(Near::DuplicateOf(first));
+            }
+        }
+        Ok(Near::None)
     }
 
     fn resolve(&self, function: &str, name: &str) -> String {
@@ -206,6 +302,52 @@ impl Deduplicator {
             }
             Err(_) => Ok(self.unique()),
         }
+    }
+}
+
+/// For a blob-backed fp16 or fp32 `const` of at least [`CONST_THRESHOLD`] elements (where
+/// `allclose` is more than equality), the byte length of its first [`KEY_ELEMENTS`] elements.
+fn close_prefix_len(op: &Operation) -> Option<usize> {
+    let value = op.attributes.get("val").filter(|_| op.r#type == "const")?;
+    value.blob_offset()?;
+    let meta = TensorMeta::of(value)?;
+    let size = match meta.dtype {
+        ScalarType::Float16 => 2,
+        ScalarType::Float32 => 4,
+        _ => return None,
+    };
+    (meta.count >= CONST_THRESHOLD).then(|| size * KEY_ELEMENTS.min(meta.count as usize))
+}
+
+/// numpy's `allclose(a, b, rtol=0, atol)` as coremltools calls it (atol 6e-8 for fp16, 1e-12
+/// otherwise) on little-endian `a` and `b` of `dtype`, computed the way numpy 2 computes it: in
+/// the arrays' own float type (`|a - b| <= atol` with atol cast to it, so 2^-24 for fp16), or
+/// `a == b`, and never where `b` is not finite unless equal. NaN is close to nothing. Other
+/// dtypes compare exactly (numpy goes through float64, where integers differ by at least 1).
+pub fn all_close(dtype: ScalarType, a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    match dtype {
+        ScalarType::Float16 => {
+            let atol = half::f16::from_f64(6e-8).to_f32();
+            a.chunks_exact(2).zip(b.chunks_exact(2)).all(|(x, y)| {
+                let x = half::f16::from_le_bytes([x[0], x[1]]);
+                let y = half::f16::from_le_bytes([y[0], y[1]]);
+                // numpy subtracts halves in float32 and rounds the difference back to half.
+                let diff = half::f16::from_f32(x.to_f32() - y.to_f32()).to_f32();
+                x == y || (y.is_finite() && diff.abs() <= atol)
+            })
+        }
+        ScalarType::Float32 => {
+            let atol = 1e-12f32;
+            a.chunks_exact(4).zip(b.chunks_exact(4)).all(|(x, y)| {
+                let x = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+                let y = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+                x == y || (y.is_finite() && (x - y).abs() <= atol)
+            })
+        }
+        _ => a == b,
     }
 }
 
@@ -424,6 +566,121 @@ mod tests {
         assert_eq!(
             seen(&mut d, &mut w, at(3, false), &reader("rb", "b"), false),
             Verdict::DuplicateOf("ra".into())
+        );
+    }
+
+    #[test]
+    fn all_close_is_numpys_allclose_in_the_arrays_own_type() {
+        // Expected verdicts printed by numpy 2.4: np.isclose(a, b, rtol=0, atol=6e-8 / 1e-12).
+        let h = |v: f64| half::f16::from_f64(v).to_le_bytes().to_vec();
+        let sub = 2f64.powi(-24);
+        let f16_cases = [
+            (0.0, sub, true),
+            (sub, 2.0 * sub, true),
+            (2f64.powi(-14), 2f64.powi(-14) + sub, true),
+            (-0.0, 0.0, true),
+            (-sub, sub, false),
+            (f64::INFINITY, f64::INFINITY, true),
+            (f64::INFINITY, f64::NEG_INFINITY, false),
+            (1.0, f64::INFINITY, false),
+            (f64::NAN, f64::NAN, false),
+            (2f64.powi(-13), 2f64.powi(-13) + 2.0 * sub, false),
+            (65504.0, -65504.0, false),
+        ];
+        for (a, b, close) in f16_cases {
+            assert_eq!(
+                all_close(ScalarType::Float16, &h(a), &h(b)),
+                close,
+                "fp16 {a} {b}"
+            );
+        }
+        let f = |v: f32| v.to_le_bytes().to_vec();
+        let f32_cases = [
+            (1e-13, 2e-13, true),
+            (0.0, -0.0, true),
+            (1.0, 1.000_000_1, false),
+            (3e38, -3e38, false),
+            (0.0, 1e-12, true),
+            (0.0, 1.1e-12, false),
+            (f32::INFINITY, f32::INFINITY, true),
+        ];
+        for (a, b, close) in f32_cases {
+            assert_eq!(
+                all_close(ScalarType::Float32, &f(a), &f(b)),
+                close,
+                "fp32 {a} {b}"
+            );
+        }
+        // Every element must be close; integers compare exactly.
+        let both = [h(0.0), h(1.0)].concat();
+        assert!(!all_close(ScalarType::Float16, &both, &[h(0.0), h(1.5)].concat()));
+        assert!(all_close(ScalarType::Float16, &both, &[h(sub), h(1.0)].concat()));
+        assert!(!all_close(ScalarType::UInt8, &[1, 2], &[1, 3]));
+        assert!(all_close(ScalarType::Int8, &[1, 2], &[1, 2]));
+    }
+
+    #[test]
+    fn a_const_close_past_its_first_100_elements_is_a_duplicate_of_the_first_such() {
+        let (mut d, mut w) = (Deduplicator::new(), weights());
+        let sub = f16::from_bits(1).to_f32();
+        let base: Vec<f32> = (0..200).map(|i| (i % 7) as f32).collect();
+        let with = |changes: &[(usize, f32)]| {
+            let mut v = base.clone();
+            for &(i, x) in changes {
+                v[i] = x;
+            }
+            fp16(v)
+        };
+        let first = with(&[(150, 0.0)]);
+        let a = stored_const(&mut w, "a", &first, &[200]);
+        assert_eq!(seen(&mut d, &mut w, at(0, false), &a, false), Verdict::Keep);
+        let near = |d: &mut Deduplicator, w: &mut Weights, step: usize, data: &TensorData, returned: bool| {
+            let op = const_op("x", blob_value(data.dtype(), &[200], 0));
+            let bytes = data.as_le_bytes().into_owned();
+            d.near_duplicate(&at(step, false), &op, returned, || Ok(bytes), w)
+                .unwrap()
+        };
+        // One subnormal step, or -0 for +0, past element 100: close. The first such const wins.
+        assert_eq!(
+            near(&mut d, &mut w, 1, &with(&[(150, sub)]), false),
+            Near::DuplicateOf("a".into())
+        );
+        assert_eq!(
+            near(&mut d, &mut w, 2, &with(&[(150, -0.0)]), false),
+            Near::DuplicateOf("a".into())
+        );
+        assert_eq!(
+            near(&mut d, &mut w, 3, &with(&[(150, sub)]), true),
+            Near::Returned
+        );
+        // Two steps, or any change within the first 100 elements (another candidate key): not.
+        assert_eq!(
+            near(&mut d, &mut w, 4, &with(&[(150, 2.0 * sub)]), false),
+            Near::None
+        );
+        assert_eq!(
+            near(&mut d, &mut w, 5, &with(&[(150, 0.0), (3, -0.0)]), false),
+            Near::None
+        );
+        // NaN is close to nothing; another block has no candidates.
+        assert_eq!(
+            near(&mut d, &mut w, 6, &with(&[(150, f32::NAN)]), false),
+            Near::None
+        );
+        let op = const_op("x", blob_value(ScalarType::Float16, &[200], 0));
+        let bytes = first.as_le_bytes().into_owned();
+        assert_eq!(
+            d.near_duplicate(&at(0, true), &op, false, || Ok(bytes), &mut w)
+                .unwrap(),
+            Near::None
+        );
+        // Another declared shape is another key.
+        let op = const_op("x", blob_value(ScalarType::Float16, &[2, 100], 0));
+        let bytes = first.as_le_bytes().into_owned();
+        assert_eq!(
+            d.near_duplicate(&at(7, false), &op, false, || Ok(bytes), &mut w)
+                .unwrap(),
+            Near::None
         );
     }
 

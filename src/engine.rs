@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::blob::ReadThreads;
 pub use crate::cancel::CancelFlag;
 use crate::config::{OpConfig, OptimizationConfig};
-use crate::dedupe::{Deduplicator, Verdict};
+use crate::dedupe::{Deduplicator, Near, Verdict};
 use crate::devices::{Devices, Placement};
 use crate::dispatch::KernelResult;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
@@ -22,7 +22,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
 use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath, UseSite};
 use crate::mil::rewrite::{rename_all, replace_ops};
-use crate::mil::value::OperationExt;
+use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
 use crate::plan::{plan, Decision, PlannedTensor};
@@ -207,18 +207,40 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
                 // any) is freed now rather than held with its replacement until the end.
                 *op = new_op;
             } else if !matches!(result, Some(Ok(_))) {
-                rewrite
-                    .weights
-                    .copy_op_blobs(op, &info.name, source.blob_reader())?;
                 let returned = op
                     .outputs
                     .first()
                     .is_some_and(|o| returned_by_own_block(&graph, index, &o.name));
-                if let Verdict::DuplicateOf(first) =
-                    rewrite
-                        .dedupe
-                        .observe(&info.path, op, returned, &mut rewrite.weights)?
-                {
+                // A const close enough to an earlier one is dropped before its blob is copied.
+                let near = rewrite.dedupe.near_duplicate(
+                    &info.path,
+                    op,
+                    returned,
+                    || input_const_bytes(op, &info.name, &source),
+                    &mut rewrite.weights,
+                )?;
+                let duplicate_of = match near {
+                    Near::DuplicateOf(first) => Some(first),
+                    Near::Returned => {
+                        rewrite
+                            .weights
+                            .copy_op_blobs(op, &info.name, source.blob_reader())?;
+                        None
+                    }
+                    Near::None => {
+                        rewrite
+                            .weights
+                            .copy_op_blobs(op, &info.name, source.blob_reader())?;
+                        match rewrite
+                            .dedupe
+                            .observe(&info.path, op, returned, &mut rewrite.weights)?
+                        {
+                            Verdict::DuplicateOf(first) => Some(first),
+                            Verdict::Keep => None,
+                        }
+                    }
+                };
+                if let Some(first) = duplicate_of {
                     let duplicate = op.outputs[0].name.clone();
                     rewrite.rename(&info.path.function, &duplicate, first);
                     rewrite.edits.push((info.path.clone(), Vec::new()));
@@ -514,6 +536,29 @@ impl Rewrite {
         self.edits.push((info.path.clone(), ops.ops));
         Ok((Ok((ops.kept, sparse_bytes(stored, ops.kept, count))), device))
     }
+}
+
+/// The stored bytes of a blob-backed `const` of the input, checked like a copy checks them.
+fn input_const_bytes(op: &Operation, name: &str, source: &WeightSource) -> Result<Vec<u8>> {
+    let tensor = format!("{name}.val");
+    let value = op
+        .const_value()
+        .ok_or_else(|| Error::tensor(&tensor, "const op without a value"))?;
+    crate::weights::source::check_blob_file(&tensor, value)?;
+    let meta = crate::weights::source::TensorMeta::of(value)
+        .ok_or_else(|| Error::tensor(&tensor, "blob value without a numeric tensor type of known shape"))?;
+    let (reader, offset) = match (source.blob_reader(), value.blob_offset()) {
+        (Some(reader), Some(offset)) => (reader, offset),
+        _ => {
+            return Err(Error::tensor(
+                &tensor,
+                "refers to weight.bin but the package has no weight.bin",
+            ))
+        }
+    };
+    reader
+        .read(offset, meta.dtype, meta.count)
+        .map_err(|e| crate::weights::source::in_tensor(&tensor, e))
 }
 
 /// Whether the block holding op `index` returns `value` (coremltools keeps such a duplicate).

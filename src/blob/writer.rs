@@ -158,14 +158,14 @@ impl<W: TensorSink> BlobWriter<W> {
         Ok(true)
     }
 
-    /// Whether `test` holds for any chunk of the `len` data bytes of the blob written at
-    /// `record_offset`, read back from the file a chunk at a time (chunks hold whole elements of
-    /// any byte-sized type).
+    /// Whether `test(start, chunk)` holds for any chunk of the `len` data bytes of the blob written
+    /// at `record_offset` (`start`: the chunk's place in the blob), read back from the file a chunk
+    /// at a time (chunks hold whole elements of any byte-sized type).
     pub fn any_written_chunk(
         &mut self,
         record_offset: u64,
         len: u64,
-        mut test: impl FnMut(&[u8]) -> bool,
+        mut test: impl FnMut(usize, &[u8]) -> bool,
     ) -> Result<bool> {
         let data_offset = record_offset + RECORD_SIZE;
         if data_offset.checked_add(len).is_none_or(|end| end > self.position) {
@@ -179,7 +179,7 @@ impl<W: TensorSink> BlobWriter<W> {
             self.inner
                 .read_written(at, &mut chunk[..n])
                 .map_err(|e| self.error(record_offset, format!("cannot read back an earlier blob: {e}")))?;
-            if test(&chunk[..n]) {
+            if test(done as usize, &chunk[..n]) {
                 return Ok(true);
             }
             done += n as u64;

@@ -187,7 +187,25 @@ impl<W: TensorSink> crate::dedupe::StoredBlobs for WeightFileBuilder<W> {
             ))
         })?;
         self.writer
-            .any_written_chunk(offset, len, |chunk| crate::dedupe::holds_nan(dtype, chunk))
+            .any_written_chunk(offset, len, |_, chunk| crate::dedupe::holds_nan(dtype, chunk))
+    }
+
+    fn blob_all_close(&mut self, offset: u64, dtype: ScalarType, values: &[u8]) -> Result<bool> {
+        let differs = self
+            .writer
+            .any_written_chunk(offset, values.len() as u64, |start, chunk| {
+                !crate::dedupe::all_close(dtype, chunk, &values[start..start + chunk.len()])
+            })?;
+        Ok(!differs)
+    }
+
+    fn blob_prefix(&mut self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut prefix = Vec::with_capacity(len);
+        self.writer.any_written_chunk(offset, len as u64, |_, chunk| {
+            prefix.extend_from_slice(chunk);
+            false
+        })?;
+        Ok(prefix)
     }
 }
 

@@ -407,12 +407,19 @@ def _dup(c):
     128x32, as many elements as the others in another shape (an equal iOS16 packed mask); the
     identical 64-element biases of fc_a and fc_twin are below the 100-element threshold; `tail`
     and `tail_twin` read equal 96x100 consts (untouched duplicates when weight_threshold skips
-    them)."""
+    them). `near_twin` equals `near` but past the 100th element: +0 vs 2**-24 and +0 vs -0
+    (np.allclose in fp16 calls that equal, in fp32 not), `signed_twin` only in the sign of a zero
+    (equal for allclose in both)."""
     a, b, cc = c.normal((64, 64)), c.normal((64, 64)), c.normal((64, 64))
     scaled = (a.astype(np.float32) * 2).astype(c.dtype)
     narrow, tall = c.normal((32, 64)), c.normal((128, 32))
     bias = c.bias(64)
     tail = c.normal((96, 100))
+    near = c.normal((96, 100))
+    near[1, 50], near[2, 0] = 0, 0
+    near_twin, signed_twin = near.copy(), near.copy()
+    near_twin[1, 50], near_twin[2, 0] = 2.0**-24, -0.0
+    signed_twin[2, 0] = -0.0
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 64)), mb.TensorSpec(shape=(96, 100))], opset_version=c.opset)
     def prog(x, y):
@@ -429,6 +436,9 @@ def _dup(c):
         x = mb.linear(x=x, weight=tall, name="fc_tall")
         t = mb.add(x=y, y=tail, name="tail")
         t = mb.mul(x=t, y=tail.copy(), name="tail_twin")
+        t = mb.mul(x=t, y=near, name="near")
+        t = mb.add(x=t, y=near_twin, name="near_twin")
+        t = mb.sub(x=t, y=signed_twin, name="signed_twin")
         return c.output(x), c.output(t, "out_t")
 
     return prog
