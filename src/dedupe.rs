@@ -21,7 +21,7 @@
 //! that `allclose` calls equal without being bit-identical, and small parameters that print alike
 //! without being bit-identical (NaN payloads, fp32 values equal to numpy's 8 printed digits).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::dtype::ScalarType;
 use crate::error::Result;
@@ -106,6 +106,9 @@ pub struct Deduplicator {
     /// Float consts that are the first of their values, by (block, declared type, bytes of the
     /// first [`KEY_ELEMENTS`] elements): `(blob offset, output)` in program order.
     close_candidates: HashMap<CloseKey, Vec<(u64, String)>>,
+    /// The (block, declared type) pairs of `close_candidates`, so that a const with none is
+    /// passed over without reading its values.
+    close_types: HashSet<(BlockKey, String)>,
     /// `(function, duplicate output)` → the output its readers read now.
     resolved: HashMap<(String, String), String>,
     uniques: usize,
@@ -197,6 +200,7 @@ impl Deduplicator {
                 {
                     if let Some(len) = close_prefix_len(op) {
                         let prefix = stored.blob_prefix(*offset, len)?;
+                        self.close_types.insert((block.clone(), value_type.clone()));
                         self.close_candidates
                             .entry((block.clone(), value_type.clone(), prefix))
                             .or_default()
@@ -235,13 +239,11 @@ impl Deduplicator {
         );
         let value_type = format!("{:?}", value.r#type);
         // Read the values only where some const of the same block and type could match.
-        if !self
-            .close_candidates
-            .keys()
-            .any(|(b, t, _)| *b == block && *t == value_type)
-        {
+        let typed = (block, value_type);
+        if !self.close_types.contains(&typed) {
             return Ok(Near::None);
         }
+        let (block, value_type) = typed;
         let Some(meta) = TensorMeta::of(value) else {
             return Ok(Near::None);
         };
