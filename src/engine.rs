@@ -2,7 +2,8 @@
 //!
 //! Ops are visited once, in program order, and `weight.bin` is written in that same order: each
 //! pruned const's new blobs are appended where the const stood, every other blob is copied (once per
-//! original offset). Replacements are one op for one op, so the graph's op paths stay valid while the
+//! original offset; the writer stores equal content once). Ops that coremltools' export would merge
+//! into an earlier equal op are dropped and their readers rebound (`crate::dedupe`). Replacements are one op for one op, so the graph's op paths stay valid while the
 //! program is rewritten. Output goes to a staging folder that is renamed into place only at the end.
 
 use std::collections::HashSet;
@@ -207,44 +208,7 @@ pub fn prune(job: &PruneJob) -> Result<PruneSummary> {
                 // any) is freed now rather than held with its replacement until the end.
                 *op = new_op;
             } else if !matches!(result, Some(Ok(_))) {
-                let returned = op
-                    .outputs
-                    .first()
-                    .is_some_and(|o| returned_by_own_block(&graph, index, &o.name));
-                // A const close enough to an earlier one is dropped before its blob is copied.
-                let near = rewrite.dedupe.near_duplicate(
-                    &info.path,
-                    op,
-                    returned,
-                    || input_const_bytes(op, &info.name, &source),
-                    &mut rewrite.weights,
-                )?;
-                let duplicate_of = match near {
-                    Near::DuplicateOf(first) => Some(first),
-                    Near::Returned => {
-                        rewrite
-                            .weights
-                            .copy_op_blobs(op, &info.name, source.blob_reader())?;
-                        None
-                    }
-                    Near::None => {
-                        rewrite
-                            .weights
-                            .copy_op_blobs(op, &info.name, source.blob_reader())?;
-                        match rewrite
-                            .dedupe
-                            .observe(&info.path, op, returned, &mut rewrite.weights)?
-                        {
-                            Verdict::DuplicateOf(first) => Some(first),
-                            Verdict::Keep => None,
-                        }
-                    }
-                };
-                if let Some(first) = duplicate_of {
-                    let duplicate = op.outputs[0].name.clone();
-                    rewrite.rename(&info.path.function, &duplicate, first);
-                    rewrite.edits.push((info.path.clone(), Vec::new()));
-                }
+                rewrite.carry_op(op, &graph, index, &source)?;
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
@@ -390,6 +354,51 @@ impl Rewrite {
     fn rename(&mut self, function: &str, old: &str, new: String) {
         self.created.insert((function.to_owned(), new.clone()));
         self.renames.push((function.to_owned(), old.to_owned(), new));
+    }
+
+    /// Carries an op the walk does not prune into the output: its blobs are copied, unless
+    /// coremltools' `const_deduplication` merges it into an earlier op; then it is dropped and its
+    /// readers are rebound (a const close to an earlier one before its blob is copied).
+    fn carry_op(
+        &mut self,
+        op: &mut Operation,
+        graph: &GraphView,
+        index: usize,
+        source: &WeightSource,
+    ) -> Result<()> {
+        let info = &graph.ops[index];
+        let returned = op
+            .outputs
+            .first()
+            .is_some_and(|o| returned_by_own_block(graph, index, &o.name));
+        // A const close enough to an earlier one is dropped before its blob is copied.
+        let near = self.dedupe.near_duplicate(
+            &info.path,
+            op,
+            returned,
+            || input_const_bytes(op, &info.name, source),
+            &mut self.weights,
+        )?;
+        let duplicate_of = match near {
+            Near::DuplicateOf(first) => Some(first),
+            Near::Returned => {
+                self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+                None
+            }
+            Near::None => {
+                self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+                match self.dedupe.observe(&info.path, op, returned, &mut self.weights)? {
+                    Verdict::DuplicateOf(first) => Some(first),
+                    Verdict::Keep => None,
+                }
+            }
+        };
+        if let Some(first) = duplicate_of {
+            let duplicate = op.outputs[0].name.clone();
+            self.rename(&info.path.function, &duplicate, first);
+            self.edits.push((info.path.clone(), Vec::new()));
+        }
+        Ok(())
     }
 
     /// Prunes a plain `const` into `constexpr_sparse_to_dense` (spec §5.10).

