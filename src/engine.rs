@@ -2,11 +2,14 @@
 //!
 //! Ops are visited once, in program order, and `weight.bin` is written in that same order: each
 //! pruned const's new blobs are appended where the const stood, every other blob is copied (once per
-//! original offset). A blob several consts read (the functions of a multifunction model share equal
-//! weights) is pruned once, for the first; the others point at its output blobs (`crate::shared`). Replacements are one op for one op, so the graph's op paths stay valid while the
+//! original offset; the writer stores equal content once). A blob several consts read (the
+//! functions of a multifunction model share equal weights) is pruned once, for the first; the others
+//! point at its output blobs (`crate::shared`). Ops that coremltools' export would merge into an
+//! earlier equal op are dropped and their readers rebound (`crate::dedupe`). Replacements are one op
+//! for one op, so the graph's op paths stay valid while the
 //! program is rewritten. Output goes to a staging folder that is renamed into place only at the end.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -15,6 +18,7 @@ use serde::Serialize;
 use crate::blob::ReadThreads;
 pub use crate::cancel::CancelFlag;
 use crate::config::{OpConfig, OptimizationConfig};
+use crate::dedupe::{Deduplicator, Near, Verdict};
 use crate::devices::{Devices, Placement};
 use crate::dispatch::KernelResult;
 use crate::encode::{sparse_to_dense_op, sparsified_name};
@@ -22,18 +26,15 @@ use crate::error::{Error, IoContext, Result};
 use crate::global_sparsity::{decide_cut, GlobalCut};
 pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
-use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath};
+use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath, UseSite};
 use crate::mil::rewrite::{rename_all, replace_ops};
-use crate::mil::value::OperationExt;
+use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
 use crate::plan::{plan, Decision, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::proto::mil::{NamedValueType, Operation, Program};
-use crate::shared::{
-    blob_key, check_shared_configs, qualified, renamed_copy, BlobKey, Outcome, SharedOutcomes,
-};
-use crate::tensor::TensorData;
+use crate::shared::{blob_key, check_shared_configs, qualified, renamed_copy, Outcome, SharedOutcomes};
 use crate::weights::{WeightFileBuilder, WeightSource};
 
 /// Where tensors are pruned.
@@ -196,7 +197,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
         replaced: None,
         renames: Vec::new(),
         created: HashSet::new(),
-        all_zero: HashMap::new(),
+        dedupe: Deduplicator::new(),
         shared: SharedOutcomes::new(shared_keys),
     };
     let mut reports = Vec::with_capacity(planned.len());
@@ -250,9 +251,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
                 // any) is freed now rather than held with its replacement until the end.
                 *op = new_op;
             } else if !matches!(result, Some(Ok(_))) {
-                rewrite
-                    .weights
-                    .copy_op_blobs(op, &info.name, source.blob_reader())?;
+                rewrite.carry_op(op, &graph, index, &source)?;
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
@@ -397,25 +396,10 @@ struct Rewrite {
     /// `(function, new output)` of every rename so far, to find a name created twice without a
     /// search through `renames` per tensor.
     created: HashSet<(String, String)>,
-    /// The first all-zero sparse op per (block, output type): later ones reuse it (see
-    /// [`Rewrite::prune_const`]).
-    all_zero: HashMap<AllZeroKey, String>,
+    /// coremltools' `const_deduplication`, applied to every const and constexpr op as it is final.
+    dedupe: Deduplicator,
     /// What became of each shared blob pruned so far (see [`crate::shared`]).
     shared: SharedOutcomes,
-}
-
-/// Where an all-zero sparse op can be shared: (function, specialization, enclosing block's steps,
-/// element type, shape).
-type AllZeroKey = (String, String, Vec<usize>, crate::dtype::ScalarType, Vec<u64>);
-
-fn all_zero_key(path: &OpPath, dtype: crate::dtype::ScalarType, shape: &[u64]) -> AllZeroKey {
-    (
-        path.function.clone(),
-        path.specialization.clone(),
-        path.steps[..path.steps.len().saturating_sub(1)].to_vec(),
-        dtype,
-        shape.to_vec(),
-    )
 }
 
 /// `Ok((kept, bytes_after))` for a pruned tensor, `Err(reason)` when the kernel skipped it.
@@ -426,6 +410,51 @@ impl Rewrite {
     fn rename(&mut self, function: &str, old: &str, new: String) {
         self.created.insert((function.to_owned(), new.clone()));
         self.renames.push((function.to_owned(), old.to_owned(), new));
+    }
+
+    /// Carries an op the walk does not prune into the output: its blobs are copied, unless
+    /// coremltools' `const_deduplication` merges it into an earlier op; then it is dropped and its
+    /// readers are rebound (a const close to an earlier one before its blob is copied).
+    fn carry_op(
+        &mut self,
+        op: &mut Operation,
+        graph: &GraphView,
+        index: usize,
+        source: &WeightSource,
+    ) -> Result<()> {
+        let info = &graph.ops[index];
+        let returned = op
+            .outputs
+            .first()
+            .is_some_and(|o| returned_by_own_block(graph, index, &o.name));
+        // A const close enough to an earlier one is dropped before its blob is copied.
+        let near = self.dedupe.near_duplicate(
+            &info.path,
+            op,
+            returned,
+            || input_const_bytes(op, &info.name, source),
+            &mut self.weights,
+        )?;
+        let duplicate_of = match near {
+            Near::DuplicateOf(first) => Some(first),
+            Near::Returned => {
+                self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+                None
+            }
+            Near::None => {
+                self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+                match self.dedupe.observe(&info.path, op, returned, &mut self.weights)? {
+                    Verdict::DuplicateOf(first) => Some(first),
+                    Verdict::Keep => None,
+                }
+            }
+        };
+        if let Some(first) = duplicate_of {
+            let duplicate = op.outputs[0].name.clone();
+            self.rename(&info.path.function, &duplicate, first);
+            self.edits.push((info.path.clone(), Vec::new()));
+        }
+        Ok(())
     }
 
     /// Prunes a plain `const` into `constexpr_sparse_to_dense` (spec §5.10).
@@ -449,9 +478,9 @@ impl Rewrite {
             prefetcher.recycle(buffer);
         }
         let key = blob_key(program, graph, index);
-        if let Some((key, outcome)) = key.as_ref().and_then(|k| Some((k, self.shared.get(k)?.clone()))) {
+        if let Some(outcome) = key.as_ref().and_then(|k| self.shared.get(k)).cloned() {
             // Not read again: the prefetcher has no job for it either.
-            return self.reuse_shared(graph, index, key, outcome, output);
+            return self.reuse_shared(graph, index, outcome, output);
         }
         let input = match prefetcher.next(index) {
             Some(ready) => ready?,
@@ -502,27 +531,6 @@ impl Rewrite {
         let new_name = self.fresh_name(graph, index)?;
         let kept = pruned.kept;
         let bytes_after = sparse_bytes(pruned.nonzero.dtype(), kept, meta.count);
-        let shared_outcome = |op: Option<&Operation>| Outcome::Pruned {
-            kept,
-            bytes_after,
-            op: op.cloned(),
-            first: qualified(graph, index),
-            device: device.device,
-        };
-        // coremltools' export deduplicates identical constexpr ops within a block; the case that
-        // arises from pruning is two same-typed weights pruned to all zeros. The later one then
-        // reads the earlier op's output, and its own op and blobs are dropped.
-        let block = all_zero_key(&info.path, meta.dtype, &meta.shape);
-        if kept == 0 {
-            if let Some(first) = self.all_zero.get(&block) {
-                let first = first.clone();
-                self.rename(&info.path.function, &output.name, first);
-                self.edits.push((info.path.clone(), Vec::new()));
-                self.shared.record(key, || shared_outcome(None));
-                return Ok((Ok((0, 0)), device));
-            }
-            self.all_zero.insert(block, new_name.clone());
-        }
         let new_op = sparse_to_dense_op(
             &info.name,
             output.r#type.clone().unwrap_or_default(),
@@ -532,6 +540,17 @@ impl Rewrite {
             self.spec_version,
             &mut self.weights,
         )?;
+        // Functions sharing this blob reuse the op even when this block merges it: its blobs exist.
+        self.shared.record(key, || Outcome::Pruned {
+            kept,
+            bytes_after,
+            op: new_op.clone(),
+            first: qualified(graph, index),
+            device: device.device,
+        });
+        if self.merged_into_earlier(graph, index, &new_op, &output.name)? {
+            return Ok((Ok((kept, 0)), device));
+        }
         // The writer thread writes these values while the next tensor is read and pruned: three
         // tensors in memory. That fits the memory bound (two of the largest tensor plus 128 MiB)
         // only for tensors the reader may also read ahead into fresh memory; after a larger one,
@@ -539,10 +558,35 @@ impl Rewrite {
         if meta.storage_bytes().is_none_or(|bytes| bytes > FRESH_READ_LIMIT) {
             self.weights.flush()?;
         }
-        self.shared.record(key, || shared_outcome(Some(&new_op)));
         self.rename(&info.path.function, &output.name, new_name);
         self.replaced = Some(new_op);
         Ok((Ok((kept, bytes_after)), device))
+    }
+
+    /// coremltools' export merges a sparse op equal to an earlier one in its block (identical
+    /// weights, or same-shaped weights pruned to all zeros): the later one's readers read the
+    /// earlier op, and it stores nothing of its own (its blobs were stored once already). True
+    /// when `new_op`, written for the const at `index`, was merged so.
+    fn merged_into_earlier(
+        &mut self,
+        graph: &GraphView,
+        index: usize,
+        new_op: &Operation,
+        output: &str,
+    ) -> Result<bool> {
+        let info = &graph.ops[index];
+        let returned = returned_by_own_block(graph, index, output);
+        match self
+            .dedupe
+            .observe(&info.path, new_op, returned, &mut self.weights)?
+        {
+            Verdict::DuplicateOf(first) => {
+                self.rename(&info.path.function, output, first);
+                self.edits.push((info.path.clone(), Vec::new()));
+                Ok(true)
+            }
+            Verdict::Keep => Ok(false),
+        }
     }
 
     /// `<name>_sparsified` for the const at `index`, refused if that value exists already. Two
@@ -566,13 +610,12 @@ impl Rewrite {
     /// Replaces the const at `index`, whose blob an earlier const shared and was pruned (or
     /// skipped by the kernel) for, by an op reading that result's blobs: nothing is read or
     /// computed again. The plan made sure both resolve to the same config
-    /// ([`check_shared_configs`]). An all-zero result follows the block rule of
-    /// [`Rewrite::prune_const`], as pruning this function's source on its own would.
+    /// ([`check_shared_configs`]). The copy goes through its own block's deduplication, as pruning
+    /// this function's source on its own would.
     fn reuse_shared(
         &mut self,
         graph: &GraphView,
         index: usize,
-        key: &BlobKey,
         outcome: Outcome,
         output: &NamedValueType,
     ) -> Result<(PruneResult, Placement)> {
@@ -602,38 +645,12 @@ impl Rewrite {
             reason: format!("shared weight.bin blob: pruned once, for {first}"),
         };
         let new_name = self.fresh_name(graph, index)?;
-        let (_, dtype, shape) = key;
-        if kept == 0 {
-            let block = all_zero_key(&info.path, *dtype, shape);
-            if let Some(first_zero) = self.all_zero.get(&block) {
-                let first_zero = first_zero.clone();
-                self.rename(&info.path.function, &output.name, first_zero);
-                self.edits.push((info.path.clone(), Vec::new()));
-                return Ok((Ok((0, 0)), placement));
-            }
-            self.all_zero.insert(block, new_name.clone());
+        let new_op = renamed_copy(&op, &new_name);
+        // This function's own block may hold an equal op already, as pruning its source alone
+        // would find.
+        if self.merged_into_earlier(graph, index, &new_op, &output.name)? {
+            return Ok((Ok((kept, 0)), placement));
         }
-        let new_op = match op {
-            Some(op) => renamed_copy(&op, &new_name),
-            None => {
-                // The first const was all zeros and reused an op of its own block, so no blobs
-                // were written: write them now, an all-clear mask and no values.
-                let count: u64 = shape.iter().product();
-                let nothing =
-                    TensorData::from_le_bytes(*dtype, &[], 0).map_err(|e| Error::tensor(&info.name, e))?;
-                let op = sparse_to_dense_op(
-                    &info.name,
-                    output.r#type.clone().unwrap_or_default(),
-                    shape,
-                    nothing,
-                    vec![0; count.div_ceil(8) as usize],
-                    self.spec_version,
-                    &mut self.weights,
-                )?;
-                self.shared.set_op(key, &op);
-                op
-            }
-        };
         self.rename(&info.path.function, &output.name, new_name);
         self.replaced = Some(new_op);
         Ok((Ok((kept, bytes_after)), placement))
@@ -690,6 +707,44 @@ impl Rewrite {
 enum Order<'a> {
     Config(&'a OpConfig),
     Cut(GlobalCut),
+}
+
+/// The stored bytes of a blob-backed `const` of the input, checked like a copy checks them.
+fn input_const_bytes(op: &Operation, name: &str, source: &WeightSource) -> Result<Vec<u8>> {
+    let tensor = format!("{name}.val");
+    let value = op
+        .const_value()
+        .ok_or_else(|| Error::tensor(&tensor, "const op without a value"))?;
+    crate::weights::source::check_blob_file(&tensor, value)?;
+    let meta = crate::weights::source::TensorMeta::of(value)
+        .ok_or_else(|| Error::tensor(&tensor, "blob value without a numeric tensor type of known shape"))?;
+    let (reader, offset) = match (source.blob_reader(), value.blob_offset()) {
+        (Some(reader), Some(offset)) => (reader, offset),
+        _ => {
+            return Err(Error::tensor(
+                &tensor,
+                "refers to weight.bin but the package has no weight.bin",
+            ))
+        }
+    };
+    reader
+        .read(offset, meta.dtype, meta.count)
+        .map_err(|e| crate::weights::source::in_tensor(&tensor, e))
+}
+
+/// Whether the block holding op `index` returns `value` (coremltools keeps such a duplicate).
+fn returned_by_own_block(graph: &GraphView, index: usize, value: &str) -> bool {
+    let path = &graph.ops[index].path;
+    // The op owning the block: none for a function body, else the op two steps up.
+    let owner_steps = path.steps.len().checked_sub(2).map(|n| &path.steps[..n]);
+    graph.uses(&path.function, value).iter().any(|site| match site {
+        UseSite::BlockOutput { owner: None } => owner_steps.is_none(),
+        UseSite::BlockOutput { owner: Some(o) } => graph.ops.get(*o).is_some_and(|owner| {
+            owner.path.specialization == path.specialization
+                && Some(owner.path.steps.as_slice()) == owner_steps
+        }),
+        UseSite::Input { .. } => false,
+    })
 }
 
 /// Stored bytes of a sparse tensor: the kept values plus one mask bit per element.

@@ -15,6 +15,7 @@ pub mod cancel;
 pub mod cleanup;
 pub mod cli;
 pub mod config;
+pub mod dedupe;
 pub mod devices;
 pub mod dispatch;
 pub mod dtype;

@@ -121,12 +121,12 @@ pub enum Outcome {
         device: &'static str,
     },
     /// Pruned: `kept` values of `bytes_after` stored bytes. `op` is the `constexpr_sparse_to_dense`
-    /// that reads the output blobs; `None` while none was written (the first const was all zeros
-    /// and reused an earlier all-zero op of its block), so a later reader writes it.
+    /// that reads the output blobs (also when its own block merged it into an earlier equal op:
+    /// the writer stored its blobs once, so they exist).
     Pruned {
         kept: u64,
         bytes_after: u64,
-        op: Option<Operation>,
+        op: Operation,
         /// `function/name` of the const that was pruned, for the report.
         first: String,
         /// Where its kernel ran.
@@ -159,13 +159,6 @@ impl SharedOutcomes {
     pub fn record(&mut self, key: Option<BlobKey>, outcome: impl FnOnce() -> Outcome) {
         if let Some(key) = key.filter(|k| self.shared.contains(k)) {
             self.outcomes.insert(key, outcome());
-        }
-    }
-
-    /// Records the op written for an all-zero result whose first const wrote none.
-    pub fn set_op(&mut self, key: &BlobKey, new_op: &Operation) {
-        if let Some(Outcome::Pruned { op, .. }) = self.outcomes.get_mut(key) {
-            *op = Some(new_op.clone());
         }
     }
 }

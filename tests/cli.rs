@@ -781,6 +781,46 @@ fn all_zero_results_of_the_same_type_share_one_op_like_coremltools() {
 }
 
 #[test]
+fn equal_blobs_are_stored_once_and_runs_are_deterministic() {
+    // At target sparsity 0 every mask is all ones: the three 256x256 layers' masks (8192 bytes
+    // each, iOS16 form) are one blob. 12 blobs without sharing (4 nonzero_data, 4 masks, 4
+    // biases), 10 with it.
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample/sample.mlpackage");
+    let weight_bin =
+        |out: &Path| std::fs::read(out.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap();
+    let mut outputs = Vec::new();
+    for name in ["a.mlpackage", "b.mlpackage"] {
+        let out = tmp.path().join(name);
+        let o = run(&[&"prune", &sample, &out, &"--sparsity", &"0.0", &"-q"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outputs.push(out);
+    }
+    let bytes = weight_bin(&outputs[0]);
+    assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()), 10);
+    // No two blobs hold the same content.
+    let reader = mlprune::blob::BlobReader::new(bytes.as_slice(), "weight.bin".into()).unwrap();
+    let mut contents: Vec<_> = reader
+        .records()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.dtype,
+                reader.read(r.offset, r.dtype, r.element_count()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(contents.len(), 10);
+    contents.sort();
+    contents.dedup();
+    assert_eq!(contents.len(), 10, "a content stored twice");
+    assert_eq!(bytes, weight_bin(&outputs[1]));
+    let model = |out: &Path| std::fs::read(out.join("Data/com.apple.CoreML/model.mlmodel")).unwrap();
+    assert_eq!(model(&outputs[0]), model(&outputs[1]));
+}
+
+#[test]
 fn the_report_says_why_each_device_was_chosen() {
     // Without a GPU in play: `cpu` says so, and `auto` keeps tensors below --gpu-min-elements on
     // the CPU and says that. Skipped tensors ran no kernel and give no reason.

@@ -1,7 +1,17 @@
 //! Writer for `weight.bin` producing the compact layout coremltools writes (spec §3.3): the header,
 //! then per blob zero padding to a multiple of 64, the 64-byte record and the data, with no padding
 //! after the last blob. Blobs written in the same order as coremltools give a byte-identical file.
+//!
+//! Identical content is stored once: every blob is hashed as it is appended, and a blob whose
+//! (dtype, element count, hash) matches one already in the file is compared byte for byte against
+//! that blob's bytes read back from the file; only if they are equal is the earlier record's offset
+//! returned instead of writing a second copy. So the hash only finds candidates (a collision costs a
+//! read, never a wrong offset), and no blob is kept in memory beyond the one being appended.
+//! coremltools stores a value once per deduplicated MIL value (`const_deduplication`, then one blob
+//! per value name); storing once per content is at least that, and also covers blobs it writes twice
+//! (equal masks of differently shaped weights, shared blobs across functions).
 
+use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
@@ -12,7 +22,7 @@ use crate::tensor::TensorData;
 
 /// Appends blobs to a fresh `weight.bin`. Offsets are counted from where `inner` stood when the writer
 /// was created (the file start for a new file), since that is where the header goes.
-pub struct BlobWriter<W: Write + Seek> {
+pub struct BlobWriter<W: TensorSink> {
     inner: W,
     path: PathBuf,
     /// Stream position of the header.
@@ -20,7 +30,20 @@ pub struct BlobWriter<W: Write + Seek> {
     /// Bytes written so far, relative to `base`.
     position: u64,
     count: u32,
+    /// Record offsets of the blobs written so far, by content key; several offsets under one key
+    /// are blobs whose hashes collide.
+    stored: HashMap<ContentKey, Vec<u64>>,
+    /// Appends answered with an earlier blob's offset instead of a new blob.
+    shared: u64,
+    /// The content hash; a test swaps in a constant one to force collisions.
+    hash: fn(&[u8]) -> u64,
 }
+
+/// What must agree for two blobs to be the same: dtype, element count and the hash of the bytes.
+type ContentKey = (ScalarType, u64, u64);
+
+/// Bytes compared per read when a candidate blob is checked against the file.
+const COMPARE_CHUNK: usize = 64 << 10;
 
 const ZEROS: [u8; 64] = [0; 64];
 
@@ -37,11 +60,26 @@ pub trait TensorSink: Write + Seek {
     fn recycled_tensor(&mut self) -> Option<TensorData> {
         None
     }
+
+    /// Fills `buf` with bytes already written, starting at stream position `at` (what
+    /// `stream_position` said before they were written), once every earlier write has landed.
+    fn read_written(&mut self, at: u64, buf: &mut [u8]) -> std::io::Result<()>;
 }
 
-impl TensorSink for std::io::Cursor<Vec<u8>> {}
+impl TensorSink for std::io::Cursor<Vec<u8>> {
+    fn read_written(&mut self, at: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let written = self.get_ref();
+        let range = usize::try_from(at)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(buf.len())?))
+            .filter(|r| r.end <= written.len())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(&written[range]);
+        Ok(())
+    }
+}
 
-impl<W: Write + Seek> BlobWriter<W> {
+impl<W: TensorSink> BlobWriter<W> {
     /// Writes the header with a zero `count`, patched by [`BlobWriter::finish`]. `path` labels errors.
     pub fn new(mut inner: W, path: PathBuf) -> Result<Self> {
         let base = inner.stream_position().at(&path)?;
@@ -51,6 +89,9 @@ impl<W: Write + Seek> BlobWriter<W> {
             base,
             position: 0,
             count: 0,
+            stored: HashMap::new(),
+            shared: 0,
+            hash: content_hash,
         };
         writer.write_all(&header_bytes(0))?;
         Ok(writer)
@@ -76,6 +117,80 @@ impl<W: Write + Seek> BlobWriter<W> {
         self.position
     }
 
+    /// Appends answered with the offset of an identical blob already in the file.
+    pub fn shared_count(&self) -> u64 {
+        self.shared
+    }
+
+    /// The offset of a blob already written with exactly `data` as its `dtype` content of
+    /// `element_count` elements, confirmed byte for byte against the file.
+    fn find_stored(&mut self, key: &ContentKey, data: &[u8]) -> Result<Option<u64>> {
+        let Some(candidates) = self.stored.get(key) else {
+            return Ok(None);
+        };
+        let candidates = candidates.clone();
+        let mut chunk = vec![0u8; COMPARE_CHUNK.min(data.len())];
+        for record_offset in candidates {
+            if self.written_bytes_equal(record_offset + RECORD_SIZE, data, &mut chunk)? {
+                self.shared += 1;
+                return Ok(Some(record_offset));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the file holds `data` at `data_offset` (relative to the header).
+    fn written_bytes_equal(&mut self, data_offset: u64, data: &[u8], chunk: &mut [u8]) -> Result<bool> {
+        let mut at = self.base + data_offset;
+        for expected in data.chunks(chunk.len().max(1)) {
+            let got = &mut chunk[..expected.len()];
+            self.inner.read_written(at, got).map_err(|e| {
+                self.error(
+                    data_offset,
+                    format!("cannot read back an earlier blob to compare: {e}"),
+                )
+            })?;
+            if got != expected {
+                return Ok(false);
+            }
+            at += expected.len() as u64;
+        }
+        Ok(true)
+    }
+
+    /// Whether `test(start, chunk)` holds for any chunk of the `len` data bytes of the blob written
+    /// at `record_offset` (`start`: the chunk's place in the blob), read back from the file a chunk
+    /// at a time (chunks hold whole elements of any byte-sized type).
+    pub fn any_written_chunk(
+        &mut self,
+        record_offset: u64,
+        len: u64,
+        mut test: impl FnMut(usize, &[u8]) -> bool,
+    ) -> Result<bool> {
+        let data_offset = record_offset + RECORD_SIZE;
+        if data_offset.checked_add(len).is_none_or(|end| end > self.position) {
+            return Err(self.error(record_offset, "no blob of that size was written there"));
+        }
+        let mut chunk = vec![0u8; COMPARE_CHUNK.min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(COMPARE_CHUNK as u64) as usize;
+            let at = self.base + data_offset + done;
+            self.inner
+                .read_written(at, &mut chunk[..n])
+                .map_err(|e| self.error(record_offset, format!("cannot read back an earlier blob: {e}")))?;
+            if test(done as usize, &chunk[..n]) {
+                return Ok(true);
+            }
+            done += n as u64;
+        }
+        Ok(false)
+    }
+
+    fn content_key(&self, dtype: ScalarType, element_count: u64, data: &[u8]) -> ContentKey {
+        (dtype, element_count, (self.hash)(data))
+    }
+
     fn error(&self, offset: u64, reason: impl Into<String>) -> Error {
         Error::Blob {
             path: self.path.clone(),
@@ -92,12 +207,17 @@ impl<W: Write + Seek> BlobWriter<W> {
 
     /// Appends one blob of `element_count` elements whose storage bytes (bit-packed for sub-byte types)
     /// are `data`, and returns its record offset, the value for `BlobFileValue.offset`.
+    /// Content already in the file is not written again: the earlier blob's offset is returned.
     pub fn append(&mut self, dtype: ScalarType, data: &[u8], element_count: u64) -> Result<u64> {
-        let (record_offset, count) =
-            self.begin_blob(dtype, data.len() as u64, data.last().copied(), element_count)?;
+        let blob = self.check_blob(dtype, data.len() as u64, data.last().copied(), element_count)?;
+        let key = self.content_key(dtype, element_count, data);
+        if let Some(offset) = self.find_stored(&key, data)? {
+            return Ok(offset);
+        }
+        self.begin_blob(&blob)?;
         self.write_all(data)?;
-        self.count = count;
-        Ok(record_offset)
+        self.end_blob(blob, key);
+        Ok(blob.record_offset)
     }
 
     /// Appends typed data, encoded with [`TensorData::to_le_bytes`].
@@ -118,23 +238,27 @@ impl<W: Write + Seek> BlobWriter<W> {
             // anyway: write them as they are.
             other => return self.append(dtype, &other, data.len() as u64),
         };
-        let (record_offset, count) = self.begin_blob(dtype, bytes, None, data.len() as u64)?;
+        let blob = self.check_blob(dtype, bytes, None, data.len() as u64)?;
+        let key = self.content_key(dtype, data.len() as u64, &data.as_le_bytes());
+        if let Some(offset) = self.find_stored(&key, &data.as_le_bytes())? {
+            return Ok(offset);
+        }
+        self.begin_blob(&blob)?;
         self.inner.write_tensor(data).at(&self.path)?;
         self.position += bytes;
-        self.count = count;
-        Ok(record_offset)
+        self.end_blob(blob, key);
+        Ok(blob.record_offset)
     }
 
     /// Checks a blob of `len` data bytes holding `element_count` elements (its last byte `last`,
-    /// for the padding check of sub-byte types), writes the alignment gap and its record, and
-    /// returns the record offset and the blob count once it is complete.
-    fn begin_blob(
-        &mut self,
+    /// for the padding check of sub-byte types) and says where and how it would be written.
+    fn check_blob(
+        &self,
         dtype: ScalarType,
         len: u64,
         last: Option<u8>,
         element_count: u64,
-    ) -> Result<(u64, u32)> {
+    ) -> Result<NewBlob> {
         let record_offset =
             align64(self.position).ok_or_else(|| self.error(self.position, "file offset overflows"))?;
         let code = dtype.blob_code().ok_or_else(|| {
@@ -164,12 +288,24 @@ impl<W: Write + Seek> BlobWriter<W> {
             .count
             .checked_add(1)
             .ok_or_else(|| self.error(record_offset, "more than u32::MAX blobs in one file"))?;
-        let data_offset = record_offset + RECORD_SIZE;
+        Ok(NewBlob {
+            record_offset,
+            count,
+            record: record_bytes(code, len, record_offset + RECORD_SIZE, padding),
+        })
+    }
 
-        let gap = (record_offset - self.position) as usize;
+    /// Writes the alignment gap and the record of a checked blob.
+    fn begin_blob(&mut self, blob: &NewBlob) -> Result<()> {
+        let gap = (blob.record_offset - self.position) as usize;
         self.write_all(&ZEROS[..gap])?;
-        self.write_all(&record_bytes(code, len, data_offset, padding))?;
-        Ok((record_offset, count))
+        self.write_all(&blob.record)
+    }
+
+    /// Counts a blob whose data is written and indexes its content.
+    fn end_blob(&mut self, blob: NewBlob, key: ContentKey) {
+        self.count = blob.count;
+        self.stored.entry(key).or_default().push(blob.record_offset);
     }
 
     /// Patches the header's `count` and returns the inner writer, positioned at the end of the file.
@@ -183,6 +319,33 @@ impl<W: Write + Seek> BlobWriter<W> {
         self.inner.flush().at(&self.path)?;
         Ok(self.inner)
     }
+}
+
+/// Pieces hashed on their own, in parallel, when a blob is larger than one.
+const HASH_PIECE: usize = 1 << 20;
+
+/// xxh3 of the bytes; a blob larger than [`HASH_PIECE`] is hashed as the xxh3 of its pieces'
+/// hashes, pieces hashed in parallel (the same value whatever the thread count), so that hashing
+/// a large tensor costs a fraction of writing it.
+fn content_hash(bytes: &[u8]) -> u64 {
+    use rayon::prelude::*;
+    if bytes.len() <= HASH_PIECE {
+        return xxhash_rust::xxh3::xxh3_64(bytes);
+    }
+    let pieces: Vec<u8> = bytes
+        .par_chunks(HASH_PIECE)
+        .map(|piece| xxhash_rust::xxh3::xxh3_64(piece).to_le_bytes())
+        .collect::<Vec<[u8; 8]>>()
+        .concat();
+    xxhash_rust::xxh3::xxh3_64(&pieces)
+}
+
+/// A checked blob not yet written: its record offset, the blob count once it is, and its record.
+#[derive(Clone, Copy)]
+struct NewBlob {
+    record_offset: u64,
+    count: u32,
+    record: [u8; RECORD_SIZE as usize],
 }
 
 /// Storage header (§3.1): count, version, zero reserved fields.
@@ -405,6 +568,139 @@ mod tests {
         assert_eq!(
             read_back(&bytes[10..]).read(64, ScalarType::UInt8, 1).unwrap(),
             vec![5]
+        );
+    }
+
+    #[test]
+    fn identical_content_is_stored_once_and_shares_the_offset() {
+        let mask = TensorData::U8(vec![0xA5; 300]);
+        let values = TensorData::F16((0..200u16).map(f16::from_bits).collect());
+        let blobs = [mask.clone(), values.clone(), mask.clone(), values.clone()];
+        let mut writer = BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        let offsets: Vec<u64> = blobs.iter().map(|b| writer.append_tensor(b).unwrap()).collect();
+        // Handed over by value, the same content is found too.
+        let owned = writer.append_tensor_owned(values.clone()).unwrap();
+        assert_eq!(offsets, vec![64, 448, 64, 448]);
+        assert_eq!(owned, 448);
+        assert_eq!((writer.count(), writer.shared_count()), (2, 3));
+        let bytes = writer.finish().unwrap().into_inner();
+        assert_eq!(
+            bytes.len(),
+            448 + 64 + 400,
+            "each content once, nothing after the last"
+        );
+        let reader = read_back(&bytes);
+        assert_eq!(reader.count(), 2);
+        assert_eq!(reader.read_tensor(448, ScalarType::Float16, 200).unwrap(), values);
+    }
+
+    #[test]
+    fn equal_bytes_of_another_dtype_or_count_are_a_separate_blob() {
+        let mut writer = BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        let a = writer.append(ScalarType::UInt8, &[7; 16], 16).unwrap();
+        let b = writer.append(ScalarType::Int8, &[7; 16], 16).unwrap();
+        let c = writer.append(ScalarType::Float16, &[7; 16], 8).unwrap();
+        // uint1: 16 bytes hold 128 elements; 127 elements would leave one padding bit set.
+        let d = writer.append(ScalarType::UInt1, &[7; 16], 128).unwrap();
+        assert_eq!(vec![a, b, c, d], vec![64, 192, 320, 448]);
+        assert_eq!(writer.shared_count(), 0);
+    }
+
+    #[test]
+    fn the_content_hash_of_a_large_blob_depends_on_every_piece_and_their_order() {
+        let a: Vec<u8> = (0..3 * HASH_PIECE + 5).map(|i| (i % 253) as u8).collect();
+        assert_eq!(content_hash(&a), content_hash(&a.clone()));
+        let mut b = a.clone();
+        b[2 * HASH_PIECE + 1] ^= 1;
+        assert_ne!(content_hash(&a), content_hash(&b));
+        // The same pieces in another order.
+        let mut swapped = a[HASH_PIECE..2 * HASH_PIECE].to_vec();
+        swapped.extend_from_slice(&a[..HASH_PIECE]);
+        swapped.extend_from_slice(&a[2 * HASH_PIECE..]);
+        assert_ne!(content_hash(&a), content_hash(&swapped));
+        assert_eq!(content_hash(&a[..10]), xxhash_rust::xxh3::xxh3_64(&a[..10]));
+    }
+
+    #[test]
+    fn under_a_hash_collision_the_byte_compare_decides() {
+        let mut writer = BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        // Every content hashes alike: only the comparison with the file can tell blobs apart.
+        writer.hash = |_| 0;
+        let first: Vec<u8> = (0..200u8).collect();
+        let mut last_differs = first.clone();
+        last_differs[199] ^= 1;
+        let mut first_differs = first.clone();
+        first_differs[0] ^= 0x80;
+        let a = writer.append(ScalarType::UInt8, &first, 200).unwrap();
+        let b = writer.append(ScalarType::UInt8, &last_differs, 200).unwrap();
+        let c = writer.append(ScalarType::UInt8, &first_differs, 200).unwrap();
+        assert_eq!(
+            vec![a, b, c],
+            vec![64, 384, 704],
+            "colliding but different: three blobs"
+        );
+        // Each finds its own twin among the colliding candidates, whatever its place in the list.
+        assert_eq!(writer.append(ScalarType::UInt8, &first_differs, 200).unwrap(), c);
+        assert_eq!(writer.append(ScalarType::UInt8, &last_differs, 200).unwrap(), b);
+        assert_eq!(writer.append(ScalarType::UInt8, &first, 200).unwrap(), a);
+        assert_eq!((writer.count(), writer.shared_count()), (3, 3));
+        let bytes = writer.finish().unwrap().into_inner();
+        let reader = read_back(&bytes);
+        for (offset, data) in [(a, &first), (b, &last_differs), (c, &first_differs)] {
+            assert_eq!(&reader.read(offset, ScalarType::UInt8, 200).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn a_blob_longer_than_one_compare_chunk_is_compared_whole() {
+        let mut writer = BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        writer.hash = |_| 0;
+        let len = 2 * COMPARE_CHUNK + 3;
+        let base: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut tail_differs = base.clone();
+        tail_differs[len - 1] ^= 1;
+        let a = writer.append(ScalarType::UInt8, &base, len as u64).unwrap();
+        let b = writer
+            .append(ScalarType::UInt8, &tail_differs, len as u64)
+            .unwrap();
+        assert_ne!(a, b);
+        assert_eq!(
+            writer
+                .append(ScalarType::UInt8, &tail_differs, len as u64)
+                .unwrap(),
+            b
+        );
+    }
+
+    #[test]
+    fn a_failed_read_back_is_an_error_naming_the_blob() {
+        /// A sink that cannot read back what it wrote.
+        struct WriteOnly(Cursor<Vec<u8>>);
+        impl Write for WriteOnly {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.write(buf)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl Seek for WriteOnly {
+            fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+                self.0.seek(to)
+            }
+        }
+        impl TensorSink for WriteOnly {
+            fn read_written(&mut self, _: u64, _: &mut [u8]) -> std::io::Result<()> {
+                Err(std::io::Error::other("no reading here"))
+            }
+        }
+        let mut writer =
+            BlobWriter::new(WriteOnly(Cursor::new(Vec::new())), PathBuf::from("out.bin")).unwrap();
+        writer.append(ScalarType::UInt8, &[1; 20], 20).unwrap();
+        let err = writer.append(ScalarType::UInt8, &[1; 20], 20).unwrap_err();
+        assert!(
+            matches!(&err, Error::Blob { offset: 128, reason, .. } if reason.contains("no reading here")),
+            "{err}"
         );
     }
 

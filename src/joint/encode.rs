@@ -15,7 +15,6 @@
 //! (mask, nonzero data, then the carried-over parameters), and the dense op has none.
 
 use std::collections::BTreeMap;
-use std::io::{Seek, Write};
 
 use crate::blob::TensorSink;
 use crate::dtype::ScalarType;
@@ -165,7 +164,7 @@ pub fn joint_ops<W: TensorSink>(
 }
 
 /// The carried-over parameters, blobs copied into `weights` in the sparse op's parameter order.
-fn carried_inputs<W: Write + Seek>(
+fn carried_inputs<W: TensorSink>(
     sparse_type: &str,
     kind: &JointKind,
     params: [&str; 2],

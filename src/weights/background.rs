@@ -29,6 +29,9 @@ const SYNC_EVERY: usize = 4 << 20;
 
 pub struct BackgroundWriter {
     state: State,
+    /// A second handle of the file, to read back what was written (positioned reads only, so
+    /// the shared file offset is never moved).
+    reader: File,
     /// Bytes accepted so far (the logical stream position while piped).
     position: u64,
 }
@@ -61,7 +64,13 @@ fn broken() -> io::Error {
 impl BackgroundWriter {
     /// Creates (truncates) `path` and starts its writer thread.
     pub fn create(path: &Path) -> io::Result<Self> {
-        let file = File::create(path)?;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        let reader = file.try_clone()?;
         let (to_thread, from_main) = sync_channel::<Item>(0);
         let (piece_to_main, pieces_back) = sync_channel::<Vec<u8>>(2);
         // Room for a tensor's values and its mask, so that the values are not the one dropped.
@@ -114,6 +123,7 @@ impl BackgroundWriter {
             thread,
         };
         Ok(BackgroundWriter {
+            reader,
             state: State::Piped(pipe),
             position: 0,
         })
@@ -250,6 +260,39 @@ impl TensorSink for BackgroundWriter {
             _ => None,
         }
     }
+
+    /// The thread takes an item only once it has written every earlier one, so handing over the
+    /// piece being filled and then an empty one means everything before is in the file.
+    fn read_written(&mut self, at: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self.state {
+            State::Piped(_) => {
+                self.send_filling(true)?;
+                self.send_filling(true)?;
+            }
+            State::Direct(_) => {}
+            State::Broken => return Err(broken()),
+        }
+        read_exact_at(&self.reader, buf, at)
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, at)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut at: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, at)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                at += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Drop for BackgroundWriter {
@@ -298,6 +341,31 @@ mod tests {
         assert_eq!(end, want.len() as u64);
         w.into_file().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), want);
+    }
+
+    #[test]
+    fn what_was_written_reads_back_while_the_pipe_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.bin");
+        let mut w = BackgroundWriter::create(&path).unwrap();
+        w.write_all(b"head").unwrap();
+        let tensor = TensorData::U8((0..=255u8).cycle().take(PIECE + 100).collect());
+        let want = tensor.as_le_bytes().into_owned();
+        w.write_tensor(tensor).unwrap();
+        // Still in the piece being filled, not yet handed to the thread.
+        w.write_all(b"tail").unwrap();
+        let mut got = vec![0u8; 4];
+        w.read_written(4 + want.len() as u64, &mut got).unwrap();
+        assert_eq!(got, b"tail");
+        let mut got = vec![0u8; want.len()];
+        w.read_written(4, &mut got).unwrap();
+        assert!(got == want, "the tensor handed over reads back whole");
+        // Reading moved no write position: later bytes still land at the end.
+        w.write_all(b"more").unwrap();
+        drop(w.into_file().unwrap());
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(&file[file.len() - 8..], b"tailmore");
+        assert_eq!(file.len(), 12 + want.len());
     }
 
     #[test]

