@@ -42,7 +42,7 @@ echo "== conformance: mlprune prune against coremltools 9.0 prune_weights"
 "${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/conformance.py --mlprune target/debug/mlprune
 
 echo "== multifunction packages: mlprune against coremltools pruning each source, joined"
-"${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/multifunction.py --mlprune target/debug/mlprune
+"${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/multifunction.py --mlprune target/debug/mlprune --require-size
 
 echo "== --global-sparsity against a numpy restatement of its rule (CPU, then GPU where required)"
 "${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}" tests/python/global_sparsity.py --mlprune target/debug/mlprune --device cpu

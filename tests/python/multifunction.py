@@ -12,8 +12,8 @@ package in one run. For every package and config this checks:
   for each function;
 - weights the input shares across functions (one blob) stay shared: every pruned op reading a
   shared source blob points at the same mask and nonzero_data blobs;
-- weight.bin sizes, ours and the reference's, are printed (`--require-size` fails when ours is
-  larger: storing identical blobs once is built elsewhere);
+- weight.bin sizes, ours and the reference's, are printed; with `--require-size` (as
+  scripts/test.sh runs it) ours may not be larger;
 - a shared weight whose consumers resolve to different configs fails with exit 2, naming both ops.
 
     .venv/bin/python tests/python/multifunction.py --mlprune target/debug/mlprune [--keep DIR]
