@@ -11,7 +11,7 @@
 //! per value name); storing once per content is at least that, and also covers blobs it writes twice
 //! (equal masks of differently shaped weights, shared blobs across functions).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
@@ -35,6 +35,10 @@ pub struct BlobWriter<W: TensorSink> {
     stored: HashMap<ContentKey, Vec<u64>>,
     /// Appends answered with an earlier blob's offset instead of a new blob.
     shared: u64,
+    /// Record offsets of the fp16/fp32 blobs written that hold a NaN, found while their bytes are
+    /// in memory: deduplication asks (a value with NaN equals nothing), and reading a blob back
+    /// would wait for the background writer.
+    with_nan: HashSet<u64>,
     /// The content hash; a test swaps in a constant one to force collisions.
     hash: fn(&[u8]) -> u64,
 }
@@ -91,6 +95,7 @@ impl<W: TensorSink> BlobWriter<W> {
             count: 0,
             stored: HashMap::new(),
             shared: 0,
+            with_nan: HashSet::new(),
             hash: content_hash,
         };
         writer.write_all(&header_bytes(0))?;
@@ -187,6 +192,18 @@ impl<W: TensorSink> BlobWriter<W> {
         Ok(false)
     }
 
+    /// Whether the blob written at `record_offset` holds a NaN (fp16 and fp32 blobs; any other is
+    /// reported as holding none).
+    pub fn holds_nan(&self, record_offset: u64) -> bool {
+        self.with_nan.contains(&record_offset)
+    }
+
+    fn note_nan(&mut self, record_offset: u64, dtype: ScalarType, data: &[u8]) {
+        if matches!(dtype, ScalarType::Float16 | ScalarType::Float32) && any_nan(dtype, data) {
+            self.with_nan.insert(record_offset);
+        }
+    }
+
     fn content_key(&self, dtype: ScalarType, element_count: u64, data: &[u8]) -> ContentKey {
         (dtype, element_count, (self.hash)(data))
     }
@@ -216,6 +233,7 @@ impl<W: TensorSink> BlobWriter<W> {
         }
         self.begin_blob(&blob)?;
         self.write_all(data)?;
+        self.note_nan(blob.record_offset, dtype, data);
         self.end_blob(blob, key);
         Ok(blob.record_offset)
     }
@@ -244,6 +262,7 @@ impl<W: TensorSink> BlobWriter<W> {
             return Ok(offset);
         }
         self.begin_blob(&blob)?;
+        self.note_nan(blob.record_offset, dtype, &data.as_le_bytes());
         self.inner.write_tensor(data).at(&self.path)?;
         self.position += bytes;
         self.end_blob(blob, key);
@@ -340,6 +359,54 @@ fn content_hash(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&pieces)
 }
 
+/// Whether little-endian fp16 or fp32 `bytes` hold a NaN: the largest magnitude bits above
+/// infinity's. A max over the bits (no early exit, so it vectorizes), in parallel pieces.
+fn any_nan(dtype: ScalarType, bytes: &[u8]) -> bool {
+    use rayon::prelude::*;
+    let scan = |piece: &[u8]| match dtype {
+        ScalarType::Float16 => {
+            largest_bits(piece, u16::from_le, |b| u16::from_le_bytes([b[0], b[1]])) > 0x7c00
+        }
+        ScalarType::Float32 => {
+            largest_bits(piece, u32::from_le, |b| {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            }) > 0x7f80_0000
+        }
+        _ => false,
+    };
+    if bytes.len() <= HASH_PIECE {
+        scan(bytes)
+    } else {
+        bytes.par_chunks(HASH_PIECE).any(scan)
+    }
+}
+
+/// The largest of the little-endian elements' magnitude bits (sign cleared), as `T`. Loaded as
+/// whole aligned elements when the bytes start on one (tensor data always does).
+fn largest_bits<
+    T: bytemuck::Pod + Ord + Default + std::ops::Shl<u32, Output = T> + std::ops::Shr<u32, Output = T>,
+>(
+    bytes: &[u8],
+    from_le: fn(T) -> T,
+    from_le_bytes: fn(&[u8]) -> T,
+) -> T {
+    // Shifting the sign bit out and back clears it whatever T's width.
+    let magnitude = |v: T| (v << 1) >> 1;
+    let chunked = |b: &[u8]| {
+        b.chunks_exact(size_of::<T>())
+            .map(|e| magnitude(from_le_bytes(e)))
+            .fold(T::default(), T::max)
+    };
+    match bytemuck::pod_align_to::<u8, T>(bytes) {
+        ([], mid, tail) => mid
+            .iter()
+            .map(|&v| magnitude(from_le(v)))
+            .fold(T::default(), T::max)
+            .max(chunked(tail)),
+        _ => chunked(bytes),
+    }
+}
+
 /// A checked blob not yet written: its record offset, the blob count once it is, and its record.
 #[derive(Clone, Copy)]
 struct NewBlob {
@@ -433,6 +500,32 @@ mod tests {
                 bytes: vec![0x3c],
             },
         ]
+    }
+
+    #[test]
+    fn nan_is_noted_as_blobs_are_appended() {
+        use half::f16;
+        let mut writer = BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        // Past one parallel piece, the NaN in the last one.
+        let mut big = vec![f16::from_f32(1.0); HASH_PIECE];
+        big[HASH_PIECE - 1] = f16::NAN;
+        let clean = writer
+            .append_tensor(&TensorData::F16(vec![f16::INFINITY, f16::NEG_INFINITY, f16::MAX]))
+            .unwrap();
+        let with_nan = writer.append_tensor_owned(TensorData::F16(big.clone())).unwrap();
+        let again = writer.append_tensor(&TensorData::F16(big)).unwrap();
+        let f32_nan = writer
+            .append_tensor(&TensorData::F32(vec![0.0, -f32::NAN]))
+            .unwrap();
+        let bytes = writer.append(ScalarType::UInt8, &[0xff; 4], 4).unwrap();
+        assert!(!writer.holds_nan(clean), "infinities are not NaN");
+        assert!(writer.holds_nan(with_nan));
+        assert_eq!(again, with_nan, "stored once, noted once");
+        assert!(writer.holds_nan(f32_nan), "sign does not matter");
+        assert!(!writer.holds_nan(bytes), "only float blobs hold NaN");
+        assert!(any_nan(ScalarType::Float32, &0x7f80_0001u32.to_le_bytes()));
+        assert!(!any_nan(ScalarType::Float32, &0x7f80_0000u32.to_le_bytes()));
+        assert!(any_nan(ScalarType::Float16, &0xfc01u16.to_le_bytes()));
     }
 
     #[test]

@@ -264,8 +264,19 @@ impl TensorSink for BackgroundWriter {
     /// The thread takes an item only once it has written every earlier one, so handing over the
     /// piece being filled and then an empty one means everything before is in the file.
     fn read_written(&mut self, at: u64, buf: &mut [u8]) -> io::Result<()> {
-        match self.state {
-            State::Piped(_) => {
+        match &self.state {
+            State::Piped(pipe) => {
+                // Bytes still in the piece being filled are read from memory: handing them over
+                // and waiting would stall on every earlier tensor still queued for the thread.
+                let filling_start = self.position - pipe.filling.len() as u64;
+                let in_filling = at
+                    .checked_sub(filling_start)
+                    .and_then(|offset| usize::try_from(offset).ok())
+                    .and_then(|start| pipe.filling.get(start..start.checked_add(buf.len())?));
+                if let Some(bytes) = in_filling {
+                    buf.copy_from_slice(bytes);
+                    return Ok(());
+                }
                 self.send_filling(true)?;
                 self.send_filling(true)?;
             }
