@@ -563,49 +563,11 @@ fn prune_on_the_gpu_writes_the_same_package_as_on_the_cpu() {
     ];
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut gpu_tensors = 0;
-    for (mi, model) in models.iter().enumerate() {
-        let input = root.join(model);
-        for (ci, mode) in modes.iter().enumerate() {
-            let mut outputs = Vec::new();
-            for device in ["cpu", "gpu"] {
-                let out = tmp.path().join(format!("{mi}-{ci}-{device}.mlpackage"));
-                let report = tmp.path().join(format!("{mi}-{ci}-{device}.json"));
-                let mut args = vec![
-                    "prune",
-                    input.to_str().expect("utf-8 path"),
-                    out.to_str().expect("utf-8 path"),
-                ];
-                args.extend_from_slice(mode);
-                args.extend_from_slice(&[
-                    "--weight-threshold",
-                    "0",
-                    "--device",
-                    device,
-                    "--gpu-min-elements",
-                    "0",
-                ]);
-                args.extend_from_slice(&["--report", report.to_str().expect("utf-8 path"), "--quiet"]);
-                let run = mlprune(&args);
-                assert!(
-                    run.status.success(),
-                    "{model} {mode:?} {device}: {}",
-                    String::from_utf8_lossy(&run.stderr)
-                );
-                let report: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
-                for t in report.as_array().expect("report array") {
-                    if t["pruned"] == true {
-                        let want = if device == "gpu" { "gpu" } else { "cpu" };
-                        assert_eq!(t["device"], want, "{model} {mode:?}: {t}");
-                        gpu_tensors += usize::from(device == "gpu");
-                    }
-                }
-                outputs.push(files(&out));
-            }
-            assert_eq!(
-                outputs[0], outputs[1],
-                "{model} {mode:?}: cpu and gpu packages differ"
-            );
+    for model in models {
+        for mode in modes {
+            gpu_tensors += prune_on_both_devices(&root.join(model), mode, tmp.path(), |t, device| {
+                assert_eq!(t["device"], device, "{model} {mode:?}: {t}");
+            });
         }
     }
     assert!(gpu_tensors > 0, "no tensor was pruned on the GPU");
@@ -816,50 +778,66 @@ fn global_sparsity_prunes_identically_on_gpu() {
     ];
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut gpu_tensors = 0;
-    for (mi, model) in models.iter().enumerate() {
-        let input = root.join(model);
+    for model in models {
         for s in ["0", "0.37", "0.9", "1"] {
-            let mut outputs = Vec::new();
-            for device in ["cpu", "gpu"] {
-                let out = tmp.path().join(format!("{mi}-{s}-{device}.mlpackage"));
-                let report = tmp.path().join(format!("{mi}-{s}-{device}.json"));
-                let run = mlprune(&[
-                    "prune",
-                    input.to_str().expect("utf-8 path"),
-                    out.to_str().expect("utf-8 path"),
-                    "--global-sparsity",
-                    s,
-                    "--weight-threshold",
-                    "0",
-                    "--device",
-                    device,
-                    "--gpu-min-elements",
-                    "0",
-                    "--report",
-                    report.to_str().expect("utf-8 path"),
-                    "--quiet",
-                ]);
-                assert!(
-                    run.status.success(),
-                    "{model} {s} {device}: {}",
-                    String::from_utf8_lossy(&run.stderr)
-                );
-                let report: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
-                for t in report.as_array().expect("report array") {
-                    if t["pruned"] == true {
-                        assert_eq!(t["mode"], "global", "{model}: {t}");
-                        assert_eq!(t["device"], device, "{model} {s}: {t}");
-                        gpu_tensors += usize::from(device == "gpu");
-                    }
-                }
-                outputs.push(files(&out));
-            }
-            assert_eq!(
-                outputs[0], outputs[1],
-                "{model} --global-sparsity {s}: cpu and gpu packages differ"
-            );
+            let options = ["--global-sparsity", s];
+            gpu_tensors += prune_on_both_devices(&root.join(model), &options, tmp.path(), |t, device| {
+                assert_eq!(t["mode"], "global", "{model}: {t}");
+                assert_eq!(t["device"], device, "{model} {s}: {t}");
+            });
         }
     }
     assert!(gpu_tensors > 0, "no tensor was pruned on the GPU");
+}
+
+/// Prunes `input` with `options` (plus `--weight-threshold 0`, every tensor eligible for the GPU)
+/// on `--device cpu` and on `--device gpu`, asserts that both succeed and write identical
+/// packages, shows every pruned report entry to `check` with its device, and returns how many
+/// tensors the GPU pruned.
+fn prune_on_both_devices(
+    input: &Path,
+    options: &[&str],
+    work: &Path,
+    check: impl Fn(&serde_json::Value, &str),
+) -> usize {
+    let label = format!("{} {options:?}", input.display());
+    let mut gpu_tensors = 0;
+    let mut outputs = Vec::new();
+    for device in ["cpu", "gpu"] {
+        let run_dir = tempfile::tempdir_in(work).expect("temp dir");
+        let out = run_dir.path().join("out.mlpackage");
+        let report = run_dir.path().join("report.json");
+        let mut args = vec![
+            "prune",
+            input.to_str().expect("utf-8 path"),
+            out.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[
+            "--weight-threshold",
+            "0",
+            "--device",
+            device,
+            "--gpu-min-elements",
+            "0",
+        ]);
+        args.extend_from_slice(&["--report", report.to_str().expect("utf-8 path"), "--quiet"]);
+        let run = mlprune(&args);
+        assert!(
+            run.status.success(),
+            "{label} {device}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
+        for t in report.as_array().expect("report array") {
+            if t["pruned"] == true {
+                check(t, device);
+                gpu_tensors += usize::from(device == "gpu");
+            }
+        }
+        outputs.push(files(&out));
+    }
+    assert_eq!(outputs[0], outputs[1], "{label}: cpu and gpu packages differ");
+    gpu_tensors
 }
