@@ -69,9 +69,43 @@ const KEY_ELEMENTS: usize = 100;
 /// The block an op is in: function, specialization and the steps to the block.
 type BlockKey = (String, String, Vec<usize>);
 
+/// A block path or a printed type, by its number in [`Interner`].
+type Id = u32;
+
 /// Where coremltools looks for a const's equal: block, declared type, bytes of the first
 /// [`KEY_ELEMENTS`] elements.
-type CloseKey = (BlockKey, String, Vec<u8>);
+type CloseKey = (Id, Id, Vec<u8>);
+
+/// Block paths and texts (printed value types, op types, parameter names), each stored once: a key
+/// refers to them by number, so the keys of a model of many tensors cost a few words each instead
+/// of a path and several strings each.
+#[derive(Debug, Default)]
+struct Interner {
+    blocks: HashMap<BlockKey, Id>,
+    texts: HashMap<String, Id>,
+}
+
+impl Interner {
+    /// The block holding the op at `path`.
+    fn block(&mut self, path: &OpPath) -> Id {
+        let key = (
+            path.function.clone(),
+            path.specialization.clone(),
+            path.steps[..path.steps.len().saturating_sub(1)].to_vec(),
+        );
+        let next = self.blocks.len() as Id;
+        *self.blocks.entry(key).or_insert(next)
+    }
+
+    fn text(&mut self, text: &str) -> Id {
+        if let Some(&id) = self.texts.get(text) {
+            return id;
+        }
+        let id = self.texts.len() as Id;
+        self.texts.insert(text.to_owned(), id);
+        id
+    }
+}
 
 /// How a value takes part in a key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -87,16 +121,16 @@ enum Identity {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Const {
-        block: BlockKey,
+        block: Id,
         /// The declared type, printed: dtype and shape.
-        value_type: String,
+        value_type: Id,
         identity: Identity,
     },
     Constexpr {
-        block: BlockKey,
-        op_type: String,
-        /// `(parameter, declared type, identity)`, by parameter name.
-        params: Vec<(String, String, Identity)>,
+        block: Id,
+        op_type: Id,
+        /// `(parameter, declared type, identity)`, ordered by parameter.
+        params: Vec<(Id, Id, Identity)>,
     },
 }
 
@@ -109,10 +143,11 @@ pub struct Deduplicator {
     close_candidates: HashMap<CloseKey, Vec<(u64, String)>>,
     /// The (block, declared type) pairs of `close_candidates`, so that a const with none is
     /// passed over without reading its values.
-    close_types: HashSet<(BlockKey, String)>,
+    close_types: HashSet<(Id, Id)>,
     /// `(function, duplicate output)` → the output its readers read now.
     resolved: HashMap<(String, String), String>,
     uniques: usize,
+    names: Interner,
 }
 
 impl Deduplicator {
@@ -133,11 +168,7 @@ impl Deduplicator {
         let [output] = op.outputs.as_slice() else {
             return Ok(Verdict::Keep);
         };
-        let block = (
-            path.function.clone(),
-            path.specialization.clone(),
-            path.steps[..path.steps.len().saturating_sub(1)].to_vec(),
-        );
+        let block = self.names.block(path);
         let key = if op.r#type == "const" {
             let Some(value) = op.attributes.lookup("val") else {
                 return Ok(Verdict::Keep);
@@ -150,14 +181,18 @@ impl Deduplicator {
             }
             Key::Const {
                 block,
-                value_type: format!("{:?}", value.r#type),
+                value_type: self.names.text(&format!("{:?}", value.r#type)),
                 identity: self.identity(value, stored)?,
             }
         } else if op.r#type.starts_with("constexpr_") {
             let mut params = Vec::new();
             for (name, value) in op.attributes.pairs().filter(|(n, _)| *n != "name") {
                 let identity = self.identity(value, stored)?;
-                params.push((name.to_owned(), format!("{:?}", value.r#type), identity));
+                let param = (
+                    self.names.text(name),
+                    self.names.text(&format!("{:?}", value.r#type)),
+                );
+                params.push((param.0, param.1, identity));
             }
             for (name, argument) in op.inputs.pairs() {
                 let [binding] = argument.arguments.as_slice() else {
@@ -173,12 +208,12 @@ impl Deduplicator {
                     ),
                     None => return Ok(Verdict::Keep),
                 };
-                params.push((name.to_owned(), value_type, identity));
+                params.push((self.names.text(name), self.names.text(&value_type), identity));
             }
-            params.sort_by(|a, b| a.0.cmp(&b.0));
+            params.sort_by_key(|p| p.0);
             Key::Constexpr {
                 block,
-                op_type: op.r#type.clone(),
+                op_type: self.names.text(&op.r#type),
                 params,
             }
         } else {
@@ -201,9 +236,9 @@ impl Deduplicator {
                 {
                     if let Some(len) = close_prefix_len(op) {
                         let prefix = stored.blob_prefix(*offset, len)?;
-                        self.close_types.insert((block.clone(), value_type.clone()));
+                        self.close_types.insert((*block, *value_type));
                         self.close_candidates
-                            .entry((block.clone(), value_type.clone(), prefix))
+                            .entry((*block, *value_type, prefix))
                             .or_default()
                             .push((*offset, output.name.clone()));
                     }
@@ -233,18 +268,12 @@ impl Deduplicator {
         let Some(value) = op.attributes.lookup("val") else {
             return Ok(Near::None);
         };
-        let block = (
-            path.function.clone(),
-            path.specialization.clone(),
-            path.steps[..path.steps.len().saturating_sub(1)].to_vec(),
-        );
-        let value_type = format!("{:?}", value.r#type);
+        let block = self.names.block(path);
+        let value_type = self.names.text(&format!("{:?}", value.r#type));
         // Read the values only where some const of the same block and type could match.
-        let typed = (block, value_type);
-        if !self.close_types.contains(&typed) {
+        if !self.close_types.contains(&(block, value_type)) {
             return Ok(Near::None);
         }
-        let (block, value_type) = typed;
         let Some(meta) = TensorMeta::of(value) else {
             return Ok(Near::None);
         };
