@@ -13,13 +13,9 @@
 use std::time::Instant;
 
 use crate::bench::same_bytes;
-use crate::config::OpConfig;
-use crate::dispatch::{
-    run_cut_in_place, run_cut_on_view, run_kernel_in_place, run_kernel_on_view, Backend, KernelResult,
-};
+use crate::dispatch::{run_order_in_place, run_order_on_view, Backend, KernelResult, Order};
 use crate::engine::DevicePolicy;
 use crate::error::{Error, Result};
-use crate::global_sparsity::GlobalCut;
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::tensor::{TensorData, TensorView};
 
@@ -179,123 +175,64 @@ impl Devices {
     /// into `out`'s allocation where it fits, and the GPU uploads straight from the view.
     pub fn run_view(
         &mut self,
-        config: &OpConfig,
+        order: Order<'_>,
         view: TensorView<'_>,
         out: Option<TensorData>,
         shape: &[u64],
         tensor: &str,
     ) -> Result<(KernelResult, Placement)> {
-        let reason = match self.route(view.len(), |gpu| gpu.handles_view(config, view, shape)) {
+        let reason = match self.route(view.len(), |gpu| gpu.handles_order(order, view, shape)) {
             Route::Cpu(reason) => reason,
             Route::Gpu => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let (result, device) = (gpu.run_view(config, view, shape, tensor)?, gpu.name());
+                let (result, device) = (gpu.run_order(order, view, shape, tensor)?, gpu.name());
                 return Ok((result, self.gpu_placement(device)));
             }
             Route::Race => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let on_gpu = timed(|| gpu.run_view(config, view, shape, tensor));
-                let (on_cpu, cpu_ms) = timed(|| run_kernel_on_view(config, view, out, shape, tensor));
+                let on_gpu = timed(|| gpu.run_order(order, view, shape, tensor));
+                let (on_cpu, cpu_ms) = timed(|| run_order_on_view(order, view, out, shape, tensor));
                 return Ok(self.settle_race(tensor, on_gpu, (on_cpu?, cpu_ms)));
             }
         };
         Ok((
-            run_kernel_on_view(config, view, out, shape, tensor)?,
+            run_order_on_view(order, view, out, shape, tensor)?,
             Placement::cpu(reason),
         ))
     }
 
-    /// Runs one tensor's kernel and says where it ran (`"gpu"` or `"cpu"`) and why. The CPU kernels
-    /// reuse `data`'s allocation for the kept values.
+    /// Runs one tensor's work order (coremltools' config, or `--global-sparsity`'s cut) and says
+    /// where it ran (`"gpu"` or `"cpu"`) and why. The CPU kernels reuse `data`'s allocation for the
+    /// kept values; the GPU covers fp16 and fp32 values only.
     pub fn run(
         &mut self,
-        config: &OpConfig,
+        order: Order<'_>,
         data: TensorData,
         shape: &[u64],
         tensor: &str,
     ) -> Result<(KernelResult, Placement)> {
-        let reason = match self.route(data.len(), |gpu| gpu.handles(config, &data, shape)) {
-            Route::Cpu(reason) => reason,
-            Route::Gpu => {
+        let view = data.as_view();
+        let covered = |gpu: &GpuBackend| view.is_some_and(|view| gpu.handles_order(order, view, shape));
+        let reason = match (self.route(data.len(), covered), view) {
+            (Route::Cpu(reason), _) => reason,
+            // Not reached: without a view `covered` is false, and `route` says Cpu.
+            (Route::Gpu | Route::Race, None) => "the GPU kernels cover fp16 and fp32 only".to_string(),
+            (Route::Gpu, Some(view)) => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let (result, device) = (gpu.run(config, &data, shape, tensor)?, gpu.name());
+                let (result, device) = (gpu.run_order(order, view, shape, tensor)?, gpu.name());
                 return Ok((result, self.gpu_placement(device)));
             }
-            Route::Race => {
+            (Route::Race, Some(view)) => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let on_gpu = timed(|| gpu.run(config, &data, shape, tensor));
-                let (on_cpu, cpu_ms) = timed(|| run_kernel_in_place(config, data, shape, tensor));
+                let on_gpu = timed(|| gpu.run_order(order, view, shape, tensor));
+                let (on_cpu, cpu_ms) = timed(|| run_order_in_place(order, data, shape, tensor));
                 return Ok(self.settle_race(tensor, on_gpu, (on_cpu?, cpu_ms)));
             }
         };
         Ok((
-            run_kernel_in_place(config, data, shape, tensor)?,
+            run_order_in_place(order, data, shape, tensor)?,
             Placement::cpu(reason),
         ))
-    }
-}
-
-impl Devices {
-    /// The `--global-sparsity` work order on borrowed values (see [`crate::global_sparsity`]),
-    /// routed like [`Devices::run_view`]: the cut was decided beforehand, so both devices only
-    /// apply it.
-    pub fn run_cut_view(
-        &mut self,
-        cut: GlobalCut,
-        view: TensorView<'_>,
-        out: Option<TensorData>,
-        tensor: &str,
-    ) -> Result<(KernelResult, Placement)> {
-        let elem_bytes = match view {
-            TensorView::F16(_) => 2,
-            TensorView::F32(_) => 4,
-        };
-        let reason = match self.route(view.len(), |gpu| gpu.handles_cut(view.len(), elem_bytes)) {
-            Route::Cpu(reason) => reason,
-            Route::Gpu => {
-                let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let (result, device) = (gpu.run_cut_view(cut, view, tensor)?, gpu.name());
-                return Ok((result, self.gpu_placement(device)));
-            }
-            Route::Race => {
-                let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let on_gpu = timed(|| gpu.run_cut_view(cut, view, tensor));
-                let (on_cpu, cpu_ms) = timed(|| run_cut_on_view(cut, view, out));
-                return Ok(self.settle_race(tensor, on_gpu, (on_cpu, cpu_ms)));
-            }
-        };
-        Ok((run_cut_on_view(cut, view, out), Placement::cpu(reason)))
-    }
-
-    /// [`Devices::run_cut_view`] on owned values (an immediate value, or one read rather than
-    /// mapped); the CPU reuses `data`'s allocation.
-    pub fn run_cut(
-        &mut self,
-        cut: GlobalCut,
-        data: TensorData,
-        tensor: &str,
-    ) -> Result<(KernelResult, Placement)> {
-        let elem_bytes = match data {
-            TensorData::F16(_) => 2,
-            _ => 4,
-        };
-        let covered = matches!(data, TensorData::F16(_) | TensorData::F32(_));
-        let len = data.len();
-        let reason = match self.route(len, |gpu| covered && gpu.handles_cut(len, elem_bytes)) {
-            Route::Cpu(reason) => reason,
-            Route::Gpu => {
-                let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let (result, device) = (gpu.run_cut(cut, &data, tensor)?, gpu.name());
-                return Ok((result, self.gpu_placement(device)));
-            }
-            Route::Race => {
-                let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let on_gpu = timed(|| gpu.run_cut(cut, &data, tensor));
-                let (on_cpu, cpu_ms) = timed(|| run_cut_in_place(cut, data, tensor));
-                return Ok(self.settle_race(tensor, on_gpu, (on_cpu?, cpu_ms)));
-            }
-        };
-        Ok((run_cut_in_place(cut, data, tensor)?, Placement::cpu(reason)))
     }
 }
 

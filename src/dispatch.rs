@@ -46,6 +46,42 @@ impl Backend for CpuBackend {
     }
 }
 
+/// What one tensor gets: the kernel coremltools' config selects, or `--global-sparsity`'s cut,
+/// decided beforehand for the whole model. Every device executes either.
+#[derive(Debug, Clone, Copy)]
+pub enum Order<'a> {
+    Config(&'a OpConfig),
+    Cut(GlobalCut),
+}
+
+/// Runs `order` on `data` of `shape` on the CPU, reusing `data`'s allocation for the kept values.
+pub fn run_order_in_place(
+    order: Order<'_>,
+    data: TensorData,
+    shape: &[u64],
+    tensor: &str,
+) -> Result<KernelResult> {
+    match order {
+        Order::Config(config) => run_kernel_in_place(config, data, shape, tensor),
+        Order::Cut(cut) => run_cut_in_place(cut, data, tensor),
+    }
+}
+
+/// Runs `order` on borrowed values on the CPU, the kept values written into `out`'s allocation
+/// where it fits.
+pub fn run_order_on_view(
+    order: Order<'_>,
+    view: TensorView<'_>,
+    out: Option<TensorData>,
+    shape: &[u64],
+    tensor: &str,
+) -> Result<KernelResult> {
+    match order {
+        Order::Config(config) => run_kernel_on_view(config, view, out, shape, tensor),
+        Order::Cut(cut) => Ok(run_cut_on_view(cut, view, out)),
+    }
+}
+
 /// Runs the kernel `config` selects on `data` of `shape` on the CPU. `tensor` names errors.
 pub fn run_kernel(config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
     run_kernel_in_place(config, data.clone(), shape, tensor)
@@ -86,31 +122,9 @@ pub fn run_kernel_on_view(
     tensor: &str,
 ) -> Result<KernelResult> {
     let shape = dims(shape, tensor)?;
-    let result = match (view, out) {
-        (TensorView::F16(values), Some(TensorData::F16(out))) => {
-            typed(config, Dense::Borrowed { values, out }, &shape, TensorData::F16)
-        }
-        (TensorView::F16(values), _) => typed(
-            config,
-            Dense::Borrowed {
-                values,
-                out: Vec::new(),
-            },
-            &shape,
-            TensorData::F16,
-        ),
-        (TensorView::F32(values), Some(TensorData::F32(out))) => {
-            typed(config, Dense::Borrowed { values, out }, &shape, TensorData::F32)
-        }
-        (TensorView::F32(values), _) => typed(
-            config,
-            Dense::Borrowed {
-                values,
-                out: Vec::new(),
-            },
-            &shape,
-            TensorData::F32,
-        ),
+    let result = match dense_of_view(view, out) {
+        DenseView::F16(w) => typed(config, w, &shape, TensorData::F16),
+        DenseView::F32(w) => typed(config, w, &shape, TensorData::F32),
     };
     result.map_err(|e| e.for_tensor(tensor))
 }
@@ -180,29 +194,36 @@ pub fn run_cut_in_place(cut: GlobalCut, data: TensorData, tensor: &str) -> Resul
 
 /// [`run_cut_in_place`] on borrowed values, kept values written into `out` where it fits.
 pub fn run_cut_on_view(cut: GlobalCut, view: TensorView<'_>, out: Option<TensorData>) -> KernelResult {
+    match dense_of_view(view, out) {
+        DenseView::F16(w) => cut_typed(cut, w, TensorData::F16),
+        DenseView::F32(w) => cut_typed(cut, w, TensorData::F32),
+    }
+}
+
+/// A view's values as the kernels' input.
+enum DenseView<'a> {
+    F16(Dense<'a, half::f16>),
+    F32(Dense<'a, f32>),
+}
+
+/// The kernels' input for borrowed values: the kept values go into `out`'s allocation when it has
+/// the view's type, else into a fresh one.
+fn dense_of_view(view: TensorView<'_>, out: Option<TensorData>) -> DenseView<'_> {
     match (view, out) {
         (TensorView::F16(values), Some(TensorData::F16(out))) => {
-            cut_typed(cut, Dense::Borrowed { values, out }, TensorData::F16)
+            DenseView::F16(Dense::Borrowed { values, out })
         }
-        (TensorView::F16(values), _) => cut_typed(
-            cut,
-            Dense::Borrowed {
-                values,
-                out: Vec::new(),
-            },
-            TensorData::F16,
-        ),
+        (TensorView::F16(values), _) => DenseView::F16(Dense::Borrowed {
+            values,
+            out: Vec::new(),
+        }),
         (TensorView::F32(values), Some(TensorData::F32(out))) => {
-            cut_typed(cut, Dense::Borrowed { values, out }, TensorData::F32)
+            DenseView::F32(Dense::Borrowed { values, out })
         }
-        (TensorView::F32(values), _) => cut_typed(
-            cut,
-            Dense::Borrowed {
-                values,
-                out: Vec::new(),
-            },
-            TensorData::F32,
-        ),
+        (TensorView::F32(values), _) => DenseView::F32(Dense::Borrowed {
+            values,
+            out: Vec::new(),
+        }),
     }
 }
 

@@ -20,10 +20,10 @@ pub use crate::cancel::CancelFlag;
 use crate::config::{OpConfig, OptimizationConfig};
 use crate::dedupe::{Deduplicator, Near, Verdict};
 use crate::devices::{Devices, Placement};
-use crate::dispatch::KernelResult;
+use crate::dispatch::{KernelResult, Order};
 use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::error::{Error, IoContext, Result};
-use crate::global_sparsity::{decide_cut, GlobalCut};
+use crate::global_sparsity::decide_cut;
 pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
 use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath, UseSite};
@@ -498,10 +498,7 @@ impl Rewrite {
         };
         let (meta, (result, device)) = match input {
             Input::Read(meta, data) => {
-                let run = match order {
-                    Order::Config(config) => devices.run(config, data, &meta.shape, &info.name)?,
-                    Order::Cut(cut) => devices.run_cut(cut, data, &info.name)?,
-                };
+                let run = devices.run(order, data, &meta.shape, &info.name)?;
                 (meta, run)
             }
             Input::Mapped(meta, mapped) => {
@@ -509,10 +506,7 @@ impl Rewrite {
                     .view()
                     .ok_or_else(|| Error::tensor(&info.name, "mapped data does not match its type"))?;
                 let out = prefetcher.take_spare_of(meta.dtype);
-                let run = match order {
-                    Order::Config(config) => devices.run_view(config, view, out, &meta.shape, &info.name)?,
-                    Order::Cut(cut) => devices.run_cut_view(cut, view, out, &info.name)?,
-                };
+                let run = devices.run_view(order, view, out, &meta.shape, &info.name)?;
                 // The mapping is dropped here, which releases its pages.
                 (meta, run)
             }
@@ -668,7 +662,7 @@ impl Rewrite {
     ) -> Result<(PruneResult, Placement)> {
         let info = &graph.ops[index];
         let m = materialize(&JointContext::new(program, graph, source), index)?;
-        let (result, device) = devices.run(config, m.dense.clone(), &m.shape, &info.name)?;
+        let (result, device) = devices.run(Order::Config(config), m.dense.clone(), &m.shape, &info.name)?;
         let pruned = match result {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
             KernelResult::Pruned(p) => p,
@@ -700,13 +694,6 @@ impl Rewrite {
         self.edits.push((info.path.clone(), ops.ops));
         Ok((Ok((ops.kept, sparse_bytes(stored, ops.kept, count))), device))
     }
-}
-
-/// What prunes one plain const: its resolved config, or `--global-sparsity`'s cut.
-#[derive(Clone, Copy)]
-enum Order<'a> {
-    Config(&'a OpConfig),
-    Cut(GlobalCut),
 }
 
 /// The stored bytes of a blob-backed `const` of the input, checked like a copy checks them.

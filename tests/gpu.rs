@@ -730,7 +730,7 @@ fn auto_races_the_first_large_tensor_and_keeps_the_winner() {
 /// NaN, and none (k = 0).
 #[test]
 fn global_cut_matches_on_every_device() {
-    use mlprune::dispatch::run_cut_in_place;
+    use mlprune::dispatch::{run_order_in_place, Order};
     use mlprune::global_sparsity::{common_key, GlobalCut, NAN_KEY};
     let Some(g) = gpu_or_skip() else {
         return;
@@ -746,15 +746,15 @@ fn global_cut_matches_on_every_device() {
     ];
     for_each_tensor(|data, shape, label| {
         for key in cuts {
-            let cut = GlobalCut { key };
-            let elem_bytes = if matches!(data, TensorData::F16(_)) { 2 } else { 4 };
+            let order = Order::Cut(GlobalCut { key });
+            let view = data.as_view().expect("the tensors are fp16 and fp32");
             assert!(
-                g.normal.handles_cut(data.len(), elem_bytes),
+                g.normal.handles_order(order, view, shape),
                 "{label}: not on the GPU"
             );
-            let cpu = run_cut_in_place(cut, data.clone(), &label).expect("cpu");
+            let cpu = run_order_in_place(order, data.clone(), shape, &label).expect("cpu");
             for (which, gpu) in [("gpu", &g.normal), ("chunked gpu", &g.chunked)] {
-                let on_gpu = gpu.run_cut(cut, data, &label).expect("gpu");
+                let on_gpu = gpu.run_order(order, view, shape, &label).expect("gpu");
                 assert!(
                     same_bytes(&on_gpu, &cpu),
                     "{label} {shape:?} cut {key:?}: {which} differs"

@@ -11,7 +11,7 @@ use super::run::{
     Compacted, Params, Resident, TensorBytes, MODE_BLOCK, MODE_MULTIPLY_ALL, MODE_NM, MODE_WHERE_CUT,
 };
 use crate::config::OpConfig;
-use crate::dispatch::{run_cut_in_place, run_kernel, Backend, KernelResult, Pruned};
+use crate::dispatch::{run_cut_in_place, run_kernel, Backend, KernelResult, Order, Pruned};
 use crate::error::{Error, Result};
 use crate::global_sparsity::{CutKey, GlobalCut};
 use crate::prune::axes::{check_structural_rank, ChannelLayout};
@@ -298,9 +298,33 @@ impl GpuBackend {
 }
 
 impl GpuBackend {
-    /// Whether [`GpuBackend::run_cut_view`] runs a tensor of `len` elements on the GPU.
-    pub fn handles_cut(&self, len: usize, elem_bytes: u64) -> bool {
-        self.cut_chunk(len, elem_bytes).is_some()
+    /// Whether [`GpuBackend::run_order`] runs `order` on these values on the GPU (otherwise it runs
+    /// the CPU kernel).
+    pub fn handles_order(&self, order: Order<'_>, view: TensorView<'_>, shape: &[u64]) -> bool {
+        match order {
+            Order::Config(config) => self.handles_view(config, view, shape),
+            Order::Cut(_) => {
+                let elem_bytes = match view {
+                    TensorView::F16(_) => 2,
+                    TensorView::F32(_) => 4,
+                };
+                self.cut_chunk(view.len(), elem_bytes).is_some()
+            }
+        }
+    }
+
+    /// Runs `order` on borrowed values (see [`GpuBackend::run_view`]).
+    pub fn run_order(
+        &self,
+        order: Order<'_>,
+        view: TensorView<'_>,
+        shape: &[u64],
+        tensor: &str,
+    ) -> Result<KernelResult> {
+        match order {
+            Order::Config(config) => self.run_view(config, view, shape, tensor),
+            Order::Cut(cut) => self.run_cut_view(cut, view, tensor),
+        }
     }
 
     /// Elements per chunk for the global cut, or `None` where the CPU kernel runs (as in `plan`).
@@ -313,19 +337,10 @@ impl GpuBackend {
 
     /// The `--global-sparsity` work order ("every key <= the cut becomes 0") on borrowed values:
     /// the mask and compaction of threshold pruning, with the cut the CPU selected.
-    pub fn run_cut_view(&self, cut: GlobalCut, view: TensorView<'_>, tensor: &str) -> Result<KernelResult> {
+    fn run_cut_view(&self, cut: GlobalCut, view: TensorView<'_>, tensor: &str) -> Result<KernelResult> {
         match view {
             TensorView::F16(w) => self.run_cut_typed(cut, w, tensor, TensorData::F16),
             TensorView::F32(w) => self.run_cut_typed(cut, w, tensor, TensorData::F32),
-        }
-    }
-
-    /// [`GpuBackend::run_cut_view`] on owned values.
-    pub fn run_cut(&self, cut: GlobalCut, data: &TensorData, tensor: &str) -> Result<KernelResult> {
-        match data {
-            TensorData::F16(w) => self.run_cut_typed(cut, w, tensor, TensorData::F16),
-            TensorData::F32(w) => self.run_cut_typed(cut, w, tensor, TensorData::F32),
-            other => run_cut_in_place(cut, other.clone(), tensor),
         }
     }
 

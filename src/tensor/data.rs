@@ -65,6 +65,15 @@ fn sign_extend_int4(nibble: u8) -> i8 {
 }
 
 impl TensorData {
+    /// The values borrowed, for the dtypes a [`super::TensorView`] holds (fp16 and fp32).
+    pub fn as_view(&self) -> Option<super::TensorView<'_>> {
+        match self {
+            TensorData::F16(v) => Some(super::TensorView::F16(v)),
+            TensorData::F32(v) => Some(super::TensorView::F32(v)),
+            _ => None,
+        }
+    }
+
     pub fn dtype(&self) -> ScalarType {
         use ScalarType as S;
         match self {
