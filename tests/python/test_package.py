@@ -116,6 +116,14 @@ def test_prune_weights_matches_coremltools(index, models, tmp_path):
     assert problems == [], f"{model_id} {case_name}: {problems}"
 
 
+def assert_same_result(model_id, source, ours, theirs, tmp_path):
+    """Saves mlprune's and coremltools' pruned MLModels and holds them to the conformance checks."""
+    ours.save(str(tmp_path / "ml.mlpackage"))
+    theirs.save(str(tmp_path / "ct.mlpackage"))
+    problems, _, _ = cr.compare_outputs(model_id, source, tmp_path / "ct.mlpackage", tmp_path / "ml.mlpackage")
+    assert problems == []
+
+
 def test_multifunction_models_are_pruned_function_by_function(tmp_path):
     """coremltools refuses multifunction models; mlprune prunes every function as coremltools prunes
     that function's source model (tests/python/multifunction.py holds the full comparison)."""
@@ -169,12 +177,7 @@ def test_in_memory_model_without_a_package_is_saved_first(models, tmp_path):
     config = cc.CASES["core:nm"].config
     pruned = mlprune.prune_weights(model, config)
     reference = ct.optimize.coreml.prune_weights(source, OptimizationConfig.from_dict(config))
-    pruned.save(str(tmp_path / "ml.mlpackage"))
-    reference.save(str(tmp_path / "ct.mlpackage"))
-    problems, _, _ = cr.compare_outputs(
-        "mlp/fp16/ios16", Path(source.package_path), tmp_path / "ct.mlpackage", tmp_path / "ml.mlpackage"
-    )
-    assert problems == []
+    assert_same_result("mlp/fp16/ios16", Path(source.package_path), pruned, reference, tmp_path)
 
 
 def test_metadata_changed_in_memory_is_kept_as_coremltools_keeps_it(models, tmp_path):
@@ -187,12 +190,7 @@ def test_metadata_changed_in_memory_is_kept_as_coremltools_keeps_it(models, tmp_
     for pruned in (ours, theirs):
         assert pruned.user_defined_metadata["pruned_by"] == "test"
         assert pruned.short_description == "changed in memory"
-    ours.save(str(tmp_path / "ml.mlpackage"))
-    theirs.save(str(tmp_path / "ct.mlpackage"))
-    problems, _, _ = cr.compare_outputs(
-        "mlp/fp16/ios16", Path(model.package_path), tmp_path / "ct.mlpackage", tmp_path / "ml.mlpackage"
-    )
-    assert problems == []
+    assert_same_result("mlp/fp16/ios16", Path(model.package_path), ours, theirs, tmp_path)
 
 
 def test_prune_returns_the_report_and_the_console_script_writes_the_same(models, tmp_path):
