@@ -128,25 +128,15 @@ fn every_function_is_pruned_and_a_shared_weight_is_written_once() {
 fn a_shared_weight_with_two_configs_is_refused_naming_both_ops() {
     // `fc1_cast_fp16` (the linear reading fc1's weight) is called `fc1_other` in `second` only.
     let case = two_functions(&[("fc1_cast_fp16", "fc1_other")]);
-    let config = case.tmp.path().join("config.json");
-    std::fs::write(
-        &config,
+    let before = snapshot(&case.input);
+    let run = prune_with_config_file(
+        &case,
         r#"{"config_type": "OpMagnitudePrunerConfig",
             "global_config": {"target_sparsity": 0.5, "weight_threshold": 0},
             "op_name_configs": {"fc1_other": {"target_sparsity": 0.75, "weight_threshold": 0}}}"#,
-    )
-    .unwrap();
-    let before = snapshot(&case.input);
-    let output = case.output();
-    let args = [
-        "prune".as_ref(),
-        case.input.as_os_str(),
-        output.as_os_str(),
-        "--config".as_ref(),
-        config.as_os_str(),
-    ];
+    );
     assert_cli_error(
-        &cli(&args),
+        &run,
         2,
         &[
             "conflict",
@@ -160,24 +150,12 @@ fn a_shared_weight_with_two_configs_is_refused_naming_both_ops() {
 
     // The same config naming an op both functions have is one config for the shared weight.
     let same = two_functions(&[]);
-    let config = same.tmp.path().join("config.json");
-    std::fs::write(
-        &config,
+    let o = prune_with_config_file(
+        &same,
         r#"{"config_type": "OpMagnitudePrunerConfig",
             "global_config": {"target_sparsity": 0.5, "weight_threshold": 0},
             "op_name_configs": {"fc1_cast_fp16": {"target_sparsity": 0.75, "weight_threshold": 0}}}"#,
-    )
-    .unwrap();
-    let output = same.output();
-    let args = [
-        "prune".as_ref(),
-        same.input.as_os_str(),
-        output.as_os_str(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "-q".as_ref(),
-    ];
-    let o = cli(&args);
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -317,4 +295,19 @@ fn a_shared_weight_the_kernel_skips_is_skipped_once_for_every_function() {
     }
     // Nothing pruned, every blob copied once: the input's weight.bin.
     assert_eq!(weight_bin_len(&case.output()), weight_bin_len(&case.input));
+}
+
+/// `mlprune prune` of `case`'s input into its output with `config` (JSON) written as
+/// `config.json` beside them.
+fn prune_with_config_file(case: &Case, config: &str) -> std::process::Output {
+    let path = case.tmp.path().join("config.json");
+    std::fs::write(&path, config).unwrap();
+    let output = case.output();
+    cli(&[
+        "prune".as_ref(),
+        case.input.as_os_str(),
+        output.as_os_str(),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ])
 }
