@@ -22,6 +22,7 @@
 //! without being bit-identical (NaN payloads, fp32 values equal to numpy's 8 printed digits).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::dtype::ScalarType;
 use crate::error::Result;
@@ -67,7 +68,7 @@ pub enum Near {
 const KEY_ELEMENTS: usize = 100;
 
 /// The block an op is in: function, specialization and the steps to the block.
-type BlockKey = (String, String, Vec<usize>);
+type BlockKey = (Arc<str>, Arc<str>, Vec<usize>);
 
 /// A block path or a printed type, by its number in [`Interner`].
 type Id = u32;
@@ -223,7 +224,7 @@ impl Deduplicator {
             Some(first) if !returned => {
                 let first = first.clone();
                 self.resolved
-                    .insert((path.function.clone(), output.name.clone()), first.clone());
+                    .insert((path.function.to_string(), output.name.clone()), first.clone());
                 Ok(Verdict::DuplicateOf(first))
             }
             Some(_) => Ok(Verdict::Keep),
@@ -289,7 +290,7 @@ impl Deduplicator {
                     return Ok(Near::Returned);
                 }
                 self.resolved
-                    .insert((path.function.clone(), output.name.clone()), first.clone());
+                    .insert((path.function.to_string(), output.name.clone()), first.clone());
                 return Ok(Near::DuplicateOf(first));
             }
         }
@@ -425,7 +426,11 @@ mod tests {
         OpPath {
             function: "main".into(),
             specialization: "CoreML8".into(),
-            steps: if nested { vec![0, 0, index] } else { vec![index] },
+            steps: if nested {
+                [0, 0, index][..].into()
+            } else {
+                [index][..].into()
+            },
         }
     }
 

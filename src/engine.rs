@@ -255,7 +255,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
-                let function = info.path.function.clone();
+                let function = info.path.function.to_string();
                 let cut_by_global = matches!(p.decision, Decision::Prune(_)).then_some(&global_cut);
                 let mut report = tensor_report(p, function, result, started, placement);
                 if let Some(Some(g)) = cut_by_global {
@@ -330,7 +330,7 @@ fn prefetch_jobs(program: &Program, graph: &GraphView, planned: &[PlannedTensor]
             let value = op_at(program, &info.path)?.const_value()?.clone();
             Some(Job {
                 op_index: p.op_index,
-                name: info.name.clone(),
+                name: info.name.to_string(),
                 value,
             })
         })
@@ -591,7 +591,7 @@ impl Rewrite {
         let new_name = sparsified_name(&info.name);
         let created = self
             .created
-            .contains(&(info.path.function.clone(), new_name.clone()));
+            .contains(&(info.path.function.to_string(), new_name.clone()));
         if created || graph.producer(&info.path.function, &new_name).is_some() {
             return Err(Error::Graph(format!(
                 "cannot prune '{}': the model already has a value named '{new_name}'",

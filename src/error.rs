@@ -86,9 +86,9 @@ impl Error {
         }
     }
 
-    pub fn tensor(tensor: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn tensor(tensor: impl AsRef<str>, reason: impl Into<String>) -> Self {
         Error::Tensor {
-            tensor: tensor.into(),
+            tensor: tensor.as_ref().to_owned(),
             reason: reason.into(),
         }
     }

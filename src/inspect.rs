@@ -84,8 +84,8 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             .consumers(index)
             .into_iter()
             .map(|(c, input)| Consumer {
-                op: graph.ops[c].name.clone(),
-                op_type: graph.ops[c].op_type.clone(),
+                op: graph.ops[c].name.to_string(),
+                op_type: graph.ops[c].op_type.to_string(),
                 input: input.to_owned(),
             })
             .collect();
@@ -104,8 +104,8 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             let (_, data) = source.read(&info.name, value)?;
             blobs.extend(value.blob_offset());
             WeightRow {
-                function: info.path.function.clone(),
-                name: info.name.clone(),
+                function: info.path.function.to_string(),
+                name: info.name.to_string(),
                 consumers,
                 dtype: meta.dtype.to_string(),
                 elements: meta.count,
@@ -133,8 +133,8 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             blobs = walk.blobs;
             let sparsity = sparse_mask_share(op, &meta, &source, &info.name)?;
             WeightRow {
-                function: info.path.function.clone(),
-                name: info.name.clone(),
+                function: info.path.function.to_string(),
+                name: info.name.to_string(),
                 consumers,
                 dtype: meta.dtype.to_string(),
                 elements: meta.count,
@@ -284,7 +284,7 @@ impl ChainWalk {
         for n in named {
             if let Some(p) = graph.producer(&info.path.function, &n) {
                 let producer = &graph.ops[p];
-                if producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
+                if &*producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
                     total = total.saturating_add(self.bytes(program, graph, p));
                 }
             }

@@ -87,7 +87,7 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
             check_materialized_values(program, graph, config, index)?;
             continue;
         }
-        if info.op_type != "const" {
+        if &*info.op_type != "const" {
             continue;
         }
         let Some(value) = op_at(program, &info.path).and_then(|op| op.const_value()) else {
@@ -109,7 +109,7 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         };
         planned.push(PlannedTensor {
             op_index: index,
-            name: info.name.clone(),
+            name: info.name.to_string(),
             consumer,
             meta,
             decision,
@@ -246,7 +246,7 @@ fn decide(
             meta.count
         )));
     }
-    if op_config.is_structural() && !config.op_name.contains_key(&info.name) {
+    if op_config.is_structural() && !config.op_name.contains_key(&*info.name) {
         let all_targets = consumers
             .iter()
             .all(|&(c, input)| structural_target(&graph.ops[c].op_type, input));

@@ -163,7 +163,7 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
     if names.is_empty() {
         return Ok(());
     }
-    let known: HashSet<&str> = graph.ops.iter().map(|op| op.name.as_str()).collect();
+    let known: HashSet<&str> = graph.ops.iter().map(|op| &*op.name).collect();
     if let Some(unknown) = names.iter().find(|n| !known.contains(n.as_str())) {
         return Err(Error::Usage(format!(
             "--exclude '{unknown}': the model has no op or const of that name"
@@ -177,7 +177,7 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
         let by_consumer = graph
             .consumers(p.op_index)
             .into_iter()
-            .find(|&(c, _)| names.contains(graph.ops[c].name.as_str()));
+            .find(|&(c, _)| names.contains(&*graph.ops[c].name));
         let reason = if names.contains(p.name.as_str()) {
             format!("excluded by --exclude '{}'", p.name)
         } else if let Some((c, _)) = by_consumer {

@@ -57,7 +57,7 @@ fn materialization_matches_coremltools_byte_for_byte() {
             let index = graph
                 .ops
                 .iter()
-                .position(|o| &o.name == name)
+                .position(|o| *o.name == **name)
                 .unwrap_or_else(|| panic!("{case}: no op {name}"));
             let m = materialize(&ctx, index).unwrap_or_else(|e| panic!("{case}/{name}: {e}"));
             assert_eq!(
@@ -130,7 +130,7 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
                         &mut weights,
                     )?;
                     renames.push((
-                        info.path.function.clone(),
+                        info.path.function.to_string(),
                         original.outputs[0].name.clone(),
                         out.output,
                     ));
@@ -252,7 +252,11 @@ fn name_bound_const_inputs_materialize_and_are_inlined() {
     let (package, mut model) = load(&path);
     let source = WeightSource::open(&package).unwrap();
     let graph = GraphView::build(&model.program).unwrap();
-    let index = graph.ops.iter().position(|o| o.op_type == LUT_TO_DENSE).unwrap();
+    let index = graph
+        .ops
+        .iter()
+        .position(|o| &*o.op_type == LUT_TO_DENSE)
+        .unwrap();
     let expected = materialize(&Context::new(&model.program, &graph, &source), index).unwrap();
 
     let path_of_op = graph.ops[index].path.clone();
@@ -273,7 +277,11 @@ fn name_bound_const_inputs_materialize_and_are_inlined() {
     block.operations.insert(0, const_op("lut_const", lut.clone()));
 
     let graph = GraphView::build(&model.program).unwrap();
-    let index = graph.ops.iter().position(|o| o.op_type == LUT_TO_DENSE).unwrap();
+    let index = graph
+        .ops
+        .iter()
+        .position(|o| &*o.op_type == LUT_TO_DENSE)
+        .unwrap();
     let m = materialize(&Context::new(&model.program, &graph, &source), index).unwrap();
     assert_eq!(m.dense, expected.dense);
     let JointKind::Lut { lut: carried, .. } = &m.kind else {
@@ -350,7 +358,11 @@ fn lut_read_from_a_constexpr_op_fails_every_joint_plan() {
 
     // A copy of the LUT op, named by its output `lut_src`, becomes the producer of its `lut`
     // (only the producer's op type matters to the check).
-    let index = graph.ops.iter().position(|o| o.op_type == LUT_TO_DENSE).unwrap();
+    let index = graph
+        .ops
+        .iter()
+        .position(|o| &*o.op_type == LUT_TO_DENSE)
+        .unwrap();
     let path = graph.ops[index].path.clone();
     let mut producer = op_at(&model.program, &path).unwrap().clone();
     producer.attributes.take("name");

@@ -212,7 +212,7 @@ fn materialize_at(ctx: &Context, index: usize, follow: usize) -> Result<Material
         .ops
         .get(index)
         .ok_or_else(|| Error::Graph(format!("no op with index {index}")))?;
-    let m = match info.op_type.as_str() {
+    let m = match &*info.op_type {
         SHIFT_SCALE => shift_scale(ctx, index, follow)?,
         LUT_TO_DENSE => lut(ctx, index)?,
         other => {
@@ -262,7 +262,7 @@ fn check_at(ctx: &Context, index: usize, follow: usize) -> Result<()> {
         .ops
         .get(index)
         .ok_or_else(|| Error::Graph(format!("no op with index {index}")))?;
-    let (params, lut_op): (&[&str], bool) = match info.op_type.as_str() {
+    let (params, lut_op): (&[&str], bool) = match &*info.op_type {
         LUT_TO_DENSE => (&["indices", "lut"], true),
         SHIFT_SCALE => (&["data", "scale"], false),
         // coremltools materializes other constexpr producers; whether mlprune can is decided
@@ -296,7 +296,7 @@ pub fn dense_dtype(ctx: &Context, op_index: usize) -> Result<ScalarType> {
         ctx.input_meta(op_index, param)?
             .ok_or_else(|| Error::tensor(&info.name, format!("has no '{param}' input")))
     };
-    match info.op_type.as_str() {
+    match &*info.op_type {
         SHIFT_SCALE => {
             let scale = need("scale")?.dtype;
             let offset = ctx.input_meta(op_index, "offset")?.map(|m| m.dtype);

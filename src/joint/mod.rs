@@ -67,7 +67,7 @@ impl JointNamer {
                 info.name
             )));
         }
-        let (base, counter) = match info.op_type.as_str() {
+        let (base, counter) = match &*info.op_type {
             SHIFT_SCALE => (SPARSE_SHIFT_SCALE, &mut self.shift_scale),
             LUT_TO_DENSE => (LUT_TO_SPARSE, &mut self.lut),
             other => {
@@ -77,8 +77,9 @@ impl JointNamer {
                 )))
             }
         };
-        let taken =
-            |name: &str| graph.producer(function, name).is_some() || graph.ops.iter().any(|o| o.name == name);
+        let taken = |name: &str| {
+            graph.producer(function, name).is_some() || graph.ops.iter().any(|o| &*o.name == name)
+        };
         loop {
             let sparse = format!("{base}_{counter}");
             *counter += 1;

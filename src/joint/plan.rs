@@ -58,7 +58,7 @@ pub fn plan_joint(
     let ctx = Context::types_only(program, graph);
     let mut planned = Vec::new();
     for (index, info) in graph.ops.iter().enumerate() {
-        if info.op_type != SHIFT_SCALE && info.op_type != LUT_TO_DENSE {
+        if &*info.op_type != SHIFT_SCALE && &*info.op_type != LUT_TO_DENSE {
             continue;
         }
         check_materializable(&ctx, index)?;
@@ -85,8 +85,8 @@ pub fn plan_joint(
         };
         planned.push(PlannedJoint {
             op_index: index,
-            name: info.name.clone(),
-            op_type: info.op_type.clone(),
+            name: info.name.to_string(),
+            op_type: info.op_type.to_string(),
             consumer,
             meta,
             decision,

@@ -5,7 +5,10 @@
 //! defined earlier in an enclosing scope. MIL blocks are topologically sorted, so this one check
 //! rules out both dangling names and cycles.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use super::entries::Entries;
 use crate::error::{Error, Result};
@@ -14,13 +17,14 @@ use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 use super::value::{describe_type, same_declared_type, OperationExt};
 
 /// Where an op lives: function, block specialization, then op index, and for ops inside nested
-/// blocks alternating (block index, op index) steps.
+/// blocks alternating (block index, op index) steps. The names are shared with the index, so a
+/// path costs no allocation for a top-level op.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OpPath {
-    pub function: String,
-    pub specialization: String,
+    pub function: Arc<str>,
+    pub specialization: Arc<str>,
     /// `[op]` for a top-level op, `[op, block, op]` one level down, and so on.
-    pub steps: Vec<usize>,
+    pub steps: SmallVec<[usize; 1]>,
 }
 
 /// One op of the program, in program order.
@@ -28,131 +32,199 @@ pub struct OpPath {
 pub struct OpInfo {
     pub path: OpPath,
     /// The `name` attribute, or the first output's name when an op has none.
-    pub name: String,
-    pub op_type: String,
-    pub outputs: Vec<String>,
+    pub name: Arc<str>,
+    pub op_type: Arc<str>,
+    pub outputs: SmallVec<[Arc<str>; 1]>,
 }
 
 /// A place that uses a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UseSite {
     /// Input `param` of the op at index `op` of [`GraphView::ops`].
-    Input { op: usize, param: String },
+    Input { op: usize, param: Arc<str> },
     /// Returned by a block: the function body (`owner: None`) or a nested block of op `owner`.
     BlockOutput { owner: Option<usize> },
 }
 
+/// What the index knows of one value of a function.
+#[derive(Debug, Clone, Default)]
+struct ValueEntry {
+    /// The op defining it; `None` for a function input.
+    producer: Option<usize>,
+    uses: SmallVec<[UseSite; 1]>,
+}
+
+/// A function's name and its values by name.
+type FunctionValues = (Arc<str>, HashMap<Arc<str>, ValueEntry>);
+
+/// The index holds tens of thousands of ops in large models (issue 18: memory in proportion to
+/// the model). Every name is stored once, as an `Arc<str>` that the op records, use sites and the
+/// value table share; a value's producer and uses live in one entry of its function's table.
 #[derive(Debug, Clone, Default)]
 pub struct GraphView {
     pub ops: Vec<OpInfo>,
-    uses: BTreeMap<(String, String), Vec<UseSite>>,
-    producers: BTreeMap<(String, String), usize>,
+    /// Per function: its values.
+    values: Vec<FunctionValues>,
+}
+
+/// Hands out one shared copy of each distinct short text (op types, parameter names).
+#[derive(Default)]
+struct Texts(HashSet<Arc<str>>);
+
+impl Texts {
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(t) = self.0.get(text) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(text);
+        self.0.insert(t.clone());
+        t
+    }
+}
+
+/// The state of one build: the shared texts and the names in scope.
+struct Builder {
+    texts: Texts,
+    scope: Scope,
 }
 
 impl GraphView {
     pub fn build(program: &Program) -> Result<Self> {
         let mut view = GraphView::default();
+        let mut builder = Builder {
+            texts: Texts::default(),
+            scope: Scope::default(),
+        };
         for (fname, function) in &program.functions {
+            let function_name: Arc<str> = Arc::from(fname.as_str());
+            view.values.push((function_name.clone(), HashMap::new()));
+            let table = view.values.len() - 1;
             for (spec, block) in &function.block_specializations {
-                let mut scope = Scope::default();
+                builder.scope = Scope::default();
                 for input in &function.inputs {
-                    scope.define(&input.name, fname)?;
+                    let name = view.value_name(table, &input.name);
+                    builder.scope.define(name, fname)?;
                 }
                 let base = OpPath {
-                    function: fname.clone(),
-                    specialization: spec.clone(),
-                    steps: vec![],
+                    function: function_name.clone(),
+                    specialization: builder.texts.get(spec),
+                    steps: SmallVec::new(),
                 };
-                view.walk_block(block, &base, None, &mut scope)?;
+                view.walk_block(block, &base, table, None, &mut builder)?;
             }
         }
+        view.ops.shrink_to_fit();
+        for (_, values) in &mut view.values {
+            values.shrink_to_fit();
+        }
         Ok(view)
+    }
+
+    /// The shared copy of `name` in function table `table`, entered with no producer or uses if new.
+    fn value_name(&mut self, table: usize, name: &str) -> Arc<str> {
+        let values = &mut self.values[table].1;
+        if let Some((key, _)) = values.get_key_value(name) {
+            return key.clone();
+        }
+        let key: Arc<str> = Arc::from(name);
+        values.insert(key.clone(), ValueEntry::default());
+        key
     }
 
     fn walk_block(
         &mut self,
         block: &Block,
         base: &OpPath,
+        table: usize,
         owner: Option<usize>,
-        scope: &mut Scope,
+        builder: &mut Builder,
     ) -> Result<()> {
-        let mark = scope.mark();
+        let function = &*base.function;
+        let mark = builder.scope.mark();
         for input in &block.inputs {
-            scope.define(&input.name, &base.function)?;
+            let name = self.value_name(table, &input.name);
+            builder.scope.define(name, function)?;
         }
         for (i, op) in block.operations.iter().enumerate() {
             let mut path = base.clone();
             path.steps.push(i);
             let index = self.ops.len();
-            let name = op
-                .name()
-                .map(str::to_owned)
-                .or_else(|| op.outputs.first().map(|o| o.name.clone()))
-                .unwrap_or_default();
-            check_op(op, &name, &base.function)?;
-            self.ops.push(OpInfo {
-                path: path.clone(),
-                name: name.clone(),
-                op_type: op.r#type.clone(),
-                outputs: op.outputs.iter().map(|o| o.name.clone()).collect(),
-            });
+            let outputs: SmallVec<[Arc<str>; 1]> = op
+                .outputs
+                .iter()
+                .map(|o| self.value_name(table, &o.name))
+                .collect();
+            let name = match op.name() {
+                Some(n) => match outputs.iter().find(|o| &***o == n) {
+                    Some(shared) => shared.clone(),
+                    None => Arc::from(n),
+                },
+                None => outputs.first().cloned().unwrap_or_else(|| Arc::from("")),
+            };
+            check_op(op, &name, function)?;
             for (param, arg) in op.inputs.pairs() {
                 for binding in &arg.arguments {
                     if let Some(Binding::Name(value)) = &binding.binding {
-                        if !scope.contains(value) {
+                        if !builder.scope.contains(value) {
                             return Err(Error::Graph(format!(
                                 "op '{name}' ({}) input '{param}' refers to '{value}', which is not \
-                                 defined before it in function '{}'",
-                                op.r#type, base.function
+                                 defined before it in function '{function}'",
+                                op.r#type
                             )));
                         }
-                        self.add_use(
-                            &base.function,
-                            value,
-                            UseSite::Input {
-                                op: index,
-                                param: param.to_owned(),
-                            },
-                        );
+                        let site = UseSite::Input {
+                            op: index,
+                            param: builder.texts.get(param),
+                        };
+                        self.add_use(table, value, site);
                     }
                 }
             }
+            self.ops.push(OpInfo {
+                path: path.clone(),
+                name,
+                op_type: builder.texts.get(&op.r#type),
+                outputs: outputs.clone(),
+            });
             for (b, nested) in op.blocks.iter().enumerate() {
                 let mut nested_base = path.clone();
                 nested_base.steps.push(b);
-                self.walk_block(nested, &nested_base, Some(index), scope)?;
+                self.walk_block(nested, &nested_base, table, Some(index), builder)?;
             }
-            for out in &op.outputs {
-                scope.define(&out.name, &base.function)?;
-                self.producers
-                    .insert((base.function.clone(), out.name.clone()), index);
+            for out in outputs {
+                builder.scope.define(out.clone(), function)?;
+                if let Some(entry) = self.values[table].1.get_mut(&out) {
+                    entry.producer = Some(index);
+                }
             }
         }
         for out in &block.outputs {
-            if !scope.contains(out) {
+            if !builder.scope.contains(out) {
                 return Err(Error::Graph(format!(
-                    "block output '{out}' in function '{}' is not defined",
-                    base.function
+                    "block output '{out}' in function '{function}' is not defined"
                 )));
             }
-            self.add_use(&base.function, out, UseSite::BlockOutput { owner });
+            self.add_use(table, out, UseSite::BlockOutput { owner });
         }
-        scope.reset(mark);
+        builder.scope.reset(mark);
         Ok(())
     }
 
-    fn add_use(&mut self, function: &str, value: &str, site: UseSite) {
-        self.uses
-            .entry((function.to_owned(), value.to_owned()))
-            .or_default()
-            .push(site);
+    fn add_use(&mut self, table: usize, value: &str, site: UseSite) {
+        let key = self.value_name(table, value);
+        if let Some(entry) = self.values[table].1.get_mut(&key) {
+            entry.uses.push(site);
+        }
+    }
+
+    fn value(&self, function: &str, value: &str) -> Option<&ValueEntry> {
+        let (_, values) = self.values.iter().find(|(f, _)| &**f == function)?;
+        values.get(value)
     }
 
     /// Every use of `value` in `function`, in program order.
     pub fn uses(&self, function: &str, value: &str) -> &[UseSite] {
-        self.uses
-            .get(&(function.to_owned(), value.to_owned()))
-            .map_or(&[], Vec::as_slice)
+        self.value(function, value).map_or(&[], |v| v.uses.as_slice())
     }
 
     /// The ops that take the output(s) of op `index` as an input, in program order, without repeats.
@@ -162,8 +234,8 @@ impl GraphView {
         for value in &info.outputs {
             for site in self.uses(&info.path.function, value) {
                 if let UseSite::Input { op, param } = site {
-                    if !out.iter().any(|(o, p)| o == op && *p == param.as_str()) {
-                        out.push((*op, param.as_str()));
+                    if !out.iter().any(|(o, p)| o == op && *p == &**param) {
+                        out.push((*op, param));
                     }
                 }
             }
@@ -173,9 +245,7 @@ impl GraphView {
 
     /// The index of the op producing `value` in `function`.
     pub fn producer(&self, function: &str, value: &str) -> Option<usize> {
-        self.producers
-            .get(&(function.to_owned(), value.to_owned()))
-            .copied()
+        self.value(function, value)?.producer
     }
 }
 
@@ -238,18 +308,18 @@ fn check_op(op: &Operation, name: &str, function: &str) -> Result<()> {
 /// Names visible at a point of a function, with marks to drop a nested block's names on exit.
 #[derive(Default)]
 struct Scope {
-    visible: HashSet<String>,
-    order: Vec<String>,
+    visible: HashSet<Arc<str>>,
+    order: Vec<Arc<str>>,
 }
 
 impl Scope {
-    fn define(&mut self, name: &str, function: &str) -> Result<()> {
-        if !self.visible.insert(name.to_owned()) {
+    fn define(&mut self, name: Arc<str>, function: &str) -> Result<()> {
+        if !self.visible.insert(name.clone()) {
             return Err(Error::Graph(format!(
                 "value '{name}' is defined twice in function '{function}'"
             )));
         }
-        self.order.push(name.to_owned());
+        self.order.push(name);
         Ok(())
     }
 
@@ -272,9 +342,9 @@ impl Scope {
 pub fn op_at<'a>(program: &'a Program, path: &OpPath) -> Option<&'a Operation> {
     let block = program
         .functions
-        .get(&path.function)?
+        .get(&*path.function)?
         .block_specializations
-        .get(&path.specialization)?;
+        .get(&*path.specialization)?;
     let (&first, rest) = path.steps.split_first()?;
     let mut op = block.operations.get(first)?;
     for pair in rest.chunks(2) {
@@ -338,9 +408,9 @@ pub fn for_each_op_mut<E>(
 pub fn op_at_mut<'a>(program: &'a mut Program, path: &OpPath) -> Option<&'a mut Operation> {
     let block = program
         .functions
-        .get_mut(&path.function)?
+        .get_mut(&*path.function)?
         .block_specializations
-        .get_mut(&path.specialization)?;
+        .get_mut(&*path.specialization)?;
     let (&first, rest) = path.steps.split_first()?;
     let mut op = block.operations.get_mut(first)?;
     for pair in rest.chunks(2) {

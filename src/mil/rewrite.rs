@@ -256,9 +256,9 @@ mod tests {
     fn graph_lists_uses_in_every_place() {
         let p = sample();
         let g = GraphView::build(&p).unwrap();
-        let names: Vec<_> = g.ops.iter().map(|o| o.name.as_str()).collect();
+        let names: Vec<_> = g.ops.iter().map(|o| &*o.name).collect();
         assert_eq!(names, ["w", "lin", "branch", "inner_add"]);
-        assert_eq!(g.ops[3].path.steps, vec![2, 0, 0]);
+        assert_eq!(g.ops[3].path.steps.as_slice(), [2, 0, 0]);
         let uses = g.uses("main", "w");
         assert_eq!(
             uses,
@@ -341,9 +341,9 @@ mod tests {
         replace_ops(&mut p, vec![(path.clone(), vec![repl])]).unwrap();
         assert_eq!(op_at(&p, &path).and_then(|o| o.name()), Some("ident"));
         let mut bad = path.clone();
-        bad.steps = vec![9];
+        bad.steps = [9][..].into();
         assert!(replace_ops(&mut p, vec![(bad.clone(), vec![])]).is_err());
-        bad.steps = vec![2, 5, 0];
+        bad.steps = [2, 5, 0][..].into();
         assert!(replace_ops(&mut p, vec![(bad, vec![])]).is_err());
         let rename = [("nope".to_owned(), "a".to_owned(), "b".to_owned())];
         assert!(rename_all(&mut p, &rename).is_err());
