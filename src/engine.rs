@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -67,16 +68,17 @@ pub struct PruneJob {
     pub cancel: CancelFlag,
 }
 
-/// One entry of `--report`.
+/// One entry of `--report`. A run keeps one per planned tensor, so texts every entry repeats
+/// (function, dtype, mode, the global cut) are shared rather than copied.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorReport {
     /// The function of a multifunction model (`main` for a single-function one).
-    pub function: String,
+    pub function: Arc<str>,
     pub name: String,
     pub consumer: String,
-    pub dtype: String,
+    pub dtype: &'static str,
     pub shape: Vec<u64>,
-    pub mode: String,
+    pub mode: &'static str,
     pub pruned: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
@@ -92,7 +94,7 @@ pub struct TensorReport {
     pub millis: f64,
     /// `--global-sparsity`: the one cut every eligible tensor was pruned by (mode `global`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub global_cut: Option<CutReport>,
+    pub global_cut: Option<Arc<CutReport>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -201,6 +203,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
         shared: SharedOutcomes::new(shared_keys),
     };
     let mut reports = Vec::with_capacity(planned.len());
+    let shared_cut = global_cut.clone().map(Arc::new);
     let mut progress = Progress::new(job.progress, weight_bytes_before, planned.len());
     // Plain consts are read ahead on a reader thread; joint compression materializes its inputs
     // from several ops and reads them itself.
@@ -255,11 +258,11 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
-                let function = info.path.function.to_string();
-                let cut_by_global = matches!(p.decision, Decision::Prune(_)).then_some(&global_cut);
+                let function = info.path.function.clone();
+                let cut_by_global = matches!(p.decision, Decision::Prune(_)).then_some(&shared_cut);
                 let mut report = tensor_report(p, function, result, started, placement);
                 if let Some(Some(g)) = cut_by_global {
-                    report.mode = "global".into();
+                    report.mode = "global";
                     report.global_cut = Some(g.clone());
                 }
                 reports.push(report);
@@ -760,15 +763,15 @@ fn bump_to_ios16(model: &mut LoadedModel) {
 /// `Some(Ok((kept, bytes_after)))` for a pruned one. `placement`: where its kernel ran, if one did.
 fn tensor_report(
     p: PlannedTensor,
-    function: String,
+    function: Arc<str>,
     result: Option<PruneResult>,
     started: Instant,
     placement: Option<Placement>,
 ) -> TensorReport {
     let bytes = p.meta.storage_bytes().unwrap_or(0);
     let mode = match &p.decision {
-        Decision::Skip(_) => "none".to_owned(),
-        Decision::Prune(c) => c.mode_name().to_owned(),
+        Decision::Skip(_) => "none",
+        Decision::Prune(c) => c.mode_name(),
     };
     let (pruned, skipped, sparsity, bytes_after) = match (result, p.decision) {
         (Some(Ok((kept, after))), _) => {
@@ -787,7 +790,7 @@ fn tensor_report(
         function,
         name: p.name,
         consumer: p.consumer,
-        dtype: p.meta.dtype.to_string(),
+        dtype: p.meta.dtype.name(),
         shape: p.meta.shape,
         mode,
         pruned,

@@ -115,6 +115,8 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
             decision,
         });
     }
+    // The plan lives for the whole walk: give back the slack of growing it one push at a time.
+    planned.shrink_to_fit();
     Ok(planned)
 }
 

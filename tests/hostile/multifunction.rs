@@ -84,7 +84,7 @@ fn every_function_is_pruned_and_a_shared_weight_is_written_once() {
         .tensors
         .iter()
         .filter(|t| t.pruned)
-        .map(|t| (t.function.as_str(), t.name.as_str()))
+        .map(|t| (&*t.function, t.name.as_str()))
         .collect();
     assert_eq!(
         pruned,
@@ -99,7 +99,7 @@ fn every_function_is_pruned_and_a_shared_weight_is_written_once() {
     let reused: Vec<_> = summary
         .tensors
         .iter()
-        .filter(|t| t.pruned && t.function == "second")
+        .filter(|t| t.pruned && &*t.function == "second")
         .map(|t| t.device_reason.clone().unwrap())
         .collect();
     assert_eq!(
@@ -278,14 +278,14 @@ fn a_shared_weight_the_kernel_skips_is_skipped_once_for_every_function() {
     let second: Vec<_> = summary
         .tensors
         .iter()
-        .filter(|t| t.function == "second" && t.name.contains("weight"))
+        .filter(|t| &*t.function == "second" && t.name.contains("weight"))
         .collect();
     assert_eq!(second.len(), 2);
     for t in second {
         let first = summary
             .tensors
             .iter()
-            .find(|f| f.function == "main" && f.name == t.name)
+            .find(|f| &*f.function == "main" && f.name == t.name)
             .unwrap();
         assert!(t.skipped.is_some() && t.skipped == first.skipped, "{t:?}");
         assert_eq!(
