@@ -28,7 +28,7 @@
 mod decimal;
 mod select;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -39,7 +39,7 @@ use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::OperationExt;
 use crate::plan::{Decision, PlannedTensor};
 use crate::proto::mil::Program;
-use crate::shared::blob_key;
+use crate::shared::{blob_key, qualified, BlobKey};
 use crate::tensor::{TensorData, TensorView};
 use crate::weights::WeightSource;
 
@@ -96,7 +96,8 @@ pub fn decide_cut(
     global: &GlobalSparsity,
     cancel: &CancelFlag,
 ) -> Result<CutReport> {
-    exclude(graph, planned, &global.exclude)?;
+    let excluded = exclude(graph, planned, &global.exclude)?;
+    keep_shared_blobs_whole(program, graph, planned, &excluded)?;
     // A weight.bin blob that several functions' consts share (a multifunction package) is one
     // tensor, pruned once: it counts once in N and in the histogram.
     let mut seen = HashSet::new();
@@ -157,11 +158,12 @@ pub fn decide_cut(
 }
 
 /// Marks the planned tensors named by `names` (their const name or a consumer op's name) as
-/// skipped. A name that is no op, const or consumer of the model is a usage error: a typo would
-/// otherwise silently prune what the user meant to keep.
-fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -> Result<()> {
+/// skipped, and returns their op indices. A name that is no op, const or consumer of the model is a
+/// usage error: a typo would otherwise silently prune what the user meant to keep.
+fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -> Result<HashSet<usize>> {
+    let mut excluded = HashSet::new();
     if names.is_empty() {
-        return Ok(());
+        return Ok(excluded);
     }
     let known: HashSet<&str> = graph.ops.iter().map(|op| &*op.name).collect();
     if let Some(unknown) = names.iter().find(|n| !known.contains(n.as_str())) {
@@ -186,6 +188,48 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
             continue;
         };
         p.decision = Decision::Skip(reason);
+        excluded.insert(p.op_index);
+    }
+    Ok(excluded)
+}
+
+/// A blob several consts share (the functions of a multifunction package) is one tensor: excluding
+/// it for some of them but pruning it for others would store it twice, pruned and as is, and the
+/// functions would no longer compute with the same weight. Refused, naming both consts.
+fn keep_shared_blobs_whole(
+    program: &Program,
+    graph: &GraphView,
+    planned: &[PlannedTensor],
+    excluded: &HashSet<usize>,
+) -> Result<()> {
+    if excluded.is_empty() {
+        return Ok(());
+    }
+    // Per blob: one const --exclude skipped and one still to be pruned, once seen.
+    let mut seen: HashMap<BlobKey, (Option<usize>, Option<usize>)> = HashMap::new();
+    for p in planned {
+        let is_excluded = excluded.contains(&p.op_index);
+        if !is_excluded && !matches!(p.decision, Decision::Prune(_)) {
+            continue;
+        }
+        let Some(key) = blob_key(program, graph, p.op_index) else {
+            continue;
+        };
+        let offset = key.0;
+        let entry = seen.entry(key).or_default();
+        if is_excluded {
+            entry.0.get_or_insert(p.op_index);
+        } else {
+            entry.1.get_or_insert(p.op_index);
+        }
+        if let (Some(skipped), Some(pruned)) = *entry {
+            return Err(Error::Usage(format!(
+                "--exclude keeps {} but not {}, which shares its weight.bin blob at offset {offset}: \
+                 exclude both or neither",
+                qualified(graph, skipped),
+                qualified(graph, pruned)
+            )));
+        }
     }
     Ok(())
 }

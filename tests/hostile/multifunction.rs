@@ -160,6 +160,49 @@ fn a_shared_weight_with_two_configs_is_refused_naming_both_ops() {
 }
 
 #[test]
+fn global_sparsity_excluding_a_shared_weight_for_one_function_only_is_refused() {
+    // `fc1_other` consumes fc1's shared weight in `second` only: excluding it there but pruning the
+    // same blob for `main` would store it twice and unshare it.
+    let case = two_functions(&[("fc1_cast_fp16", "fc1_other")]);
+    let before = snapshot(&case.input);
+    let global = |case: &Case, exclude: &str| {
+        let output = case.output();
+        cli(&[
+            "prune".as_ref(),
+            case.input.as_os_str(),
+            output.as_os_str(),
+            "--global-sparsity".as_ref(),
+            "0.5".as_ref(),
+            "--weight-threshold".as_ref(),
+            "0".as_ref(),
+            "--exclude".as_ref(),
+            exclude.as_ref(),
+        ])
+    };
+    let run = global(&case, "fc1_other");
+    assert_cli_error(
+        &run,
+        2,
+        &["--exclude", "second/fc1_weight_0_to_fp16", "main/fc1_weight_0_to_fp16", "exclude both"],
+    );
+    assert_nothing_left(&case, &["in.mlpackage"]);
+    assert_eq!(snapshot(&case.input), before, "input unchanged");
+
+    // Named by the const itself, the weight is excluded in both functions: stored once, as is.
+    let run = global(&case, "fc1_weight_0_to_fp16");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (_, program) = program_of(&case.output());
+    for function in ["main", "second"] {
+        let sparse = sparse_ops(&program, function);
+        assert!(!sparse.is_empty(), "{function}: the other weights are pruned");
+        assert!(
+            !sparse.iter().any(|(name, ..)| name.contains("fc1_weight")),
+            "{function}: fc1's weight stays dense: {sparse:?}"
+        );
+    }
+}
+
+#[test]
 fn a_shared_bias_nobody_prunes_is_no_conflict() {
     // Biases are rank 1: whatever config each function's consumer resolves to, nothing is pruned,
     // so the blob stays shared and nothing conflicts.
