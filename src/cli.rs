@@ -204,11 +204,11 @@ impl PruneArgs {
             (Some(path), _) => OptimizationConfig::from_file(path)?,
             // Eligibility is that of a global OpMagnitudePrunerConfig(target_sparsity=S,
             // weight_threshold=W): the plan decides it, as for every other mode.
-            (None, Some(s)) => from_shortcuts(&Shortcuts {
-                sparsity: Some(s.to_f64()),
-                weight_threshold: self.weight_threshold,
-                ..Shortcuts::default()
-            })?,
+            (None, Some(sparsity)) => GlobalSparsity {
+                sparsity,
+                exclude: Vec::new(),
+            }
+            .eligibility_config(self.weight_threshold)?,
             (None, None) => {
                 if self.dim.is_some() && self.block_size.is_none() && self.n_m.is_none() {
                     return Err(Error::Usage("--dim needs --block-size or --n-m".into()));

@@ -7,5 +7,6 @@ the same code as the ``mlprune`` command line (also installed with this package)
 
 from ._mlprune import MlpruneError, __version__
 from ._api import inspect, prune, prune_weights
+from ._config import GlobalSparsity
 
-__all__ = ["MlpruneError", "__version__", "inspect", "prune", "prune_weights"]
+__all__ = ["GlobalSparsity", "MlpruneError", "__version__", "inspect", "prune", "prune_weights"]

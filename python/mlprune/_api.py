@@ -26,7 +26,8 @@ def prune(
     """Prunes the package ``src`` (an ``.mlpackage`` folder or a zip holding one) into ``dst``.
 
     Returns the per-tensor report: the entries ``mlprune prune --report`` writes. ``config`` is an
-    ``OptimizationConfig``, a dict in its ``from_dict`` layout, or a JSON or YAML file. Invalid
+    ``OptimizationConfig``, a dict in its ``from_dict`` layout, a JSON or YAML file, or a
+    ``GlobalSparsity`` (one cut across the whole model). Invalid
     configs and arguments raise ``ValueError``, bad input ``MlpruneError``; either way nothing is
     left at ``dst``. Needs no coremltools.
     """
@@ -44,13 +45,11 @@ def _prune(
     progress: bool,
 ) -> str:
     """The extension's prune, with the config already in the form it reads; the report as JSON."""
-    config_json, config_path = source
     _quiet_wayland_probe(device)
     return _mlprune.prune(
         os.fspath(src),
         os.fspath(dst),
-        config_json=config_json,
-        config_path=config_path,
+        **source.arguments(),
         joint_compression=joint_compression,
         device=device,
         force=force,
@@ -79,6 +78,8 @@ def prune_weights(
 
     A multifunction model (which coremltools refuses) has every function pruned; the returned model
     opens the function ``mlmodel`` had open (its ``function_name``), the default one for a path.
+    ``config`` may also be a ``GlobalSparsity``: one magnitude cut across the whole model, which
+    coremltools does not offer.
     """
     import coremltools as ct
 

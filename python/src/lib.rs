@@ -12,6 +12,7 @@ use mlprune::cancel::CancelFlag;
 use mlprune::cli::DEFAULT_GPU_MIN_ELEMENTS;
 use mlprune::config::OptimizationConfig;
 use mlprune::engine::{self, DevicePolicy, PruneJob};
+use mlprune::global_sparsity::{GlobalSparsity, Sparsity};
 use mlprune::Error;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -51,14 +52,16 @@ fn device_policy(device: &str) -> PyResult<DevicePolicy> {
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// Prunes `src` into `dst` with a config given as JSON text in coremltools' `from_dict` layout
-/// (`config_json`) or as a JSON or YAML file (`config_path`), and returns the per-tensor report as
-/// JSON text (the `--report` format).
+/// (`config_json`) or as a JSON or YAML file (`config_path`), or by one whole-model cut
+/// (`global_sparsity` S as decimal text, with `weight_threshold` and `exclude`, as
+/// `mlprune prune --global-sparsity S`), and returns the per-tensor report as JSON text (the
+/// `--report` format).
 ///
 /// The prune runs on its own thread without the GIL; this thread wakes every 50 ms to let Python
 /// handle signals. Ctrl-C cancels the run, which stops before its next tensor and removes what it
 /// wrote, then raises `KeyboardInterrupt`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, config_json=None, config_path=None, joint_compression=false, device="auto", force=false, progress=false))]
+#[pyo3(signature = (src, dst, *, config_json=None, config_path=None, global_sparsity=None, weight_threshold=None, exclude=Vec::new(), joint_compression=false, device="auto", force=false, progress=false))]
 #[allow(clippy::too_many_arguments)]
 fn prune(
     py: Python<'_>,
@@ -66,17 +69,34 @@ fn prune(
     dst: PathBuf,
     config_json: Option<&str>,
     config_path: Option<PathBuf>,
+    global_sparsity: Option<&str>,
+    weight_threshold: Option<u64>,
+    exclude: Vec<String>,
     joint_compression: bool,
     device: &str,
     force: bool,
     progress: bool,
 ) -> PyResult<String> {
-    let config = match (config_json, &config_path) {
-        (Some(text), None) => OptimizationConfig::from_json_str(text),
-        (None, Some(path)) => OptimizationConfig::from_file(path),
+    let global = match global_sparsity {
+        Some(text) => Some(GlobalSparsity {
+            sparsity: Sparsity::parse(text)
+                .map_err(|e| PyValueError::new_err(format!("global sparsity: {e}")))?,
+            exclude,
+        }),
+        None if exclude.is_empty() && weight_threshold.is_none() => None,
+        None => {
+            return Err(PyValueError::new_err(
+                "weight_threshold and exclude go with global_sparsity",
+            ))
+        }
+    };
+    let config = match (config_json, &config_path, &global) {
+        (Some(text), None, None) => OptimizationConfig::from_json_str(text),
+        (None, Some(path), None) => OptimizationConfig::from_file(path),
+        (None, None, Some(global)) => global.eligibility_config(weight_threshold),
         _ => {
             return Err(PyValueError::new_err(
-                "give exactly one of config_json and config_path",
+                "give exactly one of config_json, config_path and global_sparsity",
             ))
         }
     }
@@ -97,7 +117,10 @@ fn prune(
     };
     let mut interrupted = None;
     let result = std::thread::scope(|scope| {
-        let worker = scope.spawn(|| engine::prune(&job));
+        let worker = scope.spawn(|| match &global {
+            Some(global) => engine::prune_global(&job, global),
+            None => engine::prune(&job),
+        });
         while !worker.is_finished() {
             py.detach(|| std::thread::sleep(SIGNAL_POLL));
             if interrupted.is_none() {

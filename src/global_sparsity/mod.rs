@@ -33,6 +33,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::cancel::CancelFlag;
+use crate::config::{from_shortcuts, OptimizationConfig, Shortcuts};
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::mil::graph::{op_at, GraphView};
@@ -51,6 +52,18 @@ pub use select::{common_key, select, CutKey, GlobalCut, Pass, NAN_KEY};
 pub struct GlobalSparsity {
     pub sparsity: Sparsity,
     pub exclude: Vec<String>,
+}
+
+impl GlobalSparsity {
+    /// The config whose plan decides which tensors are eligible: a global
+    /// `OpMagnitudePrunerConfig(target_sparsity=S, weight_threshold=W)` (W: 2048 when `None`).
+    pub fn eligibility_config(&self, weight_threshold: Option<u64>) -> Result<OptimizationConfig> {
+        from_shortcuts(&Shortcuts {
+            sparsity: Some(self.sparsity.to_f64()),
+            weight_threshold,
+            ..Shortcuts::default()
+        })
+    }
 }
 
 /// The cut as `--report` and the summary give it.

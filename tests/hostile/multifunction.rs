@@ -183,7 +183,12 @@ fn global_sparsity_excluding_a_shared_weight_for_one_function_only_is_refused() 
     assert_cli_error(
         &run,
         2,
-        &["--exclude", "second/fc1_weight_0_to_fp16", "main/fc1_weight_0_to_fp16", "exclude both"],
+        &[
+            "--exclude",
+            "second/fc1_weight_0_to_fp16",
+            "main/fc1_weight_0_to_fp16",
+            "exclude both",
+        ],
     );
     assert_nothing_left(&case, &["in.mlpackage"]);
     assert_eq!(snapshot(&case.input), before, "input unchanged");

@@ -221,6 +221,52 @@ def test_prune_returns_the_report_and_the_console_script_writes_the_same(models,
     assert strip(again) == strip(report)
 
 
+def test_global_sparsity_is_the_clis(models, tmp_path):
+    """``GlobalSparsity`` runs ``--global-sparsity`` (whose rule tests/python/global_sparsity.py checks
+    against numpy): the same package byte for byte and the same report, by path and as MLModel."""
+    src = models("mlp/fp16/ios16")
+    weights = [w for w in mlprune.inspect(src)["weights"] if w["storage"] == "const" and len(w["shape"]) > 1]
+    assert len(weights) >= 2, weights
+    excluded = weights[0]["name"]
+    glob = mlprune.GlobalSparsity(0.3, weight_threshold=0, exclude=[excluded])
+    assert glob.sparsity == "0.3"
+    report = mlprune.prune(src, tmp_path / "a.mlpackage", glob, device="cpu")
+    cut = [r for r in report if r["mode"] == "global"]
+    assert cut and all(r["global_cut"]["global_sparsity"] == "0.3" for r in cut), report
+    assert any(r["pruned"] for r in cut), report
+    skipped = next(r for r in report if r["name"] == excluded)
+    assert not skipped["pruned"] and "excluded by --exclude" in skipped["skipped"], skipped
+
+    cli = subprocess.run(
+        [str(CONSOLE_SCRIPT), "prune", str(src), str(tmp_path / "b.mlpackage"), "--global-sparsity", "0.3",
+         "--weight-threshold", "0", "--exclude", excluded, "--device", "cpu",
+         "--report", str(tmp_path / "report.json"), "-q"],
+        capture_output=True, text=True,
+    )
+    assert cli.returncode == 0, cli.stderr
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "millis"} for r in rows]  # noqa: E731
+    assert strip(json.loads((tmp_path / "report.json").read_text())) == strip(report)
+    data = Path("Data/com.apple.CoreML")
+    for name in ("model.mlmodel", "weights/weight.bin"):
+        assert (tmp_path / "a.mlpackage" / data / name).read_bytes() == (tmp_path / "b.mlpackage" / data / name).read_bytes(), name
+
+    model = mlprune.prune_weights(str(src), glob, device="cpu")
+    pruned_bin = Path(model.package_path) / data / "weights/weight.bin"
+    assert pruned_bin.read_bytes() == (tmp_path / "b.mlpackage" / data / "weights/weight.bin").read_bytes()
+
+    with pytest.raises(ValueError, match="global sparsity"):
+        mlprune.prune(src, tmp_path / "c.mlpackage", mlprune.GlobalSparsity("1.5"))
+    with pytest.raises(ValueError, match="no-such-op"):
+        mlprune.prune(src, tmp_path / "c.mlpackage", mlprune.GlobalSparsity(0.5, exclude=["no-such-op"]))
+    with pytest.raises(ValueError, match="joint"):
+        mlprune.prune(src, tmp_path / "c.mlpackage", glob, joint_compression=True)
+    with pytest.raises(ValueError):
+        mlprune.GlobalSparsity(True)
+    with pytest.raises(ValueError, match="list"):
+        mlprune.GlobalSparsity(0.5, exclude=excluded)
+    assert _leftovers(tmp_path, {"a.mlpackage", "b.mlpackage", "report.json"}) == []
+
+
 def test_inspect_is_the_cli_json(models):
     src = models("conv2d/fp16/ios18")
     cli = subprocess.run([str(CONSOLE_SCRIPT), "inspect", str(src), "--json"], capture_output=True, text=True)
