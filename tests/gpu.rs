@@ -15,7 +15,7 @@ use mlprune::bench::same_bytes;
 use mlprune::config::OpConfig;
 use mlprune::dispatch::{Backend, CpuBackend, KernelResult};
 use mlprune::engine::DevicePolicy;
-use mlprune::gpu::{GpuBackend, GpuContext};
+use mlprune::gpu::{GpuBackend, GpuContext, MAX_CHUNK_BYTES};
 use mlprune::tensor::TensorData;
 
 /// Chunk size of the chunking backend: 1 KiB = 256 fp32 / 512 fp16 elements.
@@ -439,6 +439,71 @@ fn tensors_larger_than_one_chunk_match() {
             chunked.iter().all(|&c| c),
             "configs that never ran in chunks: {chunked:?}"
         );
+    }
+}
+
+/// Whatever the adapter's binding limit, the default backend sees at most `MAX_CHUNK_BYTES` of a
+/// tensor at a time (its buffers, and on lavapipe its memory, stay bounded); a tensor of two full
+/// chunks and a partial third, in every mode, comes out byte for byte as on the CPU.
+#[test]
+fn tensors_larger_than_the_default_chunk_match() {
+    let Some(g) = gpu_or_skip() else { return };
+    let chunk = g.normal.context().chunk_bytes();
+    assert!(chunk <= MAX_CHUNK_BYTES, "default chunk {chunk} bytes");
+    let cols = 1024u64;
+    let rows = (2 * chunk / 2).div_ceil(cols) + 8; // fp16: past two whole chunks
+    let shape = [rows, cols];
+    let n = (rows * cols) as usize;
+    assert!(n as u64 * 2 > 2 * chunk);
+    for fill in [Fill::Random, Fill::Ties] {
+        let data = TensorData::F16(values_f16(n, fill, 11));
+        for config in [
+            magnitude(0.5),
+            threshold(0.4, 0.0),
+            n_m(2, 4, 1),
+            block(0.5, 2, 0),
+        ] {
+            let label = format!("fp16 {shape:?} {fill:?} {config:?}");
+            assert!(
+                g.normal.handles(&config, &data, &shape),
+                "{label}: runs on the GPU"
+            );
+            let want = CpuBackend.run(&config, &data, &shape, &label).unwrap();
+            let got = g.normal.run(&config, &data, &shape, &label).unwrap();
+            assert!(same_bytes(&want, &got), "{label}: GPU differs from CPU");
+        }
+    }
+}
+
+/// A tensor is uploaded once, whatever the number of passes over it: a magnitude cut reads it in
+/// one (fp16) or two (fp32) histogram passes and then the mask pass, in many chunks on the
+/// chunking backend, where the whole tensor stays on the device between the passes.
+#[test]
+fn every_tensor_is_uploaded_once() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    // Backends of its own: the shared ones count other tests' uploads too.
+    let open = || GpuContext::new(DevicePolicy::Gpu).unwrap().unwrap();
+    let mut chunked = open();
+    chunked.set_max_chunk_bytes(TINY_CHUNK_BYTES);
+    let (normal, chunked) = (GpuBackend::new(open()), GpuBackend::new(chunked));
+    let shape = [1001u64, 7];
+    let n = 1001 * 7;
+    for data in both_dtypes(n, Fill::Random, 5) {
+        for config in [magnitude(0.5), magnitude(0.37), threshold(0.4, 0.0), n_m(2, 4, 1)] {
+            for (name, backend) in [("gpu", &normal), ("gpu-chunked", &chunked)] {
+                let label = format!("{:?} {config:?} on {name}", data.dtype());
+                if !backend.handles(&config, &data, &shape) {
+                    continue;
+                }
+                let before = backend.context().uploaded_bytes();
+                backend.run(&config, &data, &shape, &label).unwrap();
+                let uploaded = backend.context().uploaded_bytes() - before;
+                let tensor = data.to_le_bytes().len() as u64;
+                assert_eq!(uploaded, tensor.next_multiple_of(4), "{label}: bytes uploaded");
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Device acquisition and the per-run GPU state: one device and queue, the pipelines (compiled once),
 //! the buffer pool, and the error channel that turns wgpu's asynchronous failures into `Error::Gpu`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::pool::BufferPool;
@@ -33,6 +34,8 @@ pub struct GpuContext {
     errors: Arc<Mutex<Option<String>>>,
     pub(crate) pipelines: Pipelines,
     pub(crate) pool: Mutex<BufferPool>,
+    /// Tensor bytes written to the device so far: tests hold it to one upload per tensor.
+    pub(crate) uploaded: AtomicU64,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -43,6 +46,19 @@ impl std::fmt::Debug for GpuContext {
             .finish()
     }
 }
+
+/// The largest chunk of tensor bytes one dispatch sees, whatever the adapter allows.
+///
+/// Two chunks are in flight (`run.rs`), and each slot holds a chunk's data, its compacted values
+/// and its readback (about three chunks), besides wgpu's staging copy of each upload: some eight
+/// chunks of memory, which is host memory where device memory is (lavapipe, Apple silicon's unified
+/// memory) and host-visible memory everywhere for the readback and staging parts. The memory bound
+/// leaves 128 MiB beyond the two largest tensors for everything else, so the GPU pipeline's share
+/// is kept to about 64 MiB whatever the tensor size; before, chunks were as large as the adapter's
+/// binding limit, that is whole tensors, and `--device gpu` peaked at three times the CPU path's
+/// memory on lavapipe. Copying 8 MiB over PCIe 4 x16 takes about 0.3 ms, long against the tens of
+/// microseconds a dispatch costs, so the size does not throttle the pipeline.
+pub const MAX_CHUNK_BYTES: u64 = 8 << 20;
 
 /// How well an adapter suits pruning; higher is better, `None` excludes it.
 fn adapter_rank(device_type: wgpu::DeviceType, allow_software: bool) -> Option<u8> {
@@ -113,7 +129,7 @@ impl GpuContext {
 
         let binding = limits.max_storage_buffer_binding_size;
         // The readback buffer holds one chunk's values plus its mask: keep it under max_buffer_size.
-        let chunk_bytes = binding.min(limits.max_buffer_size / 2) / 128 * 128;
+        let chunk_bytes = binding.min(limits.max_buffer_size / 2).min(MAX_CHUNK_BYTES) / 128 * 128;
         if chunk_bytes < 128 {
             return Err(Error::Gpu(format!(
                 "{}: storage buffers are too small ({binding} bytes)",
@@ -131,6 +147,7 @@ impl GpuContext {
             errors,
             pipelines,
             pool: Mutex::new(pool),
+            uploaded: AtomicU64::new(0),
         };
         ctx.check()?;
         Ok(ctx)
@@ -152,6 +169,12 @@ impl GpuContext {
     /// The limits the device was opened with (the adapter's own).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Tensor bytes uploaded to the device since the context was opened (odd fp16 tails padded to
+    /// a word).
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.uploaded.load(Ordering::Relaxed)
     }
 
     /// Bytes of tensor data one dispatch sees; larger tensors are processed in chunks.

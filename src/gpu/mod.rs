@@ -39,4 +39,4 @@ mod run;
 pub mod shaders;
 
 pub use backend::GpuBackend;
-pub use context::{GpuContext, AUTO_SOFTWARE_ENV};
+pub use context::{GpuContext, AUTO_SOFTWARE_ENV, MAX_CHUNK_BYTES};

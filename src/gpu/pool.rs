@@ -44,6 +44,9 @@ pub(crate) struct BufferPool {
     /// flags cover the whole tensor.
     pub hist: wgpu::Buffer,
     pub flags: wgpu::Buffer,
+    /// A whole tensor of several chunks that more than one pass reads (histograms, then the mask):
+    /// uploaded once, and bound chunk by chunk in place of a slot's data buffer.
+    pub resident: wgpu::Buffer,
     pub slots: [Slot; SLOTS],
 }
 
@@ -98,12 +101,14 @@ impl BufferPool {
         BufferPool {
             hist: buffer(device, "histogram", HIST_BINS * 4, STORAGE | COPY_SRC | COPY_DST),
             flags: buffer(device, "block flags", 16, STORAGE | COPY_DST),
+            resident: buffer(device, "resident tensor", 16, STORAGE | COPY_DST),
             slots: [Slot::new(device), Slot::new(device)],
         }
     }
 
-    /// Grows whatever is too small for `needs`, in every slot; `cap` bounds the bound (chunk-sized)
-    /// buffers and `max_buffer` the readback buffers.
+    /// Grows whatever is too small for `needs`, in every slot; `cap` (the chunk size) bounds the
+    /// bound buffers, and the readback buffers are bounded by what a chunk of `cap` bytes reads back
+    /// (and by `max_buffer`).
     pub fn ensure(&mut self, device: &wgpu::Device, needs: Needs, cap: u64, max_buffer: u64) {
         let replace = |buf: &mut wgpu::Buffer, need: u64, label: &str, usage: wgpu::BufferUsages| {
             if buf.size() < need {
@@ -113,8 +118,10 @@ impl BufferPool {
                 false
             }
         };
-        let readback_need =
-            (READBACK_MASK_OFFSET + needs.mask.next_multiple_of(256) + needs.data).max(HIST_BINS * 4);
+        let readback_of = |mask: u64, data: u64| READBACK_MASK_OFFSET + mask.next_multiple_of(256) + data;
+        let readback_need = readback_of(needs.mask, needs.data).max(HIST_BINS * 4);
+        // A full chunk's mask words and values: growing past that would only round up.
+        let readback_cap = readback_of(cap.div_ceil(2).div_ceil(32) * 4, cap).min(max_buffer);
         let shared_changed = replace(&mut self.flags, needs.flags, "block flags", STORAGE | COPY_DST);
         for slot in &mut self.slots {
             let mut changed = shared_changed;
@@ -135,7 +142,7 @@ impl BufferPool {
             );
             // The readback buffer is not bound: growing it keeps the bind group.
             if slot.readback.size() < readback_need {
-                let size = grown(readback_need, max_buffer);
+                let size = grown(readback_need, readback_cap);
                 slot.readback = buffer(device, "readback", size, wgpu::BufferUsages::MAP_READ | COPY_DST);
             }
             if changed {
@@ -144,42 +151,82 @@ impl BufferPool {
         }
     }
 
-    /// The bind group over slot `index`'s buffers and the shared ones.
+    /// Grows the resident buffer to `bytes` (exactly: it holds one tensor, and a larger one later
+    /// replaces it).
+    pub fn ensure_resident(&mut self, device: &wgpu::Device, bytes: u64) {
+        if self.resident.size() < bytes {
+            self.resident = buffer(device, "resident tensor", bytes, STORAGE | COPY_DST);
+        }
+    }
+
+    /// The bind group over slot `index`'s buffers and the shared ones (cached until a buffer is
+    /// replaced).
     pub fn bind_group(
         &mut self,
         index: usize,
         device: &wgpu::Device,
         pipelines: &Pipelines,
     ) -> wgpu::BindGroup {
-        let (hist, flags) = (&self.hist, &self.flags);
-        let slot = &mut self.slots[index];
-        if let Some(group) = &slot.bind_group {
+        if let Some(group) = &self.slots[index].bind_group {
             return group.clone();
         }
-        let buffers = [
-            &slot.params,
-            &slot.data,
-            hist,
-            flags,
-            &slot.mask,
-            &slot.offsets,
-            &slot.block_sums,
-            &slot.compacted,
+        let data = self.slots[index].data.as_entire_buffer_binding();
+        let group = self.group(index, device, pipelines, data);
+        self.slots[index].bind_group = Some(group.clone());
+        group
+    }
+
+    /// The bind group of slot `index` with `offset..offset + size` of the resident tensor as its
+    /// data: one per chunk of a resident tensor, not cached.
+    pub fn resident_bind_group(
+        &self,
+        index: usize,
+        device: &wgpu::Device,
+        pipelines: &Pipelines,
+        offset: u64,
+        size: u64,
+    ) -> wgpu::BindGroup {
+        let data = wgpu::BufferBinding {
+            buffer: &self.resident,
+            offset,
+            size: wgpu::BufferSize::new(size),
+        };
+        self.group(index, device, pipelines, data)
+    }
+
+    fn group<'a>(
+        &'a self,
+        index: usize,
+        device: &wgpu::Device,
+        pipelines: &Pipelines,
+        data: wgpu::BufferBinding<'a>,
+    ) -> wgpu::BindGroup {
+        let slot = &self.slots[index];
+        fn whole(b: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+            wgpu::BindingResource::Buffer(b.as_entire_buffer_binding())
+        }
+        let resources = [
+            whole(&slot.params),
+            wgpu::BindingResource::Buffer(data),
+            whole(&self.hist),
+            whole(&self.flags),
+            whole(&slot.mask),
+            whole(&slot.offsets),
+            whole(&slot.block_sums),
+            whole(&slot.compacted),
         ];
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .into_iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
+            .map(|(i, resource)| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: b.as_entire_binding(),
+                resource,
             })
             .collect();
-        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("mlprune kernels"),
             layout: &pipelines.layout,
             entries: &entries,
-        });
-        slot.bind_group = Some(group.clone());
-        group
+        })
     }
 }

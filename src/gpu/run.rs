@@ -63,6 +63,12 @@ impl TensorBytes<'_> {
         }
     }
 
+    /// The bytes of elements `start..start + len`.
+    fn elements(&self, start: u64, len: u64) -> &[u8] {
+        let eb = self.elem_bytes() as usize;
+        &self.bytes[start as usize * eb..(start + len) as usize * eb]
+    }
+
     fn chunks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         (0..self.n)
             .step_by(self.chunk_elems.max(1) as usize)
@@ -85,10 +91,14 @@ fn grid(workgroups: u64) -> (u32, u32) {
     (x as u32, workgroups.div_ceil(x) as u32)
 }
 
-/// Which chunk of the current tensor each slot's data buffer holds, so single-chunk tensors upload
-/// once.
+/// What of the current tensor is on the device, so that no pass uploads it again: the chunk each
+/// slot's data buffer holds (a tensor of one chunk), or the whole tensor in the pool's resident
+/// buffer (see [`GpuContext::keep_resident`]).
 #[derive(Default)]
-pub(crate) struct Resident([Option<u64>; SLOTS]);
+pub(crate) struct Resident {
+    slots: [Option<u64>; SLOTS],
+    whole: bool,
+}
 
 /// A chunk whose results are on their way back: its slot, its submission, where its values start
 /// in the readback buffer.
@@ -127,6 +137,8 @@ impl GpuContext {
         self.check()
     }
 
+    /// Elements `start..start + len` of `t` into slot `slot`'s data buffer, unless they are on the
+    /// device already.
     fn upload(
         &self,
         pool: &BufferPool,
@@ -136,38 +148,89 @@ impl GpuContext {
         len: u64,
         resident: &mut Resident,
     ) {
-        if resident.0[slot] == Some(start) {
+        if resident.whole || resident.slots[slot] == Some(start) {
             return;
         }
-        let data = &pool.slots[slot].data;
-        let eb = t.elem_bytes() as usize;
-        let bytes = &t.bytes[start as usize * eb..(start + len) as usize * eb];
+        self.write_words(&pool.slots[slot].data, 0, t.elements(start, len));
+        resident.slots[slot] = Some(start);
+    }
+
+    /// `bytes` into `buffer` at `offset` (a multiple of 4), an odd fp16 tail padded with zeros:
+    /// buffer writes are whole words.
+    fn write_words(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        self.uploaded.fetch_add(
+            (bytes.len() as u64).next_multiple_of(4),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let main = bytes.len() / 4 * 4;
         if main > 0 {
-            self.queue.write_buffer(data, 0, &bytes[..main]);
+            self.queue.write_buffer(buffer, offset, &bytes[..main]);
         }
         if main < bytes.len() {
-            // An odd fp16 tail: buffer writes are whole words.
             let mut tail = [0u8; 4];
             tail[..bytes.len() - main].copy_from_slice(&bytes[main..]);
-            self.queue.write_buffer(data, main as u64, &tail);
+            self.queue.write_buffer(buffer, offset + main as u64, &tail);
         }
-        resident.0[slot] = Some(start);
+    }
+
+    /// Uploads a tensor of several chunks once, whole, for work that reads it in more than one pass
+    /// (the histograms of a magnitude cut, then the mask); every pass then binds its chunks in place
+    /// instead of uploading them again. It is written chunk by chunk, so wgpu's staging copies stay
+    /// chunk-sized. A tensor of one chunk stays in its slot anyway; one too large for a buffer, or
+    /// whose chunks do not start at offsets the adapter can bind, is uploaded per pass.
+    fn keep_resident(
+        &self,
+        pool: &mut BufferPool,
+        t: &TensorBytes<'_>,
+        resident: &mut Resident,
+    ) -> Result<()> {
+        if resident.whole || t.n <= t.chunk_elems {
+            return Ok(());
+        }
+        let eb = t.elem_bytes();
+        let bytes = (t.n * eb).next_multiple_of(4);
+        let alignment = u64::from(self.limits().min_storage_buffer_offset_alignment).max(4);
+        if !(t.chunk_elems * eb).is_multiple_of(alignment) || bytes > self.limits().max_buffer_size {
+            return Ok(());
+        }
+        pool.ensure_resident(&self.device, bytes);
+        for (start, len) in t.chunks() {
+            self.write_words(&pool.resident, start * eb, t.elements(start, len));
+        }
+        resident.whole = true;
+        self.check()
+    }
+
+    /// The bind group for chunk `start..start + len` of `t` in slot `slot`: the slot's own, or with
+    /// the chunk's range of the resident tensor as data.
+    fn bind(
+        &self,
+        pool: &mut BufferPool,
+        slot: usize,
+        t: &TensorBytes<'_>,
+        (start, len): (u64, u64),
+        resident: &Resident,
+    ) -> wgpu::BindGroup {
+        if resident.whole {
+            let eb = t.elem_bytes();
+            let size = (len * eb).next_multiple_of(4);
+            pool.resident_bind_group(slot, &self.device, &self.pipelines, start * eb, size)
+        } else {
+            pool.bind_group(slot, &self.device, &self.pipelines)
+        }
     }
 
     fn dispatch(
         &self,
-        pool: &mut BufferPool,
-        slot: usize,
+        group: &wgpu::BindGroup,
         encoder: &mut wgpu::CommandEncoder,
         steps: &[(&wgpu::ComputePipeline, u64)],
     ) {
-        let group = pool.bind_group(slot, &self.device, &self.pipelines);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
             timestamp_writes: None,
         });
-        pass.set_bind_group(0, &group, &[]);
+        pass.set_bind_group(0, group, &[]);
         for (pipeline, workgroups) in steps {
             pass.set_pipeline(pipeline);
             let (x, y) = grid(*workgroups);
@@ -219,6 +282,8 @@ impl GpuContext {
         resident: &mut Resident,
     ) -> Result<Vec<u32>> {
         self.size_pool(pool, t, 0)?;
+        // A histogram is always followed by another pass over the same tensor.
+        self.keep_resident(pool, t, resident)?;
         let mut encoder = self.encoder();
         encoder.clear_buffer(&pool.hist, 0, None);
         self.queue.submit([encoder.finish()]);
@@ -236,8 +301,9 @@ impl GpuContext {
             self.queue
                 .write_buffer(&pool.slots[SLOT].params, 0, bytemuck::bytes_of(&p));
             let mut encoder = self.encoder();
+            let group = self.bind(pool, SLOT, t, (start, len), resident);
             let histogram = &self.pipelines.histogram;
-            self.dispatch(pool, SLOT, &mut encoder, &[(histogram, len.div_ceil(WG))]);
+            self.dispatch(&group, &mut encoder, &[(histogram, len.div_ceil(WG))]);
             self.queue.submit([encoder.finish()]);
         }
         let bins = bins.min(HIST_BINS);
@@ -304,9 +370,9 @@ impl GpuContext {
             encoder.clear_buffer(&buffers.compacted, 0, Some(value_bytes));
             let pl = &self.pipelines;
             let elem_groups = len.div_ceil(WG);
+            let group = self.bind(pool, slot, t, (start, len), resident);
             self.dispatch(
-                pool,
-                slot,
+                &group,
                 &mut encoder,
                 &[
                     (&pl.pack, elem_groups),
