@@ -1,5 +1,8 @@
 //! `mlprune bench`: runs every prunable tensor of a model through the CPU and the GPU kernels,
-//! checks that both give the same bytes, and tabulates times and throughput.
+//! checks that both give the same bytes, and tabulates times and throughput. The GPU time is split
+//! into kernel time, from the device's clock where the adapter has timestamp queries, and the rest
+//! (uploads, read-backs, the host); a buffer-to-buffer copy measured in the same run gives the
+//! device's own bandwidth ceiling for the kernels' GB/s.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -28,6 +31,9 @@ pub struct BenchRow {
     /// Best of the runs, in seconds.
     pub cpu_s: f64,
     pub gpu_s: f64,
+    /// Kernel time of one more GPU run, on the device's clock (`None`: no timestamp queries, or
+    /// the CPU kernel ran).
+    pub kernel_s: Option<f64>,
     /// Whether the GPU backend ran its own kernels (false: it fell back to the CPU kernel).
     pub on_gpu: bool,
     pub identical: bool,
@@ -42,11 +48,29 @@ pub fn default_config() -> Result<OptimizationConfig> {
 }
 
 /// Benchmarks every tensor `config` prunes in `input`, best of `runs` per device.
-pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<(String, Vec<BenchRow>)> {
+/// What `mlprune bench` measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub adapter: String,
+    pub rows: Vec<BenchRow>,
+    /// Whether the adapter has timestamp queries (kernel times measured).
+    pub timestamps: bool,
+    /// GB/s of a device buffer-to-buffer copy as large as the largest tensor (at least 64 MiB),
+    /// best of `runs`.
+    pub copy_gbps: f64,
+    pub copy_bytes: u64,
+}
+
+/// The smallest buffer the copy ceiling is measured on: smaller copies time the submission more
+/// than the copy.
+const MIN_COPY_BYTES: u64 = 64 << 20;
+
+pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<BenchReport> {
     config.validate()?;
     let ctx = GpuContext::new(DevicePolicy::Gpu)?
         .ok_or_else(|| Error::Gpu("bench: no Vulkan or Metal adapter found".into()))?;
     let adapter = ctx.describe();
+    let timestamps = ctx.has_timestamps();
     let gpu = GpuBackend::new(ctx);
     let package = Package::open(input)?;
     let model_path = package.model_path();
@@ -79,6 +103,15 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<(St
         };
         let (cpu_s, cpu_result) = time(&CpuBackend)?;
         let (gpu_s, gpu_result) = time(&gpu)?;
+        let on_gpu = gpu.handles(op_config, &data, &meta.shape);
+        let kernel_s = if on_gpu && gpu.context().start_kernel_timing()? {
+            let run = gpu.run(op_config, &data, &meta.shape, &p.name);
+            let kernels = gpu.context().finish_kernel_timing()?;
+            run?;
+            kernels.filter(|k| k.untimed == 0).map(|k| k.seconds)
+        } else {
+            None
+        };
         rows.push(BenchRow {
             name: p.name.clone(),
             mode: op_config.mode_name().to_owned(),
@@ -87,11 +120,25 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<(St
             bytes: meta.storage_bytes().unwrap_or(0),
             cpu_s,
             gpu_s,
-            on_gpu: gpu.handles(op_config, &data, &meta.shape),
+            kernel_s,
+            on_gpu,
             identical: same_bytes(&cpu_result, &gpu_result),
         });
     }
-    Ok((adapter, rows))
+    let largest = rows
+        .iter()
+        .map(|r| r.bytes)
+        .max()
+        .unwrap_or(0)
+        .max(MIN_COPY_BYTES);
+    let copy_gbps = gpu.context().copy_bandwidth(largest, runs.max(3))?;
+    Ok(BenchReport {
+        adapter,
+        rows,
+        timestamps,
+        copy_gbps,
+        copy_bytes: largest.min(gpu.context().limits().max_buffer_size),
+    })
 }
 
 /// Whether two kernel results are the same bytes: skip messages, or dtype, mask, count and the
@@ -118,27 +165,41 @@ fn gbps(bytes: u64, s: f64) -> f64 {
 }
 
 /// The table `mlprune bench` prints.
-pub fn render(adapter: &str, rows: &[BenchRow]) -> String {
-    let mut out = format!("GPU: {adapter}\n");
+pub fn render(report: &BenchReport) -> String {
+    let mut out = format!("GPU: {}\n", report.adapter);
+    let ms = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{:.3}", s * 1e3));
+    let rate = |bytes: u64, s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{:.3}", gbps(bytes, s)));
     let _ = writeln!(
         out,
-        "{:<32} {:<9} {:<7} {:>11} {:>10} {:>10} {:>9} {:>9}  same",
-        "tensor", "mode", "dtype", "elements", "cpu ms", "gpu ms", "cpu GB/s", "gpu GB/s"
+        "{:<32} {:<9} {:<7} {:>11} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}  same",
+        "tensor",
+        "mode",
+        "dtype",
+        "elements",
+        "cpu ms",
+        "gpu ms",
+        "kernel ms",
+        "cpu GB/s",
+        "gpu GB/s",
+        "kernel GB/s"
     );
     let (mut bytes, mut cpu, mut gpu, mut elements) = (0u64, 0.0, 0.0, 0u64);
-    for r in rows {
+    let (mut kernel_bytes, mut kernel) = (0u64, Some(0.0));
+    for r in &report.rows {
         let device_note = if r.on_gpu { "" } else { " (cpu fallback)" };
         let _ = writeln!(
             out,
-            "{:<32} {:<9} {:<7} {:>11} {:>10.3} {:>10.3} {:>9.3} {:>9.3}  {}{}",
+            "{:<32} {:<9} {:<7} {:>11} {:>10.3} {:>10.3} {:>10} {:>9.3} {:>9.3} {:>10}  {}{}",
             crate::error::escape_control(&r.name),
             r.mode,
             r.dtype,
             r.elements,
             r.cpu_s * 1e3,
             r.gpu_s * 1e3,
+            ms(r.kernel_s),
             gbps(r.bytes, r.cpu_s),
             gbps(r.bytes, r.gpu_s),
+            rate(r.bytes, r.kernel_s),
             if r.identical { "yes" } else { "NO" },
             device_note
         );
@@ -146,20 +207,45 @@ pub fn render(adapter: &str, rows: &[BenchRow]) -> String {
         cpu += r.cpu_s;
         gpu += r.gpu_s;
         elements += r.elements;
+        if r.on_gpu {
+            kernel = kernel.zip(r.kernel_s).map(|(a, b)| a + b);
+            kernel_bytes += r.bytes;
+        }
     }
-    let all_same = rows.iter().all(|r| r.identical);
+    let kernel = kernel.filter(|_| kernel_bytes > 0);
+    let all_same = report.rows.iter().all(|r| r.identical);
     let _ = writeln!(
         out,
-        "{:<32} {:<9} {:<7} {:>11} {:>10.3} {:>10.3} {:>9.3} {:>9.3}  {}",
+        "{:<32} {:<9} {:<7} {:>11} {:>10.3} {:>10.3} {:>10} {:>9.3} {:>9.3} {:>10}  {}",
         "total",
         "",
         "",
         elements,
         cpu * 1e3,
         gpu * 1e3,
+        ms(kernel),
         gbps(bytes, cpu),
         gbps(bytes, gpu),
+        rate(kernel_bytes, kernel),
         if all_same { "yes" } else { "NO" }
     );
+    let _ = writeln!(
+        out,
+        "device copy (buffer to buffer, {} MiB): {:.3} GB/s",
+        report.copy_bytes >> 20,
+        report.copy_gbps
+    );
+    if report.timestamps {
+        let _ = writeln!(
+            out,
+            "kernel time: the device's timestamps around every compute pass of one more run; gpu ms \
+             minus kernel ms is uploads, read-backs and host work"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "kernel time: not measured (the adapter has no timestamp queries)"
+        );
+    }
     out
 }

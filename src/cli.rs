@@ -318,9 +318,9 @@ pub fn execute(cli: Cli) -> Result<()> {
                 Some(path) => OptimizationConfig::from_file(path)?,
                 None => crate::bench::default_config()?,
             };
-            let (adapter, rows) = crate::bench::bench(&input, &config, runs)?;
-            print_stdout(&crate::bench::render(&adapter, &rows))?;
-            if rows.iter().any(|r| !r.identical) {
+            let report = crate::bench::bench(&input, &config, runs)?;
+            print_stdout(&crate::bench::render(&report))?;
+            if report.rows.iter().any(|r| !r.identical) {
                 return Err(Error::Gpu("bench: CPU and GPU results differ".into()));
             }
             Ok(())

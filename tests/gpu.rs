@@ -906,3 +906,71 @@ fn prune_on_both_devices(
     assert_eq!(outputs[0], outputs[1], "{label}: cpu and gpu packages differ");
     gpu_tensors
 }
+
+/// Kernel timing counts every compute pass of a run: a magnitude cut of an fp16 tensor is one
+/// histogram pass and one mask pass per chunk. Where the adapter has no timestamp queries, timing
+/// does not start and nothing is measured.
+#[test]
+fn kernel_timing_covers_every_pass() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let mut ctx = GpuContext::new(DevicePolicy::Gpu).unwrap().unwrap();
+    ctx.set_max_chunk_bytes(TINY_CHUNK_BYTES);
+    let backend = GpuBackend::new(ctx);
+    let n = 1001 * 7;
+    let data = TensorData::F16(values_f16(n, Fill::Random, 3));
+    let ctx = backend.context();
+    if !ctx.start_kernel_timing().unwrap() {
+        assert!(!ctx.has_timestamps());
+        assert_eq!(ctx.finish_kernel_timing().unwrap(), None);
+        visible("kernel timing: this adapter has no timestamp queries; pass counts not checked");
+        return;
+    }
+    backend.run(&magnitude(0.5), &data, &[1001, 7], "w").unwrap();
+    let time = ctx.finish_kernel_timing().unwrap().expect("timing was started");
+    let chunks = (n as u64 * 2).div_ceil(TINY_CHUNK_BYTES) as u32;
+    assert_eq!((time.passes, time.untimed), (2 * chunks, 0));
+    assert!(time.seconds > 0.0 && time.seconds.is_finite(), "{time:?}");
+    // Stopped: later runs are not timed.
+    backend.run(&magnitude(0.5), &data, &[1001, 7], "w").unwrap();
+    assert_eq!(ctx.finish_kernel_timing().unwrap(), None);
+}
+
+/// `mlprune bench` times kernels on the device's clock where it can, and measures the device's
+/// own copy bandwidth in the same run as the ceiling for the kernels' GB/s.
+#[test]
+fn bench_splits_gpu_time_and_measures_a_copy_ceiling() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let model = tmp.path().join("m.mlpackage");
+    let made = mlprune(&[
+        "generate",
+        model.to_str().unwrap(),
+        "--layers",
+        "2",
+        "--shape",
+        "512x512",
+    ]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let config = mlprune::bench::default_config().unwrap();
+    let report = mlprune::bench::bench(&model, &config, 1).unwrap();
+    assert_eq!(report.rows.len(), 2);
+    assert!(
+        report.copy_gbps > 0.0 && report.copy_gbps.is_finite(),
+        "{report:?}"
+    );
+    assert!(report.copy_bytes >= 64 << 20, "{report:?}");
+    for r in &report.rows {
+        assert!(r.identical && r.on_gpu, "{r:?}");
+        match r.kernel_s {
+            Some(k) => assert!(report.timestamps && k > 0.0 && k.is_finite(), "{r:?}"),
+            None => assert!(!report.timestamps, "{r:?}: timestamps but no kernel time"),
+        }
+    }
+    let text = mlprune::bench::render(&report);
+    assert!(text.contains("device copy (buffer to buffer, 64 MiB)"), "{text}");
+    assert!(text.contains("kernel GB/s"), "{text}");
+}

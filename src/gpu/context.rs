@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::pool::BufferPool;
+use super::profile::Profiler;
 use super::shaders::{ModuleSource, PRUNE_MODULE, SELECT_MODULE};
 use crate::engine::DevicePolicy;
 use crate::error::{Error, Result};
@@ -36,6 +37,8 @@ pub struct GpuContext {
     pub(crate) pool: Mutex<BufferPool>,
     /// Tensor bytes written to the device so far: tests hold it to one upload per tensor.
     pub(crate) uploaded: AtomicU64,
+    /// While `mlprune bench` times kernels: the timestamp queries of every compute pass.
+    pub(crate) profiler: Mutex<Option<Profiler>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -111,7 +114,9 @@ impl GpuContext {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mlprune"),
-            required_features: wgpu::Features::empty(),
+            // Timestamps let `mlprune bench` time kernels on the device's clock; nothing else
+            // depends on them.
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -148,6 +153,7 @@ impl GpuContext {
             pipelines,
             pool: Mutex::new(pool),
             uploaded: AtomicU64::new(0),
+            profiler: Mutex::new(None),
         };
         ctx.check()?;
         Ok(ctx)

@@ -35,8 +35,10 @@
 mod backend;
 mod context;
 mod pool;
+mod profile;
 mod run;
 pub mod shaders;
 
 pub use backend::GpuBackend;
 pub use context::{GpuContext, AUTO_SOFTWARE_ENV, MAX_CHUNK_BYTES};
+pub use profile::KernelTime;

@@ -226,9 +226,12 @@ impl GpuContext {
         encoder: &mut wgpu::CommandEncoder,
         steps: &[(&wgpu::ComputePipeline, u64)],
     ) {
+        // Only while `mlprune bench` times kernels; a poisoned lock just leaves the pass untimed.
+        let mut profiler = self.profiler.lock().ok();
+        let timestamp_writes = profiler.as_mut().and_then(|p| p.as_mut()?.next_pass());
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
-            timestamp_writes: None,
+            timestamp_writes,
         });
         pass.set_bind_group(0, group, &[]);
         for (pipeline, workgroups) in steps {
