@@ -29,6 +29,13 @@ struct Gpus {
 fn gpus() -> Option<&'static Gpus> {
     static GPUS: OnceLock<Option<Gpus>> = OnceLock::new();
     GPUS.get_or_init(|| {
+        // Mesa's Vulkan drivers probe for a Wayland display and print "error: XDG_RUNTIME_DIR is
+        // invalid or not set" into the test log when it is unset (CI, containers). The CLI gives
+        // the probe a folder; so does this, before the first driver loads in this process (every
+        // GPU test comes through here first).
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+        }
         let open = || GpuContext::new(DevicePolicy::Gpu).expect("opening the GPU adapter failed");
         let normal = open()?;
         let mut chunked = open()?;
