@@ -4,7 +4,8 @@
 //! Structure: [`GpuContext::new`] acquires a device (kept apart from the work; one per run);
 //! [`GpuBackend`] implements [`crate::dispatch::Backend`] on it. The context compiles the pipelines
 //! once, keeps one pool of buffers that tensors reuse (grown, never allocated per tensor), cuts
-//! tensors larger than a storage binding (or half of `max_buffer_size`) into chunks, dispatches 2-D
+//! tensors into chunks of at most `MAX_CHUNK_BYTES` (and of a storage binding), keeps a tensor that
+//! several passes read on the device so it is uploaded once, dispatches 2-D
 //! grids past 65535 workgroups, and turns device errors (validation, out of memory, device lost,
 //! map failures) into [`crate::Error::Gpu`].
 //!
