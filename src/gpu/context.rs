@@ -208,13 +208,19 @@ impl GpuContext {
 
     /// Waits for `submission` (and the work before it) to finish, then reports any device error.
     pub(crate) fn wait_for(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(submission),
-                timeout: None,
-            })
-            .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))?;
+        self.poll(wgpu::PollType::Wait {
+            submission_index: Some(submission),
+            timeout: None,
+        })?;
         self.check()
+    }
+
+    /// Polls the device (which runs the callbacks of finished mappings).
+    pub(crate) fn poll(&self, poll: wgpu::PollType) -> Result<()> {
+        self.device
+            .poll(poll)
+            .map(drop)
+            .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))
     }
 }
 

@@ -48,6 +48,18 @@ pub(crate) struct BufferPool {
     /// uploaded once, and bound chunk by chunk in place of a slot's data buffer.
     pub resident: wgpu::Buffer,
     pub slots: [Slot; SLOTS],
+    pub staging: StagingRing,
+}
+
+/// Host-visible buffers every upload goes through, a chunk each, reused in turn: the host writes
+/// chunk i+1 into one while the device copies chunk i out of the other. `queue.write_buffer` would
+/// allocate fresh staging memory for every call instead (fresh pages: page faults per byte).
+pub(crate) struct StagingRing {
+    pub buffers: [wgpu::Buffer; SLOTS],
+    /// The submission that last copied out of each buffer: it must have run before the buffer is
+    /// written again.
+    pub last_use: [Option<wgpu::SubmissionIndex>; SLOTS],
+    pub next: usize,
 }
 
 fn buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
@@ -65,6 +77,10 @@ fn grown(need: u64, cap: u64) -> u64 {
     need.checked_next_power_of_two()
         .unwrap_or(need)
         .min(cap.max(need))
+}
+
+fn staging(device: &wgpu::Device, size: u64) -> wgpu::Buffer {
+    buffer(device, "staging", size, wgpu::BufferUsages::MAP_WRITE | COPY_SRC)
 }
 
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE;
@@ -103,6 +119,11 @@ impl BufferPool {
             flags: buffer(device, "block flags", 16, STORAGE | COPY_DST),
             resident: buffer(device, "resident tensor", 16, STORAGE | COPY_DST),
             slots: [Slot::new(device), Slot::new(device)],
+            staging: StagingRing {
+                buffers: [staging(device, 16), staging(device, 16)],
+                last_use: [None, None],
+                next: 0,
+            },
         }
     }
 
@@ -123,6 +144,13 @@ impl BufferPool {
         // A full chunk's mask words and values: growing past that would only round up.
         let readback_cap = readback_of(cap.div_ceil(2).div_ceil(32) * 4, cap).min(max_buffer);
         let shared_changed = replace(&mut self.flags, needs.flags, "block flags", STORAGE | COPY_DST);
+        for (buf, last_use) in self.staging.buffers.iter_mut().zip(&mut self.staging.last_use) {
+            if buf.size() < needs.data {
+                *buf = staging(device, grown(needs.data, cap));
+                // A new buffer has no copy pending (wgpu keeps the old one alive for its own).
+                *last_use = None;
+            }
+        }
         for slot in &mut self.slots {
             let mut changed = shared_changed;
             changed |= replace(&mut slot.data, needs.data, "data", STORAGE | COPY_DST);

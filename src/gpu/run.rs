@@ -6,7 +6,7 @@ use std::sync::MutexGuard;
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
-use super::pool::{BufferPool, Needs, HIST_BINS, READBACK_MASK_OFFSET, SLOTS};
+use super::pool::{BufferPool, Needs, StagingRing, HIST_BINS, READBACK_MASK_OFFSET, SLOTS};
 use crate::error::{Error, Result};
 
 /// Threads per workgroup (`WG` in shaders/common.wgsl).
@@ -141,36 +141,79 @@ impl GpuContext {
     /// device already.
     fn upload(
         &self,
-        pool: &BufferPool,
+        pool: &mut BufferPool,
         slot: usize,
         t: &TensorBytes<'_>,
         start: u64,
         len: u64,
         resident: &mut Resident,
-    ) {
+    ) -> Result<()> {
         if resident.whole || resident.slots[slot] == Some(start) {
-            return;
+            return Ok(());
         }
-        self.write_words(&pool.slots[slot].data, 0, t.elements(start, len));
+        self.write_words(
+            &mut pool.staging,
+            &pool.slots[slot].data,
+            0,
+            t.elements(start, len),
+        )?;
         resident.slots[slot] = Some(start);
+        Ok(())
     }
 
-    /// `bytes` into `buffer` at `offset` (a multiple of 4), an odd fp16 tail padded with zeros:
-    /// buffer writes are whole words.
-    fn write_words(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
-        self.uploaded.fetch_add(
-            (bytes.len() as u64).next_multiple_of(4),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let main = bytes.len() / 4 * 4;
-        if main > 0 {
-            self.queue.write_buffer(buffer, offset, &bytes[..main]);
+    /// `bytes` into `buffer` at `offset` (a multiple of 4) through the next staging buffer of
+    /// `ring`, an odd fp16 tail padded with zeros (copies are whole words). Waits only for that
+    /// staging buffer's previous copy, two uploads back.
+    fn write_words(
+        &self,
+        ring: &mut StagingRing,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let size = (bytes.len() as u64).next_multiple_of(4);
+        self.uploaded
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        if size == 0 {
+            return Ok(());
         }
-        if main < bytes.len() {
-            let mut tail = [0u8; 4];
-            tail[..bytes.len() - main].copy_from_slice(&bytes[main..]);
-            self.queue.write_buffer(buffer, offset + main as u64, &tail);
+        let index = ring.next;
+        ring.next = (index + 1) % ring.buffers.len();
+        if let Some(previous) = ring.last_use[index].take() {
+            self.wait_for(previous)?;
         }
+        let staging = &ring.buffers[index];
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Write, 0..size, move |r| {
+            let _ = tx.send(r);
+        });
+        // The buffer is idle (its last copy has run), so one poll maps it.
+        self.poll(wgpu::PollType::Poll)?;
+        let mapped = match rx.try_recv() {
+            Ok(mapped) => mapped,
+            Err(_) => {
+                self.poll(wgpu::PollType::Wait {
+                    submission_index: None,
+                    timeout: None,
+                })?;
+                rx.recv()
+                    .map_err(|_| Error::Gpu("staging buffer was never mapped".into()))?
+            }
+        };
+        mapped.map_err(|e| Error::Gpu(format!("cannot map a staging buffer: {e}")))?;
+        {
+            let mut view = staging
+                .get_mapped_range_mut(0..size)
+                .map_err(|e| Error::Gpu(format!("cannot write a staging buffer: {e}")))?;
+            view.slice(..bytes.len()).copy_from_slice(bytes);
+            let pad = size as usize - bytes.len();
+            view.slice(bytes.len()..).copy_from_slice(&[0u8; 3][..pad]);
+        }
+        staging.unmap();
+        let mut encoder = self.encoder();
+        encoder.copy_buffer_to_buffer(staging, 0, buffer, offset, size);
+        ring.last_use[index] = Some(self.queue.submit([encoder.finish()]));
+        Ok(())
     }
 
     /// Uploads a tensor of several chunks once, whole, for work that reads it in more than one pass
@@ -195,7 +238,12 @@ impl GpuContext {
         }
         pool.ensure_resident(&self.device, bytes);
         for (start, len) in t.chunks() {
-            self.write_words(&pool.resident, start * eb, t.elements(start, len));
+            self.write_words(
+                &mut pool.staging,
+                &pool.resident,
+                start * eb,
+                t.elements(start, len),
+            )?;
         }
         resident.whole = true;
         self.check()
@@ -294,7 +342,7 @@ impl GpuContext {
         // no second slot: the queue orders each upload after the pass before.
         const SLOT: usize = 0;
         for (start, len) in t.chunks() {
-            self.upload(pool, SLOT, t, start, len, resident);
+            self.upload(pool, SLOT, t, start, len, resident)?;
             let p = Params {
                 n: len as u32,
                 base: start as u32,
@@ -352,7 +400,7 @@ impl GpuContext {
         let mut in_flight: Option<InFlight> = None;
         for (i, (start, len)) in t.chunks().enumerate() {
             let slot = i % SLOTS;
-            self.upload(pool, slot, t, start, len, resident);
+            self.upload(pool, slot, t, start, len, resident)?;
             let words = len.div_ceil(32);
             let scan_blocks = words.div_ceil(WG);
             let p = Params {
