@@ -185,12 +185,12 @@ impl Devices {
             Route::Cpu(reason) => reason,
             Route::Gpu => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let (result, device) = (gpu.run_order(order, view, shape, tensor)?, gpu.name());
+                let (result, device) = (gpu.run_order(order, view, out, shape, tensor)?, gpu.name());
                 return Ok((result, self.gpu_placement(device)));
             }
             Route::Race => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let on_gpu = timed(|| gpu.run_order(order, view, shape, tensor));
+                let on_gpu = timed(|| gpu.run_order(order, view, None, shape, tensor));
                 let (on_cpu, cpu_ms) = timed(|| run_order_on_view(order, view, out, shape, tensor));
                 return Ok(self.settle_race(tensor, on_gpu, (on_cpu?, cpu_ms)));
             }
@@ -219,12 +219,12 @@ impl Devices {
             (Route::Gpu | Route::Race, None) => "the GPU kernels cover fp16 and fp32 only".to_string(),
             (Route::Gpu, Some(view)) => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let (result, device) = (gpu.run_order(order, view, shape, tensor)?, gpu.name());
+                let (result, device) = (gpu.run_order(order, view, None, shape, tensor)?, gpu.name());
                 return Ok((result, self.gpu_placement(device)));
             }
             (Route::Race, Some(view)) => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let on_gpu = timed(|| gpu.run_order(order, view, shape, tensor));
+                let on_gpu = timed(|| gpu.run_order(order, view, None, shape, tensor));
                 let (on_cpu, cpu_ms) = timed(|| run_order_in_place(order, data, shape, tensor));
                 return Ok(self.settle_race(tensor, on_gpu, (on_cpu?, cpu_ms)));
             }

@@ -826,7 +826,7 @@ fn global_cut_matches_on_every_device() {
             );
             let cpu = run_order_in_place(order, data.clone(), shape, &label).expect("cpu");
             for (which, gpu) in [("gpu", &g.normal), ("chunked gpu", &g.chunked)] {
-                let on_gpu = gpu.run_order(order, view, shape, &label).expect("gpu");
+                let on_gpu = gpu.run_order(order, view, None, shape, &label).expect("gpu");
                 assert!(
                     same_bytes(&on_gpu, &cpu),
                     "{label} {shape:?} cut {key:?}: {which} differs"
@@ -980,4 +980,42 @@ fn bench_splits_gpu_time_and_measures_a_copy_ceiling() {
     let text = mlprune::bench::render(&report);
     assert!(text.contains("device copy (buffer to buffer, 64 MiB)"), "{text}");
     assert!(text.contains("kernel GB/s"), "{text}");
+}
+
+/// A mapped tensor's kept values are collected into the buffer the engine passes back from the
+/// writer, not into fresh memory per tensor; a spare of another dtype is left alone. Either way the
+/// bytes are the CPU's.
+#[test]
+fn kept_values_land_in_the_spare_buffer() {
+    let Some(g) = gpu_or_skip() else { return };
+    let shape = [64u64, 64];
+    let data = TensorData::F16(values_f16(64 * 64, Fill::Random, 9));
+    let config = magnitude(0.5);
+    let cpu = CpuBackend.run(&config, &data, &shape, "w").unwrap();
+    let view = data.as_view().unwrap();
+    for backend in [&g.normal, &g.chunked] {
+        let spare: Vec<f16> = Vec::with_capacity(64 * 64);
+        let address = spare.as_ptr();
+        let order = mlprune::dispatch::Order::Config(&config);
+        let got = backend
+            .run_order(order, view, Some(TensorData::F16(spare)), &shape, "w")
+            .unwrap();
+        assert!(same_bytes(&got, &cpu));
+        let KernelResult::Pruned(pruned) = &got else {
+            panic!("not pruned: {got:?}")
+        };
+        let TensorData::F16(values) = &pruned.nonzero else {
+            panic!("not fp16")
+        };
+        assert_eq!(
+            values.as_ptr(),
+            address,
+            "the spare's allocation holds the kept values"
+        );
+        let other = Some(TensorData::F32(vec![1.0; 8]));
+        assert!(same_bytes(
+            &backend.run_order(order, view, other, &shape, "w").unwrap(),
+            &cpu
+        ));
+    }
 }

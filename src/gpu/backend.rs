@@ -91,9 +91,22 @@ impl GpuBackend {
         shape: &[u64],
         tensor: &str,
     ) -> Result<KernelResult> {
+        self.run_view_into(config, view, None, shape, tensor)
+    }
+
+    /// [`GpuBackend::run_view`], collecting the kept values into `out`'s allocation when it holds
+    /// the view's dtype (a buffer the writer has finished with: no fresh pages per tensor).
+    fn run_view_into(
+        &self,
+        config: &OpConfig,
+        view: TensorView<'_>,
+        out: Option<TensorData>,
+        shape: &[u64],
+        tensor: &str,
+    ) -> Result<KernelResult> {
         match view {
-            TensorView::F16(w) => self.run_typed(config, w, shape, tensor, TensorData::F16),
-            TensorView::F32(w) => self.run_typed(config, w, shape, tensor, TensorData::F32),
+            TensorView::F16(w) => self.run_typed(config, w, f16::reuse(out), shape, tensor, TensorData::F16),
+            TensorView::F32(w) => self.run_typed(config, w, f32::reuse(out), shape, tensor, TensorData::F32),
         }
     }
 
@@ -191,6 +204,7 @@ impl GpuBackend {
         &self,
         config: &OpConfig,
         w: &[T],
+        spare: Vec<T>,
         shape: &[u64],
         tensor: &str,
         wrap: fn(Vec<T>) -> TensorData,
@@ -225,9 +239,9 @@ impl GpuBackend {
                 minimum_sparsity,
             } => {
                 let cut = <T::Mag as MapValue>::threshold_cut(threshold).map(|k| k.to_u64() as u32);
-                let sparse = self
-                    .ctx
-                    .mask_and_compact(pool, &t, where_cut(cut), &[], &mut resident)?;
+                let sparse =
+                    self.ctx
+                        .mask_and_compact(pool, &t, where_cut(cut), &[], &mut resident, spare)?;
                 // numpy: int64 / int -> float64.
                 let sparsity = (n - sparse.kept) as f64 / n as f64;
                 if sparsity < minimum_sparsity {
@@ -276,7 +290,8 @@ impl GpuBackend {
                         ..Params::default()
                     };
                     return Ok(pruned(
-                        self.ctx.mask_and_compact(pool, &t, p, &flags, &mut resident)?,
+                        self.ctx
+                            .mask_and_compact(pool, &t, p, &flags, &mut resident, spare)?,
                         wrap,
                     ));
                 }
@@ -291,7 +306,8 @@ impl GpuBackend {
             },
         };
         Ok(pruned(
-            self.ctx.mask_and_compact(pool, &t, params, &[], &mut resident)?,
+            self.ctx
+                .mask_and_compact(pool, &t, params, &[], &mut resident, spare)?,
             wrap,
         ))
     }
@@ -313,17 +329,19 @@ impl GpuBackend {
         }
     }
 
-    /// Runs `order` on borrowed values (see [`GpuBackend::run_view`]).
+    /// Runs `order` on borrowed values (see [`GpuBackend::run_view`]), collecting the kept values
+    /// into `out`'s allocation when it holds the view's dtype.
     pub fn run_order(
         &self,
         order: Order<'_>,
         view: TensorView<'_>,
+        out: Option<TensorData>,
         shape: &[u64],
         tensor: &str,
     ) -> Result<KernelResult> {
         match order {
-            Order::Config(config) => self.run_view(config, view, shape, tensor),
-            Order::Cut(cut) => self.run_cut_view(cut, view, tensor),
+            Order::Config(config) => self.run_view_into(config, view, out, shape, tensor),
+            Order::Cut(cut) => self.run_cut_view(cut, view, out, tensor),
         }
     }
 
@@ -337,10 +355,16 @@ impl GpuBackend {
 
     /// The `--global-sparsity` work order ("every key <= the cut becomes 0") on borrowed values:
     /// the mask and compaction of threshold pruning, with the cut the CPU selected.
-    fn run_cut_view(&self, cut: GlobalCut, view: TensorView<'_>, tensor: &str) -> Result<KernelResult> {
+    fn run_cut_view(
+        &self,
+        cut: GlobalCut,
+        view: TensorView<'_>,
+        out: Option<TensorData>,
+        tensor: &str,
+    ) -> Result<KernelResult> {
         match view {
-            TensorView::F16(w) => self.run_cut_typed(cut, w, tensor, TensorData::F16),
-            TensorView::F32(w) => self.run_cut_typed(cut, w, tensor, TensorData::F32),
+            TensorView::F16(w) => self.run_cut_typed(cut, w, f16::reuse(out), tensor, TensorData::F16),
+            TensorView::F32(w) => self.run_cut_typed(cut, w, f32::reuse(out), tensor, TensorData::F32),
         }
     }
 
@@ -348,6 +372,7 @@ impl GpuBackend {
         &self,
         cut: GlobalCut,
         w: &[T],
+        spare: Vec<T>,
         tensor: &str,
         wrap: fn(Vec<T>) -> TensorData,
     ) -> Result<KernelResult> {
@@ -371,7 +396,7 @@ impl GpuBackend {
         let mut resident = Resident::default();
         Ok(pruned(
             self.ctx
-                .mask_and_compact(&mut pool, &t, params, &[], &mut resident)?,
+                .mask_and_compact(&mut pool, &t, params, &[], &mut resident, spare)?,
             wrap,
         ))
     }
@@ -384,8 +409,8 @@ impl Backend for GpuBackend {
 
     fn run(&self, config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
         match data {
-            TensorData::F16(w) => self.run_typed(config, w, shape, tensor, TensorData::F16),
-            TensorData::F32(w) => self.run_typed(config, w, shape, tensor, TensorData::F32),
+            TensorData::F16(w) => self.run_typed(config, w, Vec::new(), shape, tensor, TensorData::F16),
+            TensorData::F32(w) => self.run_typed(config, w, Vec::new(), shape, tensor, TensorData::F32),
             other => run_kernel(config, other, shape, tensor),
         }
     }
@@ -420,6 +445,8 @@ fn block_count(layout: ChannelLayout, block_size: usize) -> Option<usize> {
 trait GpuElement: Element {
     const IS_F16: bool;
     const BYTES: u64;
+    /// `out`'s allocation, emptied, if it holds this dtype; else a new empty vector.
+    fn reuse(out: Option<TensorData>) -> Vec<Self>;
     /// The magnitude cut of `np.percentile(|w|, sparsity * 100)`: order statistics from GPU
     /// histograms, interpolation on the CPU by the reference `percentile_cut`.
     fn percentile_cut_on_gpu(
@@ -435,6 +462,16 @@ trait GpuElement: Element {
 impl GpuElement for f16 {
     const IS_F16: bool = true;
     const BYTES: u64 = 2;
+
+    fn reuse(out: Option<TensorData>) -> Vec<Self> {
+        match out {
+            Some(TensorData::F16(mut v)) => {
+                v.clear();
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
 
     /// fp16 keys have 15 bits: one histogram holds every key with its exact multiplicity.
     fn percentile_cut_on_gpu(
@@ -465,6 +502,16 @@ impl GpuElement for f16 {
 impl GpuElement for f32 {
     const IS_F16: bool = false;
     const BYTES: u64 = 4;
+
+    fn reuse(out: Option<TensorData>) -> Vec<Self> {
+        match out {
+            Some(TensorData::F32(mut v)) => {
+                v.clear();
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
 
     /// fp32 keys have 31 bits: a histogram of the high 15 bits finds the bins holding ranks prev
     /// and next, a second pass resolves those bins' low 16 bits. The reference `percentile_cut`

@@ -382,6 +382,7 @@ impl GpuContext {
         params: Params,
         flags: &[u32],
         resident: &mut Resident,
+        mut values: Vec<T>,
     ) -> Result<Compacted<T>> {
         let flags_bytes = flags.len() as u64 * 4;
         self.size_pool(pool, t, flags_bytes)?;
@@ -391,10 +392,13 @@ impl GpuContext {
         }
         let eb = t.elem_bytes();
         // Reserved once, at most the whole tensor: chunks append without regrowing (each regrowth
-        // copies everything so far into fresh pages); pages never written are never touched.
+        // copies everything so far into fresh pages); pages never written are never touched. A
+        // buffer the writer has finished with, passed in as `values`, is reused.
+        values.clear();
+        values.reserve(t.n as usize);
         let mut out = Compacted {
             mask: Vec::with_capacity(t.n.div_ceil(8) as usize),
-            values: Vec::with_capacity(t.n as usize),
+            values,
             kept: 0,
         };
         let mut in_flight: Option<InFlight> = None;
