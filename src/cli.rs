@@ -243,6 +243,7 @@ impl PruneArgs {
             gpu_min_elements: self.gpu_min_elements.unwrap_or(DEFAULT_GPU_MIN_ELEMENTS),
             force: self.force,
             report: self.report.clone(),
+            keep_entries: false,
             config_file: self.config.clone(),
             progress: !self.quiet,
             cancel: Default::default(),
@@ -351,8 +352,8 @@ fn human_summary(s: &PruneSummary, job: &PruneJob) -> String {
         .unwrap_or_default();
     format!(
         "pruned {pruned} of {} weight tensors ({} skipped){cut}; weight.bin {} → {} bytes; wrote {}\n",
-        s.tensors.len(),
-        s.tensors.len() - pruned,
+        s.planned,
+        s.planned - pruned,
         s.weight_bytes_before,
         s.weight_bytes_after,
         job.output.display()

@@ -59,6 +59,10 @@ pub struct PruneJob {
     pub force: bool,
     /// Write the per-tensor report (`--report`) here, committed together with OUTPUT.
     pub report: Option<PathBuf>,
+    /// Return every tensor's report entry in [`PruneSummary::tensors`] (the Python API does).
+    /// Otherwise only the counts are kept, unless `report` needs the entries: a model of many
+    /// small tensors would hold one entry per tensor for nothing.
+    pub keep_entries: bool,
     /// The config file the job was read from, if any: the report may not overwrite it.
     pub config_file: Option<PathBuf>,
     /// Show a progress bar on stderr (it stays hidden anyway when stderr is not a terminal).
@@ -99,7 +103,12 @@ pub struct TensorReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneSummary {
+    /// Every planned tensor's report entry, when the job kept them (`keep_entries` or `report`);
+    /// empty otherwise.
     pub tensors: Vec<TensorReport>,
+    /// Tensors the plan considered (pruned or skipped), and how many of them were pruned.
+    pub planned: usize,
+    pub pruned: usize,
     /// One-line notices for the user (e.g. `--device auto` found no GPU); the CLI prints them unless
     /// `--quiet`.
     pub notices: Vec<String>,
@@ -116,7 +125,7 @@ pub struct PruneSummary {
 
 impl PruneSummary {
     pub fn pruned_count(&self) -> usize {
-        self.tensors.iter().filter(|t| t.pruned).count()
+        self.pruned
     }
 }
 
@@ -202,7 +211,10 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
         dedupe: Deduplicator::new(),
         shared: SharedOutcomes::new(shared_keys),
     };
-    let mut reports = Vec::with_capacity(planned.len());
+    let keep_entries = job.keep_entries || job.report.is_some();
+    let planned_count = planned.len();
+    let mut pruned_count = 0;
+    let mut reports = Vec::with_capacity(if keep_entries { planned_count } else { 0 });
     let shared_cut = global_cut.clone().map(Arc::new);
     let mut progress = Progress::new(job.progress, weight_bytes_before, planned.len());
     // Plain consts are read ahead on a reader thread; joint compression materializes its inputs
@@ -265,7 +277,10 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
                     report.mode = "global";
                     report.global_cut = Some(g.clone());
                 }
-                reports.push(report);
+                pruned_count += usize::from(report.pruned);
+                if keep_entries {
+                    reports.push(report);
+                }
             }
         }
         Ok(())
@@ -279,7 +294,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
         renames,
         ..
     } = rewrite;
-    let pruned_any = reports.iter().any(|t| t.pruned);
+    let pruned_any = pruned_count > 0;
     let moved = replace_ops(&mut model.program, edits)?;
     let visited = rename_all(&mut model.program, &renames)?.ops_visited;
     drop(renames);
@@ -312,6 +327,8 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     out.commit()?;
     Ok(PruneSummary {
         tensors: reports,
+        planned: planned_count,
+        pruned: pruned_count,
         weight_bytes_before,
         weight_bytes_after,
         notices,

@@ -216,6 +216,7 @@ pub fn model(data: &[u8]) {
             gpu_min_elements: u64::MAX,
             force: false,
             report: None,
+            keep_entries: false,
             config_file: None,
             progress: false,
             cancel: Default::default(),

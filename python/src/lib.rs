@@ -111,6 +111,8 @@ fn prune(
         gpu_min_elements: DEFAULT_GPU_MIN_ELEMENTS,
         force,
         report: None,
+        // `prune` returns them.
+        keep_entries: true,
         config_file: config_path,
         progress,
         cancel: cancel.clone(),

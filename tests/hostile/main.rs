@@ -205,6 +205,7 @@ fn prune_job(input: &Path, output: &Path, force: bool) -> PruneJob {
         gpu_min_elements: u64::MAX,
         force,
         report: None,
+        keep_entries: true,
         config_file: None,
         progress: false,
         cancel: Default::default(),
