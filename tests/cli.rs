@@ -951,7 +951,7 @@ fn global_sparsity_usage_errors_exit_2_and_leave_nothing() {
     let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample/sample.mlpackage");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.mlpackage");
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["--global-sparsity", "nan"], "not a decimal number in [0, 1]"),
         (&["--global-sparsity", "1.5"], "outside [0, 1]"),
         (&["--global-sparsity=-0.1"], "not a decimal number"),
@@ -974,6 +974,15 @@ fn global_sparsity_usage_errors_exit_2_and_leave_nothing() {
         (
             &["--global-sparsity", "0.5", "--exclude", "no_such_op"],
             "--exclude 'no_such_op'",
+        ),
+        // An op that reads no weight, and a const that is no weight (a cast's dtype string).
+        (
+            &["--global-sparsity", "0.5", "--exclude", "fc1_relu_cast_fp16"],
+            "--exclude 'fc1_relu_cast_fp16': the model has no weight const of that name, nor an op reading one",
+        ),
+        (
+            &["--global-sparsity", "0.5", "--exclude", "x_to_fp16_dtype_0"],
+            "--exclude 'x_to_fp16_dtype_0'",
         ),
         (
             &["--sparsity", "0.5", "--exclude", "fc1_cast_fp16"],

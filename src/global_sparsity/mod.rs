@@ -171,17 +171,27 @@ pub fn decide_cut(
 }
 
 /// Marks the planned tensors named by `names` (their const name or a consumer op's name) as
-/// skipped, and returns their op indices. A name that is no op, const or consumer of the model is a
-/// usage error: a typo would otherwise silently prune what the user meant to keep.
+/// skipped, and returns their op indices. A name that is neither a weight const of the plan nor an
+/// op reading one is a usage error: a typo, or the name of an op without weights, would otherwise
+/// silently leave pruned what the user meant to keep.
 fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -> Result<HashSet<usize>> {
     let mut excluded = HashSet::new();
     if names.is_empty() {
         return Ok(excluded);
     }
-    let known: HashSet<&str> = graph.ops.iter().map(|op| &*op.name).collect();
+    let mut known: HashSet<&str> = HashSet::new();
+    for p in planned.iter() {
+        known.insert(&graph.ops[p.op_index].name);
+        known.extend(
+            graph
+                .consumers(p.op_index)
+                .into_iter()
+                .map(|(c, _)| &*graph.ops[c].name),
+        );
+    }
     if let Some(unknown) = names.iter().find(|n| !known.contains(n.as_str())) {
         return Err(Error::Usage(format!(
-            "--exclude '{unknown}': the model has no op or const of that name"
+            "--exclude '{unknown}': the model has no weight const of that name, nor an op reading one"
         )));
     }
     let names: HashSet<&str> = names.iter().map(String::as_str).collect();
