@@ -355,7 +355,17 @@ def test_other_python_threads_run_during_a_prune(big_model, tmp_path):
 
 def test_ctrl_c_stops_a_prune_and_leaves_nothing(big_model, tmp_path):
     out = tmp_path / "out.mlpackage"
-    timer = threading.Timer(0.15, lambda: os.kill(os.getpid(), signal.SIGINT))
+
+    def interrupt_once_writing():
+        # Once the staging folder beside OUTPUT exists, the run is past its setup and writing: the
+        # signal lands mid-run however long the setup took (a fixed delay could land after the
+        # prune on a busy machine, and did once in CI).
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(tmp_path.iterdir()):
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Thread(target=interrupt_once_writing)
     started = time.monotonic()
     timer.start()
     with pytest.raises(KeyboardInterrupt):
