@@ -131,13 +131,13 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
         .max()
         .unwrap_or(0)
         .max(MIN_COPY_BYTES);
-    let copy_gbps = gpu.context().copy_bandwidth(largest, runs.max(3))?;
+    let (copy_gbps, copy_bytes) = gpu.context().copy_bandwidth(largest, runs.max(3))?;
     Ok(BenchReport {
         adapter,
         rows,
         timestamps,
         copy_gbps,
-        copy_bytes: largest.min(gpu.context().limits().max_buffer_size),
+        copy_bytes,
     })
 }
 

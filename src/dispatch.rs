@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::global_sparsity::{CutKey, GlobalCut};
 use crate::prune::mask::Dense;
 use crate::prune::{self, Element, KernelError, Outcome};
-use crate::tensor::{TensorData, TensorView};
+use crate::tensor::{TensorData, TensorView, ViewWithSpare};
 
 /// A pruned tensor in sparse form: kept values plus the packed LSB-first keep-mask.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,21 +209,9 @@ enum DenseView<'a> {
 /// The kernels' input for borrowed values: the kept values go into `out`'s allocation when it has
 /// the view's type, else into a fresh one.
 fn dense_of_view(view: TensorView<'_>, out: Option<TensorData>) -> DenseView<'_> {
-    match (view, out) {
-        (TensorView::F16(values), Some(TensorData::F16(out))) => {
-            DenseView::F16(Dense::Borrowed { values, out })
-        }
-        (TensorView::F16(values), _) => DenseView::F16(Dense::Borrowed {
-            values,
-            out: Vec::new(),
-        }),
-        (TensorView::F32(values), Some(TensorData::F32(out))) => {
-            DenseView::F32(Dense::Borrowed { values, out })
-        }
-        (TensorView::F32(values), _) => DenseView::F32(Dense::Borrowed {
-            values,
-            out: Vec::new(),
-        }),
+    match view.with_spare(out) {
+        ViewWithSpare::F16(values, out) => DenseView::F16(Dense::Borrowed { values, out }),
+        ViewWithSpare::F32(values, out) => DenseView::F32(Dense::Borrowed { values, out }),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::prune::fast_block_decisions;
 use crate::prune::keys::Key;
 use crate::prune::percentile::{percentile_cut, virtual_index};
 use crate::prune::{python_float_repr, Element, MapValue};
-use crate::tensor::{TensorData, TensorView};
+use crate::tensor::{TensorData, TensorView, ViewWithSpare};
 
 /// Largest m the GPU ranks: numpy's argsort is a (stable) insertion sort up to 16 elements.
 const MAX_GPU_M: usize = 16;
@@ -104,9 +104,9 @@ impl GpuBackend {
         shape: &[u64],
         tensor: &str,
     ) -> Result<KernelResult> {
-        match view {
-            TensorView::F16(w) => self.run_typed(config, w, f16::reuse(out), shape, tensor, TensorData::F16),
-            TensorView::F32(w) => self.run_typed(config, w, f32::reuse(out), shape, tensor, TensorData::F32),
+        match view.with_spare(out) {
+            ViewWithSpare::F16(w, spare) => self.run_typed(config, w, spare, shape, tensor, TensorData::F16),
+            ViewWithSpare::F32(w, spare) => self.run_typed(config, w, spare, shape, tensor, TensorData::F32),
         }
     }
 
@@ -362,9 +362,9 @@ impl GpuBackend {
         out: Option<TensorData>,
         tensor: &str,
     ) -> Result<KernelResult> {
-        match view {
-            TensorView::F16(w) => self.run_cut_typed(cut, w, f16::reuse(out), tensor, TensorData::F16),
-            TensorView::F32(w) => self.run_cut_typed(cut, w, f32::reuse(out), tensor, TensorData::F32),
+        match view.with_spare(out) {
+            ViewWithSpare::F16(w, spare) => self.run_cut_typed(cut, w, spare, tensor, TensorData::F16),
+            ViewWithSpare::F32(w, spare) => self.run_cut_typed(cut, w, spare, tensor, TensorData::F32),
         }
     }
 
@@ -445,8 +445,6 @@ fn block_count(layout: ChannelLayout, block_size: usize) -> Option<usize> {
 trait GpuElement: Element {
     const IS_F16: bool;
     const BYTES: u64;
-    /// `out`'s allocation, emptied, if it holds this dtype; else a new empty vector.
-    fn reuse(out: Option<TensorData>) -> Vec<Self>;
     /// The magnitude cut of `np.percentile(|w|, sparsity * 100)`: order statistics from GPU
     /// histograms, interpolation on the CPU by the reference `percentile_cut`.
     fn percentile_cut_on_gpu(
@@ -462,16 +460,6 @@ trait GpuElement: Element {
 impl GpuElement for f16 {
     const IS_F16: bool = true;
     const BYTES: u64 = 2;
-
-    fn reuse(out: Option<TensorData>) -> Vec<Self> {
-        match out {
-            Some(TensorData::F16(mut v)) => {
-                v.clear();
-                v
-            }
-            _ => Vec::new(),
-        }
-    }
 
     /// fp16 keys have 15 bits: one histogram holds every key with its exact multiplicity.
     fn percentile_cut_on_gpu(
@@ -502,16 +490,6 @@ impl GpuElement for f16 {
 impl GpuElement for f32 {
     const IS_F16: bool = false;
     const BYTES: u64 = 4;
-
-    fn reuse(out: Option<TensorData>) -> Vec<Self> {
-        match out {
-            Some(TensorData::F32(mut v)) => {
-                v.clear();
-                v
-            }
-            _ => Vec::new(),
-        }
-    }
 
     /// fp32 keys have 31 bits: a histogram of the high 15 bits finds the bins holding ranks prev
     /// and next, a second pass resolves those bins' low 16 bits. The reference `percentile_cut`

@@ -53,8 +53,8 @@ impl std::fmt::Debug for GpuContext {
 /// The largest chunk of tensor bytes one dispatch sees, whatever the adapter allows.
 ///
 /// Two chunks are in flight (`run.rs`), and each slot holds a chunk's data, its compacted values
-/// and its readback (about three chunks), besides wgpu's staging copy of each upload: some eight
-/// chunks of memory, which is host memory where device memory is (lavapipe, Apple silicon's unified
+/// and its readback (about three chunks), besides the two staging buffers uploads go through: some
+/// eight chunks of memory, which is host memory where device memory is (lavapipe, Apple silicon's unified
 /// memory) and host-visible memory everywhere for the readback and staging parts. The memory bound
 /// leaves 128 MiB beyond the two largest tensors for everything else, so the GPU pipeline's share
 /// is kept to about 64 MiB whatever the tensor size; before, chunks were as large as the adapter's

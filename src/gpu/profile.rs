@@ -110,27 +110,15 @@ impl GpuContext {
         encoder.resolve_query_set(&p.queries, 0..p.used, &p.resolved, 0);
         encoder.copy_buffer_to_buffer(&p.resolved, 0, &p.readback, 0, bytes);
         let submission = self.queue.submit([encoder.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        p.readback.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
-            let _ = tx.send(r);
-        });
-        self.wait_for(submission)?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("timestamps were never mapped".into()))?
-            .map_err(|e| Error::Gpu(format!("cannot map the timestamps: {e}")))?;
-        let ticks: u64 = {
-            let view = p
-                .readback
-                .get_mapped_range(0..bytes)
-                .map_err(|e| Error::Gpu(format!("cannot read the timestamps: {e}")))?;
-            view.chunks_exact(16)
+        let ticks: u64 = self.read_mapped(&p.readback, bytes, submission, "the timestamps", |view| {
+            Ok(view
+                .chunks_exact(16)
                 .map(|pair| {
                     let at = |i: usize| u64::from_le_bytes(pair[i..i + 8].try_into().unwrap_or([0; 8]));
                     at(8).saturating_sub(at(0))
                 })
-                .sum()
-        };
-        p.readback.unmap();
+                .sum())
+        })?;
         let period_ns = f64::from(self.queue.get_timestamp_period());
         Ok(Some(KernelTime {
             seconds: ticks as f64 * period_ns * 1e-9,
@@ -147,8 +135,8 @@ impl GpuContext {
 
     /// The device's own bandwidth ceiling: GB/s of a buffer-to-buffer copy of `bytes` (capped by
     /// the adapter's buffer size), the best of `runs` after one warm-up copy, timed from submission
-    /// to completion.
-    pub fn copy_bandwidth(&self, bytes: u64, runs: u32) -> Result<f64> {
+    /// to completion; and the bytes copied.
+    pub fn copy_bandwidth(&self, bytes: u64, runs: u32) -> Result<(f64, u64)> {
         let bytes = bytes.min(self.limits().max_buffer_size).max(4) / 4 * 4;
         let buffer = |label, usage| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -179,6 +167,6 @@ impl GpuContext {
         for _ in 0..runs.max(1) {
             best = best.min(copy()?);
         }
-        Ok(bytes as f64 / best / 1e9)
+        Ok((bytes as f64 / best / 1e9, bytes))
     }
 }

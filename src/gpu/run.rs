@@ -183,24 +183,8 @@ impl GpuContext {
             self.wait_for(previous)?;
         }
         let staging = &ring.buffers[index];
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Write, 0..size, move |r| {
-            let _ = tx.send(r);
-        });
-        // The buffer is idle (its last copy has run), so one poll maps it.
-        self.poll(wgpu::PollType::Poll)?;
-        let mapped = match rx.try_recv() {
-            Ok(mapped) => mapped,
-            Err(_) => {
-                self.poll(wgpu::PollType::Wait {
-                    submission_index: None,
-                    timeout: None,
-                })?;
-                rx.recv()
-                    .map_err(|_| Error::Gpu("staging buffer was never mapped".into()))?
-            }
-        };
-        mapped.map_err(|e| Error::Gpu(format!("cannot map a staging buffer: {e}")))?;
+        // The buffer is idle (its last copy has run): nothing to wait for.
+        self.map_buffer(staging, wgpu::MapMode::Write, size, None, "a staging buffer")?;
         {
             let mut view = staging
                 .get_mapped_range_mut(0..size)
@@ -218,8 +202,7 @@ impl GpuContext {
 
     /// Uploads a tensor of several chunks once, whole, for work that reads it in more than one pass
     /// (the histograms of a magnitude cut, then the mask); every pass then binds its chunks in place
-    /// instead of uploading them again. It is written chunk by chunk, so wgpu's staging copies stay
-    /// chunk-sized. A tensor of one chunk stays in its slot anyway; one too large for a buffer, or
+    /// instead of uploading them again. It is written chunk by chunk through the staging ring. A tensor of one chunk stays in its slot anyway; one too large for a buffer, or
     /// whose chunks do not start at offsets the adapter can bind, is uploaded per pass.
     fn keep_resident(
         &self,
@@ -306,20 +289,60 @@ impl GpuContext {
         read: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Result<T> {
         let readback = &pool.slots[slot].readback;
+        self.read_mapped(readback, size, submission, "the readback buffer", read)
+    }
+
+    /// Maps the first `size` bytes of `buffer` (a `MAP_READ` buffer that `submission` writes) once
+    /// that has run, hands them to `read` and unmaps; `what` names the buffer in errors.
+    pub(crate) fn read_mapped<T>(
+        &self,
+        buffer: &wgpu::Buffer,
+        size: u64,
+        submission: wgpu::SubmissionIndex,
+        what: &str,
+        read: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        self.map_buffer(buffer, wgpu::MapMode::Read, size, Some(submission), what)?;
+        let result = buffer
+            .get_mapped_range(0..size)
+            .map_err(|e| Error::Gpu(format!("cannot read {what}: {e}")))
+            .and_then(|view| read(&view));
+        buffer.unmap();
+        result
+    }
+
+    /// Maps the first `size` bytes of `buffer` for `mode`, after waiting for `after` (the last
+    /// submission using it) when given; `what` names the buffer in errors.
+    fn map_buffer(
+        &self,
+        buffer: &wgpu::Buffer,
+        mode: wgpu::MapMode,
+        size: u64,
+        after: Option<wgpu::SubmissionIndex>,
+        what: &str,
+    ) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::channel();
-        readback.map_async(wgpu::MapMode::Read, 0..size, move |r| {
+        buffer.map_async(mode, 0..size, move |r| {
             let _ = tx.send(r);
         });
-        self.wait_for(submission)?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("readback was never mapped".into()))?
-            .map_err(|e| Error::Gpu(format!("cannot map the readback buffer: {e}")))?;
-        let result = readback
-            .get_mapped_range(0..size)
-            .map_err(|e| Error::Gpu(format!("cannot read the readback buffer: {e}")))
-            .and_then(|view| read(&view));
-        readback.unmap();
-        result
+        // Polling runs the callback of a mapping whose buffer is free; waiting for the last
+        // submission frees it first.
+        match after {
+            Some(submission) => self.wait_for(submission)?,
+            None => self.poll(wgpu::PollType::Poll)?,
+        }
+        let mapped = match rx.try_recv() {
+            Ok(mapped) => mapped,
+            Err(_) => {
+                self.poll(wgpu::PollType::Wait {
+                    submission_index: None,
+                    timeout: None,
+                })?;
+                rx.recv()
+                    .map_err(|_| Error::Gpu(format!("{what} was never mapped")))?
+            }
+        };
+        mapped.map_err(|e| Error::Gpu(format!("cannot map {what}: {e}")))
     }
 
     /// Histogram of magnitude keys over the whole tensor (`bins` ≤ 131072), counts summed over
@@ -392,9 +415,8 @@ impl GpuContext {
         }
         let eb = t.elem_bytes();
         // Reserved once, at most the whole tensor: chunks append without regrowing (each regrowth
-        // copies everything so far into fresh pages); pages never written are never touched. A
-        // buffer the writer has finished with, passed in as `values`, is reused.
-        values.clear();
+        // copies everything so far into fresh pages); pages never written are never touched.
+        // `values` comes empty, in a buffer the writer has finished with where there is one.
         values.reserve(t.n as usize);
         let mut out = Compacted {
             mask: Vec::with_capacity(t.n.div_ceil(8) as usize),

@@ -4,7 +4,7 @@ mod data;
 mod view;
 
 pub use data::TensorData;
-pub use view::TensorView;
+pub use view::{TensorView, ViewWithSpare};
 
 /// `buffer` resized to `n` elements, or a fresh one if it cannot hold them; the contents are to be
 /// overwritten. Only elements beyond the buffer's current length are zeroed, and fresh memory comes
