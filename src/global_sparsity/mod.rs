@@ -179,39 +179,34 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
     if names.is_empty() {
         return Ok(excluded);
     }
+    let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+    // Every name --exclude may give: the plan's consts and the ops reading them.
     let mut known: HashSet<&str> = HashSet::new();
-    for p in planned.iter() {
-        known.insert(&graph.ops[p.op_index].name);
-        known.extend(
-            graph
-                .consumers(p.op_index)
-                .into_iter()
-                .map(|(c, _)| &*graph.ops[c].name),
-        );
-    }
-    if let Some(unknown) = names.iter().find(|n| !known.contains(n.as_str())) {
-        return Err(Error::Usage(format!(
-            "--exclude '{unknown}': the model has no weight const of that name, nor an op reading one"
-        )));
-    }
-    let names: HashSet<&str> = names.iter().map(String::as_str).collect();
     for p in planned.iter_mut() {
+        let consumers = graph.consumers(p.op_index);
+        known.insert(&graph.ops[p.op_index].name);
+        known.extend(consumers.iter().map(|&(c, _)| &*graph.ops[c].name));
         if !matches!(p.decision, Decision::Prune(_)) {
             continue;
         }
-        let by_consumer = graph
-            .consumers(p.op_index)
-            .into_iter()
-            .find(|&(c, _)| names.contains(&*graph.ops[c].name));
-        let reason = if names.contains(p.name.as_str()) {
+        let by_consumer = consumers
+            .iter()
+            .find(|&&(c, _)| wanted.contains(&*graph.ops[c].name));
+        let reason = if wanted.contains(p.name.as_str()) {
             format!("excluded by --exclude '{}'", p.name)
-        } else if let Some((c, _)) = by_consumer {
+        } else if let Some(&(c, _)) = by_consumer {
             format!("excluded by --exclude '{}' (a consumer)", graph.ops[c].name)
         } else {
             continue;
         };
         p.decision = Decision::Skip(reason);
         excluded.insert(p.op_index);
+    }
+    // Checked once all names are known; the run stops here, so the marks above go unused.
+    if let Some(unknown) = names.iter().find(|n| !known.contains(n.as_str())) {
+        return Err(Error::Usage(format!(
+            "--exclude '{unknown}': the model has no weight const of that name, nor an op reading one"
+        )));
     }
     Ok(excluded)
 }
