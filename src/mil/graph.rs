@@ -211,8 +211,9 @@ impl GraphView {
     }
 
     fn add_use(&mut self, table: usize, value: &str, site: UseSite) {
-        let key = self.value_name(table, value);
-        if let Some(entry) = self.values[table].1.get_mut(&key) {
+        // Only names in scope are used, and `value_name` entered each of them when it came into
+        // scope: one lookup, no new entry.
+        if let Some(entry) = self.values[table].1.get_mut(value) {
             entry.uses.push(site);
         }
     }
