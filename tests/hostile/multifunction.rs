@@ -1,6 +1,8 @@
 //! Multifunction packages: every function pruned, a blob the functions share pruned once and kept
 //! shared, conflicting configs on a shared blob refused, and inspect / `--report` naming functions.
 
+use std::ffi::OsStr;
+
 use mlprune::mil::value::{string_value, OperationExt, ValueExt};
 use mlprune::proto::spec::FunctionDescription;
 
@@ -166,18 +168,15 @@ fn global_sparsity_excluding_a_shared_weight_for_one_function_only_is_refused() 
     let case = two_functions(&[("fc1_cast_fp16", "fc1_other")]);
     let before = snapshot(&case.input);
     let global = |case: &Case, exclude: &str| {
-        let output = case.output();
-        cli(&[
-            "prune".as_ref(),
-            case.input.as_os_str(),
-            output.as_os_str(),
-            "--global-sparsity".as_ref(),
-            "0.5".as_ref(),
-            "--weight-threshold".as_ref(),
-            "0".as_ref(),
-            "--exclude".as_ref(),
-            exclude.as_ref(),
-        ])
+        let flags = [
+            "--global-sparsity",
+            "0.5",
+            "--weight-threshold",
+            "0",
+            "--exclude",
+            exclude,
+        ];
+        prune_cli(case, &flags.map(OsStr::new))
     };
     let run = global(&case, "fc1_other");
     assert_cli_error(
@@ -350,12 +349,13 @@ fn a_shared_weight_the_kernel_skips_is_skipped_once_for_every_function() {
 fn prune_with_config_file(case: &Case, config: &str) -> std::process::Output {
     let path = case.tmp.path().join("config.json");
     std::fs::write(&path, config).unwrap();
+    prune_cli(case, &["--config".as_ref(), path.as_os_str()])
+}
+
+/// `mlprune prune` of `case`'s input into its output with `flags`.
+fn prune_cli(case: &Case, flags: &[&OsStr]) -> std::process::Output {
     let output = case.output();
-    cli(&[
-        "prune".as_ref(),
-        case.input.as_os_str(),
-        output.as_os_str(),
-        "--config".as_ref(),
-        path.as_os_str(),
-    ])
+    let mut args = vec!["prune".as_ref(), case.input.as_os_str(), output.as_os_str()];
+    args.extend_from_slice(flags);
+    cli(&args)
 }
