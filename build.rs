@@ -10,6 +10,14 @@ use std::fmt::Write as _;
 
 use prost_types::{field_descriptor_proto::Type, DescriptorProto, FileDescriptorSet};
 
+/// `Block.operations`, declared `repeated bytes` in `proto/MIL.proto` (each op kept encoded, decoded
+/// when used), and the message its bytes hold. The decoded-size walk still descends into them: every
+/// op is decoded once at load to be checked, and the graph index holds an entry per op.
+const LAZY_OPERATIONS: (&str, &str) = (
+    ".CoreML.Specification.MILSpec.Block.operations",
+    ".CoreML.Specification.MILSpec.Operation",
+);
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/Model.proto", "proto/FeatureTypes.proto", "proto/MIL.proto"];
     for p in protos {
@@ -20,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("wire_schema.rs"), wire_schema(&descriptors)?)?;
     prost_build::Config::new()
         .btree_map(["."])
+        .bytes([LAZY_OPERATIONS.0])
         .include_file("coreml_proto.rs")
         .compile_fds(descriptors)?;
     Ok(())
@@ -55,21 +64,32 @@ fn wire_schema(set: &FileDescriptorSet) -> Result<String, Box<dyn std::error::Er
     );
     s.push_str("/// sorted by field number.\n");
     s.push_str("pub(crate) static MESSAGE_FIELDS: &[&[(u32, u16)]] = &[\n");
+    let mut lazy_found = false;
     for (name, m) in &all {
         let mut fields: Vec<(u32, usize)> = Vec::new();
         for f in &m.field {
-            if f.r#type() == Type::Message {
-                let target = index
-                    .get(f.type_name())
-                    .ok_or_else(|| format!("{name}: unknown type {}", f.type_name()))?;
-                fields.push((u32::try_from(f.number())?, *target));
-            }
+            let lazy = format!("{name}.{}", f.name()) == LAZY_OPERATIONS.0;
+            lazy_found |= lazy;
+            let type_name = if lazy {
+                LAZY_OPERATIONS.1
+            } else if f.r#type() == Type::Message {
+                f.type_name()
+            } else {
+                continue;
+            };
+            let target = index
+                .get(type_name)
+                .ok_or_else(|| format!("{name}: unknown type {type_name}"))?;
+            fields.push((u32::try_from(f.number())?, *target));
         }
         fields.sort_unstable();
         let list: Vec<String> = fields.iter().map(|(n, t)| format!("({n}, {t})")).collect();
         writeln!(s, "    &[{}], // {name}", list.join(", "))?;
     }
     s.push_str("];\n\n");
+    if !lazy_found {
+        return Err(format!("no field {} in proto/MIL.proto", LAZY_OPERATIONS.0).into());
+    }
     let model = index
         .get(".CoreML.Specification.Model")
         .ok_or("no CoreML.Specification.Model message")?;

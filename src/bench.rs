@@ -86,9 +86,9 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
             .ops
             .get(p.op_index)
             .and_then(|info| op_at(&model.program, &info.path))
-            .and_then(|op| op.const_value())
+            .and_then(|op| op.into_const_value())
             .ok_or_else(|| Error::tensor(&p.name, "const op without a value"))?;
-        let (meta, data) = source.read(&p.name, value)?;
+        let (meta, data) = source.read(&p.name, &value)?;
         let time = |backend: &dyn Backend| -> Result<(f64, KernelResult)> {
             let mut best = f64::INFINITY;
             let mut last = None;

@@ -27,7 +27,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::global_sparsity::decide_cut;
 pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
-use crate::mil::graph::{op_at, op_at_mut, GraphView, OpPath, UseSite};
+use crate::mil::graph::{op_at, set_op_at, GraphView, OpPath, UseSite};
 use crate::mil::rewrite::{rename_all, replace_ops};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
@@ -259,14 +259,17 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
                 Some((r, placement)) => (Some(r), Some(placement)),
                 None => (None, None),
             };
-            let op = op_at_mut(&mut model.program, &info.path)
-                .ok_or_else(|| Error::Graph(format!("op '{}' disappeared during rewrite", info.name)))?;
+            let gone = || Error::Graph(format!("op '{}' disappeared during rewrite", info.name));
             if let Some(new_op) = rewrite.replaced.take() {
                 // One op for one: later paths stay valid, and the const (with its inline data, if
                 // any) is freed now rather than held with its replacement until the end.
-                *op = new_op;
+                set_op_at(&mut model.program, &info.path, &new_op).ok_or_else(gone)?;
             } else if !matches!(result, Some(Ok(_))) {
-                rewrite.carry_op(op, &graph, index, &source)?;
+                let mut op = op_at(&model.program, &info.path).ok_or_else(gone)?;
+                // Stored again only when its blob references moved: other ops keep their bytes.
+                if rewrite.carry_op(&mut op, &graph, index, &source)? {
+                    set_op_at(&mut model.program, &info.path, &op).ok_or_else(gone)?;
+                }
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
@@ -434,14 +437,15 @@ impl Rewrite {
 
     /// Carries an op the walk does not prune into the output: its blobs are copied, unless
     /// coremltools' `const_deduplication` merges it into an earlier op; then it is dropped and its
-    /// readers are rebound (a const close to an earlier one before its blob is copied).
+    /// readers are rebound (a const close to an earlier one before its blob is copied). Returns
+    /// whether `op` changed.
     fn carry_op(
         &mut self,
         op: &mut Operation,
         graph: &GraphView,
         index: usize,
         source: &WeightSource,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let info = &graph.ops[index];
         let returned = op
             .outputs
@@ -455,17 +459,14 @@ impl Rewrite {
             || input_const_bytes(op, &info.name, source),
             &mut self.weights,
         )?;
-        let duplicate_of = match near {
-            Near::DuplicateOf(first) => Some(first),
-            Near::Returned => {
-                self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
-                None
-            }
+        let (duplicate_of, changed) = match near {
+            Near::DuplicateOf(first) => (Some(first), false),
+            Near::Returned => (None, self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?),
             Near::None => {
-                self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+                let changed = self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
                 match self.dedupe.observe(&info.path, op, returned, &mut self.weights)? {
-                    Verdict::DuplicateOf(first) => Some(first),
-                    Verdict::Keep => None,
+                    Verdict::DuplicateOf(first) => (Some(first), changed),
+                    Verdict::Keep => (None, changed),
                 }
             }
         };
@@ -474,7 +475,7 @@ impl Rewrite {
             self.rename(&info.path.function, &duplicate, first);
             self.edits.push((info.path.clone(), Vec::new()));
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Prunes a plain `const` into `constexpr_sparse_to_dense` (spec §5.10).
@@ -697,7 +698,7 @@ impl Rewrite {
             .clone();
         let names = self.namer.names(graph, index)?;
         let ops = joint_ops(
-            original,
+            &original,
             &info.name,
             &m,
             &pruned.mask,

@@ -131,7 +131,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             let bytes = walk.bytes(&model.program, &graph, index);
             let chain = walk.chain;
             blobs = walk.blobs;
-            let sparsity = sparse_mask_share(op, &meta, &source, &info.name)?;
+            let sparsity = sparse_mask_share(&op, &meta, &source, &info.name)?;
             WeightRow {
                 function: info.path.function.to_string(),
                 name: info.name.to_string(),

@@ -90,10 +90,10 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         if &*info.op_type != "const" {
             continue;
         }
-        let Some(value) = op_at(program, &info.path).and_then(|op| op.const_value()) else {
+        let Some(value) = op_at(program, &info.path).and_then(|op| op.into_const_value()) else {
             continue;
         };
-        let Some(meta) = TensorMeta::of(value) else {
+        let Some(meta) = TensorMeta::of(&value) else {
             continue;
         };
         if meta.shape.is_empty()
@@ -192,7 +192,7 @@ fn check_materialized_values(
         op_name: &info.name,
         op_type: &info.op_type,
     }];
-    for (param, _) in materialized_storable_values(op) {
+    for (param, _) in materialized_storable_values(&op) {
         // Step 4 of the lookup: the const's only consumer is the constexpr op, so resolve that op.
         if let Resolution::FollowConstexpr { .. } =
             resolve(config, &format!("{}_{param}_0", info.name), &consumer)?
@@ -311,7 +311,7 @@ mod tests {
         ];
         let block = Block {
             outputs: vec!["lin_c_out".into()],
-            operations: ops,
+            operations: crate::mil::ops::encode_ops(ops),
             ..Default::default()
         };
         let function = Function {

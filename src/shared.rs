@@ -26,9 +26,9 @@ pub type BlobKey = (u64, ScalarType, Vec<u64>);
 
 /// The blob key of the const at `index`, if it reads its value from `weight.bin`.
 pub fn blob_key(program: &Program, graph: &GraphView, index: usize) -> Option<BlobKey> {
-    let value = op_at(program, &graph.ops[index].path)?.const_value()?;
+    let value = op_at(program, &graph.ops[index].path)?.into_const_value()?;
     let offset = value.blob_offset()?;
-    let meta = crate::weights::TensorMeta::of(value)?;
+    let meta = crate::weights::TensorMeta::of(&value)?;
     Some((offset, meta.dtype, meta.shape))
 }
 

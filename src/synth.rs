@@ -109,7 +109,7 @@ pub fn generate(spec: &SynthSpec, output: &Path, force: bool) -> Result<u64> {
     };
     let block = Block {
         outputs: vec![input.clone()],
-        operations,
+        operations: crate::mil::ops::encode_ops(operations),
         ..Default::default()
     };
     let function = Function {

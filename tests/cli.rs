@@ -72,7 +72,7 @@ fn const_values(pkg: &Path) -> BTreeMap<String, TensorData> {
     let model = LoadedModel::read(&model_path, &model_path).unwrap();
     let source = WeightSource::open(&package).unwrap();
     let mut out = BTreeMap::new();
-    for_each_op(&model.program, |op| -> Result<(), ()> {
+    for_each_op(&model.program, |op| -> Result<(), mlprune::Error> {
         if let (Some(name), Some(v)) = (op.name(), op.const_value()) {
             if let Ok((_, data)) = source.read(name, v) {
                 out.insert(name.to_owned(), data);
@@ -569,7 +569,7 @@ fn blob_reference_to_another_file_is_refused() {
                     panic!()
                 };
                 let mut done = false;
-                mlprune::mil::graph::for_each_op_mut(prog, |op| -> Result<(), ()> {
+                mlprune::mil::graph::for_each_op_mut(prog, |op| -> Result<(), mlprune::Error> {
                     if let Some(val) = op.attributes.lookup_mut("val") {
                         if let Some(V::BlobFileValue(b)) = val.value.as_mut() {
                             if !done {

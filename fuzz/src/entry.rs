@@ -166,7 +166,7 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 /// package `inspect` reads; the input is never changed.
 pub fn model(data: &[u8]) {
     let (model_bytes, weights) = split_model_input(data);
-    let model = match decode_model(model_bytes, Path::new("model.mlmodel")) {
+    let model = match decode_model(model_bytes.to_vec().into(), Path::new("model.mlmodel")) {
         Ok(m) => m,
         Err(e) => return assert_one_line(&e),
     };

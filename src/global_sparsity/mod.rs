@@ -140,16 +140,16 @@ pub fn decide_cut(
             cancel.check()?;
             let info = &graph.ops[p.op_index];
             let value = op_at(program, &info.path)
-                .and_then(|op| op.const_value())
+                .and_then(|op| op.into_const_value())
                 .ok_or_else(|| Error::tensor(&p.name, "const op without a value"))?;
-            match source.map(&p.name, value)? {
+            match source.map(&p.name, &value)? {
                 Some((_, mapped)) => {
                     let view = mapped
                         .view()
                         .ok_or_else(|| Error::tensor(&p.name, "mapped data does not match its type"))?;
                     sink(view);
                 }
-                None => match source.read(&p.name, value)?.1 {
+                None => match source.read(&p.name, &value)?.1 {
                     TensorData::F16(w) => sink(TensorView::F16(&w)),
                     TensorData::F32(w) => sink(TensorView::F32(&w)),
                     other => {

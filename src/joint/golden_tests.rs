@@ -14,7 +14,8 @@ use serde_json::Value as Json;
 use super::*;
 use crate::config::OptimizationConfig;
 use crate::dispatch::{run_kernel, KernelResult};
-use crate::mil::graph::{op_at, op_at_mut};
+use crate::mil::graph::{op_at, with_op_mut};
+use crate::mil::encode_op;
 use crate::mil::rewrite::{rename_all, replace_ops};
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
@@ -121,7 +122,7 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
                     let names = namer.names(&graph, index)?;
                     let original = op_at(&model.program, &info.path).unwrap();
                     let out = joint_ops(
-                        original,
+                        &original,
                         &info.name,
                         &m,
                         &pruned.mask,
@@ -139,8 +140,10 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
                 }
             }
         }
-        let op = op_at_mut(&mut model.program, &info.path).unwrap();
-        weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+        with_op_mut(&mut model.program, &info.path, |op| {
+            weights.copy_op_blobs(op, &info.name, source.blob_reader())
+        })
+        .unwrap()?;
     }
     let pruned = edits.len();
     replace_ops(&mut model.program, edits)?;
@@ -158,7 +161,7 @@ fn ops_by_name(model: &LoadedModel) -> Vec<(String, crate::proto::mil::Operation
     let mut out = Vec::new();
     crate::mil::graph::for_each_op(&model.program, |op| {
         out.push((op.name().unwrap_or_default().to_owned(), op.clone()));
-        Ok::<(), ()>(())
+        Ok::<(), crate::Error>(())
     })
     .unwrap();
     out
@@ -260,11 +263,15 @@ fn name_bound_const_inputs_materialize_and_are_inlined() {
     let expected = materialize(&Context::new(&model.program, &graph, &source), index).unwrap();
 
     let path_of_op = graph.ops[index].path.clone();
-    let op = op_at_mut(&mut model.program, &path_of_op).unwrap();
-    let Some(Binding::Value(lut)) = op.inputs.lookup("lut").unwrap().arguments[0].binding.clone() else {
+    let lut = with_op_mut(&mut model.program, &path_of_op, |op| {
+        let lut = op.inputs.lookup("lut").unwrap().arguments[0].binding.clone();
+        op.inputs.set("lut".into(), bind_name("lut_const"));
+        lut
+    })
+    .unwrap();
+    let Some(Binding::Value(lut)) = lut else {
         panic!("lut inline")
     };
-    op.inputs.set("lut".into(), bind_name("lut_const"));
     let block = model
         .program
         .functions
@@ -274,7 +281,7 @@ fn name_bound_const_inputs_materialize_and_are_inlined() {
         .values_mut()
         .next()
         .unwrap();
-    block.operations.insert(0, const_op("lut_const", lut.clone()));
+    block.operations.insert(0, encode_op(&const_op("lut_const", lut.clone())));
 
     let graph = GraphView::build(&model.program).unwrap();
     let index = graph
@@ -364,11 +371,10 @@ fn lut_read_from_a_constexpr_op_fails_every_joint_plan() {
         .position(|o| &*o.op_type == LUT_TO_DENSE)
         .unwrap();
     let path = graph.ops[index].path.clone();
-    let mut producer = op_at(&model.program, &path).unwrap().clone();
+    let mut producer = op_at(&model.program, &path).unwrap();
     producer.attributes.take("name");
     producer.outputs[0].name = "lut_src".into();
-    let op = op_at_mut(&mut model.program, &path).unwrap();
-    op.inputs.set("lut".into(), bind_name("lut_src"));
+    with_op_mut(&mut model.program, &path, |op| op.inputs.set("lut".into(), bind_name("lut_src"))).unwrap();
     let block = model
         .program
         .functions
@@ -378,7 +384,7 @@ fn lut_read_from_a_constexpr_op_fails_every_joint_plan() {
         .values_mut()
         .next()
         .unwrap();
-    block.operations.insert(0, producer);
+    block.operations.insert(0, encode_op(&producer));
 
     let graph = GraphView::build(&model.program).unwrap();
     let e = plan_joint(&model.program, &graph, &skip_all, 9).unwrap_err();

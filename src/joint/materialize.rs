@@ -59,9 +59,9 @@ pub enum JointKind {
 }
 
 /// Where an input's value comes from.
-enum InputSource<'a> {
-    /// Bound inline, or by name to a `const` op.
-    Value(&'a Value),
+enum InputSource {
+    /// Bound inline, or by name to a `const` op (taken out of the op decoded for it).
+    Value(Value),
     /// Bound by name to the output of another constexpr op (index into [`GraphView::ops`]).
     Constexpr(usize),
 }
@@ -91,7 +91,7 @@ impl<'a> Context<'a> {
         }
     }
 
-    fn op(&self, index: usize) -> Result<&Operation> {
+    fn op(&self, index: usize) -> Result<Operation> {
         let info = self
             .graph
             .ops
@@ -100,26 +100,23 @@ impl<'a> Context<'a> {
         op_at(self.program, &info.path).ok_or_else(|| Error::Graph(format!("op '{}' not found", info.name)))
     }
 
-    fn input_source<'p>(&'p self, index: usize, param: &str) -> Result<Option<InputSource<'p>>> {
-        let op = self.op(index)?;
+    fn input_source(&self, index: usize, param: &str) -> Result<Option<InputSource>> {
+        let mut op = self.op(index)?;
         let info = &self.graph.ops[index];
-        let Some(arg) = op.inputs.lookup(param) else {
+        let Some(mut arg) = op.inputs.take(param) else {
             return Ok(None);
         };
         let tensor = format!("{}.{param}", info.name);
-        match arg.arguments.as_slice() {
-            [binding] => match binding.binding.as_ref() {
+        match arg.arguments.as_mut_slice() {
+            [binding] => match binding.binding.take() {
                 Some(Binding::Value(v)) => Ok(Some(InputSource::Value(v))),
                 Some(Binding::Name(name)) => {
-                    let producer = self.graph.producer(&info.path.function, name).ok_or_else(|| {
+                    let producer = self.graph.producer(&info.path.function, &name).ok_or_else(|| {
                         Error::tensor(&tensor, format!("is bound to '{name}', which no op produces"))
                     })?;
-                    let producer_op = self.op(producer)?;
-                    if let Some(v) = producer_op
-                        .attributes
-                        .lookup("val")
-                        .filter(|_| producer_op.r#type == "const")
-                    {
+                    let mut producer_op = self.op(producer)?;
+                    let is_const = producer_op.r#type == "const";
+                    if let Some(v) = producer_op.attributes.take("val").filter(|_| is_const) {
                         Ok(Some(InputSource::Value(v)))
                     } else if producer_op.r#type.starts_with("constexpr_") {
                         Ok(Some(InputSource::Constexpr(producer)))
@@ -147,9 +144,10 @@ impl<'a> Context<'a> {
         let tensor = || format!("{}.{param}", self.graph.ops[index].name);
         let meta = match self.input_source(index, param)? {
             None => return Ok(None),
-            Some(InputSource::Value(v)) => TensorMeta::of(v),
+            Some(InputSource::Value(v)) => TensorMeta::of(&v),
             Some(InputSource::Constexpr(p)) => {
-                let ty = self.op(p)?.outputs.first().and_then(|o| o.r#type.as_ref());
+                let producer = self.op(p)?;
+                let ty = producer.outputs.first().and_then(|o| o.r#type.as_ref());
                 ty.and_then(|t| match t.r#type.as_ref()? {
                     crate::proto::mil::value_type::Type::TensorType(t) => {
                         let dtype = t.scalar_type()?;
@@ -173,7 +171,7 @@ impl<'a> Context<'a> {
             None => Ok(None),
             Some(InputSource::Value(v)) => {
                 let source = self.source.ok_or_else(|| Error::tensor(&tensor, "values were not loaded"))?;
-                let (meta, data) = source.read(&tensor, v)?;
+                let (meta, data) = source.read(&tensor, &v)?;
                 Ok(Some((meta.shape, data)))
             }
             Some(InputSource::Constexpr(p)) if follow > 0 => {
@@ -194,7 +192,7 @@ impl<'a> Context<'a> {
         let op = self.op(index)?;
         Ok(match self.input_source(index, param)? {
             None => None,
-            Some(InputSource::Value(v)) => Some(crate::mil::build::bind_value(v.clone())),
+            Some(InputSource::Value(v)) => Some(crate::mil::build::bind_value(v)),
             Some(InputSource::Constexpr(_)) => op.inputs.lookup(param).cloned(),
         })
     }

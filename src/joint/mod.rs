@@ -103,7 +103,7 @@ mod tests {
 
     fn program(ops: Vec<Operation>) -> Program {
         let block = Block {
-            operations: ops,
+            operations: crate::mil::ops::encode_ops(ops),
             ..Default::default()
         };
         let function = Function {
@@ -194,7 +194,7 @@ mod tests {
         let names: Vec<_> = p.functions["main"].block_specializations["CoreML8"]
             .operations
             .iter()
-            .map(|o| o.name().unwrap().to_owned())
+            .map(|o| crate::mil::decode_op(o).unwrap().name().unwrap().to_owned())
             .collect();
         assert_eq!(names, ["a1", "a2", "b", "c1", "c2"]);
         let twice = vec![(g.ops[1].path.clone(), vec![]), (g.ops[1].path.clone(), vec![])];

@@ -63,7 +63,7 @@ pub fn plan_joint(
         }
         check_materializable(&ctx, index)?;
         let shape = op_at(program, &info.path)
-            .and_then(|op| op.outputs.first())
+            .and_then(|op| op.outputs.into_iter().next())
             .and_then(|o| match o.r#type.as_ref()?.r#type.as_ref()? {
                 value_type::Type::TensorType(t) => t.shape(),
                 _ => None,

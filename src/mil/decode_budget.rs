@@ -111,7 +111,7 @@ mod tests {
 
     fn model_with_ops(ops: usize) -> Model {
         let block = Block {
-            operations: vec![Operation::default(); ops],
+            operations: vec![crate::mil::encode_op(&Operation::default()); ops],
             ..Default::default()
         };
         let function = Function {

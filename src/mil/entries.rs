@@ -5,14 +5,14 @@
 //! `BTreeMap` whose first node alone costs over a kilobyte: on a model of 20,000 small tensors the
 //! maps were half of the decoded program. A vector holds exactly its entries.
 //!
-//! The vectors keep the semantics the maps had: [`normalize_program`] sorts every op's entries by
-//! key as soon as a model is decoded (so iteration and encoding order are the maps' order) and
+//! The vectors keep the semantics the maps had: [`normalize_op`] sorts every op's entries by
+//! key as soon as the op is decoded (so iteration and encoding order are the maps' order) and
 //! refuses a key given twice (a map would have silently kept the last one); [`Entries::set`] inserts
 //! at the sorted position. Lookups are linear scans, which is faster than a tree for the handful of
 //! entries an op has.
 
 use crate::proto::mil::operation::{AttributeEntry, InputEntry};
-use crate::proto::mil::{Argument, Block, Operation, Program, Value};
+use crate::proto::mil::{Argument, Operation, Value};
 
 /// One (key, value) entry of a map-typed field.
 pub trait MapEntry: Sized {
@@ -112,7 +112,7 @@ pub fn entries_from<E: MapEntry>(pairs: impl IntoIterator<Item = (String, E::Val
     entries
 }
 
-/// A key given twice in one op, found by [`normalize_program`].
+/// A key given twice in one op, found by [`normalize_op`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuplicateKey {
     /// The op's `name` attribute (or its type when it has none).
@@ -122,38 +122,11 @@ pub struct DuplicateKey {
     pub key: String,
 }
 
-/// Gives every op of the program the form the maps had: entries sorted by key, a missing value as
-/// the default (what prost decodes a map entry without value to). A key given twice is refused:
-/// a map keeps one of them silently, and which one a reader keeps is not something to guess.
-pub fn normalize_program(program: &mut Program) -> Result<(), DuplicateKey> {
-    for function in program.functions.values_mut() {
-        for block in function.block_specializations.values_mut() {
-            normalize_block(block)?;
-        }
-    }
-    Ok(())
-}
-
-fn normalize_block(block: &mut Block) -> Result<(), DuplicateKey> {
-    // prost grows repeated fields one push at a time, so a one-entry vector holds room for four.
-    // The decoded program lives for the whole run: give the slack back now.
-    block.operations.shrink_to_fit();
-    for op in &mut block.operations {
-        op.outputs.shrink_to_fit();
-        op.inputs.shrink_to_fit();
-        op.attributes.shrink_to_fit();
-        for argument in op.inputs.values_mut() {
-            argument.arguments.shrink_to_fit();
-        }
-        normalize_op(op)?;
-        for nested in &mut op.blocks {
-            normalize_block(nested)?;
-        }
-    }
-    Ok(())
-}
-
-fn normalize_op(op: &mut Operation) -> Result<(), DuplicateKey> {
+/// Gives an op the form the maps had: entries sorted by key, a missing value as the default (what
+/// prost decodes a map entry without value to). A key given twice is refused: a map keeps one of
+/// them silently, and which one a reader keeps is not something to guess. Run on every op as it is
+/// decoded (`crate::mil::ops::decode_op`).
+pub(crate) fn normalize_op(op: &mut Operation) -> Result<(), DuplicateKey> {
     let duplicate_attribute = normalize_entries(&mut op.attributes);
     let duplicate_input = normalize_entries(&mut op.inputs);
     let (field, key) = match (duplicate_attribute, duplicate_input) {

@@ -8,9 +8,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use prost::bytes::Bytes;
 use smallvec::SmallVec;
 
 use super::entries::Entries;
+use super::ops::{decode_op, encode_op};
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
@@ -145,7 +147,12 @@ impl GraphView {
             let name = self.value_name(table, &input.name);
             builder.scope.define(name, function)?;
         }
-        for (i, op) in block.operations.iter().enumerate() {
+        for (i, bytes) in block.operations.iter().enumerate() {
+            // Checked at load (`decode_model`); decoded here for the index, then dropped.
+            let op = decode_op(bytes).map_err(|e| {
+                Error::Graph(format!("op {i} of a block of function '{function}' does not decode: {e:?}"))
+            })?;
+            let op = &op;
             let mut path = base.clone();
             path.steps.push(i);
             let index = self.ops.len();
@@ -339,33 +346,35 @@ impl Scope {
     }
 }
 
-/// The op at `path`, if it exists.
-pub fn op_at<'a>(program: &'a Program, path: &OpPath) -> Option<&'a Operation> {
+/// The op at `path`, decoded, if it exists.
+pub fn op_at(program: &Program, path: &OpPath) -> Option<Operation> {
     let block = program
         .functions
         .get(&*path.function)?
         .block_specializations
         .get(&*path.specialization)?;
     let (&first, rest) = path.steps.split_first()?;
-    let mut op = block.operations.get(first)?;
+    let mut op = decode_op(block.operations.get(first)?).ok()?;
     for pair in rest.chunks(2) {
         let [b, o] = pair else { return None };
-        op = op.blocks.get(*b)?.operations.get(*o)?;
+        op = decode_op(op.blocks.get(*b)?.operations.get(*o)?).ok()?;
     }
     Some(op)
 }
 
-/// Visits every op of every function in program order (an op before the ops of its nested blocks).
-pub fn for_each_op<E>(
+/// Visits every op of every function in program order (an op before the ops of its nested blocks),
+/// each decoded in turn.
+pub fn for_each_op<E: From<Error>>(
     program: &Program,
     mut f: impl FnMut(&Operation) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
-    fn walk<E>(
+    fn walk<E: From<Error>>(
         block: &Block,
         f: &mut impl FnMut(&Operation) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        for op in &block.operations {
-            f(op)?;
+        for bytes in &block.operations {
+            let op = decode_op(bytes).map_err(|e| Error::Graph(format!("an op does not decode: {e:?}")))?;
+            f(&op)?;
             for nested in &op.blocks {
                 walk(nested, f)?;
             }
@@ -380,20 +389,22 @@ pub fn for_each_op<E>(
     Ok(())
 }
 
-/// Mutable twin of [`for_each_op`], same order.
-pub fn for_each_op_mut<E>(
+/// Mutable twin of [`for_each_op`], same order: each op is encoded again after `f`.
+pub fn for_each_op_mut<E: From<Error>>(
     program: &mut Program,
     mut f: impl FnMut(&mut Operation) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
-    fn walk<E>(
+    fn walk<E: From<Error>>(
         block: &mut Block,
         f: &mut impl FnMut(&mut Operation) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        for op in &mut block.operations {
-            f(op)?;
+        for slot in &mut block.operations {
+            let mut op = decode_op(slot).map_err(|e| Error::Graph(format!("an op does not decode: {e:?}")))?;
+            f(&mut op)?;
             for nested in &mut op.blocks {
                 walk(nested, f)?;
             }
+            *slot = encode_op(&op);
         }
         Ok(())
     }
@@ -405,20 +416,44 @@ pub fn for_each_op_mut<E>(
     Ok(())
 }
 
-/// Mutable twin of [`op_at`].
-pub fn op_at_mut<'a>(program: &'a mut Program, path: &OpPath) -> Option<&'a mut Operation> {
+/// Edits the op at `path` in place with `f`: the op (and each op its path runs through) is
+/// decoded, and encoded again afterwards. `None` if there is no op at `path`.
+pub fn with_op_mut<R>(program: &mut Program, path: &OpPath, f: impl FnOnce(&mut Operation) -> R) -> Option<R> {
+    with_slot(program, path, |slot| {
+        let mut op = decode_op(slot).ok()?;
+        let result = f(&mut op);
+        *slot = encode_op(&op);
+        Some(result)
+    })
+}
+
+/// Replaces the op at `path` by `op`. `None` if there is no op at `path`.
+pub fn set_op_at(program: &mut Program, path: &OpPath, op: &Operation) -> Option<()> {
+    with_slot(program, path, |slot| {
+        *slot = encode_op(op);
+        Some(())
+    })
+}
+
+/// Runs `f` on the stored bytes of the op at `path`; the ops its path runs through are decoded
+/// and encoded again around it.
+fn with_slot<R>(program: &mut Program, path: &OpPath, f: impl FnOnce(&mut Bytes) -> Option<R>) -> Option<R> {
+    fn descend<R>(slot: &mut Bytes, rest: &[usize], f: impl FnOnce(&mut Bytes) -> Option<R>) -> Option<R> {
+        let [b, o, deeper @ ..] = rest else {
+            return if rest.is_empty() { f(slot) } else { None };
+        };
+        let mut op = decode_op(slot).ok()?;
+        let result = descend(op.blocks.get_mut(*b)?.operations.get_mut(*o)?, deeper, f)?;
+        *slot = encode_op(&op);
+        Some(result)
+    }
     let block = program
         .functions
         .get_mut(&*path.function)?
         .block_specializations
         .get_mut(&*path.specialization)?;
     let (&first, rest) = path.steps.split_first()?;
-    let mut op = block.operations.get_mut(first)?;
-    for pair in rest.chunks(2) {
-        let [b, o] = pair else { return None };
-        op = op.blocks.get_mut(*b)?.operations.get_mut(*o)?;
-    }
-    Some(op)
+    descend(block.operations.get_mut(first)?, rest, f)
 }
 
 #[cfg(test)]

@@ -8,10 +8,12 @@ pub mod decode_budget;
 pub mod entries;
 pub mod graph;
 pub mod model;
+pub mod ops;
 pub mod rewrite;
 pub mod value;
 
 pub use entries::Entries;
 pub use graph::{GraphView, OpInfo, OpPath, UseSite};
 pub use model::{decode_model, encode_model, LoadedModel};
+pub use ops::{decode_op, encode_op};
 pub use value::{OperationExt, TensorTypeExt, ValueExt};

@@ -7,9 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
+use prost::bytes::Bytes;
 use prost::Message;
 
-use super::{decode_budget, entries};
+use super::decode_budget;
+use super::ops::{check_block, OpDecodeError};
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::Program;
 use crate::proto::spec::{model, Model};
@@ -28,8 +30,8 @@ impl LoadedModel {
     /// Reads and decodes the file at `path`; errors name `label`, the path the user knows (it
     /// differs for a zipped package). See [`decode_model`] for what is refused.
     pub fn read(path: &Path, label: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).at(label)?;
-        let mut shell = decode_model(&bytes, label)?;
+        let bytes = Bytes::from(std::fs::read(path).at(label)?);
+        let mut shell = decode_model(bytes, label)?;
         let program = match shell.r#type.take() {
             Some(model::Type::MlProgram(p)) => p,
             // decode_model only returns ML Programs; keep the error path rather than panic.
@@ -60,13 +62,15 @@ impl LoadedModel {
     }
 }
 
-/// Decodes a `Model`, checks the re-encode is lossless, and requires an ML Program.
-pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model> {
+/// Decodes a `Model`, checks the re-encode is lossless, and requires an ML Program. Every op is
+/// decoded once to be checked the same way (see `crate::mil::ops`); the program keeps them as
+/// slices of `bytes`.
+pub fn decode_model(bytes: Bytes, path: &Path) -> Result<Model> {
     let err = |reason: String| Error::Model {
         path: path.to_owned(),
         reason,
     };
-    if let Some(size) = decode_budget::decoded_size(bytes) {
+    if let Some(size) = decode_budget::decoded_size(&bytes) {
         let (estimate, budget) = (size.estimate(), decode_budget::budget(bytes.len() as u64));
         if estimate > budget {
             return Err(err(format!(
@@ -81,19 +85,13 @@ pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model> {
             )));
         }
     }
-    let mut model =
-        Model::decode(bytes).map_err(|e| err(format!("not a valid Core ML model protobuf: {e}")))?;
-    let reencoded = model.encoded_len();
-    if reencoded != bytes.len() {
-        return Err(err(format!(
-            "holds {} bytes that mlprune's schema does not cover (unknown fields or a non-canonical \
-             encoding: {} bytes read, {} bytes understood); refusing to rewrite it and lose data",
-            bytes.len().abs_diff(reencoded),
-            bytes.len(),
-            reencoded
-        )));
+    let read = bytes.len();
+    let model = Model::decode(bytes).map_err(|e| err(format!("not a valid Core ML model protobuf: {e}")))?;
+    let understood = model.encoded_len();
+    if understood != read {
+        return Err(err(lossy(read, understood)));
     }
-    match &mut model.r#type {
+    match &model.r#type {
         Some(model::Type::MlProgram(program)) => {
             if program.version != 1 {
                 return Err(err(format!(
@@ -101,19 +99,39 @@ pub fn decode_model(bytes: &[u8], path: &Path) -> Result<Model> {
                     program.version
                 )));
             }
-            // After the lossless check, which must see the entries as they were read.
-            entries::normalize_program(program).map_err(|d| {
-                err(format!(
-                    "operation '{}' has two {}s named '{}'",
-                    d.op, d.field, d.key
-                ))
-            })?;
+            for function in program.functions.values() {
+                for block in function.block_specializations.values() {
+                    check_block(block, &mut |_| ()).map_err(|e| err(op_refusal(e)))?;
+                }
+            }
             Ok(model)
         }
         Some(model::Type::SerializedModel(_)) => Err(err("is a serialized model, not an ML Program".into())),
         None => Err(err(
             "is not an ML Program (neural network, pipeline and classic models are not supported)".into(),
         )),
+    }
+}
+
+/// Why a message whose `read` bytes re-encode to `understood` is refused: prost dropped what it did
+/// not know.
+fn lossy(read: usize, understood: usize) -> String {
+    format!(
+        "holds {} bytes that mlprune's schema does not cover (unknown fields or a non-canonical \
+         encoding: {read} bytes read, {understood} bytes understood); refusing to rewrite it and lose \
+         data",
+        read.abs_diff(understood)
+    )
+}
+
+/// What is wrong with an op, in the words used for the whole model.
+fn op_refusal(e: OpDecodeError) -> String {
+    match e {
+        OpDecodeError::Invalid(e) => format!("not a valid Core ML model protobuf: {e}"),
+        OpDecodeError::Lossy { read, understood } => format!("an operation {}", lossy(read, understood)),
+        OpDecodeError::DuplicateKey(d) => {
+            format!("operation '{}' has two {}s named '{}'", d.op, d.field, d.key)
+        }
     }
 }
 
@@ -141,7 +159,7 @@ mod tests {
     #[test]
     fn round_trips_a_program() {
         let bytes = program_model().encode_to_vec();
-        let m = decode_model(&bytes, Path::new("m")).expect("decodes");
+        let m = decode_model(bytes.into(), Path::new("m")).expect("decodes");
         assert_eq!(m, program_model());
     }
 
@@ -150,7 +168,7 @@ mod tests {
         let mut bytes = program_model().encode_to_vec();
         // Field 77 (varint 5): unknown to our schema, so prost would drop it.
         bytes.extend_from_slice(&[0xe8, 0x04, 0x05]);
-        let e = decode_model(&bytes, Path::new("x/model.mlmodel")).unwrap_err();
+        let e = decode_model(bytes.into(), Path::new("x/model.mlmodel")).unwrap_err();
         let msg = e.to_string();
         assert!(msg.starts_with("x/model.mlmodel: holds 3 bytes"), "{msg}");
     }
@@ -159,7 +177,7 @@ mod tests {
     fn refuses_non_program_models() {
         // Field 500 (neuralNetwork) with an empty message.
         let bytes = [0x08, 0x04, 0xa2, 0x1f, 0x00];
-        let e = decode_model(&bytes, Path::new("m")).unwrap_err().to_string();
+        let e = decode_model(Bytes::copy_from_slice(&bytes), Path::new("m")).unwrap_err().to_string();
         // The unknown field is caught first: either way the model is refused.
         assert!(e.contains("schema does not cover"), "{e}");
         let bytes = Model {
@@ -167,13 +185,13 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        let e = decode_model(&bytes, Path::new("m")).unwrap_err().to_string();
+        let e = decode_model(bytes.into(), Path::new("m")).unwrap_err().to_string();
         assert!(e.contains("is not an ML Program"), "{e}");
     }
 
     #[test]
     fn refuses_garbage() {
-        let e = decode_model(&[0xff, 0xff, 0xff], Path::new("m"))
+        let e = decode_model(Bytes::from_static(&[0xff, 0xff, 0xff]), Path::new("m"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a valid Core ML model protobuf"), "{e}");
@@ -188,7 +206,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        let e = decode_model(&m.encode_to_vec(), Path::new("m"))
+        let e = decode_model(m.encode_to_vec().into(), Path::new("m"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("version 2"), "{e}");

@@ -7,24 +7,33 @@ use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
 use super::graph::OpPath;
+use super::ops::{decode_op, encode_op, encode_ops};
 
-/// The block reached from a function's specialization through `(op, block)` index pairs.
-fn block_at_mut<'p>(
-    program: &'p mut Program,
+/// Runs `f` on the block reached from a function's specialization through `(op, block)` index
+/// pairs. The ops on the way are decoded and, after `f`, encoded again.
+fn with_block_mut<R>(
+    program: &mut Program,
     function: &str,
     specialization: &str,
     parents: &[usize],
-) -> Option<&'p mut Block> {
-    let mut block = program
+    f: impl FnOnce(&mut Block) -> Result<R>,
+) -> Option<Result<R>> {
+    fn descend<R>(block: &mut Block, parents: &[usize], f: impl FnOnce(&mut Block) -> Result<R>) -> Option<Result<R>> {
+        let [o, b, deeper @ ..] = parents else {
+            return if parents.is_empty() { Some(f(block)) } else { None };
+        };
+        let slot = block.operations.get_mut(*o)?;
+        let mut op = decode_op(slot).ok()?;
+        let result = descend(op.blocks.get_mut(*b)?, deeper, f)?;
+        *slot = encode_op(&op);
+        Some(result)
+    }
+    let block = program
         .functions
         .get_mut(function)?
         .block_specializations
         .get_mut(specialization)?;
-    for pair in parents.chunks(2) {
-        let [o, b] = pair else { return None };
-        block = block.operations.get_mut(*o)?.blocks.get_mut(*b)?;
-    }
-    Some(block)
+    descend(block, parents, f)
 }
 
 /// Replaces many ops at once, each by zero or more ops: every block holding an edit is rebuilt
@@ -61,28 +70,31 @@ pub fn replace_ops(program: &mut Program, mut edits: Vec<(OpPath, Vec<Operation>
             }
             group.push((index, path, ops));
         }
-        let block = block_at_mut(
+        let rebuild = |block: &mut Block| -> Result<usize> {
+            if let Some((_, path, _)) = group.iter().find(|(i, _, _)| *i >= block.operations.len()) {
+                return Err(missing(path));
+            }
+            let added: usize = group.iter().map(|(_, _, ops)| ops.len()).sum();
+            let old = std::mem::take(&mut block.operations);
+            let mut rebuilt = Vec::with_capacity(old.len() - group.len() + added);
+            let mut group = group.into_iter().peekable();
+            for (i, op) in old.into_iter().enumerate() {
+                match group.next_if(|(index, _, _)| *index == i) {
+                    Some((_, _, replacement)) => rebuilt.extend(encode_ops(replacement)),
+                    None => rebuilt.push(op),
+                }
+            }
+            block.operations = rebuilt;
+            Ok(block.operations.len())
+        };
+        moved += with_block_mut(
             program,
             &first_path.function,
             &first_path.specialization,
             parent_steps(&first_path),
+            rebuild,
         )
-        .ok_or_else(|| missing(&first_path))?;
-        if let Some((_, path, _)) = group.iter().find(|(i, _, _)| *i >= block.operations.len()) {
-            return Err(missing(path));
-        }
-        let added: usize = group.iter().map(|(_, _, ops)| ops.len()).sum();
-        let old = std::mem::take(&mut block.operations);
-        let mut rebuilt = Vec::with_capacity(old.len() - group.len() + added);
-        let mut group = group.into_iter().peekable();
-        for (i, op) in old.into_iter().enumerate() {
-            match group.next_if(|(index, _, _)| *index == i) {
-                Some((_, _, replacement)) => rebuilt.extend(replacement),
-                None => rebuilt.push(op),
-            }
-        }
-        moved += rebuilt.len();
-        block.operations = rebuilt;
+        .ok_or_else(|| missing(&first_path))??;
     }
     Ok(moved)
 }
@@ -119,10 +131,13 @@ pub struct Renamed {
 /// is never another rename's old name in the same function (new names are fresh); that, and an old
 /// name renamed twice, is refused.
 pub fn rename_all(program: &mut Program, renames: &[(String, String, String)]) -> Result<Renamed> {
-    fn walk(block: &mut Block, map: &HashMap<&str, &str>, visited: &mut usize) -> usize {
+    fn walk(block: &mut Block, map: &HashMap<&str, &str>, visited: &mut usize) -> Result<usize> {
         let mut n = 0;
-        for op in &mut block.operations {
+        for slot in &mut block.operations {
             *visited += 1;
+            let mut op =
+                decode_op(slot).map_err(|e| Error::Graph(format!("an op does not decode: {e:?}")))?;
+            let before = n;
             for arg in op.inputs.values_mut() {
                 for binding in &mut arg.arguments {
                     if let Some(Binding::Name(name)) = &mut binding.binding {
@@ -134,7 +149,11 @@ pub fn rename_all(program: &mut Program, renames: &[(String, String, String)]) -
                 }
             }
             for nested in &mut op.blocks {
-                n += walk(nested, map, visited);
+                n += walk(nested, map, visited)?;
+            }
+            // Only an op that changed is encoded again; the others keep the bytes they were read as.
+            if n != before {
+                *slot = encode_op(&op);
             }
         }
         for out in &mut block.outputs {
@@ -143,7 +162,7 @@ pub fn rename_all(program: &mut Program, renames: &[(String, String, String)]) -
                 n += 1;
             }
         }
-        n
+        Ok(n)
     }
     let mut by_function: BTreeMap<&str, HashMap<&str, &str>> = BTreeMap::new();
     for (function, old, new) in renames {
@@ -173,7 +192,7 @@ pub fn rename_all(program: &mut Program, renames: &[(String, String, String)]) -
             .get_mut(*function)
             .ok_or_else(|| Error::Graph(format!("no function '{function}'")))?;
         for block in f.block_specializations.values_mut() {
-            done.rebound += walk(block, map, &mut done.ops_visited);
+            done.rebound += walk(block, map, &mut done.ops_visited)?;
         }
     }
     Ok(done)
@@ -189,6 +208,11 @@ mod tests {
     use crate::mil::graph::{op_at, GraphView, UseSite};
     use crate::mil::value::{blob_value, tensor_value_type, OperationExt};
     use crate::proto::mil::{Block, Function, NamedValueType};
+
+    /// The `name` of the op at `path`.
+    fn name_at(p: &Program, path: &OpPath) -> Option<String> {
+        op_at(p, path)?.name().map(str::to_owned)
+    }
 
     /// main(x): w = const; y = linear(x, w); cond-like op with a nested block that also uses w;
     /// the function returns y and w.
@@ -228,12 +252,12 @@ mod tests {
         );
         outer.blocks.push(Block {
             outputs: vec!["z".into()],
-            operations: vec![inner],
+            operations: encode_ops([inner]),
             ..Default::default()
         });
         let block = Block {
             outputs: vec!["y".into(), "w".into()],
-            operations: vec![w, lin, outer],
+            operations: encode_ops([w, lin, outer]),
             ..Default::default()
         };
         let function = Function {
@@ -277,7 +301,7 @@ mod tests {
         assert_eq!(g.consumers(0), vec![(1, "weight"), (3, "y")]);
         assert_eq!(g.producer("main", "y"), Some(1));
         assert_eq!(
-            op_at(&p, &g.ops[3].path).and_then(|o| o.name()),
+            name_at(&p, &g.ops[3].path).as_deref(),
             Some("inner_add")
         );
     }
@@ -287,7 +311,9 @@ mod tests {
         let mut p = sample();
         // Make `lin` use `z`, which is only defined later inside a nested block: a dangling use.
         let block = main_block(&mut p);
-        block.operations[1].inputs.set("bias".into(), bind_name("c"));
+        let mut lin = decode_op(&block.operations[1]).unwrap();
+        lin.inputs.set("bias".into(), bind_name("c"));
+        block.operations[1] = encode_op(&lin);
         let e = GraphView::build(&p).unwrap_err().to_string();
         assert!(e.contains("op 'lin' (linear) input 'bias' refers to 'c'"), "{e}");
 
@@ -317,11 +343,11 @@ mod tests {
     fn replace_and_rename_rewire_every_use() {
         let mut p = sample();
         let g = GraphView::build(&p).unwrap();
-        assert_eq!(op_at(&p, &g.ops[0].path).and_then(|o| o.name()), Some("w"));
+        assert_eq!(name_at(&p, &g.ops[0].path).as_deref(), Some("w"));
         let new = const_op("w_sparsified", blob_value(ScalarType::Float32, &[4, 4], 128));
         replace_ops(&mut p, vec![(g.ops[0].path.clone(), vec![new])]).unwrap();
         assert_eq!(
-            op_at(&p, &g.ops[0].path).and_then(|o| o.name()),
+            name_at(&p, &g.ops[0].path).as_deref(),
             Some("w_sparsified")
         );
         let rename = [("main".to_owned(), "w".to_owned(), "w_sparsified".to_owned())];
@@ -336,10 +362,10 @@ mod tests {
         let mut p = sample();
         let g = GraphView::build(&p).unwrap();
         let path = g.ops[3].path.clone();
-        assert_eq!(op_at(&p, &path).and_then(|o| o.name()), Some("inner_add"));
+        assert_eq!(name_at(&p, &path).as_deref(), Some("inner_add"));
         let repl = op("identity", "ident", BTreeMap::new(), BTreeMap::new(), vec![]);
         replace_ops(&mut p, vec![(path.clone(), vec![repl])]).unwrap();
-        assert_eq!(op_at(&p, &path).and_then(|o| o.name()), Some("ident"));
+        assert_eq!(name_at(&p, &path).as_deref(), Some("ident"));
         let mut bad = path.clone();
         bad.steps = [9][..].into();
         assert!(replace_ops(&mut p, vec![(bad.clone(), vec![])]).is_err());

@@ -92,6 +92,8 @@ pub trait OperationExt {
     fn name(&self) -> Option<&str>;
     /// The `val` attribute of a `const` op.
     fn const_value(&self) -> Option<&Value>;
+    /// [`Self::const_value`], taken out of an op decoded for it (`crate::mil::graph::op_at`).
+    fn into_const_value(self) -> Option<Value>;
     fn is_const(&self) -> bool;
     /// True for the constexpr family (`constexpr_sparse_to_dense`, `constexpr_lut_to_dense`, ...).
     fn is_constexpr(&self) -> bool;
@@ -105,6 +107,14 @@ impl OperationExt for Operation {
     fn const_value(&self) -> Option<&Value> {
         if self.is_const() {
             self.attributes.lookup("val")
+        } else {
+            None
+        }
+    }
+
+    fn into_const_value(mut self) -> Option<Value> {
+        if self.is_const() {
+            self.attributes.take("val")
         } else {
             None
         }

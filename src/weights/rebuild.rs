@@ -84,12 +84,14 @@ impl<W: TensorSink> WeightFileBuilder<W> {
 
     /// Copies every blob `op` references from `source` (once per original offset) and patches the
     /// references. Each blob is validated against the value's declared dtype and element count.
+    /// Returns whether a reference changed (so the op must be stored again).
     pub fn copy_op_blobs<R: crate::blob::ReadAt>(
         &mut self,
         op: &mut Operation,
         op_name: &str,
         source: Option<&BlobReader<R>>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let mut changed = false;
         for (param, v) in op_values_mut(op) {
             let Some(value::Value::BlobFileValue(blob)) = v.value.as_ref() else {
                 continue;
@@ -130,11 +132,14 @@ impl<W: TensorSink> WeightFileBuilder<W> {
                 }
             };
             if let Some(value::Value::BlobFileValue(blob)) = v.value.as_mut() {
-                blob.offset = new;
-                blob.file_name = crate::mil::value::WEIGHT_FILE_REF.to_owned();
+                if blob.offset != new || blob.file_name != crate::mil::value::WEIGHT_FILE_REF {
+                    changed = true;
+                    blob.offset = new;
+                    blob.file_name = crate::mil::value::WEIGHT_FILE_REF.to_owned();
+                }
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Appends already-encoded little-endian bytes of `count` elements; returns the record offset.

@@ -132,7 +132,7 @@ impl Case {
     fn edit_op(&self, op_type: &str, edit: impl FnOnce(&mut Operation)) {
         self.edit_program(|p| {
             let mut edit = Some(edit);
-            for_each_op_mut(p, |op| -> Result<(), ()> {
+            for_each_op_mut(p, |op| -> Result<(), mlprune::Error> {
                 if op.r#type == op_type {
                     if let Some(edit) = edit.take() {
                         edit(op);
@@ -303,7 +303,7 @@ fn first_blob_const(case: &Case) -> (String, u64) {
         panic!()
     };
     let mut found = None;
-    mlprune::mil::graph::for_each_op(&program, |op| -> Result<(), ()> {
+    mlprune::mil::graph::for_each_op(&program, |op| -> Result<(), mlprune::Error> {
         if let (None, Some(v)) = (&found, op.attributes.lookup("val")) {
             if let Some(value::Value::BlobFileValue(b)) = &v.value {
                 found = mlprune::mil::OperationExt::name(op).map(|n| (n.to_owned(), b.offset));
@@ -318,7 +318,7 @@ fn first_blob_const(case: &Case) -> (String, u64) {
 /// Sets the blob offset of the const named `tensor`.
 fn set_blob_offset(case: &Case, tensor: &str, offset: u64) {
     case.edit_program(|p| {
-        for_each_op_mut(p, |op| -> Result<(), ()> {
+        for_each_op_mut(p, |op| -> Result<(), mlprune::Error> {
             if mlprune::mil::OperationExt::name(op) == Some(tensor) {
                 if let Some(value::Value::BlobFileValue(b)) =
                     op.attributes.lookup_mut("val").and_then(|v| v.value.as_mut())
@@ -426,7 +426,7 @@ fn shape_whose_element_count_does_not_match_the_data() {
     let case = Case::linear();
     let (tensor, _) = first_blob_const(&case);
     case.edit_program(|p| {
-        for_each_op_mut(p, |op| -> Result<(), ()> {
+        for_each_op_mut(p, |op| -> Result<(), mlprune::Error> {
             if mlprune::mil::OperationExt::name(op) == Some(tensor.as_str()) {
                 // The val and the output keep agreeing (a disagreement is refused before any data
                 // is read: model_checks.rs); the blob's element count is what no longer fits.
@@ -463,7 +463,7 @@ fn blob_shared_by_values_of_different_types() {
     let (weight, offset) = first_blob_const(&case);
     let mut others = Vec::new();
     case.edit_program(|p| {
-        for_each_op_mut(p, |op| -> Result<(), ()> {
+        for_each_op_mut(p, |op| -> Result<(), mlprune::Error> {
             let name = mlprune::mil::OperationExt::name(op).map(str::to_owned);
             if let Some(value::Value::BlobFileValue(b)) =
                 op.attributes.lookup_mut("val").and_then(|v| v.value.as_mut())
@@ -546,13 +546,16 @@ fn dangling_names_and_cycles_in_the_op_graph() {
             .values_mut()
             .next()
             .unwrap();
-        let last = block.operations.last().unwrap().outputs[0].name.clone();
-        let linear = block
+        let decode = |bytes: &_| mlprune::mil::decode_op(bytes).unwrap();
+        let last = decode(block.operations.last().unwrap()).outputs[0].name.clone();
+        let slot = block
             .operations
             .iter_mut()
-            .find(|o| o.r#type == "linear")
+            .find(|o| decode(o).r#type == "linear")
             .unwrap();
+        let mut linear = decode(slot);
         linear.inputs.lookup_mut("x").unwrap().arguments[0].binding = Some(Binding::Name(last.clone()));
+        *slot = mlprune::mil::encode_op(&linear);
     });
     assert_refused(&cycle, Refused::Both, graph, &["model graph", "refers to"]);
 }
@@ -976,7 +979,7 @@ fn two_consts_sharing_a_name_attribute() {
     let case = Case::linear();
     let weight = "fc1_weight_0_to_fp16";
     case.edit_program(|p| {
-        for_each_op_mut(p, |op| -> Result<(), ()> {
+        for_each_op_mut(p, |op| -> Result<(), mlprune::Error> {
             if mlprune::mil::OperationExt::name(op) == Some("fc2_weight_0_to_fp16") {
                 let name = mlprune::mil::value::string_value(weight);
                 op.attributes.set("name".into(), name);

@@ -9,7 +9,7 @@ use crate::*;
 fn edit_named_op(case: &Case, name: &str, edit: impl FnOnce(&mut Operation)) {
     case.edit_program(|p| {
         let mut edit = Some(edit);
-        for_each_op_mut(p, |op| -> Result<(), ()> {
+        for_each_op_mut(p, |op| -> Result<(), mlprune::Error> {
             if mlprune::mil::OperationExt::name(op) == Some(name) {
                 if let Some(edit) = edit.take() {
                     edit(op);

@@ -21,9 +21,11 @@ fn two_functions(rename: &[(&str, &str)]) -> Case {
     };
     let mut second = program.functions["main"].clone();
     for block in second.block_specializations.values_mut() {
-        for op in &mut block.operations {
+        for slot in &mut block.operations {
+            let mut op = mlprune::mil::decode_op(slot).unwrap();
             if let Some(&(_, new)) = rename.iter().find(|(old, _)| op.name() == Some(old)) {
                 op.attributes.set("name".into(), string_value(new));
+                *slot = mlprune::mil::encode_op(&op);
             }
         }
     }
@@ -61,12 +63,13 @@ fn sparse_ops(program: &Program, function: &str) -> Vec<(String, u64, u64)> {
     f.block_specializations[&f.opset]
         .operations
         .iter()
+        .map(|bytes| mlprune::mil::decode_op(bytes).unwrap())
         .filter(|op| op.r#type == "constexpr_sparse_to_dense")
         .map(|op| {
             (
                 op.name().unwrap().to_owned(),
-                offset(op, "mask"),
-                offset(op, "nonzero_data"),
+                offset(&op, "mask"),
+                offset(&op, "nonzero_data"),
             )
         })
         .collect()

@@ -1,0 +1,147 @@
+//! Operations kept encoded, decoded one at a time when used.
+//!
+//! `Block.operations` is declared `repeated bytes` (see `proto/MIL.proto`): the wire format of a
+//! message field and a bytes field is the same, so each operation stays as its encoded bytes, a
+//! slice of the file read (`Bytes` shares the one buffer). A decoded operation takes about ten
+//! times its encoding in small allocations; holding every op of a model of tens of thousands of
+//! tensors decoded for the whole run put peak memory in proportion to the tensor count (issue 18).
+//!
+//! [`decode_op`] is the one way in: it refuses bytes that do not re-encode to the same length
+//! (content our schema does not cover) and gives the op's entries the map form
+//! (`crate::mil::entries`). [`crate::mil::decode_model`] runs it over every op once at load, so
+//! later decodes of the same bytes cannot fail. An op that is not changed is written back as the
+//! bytes it was read as.
+
+use prost::bytes::Bytes;
+use prost::Message;
+
+use super::entries::{normalize_op, DuplicateKey};
+use crate::proto::mil::{Block, Operation};
+
+/// Why an op's bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpDecodeError {
+    /// Not an `Operation` protobuf.
+    Invalid(String),
+    /// Decodes, but re-encodes to `understood` of its `read` bytes: fields our schema lacks.
+    Lossy { read: usize, understood: usize },
+    /// A key given twice in its inputs or attributes.
+    DuplicateKey(DuplicateKey),
+}
+
+/// Decodes one op, checked as described in the module docs. Its nested blocks' ops stay encoded.
+pub fn decode_op(bytes: &Bytes) -> Result<Operation, OpDecodeError> {
+    let mut op = Operation::decode(bytes.clone()).map_err(|e| OpDecodeError::Invalid(e.to_string()))?;
+    let understood = op.encoded_len();
+    if understood != bytes.len() {
+        return Err(OpDecodeError::Lossy {
+            read: bytes.len(),
+            understood,
+        });
+    }
+    normalize_op(&mut op).map_err(OpDecodeError::DuplicateKey)?;
+    Ok(op)
+}
+
+/// The bytes a block stores for `op`.
+pub fn encode_op(op: &Operation) -> Bytes {
+    Bytes::from(op.encode_to_vec())
+}
+
+/// The stored form of a list of ops, for building blocks.
+pub fn encode_ops(ops: impl IntoIterator<Item = Operation>) -> Vec<Bytes> {
+    ops.into_iter().map(|op| encode_op(&op)).collect()
+}
+
+/// A block holding `ops`, everything else empty.
+pub fn block_of(ops: impl IntoIterator<Item = Operation>) -> Block {
+    Block {
+        operations: encode_ops(ops),
+        ..Default::default()
+    }
+}
+
+/// The ops of `block`, decoded in order. Bytes that fail to decode end the iteration with the
+/// error.
+pub fn decoded(block: &Block) -> impl Iterator<Item = Result<Operation, OpDecodeError>> + '_ {
+    block.operations.iter().map(decode_op)
+}
+
+/// Every op of `block` and of the blocks nested in its ops, in program order (an op before its
+/// nested ops), each checked by [`decode_op`] and shown to `visit`.
+pub fn check_block(
+    block: &Block,
+    visit: &mut impl FnMut(&Operation),
+) -> Result<(), OpDecodeError> {
+    for bytes in &block.operations {
+        let op = decode_op(bytes)?;
+        visit(&op);
+        for nested in &op.blocks {
+            check_block(nested, visit)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::build::{bind_name, op};
+    use crate::mil::entries::Entries;
+    use crate::proto::mil::operation::InputEntry;
+
+    fn relu() -> Operation {
+        let mut r = op("relu", "r", Default::default(), Default::default(), vec![]);
+        r.inputs.set("x".into(), bind_name("a"));
+        r
+    }
+
+    #[test]
+    fn round_trips_and_keeps_nested_ops_encoded() {
+        let mut outer = relu();
+        outer.blocks.push(block_of([relu()]));
+        let bytes = encode_op(&outer);
+        let decoded = decode_op(&bytes).unwrap();
+        assert_eq!(decoded, outer);
+        assert_eq!(decode_op(&decoded.blocks[0].operations[0]).unwrap(), relu());
+    }
+
+    #[test]
+    fn refuses_garbage_unknown_fields_and_duplicate_keys() {
+        assert!(matches!(
+            decode_op(&Bytes::from_static(&[0xff, 0xff])),
+            Err(OpDecodeError::Invalid(_))
+        ));
+        let mut unknown = relu().encode_to_vec();
+        // Field 77, varint 5: not in our schema.
+        unknown.extend_from_slice(&[0xe8, 0x04, 0x05]);
+        let read = unknown.len();
+        assert_eq!(
+            decode_op(&Bytes::from(unknown)),
+            Err(OpDecodeError::Lossy {
+                read,
+                understood: read - 3
+            })
+        );
+        let mut twice = relu();
+        twice.inputs.push(InputEntry {
+            key: "x".into(),
+            value: Some(bind_name("b")),
+        });
+        assert!(matches!(
+            decode_op(&encode_op(&twice)),
+            Err(OpDecodeError::DuplicateKey(d)) if d.key == "x" && d.field == "input"
+        ));
+    }
+
+    #[test]
+    fn check_block_visits_nested_ops_after_their_owner() {
+        let mut outer = relu();
+        outer.r#type = "cond".into();
+        outer.blocks.push(block_of([relu()]));
+        let block = block_of([outer, relu()]);
+        let mut seen = Vec::new();
+        check_block(&block, &mut |op| seen.push(op.r#type.clone())).unwrap();
+        assert_eq!(seen, ["cond", "relu", "relu"]);
+    }
+}
