@@ -61,18 +61,9 @@ pub fn block_of(ops: impl IntoIterator<Item = Operation>) -> Block {
     }
 }
 
-/// The ops of `block`, decoded in order. Bytes that fail to decode end the iteration with the
-/// error.
-pub fn decoded(block: &Block) -> impl Iterator<Item = Result<Operation, OpDecodeError>> + '_ {
-    block.operations.iter().map(decode_op)
-}
-
 /// Every op of `block` and of the blocks nested in its ops, in program order (an op before its
 /// nested ops), each checked by [`decode_op`] and shown to `visit`.
-pub fn check_block(
-    block: &Block,
-    visit: &mut impl FnMut(&Operation),
-) -> Result<(), OpDecodeError> {
+pub fn check_block(block: &Block, visit: &mut impl FnMut(&Operation)) -> Result<(), OpDecodeError> {
     for bytes in &block.operations {
         let op = decode_op(bytes)?;
         visit(&op);
