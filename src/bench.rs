@@ -113,7 +113,7 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
             None
         };
         rows.push(BenchRow {
-            name: p.name.clone(),
+            name: p.name.to_string(),
             mode: op_config.mode_name().to_owned(),
             dtype: meta.dtype.to_string(),
             elements: meta.count,

@@ -27,12 +27,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::global_sparsity::decide_cut;
 pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
-use crate::mil::graph::{op_at, set_op_at, GraphView, OpPath, UseSite};
+use crate::mil::graph::{op_at, op_bytes_at, set_op_at, GraphView, OpPath, UseSite};
 use crate::mil::rewrite::{rename_all, replace_ops};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
-use crate::plan::{plan, Decision, PlannedTensor};
+use crate::plan::{consumer_label, plan, Decision, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::proto::mil::{NamedValueType, Operation, Program};
 use crate::shared::{blob_key, check_shared_configs, qualified, renamed_copy, Outcome, SharedOutcomes};
@@ -166,8 +166,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
             .into_iter()
             .map(|p| PlannedTensor {
                 op_index: p.op_index,
-                name: p.name,
-                consumer: p.consumer,
+                name: p.name.into(),
                 meta: p.meta,
                 decision: p.decision,
             })
@@ -273,15 +272,16 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
-                let function = info.path.function.clone();
-                let cut_by_global = matches!(p.decision, Decision::Prune(_)).then_some(&shared_cut);
-                let mut report = tensor_report(p, function, result, started, placement);
-                if let Some(Some(g)) = cut_by_global {
-                    report.mode = "global";
-                    report.global_cut = Some(g.clone());
-                }
-                pruned_count += usize::from(report.pruned);
+                pruned_count += usize::from(matches!(result, Some(Ok(_))));
                 if keep_entries {
+                    let function = info.path.function.clone();
+                    let cut_by_global = matches!(p.decision, Decision::Prune(_)).then_some(&shared_cut);
+                    let consumer = consumer_label(&graph, index);
+                    let mut report = tensor_report(p, function, consumer, result, started, placement);
+                    if let Some(Some(g)) = cut_by_global {
+                        report.mode = "global";
+                        report.global_cut = Some(g.clone());
+                    }
                     reports.push(report);
                 }
             }
@@ -350,11 +350,10 @@ fn prefetch_jobs(program: &Program, graph: &GraphView, planned: &[PlannedTensor]
         .filter(|p| blob_key(program, graph, p.op_index).is_none_or(|key| seen.insert(key)))
         .filter_map(|p| {
             let info = graph.ops.get(p.op_index)?;
-            let value = op_at(program, &info.path)?.const_value()?.clone();
             Some(Job {
                 op_index: p.op_index,
-                name: info.name.to_string(),
-                value,
+                name: info.name.clone(),
+                op: op_bytes_at(program, &info.path)?,
             })
         })
         .collect()
@@ -461,7 +460,10 @@ impl Rewrite {
         )?;
         let (duplicate_of, changed) = match near {
             Near::DuplicateOf(first) => (Some(first), false),
-            Near::Returned => (None, self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?),
+            Near::Returned => (
+                None,
+                self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?,
+            ),
             Near::None => {
                 let changed = self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
                 match self.dedupe.observe(&info.path, op, returned, &mut self.weights)? {
@@ -782,6 +784,7 @@ fn bump_to_ios16(model: &mut LoadedModel) {
 fn tensor_report(
     p: PlannedTensor,
     function: Arc<str>,
+    consumer: String,
     result: Option<PruneResult>,
     started: Instant,
     placement: Option<Placement>,
@@ -806,8 +809,8 @@ fn tensor_report(
     };
     TensorReport {
         function,
-        name: p.name,
-        consumer: p.consumer,
+        name: p.name.to_string(),
+        consumer,
         dtype: p.meta.dtype.name(),
         shape: p.meta.shape,
         mode,

@@ -12,6 +12,8 @@
 //! constexpr op), but the lookup can raise, e.g. a conflict between the consumers of an already
 //! palettized weight, so [`plan`] runs it too ([`check_materialized_values`]).
 
+use std::sync::Arc;
+
 use crate::config::{
     resolve, resolve_op, weight_threshold_of, Consumer, OpConfig, OptimizationConfig, Resolution,
 };
@@ -34,9 +36,8 @@ pub enum Decision {
 pub struct PlannedTensor {
     /// Index into [`GraphView::ops`].
     pub op_index: usize,
-    pub name: String,
-    /// `op (type.input)` of the first consumer, for reports.
-    pub consumer: String,
+    /// The const's name (shared with [`GraphView::ops`]).
+    pub name: Arc<str>,
     pub meta: TensorMeta,
     pub decision: Decision,
 }
@@ -101,7 +102,6 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         {
             continue;
         }
-        let consumer = consumer_label(graph, index);
         let decision = if storable(&meta) {
             decide(graph, config, index, &meta)?
         } else {
@@ -109,8 +109,7 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         };
         planned.push(PlannedTensor {
             op_index: index,
-            name: info.name.to_string(),
-            consumer,
+            name: info.name.clone(),
             meta,
             decision,
         });
@@ -344,7 +343,7 @@ mod tests {
         let planned = plan_with(&format!("{{{MAG}}}")).unwrap();
         let names: Vec<_> = planned
             .iter()
-            .map(|p| (p.name.as_str(), matches!(p.decision, Decision::Prune(_))))
+            .map(|p| (&*p.name, matches!(p.decision, Decision::Prune(_))))
             .collect();
         assert_eq!(names, [("v", true)]);
 

@@ -19,9 +19,13 @@
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use prost::bytes::Bytes;
+
 use crate::blob::ReadThreads;
 use crate::dtype::ScalarType;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::mil::decode_op;
+use crate::mil::value::OperationExt;
 use crate::proto::mil::Value;
 use crate::tensor::TensorData;
 use crate::weights::mapped::MappedTensor;
@@ -36,8 +40,20 @@ pub const FRESH_READ_LIMIT: u64 = 40 << 20;
 pub struct Job {
     /// The op's index in the graph, to check the engine and the reader agree.
     pub op_index: usize,
-    pub name: String,
-    pub value: Value,
+    pub name: Arc<str>,
+    /// The const op as stored (`crate::mil::graph::op_bytes_at`): the reader decodes it when it
+    /// gets there, so a model of many tensors does not hold a decoded value per job.
+    pub op: Bytes,
+}
+
+impl Job {
+    /// The const's value.
+    fn value(&self) -> Result<Value> {
+        decode_op(&self.op)
+            .ok()
+            .and_then(|op| op.into_const_value())
+            .ok_or_else(|| Error::tensor(&self.name, "const op without a value"))
+    }
 }
 
 /// A tensor ready to prune.
@@ -126,14 +142,21 @@ impl Prefetcher {
         let spare_for_reader = Arc::clone(&spare);
         scope.spawn(move || {
             for (n, job) in jobs.into_iter().enumerate() {
-                let meta = TensorMeta::of(&job.value);
+                let value = match job.value() {
+                    Ok(value) => value,
+                    Err(e) => {
+                        let _ = to_engine.send((job.op_index, Prefetched::Ready(Err(e))));
+                        break;
+                    }
+                };
+                let meta = TensorMeta::of(&value);
                 let fresh_ok = meta
                     .as_ref()
                     .and_then(|m| m.storage_bytes())
                     .is_some_and(|bytes| bytes <= FRESH_READ_LIMIT);
                 // Mapping ahead holds the tensor's pages as a fresh read would: small ones only.
                 let mapped = if fresh_ok {
-                    source.map(&job.name, &job.value).transpose()
+                    source.map(&job.name, &value).transpose()
                 } else {
                     None
                 };
@@ -155,7 +178,7 @@ impl Prefetcher {
                             } else {
                                 ReadThreads::Caller
                             };
-                            let read = source.read_reusing(&job.name, &job.value, spare, threads);
+                            let read = source.read_reusing(&job.name, &value, spare, threads);
                             Prefetched::Ready(read.map(|(meta, data)| Input::Read(meta, data)))
                         } else {
                             if let Some(spare) = spare {

@@ -192,7 +192,7 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
         let by_consumer = consumers
             .iter()
             .find(|&&(c, _)| wanted.contains(&*graph.ops[c].name));
-        let reason = if wanted.contains(p.name.as_str()) {
+        let reason = if wanted.contains(&*p.name) {
             format!("excluded by --exclude '{}'", p.name)
         } else if let Some(&(c, _)) = by_consumer {
             format!("excluded by --exclude '{}' (a consumer)", graph.ops[c].name)

@@ -14,8 +14,8 @@ use serde_json::Value as Json;
 use super::*;
 use crate::config::OptimizationConfig;
 use crate::dispatch::{run_kernel, KernelResult};
-use crate::mil::graph::{op_at, with_op_mut};
 use crate::mil::encode_op;
+use crate::mil::graph::{op_at, with_op_mut};
 use crate::mil::rewrite::{rename_all, replace_ops};
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
@@ -281,7 +281,9 @@ fn name_bound_const_inputs_materialize_and_are_inlined() {
         .values_mut()
         .next()
         .unwrap();
-    block.operations.insert(0, encode_op(&const_op("lut_const", lut.clone())));
+    block
+        .operations
+        .insert(0, encode_op(&const_op("lut_const", lut.clone())));
 
     let graph = GraphView::build(&model.program).unwrap();
     let index = graph
@@ -374,7 +376,10 @@ fn lut_read_from_a_constexpr_op_fails_every_joint_plan() {
     let mut producer = op_at(&model.program, &path).unwrap();
     producer.attributes.take("name");
     producer.outputs[0].name = "lut_src".into();
-    with_op_mut(&mut model.program, &path, |op| op.inputs.set("lut".into(), bind_name("lut_src"))).unwrap();
+    with_op_mut(&mut model.program, &path, |op| {
+        op.inputs.set("lut".into(), bind_name("lut_src"))
+    })
+    .unwrap();
     let block = model
         .program
         .functions

@@ -17,7 +17,7 @@ use crate::config::{resolve_op, weight_threshold_of, OptimizationConfig, Resolut
 use crate::error::{Error, Result};
 use crate::mil::graph::{op_at, GraphView};
 use crate::mil::value::{element_count, is_constexpr_type, TensorTypeExt};
-use crate::plan::{consumer_label, consumer_views, storable, Decision};
+use crate::plan::{consumer_views, storable, Decision};
 use crate::proto::mil::{value_type, Program};
 use crate::weights::TensorMeta;
 
@@ -36,8 +36,6 @@ pub struct PlannedJoint {
     pub op_index: usize,
     pub name: String,
     pub op_type: String,
-    /// `op (type.input)` of the first consumer, for reports.
-    pub consumer: String,
     /// The materialized (dense) dtype and shape.
     pub meta: TensorMeta,
     pub decision: Decision,
@@ -73,7 +71,6 @@ pub fn plan_joint(
             element_count(&shape).ok_or_else(|| Error::tensor(&info.name, "output shape overflows"))?;
         let dtype = dense_dtype(&ctx, index)?;
         let meta = TensorMeta { dtype, shape, count };
-        let consumer = consumer_label(graph, index);
         let decision = if storable(&meta) {
             decide(graph, config, index, &meta)?
         } else {
@@ -87,7 +84,6 @@ pub fn plan_joint(
             op_index: index,
             name: info.name.to_string(),
             op_type: info.op_type.to_string(),
-            consumer,
             meta,
             decision,
         });

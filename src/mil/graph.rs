@@ -150,7 +150,9 @@ impl GraphView {
         for (i, bytes) in block.operations.iter().enumerate() {
             // Checked at load (`decode_model`); decoded here for the index, then dropped.
             let op = decode_op(bytes).map_err(|e| {
-                Error::Graph(format!("op {i} of a block of function '{function}' does not decode: {e:?}"))
+                Error::Graph(format!(
+                    "op {i} of a block of function '{function}' does not decode: {e:?}"
+                ))
             })?;
             let op = &op;
             let mut path = base.clone();
@@ -348,18 +350,30 @@ impl Scope {
 
 /// The op at `path`, decoded, if it exists.
 pub fn op_at(program: &Program, path: &OpPath) -> Option<Operation> {
+    decode_op(&op_bytes_at(program, path)?).ok()
+}
+
+/// The stored bytes of the op at `path` (a cheap handle on the buffer they live in), if it exists.
+/// The ops its path runs through are decoded on the way.
+pub fn op_bytes_at(program: &Program, path: &OpPath) -> Option<Bytes> {
     let block = program
         .functions
         .get(&*path.function)?
         .block_specializations
         .get(&*path.specialization)?;
     let (&first, rest) = path.steps.split_first()?;
-    let mut op = decode_op(block.operations.get(first)?).ok()?;
+    let mut bytes = block.operations.get(first)?.clone();
     for pair in rest.chunks(2) {
         let [b, o] = pair else { return None };
-        op = decode_op(op.blocks.get(*b)?.operations.get(*o)?).ok()?;
+        bytes = decode_op(&bytes)
+            .ok()?
+            .blocks
+            .get(*b)?
+            .operations
+            .get(*o)?
+            .clone();
     }
-    Some(op)
+    Some(bytes)
 }
 
 /// Visits every op of every function in program order (an op before the ops of its nested blocks),
@@ -399,7 +413,8 @@ pub fn for_each_op_mut<E: From<Error>>(
         f: &mut impl FnMut(&mut Operation) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         for slot in &mut block.operations {
-            let mut op = decode_op(slot).map_err(|e| Error::Graph(format!("an op does not decode: {e:?}")))?;
+            let mut op =
+                decode_op(slot).map_err(|e| Error::Graph(format!("an op does not decode: {e:?}")))?;
             f(&mut op)?;
             for nested in &mut op.blocks {
                 walk(nested, f)?;
@@ -418,7 +433,11 @@ pub fn for_each_op_mut<E: From<Error>>(
 
 /// Edits the op at `path` in place with `f`: the op (and each op its path runs through) is
 /// decoded, and encoded again afterwards. `None` if there is no op at `path`.
-pub fn with_op_mut<R>(program: &mut Program, path: &OpPath, f: impl FnOnce(&mut Operation) -> R) -> Option<R> {
+pub fn with_op_mut<R>(
+    program: &mut Program,
+    path: &OpPath,
+    f: impl FnOnce(&mut Operation) -> R,
+) -> Option<R> {
     with_slot(program, path, |slot| {
         let mut op = decode_op(slot).ok()?;
         let result = f(&mut op);

@@ -18,7 +18,11 @@ fn with_block_mut<R>(
     parents: &[usize],
     f: impl FnOnce(&mut Block) -> Result<R>,
 ) -> Option<Result<R>> {
-    fn descend<R>(block: &mut Block, parents: &[usize], f: impl FnOnce(&mut Block) -> Result<R>) -> Option<Result<R>> {
+    fn descend<R>(
+        block: &mut Block,
+        parents: &[usize],
+        f: impl FnOnce(&mut Block) -> Result<R>,
+    ) -> Option<Result<R>> {
         let [o, b, deeper @ ..] = parents else {
             return if parents.is_empty() { Some(f(block)) } else { None };
         };
@@ -300,10 +304,7 @@ mod tests {
         );
         assert_eq!(g.consumers(0), vec![(1, "weight"), (3, "y")]);
         assert_eq!(g.producer("main", "y"), Some(1));
-        assert_eq!(
-            name_at(&p, &g.ops[3].path).as_deref(),
-            Some("inner_add")
-        );
+        assert_eq!(name_at(&p, &g.ops[3].path).as_deref(), Some("inner_add"));
     }
 
     #[test]
@@ -346,10 +347,7 @@ mod tests {
         assert_eq!(name_at(&p, &g.ops[0].path).as_deref(), Some("w"));
         let new = const_op("w_sparsified", blob_value(ScalarType::Float32, &[4, 4], 128));
         replace_ops(&mut p, vec![(g.ops[0].path.clone(), vec![new])]).unwrap();
-        assert_eq!(
-            name_at(&p, &g.ops[0].path).as_deref(),
-            Some("w_sparsified")
-        );
+        assert_eq!(name_at(&p, &g.ops[0].path).as_deref(), Some("w_sparsified"));
         let rename = [("main".to_owned(), "w".to_owned(), "w_sparsified".to_owned())];
         assert_eq!(rename_all(&mut p, &rename).unwrap().rebound, 3);
         let g = GraphView::build(&p).expect("graph still valid after rewiring");
