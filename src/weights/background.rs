@@ -22,8 +22,11 @@ use crate::blob::TensorSink;
 use crate::tensor::TensorData;
 use crate::weights::syncer::Syncer;
 
-/// Bytes gathered before a hand-over: large enough that a syscall moves a lot.
-const PIECE: usize = 8 << 20;
+/// Bytes gathered before a hand-over: large enough that a syscall moves a lot, small because every
+/// piece in flight is resident (two at most). 8 MiB pieces held 19 MB more peak RSS than 1 MiB
+/// ones on 24 × 4096² fp16 (114 → 95 MiB) at the same speed, also on 16 × 8192² (1.1–2.2 s either
+/// way, page cache warm).
+const PIECE: usize = 1 << 20;
 /// Bytes written between two requests for an `fdatasync` (see [`Syncer`]).
 const SYNC_EVERY: usize = 4 << 20;
 
