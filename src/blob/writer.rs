@@ -30,9 +30,12 @@ pub struct BlobWriter<W: TensorSink> {
     /// Bytes written so far, relative to `base`.
     position: u64,
     count: u32,
-    /// Record offsets of the blobs written so far, by content key; several offsets under one key
-    /// are blobs whose hashes collide.
-    stored: HashMap<ContentKey, Vec<u64>>,
+    /// Record offset of the first blob written under each content key.
+    stored: HashMap<ContentKey, u64>,
+    /// Record offsets of later blobs under a key already taken (their hashes collide with an
+    /// earlier blob's). Kept apart so that a blob costs one table slot and no allocation: a model
+    /// of tens of thousands of small tensors writes a hundred thousand blobs (issue 18).
+    collided: HashMap<ContentKey, Vec<u64>>,
     /// Appends answered with an earlier blob's offset instead of a new blob.
     shared: u64,
     /// Record offsets of the fp16/fp32 blobs written that hold a NaN, found while their bytes are
@@ -94,6 +97,7 @@ impl<W: TensorSink> BlobWriter<W> {
             position: 0,
             count: 0,
             stored: HashMap::new(),
+            collided: HashMap::new(),
             shared: 0,
             with_nan: HashSet::new(),
             hash: content_hash,
@@ -130,10 +134,11 @@ impl<W: TensorSink> BlobWriter<W> {
     /// The offset of a blob already written with exactly `data` as its `dtype` content of
     /// `element_count` elements, confirmed byte for byte against the file.
     fn find_stored(&mut self, key: &ContentKey, data: &[u8]) -> Result<Option<u64>> {
-        let Some(candidates) = self.stored.get(key) else {
+        let Some(&first) = self.stored.get(key) else {
             return Ok(None);
         };
-        let candidates = candidates.clone();
+        let mut candidates = vec![first];
+        candidates.extend(self.collided.get(key).into_iter().flatten());
         let mut chunk = vec![0u8; COMPARE_CHUNK.min(data.len())];
         for record_offset in candidates {
             if self.written_bytes_equal(record_offset + RECORD_SIZE, data, &mut chunk)? {
@@ -324,7 +329,14 @@ impl<W: TensorSink> BlobWriter<W> {
     /// Counts a blob whose data is written and indexes its content.
     fn end_blob(&mut self, blob: NewBlob, key: ContentKey) {
         self.count = blob.count;
-        self.stored.entry(key).or_default().push(blob.record_offset);
+        match self.stored.entry(key) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(blob.record_offset);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.entry(key).or_default().push(blob.record_offset)
+            }
+        }
     }
 
     /// Patches the header's `count` and returns the inner writer, positioned at the end of the file.
