@@ -5,9 +5,11 @@
 //! defined earlier in an enclosing scope. MIL blocks are topologically sorted, so this one check
 //! rules out both dangling names and cycles.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use prost::bytes::Bytes;
 use smallvec::SmallVec;
 
@@ -49,15 +51,77 @@ pub enum UseSite {
 }
 
 /// What the index knows of one value of a function.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct ValueEntry {
+    name: Arc<str>,
     /// The op defining it; `None` for a function input.
-    producer: Option<usize>,
+    producer: Option<u32>,
     uses: SmallVec<[UseSite; 1]>,
 }
 
-/// A function's name and its values by name.
-type FunctionValues = (Arc<str>, HashMap<Arc<str>, ValueEntry>);
+/// The values of one function: entries in the order they came into scope, found by name through
+/// a table of their indices. A model of tens of thousands of tensors has over a hundred thousand
+/// values; a table of `u32`s beside a packed vector is a third of a map holding the entries
+/// (issue 18).
+#[derive(Debug, Clone, Default)]
+struct FunctionValues {
+    function: Arc<str>,
+    entries: Vec<ValueEntry>,
+    by_name: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl FunctionValues {
+    fn new(function: Arc<str>) -> Self {
+        FunctionValues {
+            function,
+            ..Default::default()
+        }
+    }
+
+    fn index_of(&self, name: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(name);
+        self.by_name
+            .find(hash, |&i| &*self.entries[i as usize].name == name)
+            .copied()
+    }
+
+    fn get(&self, name: &str) -> Option<&ValueEntry> {
+        Some(&self.entries[self.index_of(name)? as usize])
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut ValueEntry> {
+        let i = self.index_of(name)?;
+        Some(&mut self.entries[i as usize])
+    }
+
+    /// The shared copy of `name`, entered with no producer or uses if new.
+    fn intern(&mut self, name: &str) -> Result<Arc<str>> {
+        if let Some(i) = self.index_of(name) {
+            return Ok(self.entries[i as usize].name.clone());
+        }
+        let index = u32::try_from(self.entries.len())
+            .map_err(|_| Error::Graph(format!("function '{}' has too many values", self.function)))?;
+        let name: Arc<str> = Arc::from(name);
+        self.entries.push(ValueEntry {
+            name: name.clone(),
+            producer: None,
+            uses: SmallVec::new(),
+        });
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.by_name.insert_unique(hasher.hash_one(&*name), index, |&i| {
+            hasher.hash_one(&*entries[i as usize].name)
+        });
+        Ok(name)
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.by_name
+            .shrink_to_fit(|&i| hasher.hash_one(&*entries[i as usize].name));
+    }
+}
 
 /// The index holds tens of thousands of ops in large models (issue 18: memory in proportion to
 /// the model). Every name is stored once, as an `Arc<str>` that the op records, use sites and the
@@ -99,12 +163,12 @@ impl GraphView {
         };
         for (fname, function) in &program.functions {
             let function_name: Arc<str> = Arc::from(fname.as_str());
-            view.values.push((function_name.clone(), HashMap::new()));
+            view.values.push(FunctionValues::new(function_name.clone()));
             let table = view.values.len() - 1;
             for (spec, block) in &function.block_specializations {
                 builder.scope = Scope::default();
                 for input in &function.inputs {
-                    let name = view.value_name(table, &input.name);
+                    let name = view.values[table].intern(&input.name)?;
                     builder.scope.define(name, fname)?;
                 }
                 let base = OpPath {
@@ -116,21 +180,10 @@ impl GraphView {
             }
         }
         view.ops.shrink_to_fit();
-        for (_, values) in &mut view.values {
+        for values in &mut view.values {
             values.shrink_to_fit();
         }
         Ok(view)
-    }
-
-    /// The shared copy of `name` in function table `table`, entered with no producer or uses if new.
-    fn value_name(&mut self, table: usize, name: &str) -> Arc<str> {
-        let values = &mut self.values[table].1;
-        if let Some((key, _)) = values.get_key_value(name) {
-            return key.clone();
-        }
-        let key: Arc<str> = Arc::from(name);
-        values.insert(key.clone(), ValueEntry::default());
-        key
     }
 
     fn walk_block(
@@ -144,7 +197,7 @@ impl GraphView {
         let function = &*base.function;
         let mark = builder.scope.mark();
         for input in &block.inputs {
-            let name = self.value_name(table, &input.name);
+            let name = self.values[table].intern(&input.name)?;
             builder.scope.define(name, function)?;
         }
         for (i, bytes) in block.operations.iter().enumerate() {
@@ -158,11 +211,13 @@ impl GraphView {
             let mut path = base.clone();
             path.steps.push(i);
             let index = self.ops.len();
-            let outputs: SmallVec<[Arc<str>; 1]> = op
+            let producer = u32::try_from(index)
+                .map_err(|_| Error::Graph(format!("function '{function}' has too many ops")))?;
+            let outputs = op
                 .outputs
                 .iter()
-                .map(|o| self.value_name(table, &o.name))
-                .collect();
+                .map(|o| self.values[table].intern(&o.name))
+                .collect::<Result<SmallVec<[Arc<str>; 1]>>>()?;
             let name = match op.name() {
                 Some(n) => match outputs.iter().find(|o| &***o == n) {
                     Some(shared) => shared.clone(),
@@ -202,8 +257,8 @@ impl GraphView {
             }
             for out in outputs {
                 builder.scope.define(out.clone(), function)?;
-                if let Some(entry) = self.values[table].1.get_mut(&out) {
-                    entry.producer = Some(index);
+                if let Some(entry) = self.values[table].get_mut(&out) {
+                    entry.producer = Some(producer);
                 }
             }
         }
@@ -220,16 +275,15 @@ impl GraphView {
     }
 
     fn add_use(&mut self, table: usize, value: &str, site: UseSite) {
-        // Only names in scope are used, and `value_name` entered each of them when it came into
-        // scope: one lookup, no new entry.
-        if let Some(entry) = self.values[table].1.get_mut(value) {
+        // Only names in scope are used, and `intern` entered each of them when it came into scope:
+        // one lookup, no new entry.
+        if let Some(entry) = self.values[table].get_mut(value) {
             entry.uses.push(site);
         }
     }
 
     fn value(&self, function: &str, value: &str) -> Option<&ValueEntry> {
-        let (_, values) = self.values.iter().find(|(f, _)| &**f == function)?;
-        values.get(value)
+        self.values.iter().find(|v| &*v.function == function)?.get(value)
     }
 
     /// Every use of `value` in `function`, in program order.
@@ -255,7 +309,7 @@ impl GraphView {
 
     /// The index of the op producing `value` in `function`.
     pub fn producer(&self, function: &str, value: &str) -> Option<usize> {
-        self.value(function, value)?.producer
+        self.value(function, value)?.producer.map(|p| p as usize)
     }
 }
 
