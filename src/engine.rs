@@ -414,10 +414,11 @@ struct Rewrite {
     /// The op that replaces the one just visited, one for one: the walk puts it in place at once.
     replaced: Option<Operation>,
     /// `(function, old output, new output)` to rebind once the edits are in.
-    renames: Vec<(String, String, String)>,
+    /// (Shared texts: a model of many tensors renames each of them.)
+    renames: Vec<(Arc<str>, Arc<str>, Arc<str>)>,
     /// `(function, new output)` of every rename so far, to find a name created twice without a
     /// search through `renames` per tensor.
-    created: HashSet<(String, String)>,
+    created: HashSet<(Arc<str>, Arc<str>)>,
     /// coremltools' `const_deduplication`, applied to every const and constexpr op as it is final.
     dedupe: Deduplicator,
     /// What became of each shared blob pruned so far (see [`crate::shared`]).
@@ -429,9 +430,10 @@ type PruneResult = std::result::Result<(u64, u64), String>;
 
 impl Rewrite {
     /// Records that uses of `old` in `function` are to read `new`.
-    fn rename(&mut self, function: &str, old: &str, new: String) {
-        self.created.insert((function.to_owned(), new.clone()));
-        self.renames.push((function.to_owned(), old.to_owned(), new));
+    fn rename(&mut self, function: &Arc<str>, old: &str, new: String) {
+        let new: Arc<str> = new.into();
+        self.created.insert((function.clone(), new.clone()));
+        self.renames.push((function.clone(), old.into(), new));
     }
 
     /// Carries an op the walk does not prune into the output: its blobs are copied, unless
@@ -614,7 +616,7 @@ impl Rewrite {
         let new_name = sparsified_name(&info.name);
         let created = self
             .created
-            .contains(&(info.path.function.to_string(), new_name.clone()));
+            .contains(&(info.path.function.clone(), Arc::from(new_name.as_str())));
         if created || graph.producer(&info.path.function, &new_name).is_some() {
             return Err(Error::Graph(format!(
                 "cannot prune '{}': the model already has a value named '{new_name}'",

@@ -134,7 +134,7 @@ pub struct Renamed {
 /// The renames apply together, not one after the other, which is the same only because a new name
 /// is never another rename's old name in the same function (new names are fresh); that, and an old
 /// name renamed twice, is refused.
-pub fn rename_all(program: &mut Program, renames: &[(String, String, String)]) -> Result<Renamed> {
+pub fn rename_all<T: AsRef<str>>(program: &mut Program, renames: &[(T, T, T)]) -> Result<Renamed> {
     fn walk(block: &mut Block, map: &HashMap<&str, &str>, visited: &mut usize) -> Result<usize> {
         let mut n = 0;
         for slot in &mut block.operations {
@@ -170,6 +170,7 @@ pub fn rename_all(program: &mut Program, renames: &[(String, String, String)]) -
     }
     let mut by_function: BTreeMap<&str, HashMap<&str, &str>> = BTreeMap::new();
     for (function, old, new) in renames {
+        let (function, old, new) = (function.as_ref(), old.as_ref(), new.as_ref());
         if by_function
             .entry(function)
             .or_default()
