@@ -13,7 +13,7 @@ use crate::dispatch::{Backend, CpuBackend, KernelResult};
 use crate::engine::DevicePolicy;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuBackend, GpuContext};
-use crate::mil::graph::{op_at, GraphView};
+use crate::mil::graph::GraphView;
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
 use crate::package::Package;
@@ -83,9 +83,7 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
             continue;
         };
         let value = graph
-            .ops
-            .get(p.op_index)
-            .and_then(|info| op_at(&model.program, &info.path))
+            .op(&model.program, p.op_index)
             .and_then(|op| op.into_const_value())
             .ok_or_else(|| Error::tensor(&p.name, "const op without a value"))?;
         let (meta, data) = source.read(&p.name, &value)?;

@@ -27,7 +27,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::global_sparsity::decide_cut;
 pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
-use crate::mil::graph::{op_at, op_bytes_at, set_op_at, GraphView, OpPath, UseSite};
+use crate::mil::encode_op;
+use crate::mil::graph::{set_op_at, set_ops_at, GraphView, OpPath, UseSite};
 use crate::mil::rewrite::{rename_all, replace_ops};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
@@ -225,6 +226,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     };
     // Each entry moves into its report.
     let mut next_plan = planned.into_iter().peekable();
+    let mut nested_updates = Vec::new();
     std::thread::scope(|scope| -> Result<()> {
         let prefetcher = Prefetcher::start(scope, &source, jobs);
         for (index, info) in graph.ops.iter().enumerate() {
@@ -259,16 +261,25 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
                 None => (None, None),
             };
             let gone = || Error::Graph(format!("op '{}' disappeared during rewrite", info.name));
-            if let Some(new_op) = rewrite.replaced.take() {
-                // One op for one: later paths stay valid, and the const (with its inline data, if
-                // any) is freed now rather than held with its replacement until the end.
-                set_op_at(&mut model.program, &info.path, &new_op).ok_or_else(gone)?;
+            // One op for one, so later paths stay valid. A top-level op is stored at once (a const
+            // with inline data is freed now rather than held with its replacement until the end);
+            // one inside a nested block waits for the end, when the op owning the block is
+            // encoded once for all of them.
+            let changed = if let Some(new_op) = rewrite.replaced.take() {
+                Some(new_op)
             } else if !matches!(result, Some(Ok(_))) {
-                let mut op = op_at(&model.program, &info.path).ok_or_else(gone)?;
+                let mut op = graph.op(&model.program, index).ok_or_else(gone)?;
                 // Stored again only when its blob references moved: other ops keep their bytes.
-                if rewrite.carry_op(&mut op, &graph, index, &source)? {
-                    set_op_at(&mut model.program, &info.path, &op).ok_or_else(gone)?;
+                rewrite.carry_op(&mut op, &graph, index, &source)?.then_some(op)
+            } else {
+                None
+            };
+            match changed {
+                Some(op) if info.path.steps.len() == 1 => {
+                    set_op_at(&mut model.program, &info.path, &op).ok_or_else(gone)?
                 }
+                Some(op) => nested_updates.push((info.path.clone(), encode_op(&op))),
+                None => {}
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
@@ -298,6 +309,8 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
         ..
     } = rewrite;
     let pruned_any = pruned_count > 0;
+    set_ops_at(&mut model.program, nested_updates)
+        .ok_or_else(|| Error::Graph("an op inside a nested block disappeared during rewrite".into()))?;
     let moved = replace_ops(&mut model.program, edits)?;
     let visited = rename_all(&mut model.program, &renames)?.ops_visited;
     drop(renames);
@@ -353,7 +366,7 @@ fn prefetch_jobs(program: &Program, graph: &GraphView, planned: &[PlannedTensor]
             Some(Job {
                 op_index: p.op_index,
                 name: info.name.clone(),
-                op: op_bytes_at(program, &info.path)?,
+                op: graph.op_bytes(program, p.op_index)?,
             })
         })
         .collect()
@@ -493,7 +506,9 @@ impl Rewrite {
         devices: &mut Devices,
     ) -> Result<(PruneResult, Placement)> {
         let info = &graph.ops[index];
-        let op = op_at(program, &info.path).ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
+        let op = graph
+            .op(program, index)
+            .ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
         let (value, output) = match (op.const_value(), op.outputs.first()) {
             (Some(v), Some(o)) => (v, o),
             _ => return Err(Error::tensor(&info.name, "const op without a value or an output")),
@@ -692,8 +707,9 @@ impl Rewrite {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
             KernelResult::Pruned(p) => p,
         };
-        let original =
-            op_at(program, &info.path).ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
+        let original = graph
+            .op(program, index)
+            .ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
         let old_output = original
             .outputs
             .first()

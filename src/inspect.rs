@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::dtype::ScalarType;
 use crate::error::{escape_control, Error, Result};
 use crate::mil::entries::Entries;
-use crate::mil::graph::{op_at, GraphView};
+use crate::mil::graph::GraphView;
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::Package;
@@ -77,7 +77,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
     // The weight.bin offsets each row stores, parallel to `weights`.
     let mut row_blobs: Vec<Vec<u64>> = Vec::new();
     for (index, info) in graph.ops.iter().enumerate() {
-        let Some(op) = op_at(&model.program, &info.path) else {
+        let Some(op) = graph.op(&model.program, index) else {
             continue;
         };
         let consumers: Vec<Consumer> = graph
@@ -253,7 +253,7 @@ impl ChainWalk {
         }
         self.visited.push(index);
         let info = &graph.ops[index];
-        let Some(op) = op_at(program, &info.path) else {
+        let Some(op) = graph.op(program, index) else {
             return 0;
         };
         let mut total = 0u64;

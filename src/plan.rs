@@ -20,7 +20,7 @@ use crate::config::{
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::mil::entries::Entries;
-use crate::mil::graph::{op_at, GraphView};
+use crate::mil::graph::GraphView;
 use crate::mil::value::{is_constexpr_type, OperationExt};
 use crate::proto::mil::{argument::binding::Binding, Operation, Program};
 use crate::weights::TensorMeta;
@@ -91,7 +91,7 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         if &*info.op_type != "const" {
             continue;
         }
-        let Some(value) = op_at(program, &info.path).and_then(|op| op.into_const_value()) else {
+        let Some(value) = graph.op(program, index).and_then(|op| op.into_const_value()) else {
             continue;
         };
         let Some(meta) = TensorMeta::of(&value) else {
@@ -184,7 +184,7 @@ fn check_materialized_values(
     index: usize,
 ) -> Result<()> {
     let info = &graph.ops[index];
-    let Some(op) = op_at(program, &info.path) else {
+    let Some(op) = graph.op(program, index) else {
         return Ok(());
     };
     let consumer = [Consumer {

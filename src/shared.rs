@@ -13,7 +13,7 @@ use crate::config::{OpConfig, OptimizationConfig, Resolution, SkipReason};
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::mil::entries::Entries;
-use crate::mil::graph::{op_at, GraphView};
+use crate::mil::graph::GraphView;
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::plan::{resolve_const, storable, Decision, PlannedTensor};
 use crate::proto::mil::{Operation, Program};
@@ -26,7 +26,7 @@ pub type BlobKey = (u64, ScalarType, Vec<u64>);
 
 /// The blob key of the const at `index`, if it reads its value from `weight.bin`.
 pub fn blob_key(program: &Program, graph: &GraphView, index: usize) -> Option<BlobKey> {
-    let value = op_at(program, &graph.ops[index].path)?.into_const_value()?;
+    let value = graph.op(program, index)?.into_const_value()?;
     let offset = value.blob_offset()?;
     let meta = crate::weights::TensorMeta::of(&value)?;
     Some((offset, meta.dtype, meta.shape))

@@ -36,7 +36,7 @@ use crate::cancel::CancelFlag;
 use crate::config::{from_shortcuts, OptimizationConfig, Shortcuts};
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
-use crate::mil::graph::{op_at, GraphView};
+use crate::mil::graph::GraphView;
 use crate::mil::value::OperationExt;
 use crate::plan::{Decision, PlannedTensor};
 use crate::proto::mil::Program;
@@ -138,8 +138,8 @@ pub fn decide_cut(
                 continue;
             }
             cancel.check()?;
-            let info = &graph.ops[p.op_index];
-            let value = op_at(program, &info.path)
+            let value = graph
+                .op(program, p.op_index)
                 .and_then(|op| op.into_const_value())
                 .ok_or_else(|| Error::tensor(&p.name, "const op without a value"))?;
             match source.map(&p.name, &value)? {

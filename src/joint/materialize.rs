@@ -17,7 +17,7 @@ use half::f16;
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::mil::entries::Entries;
-use crate::mil::graph::{op_at, GraphView};
+use crate::mil::graph::GraphView;
 use crate::mil::value::{element_count, TensorTypeExt};
 use crate::proto::mil::{argument::binding::Binding, Argument, Operation, Program, Value};
 use crate::tensor::TensorData;
@@ -97,7 +97,9 @@ impl<'a> Context<'a> {
             .ops
             .get(index)
             .ok_or_else(|| Error::Graph(format!("no op with index {index}")))?;
-        op_at(self.program, &info.path).ok_or_else(|| Error::Graph(format!("op '{}' not found", info.name)))
+        self.graph
+            .op(self.program, index)
+            .ok_or_else(|| Error::Graph(format!("op '{}' not found", info.name)))
     }
 
     fn input_source(&self, index: usize, param: &str) -> Result<Option<InputSource>> {

@@ -15,7 +15,7 @@
 
 use crate::config::{resolve_op, weight_threshold_of, OptimizationConfig, Resolution};
 use crate::error::{Error, Result};
-use crate::mil::graph::{op_at, GraphView};
+use crate::mil::graph::GraphView;
 use crate::mil::value::{element_count, is_constexpr_type, TensorTypeExt};
 use crate::plan::{consumer_views, storable, Decision};
 use crate::proto::mil::{value_type, Program};
@@ -60,7 +60,8 @@ pub fn plan_joint(
             continue;
         }
         check_materializable(&ctx, index)?;
-        let shape = op_at(program, &info.path)
+        let shape = graph
+            .op(program, index)
             .and_then(|op| op.outputs.into_iter().next())
             .and_then(|o| match o.r#type.as_ref()?.r#type.as_ref()? {
                 value_type::Type::TensorType(t) => t.shape(),

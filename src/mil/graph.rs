@@ -5,7 +5,7 @@
 //! defined earlier in an enclosing scope. MIL blocks are topologically sorted, so this one check
 //! rules out both dangling names and cycles.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -131,6 +131,10 @@ pub struct GraphView {
     pub ops: Vec<OpInfo>,
     /// Per function: its values.
     values: Vec<FunctionValues>,
+    /// The stored bytes of every op inside a nested block, by index into `ops`, as read (slices of
+    /// the file, no copy). Reaching one through the program decodes the op owning its block, whose
+    /// bytes hold all of them: once per nested op, that made the work quadratic in a block's size.
+    nested: HashMap<u32, Bytes>,
 }
 
 /// Hands out one shared copy of each distinct short text (op types, parameter names).
@@ -211,6 +215,9 @@ impl GraphView {
             let mut path = base.clone();
             path.steps.push(i);
             let index = self.ops.len();
+            if owner.is_some() {
+                self.nested.insert(index as u32, bytes.clone());
+            }
             let producer = u32::try_from(index)
                 .map_err(|_| Error::Graph(format!("function '{function}' has too many ops")))?;
             let outputs = op
@@ -310,6 +317,23 @@ impl GraphView {
     /// The index of the op producing `value` in `function`.
     pub fn producer(&self, function: &str, value: &str) -> Option<usize> {
         self.value(function, value)?.producer.map(|p| p as usize)
+    }
+
+    /// The stored bytes of op `index` (a cheap handle). A top-level op is read from `program` as it
+    /// is now; an op inside a nested block as it was when the index was built: a walk in program
+    /// order reads each op before it changes it, and stores nested ops back together at the end
+    /// ([`set_ops_at`]).
+    pub fn op_bytes(&self, program: &Program, index: usize) -> Option<Bytes> {
+        let info = self.ops.get(index)?;
+        if info.path.steps.len() > 1 {
+            return self.nested.get(&u32::try_from(index).ok()?).cloned();
+        }
+        op_bytes_at(program, &info.path)
+    }
+
+    /// Op `index`, decoded (see [`GraphView::op_bytes`]).
+    pub fn op(&self, program: &Program, index: usize) -> Option<Operation> {
+        decode_op(&self.op_bytes(program, index)?).ok()
     }
 }
 
@@ -506,6 +530,64 @@ pub fn set_op_at(program: &mut Program, path: &OpPath, op: &Operation) -> Option
         *slot = encode_op(op);
         Some(())
     })
+}
+
+/// Stores many ops at once, each `(path, bytes)` replacing the op at `path` by an encoded op. An op whose nested blocks
+/// hold several of them is decoded and encoded once for all, so the work is the size of the ops
+/// touched, not that times the number of updates. `None` if a path leads nowhere (the program is
+/// then partly updated).
+pub fn set_ops_at(program: &mut Program, mut updates: Vec<(OpPath, Bytes)>) -> Option<()> {
+    updates.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut rest = updates.as_slice();
+    while let Some((first, _)) = rest.first() {
+        let same_block = rest
+            .iter()
+            .take_while(|(p, _)| p.function == first.function && p.specialization == first.specialization)
+            .count();
+        let (group, later) = rest.split_at(same_block);
+        let block = program
+            .functions
+            .get_mut(&*first.function)?
+            .block_specializations
+            .get_mut(&*first.specialization)?;
+        let steps: Vec<(&[usize], &Bytes)> = group.iter().map(|(p, op)| (&p.steps[..], op)).collect();
+        store_in_block(block, &steps)?;
+        rest = later;
+    }
+    Some(())
+}
+
+/// [`set_ops_at`] within one block: `updates` sorted by their steps, which start in this block.
+fn store_in_block(block: &mut Block, updates: &[(&[usize], &Bytes)]) -> Option<()> {
+    let mut rest = updates;
+    while let Some((steps, _)) = rest.first() {
+        let first = *steps.first()?;
+        let count = rest.iter().take_while(|(s, _)| s.first() == Some(&first)).count();
+        let (group, later) = rest.split_at(count);
+        let slot = block.operations.get_mut(first)?;
+        // The op itself, if it is replaced (it sorts first: its steps are a prefix of the others').
+        let (own, nested) = match group.split_first() {
+            Some(((s, op), nested)) if s.len() == 1 => (Some(*op), nested),
+            _ => (None, group),
+        };
+        if nested.is_empty() {
+            *slot = own?.clone();
+        } else {
+            let mut op = decode_op(own.unwrap_or(slot)).ok()?;
+            let mut inner = nested;
+            while let Some((s, _)) = inner.first() {
+                let b = *s.get(1)?;
+                let count = inner.iter().take_while(|(s, _)| s.get(1) == Some(&b)).count();
+                let (same, after) = inner.split_at(count);
+                let deeper: Vec<(&[usize], &Bytes)> = same.iter().map(|(s, op)| (&s[2..], *op)).collect();
+                store_in_block(op.blocks.get_mut(b)?, &deeper)?;
+                inner = after;
+            }
+            *slot = encode_op(&op);
+        }
+        rest = later;
+    }
+    Some(())
 }
 
 /// Runs `f` on the stored bytes of the op at `path`; the ops its path runs through are decoded

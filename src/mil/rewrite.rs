@@ -357,6 +357,28 @@ mod tests {
     }
 
     #[test]
+    fn set_ops_at_stores_top_level_and_nested_ops_together() {
+        use crate::mil::graph::set_ops_at;
+        let mut p = sample();
+        let g = GraphView::build(&p).unwrap();
+        let (top, nested) = (g.ops[0].path.clone(), g.ops[3].path.clone());
+        assert_eq!(nested.steps.len(), 3);
+        let renamed = |name: &str| op("identity", name, BTreeMap::new(), BTreeMap::new(), vec![]);
+        let updates = vec![
+            (nested.clone(), encode_op(&renamed("new_inner"))),
+            (top.clone(), encode_op(&renamed("new_w"))),
+        ];
+        set_ops_at(&mut p, updates).unwrap();
+        assert_eq!(name_at(&p, &top).as_deref(), Some("new_w"));
+        assert_eq!(name_at(&p, &nested).as_deref(), Some("new_inner"));
+        // The op owning the nested block is otherwise unchanged.
+        assert_eq!(name_at(&p, &g.ops[2].path).as_deref(), Some("branch"));
+        let mut nowhere = nested.clone();
+        nowhere.steps = [2, 0, 7][..].into();
+        assert!(set_ops_at(&mut p, vec![(nowhere, encode_op(&renamed("x")))]).is_none());
+    }
+
+    #[test]
     fn replace_inside_nested_block_and_bad_paths() {
         let mut p = sample();
         let g = GraphView::build(&p).unwrap();
