@@ -215,11 +215,12 @@ impl GraphView {
             let mut path = base.clone();
             path.steps.push(i);
             let index = self.ops.len();
-            if owner.is_some() {
-                self.nested.insert(index as u32, bytes.clone());
-            }
-            let producer = u32::try_from(index)
+            // The index as the value table and the nested-op table store it.
+            let op_id = u32::try_from(index)
                 .map_err(|_| Error::Graph(format!("function '{function}' has too many ops")))?;
+            if owner.is_some() {
+                self.nested.insert(op_id, bytes.clone());
+            }
             let outputs = op
                 .outputs
                 .iter()
@@ -265,7 +266,7 @@ impl GraphView {
             for out in outputs {
                 builder.scope.define(out.clone(), function)?;
                 if let Some(entry) = self.values[table].get_mut(&out) {
-                    entry.producer = Some(producer);
+                    entry.producer = Some(op_id);
                 }
             }
         }
