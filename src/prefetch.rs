@@ -41,7 +41,7 @@ pub struct Job {
     /// The op's index in the graph, to check the engine and the reader agree.
     pub op_index: usize,
     pub name: Arc<str>,
-    /// The const op as stored (`crate::mil::graph::op_bytes_at`): the reader decodes it when it
+    /// The const op as stored (`crate::mil::GraphView::op_bytes`): the reader decodes it when it
     /// gets there, so a model of many tensors does not hold a decoded value per job.
     pub op: Bytes,
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use mlprune::mil::access::for_each_op;
 use mlprune::mil::entries::Entries;
-use mlprune::mil::graph::for_each_op;
 use mlprune::mil::value::OperationExt;
 use mlprune::mil::LoadedModel;
 use mlprune::package::Package;
@@ -569,7 +569,7 @@ fn blob_reference_to_another_file_is_refused() {
                     panic!()
                 };
                 let mut done = false;
-                mlprune::mil::graph::for_each_op_mut(prog, |op| -> Result<(), mlprune::Error> {
+                mlprune::mil::access::for_each_op_mut(prog, |op| -> Result<(), mlprune::Error> {
                     if let Some(val) = op.attributes.lookup_mut("val") {
                         if let Some(V::BlobFileValue(b)) = val.value.as_mut() {
                             if !done {

@@ -14,8 +14,8 @@ use serde_json::Value as Json;
 use super::*;
 use crate::config::OptimizationConfig;
 use crate::dispatch::{run_kernel, KernelResult};
+use crate::mil::access::{op_at, with_op_mut};
 use crate::mil::encode_op;
-use crate::mil::graph::{op_at, with_op_mut};
 use crate::mil::rewrite::{rename_all, replace_ops};
 use crate::mil::value::OperationExt;
 use crate::mil::LoadedModel;
@@ -159,7 +159,7 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
 
 fn ops_by_name(model: &LoadedModel) -> Vec<(String, crate::proto::mil::Operation)> {
     let mut out = Vec::new();
-    crate::mil::graph::for_each_op(&model.program, |op| {
+    crate::mil::access::for_each_op(&model.program, |op| {
         out.push((op.name().unwrap_or_default().to_owned(), op.clone()));
         Ok::<(), crate::Error>(())
     })

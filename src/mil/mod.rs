@@ -3,6 +3,7 @@
 //! Nothing here edits generated code: behaviour is added through helper traits (`value`), a read-only
 //! index of the graph (`graph`), and explicit rewrite operations (`rewrite`).
 
+pub mod access;
 pub mod build;
 pub mod decode_budget;
 pub mod entries;

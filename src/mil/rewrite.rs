@@ -209,8 +209,9 @@ mod tests {
 
     use super::*;
     use crate::dtype::ScalarType;
+    use crate::mil::access::op_at;
     use crate::mil::build::{bind_name, const_op, op};
-    use crate::mil::graph::{op_at, GraphView, UseSite};
+    use crate::mil::graph::{GraphView, UseSite};
     use crate::mil::value::{blob_value, tensor_value_type, OperationExt};
     use crate::proto::mil::{Block, Function, NamedValueType};
 
@@ -358,7 +359,7 @@ mod tests {
 
     #[test]
     fn set_ops_at_stores_top_level_and_nested_ops_together() {
-        use crate::mil::graph::set_ops_at;
+        use crate::mil::access::set_ops_at;
         let mut p = sample();
         let g = GraphView::build(&p).unwrap();
         let (top, nested) = (g.ops[0].path.clone(), g.ops[3].path.clone());

@@ -92,7 +92,7 @@ pub trait OperationExt {
     fn name(&self) -> Option<&str>;
     /// The `val` attribute of a `const` op.
     fn const_value(&self) -> Option<&Value>;
-    /// [`Self::const_value`], taken out of an op decoded for it (`crate::mil::graph::op_at`).
+    /// [`Self::const_value`], taken out of an op decoded for it (`crate::mil::access::op_at`).
     fn into_const_value(self) -> Option<Value>;
     fn is_const(&self) -> bool;
     /// True for the constexpr family (`constexpr_sparse_to_dense`, `constexpr_lut_to_dense`, ...).

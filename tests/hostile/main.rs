@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use mlprune::config::{from_shortcuts, Shortcuts};
 use mlprune::engine::{self, DevicePolicy, PruneJob};
+use mlprune::mil::access::for_each_op_mut;
 use mlprune::mil::entries::Entries;
-use mlprune::mil::graph::for_each_op_mut;
 use mlprune::proto::mil::argument::binding::Binding;
 use mlprune::proto::mil::{dimension, value, Operation, Program};
 use mlprune::proto::spec::{model::Type, Model};
@@ -303,7 +303,7 @@ fn first_blob_const(case: &Case) -> (String, u64) {
         panic!()
     };
     let mut found = None;
-    mlprune::mil::graph::for_each_op(&program, |op| -> Result<(), mlprune::Error> {
+    mlprune::mil::access::for_each_op(&program, |op| -> Result<(), mlprune::Error> {
         if let (None, Some(v)) = (&found, op.attributes.lookup("val")) {
             if let Some(value::Value::BlobFileValue(b)) = &v.value {
                 found = mlprune::mil::OperationExt::name(op).map(|n| (n.to_owned(), b.offset));
