@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use crate::dtype::ScalarType;
 use crate::error::Result;
+use crate::mil::access::OpPath;
 use crate::mil::entries::Entries;
-use crate::mil::graph::OpPath;
 use crate::mil::value::{decode_immediate, ValueExt};
 use crate::proto::mil::{argument::binding::Binding, Operation, Value};
 use crate::weights::source::TensorMeta;

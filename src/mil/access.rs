@@ -6,12 +6,25 @@
 //! [`crate::mil::GraphView::op`] and store them with [`set_ops_at`], which touch the owning op
 //! once.
 
-use prost::bytes::Bytes;
+use std::sync::Arc;
 
-use super::graph::OpPath;
+use prost::bytes::Bytes;
+use smallvec::SmallVec;
+
 use super::ops::{decode_op, encode_op};
 use crate::error::Error;
 use crate::proto::mil::{Block, Operation, Program};
+
+/// Where an op lives: function, block specialization, then op index, and for ops inside nested
+/// blocks alternating (block index, op index) steps. The names are shared with the index, so a
+/// path costs no allocation for a top-level op.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpPath {
+    pub function: Arc<str>,
+    pub specialization: Arc<str>,
+    /// `[op]` for a top-level op, `[op, block, op]` one level down, and so on.
+    pub steps: SmallVec<[usize; 1]>,
+}
 
 /// The op at `path`, decoded, if it exists.
 pub fn op_at(program: &Program, path: &OpPath) -> Option<Operation> {

@@ -13,24 +13,13 @@ use hashbrown::HashTable;
 use prost::bytes::Bytes;
 use smallvec::SmallVec;
 
-use super::access::op_bytes_at;
+use super::access::{op_bytes_at, OpPath};
 use super::entries::Entries;
 use super::ops::decode_op;
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
 use super::value::{describe_type, same_declared_type, OperationExt};
-
-/// Where an op lives: function, block specialization, then op index, and for ops inside nested
-/// blocks alternating (block index, op index) steps. The names are shared with the index, so a
-/// path costs no allocation for a top-level op.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct OpPath {
-    pub function: Arc<str>,
-    pub specialization: Arc<str>,
-    /// `[op]` for a top-level op, `[op, block, op]` one level down, and so on.
-    pub steps: SmallVec<[usize; 1]>,
-}
 
 /// One op of the program, in program order.
 #[derive(Debug, Clone)]

@@ -13,8 +13,9 @@ pub mod ops;
 pub mod rewrite;
 pub mod value;
 
+pub use access::OpPath;
 pub use entries::Entries;
-pub use graph::{GraphView, OpInfo, OpPath, UseSite};
+pub use graph::{GraphView, OpInfo, UseSite};
 pub use model::{decode_model, encode_model, LoadedModel};
 pub use ops::{decode_op, encode_op};
 pub use value::{OperationExt, TensorTypeExt, ValueExt};

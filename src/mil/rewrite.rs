@@ -6,7 +6,7 @@ use super::entries::Entries;
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
-use super::graph::OpPath;
+use super::access::OpPath;
 use super::ops::{decode_op, encode_op, encode_ops};
 
 /// Runs `f` on the block reached from a function's specialization through `(op, block)` index
