@@ -9,8 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::config::{from_shortcuts, OptimizationConfig, Shortcuts};
-use crate::dispatch::{Backend, CpuBackend, KernelResult};
-use crate::engine::DevicePolicy;
+use crate::dispatch::{same_bytes, Backend, CpuBackend, DevicePolicy, KernelResult};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::mil::graph::GraphView;
@@ -137,21 +136,6 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
         copy_gbps,
         copy_bytes,
     })
-}
-
-/// Whether two kernel results are the same bytes: skip messages, or dtype, mask, count and the
-/// kept values' bits (`==` on the typed values would call two NaNs different).
-pub fn same_bytes(a: &KernelResult, b: &KernelResult) -> bool {
-    match (a, b) {
-        (KernelResult::Skipped(x), KernelResult::Skipped(y)) => x == y,
-        (KernelResult::Pruned(x), KernelResult::Pruned(y)) => {
-            x.kept == y.kept
-                && x.mask == y.mask
-                && x.nonzero.dtype() == y.nonzero.dtype()
-                && x.nonzero.to_le_bytes() == y.nonzero.to_le_bytes()
-        }
-        _ => false,
-    }
 }
 
 fn gbps(bytes: u64, s: f64) -> f64 {

@@ -12,9 +12,9 @@
 
 use std::time::Instant;
 
-use crate::bench::same_bytes;
-use crate::dispatch::{run_order_in_place, run_order_on_view, Backend, KernelResult, Order};
-use crate::engine::DevicePolicy;
+use crate::dispatch::{
+    run_order_in_place, run_order_on_view, same_bytes, Backend, DevicePolicy, KernelResult, Order,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::tensor::{TensorData, TensorView};

@@ -1,6 +1,8 @@
 //! Picks the CPU kernel for a config and a tensor's dtype, and returns the result as typed data the
 //! encoder can write. The kernels themselves live in `crate::prune`.
 
+use serde::Serialize;
+
 use crate::config::OpConfig;
 use crate::error::{Error, Result};
 use crate::global_sparsity::{CutKey, GlobalCut};
@@ -223,4 +225,28 @@ fn cut_typed<T: CutKey>(cut: GlobalCut, w: Dense<'_, T>, wrap: fn(Vec<T>) -> Ten
         mask: s.mask,
         kept: s.kept,
     })
+}
+
+/// Where tensors are pruned: the user's choice, which `crate::devices` carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DevicePolicy {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+/// Whether two kernel results are the same bytes: skip messages, or dtype, mask, count and the
+/// kept values' bits (`==` on the typed values would call two NaNs different).
+pub fn same_bytes(a: &KernelResult, b: &KernelResult) -> bool {
+    match (a, b) {
+        (KernelResult::Skipped(x), KernelResult::Skipped(y)) => x == y,
+        (KernelResult::Pruned(x), KernelResult::Pruned(y)) => {
+            x.kept == y.kept
+                && x.mask == y.mask
+                && x.nonzero.dtype() == y.nonzero.dtype()
+                && x.nonzero.to_le_bytes() == y.nonzero.to_le_bytes()
+        }
+        _ => false,
+    }
 }

@@ -21,6 +21,7 @@ pub use crate::cancel::CancelFlag;
 use crate::config::{OpConfig, OptimizationConfig};
 use crate::dedupe::{Deduplicator, Near, Verdict};
 use crate::devices::{Devices, Placement};
+pub use crate::dispatch::DevicePolicy;
 use crate::dispatch::{KernelResult, Order};
 use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::error::{Error, IoContext, Result};
@@ -39,15 +40,6 @@ use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::proto::mil::{NamedValueType, Operation, Program};
 use crate::shared::{blob_key, check_shared_configs, qualified, renamed_copy, Outcome, SharedOutcomes};
 use crate::weights::{WeightFileBuilder, WeightSource};
-
-/// Where tensors are pruned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DevicePolicy {
-    Auto,
-    Cpu,
-    Gpu,
-}
 
 /// A validated `mlprune prune` request.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use half::f16;
-use mlprune::bench::same_bytes;
+use mlprune::dispatch::same_bytes;
 use mlprune::config::OpConfig;
 use mlprune::dispatch::{Backend, CpuBackend, KernelResult};
 use mlprune::engine::DevicePolicy;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use super::pool::BufferPool;
 use super::profile::Profiler;
 use super::shaders::{ModuleSource, PRUNE_MODULE, SELECT_MODULE};
-use crate::engine::DevicePolicy;
+use crate::dispatch::DevicePolicy;
 use crate::error::{Error, Result};
 
 /// Size of the kernels' uniform block (`Params` in shaders/common.wgsl): 20 u32.
