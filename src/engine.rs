@@ -206,6 +206,12 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     };
     let keep_entries = job.keep_entries || job.report.is_some();
     let planned_count = planned.len();
+    // A pruned tensor stores two blobs (mask, kept values), a skipped one its copy.
+    let prunes = planned
+        .iter()
+        .filter(|p| matches!(p.decision, Decision::Prune(_)))
+        .count();
+    rewrite.weights.reserve_blobs(planned_count + prunes);
     let mut pruned_count = 0;
     let mut reports = Vec::with_capacity(if keep_entries { planned_count } else { 0 });
     let shared_cut = global_cut.clone().map(Arc::new);
@@ -350,19 +356,24 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
 /// is read for the first of them only: the others reuse its result.
 fn prefetch_jobs(program: &Program, graph: &GraphView, planned: &[PlannedTensor]) -> Vec<Job> {
     let mut seen = HashSet::new();
-    planned
-        .iter()
-        .filter(|p| matches!(p.decision, Decision::Prune(_)))
-        .filter(|p| blob_key(program, graph, p.op_index).is_none_or(|key| seen.insert(key)))
-        .filter_map(|p| {
-            let info = graph.ops.get(p.op_index)?;
-            Some(Job {
-                op_index: p.op_index,
-                name: info.name.clone(),
-                op: graph.op_bytes(program, p.op_index)?,
-            })
-        })
-        .collect()
+    let pruned = |p: &&PlannedTensor| matches!(p.decision, Decision::Prune(_));
+    // Sized once: the jobs live through the whole walk.
+    let mut jobs = Vec::with_capacity(planned.iter().filter(pruned).count());
+    jobs.extend(
+        planned
+            .iter()
+            .filter(pruned)
+            .filter(|p| blob_key(program, graph, p.op_index).is_none_or(|key| seen.insert(key)))
+            .filter_map(|p| {
+                let info = graph.ops.get(p.op_index)?;
+                Some(Job {
+                    op_index: p.op_index,
+                    name: info.name.clone(),
+                    op: graph.op_bytes(program, p.op_index)?,
+                })
+            }),
+    );
+    jobs
 }
 
 /// Tensors done, bytes, throughput and ETA on stderr. indicatif hides it when stderr is not a

@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use half::f16;
-use mlprune::dispatch::same_bytes;
 use mlprune::config::OpConfig;
+use mlprune::dispatch::same_bytes;
 use mlprune::dispatch::{Backend, CpuBackend, KernelResult};
 use mlprune::engine::DevicePolicy;
 use mlprune::gpu::{GpuBackend, GpuContext, MAX_CHUNK_BYTES};

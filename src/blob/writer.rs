@@ -227,6 +227,11 @@ impl<W: TensorSink> BlobWriter<W> {
         Ok(())
     }
 
+    /// Makes room in the store-once table for `blobs` more blobs.
+    pub fn reserve_blobs(&mut self, blobs: usize) {
+        self.stored.reserve(blobs);
+    }
+
     /// Appends one blob of `element_count` elements whose storage bytes (bit-packed for sub-byte types)
     /// are `data`, and returns its record offset, the value for `BlobFileValue.offset`.
     /// Content already in the file is not written again: the earlier blob's offset is returned.

@@ -82,6 +82,13 @@ impl<W: TensorSink> WeightFileBuilder<W> {
         })
     }
 
+    /// Makes room to remember `blobs` stored blobs at once: the table that finds equal content
+    /// would otherwise double while the run holds everything else, its old half and new whole both
+    /// in memory at that moment.
+    pub fn reserve_blobs(&mut self, blobs: usize) {
+        self.writer.reserve_blobs(blobs);
+    }
+
     /// Copies every blob `op` references from `source` (once per original offset) and patches the
     /// references. Each blob is validated against the value's declared dtype and element count.
     /// Returns whether a reference changed (so the op must be stored again).
