@@ -826,7 +826,7 @@ fn tensor_report(
             (true, None, Some(sparsity), after)
         }
         (Some(Err(reason)), _) => (false, Some(reason), None, bytes),
-        (None, Decision::Skip(reason)) => (false, Some(reason), None, bytes),
+        (None, Decision::Skip(reason)) => (false, Some(reason.to_string()), None, bytes),
         (None, Decision::Prune(_)) => (false, None, None, bytes),
     };
     TensorReport {

@@ -12,6 +12,7 @@
 //! constexpr op), but the lookup can raise, e.g. a conflict between the consumers of an already
 //! palettized weight, so [`plan`] runs it too ([`check_materialized_values`]).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::config::{
@@ -25,11 +26,35 @@ use crate::mil::value::{is_constexpr_type, OperationExt};
 use crate::proto::mil::{argument::binding::Binding, Operation, Program};
 use crate::weights::TensorMeta;
 
-/// What happens to one weight tensor.
+/// What happens to one weight tensor. The config and the reason are shared by every entry that
+/// has an equal one ([`share_decisions`]): a model of many tensors repeats a handful of them, and
+/// the plan lives for the whole run (issue 18).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    Prune(OpConfig),
-    Skip(String),
+    Prune(Arc<OpConfig>),
+    Skip(Arc<str>),
+}
+
+/// Gives entries with equal configs or equal skip reasons one shared copy of each.
+pub(crate) fn share_decisions<'a>(decisions: impl Iterator<Item = &'a mut Decision>) {
+    // Keyed by the printed config: `OpConfig` holds floats, and two configs that print alike are
+    // the same config (NaN is refused before planning).
+    let mut configs: HashMap<String, Arc<OpConfig>> = HashMap::new();
+    let mut reasons: HashSet<Arc<str>> = HashSet::new();
+    for decision in decisions {
+        match decision {
+            Decision::Prune(c) => {
+                let shared = configs.entry(format!("{c:?}")).or_insert_with(|| c.clone());
+                *c = shared.clone();
+            }
+            Decision::Skip(r) => match reasons.get(r) {
+                Some(shared) => *r = shared.clone(),
+                None => {
+                    reasons.insert(r.clone());
+                }
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,7 +130,7 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         let decision = if storable(&meta) {
             decide(graph, config, index, &meta)?
         } else {
-            Decision::Skip(format!("{} {} values are not stored in weight.bin (needs fp16/fp32/int8/uint8 and at least 10 elements)", meta.count, meta.dtype))
+            Decision::Skip(format!("{} {} values are not stored in weight.bin (needs fp16/fp32/int8/uint8 and at least 10 elements)", meta.count, meta.dtype).into())
         };
         planned.push(PlannedTensor {
             op_index: index,
@@ -116,6 +141,7 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
     }
     // The plan lives for the whole walk: give back the slack of growing it one push at a time.
     planned.shrink_to_fit();
+    share_decisions(planned.iter_mut().map(|p| &mut p.decision));
     Ok(planned)
 }
 
@@ -213,9 +239,9 @@ fn decide(
     let consumers = graph.consumers(index);
     let op_config = match resolve_const(graph, config, index)? {
         Resolution::Config(c) => c.clone(),
-        Resolution::Skip(reason) => return Ok(Decision::Skip(reason.to_string())),
+        Resolution::Skip(reason) => return Ok(Decision::Skip(reason.to_string().into())),
         Resolution::FollowConstexpr { consumer, .. } => {
-            return Ok(Decision::Skip(format!("feeds constexpr op '{consumer}'")));
+            return Ok(Decision::Skip(format!("feeds constexpr op '{consumer}'").into()));
         }
     };
     if consumers
@@ -236,30 +262,35 @@ fn decide(
         )));
     }
     if meta.shape.len() <= 1 {
-        return Ok(Decision::Skip(format!(
-            "rank {} tensor (coremltools never prunes rank ≤ 1 consts)",
-            meta.shape.len()
-        )));
+        return Ok(Decision::Skip(
+            format!(
+                "rank {} tensor (coremltools never prunes rank ≤ 1 consts)",
+                meta.shape.len()
+            )
+            .into(),
+        ));
     }
     if meta.count <= weight_threshold {
-        return Ok(Decision::Skip(format!(
-            "{} elements ≤ weight_threshold {weight_threshold}",
-            meta.count
-        )));
+        return Ok(Decision::Skip(
+            format!("{} elements ≤ weight_threshold {weight_threshold}", meta.count).into(),
+        ));
     }
     if op_config.is_structural() && !config.op_name.contains_key(&*info.name) {
         let all_targets = consumers
             .iter()
             .all(|&(c, input)| structural_target(&graph.ops[c].op_type, input));
         if !all_targets {
-            return Ok(Decision::Skip(format!(
-                "op named {} not applicable for {} configuration. Skipped.",
-                info.name,
-                op_config.describe()
-            )));
+            return Ok(Decision::Skip(
+                format!(
+                    "op named {} not applicable for {} configuration. Skipped.",
+                    info.name,
+                    op_config.describe()
+                )
+                .into(),
+            ));
         }
     }
-    Ok(Decision::Prune(op_config))
+    Ok(Decision::Prune(Arc::new(op_config)))
 }
 
 #[cfg(test)]
@@ -271,6 +302,37 @@ mod tests {
     use crate::mil::value::{blob_value, immediate_value, tensor_value_type};
     use crate::proto::mil::{Block, Function, NamedValueType};
     use crate::tensor::TensorData;
+
+    #[test]
+    fn equal_configs_and_reasons_are_shared() {
+        let magnitude = |s: f64| OpConfig::Magnitude {
+            target_sparsity: Some(s),
+            block_size: None,
+            n_m_ratio: None,
+            dim: None,
+            weight_threshold: Some(0),
+        };
+        let mut decisions = vec![
+            Decision::Prune(Arc::new(magnitude(0.5))),
+            Decision::Skip("rank 1".into()),
+            Decision::Prune(Arc::new(magnitude(0.5))),
+            Decision::Prune(Arc::new(magnitude(0.25))),
+            Decision::Skip("rank 1".into()),
+        ];
+        let before = decisions.clone();
+        share_decisions(decisions.iter_mut());
+        assert_eq!(decisions, before, "sharing changes no decision");
+        let (Decision::Prune(a), Decision::Prune(b), Decision::Prune(c)) =
+            (&decisions[0], &decisions[2], &decisions[3])
+        else {
+            unreachable!()
+        };
+        assert!(Arc::ptr_eq(a, b) && !Arc::ptr_eq(a, c));
+        let (Decision::Skip(x), Decision::Skip(y)) = (&decisions[1], &decisions[4]) else {
+            unreachable!()
+        };
+        assert!(Arc::ptr_eq(x, y));
+    }
 
     /// main(x): `w` palettized (iOS18 form: indices and a 16-entry lut held inline) read by two
     /// linears, plus a plain 8x8 weight `v` read by a third linear.

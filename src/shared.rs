@@ -97,7 +97,7 @@ fn resolved_config(
     p: &PlannedTensor,
 ) -> Result<Option<Option<OpConfig>>> {
     if let Decision::Prune(c) = &p.decision {
-        return Ok(Some(Some(c.clone())));
+        return Ok(Some(Some((**c).clone())));
     }
     // The plan resolved exactly the storable consts; resolving them again raises nothing new.
     if !storable(&p.meta) {

@@ -199,7 +199,7 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
         } else {
             continue;
         };
-        p.decision = Decision::Skip(reason);
+        p.decision = Decision::Skip(reason.into());
         excluded.insert(p.op_index);
     }
     // Checked once all names are known; the run stops here, so the marks above go unused.

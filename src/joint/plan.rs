@@ -17,7 +17,7 @@ use crate::config::{resolve_op, weight_threshold_of, OptimizationConfig, Resolut
 use crate::error::{Error, Result};
 use crate::mil::graph::GraphView;
 use crate::mil::value::{element_count, is_constexpr_type, TensorTypeExt};
-use crate::plan::{consumer_views, storable, Decision};
+use crate::plan::{consumer_views, share_decisions, storable, Decision};
 use crate::proto::mil::{value_type, Program};
 use crate::weights::TensorMeta;
 
@@ -75,11 +75,14 @@ pub fn plan_joint(
         let decision = if storable(&meta) {
             decide(graph, config, index, &meta)?
         } else {
-            Decision::Skip(format!(
-                "materializes to {} {} values, which coremltools does not store in weight.bin \
+            Decision::Skip(
+                format!(
+                    "materializes to {} {} values, which coremltools does not store in weight.bin \
                  (needs fp16/fp32/int8/uint8 and at least 10 elements)",
-                meta.count, meta.dtype
-            ))
+                    meta.count, meta.dtype
+                )
+                .into(),
+            )
         };
         planned.push(PlannedJoint {
             op_index: index,
@@ -89,6 +92,7 @@ pub fn plan_joint(
             decision,
         });
     }
+    share_decisions(planned.iter_mut().map(|p| &mut p.decision));
     Ok(planned)
 }
 
@@ -112,9 +116,9 @@ fn decide(
     }
     let op_config = match resolution {
         Resolution::Config(c) => c.clone(),
-        Resolution::Skip(reason) => return Ok(Decision::Skip(reason.to_string())),
+        Resolution::Skip(reason) => return Ok(Decision::Skip(reason.to_string().into())),
         Resolution::FollowConstexpr { consumer, .. } => {
-            return Ok(Decision::Skip(format!("feeds constexpr op '{consumer}'")));
+            return Ok(Decision::Skip(format!("feeds constexpr op '{consumer}'").into()));
         }
     };
     let consumers = graph.consumers(index);
@@ -134,16 +138,18 @@ fn decide(
         )));
     }
     if meta.shape.len() <= 1 {
-        return Ok(Decision::Skip(format!(
-            "rank {} tensor (coremltools never prunes rank ≤ 1 weights)",
-            meta.shape.len()
-        )));
+        return Ok(Decision::Skip(
+            format!(
+                "rank {} tensor (coremltools never prunes rank ≤ 1 weights)",
+                meta.shape.len()
+            )
+            .into(),
+        ));
     }
     if meta.count <= weight_threshold {
-        return Ok(Decision::Skip(format!(
-            "{} elements ≤ weight_threshold {weight_threshold}",
-            meta.count
-        )));
+        return Ok(Decision::Skip(
+            format!("{} elements ≤ weight_threshold {weight_threshold}", meta.count).into(),
+        ));
     }
     if op_config.is_structural() {
         return Err(Error::Config(format!(
@@ -153,5 +159,5 @@ fn decide(
             info.name
         )));
     }
-    Ok(Decision::Prune(op_config))
+    Ok(Decision::Prune(std::sync::Arc::new(op_config)))
 }
