@@ -65,7 +65,7 @@ pub fn for_each_op<E: From<Error>>(
         f: &mut impl FnMut(&Operation) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         for bytes in &block.operations {
-            let op = decode_op(bytes).map_err(|e| Error::Graph(format!("an op does not decode: {e:?}")))?;
+            let op = decode_op(bytes).map_err(Error::from)?;
             f(&op)?;
             for nested in &op.blocks {
                 walk(nested, f)?;
@@ -91,8 +91,7 @@ pub fn for_each_op_mut<E: From<Error>>(
         f: &mut impl FnMut(&mut Operation) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         for slot in &mut block.operations {
-            let mut op =
-                decode_op(slot).map_err(|e| Error::Graph(format!("an op does not decode: {e:?}")))?;
+            let mut op = decode_op(slot).map_err(Error::from)?;
             f(&mut op)?;
             for nested in &mut op.blocks {
                 walk(nested, f)?;

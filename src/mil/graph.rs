@@ -198,7 +198,7 @@ impl GraphView {
             // Checked at load (`decode_model`); decoded here for the index, then dropped.
             let op = decode_op(bytes).map_err(|e| {
                 Error::Graph(format!(
-                    "op {i} of a block of function '{function}' does not decode: {e:?}"
+                    "op {i} of a block of function '{function}' does not decode: {e}"
                 ))
             })?;
             let op = &op;

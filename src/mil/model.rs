@@ -129,9 +129,7 @@ fn op_refusal(e: OpDecodeError) -> String {
     match e {
         OpDecodeError::Invalid(e) => format!("not a valid Core ML model protobuf: {e}"),
         OpDecodeError::Lossy { read, understood } => format!("an operation {}", lossy(read, understood)),
-        OpDecodeError::DuplicateKey(d) => {
-            format!("operation '{}' has two {}s named '{}'", d.op, d.field, d.key)
-        }
+        duplicate @ OpDecodeError::DuplicateKey(_) => duplicate.to_string(),
     }
 }
 

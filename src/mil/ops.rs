@@ -16,6 +16,7 @@ use prost::bytes::Bytes;
 use prost::Message;
 
 use super::entries::{normalize_op, DuplicateKey};
+use crate::error::Error;
 use crate::proto::mil::{Block, Operation};
 
 /// Why an op's bytes were refused.
@@ -27,6 +28,31 @@ pub enum OpDecodeError {
     Lossy { read: usize, understood: usize },
     /// A key given twice in its inputs or attributes.
     DuplicateKey(DuplicateKey),
+}
+
+impl std::fmt::Display for OpDecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpDecodeError::Invalid(e) => write!(f, "not a valid operation protobuf: {e}"),
+            OpDecodeError::Lossy { read, understood } => {
+                write!(
+                    f,
+                    "{read} bytes read, {understood} understood by mlprune's schema"
+                )
+            }
+            OpDecodeError::DuplicateKey(d) => {
+                write!(f, "operation '{}' has two {}s named '{}'", d.op, d.field, d.key)
+            }
+        }
+    }
+}
+
+/// Past the check at load (`crate::mil::decode_model`) an op that does not decode is a broken
+/// program built in memory, not bad input: a graph error.
+impl From<OpDecodeError> for Error {
+    fn from(e: OpDecodeError) -> Self {
+        Error::Graph(format!("an op does not decode: {e}"))
+    }
 }
 
 /// Decodes one op, checked as described in the module docs. Its nested blocks' ops stay encoded.

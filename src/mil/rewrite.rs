@@ -139,8 +139,7 @@ pub fn rename_all<T: AsRef<str>>(program: &mut Program, renames: &[(T, T, T)]) -
         let mut n = 0;
         for slot in &mut block.operations {
             *visited += 1;
-            let mut op =
-                decode_op(slot).map_err(|e| Error::Graph(format!("an op does not decode: {e:?}")))?;
+            let mut op = decode_op(slot)?;
             let before = n;
             for arg in op.inputs.values_mut() {
                 for binding in &mut arg.arguments {
