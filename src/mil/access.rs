@@ -133,8 +133,8 @@ pub fn set_op_at(program: &mut Program, path: &OpPath, op: &Operation) -> Option
 
 /// Stores many ops at once, each `(path, bytes)` replacing the op at `path` by an encoded op. An
 /// op whose nested blocks hold several of them is decoded and encoded once for all, so the work is
-/// the size of the ops touched, not that times the number of updates. `None` if a path leads nowhere (the program is
-/// then partly updated).
+/// the size of the ops touched, not that times the number of updates. `None` if a path leads
+/// nowhere (the program is then partly updated).
 pub fn set_ops_at(program: &mut Program, mut updates: Vec<(OpPath, Bytes)>) -> Option<()> {
     updates.sort_by(|a, b| a.0.cmp(&b.0));
     let mut rest = updates.as_slice();
@@ -144,11 +144,7 @@ pub fn set_ops_at(program: &mut Program, mut updates: Vec<(OpPath, Bytes)>) -> O
             .take_while(|(p, _)| p.function == first.function && p.specialization == first.specialization)
             .count();
         let (group, later) = rest.split_at(same_block);
-        let block = program
-            .functions
-            .get_mut(&*first.function)?
-            .block_specializations
-            .get_mut(&*first.specialization)?;
+        let block = function_block_mut(program, first)?;
         let steps: Vec<(&[usize], &Bytes)> = group.iter().map(|(p, op)| (&p.steps[..], op)).collect();
         store_in_block(block, &steps)?;
         rest = later;
@@ -201,11 +197,36 @@ fn with_slot<R>(program: &mut Program, path: &OpPath, f: impl FnOnce(&mut Bytes)
         *slot = encode_op(&op);
         Some(result)
     }
-    let block = program
+    let (&first, rest) = path.steps.split_first()?;
+    descend(
+        function_block_mut(program, path)?.operations.get_mut(first)?,
+        rest,
+        f,
+    )
+}
+
+/// Runs `f` on the block holding the op at `path` (the block must exist, the op need not); the
+/// ops its path runs through are decoded and encoded again around it.
+pub fn with_block_mut<R>(program: &mut Program, path: &OpPath, f: impl FnOnce(&mut Block) -> R) -> Option<R> {
+    // `[op, block, op, …, block, op]`: the block holding the last op is `block` of the op before.
+    let parents = &path.steps[..path.steps.len().saturating_sub(1)];
+    match parents.split_last() {
+        None => Some(f(function_block_mut(program, path)?)),
+        Some((&block, owner)) => {
+            let owner = OpPath {
+                steps: owner.into(),
+                ..path.clone()
+            };
+            with_op_mut(program, &owner, |op| op.blocks.get_mut(block).map(f)).flatten()
+        }
+    }
+}
+
+/// The function body (specialization) that `path` starts in.
+fn function_block_mut<'p>(program: &'p mut Program, path: &OpPath) -> Option<&'p mut Block> {
+    program
         .functions
         .get_mut(&*path.function)?
         .block_specializations
-        .get_mut(&*path.specialization)?;
-    let (&first, rest) = path.steps.split_first()?;
-    descend(block.operations.get_mut(first)?, rest, f)
+        .get_mut(&*path.specialization)
 }

@@ -6,39 +6,8 @@ use super::entries::Entries;
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
-use super::access::OpPath;
+use super::access::{with_block_mut, OpPath};
 use super::ops::{decode_op, encode_op, encode_ops};
-
-/// Runs `f` on the block reached from a function's specialization through `(op, block)` index
-/// pairs. The ops on the way are decoded and, after `f`, encoded again.
-fn with_block_mut<R>(
-    program: &mut Program,
-    function: &str,
-    specialization: &str,
-    parents: &[usize],
-    f: impl FnOnce(&mut Block) -> Result<R>,
-) -> Option<Result<R>> {
-    fn descend<R>(
-        block: &mut Block,
-        parents: &[usize],
-        f: impl FnOnce(&mut Block) -> Result<R>,
-    ) -> Option<Result<R>> {
-        let [o, b, deeper @ ..] = parents else {
-            return if parents.is_empty() { Some(f(block)) } else { None };
-        };
-        let slot = block.operations.get_mut(*o)?;
-        let mut op = decode_op(slot).ok()?;
-        let result = descend(op.blocks.get_mut(*b)?, deeper, f)?;
-        *slot = encode_op(&op);
-        Some(result)
-    }
-    let block = program
-        .functions
-        .get_mut(function)?
-        .block_specializations
-        .get_mut(specialization)?;
-    descend(block, parents, f)
-}
 
 /// Replaces many ops at once, each by zero or more ops: every block holding an edit is rebuilt
 /// once, so the cost is that of the blocks' lengths plus the edits, not of one splice per edit
@@ -91,14 +60,7 @@ pub fn replace_ops(program: &mut Program, mut edits: Vec<(OpPath, Vec<Operation>
             block.operations = rebuilt;
             Ok(block.operations.len())
         };
-        moved += with_block_mut(
-            program,
-            &first_path.function,
-            &first_path.specialization,
-            parent_steps(&first_path),
-            rebuild,
-        )
-        .ok_or_else(|| missing(&first_path))??;
+        moved += with_block_mut(program, &first_path, rebuild).ok_or_else(|| missing(&first_path))??;
     }
     Ok(moved)
 }
