@@ -101,7 +101,7 @@ pub fn decode_model(bytes: Bytes, path: &Path) -> Result<Model> {
             }
             for function in program.functions.values() {
                 for block in function.block_specializations.values() {
-                    check_block(block, &mut |_| ()).map_err(|e| err(op_refusal(e)))?;
+                    check_block(block).map_err(|e| err(op_refusal(e)))?;
                 }
             }
             Ok(model)

@@ -87,14 +87,11 @@ pub fn block_of(ops: impl IntoIterator<Item = Operation>) -> Block {
     }
 }
 
-/// Every op of `block` and of the blocks nested in its ops, in program order (an op before its
-/// nested ops), each checked by [`decode_op`] and shown to `visit`.
-pub fn check_block(block: &Block, visit: &mut impl FnMut(&Operation)) -> Result<(), OpDecodeError> {
+/// Checks every op of `block` and of the blocks nested in its ops with [`decode_op`].
+pub fn check_block(block: &Block) -> Result<(), OpDecodeError> {
     for bytes in &block.operations {
-        let op = decode_op(bytes)?;
-        visit(&op);
-        for nested in &op.blocks {
-            check_block(nested, visit)?;
+        for nested in &decode_op(bytes)?.blocks {
+            check_block(nested)?;
         }
     }
     Ok(())
@@ -152,13 +149,22 @@ mod tests {
     }
 
     #[test]
-    fn check_block_visits_nested_ops_after_their_owner() {
-        let mut outer = relu();
-        outer.r#type = "cond".into();
-        outer.blocks.push(block_of([relu()]));
-        let block = block_of([outer, relu()]);
-        let mut seen = Vec::new();
-        check_block(&block, &mut |op| seen.push(op.r#type.clone())).unwrap();
-        assert_eq!(seen, ["cond", "relu", "relu"]);
+    fn check_block_reaches_ops_in_nested_blocks() {
+        let nest = |inner: Operation| {
+            let mut outer = relu();
+            outer.r#type = "cond".into();
+            outer.blocks.push(block_of([inner]));
+            block_of([outer, relu()])
+        };
+        check_block(&nest(relu())).unwrap();
+        let mut twice = relu();
+        twice.inputs.push(InputEntry {
+            key: "x".into(),
+            value: Some(bind_name("b")),
+        });
+        assert!(matches!(
+            check_block(&nest(twice)),
+            Err(OpDecodeError::DuplicateKey(d)) if d.key == "x"
+        ));
     }
 }
