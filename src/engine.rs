@@ -221,7 +221,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     let jobs = if job.joint_compression {
         Vec::new()
     } else {
-        prefetch_jobs(&model.program, &graph, &planned)
+        prefetch_jobs(&model.program, &graph, &planned, prunes)
     };
     // Each entry moves into its report.
     let mut next_plan = planned.into_iter().peekable();
@@ -260,10 +260,10 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
                 None => (None, None),
             };
             let gone = || Error::Graph(format!("op '{}' disappeared during rewrite", info.name));
-            // One op for one, so later paths stay valid. A top-level op is stored at once (a const
-            // with inline data is freed now rather than held with its replacement until the end);
-            // one inside a nested block waits for the end, when the op owning the block is
-            // encoded once for all of them.
+            // One op for one, so later paths stay valid. A top-level op is stored at once, in its
+            // own slot; one inside a nested block waits for the end, when the op owning the block
+            // is decoded and encoded once for all of them (storing each at once would re-encode
+            // that owner per op).
             let changed = if let Some(new_op) = rewrite.replaced.take() {
                 Some(new_op)
             } else if !matches!(result, Some(Ok(_))) {
@@ -353,16 +353,16 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
 }
 
 /// The consts the plan prunes, in program order, for the reader thread. A blob several consts share
-/// is read for the first of them only: the others reuse its result.
-fn prefetch_jobs(program: &Program, graph: &GraphView, planned: &[PlannedTensor]) -> Vec<Job> {
+/// is read for the first of them only: the others reuse its result. `prunes`: how many entries
+/// the plan prunes, the most jobs there can be.
+fn prefetch_jobs(program: &Program, graph: &GraphView, planned: &[PlannedTensor], prunes: usize) -> Vec<Job> {
     let mut seen = HashSet::new();
-    let pruned = |p: &&PlannedTensor| matches!(p.decision, Decision::Prune(_));
     // Sized once: the jobs live through the whole walk.
-    let mut jobs = Vec::with_capacity(planned.iter().filter(pruned).count());
+    let mut jobs = Vec::with_capacity(prunes);
     jobs.extend(
         planned
             .iter()
-            .filter(pruned)
+            .filter(|p| matches!(p.decision, Decision::Prune(_)))
             .filter(|p| blob_key(program, graph, p.op_index).is_none_or(|key| seen.insert(key)))
             .filter_map(|p| {
                 let info = graph.ops.get(p.op_index)?;
