@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::config::{from_shortcuts, OptimizationConfig, Shortcuts};
-use crate::dispatch::{same_bytes, Backend, CpuBackend, DevicePolicy, KernelResult};
+use crate::dispatch::{same_bytes, Backend, CpuBackend, DevicePolicy, KernelResult, Order, TensorInput};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::mil::graph::GraphView;
@@ -86,12 +86,14 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
             .and_then(|op| op.into_const_value())
             .ok_or_else(|| Error::tensor(&p.name, "const op without a value"))?;
         let (meta, data) = source.read(&p.name, &value)?;
+        // Decided once, executed by both backends, as the engine does.
+        let work = Order::Config(op_config).decide(data.dtype(), &meta.shape, data.len(), &p.name)?;
         let time = |backend: &dyn Backend| -> Result<(f64, KernelResult)> {
             let mut best = f64::INFINITY;
             let mut last = None;
             for _ in 0..runs.max(1) {
                 let started = Instant::now();
-                let result = backend.run(op_config, &data, &meta.shape, &p.name)?;
+                let result = backend.execute(&work, TensorInput::borrowing(&data), &p.name)?;
                 best = best.min(started.elapsed().as_secs_f64());
                 last = Some(result);
             }
@@ -100,9 +102,9 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
         };
         let (cpu_s, cpu_result) = time(&CpuBackend)?;
         let (gpu_s, gpu_result) = time(&gpu)?;
-        let on_gpu = gpu.handles(op_config, &data, &meta.shape);
+        let on_gpu = gpu.covers(&work, &TensorInput::borrowing(&data));
         let kernel_s = if on_gpu && gpu.context().start_kernel_timing()? {
-            let run = gpu.run(op_config, &data, &meta.shape, &p.name);
+            let run = gpu.execute(&work, TensorInput::borrowing(&data), &p.name);
             let kernels = gpu.context().finish_kernel_timing()?;
             run?;
             kernels.filter(|k| k.untimed == 0).map(|k| k.seconds)

@@ -12,12 +12,9 @@
 
 use std::time::Instant;
 
-use crate::dispatch::{
-    run_order_in_place, run_order_on_view, same_bytes, Backend, DevicePolicy, KernelResult, Order,
-};
+use crate::dispatch::{execute_on_cpu, same_bytes, Backend, DevicePolicy, KernelResult, Order, TensorInput};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuBackend, GpuContext};
-use crate::tensor::{TensorData, TensorView};
 
 /// Where a tensor was pruned, and why there (`--report`'s `device` and `device_reason`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,68 +168,34 @@ impl Devices {
         (on_cpu, Placement::cpu(reason))
     }
 
-    /// [`Devices::run`] on borrowed values (a mapped tensor): the CPU kernels write the kept values
-    /// into `out`'s allocation where it fits, and the GPU uploads straight from the view.
-    pub fn run_view(
+    /// Runs one tensor's order (coremltools' config, or `--global-sparsity`'s cut): decides its
+    /// work order once, executes it on the device the policy picks, and says where it ran
+    /// (`"gpu"` or `"cpu"`) and why. Owned values give the CPU kernels their allocation; borrowed
+    /// ones (a mapped tensor) are read in place by either device.
+    pub fn run(
         &mut self,
         order: Order<'_>,
-        view: TensorView<'_>,
-        out: Option<TensorData>,
+        input: TensorInput<'_>,
         shape: &[u64],
         tensor: &str,
     ) -> Result<(KernelResult, Placement)> {
-        let reason = match self.route(view.len(), |gpu| gpu.handles_order(order, view, shape)) {
+        let work = order.decide(input.dtype(), shape, input.len(), tensor)?;
+        let reason = match self.route(input.len(), |gpu| gpu.covers(&work, &input)) {
             Route::Cpu(reason) => reason,
             Route::Gpu => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let (result, device) = (gpu.run_order(order, view, out, shape, tensor)?, gpu.name());
+                let (result, device) = (gpu.execute(&work, input, tensor)?, gpu.name());
                 return Ok((result, self.gpu_placement(device)));
             }
             Route::Race => {
                 let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let on_gpu = timed(|| gpu.run_order(order, view, None, shape, tensor));
-                let (on_cpu, cpu_ms) = timed(|| run_order_on_view(order, view, out, shape, tensor));
+                // The GPU reads the values in place and the CPU then runs on them as given.
+                let on_gpu = timed(|| gpu.execute(&work, input.lend(), tensor));
+                let (on_cpu, cpu_ms) = timed(|| execute_on_cpu(&work, input, tensor));
                 return Ok(self.settle_race(tensor, on_gpu, (on_cpu?, cpu_ms)));
             }
         };
-        Ok((
-            run_order_on_view(order, view, out, shape, tensor)?,
-            Placement::cpu(reason),
-        ))
-    }
-
-    /// Runs one tensor's work order (coremltools' config, or `--global-sparsity`'s cut) and says
-    /// where it ran (`"gpu"` or `"cpu"`) and why. The CPU kernels reuse `data`'s allocation for the
-    /// kept values; the GPU covers fp16 and fp32 values only.
-    pub fn run(
-        &mut self,
-        order: Order<'_>,
-        data: TensorData,
-        shape: &[u64],
-        tensor: &str,
-    ) -> Result<(KernelResult, Placement)> {
-        let view = data.as_view();
-        let covered = |gpu: &GpuBackend| view.is_some_and(|view| gpu.handles_order(order, view, shape));
-        let reason = match (self.route(data.len(), covered), view) {
-            (Route::Cpu(reason), _) => reason,
-            // Not reached: without a view `covered` is false, and `route` says Cpu.
-            (Route::Gpu | Route::Race, None) => "the GPU kernels cover fp16 and fp32 only".to_string(),
-            (Route::Gpu, Some(view)) => {
-                let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let (result, device) = (gpu.run_order(order, view, None, shape, tensor)?, gpu.name());
-                return Ok((result, self.gpu_placement(device)));
-            }
-            (Route::Race, Some(view)) => {
-                let gpu = self.gpu().ok_or_else(gpu_gone)?;
-                let on_gpu = timed(|| gpu.run_order(order, view, None, shape, tensor));
-                let (on_cpu, cpu_ms) = timed(|| run_order_in_place(order, data, shape, tensor));
-                return Ok(self.settle_race(tensor, on_gpu, (on_cpu?, cpu_ms)));
-            }
-        };
-        Ok((
-            run_order_in_place(order, data, shape, tensor)?,
-            Placement::cpu(reason),
-        ))
+        Ok((execute_on_cpu(&work, input, tensor)?, Placement::cpu(reason)))
     }
 }
 

@@ -1,13 +1,18 @@
-//! Picks the CPU kernel for a config and a tensor's dtype, and returns the result as typed data the
-//! encoder can write. The kernels themselves live in `crate::prune`.
+//! The backend layer: a tensor's order (coremltools' config or the global cut) becomes one
+//! [`WorkOrder`], and a [`Backend`] executes it, returning typed data the encoder can write. The
+//! CPU reference kernels live in `crate::prune`, the GPU's in `crate::gpu`.
 
 use serde::Serialize;
 
+use half::f16;
+
 use crate::config::OpConfig;
+use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::global_sparsity::{CutKey, GlobalCut};
+use crate::prune::keys::Key;
 use crate::prune::mask::Dense;
-use crate::prune::{self, Element, KernelError, Outcome};
+use crate::prune::{self, Element, KernelError, Outcome, WorkOrder};
 use crate::tensor::{TensorData, TensorView, ViewWithSpare};
 
 /// A pruned tensor in sparse form: kept values plus the packed LSB-first keep-mask.
@@ -25,13 +30,117 @@ pub enum KernelResult {
     Skipped(String),
 }
 
+/// What one tensor gets: the kernel coremltools' config selects, or `--global-sparsity`'s cut,
+/// decided beforehand for the whole model.
+#[derive(Debug, Clone, Copy)]
+pub enum Order<'a> {
+    Config(&'a OpConfig),
+    Cut(GlobalCut),
+}
+
+impl Order<'_> {
+    /// The work order for a tensor of `dtype`, `shape` and `len` elements: the one decision of
+    /// coremltools' rules ([`WorkOrder`]) that every backend then executes. `tensor` names errors.
+    pub fn decide(self, dtype: ScalarType, shape: &[u64], len: usize, tensor: &str) -> Result<WorkOrder> {
+        match self {
+            Order::Config(config) => {
+                WorkOrder::for_config(config, dtype, shape, len).map_err(|e| e.for_tensor(tensor))
+            }
+            Order::Cut(cut) => match dtype {
+                ScalarType::Float16 => Ok(WorkOrder::global_cut(f16::cut_key(cut).map(Key::to_u64))),
+                ScalarType::Float32 => Ok(WorkOrder::global_cut(f32::cut_key(cut).map(Key::to_u64))),
+                other => Err(Error::tensor(
+                    tensor,
+                    format!("{other} weights cannot take a global magnitude cut (fp16 and fp32 only)"),
+                )),
+            },
+        }
+    }
+}
+
+/// A tensor's values as a backend receives them.
+#[derive(Debug)]
+pub enum TensorInput<'a> {
+    /// Owned values: the CPU kernels put the kept values in their allocation.
+    Owned(TensorData),
+    /// Borrowed values (a mapped weight file), read where they lie; the kept values go into
+    /// `out`'s allocation (a buffer the writer has finished with) where it has their dtype.
+    View {
+        view: TensorView<'a>,
+        out: Option<TensorData>,
+    },
+}
+
+impl<'a> TensorInput<'a> {
+    /// `data` borrowed where a backend can read it in place (fp16, fp32), else a copy.
+    pub fn borrowing(data: &'a TensorData) -> Self {
+        match data.as_view() {
+            Some(view) => TensorInput::View { view, out: None },
+            None => TensorInput::Owned(data.clone()),
+        }
+    }
+
+    pub fn dtype(&self) -> ScalarType {
+        match self {
+            TensorInput::Owned(data) => data.dtype(),
+            TensorInput::View { view, .. } => view.dtype(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            TensorInput::Owned(data) => data.len(),
+            TensorInput::View { view, .. } => view.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The same values lent without an output buffer (a second device's run of them).
+    pub fn lend(&self) -> TensorInput<'_> {
+        match self.view() {
+            Some(view) => TensorInput::View { view, out: None },
+            None => match self {
+                TensorInput::Owned(data) => TensorInput::Owned(data.clone()),
+                // A view always has a view.
+                TensorInput::View { view, .. } => TensorInput::View {
+                    view: *view,
+                    out: None,
+                },
+            },
+        }
+    }
+
+    /// The values as a borrowed view, where they have a dtype views hold.
+    pub fn view(&self) -> Option<TensorView<'_>> {
+        match self {
+            TensorInput::Owned(data) => data.as_view(),
+            TensorInput::View { view, .. } => Some(*view),
+        }
+    }
+}
+
 /// Where pruning kernels run. The CPU backend is the reference; every other backend must return
-/// byte-identical results for every config and dtype (tests run each case on every backend).
+/// byte-identical results for every work order and dtype (the tests run each case on every
+/// backend, through this interface, as the engine does).
 pub trait Backend {
     /// `"cpu"` or `"gpu"`, as reports name it.
     fn name(&self) -> &'static str;
-    /// Runs the kernel `config` selects on `data` of `shape`. `tensor` names errors.
-    fn run(&self, config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult>;
+
+    /// Whether this backend executes `work` on `input` with its own kernels (otherwise
+    /// [`Backend::execute`] hands it to the CPU reference).
+    fn covers(&self, work: &WorkOrder, input: &TensorInput<'_>) -> bool;
+
+    /// Executes a decided work order on one tensor's values. `tensor` names errors.
+    fn execute(&self, work: &WorkOrder, input: TensorInput<'_>, tensor: &str) -> Result<KernelResult>;
+
+    /// Decides `config`'s work order for `data` of `shape` and executes it.
+    fn run(&self, config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
+        let work = Order::Config(config).decide(data.dtype(), shape, data.len(), tensor)?;
+        self.execute(&work, TensorInput::borrowing(data), tensor)
+    }
 }
 
 /// The reference backend: the kernels of `crate::prune`.
@@ -43,187 +152,55 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn run(&self, config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
-        run_kernel(config, data, shape, tensor)
+    fn covers(&self, _: &WorkOrder, _: &TensorInput<'_>) -> bool {
+        true
+    }
+
+    fn execute(&self, work: &WorkOrder, input: TensorInput<'_>, tensor: &str) -> Result<KernelResult> {
+        execute_on_cpu(work, input, tensor)
     }
 }
 
-/// What one tensor gets: the kernel coremltools' config selects, or `--global-sparsity`'s cut,
-/// decided beforehand for the whole model. Every device executes either.
-#[derive(Debug, Clone, Copy)]
-pub enum Order<'a> {
-    Config(&'a OpConfig),
-    Cut(GlobalCut),
-}
-
-/// Runs `order` on `data` of `shape` on the CPU, reusing `data`'s allocation for the kept values.
-pub fn run_order_in_place(
-    order: Order<'_>,
-    data: TensorData,
-    shape: &[u64],
-    tensor: &str,
-) -> Result<KernelResult> {
-    match order {
-        Order::Config(config) => run_kernel_in_place(config, data, shape, tensor),
-        Order::Cut(cut) => run_cut_in_place(cut, data, tensor),
-    }
-}
-
-/// Runs `order` on borrowed values on the CPU, the kept values written into `out`'s allocation
-/// where it fits.
-pub fn run_order_on_view(
-    order: Order<'_>,
-    view: TensorView<'_>,
-    out: Option<TensorData>,
-    shape: &[u64],
-    tensor: &str,
-) -> Result<KernelResult> {
-    match order {
-        Order::Config(config) => run_kernel_on_view(config, view, out, shape, tensor),
-        Order::Cut(cut) => Ok(run_cut_on_view(cut, view, out)),
-    }
-}
-
-/// Runs the kernel `config` selects on `data` of `shape` on the CPU. `tensor` names errors.
-pub fn run_kernel(config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
-    run_kernel_in_place(config, data.clone(), shape, tensor)
-}
-
-/// [`run_kernel`], reusing `data`'s allocation for the kept values: a large tensor then costs one
-/// buffer, not two.
-pub fn run_kernel_in_place(
-    config: &OpConfig,
-    data: TensorData,
-    shape: &[u64],
-    tensor: &str,
-) -> Result<KernelResult> {
-    let shape = dims(shape, tensor)?;
-    let result = match data {
-        TensorData::F16(w) => typed(config, w.into(), &shape, TensorData::F16),
-        TensorData::F32(w) => typed(config, w.into(), &shape, TensorData::F32),
-        TensorData::I8(w) => typed(config, w.into(), &shape, TensorData::I8),
-        TensorData::U8(w) => typed(config, w.into(), &shape, TensorData::U8),
-        other => {
+/// Executes `work` with the CPU reference kernels: owned values give their allocation to the kept
+/// values; borrowed ones are read where they lie, the kept values written into `out` where it fits.
+pub fn execute_on_cpu(work: &WorkOrder, input: TensorInput<'_>, tensor: &str) -> Result<KernelResult> {
+    let result = match input {
+        TensorInput::Owned(TensorData::F16(w)) => typed(work, w.into(), TensorData::F16),
+        TensorInput::Owned(TensorData::F32(w)) => typed(work, w.into(), TensorData::F32),
+        TensorInput::Owned(TensorData::I8(w)) => typed(work, w.into(), TensorData::I8),
+        TensorInput::Owned(TensorData::U8(w)) => typed(work, w.into(), TensorData::U8),
+        TensorInput::Owned(other) => {
+            // `Order::decide` refuses these dtypes; a hand-made order still gets an error.
             return Err(Error::tensor(
                 tensor,
                 format!("{} weights cannot be pruned", other.dtype()),
             ));
         }
+        TensorInput::View { view, out } => match view.with_spare(out) {
+            ViewWithSpare::F16(values, out) => typed(work, Dense::Borrowed { values, out }, TensorData::F16),
+            ViewWithSpare::F32(values, out) => typed(work, Dense::Borrowed { values, out }, TensorData::F32),
+        },
     };
     result.map_err(|e| e.for_tensor(tensor))
 }
 
-/// [`run_kernel`] on borrowed values (a mapped weight file), with the kept values written into
-/// `out`'s allocation when it is of the same type and large enough (else a fresh one): the input
-/// is read where it lies, never copied whole.
-pub fn run_kernel_on_view(
-    config: &OpConfig,
-    view: TensorView<'_>,
-    out: Option<TensorData>,
-    shape: &[u64],
-    tensor: &str,
-) -> Result<KernelResult> {
-    let shape = dims(shape, tensor)?;
-    let result = match dense_of_view(view, out) {
-        DenseView::F16(w) => typed(config, w, &shape, TensorData::F16),
-        DenseView::F32(w) => typed(config, w, &shape, TensorData::F32),
-    };
-    result.map_err(|e| e.for_tensor(tensor))
-}
-
-/// The shape as `usize`s, or an error naming `tensor`.
-fn dims(shape: &[u64], tensor: &str) -> Result<Vec<usize>> {
-    shape
-        .iter()
-        .map(|&d| {
-            usize::try_from(d)
-                .map_err(|_| Error::tensor(tensor, format!("dimension {d} does not fit in memory")))
-        })
-        .collect()
+/// Decides `config`'s work order for `data` and executes it on the CPU (the reference result).
+pub fn run_kernel(config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
+    CpuBackend.run(config, data, shape, tensor)
 }
 
 fn typed<T: Element>(
-    config: &OpConfig,
+    work: &WorkOrder,
     w: Dense<'_, T>,
-    shape: &[usize],
     wrap: fn(Vec<T>) -> TensorData,
 ) -> std::result::Result<KernelResult, KernelError> {
-    // Sizes beyond usize can never fit a channel, so the kernels' "> channel / 2" rule skips them.
-    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-    let outcome = match *config {
-        OpConfig::Threshold { threshold, minimum_sparsity_percentile, .. } => {
-            prune::threshold::threshold_in_place(w, threshold, minimum_sparsity_percentile)
-        }
-        OpConfig::Magnitude { n_m_ratio: Some((n, m)), dim, .. } => {
-            prune::nm::n_m_in_place(w, shape, size(n), size(m), dim.unwrap_or(1) as usize)?
-        }
-        OpConfig::Magnitude { target_sparsity: Some(s), block_size: Some(b), dim, .. } => {
-            prune::block::block_in_place(w, shape, s, size(b), dim.unwrap_or(0) as usize)?
-        }
-        OpConfig::Magnitude { target_sparsity: Some(s), .. } => prune::magnitude::magnitude_in_place(w, s)?,
-        OpConfig::Magnitude { target_sparsity: None, n_m_ratio: None, .. } => {
-            return Err(KernelError(
-                "Either \"target_sparsity\" or \"n_m_ratio\" need to be set. They cannot be set at the same time.".into(),
-            ))
-        }
-    };
-    Ok(match outcome {
+    Ok(match prune::execute(work, w)? {
         Outcome::Pruned(s) => KernelResult::Pruned(Pruned {
             nonzero: wrap(s.nonzero),
             mask: s.mask,
             kept: s.kept,
         }),
         Outcome::Skipped(reason) => KernelResult::Skipped(reason),
-    })
-}
-
-/// The `--global-sparsity` work order on the CPU: every element whose magnitude key is `<=` the
-/// cut (in the tensor's dtype, see [`crate::global_sparsity::CutKey`]) becomes 0, the tensor is
-/// stored sparse. The same keep mask as threshold pruning, without its minimum-sparsity check.
-pub fn run_cut_in_place(cut: GlobalCut, data: TensorData, tensor: &str) -> Result<KernelResult> {
-    match data {
-        TensorData::F16(w) => Ok(cut_typed(cut, Dense::from(w), TensorData::F16)),
-        TensorData::F32(w) => Ok(cut_typed(cut, Dense::from(w), TensorData::F32)),
-        other => Err(Error::tensor(
-            tensor,
-            format!(
-                "{} weights cannot take a global magnitude cut (fp16 and fp32 only)",
-                other.dtype()
-            ),
-        )),
-    }
-}
-
-/// [`run_cut_in_place`] on borrowed values, kept values written into `out` where it fits.
-pub fn run_cut_on_view(cut: GlobalCut, view: TensorView<'_>, out: Option<TensorData>) -> KernelResult {
-    match dense_of_view(view, out) {
-        DenseView::F16(w) => cut_typed(cut, w, TensorData::F16),
-        DenseView::F32(w) => cut_typed(cut, w, TensorData::F32),
-    }
-}
-
-/// A view's values as the kernels' input.
-enum DenseView<'a> {
-    F16(Dense<'a, half::f16>),
-    F32(Dense<'a, f32>),
-}
-
-/// The kernels' input for borrowed values: the kept values go into `out`'s allocation when it has
-/// the view's type, else into a fresh one.
-fn dense_of_view(view: TensorView<'_>, out: Option<TensorData>) -> DenseView<'_> {
-    match view.with_spare(out) {
-        ViewWithSpare::F16(values, out) => DenseView::F16(Dense::Borrowed { values, out }),
-        ViewWithSpare::F32(values, out) => DenseView::F32(Dense::Borrowed { values, out }),
-    }
-}
-
-fn cut_typed<T: CutKey>(cut: GlobalCut, w: Dense<'_, T>, wrap: fn(Vec<T>) -> TensorData) -> KernelResult {
-    let key = T::cut_key(cut);
-    let s = prune::mask::encode_kept(w, |_, values, bytes| T::keep_mask(values, key, bytes));
-    KernelResult::Pruned(Pruned {
-        nonzero: wrap(s.nonzero),
-        mask: s.mask,
-        kept: s.kept,
     })
 }
 

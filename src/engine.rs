@@ -22,7 +22,7 @@ use crate::config::{OpConfig, OptimizationConfig};
 use crate::dedupe::{Deduplicator, Near, Verdict};
 use crate::devices::{Devices, Placement};
 pub use crate::dispatch::DevicePolicy;
-use crate::dispatch::{KernelResult, Order};
+use crate::dispatch::{KernelResult, Order, TensorInput};
 use crate::encode::{sparse_to_dense_op, sparsified_name};
 use crate::error::{Error, IoContext, Result};
 use crate::global_sparsity::decide_cut;
@@ -542,7 +542,7 @@ impl Rewrite {
         };
         let (meta, (result, device)) = match input {
             Input::Read(meta, data) => {
-                let run = devices.run(order, data, &meta.shape, &info.name)?;
+                let run = devices.run(order, TensorInput::Owned(data), &meta.shape, &info.name)?;
                 (meta, run)
             }
             Input::Mapped(meta, mapped) => {
@@ -550,7 +550,7 @@ impl Rewrite {
                     .view()
                     .ok_or_else(|| Error::tensor(&info.name, "mapped data does not match its type"))?;
                 let out = prefetcher.take_spare_of(meta.dtype);
-                let run = devices.run_view(order, view, out, &meta.shape, &info.name)?;
+                let run = devices.run(order, TensorInput::View { view, out }, &meta.shape, &info.name)?;
                 // The mapping is dropped here, which releases its pages.
                 (meta, run)
             }
@@ -706,7 +706,12 @@ impl Rewrite {
     ) -> Result<(PruneResult, Placement)> {
         let info = &graph.ops[index];
         let m = materialize(&JointContext::new(program, graph, source), index)?;
-        let (result, device) = devices.run(Order::Config(config), m.dense.clone(), &m.shape, &info.name)?;
+        let (result, device) = devices.run(
+            Order::Config(config),
+            TensorInput::borrowing(&m.dense),
+            &m.shape,
+            &info.name,
+        )?;
         let pruned = match result {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
             KernelResult::Pruned(p) => p,

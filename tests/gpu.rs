@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use half::f16;
 use mlprune::config::OpConfig;
 use mlprune::dispatch::same_bytes;
-use mlprune::dispatch::{Backend, CpuBackend, KernelResult};
+use mlprune::dispatch::{Backend, CpuBackend, KernelResult, Order, TensorInput};
 use mlprune::engine::DevicePolicy;
 use mlprune::gpu::{GpuBackend, GpuContext, MAX_CHUNK_BYTES};
 use mlprune::tensor::TensorData;
@@ -72,6 +72,14 @@ fn visible(line: &str) {
     });
 }
 
+/// Whether `backend` runs `config` on `data` with its own kernels, asked as the engine asks: the
+/// work order decided once, then [`Backend::covers`].
+fn covers(backend: &GpuBackend, config: &OpConfig, data: &TensorData, shape: &[u64]) -> bool {
+    Order::Config(config)
+        .decide(data.dtype(), shape, data.len(), "t")
+        .is_ok_and(|work| backend.covers(&work, &TensorInput::borrowing(data)))
+}
+
 /// Runs one case on every backend and compares with the CPU byte for byte. Returns the CPU result.
 ///
 /// `GpuBackend::run` quietly runs the CPU kernel for cases outside the GPU's scope, so a case could
@@ -82,7 +90,7 @@ fn visible(line: &str) {
 fn check(config: &OpConfig, data: &TensorData, shape: &[u64], label: &str) -> KernelResult {
     let reference = CpuBackend.run(config, data, shape, label);
     if let Some(g) = gpu_or_skip() {
-        let on_gpu = g.normal.handles(config, data, shape);
+        let on_gpu = covers(&g.normal, config, data, shape);
         match cpu_by_design(config, data, shape) {
             Some(reason) => assert!(
                 !on_gpu,
@@ -93,30 +101,39 @@ fn check(config: &OpConfig, data: &TensorData, shape: &[u64], label: &str) -> Ke
                 "{label}: {config:?} fell back to the CPU kernel on the GPU backend"
             ),
         }
-        if g.chunked.handles(config, data, shape) {
+        if covers(&g.chunked, config, data, shape) {
             assert!(
                 on_gpu,
                 "{label}: the chunking backend runs a case the full-size one declines"
             );
         }
+        // Both ways the engine hands values over: borrowed (a mapped tensor; `Backend::run`) and
+        // owned (a tensor read into memory), each through the one decided work order.
+        let owned = |backend: &GpuBackend| {
+            let work = Order::Config(config).decide(data.dtype(), shape, data.len(), label)?;
+            backend.execute(&work, TensorInput::Owned(data.clone()), label)
+        };
         for (name, backend) in [("gpu", &g.normal), ("gpu-chunked", &g.chunked)] {
-            let got = backend.run(config, data, shape, label);
-            match (&reference, &got) {
-                (Ok(want), Ok(got)) => {
-                    assert!(
-                        same_bytes(want, got),
-                        "{label} on {name}: {config:?}\n cpu: {want:?}\n gpu: {got:?}"
-                    )
+            for got in [backend.run(config, data, shape, label), owned(backend)] {
+                match (&reference, &got) {
+                    (Ok(want), Ok(got)) => {
+                        assert!(
+                            same_bytes(want, got),
+                            "{label} on {name}: {config:?}\n cpu: {want:?}\n gpu: {got:?}"
+                        )
+                    }
+                    (Err(want), Err(got)) => {
+                        assert_eq!(want.to_string(), got.to_string(), "{label} on {name}")
+                    }
+                    _ => panic!("{label} on {name}: cpu {reference:?} vs {got:?}"),
                 }
-                (Err(want), Err(got)) => assert_eq!(want.to_string(), got.to_string(), "{label} on {name}"),
-                _ => panic!("{label} on {name}: cpu {reference:?} vs {got:?}"),
             }
         }
     }
     reference.unwrap_or_else(|e| KernelResult::Skipped(format!("error: {e}")))
 }
 
-/// Why the GPU backend leaves a case to the CPU kernel (see `src/gpu/backend.rs`, `plan`), or
+/// Why the GPU backend leaves a case to the CPU kernel (see `src/gpu/backend.rs`, `chunk_for`), or
 /// `None` when the case must run on the GPU.
 fn cpu_by_design(config: &OpConfig, data: &TensorData, shape: &[u64]) -> Option<&'static str> {
     let len = match data {
@@ -391,13 +408,19 @@ fn integer_weights_and_empty_tensors_fall_back_to_the_cpu_kernels() {
         }
     }
     if let Some(g) = gpus() {
-        assert!(!g.normal.handles(&magnitude(0.5), &cases[0].0, &cases[0].1));
-        assert!(!g
-            .normal
-            .handles(&n_m(2, 17, 0), &TensorData::F32(vec![1.0; 68]), &[34, 2]));
-        assert!(g
-            .normal
-            .handles(&n_m(2, 16, 0), &TensorData::F32(vec![1.0; 68]), &[34, 2]));
+        assert!(!covers(&g.normal, &magnitude(0.5), &cases[0].0, &cases[0].1));
+        assert!(!covers(
+            &g.normal,
+            &n_m(2, 17, 0),
+            &TensorData::F32(vec![1.0; 68]),
+            &[34, 2]
+        ));
+        assert!(covers(
+            &g.normal,
+            &n_m(2, 16, 0),
+            &TensorData::F32(vec![1.0; 68]),
+            &[34, 2]
+        ));
     }
 }
 
@@ -430,7 +453,7 @@ fn tensors_larger_than_one_chunk_match() {
                     if let Some(g) = gpus().filter(|_| cpu_by_design(&config, &data, shape).is_none()) {
                         let fits = group_band_fits_tiny_chunk(&config, &data, shape);
                         assert_eq!(
-                            g.chunked.handles(&config, &data, shape),
+                            covers(&g.chunked, &config, &data, shape),
                             fits,
                             "{label} {config:?}: the chunking backend runs exactly the cases whose group band fits a chunk"
                         );
@@ -472,7 +495,7 @@ fn tensors_larger_than_the_default_chunk_match() {
         ] {
             let label = format!("fp16 {shape:?} {fill:?} {config:?}");
             assert!(
-                g.normal.handles(&config, &data, &shape),
+                covers(&g.normal, &config, &data, &shape),
                 "{label}: runs on the GPU"
             );
             let want = CpuBackend.run(&config, &data, &shape, &label).unwrap();
@@ -501,7 +524,7 @@ fn every_tensor_is_uploaded_once() {
         for config in [magnitude(0.5), magnitude(0.37), threshold(0.4, 0.0), n_m(2, 4, 1)] {
             for (name, backend) in [("gpu", &normal), ("gpu-chunked", &chunked)] {
                 let label = format!("{:?} {config:?} on {name}", data.dtype());
-                if !backend.handles(&config, &data, &shape) {
+                if !covers(backend, &config, &data, &shape) {
                     continue;
                 }
                 let before = backend.context().uploaded_bytes();
@@ -802,7 +825,7 @@ fn auto_races_the_first_large_tensor_and_keeps_the_winner() {
 /// NaN, and none (k = 0).
 #[test]
 fn global_cut_matches_on_every_device() {
-    use mlprune::dispatch::{run_order_in_place, Order};
+    use mlprune::dispatch::execute_on_cpu;
     use mlprune::global_sparsity::{common_key, GlobalCut, NAN_KEY};
     let Some(g) = gpu_or_skip() else {
         return;
@@ -818,15 +841,15 @@ fn global_cut_matches_on_every_device() {
     ];
     for_each_tensor(|data, shape, label| {
         for key in cuts {
-            let order = Order::Cut(GlobalCut { key });
+            let work = Order::Cut(GlobalCut { key })
+                .decide(data.dtype(), shape, data.len(), &label)
+                .expect("fp16 and fp32 take a cut");
             let view = data.as_view().expect("the tensors are fp16 and fp32");
-            assert!(
-                g.normal.handles_order(order, view, shape),
-                "{label}: not on the GPU"
-            );
-            let cpu = run_order_in_place(order, data.clone(), shape, &label).expect("cpu");
+            let input = || TensorInput::View { view, out: None };
+            assert!(g.normal.covers(&work, &input()), "{label}: not on the GPU");
+            let cpu = execute_on_cpu(&work, TensorInput::Owned(data.clone()), &label).expect("cpu");
             for (which, gpu) in [("gpu", &g.normal), ("chunked gpu", &g.chunked)] {
-                let on_gpu = gpu.run_order(order, view, None, shape, &label).expect("gpu");
+                let on_gpu = gpu.execute(&work, input(), &label).expect("gpu");
                 assert!(
                     same_bytes(&on_gpu, &cpu),
                     "{label} {shape:?} cut {key:?}: {which} differs"
@@ -996,9 +1019,12 @@ fn kept_values_land_in_the_spare_buffer() {
     for backend in [&g.normal, &g.chunked] {
         let spare: Vec<f16> = Vec::with_capacity(64 * 64);
         let address = spare.as_ptr();
-        let order = mlprune::dispatch::Order::Config(&config);
+        let work = Order::Config(&config)
+            .decide(data.dtype(), &shape, data.len(), "w")
+            .unwrap();
+        let out = Some(TensorData::F16(spare));
         let got = backend
-            .run_order(order, view, Some(TensorData::F16(spare)), &shape, "w")
+            .execute(&work, TensorInput::View { view, out }, "w")
             .unwrap();
         assert!(same_bytes(&got, &cpu));
         let KernelResult::Pruned(pruned) = &got else {
@@ -1014,7 +1040,9 @@ fn kept_values_land_in_the_spare_buffer() {
         );
         let other = Some(TensorData::F32(vec![1.0; 8]));
         assert!(same_bytes(
-            &backend.run_order(order, view, other, &shape, "w").unwrap(),
+            &backend
+                .execute(&work, TensorInput::View { view, out: other }, "w")
+                .unwrap(),
             &cpu
         ));
     }

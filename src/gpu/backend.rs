@@ -1,7 +1,7 @@
-//! `GpuBackend`: the `Backend` that runs the kernels on a `GpuContext`. It decides per tensor what
-//! the GPU can do exactly ([`GpuBackend::handles`]); everything else — int8/uint8 weights, n:m with
-//! m > 16, shapes the kernels reject, empty tensors — runs the CPU reference kernel, which is also
-//! where every error and skip message comes from.
+//! `GpuBackend`: the `Backend` that executes work orders on a `GpuContext`. coremltools' rules are
+//! decided before it sees a tensor ([`crate::prune::order`]); it only says which orders fit the
+//! device ([`Backend::covers`]) — not int8/uint8 weights, n:m with m > 16, empty tensors, block
+//! flags beyond one chunk — and hands the rest to the CPU reference.
 
 use half::f16;
 
@@ -10,41 +10,17 @@ use super::pool::BufferPool;
 use super::run::{
     Compacted, Params, Resident, TensorBytes, MODE_BLOCK, MODE_MULTIPLY_ALL, MODE_NM, MODE_WHERE_CUT,
 };
-use crate::config::OpConfig;
-use crate::dispatch::{run_cut_in_place, run_kernel, Backend, KernelResult, Order, Pruned};
+use crate::dispatch::{execute_on_cpu, Backend, KernelResult, Pruned, TensorInput};
 use crate::error::{Error, Result};
-use crate::global_sparsity::{CutKey, GlobalCut};
-use crate::prune::axes::{check_structural_rank, ChannelLayout};
+use crate::prune::axes::ChannelLayout;
 use crate::prune::fast_block_decisions;
-use crate::prune::keys::Key;
+use crate::prune::order::{minimum_sparsity_skip, WorkOrder};
 use crate::prune::percentile::{percentile_cut, virtual_index};
-use crate::prune::{python_float_repr, Element, MapValue};
+use crate::prune::Element;
 use crate::tensor::{TensorData, TensorView, ViewWithSpare};
 
 /// Largest m the GPU ranks: numpy's argsort is a (stable) insertion sort up to 16 elements.
 const MAX_GPU_M: usize = 16;
-
-/// The exact GPU plan for one tensor.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Work {
-    Threshold {
-        threshold: f64,
-        minimum_sparsity: f64,
-    },
-    Magnitude {
-        sparsity: f64,
-    },
-    Block {
-        layout: ChannelLayout,
-        block_size: usize,
-        sparsity: f64,
-    },
-    NM {
-        layout: ChannelLayout,
-        n: usize,
-        m: usize,
-    },
-}
 
 /// Pruning kernels on a GPU, byte-identical to [`crate::dispatch::CpuBackend`].
 #[derive(Debug)]
@@ -65,51 +41,6 @@ impl GpuBackend {
         &mut self.ctx
     }
 
-    /// Whether [`Backend::run`] would run this tensor on the GPU (otherwise it runs the CPU kernel).
-    pub fn handles(&self, config: &OpConfig, data: &TensorData, shape: &[u64]) -> bool {
-        match data {
-            TensorData::F16(w) => self.plan(config, w.len(), 2, shape).is_some(),
-            TensorData::F32(w) => self.plan(config, w.len(), 4, shape).is_some(),
-            _ => false,
-        }
-    }
-
-    /// [`GpuBackend::handles`] for borrowed values.
-    pub fn handles_view(&self, config: &OpConfig, view: TensorView<'_>, shape: &[u64]) -> bool {
-        match view {
-            TensorView::F16(w) => self.plan(config, w.len(), 2, shape).is_some(),
-            TensorView::F32(w) => self.plan(config, w.len(), 4, shape).is_some(),
-        }
-    }
-
-    /// Runs on borrowed values (a tensor mapped from `weight.bin`): the uploads read straight from
-    /// them, with no owned copy first.
-    pub fn run_view(
-        &self,
-        config: &OpConfig,
-        view: TensorView<'_>,
-        shape: &[u64],
-        tensor: &str,
-    ) -> Result<KernelResult> {
-        self.run_view_into(config, view, None, shape, tensor)
-    }
-
-    /// [`GpuBackend::run_view`], collecting the kept values into `out`'s allocation when it holds
-    /// the view's dtype (a buffer the writer has finished with: no fresh pages per tensor).
-    fn run_view_into(
-        &self,
-        config: &OpConfig,
-        view: TensorView<'_>,
-        out: Option<TensorData>,
-        shape: &[u64],
-        tensor: &str,
-    ) -> Result<KernelResult> {
-        match view.with_spare(out) {
-            ViewWithSpare::F16(w, spare) => self.run_typed(config, w, spare, shape, tensor, TensorData::F16),
-            ViewWithSpare::F32(w, spare) => self.run_typed(config, w, spare, shape, tensor, TensorData::F32),
-        }
-    }
-
     /// Elements per chunk for tensors whose chunks must hold whole bands of `band` elements.
     fn chunk_elems(&self, elem_bytes: u64, band: u64) -> Option<u64> {
         let cap = self.ctx.chunk_bytes() / elem_bytes;
@@ -118,99 +49,70 @@ impl GpuBackend {
         (chunk > 0).then_some(chunk)
     }
 
-    /// The GPU plan, or `None` when the CPU kernel must run (see the module doc). Mirrors the check
-    /// order of `dispatch::run_kernel` and the kernels, so every rejected case is a CPU case.
-    fn plan(&self, config: &OpConfig, len: usize, elem_bytes: u64, shape: &[u64]) -> Option<(Work, u64)> {
-        // u32 indices on the device, with headroom for block indices past the last element.
+    /// Elements per chunk when the GPU executes `work` on `len` elements of `elem_bytes` each, or
+    /// `None` where the CPU reference runs instead. Only the device's limits are looked at here:
+    /// coremltools' rules were decided in the work order.
+    fn chunk_for(&self, work: &WorkOrder, len: usize, elem_bytes: u64) -> Option<u64> {
+        // u32 indices on the device, with headroom for block indices past the last element. An
+        // empty tensor goes to the CPU, which gives numpy's errors for it.
         if len == 0 || len as u64 > u64::from(u32::MAX / 2) {
             return None;
         }
-        let shape: Vec<usize> = shape
-            .iter()
-            .map(|&d| usize::try_from(d).ok())
-            .collect::<Option<_>>()?;
-        let size = |v: u64| usize::try_from(v).ok();
-        let plain = self.chunk_elems(elem_bytes, 1)?;
-        match *config {
-            OpConfig::Threshold {
-                threshold,
-                minimum_sparsity_percentile,
-                ..
-            } => Some((
-                Work::Threshold {
-                    threshold,
-                    minimum_sparsity: minimum_sparsity_percentile,
-                },
-                plain,
-            )),
-            OpConfig::Magnitude {
-                n_m_ratio: Some((n, m)),
-                dim,
-                ..
-            } => {
-                let (n, m) = (size(n)?, size(m)?);
-                let layout = ChannelLayout::new(&shape, len, dim.unwrap_or(1) as usize).ok()?;
-                let valid = n <= m && m > 0 && m <= MAX_GPU_M && !layout.exceeds_half_channel(m);
-                if !valid || check_structural_rank(&shape, "").is_err() {
+        match *work {
+            WorkOrder::Skip(_) => None,
+            WorkOrder::NM { layout, m, .. } => {
+                if m > MAX_GPU_M {
                     return None;
                 }
                 // Chunks hold whole groups: bands of m channels, or whole channel runs when the
                 // channel count leaves a padded group at the end of each run.
                 let band = if layout.channel % m == 0 {
-                    m * layout.inner
+                    m.checked_mul(layout.inner)?
                 } else {
-                    layout.channel * layout.inner
+                    layout.channel.checked_mul(layout.inner)?
                 };
-                let chunk = self.chunk_elems(elem_bytes, band as u64)?;
-                Some((Work::NM { layout, n, m }, chunk))
+                self.chunk_elems(elem_bytes, band as u64)
             }
-            OpConfig::Magnitude {
-                target_sparsity: Some(sparsity),
-                block_size: Some(b),
-                dim,
-                ..
+            WorkOrder::Block {
+                layout, block_size, ..
             } => {
-                let block_size = size(b).filter(|&b| b > 0)?;
-                let layout = ChannelLayout::new(&shape, len, dim.unwrap_or(0) as usize).ok()?;
-                if layout.exceeds_half_channel(block_size) || check_structural_rank(&shape, "").is_err() {
-                    return None;
-                }
                 let flag_bytes = (block_count(layout, block_size)? as u64).div_ceil(32) * 4;
                 if flag_bytes > self.ctx.chunk_bytes() {
                     return None;
                 }
-                Some((
-                    Work::Block {
-                        layout,
-                        block_size,
-                        sparsity,
-                    },
-                    plain,
-                ))
+                self.chunk_elems(elem_bytes, 1)
             }
-            OpConfig::Magnitude {
-                target_sparsity: Some(sparsity),
-                ..
-            } => Some((Work::Magnitude { sparsity }, plain)),
-            OpConfig::Magnitude {
-                target_sparsity: None,
-                n_m_ratio: None,
-                ..
-            } => None,
+            WorkOrder::ZeroAll | WorkOrder::Cut { .. } | WorkOrder::Percentile { .. } => {
+                self.chunk_elems(elem_bytes, 1)
+            }
         }
     }
 
-    fn run_typed<T: GpuElement>(
+    /// Executes `work` on borrowed values, collecting the kept values into `out`'s allocation
+    /// when it holds the view's dtype (a buffer the writer has finished with).
+    fn execute_view(
         &self,
-        config: &OpConfig,
+        work: &WorkOrder,
+        view: TensorView<'_>,
+        out: Option<TensorData>,
+        tensor: &str,
+    ) -> Result<KernelResult> {
+        match view.with_spare(out) {
+            ViewWithSpare::F16(w, spare) => self.execute_typed(work, w, spare, tensor, TensorData::F16),
+            ViewWithSpare::F32(w, spare) => self.execute_typed(work, w, spare, tensor, TensorData::F32),
+        }
+    }
+
+    fn execute_typed<T: GpuElement>(
+        &self,
+        work: &WorkOrder,
         w: &[T],
         spare: Vec<T>,
-        shape: &[u64],
         tensor: &str,
         wrap: fn(Vec<T>) -> TensorData,
     ) -> Result<KernelResult> {
-        let Some((work, chunk_elems)) = self.plan(config, w.len(), T::BYTES, shape) else {
-            return run_kernel(config, &wrap(w.to_vec()), shape, tensor);
+        let Some(chunk_elems) = self.chunk_for(work, w.len(), T::BYTES) else {
+            return execute_on_cpu(work, TensorInput::Owned(wrap(w.to_vec())), tensor);
         };
         let t = TensorBytes {
             bytes: bytemuck::cast_slice(w),
@@ -229,34 +131,32 @@ impl GpuBackend {
             has_cut: u32::from(cut.is_some()),
             ..Params::default()
         };
-        let multiply_all = Params {
-            mode: MODE_MULTIPLY_ALL,
-            ..Params::default()
-        };
-        let params = match work {
-            Work::Threshold {
-                threshold,
+        let (params, flags) = match *work {
+            WorkOrder::Skip(ref reason) => return Ok(KernelResult::Skipped(reason.clone())),
+            WorkOrder::ZeroAll => (
+                Params {
+                    mode: MODE_MULTIPLY_ALL,
+                    ..Params::default()
+                },
+                Vec::new(),
+            ),
+            WorkOrder::Cut {
+                cut,
                 minimum_sparsity,
             } => {
-                let cut = <T::Mag as MapValue>::threshold_cut(threshold).map(|k| k.to_u64() as u32);
+                // Keys of fp16 and fp32 magnitudes fit in 32 bits.
+                let cut = cut.map(|k| k as u32);
                 let sparse =
                     self.ctx
                         .mask_and_compact(pool, &t, where_cut(cut), &[], &mut resident, spare)?;
-                // numpy: int64 / int -> float64.
-                let sparsity = (n - sparse.kept) as f64 / n as f64;
-                if sparsity < minimum_sparsity {
-                    return Ok(KernelResult::Skipped(format!(
-                        "weight value has sparsity of {} < minimum_sparsity_percentile {}. Skipped.",
-                        python_float_repr(sparsity),
-                        python_float_repr(minimum_sparsity)
-                    )));
+                if let Some(reason) = minimum_sparsity.and_then(|m| minimum_sparsity_skip(sparse.kept, n, m))
+                {
+                    return Ok(KernelResult::Skipped(reason));
                 }
                 return Ok(pruned(sparse, wrap));
             }
-            Work::Magnitude { sparsity } => match sparsity * 100.0 {
-                100.0 => multiply_all,
-                0.0 => where_cut(None), // float patterns compare with ==: -0.0 too
-                _ => where_cut(T::percentile_cut_on_gpu(
+            WorkOrder::Percentile { sparsity } => (
+                where_cut(T::percentile_cut_on_gpu(
                     &self.ctx,
                     pool,
                     &t,
@@ -264,139 +164,46 @@ impl GpuBackend {
                     &mut resident,
                     tensor,
                 )?),
-            },
-            Work::Block {
+                Vec::new(),
+            ),
+            WorkOrder::Block {
                 layout,
                 block_size,
                 sparsity,
-            } => match sparsity * 100.0 {
-                100.0 => multiply_all,
-                0.0 => where_cut(None),
-                _ => {
-                    // The norms and their percentile stay on the CPU (WGSL rounds neither sqrt
-                    // nor f16 conversion correctly), computed by the CPU path's own parallel
-                    // kernel: one rule, never a serial pass over the tensor. `None` is only for
-                    // empty or non-float tensors, which `plan` already sent to the CPU.
-                    let Some(decisions) = fast_block_decisions(w, layout, block_size, sparsity) else {
-                        return run_kernel(config, &wrap(w.to_vec()), shape, tensor);
-                    };
-                    let flags = decisions.map_err(|e| e.for_tensor(tensor))?.pruned_words();
-                    let p = Params {
-                        mode: MODE_BLOCK,
-                        channel: layout.channel as u32,
-                        inner: layout.inner as u32,
-                        group: block_size as u32,
-                        blocks: layout.channel.div_ceil(block_size) as u32,
-                        ..Params::default()
-                    };
-                    return Ok(pruned(
-                        self.ctx
-                            .mask_and_compact(pool, &t, p, &flags, &mut resident, spare)?,
-                        wrap,
-                    ));
-                }
-            },
-            Work::NM { layout, n, m } => Params {
-                mode: MODE_NM,
-                channel: layout.channel as u32,
-                inner: layout.inner as u32,
-                group: m as u32,
-                n_prune: n as u32,
-                ..Params::default()
-            },
-        };
-        Ok(pruned(
-            self.ctx
-                .mask_and_compact(pool, &t, params, &[], &mut resident, spare)?,
-            wrap,
-        ))
-    }
-}
-
-impl GpuBackend {
-    /// Whether [`GpuBackend::run_order`] runs `order` on these values on the GPU (otherwise it runs
-    /// the CPU kernel).
-    pub fn handles_order(&self, order: Order<'_>, view: TensorView<'_>, shape: &[u64]) -> bool {
-        match order {
-            Order::Config(config) => self.handles_view(config, view, shape),
-            Order::Cut(_) => {
-                let elem_bytes = match view {
-                    TensorView::F16(_) => 2,
-                    TensorView::F32(_) => 4,
+            } => {
+                // The norms and their percentile stay on the CPU (WGSL rounds neither sqrt nor
+                // f16 conversion correctly), computed by the CPU path's own parallel kernel: one
+                // rule, never a serial pass over the tensor. `None` is only for empty or
+                // non-float tensors, which `chunk_for` already sent to the CPU.
+                let Some(decisions) = fast_block_decisions(w, layout, block_size, sparsity) else {
+                    return execute_on_cpu(work, TensorInput::Owned(wrap(w.to_vec())), tensor);
                 };
-                self.cut_chunk(view.len(), elem_bytes).is_some()
+                let flags = decisions.map_err(|e| e.for_tensor(tensor))?.pruned_words();
+                let params = Params {
+                    mode: MODE_BLOCK,
+                    channel: layout.channel as u32,
+                    inner: layout.inner as u32,
+                    group: block_size as u32,
+                    blocks: layout.channel.div_ceil(block_size) as u32,
+                    ..Params::default()
+                };
+                (params, flags)
             }
-        }
-    }
-
-    /// Runs `order` on borrowed values (see [`GpuBackend::run_view`]), collecting the kept values
-    /// into `out`'s allocation when it holds the view's dtype.
-    pub fn run_order(
-        &self,
-        order: Order<'_>,
-        view: TensorView<'_>,
-        out: Option<TensorData>,
-        shape: &[u64],
-        tensor: &str,
-    ) -> Result<KernelResult> {
-        match order {
-            Order::Config(config) => self.run_view_into(config, view, out, shape, tensor),
-            Order::Cut(cut) => self.run_cut_view(cut, view, out, tensor),
-        }
-    }
-
-    /// Elements per chunk for the global cut, or `None` where the CPU kernel runs (as in `plan`).
-    fn cut_chunk(&self, len: usize, elem_bytes: u64) -> Option<u64> {
-        if len == 0 || len as u64 > u64::from(u32::MAX / 2) {
-            return None;
-        }
-        self.chunk_elems(elem_bytes, 1)
-    }
-
-    /// The `--global-sparsity` work order ("every key <= the cut becomes 0") on borrowed values:
-    /// the mask and compaction of threshold pruning, with the cut the CPU selected.
-    fn run_cut_view(
-        &self,
-        cut: GlobalCut,
-        view: TensorView<'_>,
-        out: Option<TensorData>,
-        tensor: &str,
-    ) -> Result<KernelResult> {
-        match view.with_spare(out) {
-            ViewWithSpare::F16(w, spare) => self.run_cut_typed(cut, w, spare, tensor, TensorData::F16),
-            ViewWithSpare::F32(w, spare) => self.run_cut_typed(cut, w, spare, tensor, TensorData::F32),
-        }
-    }
-
-    fn run_cut_typed<T: GpuElement + CutKey>(
-        &self,
-        cut: GlobalCut,
-        w: &[T],
-        spare: Vec<T>,
-        tensor: &str,
-        wrap: fn(Vec<T>) -> TensorData,
-    ) -> Result<KernelResult> {
-        let Some(chunk_elems) = self.cut_chunk(w.len(), T::BYTES) else {
-            return run_cut_in_place(cut, wrap(w.to_vec()), tensor);
+            WorkOrder::NM { layout, n, m } => (
+                Params {
+                    mode: MODE_NM,
+                    channel: layout.channel as u32,
+                    inner: layout.inner as u32,
+                    group: m as u32,
+                    n_prune: n as u32,
+                    ..Params::default()
+                },
+                Vec::new(),
+            ),
         };
-        let t = TensorBytes {
-            bytes: bytemuck::cast_slice(w),
-            n: w.len() as u64,
-            is_f16: T::IS_F16,
-            chunk_elems,
-        };
-        let key = T::cut_key(cut);
-        let params = Params {
-            mode: MODE_WHERE_CUT,
-            cut: key.map_or(0, |k| k.to_u64() as u32),
-            has_cut: u32::from(key.is_some()),
-            ..Params::default()
-        };
-        let mut pool = self.ctx.lock_pool()?;
-        let mut resident = Resident::default();
         Ok(pruned(
             self.ctx
-                .mask_and_compact(&mut pool, &t, params, &[], &mut resident, spare)?,
+                .mask_and_compact(pool, &t, params, &flags, &mut resident, spare)?,
             wrap,
         ))
     }
@@ -407,11 +214,27 @@ impl Backend for GpuBackend {
         "gpu"
     }
 
-    fn run(&self, config: &OpConfig, data: &TensorData, shape: &[u64], tensor: &str) -> Result<KernelResult> {
-        match data {
-            TensorData::F16(w) => self.run_typed(config, w, Vec::new(), shape, tensor, TensorData::F16),
-            TensorData::F32(w) => self.run_typed(config, w, Vec::new(), shape, tensor, TensorData::F32),
-            other => run_kernel(config, other, shape, tensor),
+    fn covers(&self, work: &WorkOrder, input: &TensorInput<'_>) -> bool {
+        input.view().is_some_and(|view| {
+            let elem_bytes = match view {
+                TensorView::F16(_) => 2,
+                TensorView::F32(_) => 4,
+            };
+            self.chunk_for(work, view.len(), elem_bytes).is_some()
+        })
+    }
+
+    fn execute(&self, work: &WorkOrder, input: TensorInput<'_>, tensor: &str) -> Result<KernelResult> {
+        if !self.covers(work, &input) {
+            return execute_on_cpu(work, input, tensor);
+        }
+        match input {
+            TensorInput::View { view, out } => self.execute_view(work, view, out, tensor),
+            TensorInput::Owned(data) => match data.as_view() {
+                Some(view) => self.execute_view(work, view, None, tensor),
+                // Not reached: `covers` needs a view.
+                None => execute_on_cpu(work, TensorInput::Owned(data.clone()), tensor),
+            },
         }
     }
 }

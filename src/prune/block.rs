@@ -19,12 +19,14 @@
 //! fp16 and fp32 weights take the vectorized path of [`super::block_norms`]; int8/uint8 (and the
 //! tests, as the reference) take [`reference_flags`], which gathers each block by index.
 
-use super::axes::{check_structural_rank, ChannelLayout};
+use super::axes::ChannelLayout;
 use super::block_norms::fast_block_decisions;
 use super::element::{Element, MapValue};
-use super::mask::{encode_kept, encode_sparse_in_place, mask_from_pruned, Dense};
+use super::execute::execute;
+use super::mask::{encode_kept, mask_from_pruned, Dense};
+use super::order::WorkOrder;
 use super::percentile::{at_or_below, percentile_cut};
-use super::{Apply, KernelError, Outcome};
+use super::{KernelError, Outcome, SparseTensor};
 
 /// Prunes whole blocks of `block_size` elements along `dim` by their L2 norm.
 pub fn block<T: Element>(
@@ -34,64 +36,34 @@ pub fn block<T: Element>(
     block_size: usize,
     dim: usize,
 ) -> Result<Outcome<T>, KernelError> {
-    block_in_place(
-        Dense::Borrowed {
-            values: w,
-            out: Vec::new(),
-        },
-        shape,
-        target_sparsity,
-        block_size,
-        dim,
-    )
+    let order = WorkOrder::block(shape, w.len(), target_sparsity, block_size, dim)?;
+    let w = Dense::Borrowed {
+        values: w,
+        out: Vec::new(),
+    };
+    execute(&order, w)
 }
 
-/// [`block()`], with the kept values in `w`'s own allocation or its output buffer.
-pub fn block_in_place<'a, T: Element>(
-    w: impl Into<Dense<'a, T>>,
-    shape: &[usize],
-    target_sparsity: f64,
+/// [`WorkOrder::Block`] (`0 < q < 100`), with the kept values in `w`'s own allocation or its
+/// output buffer.
+pub(super) fn block_decided<T: Element>(
+    w: Dense<'_, T>,
+    layout: ChannelLayout,
     block_size: usize,
-    dim: usize,
-) -> Result<Outcome<T>, KernelError> {
-    if block_size == 0 {
-        return Err(KernelError("block_size must be positive".into()));
-    }
-    let w = w.into();
-    let layout = ChannelLayout::new(shape, w.values().len(), dim)?;
-    if layout.exceeds_half_channel(block_size) {
-        return Ok(Outcome::Skipped(format!(
-            "block_size > channel / 2 is not applicable for block sparsity. Got block_size = {block_size}, channel = {}. Skipped.",
-            layout.channel
-        )));
-    }
-    check_structural_rank(shape, "block sparsity")?;
-    let q = target_sparsity * 100.0;
-    if q == 100.0 {
-        return Ok(Outcome::Pruned(encode_sparse_in_place(
-            w,
-            Apply::Multiply,
-            |_, _, flags| flags.fill(true),
-        )));
-    }
-    if q == 0.0 {
-        // No cut: every non-zero is kept.
-        return Ok(Outcome::Pruned(encode_kept(w, |_, values, bytes| {
-            T::keep_mask(values, None, bytes)
-        })));
-    }
+    target_sparsity: f64,
+) -> Result<SparseTensor<T>, KernelError> {
     if let Some(decisions) = fast_block_decisions(w.values(), layout, block_size, target_sparsity) {
         let decisions = decisions?;
-        return Ok(Outcome::Pruned(encode_kept(w, |start, values, bytes| {
+        return Ok(encode_kept(w, |start, values, bytes| {
             decisions.mask_into(start, values, bytes)
-        })));
+        }));
     }
     let pruned = reference_flags(w.values(), layout, block_size, target_sparsity)?;
-    Ok(Outcome::Pruned(encode_kept(w, |start, values, bytes| {
+    Ok(encode_kept(w, |start, values, bytes| {
         mask_from_pruned(start, values, bytes, |start, flags| {
             flags.copy_from_slice(&pruned[start..start + flags.len()])
         })
-    })))
+    }))
 }
 
 /// The per-element "pruned" flags for `0 < q < 100` by gathering every block through index

@@ -12,43 +12,29 @@
 //! * pruned elements become 0 (`np.where`), kept elements keep their exact bits.
 
 use super::element::{Element, MapValue};
-use super::mask::{encode_kept, encode_sparse_in_place, Dense};
+use super::execute::execute;
+use super::mask::{encode_kept, Dense};
+use super::order::WorkOrder;
 use super::percentile::percentile_cut_of;
-use super::{Apply, KernelError, Outcome};
+use super::{KernelError, Outcome, SparseTensor};
 
 /// Prunes the `target_sparsity` fraction of smallest magnitudes of `w`. Errors for an empty tensor
 /// or a `target_sparsity` numpy's percentile rejects (outside [0, 1], NaN).
 pub fn magnitude<T: Element>(w: &[T], target_sparsity: f64) -> Result<Outcome<T>, KernelError> {
-    magnitude_in_place(
-        Dense::Borrowed {
-            values: w,
-            out: Vec::new(),
-        },
-        target_sparsity,
-    )
+    let w = Dense::Borrowed {
+        values: w,
+        out: Vec::new(),
+    };
+    execute(&WorkOrder::magnitude(target_sparsity), w)
 }
 
-/// [`magnitude`], with the kept values in `w`'s own allocation or its output buffer.
-pub fn magnitude_in_place<'a, T: Element>(
-    w: impl Into<Dense<'a, T>>,
-    target_sparsity: f64,
-) -> Result<Outcome<T>, KernelError> {
-    let w = w.into();
-    let q = target_sparsity * 100.0;
-    if q == 100.0 {
-        return Ok(Outcome::Pruned(encode_sparse_in_place(
-            w,
-            Apply::Multiply,
-            |_, _, flags| flags.fill(true),
-        )));
-    }
-    // No cut keeps every non-zero.
-    let cut = if q == 0.0 {
-        None
-    } else {
-        percentile_cut_of::<T::Mag, _, _>(w.values(), |x: &T| x.magnitude().key(), target_sparsity)?
-    };
-    Ok(Outcome::Pruned(encode_kept(w, |_, values, bytes| {
+/// [`WorkOrder::Percentile`]: the cut is `np.percentile(|w|, sparsity * 100)`.
+pub(super) fn percentile_in_place<T: Element>(
+    w: Dense<'_, T>,
+    sparsity: f64,
+) -> Result<SparseTensor<T>, KernelError> {
+    let cut = percentile_cut_of::<T::Mag, _, _>(w.values(), |x: &T| x.magnitude().key(), sparsity)?;
+    Ok(encode_kept(w, |_, values, bytes| {
         T::keep_mask(values, cut, bytes)
-    })))
+    }))
 }

@@ -35,6 +35,7 @@ mod bracket;
 mod compact;
 mod cpu;
 pub mod element;
+mod execute;
 mod f16_lanes;
 mod float;
 pub mod keep_mask;
@@ -45,6 +46,7 @@ pub mod magnitude;
 pub mod mask;
 pub mod nm;
 mod nm_rank;
+pub mod order;
 pub mod percentile;
 pub mod threshold;
 
@@ -60,9 +62,11 @@ mod simd_tests;
 pub use block::block;
 pub use block_norms::{fast_block_decisions, BlockDecisions};
 pub use element::{Element, I8Mag, MapValue};
+pub use execute::execute;
 pub use magnitude::magnitude;
 pub use mask::{decode_dense, encode_sparse, mask_bit};
 pub use nm::n_m;
+pub use order::WorkOrder;
 pub use threshold::threshold;
 
 /// A pruned tensor in coremltools' sparse form (spec §5.10).

@@ -20,12 +20,14 @@
 //! vectorized), otherwise [`argsort_flags`], which sorts every group with [`numpy_argsort`] and is
 //! also the reference the fast path is tested against.
 
-use super::axes::{check_structural_rank, ChannelLayout};
+use super::axes::ChannelLayout;
 use super::element::{Element, MapValue};
+use super::execute::execute;
 use super::keys::Key;
 use super::mask::{encode_products, encode_sparse_in_place, Dense, ENCODE_CHUNK};
 use super::nm_rank::{stable_rank_flags, stable_rank_flags_into, Span, MAX_STABLE_M};
-use super::{Apply, KernelError, Outcome};
+use super::order::WorkOrder;
+use super::{Apply, KernelError, Outcome, SparseTensor};
 
 /// Prunes the `n` smallest magnitudes in every group of `m` consecutive elements along `dim`.
 pub fn n_m<T: Element>(
@@ -55,29 +57,24 @@ pub fn n_m_in_place<'a, T: Element>(
     m: usize,
     dim: usize,
 ) -> Result<Outcome<T>, KernelError> {
-    if n > m {
-        return Err(KernelError(format!("n:m ratio needs n <= m, got {n}:{m}")));
-    }
     let w = w.into();
-    let layout = ChannelLayout::new(shape, w.values().len(), dim)?;
-    check_structural_rank(shape, "m:m pruning")?;
-    if layout.exceeds_half_channel(m) {
-        return Ok(Outcome::Skipped(format!(
-            "m > channel / 2 is not applicable for n:m pruning. Got m = {m}, channel = {}. Skipped.",
-            layout.channel
-        )));
-    }
-    if m == 0 {
-        // coremltools divides by m here (ZeroDivisionError).
-        return Err(KernelError("n:m ratio needs m > 0".into()));
-    }
+    execute(&WorkOrder::n_m(shape, w.values().len(), n, m, dim)?, w)
+}
+
+/// [`WorkOrder::NM`]: the flags of every group, multiplied in.
+pub(super) fn n_m_decided<T: Element>(
+    w: Dense<'_, T>,
+    layout: ChannelLayout,
+    n: usize,
+    m: usize,
+) -> SparseTensor<T> {
     if m <= MAX_STABLE_M {
         if let Some(inner) = chunk_holds_whole_groups(layout, m) {
             // Each encoding chunk ranks its own groups while they are in cache, with no
             // tensor-sized flag array.
-            return Ok(Outcome::Pruned(encode_products(w, |_, values, flags| {
+            return encode_products(w, |_, values, flags| {
                 stable_rank_flags_into(values, Span::Groups { inner }, n, m, flags)
-            })));
+            });
         }
     }
     let pruned = if m <= MAX_STABLE_M {
@@ -85,11 +82,9 @@ pub fn n_m_in_place<'a, T: Element>(
     } else {
         argsort_flags(w.values(), layout, n, m)
     };
-    Ok(Outcome::Pruned(encode_sparse_in_place(
-        w,
-        Apply::Multiply,
-        |start, _, flags| flags.copy_from_slice(&pruned[start..start + flags.len()]),
-    )))
+    encode_sparse_in_place(w, Apply::Multiply, |start, _, flags| {
+        flags.copy_from_slice(&pruned[start..start + flags.len()])
+    })
 }
 
 /// `Some(inner)` when every chunk of the encoding ([`ENCODE_CHUNK`] elements, the last one shorter)

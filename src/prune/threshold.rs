@@ -12,41 +12,21 @@
 //!   `sparsity < minimum_sparsity_percentile` (equality passes) the op is skipped with
 //!   coremltools' warning text.
 
-use super::element::{Element, MapValue};
-use super::mask::{encode_kept, Dense};
-use super::{python_float_repr, Outcome};
+use super::execute::cut_in_place;
+use super::mask::Dense;
+use super::order::threshold_key;
+use super::{Element, Outcome};
 
-/// Prunes `w` by magnitude threshold. See the module doc for the exact rules.
+/// Prunes `w` by magnitude threshold. See the module doc for the exact rules; the device path
+/// takes the same cut through [`super::order::WorkOrder::threshold`].
 pub fn threshold<T: Element>(w: &[T], threshold: f64, minimum_sparsity_percentile: f64) -> Outcome<T> {
-    threshold_in_place(
-        Dense::Borrowed {
-            values: w,
-            out: Vec::new(),
-        },
-        threshold,
-        minimum_sparsity_percentile,
+    let w = Dense::Borrowed {
+        values: w,
+        out: Vec::new(),
+    };
+    cut_in_place(
+        w,
+        threshold_key::<T>(threshold),
+        Some(minimum_sparsity_percentile),
     )
-}
-
-/// [`threshold()`], with the kept values in `w`'s own allocation or its output buffer.
-pub fn threshold_in_place<'a, T: Element>(
-    w: impl Into<Dense<'a, T>>,
-    threshold: f64,
-    minimum_sparsity_percentile: f64,
-) -> Outcome<T> {
-    let cut = <T::Mag as MapValue>::threshold_cut(threshold);
-    let w = w.into();
-    let n = w.values().len();
-    let sparse = encode_kept(w, |_, values, bytes| T::keep_mask(values, cut, bytes));
-    let zeros = n as u64 - sparse.kept;
-    // numpy: int64 / int -> float64 (NaN for an empty tensor, which never compares below).
-    let sparsity = zeros as f64 / n as f64;
-    if sparsity < minimum_sparsity_percentile {
-        return Outcome::Skipped(format!(
-            "weight value has sparsity of {} < minimum_sparsity_percentile {}. Skipped.",
-            python_float_repr(sparsity),
-            python_float_repr(minimum_sparsity_percentile)
-        ));
-    }
-    Outcome::Pruned(sparse)
 }

@@ -23,6 +23,13 @@ impl<'a> TensorView<'a> {
         self.len() == 0
     }
 
+    pub fn dtype(&self) -> crate::dtype::ScalarType {
+        match self {
+            TensorView::F16(_) => crate::dtype::ScalarType::Float16,
+            TensorView::F32(_) => crate::dtype::ScalarType::Float32,
+        }
+    }
+
     /// A copy that owns its values.
     pub fn to_owned(&self) -> TensorData {
         match self {
