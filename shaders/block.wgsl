@@ -1,12 +1,11 @@
 // Block sparsity: which block an element belongs to, and whether that block is pruned.
 //
-// Exactness: block norms are computed on the CPU (src/gpu/backend.rs) with the reference
-// `Element::block_norm`, because numpy's norm rounds fp16 squares and partial sums to fp16 and takes
-// an f32 sqrt — WGSL neither rounds f32 -> f16 conversions nor sqrt correctly, and may flush
-// subnormals. The CPU also selects the percentile over the norm keys. The GPU gets one bit per
-// block ("pruned", LSB-first words) and applies it to every element: pure integer indexing.
+// The flags ("pruned", one bit per block, LSB-first words) come from the device's block-norm
+// passes (block_norms.wgsl: fp16 weights) or from the CPU's parallel block-norm kernel (fp32, and
+// layouts the device passes do not take); either way this pass applies them to every element:
+// pure integer indexing. Bound read_write because the norm passes write the same binding.
 
-@group(0) @binding(3) var<storage, read> block_flags: array<u32>;
+@group(0) @binding(3) var<storage, read_write> block_flags: array<u32>;
 
 // Index of the block holding global element f in the [outer, blocks, inner] block order.
 fn block_of(f: u32) -> u32 {

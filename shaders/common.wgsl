@@ -34,7 +34,11 @@ struct Params {
     blocks: u32,       // blocks per channel run (block mode)
     words: u32,        // mask words in this chunk = ceil(n / 32)
     scan_blocks: u32,  // ceil(words / WG)
-    pad: u32,
+    first_norm: u32,   // block norms: global index of the chunk's first norm
+    norms: u32,        // block norms in this chunk
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 const MODE_WHERE_CUT: u32 = 0u;  // np.where(|w| <= thr, 0, w): threshold and magnitude

@@ -521,7 +521,15 @@ fn every_tensor_is_uploaded_once() {
     let shape = [1001u64, 7];
     let n = 1001 * 7;
     for data in both_dtypes(n, Fill::Random, 5) {
-        for config in [magnitude(0.5), magnitude(0.37), threshold(0.4, 0.0), n_m(2, 4, 1)] {
+        let configs = [
+            magnitude(0.5),
+            magnitude(0.37),
+            threshold(0.4, 0.0),
+            n_m(2, 4, 1),
+            // fp16: norm histogram, flags and mask on the device; fp32: flags from the CPU.
+            block(0.5, 2, 1),
+        ];
+        for config in configs {
             for (name, backend) in [("gpu", &normal), ("gpu-chunked", &chunked)] {
                 let label = format!("{:?} {config:?} on {name}", data.dtype());
                 if !covers(backend, &config, &data, &shape) {
@@ -1046,4 +1054,119 @@ fn kept_values_land_in_the_spare_buffer() {
             &cpu
         ));
     }
+}
+
+/// fp16 block norms computed on the device (integer emulation of numpy's fp16 and f32 rounding)
+/// against the reference norms, as whole multisets (key -> elements covered): every fp16 bit
+/// pattern squared and rooted alone, sequential sums of random pairs and padded triples across
+/// the whole range, numpy's pairwise sums for every accumulator shape up to 128 addends, and
+/// layouts whose chunks split inside the outer axis.
+#[test]
+fn device_block_norms_match_the_reference_for_every_fp16_value() {
+    use mlprune::prune::kernel_paths::block_norm_key_counts;
+    let Some(g) = gpu_or_skip() else { return };
+    let every: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    let mut rng = Rng(0x5eed);
+    let mut shuffled = every.clone();
+    for i in (1..shuffled.len()).rev() {
+        shuffled.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    // Weights of a trained layer's scale, with a few full-range patterns mixed in.
+    let weights: Vec<f16> = (0..1 << 16)
+        .map(|i| {
+            if i % 17 == 0 {
+                shuffled[i]
+            } else {
+                f16::from_f32(rng.normal() * 0.05)
+            }
+        })
+        .collect();
+    // (what, weights, shape, block size, dim)
+    type Case<'a> = (&'a str, &'a [f16], Vec<usize>, usize, usize);
+    let mut cases: Vec<Case> = vec![
+        ("every value alone", &every, vec![2, 32768], 1, 0),
+        ("random pairs", &shuffled, vec![4, 16384], 2, 0),
+        ("padded triples", &shuffled, vec![8, 8192], 3, 0),
+        ("dim 1, inner 8", &weights, vec![64, 128, 8], 4, 1),
+        ("weights in pairs", &weights, vec![16, 4096], 8, 0),
+    ];
+    for b in [2, 5, 7, 8, 9, 13, 16, 31, 64, 100, 128] {
+        // dim 1 of a 2-D weight: the block axis is innermost (numpy's pairwise sum).
+        cases.push(("pairwise, weights", &weights, vec![256, 256], b, 1));
+        cases.push(("pairwise, every value", &shuffled, vec![128, 512], b, 1));
+    }
+    // 300 channels: the last block of each row is padded with zeros.
+    cases.push(("pairwise, padded", &weights[..300 * 200], vec![200, 300], 128, 1));
+    for (what, w, shape, b, dim) in cases {
+        let want = block_norm_key_counts(w, &shape, b, dim);
+        let got = g
+            .normal
+            .block_norm_key_counts(w, &shape, b, dim)
+            .expect("the device passes run")
+            .unwrap_or_else(|| panic!("{what} {shape:?} b{b}: not taken by the device"));
+        assert_eq!(got, want, "{what} {shape:?} block {b} dim {dim}");
+    }
+    // Many chunks of 1 KiB: bands of whole block rows, and of whole channel runs (30 channels
+    // leave a short block), so chunks start at every kind of norm offset.
+    for (shape, b, dim) in [
+        (vec![64usize, 8], 4usize, 0usize),
+        (vec![64, 30, 4], 4, 1),
+        (vec![40, 60], 8, 1),
+    ] {
+        let n = shape.iter().product();
+        let want = block_norm_key_counts(&weights[..n], &shape, b, dim);
+        let got = g
+            .chunked
+            .block_norm_key_counts(&weights[..n], &shape, b, dim)
+            .unwrap();
+        assert_eq!(got, Some(want), "chunked {shape:?} block {b} dim {dim}");
+    }
+}
+
+/// Block sparsity of fp16 weights with many tied norms, end to end (histogram, host percentile,
+/// device flags, mask): the bytes are the CPU's, and the norms were taken on the device.
+#[test]
+fn device_block_norms_prune_fp16_ties_like_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    // A backend of its own: the shared ones count other tests' tensors too.
+    let gpu = GpuBackend::new(GpuContext::new(DevicePolicy::Gpu).unwrap().unwrap());
+    let mut cases = 0;
+    let mut run = |config: &OpConfig, data: &TensorData, shape: &[u64], label: &str| {
+        let want = CpuBackend.run(config, data, shape, label).unwrap();
+        let got = gpu.run(config, data, shape, label).unwrap();
+        assert!(same_bytes(&want, &got), "{label}: GPU differs from CPU");
+        cases += 1;
+    };
+    for (seed, shape) in [
+        (1u64, vec![64u64, 64]),
+        (2, vec![24, 16, 3, 3]),
+        (3, vec![48, 40]),
+    ] {
+        let n = shape.iter().product::<u64>() as usize;
+        for fill in [Fill::Ties, Fill::Specials] {
+            let data = TensorData::F16(values_f16(n, fill, seed));
+            for (s, b, dim) in [(0.5, 2, 0), (0.3, 4, 1), (0.75, 8, 1), (0.5, 3, 0)] {
+                let label = format!("{fill:?} {shape:?} block {s} b{b} dim{dim}");
+                run(&block(s, b, dim), &data, &shape, &label);
+            }
+        }
+    }
+    // Four blocks, three of them equal: the percentile falls on the tie itself.
+    let ties = [0.5f32, 0.5, 0.25, 0.5]
+        .iter()
+        .flat_map(|&v| [f16::from_f32(v); 16])
+        .collect();
+    run(
+        &block(0.5, 4, 0),
+        &TensorData::F16(ties),
+        &[16, 4],
+        "four tied blocks",
+    );
+    assert_eq!(
+        gpu.context().device_norm_tensors(),
+        cases,
+        "every fp16 block case took the device norms"
+    );
 }

@@ -8,7 +8,8 @@ use half::f16;
 use super::context::GpuContext;
 use super::pool::BufferPool;
 use super::run::{
-    Compacted, Params, Resident, TensorBytes, MODE_BLOCK, MODE_MULTIPLY_ALL, MODE_NM, MODE_WHERE_CUT,
+    BlockFlags, BlockGeometry, Compacted, Params, Resident, TensorBytes, MODE_BLOCK, MODE_MULTIPLY_ALL,
+    MODE_NM, MODE_WHERE_CUT,
 };
 use crate::dispatch::{execute_on_cpu, Backend, KernelResult, Pruned, TensorInput};
 use crate::error::{Error, Result};
@@ -80,7 +81,12 @@ impl GpuBackend {
                 if flag_bytes > self.ctx.chunk_bytes() {
                     return None;
                 }
-                self.chunk_elems(elem_bytes, 1)
+                // fp16 norms are computed on the device when its chunks can hold whole bands of
+                // blocks; otherwise the CPU computes the flags and any chunking will do.
+                let on_device = (elem_bytes == 2 && device_norms(layout, block_size))
+                    .then(|| self.chunk_elems(elem_bytes, geometry(layout, block_size).band()))
+                    .flatten();
+                on_device.or_else(|| self.chunk_elems(elem_bytes, 1))
             }
             WorkOrder::ZeroAll | WorkOrder::Cut { .. } | WorkOrder::Percentile { .. } => {
                 self.chunk_elems(elem_bytes, 1)
@@ -131,6 +137,7 @@ impl GpuBackend {
             has_cut: u32::from(cut.is_some()),
             ..Params::default()
         };
+        let host_flags;
         let (params, flags) = match *work {
             WorkOrder::Skip(ref reason) => return Ok(KernelResult::Skipped(reason.clone())),
             WorkOrder::ZeroAll => (
@@ -138,7 +145,7 @@ impl GpuBackend {
                     mode: MODE_MULTIPLY_ALL,
                     ..Params::default()
                 },
-                Vec::new(),
+                BlockFlags::None,
             ),
             WorkOrder::Cut {
                 cut,
@@ -146,9 +153,14 @@ impl GpuBackend {
             } => {
                 // Keys of fp16 and fp32 magnitudes fit in 32 bits.
                 let cut = cut.map(|k| k as u32);
-                let sparse =
-                    self.ctx
-                        .mask_and_compact(pool, &t, where_cut(cut), &[], &mut resident, spare)?;
+                let sparse = self.ctx.mask_and_compact(
+                    pool,
+                    &t,
+                    where_cut(cut),
+                    BlockFlags::None,
+                    &mut resident,
+                    spare,
+                )?;
                 if let Some(reason) = minimum_sparsity.and_then(|m| minimum_sparsity_skip(sparse.kept, n, m))
                 {
                     return Ok(KernelResult::Skipped(reason));
@@ -164,21 +176,13 @@ impl GpuBackend {
                     &mut resident,
                     tensor,
                 )?),
-                Vec::new(),
+                BlockFlags::None,
             ),
             WorkOrder::Block {
                 layout,
                 block_size,
                 sparsity,
             } => {
-                // The norms and their percentile stay on the CPU (WGSL rounds neither sqrt nor
-                // f16 conversion correctly), computed by the CPU path's own parallel kernel: one
-                // rule, never a serial pass over the tensor. `None` is only for empty or
-                // non-float tensors, which `chunk_for` already sent to the CPU.
-                let Some(decisions) = fast_block_decisions(w, layout, block_size, sparsity) else {
-                    return execute_on_cpu(work, TensorInput::Owned(wrap(w.to_vec())), tensor);
-                };
-                let flags = decisions.map_err(|e| e.for_tensor(tensor))?.pruned_words();
                 let params = Params {
                     mode: MODE_BLOCK,
                     channel: layout.channel as u32,
@@ -187,7 +191,39 @@ impl GpuBackend {
                     blocks: layout.channel.div_ceil(block_size) as u32,
                     ..Params::default()
                 };
-                (params, flags)
+                let geometry = geometry(layout, block_size);
+                if T::IS_F16
+                    && device_norms(layout, block_size)
+                    && chunk_elems.is_multiple_of(geometry.band())
+                {
+                    // The norms, their histogram and the flags on the device; the percentile of
+                    // the histogram on the host, by the reference selection.
+                    let bytes = self
+                        .ctx
+                        .device_block_flags(pool, &t, geometry, &mut resident, |hist| {
+                            let items = || {
+                                hist.iter()
+                                    .enumerate()
+                                    .filter(|(_, &c)| c > 0)
+                                    .map(|(k, &c)| (k as u16, u64::from(c)))
+                            };
+                            let cut = percentile_cut::<f16, _, _>(items, n, sparsity)
+                                .map_err(|e| e.for_tensor(tensor))?;
+                            Ok(cut.map(u32::from))
+                        })?;
+                    (params, BlockFlags::OnDevice(bytes))
+                } else {
+                    // fp32 norms (and bands too large for a chunk) stay on the CPU: numpy's f32
+                    // arithmetic would need an exact f32 square root on the device. The CPU path's
+                    // own parallel kernel computes them: one rule, never a serial pass over the
+                    // tensor. `None` is only for empty or non-float tensors, which `chunk_for`
+                    // already sent to the CPU.
+                    let Some(decisions) = fast_block_decisions(w, layout, block_size, sparsity) else {
+                        return execute_on_cpu(work, TensorInput::Owned(wrap(w.to_vec())), tensor);
+                    };
+                    host_flags = decisions.map_err(|e| e.for_tensor(tensor))?.pruned_words();
+                    (params, BlockFlags::FromHost(&host_flags))
+                }
             }
             WorkOrder::NM { layout, n, m } => (
                 Params {
@@ -198,14 +234,51 @@ impl GpuBackend {
                     n_prune: n as u32,
                     ..Params::default()
                 },
-                Vec::new(),
+                BlockFlags::None,
             ),
         };
         Ok(pruned(
             self.ctx
-                .mask_and_compact(pool, &t, params, &flags, &mut resident, spare)?,
+                .mask_and_compact(pool, &t, params, flags, &mut resident, spare)?,
             wrap,
         ))
+    }
+}
+
+impl GpuBackend {
+    /// The device's block-norm histogram of fp16 weights `w` of `shape` (blocks of `block_size`
+    /// along `dim`) as key -> elements covered, or `None` where the device passes do not take the
+    /// layout. Test support: `prune::kernel_paths::block_norm_key_counts` is the reference.
+    #[doc(hidden)]
+    pub fn block_norm_key_counts(
+        &self,
+        w: &[f16],
+        shape: &[usize],
+        block_size: usize,
+        dim: usize,
+    ) -> Result<Option<std::collections::BTreeMap<u64, u64>>> {
+        let layout = ChannelLayout::new(shape, w.len(), dim).map_err(|e| e.for_tensor("w"))?;
+        let geometry = geometry(layout, block_size);
+        let chunk = self.chunk_elems(2, geometry.band());
+        let (true, Some(chunk_elems)) = (device_norms(layout, block_size) && !w.is_empty(), chunk) else {
+            return Ok(None);
+        };
+        let t = TensorBytes {
+            bytes: bytemuck::cast_slice(w),
+            n: w.len() as u64,
+            is_f16: true,
+            chunk_elems,
+        };
+        let mut pool = self.ctx.lock_pool()?;
+        let mut counts = std::collections::BTreeMap::new();
+        self.ctx
+            .device_block_flags(&mut pool, &t, geometry, &mut Resident::default(), |hist| {
+                for (key, &c) in hist.iter().enumerate().filter(|(_, &c)| c > 0) {
+                    counts.insert(key as u64, u64::from(c));
+                }
+                Ok(None)
+            })?;
+        Ok(Some(counts))
     }
 }
 
@@ -255,6 +328,21 @@ fn lcm(a: u64, b: u64) -> Option<u64> {
         x
     };
     (a / gcd(a, b).max(1)).checked_mul(b.max(1))
+}
+
+/// Whether the device's block-norm passes take this layout (fp16 weights aside): numpy sums along
+/// the innermost axis pairwise, which the device follows up to 128 addends (no recursion).
+fn device_norms(layout: ChannelLayout, block_size: usize) -> bool {
+    layout.inner > 1 || block_size <= 128
+}
+
+fn geometry(layout: ChannelLayout, block_size: usize) -> BlockGeometry {
+    BlockGeometry {
+        outer: layout.outer as u64,
+        channel: layout.channel as u64,
+        inner: layout.inner as u64,
+        block_size: block_size as u64,
+    }
 }
 
 fn block_count(layout: ChannelLayout, block_size: usize) -> Option<usize> {

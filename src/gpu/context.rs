@@ -10,13 +10,15 @@ use super::shaders::{ModuleSource, PRUNE_MODULE, SELECT_MODULE};
 use crate::dispatch::DevicePolicy;
 use crate::error::{Error, Result};
 
-/// Size of the kernels' uniform block (`Params` in shaders/common.wgsl): 20 u32.
-pub(crate) const PARAMS_BYTES: u64 = 80;
+/// Size of the kernels' uniform block (`Params` in shaders/common.wgsl): 24 u32.
+pub(crate) const PARAMS_BYTES: u64 = 96;
 
 /// The compute pipelines, one per entry point, sharing one bind group layout.
 pub(crate) struct Pipelines {
     pub layout: wgpu::BindGroupLayout,
     pub histogram: wgpu::ComputePipeline,
+    pub block_norm_histogram: wgpu::ComputePipeline,
+    pub block_prune_flags: wgpu::ComputePipeline,
     pub pack: wgpu::ComputePipeline,
     pub scan_local: wgpu::ComputePipeline,
     pub scan_blocks: wgpu::ComputePipeline,
@@ -37,6 +39,8 @@ pub struct GpuContext {
     pub(crate) pool: Mutex<BufferPool>,
     /// Tensor bytes written to the device so far: tests hold it to one upload per tensor.
     pub(crate) uploaded: AtomicU64,
+    /// Tensors whose block norms were computed on the device: tests hold fp16 block cases to it.
+    pub(crate) device_norm_tensors: AtomicU64,
     /// While `mlprune bench` times kernels: the timestamp queries of every compute pass.
     pub(crate) profiler: Mutex<Option<Profiler>>,
 }
@@ -153,6 +157,7 @@ impl GpuContext {
             pipelines,
             pool: Mutex::new(pool),
             uploaded: AtomicU64::new(0),
+            device_norm_tensors: AtomicU64::new(0),
             profiler: Mutex::new(None),
         };
         ctx.check()?;
@@ -175,6 +180,11 @@ impl GpuContext {
     /// The limits the device was opened with (the adapter's own).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Tensors whose block-sparsity norms this context computed on the device.
+    pub fn device_norm_tensors(&self) -> u64 {
+        self.device_norm_tensors.load(Ordering::Relaxed)
     }
 
     /// Tensor bytes uploaded to the device since the context was opened (odd fp16 tails padded to
@@ -259,11 +269,12 @@ fn build_pipelines(device: &wgpu::Device) -> Pipelines {
         },
         count: None,
     }];
-    // 1 data, 2 hist, 3 block flags, 4 mask words, 5 word offsets, 6 block sums, 7 compacted.
+    // 1 data, 2 hist, 3 block flags (written by the block-norm pass), 4 mask words, 5 word
+    // offsets, 6 block sums, 7 compacted.
     for (binding, read_only) in [
         (1, true),
         (2, false),
-        (3, true),
+        (3, false),
         (4, false),
         (5, false),
         (6, false),
@@ -304,6 +315,8 @@ fn build_pipelines(device: &wgpu::Device) -> Pipelines {
     };
     Pipelines {
         histogram: pipeline(&select, "histogram"),
+        block_norm_histogram: pipeline(&select, "block_norm_histogram"),
+        block_prune_flags: pipeline(&select, "block_prune_flags"),
         pack: pipeline(&prune, "pack"),
         scan_local: pipeline(&prune, "scan_local"),
         scan_blocks: pipeline(&prune, "scan_blocks"),

@@ -37,7 +37,9 @@ pub(crate) struct Params {
     pub blocks: u32,
     pub words: u32,
     pub scan_blocks: u32,
-    pub pad: u32,
+    pub first_norm: u32,
+    pub norms: u32,
+    pub pad: [u32; 3],
 }
 
 pub(crate) const MODE_WHERE_CUT: u32 = 0;
@@ -73,6 +75,60 @@ impl TensorBytes<'_> {
         (0..self.n)
             .step_by(self.chunk_elems.max(1) as usize)
             .map(|s| (s, (self.n - s).min(self.chunk_elems)))
+    }
+}
+
+/// Where `MODE_BLOCK`'s "pruned" bits come from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BlockFlags<'a> {
+    /// Not a block pass.
+    None,
+    /// Computed on the host: uploaded into the pool's flag buffer.
+    FromHost(&'a [u32]),
+    /// Already in the pool's flag buffer ([`GpuContext::device_block_flags`]), this many bytes.
+    OnDevice(u64),
+}
+
+/// Block sparsity's layout `[outer, channel, inner]` with blocks of `block_size` along the
+/// channel, as the device's norm passes walk it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockGeometry {
+    pub outer: u64,
+    pub channel: u64,
+    pub inner: u64,
+    pub block_size: u64,
+}
+
+impl BlockGeometry {
+    pub fn blocks(&self) -> u64 {
+        self.channel.div_ceil(self.block_size)
+    }
+
+    /// Norms in (outer, block, inner) order.
+    pub fn norms(&self) -> u64 {
+        self.outer * self.blocks() * self.inner
+    }
+
+    /// The elements a chunk boundary may fall between: a row of blocks (`block_size` channels)
+    /// when the blocks tile the channel exactly, else a whole channel run (its last block is short).
+    pub fn band(&self) -> u64 {
+        if self.channel.is_multiple_of(self.block_size) {
+            self.block_size * self.inner
+        } else {
+            self.channel * self.inner
+        }
+    }
+
+    /// The first norm and the number of norms of the chunk of `len` elements at `start` (both
+    /// multiples of [`BlockGeometry::band`]).
+    pub fn norms_in(&self, start: u64, len: u64) -> (u64, u64) {
+        let band = self.band();
+        let norms_per_band = if self.channel.is_multiple_of(self.block_size) {
+            self.inner
+        } else {
+            self.blocks() * self.inner
+        };
+        (start / band * norms_per_band, len / band * norms_per_band)
     }
 }
 
@@ -358,14 +414,100 @@ impl GpuContext {
         self.size_pool(pool, t, 0)?;
         // A histogram is always followed by another pass over the same tensor.
         self.keep_resident(pool, t, resident)?;
+        self.clear_histogram(pool);
+        let histogram = &self.pipelines.histogram;
+        self.pass_over_chunks(pool, t, resident, |_, len| (histogram, params, len.div_ceil(WG)))?;
+        self.read_histogram(pool, bins)
+    }
+
+    /// The "pruned" flags of fp16 block sparsity, computed on the device (block_norms.wgsl): a
+    /// histogram of the block norms' keys, each counted once per real element of its block, from
+    /// which `select_cut` picks the cut on the host (the reference percentile); then one flag bit
+    /// per norm at or below it, written into the pool's flag buffer for
+    /// [`GpuContext::mask_and_compact`]. The tensor is uploaded once for the three passes. `t`'s
+    /// chunks must hold whole bands of blocks ([`BlockGeometry::band`]). Returns the flags' size.
+    pub(crate) fn device_block_flags(
+        &self,
+        pool: &mut BufferPool,
+        t: &TensorBytes<'_>,
+        geometry: BlockGeometry,
+        resident: &mut Resident,
+        select_cut: impl FnOnce(&[u32]) -> Result<Option<u32>>,
+    ) -> Result<u64> {
+        let band = geometry.band();
+        if band == 0 || !t.chunk_elems.is_multiple_of(band) {
+            return Err(Error::Gpu(format!(
+                "block norms need chunks of whole bands of {band} elements, got {}",
+                t.chunk_elems
+            )));
+        }
+        let flag_bytes = geometry.norms().div_ceil(32) * 4;
+        self.size_pool(pool, t, flag_bytes)?;
+        self.device_norm_tensors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.keep_resident(pool, t, resident)?;
+        let base = Params {
+            channel: geometry.channel as u32,
+            inner: geometry.inner as u32,
+            group: geometry.block_size as u32,
+            blocks: geometry.blocks() as u32,
+            ..Params::default()
+        };
+        let norms_of = |start: u64, len: u64, params: Params| {
+            let (first, count) = geometry.norms_in(start, len);
+            let p = Params {
+                first_norm: first as u32,
+                norms: count as u32,
+                ..params
+            };
+            (p, count.div_ceil(WG))
+        };
+        self.clear_histogram(pool);
+        let histogram = &self.pipelines.block_norm_histogram;
+        self.pass_over_chunks(pool, t, resident, |start, len| {
+            let (p, groups) = norms_of(start, len, base);
+            (histogram, p, groups)
+        })?;
+        let cut = select_cut(&self.read_histogram(pool, 0x8000)?)?;
+        let mut encoder = self.encoder();
+        encoder.clear_buffer(&pool.flags, 0, Some(flag_bytes));
+        self.queue.submit([encoder.finish()]);
+        if let Some(cut) = cut {
+            let flags = &self.pipelines.block_prune_flags;
+            let with_cut = Params {
+                cut,
+                has_cut: 1,
+                ..base
+            };
+            self.pass_over_chunks(pool, t, resident, |start, len| {
+                let (p, groups) = norms_of(start, len, with_cut);
+                (flags, p, groups)
+            })?;
+        }
+        Ok(flag_bytes)
+    }
+
+    fn clear_histogram(&self, pool: &BufferPool) {
         let mut encoder = self.encoder();
         encoder.clear_buffer(&pool.hist, 0, None);
         self.queue.submit([encoder.finish()]);
-        // The counts accumulate on the device and are read once at the end, so the chunks need
-        // no second slot: the queue orders each upload after the pass before.
+    }
+
+    /// One dispatch per chunk of `t`, through slot 0: `step(start, len)` names the pipeline, its
+    /// parameters (n, base and dtype are filled in here) and its workgroups. The passes write only
+    /// shared buffers (histogram, flags), so the chunks need no second slot: the queue orders each
+    /// upload after the pass before.
+    fn pass_over_chunks<'p>(
+        &self,
+        pool: &mut BufferPool,
+        t: &TensorBytes<'_>,
+        resident: &mut Resident,
+        mut step: impl FnMut(u64, u64) -> (&'p wgpu::ComputePipeline, Params, u64),
+    ) -> Result<()> {
         const SLOT: usize = 0;
         for (start, len) in t.chunks() {
             self.upload(pool, SLOT, t, start, len, resident)?;
+            let (pipeline, params, workgroups) = step(start, len);
             let p = Params {
                 n: len as u32,
                 base: start as u32,
@@ -376,10 +518,15 @@ impl GpuContext {
                 .write_buffer(&pool.slots[SLOT].params, 0, bytemuck::bytes_of(&p));
             let mut encoder = self.encoder();
             let group = self.bind(pool, SLOT, t, (start, len), resident);
-            let histogram = &self.pipelines.histogram;
-            self.dispatch(&group, &mut encoder, &[(histogram, len.div_ceil(WG))]);
+            self.dispatch(&group, &mut encoder, &[(pipeline, workgroups)]);
             self.queue.submit([encoder.finish()]);
         }
+        Ok(())
+    }
+
+    /// The first `bins` counters of the histogram, once every pass before has run.
+    fn read_histogram(&self, pool: &BufferPool, bins: u64) -> Result<Vec<u32>> {
+        const SLOT: usize = 0;
         let bins = bins.min(HIST_BINS);
         let mut encoder = self.encoder();
         encoder.copy_buffer_to_buffer(&pool.hist, 0, &pool.slots[SLOT].readback, 0, bins * 4);
@@ -393,7 +540,7 @@ impl GpuContext {
     }
 
     /// Keep-mask, packing and compaction of every chunk with the decision in `params`;
-    /// `flags` are the block-pruned bits for `MODE_BLOCK`.
+    /// `flags` gives the block-pruned bits for `MODE_BLOCK`.
     ///
     /// Chunks alternate between the pool's two slots and are pipelined: chunk i+1 is uploaded and
     /// submitted before chunk i's results are waited for, so the device computes one chunk while
@@ -403,15 +550,18 @@ impl GpuContext {
         pool: &mut BufferPool,
         t: &TensorBytes<'_>,
         params: Params,
-        flags: &[u32],
+        flags: BlockFlags<'_>,
         resident: &mut Resident,
         mut values: Vec<T>,
     ) -> Result<Compacted<T>> {
-        let flags_bytes = flags.len() as u64 * 4;
-        self.size_pool(pool, t, flags_bytes)?;
-        if !flags.is_empty() {
-            self.queue
-                .write_buffer(&pool.flags, 0, bytemuck::cast_slice(flags));
+        match flags {
+            BlockFlags::None => self.size_pool(pool, t, 0)?,
+            BlockFlags::OnDevice(bytes) => self.size_pool(pool, t, bytes)?,
+            BlockFlags::FromHost(words) => {
+                self.size_pool(pool, t, words.len() as u64 * 4)?;
+                self.queue
+                    .write_buffer(&pool.flags, 0, bytemuck::cast_slice(words));
+            }
         }
         let eb = t.elem_bytes();
         // Reserved once, at most the whole tensor: chunks append without regrowing (each regrowth

@@ -11,15 +11,17 @@ pub struct ModuleSource {
 
 const COMMON: (&str, &str) = ("common.wgsl", include_str!("../../shaders/common.wgsl"));
 const SELECT: (&str, &str) = ("select.wgsl", include_str!("../../shaders/select.wgsl"));
+const BLOCK_NORMS: (&str, &str) = ("block_norms.wgsl", include_str!("../../shaders/block_norms.wgsl"));
 const BLOCK: (&str, &str) = ("block.wgsl", include_str!("../../shaders/block.wgsl"));
 const NM: (&str, &str) = ("nm.wgsl", include_str!("../../shaders/nm.wgsl"));
 const MASK: (&str, &str) = ("mask.wgsl", include_str!("../../shaders/mask.wgsl"));
 const COMPACT: (&str, &str) = ("compact.wgsl", include_str!("../../shaders/compact.wgsl"));
 
-/// Histograms for the radix select (entry point `histogram`).
+/// Histograms for the radix select (entry point `histogram`) and fp16 block norms
+/// (`block_norm_histogram`, `block_prune_flags`).
 pub const SELECT_MODULE: ModuleSource = ModuleSource {
     label: "mlprune select",
-    files: &[COMMON, SELECT],
+    files: &[COMMON, SELECT, BLOCK_NORMS],
 };
 
 /// Masks, packing and compaction (entry points `pack`, `scan_local`, `scan_blocks`, `scatter`).
@@ -104,7 +106,10 @@ mod tests {
                 .map(|module| module.entry_points.iter().map(|e| e.name.clone()).collect())
                 .unwrap_or_default()
         };
-        assert_eq!(entry_points(&SELECT_MODULE), ["histogram"]);
+        assert_eq!(
+            entry_points(&SELECT_MODULE),
+            ["histogram", "block_norm_histogram", "block_prune_flags"]
+        );
         assert_eq!(
             entry_points(&PRUNE_MODULE),
             ["pack", "scan_local", "scan_blocks", "scatter"]

@@ -84,6 +84,21 @@ pub(super) fn reference_flags<T: Element>(
         .collect())
 }
 
+/// The reference norms' keys, each counted once per real element of its block, summed per key:
+/// the multiset the percentile selects from (test support, see `kernel_paths`).
+pub(super) fn reference_norm_counts<T: Element>(
+    w: &[T],
+    layout: ChannelLayout,
+    block_size: usize,
+) -> std::collections::BTreeMap<u64, u64> {
+    use super::keys::Key;
+    let mut counts = std::collections::BTreeMap::new();
+    for (key, covered) in BlockNorms::compute(w, layout, block_size).weighted_keys() {
+        *counts.entry(key.to_u64()).or_insert(0) += covered;
+    }
+    counts
+}
+
 /// One norm per (outer, block, inner) position, stored in that row-major order.
 struct BlockNorms<N> {
     layout: ChannelLayout,

@@ -148,3 +148,20 @@ pub fn sequential_norms_f16(simd: Option<Avx2F16c>, block: &[f16], inner: usize)
 pub fn accumulate_squares(simd: Option<Avx2F16c>, acc: &mut [f32], row: &[f16], first: bool) {
     super::block_norms::accumulate_squares(simd, acc, row, first)
 }
+
+/// The reference block norms of fp16 weights `w` of `shape` (blocks of `block_size` along `dim`),
+/// as key -> number of elements covered: what a device's norm histogram must equal. Panics on a
+/// shape that does not fit `w` or a block size the rules skip.
+pub fn block_norm_key_counts(
+    w: &[f16],
+    shape: &[usize],
+    block_size: usize,
+    dim: usize,
+) -> std::collections::BTreeMap<u64, u64> {
+    let layout = super::axes::ChannelLayout::new(shape, w.len(), dim).expect("a shape that fits");
+    assert!(
+        block_size > 0 && !layout.exceeds_half_channel(block_size),
+        "a block size the rules take"
+    );
+    super::block::reference_norm_counts(w, layout, block_size)
+}
