@@ -191,6 +191,16 @@ fn block_elem(o: u32, c: u32, i: u32) -> u32 {
     return elem_bits(f - p.base) & 0x7fffu;
 }
 
+// The fp16 square of element (o, c, i)'s magnitude (0 for padding): 0x7c00 (inf) for an inf
+// element or a square that overflows, above it (a NaN) for a NaN element.
+fn block_square(o: u32, c: u32, i: u32) -> u32 {
+    let m = block_elem(o, c, i);
+    if (m >= 0x7c00u) {
+        return m;
+    }
+    return square_f16(m);
+}
+
 // Magnitude key (common.wgsl's `mag_key` for fp16) of the norm of block `g`.
 fn block_norm_key(g: u32) -> u32 {
     let i = g % p.inner;
@@ -199,17 +209,12 @@ fn block_norm_key(g: u32) -> u32 {
     let c0 = (ob % p.blocks) * p.group;
     var nan = false;
     var inf = false;
-    var sum = 0u; // fp16 bits, inner > 1
+    var sum = 0u; // fp16 bits
     if (p.inner > 1u) {
         for (var j = 0u; j < p.group; j = j + 1u) {
-            let m = block_elem(o, c0 + j, i);
-            if (m >= 0x7c00u) {
-                nan = nan || m > 0x7c00u;
-                inf = true;
-                continue;
-            }
-            let sq = square_f16(m);
-            inf = inf || sq == 0x7c00u;
+            let sq = block_square(o, c0 + j, i);
+            nan = nan || sq > 0x7c00u;
+            inf = inf || sq >= 0x7c00u;
             if (!inf) {
                 sum = round_f16(add_exact(f16_parts(sum), f16_parts(sq)));
                 inf = sum == 0x7c00u;
@@ -217,41 +222,37 @@ fn block_norm_key(g: u32) -> u32 {
         }
     } else {
         // numpy's pairwise_sum for n <= 128 (the host checks): below 8 addends a plain loop from
-        // 0, else eight accumulators, combined pairwise, then the remainder in order.
+        // 0, else eight accumulators, combined pairwise, then the remainder in order. An inf or
+        // NaN square decides the result alone, so its addends are skipped.
         var r: array<Soft, 8>;
         var total = Soft(0u, 0, false);
         let n = p.group;
         let full = select(0u, n - n % 8u, n >= 8u);
         for (var j = 0u; j < n; j = j + 1u) {
-            let m = block_elem(o, c0 + j, i);
-            if (m >= 0x7c00u) {
-                nan = nan || m > 0x7c00u;
-                inf = true;
-                continue;
-            }
-            let sq = square_f16(m);
-            inf = inf || sq == 0x7c00u;
-            let x = f16_parts(sq);
+            let sq = block_square(o, c0 + j, i);
+            nan = nan || sq > 0x7c00u;
+            inf = inf || sq >= 0x7c00u;
+            let x = f16_parts(min(sq, 0x7bffu));
             if (j < 8u && full > 0u) {
                 r[j] = x;
             } else if (j < full) {
                 r[j % 8u] = round_f32(add_exact(r[j % 8u], x));
             } else if (full == 0u) {
                 total = round_f32(add_exact(total, x));
+            } else {
+                break; // the remainder is added after the accumulators are combined
             }
         }
         if (full > 0u) {
             let a = round_f32(add_exact(round_f32(add_exact(r[0], r[1])), round_f32(add_exact(r[2], r[3]))));
             let b = round_f32(add_exact(round_f32(add_exact(r[4], r[5])), round_f32(add_exact(r[6], r[7]))));
-            var res = round_f32(add_exact(a, b));
-            // The remainder after the accumulators, in order.
+            total = round_f32(add_exact(a, b));
             for (var j = full; j < n; j = j + 1u) {
-                let m = block_elem(o, c0 + j, i);
-                if (m < 0x7c00u) {
-                    res = round_f32(add_exact(res, f16_parts(square_f16(m))));
-                }
+                let sq = block_square(o, c0 + j, i);
+                nan = nan || sq > 0x7c00u;
+                inf = inf || sq >= 0x7c00u;
+                total = round_f32(add_exact(total, f16_parts(min(sq, 0x7bffu))));
             }
-            total = res;
         }
         if (!inf) {
             sum = round_f16(total);
