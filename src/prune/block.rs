@@ -22,27 +22,9 @@
 use super::axes::ChannelLayout;
 use super::block_norms::fast_block_decisions;
 use super::element::{Element, MapValue};
-use super::execute::execute;
 use super::mask::{encode_kept, mask_from_pruned, Dense};
-use super::order::WorkOrder;
 use super::percentile::{at_or_below, percentile_cut};
-use super::{KernelError, Outcome, SparseTensor};
-
-/// Prunes whole blocks of `block_size` elements along `dim` by their L2 norm.
-pub fn block<T: Element>(
-    w: &[T],
-    shape: &[usize],
-    target_sparsity: f64,
-    block_size: usize,
-    dim: usize,
-) -> Result<Outcome<T>, KernelError> {
-    let order = WorkOrder::block(shape, w.len(), target_sparsity, block_size, dim)?;
-    let w = Dense::Borrowed {
-        values: w,
-        out: Vec::new(),
-    };
-    execute(&order, w)
-}
+use super::{KernelError, SparseTensor};
 
 /// [`WorkOrder::Block`] (`0 < q < 100`), with the kept values in `w`'s own allocation or its
 /// output buffer.

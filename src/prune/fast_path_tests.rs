@@ -131,8 +131,8 @@ fn nm_stable_rank_spans_tiles() -> Result<(), TestCaseError> {
 /// per row (dim 1) and of whole rows (dim 0), chunk boundaries inside rows, and outer > 1.
 #[test]
 fn nm_ranked_per_chunk_matches_the_reference_encoding() {
+    use super::execute::n_m_in_place;
     use super::mask::{encode_sparse, ENCODE_CHUNK};
-    use super::nm::n_m_in_place;
     use super::{Apply, Outcome};
     let mut x: u32 = 777;
     let w: Vec<f16> = (0..(3 * ENCODE_CHUNK + 4 * 4100))

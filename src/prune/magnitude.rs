@@ -12,21 +12,9 @@
 //! * pruned elements become 0 (`np.where`), kept elements keep their exact bits.
 
 use super::element::{Element, MapValue};
-use super::execute::execute;
 use super::mask::{encode_kept, Dense};
-use super::order::WorkOrder;
 use super::percentile::percentile_cut_of;
-use super::{KernelError, Outcome, SparseTensor};
-
-/// Prunes the `target_sparsity` fraction of smallest magnitudes of `w`. Errors for an empty tensor
-/// or a `target_sparsity` numpy's percentile rejects (outside [0, 1], NaN).
-pub fn magnitude<T: Element>(w: &[T], target_sparsity: f64) -> Result<Outcome<T>, KernelError> {
-    let w = Dense::Borrowed {
-        values: w,
-        out: Vec::new(),
-    };
-    execute(&WorkOrder::magnitude(target_sparsity), w)
-}
+use super::{KernelError, SparseTensor};
 
 /// [`WorkOrder::Percentile`]: the cut is `np.percentile(|w|, sparsity * 100)`.
 pub(super) fn percentile_in_place<T: Element>(

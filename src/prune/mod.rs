@@ -59,15 +59,11 @@ mod property_tests;
 #[cfg(test)]
 mod simd_tests;
 
-pub use block::block;
 pub use block_norms::{fast_block_decisions, BlockDecisions};
 pub use element::{Element, I8Mag, MapValue};
-pub use execute::execute;
-pub use magnitude::magnitude;
+pub use execute::{block, execute, magnitude, n_m, threshold};
 pub use mask::{decode_dense, encode_sparse, mask_bit};
-pub use nm::n_m;
 pub use order::WorkOrder;
-pub use threshold::threshold;
 
 /// A pruned tensor in coremltools' sparse form (spec §5.10).
 #[derive(Debug, Clone, PartialEq)]

@@ -22,44 +22,10 @@
 
 use super::axes::ChannelLayout;
 use super::element::{Element, MapValue};
-use super::execute::execute;
 use super::keys::Key;
 use super::mask::{encode_products, encode_sparse_in_place, Dense, ENCODE_CHUNK};
 use super::nm_rank::{stable_rank_flags, stable_rank_flags_into, Span, MAX_STABLE_M};
-use super::order::WorkOrder;
-use super::{Apply, KernelError, Outcome, SparseTensor};
-
-/// Prunes the `n` smallest magnitudes in every group of `m` consecutive elements along `dim`.
-pub fn n_m<T: Element>(
-    w: &[T],
-    shape: &[usize],
-    n: usize,
-    m: usize,
-    dim: usize,
-) -> Result<Outcome<T>, KernelError> {
-    n_m_in_place(
-        Dense::Borrowed {
-            values: w,
-            out: Vec::new(),
-        },
-        shape,
-        n,
-        m,
-        dim,
-    )
-}
-
-/// [`n_m`], with the kept values in `w`'s own allocation or its output buffer.
-pub fn n_m_in_place<'a, T: Element>(
-    w: impl Into<Dense<'a, T>>,
-    shape: &[usize],
-    n: usize,
-    m: usize,
-    dim: usize,
-) -> Result<Outcome<T>, KernelError> {
-    let w = w.into();
-    execute(&WorkOrder::n_m(shape, w.values().len(), n, m, dim)?, w)
-}
+use super::{Apply, SparseTensor};
 
 /// [`WorkOrder::NM`]: the flags of every group, multiplied in.
 pub(super) fn n_m_decided<T: Element>(

@@ -12,21 +12,24 @@
 //!   `sparsity < minimum_sparsity_percentile` (equality passes) the op is skipped with
 //!   coremltools' warning text.
 
-use super::execute::cut_in_place;
-use super::mask::Dense;
-use super::order::threshold_key;
+use super::keep_mask::MagKey;
+use super::keys::Key;
+use super::mask::{encode_kept, Dense};
+use super::order::minimum_sparsity_skip;
 use super::{Element, Outcome};
 
-/// Prunes `w` by magnitude threshold. See the module doc for the exact rules; the device path
-/// takes the same cut through [`super::order::WorkOrder::threshold`].
-pub fn threshold<T: Element>(w: &[T], threshold: f64, minimum_sparsity_percentile: f64) -> Outcome<T> {
-    let w = Dense::Borrowed {
-        values: w,
-        out: Vec::new(),
-    };
-    cut_in_place(
-        w,
-        threshold_key::<T>(threshold),
-        Some(minimum_sparsity_percentile),
-    )
+/// [`WorkOrder::Cut`]: every element whose magnitude key is at or below `cut` becomes 0, and the
+/// minimum-sparsity check where one is given.
+pub(super) fn cut_in_place<T: Element>(
+    w: Dense<'_, T>,
+    cut: Option<u64>,
+    minimum_sparsity: Option<f64>,
+) -> Outcome<T> {
+    let cut = cut.map(MagKey::<T>::from_u64);
+    let len = w.values().len() as u64;
+    let sparse = encode_kept(w, |_, values, bytes| T::keep_mask(values, cut, bytes));
+    match minimum_sparsity.and_then(|m| minimum_sparsity_skip(sparse.kept, len, m)) {
+        Some(reason) => Outcome::Skipped(reason),
+        None => Outcome::Pruned(sparse),
+    }
 }
