@@ -2,11 +2,11 @@
 //! the buffer pool, and the error channel that turns wgpu's asynchronous failures into `Error::Gpu`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::pool::BufferPool;
 use super::profile::Profiler;
-use super::shaders::{ModuleSource, PRUNE_MODULE, SELECT_MODULE};
+use super::shaders::{ModuleSource, BLOCK_NORM_MODULE, PRUNE_MODULE, SELECT_MODULE};
 use crate::dispatch::DevicePolicy;
 use crate::error::{Error, Result};
 
@@ -16,13 +16,34 @@ pub(crate) const PARAMS_BYTES: u64 = 96;
 /// The compute pipelines, one per entry point, sharing one bind group layout.
 pub(crate) struct Pipelines {
     pub layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
     pub histogram: wgpu::ComputePipeline,
-    pub block_norm_histogram: wgpu::ComputePipeline,
-    pub block_prune_flags: wgpu::ComputePipeline,
+    /// Built on the first fp16 block tensor: most runs never need them, and a driver that
+    /// compiles on the host (lavapipe) would hold their code all run (about 6 MiB there).
+    block_norms: OnceLock<BlockNormPipelines>,
     pub pack: wgpu::ComputePipeline,
     pub scan_local: wgpu::ComputePipeline,
     pub scan_blocks: wgpu::ComputePipeline,
     pub scatter: wgpu::ComputePipeline,
+}
+
+/// The passes of `shaders/block_norms.wgsl`.
+pub(crate) struct BlockNormPipelines {
+    pub histogram: wgpu::ComputePipeline,
+    pub flags: wgpu::ComputePipeline,
+}
+
+impl Pipelines {
+    /// The block-norm passes, compiled on first use.
+    pub(crate) fn block_norms(&self, device: &wgpu::Device) -> &BlockNormPipelines {
+        self.block_norms.get_or_init(|| {
+            let module = shader_module(device, &BLOCK_NORM_MODULE);
+            BlockNormPipelines {
+                histogram: compute_pipeline(device, &self.pipeline_layout, &module, "block_norm_histogram"),
+                flags: compute_pipeline(device, &self.pipeline_layout, &module, "block_prune_flags"),
+            }
+        })
+    }
 }
 
 /// An acquired GPU: create one per run and reuse it for every tensor.
@@ -291,38 +312,47 @@ fn build_pipelines(device: &wgpu::Device) -> Pipelines {
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let module = |m: &ModuleSource| {
-        device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(m.label),
-            source: wgpu::ShaderSource::Wgsl(m.source().into()),
-        })
-    };
-    let select = module(&SELECT_MODULE);
-    let prune = module(&PRUNE_MODULE);
-    let pipeline = |module: &wgpu::ShaderModule, entry: &str| {
-        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: Some(&pipeline_layout),
-            module,
-            entry_point: Some(entry),
-            // The kernels clear the workgroup memory they read; skipping the zero-fill saves time.
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[],
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        })
-    };
+    let select = shader_module(device, &SELECT_MODULE);
+    let prune = shader_module(device, &PRUNE_MODULE);
+    let pipeline =
+        |module: &wgpu::ShaderModule, entry: &str| compute_pipeline(device, &pipeline_layout, module, entry);
     Pipelines {
         histogram: pipeline(&select, "histogram"),
-        block_norm_histogram: pipeline(&select, "block_norm_histogram"),
-        block_prune_flags: pipeline(&select, "block_prune_flags"),
+        block_norms: OnceLock::new(),
         pack: pipeline(&prune, "pack"),
         scan_local: pipeline(&prune, "scan_local"),
         scan_blocks: pipeline(&prune, "scan_blocks"),
         scatter: pipeline(&prune, "scatter"),
         layout,
+        pipeline_layout,
     }
+}
+
+fn shader_module(device: &wgpu::Device, m: &ModuleSource) -> wgpu::ShaderModule {
+    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(m.label),
+        source: wgpu::ShaderSource::Wgsl(m.source().into()),
+    })
+}
+
+fn compute_pipeline(
+    device: &wgpu::Device,
+    layout: &wgpu::PipelineLayout,
+    module: &wgpu::ShaderModule,
+    entry: &str,
+) -> wgpu::ComputePipeline {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: Some(layout),
+        module,
+        entry_point: Some(entry),
+        // The kernels clear the workgroup memory they read; skipping the zero-fill saves time.
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &[],
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    })
 }
 
 /// Whether a GPU device node exists: on Linux every hardware Vulkan driver opens one (Mesa's

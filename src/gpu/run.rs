@@ -463,7 +463,8 @@ impl GpuContext {
             (p, count.div_ceil(WG))
         };
         self.clear_histogram(pool);
-        let histogram = &self.pipelines.block_norm_histogram;
+        let passes = self.pipelines.block_norms(&self.device);
+        let histogram = &passes.histogram;
         self.pass_over_chunks(pool, t, resident, |start, len| {
             let (p, groups) = norms_of(start, len, base);
             (histogram, p, groups)
@@ -473,7 +474,7 @@ impl GpuContext {
         encoder.clear_buffer(&pool.flags, 0, Some(flag_bytes));
         self.queue.submit([encoder.finish()]);
         if let Some(cut) = cut {
-            let flags = &self.pipelines.block_prune_flags;
+            let flags = &passes.flags;
             let with_cut = Params {
                 cut,
                 has_cut: 1,

@@ -17,10 +17,16 @@ const NM: (&str, &str) = ("nm.wgsl", include_str!("../../shaders/nm.wgsl"));
 const MASK: (&str, &str) = ("mask.wgsl", include_str!("../../shaders/mask.wgsl"));
 const COMPACT: (&str, &str) = ("compact.wgsl", include_str!("../../shaders/compact.wgsl"));
 
-/// Histograms for the radix select (entry point `histogram`) and fp16 block norms
-/// (`block_norm_histogram`, `block_prune_flags`).
+/// Histograms for the radix select (entry point `histogram`).
 pub const SELECT_MODULE: ModuleSource = ModuleSource {
     label: "mlprune select",
+    files: &[COMMON, SELECT],
+};
+
+/// fp16 block norms: their weighted histogram and the flags (entry points `block_norm_histogram`,
+/// `block_prune_flags`; the histogram binding is select.wgsl's).
+pub const BLOCK_NORM_MODULE: ModuleSource = ModuleSource {
+    label: "mlprune block norms",
     files: &[COMMON, SELECT, BLOCK_NORMS],
 };
 
@@ -31,7 +37,7 @@ pub const PRUNE_MODULE: ModuleSource = ModuleSource {
 };
 
 /// Every module, for validation.
-pub const MODULES: [ModuleSource; 2] = [SELECT_MODULE, PRUNE_MODULE];
+pub const MODULES: [ModuleSource; 3] = [SELECT_MODULE, BLOCK_NORM_MODULE, PRUNE_MODULE];
 
 impl ModuleSource {
     /// The module's WGSL text: its files concatenated.
@@ -106,8 +112,9 @@ mod tests {
                 .map(|module| module.entry_points.iter().map(|e| e.name.clone()).collect())
                 .unwrap_or_default()
         };
+        assert_eq!(entry_points(&SELECT_MODULE), ["histogram"]);
         assert_eq!(
-            entry_points(&SELECT_MODULE),
+            entry_points(&BLOCK_NORM_MODULE),
             ["histogram", "block_norm_histogram", "block_prune_flags"]
         );
         assert_eq!(
