@@ -1,8 +1,8 @@
 // Block sparsity: which block an element belongs to, and whether that block is pruned.
 //
 // The flags ("pruned", one bit per block, LSB-first words) come from the device's block-norm
-// passes (block_norms.wgsl: fp16 weights) or from the CPU's parallel block-norm kernel (fp32, and
-// layouts the device passes do not take); either way this pass applies them to every element:
+// passes (block_norms.wgsl) or, for layouts those do not take, from the CPU's parallel block-norm
+// kernel; either way this pass applies them to every element:
 // pure integer indexing. Bound read_write because the norm passes write the same binding.
 
 @group(0) @binding(3) var<storage, read_write> block_flags: array<u32>;

@@ -1,17 +1,18 @@
-// Block norms of fp16 weights on the device, with numpy's arithmetic reproduced exactly in
-// integers (src/prune/element.rs, `f16::block_norm`, is the reference):
-// * squares: the exact product of two fp16 values rounded once to fp16;
+// Block norms on the device, with numpy's arithmetic reproduced exactly in integers
+// (src/prune/element.rs, `block_norm` of f16 and f32, is the reference). In the weight dtype T:
+// * squares: the exact product of two T values rounded once to T;
 // * `inner > 1`: the sum runs from +0 over the block's elements in order, every addition rounded
-//   to fp16 (an f32 addition rounded to fp16 is the correctly rounded fp16 sum: f32 has
+//   to T (for fp16, numpy's f32 addition rounded to fp16 is the correctly rounded fp16 sum: f32 has
 //   24 >= 2 * 11 + 2 significand bits);
-// * `inner == 1`: numpy's pairwise f32 summation of the fp16 squares (block_size <= 128: the
-//   eight-accumulator loop, no recursion), every addition rounded to f32, then one rounding to
-//   fp16;
-// * the norm: the correctly rounded fp16 square root (f32 sqrt rounded to fp16, same argument).
+// * `inner == 1`: numpy's pairwise f32 summation of the squares (block_size <= 128: the
+//   eight-accumulator loop, no recursion), every addition rounded to f32, then one rounding to T;
+// * the norm: the correctly rounded square root in T (fp16: f32 sqrt rounded to fp16, same
+//   argument).
 // No float arithmetic runs on the device: WGSL leaves f32 rounding, subnormals, infinities and
 // NaN loosely specified (and Metal compiles with fast math), so every step is integer. A
-// non-negative value is a pair (m, e) meaning m * 2^e; rounding keeps a sticky bit for what was
-// shifted out.
+// non-negative value is a pair (m, e) meaning m * 2^e, wider values a 64-bit pair of words
+// (vec2: x low, y high); rounding keeps a sticky bit for what was shifted out. fp32 keeps its
+// subnormals, as numpy does on the CPU.
 //
 // The chunk holds whole bands of blocks (the host's `chunk_elems`): thread t handles norm
 // `p.first_norm + t` of the [outer, blocks, inner] order, whose block elements all lie in the chunk.
@@ -24,82 +25,155 @@ struct Soft {
     sticky: bool,
 }
 
+const F32_INF: u32 = 0x7f800000u;
+
 // Bit length of m (0 for 0).
 fn bit_len(m: u32) -> u32 {
     return 32u - countLeadingZeros(m);
 }
 
-// (m, e) of a finite non-negative fp16 value.
-fn f16_parts(bits: u32) -> Soft {
-    let exp = (bits >> 10u) & 0x1fu;
-    let frac = bits & 0x3ffu;
-    if (exp == 0u) {
-        return Soft(frac, -24, false);
+// ---- 64-bit integers as vec2<u32>(low, high)
+
+fn bit_len64(v: vec2<u32>) -> u32 {
+    if (v.y != 0u) {
+        return 32u + bit_len(v.y);
     }
-    return Soft(frac | 0x400u, i32(exp) - 25, false);
+    return bit_len(v.x);
 }
 
-// Whether dropping the low `shift` bits of m (shift in 1..=32, q = the kept bits) rounds up, to
-// nearest with ties to even; `sticky` says the true value lies above m * 2^e.
-fn rounds_up(m: u32, shift: u32, q: u32, sticky: bool) -> bool {
-    let half = 1u << (shift - 1u);
-    var r = m;
-    if (shift < 32u) {
-        r = m & ((1u << shift) - 1u);
+// v >> s, s in 0..=63.
+fn shr64(v: vec2<u32>, s: u32) -> vec2<u32> {
+    if (s == 0u) {
+        return v;
     }
-    return r > half || (r == half && (sticky || (q & 1u) == 1u));
+    if (s >= 32u) {
+        return vec2<u32>(v.y >> (s - 32u), 0u);
+    }
+    return vec2<u32>((v.x >> s) | (v.y << (32u - s)), v.y >> s);
 }
 
-// fp16 bits of (m * 2^e + sticky), rounded to nearest even; overflow gives +inf.
-fn round_f16(v: Soft) -> u32 {
-    if (v.m == 0u) {
+// v << s, s in 0..=63, for values that stay below 2^64.
+fn shl64(v: vec2<u32>, s: u32) -> vec2<u32> {
+    if (s == 0u) {
+        return v;
+    }
+    if (s >= 32u) {
+        return vec2<u32>(0u, v.x << (s - 32u));
+    }
+    return vec2<u32>(v.x << s, (v.y << s) | (v.x >> (32u - s)));
+}
+
+// The low s bits of v, s in 1..=64.
+fn low64(v: vec2<u32>, s: u32) -> vec2<u32> {
+    if (s >= 64u) {
+        return v;
+    }
+    if (s >= 32u) {
+        return vec2<u32>(v.x, v.y & ((1u << (s - 32u)) - 1u));
+    }
+    return vec2<u32>(v.x & ((1u << s) - 1u), 0u);
+}
+
+// 2^s, s in 0..=63.
+fn pow2_64(s: u32) -> vec2<u32> {
+    if (s >= 32u) {
+        return vec2<u32>(0u, 1u << (s - 32u));
+    }
+    return vec2<u32>(1u << s, 0u);
+}
+
+fn gt64(a: vec2<u32>, b: vec2<u32>) -> bool {
+    return a.y > b.y || (a.y == b.y && a.x > b.x);
+}
+
+fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    let lo = a.x + b.x;
+    return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x));
+}
+
+fn sub64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    return vec2<u32>(a.x - b.x, a.y - b.y - select(0u, 1u, a.x < b.x));
+}
+
+// ---- rounding (m, e) to a float format, nearest even
+
+// Whether dropping the low `s` bits of v (s >= 1, q = the kept bits) rounds up; `sticky` says the
+// true value lies above v * 2^e.
+fn rounds_up(v: vec2<u32>, s: u32, q: u32, sticky: bool) -> bool {
+    let r = low64(v, s);
+    let half = pow2_64(s - 1u);
+    return gt64(r, half) || (all(r == half) && (sticky || (q & 1u) == 1u));
+}
+
+// The bits of (v * 2^e + sticky) rounded to a binary format of `digits` significand bits whose
+// subnormal step is 2^`emin` and whose largest exponent is `emax`: +inf on overflow.
+fn round_bits(v: vec2<u32>, e: i32, sticky: bool, digits: u32, emin: i32, emax: i32, inf: u32) -> u32 {
+    let len = bit_len64(v);
+    if (len == 0u) {
         return 0u;
     }
-    let top = v.e + i32(bit_len(v.m)) - 1; // exponent of the leading bit
-    if (top > 15) {
-        return 0x7c00u;
+    let top = e + i32(len) - 1; // exponent of the leading bit
+    if (top > emax) {
+        return inf;
     }
-    let lsb = max(top - 10, -24); // fp16 spacing: normal, or the subnormal step 2^-24
-    let shift = lsb - v.e;
+    let lsb = max(top - i32(digits) + 1, emin); // the format's spacing at this value
+    let shift = lsb - e;
     var q: u32;
     if (shift <= 0) {
-        q = v.m << u32(-shift);
-    } else if (shift > 32) {
+        q = shl64(v, u32(-shift)).x;
+    } else if (u32(shift) > len) {
         return 0u; // below half the smallest subnormal
     } else {
         let s = u32(shift);
         q = 0u;
-        if (s < 32u) {
-            q = v.m >> s;
+        if (s < 64u) {
+            q = shr64(v, s).x;
         }
-        if (rounds_up(v.m, s, q, v.sticky)) {
+        if (rounds_up(v, s, q, sticky)) {
             q = q + 1u;
         }
     }
-    if (lsb == -24) {
-        return q; // subnormal, or 0x400 = the smallest normal after a carry
+    let hidden = 1u << (digits - 1u);
+    if (lsb == emin) {
+        return q; // subnormal, or the smallest normal after a carry: the same encoding
     }
-    // q in [0x400, 0x800]: a carry to 0x800 moves into the exponent field by itself.
-    let bits = (u32(lsb + 25) << 10u) + (q - 0x400u);
-    return min(bits, 0x7c00u);
+    // q in [hidden, 2 * hidden]: a carry to 2 * hidden moves into the exponent field by itself.
+    let bits = (u32(lsb - emin + 1) << (digits - 1u)) + (q - hidden);
+    return min(bits, inf);
 }
 
-// (m, e) rounded to 24 significant bits (f32), nearest even. The values here (sums of fp16
-// squares) stay far inside f32's normal range.
-fn round_f32(v: Soft) -> Soft {
-    let len = bit_len(v.m);
-    if (len <= 24u) {
-        return Soft(v.m, v.e, false);
+fn round_f16(v: Soft) -> u32 {
+    return round_bits(vec2<u32>(v.m, 0u), v.e, v.sticky, 11u, -24, 15, 0x7c00u);
+}
+
+fn round_f32(v: vec2<u32>, e: i32, sticky: bool) -> u32 {
+    return round_bits(v, e, sticky, 24u, -149, 127, F32_INF);
+}
+
+// (m, e) of a finite non-negative value of the weight dtype (bits).
+fn parts(bits: u32) -> Soft {
+    if (p.is_f16 == 1u) {
+        let exp = (bits >> 10u) & 0x1fu;
+        let frac = bits & 0x3ffu;
+        if (exp == 0u) {
+            return Soft(frac, -24, false);
+        }
+        return Soft(frac | 0x400u, i32(exp) - 25, false);
     }
-    let s = len - 24u;
-    var q = v.m >> s;
-    if (rounds_up(v.m, s, q, v.sticky)) {
-        q = q + 1u;
+    let exp = (bits >> 23u) & 0xffu;
+    let frac = bits & 0x7fffffu;
+    if (exp == 0u) {
+        return Soft(frac, -149, false);
     }
-    if (q == 0x1000000u) {
-        return Soft(0x800000u, v.e + i32(s) + 1, false);
+    return Soft(frac | 0x800000u, i32(exp) - 150, false);
+}
+
+// (v rounded to the weight dtype.
+fn round_dtype(v: Soft) -> u32 {
+    if (p.is_f16 == 1u) {
+        return round_f16(v);
     }
-    return Soft(q, v.e + i32(s), false);
+    return round_f32(vec2<u32>(v.m, 0u), v.e, v.sticky);
 }
 
 // (m, e) with m shifted up to exactly 24 bits (m != 0, at most 24 bits).
@@ -140,132 +214,175 @@ fn add_exact(a_in: Soft, b_in: Soft) -> Soft {
     return Soft((big.m << 6u) + kept, big.e - 6, lost);
 }
 
-// The fp16 square of an fp16 magnitude (bits), rounded once.
-fn square_f16(bits: u32) -> u32 {
-    let v = f16_parts(bits);
-    return round_f16(Soft(v.m * v.m, 2 * v.e, false));
+// a + b of two finite non-negative values of the weight dtype, rounded to it.
+fn add_dtype(a: u32, b: u32) -> u32 {
+    return round_dtype(add_exact(parts(a), parts(b)));
 }
 
-// Integer square root with a remainder flag.
-fn isqrt(x: u32) -> Soft {
+// a + b of two finite non-negative f32 values (bits), rounded to f32.
+fn add_f32(a: u32, b: u32) -> u32 {
+    let s = add_exact(f32_parts(a), f32_parts(b));
+    return round_f32(vec2<u32>(s.m, 0u), s.e, s.sticky);
+}
+
+fn f32_parts(bits: u32) -> Soft {
+    let exp = (bits >> 23u) & 0xffu;
+    let frac = bits & 0x7fffffu;
+    if (exp == 0u) {
+        return Soft(frac, -149, false);
+    }
+    return Soft(frac | 0x800000u, i32(exp) - 150, false);
+}
+
+// The square of a finite weight magnitude (bits), rounded once to the weight dtype.
+fn square_dtype(bits: u32) -> u32 {
+    let v = parts(bits);
+    // m < 2^24: m^2 from 16-bit halves, exact in 64 bits.
+    let hi_half = v.m >> 16u;
+    let lo_half = v.m & 0xffffu;
+    let low = lo_half * lo_half;
+    let mid = 2u * hi_half * lo_half; // < 2^25
+    let lo = low + (mid << 16u);
+    let hi = hi_half * hi_half + (mid >> 16u) + select(0u, 1u, lo < low);
+    let sq = vec2<u32>(lo, hi);
+    if (p.is_f16 == 1u) {
+        return round_bits(sq, 2 * v.e, false, 11u, -24, 15, 0x7c00u);
+    }
+    return round_f32(sq, 2 * v.e, false);
+}
+
+// A finite non-negative value of the weight dtype as f32 bits (exact).
+fn to_f32(bits: u32) -> u32 {
+    let v = parts(bits);
+    return round_f32(vec2<u32>(v.m, 0u), v.e, false);
+}
+
+// Integer square root of x with a remainder flag.
+fn isqrt64(x: vec2<u32>) -> Soft {
     var op = x;
-    var res = 0u;
-    var one = 1u << 30u;
-    while (one > op) {
-        one = one >> 2u;
+    var res = vec2<u32>(0u, 0u);
+    var one = vec2<u32>(0u, 1u << 30u); // 2^62
+    while (gt64(one, op)) {
+        one = shr64(one, 2u);
     }
-    while (one != 0u) {
-        if (op >= res + one) {
-            op = op - (res + one);
-            res = (res >> 1u) + one;
+    while (one.x != 0u || one.y != 0u) {
+        let t = add64(res, one);
+        if (!gt64(t, op)) {
+            op = sub64(op, t);
+            res = add64(shr64(res, 1u), one);
         } else {
-            res = res >> 1u;
+            res = shr64(res, 1u);
         }
-        one = one >> 2u;
+        one = shr64(one, 2u);
     }
-    return Soft(res, 0, op != 0u);
+    return Soft(res.x, 0, op.x != 0u || op.y != 0u);
 }
 
-// The correctly rounded fp16 square root of a finite non-negative fp16 value.
-fn sqrt_f16(bits: u32) -> u32 {
-    var v = f16_parts(bits);
+// The correctly rounded square root of a finite non-negative value of the weight dtype.
+fn sqrt_dtype(bits: u32) -> u32 {
+    let v = parts(bits);
     if (v.m == 0u) {
         return 0u;
     }
-    // An even exponent, then about 30 bits of radicand: a root of 15 bits, 4 below fp16's 11.
-    if ((v.e & 1) != 0) {
-        v = Soft(v.m << 1u, v.e - 1, false);
+    // An even exponent, then a radicand of 61 or 62 bits: a root of 31 bits, well below which
+    // the format's 24 (or 11) digits end.
+    var m = vec2<u32>(v.m, 0u);
+    var e = v.e;
+    if ((e & 1) != 0) {
+        m = shl64(m, 1u);
+        e = e - 1;
     }
-    var sh = 30u - bit_len(v.m);
+    var sh = 62u - bit_len64(m);
     sh = sh - (sh & 1u);
-    let root = isqrt(v.m << sh);
-    return round_f16(Soft(root.m, (v.e - i32(sh)) / 2, root.sticky));
+    let root = isqrt64(shl64(m, sh));
+    return round_dtype(Soft(root.m, (e - i32(sh)) / 2, root.sticky));
 }
 
-// fp16 magnitude bits of element (o, c, i) of the chunk, or 0 past the channel (padding).
+// Magnitude bits of element (o, c, i) of the chunk, or 0 past the channel (padding).
 fn block_elem(o: u32, c: u32, i: u32) -> u32 {
     if (c >= p.channel) {
         return 0u;
     }
     let f = (o * p.channel + c) * p.inner + i;
-    return elem_bits(f - p.base) & 0x7fffu;
+    return elem_bits(f - p.base) & abs_mask();
 }
 
-// The fp16 square of element (o, c, i)'s magnitude (0 for padding): 0x7c00 (inf) for an inf
-// element or a square that overflows, above it (a NaN) for a NaN element.
+// The square of element (o, c, i)'s magnitude in the weight dtype (0 for padding): inf for an
+// inf element or a square that overflows, above it (a NaN) for a NaN element.
 fn block_square(o: u32, c: u32, i: u32) -> u32 {
     let m = block_elem(o, c, i);
-    if (m >= 0x7c00u) {
+    if (m >= inf_bits()) {
         return m;
     }
-    return square_f16(m);
+    return square_dtype(m);
 }
 
-// Magnitude key (common.wgsl's `mag_key` for fp16) of the norm of block `g`.
+// Magnitude key (common.wgsl's `mag_key`) of the norm of block `g`.
 fn block_norm_key(g: u32) -> u32 {
     let i = g % p.inner;
     let ob = g / p.inner;
     let o = ob / p.blocks;
     let c0 = (ob % p.blocks) * p.group;
+    let inf_t = inf_bits();
     var nan = false;
     var inf = false;
-    var sum = 0u; // fp16 bits
+    var sum = 0u; // bits of the weight dtype
     if (p.inner > 1u) {
         for (var j = 0u; j < p.group; j = j + 1u) {
             let sq = block_square(o, c0 + j, i);
-            nan = nan || sq > 0x7c00u;
-            inf = inf || sq >= 0x7c00u;
+            nan = nan || sq > inf_t;
+            inf = inf || sq >= inf_t;
             if (!inf) {
-                sum = round_f16(add_exact(f16_parts(sum), f16_parts(sq)));
-                inf = sum == 0x7c00u;
+                sum = add_dtype(sum, sq);
+                inf = sum == inf_t;
             }
         }
     } else {
         // numpy's pairwise_sum for n <= 128 (the host checks): below 8 addends a plain loop from
-        // 0, else eight accumulators, combined pairwise, then the remainder in order. An inf or
-        // NaN square decides the result alone, so its addends are skipped.
-        var r: array<Soft, 8>;
-        var total = Soft(0u, 0, false);
+        // 0, else eight accumulators, combined pairwise, then the remainder in order; f32 bits
+        // throughout. An inf or NaN square decides the result alone, so its addends are skipped.
+        var r: array<u32, 8>;
+        var total = 0u;
         let n = p.group;
         let full = select(0u, n - n % 8u, n >= 8u);
         for (var j = 0u; j < n; j = j + 1u) {
             let sq = block_square(o, c0 + j, i);
-            nan = nan || sq > 0x7c00u;
-            inf = inf || sq >= 0x7c00u;
-            let x = f16_parts(min(sq, 0x7bffu));
+            nan = nan || sq > inf_t;
+            inf = inf || sq >= inf_t;
+            let x = to_f32(min(sq, inf_t - 1u));
             if (j < 8u && full > 0u) {
                 r[j] = x;
             } else if (j < full) {
-                r[j % 8u] = round_f32(add_exact(r[j % 8u], x));
+                r[j % 8u] = add_f32(r[j % 8u], x);
             } else if (full == 0u) {
-                total = round_f32(add_exact(total, x));
+                total = add_f32(total, x);
             } else {
                 break; // the remainder is added after the accumulators are combined
             }
         }
         if (full > 0u) {
-            let a = round_f32(add_exact(round_f32(add_exact(r[0], r[1])), round_f32(add_exact(r[2], r[3]))));
-            let b = round_f32(add_exact(round_f32(add_exact(r[4], r[5])), round_f32(add_exact(r[6], r[7]))));
-            total = round_f32(add_exact(a, b));
+            total = add_f32(add_f32(add_f32(r[0], r[1]), add_f32(r[2], r[3])), add_f32(add_f32(r[4], r[5]), add_f32(r[6], r[7])));
             for (var j = full; j < n; j = j + 1u) {
                 let sq = block_square(o, c0 + j, i);
-                nan = nan || sq > 0x7c00u;
-                inf = inf || sq >= 0x7c00u;
-                total = round_f32(add_exact(total, f16_parts(min(sq, 0x7bffu))));
+                nan = nan || sq > inf_t;
+                inf = inf || sq >= inf_t;
+                total = add_f32(total, to_f32(min(sq, inf_t - 1u)));
             }
         }
         if (!inf) {
-            sum = round_f16(total);
-            inf = sum == 0x7c00u;
+            // A finite f32 sum (at most 128 squares) rounded once to the weight dtype.
+            let t = f32_parts(total);
+            sum = round_dtype(t);
+            inf = sum == inf_t;
         }
     }
     if (nan) {
-        return 0x7fffu;
+        return abs_mask();
     }
     if (inf) {
-        return 0x7c00u;
+        return inf_t;
     }
-    return sqrt_f16(sum);
+    return sqrt_dtype(sum);
 }
 
 // Elements of the real channel rows block `g` covers (the last block of a run may be short).
@@ -275,7 +392,7 @@ fn block_covered(g: u32) -> u32 {
 }
 
 // Pass 1: the norms' keys, each counted once per real element of its block (the percentile runs
-// over the element-wise map of norms).
+// over the element-wise map of norms), into the bins the params select (select.wgsl).
 @compute @workgroup_size(256)
 fn block_norm_histogram(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) num: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
@@ -284,7 +401,7 @@ fn block_norm_histogram(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         return;
     }
     let g = p.first_norm + t;
-    atomicAdd(&hist[block_norm_key(g)], block_covered(g));
+    count_key(block_norm_key(g), block_covered(g));
 }
 
 // Pass 2: "pruned" bit g of the flag words for every norm whose key is at or below the cut.

@@ -17,15 +17,19 @@ fn histogram(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) num
     if (i >= p.n) {
         return;
     }
-    let k = mag_key(elem_bits(i));
+    count_key(mag_key(elem_bits(i)), 1u);
+}
+
+// Adds `weight` to key k's bin as the params select it (see the top of this file).
+fn count_key(k: u32, weight: u32) {
     if (p.use_prefix == 0u) {
-        atomicAdd(&hist[(k >> p.hist_shift) & p.hist_mask], 1u);
+        atomicAdd(&hist[(k >> p.hist_shift) & p.hist_mask], weight);
         return;
     }
     let prefix = k >> p.prefix_shift;
     if (prefix == p.prefix_a) {
-        atomicAdd(&hist[k & p.hist_mask], 1u);
+        atomicAdd(&hist[k & p.hist_mask], weight);
     } else if (prefix == p.prefix_b) {
-        atomicAdd(&hist[65536u + (k & p.hist_mask)], 1u);
+        atomicAdd(&hist[65536u + (k & p.hist_mask)], weight);
     }
 }

@@ -526,7 +526,7 @@ fn every_tensor_is_uploaded_once() {
             magnitude(0.37),
             threshold(0.4, 0.0),
             n_m(2, 4, 1),
-            // fp16: norm histogram, flags and mask on the device; fp32: flags from the CPU.
+            // Norm histograms (fp32: two), flags and mask, all on the device.
             block(0.5, 2, 1),
         ];
         for config in configs {
@@ -1056,14 +1056,16 @@ fn kept_values_land_in_the_spare_buffer() {
     }
 }
 
-/// fp16 block norms computed on the device (integer emulation of numpy's fp16 and f32 rounding)
-/// against the reference norms, as whole multisets (key -> elements covered): every fp16 bit
-/// pattern squared and rooted alone, sequential sums of random pairs and padded triples across
-/// the whole range, numpy's pairwise sums for every accumulator shape up to 128 addends, and
-/// layouts whose chunks split inside the outer axis.
+/// Block norms computed on the device (integer emulation of numpy's fp16 and f32 rounding)
+/// against the reference norms, as whole multisets (key -> elements covered). fp16: every bit
+/// pattern squared and rooted alone, sequential sums of random pairs and padded triples across the
+/// whole range, numpy's pairwise sums for every accumulator shape up to 128 addends, and layouts
+/// whose chunks split inside the outer axis. fp32 likewise on random bit patterns of every
+/// exponent (subnormal squares, overflowing ones, NaN and inf) and on weights of a trained scale.
 #[test]
-fn device_block_norms_match_the_reference_for_every_fp16_value() {
+fn device_block_norms_match_the_reference() {
     use mlprune::prune::kernel_paths::block_norm_key_counts;
+    use mlprune::tensor::TensorView;
     let Some(g) = gpu_or_skip() else { return };
     let every: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
     let mut rng = Rng(0x5eed);
@@ -1071,34 +1073,165 @@ fn device_block_norms_match_the_reference_for_every_fp16_value() {
     for i in (1..shuffled.len()).rev() {
         shuffled.swap(i, (rng.next() % (i as u64 + 1)) as usize);
     }
+    let mut scale = Vec::with_capacity(1 << 16);
+    let mut wide: Vec<f32> = Vec::with_capacity(1 << 16);
+    for i in 0..1usize << 16 {
+        scale.push(rng.normal() * 0.05);
+        // Every exponent, subnormals included; one value in 64 a tie with its neighbour.
+        let bits = rng.next() as u32;
+        let tie = i % 64 == 1;
+        wide.push(if tie { wide[i - 1] } else { f32::from_bits(bits) });
+    }
     // Weights of a trained layer's scale, with a few full-range patterns mixed in.
     let weights: Vec<f16> = (0..1 << 16)
         .map(|i| {
             if i % 17 == 0 {
                 shuffled[i]
             } else {
-                f16::from_f32(rng.normal() * 0.05)
+                f16::from_f32(scale[i])
             }
         })
         .collect();
+    // Small magnitudes whose squares are f32 subnormals or vanish, and large ones whose squares
+    // overflow.
+    let extremes: Vec<f32> = (0..1 << 14)
+        .map(|i| {
+            let r = (rng.next() >> 41) as f32 / (1u64 << 23) as f32 + 1.0;
+            r * [1e-20, 1e-23, 1e19, 3e-39][i % 4]
+        })
+        .collect();
     // (what, weights, shape, block size, dim)
-    type Case<'a> = (&'a str, &'a [f16], Vec<usize>, usize, usize);
+    type Case<'a> = (&'a str, TensorView<'a>, Vec<usize>, usize, usize);
     let mut cases: Vec<Case> = vec![
-        ("every value alone", &every, vec![2, 32768], 1, 0),
-        ("random pairs", &shuffled, vec![4, 16384], 2, 0),
-        ("padded triples", &shuffled, vec![8, 8192], 3, 0),
-        ("dim 1, inner 8", &weights, vec![64, 128, 8], 4, 1),
-        ("weights in pairs", &weights, vec![16, 4096], 8, 0),
+        (
+            "every fp16 value alone",
+            TensorView::F16(&every),
+            vec![2, 32768],
+            1,
+            0,
+        ),
+        (
+            "fp16 random pairs",
+            TensorView::F16(&shuffled),
+            vec![4, 16384],
+            2,
+            0,
+        ),
+        (
+            "fp16 padded triples",
+            TensorView::F16(&shuffled),
+            vec![8, 8192],
+            3,
+            0,
+        ),
+        (
+            "fp16 dim 1, inner 8",
+            TensorView::F16(&weights),
+            vec![64, 128, 8],
+            4,
+            1,
+        ),
+        (
+            "fp16 weights in eights",
+            TensorView::F16(&weights),
+            vec![16, 4096],
+            8,
+            0,
+        ),
+        (
+            "fp32 wide values alone",
+            TensorView::F32(&wide[..4096]),
+            vec![2, 2048],
+            1,
+            0,
+        ),
+        (
+            "fp32 wide pairs",
+            TensorView::F32(&wide[..4096]),
+            vec![4, 1024],
+            2,
+            0,
+        ),
+        (
+            "fp32 extremes in fours",
+            TensorView::F32(&extremes),
+            vec![8, 2048],
+            4,
+            0,
+        ),
+        (
+            "fp32 weights, padded",
+            TensorView::F32(&scale[..7 * 8192]),
+            vec![7, 8192],
+            3,
+            0,
+        ),
+        (
+            "fp32 dim 1, inner 8",
+            TensorView::F32(&scale),
+            vec![64, 128, 8],
+            4,
+            1,
+        ),
     ];
     for b in [2, 5, 7, 8, 9, 13, 16, 31, 64, 100, 128] {
         // dim 1 of a 2-D weight: the block axis is innermost (numpy's pairwise sum).
-        cases.push(("pairwise, weights", &weights, vec![256, 256], b, 1));
-        cases.push(("pairwise, every value", &shuffled, vec![128, 512], b, 1));
+        cases.push((
+            "fp16 pairwise, weights",
+            TensorView::F16(&weights),
+            vec![256, 256],
+            b,
+            1,
+        ));
+        cases.push((
+            "fp16 pairwise, every value",
+            TensorView::F16(&shuffled),
+            vec![128, 512],
+            b,
+            1,
+        ));
+        cases.push((
+            "fp32 pairwise, weights",
+            TensorView::F32(&scale),
+            vec![256, 256],
+            b,
+            1,
+        ));
+        cases.push((
+            "fp32 pairwise, wide",
+            TensorView::F32(&wide[..4096]),
+            vec![16, 256],
+            b,
+            1,
+        ));
+        cases.push((
+            "fp32 pairwise, extremes",
+            TensorView::F32(&extremes),
+            vec![64, 256],
+            b,
+            1,
+        ));
     }
     // 300 channels: the last block of each row is padded with zeros.
-    cases.push(("pairwise, padded", &weights[..300 * 200], vec![200, 300], 128, 1));
+    cases.push((
+        "fp16 pairwise, padded",
+        TensorView::F16(&weights[..300 * 200]),
+        vec![200, 300],
+        128,
+        1,
+    ));
+    cases.push((
+        "fp32 pairwise, padded",
+        TensorView::F32(&scale[..300 * 200]),
+        vec![200, 300],
+        100,
+        1,
+    ));
     for (what, w, shape, b, dim) in cases {
-        let want = block_norm_key_counts(w, &shape, b, dim);
+        let want = match w {
+            TensorView::F16(w) => block_norm_key_counts(w, &shape, b, dim),
+            TensorView::F32(w) => block_norm_key_counts(w, &shape, b, dim),
+        };
         let got = g
             .normal
             .block_norm_key_counts(w, &shape, b, dim)
@@ -1106,27 +1239,43 @@ fn device_block_norms_match_the_reference_for_every_fp16_value() {
             .unwrap_or_else(|| panic!("{what} {shape:?} b{b}: not taken by the device"));
         assert_eq!(got, want, "{what} {shape:?} block {b} dim {dim}");
     }
-    // Many chunks of 1 KiB: bands of whole block rows, and of whole channel runs (30 channels
-    // leave a short block), so chunks start at every kind of norm offset.
-    for (shape, b, dim) in [
-        (vec![64usize, 8], 4usize, 0usize),
-        (vec![64, 30, 4], 4, 1),
-        (vec![40, 60], 8, 1),
-    ] {
+    // Many chunks of 1 KiB (512 fp16 or 256 fp32 elements): bands of whole block rows, and of
+    // whole channel runs (30 or 10 channels leave a short block), so chunks start at every kind of
+    // norm offset.
+    let chunked = |shape: &[usize], b: usize, dim: usize, fp16: bool| {
         let n = shape.iter().product();
-        let want = block_norm_key_counts(&weights[..n], &shape, b, dim);
-        let got = g
-            .chunked
-            .block_norm_key_counts(&weights[..n], &shape, b, dim)
-            .unwrap();
-        assert_eq!(got, Some(want), "chunked {shape:?} block {b} dim {dim}");
+        let (want, got) = if fp16 {
+            let w = &weights[..n];
+            (
+                block_norm_key_counts(w, shape, b, dim),
+                g.chunked.block_norm_key_counts(TensorView::F16(w), shape, b, dim),
+            )
+        } else {
+            let w = &scale[..n];
+            (
+                block_norm_key_counts(w, shape, b, dim),
+                g.chunked.block_norm_key_counts(TensorView::F32(w), shape, b, dim),
+            )
+        };
+        assert_eq!(
+            got.unwrap(),
+            Some(want),
+            "chunked fp16={fp16} {shape:?} block {b} dim {dim}"
+        );
+    };
+    for fp16 in [true, false] {
+        chunked(&[64, 8], 4, 0, fp16);
+        chunked(&[64, 10, 4], 4, 1, fp16);
+        chunked(&[40, 56], 8, 1, fp16);
     }
+    chunked(&[64, 30, 4], 4, 1, true);
+    chunked(&[40, 60], 8, 1, true);
 }
 
-/// Block sparsity of fp16 weights with many tied norms, end to end (histogram, host percentile,
-/// device flags, mask): the bytes are the CPU's, and the norms were taken on the device.
+/// Block sparsity with many tied norms, end to end (histograms, host percentile, device flags,
+/// mask), fp16 and fp32: the bytes are the CPU's, and the norms were taken on the device.
 #[test]
-fn device_block_norms_prune_fp16_ties_like_the_cpu() {
+fn device_block_norms_prune_ties_like_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
     }
@@ -1145,11 +1294,12 @@ fn device_block_norms_prune_fp16_ties_like_the_cpu() {
         (3, vec![48, 40]),
     ] {
         let n = shape.iter().product::<u64>() as usize;
-        for fill in [Fill::Ties, Fill::Specials] {
-            let data = TensorData::F16(values_f16(n, fill, seed));
-            for (s, b, dim) in [(0.5, 2, 0), (0.3, 4, 1), (0.75, 8, 1), (0.5, 3, 0)] {
-                let label = format!("{fill:?} {shape:?} block {s} b{b} dim{dim}");
-                run(&block(s, b, dim), &data, &shape, &label);
+        for fill in [Fill::Ties, Fill::Specials, Fill::Random] {
+            for data in both_dtypes(n, fill, seed) {
+                for (s, b, dim) in [(0.5, 2, 0), (0.3, 4, 1), (0.75, 8, 1), (0.5, 3, 0)] {
+                    let label = format!("{:?} {fill:?} {shape:?} block {s} b{b} dim{dim}", data.dtype());
+                    run(&block(s, b, dim), &data, &shape, &label);
+                }
             }
         }
     }
@@ -1167,6 +1317,6 @@ fn device_block_norms_prune_fp16_ties_like_the_cpu() {
     assert_eq!(
         gpu.context().device_norm_tensors(),
         cases,
-        "every fp16 block case took the device norms"
+        "every block case took the device norms"
     );
 }

@@ -3,13 +3,14 @@
 //! device ([`Backend::covers`]) — not int8/uint8 weights, n:m with m > 16, empty tensors, block
 //! flags beyond one chunk — and hands the rest to the CPU reference.
 
+use std::collections::BTreeMap;
+
 use half::f16;
 
 use super::context::GpuContext;
-use super::pool::BufferPool;
 use super::run::{
-    BlockFlags, BlockGeometry, Compacted, Params, Resident, TensorBytes, MODE_BLOCK, MODE_MULTIPLY_ALL,
-    MODE_NM, MODE_WHERE_CUT,
+    BlockFlags, BlockGeometry, Compacted, Histogram, Params, Resident, TensorBytes, MODE_BLOCK,
+    MODE_MULTIPLY_ALL, MODE_NM, MODE_WHERE_CUT,
 };
 use crate::dispatch::{execute_on_cpu, Backend, KernelResult, Pruned, TensorInput};
 use crate::error::{Error, Result};
@@ -81,9 +82,9 @@ impl GpuBackend {
                 if flag_bytes > self.ctx.chunk_bytes() {
                     return None;
                 }
-                // fp16 norms are computed on the device when its chunks can hold whole bands of
+                // Norms are computed on the device when its chunks can hold whole bands of
                 // blocks; otherwise the CPU computes the flags and any chunking will do.
-                let on_device = (elem_bytes == 2 && device_norms(layout, block_size))
+                let on_device = device_norms(layout, block_size)
                     .then(|| self.chunk_elems(elem_bytes, geometry(layout, block_size).band()))
                     .flatten();
                 on_device.or_else(|| self.chunk_elems(elem_bytes, 1))
@@ -168,14 +169,11 @@ impl GpuBackend {
                 return Ok(pruned(sparse, wrap));
             }
             WorkOrder::Percentile { sparsity } => (
-                where_cut(T::percentile_cut_on_gpu(
-                    &self.ctx,
-                    pool,
-                    &t,
-                    sparsity,
-                    &mut resident,
-                    tensor,
-                )?),
+                where_cut({
+                    let mut histogram =
+                        |params: Params, bins: u64| self.ctx.histogram(pool, &t, params, bins, &mut resident);
+                    T::select_cut(&mut histogram, n, sparsity, tensor)?
+                }),
                 BlockFlags::None,
             ),
             WorkOrder::Block {
@@ -192,32 +190,20 @@ impl GpuBackend {
                     ..Params::default()
                 };
                 let geometry = geometry(layout, block_size);
-                if T::IS_F16
-                    && device_norms(layout, block_size)
-                    && chunk_elems.is_multiple_of(geometry.band())
-                {
-                    // The norms, their histogram and the flags on the device; the percentile of
-                    // the histogram on the host, by the reference selection.
-                    let bytes = self
-                        .ctx
-                        .device_block_flags(pool, &t, geometry, &mut resident, |hist| {
-                            let items = || {
-                                hist.iter()
-                                    .enumerate()
-                                    .filter(|(_, &c)| c > 0)
-                                    .map(|(k, &c)| (k as u16, u64::from(c)))
-                            };
-                            let cut = percentile_cut::<f16, _, _>(items, n, sparsity)
-                                .map_err(|e| e.for_tensor(tensor))?;
-                            Ok(cut.map(u32::from))
-                        })?;
+                if device_norms(layout, block_size) && chunk_elems.is_multiple_of(geometry.band()) {
+                    // The norms, their histograms and the flags on the device; the percentile of
+                    // the histograms on the host, by the reference selection.
+                    let bytes =
+                        self.ctx
+                            .device_block_flags(pool, &t, geometry, &mut resident, |histogram| {
+                                T::select_cut(histogram, n, sparsity, tensor)
+                            })?;
                     (params, BlockFlags::OnDevice(bytes))
                 } else {
-                    // fp32 norms (and bands too large for a chunk) stay on the CPU: numpy's f32
-                    // arithmetic would need an exact f32 square root on the device. The CPU path's
-                    // own parallel kernel computes them: one rule, never a serial pass over the
-                    // tensor. `None` is only for empty or non-float tensors, which `chunk_for`
-                    // already sent to the CPU.
+                    // Bands too large for a chunk, and pairwise sums over 128 addends, stay on
+                    // the CPU, computed by the CPU path's own parallel kernel: one rule, never a
+                    // serial pass over the tensor. `None` is only for empty or non-float tensors,
+                    // which `chunk_for` already sent to the CPU.
                     let Some(decisions) = fast_block_decisions(w, layout, block_size, sparsity) else {
                         return execute_on_cpu(work, TensorInput::Owned(wrap(w.to_vec())), tensor);
                     };
@@ -246,35 +232,68 @@ impl GpuBackend {
 }
 
 impl GpuBackend {
-    /// The device's block-norm histogram of fp16 weights `w` of `shape` (blocks of `block_size`
-    /// along `dim`) as key -> elements covered, or `None` where the device passes do not take the
-    /// layout. Test support: `prune::kernel_paths::block_norm_key_counts` is the reference.
+    /// The device's block norms of weights `view` of `shape` (blocks of `block_size` along `dim`)
+    /// as key -> elements covered, from its norm histograms (fp32: the high 15 bits, then the low
+    /// 16 of every high digit present), or `None` where the device passes do not take the layout.
+    /// Test support: `prune::kernel_paths::block_norm_key_counts` is the reference.
     #[doc(hidden)]
     pub fn block_norm_key_counts(
         &self,
-        w: &[f16],
+        view: TensorView<'_>,
         shape: &[usize],
         block_size: usize,
         dim: usize,
-    ) -> Result<Option<std::collections::BTreeMap<u64, u64>>> {
-        let layout = ChannelLayout::new(shape, w.len(), dim).map_err(|e| e.for_tensor("w"))?;
+    ) -> Result<Option<BTreeMap<u64, u64>>> {
+        let (bytes, is_f16): (&[u8], bool) = match view {
+            TensorView::F16(w) => (bytemuck::cast_slice(w), true),
+            TensorView::F32(w) => (bytemuck::cast_slice(w), false),
+        };
+        let layout = ChannelLayout::new(shape, view.len(), dim).map_err(|e| e.for_tensor("w"))?;
         let geometry = geometry(layout, block_size);
-        let chunk = self.chunk_elems(2, geometry.band());
-        let (true, Some(chunk_elems)) = (device_norms(layout, block_size) && !w.is_empty(), chunk) else {
+        let chunk = self.chunk_elems(if is_f16 { 2 } else { 4 }, geometry.band());
+        let (true, Some(chunk_elems)) = (device_norms(layout, block_size) && !view.is_empty(), chunk) else {
             return Ok(None);
         };
         let t = TensorBytes {
-            bytes: bytemuck::cast_slice(w),
-            n: w.len() as u64,
-            is_f16: true,
+            bytes,
+            n: view.len() as u64,
+            is_f16,
             chunk_elems,
         };
         let mut pool = self.ctx.lock_pool()?;
-        let mut counts = std::collections::BTreeMap::new();
+        let mut counts = BTreeMap::new();
+        let bins = |shift, mask| Params {
+            hist_shift: shift,
+            hist_mask: mask,
+            ..Params::default()
+        };
+        let mut add = |high: u64, hist: &[u32]| {
+            for (key, &c) in hist.iter().enumerate().filter(|(_, &c)| c > 0) {
+                counts.insert(high << 16 | key as u64, u64::from(c));
+            }
+        };
         self.ctx
-            .device_block_flags(&mut pool, &t, geometry, &mut Resident::default(), |hist| {
-                for (key, &c) in hist.iter().enumerate().filter(|(_, &c)| c > 0) {
-                    counts.insert(key as u64, u64::from(c));
+            .device_block_flags(&mut pool, &t, geometry, &mut Resident::default(), |histogram| {
+                if is_f16 {
+                    add(0, &histogram(bins(0, 0x7fff), 0x8000)?);
+                    return Ok(None);
+                }
+                let high = histogram(bins(16, 0x7fff), 0x8000)?;
+                let digits: Vec<u32> = (0..0x8000u32).filter(|&d| high[d as usize] > 0).collect();
+                for pair in digits.chunks(2) {
+                    let (a, b) = (pair[0], *pair.get(1).unwrap_or(&u32::MAX));
+                    let low = Params {
+                        use_prefix: 1,
+                        prefix_shift: 16,
+                        prefix_a: a,
+                        prefix_b: b,
+                        ..bins(0, 0xffff)
+                    };
+                    let lo = histogram(low, 0x20000)?;
+                    add(u64::from(a), &lo[..0x10000]);
+                    if b != u32::MAX {
+                        add(u64::from(b), &lo[0x10000..]);
+                    }
                 }
                 Ok(None)
             })?;
@@ -330,8 +349,8 @@ fn lcm(a: u64, b: u64) -> Option<u64> {
     (a / gcd(a, b).max(1)).checked_mul(b.max(1))
 }
 
-/// Whether the device's block-norm passes take this layout (fp16 weights aside): numpy sums along
-/// the innermost axis pairwise, which the device follows up to 128 addends (no recursion).
+/// Whether the device's block-norm passes take this layout: numpy sums along the innermost axis
+/// pairwise, which the device follows up to 128 addends (no recursion).
 fn device_norms(layout: ChannelLayout, block_size: usize) -> bool {
     layout.inner > 1 || block_size <= 128
 }
@@ -356,16 +375,11 @@ fn block_count(layout: ChannelLayout, block_size: usize) -> Option<usize> {
 trait GpuElement: Element {
     const IS_F16: bool;
     const BYTES: u64;
-    /// The magnitude cut of `np.percentile(|w|, sparsity * 100)`: order statistics from GPU
-    /// histograms, interpolation on the CPU by the reference `percentile_cut`.
-    fn percentile_cut_on_gpu(
-        ctx: &GpuContext,
-        pool: &mut BufferPool,
-        t: &TensorBytes<'_>,
-        sparsity: f64,
-        resident: &mut Resident,
-        tensor: &str,
-    ) -> Result<Option<u32>>;
+    /// The cut of `np.percentile` at `sparsity` over the `n` keys that `histogram` counts (the
+    /// magnitudes of the elements, or the block norms once per element they cover): order
+    /// statistics from device histograms, interpolation on the CPU by the reference
+    /// `percentile_cut`.
+    fn select_cut(histogram: &mut Histogram<'_>, n: u64, sparsity: f64, tensor: &str) -> Result<Option<u32>>;
 }
 
 impl GpuElement for f16 {
@@ -373,27 +387,20 @@ impl GpuElement for f16 {
     const BYTES: u64 = 2;
 
     /// fp16 keys have 15 bits: one histogram holds every key with its exact multiplicity.
-    fn percentile_cut_on_gpu(
-        ctx: &GpuContext,
-        pool: &mut BufferPool,
-        t: &TensorBytes<'_>,
-        sparsity: f64,
-        resident: &mut Resident,
-        tensor: &str,
-    ) -> Result<Option<u32>> {
+    fn select_cut(histogram: &mut Histogram<'_>, n: u64, sparsity: f64, tensor: &str) -> Result<Option<u32>> {
         let params = Params {
             hist_shift: 0,
             hist_mask: 0x7fff,
             ..Params::default()
         };
-        let hist = ctx.histogram(pool, t, params, 0x8000, resident)?;
+        let hist = histogram(params, 0x8000)?;
         let items = || {
             hist.iter()
                 .enumerate()
                 .filter(|(_, &c)| c > 0)
                 .map(|(k, &c)| (k as u16, u64::from(c)))
         };
-        let cut = percentile_cut::<f16, _, _>(items, t.n, sparsity).map_err(|e| e.for_tensor(tensor))?;
+        let cut = percentile_cut::<f16, _, _>(items, n, sparsity).map_err(|e| e.for_tensor(tensor))?;
         Ok(cut.map(u32::from))
     }
 }
@@ -407,18 +414,11 @@ impl GpuElement for f32 {
     /// then runs over a multiset that is exact in those bins and keeps every other bin's count at
     /// a representative key from the same bin — same order statistics at prev and next, and the
     /// same NaN-ness of the maximum (bin 0x7fff holds only NaN keys, bin 0x7f80 only +inf).
-    fn percentile_cut_on_gpu(
-        ctx: &GpuContext,
-        pool: &mut BufferPool,
-        t: &TensorBytes<'_>,
-        sparsity: f64,
-        resident: &mut Resident,
-        tensor: &str,
-    ) -> Result<Option<u32>> {
+    fn select_cut(histogram: &mut Histogram<'_>, n: u64, sparsity: f64, tensor: &str) -> Result<Option<u32>> {
         let quantile = sparsity * 100.0 / 100.0;
         if !(0.0..=1.0).contains(&quantile) {
             // The reference reports the bad quantile before looking at any data.
-            let cut = percentile_cut::<f32, _, _>(std::iter::empty, t.n, sparsity);
+            let cut = percentile_cut::<f32, _, _>(std::iter::empty, n, sparsity);
             return cut.map_err(|e| e.for_tensor(tensor));
         }
         let high = Params {
@@ -426,8 +426,8 @@ impl GpuElement for f32 {
             hist_mask: 0x7fff,
             ..Params::default()
         };
-        let hi = ctx.histogram(pool, t, high, 0x8000, resident)?;
-        let vi = virtual_index(t.n, quantile);
+        let hi = histogram(high, 0x8000)?;
+        let vi = virtual_index(n, quantile);
         let digit_at = |rank: u64| {
             let mut below = 0u64;
             for (d, &c) in hi.iter().enumerate() {
@@ -450,7 +450,7 @@ impl GpuElement for f32 {
             prefix_b: b,
             ..Params::default()
         };
-        let lo = ctx.histogram(pool, t, low, 0x20000, resident)?;
+        let lo = histogram(low, 0x20000)?;
         let mut items: Vec<(u32, u64)> = Vec::new();
         for (h, &count) in hi.iter().enumerate() {
             let h = h as u32;
@@ -472,7 +472,7 @@ impl GpuElement for f32 {
                 None => {}
             }
         }
-        percentile_cut::<f32, _, _>(|| items.iter().copied(), t.n, sparsity).map_err(|e| e.for_tensor(tensor))
+        percentile_cut::<f32, _, _>(|| items.iter().copied(), n, sparsity).map_err(|e| e.for_tensor(tensor))
     }
 }
 

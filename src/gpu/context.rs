@@ -18,7 +18,7 @@ pub(crate) struct Pipelines {
     pub layout: wgpu::BindGroupLayout,
     pipeline_layout: wgpu::PipelineLayout,
     pub histogram: wgpu::ComputePipeline,
-    /// Built on the first fp16 block tensor: most runs never need them, and a driver that
+    /// Built on the first block tensor: most runs never need them, and a driver that
     /// compiles on the host (lavapipe) would hold their code all run (about 6 MiB there).
     block_norms: OnceLock<BlockNormPipelines>,
     pub pack: wgpu::ComputePipeline,
@@ -60,7 +60,7 @@ pub struct GpuContext {
     pub(crate) pool: Mutex<BufferPool>,
     /// Tensor bytes written to the device so far: tests hold it to one upload per tensor.
     pub(crate) uploaded: AtomicU64,
-    /// Tensors whose block norms were computed on the device: tests hold fp16 block cases to it.
+    /// Tensors whose block norms were computed on the device: tests hold block cases to it.
     pub(crate) device_norm_tensors: AtomicU64,
     /// While `mlprune bench` times kernels: the timestamp queries of every compute pass.
     pub(crate) profiler: Mutex<Option<Profiler>>,

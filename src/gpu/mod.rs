@@ -15,8 +15,8 @@
 //! |---|---|---|
 //! | threshold | keys, `key <= cut` mask, packing, compaction | `cut` = threshold rounded to the dtype, the minimum-sparsity check |
 //! | magnitude | key histograms for radix select (fp16: one pass of 2^15 bins; fp32: 2^15 high bins, then 2 × 2^16 low bins), mask, packing, compaction | order statistics from the histograms, numpy's lerp in the weight dtype (the reference `percentile_cut`) |
-//! | block, fp16 | block norms in integer emulation of numpy's fp16/f32 rounding, their weighted key histogram, a flag per block, flag lookup per element, mask, packing, compaction | the percentile of the norm histogram (the reference `percentile_cut`) |
-//! | block, fp32 (and fp16 bands wider than a chunk, or pairwise sums over 128) | flag lookup per element, mask, packing, compaction | block norms and their percentile, by the CPU path's parallel kernel |
+//! | block | block norms in integer emulation of numpy's fp16/f32 rounding, their weighted key histograms (fp32: high 15 bits, then the low 16 of two bins), a flag per block, flag lookup per element, mask, packing, compaction | the percentile from the norm histograms (the reference `percentile_cut`) |
+//! | block, bands wider than a chunk or pairwise sums over 128 addends | flag lookup per element, mask, packing, compaction | block norms and their percentile, by the CPU path's parallel kernel |
 //! | n:m (m ≤ 16) | stable rank of every element in its padded group, `w * mask` NaN rules, packing, compaction | — |
 //! | n:m (m > 16), int8/uint8, empty tensors, invalid shapes/configs | — | the whole reference kernel (errors and skip messages come from there) |
 //!
@@ -25,11 +25,11 @@
 //!   not depend on order. So no GPU float arithmetic is involved at all.
 //! * WGSL's `sqrt` and f32 → f16 conversion are not correctly rounded, subnormals may be flushed,
 //!   and Metal compiles with fast math, so numpy's float steps never use the device's floats: the
-//!   percentile interpolation stays on the CPU, and fp16 block norms are computed in integers
-//!   (`shaders/block_norms.wgsl`: exact products, sums with a sticky bit, round to nearest even at
-//!   fp16 or f32 precision, an integer square root), checked against the reference norms for every
-//!   fp16 bit pattern (`tests/gpu.rs`, `device_block_norms_match_the_reference_for_every_fp16_value`).
-//!   An exact fp32 square root in integers would need 48-bit products: fp32 norms stay on the CPU.
+//!   percentile interpolation stays on the CPU, and block norms are computed in integers
+//!   (`shaders/block_norms.wgsl`: exact products in 64 bits, sums with a sticky bit, round to
+//!   nearest even at fp16 or f32 precision with fp32 subnormals kept, a 64-bit integer square
+//!   root), checked against the reference norms for every fp16 bit pattern and for fp32 values of
+//!   every exponent (`tests/gpu.rs`, `device_block_norms_match_the_reference`).
 //! * n:m: numpy's argsort is an insertion sort (stable) for m ≤ 16, so a position is pruned iff its
 //!   rank `#{smaller keys} + #{equal keys at lower positions}` is < n; padding positions carry key
 //!   0 and are ranked too. Above 16, numpy's partitioning decides ties: that stays on the CPU.

@@ -78,6 +78,11 @@ impl TensorBytes<'_> {
     }
 }
 
+/// A histogram pass over one tensor's keys (its elements' magnitudes, or its block norms weighted
+/// by their blocks' sizes): the binning fields of the params select the bins (see select.wgsl), and
+/// the first `bins` counters come back.
+pub(crate) type Histogram<'a> = dyn FnMut(Params, u64) -> Result<Vec<u32>> + 'a;
+
 /// Where `MODE_BLOCK`'s "pruned" bits come from.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum BlockFlags<'a> {
@@ -420,10 +425,10 @@ impl GpuContext {
         self.read_histogram(pool, bins)
     }
 
-    /// The "pruned" flags of fp16 block sparsity, computed on the device (block_norms.wgsl): a
-    /// histogram of the block norms' keys, each counted once per real element of its block, from
-    /// which `select_cut` picks the cut on the host (the reference percentile); then one flag bit
-    /// per norm at or below it, written into the pool's flag buffer for
+    /// The "pruned" flags of block sparsity, computed on the device (block_norms.wgsl): histograms
+    /// of the block norms' keys, each counted once per real element of its block, which
+    /// `select_cut` asks for and picks the cut from on the host (the reference percentile); then one
+    /// flag bit per norm at or below it, written into the pool's flag buffer for
     /// [`GpuContext::mask_and_compact`]. The tensor is uploaded once for the three passes. `t`'s
     /// chunks must hold whole bands of blocks ([`BlockGeometry::band`]). Returns the flags' size.
     pub(crate) fn device_block_flags(
@@ -432,7 +437,7 @@ impl GpuContext {
         t: &TensorBytes<'_>,
         geometry: BlockGeometry,
         resident: &mut Resident,
-        select_cut: impl FnOnce(&[u32]) -> Result<Option<u32>>,
+        select_cut: impl FnOnce(&mut Histogram<'_>) -> Result<Option<u32>>,
     ) -> Result<u64> {
         let band = geometry.band();
         if band == 0 || !t.chunk_elems.is_multiple_of(band) {
@@ -462,14 +467,27 @@ impl GpuContext {
             };
             (p, count.div_ceil(WG))
         };
-        self.clear_histogram(pool);
         let passes = self.pipelines.block_norms(&self.device);
-        let histogram = &passes.histogram;
-        self.pass_over_chunks(pool, t, resident, |start, len| {
-            let (p, groups) = norms_of(start, len, base);
-            (histogram, p, groups)
-        })?;
-        let cut = select_cut(&self.read_histogram(pool, 0x8000)?)?;
+        let cut = {
+            let mut histogram = |binning: Params, bins: u64| {
+                self.clear_histogram(pool);
+                let with_bins = Params {
+                    hist_shift: binning.hist_shift,
+                    hist_mask: binning.hist_mask,
+                    use_prefix: binning.use_prefix,
+                    prefix_shift: binning.prefix_shift,
+                    prefix_a: binning.prefix_a,
+                    prefix_b: binning.prefix_b,
+                    ..base
+                };
+                self.pass_over_chunks(pool, t, resident, |start, len| {
+                    let (p, groups) = norms_of(start, len, with_bins);
+                    (&passes.histogram, p, groups)
+                })?;
+                self.read_histogram(pool, bins)
+            };
+            select_cut(&mut histogram)?
+        };
         let mut encoder = self.encoder();
         encoder.clear_buffer(&pool.flags, 0, Some(flag_bytes));
         self.queue.submit([encoder.finish()]);

@@ -23,7 +23,7 @@ pub const SELECT_MODULE: ModuleSource = ModuleSource {
     files: &[COMMON, SELECT],
 };
 
-/// fp16 block norms: their weighted histogram and the flags (entry points `block_norm_histogram`,
+/// Block norms: their weighted histograms and the flags (entry points `block_norm_histogram`,
 /// `block_prune_flags`; the histogram binding is select.wgsl's).
 pub const BLOCK_NORM_MODULE: ModuleSource = ModuleSource {
     label: "mlprune block norms",

@@ -149,11 +149,11 @@ pub fn accumulate_squares(simd: Option<Avx2F16c>, acc: &mut [f32], row: &[f16], 
     super::block_norms::accumulate_squares(simd, acc, row, first)
 }
 
-/// The reference block norms of fp16 weights `w` of `shape` (blocks of `block_size` along `dim`),
-/// as key -> number of elements covered: what a device's norm histogram must equal. Panics on a
+/// The reference block norms of weights `w` of `shape` (blocks of `block_size` along `dim`), as
+/// key -> number of elements covered: what a device's norm histogram must equal. Panics on a
 /// shape that does not fit `w` or a block size the rules skip.
-pub fn block_norm_key_counts(
-    w: &[f16],
+pub fn block_norm_key_counts<T: Element>(
+    w: &[T],
     shape: &[usize],
     block_size: usize,
     dim: usize,
