@@ -160,15 +160,10 @@ fn parts(bits: u32) -> Soft {
         }
         return Soft(frac | 0x400u, i32(exp) - 25, false);
     }
-    let exp = (bits >> 23u) & 0xffu;
-    let frac = bits & 0x7fffffu;
-    if (exp == 0u) {
-        return Soft(frac, -149, false);
-    }
-    return Soft(frac | 0x800000u, i32(exp) - 150, false);
+    return f32_parts(bits);
 }
 
-// (v rounded to the weight dtype.
+// v rounded to the weight dtype.
 fn round_dtype(v: Soft) -> u32 {
     if (p.is_f16 == 1u) {
         return round_f16(v);
@@ -225,6 +220,7 @@ fn add_f32(a: u32, b: u32) -> u32 {
     return round_f32(vec2<u32>(s.m, 0u), s.e, s.sticky);
 }
 
+// (m, e) of a finite non-negative f32 value.
 fn f32_parts(bits: u32) -> Soft {
     let exp = (bits >> 23u) & 0xffu;
     let frac = bits & 0x7fffffu;

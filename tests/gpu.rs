@@ -1174,43 +1174,34 @@ fn device_block_norms_match_the_reference() {
             1,
         ),
     ];
-    for b in [2, 5, 7, 8, 9, 13, 16, 31, 64, 100, 128] {
-        // dim 1 of a 2-D weight: the block axis is innermost (numpy's pairwise sum).
-        cases.push((
+    // dim 1 of a 2-D weight: the block axis is innermost (numpy's pairwise sum).
+    let pairwise: [(&str, TensorView, Vec<usize>); 5] = [
+        (
             "fp16 pairwise, weights",
             TensorView::F16(&weights),
             vec![256, 256],
-            b,
-            1,
-        ));
-        cases.push((
+        ),
+        (
             "fp16 pairwise, every value",
             TensorView::F16(&shuffled),
             vec![128, 512],
-            b,
-            1,
-        ));
-        cases.push((
-            "fp32 pairwise, weights",
-            TensorView::F32(&scale),
-            vec![256, 256],
-            b,
-            1,
-        ));
-        cases.push((
+        ),
+        ("fp32 pairwise, weights", TensorView::F32(&scale), vec![256, 256]),
+        (
             "fp32 pairwise, wide",
             TensorView::F32(&wide[..4096]),
             vec![16, 256],
-            b,
-            1,
-        ));
-        cases.push((
+        ),
+        (
             "fp32 pairwise, extremes",
             TensorView::F32(&extremes),
             vec![64, 256],
-            b,
-            1,
-        ));
+        ),
+    ];
+    for b in [2, 5, 7, 8, 9, 13, 16, 31, 64, 100, 128] {
+        for (what, w, shape) in &pairwise {
+            cases.push((what, *w, shape.clone(), b, 1));
+        }
     }
     // 300 channels: the last block of each row is padded with zeros.
     cases.push((
