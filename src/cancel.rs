@@ -1,6 +1,6 @@
 //! Cooperative cancellation of a prune: a caller that keeps control while the engine runs (the
 //! Python bindings, polling for Ctrl-C) sets the flag, and the engine stops before the next tensor
-//! with [`Error::Interrupted`](crate::Error::Interrupted), leaving nothing behind like any other
+//! with `Error::Interrupted`, leaving nothing behind like any other
 //! failure. The CLI does not need it: a signal there removes the scratch paths and exits
 //! (`crate::cleanup`).
 

@@ -10,7 +10,7 @@
 //! `constexpr_*` op holds inline (iOS16 attributes, iOS18 input values) into a `const` op of its
 //! own, and those that are storable go through the same lookup. They are never pruned (they feed a
 //! constexpr op), but the lookup can raise, e.g. a conflict between the consumers of an already
-//! palettized weight, so [`plan`] runs it too ([`check_materialized_values`]).
+//! palettized weight, so `plan` runs it too (`check_materialized_values`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use crate::proto::mil::{argument::binding::Binding, Operation, Program};
 use crate::weights::TensorMeta;
 
 /// What happens to one weight tensor. The config and the reason are shared by every entry that
-/// has an equal one ([`share_decisions`]): a model of many tensors repeats a handful of them, and
+/// has an equal one (`share_decisions`): a model of many tensors repeats a handful of them, and
 /// the plan lives for the whole run (issue 18).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {

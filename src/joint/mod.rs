@@ -3,7 +3,7 @@
 //! like coremltools 9.0 `prune_weights(..., joint_compression=True)`.
 //!
 //! - [`plan`]: which constexpr ops are pruned, with which config ([`plan_joint`]);
-//! - [`materialize`]: their dense values, as the pruning kernels' input ([`materialize()`]);
+//! - `materialize`: their dense values, as the pruning kernels' input (`materialize()`);
 //! - [`encode`]: the sparse op + `constexpr_sparse_to_dense` that replace them ([`joint_ops`]).
 //!
 //! The engine loop, per planned op in program order: materialize → `dispatch::run_kernel` on

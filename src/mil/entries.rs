@@ -5,7 +5,7 @@
 //! `BTreeMap` whose first node alone costs over a kilobyte: on a model of 20,000 small tensors the
 //! maps were half of the decoded program. A vector holds exactly its entries.
 //!
-//! The vectors keep the semantics the maps had: [`normalize_op`] sorts every op's entries by
+//! The vectors keep the semantics the maps had: `normalize_op` sorts every op's entries by
 //! key as soon as the op is decoded (so iteration and encoding order are the maps' order) and
 //! refuses a key given twice (a map would have silently kept the last one); [`Entries::set`] inserts
 //! at the sorted position. Lookups are linear scans, which is faster than a tree for the handful of
@@ -112,7 +112,7 @@ pub fn entries_from<E: MapEntry>(pairs: impl IntoIterator<Item = (String, E::Val
     entries
 }
 
-/// A key given twice in one op, found by [`normalize_op`].
+/// A key given twice in one op, found by `normalize_op`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuplicateKey {
     /// The op's `name` attribute (or its type when it has none).

@@ -313,7 +313,7 @@ impl GraphView {
     /// The stored bytes of op `index` (a cheap handle). A top-level op is read from `program` as it
     /// is now; an op inside a nested block as it was when the index was built: a walk in program
     /// order reads each op before it changes it, and stores nested ops back together at the end
-    /// ([`set_ops_at`]).
+    /// (`set_ops_at`).
     pub fn op_bytes(&self, program: &Program, index: usize) -> Option<Bytes> {
         let info = self.ops.get(index)?;
         if info.path.steps.len() > 1 {

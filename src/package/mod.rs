@@ -3,7 +3,7 @@
 //!
 //! `Package` is read-only: nothing of the input is ever opened for writing. A zipped input is
 //! extracted (with checks) into a private temporary directory, so later stages see a plain
-//! directory either way; only the entries the package uses ([`used_paths`]) are extracted.
+//! directory either way; only the entries the package uses (`used_paths`) are extracted.
 //! `OutputPackage` stages the result next to the output and renames it into place on `commit`.
 
 mod folder;

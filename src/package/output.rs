@@ -84,7 +84,7 @@ pub struct OutputPackage {
 impl OutputPackage {
     /// Refuses an OUTPUT that is, contains or lies inside the input, and an existing OUTPUT
     /// unless `force` (and then only a package). Then stages a copy of every input file the
-    /// package uses (the manifest and its declared items: [`used_paths`]) except the root model and
+    /// package uses (the manifest and its declared items: `used_paths`) except the root model and
     /// `weight.bin`, which the caller writes at `model_path()` and `weight_path()`.
     pub fn create(input: &Package, output: &Path, force: bool) -> Result<OutputPackage> {
         let (parent, name) = split_output(output)?;

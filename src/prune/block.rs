@@ -16,8 +16,8 @@
 //!   magnitude pruning: `q == 100` → `0 * w`; `q == 0` → `w`; else `map <= thr` is pruned (any NaN
 //!   norm makes thr NaN: nothing pruned); pruned elements become 0 (`np.where`).
 //!
-//! fp16 and fp32 weights take the vectorized path of [`super::block_norms`]; int8/uint8 (and the
-//! tests, as the reference) take [`reference_flags`], which gathers each block by index.
+//! fp16 and fp32 weights take the vectorized path of `super::block_norms`; int8/uint8 (and the
+//! tests, as the reference) take `reference_flags`, which gathers each block by index.
 
 use super::axes::ChannelLayout;
 use super::block_norms::fast_block_decisions;

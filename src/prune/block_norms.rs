@@ -59,7 +59,7 @@ pub fn fast_block_flags<T: Element>(
     }))
 }
 
-/// [`fast_block_flags`] as one decision per block, which the encoder expands chunk by chunk
+/// `fast_block_flags` as one decision per block, which the encoder expands chunk by chunk
 /// ([`BlockDecisions::fill`]) instead of materializing a flag per element.
 pub fn fast_block_decisions<T: Element>(
     w: &[T],

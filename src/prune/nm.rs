@@ -16,8 +16,8 @@
 //!   becomes the default NaN and a NaN stays NaN (quiet bit set) — both are then *kept* by the
 //!   encoder; every NaN's quiet bit is set even when it is not pruned.
 //!
-//! Two paths compute the flags: for m ≤ 16 the stable ranking of [`super::nm_rank`] (no sort;
-//! vectorized), otherwise [`argsort_flags`], which sorts every group with [`numpy_argsort`] and is
+//! Two paths compute the flags: for m ≤ 16 the stable ranking of `super::nm_rank` (no sort;
+//! vectorized), otherwise `argsort_flags`, which sorts every group with `numpy_argsort` and is
 //! also the reference the fast path is tested against.
 
 use super::axes::ChannelLayout;

@@ -1,7 +1,7 @@
 //! A file writer whose `write` syscalls run on a background thread, so that writing one tensor's
 //! blobs overlaps reading and pruning the next.
 //!
-//! Small writes (records, masks, copied blobs) are gathered into pieces of up to [`PIECE`] bytes;
+//! Small writes (records, masks, copied blobs) are gathered into pieces of up to `PIECE` bytes;
 //! a pruned tensor's values are handed over by value ([`TensorSink::write_tensor`]), never copied,
 //! and come back through [`TensorSink::recycled_tensor`] once written, to be read into again. The
 //! hand-over channel has no capacity: a send waits until the thread is free. So at most one item
