@@ -19,6 +19,9 @@ cargo clippy --locked --all-targets -- -D warnings
 # The Python bindings' crate (a workspace member outside the default build).
 cargo clippy --locked -p mlprune-python -- -D warnings
 
+echo "== docs: cargo doc -D warnings (no link to a private, renamed or ambiguous item)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --lib
+
 echo "== rust-version"
 scripts/check-rust-version.sh
 
