@@ -142,12 +142,21 @@ fn round_bits(v: vec2<u32>, e: i32, sticky: bool, digits: u32, emin: i32, emax: 
     return min(bits, inf);
 }
 
-fn round_f16(v: Soft) -> u32 {
-    return round_bits(vec2<u32>(v.m, 0u), v.e, v.sticky, 11u, -24, 15, 0x7c00u);
-}
-
 fn round_f32(v: vec2<u32>, e: i32, sticky: bool) -> u32 {
     return round_bits(v, e, sticky, 24u, -149, 127, F32_INF);
+}
+
+// (v * 2^e + sticky) rounded to the weight dtype.
+fn round_dtype(v: vec2<u32>, e: i32, sticky: bool) -> u32 {
+    if (p.is_f16 == 1u) {
+        return round_bits(v, e, sticky, 11u, -24, 15, 0x7c00u);
+    }
+    return round_f32(v, e, sticky);
+}
+
+// (m, e, sticky) rounded to the weight dtype.
+fn round_soft(v: Soft) -> u32 {
+    return round_dtype(vec2<u32>(v.m, 0u), v.e, v.sticky);
 }
 
 // (m, e) of a finite non-negative value of the weight dtype (bits).
@@ -161,14 +170,6 @@ fn parts(bits: u32) -> Soft {
         return Soft(frac | 0x400u, i32(exp) - 25, false);
     }
     return f32_parts(bits);
-}
-
-// v rounded to the weight dtype.
-fn round_dtype(v: Soft) -> u32 {
-    if (p.is_f16 == 1u) {
-        return round_f16(v);
-    }
-    return round_f32(vec2<u32>(v.m, 0u), v.e, v.sticky);
 }
 
 // (m, e) with m shifted up to exactly 24 bits (m != 0, at most 24 bits).
@@ -211,7 +212,7 @@ fn add_exact(a_in: Soft, b_in: Soft) -> Soft {
 
 // a + b of two finite non-negative values of the weight dtype, rounded to it.
 fn add_dtype(a: u32, b: u32) -> u32 {
-    return round_dtype(add_exact(parts(a), parts(b)));
+    return round_soft(add_exact(parts(a), parts(b)));
 }
 
 // a + b of two finite non-negative f32 values (bits), rounded to f32.
@@ -240,11 +241,7 @@ fn square_dtype(bits: u32) -> u32 {
     let mid = 2u * hi_half * lo_half; // < 2^25
     let lo = low + (mid << 16u);
     let hi = hi_half * hi_half + (mid >> 16u) + select(0u, 1u, lo < low);
-    let sq = vec2<u32>(lo, hi);
-    if (p.is_f16 == 1u) {
-        return round_bits(sq, 2 * v.e, false, 11u, -24, 15, 0x7c00u);
-    }
-    return round_f32(sq, 2 * v.e, false);
+    return round_dtype(vec2<u32>(lo, hi), 2 * v.e, false);
 }
 
 // A finite non-negative value of the weight dtype as f32 bits (exact).
@@ -291,7 +288,7 @@ fn sqrt_dtype(bits: u32) -> u32 {
     var sh = 62u - bit_len64(m);
     sh = sh - (sh & 1u);
     let root = isqrt64(shl64(m, sh));
-    return round_dtype(Soft(root.m, (e - i32(sh)) / 2, root.sticky));
+    return round_soft(Soft(root.m, (e - i32(sh)) / 2, root.sticky));
 }
 
 // Magnitude bits of element (o, c, i) of the chunk, or 0 past the channel (padding).
@@ -368,7 +365,7 @@ fn block_norm_key(g: u32) -> u32 {
         if (!inf) {
             // A finite f32 sum (at most 128 squares) rounded once to the weight dtype.
             let t = f32_parts(total);
-            sum = round_dtype(t);
+            sum = round_soft(t);
             inf = sum == inf_t;
         }
     }
