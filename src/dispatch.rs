@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::global_sparsity::{CutKey, GlobalCut};
 use crate::prune::keys::Key;
 use crate::prune::mask::Dense;
+use crate::prune::order::unprunable;
 use crate::prune::{self, Element, KernelError, Outcome, WorkOrder};
 use crate::tensor::{TensorData, TensorView, ViewWithSpare};
 
@@ -100,15 +101,11 @@ impl<'a> TensorInput<'a> {
 
     /// The same values lent without an output buffer (a second device's run of them).
     pub fn lend(&self) -> TensorInput<'_> {
-        match self.view() {
-            Some(view) => TensorInput::View { view, out: None },
-            None => match self {
-                TensorInput::Owned(data) => TensorInput::Owned(data.clone()),
-                // A view always has a view.
-                TensorInput::View { view, .. } => TensorInput::View {
-                    view: *view,
-                    out: None,
-                },
+        match self {
+            TensorInput::Owned(data) => TensorInput::borrowing(data),
+            TensorInput::View { view, .. } => TensorInput::View {
+                view: *view,
+                out: None,
             },
         }
     }
@@ -169,13 +166,8 @@ pub fn execute_on_cpu(work: &WorkOrder, input: TensorInput<'_>, tensor: &str) ->
         TensorInput::Owned(TensorData::F32(w)) => typed(work, w.into(), TensorData::F32),
         TensorInput::Owned(TensorData::I8(w)) => typed(work, w.into(), TensorData::I8),
         TensorInput::Owned(TensorData::U8(w)) => typed(work, w.into(), TensorData::U8),
-        TensorInput::Owned(other) => {
-            // `Order::decide` refuses these dtypes; a hand-made order still gets an error.
-            return Err(Error::tensor(
-                tensor,
-                format!("{} weights cannot be pruned", other.dtype()),
-            ));
-        }
+        // `Order::decide` refuses these dtypes; a hand-made order gets the same error.
+        TensorInput::Owned(other) => Err(unprunable(other.dtype())),
         TensorInput::View { view, out } => match view.with_spare(out) {
             ViewWithSpare::F16(values, out) => typed(work, Dense::Borrowed { values, out }, TensorData::F16),
             ViewWithSpare::F32(values, out) => typed(work, Dense::Borrowed { values, out }, TensorData::F32),

@@ -66,26 +66,21 @@ impl GpuBackend {
                 if m > MAX_GPU_M {
                     return None;
                 }
-                // Chunks hold whole groups: bands of m channels, or whole channel runs when the
-                // channel count leaves a padded group at the end of each run.
-                let band = if layout.channel % m == 0 {
-                    m.checked_mul(layout.inner)?
-                } else {
-                    layout.channel.checked_mul(layout.inner)?
-                };
-                self.chunk_elems(elem_bytes, band as u64)
+                // Chunks hold whole groups (a padded group ends each run when m does not divide
+                // the channel count).
+                self.chunk_elems(elem_bytes, layout.group_band(m) as u64)
             }
             WorkOrder::Block {
                 layout, block_size, ..
             } => {
-                let flag_bytes = (block_count(layout, block_size)? as u64).div_ceil(32) * 4;
-                if flag_bytes > self.ctx.chunk_bytes() {
+                let geometry = BlockGeometry { layout, block_size };
+                if geometry.norms().div_ceil(32) * 4 > self.ctx.chunk_bytes() {
                     return None;
                 }
                 // Norms are computed on the device when its chunks can hold whole bands of
                 // blocks; otherwise the CPU computes the flags and any chunking will do.
                 let on_device = device_norms(layout, block_size)
-                    .then(|| self.chunk_elems(elem_bytes, geometry(layout, block_size).band()))
+                    .then(|| self.chunk_elems(elem_bytes, geometry.band()))
                     .flatten();
                 on_device.or_else(|| self.chunk_elems(elem_bytes, 1))
             }
@@ -181,15 +176,11 @@ impl GpuBackend {
                 block_size,
                 sparsity,
             } => {
-                let params = Params {
+                let geometry = BlockGeometry { layout, block_size };
+                let params = geometry.params(Params {
                     mode: MODE_BLOCK,
-                    channel: layout.channel as u32,
-                    inner: layout.inner as u32,
-                    group: block_size as u32,
-                    blocks: layout.channel.div_ceil(block_size) as u32,
                     ..Params::default()
-                };
-                let geometry = geometry(layout, block_size);
+                });
                 if device_norms(layout, block_size) && chunk_elems.is_multiple_of(geometry.band()) {
                     // The norms, their histograms and the flags on the device; the percentile of
                     // the histograms on the host, by the reference selection.
@@ -249,7 +240,7 @@ impl GpuBackend {
             TensorView::F32(w) => (bytemuck::cast_slice(w), false),
         };
         let layout = ChannelLayout::new(shape, view.len(), dim).map_err(|e| e.for_tensor("w"))?;
-        let geometry = geometry(layout, block_size);
+        let geometry = BlockGeometry { layout, block_size };
         let chunk = self.chunk_elems(if is_f16 { 2 } else { 4 }, geometry.band());
         let (true, Some(chunk_elems)) = (device_norms(layout, block_size) && !view.is_empty(), chunk) else {
             return Ok(None);
@@ -322,11 +313,13 @@ impl Backend for GpuBackend {
         }
         match input {
             TensorInput::View { view, out } => self.execute_view(work, view, out, tensor),
-            TensorInput::Owned(data) => match data.as_view() {
-                Some(view) => self.execute_view(work, view, None, tensor),
-                // Not reached: `covers` needs a view.
-                None => execute_on_cpu(work, TensorInput::Owned(data.clone()), tensor),
-            },
+            TensorInput::Owned(data) => {
+                let Some(view) = data.as_view() else {
+                    // Not reached: `covers` needs a view.
+                    return execute_on_cpu(work, TensorInput::Owned(data), tensor);
+                };
+                self.execute_view(work, view, None, tensor)
+            }
         }
     }
 }
@@ -353,22 +346,6 @@ fn lcm(a: u64, b: u64) -> Option<u64> {
 /// pairwise, which the device follows up to 128 addends (no recursion).
 fn device_norms(layout: ChannelLayout, block_size: usize) -> bool {
     layout.inner > 1 || block_size <= 128
-}
-
-fn geometry(layout: ChannelLayout, block_size: usize) -> BlockGeometry {
-    BlockGeometry {
-        outer: layout.outer as u64,
-        channel: layout.channel as u64,
-        inner: layout.inner as u64,
-        block_size: block_size as u64,
-    }
-}
-
-fn block_count(layout: ChannelLayout, block_size: usize) -> Option<usize> {
-    layout
-        .outer
-        .checked_mul(layout.channel.div_ceil(block_size))?
-        .checked_mul(layout.inner)
 }
 
 /// The float weight types the GPU kernels handle, and how each selects its percentile.

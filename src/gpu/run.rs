@@ -8,6 +8,7 @@ use bytemuck::{Pod, Zeroable};
 use super::context::GpuContext;
 use super::pool::{BufferPool, Needs, StagingRing, HIST_BINS, READBACK_MASK_OFFSET, SLOTS};
 use crate::error::{Error, Result};
+use crate::prune::axes::ChannelLayout;
 
 /// Threads per workgroup (`WG` in shaders/common.wgsl).
 const WG: u64 = 256;
@@ -94,46 +95,48 @@ pub(crate) enum BlockFlags<'a> {
     OnDevice(u64),
 }
 
-/// Block sparsity's layout `[outer, channel, inner]` with blocks of `block_size` along the
-/// channel, as the device's norm passes walk it.
+/// Block sparsity's layout `[outer, channel, inner]` with blocks of `block_size` (at most half
+/// the channels, as the work order guarantees) along the channel, as the kernels walk it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BlockGeometry {
-    pub outer: u64,
-    pub channel: u64,
-    pub inner: u64,
-    pub block_size: u64,
+    pub layout: ChannelLayout,
+    pub block_size: usize,
 }
 
 impl BlockGeometry {
-    pub fn blocks(&self) -> u64 {
-        self.channel.div_ceil(self.block_size)
+    fn blocks(&self) -> u64 {
+        self.layout.channel.div_ceil(self.block_size) as u64
     }
 
     /// Norms in (outer, block, inner) order.
     pub fn norms(&self) -> u64 {
-        self.outer * self.blocks() * self.inner
+        self.layout.outer as u64 * self.blocks() * self.layout.inner as u64
     }
 
-    /// The elements a chunk boundary may fall between: a row of blocks (`block_size` channels)
-    /// when the blocks tile the channel exactly, else a whole channel run (its last block is short).
+    /// The elements a chunk boundary may fall between (see [`ChannelLayout::group_band`]).
     pub fn band(&self) -> u64 {
-        if self.channel.is_multiple_of(self.block_size) {
-            self.block_size * self.inner
-        } else {
-            self.channel * self.inner
-        }
+        self.layout.group_band(self.block_size) as u64
     }
 
     /// The first norm and the number of norms of the chunk of `len` elements at `start` (both
-    /// multiples of [`BlockGeometry::band`]).
+    /// multiples of [`BlockGeometry::band`]): a band's channels hold whole blocks, `inner` norms
+    /// each.
     pub fn norms_in(&self, start: u64, len: u64) -> (u64, u64) {
+        let inner = self.layout.inner.max(1) as u64;
         let band = self.band();
-        let norms_per_band = if self.channel.is_multiple_of(self.block_size) {
-            self.inner
-        } else {
-            self.blocks() * self.inner
-        };
-        (start / band * norms_per_band, len / band * norms_per_band)
+        let per_band = (band / inner).div_ceil(self.block_size as u64) * inner;
+        (start / band * per_band, len / band * per_band)
+    }
+
+    /// `p` with the block layout the kernels read (channel, inner, block size, blocks per run).
+    pub fn params(&self, p: Params) -> Params {
+        Params {
+            channel: self.layout.channel as u32,
+            inner: self.layout.inner as u32,
+            group: self.block_size as u32,
+            blocks: self.blocks() as u32,
+            ..p
+        }
     }
 }
 
@@ -451,13 +454,6 @@ impl GpuContext {
         self.device_norm_tensors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.keep_resident(pool, t, resident)?;
-        let base = Params {
-            channel: geometry.channel as u32,
-            inner: geometry.inner as u32,
-            group: geometry.block_size as u32,
-            blocks: geometry.blocks() as u32,
-            ..Params::default()
-        };
         let norms_of = |start: u64, len: u64, params: Params| {
             let (first, count) = geometry.norms_in(start, len);
             let p = Params {
@@ -471,15 +467,7 @@ impl GpuContext {
         let cut = {
             let mut histogram = |binning: Params, bins: u64| {
                 self.clear_histogram(pool);
-                let with_bins = Params {
-                    hist_shift: binning.hist_shift,
-                    hist_mask: binning.hist_mask,
-                    use_prefix: binning.use_prefix,
-                    prefix_shift: binning.prefix_shift,
-                    prefix_a: binning.prefix_a,
-                    prefix_b: binning.prefix_b,
-                    ..base
-                };
+                let with_bins = geometry.params(binning);
                 self.pass_over_chunks(pool, t, resident, |start, len| {
                     let (p, groups) = norms_of(start, len, with_bins);
                     (&passes.histogram, p, groups)
@@ -493,11 +481,11 @@ impl GpuContext {
         self.queue.submit([encoder.finish()]);
         if let Some(cut) = cut {
             let flags = &passes.flags;
-            let with_cut = Params {
+            let with_cut = geometry.params(Params {
                 cut,
                 has_cut: 1,
-                ..base
-            };
+                ..Params::default()
+            });
             self.pass_over_chunks(pool, t, resident, |start, len| {
                 let (p, groups) = norms_of(start, len, with_cut);
                 (flags, p, groups)

@@ -59,6 +59,18 @@ impl ChannelLayout {
         (o * self.channel + c) * self.inner + i
     }
 
+    /// The elements a chunk of the tensor must be a multiple of to hold only whole groups of
+    /// `size` consecutive channels (n:m groups, blocks): a row of groups when `size` divides the
+    /// channel count, else a whole channel run (each run ends in a short group). No overflow for a
+    /// layout `new` accepted and `size <= channel`: the result is at most `channel * inner`.
+    pub fn group_band(&self, size: usize) -> usize {
+        if self.channel.is_multiple_of(size) {
+            size * self.inner
+        } else {
+            self.channel * self.inner
+        }
+    }
+
     /// True division `size > channel / 2` as Python evaluates it, for non-negative integers.
     pub fn exceeds_half_channel(&self, size: usize) -> bool {
         (size as u128) * 2 > self.channel as u128
@@ -79,6 +91,13 @@ pub fn check_structural_rank(shape: &[usize], what: &str) -> Result<(), KernelEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_bands_are_rows_of_groups_or_whole_runs() {
+        let layout = ChannelLayout::new(&[3, 12, 5], 180, 1).unwrap();
+        assert_eq!(layout.group_band(4), 20); // 4 channels of 5
+        assert_eq!(layout.group_band(5), 60); // 12 channels do not split into fives: a whole run
+    }
 
     #[test]
     fn views_conv_weights_per_dim() {

@@ -55,7 +55,7 @@ impl WorkOrder {
     ) -> Result<Self, KernelError> {
         let shape = dims(shape)?;
         if !prunable(dtype) {
-            return Err(KernelError(format!("{dtype} weights cannot be pruned")));
+            return Err(unprunable(dtype));
         }
         // Sizes beyond usize can never fit a channel, so the "> channel / 2" rule skips them.
         let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
@@ -189,6 +189,11 @@ fn prunable(dtype: ScalarType) -> bool {
         dtype,
         ScalarType::Float16 | ScalarType::Float32 | ScalarType::Int8 | ScalarType::UInt8
     )
+}
+
+/// The refusal of a dtype the kernels do not prune.
+pub fn unprunable(dtype: ScalarType) -> KernelError {
+    KernelError(format!("{dtype} weights cannot be pruned"))
 }
 
 /// The shape as `usize`s.
