@@ -28,10 +28,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::global_sparsity::decide_cut;
 pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
-use crate::mil::access::{set_op_at, set_ops_at, OpPath};
-use crate::mil::encode_op;
+use crate::mil::access::{set_ops_at, OpPath};
 use crate::mil::graph::{GraphView, UseSite};
 use crate::mil::rewrite::{rename_all, replace_ops};
+use crate::mil::spill::SpilledOps;
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
@@ -225,7 +225,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     };
     // Each entry moves into its report.
     let mut next_plan = planned.into_iter().peekable();
-    let mut nested_updates = Vec::new();
+    let mut changed_ops = SpilledOps::create_in(out.scratch_dir())?;
     std::thread::scope(|scope| -> Result<()> {
         let prefetcher = Prefetcher::start(scope, &source, jobs);
         for (index, info) in graph.ops.iter().enumerate() {
@@ -260,10 +260,9 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
                 None => (None, None),
             };
             let gone = || Error::Graph(format!("op '{}' disappeared during rewrite", info.name));
-            // One op for one, so later paths stay valid. A top-level op is stored at once, in its
-            // own slot; one inside a nested block waits for the end, when the op owning the block
-            // is decoded and encoded once for all of them (storing each at once would re-encode
-            // that owner per op).
+            // One op for one, so later paths stay valid. Stored at the end, once the index is
+            // freed (see `SpilledOps`); an op owning a nested block is then decoded and encoded
+            // once for all the ops changed in it.
             let changed = if let Some(new_op) = rewrite.replaced.take() {
                 Some(new_op)
             } else if !matches!(result, Some(Ok(_))) {
@@ -273,12 +272,8 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
             } else {
                 None
             };
-            match changed {
-                Some(op) if info.path.steps.len() == 1 => {
-                    set_op_at(&mut model.program, &info.path, &op).ok_or_else(gone)?
-                }
-                Some(op) => nested_updates.push((info.path.clone(), encode_op(&op))),
-                None => {}
+            if let Some(op) = changed {
+                changed_ops.push(&info.path, &op)?;
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
@@ -308,8 +303,8 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
         ..
     } = rewrite;
     let pruned_any = pruned_count > 0;
-    set_ops_at(&mut model.program, nested_updates)
-        .ok_or_else(|| Error::Graph("an op inside a nested block disappeared during rewrite".into()))?;
+    set_ops_at(&mut model.program, changed_ops.read_back()?)
+        .ok_or_else(|| Error::Graph("an op disappeared during rewrite".into()))?;
     let moved = replace_ops(&mut model.program, edits)?;
     let visited = rename_all(&mut model.program, &renames)?.ops_visited;
     drop(renames);

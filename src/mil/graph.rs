@@ -310,10 +310,11 @@ impl GraphView {
         self.value(function, value)?.producer.map(|p| p as usize)
     }
 
-    /// The stored bytes of op `index` (a cheap handle). A top-level op is read from `program` as it
-    /// is now; an op inside a nested block as it was when the index was built: a walk in program
-    /// order reads each op before it changes it, and stores nested ops back together at the end
-    /// (`set_ops_at`).
+    /// The stored bytes of op `index` (a cheap handle). A top-level op is read from `program`; an
+    /// op inside a nested block as it was when the index was built (reaching it through `program`
+    /// would decode the op owning its block). The same thing while the program is unchanged: the
+    /// engine's walk stores the ops it changes only at the end (`crate::mil::spill`), so every op
+    /// it reads, earlier ones included, is the op as read.
     pub fn op_bytes(&self, program: &Program, index: usize) -> Option<Bytes> {
         let info = self.ops.get(index)?;
         if info.path.steps.len() > 1 {

@@ -11,6 +11,7 @@ pub mod graph;
 pub mod model;
 pub mod ops;
 pub mod rewrite;
+pub mod spill;
 pub mod value;
 
 pub use access::OpPath;

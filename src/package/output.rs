@@ -156,6 +156,12 @@ impl OutputPackage {
         self.staging.as_ref().map_or(Path::new(""), ScratchPath::path)
     }
 
+    /// A folder on OUTPUT's filesystem for scratch files of the run: the staging folder. A file
+    /// left in it would be published with the package, so only unlinked files belong there.
+    pub fn scratch_dir(&self) -> &Path {
+        self.staging_dir()
+    }
+
     /// Reserves `path` for a file to publish with the package (see `write_companion`): refuses a
     /// path that is or lies inside OUTPUT or any of `protected` (the input, the config file),
     /// also through links, and one where something other than a regular file exists. Creates
