@@ -31,7 +31,7 @@ use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, 
 use crate::mil::access::{set_ops_at, OpPath};
 use crate::mil::graph::{GraphView, UseSite};
 use crate::mil::rewrite::{rename_all, replace_ops};
-use crate::mil::spill::SpilledOps;
+use crate::mil::spill::{SpilledOps, SpilledRenames};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
@@ -199,7 +199,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
         namer: JointNamer::new(),
         edits: Vec::new(),
         replaced: None,
-        renames: Vec::new(),
+        renames: SpilledRenames::create_in(out.scratch_dir())?,
         created: HashSet::new(),
         dedupe: Deduplicator::new(),
         shared: SharedOutcomes::new(shared_keys),
@@ -294,25 +294,35 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
         Ok(())
     })?;
     progress.finish();
-    // The index and the plan are not needed any more: free them before the program is encoded.
+    // What only the walk needed is freed before the stored changes come back: the index, the rest
+    // of the plan, the deduplication and rename tables, and (once its last blob is written) the
+    // writer's store-once table. Fields a destructuring leaves out would live to the end.
     drop(graph);
+    drop(next_plan);
     let Rewrite {
         weights,
         edits,
         renames,
-        ..
+        dedupe,
+        created,
+        shared,
+        namer,
+        replaced: _,
+        spec_version: _,
     } = rewrite;
+    drop((dedupe, created, shared, namer));
+    let blob_count = weights.blob_count();
+    weights.finish()?;
     let pruned_any = pruned_count > 0;
     set_ops_at(&mut model.program, changed_ops.read_back()?)
         .ok_or_else(|| Error::Graph("an op disappeared during rewrite".into()))?;
     let moved = replace_ops(&mut model.program, edits)?;
+    let renames = renames.read_back()?;
     let visited = rename_all(&mut model.program, &renames)?.ops_visited;
     drop(renames);
     if pruned_any && model.spec_version() < 7 {
         bump_to_ios16(&mut model);
     }
-    let blob_count = weights.blob_count();
-    weights.finish()?;
     if blob_count == 0 && !had_weight_file {
         // Mirror the input: a package without blobs has an empty weights folder, no weight.bin.
         std::fs::remove_file(&weight_path).at(&weight_path)?;
@@ -425,11 +435,11 @@ struct Rewrite {
     edits: Vec<(OpPath, Vec<Operation>)>,
     /// The op that replaces the one just visited, one for one: the walk puts it in place at once.
     replaced: Option<Operation>,
-    /// `(function, old output, new output)` to rebind once the edits are in.
-    /// (Shared texts: a model of many tensors renames each of them.)
-    renames: Vec<(Arc<str>, Arc<str>, Arc<str>)>,
-    /// `(function, new output)` of every rename so far, to find a name created twice without a
-    /// search through `renames` per tensor.
+    /// `(function, old output, new output)` to rebind once the edits are in (on disk meanwhile: a
+    /// model of many tensors renames each of them).
+    renames: SpilledRenames,
+    /// `(function, new output)` of every rename so far, to find a name created twice without
+    /// reading `renames` back.
     created: HashSet<(Arc<str>, Arc<str>)>,
     /// coremltools' `const_deduplication`, applied to every const and constexpr op as it is final.
     dedupe: Deduplicator,
@@ -442,10 +452,10 @@ type PruneResult = std::result::Result<(u64, u64), String>;
 
 impl Rewrite {
     /// Records that uses of `old` in `function` are to read `new`.
-    fn rename(&mut self, function: &Arc<str>, old: &str, new: String) {
-        let new: Arc<str> = new.into();
-        self.created.insert((function.clone(), new.clone()));
-        self.renames.push((function.clone(), old.into(), new));
+    fn rename(&mut self, function: &Arc<str>, old: &str, new: String) -> Result<()> {
+        self.renames.push(function, old, &new)?;
+        self.created.insert((function.clone(), new.into()));
+        Ok(())
     }
 
     /// Carries an op the walk does not prune into the output: its blobs are copied, unless
@@ -488,7 +498,7 @@ impl Rewrite {
         };
         if let Some(first) = duplicate_of {
             let duplicate = op.outputs[0].name.clone();
-            self.rename(&info.path.function, &duplicate, first);
+            self.rename(&info.path.function, &duplicate, first)?;
             self.edits.push((info.path.clone(), Vec::new()));
         }
         Ok(changed)
@@ -591,7 +601,7 @@ impl Rewrite {
         if meta.storage_bytes().is_none_or(|bytes| bytes > FRESH_READ_LIMIT) {
             self.weights.flush()?;
         }
-        self.rename(&info.path.function, &output.name, new_name);
+        self.rename(&info.path.function, &output.name, new_name)?;
         self.replaced = Some(new_op);
         Ok((Ok((kept, bytes_after)), device))
     }
@@ -614,7 +624,7 @@ impl Rewrite {
             .observe(&info.path, new_op, returned, &mut self.weights)?
         {
             Verdict::DuplicateOf(first) => {
-                self.rename(&info.path.function, output, first);
+                self.rename(&info.path.function, output, first)?;
                 self.edits.push((info.path.clone(), Vec::new()));
                 Ok(true)
             }
@@ -684,7 +694,7 @@ impl Rewrite {
         if self.merged_into_earlier(graph, index, &new_op, &output.name)? {
             return Ok((Ok((kept, 0)), placement));
         }
-        self.rename(&info.path.function, &output.name, new_name);
+        self.rename(&info.path.function, &output.name, new_name)?;
         self.replaced = Some(new_op);
         Ok((Ok((kept, bytes_after)), placement))
     }
@@ -735,7 +745,7 @@ impl Rewrite {
             JointKind::Lut { indices, .. } => indices.dtype(),
         };
         let count = m.dense.len() as u64;
-        self.rename(&info.path.function, &old_output, ops.output);
+        self.rename(&info.path.function, &old_output, ops.output)?;
         self.edits.push((info.path.clone(), ops.ops));
         Ok((Ok((ops.kept, sparse_bytes(stored, ops.kept, count))), device))
     }

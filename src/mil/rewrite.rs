@@ -96,7 +96,10 @@ pub struct Renamed {
 /// The renames apply together, not one after the other, which is the same only because a new name
 /// is never another rename's old name in the same function (new names are fresh); that, and an old
 /// name renamed twice, is refused.
-pub fn rename_all<T: AsRef<str>>(program: &mut Program, renames: &[(T, T, T)]) -> Result<Renamed> {
+pub fn rename_all<F: AsRef<str>, T: AsRef<str>>(
+    program: &mut Program,
+    renames: &[(F, T, T)],
+) -> Result<Renamed> {
     fn walk(block: &mut Block, map: &HashMap<&str, &str>, visited: &mut usize) -> Result<usize> {
         let mut n = 0;
         for slot in &mut block.operations {

@@ -1,14 +1,16 @@
-//! The ops a walk changes, kept in a scratch file until it ends.
+//! What a walk changes, kept in a scratch file until it ends: the ops it stores again and the
+//! uses it rebinds.
 //!
-//! A rewrite stores an op again for every pruned const and every const whose blob moved: in a
-//! model of many small tensors that is nearly every const, as many bytes as the ops themselves.
-//! Held in memory, they sat beside the graph index, the plan and the writer's tables for the whole
-//! walk (issue 18: about a sixth of the peak at 80,000 tensors). The walk never reads them back (it
-//! reads each op as it was read, see [`crate::mil::GraphView::op_bytes`]), so they wait on disk
-//! and come back once the index is freed.
+//! A rewrite stores an op again for every pruned const and every const whose blob moved, and
+//! renames the output of every pruned const: in a model of many small tensors that is nearly every
+//! const, as many bytes as the ops themselves. Held in memory, they sat beside the graph index, the
+//! plan and the writer's tables for the whole walk (issue 18: a fifth of the peak at 80,000
+//! tensors). The walk never reads them back (it reads each op as it was read, see
+//! [`crate::mil::GraphView::op_bytes`]), so they wait on disk and come back once the index is
+//! freed.
 //!
-//! The file is created unlinked ([`tempfile::tempfile_in`]), next to the output it is written for:
-//! nothing is left behind, whatever ends the run.
+//! Each file is created unlinked ([`tempfile::tempfile_in`]), next to the output it is written
+//! for: nothing is left behind, whatever ends the run.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -23,123 +25,225 @@ use super::access::OpPath;
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::Operation;
 
-/// Changed ops in program order, each as `(path, encoded op)`: on disk while the walk goes on.
+/// Changed ops in program order, each as `(path, encoded op)`.
 pub struct SpilledOps {
-    file: BufWriter<File>,
-    /// Named in errors: the folder holding the unlinked file.
-    dir: PathBuf,
-    /// The distinct (function, specialization) pairs of the paths, in order of first use; a record
-    /// names its pair by index.
-    blocks: Vec<(Arc<str>, Arc<str>)>,
-    count: usize,
+    scratch: Scratch,
+    /// The distinct function and specialization names of the paths; a record names them by index.
+    names: SharedNames,
 }
 
 impl SpilledOps {
     /// An empty store, its file unlinked in `dir`.
     pub fn create_in(dir: &Path) -> Result<Self> {
-        let file = tempfile::tempfile_in(dir).at(dir)?;
         Ok(SpilledOps {
-            file: BufWriter::new(file),
-            dir: dir.to_owned(),
-            blocks: Vec::new(),
-            count: 0,
+            scratch: Scratch::create_in(dir)?,
+            names: SharedNames::default(),
         })
     }
 
     /// How many ops are stored.
     pub fn len(&self) -> usize {
-        self.count
+        self.scratch.records
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.len() == 0
     }
 
-    /// Stores `op` to replace the op at `path`. Record: block index, step count, steps, op length
-    /// (all little-endian u64), then the encoded op.
+    /// Stores `op` to replace the op at `path`.
     pub fn push(&mut self, path: &OpPath, op: &Operation) -> Result<()> {
-        let block = self.block_index(path);
-        let bytes = op.encode_to_vec();
-        let mut head: SmallVec<[u64; 6]> = SmallVec::new();
-        head.push(block as u64);
-        head.push(path.steps.len() as u64);
-        head.extend(path.steps.iter().map(|&s| s as u64));
-        head.push(bytes.len() as u64);
-        for word in head {
-            self.file.write_all(&word.to_le_bytes()).at(&self.dir)?;
+        let function = self.names.index(&path.function);
+        let specialization = self.names.index(&path.specialization);
+        let s = &mut self.scratch;
+        s.word(function)?;
+        s.word(specialization)?;
+        s.word(path.steps.len())?;
+        for &step in &path.steps {
+            s.word(step)?;
         }
-        self.file.write_all(&bytes).at(&self.dir)?;
-        self.count += 1;
+        s.field(&op.encode_to_vec())?;
+        s.end_record();
         Ok(())
     }
 
     /// Every stored op with its path, in the order they were stored.
     pub fn read_back(self) -> Result<Vec<(OpPath, Bytes)>> {
-        let SpilledOps {
-            file,
-            dir,
-            blocks,
-            count,
-        } = self;
-        let mut file = file.into_inner().map_err(|e| e.into_error()).at(&dir)?;
-        file.seek(SeekFrom::Start(0)).at(&dir)?;
-        let mut reader = Records {
-            reader: BufReader::new(file),
-            dir: &dir,
-        };
-        let mut out = Vec::with_capacity(count);
-        for _ in 0..count {
-            let (function, specialization) = blocks
-                .get(reader.size()?)
-                .cloned()
-                .ok_or_else(|| reader.broken("names no block"))?;
-            let steps = (0..reader.size()?)
-                .map(|_| reader.size())
+        let SpilledOps { scratch, names } = self;
+        let mut records = scratch.into_records()?;
+        let mut out = Vec::with_capacity(records.count);
+        for _ in 0..records.count {
+            let function = names.get(records.word()?, &records)?;
+            let specialization = names.get(records.word()?, &records)?;
+            let steps = (0..records.word()?)
+                .map(|_| records.word())
                 .collect::<Result<SmallVec<[usize; 1]>>>()?;
-            let mut bytes = vec![0u8; reader.size()?];
-            reader.reader.read_exact(&mut bytes).at(&dir)?;
+            let op = Bytes::from(records.field()?);
             let path = OpPath {
                 function,
                 specialization,
                 steps,
             };
-            out.push((path, Bytes::from(bytes)));
+            out.push((path, op));
         }
         Ok(out)
     }
+}
 
-    fn block_index(&mut self, path: &OpPath) -> usize {
-        let found = self
-            .blocks
-            .iter()
-            .position(|(f, s)| *f == path.function && *s == path.specialization);
-        found.unwrap_or_else(|| {
-            self.blocks
-                .push((path.function.clone(), path.specialization.clone()));
-            self.blocks.len() - 1
+/// Renames in the order they were made, each as `(function, old output, new output)`.
+pub struct SpilledRenames {
+    scratch: Scratch,
+    functions: SharedNames,
+}
+
+impl SpilledRenames {
+    /// An empty store, its file unlinked in `dir`.
+    pub fn create_in(dir: &Path) -> Result<Self> {
+        Ok(SpilledRenames {
+            scratch: Scratch::create_in(dir)?,
+            functions: SharedNames::default(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.scratch.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records that uses of `old` in `function` are to read `new`.
+    pub fn push(&mut self, function: &Arc<str>, old: &str, new: &str) -> Result<()> {
+        let function = self.functions.index(function);
+        let s = &mut self.scratch;
+        s.word(function)?;
+        s.field(old.as_bytes())?;
+        s.field(new.as_bytes())?;
+        s.end_record();
+        Ok(())
+    }
+
+    /// Every rename, in the order they were made.
+    pub fn read_back(self) -> Result<Vec<(Arc<str>, String, String)>> {
+        let SpilledRenames { scratch, functions } = self;
+        let mut records = scratch.into_records()?;
+        let mut out = Vec::with_capacity(records.count);
+        for _ in 0..records.count {
+            let function = functions.get(records.word()?, &records)?;
+            let old = records.text()?;
+            let new = records.text()?;
+            out.push((function, old, new));
+        }
+        Ok(out)
+    }
+}
+
+/// Names a store's records refer to by index (functions, specializations: a handful per model),
+/// so that records read back share them as the index's paths do.
+#[derive(Default)]
+struct SharedNames(Vec<Arc<str>>);
+
+impl SharedNames {
+    fn index(&mut self, name: &Arc<str>) -> usize {
+        match self.0.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                self.0.push(name.clone());
+                self.0.len() - 1
+            }
+        }
+    }
+
+    fn get(&self, index: usize, records: &Records) -> Result<Arc<str>> {
+        self.0
+            .get(index)
+            .cloned()
+            .ok_or_else(|| records.broken("names a name it never stored"))
+    }
+}
+
+/// An unlinked file of records: little-endian u64 words and length-prefixed fields.
+struct Scratch {
+    file: BufWriter<File>,
+    /// Named in errors: the folder holding the file.
+    dir: PathBuf,
+    records: usize,
+}
+
+impl Scratch {
+    fn create_in(dir: &Path) -> Result<Self> {
+        let file = tempfile::tempfile_in(dir).at(dir)?;
+        Ok(Scratch {
+            file: BufWriter::new(file),
+            dir: dir.to_owned(),
+            records: 0,
+        })
+    }
+
+    fn word(&mut self, word: usize) -> Result<()> {
+        self.file.write_all(&(word as u64).to_le_bytes()).at(&self.dir)
+    }
+
+    fn field(&mut self, bytes: &[u8]) -> Result<()> {
+        self.word(bytes.len())?;
+        self.file.write_all(bytes).at(&self.dir)
+    }
+
+    fn end_record(&mut self) {
+        self.records += 1;
+    }
+
+    /// The records written, read from the start.
+    fn into_records(self) -> Result<Records> {
+        let Scratch { file, dir, records } = self;
+        let mut file = file.into_inner().map_err(|e| e.into_error()).at(&dir)?;
+        file.seek(SeekFrom::Start(0)).at(&dir)?;
+        Ok(Records {
+            reader: BufReader::new(file),
+            dir,
+            count: records,
         })
     }
 }
 
-/// Reads the records [`SpilledOps::push`] wrote.
-struct Records<'a> {
+/// Reads back what [`Scratch`] wrote.
+struct Records {
     reader: BufReader<File>,
-    dir: &'a Path,
+    dir: PathBuf,
+    count: usize,
 }
 
-impl Records<'_> {
-    /// One head word, as a size or an index.
-    fn size(&mut self) -> Result<usize> {
+impl Records {
+    /// One word, as a size or an index.
+    fn word(&mut self) -> Result<usize> {
         let mut word = [0u8; 8];
-        self.reader.read_exact(&mut word).at(self.dir)?;
+        self.reader.read_exact(&mut word).at(&self.dir)?;
         usize::try_from(u64::from_le_bytes(word)).map_err(|_| self.broken("holds a size past usize"))
+    }
+
+    fn field(&mut self) -> Result<Vec<u8>> {
+        let len = self.word()?;
+        // Grown as read: a length gone wrong ends the read, not the memory.
+        let mut bytes = Vec::with_capacity(len.min(1 << 20));
+        (&mut self.reader)
+            .take(len as u64)
+            .read_to_end(&mut bytes)
+            .at(&self.dir)?;
+        if bytes.len() != len {
+            return Err(self.broken("ends inside a record"));
+        }
+        Ok(bytes)
+    }
+
+    fn text(&mut self) -> Result<String> {
+        String::from_utf8(self.field()?).map_err(|_| self.broken("holds a name that is not UTF-8"))
     }
 
     /// The file read back is not what was written (only a failing disk or another process could
     /// make it so).
     fn broken(&self, what: &str) -> Error {
         Error::Graph(format!(
-            "the scratch file of changed ops in {} {what}",
+            "a scratch file of the rewrite in {} {what}",
             self.dir.display()
         ))
     }
@@ -193,11 +297,38 @@ mod tests {
     }
 
     #[test]
+    fn gives_back_every_rename_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spilled = SpilledRenames::create_in(dir.path()).unwrap();
+        let (main, other): (Arc<str>, Arc<str>) = ("main".into(), "other".into());
+        let made = [
+            (main.clone(), "w", "w_sparsified"),
+            (other.clone(), "w", "w_sparsified"),
+            (main.clone(), "dup", "w"),
+            (main.clone(), "", "naïve"),
+        ];
+        for (f, old, new) in &made {
+            spilled.push(f, old, new).unwrap();
+        }
+        assert_eq!(spilled.len(), made.len());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let back = spilled.read_back().unwrap();
+        let expected: Vec<(Arc<str>, String, String)> = made
+            .iter()
+            .map(|(f, o, n)| (f.clone(), o.to_string(), n.to_string()))
+            .collect();
+        assert_eq!(back, expected);
+    }
+
+    #[test]
     fn an_empty_store_reads_back_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let spilled = SpilledOps::create_in(dir.path()).unwrap();
         assert!(spilled.is_empty());
         assert!(spilled.read_back().unwrap().is_empty());
+        let renames = SpilledRenames::create_in(dir.path()).unwrap();
+        assert!(renames.is_empty());
+        assert!(renames.read_back().unwrap().is_empty());
     }
 
     #[test]
