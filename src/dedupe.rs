@@ -119,7 +119,7 @@ enum Identity {
     Unique(usize),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Key {
     Const {
         block: Id,
@@ -135,10 +135,71 @@ enum Key {
     },
 }
 
+impl Key {
+    /// The key as the table stores it: one allocation of its fields, each length given, so two
+    /// keys have equal bytes exactly when they are equal. A model of many tensors keeps a key per
+    /// pruned weight (issue 18); as a `Key` it took a vector of parameters, each as large as the
+    /// largest identity, beside the table's slot.
+    fn to_bytes(&self) -> Box<[u8]> {
+        let mut out = Vec::new();
+        match self {
+            Key::Const {
+                block,
+                value_type,
+                identity,
+            } => {
+                out.push(0);
+                out.extend_from_slice(&block.to_le_bytes());
+                out.extend_from_slice(&value_type.to_le_bytes());
+                identity.write_to(&mut out);
+            }
+            Key::Constexpr {
+                block,
+                op_type,
+                params,
+            } => {
+                out.push(1);
+                out.extend_from_slice(&block.to_le_bytes());
+                out.extend_from_slice(&op_type.to_le_bytes());
+                out.extend_from_slice(&(params.len() as u64).to_le_bytes());
+                for (name, value_type, identity) in params {
+                    out.extend_from_slice(&name.to_le_bytes());
+                    out.extend_from_slice(&value_type.to_le_bytes());
+                    identity.write_to(&mut out);
+                }
+            }
+        }
+        out.into_boxed_slice()
+    }
+}
+
+impl Identity {
+    fn write_to(&self, out: &mut Vec<u8>) {
+        let (tag, bytes): (u8, &[u8]) = match self {
+            Identity::Blob(offset) => {
+                out.push(0);
+                out.extend_from_slice(&offset.to_le_bytes());
+                return;
+            }
+            Identity::Unique(n) => {
+                out.push(1);
+                out.extend_from_slice(&(*n as u64).to_le_bytes());
+                return;
+            }
+            Identity::Immediate(bytes) => (2, bytes),
+            Identity::Output(name) => (3, name.as_bytes()),
+        };
+        out.push(tag);
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+}
+
 /// The first op seen for each key, and which outputs were found to be duplicates.
 #[derive(Debug, Default)]
 pub struct Deduplicator {
-    first: HashMap<Key, String>,
+    /// Keys in their stored form ([`Key::to_bytes`]).
+    first: HashMap<Box<[u8]>, Box<str>>,
     /// Float consts that are the first of their values, by (block, declared type, bytes of the
     /// first [`KEY_ELEMENTS`] elements): `(blob offset, output)` in program order.
     close_candidates: HashMap<CloseKey, Vec<(u64, String)>>,
@@ -220,9 +281,10 @@ impl Deduplicator {
         } else {
             return Ok(Verdict::Keep);
         };
-        match self.first.get(&key) {
+        let stored_key = key.to_bytes();
+        match self.first.get(&stored_key) {
             Some(first) if !returned => {
-                let first = first.clone();
+                let first = first.to_string();
                 self.resolved
                     .insert((path.function.to_string(), output.name.clone()), first.clone());
                 Ok(Verdict::DuplicateOf(first))
@@ -244,7 +306,7 @@ impl Deduplicator {
                             .push((*offset, output.name.clone()));
                     }
                 }
-                self.first.insert(key, output.name.clone());
+                self.first.insert(stored_key, output.name.as_str().into());
                 Ok(Verdict::Keep)
             }
         }
@@ -446,6 +508,44 @@ mod tests {
 
     fn seen(d: &mut Deduplicator, w: &mut Weights, path: OpPath, op: &Operation, returned: bool) -> Verdict {
         d.observe(&path, op, returned, w).unwrap()
+    }
+
+    #[test]
+    fn stored_keys_are_equal_exactly_when_the_keys_are() {
+        let constexpr = |params: Vec<(Id, Id, Identity)>| Key::Constexpr {
+            block: 0,
+            op_type: 1,
+            params,
+        };
+        let keys = [
+            Key::Const {
+                block: 0,
+                value_type: 1,
+                identity: Identity::Blob(64),
+            },
+            Key::Const {
+                block: 1,
+                value_type: 0,
+                identity: Identity::Blob(64),
+            },
+            Key::Const {
+                block: 0,
+                value_type: 1,
+                identity: Identity::Unique(64),
+            },
+            constexpr(vec![]),
+            constexpr(vec![(2, 3, Identity::Blob(64))]),
+            constexpr(vec![(2, 3, Identity::Immediate(vec![1, 2]))]),
+            constexpr(vec![(2, 3, Identity::Output("\u{1}\u{2}".into()))]),
+            constexpr(vec![(2, 3, Identity::Immediate(vec![1])), (2, 3, Identity::Immediate(vec![2]))]),
+            constexpr(vec![(2, 3, Identity::Immediate(vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0]))]),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for (j, b) in keys.iter().enumerate() {
+                assert_eq!(a.to_bytes() == b.to_bytes(), i == j, "{a:?} / {b:?}");
+            }
+            assert_eq!(a.to_bytes(), a.clone().to_bytes());
+        }
     }
 
     #[test]
