@@ -537,8 +537,15 @@ mod tests {
             constexpr(vec![(2, 3, Identity::Blob(64))]),
             constexpr(vec![(2, 3, Identity::Immediate(vec![1, 2]))]),
             constexpr(vec![(2, 3, Identity::Output("\u{1}\u{2}".into()))]),
-            constexpr(vec![(2, 3, Identity::Immediate(vec![1])), (2, 3, Identity::Immediate(vec![2]))]),
-            constexpr(vec![(2, 3, Identity::Immediate(vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0]))]),
+            constexpr(vec![
+                (2, 3, Identity::Immediate(vec![1])),
+                (2, 3, Identity::Immediate(vec![2])),
+            ]),
+            constexpr(vec![(
+                2,
+                3,
+                Identity::Immediate(vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0]),
+            )]),
         ];
         for (i, a) in keys.iter().enumerate() {
             for (j, b) in keys.iter().enumerate() {

@@ -46,8 +46,22 @@ pub struct BlobWriter<W: TensorSink> {
     hash: fn(&[u8]) -> u64,
 }
 
-/// What must agree for two blobs to be the same: dtype, element count and the hash of the bytes.
-type ContentKey = (ScalarType, u64, u64);
+/// What must agree for two blobs to be the same: the hash of the bytes, then dtype and element
+/// count in one word ([`dtype_and_count`]): a table slot of a model of many small tensors is a
+/// third smaller than with the three apart (issue 18).
+type ContentKey = (u64, u64);
+
+/// `dtype` in the top byte, `count` below. A blob of 2^56 elements would hold at least 8 PiB, so
+/// no count reaches the top byte; should one, the blob is neither indexed nor matched
+/// ([`UNINDEXED`] is no dtype's word).
+fn dtype_and_count(dtype: ScalarType, count: u64) -> u64 {
+    if count >> 56 != 0 {
+        return UNINDEXED;
+    }
+    (dtype as u64) << 56 | count
+}
+
+const UNINDEXED: u64 = u64::MAX;
 
 /// Bytes compared per read when a candidate blob is checked against the file.
 const COMPARE_CHUNK: usize = 64 << 10;
@@ -134,6 +148,9 @@ impl<W: TensorSink> BlobWriter<W> {
     /// The offset of a blob already written with exactly `data` as its `dtype` content of
     /// `element_count` elements, confirmed byte for byte against the file.
     fn find_stored(&mut self, key: &ContentKey, data: &[u8]) -> Result<Option<u64>> {
+        if key.1 == UNINDEXED {
+            return Ok(None);
+        }
         let Some(&first) = self.stored.get(key) else {
             return Ok(None);
         };
@@ -210,7 +227,7 @@ impl<W: TensorSink> BlobWriter<W> {
     }
 
     fn content_key(&self, dtype: ScalarType, element_count: u64, data: &[u8]) -> ContentKey {
-        (dtype, element_count, (self.hash)(data))
+        ((self.hash)(data), dtype_and_count(dtype, element_count))
     }
 
     fn error(&self, offset: u64, reason: impl Into<String>) -> Error {
@@ -334,6 +351,9 @@ impl<W: TensorSink> BlobWriter<W> {
     /// Counts a blob whose data is written and indexes its content.
     fn end_blob(&mut self, blob: NewBlob, key: ContentKey) {
         self.count = blob.count;
+        if key.1 == UNINDEXED {
+            return;
+        }
         match self.stored.entry(key) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(blob.record_offset);
@@ -702,6 +722,21 @@ mod tests {
         let reader = read_back(&bytes);
         assert_eq!(reader.count(), 2);
         assert_eq!(reader.read_tensor(448, ScalarType::Float16, 200).unwrap(), values);
+    }
+
+    #[test]
+    fn dtype_and_count_words_differ_when_either_does() {
+        let dtypes: Vec<ScalarType> = every_blob_type().iter().map(TensorData::dtype).collect();
+        let counts = [0u64, 1, 255, 256, (1 << 56) - 1];
+        let mut seen = HashSet::new();
+        for &dtype in &dtypes {
+            for &count in &counts {
+                let word = dtype_and_count(dtype, count);
+                assert_ne!(word, UNINDEXED);
+                assert!(seen.insert(word), "{dtype:?} {count}");
+            }
+            assert_eq!(dtype_and_count(dtype, 1 << 56), UNINDEXED);
+        }
     }
 
     #[test]
