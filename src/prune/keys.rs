@@ -44,7 +44,8 @@ impl_key!(u8, u16, u32, u64);
 pub struct OrderStats<K> {
     /// `sorted[prev]`.
     pub prev: K,
-    /// `sorted[next]`.
+    /// `sorted[next]` for `next` up to `prev + 1` (numpy's two neighbours, the only use); for a
+    /// larger `next`, `sorted[prev]` if that is `sorted[next]` too, else the smallest key above it.
     pub next: K,
     /// `sorted[total - 1]`.
     pub max: K,
@@ -203,6 +204,48 @@ const PAR_CHUNK: usize = 1 << 18;
 /// for keys of at most 16 bits and two for 32-bit keys; wider keys use the generic radix select.
 /// Same result as [`order_stats`] for any thread count.
 pub fn order_stats_of<T, K, F>(w: &[T], key: F, prev: u64, next: u64) -> Option<OrderStats<K>>
+where
+    T: Sync,
+    K: Key,
+    F: Fn(&T) -> K + Sync,
+{
+    if w.len() <= SELECT_LIMIT {
+        return order_stats_by_selection(w.iter().map(&key).collect(), prev, next);
+    }
+    order_stats_by_histogram(w, key, prev, next)
+}
+
+/// Tensors up to this many elements find their order statistics by selection on a copy of their
+/// keys, on the calling thread. The histogram path clears, merges and scans 64 Ki bins and hands
+/// the work to the thread pool: for a tensor of a thousand elements that was most of its pruning
+/// time (issue 18's models of many small tensors).
+const SELECT_LIMIT: usize = 1 << 14;
+
+/// [`order_stats`] of `keys` by selection (`select_nth_unstable`): the same order statistics as
+/// sorting, in linear time.
+fn order_stats_by_selection<K: Key>(mut keys: Vec<K>, prev: u64, next: u64) -> Option<OrderStats<K>> {
+    let (prev, next) = (usize::try_from(prev).ok()?, usize::try_from(next).ok()?);
+    if prev > next || next >= keys.len() {
+        return None;
+    }
+    let (_, &mut a, above) = keys.select_nth_unstable(prev);
+    // Everything in `above` is at least `a`; the rest of the keys at most `a`.
+    let count_le = prev + 1 + above.iter().filter(|&&k| k == a).count();
+    let b = if next < count_le {
+        a
+    } else {
+        above.iter().copied().filter(|&k| k > a).min()?
+    };
+    let max = above.iter().copied().max().map_or(a, |m| m.max(a));
+    Some(OrderStats {
+        prev: a,
+        next: b,
+        max,
+    })
+}
+
+/// [`order_stats_of`] by histograms of the keys (the path for tensors above [`SELECT_LIMIT`]).
+fn order_stats_by_histogram<T, K, F>(w: &[T], key: F, prev: u64, next: u64) -> Option<OrderStats<K>>
 where
     T: Sync,
     K: Key,
@@ -388,9 +431,55 @@ mod parallel_tests {
             let (p, q) = { let (x, y) = (a.index(n), b.index(n)); (x.min(y) as u64, x.max(y) as u64) };
             let generic = order_stats(|| keys.iter().map(|&k| (k, 1)), n as u64, p, q);
             prop_assert_eq!(order_stats_of(&keys, |&k| k, p, q), generic);
+            prop_assert_eq!(order_stats_by_histogram(&keys, |&k| k, p, q), generic);
             let keys16: Vec<u16> = keys.iter().map(|&k| k as u16).collect();
             let generic16 = order_stats(|| keys16.iter().map(|&k| (k, 1)), n as u64, p, q);
             prop_assert_eq!(order_stats_of(&keys16, |&k| k, p, q), generic16);
+            prop_assert_eq!(order_stats_by_histogram(&keys16, |&k| k, p, q), generic16);
+        }
+
+        /// Selection (the path of small tensors) agrees with sorting for numpy's neighbours, and
+        /// with the generic select for any pair of ranks.
+        #[test]
+        fn selection_matches_sorting(
+            keys in prop::collection::vec(any::<u16>(), 1..600),
+            dup in 1u16..300,
+            a in any::<prop::sample::Index>(),
+            b in any::<prop::sample::Index>(),
+        ) {
+            let keys: Vec<u16> = keys.iter().map(|k| k / dup).collect();
+            let n = keys.len();
+            let (p, q) = { let (x, y) = (a.index(n), b.index(n)); (x.min(y), x.max(y)) };
+            let mut sorted = keys.clone();
+            sorted.sort_unstable();
+            let q1 = (p + 1).min(n - 1);
+            let expected = OrderStats { prev: sorted[p], next: sorted[q1], max: sorted[n - 1] };
+            prop_assert_eq!(order_stats_by_selection(keys.clone(), p as u64, q1 as u64), Some(expected));
+            let generic = order_stats(|| keys.iter().map(|&k| (k, 1)), n as u64, p as u64, q as u64);
+            prop_assert_eq!(order_stats_by_selection(keys.clone(), p as u64, q as u64), generic);
+            prop_assert_eq!(order_stats_by_selection(keys, q as u64, p as u64), if p == q { generic } else { None });
+        }
+    }
+
+    #[test]
+    fn both_paths_answer_at_the_selection_limit() {
+        for n in [SELECT_LIMIT - 1, SELECT_LIMIT, SELECT_LIMIT + 1] {
+            let keys: Vec<u16> = (0..n as u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 20) as u16)
+                .collect();
+            let n = n as u64;
+            for (p, q) in [
+                (0, 0),
+                (n / 2, n / 2 + 1),
+                (n - 2, n - 1),
+                (n - 1, n - 1),
+                (3, n - 1),
+            ] {
+                let generic = order_stats(|| keys.iter().map(|&k| (k, 1)), n, p, q);
+                assert_eq!(order_stats_of(&keys, |&k| k, p, q), generic);
+                assert_eq!(order_stats_by_histogram(&keys, |&k| k, p, q), generic);
+            }
+            assert_eq!(order_stats_of(&keys, |&k| k, 0, n), None);
         }
     }
 
