@@ -1,9 +1,10 @@
 //! A file writer whose `write` syscalls run on a background thread, so that writing one tensor's
 //! blobs overlaps reading and pruning the next.
 //!
-//! Small writes (records, masks, copied blobs) are gathered into pieces of up to `PIECE` bytes;
-//! a pruned tensor's values are handed over by value ([`TensorSink::write_tensor`]), never copied,
-//! and come back through [`TensorSink::recycled_tensor`] once written, to be read into again. The
+//! Small writes (records, masks, copied blobs, the values of small tensors) are gathered into
+//! pieces of up to `PIECE` bytes; a larger pruned tensor's values are handed over by value
+//! ([`TensorSink::write_tensor`]), never copied, and come back through
+//! [`TensorSink::recycled_tensor`] once written, to be read into again. The
 //! hand-over channel has no capacity: a send waits until the thread is free. So at most one item
 //! is being written while the caller prepares the next, which keeps memory at two tensors at most
 //! (the one being written, the one being pruned) and makes a fast producer wait for the disk.
@@ -27,6 +28,9 @@ use crate::weights::syncer::Syncer;
 /// ones on 24 × 4096² fp16 (114 → 95 MiB) at the same speed, also on 16 × 8192² (1.1–2.2 s either
 /// way, page cache warm).
 const PIECE: usize = 1 << 20;
+/// Tensors of at most this many bytes are copied into the piece being filled instead of handed
+/// over by value (a copy this size costs less than waking the thread).
+const COPIED_TENSOR: usize = 64 << 10;
 /// Bytes written between two requests for an `fdatasync` (see [`Syncer`]).
 const SYNC_EVERY: usize = 4 << 20;
 
@@ -245,6 +249,11 @@ impl Seek for BackgroundWriter {
 impl TensorSink for BackgroundWriter {
     fn write_tensor(&mut self, data: TensorData) -> io::Result<()> {
         let len = data.as_le_bytes().len() as u64;
+        if len <= COPIED_TENSOR as u64 {
+            // Copied into the piece like a record: a hand-over waits for the thread, two context
+            // switches per tensor, which was most of the time of a model of many small tensors.
+            return self.write_all(&data.as_le_bytes());
+        }
         match &mut self.state {
             State::Piped(_) => {
                 self.send_filling(false)?;
@@ -337,16 +346,23 @@ mod tests {
             want.extend_from_slice(chunk);
         }
         // A tensor handed over by value lands between the bytes written before and after it, and
-        // its buffer comes back once written.
-        let tensor = TensorData::F16((0..1000u16).map(half::f16::from_bits).collect());
-        let tensor_bytes = tensor.as_le_bytes().into_owned();
-        w.write_tensor(tensor).unwrap();
-        want.extend_from_slice(&tensor_bytes);
+        // its buffer comes back once written; a small one is copied like any bytes.
+        let elements = COPIED_TENSOR / 2 + 1;
+        let tensor = TensorData::F16((0..elements).map(|i| half::f16::from_bits(i as u16)).collect());
+        let small = TensorData::U8((0..=255u8).collect());
+        for data in [tensor, small] {
+            want.extend_from_slice(&data.as_le_bytes());
+            w.write_tensor(data).unwrap();
+        }
         w.write_all(b"after").unwrap();
         want.extend_from_slice(b"after");
         // The hand-over waits until the thread is free, so once "after" is taken the tensor is written.
         w.flush().unwrap();
-        assert!(matches!(w.recycled_tensor(), Some(TensorData::F16(v)) if v.len() == 1000));
+        assert!(matches!(w.recycled_tensor(), Some(TensorData::F16(v)) if v.len() == elements));
+        assert!(
+            w.recycled_tensor().is_none(),
+            "the small tensor was copied, not handed over"
+        );
         assert_eq!(w.stream_position().unwrap(), want.len() as u64);
         w.seek(SeekFrom::Start(0)).unwrap();
         w.write_all(b"HEADER").unwrap();
