@@ -21,6 +21,11 @@ use memmap2::{Mmap, MmapOptions};
 use crate::dtype::ScalarType;
 use crate::tensor::TensorView;
 
+/// Tensors below this many bytes are read instead: mapping one costs a `stat`, an `mmap` and an
+/// `munmap` (with its TLB shootdown on every core), far more than copying a few KiB into memory the
+/// allocator already has (issue 18's models of many small tensors).
+pub const MIN_MAPPED: u64 = 64 << 10;
+
 /// One tensor's bytes, mapped read-only.
 pub struct MappedTensor {
     map: Mmap,
@@ -30,16 +35,17 @@ pub struct MappedTensor {
 impl MappedTensor {
     /// Maps `len` bytes at `offset` of `file` holding `dtype` values, with every page mapped
     /// up front (`populate`: on the reader thread, so the kernels then run without page faults).
-    /// `None` where mapping does not apply (other dtypes, big-endian hosts, an empty tensor, an
-    /// offset not aligned for the type, a file now shorter than `offset + len`, or a failed map):
-    /// the caller reads the tensor instead, which reports a short file as an error.
+    /// `None` where mapping does not apply (other dtypes, big-endian hosts, a tensor under
+    /// [`MIN_MAPPED`] bytes, an offset not aligned for the type, a file now shorter than
+    /// `offset + len`, or a failed map): the caller reads the tensor instead, which reports a short
+    /// file as an error.
     pub fn map(file: &File, offset: u64, len: u64, dtype: ScalarType) -> Option<MappedTensor> {
         let elem = match dtype {
             ScalarType::Float16 => 2,
             ScalarType::Float32 => 4,
             _ => return None,
         };
-        if cfg!(target_endian = "big") || len == 0 || !offset.is_multiple_of(elem) {
+        if cfg!(target_endian = "big") || len < MIN_MAPPED || !offset.is_multiple_of(elem) {
             return None;
         }
         // Mapping past the end of the file succeeds, and the first touch of a page past it is
@@ -74,33 +80,40 @@ mod tests {
 
     #[test]
     fn a_mapped_tensor_views_the_bytes_at_its_offset() {
-        let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let count = MIN_MAPPED as usize / 4 + 10;
+        let values: Vec<f32> = (0..count).map(|i| i as f32 * 0.5 - 7.0).collect();
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&[0xAB; 64]).unwrap();
         file.write_all(bytemuck::cast_slice(&values)).unwrap();
-        let mapped = MappedTensor::map(&file, 64, 4000, ScalarType::Float32).expect("maps");
+        let len = 4 * count as u64;
+        let mapped = MappedTensor::map(&file, 64, len, ScalarType::Float32).expect("maps");
         match mapped.view() {
             Some(TensorView::F32(v)) => assert_eq!(v, &values[..]),
             _ => panic!("wrong view"),
         }
-        let halves = MappedTensor::map(&file, 64, 4000, ScalarType::Float16).expect("maps");
-        assert_eq!(halves.view().map(|v| v.len()), Some(2000));
+        let halves = MappedTensor::map(&file, 64, len, ScalarType::Float16).expect("maps");
+        assert_eq!(halves.view().map(|v| v.len()), Some(2 * count));
     }
 
     #[test]
     fn what_cannot_be_mapped_is_left_to_a_read() {
         let mut file = tempfile::tempfile().unwrap();
-        file.write_all(&[0u8; 256]).unwrap();
+        file.write_all(&vec![0u8; 2 * MIN_MAPPED as usize]).unwrap();
+        assert!(MappedTensor::map(&file, 64, MIN_MAPPED, ScalarType::Float32).is_some());
         assert!(
-            MappedTensor::map(&file, 66, 8, ScalarType::Float32).is_none(),
+            MappedTensor::map(&file, 66, MIN_MAPPED, ScalarType::Float32).is_none(),
             "misaligned"
+        );
+        assert!(
+            MappedTensor::map(&file, 64, MIN_MAPPED - 4, ScalarType::Float32).is_none(),
+            "small: read"
         );
         assert!(
             MappedTensor::map(&file, 64, 0, ScalarType::Float16).is_none(),
             "empty"
         );
         assert!(
-            MappedTensor::map(&file, 64, 8, ScalarType::Int8).is_none(),
+            MappedTensor::map(&file, 64, MIN_MAPPED, ScalarType::Int8).is_none(),
             "not a float"
         );
     }
@@ -108,12 +121,13 @@ mod tests {
     #[test]
     fn a_file_shorter_than_the_tensor_is_not_mapped() {
         // Mapping it would succeed and the first read past the end would kill the process.
+        let len = MIN_MAPPED;
         let mut file = tempfile::tempfile().unwrap();
-        file.write_all(&[0u8; 8192]).unwrap();
-        assert!(MappedTensor::map(&file, 4096, 4096, ScalarType::Float16).is_some());
-        assert!(MappedTensor::map(&file, 4096, 4098, ScalarType::Float16).is_none());
-        file.set_len(6000).unwrap();
-        assert!(MappedTensor::map(&file, 4096, 4096, ScalarType::Float16).is_none());
-        assert!(MappedTensor::map(&file, u64::MAX - 1, 4, ScalarType::Float16).is_none());
+        file.write_all(&vec![0u8; 4096 + len as usize]).unwrap();
+        assert!(MappedTensor::map(&file, 4096, len, ScalarType::Float16).is_some());
+        assert!(MappedTensor::map(&file, 4096, len + 2, ScalarType::Float16).is_none());
+        file.set_len(4096 + len - 2).unwrap();
+        assert!(MappedTensor::map(&file, 4096, len, ScalarType::Float16).is_none());
+        assert!(MappedTensor::map(&file, u64::MAX - 1, len, ScalarType::Float16).is_none());
     }
 }
