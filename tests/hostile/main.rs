@@ -100,6 +100,23 @@ impl Case {
         Case::fixture("linear_fp16_ios18.mlpackage")
     }
 
+    /// A package from `mlprune generate`: `layers` fp16 weights of `size × size`, each followed by
+    /// its bias.
+    fn generated(layers: u32, size: u64) -> Case {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in.mlpackage");
+        let spec = mlprune::synth::SynthSpec {
+            layers,
+            rows: size,
+            cols: size,
+            dtype: mlprune::dtype::ScalarType::Float16,
+            spec_version: 7,
+            seed: 5,
+        };
+        mlprune::synth::generate(&spec, &input, false).unwrap();
+        Case { tmp, input }
+    }
+
     fn file(&self, name: &str) -> PathBuf {
         self.input.join(CORE_ML).join(name)
     }
@@ -828,6 +845,29 @@ fn weight_bin_cut_inside_its_last_tensor_is_a_clean_error() {
         .open(case.weight_bin())
         .unwrap();
     f.set_len(len - 2).unwrap();
+    drop(f);
+    assert_refused(
+        &case,
+        Refused::Both,
+        |e| matches!(e, Error::Blob { path, .. } if path.ends_with("weight.bin")),
+        &["weight.bin", "offset"],
+    );
+}
+
+#[test]
+fn weight_bin_cut_inside_a_mapped_tensor_is_a_clean_error() {
+    // 256 × 256 fp16 weights (128 KiB) are of the size that is mapped, not read (`MIN_MAPPED`),
+    // so this covers the mapping side that `weight_bin_cut_inside_its_last_tensor…` (small
+    // tensors, now read) no longer reaches. The file ends 1000 bytes into the last weight's data
+    // (its bias record and data, 64 + 512 bytes, followed).
+    let case = Case::generated(2, 256);
+    let len = std::fs::metadata(case.weight_bin()).unwrap().len();
+    assert!(128 << 10 >= mlprune::weights::mapped::MIN_MAPPED);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(case.weight_bin())
+        .unwrap();
+    f.set_len(len - 64 - 512 - 1000).unwrap();
     drop(f);
     assert_refused(
         &case,
