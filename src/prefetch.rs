@@ -7,15 +7,16 @@
 //! written.
 //!
 //! Memory stays bounded: the hand-over channel has no capacity, so the reader holds at most one
-//! tensor ahead, or one batch of small ones (at most [`BATCH_BYTES`] and one more of them, while
-//! the engine works through the batch before). It maps ahead only tensors of at most [`FRESH_READ_LIMIT`] bytes, and reads ahead
-//! only into a buffer the writer has finished with (which the engine passes back through
-//! [`Prefetcher::recycle`]) or, without one, such a small tensor. A larger tensor is left for the
-//! engine to get itself ([`Prefetched::NotRead`]), so getting ahead never adds a third large
-//! tensor. For tensors up to that size five tensor-sized regions can be resident (the mapping
-//! pruned and the one mapped ahead, the kept values being made, those being written, a spare),
-//! which the memory bound of two of the largest tensors plus 128 MiB still holds: 8 tensors of
-//! exactly 40 MiB measured at most 189 MiB against a bound of 208 MiB.
+//! tensor ahead, or one batch of small ones (at most `BATCH_BYTES` (1 MiB) and one more of them,
+//! while the engine works through the batch before). It maps ahead only tensors of at most
+//! [`FRESH_READ_LIMIT`] bytes, and reads ahead only into a buffer the writer has finished with
+//! (which the engine passes back through [`Prefetcher::recycle`]) or, without one, such a small
+//! tensor. A larger tensor is left for the engine to get itself ([`Prefetched::NotRead`]), so
+//! getting ahead never adds a third large tensor. For tensors up to that size five tensor-sized
+//! regions can be resident (the mapping pruned and the one mapped ahead, the kept values being
+//! made, those being written, a spare), which the memory bound of two of the largest tensors plus
+//! 128 MiB still holds: 8 tensors of exactly 40 MiB measured at most 189 MiB against a bound of
+//! 208 MiB.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -862,7 +862,7 @@ fn weight_bin_cut_inside_a_mapped_tensor_is_a_clean_error() {
     // (its bias record and data, 64 + 512 bytes, followed).
     let case = Case::generated(2, 256);
     let len = std::fs::metadata(case.weight_bin()).unwrap().len();
-    assert!(128 << 10 >= mlprune::weights::mapped::MIN_MAPPED);
+    const { assert!(128 << 10 >= mlprune::weights::mapped::MIN_MAPPED) };
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(case.weight_bin())
