@@ -221,12 +221,17 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     let jobs = if job.joint_compression {
         Vec::new()
     } else {
-        prefetch_jobs(&model.program, &graph, &planned, prunes)
+        prefetch_order(&model.program, &graph, &planned, prunes)
     };
     // Each entry moves into its report.
     let mut next_plan = planned.into_iter().peekable();
     let mut changed_ops = SpilledOps::create_in(out.scratch_dir())?;
     std::thread::scope(|scope| -> Result<()> {
+        let jobs = {
+            let (program, graph) = (&model.program, &graph);
+            jobs.into_iter()
+                .filter_map(move |i| prefetch_job(program, graph, i))
+        };
         let prefetcher = Prefetcher::start(scope, &source, jobs);
         for (index, info) in graph.ops.iter().enumerate() {
             job.cancel.check()?;
@@ -357,28 +362,37 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     })
 }
 
-/// The consts the plan prunes, in program order, for the reader thread. A blob several consts share
-/// is read for the first of them only: the others reuse its result. `prunes`: how many entries
-/// the plan prunes, the most jobs there can be.
-fn prefetch_jobs(program: &Program, graph: &GraphView, planned: &[PlannedTensor], prunes: usize) -> Vec<Job> {
+/// The ops of the consts the plan prunes, in program order, for the reader thread. A blob several
+/// consts share is read for the first of them only: the others reuse its result. `prunes`: how
+/// many entries the plan prunes, the most jobs there can be. Indices, not jobs: they live through
+/// the whole walk, and the reader makes each job ([`prefetch_job`]) when it gets there.
+fn prefetch_order(
+    program: &Program,
+    graph: &GraphView,
+    planned: &[PlannedTensor],
+    prunes: usize,
+) -> Vec<u32> {
     let mut seen = HashSet::new();
-    // Sized once: the jobs live through the whole walk.
-    let mut jobs = Vec::with_capacity(prunes);
-    jobs.extend(
+    // Sized once: the order lives through the whole walk.
+    let mut order = Vec::with_capacity(prunes);
+    order.extend(
         planned
             .iter()
             .filter(|p| matches!(p.decision, Decision::Prune(_)))
             .filter(|p| blob_key(program, graph, p.op_index).is_none_or(|key| seen.insert(key)))
-            .filter_map(|p| {
-                let info = graph.ops.get(p.op_index)?;
-                Some(Job {
-                    op_index: p.op_index,
-                    name: info.name.clone(),
-                    op: graph.op_bytes(program, p.op_index)?,
-                })
-            }),
+            .filter_map(|p| u32::try_from(p.op_index).ok()),
     );
-    jobs
+    order
+}
+
+/// The reader's job for the const at `op_index`.
+fn prefetch_job(program: &Program, graph: &GraphView, op_index: u32) -> Option<Job> {
+    let op_index = op_index as usize;
+    Some(Job {
+        op_index,
+        name: graph.ops.get(op_index)?.name.clone(),
+        op: graph.op_bytes(program, op_index)?,
+    })
 }
 
 /// Tensors done, bytes, throughput and ETA on stderr. indicatif hides it when stderr is not a

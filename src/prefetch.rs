@@ -155,11 +155,13 @@ fn reusable_capacity(buffer: &TensorData) -> usize {
 }
 
 impl Prefetcher {
-    /// Starts the reader thread on `scope`, reading `jobs` in order from `source`.
+    /// Starts the reader thread on `scope`, reading `jobs` in order from `source`. The jobs are
+    /// taken one at a time as the reader gets to them: an iterator that makes each one keeps a
+    /// model of many tensors from holding them all.
     pub fn start<'scope>(
         scope: &'scope std::thread::Scope<'scope, '_>,
         source: &'scope WeightSource,
-        jobs: Vec<Job>,
+        jobs: impl IntoIterator<Item = Job> + Send + 'scope,
     ) -> Prefetcher {
         let (to_engine, results) = sync_channel(0);
         let spare = Arc::new(SpareSlot::default());
@@ -351,14 +353,12 @@ mod tests {
                 })
                 .collect();
             for skip_every in [0, 3] {
-                let jobs = jobs
-                    .iter()
-                    .map(|j| Job {
-                        op_index: j.op_index,
-                        name: j.name.clone(),
-                        op: j.op.clone(),
-                    })
-                    .collect();
+                // Made as the reader gets to them, as the engine's are.
+                let jobs = jobs.iter().map(|j| Job {
+                    op_index: j.op_index,
+                    name: j.name.clone(),
+                    op: j.op.clone(),
+                });
                 std::thread::scope(|scope| {
                     let prefetcher = Prefetcher::start(scope, &source, jobs);
                     for (n, (op_index, bytes)) in expected.iter().enumerate() {
