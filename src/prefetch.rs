@@ -33,7 +33,7 @@ use crate::mil::value::OperationExt;
 use crate::proto::mil::Value;
 use crate::tensor::TensorData;
 use crate::weights::mapped::MappedTensor;
-use crate::weights::{TensorMeta, WeightSource};
+use crate::weights::{is_small_tensor, TensorMeta, WeightSource};
 
 /// Largest tensor read ahead into fresh memory, and written while the next one is pruned: two
 /// more such tensors fit in the 128 MiB the memory bound allows beyond two, with the writer's
@@ -85,20 +85,19 @@ pub struct Prefetcher {
 
 /// Small tensors travel to the engine together, up to this many bytes of them (plus one): a
 /// hand-over is a rendezvous, two context switches, which was a fifth of the time of a model of
-/// many small tensors. Any other item travels alone, as before.
+/// many small tensors. Any other item travels alone, after the batch before it: in a batch, a large
+/// tensor would wait in the engine's queue while the reader got the next one ahead, a third large
+/// tensor in memory.
 const BATCH_BYTES: u64 = 1 << 20;
 
-/// Tensors of at most this many bytes are batched.
-const BATCHED_TENSOR: u64 = 64 << 10;
-
-/// The bytes `item` holds when it may travel in a batch: a tensor read or mapped ahead of at most
-/// [`BATCHED_TENSOR`] bytes. `None` for anything else.
+/// The bytes `item` holds when it may travel in a batch: a small tensor read ahead
+/// ([`is_small_tensor`]). `None` for anything else.
 fn batched_bytes(item: &Prefetched) -> Option<u64> {
     let meta = match item {
         Prefetched::Ready(Ok(Input::Read(meta, _) | Input::Mapped(meta, _))) => meta,
         _ => return None,
     };
-    meta.storage_bytes().filter(|&bytes| bytes <= BATCHED_TENSOR)
+    meta.storage_bytes().filter(|&bytes| is_small_tensor(bytes))
 }
 
 /// The buffers the next reads go into, as the engine passes them back: the largest, and a second

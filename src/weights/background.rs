@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 
 use crate::blob::TensorSink;
 use crate::tensor::TensorData;
+use crate::weights::is_small_tensor;
 use crate::weights::syncer::Syncer;
 
 /// Bytes gathered before a hand-over: large enough that a syscall moves a lot, small because every
@@ -28,9 +29,6 @@ use crate::weights::syncer::Syncer;
 /// ones on 24 × 4096² fp16 (114 → 95 MiB) at the same speed, also on 16 × 8192² (1.1–2.2 s either
 /// way, page cache warm).
 const PIECE: usize = 1 << 20;
-/// Tensors of at most this many bytes are copied into the piece being filled instead of handed
-/// over by value (a copy this size costs less than waking the thread).
-const COPIED_TENSOR: usize = 64 << 10;
 /// Bytes written between two requests for an `fdatasync` (see [`Syncer`]).
 const SYNC_EVERY: usize = 4 << 20;
 
@@ -249,9 +247,8 @@ impl Seek for BackgroundWriter {
 impl TensorSink for BackgroundWriter {
     fn write_tensor(&mut self, data: TensorData) -> io::Result<()> {
         let len = data.as_le_bytes().len() as u64;
-        if len <= COPIED_TENSOR as u64 {
-            // Copied into the piece like a record: a hand-over waits for the thread, two context
-            // switches per tensor, which was most of the time of a model of many small tensors.
+        if is_small_tensor(len) {
+            // Copied into the piece like a record: a hand-over waits for the thread.
             return self.write_all(&data.as_le_bytes());
         }
         match &mut self.state {
@@ -332,6 +329,7 @@ impl Drop for BackgroundWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::SMALL_TENSOR_BYTES;
 
     #[test]
     fn bytes_arrive_in_order_across_pieces_and_seeks_patch_the_start() {
@@ -347,7 +345,7 @@ mod tests {
         }
         // A tensor handed over by value lands between the bytes written before and after it, and
         // its buffer comes back once written; a small one is copied like any bytes.
-        let elements = COPIED_TENSOR / 2 + 1;
+        let elements = SMALL_TENSOR_BYTES as usize / 2 + 1;
         let tensor = TensorData::F16((0..elements).map(|i| half::f16::from_bits(i as u16)).collect());
         let small = TensorData::U8((0..=255u8).collect());
         for data in [tensor, small] {

@@ -18,13 +18,9 @@ use std::fs::File;
 
 use memmap2::{Mmap, MmapOptions};
 
+use super::is_small_tensor;
 use crate::dtype::ScalarType;
 use crate::tensor::TensorView;
-
-/// Tensors below this many bytes are read instead: mapping one costs a `stat`, an `mmap` and an
-/// `munmap` (with its TLB shootdown on every core), far more than copying a few KiB into memory the
-/// allocator already has (issue 18's models of many small tensors).
-pub const MIN_MAPPED: u64 = 64 << 10;
 
 /// One tensor's bytes, mapped read-only.
 pub struct MappedTensor {
@@ -35,8 +31,8 @@ pub struct MappedTensor {
 impl MappedTensor {
     /// Maps `len` bytes at `offset` of `file` holding `dtype` values, with every page mapped
     /// up front (`populate`: on the reader thread, so the kernels then run without page faults).
-    /// `None` where mapping does not apply (other dtypes, big-endian hosts, a tensor under
-    /// [`MIN_MAPPED`] bytes, an offset not aligned for the type, a file now shorter than
+    /// `None` where mapping does not apply (other dtypes, big-endian hosts, a small tensor
+    /// ([`is_small_tensor`]), an offset not aligned for the type, a file now shorter than
     /// `offset + len`, or a failed map): the caller reads the tensor instead, which reports a short
     /// file as an error.
     pub fn map(file: &File, offset: u64, len: u64, dtype: ScalarType) -> Option<MappedTensor> {
@@ -45,7 +41,7 @@ impl MappedTensor {
             ScalarType::Float32 => 4,
             _ => return None,
         };
-        if cfg!(target_endian = "big") || len < MIN_MAPPED || !offset.is_multiple_of(elem) {
+        if cfg!(target_endian = "big") || is_small_tensor(len) || !offset.is_multiple_of(elem) {
             return None;
         }
         // Mapping past the end of the file succeeds, and the first touch of a page past it is
@@ -76,11 +72,12 @@ impl MappedTensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::SMALL_TENSOR_BYTES;
     use std::io::Write;
 
     #[test]
     fn a_mapped_tensor_views_the_bytes_at_its_offset() {
-        let count = MIN_MAPPED as usize / 4 + 10;
+        let count = SMALL_TENSOR_BYTES as usize / 4 + 10;
         let values: Vec<f32> = (0..count).map(|i| i as f32 * 0.5 - 7.0).collect();
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&[0xAB; 64]).unwrap();
@@ -98,14 +95,15 @@ mod tests {
     #[test]
     fn what_cannot_be_mapped_is_left_to_a_read() {
         let mut file = tempfile::tempfile().unwrap();
-        file.write_all(&vec![0u8; 2 * MIN_MAPPED as usize]).unwrap();
-        assert!(MappedTensor::map(&file, 64, MIN_MAPPED, ScalarType::Float32).is_some());
+        file.write_all(&vec![0u8; 2 * SMALL_TENSOR_BYTES as usize])
+            .unwrap();
+        assert!(MappedTensor::map(&file, 64, SMALL_TENSOR_BYTES, ScalarType::Float32).is_some());
         assert!(
-            MappedTensor::map(&file, 66, MIN_MAPPED, ScalarType::Float32).is_none(),
+            MappedTensor::map(&file, 66, SMALL_TENSOR_BYTES, ScalarType::Float32).is_none(),
             "misaligned"
         );
         assert!(
-            MappedTensor::map(&file, 64, MIN_MAPPED - 4, ScalarType::Float32).is_none(),
+            MappedTensor::map(&file, 64, SMALL_TENSOR_BYTES - 4, ScalarType::Float32).is_none(),
             "small: read"
         );
         assert!(
@@ -113,7 +111,7 @@ mod tests {
             "empty"
         );
         assert!(
-            MappedTensor::map(&file, 64, MIN_MAPPED, ScalarType::Int8).is_none(),
+            MappedTensor::map(&file, 64, SMALL_TENSOR_BYTES, ScalarType::Int8).is_none(),
             "not a float"
         );
     }
@@ -121,7 +119,7 @@ mod tests {
     #[test]
     fn a_file_shorter_than_the_tensor_is_not_mapped() {
         // Mapping it would succeed and the first read past the end would kill the process.
-        let len = MIN_MAPPED;
+        let len = SMALL_TENSOR_BYTES;
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&vec![0u8; 4096 + len as usize]).unwrap();
         assert!(MappedTensor::map(&file, 4096, len, ScalarType::Float16).is_some());

@@ -856,13 +856,13 @@ fn weight_bin_cut_inside_its_last_tensor_is_a_clean_error() {
 
 #[test]
 fn weight_bin_cut_inside_a_mapped_tensor_is_a_clean_error() {
-    // 256 × 256 fp16 weights (128 KiB) are of the size that is mapped, not read (`MIN_MAPPED`),
+    // 256 × 256 fp16 weights (128 KiB) are of the size that is mapped, not read (`SMALL_TENSOR_BYTES`),
     // so this covers the mapping side that `weight_bin_cut_inside_its_last_tensor…` (small
     // tensors, now read) no longer reaches. The file ends 1000 bytes into the last weight's data
     // (its bias record and data, 64 + 512 bytes, followed).
     let case = Case::generated(2, 256);
     let len = std::fs::metadata(case.weight_bin()).unwrap().len();
-    const { assert!(128 << 10 >= mlprune::weights::mapped::MIN_MAPPED) };
+    const { assert!(128 << 10 >= mlprune::weights::SMALL_TENSOR_BYTES) };
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(case.weight_bin())
