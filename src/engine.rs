@@ -233,7 +233,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
                 .filter_map(move |i| prefetch_job(program, graph, i))
         };
         let prefetcher = Prefetcher::start(scope, &source, jobs);
-        for (index, info) in graph.ops.iter().enumerate() {
+        for (index, info) in graph.infos() {
             job.cancel.check()?;
             let started = Instant::now();
             let plan_entry = next_plan.next_if(|p| p.op_index == index);
@@ -390,7 +390,7 @@ fn prefetch_job(program: &Program, graph: &GraphView, op_index: u32) -> Option<J
     let op_index = op_index as usize;
     Some(Job {
         op_index,
-        name: graph.ops.get(op_index)?.name.clone(),
+        name: graph.get(op_index)?.name.into(),
         op: graph.op_bytes(program, op_index)?,
     })
 }
@@ -483,7 +483,7 @@ impl Rewrite {
         index: usize,
         source: &WeightSource,
     ) -> Result<bool> {
-        let info = &graph.ops[index];
+        let info = graph.info(index);
         let returned = op
             .outputs
             .first()
@@ -493,17 +493,17 @@ impl Rewrite {
             &info.path,
             op,
             returned,
-            || input_const_bytes(op, &info.name, source),
+            || input_const_bytes(op, info.name, source),
             &mut self.weights,
         )?;
         let (duplicate_of, changed) = match near {
             Near::DuplicateOf(first) => (Some(first), false),
             Near::Returned => (
                 None,
-                self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?,
+                self.weights.copy_op_blobs(op, info.name, source.blob_reader())?,
             ),
             Near::None => {
-                let changed = self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
+                let changed = self.weights.copy_op_blobs(op, info.name, source.blob_reader())?;
                 match self.dedupe.observe(&info.path, op, returned, &mut self.weights)? {
                     Verdict::DuplicateOf(first) => (Some(first), changed),
                     Verdict::Keep => (None, changed),
@@ -528,13 +528,13 @@ impl Rewrite {
         order: Order<'_>,
         devices: &mut Devices,
     ) -> Result<(PruneResult, Placement)> {
-        let info = &graph.ops[index];
+        let info = graph.info(index);
         let op = graph
             .op(program, index)
             .ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
         let (value, output) = match (op.const_value(), op.outputs.first()) {
             (Some(v), Some(o)) => (v, o),
-            _ => return Err(Error::tensor(&info.name, "const op without a value or an output")),
+            _ => return Err(Error::tensor(info.name, "const op without a value or an output")),
         };
         // A buffer the writer thread has finished with becomes the next read-ahead buffer.
         while let Some(buffer) = self.weights.recycled_tensor() {
@@ -547,29 +547,29 @@ impl Rewrite {
         }
         let input = match prefetcher.next(index) {
             Some(ready) => ready?,
-            None => match source.map(&info.name, value)? {
+            None => match source.map(info.name, value)? {
                 Some((meta, mapped)) => Input::Mapped(meta, mapped),
                 // Not read ahead: nothing else runs while the engine reads, so the pool reads,
                 // into a spare if one was passed back (they were all handed to the prefetcher
                 // just above).
                 None => {
                     let spare = prefetcher.take_spare();
-                    let (meta, data) = source.read_reusing(&info.name, value, spare, ReadThreads::Pool)?;
+                    let (meta, data) = source.read_reusing(info.name, value, spare, ReadThreads::Pool)?;
                     Input::Read(meta, data)
                 }
             },
         };
         let (meta, (result, device)) = match input {
             Input::Read(meta, data) => {
-                let run = devices.run(order, TensorInput::Owned(data), &meta.shape, &info.name)?;
+                let run = devices.run(order, TensorInput::Owned(data), &meta.shape, info.name)?;
                 (meta, run)
             }
             Input::Mapped(meta, mapped) => {
                 let view = mapped
                     .view()
-                    .ok_or_else(|| Error::tensor(&info.name, "mapped data does not match its type"))?;
+                    .ok_or_else(|| Error::tensor(info.name, "mapped data does not match its type"))?;
                 let out = prefetcher.take_spare_of(meta.dtype);
-                let run = devices.run(order, TensorInput::View { view, out }, &meta.shape, &info.name)?;
+                let run = devices.run(order, TensorInput::View { view, out }, &meta.shape, info.name)?;
                 // The mapping is dropped here, which releases its pages.
                 (meta, run)
             }
@@ -589,7 +589,7 @@ impl Rewrite {
         let kept = pruned.kept;
         let bytes_after = sparse_bytes(pruned.nonzero.dtype(), kept, meta.count);
         let new_op = sparse_to_dense_op(
-            &info.name,
+            info.name,
             output.r#type.clone().unwrap_or_default(),
             &meta.shape,
             pruned.nonzero,
@@ -631,7 +631,7 @@ impl Rewrite {
         new_op: &Operation,
         output: &str,
     ) -> Result<bool> {
-        let info = &graph.ops[index];
+        let info = graph.info(index);
         let returned = returned_by_own_block(graph, index, output);
         match self
             .dedupe
@@ -650,8 +650,8 @@ impl Rewrite {
     /// consts can share a `name` attribute (names are only unique per output): the second would
     /// define `<name>_sparsified` again, so names this rewrite already created count too.
     fn fresh_name(&self, graph: &GraphView, index: usize) -> Result<String> {
-        let info = &graph.ops[index];
-        let new_name = sparsified_name(&info.name);
+        let info = graph.info(index);
+        let new_name = sparsified_name(info.name);
         let created = self
             .created
             .contains(&(info.path.function.clone(), Arc::from(new_name.as_str())));
@@ -676,7 +676,6 @@ impl Rewrite {
         outcome: Outcome,
         output: &NamedValueType,
     ) -> Result<(PruneResult, Placement)> {
-        let info = &graph.ops[index];
         let (kept, bytes_after, op, first, device) = match outcome {
             Outcome::Skipped {
                 reason,
@@ -708,7 +707,7 @@ impl Rewrite {
         if self.merged_into_earlier(graph, index, &new_op, &output.name)? {
             return Ok((Ok((kept, 0)), placement));
         }
-        self.rename(&info.path.function, &output.name, new_name)?;
+        self.rename(graph.function(index), &output.name, new_name)?;
         self.replaced = Some(new_op);
         Ok((Ok((kept, bytes_after)), placement))
     }
@@ -723,13 +722,13 @@ impl Rewrite {
         config: &OpConfig,
         devices: &mut Devices,
     ) -> Result<(PruneResult, Placement)> {
-        let info = &graph.ops[index];
+        let info = graph.info(index);
         let m = materialize(&JointContext::new(program, graph, source), index)?;
         let (result, device) = devices.run(
             Order::Config(config),
             TensorInput::borrowing(&m.dense),
             &m.shape,
-            &info.name,
+            info.name,
         )?;
         let pruned = match result {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
@@ -741,13 +740,13 @@ impl Rewrite {
         let old_output = original
             .outputs
             .first()
-            .ok_or_else(|| Error::tensor(&info.name, "constexpr op without an output"))?
+            .ok_or_else(|| Error::tensor(info.name, "constexpr op without an output"))?
             .name
             .clone();
         let names = self.namer.names(graph, index)?;
         let ops = joint_ops(
             &original,
-            &info.name,
+            info.name,
             &m,
             &pruned.mask,
             &names,
@@ -790,12 +789,12 @@ fn input_const_bytes(op: &Operation, name: &str, source: &WeightSource) -> Resul
 
 /// Whether the block holding op `index` returns `value` (coremltools keeps such a duplicate).
 fn returned_by_own_block(graph: &GraphView, index: usize, value: &str) -> bool {
-    let path = &graph.ops[index].path;
+    let path = &graph.path(index);
     // The op owning the block: none for a function body, else the op two steps up.
     let owner_steps = path.steps.len().checked_sub(2).map(|n| &path.steps[..n]);
     graph.uses(&path.function, value).iter().any(|site| match site {
         UseSite::BlockOutput { owner: None } => owner_steps.is_none(),
-        UseSite::BlockOutput { owner: Some(o) } => graph.ops.get(*o).is_some_and(|owner| {
+        UseSite::BlockOutput { owner: Some(o) } => graph.get(*o).is_some_and(|owner| {
             owner.path.specialization == path.specialization
                 && Some(owner.path.steps.as_slice()) == owner_steps
         }),

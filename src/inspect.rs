@@ -76,7 +76,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
     let mut weights = Vec::new();
     // The weight.bin offsets each row stores, parallel to `weights`.
     let mut row_blobs: Vec<Vec<u64>> = Vec::new();
-    for (index, info) in graph.ops.iter().enumerate() {
+    for (index, info) in graph.infos() {
         let Some(op) = graph.op(&model.program, index) else {
             continue;
         };
@@ -84,8 +84,8 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             .consumers(index)
             .into_iter()
             .map(|(c, input)| Consumer {
-                op: graph.ops[c].name.to_string(),
-                op_type: graph.ops[c].op_type.to_string(),
+                op: graph.name(c).to_string(),
+                op_type: graph.op_type(c).to_string(),
                 input: input.to_owned(),
             })
             .collect();
@@ -101,7 +101,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             else {
                 continue;
             };
-            let (_, data) = source.read(&info.name, value)?;
+            let (_, data) = source.read(info.name, value)?;
             blobs.extend(value.blob_offset());
             WeightRow {
                 function: info.path.function.to_string(),
@@ -131,7 +131,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             let bytes = walk.bytes(&model.program, &graph, index);
             let chain = walk.chain;
             blobs = walk.blobs;
-            let sparsity = sparse_mask_share(&op, &meta, &source, &info.name)?;
+            let sparsity = sparse_mask_share(&op, &meta, &source, info.name)?;
             WeightRow {
                 function: info.path.function.to_string(),
                 name: info.name.to_string(),
@@ -252,7 +252,7 @@ impl ChainWalk {
             return 0;
         }
         self.visited.push(index);
-        let info = &graph.ops[index];
+        let info = graph.info(index);
         let Some(op) = graph.op(program, index) else {
             return 0;
         };
@@ -283,8 +283,8 @@ impl ChainWalk {
         named.dedup();
         for n in named {
             if let Some(p) = graph.producer(&info.path.function, &n) {
-                let producer = &graph.ops[p];
-                if &*producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
+                let producer = graph.info(p);
+                if producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
                     total = total.saturating_add(self.bytes(program, graph, p));
                 }
             }

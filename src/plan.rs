@@ -59,9 +59,9 @@ pub(crate) fn share_decisions<'a>(decisions: impl Iterator<Item = &'a mut Decisi
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedTensor {
-    /// Index into [`GraphView::ops`].
+    /// The const's op index in the [`GraphView`].
     pub op_index: usize,
-    /// The const's name (shared with [`GraphView::ops`]).
+    /// The const's name.
     pub name: Arc<str>,
     pub meta: TensorMeta,
     pub decision: Decision,
@@ -108,12 +108,12 @@ fn structural_target(op_type: &str, input: &str) -> bool {
 /// Plans every const of the program that holds a weight tensor (numeric, rank ≥ 1).
 pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -> Result<Vec<PlannedTensor>> {
     let mut planned = Vec::new();
-    for (index, info) in graph.ops.iter().enumerate() {
-        if is_constexpr_type(&info.op_type) {
+    for (index, info) in graph.infos() {
+        if is_constexpr_type(info.op_type) {
             check_materialized_values(program, graph, config, index)?;
             continue;
         }
-        if &*info.op_type != "const" {
+        if info.op_type != "const" {
             continue;
         }
         let Some(value) = graph.op(program, index).and_then(|op| op.into_const_value()) else {
@@ -134,7 +134,7 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         };
         planned.push(PlannedTensor {
             op_index: index,
-            name: info.name.clone(),
+            name: info.name.into(),
             meta,
             decision,
         });
@@ -151,7 +151,7 @@ pub(crate) fn consumer_label(graph: &GraphView, index: usize) -> String {
         .consumers(index)
         .first()
         .map_or("-".to_owned(), |&(c, input)| {
-            format!("{} ({}.{input})", graph.ops[c].name, graph.ops[c].op_type)
+            format!("{} ({}.{input})", graph.name(c), graph.op_type(c))
         })
 }
 
@@ -161,8 +161,8 @@ pub(crate) fn consumer_views(graph: &GraphView, index: usize) -> Vec<Consumer<'_
         .consumers(index)
         .into_iter()
         .map(|(c, _)| Consumer {
-            op_name: &graph.ops[c].name,
-            op_type: &graph.ops[c].op_type,
+            op_name: graph.name(c),
+            op_type: graph.op_type(c),
         })
         .collect()
 }
@@ -174,7 +174,7 @@ pub(crate) fn resolve_const<'c>(
     config: &'c OptimizationConfig,
     index: usize,
 ) -> Result<Resolution<'c>> {
-    let resolution = resolve(config, &graph.ops[index].name, &consumer_views(graph, index))?;
+    let resolution = resolve(config, graph.name(index), &consumer_views(graph, index))?;
     follow_constexpr_chain(graph, config, resolution, index)
 }
 
@@ -190,8 +190,8 @@ fn follow_constexpr_chain<'c>(
         let Some(&(next, _)) = graph.consumers(current).first() else {
             break;
         };
-        let op = &graph.ops[next];
-        resolution = resolve_op(config, &op.name, &op.op_type, &consumer_views(graph, next))?;
+        let op = graph.info(next);
+        resolution = resolve_op(config, op.name, op.op_type, &consumer_views(graph, next))?;
         current = next;
     }
     Ok(resolution)
@@ -209,20 +209,20 @@ fn check_materialized_values(
     config: &OptimizationConfig,
     index: usize,
 ) -> Result<()> {
-    let info = &graph.ops[index];
+    let info = graph.info(index);
     let Some(op) = graph.op(program, index) else {
         return Ok(());
     };
     let consumer = [Consumer {
-        op_name: &info.name,
-        op_type: &info.op_type,
+        op_name: info.name,
+        op_type: info.op_type,
     }];
     for (param, _) in materialized_storable_values(&op) {
         // Step 4 of the lookup: the const's only consumer is the constexpr op, so resolve that op.
         if let Resolution::FollowConstexpr { .. } =
             resolve(config, &format!("{}_{param}_0", info.name), &consumer)?
         {
-            let resolution = resolve_op(config, &info.name, &info.op_type, &consumer_views(graph, index))?;
+            let resolution = resolve_op(config, info.name, info.op_type, &consumer_views(graph, index))?;
             follow_constexpr_chain(graph, config, resolution, index)?;
         }
     }
@@ -235,7 +235,7 @@ fn decide(
     index: usize,
     meta: &TensorMeta,
 ) -> Result<Decision> {
-    let info = &graph.ops[index];
+    let info = graph.info(index);
     let consumers = graph.consumers(index);
     let op_config = match resolve_const(graph, config, index)? {
         Resolution::Config(c) => c.clone(),
@@ -246,7 +246,7 @@ fn decide(
     };
     if consumers
         .iter()
-        .any(|&(c, _)| is_constexpr_type(&graph.ops[c].op_type))
+        .any(|&(c, _)| is_constexpr_type(graph.op_type(c)))
     {
         return Ok(Decision::Skip(
             "feeds a constexpr op (already compressed; see --joint-compression)".into(),
@@ -275,10 +275,10 @@ fn decide(
             format!("{} elements ≤ weight_threshold {weight_threshold}", meta.count).into(),
         ));
     }
-    if op_config.is_structural() && !config.op_name.contains_key(&*info.name) {
+    if op_config.is_structural() && !config.op_name.contains_key(info.name) {
         let all_targets = consumers
             .iter()
-            .all(|&(c, input)| structural_target(&graph.ops[c].op_type, input));
+            .all(|&(c, input)| structural_target(graph.op_type(c), input));
         if !all_targets {
             return Ok(Decision::Skip(
                 format!(

@@ -317,11 +317,11 @@ mod tests {
         let package = crate::package::Package::open(&path).unwrap();
         let model = LoadedModel::read(&package.model_path(), &path).unwrap();
         let graph = GraphView::build(&model.program).unwrap();
-        let jobs = (0..graph.ops.len())
-            .filter(|&i| graph.ops[i].op_type.as_ref() == "const")
+        let jobs = (0..graph.op_count())
+            .filter(|&i| graph.op_type(i) == "const")
             .map(|i| Job {
                 op_index: i,
-                name: graph.ops[i].name.clone(),
+                name: graph.name(i).into(),
                 op: graph.op_bytes(&model.program, i).unwrap(),
             })
             .filter(|job| job.value().is_ok_and(|v| v.blob_offset().is_some()))

@@ -34,7 +34,7 @@ pub fn blob_key(program: &Program, graph: &GraphView, index: usize) -> Option<Bl
 
 /// `function/name`, how messages and reports tell apart ops of different functions.
 pub fn qualified(graph: &GraphView, index: usize) -> String {
-    let info = &graph.ops[index];
+    let info = graph.info(index);
     format!("{}/{}", info.path.function, info.name)
 }
 

@@ -178,7 +178,7 @@ pub fn model(data: &[u8]) {
         Ok(g) => g,
         Err(e) => return assert_one_line(&e),
     };
-    for (index, info) in graph.ops.iter().enumerate() {
+    for (index, info) in graph.infos() {
         let op = op_at(program, &info.path).expect("every indexed op is reachable by its path");
         let _ = graph.consumers(index);
         if let Some(value) = op.const_value() {

@@ -184,18 +184,16 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
     let mut known: HashSet<&str> = HashSet::new();
     for p in planned.iter_mut() {
         let consumers = graph.consumers(p.op_index);
-        known.insert(&graph.ops[p.op_index].name);
-        known.extend(consumers.iter().map(|&(c, _)| &*graph.ops[c].name));
+        known.insert(graph.name(p.op_index));
+        known.extend(consumers.iter().map(|&(c, _)| graph.name(c)));
         if !matches!(p.decision, Decision::Prune(_)) {
             continue;
         }
-        let by_consumer = consumers
-            .iter()
-            .find(|&&(c, _)| wanted.contains(&*graph.ops[c].name));
+        let by_consumer = consumers.iter().find(|&&(c, _)| wanted.contains(graph.name(c)));
         let reason = if wanted.contains(&*p.name) {
             format!("excluded by --exclude '{}'", p.name)
         } else if let Some(&(c, _)) = by_consumer {
-            format!("excluded by --exclude '{}' (a consumer)", graph.ops[c].name)
+            format!("excluded by --exclude '{}' (a consumer)", graph.name(c))
         } else {
             continue;
         };

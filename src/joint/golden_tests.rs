@@ -55,10 +55,8 @@ fn materialization_matches_coremltools_byte_for_byte() {
         let source = WeightSource::open(&package).unwrap();
         let ctx = Context::new(&model.program, &graph, &source);
         for (name, expected) in entry["dense"].as_object().unwrap() {
-            let index = graph
-                .ops
-                .iter()
-                .position(|o| *o.name == **name)
+            let index = (0..graph.op_count())
+                .position(|i| graph.name(i) == &**name)
                 .unwrap_or_else(|| panic!("{case}: no op {name}"));
             let m = materialize(&ctx, index).unwrap_or_else(|e| panic!("{case}/{name}: {e}"));
             assert_eq!(
@@ -106,7 +104,7 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
     let mut weights = WeightFileBuilder::new(Cursor::new(Vec::new()), "ours.bin".into())?;
     let mut namer = JointNamer::new();
     let (mut edits, mut renames, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
-    for (index, info) in graph.ops.iter().enumerate() {
+    for (index, info) in graph.infos() {
         let config = planned
             .iter()
             .find(|p| p.op_index == index)
@@ -116,14 +114,14 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
             });
         if let Some(config) = config {
             let m = materialize(&Context::new(&model.program, &graph, &source), index)?;
-            match run_kernel(&config, &m.dense, &m.shape, &info.name)? {
+            match run_kernel(&config, &m.dense, &m.shape, info.name)? {
                 KernelResult::Skipped(reason) => skipped.push(reason),
                 KernelResult::Pruned(pruned) => {
                     let names = namer.names(&graph, index)?;
                     let original = op_at(&model.program, &info.path).unwrap();
                     let out = joint_ops(
                         &original,
-                        &info.name,
+                        info.name,
                         &m,
                         &pruned.mask,
                         &names,
@@ -141,7 +139,7 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
             }
         }
         with_op_mut(&mut model.program, &info.path, |op| {
-            weights.copy_op_blobs(op, &info.name, source.blob_reader())
+            weights.copy_op_blobs(op, info.name, source.blob_reader())
         })
         .unwrap()?;
     }
@@ -255,14 +253,12 @@ fn name_bound_const_inputs_materialize_and_are_inlined() {
     let (package, mut model) = load(&path);
     let source = WeightSource::open(&package).unwrap();
     let graph = GraphView::build(&model.program).unwrap();
-    let index = graph
-        .ops
-        .iter()
-        .position(|o| &*o.op_type == LUT_TO_DENSE)
+    let index = (0..graph.op_count())
+        .position(|i| graph.op_type(i) == LUT_TO_DENSE)
         .unwrap();
     let expected = materialize(&Context::new(&model.program, &graph, &source), index).unwrap();
 
-    let path_of_op = graph.ops[index].path.clone();
+    let path_of_op = graph.path(index);
     let lut = with_op_mut(&mut model.program, &path_of_op, |op| {
         let lut = op.inputs.lookup("lut").unwrap().arguments[0].binding.clone();
         op.inputs.set("lut".into(), bind_name("lut_const"));
@@ -286,10 +282,8 @@ fn name_bound_const_inputs_materialize_and_are_inlined() {
         .insert(0, encode_op(&const_op("lut_const", lut.clone())));
 
     let graph = GraphView::build(&model.program).unwrap();
-    let index = graph
-        .ops
-        .iter()
-        .position(|o| &*o.op_type == LUT_TO_DENSE)
+    let index = (0..graph.op_count())
+        .position(|i| graph.op_type(i) == LUT_TO_DENSE)
         .unwrap();
     let m = materialize(&Context::new(&model.program, &graph, &source), index).unwrap();
     assert_eq!(m.dense, expected.dense);
@@ -367,12 +361,10 @@ fn lut_read_from_a_constexpr_op_fails_every_joint_plan() {
 
     // A copy of the LUT op, named by its output `lut_src`, becomes the producer of its `lut`
     // (only the producer's op type matters to the check).
-    let index = graph
-        .ops
-        .iter()
-        .position(|o| &*o.op_type == LUT_TO_DENSE)
+    let index = (0..graph.op_count())
+        .position(|i| graph.op_type(i) == LUT_TO_DENSE)
         .unwrap();
-    let path = graph.ops[index].path.clone();
+    let path = graph.path(index);
     let mut producer = op_at(&model.program, &path).unwrap();
     producer.attributes.take("name");
     producer.outputs[0].name = "lut_src".into();

@@ -62,7 +62,7 @@ pub enum JointKind {
 enum InputSource {
     /// Bound inline, or by name to a `const` op (taken out of the op decoded for it).
     Value(Value),
-    /// Bound by name to the output of another constexpr op (index into [`GraphView::ops`]).
+    /// Bound by name to the output of another constexpr op (an op index of the [`GraphView`]).
     Constexpr(usize),
 }
 
@@ -94,7 +94,6 @@ impl<'a> Context<'a> {
     fn op(&self, index: usize) -> Result<Operation> {
         let info = self
             .graph
-            .ops
             .get(index)
             .ok_or_else(|| Error::Graph(format!("no op with index {index}")))?;
         self.graph
@@ -104,7 +103,7 @@ impl<'a> Context<'a> {
 
     fn input_source(&self, index: usize, param: &str) -> Result<Option<InputSource>> {
         let mut op = self.op(index)?;
-        let info = &self.graph.ops[index];
+        let info = self.graph.info(index);
         let Some(mut arg) = op.inputs.take(param) else {
             return Ok(None);
         };
@@ -143,7 +142,7 @@ impl<'a> Context<'a> {
 
     /// The declared type of an input, without reading data.
     fn input_meta(&self, index: usize, param: &str) -> Result<Option<TensorMeta>> {
-        let tensor = || format!("{}.{param}", self.graph.ops[index].name);
+        let tensor = || format!("{}.{param}", self.graph.name(index));
         let meta = match self.input_source(index, param)? {
             None => return Ok(None),
             Some(InputSource::Value(v)) => TensorMeta::of(&v),
@@ -168,7 +167,7 @@ impl<'a> Context<'a> {
     /// The values of an input. `follow` allows a constexpr producer (coremltools materializes one
     /// for `data` and `scale` of shift-scale ops only; everywhere else it needs a constant).
     fn input_data(&self, index: usize, param: &str, follow: usize) -> Result<Option<(Vec<u64>, TensorData)>> {
-        let tensor = format!("{}.{param}", self.graph.ops[index].name);
+        let tensor = format!("{}.{param}", self.graph.name(index));
         match self.input_source(index, param)? {
             None => Ok(None),
             Some(InputSource::Value(v)) => {
@@ -182,7 +181,7 @@ impl<'a> Context<'a> {
             }
             Some(InputSource::Constexpr(p)) => Err(Error::Unsupported(format!(
                 "tensor '{tensor}' is produced by constexpr op '{}' ({}); coremltools cannot materialize it there",
-                self.graph.ops[p].name, self.graph.ops[p].op_type
+                self.graph.name(p), self.graph.op_type(p)
             ))),
         }
     }
@@ -209,10 +208,9 @@ pub fn materialize(ctx: &Context, op_index: usize) -> Result<Materialized> {
 fn materialize_at(ctx: &Context, index: usize, follow: usize) -> Result<Materialized> {
     let info = ctx
         .graph
-        .ops
         .get(index)
         .ok_or_else(|| Error::Graph(format!("no op with index {index}")))?;
-    let m = match &*info.op_type {
+    let m = match info.op_type {
         SHIFT_SCALE => shift_scale(ctx, index, follow)?,
         LUT_TO_DENSE => lut(ctx, index)?,
         other => {
@@ -233,7 +231,7 @@ fn materialize_at(ctx: &Context, index: usize, follow: usize) -> Result<Material
         });
     if declared.as_deref() != Some(m.shape.as_slice()) {
         return Err(Error::tensor(
-            &info.name,
+            info.name,
             format!(
                 "declared output shape {declared:?} differs from the materialized shape {:?}",
                 m.shape
@@ -259,10 +257,9 @@ pub fn check_materializable(ctx: &Context, op_index: usize) -> Result<()> {
 fn check_at(ctx: &Context, index: usize, follow: usize) -> Result<()> {
     let info = ctx
         .graph
-        .ops
         .get(index)
         .ok_or_else(|| Error::Graph(format!("no op with index {index}")))?;
-    let (params, lut_op): (&[&str], bool) = match &*info.op_type {
+    let (params, lut_op): (&[&str], bool) = match info.op_type {
         LUT_TO_DENSE => (&["indices", "lut"], true),
         SHIFT_SCALE => (&["data", "scale"], false),
         // coremltools materializes other constexpr producers; whether mlprune can is decided
@@ -274,7 +271,7 @@ fn check_at(ctx: &Context, index: usize, follow: usize) -> Result<()> {
             continue;
         };
         if lut_op {
-            let p = &ctx.graph.ops[producer];
+            let p = ctx.graph.info(producer);
             return Err(Error::Unsupported(format!(
                 "op '{}': its {param} is the output of constexpr op '{}' ({}), which coremltools 9.0 \
                  cannot materialize (AttributeError: 'NoneType' object has no attribute 'shape'), so \
@@ -291,16 +288,16 @@ fn check_at(ctx: &Context, index: usize, follow: usize) -> Result<()> {
 
 /// The dtype [`materialize`] will return for the op at `op_index`, from declared types only.
 pub fn dense_dtype(ctx: &Context, op_index: usize) -> Result<ScalarType> {
-    let info = &ctx.graph.ops[op_index];
+    let info = ctx.graph.info(op_index);
     let need = |param: &str| {
         ctx.input_meta(op_index, param)?
-            .ok_or_else(|| Error::tensor(&info.name, format!("has no '{param}' input")))
+            .ok_or_else(|| Error::tensor(info.name, format!("has no '{param}' input")))
     };
-    match &*info.op_type {
+    match info.op_type {
         SHIFT_SCALE => {
             let scale = need("scale")?.dtype;
             let offset = ctx.input_meta(op_index, "offset")?.map(|m| m.dtype);
-            result_float(&info.name, scale, offset)
+            result_float(info.name, scale, offset)
         }
         LUT_TO_DENSE => Ok(need("lut")?.dtype),
         other => Err(Error::Unsupported(format!(
@@ -332,7 +329,7 @@ fn result_float(name: &str, scale: ScalarType, offset: Option<ScalarType>) -> Re
 }
 
 fn shift_scale(ctx: &Context, index: usize, follow: usize) -> Result<Materialized> {
-    let name = &ctx.graph.ops[index].name;
+    let name = &ctx.graph.name(index);
     let need = |param: &str, follow: usize| {
         ctx.input_data(index, param, follow)?
             .ok_or_else(|| Error::tensor(name, format!("has no '{param}' input")))
@@ -440,7 +437,7 @@ fn as_float(data: &TensorData, target: ScalarType) -> Option<Vec<f32>> {
 }
 
 fn lut(ctx: &Context, index: usize) -> Result<Materialized> {
-    let name = &ctx.graph.ops[index].name;
+    let name = &ctx.graph.name(index);
     let need = |param: &str| {
         ctx.input_data(index, param, 0)?
             .ok_or_else(|| Error::tensor(name, format!("has no '{param}' input")))

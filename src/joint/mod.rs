@@ -56,18 +56,17 @@ impl JointNamer {
     /// a value of the function (the engine refuses the same clash for plain consts).
     pub fn names(&mut self, graph: &GraphView, op_index: usize) -> Result<JointNames> {
         let info = graph
-            .ops
             .get(op_index)
             .ok_or_else(|| Error::Graph(format!("no op with index {op_index}")))?;
         let function = &info.path.function;
-        let dense = crate::encode::sparsified_name(&info.name);
+        let dense = crate::encode::sparsified_name(info.name);
         if graph.producer(function, &dense).is_some() {
             return Err(Error::Graph(format!(
                 "cannot prune '{}': the model already has a value named '{dense}'",
                 info.name
             )));
         }
-        let (base, counter) = match &*info.op_type {
+        let (base, counter) = match info.op_type {
             SHIFT_SCALE => (SPARSE_SHIFT_SCALE, &mut self.shift_scale),
             LUT_TO_DENSE => (LUT_TO_SPARSE, &mut self.lut),
             other => {
@@ -78,7 +77,7 @@ impl JointNamer {
             }
         };
         let taken = |name: &str| {
-            graph.producer(function, name).is_some() || graph.ops.iter().any(|o| &*o.name == name)
+            graph.producer(function, name).is_some() || (0..graph.op_count()).any(|i| graph.name(i) == name)
         };
         loop {
             let sparse = format!("{base}_{counter}");
@@ -186,10 +185,7 @@ mod tests {
         ]);
         let g = GraphView::build(&p).unwrap();
         let two = |x: &str| vec![constexpr("x", &format!("{x}1")), constexpr("x", &format!("{x}2"))];
-        let edits = vec![
-            (g.ops[0].path.clone(), two("a")),
-            (g.ops[2].path.clone(), two("c")),
-        ];
+        let edits = vec![(g.path(0), two("a")), (g.path(2), two("c"))];
         replace_ops(&mut p, edits).unwrap();
         let names: Vec<_> = p.functions["main"].block_specializations["CoreML8"]
             .operations
@@ -197,7 +193,7 @@ mod tests {
             .map(|o| crate::mil::decode_op(o).unwrap().name().unwrap().to_owned())
             .collect();
         assert_eq!(names, ["a1", "a2", "b", "c1", "c2"]);
-        let twice = vec![(g.ops[1].path.clone(), vec![]), (g.ops[1].path.clone(), vec![])];
+        let twice = vec![(g.path(1), vec![]), (g.path(1), vec![])];
         assert!(replace_ops(&mut p, twice).is_err());
     }
 }

@@ -32,7 +32,7 @@ pub const NEEDS_IOS18: &str =
 /// What happens to one compressed weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedJoint {
-    /// Index into [`GraphView::ops`] of the constexpr op.
+    /// The constexpr op's index in the [`GraphView`].
     pub op_index: usize,
     pub name: String,
     pub op_type: String,
@@ -55,8 +55,8 @@ pub fn plan_joint(
     // Only declared types are read here; no weights are needed.
     let ctx = Context::types_only(program, graph);
     let mut planned = Vec::new();
-    for (index, info) in graph.ops.iter().enumerate() {
-        if &*info.op_type != SHIFT_SCALE && &*info.op_type != LUT_TO_DENSE {
+    for (index, info) in graph.infos() {
+        if info.op_type != SHIFT_SCALE && info.op_type != LUT_TO_DENSE {
             continue;
         }
         check_materializable(&ctx, index)?;
@@ -67,9 +67,9 @@ pub fn plan_joint(
                 value_type::Type::TensorType(t) => t.shape(),
                 _ => None,
             })
-            .ok_or_else(|| Error::tensor(&info.name, "output is not a tensor with a known shape"))?;
+            .ok_or_else(|| Error::tensor(info.name, "output is not a tensor with a known shape"))?;
         let count =
-            element_count(&shape).ok_or_else(|| Error::tensor(&info.name, "output shape overflows"))?;
+            element_count(&shape).ok_or_else(|| Error::tensor(info.name, "output shape overflows"))?;
         let dtype = dense_dtype(&ctx, index)?;
         let meta = TensorMeta { dtype, shape, count };
         let decision = if storable(&meta) {
@@ -102,16 +102,16 @@ fn decide(
     index: usize,
     meta: &TensorMeta,
 ) -> Result<Decision> {
-    let info = &graph.ops[index];
+    let info = graph.info(index);
     // `_get_const_op_config` on the constexpr op itself, following all-constexpr consumers.
-    let mut resolution = resolve_op(config, &info.name, &info.op_type, &consumer_views(graph, index))?;
+    let mut resolution = resolve_op(config, info.name, info.op_type, &consumer_views(graph, index))?;
     let mut current = index;
     while let Resolution::FollowConstexpr { .. } = resolution {
         let Some(&(next, _)) = graph.consumers(current).first() else {
             break;
         };
-        let op = &graph.ops[next];
-        resolution = resolve_op(config, &op.name, &op.op_type, &consumer_views(graph, next))?;
+        let op = graph.info(next);
+        resolution = resolve_op(config, op.name, op.op_type, &consumer_views(graph, next))?;
         current = next;
     }
     let op_config = match resolution {
@@ -124,7 +124,7 @@ fn decide(
     let consumers = graph.consumers(index);
     if consumers
         .iter()
-        .any(|&(c, _)| is_constexpr_type(&graph.ops[c].op_type))
+        .any(|&(c, _)| is_constexpr_type(graph.op_type(c)))
     {
         return Ok(Decision::Skip("feeds another constexpr op".into()));
     }

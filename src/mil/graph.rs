@@ -4,6 +4,12 @@
 //! Building the index also validates the graph: every name an op or block output refers to must be
 //! defined earlier in an enclosing scope. MIL blocks are topologically sorted, so this one check
 //! rules out both dangling names and cycles.
+//!
+//! The index lives through the whole prune and holds a record per op, value and use: a model of
+//! tens of thousands of tensors has hundreds of thousands of each (issue 18: memory in proportion
+//! to the model). So records are small fixed-size rows of `u32`s, every name is one range of a
+//! single text buffer, and a value's uses are a chain through one shared vector; [`OpInfo`] is a
+//! view made on demand.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -21,178 +27,246 @@ use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
 use super::value::{describe_type, same_declared_type, OperationExt};
 
-/// One op of the program, in program order.
+/// One op of the program, as the index describes it (made on demand by [`GraphView::info`]).
 #[derive(Debug, Clone)]
-pub struct OpInfo {
+pub struct OpInfo<'g> {
     pub path: OpPath,
     /// The `name` attribute, or the first output's name when an op has none.
-    pub name: Arc<str>,
-    pub op_type: Arc<str>,
-    pub outputs: SmallVec<[Arc<str>; 1]>,
+    pub name: &'g str,
+    pub op_type: &'g str,
+    pub outputs: SmallVec<[&'g str; 1]>,
 }
 
 /// A place that uses a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UseSite {
-    /// Input `param` of the op at index `op` of [`GraphView::ops`].
+    /// Input `param` of the op at index `op` of the index.
     Input { op: usize, param: Arc<str> },
     /// Returned by a block: the function body (`owner: None`) or a nested block of op `owner`.
     BlockOutput { owner: Option<usize> },
 }
 
-/// What the index knows of one value of a function.
-#[derive(Debug, Clone)]
-struct ValueEntry {
-    name: Arc<str>,
-    /// The op defining it; `None` for a function input.
-    producer: Option<u32>,
-    uses: SmallVec<[UseSite; 1]>,
+/// "No op" in the `u32` fields below.
+const NONE: u32 = u32::MAX;
+
+/// A range of [`GraphView::names`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    start: u32,
+    len: u32,
 }
 
-/// The values of one function: entries in the order they came into scope, found by name through
-/// a table of their indices. A model of tens of thousands of tensors has over a hundred thousand
-/// values; a table of `u32`s beside a packed vector is a third of a map holding the entries
-/// (issue 18).
+/// One op. `place` is the op's index in its function body, or [`NESTED`] plus an index into
+/// [`GraphView::nested_steps`] for an op inside a nested block.
+#[derive(Debug, Clone)]
+struct OpRecord {
+    name: Span,
+    op_type: u32,
+    /// Index into [`GraphView::roots`]: the function and block specialization.
+    root: u32,
+    place: u32,
+    /// The op's outputs: `outputs` entries of [`GraphView::op_outputs`] from `first_output`.
+    first_output: u32,
+    outputs: u32,
+}
+
+const NESTED: u32 = 1 << 31;
+
+/// One value of a function.
+#[derive(Debug, Clone)]
+struct ValueRecord {
+    name: Span,
+    /// The op defining it; [`NONE`] for a function input.
+    producer: u32,
+    /// The first and last of its uses in [`GraphView::uses`], [`NONE`] when unused.
+    first_use: u32,
+    last_use: u32,
+}
+
+/// One use of a value, chained to the value's next use. `param` indexes
+/// [`GraphView::texts`]; [`NONE`] marks a block output, whose `op` is the owner of the block
+/// ([`NONE`] for the function body).
+#[derive(Debug, Clone)]
+struct UseRecord {
+    op: u32,
+    param: u32,
+    next: u32,
+}
+
+/// The values of one function, found by name through a table of their indices.
 #[derive(Debug, Clone, Default)]
 struct FunctionValues {
     function: Arc<str>,
-    entries: Vec<ValueEntry>,
+    entries: Vec<ValueRecord>,
     by_name: HashTable<u32>,
-    hasher: RandomState,
 }
 
-impl FunctionValues {
-    fn new(function: Arc<str>) -> Self {
-        FunctionValues {
-            function,
-            ..Default::default()
-        }
-    }
-
-    fn index_of(&self, name: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(name);
-        self.by_name
-            .find(hash, |&i| &*self.entries[i as usize].name == name)
-            .copied()
-    }
-
-    fn get(&self, name: &str) -> Option<&ValueEntry> {
-        Some(&self.entries[self.index_of(name)? as usize])
-    }
-
-    fn get_mut(&mut self, name: &str) -> Option<&mut ValueEntry> {
-        let i = self.index_of(name)?;
-        Some(&mut self.entries[i as usize])
-    }
-
-    /// The shared copy of `name`, entered with no producer or uses if new.
-    fn intern(&mut self, name: &str) -> Result<Arc<str>> {
-        if let Some(i) = self.index_of(name) {
-            return Ok(self.entries[i as usize].name.clone());
-        }
-        let index = u32::try_from(self.entries.len())
-            .map_err(|_| Error::Graph(format!("function '{}' has too many values", self.function)))?;
-        let name: Arc<str> = Arc::from(name);
-        self.entries.push(ValueEntry {
-            name: name.clone(),
-            producer: None,
-            uses: SmallVec::new(),
-        });
-        let (entries, hasher) = (&self.entries, &self.hasher);
-        self.by_name.insert_unique(hasher.hash_one(&*name), index, |&i| {
-            hasher.hash_one(&*entries[i as usize].name)
-        });
-        Ok(name)
-    }
-
-    fn shrink_to_fit(&mut self) {
-        self.entries.shrink_to_fit();
-        let (entries, hasher) = (&self.entries, &self.hasher);
-        self.by_name
-            .shrink_to_fit(|&i| hasher.hash_one(&*entries[i as usize].name));
-    }
+/// A function body: where its ops' paths start.
+#[derive(Debug, Clone)]
+struct Root {
+    function: Arc<str>,
+    specialization: Arc<str>,
+    /// Index into [`GraphView::values`].
+    table: u32,
 }
 
-/// The index holds tens of thousands of ops in large models (issue 18: memory in proportion to
-/// the model). Every name is stored once, as an `Arc<str>` that the op records, use sites and the
-/// value table share; a value's producer and uses live in one entry of its function's table.
 #[derive(Debug, Clone, Default)]
 pub struct GraphView {
-    pub ops: Vec<OpInfo>,
+    ops: Vec<OpRecord>,
+    roots: Vec<Root>,
+    /// The steps of each nested op's path (see [`OpPath::steps`]).
+    nested_steps: Vec<Box<[usize]>>,
     /// Per function: its values.
     values: Vec<FunctionValues>,
-    /// The stored bytes of every op inside a nested block, by index into `ops`, as read (slices of
-    /// the file, no copy). Reaching one through the program decodes the op owning its block, whose
+    uses: Vec<UseRecord>,
+    /// The outputs of every op, as indices into its function's values.
+    op_outputs: Vec<u32>,
+    /// Every value name, and op names that are no output's, one after the other.
+    names: String,
+    /// Op types and parameter names, each once.
+    texts: Vec<Arc<str>>,
+    hasher: RandomState,
+    /// The stored bytes of every op inside a nested block, by op index, as read (slices of the
+    /// file, no copy). Reaching one through the program decodes the op owning its block, whose
     /// bytes hold all of them: once per nested op, that made the work quadratic in a block's size.
     nested: HashMap<u32, Bytes>,
 }
 
-/// Hands out one shared copy of each distinct short text (op types, parameter names).
+/// The state of one build: where each short text is, and the values in scope.
 #[derive(Default)]
-struct Texts(HashSet<Arc<str>>);
-
-impl Texts {
-    fn get(&mut self, text: &str) -> Arc<str> {
-        if let Some(t) = self.0.get(text) {
-            return t.clone();
-        }
-        let t: Arc<str> = Arc::from(text);
-        self.0.insert(t.clone());
-        t
-    }
+struct Builder {
+    text_ids: HashMap<Arc<str>, u32>,
+    scope: Scope,
 }
 
-/// The state of one build: the shared texts and the names in scope.
-struct Builder {
-    texts: Texts,
-    scope: Scope,
+fn too_many(what: &str) -> Error {
+    Error::Graph(format!("the program has too many {what} to index"))
 }
 
 impl GraphView {
     pub fn build(program: &Program) -> Result<Self> {
         let mut view = GraphView::default();
-        let mut builder = Builder {
-            texts: Texts::default(),
-            scope: Scope::default(),
-        };
+        let mut builder = Builder::default();
         for (fname, function) in &program.functions {
             let function_name: Arc<str> = Arc::from(fname.as_str());
-            view.values.push(FunctionValues::new(function_name.clone()));
+            view.values.push(FunctionValues {
+                function: function_name.clone(),
+                ..Default::default()
+            });
             let table = view.values.len() - 1;
             for (spec, block) in &function.block_specializations {
                 builder.scope = Scope::default();
                 for input in &function.inputs {
-                    let name = view.values[table].intern(&input.name)?;
-                    builder.scope.define(name, fname)?;
+                    let id = view.intern(table, &input.name)?;
+                    builder.scope.define(id, &input.name, fname)?;
                 }
-                let base = OpPath {
+                let specialization = view.text(&mut builder, spec)?;
+                view.roots.push(Root {
                     function: function_name.clone(),
-                    specialization: builder.texts.get(spec),
-                    steps: SmallVec::new(),
-                };
-                view.walk_block(block, &base, table, None, &mut builder)?;
+                    specialization: view.texts[specialization as usize].clone(),
+                    table: table as u32,
+                });
+                let root = u32::try_from(view.roots.len() - 1).map_err(|_| too_many("functions"))?;
+                view.walk_block(block, (root, &[]), table, None, &mut builder)?;
             }
         }
         view.ops.shrink_to_fit();
+        view.uses.shrink_to_fit();
+        view.op_outputs.shrink_to_fit();
+        view.names.shrink_to_fit();
+        view.nested_steps.shrink_to_fit();
+        let hasher = &view.hasher;
         for values in &mut view.values {
-            values.shrink_to_fit();
+            values.entries.shrink_to_fit();
+            let (entries, names) = (&values.entries, &view.names);
+            values
+                .by_name
+                .shrink_to_fit(|&i| hasher.hash_one(span_text(names, entries[i as usize].name)));
         }
         Ok(view)
     }
 
+    /// The id of a short text, entered if new.
+    fn text(&mut self, builder: &mut Builder, text: &str) -> Result<u32> {
+        if let Some(&id) = builder.text_ids.get(text) {
+            return Ok(id);
+        }
+        let id = u32::try_from(self.texts.len())
+            .ok()
+            .filter(|&id| id != NONE)
+            .ok_or_else(|| too_many("op types and parameter names"))?;
+        let text: Arc<str> = Arc::from(text);
+        self.texts.push(text.clone());
+        builder.text_ids.insert(text, id);
+        Ok(id)
+    }
+
+    /// Appends `text` to the name buffer.
+    fn store_name(&mut self, text: &str) -> Result<Span> {
+        let start = u32::try_from(self.names.len()).map_err(|_| too_many("names"))?;
+        let len = u32::try_from(text.len()).map_err(|_| too_many("names"))?;
+        start.checked_add(len).ok_or_else(|| too_many("names"))?;
+        self.names.push_str(text);
+        Ok(Span { start, len })
+    }
+
+    fn name_of(&self, span: Span) -> &str {
+        span_text(&self.names, span)
+    }
+
+    fn index_of(&self, table: usize, name: &str) -> Option<u32> {
+        let values = &self.values[table];
+        values
+            .by_name
+            .find(self.hasher.hash_one(name), |&i| {
+                self.name_of(values.entries[i as usize].name) == name
+            })
+            .copied()
+    }
+
+    /// The value `name` of function `table`, entered with no producer or uses if new. A name
+    /// defined again in a sibling block shares the first entry.
+    fn intern(&mut self, table: usize, name: &str) -> Result<u32> {
+        if let Some(i) = self.index_of(table, name) {
+            return Ok(i);
+        }
+        let function = &self.values[table].function;
+        let index = u32::try_from(self.values[table].entries.len())
+            .ok()
+            .filter(|&i| i != NONE)
+            .ok_or_else(|| Error::Graph(format!("function '{function}' has too many values")))?;
+        let span = self.store_name(name)?;
+        let (names, hasher) = (&self.names, &self.hasher);
+        let values = &mut self.values[table];
+        values.entries.push(ValueRecord {
+            name: span,
+            producer: NONE,
+            first_use: NONE,
+            last_use: NONE,
+        });
+        let entries = &values.entries;
+        values.by_name.insert_unique(hasher.hash_one(name), index, |&i| {
+            hasher.hash_one(span_text(names, entries[i as usize].name))
+        });
+        Ok(index)
+    }
+
+    /// Indexes the ops of `block`, whose ops' paths start at `(root, prefix)` (no prefix in a
+    /// function body).
     fn walk_block(
         &mut self,
         block: &Block,
-        base: &OpPath,
+        (root, prefix): (u32, &[usize]),
         table: usize,
-        owner: Option<usize>,
+        owner: Option<u32>,
         builder: &mut Builder,
     ) -> Result<()> {
-        let function = &*base.function;
+        let function = self.values[table].function.clone();
+        let function = &*function;
         let mark = builder.scope.mark();
         for input in &block.inputs {
-            let name = self.values[table].intern(&input.name)?;
-            builder.scope.define(name, function)?;
+            let id = self.intern(table, &input.name)?;
+            builder.scope.define(id, &input.name, function)?;
         }
         for (i, bytes) in block.operations.iter().enumerate() {
             // Checked at load (`decode_model`); decoded here for the index, then dropped.
@@ -202,103 +276,234 @@ impl GraphView {
                 ))
             })?;
             let op = &op;
-            let mut path = base.clone();
-            path.steps.push(i);
-            let index = self.ops.len();
-            // The index as the value table and the nested-op table store it.
-            let op_id = u32::try_from(index)
-                .map_err(|_| Error::Graph(format!("function '{function}' has too many ops")))?;
-            if owner.is_some() {
+            let op_id = u32::try_from(self.ops.len())
+                .ok()
+                .filter(|&id| id != NONE)
+                .ok_or_else(|| Error::Graph(format!("function '{function}' has too many ops")))?;
+            let mut steps: SmallVec<[usize; 5]> = prefix.iter().copied().collect();
+            steps.push(i);
+            let place = if owner.is_some() {
                 self.nested.insert(op_id, bytes.clone());
-            }
-            let outputs = op
-                .outputs
-                .iter()
-                .map(|o| self.values[table].intern(&o.name))
-                .collect::<Result<SmallVec<[Arc<str>; 1]>>>()?;
-            let name = match op.name() {
-                Some(n) => match outputs.iter().find(|o| &***o == n) {
-                    Some(shared) => shared.clone(),
-                    None => Arc::from(n),
-                },
-                None => outputs.first().cloned().unwrap_or_else(|| Arc::from("")),
+                let id = u32::try_from(self.nested_steps.len())
+                    .ok()
+                    .filter(|&id| id < NESTED)
+                    .ok_or_else(|| too_many("nested ops"))?;
+                self.nested_steps.push(steps.as_slice().into());
+                NESTED | id
+            } else {
+                u32::try_from(i)
+                    .ok()
+                    .filter(|&i| i < NESTED)
+                    .ok_or_else(|| too_many("ops"))?
             };
-            check_op(op, &name, function)?;
+            let first_output = u32::try_from(self.op_outputs.len()).map_err(|_| too_many("outputs"))?;
+            for output in &op.outputs {
+                let id = self.intern(table, &output.name)?;
+                self.op_outputs.push(id);
+            }
+            let outputs = &self.op_outputs[first_output as usize..];
+            let mut spans = outputs
+                .iter()
+                .map(|&o| self.values[table].entries[o as usize].name);
+            let name = match op.name() {
+                Some(n) => match spans.find(|&span| self.name_of(span) == n) {
+                    Some(shared) => shared,
+                    None => self.store_name(n)?,
+                },
+                None => spans.next().unwrap_or_default(),
+            };
+            let outputs = u32::try_from(op.outputs.len()).map_err(|_| too_many("outputs"))?;
+            check_op(op, self.name_of(name), function)?;
             for (param, arg) in op.inputs.pairs() {
                 for binding in &arg.arguments {
                     if let Some(Binding::Name(value)) = &binding.binding {
-                        if !builder.scope.contains(value) {
+                        let Some(id) = self.index_of(table, value).filter(|&v| builder.scope.contains(v))
+                        else {
                             return Err(Error::Graph(format!(
-                                "op '{name}' ({}) input '{param}' refers to '{value}', which is not \
+                                "op '{}' ({}) input '{param}' refers to '{value}', which is not \
                                  defined before it in function '{function}'",
+                                self.name_of(name),
                                 op.r#type
                             )));
-                        }
-                        let site = UseSite::Input {
-                            op: index,
-                            param: builder.texts.get(param),
                         };
-                        self.add_use(table, value, site);
+                        let param = self.text(builder, param)?;
+                        self.add_use(table, id, op_id, param)?;
                     }
                 }
             }
-            self.ops.push(OpInfo {
-                path: path.clone(),
+            let op_type = self.text(builder, &op.r#type)?;
+            self.ops.push(OpRecord {
                 name,
-                op_type: builder.texts.get(&op.r#type),
-                outputs: outputs.clone(),
+                op_type,
+                root,
+                place,
+                first_output,
+                outputs,
             });
             for (b, nested) in op.blocks.iter().enumerate() {
-                let mut nested_base = path.clone();
-                nested_base.steps.push(b);
-                self.walk_block(nested, &nested_base, table, Some(index), builder)?;
+                let mut nested_prefix = steps.clone();
+                nested_prefix.push(b);
+                self.walk_block(nested, (root, &nested_prefix), table, Some(op_id), builder)?;
             }
-            for out in outputs {
-                builder.scope.define(out.clone(), function)?;
-                if let Some(entry) = self.values[table].get_mut(&out) {
-                    entry.producer = Some(op_id);
-                }
+            let record = &self.ops[op_id as usize];
+            let range = record.first_output as usize..(record.first_output + record.outputs) as usize;
+            for o in range {
+                let id = self.op_outputs[o];
+                let entry = &mut self.values[table].entries[id as usize];
+                entry.producer = op_id;
+                let span = entry.name;
+                builder.scope.define(id, span_text(&self.names, span), function)?;
             }
         }
         for out in &block.outputs {
-            if !builder.scope.contains(out) {
+            let Some(id) = self.index_of(table, out).filter(|&v| builder.scope.contains(v)) else {
                 return Err(Error::Graph(format!(
                     "block output '{out}' in function '{function}' is not defined"
                 )));
-            }
-            self.add_use(table, out, UseSite::BlockOutput { owner });
+            };
+            self.add_use(table, id, owner.unwrap_or(NONE), NONE)?;
         }
         builder.scope.reset(mark);
         Ok(())
     }
 
-    fn add_use(&mut self, table: usize, value: &str, site: UseSite) {
-        // Only names in scope are used, and `intern` entered each of them when it came into scope:
-        // one lookup, no new entry.
-        if let Some(entry) = self.values[table].get_mut(value) {
-            entry.uses.push(site);
+    /// Chains a use of value `id` of function `table` after its last: by op `op` as input `param`
+    /// (a text id), or, with `param` [`NONE`], as the output of a block owned by `op`.
+    fn add_use(&mut self, table: usize, id: u32, op: u32, param: u32) -> Result<()> {
+        let index = u32::try_from(self.uses.len())
+            .ok()
+            .filter(|&i| i != NONE)
+            .ok_or_else(|| too_many("uses of values"))?;
+        self.uses.push(UseRecord {
+            op,
+            param,
+            next: NONE,
+        });
+        let entry = &mut self.values[table].entries[id as usize];
+        match entry.last_use {
+            NONE => entry.first_use = index,
+            last => self.uses[last as usize].next = index,
+        }
+        entry.last_use = index;
+        Ok(())
+    }
+
+    fn value(&self, function: &str, value: &str) -> Option<(usize, &ValueRecord)> {
+        let table = self.values.iter().position(|v| &*v.function == function)?;
+        let id = self.index_of(table, value)?;
+        Some((table, &self.values[table].entries[id as usize]))
+    }
+
+    /// The number of ops, nested ones included.
+    pub fn op_count(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Op `index` (see [`GraphView::get`]). Panics past the last op: indices come from the index.
+    pub fn info(&self, index: usize) -> OpInfo<'_> {
+        self.get(index).expect("an op index from this graph")
+    }
+
+    /// Op `index`: its path, name, type and outputs.
+    pub fn get(&self, index: usize) -> Option<OpInfo<'_>> {
+        let record = self.ops.get(index)?;
+        Some(OpInfo {
+            path: self.path_of(record),
+            name: self.name_of(record.name),
+            op_type: &self.texts[record.op_type as usize],
+            outputs: self.outputs_of(record).collect(),
+        })
+    }
+
+    /// Every op in program order, with its index.
+    pub fn infos(&self) -> impl Iterator<Item = (usize, OpInfo<'_>)> + '_ {
+        (0..self.ops.len()).map(|i| (i, self.info(i)))
+    }
+
+    /// The name of op `index` (see [`OpInfo::name`]).
+    pub fn name(&self, index: usize) -> &str {
+        self.name_of(self.ops[index].name)
+    }
+
+    /// The type of op `index`.
+    pub fn op_type(&self, index: usize) -> &str {
+        &self.texts[self.ops[index].op_type as usize]
+    }
+
+    /// The path of op `index`.
+    pub fn path(&self, index: usize) -> OpPath {
+        self.path_of(&self.ops[index])
+    }
+
+    /// The function of op `index`.
+    pub fn function(&self, index: usize) -> &Arc<str> {
+        &self.roots[self.ops[index].root as usize].function
+    }
+
+    fn path_of(&self, record: &OpRecord) -> OpPath {
+        let root = &self.roots[record.root as usize];
+        let steps = if record.place & NESTED == 0 {
+            SmallVec::from_elem(record.place as usize, 1)
+        } else {
+            SmallVec::from_slice(&self.nested_steps[(record.place & !NESTED) as usize])
+        };
+        OpPath {
+            function: root.function.clone(),
+            specialization: root.specialization.clone(),
+            steps,
         }
     }
 
-    fn value(&self, function: &str, value: &str) -> Option<&ValueEntry> {
-        self.values.iter().find(|v| &*v.function == function)?.get(value)
+    fn outputs_of<'g>(&'g self, record: &OpRecord) -> impl Iterator<Item = &'g str> + 'g {
+        let table = &self.values[self.roots[record.root as usize].table as usize];
+        let range = record.first_output as usize..(record.first_output + record.outputs) as usize;
+        self.op_outputs[range]
+            .iter()
+            .map(move |&id| self.name_of(table.entries[id as usize].name))
     }
 
     /// Every use of `value` in `function`, in program order.
-    pub fn uses(&self, function: &str, value: &str) -> &[UseSite] {
-        self.value(function, value).map_or(&[], |v| v.uses.as_slice())
+    pub fn uses(&self, function: &str, value: &str) -> Vec<UseSite> {
+        let Some((_, entry)) = self.value(function, value) else {
+            return Vec::new();
+        };
+        self.use_chain(entry)
+            .map(|u| match u.param {
+                NONE => UseSite::BlockOutput {
+                    owner: (u.op != NONE).then_some(u.op as usize),
+                },
+                param => UseSite::Input {
+                    op: u.op as usize,
+                    param: self.texts[param as usize].clone(),
+                },
+            })
+            .collect()
     }
 
-    /// The ops that take the output(s) of op `index` as an input, in program order, without repeats.
+    fn use_chain<'g>(&'g self, entry: &ValueRecord) -> impl Iterator<Item = &'g UseRecord> + 'g {
+        let mut next = entry.first_use;
+        std::iter::from_fn(move || {
+            let record = self.uses.get(next as usize)?;
+            next = record.next;
+            Some(record)
+        })
+    }
+
+    /// The ops that take the output(s) of op `index` as an input, without repeats: output by
+    /// output, each in program order.
     pub fn consumers(&self, index: usize) -> Vec<(usize, &str)> {
-        let info = &self.ops[index];
+        let record = &self.ops[index];
+        let table = &self.values[self.roots[record.root as usize].table as usize];
+        let range = record.first_output as usize..(record.first_output + record.outputs) as usize;
         let mut out: Vec<(usize, &str)> = Vec::new();
-        for value in &info.outputs {
-            for site in self.uses(&info.path.function, value) {
-                if let UseSite::Input { op, param } = site {
-                    if !out.iter().any(|(o, p)| o == op && *p == &**param) {
-                        out.push((*op, param));
-                    }
+        for &value in &self.op_outputs[range] {
+            for site in self.use_chain(&table.entries[value as usize]) {
+                if site.param == NONE {
+                    continue;
+                }
+                let (op, param) = (site.op as usize, &*self.texts[site.param as usize]);
+                if !out.iter().any(|&(o, p)| o == op && p == param) {
+                    out.push((op, param));
                 }
             }
         }
@@ -307,7 +512,8 @@ impl GraphView {
 
     /// The index of the op producing `value` in `function`.
     pub fn producer(&self, function: &str, value: &str) -> Option<usize> {
-        self.value(function, value)?.producer.map(|p| p as usize)
+        let (_, entry) = self.value(function, value)?;
+        (entry.producer != NONE).then_some(entry.producer as usize)
     }
 
     /// The stored bytes of op `index` (a cheap handle). A top-level op is read from `program`; an
@@ -316,17 +522,22 @@ impl GraphView {
     /// engine's walk stores the ops it changes only at the end (`crate::mil::spill`), so every op
     /// it reads, earlier ones included, is the op as read.
     pub fn op_bytes(&self, program: &Program, index: usize) -> Option<Bytes> {
-        let info = self.ops.get(index)?;
-        if info.path.steps.len() > 1 {
+        let record = self.ops.get(index)?;
+        if record.place & NESTED != 0 {
             return self.nested.get(&u32::try_from(index).ok()?).cloned();
         }
-        op_bytes_at(program, &info.path)
+        op_bytes_at(program, &self.path_of(record))
     }
 
     /// Op `index`, decoded (see [`GraphView::op_bytes`]).
     pub fn op(&self, program: &Program, index: usize) -> Option<Operation> {
         decode_op(&self.op_bytes(program, index)?).ok()
     }
+}
+
+fn span_text(names: &str, span: Span) -> &str {
+    // Spans are made by `store_name` from whole `&str`s: always in range, on char boundaries.
+    &names[span.start as usize..(span.start + span.len) as usize]
 }
 
 /// What every reader of the program relies on and nothing else checks: every op has a type and
@@ -385,26 +596,26 @@ fn check_op(op: &Operation, name: &str, function: &str) -> Result<()> {
     Ok(())
 }
 
-/// Names visible at a point of a function, with marks to drop a nested block's names on exit.
+/// Values visible at a point of a function, with marks to drop a nested block's values on exit.
 #[derive(Default)]
 struct Scope {
-    visible: HashSet<Arc<str>>,
-    order: Vec<Arc<str>>,
+    visible: HashSet<u32>,
+    order: Vec<u32>,
 }
 
 impl Scope {
-    fn define(&mut self, name: Arc<str>, function: &str) -> Result<()> {
-        if !self.visible.insert(name.clone()) {
+    fn define(&mut self, id: u32, name: &str, function: &str) -> Result<()> {
+        if !self.visible.insert(id) {
             return Err(Error::Graph(format!(
                 "value '{name}' is defined twice in function '{function}'"
             )));
         }
-        self.order.push(name);
+        self.order.push(id);
         Ok(())
     }
 
-    fn contains(&self, name: &str) -> bool {
-        self.visible.contains(name)
+    fn contains(&self, id: u32) -> bool {
+        self.visible.contains(&id)
     }
 
     fn mark(&self) -> usize {
@@ -412,8 +623,8 @@ impl Scope {
     }
 
     fn reset(&mut self, mark: usize) {
-        for name in self.order.drain(mark..) {
-            self.visible.remove(&name);
+        for id in self.order.drain(mark..) {
+            self.visible.remove(&id);
         }
     }
 }
@@ -456,6 +667,121 @@ mod tests {
         let mut untyped_val = good.clone();
         untyped_val.attributes.lookup_mut("val").unwrap().r#type = None;
         assert!(refusal(&untyped_val).contains("const 'val' is no type but"));
+    }
+
+    /// main(x): `split` names its op apart from its two outputs; `cond` holds two sibling blocks
+    /// that each define `t` (and return it); `last` reads `b`, and the function returns `a`.
+    fn sibling_blocks() -> Program {
+        use crate::mil::build::{bind_name, op};
+        use crate::mil::ops::encode_ops;
+        use crate::proto::mil::{Function, NamedValueType};
+        use std::collections::BTreeMap;
+        let t = tensor_value_type(ScalarType::Float32, &[2]);
+        let typed = |name: &str| (name.to_owned(), t.clone());
+        let unary = |op_type: &str, name: &str, input: &str, out: &str| {
+            op(
+                op_type,
+                name,
+                BTreeMap::from([("x".into(), bind_name(input))]),
+                BTreeMap::new(),
+                vec![typed(out)],
+            )
+        };
+        let split = op(
+            "split",
+            "splitter",
+            BTreeMap::from([("x".into(), bind_name("x"))]),
+            BTreeMap::new(),
+            vec![typed("a"), typed("b")],
+        );
+        let branch = |op_type: &str| Block {
+            outputs: vec!["t".into()],
+            operations: encode_ops([unary(op_type, "t", "a", "t")]),
+            ..Default::default()
+        };
+        let mut cond = unary("cond", "c", "b", "c");
+        cond.blocks = vec![branch("relu"), branch("sigmoid")];
+        let last = unary("tanh", "last", "b", "last");
+        let block = Block {
+            outputs: vec!["a".into()],
+            operations: encode_ops([split, cond, last]),
+            ..Default::default()
+        };
+        let function = Function {
+            inputs: vec![NamedValueType {
+                name: "x".into(),
+                r#type: Some(t.clone()),
+            }],
+            opset: "CoreML7".into(),
+            block_specializations: BTreeMap::from([("CoreML7".into(), block)]),
+            ..Default::default()
+        };
+        Program {
+            version: 1,
+            functions: BTreeMap::from([("main".into(), function)]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_index_answers_for_every_op_value_and_use() {
+        let program = sibling_blocks();
+        let g = GraphView::build(&program).unwrap();
+        assert_eq!(g.op_count(), 5);
+        let listed: Vec<_> = g
+            .infos()
+            .map(|(_, o)| (o.name, o.op_type, o.outputs.to_vec(), o.path.steps.to_vec()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("splitter", "split", vec!["a", "b"], vec![0]),
+                ("c", "cond", vec!["c"], vec![1]),
+                ("t", "relu", vec!["t"], vec![1, 0, 0]),
+                ("t", "sigmoid", vec!["t"], vec![1, 1, 0]),
+                ("last", "tanh", vec!["last"], vec![2]),
+            ]
+        );
+        assert_eq!(&**g.function(3), "main");
+        assert_eq!(&*g.path(4).specialization, "CoreML7");
+        // `t` of both blocks is one value: the later block's op produced it last.
+        assert_eq!(g.producer("main", "t"), Some(3));
+        assert_eq!(g.producer("main", "x"), None);
+        assert_eq!(g.producer("main", "nothing"), None);
+        let x = |op| UseSite::Input {
+            op,
+            param: Arc::from("x"),
+        };
+        assert_eq!(
+            g.uses("main", "t"),
+            [
+                UseSite::BlockOutput { owner: Some(1) },
+                UseSite::BlockOutput { owner: Some(1) }
+            ]
+        );
+        assert_eq!(
+            g.uses("main", "a"),
+            [x(2), x(3), UseSite::BlockOutput { owner: None }]
+        );
+        assert_eq!(g.uses("main", "b"), [x(1), x(4)]);
+        assert!(g.uses("main", "last").is_empty());
+        assert!(g.uses("other", "a").is_empty());
+        // Output by output, each in program order.
+        assert_eq!(g.consumers(0), [(2, "x"), (3, "x"), (1, "x"), (4, "x")]);
+        // Nested ops are read as indexed; top-level ones from the program.
+        for (index, info) in g.infos() {
+            let op = g.op(&program, index).unwrap();
+            assert_eq!(op.outputs[0].name, info.outputs[0]);
+        }
+        assert!(g.get(5).is_none());
+    }
+
+    #[test]
+    fn index_records_stay_small() {
+        // A model of many small tensors holds one of each per op, value and use (issue 18).
+        assert_eq!(std::mem::size_of::<OpRecord>(), 28);
+        assert_eq!(std::mem::size_of::<ValueRecord>(), 20);
+        assert_eq!(std::mem::size_of::<UseRecord>(), 12);
     }
 
     #[test]

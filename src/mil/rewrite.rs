@@ -250,9 +250,9 @@ mod tests {
     fn graph_lists_uses_in_every_place() {
         let p = sample();
         let g = GraphView::build(&p).unwrap();
-        let names: Vec<_> = g.ops.iter().map(|o| &*o.name).collect();
+        let names: Vec<_> = g.infos().map(|(_, o)| o.name).collect();
         assert_eq!(names, ["w", "lin", "branch", "inner_add"]);
-        assert_eq!(g.ops[3].path.steps.as_slice(), [2, 0, 0]);
+        assert_eq!(g.path(3).steps.as_slice(), [2, 0, 0]);
         let uses = g.uses("main", "w");
         assert_eq!(
             uses,
@@ -270,7 +270,7 @@ mod tests {
         );
         assert_eq!(g.consumers(0), vec![(1, "weight"), (3, "y")]);
         assert_eq!(g.producer("main", "y"), Some(1));
-        assert_eq!(name_at(&p, &g.ops[3].path).as_deref(), Some("inner_add"));
+        assert_eq!(name_at(&p, &g.path(3)).as_deref(), Some("inner_add"));
     }
 
     #[test]
@@ -310,10 +310,10 @@ mod tests {
     fn replace_and_rename_rewire_every_use() {
         let mut p = sample();
         let g = GraphView::build(&p).unwrap();
-        assert_eq!(name_at(&p, &g.ops[0].path).as_deref(), Some("w"));
+        assert_eq!(name_at(&p, &g.path(0)).as_deref(), Some("w"));
         let new = const_op("w_sparsified", blob_value(ScalarType::Float32, &[4, 4], 128));
-        replace_ops(&mut p, vec![(g.ops[0].path.clone(), vec![new])]).unwrap();
-        assert_eq!(name_at(&p, &g.ops[0].path).as_deref(), Some("w_sparsified"));
+        replace_ops(&mut p, vec![(g.path(0), vec![new])]).unwrap();
+        assert_eq!(name_at(&p, &g.path(0)).as_deref(), Some("w_sparsified"));
         let rename = [("main".to_owned(), "w".to_owned(), "w_sparsified".to_owned())];
         assert_eq!(rename_all(&mut p, &rename).unwrap().rebound, 3);
         let g = GraphView::build(&p).expect("graph still valid after rewiring");
@@ -326,7 +326,7 @@ mod tests {
         use crate::mil::access::set_ops_at;
         let mut p = sample();
         let g = GraphView::build(&p).unwrap();
-        let (top, nested) = (g.ops[0].path.clone(), g.ops[3].path.clone());
+        let (top, nested) = (g.path(0), g.path(3));
         assert_eq!(nested.steps.len(), 3);
         let renamed = |name: &str| op("identity", name, BTreeMap::new(), BTreeMap::new(), vec![]);
         let updates = vec![
@@ -337,7 +337,7 @@ mod tests {
         assert_eq!(name_at(&p, &top).as_deref(), Some("new_w"));
         assert_eq!(name_at(&p, &nested).as_deref(), Some("new_inner"));
         // The op owning the nested block is otherwise unchanged.
-        assert_eq!(name_at(&p, &g.ops[2].path).as_deref(), Some("branch"));
+        assert_eq!(name_at(&p, &g.path(2)).as_deref(), Some("branch"));
         let mut nowhere = nested.clone();
         nowhere.steps = [2, 0, 7][..].into();
         assert!(set_ops_at(&mut p, vec![(nowhere, encode_op(&renamed("x")))]).is_none());
@@ -347,7 +347,7 @@ mod tests {
     fn replace_inside_nested_block_and_bad_paths() {
         let mut p = sample();
         let g = GraphView::build(&p).unwrap();
-        let path = g.ops[3].path.clone();
+        let path = g.path(3);
         assert_eq!(name_at(&p, &path).as_deref(), Some("inner_add"));
         let repl = op("identity", "ident", BTreeMap::new(), BTreeMap::new(), vec![]);
         replace_ops(&mut p, vec![(path.clone(), vec![repl])]).unwrap();
