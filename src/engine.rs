@@ -39,6 +39,7 @@ use crate::plan::{consumer_label, plan, Decision, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::proto::mil::{NamedValueType, Operation, Program};
 use crate::shared::{blob_key, check_shared_configs, qualified, renamed_copy, Outcome, SharedOutcomes};
+use crate::sparsified::SparsifiedConsts;
 use crate::weights::{WeightFileBuilder, WeightSource};
 
 /// A validated `mlprune prune` request.
@@ -200,7 +201,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
         edits: Vec::new(),
         replaced: None,
         renames: SpilledRenames::create_in(out.scratch_dir())?,
-        created: HashSet::new(),
+        sparsified: SparsifiedConsts::new(),
         dedupe: Deduplicator::new(),
         shared: SharedOutcomes::new(shared_keys),
     };
@@ -309,13 +310,13 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
         edits,
         renames,
         dedupe,
-        created,
+        sparsified,
         shared,
         namer,
         replaced: _,
         spec_version: _,
     } = rewrite;
-    drop((dedupe, created, shared, namer));
+    drop((dedupe, sparsified, shared, namer));
     let blob_count = weights.blob_count();
     weights.finish()?;
     let pruned_any = pruned_count > 0;
@@ -452,9 +453,9 @@ struct Rewrite {
     /// `(function, old output, new output)` to rebind once the edits are in (on disk meanwhile: a
     /// model of many tensors renames each of them).
     renames: SpilledRenames,
-    /// `(function, new output)` of every rename so far, to find a name created twice without
-    /// reading `renames` back.
-    created: HashSet<(Arc<str>, Arc<str>)>,
+    /// The consts whose `<name>_sparsified` this rewrite defined, to find a name created twice
+    /// without reading `renames` back.
+    sparsified: SparsifiedConsts,
     /// coremltools' `const_deduplication`, applied to every const and constexpr op as it is final.
     dedupe: Deduplicator,
     /// What became of each shared blob pruned so far (see [`crate::shared`]).
@@ -467,8 +468,19 @@ type PruneResult = std::result::Result<(u64, u64), String>;
 impl Rewrite {
     /// Records that uses of `old` in `function` are to read `new`.
     fn rename(&mut self, function: &Arc<str>, old: &str, new: String) -> Result<()> {
-        self.renames.push(function, old, &new)?;
-        self.created.insert((function.clone(), new.into()));
+        self.renames.push(function, old, &new)
+    }
+
+    /// Records that the const at `index` now defines `<name>_sparsified` for its output `old`.
+    fn rename_to_sparsified(
+        &mut self,
+        graph: &GraphView,
+        index: usize,
+        old: &str,
+        new: String,
+    ) -> Result<()> {
+        self.rename(graph.function(index), old, new)?;
+        self.sparsified.insert(graph, index);
         Ok(())
     }
 
@@ -615,7 +627,7 @@ impl Rewrite {
         if meta.storage_bytes().is_none_or(|bytes| bytes > FRESH_READ_LIMIT) {
             self.weights.flush()?;
         }
-        self.rename(&info.path.function, &output.name, new_name)?;
+        self.rename_to_sparsified(graph, index, &output.name, new_name)?;
         self.replaced = Some(new_op);
         Ok((Ok((kept, bytes_after)), device))
     }
@@ -652,9 +664,7 @@ impl Rewrite {
     fn fresh_name(&self, graph: &GraphView, index: usize) -> Result<String> {
         let info = graph.info(index);
         let new_name = sparsified_name(info.name);
-        let created = self
-            .created
-            .contains(&(info.path.function.clone(), Arc::from(new_name.as_str())));
+        let created = self.sparsified.contains(graph, &info.path.function, info.name);
         if created || graph.producer(&info.path.function, &new_name).is_some() {
             return Err(Error::Graph(format!(
                 "cannot prune '{}': the model already has a value named '{new_name}'",
@@ -707,7 +717,7 @@ impl Rewrite {
         if self.merged_into_earlier(graph, index, &new_op, &output.name)? {
             return Ok((Ok((kept, 0)), placement));
         }
-        self.rename(graph.function(index), &output.name, new_name)?;
+        self.rename_to_sparsified(graph, index, &output.name, new_name)?;
         self.replaced = Some(new_op);
         Ok((Ok((kept, bytes_after)), placement))
     }

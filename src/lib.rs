@@ -33,6 +33,7 @@ pub mod prefetch;
 pub mod proto;
 pub mod prune;
 pub mod shared;
+pub mod sparsified;
 pub mod synth;
 pub mod tensor;
 pub mod weights;
