@@ -81,19 +81,20 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
         let Decision::Prune(op_config) = &p.decision else {
             continue;
         };
+        let name = graph.name(p.op_index);
         let value = graph
             .op(&model.program, p.op_index)
             .and_then(|op| op.into_const_value())
-            .ok_or_else(|| Error::tensor(&p.name, "const op without a value"))?;
-        let (meta, data) = source.read(&p.name, &value)?;
+            .ok_or_else(|| Error::tensor(name, "const op without a value"))?;
+        let (meta, data) = source.read(name, &value)?;
         // Decided once, executed by both backends, as the engine does.
-        let work = Order::Config(op_config).decide(data.dtype(), &meta.shape, data.len(), &p.name)?;
+        let work = Order::Config(op_config).decide(data.dtype(), &meta.shape, data.len(), name)?;
         let time = |backend: &dyn Backend| -> Result<(f64, KernelResult)> {
             let mut best = f64::INFINITY;
             let mut last = None;
             for _ in 0..runs.max(1) {
                 let started = Instant::now();
-                let result = backend.execute(&work, TensorInput::borrowing(&data), &p.name)?;
+                let result = backend.execute(&work, TensorInput::borrowing(&data), name)?;
                 best = best.min(started.elapsed().as_secs_f64());
                 last = Some(result);
             }
@@ -104,7 +105,7 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
         let (gpu_s, gpu_result) = time(&gpu)?;
         let on_gpu = gpu.covers(&work, &TensorInput::borrowing(&data));
         let kernel_s = if on_gpu && gpu.context().start_kernel_timing()? {
-            let run = gpu.execute(&work, TensorInput::borrowing(&data), &p.name);
+            let run = gpu.execute(&work, TensorInput::borrowing(&data), name);
             let kernels = gpu.context().finish_kernel_timing()?;
             run?;
             kernels.filter(|k| k.untimed == 0).map(|k| k.seconds)
@@ -112,7 +113,7 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
             None
         };
         rows.push(BenchRow {
-            name: p.name.to_string(),
+            name: name.to_owned(),
             mode: op_config.mode_name().to_owned(),
             dtype: meta.dtype.to_string(),
             elements: meta.count,

@@ -161,7 +161,6 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
             .into_iter()
             .map(|p| PlannedTensor {
                 op_index: p.op_index,
-                name: p.name.into(),
                 meta: p.meta,
                 decision: p.decision,
             })
@@ -222,7 +221,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     let jobs = if job.joint_compression {
         Vec::new()
     } else {
-        prefetch_order(&model.program, &graph, &planned, prunes)
+        prefetch_order(&model.program, &graph, &planned, &rewrite.shared, prunes)
     };
     // Each entry moves into its report.
     let mut next_plan = planned.into_iter().peekable();
@@ -282,13 +281,14 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
                 changed_ops.push(&info.path, &op)?;
             }
             if let Some(p) = plan_entry {
-                progress.tensor_done(&p.name, p.meta.storage_bytes().unwrap_or(0));
+                progress.tensor_done(info.name, p.meta.storage_bytes().unwrap_or(0));
                 pruned_count += usize::from(matches!(result, Some(Ok(_))));
                 if keep_entries {
                     let function = info.path.function.clone();
                     let cut_by_global = matches!(p.decision, Decision::Prune(_)).then_some(&shared_cut);
                     let consumer = consumer_label(&graph, index);
-                    let mut report = tensor_report(p, function, consumer, result, started, placement);
+                    let mut report =
+                        tensor_report(p, (function, info.name), consumer, result, started, placement);
                     if let Some(Some(g)) = cut_by_global {
                         report.mode = "global";
                         report.global_cut = Some(g.clone());
@@ -364,13 +364,15 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
 }
 
 /// The ops of the consts the plan prunes, in program order, for the reader thread. A blob several
-/// consts share is read for the first of them only: the others reuse its result. `prunes`: how
-/// many entries the plan prunes, the most jobs there can be. Indices, not jobs: they live through
-/// the whole walk, and the reader makes each job ([`prefetch_job`]) when it gets there.
+/// consts share is read for the first of them only: the others reuse its result (only those keys
+/// are remembered). `prunes`: how many entries the plan prunes, the most jobs there can be.
+/// Indices, not jobs: they live through the whole walk, and the reader makes each job
+/// ([`prefetch_job`]) when it gets there.
 fn prefetch_order(
     program: &Program,
     graph: &GraphView,
     planned: &[PlannedTensor],
+    shared: &SharedOutcomes,
     prunes: usize,
 ) -> Vec<u32> {
     let mut seen = HashSet::new();
@@ -380,7 +382,11 @@ fn prefetch_order(
         planned
             .iter()
             .filter(|p| matches!(p.decision, Decision::Prune(_)))
-            .filter(|p| blob_key(program, graph, p.op_index).is_none_or(|key| seen.insert(key)))
+            .filter(|p| {
+                blob_key(program, graph, p.op_index)
+                    .filter(|key| shared.is_shared(key))
+                    .is_none_or(|key| seen.insert(key))
+            })
             .filter_map(|p| u32::try_from(p.op_index).ok()),
     );
     order
@@ -838,7 +844,7 @@ fn bump_to_ios16(model: &mut LoadedModel) {
 /// `Some(Ok((kept, bytes_after)))` for a pruned one. `placement`: where its kernel ran, if one did.
 fn tensor_report(
     p: PlannedTensor,
-    function: Arc<str>,
+    (function, name): (Arc<str>, &str),
     consumer: String,
     result: Option<PruneResult>,
     started: Instant,
@@ -864,7 +870,7 @@ fn tensor_report(
     };
     TensorReport {
         function,
-        name: p.name.to_string(),
+        name: name.to_owned(),
         consumer,
         dtype: p.meta.dtype.name(),
         shape: p.meta.shape,

@@ -61,8 +61,6 @@ pub(crate) fn share_decisions<'a>(decisions: impl Iterator<Item = &'a mut Decisi
 pub struct PlannedTensor {
     /// The const's op index in the [`GraphView`].
     pub op_index: usize,
-    /// The const's name.
-    pub name: Arc<str>,
     pub meta: TensorMeta,
     pub decision: Decision,
 }
@@ -134,7 +132,6 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         };
         planned.push(PlannedTensor {
             op_index: index,
-            name: info.name.into(),
             meta,
             decision,
         });
@@ -391,10 +388,14 @@ mod tests {
         }
     }
 
-    fn plan_with(json: &str) -> Result<Vec<PlannedTensor>> {
+    fn plan_with(json: &str) -> Result<Vec<(String, Decision)>> {
         let program = palettized_program();
         let graph = GraphView::build(&program)?;
-        plan(&program, &graph, &OptimizationConfig::from_json_str(json)?)
+        let planned = plan(&program, &graph, &OptimizationConfig::from_json_str(json)?)?;
+        Ok(planned
+            .into_iter()
+            .map(|p| (graph.name(p.op_index).to_owned(), p.decision))
+            .collect())
     }
 
     const MAG: &str = r#""config_type": "OpMagnitudePrunerConfig", "global_config": {"target_sparsity": 0.5, "weight_threshold": 0}"#;
@@ -405,7 +406,7 @@ mod tests {
         let planned = plan_with(&format!("{{{MAG}}}")).unwrap();
         let names: Vec<_> = planned
             .iter()
-            .map(|p| (&*p.name, matches!(p.decision, Decision::Prune(_))))
+            .map(|(name, decision)| (name.as_str(), matches!(decision, Decision::Prune(_))))
             .collect();
         assert_eq!(names, [("v", true)]);
 

@@ -32,6 +32,11 @@ pub fn blob_key(program: &Program, graph: &GraphView, index: usize) -> Option<Bl
     Some((offset, meta.dtype, meta.shape))
 }
 
+/// The `weight.bin` offset of the const at `index`, if it reads its value from there.
+fn blob_offset(program: &Program, graph: &GraphView, index: usize) -> Option<u64> {
+    graph.op(program, index)?.const_value()?.blob_offset()
+}
+
 /// `function/name`, how messages and reports tell apart ops of different functions.
 pub fn qualified(graph: &GraphView, index: usize) -> String {
     let info = graph.info(index);
@@ -53,12 +58,26 @@ pub fn check_shared_configs(
     config: &OptimizationConfig,
     planned: &[PlannedTensor],
 ) -> Result<HashSet<BlobKey>> {
+    // Offsets first, 16 bytes a const: a whole key (a shape) and a group for every const of a
+    // model of many tensors took more memory than the rest of the plan (issue 18). Only an offset
+    // several consts read can be a shared blob. Sorted with its plan index, each run keeps the
+    // plan's order.
+    let mut offsets: Vec<(u64, usize)> = planned
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| Some((blob_offset(program, graph, p.op_index)?, i)))
+        .collect();
+    offsets.sort_unstable();
     let mut groups: BTreeMap<BlobKey, Vec<&PlannedTensor>> = BTreeMap::new();
-    for p in planned {
-        if let Some(key) = blob_key(program, graph, p.op_index) {
-            groups.entry(key).or_default().push(p);
+    for run in offsets.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+        for &(_, i) in run {
+            let p = &planned[i];
+            if let Some(key) = blob_key(program, graph, p.op_index) {
+                groups.entry(key).or_default().push(p);
+            }
         }
     }
+    drop(offsets);
     // Only a blob that is pruned for some const can come out unshared; one every const leaves
     // alone (a rank-1 bias, say) is copied once whatever the configs say.
     groups.retain(|_, m| m.len() > 1);
@@ -148,6 +167,11 @@ impl SharedOutcomes {
             shared,
             outcomes: HashMap::new(),
         }
+    }
+
+    /// Whether several planned consts read `key`'s blob.
+    pub fn is_shared(&self, key: &BlobKey) -> bool {
+        self.shared.contains(key)
     }
 
     pub fn get(&self, key: &BlobKey) -> Option<&Outcome> {

@@ -123,7 +123,8 @@ pub fn decide_cut(
         if !matches!(p.meta.dtype, ScalarType::Float16 | ScalarType::Float32) {
             return Err(Error::Unsupported(format!(
                 "--global-sparsity compares fp16 and fp32 weights only; tensor '{}' is {} (leave it out with --exclude)",
-                p.name, p.meta.dtype
+                graph.name(p.op_index),
+                p.meta.dtype
             )));
         }
     }
@@ -138,22 +139,23 @@ pub fn decide_cut(
                 continue;
             }
             cancel.check()?;
+            let name = graph.name(p.op_index);
             let value = graph
                 .op(program, p.op_index)
                 .and_then(|op| op.into_const_value())
-                .ok_or_else(|| Error::tensor(&p.name, "const op without a value"))?;
-            match source.map(&p.name, &value)? {
+                .ok_or_else(|| Error::tensor(name, "const op without a value"))?;
+            match source.map(name, &value)? {
                 Some((_, mapped)) => {
                     let view = mapped
                         .view()
-                        .ok_or_else(|| Error::tensor(&p.name, "mapped data does not match its type"))?;
+                        .ok_or_else(|| Error::tensor(name, "mapped data does not match its type"))?;
                     sink(view);
                 }
-                None => match source.read(&p.name, &value)?.1 {
+                None => match source.read(name, &value)?.1 {
                     TensorData::F16(w) => sink(TensorView::F16(&w)),
                     TensorData::F32(w) => sink(TensorView::F32(&w)),
                     other => {
-                        return Err(Error::tensor(&p.name, format!("read as {}", other.dtype())));
+                        return Err(Error::tensor(name, format!("read as {}", other.dtype())));
                     }
                 },
             }
@@ -190,8 +192,8 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
             continue;
         }
         let by_consumer = consumers.iter().find(|&&(c, _)| wanted.contains(graph.name(c)));
-        let reason = if wanted.contains(&*p.name) {
-            format!("excluded by --exclude '{}'", p.name)
+        let reason = if wanted.contains(graph.name(p.op_index)) {
+            format!("excluded by --exclude '{}'", graph.name(p.op_index))
         } else if let Some(&(c, _)) = by_consumer {
             format!("excluded by --exclude '{}' (a consumer)", graph.name(c))
         } else {
