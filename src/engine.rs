@@ -340,7 +340,8 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     }
     let weight_bytes_after = std::fs::metadata(&weight_path).map(|m| m.len()).unwrap_or(0);
     let model_path = out.model_path();
-    std::fs::write(&model_path, model.encode()).at(&model_path)?;
+    model.write_to(&model_path)?;
+    drop(model);
     if job.report.is_some() {
         let mut json = serde_json::to_vec_pretty(&reports)
             .map_err(|e| Error::Usage(format!("cannot serialize the report: {e}")))?;

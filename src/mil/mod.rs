@@ -12,6 +12,7 @@ pub mod model;
 pub mod ops;
 pub mod rewrite;
 pub mod spill;
+pub mod stream;
 pub mod value;
 
 pub use access::OpPath;

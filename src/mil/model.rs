@@ -53,12 +53,12 @@ impl LoadedModel {
         self.shell.specification_version
     }
 
-    /// The full model, encoded deterministically. Consumes the model: the program moves back into
-    /// the shell instead of being copied (a decoded program takes many times its file size).
-    pub fn encode(self) -> Vec<u8> {
-        let mut model = self.shell;
-        model.r#type = Some(model::Type::MlProgram(self.program));
-        encode_model(&model)
+    /// Writes the full model to `path`, the bytes [`encode_model`] gives for it, without holding
+    /// them (see [`super::stream`]).
+    pub fn write_to(&self, path: &Path) -> Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).at(path)?);
+        super::stream::write_model(&self.shell, &self.program, &mut out).at(path)?;
+        std::io::Write::flush(&mut out).at(path)
     }
 }
 

@@ -1,0 +1,291 @@
+//! Writing `model.mlmodel` without holding its encoding.
+//!
+//! The output description is about as large as the input's, and the bytes of
+//! [`super::model::encode_model`] sat in memory beside the whole program while they were written
+//! (issue 18). This writes the same bytes as they are made: prost's encoding, field for field.
+//! prost writes a message's fields in the order the schema declares them (ascending tags here,
+//! with `Model`'s `Type` oneof last), a map entry as key then value, each skipped when it equals
+//! its default, and a `bytes` field as its length and contents. So every message above the ops is
+//! written as the encoding of its fields before the one that holds the ops, then that field's
+//! entries, then the encoding of the fields after it; each op is written straight from its buffer.
+//! A test compares the result with `encode_model` byte for byte.
+
+use std::io::{self, Write};
+
+use prost::Message;
+
+use crate::proto::mil::{Block, Function, Program};
+use crate::proto::spec::Model;
+
+/// Wire type of a length-delimited field.
+const LENGTH_DELIMITED: u32 = 2;
+/// `Model.mlProgram`, a member of the `Type` oneof.
+const MODEL_ML_PROGRAM: u32 = 502;
+const PROGRAM_FUNCTIONS: u32 = 2;
+const FUNCTION_BLOCK_SPECIALIZATIONS: u32 = 3;
+const BLOCK_OPERATIONS: u32 = 3;
+/// The fields of a map entry.
+const ENTRY_KEY: u32 = 1;
+const ENTRY_VALUE: u32 = 2;
+
+fn put_varint(mut value: u64, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The key and length of a length-delimited field `tag` of `len` bytes.
+fn put_head(tag: u32, len: usize, out: &mut Vec<u8>) {
+    put_varint(u64::from(tag << 3 | LENGTH_DELIMITED), out);
+    put_varint(len as u64, out);
+}
+
+/// The encoded size of a length-delimited field `tag` of `len` bytes.
+fn field_len(tag: u32, len: usize) -> usize {
+    varint_len(u64::from(tag << 3 | LENGTH_DELIMITED)) + varint_len(len as u64) + len
+}
+
+/// Writes `shell` (a model whose `Type` is unset) with `program` as its ML Program: the bytes
+/// `encode_model` gives for the two together.
+pub fn write_model(shell: &Model, program: &Program, out: &mut impl Write) -> io::Result<()> {
+    debug_assert!(shell.r#type.is_none(), "the program is written apart");
+    let mut head = shell.encode_to_vec();
+    put_head(MODEL_ML_PROGRAM, program.encoded_len(), &mut head);
+    out.write_all(&head)?;
+    write_program(program, out)
+}
+
+fn write_program(program: &Program, out: &mut impl Write) -> io::Result<()> {
+    let before = Program {
+        version: program.version,
+        ..Default::default()
+    };
+    out.write_all(&before.encode_to_vec())?;
+    for (name, function) in &program.functions {
+        write_entry(PROGRAM_FUNCTIONS, name, function, out, write_function)?;
+    }
+    let after = Program {
+        doc_string: program.doc_string.clone(),
+        attributes: program.attributes.clone(),
+        ..Default::default()
+    };
+    out.write_all(&after.encode_to_vec())
+}
+
+fn write_function(function: &Function, out: &mut impl Write) -> io::Result<()> {
+    let before = Function {
+        inputs: function.inputs.clone(),
+        opset: function.opset.clone(),
+        ..Default::default()
+    };
+    out.write_all(&before.encode_to_vec())?;
+    for (name, block) in &function.block_specializations {
+        write_entry(FUNCTION_BLOCK_SPECIALIZATIONS, name, block, out, write_block)?;
+    }
+    let after = Function {
+        attributes: function.attributes.clone(),
+        ..Default::default()
+    };
+    out.write_all(&after.encode_to_vec())
+}
+
+fn write_block(block: &Block, out: &mut impl Write) -> io::Result<()> {
+    let before = Block {
+        inputs: block.inputs.clone(),
+        outputs: block.outputs.clone(),
+        ..Default::default()
+    };
+    out.write_all(&before.encode_to_vec())?;
+    let mut head = Vec::with_capacity(16);
+    for op in &block.operations {
+        head.clear();
+        put_head(BLOCK_OPERATIONS, op.len(), &mut head);
+        out.write_all(&head)?;
+        out.write_all(op)?;
+    }
+    let after = Block {
+        attributes: block.attributes.clone(),
+        ..Default::default()
+    };
+    out.write_all(&after.encode_to_vec())
+}
+
+/// One entry `name → value` of the map field `tag`, its value written by `write_value`.
+fn write_entry<M: Message + Default + PartialEq, W: Write>(
+    tag: u32,
+    name: &str,
+    value: &M,
+    out: &mut W,
+    write_value: fn(&M, &mut W) -> io::Result<()>,
+) -> io::Result<()> {
+    let key_len = if name.is_empty() {
+        0
+    } else {
+        field_len(ENTRY_KEY, name.len())
+    };
+    let value_len = if *value == M::default() {
+        None
+    } else {
+        Some(value.encoded_len())
+    };
+    let mut head = Vec::with_capacity(32 + name.len());
+    put_head(
+        tag,
+        key_len + value_len.map_or(0, |len| field_len(ENTRY_VALUE, len)),
+        &mut head,
+    );
+    if key_len > 0 {
+        put_head(ENTRY_KEY, name.len(), &mut head);
+        head.extend_from_slice(name.as_bytes());
+    }
+    if let Some(len) = value_len {
+        put_head(ENTRY_VALUE, len, &mut head);
+    }
+    out.write_all(&head)?;
+    if value_len.is_some() {
+        write_value(value, out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::dtype::ScalarType;
+    use crate::mil::build::{bind_name, const_op, op};
+    use crate::mil::model::{decode_model, encode_model};
+    use crate::mil::ops::encode_ops;
+    use crate::mil::value::{blob_value, string_value, tensor_value_type};
+    use crate::proto::mil::NamedValueType;
+    use crate::proto::spec::model;
+
+    /// What `write_model` writes for `model`, split as the engine holds it.
+    fn streamed(model: &Model) -> Vec<u8> {
+        let mut shell = model.clone();
+        let Some(model::Type::MlProgram(program)) = shell.r#type.take() else {
+            panic!("not an ML Program")
+        };
+        let mut out = Vec::new();
+        write_model(&shell, &program, &mut out).unwrap();
+        out
+    }
+
+    fn assert_same_bytes(model: &Model) {
+        assert_eq!(streamed(model), encode_model(model));
+    }
+
+    /// Every field around the ones written here set, maps of several entries, and the empty or
+    /// default keys and values prost skips.
+    fn busy_program() -> Program {
+        let t = tensor_value_type(ScalarType::Float16, &[4, 4]);
+        let weight = const_op("w", blob_value(ScalarType::Float16, &[4, 4], 64));
+        let mut cond = op(
+            "cond",
+            "branch",
+            BTreeMap::from([("x".into(), bind_name("x"))]),
+            BTreeMap::new(),
+            vec![("c".into(), t.clone())],
+        );
+        cond.blocks.push(Block {
+            outputs: vec!["w".into()],
+            operations: encode_ops([weight.clone()]),
+            ..Default::default()
+        });
+        let attributes = BTreeMap::from([
+            ("note".to_owned(), string_value("kept")),
+            (String::new(), string_value("empty key")),
+            ("empty".to_owned(), Default::default()),
+        ]);
+        let block = Block {
+            inputs: vec![NamedValueType {
+                name: "x".into(),
+                r#type: Some(t.clone()),
+            }],
+            outputs: vec!["w".into(), "c".into()],
+            operations: encode_ops([weight, cond]),
+            attributes: attributes.clone(),
+        };
+        let function = Function {
+            inputs: block.inputs.clone(),
+            opset: "CoreML7".into(),
+            block_specializations: BTreeMap::from([
+                ("CoreML7".to_owned(), block.clone()),
+                ("CoreML8".to_owned(), block.clone()),
+                ("default_block".to_owned(), Block::default()),
+                (String::new(), block.clone()),
+            ]),
+            attributes: attributes.clone(),
+        };
+        Program {
+            version: 1,
+            functions: BTreeMap::from([
+                ("main".to_owned(), function.clone()),
+                ("second".to_owned(), function),
+                ("empty".to_owned(), Function::default()),
+            ]),
+            doc_string: "a program with everything".into(),
+            attributes,
+        }
+    }
+
+    #[test]
+    fn writes_what_encode_model_returns() {
+        let full = Model {
+            specification_version: 9,
+            description: Some(Default::default()),
+            is_updatable: true,
+            r#type: Some(model::Type::MlProgram(busy_program())),
+        };
+        assert_same_bytes(&full);
+        assert_same_bytes(&Model {
+            r#type: Some(model::Type::MlProgram(Program::default())),
+            ..Default::default()
+        });
+        let mut bare = busy_program();
+        bare.doc_string.clear();
+        bare.attributes.clear();
+        bare.version = 0;
+        assert_same_bytes(&Model {
+            specification_version: 7,
+            r#type: Some(model::Type::MlProgram(bare)),
+            ..Default::default()
+        });
+    }
+
+    #[test]
+    fn writes_every_fixture_as_encode_model_does() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&fixtures).unwrap() {
+            let path = entry.unwrap().path().join("Data/com.apple.CoreML/model.mlmodel");
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let model = decode_model(bytes.into(), &path).unwrap();
+            assert_eq!(streamed(&model), encode_model(&model), "{}", path.display());
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} fixtures found");
+    }
+
+    #[test]
+    fn varint_lengths_match_the_encoding() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(value, &mut out);
+            assert_eq!(out.len(), varint_len(value), "{value}");
+            let mut prost_out = Vec::new();
+            prost::encoding::encode_varint(value, &mut prost_out);
+            assert_eq!(out, prost_out, "{value}");
+        }
+    }
+}
