@@ -30,7 +30,7 @@ pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
 use crate::mil::access::{set_ops_at, OpPath};
 use crate::mil::graph::{GraphView, UseSite};
-use crate::mil::rewrite::{rename_all, replace_ops};
+use crate::mil::rewrite::{rename_with, replace_ops};
 use crate::mil::spill::{SpilledOps, SpilledRenames};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
@@ -138,6 +138,10 @@ pub fn prune_global(job: &PruneJob, global: &GlobalSparsity) -> Result<PruneSumm
     }
     prune_with(job, Some(global))
 }
+
+/// Changed ops applied to the program at once at the end of a run. An op owning a nested block
+/// is decoded and encoded once per chunk that changes ops in it.
+const APPLY_CHUNK: usize = 4096;
 
 fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSummary> {
     job.config.validate()?;
@@ -320,11 +324,14 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     let blob_count = weights.blob_count();
     weights.finish()?;
     let pruned_any = pruned_count > 0;
-    set_ops_at(&mut model.program, changed_ops.read_back()?)
-        .ok_or_else(|| Error::Graph("an op disappeared during rewrite".into()))?;
+    // A few thousand at a time: each chunk moves into the program as it is read.
+    changed_ops.read_back_in_chunks(APPLY_CHUNK, |updates| {
+        set_ops_at(&mut model.program, updates)
+            .ok_or_else(|| Error::Graph("an op disappeared during rewrite".into()))
+    })?;
     let moved = replace_ops(&mut model.program, edits)?;
-    let renames = renames.read_back()?;
-    let visited = rename_all(&mut model.program, &renames)?.ops_visited;
+    let renames = renames.read_back_into_map()?;
+    let visited = rename_with(&mut model.program, &renames)?.ops_visited;
     drop(renames);
     if pruned_any && model.spec_version() < 7 {
         bump_to_ios16(&mut model);

@@ -10,6 +10,7 @@ pub mod entries;
 pub mod graph;
 pub mod model;
 pub mod ops;
+pub mod renames;
 pub mod rewrite;
 pub mod spill;
 pub mod stream;

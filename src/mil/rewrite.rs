@@ -1,13 +1,12 @@
 //! Structural edits of a program: replacing ops and rebinding every use of values.
 
-use std::collections::{BTreeMap, HashMap};
-
 use super::entries::Entries;
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
 use super::access::{with_block_mut, OpPath};
 use super::ops::{decode_op, encode_op, encode_ops};
+use super::renames::{FunctionRenames, RenameMap};
 
 /// Replaces many ops at once, each by zero or more ops: every block holding an edit is rebuilt
 /// once, so the cost is that of the blocks' lengths plus the edits, not of one splice per edit
@@ -100,7 +99,17 @@ pub fn rename_all<F: AsRef<str>, T: AsRef<str>>(
     program: &mut Program,
     renames: &[(F, T, T)],
 ) -> Result<Renamed> {
-    fn walk(block: &mut Block, map: &HashMap<&str, &str>, visited: &mut usize) -> Result<usize> {
+    let mut map = RenameMap::new();
+    for (function, old, new) in renames {
+        map.insert(function.as_ref(), old.as_ref(), new.as_ref())?;
+    }
+    rename_with(program, &map)
+}
+
+/// [`rename_all`] with the renames already in a [`RenameMap`] (which refused an old name renamed
+/// twice as they went in).
+pub fn rename_with(program: &mut Program, renames: &RenameMap) -> Result<Renamed> {
+    fn walk(block: &mut Block, map: FunctionRenames<'_>, visited: &mut usize) -> Result<usize> {
         let mut n = 0;
         for slot in &mut block.operations {
             *visited += 1;
@@ -110,7 +119,7 @@ pub fn rename_all<F: AsRef<str>, T: AsRef<str>>(
                 for binding in &mut arg.arguments {
                     if let Some(Binding::Name(name)) = &mut binding.binding {
                         if let Some(new) = map.get(name.as_str()) {
-                            *name = (*new).to_owned();
+                            *name = new.to_owned();
                             n += 1;
                         }
                     }
@@ -126,39 +135,30 @@ pub fn rename_all<F: AsRef<str>, T: AsRef<str>>(
         }
         for out in &mut block.outputs {
             if let Some(new) = map.get(out.as_str()) {
-                *out = (*new).to_owned();
+                *out = new.to_owned();
                 n += 1;
             }
         }
         Ok(n)
     }
-    let mut by_function: BTreeMap<&str, HashMap<&str, &str>> = BTreeMap::new();
-    for (function, old, new) in renames {
-        let (function, old, new) = (function.as_ref(), old.as_ref(), new.as_ref());
-        if by_function
-            .entry(function)
-            .or_default()
-            .insert(old, new)
-            .is_some()
-        {
-            return Err(Error::Graph(format!(
-                "value '{old}' in function '{function}' renamed twice"
-            )));
-        }
-    }
     let mut done = Renamed {
         rebound: 0,
         ops_visited: 0,
     };
-    for (function, map) in &by_function {
-        if let Some(chained) = map.values().find(|new| map.contains_key(**new)) {
+    let mut functions: Vec<&str> = renames.functions().map(|f| &**f).collect();
+    functions.sort_unstable();
+    for function in functions {
+        let Some(map) = renames.of_function(function) else {
+            continue;
+        };
+        if let Some(chained) = map.chained() {
             return Err(Error::Graph(format!(
                 "value '{chained}' in function '{function}' is both renamed and the new name of another value"
             )));
         }
         let f = program
             .functions
-            .get_mut(*function)
+            .get_mut(function)
             .ok_or_else(|| Error::Graph(format!("no function '{function}'")))?;
         for block in f.block_specializations.values_mut() {
             done.rebound += walk(block, map, &mut done.ops_visited)?;

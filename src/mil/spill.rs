@@ -22,6 +22,7 @@ use prost::Message;
 use smallvec::SmallVec;
 
 use super::access::OpPath;
+use super::renames::RenameMap;
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::Operation;
 
@@ -59,9 +60,27 @@ impl SpilledOps {
 
     /// Every stored op with its path, in the order they were stored.
     pub fn read_back(self) -> Result<Vec<(OpPath, Bytes)>> {
+        let mut all = Vec::new();
+        self.read_back_in_chunks(usize::MAX, |chunk| {
+            all.extend(chunk);
+            Ok(())
+        })?;
+        Ok(all)
+    }
+
+    /// Every stored op with its path, in the order they were stored, handed to `apply` in chunks
+    /// of about `chunk`: each chunk can move into the program while the rest waits on disk (held
+    /// all at once, the paths and handles alone took 72 bytes an op). A chunk ends only between
+    /// two top-level ops, so that the ops changed inside one op's nested blocks arrive together
+    /// and [`super::access::set_ops_at`] decodes and encodes that op once.
+    pub fn read_back_in_chunks(
+        self,
+        chunk: usize,
+        mut apply: impl FnMut(Vec<(OpPath, Bytes)>) -> Result<()>,
+    ) -> Result<()> {
         let SpilledOps { scratch, names } = self;
         let mut records = scratch.into_records()?;
-        let mut out = Vec::with_capacity(records.count);
+        let mut out: Vec<(OpPath, Bytes)> = Vec::new();
         for _ in 0..records.count {
             let function = names.get(records.word()?, &records)?;
             let specialization = names.get(records.word()?, &records)?;
@@ -74,10 +93,25 @@ impl SpilledOps {
                 specialization,
                 steps,
             };
+            if out.len() >= chunk
+                && out
+                    .last()
+                    .is_some_and(|(last, _)| !same_top_level_op(last, &path))
+            {
+                apply(std::mem::take(&mut out))?;
+            }
             out.push((path, op));
         }
-        Ok(out)
+        if !out.is_empty() {
+            apply(out)?;
+        }
+        Ok(())
     }
+}
+
+/// Whether `a` and `b` are, or lie inside, the same op of a function body.
+fn same_top_level_op(a: &OpPath, b: &OpPath) -> bool {
+    a.function == b.function && a.specialization == b.specialization && a.steps.first() == b.steps.first()
 }
 
 /// Renames in the order they were made, each as `(function, old output, new output)`.
@@ -108,16 +142,31 @@ impl SpilledRenames {
 
     /// Every rename, in the order they were made.
     pub fn read_back(self) -> Result<Vec<(Arc<str>, String, String)>> {
+        let mut out = Vec::new();
+        self.for_each(|function, old, new| {
+            out.push((function.clone(), old.to_owned(), new.to_owned()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Every rename, straight into a [`RenameMap`] (which refuses an old name renamed twice).
+    pub fn read_back_into_map(self) -> Result<RenameMap> {
+        let mut map = RenameMap::new();
+        self.for_each(|function, old, new| map.insert(function, old, new))?;
+        Ok(map)
+    }
+
+    fn for_each(self, mut f: impl FnMut(&Arc<str>, &str, &str) -> Result<()>) -> Result<()> {
         let SpilledRenames { scratch, functions } = self;
         let mut records = scratch.into_records()?;
-        let mut out = Vec::with_capacity(records.count);
         for _ in 0..records.count {
             let function = functions.get(records.word()?, &records)?;
             let old = records.text()?;
             let new = records.text()?;
-            out.push((function, old, new));
+            f(&function, &old, &new)?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -279,6 +328,41 @@ mod tests {
     }
 
     #[test]
+    fn gives_back_ops_in_chunks_of_at_most_the_size_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spilled = SpilledOps::create_in(dir.path()).unwrap();
+        let steps: [&[usize]; 7] = [&[0], &[1], &[2], &[2, 0, 0], &[2, 0, 1], &[3], &[4]];
+        let stored: Vec<_> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (path("main", "CoreML8", s), op(&format!("o{i}"))))
+            .collect();
+        for (p, o) in &stored {
+            spilled.push(p, o).unwrap();
+        }
+        let mut sizes = Vec::new();
+        let mut back = Vec::new();
+        spilled
+            .read_back_in_chunks(2, |chunk| {
+                sizes.push(chunk.len());
+                back.extend(chunk);
+                Ok(())
+            })
+            .unwrap();
+        // Ops inside op 2 come with it, whatever the size asked.
+        assert_eq!(sizes, [2, 3, 2]);
+        for ((p, o), (q, bytes)) in stored.iter().zip(&back) {
+            assert_eq!(p, q);
+            assert_eq!(&decode_op(bytes).unwrap(), o);
+        }
+        // An error from `apply` ends the read.
+        let mut again = SpilledOps::create_in(dir.path()).unwrap();
+        again.push(&stored[0].0, &stored[0].1).unwrap();
+        let failed = again.read_back_in_chunks(1, |_| Err(Error::Graph("stop".into())));
+        assert!(failed.is_err());
+    }
+
+    #[test]
     fn gives_back_every_rename_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let mut spilled = SpilledRenames::create_in(dir.path()).unwrap();
@@ -299,6 +383,20 @@ mod tests {
             .map(|(f, o, n)| (f.clone(), o.to_string(), n.to_string()))
             .collect();
         assert_eq!(back, expected);
+
+        let mut again = SpilledRenames::create_in(dir.path()).unwrap();
+        for (f, old, new) in &made {
+            again.push(f, old, new).unwrap();
+        }
+        let map = again.read_back_into_map().unwrap();
+        assert_eq!(map.len(), made.len());
+        for (f, old, new) in &made {
+            assert_eq!(map.get(f, old), Some(*new));
+        }
+        let mut twice = SpilledRenames::create_in(dir.path()).unwrap();
+        twice.push(&main, "w", "a").unwrap();
+        twice.push(&main, "w", "b").unwrap();
+        assert!(twice.read_back_into_map().is_err());
     }
 
     #[test]
