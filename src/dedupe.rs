@@ -22,10 +22,13 @@
 //! without being bit-identical (NaN payloads, fp32 values equal to numpy's 8 printed digits).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
+
 use crate::dtype::ScalarType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mil::access::OpPath;
 use crate::mil::entries::Entries;
 use crate::mil::value::{decode_immediate, ValueExt};
@@ -195,11 +198,56 @@ impl Identity {
     }
 }
 
+/// Keys in their stored form ([`Key::to_bytes`]), each with the output of the first op that had
+/// it: key and name in one allocation, found through a table of their indices. A model of many
+/// tensors keeps one per pruned weight (issue 18); a map of boxed keys to boxed names took two
+/// allocations and a 32-byte slot each.
+#[derive(Debug, Default)]
+struct Firsts {
+    /// The key's length (4 bytes, little-endian), the key, then the name.
+    entries: Vec<Box<[u8]>>,
+    by_key: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl Firsts {
+    fn key_of(entry: &[u8]) -> &[u8] {
+        let len = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) as usize;
+        &entry[4..4 + len]
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&str> {
+        let i = self.by_key.find(self.hasher.hash_one(key), |&i| {
+            Self::key_of(&self.entries[i as usize]) == key
+        })?;
+        let entry = &self.entries[*i as usize];
+        // Stored from a `&str` by `insert`.
+        std::str::from_utf8(&entry[4 + Self::key_of(entry).len()..]).ok()
+    }
+
+    /// Records `name` as the first output of `key` (a key not recorded yet).
+    fn insert(&mut self, key: &[u8], name: &str) -> Result<()> {
+        let too_many = || Error::Graph("too many distinct ops to deduplicate".into());
+        let index = u32::try_from(self.entries.len()).map_err(|_| too_many())?;
+        let key_len = u32::try_from(key.len()).map_err(|_| too_many())?;
+        let mut entry = Vec::with_capacity(4 + key.len() + name.len());
+        entry.extend_from_slice(&key_len.to_le_bytes());
+        entry.extend_from_slice(key);
+        entry.extend_from_slice(name.as_bytes());
+        self.entries.push(entry.into_boxed_slice());
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.by_key.insert_unique(hasher.hash_one(key), index, |&i| {
+            hasher.hash_one(Self::key_of(&entries[i as usize]))
+        });
+        Ok(())
+    }
+}
+
 /// The first op seen for each key, and which outputs were found to be duplicates.
 #[derive(Debug, Default)]
 pub struct Deduplicator {
-    /// Keys in their stored form ([`Key::to_bytes`]).
-    first: HashMap<Box<[u8]>, Box<str>>,
+    /// The first output of each key.
+    first: Firsts,
     /// Float consts that are the first of their values, by (block, declared type, bytes of the
     /// first [`KEY_ELEMENTS`] elements): `(blob offset, output)` in program order.
     close_candidates: HashMap<CloseKey, Vec<(u64, String)>>,
@@ -306,7 +354,7 @@ impl Deduplicator {
                             .push((*offset, output.name.clone()));
                     }
                 }
-                self.first.insert(stored_key, output.name.as_str().into());
+                self.first.insert(&stored_key, &output.name)?;
                 Ok(Verdict::Keep)
             }
         }
@@ -478,6 +526,22 @@ mod tests {
     use crate::weights::WeightFileBuilder;
 
     type Weights = WeightFileBuilder<Cursor<Vec<u8>>>;
+
+    #[test]
+    fn firsts_give_back_the_name_of_each_key() {
+        let mut firsts = Firsts::default();
+        let keys: [&[u8]; 4] = [b"", b"a", b"ab", &[0xff; 300]];
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(firsts.get(key), None);
+            firsts.insert(key, &format!("out_{i}_é")).unwrap();
+        }
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(firsts.get(key), Some(format!("out_{i}_é").as_str()));
+        }
+        // A key that is a prefix of another's key and name together is its own key.
+        assert_eq!(firsts.get(b"abo"), None);
+        assert_eq!(firsts.get(b"b"), None);
+    }
 
     fn weights() -> Weights {
         WeightFileBuilder::new(Cursor::new(Vec::new()), "w.bin".into()).unwrap()
