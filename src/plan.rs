@@ -297,7 +297,7 @@ mod tests {
     use super::*;
     use crate::mil::build::{bind_name, bind_value, const_op, op};
     use crate::mil::value::{blob_value, immediate_value, tensor_value_type};
-    use crate::proto::mil::{Block, Function, NamedValueType};
+    use crate::proto::mil::{Block, NamedValueType};
     use crate::tensor::TensorData;
 
     #[test]
@@ -372,20 +372,11 @@ mod tests {
             operations: crate::mil::ops::encode_ops(ops),
             ..Default::default()
         };
-        let function = Function {
-            inputs: vec![NamedValueType {
-                name: "x".into(),
-                r#type: Some(t),
-            }],
-            opset: "CoreML8".into(),
-            block_specializations: BTreeMap::from([("CoreML8".into(), block)]),
-            ..Default::default()
+        let x = NamedValueType {
+            name: "x".into(),
+            r#type: Some(t),
         };
-        Program {
-            version: 1,
-            functions: BTreeMap::from([("main".into(), function)]),
-            ..Default::default()
-        }
+        crate::mil::build::main_program(vec![x], "CoreML8", block)
     }
 
     fn plan_with(json: &str) -> Result<Vec<(String, Decision)>> {

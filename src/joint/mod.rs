@@ -98,23 +98,14 @@ mod tests {
     use crate::mil::build::{bind_name, op};
     use crate::mil::rewrite::replace_ops;
     use crate::mil::value::{tensor_value_type, OperationExt};
-    use crate::proto::mil::{Block, Function, Operation, Program};
+    use crate::proto::mil::{Block, Operation, Program};
 
     fn program(ops: Vec<Operation>) -> Program {
         let block = Block {
             operations: crate::mil::ops::encode_ops(ops),
             ..Default::default()
         };
-        let function = Function {
-            opset: "CoreML8".into(),
-            block_specializations: BTreeMap::from([("CoreML8".into(), block)]),
-            ..Default::default()
-        };
-        Program {
-            version: 1,
-            functions: BTreeMap::from([("main".into(), function)]),
-            ..Default::default()
-        }
+        crate::mil::build::main_program(Vec::new(), "CoreML8", block)
     }
 
     fn constexpr(op_type: &str, name: &str) -> Operation {

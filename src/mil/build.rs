@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::proto::mil::{argument, Argument, NamedValueType, Operation, Value, ValueType};
+use crate::proto::mil::{
+    argument, Argument, Block, Function, NamedValueType, Operation, Program, Value, ValueType,
+};
 
 use super::entries::entries_from;
 use super::value::string_value;
@@ -61,4 +63,20 @@ pub fn const_op(name: &str, value: Value) -> Operation {
         attributes,
         vec![(name.to_owned(), ty)],
     )
+}
+
+/// A program of one function, `main`, with `inputs` and one block specialization `opset` (also its
+/// opset), as coremltools writes a single-function model.
+pub fn main_program(inputs: Vec<NamedValueType>, opset: &str, block: Block) -> Program {
+    let function = Function {
+        inputs,
+        opset: opset.to_owned(),
+        block_specializations: BTreeMap::from([(opset.to_owned(), block)]),
+        ..Default::default()
+    };
+    Program {
+        version: 1,
+        functions: BTreeMap::from([("main".to_owned(), function)]),
+        ..Default::default()
+    }
 }

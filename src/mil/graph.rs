@@ -672,9 +672,9 @@ mod tests {
     /// main(x): `split` names its op apart from its two outputs; `cond` holds two sibling blocks
     /// that each define `t` (and return it); `last` reads `b`, and the function returns `a`.
     fn sibling_blocks() -> Program {
-        use crate::mil::build::{bind_name, op};
+        use crate::mil::build::{bind_name, main_program, op};
         use crate::mil::ops::encode_ops;
-        use crate::proto::mil::{Function, NamedValueType};
+        use crate::proto::mil::NamedValueType;
         use std::collections::BTreeMap;
         let t = tensor_value_type(ScalarType::Float32, &[2]);
         let typed = |name: &str| (name.to_owned(), t.clone());
@@ -707,20 +707,11 @@ mod tests {
             operations: encode_ops([split, cond, last]),
             ..Default::default()
         };
-        let function = Function {
-            inputs: vec![NamedValueType {
-                name: "x".into(),
-                r#type: Some(t.clone()),
-            }],
-            opset: "CoreML7".into(),
-            block_specializations: BTreeMap::from([("CoreML7".into(), block)]),
-            ..Default::default()
+        let x = NamedValueType {
+            name: "x".into(),
+            r#type: Some(t),
         };
-        Program {
-            version: 1,
-            functions: BTreeMap::from([("main".into(), function)]),
-            ..Default::default()
-        }
+        main_program(vec![x], "CoreML7", block)
     }
 
     #[test]

@@ -174,10 +174,10 @@ mod tests {
     use super::*;
     use crate::dtype::ScalarType;
     use crate::mil::access::op_at;
-    use crate::mil::build::{bind_name, const_op, op};
+    use crate::mil::build::{bind_name, const_op, main_program, op};
     use crate::mil::graph::{GraphView, UseSite};
     use crate::mil::value::{blob_value, tensor_value_type, OperationExt};
-    use crate::proto::mil::{Block, Function, NamedValueType};
+    use crate::proto::mil::{Block, NamedValueType};
 
     /// The `name` of the op at `path`.
     fn name_at(p: &Program, path: &OpPath) -> Option<String> {
@@ -230,20 +230,11 @@ mod tests {
             operations: encode_ops([w, lin, outer]),
             ..Default::default()
         };
-        let function = Function {
-            inputs: vec![NamedValueType {
-                name: "x".into(),
-                r#type: Some(t),
-            }],
-            opset: "CoreML6".into(),
-            block_specializations: BTreeMap::from([("CoreML6".into(), block)]),
-            ..Default::default()
+        let x = NamedValueType {
+            name: "x".into(),
+            r#type: Some(t),
         };
-        Program {
-            version: 1,
-            functions: BTreeMap::from([("main".into(), function)]),
-            ..Default::default()
-        }
+        main_program(vec![x], "CoreML6", block)
     }
 
     #[test]
