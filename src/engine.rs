@@ -30,6 +30,7 @@ pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
 use crate::mil::access::{set_ops_at, OpPath};
 use crate::mil::graph::{GraphView, UseSite};
+use crate::mil::op_file::{ChangeWatch, OpFile};
 use crate::mil::rewrite::{rename_with, replace_ops};
 use crate::mil::spill::{SpilledOps, SpilledRenames};
 use crate::mil::value::{OperationExt, ValueExt};
@@ -144,6 +145,22 @@ pub fn prune_global(job: &PruneJob, global: &GlobalSparsity) -> Result<PruneSumm
 const APPLY_CHUNK: usize = 4096;
 
 fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSummary> {
+    let mut watch = None;
+    prune_steps(job, global, &mut watch).map_err(|e| {
+        // An op read back from a file that changed explains whatever failed after it.
+        watch
+            .as_ref()
+            .and_then(ChangeWatch::error_if_changed)
+            .unwrap_or(e)
+    })
+}
+
+/// [`prune_with`]; `watch` is set once the ops are read from the model file.
+fn prune_steps(
+    job: &PruneJob,
+    global: Option<&GlobalSparsity>,
+    watch: &mut Option<ChangeWatch>,
+) -> Result<PruneSummary> {
     job.config.validate()?;
     let mut devices = Devices::new(job.device, job.gpu_min_elements)?;
     let package = Package::open(&job.input)?;
@@ -158,7 +175,12 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
             model.path.display()
         )));
     }
-    let graph = GraphView::build(&model.program)?;
+    let mut graph = GraphView::build(&model.program)?;
+    // From here ops are read back from the file as they are needed, instead of the whole file
+    // staying in memory (issue 18).
+    if graph.move_ops_to_file(&mut model) {
+        *watch = graph.op_file().map(OpFile::watch);
+    }
     let mut shared_keys = HashSet::new();
     let mut planned = if job.joint_compression {
         plan_joint(&model.program, &graph, &job.config, model.spec_version())?
@@ -230,6 +252,8 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     // Each entry moves into its report.
     let mut next_plan = planned.into_iter().peekable();
     let mut changed_ops = SpilledOps::create_in(out.scratch_dir())?;
+    // The function bodies' own ops that `changed_ops` replaces: not read back from the file.
+    let mut replaced_top = vec![false; graph.op_count()];
     std::thread::scope(|scope| -> Result<()> {
         let jobs = {
             let (program, graph) = (&model.program, &graph);
@@ -283,6 +307,9 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
             };
             if let Some(op) = changed {
                 changed_ops.push(&info.path, &op)?;
+                if let [_] = info.path.steps.as_slice() {
+                    replaced_top[index] = true;
+                }
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(info.name, p.meta.storage_bytes().unwrap_or(0));
@@ -307,6 +334,7 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     // What only the walk needed is freed before the stored changes come back: the index, the rest
     // of the plan, the deduplication and rename tables, and (once its last blob is written) the
     // writer's store-once table. Fields a destructuring leaves out would live to the end.
+    let op_file = graph.take_op_file();
     drop(graph);
     drop(next_plan);
     let Rewrite {
@@ -323,6 +351,12 @@ fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSu
     drop((dedupe, sparsified, shared, namer));
     let blob_count = weights.blob_count();
     weights.finish()?;
+    if let Some(file) = op_file {
+        file.restore(&mut model.program, |i| {
+            replaced_top.get(i).copied().unwrap_or(false)
+        })?;
+    }
+    drop(replaced_top);
     let pruned_any = pruned_count > 0;
     // A few thousand at a time: each chunk moves into the program as it is read.
     changed_ops.read_back_in_chunks(APPLY_CHUNK, |updates| {

@@ -21,6 +21,8 @@ use smallvec::SmallVec;
 
 use super::access::{op_bytes_at, OpPath};
 use super::entries::Entries;
+use super::model::LoadedModel;
+use super::op_file::{place_in, BodyOps, OpFile};
 use super::ops::decode_op;
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
@@ -110,7 +112,7 @@ struct Root {
     table: u32,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct GraphView {
     ops: Vec<OpRecord>,
     roots: Vec<Root>,
@@ -130,6 +132,8 @@ pub struct GraphView {
     /// file, no copy). Reaching one through the program decodes the op owning its block, whose
     /// bytes hold all of them: once per nested op, that made the work quadratic in a block's size.
     nested: HashMap<u32, Bytes>,
+    /// Once [`GraphView::move_ops_to_file`] ran: where every op is read from.
+    op_file: Option<OpFile>,
 }
 
 /// The state of one build: where each short text is, and the values in scope.
@@ -522,11 +526,81 @@ impl GraphView {
     /// engine's walk stores the ops it changes only at the end (`crate::mil::spill`), so every op
     /// it reads, earlier ones included, is the op as read.
     pub fn op_bytes(&self, program: &Program, index: usize) -> Option<Bytes> {
+        if let Some(file) = &self.op_file {
+            return file.read(index);
+        }
         let record = self.ops.get(index)?;
         if record.place & NESTED != 0 {
             return self.nested.get(&u32::try_from(index).ok()?).cloned();
         }
         op_bytes_at(program, &self.path_of(record))
+    }
+
+    /// Moves the ops of `model`'s program to its file (see [`crate::mil::op_file`]): from here on
+    /// [`GraphView::op_bytes`] reads them from there, the program's function bodies are empty and
+    /// the file read is dropped, until [`OpFile::restore`] fills them again. Does nothing (returns
+    /// false) for a model not read from a file, or whose ops are not all slices of what was read.
+    pub fn move_ops_to_file(&mut self, model: &mut LoadedModel) -> bool {
+        let Some((file, read)) = model.source.take() else {
+            return false;
+        };
+        let mut places = Vec::with_capacity(self.ops.len());
+        let mut top = Vec::new();
+        let mut bodies: Vec<BodyOps> = Vec::new();
+        for (index, record) in self.ops.iter().enumerate() {
+            let bytes = if record.place & NESTED != 0 {
+                self.nested.get(&(index as u32)).cloned()
+            } else {
+                op_bytes_at(&model.program, &self.path_of(record))
+            };
+            let Some(place) = bytes.as_ref().and_then(|b| place_in(&read, b)) else {
+                model.source = Some((file, read));
+                return false;
+            };
+            places.push(place);
+            if record.place & NESTED == 0 {
+                let root = &self.roots[record.root as usize];
+                let same_body = bodies.last().is_some_and(|b| {
+                    Arc::ptr_eq(&b.function, &root.function)
+                        && Arc::ptr_eq(&b.specialization, &root.specialization)
+                });
+                if !same_body {
+                    bodies.push(BodyOps {
+                        function: root.function.clone(),
+                        specialization: root.specialization.clone(),
+                        ops: top.len()..top.len(),
+                    });
+                }
+                top.push(index as u32);
+                if let Some(body) = bodies.last_mut() {
+                    body.ops.end = top.len();
+                }
+            }
+        }
+        let places = places.into_iter().map(|(offset, len)| {
+            let at = offset as usize;
+            ((offset, len), &read[at..at + len as usize])
+        });
+        let op_file = OpFile::new(file, model.path.clone(), places, top, bodies);
+        for function in model.program.functions.values_mut() {
+            for block in function.block_specializations.values_mut() {
+                block.operations = Vec::new();
+            }
+        }
+        self.nested = HashMap::new();
+        self.op_file = Some(op_file);
+        true
+    }
+
+    /// The file the ops were moved to, taken out of the index (which then reads ops from the
+    /// program again): the engine keeps it past the index to fill the program back.
+    pub fn take_op_file(&mut self) -> Option<OpFile> {
+        self.op_file.take()
+    }
+
+    /// The file the ops were moved to, if they were.
+    pub fn op_file(&self) -> Option<&OpFile> {
+        self.op_file.as_ref()
     }
 
     /// Op `index`, decoded (see [`GraphView::op_bytes`]).
@@ -765,6 +839,80 @@ mod tests {
             assert_eq!(op.outputs[0].name, info.outputs[0]);
         }
         assert!(g.get(5).is_none());
+    }
+
+    #[test]
+    fn ops_moved_to_the_file_read_back_the_same_and_fill_the_program_again() {
+        use crate::proto::spec::{model, Model};
+        use prost::Message;
+        let program = sibling_blocks();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.mlmodel");
+        let model = Model {
+            specification_version: 8,
+            r#type: Some(model::Type::MlProgram(program.clone())),
+            ..Default::default()
+        };
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+        let mut loaded = LoadedModel::read(&path, &path).unwrap();
+        let mut g = GraphView::build(&loaded.program).unwrap();
+        let before: Vec<_> = (0..g.op_count())
+            .map(|i| g.op_bytes(&loaded.program, i).unwrap())
+            .collect();
+        assert!(g.move_ops_to_file(&mut loaded));
+        assert!(loaded.source.is_none());
+        let body = &loaded.program.functions["main"].block_specializations["CoreML7"];
+        assert!(body.operations.is_empty());
+        for (i, bytes) in before.iter().enumerate() {
+            assert_eq!(g.op_bytes(&loaded.program, i).as_ref(), Some(bytes), "op {i}");
+        }
+        // The index still answers from its own tables.
+        assert_eq!(g.producer("main", "t"), Some(3));
+        let file = g.take_op_file().unwrap();
+        // Op 1 (`cond`) is left for the caller to put back.
+        file.restore(&mut loaded.program, |i| i == 1).unwrap();
+        let body = &loaded.program.functions["main"].block_specializations["CoreML7"];
+        assert_eq!(
+            body.operations,
+            [before[0].clone(), Bytes::new(), before[4].clone()]
+        );
+        assert!(file.watch().error_if_changed().is_none());
+
+        // Changed in place after the move (what was read ahead is what was checked, so a fresh
+        // load): the read fails and the watch says why.
+        let mut loaded = LoadedModel::read(&path, &path).unwrap();
+        let mut g = GraphView::build(&loaded.program).unwrap();
+        assert!(g.move_ops_to_file(&mut loaded));
+        let file = g.take_op_file().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let failed = file
+            .restore(&mut loaded.program, |_| false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            failed.contains("changed while mlprune was reading it"),
+            "{failed}"
+        );
+        let reported = file.watch().error_if_changed().unwrap().to_string();
+        assert!(reported.contains("model.mlmodel"), "{reported}");
+    }
+
+    #[test]
+    fn a_program_not_read_from_a_file_keeps_its_ops() {
+        let program = sibling_blocks();
+        let mut loaded = LoadedModel {
+            path: "m".into(),
+            shell: Default::default(),
+            program: program.clone(),
+            source: None,
+        };
+        let mut g = GraphView::build(&loaded.program).unwrap();
+        assert!(!g.move_ops_to_file(&mut loaded));
+        assert_eq!(loaded.program, program);
+        assert!(g.op_bytes(&loaded.program, 4).is_some());
     }
 
     #[test]

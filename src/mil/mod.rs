@@ -9,6 +9,7 @@ pub mod decode_budget;
 pub mod entries;
 pub mod graph;
 pub mod model;
+pub mod op_file;
 pub mod ops;
 pub mod renames;
 pub mod rewrite;

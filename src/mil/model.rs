@@ -5,7 +5,10 @@
 //! schema does not cover (a newer Core ML field, or a non-canonical writer). We refuse rather than
 //! write a model that lost it.
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::bytes::Bytes;
 use prost::Message;
@@ -24,14 +27,20 @@ pub struct LoadedModel {
     /// Everything but the program (its `Type` oneof is `None` while loaded).
     pub shell: Model,
     pub program: Program,
+    /// The file it was read from, still open, and the bytes read: the program's ops are slices of
+    /// them until they move to the file ([`crate::mil::GraphView::move_ops_to_file`]).
+    pub source: Option<(Arc<File>, Bytes)>,
 }
 
 impl LoadedModel {
     /// Reads and decodes the file at `path`; errors name `label`, the path the user knows (it
     /// differs for a zipped package). See [`decode_model`] for what is refused.
     pub fn read(path: &Path, label: &Path) -> Result<Self> {
-        let bytes = Bytes::from(std::fs::read(path).at(label)?);
-        let mut shell = decode_model(bytes, label)?;
+        let mut file = File::open(path).at(label)?;
+        let mut read = Vec::new();
+        file.read_to_end(&mut read).at(label)?;
+        let bytes = Bytes::from(read);
+        let mut shell = decode_model(bytes.clone(), label)?;
         let program = match shell.r#type.take() {
             Some(model::Type::MlProgram(p)) => p,
             // decode_model only returns ML Programs; keep the error path rather than panic.
@@ -46,6 +55,7 @@ impl LoadedModel {
             path: label.to_owned(),
             shell,
             program,
+            source: Some((Arc::new(file), bytes)),
         })
     }
 

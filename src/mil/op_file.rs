@@ -1,0 +1,227 @@
+//! Ops read again from `model.mlmodel` instead of held in memory.
+//!
+//! The program keeps every op as a slice of the file read, so the whole file stays in memory for
+//! the run: at 80,000 tensors, a third of the peak (issue 18). Once the graph index is built, the
+//! engine moves the ops to the file: each op's place in it is recorded with a check of its bytes,
+//! the program's op lists are emptied and the file read is dropped. Ops are then read back from
+//! the open file, through two read-ahead windows (the walk and the reader thread each go through
+//! the program in order), and the function bodies are filled again at the end, each op the walk
+//! replaced left empty for its replacement.
+//!
+//! The file is the one opened at load, so a path renamed meanwhile does not matter; bytes that
+//! differ from the check (the file changed in place) make the read fail, and
+//! [`ChangeWatch`] says why.
+
+use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prost::bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::proto::mil::Program;
+
+/// Bytes read ahead on a miss: most ops are a few hundred bytes.
+const WINDOW: usize = 256 << 10;
+
+/// Where one op's bytes lie in the file, and a check of them.
+#[derive(Debug, Clone, Copy)]
+struct OpRange {
+    offset: u64,
+    len: u32,
+    check: u32,
+}
+
+/// The top-level ops of one function body, as indices into [`OpFile::top`].
+#[derive(Debug, Clone)]
+pub struct BodyOps {
+    pub function: Arc<str>,
+    pub specialization: Arc<str>,
+    pub ops: Range<usize>,
+}
+
+/// A piece of the file read ahead.
+#[derive(Debug)]
+struct Window {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct OpFile {
+    file: Arc<File>,
+    label: PathBuf,
+    /// By op index of the graph.
+    ranges: Vec<OpRange>,
+    /// The op indices of the function bodies' own ops, body after body.
+    top: Vec<u32>,
+    bodies: Vec<BodyOps>,
+    hasher: RandomState,
+    /// Most recently used last.
+    windows: Mutex<Vec<Window>>,
+    changed: Arc<AtomicBool>,
+}
+
+/// Whether an [`OpFile`] found its file changed, kept by a caller that outlives it.
+#[derive(Debug, Clone)]
+pub struct ChangeWatch {
+    changed: Arc<AtomicBool>,
+    label: PathBuf,
+}
+
+impl ChangeWatch {
+    /// The error to report instead of whatever failed, once a read found the file changed.
+    pub fn error_if_changed(&self) -> Option<Error> {
+        self.changed
+            .load(Ordering::Relaxed)
+            .then(|| changed_error(&self.label))
+    }
+}
+
+fn changed_error(label: &std::path::Path) -> Error {
+    Error::Model {
+        path: label.to_owned(),
+        reason: "changed while mlprune was reading it (its ops no longer match what was read)".into(),
+    }
+}
+
+/// The place of `op` inside `file` (the buffer it was decoded from), if it is a slice of it.
+pub fn place_in(file: &Bytes, op: &Bytes) -> Option<(u64, u32)> {
+    let base = file.as_ptr() as usize;
+    let start = (op.as_ptr() as usize).checked_sub(base)?;
+    let end = start.checked_add(op.len())?;
+    (end <= file.len()).then_some((start as u64, u32::try_from(op.len()).ok()?))
+}
+
+impl OpFile {
+    /// `places`: each op's place in `file` (see [`place_in`]) with its bytes, by op index; `top`
+    /// and `bodies` as [`OpFile::restore`] fills the program again.
+    pub fn new<'b>(
+        file: Arc<File>,
+        label: PathBuf,
+        places: impl Iterator<Item = ((u64, u32), &'b [u8])>,
+        top: Vec<u32>,
+        bodies: Vec<BodyOps>,
+    ) -> Self {
+        let hasher = RandomState::new();
+        let ranges = places
+            .map(|((offset, len), bytes)| OpRange {
+                offset,
+                len,
+                check: hasher.hash_one(bytes) as u32,
+            })
+            .collect();
+        OpFile {
+            file,
+            label,
+            ranges,
+            top,
+            bodies,
+            hasher,
+            windows: Mutex::new(Vec::new()),
+            changed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The bytes of op `index`, as they were when the index was built; `None` if the file no
+    /// longer holds them (see [`OpFile::changed`]).
+    pub fn read(&self, index: usize) -> Option<Bytes> {
+        let range = *self.ranges.get(index)?;
+        let bytes = self.read_range(range);
+        if bytes.is_none() {
+            self.changed.store(true, Ordering::Relaxed);
+        }
+        bytes
+    }
+
+    fn read_range(&self, range: OpRange) -> Option<Bytes> {
+        let len = range.len as usize;
+        let end = range.offset.checked_add(len as u64)?;
+        let within = |w: &Window| range.offset >= w.start && end <= w.start + w.bytes.len() as u64;
+        let copy = |w: &Window| {
+            let at = (range.offset - w.start) as usize;
+            Bytes::copy_from_slice(&w.bytes[at..at + len])
+        };
+        let found = {
+            let mut windows = self.windows.lock().ok()?;
+            let hit = windows.iter().position(within);
+            hit.map(|i| {
+                let window = windows.remove(i);
+                let bytes = copy(&window);
+                windows.push(window);
+                bytes
+            })
+        };
+        let bytes = match found {
+            Some(bytes) => bytes,
+            None => {
+                let mut window = Window {
+                    start: range.offset,
+                    bytes: vec![0; len.max(WINDOW)],
+                };
+                let read = read_at_most(&self.file, &mut window.bytes, range.offset).ok()?;
+                window.bytes.truncate(read);
+                if !within(&window) {
+                    return None;
+                }
+                let bytes = copy(&window);
+                let mut windows = self.windows.lock().ok()?;
+                if windows.len() == 2 {
+                    windows.remove(0);
+                }
+                windows.push(window);
+                bytes
+            }
+        };
+        (self.hasher.hash_one(&bytes[..]) as u32 == range.check).then_some(bytes)
+    }
+
+    /// A handle that tells whether a read found the file changed since it was read at load.
+    pub fn watch(&self) -> ChangeWatch {
+        ChangeWatch {
+            changed: self.changed.clone(),
+            label: self.label.clone(),
+        }
+    }
+
+    /// Fills the program's function bodies again, each with its ops read from the file, except
+    /// those `replaced` says the caller puts in place itself (left empty).
+    pub fn restore(&self, program: &mut Program, replaced: impl Fn(usize) -> bool) -> Result<()> {
+        for body in &self.bodies {
+            let block = program
+                .functions
+                .get_mut(&*body.function)
+                .and_then(|f| f.block_specializations.get_mut(&*body.specialization))
+                .ok_or_else(|| Error::Graph(format!("no function '{}'", body.function)))?;
+            let mut ops = Vec::with_capacity(body.ops.len());
+            for &index in &self.top[body.ops.clone()] {
+                let index = index as usize;
+                if replaced(index) {
+                    ops.push(Bytes::new());
+                } else {
+                    ops.push(self.read(index).ok_or_else(|| changed_error(&self.label))?);
+                }
+            }
+            block.operations = ops;
+        }
+        Ok(())
+    }
+}
+
+/// Reads up to `buf.len()` bytes at `offset`, fewer only at the end of the file.
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
