@@ -139,6 +139,19 @@ impl OpFile {
     }
 
     fn read_range(&self, range: OpRange) -> Option<Bytes> {
+        let bytes = if range.len as usize > WINDOW / 2 {
+            // An op owning a large nested block: read on its own, not through a window it would
+            // fill (and keep) with a second copy of itself.
+            let mut bytes = vec![0; range.len as usize];
+            self.file.read_exact_at(&mut bytes, range.offset).ok()?;
+            Bytes::from(bytes)
+        } else {
+            self.read_through_window(range)?
+        };
+        (self.hasher.hash_one(&bytes[..]) as u32 == range.check).then_some(bytes)
+    }
+
+    fn read_through_window(&self, range: OpRange) -> Option<Bytes> {
         let len = range.len as usize;
         let end = range.offset.checked_add(len as u64)?;
         let within = |w: &Window| range.offset >= w.start && end <= w.start + w.bytes.len() as u64;
@@ -156,12 +169,12 @@ impl OpFile {
                 bytes
             })
         };
-        let bytes = match found {
-            Some(bytes) => bytes,
+        match found {
+            Some(bytes) => Some(bytes),
             None => {
                 let mut window = Window {
                     start: range.offset,
-                    bytes: vec![0; len.max(WINDOW)],
+                    bytes: vec![0; WINDOW],
                 };
                 let read = read_at_most(&self.file, &mut window.bytes, range.offset).ok()?;
                 window.bytes.truncate(read);
@@ -174,10 +187,9 @@ impl OpFile {
                     windows.remove(0);
                 }
                 windows.push(window);
-                bytes
+                Some(bytes)
             }
-        };
-        (self.hasher.hash_one(&bytes[..]) as u32 == range.check).then_some(bytes)
+        }
     }
 
     /// A handle that tells whether a read found the file changed since it was read at load.
@@ -224,4 +236,59 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usi
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of three "ops": small, larger than a window's half (read on its own), small.
+    fn ops_file(dir: &std::path::Path) -> (PathBuf, Vec<u8>, Vec<(u64, u32)>) {
+        let sizes = [300usize, WINDOW / 2 + 1, 40];
+        let mut bytes = Vec::new();
+        let mut places = Vec::new();
+        for (i, size) in sizes.into_iter().enumerate() {
+            bytes.extend_from_slice(&[0xAA; 7]); // what lies between ops in a real file
+            places.push((bytes.len() as u64, size as u32));
+            bytes.extend((0..size).map(|b| (b * 31 + i) as u8));
+        }
+        let path = dir.join("model.mlmodel");
+        std::fs::write(&path, &bytes).unwrap();
+        (path, bytes, places)
+    }
+
+    fn open(path: &std::path::Path, bytes: &[u8], places: &[(u64, u32)]) -> OpFile {
+        let slices = places
+            .iter()
+            .map(|&(at, len)| ((at, len), &bytes[at as usize..at as usize + len as usize]));
+        let file = Arc::new(File::open(path).unwrap());
+        OpFile::new(file, path.to_owned(), slices, vec![0, 1, 2], Vec::new())
+    }
+
+    #[test]
+    fn small_and_large_ops_read_back_as_they_were_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes, places) = ops_file(dir.path());
+        let ops = open(&path, &bytes, &places);
+        for index in [2, 0, 1, 1, 0, 2] {
+            let (at, len) = places[index];
+            let expected = &bytes[at as usize..at as usize + len as usize];
+            assert_eq!(ops.read(index).as_deref(), Some(expected), "op {index}");
+        }
+        assert!(ops.read(3).is_none());
+        assert!(ops.watch().error_if_changed().is_none());
+    }
+
+    #[test]
+    fn a_large_op_changed_in_place_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut bytes, places) = ops_file(dir.path());
+        let ops = open(&path, &bytes, &places);
+        let inside_large = places[1].0 as usize + 1000;
+        bytes[inside_large] ^= 0xFF;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(ops.read(1).is_none());
+        let error = ops.watch().error_if_changed().unwrap().to_string();
+        assert!(error.contains("changed while mlprune was reading it"), "{error}");
+    }
 }
