@@ -36,7 +36,7 @@ struct OpRange {
     check: u32,
 }
 
-/// The top-level ops of one function body, as indices into [`OpFile::top`].
+/// The top-level ops of one function body, as a range of the op file's list of them.
 #[derive(Debug, Clone)]
 pub struct BodyOps {
     pub function: Arc<str>,
@@ -128,7 +128,7 @@ impl OpFile {
     }
 
     /// The bytes of op `index`, as they were when the index was built; `None` if the file no
-    /// longer holds them (see [`OpFile::changed`]).
+    /// longer holds them (see [`OpFile::watch`]).
     pub fn read(&self, index: usize) -> Option<Bytes> {
         let range = *self.ranges.get(index)?;
         let bytes = self.read_range(range);
