@@ -15,13 +15,13 @@
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prost::bytes::Bytes;
 
+use crate::blob::ReadAt;
 use crate::error::{Error, Result};
 use crate::proto::mil::Program;
 
@@ -54,6 +54,8 @@ struct Window {
 #[derive(Debug)]
 pub struct OpFile {
     file: Arc<File>,
+    /// Its size when the ops were moved to it: a window stops there.
+    file_len: u64,
     label: PathBuf,
     /// By op index of the graph.
     ranges: Vec<OpRange>,
@@ -116,6 +118,7 @@ impl OpFile {
             })
             .collect();
         OpFile {
+            file_len: ReadAt::size(&*file),
             file,
             label,
             ranges,
@@ -143,7 +146,7 @@ impl OpFile {
             // An op owning a large nested block: read on its own, not through a window it would
             // fill (and keep) with a second copy of itself.
             let mut bytes = vec![0; range.len as usize];
-            self.file.read_exact_at(&mut bytes, range.offset).ok()?;
+            ReadAt::read_exact_at(&*self.file, &mut bytes, range.offset).ok()?;
             Bytes::from(bytes)
         } else {
             self.read_through_window(range)?
@@ -172,12 +175,12 @@ impl OpFile {
         match found {
             Some(bytes) => Some(bytes),
             None => {
+                let size = self.file_len.saturating_sub(range.offset).min(WINDOW as u64);
                 let mut window = Window {
                     start: range.offset,
-                    bytes: vec![0; WINDOW],
+                    bytes: vec![0; size as usize],
                 };
-                let read = read_at_most(&self.file, &mut window.bytes, range.offset).ok()?;
-                window.bytes.truncate(read);
+                ReadAt::read_exact_at(&*self.file, &mut window.bytes, range.offset).ok()?;
                 if !within(&window) {
                     return None;
                 }
@@ -222,20 +225,6 @@ impl OpFile {
         }
         Ok(())
     }
-}
-
-/// Reads up to `buf.len()` bytes at `offset`, fewer only at the end of the file.
-fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]
