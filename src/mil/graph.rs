@@ -24,6 +24,7 @@ use super::entries::Entries;
 use super::model::LoadedModel;
 use super::op_file::{place_in, BodyOps, OpFile};
 use super::ops::decode_op;
+use super::texts::{Span, TextBuffer};
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
@@ -50,13 +51,6 @@ pub enum UseSite {
 
 /// "No op" in the `u32` fields below.
 const NONE: u32 = u32::MAX;
-
-/// A range of [`GraphView::names`].
-#[derive(Debug, Clone, Copy, Default)]
-struct Span {
-    start: u32,
-    len: u32,
-}
 
 /// One op. `place` is the op's index in its function body, or [`NESTED`] plus an index into
 /// [`GraphView::nested_steps`] for an op inside a nested block.
@@ -123,8 +117,8 @@ pub struct GraphView {
     uses: Vec<UseRecord>,
     /// The outputs of every op, as indices into its function's values.
     op_outputs: Vec<u32>,
-    /// Every value name, and op names that are no output's, one after the other.
-    names: String,
+    /// Every value name, and op names that are no output's.
+    names: TextBuffer,
     /// Op types and parameter names, each once.
     texts: Vec<Arc<str>>,
     hasher: RandomState,
@@ -185,7 +179,7 @@ impl GraphView {
             let (entries, names) = (&values.entries, &view.names);
             values
                 .by_name
-                .shrink_to_fit(|&i| hasher.hash_one(span_text(names, entries[i as usize].name)));
+                .shrink_to_fit(|&i| hasher.hash_one(names.get(entries[i as usize].name)));
         }
         Ok(view)
     }
@@ -207,15 +201,11 @@ impl GraphView {
 
     /// Appends `text` to the name buffer.
     fn store_name(&mut self, text: &str) -> Result<Span> {
-        let start = u32::try_from(self.names.len()).map_err(|_| too_many("names"))?;
-        let len = u32::try_from(text.len()).map_err(|_| too_many("names"))?;
-        start.checked_add(len).ok_or_else(|| too_many("names"))?;
-        self.names.push_str(text);
-        Ok(Span { start, len })
+        self.names.push(text).ok_or_else(|| too_many("names"))
     }
 
     fn name_of(&self, span: Span) -> &str {
-        span_text(&self.names, span)
+        self.names.get(span)
     }
 
     fn index_of(&self, table: usize, name: &str) -> Option<u32> {
@@ -250,7 +240,7 @@ impl GraphView {
         });
         let entries = &values.entries;
         values.by_name.insert_unique(hasher.hash_one(name), index, |&i| {
-            hasher.hash_one(span_text(names, entries[i as usize].name))
+            hasher.hash_one(names.get(entries[i as usize].name))
         });
         Ok(index)
     }
@@ -349,14 +339,12 @@ impl GraphView {
                 nested_prefix.push(b);
                 self.walk_block(nested, (root, &nested_prefix), table, Some(op_id), builder)?;
             }
-            let record = &self.ops[op_id as usize];
-            let range = record.first_output as usize..(record.first_output + record.outputs) as usize;
-            for o in range {
+            for o in self.output_range(&self.ops[op_id as usize]) {
                 let id = self.op_outputs[o];
                 let entry = &mut self.values[table].entries[id as usize];
                 entry.producer = op_id;
                 let span = entry.name;
-                builder.scope.define(id, span_text(&self.names, span), function)?;
+                builder.scope.define(id, self.names.get(span), function)?;
             }
         }
         for out in &block.outputs {
@@ -458,10 +446,19 @@ impl GraphView {
         }
     }
 
+    /// Where `record`'s outputs lie in [`GraphView::op_outputs`].
+    fn output_range(&self, record: &OpRecord) -> std::ops::Range<usize> {
+        record.first_output as usize..(record.first_output + record.outputs) as usize
+    }
+
+    /// The values of `record`'s function, where its output ids point.
+    fn values_of(&self, record: &OpRecord) -> &FunctionValues {
+        &self.values[self.roots[record.root as usize].table as usize]
+    }
+
     fn outputs_of<'g>(&'g self, record: &OpRecord) -> impl Iterator<Item = &'g str> + 'g {
-        let table = &self.values[self.roots[record.root as usize].table as usize];
-        let range = record.first_output as usize..(record.first_output + record.outputs) as usize;
-        self.op_outputs[range]
+        let table = self.values_of(record);
+        self.op_outputs[self.output_range(record)]
             .iter()
             .map(move |&id| self.name_of(table.entries[id as usize].name))
     }
@@ -497,10 +494,9 @@ impl GraphView {
     /// output, each in program order.
     pub fn consumers(&self, index: usize) -> Vec<(usize, &str)> {
         let record = &self.ops[index];
-        let table = &self.values[self.roots[record.root as usize].table as usize];
-        let range = record.first_output as usize..(record.first_output + record.outputs) as usize;
+        let table = self.values_of(record);
         let mut out: Vec<(usize, &str)> = Vec::new();
-        for &value in &self.op_outputs[range] {
+        for &value in &self.op_outputs[self.output_range(record)] {
             for site in self.use_chain(&table.entries[value as usize]) {
                 if site.param == NONE {
                     continue;
@@ -607,11 +603,6 @@ impl GraphView {
     pub fn op(&self, program: &Program, index: usize) -> Option<Operation> {
         decode_op(&self.op_bytes(program, index)?).ok()
     }
-}
-
-fn span_text(names: &str, span: Span) -> &str {
-    // Spans are made by `store_name` from whole `&str`s: always in range, on char boundaries.
-    &names[span.start as usize..(span.start + span.len) as usize]
 }
 
 /// What every reader of the program relies on and nothing else checks: every op has a type and

@@ -15,6 +15,7 @@ pub mod renames;
 pub mod rewrite;
 pub mod spill;
 pub mod stream;
+pub mod texts;
 pub mod value;
 
 pub use access::OpPath;

@@ -11,13 +11,8 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
+use super::texts::{Span, TextBuffer};
 use crate::error::{Error, Result};
-
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: u32,
-    len: u32,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -30,7 +25,7 @@ struct Entry {
 /// Renames by function and old name; an old name is renamed at most once per function.
 #[derive(Debug, Default)]
 pub struct RenameMap {
-    text: String,
+    text: TextBuffer,
     entries: Vec<Entry>,
     /// The functions with renames, in the order their first rename came.
     functions: Vec<Arc<str>>,
@@ -61,16 +56,11 @@ impl RenameMap {
     }
 
     fn span(&self, span: Span) -> &str {
-        // Spans are made by `store` from whole `&str`s: in range, on char boundaries.
-        &self.text[span.start as usize..(span.start + span.len) as usize]
+        self.text.get(span)
     }
 
     fn store(&mut self, text: &str) -> Result<Span> {
-        let start = u32::try_from(self.text.len()).map_err(|_| too_many())?;
-        let len = u32::try_from(text.len()).map_err(|_| too_many())?;
-        start.checked_add(len).ok_or_else(too_many)?;
-        self.text.push_str(text);
-        Ok(Span { start, len })
+        self.text.push(text).ok_or_else(too_many)
     }
 
     fn function_index(&self, function: &str) -> Option<u32> {
@@ -113,10 +103,7 @@ impl RenameMap {
         };
         self.entries.push(entry);
         let (entries, text, hasher) = (&self.entries, &self.text, &self.hasher);
-        let key = |e: &Entry| {
-            let old = &text[e.old.start as usize..(e.old.start + e.old.len) as usize];
-            hasher.hash_one((e.function, old))
-        };
+        let key = |e: &Entry| hasher.hash_one((e.function, text.get(e.old)));
         self.by_old
             .insert_unique(key(&entry), index, |&i| key(&entries[i as usize]));
         Ok(())
