@@ -425,9 +425,11 @@ fn prefetch_order(
             .iter()
             .filter(|p| matches!(p.decision, Decision::Prune(_)))
             .filter(|p| {
-                blob_key(program, graph, p.op_index)
-                    .filter(|key| shared.is_shared(key))
-                    .is_none_or(|key| seen.insert(key))
+                // Reading the op for its key only pays where a blob is shared.
+                !shared.any_shared()
+                    || blob_key(program, graph, p.op_index)
+                        .filter(|key| shared.is_shared(key))
+                        .is_none_or(|key| seen.insert(key))
             })
             .filter_map(|p| u32::try_from(p.op_index).ok()),
     );
@@ -439,7 +441,7 @@ fn prefetch_job(program: &Program, graph: &GraphView, op_index: u32) -> Option<J
     let op_index = op_index as usize;
     Some(Job {
         op_index,
-        name: graph.get(op_index)?.name.into(),
+        name: graph.name(op_index).into(),
         op: graph.op_bytes(program, op_index)?,
     })
 }
@@ -600,7 +602,7 @@ impl Rewrite {
         while let Some(buffer) = self.weights.recycled_tensor() {
             prefetcher.recycle(buffer);
         }
-        let key = blob_key(program, graph, index);
+        let key = self.shared.shared_key(value);
         if let Some(outcome) = key.as_ref().and_then(|k| self.shared.get(k)).cloned() {
             // Not read again: the prefetcher has no job for it either.
             return self.reuse_shared(graph, index, outcome, output);

@@ -16,7 +16,7 @@ use crate::mil::entries::Entries;
 use crate::mil::graph::GraphView;
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::plan::{resolve_const, storable, Decision, PlannedTensor};
-use crate::proto::mil::{Operation, Program};
+use crate::proto::mil::{Operation, Program, Value};
 
 /// The identity of a source blob as a const reads it: its `weight.bin` offset, and the dtype and
 /// shape the const declares (a blob read under two shapes is pruned as two tensors, since block and
@@ -26,9 +26,13 @@ pub type BlobKey = (u64, ScalarType, Vec<u64>);
 
 /// The blob key of the const at `index`, if it reads its value from `weight.bin`.
 pub fn blob_key(program: &Program, graph: &GraphView, index: usize) -> Option<BlobKey> {
-    let value = graph.op(program, index)?.into_const_value()?;
+    blob_key_of(&graph.op(program, index)?.into_const_value()?)
+}
+
+/// The blob key of a const's `value`, if it is read from `weight.bin`.
+pub fn blob_key_of(value: &Value) -> Option<BlobKey> {
     let offset = value.blob_offset()?;
-    let meta = crate::weights::TensorMeta::of(&value)?;
+    let meta = crate::weights::TensorMeta::of(value)?;
     Some((offset, meta.dtype, meta.shape))
 }
 
@@ -172,6 +176,20 @@ impl SharedOutcomes {
     /// Whether several planned consts read `key`'s blob.
     pub fn is_shared(&self, key: &BlobKey) -> bool {
         self.shared.contains(key)
+    }
+
+    /// Whether any blob is read by several planned consts (most models have none).
+    pub fn any_shared(&self) -> bool {
+        !self.shared.is_empty()
+    }
+
+    /// The key of a const `value`'s blob if several planned consts read it; nothing is computed
+    /// when no blob is shared.
+    pub fn shared_key(&self, value: &Value) -> Option<BlobKey> {
+        if !self.any_shared() {
+            return None;
+        }
+        blob_key_of(value).filter(|key| self.is_shared(key))
     }
 
     pub fn get(&self, key: &BlobKey) -> Option<&Outcome> {
