@@ -78,7 +78,7 @@ fn same_block(a: &OpPath, b: &OpPath) -> bool {
     block_key(a) == block_key(b)
 }
 
-/// What [`rename_all`] did.
+/// What [`rename_with`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Renamed {
     /// Places rebound (op inputs and block outputs).
@@ -87,14 +87,8 @@ pub struct Renamed {
     pub ops_visited: usize,
 }
 
-/// Rebinds many values at once, `(function, old, new)` each: every use of `old` in `function`, op
-/// inputs at any depth and block outputs, now reads `new`. Value names are unique within a function
-/// (SSA), so a plain rename is exact. One walk over every function that has a rename, whatever
-/// their number.
-///
-/// The renames apply together, not one after the other, which is the same only because a new name
-/// is never another rename's old name in the same function (new names are fresh); that, and an old
-/// name renamed twice, is refused.
+/// [`rename_with`] for renames given as `(function, old, new)` tuples (tests write them so).
+#[cfg(test)]
 pub fn rename_all<F: AsRef<str>, T: AsRef<str>>(
     program: &mut Program,
     renames: &[(F, T, T)],
@@ -106,8 +100,14 @@ pub fn rename_all<F: AsRef<str>, T: AsRef<str>>(
     rename_with(program, &map)
 }
 
-/// [`rename_all`] with the renames already in a [`RenameMap`] (which refused an old name renamed
-/// twice as they went in).
+/// Rebinds many values at once, `(function, old, new)` each: every use of `old` in `function`, op
+/// inputs at any depth and block outputs, now reads `new`. Value names are unique within a function
+/// (SSA), so a plain rename is exact. One walk over every function that has a rename, whatever
+/// their number.
+///
+/// The renames apply together, not one after the other, which is the same only because a new name
+/// is never another rename's old name in the same function (new names are fresh); that is
+/// refused here, and an old name renamed twice by the [`RenameMap`] as it is filled.
 pub fn rename_with(program: &mut Program, renames: &RenameMap) -> Result<Renamed> {
     fn walk(block: &mut Block, map: FunctionRenames<'_>, visited: &mut usize) -> Result<usize> {
         let mut n = 0;

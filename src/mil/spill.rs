@@ -58,7 +58,8 @@ impl SpilledOps {
         Ok(())
     }
 
-    /// Every stored op with its path, in the order they were stored.
+    /// Every stored op with its path, in the order they were stored (tests compare them whole).
+    #[cfg(test)]
     pub fn read_back(self) -> Result<Vec<(OpPath, Bytes)>> {
         let mut all = Vec::new();
         self.read_back_in_chunks(usize::MAX, |chunk| {
@@ -140,7 +141,8 @@ impl SpilledRenames {
         Ok(())
     }
 
-    /// Every rename, in the order they were made.
+    /// Every rename, in the order they were made (tests compare them whole).
+    #[cfg(test)]
     pub fn read_back(self) -> Result<Vec<(Arc<str>, String, String)>> {
         let mut out = Vec::new();
         self.for_each(|function, old, new| {
