@@ -36,7 +36,7 @@ use crate::mil::spill::{SpilledOps, SpilledRenames};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::{OutputPackage, Package};
-use crate::plan::{consumer_label, plan, Decision, PlannedTensor};
+use crate::plan::{consumer_label, plan, report_shape, Decision, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::proto::mil::{NamedValueType, Operation, Program};
 use crate::shared::{blob_key, check_shared_configs, qualified, renamed_copy, Outcome, SharedOutcomes};
@@ -185,11 +185,7 @@ fn prune_steps(
     let mut planned = if job.joint_compression {
         plan_joint(&model.program, &graph, &job.config, model.spec_version())?
             .into_iter()
-            .map(|p| PlannedTensor {
-                op_index: p.op_index,
-                meta: p.meta,
-                decision: p.decision,
-            })
+            .map(|p| PlannedTensor::new(p.op_index, &p.meta, p.decision))
             .collect()
     } else {
         let planned = plan(&model.program, &graph, &job.config)?;
@@ -312,14 +308,21 @@ fn prune_steps(
                 }
             }
             if let Some(p) = plan_entry {
-                progress.tensor_done(info.name, p.meta.storage_bytes().unwrap_or(0));
+                progress.tensor_done(info.name, p.storage_bytes().unwrap_or(0));
                 pruned_count += usize::from(matches!(result, Some(Ok(_))));
                 if keep_entries {
                     let function = info.path.function.clone();
                     let cut_by_global = matches!(p.decision, Decision::Prune(_)).then_some(&shared_cut);
                     let consumer = consumer_label(&graph, index);
-                    let mut report =
-                        tensor_report(p, (function, info.name), consumer, result, started, placement);
+                    let shape = report_shape(&model.program, &graph, index);
+                    let mut report = tensor_report(
+                        p,
+                        (function, info.name, shape),
+                        consumer,
+                        result,
+                        started,
+                        placement,
+                    );
                     if let Some(Some(g)) = cut_by_global {
                         report.mode = "global";
                         report.global_cut = Some(g.clone());
@@ -888,23 +891,23 @@ fn bump_to_ios16(model: &mut LoadedModel) {
 /// `Some(Ok((kept, bytes_after)))` for a pruned one. `placement`: where its kernel ran, if one did.
 fn tensor_report(
     p: PlannedTensor,
-    (function, name): (Arc<str>, &str),
+    (function, name, shape): (Arc<str>, &str, Vec<u64>),
     consumer: String,
     result: Option<PruneResult>,
     started: Instant,
     placement: Option<Placement>,
 ) -> TensorReport {
-    let bytes = p.meta.storage_bytes().unwrap_or(0);
+    let bytes = p.storage_bytes().unwrap_or(0);
     let mode = match &p.decision {
         Decision::Skip(_) => "none",
         Decision::Prune(c) => c.mode_name(),
     };
     let (pruned, skipped, sparsity, bytes_after) = match (result, p.decision) {
         (Some(Ok((kept, after))), _) => {
-            let sparsity = if p.meta.count == 0 {
+            let sparsity = if p.count == 0 {
                 0.0
             } else {
-                1.0 - kept as f64 / p.meta.count as f64
+                1.0 - kept as f64 / p.count as f64
             };
             (true, None, Some(sparsity), after)
         }
@@ -916,8 +919,8 @@ fn tensor_report(
         function,
         name: name.to_owned(),
         consumer,
-        dtype: p.meta.dtype.name(),
-        shape: p.meta.shape,
+        dtype: p.dtype.name(),
+        shape,
         mode,
         pruned,
         skipped,

@@ -22,8 +22,8 @@ use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::mil::entries::Entries;
 use crate::mil::graph::GraphView;
-use crate::mil::value::{is_constexpr_type, OperationExt};
-use crate::proto::mil::{argument::binding::Binding, Operation, Program};
+use crate::mil::value::{is_constexpr_type, OperationExt, TensorTypeExt};
+use crate::proto::mil::{argument::binding::Binding, value_type, Operation, Program};
 use crate::weights::TensorMeta;
 
 /// What happens to one weight tensor. The config and the reason are shared by every entry that
@@ -57,19 +57,51 @@ pub(crate) fn share_decisions<'a>(decisions: impl Iterator<Item = &'a mut Decisi
     }
 }
 
+/// One planned tensor. The plan lives through the whole walk with an entry per weight, so an
+/// entry keeps the dtype and element count but not the shape, which only reports need and read
+/// from the op ([`crate::engine`]): 40 bytes instead of 64 plus a shape allocation (issue 18).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedTensor {
     /// The const's op index in the [`GraphView`].
     pub op_index: usize,
-    pub meta: TensorMeta,
+    /// The stored (for joint compression, the materialized) dtype and element count.
+    pub dtype: ScalarType,
+    pub count: u64,
     pub decision: Decision,
+}
+
+// The figure the doc above gives; a field that grows it shows here.
+const _: () = assert!(std::mem::size_of::<PlannedTensor>() == 40);
+
+impl PlannedTensor {
+    pub fn new(op_index: usize, meta: &TensorMeta, decision: Decision) -> Self {
+        PlannedTensor {
+            op_index,
+            dtype: meta.dtype,
+            count: meta.count,
+            decision,
+        }
+    }
+
+    /// Stored size in bytes (bit-packed for sub-byte types), `None` on overflow.
+    pub fn storage_bytes(&self) -> Option<u64> {
+        self.dtype.storage_bytes(self.count)
+    }
+
+    pub(crate) fn storable(&self) -> bool {
+        stored_in_weight_file(self.dtype, self.count)
+    }
 }
 
 /// coremltools' `should_use_weight_file` at spec iOS15, which `prune_weights` uses to pick candidates
 /// (on the materialized value, for joint compression).
 pub(crate) fn storable(meta: &TensorMeta) -> bool {
+    stored_in_weight_file(meta.dtype, meta.count)
+}
+
+fn stored_in_weight_file(dtype: ScalarType, count: u64) -> bool {
     use ScalarType::*;
-    meta.count >= 10 && matches!(meta.dtype, Float16 | Float32 | UInt8 | Int8)
+    count >= 10 && matches!(dtype, Float16 | Float32 | UInt8 | Int8)
 }
 
 /// The inline tensors of a constexpr op that coremltools' loader materializes as storable consts:
@@ -130,16 +162,31 @@ pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -
         } else {
             Decision::Skip(format!("{} {} values are not stored in weight.bin (needs fp16/fp32/int8/uint8 and at least 10 elements)", meta.count, meta.dtype).into())
         };
-        planned.push(PlannedTensor {
-            op_index: index,
-            meta,
-            decision,
-        });
+        planned.push(PlannedTensor::new(index, &meta, decision));
     }
     // The plan lives for the whole walk: give back the slack of growing it one push at a time.
     planned.shrink_to_fit();
     share_decisions(planned.iter_mut().map(|p| &mut p.decision));
     Ok(planned)
+}
+
+/// The shape of op `index`'s tensor as reports show it: a const's value's, a constexpr op's output's
+/// (what it materializes). The plan keeps no shapes; reports read them from the op.
+pub(crate) fn report_shape(program: &Program, graph: &GraphView, index: usize) -> Vec<u64> {
+    let Some(op) = graph.op(program, index) else {
+        return Vec::new();
+    };
+    if let Some(meta) = op.const_value().and_then(TensorMeta::of) {
+        return meta.shape;
+    }
+    op.outputs
+        .into_iter()
+        .next()
+        .and_then(|o| match o.r#type?.r#type? {
+            value_type::Type::TensorType(t) => t.shape(),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// `op (type.input)` of the first consumer of op `index`, as reports show it.

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::mil::entries::Entries;
 use crate::mil::graph::GraphView;
 use crate::mil::value::{OperationExt, ValueExt};
-use crate::plan::{resolve_const, storable, Decision, PlannedTensor};
+use crate::plan::{resolve_const, Decision, PlannedTensor};
 use crate::proto::mil::{Operation, Program, Value};
 
 /// The identity of a source blob as a const reads it: its `weight.bin` offset, and the dtype and
@@ -123,7 +123,7 @@ fn resolved_config(
         return Ok(Some(Some((**c).clone())));
     }
     // The plan resolved exactly the storable consts; resolving them again raises nothing new.
-    if !storable(&p.meta) {
+    if !p.storable() {
         return Ok(None);
     }
     Ok(match resolve_const(graph, config, p.op_index)? {

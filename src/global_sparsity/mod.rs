@@ -120,22 +120,20 @@ pub fn decide_cut(
         .filter(|p| blob_key(program, graph, p.op_index).is_none_or(|key| seen.insert(key)))
         .collect();
     for p in &eligible {
-        if !matches!(p.meta.dtype, ScalarType::Float16 | ScalarType::Float32) {
+        if !matches!(p.dtype, ScalarType::Float16 | ScalarType::Float32) {
             return Err(Error::Unsupported(format!(
                 "--global-sparsity compares fp16 and fp32 weights only; tensor '{}' is {} (leave it out with --exclude)",
                 graph.name(p.op_index),
-                p.meta.dtype
+                p.dtype
             )));
         }
     }
-    let total = eligible
-        .iter()
-        .try_fold(0u64, |sum, p| sum.checked_add(p.meta.count));
+    let total = eligible.iter().try_fold(0u64, |sum, p| sum.checked_add(p.count));
     let total = total.ok_or_else(|| Error::Unsupported("the eligible element count overflows".into()))?;
     let k = global.sparsity.count_of(total);
     let (cut, _) = select(k, |pass, sink| {
         for p in &eligible {
-            if pass == Pass::Fp32Only && p.meta.dtype != ScalarType::Float32 {
+            if pass == Pass::Fp32Only && p.dtype != ScalarType::Float32 {
                 continue;
             }
             cancel.check()?;
