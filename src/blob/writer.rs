@@ -30,12 +30,12 @@ pub struct BlobWriter<W: TensorSink> {
     /// Bytes written so far, relative to `base`.
     position: u64,
     count: u32,
-    /// Record offset of the first blob written under each content key.
-    stored: HashMap<ContentKey, u64>,
-    /// Record offsets of later blobs under a key already taken (their hashes collide with an
-    /// earlier blob's). Kept apart so that a blob costs one table slot and no allocation: a model
-    /// of tens of thousands of small tensors writes a hundred thousand blobs (issue 18).
-    collided: HashMap<ContentKey, Vec<u64>>,
+    /// The first blob written under each content key, as a [`Stored`] word.
+    stored: HashMap<ContentKey, Stored>,
+    /// Later blobs under a key already taken (their keys collide with an earlier blob's). Kept
+    /// apart so that a blob costs one 16-byte table slot and no allocation: a model of tens of
+    /// thousands of small tensors writes a hundred thousand blobs (issue 18).
+    collided: HashMap<ContentKey, Vec<Stored>>,
     /// Appends answered with an earlier blob's offset instead of a new blob.
     shared: u64,
     /// Record offsets of the fp16/fp32 blobs written that hold a NaN, found while their bytes are
@@ -46,22 +46,41 @@ pub struct BlobWriter<W: TensorSink> {
     hash: fn(&[u8]) -> u64,
 }
 
-/// What must agree for two blobs to be the same: the hash of the bytes, then dtype and element
-/// count in one word ([`dtype_and_count`]): a table slot of a model of many small tensors is a
-/// third smaller than with the three apart (issue 18).
-type ContentKey = (u64, u64);
+/// One word that must agree for two blobs to be the same: a hash of the bytes' hash, the dtype and
+/// the element count. Equal keys are only candidates: a match is confirmed against the dtype kept
+/// in [`Stored`] and the bytes in the file, so that a collision costs a comparison, never a wrong
+/// blob. The element count is in the key only: among blobs of the same dtype and bytes, counts
+/// differ only for sub-byte types, by elements the padding holds, and telling those apart would
+/// take a 2^-64 collision of the key. A slot of a model of many small tensors is 16 bytes (24
+/// with the three words apart; issue 18).
+type ContentKey = u64;
 
-/// `dtype` in the top byte, `count` below. A blob of 2^56 elements would hold at least 8 PiB, so
-/// no count reaches the top byte; should one, the blob is neither indexed nor matched
-/// ([`UNINDEXED`] is no dtype's word).
-fn dtype_and_count(dtype: ScalarType, count: u64) -> u64 {
-    if count >> 56 != 0 {
-        return UNINDEXED;
-    }
-    (dtype as u64) << 56 | count
+fn content_key(bytes_hash: u64, dtype: ScalarType, count: u64) -> ContentKey {
+    let mut words = [0u8; 24];
+    words[..8].copy_from_slice(&bytes_hash.to_le_bytes());
+    words[8..16].copy_from_slice(&(dtype as u64).to_le_bytes());
+    words[16..].copy_from_slice(&count.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&words)
 }
 
-const UNINDEXED: u64 = u64::MAX;
+/// A blob's record offset (a multiple of 64) with its dtype in the six bits that leaves free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stored(u64);
+
+impl Stored {
+    fn new(record_offset: u64, dtype: ScalarType) -> Self {
+        debug_assert!(record_offset % 64 == 0 && (dtype as u64) < 64);
+        Stored(record_offset | dtype as u64)
+    }
+
+    fn record_offset(self) -> u64 {
+        self.0 & !63
+    }
+
+    fn holds(self, dtype: ScalarType) -> bool {
+        self.0 & 63 == dtype as u64
+    }
+}
 
 /// Bytes compared per read when a candidate blob is checked against the file.
 const COMPARE_CHUNK: usize = 64 << 10;
@@ -147,17 +166,15 @@ impl<W: TensorSink> BlobWriter<W> {
 
     /// The offset of a blob already written with exactly `data` as its `dtype` content of
     /// `element_count` elements, confirmed byte for byte against the file.
-    fn find_stored(&mut self, key: &ContentKey, data: &[u8]) -> Result<Option<u64>> {
-        if key.1 == UNINDEXED {
-            return Ok(None);
-        }
-        let Some(&first) = self.stored.get(key) else {
+    fn find_stored(&mut self, key: ContentKey, dtype: ScalarType, data: &[u8]) -> Result<Option<u64>> {
+        let Some(&first) = self.stored.get(&key) else {
             return Ok(None);
         };
         let mut candidates = vec![first];
-        candidates.extend(self.collided.get(key).into_iter().flatten());
+        candidates.extend(self.collided.get(&key).into_iter().flatten());
         let mut chunk = vec![0u8; COMPARE_CHUNK.min(data.len())];
-        for record_offset in candidates {
+        for stored in candidates.into_iter().filter(|s| s.holds(dtype)) {
+            let record_offset = stored.record_offset();
             if self.written_bytes_equal(record_offset + RECORD_SIZE, data, &mut chunk)? {
                 self.shared += 1;
                 return Ok(Some(record_offset));
@@ -227,7 +244,7 @@ impl<W: TensorSink> BlobWriter<W> {
     }
 
     fn content_key(&self, dtype: ScalarType, element_count: u64, data: &[u8]) -> ContentKey {
-        ((self.hash)(data), dtype_and_count(dtype, element_count))
+        content_key((self.hash)(data), dtype, element_count)
     }
 
     fn error(&self, offset: u64, reason: impl Into<String>) -> Error {
@@ -255,13 +272,13 @@ impl<W: TensorSink> BlobWriter<W> {
     pub fn append(&mut self, dtype: ScalarType, data: &[u8], element_count: u64) -> Result<u64> {
         let blob = self.check_blob(dtype, data.len() as u64, data.last().copied(), element_count)?;
         let key = self.content_key(dtype, element_count, data);
-        if let Some(offset) = self.find_stored(&key, data)? {
+        if let Some(offset) = self.find_stored(key, dtype, data)? {
             return Ok(offset);
         }
         self.begin_blob(&blob)?;
         self.write_all(data)?;
         self.note_nan(blob.record_offset, dtype, data);
-        self.end_blob(blob, key);
+        self.end_blob(blob, key, dtype);
         Ok(blob.record_offset)
     }
 
@@ -285,14 +302,14 @@ impl<W: TensorSink> BlobWriter<W> {
         };
         let blob = self.check_blob(dtype, bytes, None, data.len() as u64)?;
         let key = self.content_key(dtype, data.len() as u64, &data.as_le_bytes());
-        if let Some(offset) = self.find_stored(&key, &data.as_le_bytes())? {
+        if let Some(offset) = self.find_stored(key, dtype, &data.as_le_bytes())? {
             return Ok(offset);
         }
         self.begin_blob(&blob)?;
         self.note_nan(blob.record_offset, dtype, &data.as_le_bytes());
         self.inner.write_tensor(data).at(&self.path)?;
         self.position += bytes;
-        self.end_blob(blob, key);
+        self.end_blob(blob, key, dtype);
         Ok(blob.record_offset)
     }
 
@@ -349,17 +366,15 @@ impl<W: TensorSink> BlobWriter<W> {
     }
 
     /// Counts a blob whose data is written and indexes its content.
-    fn end_blob(&mut self, blob: NewBlob, key: ContentKey) {
+    fn end_blob(&mut self, blob: NewBlob, key: ContentKey, dtype: ScalarType) {
         self.count = blob.count;
-        if key.1 == UNINDEXED {
-            return;
-        }
+        let stored = Stored::new(blob.record_offset, dtype);
         match self.stored.entry(key) {
             std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(blob.record_offset);
+                slot.insert(stored);
             }
             std::collections::hash_map::Entry::Occupied(_) => {
-                self.collided.entry(key).or_default().push(blob.record_offset)
+                self.collided.entry(key).or_default().push(stored)
             }
         }
     }
@@ -725,17 +740,40 @@ mod tests {
     }
 
     #[test]
-    fn dtype_and_count_words_differ_when_either_does() {
+    fn content_keys_differ_when_the_dtype_or_the_count_does() {
         let dtypes: Vec<ScalarType> = every_blob_type().iter().map(TensorData::dtype).collect();
-        let counts = [0u64, 1, 255, 256, (1 << 56) - 1];
+        let counts = [0u64, 1, 255, 256, (1 << 56) - 1, 1 << 56, u64::MAX];
         let mut seen = HashSet::new();
         for &dtype in &dtypes {
             for &count in &counts {
-                let word = dtype_and_count(dtype, count);
-                assert_ne!(word, UNINDEXED);
-                assert!(seen.insert(word), "{dtype:?} {count}");
+                assert!(seen.insert(content_key(42, dtype, count)), "{dtype:?} {count}");
             }
-            assert_eq!(dtype_and_count(dtype, 1 << 56), UNINDEXED);
+        }
+    }
+
+    #[test]
+    fn a_key_collision_with_equal_bytes_of_another_dtype_is_a_separate_blob() {
+        let mut writer = BlobWriter::new(Cursor::new(Vec::new()), PathBuf::from("out.bin")).unwrap();
+        let a = writer.append(ScalarType::UInt8, &[7; 16], 16).unwrap();
+        // The int8 blob of the same bytes finds the uint8 one under its key, as a collision would.
+        let int8_key = writer.content_key(ScalarType::Int8, 16, &[7; 16]);
+        writer.stored.insert(int8_key, Stored::new(a, ScalarType::UInt8));
+        let b = writer.append(ScalarType::Int8, &[7; 16], 16).unwrap();
+        assert_eq!((a, b), (64, 192));
+        assert_eq!(writer.shared_count(), 0);
+        // Found again under its own dtype.
+        assert_eq!(writer.append(ScalarType::Int8, &[7; 16], 16).unwrap(), 192);
+    }
+
+    #[test]
+    fn stored_words_keep_the_offset_and_the_dtype() {
+        for dtype in every_blob_type().iter().map(TensorData::dtype) {
+            for offset in [0u64, 64, 1 << 40, u64::MAX & !63] {
+                let stored = Stored::new(offset, dtype);
+                assert_eq!(stored.record_offset(), offset);
+                assert!(stored.holds(dtype));
+                assert!(ScalarType::ALL.iter().filter(|&&d| d != dtype).all(|&d| !stored.holds(d)));
+            }
         }
     }
 
