@@ -28,10 +28,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::global_sparsity::decide_cut;
 pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
-use crate::mil::access::{set_ops_at, OpPath};
+use crate::mil::access::OpPath;
+use crate::mil::assemble::{assemble, Assembled, HeldOps};
 use crate::mil::graph::{GraphView, UseSite};
 use crate::mil::op_file::{ChangeWatch, OpFile};
-use crate::mil::rewrite::{rename_with, replace_ops};
 use crate::mil::spill::{SpilledOps, SpilledRenames};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
@@ -140,10 +140,6 @@ pub fn prune_global(job: &PruneJob, global: &GlobalSparsity) -> Result<PruneSumm
     prune_with(job, Some(global))
 }
 
-/// Changed ops applied to the program at once at the end of a run. An op owning a nested block
-/// is decoded and encoded once per chunk that changes ops in it.
-const APPLY_CHUNK: usize = 4096;
-
 fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSummary> {
     let mut watch = None;
     prune_steps(job, global, &mut watch).map_err(|e| {
@@ -248,8 +244,6 @@ fn prune_steps(
     // Each entry moves into its report.
     let mut next_plan = planned.into_iter().peekable();
     let mut changed_ops = SpilledOps::create_in(out.scratch_dir())?;
-    // The function bodies' own ops that `changed_ops` replaces: not read back from the file.
-    let mut replaced_top = vec![false; graph.op_count()];
     std::thread::scope(|scope| -> Result<()> {
         let jobs = {
             let (program, graph) = (&model.program, &graph);
@@ -303,9 +297,6 @@ fn prune_steps(
             };
             if let Some(op) = changed {
                 changed_ops.push(&info.path, &op)?;
-                if let [_] = info.path.steps.as_slice() {
-                    replaced_top[index] = true;
-                }
             }
             if let Some(p) = plan_entry {
                 progress.tensor_done(info.name, p.storage_bytes().unwrap_or(0));
@@ -354,24 +345,33 @@ fn prune_steps(
     drop((dedupe, sparsified, shared, namer));
     let blob_count = weights.blob_count();
     weights.finish()?;
-    if let Some(file) = op_file {
-        file.restore(&mut model.program, |i| {
-            replaced_top.get(i).copied().unwrap_or(false)
-        })?;
-    }
-    drop(replaced_top);
     let pruned_any = pruned_count > 0;
-    // A few thousand at a time: each chunk moves into the program as it is read.
-    changed_ops.read_back_in_chunks(APPLY_CHUNK, |updates| {
-        set_ops_at(&mut model.program, updates)
-            .ok_or_else(|| Error::Graph("an op disappeared during rewrite".into()))
-    })?;
-    let moved = replace_ops(&mut model.program, edits)?;
+    // The output's bodies are assembled op by op into a scratch file, never held whole.
     let renames = renames.read_back_into_map()?;
-    let visited = rename_with(&mut model.program, &renames)?.ops_visited;
+    let (mut assembled, rewrite_steps) = match op_file {
+        Some(file) => assemble(
+            &mut model.program,
+            file,
+            changed_ops,
+            edits,
+            &renames,
+            out.scratch_dir(),
+        )?,
+        None => {
+            let held = HeldOps::take_from(&mut model.program);
+            assemble(
+                &mut model.program,
+                held,
+                changed_ops,
+                edits,
+                &renames,
+                out.scratch_dir(),
+            )?
+        }
+    };
     drop(renames);
     if pruned_any && model.spec_version() < 7 {
-        bump_to_ios16(&mut model);
+        bump_to_ios16(&mut model, &mut assembled);
     }
     if blob_count == 0 && !had_weight_file {
         // Mirror the input: a package without blobs has an empty weights folder, no weight.bin.
@@ -384,8 +384,8 @@ fn prune_steps(
     }
     let weight_bytes_after = std::fs::metadata(&weight_path).map(|m| m.len()).unwrap_or(0);
     let model_path = out.model_path();
-    model.write_to(&model_path)?;
-    drop(model);
+    model.write_with(&model_path, &assembled)?;
+    drop((model, assembled));
     if job.report.is_some() {
         let mut json = serde_json::to_vec_pretty(&reports)
             .map_err(|e| Error::Usage(format!("cannot serialize the report: {e}")))?;
@@ -403,7 +403,7 @@ fn prune_steps(
         weight_bytes_before,
         weight_bytes_after,
         notices,
-        rewrite_steps: moved + visited,
+        rewrite_steps,
         global_cut,
     })
 }
@@ -875,14 +875,15 @@ fn sparse_bytes(dtype: crate::dtype::ScalarType, kept: u64, count: u64) -> u64 {
 
 /// coremltools loads programs at spec ≥ 7 for pruning (constexpr ops do not exist in iOS15): spec 6
 /// becomes 7 and every `CoreML5` opset, both `Function.opset` and its block key, becomes `CoreML6`.
-fn bump_to_ios16(model: &mut LoadedModel) {
+fn bump_to_ios16(model: &mut LoadedModel, bodies: &mut Assembled) {
     model.shell.specification_version = 7;
-    for function in model.program.functions.values_mut() {
+    for (name, function) in &mut model.program.functions {
         if function.opset == "CoreML5" {
             function.opset = "CoreML6".into();
         }
         if let Some(block) = function.block_specializations.remove("CoreML5") {
             function.block_specializations.insert("CoreML6".into(), block);
+            bodies.move_specialization(name, "CoreML5", "CoreML6");
         }
     }
 }

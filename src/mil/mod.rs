@@ -4,6 +4,7 @@
 //! index of the graph (`graph`), and explicit rewrite operations (`rewrite`).
 
 pub mod access;
+pub mod assemble;
 pub mod build;
 pub mod decode_budget;
 pub mod entries;

@@ -66,8 +66,13 @@ impl LoadedModel {
     /// Writes the full model to `path`, the bytes [`encode_model`] gives for it, without holding
     /// them (see [`super::stream`]).
     pub fn write_to(&self, path: &Path) -> Result<()> {
+        self.write_with(path, &super::stream::InBlocks)
+    }
+
+    /// [`LoadedModel::write_to`] with each function body's ops taken from `ops`.
+    pub fn write_with(&self, path: &Path, ops: &impl super::stream::OpLists) -> Result<()> {
         let mut out = std::io::BufWriter::new(std::fs::File::create(path).at(path)?);
-        super::stream::write_model(&self.shell, &self.program, &mut out).at(path)?;
+        super::stream::write_model(&self.shell, &self.program, ops, &mut out).at(path)?;
         std::io::Write::flush(&mut out).at(path)
     }
 }

@@ -23,7 +23,6 @@ use prost::bytes::Bytes;
 
 use crate::blob::ReadAt;
 use crate::error::{Error, Result};
-use crate::proto::mil::Program;
 
 /// Bytes read ahead on a miss: most ops are a few hundred bytes.
 const WINDOW: usize = 256 << 10;
@@ -203,9 +202,30 @@ impl OpFile {
         }
     }
 
+    /// The function bodies' own ops: which function, which specialization, which of `top`.
+    pub fn body_ops(&self) -> &[BodyOps] {
+        &self.bodies
+    }
+
+    /// Op `k` of body `body` (see [`OpFile::body_ops`]), as it was read.
+    pub fn read_top(&self, body: usize, k: usize) -> Result<Bytes> {
+        let index = self
+            .bodies
+            .get(body)
+            .and_then(|b| self.top.get(b.ops.clone())?.get(k))
+            .ok_or_else(|| Error::Graph(format!("no op {k} in body {body}")))?;
+        self.read(*index as usize)
+            .ok_or_else(|| changed_error(&self.label))
+    }
+
     /// Fills the program's function bodies again, each with its ops read from the file, except
     /// those `replaced` says the caller puts in place itself (left empty).
-    pub fn restore(&self, program: &mut Program, replaced: impl Fn(usize) -> bool) -> Result<()> {
+    #[cfg(test)]
+    pub fn restore(
+        &self,
+        program: &mut crate::proto::mil::Program,
+        replaced: impl Fn(usize) -> bool,
+    ) -> Result<()> {
         for body in &self.bodies {
             let block = program
                 .functions

@@ -1,6 +1,8 @@
 //! Structural edits of a program: replacing ops and rebinding every use of values.
 
 use super::entries::Entries;
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
@@ -109,62 +111,75 @@ pub fn rename_all<F: AsRef<str>, T: AsRef<str>>(
 /// is never another rename's old name in the same function (new names are fresh); that is
 /// refused here, and an old name renamed twice by the [`RenameMap`] as it is filled.
 pub fn rename_with(program: &mut Program, renames: &RenameMap) -> Result<Renamed> {
-    fn walk(block: &mut Block, map: FunctionRenames<'_>, visited: &mut usize) -> Result<usize> {
-        let mut n = 0;
-        for slot in &mut block.operations {
-            *visited += 1;
-            let mut op = decode_op(slot)?;
-            let before = n;
-            for arg in op.inputs.values_mut() {
-                for binding in &mut arg.arguments {
-                    if let Some(Binding::Name(name)) = &mut binding.binding {
-                        if let Some(new) = map.get(name.as_str()) {
-                            *name = new.to_owned();
-                            n += 1;
-                        }
-                    }
-                }
-            }
-            for nested in &mut op.blocks {
-                n += walk(nested, map, visited)?;
-            }
-            // Only an op that changed is encoded again; the others keep the bytes they were read as.
-            if n != before {
-                *slot = encode_op(&op);
-            }
-        }
-        for out in &mut block.outputs {
-            if let Some(new) = map.get(out.as_str()) {
-                *out = new.to_owned();
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
     let mut done = Renamed {
         rebound: 0,
         ops_visited: 0,
     };
-    let mut functions: Vec<&str> = renames.functions().map(|f| &**f).collect();
-    functions.sort_unstable();
-    for function in functions {
-        let Some(map) = renames.of_function(function) else {
+    for function in renamed_functions(program, renames)? {
+        let Some(map) = renames.of_function(&function) else {
             continue;
         };
-        if let Some(chained) = map.chained() {
+        let Some(f) = program.functions.get_mut(&*function) else {
+            continue;
+        };
+        for block in f.block_specializations.values_mut() {
+            done.rebound += rename_in_block(block, map, &mut done.ops_visited)?;
+        }
+    }
+    Ok(done)
+}
+
+/// The functions `renames` renames in, sorted, once checked: each exists in `program`, and no new
+/// name is another rename's old name (see [`rename_with`]).
+pub fn renamed_functions(program: &Program, renames: &RenameMap) -> Result<Vec<Arc<str>>> {
+    let mut functions: Vec<Arc<str>> = renames.functions().cloned().collect();
+    functions.sort_unstable();
+    for function in &functions {
+        if let Some(chained) = renames.of_function(function).and_then(|map| map.chained()) {
             return Err(Error::Graph(format!(
                 "value '{chained}' in function '{function}' is both renamed and the new name of another value"
             )));
         }
-        let f = program
-            .functions
-            .get_mut(function)
-            .ok_or_else(|| Error::Graph(format!("no function '{function}'")))?;
-        for block in f.block_specializations.values_mut() {
-            done.rebound += walk(block, map, &mut done.ops_visited)?;
+        if !program.functions.contains_key(&**function) {
+            return Err(Error::Graph(format!("no function '{function}'")));
         }
     }
-    Ok(done)
+    Ok(functions)
+}
+
+/// [`rename_with`] within one block of a function: its ops at any depth and its outputs. Returns
+/// the places rebound; `visited` counts the ops looked at.
+pub fn rename_in_block(block: &mut Block, map: FunctionRenames<'_>, visited: &mut usize) -> Result<usize> {
+    let mut n = 0;
+    for slot in &mut block.operations {
+        *visited += 1;
+        let mut op = decode_op(slot)?;
+        let before = n;
+        for arg in op.inputs.values_mut() {
+            for binding in &mut arg.arguments {
+                if let Some(Binding::Name(name)) = &mut binding.binding {
+                    if let Some(new) = map.get(name.as_str()) {
+                        *name = new.to_owned();
+                        n += 1;
+                    }
+                }
+            }
+        }
+        for nested in &mut op.blocks {
+            n += rename_in_block(nested, map, visited)?;
+        }
+        // Only an op that changed is encoded again; the others keep the bytes they were read as.
+        if n != before {
+            *slot = encode_op(&op);
+        }
+    }
+    for out in &mut block.outputs {
+        if let Some(new) = map.get(out.as_str()) {
+            *out = new.to_owned();
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

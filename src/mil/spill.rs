@@ -61,58 +61,63 @@ impl SpilledOps {
     /// Every stored op with its path, in the order they were stored (tests compare them whole).
     #[cfg(test)]
     pub fn read_back(self) -> Result<Vec<(OpPath, Bytes)>> {
-        let mut all = Vec::new();
-        self.read_back_in_chunks(usize::MAX, |chunk| {
-            all.extend(chunk);
-            Ok(())
-        })?;
-        Ok(all)
+        self.records()?.collect()
     }
 
-    /// Every stored op with its path, in the order they were stored, handed to `apply` in chunks
-    /// of about `chunk`: each chunk can move into the program while the rest waits on disk (held
-    /// all at once, the paths and handles alone took 72 bytes an op). A chunk ends only between
-    /// two top-level ops, so that the ops changed inside one op's nested blocks arrive together
-    /// and [`super::access::set_ops_at`] decodes and encodes that op once.
-    pub fn read_back_in_chunks(
-        self,
-        chunk: usize,
-        mut apply: impl FnMut(Vec<(OpPath, Bytes)>) -> Result<()>,
-    ) -> Result<()> {
+    /// Every stored op with its path, in the order they were stored, read one at a time: each
+    /// goes into the output while the rest waits on disk (held all at once, the paths and handles
+    /// alone took 72 bytes an op).
+    pub fn records(self) -> Result<ChangedOps> {
         let SpilledOps { scratch, names } = self;
-        let mut records = scratch.into_records()?;
-        let mut out: Vec<(OpPath, Bytes)> = Vec::new();
-        for _ in 0..records.count {
-            let function = names.get(records.word()?, &records)?;
-            let specialization = names.get(records.word()?, &records)?;
-            let steps = (0..records.word()?)
-                .map(|_| records.word())
-                .collect::<Result<SmallVec<[usize; 1]>>>()?;
-            let op = Bytes::from(records.field()?);
-            let path = OpPath {
-                function,
-                specialization,
-                steps,
-            };
-            if out.len() >= chunk
-                && out
-                    .last()
-                    .is_some_and(|(last, _)| !same_top_level_op(last, &path))
-            {
-                apply(std::mem::take(&mut out))?;
-            }
-            out.push((path, op));
-        }
-        if !out.is_empty() {
-            apply(out)?;
-        }
-        Ok(())
+        let records = scratch.into_records()?;
+        Ok(ChangedOps {
+            left: records.count,
+            records,
+            names,
+        })
     }
 }
 
-/// Whether `a` and `b` are, or lie inside, the same op of a function body.
-fn same_top_level_op(a: &OpPath, b: &OpPath) -> bool {
-    a.function == b.function && a.specialization == b.specialization && a.steps.first() == b.steps.first()
+/// The ops of a [`SpilledOps`], read back in order.
+pub struct ChangedOps {
+    records: Records,
+    names: SharedNames,
+    left: usize,
+}
+
+impl ChangedOps {
+    fn read_one(&mut self) -> Result<(OpPath, Bytes)> {
+        let records = &mut self.records;
+        let function = self.names.get(records.word()?, records)?;
+        let specialization = self.names.get(records.word()?, records)?;
+        let steps = (0..records.word()?)
+            .map(|_| records.word())
+            .collect::<Result<SmallVec<[usize; 1]>>>()?;
+        let op = Bytes::from(records.field()?);
+        let path = OpPath {
+            function,
+            specialization,
+            steps,
+        };
+        Ok((path, op))
+    }
+}
+
+impl Iterator for ChangedOps {
+    type Item = Result<(OpPath, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let item = self.read_one();
+        if item.is_err() {
+            // A broken file ends the read.
+            self.left = 0;
+        }
+        Some(item)
+    }
 }
 
 /// Renames in the order they were made, each as `(function, old output, new output)`.
@@ -327,41 +332,6 @@ mod tests {
         }
         // Paths of one block share their names, as the index's do.
         assert!(Arc::ptr_eq(&back[0].0.function, &back[1].0.function));
-    }
-
-    #[test]
-    fn gives_back_ops_in_chunks_of_at_most_the_size_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut spilled = SpilledOps::create_in(dir.path()).unwrap();
-        let steps: [&[usize]; 7] = [&[0], &[1], &[2], &[2, 0, 0], &[2, 0, 1], &[3], &[4]];
-        let stored: Vec<_> = steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (path("main", "CoreML8", s), op(&format!("o{i}"))))
-            .collect();
-        for (p, o) in &stored {
-            spilled.push(p, o).unwrap();
-        }
-        let mut sizes = Vec::new();
-        let mut back = Vec::new();
-        spilled
-            .read_back_in_chunks(2, |chunk| {
-                sizes.push(chunk.len());
-                back.extend(chunk);
-                Ok(())
-            })
-            .unwrap();
-        // Ops inside op 2 come with it, whatever the size asked.
-        assert_eq!(sizes, [2, 3, 2]);
-        for ((p, o), (q, bytes)) in stored.iter().zip(&back) {
-            assert_eq!(p, q);
-            assert_eq!(&decode_op(bytes).unwrap(), o);
-        }
-        // An error from `apply` ends the read.
-        let mut again = SpilledOps::create_in(dir.path()).unwrap();
-        again.push(&stored[0].0, &stored[0].1).unwrap();
-        let failed = again.read_back_in_chunks(1, |_| Err(Error::Graph("stop".into())));
-        assert!(failed.is_err());
     }
 
     #[test]

@@ -51,24 +51,116 @@ fn field_len(tag: u32, len: usize) -> usize {
     varint_len(u64::from(tag << 3 | LENGTH_DELIMITED)) + varint_len(len as u64) + len
 }
 
-/// Writes `shell` (a model whose `Type` is unset) with `program` as its ML Program: the bytes
-/// `encode_model` gives for the two together.
-pub fn write_model(shell: &Model, program: &Program, out: &mut impl Write) -> io::Result<()> {
-    debug_assert!(shell.r#type.is_none(), "the program is written apart");
-    let mut head = shell.encode_to_vec();
-    put_head(MODEL_ML_PROGRAM, program.encoded_len(), &mut head);
-    out.write_all(&head)?;
-    write_program(program, out)
+/// Where the ops of each function body come from when a model is written: the blocks themselves
+/// ([`InBlocks`]), or a scratch file the ops were assembled into (`crate::mil::assemble`). Nested
+/// blocks are always inside their op's bytes.
+pub trait OpLists {
+    /// The encoded size of the `operations` field of body `specialization` of `function`: every
+    /// op with its key and length.
+    fn encoded_len(&self, function: &str, specialization: &str, block: &Block) -> usize;
+    /// Writes that field.
+    fn write(
+        &self,
+        function: &str,
+        specialization: &str,
+        block: &Block,
+        out: &mut dyn Write,
+    ) -> io::Result<()>;
 }
 
-fn write_program(program: &Program, out: &mut impl Write) -> io::Result<()> {
+/// The ops each block holds.
+pub struct InBlocks;
+
+impl OpLists for InBlocks {
+    fn encoded_len(&self, _: &str, _: &str, block: &Block) -> usize {
+        ops_field_len(block)
+    }
+
+    fn write(&self, _: &str, _: &str, block: &Block, out: &mut dyn Write) -> io::Result<()> {
+        let mut head = Vec::with_capacity(16);
+        for op in &block.operations {
+            head.clear();
+            put_head(BLOCK_OPERATIONS, op.len(), &mut head);
+            out.write_all(&head)?;
+            out.write_all(op)?;
+        }
+        Ok(())
+    }
+}
+
+/// The encoded size of the ops `block` holds (its `operations` field).
+fn ops_field_len(block: &Block) -> usize {
+    block
+        .operations
+        .iter()
+        .map(|op| field_len(BLOCK_OPERATIONS, op.len()))
+        .sum()
+}
+
+/// The frame of one op in a block's `operations` field, for an op of `len` bytes.
+pub fn op_head(len: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(16);
+    put_head(BLOCK_OPERATIONS, len, &mut head);
+    head
+}
+
+/// Writes `shell` (a model whose `Type` is unset) with `program` as its ML Program: the bytes
+/// `encode_model` gives for the two together, each body's ops taken from `ops`.
+pub fn write_model(
+    shell: &Model,
+    program: &Program,
+    ops: &impl OpLists,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    debug_assert!(shell.r#type.is_none(), "the program is written apart");
+    let mut head = shell.encode_to_vec();
+    put_head(MODEL_ML_PROGRAM, program_len(program, ops), &mut head);
+    out.write_all(&head)?;
+    write_program(program, ops, out)
+}
+
+// The encoded sizes below are prost's for the message as held, with the ops the bodies hold
+// exchanged for those `ops` gives: a message's size is the sum of its fields'.
+
+fn block_len(function: &str, specialization: &str, block: &Block, ops: &impl OpLists) -> usize {
+    block.encoded_len() - ops_field_len(block) + ops.encoded_len(function, specialization, block)
+}
+
+fn function_len(name: &str, function: &Function, ops: &impl OpLists) -> usize {
+    let mut len = function.encoded_len();
+    for (specialization, block) in &function.block_specializations {
+        len -= entry_len(
+            FUNCTION_BLOCK_SPECIALIZATIONS,
+            specialization,
+            block.encoded_len(),
+        );
+        len += entry_len(
+            FUNCTION_BLOCK_SPECIALIZATIONS,
+            specialization,
+            block_len(name, specialization, block, ops),
+        );
+    }
+    len
+}
+
+fn program_len(program: &Program, ops: &impl OpLists) -> usize {
+    let mut len = program.encoded_len();
+    for (name, function) in &program.functions {
+        len -= entry_len(PROGRAM_FUNCTIONS, name, function.encoded_len());
+        len += entry_len(PROGRAM_FUNCTIONS, name, function_len(name, function, ops));
+    }
+    len
+}
+
+fn write_program(program: &Program, ops: &impl OpLists, out: &mut impl Write) -> io::Result<()> {
     let before = Program {
         version: program.version,
         ..Default::default()
     };
     out.write_all(&before.encode_to_vec())?;
     for (name, function) in &program.functions {
-        write_entry(PROGRAM_FUNCTIONS, name, function, out, write_function)?;
+        write_entry(PROGRAM_FUNCTIONS, name, function_len(name, function, ops), out)?;
+        write_function(name, function, ops, out)?;
     }
     let after = Program {
         doc_string: program.doc_string.clone(),
@@ -78,15 +170,27 @@ fn write_program(program: &Program, out: &mut impl Write) -> io::Result<()> {
     out.write_all(&after.encode_to_vec())
 }
 
-fn write_function(function: &Function, out: &mut impl Write) -> io::Result<()> {
+fn write_function(
+    name: &str,
+    function: &Function,
+    ops: &impl OpLists,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    if function_len(name, function, ops) == 0 {
+        return Ok(());
+    }
     let before = Function {
         inputs: function.inputs.clone(),
         opset: function.opset.clone(),
         ..Default::default()
     };
     out.write_all(&before.encode_to_vec())?;
-    for (name, block) in &function.block_specializations {
-        write_entry(FUNCTION_BLOCK_SPECIALIZATIONS, name, block, out, write_block)?;
+    for (specialization, block) in &function.block_specializations {
+        let len = block_len(name, specialization, block, ops);
+        write_entry(FUNCTION_BLOCK_SPECIALIZATIONS, specialization, len, out)?;
+        if len > 0 {
+            write_block(name, specialization, block, ops, out)?;
+        }
     }
     let after = Function {
         attributes: function.attributes.clone(),
@@ -95,20 +199,20 @@ fn write_function(function: &Function, out: &mut impl Write) -> io::Result<()> {
     out.write_all(&after.encode_to_vec())
 }
 
-fn write_block(block: &Block, out: &mut impl Write) -> io::Result<()> {
+fn write_block(
+    function: &str,
+    specialization: &str,
+    block: &Block,
+    ops: &impl OpLists,
+    out: &mut impl Write,
+) -> io::Result<()> {
     let before = Block {
         inputs: block.inputs.clone(),
         outputs: block.outputs.clone(),
         ..Default::default()
     };
     out.write_all(&before.encode_to_vec())?;
-    let mut head = Vec::with_capacity(16);
-    for op in &block.operations {
-        head.clear();
-        put_head(BLOCK_OPERATIONS, op.len(), &mut head);
-        out.write_all(&head)?;
-        out.write_all(op)?;
-    }
+    ops.write(function, specialization, block, out)?;
     let after = Block {
         attributes: block.attributes.clone(),
         ..Default::default()
@@ -116,42 +220,40 @@ fn write_block(block: &Block, out: &mut impl Write) -> io::Result<()> {
     out.write_all(&after.encode_to_vec())
 }
 
-/// One entry `name → value` of the map field `tag`, its value written by `write_value`.
-fn write_entry<M: Message + Default + PartialEq, W: Write>(
-    tag: u32,
-    name: &str,
-    value: &M,
-    out: &mut W,
-    write_value: fn(&M, &mut W) -> io::Result<()>,
-) -> io::Result<()> {
+/// The encoded size of one entry `name → value` of the map field `tag`, for a value of `value_len`
+/// bytes. prost leaves out an empty key, and a value equal to its default, which is exactly a
+/// value that encodes to nothing.
+fn entry_len(tag: u32, name: &str, value_len: usize) -> usize {
+    field_len(tag, entry_body_len(name, value_len))
+}
+
+fn entry_body_len(name: &str, value_len: usize) -> usize {
     let key_len = if name.is_empty() {
         0
     } else {
         field_len(ENTRY_KEY, name.len())
     };
-    let value_len = if *value == M::default() {
-        None
-    } else {
-        Some(value.encoded_len())
-    };
+    key_len
+        + if value_len == 0 {
+            0
+        } else {
+            field_len(ENTRY_VALUE, value_len)
+        }
+}
+
+/// The head of one entry `name → value` of the map field `tag`, up to the value's bytes, which the
+/// caller writes (none when `value_len` is 0).
+fn write_entry(tag: u32, name: &str, value_len: usize, out: &mut impl Write) -> io::Result<()> {
     let mut head = Vec::with_capacity(32 + name.len());
-    put_head(
-        tag,
-        key_len + value_len.map_or(0, |len| field_len(ENTRY_VALUE, len)),
-        &mut head,
-    );
-    if key_len > 0 {
+    put_head(tag, entry_body_len(name, value_len), &mut head);
+    if !name.is_empty() {
         put_head(ENTRY_KEY, name.len(), &mut head);
         head.extend_from_slice(name.as_bytes());
     }
-    if let Some(len) = value_len {
-        put_head(ENTRY_VALUE, len, &mut head);
+    if value_len > 0 {
+        put_head(ENTRY_VALUE, value_len, &mut head);
     }
-    out.write_all(&head)?;
-    if value_len.is_some() {
-        write_value(value, out)?;
-    }
-    Ok(())
+    out.write_all(&head)
 }
 
 #[cfg(test)]
@@ -175,7 +277,7 @@ mod tests {
             panic!("not an ML Program")
         };
         let mut out = Vec::new();
-        write_model(&shell, &program, &mut out).unwrap();
+        write_model(&shell, &program, &InBlocks, &mut out).unwrap();
         out
     }
 
