@@ -35,7 +35,7 @@ use crate::mil::op_file::{ChangeWatch, OpFile};
 use crate::mil::spill::{SpilledOps, SpilledRenames};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
-use crate::package::{OutputPackage, Package};
+use crate::package::{check_output_spares, OutputPackage, Package};
 use crate::plan::{consumer_label, plan, report_shape, Decision, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::proto::mil::{NamedValueType, Operation, Program};
@@ -203,6 +203,10 @@ fn prune_steps(
         None => None,
     };
 
+    check_output_spares(
+        &job.output,
+        &job.config_file.iter().map(|c| c.as_path()).collect::<Vec<_>>(),
+    )?;
     let mut out = OutputPackage::create(&package, &job.output, job.force)?;
     if let Some(report) = &job.report {
         let protected: Vec<&std::path::Path> = std::iter::once(job.input.as_path())
@@ -395,7 +399,7 @@ fn prune_steps(
     let mut notices = out.notices().to_vec();
     notices.extend(devices.notices);
     job.cancel.check()?;
-    out.commit()?;
+    notices.extend(out.commit()?);
     Ok(PruneSummary {
         tensors: reports,
         planned: planned_count,

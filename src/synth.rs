@@ -138,7 +138,9 @@ pub fn generate(spec: &SynthSpec, output: &Path, force: bool) -> Result<u64> {
     };
     let model_path = out.model_path();
     std::fs::write(&model_path, crate::mil::encode_model(&model)).at(&model_path)?;
-    out.commit()?;
+    for notice in out.commit()? {
+        eprintln!("mlprune: {notice}");
+    }
     Ok(params)
 }
 

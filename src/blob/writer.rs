@@ -772,7 +772,10 @@ mod tests {
                 let stored = Stored::new(offset, dtype);
                 assert_eq!(stored.record_offset(), offset);
                 assert!(stored.holds(dtype));
-                assert!(ScalarType::ALL.iter().filter(|&&d| d != dtype).all(|&d| !stored.holds(d)));
+                assert!(ScalarType::ALL
+                    .iter()
+                    .filter(|&&d| d != dtype)
+                    .all(|&d| !stored.holds(d)));
             }
         }
     }

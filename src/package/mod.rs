@@ -20,7 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use manifest::Manifest;
-pub use output::OutputPackage;
+pub use output::{check_output_spares, OutputPackage};
 pub(crate) use random::temp_suffix;
 
 use crate::cleanup::{sweep_stale, ScratchPath};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::manifest::Manifest;
-use super::paths::{confined, exists_no_follow};
+use super::paths::{confined, exists_no_follow, file_identity, tree_holds, within_by_identity};
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
 use super::{use_of, used_paths, Package, Use};
@@ -19,6 +19,14 @@ use zip::ZipArchive;
 
 /// OUTPUT's parent directory (`.` for a bare name) and file name.
 fn split_output(output: &Path) -> Result<(PathBuf, OsString)> {
+    // `out/` or `out/.` would name a folder to the system, whatever the name says.
+    let raw = output.as_os_str().as_encoded_bytes();
+    if raw.ends_with(b"/") || raw.ends_with(b"/.") {
+        return Err(Error::Usage(format!(
+            "output {} ends in '/' or '/.'; name the package without it",
+            output.display()
+        )));
+    }
     let name = output.file_name().ok_or_else(|| {
         Error::Usage(format!(
             "output {} does not name a file or directory",
@@ -224,8 +232,9 @@ impl OutputPackage {
     /// rename for a folder OUTPUT; for a `.zip` OUTPUT, an archive written to a temporary sibling,
     /// synced, then renamed. A replaced OUTPUT is removed only once the new one (and the
     /// companion) are in place; if the companion cannot be put in place, the package is taken
-    /// back out and the old OUTPUT restored. Signals wait until the renames are done.
-    pub fn commit(mut self) -> Result<()> {
+    /// back out and the old OUTPUT restored. Signals wait until the renames are done. Returns
+    /// notices for the user: an old OUTPUT that could not be removed once the new one was in place.
+    pub fn commit(mut self) -> Result<Vec<String>> {
         let new_path = match self.zip_folder.clone() {
             Some(folder) => {
                 let temp = ScratchPath::create_file(&self.parent, &scratch_prefix(&self.name))?;
@@ -270,11 +279,19 @@ impl OutputPackage {
             self.staging = None;
         }
         self.companion = None;
+        let mut notices = Vec::new();
         if let Some(aside) = aside {
-            remove_path(&aside)?;
+            // The new OUTPUT and its report are in place: the run has succeeded, and an old
+            // package that cannot be removed (a read-only folder in it) is only reported.
+            if let Err(e) = remove_path(&aside) {
+                notices.push(format!(
+                    "replaced {}, but could not remove what is left of the old package: {e}",
+                    self.output.display()
+                ));
+            }
         }
         sync_dir(&self.parent);
-        Ok(())
+        Ok(notices)
     }
 
     fn weights_dir(&self) -> PathBuf {
@@ -328,11 +345,18 @@ fn check_output_location(
         .flatten()
         .unwrap_or_else(|| parent_canonical.join(name));
     let input_canonical = std::fs::canonicalize(input.origin()).at(input.origin())?;
-    let clash = if output_canonical == input_canonical {
+    // Paths first, then identities (device and inode), which see a bind mount too.
+    let same = output_canonical == input_canonical
+        || (exists && file_identity(&output_canonical) == file_identity(&input_canonical));
+    let clash = if same {
         Some("is the input")
-    } else if output_canonical.starts_with(&input_canonical) {
+    } else if output_canonical.starts_with(&input_canonical)
+        || within_by_identity(&output_canonical, &input_canonical)
+    {
         Some("is inside the input")
-    } else if input_canonical.starts_with(&output_canonical) {
+    } else if input_canonical.starts_with(&output_canonical)
+        || (exists && within_by_identity(&input_canonical, &output_canonical))
+    {
         Some("contains the input")
     } else {
         None
@@ -345,6 +369,27 @@ fn check_output_location(
         )));
     }
     check_existing_output(output, force)
+}
+
+/// Refuses an existing OUTPUT that is or holds one of `files` (the config file): replacing it
+/// would delete a file the run reads.
+pub fn check_output_spares(output: &Path, files: &[&Path]) -> Result<()> {
+    let Ok(output_canonical) = std::fs::canonicalize(output) else {
+        return Ok(());
+    };
+    for file in files {
+        let Ok(canonical) = std::fs::canonicalize(file) else {
+            continue;
+        };
+        if canonical.starts_with(&output_canonical) || within_by_identity(&canonical, &output_canonical) {
+            return Err(Error::Usage(format!(
+                "output {} holds {}, which the run reads; refusing to replace it",
+                output.display(),
+                file.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// An existing OUTPUT needs `force`, and even then only a package may be replaced.
@@ -380,54 +425,97 @@ fn check_replaceable(output: &Path) -> Result<()> {
         if is_package_dir(output) {
             Ok(())
         } else {
-            refuse("a folder that is not an .mlpackage (no Manifest.json file and Data folder)")
+            refuse("a folder that is not only an .mlpackage (it may hold nothing but a valid Manifest.json and a Data folder)")
         }
     } else if kind.is_file() {
         if zip_holds_package(output) {
             Ok(())
         } else {
-            refuse("a file that is not a zip holding an .mlpackage")
+            refuse("a file that is not a zip holding only an .mlpackage")
         }
     } else {
         refuse("not a regular file or folder")
     }
 }
 
-/// A folder with a `Manifest.json` file and a `Data` folder (neither a link).
+/// Largest `Manifest.json` read to decide whether `--force` may replace what holds it.
+const MANIFEST_READ_LIMIT: u64 = 16 << 20;
+
+/// What a package folder holds at its top: a valid `Manifest.json` file, a `Data` folder (neither
+/// a link), and nothing else but the `.DS_Store` Finder leaves. A folder holding anything more is
+/// not only a package, and `--force` would delete the rest with it.
 fn is_package_dir(dir: &Path) -> bool {
-    let is = |name: &str, want_dir: bool| {
-        std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| {
-            if want_dir {
-                m.file_type().is_dir()
-            } else {
-                m.file_type().is_file()
-            }
-        })
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
     };
-    is(MANIFEST_FILE, false) && is(DATA_DIR, true)
+    let (mut manifest, mut data) = (false, false);
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        let Ok(kind) = entry.file_type() else { return false };
+        match entry.file_name().to_str() {
+            Some(MANIFEST_FILE) if kind.is_file() => manifest = true,
+            Some(DATA_DIR) if kind.is_dir() => data = true,
+            Some(".DS_Store") if kind.is_file() => {}
+            _ => return false,
+        }
+    }
+    let path = dir.join(MANIFEST_FILE);
+    manifest
+        && data
+        && File::open(&path).is_ok_and(|f| valid_manifest(io::Read::take(f, MANIFEST_READ_LIMIT), &path))
 }
 
-/// A zip archive whose entries hold a `Manifest.json` at the root or in one `*.mlpackage/`
-/// folder: what mlprune writes for a `.zip` OUTPUT, and what it reads as a zipped package.
+fn valid_manifest(mut reader: impl io::Read, path: &Path) -> bool {
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).is_ok() && Manifest::parse(&bytes, path).is_ok()
+}
+
+/// A zip archive holding one package and nothing else: every entry is the package's
+/// `Manifest.json` (valid), or lies in its `Data/`, with the package at the root or in one
+/// `*.mlpackage/` folder. What mlprune writes for a `.zip` OUTPUT, and reads as a zipped package.
 fn zip_holds_package(path: &Path) -> bool {
     let Ok(file) = File::open(path) else {
         return false;
     };
-    let Ok(archive) = zip::ZipArchive::new(io::BufReader::new(file)) else {
+    let Ok(mut archive) = zip::ZipArchive::new(io::BufReader::new(file)) else {
         return false;
     };
-    let holds = archive.file_names().any(|entry| {
-        let Ok(entry) = entry else { return false };
-        let entry = entry.trim_start_matches("./");
-        entry == MANIFEST_FILE
+    let Ok(originals) = archive
+        .file_names()
+        .map(|n| n.map(|n| n.into_owned()))
+        .collect::<std::result::Result<Vec<String>, _>>()
+    else {
+        return false;
+    };
+    let names: Vec<&str> = originals.iter().map(|n| n.trim_start_matches("./")).collect();
+    let Some(position) = names.iter().position(|entry| {
+        *entry == MANIFEST_FILE
             || entry.strip_suffix(MANIFEST_FILE).is_some_and(|folder| {
                 folder.strip_suffix('/').is_some_and(|folder| {
                     !folder.contains('/')
                         && strip_suffix_ignore_case(folder, ".mlpackage").len() < folder.len()
                 })
             })
-    });
-    holds
+    }) else {
+        return false;
+    };
+    let manifest = names[position];
+    let root = &manifest[..manifest.len() - MANIFEST_FILE.len()];
+    let in_package = |entry: &str| {
+        let Some(inside) = entry.strip_prefix(root) else {
+            return entry == root.trim_end_matches('/') || entry.is_empty();
+        };
+        inside.is_empty() || inside == MANIFEST_FILE || inside.starts_with("Data/") || inside == DATA_DIR
+    };
+    if !names.iter().all(|n| in_package(n)) {
+        return false;
+    }
+    let Some(index) = archive.index_for_name(&originals[position]) else {
+        return false;
+    };
+    archive
+        .by_index(index)
+        .is_ok_and(|entry| valid_manifest(io::Read::take(entry, MANIFEST_READ_LIMIT), path))
 }
 
 /// A file written next to OUTPUT (the report) must not land on or inside OUTPUT or any of
@@ -440,16 +528,24 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
     let dir = parent_dir(path);
     let dir_canonical = std::fs::canonicalize(&dir)
         .map_err(|e| Error::Usage(format!("report directory {} is not usable: {e}", dir.display())))?;
-    let mut locations = vec![dir_canonical.join(name)];
+    let locations = vec![dir_canonical.join(name)];
+    let mut existing = None;
     if exists_no_follow(path) {
-        let followed = std::fs::metadata(path).ok().filter(|m| m.is_file());
-        if followed.is_none() {
+        // Only a regular file is replaced: renaming over a link would put the report where the
+        // link was (as root, `--report /dev/stdout` replaced the system's link).
+        let own = std::fs::symlink_metadata(path).at(path)?;
+        if !own.file_type().is_file() {
+            let what = if own.file_type().is_symlink() {
+                "is a symbolic link"
+            } else {
+                "exists and is not a regular file"
+            };
             return Err(Error::Usage(format!(
-                "report {} exists and is not a regular file",
+                "report {} {what}; refusing to replace it",
                 path.display()
             )));
         }
-        locations.push(std::fs::canonicalize(path).at(path)?);
+        existing = file_identity(path);
     }
     for guarded in protected {
         let guarded_canonical = match std::fs::canonicalize(guarded) {
@@ -460,7 +556,12 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
                 _ => continue,
             },
         };
-        if locations.iter().any(|l| l.starts_with(&guarded_canonical)) {
+        let hard_link = existing.is_some_and(|id| tree_holds(&guarded_canonical, id));
+        if hard_link
+            || locations
+                .iter()
+                .any(|l| l.starts_with(&guarded_canonical) || within_by_identity(l, &guarded_canonical))
+        {
             return Err(Error::Usage(format!(
                 "report {} would overwrite {}: it is, or lies inside, it",
                 path.display(),
@@ -835,13 +936,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         make_package(dir.path(), "in.mlpackage");
         let out = make_package(dir.path(), "out.mlpackage");
-        std::fs::write(out.join("old"), b"old").unwrap();
+        // Package content of the old run: replaced with it.
+        std::fs::write(out.join("Data/old"), b"old").unwrap();
         assert!(usage(stage(dir.path(), "out.mlpackage", false)).contains("--force"));
-        assert!(out.join("old").exists());
+        assert!(out.join("Data/old").exists());
         assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
 
         let (input, staged) = stage(dir.path(), "out.mlpackage", true).unwrap();
-        assert!(out.join("old").exists(), "replaced only at commit time");
+        assert!(out.join("Data/old").exists(), "replaced only at commit time");
         staged.commit().unwrap();
         assert_eq!(read_tree(&out), expected_tree(&input));
         assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
@@ -987,7 +1089,7 @@ mod tests {
             (&input, "missing/report.json", "not usable"),
         ];
         #[cfg(unix)]
-        cases.push((&input, "innocent.json", "would overwrite"));
+        cases.push((&input, "innocent.json", "symbolic link"));
         for (package, report, expected) in cases {
             let mut staged = OutputPackage::create(package, &dir.path().join("out.mlpackage"), true).unwrap();
             let err = staged

@@ -52,6 +52,55 @@ pub(crate) fn exists_no_follow(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
+/// Device and inode of what `path` leads to (links followed), where the platform has them.
+#[cfg(unix)]
+pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn file_identity(_: &Path) -> Option<(u64, u64)> {
+    None
+}
+
+/// Whether `path` (absolute), or a folder it lies in, is the very file or folder `guarded` is,
+/// whatever their names: a bind mount shows one folder under two paths, which comparing paths
+/// cannot see.
+pub(crate) fn within_by_identity(path: &Path, guarded: &Path) -> bool {
+    let Some(target) = file_identity(guarded) else {
+        return false;
+    };
+    path.ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .any(|a| file_identity(a) == Some(target))
+}
+
+/// Whether `root` is, or (a folder) holds at any depth, the file of identity `id`: another hard
+/// link to it. Links inside are not followed; the walk stops at `MAX_FILES` entries.
+pub(crate) fn tree_holds(root: &Path, id: (u64, u64)) -> bool {
+    const MAX_FILES: usize = 100_000;
+    let mut pending = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        seen += 1;
+        if seen > MAX_FILES {
+            return false;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.is_file() && file_identity(&path) == Some(id) {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,7 +47,7 @@ fn report_may_not_overwrite_the_input_or_the_output() {
         let link = case.tmp.path().join("innocent.json");
         std::os::unix::fs::symlink(&weight_bin, &link).unwrap();
         let o = prune_with(&case, &output, &["--report", link.to_str().unwrap()]);
-        assert_cli_error(&o, 2, &["innocent.json", "would overwrite"]);
+        assert_cli_error(&o, 2, &["innocent.json", "symbolic link"]);
         assert_nothing_left(&case, &["in.mlpackage", "innocent.json"]);
         std::fs::remove_file(&link).unwrap();
     }
@@ -199,6 +199,100 @@ fn force_replaces_only_a_package() {
         assert!(prune_with(&case, &output, &["-q"]).status.success());
         let o = prune_with(&case, &output, &["-q", "--force"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn force_refuses_a_package_holding_anything_else_or_the_config() {
+    let case = Case::linear();
+    let before = snapshot(&case.input);
+    // A project folder that merely has a Manifest.json file and a Data folder.
+    let project = case.tmp.path().join("proj");
+    std::fs::create_dir_all(project.join("Data")).unwrap();
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(project.join("Manifest.json"), b"not json").unwrap();
+    std::fs::write(project.join("Data/db.sqlite"), b"rows").unwrap();
+    std::fs::write(project.join("src/main.rs"), b"fn main() {}").unwrap();
+    // A package mlprune wrote, with the user's notes and the run's own config put in it.
+    let output = case.output();
+    assert!(prune_with(&case, &output, &["-q"]).status.success());
+    std::fs::write(output.join("notes.txt"), b"precious").unwrap();
+    let config = output.join("cfg.yaml");
+    std::fs::write(
+        &config,
+        "config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.6\n",
+    )
+    .unwrap();
+    // A zip holding a package and a file beside it.
+    let zip = case.tmp.path().join("o.zip");
+    assert!(prune_with(&case, &zip, &["-q"]).status.success());
+    let zip_with_extra = case.tmp.path().join("extra.zip");
+    {
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
+        let mut writer = zip::ZipWriter::new(std::fs::File::create(&zip_with_extra).unwrap());
+        for i in 0..archive.len() {
+            writer.raw_copy_file(archive.by_index(i).unwrap()).unwrap();
+        }
+        writer
+            .start_file("notes.txt", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(&mut writer, b"precious").unwrap();
+        writer.finish().unwrap();
+    }
+    let snapshots = [snapshot(&project), snapshot(&output)];
+    let zip_bytes = std::fs::read(&zip_with_extra).unwrap();
+    for target in [&project, &output, &zip_with_extra] {
+        let o = prune_with(&case, target, &["-q", "--force"]);
+        assert_cli_error(&o, 2, &["--force only replaces"]);
+    }
+    std::fs::remove_file(output.join("notes.txt")).unwrap();
+    let o = cli(&[
+        "prune".as_ref(),
+        case.input.as_os_str(),
+        output.as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--force".as_ref(),
+        "-q".as_ref(),
+    ]);
+    assert_cli_error(&o, 2, &["cfg.yaml", "refusing to replace"]);
+    std::fs::write(output.join("notes.txt"), b"precious").unwrap();
+    assert_eq!([snapshot(&project), snapshot(&output)], snapshots);
+    assert_eq!(std::fs::read(&zip_with_extra).unwrap(), zip_bytes);
+    assert_eq!(snapshot(&case.input), before);
+}
+
+#[cfg(unix)]
+#[test]
+fn report_refuses_links_and_hard_links_to_what_the_run_reads() {
+    let case = Case::linear();
+    let before = snapshot(&case.input);
+    let output = case.output();
+    // A link to a user's file: replacing the link would put the report where it was.
+    let target = case.tmp.path().join("target.txt");
+    std::fs::write(&target, b"my notes").unwrap();
+    let link = case.tmp.path().join("rep.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = prune_with(&case, &output, &["-q", "--report", link.to_str().unwrap()]);
+    assert_cli_error(&o, 2, &["rep.json", "symbolic link"]);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    // A second name of the input's weight.bin.
+    let hard = case.tmp.path().join("hl.json");
+    std::fs::hard_link(case.weight_bin(), &hard).unwrap();
+    let o = prune_with(&case, &output, &["-q", "--report", hard.to_str().unwrap()]);
+    assert_cli_error(&o, 2, &["hl.json", "would overwrite"]);
+    assert_nothing_left(&case, &["in.mlpackage", "target.txt", "rep.json", "hl.json"]);
+    assert_eq!(std::fs::read(&target).unwrap(), b"my notes");
+    assert_eq!(snapshot(&case.input), before);
+}
+
+#[test]
+fn an_output_ending_in_a_slash_is_a_usage_error() {
+    let case = Case::linear();
+    for name in ["new.mlpackage/", "new.mlpackage/.", "new.zip/"] {
+        let o = prune_with(&case, &case.tmp.path().join(name), &["-q"]);
+        assert_cli_error(&o, 2, &["ends in '/'"]);
+        assert_nothing_left(&case, &["in.mlpackage"]);
     }
 }
 
