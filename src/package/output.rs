@@ -528,7 +528,7 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
     let dir = parent_dir(path);
     let dir_canonical = std::fs::canonicalize(&dir)
         .map_err(|e| Error::Usage(format!("report directory {} is not usable: {e}", dir.display())))?;
-    let locations = vec![dir_canonical.join(name)];
+    let locations = [dir_canonical.join(name)];
     let mut existing = None;
     if exists_no_follow(path) {
         // Only a regular file is replaced: renaming over a link would put the report where the
