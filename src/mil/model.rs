@@ -144,7 +144,7 @@ fn op_refusal(e: OpDecodeError) -> String {
     match e {
         OpDecodeError::Invalid(e) => format!("not a valid Core ML model protobuf: {e}"),
         OpDecodeError::Lossy { read, understood } => format!("an operation {}", lossy(read, understood)),
-        duplicate @ OpDecodeError::DuplicateKey(_) => duplicate.to_string(),
+        other @ (OpDecodeError::DuplicateKey(_) | OpDecodeError::TooDeep) => other.to_string(),
     }
 }
 

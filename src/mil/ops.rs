@@ -28,7 +28,15 @@ pub enum OpDecodeError {
     Lossy { read: usize, understood: usize },
     /// A key given twice in its inputs or attributes.
     DuplicateKey(DuplicateKey),
+    /// Blocks nested deeper than [`MAX_BLOCK_DEPTH`].
+    TooDeep,
 }
+
+/// How deep blocks may nest in ops (a `cond` in a `while_loop` in a `cond` is three). Real models
+/// nest a few levels; a file of thousands of levels overflowed the stack of every reader and, below
+/// that, took memory quadratic in its depth (issue 18). It also keeps every op within the nesting
+/// the decode budget walks (`crate::mil::decode_budget`).
+pub const MAX_BLOCK_DEPTH: usize = 32;
 
 impl std::fmt::Display for OpDecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,6 +51,7 @@ impl std::fmt::Display for OpDecodeError {
             OpDecodeError::DuplicateKey(d) => {
                 write!(f, "operation '{}' has two {}s named '{}'", d.op, d.field, d.key)
             }
+            OpDecodeError::TooDeep => write!(f, "blocks nested more than {MAX_BLOCK_DEPTH} levels deep"),
         }
     }
 }
@@ -87,11 +96,20 @@ pub fn block_of(ops: impl IntoIterator<Item = Operation>) -> Block {
     }
 }
 
-/// Checks every op of `block` and of the blocks nested in its ops with [`decode_op`].
+/// Checks every op of `block` and of the blocks nested in its ops with [`decode_op`], and that
+/// they nest at most [`MAX_BLOCK_DEPTH`] deep.
 pub fn check_block(block: &Block) -> Result<(), OpDecodeError> {
+    check_block_at(block, 0)
+}
+
+fn check_block_at(block: &Block, depth: usize) -> Result<(), OpDecodeError> {
     for bytes in &block.operations {
-        for nested in &decode_op(bytes)?.blocks {
-            check_block(nested)?;
+        let op = decode_op(bytes)?;
+        if !op.blocks.is_empty() && depth >= MAX_BLOCK_DEPTH {
+            return Err(OpDecodeError::TooDeep);
+        }
+        for nested in &op.blocks {
+            check_block_at(nested, depth + 1)?;
         }
     }
     Ok(())
@@ -108,6 +126,29 @@ mod tests {
         let mut r = op("relu", "r", Default::default(), Default::default(), vec![]);
         r.inputs.set("x".into(), bind_name("a"));
         r
+    }
+
+    #[test]
+    fn blocks_nest_at_most_the_limit() {
+        let nested = |levels: usize| {
+            let mut block = block_of([relu()]);
+            for _ in 0..levels {
+                let mut owner = relu();
+                owner.blocks.push(block);
+                block = block_of([owner]);
+            }
+            block
+        };
+        assert_eq!(check_block(&nested(MAX_BLOCK_DEPTH)), Ok(()));
+        assert_eq!(
+            check_block(&nested(MAX_BLOCK_DEPTH + 1)),
+            Err(OpDecodeError::TooDeep)
+        );
+        // Far past it, refused without going deeper.
+        assert_eq!(
+            check_block(&nested(5 * MAX_BLOCK_DEPTH)),
+            Err(OpDecodeError::TooDeep)
+        );
     }
 
     #[test]

@@ -334,3 +334,28 @@ fn a_key_given_twice_in_an_ops_inputs_or_attributes() {
         assert_refused(&case, Refused::Both, check, &[&weight, reason]);
     }
 }
+
+#[test]
+fn blocks_nested_thousands_deep_are_refused_before_any_reader_recurses() {
+    // A few hundred bytes per level: 8,000 levels overflowed the stack (exit 134, three lines),
+    // and a few thousand took memory quadratic in the depth.
+    let depth = mlprune::mil::ops::MAX_BLOCK_DEPTH * 250;
+    let case = Case::linear();
+    case.edit_program(|p| {
+        let mut block = mlprune::mil::ops::block_of([]);
+        for _ in 0..depth {
+            let owner = Operation {
+                r#type: "cond".into(),
+                blocks: vec![block],
+                ..Default::default()
+            };
+            block = mlprune::mil::ops::block_of([owner]);
+        }
+        let body = p.functions.values_mut().next().unwrap();
+        let body = body.block_specializations.values_mut().next().unwrap();
+        body.operations.extend(block.operations);
+    });
+    let reason = "blocks nested more than 32 levels deep";
+    let check = |e: &Error| matches!(e, Error::Model { reason: r, .. } if r.contains(reason));
+    assert_refused(&case, Refused::Both, check, &["model.mlmodel", reason]);
+}
