@@ -22,6 +22,7 @@ use smallvec::SmallVec;
 use super::access::{op_bytes_at, OpPath};
 use super::entries::Entries;
 use super::model::LoadedModel;
+use super::names::NameList;
 use super::op_file::{place_in, BodyOps, OpFile};
 use super::ops::decode_op;
 use super::texts::{Span, TextBuffer};
@@ -114,6 +115,8 @@ pub struct GraphView {
     nested_steps: Vec<Box<[usize]>>,
     /// Per function: its values.
     values: Vec<FunctionValues>,
+    /// Each function's number in `values`.
+    tables: NameList,
     uses: Vec<UseRecord>,
     /// The outputs of every op, as indices into its function's values.
     op_outputs: Vec<u32>,
@@ -152,6 +155,7 @@ impl GraphView {
                 ..Default::default()
             });
             let table = view.values.len() - 1;
+            view.tables.number(&function_name);
             for (spec, block) in &function.block_specializations {
                 builder.scope = Scope::default();
                 for input in &function.inputs {
@@ -381,7 +385,7 @@ impl GraphView {
     }
 
     fn value(&self, function: &str, value: &str) -> Option<(usize, &ValueRecord)> {
-        let table = self.values.iter().position(|v| &*v.function == function)?;
+        let table = self.tables.find(function)?;
         let id = self.index_of(table, value)?;
         Some((table, &self.values[table].entries[id as usize]))
     }

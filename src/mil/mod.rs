@@ -10,6 +10,7 @@ pub mod decode_budget;
 pub mod entries;
 pub mod graph;
 pub mod model;
+pub mod names;
 pub mod op_file;
 pub mod ops;
 pub mod renames;

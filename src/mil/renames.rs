@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
+use super::names::NameList;
 use super::texts::{Span, TextBuffer};
 use crate::error::{Error, Result};
 
@@ -28,7 +29,7 @@ pub struct RenameMap {
     text: TextBuffer,
     entries: Vec<Entry>,
     /// The functions with renames, in the order their first rename came.
-    functions: Vec<Arc<str>>,
+    functions: NameList,
     by_old: HashTable<u32>,
     hasher: RandomState,
 }
@@ -64,10 +65,7 @@ impl RenameMap {
     }
 
     fn function_index(&self, function: &str) -> Option<u32> {
-        self.functions
-            .iter()
-            .position(|f| &**f == function)
-            .map(|i| i as u32)
+        self.functions.find(function).map(|i| i as u32)
     }
 
     fn find(&self, function: u32, old: &str) -> Option<&Entry> {
@@ -85,10 +83,7 @@ impl RenameMap {
     pub fn insert(&mut self, function: &str, old: &str, new: &str) -> Result<()> {
         let function_index = match self.function_index(function) {
             Some(i) => i,
-            None => {
-                self.functions.push(Arc::from(function));
-                u32::try_from(self.functions.len() - 1).map_err(|_| too_many())?
-            }
+            None => u32::try_from(self.functions.number(&Arc::from(function))).map_err(|_| too_many())?,
         };
         if self.find(function_index, old).is_some() {
             return Err(Error::Graph(format!(
@@ -116,6 +111,18 @@ impl RenameMap {
     }
 
     /// A view of the renames of one function.
+    /// A function and a new name there that is also an old name there, if any (see
+    /// [`FunctionRenames::chained`]); of several, the first function by name. One pass over the
+    /// renames, whatever the number of functions.
+    pub fn first_chained(&self) -> Option<(&Arc<str>, &str)> {
+        self.entries
+            .iter()
+            .map(|e| (e.function, self.span(e.new)))
+            .filter(|&(function, new)| self.find(function, new).is_some())
+            .filter_map(|(function, new)| Some((self.functions.get(function as usize)?, new)))
+            .min_by(|a, b| a.0.cmp(b.0))
+    }
+
     pub fn of_function(&self, function: &str) -> Option<FunctionRenames<'_>> {
         Some(FunctionRenames {
             map: self,

@@ -134,12 +134,12 @@ pub fn rename_with(program: &mut Program, renames: &RenameMap) -> Result<Renamed
 pub fn renamed_functions(program: &Program, renames: &RenameMap) -> Result<Vec<Arc<str>>> {
     let mut functions: Vec<Arc<str>> = renames.functions().cloned().collect();
     functions.sort_unstable();
+    if let Some((function, chained)) = renames.first_chained() {
+        return Err(Error::Graph(format!(
+            "value '{chained}' in function '{function}' is both renamed and the new name of another value"
+        )));
+    }
     for function in &functions {
-        if let Some(chained) = renames.of_function(function).and_then(|map| map.chained()) {
-            return Err(Error::Graph(format!(
-                "value '{chained}' in function '{function}' is both renamed and the new name of another value"
-            )));
-        }
         if !program.functions.contains_key(&**function) {
             return Err(Error::Graph(format!("no function '{function}'")));
         }

@@ -22,6 +22,7 @@ use prost::Message;
 use smallvec::SmallVec;
 
 use super::access::OpPath;
+use super::names::NameList;
 use super::renames::RenameMap;
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::Operation;
@@ -180,17 +181,11 @@ impl SpilledRenames {
 /// Names a store's records refer to by index (functions, specializations: a handful per model),
 /// so that records read back share them as the index's paths do.
 #[derive(Default)]
-struct SharedNames(Vec<Arc<str>>);
+struct SharedNames(NameList);
 
 impl SharedNames {
     fn index(&mut self, name: &Arc<str>) -> usize {
-        match self.0.iter().position(|n| n == name) {
-            Some(i) => i,
-            None => {
-                self.0.push(name.clone());
-                self.0.len() - 1
-            }
-        }
+        self.0.number(name)
     }
 
     fn get(&self, index: usize, records: &Records) -> Result<Arc<str>> {
