@@ -10,6 +10,7 @@
 //!
 //! Every failure is `Error::Config` carrying coremltools' own message where coremltools has one.
 
+pub mod bounded_yaml;
 pub mod depth;
 pub mod parse;
 pub(crate) mod pyfmt;

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use super::bounded_yaml;
 use super::depth::check_depth;
 use super::source::read_config_text;
 use super::validate::{PyInt, RawMagnitude, RawThreshold};
@@ -142,8 +143,7 @@ fn parse_json(s: &str) -> Result<Py> {
 }
 
 fn parse_yaml(s: &str) -> Result<Py> {
-    let mut v: serde_norway::Value =
-        serde_norway::from_str(s).map_err(|e| err(format!("invalid YAML: {e}")))?;
+    let mut v = bounded_yaml::from_str(s).map_err(|e| err(format!("invalid YAML: {e}")))?;
     // PyYAML's safe_load resolves `<<` merge keys.
     v.apply_merge().map_err(|e| err(format!("invalid YAML: {e}")))?;
     from_yaml_value(v)

@@ -385,3 +385,31 @@ fn nan_is_refused_for_every_float_field_and_inf_follows_coremltools() {
     }
     assert_eq!(snapshot(&case.input), before);
 }
+
+#[test]
+fn yaml_aliases_that_expand_past_the_bound_are_refused_before_they_do() {
+    // 1 MB of text: a thousand 1,000-byte strings behind an anchor, then six levels of ten
+    // aliases of the level before (10^9 bytes expanded; killed past 20 GB before).
+    let case = Case::linear();
+    let before = snapshot(&case.input);
+    let long = format!("\"{}\"", "x".repeat(1000));
+    let mut text = format!("a: &a [{}]\n", vec![long; 1000].join(","));
+    for level in 0..6 {
+        let previous = if level == 0 {
+            "a".to_owned()
+        } else {
+            format!("b{}", level - 1)
+        };
+        text += &format!(
+            "b{level}: &b{level} [{}]\n",
+            vec![format!("*{previous}"); 10].join(",")
+        );
+    }
+    text += "config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n";
+    let config = case.tmp.path().join("laughs.yaml");
+    std::fs::write(&config, text).unwrap();
+    let o = prune_with_config(&case, &config, &[]);
+    assert_config_error(&o, &["laughs.yaml", "expands past 64 MiB"]);
+    assert_library_config_error(&config, "expands past 64 MiB");
+    assert_untouched(&case, &before, &["laughs.yaml"]);
+}
