@@ -837,9 +837,7 @@ fn input_const_bytes(op: &Operation, name: &str, source: &WeightSource) -> Resul
     let value = op
         .const_value()
         .ok_or_else(|| Error::tensor(&tensor, "const op without a value"))?;
-    crate::weights::source::check_blob_file(&tensor, value)?;
-    let meta = crate::weights::source::TensorMeta::of(value)
-        .ok_or_else(|| Error::tensor(&tensor, "blob value without a numeric tensor type of known shape"))?;
+    let meta = crate::weights::source::blob_value_meta(&tensor, value)?;
     let (reader, offset) = match (source.blob_reader(), value.blob_offset()) {
         (Some(reader), Some(offset)) => (reader, offset),
         _ => {

@@ -19,6 +19,8 @@ use crate::mil::LoadedModel;
 use crate::package::Package;
 use crate::proto::mil::{argument::binding::Binding, Operation, Program};
 use crate::tensor::TensorData;
+use crate::weights::rebuild::op_values_mut;
+use crate::weights::source::blob_value_meta;
 use crate::weights::{TensorMeta, WeightSource};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -77,9 +79,15 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
     // The weight.bin offsets each row stores, parallel to `weights`.
     let mut row_blobs: Vec<Vec<u64>> = Vec::new();
     for (index, info) in graph.infos() {
-        let Some(op) = graph.op(&model.program, index) else {
+        let Some(mut op) = graph.op(&model.program, index) else {
             continue;
         };
+        // A blob prune would refuse is refused here too, not left out of the listing.
+        for (param, value) in op_values_mut(&mut op) {
+            if value.blob_offset().is_some() {
+                blob_value_meta(&format!("{}.{param}", info.name), value)?;
+            }
+        }
         let consumers: Vec<Consumer> = graph
             .consumers(index)
             .into_iter()

@@ -15,7 +15,6 @@ use crate::proto::mil::{argument::binding::Binding, value, Operation, Value};
 use crate::tensor::TensorData;
 
 use super::background::BackgroundWriter;
-use super::source::TensorMeta;
 
 /// Parameter order of ops whose values coremltools writes to the blob file, from the MIL op
 /// definitions. Parameters not listed follow in name order.
@@ -105,10 +104,7 @@ impl<W: TensorSink> WeightFileBuilder<W> {
             };
             let old = blob.offset;
             let tensor = format!("{op_name}.{param}");
-            super::source::check_blob_file(&tensor, v)?;
-            let meta = TensorMeta::of(v).ok_or_else(|| {
-                Error::tensor(&tensor, "blob value without a numeric tensor type of known shape")
-            })?;
+            let meta = super::source::blob_value_meta(&tensor, v)?;
             let new = match self.copied.get(&old) {
                 // A blob shared by several values was validated against the first one's type; every
                 // other must declare the same, or the copy would carry a reference that misreads it.

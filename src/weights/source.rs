@@ -141,6 +141,14 @@ pub fn check_blob_file(tensor: &str, value: &Value) -> Result<()> {
     Ok(())
 }
 
+/// The dtype and shape of a value stored in `weight.bin`, after [`check_blob_file`]: every reader
+/// of a blob (prune, copy, inspect) refuses one whose type does not say how to read it.
+pub fn blob_value_meta(tensor: &str, value: &Value) -> Result<TensorMeta> {
+    check_blob_file(tensor, value)?;
+    TensorMeta::of(value)
+        .ok_or_else(|| Error::tensor(tensor, "blob value without a numeric tensor type of known shape"))
+}
+
 /// Blob errors already name file and offset; add the tensor so the user can find it in the model.
 pub(crate) fn in_tensor(tensor: &str, e: Error) -> Error {
     match e {

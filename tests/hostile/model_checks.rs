@@ -359,3 +359,26 @@ fn blocks_nested_thousands_deep_are_refused_before_any_reader_recurses() {
     let check = |e: &Error| matches!(e, Error::Model { reason: r, .. } if r.contains(reason));
     assert_refused(&case, Refused::Both, check, &["model.mlmodel", reason]);
 }
+
+#[test]
+fn a_blob_whose_type_says_not_how_to_read_it_is_refused_by_inspect_as_by_prune() {
+    // inspect used to leave such a tensor out of its listing (and its totals) while prune refused it.
+    type Edit = fn(&mut mlprune::proto::mil::TensorType);
+    let edits: [Edit; 3] = [
+        |t| t.dimensions.iter_mut().for_each(|d| *d = constant(1 << 33)),
+        |t| t.rank = -1,
+        |t| t.data_type = 9999,
+    ];
+    for edit in edits {
+        let case = Case::linear();
+        let (weight, _) = first_blob_const(&case);
+        edit_named_op(&case, &weight, |op| {
+            edit(tensor_type(&mut op.outputs[0].r#type));
+            let val = op.attributes.iter_mut().find(|e| e.key == "val").unwrap();
+            edit(tensor_type(&mut val.value.as_mut().unwrap().r#type));
+        });
+        let reason = "blob value without a numeric tensor type of known shape";
+        let check = |e: &Error| e.to_string().contains(reason);
+        assert_refused(&case, Refused::Both, check, &[&weight, reason]);
+    }
+}
