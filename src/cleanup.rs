@@ -192,7 +192,19 @@ pub fn sweep_stale(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
     };
     for entry in entries {
         let entry = entry.at(dir)?;
-        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+        // Exactly a name `ScratchPath` makes: the prefix and 16 hex digits. A user's folder that
+        // merely starts like one is not ours to remove.
+        let name = entry.file_name();
+        let ours = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .is_some_and(|suffix| {
+                suffix.len() == 16
+                    && suffix
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            });
+        if !ours {
             continue;
         }
         let path = entry.path();
@@ -293,11 +305,18 @@ mod tests {
         let live_dir = ScratchPath::create_dir(dir.path(), ".o.mlprune-tmp-").unwrap();
         let live_file = ScratchPath::create_file(dir.path(), ".o.mlprune-tmp-").unwrap();
         // A killed run's leftovers: nobody holds a lock on them.
-        std::fs::create_dir(dir.path().join(".o.mlprune-tmp-dead1")).unwrap();
-        std::fs::write(dir.path().join(".o.mlprune-tmp-dead1/weight.bin"), b"x").unwrap();
-        std::fs::write(dir.path().join(".o.mlprune-tmp-dead2"), b"x").unwrap();
-        // Not ours to touch: another prefix, and a link matching the prefix.
+        std::fs::create_dir(dir.path().join(".o.mlprune-tmp-000000000000dead")).unwrap();
+        std::fs::write(
+            dir.path().join(".o.mlprune-tmp-000000000000dead/weight.bin"),
+            b"x",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(".o.mlprune-tmp-00000000000dead2"), b"x").unwrap();
+        // Not ours to touch: another prefix, a link matching the prefix, and a user's folder that
+        // starts like a scratch name but does not end in 16 hex digits.
         std::fs::write(dir.path().join("o.mlpackage"), b"x").unwrap();
+        std::fs::create_dir(dir.path().join(".o.mlprune-tmp-x")).unwrap();
+        std::fs::write(dir.path().join(".o.mlprune-tmp-x/user.txt"), b"mine").unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink("o.mlpackage", dir.path().join(".o.mlprune-tmp-link")).unwrap();
 
@@ -305,13 +324,13 @@ mod tests {
         assert_eq!(
             removed,
             [
-                dir.path().join(".o.mlprune-tmp-dead1"),
-                dir.path().join(".o.mlprune-tmp-dead2")
+                dir.path().join(".o.mlprune-tmp-000000000000dead"),
+                dir.path().join(".o.mlprune-tmp-00000000000dead2")
             ]
         );
         assert!(live_dir.path().is_dir());
         assert!(live_file.path().is_file());
-        let mut expected = vec!["o.mlpackage".to_string()];
+        let mut expected = vec!["o.mlpackage".to_string(), ".o.mlprune-tmp-x".to_string()];
         #[cfg(unix)]
         expected.push(".o.mlprune-tmp-link".into());
         expected.push(

@@ -370,8 +370,8 @@ mod tests {
     }
 
     /// A folder named like an extraction, as a killed run leaves it: not locked by anyone.
-    fn plant_stale_extraction(tag: &str) -> PathBuf {
-        let stale = std::env::temp_dir().join(format!("{UNZIP_PREFIX}stale-{tag}-{}", temp_suffix()));
+    fn plant_stale_extraction(_tag: &str) -> PathBuf {
+        let stale = std::env::temp_dir().join(format!("{UNZIP_PREFIX}{}", temp_suffix()));
         std::fs::create_dir_all(stale.join("m.mlpackage/Data")).unwrap();
         std::fs::write(stale.join("m.mlpackage/Data/weight.bin"), b"left behind").unwrap();
         stale

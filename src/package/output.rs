@@ -1013,13 +1013,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         make_package(dir.path(), "in.mlpackage");
         // Left by a killed run: nobody holds its lock.
-        let stale = dir.path().join(".out.mlpackage.mlprune-tmp-dead");
+        let stale = dir.path().join(".out.mlpackage.mlprune-tmp-000000000000dead");
         std::fs::create_dir_all(stale.join("Data")).unwrap();
         // In use by a run still going (this process holds its lock).
         let live = ScratchPath::create_dir(dir.path(), ".out.mlpackage.mlprune-tmp-").unwrap();
         let (_input, staged) = stage(dir.path(), "out.mlpackage", false).unwrap();
         assert_eq!(staged.notices().len(), 1, "{:?}", staged.notices());
-        assert!(staged.notices()[0].contains(".out.mlpackage.mlprune-tmp-dead"));
+        assert!(staged.notices()[0].contains(".out.mlpackage.mlprune-tmp-000000000000dead"));
         assert!(staged.notices()[0].contains("interrupted run"));
         assert!(!stale.exists());
         assert!(live.path().is_dir());
