@@ -33,7 +33,29 @@ fn split_output(output: &Path) -> Result<(PathBuf, OsString)> {
             output.display()
         ))
     })?;
+    check_name_length("output", output, name)?;
     Ok((parent_dir(output), name.to_os_string()))
+}
+
+/// Longest name a file system takes (Linux, macOS).
+const NAME_MAX: usize = 255;
+
+/// What [`scratch_prefix`] and a 16-digit suffix add to a name.
+const SCRATCH_NAME_EXTRA: usize = ".".len() + ".mlprune-tmp-".len() + 16;
+
+/// A name that fits the file system but not once a scratch name is made of it failed with the
+/// system's error naming the hidden scratch path: refused up front, naming the user's path.
+fn check_name_length(what: &str, path: &Path, name: &std::ffi::OsStr) -> Result<()> {
+    let len = name.as_encoded_bytes().len();
+    if len + SCRATCH_NAME_EXTRA > NAME_MAX {
+        return Err(Error::Usage(format!(
+            "{what} {} has a name of {len} bytes; at most {} fit (it is written under a temporary \
+             name {SCRATCH_NAME_EXTRA} bytes longer first)",
+            path.display(),
+            NAME_MAX - SCRATCH_NAME_EXTRA
+        )));
+    }
+    Ok(())
 }
 
 /// The directory `path` is in (`.` for a bare name).
@@ -525,6 +547,7 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Usage(format!("report {} does not name a file", path.display())))?;
+    check_name_length("report", path, name)?;
     let dir = parent_dir(path);
     let dir_canonical = std::fs::canonicalize(&dir)
         .map_err(|e| Error::Usage(format!("report directory {} is not usable: {e}", dir.display())))?;

@@ -422,3 +422,19 @@ fn a_cancelled_prune_leaves_nothing() {
     assert_nothing_left(&case, &["in.mlpackage"]);
     assert_eq!(snapshot(&case.input), before);
 }
+
+#[test]
+fn names_too_long_for_their_scratch_sibling_are_usage_errors() {
+    let case = Case::linear();
+    let long = format!("{}.mlpackage", "o".repeat(216));
+    let o = prune_with(&case, &case.tmp.path().join(&long), &["-q"]);
+    assert_cli_error(&o, 2, &[&long, "at most 225 fit"]);
+    let report = case.tmp.path().join(format!("{}.json", "r".repeat(221)));
+    let o = prune_with(
+        &case,
+        &case.output(),
+        &["-q", "--report", report.to_str().unwrap()],
+    );
+    assert_cli_error(&o, 2, &["report", "at most 225 fit"]);
+    assert_nothing_left(&case, &["in.mlpackage"]);
+}
