@@ -50,9 +50,16 @@ pub struct WeightRow {
     /// The `weight.bin` offsets of this row's blobs that other rows store too (the same weight in
     /// several functions of a multifunction model): rows listing an offset share that blob.
     pub shared_offsets: Vec<u64>,
-    /// The functions of those other rows, in name order, each once.
+    /// The functions of those other rows, in name order, each once: the first
+    /// [`SHARED_NAMES_SHOWN`] of them (a blob shared by thousands of functions would otherwise list
+    /// them all on each of their rows: output and memory quadratic in the function count).
     pub shared_with: Vec<String>,
+    /// How many functions those are in all.
+    pub shared_with_count: usize,
 }
+
+/// Functions a row names among those it shares a blob with.
+pub const SHARED_NAMES_SHOWN: usize = 8;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct InspectReport {
@@ -124,6 +131,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 chain: vec![],
                 shared_offsets: vec![],
                 shared_with: vec![],
+                shared_with_count: 0,
             }
         } else if op.is_constexpr() {
             let Some(out) = op.outputs.last() else { continue };
@@ -153,6 +161,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 chain,
                 shared_offsets: vec![],
                 shared_with: vec![],
+                shared_with_count: 0,
             }
         } else {
             continue;
@@ -216,31 +225,42 @@ fn mark_shared(rows: &mut [WeightRow], row_blobs: &[Vec<u64>]) {
                 .or_default() += 1;
         }
     }
-    let marks: Vec<(Vec<u64>, Vec<String>)> = rows
-        .iter()
-        .zip(row_blobs)
-        .map(|(row, blobs)| {
-            let mut offsets = Vec::new();
-            let mut functions = BTreeSet::new();
-            for offset in blobs {
-                let users = &by_offset[offset];
-                let others: Vec<&str> = users
-                    .iter()
-                    // This row counts once among its own function's users.
-                    .filter(|(f, n)| **f != row.function || **n > 1)
-                    .map(|(f, _)| *f)
-                    .collect();
-                if !others.is_empty() && !offsets.contains(offset) {
-                    offsets.push(*offset);
-                    functions.extend(others.into_iter().map(str::to_owned));
-                }
+    // The functions using a set of offsets, each set merged once: rows of many functions reading
+    // the same blobs share one list.
+    let mut merged: BTreeMap<Vec<u64>, Vec<&str>> = BTreeMap::new();
+    let mut marks: Vec<(Vec<u64>, Vec<String>, usize)> = Vec::with_capacity(rows.len());
+    for (row, blobs) in rows.iter().zip(row_blobs) {
+        let own = row.function.as_str();
+        let mut offsets = Vec::new();
+        let mut own_shares = false;
+        for offset in blobs {
+            let users = &by_offset[offset];
+            // This row counts once among its own function's users.
+            let own_again = users.get(own).is_some_and(|&n| n > 1);
+            if (users.len() > 1 || own_again) && !offsets.contains(offset) {
+                offsets.push(*offset);
+                own_shares |= own_again;
             }
-            (offsets, functions.into_iter().collect())
-        })
-        .collect();
-    for (row, (offsets, functions)) in rows.iter_mut().zip(marks) {
+        }
+        if offsets.is_empty() {
+            marks.push((offsets, Vec::new(), 0));
+            continue;
+        }
+        let mut key = offsets.clone();
+        key.sort_unstable();
+        let functions = merged.entry(key).or_insert_with_key(|key| {
+            let all: BTreeSet<&str> = key.iter().flat_map(|o| by_offset[o].keys().copied()).collect();
+            all.into_iter().collect()
+        });
+        let others = functions.iter().filter(|f| own_shares || **f != own);
+        let count = functions.len() - usize::from(!own_shares);
+        let shown = others.take(SHARED_NAMES_SHOWN).map(|f| f.to_string()).collect();
+        marks.push((offsets, shown, count));
+    }
+    for (row, (offsets, functions, count)) in rows.iter_mut().zip(marks) {
         row.shared_offsets = offsets;
         row.shared_with = functions;
+        row.shared_with_count = count;
     }
 }
 
@@ -457,7 +477,7 @@ pub fn render_table(report: &InspectReport) -> String {
                 storage,
             ]);
             if any_shared {
-                cells.push(shared_cell(&w.shared_with));
+                cells.push(shared_cell(&w.shared_with, w.shared_with_count));
             }
             // Names and op types come from the input: no control character reaches the terminal.
             cells
@@ -522,10 +542,17 @@ pub fn render_table(report: &InspectReport) -> String {
     out
 }
 
-/// The functions of the other rows sharing a blob with this one (`-` for none).
-fn shared_cell(shared_with: &[String]) -> String {
+/// The functions of the other rows sharing a blob with this one (`-` for none), the first few and
+/// how many more.
+fn shared_cell(shared_with: &[String], count: usize) -> String {
     if shared_with.is_empty() {
         "-".into()
+    } else if count > shared_with.len() {
+        format!(
+            "{},… (+{} more)",
+            shared_with.join(","),
+            count - shared_with.len()
+        )
     } else {
         shared_with.join(",")
     }
@@ -549,6 +576,7 @@ mod tests {
             chain: vec![],
             shared_offsets: vec![],
             shared_with: vec![],
+            shared_with_count: 0,
         }
     }
 
@@ -585,5 +613,16 @@ mod tests {
         mark_shared(&mut rows, &[vec![64], vec![64]]);
         assert_eq!(rows[0].shared_with, a);
         assert_eq!(rows[1].shared_offsets, [64]);
+        assert_eq!(rows[1].shared_with_count, 1);
+        // Twenty functions reading one blob: each row names the first few others and counts all.
+        let mut rows: Vec<WeightRow> = (0..20).map(|i| row(&format!("f{i:02}"), "w")).collect();
+        mark_shared(&mut rows, &vec![vec![64]; 20]);
+        let first: Vec<String> = (1..=SHARED_NAMES_SHOWN).map(|i| format!("f{i:02}")).collect();
+        assert_eq!((&rows[0].shared_with, rows[0].shared_with_count), (&first, 19));
+        assert_eq!(rows[5].shared_with[4], "f04", "its own function left out");
+        assert_eq!(
+            shared_cell(&rows[0].shared_with, rows[0].shared_with_count),
+            format!("{},… (+11 more)", first.join(","))
+        );
     }
 }
