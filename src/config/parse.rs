@@ -143,6 +143,8 @@ fn parse_json(s: &str) -> Result<Py> {
 }
 
 fn parse_yaml(s: &str) -> Result<Py> {
+    // PyYAML reads a leading byte-order mark as such; libyaml's scanner saw a second document.
+    let s = s.strip_prefix('\u{feff}').unwrap_or(s);
     let mut v = bounded_yaml::from_str(s).map_err(|e| err(format!("invalid YAML: {e}")))?;
     // PyYAML's safe_load resolves `<<` merge keys.
     v.apply_merge().map_err(|e| err(format!("invalid YAML: {e}")))?;
@@ -591,6 +593,12 @@ mod golden;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_yaml_byte_order_mark_is_read_as_one() {
+        let text = "\u{feff}config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n";
+        assert!(from_yaml_str(text).is_ok());
+    }
 
     #[test]
     fn python_numeric_strings() {
