@@ -132,14 +132,17 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
     let mut written: u64 = 0;
     for (entry, relative) in selected {
         let target = root.join(relative);
+        let entry_error = |reason: String| zip_error(format!("entry '{}': {reason}", entry.name));
+        // Named by the entry, not by the extraction folder, which is gone by the time the user
+        // reads it: a file and a folder of one name (a file `weights` beside `weights/weight.bin`).
+        let folder_error = |e: io::Error| entry_error(format!("cannot be extracted beside the others: {e}"));
         if entry.is_dir {
-            std::fs::create_dir_all(&target).at(&target)?;
+            std::fs::create_dir_all(&target).map_err(folder_error)?;
             continue;
         }
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).at(parent)?;
+            std::fs::create_dir_all(parent).map_err(folder_error)?;
         }
-        let entry_error = |reason: String| zip_error(format!("entry '{}': {reason}", entry.name));
         if entry.index == manifest_entry.index {
             // Already read and checked: write it from memory.
             let mut out = create_new(&target).map_err(entry_error)?;

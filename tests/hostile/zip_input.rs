@@ -358,3 +358,35 @@ fn an_extraction_killed_mid_way_is_swept_by_the_next_run_but_a_live_one_is_not()
         "input untouched"
     );
 }
+
+#[test]
+fn a_file_and_a_folder_of_one_name_are_refused_naming_the_entry() {
+    // `weights` as a file, then `weights/weight.bin`: the error named the extraction folder,
+    // already removed when the user read it.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.zip");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&input).unwrap());
+    let options = zip::write::SimpleFileOptions::default();
+    let (weight_bin, rest): (Vec<_>, Vec<_>) = fixture_entries()
+        .into_iter()
+        .partition(|(name, _)| name.ends_with("weight.bin"));
+    for (name, bytes) in rest {
+        w.start_file(name, options).unwrap();
+        w.write_all(&bytes).unwrap();
+    }
+    w.start_file(WEIGHTS, options).unwrap();
+    w.write_all(b"abc").unwrap();
+    for (name, bytes) in weight_bin {
+        w.start_file(name, options).unwrap();
+        w.write_all(&bytes).unwrap();
+    }
+    w.finish().unwrap();
+    let case = Case { tmp, input };
+    let tmpdir = private_tmpdir();
+    let output = case.output();
+    let o = mlprune(tmpdir.path(), None, &prune_args(&case.input, &output));
+    assert_cli_error(&o, 1, &["in.zip", "weights/weight.bin", "cannot be extracted"]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains(".mlprune-unzip-"));
+    assert!(names_in(tmpdir.path()).is_empty(), "nothing left in TMPDIR");
+    assert_nothing_left(&case, &["in.zip"]);
+}
