@@ -15,7 +15,7 @@ use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, Visitor
 use serde_norway::{Mapping, Value};
 
 /// What a config may take once parsed, aliases expanded: four times the largest config file
-/// (`super::source::MAX_CONFIG_BYTES`), strings by their length and every node as [`NODE_COST`].
+/// (`super::source::MAX_CONFIG_BYTES`), strings by their length and every node as `NODE_COST`.
 pub const MAX_EXPANDED_BYTES: u64 = 64 << 20;
 
 /// Charged per node besides its text: roughly what a `Value` and its slot take.

@@ -550,7 +550,8 @@ impl GraphView {
 
     /// Moves the ops of `model`'s program to its file (see [`crate::mil::op_file`]): from here on
     /// [`GraphView::op_bytes`] reads them from there, the program's function bodies are empty and
-    /// the file read is dropped, until [`OpFile::restore`] fills them again. Does nothing (returns
+    /// the file read is dropped; the output's bodies are assembled from the file at the end
+    /// ([`crate::mil::assemble`]). Does nothing (returns
     /// false) for a model not read from a file, or whose ops are not all slices of what was read.
     pub fn move_ops_to_file(&mut self, model: &mut LoadedModel) -> bool {
         let Some((file, read)) = model.source.take() else {

@@ -5,8 +5,8 @@
 //! engine moves the ops to the file: each op's place in it is recorded with a check of its bytes,
 //! the program's op lists are emptied and the file read is dropped. Ops are then read back from
 //! the open file, through two read-ahead windows (the walk and the reader thread each go through
-//! the program in order), and the function bodies are filled again at the end, each op the walk
-//! replaced left empty for its replacement.
+//! the program in order), and at the end the output's bodies are assembled from them, op by op
+//! ([`crate::mil::assemble`]).
 //!
 //! The file is the one opened at load, so a path renamed meanwhile does not matter; bytes that
 //! differ from the check (the file changed in place) make the read fail, and
@@ -100,7 +100,7 @@ pub fn place_in(file: &Bytes, op: &Bytes) -> Option<(u64, u32)> {
 
 impl OpFile {
     /// `places`: each op's place in `file` (see [`place_in`]) with its bytes, by op index; `top`
-    /// and `bodies` as [`OpFile::restore`] fills the program again.
+    /// and `bodies`: the function bodies' own ops, body by body ([`OpFile::body_ops`]).
     pub fn new<'b>(
         file: Arc<File>,
         label: PathBuf,
