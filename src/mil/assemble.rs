@@ -287,3 +287,125 @@ fn rebased<T>(changes: Vec<(OpPath, T)>) -> Vec<(OpPath, T)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::dtype::ScalarType;
+    use crate::mil::build::{bind_name, main_program, op};
+    use crate::mil::ops::encode_ops;
+    use crate::mil::rewrite::rename_with;
+    use crate::mil::stream::{write_model, InBlocks};
+    use crate::mil::value::tensor_value_type;
+    use crate::proto::spec::Model;
+
+    fn unary(op_type: &str, name: &str, input: &str) -> Operation {
+        let t = tensor_value_type(ScalarType::Float32, &[2]);
+        op(
+            op_type,
+            name,
+            BTreeMap::from([("x".into(), bind_name(input))]),
+            BTreeMap::new(),
+            vec![(name.to_owned(), t)],
+        )
+    }
+
+    fn path(function: &str, steps: &[usize]) -> OpPath {
+        OpPath {
+            function: function.into(),
+            specialization: "CoreML7".into(),
+            steps: steps.iter().copied().collect(),
+        }
+    }
+
+    /// main: `w`, a `cond` owning a block of `nested` ops that read `w`, `tanh(w)`; `second`: the
+    /// same without the `cond`.
+    fn program(nested: usize) -> Program {
+        let mut cond = unary("cond", "c", "x");
+        cond.blocks.push(Block {
+            outputs: vec!["n0".into()],
+            operations: encode_ops((0..nested).map(|i| unary("relu", &format!("n{i}"), "w"))),
+            ..Default::default()
+        });
+        let body = |with_cond: bool| Block {
+            outputs: vec!["t".into(), "w".into()],
+            operations: encode_ops(
+                [
+                    Some(unary("relu", "w", "x")),
+                    with_cond.then(|| cond.clone()),
+                    Some(unary("tanh", "t", "w")),
+                ]
+                .into_iter()
+                .flatten(),
+            ),
+            ..Default::default()
+        };
+        let mut p = main_program(vec![], "CoreML7", body(true));
+        let second = main_program(vec![], "CoreML7", body(false));
+        p.functions
+            .insert("second".into(), second.functions["main"].clone());
+        p
+    }
+
+    fn written(program: &Program, ops: &impl OpLists) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_model(&Model::default(), program, ops, &mut out).unwrap();
+        out
+    }
+
+    /// The output assembled op by op is the output of the changes applied to the whole program.
+    #[test]
+    fn assembles_what_applying_the_changes_to_the_whole_program_gives() {
+        // Thousands of changes inside the `cond`.
+        let nested = 5000;
+        let mut changes = vec![(path("main", &[0]), unary("sigmoid", "w", "x"))];
+        changes.extend(
+            (0..nested)
+                .step_by(2)
+                .map(|i| (path("main", &[1, 0, i]), unary("abs", &format!("n{i}"), "w"))),
+        );
+        changes.push((path("second", &[1]), unary("exp", "t", "w")));
+        let edits = vec![(
+            path("second", &[0]),
+            vec![unary("relu", "w0", "x"), unary("relu", "w", "w0")],
+        )];
+        let mut renames = RenameMap::new();
+        renames.insert("main", "w", "w_sparsified").unwrap();
+
+        let mut expected = program(nested);
+        let updates = changes
+            .iter()
+            .map(|(p, o)| (p.clone(), Bytes::from(crate::mil::encode_op(o))))
+            .collect();
+        set_ops_at(&mut expected, updates).unwrap();
+        replace_ops(&mut expected, edits.clone()).unwrap();
+        rename_with(&mut expected, &renames).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut spilled = SpilledOps::create_in(dir.path()).unwrap();
+        for (p, o) in &changes {
+            spilled.push(p, o).unwrap();
+        }
+        let mut ours = program(nested);
+        let held = HeldOps::take_from(&mut ours);
+        let (assembled, _) = assemble(&mut ours, held, spilled, edits, &renames, dir.path()).unwrap();
+        assert_eq!(written(&ours, &assembled), written(&expected, &InBlocks));
+    }
+
+    #[test]
+    fn a_change_that_lies_in_no_body_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spilled = SpilledOps::create_in(dir.path()).unwrap();
+        spilled
+            .push(&path("main", &[9]), &unary("abs", "z", "x"))
+            .unwrap();
+        let mut p = program(1);
+        let held = HeldOps::take_from(&mut p);
+        let err = assemble(&mut p, held, spilled, vec![], &RenameMap::new(), dir.path())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("lies in no function body"), "{err}");
+    }
+}
