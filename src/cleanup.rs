@@ -19,7 +19,7 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, IoContext, Result};
@@ -29,6 +29,8 @@ static REGISTRY: Mutex<BTreeMap<u64, Registered>> = Mutex::new(BTreeMap::new());
 /// Taken by commits, and by the signal thread before it removes anything.
 static COMMIT: Mutex<()> = Mutex::new(());
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+/// Set once the run's output is in place: a signal after that interrupts nothing.
+static COMMITTED: AtomicBool = AtomicBool::new(false);
 
 /// How many fresh names to try when a random name is taken.
 const NAME_ATTEMPTS: usize = 16;
@@ -41,6 +43,13 @@ struct Registered {
 
 fn registry() -> MutexGuard<'static, BTreeMap<u64, Registered>> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Records that the run's output is in place (call it under [`hold_off_signals`]): a signal that
+/// arrives from then on says so and exits 0, since what was asked is done. It used to exit
+/// 128 + the signal, which a caller could not tell from an interrupted run.
+pub fn mark_committed() {
+    COMMITTED.store(true, Ordering::SeqCst);
 }
 
 /// Blocks signal cleanup while held: take it around renames that move scratch paths into place.
@@ -76,6 +85,8 @@ impl ScratchPath {
             let mut name = OsString::from(prefix);
             name.push(crate::package::temp_suffix());
             let path = parent.join(name);
+            // A scratch path means a run (of the several `bench` makes) is under way again.
+            COMMITTED.store(false, Ordering::SeqCst);
             // Register before creating, so no instant exists where the path is ours but unknown
             // to the signal handler.
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -242,6 +253,12 @@ pub fn install_signal_cleanup() -> Result<()> {
                 // Held until the exit: from here no scratch path is registered, so none is created.
                 let registered = registry();
                 remove_racing_writers(registered.values());
+                if COMMITTED.load(Ordering::SeqCst) {
+                    eprintln!(
+                        "mlprune: signal {signal} arrived once the output was in place; it is complete"
+                    );
+                    std::process::exit(0);
+                }
                 std::process::exit(128 + signal);
             }
         })
@@ -261,6 +278,9 @@ const PASS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 /// later pass finds none of them (red-team runs left a staging folder about once in 30 signals).
 #[cfg(unix)]
 fn remove_racing_writers<'r>(scratch: impl Iterator<Item = &'r Registered> + Clone) {
+    if scratch.clone().next().is_none() {
+        return; // nothing registered: no run is writing
+    }
     for pass in 0..REMOVAL_PASSES {
         let mut found = false;
         for registered in scratch.clone() {

@@ -294,6 +294,7 @@ impl OutputPackage {
             }
             sync_dir(&parent_dir(&companion.final_path));
         }
+        cleanup::mark_committed();
         // Published: nothing of it is scratch any more.
         if self.zip_folder.is_some() {
             self.temp_zip = None;

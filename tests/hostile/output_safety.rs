@@ -438,3 +438,46 @@ fn names_too_long_for_their_scratch_sibling_are_usage_errors() {
     assert_cli_error(&o, 2, &["report", "at most 225 fit"]);
     assert_nothing_left(&case, &["in.mlpackage"]);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_signal_once_the_output_is_in_place_exits_0() {
+    // The old OUTPUT holds many files, so removing it (after the new one is in place) takes a
+    // while: a SIGINT then interrupts nothing, and the run says so and succeeds. It used to exit
+    // 130, which a caller could not tell from an interrupted run.
+    let case = Case::linear();
+    let output = case.output();
+    assert!(prune_with(&case, &output, &["-q"]).status.success());
+    let many = output.join("Data/many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..30_000 {
+        std::fs::write(many.join(i.to_string()), b"").unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .args(["prune".as_ref(), case.input.as_os_str(), output.as_os_str()])
+        .args(["--sparsity", "0.5", "--force", "-q"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut signalled = false;
+    while child.try_wait().unwrap().is_none() {
+        // Once the old OUTPUT is set aside the new one is in place.
+        let aside = std::fs::read_dir(case.tmp.path())
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().contains(".mlprune-old-"));
+        if aside && !signalled {
+            send("-INT", &child);
+            signalled = true;
+        }
+        assert!(Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // The run may also finish before the signal thread speaks.
+    assert!(stderr.is_empty() || stderr.contains("it is complete"), "{stderr}");
+    assert!(!many.exists(), "the new package replaced the old one");
+    assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage"]);
+}
