@@ -377,7 +377,7 @@ mod tests {
         let mut expected = program(nested);
         let updates = changes
             .iter()
-            .map(|(p, o)| (p.clone(), Bytes::from(crate::mil::encode_op(o))))
+            .map(|(p, o)| (p.clone(), crate::mil::encode_op(o)))
             .collect();
         set_ops_at(&mut expected, updates).unwrap();
         replace_ops(&mut expected, edits.clone()).unwrap();
