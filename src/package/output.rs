@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::manifest::Manifest;
-use super::paths::{confined, exists_no_follow, file_identity, tree_holds, within_by_identity};
+use super::paths::{confined, exists_no_follow, file_identity, lies_within, tree_holds};
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
 use super::{use_of, used_paths, Package, Use};
@@ -373,13 +373,9 @@ fn check_output_location(
         || (exists && file_identity(&output_canonical) == file_identity(&input_canonical));
     let clash = if same {
         Some("is the input")
-    } else if output_canonical.starts_with(&input_canonical)
-        || within_by_identity(&output_canonical, &input_canonical)
-    {
+    } else if lies_within(&output_canonical, &input_canonical) {
         Some("is inside the input")
-    } else if input_canonical.starts_with(&output_canonical)
-        || (exists && within_by_identity(&input_canonical, &output_canonical))
-    {
+    } else if lies_within(&input_canonical, &output_canonical) {
         Some("contains the input")
     } else {
         None
@@ -404,7 +400,7 @@ pub fn check_output_spares(output: &Path, files: &[&Path]) -> Result<()> {
         let Ok(canonical) = std::fs::canonicalize(file) else {
             continue;
         };
-        if canonical.starts_with(&output_canonical) || within_by_identity(&canonical, &output_canonical) {
+        if lies_within(&canonical, &output_canonical) {
             return Err(Error::Usage(format!(
                 "output {} holds {}, which the run reads; refusing to replace it",
                 output.display(),
@@ -542,8 +538,8 @@ fn zip_holds_package(path: &Path) -> bool {
 }
 
 /// A file written next to OUTPUT (the report) must not land on or inside OUTPUT or any of
-/// `protected`, neither at its own location nor where a link there leads, and where something
-/// exists at `path` it must be a regular file (or a link to one) that a rename may replace.
+/// `protected` (by path or by identity), nor be another hard link of a file in them; where
+/// something exists at `path` it must be a regular file, not a link, that a rename may replace.
 fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
     let name = path
         .file_name()
@@ -552,7 +548,7 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
     let dir = parent_dir(path);
     let dir_canonical = std::fs::canonicalize(&dir)
         .map_err(|e| Error::Usage(format!("report directory {} is not usable: {e}", dir.display())))?;
-    let locations = [dir_canonical.join(name)];
+    let location = dir_canonical.join(name);
     let mut existing = None;
     if exists_no_follow(path) {
         // Only a regular file is replaced: renaming over a link would put the report where the
@@ -580,11 +576,8 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
                 _ => continue,
             },
         };
-        let hard_link = existing.is_some_and(|id| tree_holds(&guarded_canonical, id));
-        if hard_link
-            || locations
-                .iter()
-                .any(|l| l.starts_with(&guarded_canonical) || within_by_identity(l, &guarded_canonical))
+        if lies_within(&location, &guarded_canonical)
+            || existing.is_some_and(|id| tree_holds(&guarded_canonical, id))
         {
             return Err(Error::Usage(format!(
                 "report {} would overwrite {}: it is, or lies inside, it",

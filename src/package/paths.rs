@@ -64,10 +64,14 @@ pub(crate) fn file_identity(_: &Path) -> Option<(u64, u64)> {
     None
 }
 
-/// Whether `path` (absolute), or a folder it lies in, is the very file or folder `guarded` is,
-/// whatever their names: a bind mount shows one folder under two paths, which comparing paths
-/// cannot see.
-pub(crate) fn within_by_identity(path: &Path, guarded: &Path) -> bool {
+/// Whether `path` is, or lies inside, `guarded` (both canonical, or where they would be): by path,
+/// then, where `guarded` exists, by identity: whether `path` or a folder it lies in is the very
+/// file or folder `guarded` is, whatever their names. A bind mount shows one folder under two
+/// paths, which comparing paths cannot see.
+pub(crate) fn lies_within(path: &Path, guarded: &Path) -> bool {
+    if path.starts_with(guarded) {
+        return true;
+    }
     let Some(target) = file_identity(guarded) else {
         return false;
     };
