@@ -29,7 +29,7 @@ use crate::global_sparsity::decide_cut;
 pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
 use crate::mil::access::OpPath;
-use crate::mil::assemble::{assemble, Assembled, HeldOps};
+use crate::mil::assemble::{assemble, Assembled, HeldOps, TopOps};
 use crate::mil::graph::{GraphView, UseSite};
 use crate::mil::op_file::{ChangeWatch, OpFile};
 use crate::mil::spill::{SpilledOps, SpilledRenames};
@@ -332,7 +332,7 @@ fn prune_steps(
     // What only the walk needed is freed before the stored changes come back: the index, the rest
     // of the plan, the deduplication and rename tables, and (once its last blob is written) the
     // writer's store-once table. Fields a destructuring leaves out would live to the end.
-    let op_file = graph.take_op_file();
+    let mut op_file = graph.take_op_file();
     drop(graph);
     drop(next_plan);
     let Rewrite {
@@ -352,27 +352,22 @@ fn prune_steps(
     let pruned_any = pruned_count > 0;
     // The output's bodies are assembled op by op into a scratch file, never held whole.
     let renames = renames.read_back_into_map()?;
-    let (mut assembled, rewrite_steps) = match op_file {
-        Some(file) => assemble(
-            &mut model.program,
-            file,
-            changed_ops,
-            edits,
-            &renames,
-            out.scratch_dir(),
-        )?,
+    let mut held;
+    let top: &mut dyn TopOps = match op_file.as_mut() {
+        Some(file) => file,
         None => {
-            let held = HeldOps::take_from(&mut model.program);
-            assemble(
-                &mut model.program,
-                held,
-                changed_ops,
-                edits,
-                &renames,
-                out.scratch_dir(),
-            )?
+            held = HeldOps::take_from(&mut model.program);
+            &mut held
         }
     };
+    let (mut assembled, rewrite_steps) = assemble(
+        &mut model.program,
+        top,
+        changed_ops,
+        edits,
+        &renames,
+        out.scratch_dir(),
+    )?;
     drop(renames);
     if pruned_any && model.spec_version() < 7 {
         bump_to_ios16(&mut model, &mut assembled);

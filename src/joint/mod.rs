@@ -9,8 +9,9 @@
 //! The engine loop, per planned op in program order: materialize → `dispatch::run_kernel` on
 //! `dense` → on `Pruned { mask, .. }` take names from a [`JointNamer`], build [`joint_ops`], record
 //! `(path, ops)` and a rename (old output → `JointOps::output`); after the walk, splice all
-//! replacements with `mil::rewrite::replace_ops` and rebind with `rename_with` (one op becomes two,
-//! so splicing during the walk would shift the paths of later ops in the same block).
+//! replacements with `mil::rewrite::replace_ops` and rebind with `rename_in_block`, op by op in
+//! `mil::assemble` (one op becomes two, so splicing during the walk would shift the paths of later
+//! ops in the same block).
 
 pub mod encode;
 pub mod materialize;

@@ -21,7 +21,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use prost::bytes::Bytes;
-use smallvec::SmallVec;
 
 use super::access::{set_ops_at, OpPath};
 use super::op_file::OpFile;
@@ -158,7 +157,7 @@ fn top_key(path: &OpPath) -> Option<TopKey> {
 /// for renames plus ops that edits moved or put in.
 pub fn assemble(
     program: &mut Program,
-    mut top: impl TopOps,
+    top: &mut dyn TopOps,
     changed: SpilledOps,
     edits: Vec<(OpPath, Vec<Operation>)>,
     renames: &RenameMap,
@@ -280,9 +279,9 @@ fn rebased<T>(changes: Vec<(OpPath, T)>) -> Vec<(OpPath, T)> {
     changes
         .into_iter()
         .map(|(mut path, t)| {
-            let mut steps: SmallVec<[usize; 1]> = path.steps.clone();
-            steps[0] = 0;
-            path.steps = steps;
+            if let Some(first) = path.steps.first_mut() {
+                *first = 0;
+            }
             (path, t)
         })
         .collect()
@@ -389,8 +388,8 @@ mod tests {
             spilled.push(p, o).unwrap();
         }
         let mut ours = program(nested);
-        let held = HeldOps::take_from(&mut ours);
-        let (assembled, _) = assemble(&mut ours, held, spilled, edits, &renames, dir.path()).unwrap();
+        let mut held = HeldOps::take_from(&mut ours);
+        let (assembled, _) = assemble(&mut ours, &mut held, spilled, edits, &renames, dir.path()).unwrap();
         assert_eq!(written(&ours, &assembled), written(&expected, &InBlocks));
     }
 
@@ -402,8 +401,8 @@ mod tests {
             .push(&path("main", &[9]), &unary("abs", "z", "x"))
             .unwrap();
         let mut p = program(1);
-        let held = HeldOps::take_from(&mut p);
-        let err = assemble(&mut p, held, spilled, vec![], &RenameMap::new(), dir.path())
+        let mut held = HeldOps::take_from(&mut p);
+        let err = assemble(&mut p, &mut held, spilled, vec![], &RenameMap::new(), dir.path())
             .err()
             .unwrap();
         assert!(err.to_string().contains("lies in no function body"), "{err}");

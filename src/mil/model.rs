@@ -63,13 +63,9 @@ impl LoadedModel {
         self.shell.specification_version
     }
 
-    /// Writes the full model to `path`, the bytes [`encode_model`] gives for it, without holding
-    /// them (see [`super::stream`]).
-    pub fn write_to(&self, path: &Path) -> Result<()> {
-        self.write_with(path, &super::stream::InBlocks)
-    }
-
-    /// [`LoadedModel::write_to`] with each function body's ops taken from `ops`.
+    /// Writes the full model to `path`, each function body's ops taken from `ops`: the bytes
+    /// [`encode_model`] gives for the model holding them, without holding them (see
+    /// [`super::stream`]).
     pub fn write_with(&self, path: &Path, ops: &impl super::stream::OpLists) -> Result<()> {
         let mut out = std::io::BufWriter::new(std::fs::File::create(path).at(path)?);
         super::stream::write_model(&self.shell, &self.program, ops, &mut out).at(path)?;

@@ -1,5 +1,5 @@
 //! The renames of a rewrite, `(function, old, new)`, held compactly for
-//! [`super::rewrite::rename_with`].
+//! [`super::rewrite::rename_in_block`].
 //!
 //! A model of many small tensors renames the output of every pruned const, and the table is held
 //! while every op that reads one is stored again: as tuples of strings with a map over them it
@@ -111,8 +111,8 @@ impl RenameMap {
     }
 
     /// A view of the renames of one function.
-    /// A function and a new name there that is also an old name there, if any (see
-    /// [`FunctionRenames::chained`]); of several, the first function by name. One pass over the
+    /// A function and a new name there that is also an old name there, if any: the renames would
+    /// then depend on their order. Of several, the first function by name. One pass over the
     /// renames, whatever the number of functions.
     pub fn first_chained(&self) -> Option<(&Arc<str>, &str)> {
         self.entries
@@ -142,17 +142,6 @@ impl<'m> FunctionRenames<'m> {
     pub fn get(&self, old: &str) -> Option<&'m str> {
         let entry = self.map.find(self.function, old)?;
         Some(self.map.span(entry.new))
-    }
-
-    /// A new name that is also an old name here, if any: the renames would then depend on their
-    /// order.
-    pub fn chained(&self) -> Option<&'m str> {
-        self.map
-            .entries
-            .iter()
-            .filter(|e| e.function == self.function)
-            .map(|e| self.map.span(e.new))
-            .find(|new| self.get(new).is_some())
     }
 }
 
@@ -187,8 +176,15 @@ mod tests {
             twice.contains("value 'a' in function 'main' renamed twice"),
             "{twice}"
         );
-        assert_eq!(map.of_function("main").unwrap().chained(), None);
+        map.insert("other", "c", "a").unwrap();
+        assert_eq!(
+            map.first_chained(),
+            None,
+            "a new name that is old in another function"
+        );
         map.insert("main", "b", "c").unwrap();
-        assert_eq!(map.of_function("main").unwrap().chained(), Some("b"));
+        map.insert("zeta", "x", "y").unwrap();
+        map.insert("zeta", "y", "z").unwrap();
+        assert_eq!(map.first_chained().map(|(f, n)| (&**f, n)), Some(("main", "b")));
     }
 }

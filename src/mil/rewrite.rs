@@ -1,8 +1,8 @@
 //! Structural edits of a program: replacing ops and rebinding every use of values.
 
-use super::entries::Entries;
 use std::sync::Arc;
 
+use super::entries::Entries;
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
 
@@ -81,6 +81,7 @@ fn same_block(a: &OpPath, b: &OpPath) -> bool {
 }
 
 /// What [`rename_with`] did.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Renamed {
     /// Places rebound (op inputs and block outputs).
@@ -102,14 +103,10 @@ pub fn rename_all<F: AsRef<str>, T: AsRef<str>>(
     rename_with(program, &map)
 }
 
-/// Rebinds many values at once, `(function, old, new)` each: every use of `old` in `function`, op
-/// inputs at any depth and block outputs, now reads `new`. Value names are unique within a function
-/// (SSA), so a plain rename is exact. One walk over every function that has a rename, whatever
-/// their number.
-///
-/// The renames apply together, not one after the other, which is the same only because a new name
-/// is never another rename's old name in the same function (new names are fresh); that is
-/// refused here, and an old name renamed twice by the [`RenameMap`] as it is filled.
+/// [`rename_in_block`] over every block of every function `renames` renames in, on a program
+/// holding its ops: what a run does op by op (`crate::mil::assemble`), and the reference its tests
+/// compare with.
+#[cfg(test)]
 pub fn rename_with(program: &mut Program, renames: &RenameMap) -> Result<Renamed> {
     let mut done = Renamed {
         rebound: 0,
@@ -130,7 +127,10 @@ pub fn rename_with(program: &mut Program, renames: &RenameMap) -> Result<Renamed
 }
 
 /// The functions `renames` renames in, sorted, once checked: each exists in `program`, and no new
-/// name is another rename's old name (see [`rename_with`]).
+/// name is another rename's old name in its function. Renames apply together, not one after the
+/// other, which is the same only because new names are fresh; a chain would make them depend on
+/// their order, and is refused (an old name renamed twice is refused by the [`RenameMap`] as it is
+/// filled).
 pub fn renamed_functions(program: &Program, renames: &RenameMap) -> Result<Vec<Arc<str>>> {
     let mut functions: Vec<Arc<str>> = renames.functions().cloned().collect();
     functions.sort_unstable();
@@ -147,8 +147,10 @@ pub fn renamed_functions(program: &Program, renames: &RenameMap) -> Result<Vec<A
     Ok(functions)
 }
 
-/// [`rename_with`] within one block of a function: its ops at any depth and its outputs. Returns
-/// the places rebound; `visited` counts the ops looked at.
+/// Rebinds every use of a renamed value in `block` of a function, whose renames are `map`: op
+/// inputs at any depth and the block's outputs now read the new names. Value names are unique
+/// within a function (SSA), so a plain rename is exact; check the renames with
+/// [`renamed_functions`] first. Returns the places rebound; `visited` counts the ops looked at.
 pub fn rename_in_block(block: &mut Block, map: FunctionRenames<'_>, visited: &mut usize) -> Result<usize> {
     let mut n = 0;
     for slot in &mut block.operations {

@@ -7,8 +7,8 @@
 //! with `Model`'s `Type` oneof last), a map entry as key then value, each skipped when it equals
 //! its default, and a `bytes` field as its length and contents. So every message above the ops is
 //! written as the encoding of its fields before the one that holds the ops, then that field's
-//! entries, then the encoding of the fields after it; each op is written straight from its buffer.
-//! A test compares the result with `encode_model` byte for byte.
+//! entries, then the encoding of the fields after it; each body's ops come framed from an
+//! [`OpLists`]. A test compares the result with `encode_model` byte for byte.
 
 use std::io::{self, Write};
 
@@ -52,7 +52,7 @@ fn field_len(tag: u32, len: usize) -> usize {
 }
 
 /// Where the ops of each function body come from when a model is written: the blocks themselves
-/// ([`InBlocks`]), or a scratch file the ops were assembled into (`crate::mil::assemble`). Nested
+/// (`InBlocks`, in tests), or a scratch file the ops were assembled into (`crate::mil::assemble`). Nested
 /// blocks are always inside their op's bytes.
 pub trait OpLists {
     /// The encoded size of the `operations` field of body `specialization` of `function`: every
@@ -68,9 +68,11 @@ pub trait OpLists {
     ) -> io::Result<()>;
 }
 
-/// The ops each block holds.
+/// The ops each block holds: the in-memory form tests compare the streamed one with.
+#[cfg(test)]
 pub struct InBlocks;
 
+#[cfg(test)]
 impl OpLists for InBlocks {
     fn encoded_len(&self, _: &str, _: &str, block: &Block) -> usize {
         ops_field_len(block)
