@@ -90,12 +90,14 @@ fn wire_schema(set: &FileDescriptorSet) -> Result<String, Box<dyn std::error::Er
     if !lazy_found {
         return Err(format!("no field {} in proto/MIL.proto", LAZY_OPERATIONS.0).into());
     }
-    let model = index
-        .get(".CoreML.Specification.Model")
-        .ok_or("no CoreML.Specification.Model message")?;
-    writeln!(
-        s,
-        "/// The index of `CoreML.Specification.Model`.\npub(crate) const MODEL: u16 = {model};"
-    )?;
+    for (name, constant) in [("Model", "MODEL"), ("MILSpec.Operation", "OPERATION")] {
+        let full = format!(".CoreML.Specification.{name}");
+        let at = index.get(full.as_str()).ok_or(format!("no message {full}"))?;
+        writeln!(
+            s,
+            "/// The index of `{}`.\npub(crate) const {constant}: u16 = {at};",
+            &full[1..]
+        )?;
+    }
     Ok(s)
 }

@@ -171,12 +171,10 @@ fn prune_steps(
             model.path.display()
         )));
     }
-    let mut graph = GraphView::build(&model.program)?;
-    // From here ops are read back from the file as they are needed, instead of the whole file
+    // The ops stay in the file and are read back as they are needed, instead of the whole file
     // staying in memory (issue 18).
-    if graph.move_ops_to_file(&mut model) {
-        *watch = graph.op_file().map(OpFile::watch);
-    }
+    let mut graph = GraphView::of_model(&mut model)?;
+    *watch = graph.op_file().map(OpFile::watch);
     let mut shared_keys = HashSet::new();
     let mut planned = if job.joint_compression {
         plan_joint(&model.program, &graph, &job.config, model.spec_version())?

@@ -78,8 +78,8 @@ pub struct InspectReport {
 pub fn inspect(input: &Path) -> Result<InspectReport> {
     let package = Package::open(input)?;
     let model_path = package.model_path();
-    let model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
-    let graph = GraphView::build(&model.program)?;
+    let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
+    let graph = GraphView::of_model(&mut model)?;
     let source = WeightSource::open(&package)?;
     let weight_file_bytes = source.blob_reader().map_or(0, |r| r.size());
     let mut weights = Vec::new();

@@ -315,7 +315,7 @@ mod tests {
         };
         crate::synth::generate(&spec, &path, false).unwrap();
         let package = crate::package::Package::open(&path).unwrap();
-        let model = LoadedModel::read(&package.model_path(), &path).unwrap();
+        let model = LoadedModel::read_held(&package.model_path(), &path).unwrap();
         let graph = GraphView::build(&model.program).unwrap();
         let jobs = (0..graph.op_count())
             .filter(|&i| graph.op_type(i) == "const")

@@ -69,7 +69,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn const_values(pkg: &Path) -> BTreeMap<String, TensorData> {
     let package = Package::open(pkg).unwrap();
     let model_path = package.model_path();
-    let model = LoadedModel::read(&model_path, &model_path).unwrap();
+    let model = LoadedModel::read_held(&model_path, &model_path).unwrap();
     let source = WeightSource::open(&package).unwrap();
     let mut out = BTreeMap::new();
     for_each_op(&model.program, |op| -> Result<(), mlprune::Error> {

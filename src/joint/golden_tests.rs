@@ -42,7 +42,7 @@ fn hex(bytes: &[u8]) -> String {
 fn load(path: &Path) -> (Package, LoadedModel) {
     let package = Package::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let model_path = package.model_path();
-    let model = LoadedModel::read(&model_path, path).unwrap();
+    let model = LoadedModel::read_held(&model_path, path).unwrap();
     (package, model)
 }
 

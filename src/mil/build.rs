@@ -80,3 +80,61 @@ pub fn main_program(inputs: Vec<NamedValueType>, opset: &str, block: Block) -> P
         ..Default::default()
     }
 }
+
+/// Every field around the ones written here set, maps of several entries, and the empty or
+/// default keys and values prost skips: for tests of the readers and writers of whole models.
+#[cfg(test)]
+pub fn busy_program() -> Program {
+    use crate::dtype::ScalarType;
+    use crate::mil::ops::encode_ops;
+    use crate::mil::value::{blob_value, tensor_value_type};
+    let t = tensor_value_type(ScalarType::Float16, &[4, 4]);
+    let weight = const_op("w", blob_value(ScalarType::Float16, &[4, 4], 64));
+    let mut cond = op(
+        "cond",
+        "branch",
+        BTreeMap::from([("x".into(), bind_name("x"))]),
+        BTreeMap::new(),
+        vec![("c".into(), t.clone())],
+    );
+    cond.blocks.push(Block {
+        outputs: vec!["w".into()],
+        operations: encode_ops([weight.clone()]),
+        ..Default::default()
+    });
+    let attributes = BTreeMap::from([
+        ("note".to_owned(), string_value("kept")),
+        (String::new(), string_value("empty key")),
+        ("empty".to_owned(), Default::default()),
+    ]);
+    let block = Block {
+        inputs: vec![NamedValueType {
+            name: "x".into(),
+            r#type: Some(t.clone()),
+        }],
+        outputs: vec!["w".into(), "c".into()],
+        operations: encode_ops([weight, cond]),
+        attributes: attributes.clone(),
+    };
+    let function = Function {
+        inputs: block.inputs.clone(),
+        opset: "CoreML7".into(),
+        block_specializations: BTreeMap::from([
+            ("CoreML7".to_owned(), block.clone()),
+            ("CoreML8".to_owned(), block.clone()),
+            ("default_block".to_owned(), Block::default()),
+            (String::new(), block.clone()),
+        ]),
+        attributes: attributes.clone(),
+    };
+    Program {
+        version: 1,
+        functions: BTreeMap::from([
+            ("main".to_owned(), function.clone()),
+            ("second".to_owned(), function),
+            ("empty".to_owned(), Function::default()),
+        ]),
+        doc_string: "a program with everything".into(),
+        attributes,
+    }
+}

@@ -62,6 +62,25 @@ pub fn decoded_size(bytes: &[u8]) -> Option<DecodedSize> {
     Some(size)
 }
 
+/// How deep a function body's op lies in a `Model`: Model, Program, the functions' map entry,
+/// Function, the bodies' map entry, Block.
+const BODY_OP_DEPTH: u32 = 6;
+
+/// Counts what decoding `bytes`, one op of a function body, allocates, as [`decoded_size`] counts
+/// it inside the whole model: a model read op by op (`crate::mil::split`) adds up to the same.
+pub fn op_decoded_size(bytes: &[u8]) -> Option<DecodedSize> {
+    let mut size = DecodedSize::default();
+    walk(bytes, OPERATION, BODY_OP_DEPTH, &mut size)?;
+    Some(size)
+}
+
+impl std::ops::AddAssign for DecodedSize {
+    fn add_assign(&mut self, other: Self) {
+        self.messages = self.messages.saturating_add(other.messages);
+        self.payload = self.payload.saturating_add(other.payload);
+    }
+}
+
 fn walk(mut buf: &[u8], message: u16, depth: u32, size: &mut DecodedSize) -> Option<()> {
     if depth > MAX_DEPTH {
         return None;

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -21,9 +22,9 @@ use smallvec::SmallVec;
 
 use super::access::{op_bytes_at, OpPath};
 use super::entries::Entries;
-use super::model::LoadedModel;
+use super::model::{LoadedModel, OpsInFile};
 use super::names::NameList;
-use super::op_file::{place_in, BodyOps, OpFile};
+use super::op_file::{place_in, OpFile, OpPlace};
 use super::ops::decode_op;
 use super::texts::{Span, TextBuffer};
 use crate::error::{Error, Result};
@@ -144,10 +145,54 @@ fn too_many(what: &str) -> Error {
     Error::Graph(format!("the program has too many {what} to index"))
 }
 
+/// Where the ops of a block being indexed come from.
+#[derive(Clone, Copy)]
+enum BlockOps<'a> {
+    /// Held: a nested block, or a body of a program built in memory. With `origin`, the ops are
+    /// slices of a body's op read from the file at that offset.
+    Held {
+        ops: &'a [Bytes],
+        origin: Option<(&'a Bytes, u64)>,
+    },
+    /// A body's own ops, still in the file ([`LoadedModel::read`]).
+    InFile(&'a [OpPlace]),
+}
+
+impl BlockOps<'_> {
+    fn len(&self) -> usize {
+        match self {
+            BlockOps::Held { ops, .. } => ops.len(),
+            BlockOps::InFile(places) => places.len(),
+        }
+    }
+}
+
 impl GraphView {
+    /// The index of a program whose ops it holds.
     pub fn build(program: &Program) -> Result<Self> {
+        Self::build_with(program, None)
+    }
+
+    /// The index of a loaded model. The ops of a model read with [`LoadedModel::read`] are read
+    /// from its file as they are indexed and stay there ([`GraphView::op_file`]); a model holding
+    /// them is indexed as [`GraphView::build`] does.
+    pub fn of_model(model: &mut LoadedModel) -> Result<Self> {
+        let in_file = model.ops_in_file.take().map(|ops| (ops, model.path.clone()));
+        Self::build_with(&model.program, in_file)
+    }
+
+    fn build_with(program: &Program, in_file: Option<(OpsInFile, PathBuf)>) -> Result<Self> {
         let mut view = GraphView::default();
         let mut builder = Builder::default();
+        let mut places = HashMap::new();
+        if let Some((ops, label)) = in_file {
+            view.op_file = Some(OpFile::open(ops.file, label, ops.hasher));
+            places = ops
+                .bodies
+                .into_iter()
+                .map(|b| ((b.function, b.specialization), b.ops))
+                .collect();
+        }
         for (fname, function) in &program.functions {
             let function_name: Arc<str> = Arc::from(fname.as_str());
             view.values.push(FunctionValues {
@@ -169,8 +214,20 @@ impl GraphView {
                     table: table as u32,
                 });
                 let root = u32::try_from(view.roots.len() - 1).map_err(|_| too_many("functions"))?;
-                view.walk_block(block, (root, &[]), table, None, &mut builder)?;
+                // A body with no ops has no places.
+                let in_file: Vec<OpPlace> = places.remove(&(fname.clone(), spec.clone())).unwrap_or_default();
+                let ops = match &view.op_file {
+                    Some(_) => BlockOps::InFile(&in_file),
+                    None => BlockOps::Held {
+                        ops: &block.operations,
+                        origin: None,
+                    },
+                };
+                view.walk_block(block, ops, (root, &[]), table, None, &mut builder)?;
             }
+        }
+        if let Some(file) = &mut view.op_file {
+            file.shrink_to_fit();
         }
         view.ops.shrink_to_fit();
         view.uses.shrink_to_fit();
@@ -254,6 +311,7 @@ impl GraphView {
     fn walk_block(
         &mut self,
         block: &Block,
+        ops: BlockOps<'_>,
         (root, prefix): (u32, &[usize]),
         table: usize,
         owner: Option<u32>,
@@ -266,8 +324,11 @@ impl GraphView {
             let id = self.intern(table, &input.name)?;
             builder.scope.define(id, &input.name, function)?;
         }
-        for (i, bytes) in block.operations.iter().enumerate() {
-            // Checked at load (`decode_model`); decoded here for the index, then dropped.
+        for i in 0..ops.len() {
+            let (bytes, place) = self.block_op(ops, i)?;
+            let bytes = &bytes;
+            // Checked at load (`decode_model`, `split_model`); decoded here for the index, then
+            // dropped.
             let op = decode_op(bytes).map_err(|e| {
                 Error::Graph(format!(
                     "op {i} of a block of function '{function}' does not decode: {e}"
@@ -280,8 +341,10 @@ impl GraphView {
                 .ok_or_else(|| Error::Graph(format!("function '{function}' has too many ops")))?;
             let mut steps: SmallVec<[usize; 5]> = prefix.iter().copied().collect();
             steps.push(i);
-            let place = if owner.is_some() {
-                self.nested.insert(op_id, bytes.clone());
+            let in_place = if owner.is_some() {
+                if self.op_file.is_none() {
+                    self.nested.insert(op_id, bytes.clone());
+                }
                 let id = u32::try_from(self.nested_steps.len())
                     .ok()
                     .filter(|&id| id < NESTED)
@@ -334,14 +397,28 @@ impl GraphView {
                 name,
                 op_type,
                 root,
-                place,
+                place: in_place,
                 first_output,
                 outputs,
             });
+            if let (Some(file), Some(place)) = (&mut self.op_file, place) {
+                let root = &self.roots[root as usize];
+                let body = owner.is_none().then_some((&root.function, &root.specialization));
+                file.enter(place, body);
+            }
+            // Nested ops are slices of the body's op that holds them: where that op was read.
+            let origin = match ops {
+                BlockOps::InFile(_) => place.map(|p| (bytes, p.offset)),
+                BlockOps::Held { origin, .. } => origin,
+            };
             for (b, nested) in op.blocks.iter().enumerate() {
                 let mut nested_prefix = steps.clone();
                 nested_prefix.push(b);
-                self.walk_block(nested, (root, &nested_prefix), table, Some(op_id), builder)?;
+                let ops = BlockOps::Held {
+                    ops: &nested.operations,
+                    origin,
+                };
+                self.walk_block(nested, ops, (root, &nested_prefix), table, Some(op_id), builder)?;
             }
             for o in self.output_range(&self.ops[op_id as usize]) {
                 let id = self.op_outputs[o];
@@ -361,6 +438,34 @@ impl GraphView {
         }
         builder.scope.reset(mark);
         Ok(())
+    }
+
+    /// Op `i` of `ops`, and its place in the file when it has one there.
+    fn block_op(&self, ops: BlockOps<'_>, i: usize) -> Result<(Bytes, Option<OpPlace>)> {
+        match ops {
+            BlockOps::InFile(places) => {
+                let file = (self.op_file.as_ref())
+                    .ok_or_else(|| Error::Graph("ops in a file came without it".into()))?;
+                let bytes = file.read_place(places[i]).ok_or_else(|| file.changed_error())?;
+                Ok((bytes, Some(places[i])))
+            }
+            BlockOps::Held { ops, origin } => {
+                let bytes = ops[i].clone();
+                let place = match (origin, &self.op_file) {
+                    (Some((outer, offset)), Some(file)) => {
+                        let (at, len) = place_in(outer, &bytes)
+                            .ok_or_else(|| Error::Graph("a nested op is not inside its owner".into()))?;
+                        Some(OpPlace {
+                            offset: offset + at,
+                            len,
+                            check: file.check(&bytes),
+                        })
+                    }
+                    _ => None,
+                };
+                Ok((bytes, place))
+            }
+        }
     }
 
     /// Chains a use of value `id` of function `table` after its last: by op `op` as input `param`
@@ -546,63 +651,6 @@ impl GraphView {
             return self.nested.get(&u32::try_from(index).ok()?).cloned();
         }
         op_bytes_at(program, &self.path_of(record))
-    }
-
-    /// Moves the ops of `model`'s program to its file (see [`crate::mil::op_file`]): from here on
-    /// [`GraphView::op_bytes`] reads them from there, the program's function bodies are empty and
-    /// the file read is dropped; the output's bodies are assembled from the file at the end
-    /// ([`crate::mil::assemble`]). Does nothing (returns
-    /// false) for a model not read from a file, or whose ops are not all slices of what was read.
-    pub fn move_ops_to_file(&mut self, model: &mut LoadedModel) -> bool {
-        let Some((file, read)) = model.source.take() else {
-            return false;
-        };
-        let mut places = Vec::with_capacity(self.ops.len());
-        let mut top = Vec::new();
-        let mut bodies: Vec<BodyOps> = Vec::new();
-        for (index, record) in self.ops.iter().enumerate() {
-            let bytes = if record.place & NESTED != 0 {
-                self.nested.get(&(index as u32)).cloned()
-            } else {
-                op_bytes_at(&model.program, &self.path_of(record))
-            };
-            let Some(place) = bytes.as_ref().and_then(|b| place_in(&read, b)) else {
-                model.source = Some((file, read));
-                return false;
-            };
-            places.push(place);
-            if record.place & NESTED == 0 {
-                let root = &self.roots[record.root as usize];
-                let same_body = bodies.last().is_some_and(|b| {
-                    Arc::ptr_eq(&b.function, &root.function)
-                        && Arc::ptr_eq(&b.specialization, &root.specialization)
-                });
-                if !same_body {
-                    bodies.push(BodyOps {
-                        function: root.function.clone(),
-                        specialization: root.specialization.clone(),
-                        ops: top.len()..top.len(),
-                    });
-                }
-                top.push(index as u32);
-                if let Some(body) = bodies.last_mut() {
-                    body.ops.end = top.len();
-                }
-            }
-        }
-        let places = places.into_iter().map(|(offset, len)| {
-            let at = offset as usize;
-            ((offset, len), &read[at..at + len as usize])
-        });
-        let op_file = OpFile::new(file, model.path.clone(), places, top, bodies);
-        for function in model.program.functions.values_mut() {
-            for block in function.block_specializations.values_mut() {
-                block.operations = Vec::new();
-            }
-        }
-        self.nested = HashMap::new();
-        self.op_file = Some(op_file);
-        true
     }
 
     /// The file the ops were moved to, taken out of the index (which then reads ops from the
@@ -895,33 +943,42 @@ mod tests {
         assert!(g.get(5).is_none());
     }
 
-    #[test]
-    fn ops_moved_to_the_file_read_back_the_same_and_fill_the_program_again() {
+    /// `sibling_blocks` written to a file, and that file read with its ops left in it.
+    fn written(dir: &std::path::Path) -> (std::path::PathBuf, LoadedModel) {
         use crate::proto::spec::{model, Model};
         use prost::Message;
-        let program = sibling_blocks();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("model.mlmodel");
+        let path = dir.join("model.mlmodel");
         let model = Model {
             specification_version: 8,
-            r#type: Some(model::Type::MlProgram(program.clone())),
+            r#type: Some(model::Type::MlProgram(sibling_blocks())),
             ..Default::default()
         };
         std::fs::write(&path, model.encode_to_vec()).unwrap();
-        let mut loaded = LoadedModel::read(&path, &path).unwrap();
-        let mut g = GraphView::build(&loaded.program).unwrap();
-        let before: Vec<_> = (0..g.op_count())
-            .map(|i| g.op_bytes(&loaded.program, i).unwrap())
-            .collect();
-        assert!(g.move_ops_to_file(&mut loaded));
-        assert!(loaded.source.is_none());
+        let loaded = LoadedModel::read(&path, &path).unwrap();
+        (path, loaded)
+    }
+
+    #[test]
+    fn ops_left_in_the_file_read_back_as_held_and_fill_the_program_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut loaded) = written(dir.path());
+        let held = LoadedModel::read_held(&path, &path).unwrap();
+        assert_eq!(held.program, sibling_blocks());
         let body = &loaded.program.functions["main"].block_specializations["CoreML7"];
         assert!(body.operations.is_empty());
+        let mut g = GraphView::of_model(&mut loaded).unwrap();
+        assert!(loaded.ops_in_file.is_none() && g.op_file().is_some());
+        let from_held = GraphView::build(&held.program).unwrap();
+        assert_eq!(g.op_count(), from_held.op_count());
+        let before: Vec<_> = (0..g.op_count())
+            .map(|i| from_held.op_bytes(&held.program, i).unwrap())
+            .collect();
         for (i, bytes) in before.iter().enumerate() {
             assert_eq!(g.op_bytes(&loaded.program, i).as_ref(), Some(bytes), "op {i}");
+            assert_eq!(g.path(i), from_held.path(i), "op {i}");
         }
-        // The index still answers from its own tables.
         assert_eq!(g.producer("main", "t"), Some(3));
+        assert_eq!(g.consumers(0), from_held.consumers(0));
         let file = g.take_op_file().unwrap();
         // Op 1 (`cond`) is left for the caller to put back.
         file.restore(&mut loaded.program, |i| i == 1).unwrap();
@@ -931,17 +988,32 @@ mod tests {
             [before[0].clone(), Bytes::new(), before[4].clone()]
         );
         assert!(file.watch().error_if_changed().is_none());
+    }
 
-        // Changed in place after the move (what was read ahead is what was checked, so a fresh
-        // load): the read fails and the watch says why.
-        let mut loaded = LoadedModel::read(&path, &path).unwrap();
-        let mut g = GraphView::build(&loaded.program).unwrap();
-        assert!(g.move_ops_to_file(&mut loaded));
+    #[test]
+    fn a_file_changed_after_it_was_read_is_refused_by_the_index_and_later() {
+        let dir = tempfile::tempdir().unwrap();
+        // A byte of the last op of the body.
+        let change = |path: &std::path::Path, loaded: &LoadedModel| {
+            let ops = &loaded.ops_in_file.as_ref().unwrap().bodies[0].ops;
+            let last = ops.last().unwrap().offset as usize;
+            let mut bytes = std::fs::read(path).unwrap();
+            bytes[last] ^= 1;
+            std::fs::write(path, &bytes).unwrap();
+        };
+        // Between the read and the index.
+        let (path, mut loaded) = written(dir.path());
+        change(&path, &loaded);
+        let e = GraphView::of_model(&mut loaded).unwrap_err().to_string();
+        assert!(e.contains("changed while mlprune was reading it"), "{e}");
+
+        // After the index (past what it read ahead): the read fails and the watch says why.
+        let (path, mut loaded) = written(dir.path());
+        let unchanged = loaded.clone();
+        let mut g = GraphView::of_model(&mut loaded).unwrap();
         let file = g.take_op_file().unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
+        file.forget_read_ahead();
+        change(&path, &unchanged);
         let failed = file
             .restore(&mut loaded.program, |_| false)
             .unwrap_err()
@@ -961,10 +1033,10 @@ mod tests {
             path: "m".into(),
             shell: Default::default(),
             program: program.clone(),
-            source: None,
+            ops_in_file: None,
         };
-        let mut g = GraphView::build(&loaded.program).unwrap();
-        assert!(!g.move_ops_to_file(&mut loaded));
+        let g = GraphView::of_model(&mut loaded).unwrap();
+        assert!(g.op_file().is_none());
         assert_eq!(loaded.program, program);
         assert!(g.op_bytes(&loaded.program, 4).is_some());
     }

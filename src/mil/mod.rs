@@ -16,9 +16,11 @@ pub mod ops;
 pub mod renames;
 pub mod rewrite;
 pub mod spill;
+pub mod split;
 pub mod stream;
 pub mod texts;
 pub mod value;
+pub mod wire;
 
 pub use access::OpPath;
 pub use entries::Entries;

@@ -3,21 +3,26 @@
 //! prost drops fields its schema does not know. Re-encoding a decoded model and comparing lengths
 //! catches that: protobuf writers emit canonical encodings, so any byte difference means content our
 //! schema does not cover (a newer Core ML field, or a non-canonical writer). We refuse rather than
-//! write a model that lost it.
+//! write a model that lost it. The file is read as a stream, its ops left in it
+//! ([`super::split`]); [`decode_model`] reads a buffer the same way and holds the ops.
 
 use std::fs::File;
-use std::io::Read;
+use std::hash::RandomState;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::bytes::Bytes;
 use prost::Message;
 
-use super::decode_budget;
-use super::ops::{check_block, OpDecodeError};
+use super::ops::OpDecodeError;
+use super::split::{lossy, split_model, BodyPlaces, SplitModel};
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::Program;
 use crate::proto::spec::{model, Model};
+
+/// How much of the file is read at a time.
+const READ_BUFFER: usize = 256 << 10;
 
 /// A decoded ML Program model. The program is held apart from the rest of the `Model` so that no
 /// code path has to re-check the `Type` oneof.
@@ -26,36 +31,59 @@ pub struct LoadedModel {
     pub path: PathBuf,
     /// Everything but the program (its `Type` oneof is `None` while loaded).
     pub shell: Model,
+    /// Its function bodies hold no ops when they are in [`LoadedModel::ops_in_file`].
     pub program: Program,
-    /// The file it was read from, still open, and the bytes read: the program's ops are slices of
-    /// them until they move to the file ([`crate::mil::GraphView::move_ops_to_file`]).
-    pub source: Option<(Arc<File>, Bytes)>,
+    /// Where the ops lie, for a model read by [`LoadedModel::read`], until the graph index takes
+    /// them ([`crate::mil::GraphView::of_model`]).
+    pub ops_in_file: Option<OpsInFile>,
+}
+
+/// The file a model was read from, still open, and where each function body's ops lie in it.
+#[derive(Debug, Clone)]
+pub struct OpsInFile {
+    pub file: Arc<File>,
+    pub bodies: Vec<BodyPlaces>,
+    /// What made the places' checks.
+    pub hasher: RandomState,
 }
 
 impl LoadedModel {
-    /// Reads and decodes the file at `path`; errors name `label`, the path the user knows (it
-    /// differs for a zipped package). See [`decode_model`] for what is refused.
+    /// Reads and decodes the file at `path`, leaving its ops there; errors name `label`, the path
+    /// the user knows (it differs for a zipped package). See [`decode_model`] for what is refused.
     pub fn read(path: &Path, label: &Path) -> Result<Self> {
-        let mut file = File::open(path).at(label)?;
-        let mut read = Vec::new();
-        file.read_to_end(&mut read).at(label)?;
-        let bytes = Bytes::from(read);
-        let mut shell = decode_model(bytes.clone(), label)?;
-        let program = match shell.r#type.take() {
-            Some(model::Type::MlProgram(p)) => p,
-            // decode_model only returns ML Programs; keep the error path rather than panic.
-            _ => {
-                return Err(Error::Model {
-                    path: label.to_owned(),
-                    reason: "is not an ML Program".into(),
-                })
-            }
-        };
+        let file = File::open(path).at(label)?;
+        let len = file.metadata().at(label)?.len();
+        let SplitModel {
+            model,
+            bodies,
+            hasher,
+        } = split_model(BufReader::with_capacity(READ_BUFFER, &file), len, label)?;
+        let (shell, program) = into_program(model, label)?;
         Ok(LoadedModel {
             path: label.to_owned(),
             shell,
             program,
-            source: Some((Arc::new(file), bytes)),
+            ops_in_file: Some(OpsInFile {
+                file: Arc::new(file),
+                bodies,
+                hasher,
+            }),
+        })
+    }
+
+    /// Reads the whole file and holds every op in the program: for tests and tools that walk the
+    /// program itself.
+    pub fn read_held(path: &Path, label: &Path) -> Result<Self> {
+        let mut bytes = Vec::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .at(label)?;
+        let (shell, program) = into_program(decode_model(bytes.into(), label)?, label)?;
+        Ok(LoadedModel {
+            path: label.to_owned(),
+            shell,
+            program,
+            ops_in_file: None,
         })
     }
 
@@ -73,50 +101,57 @@ impl LoadedModel {
     }
 }
 
+/// Checks a model ([`check_program`]) and splits it into its shell and its program.
+fn into_program(mut model: Model, label: &Path) -> Result<(Model, Program)> {
+    check_program(&model, label)?;
+    match model.r#type.take() {
+        Some(model::Type::MlProgram(program)) => Ok((model, program)),
+        // `check_program` lets only ML Programs through; keep the error path rather than panic.
+        _ => Err(Error::Model {
+            path: label.to_owned(),
+            reason: "is not an ML Program".into(),
+        }),
+    }
+}
+
 /// Decodes a `Model`, checks the re-encode is lossless, and requires an ML Program. Every op is
 /// decoded once to be checked the same way (see `crate::mil::ops`); the program keeps them as
-/// slices of `bytes`.
+/// slices of `bytes`. A model past the decode budget (`crate::mil::decode_budget`) is refused
+/// before it is decoded.
 pub fn decode_model(bytes: Bytes, path: &Path) -> Result<Model> {
+    let SplitModel {
+        mut model, bodies, ..
+    } = split_model(&bytes[..], bytes.len() as u64, path)?;
+    check_program(&model, path)?;
+    if let Some(model::Type::MlProgram(program)) = &mut model.r#type {
+        for body in bodies {
+            let block = program
+                .functions
+                .get_mut(&body.function)
+                .and_then(|f| f.block_specializations.get_mut(&body.specialization))
+                .ok_or_else(|| Error::Graph(format!("no body '{}' read", body.function)))?;
+            block.operations = body
+                .ops
+                .iter()
+                .map(|p| bytes.slice(p.offset as usize..p.offset as usize + p.len as usize))
+                .collect();
+        }
+    }
+    Ok(model)
+}
+
+/// Refuses what is not an ML Program of version 1.
+fn check_program(model: &Model, path: &Path) -> Result<()> {
     let err = |reason: String| Error::Model {
         path: path.to_owned(),
         reason,
     };
-    if let Some(size) = decode_budget::decoded_size(&bytes) {
-        let (estimate, budget) = (size.estimate(), decode_budget::budget(bytes.len() as u64));
-        if estimate > budget {
-            return Err(err(format!(
-                "would take about {} MiB of memory once decoded ({} messages in {} bytes), more than \
-                 the budget of {} MiB ({}× the file size plus {} MiB); refusing to decode it",
-                estimate >> 20,
-                size.messages,
-                bytes.len(),
-                budget >> 20,
-                decode_budget::BUDGET_FACTOR,
-                decode_budget::BUDGET_FLOOR >> 20
-            )));
-        }
-    }
-    let read = bytes.len();
-    let model = Model::decode(bytes).map_err(|e| err(format!("not a valid Core ML model protobuf: {e}")))?;
-    let understood = model.encoded_len();
-    if understood != read {
-        return Err(err(lossy(read, understood)));
-    }
     match &model.r#type {
-        Some(model::Type::MlProgram(program)) => {
-            if program.version != 1 {
-                return Err(err(format!(
-                    "ML Program version {} is not supported (expected 1)",
-                    program.version
-                )));
-            }
-            for function in program.functions.values() {
-                for block in function.block_specializations.values() {
-                    check_block(block).map_err(|e| err(op_refusal(e)))?;
-                }
-            }
-            Ok(model)
-        }
+        Some(model::Type::MlProgram(program)) if program.version != 1 => Err(err(format!(
+            "ML Program version {} is not supported (expected 1)",
+            program.version
+        ))),
+        Some(model::Type::MlProgram(_)) => Ok(()),
         Some(model::Type::SerializedModel(_)) => Err(err("is a serialized model, not an ML Program".into())),
         None => Err(err(
             "is not an ML Program (neural network, pipeline and classic models are not supported)".into(),
@@ -124,22 +159,13 @@ pub fn decode_model(bytes: Bytes, path: &Path) -> Result<Model> {
     }
 }
 
-/// Why a message whose `read` bytes re-encode to `understood` is refused: prost dropped what it did
-/// not know.
-fn lossy(read: usize, understood: usize) -> String {
-    format!(
-        "holds {} bytes that mlprune's schema does not cover (unknown fields or a non-canonical \
-         encoding: {read} bytes read, {understood} bytes understood); refusing to rewrite it and lose \
-         data",
-        read.abs_diff(understood)
-    )
-}
-
 /// What is wrong with an op, in the words used for the whole model.
-fn op_refusal(e: OpDecodeError) -> String {
+pub(super) fn op_refusal(e: OpDecodeError) -> String {
     match e {
         OpDecodeError::Invalid(e) => format!("not a valid Core ML model protobuf: {e}"),
-        OpDecodeError::Lossy { read, understood } => format!("an operation {}", lossy(read, understood)),
+        OpDecodeError::Lossy { read, understood } => {
+            format!("an operation {}", lossy(read as u64, understood as u64))
+        }
         other @ (OpDecodeError::DuplicateKey(_) | OpDecodeError::TooDeep) => other.to_string(),
     }
 }

@@ -27,12 +27,18 @@ use crate::error::{Error, Result};
 /// Bytes read ahead on a miss: most ops are a few hundred bytes.
 const WINDOW: usize = 256 << 10;
 
-/// Where one op's bytes lie in the file, and a check of them.
-#[derive(Debug, Clone, Copy)]
-struct OpRange {
-    offset: u64,
-    len: u32,
-    check: u32,
+/// Where one op's bytes lie in the file, and a check of them ([`op_check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpPlace {
+    pub offset: u64,
+    pub len: u32,
+    pub check: u32,
+}
+
+/// The check of an op's bytes kept with its place: what the file must still hold when it is read
+/// back. `hasher` is the op file's.
+pub fn op_check(hasher: &RandomState, bytes: &[u8]) -> u32 {
+    hasher.hash_one(bytes) as u32
 }
 
 /// The top-level ops of one function body, as a range of the op file's list of them.
@@ -57,7 +63,7 @@ pub struct OpFile {
     file_len: u64,
     label: PathBuf,
     /// By op index of the graph.
-    ranges: Vec<OpRange>,
+    places: Vec<OpPlace>,
     /// The op indices of the function bodies' own ops, body after body.
     top: Vec<u32>,
     bodies: Vec<BodyOps>,
@@ -99,48 +105,84 @@ pub fn place_in(file: &Bytes, op: &Bytes) -> Option<(u64, u32)> {
 }
 
 impl OpFile {
-    /// `places`: each op's place in `file` (see [`place_in`]) with its bytes, by op index; `top`
-    /// and `bodies`: the function bodies' own ops, body by body ([`OpFile::body_ops`]).
-    pub fn new<'b>(
-        file: Arc<File>,
-        label: PathBuf,
-        places: impl Iterator<Item = ((u64, u32), &'b [u8])>,
-        top: Vec<u32>,
-        bodies: Vec<BodyOps>,
-    ) -> Self {
-        let hasher = RandomState::new();
-        let ranges = places
-            .map(|((offset, len), bytes)| OpRange {
-                offset,
-                len,
-                check: hasher.hash_one(bytes) as u32,
-            })
-            .collect();
+    /// The ops of `file`, none entered yet: the graph index enters each as it reads it
+    /// ([`OpFile::enter`]). `hasher` made the checks of the places read at load.
+    pub fn open(file: Arc<File>, label: PathBuf, hasher: RandomState) -> Self {
         OpFile {
             file_len: ReadAt::size(&*file),
             file,
             label,
-            ranges,
-            top,
-            bodies,
+            places: Vec::new(),
+            top: Vec::new(),
+            bodies: Vec::new(),
             hasher,
             windows: Mutex::new(Vec::new()),
             changed: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// The bytes of op `index`, as they were when the index was built; `None` if the file no
-    /// longer holds them (see [`OpFile::watch`]).
-    pub fn read(&self, index: usize) -> Option<Bytes> {
-        let range = *self.ranges.get(index)?;
-        let bytes = self.read_range(range);
+    /// The check of `bytes`, as [`OpFile::enter`] takes it.
+    pub fn check(&self, bytes: &[u8]) -> u32 {
+        op_check(&self.hasher, bytes)
+    }
+
+    /// Enters the next op of the index at `place`; a function body's own op also as the next op of
+    /// that body.
+    pub fn enter(&mut self, place: OpPlace, body: Option<(&Arc<str>, &Arc<str>)>) {
+        let index = self.places.len() as u32;
+        self.places.push(place);
+        let Some((function, specialization)) = body else {
+            return;
+        };
+        let same_body = self.bodies.last().is_some_and(|b| {
+            Arc::ptr_eq(&b.function, function) && Arc::ptr_eq(&b.specialization, specialization)
+        });
+        if !same_body {
+            self.bodies.push(BodyOps {
+                function: function.clone(),
+                specialization: specialization.clone(),
+                ops: self.top.len()..self.top.len(),
+            });
+        }
+        self.top.push(index);
+        if let Some(body) = self.bodies.last_mut() {
+            body.ops.end = self.top.len();
+        }
+    }
+
+    /// Frees what the ops entered took beyond their number.
+    pub fn shrink_to_fit(&mut self) {
+        self.places.shrink_to_fit();
+        self.top.shrink_to_fit();
+    }
+
+    /// The bytes at `place`, if the file still holds what was checked there.
+    pub fn read_place(&self, place: OpPlace) -> Option<Bytes> {
+        let bytes = self.read_range(place);
         if bytes.is_none() {
             self.changed.store(true, Ordering::Relaxed);
         }
         bytes
     }
 
-    fn read_range(&self, range: OpRange) -> Option<Bytes> {
+    /// Forgets what was read ahead, so that the next reads go to the file.
+    #[cfg(test)]
+    pub fn forget_read_ahead(&self) {
+        self.windows.lock().unwrap().clear();
+    }
+
+    /// The error for a read that found the file changed.
+    pub fn changed_error(&self) -> Error {
+        changed_error(&self.label)
+    }
+
+    /// The bytes of op `index`, as they were when the index was built; `None` if the file no
+    /// longer holds them (see [`OpFile::watch`]).
+    pub fn read(&self, index: usize) -> Option<Bytes> {
+        self.read_place(*self.places.get(index)?)
+    }
+
+    fn read_range(&self, range: OpPlace) -> Option<Bytes> {
         let bytes = if range.len as usize > WINDOW / 2 {
             // An op owning a large nested block: read on its own, not through a window it would
             // fill (and keep) with a second copy of itself.
@@ -150,10 +192,10 @@ impl OpFile {
         } else {
             self.read_through_window(range)?
         };
-        (self.hasher.hash_one(&bytes[..]) as u32 == range.check).then_some(bytes)
+        (self.check(&bytes) == range.check).then_some(bytes)
     }
 
-    fn read_through_window(&self, range: OpRange) -> Option<Bytes> {
+    fn read_through_window(&self, range: OpPlace) -> Option<Bytes> {
         let len = range.len as usize;
         let end = range.offset.checked_add(len as u64)?;
         let within = |w: &Window| range.offset >= w.start && end <= w.start + w.bytes.len() as u64;
@@ -267,11 +309,16 @@ mod tests {
     }
 
     fn open(path: &std::path::Path, bytes: &[u8], places: &[(u64, u32)]) -> OpFile {
-        let slices = places
-            .iter()
-            .map(|&(at, len)| ((at, len), &bytes[at as usize..at as usize + len as usize]));
         let file = Arc::new(File::open(path).unwrap());
-        OpFile::new(file, path.to_owned(), slices, vec![0, 1, 2], Vec::new())
+        let mut ops = OpFile::open(file, path.to_owned(), RandomState::new());
+        let (function, specialization): (Arc<str>, Arc<str>) = ("main".into(), "CoreML7".into());
+        for &(offset, len) in places {
+            let check = ops.check(&bytes[offset as usize..offset as usize + len as usize]);
+            ops.enter(OpPlace { offset, len, check }, Some((&function, &specialization)));
+        }
+        assert_eq!(ops.body_ops().len(), 1);
+        assert_eq!(ops.body_ops()[0].ops, 0..3);
+        ops
     }
 
     #[test]

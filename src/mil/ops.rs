@@ -102,17 +102,26 @@ pub fn check_block(block: &Block) -> Result<(), OpDecodeError> {
     check_block_at(block, 0)
 }
 
+/// Checks one op of a function body and the ops nested in it, as [`check_block`] does.
+pub fn check_op(bytes: &Bytes) -> Result<(), OpDecodeError> {
+    check_op_at(bytes, 0)
+}
+
 fn check_block_at(block: &Block, depth: usize) -> Result<(), OpDecodeError> {
-    for bytes in &block.operations {
-        let op = decode_op(bytes)?;
-        if !op.blocks.is_empty() && depth >= MAX_BLOCK_DEPTH {
-            return Err(OpDecodeError::TooDeep);
-        }
-        for nested in &op.blocks {
-            check_block_at(nested, depth + 1)?;
-        }
+    block
+        .operations
+        .iter()
+        .try_for_each(|bytes| check_op_at(bytes, depth))
+}
+
+fn check_op_at(bytes: &Bytes, depth: usize) -> Result<(), OpDecodeError> {
+    let op = decode_op(bytes)?;
+    if !op.blocks.is_empty() && depth >= MAX_BLOCK_DEPTH {
+        return Err(OpDecodeError::TooDeep);
     }
-    Ok(())
+    op.blocks
+        .iter()
+        .try_for_each(|nested| check_block_at(nested, depth + 1))
 }
 
 #[cfg(test)]

@@ -17,39 +17,10 @@ use prost::Message;
 use crate::proto::mil::{Block, Function, Program};
 use crate::proto::spec::Model;
 
-/// Wire type of a length-delimited field.
-const LENGTH_DELIMITED: u32 = 2;
-/// `Model.mlProgram`, a member of the `Type` oneof.
-const MODEL_ML_PROGRAM: u32 = 502;
-const PROGRAM_FUNCTIONS: u32 = 2;
-const FUNCTION_BLOCK_SPECIALIZATIONS: u32 = 3;
-const BLOCK_OPERATIONS: u32 = 3;
-/// The fields of a map entry.
-const ENTRY_KEY: u32 = 1;
-const ENTRY_VALUE: u32 = 2;
-
-fn put_varint(mut value: u64, out: &mut Vec<u8>) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn varint_len(value: u64) -> usize {
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// The key and length of a length-delimited field `tag` of `len` bytes.
-fn put_head(tag: u32, len: usize, out: &mut Vec<u8>) {
-    put_varint(u64::from(tag << 3 | LENGTH_DELIMITED), out);
-    put_varint(len as u64, out);
-}
-
-/// The encoded size of a length-delimited field `tag` of `len` bytes.
-fn field_len(tag: u32, len: usize) -> usize {
-    varint_len(u64::from(tag << 3 | LENGTH_DELIMITED)) + varint_len(len as u64) + len
-}
+use super::wire::{
+    field_len, put_head, BLOCK_OPERATIONS, ENTRY_KEY, ENTRY_VALUE, FUNCTION_BLOCK_SPECIALIZATIONS,
+    MODEL_ML_PROGRAM, PROGRAM_FUNCTIONS,
+};
 
 /// Where the ops of each function body come from when a model is written: the blocks themselves
 /// (`InBlocks`, in tests), or a scratch file the ops were assembled into (`crate::mil::assemble`). Nested
@@ -260,16 +231,11 @@ fn write_entry(tag: u32, name: &str, value_len: usize, out: &mut impl Write) -> 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::Path;
 
     use super::*;
-    use crate::dtype::ScalarType;
-    use crate::mil::build::{bind_name, const_op, op};
+    use crate::mil::build::busy_program;
     use crate::mil::model::{decode_model, encode_model};
-    use crate::mil::ops::encode_ops;
-    use crate::mil::value::{blob_value, string_value, tensor_value_type};
-    use crate::proto::mil::NamedValueType;
     use crate::proto::spec::model;
 
     /// What `write_model` writes for `model`, split as the engine holds it.
@@ -285,60 +251,6 @@ mod tests {
 
     fn assert_same_bytes(model: &Model) {
         assert_eq!(streamed(model), encode_model(model));
-    }
-
-    /// Every field around the ones written here set, maps of several entries, and the empty or
-    /// default keys and values prost skips.
-    fn busy_program() -> Program {
-        let t = tensor_value_type(ScalarType::Float16, &[4, 4]);
-        let weight = const_op("w", blob_value(ScalarType::Float16, &[4, 4], 64));
-        let mut cond = op(
-            "cond",
-            "branch",
-            BTreeMap::from([("x".into(), bind_name("x"))]),
-            BTreeMap::new(),
-            vec![("c".into(), t.clone())],
-        );
-        cond.blocks.push(Block {
-            outputs: vec!["w".into()],
-            operations: encode_ops([weight.clone()]),
-            ..Default::default()
-        });
-        let attributes = BTreeMap::from([
-            ("note".to_owned(), string_value("kept")),
-            (String::new(), string_value("empty key")),
-            ("empty".to_owned(), Default::default()),
-        ]);
-        let block = Block {
-            inputs: vec![NamedValueType {
-                name: "x".into(),
-                r#type: Some(t.clone()),
-            }],
-            outputs: vec!["w".into(), "c".into()],
-            operations: encode_ops([weight, cond]),
-            attributes: attributes.clone(),
-        };
-        let function = Function {
-            inputs: block.inputs.clone(),
-            opset: "CoreML7".into(),
-            block_specializations: BTreeMap::from([
-                ("CoreML7".to_owned(), block.clone()),
-                ("CoreML8".to_owned(), block.clone()),
-                ("default_block".to_owned(), Block::default()),
-                (String::new(), block.clone()),
-            ]),
-            attributes: attributes.clone(),
-        };
-        Program {
-            version: 1,
-            functions: BTreeMap::from([
-                ("main".to_owned(), function.clone()),
-                ("second".to_owned(), function),
-                ("empty".to_owned(), Function::default()),
-            ]),
-            doc_string: "a program with everything".into(),
-            attributes,
-        }
     }
 
     #[test]
@@ -379,17 +291,5 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 10, "only {checked} fixtures found");
-    }
-
-    #[test]
-    fn varint_lengths_match_the_encoding() {
-        for value in [0, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
-            let mut out = Vec::new();
-            put_varint(value, &mut out);
-            assert_eq!(out.len(), varint_len(value), "{value}");
-            let mut prost_out = Vec::new();
-            prost::encoding::encode_varint(value, &mut prost_out);
-            assert_eq!(out, prost_out, "{value}");
-        }
     }
 }
