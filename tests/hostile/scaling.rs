@@ -60,8 +60,9 @@ fn field(number: u64, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// An 8 MB `model.mlmodel` of 4 million empty operations decoded to 1.85 GB before. Its decoded
-/// size is now estimated from the wire bytes first, and it is refused at once, before prost
-/// allocates: under a 1 GiB address-space limit both commands still fail with one clean line.
+/// size is now estimated from the wire bytes as they are read, op by op, and it is refused once
+/// the estimate passes the budget, before the rest is read: under a 1 GiB address-space limit
+/// both commands still fail with one clean line.
 #[cfg(unix)]
 #[test]
 fn millions_of_empty_operations_are_refused_before_decoding() {
@@ -79,7 +80,11 @@ fn millions_of_empty_operations_are_refused_before_decoding() {
         &case,
         Refused::Both,
         |e| matches!(e, Error::Model { path, reason } if path.ends_with("model.mlmodel") && reason.contains("once decoded")),
-        &["model.mlmodel", "4000006 messages", "refusing to decode it"],
+        &[
+            "model.mlmodel",
+            "3398115 messages in its first 6796284 of 8000054 bytes",
+            "refusing to decode it",
+        ],
     );
     for o in both_commands_under_1_gib(&case) {
         assert_cli_error(&o, 1, &["model.mlmodel", "refusing to decode it"]);
