@@ -301,6 +301,9 @@ pub fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { input, json } => {
             let report = inspect::inspect(&input)?;
+            for notice in &report.notices {
+                eprintln!("mlprune: {}", crate::error::escape_control(notice));
+            }
             let text = if json {
                 inspect::render_json(&report)?
             } else {
@@ -334,7 +337,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             };
             if !args.quiet {
                 for notice in &summary.notices {
-                    eprintln!("mlprune: {notice}");
+                    eprintln!("mlprune: {}", crate::error::escape_control(notice));
                 }
                 eprint!("{}", human_summary(&summary, &job));
             }

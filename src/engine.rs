@@ -173,6 +173,7 @@ fn prune_steps(
     }
     // The ops stay in the file and are read back as they are needed, instead of the whole file
     // staying in memory (issue 18).
+    let load_notices = std::mem::take(&mut model.notices);
     let mut graph = GraphView::of_model(&mut model)?;
     *watch = graph.op_file().map(OpFile::watch);
     let mut shared_keys = HashSet::new();
@@ -389,7 +390,8 @@ fn prune_steps(
         json.push(b'\n');
         out.write_companion(&json)?;
     }
-    let mut notices = out.notices().to_vec();
+    let mut notices = load_notices;
+    notices.extend_from_slice(out.notices());
     notices.extend(devices.notices);
     job.cancel.check()?;
     notices.extend(out.commit()?);

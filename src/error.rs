@@ -98,7 +98,8 @@ impl Error {
 /// bidirectional formatting character (U+061C, U+200E/F, U+202A–U+202E, U+2066–U+2069, which reorder
 /// what a terminal shows: "Trojan Source") written as its Rust escape (`\n`, `\u{1b}`, `\u{202e}`),
 /// so that text taken from the input can neither split a line, drive the terminal, nor disguise
-/// itself. Errors ([`Error::one_line`]) and `mlprune inspect`'s table both go through it.
+/// itself; likewise the Unicode line and paragraph separators and the byte-order mark. Errors
+/// ([`Error::one_line`]), notices and `mlprune inspect`'s table all go through it.
 pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains(needs_escape) {
         return text.into();
@@ -116,7 +117,13 @@ pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || is_bidi_format(c)
+    c.is_control() || is_bidi_format(c) || is_break_or_invisible(c)
+}
+
+/// The line and paragraph separators, which editors, JavaScript and Python's `splitlines` take
+/// for line breaks, and the byte-order mark, which shows as nothing.
+pub(crate) fn is_break_or_invisible(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}')
 }
 
 /// Unicode's bidirectional formatting characters (marks, embeddings, overrides, isolates).

@@ -72,6 +72,10 @@ pub struct InspectReport {
     pub default_function: Option<String>,
     pub weight_file_bytes: u64,
     pub weights: Vec<WeightRow>,
+    /// What the user should know about how the model was read (bodies left out, as coremltools
+    /// leaves them out).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 /// Reads a package and lists its weight tensors. Every blob a row needs is read and validated.
@@ -114,6 +118,10 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             let Some(meta) =
                 TensorMeta::of(value).filter(|m| is_weight_dtype(m.dtype) && !m.shape.is_empty())
             else {
+                // Not listed, but its blob is checked as prune checks it when it copies it.
+                if value.blob_offset().is_some() {
+                    source.read(info.name, value)?;
+                }
                 continue;
             };
             let (_, data) = source.read(info.name, value)?;
@@ -191,6 +199,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
         default_function,
         weight_file_bytes,
         weights,
+        notices: std::mem::take(&mut model.notices),
     })
 }
 
@@ -414,7 +423,10 @@ pub fn render_json(report: &InspectReport) -> Result<String> {
     // character here is inside a string, where `\uXXXX` means the same character.
     let mut out = String::with_capacity(text.len() + 1);
     for c in text.chars() {
-        if ('\u{7f}'..='\u{9f}').contains(&c) || crate::error::is_bidi_format(c) {
+        if ('\u{7f}'..='\u{9f}').contains(&c)
+            || crate::error::is_bidi_format(c)
+            || crate::error::is_break_or_invisible(c)
+        {
             out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);

@@ -1034,6 +1034,7 @@ mod tests {
             shell: Default::default(),
             program: program.clone(),
             ops_in_file: None,
+            notices: Vec::new(),
         };
         let g = GraphView::of_model(&mut loaded).unwrap();
         assert!(g.op_file().is_none());

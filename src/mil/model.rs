@@ -36,6 +36,8 @@ pub struct LoadedModel {
     /// Where the ops lie, for a model read by [`LoadedModel::read`], until the graph index takes
     /// them ([`crate::mil::GraphView::of_model`]).
     pub ops_in_file: Option<OpsInFile>,
+    /// What the user should know about how it was read ([`keep_opset_bodies`]).
+    pub notices: Vec<String>,
 }
 
 /// The file a model was read from, still open, and where each function body's ops lie in it.
@@ -58,7 +60,15 @@ impl LoadedModel {
             bodies,
             hasher,
         } = split_model(BufReader::with_capacity(READ_BUFFER, &file), len, label)?;
-        let (shell, program) = into_program(model, label)?;
+        let (shell, mut program) = into_program(model, label)?;
+        let notices = keep_opset_bodies(&mut program, label)?;
+        let bodies = bodies
+            .into_iter()
+            .filter(|b| {
+                let function = program.functions.get(&b.function);
+                function.is_some_and(|f| f.block_specializations.contains_key(&b.specialization))
+            })
+            .collect();
         Ok(LoadedModel {
             path: label.to_owned(),
             shell,
@@ -68,6 +78,7 @@ impl LoadedModel {
                 bodies,
                 hasher,
             }),
+            notices,
         })
     }
 
@@ -78,12 +89,14 @@ impl LoadedModel {
         File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .at(label)?;
-        let (shell, program) = into_program(decode_model(bytes.into(), label)?, label)?;
+        let (shell, mut program) = into_program(decode_model(bytes.into(), label)?, label)?;
+        let notices = keep_opset_bodies(&mut program, label)?;
         Ok(LoadedModel {
             path: label.to_owned(),
             shell,
             program,
             ops_in_file: None,
+            notices,
         })
     }
 
@@ -99,6 +112,36 @@ impl LoadedModel {
         super::stream::write_model(&self.shell, &self.program, ops, &mut out).at(path)?;
         std::io::Write::flush(&mut out).at(path)
     }
+}
+
+/// Leaves each function with the one body coremltools reads, the block specialization of its
+/// opset, and refuses a function without one, as coremltools does (`milproto/load.py`): it never
+/// reads the others and leaves them out of what it writes. Returns a notice per body left out.
+pub fn keep_opset_bodies(program: &mut Program, label: &Path) -> Result<Vec<String>> {
+    let mut notices = Vec::new();
+    for (name, function) in &mut program.functions {
+        if !function.block_specializations.contains_key(&function.opset) {
+            return Err(Error::Model {
+                path: label.to_owned(),
+                reason: format!(
+                    "function '{name}' has no block specialization for its opset '{}' \
+                     (coremltools refuses it too)",
+                    function.opset
+                ),
+            });
+        }
+        let opset = &function.opset;
+        for other in function.block_specializations.keys().filter(|k| *k != opset) {
+            notices.push(format!(
+                "{}: function '{name}': block specialization '{other}' is not for its opset \
+                 '{opset}' and is left out, as coremltools leaves it out",
+                label.display(),
+            ));
+        }
+        let opset = opset.clone();
+        function.block_specializations.retain(|k, _| *k == opset);
+    }
+    Ok(notices)
 }
 
 /// Checks a model ([`check_program`]) and splits it into its shell and its program.

@@ -42,8 +42,11 @@ fn constant(size: u64) -> Dimension {
 /// formatting characters that reorder what it shows), other than the line breaks in `allowed`.
 fn control_chars(text: &str, allowed: &[char]) -> Vec<char> {
     let bidi = |c: char| matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    // Line and paragraph separators break lines for editors, JavaScript and Python's
+    // `splitlines`; the byte-order mark shows as nothing.
+    let breaks = |c: char| matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}');
     text.chars()
-        .filter(|&c| (c.is_control() || bidi(c)) && !allowed.contains(&c))
+        .filter(|&c| (c.is_control() || bidi(c) || breaks(c)) && !allowed.contains(&c))
         .collect()
 }
 
@@ -53,14 +56,16 @@ fn inspect_escapes_control_characters_from_the_input() {
     // tensor name, its consumer's name, op type and input name, and the opset.
     let case = Case::linear();
     let (weight, _) = first_blob_const(&case);
-    let evil_name = format!("{weight}\x1b[2J\x1b]0;pwned\x07\r\nfake row");
+    let evil_name = format!("{weight}\x1b[2J\x1b]0;pwned\x07\r\nfake row\u{2028}\u{2029}\u{feff}");
     let evil_consumer = "fc1\x1b[31m\u{9b}1m\x7f";
     let evil_type = "linear\x08\x08\x08";
     let evil_input = "weight\n";
     let evil_opset = "CoreML8\x1b[0m\u{202E}\u{2066}";
     case.edit_program(|p| {
         for function in p.functions.values_mut() {
+            let body = function.block_specializations.remove(&function.opset).unwrap();
             function.opset = evil_opset.into();
+            function.block_specializations.insert(evil_opset.into(), body);
         }
     });
     edit_named_op(&case, &weight, |op| {
@@ -99,7 +104,9 @@ fn inspect_escapes_control_characters_from_the_input() {
     // One header, one line per tensor, the total: no name split a line or forged one.
     assert_eq!(table.lines().count(), report.weights.len() + 2, "{table}");
     assert!(!table.lines().any(|l| l.starts_with("fake row")), "{table}");
-    let escaped_name = format!("{weight}\\u{{1b}}[2J\\u{{1b}}]0;pwned\\u{{7}}\\r\\nfake row");
+    let escaped_name = format!(
+        "{weight}\\u{{1b}}[2J\\u{{1b}}]0;pwned\\u{{7}}\\r\\nfake row\\u{{2028}}\\u{{2029}}\\u{{feff}}"
+    );
     let row_line = table
         .lines()
         .find(|l| l.starts_with(&escaped_name))
@@ -125,7 +132,8 @@ fn inspect_escapes_control_characters_from_the_input() {
         json.contains("\\u007f")
             && json.contains("\\u009b")
             && json.contains("\\u001b")
-            && json.contains("\\u202e"),
+            && json.contains("\\u202e")
+            && json.contains("\\u2028\\u2029\\ufeff"),
         "{json}"
     );
     let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -381,4 +389,98 @@ fn a_blob_whose_type_says_not_how_to_read_it_is_refused_by_inspect_as_by_prune()
         let check = |e: &Error| e.to_string().contains(reason);
         assert_refused(&case, Refused::Both, check, &[&weight, reason]);
     }
+}
+
+/// A const declared a scalar over a blob of many elements: prune refused it while inspect left it
+/// out of its listing (scalars are not listed) without reading its blob.
+#[test]
+fn a_const_declared_a_scalar_over_a_larger_blob_is_refused_by_inspect_as_by_prune() {
+    let case = Case::linear();
+    let (weight, offset) = first_blob_const(&case);
+    edit_named_op(&case, &weight, |op| {
+        let scalar = |t: &mut mlprune::proto::mil::TensorType| {
+            t.dimensions.clear();
+            t.rank = 0;
+        };
+        scalar(tensor_type(&mut op.outputs[0].r#type));
+        let val = op.attributes.iter_mut().find(|e| e.key == "val").unwrap();
+        scalar(tensor_type(&mut val.value.as_mut().unwrap().r#type));
+    });
+    assert_refused(
+        &case,
+        Refused::Both,
+        is_blob_at(offset),
+        &["weight.bin", &weight, "expected 1"],
+    );
+}
+
+/// coremltools reads each function's body for its opset and no other (`milproto/load.py`): it
+/// prunes that one, leaves the others out of what it writes, and refuses a function without one.
+/// mlprune read every body: it refused a model whose other body reused the names (as "already
+/// has a value named ..._sparsified"), or held a blob it could not read, and listed each tensor
+/// once per body.
+#[test]
+fn only_the_body_for_each_functions_opset_is_read_as_coremltools_reads_it() {
+    let case = Case::linear();
+    let (weight, _) = first_blob_const(&case);
+    // Another body, a copy whose first const points far past the end of weight.bin.
+    case.edit_program(|p| {
+        let function = p.functions.values_mut().next().unwrap();
+        let mut other = function.block_specializations[&function.opset].clone();
+        for bytes in &mut other.operations {
+            let mut op = mlprune::mil::decode_op(bytes).unwrap();
+            if mlprune::mil::OperationExt::name(&op) == Some(weight.as_str()) {
+                if let Some(value::Value::BlobFileValue(b)) =
+                    op.attributes.lookup_mut("val").and_then(|v| v.value.as_mut())
+                {
+                    b.offset = 1 << 40;
+                }
+                *bytes = mlprune::mil::encode_op(&op);
+            }
+        }
+        function.block_specializations.insert("CoreML5".into(), other);
+    });
+    let before = snapshot(&case.input);
+    let notice = "block specialization 'CoreML5' is not for its opset 'CoreML8' and is left out, as \
+                  coremltools leaves it out";
+
+    let o = cli_inspect(&case.input);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.contains(notice), "{stderr}");
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with(&weight)).count(),
+        1,
+        "{table}"
+    );
+
+    let o = cli_prune(&case.input, &case.output(), &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.contains(notice), "{stderr}");
+    let written = std::fs::read(case.output().join(CORE_ML).join("model.mlmodel")).unwrap();
+    let Some(Type::MlProgram(program)) = Model::decode(written.as_slice()).unwrap().r#type else {
+        panic!("an ML Program")
+    };
+    for function in program.functions.values() {
+        let bodies: Vec<_> = function.block_specializations.keys().collect();
+        assert_eq!(bodies, [&function.opset], "only the opset's body is written");
+    }
+    assert_eq!(snapshot(&case.input), before, "input unchanged");
+    std::fs::remove_dir_all(case.output()).unwrap();
+
+    // No body for the opset: refused, as coremltools refuses it.
+    case.edit_program(|p| {
+        for function in p.functions.values_mut() {
+            function.opset = "Nope".into();
+        }
+    });
+    assert_refused(
+        &case,
+        Refused::Both,
+        |e| matches!(e, Error::Model { reason, .. } if reason.contains("no block specialization for its opset 'Nope'")),
+        &[
+            "model.mlmodel",
+            "function 'main' has no block specialization for its opset 'Nope'",
+        ],
+    );
 }
