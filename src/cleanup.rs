@@ -15,7 +15,7 @@
 //! finish and then removes only what is still registered.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -69,17 +69,17 @@ pub struct ScratchPath {
 
 impl ScratchPath {
     /// Creates `<parent>/<prefix><random>` as a new directory, locked and registered.
-    pub fn create_dir(parent: &Path, prefix: &str) -> Result<ScratchPath> {
-        Self::create(parent, prefix, true)
+    pub fn create_dir(parent: &Path, prefix: impl AsRef<OsStr>) -> Result<ScratchPath> {
+        Self::create(parent, prefix.as_ref(), true)
     }
 
     /// Creates `<parent>/<prefix><random>` as a new empty file, open for writing, locked and
     /// registered.
-    pub fn create_file(parent: &Path, prefix: &str) -> Result<ScratchPath> {
-        Self::create(parent, prefix, false)
+    pub fn create_file(parent: &Path, prefix: impl AsRef<OsStr>) -> Result<ScratchPath> {
+        Self::create(parent, prefix.as_ref(), false)
     }
 
-    fn create(parent: &Path, prefix: &str, is_dir: bool) -> Result<ScratchPath> {
+    fn create(parent: &Path, prefix: &OsStr, is_dir: bool) -> Result<ScratchPath> {
         let mut last_error = None;
         for _ in 0..NAME_ATTEMPTS {
             let mut name = OsString::from(prefix);
@@ -183,8 +183,9 @@ fn same_file(path: &Path, _handle: &File) -> bool {
 }
 
 fn remove_path(path: &Path, is_dir: bool) {
+    // Never into a mount point somebody put in the folder.
     let _ = if is_dir {
-        std::fs::remove_dir_all(path)
+        crate::package::remove_tree_one_fs(path)
     } else {
         std::fs::remove_file(path)
     };
@@ -194,7 +195,8 @@ fn remove_path(path: &Path, is_dir: bool) {
 /// (its lock can be taken): scratch paths left by a run that was killed before it could clean up.
 /// Returns what was removed. Entries of other kinds (links, FIFOs) are left alone, and so is
 /// anything that cannot be opened.
-pub fn sweep_stale(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
+pub fn sweep_stale(dir: &Path, prefix: impl AsRef<OsStr>) -> Result<Vec<PathBuf>> {
+    let prefix = prefix.as_ref().as_encoded_bytes();
     let mut removed = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -207,13 +209,13 @@ pub fn sweep_stale(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
         // merely starts like one is not ours to remove.
         let name = entry.file_name();
         let ours = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(prefix))
+            .as_encoded_bytes()
+            .strip_prefix(prefix)
             .is_some_and(|suffix| {
                 suffix.len() == 16
                     && suffix
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                        .iter()
+                        .all(|&b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             });
         if !ours {
             continue;

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use manifest::Manifest;
 pub use output::{check_output_spares, OutputPackage};
+pub(crate) use paths::remove_tree_one_fs;
 pub(crate) use random::temp_suffix;
 
 use crate::cleanup::{sweep_stale, ScratchPath};

@@ -1,14 +1,17 @@
 //! Staged output: the new package is built in a hidden sibling of OUTPUT and renamed into place
 //! only on `commit`, so OUTPUT is never seen half written and a failed run leaves nothing behind.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::manifest::Manifest;
-use super::paths::{confined, exists_no_follow, file_identity, lies_within, tree_holds};
+use super::paths::{
+    confined, exists_no_follow, file_identity, foreign_entry, lies_within, remove_tree_one_fs,
+    rename_noreplace, tree_holds,
+};
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
 use super::{use_of, used_paths, Package, Use};
@@ -67,15 +70,31 @@ fn parent_dir(path: &Path) -> PathBuf {
 }
 
 /// `.<name>.mlprune-tmp-`: the prefix of every scratch sibling of `name` (staging folder, archive
-/// or report being written). A fixed prefix lets a later run find what a killed run left.
-fn scratch_prefix(name: &std::ffi::OsStr) -> String {
-    format!(".{}.mlprune-tmp-", name.to_string_lossy())
+/// or report being written). A fixed prefix lets a later run find what a killed run left. Built
+/// from the name's bytes: a lossy conversion made a name of invalid UTF-8 longer than measured.
+fn scratch_prefix(name: &OsStr) -> OsString {
+    sibling_prefix(name, ".mlprune-tmp-")
+}
+
+/// `.<name>.mlprune-old-`: the prefix of an old OUTPUT set aside by `--force` until the new one
+/// is in place.
+fn aside_prefix(name: &OsStr) -> OsString {
+    sibling_prefix(name, ".mlprune-old-")
+}
+
+fn sibling_prefix(name: &OsStr, tag: &str) -> OsString {
+    let mut prefix = OsString::from(".");
+    prefix.push(name);
+    prefix.push(tag);
+    prefix
 }
 
 /// Removes scratch siblings of `name` in `dir` that a killed run left (no live process holds
-/// them), and says so in `notices`.
-fn sweep_leftovers(dir: &Path, name: &std::ffi::OsStr, notices: &mut Vec<String>) -> Result<()> {
-    for path in cleanup::sweep_stale(dir, &scratch_prefix(name))? {
+/// them), and old packages a killed `--force` run had set aside, and says so in `notices`.
+fn sweep_leftovers(dir: &Path, name: &OsStr, notices: &mut Vec<String>) -> Result<()> {
+    let mut removed = cleanup::sweep_stale(dir, scratch_prefix(name))?;
+    removed.extend(cleanup::sweep_stale(dir, aside_prefix(name))?);
+    for path in removed {
         notices.push(format!("removed {}, left by an interrupted run", path.display()));
     }
     Ok(())
@@ -87,6 +106,9 @@ fn sweep_leftovers(dir: &Path, name: &std::ffi::OsStr, notices: &mut Vec<String>
 struct Companion {
     final_path: PathBuf,
     scratch: ScratchPath,
+    /// Whether a file was at `final_path` when it was reserved: if not, the commit will not
+    /// replace one that appeared since (another name of OUTPUT, through a bind mount, say).
+    existed: bool,
 }
 
 /// A package being written.
@@ -162,7 +184,7 @@ impl OutputPackage {
             .then(|| format!("{}.mlpackage", package_stem(output)));
         let mut notices = Vec::new();
         sweep_leftovers(&parent, &name, &mut notices)?;
-        let staging = ScratchPath::create_dir(&parent, &scratch_prefix(&name))?;
+        let staging = ScratchPath::create_dir(&parent, scratch_prefix(&name))?;
         Ok(OutputPackage {
             output: output.to_path_buf(),
             parent,
@@ -202,10 +224,12 @@ impl OutputPackage {
         check_companion_location(path, &guarded)?;
         let (dir, name) = (parent_dir(path), path.file_name().unwrap_or_default());
         sweep_leftovers(&dir, name, &mut self.notices)?;
-        let scratch = ScratchPath::create_file(&dir, &scratch_prefix(name))?;
+        let existed = exists_no_follow(path);
+        let scratch = ScratchPath::create_file(&dir, scratch_prefix(name))?;
         self.companion = Some(Companion {
             final_path: path.to_path_buf(),
             scratch,
+            existed,
         });
         Ok(())
     }
@@ -259,11 +283,11 @@ impl OutputPackage {
     pub fn commit(mut self) -> Result<Vec<String>> {
         let new_path = match self.zip_folder.clone() {
             Some(folder) => {
-                let temp = ScratchPath::create_file(&self.parent, &scratch_prefix(&self.name))?;
+                let temp = ScratchPath::create_file(&self.parent, scratch_prefix(&self.name))?;
                 let file = temp.file().try_clone().at(temp.path())?;
                 let temp_path = temp.path().to_path_buf();
                 self.temp_zip = Some(temp);
-                write_package_zip(self.staging_dir(), &folder, file, &temp_path)?;
+                write_package_zip(self.staging_dir(), &folder, file, &self.output)?;
                 temp_path
             }
             None => {
@@ -272,28 +296,51 @@ impl OutputPackage {
             }
         };
         let _signals = cleanup::hold_off_signals();
+        // One commit at a time into OUTPUT's folder: two runs replacing one OUTPUT at once each
+        // set aside the other's package.
+        let dir_lock = lock_dir(&self.parent)?;
         if exists_no_follow(&self.output) {
             if !self.force {
-                return Err(Error::Usage(format!(
-                    "output {} appeared while writing; not replacing it without --force",
-                    self.output.display()
-                )));
+                return Err(appeared(&self.output));
             }
             check_replaceable(&self.output)?;
         }
-        let aside = move_into_place(&new_path, &self.output, &self.parent, &self.name)?;
+        let aside = move_into_place(&new_path, &self.output, &self.parent, &self.name, self.force)?;
         if let Some(companion) = &self.companion {
-            if let Err(e) = std::fs::rename(companion.scratch.path(), &companion.final_path) {
+            let placed = if companion.existed {
+                std::fs::rename(companion.scratch.path(), &companion.final_path)
+            } else {
+                rename_noreplace(companion.scratch.path(), &companion.final_path)
+            };
+            if let Err(e) = placed {
                 // Take the new package back out (to where it was staged, still ours to remove)
                 // and put the old OUTPUT back: the run fails as a whole.
                 let _ = std::fs::rename(&self.output, &new_path);
+                let mut kept = String::new();
                 if let Some(aside) = &aside {
-                    let _ = std::fs::rename(aside, &self.output);
+                    if std::fs::rename(&aside.path, &self.output).is_err() {
+                        kept = format!(
+                            "; the old {} is kept at {}",
+                            self.output.display(),
+                            aside.path.display()
+                        );
+                    }
                 }
-                return Err(Error::io(&companion.final_path, e));
+                let final_path = companion.final_path.display();
+                return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+                    Error::Usage(format!(
+                        "report {final_path} appeared while writing (is it another name of the \
+                         output?); not replacing it{kept}"
+                    ))
+                } else if kept.is_empty() {
+                    Error::io(&companion.final_path, e)
+                } else {
+                    Error::Usage(format!("report {final_path}: {e}{kept}"))
+                });
             }
             sync_dir(&parent_dir(&companion.final_path));
         }
+        drop(dir_lock);
         cleanup::mark_committed();
         // Published: nothing of it is scratch any more.
         if self.zip_folder.is_some() {
@@ -306,7 +353,7 @@ impl OutputPackage {
         if let Some(aside) = aside {
             // The new OUTPUT and its report are in place: the run has succeeded, and an old
             // package that cannot be removed (a read-only folder in it) is only reported.
-            if let Err(e) = remove_path(&aside) {
+            if let Err(e) = remove_tree_one_fs(&aside.path).at(&aside.path) {
                 notices.push(format!(
                     "replaced {}, but could not remove what is left of the old package: {e}",
                     self.output.display()
@@ -429,7 +476,7 @@ fn check_existing_output(output: &Path, force: bool) -> Result<()> {
 /// `Manifest.json` and `Data/`) or a zip holding one. Another folder, a plain file, a link, a
 /// FIFO or a device is somebody else's, and is refused.
 fn check_replaceable(output: &Path) -> Result<()> {
-    let refuse = |what: &str| {
+    let refuse = |what: &dyn std::fmt::Display| {
         Err(Error::Usage(format!(
             "output {} exists and is {what}; --force only replaces an .mlpackage folder or a zip \
              holding one",
@@ -439,21 +486,24 @@ fn check_replaceable(output: &Path) -> Result<()> {
     let meta = std::fs::symlink_metadata(output).at(output)?;
     let kind = meta.file_type();
     if kind.is_symlink() {
-        refuse("a symbolic link")
+        refuse(&"a symbolic link")
     } else if kind.is_dir() {
-        if is_package_dir(output) {
-            Ok(())
+        if !is_package_dir(output) {
+            refuse(&"a folder that is not only an .mlpackage (it may hold nothing but a valid Manifest.json and a Data folder)")
+        } else if let Some((path, what)) = foreign_entry(output) {
+            // A mount point in it (the input, bind-mounted there) would be emptied with it.
+            refuse(&format_args!("a folder holding {what} ({})", path.display()))
         } else {
-            refuse("a folder that is not only an .mlpackage (it may hold nothing but a valid Manifest.json and a Data folder)")
+            Ok(())
         }
     } else if kind.is_file() {
         if zip_holds_package(output) {
             Ok(())
         } else {
-            refuse("a file that is not a zip holding only an .mlpackage")
+            refuse(&"a file that is not a zip holding only an .mlpackage")
         }
     } else {
-        refuse("not a regular file or folder")
+        refuse(&"not a regular file or folder")
     }
 }
 
@@ -493,12 +543,18 @@ fn valid_manifest(mut reader: impl io::Read, path: &Path) -> bool {
 /// `Manifest.json` (valid), or lies in its `Data/`, with the package at the root or in one
 /// `*.mlpackage/` folder. What mlprune writes for a `.zip` OUTPUT, and reads as a zipped package.
 fn zip_holds_package(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
+    let Ok(mut file) = File::open(path) else {
         return false;
     };
+    if !zip_is_bare(&mut file) {
+        return false;
+    }
     let Ok(mut archive) = zip::ZipArchive::new(io::BufReader::new(file)) else {
         return false;
     };
+    if archive.offset() != 0 {
+        return false;
+    }
     let Ok(originals) = archive
         .file_names()
         .map(|n| n.map(|n| n.into_owned()))
@@ -537,10 +593,48 @@ fn zip_holds_package(path: &Path) -> bool {
         .is_ok_and(|entry| valid_manifest(io::Read::take(entry, MANIFEST_READ_LIMIT), path))
 }
 
+/// Whether the file is a zip archive and nothing else, as mlprune writes one: a local file header
+/// at offset 0 (no data before the archive: a self-extractor, a file with a zip appended) and the
+/// end-of-central-directory record, with its comment, ending the file (no data after it).
+fn zip_is_bare(file: &mut File) -> bool {
+    use io::{Read, SeekFrom};
+    const EOCD_LEN: u64 = 22;
+    let Ok(len) = file.seek(SeekFrom::End(0)) else {
+        return false;
+    };
+    let mut head = [0u8; 4];
+    if len < EOCD_LEN
+        || file.seek(SeekFrom::Start(0)).is_err()
+        || file.read_exact(&mut head).is_err()
+        || head != *b"PK\x03\x04"
+    {
+        return false;
+    }
+    let tail_len = len.min(EOCD_LEN + u64::from(u16::MAX));
+    let mut tail = vec![0u8; tail_len as usize];
+    if file.seek(SeekFrom::Start(len - tail_len)).is_err() || file.read_exact(&mut tail).is_err() {
+        return false;
+    }
+    let _ = file.seek(SeekFrom::Start(0));
+    // The last record whose comment runs exactly to the end of the file.
+    (0..=tail.len() - EOCD_LEN as usize).rev().any(|at| {
+        tail[at..at + 4] == *b"PK\x05\x06"
+            && at + EOCD_LEN as usize + usize::from(u16::from_le_bytes([tail[at + 20], tail[at + 21]]))
+                == tail.len()
+    })
+}
+
 /// A file written next to OUTPUT (the report) must not land on or inside OUTPUT or any of
 /// `protected` (by path or by identity), nor be another hard link of a file in them; where
 /// something exists at `path` it must be a regular file, not a link, that a rename may replace.
 fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
+    let raw = path.as_os_str().as_encoded_bytes();
+    if raw.ends_with(b"/") || raw.ends_with(b"/.") {
+        return Err(Error::Usage(format!(
+            "report {} ends in '/' or '/.'; name the file without it",
+            path.display()
+        )));
+    }
     let name = path
         .file_name()
         .ok_or_else(|| Error::Usage(format!("report {} does not name a file", path.display())))?;
@@ -576,7 +670,13 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
                 _ => continue,
             },
         };
-        if lies_within(&location, &guarded_canonical)
+        // Neither there yet: the same name in the same folder, whatever path leads to it (a
+        // bind mount shows one folder under two paths).
+        let same_slot = guarded.file_name() == Some(name)
+            && file_identity(&dir_canonical).is_some()
+            && file_identity(&dir_canonical) == file_identity(&parent_dir(guarded));
+        if same_slot
+            || lies_within(&location, &guarded_canonical)
             || existing.is_some_and(|id| tree_holds(&guarded_canonical, id))
         {
             return Err(Error::Usage(format!(
@@ -587,15 +687,6 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn remove_path(path: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(path).at(path)?;
-    if meta.is_dir() {
-        std::fs::remove_dir_all(path).at(path)
-    } else {
-        std::fs::remove_file(path).at(path)
-    }
 }
 
 /// Copies the input package tree `src_dir` (at `relative` inside it) into `dst_root`: the `used`
@@ -664,36 +755,121 @@ fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Puts `new` at `output`. A file over a non-directory is a single atomic rename; otherwise the
-/// old OUTPUT is moved aside, `new` renamed in (the old one put back if that fails), and the
-/// aside path returned for the caller to remove once the commit is complete.
+/// The refusal when OUTPUT turns up during a run without `--force`.
+fn appeared(output: &Path) -> Error {
+    Error::Usage(format!(
+        "output {} appeared while writing; not replacing it without --force",
+        output.display()
+    ))
+}
+
+/// An old OUTPUT set aside until the new one is in place, locked (the lock is on the file or
+/// folder itself, so it moves with it) so that another run's sweep leaves it to this run.
+#[derive(Debug)]
+struct Aside {
+    path: PathBuf,
+    _lock: Option<File>,
+}
+
+/// How long a commit waits for another run's commit into the same folder.
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Takes the advisory lock on `dir` that every commit into it takes (waiting for another run's
+/// commit, at most [`COMMIT_WAIT`]). A folder that cannot be opened is not locked.
+fn lock_dir(dir: &Path) -> Result<Option<File>> {
+    let Ok(handle) = File::open(dir) else {
+        return Ok(None);
+    };
+    let deadline = std::time::Instant::now() + COMMIT_WAIT;
+    loop {
+        match handle.try_lock() {
+            Ok(()) => return Ok(Some(handle)),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Usage(format!(
+                    "another process holds {} locked; not committing the output there",
+                    dir.display()
+                )))
+            }
+            // No locks on this filesystem: go on without.
+            Err(std::fs::TryLockError::Error(_)) => return Ok(None),
+        }
+    }
+}
+
+/// Puts `new` at `output`: where nothing is there, a rename that never replaces (a path that
+/// appeared meanwhile is refused unless `force`). Otherwise the old OUTPUT is set aside (a file
+/// by a second hard link, so OUTPUT never goes missing; a folder by a rename), `new` renamed in
+/// (the old one put back if that fails), and the aside returned for the caller to put back if the
+/// rest of the commit fails, or to remove once it is complete.
 fn move_into_place(
     new: &Path,
     output: &Path,
     parent: &Path,
-    name: &std::ffi::OsStr,
-) -> Result<Option<PathBuf>> {
+    name: &OsStr,
+    force: bool,
+) -> Result<Option<Aside>> {
     let existing = match std::fs::symlink_metadata(output) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return std::fs::rename(new, output).at(output).map(|()| None)
+            return match rename_noreplace(new, output) {
+                Ok(()) => Ok(None),
+                Err(e) if is_taken(&e) && !force => Err(appeared(output)),
+                Err(e) if is_taken(&e) => Err(Error::Usage(format!(
+                    "output {} appeared while writing (another run?); not replacing it",
+                    output.display()
+                ))),
+                Err(e) => Err(Error::io(output, e)),
+            };
         }
         Err(e) => return Err(Error::io(output, e)),
     };
-    let new_is_file = std::fs::symlink_metadata(new).at(new)?.is_file();
-    if new_is_file && !existing.is_dir() {
-        return std::fs::rename(new, output).at(output).map(|()| None);
+    let lock = File::open(output).ok();
+    if let Some(handle) = &lock {
+        if let Err(std::fs::TryLockError::WouldBlock) = handle.try_lock() {
+            return Err(Error::Usage(format!(
+                "another run is replacing output {}; not replacing it too",
+                output.display()
+            )));
+        }
     }
-    let mut aside_name = OsString::from(".");
-    aside_name.push(name);
-    aside_name.push(format!(".mlprune-old-{}", temp_suffix()));
-    let aside = parent.join(aside_name);
-    std::fs::rename(output, &aside).at(output)?;
+    let mut aside_name = aside_prefix(name);
+    aside_name.push(temp_suffix());
+    let aside = Aside {
+        path: parent.join(aside_name),
+        _lock: lock,
+    };
+    let new_is_file = std::fs::symlink_metadata(new).at(new)?.is_file();
+    if new_is_file && !existing.is_dir() && std::fs::hard_link(output, &aside.path).is_ok() {
+        if let Err(e) = std::fs::rename(new, output) {
+            let _ = std::fs::remove_file(&aside.path);
+            return Err(Error::io(output, e));
+        }
+        return Ok(Some(aside));
+    }
+    std::fs::rename(output, &aside.path).at(output)?;
     if let Err(e) = std::fs::rename(new, output) {
-        let _ = std::fs::rename(&aside, output);
+        if std::fs::rename(&aside.path, output).is_err() {
+            return Err(Error::Usage(format!(
+                "{}: {e}; the old {} is kept at {}",
+                output.display(),
+                output.display(),
+                aside.path.display()
+            )));
+        }
         return Err(Error::io(output, e));
     }
     Ok(Some(aside))
+}
+
+/// Whether a no-replace rename failed because something is at the target.
+fn is_taken(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::AlreadyExists | io::ErrorKind::DirectoryNotEmpty
+    )
 }
 
 /// Flushes every file of the staged tree to disk, so the rename publishes complete data.

@@ -105,6 +105,185 @@ pub(crate) fn tree_holds(root: &Path, id: (u64, u64)) -> bool {
     false
 }
 
+/// Which mount `path` itself (not followed) is on: its device and, on Linux, the mount id
+/// (`statx`), which also tells a bind mount of a folder of the same filesystem apart.
+#[cfg(unix)]
+fn mount_of(meta: &std::fs::Metadata, path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let mount = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .ok()
+    .filter(|s| s.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
+    .map_or(0, |s| s.stx_mnt_id);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let mount = {
+        let _ = path;
+        0
+    };
+    (meta.dev(), mount)
+}
+
+/// The first thing in the tree at `root` (not following links) that is not a plain file or
+/// folder on `root`'s own mount: a mount point (another device, or a bind mount, which shows the
+/// same device under another mount id), a link, a FIFO, a socket or a device. mlprune writes none
+/// of these; deleting the tree would cross into a mount point. `None` when the tree is plain.
+pub(crate) fn foreign_entry(root: &Path) -> Option<(PathBuf, &'static str)> {
+    let root_meta = std::fs::symlink_metadata(root).ok()?;
+    #[cfg(unix)]
+    let root_mount = mount_of(&root_meta, root);
+    #[cfg(not(unix))]
+    let _ = root_meta;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return Some((path, "unreadable"));
+        };
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            return Some((path, "a symbolic link"));
+        }
+        if !(kind.is_dir() || kind.is_file()) {
+            return Some((path, "not a regular file or folder"));
+        }
+        #[cfg(unix)]
+        if mount_of(&meta, &path) != root_mount {
+            return Some((path, "a mount point"));
+        }
+        if kind.is_dir() {
+            let Ok(entries) = std::fs::read_dir(&path) else {
+                return Some((path, "unreadable"));
+            };
+            for entry in entries {
+                match entry {
+                    Ok(e) => pending.push(e.path()),
+                    Err(_) => return Some((path, "unreadable")),
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Removes the file or tree at `path` without ever leaving its filesystem: links are removed,
+/// not followed, and a folder on another device or mount (a mount point put there since it was
+/// checked) stops the removal with an error instead of being emptied. Each folder is opened
+/// (`O_NOFOLLOW`) and checked through its open handle, so swapping a folder for a link meanwhile
+/// leads nowhere else.
+#[cfg(unix)]
+pub(crate) fn remove_tree_one_fs(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, CWD};
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    let mount = mount_of(&meta, path);
+    let dir = open_dir_on(CWD, path, mount)?;
+    empty_dir_on(&dir, mount)?;
+    drop(dir);
+    rustix::fs::unlinkat(CWD, path, AtFlags::REMOVEDIR).map_err(std::io::Error::from)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn remove_tree_one_fs(path: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Opens the folder `name` in `dirfd` without following a link, and checks it is on `mount`.
+#[cfg(unix)]
+fn open_dir_on<P: rustix::path::Arg, Fd: std::os::fd::AsFd>(
+    dirfd: Fd,
+    name: P,
+    mount: (u64, u64),
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::openat(
+        dirfd,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let stat = rustix::fs::fstat(&fd)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let mnt = rustix::fs::statx(
+        &fd,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .ok()
+    .filter(|s| s.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
+    .map_or(0, |s| s.stx_mnt_id);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let mnt = 0;
+    #[allow(clippy::unnecessary_cast)]
+    if (stat.st_dev as u64, mnt) != mount {
+        return Err(std::io::Error::other(
+            "holds a mount point of another filesystem; not removing it",
+        ));
+    }
+    Ok(fd)
+}
+
+/// Removes everything in the open folder `dir`, which is on `mount`.
+#[cfg(unix)]
+fn empty_dir_on(dir: &std::os::fd::OwnedFd, mount: (u64, u64)) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType};
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            names.push(name.to_owned());
+        }
+    }
+    for name in names {
+        let stat = rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+            let child = open_dir_on(dir, name.as_c_str(), mount)?;
+            empty_dir_on(&child, mount)?;
+            drop(child);
+            rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::REMOVEDIR)?;
+        } else {
+            rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::empty())?;
+        }
+    }
+    Ok(())
+}
+
+/// Renames `from` to `to` only if nothing exists at `to` (else `AlreadyExists`), atomically where
+/// the system can (`renameat2(RENAME_NOREPLACE)` on Linux); elsewhere a file is linked to its new
+/// name and unlinked from the old, which also fails if `to` exists.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // Not supported by this filesystem or kernel: fall through.
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if std::fs::symlink_metadata(from)?.is_dir() {
+        // No hard link of a folder: rename, which fails over anything but an empty folder.
+        if exists_no_follow(to) {
+            return Err(std::io::ErrorKind::AlreadyExists.into());
+        }
+        return std::fs::rename(from, to);
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +325,71 @@ mod tests {
             assert!(matches!(err, Error::Package { .. }), "{err}");
             assert!(err.to_string().starts_with("shown/link: "), "{err}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn removal_never_follows_a_link_nor_enters_a_mount_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = dir.path().join("keep");
+        std::fs::create_dir(&keep).unwrap();
+        std::fs::write(keep.join("precious"), b"x").unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("a/b/f"), b"f").unwrap();
+        std::os::unix::fs::symlink(&keep, tree.join("a/link")).unwrap();
+        assert_eq!(
+            foreign_entry(&tree).map(|(_, what)| what),
+            Some("a symbolic link")
+        );
+        remove_tree_one_fs(&tree).unwrap();
+        assert!(!tree.exists());
+        assert!(keep.join("precious").is_file(), "the link's target is kept");
+
+        // A bind mount inside (root only): the removal stops with an error and leaves it whole.
+        #[cfg(target_os = "linux")]
+        {
+            std::fs::create_dir_all(tree.join("m")).unwrap();
+            let mounted = std::process::Command::new("mount")
+                .arg("--bind")
+                .arg(&keep)
+                .arg(tree.join("m"))
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !mounted {
+                eprintln!("skipped: cannot mount here (bind mount inside a removed tree)");
+                return;
+            }
+            let found = foreign_entry(&tree);
+            let removed = remove_tree_one_fs(&tree);
+            let _ = std::process::Command::new("umount").arg(tree.join("m")).status();
+            assert_eq!(found.map(|(_, what)| what), Some("a mount point"));
+            assert!(removed.is_err());
+            assert!(
+                keep.join("precious").is_file(),
+                "nothing removed through the mount"
+            );
+        }
+    }
+
+    #[test]
+    fn rename_noreplace_refuses_what_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let err = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&b).unwrap(), b"b");
+        // Not even over an empty folder, which a plain rename of a folder replaces.
+        let (d, e) = (dir.path().join("d"), dir.path().join("e"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::create_dir(&e).unwrap();
+        assert!(rename_noreplace(&d, &e).is_err());
+        std::fs::remove_file(&b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"a");
+        assert!(!a.exists());
     }
 }

@@ -406,23 +406,93 @@ pub(crate) fn write_package_zip(
     file: File,
     dest: &Path,
 ) -> Result<()> {
-    let mut writer = ZipWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let sink = Sink {
+        file,
+        failed: false,
+        position: 0,
+    };
+    let mut writer = ZipWriter::new(BufWriter::with_capacity(1 << 20, sink));
     let dir_options = SimpleFileOptions::default().last_modified_time(DateTime::DEFAULT);
     writer
         .add_directory(format!("{folder_name}/"), dir_options.unix_permissions(0o755))
-        .map_err(|e| Error::Zip {
-            path: dest.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| write_failed(dest, folder_name, e))?;
     add_tree(&mut writer, package_dir, folder_name, dest)?;
-    let buffered = writer.finish().map_err(|e| Error::Zip {
-        path: dest.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let file = buffered
+    let buffered = writer
+        .finish()
+        .map_err(|e| write_failed(dest, "the archive's central directory", e))?;
+    let sink = buffered
         .into_inner()
-        .map_err(|e| Error::io(dest, e.into_error()))?;
-    file.sync_all().at(dest)
+        .map_err(|e| write_failed(dest, "the archive's central directory", e.into_error()))?;
+    sink.file.sync_all().at(dest)
+}
+
+/// The archive file under the zip writer. After a write fails it takes everything without
+/// writing it: the writer's `Drop` finishes an archive that `finish` was not called on, and
+/// printed "ZipWriter::drop: failed to finalize archive" to stderr when that failed too (a full
+/// disk), before the error line. The archive is scratch and removed on error anyway.
+struct Sink {
+    file: File,
+    failed: bool,
+    /// Where the discarding writer is, once `failed`.
+    position: u64,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.failed {
+            self.position += buf.len() as u64;
+            return Ok(buf.len());
+        }
+        let written = self.file.write(buf).inspect_err(|_| self.failed = true)?;
+        self.position += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        self.file.flush().inspect_err(|_| self.failed = true)
+    }
+}
+
+impl io::Seek for Sink {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        if self.failed {
+            self.position = match pos {
+                io::SeekFrom::Start(at) => at,
+                io::SeekFrom::End(by) | io::SeekFrom::Current(by) => self.position.saturating_add_signed(by),
+            };
+            return Ok(self.position);
+        }
+        let at = self.file.seek(pos).inspect_err(|_| self.failed = true)?;
+        self.position = at;
+        Ok(at)
+    }
+}
+
+/// A failure writing the archive for OUTPUT `dest`: the system's error (a full disk) names
+/// OUTPUT and the package file being written; the zip writer's own errors say what it refused.
+fn write_failed(dest: &Path, what: &str, error: impl Into<zip::result::ZipError>) -> Error {
+    match error.into() {
+        zip::result::ZipError::Io(e) => {
+            let message = e.to_string();
+            let message = match e.raw_os_error() {
+                Some(code) => message
+                    .trim_end_matches(&format!(" (os error {code})"))
+                    .to_owned(),
+                None => message,
+            };
+            Error::io(
+                dest,
+                io::Error::new(e.kind(), format!("{message} (writing {what})")),
+            )
+        }
+        other => Error::Zip {
+            path: dest.to_path_buf(),
+            reason: other.to_string(),
+        },
+    }
 }
 
 fn add_tree<W: Write + io::Seek>(
@@ -447,6 +517,7 @@ fn add_tree<W: Write + io::Seek>(
             .and_then(|n| n.to_str())
             .ok_or_else(|| zip_error(format!("{}: file name is not valid UTF-8", path.display())))?;
         let entry_name = format!("{prefix}/{name}");
+        let failed = |e: zip::result::ZipError| write_failed(dest, name, e);
         let meta = std::fs::symlink_metadata(&path).at(&path)?;
         let options = SimpleFileOptions::default()
             .last_modified_time(DateTime::DEFAULT)
@@ -454,7 +525,7 @@ fn add_tree<W: Write + io::Seek>(
         if meta.is_dir() {
             writer
                 .add_directory(format!("{entry_name}/"), options)
-                .map_err(|e| zip_error(e.to_string()))?;
+                .map_err(failed)?;
             add_tree(writer, &path, &entry_name, dest)?;
         } else if meta.is_file() {
             let size = meta.len();
@@ -466,12 +537,9 @@ fn add_tree<W: Write + io::Seek>(
             let options = options
                 .compression_method(method)
                 .large_file(size >= u64::from(u32::MAX));
-            writer
-                .start_file(entry_name.as_str(), options)
-                .map_err(|e| zip_error(e.to_string()))?;
+            writer.start_file(entry_name.as_str(), options).map_err(failed)?;
             let mut source = File::open(&path).at(&path)?;
-            io::copy(&mut source, writer)
-                .map_err(|e| zip_error(format!("adding {}: {e}", path.display())))?;
+            io::copy(&mut source, writer).map_err(|e| failed(e.into()))?;
         } else {
             return Err(zip_error(format!(
                 "{}: not a regular file or directory",

@@ -481,3 +481,327 @@ fn a_signal_once_the_output_is_in_place_exits_0() {
     assert!(!many.exists(), "the new package replaced the old one");
     assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage"]);
 }
+
+/// Bind-mounts `source` on `target` (which must exist) and unmounts it when dropped. `None`
+/// where this container may not mount: the caller prints that it skipped and returns.
+#[cfg(target_os = "linux")]
+struct BindMount(PathBuf);
+
+#[cfg(target_os = "linux")]
+impl BindMount {
+    fn new(source: &Path, target: &Path) -> Option<BindMount> {
+        let status = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(target)
+            .stderr(Stdio::null())
+            .status();
+        status
+            .is_ok_and(|s| s.success())
+            .then(|| BindMount(target.to_path_buf()))
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The names in the case folder containing `part`.
+fn names_with(case: &Case, part: &str) -> Vec<String> {
+    std::fs::read_dir(case.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(part))
+        .collect()
+}
+
+/// `--force` emptied the input when it was bind-mounted inside the old OUTPUT's `Data/` (the old
+/// package was removed with a recursive delete that went into the mount point), and left the
+/// set-aside folder mounted. An old OUTPUT holding a mount point, a link or a FIFO is not what
+/// mlprune wrote: refused. The mount part needs `mount` (root, a container that allows it);
+/// where it fails the test says "skipped: cannot mount here" on stderr and checks the rest.
+#[cfg(unix)]
+#[test]
+fn force_refuses_an_old_output_holding_a_mount_point_or_a_special_file() {
+    let case = Case::linear();
+    let before = snapshot(&case.input);
+    let output = case.output();
+    assert!(prune_with(&case, &output, &["-q"]).status.success());
+    let output_before = snapshot(&output);
+    let fifo = output.join("Data/pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let o = prune_with(&case, &output, &["-q", "--force"]);
+    assert_cli_error(
+        &o,
+        2,
+        &["out.mlpackage", "not a regular file", "--force only replaces"],
+    );
+    std::fs::remove_file(&fifo).unwrap();
+    let link = output.join("Data/link");
+    std::os::unix::fs::symlink(&case.input, &link).unwrap();
+    let o = prune_with(&case, &output, &["-q", "--force"]);
+    assert_cli_error(&o, 2, &["out.mlpackage", "symbolic link"]);
+    std::fs::remove_file(&link).unwrap();
+    assert_eq!(snapshot(&output), output_before);
+
+    #[cfg(target_os = "linux")]
+    {
+        let mount_point = output.join("Data/m");
+        std::fs::create_dir(&mount_point).unwrap();
+        let Some(mount) = BindMount::new(case.tmp.path(), &mount_point) else {
+            eprintln!("skipped: cannot mount here (bind mount inside the old OUTPUT)");
+            return;
+        };
+        let o = prune_with(&case, &output, &["-q", "--force"]);
+        assert_cli_error(&o, 2, &["out.mlpackage", "mount point", "Data/m"]);
+        assert_eq!(snapshot(&case.input), before, "the input is untouched");
+        assert!(names_with(&case, "mlprune-").is_empty());
+        drop(mount);
+        std::fs::remove_dir(&mount_point).unwrap();
+    }
+    assert_eq!(snapshot(&output), output_before);
+    assert_eq!(snapshot(&case.input), before);
+}
+
+/// With a zip OUTPUT and `--force`, the new zip was renamed straight over the old one, so a
+/// report that could not be put in place afterwards lost both. Now the old zip is kept aside
+/// (a second hard link) and put back. A report path ending in '/' is refused up front. The
+/// commit-time failure needs `chattr +i` (where the filesystem refuses it, the test says
+/// "skipped: cannot chattr here" and checks the rest).
+#[cfg(unix)]
+#[test]
+fn a_report_that_cannot_be_put_in_place_keeps_the_old_zip_output() {
+    let case = Case::linear();
+    let zip = case.tmp.path().join("o.zip");
+    assert!(prune_with(&case, &zip, &["-q"]).status.success());
+    let zip_before = std::fs::read(&zip).unwrap();
+    let slash = format!("{}/", case.tmp.path().join("r.json").display());
+    let o = prune_with(&case, &zip, &["-q", "--force", "--report", &slash]);
+    assert_cli_error(&o, 2, &["r.json/", "ends in '/'"]);
+    assert_eq!(std::fs::read(&zip).unwrap(), zip_before);
+    assert_nothing_left(&case, &["in.mlpackage", "o.zip"]);
+
+    let report = case.tmp.path().join("r.json");
+    std::fs::write(&report, b"old").unwrap();
+    let immutable = Command::new("chattr")
+        .arg("+i")
+        .arg(&report)
+        .stderr(Stdio::null())
+        .status();
+    if !immutable.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot chattr here (immutable report)");
+        return;
+    }
+    let o = prune_with(
+        &case,
+        &zip,
+        &["-q", "--force", "--report", report.to_str().unwrap()],
+    );
+    let _ = Command::new("chattr").arg("-i").arg(&report).status();
+    assert_cli_error(&o, 1, &["r.json"]);
+    assert_eq!(
+        std::fs::read(&zip).unwrap(),
+        zip_before,
+        "the old zip is as it was"
+    );
+    assert_eq!(std::fs::read(&report).unwrap(), b"old");
+    assert_nothing_left(&case, &["in.mlpackage", "o.zip", "r.json"]);
+}
+
+/// A report path that reaches a zip OUTPUT that does not exist yet through a bind mount wrote
+/// the JSON over the package and reported success. Needs `mount`; skipped (with a line on
+/// stderr) where the container refuses it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_report_naming_the_new_output_through_a_bind_mount_is_refused() {
+    let case = Case::linear();
+    let out = case.tmp.path().join("out");
+    let view = case.tmp.path().join("view");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::create_dir(&view).unwrap();
+    let Some(_mount) = BindMount::new(&out, &view) else {
+        eprintln!("skipped: cannot mount here (report through a bind mount)");
+        return;
+    };
+    for name in ["o.zip", "o.mlpackage"] {
+        let report = view.join(name);
+        let o = prune_with(
+            &case,
+            &out.join(name),
+            &["-q", "--report", report.to_str().unwrap()],
+        );
+        assert_cli_error(&o, 2, &["report", "would overwrite"]);
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing written");
+    }
+}
+
+/// `--force` replaced a file that merely ends with a package zip (a self-extractor, a file with a
+/// zip appended): the data before it was lost. Data after the archive is refused too.
+#[test]
+fn force_refuses_a_zip_with_other_data_before_or_after_it() {
+    let case = Case::linear();
+    let zip = case.tmp.path().join("o.zip");
+    assert!(prune_with(&case, &zip, &["-q"]).status.success());
+    let package = std::fs::read(&zip).unwrap();
+    let user_data = vec![7u8; 100_000];
+    let before_it = case.tmp.path().join("before.zip");
+    std::fs::write(&before_it, [user_data.as_slice(), &package].concat()).unwrap();
+    let after_it = case.tmp.path().join("after.zip");
+    std::fs::write(&after_it, [package.as_slice(), &user_data].concat()).unwrap();
+    for target in [&before_it, &after_it] {
+        let bytes = std::fs::read(target).unwrap();
+        let o = prune_with(&case, target, &["-q", "--force"]);
+        assert_cli_error(&o, 2, &["--force only replaces"]);
+        assert_eq!(std::fs::read(target).unwrap(), bytes);
+    }
+    // The zip itself is still replaced.
+    let o = prune_with(&case, &zip, &["-q", "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_nothing_left(&case, &["after.zip", "before.zip", "in.mlpackage", "o.zip"]);
+}
+
+/// `kill -9` while `--force` removed the old package left `.<name>.mlprune-old-<hex>` for good:
+/// the sweep only knew `-tmp-` names. The next run removes it now (exact names only).
+#[test]
+fn an_old_package_left_by_a_killed_force_run_is_removed_by_the_next_run() {
+    let case = Case::linear();
+    let stale = case
+        .tmp
+        .path()
+        .join(".out.mlpackage.mlprune-old-00000000000dead1");
+    std::fs::create_dir_all(stale.join("Data/many")).unwrap();
+    for i in 0..100 {
+        std::fs::write(stale.join(format!("Data/many/{i}")), b"").unwrap();
+    }
+    let stale_zip = case.tmp.path().join(".o.zip.mlprune-old-00000000000dead2");
+    std::fs::write(&stale_zip, b"old zip").unwrap();
+    let mine = case.tmp.path().join(".out.mlpackage.mlprune-old-notes");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("keep.txt"), b"mine").unwrap();
+    for output in [case.output(), case.tmp.path().join("o.zip")] {
+        let o = prune_with(&case, &output, &[]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{stderr}");
+        assert!(stderr.contains("left by an interrupted run"), "{stderr}");
+    }
+    assert!(!stale.exists() && !stale_zip.exists());
+    assert_eq!(std::fs::read(mine.join("keep.txt")).unwrap(), b"mine");
+    assert_nothing_left(
+        &case,
+        &[
+            "in.mlpackage",
+            "o.zip",
+            "out.mlpackage",
+            ".out.mlpackage.mlprune-old-notes",
+        ],
+    );
+}
+
+/// A name of invalid UTF-8 was measured in bytes but its scratch name was built through a lossy
+/// conversion (each 0xff byte became 3): 204 bytes passed the 225-byte check and the run failed
+/// with "File name too long" naming the hidden path. Now such a name works, and one too long is a
+/// usage error naming OUTPUT.
+#[cfg(unix)]
+#[test]
+fn a_non_utf8_output_name_is_measured_as_the_bytes_it_is() {
+    use std::os::unix::ffi::OsStrExt;
+    let case = Case::linear();
+    let fits = [b"aaaa".as_slice(), &[0xff; 200]].concat();
+    let output = case.tmp.path().join(std::ffi::OsStr::from_bytes(&fits));
+    let mut args: Vec<&std::ffi::OsStr> = vec!["prune".as_ref(), case.input.as_os_str(), output.as_os_str()];
+    args.extend(PRUNE_ARGS.iter().map(std::ffi::OsStr::new));
+    args.push("-q".as_ref());
+    let o = cli(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(output.join("Manifest.json").is_file());
+    std::fs::remove_dir_all(&output).unwrap();
+
+    let too_long = [b"aaaa".as_slice(), &[0xff; 222]].concat();
+    let output = case.tmp.path().join(std::ffi::OsStr::from_bytes(&too_long));
+    args[2] = output.as_os_str();
+    let o = cli(&args);
+    assert_cli_error(&o, 2, &["output", "226 bytes", "at most 225 fit"]);
+    assert_nothing_left(&case, &["in.mlpackage"]);
+}
+
+/// A full disk while writing a zip OUTPUT printed the zip crate's "ZipWriter::drop: failed to
+/// finalize archive" before the error line, called it an invalid zip archive and named the hidden
+/// paths. Needs a small tmpfs (`mount`); skipped with a line on stderr where that fails.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_writing_a_zip_output_is_one_line_naming_output() {
+    let case = Case::generated(8, 512);
+    let fs = case.tmp.path().join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3840k", "tmpfs"])
+        .arg(&fs)
+        .stderr(Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount here (small tmpfs)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(fs.clone());
+    let o = prune_with(&case, &fs.join("o.zip"), &["-q", "--device", "cpu"]);
+    assert_cli_error(&o, 1, &["o.zip: No space left on device (writing "]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !stderr.contains("mlprune-tmp") && !stderr.contains("ZipWriter"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(&fs).unwrap().count(), 0, "nothing left");
+}
+
+/// Two runs to one OUTPUT at once. Without `--force` the loser failed now and then with
+/// "Directory not empty" (exit 1) from the final rename; now it is the usage error "appeared
+/// while writing" (exit 2). With `--force` both succeed (commits into one folder take turns) and
+/// no set-aside old package is left. Timing-dependent: a few rounds each.
+#[cfg(unix)]
+#[test]
+fn concurrent_runs_to_one_output_fail_clearly_or_both_succeed() {
+    let case = Case::linear();
+    let output = case.output();
+    let spawn = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mlprune"))
+            .args(["prune".as_ref(), case.input.as_os_str(), output.as_os_str()])
+            .args(PRUNE_ARGS)
+            .args(["-q", "--device", "cpu"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for _ in 0..8 {
+        let _ = std::fs::remove_dir_all(&output);
+        let runs = [spawn(&[]), spawn(&[])];
+        let outputs: Vec<Output> = runs.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let won = outputs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "one run wins");
+        for o in outputs.iter().filter(|o| !o.status.success()) {
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                stderr.contains("appeared while writing") || stderr.contains("already exists"),
+                "{stderr}"
+            );
+            assert_cli_error(o, 2, &["out.mlpackage"]);
+        }
+    }
+    for _ in 0..8 {
+        let runs = [spawn(&["--force"]), spawn(&["--force"])];
+        for o in runs.into_iter().map(|c| c.wait_with_output().unwrap()) {
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        assert!(names_with(&case, "mlprune-").is_empty());
+    }
+    assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage"]);
+}
