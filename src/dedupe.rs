@@ -21,7 +21,7 @@
 //! that `allclose` calls equal without being bit-identical, and small parameters that print alike
 //! without being bit-identical (NaN payloads, fp32 values equal to numpy's 8 printed digits).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -243,14 +243,54 @@ impl Firsts {
     }
 }
 
-/// The first op seen for each key, and which outputs were found to be duplicates.
+/// The float consts of one [`CloseKey`] that are the first of their values, and an index that
+/// finds, for a new const, the few of them that can be close to it ([`summarize`]).
 #[derive(Debug, Default)]
+struct CloseGroup {
+    /// `(blob offset, output)` in program order.
+    members: Vec<(u64, String)>,
+    /// Members not summarized yet: their blobs are read at the next query of the group.
+    unindexed: Vec<u32>,
+    /// `(shape, small sum, member)` of the summarized members.
+    index: BTreeSet<(u64, i64, u32)>,
+    /// The values of small members, while [`CACHE_BUDGET`] lasts, so that comparing with them
+    /// reads nothing back.
+    cached: HashMap<u32, Box<[u8]>>,
+}
+
+/// A const found close to nothing, summarized, that may become a candidate next.
+#[derive(Debug)]
+struct Pending {
+    key: CloseKey,
+    output: String,
+    /// Computed where the const had a group to search.
+    summary: Option<Summary>,
+    /// Kept where small enough ([`CACHE_MAX_BYTES`]).
+    values: Option<Box<[u8]>>,
+}
+
+/// Candidates of at most this many bytes keep their values in memory ...
+const CACHE_MAX_BYTES: usize = 16 << 10;
+/// ... up to this many bytes in all.
+const CACHE_BUDGET: usize = 32 << 20;
+
+/// The first op seen for each key, and which outputs were found to be duplicates.
+#[derive(Debug)]
 pub struct Deduplicator {
     /// The first output of each key.
     first: Firsts,
     /// Float consts that are the first of their values, by (block, declared type, bytes of the
-    /// first [`KEY_ELEMENTS`] elements): `(blob offset, output)` in program order.
-    close_candidates: HashMap<CloseKey, Vec<(u64, String)>>,
+    /// first [`KEY_ELEMENTS`] elements).
+    close_candidates: HashMap<CloseKey, CloseGroup>,
+    /// What [`Deduplicator::near_duplicate`] learnt of the const it found close to nothing, for
+    /// [`Deduplicator::observe`] to keep if that const becomes a candidate.
+    pending: Option<Pending>,
+    /// Seed of the shape hash ([`summarize`]), random so that no input can aim at collisions.
+    shape_seed: u64,
+    /// Bytes of candidate values kept in memory ([`CACHE_BUDGET`]).
+    cached_bytes: usize,
+    /// Full comparisons ([`all_close`] of a candidate with a const) made so far.
+    comparisons: u64,
     /// The (block, declared type) pairs of `close_candidates`, so that a const with none is
     /// passed over without reading its values.
     close_types: HashSet<(Id, Id)>,
@@ -260,9 +300,31 @@ pub struct Deduplicator {
     names: Interner,
 }
 
+impl Default for Deduplicator {
+    fn default() -> Self {
+        Self {
+            first: Firsts::default(),
+            close_candidates: HashMap::new(),
+            close_types: HashSet::new(),
+            resolved: HashMap::new(),
+            uniques: 0,
+            names: Interner::default(),
+            pending: None,
+            shape_seed: RandomState::new().hash_one(0u8),
+            cached_bytes: 0,
+            comparisons: 0,
+        }
+    }
+}
+
 impl Deduplicator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Full comparisons of a const with a candidate made so far (each reads all its elements).
+    pub fn comparisons(&self) -> u64 {
+        self.comparisons
     }
 
     /// Decides about `op`, final except for renames (its blobs written), at `path`. `returned` says
@@ -347,11 +409,30 @@ impl Deduplicator {
                 {
                     if let Some(len) = close_prefix_len(op) {
                         let prefix = stored.blob_prefix(*offset, len)?;
+                        let close_key = (*block, *value_type, prefix);
+                        // Summarized by `near_duplicate` from the values just copied here.
+                        let pending = self
+                            .pending
+                            .take()
+                            .filter(|p| p.key == close_key && p.output == output.name);
                         self.close_types.insert((*block, *value_type));
-                        self.close_candidates
-                            .entry((*block, *value_type, prefix))
-                            .or_default()
-                            .push((*offset, output.name.clone()));
+                        let group = self.close_candidates.entry(close_key).or_default();
+                        let member = u32::try_from(group.members.len())
+                            .map_err(|_| Error::Graph("too many consts to deduplicate".into()))?;
+                        group.members.push((*offset, output.name.clone()));
+                        let (summary, values) = pending.map_or((None, None), |p| (p.summary, p.values));
+                        match summary {
+                            Some((shape, sum, _)) => {
+                                group.index.insert((shape, sum, member));
+                            }
+                            None => group.unindexed.push(member),
+                        }
+                        if let Some(values) = values {
+                            if self.cached_bytes + values.len() <= CACHE_BUDGET {
+                                self.cached_bytes += values.len();
+                                group.cached.insert(member, values);
+                            }
+                        }
                     }
                 }
                 self.first.insert(&stored_key, &output.name)?;
@@ -365,6 +446,10 @@ impl Deduplicator {
     /// same bytes in the first 100 elements, then [`all_close`] over all of them; the first such
     /// const wins. Exact equality is the special case; this adds the values `allclose` calls
     /// equal without being bit-identical. Call it before [`Deduplicator::observe`] for a const.
+    ///
+    /// coremltools compares with every such earlier const, quadratic in their number; here an
+    /// index of their summaries ([`summarize`], a necessary condition of closeness) passes over
+    /// those that cannot be close, and the rest are compared in program order: the same verdict.
     pub fn near_duplicate(
         &mut self,
         path: &OpPath,
@@ -373,6 +458,7 @@ impl Deduplicator {
         values: impl FnOnce() -> Result<Vec<u8>>,
         stored: &mut impl StoredBlobs,
     ) -> Result<Near> {
+        self.pending = None;
         let (Some(len), [output]) = (close_prefix_len(op), op.outputs.as_slice()) else {
             return Ok(Near::None);
         };
@@ -393,15 +479,79 @@ impl Deduplicator {
             return Ok(Near::None);
         }
         let key = (block, value_type, values[..len].to_vec());
-        let candidates = self.close_candidates.get(&key).cloned().unwrap_or_default();
-        for (offset, first) in candidates {
-            if stored.blob_all_close(offset, meta.dtype, &values)? {
-                if returned {
-                    return Ok(Near::Returned);
-                }
-                self.resolved
-                    .insert((path.function.to_string(), output.name.clone()), first.clone());
-                return Ok(Near::DuplicateOf(first));
+        let mut summary = None;
+        let found = match self.close_candidates.get_mut(&key) {
+            Some(group) => {
+                let summarized = summarize(meta.dtype, &values[len..], self.shape_seed);
+                summary = Some(summarized);
+                let found = group.first_close(
+                    meta.dtype,
+                    (&values, len),
+                    summarized,
+                    self.shape_seed,
+                    (&mut self.cached_bytes, &mut self.comparisons),
+                    stored,
+                )?;
+                found.map(|i| group.members[i as usize].1.clone())
+            }
+            None => None,
+        };
+        let Some(first) = found else {
+            let keep = values.len() <= CACHE_MAX_BYTES;
+            self.pending = Some(Pending {
+                key,
+                output: output.name.clone(),
+                summary,
+                values: keep.then(|| values.into_boxed_slice()),
+            });
+            return Ok(Near::None);
+        };
+        if returned {
+            return Ok(Near::Returned);
+        }
+        self.resolved
+            .insert((path.function.to_string(), output.name.clone()), first.clone());
+        Ok(Near::DuplicateOf(first))
+    }
+
+    /// [`Deduplicator::near_duplicate`] as it was before the index: every member of the group
+    /// compared in program order, each read back from `stored`. Changes nothing.
+    #[cfg(test)]
+    fn near_duplicate_reference(
+        &mut self,
+        path: &OpPath,
+        op: &Operation,
+        returned: bool,
+        values: &[u8],
+        stored: &mut impl StoredBlobs,
+    ) -> Result<Near> {
+        let (Some(len), [_]) = (close_prefix_len(op), op.outputs.as_slice()) else {
+            return Ok(Near::None);
+        };
+        let Some(value) = op.attributes.lookup("val") else {
+            return Ok(Near::None);
+        };
+        let block = self.names.block(path);
+        let value_type = self.names.text(&format!("{:?}", value.r#type));
+        let Some(meta) = TensorMeta::of(value) else {
+            return Ok(Near::None);
+        };
+        if values.len() < len || holds_nan(meta.dtype, values) {
+            return Ok(Near::None);
+        }
+        let key = (block, value_type, values[..len].to_vec());
+        let members = self
+            .close_candidates
+            .get(&key)
+            .map(|g| g.members.clone())
+            .unwrap_or_default();
+        for (offset, first) in members {
+            if stored.blob_all_close(offset, meta.dtype, values)? {
+                return Ok(if returned {
+                    Near::Returned
+                } else {
+                    Near::DuplicateOf(first)
+                });
             }
         }
         Ok(Near::None)
@@ -445,6 +595,149 @@ impl Deduplicator {
             }
             Err(_) => Ok(self.unique()),
         }
+    }
+}
+
+impl CloseGroup {
+    /// The first member, in program order, that [`all_close`] calls close to `values` (a const of
+    /// the group's declared type, without NaN, whose elements past the first `len` bytes are
+    /// summarized as `summary`). Only the members whose summary can belong to a close const are
+    /// compared ([`summarize`]), in program order, so the first close one is the first close
+    /// member; members added since the last query are summarized first (their blobs read once,
+    /// unless cached).
+    fn first_close(
+        &mut self,
+        dtype: ScalarType,
+        (values, len): (&[u8], usize),
+        summary: Summary,
+        seed: u64,
+        (cached_bytes, comparisons): (&mut usize, &mut u64),
+        stored: &mut impl StoredBlobs,
+    ) -> Result<Option<u32>> {
+        for member in std::mem::take(&mut self.unindexed) {
+            let (shape, sum, _) = match self.cached.get(&member) {
+                Some(bytes) => summarize(dtype, bytes.get(len..).unwrap_or_default(), seed),
+                None => {
+                    let offset = self.members[member as usize].0;
+                    let bytes = stored.blob_prefix(offset, values.len())?;
+                    let summary = summarize(dtype, bytes.get(len..).unwrap_or_default(), seed);
+                    if bytes.len() <= CACHE_MAX_BYTES && *cached_bytes + bytes.len() <= CACHE_BUDGET {
+                        *cached_bytes += bytes.len();
+                        self.cached.insert(member, bytes.into_boxed_slice());
+                    }
+                    summary
+                }
+            };
+            self.index.insert((shape, sum, member));
+        }
+        let (shape, sum, small) = summary;
+        let reach = small.saturating_mul(small_step_bound(dtype));
+        let range = (shape, sum.saturating_sub(reach), 0)..=(shape, sum.saturating_add(reach), u32::MAX);
+        let mut survivors: Vec<u32> = self.index.range(range).map(|&(_, _, m)| m).collect();
+        survivors.sort_unstable();
+        for member in survivors {
+            *comparisons += 1;
+            let close = match self.cached.get(&member) {
+                Some(candidate) => all_close(dtype, candidate, values),
+                None => stored.blob_all_close(self.members[member as usize].0, dtype, values)?,
+            };
+            if close {
+                return Ok(Some(member));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// What [`summarize`] keeps of a const's values: `(shape, small sum, small count)`.
+type Summary = (u64, i64, i64);
+
+/// A necessary condition of [`all_close`], computed from each side alone, for fp16 and fp32 (the
+/// dtypes of candidates, [`close_prefix_len`]), for values without NaN:
+///
+/// - an element is *small* when `|x| <= 2^-13` (fp16) or `|x| <= 2^-15` (fp32), ±0 included;
+/// - the *shape* hashes, element by element, the bits of each element that is not small, and 0
+///   (the bits of +0, a small value, so no other element's bits) for each small one;
+/// - the *small sum* adds `q(x)` over the small elements: `x * 2^24` for fp16 (an integer: every
+///   fp16 value is a multiple of 2^-24, and a small one is at most 2^11 of them), `floor(x * 2^40)`
+///   for fp32 (exact: a power-of-two scaling of a value of at most 2^-15, then a floor); the sum
+///   of at most one `values` buffer's elements fits an i64 (|q| <= 2^25).
+///
+/// Claim: if `all_close(a, b)` then shape(a) = shape(b) and |sum(a) - sum(b)| <= s * small count
+/// (the same count on both sides), with s = [`small_step_bound`]. Element by element, `x` of `a`
+/// close to `y` of `b` means `x == y`, or `y` finite and `|x - y|`, rounded, at most atol:
+///
+/// - `x == y`: the same bits unless ±0 (both small, q = 0), so the same feature and the same q.
+/// - fp16, `x != y`: both finite (an infinite one gives an infinite difference); the exact
+///   difference is a non-zero multiple of 2^-24; if it is 2^-24 · k with k >= 2, its roundings
+///   to f32 then f16 are at least 2^-23 (representable in both, rounding is monotonic), more than
+///   atol = 2^-24: so |x - y| = 2^-24 exactly. Values above 2^-13 are 2^-23 apart from each other
+///   and from 2^-13, so neither of `x`, `y` is above 2^-13 in magnitude: both small, and their
+///   q differ by exactly 1 (s = 1).
+/// - fp32, `x != y`: both finite; f32 subtraction rounds to nearest, so the exact difference is
+///   at most atol + ulp(atol) / 2 < 1.0000001e-12 (atol = 1e-12f32 lies in [2^-40, 2^-39), ulp
+///   2^-63). Values above 2^-15 in magnitude are at least 2^-38 (> 3.6e-12) from any other f32
+///   (the spacing in [2^-15, 2^-14) is 2^-38), so both are small; |x·2^40 - y·2^40| < 1.1, so
+///   their floors differ by at most 2 (s = 2).
+///
+/// So close elements have equal features (the shape hashes are then equal) and q at most s
+/// apart; summing over the small elements gives the bound. Infinities are not small and compare
+/// by bits, as `all_close` does. A hash collision only costs a comparison: the filter is used
+/// only to skip candidates, never to accept one.
+fn summarize(dtype: ScalarType, tail: &[u8], seed: u64) -> Summary {
+    let mut features = Vec::with_capacity(tail.len().min(1 << 16));
+    let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(seed);
+    let (mut sum, mut small) = (0i64, 0i64);
+    let mut feed = |features: &mut Vec<u8>, bytes: &[u8], last: bool| {
+        features.extend_from_slice(bytes);
+        if last || features.len() >= 1 << 16 {
+            hasher.update(features);
+            features.clear();
+        }
+    };
+    match dtype {
+        ScalarType::Float16 => {
+            for x in tail.chunks_exact(2) {
+                let bits = u16::from_le_bytes([x[0], x[1]]);
+                let magnitude = bits & 0x7fff;
+                // 0x0800 is 2^-13; up to there the magnitude's bits count steps of 2^-24.
+                let feature = if magnitude <= 0x0800 {
+                    small += 1;
+                    let q = i64::from(magnitude);
+                    sum += if bits & 0x8000 != 0 { -q } else { q };
+                    0
+                } else {
+                    bits
+                };
+                feed(&mut features, &feature.to_le_bytes(), false);
+            }
+        }
+        ScalarType::Float32 => {
+            for x in tail.chunks_exact(4) {
+                let bits = u32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+                // 0x3800_0000 is 2^-15.
+                let feature = if bits & 0x7fff_ffff <= 0x3800_0000 {
+                    small += 1;
+                    sum += (f64::from(f32::from_bits(bits)) * 2f64.powi(40)).floor() as i64;
+                    0
+                } else {
+                    bits
+                };
+                feed(&mut features, &feature.to_le_bytes(), false);
+            }
+        }
+        // Not a candidate's dtype: one shape, compared in full.
+        _ => {}
+    }
+    feed(&mut features, &[], true);
+    (hasher.digest(), sum, small)
+}
+
+/// How far apart `q` of two close small elements can be ([`summarize`]).
+fn small_step_bound(dtype: ScalarType) -> i64 {
+    match dtype {
+        ScalarType::Float16 => 1,
+        _ => 2,
     }
 }
 
@@ -518,6 +811,7 @@ mod tests {
     use std::io::Cursor;
 
     use half::f16;
+    use proptest::prelude::*;
 
     use super::*;
     use crate::mil::build::{bind_name, bind_value, const_op, op};
@@ -911,5 +1205,249 @@ mod tests {
         // Integer bytes that would be NaN as floats are just integers.
         assert!(!holds_nan(ScalarType::UInt8, &[0xff; 8]));
         assert!(!holds_nan(ScalarType::Int32, &f32_bytes(&[f32::NAN])));
+    }
+
+    /// One element's summary.
+    fn element_summary(dtype: ScalarType, bytes: &[u8]) -> Summary {
+        summarize(dtype, bytes, 7)
+    }
+
+    /// The claim of [`summarize`] for one pair of elements.
+    fn check_pair(dtype: ScalarType, x: &[u8], y: &[u8]) {
+        if all_close(dtype, x, y) {
+            let (a, b) = (element_summary(dtype, x), element_summary(dtype, y));
+            assert_eq!((a.0, a.2), (b.0, b.2), "{dtype:?} {x:?} {y:?}");
+            assert!(
+                (a.1 - b.1).abs() <= small_step_bound(dtype) * a.2,
+                "{dtype:?} {x:?} {y:?}: {a:?} {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn close_fp16_elements_have_summaries_within_the_bound() {
+        let bytes = |b: u16| b.to_le_bytes();
+        // Every pair of values up to 2^-12 in magnitude (the small ones and past them), ...
+        let near_zero: Vec<u16> = (0..=0x0c00u16).flat_map(|b| [b, b | 0x8000]).collect();
+        for &x in &near_zero {
+            for &y in &near_zero {
+                check_pair(ScalarType::Float16, &bytes(x), &bytes(y));
+            }
+        }
+        // ... and every value with its neighbours in bits, sign or both.
+        for x in 0..=u16::MAX {
+            for d in [0u16, 1, 2, 3] {
+                for y in [
+                    x.wrapping_add(d),
+                    x.wrapping_sub(d),
+                    (x ^ 0x8000).wrapping_add(d),
+                    (x ^ 0x8000).wrapping_sub(d),
+                ] {
+                    check_pair(ScalarType::Float16, &bytes(x), &bytes(y));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn close_fp32_elements_have_summaries_within_the_bound() {
+        let bytes = |b: u32| b.to_le_bytes();
+        let edges = [
+            0u32,
+            1,
+            0x3800_0000, // 2^-15
+            (1e-12f32).to_bits(),
+            (2e-12f32).to_bits(),
+            0x2b80_0000, // 2^-40
+            0x2c00_0000, // 2^-39
+            0x0080_0000, // the least normal
+            0x7f80_0000, // inf
+            1f32.to_bits(),
+        ];
+        for &e in &edges {
+            for dx in 0..64u32 {
+                for x in [e.wrapping_add(dx), e.wrapping_sub(dx)] {
+                    for dy in 0..64u32 {
+                        for y in [
+                            x.wrapping_add(dy),
+                            x.wrapping_sub(dy),
+                            (x ^ 0x8000_0000).wrapping_add(dy),
+                        ] {
+                            check_pair(ScalarType::Float32, &bytes(x), &bytes(y));
+                        }
+                    }
+                }
+            }
+        }
+        // Values 1e-12 apart everywhere below 2^-14.
+        for i in 0..20_000u32 {
+            let x = f32::from_bits(i.wrapping_mul(0x9e37_79b9) % 0x3880_0000);
+            for y in [x + 1e-12, x - 1e-12, x + 1.0000001e-12, -x + 1e-12, x + 2e-12] {
+                check_pair(ScalarType::Float32, &bytes(x.to_bits()), &bytes(y.to_bits()));
+            }
+        }
+    }
+
+    /// Element bits that make close and nearly close tails: ±0, steps of the tolerance, the edge
+    /// of the small values, infinities, NaN, ordinary values.
+    fn tricky_f16() -> impl Strategy<Value = u16> {
+        prop_oneof![
+            8 => prop::sample::select(vec![
+                0x0000u16, 0x8000, 0x0001, 0x8001, 0x0002, 0x0003, 0x07ff, 0x0800, 0x0801, 0x8800,
+                0x03ff, 0x0400, 0x7c00, 0xfc00, 0x3c00, 0x3c01,
+            ]),
+            1 => Just(0x7e00u16),
+            1 => any::<u16>(),
+        ]
+    }
+
+    fn tricky_f32() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            8 => prop::sample::select(vec![
+                0u32,
+                0x8000_0000,
+                1,
+                (1e-12f32).to_bits(),
+                (-1e-12f32).to_bits(),
+                (2e-12f32).to_bits(),
+                (1e-12f32).to_bits() + 1,
+                0x2b80_0000,
+                0x3800_0000,
+                0x3800_0001,
+                0x37ff_ffff,
+                0x7f80_0000,
+                0xff80_0000,
+                1f32.to_bits(),
+            ]),
+            1 => Just(0x7fc0_0000u32),
+            1 => any::<u32>(),
+        ]
+    }
+
+    /// One const to show: its tail, whether its prefix differs, whether it goes through
+    /// `near_duplicate` first (as the engine does) or only `observe`, whether it is returned.
+    type Step = (Vec<u32>, bool, bool, bool);
+
+    fn steps(fp16: bool) -> impl Strategy<Value = Vec<Step>> {
+        let element = if fp16 {
+            tricky_f16().prop_map(u32::from).boxed()
+        } else {
+            tricky_f32().boxed()
+        };
+        let step = (
+            prop::collection::vec(element, 3),
+            prop::bool::weighted(0.1),
+            prop::bool::weighted(0.85),
+            prop::bool::weighted(0.1),
+        );
+        prop::collection::vec(step, 1..60)
+    }
+
+    /// Shows the consts of `steps` in program order, comparing each verdict of `near_duplicate`
+    /// with the reference's; returns the number of full comparisons.
+    fn run_against_reference(fp16: bool, steps: &[Step]) -> u64 {
+        let (mut d, mut w) = (Deduplicator::new(), weights());
+        let shape = [100 + steps[0].0.len() as u64];
+        for (i, (tail, other_prefix, near_first, returned)) in steps.iter().enumerate() {
+            let data = if fp16 {
+                let mut v = vec![f16::from_f32(0.5); 100];
+                if *other_prefix {
+                    v[0] = f16::from_f32(-0.0);
+                }
+                v.extend(tail.iter().map(|&b| f16::from_bits(b as u16)));
+                TensorData::F16(v)
+            } else {
+                let mut v = vec![0.5f32; 100];
+                if *other_prefix {
+                    v[0] = -0.0;
+                }
+                v.extend(tail.iter().map(|&b| f32::from_bits(b)));
+                TensorData::F32(v)
+            };
+            let path = at(i, false);
+            let name = format!("c{i}");
+            let bytes = data.as_le_bytes().into_owned();
+            if *near_first {
+                let probe = const_op(&name, blob_value(data.dtype(), &shape, 0));
+                let expected = d
+                    .near_duplicate_reference(&path, &probe, *returned, &bytes, &mut w)
+                    .unwrap();
+                let got = d
+                    .near_duplicate(&path, &probe, *returned, || Ok(bytes.clone()), &mut w)
+                    .unwrap();
+                assert_eq!(got, expected, "step {i}");
+                if got != Near::None {
+                    continue;
+                }
+            }
+            let op = stored_const(&mut w, &name, &data, &shape);
+            d.observe(&path, &op, *returned, &mut w).unwrap();
+        }
+        d.comparisons()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// The indexed search gives the verdicts of comparing with every candidate in order.
+        #[test]
+        fn near_duplicate_verdicts_are_the_reference_ones_fp16(steps in steps(true)) {
+            run_against_reference(true, &steps);
+        }
+
+        #[test]
+        fn near_duplicate_verdicts_are_the_reference_ones_fp32(steps in steps(false)) {
+            run_against_reference(false, &steps);
+        }
+    }
+
+    #[test]
+    fn near_duplicate_compares_a_const_with_few_of_many_candidates_of_one_key() {
+        // A few thousand fp16 consts of one key (equal first 100 elements): random tails, tails
+        // differing in the last element only, random small values, and repeats of earlier ones
+        // within one step (close). Comparing with every candidate, as before, makes about
+        // over a million comparisons here.
+        let n = 3000usize;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut tails: Vec<Vec<u16>> = Vec::with_capacity(n);
+        for i in 0..n {
+            let tail: Vec<u16> = match i % 4 {
+                0 => (0..28).map(|_| (next() % 0x7c00) as u16 | 0x0c00).collect(),
+                1 => {
+                    let mut t = vec![0x3c00u16; 28];
+                    t[27] = (i as u16) | 0x4000;
+                    t
+                }
+                // Small values (subnormals and the least normals, either sign): all in the
+                // small sum, spread over thousands of tolerance steps.
+                2 => (0..28)
+                    .map(|_| (next() % 0x0801) as u16 | (next() as u16 & 0x8000))
+                    .collect(),
+                _ => {
+                    let mut t = tails[(next() as usize) % i].clone();
+                    let j = (next() % 28) as usize;
+                    if t[j] & 0x7fff < 0x0800 {
+                        t[j] += 1;
+                    }
+                    t
+                }
+            };
+            tails.push(tail);
+        }
+        let steps: Vec<Step> = tails
+            .into_iter()
+            .map(|t| (t.into_iter().map(u32::from).collect(), false, true, false))
+            .collect();
+        let comparisons = run_against_reference(true, &steps);
+        assert!(
+            comparisons < 4 * n as u64,
+            "{comparisons} comparisons for {n} consts"
+        );
     }
 }
