@@ -3,8 +3,9 @@
 //! Data flows forward through one module per stage (see `README.md` and the architecture notes):
 //! `package` → `proto`/`mil` → `config` → `blob`/`tensor` → `prune` → `mil` rewrite → `package` write.
 //!
-//! `unsafe` is confined to `prune` (SIMD kernels and raw-pointer compaction) and
-//! `weights::mapped` (the mmap); every block states why it holds (see the README's "Unsafe code").
+//! `unsafe` is confined to `prune` (SIMD kernels and raw-pointer compaction), `weights::mapped`
+//! (the mmap) and `config::yaml11` (libyaml's event API); every block states why it holds (see the
+//! README's "Unsafe code").
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 

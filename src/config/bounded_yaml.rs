@@ -6,7 +6,11 @@
 //! parser's own limit counts repeated events, not their bytes. Here the value is built by a
 //! visitor that charges every node as it comes, expansions included, and stops at
 //! [`MAX_EXPANDED_BYTES`], before the memory is spent. Otherwise it builds what
-//! `serde_norway::Value`'s own `Deserialize` builds.
+//! `serde_norway::Value`'s own `Deserialize` builds, except that a repeated key keeps its last value
+//! (PyYAML's dict) and integers past u64 are kept as floats, not refused.
+//!
+//! The config's values come from [`super::yaml11`] (YAML 1.1, as PyYAML reads them); this pass
+//! runs first for its syntax errors, its one-document rule and the bound.
 
 use std::cell::Cell;
 use std::fmt;
@@ -81,6 +85,14 @@ impl<'de> Visitor<'de> for Bounded<'_> {
         Ok(Value::Number(u.into()))
     }
 
+    fn visit_i128<E: de::Error>(self, i: i128) -> Result<Value, E> {
+        self.visit_f64(i as f64)
+    }
+
+    fn visit_u128<E: de::Error>(self, u: u128) -> Result<Value, E> {
+        self.visit_f64(u as f64)
+    }
+
     fn visit_f64<E: de::Error>(self, f: f64) -> Result<Value, E> {
         self.0.spend(0)?;
         Ok(Value::Number(f.into()))
@@ -122,9 +134,7 @@ impl<'de> Visitor<'de> for Bounded<'_> {
         self.0.spend(0)?;
         let mut mapping = Mapping::new();
         while let Some(key) = map.next_key_seed(self)? {
-            if mapping.contains_key(&key) {
-                return Err(de::Error::custom(duplicate_entry(&key)));
-            }
+            // A repeated key keeps its last value, as PyYAML's dict does.
             let value = map.next_value_seed(self)?;
             mapping.insert(key, value);
         }
@@ -138,17 +148,6 @@ impl<'de> Visitor<'de> for Bounded<'_> {
     }
 }
 
-/// serde_norway's words for a key given twice.
-fn duplicate_entry(key: &Value) -> String {
-    match key {
-        Value::Null => "duplicate entry with null key".into(),
-        Value::Bool(b) => format!("duplicate entry with key `{b}`"),
-        Value::Number(n) => format!("duplicate entry with key {n}"),
-        Value::String(s) => format!("duplicate entry with key {s:?}"),
-        _ => "duplicate entry in YAML map".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,16 +158,12 @@ mod tests {
         let ours = from_str(text).unwrap();
         let theirs: Value = serde_norway::from_str(text).unwrap();
         assert_eq!(ours, theirs);
-        for twice in [
-            "a: 1\na: 2\n",
-            "1: x\n1: y\n",
-            "true: x\ntrue: y\n",
-            "~: x\n~: y\n",
-        ] {
-            let ours = from_str(twice).unwrap_err().to_string();
-            let theirs = serde_norway::from_str::<Value>(twice).unwrap_err().to_string();
-            assert_eq!(ours, theirs, "{twice:?}");
-        }
+        // serde_norway refuses a repeated key; PyYAML keeps the last value, and so does this pass.
+        assert_eq!(
+            from_str("a: 1\na: 2\n").unwrap(),
+            serde_norway::from_str::<Value>("a: 2\n").unwrap()
+        );
+        assert!(from_str("a: 18446744073709551616\n").is_ok(), "past u64");
         assert!(from_str("a: !custom 1\n")
             .unwrap_err()
             .to_string()

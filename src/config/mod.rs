@@ -14,10 +14,12 @@ pub mod bounded_yaml;
 pub mod depth;
 pub mod parse;
 pub(crate) mod pyfmt;
+pub(crate) mod pyint;
 pub mod resolve;
 pub mod shortcuts;
 pub mod source;
 pub mod validate;
+pub(crate) mod yaml11;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -10,8 +10,10 @@ use std::path::Path;
 
 use super::bounded_yaml;
 use super::depth::check_depth;
+use super::pyint::PyInt;
 use super::source::read_config_text;
-use super::validate::{PyInt, RawMagnitude, RawThreshold};
+use super::validate::{RawMagnitude, RawThreshold};
+use super::yaml11;
 use super::{pyfmt, OpConfig, OptimizationConfig, MAGNITUDE_CLASS, THRESHOLD_CLASS};
 use crate::{Error, Result};
 
@@ -35,7 +37,10 @@ pub(crate) enum Py {
     Float(f64),
     Str(String),
     List(Vec<Py>),
+    /// Keys are unique (by Python's equality), in first-seen order.
     Dict(Vec<(Py, Py)>),
+    /// A value no config field takes (a YAML timestamp: `date` / `datetime`), with its text.
+    Other(&'static str, String),
 }
 
 impl Py {
@@ -49,12 +54,14 @@ impl Py {
             Py::Str(_) => "str",
             Py::List(_) => "list",
             Py::Dict(_) => "dict",
+            Py::Other(name, _) => name,
         }
     }
 
     /// Python's `repr(v)`.
-    fn repr(&self) -> String {
+    pub(crate) fn repr(&self) -> String {
         match self {
+            Py::Other(_, text) => text.clone(),
             Py::None => "None".into(),
             Py::Bool(b) => if *b { "True" } else { "False" }.into(),
             Py::Int(i) => i.to_string(),
@@ -112,31 +119,6 @@ fn from_json_value(v: serde_json::Value) -> Py {
     }
 }
 
-fn from_yaml_value(v: serde_norway::Value) -> Result<Py> {
-    use serde_norway::Value as Y;
-    Ok(match v {
-        Y::Null => Py::None,
-        Y::Bool(b) => Py::Bool(b),
-        Y::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Py::Int(PyInt::from(i))
-            } else if let Some(u) = n.as_u64() {
-                Py::Int(PyInt::from(u))
-            } else {
-                Py::Float(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        Y::String(s) => Py::Str(s),
-        Y::Sequence(items) => Py::List(items.into_iter().map(from_yaml_value).collect::<Result<_>>()?),
-        Y::Mapping(map) => Py::Dict(
-            map.into_iter()
-                .map(|(k, v)| Ok((from_yaml_value(k)?, from_yaml_value(v)?)))
-                .collect::<Result<_>>()?,
-        ),
-        Y::Tagged(t) => return Err(err(format!("invalid YAML: unsupported tag {}", t.tag))),
-    })
-}
-
 fn parse_json(s: &str) -> Result<Py> {
     let v: serde_json::Value = serde_json::from_str(s).map_err(|e| err(format!("invalid JSON: {e}")))?;
     Ok(from_json_value(v))
@@ -145,10 +127,11 @@ fn parse_json(s: &str) -> Result<Py> {
 fn parse_yaml(s: &str) -> Result<Py> {
     // PyYAML reads a leading byte-order mark as such; libyaml's scanner saw a second document.
     let s = s.strip_prefix('\u{feff}').unwrap_or(s);
-    let mut v = bounded_yaml::from_str(s).map_err(|e| err(format!("invalid YAML: {e}")))?;
-    // PyYAML's safe_load resolves `<<` merge keys.
-    v.apply_merge().map_err(|e| err(format!("invalid YAML: {e}")))?;
-    from_yaml_value(v)
+    // serde_norway's pass: syntax errors (with their positions), one document only, and the bound
+    // on what aliases expand to. Its values are YAML 1.2 and are dropped.
+    bounded_yaml::from_str(s).map_err(|e| err(format!("invalid YAML: {e}")))?;
+    // The values as PyYAML builds them (YAML 1.1 scalars, merge keys, last of a repeated key).
+    yaml11::load(s).map_err(|e| err(format!("invalid YAML: {e}")))
 }
 
 /// Parse the `from_dict` layout from JSON text. Text nested deeper than
@@ -214,8 +197,9 @@ fn python_float_from_str(s: &str) -> Option<f64> {
     body.parse::<f64>().ok().map(|v| sign * v)
 }
 
-/// `int(s)` for a string in base 10.
-fn python_int_from_str(s: &str) -> Option<PyInt> {
+/// `int(s)` for a string in base 10: `None` where Python's message is "invalid literal", `Some(Err)`
+/// past its limit of 4300 digits.
+fn python_int_from_str(s: &str) -> Option<std::result::Result<PyInt, String>> {
     let t = strip_digit_underscores(s.trim())?;
     let (negative, digits) = match t.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -224,9 +208,7 @@ fn python_int_from_str(s: &str) -> Option<PyInt> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    // Python ints are unbounded; beyond i128 saturate (only ever compared against sizes).
-    let magnitude = digits.parse::<PyInt>().unwrap_or(PyInt::MAX);
-    Some(if negative { -magnitude } else { magnitude })
+    Some(PyInt::from_decimal(digits).map(|m| if negative { m.negated() } else { m }))
 }
 
 /// Python allows single underscores between digits in numeric strings; anything else is invalid.
@@ -253,7 +235,9 @@ fn strip_digit_underscores(s: &str) -> Option<String> {
 fn to_float(v: &Py) -> std::result::Result<f64, String> {
     match v {
         Py::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
-        Py::Int(i) => Ok(*i as f64),
+        Py::Int(i) => i
+            .to_f64()
+            .ok_or_else(|| "int too large to convert to float".to_string()),
         Py::Float(f) => Ok(*f),
         Py::Str(s) => {
             python_float_from_str(s).ok_or_else(|| format!("could not convert string to float: {}", v.repr()))
@@ -268,13 +252,13 @@ fn to_float(v: &Py) -> std::result::Result<f64, String> {
 fn to_int(v: &Py) -> std::result::Result<PyInt, String> {
     match v {
         Py::Bool(b) => Ok(PyInt::from(*b)),
-        Py::Int(i) => Ok(*i),
+        Py::Int(i) => Ok(i.clone()),
         Py::Float(f) if f.is_nan() => Err("cannot convert float NaN to integer".into()),
         Py::Float(f) if f.is_infinite() => Err("cannot convert float infinity to integer".into()),
-        // `int(2.7) == 2`, `int(-0.5) == 0`; `as` truncates toward zero and saturates.
-        Py::Float(f) => Ok(f.trunc() as PyInt),
+        // `int(2.7) == 2`, `int(-0.5) == 0`, `int(1e30)` exactly.
+        Py::Float(f) => Ok(PyInt::from_f64_trunc(*f)),
         Py::Str(s) => python_int_from_str(s)
-            .ok_or_else(|| format!("invalid literal for int() with base 10: {}", v.repr())),
+            .unwrap_or_else(|| Err(format!("invalid literal for int() with base 10: {}", v.repr()))),
         other => Err(format!(
             "int() argument must be a string, a bytes-like object or a real number, not '{}'",
             other.type_name()
@@ -301,7 +285,7 @@ fn to_int_pair(v: &Py) -> std::result::Result<(PyInt, PyInt), String> {
         .map(to_int)
         .collect::<std::result::Result<_, _>>()?;
     match (converted.as_slice(), items.len()) {
-        ([n, m], 2) => Ok((*n, *m)),
+        ([n, m], 2) => Ok((n.clone(), m.clone())),
         (_, len) => Err(format!(
             "{} values in {} to structure as typing.Tuple[int, int]",
             if len > 2 { "Too many" } else { "Not enough" },
@@ -524,11 +508,15 @@ pub(crate) fn from_dict(doc: &Py) -> Result<OptimizationConfig> {
             Some(Py::Dict(items)) => {
                 for (k, v) in items {
                     let Py::Str(name) = k else {
-                        // Divergence: coremltools keeps such a key, but it can never match an op.
-                        return Err(err(format!(
-                            "{key}: keys must be strings (op types / op names), got {}",
-                            k.repr()
-                        )));
+                        // coremltools keeps such a key (YAML `5:`, `true:`, `~:`); it can never
+                        // match an op. Its entry is still checked, as coremltools checks it.
+                        let e = entry(config_type, v, &format!("{key}[{}]", k.repr()))?;
+                        if key == "op_type_configs" {
+                            if let Some(Entry::Pruner(c)) = &e {
+                                c.validate_op_type(&k.str())?;
+                            }
+                        }
+                        continue;
                     };
                     let e = entry(config_type, v, &format!("{key}[{}]", pyfmt::string(name)))?;
                     // A repeated key keeps the last value at the first key's place, as a Python
@@ -609,9 +597,10 @@ mod tests {
         assert_eq!(python_float_from_str("1__0"), None);
         assert_eq!(python_float_from_str("abc"), None);
         assert_eq!(python_float_from_str("+-1"), None);
-        assert_eq!(python_int_from_str(" 12 "), Some(12));
-        assert_eq!(python_int_from_str("1_000"), Some(1000));
-        assert_eq!(python_int_from_str("-3"), Some(-3));
+        assert_eq!(python_int_from_str(" 12 "), Some(Ok(PyInt::from(12i64))));
+        assert_eq!(python_int_from_str("1_000"), Some(Ok(PyInt::from(1000i64))));
+        assert_eq!(python_int_from_str("-3"), Some(Ok(PyInt::from(-3i64))));
+        assert!(python_int_from_str(&"9".repeat(4301)).is_some_and(|r| r.is_err()));
         assert_eq!(python_int_from_str("1e3"), None);
         assert_eq!(python_int_from_str("2.5"), None);
         assert_eq!(python_int_from_str(""), None);

@@ -51,19 +51,18 @@
 //! | structural op-type config for a type other than conv/linear | `block sparsity or n:m pruning does not support op type matmul.` | same |
 //! | structural op-name config for any name | accepted | same |
 //! | `"const"` key in op_type_configs | accepted by from_dict; pass raises `const ops cannot be set by the \`set_op_type\` function. …` for a const not named in op_name_configs | same, in [`super::resolve()`] |
-//! | non-string key in op_type/op_name configs (YAML `5:`) | accepted, never matches | **rejected** (divergence) |
+//! | non-string key in op_type/op_name configs (YAML `5:`) | accepted, entry checked, never matches | same |
 //!
-//! YAML is read as YAML 1.2 (serde_norway) while PyYAML is YAML 1.1: plain `yes`/`no`/`on`/`off`,
-//! sexagesimal `1:30`, leading-zero octal `017` and exponent floats without a dot (`1e3`, a string
-//! in PyYAML, hence rejected for integer fields by coremltools) resolve differently; duplicate keys
-//! are an error here (PyYAML keeps the last). JSON has no coremltools reader; it is read as Python's
-//! `json.load` would, except that `NaN`/`Infinity` literals are not JSON and are rejected.
+//! YAML is read as PyYAML reads it (YAML 1.1 scalars, merge keys, the last of a repeated key; see
+//! [`super::yaml11`] and README "Config files: how they are read", which lists what still differs).
+//! JSON has no coremltools reader; it is read as Python's `json.load` would, except that
+//! `NaN`/`Infinity` literals and lone surrogates are rejected and integers beyond u64 become floats.
 
 use super::{pyfmt, OpConfig, OptimizationConfig, STRUCTURAL_OP_TYPES};
 use crate::{Error, Result};
 
-/// Python integers after cattrs' `int()`; wide enough for every value serde can produce.
-pub(crate) type PyInt = i128;
+/// Python integers after cattrs' `int()`, of any size.
+pub(crate) use super::pyint::PyInt;
 
 /// `OpThresholdPrunerConfig` fields after coercion, before attrs validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +116,7 @@ fn check_weight_threshold(v: Option<PyInt>) -> Result<Option<u64>> {
             "\"weight_threshold\" must be a non-negative integer. Got {v}."
         ))),
         // Larger than any tensor can be: saturating keeps "never pruned".
-        Some(v) => Ok(Some(u64::try_from(v).unwrap_or(u64::MAX))),
+        Some(v) => Ok(Some(v.to_u64_saturating().unwrap_or(u64::MAX))),
     }
 }
 
@@ -204,13 +203,13 @@ impl RawMagnitude {
                 "\"block_size\" and \"n_m_ratio\" cannot be set at the same time.",
             ));
         }
-        if let Some(b) = block_size {
-            if b <= 1 {
+        if let Some(b) = &block_size {
+            if *b <= 1 {
                 return Err(err(format!("\"block_size\" must be an integer > 1. Got {b}.")));
             }
         }
 
-        if let Some((n, m)) = n_m_ratio {
+        if let Some((n, m)) = &n_m_ratio {
             if n > m {
                 return Err(err(format!(
                     "\"n_m_ratio\" must be a tuple of two integers (n, m). n <= m. Got ({n}, {m})"
@@ -218,7 +217,7 @@ impl RawMagnitude {
             }
             // Divergence: coremltools accepts these; m = 0 then divides by zero while pruning and a
             // negative n prunes `m + n` values through Python's negative slicing.
-            if n < 0 || m == 0 {
+            if *n < 0 || *m == 0 {
                 return Err(err(format!(
                     "\"n_m_ratio\" must be a tuple of two integers (n, m). n <= m. Got ({n}, {m}) \
                      (mlprune also requires n >= 0 and m >= 1; coremltools 9.0 accepts this but cannot prune with it)"
@@ -226,13 +225,13 @@ impl RawMagnitude {
             }
         }
 
-        if let Some(d) = dim {
+        if let Some(d) = &dim {
             if block_size.is_none() && n_m_ratio.is_none() {
                 return Err(err(
                     "\"dim\" can only be set along with \"block_size\" or \"n_m_ratio\".",
                 ));
             }
-            if d != 0 && d != 1 {
+            if *d != 0 && *d != 1 {
                 return Err(err(format!("\"dim\" must be 1 or 0. Got {d}.")));
             }
         }
@@ -243,15 +242,15 @@ impl RawMagnitude {
         }
 
         // __attrs_post_init__: block sparsity runs along output channels, n:m along input channels.
-        let dim = match (dim, block_size, n_m_ratio) {
-            (Some(d), _, _) => Some(if d == 0 { 0 } else { 1 }),
+        let dim = match (&dim, &block_size, &n_m_ratio) {
+            (Some(d), _, _) => Some(if *d == 0 { 0 } else { 1 }),
             (None, Some(_), _) => Some(0),
             (None, None, Some(_)) => Some(1),
             (None, None, None) => None,
         };
         // Values are validated positive above; beyond u64 they behave like u64::MAX (always larger
         // than channel / 2, so the op is skipped either way).
-        let to_u64 = |v: PyInt| u64::try_from(v).unwrap_or(u64::MAX);
+        let to_u64 = |v: PyInt| v.to_u64_saturating().unwrap_or(u64::MAX);
         Ok(OpConfig::Magnitude {
             target_sparsity,
             block_size: block_size.map(to_u64),
@@ -355,7 +354,7 @@ mod tests {
     fn dim_defaults_follow_the_mode() {
         let block = magnitude(|r| {
             r.target_sparsity = Some(0.5);
-            r.block_size = Some(4);
+            r.block_size = Some(PyInt::from(4i64));
         })
         .unwrap();
         assert!(matches!(
@@ -366,7 +365,7 @@ mod tests {
                 ..
             }
         ));
-        let nm = magnitude(|r| r.n_m_ratio = Some((2, 4))).unwrap();
+        let nm = magnitude(|r| r.n_m_ratio = Some((PyInt::from(2i64), PyInt::from(4i64)))).unwrap();
         assert!(matches!(
             nm,
             OpConfig::Magnitude {
@@ -385,16 +384,16 @@ mod tests {
         // target_sparsity is validated before block_size and dim.
         let m = message(magnitude(|r| {
             r.target_sparsity = Some(2.0);
-            r.block_size = Some(1);
-            r.dim = Some(5);
+            r.block_size = Some(PyInt::from(1i64));
+            r.dim = Some(PyInt::from(5i64));
         }));
         assert_eq!(
             m,
             "Invalid value of \"target_sparsity\": 2.0. Needs to be in [0, 1]."
         );
         let m = message(magnitude(|r| {
-            r.n_m_ratio = Some((5, 4));
-            r.block_size = Some(1);
+            r.n_m_ratio = Some((PyInt::from(5i64), PyInt::from(4i64)));
+            r.block_size = Some(PyInt::from(1i64));
         }));
         assert_eq!(
             m,
@@ -404,10 +403,16 @@ mod tests {
 
     #[test]
     fn boundary_values() {
-        assert!(magnitude(|r| r.n_m_ratio = Some((0, 1))).is_ok());
-        assert!(magnitude(|r| r.n_m_ratio = Some((4, 4))).is_ok());
-        assert!(message(magnitude(|r| r.n_m_ratio = Some((0, 0)))).contains("m >= 1"));
-        assert!(message(magnitude(|r| r.n_m_ratio = Some((-1, 4)))).contains("n >= 0"));
+        assert!(magnitude(|r| r.n_m_ratio = Some((PyInt::from(0i64), PyInt::from(1i64)))).is_ok());
+        assert!(magnitude(|r| r.n_m_ratio = Some((PyInt::from(4i64), PyInt::from(4i64)))).is_ok());
+        assert!(message(magnitude(
+            |r| r.n_m_ratio = Some((PyInt::from(0i64), PyInt::from(0i64)))
+        ))
+        .contains("m >= 1"));
+        assert!(message(magnitude(
+            |r| r.n_m_ratio = Some((PyInt::from(-1i64), PyInt::from(4i64)))
+        ))
+        .contains("n >= 0"));
         assert!(magnitude(|r| r.target_sparsity = Some(1.0)).is_ok());
         assert_eq!(
             message(magnitude(|r| r.target_sparsity = Some(f64::NAN))),
@@ -478,14 +483,14 @@ mod tests {
         assert_eq!(m, "Invalid value of \"threshold\": -inf. Needs to be in [0, inf)");
         let m = message(
             RawThreshold {
-                weight_threshold: Some(-1),
+                weight_threshold: Some(PyInt::from(-1i64)),
                 ..Default::default()
             }
             .into_config(),
         );
         assert_eq!(m, "\"weight_threshold\" must be a non-negative integer. Got -1.");
         let big = RawThreshold {
-            weight_threshold: Some(1 << 100),
+            weight_threshold: Some(PyInt::from_decimal("1267650600228229401496703205376").unwrap()),
             ..Default::default()
         }
         .into_config()
@@ -515,7 +520,7 @@ mod tests {
 
     #[test]
     fn structural_op_type_configs_only_for_conv_and_linear() {
-        let nm = magnitude(|r| r.n_m_ratio = Some((2, 4))).unwrap();
+        let nm = magnitude(|r| r.n_m_ratio = Some((PyInt::from(2i64), PyInt::from(4i64)))).unwrap();
         let mut cfg = OptimizationConfig::default();
         cfg.op_type.insert("conv".into(), Some(nm.clone()));
         cfg.op_type.insert("linear".into(), Some(nm.clone()));
