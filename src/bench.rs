@@ -73,8 +73,8 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
     let gpu = GpuBackend::new(ctx);
     let package = Package::open(input)?;
     let model_path = package.model_path();
-    let model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
-    let graph = GraphView::build(&model.program)?;
+    let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
+    let graph = GraphView::of_model(&mut model)?;
     let source = WeightSource::open(&package)?;
     let mut rows = Vec::new();
     for p in plan(&model.program, &graph, config)? {
