@@ -126,13 +126,14 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::proto::mil::{Block, Function, Operation, Program};
     use crate::proto::spec::{model, Model};
     use prost::Message;
 
-    fn model_with_ops(ops: usize) -> Model {
+    /// A model of one body of `ops` empty operations.
+    pub(crate) fn model_with_ops(ops: usize) -> Model {
         let block = Block {
             operations: vec![crate::mil::encode_op(&Operation::default()); ops],
             ..Default::default()

@@ -367,7 +367,7 @@ mod tests {
     use crate::mil::build::{bind_name, busy_program, op};
     use crate::mil::model::decode_model;
     use crate::mil::ops::{block_of, encode_op};
-    use crate::proto::mil::{Block, Function, Program};
+    use crate::proto::mil::{Function, Program};
     use crate::proto::spec::model;
 
     fn split(bytes: &[u8]) -> Result<SplitModel> {
@@ -609,20 +609,7 @@ mod tests {
     #[test]
     fn ops_past_the_decode_budget_are_refused_before_the_rest_is_read() {
         // 4 million empty ops: 8 MB on the wire, 1.85 GB decoded when measured.
-        let block = Block {
-            operations: vec![encode_op(&Default::default()); 4_000_000],
-            ..Default::default()
-        };
-        let function = Function {
-            block_specializations: [("CoreML5".to_owned(), block)].into(),
-            ..Default::default()
-        };
-        let program = Program {
-            version: 1,
-            functions: [("main".to_owned(), function)].into(),
-            ..Default::default()
-        };
-        let bytes = program_model(program).encode_to_vec();
+        let bytes = crate::mil::decode_budget::tests::model_with_ops(4_000_000).encode_to_vec();
         let e = refusal(&bytes);
         assert!(e.contains("once decoded"), "{e}");
         let first: u64 = e
