@@ -15,8 +15,7 @@ use std::sync::Arc;
 use prost::bytes::Bytes;
 use prost::Message;
 
-use super::ops::OpDecodeError;
-use super::split::{lossy, split_model, BodyPlaces, SplitModel};
+use super::split::{split_model, BodyPlaces, SplitModel};
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::Program;
 use crate::proto::spec::{model, Model};
@@ -199,17 +198,6 @@ fn check_program(model: &Model, path: &Path) -> Result<()> {
         None => Err(err(
             "is not an ML Program (neural network, pipeline and classic models are not supported)".into(),
         )),
-    }
-}
-
-/// What is wrong with an op, in the words used for the whole model.
-pub(super) fn op_refusal(e: OpDecodeError) -> String {
-    match e {
-        OpDecodeError::Invalid(e) => format!("not a valid Core ML model protobuf: {e}"),
-        OpDecodeError::Lossy { read, understood } => {
-            format!("an operation {}", lossy(read as u64, understood as u64))
-        }
-        other @ (OpDecodeError::DuplicateKey(_) | OpDecodeError::TooDeep) => other.to_string(),
     }
 }
 

@@ -24,7 +24,7 @@ use prost::Message;
 
 use super::decode_budget::{self, DecodedSize};
 use super::op_file::{op_check, OpPlace};
-use super::ops::check_op;
+use super::ops::{check_op, OpDecodeError};
 use super::wire::{
     put_head, put_varint, varint_len, BLOCK_OPERATIONS, ENTRY_KEY, ENTRY_VALUE, FIXED32, FIXED64,
     FUNCTION_BLOCK_SPECIALIZATIONS, LENGTH_DELIMITED, MODEL_ML_PROGRAM, PROGRAM_FUNCTIONS, VARINT,
@@ -127,6 +127,17 @@ pub fn lossy(read: u64, understood: u64) -> String {
          data",
         read.abs_diff(understood)
     )
+}
+
+/// What is wrong with an op, in the words used for the whole model.
+fn op_refusal(e: OpDecodeError) -> String {
+    match e {
+        OpDecodeError::Invalid(e) => format!("not a valid Core ML model protobuf: {e}"),
+        OpDecodeError::Lossy { read, understood } => {
+            format!("an operation {}", lossy(read as u64, understood as u64))
+        }
+        other @ (OpDecodeError::DuplicateKey(_) | OpDecodeError::TooDeep) => other.to_string(),
+    }
 }
 
 struct Splitter<'p, R> {
@@ -348,7 +359,7 @@ impl<R: BufRead> Splitter<'_, R> {
         if let Some(size) = decode_budget::op_decoded_size(&bytes) {
             self.charge(size)?;
         }
-        check_op(&bytes).map_err(|e| self.refusal(super::model::op_refusal(e)))?;
+        check_op(&bytes).map_err(|e| self.refusal(op_refusal(e)))?;
         let place = OpPlace {
             offset,
             len: len32,
