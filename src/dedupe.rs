@@ -448,7 +448,7 @@ impl Deduplicator {
     /// equal without being bit-identical. Call it before [`Deduplicator::observe`] for a const.
     ///
     /// coremltools compares with every such earlier const, quadratic in their number; here an
-    /// index of their summaries ([`summarize`], a necessary condition of closeness) passes over
+    /// index of their summaries (`summarize`, a necessary condition of closeness) passes over
     /// those that cannot be close, and the rest are compared in program order: the same verdict.
     pub fn near_duplicate(
         &mut self,

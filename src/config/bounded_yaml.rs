@@ -9,7 +9,7 @@
 //! `serde_norway::Value`'s own `Deserialize` builds, except that a repeated key keeps its last value
 //! (PyYAML's dict) and integers past u64 are kept as floats, not refused.
 //!
-//! The config's values come from [`super::yaml11`] (YAML 1.1, as PyYAML reads them); this pass
+//! The config's values come from `config::yaml11` (YAML 1.1, as PyYAML reads them); this pass
 //! runs first for its syntax errors, its one-document rule and the bound.
 
 use std::cell::Cell;

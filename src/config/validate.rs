@@ -54,7 +54,7 @@
 //! | non-string key in op_type/op_name configs (YAML `5:`) | accepted, entry checked, never matches | same |
 //!
 //! YAML is read as PyYAML reads it (YAML 1.1 scalars, merge keys, the last of a repeated key; see
-//! [`super::yaml11`] and README "Config files: how they are read", which lists what still differs).
+//! `config::yaml11` and README "Config files: how they are read", which lists what still differs).
 //! JSON has no coremltools reader; it is read as Python's `json.load` would, except that
 //! `NaN`/`Infinity` literals and lone surrogates are rejected and integers beyond u64 become floats.
 
