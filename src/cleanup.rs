@@ -83,7 +83,7 @@ impl ScratchPath {
         let mut last_error = None;
         for _ in 0..NAME_ATTEMPTS {
             let mut name = OsString::from(prefix);
-            name.push(crate::package::temp_suffix());
+            name.push(crate::package::random::temp_suffix());
             let path = parent.join(name);
             // A scratch path means a run (of the several `bench` makes) is under way again.
             COMMITTED.store(false, Ordering::SeqCst);
@@ -185,7 +185,7 @@ fn same_file(path: &Path, _handle: &File) -> bool {
 fn remove_path(path: &Path, is_dir: bool) {
     // Never into a mount point somebody put in the folder.
     let _ = if is_dir {
-        crate::package::remove_tree_one_fs(path)
+        crate::package::paths::remove_tree_one_fs(path)
     } else {
         std::fs::remove_file(path)
     };

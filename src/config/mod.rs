@@ -13,6 +13,7 @@
 pub mod bounded_yaml;
 pub mod depth;
 pub mod parse;
+pub(crate) mod py;
 pub(crate) mod pyfmt;
 pub(crate) mod pyint;
 pub mod resolve;

@@ -31,7 +31,7 @@ use std::rc::Rc;
 
 use unsafe_libyaml_norway as unsafe_libyaml;
 
-use super::parse::Py;
+use super::py::Py;
 use super::pyint::PyInt;
 
 /// One parser event, copied out of libyaml's.

@@ -9,8 +9,8 @@
 mod folder;
 mod manifest;
 mod output;
-mod paths;
-mod random;
+pub(crate) mod paths;
+pub(crate) mod random;
 mod zipped;
 
 #[cfg(test)]
@@ -21,8 +21,6 @@ use std::path::{Path, PathBuf};
 
 pub use manifest::Manifest;
 pub use output::{check_output_spares, OutputPackage};
-pub(crate) use paths::remove_tree_one_fs;
-pub(crate) use random::temp_suffix;
 
 use crate::cleanup::{sweep_stale, ScratchPath};
 use crate::error::{Error, IoContext, Result};
@@ -372,7 +370,7 @@ mod tests {
 
     /// A folder named like an extraction, as a killed run leaves it: not locked by anyone.
     fn plant_stale_extraction(_tag: &str) -> PathBuf {
-        let stale = std::env::temp_dir().join(format!("{UNZIP_PREFIX}{}", temp_suffix()));
+        let stale = std::env::temp_dir().join(format!("{UNZIP_PREFIX}{}", random::temp_suffix()));
         std::fs::create_dir_all(stale.join("m.mlpackage/Data")).unwrap();
         std::fs::write(stale.join("m.mlpackage/Data/weight.bin"), b"left behind").unwrap();
         stale
