@@ -214,14 +214,16 @@ impl GraphView {
                     table: table as u32,
                 });
                 let root = u32::try_from(view.roots.len() - 1).map_err(|_| too_many("functions"))?;
-                // A body with no ops has no places.
-                let in_file: Vec<OpPlace> = places.remove(&(fname.clone(), spec.clone())).unwrap_or_default();
-                let ops = match &view.op_file {
-                    Some(_) => BlockOps::InFile(&in_file),
-                    None => BlockOps::Held {
+                let in_file: Vec<OpPlace>;
+                let ops = if view.op_file.is_some() {
+                    // A body with no ops has no places.
+                    in_file = places.remove(&(fname.clone(), spec.clone())).unwrap_or_default();
+                    BlockOps::InFile(&in_file)
+                } else {
+                    BlockOps::Held {
                         ops: &block.operations,
                         origin: None,
-                    },
+                    }
                 };
                 view.walk_block(block, ops, (root, &[]), table, None, &mut builder)?;
             }

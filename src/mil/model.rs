@@ -35,7 +35,8 @@ pub struct LoadedModel {
     /// Where the ops lie, for a model read by [`LoadedModel::read`], until the graph index takes
     /// them ([`crate::mil::GraphView::of_model`]).
     pub ops_in_file: Option<OpsInFile>,
-    /// What the user should know about how it was read ([`keep_opset_bodies`]).
+    /// What the user should know about how it was read (bodies left out, as coremltools leaves
+    /// them out).
     pub notices: Vec<String>,
 }
 
@@ -59,8 +60,7 @@ impl LoadedModel {
             bodies,
             hasher,
         } = split_model(BufReader::with_capacity(READ_BUFFER, &file), len, label)?;
-        let (shell, mut program) = into_program(model, label)?;
-        let notices = keep_opset_bodies(&mut program, label)?;
+        let (shell, program, notices) = into_program(model, label)?;
         let bodies = bodies
             .into_iter()
             .filter(|b| {
@@ -88,8 +88,7 @@ impl LoadedModel {
         File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .at(label)?;
-        let (shell, mut program) = into_program(decode_model(bytes.into(), label)?, label)?;
-        let notices = keep_opset_bodies(&mut program, label)?;
+        let (shell, program, notices) = into_program(decode_model(bytes.into(), label)?, label)?;
         Ok(LoadedModel {
             path: label.to_owned(),
             shell,
@@ -116,7 +115,7 @@ impl LoadedModel {
 /// Leaves each function with the one body coremltools reads, the block specialization of its
 /// opset, and refuses a function without one, as coremltools does (`milproto/load.py`): it never
 /// reads the others and leaves them out of what it writes. Returns a notice per body left out.
-pub fn keep_opset_bodies(program: &mut Program, label: &Path) -> Result<Vec<String>> {
+fn keep_opset_bodies(program: &mut Program, label: &Path) -> Result<Vec<String>> {
     let mut notices = Vec::new();
     for (name, function) in &mut program.functions {
         if !function.block_specializations.contains_key(&function.opset) {
@@ -143,17 +142,20 @@ pub fn keep_opset_bodies(program: &mut Program, label: &Path) -> Result<Vec<Stri
     Ok(notices)
 }
 
-/// Checks a model ([`check_program`]) and splits it into its shell and its program.
-fn into_program(mut model: Model, label: &Path) -> Result<(Model, Program)> {
+/// Checks a model ([`check_program`]) and splits it into its shell and its program, each function
+/// left with the one body coremltools reads ([`keep_opset_bodies`]); with a notice per body left
+/// out.
+fn into_program(mut model: Model, label: &Path) -> Result<(Model, Program, Vec<String>)> {
     check_program(&model, label)?;
-    match model.r#type.take() {
-        Some(model::Type::MlProgram(program)) => Ok((model, program)),
+    let Some(model::Type::MlProgram(mut program)) = model.r#type.take() else {
         // `check_program` lets only ML Programs through; keep the error path rather than panic.
-        _ => Err(Error::Model {
+        return Err(Error::Model {
             path: label.to_owned(),
             reason: "is not an ML Program".into(),
-        }),
-    }
+        });
+    };
+    let notices = keep_opset_bodies(&mut program, label)?;
+    Ok((model, program, notices))
 }
 
 /// Decodes a `Model`, checks the re-encode is lossless, and requires an ML Program. Every op is

@@ -256,8 +256,7 @@ impl OpFile {
             .get(body)
             .and_then(|b| self.top.get(b.ops.clone())?.get(k))
             .ok_or_else(|| Error::Graph(format!("no op {k} in body {body}")))?;
-        self.read(*index as usize)
-            .ok_or_else(|| changed_error(&self.label))
+        self.read(*index as usize).ok_or_else(|| self.changed_error())
     }
 
     /// Fills the program's function bodies again, each with its ops read from the file, except
@@ -280,7 +279,7 @@ impl OpFile {
                 if replaced(index) {
                     ops.push(Bytes::new());
                 } else {
-                    ops.push(self.read(index).ok_or_else(|| changed_error(&self.label))?);
+                    ops.push(self.read(index).ok_or_else(|| self.changed_error())?);
                 }
             }
             block.operations = ops;

@@ -120,7 +120,7 @@ pub fn split_model(source: impl BufRead, file_len: u64, path: &Path) -> Result<S
 
 /// Why a message whose `read` bytes re-encode to `understood` is refused: prost dropped what it did
 /// not know.
-pub fn lossy(read: u64, understood: u64) -> String {
+fn lossy(read: u64, understood: u64) -> String {
     format!(
         "holds {} bytes that mlprune's schema does not cover (unknown fields or a non-canonical \
          encoding: {read} bytes read, {understood} bytes understood); refusing to rewrite it and lose \

@@ -110,22 +110,30 @@ pub(crate) fn tree_holds(root: &Path, id: (u64, u64)) -> bool {
 #[cfg(unix)]
 fn mount_of(meta: &std::fs::Metadata, path: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let mount = rustix::fs::statx(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        rustix::fs::StatxFlags::MNT_ID,
-    )
-    .ok()
-    .filter(|s| s.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
-    .map_or(0, |s| s.stx_mnt_id);
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let mount = {
-        let _ = path;
-        0
-    };
+    let mount = mount_id(rustix::fs::CWD, Some(path));
     (meta.dev(), mount)
+}
+
+/// The Linux mount id (`statx`) of `path` (not followed), or of the open `dir` itself when no
+/// path is given; 0 where the system has none to give.
+#[cfg(unix)]
+fn mount_id(dir: impl std::os::fd::AsFd, path: Option<&Path>) -> u64 {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::{statx, AtFlags, StatxFlags};
+        let stat = match path {
+            Some(path) => statx(dir, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID),
+            None => statx(dir, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID),
+        };
+        stat.ok()
+            .filter(|s| s.stx_mask & StatxFlags::MNT_ID.bits() != 0)
+            .map_or(0, |s| s.stx_mnt_id)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (dir, path);
+        0
+    }
 }
 
 /// The first thing in the tree at `root` (not following links) that is not a plain file or
@@ -212,18 +220,7 @@ fn open_dir_on<P: rustix::path::Arg, Fd: std::os::fd::AsFd>(
         Mode::empty(),
     )?;
     let stat = rustix::fs::fstat(&fd)?;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let mnt = rustix::fs::statx(
-        &fd,
-        "",
-        rustix::fs::AtFlags::EMPTY_PATH,
-        rustix::fs::StatxFlags::MNT_ID,
-    )
-    .ok()
-    .filter(|s| s.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
-    .map_or(0, |s| s.stx_mnt_id);
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let mnt = 0;
+    let mnt = mount_id(&fd, None);
     #[allow(clippy::unnecessary_cast)]
     if (stat.st_dev as u64, mnt) != mount {
         return Err(std::io::Error::other(
