@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, IoContext, Result};
+use crate::package::paths::lies_within;
 
 /// Paths to remove if a signal arrives, by registration id.
 static REGISTRY: Mutex<BTreeMap<u64, Registered>> = Mutex::new(BTreeMap::new());
@@ -194,8 +195,14 @@ fn remove_path(path: &Path, is_dir: bool) {
 /// Removes every entry of `dir` whose name starts with `prefix` and that no live process holds
 /// (its lock can be taken): scratch paths left by a run that was killed before it could clean up.
 /// Returns what was removed. Entries of other kinds (links, FIFOs) are left alone, and so is
-/// anything that cannot be opened.
-pub fn sweep_stale(dir: &Path, prefix: impl AsRef<OsStr>) -> Result<Vec<PathBuf>> {
+/// anything that cannot be opened, and anything that is, holds or lies inside one of `spare` (the
+/// run's input and config: a user may well prune a package a killed run set aside, under the name
+/// it was left with).
+pub fn sweep_stale(dir: &Path, prefix: impl AsRef<OsStr>, spare: &[&Path]) -> Result<Vec<PathBuf>> {
+    let spare: Vec<PathBuf> = spare
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
     let prefix = prefix.as_ref().as_encoded_bytes();
     let mut removed = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -227,6 +234,14 @@ pub fn sweep_stale(dir: &Path, prefix: impl AsRef<OsStr>) -> Result<Vec<PathBuf>
         if !(meta.is_dir() || meta.is_file()) {
             continue;
         }
+        if let Ok(canonical) = std::fs::canonicalize(&path) {
+            if spare
+                .iter()
+                .any(|s| lies_within(s, &canonical) || lies_within(&canonical, s))
+            {
+                continue;
+            }
+        }
         let Ok(handle) = File::open(&path) else { continue };
         if handle.try_lock().is_err() || !same_file(&path, &handle) {
             continue; // a live run holds it, or it was replaced meanwhile
@@ -256,9 +271,9 @@ pub fn install_signal_cleanup() -> Result<()> {
                 let registered = registry();
                 remove_racing_writers(registered.values());
                 if COMMITTED.load(Ordering::SeqCst) {
-                    eprintln!(
-                        "mlprune: signal {signal} arrived once the output was in place; it is complete"
-                    );
+                    crate::error::write_stderr(&format!(
+                        "mlprune: signal {signal} arrived once the output was in place; it is complete\n"
+                    ));
                     std::process::exit(0);
                 }
                 std::process::exit(128 + signal);
@@ -342,7 +357,7 @@ mod tests {
         #[cfg(unix)]
         std::os::unix::fs::symlink("o.mlpackage", dir.path().join(".o.mlprune-tmp-link")).unwrap();
 
-        let removed = sweep_stale(dir.path(), ".o.mlprune-tmp-").unwrap();
+        let removed = sweep_stale(dir.path(), ".o.mlprune-tmp-", &[]).unwrap();
         assert_eq!(
             removed,
             [
@@ -378,7 +393,7 @@ mod tests {
         // them), the next sweep takes them.
         let (a, b) = (live_dir.path().to_path_buf(), live_file.path().to_path_buf());
         drop((live_dir, live_file));
-        let mut removed = sweep_stale(dir.path(), ".o.mlprune-tmp-").unwrap();
+        let mut removed = sweep_stale(dir.path(), ".o.mlprune-tmp-", &[]).unwrap();
         removed.sort();
         let mut both = vec![a, b];
         both.sort();
@@ -394,7 +409,7 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
-                    sweep_stale(dir.path(), ".race-").unwrap();
+                    sweep_stale(dir.path(), ".race-", &[]).unwrap();
                 }
             });
             let creators: Vec<_> = (0..3)

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{from_shortcuts, parse_n_m, OptimizationConfig, Shortcuts};
 use crate::engine::{self, DevicePolicy, PruneJob, PruneSummary};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{escape_control, write_stderr, Error, IoContext, Result};
 use crate::global_sparsity::{GlobalSparsity, Sparsity};
 use crate::inspect;
 
@@ -281,7 +281,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
 
 /// Prints the one error line and returns its exit code.
 fn report(e: &Error) -> u8 {
-    eprintln!("mlprune: error: {}", e.one_line());
+    write_stderr(&format!("mlprune: error: {}\n", e.one_line()));
     u8::try_from(e.exit_code()).unwrap_or(1)
 }
 
@@ -302,7 +302,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Inspect { input, json } => {
             let report = inspect::inspect(&input)?;
             for notice in &report.notices {
-                eprintln!("mlprune: {}", crate::error::escape_control(notice));
+                write_stderr(&format!("mlprune: {}\n", escape_control(notice)));
             }
             let text = if json {
                 inspect::render_json(&report)?
@@ -314,7 +314,10 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Generate(args) => {
             let spec = args.to_spec()?;
             let params = crate::synth::generate(&spec, &args.output, args.force)?;
-            eprintln!("wrote {} ({params} weight parameters)", args.output.display());
+            write_stderr(&format!(
+                "wrote {} ({params} weight parameters)\n",
+                escape_control(&args.output.to_string_lossy())
+            ));
             Ok(())
         }
         Command::Bench { input, config, runs } => {
@@ -337,9 +340,9 @@ pub fn execute(cli: Cli) -> Result<()> {
             };
             if !args.quiet {
                 for notice in &summary.notices {
-                    eprintln!("mlprune: {}", crate::error::escape_control(notice));
+                    write_stderr(&format!("mlprune: {}\n", escape_control(notice)));
                 }
-                eprint!("{}", human_summary(&summary, &job));
+                write_stderr(&human_summary(&summary, &job));
             }
             Ok(())
         }
@@ -359,7 +362,7 @@ fn human_summary(s: &PruneSummary, job: &PruneJob) -> String {
         s.planned - pruned,
         s.weight_bytes_before,
         s.weight_bytes_after,
-        job.output.display()
+        escape_control(&job.output.to_string_lossy())
     )
 }
 

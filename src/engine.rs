@@ -205,6 +205,7 @@ fn prune_steps(
     check_output_spares(
         &job.output,
         &job.config_file.iter().map(|c| c.as_path()).collect::<Vec<_>>(),
+        job.force,
     )?;
     let mut out = OutputPackage::create(&package, &job.output, job.force)?;
     if let Some(report) = &job.report {

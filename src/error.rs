@@ -75,7 +75,7 @@ impl Error {
     /// input (a manifest string, a tensor name, a path), so control characters such as newlines are
     /// escaped rather than allowed to split the line or forge another one.
     pub fn one_line(&self) -> String {
-        escape_control(&self.to_string()).into_owned()
+        escape_control(&with_user_names(self.to_string())).into_owned()
     }
 
     /// Shorthand for wrapping an `io::Error` with the path it concerns.
@@ -92,6 +92,43 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// The hidden scratch names of this run (`.out.mlpackage.mlprune-tmp-<16 hex>`) and the names the
+/// user chose that they stand for (`out.mlpackage`).
+static USER_NAMES: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes error lines name `user_name` (OUTPUT, the report) where a system error names the scratch
+/// path `scratch_name` it is written under: the user never chose that path, and it is gone by the
+/// time the line is printed. The scratch name is random, so no other text matches it.
+pub(crate) fn show_scratch_as(scratch_name: &std::ffi::OsStr, user_name: &std::ffi::OsStr) {
+    let mut names = USER_NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    names.push((
+        scratch_name.to_string_lossy().into_owned(),
+        user_name.to_string_lossy().into_owned(),
+    ));
+}
+
+fn with_user_names(mut text: String) -> String {
+    let names = USER_NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (scratch, user) in names.iter() {
+        if text.contains(scratch.as_str()) {
+            text = text.replace(scratch.as_str(), user);
+        }
+    }
+    text
+}
+
+/// Writes `text` to stderr. A stderr that cannot be written (`2>/dev/full`, a closed pipe) loses
+/// the text but not the run: `eprintln!` panics there, and the process would exit 101 after a
+/// successful prune.
+pub fn write_stderr(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// `text` with every control character (C0, DEL, C1: newlines, ESC, BEL, CSI, ...) and every

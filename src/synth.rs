@@ -139,7 +139,7 @@ pub fn generate(spec: &SynthSpec, output: &Path, force: bool) -> Result<u64> {
     let model_path = out.model_path();
     std::fs::write(&model_path, crate::mil::encode_model(&model)).at(&model_path)?;
     for notice in out.commit()? {
-        eprintln!("mlprune: {notice}");
+        crate::error::write_stderr(&format!("mlprune: {}\n", crate::error::escape_control(&notice)));
     }
     Ok(params)
 }

@@ -76,7 +76,7 @@ impl Package {
         // go first; a live run's copy is locked and stays. Best effort: a temporary directory that
         // cannot be listed is no reason to refuse a folder input, and extraction reports its own
         // errors.
-        let _ = sweep_stale(&temp_dir, UNZIP_PREFIX);
+        let _ = sweep_stale(&temp_dir, UNZIP_PREFIX, &[input]);
         let meta = std::fs::metadata(input).at(input)?;
         if meta.is_dir() {
             let root = std::fs::canonicalize(input).at(input)?;

@@ -16,7 +16,7 @@ use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
 use super::{use_of, used_paths, Package, Use};
 use crate::cleanup::{self, ScratchPath};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{show_scratch_as, Error, IoContext, Result};
 #[cfg(test)]
 use zip::ZipArchive;
 
@@ -89,11 +89,45 @@ fn sibling_prefix(name: &OsStr, tag: &str) -> OsString {
     prefix
 }
 
+/// Creates the hidden scratch sibling (a folder if `is_dir`) in `dir` of `user_path`, OUTPUT or the
+/// report (`what`). Errors name `user_path`, not the hidden name; a folder the user cannot write in
+/// is a usage error, as one that does not exist is.
+fn create_scratch(dir: &Path, user_path: &Path, what: &str, is_dir: bool) -> Result<ScratchPath> {
+    let name = user_path.file_name().unwrap_or_default();
+    let created = if is_dir {
+        ScratchPath::create_dir(dir, scratch_prefix(name))
+    } else {
+        ScratchPath::create_file(dir, scratch_prefix(name))
+    };
+    match created {
+        Ok(scratch) => {
+            if let Some(scratch_name) = scratch.path().file_name() {
+                show_scratch_as(scratch_name, name);
+            }
+            Ok(scratch)
+        }
+        Err(Error::Io { source, .. })
+            if matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            Err(Error::Usage(format!(
+                "{what} directory {} is not writable: {source}",
+                dir.display()
+            )))
+        }
+        Err(Error::Io { source, .. }) => Err(Error::io(user_path, source)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes scratch siblings of `name` in `dir` that a killed run left (no live process holds
 /// them), and old packages a killed `--force` run had set aside, and says so in `notices`.
-fn sweep_leftovers(dir: &Path, name: &OsStr, notices: &mut Vec<String>) -> Result<()> {
-    let mut removed = cleanup::sweep_stale(dir, scratch_prefix(name))?;
-    removed.extend(cleanup::sweep_stale(dir, aside_prefix(name))?);
+/// Never what is, holds or lies inside one of `spare`.
+fn sweep_leftovers(dir: &Path, name: &OsStr, spare: &[&Path], notices: &mut Vec<String>) -> Result<()> {
+    let mut removed = cleanup::sweep_stale(dir, scratch_prefix(name), spare)?;
+    removed.extend(cleanup::sweep_stale(dir, aside_prefix(name), spare)?);
     for path in removed {
         notices.push(format!("removed {}, left by an interrupted run", path.display()));
     }
@@ -141,7 +175,13 @@ impl OutputPackage {
     pub fn create(input: &Package, output: &Path, force: bool) -> Result<OutputPackage> {
         let (parent, name) = split_output(output)?;
         check_output_location(input, output, &parent, &name, force)?;
-        let staged = Self::stage(output, parent, name, input.manifest().clone(), force)?;
+        let staged = Self::stage(
+            output,
+            (parent, name),
+            input.manifest().clone(),
+            force,
+            &[input.origin()],
+        )?;
         // From here on, dropping `staged` on error removes the staging directory.
         let skip = [
             Path::new(DATA_DIR).join(input.manifest().root_model_relative()),
@@ -165,26 +205,27 @@ impl OutputPackage {
     pub fn create_new(output: &Path, manifest: Manifest, force: bool) -> Result<OutputPackage> {
         let (parent, name) = split_output(output)?;
         check_existing_output(output, force)?;
-        let staged = Self::stage(output, parent, name, manifest, force)?;
+        let staged = Self::stage(output, (parent, name), manifest, force, &[])?;
         let path = staged.staging_dir().join(MANIFEST_FILE);
         std::fs::write(&path, staged.manifest.to_json()).at(&path)?;
         staged.create_item_dirs()?;
         Ok(staged)
     }
 
+    /// `spare`: what the run reads, which no sweep of leftovers may remove.
     fn stage(
         output: &Path,
-        parent: PathBuf,
-        name: OsString,
+        (parent, name): (PathBuf, OsString),
         manifest: Manifest,
         force: bool,
+        spare: &[&Path],
     ) -> Result<OutputPackage> {
         let name_str = name.to_string_lossy();
         let zip_folder = (strip_suffix_ignore_case(&name_str, ".zip").len() < name_str.len())
             .then(|| format!("{}.mlpackage", package_stem(output)));
         let mut notices = Vec::new();
-        sweep_leftovers(&parent, &name, &mut notices)?;
-        let staging = ScratchPath::create_dir(&parent, scratch_prefix(&name))?;
+        sweep_leftovers(&parent, &name, spare, &mut notices)?;
+        let staging = create_scratch(&parent, output, "output", true)?;
         Ok(OutputPackage {
             output: output.to_path_buf(),
             parent,
@@ -223,9 +264,9 @@ impl OutputPackage {
         guarded.push(&self.output);
         check_companion_location(path, &guarded)?;
         let (dir, name) = (parent_dir(path), path.file_name().unwrap_or_default());
-        sweep_leftovers(&dir, name, &mut self.notices)?;
+        sweep_leftovers(&dir, name, &guarded, &mut self.notices)?;
         let existed = exists_no_follow(path);
-        let scratch = ScratchPath::create_file(&dir, scratch_prefix(name))?;
+        let scratch = create_scratch(&dir, path, "report", false)?;
         self.companion = Some(Companion {
             final_path: path.to_path_buf(),
             scratch,
@@ -283,7 +324,7 @@ impl OutputPackage {
     pub fn commit(mut self) -> Result<Vec<String>> {
         let new_path = match self.zip_folder.clone() {
             Some(folder) => {
-                let temp = ScratchPath::create_file(&self.parent, scratch_prefix(&self.name))?;
+                let temp = create_scratch(&self.parent, &self.output, "output", false)?;
                 let file = temp.file().try_clone().at(temp.path())?;
                 let temp_path = temp.path().to_path_buf();
                 self.temp_zip = Some(temp);
@@ -418,6 +459,11 @@ fn check_output_location(
     // Paths first, then identities (device and inode), which see a bind mount too.
     let same = output_canonical == input_canonical
         || (exists && file_identity(&output_canonical) == file_identity(&input_canonical));
+    if !same {
+        // Before the identity checks, which list the folders of an existing OUTPUT: only a
+        // package of ours gets that far.
+        check_existing_output(output, force)?;
+    }
     let clash = if same {
         Some("is the input")
     } else if lies_within(&output_canonical, &input_canonical) {
@@ -434,28 +480,38 @@ fn check_output_location(
             input.origin().display()
         )));
     }
-    check_existing_output(output, force)
+    Ok(())
 }
 
-/// Refuses an existing OUTPUT that is or holds one of `files` (the config file): replacing it
-/// would delete a file the run reads.
-pub fn check_output_spares(output: &Path, files: &[&Path]) -> Result<()> {
+/// Refuses an existing OUTPUT that `force` would replace and that is or holds one of `files` (the
+/// config file): replacing it would delete a file the run reads.
+pub fn check_output_spares(output: &Path, files: &[&Path], force: bool) -> Result<()> {
+    if !force || !exists_no_follow(output) {
+        return Ok(()); // nothing will be replaced (an existing OUTPUT is refused without force)
+    }
     let Ok(output_canonical) = std::fs::canonicalize(output) else {
         return Ok(());
     };
-    for file in files {
-        let Ok(canonical) = std::fs::canonicalize(file) else {
-            continue;
-        };
-        if lies_within(&canonical, &output_canonical) {
-            return Err(Error::Usage(format!(
-                "output {} holds {}, which the run reads; refusing to replace it",
-                output.display(),
-                file.display()
-            )));
-        }
+    let files: Vec<(&Path, PathBuf)> = files
+        .iter()
+        .filter_map(|f| Some((*f, std::fs::canonicalize(f).ok()?)))
+        .collect();
+    // By path first; then, once OUTPUT is known to be a package of ours (only its folders are
+    // listed), by identity, which sees bind mounts.
+    let holds = |within: &dyn Fn(&Path) -> bool| files.iter().find(|(_, c)| within(c));
+    let by_path = holds(&|c| c.starts_with(&output_canonical)).map(|(f, _)| *f);
+    if by_path.is_none() {
+        check_replaceable(output)?;
     }
-    Ok(())
+    let held = by_path.or_else(|| holds(&|c| lies_within(c, &output_canonical)).map(|(f, _)| *f));
+    match held {
+        Some(file) => Err(Error::Usage(format!(
+            "output {} holds {}, which the run reads; refusing to replace it",
+            output.display(),
+            file.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// An existing OUTPUT needs `force`, and even then only a package may be replaced.

@@ -66,8 +66,9 @@ pub(crate) fn file_identity(_: &Path) -> Option<(u64, u64)> {
 
 /// Whether `path` is, or lies inside, `guarded` (both canonical, or where they would be): by path,
 /// then, where `guarded` exists, by identity: whether `path` or a folder it lies in is the very
-/// file or folder `guarded` is, whatever their names. A bind mount shows one folder under two
-/// paths, which comparing paths cannot see.
+/// file or folder `guarded` is, or any folder inside it, whatever their names. A bind mount shows
+/// one folder under two paths, which comparing paths cannot see; and a bind mount of a folder
+/// inside `guarded` (`OUTPUT/Data` mounted elsewhere) shows that folder, not `guarded` itself.
 pub(crate) fn lies_within(path: &Path, guarded: &Path) -> bool {
     if path.starts_with(guarded) {
         return true;
@@ -75,9 +76,45 @@ pub(crate) fn lies_within(path: &Path, guarded: &Path) -> bool {
     let Some(target) = file_identity(guarded) else {
         return false;
     };
+    let inside = match folder_identities(guarded) {
+        Some(folders) => folders,
+        // Too many folders to list: only a package's few folders are ever compared, so this is
+        // no package of ours; saying "inside" refuses rather than risk writing into it.
+        None => return true,
+    };
     path.ancestors()
         .filter(|a| !a.as_os_str().is_empty())
-        .any(|a| file_identity(a) == Some(target))
+        .filter_map(file_identity)
+        .any(|id| id == target || inside.contains(&id))
+}
+
+/// The identities of `root` and of every folder under it (links not followed, mount points
+/// entered: a mount inside the tree is part of what the user sees there); `None` past
+/// `MAX_FOLDERS` folders. A plain file gives only itself.
+fn folder_identities(root: &Path) -> Option<std::collections::HashSet<(u64, u64)>> {
+    const MAX_FOLDERS: usize = 100_000;
+    let mut found = std::collections::HashSet::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Some(id) = file_identity(&dir) else {
+            continue;
+        };
+        if !found.insert(id) {
+            continue;
+        }
+        if found.len() > MAX_FOLDERS {
+            return None;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Some(found)
 }
 
 /// Whether `root` is, or (a folder) holds at any depth, the file of identity `id`: another hard

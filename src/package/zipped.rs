@@ -304,7 +304,11 @@ fn package_layout(
         .iter()
         .any(|e| !e.is_dir && e.components.len() == 1 && e.components[0] == MANIFEST_FILE);
     if manifest_at_root {
-        return Ok((format!("{}{PACKAGE_SUFFIX}", package_stem(archive_path)), 0));
+        // Named after the archive, within the 255 bytes a file name may have: an archive name
+        // of up to 255 bytes is valid, and with the suffix added it would not be.
+        let stem = package_stem(archive_path);
+        let stem = truncate_at_char(&stem, NAME_MAX_BYTES - PACKAGE_SUFFIX.len());
+        return Ok((format!("{stem}{PACKAGE_SUFFIX}"), 0));
     }
     let mut tops: Vec<&str> = entries
         .iter()
@@ -326,6 +330,18 @@ fn package_layout(
             tops.join(", ")
         )),
     }
+}
+
+/// The longest file name most filesystems take, in bytes.
+const NAME_MAX_BYTES: usize = 255;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn truncate_at_char(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The archive's file name without `.zip` and `.mlpackage` (`out.mlpackage.zip` → `out`).

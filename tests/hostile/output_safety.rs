@@ -805,3 +805,211 @@ fn concurrent_runs_to_one_output_fail_clearly_or_both_succeed() {
     }
     assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage"]);
 }
+
+/// A bind mount of a folder *inside* the input or an old OUTPUT (`X/Data` mounted elsewhere)
+/// showed that folder under another path, and only `X` itself was compared: `--force` deleted an
+/// input reached that way, OUTPUT and the report were written into the input, and a config read
+/// through it was deleted with the old package. Every folder of the guarded tree is compared now.
+/// Needs `mount`; skipped (with a line on stderr) where the container refuses it.
+#[cfg(target_os = "linux")]
+#[test]
+fn bind_mounts_of_folders_inside_the_input_or_old_output_are_seen() {
+    let case = Case::linear();
+    let old_output = case.tmp.path().join("old.mlpackage");
+    assert!(prune_with(&case, &old_output, &["-q"]).status.success());
+    let into_input = case.tmp.path().join("into_input");
+    let into_output = case.tmp.path().join("into_output");
+    std::fs::create_dir(&into_input).unwrap();
+    std::fs::create_dir(&into_output).unwrap();
+    let Some(_input_view) = BindMount::new(&case.input.join(CORE_ML), &into_input) else {
+        eprintln!("skipped: cannot mount here (folders inside the input through a bind mount)");
+        return;
+    };
+    let Some(_output_view) = BindMount::new(&old_output.join("Data"), &into_output) else {
+        eprintln!("skipped: cannot mount here (folders inside the output through a bind mount)");
+        return;
+    };
+    let input_before = snapshot(&case.input);
+    let old_before = snapshot(&old_output);
+
+    // OUTPUT inside the input.
+    let o = prune_with(&case, &into_input.join("o.mlpackage"), &["-q"]);
+    assert_cli_error(&o, 2, &["is inside the input"]);
+    // The report inside the input.
+    let report = into_input.join("r.json");
+    let o = prune_with(
+        &case,
+        &case.output(),
+        &["-q", "--report", report.to_str().unwrap()],
+    );
+    assert_cli_error(&o, 2, &["r.json", "would overwrite"]);
+    // The report inside the old OUTPUT that --force replaces.
+    let report = into_output.join("r.json");
+    let o = prune_with(
+        &case,
+        &old_output,
+        &["-q", "--force", "--report", report.to_str().unwrap()],
+    );
+    assert_cli_error(&o, 2, &["r.json", "would overwrite"]);
+    // The config inside the old OUTPUT.
+    let config = into_output.join("c.yaml");
+    std::fs::write(
+        &config,
+        "config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n",
+    )
+    .unwrap();
+    let o = cli(&[
+        "prune".as_ref(),
+        case.input.as_os_str(),
+        old_output.as_os_str(),
+        "-q".as_ref(),
+        "--force".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert_cli_error(&o, 2, &["c.yaml", "refusing to replace"]);
+    std::fs::remove_file(&config).unwrap();
+    // The input inside the old OUTPUT.
+    let inner_input = into_output.join("in.mlpackage");
+    copy_dir(&case.input, &inner_input);
+    let o = cli_prune(&inner_input, &old_output, &["-q", "--force"]);
+    assert_cli_error(&o, 2, &["contains the input"]);
+    assert!(inner_input.join("Manifest.json").exists(), "the input survives");
+    std::fs::remove_dir_all(&inner_input).unwrap();
+
+    assert_eq!(snapshot(&case.input), input_before, "the input is untouched");
+    assert_eq!(snapshot(&old_output), old_before, "the old output is untouched");
+}
+
+/// The sweep of leftovers removed anything named like a killed run's scratch path: pruning a
+/// package a killed `--force` run set aside (`.out.mlpackage.mlprune-old-<hex>`) back to
+/// `out.mlpackage` deleted the input, and `inspect` of a package inside a folder named like an
+/// extraction (`$TMPDIR/.mlprune-unzip-<hex>/`) deleted that folder. The sweep spares what the
+/// run reads.
+#[test]
+fn the_sweep_of_leftovers_never_removes_the_input() {
+    let case = Case::linear();
+    let aside = case
+        .tmp
+        .path()
+        .join(".out.mlpackage.mlprune-old-0123456789abcdef");
+    copy_dir(&case.input, &aside);
+    let before = snapshot(&aside);
+    let o = cli_prune(&aside, &case.output(), &["-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(snapshot(&aside), before, "the input survives the sweep");
+
+    let tmpdir = case.tmp.path().join("tmp");
+    let extraction = tmpdir.join(".mlprune-unzip-0123456789abcdef");
+    let inside = extraction.join("in.mlpackage");
+    copy_dir(&case.input, &inside);
+    let o = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .env("TMPDIR", &tmpdir)
+        .arg("inspect")
+        .arg(&inside)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        inside.join("Manifest.json").exists(),
+        "the input survives the sweep"
+    );
+}
+
+/// Errors while writing OUTPUT or the report named the hidden scratch path they are written under
+/// (`.o.zip.mlprune-tmp-<hex>/Data/…`), which the user never chose and which is gone by then;
+/// an unwritable folder gave exit 1 where a missing one gives 2. Needs `mount` (a full tmpfs, a
+/// read-only bind mount); skipped with a line on stderr where that fails.
+#[cfg(target_os = "linux")]
+#[test]
+fn errors_writing_output_or_report_name_them_not_scratch_paths() {
+    let case = Case::generated(4, 512);
+    let full = case.tmp.path().join("full");
+    let read_only = case.tmp.path().join("ro");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::create_dir(&read_only).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&full)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount here (a full tmpfs)");
+        return;
+    }
+    let _full_mount = BindMount(full.clone());
+    let Some(ro_mount) = BindMount::new(&read_only, &read_only) else {
+        eprintln!("skipped: cannot mount here (a read-only bind mount)");
+        return;
+    };
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro,bind"])
+        .arg(&read_only)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted, "remount read-only");
+    for name in ["o.zip", "o.mlpackage"] {
+        let o = prune_with(&case, &full.join(name), &["-q", "--device", "cpu"]);
+        assert_cli_error(&o, 1, &[&format!("full/{name}"), "No space left on device"]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("mlprune-tmp"), "{stderr}");
+        assert_eq!(std::fs::read_dir(&full).unwrap().count(), 0, "nothing left");
+    }
+    let o = prune_with(&case, &read_only.join("o.mlpackage"), &["-q"]);
+    assert_cli_error(&o, 2, &["output directory", "ro", "not writable"]);
+    let report = read_only.join("r.json");
+    let o = prune_with(
+        &case,
+        &case.output(),
+        &["-q", "--report", report.to_str().unwrap()],
+    );
+    assert_cli_error(&o, 2, &["report directory", "ro", "not writable"]);
+    drop(ro_mount);
+    assert_nothing_left(&case, &["full", "in.mlpackage", "ro"]);
+}
+
+/// `eprintln!` panicked when stderr could not be written (`2>/dev/full`): exit 101 after a
+/// successful prune, and for errors whose code is 1 or 2.
+#[cfg(unix)]
+#[test]
+fn an_unwritable_stderr_changes_no_exit_code() {
+    let case = Case::linear();
+    let with_full_stderr = |args: &[&std::ffi::OsStr]| {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        Command::new(env!("CARGO_BIN_EXE_mlprune"))
+            .args(args)
+            .stderr(full)
+            .status()
+            .unwrap()
+            .code()
+    };
+    let output = case.output();
+    let prune = [
+        "prune".as_ref(),
+        case.input.as_os_str(),
+        output.as_os_str(),
+        "--sparsity".as_ref(),
+        "0.5".as_ref(),
+    ];
+    assert_eq!(with_full_stderr(&prune), Some(0));
+    assert!(output.join("Manifest.json").exists());
+    let missing = case.tmp.path().join("missing.mlpackage");
+    assert_eq!(
+        with_full_stderr(&["inspect".as_ref(), missing.as_os_str()]),
+        Some(1)
+    );
+    assert_eq!(with_full_stderr(&["--no-such-flag".as_ref()]), Some(2));
+}
+
+/// The summary line printed OUTPUT's name as it is: an escape sequence in it reached the terminal.
+#[test]
+fn the_summary_escapes_control_characters_in_output_names() {
+    let case = Case::linear();
+    let output = case.tmp.path().join("o\u{1b}[2J.mlpackage");
+    let o = prune_with(&case, &output, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+    assert!(stderr.contains("o\\u{1b}[2J.mlpackage"), "{stderr}");
+}

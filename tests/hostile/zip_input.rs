@@ -390,3 +390,31 @@ fn a_file_and_a_folder_of_one_name_are_refused_naming_the_entry() {
     assert!(names_in(tmpdir.path()).is_empty(), "nothing left in TMPDIR");
     assert_nothing_left(&case, &["in.zip"]);
 }
+
+/// A zip holding the package at its root is extracted into a folder named after the archive;
+/// with the suffix added, an archive name of 246 to 255 bytes (valid) made a folder name past
+/// the system's 255 bytes, and the run failed naming the extraction folder.
+#[test]
+fn an_archive_name_of_255_bytes_with_the_package_at_its_root_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("{}.zip", "a".repeat(251));
+    assert_eq!(name.len(), 255);
+    let input = tmp.path().join(&name);
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&input).unwrap());
+    for (entry, bytes) in fixture_entries() {
+        let at_root = entry.strip_prefix("linear.mlpackage/").unwrap();
+        w.start_file(at_root, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(&bytes).unwrap();
+    }
+    w.finish().unwrap();
+    let case = Case { tmp, input };
+    let tmpdir = private_tmpdir();
+    let o = mlprune(tmpdir.path(), None, &["inspect".as_ref(), case.input.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let output = case.output();
+    let o = mlprune(tmpdir.path(), None, &prune_args(&case.input, &output));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_only_package_files(&output);
+    assert!(names_in(tmpdir.path()).is_empty(), "nothing left in TMPDIR");
+}
