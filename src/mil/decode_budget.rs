@@ -47,6 +47,20 @@ impl DecodedSize {
     }
 }
 
+/// What the skeleton of a model (all of it but its bodies' ops: the description, the functions'
+/// inputs and outputs, attributes) may take decoded: [`SKELETON_FLOOR`] plus this many times its
+/// encoded size. It is decoded whole and held for the whole run, while the ops are decoded one at a
+/// time; a real model's skeleton is a few kilobytes, its strings (metadata, labels) counted once.
+pub const SKELETON_FACTOR: u64 = 4;
+
+/// See [`SKELETON_FACTOR`]. 12 MB of 3-byte feature descriptions took 362 MB (issue 18).
+pub const SKELETON_FLOOR: u64 = 64 << 20;
+
+/// The budget of a skeleton of `len` encoded bytes.
+pub fn skeleton_budget(len: u64) -> u64 {
+    len.saturating_mul(SKELETON_FACTOR).saturating_add(SKELETON_FLOOR)
+}
+
 /// The budget for a file of `file_len` bytes.
 pub fn budget(file_len: u64) -> u64 {
     file_len

@@ -184,12 +184,26 @@ pub fn decode_model(bytes: Bytes, path: &Path) -> Result<Model> {
     Ok(model)
 }
 
-/// Refuses what is not an ML Program of version 1.
+/// The newest specification version coremltools 9.0 knows (iOS26).
+const NEWEST_SPEC_VERSION: i32 = 10;
+
+/// Refuses what is not an ML Program of version 1, or is of a specification version newer than
+/// coremltools knows.
 fn check_program(model: &Model, path: &Path) -> Result<()> {
     let err = |reason: String| Error::Model {
         path: path.to_owned(),
         reason,
     };
+    if model.specification_version > NEWEST_SPEC_VERSION {
+        // coremltools 9.0 refuses it too ("11 is not a valid AvailableTarget"): its rules for a
+        // newer version are unknown. Older ones (even below 6) it reads, and writes as 7 once
+        // pruned, as mlprune does.
+        return Err(err(format!(
+            "specification version {} is newer than {NEWEST_SPEC_VERSION} (iOS26), the newest \
+             coremltools 9.0 knows",
+            model.specification_version
+        )));
+    }
     match &model.r#type {
         Some(model::Type::MlProgram(program)) if program.version != 1 => Err(err(format!(
             "ML Program version {} is not supported (expected 1)",
@@ -347,6 +361,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is not an ML Program"), "{e}");
+    }
+
+    /// coremltools 9.0 refuses a version newer than it knows and reads older ones, even below 6
+    /// (it writes them as 7 once pruned).
+    #[test]
+    fn refuses_specification_versions_newer_than_coremltools_knows() {
+        for (version, known) in [(-1, true), (5, true), (10, true), (11, false), (i32::MAX, false)] {
+            let mut model = program_model();
+            model.specification_version = version;
+            let read = decode_model(model.encode_to_vec().into(), Path::new("m"));
+            match read {
+                Ok(_) => assert!(known, "{version} read"),
+                Err(e) => {
+                    assert!(!known, "{version}: {e}");
+                    assert!(e.to_string().contains("newer than 10 (iOS26)"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

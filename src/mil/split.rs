@@ -100,6 +100,19 @@ pub fn split_model(source: impl BufRead, file_len: u64, path: &Path) -> Result<S
     }
     drop(names);
     if let Some(size) = decode_budget::decoded_size(&skeleton) {
+        let skeleton_budget = decode_budget::skeleton_budget(skeleton.len() as u64);
+        if size.estimate() > skeleton_budget {
+            return Err(splitter.refusal(format!(
+                "would take more than {} MiB of memory once decoded, apart from its ops ({} \
+                 messages in {} bytes of description, functions and attributes; the budget is {}× \
+                 those bytes plus {} MiB); refusing to decode it",
+                skeleton_budget >> 20,
+                size.messages,
+                skeleton.len(),
+                decode_budget::SKELETON_FACTOR,
+                decode_budget::SKELETON_FLOOR >> 20
+            )));
+        }
         splitter.charge(size)?;
     }
     let model = Model::decode(&skeleton[..])
@@ -615,6 +628,25 @@ mod tests {
             "{e}"
         );
         assert!(e.contains(" at byte "), "{e}");
+    }
+
+    /// A model description of many empty features: 12 MB of them took 362 MB (issue 18). The
+    /// skeleton is decoded whole and held, so it has a budget of its own, far below the file's.
+    #[test]
+    fn a_skeleton_past_its_own_budget_is_refused() {
+        let mut model = program_model(busy_program());
+        let description = model.description.as_mut().unwrap();
+        description.training_input = vec![Default::default(); 400_000];
+        let bytes = model.encode_to_vec();
+        let e = refusal(&bytes);
+        assert!(e.contains("apart from its ops"), "{e}");
+        assert!(e.contains("400"), "{e}");
+        // Within the whole file's budget, which it alone would have passed.
+        let size = crate::mil::decode_budget::decoded_size(&bytes).unwrap();
+        assert!(size.estimate() < crate::mil::decode_budget::budget(bytes.len() as u64));
+        // A few thousand features are nothing.
+        model.description.as_mut().unwrap().training_input.truncate(5_000);
+        split(&model.encode_to_vec()).unwrap();
     }
 
     #[test]

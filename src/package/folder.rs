@@ -12,8 +12,9 @@ use crate::error::{Error, IoContext, Result};
 pub(crate) const MANIFEST_FILE: &str = "Manifest.json";
 pub(crate) const DATA_DIR: &str = "Data";
 pub(crate) const WEIGHT_FILE: &str = "weight.bin";
-/// A real manifest is under a kilobyte; refuse to load an absurd one into memory.
-pub(crate) const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// A real manifest is under a kilobyte (one item per file the package declares); refuse to load an
+/// absurd one into memory. 16 MiB of `[0,0,…]` decoded to 1.8 GB (issue 18).
+pub(crate) const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// What a valid package directory holds, as needed by later stages.
 #[derive(Debug)]

@@ -563,8 +563,9 @@ fn check_replaceable(output: &Path) -> Result<()> {
     }
 }
 
-/// Largest `Manifest.json` read to decide whether `--force` may replace what holds it.
-const MANIFEST_READ_LIMIT: u64 = 16 << 20;
+/// Largest `Manifest.json` read to decide whether `--force` may replace what holds it: the largest
+/// a package may have.
+const MANIFEST_READ_LIMIT: u64 = super::folder::MAX_MANIFEST_BYTES;
 
 /// What a package folder holds at its top: a valid `Manifest.json` file, a `Data` folder (neither
 /// a link), and nothing else but the `.DS_Store` Finder leaves. A folder holding anything more is
