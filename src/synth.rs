@@ -166,9 +166,15 @@ fn array_feature(name: &str, dtype: ScalarType, width: u64) -> FeatureDescriptio
 /// Little-endian bytes of `count` values, roughly normal with standard deviation `scale`.
 fn random_tensor(rng: &mut SplitMix64, dtype: ScalarType, count: u64, scale: f64) -> Result<Vec<u8>> {
     let elem = (dtype.bits() / 8) as u64;
-    let len =
-        usize::try_from(count * elem).map_err(|_| Error::Usage("tensor does not fit in memory".into()))?;
-    let mut out = Vec::with_capacity(len);
+    let too_large = || Error::Usage(format!("a tensor of {count} elements does not fit in memory"));
+    let len = count
+        .checked_mul(elem)
+        .and_then(|len| usize::try_from(len).ok())
+        .ok_or_else(too_large)?;
+    // Asked, not assumed: a failed allocation would abort the process and leave the staged
+    // package behind.
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| too_large())?;
     for _ in 0..count {
         // Irwin–Hall with 4 uniforms: cheap, bell-shaped, and distinct values almost everywhere.
         let u: f64 = (0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0;

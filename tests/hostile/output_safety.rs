@@ -1013,3 +1013,21 @@ fn the_summary_escapes_control_characters_in_output_names() {
     assert!(!stderr.contains('\u{1b}'), "{stderr}");
     assert!(stderr.contains("o\\u{1b}[2J.mlpackage"), "{stderr}");
 }
+
+/// `generate --shape 100000x100000` allocated 20 GB at once; where that failed the process
+/// aborted and left its staging folder. The allocation is asked for now: exit 2, nothing left.
+#[cfg(unix)]
+#[test]
+fn generate_refuses_a_tensor_it_cannot_allocate_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("g.mlpackage");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4000000; exec \"$0\" generate \"$1\" --shape 100000x100000 --layers 1")
+        .arg(env!("CARGO_BIN_EXE_mlprune"))
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert_cli_error(&o, 2, &["does not fit in memory"]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left");
+}
