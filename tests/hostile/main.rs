@@ -592,6 +592,43 @@ fn manifest_item_paths_leaving_data() {
     }
 }
 
+/// A Manifest.json within the old 16 MiB cap, an unknown key holding `[0,0,…]`, took 1.78 GB while
+/// pruning (issue 18, red-team pass of session 16). It is capped at 1 MiB, and its values are
+/// counted before it is decoded.
+#[test]
+fn bloated_manifests_are_refused_before_they_are_decoded() {
+    let manifest = |e: &Error| matches!(e, Error::Manifest { path, .. } if path.ends_with("Manifest.json"));
+    for (zeros, reason) in [
+        (600_000, "larger than 1048576 bytes"),
+        (70_000, "more than 65536 JSON values"),
+    ] {
+        let case = Case::linear();
+        let junk = vec!["0"; zeros].join(",");
+        case.edit_manifest(|m| m.replacen('{', &format!("{{\"junk\": [{junk}],"), 1));
+        assert_refused(&case, Refused::Both, manifest, &["Manifest.json", reason]);
+    }
+}
+
+/// 12 MB of empty feature descriptions took 362 MB; 48 MB took 1.43 GB (issue 18, red-team pass
+/// of session 16), within the whole file's decode budget. The part of the model decoded whole has
+/// a budget of its own now.
+#[test]
+fn a_bloated_model_description_is_refused_before_it_is_decoded() {
+    let case = Case::linear();
+    let path = case.file("model.mlmodel");
+    let mut model = Model::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+    let description = model.description.get_or_insert_with(Default::default);
+    description.training_input = vec![Default::default(); 1_000_000];
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    let model_error = |e: &Error| matches!(e, Error::Model { path, .. } if path.ends_with("model.mlmodel"));
+    assert_refused(
+        &case,
+        Refused::Both,
+        model_error,
+        &["model.mlmodel", "apart from its ops"],
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn symlinks_pointing_outside_the_package() {
