@@ -459,19 +459,29 @@ fn check_output_location(
     // Paths first, then identities (device and inode), which see a bind mount too.
     let same = output_canonical == input_canonical
         || (exists && file_identity(&output_canonical) == file_identity(&input_canonical));
-    if !same {
-        // Before the identity checks, which list the folders of an existing OUTPUT: only a
-        // package of ours gets that far.
-        check_existing_output(output, force)?;
-    }
-    let clash = if same {
+    let by_path = if same {
         Some("is the input")
-    } else if lies_within(&output_canonical, &input_canonical) {
+    } else if output_canonical.starts_with(&input_canonical) {
         Some("is inside the input")
-    } else if lies_within(&input_canonical, &output_canonical) {
+    } else if input_canonical.starts_with(&output_canonical) {
         Some("contains the input")
     } else {
         None
+    };
+    // Then by identity, which sees bind mounts; it lists the folders of an existing OUTPUT, so
+    // only a package of ours gets that far.
+    let clash = match by_path {
+        Some(clash) => Some(clash),
+        None => {
+            check_existing_output(output, force)?;
+            if lies_within(&output_canonical, &input_canonical) {
+                Some("is inside the input")
+            } else if lies_within(&input_canonical, &output_canonical) {
+                Some("contains the input")
+            } else {
+                None
+            }
+        }
     };
     if let Some(clash) = clash {
         return Err(Error::Usage(format!(
