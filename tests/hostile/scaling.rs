@@ -259,6 +259,15 @@ mod chains {
         });
         case
     }
+
+    /// The program of the case's input.
+    pub fn program(case: &Case) -> Program {
+        let bytes = std::fs::read(case.file("model.mlmodel")).unwrap();
+        match Model::decode(bytes.as_slice()).unwrap().r#type {
+            Some(Type::MlProgram(program)) => program,
+            _ => panic!("an ML Program"),
+        }
+    }
 }
 
 /// A chain of 20,000 `constexpr_sparse_to_dense` ops, each reading the one before: inspect walked
@@ -309,4 +318,36 @@ fn inspect_reads_each_chain_op_once_for_all_rows() {
     let top = report.weights.iter().find(|w| w.name == "top").unwrap();
     assert_eq!(top.bytes, 32 * FAN_IN as u64);
     assert_eq!(report.chain_steps, FAN_IN as u64 + 1);
+}
+
+/// A chain of D constexpr ops where each op `c<i>` also reads its own const `k<i>`: resolving each
+/// `k<i>`'s config followed the chain from `c<i>` to its end, D²/2 steps (D = 20,000 took 74 s).
+/// Where each op's chain ends is remembered, so each chain op is resolved once; the decisions and
+/// the output are those of a prune that stops resolving nowhere.
+#[test]
+fn planning_resolves_each_chain_op_once() {
+    const DEPTH: usize = 2_000;
+    let case = chains::in_front(chains::chain(DEPTH, true));
+    let program = chains::program(&case);
+    let graph = mlprune::mil::GraphView::build(&program).unwrap();
+    let config = prune_job(&case.input, &case.output(), false).config;
+    let (planned, steps) = mlprune::plan::plan_counted(&program, &graph, &config).unwrap();
+    assert!(
+        steps <= DEPTH as u64,
+        "{steps} chain steps for a chain of {DEPTH}"
+    );
+    let feeding: Vec<_> = planned
+        .iter()
+        .filter(|p| graph.name(p.op_index).starts_with(['c', 'k']))
+        .collect();
+    assert_eq!(feeding.len(), DEPTH + 1, "c0 and every k<i>");
+    // The chain's last op has no consumer: every lookup ends there, as for a block output.
+    assert!(
+        feeding.iter().all(|p| matches!(&p.decision,
+        mlprune::plan::Decision::Skip(r) if r.contains("block output"))),
+        "{:?}",
+        feeding[0].decision
+    );
+    let o = cli_prune(&case.input, &case.output(), &["--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
