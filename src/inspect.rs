@@ -6,6 +6,7 @@
 //! that only feed constexpr ops are part of that chain's row, not rows of their own.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -533,99 +534,147 @@ pub fn render_json(report: &InspectReport) -> Result<String> {
     Ok(out)
 }
 
+/// The widest a column is padded to. Names come from the input: one name of 100,000 characters
+/// padded every row of a 10,000-row table to it (1 GB of output). A longer cell extends its own
+/// row and leaves the others aligned.
+pub const MAX_PADDED_WIDTH: usize = 48;
+
 /// The human table: one row per tensor, then the total line. A multifunction model gets a
 /// FUNCTION column in front, and a SHARED column (the functions of the other rows that store the
 /// same blob, `-` for none) is added when any row shares a blob.
 pub fn render_table(report: &InspectReport) -> String {
-    let multifunction = report.functions.len() > 1;
-    let any_shared = report.weights.iter().any(|w| !w.shared_with.is_empty());
-    let mut header: Vec<&str> = Vec::new();
-    if multifunction {
-        header.push("FUNCTION");
-    }
-    header.extend([
-        "NAME", "CONSUMER", "DTYPE", "SHAPE", "ELEMENTS", "BYTES", "SPARSITY", "STORAGE",
-    ]);
-    if any_shared {
-        header.push("SHARED");
-    }
-    // ELEMENTS, BYTES and SPARSITY are right-aligned.
-    let numeric = |i: usize| (4..=6).contains(&i.wrapping_sub(usize::from(multifunction)));
-    let rows: Vec<Vec<String>> = report
-        .weights
-        .iter()
-        .map(|w| {
-            let consumer = match w.consumers.as_slice() {
-                [] => "-".to_owned(),
-                [c, rest @ ..] => {
-                    let more = if rest.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" +{}", rest.len())
-                    };
-                    format!("{} ({}.{}){more}", c.op, c.op_type, c.input)
-                }
-            };
-            let storage = if w.chain.len() > 1 {
-                w.chain.join(" → ")
-            } else {
-                w.storage.clone()
-            };
-            let mut cells = Vec::with_capacity(header.len());
-            if multifunction {
-                cells.push(w.function.clone());
-            }
-            cells.extend([
-                w.name.clone(),
-                consumer,
-                w.dtype.clone(),
-                format!("{:?}", w.shape),
-                w.elements.to_string(),
-                w.bytes.to_string(),
-                w.sparsity.map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
-                storage,
-            ]);
-            if any_shared {
-                cells.push(shared_cell(&w.shared_with, w.shared_with_count));
-            }
-            // Names and op types come from the input: no control character reaches the terminal.
-            cells
-                .into_iter()
-                .map(|cell| escape_control(&cell).into_owned())
-                .collect()
-        })
-        .collect();
+    let mut out = Vec::new();
+    write_table(report, &mut out).expect("writing to a Vec cannot fail");
+    String::from_utf8(out).expect("the table is built from strings")
+}
+
+/// [`render_table`], written to `out` a line at a time: the table is never held whole (a row's
+/// cells are made again for the second pass instead of being kept from the first).
+pub fn write_table(report: &InspectReport, out: &mut impl Write) -> std::io::Result<()> {
+    let columns = TableColumns::of(report);
+    let header: Vec<String> = columns.header().iter().map(|h| h.to_string()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
+    for w in &report.weights {
+        for (width, cell) in widths.iter_mut().zip(columns.cells(w)) {
+            *width = (*width).max(cell.chars().count().min(MAX_PADDED_WIDTH));
         }
     }
-    let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            let pad = w - cell.chars().count();
-            if numeric(i) {
-                s.push_str(&" ".repeat(pad));
-                s.push_str(cell);
+    let mut line = String::new();
+    columns.write_line(&header, &widths, &mut line, out)?;
+    for w in &report.weights {
+        columns.write_line(&columns.cells(w), &widths, &mut line, out)?;
+    }
+    out.write_all(total_line(report).as_bytes())
+}
+
+/// Which columns the table has.
+struct TableColumns {
+    multifunction: bool,
+    any_shared: bool,
+}
+
+impl TableColumns {
+    fn of(report: &InspectReport) -> Self {
+        TableColumns {
+            multifunction: report.functions.len() > 1,
+            any_shared: report.weights.iter().any(|w| !w.shared_with.is_empty()),
+        }
+    }
+
+    fn header(&self) -> Vec<&'static str> {
+        let mut header: Vec<&str> = Vec::new();
+        if self.multifunction {
+            header.push("FUNCTION");
+        }
+        header.extend([
+            "NAME", "CONSUMER", "DTYPE", "SHAPE", "ELEMENTS", "BYTES", "SPARSITY", "STORAGE",
+        ]);
+        if self.any_shared {
+            header.push("SHARED");
+        }
+        header
+    }
+
+    /// ELEMENTS, BYTES and SPARSITY are right-aligned.
+    fn numeric(&self, column: usize) -> bool {
+        (4..=6).contains(&column.wrapping_sub(usize::from(self.multifunction)))
+    }
+
+    /// The cells of row `w`, escaped for the terminal.
+    fn cells(&self, w: &WeightRow) -> Vec<String> {
+        let consumer = match w.consumers.as_slice() {
+            [] => "-".to_owned(),
+            [c, rest @ ..] => {
+                let more = if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!(" +{}", rest.len())
+                };
+                format!("{} ({}.{}){more}", c.op, c.op_type, c.input)
+            }
+        };
+        let storage = if w.chain.len() > 1 {
+            w.chain.join(" → ")
+        } else {
+            w.storage.clone()
+        };
+        let mut cells = Vec::with_capacity(10);
+        if self.multifunction {
+            cells.push(w.function.clone());
+        }
+        cells.extend([
+            w.name.clone(),
+            consumer,
+            w.dtype.clone(),
+            format!("{:?}", w.shape),
+            w.elements.to_string(),
+            w.bytes.to_string(),
+            w.sparsity.map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
+            storage,
+        ]);
+        if self.any_shared {
+            cells.push(shared_cell(&w.shared_with, w.shared_with_count));
+        }
+        // Names and op types come from the input: no control character reaches the terminal.
+        cells
+            .into_iter()
+            .map(|cell| escape_control(&cell).into_owned())
+            .collect()
+    }
+
+    /// Writes one line of `cells` padded to `widths`, built in `line` (reused between lines).
+    fn write_line(
+        &self,
+        cells: &[String],
+        widths: &[usize],
+        line: &mut String,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
+        line.clear();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            // A cell wider than its column (see MAX_PADDED_WIDTH) is not padded.
+            let pad = w.saturating_sub(cell.chars().count());
+            if self.numeric(i) {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
             } else {
-                s.push_str(cell);
+                line.push_str(cell);
                 if i + 1 < cells.len() {
-                    s.push_str(&" ".repeat(pad));
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             if i + 1 < cells.len() {
-                s.push_str("  ");
+                line.push_str("  ");
             }
         }
-        out.push_str(s.trim_end());
-        out.push('\n');
-    };
-    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
-    for r in &rows {
-        line(r);
+        out.write_all(line.trim_end().as_bytes())?;
+        out.write_all(b"\n")
     }
+}
+
+/// The table's last line: totals, spec version, opsets, and a multifunction model's functions.
+fn total_line(report: &InspectReport) -> String {
+    let multifunction = report.functions.len() > 1;
     let elements: u64 = report.weights.iter().map(|w| w.elements).sum();
     let bytes: u64 = report.weights.iter().map(|w| w.bytes).sum();
     let functions = if multifunction {
@@ -640,15 +689,14 @@ pub fn render_table(report: &InspectReport) -> String {
     } else {
         String::new()
     };
-    out.push_str(&format!(
+    format!(
         "total: {} weight tensors, {elements} elements, {bytes} bytes; spec version {}, opset {}, weight.bin {} bytes{}\n",
         report.weights.len(),
         report.spec_version,
         escape_control(&report.opsets.join(",")),
         report.weight_file_bytes,
         escape_control(&functions),
-    ));
-    out
+    )
 }
 
 /// The functions of the other rows sharing a blob with this one (`-` for none), the first few and

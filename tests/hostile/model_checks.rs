@@ -484,3 +484,36 @@ fn only_the_body_for_each_functions_opset_is_read_as_coremltools_reads_it() {
         ],
     );
 }
+
+/// A tensor name of 10,000 characters: every row of the table was padded to it (N rows, one such
+/// name: N × 10,000 bytes of spaces, built whole in memory). A column is padded to at most
+/// `MAX_PADDED_WIDTH` now; the long name extends only its own row.
+#[test]
+fn a_very_long_name_widens_only_its_own_row() {
+    let case = Case::linear();
+    let (weight, _) = first_blob_const(&case);
+    let long = "n".repeat(10_000);
+    edit_named_op(&case, &weight, |op| {
+        op.attributes
+            .set("name".into(), mlprune::mil::value::string_value(&long));
+    });
+    let o = cli_inspect(&case.input);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8(o.stdout).unwrap();
+    let (long_rows, others): (Vec<&str>, Vec<&str>) = table.lines().partition(|l| l.starts_with(&long));
+    assert_eq!(long_rows.len(), 1, "{table}");
+    assert!(long_rows[0].len() < long.len() + 200, "{}", long_rows[0].len());
+    let widest = mlprune::inspect::MAX_PADDED_WIDTH + 150;
+    assert!(
+        others.iter().all(|l| l.chars().count() < widest),
+        "rows padded past {widest} characters: {table}"
+    );
+    // The other rows stay aligned with the header: CONSUMER starts at the same column.
+    let column = others[0].find("CONSUMER").unwrap();
+    assert!(
+        others[1..others.len() - 1]
+            .iter()
+            .all(|l| l[..column].ends_with("  ") && !l[column..].starts_with(' ')),
+        "{table}"
+    );
+}
