@@ -4,20 +4,26 @@
 //! (uploads, read-backs, the host); a buffer-to-buffer copy measured in the same run gives the
 //! device's own bandwidth ceiling for the kernels' GB/s.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
 use crate::config::{from_shortcuts, OptimizationConfig, Shortcuts};
 use crate::dispatch::{same_bytes, Backend, CpuBackend, DevicePolicy, KernelResult, Order, TensorInput};
+use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::mil::graph::GraphView;
-use crate::mil::value::OperationExt;
+use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::Package;
-use crate::plan::{plan, Decision};
-use crate::weights::WeightSource;
+use crate::plan::{plan, Decision, PlannedTensor};
+use crate::proto::mil::{Program, Value};
+use crate::shared::check_shared_configs;
+use crate::weights::rebuild::op_values_mut;
+use crate::weights::source::{blob_value_meta, check_blob_file, in_tensor};
+use crate::weights::{TensorMeta, WeightSource};
 
 /// One tensor's measurement.
 #[derive(Debug, Clone)]
@@ -66,18 +72,23 @@ const MIN_COPY_BYTES: u64 = 64 << 20;
 
 pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<BenchReport> {
     config.validate()?;
+    // The model first, checked as prune checks it: a model prune refuses is refused here with the
+    // same error, before any device is opened (it used to bench nothing and exit 0).
+    let package = Package::open(input)?;
+    let model_path = package.model_path();
+    let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
+    let graph = GraphView::of_model(&mut model)?;
+    let planned = plan(&model.program, &graph, config)?;
+    check_shared_configs(&model.program, &graph, config, &planned)?;
+    let source = WeightSource::open(&package)?;
+    check_blobs(&model.program, &graph, &planned, &source)?;
     let ctx = GpuContext::new(DevicePolicy::Gpu)?
         .ok_or_else(|| Error::Gpu("bench: no Vulkan or Metal adapter found".into()))?;
     let adapter = ctx.describe();
     let timestamps = ctx.has_timestamps();
     let gpu = GpuBackend::new(ctx);
-    let package = Package::open(input)?;
-    let model_path = package.model_path();
-    let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
-    let graph = GraphView::of_model(&mut model)?;
-    let source = WeightSource::open(&package)?;
     let mut rows = Vec::new();
-    for p in plan(&model.program, &graph, config)? {
+    for p in planned {
         let Decision::Prune(op_config) = &p.decision else {
             continue;
         };
@@ -139,6 +150,85 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
         copy_gbps,
         copy_bytes,
     })
+}
+
+/// Checks every blob of the model as a prune run reads it, in program order, without reading
+/// data: a tensor prune prunes as `prune_const` maps it (errors name the tensor), every other
+/// blob as the output's copy checks it (errors name `op.param`; see
+/// [`crate::weights::WeightFileBuilder::copy_op_blobs`]).
+fn check_blobs(
+    program: &Program,
+    graph: &GraphView,
+    planned: &[PlannedTensor],
+    source: &WeightSource,
+) -> Result<()> {
+    let pruned: HashSet<usize> = planned
+        .iter()
+        .filter(|p| matches!(p.decision, Decision::Prune(_)))
+        .map(|p| p.op_index)
+        .collect();
+    // Blob offsets already checked, with the type they were read as.
+    let mut seen: HashMap<u64, (ScalarType, u64)> = HashMap::new();
+    for (index, info) in graph.infos() {
+        let Some(mut op) = graph.op(program, index) else {
+            continue;
+        };
+        if pruned.contains(&index) {
+            let value = op
+                .const_value()
+                .ok_or_else(|| Error::tensor(info.name, "const op without a value or an output"))?;
+            check_blob(info.name, value, source, &mut seen)?;
+            continue;
+        }
+        for (param, value) in op_values_mut(&mut op) {
+            if value.blob_offset().is_some() {
+                let tensor = format!("{}.{param}", info.name);
+                blob_value_meta(&tensor, value)?;
+                check_blob(&tensor, value, source, &mut seen)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks one blob-backed value named `tensor`: its file, its type, and its record in weight.bin
+/// (a blob read by several values must be read as one type by all).
+fn check_blob(
+    tensor: &str,
+    value: &Value,
+    source: &WeightSource,
+    seen: &mut HashMap<u64, (ScalarType, u64)>,
+) -> Result<()> {
+    let Some(offset) = value.blob_offset() else {
+        return Ok(());
+    };
+    check_blob_file(tensor, value)?;
+    let meta = TensorMeta::of(value)
+        .ok_or_else(|| Error::tensor(tensor, "is not a numeric tensor with a known shape"))?;
+    match seen.get(&offset) {
+        Some(&(dtype, count)) if (dtype, count) == (meta.dtype, meta.count) => Ok(()),
+        Some(&(dtype, count)) => Err(Error::tensor(
+            tensor,
+            format!(
+                "declares {} {} elements, but the weight.bin blob at offset {offset} it shares \
+                 with another value holds {count} {dtype} elements",
+                meta.count, meta.dtype
+            ),
+        )),
+        None => {
+            let reader = source.blob_reader().ok_or_else(|| {
+                Error::tensor(
+                    tensor,
+                    format!("refers to weight.bin offset {offset} but the package has no weight.bin"),
+                )
+            })?;
+            reader
+                .data_range(offset, meta.dtype, meta.count)
+                .map_err(|e| in_tensor(tensor, e))?;
+            seen.insert(offset, (meta.dtype, meta.count));
+            Ok(())
+        }
+    }
 }
 
 fn gbps(bytes: u64, s: f64) -> f64 {

@@ -304,12 +304,12 @@ pub fn execute(cli: Cli) -> Result<()> {
             for notice in &report.notices {
                 write_stderr(&format!("mlprune: {}\n", escape_control(notice)));
             }
-            let text = if json {
-                inspect::render_json(&report)?
+            if json {
+                print_stdout(&inspect::render_json(&report)?)
             } else {
-                inspect::render_table(&report)
-            };
-            print_stdout(&text)
+                // Streamed: a table of many long rows is never held whole.
+                write_stdout(|out| inspect::write_table(&report, out))
+            }
         }
         Command::Generate(args) => {
             let spec = args.to_spec()?;
@@ -368,8 +368,15 @@ fn human_summary(s: &PruneSummary, job: &PruneJob) -> String {
 
 /// Writes to stdout, treating a closed pipe (`mlprune inspect m | head`) as success.
 fn print_stdout(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    write_stdout(|out| out.write_all(text.as_bytes()))
+}
+
+/// Runs `write` on buffered stdout and flushes it, treating a closed pipe as success.
+fn write_stdout(
+    write: impl FnOnce(&mut std::io::BufWriter<std::io::StdoutLock<'static>>) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match write(&mut out).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.at("<stdout>"),
     }

@@ -5,8 +5,10 @@
 //! `constexpr_lut_to_dense`, or `constexpr_sparse_to_dense` fed by a joint-compression op). Consts
 //! that only feed constexpr ops are part of that chain's row, not rows of their own.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -14,7 +16,7 @@ use crate::dtype::ScalarType;
 use crate::error::{escape_control, Error, Result};
 use crate::mil::entries::Entries;
 use crate::mil::graph::GraphView;
-use crate::mil::value::{OperationExt, ValueExt};
+use crate::mil::value::{is_constexpr_type, OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::Package;
 use crate::proto::mil::{argument::binding::Binding, Operation, Program};
@@ -45,8 +47,9 @@ pub struct WeightRow {
     pub sparsity: Option<f64>,
     /// The producing op type: `const`, `constexpr_sparse_to_dense`, ...
     pub storage: String,
-    /// The constexpr ops that produce the tensor, innermost first (empty for a plain const).
-    pub chain: Vec<String>,
+    /// The constexpr ops that produce the tensor, innermost first (empty for a plain const). Rows
+    /// whose chains pass through the same ops share these strings.
+    pub chain: Vec<Arc<str>>,
     /// The `weight.bin` offsets of this row's blobs that other rows store too (the same weight in
     /// several functions of a multifunction model): rows listing an offset share that blob.
     pub shared_offsets: Vec<u64>,
@@ -76,6 +79,13 @@ pub struct InspectReport {
     /// leaves them out).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
+    /// Ops the walks of constexpr rows stepped into, counting an op once per row that reaches it:
+    /// linear in the rows' chains (tests check this; it is not printed).
+    #[serde(skip)]
+    pub chain_steps: u64,
+    /// Ops those walks decoded: each at most once, however many rows reach it.
+    #[serde(skip)]
+    pub chain_reads: u64,
 }
 
 /// Reads a package and lists its weight tensors. Every blob a row needs is read and validated.
@@ -89,6 +99,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
     let mut weights = Vec::new();
     // The weight.bin offsets each row stores, parallel to `weights`.
     let mut row_blobs: Vec<Vec<u64>> = Vec::new();
+    let mut chains = ChainWalker::new(&model.program, &graph);
     for (index, info) in graph.infos() {
         let Some(mut op) = graph.op(&model.program, index) else {
             continue;
@@ -151,9 +162,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
             }) else {
                 continue;
             };
-            let mut walk = ChainWalk::default();
-            let bytes = walk.bytes(&model.program, &graph, index);
-            let chain = walk.chain;
+            let walk = chains.walk(index);
             blobs = walk.blobs;
             let sparsity = sparse_mask_share(&op, &meta, &source, info.name)?;
             WeightRow {
@@ -162,11 +171,11 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
                 consumers,
                 dtype: meta.dtype.to_string(),
                 elements: meta.count,
-                bytes,
+                bytes: walk.bytes,
                 sparsity,
                 shape: meta.shape,
                 storage: op.r#type.clone(),
-                chain,
+                chain: walk.chain,
                 shared_offsets: vec![],
                 shared_with: vec![],
                 shared_with_count: 0,
@@ -178,6 +187,7 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
         row_blobs.push(blobs);
     }
     mark_shared(&mut weights, &row_blobs);
+    let (chain_steps, chain_reads) = (chains.steps, chains.reads);
     let mut opsets: Vec<String> = model
         .program
         .functions
@@ -200,6 +210,8 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
         weight_file_bytes,
         weights,
         notices: std::mem::take(&mut model.notices),
+        chain_steps,
+        chain_reads,
     })
 }
 
@@ -273,64 +285,150 @@ fn mark_shared(rows: &mut [WeightRow], row_blobs: &[Vec<u64>]) {
     }
 }
 
-/// A walk over a constexpr op and everything feeding it: stored bytes, op types innermost first,
-/// and the `weight.bin` offsets read.
-#[derive(Default)]
-struct ChainWalk {
-    chain: Vec<String>,
+/// What one op adds to every walk that reaches it: read once, however many rows' chains pass
+/// through it (K rows reading the end of one chain of D ops walk it K times).
+struct OpPart {
+    /// Bytes of the tensors it holds inline (attributes but `name`, inputs bound to values).
+    bytes: u64,
+    /// The `weight.bin` offsets of those tensors, attributes first.
     blobs: Vec<u64>,
-    /// The ops already counted: a joint op feeds both inputs of the op after it.
-    visited: Vec<usize>,
+    /// The const and constexpr ops producing its named inputs, by input name, each once.
+    children: Vec<usize>,
+    /// Its op type when it is a constexpr op (one link of the chain).
+    constexpr_type: Option<Arc<str>>,
 }
 
-impl ChainWalk {
-    fn bytes(&mut self, program: &Program, graph: &GraphView, index: usize) -> u64 {
-        if self.visited.contains(&index) {
-            return 0;
+/// The stored bytes, op types innermost first, and `weight.bin` offsets of a constexpr op and
+/// everything feeding it.
+#[derive(Default)]
+struct ChainTotals {
+    bytes: u64,
+    chain: Vec<Arc<str>>,
+    blobs: Vec<u64>,
+}
+
+/// Walks the ops feeding constexpr rows without recursion (a chain of 20,000 ops overflowed the
+/// stack) and in time linear in the ops each walk reaches: each op is decoded once for all walks,
+/// and an op already counted in this walk is found by a stamp, not by scanning a list.
+struct ChainWalker<'a> {
+    program: &'a Program,
+    graph: &'a GraphView,
+    parts: HashMap<usize, OpPart>,
+    /// Per op, the number of the last walk that counted it (a joint op feeds both inputs of the op
+    /// after it, and counts once).
+    stamps: Vec<u32>,
+    walk: u32,
+    /// See [`InspectReport::chain_steps`] and [`InspectReport::chain_reads`].
+    steps: u64,
+    reads: u64,
+}
+
+impl<'a> ChainWalker<'a> {
+    fn new(program: &'a Program, graph: &'a GraphView) -> Self {
+        ChainWalker {
+            program,
+            graph,
+            parts: HashMap::new(),
+            stamps: Vec::new(),
+            walk: 0,
+            steps: 0,
+            reads: 0,
         }
-        self.visited.push(index);
-        let info = graph.info(index);
-        let Some(op) = graph.op(program, index) else {
-            return 0;
-        };
-        let mut total = 0u64;
-        let blobs = &mut self.blobs;
-        let mut inline = |v: &crate::proto::mil::Value| {
-            if let Some(b) = TensorMeta::of(v).and_then(|m| m.storage_bytes()) {
-                total = total.saturating_add(b);
-            }
-            blobs.extend(v.blob_offset());
-        };
-        for (name, v) in op.attributes.pairs() {
-            if name != "name" {
-                inline(v);
-            }
-        }
-        let mut named = Vec::new();
-        for (_, arg) in op.inputs.pairs() {
-            for b in &arg.arguments {
-                match &b.binding {
-                    Some(Binding::Value(v)) => inline(v),
-                    Some(Binding::Name(n)) => named.push(n.clone()),
-                    None => {}
-                }
-            }
-        }
-        named.sort();
-        named.dedup();
-        for n in named {
-            if let Some(p) = graph.producer(&info.path.function, &n) {
-                let producer = graph.info(p);
-                if producer.op_type == "const" || producer.op_type.starts_with("constexpr_") {
-                    total = total.saturating_add(self.bytes(program, graph, p));
-                }
-            }
-        }
-        if op.is_constexpr() {
-            self.chain.push(op.r#type.clone());
-        }
-        total
     }
+
+    /// Depth first from `root`, children in input-name order: an op's blobs are listed before
+    /// those of the ops feeding it, its type after theirs (innermost first).
+    fn walk(&mut self, root: usize) -> ChainTotals {
+        self.walk += 1;
+        if self.stamps.is_empty() {
+            self.stamps = vec![0; self.graph.op_count()];
+        }
+        let mut totals = ChainTotals::default();
+        // (op, how many of its children were entered)
+        let mut stack: Vec<(usize, usize)> = Vec::new();
+        if self.enter(root, &mut totals) {
+            stack.push((root, 0));
+        }
+        while let Some((op, next)) = stack.last_mut() {
+            let part = &self.parts[op];
+            if let Some(&child) = part.children.get(*next) {
+                *next += 1;
+                if self.enter(child, &mut totals) {
+                    stack.push((child, 0));
+                }
+            } else {
+                totals.chain.extend(part.constexpr_type.clone());
+                stack.pop();
+            }
+        }
+        totals
+    }
+
+    /// Counts op `index` into `totals` unless this walk counted it already; whether it did now.
+    fn enter(&mut self, index: usize, totals: &mut ChainTotals) -> bool {
+        if self.stamps[index] == self.walk {
+            return false;
+        }
+        self.stamps[index] = self.walk;
+        self.steps += 1;
+        let (program, graph, reads) = (self.program, self.graph, &mut self.reads);
+        let part = self.parts.entry(index).or_insert_with(|| {
+            *reads += 1;
+            op_part(program, graph, index)
+        });
+        totals.bytes = totals.bytes.saturating_add(part.bytes);
+        totals.blobs.extend_from_slice(&part.blobs);
+        true
+    }
+}
+
+/// Reads what op `index` adds to a walk (nothing for an op that cannot be read).
+fn op_part(program: &Program, graph: &GraphView, index: usize) -> OpPart {
+    let mut part = OpPart {
+        bytes: 0,
+        blobs: Vec::new(),
+        children: Vec::new(),
+        constexpr_type: None,
+    };
+    let Some(op) = graph.op(program, index) else {
+        return part;
+    };
+    let mut inline = |v: &crate::proto::mil::Value| {
+        if let Some(b) = TensorMeta::of(v).and_then(|m| m.storage_bytes()) {
+            part.bytes = part.bytes.saturating_add(b);
+        }
+        part.blobs.extend(v.blob_offset());
+    };
+    for (name, v) in op.attributes.pairs() {
+        if name != "name" {
+            inline(v);
+        }
+    }
+    let mut named = Vec::new();
+    for (_, arg) in op.inputs.pairs() {
+        for b in &arg.arguments {
+            match &b.binding {
+                Some(Binding::Value(v)) => inline(v),
+                Some(Binding::Name(n)) => named.push(n.as_str()),
+                None => {}
+            }
+        }
+    }
+    named.sort_unstable();
+    named.dedup();
+    let function = &graph.info(index).path.function;
+    part.children = named
+        .into_iter()
+        .filter_map(|n| graph.producer(function, n))
+        .filter(|&p| {
+            let t = graph.op_type(p);
+            t == "const" || is_constexpr_type(t)
+        })
+        .collect();
+    if op.is_constexpr() {
+        part.constexpr_type = Some(op.r#type.as_str().into());
+    }
+    part
 }
 
 /// The value of parameter `param` when the op holds it inline: an attribute (iOS16 serialization)
@@ -436,99 +534,147 @@ pub fn render_json(report: &InspectReport) -> Result<String> {
     Ok(out)
 }
 
+/// The widest a column is padded to. Names come from the input: one name of 100,000 characters
+/// padded every row of a 10,000-row table to it (1 GB of output). A longer cell extends its own
+/// row and leaves the others aligned.
+pub const MAX_PADDED_WIDTH: usize = 48;
+
 /// The human table: one row per tensor, then the total line. A multifunction model gets a
 /// FUNCTION column in front, and a SHARED column (the functions of the other rows that store the
 /// same blob, `-` for none) is added when any row shares a blob.
 pub fn render_table(report: &InspectReport) -> String {
-    let multifunction = report.functions.len() > 1;
-    let any_shared = report.weights.iter().any(|w| !w.shared_with.is_empty());
-    let mut header: Vec<&str> = Vec::new();
-    if multifunction {
-        header.push("FUNCTION");
-    }
-    header.extend([
-        "NAME", "CONSUMER", "DTYPE", "SHAPE", "ELEMENTS", "BYTES", "SPARSITY", "STORAGE",
-    ]);
-    if any_shared {
-        header.push("SHARED");
-    }
-    // ELEMENTS, BYTES and SPARSITY are right-aligned.
-    let numeric = |i: usize| (4..=6).contains(&i.wrapping_sub(usize::from(multifunction)));
-    let rows: Vec<Vec<String>> = report
-        .weights
-        .iter()
-        .map(|w| {
-            let consumer = match w.consumers.as_slice() {
-                [] => "-".to_owned(),
-                [c, rest @ ..] => {
-                    let more = if rest.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" +{}", rest.len())
-                    };
-                    format!("{} ({}.{}){more}", c.op, c.op_type, c.input)
-                }
-            };
-            let storage = if w.chain.len() > 1 {
-                w.chain.join(" → ")
-            } else {
-                w.storage.clone()
-            };
-            let mut cells = Vec::with_capacity(header.len());
-            if multifunction {
-                cells.push(w.function.clone());
-            }
-            cells.extend([
-                w.name.clone(),
-                consumer,
-                w.dtype.clone(),
-                format!("{:?}", w.shape),
-                w.elements.to_string(),
-                w.bytes.to_string(),
-                w.sparsity.map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
-                storage,
-            ]);
-            if any_shared {
-                cells.push(shared_cell(&w.shared_with, w.shared_with_count));
-            }
-            // Names and op types come from the input: no control character reaches the terminal.
-            cells
-                .into_iter()
-                .map(|cell| escape_control(&cell).into_owned())
-                .collect()
-        })
-        .collect();
+    let mut out = Vec::new();
+    write_table(report, &mut out).expect("writing to a Vec cannot fail");
+    String::from_utf8(out).expect("the table is built from strings")
+}
+
+/// [`render_table`], written to `out` a line at a time: the table is never held whole (a row's
+/// cells are made again for the second pass instead of being kept from the first).
+pub fn write_table(report: &InspectReport, out: &mut impl Write) -> std::io::Result<()> {
+    let columns = TableColumns::of(report);
+    let header: Vec<String> = columns.header().iter().map(|h| h.to_string()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
+    for w in &report.weights {
+        for (width, cell) in widths.iter_mut().zip(columns.cells(w)) {
+            *width = (*width).max(cell.chars().count().min(MAX_PADDED_WIDTH));
         }
     }
-    let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            let pad = w - cell.chars().count();
-            if numeric(i) {
-                s.push_str(&" ".repeat(pad));
-                s.push_str(cell);
+    let mut line = String::new();
+    columns.write_line(&header, &widths, &mut line, out)?;
+    for w in &report.weights {
+        columns.write_line(&columns.cells(w), &widths, &mut line, out)?;
+    }
+    out.write_all(total_line(report).as_bytes())
+}
+
+/// Which columns the table has.
+struct TableColumns {
+    multifunction: bool,
+    any_shared: bool,
+}
+
+impl TableColumns {
+    fn of(report: &InspectReport) -> Self {
+        TableColumns {
+            multifunction: report.functions.len() > 1,
+            any_shared: report.weights.iter().any(|w| !w.shared_with.is_empty()),
+        }
+    }
+
+    fn header(&self) -> Vec<&'static str> {
+        let mut header: Vec<&str> = Vec::new();
+        if self.multifunction {
+            header.push("FUNCTION");
+        }
+        header.extend([
+            "NAME", "CONSUMER", "DTYPE", "SHAPE", "ELEMENTS", "BYTES", "SPARSITY", "STORAGE",
+        ]);
+        if self.any_shared {
+            header.push("SHARED");
+        }
+        header
+    }
+
+    /// ELEMENTS, BYTES and SPARSITY are right-aligned.
+    fn numeric(&self, column: usize) -> bool {
+        (4..=6).contains(&column.wrapping_sub(usize::from(self.multifunction)))
+    }
+
+    /// The cells of row `w`, escaped for the terminal.
+    fn cells(&self, w: &WeightRow) -> Vec<String> {
+        let consumer = match w.consumers.as_slice() {
+            [] => "-".to_owned(),
+            [c, rest @ ..] => {
+                let more = if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!(" +{}", rest.len())
+                };
+                format!("{} ({}.{}){more}", c.op, c.op_type, c.input)
+            }
+        };
+        let storage = if w.chain.len() > 1 {
+            w.chain.join(" → ")
+        } else {
+            w.storage.clone()
+        };
+        let mut cells = Vec::with_capacity(10);
+        if self.multifunction {
+            cells.push(w.function.clone());
+        }
+        cells.extend([
+            w.name.clone(),
+            consumer,
+            w.dtype.clone(),
+            format!("{:?}", w.shape),
+            w.elements.to_string(),
+            w.bytes.to_string(),
+            w.sparsity.map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
+            storage,
+        ]);
+        if self.any_shared {
+            cells.push(shared_cell(&w.shared_with, w.shared_with_count));
+        }
+        // Names and op types come from the input: no control character reaches the terminal.
+        cells
+            .into_iter()
+            .map(|cell| escape_control(&cell).into_owned())
+            .collect()
+    }
+
+    /// Writes one line of `cells` padded to `widths`, built in `line` (reused between lines).
+    fn write_line(
+        &self,
+        cells: &[String],
+        widths: &[usize],
+        line: &mut String,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
+        line.clear();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            // A cell wider than its column (see MAX_PADDED_WIDTH) is not padded.
+            let pad = w.saturating_sub(cell.chars().count());
+            if self.numeric(i) {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
             } else {
-                s.push_str(cell);
+                line.push_str(cell);
                 if i + 1 < cells.len() {
-                    s.push_str(&" ".repeat(pad));
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             if i + 1 < cells.len() {
-                s.push_str("  ");
+                line.push_str("  ");
             }
         }
-        out.push_str(s.trim_end());
-        out.push('\n');
-    };
-    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
-    for r in &rows {
-        line(r);
+        out.write_all(line.trim_end().as_bytes())?;
+        out.write_all(b"\n")
     }
+}
+
+/// The table's last line: totals, spec version, opsets, and a multifunction model's functions.
+fn total_line(report: &InspectReport) -> String {
+    let multifunction = report.functions.len() > 1;
     let elements: u64 = report.weights.iter().map(|w| w.elements).sum();
     let bytes: u64 = report.weights.iter().map(|w| w.bytes).sum();
     let functions = if multifunction {
@@ -543,15 +689,14 @@ pub fn render_table(report: &InspectReport) -> String {
     } else {
         String::new()
     };
-    out.push_str(&format!(
+    format!(
         "total: {} weight tensors, {elements} elements, {bytes} bytes; spec version {}, opset {}, weight.bin {} bytes{}\n",
         report.weights.len(),
         report.spec_version,
         escape_control(&report.opsets.join(",")),
         report.weight_file_bytes,
         escape_control(&functions),
-    ));
-    out
+    )
 }
 
 /// The functions of the other rows sharing a blob with this one (`-` for none), the first few and

@@ -17,7 +17,7 @@ use crate::config::{resolve_op, weight_threshold_of, OptimizationConfig, Resolut
 use crate::error::{Error, Result};
 use crate::mil::graph::GraphView;
 use crate::mil::value::{element_count, is_constexpr_type, TensorTypeExt};
-use crate::plan::{consumer_views, share_decisions, storable, Decision};
+use crate::plan::{consumer_views, share_decisions, storable, ChainEnds, Decision};
 use crate::proto::mil::{value_type, Program};
 use crate::weights::TensorMeta;
 
@@ -55,6 +55,7 @@ pub fn plan_joint(
     // Only declared types are read here; no weights are needed.
     let ctx = Context::types_only(program, graph);
     let mut planned = Vec::new();
+    let mut ends = ChainEnds::default();
     for (index, info) in graph.infos() {
         if info.op_type != SHIFT_SCALE && info.op_type != LUT_TO_DENSE {
             continue;
@@ -73,7 +74,7 @@ pub fn plan_joint(
         let dtype = dense_dtype(&ctx, index)?;
         let meta = TensorMeta { dtype, shape, count };
         let decision = if storable(&meta) {
-            decide(graph, config, index, &meta)?
+            decide(graph, config, index, &meta, &mut ends)?
         } else {
             Decision::Skip(
                 format!(
@@ -96,24 +97,17 @@ pub fn plan_joint(
     Ok(planned)
 }
 
-fn decide(
+fn decide<'c>(
     graph: &GraphView,
-    config: &OptimizationConfig,
+    config: &'c OptimizationConfig,
     index: usize,
     meta: &TensorMeta,
+    ends: &mut ChainEnds<'c>,
 ) -> Result<Decision> {
     let info = graph.info(index);
     // `_get_const_op_config` on the constexpr op itself, following all-constexpr consumers.
-    let mut resolution = resolve_op(config, info.name, info.op_type, &consumer_views(graph, index))?;
-    let mut current = index;
-    while let Resolution::FollowConstexpr { .. } = resolution {
-        let Some(&(next, _)) = graph.consumers(current).first() else {
-            break;
-        };
-        let op = graph.info(next);
-        resolution = resolve_op(config, op.name, op.op_type, &consumer_views(graph, next))?;
-        current = next;
-    }
+    let resolution = resolve_op(config, info.name, info.op_type, &consumer_views(graph, index))?;
+    let resolution = ends.follow(graph, config, resolution, index)?;
     let op_config = match resolution {
         Resolution::Config(c) => c.clone(),
         Resolution::Skip(reason) => return Ok(Decision::Skip(reason.to_string().into())),

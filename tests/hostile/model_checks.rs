@@ -484,3 +484,82 @@ fn only_the_body_for_each_functions_opset_is_read_as_coremltools_reads_it() {
         ],
     );
 }
+
+/// A tensor name of 10,000 characters: every row of the table was padded to it (N rows, one such
+/// name: N × 10,000 bytes of spaces, built whole in memory). A column is padded to at most
+/// `MAX_PADDED_WIDTH` now; the long name extends only its own row.
+#[test]
+fn a_very_long_name_widens_only_its_own_row() {
+    let case = Case::linear();
+    let (weight, _) = first_blob_const(&case);
+    let long = "n".repeat(10_000);
+    edit_named_op(&case, &weight, |op| {
+        op.attributes
+            .set("name".into(), mlprune::mil::value::string_value(&long));
+    });
+    let o = cli_inspect(&case.input);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8(o.stdout).unwrap();
+    let (long_rows, others): (Vec<&str>, Vec<&str>) = table.lines().partition(|l| l.starts_with(&long));
+    assert_eq!(long_rows.len(), 1, "{table}");
+    assert!(long_rows[0].len() < long.len() + 200, "{}", long_rows[0].len());
+    let widest = mlprune::inspect::MAX_PADDED_WIDTH + 150;
+    assert!(
+        others.iter().all(|l| l.chars().count() < widest),
+        "rows padded past {widest} characters: {table}"
+    );
+    // The other rows stay aligned with the header: CONSUMER starts at the same column.
+    let column = others[0].find("CONSUMER").unwrap();
+    assert!(
+        others[1..others.len() - 1]
+            .iter()
+            .all(|l| l[..column].ends_with("  ") && !l[column..].starts_with(' ')),
+        "{table}"
+    );
+}
+
+/// `bench` benched only the tensors the plan prunes, so a model whose other consts prune refuses
+/// (dims overflowing, a 0 dim, rank ≠ number of dims, an unknown dtype) printed an empty table and
+/// exited 0. It now checks every blob as prune does, before opening a device, and fails with
+/// prune's line and exit code.
+#[test]
+fn bench_refuses_what_prune_refuses() {
+    type Edit = fn(&mut mlprune::proto::mil::TensorType);
+    let edits: [Edit; 4] = [
+        |t| t.dimensions.iter_mut().for_each(|d| *d = constant(1 << 32)),
+        |t| t.dimensions[0] = constant(0),
+        |t| t.rank = 3,
+        |t| t.data_type = 9999,
+    ];
+    for edit in edits {
+        let case = Case::linear();
+        let (weight, _) = first_blob_const(&case);
+        edit_named_op(&case, &weight, |op| {
+            edit(tensor_type(&mut op.outputs[0].r#type));
+            let val = op.attributes.iter_mut().find(|e| e.key == "val").unwrap();
+            edit(tensor_type(&mut val.value.as_mut().unwrap().r#type));
+        });
+        let output = case.output();
+        let prune = cli(&[
+            "prune".as_ref(),
+            case.input.as_os_str(),
+            output.as_os_str(),
+            "--sparsity".as_ref(),
+            "0.5".as_ref(),
+        ]);
+        let bench = cli(&[
+            "bench".as_ref(),
+            case.input.as_os_str(),
+            "--runs".as_ref(),
+            "1".as_ref(),
+        ]);
+        let code = prune.status.code().unwrap();
+        assert_ne!(code, 0, "prune refuses it");
+        assert_cli_error(&bench, code, &[&weight]);
+        assert_eq!(
+            String::from_utf8_lossy(&bench.stderr),
+            String::from_utf8_lossy(&prune.stderr)
+        );
+        assert!(bench.stdout.is_empty(), "no table");
+    }
+}

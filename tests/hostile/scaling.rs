@@ -192,3 +192,162 @@ fn weights_in_a_nested_block_are_pruned_like_top_level_ones() {
         .collect();
     assert_eq!(inner, ops(&flat_out));
 }
+
+/// Builders for constexpr chains put in front of the linear fixture's ops (nothing else reads
+/// them): the shapes of model the walks along such chains are measured on.
+mod chains {
+    use std::collections::BTreeMap;
+
+    use mlprune::dtype::ScalarType;
+    use mlprune::mil::build::{bind_name, const_op, op};
+    use mlprune::mil::value::{immediate_value, tensor_value_type};
+    use mlprune::proto::mil::{Argument, Operation};
+    use mlprune::tensor::TensorData;
+
+    #[allow(unused_imports)]
+    use crate::*;
+
+    /// A 4×4 fp16 const of ones (32 bytes stored).
+    pub fn ones(name: &str) -> Operation {
+        let ones = TensorData::F16(vec![half::f16::ONE; 16]);
+        const_op(name, immediate_value(&ones, &[4, 4]))
+    }
+
+    /// A `constexpr_sparse_to_dense` named `name` (as its output) reading `inputs`, each bound to
+    /// its list of names.
+    pub fn sparse(name: &str, inputs: &[(&str, Vec<String>)]) -> Operation {
+        let inputs = inputs
+            .iter()
+            .map(|(param, names)| {
+                let arguments = names.iter().flat_map(|n| bind_name(n).arguments).collect();
+                (param.to_string(), Argument { arguments })
+            })
+            .collect();
+        let ty = tensor_value_type(ScalarType::Float16, &[4, 4]);
+        op(
+            "constexpr_sparse_to_dense",
+            name,
+            inputs,
+            BTreeMap::new(),
+            vec![(name.to_owned(), ty)],
+        )
+    }
+
+    /// `c0` and the chain `c1..=c<depth>`, each `c<i>` reading `c<i-1>` as `x` (and `k<i>` as `y`
+    /// where `with_consts` adds those consts).
+    pub fn chain(depth: usize, with_consts: bool) -> Vec<Operation> {
+        let mut ops = vec![ones("c0")];
+        for i in 1..=depth {
+            let mut inputs = vec![("x", vec![format!("c{}", i - 1)])];
+            if with_consts {
+                ops.push(ones(&format!("k{i}")));
+                inputs.push(("y", vec![format!("k{i}")]));
+            }
+            ops.push(sparse(&format!("c{i}"), &inputs));
+        }
+        ops
+    }
+
+    /// The linear fixture with `ops` in front of its main function's ops.
+    pub fn in_front(ops: Vec<Operation>) -> Case {
+        let case = Case::linear();
+        case.edit_program(|p| {
+            let function = p.functions.get_mut("main").unwrap();
+            let block = function.block_specializations.get_mut(&function.opset).unwrap();
+            let ops = mlprune::mil::ops::encode_ops(ops);
+            block.operations.splice(0..0, ops);
+        });
+        case
+    }
+
+    /// The program of the case's input.
+    pub fn program(case: &Case) -> Program {
+        let bytes = std::fs::read(case.file("model.mlmodel")).unwrap();
+        match Model::decode(bytes.as_slice()).unwrap().r#type {
+            Some(Type::MlProgram(program)) => program,
+            _ => panic!("an ML Program"),
+        }
+    }
+}
+
+/// A chain of 20,000 `constexpr_sparse_to_dense` ops, each reading the one before: inspect walked
+/// it recursively, one stack frame per op, and aborted ("has overflowed its stack", exit 134). The
+/// walk is a loop now, and the chain is one row.
+#[test]
+fn inspect_walks_a_chain_of_20000_constexpr_ops() {
+    const DEPTH: usize = 20_000;
+    let case = chains::in_front(chains::chain(DEPTH, false));
+    let o = cli_inspect(&case.input);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {stderr}", o.status);
+    let report = mlprune::inspect::inspect(&case.input).unwrap();
+    let row = report.weights.iter().find(|w| w.name == "c20000").unwrap();
+    assert_eq!(row.chain.len(), DEPTH);
+    assert_eq!(row.bytes, 32, "c0 is the only tensor stored");
+    assert_eq!(report.chain_reads, DEPTH as u64 + 1);
+}
+
+/// K constexpr rows all reading the end of one chain of D constexpr ops: every row walked the
+/// whole chain again, decoding each op and scanning a list of the ops it had visited (D = K =
+/// 2,000 took 33 s). Each op is read once for all rows now, and a walk steps once into each op it
+/// reaches. One constexpr op reading N consts through one list input is one step per const.
+#[test]
+fn inspect_reads_each_chain_op_once_for_all_rows() {
+    const DEPTH: usize = 300;
+    const ROWS: usize = 300;
+    let mut ops = chains::chain(DEPTH, false);
+    let end = format!("c{DEPTH}");
+    ops.extend((0..ROWS).map(|r| chains::sparse(&format!("r{r}"), &[("x", vec![end.clone()])])));
+    let report = mlprune::inspect::inspect(&chains::in_front(ops).input).unwrap();
+    let rows: Vec<_> = report
+        .weights
+        .iter()
+        .filter(|w| w.name.starts_with('r'))
+        .collect();
+    assert_eq!(rows.len(), ROWS);
+    assert!(rows.iter().all(|w| w.chain.len() == DEPTH + 1 && w.bytes == 32));
+    // Each row: itself, the D chain ops and c0.
+    assert_eq!(report.chain_steps, (ROWS * (DEPTH + 2)) as u64);
+    assert_eq!(report.chain_reads, (ROWS + DEPTH + 1) as u64);
+
+    const FAN_IN: usize = 20_000;
+    let names: Vec<String> = (0..FAN_IN).map(|i| format!("f{i}")).collect();
+    let mut ops: Vec<_> = names.iter().map(|n| chains::ones(n)).collect();
+    ops.push(chains::sparse("top", &[("x", names)]));
+    let report = mlprune::inspect::inspect(&chains::in_front(ops).input).unwrap();
+    let top = report.weights.iter().find(|w| w.name == "top").unwrap();
+    assert_eq!(top.bytes, 32 * FAN_IN as u64);
+    assert_eq!(report.chain_steps, FAN_IN as u64 + 1);
+}
+
+/// A chain of D constexpr ops where each op `c<i>` also reads its own const `k<i>`: resolving each
+/// `k<i>`'s config followed the chain from `c<i>` to its end, D²/2 steps (D = 20,000 took 74 s).
+/// Where each op's chain ends is remembered, so each chain op is resolved once; the decisions and
+/// the output are those of a prune that stops resolving nowhere.
+#[test]
+fn planning_resolves_each_chain_op_once() {
+    const DEPTH: usize = 2_000;
+    let case = chains::in_front(chains::chain(DEPTH, true));
+    let program = chains::program(&case);
+    let graph = mlprune::mil::GraphView::build(&program).unwrap();
+    let config = prune_job(&case.input, &case.output(), false).config;
+    let (planned, steps) = mlprune::plan::plan_counted(&program, &graph, &config).unwrap();
+    assert!(
+        steps <= DEPTH as u64,
+        "{steps} chain steps for a chain of {DEPTH}"
+    );
+    let feeding: Vec<_> = planned
+        .iter()
+        .filter(|p| graph.name(p.op_index).starts_with(['c', 'k']))
+        .collect();
+    assert_eq!(feeding.len(), DEPTH + 1, "c0 and every k<i>");
+    // The chain's last op has no consumer: every lookup ends there, as for a block output.
+    assert!(
+        feeding.iter().all(|p| matches!(&p.decision,
+        mlprune::plan::Decision::Skip(r) if r.contains("block output"))),
+        "{:?}",
+        feeding[0].decision
+    );
+    let o = cli_prune(&case.input, &case.output(), &["--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
