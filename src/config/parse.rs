@@ -245,6 +245,9 @@ enum Entry {
     Foreign(String),
 }
 
+/// Most characters of the list of extra field names a message shows.
+const EXTRA_LIST_CHARS: usize = 1024;
+
 /// Looks up one field of an entry's mapping by name.
 fn field<'a>(fields: &'a [(Py, Py)], name: &str) -> Option<&'a Py> {
     fields
@@ -274,7 +277,15 @@ fn structure(class: &str, fields: &[(Py, Py)], known: &[&str]) -> Result<OpConfi
         } else {
             Err(err(format!(
                 "Extra fields in constructor for {class}: {}",
-                extra.join(", ")
+                // Each name cut, and the list too: one line of bounded length.
+                pyfmt::clip_at(
+                    &extra
+                        .iter()
+                        .map(|k| pyfmt::clip(k))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    EXTRA_LIST_CHARS
+                )
             )))
         }
     };
@@ -375,7 +386,7 @@ fn entry(default_class: &str, value: &Py, at: &str) -> Result<Option<Entry>> {
         _ => {
             return Err(err(format!(
                 "{at}: config_type {} is not a coremltools config class; {}",
-                pyfmt::string(&class),
+                pyfmt::clip(&pyfmt::string(&class)),
                 only_accept_message(&class)
             )))
         }
@@ -389,7 +400,10 @@ fn entry(default_class: &str, value: &Py, at: &str) -> Result<Option<Entry>> {
 }
 
 fn only_accept_message(got: &str) -> String {
-    format!("prune_weights only accept {MAGNITUDE_CLASS}, {THRESHOLD_CLASS} type config. Got {got}.")
+    format!(
+        "prune_weights only accept {MAGNITUDE_CLASS}, {THRESHOLD_CLASS} type config. Got {}.",
+        pyfmt::clip(got)
+    )
 }
 
 /// Python's `<class 'list'>` for a value's type.
@@ -404,7 +418,7 @@ fn is_valid_key(k: &Py) -> bool {
 fn invalid_key(k: &Py) -> Error {
     err(format!(
         "Invalid key {} to construct an OptimizationConfig object. Supported keys are ('{}').",
-        k.str(),
+        pyfmt::clip(&k.str()),
         VALID_KEYS.join("', '")
     ))
 }
@@ -459,7 +473,11 @@ pub(crate) fn from_dict(doc: &Py) -> Result<OptimizationConfig> {
                         }
                         continue;
                     };
-                    let e = entry(config_type, v, &format!("{key}[{}]", pyfmt::string(name)))?;
+                    let e = entry(
+                        config_type,
+                        v,
+                        &format!("{key}[{}]", pyfmt::clip(&pyfmt::string(name))),
+                    )?;
                     // A repeated key keeps the last value at the first key's place, as a Python
                     // dict does.
                     match index.entry(name.as_str()) {
@@ -527,6 +545,48 @@ mod tests {
     fn a_yaml_byte_order_mark_is_read_as_one() {
         let text = "\u{feff}config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n";
         assert!(from_yaml_str(text).is_ok());
+    }
+
+    #[test]
+    fn echoed_keys_are_cut_to_one_short_line() {
+        let key = format!("{}\n{}", "k".repeat(100), "x".repeat(1 << 20));
+        let json = format!("{{{}: 1}}", serde_json::to_string(&key).unwrap());
+        let m = from_json_str(&json).unwrap_err().to_string();
+        assert!(m.len() < 300, "{} bytes", m.len());
+        assert!(!m.contains('\n'), "{m}");
+        assert!(
+            m.contains(&format!("{}… ({} bytes)", "k".repeat(64), key.len())),
+            "{m}"
+        );
+        let yaml = format!(
+            // An explicit key: a plain one may not pass 1024 characters.
+            "config_type: OpThresholdPrunerConfig\nop_name_configs:\n  ? {}\n  : {{threshold: -1}}\n",
+            "w".repeat(1 << 20)
+        );
+        let m = from_yaml_str(&yaml).unwrap_err().to_string();
+        assert!(m.len() < 300, "{m}");
+        assert!(
+            m.starts_with(&format!(
+                "config: op_name_configs['{}… (1048578 bytes)]",
+                "w".repeat(63)
+            )),
+            "{m}"
+        );
+        let extra = format!(
+            "{{\"config_type\": \"OpThresholdPrunerConfig\", \"global_config\": {{{}}}}}",
+            (0..10_000)
+                .map(|i| format!("\"x{i}\": 1"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let m = from_json_str(&extra).unwrap_err().to_string();
+        assert!(m.len() < 1200 && m.contains("Extra fields in constructor"), "{m}");
+        let list = format!(
+            "{{\"config_type\": \"OpThresholdPrunerConfig\", \"global_config\": [{}]}}",
+            vec!["\"config_type\""; 100_000].join(",")
+        );
+        let m = from_json_str(&list).unwrap_err().to_string();
+        assert!(m.len() < 300 && m.contains("(over 4096 bytes)"), "{m}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::rc::Rc;
 use unsafe_libyaml_norway as unsafe_libyaml;
 
 use super::py::Py;
+use super::pyfmt::clip;
 use super::pyint::PyInt;
 
 /// One parser event, copied out of libyaml's.
@@ -186,11 +187,9 @@ impl Composer {
     fn node(&mut self, first: Event) -> Result<Rc<Node>, String> {
         let (anchor, node) = match first {
             Event::Alias(name) => {
-                return self
-                    .anchors
-                    .get(&name)
-                    .cloned()
-                    .ok_or_else(|| format!("found undefined alias {}", String::from_utf8_lossy(&name)))
+                return self.anchors.get(&name).cloned().ok_or_else(|| {
+                    format!("found undefined alias {}", clip(&String::from_utf8_lossy(&name)))
+                })
             }
             Event::Scalar {
                 anchor,
@@ -232,7 +231,7 @@ impl Composer {
                 }
                 (anchor, Node::Map(pairs))
             }
-            other => return Err(format!("unexpected YAML event {other:?}")),
+            other => return Err(clip(&format!("unexpected YAML event {other:?}"))),
         };
         let node = Rc::new(node);
         if let Some(name) = anchor {
@@ -253,7 +252,7 @@ fn collection_tag(tag: Option<&[u8]>, kind: &str) -> Result<(), String> {
 fn unsupported_tag(tag: &[u8]) -> String {
     format!(
         "unsupported tag {} (mlprune reads !!str, !!int, !!float, !!bool, !!null, !!seq and !!map)",
-        String::from_utf8_lossy(tag).replace(TAG, "!!")
+        clip(&String::from_utf8_lossy(tag).replace(TAG, "!!"))
     )
 }
 
@@ -291,13 +290,17 @@ fn scalar(tag: Option<&[u8]>, text: &str, plain: bool) -> Result<Node, String> {
         Some("bool") => match text.to_ascii_lowercase().as_str() {
             "yes" | "true" | "on" => Ok(Py::Bool(true)),
             "no" | "false" | "off" => Ok(Py::Bool(false)),
-            _ => Err(format!("{text:?} is not a YAML 1.1 boolean")),
+            _ => Err(format!(
+                "{} is not a YAML 1.1 boolean",
+                clip(&format!("{text:?}"))
+            )),
         },
         Some("int") if is_int(text) => construct_int(text).map(Py::Int),
         Some("float") if is_float(text) || is_int(text) => construct_float(text).map(Py::Float),
         // PyYAML would try Python's int()/float() on other text; mlprune reads only the YAML forms.
         Some("int") | Some("float") => Err(format!(
-            "{text:?} tagged !!{} is not a YAML 1.1 number",
+            "{} tagged !!{} is not a YAML 1.1 number",
+            clip(&format!("{text:?}")),
             name.unwrap_or_default()
         )),
         _ => Err(unsupported_tag(tag)),
@@ -550,7 +553,7 @@ fn python_float(s: &str) -> Result<f64, String> {
     };
     fixed
         .parse::<f64>()
-        .map_err(|_| format!("could not convert string to float: '{s}'"))
+        .map_err(|_| format!("could not convert string to float: '{}'", clip(s)))
 }
 
 /// PyYAML's timestamp resolver, and the checks its constructor's `datetime(...)` makes. `Some`
