@@ -10,6 +10,7 @@ use std::path::Path;
 
 use super::bounded_yaml;
 use super::depth::check_depth;
+use super::limits::{check_json_nodes, MAX_CONFIG_NODES};
 use super::py::Py;
 use super::pyint::PyInt;
 use super::source::read_config_text;
@@ -61,6 +62,8 @@ fn from_json_value(v: serde_json::Value) -> Py {
 }
 
 fn parse_json(s: &str) -> Result<Py> {
+    // Counted before serde_json builds its tree: 16 MiB of `0,` took 874 MB to build.
+    check_json_nodes(s, MAX_CONFIG_NODES).map_err(err)?;
     let v: serde_json::Value = serde_json::from_str(s).map_err(|e| err(format!("invalid JSON: {e}")))?;
     Ok(from_json_value(v))
 }
@@ -68,9 +71,12 @@ fn parse_json(s: &str) -> Result<Py> {
 fn parse_yaml(s: &str) -> Result<Py> {
     // PyYAML reads a leading byte-order mark as such; libyaml's scanner saw a second document.
     let s = s.strip_prefix('\u{feff}').unwrap_or(s);
+    // Nodes counted as libyaml streams them, before serde_norway (which holds every event) or
+    // `yaml11` builds anything.
+    let scan = yaml11::scan(s, MAX_CONFIG_NODES).map_err(err)?;
     // serde_norway's pass: syntax errors (with their positions), one document only, and the bound
-    // on what aliases expand to. Its values are YAML 1.2 and are dropped.
-    bounded_yaml::from_str(s).map_err(|e| err(format!("invalid YAML: {e}")))?;
+    // on what aliases expand to. It builds no value: ours come from `yaml11`.
+    bounded_yaml::check(s, scan.aliases).map_err(|e| err(format!("invalid YAML: {e}")))?;
     // The values as PyYAML builds them (YAML 1.1 scalars, merge keys, last of a repeated key).
     yaml11::load(s).map_err(|e| err(format!("invalid YAML: {e}")))
 }
@@ -545,6 +551,34 @@ mod tests {
     fn a_yaml_byte_order_mark_is_read_as_one() {
         let text = "\u{feff}config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n";
         assert!(from_yaml_str(text).is_ok());
+    }
+
+    /// A config of `entries` op-name entries, `null` each: 2 nodes an entry, 7 around them.
+    fn null_entries(entries: usize, json: bool) -> String {
+        if json {
+            let body: Vec<String> = (0..entries).map(|i| format!("\"k{i}\": null")).collect();
+            format!(
+                "{{\"config_type\": \"OpMagnitudePrunerConfig\", \"global_config\": null, \"op_name_configs\": {{{}}}}}",
+                body.join(", ")
+            )
+        } else {
+            let body: String = (0..entries).map(|i| format!("  k{i}: null\n")).collect();
+            format!("config_type: OpMagnitudePrunerConfig\nglobal_config: null\nop_name_configs:\n{body}")
+        }
+    }
+
+    #[test]
+    fn json_and_yaml_share_one_node_bound() {
+        use crate::config::limits::MAX_CONFIG_NODES;
+        let fits = (MAX_CONFIG_NODES - 7) / 2;
+        for json in [false, true] {
+            let parse = |t: &str| if json { from_json_str(t) } else { from_yaml_str(t) };
+            let cfg = parse(&null_entries(fits, json)).unwrap();
+            assert_eq!(cfg.op_name.len(), fits);
+            let m = parse(&null_entries(fits + 1, json)).unwrap_err().to_string();
+            assert!(m.contains(&format!("more than {MAX_CONFIG_NODES} nodes")), "{m}");
+            assert!(!m.contains("alias"), "{m}");
+        }
     }
 
     #[test]
