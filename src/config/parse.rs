@@ -71,6 +71,7 @@ fn parse_json(s: &str) -> Result<Py> {
 fn parse_yaml(s: &str) -> Result<Py> {
     // PyYAML reads a leading byte-order mark as such; libyaml's scanner saw a second document.
     let s = s.strip_prefix('\u{feff}').unwrap_or(s);
+    check_no_inner_bom(s)?;
     // Nodes counted as libyaml streams them, before serde_norway (which holds every event) or
     // `yaml11` builds anything.
     let scan = yaml11::scan(s, MAX_CONFIG_NODES).map_err(err)?;
@@ -79,6 +80,29 @@ fn parse_yaml(s: &str) -> Result<Py> {
     bounded_yaml::check(s, scan.aliases).map_err(|e| err(format!("invalid YAML: {e}")))?;
     // The values as PyYAML builds them (YAML 1.1 scalars, merge keys, last of a repeated key).
     yaml11::load(s).map_err(|e| err(format!("invalid YAML: {e}")))
+}
+
+/// PyYAML skips a byte-order mark only at the very start of the text; libyaml skips one at the start
+/// of any line, where PyYAML reads it as text (a second leading mark makes the key
+/// `'\ufeffconfig_type'`; one at the end of the file is a ScannerError). Both such files are
+/// refused here rather than read as libyaml reads them (also, unlike PyYAML, one at the start of a
+/// line inside a quoted string).
+fn check_no_inner_bom(s: &str) -> Result<()> {
+    let at_line_start = |i: usize| {
+        i == 0 || {
+            let before = &s[..i];
+            before.ends_with(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'])
+        }
+    };
+    match s.match_indices('\u{feff}').find(|&(i, _)| at_line_start(i)) {
+        None => Ok(()),
+        Some((i, _)) => Err(err(format!(
+            "invalid YAML: a byte-order mark (U+FEFF) at the start of line {}; PyYAML reads one only \
+             at the start of the file",
+            // The leading mark, if any, was stripped: lines are counted in the rest.
+            1 + s[..i].matches('\n').count()
+        ))),
+    }
 }
 
 /// Parse the `from_dict` layout from JSON text. Text nested deeper than
@@ -551,6 +575,25 @@ mod tests {
     fn a_yaml_byte_order_mark_is_read_as_one() {
         let text = "\u{feff}config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n";
         assert!(from_yaml_str(text).is_ok());
+    }
+
+    #[test]
+    fn a_byte_order_mark_past_the_start_is_refused() {
+        let body = "config_type: OpMagnitudePrunerConfig\nglobal_config: {target_sparsity: 0.5}\n";
+        for (text, line) in [
+            (format!("\u{feff}\u{feff}{body}"), 1),
+            (format!("{body}\u{feff}"), 3),
+            (format!("\u{feff}{body}\u{feff}"), 3),
+        ] {
+            let m = from_yaml_str(&text).unwrap_err().to_string();
+            assert!(
+                m.contains(&format!("byte-order mark (U+FEFF) at the start of line {line}")),
+                "{m}"
+            );
+        }
+        // Inside a line it is text, to PyYAML and libyaml alike.
+        let inner = format!("{body}op_name_configs: {{'a\u{feff}': null}}\n");
+        assert!(from_yaml_str(&inner).is_ok());
     }
 
     /// A config of `entries` op-name entries, `null` each: 2 nodes an entry, 7 around them.

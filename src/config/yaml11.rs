@@ -287,7 +287,14 @@ impl Composer<'_> {
         };
         let node = Rc::new(node);
         if let Some(name) = anchor {
-            self.anchors.insert(name, Rc::clone(&node));
+            // PyYAML's composer refuses an anchor named twice in a document, even for the same
+            // value; libyaml and serde_norway let the second replace the first.
+            if self.anchors.insert(name.clone(), Rc::clone(&node)).is_some() {
+                return Err(format!(
+                    "found duplicate anchor {}",
+                    clip(&super::pyfmt::string(&String::from_utf8_lossy(&name)))
+                ));
+            }
         }
         Ok(node)
     }
@@ -959,6 +966,16 @@ mod tests {
         assert_eq!(top[2].1, Py::Dict(vec![(int(1), Py::Str("c".into()))]));
         assert_eq!(load("").unwrap(), Py::None);
         assert!(load("[a]: 1\n").is_err(), "unhashable key");
+    }
+
+    #[test]
+    fn a_duplicate_anchor_is_refused_as_pyyaml_refuses_it() {
+        let err = load("a: &t x\nb: {c: &t 0.5}\n").unwrap_err();
+        assert_eq!(err, "found duplicate anchor 't'");
+        // Also where the second sits inside the first's node.
+        assert!(load("a: &t [&t 1]\n").is_err());
+        // One anchor named by many aliases is fine.
+        assert!(load("a: &t 1\nb: [*t, *t]\n").is_ok());
     }
 
     #[test]
