@@ -12,6 +12,7 @@
 
 pub mod bounded_yaml;
 pub mod depth;
+pub mod limits;
 pub mod parse;
 pub(crate) mod py;
 pub(crate) mod pyfmt;

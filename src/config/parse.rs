@@ -10,6 +10,7 @@ use std::path::Path;
 
 use super::bounded_yaml;
 use super::depth::check_depth;
+use super::limits::{check_json_nodes, MAX_CONFIG_NODES};
 use super::py::Py;
 use super::pyint::PyInt;
 use super::source::read_config_text;
@@ -61,6 +62,8 @@ fn from_json_value(v: serde_json::Value) -> Py {
 }
 
 fn parse_json(s: &str) -> Result<Py> {
+    // Counted before serde_json builds its tree: 16 MiB of `0,` took 874 MB to build.
+    check_json_nodes(s, MAX_CONFIG_NODES).map_err(err)?;
     let v: serde_json::Value = serde_json::from_str(s).map_err(|e| err(format!("invalid JSON: {e}")))?;
     Ok(from_json_value(v))
 }
@@ -68,11 +71,38 @@ fn parse_json(s: &str) -> Result<Py> {
 fn parse_yaml(s: &str) -> Result<Py> {
     // PyYAML reads a leading byte-order mark as such; libyaml's scanner saw a second document.
     let s = s.strip_prefix('\u{feff}').unwrap_or(s);
+    check_no_inner_bom(s)?;
+    // Nodes counted as libyaml streams them, before serde_norway (which holds every event) or
+    // `yaml11` builds anything.
+    let scan = yaml11::scan(s, MAX_CONFIG_NODES).map_err(err)?;
     // serde_norway's pass: syntax errors (with their positions), one document only, and the bound
-    // on what aliases expand to. Its values are YAML 1.2 and are dropped.
-    bounded_yaml::from_str(s).map_err(|e| err(format!("invalid YAML: {e}")))?;
+    // on what aliases expand to. It builds no value: ours come from `yaml11`.
+    bounded_yaml::check(s, scan.aliases).map_err(|e| err(format!("invalid YAML: {e}")))?;
     // The values as PyYAML builds them (YAML 1.1 scalars, merge keys, last of a repeated key).
     yaml11::load(s).map_err(|e| err(format!("invalid YAML: {e}")))
+}
+
+/// PyYAML skips a byte-order mark only at the very start of the text; libyaml skips one at the start
+/// of any line, where PyYAML reads it as text (a second leading mark makes the key
+/// `'\ufeffconfig_type'`; one at the end of the file is a ScannerError). Both such files are
+/// refused here rather than read as libyaml reads them (also, unlike PyYAML, one at the start of a
+/// line inside a quoted string).
+fn check_no_inner_bom(s: &str) -> Result<()> {
+    let at_line_start = |i: usize| {
+        i == 0 || {
+            let before = &s[..i];
+            before.ends_with(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'])
+        }
+    };
+    match s.match_indices('\u{feff}').find(|&(i, _)| at_line_start(i)) {
+        None => Ok(()),
+        Some((i, _)) => Err(err(format!(
+            "invalid YAML: a byte-order mark (U+FEFF) at the start of line {}; PyYAML reads one only \
+             at the start of the file",
+            // The leading mark, if any, was stripped: lines are counted in the rest.
+            1 + s[..i].matches('\n').count()
+        ))),
+    }
 }
 
 /// Parse the `from_dict` layout from JSON text. Text nested deeper than
@@ -245,6 +275,9 @@ enum Entry {
     Foreign(String),
 }
 
+/// Most characters of the list of extra field names a message shows.
+const EXTRA_LIST_CHARS: usize = 1024;
+
 /// Looks up one field of an entry's mapping by name.
 fn field<'a>(fields: &'a [(Py, Py)], name: &str) -> Option<&'a Py> {
     fields
@@ -274,7 +307,15 @@ fn structure(class: &str, fields: &[(Py, Py)], known: &[&str]) -> Result<OpConfi
         } else {
             Err(err(format!(
                 "Extra fields in constructor for {class}: {}",
-                extra.join(", ")
+                // Each name cut, and the list too: one line of bounded length.
+                pyfmt::clip_at(
+                    &extra
+                        .iter()
+                        .map(|k| pyfmt::clip(k))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    EXTRA_LIST_CHARS
+                )
             )))
         }
     };
@@ -375,7 +416,7 @@ fn entry(default_class: &str, value: &Py, at: &str) -> Result<Option<Entry>> {
         _ => {
             return Err(err(format!(
                 "{at}: config_type {} is not a coremltools config class; {}",
-                pyfmt::string(&class),
+                pyfmt::clip(&pyfmt::string(&class)),
                 only_accept_message(&class)
             )))
         }
@@ -389,7 +430,10 @@ fn entry(default_class: &str, value: &Py, at: &str) -> Result<Option<Entry>> {
 }
 
 fn only_accept_message(got: &str) -> String {
-    format!("prune_weights only accept {MAGNITUDE_CLASS}, {THRESHOLD_CLASS} type config. Got {got}.")
+    format!(
+        "prune_weights only accept {MAGNITUDE_CLASS}, {THRESHOLD_CLASS} type config. Got {}.",
+        pyfmt::clip(got)
+    )
 }
 
 /// Python's `<class 'list'>` for a value's type.
@@ -404,7 +448,7 @@ fn is_valid_key(k: &Py) -> bool {
 fn invalid_key(k: &Py) -> Error {
     err(format!(
         "Invalid key {} to construct an OptimizationConfig object. Supported keys are ('{}').",
-        k.str(),
+        pyfmt::clip(&k.str()),
         VALID_KEYS.join("', '")
     ))
 }
@@ -459,7 +503,11 @@ pub(crate) fn from_dict(doc: &Py) -> Result<OptimizationConfig> {
                         }
                         continue;
                     };
-                    let e = entry(config_type, v, &format!("{key}[{}]", pyfmt::string(name)))?;
+                    let e = entry(
+                        config_type,
+                        v,
+                        &format!("{key}[{}]", pyfmt::clip(&pyfmt::string(name))),
+                    )?;
                     // A repeated key keeps the last value at the first key's place, as a Python
                     // dict does.
                     match index.entry(name.as_str()) {
@@ -527,6 +575,95 @@ mod tests {
     fn a_yaml_byte_order_mark_is_read_as_one() {
         let text = "\u{feff}config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n";
         assert!(from_yaml_str(text).is_ok());
+    }
+
+    #[test]
+    fn a_byte_order_mark_past_the_start_is_refused() {
+        let body = "config_type: OpMagnitudePrunerConfig\nglobal_config: {target_sparsity: 0.5}\n";
+        for (text, line) in [
+            (format!("\u{feff}\u{feff}{body}"), 1),
+            (format!("{body}\u{feff}"), 3),
+            (format!("\u{feff}{body}\u{feff}"), 3),
+        ] {
+            let m = from_yaml_str(&text).unwrap_err().to_string();
+            assert!(
+                m.contains(&format!("byte-order mark (U+FEFF) at the start of line {line}")),
+                "{m}"
+            );
+        }
+        // Inside a line it is text, to PyYAML and libyaml alike.
+        let inner = format!("{body}op_name_configs: {{'a\u{feff}': null}}\n");
+        assert!(from_yaml_str(&inner).is_ok());
+    }
+
+    /// A config of `entries` op-name entries, `null` each: 2 nodes an entry, 7 around them.
+    fn null_entries(entries: usize, json: bool) -> String {
+        if json {
+            let body: Vec<String> = (0..entries).map(|i| format!("\"k{i}\": null")).collect();
+            format!(
+                "{{\"config_type\": \"OpMagnitudePrunerConfig\", \"global_config\": null, \"op_name_configs\": {{{}}}}}",
+                body.join(", ")
+            )
+        } else {
+            let body: String = (0..entries).map(|i| format!("  k{i}: null\n")).collect();
+            format!("config_type: OpMagnitudePrunerConfig\nglobal_config: null\nop_name_configs:\n{body}")
+        }
+    }
+
+    #[test]
+    fn json_and_yaml_share_one_node_bound() {
+        use crate::config::limits::MAX_CONFIG_NODES;
+        let fits = (MAX_CONFIG_NODES - 7) / 2;
+        for json in [false, true] {
+            let parse = |t: &str| if json { from_json_str(t) } else { from_yaml_str(t) };
+            let cfg = parse(&null_entries(fits, json)).unwrap();
+            assert_eq!(cfg.op_name.len(), fits);
+            let m = parse(&null_entries(fits + 1, json)).unwrap_err().to_string();
+            assert!(m.contains(&format!("more than {MAX_CONFIG_NODES} nodes")), "{m}");
+            assert!(!m.contains("alias"), "{m}");
+        }
+    }
+
+    #[test]
+    fn echoed_keys_are_cut_to_one_short_line() {
+        let key = format!("{}\n{}", "k".repeat(100), "x".repeat(1 << 20));
+        let json = format!("{{{}: 1}}", serde_json::to_string(&key).unwrap());
+        let m = from_json_str(&json).unwrap_err().to_string();
+        assert!(m.len() < 300, "{} bytes", m.len());
+        assert!(!m.contains('\n'), "{m}");
+        assert!(
+            m.contains(&format!("{}… ({} bytes)", "k".repeat(64), key.len())),
+            "{m}"
+        );
+        let yaml = format!(
+            // An explicit key: a plain one may not pass 1024 characters.
+            "config_type: OpThresholdPrunerConfig\nop_name_configs:\n  ? {}\n  : {{threshold: -1}}\n",
+            "w".repeat(1 << 20)
+        );
+        let m = from_yaml_str(&yaml).unwrap_err().to_string();
+        assert!(m.len() < 300, "{m}");
+        assert!(
+            m.starts_with(&format!(
+                "config: op_name_configs['{}… (1048578 bytes)]",
+                "w".repeat(63)
+            )),
+            "{m}"
+        );
+        let extra = format!(
+            "{{\"config_type\": \"OpThresholdPrunerConfig\", \"global_config\": {{{}}}}}",
+            (0..10_000)
+                .map(|i| format!("\"x{i}\": 1"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let m = from_json_str(&extra).unwrap_err().to_string();
+        assert!(m.len() < 1200 && m.contains("Extra fields in constructor"), "{m}");
+        let list = format!(
+            "{{\"config_type\": \"OpThresholdPrunerConfig\", \"global_config\": [{}]}}",
+            vec!["\"config_type\""; 100_000].join(",")
+        );
+        let m = from_json_str(&list).unwrap_err().to_string();
+        assert!(m.len() < 300 && m.contains("(over 4096 bytes)"), "{m}");
     }
 
     #[test]

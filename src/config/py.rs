@@ -5,6 +5,10 @@
 use super::pyfmt;
 use super::pyint::PyInt;
 
+/// Most bytes of a `repr` built for a message before it is cut: a whole repr under it is measured
+/// exactly ("… (N bytes)"), a longer one is not built to the end.
+const REPR_BUDGET: usize = 4096;
+
 /// A parsed document, typed like the Python objects `json.load` / `yaml.safe_load` produce.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Py {
@@ -35,25 +39,61 @@ impl Py {
         }
     }
 
-    /// Python's `repr(v)`.
+    /// Python's `repr(v)` as a message echoes it: cut by [`pyfmt::clip`], and never built past
+    /// [`REPR_BUDGET`] bytes (a list of a million items, a 16 MB string).
     pub(crate) fn repr(&self) -> String {
-        match self {
-            Py::Other(_, text) => text.clone(),
-            Py::None => "None".into(),
-            Py::Bool(b) => if *b { "True" } else { "False" }.into(),
-            Py::Int(i) => i.to_string(),
-            Py::Float(f) => pyfmt::float(*f),
-            Py::Str(s) => pyfmt::string(s),
-            Py::List(items) => format!("[{}]", items.iter().map(Py::repr).collect::<Vec<_>>().join(", ")),
-            Py::Dict(items) => format!(
-                "{{{}}}",
-                items
-                    .iter()
-                    .map(|(k, v)| format!("{}: {}", k.repr(), v.repr()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        let mut out = String::new();
+        if self.write_repr(&mut out) {
+            pyfmt::clip(&out)
+        } else {
+            let (head, _) = pyfmt::escaped_head(&out, pyfmt::ECHO_CHARS);
+            format!("{head}… (over {REPR_BUDGET} bytes)")
         }
+    }
+
+    /// Appends the full `repr`; `false` once `out` passed [`REPR_BUDGET`] (then it stops).
+    fn write_repr(&self, out: &mut String) -> bool {
+        match self {
+            Py::Other(_, text) => out.push_str(text),
+            Py::None => out.push_str("None"),
+            Py::Bool(b) => out.push_str(if *b { "True" } else { "False" }),
+            Py::Int(i) => out.push_str(&i.to_string()),
+            Py::Float(f) => out.push_str(&pyfmt::float(*f)),
+            Py::Str(s) => {
+                // Only the head of a long string is escaped: the rest would be cut anyway.
+                let cut = s.char_indices().nth(REPR_BUDGET).map_or(s.len(), |(i, _)| i);
+                out.push_str(&pyfmt::string(&s[..cut]));
+            }
+            Py::List(items) => {
+                out.push('[');
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push_str(", ");
+                    }
+                    if !item.write_repr(out) {
+                        return false;
+                    }
+                }
+                out.push(']');
+            }
+            Py::Dict(items) => {
+                out.push('{');
+                for (n, (k, v)) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push_str(", ");
+                    }
+                    if !k.write_repr(out) {
+                        return false;
+                    }
+                    out.push_str(": ");
+                    if !v.write_repr(out) {
+                        return false;
+                    }
+                }
+                out.push('}');
+            }
+        }
+        out.len() <= REPR_BUDGET
     }
 
     /// Python's `str(v)` (what an f-string prints).

@@ -78,6 +78,45 @@ pub fn string(s: &str) -> String {
     out
 }
 
+/// Most characters of config text one message echoes: a key or value of any length (a 16 MB key)
+/// made an error line of that length.
+pub const ECHO_CHARS: usize = 64;
+
+/// Config text as a message echoes it: on one line (line breaks and other control characters
+/// escaped, as `repr` escapes them) and, past [`ECHO_CHARS`] characters, cut there and marked with
+/// the length of the whole, `'abc…' (70000 bytes)`-style.
+pub fn clip(s: &str) -> String {
+    clip_at(s, ECHO_CHARS)
+}
+
+/// [`clip`] with another length, for a message listing several echoed names.
+pub fn clip_at(s: &str, max_chars: usize) -> String {
+    let (mut out, cut) = escaped_head(s, max_chars);
+    if cut {
+        out.push_str(&format!("… ({} bytes)", s.len()));
+    }
+    out
+}
+
+/// The first `max_chars` characters of `s` with control characters escaped, and whether that cut
+/// anything off.
+pub fn escaped_head(s: &str, max_chars: usize) -> (String, bool) {
+    let cut = s.char_indices().nth(max_chars).map_or(s.len(), |(i, _)| i);
+    let mut out = String::with_capacity(cut + 24);
+    for c in s[..cut].chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+                out.extend(c.escape_unicode());
+            }
+            c => out.push(c),
+        }
+    }
+    (out, cut < s.len())
+}
+
 /// `repr` of an optional integer (`None` or digits).
 pub fn opt_int<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "None".to_string(), |v| v.to_string())
@@ -125,5 +164,16 @@ mod tests {
         assert_eq!(string("it's"), "\"it's\"");
         assert_eq!(string("a\nb\\"), "'a\\nb\\\\'");
         assert_eq!(string("both ' and \""), "'both \\' and \"'");
+    }
+
+    #[test]
+    fn echoed_text_is_one_short_line() {
+        assert_eq!(clip("op_1"), "op_1");
+        assert_eq!(clip("a\nb\u{2028}c\x07"), "a\\nb\\u{2028}c\\u{7}");
+        let long = "k".repeat(70_000);
+        assert_eq!(clip(&long), format!("{}… (70000 bytes)", "k".repeat(64)));
+        // Cut on a character, counted in characters.
+        let wide = "é".repeat(100);
+        assert_eq!(clip(&wide), format!("{}… (200 bytes)", "é".repeat(64)));
     }
 }

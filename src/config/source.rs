@@ -11,10 +11,11 @@ use crate::{Error, Result};
 
 /// Largest config file mlprune reads, in bytes.
 ///
-/// coremltools' `from_dict` layout holds one small mapping per op type or op name, about 60–100
-/// bytes an entry, so 16 MiB is well over 100 000 entries: more than the ops of any model. The cap
-/// keeps a wrong path (a disk image, a log, a file something is still appending to) from being
-/// pulled into memory and handed to the parsers.
+/// coremltools' `from_dict` layout holds one small mapping per op type or op name, about 30–100
+/// bytes an entry. The cap keeps a wrong path (a disk image, a log, a file something is still
+/// appending to) from being pulled into memory and handed to the parsers; what a file within it
+/// may hold is bounded by `super::limits::MAX_CONFIG_NODES` (62,000 entries of
+/// `name: {target_sparsity: 0.5}`, 125,000 of `name: null`: more than the ops of any model).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 fn config_error(path: &Path, reason: impl std::fmt::Display) -> Error {

@@ -308,7 +308,8 @@ impl OpConfig {
     pub fn validate_op_type(&self, op_type: &str) -> Result<()> {
         if self.is_structural() && !STRUCTURAL_OP_TYPES.contains(&op_type) {
             return Err(err(format!(
-                "block sparsity or n:m pruning does not support op type {op_type}."
+                "block sparsity or n:m pruning does not support op type {}.",
+                super::pyfmt::clip(op_type)
             )));
         }
         Ok(())

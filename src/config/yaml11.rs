@@ -32,6 +32,7 @@ use std::rc::Rc;
 use unsafe_libyaml_norway as unsafe_libyaml;
 
 use super::py::Py;
+use super::pyfmt::clip;
 use super::pyint::PyInt;
 
 /// One parser event, copied out of libyaml's.
@@ -71,77 +72,131 @@ unsafe fn c_bytes(p: *const u8) -> Option<Vec<u8>> {
     Some(s.to_bytes().to_vec())
 }
 
-/// Deletes the parser when the event loop ends, however it ends.
-struct ParserGuard(*mut unsafe_libyaml::yaml_parser_t);
-
-impl Drop for ParserGuard {
-    fn drop(&mut self) {
-        // SAFETY: the pointer is the parser `events` initialised, deleted once, here.
-        unsafe { unsafe_libyaml::yaml_parser_delete(self.0) }
-    }
+/// libyaml's parser over one text, yielding its events one at a time: nothing is held but the
+/// event being read, so a file of millions of nodes can be counted (and refused) in constant
+/// memory before anything is built from it.
+struct Events<'t> {
+    parser: Box<std::mem::MaybeUninit<unsafe_libyaml::yaml_parser_t>>,
+    /// The text the parser reads from; it must outlive the parser.
+    _text: std::marker::PhantomData<&'t str>,
+    done: bool,
 }
 
-/// Every event of `text`, in order.
-fn events(text: &str) -> Result<Vec<Event>, String> {
-    let mut parser = Box::new(std::mem::MaybeUninit::<unsafe_libyaml::yaml_parser_t>::uninit());
-    let p = parser.as_mut_ptr();
-    // SAFETY: `p` points to writable memory for a parser; initialize fills all of it.
-    if !unsafe { unsafe_libyaml::yaml_parser_initialize(p) }.ok {
-        return Err("libyaml could not allocate its parser".into());
+impl<'t> Events<'t> {
+    fn new(text: &'t str) -> Result<Self, String> {
+        let mut parser = Box::new(std::mem::MaybeUninit::<unsafe_libyaml::yaml_parser_t>::uninit());
+        let p = parser.as_mut_ptr();
+        // SAFETY: `p` points to writable memory for a parser; initialize fills all of it.
+        if !unsafe { unsafe_libyaml::yaml_parser_initialize(p) }.ok {
+            return Err("libyaml could not allocate its parser".into());
+        }
+        // SAFETY: the parser is initialised; `text` outlives it (the lifetime `'t` on `Events`),
+        // and the length is that of `text`.
+        unsafe {
+            unsafe_libyaml::yaml_parser_set_encoding(p, unsafe_libyaml::YAML_UTF8_ENCODING);
+            unsafe_libyaml::yaml_parser_set_input_string(p, text.as_ptr(), text.len() as _);
+        }
+        Ok(Events {
+            parser,
+            _text: std::marker::PhantomData,
+            done: false,
+        })
     }
-    let _guard = ParserGuard(p);
-    // SAFETY: the parser is initialised; `text` outlives it (the guard drops first, in this
-    // function), and the length is that of `text`.
-    unsafe {
-        unsafe_libyaml::yaml_parser_set_encoding(p, unsafe_libyaml::YAML_UTF8_ENCODING);
-        unsafe_libyaml::yaml_parser_set_input_string(p, text.as_ptr(), text.len() as _);
-    }
-    let mut out = Vec::new();
-    loop {
+
+    /// The next event; `Err` where libyaml finds the text is not YAML (serde_norway's pass gives
+    /// the message with its position).
+    fn next(&mut self) -> Result<Event, String> {
+        if self.done {
+            return Err("unexpected end of the YAML events".into());
+        }
+        let p = self.parser.as_mut_ptr();
         let mut raw = std::mem::MaybeUninit::<unsafe_libyaml::yaml_event_t>::uninit();
         // SAFETY: an initialised parser and writable memory for one event.
         if !unsafe { unsafe_libyaml::yaml_parser_parse(p, raw.as_mut_ptr()) }.ok {
-            // Not expected: serde_norway's pass over the same text, with the same parser, succeeded.
-            return Err("libyaml could not parse it a second time".into());
+            self.done = true;
+            return Err(NOT_YAML.into());
         }
         // SAFETY: parse succeeded, so the event is initialised; the union member read is the one
         // its type names, and its pointers are valid until `yaml_event_delete` below.
-        let event = unsafe {
-            let e = &*raw.as_ptr();
-            match e.type_ {
-                unsafe_libyaml::YAML_STREAM_END_EVENT => Event::StreamEnd,
-                unsafe_libyaml::YAML_ALIAS_EVENT => {
-                    Event::Alias(c_bytes(e.data.alias.anchor).unwrap_or_default())
-                }
-                unsafe_libyaml::YAML_SCALAR_EVENT => {
-                    let s = e.data.scalar;
-                    let bytes = std::slice::from_raw_parts(s.value, s.length as usize);
-                    Event::Scalar {
-                        anchor: c_bytes(s.anchor),
-                        tag: c_bytes(s.tag),
-                        value: String::from_utf8_lossy(bytes).into_owned(),
-                        plain: s.style == unsafe_libyaml::YAML_PLAIN_SCALAR_STYLE,
-                    }
-                }
-                unsafe_libyaml::YAML_SEQUENCE_START_EVENT => Event::SequenceStart {
-                    anchor: c_bytes(e.data.sequence_start.anchor),
-                    tag: c_bytes(e.data.sequence_start.tag),
-                },
-                unsafe_libyaml::YAML_SEQUENCE_END_EVENT => Event::SequenceEnd,
-                unsafe_libyaml::YAML_MAPPING_START_EVENT => Event::MappingStart {
-                    anchor: c_bytes(e.data.mapping_start.anchor),
-                    tag: c_bytes(e.data.mapping_start.tag),
-                },
-                unsafe_libyaml::YAML_MAPPING_END_EVENT => Event::MappingEnd,
-                _ => Event::Other,
-            }
-        };
+        let event = unsafe { copy_event(&*raw.as_ptr()) };
         // SAFETY: the event was produced by `yaml_parser_parse` and is deleted once.
         unsafe { unsafe_libyaml::yaml_event_delete(raw.as_mut_ptr()) };
-        let end = matches!(event, Event::StreamEnd);
-        out.push(event);
-        if end {
-            return Ok(out);
+        self.done = matches!(event, Event::StreamEnd);
+        Ok(event)
+    }
+}
+
+impl Drop for Events<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the parser `new` initialised, deleted once, here.
+        unsafe { unsafe_libyaml::yaml_parser_delete(self.parser.as_mut_ptr()) }
+    }
+}
+
+/// What `Events::next` says where libyaml refuses the text.
+const NOT_YAML: &str = "libyaml could not parse it";
+
+/// One libyaml event, copied out.
+///
+/// # Safety
+/// `e` is an initialised event whose pointers are valid during the call.
+unsafe fn copy_event(e: &unsafe_libyaml::yaml_event_t) -> Event {
+    // SAFETY: the union member read is the one `type_` names; its pointers are valid by the
+    // caller's contract.
+    unsafe {
+        match e.type_ {
+            unsafe_libyaml::YAML_STREAM_END_EVENT => Event::StreamEnd,
+            unsafe_libyaml::YAML_ALIAS_EVENT => {
+                Event::Alias(c_bytes(e.data.alias.anchor).unwrap_or_default())
+            }
+            unsafe_libyaml::YAML_SCALAR_EVENT => {
+                let s = e.data.scalar;
+                let bytes = std::slice::from_raw_parts(s.value, s.length as usize);
+                Event::Scalar {
+                    anchor: c_bytes(s.anchor),
+                    tag: c_bytes(s.tag),
+                    value: String::from_utf8_lossy(bytes).into_owned(),
+                    plain: s.style == unsafe_libyaml::YAML_PLAIN_SCALAR_STYLE,
+                }
+            }
+            unsafe_libyaml::YAML_SEQUENCE_START_EVENT => Event::SequenceStart {
+                anchor: c_bytes(e.data.sequence_start.anchor),
+                tag: c_bytes(e.data.sequence_start.tag),
+            },
+            unsafe_libyaml::YAML_SEQUENCE_END_EVENT => Event::SequenceEnd,
+            unsafe_libyaml::YAML_MAPPING_START_EVENT => Event::MappingStart {
+                anchor: c_bytes(e.data.mapping_start.anchor),
+                tag: c_bytes(e.data.mapping_start.tag),
+            },
+            unsafe_libyaml::YAML_MAPPING_END_EVENT => Event::MappingEnd,
+            _ => Event::Other,
+        }
+    }
+}
+
+/// What [`scan`] learnt of a text: whether it repeats nodes by alias.
+pub(crate) struct Scan {
+    pub(crate) aliases: bool,
+}
+
+/// Counts the nodes of `text` (scalars, sequences, mappings and aliases, an alias as one) as
+/// libyaml reads them, holding one event at a time, and refuses past `max_nodes` before anything
+/// is built: a 16 MiB file of `[0,0,…]` is eight million nodes, and building them (serde_norway's
+/// event list, then ours) took 1.1 GB. Text libyaml refuses is left to serde_norway's pass, which
+/// names the error; it then reads at most `max_nodes` nodes before reaching it.
+pub(crate) fn scan(text: &str, max_nodes: usize) -> Result<Scan, String> {
+    let mut events = Events::new(text)?;
+    let (mut nodes, mut aliases) = (0usize, false);
+    loop {
+        match events.next() {
+            Ok(Event::StreamEnd) | Err(_) => return Ok(Scan { aliases }),
+            Ok(Event::Alias(_)) => aliases = true,
+            Ok(Event::Scalar { .. } | Event::SequenceStart { .. } | Event::MappingStart { .. }) => {}
+            Ok(_) => continue,
+        }
+        nodes += 1;
+        if nodes > max_nodes {
+            return Err(super::limits::too_many_nodes(max_nodes));
         }
     }
 }
@@ -170,27 +225,23 @@ enum Node {
 
 const TAG: &str = "tag:yaml.org,2002:";
 
-struct Composer {
-    events: std::vec::IntoIter<Event>,
+struct Composer<'t> {
+    events: Events<'t>,
     anchors: HashMap<Vec<u8>, Rc<Node>>,
 }
 
-impl Composer {
+impl Composer<'_> {
     fn next(&mut self) -> Result<Event, String> {
-        self.events
-            .next()
-            .ok_or_else(|| "unexpected end of the YAML events".to_string())
+        self.events.next()
     }
 
     /// The node whose first event is `first`.
     fn node(&mut self, first: Event) -> Result<Rc<Node>, String> {
         let (anchor, node) = match first {
             Event::Alias(name) => {
-                return self
-                    .anchors
-                    .get(&name)
-                    .cloned()
-                    .ok_or_else(|| format!("found undefined alias {}", String::from_utf8_lossy(&name)))
+                return self.anchors.get(&name).cloned().ok_or_else(|| {
+                    format!("found undefined alias {}", clip(&String::from_utf8_lossy(&name)))
+                })
             }
             Event::Scalar {
                 anchor,
@@ -232,11 +283,18 @@ impl Composer {
                 }
                 (anchor, Node::Map(pairs))
             }
-            other => return Err(format!("unexpected YAML event {other:?}")),
+            other => return Err(clip(&format!("unexpected YAML event {other:?}"))),
         };
         let node = Rc::new(node);
         if let Some(name) = anchor {
-            self.anchors.insert(name, Rc::clone(&node));
+            // PyYAML's composer refuses an anchor named twice in a document, even for the same
+            // value; libyaml and serde_norway let the second replace the first.
+            if self.anchors.insert(name.clone(), Rc::clone(&node)).is_some() {
+                return Err(format!(
+                    "found duplicate anchor {}",
+                    clip(&super::pyfmt::string(&String::from_utf8_lossy(&name)))
+                ));
+            }
         }
         Ok(node)
     }
@@ -253,7 +311,7 @@ fn collection_tag(tag: Option<&[u8]>, kind: &str) -> Result<(), String> {
 fn unsupported_tag(tag: &[u8]) -> String {
     format!(
         "unsupported tag {} (mlprune reads !!str, !!int, !!float, !!bool, !!null, !!seq and !!map)",
-        String::from_utf8_lossy(tag).replace(TAG, "!!")
+        clip(&String::from_utf8_lossy(tag).replace(TAG, "!!"))
     )
 }
 
@@ -291,13 +349,17 @@ fn scalar(tag: Option<&[u8]>, text: &str, plain: bool) -> Result<Node, String> {
         Some("bool") => match text.to_ascii_lowercase().as_str() {
             "yes" | "true" | "on" => Ok(Py::Bool(true)),
             "no" | "false" | "off" => Ok(Py::Bool(false)),
-            _ => Err(format!("{text:?} is not a YAML 1.1 boolean")),
+            _ => Err(format!(
+                "{} is not a YAML 1.1 boolean",
+                clip(&format!("{text:?}"))
+            )),
         },
         Some("int") if is_int(text) => construct_int(text).map(Py::Int),
         Some("float") if is_float(text) || is_int(text) => construct_float(text).map(Py::Float),
         // PyYAML would try Python's int()/float() on other text; mlprune reads only the YAML forms.
         Some("int") | Some("float") => Err(format!(
-            "{text:?} tagged !!{} is not a YAML 1.1 number",
+            "{} tagged !!{} is not a YAML 1.1 number",
+            clip(&format!("{text:?}")),
             name.unwrap_or_default()
         )),
         _ => Err(unsupported_tag(tag)),
@@ -550,7 +612,7 @@ fn python_float(s: &str) -> Result<f64, String> {
     };
     fixed
         .parse::<f64>()
-        .map_err(|_| format!("could not convert string to float: '{s}'"))
+        .map_err(|_| format!("could not convert string to float: '{}'", clip(s)))
 }
 
 /// PyYAML's timestamp resolver, and the checks its constructor's `datetime(...)` makes. `Some`
@@ -669,26 +731,28 @@ fn timestamp(s: &str) -> Result<Option<&'static str>, String> {
 // Constructing values (PyYAML's SafeConstructor)
 
 /// A dict key as Python hashes and compares it: `True == 1 == 1.0`, one NaN (PyYAML's `.nan` is
-/// one object).
+/// one object). It borrows the key's text: a copy of every key doubled what a config of long names
+/// took.
 #[derive(Hash, PartialEq, Eq)]
-enum Key {
+enum Key<'a> {
     None,
-    Int(PyInt),
+    Int(std::borrow::Cow<'a, PyInt>),
     Float(u64),
-    Str(String),
-    Other(String),
+    Str(&'a str),
+    Other(&'a str),
 }
 
-fn key_of(v: &Py) -> Result<Key, String> {
+fn key_of(v: &Py) -> Result<Key<'_>, String> {
+    use std::borrow::Cow;
     Ok(match v {
         Py::None => Key::None,
-        Py::Bool(b) => Key::Int(PyInt::from(*b)),
-        Py::Int(i) => Key::Int(i.clone()),
-        Py::Float(f) if f.is_finite() && f.trunc() == *f => Key::Int(PyInt::from_f64_trunc(*f)),
+        Py::Bool(b) => Key::Int(Cow::Owned(PyInt::from(*b))),
+        Py::Int(i) => Key::Int(Cow::Borrowed(i)),
+        Py::Float(f) if f.is_finite() && f.trunc() == *f => Key::Int(Cow::Owned(PyInt::from_f64_trunc(*f))),
         Py::Float(f) if f.is_nan() => Key::Float(f64::NAN.to_bits()),
         Py::Float(f) => Key::Float(f.to_bits()),
-        Py::Str(s) => Key::Str(s.clone()),
-        Py::Other(_, s) => Key::Other(s.clone()),
+        Py::Str(s) => Key::Str(s),
+        Py::Other(_, s) => Key::Other(s),
         Py::List(_) | Py::Dict(_) => return Err("found unhashable key".into()),
     })
 }
@@ -748,41 +812,64 @@ fn flatten(pairs: &[(Rc<Node>, Rc<Node>)]) -> Result<Pairs, String> {
     Ok(merged)
 }
 
-fn construct(node: &Node) -> Result<Py, String> {
-    match node {
-        Node::Scalar { value, .. } => value.clone(),
-        Node::Seq(items) => Ok(Py::List(
-            items.iter().map(|n| construct(n)).collect::<Result<_, _>>()?,
+/// Builds the value of `node`, moving its parts out where nothing else holds them (a node no
+/// alias names): the strings are then not copied, and the node tree is freed as the value grows,
+/// so the two never both hold a large config in full.
+fn construct(node: Rc<Node>) -> Result<Py, String> {
+    let is_merge = |(k, _): &(Rc<Node>, Rc<Node>)| matches!(**k, Node::Scalar { merge: true, .. });
+    match Rc::try_unwrap(node) {
+        Ok(Node::Scalar { value, .. }) => value,
+        Ok(Node::Seq(items)) => Ok(Py::List(
+            items.into_iter().map(construct).collect::<Result<_, _>>()?,
         )),
-        Node::Map(pairs) => {
-            let mut out: Vec<(Py, Py)> = Vec::new();
-            let mut index: HashMap<Key, usize> = HashMap::new();
-            for (k, v) in flatten(pairs)? {
-                let key = match &*k {
-                    Node::Scalar { value_key: true, .. } => Py::Str("=".into()),
-                    other => construct(other)?,
-                };
-                let hashed = key_of(&key)?;
-                let value = construct(&v)?;
-                // A repeated key keeps its first place and its last value, as a dict does.
-                match index.get(&hashed) {
-                    Some(&at) => out[at].1 = value,
-                    None => {
-                        index.insert(hashed, out.len());
-                        out.push((key, value));
-                    }
-                }
-            }
-            Ok(Py::Dict(out))
+        Ok(Node::Map(pairs)) if !pairs.iter().any(is_merge) => dict(pairs),
+        Ok(Node::Map(pairs)) => dict(flatten(&pairs)?),
+        Err(shared) => match &*shared {
+            Node::Scalar { value, .. } => value.clone(),
+            Node::Seq(items) => Ok(Py::List(
+                items.iter().cloned().map(construct).collect::<Result<_, _>>()?,
+            )),
+            Node::Map(pairs) => dict(flatten(pairs)?),
+        },
+    }
+}
+
+/// A mapping's (flattened) pairs made a dict: a repeated key keeps its first place and its last
+/// value, as a dict does. Every pair is built first (a key's hashability checked before its value
+/// is built, PyYAML's order of errors), then the keys are matched by hash, borrowing their text.
+fn dict(pairs: Pairs) -> Result<Py, String> {
+    let mut all: Vec<(Py, Py)> = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let key = match &*k {
+            Node::Scalar { value_key: true, .. } => Py::Str("=".into()),
+            _ => construct(k)?,
+        };
+        key_of(&key)?;
+        all.push((key, construct(v)?));
+    }
+    // For each first place of a key, where its last value is (`usize::MAX`: not a first place).
+    let mut last = vec![usize::MAX; all.len()];
+    let mut first: HashMap<Key, usize> = HashMap::with_capacity(all.len());
+    for (i, (k, _)) in all.iter().enumerate() {
+        let at = *first.entry(key_of(k)?).or_insert(i);
+        last[at] = i;
+    }
+    drop(first);
+    let mut out = Vec::with_capacity(all.len());
+    for (i, &from) in last.iter().enumerate() {
+        if from != usize::MAX {
+            let value = std::mem::replace(&mut all[from].1, Py::None);
+            out.push((std::mem::replace(&mut all[i].0, Py::None), value));
         }
     }
+    Ok(Py::Dict(out))
 }
 
 /// `yaml.safe_load(text)` for one document (none gives `None`). The text has already been through
 /// serde_norway (syntax errors, one document, the bound on alias expansion).
 pub(crate) fn load(text: &str) -> Result<Py, String> {
     let mut composer = Composer {
-        events: events(text)?.into_iter(),
+        events: Events::new(text)?,
         anchors: HashMap::new(),
     };
     loop {
@@ -791,7 +878,9 @@ pub(crate) fn load(text: &str) -> Result<Py, String> {
             Event::Other => continue,
             first => {
                 let root = composer.node(first)?;
-                return construct(&root);
+                // The anchors' hold on their nodes goes first, so `construct` can move out of them.
+                drop(composer);
+                return construct(root);
             }
         }
     }
@@ -877,5 +966,40 @@ mod tests {
         assert_eq!(top[2].1, Py::Dict(vec![(int(1), Py::Str("c".into()))]));
         assert_eq!(load("").unwrap(), Py::None);
         assert!(load("[a]: 1\n").is_err(), "unhashable key");
+    }
+
+    #[test]
+    fn a_duplicate_anchor_is_refused_as_pyyaml_refuses_it() {
+        let err = load("a: &t x\nb: {c: &t 0.5}\n").unwrap_err();
+        assert_eq!(err, "found duplicate anchor 't'");
+        // Also where the second sits inside the first's node.
+        assert!(load("a: &t [&t 1]\n").is_err());
+        // One anchor named by many aliases is fine.
+        assert!(load("a: &t 1\nb: [*t, *t]\n").is_ok());
+    }
+
+    #[test]
+    fn scan_counts_nodes_and_aliases_without_building_them() {
+        // Nodes: the root mapping, a, the list, 1, 2, b, the alias: 7.
+        let text = "a: &l [1, 2]\nb: *l\n";
+        assert!(scan(text, 7).unwrap().aliases);
+        let err = scan(text, 6).err().unwrap();
+        assert!(err.contains("more than 6 nodes"), "{err}");
+        assert!(!scan("a: [1, 2]\n", 5).unwrap().aliases);
+        // Text libyaml refuses is left to serde_norway's pass for its message.
+        assert!(scan("a: [1, 2\n", 100).is_ok());
+    }
+
+    #[test]
+    fn float_keys_and_repeated_keys_keep_pythons_dict_semantics() {
+        let doc = load("{0.5: a, 1.5: b, 0.5: c, 1: d, 1.0: e, true: f, .nan: g, x: h, x: i}").unwrap();
+        assert_eq!(doc.repr(), "{0.5: 'c', 1.5: 'b', 1: 'f', nan: 'g', 'x': 'i'}");
+        // Many float keys, each distinct: all kept, in order.
+        let text: String = (0..50_000).map(|i| format!("{i}.5: {i}\n")).collect();
+        let Py::Dict(pairs) = load(&text).unwrap() else {
+            panic!()
+        };
+        assert_eq!(pairs.len(), 50_000);
+        assert_eq!(pairs[49_999], (Py::Float(49_999.5), int(49_999)));
     }
 }

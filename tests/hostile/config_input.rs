@@ -413,3 +413,108 @@ fn yaml_aliases_that_expand_past_the_bound_are_refused_before_they_do() {
     assert_library_config_error(&config, "expands past 64 MiB");
     assert_untouched(&case, &before, &["laughs.yaml"]);
 }
+
+#[test]
+fn yaml_float_keys_are_read_in_linear_time() {
+    // serde_norway hashes every float alike: 80,000 keys `0.5:`, `1.5:`, … took 30-50 s, each
+    // inserted after a scan of every earlier key. Killed past 10 s.
+    let case = Case::linear();
+    let mut text = String::from(
+        "config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\nop_name_configs:\n",
+    );
+    for i in 0..80_000 {
+        text += &format!("  {i}.5: null\n");
+    }
+    let config = case.tmp.path().join("floats.yaml");
+    std::fs::write(&config, text).unwrap();
+    let o = prune_with_config(&case, &config, &["--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn configs_of_too_many_nodes_are_refused_before_they_are_built() {
+    // 16 MiB of `0,` is eight million nodes: building them peaked at 874 MB (JSON) and 1.14 GB
+    // (YAML) before the config was refused. Now refused by count, the same for JSON and YAML;
+    // the memory it takes is measured by the bench scripts, not here.
+    let case = Case::linear();
+    let before = snapshot(&case.input);
+    let zeros = "0,".repeat(((16 << 20) - 100) / 2);
+    let mut names = vec![];
+    let max = mlprune::config::limits::MAX_CONFIG_NODES.to_string();
+    for (name, text) in [
+        ("zeros.json", format!("{{\"a\": [{zeros}0]}}")),
+        ("zeros.yaml", format!("a: [{zeros}0]\n")),
+    ] {
+        let path = case.tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        names.push(name);
+        let o = prune_with_config(&case, &path, &[]);
+        assert_config_error(&o, &[name, &format!("holds more than {max} nodes")]);
+    }
+    // A plain config (no anchors) of 500,000 entries: it was refused as YAML for "aliases" and
+    // accepted as JSON. Now both are refused alike, naming no aliases.
+    let entries: Vec<String> = (0..500_000).map(|i| format!("k{i}")).collect();
+    let head = "config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n";
+    let yaml = format!(
+        "{head}op_name_configs:\n{}",
+        entries
+            .iter()
+            .map(|k| format!("  {k}: null\n"))
+            .collect::<String>()
+    );
+    let json = format!(
+        "{{\"config_type\": \"OpMagnitudePrunerConfig\", \"op_name_configs\": {{{}}}}}",
+        entries
+            .iter()
+            .map(|k| format!("\"{k}\": null"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (name, text) in [("plain.yaml", yaml), ("plain.json", json)] {
+        let path = case.tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        names.push(name);
+        let o = prune_with_config(&case, &path, &[]);
+        assert_config_error(&o, &[name, &format!("holds more than {max} nodes")]);
+        assert!(!String::from_utf8_lossy(&o.stderr).contains("alias"));
+    }
+    assert_untouched(&case, &before, &names);
+}
+
+#[test]
+fn config_errors_echo_a_long_key_cut_short_on_one_line() {
+    // A 16 MB key made a 16 MB error line.
+    let case = Case::linear();
+    let key = format!("{}\n{}", "k".repeat(100), "x".repeat(15 << 20));
+    let config = case.tmp.path().join("longkey.json");
+    std::fs::write(&config, format!("{{\"{}\": 1}}", key.replace('\n', "\\n"))).unwrap();
+    let o = prune_with_config(&case, &config, &[]);
+    let tail = format!("{}… ({} bytes)", "k".repeat(64), key.len());
+    assert_config_error(&o, &["longkey.json", "Invalid key", &tail]);
+    assert!(o.stderr.len() < 400, "{} bytes", o.stderr.len());
+}
+
+#[test]
+fn yaml_that_pyyaml_refuses_is_refused() {
+    // coremltools' from_yaml (PyYAML) refuses these; mlprune pruned with them.
+    let case = Case::linear();
+    let before = snapshot(&case.input);
+    let body = "config_type: OpMagnitudePrunerConfig\nglobal_config: {target_sparsity: 0.5}\n";
+    let cases = [
+        (
+            "anchor.yaml",
+            "config_type: &t OpMagnitudePrunerConfig\nglobal_config: {target_sparsity: &t 0.5}\n".to_string(),
+            "found duplicate anchor 't'",
+        ),
+        ("boms.yaml", format!("\u{feff}\u{feff}{body}"), "byte-order mark"),
+        ("bomend.yaml", format!("{body}\u{feff}"), "byte-order mark"),
+    ];
+    for (name, text, reason) in &cases {
+        let path = case.tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let o = prune_with_config(&case, &path, &[]);
+        assert_config_error(&o, &[name, reason]);
+    }
+    let names: Vec<&str> = cases.iter().map(|(n, _, _)| *n).collect();
+    assert_untouched(&case, &before, &names);
+}
