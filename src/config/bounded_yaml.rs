@@ -171,13 +171,11 @@ mod tests {
     #[test]
     fn float_keys_are_not_compared() {
         // serde_norway hashes every float alike: building its `Mapping` of these keys compared
-        // each with every earlier one (80,000 took 30 s). Checked by counting work, not by timing:
-        // 200,000 keys finish here only if no such comparison happens.
+        // each with every earlier one (80,000 took 30 s; 200,000 would take minutes). The check
+        // builds no mapping now; the CLI test `yaml_float_keys_are_read_in_linear_time` guards the time
+        // against a hang.
         let text: String = (0..200_000).map(|i| format!("{i}.5: null\n")).collect();
-        let started = std::time::Instant::now();
         assert!(check(&text, false).is_ok());
-        // Generous: linear takes well under a second even in a debug build on a busy machine.
-        assert!(started.elapsed() < std::time::Duration::from_secs(60));
     }
 
     #[test]
