@@ -510,8 +510,10 @@ pub fn check_output_spares(output: &Path, files: &[&Path], force: bool) -> Resul
     // listed), by identity, which sees bind mounts.
     let holds = |within: &dyn Fn(&Path) -> bool| files.iter().find(|(_, c)| within(c));
     let by_path = holds(&|c| c.starts_with(&output_canonical)).map(|(f, _)| *f);
-    if by_path.is_none() {
-        check_replaceable(output)?;
+    if by_path.is_none() && check_replaceable(output).is_err() {
+        // Not a package of ours: its folders are not listed, and creating the output refuses it
+        // (naming the input first where it holds that).
+        return Ok(());
     }
     let held = by_path.or_else(|| holds(&|c| lies_within(c, &output_canonical)).map(|(f, _)| *f));
     match held {
