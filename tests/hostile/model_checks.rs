@@ -368,6 +368,18 @@ fn blocks_nested_thousands_deep_are_refused_before_any_reader_recurses() {
     assert_refused(&case, Refused::Both, check, &["model.mlmodel", reason]);
 }
 
+/// Applies `edit` to the output type and the `val` type of the case's first blob const, and
+/// returns its name.
+fn edit_first_weight_types(case: &Case, edit: fn(&mut mlprune::proto::mil::TensorType)) -> String {
+    let (weight, _) = first_blob_const(case);
+    edit_named_op(case, &weight, |op| {
+        edit(tensor_type(&mut op.outputs[0].r#type));
+        let val = op.attributes.iter_mut().find(|e| e.key == "val").unwrap();
+        edit(tensor_type(&mut val.value.as_mut().unwrap().r#type));
+    });
+    weight
+}
+
 #[test]
 fn a_blob_whose_type_says_not_how_to_read_it_is_refused_by_inspect_as_by_prune() {
     // inspect used to leave such a tensor out of its listing (and its totals) while prune refused it.
@@ -379,12 +391,7 @@ fn a_blob_whose_type_says_not_how_to_read_it_is_refused_by_inspect_as_by_prune()
     ];
     for edit in edits {
         let case = Case::linear();
-        let (weight, _) = first_blob_const(&case);
-        edit_named_op(&case, &weight, |op| {
-            edit(tensor_type(&mut op.outputs[0].r#type));
-            let val = op.attributes.iter_mut().find(|e| e.key == "val").unwrap();
-            edit(tensor_type(&mut val.value.as_mut().unwrap().r#type));
-        });
+        let weight = edit_first_weight_types(&case, edit);
         let reason = "blob value without a numeric tensor type of known shape";
         let check = |e: &Error| e.to_string().contains(reason);
         assert_refused(&case, Refused::Both, check, &[&weight, reason]);
@@ -533,12 +540,7 @@ fn bench_refuses_what_prune_refuses() {
     ];
     for edit in edits {
         let case = Case::linear();
-        let (weight, _) = first_blob_const(&case);
-        edit_named_op(&case, &weight, |op| {
-            edit(tensor_type(&mut op.outputs[0].r#type));
-            let val = op.attributes.iter_mut().find(|e| e.key == "val").unwrap();
-            edit(tensor_type(&mut val.value.as_mut().unwrap().r#type));
-        });
+        let weight = edit_first_weight_types(&case, edit);
         let output = case.output();
         let prune = cli(&[
             "prune".as_ref(),
