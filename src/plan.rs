@@ -223,17 +223,9 @@ pub(crate) fn consumer_views(graph: &GraphView, index: usize) -> Vec<Consumer<'_
 }
 
 /// coremltools' `_get_const_op_config`, following chains of constexpr consumers to the op whose
-/// config decides (joint compression reads configs through such chains).
-pub(crate) fn resolve_const<'c>(
-    graph: &GraphView,
-    config: &'c OptimizationConfig,
-    index: usize,
-) -> Result<Resolution<'c>> {
-    resolve_const_along(graph, config, index, &mut ChainEnds::default())
-}
-
-/// [`resolve_const`], with the ends of the chains already followed in `ends`.
-fn resolve_const_along<'c>(
+/// config decides (joint compression reads configs through such chains), with the ends of the
+/// chains already followed in `ends`.
+pub(crate) fn resolve_const_along<'c>(
     graph: &GraphView,
     config: &'c OptimizationConfig,
     index: usize,

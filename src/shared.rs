@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::mil::entries::Entries;
 use crate::mil::graph::GraphView;
 use crate::mil::value::{OperationExt, ValueExt};
-use crate::plan::{resolve_const, Decision, PlannedTensor};
+use crate::plan::{resolve_const_along, ChainEnds, Decision, PlannedTensor};
 use crate::proto::mil::{Operation, Program, Value};
 
 /// The identity of a source blob as a const reads it: its `weight.bin` offset, and the dtype and
@@ -87,10 +87,13 @@ pub fn check_shared_configs(
     groups.retain(|_, m| m.len() > 1);
     let pruned_somewhere =
         |m: &Vec<&PlannedTensor>| m.iter().any(|p| matches!(p.decision, Decision::Prune(_)));
+    // One record of chain ends for all the consts: many of them feeding one long chain of
+    // constexpr ops would each follow it to its end.
+    let mut ends = ChainEnds::default();
     for ((offset, ..), members) in groups.iter().filter(|(_, m)| pruned_somewhere(m)) {
         let mut first: Option<(usize, Option<OpConfig>)> = None;
         for &p in members {
-            let Some(resolved) = resolved_config(graph, config, p)? else {
+            let Some(resolved) = resolved_config(graph, config, p, &mut ends)? else {
                 continue;
             };
             let Some((first_index, first_config)) = &first else {
@@ -114,10 +117,11 @@ pub fn check_shared_configs(
 
 /// The config a planned const resolves to: `Some(Some(c))` pruned (or an eligibility skip) under
 /// `c`, `Some(None)` no config (`None` set or nothing applies), `None` not compared.
-fn resolved_config(
+fn resolved_config<'c>(
     graph: &GraphView,
-    config: &OptimizationConfig,
+    config: &'c OptimizationConfig,
     p: &PlannedTensor,
+    ends: &mut ChainEnds<'c>,
 ) -> Result<Option<Option<OpConfig>>> {
     if let Decision::Prune(c) = &p.decision {
         return Ok(Some(Some((**c).clone())));
@@ -126,7 +130,7 @@ fn resolved_config(
     if !p.storable() {
         return Ok(None);
     }
-    Ok(match resolve_const(graph, config, p.op_index)? {
+    Ok(match resolve_const_along(graph, config, p.op_index, ends)? {
         Resolution::Config(c) => Some(Some(c.clone())),
         Resolution::Skip(SkipReason::ExplicitNone { .. } | SkipReason::NoConfig) => Some(None),
         Resolution::Skip(_) | Resolution::FollowConstexpr { .. } => None,
