@@ -27,6 +27,7 @@ pub mod global_sparsity;
 pub mod gpu;
 pub mod inspect;
 pub mod joint;
+mod json_nodes;
 pub mod mil;
 pub mod package;
 pub mod plan;

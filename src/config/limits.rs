@@ -21,38 +21,11 @@ pub(crate) fn too_many_nodes(max: usize) -> String {
     )
 }
 
-/// Refuses JSON `text` of more than `max` nodes, counted in one pass without building anything.
-///
-/// Every node but the first is preceded by its own `[`, `{`, `,` or `:` outside strings (a key by
-/// `{` or `,`, a value by `:`, a list item by `[` or `,`), so one more than the count of those is
-/// at least the number of nodes, and equal to it but for empty collections. Text that is not JSON
-/// is left to serde_json, which names the error.
+/// Refuses JSON `text` of more than `max` nodes, counted in one pass without building anything
+/// (see [`crate::json_nodes::more_json_nodes_than`]). Text that is not JSON is left to serde_json,
+/// which names the error.
 pub(crate) fn check_json_nodes(text: &str, max: usize) -> Result<(), String> {
-    let (mut in_string, mut escaped) = (false, false);
-    let mut nodes = 1usize;
-    for &b in text.as_bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' | b',' | b':' => {
-                nodes += 1;
-                if nodes > max {
-                    return Err(too_many_nodes(max));
-                }
-            }
-            _ => {}
-        }
-    }
-    // The root alone, where nothing precedes it (only a bound of zero refuses it).
-    if nodes > max {
+    if crate::json_nodes::more_json_nodes_than(text.as_bytes(), max) {
         return Err(too_many_nodes(max));
     }
     Ok(())
