@@ -508,14 +508,16 @@ pub fn check_output_spares(output: &Path, files: &[&Path], force: bool) -> Resul
         .collect();
     // By path first; then, once OUTPUT is known to be a package of ours (only its folders are
     // listed), by identity, which sees bind mounts.
-    let holds = |within: &dyn Fn(&Path) -> bool| files.iter().find(|(_, c)| within(c));
-    let by_path = holds(&|c| c.starts_with(&output_canonical)).map(|(f, _)| *f);
-    if by_path.is_none() && check_replaceable(output).is_err() {
+    let by_path = files.iter().any(|(_, c)| c.starts_with(&output_canonical));
+    if !by_path && check_replaceable(output).is_err() {
         // Not a package of ours: its folders are not listed, and creating the output refuses it
         // (naming the input first where it holds that).
         return Ok(());
     }
-    let held = by_path.or_else(|| holds(&|c| lies_within(c, &output_canonical)).map(|(f, _)| *f));
+    let held = files
+        .iter()
+        .find(|(_, c)| lies_within(c, &output_canonical))
+        .map(|(f, _)| *f);
     match held {
         Some(file) => Err(Error::Usage(format!(
             "output {} holds {}, which the run reads; refusing to replace it",

@@ -73,19 +73,16 @@ pub(crate) fn lies_within(path: &Path, guarded: &Path) -> bool {
     if path.starts_with(guarded) {
         return true;
     }
-    let Some(target) = file_identity(guarded) else {
-        return false;
-    };
-    let inside = match folder_identities(guarded) {
-        Some(folders) => folders,
+    // `guarded` itself is among them (none where it does not exist).
+    let Some(inside) = folder_identities(guarded) else {
         // Too many folders to list: only a package's few folders are ever compared, so this is
         // no package of ours; saying "inside" refuses rather than risk writing into it.
-        None => return true,
+        return true;
     };
     path.ancestors()
         .filter(|a| !a.as_os_str().is_empty())
         .filter_map(file_identity)
-        .any(|id| id == target || inside.contains(&id))
+        .any(|id| inside.contains(&id))
 }
 
 /// The identities of `root` and of every folder under it (links not followed, mount points
