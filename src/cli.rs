@@ -300,16 +300,19 @@ fn quiet_wayland_probe() {
 pub fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { input, json } => {
-            let report = inspect::inspect(&input)?;
-            for notice in &report.notices {
+            let inspection = inspect::Inspection::open(&input)?;
+            for notice in &inspection.notices {
                 write_stderr(&format!("mlprune: {}\n", escape_control(notice)));
             }
-            if json {
-                print_stdout(&inspect::render_json(&report)?)
-            } else {
-                // Streamed: a table of many long rows is never held whole.
-                write_stdout(|out| inspect::write_table(&report, out))
-            }
+            // Streamed: the rows are made as they are written, never held all at once.
+            let written = write_stdout(|out| {
+                if json {
+                    inspect::write_json(&inspection, out)
+                } else {
+                    inspect::write_table(&inspection, out)
+                }
+            });
+            inspection.failure().map_or(written, Err)
         }
         Command::Generate(args) => {
             let spec = args.to_spec()?;

@@ -13,7 +13,7 @@ use mlprune::blob::BlobReader;
 use mlprune::config::{from_shortcuts, Shortcuts};
 use mlprune::dtype::ScalarType;
 use mlprune::engine::{self, DevicePolicy, PruneJob};
-use mlprune::inspect::{inspect, render_table};
+use mlprune::inspect::{inspect, render_json, render_table, Inspection};
 use mlprune::mil::access::op_at;
 use mlprune::mil::graph::GraphView;
 use mlprune::mil::{decode_model, OperationExt, ValueExt};
@@ -193,10 +193,15 @@ pub fn model(data: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let input = write_package(dir.path(), model_bytes, weights);
     let before = snapshot(&input);
-    match inspect(&input) {
-        Ok(report) => {
-            let table = render_table(&report);
+    match Inspection::open(&input) {
+        Ok(inspection) => {
+            // Rows the first pass made are made again for each output.
+            let table = render_table(&inspection).expect("the table of a package read");
             assert!(table.starts_with("NAME"));
+            render_json(&inspection).expect("the JSON of a package read");
+            let rows = inspection.row_count();
+            let report = inspection.into_report().expect("the rows of a package read");
+            assert_eq!(report.weights.len(), rows);
         }
         Err(e) => assert_one_line(&e),
     }

@@ -149,7 +149,7 @@ fn prune(
 /// `mlprune inspect PATH --json`, as JSON text.
 #[pyfunction]
 fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
-    py.detach(|| mlprune::inspect::inspect(&path).and_then(|r| mlprune::inspect::render_json(&r)))
+    py.detach(|| mlprune::inspect::Inspection::open(&path).and_then(|i| mlprune::inspect::render_json(&i)))
         .map_err(to_py_err)
 }
 

@@ -281,6 +281,12 @@ fn inspect_and_report_name_the_function_and_mark_shared_tensors() {
     assert_eq!(main_row.shared_with, ["second"]);
     assert_eq!(row.shared_offsets.len(), 1);
     assert_eq!(row.shared_offsets, main_row.shared_offsets);
+    // `inspect --json` writes its rows as it makes them: the text is that of the whole report.
+    let inspection = mlprune::inspect::Inspection::open(&case.input).unwrap();
+    let streamed = mlprune::inspect::render_json(&inspection).unwrap();
+    assert_eq!(streamed, serde_json::to_string_pretty(&report).unwrap() + "\n");
+    let o = cli(&["inspect".as_ref(), case.input.as_os_str(), "--json".as_ref()]);
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), streamed);
 
     // A single-function model keeps its table: no FUNCTION or SHARED column.
     let single = cli_inspect(&Case::linear().input);
