@@ -135,7 +135,7 @@ impl ScratchPath {
     /// Removes the path now (best effort) and unregisters it.
     pub fn remove(self) {
         let is_dir = registry().get(&self.id).is_some_and(|r| r.is_dir);
-        remove_path(&self.path, is_dir);
+        let _ = remove_path(&self.path, is_dir);
     }
 }
 
@@ -183,22 +183,32 @@ fn same_file(path: &Path, _handle: &File) -> bool {
     path.exists()
 }
 
-fn remove_path(path: &Path, is_dir: bool) {
+fn remove_path(path: &Path, is_dir: bool) -> io::Result<()> {
     // Never into a mount point somebody put in the folder.
-    let _ = if is_dir {
+    if is_dir {
         crate::package::paths::remove_tree_one_fs(path)
     } else {
         std::fs::remove_file(path)
-    };
+    }
 }
 
 /// Removes every entry of `dir` whose name starts with `prefix` and that no live process holds
 /// (its lock can be taken): scratch paths left by a run that was killed before it could clean up.
-/// Returns what was removed. Entries of other kinds (links, FIFOs) are left alone, and so is
-/// anything that cannot be opened, and anything that is, holds or lies inside one of `spare` (the
-/// run's input and config: a user may well prune a package a killed run set aside, under the name
-/// it was left with).
-pub fn sweep_stale(dir: &Path, prefix: impl AsRef<OsStr>, spare: &[&Path]) -> Result<Vec<PathBuf>> {
+/// Returns what was removed. Left alone:
+/// - entries of other kinds (links, FIFOs), and anything that cannot be opened;
+/// - a mount point (a folder mounted at a scratch name), and a folder holding a mount point, a
+///   link or a special file: mlprune writes none, and removing the rest would delete a user's
+///   files before stopping at it;
+/// - with `marker`, a folder that holds no file of that name and is not empty (scratch folders in
+///   a shared place, the temporary directory, carry one from the moment they are made);
+/// - anything that is, holds or lies inside one of `spare` (the run's input and config: a user may
+///   well prune a package a killed run set aside, under the name it was left with).
+pub fn sweep_stale(
+    dir: &Path,
+    prefix: impl AsRef<OsStr>,
+    marker: Option<&str>,
+    spare: &[&Path],
+) -> Result<Vec<PathBuf>> {
     let spare: Vec<PathBuf> = spare
         .iter()
         .filter_map(|p| std::fs::canonicalize(p).ok())
@@ -209,6 +219,9 @@ pub fn sweep_stale(dir: &Path, prefix: impl AsRef<OsStr>, spare: &[&Path]) -> Re
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
         Err(e) => return Err(Error::io(dir, e)),
+    };
+    let Some(dir_mount) = crate::package::paths::mount_of_path(dir) else {
+        return Ok(removed);
     };
     for entry in entries {
         let entry = entry.at(dir)?;
@@ -231,8 +244,19 @@ pub fn sweep_stale(dir: &Path, prefix: impl AsRef<OsStr>, spare: &[&Path]) -> Re
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if !(meta.is_dir() || meta.is_file()) {
+        if !(meta.is_dir() || meta.is_file())
+            || crate::package::paths::mount_of_path(&path) != Some(dir_mount)
+        {
             continue;
+        }
+        if meta.is_dir() {
+            let marked = |marker: &str| {
+                std::fs::symlink_metadata(path.join(marker)).is_ok_and(|m| m.is_file())
+                    || std::fs::read_dir(&path).is_ok_and(|mut e| e.next().is_none())
+            };
+            if marker.is_some_and(|m| !marked(m)) || crate::package::paths::foreign_entry(&path).is_some() {
+                continue;
+            }
         }
         if let Ok(canonical) = std::fs::canonicalize(&path) {
             if spare
@@ -246,8 +270,9 @@ pub fn sweep_stale(dir: &Path, prefix: impl AsRef<OsStr>, spare: &[&Path]) -> Re
         if handle.try_lock().is_err() || !same_file(&path, &handle) {
             continue; // a live run holds it, or it was replaced meanwhile
         }
-        remove_path(&path, meta.is_dir());
-        removed.push(path);
+        if remove_path(&path, meta.is_dir()).is_ok() {
+            removed.push(path);
+        }
     }
     removed.sort();
     Ok(removed)
@@ -262,6 +287,14 @@ pub fn install_signal_cleanup() -> Result<()> {
 
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| Error::Usage(format!("cannot install signal handlers: {e}")))?;
+    // A file-size limit (`ulimit -f`) ends a process by SIGXFSZ, no cleanup run, by default.
+    // Caught, the write that passes the limit fails with EFBIG instead, and the run ends as on a
+    // full disk: one error line, nothing left behind.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(AtomicBool::new(false)),
+    )
+    .map_err(|e| Error::Usage(format!("cannot install signal handlers: {e}")))?;
     std::thread::Builder::new()
         .name("mlprune-signals".into())
         .spawn(move || {
@@ -303,7 +336,7 @@ fn remove_racing_writers<'r>(scratch: impl Iterator<Item = &'r Registered> + Clo
         for registered in scratch.clone() {
             if std::fs::symlink_metadata(&registered.path).is_ok() {
                 found = true;
-                remove_path(&registered.path, registered.is_dir);
+                let _ = remove_path(&registered.path, registered.is_dir);
             }
         }
         if pass > 0 && !found {
@@ -357,7 +390,7 @@ mod tests {
         #[cfg(unix)]
         std::os::unix::fs::symlink("o.mlpackage", dir.path().join(".o.mlprune-tmp-link")).unwrap();
 
-        let removed = sweep_stale(dir.path(), ".o.mlprune-tmp-", &[]).unwrap();
+        let removed = sweep_stale(dir.path(), ".o.mlprune-tmp-", None, &[]).unwrap();
         assert_eq!(
             removed,
             [
@@ -393,7 +426,7 @@ mod tests {
         // them), the next sweep takes them.
         let (a, b) = (live_dir.path().to_path_buf(), live_file.path().to_path_buf());
         drop((live_dir, live_file));
-        let mut removed = sweep_stale(dir.path(), ".o.mlprune-tmp-", &[]).unwrap();
+        let mut removed = sweep_stale(dir.path(), ".o.mlprune-tmp-", None, &[]).unwrap();
         removed.sort();
         let mut both = vec![a, b];
         both.sort();
@@ -409,7 +442,7 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
-                    sweep_stale(dir.path(), ".race-", &[]).unwrap();
+                    sweep_stale(dir.path(), ".race-", None, &[]).unwrap();
                 }
             });
             let creators: Vec<_> = (0..3)

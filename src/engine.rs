@@ -202,12 +202,9 @@ fn prune_steps(
         None => None,
     };
 
-    check_output_spares(
-        &job.output,
-        &job.config_file.iter().map(|c| c.as_path()).collect::<Vec<_>>(),
-        job.force,
-    )?;
-    let mut out = OutputPackage::create(&package, &job.output, job.force)?;
+    let configs: Vec<&std::path::Path> = job.config_file.iter().map(|c| c.as_path()).collect();
+    check_output_spares(&job.output, &configs, job.force)?;
+    let mut out = OutputPackage::create(&package, &job.output, job.force, &configs)?;
     if let Some(report) = &job.report {
         let protected: Vec<&std::path::Path> = std::iter::once(job.input.as_path())
             .chain(job.config_file.as_deref())

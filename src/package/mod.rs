@@ -16,6 +16,7 @@ mod zipped;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,9 @@ use zipped::{extract_package, strip_suffix_ignore_case, ZipLimits};
 const ZIP_MAGICS: [&[u8; 4]; 2] = [b"PK\x03\x04", b"PK\x05\x06"];
 /// Name prefix of the private folders zipped inputs are extracted into, in the temporary directory.
 pub(crate) const UNZIP_PREFIX: &str = ".mlprune-unzip-";
+/// A file in each of those folders, made with it: a sweep of the temporary directory, which other
+/// programs and users share, removes only folders that hold one (or nothing at all).
+pub(crate) const UNZIP_MARKER: &str = ".mlprune-unzip-scratch";
 
 /// An opened input package.
 #[derive(Debug)]
@@ -76,7 +80,7 @@ impl Package {
         // go first; a live run's copy is locked and stays. Best effort: a temporary directory that
         // cannot be listed is no reason to refuse a folder input, and extraction reports its own
         // errors.
-        let _ = sweep_stale(&temp_dir, UNZIP_PREFIX, &[input]);
+        let _ = sweep_stale(&temp_dir, UNZIP_PREFIX, Some(UNZIP_MARKER), &[input]);
         let meta = std::fs::metadata(input).at(input)?;
         if meta.is_dir() {
             let root = std::fs::canonicalize(input).at(input)?;
@@ -94,6 +98,8 @@ impl Package {
         }
         // From here on, dropping `temp` (on error, or with the package) removes the extraction.
         let temp = ExtractedDir(Some(ScratchPath::create_dir(&temp_dir, UNZIP_PREFIX)?));
+        let marker = temp.path().join(UNZIP_MARKER);
+        File::create_new(&marker).at(&marker)?;
         let root = extract_package(input, temp.path(), limits)?;
         let root = std::fs::canonicalize(&root).at(&root)?;
         // Name files inside the archive as `archive.zip/<pkg>.mlpackage/...` rather than by the
@@ -368,10 +374,12 @@ mod tests {
         assert!(used_paths(&manifest).contains(&PathBuf::from("Data/com.apple.CoreML/weights")));
     }
 
-    /// A folder named like an extraction, as a killed run leaves it: not locked by anyone.
+    /// A folder named like an extraction, as a killed run leaves it: not locked by anyone, with
+    /// the marker every extraction folder gets.
     fn plant_stale_extraction(_tag: &str) -> PathBuf {
         let stale = std::env::temp_dir().join(format!("{UNZIP_PREFIX}{}", random::temp_suffix()));
         std::fs::create_dir_all(stale.join("m.mlpackage/Data")).unwrap();
+        std::fs::write(stale.join(UNZIP_MARKER), b"").unwrap();
         std::fs::write(stale.join("m.mlpackage/Data/weight.bin"), b"left behind").unwrap();
         stale
     }

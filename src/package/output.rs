@@ -126,8 +126,8 @@ fn create_scratch(dir: &Path, user_path: &Path, what: &str, is_dir: bool) -> Res
 /// them), and old packages a killed `--force` run had set aside, and says so in `notices`.
 /// Never what is, holds or lies inside one of `spare`.
 fn sweep_leftovers(dir: &Path, name: &OsStr, spare: &[&Path], notices: &mut Vec<String>) -> Result<()> {
-    let mut removed = cleanup::sweep_stale(dir, scratch_prefix(name), spare)?;
-    removed.extend(cleanup::sweep_stale(dir, aside_prefix(name), spare)?);
+    let mut removed = cleanup::sweep_stale(dir, scratch_prefix(name), None, spare)?;
+    removed.extend(cleanup::sweep_stale(dir, aside_prefix(name), None, spare)?);
     for path in removed {
         notices.push(format!("removed {}, left by an interrupted run", path.display()));
     }
@@ -171,17 +171,15 @@ impl OutputPackage {
     /// Refuses an OUTPUT that is, contains or lies inside the input, and an existing OUTPUT
     /// unless `force` (and then only a package). Then stages a copy of every input file the
     /// package uses (the manifest and its declared items: `used_paths`) except the root model and
-    /// `weight.bin`, which the caller writes at `model_path()` and `weight_path()`.
-    pub fn create(input: &Package, output: &Path, force: bool) -> Result<OutputPackage> {
+    /// `weight.bin`, which the caller writes at `model_path()` and `weight_path()`. `reads`: the
+    /// other files the run reads (config files), which no sweep of leftovers removes.
+    pub fn create(input: &Package, output: &Path, force: bool, reads: &[&Path]) -> Result<OutputPackage> {
         let (parent, name) = split_output(output)?;
         check_output_location(input, output, &parent, &name, force)?;
-        let staged = Self::stage(
-            output,
-            (parent, name),
-            input.manifest().clone(),
-            force,
-            &[input.origin()],
-        )?;
+        let spare: Vec<&Path> = std::iter::once(input.origin())
+            .chain(reads.iter().copied())
+            .collect();
+        let staged = Self::stage(output, (parent, name), input.manifest().clone(), force, &spare)?;
         // From here on, dropping `staged` on error removes the staging directory.
         let skip = [
             Path::new(DATA_DIR).join(input.manifest().root_model_relative()),
@@ -559,7 +557,7 @@ fn check_replaceable(output: &Path) -> Result<()> {
         refuse(&"a symbolic link")
     } else if kind.is_dir() {
         if !is_package_dir(output) {
-            refuse(&"a folder that is not only an .mlpackage (it may hold nothing but a valid Manifest.json and a Data folder)")
+            refuse(&"a folder that is not only an .mlpackage (it may hold nothing but a valid Manifest.json and a Data folder with the root model it names)")
         } else if let Some((path, what)) = foreign_entry(output) {
             // A mount point in it (the input, bind-mounted there) would be emptied with it.
             refuse(&format_args!("a folder holding {what} ({})", path.display()))
@@ -570,7 +568,7 @@ fn check_replaceable(output: &Path) -> Result<()> {
         if zip_holds_package(output) {
             Ok(())
         } else {
-            refuse(&"a file that is not a zip holding only an .mlpackage")
+            refuse(&"a file that is not a zip holding only an .mlpackage (with the root model its manifest names)")
         }
     } else {
         refuse(&"not a regular file or folder")
@@ -600,14 +598,26 @@ fn is_package_dir(dir: &Path) -> bool {
         }
     }
     let path = dir.join(MANIFEST_FILE);
-    manifest
-        && data
-        && File::open(&path).is_ok_and(|f| valid_manifest(io::Read::take(f, MANIFEST_READ_LIMIT), &path))
+    if !(manifest && data) {
+        return false;
+    }
+    let Some(manifest) = File::open(&path)
+        .ok()
+        .and_then(|f| valid_manifest(io::Read::take(f, MANIFEST_READ_LIMIT), &path))
+    else {
+        return false;
+    };
+    // A manifest copied into a folder of other things does not make it a package: the root model
+    // it names must be there too.
+    let root_model = dir.join(DATA_DIR).join(manifest.root_model_relative());
+    std::fs::symlink_metadata(root_model).is_ok_and(|m| m.is_file())
 }
 
-fn valid_manifest(mut reader: impl io::Read, path: &Path) -> bool {
+/// The manifest `reader` holds, when it is a valid one.
+fn valid_manifest(mut reader: impl io::Read, path: &Path) -> Option<Manifest> {
     let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).is_ok() && Manifest::parse(&bytes, path).is_ok()
+    reader.read_to_end(&mut bytes).ok()?;
+    Manifest::parse(&bytes, path).ok()
 }
 
 /// A zip archive holding one package and nothing else: every entry is the package's
@@ -659,9 +669,18 @@ fn zip_holds_package(path: &Path) -> bool {
     let Some(index) = archive.index_for_name(&originals[position]) else {
         return false;
     };
-    archive
+    let Some(manifest) = archive
         .by_index(index)
-        .is_ok_and(|entry| valid_manifest(io::Read::take(entry, MANIFEST_READ_LIMIT), path))
+        .ok()
+        .and_then(|entry| valid_manifest(io::Read::take(entry, MANIFEST_READ_LIMIT), path))
+    else {
+        return false;
+    };
+    // The root model the manifest names must be in the archive too (see `is_package_dir`).
+    let root_model = Path::new(root)
+        .join(DATA_DIR)
+        .join(manifest.root_model_relative());
+    names.iter().any(|n| Path::new(n) == root_model)
 }
 
 /// Whether the file is a zip archive and nothing else, as mlprune writes one: a local file header
@@ -978,7 +997,7 @@ mod tests {
     /// weight file and manifest, as the pipeline does.
     fn stage(dir: &Path, out_name: &str, force: bool) -> Result<(Package, OutputPackage)> {
         let input = Package::open(&dir.join("in.mlpackage"))?;
-        let mut staged = OutputPackage::create(&input, &dir.join(out_name), force)?;
+        let mut staged = OutputPackage::create(&input, &dir.join(out_name), force, &[])?;
         std::fs::write(staged.model_path(), b"new model").unwrap();
         std::fs::write(staged.weight_path(), b"new weights").unwrap();
         let mut manifest = input.manifest().clone();
@@ -1016,7 +1035,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         make_package(dir.path(), "in.mlpackage");
         let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
-        let staged = OutputPackage::create(&input, &dir.path().join("out.mlpackage"), false).unwrap();
+        let staged = OutputPackage::create(&input, &dir.path().join("out.mlpackage"), false, &[]).unwrap();
         let staging = staged.staging_dir().to_path_buf();
         assert!(staging
             .file_name()
@@ -1140,7 +1159,7 @@ mod tests {
         zip_tree(&root, &zip_path, "src.mlpackage/");
         let input = Package::open(&zip_path).unwrap();
         let out = dir.path().join("out.mlpackage");
-        let staged = OutputPackage::create(&input, &out, false).unwrap();
+        let staged = OutputPackage::create(&input, &out, false, &[]).unwrap();
         std::fs::write(staged.model_path(), b"m").unwrap();
         staged.commit().unwrap();
         let tree = read_tree(&out);
@@ -1148,7 +1167,7 @@ mod tests {
         assert!(!tree.contains_key(Path::new("Data/com.apple.CoreML/weights/weight.bin")));
         // The zip itself is the input: writing over it is refused.
         assert!(matches!(
-            OutputPackage::create(&input, &zip_path, true),
+            OutputPackage::create(&input, &zip_path, true, &[]),
             Err(Error::Usage(_))
         ));
     }
@@ -1161,10 +1180,10 @@ mod tests {
         // Also when spelled differently.
         let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
         let other_spelling = dir.path().join("in.mlpackage/Data/../../in.mlpackage");
-        let err = OutputPackage::create(&input, &other_spelling, true).unwrap_err();
+        let err = OutputPackage::create(&input, &other_spelling, true, &[]).unwrap_err();
         assert!(err.to_string().contains("is the input"), "{err}");
         let no_name = dir.path().join("in.mlpackage/Data/..");
-        let err = OutputPackage::create(&input, &no_name, true).unwrap_err();
+        let err = OutputPackage::create(&input, &no_name, true, &[]).unwrap_err();
         assert!(err.to_string().contains("does not name a file"), "{err}");
         assert_eq!(list_dir(dir.path()), ["in.mlpackage"]);
     }
@@ -1177,7 +1196,7 @@ mod tests {
             usage(stage(dir.path(), "in.mlpackage/Data/out.mlpackage", true)).contains("inside the input")
         );
         let input = Package::open(&dir.path().join("in.mlpackage")).unwrap();
-        let err = OutputPackage::create(&input, dir.path(), true).unwrap_err();
+        let err = OutputPackage::create(&input, dir.path(), true, &[]).unwrap_err();
         assert!(err.to_string().contains("contains the input"), "{err}");
         assert!(input.root().join("Data/com.apple.CoreML/model.mlmodel").exists());
         let in_data = read_tree(input.root());
@@ -1355,7 +1374,8 @@ mod tests {
         #[cfg(unix)]
         cases.push((&input, "innocent.json", "symbolic link"));
         for (package, report, expected) in cases {
-            let mut staged = OutputPackage::create(package, &dir.path().join("out.mlpackage"), true).unwrap();
+            let mut staged =
+                OutputPackage::create(package, &dir.path().join("out.mlpackage"), true, &[]).unwrap();
             let err = staged
                 .reserve_companion(&dir.path().join(report), &[package.origin(), &config])
                 .unwrap_err();
@@ -1453,7 +1473,7 @@ mod tests {
         ] {
             let input = Package::open(input).unwrap();
             let out = dir.path().join(out_name);
-            let staged = OutputPackage::create(&input, &out, false).unwrap();
+            let staged = OutputPackage::create(&input, &out, false, &[]).unwrap();
             std::fs::write(staged.model_path(), b"new model").unwrap();
             std::fs::write(staged.weight_path(), b"new weights").unwrap();
             staged.commit().unwrap();

@@ -139,6 +139,17 @@ pub(crate) fn tree_holds(root: &Path, id: (u64, u64)) -> bool {
     false
 }
 
+/// [`mount_of`] where the system has mounts to tell apart; `None` when `path` cannot be looked at.
+#[cfg(unix)]
+pub(crate) fn mount_of_path(path: &Path) -> Option<(u64, u64)> {
+    Some(mount_of(&std::fs::symlink_metadata(path).ok()?, path))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn mount_of_path(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().map(|_| (0, 0))
+}
+
 /// Which mount `path` itself (not followed) is on: its device and, on Linux, the mount id
 /// (`statx`), which also tells a bind mount of a folder of the same filesystem apart.
 #[cfg(unix)]
