@@ -559,11 +559,7 @@ fn construct_int(text: &str) -> Result<PyInt, String> {
     } else if v.starts_with('0') {
         radix(v, 3, 8)?
     } else if v.contains(':') {
-        let parts = v
-            .split(':')
-            .map(PyInt::from_decimal)
-            .collect::<Result<Vec<_>, _>>()?;
-        PyInt::from_base60(&parts)?
+        PyInt::from_base60(v.split(':'))?
     } else {
         PyInt::from_decimal(v)?
     };
