@@ -90,7 +90,11 @@ fn wire_schema(set: &FileDescriptorSet) -> Result<String, Box<dyn std::error::Er
     if !lazy_found {
         return Err(format!("no field {} in proto/MIL.proto", LAZY_OPERATIONS.0).into());
     }
-    for (name, constant) in [("Model", "MODEL"), ("MILSpec.Operation", "OPERATION")] {
+    for (name, constant) in [
+        ("Model", "MODEL"),
+        ("MILSpec.Operation", "OPERATION"),
+        ("MILSpec.Block", "BLOCK"),
+    ] {
         let full = format!(".CoreML.Specification.{name}");
         let at = index.get(full.as_str()).ok_or(format!("no message {full}"))?;
         writeln!(
@@ -99,5 +103,19 @@ fn wire_schema(set: &FileDescriptorSet) -> Result<String, Box<dyn std::error::Er
             &full[1..]
         )?;
     }
+    let (block, field) = LAZY_OPERATIONS
+        .0
+        .rsplit_once('.')
+        .ok_or("LAZY_OPERATIONS names no field")?;
+    let number = all
+        .get(block)
+        .and_then(|m| m.field.iter().find(|f| f.name() == field))
+        .ok_or(format!("no field {}", LAZY_OPERATIONS.0))?
+        .number();
+    writeln!(
+        s,
+        "/// The field number of `{}`.\npub(crate) const BLOCK_OPERATIONS: u32 = {number};",
+        &LAZY_OPERATIONS.0[1..]
+    )?;
     Ok(s)
 }

@@ -372,6 +372,17 @@ impl<R: BufRead> Splitter<'_, R> {
         if let Some(size) = decode_budget::op_decoded_size(&bytes) {
             self.charge(size)?;
         }
+        if let Some(own) = decode_budget::op_own_decoded_size(&bytes) {
+            if own.messages > decode_budget::OP_MESSAGES {
+                return Err(self.refusal(format!(
+                    "the operation at byte {offset} holds {} protobuf messages, more than the {} \
+                     one op may decode to at once ({} MiB); refusing to decode it",
+                    own.messages,
+                    decode_budget::OP_MESSAGES,
+                    decode_budget::OP_BUDGET >> 20
+                )));
+            }
+        }
         check_op(&bytes).map_err(|e| self.refusal(op_refusal(e)))?;
         let place = OpPlace {
             offset,

@@ -92,6 +92,48 @@ fn millions_of_empty_operations_are_refused_before_decoding() {
     assert_nothing_left(&case, &["in.mlpackage"]);
 }
 
+/// One `concat` whose `inputs` map had 3,000,000 entries (a 50 MB file, one 8 KiB weight) decoded
+/// to 2.2 GB: an op is decoded whole wherever it is read, and the file-wide budget allowed 48× the
+/// file. One op may decode to at most 64 MiB of messages now; this one is refused as it is read.
+#[cfg(unix)]
+#[test]
+fn an_op_of_a_million_inputs_is_refused_before_decoding() {
+    let case = Case::linear();
+    let input = |k: usize| {
+        let binding = field(1, b"w");
+        field(
+            2,
+            &[
+                field(1, format!("{k:x}").as_bytes()),
+                field(2, &field(1, &binding)),
+            ]
+            .concat(),
+        )
+    };
+    let op = [field(1, b"concat"), (0..400_000).flat_map(input).collect()].concat();
+    let block_entry = [field(1, b"CoreML5"), field(2, &field(3, &op))].concat();
+    let function = [field(2, b"CoreML5"), field(3, &block_entry)].concat();
+    let function_entry = [field(1, b"main"), field(2, &function)].concat();
+    let program = [&b"\x08\x01"[..], &field(2, &function_entry)].concat();
+    let model = [&b"\x08\x07"[..], &field(502, &program)].concat();
+    assert!(model.len() < 8 << 20);
+    std::fs::write(case.file("model.mlmodel"), &model).unwrap();
+    assert_refused(
+        &case,
+        Refused::Both,
+        |e| matches!(e, Error::Model { reason, .. } if reason.contains("one op may decode to at once")),
+        &[
+            "model.mlmodel",
+            "holds 1200001 protobuf messages",
+            "refusing to decode it",
+        ],
+    );
+    for o in both_commands_under_1_gib(&case) {
+        assert_cli_error(&o, 1, &["model.mlmodel", "one op may decode to at once"]);
+    }
+    assert_nothing_left(&case, &["in.mlpackage"]);
+}
+
 /// Moves every op of the generated model's main block into the nested block of one op (a `cond`
 /// without its predicate: the graph index does not check op semantics), which returns the last
 /// output; the function returns that op's output.
