@@ -436,9 +436,18 @@ fn prefetch_order(
     order
 }
 
-/// The reader's job for the const at `op_index`.
+/// A const op stored in more bytes than this holds its value inline (a `weight.bin` reference is
+/// a few dozen bytes): the reader is given no job for it.
+const READ_AHEAD_OP_LIMIT: usize = 1 << 20;
+
+/// The reader's job for the const at `op_index`; none for a const holding its value inline, whose
+/// data is in the op itself: the reader would only hold a second copy of the op and of its value
+/// beside the engine's (a 256 MiB inline tensor peaked at 4× its size).
 fn prefetch_job(program: &Program, graph: &GraphView, op_index: u32) -> Option<Job> {
     let op_index = op_index as usize;
+    if graph.op_len(op_index).is_some_and(|len| len > READ_AHEAD_OP_LIMIT) {
+        return None;
+    }
     Some(Job {
         op_index,
         name: graph.name(op_index).into(),

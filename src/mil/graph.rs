@@ -655,6 +655,12 @@ impl GraphView {
         op_bytes_at(program, &self.path_of(record))
     }
 
+    /// How many bytes op `index` is stored as, where that is known without reading it (ops read
+    /// back from the model file); `None` otherwise.
+    pub fn op_len(&self, index: usize) -> Option<usize> {
+        Some(self.op_file.as_ref()?.len_of(index)? as usize)
+    }
+
     /// The file the ops were moved to, taken out of the index (which then reads ops from the
     /// program again): the engine keeps it past the index to fill the program back.
     pub fn take_op_file(&mut self) -> Option<OpFile> {

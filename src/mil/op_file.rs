@@ -182,6 +182,11 @@ impl OpFile {
         self.read_place(*self.places.get(index)?)
     }
 
+    /// How many bytes op `index` is stored as, without reading it.
+    pub fn len_of(&self, index: usize) -> Option<u32> {
+        self.places.get(index).map(|place| place.len)
+    }
+
     fn read_range(&self, range: OpPlace) -> Option<Bytes> {
         let bytes = if range.len as usize > WINDOW / 2 {
             // An op owning a large nested block: read on its own, not through a window it would
