@@ -445,7 +445,10 @@ const READ_AHEAD_OP_LIMIT: usize = 1 << 20;
 /// beside the engine's (a 256 MiB inline tensor peaked at 4× its size).
 fn prefetch_job(program: &Program, graph: &GraphView, op_index: u32) -> Option<Job> {
     let op_index = op_index as usize;
-    if graph.op_len(op_index).is_some_and(|len| len > READ_AHEAD_OP_LIMIT) {
+    if graph
+        .op_len(op_index)
+        .is_some_and(|len| len > READ_AHEAD_OP_LIMIT)
+    {
         return None;
     }
     Some(Job {

@@ -10,7 +10,7 @@ use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::manifest::Manifest;
 use super::paths::{
     confined, exists_no_follow, file_identity, foreign_entry, lies_within, remove_tree_one_fs,
-    rename_noreplace, tree_holds,
+    rename_noreplace, same_through_overlay, tree_holds,
 };
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
@@ -456,7 +456,8 @@ fn check_output_location(
     let input_canonical = std::fs::canonicalize(input.origin()).at(input.origin())?;
     // Paths first, then identities (device and inode), which see a bind mount too.
     let same = output_canonical == input_canonical
-        || (exists && file_identity(&output_canonical) == file_identity(&input_canonical));
+        || (exists && file_identity(&output_canonical) == file_identity(&input_canonical))
+        || (exists && same_through_overlay(&output_canonical, &input_canonical));
     let by_path = if same {
         Some("is the input")
     } else if output_canonical.starts_with(&input_canonical) {

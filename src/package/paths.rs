@@ -64,6 +64,47 @@ pub(crate) fn file_identity(_: &Path) -> Option<(u64, u64)> {
     None
 }
 
+/// Whether `a` and `b` are one file or folder seen through an overlay mount and one of its layers
+/// (`merged/m.mlpackage` and `lower/m.mlpackage`): overlayfs gives the merged view its own device
+/// but keeps the layer's inode numbers (layers on one filesystem, no `xino`), so identities
+/// differ while the inode numbers, sizes and times agree. For folders the `Manifest.json` in them
+/// must agree too. Linux only; elsewhere, and where neither path is on an overlay, `false`.
+pub(crate) fn same_through_overlay(a: &Path, b: &Path) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::fs::MetadataExt;
+        const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+        // `f_type` is an `i64` on some targets and narrower on others.
+        #[allow(clippy::unnecessary_cast)]
+        let on_overlay =
+            |p: &Path| rustix::fs::statfs(p).is_ok_and(|s| s.f_type as i64 == OVERLAYFS_SUPER_MAGIC);
+        if !(on_overlay(a) || on_overlay(b)) {
+            return false;
+        }
+        let facts = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .ok()
+                .map(|m| (m.ino(), m.is_dir(), m.len(), m.mtime(), m.mtime_nsec()))
+        };
+        let (Some(fa), Some(fb)) = (facts(a), facts(b)) else {
+            return false;
+        };
+        // A folder's size and time change as it is written to; its manifest's do not.
+        let folder = |f: (u64, bool, u64, i64, i64)| (f.0, f.1);
+        if fa.1 {
+            let (ma, mb) = (facts(&a.join("Manifest.json")), facts(&b.join("Manifest.json")));
+            folder(fa) == folder(fb) && ma.is_some() && ma == mb
+        } else {
+            fa == fb
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (a, b);
+        false
+    }
+}
+
 /// Whether `path` is, or lies inside, `guarded` (both canonical, or where they would be): by path,
 /// then, where `guarded` exists, by identity: whether `path` or a folder it lies in is the very
 /// file or folder `guarded` is, or any folder inside it, whatever their names. A bind mount shows

@@ -1171,3 +1171,49 @@ fn a_file_size_limit_ends_the_run_like_a_full_disk() {
         assert_nothing_left(&case, &["in.mlpackage"]);
     }
 }
+
+/// INPUT seen through an overlay mount and OUTPUT naming the same package in its lower layer
+/// (`prune merged/m.mlpackage lower/m.mlpackage --force`) replaced the input: overlayfs gives the
+/// merged view its own device, so the identities differed (red-team, session 17). Both ways round
+/// it is "the input" now. Needs `mount -t overlay`; skipped (with a line on stderr) where the
+/// container refuses it.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_output_naming_the_input_through_an_overlay_is_refused() {
+    let case = Case::linear();
+    let root = case.tmp.path();
+    for dir in ["lower", "upper", "work", "merged"] {
+        std::fs::create_dir(root.join(dir)).unwrap();
+    }
+    copy_dir(&case.input, &root.join("lower/m.mlpackage"));
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        root.join("lower").display(),
+        root.join("upper").display(),
+        root.join("work").display()
+    );
+    let mounted = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(root.join("merged"))
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount here (an overlay)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(root.join("merged"));
+    let (merged, lower) = (root.join("merged/m.mlpackage"), root.join("lower/m.mlpackage"));
+    let before = snapshot(&lower);
+    for (input, output) in [(&merged, &lower), (&lower, &merged)] {
+        let o = cli_prune(input, output, &["-q", "--force"]);
+        assert_cli_error(&o, 2, &["is the input"]);
+        assert_eq!(snapshot(&lower), before, "the input is untouched");
+    }
+}
