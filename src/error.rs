@@ -98,6 +98,9 @@ impl Error {
 /// user chose that they stand for (`out.mlpackage`).
 static USER_NAMES: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
 
+/// How many scratch names [`show_scratch_as`] remembers.
+const REMEMBERED_USER_NAMES: usize = 256;
+
 /// Makes error lines name `user_name` (OUTPUT, the report) where a system error names the scratch
 /// path `scratch_name` it is written under: the user never chose that path, and it is gone by the
 /// time the line is printed. The scratch name is random, so no other text matches it.
@@ -105,6 +108,11 @@ pub(crate) fn show_scratch_as(scratch_name: &std::ffi::OsStr, user_name: &std::f
     let mut names = USER_NAMES
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A process that runs many prunes (the Python module) keeps the latest: a run has two or three
+    // scratch names, and its errors are shown before many more runs start.
+    if names.len() >= REMEMBERED_USER_NAMES {
+        names.remove(0);
+    }
     names.push((
         scratch_name.to_string_lossy().into_owned(),
         user_name.to_string_lossy().into_owned(),
@@ -182,6 +190,24 @@ impl<T> IoContext<T> for std::io::Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A long-lived process keeps the latest scratch names only, and they still name their paths.
+    #[test]
+    fn the_scratch_names_remembered_are_the_latest_few() {
+        for run in 0..REMEMBERED_USER_NAMES + 10 {
+            show_scratch_as(
+                std::ffi::OsStr::new(&format!(".o{run}.mlprune-tmp-remembered")),
+                std::ffi::OsStr::new(&format!("o{run}")),
+            );
+        }
+        let count = USER_NAMES.lock().unwrap().len();
+        assert!(count <= REMEMBERED_USER_NAMES, "{count}");
+        let last = REMEMBERED_USER_NAMES + 9;
+        assert_eq!(
+            with_user_names(format!("/d/.o{last}.mlprune-tmp-remembered/x: full")),
+            format!("/d/o{last}/x: full")
+        );
+    }
 
     #[test]
     fn one_line_escapes_control_characters_from_the_input() {
