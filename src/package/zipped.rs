@@ -137,11 +137,11 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
         // reads it: a file and a folder of one name (a file `weights` beside `weights/weight.bin`).
         let folder_error = |e: io::Error| entry_error(format!("cannot be extracted beside the others: {e}"));
         if entry.is_dir {
-            std::fs::create_dir_all(&target).map_err(folder_error)?;
+            create_dirs_below(&root, relative).map_err(folder_error)?;
             continue;
         }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(folder_error)?;
+        if let Some(parent) = relative.parent() {
+            create_dirs_below(&root, parent).map_err(folder_error)?;
         }
         if entry.index == manifest_entry.index {
             // Already read and checked: write it from memory.
@@ -155,6 +155,22 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
         written += extract_file(&mut archive, entry, &target, budget).map_err(entry_error)?;
     }
     Ok(root)
+}
+
+/// Creates the folders of `relative` inside `root`, which must exist: unlike `create_dir_all`, it
+/// never makes `root` or the extraction folder above it again. A signal removes that folder while
+/// this thread is still extracting, and `create_dir_all` put it back, with part of the package in
+/// it, after the removal (red-team, session 17: 3 leftovers in about 1,900 signals).
+fn create_dirs_below(root: &Path, relative: &Path) -> io::Result<()> {
+    let mut path = root.to_path_buf();
+    for component in relative.components() {
+        path.push(component);
+        match std::fs::create_dir(&path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// Reads the manifest entry into memory, refusing one larger than read_folder would read.
@@ -584,6 +600,23 @@ fn permissions(meta: &std::fs::Metadata) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Extraction goes on while a signal removes the extraction folder: making the folders of an
+    /// entry must then fail, not make that folder again (`create_dir_all` did).
+    #[test]
+    fn entry_folders_are_never_made_above_the_package_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join(".mlprune-unzip-0123456789abcdef");
+        let root = scratch.join("m.mlpackage");
+        std::fs::create_dir_all(&root).unwrap();
+        create_dirs_below(&root, Path::new("Data/com.apple.CoreML/weights")).unwrap();
+        create_dirs_below(&root, Path::new("Data/com.apple.CoreML")).unwrap();
+        assert!(root.join("Data/com.apple.CoreML/weights").is_dir());
+        std::fs::remove_dir_all(&scratch).unwrap();
+        let err = create_dirs_below(&root, Path::new("Data/com.apple.CoreML")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(!scratch.exists(), "the removed folder stays removed");
+    }
     use crate::package::testutil::*;
     use crate::package::Package;
 
