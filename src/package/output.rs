@@ -558,7 +558,7 @@ fn check_replaceable(output: &Path) -> Result<()> {
         refuse(&"a symbolic link")
     } else if kind.is_dir() {
         if !is_package_dir(output) {
-            refuse(&"a folder that is not only an .mlpackage (it may hold nothing but a valid Manifest.json and a Data folder with the root model it names)")
+            refuse(&"a folder that is not only an .mlpackage (it may hold nothing but a valid Manifest.json and a Data folder holding only the items it declares, the root model among them)")
         } else if let Some((path, what)) = foreign_entry(output) {
             // A mount point in it (the input, bind-mounted there) would be emptied with it.
             refuse(&format_args!("a folder holding {what} ({})", path.display()))
@@ -569,7 +569,7 @@ fn check_replaceable(output: &Path) -> Result<()> {
         if zip_holds_package(output) {
             Ok(())
         } else {
-            refuse(&"a file that is not a zip holding only an .mlpackage (with the root model its manifest names)")
+            refuse(&"a file that is not a zip holding only an .mlpackage (only the items its manifest declares, the root model among them)")
         }
     } else {
         refuse(&"not a regular file or folder")
@@ -609,9 +609,43 @@ fn is_package_dir(dir: &Path) -> bool {
         return false;
     };
     // A manifest copied into a folder of other things does not make it a package: the root model
-    // it names must be there too.
+    // it names must be there too, and `Data` may hold nothing but the items it declares.
     let root_model = dir.join(DATA_DIR).join(manifest.root_model_relative());
     std::fs::symlink_metadata(root_model).is_ok_and(|m| m.is_file())
+        && data_holds_only_items(&dir.join(DATA_DIR), &manifest)
+}
+
+/// Files past this many in a `Data` folder are not looked at: `--force` refuses such an OUTPUT.
+const MAX_DATA_ENTRIES: usize = 100_000;
+
+/// Whether every file in the `Data` folder `data` lies in an item `manifest` declares (Finder's
+/// `.DS_Store` files aside): mlprune writes nothing else there, so anything else is a user's.
+fn data_holds_only_items(data: &Path, manifest: &Manifest) -> bool {
+    let items: Vec<PathBuf> = manifest.item_paths().into_iter().map(|(_, p)| p).collect();
+    let mut pending = vec![PathBuf::new()];
+    let mut seen = 0;
+    while let Some(relative) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(data.join(&relative)) else {
+            return false;
+        };
+        for entry in entries {
+            seen += 1;
+            let (Ok(entry), true) = (entry, seen <= MAX_DATA_ENTRIES) else {
+                return false;
+            };
+            let path = relative.join(entry.file_name());
+            let Ok(kind) = entry.file_type() else { return false };
+            if items.iter().any(|item| path.starts_with(item)) {
+                continue; // inside a declared item (what is in it, `foreign_entry` checks)
+            }
+            if kind.is_dir() && items.iter().any(|item| item.starts_with(&path)) {
+                pending.push(path); // on the way to an item
+            } else if !(kind.is_file() && entry.file_name() == ".DS_Store") {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// The manifest `reader` holds, when it is a valid one.
@@ -667,6 +701,12 @@ fn zip_holds_package(path: &Path) -> bool {
     if !names.iter().all(|n| in_package(n)) {
         return false;
     }
+    // Where an entry lies in the package's `Data`, for the check that it holds only declared items
+    // (see `data_holds_only_items`).
+    let in_data = |name: &str| -> Option<PathBuf> {
+        let inside = name.strip_prefix(root)?.strip_prefix("Data/")?;
+        Some(PathBuf::from(inside.trim_end_matches('/')))
+    };
     let Some(index) = archive.index_for_name(&originals[position]) else {
         return false;
     };
@@ -681,7 +721,16 @@ fn zip_holds_package(path: &Path) -> bool {
     let root_model = Path::new(root)
         .join(DATA_DIR)
         .join(manifest.root_model_relative());
+    let items: Vec<PathBuf> = manifest.item_paths().into_iter().map(|(_, p)| p).collect();
+    let declared = |path: &Path| {
+        path.as_os_str().is_empty()
+            || path.file_name().is_some_and(|n| n == ".DS_Store")
+            || items
+                .iter()
+                .any(|item| path.starts_with(item) || item.starts_with(path))
+    };
     names.iter().any(|n| Path::new(n) == root_model)
+        && names.iter().filter_map(|n| in_data(n)).all(|p| declared(&p))
 }
 
 /// Whether the file is a zip archive and nothing else, as mlprune writes one: a local file header
@@ -1219,15 +1268,16 @@ mod tests {
     fn existing_output_needs_force_and_is_replaced_with_it() {
         let dir = tempfile::tempdir().unwrap();
         make_package(dir.path(), "in.mlpackage");
-        let out = make_package(dir.path(), "out.mlpackage");
+        let out = make_written_package(dir.path(), "out.mlpackage");
         // Package content of the old run: replaced with it.
-        std::fs::write(out.join("Data/old"), b"old").unwrap();
+        let old = out.join("Data/com.apple.CoreML/weights/old");
+        std::fs::write(&old, b"old").unwrap();
         assert!(usage(stage(dir.path(), "out.mlpackage", false)).contains("--force"));
-        assert!(out.join("Data/old").exists());
+        assert!(old.exists());
         assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
 
         let (input, staged) = stage(dir.path(), "out.mlpackage", true).unwrap();
-        assert!(out.join("Data/old").exists(), "replaced only at commit time");
+        assert!(old.exists(), "replaced only at commit time");
         staged.commit().unwrap();
         assert_eq!(read_tree(&out), expected_tree(&input));
         assert_eq!(list_dir(dir.path()), ["in.mlpackage", "out.mlpackage"]);
@@ -1345,7 +1395,7 @@ mod tests {
     fn a_companion_may_not_overwrite_the_input_the_output_or_a_protected_file() {
         let dir = tempfile::tempdir().unwrap();
         let input_root = make_package(dir.path(), "in.mlpackage");
-        make_package(dir.path(), "out.mlpackage");
+        make_written_package(dir.path(), "out.mlpackage");
         let zip = dir.path().join("in.zip");
         zip_tree(&input_root, &zip, "in.mlpackage/");
         std::fs::write(dir.path().join("config.yaml"), b"x").unwrap();

@@ -65,6 +65,14 @@ pub(crate) fn make_package(dir: &Path, name: &str) -> PathBuf {
     root
 }
 
+/// A package as mlprune writes one, which `--force` may replace: [`make_package`] without the file
+/// its manifest does not declare.
+pub(crate) fn make_written_package(dir: &Path, name: &str) -> PathBuf {
+    let root = make_package(dir, name);
+    std::fs::remove_dir_all(root.join(EXTRA_FILE).parent().unwrap()).unwrap();
+    root
+}
+
 /// Every file and directory under `root`: relative path → contents (`None` for directories). A
 /// symbolic link is recorded as `-> target` (not followed), a FIFO or device as `<special>` (never
 /// opened, so a FIFO cannot block the test).

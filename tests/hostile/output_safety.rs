@@ -258,9 +258,53 @@ fn force_refuses_a_package_holding_anything_else_or_the_config() {
         std::io::Write::write_all(&mut writer, b"jpeg").unwrap();
         writer.finish().unwrap();
     }
-    let snapshots = [snapshot(&project), snapshot(&output), snapshot(&photos)];
-    let zip_bytes = [&zip_with_extra, &photos_zip].map(|z| std::fs::read(z).unwrap());
-    for target in [&project, &output, &zip_with_extra, &photos, &photos_zip] {
+    // The same with a file at the root model's path: `Data` holds what the manifest does not
+    // declare, which mlprune never writes (red-team, session 17). A zip likewise.
+    let thesis = case.tmp.path().join("thesis.mlpackage");
+    std::fs::create_dir_all(thesis.join("Data/com.apple.CoreML")).unwrap();
+    std::fs::create_dir_all(thesis.join("Data/thesis")).unwrap();
+    std::fs::copy(case.input.join("Manifest.json"), thesis.join("Manifest.json")).unwrap();
+    std::fs::write(thesis.join("Data/com.apple.CoreML/model.mlmodel"), b"my notes").unwrap();
+    std::fs::write(thesis.join("Data/thesis/ch1.tex"), b"chapter").unwrap();
+    let thesis_zip = case.tmp.path().join("thesis.zip");
+    {
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
+        let manifest = archive
+            .file_names()
+            .map(|n| n.unwrap().into_owned())
+            .find(|n| n.ends_with("Manifest.json"))
+            .unwrap();
+        let entry = format!(
+            "{}Data/thesis/ch1.tex",
+            manifest.trim_end_matches("Manifest.json")
+        );
+        let mut writer = zip::ZipWriter::new(std::fs::File::create(&thesis_zip).unwrap());
+        for i in 0..archive.len() {
+            writer.raw_copy_file(archive.by_index(i).unwrap()).unwrap();
+        }
+        writer
+            .start_file(entry, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(&mut writer, b"chapter").unwrap();
+        writer.finish().unwrap();
+    }
+    let snapshots = [
+        snapshot(&project),
+        snapshot(&output),
+        snapshot(&photos),
+        snapshot(&thesis),
+    ];
+    let zips = [&zip_with_extra, &photos_zip, &thesis_zip];
+    let zip_bytes = zips.map(|z| std::fs::read(z).unwrap());
+    for target in [
+        &project,
+        &output,
+        &zip_with_extra,
+        &photos,
+        &photos_zip,
+        &thesis,
+        &thesis_zip,
+    ] {
         let o = prune_with(&case, target, &["-q", "--force"]);
         assert_cli_error(&o, 2, &["--force only replaces"]);
     }
@@ -277,13 +321,15 @@ fn force_refuses_a_package_holding_anything_else_or_the_config() {
     assert_cli_error(&o, 2, &["cfg.yaml", "refusing to replace"]);
     std::fs::write(output.join("notes.txt"), b"precious").unwrap();
     assert_eq!(
-        [snapshot(&project), snapshot(&output), snapshot(&photos)],
+        [
+            snapshot(&project),
+            snapshot(&output),
+            snapshot(&photos),
+            snapshot(&thesis)
+        ],
         snapshots
     );
-    assert_eq!(
-        [&zip_with_extra, &photos_zip].map(|z| std::fs::read(z).unwrap()),
-        zip_bytes
-    );
+    assert_eq!(zips.map(|z| std::fs::read(z).unwrap()), zip_bytes);
     assert_eq!(snapshot(&case.input), before);
 }
 
@@ -473,7 +519,7 @@ fn a_signal_once_the_output_is_in_place_exits_0() {
     let case = Case::linear();
     let output = case.output();
     assert!(prune_with(&case, &output, &["-q"]).status.success());
-    let many = output.join("Data/many");
+    let many = output.join("Data/com.apple.CoreML/weights/many");
     std::fs::create_dir(&many).unwrap();
     for i in 0..30_000 {
         std::fs::write(many.join(i.to_string()), b"").unwrap();
@@ -556,7 +602,7 @@ fn force_refuses_an_old_output_holding_a_mount_point_or_a_special_file() {
     let output = case.output();
     assert!(prune_with(&case, &output, &["-q"]).status.success());
     let output_before = snapshot(&output);
-    let fifo = output.join("Data/pipe");
+    let fifo = output.join("Data/com.apple.CoreML/weights/pipe");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let o = prune_with(&case, &output, &["-q", "--force"]);
     assert_cli_error(
@@ -565,7 +611,7 @@ fn force_refuses_an_old_output_holding_a_mount_point_or_a_special_file() {
         &["out.mlpackage", "not a regular file", "--force only replaces"],
     );
     std::fs::remove_file(&fifo).unwrap();
-    let link = output.join("Data/link");
+    let link = output.join("Data/com.apple.CoreML/weights/link");
     std::os::unix::fs::symlink(&case.input, &link).unwrap();
     let o = prune_with(&case, &output, &["-q", "--force"]);
     assert_cli_error(&o, 2, &["out.mlpackage", "symbolic link"]);
@@ -574,14 +620,14 @@ fn force_refuses_an_old_output_holding_a_mount_point_or_a_special_file() {
 
     #[cfg(target_os = "linux")]
     {
-        let mount_point = output.join("Data/m");
+        let mount_point = output.join("Data/com.apple.CoreML/weights/m");
         std::fs::create_dir(&mount_point).unwrap();
         let Some(mount) = BindMount::new(case.tmp.path(), &mount_point) else {
             eprintln!("skipped: cannot mount here (bind mount inside the old OUTPUT)");
             return;
         };
         let o = prune_with(&case, &output, &["-q", "--force"]);
-        assert_cli_error(&o, 2, &["out.mlpackage", "mount point", "Data/m"]);
+        assert_cli_error(&o, 2, &["out.mlpackage", "mount point", "weights/m"]);
         assert_eq!(snapshot(&case.input), before, "the input is untouched");
         assert!(names_with(&case, "mlprune-").is_empty());
         drop(mount);
@@ -850,7 +896,7 @@ fn bind_mounts_of_folders_inside_the_input_or_old_output_are_seen() {
         eprintln!("skipped: cannot mount here (folders inside the input through a bind mount)");
         return;
     };
-    let Some(_output_view) = BindMount::new(&old_output.join("Data"), &into_output) else {
+    let Some(_output_view) = BindMount::new(&old_output.join(CORE_ML).join("weights"), &into_output) else {
         eprintln!("skipped: cannot mount here (folders inside the output through a bind mount)");
         return;
     };
