@@ -8,7 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use prost_types::{field_descriptor_proto::Type, DescriptorProto, FileDescriptorSet};
+use prost_types::{
+    field_descriptor_proto::{Label, Type},
+    DescriptorProto, FileDescriptorSet,
+};
 
 /// `Block.operations`, declared `repeated bytes` in `proto/MIL.proto` (each op kept encoded, decoded
 /// when used), and the message its bytes hold. The decoded-size walk still descends into them: every
@@ -84,6 +87,36 @@ fn wire_schema(set: &FileDescriptorSet) -> Result<String, Box<dyn std::error::Er
         }
         fields.sort_unstable();
         let list: Vec<String> = fields.iter().map(|(n, t)| format!("({n}, {t})")).collect();
+        writeln!(s, "    &[{}], // {name}", list.join(", "))?;
+    }
+    s.push_str("];\n\n");
+    // Fields whose decoded form outgrows their wire bytes: packed varints (one byte on the wire,
+    // up to eight decoded) and repeated strings and byte strings (a `String` or `Vec` each).
+    s.push_str("/// Per message type (by index): its repeated varint fields (packed) and its repeated\n");
+    s.push_str("/// string and bytes fields, each as `(field number, kind)`, sorted by field number.\n");
+    s.push_str("pub(crate) static GROWING_FIELDS: &[&[(u32, Growth)]] = &[\n");
+    for (name, m) in &all {
+        let mut fields: Vec<(u32, &str)> = Vec::new();
+        for f in &m.field {
+            if f.label() != Label::Repeated || format!("{name}.{}", f.name()) == LAZY_OPERATIONS.0 {
+                continue;
+            }
+            let kind = match f.r#type() {
+                Type::Int32
+                | Type::Int64
+                | Type::Uint32
+                | Type::Uint64
+                | Type::Sint32
+                | Type::Sint64
+                | Type::Bool
+                | Type::Enum => "Growth::PackedVarints",
+                Type::String | Type::Bytes => "Growth::EachElement",
+                _ => continue,
+            };
+            fields.push((u32::try_from(f.number())?, kind));
+        }
+        fields.sort_unstable();
+        let list: Vec<String> = fields.iter().map(|(n, k)| format!("({n}, {k})")).collect();
         writeln!(s, "    &[{}], // {name}", list.join(", "))?;
     }
     s.push_str("];\n\n");

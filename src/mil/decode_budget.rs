@@ -14,6 +14,21 @@
 
 include!(concat!(env!("OUT_DIR"), "/wire_schema.rs"));
 
+/// How a length-delimited scalar field grows once decoded (see `GROWING_FIELDS`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Growth {
+    /// Packed varints: each byte on the wire may be a whole value, of up to 8 bytes decoded.
+    PackedVarints,
+    /// One element of a repeated string or bytes field: its bytes and a `String` or `Vec`.
+    EachElement,
+}
+
+/// What decoding a packed varint byte may take: a whole `i64`.
+pub const VARINT_GROWTH: u64 = 8;
+
+/// What each element of a repeated string or bytes field takes besides its bytes.
+pub const ELEMENT_COST: u64 = 24;
+
 /// Bytes charged per decoded message: measured peak heap per message was 290 bytes on a generated
 /// 16,000-tensor model (186 MB for 640,000 messages) and 460 bytes per empty operation (which grow
 /// one `Vec`), so 384 keeps the estimate within a small factor of the truth either way.
@@ -96,14 +111,17 @@ pub fn op_own_decoded_size(bytes: &[u8]) -> Option<DecodedSize> {
     Some(size)
 }
 
-/// The most messages one op may decode to at once (what [`MESSAGE_COST`] charges for them: 64 MiB).
-/// An op is decoded whole wherever it is read, so the file-wide budget does not bound it: one
-/// `concat` of 3,000,000 inputs in a 50 MB file decoded to 2.2 GB. Real ops hold a few messages per
-/// input, attribute and output; a `concat` of 100,000 inputs is 300,000.
-pub const OP_MESSAGES: u64 = OP_BUDGET / MESSAGE_COST;
-
-/// See [`OP_MESSAGES`].
+/// What one op may take decoded at once, besides twice its encoded bytes (an inline tensor is
+/// allowed its own size, as in `weight.bin`). An op is decoded whole wherever it is read, so the
+/// file-wide budget does not bound it: one `concat` of 3,000,000 inputs in a 50 MB file decoded to
+/// 2.2 GB, and an inline tensor of 60,000,000 int64 zeros (60 MB) to 1.9 GB. Real ops hold a few
+/// messages per input, attribute and output; a `concat` of 100,000 inputs takes about 58 MiB.
 pub const OP_BUDGET: u64 = 64 << 20;
+
+/// The budget of one op of `len` encoded bytes (see [`OP_BUDGET`]).
+pub fn op_budget(len: u64) -> u64 {
+    OP_BUDGET.saturating_add(len.saturating_mul(2))
+}
 
 /// Whether the ops of nested blocks are walked as messages or counted as their bytes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -131,6 +149,10 @@ fn walk(mut buf: &[u8], message: u16, depth: u32, nested: Nested, size: &mut Dec
         match key & 7 {
             0 => {
                 varint(&mut buf)?;
+                // One element of an unpacked repeated varint field.
+                if scalar_cost(message, number, 1) > 1 {
+                    size.payload += VARINT_GROWTH;
+                }
             }
             1 => buf = buf.get(8..)?,
             5 => buf = buf.get(4..)?,
@@ -142,13 +164,28 @@ fn walk(mut buf: &[u8], message: u16, depth: u32, nested: Nested, size: &mut Dec
                     nested == Nested::Encoded && message == BLOCK && number == BLOCK_OPERATIONS;
                 match fields.binary_search_by_key(&number, |&(n, _)| n) {
                     Ok(i) if !kept_encoded => walk(field, fields[i].1, depth + 1, nested, size)?,
-                    _ => size.payload += len as u64,
+                    _ => size.payload += scalar_cost(message, number, len as u64),
                 }
             }
             _ => return None,
         }
     }
     Some(())
+}
+
+/// What a length-delimited scalar field of `len` bytes (field `number` of `message`) takes decoded:
+/// an inline tensor of 60,000,000 int64 zeros is 60 MB on the wire and 480 MB decoded, and
+/// 50,000,000 empty strings are 100 MB and 1.2 GB.
+fn scalar_cost(message: u16, number: u32, len: u64) -> u64 {
+    let growth = GROWING_FIELDS.get(usize::from(message)).and_then(|fields| {
+        let i = fields.binary_search_by_key(&number, |&(n, _)| n).ok()?;
+        Some(fields[i].1)
+    });
+    match growth {
+        Some(Growth::PackedVarints) => len.saturating_mul(VARINT_GROWTH),
+        Some(Growth::EachElement) => len.saturating_add(ELEMENT_COST),
+        None => len,
+    }
 }
 
 /// Reads one base-128 varint (at most 10 bytes).
@@ -232,6 +269,55 @@ pub(crate) mod tests {
         assert_eq!(own.messages, 2);
         // Each empty nested op is two bytes on the wire (tag, length 0), kept as zero bytes.
         assert_eq!((all.payload, own.payload), (0, 0));
+    }
+
+    /// Packed varints count as the `i64`s each byte may be, strings as their bytes and a `String`
+    /// each, bytes fields as their bytes; an op past its budget is what they make of it.
+    #[test]
+    fn values_that_grow_once_decoded_are_counted_as_decoded() {
+        use crate::mil::value::immediate_value;
+        use crate::tensor::TensorData;
+        let op_with = |value| {
+            let attributes = [("val".to_owned(), value)].into();
+            crate::mil::build::op("const", "c", Default::default(), attributes, vec![]).encode_to_vec()
+        };
+        const N: usize = 1 << 20;
+        let ints = op_with(immediate_value(&TensorData::I64(vec![0; N]), &[N as u64]));
+        let ints_size = op_own_decoded_size(&ints).unwrap();
+        assert!(ints_size.payload >= VARINT_GROWTH * N as u64, "{ints_size:?}");
+        let mut strings = immediate_value(&TensorData::I64(vec![]), &[0]);
+        if let Some(crate::proto::mil::value::Value::ImmediateValue(v)) = &mut strings.value {
+            v.value = Some(crate::proto::mil::value::immediate_value::Value::Tensor(
+                crate::proto::mil::TensorValue {
+                    value: Some(crate::proto::mil::tensor_value::Value::Strings(
+                        crate::proto::mil::tensor_value::RepeatedStrings {
+                            values: vec![String::new(); N],
+                        },
+                    )),
+                },
+            ));
+        }
+        let strings = op_with(strings);
+        let strings_size = op_own_decoded_size(&strings).unwrap();
+        assert!(
+            strings_size.payload >= ELEMENT_COST * N as u64,
+            "{strings_size:?}"
+        );
+        let halves = op_with(immediate_value(
+            &TensorData::F16(vec![half::f16::ZERO; N]),
+            &[N as u64],
+        ));
+        let halves_size = op_own_decoded_size(&halves).unwrap();
+        assert!(halves_size.payload < 2 * N as u64 + 64, "{halves_size:?}");
+        // 1 Mi int64 zeros (1 MiB on the wire, 8 MiB decoded) are within an op's budget; 16 Mi
+        // (16 MiB, 128 MiB decoded) are past it.
+        assert!(ints_size.estimate() <= op_budget(ints.len() as u64));
+        let many = op_with(immediate_value(
+            &TensorData::I64(vec![0; 16 * N]),
+            &[16 * N as u64],
+        ));
+        assert!(op_own_decoded_size(&many).unwrap().estimate() > op_budget(many.len() as u64));
+        assert!(halves_size.estimate() <= op_budget(halves.len() as u64));
     }
 
     #[test]

@@ -373,13 +373,16 @@ impl<R: BufRead> Splitter<'_, R> {
             self.charge(size)?;
         }
         if let Some(own) = decode_budget::op_own_decoded_size(&bytes) {
-            if own.messages > decode_budget::OP_MESSAGES {
+            let budget = decode_budget::op_budget(len);
+            if own.estimate() > budget {
                 return Err(self.refusal(format!(
-                    "the operation at byte {offset} holds {} protobuf messages, more than the {} \
-                     one op may decode to at once ({} MiB); refusing to decode it",
+                    "the operation at byte {offset} holds {} protobuf messages and {} bytes of \
+                     values, about {} MiB once decoded, more than one op may decode to at once \
+                     ({} MiB plus twice its {len} bytes); refusing to decode it",
                     own.messages,
-                    decode_budget::OP_MESSAGES,
-                    decode_budget::OP_BUDGET >> 20
+                    own.payload,
+                    own.estimate() >> 20,
+                    decode_budget::OP_BUDGET >> 20,
                 )));
             }
         }
