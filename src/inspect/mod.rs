@@ -224,7 +224,13 @@ impl Inspection {
     /// The rows in program order, each made again (the weights are not read again).
     pub fn rows(&self) -> impl Iterator<Item = Result<WeightRow>> + '_ {
         self.rows.iter().map(|&(index, sparsity)| {
-            let gone = || Error::Graph(format!("op {index} is no longer a weight row"));
+            // An op read back from a file that changed since the first pass is not read: say so.
+            let gone = || {
+                self.graph
+                    .op_file()
+                    .and_then(|file| file.watch().error_if_changed())
+                    .unwrap_or_else(|| Error::Graph(format!("op {index} is no longer a weight row")))
+            };
             let (mut row, blobs) = self.make_row(index as usize, Some(sparsity))?.ok_or_else(gone)?;
             let function = self.function_number(&row.function);
             let marks = self

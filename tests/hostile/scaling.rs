@@ -394,3 +394,31 @@ fn planning_resolves_each_chain_op_once() {
     let o = cli_prune(&case.input, &case.output(), &["--quiet"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `inspect` makes its rows twice (a first pass, then again as it writes them), reading the ops
+/// back from `model.mlmodel` each time. A file changed in place between the passes stopped the
+/// second with "op N is no longer a weight row"; it names the file and what happened now, as
+/// `prune` does. (What was written before it stays written: the rows are streamed.)
+#[cfg(unix)]
+#[test]
+fn inspect_names_a_model_changed_between_its_passes() {
+    use std::os::unix::fs::FileExt;
+    let case = Case::linear();
+    // Far larger than what the op reader keeps of the file (two windows of 256 KiB at its end).
+    let input = many_tensors(&case, 4000);
+    let inspection = mlprune::inspect::Inspection::open(&input).unwrap();
+    let model = input.join("Data/com.apple.CoreML/model.mlmodel");
+    let file = std::fs::OpenOptions::new().write(true).open(&model).unwrap();
+    let mut byte = [0u8];
+    std::fs::File::open(&model)
+        .unwrap()
+        .read_exact_at(&mut byte, 4096)
+        .unwrap();
+    file.write_all_at(&[byte[0] ^ 0x01], 4096).unwrap();
+    let err = mlprune::inspect::render_json(&inspection).unwrap_err();
+    let line = err.to_string();
+    assert!(
+        line.contains("model.mlmodel") && line.contains("changed while mlprune was reading"),
+        "{line}"
+    );
+}
