@@ -6,17 +6,11 @@ use serde::ser::{Error as _, SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 
 use super::Inspection;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The report as pretty JSON, ending in a newline ([`write_json`] into a string).
 pub fn render_json(inspection: &Inspection) -> Result<String> {
-    let mut out = Vec::new();
-    let written = write_json(inspection, &mut out);
-    if let Some(failure) = inspection.failure() {
-        return Err(failure);
-    }
-    written.map_err(|e| Error::Usage(e.to_string()))?;
-    String::from_utf8(out).map_err(|e| Error::Usage(e.to_string()))
+    inspection.render(write_json)
 }
 
 /// The report as pretty JSON, ending in a newline, written to `out` as it is made: neither the

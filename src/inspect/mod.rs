@@ -262,6 +262,17 @@ impl Inspection {
         self.failed.borrow_mut().take()
     }
 
+    /// What `write` (the table's or the JSON's writer) writes, as a string.
+    fn render(&self, write: impl FnOnce(&Self, &mut Vec<u8>) -> std::io::Result<()>) -> Result<String> {
+        let mut out = Vec::new();
+        let written = write(self, &mut out);
+        if let Some(failure) = self.failure() {
+            return Err(failure);
+        }
+        written.map_err(|e| Error::Usage(e.to_string()))?;
+        String::from_utf8(out).map_err(|e| Error::Usage(e.to_string()))
+    }
+
     /// Every row at once.
     pub fn into_report(self) -> Result<InspectReport> {
         let weights = self.rows().collect::<Result<Vec<_>>>()?;

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::{Inspection, WeightRow};
-use crate::error::{escape_control, Error, Result};
+use crate::error::{escape_control, Result};
 
 /// The widest a column is padded to. Names come from the input: one name of 100,000 characters
 /// padded every row of a 10,000-row table to it (1 GB of output). A longer cell extends its own
@@ -12,13 +12,7 @@ pub const MAX_PADDED_WIDTH: usize = 48;
 
 /// [`write_table`] into a string.
 pub fn render_table(inspection: &Inspection) -> Result<String> {
-    let mut out = Vec::new();
-    let written = write_table(inspection, &mut out);
-    if let Some(failure) = inspection.failure() {
-        return Err(failure);
-    }
-    written.map_err(|e| Error::Usage(e.to_string()))?;
-    String::from_utf8(out).map_err(|e| Error::Usage(e.to_string()))
+    inspection.render(write_table)
 }
 
 /// The human table: one row per tensor, then the total line. A multifunction model gets a
