@@ -91,7 +91,8 @@ fn wire_schema(set: &FileDescriptorSet) -> Result<String, Box<dyn std::error::Er
     }
     s.push_str("];\n\n");
     // Fields whose decoded form outgrows their wire bytes: packed varints (one byte on the wire,
-    // up to eight decoded) and repeated strings and byte strings (a `String` or `Vec` each).
+    // up to eight decoded; with the width of their type) and repeated strings and byte strings (a
+    // `String` or `Vec` each).
     s.push_str("/// Per message type (by index): its repeated varint fields (packed) and its repeated\n");
     s.push_str("/// string and bytes fields, each as `(field number, kind)`, sorted by field number.\n");
     s.push_str("pub(crate) static GROWING_FIELDS: &[&[(u32, Growth)]] = &[\n");
@@ -102,14 +103,9 @@ fn wire_schema(set: &FileDescriptorSet) -> Result<String, Box<dyn std::error::Er
                 continue;
             }
             let kind = match f.r#type() {
-                Type::Int32
-                | Type::Int64
-                | Type::Uint32
-                | Type::Uint64
-                | Type::Sint32
-                | Type::Sint64
-                | Type::Bool
-                | Type::Enum => "Growth::PackedVarints",
+                Type::Int64 | Type::Uint64 | Type::Sint64 => "Growth::PackedVarints(8)",
+                Type::Int32 | Type::Uint32 | Type::Sint32 | Type::Enum => "Growth::PackedVarints(4)",
+                Type::Bool => "Growth::PackedVarints(1)",
                 Type::String | Type::Bytes => "Growth::EachElement",
                 _ => continue,
             };

@@ -17,14 +17,12 @@ include!(concat!(env!("OUT_DIR"), "/wire_schema.rs"));
 /// How a length-delimited scalar field grows once decoded (see `GROWING_FIELDS`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Growth {
-    /// Packed varints: each byte on the wire may be a whole value, of up to 8 bytes decoded.
-    PackedVarints,
+    /// Packed varints of a type this many bytes wide: each value takes its width decoded, and
+    /// one to ten bytes on the wire (a negative int32 takes ten).
+    PackedVarints(u64),
     /// One element of a repeated string or bytes field: its bytes and a `String` or `Vec`.
     EachElement,
 }
-
-/// What decoding a packed varint byte may take: a whole `i64`.
-pub const VARINT_GROWTH: u64 = 8;
 
 /// What each element of a repeated string or bytes field takes besides its bytes.
 pub const ELEMENT_COST: u64 = 24;
@@ -150,8 +148,8 @@ fn walk(mut buf: &[u8], message: u16, depth: u32, nested: Nested, size: &mut Dec
             0 => {
                 varint(&mut buf)?;
                 // One element of an unpacked repeated varint field.
-                if scalar_cost(message, number, 1) > 1 {
-                    size.payload += VARINT_GROWTH;
+                if let Some(Growth::PackedVarints(width)) = growth(message, number) {
+                    size.payload += width;
                 }
             }
             1 => buf = buf.get(8..)?,
@@ -164,7 +162,7 @@ fn walk(mut buf: &[u8], message: u16, depth: u32, nested: Nested, size: &mut Dec
                     nested == Nested::Encoded && message == BLOCK && number == BLOCK_OPERATIONS;
                 match fields.binary_search_by_key(&number, |&(n, _)| n) {
                     Ok(i) if !kept_encoded => walk(field, fields[i].1, depth + 1, nested, size)?,
-                    _ => size.payload += scalar_cost(message, number, len as u64),
+                    _ => size.payload += scalar_cost(message, number, field),
                 }
             }
             _ => return None,
@@ -173,19 +171,26 @@ fn walk(mut buf: &[u8], message: u16, depth: u32, nested: Nested, size: &mut Dec
     Some(())
 }
 
-/// What a length-delimited scalar field of `len` bytes (field `number` of `message`) takes decoded:
-/// an inline tensor of 60,000,000 int64 zeros is 60 MB on the wire and 480 MB decoded, and
-/// 50,000,000 empty strings are 100 MB and 1.2 GB.
-fn scalar_cost(message: u16, number: u32, len: u64) -> u64 {
-    let growth = GROWING_FIELDS.get(usize::from(message)).and_then(|fields| {
-        let i = fields.binary_search_by_key(&number, |&(n, _)| n).ok()?;
-        Some(fields[i].1)
-    });
-    match growth {
-        Some(Growth::PackedVarints) => len.saturating_mul(VARINT_GROWTH),
+/// What a length-delimited scalar field (field `number` of `message`) takes decoded: an inline
+/// tensor of 60,000,000 int64 zeros is 60 MB on the wire and 480 MB decoded, and 50,000,000 empty
+/// strings are 100 MB and 1.2 GB.
+fn scalar_cost(message: u16, number: u32, field: &[u8]) -> u64 {
+    let len = field.len() as u64;
+    match growth(message, number) {
+        // Each varint ends at a byte below 0x80: that many values.
+        Some(Growth::PackedVarints(width)) => {
+            (field.iter().filter(|&&b| b < 0x80).count() as u64).saturating_mul(width)
+        }
         Some(Growth::EachElement) => len.saturating_add(ELEMENT_COST),
         None => len,
     }
+}
+
+/// How field `number` of `message` grows once decoded, if it does.
+fn growth(message: u16, number: u32) -> Option<Growth> {
+    let fields = GROWING_FIELDS.get(usize::from(message))?;
+    let i = fields.binary_search_by_key(&number, |&(n, _)| n).ok()?;
+    Some(fields[i].1)
 }
 
 /// Reads one base-128 varint (at most 10 bytes).
@@ -284,7 +289,17 @@ pub(crate) mod tests {
         const N: usize = 1 << 20;
         let ints = op_with(immediate_value(&TensorData::I64(vec![0; N]), &[N as u64]));
         let ints_size = op_own_decoded_size(&ints).unwrap();
-        assert!(ints_size.payload >= VARINT_GROWTH * N as u64, "{ints_size:?}");
+        // Each value its type's width, whatever its wire bytes (besides the name and the type).
+        let values =
+            |size: DecodedSize, width: u64| (width * N as u64..width * N as u64 + 64).contains(&size.payload);
+        assert!(values(ints_size, 8), "{ints_size:?}");
+        // A negative int32 takes ten bytes on the wire, four decoded: a coremltools model with a
+        // 1,200,000-element int32 const of -1 was refused as 91 MiB.
+        let negative = op_with(immediate_value(&TensorData::I32(vec![-1; N]), &[N as u64]));
+        let negative_size = op_own_decoded_size(&negative).unwrap();
+        assert!(negative.len() > 10 * N, "ten bytes a value on the wire");
+        assert!(values(negative_size, 4), "{negative_size:?}");
+        assert!(negative_size.estimate() <= op_budget(negative.len() as u64));
         let mut strings = immediate_value(&TensorData::I64(vec![]), &[0]);
         if let Some(crate::proto::mil::value::Value::ImmediateValue(v)) = &mut strings.value {
             v.value = Some(crate::proto::mil::value::immediate_value::Value::Tensor(

@@ -698,7 +698,13 @@ fn zip_holds_package(path: &Path) -> bool {
         };
         inside.is_empty() || inside == MANIFEST_FILE || inside.starts_with("Data/") || inside == DATA_DIR
     };
-    if !names.iter().all(|n| in_package(n)) {
+    // mlprune names entries by plain components: a `.` or `..` component or an empty one (`//`)
+    // is another writer's, and could name a place outside the items it seems to lie in.
+    let plain = |name: &str| {
+        let name = name.strip_suffix('/').unwrap_or(name);
+        name.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+    };
+    if !names.iter().all(|n| in_package(n) && (n.is_empty() || plain(n))) {
         return false;
     }
     // Where an entry lies in the package's `Data`, for the check that it holds only declared items

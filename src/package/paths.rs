@@ -73,11 +73,6 @@ pub(crate) fn same_through_overlay(a: &Path, b: &Path) -> bool {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         use std::os::unix::fs::MetadataExt;
-        const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-        // `f_type` is an `i64` on some targets and narrower on others.
-        #[allow(clippy::unnecessary_cast)]
-        let on_overlay =
-            |p: &Path| rustix::fs::statfs(p).is_ok_and(|s| s.f_type as i64 == OVERLAYFS_SUPER_MAGIC);
         if !(on_overlay(a) || on_overlay(b)) {
             return false;
         }
@@ -105,11 +100,29 @@ pub(crate) fn same_through_overlay(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Whether `path` (which must exist) is on an overlay mount. Linux only; elsewhere `false`.
+fn on_overlay(path: &Path) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+        // `f_type` is an `i64` on some targets and narrower on others.
+        #[allow(clippy::unnecessary_cast)]
+        rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == OVERLAYFS_SUPER_MAGIC)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = path;
+        false
+    }
+}
+
 /// Whether `path` is, or lies inside, `guarded` (both canonical, or where they would be): by path,
 /// then, where `guarded` exists, by identity: whether `path` or a folder it lies in is the very
 /// file or folder `guarded` is, or any folder inside it, whatever their names. A bind mount shows
 /// one folder under two paths, which comparing paths cannot see; and a bind mount of a folder
 /// inside `guarded` (`OUTPUT/Data` mounted elsewhere) shows that folder, not `guarded` itself.
+/// Through an overlay mount, inode numbers alone are compared: a coincidence across filesystems
+/// refuses a run that was safe, never the other way.
 pub(crate) fn lies_within(path: &Path, guarded: &Path) -> bool {
     if path.starts_with(guarded) {
         return true;
@@ -120,10 +133,18 @@ pub(crate) fn lies_within(path: &Path, guarded: &Path) -> bool {
         // no package of ours; saying "inside" refuses rather than risk writing into it.
         return true;
     };
-    path.ancestors()
-        .filter(|a| !a.as_os_str().is_empty())
+    // An overlay's merged view shows its layers' files under its own device but their inode
+    // numbers (see `same_through_overlay`): where one is involved, inode numbers alone match.
+    let ancestors = || path.ancestors().filter(|a| !a.as_os_str().is_empty());
+    let through_overlay = on_overlay(guarded) || ancestors().any(on_overlay);
+    let inodes: std::collections::HashSet<u64> = if through_overlay {
+        inside.iter().map(|&(_, ino)| ino).collect()
+    } else {
+        Default::default()
+    };
+    ancestors()
         .filter_map(file_identity)
-        .any(|id| inside.contains(&id))
+        .any(|id| inside.contains(&id) || inodes.contains(&id.1))
 }
 
 /// The identities of `root` and of every folder under it (links not followed, mount points

@@ -294,7 +294,30 @@ fn force_refuses_a_package_holding_anything_else_or_the_config() {
         snapshot(&photos),
         snapshot(&thesis),
     ];
-    let zips = [&zip_with_extra, &photos_zip, &thesis_zip];
+    // A package zip with an entry whose name leaves its declared item (`weights/../../x`).
+    let dotdot_zip = case.tmp.path().join("dotdot.zip");
+    {
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
+        let weight = archive
+            .file_names()
+            .map(|n| n.unwrap().into_owned())
+            .find(|n| n.ends_with("weight.bin"))
+            .unwrap();
+        let entry = format!(
+            "{}/../../../../thesis.txt",
+            weight.trim_end_matches("/weight.bin")
+        );
+        let mut writer = zip::ZipWriter::new(std::fs::File::create(&dotdot_zip).unwrap());
+        for i in 0..archive.len() {
+            writer.raw_copy_file(archive.by_index(i).unwrap()).unwrap();
+        }
+        writer
+            .start_file(entry, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(&mut writer, b"chapter").unwrap();
+        writer.finish().unwrap();
+    }
+    let zips = [&zip_with_extra, &photos_zip, &thesis_zip, &dotdot_zip];
     let zip_bytes = zips.map(|z| std::fs::read(z).unwrap());
     for target in [
         &project,
@@ -304,6 +327,7 @@ fn force_refuses_a_package_holding_anything_else_or_the_config() {
         &photos_zip,
         &thesis,
         &thesis_zip,
+        &dotdot_zip,
     ] {
         let o = prune_with(&case, target, &["-q", "--force"]);
         assert_cli_error(&o, 2, &["--force only replaces"]);
@@ -1262,4 +1286,36 @@ fn an_output_naming_the_input_through_an_overlay_is_refused() {
         assert_cli_error(&o, 2, &["is the input"]);
         assert_eq!(snapshot(&lower), before, "the input is untouched");
     }
+    // Inside the input, and a report over it or over the config, through the merged view: the
+    // inode numbers match where the devices do not (red-team, session 17).
+    let o = cli_prune(&lower, &merged.join("Data/x"), &["-q"]);
+    assert_cli_error(&o, 2, &["inside the input"]);
+    let report = merged.join("Manifest.json");
+    let o = cli_prune(
+        &lower,
+        &case.output(),
+        &["-q", "--report", report.to_str().unwrap()],
+    );
+    assert_cli_error(&o, 2, &["would overwrite"]);
+    let config = root.join("lower/cfg.yaml");
+    std::fs::write(
+        &config,
+        "config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n",
+    )
+    .unwrap();
+    let o = cli(&[
+        "prune".as_ref(),
+        lower.as_os_str(),
+        case.output().as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--report".as_ref(),
+        root.join("merged/cfg.yaml").as_os_str(),
+        "-q".as_ref(),
+    ]);
+    assert_cli_error(&o, 2, &["would overwrite"]);
+    assert_eq!(snapshot(&lower), before, "the input is untouched");
+    assert!(std::fs::read_to_string(&config)
+        .unwrap()
+        .starts_with("config_type"));
 }
