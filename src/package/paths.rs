@@ -121,8 +121,8 @@ fn on_overlay(path: &Path) -> bool {
 /// file or folder `guarded` is, or any folder inside it, whatever their names. A bind mount shows
 /// one folder under two paths, which comparing paths cannot see; and a bind mount of a folder
 /// inside `guarded` (`OUTPUT/Data` mounted elsewhere) shows that folder, not `guarded` itself.
-/// Through an overlay mount, inode numbers alone are compared: a coincidence across filesystems
-/// refuses a run that was safe, never the other way.
+/// Through an overlay mount the device is not compared, but the inode number, modification time
+/// and mode are.
 pub(crate) fn lies_within(path: &Path, guarded: &Path) -> bool {
     if path.starts_with(guarded) {
         return true;
@@ -133,32 +133,32 @@ pub(crate) fn lies_within(path: &Path, guarded: &Path) -> bool {
         // no package of ours; saying "inside" refuses rather than risk writing into it.
         return true;
     };
-    // An overlay's merged view shows its layers' files under its own device but their inode
-    // numbers (see `same_through_overlay`): where one is involved, inode numbers alone match.
+    // An overlay's merged view shows its layers' files under its own device but with their inode
+    // numbers, times and modes (see `same_through_overlay`): where one is involved, those match.
     let ancestors = || path.ancestors().filter(|a| !a.as_os_str().is_empty());
     let through_overlay = on_overlay(guarded) || ancestors().any(on_overlay);
-    let inodes: std::collections::HashSet<u64> = if through_overlay {
-        inside.iter().map(|&(_, ino)| ino).collect()
+    let layer_facts: std::collections::HashSet<(u64, LayerFacts)> = if through_overlay {
+        inside.iter().map(|(&(_, ino), &facts)| (ino, facts)).collect()
     } else {
         Default::default()
     };
     ancestors()
-        .filter_map(file_identity)
-        .any(|id| inside.contains(&id) || inodes.contains(&id.1))
+        .filter_map(identity_and_facts)
+        .any(|(id, facts)| inside.contains_key(&id) || layer_facts.contains(&(id.1, facts)))
 }
 
 /// The identities of `root` and of every folder under it (links not followed, mount points
 /// entered: a mount inside the tree is part of what the user sees there); `None` past
 /// `MAX_FOLDERS` folders. A plain file gives only itself.
-fn folder_identities(root: &Path) -> Option<std::collections::HashSet<(u64, u64)>> {
+fn folder_identities(root: &Path) -> Option<std::collections::HashMap<(u64, u64), LayerFacts>> {
     const MAX_FOLDERS: usize = 100_000;
-    let mut found = std::collections::HashSet::new();
+    let mut found = std::collections::HashMap::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let Some(id) = file_identity(&dir) else {
+        let Some((id, facts)) = identity_and_facts(&dir) else {
             continue;
         };
-        if !found.insert(id) {
+        if found.insert(id, facts).is_some() {
             continue;
         }
         if found.len() > MAX_FOLDERS {
@@ -174,6 +174,23 @@ fn folder_identities(root: &Path) -> Option<std::collections::HashSet<(u64, u64)
         }
     }
     Some(found)
+}
+
+/// What an overlay's merged view shows of a layer's file or folder besides its inode number: its
+/// modification time (seconds, nanoseconds) and mode. A file elsewhere that shares an inode number
+/// by chance (tmpfs numbers its files 2, 3, 4, …) does not share these.
+type LayerFacts = (i64, i64, u32);
+
+#[cfg(unix)]
+fn identity_and_facts(path: &Path) -> Option<((u64, u64), LayerFacts)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(((m.dev(), m.ino()), (m.mtime(), m.mtime_nsec(), m.mode())))
+}
+
+#[cfg(not(unix))]
+fn identity_and_facts(_: &Path) -> Option<((u64, u64), LayerFacts)> {
+    None
 }
 
 /// Whether `root` is, or (a folder) holds at any depth, the file of identity `id`: another hard
