@@ -202,6 +202,21 @@ fn force_replaces_only_a_package() {
     }
 }
 
+/// Copies the zip `from` to `to` with one more entry, named by `name` from the entry names.
+fn copy_zip_adding(from: &Path, to: &Path, name: impl FnOnce(&[String]) -> String) {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(from).unwrap()).unwrap();
+    let names: Vec<String> = archive.file_names().map(|n| n.unwrap().into_owned()).collect();
+    let mut writer = zip::ZipWriter::new(std::fs::File::create(to).unwrap());
+    for i in 0..archive.len() {
+        writer.raw_copy_file(archive.by_index(i).unwrap()).unwrap();
+    }
+    writer
+        .start_file(name(&names), zip::write::SimpleFileOptions::default())
+        .unwrap();
+    std::io::Write::write_all(&mut writer, b"precious").unwrap();
+    writer.finish().unwrap();
+}
+
 #[test]
 fn force_refuses_a_package_holding_anything_else_or_the_config() {
     let case = Case::linear();
@@ -227,18 +242,7 @@ fn force_refuses_a_package_holding_anything_else_or_the_config() {
     let zip = case.tmp.path().join("o.zip");
     assert!(prune_with(&case, &zip, &["-q"]).status.success());
     let zip_with_extra = case.tmp.path().join("extra.zip");
-    {
-        let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
-        let mut writer = zip::ZipWriter::new(std::fs::File::create(&zip_with_extra).unwrap());
-        for i in 0..archive.len() {
-            writer.raw_copy_file(archive.by_index(i).unwrap()).unwrap();
-        }
-        writer
-            .start_file("notes.txt", zip::write::SimpleFileOptions::default())
-            .unwrap();
-        std::io::Write::write_all(&mut writer, b"precious").unwrap();
-        writer.finish().unwrap();
-    }
+    copy_zip_adding(&zip, &zip_with_extra, |_| "notes.txt".into());
     // A folder and a zip of the user's photos, with a package's valid Manifest.json copied in
     // but not the root model it names (red-team, session 17).
     let photos = case.tmp.path().join("photos.mlpackage");
@@ -267,27 +271,13 @@ fn force_refuses_a_package_holding_anything_else_or_the_config() {
     std::fs::write(thesis.join("Data/com.apple.CoreML/model.mlmodel"), b"my notes").unwrap();
     std::fs::write(thesis.join("Data/thesis/ch1.tex"), b"chapter").unwrap();
     let thesis_zip = case.tmp.path().join("thesis.zip");
-    {
-        let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
-        let manifest = archive
-            .file_names()
-            .map(|n| n.unwrap().into_owned())
-            .find(|n| n.ends_with("Manifest.json"))
-            .unwrap();
-        let entry = format!(
+    copy_zip_adding(&zip, &thesis_zip, |names| {
+        let manifest = names.iter().find(|n| n.ends_with("Manifest.json")).unwrap();
+        format!(
             "{}Data/thesis/ch1.tex",
             manifest.trim_end_matches("Manifest.json")
-        );
-        let mut writer = zip::ZipWriter::new(std::fs::File::create(&thesis_zip).unwrap());
-        for i in 0..archive.len() {
-            writer.raw_copy_file(archive.by_index(i).unwrap()).unwrap();
-        }
-        writer
-            .start_file(entry, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        std::io::Write::write_all(&mut writer, b"chapter").unwrap();
-        writer.finish().unwrap();
-    }
+        )
+    });
     let snapshots = [
         snapshot(&project),
         snapshot(&output),
@@ -296,27 +286,13 @@ fn force_refuses_a_package_holding_anything_else_or_the_config() {
     ];
     // A package zip with an entry whose name leaves its declared item (`weights/../../x`).
     let dotdot_zip = case.tmp.path().join("dotdot.zip");
-    {
-        let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
-        let weight = archive
-            .file_names()
-            .map(|n| n.unwrap().into_owned())
-            .find(|n| n.ends_with("weight.bin"))
-            .unwrap();
-        let entry = format!(
+    copy_zip_adding(&zip, &dotdot_zip, |names| {
+        let weight = names.iter().find(|n| n.ends_with("weight.bin")).unwrap();
+        format!(
             "{}/../../../../thesis.txt",
             weight.trim_end_matches("/weight.bin")
-        );
-        let mut writer = zip::ZipWriter::new(std::fs::File::create(&dotdot_zip).unwrap());
-        for i in 0..archive.len() {
-            writer.raw_copy_file(archive.by_index(i).unwrap()).unwrap();
-        }
-        writer
-            .start_file(entry, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        std::io::Write::write_all(&mut writer, b"chapter").unwrap();
-        writer.finish().unwrap();
-    }
+        )
+    });
     let zips = [&zip_with_extra, &photos_zip, &thesis_zip, &dotdot_zip];
     let zip_bytes = zips.map(|z| std::fs::read(z).unwrap());
     for target in [
