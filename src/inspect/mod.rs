@@ -188,8 +188,12 @@ impl Inspection {
         let (mut elements, mut bytes) = (0u64, 0u64);
         let mut shared = SharedBlobs::default();
         for index in 0..self.graph.op_count() {
-            self.check_blobs(index)?;
-            let Some((row, blobs)) = self.make_row(index, None)? else {
+            // Read and decoded once for the blob check and the row.
+            let Some(mut op) = self.graph.op(&self.model.program, index) else {
+                continue;
+            };
+            self.check_blobs(index, &mut op)?;
+            let Some((row, blobs)) = self.make_row(index, &op, None)? else {
                 continue;
             };
             let too_many = || Error::Graph("too many ops to inspect".into());
@@ -231,7 +235,9 @@ impl Inspection {
                     .and_then(|file| file.watch().error_if_changed())
                     .unwrap_or_else(|| Error::Graph(format!("op {index} is no longer a weight row")))
             };
-            let (mut row, blobs) = self.make_row(index as usize, Some(sparsity))?.ok_or_else(gone)?;
+            let index = index as usize;
+            let op = self.graph.op(&self.model.program, index).ok_or_else(gone)?;
+            let (mut row, blobs) = self.make_row(index, &op, Some(sparsity))?.ok_or_else(gone)?;
             let function = self.function_number(&row.function);
             let marks = self
                 .maker
@@ -298,13 +304,11 @@ impl Inspection {
         found.unwrap_or_default() as u32
     }
 
-    /// A blob prune would refuse is refused here too, not left out of the listing.
-    fn check_blobs(&self, index: usize) -> Result<()> {
-        let Some(mut op) = self.graph.op(&self.model.program, index) else {
-            return Ok(());
-        };
+    /// A blob prune would refuse is refused here too, not left out of the listing: `op` is op
+    /// `index`.
+    fn check_blobs(&self, index: usize, op: &mut Operation) -> Result<()> {
         let name = self.graph.name(index);
-        for (param, value) in op_values_mut(&mut op) {
+        for (param, value) in op_values_mut(op) {
             if value.blob_offset().is_some() {
                 blob_value_meta(&format!("{name}.{param}"), value)?;
             }
@@ -312,19 +316,17 @@ impl Inspection {
         Ok(())
     }
 
-    /// The row of op `index` with the `weight.bin` offsets it stores, or `None` for an op that is
-    /// not a weight. `known_sparsity` is the share of zeros an earlier pass read; without it the
-    /// row's blobs are read (and a const that is not listed has its blob checked as prune checks
-    /// it when it copies it).
+    /// The row of op `index` (decoded: `op`) with the `weight.bin` offsets it stores, or `None` for
+    /// an op that is not a weight. `known_sparsity` is the share of zeros an earlier pass read;
+    /// without it the row's blobs are read (and a const that is not listed has its blob checked as
+    /// prune checks it when it copies it).
     fn make_row(
         &self,
         index: usize,
+        op: &Operation,
         known_sparsity: Option<Option<f64>>,
     ) -> Result<Option<(WeightRow, Vec<u64>)>> {
         let (program, graph, source) = (&self.model.program, &self.graph, &self.source);
-        let Some(op) = graph.op(program, index) else {
-            return Ok(None);
-        };
         let info = graph.info(index);
         let consumers: Vec<Consumer> = graph
             .consumers(index)
@@ -386,7 +388,7 @@ impl Inspection {
             blobs = walk.blobs;
             let sparsity = match known_sparsity {
                 Some(known) => known,
-                None => sparse_mask_share(&op, &meta, source, info.name)?,
+                None => sparse_mask_share(op, &meta, source, info.name)?,
             };
             WeightRow {
                 function: info.path.function.to_string(),
