@@ -635,17 +635,40 @@ fn data_holds_only_items(data: &Path, manifest: &Manifest) -> bool {
             };
             let path = relative.join(entry.file_name());
             let Ok(kind) = entry.file_type() else { return false };
-            if items.iter().any(|item| path.starts_with(item)) {
-                continue; // inside a declared item (what is in it, `foreign_entry` checks)
-            }
-            if kind.is_dir() && items.iter().any(|item| item.starts_with(&path)) {
-                pending.push(path); // on the way to an item
-            } else if !(kind.is_file() && entry.file_name() == ".DS_Store") {
-                return false;
+            match declared_place(&path, kind.is_dir(), kind.is_file(), &items) {
+                None => return false,
+                Some(Place::OnTheWay) => pending.push(path),
+                // What is inside an item, `foreign_entry` checks.
+                Some(Place::InItem | Place::FinderFile) => {}
             }
         }
     }
     true
+}
+
+/// Where a path of a package's `Data` folder lies, for the check that it holds nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In an item the manifest declares, or that item itself.
+    InItem,
+    /// A folder on the way to an item.
+    OnTheWay,
+    /// A `.DS_Store` file Finder left.
+    FinderFile,
+}
+
+/// Where `path` (relative to `Data`, a folder or a file as the flags say) lies among `items`, the
+/// item paths a manifest declares; `None` where mlprune would never write it.
+fn declared_place(path: &Path, is_dir: bool, is_file: bool, items: &[PathBuf]) -> Option<Place> {
+    if items.iter().any(|item| path.starts_with(item)) {
+        Some(Place::InItem)
+    } else if is_dir && items.iter().any(|item| item.starts_with(path)) {
+        Some(Place::OnTheWay)
+    } else if is_file && path.file_name().is_some_and(|n| n == ".DS_Store") {
+        Some(Place::FinderFile)
+    } else {
+        None
+    }
 }
 
 /// The manifest `reader` holds, when it is a valid one.
@@ -707,11 +730,15 @@ fn zip_holds_package(path: &Path) -> bool {
     if !names.iter().all(|n| in_package(n) && (n.is_empty() || plain(n))) {
         return false;
     }
-    // Where an entry lies in the package's `Data`, for the check that it holds only declared items
-    // (see `data_holds_only_items`).
-    let in_data = |name: &str| -> Option<PathBuf> {
+    // Where an entry lies in the package's `Data` (and whether it is a folder), for the check that
+    // it holds only declared items (see `data_holds_only_items`).
+    let in_data = |name: &str| -> Option<(PathBuf, bool)> {
         let inside = name.strip_prefix(root)?.strip_prefix("Data/")?;
-        Some(PathBuf::from(inside.trim_end_matches('/')))
+        let folder = inside.strip_suffix('/');
+        Some((
+            PathBuf::from(folder.unwrap_or(inside)),
+            folder.is_some() || inside.is_empty(),
+        ))
     };
     let Some(index) = archive.index_for_name(&originals[position]) else {
         return false;
@@ -728,15 +755,11 @@ fn zip_holds_package(path: &Path) -> bool {
         .join(DATA_DIR)
         .join(manifest.root_model_relative());
     let items: Vec<PathBuf> = manifest.item_paths().into_iter().map(|(_, p)| p).collect();
-    let declared = |path: &Path| {
-        path.as_os_str().is_empty()
-            || path.file_name().is_some_and(|n| n == ".DS_Store")
-            || items
-                .iter()
-                .any(|item| path.starts_with(item) || item.starts_with(path))
-    };
     names.iter().any(|n| Path::new(n) == root_model)
-        && names.iter().filter_map(|n| in_data(n)).all(|p| declared(&p))
+        && names
+            .iter()
+            .filter_map(|n| in_data(n))
+            .all(|(path, is_dir)| declared_place(&path, is_dir, !is_dir, &items).is_some())
 }
 
 /// Whether the file is a zip archive and nothing else, as mlprune writes one: a local file header
