@@ -85,7 +85,7 @@ pub fn budget(file_len: u64) -> u64 {
 /// protobuf message of that schema as far as the walk can tell: prost then reports the error.
 pub fn decoded_size(bytes: &[u8]) -> Option<DecodedSize> {
     let mut size = DecodedSize::default();
-    walk(bytes, MODEL, 0, Nested::Counted, &mut size)?;
+    walk(bytes, MODEL, 0, None, &mut size)?;
     Some(size)
 }
 
@@ -93,20 +93,29 @@ pub fn decoded_size(bytes: &[u8]) -> Option<DecodedSize> {
 /// Function, the bodies' map entry, Block.
 const BODY_OP_DEPTH: u32 = 6;
 
-/// Counts what decoding `bytes`, one op of a function body, allocates, as [`decoded_size`] counts
-/// it inside the whole model: a model read op by op (`crate::mil::split`) adds up to the same.
-pub fn op_decoded_size(bytes: &[u8]) -> Option<DecodedSize> {
-    let mut size = DecodedSize::default();
-    walk(bytes, OPERATION, BODY_OP_DEPTH, Nested::Counted, &mut size)?;
-    Some(size)
+/// What decoding `bytes`, one op of a function body, allocates, counted in one walk two ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpSizes {
+    /// As [`decoded_size`] counts it inside the whole model, its nested blocks' ops included: a
+    /// model read op by op (`crate::mil::split`) adds up to the same.
+    pub all: DecodedSize,
+    /// What decoding the op allocates at once: its nested blocks' ops stay encoded (see
+    /// `crate::mil::ops::decode_op`), so they count as the bytes they are, not as messages.
+    pub own: DecodedSize,
 }
 
-/// What decoding `bytes`, one op, allocates at once: its nested blocks' ops stay encoded (see
-/// `crate::mil::ops::decode_op`), so they count as the bytes they are, not as messages.
-pub fn op_own_decoded_size(bytes: &[u8]) -> Option<DecodedSize> {
-    let mut size = DecodedSize::default();
-    walk(bytes, OPERATION, BODY_OP_DEPTH, Nested::Encoded, &mut size)?;
-    Some(size)
+/// [`OpSizes`] of the op `bytes`. `None` if they are not a well-formed op as far as the walk can
+/// tell: prost then reports the error.
+pub fn op_decoded_sizes(bytes: &[u8]) -> Option<OpSizes> {
+    let mut sizes = OpSizes::default();
+    walk(
+        bytes,
+        OPERATION,
+        BODY_OP_DEPTH,
+        Some(&mut sizes.own),
+        &mut sizes.all,
+    )?;
+    Some(sizes)
 }
 
 /// What one op may take decoded at once, besides twice its encoded bytes (an inline tensor is
@@ -121,13 +130,6 @@ pub fn op_budget(len: u64) -> u64 {
     OP_BUDGET.saturating_add(len.saturating_mul(2))
 }
 
-/// Whether the ops of nested blocks are walked as messages or counted as their bytes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Nested {
-    Counted,
-    Encoded,
-}
-
 impl std::ops::AddAssign for DecodedSize {
     fn add_assign(&mut self, other: Self) {
         self.messages = self.messages.saturating_add(other.messages);
@@ -135,11 +137,19 @@ impl std::ops::AddAssign for DecodedSize {
     }
 }
 
-fn walk(mut buf: &[u8], message: u16, depth: u32, nested: Nested, size: &mut DecodedSize) -> Option<()> {
+/// Counts `buf`, a `message`, into `all`, and into `own` too until the walk enters the ops of a
+/// nested block, which decoding the op that holds them leaves encoded.
+fn walk(
+    mut buf: &[u8],
+    message: u16,
+    depth: u32,
+    mut own: Option<&mut DecodedSize>,
+    all: &mut DecodedSize,
+) -> Option<()> {
     if depth > MAX_DEPTH {
         return None;
     }
-    size.messages += 1;
+    add(all, &mut own, 1, 0);
     let fields = MESSAGE_FIELDS.get(usize::from(message))?;
     while !buf.is_empty() {
         let key = varint(&mut buf)?;
@@ -149,7 +159,7 @@ fn walk(mut buf: &[u8], message: u16, depth: u32, nested: Nested, size: &mut Dec
                 varint(&mut buf)?;
                 // One element of an unpacked repeated varint field.
                 if let Some(Growth::PackedVarints(width)) = growth(message, number) {
-                    size.payload += width;
+                    add(all, &mut own, 0, width);
                 }
             }
             1 => buf = buf.get(8..)?,
@@ -158,17 +168,29 @@ fn walk(mut buf: &[u8], message: u16, depth: u32, nested: Nested, size: &mut Dec
                 let len = usize::try_from(varint(&mut buf)?).ok()?;
                 let field = buf.get(..len)?;
                 buf = &buf[len..];
-                let kept_encoded =
-                    nested == Nested::Encoded && message == BLOCK && number == BLOCK_OPERATIONS;
                 match fields.binary_search_by_key(&number, |&(n, _)| n) {
-                    Ok(i) if !kept_encoded => walk(field, fields[i].1, depth + 1, nested, size)?,
-                    _ => size.payload += scalar_cost(message, number, field),
+                    Ok(i) if message == BLOCK && number == BLOCK_OPERATIONS => {
+                        if let Some(own) = own.as_deref_mut() {
+                            own.payload += len as u64;
+                        }
+                        walk(field, fields[i].1, depth + 1, None, all)?;
+                    }
+                    Ok(i) => walk(field, fields[i].1, depth + 1, own.as_deref_mut(), all)?,
+                    Err(_) => add(all, &mut own, 0, scalar_cost(message, number, field)),
                 }
             }
             _ => return None,
         }
     }
     Some(())
+}
+
+/// Counts `messages` and `payload` into `all` and, while it is counted, `own`.
+fn add(all: &mut DecodedSize, own: &mut Option<&mut DecodedSize>, messages: u64, payload: u64) {
+    for size in std::iter::once(all).chain(own.as_deref_mut()) {
+        size.messages += messages;
+        size.payload += payload;
+    }
 }
 
 /// What a length-delimited scalar field (field `number` of `message`) takes decoded: an inline
@@ -268,12 +290,15 @@ pub(crate) mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        let all = op_decoded_size(&owner).unwrap();
-        let own = op_own_decoded_size(&owner).unwrap();
+        let OpSizes { all, own } = op_decoded_sizes(&owner).unwrap();
         assert_eq!(all.messages, 2 + 1000, "the op, its block, the nested ops");
         assert_eq!(own.messages, 2);
         // Each empty nested op is two bytes on the wire (tag, length 0), kept as zero bytes.
         assert_eq!((all.payload, own.payload), (0, 0));
+    }
+
+    fn own_size(op: &[u8]) -> DecodedSize {
+        op_decoded_sizes(op).unwrap().own
     }
 
     /// Packed varints count as the `i64`s each byte may be, strings as their bytes and a `String`
@@ -288,7 +313,7 @@ pub(crate) mod tests {
         };
         const N: usize = 1 << 20;
         let ints = op_with(immediate_value(&TensorData::I64(vec![0; N]), &[N as u64]));
-        let ints_size = op_own_decoded_size(&ints).unwrap();
+        let ints_size = own_size(&ints);
         // Each value its type's width, whatever its wire bytes (besides the name and the type).
         let values =
             |size: DecodedSize, width: u64| (width * N as u64..width * N as u64 + 64).contains(&size.payload);
@@ -296,7 +321,7 @@ pub(crate) mod tests {
         // A negative int32 takes ten bytes on the wire, four decoded: a coremltools model with a
         // 1,200,000-element int32 const of -1 was refused as 91 MiB.
         let negative = op_with(immediate_value(&TensorData::I32(vec![-1; N]), &[N as u64]));
-        let negative_size = op_own_decoded_size(&negative).unwrap();
+        let negative_size = own_size(&negative);
         assert!(negative.len() > 10 * N, "ten bytes a value on the wire");
         assert!(values(negative_size, 4), "{negative_size:?}");
         assert!(negative_size.estimate() <= op_budget(negative.len() as u64));
@@ -313,7 +338,7 @@ pub(crate) mod tests {
             ));
         }
         let strings = op_with(strings);
-        let strings_size = op_own_decoded_size(&strings).unwrap();
+        let strings_size = own_size(&strings);
         assert!(
             strings_size.payload >= ELEMENT_COST * N as u64,
             "{strings_size:?}"
@@ -322,7 +347,7 @@ pub(crate) mod tests {
             &TensorData::F16(vec![half::f16::ZERO; N]),
             &[N as u64],
         ));
-        let halves_size = op_own_decoded_size(&halves).unwrap();
+        let halves_size = own_size(&halves);
         assert!(halves_size.payload < 2 * N as u64 + 64, "{halves_size:?}");
         // 1 Mi int64 zeros (1 MiB on the wire, 8 MiB decoded) are within an op's budget; 16 Mi
         // (16 MiB, 128 MiB decoded) are past it.
@@ -331,7 +356,7 @@ pub(crate) mod tests {
             &TensorData::I64(vec![0; 16 * N]),
             &[16 * N as u64],
         ));
-        assert!(op_own_decoded_size(&many).unwrap().estimate() > op_budget(many.len() as u64));
+        assert!(own_size(&many).estimate() > op_budget(many.len() as u64));
         assert!(halves_size.estimate() <= op_budget(halves.len() as u64));
     }
 

@@ -369,10 +369,8 @@ impl<R: BufRead> Splitter<'_, R> {
         self.read_into(len, &mut bytes)?;
         let bytes = Bytes::from(bytes);
         // Malformed bytes are left to the check, which names what is wrong.
-        if let Some(size) = decode_budget::op_decoded_size(&bytes) {
-            self.charge(size)?;
-        }
-        if let Some(own) = decode_budget::op_own_decoded_size(&bytes) {
+        if let Some(decode_budget::OpSizes { all, own }) = decode_budget::op_decoded_sizes(&bytes) {
+            self.charge(all)?;
             let budget = decode_budget::op_budget(len);
             if own.estimate() > budget {
                 return Err(self.refusal(format!(
