@@ -600,6 +600,8 @@ fn permissions(meta: &std::fs::Metadata) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::package::testutil::*;
+    use crate::package::Package;
 
     /// Extraction goes on while a signal removes the extraction folder: making the folders of an
     /// entry must then fail, not make that folder again (`create_dir_all` did).
@@ -617,8 +619,6 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(!scratch.exists(), "the removed folder stays removed");
     }
-    use crate::package::testutil::*;
-    use crate::package::Package;
 
     fn open_limited(zip_path: &Path, limits: ZipLimits) -> Result<Package> {
         Package::open_with_limits(zip_path, &limits)
