@@ -2,10 +2,10 @@
 
 use std::io::Write;
 
-use serde::ser::{Error as _, SerializeSeq, SerializeStruct};
+use serde::ser::{Error as _, SerializeSeq};
 use serde::{Serialize, Serializer};
 
-use super::Inspection;
+use super::{InspectReport, Inspection};
 use crate::error::Result;
 
 /// The report as pretty JSON, ending in a newline ([`write_json`] into a string).
@@ -31,23 +31,54 @@ fn write_terminal_safe(value: &impl Serialize, out: &mut impl Write) -> std::io:
     out.write_all(b"\n")
 }
 
-/// The fields of [`super::InspectReport`], in its order, the rows made as they are written.
+/// The report's JSON, written out once for both of its forms: [`InspectReport`] (rows held) and
+/// [`Inspection`] (rows made as they are written).
+#[derive(Serialize)]
+struct Layout<'a, W> {
+    input: &'a str,
+    spec_version: i32,
+    opsets: &'a [String],
+    functions: &'a [String],
+    default_function: Option<&'a str>,
+    weight_file_bytes: u64,
+    weights: W,
+    #[serde(skip_serializing_if = "no_notices")]
+    notices: &'a [String],
+}
+
+fn no_notices(notices: &&[String]) -> bool {
+    notices.is_empty()
+}
+
+impl Serialize for InspectReport {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        Layout {
+            input: &self.input,
+            spec_version: self.spec_version,
+            opsets: &self.opsets,
+            functions: &self.functions,
+            default_function: self.default_function.as_deref(),
+            weight_file_bytes: self.weight_file_bytes,
+            weights: &self.weights,
+            notices: &self.notices,
+        }
+        .serialize(serializer)
+    }
+}
+
 impl Serialize for Inspection {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut report = serializer.serialize_struct("InspectReport", 8)?;
-        report.serialize_field("input", &self.input)?;
-        report.serialize_field("spec_version", &self.spec_version)?;
-        report.serialize_field("opsets", &self.opsets)?;
-        report.serialize_field("functions", &self.functions)?;
-        report.serialize_field("default_function", &self.default_function)?;
-        report.serialize_field("weight_file_bytes", &self.weight_file_bytes)?;
-        report.serialize_field("weights", &Rows(self))?;
-        if self.notices.is_empty() {
-            report.skip_field("notices")?;
-        } else {
-            report.serialize_field("notices", &self.notices)?;
+        Layout {
+            input: &self.input,
+            spec_version: self.spec_version,
+            opsets: &self.opsets,
+            functions: &self.functions,
+            default_function: self.default_function.as_deref(),
+            weight_file_bytes: self.weight_file_bytes,
+            weights: Rows(self),
+            notices: &self.notices,
         }
-        report.end()
+        .serialize(serializer)
     }
 }
 
@@ -127,7 +158,7 @@ impl serde_json::ser::Formatter for TerminalSafe<'_> {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::{InspectReport, WeightRow};
+    use super::super::WeightRow;
     use super::*;
 
     fn row(function: &str, name: &str) -> WeightRow {

@@ -72,7 +72,9 @@ pub struct WeightRow {
 /// Functions a row names among those it shares a blob with.
 pub const SHARED_NAMES_SHOWN: usize = 8;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// The report with all its rows. Its JSON is written by `json.rs`, in the layout `inspect --json`
+/// streams.
+#[derive(Debug, Clone, PartialEq)]
 pub struct InspectReport {
     pub input: String,
     pub spec_version: i32,
@@ -85,15 +87,12 @@ pub struct InspectReport {
     pub weights: Vec<WeightRow>,
     /// What the user should know about how the model was read (bodies left out, as coremltools
     /// leaves them out).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
     /// Ops the walks of constexpr rows stepped into, counting an op once per row that reaches it,
     /// in each pass that makes the rows: linear in the rows' chains (tests check this; it is not
     /// printed).
-    #[serde(skip)]
     pub chain_steps: u64,
     /// Ops those walks decoded: each at most once, however many rows reach it.
-    #[serde(skip)]
     pub chain_reads: u64,
 }
 
