@@ -59,6 +59,17 @@ fn field(number: u64, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A `model.mlmodel` (spec 7) of one function `main` whose `CoreML5` body is `ops`, the encoded
+/// `Block.operations` fields, built on the wire: decoding or building it with prost is what costs
+/// the memory the tests below measure.
+fn model_of_body(ops: &[u8]) -> Vec<u8> {
+    let block_entry = [field(1, b"CoreML5"), field(2, ops)].concat();
+    let function = [field(2, b"CoreML5"), field(3, &block_entry)].concat();
+    let function_entry = [field(1, b"main"), field(2, &function)].concat();
+    let program = [&b"\x08\x01"[..], &field(2, &function_entry)].concat();
+    [&b"\x08\x07"[..], &field(502, &program)].concat()
+}
+
 /// An 8 MB `model.mlmodel` of 4 million empty operations decoded to 1.85 GB before. Its decoded
 /// size is now estimated from the wire bytes as they are read, op by op, and it is refused once
 /// the estimate passes the budget, before the rest is read: under a 1 GiB address-space limit
@@ -67,13 +78,8 @@ fn field(number: u64, bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn millions_of_empty_operations_are_refused_before_decoding() {
     let case = Case::linear();
-    // Built on the wire: decoding or building it with prost is what costs the memory.
     let ops = b"\x1a\x00".repeat(4_000_000);
-    let block_entry = [field(1, b"CoreML5"), field(2, &ops)].concat();
-    let function = [field(2, b"CoreML5"), field(3, &block_entry)].concat();
-    let function_entry = [field(1, b"main"), field(2, &function)].concat();
-    let program = [&b"\x08\x01"[..], &field(2, &function_entry)].concat();
-    let model = [&b"\x08\x07"[..], &field(502, &program)].concat();
+    let model = model_of_body(&ops);
     assert!(model.len() < 9 << 20);
     std::fs::write(case.file("model.mlmodel"), &model).unwrap();
     assert_refused(
@@ -111,11 +117,7 @@ fn an_op_of_a_million_inputs_is_refused_before_decoding() {
         )
     };
     let op = [field(1, b"concat"), (0..400_000).flat_map(input).collect()].concat();
-    let block_entry = [field(1, b"CoreML5"), field(2, &field(3, &op))].concat();
-    let function = [field(2, b"CoreML5"), field(3, &block_entry)].concat();
-    let function_entry = [field(1, b"main"), field(2, &function)].concat();
-    let program = [&b"\x08\x01"[..], &field(2, &function_entry)].concat();
-    let model = [&b"\x08\x07"[..], &field(502, &program)].concat();
+    let model = model_of_body(&field(3, &op));
     assert!(model.len() < 8 << 20);
     std::fs::write(case.file("model.mlmodel"), &model).unwrap();
     assert_refused(
