@@ -301,7 +301,7 @@ pub fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { input, json } => {
             let inspection = inspect::Inspection::open(&input)?;
-            for notice in &inspection.notices {
+            for notice in &inspection.head.notices {
                 write_stderr(&format!("mlprune: {}\n", escape_control(notice)));
             }
             // Streamed: the rows are made as they are written, never held all at once.

@@ -50,8 +50,9 @@ fn no_notices(notices: &&[String]) -> bool {
     notices.is_empty()
 }
 
-impl Serialize for InspectReport {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+impl InspectReport {
+    /// This report's fields in the JSON layout, with `weights` for its rows.
+    fn layout<W>(&self, weights: W) -> Layout<'_, W> {
         Layout {
             input: &self.input,
             spec_version: self.spec_version,
@@ -59,26 +60,21 @@ impl Serialize for InspectReport {
             functions: &self.functions,
             default_function: self.default_function.as_deref(),
             weight_file_bytes: self.weight_file_bytes,
-            weights: &self.weights,
+            weights,
             notices: &self.notices,
         }
-        .serialize(serializer)
+    }
+}
+
+impl Serialize for InspectReport {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        self.layout(&self.weights).serialize(serializer)
     }
 }
 
 impl Serialize for Inspection {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        Layout {
-            input: &self.input,
-            spec_version: self.spec_version,
-            opsets: &self.opsets,
-            functions: &self.functions,
-            default_function: self.default_function.as_deref(),
-            weight_file_bytes: self.weight_file_bytes,
-            weights: Rows(self),
-            notices: &self.notices,
-        }
-        .serialize(serializer)
+        self.head.layout(Rows(self)).serialize(serializer)
     }
 }
 

@@ -107,14 +107,8 @@ pub fn inspect(input: &Path) -> Result<InspectReport> {
 /// (24 bytes): the rows themselves are made again, one at a time, as they are written. Held whole,
 /// they took 1.2 KB each (392 MB at 320,000 rows).
 pub struct Inspection {
-    pub input: String,
-    pub spec_version: i32,
-    pub opsets: Vec<String>,
-    /// The program's functions, in name order.
-    pub functions: Vec<String>,
-    pub default_function: Option<String>,
-    pub weight_file_bytes: u64,
-    pub notices: Vec<String>,
+    /// The report without its rows (`weights` empty, the counters zero).
+    pub head: InspectReport,
     /// Per row, in program order: its op and the share of zeros the first pass read.
     rows: Vec<(u32, Option<f64>)>,
     elements: u64,
@@ -159,14 +153,20 @@ impl Inspection {
             .as_ref()
             .map(|d| d.default_function_name.clone())
             .filter(|name| !name.is_empty());
-        let mut inspection = Inspection {
+        let head = InspectReport {
             input: input.display().to_string(),
             spec_version: model.spec_version(),
             opsets,
             functions: model.program.functions.keys().cloned().collect(),
             default_function,
             weight_file_bytes: source.blob_reader().map_or(0, |r| r.size()),
+            weights: Vec::new(),
             notices: std::mem::take(&mut model.notices),
+            chain_steps: 0,
+            chain_reads: 0,
+        };
+        let mut inspection = Inspection {
+            head,
             rows: Vec::new(),
             elements: 0,
             bytes: 0,
@@ -242,7 +242,7 @@ impl Inspection {
                 .maker
                 .borrow_mut()
                 .shared
-                .marks(function, &blobs, &self.functions);
+                .marks(function, &blobs, &self.head.functions);
             row.shared_offsets = marks.offsets;
             row.shared_with = marks.with;
             row.shared_with_count = marks.count;
@@ -281,24 +281,18 @@ impl Inspection {
     /// Every row at once.
     pub fn into_report(self) -> Result<InspectReport> {
         let weights = self.rows().collect::<Result<Vec<_>>>()?;
-        let chains = &self.maker.borrow().chains;
+        let ChainWalker { steps, reads, .. } = self.maker.into_inner().chains;
         Ok(InspectReport {
-            input: self.input.clone(),
-            spec_version: self.spec_version,
-            opsets: self.opsets.clone(),
-            functions: self.functions.clone(),
-            default_function: self.default_function.clone(),
-            weight_file_bytes: self.weight_file_bytes,
             weights,
-            notices: self.notices.clone(),
-            chain_steps: chains.steps,
-            chain_reads: chains.reads,
+            chain_steps: steps,
+            chain_reads: reads,
+            ..self.head
         })
     }
 
     /// The index of `function` among the program's functions (in name order).
     fn function_number(&self, function: &str) -> u32 {
-        let found = self.functions.binary_search_by(|f| f.as_str().cmp(function));
+        let found = self.head.functions.binary_search_by(|f| f.as_str().cmp(function));
         // A row's function is one of the program's, and their count fits the op indices' u32.
         found.unwrap_or_default() as u32
     }

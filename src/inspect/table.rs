@@ -23,7 +23,7 @@ pub fn render_table(inspection: &Inspection) -> Result<String> {
 /// says why.
 pub fn write_table(inspection: &Inspection, out: &mut impl Write) -> std::io::Result<()> {
     let columns = TableColumns {
-        multifunction: inspection.functions.len() > 1,
+        multifunction: inspection.head.functions.len() > 1,
         any_shared: inspection.any_shared(),
     };
     let header: Vec<String> = columns.header().iter().map(|h| h.to_string()).collect();
@@ -140,9 +140,10 @@ impl TableColumns {
 }
 
 /// The table's last line: totals, spec version, opsets, and a multifunction model's functions.
-fn total_line(report: &Inspection) -> String {
+fn total_line(inspection: &Inspection) -> String {
+    let (elements, bytes) = inspection.totals();
+    let report = &inspection.head;
     let multifunction = report.functions.len() > 1;
-    let (elements, bytes) = report.totals();
     let functions = if multifunction {
         format!(
             "; functions {}{}",
@@ -157,7 +158,7 @@ fn total_line(report: &Inspection) -> String {
     };
     format!(
         "total: {} weight tensors, {elements} elements, {bytes} bytes; spec version {}, opset {}, weight.bin {} bytes{}\n",
-        report.row_count(),
+        inspection.row_count(),
         report.spec_version,
         escape_control(&report.opsets.join(",")),
         report.weight_file_bytes,
