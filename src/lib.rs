@@ -36,6 +36,7 @@ pub mod proto;
 pub mod prune;
 pub mod shared;
 pub mod sparsified;
+pub mod spill_map;
 pub mod synth;
 pub mod tensor;
 pub mod weights;

@@ -11,13 +11,14 @@
 //! per value name); storing once per content is at least that, and also covers blobs it writes twice
 //! (equal masks of differently shaped weights, shared blobs across functions).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use super::{align64, describe_dtype, subbyte, BLOB_SENTINEL, HEADER_SIZE, RECORD_SIZE, STORAGE_VERSION};
 use crate::dtype::ScalarType;
 use crate::error::{Error, IoContext, Result};
+use crate::spill_map::SpillMap;
 use crate::tensor::TensorData;
 
 /// Appends blobs to a fresh `weight.bin`. Offsets are counted from where `inner` stood when the writer
@@ -30,8 +31,10 @@ pub struct BlobWriter<W: TensorSink> {
     /// Bytes written so far, relative to `base`.
     position: u64,
     count: u32,
-    /// The first blob written under each content key, as a [`Stored`] word.
-    stored: HashMap<ContentKey, Stored>,
+    /// The first blob written under each content key, as a [`Stored`] word (little-endian): in
+    /// memory up to a bound, then in sorted runs on disk (a model of hundreds of thousands of
+    /// small tensors writes as many blobs; issue 18).
+    stored: SpillMap<8>,
     /// Later blobs under a key already taken (their keys collide with an earlier blob's). Kept
     /// apart so that a blob costs one 16-byte table slot and no allocation: a model of tens of
     /// thousands of small tensors writes a hundred thousand blobs (issue 18).
@@ -41,7 +44,8 @@ pub struct BlobWriter<W: TensorSink> {
     /// Record offsets of the fp16/fp32 blobs written that hold a NaN, found while their bytes are
     /// in memory: deduplication asks (a value with NaN equals nothing), and reading a blob back
     /// would wait for the background writer.
-    with_nan: HashSet<u64>,
+    /// In memory up to a bound, then on disk, like `stored`.
+    with_nan: SpillMap<0>,
     /// The content hash; a test swaps in a constant one to force collisions.
     hash: fn(&[u8]) -> u64,
 }
@@ -123,16 +127,18 @@ impl<W: TensorSink> BlobWriter<W> {
     /// Writes the header with a zero `count`, patched by [`BlobWriter::finish`]. `path` labels errors.
     pub fn new(mut inner: W, path: PathBuf) -> Result<Self> {
         let base = inner.stream_position().at(&path)?;
+        let stored = SpillMap::beside(&path);
+        let with_nan = SpillMap::beside(&path);
         let mut writer = BlobWriter {
             inner,
             path,
             base,
             position: 0,
             count: 0,
-            stored: HashMap::new(),
+            stored,
             collided: HashMap::new(),
             shared: 0,
-            with_nan: HashSet::new(),
+            with_nan,
             hash: content_hash,
         };
         writer.write_all(&header_bytes(0))?;
@@ -167,7 +173,7 @@ impl<W: TensorSink> BlobWriter<W> {
     /// The offset of a blob already written with exactly `data` as its `dtype` content of
     /// `element_count` elements, confirmed byte for byte against the file.
     fn find_stored(&mut self, key: ContentKey, dtype: ScalarType, data: &[u8]) -> Result<Option<u64>> {
-        let Some(&first) = self.stored.get(&key) else {
+        let Some(first) = self.stored_under(key)? else {
             return Ok(None);
         };
         let mut candidates = vec![first];
@@ -233,14 +239,16 @@ impl<W: TensorSink> BlobWriter<W> {
 
     /// Whether the blob written at `record_offset` holds a NaN (fp16 and fp32 blobs; any other is
     /// reported as holding none).
-    pub fn holds_nan(&self, record_offset: u64) -> bool {
-        self.with_nan.contains(&record_offset)
+    pub fn holds_nan(&self, record_offset: u64) -> Result<bool> {
+        Ok(self.with_nan.get(record_offset)?.is_some())
     }
 
-    fn note_nan(&mut self, record_offset: u64, dtype: ScalarType, data: &[u8]) {
+    /// Notes whether a new blob holds a NaN (each record offset is noted once: blobs are new).
+    fn note_nan(&mut self, record_offset: u64, dtype: ScalarType, data: &[u8]) -> Result<()> {
         if matches!(dtype, ScalarType::Float16 | ScalarType::Float32) && any_nan(dtype, data) {
-            self.with_nan.insert(record_offset);
+            self.with_nan.insert_new(record_offset, [])?;
         }
+        Ok(())
     }
 
     fn content_key(&self, dtype: ScalarType, element_count: u64, data: &[u8]) -> ContentKey {
@@ -277,8 +285,8 @@ impl<W: TensorSink> BlobWriter<W> {
         }
         self.begin_blob(&blob)?;
         self.write_all(data)?;
-        self.note_nan(blob.record_offset, dtype, data);
-        self.end_blob(blob, key, dtype);
+        self.note_nan(blob.record_offset, dtype, data)?;
+        self.end_blob(blob, key, dtype)?;
         Ok(blob.record_offset)
     }
 
@@ -306,10 +314,10 @@ impl<W: TensorSink> BlobWriter<W> {
             return Ok(offset);
         }
         self.begin_blob(&blob)?;
-        self.note_nan(blob.record_offset, dtype, &data.as_le_bytes());
+        self.note_nan(blob.record_offset, dtype, &data.as_le_bytes())?;
         self.inner.write_tensor(data).at(&self.path)?;
         self.position += bytes;
-        self.end_blob(blob, key, dtype);
+        self.end_blob(blob, key, dtype)?;
         Ok(blob.record_offset)
     }
 
@@ -366,17 +374,20 @@ impl<W: TensorSink> BlobWriter<W> {
     }
 
     /// Counts a blob whose data is written and indexes its content.
-    fn end_blob(&mut self, blob: NewBlob, key: ContentKey, dtype: ScalarType) {
+    fn end_blob(&mut self, blob: NewBlob, key: ContentKey, dtype: ScalarType) -> Result<()> {
         self.count = blob.count;
         let stored = Stored::new(blob.record_offset, dtype);
-        match self.stored.entry(key) {
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(stored);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.collided.entry(key).or_default().push(stored)
-            }
+        if self.stored_under(key)?.is_some() {
+            self.collided.entry(key).or_default().push(stored);
+        } else {
+            self.stored.insert_new(key, stored.0.to_le_bytes())?;
         }
+        Ok(())
+    }
+
+    /// The first blob written under `key`.
+    fn stored_under(&self, key: ContentKey) -> Result<Option<Stored>> {
+        Ok(self.stored.get(key)?.map(|word| Stored(u64::from_le_bytes(word))))
     }
 
     /// Patches the header's `count` and returns the inner writer, positioned at the end of the file.
@@ -570,11 +581,11 @@ mod tests {
             .append_tensor(&TensorData::F32(vec![0.0, -f32::NAN]))
             .unwrap();
         let bytes = writer.append(ScalarType::UInt8, &[0xff; 4], 4).unwrap();
-        assert!(!writer.holds_nan(clean), "infinities are not NaN");
-        assert!(writer.holds_nan(with_nan));
+        assert!(!writer.holds_nan(clean).unwrap(), "infinities are not NaN");
+        assert!(writer.holds_nan(with_nan).unwrap());
         assert_eq!(again, with_nan, "stored once, noted once");
-        assert!(writer.holds_nan(f32_nan), "sign does not matter");
-        assert!(!writer.holds_nan(bytes), "only float blobs hold NaN");
+        assert!(writer.holds_nan(f32_nan).unwrap(), "sign does not matter");
+        assert!(!writer.holds_nan(bytes).unwrap(), "only float blobs hold NaN");
         assert!(any_nan(ScalarType::Float32, &0x7f80_0001u32.to_le_bytes()));
         assert!(!any_nan(ScalarType::Float32, &0x7f80_0000u32.to_le_bytes()));
         assert!(any_nan(ScalarType::Float16, &0xfc01u16.to_le_bytes()));
@@ -743,7 +754,7 @@ mod tests {
     fn content_keys_differ_when_the_dtype_or_the_count_does() {
         let dtypes: Vec<ScalarType> = every_blob_type().iter().map(TensorData::dtype).collect();
         let counts = [0u64, 1, 255, 256, (1 << 56) - 1, 1 << 56, u64::MAX];
-        let mut seen = HashSet::new();
+        let mut seen = std::collections::HashSet::new();
         for &dtype in &dtypes {
             for &count in &counts {
                 assert!(seen.insert(content_key(42, dtype, count)), "{dtype:?} {count}");
@@ -757,7 +768,8 @@ mod tests {
         let a = writer.append(ScalarType::UInt8, &[7; 16], 16).unwrap();
         // The int8 blob of the same bytes finds the uint8 one under its key, as a collision would.
         let int8_key = writer.content_key(ScalarType::Int8, 16, &[7; 16]);
-        writer.stored.insert(int8_key, Stored::new(a, ScalarType::UInt8));
+        let word = Stored::new(a, ScalarType::UInt8).0.to_le_bytes();
+        writer.stored.insert_new(int8_key, word).unwrap();
         let b = writer.append(ScalarType::Int8, &[7; 16], 16).unwrap();
         assert_eq!((a, b), (64, 192));
         assert_eq!(writer.shared_count(), 0);

@@ -5,13 +5,13 @@
 //! multifunction models) is copied once and every reference is patched to the new offset. The result
 //! is compact: no orphan regions, which Core ML's blob enumeration relies on.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::blob::{BlobReader, BlobWriter, TensorSink};
 use crate::dtype::ScalarType;
 use crate::error::{Error, IoContext, Result};
 use crate::proto::mil::{argument::binding::Binding, value, Operation, Value};
+use crate::spill_map::SpillMap;
 use crate::tensor::TensorData;
 
 use super::background::BackgroundWriter;
@@ -62,8 +62,41 @@ pub fn op_values_mut(op: &mut Operation) -> Vec<(String, &mut Value)> {
 /// Writes a fresh `weight.bin`, copying original blobs on first reference and appending new ones.
 pub struct WeightFileBuilder<W: TensorSink = BackgroundWriter> {
     writer: BlobWriter<W>,
-    /// Original offset → (new offset, dtype, element count) of each blob copied so far.
-    copied: BTreeMap<u64, (u64, ScalarType, u64)>,
+    /// Original offset → [`CopiedBlob`] of each blob copied so far: in memory up to a bound, then
+    /// on disk (issue 18).
+    copied: SpillMap<{ CopiedBlob::BYTES }>,
+}
+
+/// Where a copied blob went, and what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CopiedBlob {
+    offset: u64,
+    dtype: ScalarType,
+    count: u64,
+}
+
+impl CopiedBlob {
+    const BYTES: usize = 17;
+
+    fn to_bytes(self) -> [u8; Self::BYTES] {
+        let mut bytes = [0; Self::BYTES];
+        bytes[..8].copy_from_slice(&self.offset.to_le_bytes());
+        bytes[8] = ScalarType::ALL
+            .iter()
+            .position(|&d| d == self.dtype)
+            .expect("every dtype is listed") as u8;
+        bytes[9..].copy_from_slice(&self.count.to_le_bytes());
+        bytes
+    }
+
+    fn from_bytes(bytes: [u8; Self::BYTES]) -> Self {
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+        CopiedBlob {
+            offset: word(0),
+            dtype: ScalarType::ALL[usize::from(bytes[8])],
+            count: word(9),
+        }
+    }
 }
 
 impl WeightFileBuilder<BackgroundWriter> {
@@ -76,8 +109,8 @@ impl WeightFileBuilder<BackgroundWriter> {
 impl<W: TensorSink> WeightFileBuilder<W> {
     pub fn new(inner: W, path: PathBuf) -> Result<Self> {
         Ok(WeightFileBuilder {
+            copied: SpillMap::beside(&path),
             writer: BlobWriter::new(inner, path)?,
-            copied: BTreeMap::new(),
         })
     }
 
@@ -105,11 +138,13 @@ impl<W: TensorSink> WeightFileBuilder<W> {
             let old = blob.offset;
             let tensor = format!("{op_name}.{param}");
             let meta = super::source::blob_value_meta(&tensor, v)?;
-            let new = match self.copied.get(&old) {
+            let new = match self.copied.get(old)?.map(CopiedBlob::from_bytes) {
                 // A blob shared by several values was validated against the first one's type; every
                 // other must declare the same, or the copy would carry a reference that misreads it.
-                Some(&(new, dtype, count)) if (dtype, count) == (meta.dtype, meta.count) => new,
-                Some(&(_, dtype, count)) => {
+                Some(CopiedBlob { offset, dtype, count }) if (dtype, count) == (meta.dtype, meta.count) => {
+                    offset
+                }
+                Some(CopiedBlob { dtype, count, .. }) => {
                     return Err(Error::tensor(
                         &tensor,
                         format!(
@@ -130,7 +165,12 @@ impl<W: TensorSink> WeightFileBuilder<W> {
                         .read(old, meta.dtype, meta.count)
                         .map_err(|e| super::source::in_tensor(&tensor, e))?;
                     let new = self.writer.append(meta.dtype, &bytes, meta.count)?;
-                    self.copied.insert(old, (new, meta.dtype, meta.count));
+                    let copy = CopiedBlob {
+                        offset: new,
+                        dtype: meta.dtype,
+                        count: meta.count,
+                    };
+                    self.copied.insert_new(old, copy.to_bytes())?;
                     new
                 }
             };
@@ -195,7 +235,7 @@ impl<W: TensorSink> WeightFileBuilder<W> {
 impl<W: TensorSink> crate::dedupe::StoredBlobs for WeightFileBuilder<W> {
     fn blob_holds_nan(&mut self, offset: u64, dtype: ScalarType, _count: u64) -> Result<bool> {
         // Noted by the writer while the bytes were in memory; only float blobs can hold NaN.
-        Ok(matches!(dtype, ScalarType::Float16 | ScalarType::Float32) && self.writer.holds_nan(offset))
+        Ok(matches!(dtype, ScalarType::Float16 | ScalarType::Float32) && self.writer.holds_nan(offset)?)
     }
 
     fn blob_all_close(&mut self, offset: u64, dtype: ScalarType, values: &[u8]) -> Result<bool> {
@@ -220,6 +260,18 @@ impl<W: TensorSink> crate::dedupe::StoredBlobs for WeightFileBuilder<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copied_blob_reads_back_as_written() {
+        for dtype in ScalarType::ALL {
+            let copy = CopiedBlob {
+                offset: u64::MAX - 63,
+                dtype,
+                count: (1 << 40) + 3,
+            };
+            assert_eq!(CopiedBlob::from_bytes(copy.to_bytes()), copy);
+        }
+    }
     use crate::mil::value::blob_value;
 
     /// A `weight.bin` in memory holding one fp16 blob of 4 elements at offset 64.
