@@ -23,9 +23,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
 use std::sync::Arc;
 
-use hashbrown::HashTable;
 
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
@@ -33,6 +33,7 @@ use crate::mil::access::OpPath;
 use crate::mil::entries::Entries;
 use crate::mil::value::{decode_immediate, ValueExt};
 use crate::proto::mil::{argument::binding::Binding, Operation, Value};
+use crate::spill_map::SpillDict;
 use crate::weights::source::TensorMeta;
 
 /// Values with fewer elements are never deduplicated as consts (coremltools' `_const_threshold`).
@@ -199,48 +200,53 @@ impl Identity {
 }
 
 /// Keys in their stored form ([`Key::to_bytes`]), each with the output of the first op that had
-/// it: key and name in one allocation, found through a table of their indices. A model of many
-/// tensors keeps one per pruned weight (issue 18); a map of boxed keys to boxed names took two
-/// allocations and a 32-byte slot each.
-#[derive(Debug, Default)]
-struct Firsts {
-    /// The key's length (4 bytes, little-endian), the key, then the name.
-    entries: Vec<Box<[u8]>>,
-    by_key: HashTable<u32>,
-    hasher: RandomState,
-}
+/// it. A model of many tensors keeps one per weight (issue 18), so they are kept in memory up to a
+/// bound, then on disk ([`SpillDict`]).
+struct Firsts(SpillDict);
 
 impl Firsts {
-    fn key_of(entry: &[u8]) -> &[u8] {
-        let len = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) as usize;
-        &entry[4..4 + len]
-    }
-
-    fn get(&self, key: &[u8]) -> Option<&str> {
-        let i = self.by_key.find(self.hasher.hash_one(key), |&i| {
-            Self::key_of(&self.entries[i as usize]) == key
-        })?;
-        let entry = &self.entries[*i as usize];
+    fn get(&self, key: &[u8]) -> Result<Option<String>> {
         // Stored from a `&str` by `insert`.
-        std::str::from_utf8(&entry[4 + Self::key_of(entry).len()..]).ok()
+        Ok(self.0.get(key)?.and_then(|name| String::from_utf8(name).ok()))
     }
 
     /// Records `name` as the first output of `key` (a key not recorded yet).
     fn insert(&mut self, key: &[u8], name: &str) -> Result<()> {
-        let too_many = || Error::Graph("too many distinct ops to deduplicate".into());
-        let index = u32::try_from(self.entries.len()).map_err(|_| too_many())?;
-        let key_len = u32::try_from(key.len()).map_err(|_| too_many())?;
-        let mut entry = Vec::with_capacity(4 + key.len() + name.len());
-        entry.extend_from_slice(&key_len.to_le_bytes());
-        entry.extend_from_slice(key);
-        entry.extend_from_slice(name.as_bytes());
-        self.entries.push(entry.into_boxed_slice());
-        let (entries, hasher) = (&self.entries, &self.hasher);
-        self.by_key.insert_unique(hasher.hash_one(key), index, |&i| {
-            hasher.hash_one(Self::key_of(&entries[i as usize]))
-        });
-        Ok(())
+        self.0.insert_new(key, name.as_bytes())
     }
+}
+
+/// The float consts of a [`CloseKey`] while there is one: `(blob offset, output)`, found by
+/// [`close_key_bytes`], on disk past a bound. Most consts have a key of their own, so a
+/// [`CloseGroup`] is only made for a key's second const (issue 18: a group, its key's 100
+/// elements and its index took about 600 bytes a const).
+struct CloseSingles(SpillDict);
+
+impl CloseSingles {
+    fn get(&self, key: &CloseKey) -> Result<Option<(u64, String)>> {
+        let Some(record) = self.0.get(&close_key_bytes(key))? else {
+            return Ok(None);
+        };
+        let (offset, name) = record.split_at(8);
+        let offset = u64::from_le_bytes(offset.try_into().expect("eight bytes"));
+        // Stored from a `&str` by `insert`.
+        Ok(Some((offset, String::from_utf8_lossy(name).into_owned())))
+    }
+
+    fn insert(&mut self, key: &CloseKey, offset: u64, name: &str) -> Result<()> {
+        let record = [&offset.to_le_bytes()[..], name.as_bytes()].concat();
+        self.0.insert_new(&close_key_bytes(key), &record)
+    }
+}
+
+/// A [`CloseKey`] as one byte string: the two ids have a fixed width, so the prefix is the rest.
+fn close_key_bytes((block, value_type, prefix): &CloseKey) -> Vec<u8> {
+    [&block.to_le_bytes()[..], &value_type.to_le_bytes(), prefix].concat()
+}
+
+/// `(function, output)` as one byte string: the function's length, the function, the output.
+fn output_key(function: &str, output: &str) -> Vec<u8> {
+    [&(function.len() as u64).to_le_bytes()[..], function.as_bytes(), output.as_bytes()].concat()
 }
 
 /// The float consts of one [`CloseKey`] that are the first of their values, and an index that
@@ -275,13 +281,16 @@ const CACHE_MAX_BYTES: usize = 16 << 10;
 const CACHE_BUDGET: usize = 32 << 20;
 
 /// The first op seen for each key, and which outputs were found to be duplicates.
-#[derive(Debug)]
 pub struct Deduplicator {
     /// The first output of each key.
     first: Firsts,
     /// Float consts that are the first of their values, by (block, declared type, bytes of the
-    /// first [`KEY_ELEMENTS`] elements).
+    /// first [`KEY_ELEMENTS`] elements): while a key has one, in `close_singles` (with its values
+    /// in `single_values` while [`CACHE_BUDGET`] lasts), from its second on in a group here.
     close_candidates: HashMap<CloseKey, CloseGroup>,
+    close_singles: CloseSingles,
+    /// Values of consts in `close_singles`, by blob offset, to become a group's cached values.
+    single_values: HashMap<u64, Box<[u8]>>,
     /// What [`Deduplicator::near_duplicate`] learnt of the const it found close to nothing, for
     /// [`Deduplicator::observe`] to keep if that const becomes a candidate.
     pending: Option<Pending>,
@@ -294,19 +303,33 @@ pub struct Deduplicator {
     /// The (block, declared type) pairs of `close_candidates`, so that a const with none is
     /// passed over without reading its values.
     close_types: HashSet<(Id, Id)>,
-    /// `(function, duplicate output)` → the output its readers read now.
-    resolved: HashMap<(String, String), String>,
+    /// `(function, duplicate output)` ([`output_key`]) → the output its readers read now.
+    resolved: SpillDict,
     uniques: usize,
     names: Interner,
 }
 
 impl Default for Deduplicator {
     fn default() -> Self {
+        Self::new_in(None)
+    }
+}
+
+impl Deduplicator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A deduplicator whose tables, past their bound in memory, go to unlinked files in `dir`
+    /// (the system temporary folder for `None`).
+    pub fn new_in(dir: Option<&Path>) -> Self {
         Self {
-            first: Firsts::default(),
+            first: Firsts(SpillDict::new_in(dir)),
             close_candidates: HashMap::new(),
+            close_singles: CloseSingles(SpillDict::new_in(dir)),
+            single_values: HashMap::new(),
             close_types: HashSet::new(),
-            resolved: HashMap::new(),
+            resolved: SpillDict::new_in(dir),
             uniques: 0,
             names: Interner::default(),
             pending: None,
@@ -314,12 +337,6 @@ impl Default for Deduplicator {
             cached_bytes: 0,
             comparisons: 0,
         }
-    }
-}
-
-impl Deduplicator {
-    pub fn new() -> Self {
-        Self::default()
     }
 
     /// Full comparisons of a const with a candidate made so far (each reads all its elements).
@@ -376,7 +393,7 @@ impl Deduplicator {
                     }
                     Some(Binding::Name(bound)) => (
                         String::new(),
-                        Identity::Output(self.resolve(&path.function, bound)),
+                        Identity::Output(self.resolve(&path.function, bound)?),
                     ),
                     None => return Ok(Verdict::Keep),
                 };
@@ -392,11 +409,12 @@ impl Deduplicator {
             return Ok(Verdict::Keep);
         };
         let stored_key = key.to_bytes();
-        match self.first.get(&stored_key) {
+        match self.first.get(&stored_key)? {
             Some(first) if !returned => {
-                let first = first.to_string();
+                // Output names are unique in a function (the graph index refuses a second
+                // definition), so each is resolved once.
                 self.resolved
-                    .insert((path.function.to_string(), output.name.clone()), first.clone());
+                    .insert_new(&output_key(&path.function, &output.name), first.as_bytes())?;
                 Ok(Verdict::DuplicateOf(first))
             }
             Some(_) => Ok(Verdict::Keep),
@@ -416,11 +434,25 @@ impl Deduplicator {
                             .take()
                             .filter(|p| p.key == close_key && p.output == output.name);
                         self.close_types.insert((*block, *value_type));
-                        let group = self.close_candidates.entry(close_key).or_default();
+                        let (summary, values) = pending.map_or((None, None), |p| (p.summary, p.values));
+                        if !self.grouped(&close_key)? {
+                            self.close_singles.insert(&close_key, *offset, &output.name)?;
+                            if let Some(values) = values {
+                                if self.cached_bytes + values.len() <= CACHE_BUDGET {
+                                    self.cached_bytes += values.len();
+                                    self.single_values.insert(*offset, values);
+                                }
+                            }
+                            self.first.insert(&stored_key, &output.name)?;
+                            return Ok(Verdict::Keep);
+                        }
+                        let group = self
+                            .close_candidates
+                            .get_mut(&close_key)
+                            .expect("grouped above");
                         let member = u32::try_from(group.members.len())
                             .map_err(|_| Error::Graph("too many consts to deduplicate".into()))?;
                         group.members.push((*offset, output.name.clone()));
-                        let (summary, values) = pending.map_or((None, None), |p| (p.summary, p.values));
                         match summary {
                             Some((shape, sum, _)) => {
                                 group.index.insert((shape, sum, member));
@@ -480,6 +512,7 @@ impl Deduplicator {
         }
         let key = (block, value_type, values[..len].to_vec());
         let mut summary = None;
+        self.grouped(&key)?;
         let found = match self.close_candidates.get_mut(&key) {
             Some(group) => {
                 let summarized = summarize(meta.dtype, &values[len..], self.shape_seed);
@@ -510,7 +543,7 @@ impl Deduplicator {
             return Ok(Near::Returned);
         }
         self.resolved
-            .insert((path.function.to_string(), output.name.clone()), first.clone());
+            .insert_new(&output_key(&path.function, &output.name), first.as_bytes())?;
         Ok(Near::DuplicateOf(first))
     }
 
@@ -540,6 +573,7 @@ impl Deduplicator {
             return Ok(Near::None);
         }
         let key = (block, value_type, values[..len].to_vec());
+        self.grouped(&key)?;
         let members = self
             .close_candidates
             .get(&key)
@@ -557,11 +591,29 @@ impl Deduplicator {
         Ok(Near::None)
     }
 
-    fn resolve(&self, function: &str, name: &str) -> String {
-        self.resolved
-            .get(&(function.to_owned(), name.to_owned()))
-            .cloned()
-            .unwrap_or_else(|| name.to_owned())
+    fn resolve(&self, function: &str, name: &str) -> Result<String> {
+        let resolved = self.resolved.get(&output_key(function, name))?;
+        // Stored from a `&str`.
+        Ok(resolved.map_or_else(|| name.to_owned(), |r| String::from_utf8_lossy(&r).into_owned()))
+    }
+
+    /// Whether `key` has a [`CloseGroup`], made here if the key has a single const so far: the
+    /// group then holds that const, summarized at its first query.
+    fn grouped(&mut self, key: &CloseKey) -> Result<bool> {
+        if self.close_candidates.contains_key(key) {
+            return Ok(true);
+        }
+        let Some((offset, name)) = self.close_singles.get(key)? else {
+            return Ok(false);
+        };
+        let mut group = CloseGroup::default();
+        group.members.push((offset, name));
+        group.unindexed.push(0);
+        if let Some(values) = self.single_values.remove(&offset) {
+            group.cached.insert(0, values);
+        }
+        self.close_candidates.insert(key.clone(), group);
+        Ok(true)
     }
 
     fn unique(&mut self) -> Identity {
@@ -823,18 +875,18 @@ mod tests {
 
     #[test]
     fn firsts_give_back_the_name_of_each_key() {
-        let mut firsts = Firsts::default();
+        let mut firsts = Firsts(SpillDict::new_in(None));
         let keys: [&[u8]; 4] = [b"", b"a", b"ab", &[0xff; 300]];
         for (i, key) in keys.iter().enumerate() {
-            assert_eq!(firsts.get(key), None);
+            assert_eq!(firsts.get(key).unwrap(), None);
             firsts.insert(key, &format!("out_{i}_é")).unwrap();
         }
         for (i, key) in keys.iter().enumerate() {
-            assert_eq!(firsts.get(key), Some(format!("out_{i}_é").as_str()));
+            assert_eq!(firsts.get(key).unwrap(), Some(format!("out_{i}_é")));
         }
         // A key that is a prefix of another's key and name together is its own key.
-        assert_eq!(firsts.get(b"abo"), None);
-        assert_eq!(firsts.get(b"b"), None);
+        assert_eq!(firsts.get(b"abo").unwrap(), None);
+        assert_eq!(firsts.get(b"b").unwrap(), None);
     }
 
     fn weights() -> Weights {

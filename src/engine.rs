@@ -220,7 +220,7 @@ fn prune_steps(
         replaced: None,
         renames: SpilledRenames::create_in(out.scratch_dir())?,
         sparsified: SparsifiedConsts::new(),
-        dedupe: Deduplicator::new(),
+        dedupe: Deduplicator::new_in(Some(out.scratch_dir())),
         shared: SharedOutcomes::new(shared_keys),
     };
     let keep_entries = job.keep_entries || job.report.is_some();

@@ -16,7 +16,12 @@
 //! the first hit and merging never has to choose between two values.
 
 mod bloom;
+mod dict;
+mod log;
 mod run;
+
+pub use dict::SpillDict;
+pub use log::SpillLog;
 
 use std::path::{Path, PathBuf};
 
