@@ -103,7 +103,7 @@ mod tests {
         let mut log = SpillLog::with_memory(None, 1000);
         let mut written = Vec::new();
         for i in 0..20_000u32 {
-            let record: Vec<u8> = (0..i % 37).map(|b| (b as u32 ^ i) as u8).collect();
+            let record: Vec<u8> = (0..i % 37).map(|b| (b ^ i) as u8).collect();
             let position = log.append(&[&i.to_le_bytes(), &record]).unwrap();
             written.push((position, i, record));
         }
