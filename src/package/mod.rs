@@ -187,14 +187,12 @@ impl Package {
 /// files from a zipped input nor carries them from a folder input to the output: both inputs give
 /// the same output, and an unused entry costs neither time nor disk. Declared items other than the
 /// model and weights are kept (unlike coremltools) because the manifest we copy still names them.
-pub(crate) fn used_paths(manifest: &Manifest) -> Vec<PathBuf> {
+pub(crate) fn used_paths(manifest: &Manifest) -> UsedPaths {
     let data = Path::new(DATA_DIR);
     let mut used = vec![PathBuf::from(MANIFEST_FILE)];
     used.extend(manifest.item_paths().into_iter().map(|(_, item)| data.join(item)));
     used.push(data.join(manifest.weights_relative()));
-    used.sort();
-    used.dedup();
-    used
+    UsedPaths::new(used)
 }
 
 /// How a path relative to the package root stands to [`used_paths`].
@@ -209,13 +207,70 @@ pub(crate) enum Use {
     Unused,
 }
 
-pub(crate) fn use_of(relative: &Path, used: &[PathBuf]) -> Use {
-    if used.iter().any(|u| relative.starts_with(u)) {
-        Use::Used
-    } else if used.iter().any(|u| u.starts_with(relative)) {
-        Use::Ancestor
-    } else {
-        Use::Unused
+/// The used paths as a tree of their components, so that placing a path costs one step per
+/// component of it, whatever the number of used paths: every zip entry and every file of a
+/// folder input is placed, and a manifest may declare tens of thousands of items (issue 18:
+/// comparing each with each took minutes).
+#[derive(Debug)]
+pub(crate) struct UsedPaths {
+    /// Sorted, without repeats.
+    paths: Vec<PathBuf>,
+    /// Per node: whether the path to it is used. Node 0 is the root (the empty path).
+    used: Vec<bool>,
+    children: std::collections::HashMap<(usize, std::ffi::OsString), usize>,
+}
+
+impl UsedPaths {
+    fn new(mut paths: Vec<PathBuf>) -> Self {
+        paths.sort();
+        paths.dedup();
+        let mut tree = UsedPaths {
+            paths: Vec::new(),
+            used: vec![false],
+            children: std::collections::HashMap::new(),
+        };
+        for path in &paths {
+            let mut node = 0;
+            for component in path.components() {
+                let next = tree.used.len();
+                node = *tree
+                    .children
+                    .entry((node, component.as_os_str().to_owned()))
+                    .or_insert(next);
+                if node == next {
+                    tree.used.push(false);
+                }
+            }
+            tree.used[node] = true;
+        }
+        tree.paths = paths;
+        tree
+    }
+
+    /// [`Use::Used`] when a used path is `relative` or one of its ancestors, [`Use::Ancestor`]
+    /// when `relative` is an ancestor of a used path.
+    pub(crate) fn use_of(&self, relative: &Path) -> Use {
+        let mut node = 0;
+        for component in relative.components() {
+            if self.used[node] {
+                return Use::Used;
+            }
+            match self.children.get(&(node, component.as_os_str().to_owned())) {
+                Some(&child) => node = child,
+                None => return Use::Unused,
+            }
+        }
+        if self.used[node] {
+            Use::Used
+        } else {
+            Use::Ancestor
+        }
+    }
+
+    /// Whether `path` itself is one of the used paths.
+    #[cfg(test)]
+    fn contains(&self, path: &Path) -> bool {
+        self.paths.binary_search_by(|p| p.as_path().cmp(path)).is_ok()
     }
 }
 
@@ -336,12 +391,61 @@ mod tests {
     }
 
     #[test]
+    fn the_tree_of_used_paths_places_a_path_as_comparing_with_each_would() {
+        let used = [
+            "Manifest.json",
+            "Data/a",
+            "Data/a/b/c",
+            "Data/x/y",
+            "Data/x/yz",
+            "Data/./dotted",
+            "Data/é",
+        ];
+        let tree = UsedPaths::new(used.map(PathBuf::from).to_vec());
+        let each = |relative: &Path| {
+            if used.iter().any(|u| relative.starts_with(u)) {
+                Use::Used
+            } else if used.iter().any(|u| Path::new(u).starts_with(relative)) {
+                Use::Ancestor
+            } else {
+                Use::Unused
+            }
+        };
+        for path in [
+            "",
+            "Data",
+            "Data/",
+            "Data/a",
+            "Data/a/",
+            "Data/a/b",
+            "Data/a/b/c/d",
+            "Data/x",
+            "Data/x/y/z",
+            "Data/x/y.bin",
+            "Data/x/yz",
+            "Data/x/z",
+            "Data/dotted",
+            "Data/./dotted/f",
+            "Data/é/f",
+            "Data/e",
+            "Manifest.json",
+            "Manifest.json/x",
+            "manifest.json",
+            "Other",
+            "./Data/a",
+            "Data//a",
+        ] {
+            assert_eq!(tree.use_of(Path::new(path)), each(Path::new(path)), "{path:?}");
+        }
+    }
+
+    #[test]
     fn used_paths_are_the_manifest_and_the_declared_items() {
         let manifest =
             Manifest::parse(manifest_with_extra_item().as_bytes(), Path::new("Manifest.json")).unwrap();
         let used = used_paths(&manifest);
         assert_eq!(
-            used,
+            used.paths,
             [
                 "Data/com.apple.CoreML/model.mlmodel",
                 "Data/com.apple.CoreML/weights",
@@ -366,12 +470,12 @@ mod tests {
             ("README.md", Use::Unused),
             ("manifest.json", Use::Unused),
         ] {
-            assert_eq!(use_of(Path::new(path), &used), expected, "{path}");
+            assert_eq!(used.use_of(Path::new(path)), expected, "{path}");
         }
         // Without a weights item, the folder weight_file looks in is still used.
         let manifest = COREMLTOOLS_MANIFEST.replace("\"name\": \"weights\"", "\"name\": \"w\"");
         let manifest = Manifest::parse(manifest.as_bytes(), Path::new("Manifest.json")).unwrap();
-        assert!(used_paths(&manifest).contains(&PathBuf::from("Data/com.apple.CoreML/weights")));
+        assert!(used_paths(&manifest).contains(Path::new("Data/com.apple.CoreML/weights")));
     }
 
     /// A folder named like an extraction, as a killed run leaves it: not locked by anyone, with

@@ -14,7 +14,7 @@ use super::paths::{
 };
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
-use super::{use_of, used_paths, Package, Use};
+use super::{used_paths, Package, Use, UsedPaths};
 use crate::cleanup::{self, ScratchPath};
 use crate::error::{show_scratch_as, Error, IoContext, Result};
 #[cfg(test)]
@@ -868,7 +868,7 @@ fn copy_tree(
     src_dir: &Path,
     dst_root: &Path,
     relative: &Path,
-    used: &[PathBuf],
+    used: &UsedPaths,
     skip: &[PathBuf],
 ) -> Result<()> {
     let shown = |p: &Path| input.display_path(p);
@@ -883,7 +883,7 @@ fn copy_tree(
             continue;
         };
         let child_relative = relative.join(file_name);
-        if skip.contains(&child_relative) || use_of(&child_relative, used) == Use::Unused {
+        if skip.contains(&child_relative) || used.use_of(&child_relative) == Use::Unused {
             continue;
         }
         let dst = dst_root.join(&child_relative);

@@ -18,7 +18,7 @@ use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
 
 use super::folder::{MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use super::manifest::Manifest;
-use super::{use_of, used_paths, Use};
+use super::{used_paths, Use};
 use crate::error::{Error, IoContext, Result};
 
 /// Resource caps for extraction. Tests inject small ones.
@@ -109,7 +109,7 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
     let used = used_paths(&manifest);
     let selected: Vec<&(&PlannedEntry, PathBuf)> = entries
         .iter()
-        .filter(|(e, relative)| match use_of(relative, &used) {
+        .filter(|(e, relative)| match used.use_of(relative) {
             Use::Used => true,
             Use::Ancestor => e.is_dir,
             Use::Unused => false,
