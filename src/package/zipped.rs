@@ -25,6 +25,8 @@ use crate::error::{Error, IoContext, Result};
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ZipLimits {
     pub max_entries: usize,
+    /// Cap on the bytes read to list the archive (its central directory, mostly).
+    pub max_directory_bytes: u64,
     /// Cap on the total uncompressed size of the extracted entries, declared and actual.
     pub max_total_bytes: u64,
     /// Free bytes to assume on the temporary filesystem instead of asking it (tests).
@@ -35,6 +37,7 @@ impl Default for ZipLimits {
     fn default() -> Self {
         ZipLimits {
             max_entries: 100_000,
+            max_directory_bytes: 32 << 20,
             max_total_bytes: 256 << 30,
             free_bytes: None,
         }
@@ -48,6 +51,131 @@ const STORE_THRESHOLD: u64 = 1 << 20;
 const MACOS_METADATA_DIR: &str = "__MACOSX";
 const MACOS_FOLDER_FILE: &str = ".DS_Store";
 const PACKAGE_SUFFIX: &str = ".mlpackage";
+
+/// What listing an archive may read. `ZipArchive::new` decodes every entry of the central
+/// directory it picks before the entry count can be checked, at about 200 bytes of memory an
+/// entry whatever the entry (issue 18: 2,000,000 empty entries in a 100 MB zip took 434 MB
+/// before the count was refused). The reader it lists through counts central-header signatures
+/// and bytes, and fails the listing past the caps: each decoded entry was read, signature
+/// included, so the count is at least the number of entries decoded (stray signatures and
+/// entries read again for another candidate directory only add to it, hence the slack).
+#[derive(Clone)]
+struct ListingBudget {
+    state: std::rc::Rc<std::cell::RefCell<ListingState>>,
+}
+
+struct ListingState {
+    listing: bool,
+    max_entries: usize,
+    max_signatures: usize,
+    max_bytes: u64,
+    signatures: usize,
+    bytes: u64,
+    /// The last bytes of the previous read, for a signature split between two reads.
+    tail: Vec<u8>,
+    exceeded: Option<String>,
+}
+
+const CENTRAL_HEADER_SIGNATURE: [u8; 4] = *b"PK\x01\x02";
+
+impl ListingBudget {
+    fn new(limits: &ZipLimits) -> Self {
+        let state = ListingState {
+            listing: true,
+            max_entries: limits.max_entries,
+            max_signatures: limits.max_entries.saturating_mul(2).saturating_add(16),
+            max_bytes: limits.max_directory_bytes,
+            signatures: 0,
+            bytes: 0,
+            tail: Vec::new(),
+            exceeded: None,
+        };
+        ListingBudget {
+            state: std::rc::Rc::new(std::cell::RefCell::new(state)),
+        }
+    }
+
+    fn reader<R>(&self, inner: R) -> BudgetedReader<R> {
+        BudgetedReader {
+            inner,
+            budget: self.clone(),
+        }
+    }
+
+    /// The listing is done: reads from now on (extraction) are not counted.
+    fn end(&self) {
+        self.state.borrow_mut().listing = false;
+    }
+
+    /// Why listing failed: the cap it went past, or the archive's own error.
+    fn explain(&self, error: zip::result::ZipError) -> String {
+        self.state
+            .borrow()
+            .exceeded
+            .clone()
+            .unwrap_or_else(|| error.to_string())
+    }
+
+    fn count(&self, read: &[u8]) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        if !state.listing {
+            return Ok(());
+        }
+        state.bytes += read.len() as u64;
+        let mut window = std::mem::take(&mut state.tail);
+        window.extend_from_slice(read);
+        state.signatures += window
+            .windows(CENTRAL_HEADER_SIGNATURE.len())
+            .filter(|w| *w == CENTRAL_HEADER_SIGNATURE)
+            .count();
+        let keep = window.len().min(CENTRAL_HEADER_SIGNATURE.len() - 1);
+        state.tail = window.split_off(window.len() - keep);
+        let exceeded = if state.signatures > state.max_signatures {
+            Some(format!(
+                "its central directory lists more entries than the limit of {}",
+                state.max_entries
+            ))
+        } else if state.bytes > state.max_bytes {
+            Some(format!(
+                "listing its entries reads more than the limit of {} bytes",
+                state.max_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = exceeded {
+            state.exceeded = Some(reason.clone());
+            return Err(io::Error::other(reason));
+        }
+        Ok(())
+    }
+
+    /// A seek ends the bytes a signature could continue.
+    fn moved(&self) {
+        self.state.borrow_mut().tail.clear();
+    }
+}
+
+/// A reader counted by a [`ListingBudget`].
+struct BudgetedReader<R> {
+    inner: R,
+    budget: ListingBudget,
+}
+
+impl<R: Read> Read for BudgetedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.budget.count(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+impl<R: io::Seek> io::Seek for BudgetedReader<R> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        self.budget.moved();
+        self.inner.seek(to)
+    }
+}
 
 /// One archive entry that passed the checks, with its confined path.
 struct PlannedEntry {
@@ -69,8 +197,10 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
         reason,
     };
     let file = File::open(archive_path).at(archive_path)?;
-    let mut archive =
-        ZipArchive::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| zip_error(e.to_string()))?;
+    let listing = ListingBudget::new(limits);
+    let reader = BufReader::with_capacity(1 << 20, listing.reader(file));
+    let mut archive = ZipArchive::new(reader).map_err(|e| zip_error(listing.explain(e)))?;
+    listing.end();
     if archive.len() > limits.max_entries {
         return Err(zip_error(format!(
             "{} entries, more than the limit of {}",
@@ -754,6 +884,46 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    #[test]
+    fn listing_stops_at_the_caps_before_every_entry_is_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip_path = dir.path().join("many.zip");
+        let names: Vec<String> = (0..200).map(|i| format!("m.mlpackage/unused/{i}")).collect();
+        let extra: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+        zip_entries(&zip_path, &package_entries(&extra));
+        // 203 entries against a limit of 50: refused while listing, past 2 x 50 + 16 headers
+        // (the exact count, once listed, is `too_many_entries_are_refused`).
+        let limits = ZipLimits {
+            max_entries: 50,
+            ..ZipLimits::default()
+        };
+        let reason = zip_reason(open_limited(&zip_path, limits));
+        assert!(
+            reason.contains("lists more entries than the limit of 50"),
+            "{reason}"
+        );
+        // The bytes read to list it are capped too.
+        let limits = ZipLimits {
+            max_directory_bytes: 4096,
+            ..ZipLimits::default()
+        };
+        let reason = zip_reason(open_limited(&zip_path, limits));
+        assert!(
+            reason.contains("reads more than the limit of 4096 bytes"),
+            "{reason}"
+        );
+        open_limited(&zip_path, ZipLimits::default()).unwrap();
+    }
+
+    #[test]
+    fn a_signature_split_between_two_reads_is_counted() {
+        let budget = ListingBudget::new(&ZipLimits::default());
+        let mut reader = budget.reader(io::Cursor::new(b"xxPK\x01\x02PK\x01\x02yPK\x01".to_vec()));
+        let mut byte = [0u8; 3];
+        while reader.read(&mut byte).unwrap() > 0 {}
+        assert_eq!(budget.state.borrow().signatures, 2);
     }
 
     #[test]

@@ -418,3 +418,36 @@ fn an_archive_name_of_255_bytes_with_the_package_at_its_root_opens() {
     assert_only_package_files(&output);
     assert!(names_in(tmpdir.path()).is_empty(), "nothing left in TMPDIR");
 }
+
+/// A zip listing millions of empty entries was decoded whole before the entry cap refused it:
+/// about 200 bytes of memory an entry, 434 MB for 2,000,000 entries in a 100 MB zip. Listing
+/// now stops once it has read more central headers than twice the cap (a few bytes of slack),
+/// so the refusal names the listing, not the total it never counted.
+#[test]
+fn a_zip_listing_far_more_entries_than_the_cap_is_refused_while_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.zip");
+    let mut w = zip::ZipWriter::new(std::io::BufWriter::new(std::fs::File::create(&input).unwrap()));
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, bytes) in fixture_entries() {
+        w.start_file(name, stored).unwrap();
+        w.write_all(&bytes).unwrap();
+    }
+    for i in 0..210_000 {
+        w.start_file(format!("u/{i}"), stored).unwrap();
+    }
+    w.finish().unwrap();
+    let case = Case { tmp, input };
+    let before = snapshot(&case.input);
+    let tmpdir = private_tmpdir();
+    for args in [
+        vec!["inspect".as_ref(), case.input.as_os_str()],
+        prune_args(&case.input, &case.output()),
+    ] {
+        let o = mlprune(tmpdir.path(), None, &args);
+        assert_cli_error(&o, 1, &["in.zip", "lists more entries than the limit of 100000"]);
+        assert!(names_in(tmpdir.path()).is_empty(), "nothing left in TMPDIR");
+    }
+    assert_nothing_left(&case, &["in.zip"]);
+    assert_eq!(snapshot(&case.input), before, "input untouched");
+}
