@@ -37,20 +37,35 @@ pub enum Decision {
 
 /// Gives entries with equal configs or equal skip reasons one shared copy of each.
 pub(crate) fn share_decisions<'a>(decisions: impl Iterator<Item = &'a mut Decision>) {
+    let mut shared = SharedDecisions::default();
+    for decision in decisions {
+        shared.share(decision);
+    }
+}
+
+/// The distinct configs and skip reasons seen so far, so that a decision made for every tensor
+/// shares its allocation with an equal earlier one as soon as it is made (issue 18: sharing them
+/// only once the plan was whole held an allocation per tensor until then, the peak of a model of
+/// many small tensors).
+#[derive(Default)]
+pub(crate) struct SharedDecisions {
     // Keyed by the printed config: `OpConfig` holds floats, and two configs that print alike are
     // the same config (NaN is refused before planning).
-    let mut configs: HashMap<String, Arc<OpConfig>> = HashMap::new();
-    let mut reasons: HashSet<Arc<str>> = HashSet::new();
-    for decision in decisions {
+    configs: HashMap<String, Arc<OpConfig>>,
+    reasons: HashSet<Arc<str>>,
+}
+
+impl SharedDecisions {
+    pub(crate) fn share(&mut self, decision: &mut Decision) {
         match decision {
             Decision::Prune(c) => {
-                let shared = configs.entry(format!("{c:?}")).or_insert_with(|| c.clone());
+                let shared = self.configs.entry(format!("{c:?}")).or_insert_with(|| c.clone());
                 *c = shared.clone();
             }
-            Decision::Skip(r) => match reasons.get(r) {
+            Decision::Skip(r) => match self.reasons.get(r) {
                 Some(shared) => *r = shared.clone(),
                 None => {
-                    reasons.insert(r.clone());
+                    self.reasons.insert(r.clone());
                 }
             },
         }
@@ -148,6 +163,7 @@ pub fn plan_counted(
     config: &OptimizationConfig,
 ) -> Result<(Vec<PlannedTensor>, u64)> {
     let mut planned = Vec::new();
+    let mut shared = SharedDecisions::default();
     let mut ends = ChainEnds::default();
     for (index, info) in graph.infos() {
         if is_constexpr_type(info.op_type) {
@@ -168,16 +184,16 @@ pub fn plan_counted(
         {
             continue;
         }
-        let decision = if storable(&meta) {
+        let mut decision = if storable(&meta) {
             decide(graph, config, index, &meta, &mut ends)?
         } else {
             Decision::Skip(format!("{} {} values are not stored in weight.bin (needs fp16/fp32/int8/uint8 and at least 10 elements)", meta.count, meta.dtype).into())
         };
+        shared.share(&mut decision);
         planned.push(PlannedTensor::new(index, &meta, decision));
     }
     // The plan lives for the whole walk: give back the slack of growing it one push at a time.
     planned.shrink_to_fit();
-    share_decisions(planned.iter_mut().map(|p| &mut p.decision));
     Ok((planned, ends.steps))
 }
 
