@@ -39,6 +39,7 @@ use crate::package::{check_output_spares, OutputPackage, Package};
 use crate::plan::{consumer_label, plan, report_shape, Decision, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::proto::mil::{NamedValueType, Operation, Program};
+use crate::report_stream::ReportStream;
 use crate::shared::{blob_key, check_shared_configs, qualified, renamed_copy, Outcome, SharedOutcomes};
 use crate::sparsified::SparsifiedConsts;
 use crate::weights::{WeightFileBuilder, WeightSource};
@@ -56,8 +57,8 @@ pub struct PruneJob {
     /// Write the per-tensor report (`--report`) here, committed together with OUTPUT.
     pub report: Option<PathBuf>,
     /// Return every tensor's report entry in [`PruneSummary::tensors`] (the Python API does).
-    /// Otherwise only the counts are kept, unless `report` needs the entries: a model of many
-    /// small tensors would hold one entry per tensor for nothing.
+    /// Otherwise only the counts are kept (`report` streams the entries to its file): a model of
+    /// many small tensors would hold one entry per tensor for nothing.
     pub keep_entries: bool,
     /// The config file the job was read from, if any: the report may not overwrite it.
     pub config_file: Option<PathBuf>,
@@ -99,8 +100,8 @@ pub struct TensorReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneSummary {
-    /// Every planned tensor's report entry, when the job kept them (`keep_entries` or `report`);
-    /// empty otherwise.
+    /// Every planned tensor's report entry, when the job kept them (`keep_entries`); empty
+    /// otherwise (`report` writes them to its file as they are made).
     pub tensors: Vec<TensorReport>,
     /// Tensors the plan considered (pruned or skipped), and how many of them were pruned.
     pub planned: usize,
@@ -223,7 +224,11 @@ fn prune_steps(
         dedupe: Deduplicator::new_in(Some(out.scratch_dir())),
         shared: SharedOutcomes::new(shared_keys),
     };
-    let keep_entries = job.keep_entries || job.report.is_some();
+    let keep_entries = job.keep_entries;
+    let mut report_stream = match &job.report {
+        Some(_) => Some(ReportStream::new(out.companion_file()?)),
+        None => None,
+    };
     let planned_count = planned.len();
     // A pruned tensor stores two blobs (mask, kept values), a skipped one its copy.
     let prunes = planned
@@ -302,7 +307,7 @@ fn prune_steps(
             if let Some(p) = plan_entry {
                 progress.tensor_done(info.name, p.storage_bytes().unwrap_or(0));
                 pruned_count += usize::from(matches!(result, Some(Ok(_))));
-                if keep_entries {
+                if keep_entries || report_stream.is_some() {
                     let function = info.path.function.clone();
                     let cut_by_global = matches!(p.decision, Decision::Prune(_)).then_some(&shared_cut);
                     let consumer = consumer_label(&graph, index);
@@ -319,7 +324,12 @@ fn prune_steps(
                         report.mode = "global";
                         report.global_cut = Some(g.clone());
                     }
-                    reports.push(report);
+                    if let Some(stream) = report_stream.as_mut() {
+                        stream.push(&report)?;
+                    }
+                    if keep_entries {
+                        reports.push(report);
+                    }
                 }
             }
         }
@@ -382,11 +392,8 @@ fn prune_steps(
     let model_path = out.model_path();
     model.write_with(&model_path, &assembled)?;
     drop((model, assembled));
-    if job.report.is_some() {
-        let mut json = serde_json::to_vec_pretty(&reports)
-            .map_err(|e| Error::Usage(format!("cannot serialize the report: {e}")))?;
-        json.push(b'\n');
-        out.write_companion(&json)?;
+    if let Some(stream) = report_stream {
+        stream.finish()?;
     }
     let mut notices = load_notices;
     notices.extend_from_slice(out.notices());

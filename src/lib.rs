@@ -34,6 +34,7 @@ pub mod plan;
 pub mod prefetch;
 pub mod proto;
 pub mod prune;
+pub mod report_stream;
 pub mod shared;
 pub mod sparsified;
 pub mod spill_map;

@@ -288,6 +288,22 @@ impl OutputPackage {
             .at(scratch)
     }
 
+    /// The reserved companion's scratch file, emptied, with its path (for errors), to write as the
+    /// run goes instead of whole at the end ([`OutputPackage::write_companion`]): a report of
+    /// many tensors need not be held. The writer syncs it before the commit.
+    pub fn companion_file(&self) -> Result<(File, PathBuf)> {
+        let companion = self
+            .companion
+            .as_ref()
+            .ok_or_else(|| Error::Usage("no companion file was reserved".into()))?;
+        let scratch = companion.scratch.path();
+        let mut file = companion.scratch.file().try_clone().at(scratch)?;
+        file.set_len(0)
+            .and_then(|()| file.seek(io::SeekFrom::Start(0)).map(drop))
+            .at(scratch)?;
+        Ok((file, scratch.to_path_buf()))
+    }
+
     /// Where to write the root model in staging (its directory exists).
     pub fn model_path(&self) -> PathBuf {
         self.staging_dir()
