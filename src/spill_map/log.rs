@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{IoContext, Result};
 
 /// Bytes held in memory before the log moves to a file ...
-const MEMORY_BYTES: usize = 4 << 20;
+const MEMORY_BYTES: usize = 2 << 20;
 /// ... and, once it has, bytes gathered before they are written.
 const WRITE_BYTES: usize = 64 << 10;
 
