@@ -2,14 +2,19 @@
 # Time and peak RSS against the number of tensors (issue 18, item 9): models of N small fp16
 # weights (32x32, each with its `linear`, from `mlprune generate`), pruned with --sparsity 0.5
 # --weight-threshold 0 on the CPU. Linear scaling shows as a constant time per tensor.
-# Usage: benches/many_tensors.sh [--nested] [N ...]   (default: 5000 10000 20000); 3 runs each,
+# Usage: [MLPRUNE=binary] benches/many_tensors.sh [--nested] [N ...]   (default: 5000 10000 20000); 3 runs each,
 # median. --nested first moves every op into the nested block of one `cond` op
 # (benches/nest_ops.py, needs the venv of scripts/setup-python.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v /usr/bin/time >/dev/null || scripts/install-system-packages.sh
-cargo build --release --locked --bin mlprune >/dev/null 2>&1
-bin=target/release/mlprune
+# MLPRUNE=path/to/mlprune times another build (an earlier commit's) the same way.
+if [ -n "${MLPRUNE:-}" ]; then
+  bin=$MLPRUNE
+else
+  cargo build --release --locked --bin mlprune >/dev/null 2>&1
+  bin=target/release/mlprune
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 nested=
