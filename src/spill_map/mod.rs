@@ -16,6 +16,7 @@
 //! the first hit and merging never has to choose between two values.
 
 mod bloom;
+pub mod paged;
 mod run;
 
 use std::path::{Path, PathBuf};
