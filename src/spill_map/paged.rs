@@ -18,13 +18,13 @@ use hashbrown::HashMap;
 use crate::error::{Error, IoContext, Result};
 
 /// Bytes read or written back at a time.
-const PAGE: usize = 4096;
+const PAGE: usize = 16 << 10;
 
 /// Bytes a store holds in memory before it moves to a file.
 pub const DEFAULT_MEMORY_LIMIT: usize = 1 << 20;
 
 /// Pages a store on disk keeps in memory (256 KiB).
-pub const DEFAULT_CACHE_PAGES: usize = 64;
+pub const DEFAULT_CACHE_PAGES: usize = 16;
 
 /// Where a store goes once it passes its memory limit, and how much of it stays cached there.
 #[derive(Debug, Clone)]
