@@ -232,6 +232,9 @@ struct ByName {
     seed: u64,
     hashes: SpillMap<4>,
     collisions: HashMap<(u32, Box<str>), u32>,
+    /// The hash bits kept: tests keep a few, so that most names collide.
+    #[cfg(test)]
+    key_mask: u64,
 }
 
 impl ByName {
@@ -240,12 +243,17 @@ impl ByName {
             seed: RandomState::new().hash_one(0x0067_7261_7068_u64),
             hashes,
             collisions: HashMap::new(),
+            #[cfg(test)]
+            key_mask: u64::MAX,
         }
     }
 
     fn key(&self, table: u32, name: &str) -> u64 {
         let seed = self.seed ^ u64::from(table).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), seed)
+        let key = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), seed);
+        #[cfg(test)]
+        let key = key & self.key_mask;
+        key
     }
 }
 
@@ -321,7 +329,7 @@ impl BlockOps<'_> {
 }
 
 impl GraphView {
-    fn empty(spill: &Spill, hashes: SpillMap<4>) -> Self {
+    fn empty(spill: &Spill, by_name: ByName) -> Self {
         GraphView {
             ops: PagedVec::new(spill.clone()),
             roots: Vec::new(),
@@ -329,7 +337,7 @@ impl GraphView {
             values: Vec::new(),
             tables: NameList::default(),
             value_records: PagedVec::new(spill.clone()),
-            by_name: ByName::new(hashes),
+            by_name,
             uses: PagedVec::new(spill.clone()),
             op_outputs: PagedVec::new(spill.clone()),
             names: PagedText::new(spill.clone()),
@@ -354,18 +362,19 @@ impl GraphView {
     }
 
     fn build_with(program: &Program, in_file: Option<(OpsInFile, PathBuf)>) -> Result<Self> {
-        Self::build_spilling(program, in_file, &Spill::default(), SpillMap::new_in(None))
+        let by_name = ByName::new(SpillMap::new_in(None));
+        Self::build_spilling(program, in_file, &Spill::default(), by_name)
     }
 
     /// [`GraphView::build_with`], its tables moving to scratch files as `spill` says and its names
-    /// found through `hashes` (tests make both tiny).
+    /// found through `by_name` (tests make both tiny).
     fn build_spilling(
         program: &Program,
         in_file: Option<(OpsInFile, PathBuf)>,
         spill: &Spill,
-        hashes: SpillMap<4>,
+        by_name: ByName,
     ) -> Result<Self> {
-        let mut view = GraphView::empty(spill, hashes);
+        let mut view = GraphView::empty(spill, by_name);
         let mut builder = Builder::default();
         let mut places = HashMap::new();
         if let Some((ops, label)) = in_file {
@@ -1200,13 +1209,27 @@ mod tests {
 
     /// Tables of a few records in memory and a cache of two pages; names found through runs of
     /// four hashes.
-    fn tiny() -> (Spill, SpillMap<4>) {
+    fn tiny() -> (Spill, ByName) {
         let spill = Spill {
             dir: None,
             memory_limit: 64,
             cache_pages: 2,
         };
-        (spill, SpillMap::with_limit(None, 4))
+        (spill, ByName::new(SpillMap::with_limit(None, 4)))
+    }
+
+    #[test]
+    fn names_of_one_hash_are_told_apart() {
+        let program = chain(500);
+        let held = GraphView::build(&program).unwrap();
+        for mask in [0, 0b111] {
+            let (spill, mut by_name) = tiny();
+            // One key, then eight, for every name: all but a few wait in the side map.
+            by_name.key_mask = mask;
+            let spilled = GraphView::build_spilling(&program, None, &spill, by_name).unwrap();
+            assert!(spilled.by_name.collisions.len() > 400);
+            same_answers(&held, &spilled, &program);
+        }
     }
 
     #[test]
