@@ -18,7 +18,7 @@
 //! act on what they read (and which explains whatever failed after it).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -117,6 +117,8 @@ struct ValueRecord {
     name: TextSpan,
     /// The op defining it; [`NONE`] for a function input.
     producer: u32,
+    /// While the index is built: the block that defined it last ([`Scope`]), [`NONE`] before.
+    block: u32,
     /// The first and last of its uses in [`GraphView::uses`], [`NONE`] when unused.
     first_use: u32,
     last_use: u32,
@@ -126,6 +128,7 @@ struct ValueRecord {
 const NO_VALUE: ValueRecord = ValueRecord {
     name: TextSpan { start: 0, len: 0 },
     producer: NONE,
+    block: NONE,
     first_use: NONE,
     last_use: NONE,
 };
@@ -180,19 +183,25 @@ impl Record for OpRecord {
 }
 
 impl Record for ValueRecord {
-    const SIZE: usize = 20;
+    const SIZE: usize = 24;
     fn put(&self, out: &mut [u8]) {
         let r = self;
-        put_u32s(
-            out,
-            &[r.name.start, r.name.len, r.producer, r.first_use, r.last_use],
-        );
+        let fields = [
+            r.name.start,
+            r.name.len,
+            r.producer,
+            r.block,
+            r.first_use,
+            r.last_use,
+        ];
+        put_u32s(out, &fields);
     }
     fn take(bytes: &[u8]) -> Self {
-        let [start, len, producer, first_use, last_use] = take_u32s(bytes);
+        let [start, len, producer, block, first_use, last_use] = take_u32s(bytes);
         ValueRecord {
             name: TextSpan { start, len },
             producer,
+            block,
             first_use,
             last_use,
         }
@@ -396,10 +405,12 @@ impl GraphView {
             let table = view.values.len() - 1;
             view.tables.number(&function_name);
             for (spec, block) in &function.block_specializations {
-                builder.scope = Scope::default();
+                // Nothing of another specialization is visible.
+                builder.scope.open.clear();
+                builder.scope.enter()?;
                 for input in &function.inputs {
                     let id = view.intern(table, &input.name)?;
-                    builder.scope.define(id, &input.name, fname)?;
+                    view.define(&builder, id, &input.name, fname, None)?;
                 }
                 let specialization = view.text(&mut builder, spec)?;
                 view.roots.push(Root {
@@ -539,10 +550,10 @@ impl GraphView {
     ) -> Result<()> {
         let function = self.values[table].function.clone();
         let function = &*function;
-        let mark = builder.scope.mark();
+        builder.scope.enter()?;
         for input in &block.inputs {
             let id = self.intern(table, &input.name)?;
-            builder.scope.define(id, &input.name, function)?;
+            self.define(builder, id, &input.name, function, None)?;
         }
         for i in 0..ops.len() {
             let (bytes, place) = self.block_op(ops, i)?;
@@ -602,10 +613,7 @@ impl GraphView {
             for (param, arg) in op.inputs.pairs() {
                 for binding in &arg.arguments {
                     if let Some(Binding::Name(value)) = &binding.binding {
-                        let Some(id) = self
-                            .index_of(table, value)?
-                            .filter(|&v| builder.scope.contains(v))
-                        else {
+                        let Some(id) = self.visible(builder, table, value)? else {
                             return Err(Error::Graph(format!(
                                 "op '{op_name}' ({}) input '{param}' refers to '{value}', which is not \
                                  defined before it in function '{function}'",
@@ -646,22 +654,51 @@ impl GraphView {
                 self.walk_block(nested, ops, (root, &nested_prefix), table, Some(op_id), builder)?;
             }
             for (&(id, _), output) in output_ids.iter().zip(&op.outputs) {
-                let mut entry = self.value_records.get(id as usize)?.unwrap_or(NO_VALUE);
-                entry.producer = op_id;
-                self.value_records.set(id as usize, entry)?;
-                builder.scope.define(id, &output.name, function)?;
+                self.define(builder, id, &output.name, function, Some(op_id))?;
             }
         }
         for out in &block.outputs {
-            let Some(id) = self.index_of(table, out)?.filter(|&v| builder.scope.contains(v)) else {
+            let Some(id) = self.visible(builder, table, out)? else {
                 return Err(Error::Graph(format!(
                     "block output '{out}' in function '{function}' is not defined"
                 )));
             };
             self.add_use(id, owner.unwrap_or(NONE), NONE)?;
         }
-        builder.scope.reset(mark);
+        builder.scope.open.pop();
         Ok(())
+    }
+
+    /// The value `name` of function `table`, if it is defined in a block open in `builder`.
+    fn visible(&self, builder: &Builder, table: usize, name: &str) -> Result<Option<u32>> {
+        let Some(id) = self.index_of(table, name)? else {
+            return Ok(None);
+        };
+        let record = self.value_records.get(id as usize)?.unwrap_or(NO_VALUE);
+        Ok(builder.scope.is_open(record.block).then_some(id))
+    }
+
+    /// Defines value `id` (named `name`) in the innermost block open in `builder`, produced by op
+    /// `producer` (none for an input); refused if it is visible there already.
+    fn define(
+        &mut self,
+        builder: &Builder,
+        id: u32,
+        name: &str,
+        function: &str,
+        producer: Option<u32>,
+    ) -> Result<()> {
+        let mut record = self.value_records.get(id as usize)?.unwrap_or(NO_VALUE);
+        if let Some(op) = producer {
+            record.producer = op;
+        }
+        if builder.scope.is_open(record.block) {
+            return Err(Error::Graph(format!(
+                "value '{name}' is defined twice in function '{function}'"
+            )));
+        }
+        record.block = builder.scope.innermost();
+        self.value_records.set(id as usize, record)
     }
 
     /// Op `i` of `ops`, and its place in the file when it has one there.
@@ -999,36 +1036,33 @@ fn check_op(op: &Operation, name: &str, function: &str) -> Result<()> {
     Ok(())
 }
 
-/// Values visible at a point of a function, with marks to drop a nested block's values on exit.
+/// The blocks open at a point of a function, innermost last. Each block entered gets a new
+/// number, and each value records the block that defined it ([`ValueRecord::block`]): a value is
+/// visible where that block is still open. A set of the values in scope held every value of a
+/// function body, in memory, while the index was built (issue 18).
 #[derive(Default)]
 struct Scope {
-    visible: HashSet<u32>,
-    order: Vec<u32>,
+    /// Ascending: a block opens inside the one before it.
+    open: Vec<u32>,
+    next: u32,
 }
 
 impl Scope {
-    fn define(&mut self, id: u32, name: &str, function: &str) -> Result<()> {
-        if !self.visible.insert(id) {
-            return Err(Error::Graph(format!(
-                "value '{name}' is defined twice in function '{function}'"
-            )));
-        }
-        self.order.push(id);
+    fn enter(&mut self) -> Result<()> {
+        let block = self.next;
+        self.next = (block.checked_add(1))
+            .filter(|&n| n != NONE)
+            .ok_or_else(|| too_many("blocks"))?;
+        self.open.push(block);
         Ok(())
     }
 
-    fn contains(&self, id: u32) -> bool {
-        self.visible.contains(&id)
+    fn is_open(&self, block: u32) -> bool {
+        block != NONE && self.open.binary_search(&block).is_ok()
     }
 
-    fn mark(&self) -> usize {
-        self.order.len()
-    }
-
-    fn reset(&mut self, mark: usize) {
-        for id in self.order.drain(mark..) {
-            self.visible.remove(&id);
-        }
+    fn innermost(&self) -> u32 {
+        self.open.last().copied().unwrap_or(NONE)
     }
 }
 
@@ -1216,6 +1250,48 @@ mod tests {
             cache_pages: 2,
         };
         (spill, ByName::new(SpillMap::with_limit(None, 4)))
+    }
+
+    #[test]
+    fn a_nested_block_cannot_define_a_value_visible_in_it_and_its_values_stay_in_it() {
+        use crate::mil::ops::encode_op;
+        let body = |p: &mut Program| {
+            let main = p.functions.get_mut("main").unwrap();
+            main.block_specializations.get_mut("CoreML7").unwrap().clone()
+        };
+        let set_body = |p: &mut Program, block: Block| {
+            let main = p.functions.get_mut("main").unwrap();
+            *main.block_specializations.get_mut("CoreML7").unwrap() = block;
+        };
+        let refusals = |p: &Program| {
+            let held = GraphView::build(p).unwrap_err().to_string();
+            let (spill, by_name) = tiny();
+            let spilled = GraphView::build_spilling(p, None, &spill, by_name).unwrap_err();
+            assert_eq!(held, spilled.to_string());
+            held
+        };
+        // The first branch of `cond` defines `b`, which the body defined before it.
+        let mut program = sibling_blocks();
+        let mut block = body(&mut program);
+        let mut cond = decode_op(&block.operations[1]).unwrap();
+        let mut t = decode_op(&cond.blocks[0].operations[0]).unwrap();
+        t.outputs[0].name = "b".into();
+        cond.blocks[0].operations[0] = encode_op(&t);
+        cond.blocks[0].outputs = vec!["b".into()];
+        block.operations[1] = encode_op(&cond);
+        set_body(&mut program, block);
+        let e = refusals(&program);
+        assert!(e.contains("value 'b' is defined twice in function 'main'"), "{e}");
+
+        // `last` reads `t`, defined only inside the branches.
+        let mut program = sibling_blocks();
+        let mut block = body(&mut program);
+        let mut last = decode_op(&block.operations[2]).unwrap();
+        last.inputs.set("x".into(), crate::mil::build::bind_name("t"));
+        block.operations[2] = encode_op(&last);
+        set_body(&mut program, block);
+        let e = refusals(&program);
+        assert!(e.contains("refers to 't', which is not defined before it"), "{e}");
     }
 
     #[test]
@@ -1501,7 +1577,7 @@ mod tests {
     fn index_records_stay_small() {
         // A model of many small tensors holds one of each per op, value and use (issue 18).
         assert_eq!(std::mem::size_of::<OpRecord>(), 28);
-        assert_eq!(std::mem::size_of::<ValueRecord>(), 20);
+        assert_eq!(std::mem::size_of::<ValueRecord>(), 24);
         assert_eq!(std::mem::size_of::<UseRecord>(), 12);
     }
 
