@@ -94,8 +94,8 @@ impl Fault {
 /// "No op" in the `u32` fields below.
 const NONE: u32 = u32::MAX;
 
-/// One op. `place` is the op's index in its function body, or [`NESTED`] plus an index into
-/// [`GraphView::nested_steps`] for an op inside a nested block.
+/// One op. `place` is the op's index in its function body, or [`NESTED`] plus where its path's
+/// steps start in [`GraphView::nested_steps`] for an op inside a nested block.
 #[derive(Debug, Clone, Copy, Default)]
 struct OpRecord {
     name: TextSpan,
@@ -270,7 +270,8 @@ pub struct GraphView {
     ops: PagedVec<OpRecord>,
     roots: Vec<Root>,
     /// The steps of each nested op's path (see [`OpPath::steps`]).
-    nested_steps: Vec<Box<[usize]>>,
+    /// For each nested op, where its record's `place` says: how many steps, then the steps.
+    nested_steps: PagedVec<u32>,
     /// Per function: its values.
     values: Vec<FunctionValues>,
     /// Each function's number in `values`.
@@ -342,7 +343,7 @@ impl GraphView {
         GraphView {
             ops: PagedVec::new(spill.clone()),
             roots: Vec::new(),
-            nested_steps: Vec::new(),
+            nested_steps: PagedVec::new(spill.clone()),
             values: Vec::new(),
             tables: NameList::default(),
             value_records: PagedVec::new(spill.clone()),
@@ -576,12 +577,16 @@ impl GraphView {
                 if self.op_file.is_none() {
                     self.nested.insert(op_id, bytes.clone());
                 }
-                let id = u32::try_from(self.nested_steps.len())
+                let at = u32::try_from(self.nested_steps.len())
                     .ok()
-                    .filter(|&id| id < NESTED)
+                    .filter(|&at| at < NESTED)
                     .ok_or_else(|| too_many("nested ops"))?;
-                self.nested_steps.push(steps.as_slice().into());
-                NESTED | id
+                let word = |n: usize| u32::try_from(n).map_err(|_| too_many("nested ops"));
+                self.nested_steps.push(word(steps.len())?)?;
+                for &step in &steps {
+                    self.nested_steps.push(word(step)?)?;
+                }
+                NESTED | at
             } else {
                 u32::try_from(i)
                     .ok()
@@ -821,7 +826,14 @@ impl GraphView {
         let steps = if record.place & NESTED == 0 {
             SmallVec::from_elem(record.place as usize, 1)
         } else {
-            SmallVec::from_slice(&self.nested_steps[(record.place & !NESTED) as usize])
+            let at = (record.place & !NESTED) as usize;
+            let read = || -> Result<SmallVec<[usize; 1]>> {
+                let len = self.nested_steps.get(at)?.unwrap_or(0) as usize;
+                (at + 1..at + 1 + len)
+                    .map(|k| Ok(self.nested_steps.get(k)?.unwrap_or(0) as usize))
+                    .collect()
+            };
+            self.or_fault(read(), SmallVec::new())
         };
         OpPath {
             function: root.function.clone(),
@@ -1152,7 +1164,7 @@ mod tests {
     }
 
     /// main(x): `split` into `a` and `b`, then `n` ops each reading the previous one's output
-    /// and `b` (every fifth also `x`), with a `cond` of two sibling blocks in the middle.
+    /// and `b` (every fifth also `x`); every hundredth holds two sibling blocks, each defining `t`.
     fn chain(n: usize) -> Program {
         use crate::mil::build::{bind_name, main_program, op};
         use crate::mil::ops::encode_ops;
@@ -1180,7 +1192,7 @@ mod tests {
                 BTreeMap::new(),
                 vec![(format!("v{i}"), t.clone())],
             );
-            if i == n / 2 {
+            if i % 100 == 50 {
                 let branch = |op_type: &str| Block {
                     outputs: vec!["t".into()],
                     operations: encode_ops([op(
@@ -1316,6 +1328,7 @@ mod tests {
             let spilled = GraphView::build_spilling(&program, None, &spill, hashes).unwrap();
             assert!(spilled.ops.on_disk() && spilled.uses.on_disk());
             assert!(spilled.names.on_disk() || held.op_count() < 10);
+            assert!(spilled.nested_steps.on_disk() || held.op_count() < 10);
             assert!(held.held_whole());
             same_answers(&held, &spilled, &program);
         }
