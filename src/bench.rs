@@ -78,10 +78,11 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
     let graph = GraphView::of_model(&mut model)?;
-    let planned = plan(&model.program, &graph, config)?;
-    check_shared_configs(&model.program, &graph, config, &planned)?;
+    let fault = graph.fault();
+    let planned = fault.explain(plan(&model.program, &graph, config))?;
+    fault.explain(check_shared_configs(&model.program, &graph, config, &planned))?;
     let source = WeightSource::open(&package)?;
-    check_blobs(&model.program, &graph, &planned, &source)?;
+    fault.explain(check_blobs(&model.program, &graph, &planned, &source))?;
     let ctx = GpuContext::new(DevicePolicy::Gpu)?
         .ok_or_else(|| Error::Gpu("bench: no Vulkan or Metal adapter found".into()))?;
     let adapter = ctx.describe();
@@ -93,19 +94,20 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
             continue;
         };
         let name = graph.name(p.op_index);
+        fault.check()?;
         let value = graph
             .op(&model.program, p.op_index)
             .and_then(|op| op.into_const_value())
-            .ok_or_else(|| Error::tensor(name, "const op without a value"))?;
-        let (meta, data) = source.read(name, &value)?;
+            .ok_or_else(|| Error::tensor(&name, "const op without a value"))?;
+        let (meta, data) = source.read(&name, &value)?;
         // Decided once, executed by both backends, as the engine does.
-        let work = Order::Config(op_config).decide(data.dtype(), &meta.shape, data.len(), name)?;
+        let work = Order::Config(op_config).decide(data.dtype(), &meta.shape, data.len(), &name)?;
         let time = |backend: &dyn Backend| -> Result<(f64, KernelResult)> {
             let mut best = f64::INFINITY;
             let mut last = None;
             for _ in 0..runs.max(1) {
                 let started = Instant::now();
-                let result = backend.execute(&work, TensorInput::borrowing(&data), name)?;
+                let result = backend.execute(&work, TensorInput::borrowing(&data), &name)?;
                 best = best.min(started.elapsed().as_secs_f64());
                 last = Some(result);
             }
@@ -116,7 +118,7 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
         let (gpu_s, gpu_result) = time(&gpu)?;
         let on_gpu = gpu.covers(&work, &TensorInput::borrowing(&data));
         let kernel_s = if on_gpu && gpu.context().start_kernel_timing()? {
-            let run = gpu.execute(&work, TensorInput::borrowing(&data), name);
+            let run = gpu.execute(&work, TensorInput::borrowing(&data), &name);
             let kernels = gpu.context().finish_kernel_timing()?;
             run?;
             kernels.filter(|k| k.untimed == 0).map(|k| k.seconds)
@@ -124,7 +126,7 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
             None
         };
         rows.push(BenchRow {
-            name: name.to_owned(),
+            name: name.to_string(),
             mode: op_config.mode_name().to_owned(),
             dtype: meta.dtype.to_string(),
             elements: meta.count,
@@ -176,8 +178,8 @@ fn check_blobs(
         if pruned.contains(&index) {
             let value = op
                 .const_value()
-                .ok_or_else(|| Error::tensor(info.name, "const op without a value or an output"))?;
-            check_blob(info.name, value, source, &mut seen)?;
+                .ok_or_else(|| Error::tensor(&info.name, "const op without a value or an output"))?;
+            check_blob(&info.name, value, source, &mut seen)?;
             continue;
         }
         for (param, value) in op_values_mut(&mut op) {

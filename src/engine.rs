@@ -30,7 +30,7 @@ pub use crate::global_sparsity::{CutReport, GlobalSparsity};
 use crate::joint::{joint_ops, materialize, plan_joint, Context as JointContext, JointKind, JointNamer};
 use crate::mil::access::OpPath;
 use crate::mil::assemble::{assemble, Assembled, HeldOps, TopOps};
-use crate::mil::graph::{GraphView, UseSite};
+use crate::mil::graph::{Fault, GraphView, UseSite};
 use crate::mil::op_file::{ChangeWatch, OpFile};
 use crate::mil::spill::{SpilledOps, SpilledRenames};
 use crate::mil::value::{OperationExt, ValueExt};
@@ -143,20 +143,23 @@ pub fn prune_global(job: &PruneJob, global: &GlobalSparsity) -> Result<PruneSumm
 
 fn prune_with(job: &PruneJob, global: Option<&GlobalSparsity>) -> Result<PruneSummary> {
     let mut watch = None;
-    prune_steps(job, global, &mut watch).map_err(|e| {
-        // An op read back from a file that changed explains whatever failed after it.
-        watch
-            .as_ref()
-            .and_then(ChangeWatch::error_if_changed)
+    let mut fault = None;
+    prune_steps(job, global, &mut watch, &mut fault).map_err(|e| {
+        // A failed read of the graph index's scratch files, or an op read back from a file that
+        // changed, explains whatever failed after it.
+        (fault.as_ref().and_then(Fault::take))
+            .or_else(|| watch.as_ref().and_then(ChangeWatch::error_if_changed))
             .unwrap_or(e)
     })
 }
 
-/// [`prune_with`]; `watch` is set once the ops are read from the model file.
+/// [`prune_with`]; `watch` is set once the ops are read from the model file, `fault` once the
+/// graph index is built.
 fn prune_steps(
     job: &PruneJob,
     global: Option<&GlobalSparsity>,
     watch: &mut Option<ChangeWatch>,
+    fault: &mut Option<Fault>,
 ) -> Result<PruneSummary> {
     job.config.validate()?;
     let mut devices = Devices::new(job.device, job.gpu_min_elements)?;
@@ -177,6 +180,7 @@ fn prune_steps(
     let load_notices = std::mem::take(&mut model.notices);
     let mut graph = GraphView::of_model(&mut model)?;
     *watch = graph.op_file().map(OpFile::watch);
+    *fault = Some(graph.fault());
     let mut shared_keys = HashSet::new();
     let mut planned = if job.joint_compression {
         plan_joint(&model.program, &graph, &job.config, model.spec_version())?
@@ -305,7 +309,7 @@ fn prune_steps(
                 changed_ops.push(&info.path, &op)?;
             }
             if let Some(p) = plan_entry {
-                progress.tensor_done(info.name, p.storage_bytes().unwrap_or(0));
+                progress.tensor_done(&info.name, p.storage_bytes().unwrap_or(0));
                 pruned_count += usize::from(matches!(result, Some(Ok(_))));
                 if keep_entries || report_stream.is_some() {
                     let function = info.path.function.clone();
@@ -314,7 +318,7 @@ fn prune_steps(
                     let shape = report_shape(&model.program, &graph, index);
                     let mut report = tensor_report(
                         p,
-                        (function, info.name, shape),
+                        (function, &info.name, shape),
                         consumer,
                         result,
                         started,
@@ -336,6 +340,8 @@ fn prune_steps(
         Ok(())
     })?;
     progress.finish();
+    // Whatever the walk read from the index, it read right: no read of its scratch files failed.
+    graph.fault().check()?;
     // What only the walk needed is freed before the stored changes come back: the index, the rest
     // of the plan, the deduplication and rename tables, and (once its last blob is written) the
     // writer's store-once table. Fields a destructuring leaves out would live to the end.
@@ -574,17 +580,17 @@ impl Rewrite {
             &info.path,
             op,
             returned,
-            || input_const_bytes(op, info.name, source),
+            || input_const_bytes(op, &info.name, source),
             &mut self.weights,
         )?;
         let (duplicate_of, changed) = match near {
             Near::DuplicateOf(first) => (Some(first), false),
             Near::Returned => (
                 None,
-                self.weights.copy_op_blobs(op, info.name, source.blob_reader())?,
+                self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?,
             ),
             Near::None => {
-                let changed = self.weights.copy_op_blobs(op, info.name, source.blob_reader())?;
+                let changed = self.weights.copy_op_blobs(op, &info.name, source.blob_reader())?;
                 match self.dedupe.observe(&info.path, op, returned, &mut self.weights)? {
                     Verdict::DuplicateOf(first) => (Some(first), changed),
                     Verdict::Keep => (None, changed),
@@ -615,7 +621,7 @@ impl Rewrite {
             .ok_or_else(|| Error::Graph(format!("no op '{}'", info.name)))?;
         let (value, output) = match (op.const_value(), op.outputs.first()) {
             (Some(v), Some(o)) => (v, o),
-            _ => return Err(Error::tensor(info.name, "const op without a value or an output")),
+            _ => return Err(Error::tensor(&info.name, "const op without a value or an output")),
         };
         // A buffer the writer thread has finished with becomes the next read-ahead buffer.
         while let Some(buffer) = self.weights.recycled_tensor() {
@@ -628,29 +634,29 @@ impl Rewrite {
         }
         let input = match prefetcher.next(index) {
             Some(ready) => ready?,
-            None => match source.map(info.name, value)? {
+            None => match source.map(&info.name, value)? {
                 Some((meta, mapped)) => Input::Mapped(meta, mapped),
                 // Not read ahead: nothing else runs while the engine reads, so the pool reads,
                 // into a spare if one was passed back (they were all handed to the prefetcher
                 // just above).
                 None => {
                     let spare = prefetcher.take_spare();
-                    let (meta, data) = source.read_reusing(info.name, value, spare, ReadThreads::Pool)?;
+                    let (meta, data) = source.read_reusing(&info.name, value, spare, ReadThreads::Pool)?;
                     Input::Read(meta, data)
                 }
             },
         };
         let (meta, (result, device)) = match input {
             Input::Read(meta, data) => {
-                let run = devices.run(order, TensorInput::Owned(data), &meta.shape, info.name)?;
+                let run = devices.run(order, TensorInput::Owned(data), &meta.shape, &info.name)?;
                 (meta, run)
             }
             Input::Mapped(meta, mapped) => {
                 let view = mapped
                     .view()
-                    .ok_or_else(|| Error::tensor(info.name, "mapped data does not match its type"))?;
+                    .ok_or_else(|| Error::tensor(&info.name, "mapped data does not match its type"))?;
                 let out = prefetcher.take_spare_of(meta.dtype);
-                let run = devices.run(order, TensorInput::View { view, out }, &meta.shape, info.name)?;
+                let run = devices.run(order, TensorInput::View { view, out }, &meta.shape, &info.name)?;
                 // The mapping is dropped here, which releases its pages.
                 (meta, run)
             }
@@ -670,7 +676,7 @@ impl Rewrite {
         let kept = pruned.kept;
         let bytes_after = sparse_bytes(pruned.nonzero.dtype(), kept, meta.count);
         let new_op = sparse_to_dense_op(
-            info.name,
+            &info.name,
             output.r#type.clone().unwrap_or_default(),
             &meta.shape,
             pruned.nonzero,
@@ -732,8 +738,8 @@ impl Rewrite {
     /// define `<name>_sparsified` again, so names this rewrite already created count too.
     fn fresh_name(&self, graph: &GraphView, index: usize) -> Result<String> {
         let info = graph.info(index);
-        let new_name = sparsified_name(info.name);
-        let created = self.sparsified.contains(graph, &info.path.function, info.name);
+        let new_name = sparsified_name(&info.name);
+        let created = self.sparsified.contains(graph, &info.path.function, &info.name);
         if created || graph.producer(&info.path.function, &new_name).is_some() {
             return Err(Error::Graph(format!(
                 "cannot prune '{}': the model already has a value named '{new_name}'",
@@ -807,7 +813,7 @@ impl Rewrite {
             Order::Config(config),
             TensorInput::borrowing(&m.dense),
             &m.shape,
-            info.name,
+            &info.name,
         )?;
         let pruned = match result {
             KernelResult::Skipped(reason) => return Ok((Err(reason), device)),
@@ -819,13 +825,13 @@ impl Rewrite {
         let old_output = original
             .outputs
             .first()
-            .ok_or_else(|| Error::tensor(info.name, "constexpr op without an output"))?
+            .ok_or_else(|| Error::tensor(&info.name, "constexpr op without an output"))?
             .name
             .clone();
         let names = self.namer.names(graph, index)?;
         let ops = joint_ops(
             &original,
-            info.name,
+            &info.name,
             &m,
             &pruned.mask,
             &names,
@@ -869,7 +875,7 @@ fn returned_by_own_block(graph: &GraphView, index: usize, value: &str) -> bool {
     let path = &graph.path(index);
     // The op owning the block: none for a function body, else the op two steps up.
     let owner_steps = path.steps.len().checked_sub(2).map(|n| &path.steps[..n]);
-    graph.uses(&path.function, value).iter().any(|site| match site {
+    graph.output_uses(index, value).iter().any(|site| match site {
         UseSite::BlockOutput { owner: None } => owner_steps.is_none(),
         UseSite::BlockOutput { owner: Some(o) } => graph.get(*o).is_some_and(|owner| {
             owner.path.specialization == path.specialization

@@ -247,7 +247,7 @@ pub(crate) fn resolve_const_along<'c>(
     index: usize,
     ends: &mut ChainEnds<'c>,
 ) -> Result<Resolution<'c>> {
-    let resolution = resolve(config, graph.name(index), &consumer_views(graph, index))?;
+    let resolution = resolve(config, &graph.name(index), &consumer_views(graph, index))?;
     ends.follow(graph, config, resolution, index)
 }
 
@@ -285,7 +285,7 @@ impl<'c> ChainEnds<'c> {
                 break;
             }
             let op = graph.info(next);
-            resolution = resolve_op(config, op.name, op.op_type, &consumer_views(graph, next))?;
+            resolution = resolve_op(config, &op.name, op.op_type, &consumer_views(graph, next))?;
             self.steps += 1;
             stepped.push(next);
             current = next;
@@ -315,7 +315,7 @@ fn check_materialized_values<'c>(
         return Ok(());
     };
     let consumer = [Consumer {
-        op_name: info.name,
+        op_name: info.name.clone(),
         op_type: info.op_type,
     }];
     for (param, _) in materialized_storable_values(&op) {
@@ -323,7 +323,7 @@ fn check_materialized_values<'c>(
         if let Resolution::FollowConstexpr { .. } =
             resolve(config, &format!("{}_{param}_0", info.name), &consumer)?
         {
-            let resolution = resolve_op(config, info.name, info.op_type, &consumer_views(graph, index))?;
+            let resolution = resolve_op(config, &info.name, info.op_type, &consumer_views(graph, index))?;
             ends.follow(graph, config, resolution, index)?;
         }
     }
@@ -377,7 +377,7 @@ fn decide<'c>(
             format!("{} elements ≤ weight_threshold {weight_threshold}", meta.count).into(),
         ));
     }
-    if op_config.is_structural() && !config.op_name.contains_key(info.name) {
+    if op_config.is_structural() && !config.op_name.contains_key(&*info.name) {
         let all_targets = consumers
             .iter()
             .all(|&(c, input)| structural_target(graph.op_type(c), input));
@@ -490,7 +490,7 @@ mod tests {
         let planned = plan(&program, &graph, &OptimizationConfig::from_json_str(json)?)?;
         Ok(planned
             .into_iter()
-            .map(|p| (graph.name(p.op_index).to_owned(), p.decision))
+            .map(|p| (graph.name(p.op_index).into_owned(), p.decision))
             .collect())
     }
 

@@ -13,9 +13,16 @@ use crate::mil::GraphView;
 
 #[derive(Default)]
 pub struct SparsifiedConsts {
-    /// Op indices of the consts, found by (function, name).
-    consts: HashTable<usize>,
+    /// Op indices of the consts, found by (function, name), each with 32 bits of that hash: the
+    /// table grows without reading the names again (the graph may hold them in a scratch file,
+    /// where reading them all in table order costs a page read each).
+    consts: HashTable<(u32, u32)>,
     hasher: RandomState,
+}
+
+/// A table hash from 32 bits of one: enough for a table of fewer than 2^32 entries.
+fn spread(hash: u32) -> u64 {
+    u64::from(hash).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl SparsifiedConsts {
@@ -23,28 +30,29 @@ impl SparsifiedConsts {
         Self::default()
     }
 
-    fn hash(&self, function: &str, name: &str) -> u64 {
-        self.hasher.hash_one((function, name))
+    fn hash(&self, function: &str, name: &str) -> u32 {
+        self.hasher.hash_one((function, name)) as u32
     }
 
     /// Records that the const at `index` of `graph` defined its sparsified name.
     pub fn insert(&mut self, graph: &GraphView, index: usize) {
         let (function, name) = (graph.function(index), graph.name(index));
-        if self.contains(graph, function, name) {
+        if self.contains(graph, function, &name) {
             return;
         }
-        let hash = self.hash(function, name);
-        let hasher = &self.hasher;
-        self.consts.insert_unique(hash, index, |&i| {
-            hasher.hash_one((&**graph.function(i), graph.name(i)))
-        });
+        let hash = self.hash(function, &name);
+        let index = u32::try_from(index).expect("op indices of the graph are u32");
+        self.consts
+            .insert_unique(spread(hash), (index, hash), |&(_, h)| spread(h));
     }
 
     /// Whether a const of `function` named `name` defined its sparsified name already.
     pub fn contains(&self, graph: &GraphView, function: &str, name: &str) -> bool {
+        let hash = self.hash(function, name);
         self.consts
-            .find(self.hash(function, name), |&i| {
-                &**graph.function(i) == function && graph.name(i) == name
+            .find(spread(hash), |&(i, h)| {
+                let i = i as usize;
+                h == hash && &**graph.function(i) == function && graph.name(i) == name
             })
             .is_some()
     }
@@ -97,7 +105,7 @@ mod tests {
     fn a_name_counts_once_defined_in_its_own_function_only() {
         let graph = GraphView::build(&program()).unwrap();
         let names: Vec<_> = (0..graph.op_count())
-            .map(|i| (&**graph.function(i), graph.name(i)))
+            .map(|i| (&**graph.function(i), graph.name(i).into_owned()))
             .collect();
         assert_eq!(
             names,
@@ -109,6 +117,7 @@ mod tests {
                 ("b", "w"),
                 ("b", "v")
             ]
+            .map(|(f, n)| (f, n.to_owned()))
         );
         let mut set = SparsifiedConsts::new();
         assert!(!set.contains(&graph, "a", "w"));

@@ -11,9 +11,9 @@ use super::{OpConfig, OptimizationConfig};
 use crate::{Error, Result};
 
 /// An op that reads the const's output: its `name` attribute and its op type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer<'a> {
-    pub op_name: &'a str,
+    pub op_name: std::borrow::Cow<'a, str>,
     pub op_type: &'a str,
 }
 
@@ -143,7 +143,7 @@ fn by_level(entry: Option<&OpConfig>, by: Option<String>) -> Resolution<'_> {
 /// `_get_op_config` for a non-const consumer: op name, then op type, then global.
 /// Returns the config and the level it came from (`None` = global), for the skip reason.
 fn consumer_config<'a>(cfg: &'a OptimizationConfig, c: &Consumer) -> (Option<&'a OpConfig>, Option<String>) {
-    if let Some(e) = cfg.op_name.get(c.op_name) {
+    if let Some(e) = cfg.op_name.get(&*c.op_name) {
         return (e.as_ref(), Some(format!("op_name_configs['{}']", c.op_name)));
     }
     if let Some(e) = cfg.op_type.get(c.op_type) {
@@ -190,7 +190,10 @@ mod tests {
     }
 
     fn c<'a>(op_name: &'a str, op_type: &'a str) -> Consumer<'a> {
-        Consumer { op_name, op_type }
+        Consumer {
+            op_name: op_name.into(),
+            op_type,
+        }
     }
 
     fn message<T: fmt::Debug>(r: Result<T>) -> String {

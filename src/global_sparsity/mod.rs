@@ -141,15 +141,15 @@ pub fn decide_cut(
             let value = graph
                 .op(program, p.op_index)
                 .and_then(|op| op.into_const_value())
-                .ok_or_else(|| Error::tensor(name, "const op without a value"))?;
-            match source.map(name, &value)? {
+                .ok_or_else(|| Error::tensor(&name, "const op without a value"))?;
+            match source.map(&name, &value)? {
                 Some((_, mapped)) => {
                     let view = mapped
                         .view()
                         .ok_or_else(|| Error::tensor(name, "mapped data does not match its type"))?;
                     sink(view);
                 }
-                None => match source.read(name, &value)?.1 {
+                None => match source.read(&name, &value)?.1 {
                     TensorData::F16(w) => sink(TensorView::F16(&w)),
                     TensorData::F32(w) => sink(TensorView::F32(&w)),
                     other => {
@@ -181,7 +181,7 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
     }
     let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
     // Every name --exclude may give: the plan's consts and the ops reading them.
-    let mut known: HashSet<&str> = HashSet::new();
+    let mut known: HashSet<std::borrow::Cow<str>> = HashSet::new();
     for p in planned.iter_mut() {
         let consumers = graph.consumers(p.op_index);
         known.insert(graph.name(p.op_index));
@@ -189,8 +189,8 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
         if !matches!(p.decision, Decision::Prune(_)) {
             continue;
         }
-        let by_consumer = consumers.iter().find(|&&(c, _)| wanted.contains(graph.name(c)));
-        let reason = if wanted.contains(graph.name(p.op_index)) {
+        let by_consumer = consumers.iter().find(|&&(c, _)| wanted.contains(&*graph.name(c)));
+        let reason = if wanted.contains(&*graph.name(p.op_index)) {
             format!("excluded by --exclude '{}'", graph.name(p.op_index))
         } else if let Some(&(c, _)) = by_consumer {
             format!("excluded by --exclude '{}' (a consumer)", graph.name(c))

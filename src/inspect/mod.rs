@@ -178,7 +178,8 @@ impl Inspection {
             source,
             _package: package,
         };
-        inspection.first_pass()?;
+        let fault = inspection.graph.fault();
+        fault.explain(inspection.first_pass())?;
         Ok(inspection)
     }
 
@@ -235,8 +236,9 @@ impl Inspection {
                     .unwrap_or_else(|| Error::Graph(format!("op {index} is no longer a weight row")))
             };
             let index = index as usize;
-            let op = self.graph.op(&self.model.program, index).ok_or_else(gone)?;
-            let (mut row, blobs) = self.make_row(index, &op, Some(sparsity))?.ok_or_else(gone)?;
+            let op = self.graph.op(&self.model.program, index).ok_or_else(gone);
+            let made = op.and_then(|op| self.make_row(index, &op, Some(sparsity))?.ok_or_else(gone));
+            let (mut row, blobs) = self.graph.fault().explain(made)?;
             let function = self.function_number(&row.function);
             let marks = self
                 .maker
@@ -341,13 +343,13 @@ impl Inspection {
                 TensorMeta::of(value).filter(|m| is_weight_dtype(m.dtype) && !m.shape.is_empty())
             else {
                 if known_sparsity.is_none() && value.blob_offset().is_some() {
-                    source.read(info.name, value)?;
+                    source.read(&info.name, value)?;
                 }
                 return Ok(None);
             };
             let sparsity = match known_sparsity {
                 Some(known) => known,
-                None => Some(zero_share(&source.read(info.name, value)?.1)),
+                None => Some(zero_share(&source.read(&info.name, value)?.1)),
             };
             blobs.extend(value.blob_offset());
             WeightRow {
@@ -381,7 +383,7 @@ impl Inspection {
             blobs = walk.blobs;
             let sparsity = match known_sparsity {
                 Some(known) => known,
-                None => sparse_mask_share(op, &meta, source, info.name)?,
+                None => sparse_mask_share(op, &meta, source, &info.name)?,
             };
             WeightRow {
                 function: info.path.function.to_string(),

@@ -56,7 +56,7 @@ fn materialization_matches_coremltools_byte_for_byte() {
         let ctx = Context::new(&model.program, &graph, &source);
         for (name, expected) in entry["dense"].as_object().unwrap() {
             let index = (0..graph.op_count())
-                .position(|i| graph.name(i) == &**name)
+                .position(|i| *graph.name(i) == **name)
                 .unwrap_or_else(|| panic!("{case}: no op {name}"));
             let m = materialize(&ctx, index).unwrap_or_else(|e| panic!("{case}/{name}: {e}"));
             assert_eq!(
@@ -114,14 +114,14 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
             });
         if let Some(config) = config {
             let m = materialize(&Context::new(&model.program, &graph, &source), index)?;
-            match run_kernel(&config, &m.dense, &m.shape, info.name)? {
+            match run_kernel(&config, &m.dense, &m.shape, &info.name)? {
                 KernelResult::Skipped(reason) => skipped.push(reason),
                 KernelResult::Pruned(pruned) => {
                     let names = namer.names(&graph, index)?;
                     let original = op_at(&model.program, &info.path).unwrap();
                     let out = joint_ops(
                         &original,
-                        info.name,
+                        &info.name,
                         &m,
                         &pruned.mask,
                         &names,
@@ -139,7 +139,7 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
             }
         }
         with_op_mut(&mut model.program, &info.path, |op| {
-            weights.copy_op_blobs(op, info.name, source.blob_reader())
+            weights.copy_op_blobs(op, &info.name, source.blob_reader())
         })
         .unwrap()?;
     }

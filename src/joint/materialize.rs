@@ -291,13 +291,13 @@ pub fn dense_dtype(ctx: &Context, op_index: usize) -> Result<ScalarType> {
     let info = ctx.graph.info(op_index);
     let need = |param: &str| {
         ctx.input_meta(op_index, param)?
-            .ok_or_else(|| Error::tensor(info.name, format!("has no '{param}' input")))
+            .ok_or_else(|| Error::tensor(&info.name, format!("has no '{param}' input")))
     };
     match info.op_type {
         SHIFT_SCALE => {
             let scale = need("scale")?.dtype;
             let offset = ctx.input_meta(op_index, "offset")?.map(|m| m.dtype);
-            result_float(info.name, scale, offset)
+            result_float(&info.name, scale, offset)
         }
         LUT_TO_DENSE => Ok(need("lut")?.dtype),
         other => Err(Error::Unsupported(format!(

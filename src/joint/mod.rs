@@ -60,7 +60,7 @@ impl JointNamer {
             .get(op_index)
             .ok_or_else(|| Error::Graph(format!("no op with index {op_index}")))?;
         let function = &info.path.function;
-        let dense = crate::encode::sparsified_name(info.name);
+        let dense = crate::encode::sparsified_name(&info.name);
         if graph.producer(function, &dense).is_some() {
             return Err(Error::Graph(format!(
                 "cannot prune '{}': the model already has a value named '{dense}'",

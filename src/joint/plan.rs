@@ -68,9 +68,9 @@ pub fn plan_joint(
                 value_type::Type::TensorType(t) => t.shape(),
                 _ => None,
             })
-            .ok_or_else(|| Error::tensor(info.name, "output is not a tensor with a known shape"))?;
+            .ok_or_else(|| Error::tensor(&info.name, "output is not a tensor with a known shape"))?;
         let count =
-            element_count(&shape).ok_or_else(|| Error::tensor(info.name, "output shape overflows"))?;
+            element_count(&shape).ok_or_else(|| Error::tensor(&info.name, "output shape overflows"))?;
         let dtype = dense_dtype(&ctx, index)?;
         let meta = TensorMeta { dtype, shape, count };
         let decision = if storable(&meta) {
@@ -106,7 +106,7 @@ fn decide<'c>(
 ) -> Result<Decision> {
     let info = graph.info(index);
     // `_get_const_op_config` on the constexpr op itself, following all-constexpr consumers.
-    let resolution = resolve_op(config, info.name, info.op_type, &consumer_views(graph, index))?;
+    let resolution = resolve_op(config, &info.name, info.op_type, &consumer_views(graph, index))?;
     let resolution = ends.follow(graph, config, resolution, index)?;
     let op_config = match resolution {
         Resolution::Config(c) => c.clone(),

@@ -6,17 +6,23 @@
 //! rules out both dangling names and cycles.
 //!
 //! The index lives through the whole prune and holds a record per op, value and use: a model of
-//! tens of thousands of tensors has hundreds of thousands of each (issue 18: memory in proportion
-//! to the model). So records are small fixed-size rows of `u32`s, every name is one range of a
-//! single text buffer, and a value's uses are a chain through one shared vector; [`OpInfo`] is a
-//! view made on demand.
+//! tens of thousands of tensors has hundreds of thousands of each (issue 18: memory bounded
+//! whatever the tensor count). So records are small fixed-size rows of `u32`s, every name is one
+//! range of a single text buffer, and a value's uses are a chain through one shared table; each
+//! table stays in memory while it is small and past a MiB moves to an unlinked scratch file read
+//! through a small cache ([`crate::spill_map::paged`]), and values are found by name through a
+//! [`SpillMap`] of hashes. [`OpInfo`] is a view made on demand.
+//!
+//! A read of a scratch file that fails cannot be reported by the accessors that answer with plain
+//! values (names, uses): it is kept as the index's [`Fault`], which the callers check before they
+//! act on what they read (and which explains whatever failed after it).
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use hashbrown::HashTable;
 use prost::bytes::Bytes;
 use smallvec::SmallVec;
 
@@ -26,20 +32,23 @@ use super::model::{LoadedModel, OpsInFile};
 use super::names::NameList;
 use super::op_file::{place_in, OpFile, OpPlace};
 use super::ops::decode_op;
-use super::texts::{Span, TextBuffer};
 use crate::error::{Error, Result};
 use crate::proto::mil::{argument::binding::Binding, Block, Operation, Program};
+use crate::spill_map::paged::{PagedText, PagedVec, Record, Spill, TextSpan};
+use crate::spill_map::SpillMap;
 
 use super::value::{describe_type, same_declared_type, OperationExt};
 
 /// One op of the program, as the index describes it (made on demand by [`GraphView::info`]).
+/// Names are borrowed from the index while it holds them, and read back when it has moved them to
+/// its scratch file.
 #[derive(Debug, Clone)]
 pub struct OpInfo<'g> {
     pub path: OpPath,
     /// The `name` attribute, or the first output's name when an op has none.
-    pub name: &'g str,
+    pub name: Cow<'g, str>,
     pub op_type: &'g str,
-    pub outputs: SmallVec<[&'g str; 1]>,
+    pub outputs: SmallVec<[Cow<'g, str>; 1]>,
 }
 
 /// A place that uses a value.
@@ -51,14 +60,45 @@ pub enum UseSite {
     BlockOutput { owner: Option<usize> },
 }
 
+/// The first error met reading the index's scratch files, kept by whoever outlives the index.
+#[derive(Debug, Clone, Default)]
+pub struct Fault(Arc<Mutex<Option<Error>>>);
+
+impl Fault {
+    pub fn record(&self, error: Error) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+    }
+
+    /// The error a read met, if one did (taken: later calls answer `None`).
+    pub fn take(&self) -> Option<Error> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// `Err` with the error a read met, if one did.
+    pub fn check(&self) -> Result<()> {
+        self.take().map_or(Ok(()), Err)
+    }
+
+    /// `result`, unless a read failed: then that error, which explains whatever followed it.
+    pub fn explain<T>(&self, result: Result<T>) -> Result<T> {
+        match (self.take(), result) {
+            (Some(e), _) => Err(e),
+            (None, result) => result,
+        }
+    }
+}
+
 /// "No op" in the `u32` fields below.
 const NONE: u32 = u32::MAX;
 
-/// One op. `place` is the op's index in its function body, or [`NESTED`] plus an index into
-/// [`GraphView::nested_steps`] for an op inside a nested block.
-#[derive(Debug, Clone)]
+/// One op. `place` is the op's index in its function body, or [`NESTED`] plus where its path's
+/// steps start in [`GraphView::nested_steps`] for an op inside a nested block.
+#[derive(Debug, Clone, Copy, Default)]
 struct OpRecord {
-    name: Span,
+    name: TextSpan,
     op_type: u32,
     /// Index into [`GraphView::roots`]: the function and block specialization.
     root: u32,
@@ -70,33 +110,121 @@ struct OpRecord {
 
 const NESTED: u32 = 1 << 31;
 
-/// One value of a function.
-#[derive(Debug, Clone)]
+/// One value of a function. Values are numbered across functions, a function's values together
+/// ([`FunctionValues`]).
+#[derive(Debug, Clone, Copy)]
 struct ValueRecord {
-    name: Span,
+    name: TextSpan,
     /// The op defining it; [`NONE`] for a function input.
     producer: u32,
+    /// While the index is built: the block that defined it last ([`Scope`]), [`NONE`] before.
+    block: u32,
     /// The first and last of its uses in [`GraphView::uses`], [`NONE`] when unused.
     first_use: u32,
     last_use: u32,
 }
 
+/// What a value whose record could not be read answers (see [`Fault`]).
+const NO_VALUE: ValueRecord = ValueRecord {
+    name: TextSpan { start: 0, len: 0 },
+    producer: NONE,
+    block: NONE,
+    first_use: NONE,
+    last_use: NONE,
+};
+
 /// One use of a value, chained to the value's next use. `param` indexes
 /// [`GraphView::texts`]; [`NONE`] marks a block output, whose `op` is the owner of the block
 /// ([`NONE`] for the function body).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct UseRecord {
     op: u32,
     param: u32,
     next: u32,
 }
 
-/// The values of one function, found by name through a table of their indices.
-#[derive(Debug, Clone, Default)]
+/// Little-endian `u32`s, one per field.
+fn put_u32s(out: &mut [u8], fields: &[u32]) {
+    for (chunk, field) in out.chunks_exact_mut(4).zip(fields) {
+        chunk.copy_from_slice(&field.to_le_bytes());
+    }
+}
+
+fn take_u32s<const N: usize>(bytes: &[u8]) -> [u32; N] {
+    std::array::from_fn(|i| u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4 bytes")))
+}
+
+impl Record for OpRecord {
+    const SIZE: usize = 28;
+    fn put(&self, out: &mut [u8]) {
+        let r = self;
+        let fields = [
+            r.name.start,
+            r.name.len,
+            r.op_type,
+            r.root,
+            r.place,
+            r.first_output,
+            r.outputs,
+        ];
+        put_u32s(out, &fields);
+    }
+    fn take(bytes: &[u8]) -> Self {
+        let [start, len, op_type, root, place, first_output, outputs] = take_u32s(bytes);
+        OpRecord {
+            name: TextSpan { start, len },
+            op_type,
+            root,
+            place,
+            first_output,
+            outputs,
+        }
+    }
+}
+
+impl Record for ValueRecord {
+    const SIZE: usize = 24;
+    fn put(&self, out: &mut [u8]) {
+        let r = self;
+        let fields = [
+            r.name.start,
+            r.name.len,
+            r.producer,
+            r.block,
+            r.first_use,
+            r.last_use,
+        ];
+        put_u32s(out, &fields);
+    }
+    fn take(bytes: &[u8]) -> Self {
+        let [start, len, producer, block, first_use, last_use] = take_u32s(bytes);
+        ValueRecord {
+            name: TextSpan { start, len },
+            producer,
+            block,
+            first_use,
+            last_use,
+        }
+    }
+}
+
+impl Record for UseRecord {
+    const SIZE: usize = 12;
+    fn put(&self, out: &mut [u8]) {
+        put_u32s(out, &[self.op, self.param, self.next]);
+    }
+    fn take(bytes: &[u8]) -> Self {
+        let [op, param, next] = take_u32s(bytes);
+        UseRecord { op, param, next }
+    }
+}
+
+/// The values of one function: `count` values numbered from `first`.
+#[derive(Debug, Clone)]
 struct FunctionValues {
     function: Arc<str>,
-    entries: Vec<ValueRecord>,
-    by_name: HashTable<u32>,
+    first: u32,
+    count: u32,
 }
 
 /// A function body: where its ops' paths start.
@@ -104,34 +232,77 @@ struct FunctionValues {
 struct Root {
     function: Arc<str>,
     specialization: Arc<str>,
-    /// Index into [`GraphView::values`].
-    table: u32,
 }
 
-#[derive(Debug, Default)]
+/// Values found by name: the hash of a function's number and a name, seeded at random (so that
+/// no input can choose collisions), gives a value number; a hit is confirmed by the name stored.
+/// Two names of one hash are rare enough for the later one to wait in a plain map.
+struct ByName {
+    seed: u64,
+    hashes: SpillMap<4>,
+    collisions: HashMap<(u32, Box<str>), u32>,
+    /// The hash bits kept: tests keep a few, so that most names collide.
+    #[cfg(test)]
+    key_mask: u64,
+}
+
+impl ByName {
+    fn new(hashes: SpillMap<4>) -> Self {
+        ByName {
+            seed: RandomState::new().hash_one(0x0067_7261_7068_u64),
+            hashes,
+            collisions: HashMap::new(),
+            #[cfg(test)]
+            key_mask: u64::MAX,
+        }
+    }
+
+    fn key(&self, table: u32, name: &str) -> u64 {
+        let seed = self.seed ^ u64::from(table).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let key = xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), seed);
+        #[cfg(test)]
+        let key = key & self.key_mask;
+        key
+    }
+}
+
 pub struct GraphView {
-    ops: Vec<OpRecord>,
+    ops: PagedVec<OpRecord>,
     roots: Vec<Root>,
     /// The steps of each nested op's path (see [`OpPath::steps`]).
-    nested_steps: Vec<Box<[usize]>>,
+    /// For each nested op, where its record's `place` says: how many steps, then the steps.
+    nested_steps: PagedVec<u32>,
     /// Per function: its values.
     values: Vec<FunctionValues>,
     /// Each function's number in `values`.
     tables: NameList,
-    uses: Vec<UseRecord>,
-    /// The outputs of every op, as indices into its function's values.
-    op_outputs: Vec<u32>,
+    /// Every value, function after function.
+    value_records: PagedVec<ValueRecord>,
+    by_name: ByName,
+    uses: PagedVec<UseRecord>,
+    /// The outputs of every op, as value numbers.
+    op_outputs: PagedVec<u32>,
     /// Every value name, and op names that are no output's.
-    names: TextBuffer,
+    names: PagedText,
     /// Op types and parameter names, each once.
     texts: Vec<Arc<str>>,
-    hasher: RandomState,
     /// The stored bytes of every op inside a nested block, by op index, as read (slices of the
     /// file, no copy). Reaching one through the program decodes the op owning its block, whose
     /// bytes hold all of them: once per nested op, that made the work quadratic in a block's size.
     nested: HashMap<u32, Bytes>,
     /// Once [`GraphView::move_ops_to_file`] ran: where every op is read from.
     op_file: Option<OpFile>,
+    fault: Fault,
+}
+
+impl std::fmt::Debug for GraphView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphView")
+            .field("ops", &self.ops.len())
+            .field("values", &self.value_records.len())
+            .field("uses", &self.uses.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The state of one build: where each short text is, and the values in scope.
@@ -168,6 +339,25 @@ impl BlockOps<'_> {
 }
 
 impl GraphView {
+    fn empty(spill: &Spill, by_name: ByName) -> Self {
+        GraphView {
+            ops: PagedVec::new(spill.clone()),
+            roots: Vec::new(),
+            nested_steps: PagedVec::new(spill.clone()),
+            values: Vec::new(),
+            tables: NameList::default(),
+            value_records: PagedVec::new(spill.clone()),
+            by_name,
+            uses: PagedVec::new(spill.clone()),
+            op_outputs: PagedVec::new(spill.clone()),
+            names: PagedText::new(spill.clone()),
+            texts: Vec::new(),
+            nested: HashMap::new(),
+            op_file: None,
+            fault: Fault::default(),
+        }
+    }
+
     /// The index of a program whose ops it holds.
     pub fn build(program: &Program) -> Result<Self> {
         Self::build_with(program, None)
@@ -182,11 +372,24 @@ impl GraphView {
     }
 
     fn build_with(program: &Program, in_file: Option<(OpsInFile, PathBuf)>) -> Result<Self> {
-        let mut view = GraphView::default();
+        let by_name = ByName::new(SpillMap::new_in(None));
+        Self::build_spilling(program, in_file, &Spill::default(), by_name)
+    }
+
+    /// [`GraphView::build_with`], its tables moving to scratch files as `spill` says and its names
+    /// found through `by_name` (tests make both tiny).
+    fn build_spilling(
+        program: &Program,
+        in_file: Option<(OpsInFile, PathBuf)>,
+        spill: &Spill,
+        by_name: ByName,
+    ) -> Result<Self> {
+        let mut view = GraphView::empty(spill, by_name);
         let mut builder = Builder::default();
         let mut places = HashMap::new();
         if let Some((ops, label)) = in_file {
-            view.op_file = Some(OpFile::open(ops.file, label, ops.hasher));
+            let fault = view.fault.clone();
+            view.op_file = Some(OpFile::open(ops.file, label, ops.hasher, fault, spill));
             places = ops
                 .bodies
                 .into_iter()
@@ -197,21 +400,23 @@ impl GraphView {
             let function_name: Arc<str> = Arc::from(fname.as_str());
             view.values.push(FunctionValues {
                 function: function_name.clone(),
-                ..Default::default()
+                first: view.value_records.len() as u32,
+                count: 0,
             });
             let table = view.values.len() - 1;
             view.tables.number(&function_name);
             for (spec, block) in &function.block_specializations {
-                builder.scope = Scope::default();
+                // Nothing of another specialization is visible.
+                builder.scope.open.clear();
+                builder.scope.enter()?;
                 for input in &function.inputs {
                     let id = view.intern(table, &input.name)?;
-                    builder.scope.define(id, &input.name, fname)?;
+                    view.define(&builder, id, &input.name, fname, None)?;
                 }
                 let specialization = view.text(&mut builder, spec)?;
                 view.roots.push(Root {
                     function: function_name.clone(),
                     specialization: view.texts[specialization as usize].clone(),
-                    table: table as u32,
                 });
                 let root = u32::try_from(view.roots.len() - 1).map_err(|_| too_many("functions"))?;
                 let in_file: Vec<OpPlace>;
@@ -236,14 +441,7 @@ impl GraphView {
         view.op_outputs.shrink_to_fit();
         view.names.shrink_to_fit();
         view.nested_steps.shrink_to_fit();
-        let hasher = &view.hasher;
-        for values in &mut view.values {
-            values.entries.shrink_to_fit();
-            let (entries, names) = (&values.entries, &view.names);
-            values
-                .by_name
-                .shrink_to_fit(|&i| hasher.hash_one(names.get(entries[i as usize].name)));
-        }
+        view.value_records.shrink_to_fit();
         Ok(view)
     }
 
@@ -263,48 +461,80 @@ impl GraphView {
     }
 
     /// Appends `text` to the name buffer.
-    fn store_name(&mut self, text: &str) -> Result<Span> {
-        self.names.push(text).ok_or_else(|| too_many("names"))
+    fn store_name(&mut self, text: &str) -> Result<TextSpan> {
+        self.names.push(text)?.ok_or_else(|| too_many("names"))
     }
 
-    fn name_of(&self, span: Span) -> &str {
-        self.names.get(span)
+    /// What `read` gave, or `otherwise` once the error it met is kept as the index's [`Fault`].
+    fn or_fault<T>(&self, read: Result<T>, otherwise: T) -> T {
+        read.unwrap_or_else(|e| {
+            self.fault.record(e);
+            otherwise
+        })
     }
 
-    fn index_of(&self, table: usize, name: &str) -> Option<u32> {
+    fn name_of(&self, span: TextSpan) -> Cow<'_, str> {
+        self.or_fault(self.names.get(span), Cow::Borrowed(""))
+    }
+
+    fn op_record(&self, index: usize) -> Option<OpRecord> {
+        self.or_fault(self.ops.get(index), Some(OpRecord::default()))
+    }
+
+    fn value_record(&self, id: u32) -> ValueRecord {
+        self.or_fault(self.value_records.get(id as usize), None)
+            .unwrap_or(NO_VALUE)
+    }
+
+    /// The value `name` of function `table`, and whether its hash is taken (by it or another).
+    fn lookup(&self, table: usize, name: &str) -> Result<(Option<u32>, bool)> {
+        let key = self.by_name.key(table as u32, name);
+        let Some(found) = self.by_name.hashes.get(key)? else {
+            return Ok((None, false));
+        };
+        let id = u32::from_le_bytes(found);
         let values = &self.values[table];
-        values
-            .by_name
-            .find(self.hasher.hash_one(name), |&i| {
-                self.name_of(values.entries[i as usize].name) == name
-            })
-            .copied()
+        let in_table = id.checked_sub(values.first).is_some_and(|i| i < values.count);
+        if in_table {
+            let record = self.value_records.get(id as usize)?.unwrap_or(NO_VALUE);
+            if self.names.get(record.name)? == name {
+                return Ok((Some(id), true));
+            }
+        }
+        let other = self.by_name.collisions.get(&(table as u32, Box::from(name)));
+        Ok((other.copied(), true))
+    }
+
+    fn index_of(&self, table: usize, name: &str) -> Result<Option<u32>> {
+        Ok(self.lookup(table, name)?.0)
     }
 
     /// The value `name` of function `table`, entered with no producer or uses if new. A name
     /// defined again in a sibling block shares the first entry.
     fn intern(&mut self, table: usize, name: &str) -> Result<u32> {
-        if let Some(i) = self.index_of(table, name) {
+        let (found, taken) = self.lookup(table, name)?;
+        if let Some(i) = found {
             return Ok(i);
         }
         let function = &self.values[table].function;
-        let index = u32::try_from(self.values[table].entries.len())
+        let index = u32::try_from(self.value_records.len())
             .ok()
             .filter(|&i| i != NONE)
             .ok_or_else(|| Error::Graph(format!("function '{function}' has too many values")))?;
         let span = self.store_name(name)?;
-        let (names, hasher) = (&self.names, &self.hasher);
-        let values = &mut self.values[table];
-        values.entries.push(ValueRecord {
+        self.value_records.push(ValueRecord {
             name: span,
-            producer: NONE,
-            first_use: NONE,
-            last_use: NONE,
-        });
-        let entries = &values.entries;
-        values.by_name.insert_unique(hasher.hash_one(name), index, |&i| {
-            hasher.hash_one(names.get(entries[i as usize].name))
-        });
+            ..NO_VALUE
+        })?;
+        self.values[table].count += 1;
+        let key = self.by_name.key(table as u32, name);
+        if taken {
+            self.by_name
+                .collisions
+                .insert((table as u32, Box::from(name)), index);
+        } else {
+            self.by_name.hashes.insert_new(key, index.to_le_bytes())?;
+        }
         Ok(index)
     }
 
@@ -321,10 +551,10 @@ impl GraphView {
     ) -> Result<()> {
         let function = self.values[table].function.clone();
         let function = &*function;
-        let mark = builder.scope.mark();
+        builder.scope.enter()?;
         for input in &block.inputs {
             let id = self.intern(table, &input.name)?;
-            builder.scope.define(id, &input.name, function)?;
+            self.define(builder, id, &input.name, function, None)?;
         }
         for i in 0..ops.len() {
             let (bytes, place) = self.block_op(ops, i)?;
@@ -347,12 +577,16 @@ impl GraphView {
                 if self.op_file.is_none() {
                     self.nested.insert(op_id, bytes.clone());
                 }
-                let id = u32::try_from(self.nested_steps.len())
+                let at = u32::try_from(self.nested_steps.len())
                     .ok()
-                    .filter(|&id| id < NESTED)
+                    .filter(|&at| at < NESTED)
                     .ok_or_else(|| too_many("nested ops"))?;
-                self.nested_steps.push(steps.as_slice().into());
-                NESTED | id
+                let word = |n: usize| u32::try_from(n).map_err(|_| too_many("nested ops"));
+                self.nested_steps.push(word(steps.len())?)?;
+                for &step in &steps {
+                    self.nested_steps.push(word(step)?)?;
+                }
+                NESTED | at
             } else {
                 u32::try_from(i)
                     .ok()
@@ -360,37 +594,39 @@ impl GraphView {
                     .ok_or_else(|| too_many("ops"))?
             };
             let first_output = u32::try_from(self.op_outputs.len()).map_err(|_| too_many("outputs"))?;
+            let mut output_ids: SmallVec<[(u32, TextSpan); 2]> = SmallVec::new();
             for output in &op.outputs {
                 let id = self.intern(table, &output.name)?;
-                self.op_outputs.push(id);
+                self.op_outputs.push(id)?;
+                let span = self.value_records.get(id as usize)?.unwrap_or(NO_VALUE).name;
+                output_ids.push((id, span));
             }
-            let outputs = &self.op_outputs[first_output as usize..];
-            let mut spans = outputs
-                .iter()
-                .map(|&o| self.values[table].entries[o as usize].name);
+            // An output's span holds the output's name.
             let name = match op.name() {
-                Some(n) => match spans.find(|&span| self.name_of(span) == n) {
-                    Some(shared) => shared,
+                Some(n) => match (output_ids.iter().zip(&op.outputs)).find(|(_, o)| o.name == n) {
+                    Some((&(_, shared), _)) => shared,
                     None => self.store_name(n)?,
                 },
-                None => spans.next().unwrap_or_default(),
+                None => output_ids.first().map(|&(_, span)| span).unwrap_or_default(),
+            };
+            let op_name: &str = match op.name() {
+                Some(n) => n,
+                None => op.outputs.first().map_or("", |o| o.name.as_str()),
             };
             let outputs = u32::try_from(op.outputs.len()).map_err(|_| too_many("outputs"))?;
-            check_op(op, self.name_of(name), function)?;
+            check_op(op, op_name, function)?;
             for (param, arg) in op.inputs.pairs() {
                 for binding in &arg.arguments {
                     if let Some(Binding::Name(value)) = &binding.binding {
-                        let Some(id) = self.index_of(table, value).filter(|&v| builder.scope.contains(v))
-                        else {
+                        let Some(id) = self.visible(builder, table, value)? else {
                             return Err(Error::Graph(format!(
-                                "op '{}' ({}) input '{param}' refers to '{value}', which is not \
+                                "op '{op_name}' ({}) input '{param}' refers to '{value}', which is not \
                                  defined before it in function '{function}'",
-                                self.name_of(name),
                                 op.r#type
                             )));
                         };
                         let param = self.text(builder, param)?;
-                        self.add_use(table, id, op_id, param)?;
+                        self.add_use(id, op_id, param)?;
                     }
                 }
             }
@@ -402,11 +638,11 @@ impl GraphView {
                 place: in_place,
                 first_output,
                 outputs,
-            });
+            })?;
             if let (Some(file), Some(place)) = (&mut self.op_file, place) {
                 let root = &self.roots[root as usize];
                 let body = owner.is_none().then_some((&root.function, &root.specialization));
-                file.enter(place, body);
+                file.enter(place, body)?;
             }
             // Nested ops are slices of the body's op that holds them: where that op was read.
             let origin = match ops {
@@ -422,24 +658,52 @@ impl GraphView {
                 };
                 self.walk_block(nested, ops, (root, &nested_prefix), table, Some(op_id), builder)?;
             }
-            for o in self.output_range(&self.ops[op_id as usize]) {
-                let id = self.op_outputs[o];
-                let entry = &mut self.values[table].entries[id as usize];
-                entry.producer = op_id;
-                let span = entry.name;
-                builder.scope.define(id, self.names.get(span), function)?;
+            for (&(id, _), output) in output_ids.iter().zip(&op.outputs) {
+                self.define(builder, id, &output.name, function, Some(op_id))?;
             }
         }
         for out in &block.outputs {
-            let Some(id) = self.index_of(table, out).filter(|&v| builder.scope.contains(v)) else {
+            let Some(id) = self.visible(builder, table, out)? else {
                 return Err(Error::Graph(format!(
                     "block output '{out}' in function '{function}' is not defined"
                 )));
             };
-            self.add_use(table, id, owner.unwrap_or(NONE), NONE)?;
+            self.add_use(id, owner.unwrap_or(NONE), NONE)?;
         }
-        builder.scope.reset(mark);
+        builder.scope.open.pop();
         Ok(())
+    }
+
+    /// The value `name` of function `table`, if it is defined in a block open in `builder`.
+    fn visible(&self, builder: &Builder, table: usize, name: &str) -> Result<Option<u32>> {
+        let Some(id) = self.index_of(table, name)? else {
+            return Ok(None);
+        };
+        let record = self.value_records.get(id as usize)?.unwrap_or(NO_VALUE);
+        Ok(builder.scope.is_open(record.block).then_some(id))
+    }
+
+    /// Defines value `id` (named `name`) in the innermost block open in `builder`, produced by op
+    /// `producer` (none for an input); refused if it is visible there already.
+    fn define(
+        &mut self,
+        builder: &Builder,
+        id: u32,
+        name: &str,
+        function: &str,
+        producer: Option<u32>,
+    ) -> Result<()> {
+        let mut record = self.value_records.get(id as usize)?.unwrap_or(NO_VALUE);
+        if let Some(op) = producer {
+            record.producer = op;
+        }
+        if builder.scope.is_open(record.block) {
+            return Err(Error::Graph(format!(
+                "value '{name}' is defined twice in function '{function}'"
+            )));
+        }
+        record.block = builder.scope.innermost();
+        self.value_records.set(id as usize, record)
     }
 
     /// Op `i` of `ops`, and its place in the file when it has one there.
@@ -470,9 +734,9 @@ impl GraphView {
         }
     }
 
-    /// Chains a use of value `id` of function `table` after its last: by op `op` as input `param`
-    /// (a text id), or, with `param` [`NONE`], as the output of a block owned by `op`.
-    fn add_use(&mut self, table: usize, id: u32, op: u32, param: u32) -> Result<()> {
+    /// Chains a use of value `id` after its last: by op `op` as input `param` (a text id), or,
+    /// with `param` [`NONE`], as the output of a block owned by `op`.
+    fn add_use(&mut self, id: u32, op: u32, param: u32) -> Result<()> {
         let index = u32::try_from(self.uses.len())
             .ok()
             .filter(|&i| i != NONE)
@@ -481,20 +745,25 @@ impl GraphView {
             op,
             param,
             next: NONE,
-        });
-        let entry = &mut self.values[table].entries[id as usize];
+        })?;
+        let mut entry = self.value_records.get(id as usize)?.unwrap_or(NO_VALUE);
         match entry.last_use {
             NONE => entry.first_use = index,
-            last => self.uses[last as usize].next = index,
+            last => {
+                let mut previous = (self.uses.get(last as usize)?)
+                    .ok_or_else(|| Error::Graph("a use chain ends past the last use".into()))?;
+                previous.next = index;
+                self.uses.set(last as usize, previous)?;
+            }
         }
         entry.last_use = index;
-        Ok(())
+        self.value_records.set(id as usize, entry)
     }
 
-    fn value(&self, function: &str, value: &str) -> Option<(usize, &ValueRecord)> {
+    fn value(&self, function: &str, value: &str) -> Option<ValueRecord> {
         let table = self.tables.find(function)?;
-        let id = self.index_of(table, value)?;
-        Some((table, &self.values[table].entries[id as usize]))
+        let id = self.or_fault(self.index_of(table, value), None)?;
+        Some(self.value_record(id))
     }
 
     /// The number of ops, nested ones included.
@@ -509,12 +778,12 @@ impl GraphView {
 
     /// Op `index`: its path, name, type and outputs.
     pub fn get(&self, index: usize) -> Option<OpInfo<'_>> {
-        let record = self.ops.get(index)?;
+        let record = self.op_record(index)?;
         Some(OpInfo {
-            path: self.path_of(record),
+            path: self.path_of(&record),
             name: self.name_of(record.name),
-            op_type: &self.texts[record.op_type as usize],
-            outputs: self.outputs_of(record).collect(),
+            op_type: self.text_at(record.op_type),
+            outputs: self.outputs_of(&record).collect(),
         })
     }
 
@@ -524,23 +793,32 @@ impl GraphView {
     }
 
     /// The name of op `index` (see [`OpInfo::name`]).
-    pub fn name(&self, index: usize) -> &str {
-        self.name_of(self.ops[index].name)
+    pub fn name(&self, index: usize) -> Cow<'_, str> {
+        self.name_of(self.info_record(index).name)
     }
 
     /// The type of op `index`.
     pub fn op_type(&self, index: usize) -> &str {
-        &self.texts[self.ops[index].op_type as usize]
+        self.text_at(self.info_record(index).op_type)
     }
 
     /// The path of op `index`.
     pub fn path(&self, index: usize) -> OpPath {
-        self.path_of(&self.ops[index])
+        self.path_of(&self.info_record(index))
     }
 
     /// The function of op `index`.
     pub fn function(&self, index: usize) -> &Arc<str> {
-        &self.roots[self.ops[index].root as usize].function
+        &self.roots[self.info_record(index).root as usize].function
+    }
+
+    /// The record of op `index`. Panics past the last op: indices come from the index.
+    fn info_record(&self, index: usize) -> OpRecord {
+        self.op_record(index).expect("an op index from this graph")
+    }
+
+    fn text_at(&self, id: u32) -> &str {
+        self.texts.get(id as usize).map_or("", |t| t)
     }
 
     fn path_of(&self, record: &OpRecord) -> OpPath {
@@ -548,7 +826,14 @@ impl GraphView {
         let steps = if record.place & NESTED == 0 {
             SmallVec::from_elem(record.place as usize, 1)
         } else {
-            SmallVec::from_slice(&self.nested_steps[(record.place & !NESTED) as usize])
+            let at = (record.place & !NESTED) as usize;
+            let read = || -> Result<SmallVec<[usize; 1]>> {
+                let len = self.nested_steps.get(at)?.unwrap_or(0) as usize;
+                (at + 1..at + 1 + len)
+                    .map(|k| Ok(self.nested_steps.get(k)?.unwrap_or(0) as usize))
+                    .collect()
+            };
+            self.or_fault(read(), SmallVec::new())
         };
         OpPath {
             function: root.function.clone(),
@@ -557,28 +842,40 @@ impl GraphView {
         }
     }
 
-    /// Where `record`'s outputs lie in [`GraphView::op_outputs`].
-    fn output_range(&self, record: &OpRecord) -> std::ops::Range<usize> {
-        record.first_output as usize..(record.first_output + record.outputs) as usize
+    /// The value numbers of `record`'s outputs.
+    fn output_ids<'g>(&'g self, record: &OpRecord) -> impl Iterator<Item = u32> + 'g {
+        let range = record.first_output as usize..(record.first_output + record.outputs) as usize;
+        range.map_while(|o| self.or_fault(self.op_outputs.get(o), None))
     }
 
-    /// The values of `record`'s function, where its output ids point.
-    fn values_of(&self, record: &OpRecord) -> &FunctionValues {
-        &self.values[self.roots[record.root as usize].table as usize]
-    }
-
-    fn outputs_of<'g>(&'g self, record: &OpRecord) -> impl Iterator<Item = &'g str> + 'g {
-        let table = self.values_of(record);
-        self.op_outputs[self.output_range(record)]
-            .iter()
-            .map(move |&id| self.name_of(table.entries[id as usize].name))
+    fn outputs_of<'g>(&'g self, record: &OpRecord) -> impl Iterator<Item = Cow<'g, str>> + 'g {
+        self.output_ids(record)
+            .map(move |id| self.name_of(self.value_record(id).name))
     }
 
     /// Every use of `value` in `function`, in program order.
     pub fn uses(&self, function: &str, value: &str) -> Vec<UseSite> {
-        let Some((_, entry)) = self.value(function, value) else {
-            return Vec::new();
-        };
+        match self.value(function, value) {
+            Some(entry) => self.sites(&entry),
+            None => Vec::new(),
+        }
+    }
+
+    /// [`GraphView::uses`] of `value`, an output of op `index`, found among the op's outputs
+    /// rather than by name: the walk asks this of every op, and the names of a large model are
+    /// in a scratch file.
+    pub fn output_uses(&self, index: usize, value: &str) -> Vec<UseSite> {
+        let record = self.info_record(index);
+        for id in self.output_ids(&record) {
+            let entry = self.value_record(id);
+            if self.name_of(entry.name) == value {
+                return self.sites(&entry);
+            }
+        }
+        self.uses(self.function(index), value)
+    }
+
+    fn sites(&self, entry: &ValueRecord) -> Vec<UseSite> {
         self.use_chain(entry)
             .map(|u| match u.param {
                 NONE => UseSite::BlockOutput {
@@ -592,10 +889,10 @@ impl GraphView {
             .collect()
     }
 
-    fn use_chain<'g>(&'g self, entry: &ValueRecord) -> impl Iterator<Item = &'g UseRecord> + 'g {
+    fn use_chain<'g>(&'g self, entry: &ValueRecord) -> impl Iterator<Item = UseRecord> + 'g {
         let mut next = entry.first_use;
         std::iter::from_fn(move || {
-            let record = self.uses.get(next as usize)?;
+            let record = self.or_fault(self.uses.get(next as usize), None)?;
             next = record.next;
             Some(record)
         })
@@ -604,15 +901,14 @@ impl GraphView {
     /// The ops that take the output(s) of op `index` as an input, without repeats: output by
     /// output, each in program order.
     pub fn consumers(&self, index: usize) -> Vec<(usize, &str)> {
-        let record = &self.ops[index];
-        let table = self.values_of(record);
+        let record = self.info_record(index);
         let mut out: Vec<(usize, &str)> = Vec::new();
         // A scan of `out` finds repeats among a few consumers; a weight read by thousands of ops
         // made that quadratic (200,000 readers of one const: 13.7 s), so past a few, a set.
         const SCANNED: usize = 16;
         let mut seen = std::collections::HashSet::new();
-        for &value in &self.op_outputs[self.output_range(record)] {
-            for site in self.use_chain(&table.entries[value as usize]) {
+        for value in self.output_ids(&record) {
+            for site in self.use_chain(&self.value_record(value)) {
                 if site.param == NONE {
                     continue;
                 }
@@ -635,7 +931,7 @@ impl GraphView {
 
     /// The index of the op producing `value` in `function`.
     pub fn producer(&self, function: &str, value: &str) -> Option<usize> {
-        let (_, entry) = self.value(function, value)?;
+        let entry = self.value(function, value)?;
         (entry.producer != NONE).then_some(entry.producer as usize)
     }
 
@@ -648,11 +944,11 @@ impl GraphView {
         if let Some(file) = &self.op_file {
             return file.read(index);
         }
-        let record = self.ops.get(index)?;
+        let record = self.op_record(index)?;
         if record.place & NESTED != 0 {
             return self.nested.get(&u32::try_from(index).ok()?).cloned();
         }
-        op_bytes_at(program, &self.path_of(record))
+        op_bytes_at(program, &self.path_of(&record))
     }
 
     /// How many bytes op `index` is stored as, where that is known without reading it (ops read
@@ -670,6 +966,24 @@ impl GraphView {
     /// The file the ops were moved to, if they were.
     pub fn op_file(&self) -> Option<&OpFile> {
         self.op_file.as_ref()
+    }
+
+    /// Where a failed read of the index's scratch files (or of the op file's places) is kept: an
+    /// accessor that met one answered as if the op, value or use were empty, so callers check it
+    /// before they act on what they read, and prefer it to whatever failed after it.
+    pub fn fault(&self) -> Fault {
+        self.fault.clone()
+    }
+
+    /// Whether every table is in memory (small models).
+    #[cfg(test)]
+    fn held_whole(&self) -> bool {
+        let tables = [
+            self.ops.on_disk(),
+            self.uses.on_disk(),
+            self.value_records.on_disk(),
+        ];
+        !tables.contains(&true) && !self.op_outputs.on_disk() && !self.names.on_disk()
     }
 
     /// Op `index`, decoded (see [`GraphView::op_bytes`]).
@@ -734,36 +1048,33 @@ fn check_op(op: &Operation, name: &str, function: &str) -> Result<()> {
     Ok(())
 }
 
-/// Values visible at a point of a function, with marks to drop a nested block's values on exit.
+/// The blocks open at a point of a function, innermost last. Each block entered gets a new
+/// number, and each value records the block that defined it ([`ValueRecord::block`]): a value is
+/// visible where that block is still open. A set of the values in scope held every value of a
+/// function body, in memory, while the index was built (issue 18).
 #[derive(Default)]
 struct Scope {
-    visible: HashSet<u32>,
-    order: Vec<u32>,
+    /// Ascending: a block opens inside the one before it.
+    open: Vec<u32>,
+    next: u32,
 }
 
 impl Scope {
-    fn define(&mut self, id: u32, name: &str, function: &str) -> Result<()> {
-        if !self.visible.insert(id) {
-            return Err(Error::Graph(format!(
-                "value '{name}' is defined twice in function '{function}'"
-            )));
-        }
-        self.order.push(id);
+    fn enter(&mut self) -> Result<()> {
+        let block = self.next;
+        self.next = (block.checked_add(1))
+            .filter(|&n| n != NONE)
+            .ok_or_else(|| too_many("blocks"))?;
+        self.open.push(block);
         Ok(())
     }
 
-    fn contains(&self, id: u32) -> bool {
-        self.visible.contains(&id)
+    fn is_open(&self, block: u32) -> bool {
+        block != NONE && self.open.binary_search(&block).is_ok()
     }
 
-    fn mark(&self) -> usize {
-        self.order.len()
-    }
-
-    fn reset(&mut self, mark: usize) {
-        for id in self.order.drain(mark..) {
-            self.visible.remove(&id);
-        }
+    fn innermost(&self) -> u32 {
+        self.open.last().copied().unwrap_or(NONE)
     }
 }
 
@@ -852,6 +1163,224 @@ mod tests {
         main_program(vec![x], "CoreML7", block)
     }
 
+    /// main(x): `split` into `a` and `b`, then `n` ops each reading the previous one's output
+    /// and `b` (every fifth also `x`); every hundredth holds two sibling blocks, each defining `t`.
+    fn chain(n: usize) -> Program {
+        use crate::mil::build::{bind_name, main_program, op};
+        use crate::mil::ops::encode_ops;
+        use crate::proto::mil::NamedValueType;
+        use std::collections::BTreeMap;
+        let t = tensor_value_type(ScalarType::Float32, &[2]);
+        let mut ops = vec![op(
+            "split",
+            "s",
+            BTreeMap::from([("x".into(), bind_name("x"))]),
+            BTreeMap::new(),
+            vec![("a".into(), t.clone()), ("b".into(), t.clone())],
+        )];
+        let mut previous = "a".to_owned();
+        for i in 0..n {
+            let mut inputs =
+                BTreeMap::from([("x".into(), bind_name(&previous)), ("y".into(), bind_name("b"))]);
+            if i % 5 == 0 {
+                inputs.insert("z".into(), bind_name("x"));
+            }
+            let mut next = op(
+                "add",
+                &format!("op_{i}"),
+                inputs,
+                BTreeMap::new(),
+                vec![(format!("v{i}"), t.clone())],
+            );
+            if i % 100 == 50 {
+                let branch = |op_type: &str| Block {
+                    outputs: vec!["t".into()],
+                    operations: encode_ops([op(
+                        op_type,
+                        "t",
+                        BTreeMap::from([("x".into(), bind_name(&previous))]),
+                        BTreeMap::new(),
+                        vec![("t".into(), t.clone())],
+                    )]),
+                    ..Default::default()
+                };
+                next.blocks = vec![branch("relu"), branch("sigmoid")];
+            }
+            ops.push(next);
+            previous = format!("v{i}");
+        }
+        let block = Block {
+            outputs: vec![previous],
+            operations: encode_ops(ops),
+            ..Default::default()
+        };
+        let x = NamedValueType {
+            name: "x".into(),
+            r#type: Some(t),
+        };
+        main_program(vec![x], "CoreML7", block)
+    }
+
+    /// Every answer of `spilled` is `held`'s.
+    fn same_answers(held: &GraphView, spilled: &GraphView, program: &Program) {
+        assert_eq!(held.op_count(), spilled.op_count());
+        let mut names = vec!["x".to_owned(), "nothing".to_owned(), "t".to_owned()];
+        for (i, info) in held.infos() {
+            let other = spilled.info(i);
+            assert_eq!(info.name, other.name, "op {i}");
+            assert_eq!(info.op_type, other.op_type, "op {i}");
+            assert_eq!(info.outputs, other.outputs, "op {i}");
+            assert_eq!(info.path, other.path, "op {i}");
+            assert_eq!(held.name(i), spilled.name(i));
+            assert_eq!(held.function(i), spilled.function(i));
+            assert_eq!(held.consumers(i), spilled.consumers(i), "op {i}");
+            assert_eq!(held.op_bytes(program, i), spilled.op_bytes(program, i), "op {i}");
+            assert_eq!(held.op_len(i), spilled.op_len(i), "op {i}");
+            for output in &info.outputs {
+                assert_eq!(spilled.output_uses(i, output), held.uses("main", output));
+                names.push(output.to_string());
+            }
+        }
+        for name in &names {
+            assert_eq!(
+                held.producer("main", name),
+                spilled.producer("main", name),
+                "{name}"
+            );
+            assert_eq!(held.uses("main", name), spilled.uses("main", name), "{name}");
+        }
+        assert!(spilled.get(held.op_count()).is_none());
+        assert!(spilled.fault().take().is_none());
+    }
+
+    /// Tables of a few records in memory and a cache of two pages; names found through runs of
+    /// four hashes.
+    fn tiny() -> (Spill, ByName) {
+        let spill = Spill {
+            dir: None,
+            memory_limit: 64,
+            cache_pages: 2,
+        };
+        (spill, ByName::new(SpillMap::with_limit(None, 4)))
+    }
+
+    #[test]
+    fn a_nested_block_cannot_define_a_value_visible_in_it_and_its_values_stay_in_it() {
+        use crate::mil::ops::encode_op;
+        let body = |p: &mut Program| {
+            let main = p.functions.get_mut("main").unwrap();
+            main.block_specializations.get_mut("CoreML7").unwrap().clone()
+        };
+        let set_body = |p: &mut Program, block: Block| {
+            let main = p.functions.get_mut("main").unwrap();
+            *main.block_specializations.get_mut("CoreML7").unwrap() = block;
+        };
+        let refusals = |p: &Program| {
+            let held = GraphView::build(p).unwrap_err().to_string();
+            let (spill, by_name) = tiny();
+            let spilled = GraphView::build_spilling(p, None, &spill, by_name).unwrap_err();
+            assert_eq!(held, spilled.to_string());
+            held
+        };
+        // The first branch of `cond` defines `b`, which the body defined before it.
+        let mut program = sibling_blocks();
+        let mut block = body(&mut program);
+        let mut cond = decode_op(&block.operations[1]).unwrap();
+        let mut t = decode_op(&cond.blocks[0].operations[0]).unwrap();
+        t.outputs[0].name = "b".into();
+        cond.blocks[0].operations[0] = encode_op(&t);
+        cond.blocks[0].outputs = vec!["b".into()];
+        block.operations[1] = encode_op(&cond);
+        set_body(&mut program, block);
+        let e = refusals(&program);
+        assert!(e.contains("value 'b' is defined twice in function 'main'"), "{e}");
+
+        // `last` reads `t`, defined only inside the branches.
+        let mut program = sibling_blocks();
+        let mut block = body(&mut program);
+        let mut last = decode_op(&block.operations[2]).unwrap();
+        last.inputs.set("x".into(), crate::mil::build::bind_name("t"));
+        block.operations[2] = encode_op(&last);
+        set_body(&mut program, block);
+        let e = refusals(&program);
+        assert!(e.contains("refers to 't', which is not defined before it"), "{e}");
+    }
+
+    #[test]
+    fn names_of_one_hash_are_told_apart() {
+        let program = chain(500);
+        let held = GraphView::build(&program).unwrap();
+        for mask in [0, 0b111] {
+            let (spill, mut by_name) = tiny();
+            // One key, then eight, for every name: all but a few wait in the side map.
+            by_name.key_mask = mask;
+            let spilled = GraphView::build_spilling(&program, None, &spill, by_name).unwrap();
+            assert!(spilled.by_name.collisions.len() > 400);
+            same_answers(&held, &spilled, &program);
+        }
+    }
+
+    #[test]
+    fn an_index_in_scratch_files_answers_as_one_in_memory() {
+        for program in [sibling_blocks(), chain(3000)] {
+            let held = GraphView::build(&program).unwrap();
+            let (spill, hashes) = tiny();
+            let spilled = GraphView::build_spilling(&program, None, &spill, hashes).unwrap();
+            assert!(spilled.ops.on_disk() && spilled.uses.on_disk());
+            assert!(spilled.names.on_disk() || held.op_count() < 10);
+            assert!(spilled.nested_steps.on_disk() || held.op_count() < 10);
+            assert!(held.held_whole());
+            same_answers(&held, &spilled, &program);
+        }
+        // Refusals are the same too.
+        let mut dangling = chain(300);
+        let body = dangling.functions.get_mut("main").unwrap();
+        body.block_specializations
+            .get_mut("CoreML7")
+            .unwrap()
+            .outputs
+            .push("v300".into());
+        let held = GraphView::build(&dangling).unwrap_err().to_string();
+        let (spill, hashes) = tiny();
+        let spilled = (GraphView::build_spilling(&dangling, None, &spill, hashes).unwrap_err()).to_string();
+        assert_eq!(held, spilled);
+        assert!(held.contains("block output 'v300'"), "{held}");
+    }
+
+    #[test]
+    fn the_first_failed_read_explains_what_followed_it() {
+        let fault = Fault::default();
+        assert_eq!(fault.explain(Ok(1)).unwrap(), 1);
+        fault.record(Error::Graph("first".into()));
+        fault.record(Error::Graph("second".into()));
+        let later = fault.explain::<()>(Err(Error::Graph("later".into())));
+        assert!(later.unwrap_err().to_string().ends_with("first"));
+        // Taken: reported once.
+        assert!(fault.check().is_ok());
+    }
+
+    #[test]
+    fn ops_left_in_the_file_read_back_through_spilled_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut loaded) = written(dir.path());
+        let held = LoadedModel::read_held(&path, &path).unwrap();
+        let from_held = GraphView::build(&held.program).unwrap();
+        let (spill, hashes) = tiny();
+        let in_file = loaded.ops_in_file.take().map(|ops| (ops, path.clone()));
+        let g = GraphView::build_spilling(&loaded.program, in_file, &spill, hashes).unwrap();
+        for i in 0..g.op_count() {
+            let expected = from_held.op_bytes(&held.program, i);
+            assert_eq!(g.op_bytes(&loaded.program, i), expected, "op {i}");
+            assert_eq!(g.path(i), from_held.path(i), "op {i}");
+        }
+        assert_eq!(g.consumers(0), from_held.consumers(0));
+        let file = g.op_file().unwrap();
+        assert_eq!(
+            file.read_top(0, 2).unwrap(),
+            from_held.op_bytes(&held.program, 4).unwrap()
+        );
+    }
+
     #[test]
     fn consumers_are_listed_once_each_in_order_however_many() {
         use crate::mil::build::{bind_name, main_program, op};
@@ -905,7 +1434,10 @@ mod tests {
         assert_eq!(g.op_count(), 5);
         let listed: Vec<_> = g
             .infos()
-            .map(|(_, o)| (o.name, o.op_type, o.outputs.to_vec(), o.path.steps.to_vec()))
+            .map(|(_, o)| {
+                let outputs: Vec<String> = o.outputs.iter().map(|n| n.to_string()).collect();
+                (o.name.into_owned(), o.op_type, outputs, o.path.steps.to_vec())
+            })
             .collect();
         assert_eq!(
             listed,
@@ -916,6 +1448,10 @@ mod tests {
                 ("t", "sigmoid", vec!["t"], vec![1, 1, 0]),
                 ("last", "tanh", vec!["last"], vec![2]),
             ]
+            .map(|(name, op_type, outputs, steps)| {
+                let outputs: Vec<String> = outputs.into_iter().map(String::from).collect();
+                (name.to_owned(), op_type, outputs, steps)
+            })
         );
         assert_eq!(&**g.function(3), "main");
         assert_eq!(&*g.path(4).specialization, "CoreML7");
@@ -1054,7 +1590,7 @@ mod tests {
     fn index_records_stay_small() {
         // A model of many small tensors holds one of each per op, value and use (issue 18).
         assert_eq!(std::mem::size_of::<OpRecord>(), 28);
-        assert_eq!(std::mem::size_of::<ValueRecord>(), 20);
+        assert_eq!(std::mem::size_of::<ValueRecord>(), 24);
         assert_eq!(std::mem::size_of::<UseRecord>(), 12);
     }
 

@@ -21,8 +21,10 @@ use std::sync::{Arc, Mutex};
 
 use prost::bytes::Bytes;
 
+use super::graph::Fault;
 use crate::blob::ReadAt;
 use crate::error::{Error, Result};
+use crate::spill_map::paged::{PagedVec, Record, Spill};
 
 /// Bytes read ahead on a miss: most ops are a few hundred bytes.
 const WINDOW: usize = 256 << 10;
@@ -33,6 +35,23 @@ pub struct OpPlace {
     pub offset: u64,
     pub len: u32,
     pub check: u32,
+}
+
+impl Record for OpPlace {
+    const SIZE: usize = 16;
+    fn put(&self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.offset.to_le_bytes());
+        out[8..12].copy_from_slice(&self.len.to_le_bytes());
+        out[12..16].copy_from_slice(&self.check.to_le_bytes());
+    }
+    fn take(bytes: &[u8]) -> Self {
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        OpPlace {
+            offset: u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+            len: u32_at(8),
+            check: u32_at(12),
+        }
+    }
 }
 
 /// The check of an op's bytes kept with its place: what the file must still hold when it is read
@@ -62,15 +81,17 @@ pub struct OpFile {
     /// Its size when the ops were moved to it: a window stops there.
     file_len: u64,
     label: PathBuf,
-    /// By op index of the graph.
-    places: Vec<OpPlace>,
+    /// By op index of the graph (past a MiB, in a scratch file).
+    places: PagedVec<OpPlace>,
     /// The op indices of the function bodies' own ops, body after body.
-    top: Vec<u32>,
+    top: PagedVec<u32>,
     bodies: Vec<BodyOps>,
     hasher: RandomState,
     /// Most recently used last.
     windows: Mutex<Vec<Window>>,
     changed: Arc<AtomicBool>,
+    /// Where a failed read of `places` or `top` is kept (the graph index's).
+    fault: Fault,
 }
 
 /// Whether an [`OpFile`] found its file changed, kept by a caller that outlives it.
@@ -106,18 +127,21 @@ pub fn place_in(file: &Bytes, op: &Bytes) -> Option<(u64, u32)> {
 
 impl OpFile {
     /// The ops of `file`, none entered yet: the graph index enters each as it reads it
-    /// ([`OpFile::enter`]). `hasher` made the checks of the places read at load.
-    pub fn open(file: Arc<File>, label: PathBuf, hasher: RandomState) -> Self {
+    /// ([`OpFile::enter`]). `hasher` made the checks of the places read at load; `fault` keeps
+    /// what a read of the places met, for the reads that answer `None` ([`OpFile::read`]).
+    /// `spill` says when the places move to a scratch file.
+    pub fn open(file: Arc<File>, label: PathBuf, hasher: RandomState, fault: Fault, spill: &Spill) -> Self {
         OpFile {
             file_len: ReadAt::size(&*file),
             file,
             label,
-            places: Vec::new(),
-            top: Vec::new(),
+            places: PagedVec::new(spill.clone()),
+            top: PagedVec::new(spill.clone()),
             bodies: Vec::new(),
             hasher,
             windows: Mutex::new(Vec::new()),
             changed: Arc::new(AtomicBool::new(false)),
+            fault,
         }
     }
 
@@ -128,11 +152,11 @@ impl OpFile {
 
     /// Enters the next op of the index at `place`; a function body's own op also as the next op of
     /// that body.
-    pub fn enter(&mut self, place: OpPlace, body: Option<(&Arc<str>, &Arc<str>)>) {
+    pub fn enter(&mut self, place: OpPlace, body: Option<(&Arc<str>, &Arc<str>)>) -> Result<()> {
         let index = self.places.len() as u32;
-        self.places.push(place);
+        self.places.push(place)?;
         let Some((function, specialization)) = body else {
-            return;
+            return Ok(());
         };
         let same_body = self.bodies.last().is_some_and(|b| {
             Arc::ptr_eq(&b.function, function) && Arc::ptr_eq(&b.specialization, specialization)
@@ -144,10 +168,11 @@ impl OpFile {
                 ops: self.top.len()..self.top.len(),
             });
         }
-        self.top.push(index);
+        self.top.push(index)?;
         if let Some(body) = self.bodies.last_mut() {
             body.ops.end = self.top.len();
         }
+        Ok(())
     }
 
     /// Frees what the ops entered took beyond their number.
@@ -179,12 +204,21 @@ impl OpFile {
     /// The bytes of op `index`, as they were when the index was built; `None` if the file no
     /// longer holds them (see [`OpFile::watch`]).
     pub fn read(&self, index: usize) -> Option<Bytes> {
-        self.read_place(*self.places.get(index)?)
+        self.read_place(self.place(index)?)
+    }
+
+    /// The place of op `index`; `None` past the last op, or when reading it failed (kept as the
+    /// fault).
+    fn place(&self, index: usize) -> Option<OpPlace> {
+        self.places.get(index).unwrap_or_else(|e| {
+            self.fault.record(e);
+            None
+        })
     }
 
     /// How many bytes op `index` is stored as, without reading it.
     pub fn len_of(&self, index: usize) -> Option<u32> {
-        self.places.get(index).map(|place| place.len)
+        self.place(index).map(|place| place.len)
     }
 
     fn read_range(&self, range: OpPlace) -> Option<Bytes> {
@@ -256,12 +290,16 @@ impl OpFile {
 
     /// Op `k` of body `body` (see [`OpFile::body_ops`]), as it was read.
     pub fn read_top(&self, body: usize, k: usize) -> Result<Bytes> {
-        let index = self
-            .bodies
-            .get(body)
-            .and_then(|b| self.top.get(b.ops.clone())?.get(k))
-            .ok_or_else(|| Error::Graph(format!("no op {k} in body {body}")))?;
-        self.read(*index as usize).ok_or_else(|| self.changed_error())
+        let index = match self.bodies.get(body) {
+            Some(b) if k < b.ops.len() => self.top.get(b.ops.start + k)?,
+            _ => None,
+        }
+        .ok_or_else(|| Error::Graph(format!("no op {k} in body {body}")))?;
+        let place = self
+            .places
+            .get(index as usize)?
+            .ok_or_else(|| self.changed_error())?;
+        self.read_place(place).ok_or_else(|| self.changed_error())
     }
 
     /// Fills the program's function bodies again, each with its ops read from the file, except
@@ -279,8 +317,8 @@ impl OpFile {
                 .and_then(|f| f.block_specializations.get_mut(&*body.specialization))
                 .ok_or_else(|| Error::Graph(format!("no function '{}'", body.function)))?;
             let mut ops = Vec::with_capacity(body.ops.len());
-            for &index in &self.top[body.ops.clone()] {
-                let index = index as usize;
+            for k in body.ops.clone() {
+                let index = self.top.get(k)?.expect("a body's op") as usize;
                 if replaced(index) {
                     ops.push(Bytes::new());
                 } else {
@@ -314,11 +352,18 @@ mod tests {
 
     fn open(path: &std::path::Path, bytes: &[u8], places: &[(u64, u32)]) -> OpFile {
         let file = Arc::new(File::open(path).unwrap());
-        let mut ops = OpFile::open(file, path.to_owned(), RandomState::new());
+        let mut ops = OpFile::open(
+            file,
+            path.to_owned(),
+            RandomState::new(),
+            Fault::default(),
+            &Spill::default(),
+        );
         let (function, specialization): (Arc<str>, Arc<str>) = ("main".into(), "CoreML7".into());
         for &(offset, len) in places {
             let check = ops.check(&bytes[offset as usize..offset as usize + len as usize]);
-            ops.enter(OpPlace { offset, len, check }, Some((&function, &specialization)));
+            let place = OpPlace { offset, len, check };
+            ops.enter(place, Some((&function, &specialization))).unwrap();
         }
         assert_eq!(ops.body_ops().len(), 1);
         assert_eq!(ops.body_ops()[0].ops, 0..3);

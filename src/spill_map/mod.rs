@@ -18,6 +18,7 @@
 mod bloom;
 mod dict;
 mod log;
+pub mod paged;
 mod run;
 
 pub use dict::SpillDict;
@@ -55,7 +56,8 @@ impl<const V: usize> SpillMap<V> {
         Self::new_in(path.parent().filter(|dir| !dir.as_os_str().is_empty()))
     }
 
-    fn with_limit(dir: Option<&Path>, memtable_limit: usize) -> Self {
+    /// An empty map holding at most `memtable_limit` entries in memory (tests force runs so).
+    pub(crate) fn with_limit(dir: Option<&Path>, memtable_limit: usize) -> Self {
         SpillMap {
             memtable: HashMap::new(),
             memtable_limit: memtable_limit.max(1),
