@@ -26,7 +26,6 @@ use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::Arc;
 
-
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::mil::access::OpPath;
@@ -246,7 +245,12 @@ fn close_key_bytes((block, value_type, prefix): &CloseKey) -> Vec<u8> {
 
 /// `(function, output)` as one byte string: the function's length, the function, the output.
 fn output_key(function: &str, output: &str) -> Vec<u8> {
-    [&(function.len() as u64).to_le_bytes()[..], function.as_bytes(), output.as_bytes()].concat()
+    [
+        &(function.len() as u64).to_le_bytes()[..],
+        function.as_bytes(),
+        output.as_bytes(),
+    ]
+    .concat()
 }
 
 /// The float consts of one [`CloseKey`] that are the first of their values, and an index that
@@ -446,10 +450,7 @@ impl Deduplicator {
                             self.first.insert(&stored_key, &output.name)?;
                             return Ok(Verdict::Keep);
                         }
-                        let group = self
-                            .close_candidates
-                            .get_mut(&close_key)
-                            .expect("grouped above");
+                        let group = self.close_candidates.get_mut(&close_key).expect("grouped above");
                         let member = u32::try_from(group.members.len())
                             .map_err(|_| Error::Graph("too many consts to deduplicate".into()))?;
                         group.members.push((*offset, output.name.clone()));
