@@ -210,18 +210,16 @@ fn remove_path(path: &Path, is_dir: bool) -> io::Result<()> {
 /// - with `marker`, any plain file, and a folder that holds no file of that name and is not empty
 ///   (scratch paths in a shared place, the temporary directory, are folders carrying one from the
 ///   moment they are made);
-/// - anything that is, holds or lies inside one of `spare` (the run's input and config: a user may
-///   well prune a package a killed run set aside, under the name it was left with).
+/// - anything that is, holds or lies inside one of `spare` (the run's input, config and report, or
+///   where the report will be: a user may well prune a package a killed run set aside, under the
+///   name it was left with).
 pub fn sweep_stale(
     dir: &Path,
     prefix: impl AsRef<OsStr>,
     marker: Option<&str>,
     spare: &[&Path],
 ) -> Result<Vec<PathBuf>> {
-    let spare: Vec<PathBuf> = spare
-        .iter()
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
+    let spare: Vec<PathBuf> = spare.iter().filter_map(|p| canonical_or_future(p)).collect();
     let prefix = prefix.as_ref().as_encoded_bytes();
     let mut removed = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -286,6 +284,19 @@ pub fn sweep_stale(
     }
     removed.sort();
     Ok(removed)
+}
+
+/// `path` made canonical; where it does not exist (a report not written yet), where it would be:
+/// its folder made canonical, and its name.
+fn canonical_or_future(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok().or_else(|| {
+        let name = path.file_name()?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Some(std::fs::canonicalize(parent).ok()?.join(name))
+    })
 }
 
 /// On SIGINT, SIGTERM or SIGHUP: wait for a commit in progress, remove every registered scratch

@@ -172,7 +172,8 @@ impl OutputPackage {
     /// unless `force` (and then only a package). Then stages a copy of every input file the
     /// package uses (the manifest and its declared items: `used_paths`) except the root model and
     /// `weight.bin`, which the caller writes at `model_path()` and `weight_path()`. `reads`: the
-    /// other files the run reads (config files), which no sweep of leftovers removes.
+    /// other files the run reads or writes (config files, the report), which no sweep of leftovers
+    /// removes.
     pub fn create(input: &Package, output: &Path, force: bool, reads: &[&Path]) -> Result<OutputPackage> {
         let (parent, name) = split_output(output)?;
         check_output_location(input, output, &parent, &name, force)?;

@@ -1371,3 +1371,53 @@ fn an_unrelated_folder_sharing_an_inode_number_with_the_input_is_not_inside_it()
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The sweep of OUTPUT's leftovers deleted a `--report` file named like one
+/// (`.out.mlpackage.mlprune-tmp-<16 hex>`, `-old-`), or the folder so named that holds it with the
+/// user's other files, and then the run failed (red-team, round 5). The report is spared as the
+/// input and config are: a failed run leaves it as it was.
+#[cfg(unix)]
+#[test]
+fn the_sweep_of_leftovers_never_removes_the_report() {
+    let case = Case::linear();
+    let failing_prune = |report: &Path| {
+        Command::new("bash")
+            .arg("-c")
+            .arg("ulimit -f 4 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_mlprune"))
+            .arg("prune")
+            .arg(&case.input)
+            .arg(case.output())
+            .args(PRUNE_ARGS)
+            .arg("--report")
+            .arg(report)
+            .output()
+            .unwrap()
+    };
+    for name in [
+        ".out.mlpackage.mlprune-tmp-0123456789abcdef",
+        ".out.mlpackage.mlprune-old-0123456789abcdef",
+    ] {
+        let report = case.tmp.path().join(name);
+        std::fs::write(&report, b"previous report").unwrap();
+        let o = failing_prune(&report);
+        assert_cli_error(&o, 1, &["File too large"]);
+        assert_eq!(std::fs::read(&report).unwrap(), b"previous report", "{name}");
+        std::fs::remove_file(&report).unwrap();
+    }
+    let folder = case
+        .tmp
+        .path()
+        .join(".out.mlpackage.mlprune-tmp-00000000000000aa");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("notes.txt"), b"precious").unwrap();
+    // Not there yet, the report is spared where it will be.
+    let o = cli_prune(
+        &case.input,
+        &case.output(),
+        &["-q", "--report", folder.join("r.json").to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(folder.join("notes.txt")).unwrap(), b"precious");
+    assert!(folder.join("r.json").is_file());
+}
