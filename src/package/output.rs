@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::manifest::Manifest;
 use super::paths::{
-    confined, exists_no_follow, file_identity, foreign_entry, lies_within, remove_tree_one_fs,
-    rename_noreplace, same_through_overlay, tree_holds,
+    confined, exists_no_follow, file_identity, foreign_entry, is_mount_point, lies_within,
+    remove_tree_one_fs, rename_noreplace, same_through_overlay, tree_holds,
 };
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
@@ -557,6 +557,9 @@ fn check_replaceable(output: &Path) -> Result<()> {
     let kind = meta.file_type();
     if kind.is_symlink() {
         refuse(&"a symbolic link")
+    } else if is_mount_point(output) {
+        // Found before the work, not by the commit's rename failing with EBUSY after it.
+        refuse(&"a mount point (a filesystem or a bind mount is mounted there)")
     } else if kind.is_dir() {
         if !is_package_dir(output) {
             refuse(&"a folder that is not only an .mlpackage (it may hold nothing but a valid Manifest.json and a Data folder holding only the items it declares, the root model among them)")
@@ -818,9 +821,12 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
         // Only a regular file is replaced: renaming over a link would put the report where the
         // link was (as root, `--report /dev/stdout` replaced the system's link).
         let own = std::fs::symlink_metadata(path).at(path)?;
-        if !own.file_type().is_file() {
+        // A file bind-mounted there cannot be renamed over (EBUSY): refused before the work.
+        if !own.file_type().is_file() || is_mount_point(path) {
             let what = if own.file_type().is_symlink() {
                 "is a symbolic link"
+            } else if own.file_type().is_file() {
+                "is a mount point (a file is bind-mounted there)"
             } else {
                 "exists and is not a regular file"
             };

@@ -229,6 +229,21 @@ pub(crate) fn mount_of_path(path: &Path) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(path).ok().map(|_| (0, 0))
 }
 
+/// Whether `path` (not followed) is a mount point: on another mount than the folder it is in (a
+/// filesystem mounted there, or a file or folder bind-mounted there). It cannot be renamed or
+/// removed (EBUSY), and what is under it is not the folder's to replace. `false` when either
+/// cannot be looked at.
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let (Ok(parent), Some(own)) = (std::fs::canonicalize(parent), mount_of_path(path)) else {
+        return false;
+    };
+    mount_of_path(&parent).is_some_and(|parent_mount| parent_mount != own)
+}
+
 /// Which mount `path` itself (not followed) is on: its device and, on Linux, the mount id
 /// (`statx`), which also tells a bind mount of a folder of the same filesystem apart.
 #[cfg(unix)]

@@ -1421,3 +1421,47 @@ fn the_sweep_of_leftovers_never_removes_the_report() {
     assert_eq!(std::fs::read(folder.join("notes.txt")).unwrap(), b"precious");
     assert!(folder.join("r.json").is_file());
 }
+
+/// An OUTPUT that is itself a mount point (a tmpfs holding a valid package at out.mlpackage, a
+/// zip bind-mounted at out.zip), or a report bind-mounted over a file, passed the `--force`
+/// checks: the whole run went by, then the commit failed with EBUSY, exit 1 (red-team, round 5).
+/// Refused up front now, exit 2. Needs `mount`; skipped (with a line on stderr) where refused.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_output_or_report_that_is_a_mount_point_is_refused_up_front() {
+    let case = Case::linear();
+    let source = case.tmp.path().join("src.mlpackage");
+    let source_zip = case.tmp.path().join("src.zip");
+    assert!(prune_with(&case, &source, &["-q"]).status.success());
+    assert!(prune_with(&case, &source_zip, &["-q"]).status.success());
+    let output = case.output();
+    copy_dir(&source, &output);
+    // A bind mount of a folder holding a valid package: the mount point is OUTPUT itself.
+    let Some(folder_mount) = BindMount::new(&source, &output) else {
+        eprintln!("skipped: cannot mount here (a mount point at OUTPUT)");
+        return;
+    };
+    let o = prune_with(&case, &output, &["-q", "--force"]);
+    assert_cli_error(&o, 2, &["out.mlpackage", "mount point"]);
+    drop(folder_mount);
+
+    let zip = case.tmp.path().join("out.zip");
+    std::fs::write(&zip, b"").unwrap();
+    let zip_mount = BindMount::new(&source_zip, &zip).expect("mount worked above");
+    let o = prune_with(&case, &zip, &["-q", "--force"]);
+    assert_cli_error(&o, 2, &["out.zip", "mount point"]);
+    drop(zip_mount);
+
+    let report = case.tmp.path().join("r.json");
+    let user_file = case.tmp.path().join("user.json");
+    std::fs::write(&report, b"{}").unwrap();
+    std::fs::write(&user_file, b"precious").unwrap();
+    let report_mount = BindMount::new(&user_file, &report).expect("mount worked above");
+    let other = case.tmp.path().join("other.mlpackage");
+    let o = prune_with(&case, &other, &["-q", "--report", report.to_str().unwrap()]);
+    assert_cli_error(&o, 2, &["r.json", "mount point"]);
+    drop(report_mount);
+    assert_eq!(std::fs::read(&user_file).unwrap(), b"precious");
+    assert!(names_with(&case, "mlprune-").is_empty(), "nothing left behind");
+    assert!(!other.exists());
+}
