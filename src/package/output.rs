@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::manifest::Manifest;
 use super::paths::{
-    confined, exists_no_follow, file_identity, foreign_entry, is_mount_point, lies_within,
-    remove_tree_one_fs, rename_noreplace, same_through_overlay, tree_holds,
+    confined, exists_no_follow, file_identity, foreign_entry, identity_no_follow, is_mount_point,
+    lies_within, remove_tree_one_fs, rename_exchange, rename_noreplace, same_through_overlay, tree_holds,
+    Pinned,
 };
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
@@ -339,13 +340,32 @@ impl OutputPackage {
         // One commit at a time into OUTPUT's folder: two runs replacing one OUTPUT at once each
         // set aside the other's package.
         let dir_lock = lock_dir(&self.parent)?;
+        let mut checked = None;
         if exists_no_follow(&self.output) {
             if !self.force {
                 return Err(appeared(&self.output));
             }
-            check_replaceable(&self.output)?;
+            checked = Some(check_replaceable(&self.output)?);
         }
-        let aside = move_into_place(&new_path, &self.output, &self.parent, &self.name, self.force)?;
+        let ours = identity_no_follow(&new_path);
+        let place = Placement {
+            output: &self.output,
+            parent: &self.parent,
+            name: &self.name,
+            force: self.force,
+        };
+        let aside = match place.move_into_place(&new_path, checked) {
+            Ok(aside) => aside,
+            Err(e) => {
+                // Whatever `new_path` names now, if not what we wrote, is somebody's (swapped
+                // there while we put it back): our cleanup must not remove it.
+                if identity_no_follow(&new_path) != ours {
+                    self.staging.take();
+                    self.temp_zip.take();
+                }
+                return Err(e);
+            }
+        };
         if let Some(companion) = &self.companion {
             let placed = if companion.existed {
                 std::fs::rename(companion.scratch.path(), &companion.final_path)
@@ -539,13 +559,15 @@ fn check_existing_output(output: &Path, force: bool) -> Result<()> {
             output.display()
         )));
     }
-    check_replaceable(output)
+    check_replaceable(output).map(drop)
 }
 
 /// `--force` replaces only what mlprune could have written: an `.mlpackage` folder (with
 /// `Manifest.json` and `Data/`) or a zip holding one. Another folder, a plain file, a link, a
-/// FIFO or a device is somebody else's, and is refused.
-fn check_replaceable(output: &Path) -> Result<()> {
+/// FIFO or a device is somebody else's, and is refused. Returns the identity (device, inode) of
+/// what was checked, for the commit to make sure it sets aside that and nothing else. The checks
+/// look through a handle on it ([`Pinned`]), so what they see is what the identity names.
+fn check_replaceable(output: &Path) -> Result<Option<(u64, u64)>> {
     let refuse = |what: &dyn std::fmt::Display| {
         Err(Error::Usage(format!(
             "output {} exists and is {what}; --force only replaces an .mlpackage folder or a zip \
@@ -556,22 +578,29 @@ fn check_replaceable(output: &Path) -> Result<()> {
     let meta = std::fs::symlink_metadata(output).at(output)?;
     let kind = meta.file_type();
     if kind.is_symlink() {
-        refuse(&"a symbolic link")
+        return refuse(&"a symbolic link");
     } else if is_mount_point(output) {
         // Found before the work, not by the commit's rename failing with EBUSY after it.
-        refuse(&"a mount point (a filesystem or a bind mount is mounted there)")
-    } else if kind.is_dir() {
-        if !is_package_dir(output) {
+        return refuse(&"a mount point (a filesystem or a bind mount is mounted there)");
+    }
+    let pinned = Pinned::new(output, kind.is_dir()).at(output)?;
+    if pinned.identity() != identity_no_follow(output) {
+        return Err(changed_while_writing(output));
+    }
+    let examined = pinned.examined();
+    if kind.is_dir() {
+        if !is_package_dir(examined) {
             refuse(&"a folder that is not only an .mlpackage (it may hold nothing but a valid Manifest.json and a Data folder holding only the items it declares, the root model among them)")
-        } else if let Some((path, what)) = foreign_entry(output) {
+        } else if let Some((path, what)) = foreign_entry(examined) {
             // A mount point in it (the input, bind-mounted there) would be emptied with it.
-            refuse(&format_args!("a folder holding {what} ({})", path.display()))
+            let shown = output.join(path.strip_prefix(examined).unwrap_or(&path));
+            refuse(&format_args!("a folder holding {what} ({})", shown.display()))
         } else {
-            Ok(())
+            Ok(pinned.identity())
         }
     } else if kind.is_file() {
-        if zip_holds_package(output) {
-            Ok(())
+        if zip_holds_package(examined) {
+            Ok(pinned.identity())
         } else {
             refuse(&"a file that is not a zip holding only an .mlpackage (only the items its manifest declares, the root model among them)")
         }
@@ -931,6 +960,16 @@ fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The refusal when what is at OUTPUT is no longer what was checked (another file or folder was
+/// put there): nothing of it is replaced.
+fn changed_while_writing(output: &Path) -> Error {
+    Error::Usage(format!(
+        "output {} changed while mlprune was writing (it is no longer what was checked); not \
+         replacing it",
+        output.display()
+    ))
+}
+
 /// The refusal when OUTPUT turns up during a run without `--force`.
 fn appeared(output: &Path) -> Error {
     Error::Usage(format!(
@@ -975,69 +1014,135 @@ fn lock_dir(dir: &Path) -> Result<Option<File>> {
     }
 }
 
-/// Puts `new` at `output`: where nothing is there, a rename that never replaces (a path that
-/// appeared meanwhile is refused unless `force`). Otherwise the old OUTPUT is set aside (a file
-/// by a second hard link, so OUTPUT never goes missing; a folder by a rename), `new` renamed in
-/// (the old one put back if that fails), and the aside returned for the caller to put back if the
-/// rest of the commit fails, or to remove once it is complete.
-fn move_into_place(
-    new: &Path,
-    output: &Path,
-    parent: &Path,
-    name: &OsStr,
+/// Where a commit puts the new package: OUTPUT, its folder and name, and whether `--force` may
+/// replace what is there.
+struct Placement<'a> {
+    output: &'a Path,
+    parent: &'a Path,
+    name: &'a OsStr,
     force: bool,
-) -> Result<Option<Aside>> {
-    let existing = match std::fs::symlink_metadata(output) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return match rename_noreplace(new, output) {
-                Ok(()) => Ok(None),
-                Err(e) if is_taken(&e) && !force => Err(appeared(output)),
-                Err(e) if is_taken(&e) => Err(Error::Usage(format!(
-                    "output {} appeared while writing (another run?); not replacing it",
+}
+
+impl Placement<'_> {
+    /// Puts `new` at OUTPUT: where nothing is there, a rename that never replaces (a path that
+    /// appeared meanwhile is refused unless `force`). Otherwise the old OUTPUT, which must be
+    /// what `checked` names (the identity `check_replaceable` returned; `None`: nothing was there
+    /// then), is exchanged with `new` in one step and set aside, and returned for the caller to
+    /// put back if the rest of the commit fails, or to remove once it is complete. A file or
+    /// folder swapped in at OUTPUT after the check is put back, and the commit fails.
+    fn move_into_place(&self, new: &Path, checked: Option<Option<(u64, u64)>>) -> Result<Option<Aside>> {
+        let output = self.output;
+        match std::fs::symlink_metadata(output) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.place_new(new),
+            Err(e) => return Err(Error::io(output, e)),
+        }
+        let Some(checked) = checked else {
+            // Nothing was there when the commit looked: it appeared since, unchecked.
+            return Err(if self.force {
+                changed_while_writing(output)
+            } else {
+                appeared(output)
+            });
+        };
+        let lock = File::open(output).ok();
+        if let Some(handle) = &lock {
+            if let Err(std::fs::TryLockError::WouldBlock) = handle.try_lock() {
+                return Err(Error::Usage(format!(
+                    "another run is replacing output {}; not replacing it too",
                     output.display()
-                ))),
-                Err(e) => Err(Error::io(output, e)),
-            };
+                )));
+            }
         }
-        Err(e) => return Err(Error::io(output, e)),
-    };
-    let lock = File::open(output).ok();
-    if let Some(handle) = &lock {
-        if let Err(std::fs::TryLockError::WouldBlock) = handle.try_lock() {
-            return Err(Error::Usage(format!(
-                "another run is replacing output {}; not replacing it too",
-                output.display()
-            )));
+        let mut aside_name = aside_prefix(self.name);
+        aside_name.push(temp_suffix());
+        let aside = Aside {
+            path: self.parent.join(aside_name),
+            _lock: lock,
+        };
+        match rename_exchange(new, output) {
+            Ok(()) => {}
+            // Gone since: put the new package there as where nothing was.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.place_new(new),
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                return self.move_aside_then_place(new, checked, aside)
+            }
+            Err(e) => return Err(Error::io(output, e)),
         }
-    }
-    let mut aside_name = aside_prefix(name);
-    aside_name.push(temp_suffix());
-    let aside = Aside {
-        path: parent.join(aside_name),
-        _lock: lock,
-    };
-    let new_is_file = std::fs::symlink_metadata(new).at(new)?.is_file();
-    if new_is_file && !existing.is_dir() && std::fs::hard_link(output, &aside.path).is_ok() {
-        if let Err(e) = std::fs::rename(new, output) {
-            let _ = std::fs::remove_file(&aside.path);
+        // `new` now names what was at OUTPUT: exactly what was checked, or it goes back.
+        if identity_no_follow(new) != checked {
+            let _ = rename_exchange(new, output);
+            return Err(changed_while_writing(output));
+        }
+        if let Err(e) = std::fs::rename(new, &aside.path) {
+            let _ = rename_exchange(new, output);
             return Err(Error::io(output, e));
         }
-        return Ok(Some(aside));
+        Ok(Some(aside))
     }
-    std::fs::rename(output, &aside.path).at(output)?;
-    if let Err(e) = std::fs::rename(new, output) {
-        if std::fs::rename(&aside.path, output).is_err() {
-            return Err(Error::Usage(format!(
-                "{}: {e}; the old {} is kept at {}",
-                output.display(),
-                output.display(),
-                aside.path.display()
-            )));
+
+    /// Renames `new` to OUTPUT, where nothing was.
+    fn place_new(&self, new: &Path) -> Result<Option<Aside>> {
+        let output = self.output;
+        match rename_noreplace(new, output) {
+            Ok(()) => Ok(None),
+            Err(e) if is_taken(&e) && !self.force => Err(appeared(output)),
+            Err(e) if is_taken(&e) => Err(Error::Usage(format!(
+                "output {} appeared while writing (another run?); not replacing it",
+                output.display()
+            ))),
+            Err(e) => Err(Error::io(output, e)),
         }
-        return Err(Error::io(output, e));
     }
-    Ok(Some(aside))
+
+    /// Where the system cannot exchange two names: the old OUTPUT is set aside (a file by a second
+    /// hard link, so OUTPUT never goes missing; a folder by a rename), checked to be what
+    /// `checked` names (else put back: a hard link removed, a folder renamed back), then `new`
+    /// renamed in (the old one put back if that fails). A file swapped in at OUTPUT between the
+    /// identity check and the rename of `new` (a few system calls) would still be replaced: the
+    /// exchange above closes that window where it is available.
+    fn move_aside_then_place(
+        &self,
+        new: &Path,
+        checked: Option<(u64, u64)>,
+        aside: Aside,
+    ) -> Result<Option<Aside>> {
+        let output = self.output;
+        let existing = std::fs::symlink_metadata(output).at(output)?;
+        let new_is_file = std::fs::symlink_metadata(new).at(new)?.is_file();
+        if new_is_file && !existing.is_dir() && std::fs::hard_link(output, &aside.path).is_ok() {
+            if identity_no_follow(&aside.path) != checked {
+                let _ = std::fs::remove_file(&aside.path); // only our second link
+                return Err(changed_while_writing(output));
+            }
+            if let Err(e) = std::fs::rename(new, output) {
+                let _ = std::fs::remove_file(&aside.path);
+                return Err(Error::io(output, e));
+            }
+            return Ok(Some(aside));
+        }
+        std::fs::rename(output, &aside.path).at(output)?;
+        if identity_no_follow(&aside.path) != checked {
+            return Err(self.put_back(&aside, changed_while_writing(output)));
+        }
+        if let Err(e) = rename_noreplace(new, output) {
+            return Err(self.put_back(&aside, Error::io(output, e)));
+        }
+        Ok(Some(aside))
+    }
+
+    /// Renames the set-aside `aside` back to OUTPUT (never over something that appeared there)
+    /// and returns `error`, saying where the old OUTPUT is kept if it could not go back.
+    fn put_back(&self, aside: &Aside, error: Error) -> Error {
+        if rename_noreplace(&aside.path, self.output).is_ok() {
+            return error;
+        }
+        Error::Usage(format!(
+            "{error}; the old {} is kept at {}",
+            self.output.display(),
+            aside.path.display()
+        ))
+    }
 }
 
 /// Whether a no-replace rename failed because something is at the target.

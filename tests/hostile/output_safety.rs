@@ -1465,3 +1465,55 @@ fn an_output_or_report_that_is_a_mount_point_is_refused_up_front() {
     assert!(names_with(&case, "mlprune-").is_empty(), "nothing left behind");
     assert!(!other.exists());
 }
+
+/// `--force` checked OUTPUT, then renamed (a folder) or hard-linked (a zip) whatever was at that
+/// name aside and deleted it: a user's folder or file swapped in after the check was deleted
+/// (red-team, round 5). The commit now exchanges the new package with what is at OUTPUT in one
+/// step and puts it back unless it is what was checked. Here a thread keeps exchanging OUTPUT
+/// with a user's folder, then file, while `--force` runs go on; the user's data must survive.
+#[cfg(target_os = "linux")]
+#[test]
+fn force_never_deletes_what_is_swapped_in_at_output_after_the_check() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let case = Case::linear();
+    for (output, user, precious) in [
+        ("out.mlpackage", "user", "user/precious.txt"),
+        ("out.zip", "user.txt", "user.txt"),
+    ] {
+        let output = case.tmp.path().join(output);
+        let user = case.tmp.path().join(user);
+        assert!(prune_with(&case, &output, &["-q"]).status.success());
+        if precious.contains('/') {
+            std::fs::create_dir(&user).unwrap();
+        }
+        std::fs::write(case.tmp.path().join(precious), b"precious").unwrap();
+        let found = || {
+            let in_output = if precious.contains('/') {
+                output.join("precious.txt")
+            } else {
+                output.clone()
+            };
+            [case.tmp.path().join(precious), in_output]
+                .iter()
+                .any(|p| std::fs::read(p).is_ok_and(|b| b == b"precious"))
+        };
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = renameat_with(CWD, &output, CWD, &user, RenameFlags::EXCHANGE);
+                }
+            });
+            // Checked once the swapper stops: while a commit puts a swapped-in folder back, it is
+            // under neither name for a moment.
+            let deadline = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < deadline {
+                let _ = prune_with(&case, &output, &["-q", "--force"]);
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(found(), "the user's {precious} was deleted by --force");
+    }
+    assert!(names_with(&case, "mlprune-").is_empty(), "nothing left behind");
+}
