@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::manifest::Manifest;
 use super::paths::{
-    confined, exists_no_follow, file_identity, foreign_entry, identity_no_follow, is_mount_point,
-    lies_within, remove_tree_one_fs, rename_exchange, rename_noreplace, same_through_overlay, tree_holds,
-    Pinned,
+    confined, exists_no_follow, file_identity, foreign_entry, identity_no_follow, identity_of,
+    is_mount_point, lies_within, remove_tree_one_fs, rename_exchange, rename_noreplace, same_through_overlay,
+    tree_holds, Pinned,
 };
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
@@ -141,9 +141,11 @@ fn sweep_leftovers(dir: &Path, name: &OsStr, spare: &[&Path], notices: &mut Vec<
 struct Companion {
     final_path: PathBuf,
     scratch: ScratchPath,
-    /// Whether a file was at `final_path` when it was reserved: if not, the commit will not
-    /// replace one that appeared since (another name of OUTPUT, through a bind mount, say).
-    existed: bool,
+    /// The identity of the regular file that was at `final_path` when it was reserved: the commit
+    /// replaces that file and nothing else (a link or FIFO swapped in since is kept). `None`:
+    /// nothing was there, and the commit will not replace what appeared since (another name of
+    /// OUTPUT, through a bind mount, say).
+    checked: Option<(u64, u64)>,
 }
 
 /// A package being written.
@@ -262,15 +264,14 @@ impl OutputPackage {
     pub fn reserve_companion(&mut self, path: &Path, protected: &[&Path]) -> Result<()> {
         let mut guarded: Vec<&Path> = protected.to_vec();
         guarded.push(&self.output);
-        check_companion_location(path, &guarded)?;
+        let checked = check_companion_location(path, &guarded)?;
         let (dir, name) = (parent_dir(path), path.file_name().unwrap_or_default());
         sweep_leftovers(&dir, name, &guarded, &mut self.notices)?;
-        let existed = exists_no_follow(path);
         let scratch = create_scratch(&dir, path, "report", false)?;
         self.companion = Some(Companion {
             final_path: path.to_path_buf(),
             scratch,
-            existed,
+            checked,
         });
         Ok(())
     }
@@ -359,20 +360,17 @@ impl OutputPackage {
             Err(e) => {
                 // Whatever `new_path` names now, if not what we wrote, is somebody's (swapped
                 // there while we put it back): our cleanup must not remove it.
-                if identity_no_follow(&new_path) != ours {
+                if exists_no_follow(&new_path) && identity_no_follow(&new_path) != ours {
                     self.staging.take();
                     self.temp_zip.take();
+                    return Err(keep_found(&new_path, &self.parent, &self.name, e));
                 }
                 return Err(e);
             }
         };
         if let Some(companion) = &self.companion {
-            let placed = if companion.existed {
-                std::fs::rename(companion.scratch.path(), &companion.final_path)
-            } else {
-                rename_noreplace(companion.scratch.path(), &companion.final_path)
-            };
-            if let Err(e) = placed {
+            let ours = identity_no_follow(companion.scratch.path());
+            if let Err(failure) = place_companion(companion) {
                 // Take the new package back out (to where it was staged, still ours to remove)
                 // and put the old OUTPUT back: the run fails as a whole.
                 let _ = std::fs::rename(&self.output, &new_path);
@@ -386,17 +384,17 @@ impl OutputPackage {
                         );
                     }
                 }
-                let final_path = companion.final_path.display();
-                return Err(if e.kind() == io::ErrorKind::AlreadyExists {
-                    Error::Usage(format!(
-                        "report {final_path} appeared while writing (is it another name of the \
-                         output?); not replacing it{kept}"
-                    ))
-                } else if kept.is_empty() {
-                    Error::io(&companion.final_path, e)
-                } else {
-                    Error::Usage(format!("report {final_path}: {e}{kept}"))
-                });
+                let mut error = failure.into_error(&companion.final_path, &kept);
+                let scratch = companion.scratch.path().to_path_buf();
+                if exists_no_follow(&scratch) && identity_no_follow(&scratch) != ours {
+                    // Swapped again while it was put back: what the scratch name holds now is
+                    // somebody's, not ours to remove.
+                    let name = companion.final_path.file_name().unwrap_or_default().to_owned();
+                    let dir = parent_dir(&companion.final_path);
+                    self.companion.take();
+                    error = keep_found(&scratch, &dir, &name, error);
+                }
+                return Err(error);
             }
             sync_dir(&parent_dir(&companion.final_path));
         }
@@ -829,7 +827,9 @@ fn zip_is_bare(file: &mut File) -> bool {
 /// A file written next to OUTPUT (the report) must not land on or inside OUTPUT or any of
 /// `protected` (by path or by identity), nor be another hard link of a file in them; where
 /// something exists at `path` it must be a regular file, not a link, that a rename may replace.
-fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
+/// Returns that file's identity (device, inode), for the commit to replace only it; `None` where
+/// nothing is at `path`.
+fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<Option<(u64, u64)>> {
     let raw = path.as_os_str().as_encoded_bytes();
     if raw.ends_with(b"/") || raw.ends_with(b"/.") {
         return Err(Error::Usage(format!(
@@ -864,7 +864,8 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
                 path.display()
             )));
         }
-        existing = file_identity(path);
+        // From the very look that found a regular file: a link swapped in since is not it.
+        existing = identity_of(&own);
     }
     for guarded in protected {
         let guarded_canonical = match std::fs::canonicalize(guarded) {
@@ -891,7 +892,7 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    Ok(existing)
 }
 
 /// Copies the input package tree `src_dir` (at `relative` inside it) into `dst_root`: the `used`
@@ -968,6 +969,99 @@ fn changed_while_writing(output: &Path) -> Error {
          replacing it",
         output.display()
     ))
+}
+
+/// Moves `found`, a scratch name that now holds somebody's file or folder (swapped in at OUTPUT or
+/// the report, then swapped again while the commit put it back), to `.<name>.mlprune-kept-<16
+/// hex>` in `dir`, a name no sweep of leftovers takes, and adds where it is to `error`.
+fn keep_found(found: &Path, dir: &Path, name: &OsStr, error: Error) -> Error {
+    let mut kept_name = sibling_prefix(name, ".mlprune-kept-");
+    kept_name.push(temp_suffix());
+    let kept = dir.join(kept_name);
+    let at = if rename_noreplace(found, &kept).is_ok() {
+        kept
+    } else {
+        found.to_path_buf()
+    };
+    Error::Usage(format!(
+        "{error}; what was found there (changed again meanwhile) is kept at {}",
+        at.display()
+    ))
+}
+
+/// Why the report could not be put in place.
+enum CompanionFailure {
+    /// Nothing was at its path when it was reserved, and something is now.
+    Appeared,
+    /// What is at its path is no longer the regular file that was checked (a link, a FIFO).
+    Changed,
+    Io(io::Error),
+}
+
+impl CompanionFailure {
+    /// The run's error; `kept` says where the old OUTPUT is, if it could not be put back.
+    fn into_error(self, final_path: &Path, kept: &str) -> Error {
+        let shown = final_path.display();
+        match self {
+            CompanionFailure::Appeared => Error::Usage(format!(
+                "report {shown} appeared while writing (is it another name of the output?); not \
+                 replacing it{kept}"
+            )),
+            CompanionFailure::Changed => Error::Usage(format!(
+                "report {shown} changed while mlprune was writing (it is no longer the regular \
+                 file that was checked); not replacing it{kept}"
+            )),
+            CompanionFailure::Io(e) if kept.is_empty() => Error::io(final_path, e),
+            CompanionFailure::Io(e) => Error::Usage(format!("report {shown}: {e}{kept}")),
+        }
+    }
+}
+
+/// Renames the report's scratch file to its final path, replacing only the regular file that
+/// was checked there (or, where nothing was, nothing at all). The two names are exchanged in one
+/// step and what came back is looked at: the checked file is removed, anything else (a link or
+/// FIFO swapped in meanwhile) is exchanged back, kept. Where the system cannot exchange names,
+/// the file at the final path is checked just before a plain rename: something swapped in
+/// between the two (a couple of system calls) would still be replaced.
+fn place_companion(companion: &Companion) -> std::result::Result<(), CompanionFailure> {
+    let (scratch, final_path) = (companion.scratch.path(), companion.final_path.as_path());
+    let place_new = || {
+        rename_noreplace(scratch, final_path).map_err(|e| {
+            if is_taken(&e) {
+                CompanionFailure::Appeared
+            } else {
+                CompanionFailure::Io(e)
+            }
+        })
+    };
+    let Some(checked) = companion.checked else {
+        return place_new();
+    };
+    let is_checked_file = |path: &Path| {
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+            && identity_no_follow(path) == Some(checked)
+    };
+    match rename_exchange(scratch, final_path) {
+        Ok(()) if is_checked_file(scratch) => {
+            // The scratch name holds the old report now: a failure to remove it leaves a
+            // leftover the next run sweeps, not an error once the report is in place.
+            let _ = std::fs::remove_file(scratch);
+            Ok(())
+        }
+        Ok(()) => {
+            let _ = rename_exchange(scratch, final_path);
+            Err(CompanionFailure::Changed)
+        }
+        // Removed since: nothing to replace.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => place_new(),
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            if !is_checked_file(final_path) {
+                return Err(CompanionFailure::Changed);
+            }
+            std::fs::rename(scratch, final_path).map_err(CompanionFailure::Io)
+        }
+        Err(e) => Err(CompanionFailure::Io(e)),
+    }
 }
 
 /// The refusal when OUTPUT turns up during a run without `--force`.

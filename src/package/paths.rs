@@ -396,14 +396,19 @@ fn empty_dir_on(dir: &std::os::fd::OwnedFd, mount: (u64, u64)) -> std::io::Resul
 }
 
 /// Device and inode of `path` itself (a link not followed), where the platform has them.
-#[cfg(unix)]
 pub(crate) fn identity_no_follow(path: &Path) -> Option<(u64, u64)> {
+    identity_of(&std::fs::symlink_metadata(path).ok()?)
+}
+
+/// Device and inode in `meta`, where the platform has them.
+#[cfg(unix)]
+pub(crate) fn identity_of(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    Some((meta.dev(), meta.ino()))
 }
 
 #[cfg(not(unix))]
-pub(crate) fn identity_no_follow(_: &Path) -> Option<(u64, u64)> {
+pub(crate) fn identity_of(_: &std::fs::Metadata) -> Option<(u64, u64)> {
     None
 }
 

@@ -1494,8 +1494,18 @@ fn force_never_deletes_what_is_swapped_in_at_output_after_the_check() {
             } else {
                 output.clone()
             };
+            // Swapped again while a commit put it back, it is kept under a name saying so.
+            let kept = names_with(&case, "mlprune-kept-").into_iter().map(|n| {
+                let kept = case.tmp.path().join(n);
+                if precious.contains('/') {
+                    kept.join("precious.txt")
+                } else {
+                    kept
+                }
+            });
             [case.tmp.path().join(precious), in_output]
-                .iter()
+                .into_iter()
+                .chain(kept)
                 .any(|p| std::fs::read(p).is_ok_and(|b| b == b"precious"))
         };
         let stop = AtomicBool::new(false);
@@ -1515,5 +1525,74 @@ fn force_never_deletes_what_is_swapped_in_at_output_after_the_check() {
         });
         assert!(found(), "the user's {precious} was deleted by --force");
     }
-    assert!(names_with(&case, "mlprune-").is_empty(), "nothing left behind");
+    let left: Vec<String> = names_with(&case, "mlprune-")
+        .into_iter()
+        .filter(|n| !n.contains("mlprune-kept-"))
+        .collect();
+    assert!(left.is_empty(), "nothing of ours left behind: {left:?}");
+}
+
+/// The report path was checked (a regular file, never a link) when the run started, but the
+/// commit renamed over whatever was there by then: a link or FIFO swapped in during the run was
+/// replaced, exit 0 (red-team, round 5). The commit now exchanges the two names and puts back
+/// anything but the checked file. Here a thread keeps exchanging the report with a link, then a
+/// FIFO, while runs go on; the link and the FIFO must survive.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_report_never_replaces_a_link_or_fifo_swapped_in_during_the_run() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let case = Case::linear();
+    let report = case.tmp.path().join("r.json");
+    let other = case.tmp.path().join("other");
+    let target = case.tmp.path().join("precious.txt");
+    std::fs::write(&target, b"precious").unwrap();
+    let kinds: [(&str, &dyn Fn(&Path) -> bool); 2] = [
+        ("link", &|p: &Path| p.is_symlink()),
+        ("fifo", &|p: &Path| {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_fifo())
+        }),
+    ];
+    for (kind, is_kind) in kinds {
+        let _ = std::fs::remove_file(&report);
+        let _ = std::fs::remove_file(&other);
+        std::fs::write(&report, b"{}").unwrap();
+        if kind == "link" {
+            std::os::unix::fs::symlink(&target, &other).unwrap();
+        } else {
+            assert!(Command::new("mkfifo").arg(&other).status().unwrap().success());
+        }
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = renameat_with(CWD, &report, CWD, &other, RenameFlags::EXCHANGE);
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let _ = std::fs::remove_dir_all(case.output());
+                let _ = prune_with(
+                    &case,
+                    &case.output(),
+                    &["-q", "--report", report.to_str().unwrap()],
+                );
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(
+            is_kind(&report) || is_kind(&other),
+            "the {kind} was replaced by the report: {:?}",
+            names_with(&case, "")
+        );
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    // Swapped once more while a refused report was put back, what the scratch name then holds is
+    // somebody's: kept under a name saying so, never swept. Nothing of ours is left.
+    let left: Vec<String> = names_with(&case, "mlprune-")
+        .into_iter()
+        .filter(|n| !n.starts_with(".r.json.mlprune-kept-"))
+        .collect();
+    assert!(left.is_empty(), "nothing of ours left behind: {left:?}");
 }
