@@ -70,6 +70,13 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// `dir` with every link in it followed, once: where the scratch siblings, the commit and the
+/// cleanup of OUTPUT or the report (`what`) go for the rest of the run.
+fn resolve_dir(what: &str, dir: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(dir)
+        .map_err(|e| Error::Usage(format!("{what} directory {} is not usable: {e}", dir.display())))
+}
+
 /// `.<name>.mlprune-tmp-`: the prefix of every scratch sibling of `name` (staging folder, archive
 /// or report being written). A fixed prefix lets a later run find what a killed run left. Built
 /// from the name's bytes: a lossy conversion made a name of invalid UTF-8 longer than measured.
@@ -105,6 +112,12 @@ fn create_scratch(dir: &Path, user_path: &Path, what: &str, is_dir: bool) -> Res
             if let Some(scratch_name) = scratch.path().file_name() {
                 show_scratch_as(scratch_name, name);
             }
+            // After the name above, so a scratch path shown as `<resolved dir>/<name>` then
+            // reads as the path the user gave.
+            let resolved = dir.join(name);
+            if resolved != user_path {
+                show_scratch_as(resolved.as_os_str(), user_path.as_os_str());
+            }
             Ok(scratch)
         }
         Err(Error::Io { source, .. })
@@ -115,7 +128,7 @@ fn create_scratch(dir: &Path, user_path: &Path, what: &str, is_dir: bool) -> Res
         {
             Err(Error::Usage(format!(
                 "{what} directory {} is not writable: {source}",
-                dir.display()
+                parent_dir(user_path).display()
             )))
         }
         Err(Error::Io { source, .. }) => Err(Error::io(user_path, source)),
@@ -153,7 +166,10 @@ struct Companion {
 pub struct OutputPackage {
     /// OUTPUT as the user gave it.
     output: PathBuf,
-    /// OUTPUT's directory, where every temporary sibling goes (same filesystem, so renames work).
+    /// OUTPUT's directory, resolved once when staging starts (links in the path the user gave
+    /// followed): every temporary sibling, the commit and the cleanup go there, so a link in that
+    /// path re-pointed during the run (`current -> A` switched to `B`) changes nothing of where
+    /// they go; same filesystem as OUTPUT, so renames work.
     parent: PathBuf,
     /// OUTPUT's file name.
     name: OsString,
@@ -225,6 +241,7 @@ impl OutputPackage {
         let name_str = name.to_string_lossy();
         let zip_folder = (strip_suffix_ignore_case(&name_str, ".zip").len() < name_str.len())
             .then(|| format!("{}.mlpackage", package_stem(output)));
+        let parent = resolve_dir("output", &parent)?;
         let mut notices = Vec::new();
         sweep_leftovers(&parent, &name, spare, &mut notices)?;
         let staging = create_scratch(&parent, output, "output", true)?;
@@ -265,11 +282,13 @@ impl OutputPackage {
         let mut guarded: Vec<&Path> = protected.to_vec();
         guarded.push(&self.output);
         let checked = check_companion_location(path, &guarded)?;
-        let (dir, name) = (parent_dir(path), path.file_name().unwrap_or_default());
+        let name = path.file_name().unwrap_or_default();
+        // Resolved once, as OUTPUT's folder is (see `parent`).
+        let dir = resolve_dir("report", &parent_dir(path))?;
         sweep_leftovers(&dir, name, &guarded, &mut self.notices)?;
         let scratch = create_scratch(&dir, path, "report", false)?;
         self.companion = Some(Companion {
-            final_path: path.to_path_buf(),
+            final_path: dir.join(name),
             scratch,
             checked,
         });
@@ -341,16 +360,19 @@ impl OutputPackage {
         // One commit at a time into OUTPUT's folder: two runs replacing one OUTPUT at once each
         // set aside the other's package.
         let dir_lock = lock_dir(&self.parent)?;
+        // OUTPUT in the folder resolved when staging started (errors still name the user's path,
+        // see `create_scratch`).
+        let target = self.parent.join(&self.name);
         let mut checked = None;
-        if exists_no_follow(&self.output) {
+        if exists_no_follow(&target) {
             if !self.force {
                 return Err(appeared(&self.output));
             }
-            checked = Some(check_replaceable(&self.output)?);
+            checked = Some(check_replaceable(&target)?);
         }
         let ours = identity_no_follow(&new_path);
         let place = Placement {
-            output: &self.output,
+            output: &target,
             parent: &self.parent,
             name: &self.name,
             force: self.force,
@@ -373,10 +395,10 @@ impl OutputPackage {
             if let Err(failure) = place_companion(companion) {
                 // Take the new package back out (to where it was staged, still ours to remove)
                 // and put the old OUTPUT back: the run fails as a whole.
-                let _ = std::fs::rename(&self.output, &new_path);
+                let _ = std::fs::rename(&target, &new_path);
                 let mut kept = String::new();
                 if let Some(aside) = &aside {
-                    if std::fs::rename(&aside.path, &self.output).is_err() {
+                    if std::fs::rename(&aside.path, &target).is_err() {
                         kept = format!(
                             "; the old {} is kept at {}",
                             self.output.display(),

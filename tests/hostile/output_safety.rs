@@ -1596,3 +1596,59 @@ fn a_report_never_replaces_a_link_or_fifo_swapped_in_during_the_run() {
         .collect();
     assert!(left.is_empty(), "nothing of ours left behind: {left:?}");
 }
+
+/// OUTPUT's folder reached through a link (`cur -> A`, the atomic deploy pattern) re-pointed to B
+/// during the run: scratch paths were made, committed and removed by their path through the link,
+/// so the run failed and left its staging folder and report scratch file in A (red-team, round
+/// 5). The folders are resolved once at the start now: the run commits into A. The folder lock
+/// every commit takes is held here until the link is switched, to hit the window every time.
+#[cfg(unix)]
+#[test]
+fn a_link_in_the_output_path_re_pointed_mid_run_leaves_nothing_behind() {
+    let case = Case::linear();
+    let (a, b, cur) = (
+        case.tmp.path().join("A"),
+        case.tmp.path().join("B"),
+        case.tmp.path().join("cur"),
+    );
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    std::os::unix::fs::symlink("A", &cur).unwrap();
+    let lock = std::fs::File::open(&a).unwrap();
+    lock.lock().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .arg("prune")
+        .arg(&case.input)
+        .arg(cur.join("o.mlpackage"))
+        .args(PRUNE_ARGS)
+        .arg("--report")
+        .arg(cur.join("r.json"))
+        .arg("-q")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run's work is done well within this; it then waits for the folder lock.
+    std::thread::sleep(Duration::from_millis(1500));
+    let new_link = case.tmp.path().join("cur.new");
+    std::os::unix::fs::symlink("B", &new_link).unwrap();
+    std::fs::rename(&new_link, &cur).unwrap();
+    drop(lock);
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let mut committed = names_in_dir(&a);
+    committed.sort();
+    assert_eq!(
+        committed,
+        ["o.mlpackage", "r.json"],
+        "committed into A, nothing else"
+    );
+    assert!(names_in_dir(&b).is_empty(), "nothing in B");
+}
+
+fn names_in_dir(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
