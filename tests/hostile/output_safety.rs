@@ -1547,9 +1547,10 @@ fn a_report_never_replaces_a_link_or_fifo_swapped_in_during_the_run() {
     let other = case.tmp.path().join("other");
     let target = case.tmp.path().join("precious.txt");
     std::fs::write(&target, b"precious").unwrap();
-    let kinds: [(&str, &dyn Fn(&Path) -> bool); 2] = [
-        ("link", &|p: &Path| p.is_symlink()),
-        ("fifo", &|p: &Path| {
+    type IsKind = fn(&Path) -> bool;
+    let kinds: [(&str, IsKind); 2] = [
+        ("link", |p: &Path| p.is_symlink()),
+        ("fifo", |p: &Path| {
             use std::os::unix::fs::FileTypeExt;
             std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_fifo())
         }),
