@@ -207,20 +207,19 @@ fn remove_path(path: &Path, is_dir: bool) -> io::Result<()> {
 /// - a mount point (a folder mounted at a scratch name), and a folder holding a mount point, a
 ///   link or a special file: mlprune writes none, and removing the rest would delete a user's
 ///   files before stopping at it;
-/// - with `marker`, a folder that holds no file of that name and is not empty (scratch folders in
-///   a shared place, the temporary directory, carry one from the moment they are made);
-/// - anything that is, holds or lies inside one of `spare` (the run's input and config: a user may
-///   well prune a package a killed run set aside, under the name it was left with).
+/// - with `marker`, any plain file, and a folder that holds no file of that name and is not empty
+///   (scratch paths in a shared place, the temporary directory, are folders carrying one from the
+///   moment they are made);
+/// - anything that is, holds or lies inside one of `spare` (the run's input, config and report, or
+///   where the report will be: a user may well prune a package a killed run set aside, under the
+///   name it was left with).
 pub fn sweep_stale(
     dir: &Path,
     prefix: impl AsRef<OsStr>,
     marker: Option<&str>,
     spare: &[&Path],
 ) -> Result<Vec<PathBuf>> {
-    let spare: Vec<PathBuf> = spare
-        .iter()
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
+    let spare: Vec<PathBuf> = spare.iter().filter_map(|p| canonical_or_future(p)).collect();
     let prefix = prefix.as_ref().as_encoded_bytes();
     let mut removed = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -252,9 +251,10 @@ pub fn sweep_stale(
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if !(meta.is_dir() || meta.is_file())
-            || crate::package::paths::mount_of_path(&path) != Some(dir_mount)
-        {
+        // In a shared place (`marker`), mlprune's scratch paths are all folders: a plain file of
+        // such a name is somebody else's (a config or report the user keeps there, say).
+        let kind_ours = meta.is_dir() || (meta.is_file() && marker.is_none());
+        if !kind_ours || crate::package::paths::mount_of_path(&path) != Some(dir_mount) {
             continue;
         }
         if meta.is_dir() {
@@ -284,6 +284,19 @@ pub fn sweep_stale(
     }
     removed.sort();
     Ok(removed)
+}
+
+/// `path` made canonical; where it does not exist (a report not written yet), where it would be:
+/// its folder made canonical, and its name.
+fn canonical_or_future(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok().or_else(|| {
+        let name = path.file_name()?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Some(std::fs::canonicalize(parent).ok()?.join(name))
+    })
 }
 
 /// On SIGINT, SIGTERM or SIGHUP: wait for a commit in progress, remove every registered scratch
@@ -470,6 +483,21 @@ mod tests {
                 result.unwrap();
             }
         });
+    }
+
+    #[test]
+    fn a_sweep_with_a_marker_never_removes_a_plain_file() {
+        // Regression (red-team, round 5): a user's file in the temporary directory named like an
+        // extraction folder (even the run's own --config) was deleted by every run.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(".mlprune-unzip-0123456789abcdef");
+        std::fs::write(&file, b"user data").unwrap();
+        let stale = dir.path().join(".mlprune-unzip-00000000000000aa");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join(".marker"), b"").unwrap();
+        let removed = sweep_stale(dir.path(), ".mlprune-unzip-", Some(".marker"), &[]).unwrap();
+        assert_eq!(removed, [stale]);
+        assert_eq!(std::fs::read(&file).unwrap(), b"user data");
     }
 
     #[test]

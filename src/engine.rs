@@ -209,7 +209,10 @@ fn prune_steps(
 
     let configs: Vec<&std::path::Path> = job.config_file.iter().map(|c| c.as_path()).collect();
     check_output_spares(&job.output, &configs, job.force)?;
-    let mut out = OutputPackage::create(&package, &job.output, job.force, &configs)?;
+    // The report is spared by the sweep of leftovers too: it may be named like one, or lie in a
+    // folder so named, and a failed run must leave it as it was.
+    let reads: Vec<&std::path::Path> = configs.iter().copied().chain(job.report.as_deref()).collect();
+    let mut out = OutputPackage::create(&package, &job.output, job.force, &reads)?;
     if let Some(report) = &job.report {
         let protected: Vec<&std::path::Path> = std::iter::once(job.input.as_path())
             .chain(job.config_file.as_deref())

@@ -25,6 +25,15 @@ pub enum Error {
     /// A zipped package could not be read or written.
     #[error("{}: invalid zip archive: {reason}", path.display())]
     Zip { path: PathBuf, reason: String },
+    /// A zipped input could not be extracted for a local reason (a full disk, a file-size limit):
+    /// the archive is fine, the temporary directory (`TMPDIR`) is what to act on.
+    #[error("cannot extract {} to the temporary folder {}: {source}", archive.display(), temp_dir.display())]
+    Extract {
+        archive: PathBuf,
+        temp_dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// `model.mlmodel` could not be decoded, or is not something mlprune can rewrite safely.
     #[error("{}: {reason}", path.display())]
     Model { path: PathBuf, reason: String },

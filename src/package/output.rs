@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::manifest::Manifest;
 use super::paths::{
-    confined, exists_no_follow, file_identity, foreign_entry, lies_within, remove_tree_one_fs,
-    rename_noreplace, same_through_overlay, tree_holds,
+    confined, exists_no_follow, file_identity, foreign_entry, identity_no_follow, identity_of,
+    is_mount_point, lies_within, remove_tree_one_fs, rename_exchange, rename_noreplace, same_through_overlay,
+    tree_holds, Pinned,
 };
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
@@ -69,6 +70,13 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// `dir` with every link in it followed, once: where the scratch siblings, the commit and the
+/// cleanup of OUTPUT or the report (`what`) go for the rest of the run.
+fn resolve_dir(what: &str, dir: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(dir)
+        .map_err(|e| Error::Usage(format!("{what} directory {} is not usable: {e}", dir.display())))
+}
+
 /// `.<name>.mlprune-tmp-`: the prefix of every scratch sibling of `name` (staging folder, archive
 /// or report being written). A fixed prefix lets a later run find what a killed run left. Built
 /// from the name's bytes: a lossy conversion made a name of invalid UTF-8 longer than measured.
@@ -104,6 +112,12 @@ fn create_scratch(dir: &Path, user_path: &Path, what: &str, is_dir: bool) -> Res
             if let Some(scratch_name) = scratch.path().file_name() {
                 show_scratch_as(scratch_name, name);
             }
+            // After the name above, so a scratch path shown as `<resolved dir>/<name>` then
+            // reads as the path the user gave.
+            let resolved = dir.join(name);
+            if resolved != user_path {
+                show_scratch_as(resolved.as_os_str(), user_path.as_os_str());
+            }
             Ok(scratch)
         }
         Err(Error::Io { source, .. })
@@ -114,7 +128,7 @@ fn create_scratch(dir: &Path, user_path: &Path, what: &str, is_dir: bool) -> Res
         {
             Err(Error::Usage(format!(
                 "{what} directory {} is not writable: {source}",
-                dir.display()
+                parent_dir(user_path).display()
             )))
         }
         Err(Error::Io { source, .. }) => Err(Error::io(user_path, source)),
@@ -140,9 +154,11 @@ fn sweep_leftovers(dir: &Path, name: &OsStr, spare: &[&Path], notices: &mut Vec<
 struct Companion {
     final_path: PathBuf,
     scratch: ScratchPath,
-    /// Whether a file was at `final_path` when it was reserved: if not, the commit will not
-    /// replace one that appeared since (another name of OUTPUT, through a bind mount, say).
-    existed: bool,
+    /// The identity of the regular file that was at `final_path` when it was reserved: the commit
+    /// replaces that file and nothing else (a link or FIFO swapped in since is kept). `None`:
+    /// nothing was there, and the commit will not replace what appeared since (another name of
+    /// OUTPUT, through a bind mount, say).
+    checked: Option<(u64, u64)>,
 }
 
 /// A package being written.
@@ -150,7 +166,10 @@ struct Companion {
 pub struct OutputPackage {
     /// OUTPUT as the user gave it.
     output: PathBuf,
-    /// OUTPUT's directory, where every temporary sibling goes (same filesystem, so renames work).
+    /// OUTPUT's directory, resolved once when staging starts (links in the path the user gave
+    /// followed): every temporary sibling, the commit and the cleanup go there, so a link in that
+    /// path re-pointed during the run (`current -> A` switched to `B`) changes nothing of where
+    /// they go; same filesystem as OUTPUT, so renames work.
     parent: PathBuf,
     /// OUTPUT's file name.
     name: OsString,
@@ -172,7 +191,8 @@ impl OutputPackage {
     /// unless `force` (and then only a package). Then stages a copy of every input file the
     /// package uses (the manifest and its declared items: `used_paths`) except the root model and
     /// `weight.bin`, which the caller writes at `model_path()` and `weight_path()`. `reads`: the
-    /// other files the run reads (config files), which no sweep of leftovers removes.
+    /// other files the run reads or writes (config files, the report), which no sweep of leftovers
+    /// removes.
     pub fn create(input: &Package, output: &Path, force: bool, reads: &[&Path]) -> Result<OutputPackage> {
         let (parent, name) = split_output(output)?;
         check_output_location(input, output, &parent, &name, force)?;
@@ -221,6 +241,7 @@ impl OutputPackage {
         let name_str = name.to_string_lossy();
         let zip_folder = (strip_suffix_ignore_case(&name_str, ".zip").len() < name_str.len())
             .then(|| format!("{}.mlpackage", package_stem(output)));
+        let parent = resolve_dir("output", &parent)?;
         let mut notices = Vec::new();
         sweep_leftovers(&parent, &name, spare, &mut notices)?;
         let staging = create_scratch(&parent, output, "output", true)?;
@@ -260,15 +281,16 @@ impl OutputPackage {
     pub fn reserve_companion(&mut self, path: &Path, protected: &[&Path]) -> Result<()> {
         let mut guarded: Vec<&Path> = protected.to_vec();
         guarded.push(&self.output);
-        check_companion_location(path, &guarded)?;
-        let (dir, name) = (parent_dir(path), path.file_name().unwrap_or_default());
+        let checked = check_companion_location(path, &guarded)?;
+        let name = path.file_name().unwrap_or_default();
+        // Resolved once, as OUTPUT's folder is (see `parent`).
+        let dir = resolve_dir("report", &parent_dir(path))?;
         sweep_leftovers(&dir, name, &guarded, &mut self.notices)?;
-        let existed = exists_no_follow(path);
         let scratch = create_scratch(&dir, path, "report", false)?;
         self.companion = Some(Companion {
-            final_path: path.to_path_buf(),
+            final_path: dir.join(name),
             scratch,
-            existed,
+            checked,
         });
         Ok(())
     }
@@ -354,26 +376,45 @@ impl OutputPackage {
         // One commit at a time into OUTPUT's folder: two runs replacing one OUTPUT at once each
         // set aside the other's package.
         let dir_lock = lock_dir(&self.parent)?;
-        if exists_no_follow(&self.output) {
+        // OUTPUT in the folder resolved when staging started (errors still name the user's path,
+        // see `create_scratch`).
+        let target = self.parent.join(&self.name);
+        let mut checked = None;
+        if exists_no_follow(&target) {
             if !self.force {
                 return Err(appeared(&self.output));
             }
-            check_replaceable(&self.output)?;
+            checked = Some(check_replaceable(&target)?);
         }
-        let aside = move_into_place(&new_path, &self.output, &self.parent, &self.name, self.force)?;
+        let ours = identity_no_follow(&new_path);
+        let place = Placement {
+            output: &target,
+            parent: &self.parent,
+            name: &self.name,
+            force: self.force,
+        };
+        let aside = match place.move_into_place(&new_path, checked) {
+            Ok(aside) => aside,
+            Err(e) => {
+                // Whatever `new_path` names now, if not what we wrote, is somebody's (swapped
+                // there while we put it back): our cleanup must not remove it.
+                if exists_no_follow(&new_path) && identity_no_follow(&new_path) != ours {
+                    self.staging.take();
+                    self.temp_zip.take();
+                    return Err(keep_found(&new_path, &self.parent, &self.name, e));
+                }
+                return Err(e);
+            }
+        };
         if let Some(companion) = &self.companion {
-            let placed = if companion.existed {
-                std::fs::rename(companion.scratch.path(), &companion.final_path)
-            } else {
-                rename_noreplace(companion.scratch.path(), &companion.final_path)
-            };
-            if let Err(e) = placed {
+            let ours = identity_no_follow(companion.scratch.path());
+            if let Err(failure) = place_companion(companion) {
                 // Take the new package back out (to where it was staged, still ours to remove)
                 // and put the old OUTPUT back: the run fails as a whole.
-                let _ = std::fs::rename(&self.output, &new_path);
+                let _ = std::fs::rename(&target, &new_path);
                 let mut kept = String::new();
                 if let Some(aside) = &aside {
-                    if std::fs::rename(&aside.path, &self.output).is_err() {
+                    if std::fs::rename(&aside.path, &target).is_err() {
                         kept = format!(
                             "; the old {} is kept at {}",
                             self.output.display(),
@@ -381,17 +422,17 @@ impl OutputPackage {
                         );
                     }
                 }
-                let final_path = companion.final_path.display();
-                return Err(if e.kind() == io::ErrorKind::AlreadyExists {
-                    Error::Usage(format!(
-                        "report {final_path} appeared while writing (is it another name of the \
-                         output?); not replacing it{kept}"
-                    ))
-                } else if kept.is_empty() {
-                    Error::io(&companion.final_path, e)
-                } else {
-                    Error::Usage(format!("report {final_path}: {e}{kept}"))
-                });
+                let mut error = failure.into_error(&companion.final_path, &kept);
+                let scratch = companion.scratch.path().to_path_buf();
+                if exists_no_follow(&scratch) && identity_no_follow(&scratch) != ours {
+                    // Swapped again while it was put back: what the scratch name holds now is
+                    // somebody's, not ours to remove.
+                    let name = companion.final_path.file_name().unwrap_or_default().to_owned();
+                    let dir = parent_dir(&companion.final_path);
+                    self.companion.take();
+                    error = keep_found(&scratch, &dir, &name, error);
+                }
+                return Err(error);
             }
             sync_dir(&parent_dir(&companion.final_path));
         }
@@ -554,13 +595,15 @@ fn check_existing_output(output: &Path, force: bool) -> Result<()> {
             output.display()
         )));
     }
-    check_replaceable(output)
+    check_replaceable(output).map(drop)
 }
 
 /// `--force` replaces only what mlprune could have written: an `.mlpackage` folder (with
 /// `Manifest.json` and `Data/`) or a zip holding one. Another folder, a plain file, a link, a
-/// FIFO or a device is somebody else's, and is refused.
-fn check_replaceable(output: &Path) -> Result<()> {
+/// FIFO or a device is somebody else's, and is refused. Returns the identity (device, inode) of
+/// what was checked, for the commit to make sure it sets aside that and nothing else. The checks
+/// look through a handle on it ([`Pinned`]), so what they see is what the identity names.
+fn check_replaceable(output: &Path) -> Result<Option<(u64, u64)>> {
     let refuse = |what: &dyn std::fmt::Display| {
         Err(Error::Usage(format!(
             "output {} exists and is {what}; --force only replaces an .mlpackage folder or a zip \
@@ -571,19 +614,29 @@ fn check_replaceable(output: &Path) -> Result<()> {
     let meta = std::fs::symlink_metadata(output).at(output)?;
     let kind = meta.file_type();
     if kind.is_symlink() {
-        refuse(&"a symbolic link")
-    } else if kind.is_dir() {
-        if !is_package_dir(output) {
+        return refuse(&"a symbolic link");
+    } else if is_mount_point(output) {
+        // Found before the work, not by the commit's rename failing with EBUSY after it.
+        return refuse(&"a mount point (a filesystem or a bind mount is mounted there)");
+    }
+    let pinned = Pinned::new(output, kind.is_dir()).at(output)?;
+    if pinned.identity() != identity_no_follow(output) {
+        return Err(changed_while_writing(output));
+    }
+    let examined = pinned.examined();
+    if kind.is_dir() {
+        if !is_package_dir(examined) {
             refuse(&"a folder that is not only an .mlpackage (it may hold nothing but a valid Manifest.json and a Data folder holding only the items it declares, the root model among them)")
-        } else if let Some((path, what)) = foreign_entry(output) {
+        } else if let Some((path, what)) = foreign_entry(examined) {
             // A mount point in it (the input, bind-mounted there) would be emptied with it.
-            refuse(&format_args!("a folder holding {what} ({})", path.display()))
+            let shown = output.join(path.strip_prefix(examined).unwrap_or(&path));
+            refuse(&format_args!("a folder holding {what} ({})", shown.display()))
         } else {
-            Ok(())
+            Ok(pinned.identity())
         }
     } else if kind.is_file() {
-        if zip_holds_package(output) {
-            Ok(())
+        if zip_holds_package(examined) {
+            Ok(pinned.identity())
         } else {
             refuse(&"a file that is not a zip holding only an .mlpackage (only the items its manifest declares, the root model among them)")
         }
@@ -812,7 +865,9 @@ fn zip_is_bare(file: &mut File) -> bool {
 /// A file written next to OUTPUT (the report) must not land on or inside OUTPUT or any of
 /// `protected` (by path or by identity), nor be another hard link of a file in them; where
 /// something exists at `path` it must be a regular file, not a link, that a rename may replace.
-fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
+/// Returns that file's identity (device, inode), for the commit to replace only it; `None` where
+/// nothing is at `path`.
+fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<Option<(u64, u64)>> {
     let raw = path.as_os_str().as_encoded_bytes();
     if raw.ends_with(b"/") || raw.ends_with(b"/.") {
         return Err(Error::Usage(format!(
@@ -833,9 +888,12 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
         // Only a regular file is replaced: renaming over a link would put the report where the
         // link was (as root, `--report /dev/stdout` replaced the system's link).
         let own = std::fs::symlink_metadata(path).at(path)?;
-        if !own.file_type().is_file() {
+        // A file bind-mounted there cannot be renamed over (EBUSY): refused before the work.
+        if !own.file_type().is_file() || is_mount_point(path) {
             let what = if own.file_type().is_symlink() {
                 "is a symbolic link"
+            } else if own.file_type().is_file() {
+                "is a mount point (a file is bind-mounted there)"
             } else {
                 "exists and is not a regular file"
             };
@@ -844,7 +902,8 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
                 path.display()
             )));
         }
-        existing = file_identity(path);
+        // From the very look that found a regular file: a link swapped in since is not it.
+        existing = identity_of(&own);
     }
     for guarded in protected {
         let guarded_canonical = match std::fs::canonicalize(guarded) {
@@ -871,7 +930,7 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    Ok(existing)
 }
 
 /// Copies the input package tree `src_dir` (at `relative` inside it) into `dst_root`: the `used`
@@ -940,6 +999,109 @@ fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The refusal when what is at OUTPUT is no longer what was checked (another file or folder was
+/// put there): nothing of it is replaced.
+fn changed_while_writing(output: &Path) -> Error {
+    Error::Usage(format!(
+        "output {} changed while mlprune was writing (it is no longer what was checked); not \
+         replacing it",
+        output.display()
+    ))
+}
+
+/// Moves `found`, a scratch name that now holds somebody's file or folder (swapped in at OUTPUT or
+/// the report, then swapped again while the commit put it back), to `.<name>.mlprune-kept-<16
+/// hex>` in `dir`, a name no sweep of leftovers takes, and adds where it is to `error`.
+fn keep_found(found: &Path, dir: &Path, name: &OsStr, error: Error) -> Error {
+    let mut kept_name = sibling_prefix(name, ".mlprune-kept-");
+    kept_name.push(temp_suffix());
+    let kept = dir.join(kept_name);
+    let at = if rename_noreplace(found, &kept).is_ok() {
+        kept
+    } else {
+        found.to_path_buf()
+    };
+    Error::Usage(format!(
+        "{error}; what was found there (changed again meanwhile) is kept at {}",
+        at.display()
+    ))
+}
+
+/// Why the report could not be put in place.
+enum CompanionFailure {
+    /// Nothing was at its path when it was reserved, and something is now.
+    Appeared,
+    /// What is at its path is no longer the regular file that was checked (a link, a FIFO).
+    Changed,
+    Io(io::Error),
+}
+
+impl CompanionFailure {
+    /// The run's error; `kept` says where the old OUTPUT is, if it could not be put back.
+    fn into_error(self, final_path: &Path, kept: &str) -> Error {
+        let shown = final_path.display();
+        match self {
+            CompanionFailure::Appeared => Error::Usage(format!(
+                "report {shown} appeared while writing (is it another name of the output?); not \
+                 replacing it{kept}"
+            )),
+            CompanionFailure::Changed => Error::Usage(format!(
+                "report {shown} changed while mlprune was writing (it is no longer the regular \
+                 file that was checked); not replacing it{kept}"
+            )),
+            CompanionFailure::Io(e) if kept.is_empty() => Error::io(final_path, e),
+            CompanionFailure::Io(e) => Error::Usage(format!("report {shown}: {e}{kept}")),
+        }
+    }
+}
+
+/// Renames the report's scratch file to its final path, replacing only the regular file that
+/// was checked there (or, where nothing was, nothing at all). The two names are exchanged in one
+/// step and what came back is looked at: the checked file is removed, anything else (a link or
+/// FIFO swapped in meanwhile) is exchanged back, kept. Where the system cannot exchange names,
+/// the file at the final path is checked just before a plain rename: something swapped in
+/// between the two (a couple of system calls) would still be replaced.
+fn place_companion(companion: &Companion) -> std::result::Result<(), CompanionFailure> {
+    let (scratch, final_path) = (companion.scratch.path(), companion.final_path.as_path());
+    let place_new = || {
+        rename_noreplace(scratch, final_path).map_err(|e| {
+            if is_taken(&e) {
+                CompanionFailure::Appeared
+            } else {
+                CompanionFailure::Io(e)
+            }
+        })
+    };
+    let Some(checked) = companion.checked else {
+        return place_new();
+    };
+    let is_checked_file = |path: &Path| {
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+            && identity_no_follow(path) == Some(checked)
+    };
+    match rename_exchange(scratch, final_path) {
+        Ok(()) if is_checked_file(scratch) => {
+            // The scratch name holds the old report now: a failure to remove it leaves a
+            // leftover the next run sweeps, not an error once the report is in place.
+            let _ = std::fs::remove_file(scratch);
+            Ok(())
+        }
+        Ok(()) => {
+            let _ = rename_exchange(scratch, final_path);
+            Err(CompanionFailure::Changed)
+        }
+        // Removed since: nothing to replace.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => place_new(),
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            if !is_checked_file(final_path) {
+                return Err(CompanionFailure::Changed);
+            }
+            std::fs::rename(scratch, final_path).map_err(CompanionFailure::Io)
+        }
+        Err(e) => Err(CompanionFailure::Io(e)),
+    }
+}
+
 /// The refusal when OUTPUT turns up during a run without `--force`.
 fn appeared(output: &Path) -> Error {
     Error::Usage(format!(
@@ -984,69 +1146,135 @@ fn lock_dir(dir: &Path) -> Result<Option<File>> {
     }
 }
 
-/// Puts `new` at `output`: where nothing is there, a rename that never replaces (a path that
-/// appeared meanwhile is refused unless `force`). Otherwise the old OUTPUT is set aside (a file
-/// by a second hard link, so OUTPUT never goes missing; a folder by a rename), `new` renamed in
-/// (the old one put back if that fails), and the aside returned for the caller to put back if the
-/// rest of the commit fails, or to remove once it is complete.
-fn move_into_place(
-    new: &Path,
-    output: &Path,
-    parent: &Path,
-    name: &OsStr,
+/// Where a commit puts the new package: OUTPUT, its folder and name, and whether `--force` may
+/// replace what is there.
+struct Placement<'a> {
+    output: &'a Path,
+    parent: &'a Path,
+    name: &'a OsStr,
     force: bool,
-) -> Result<Option<Aside>> {
-    let existing = match std::fs::symlink_metadata(output) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return match rename_noreplace(new, output) {
-                Ok(()) => Ok(None),
-                Err(e) if is_taken(&e) && !force => Err(appeared(output)),
-                Err(e) if is_taken(&e) => Err(Error::Usage(format!(
-                    "output {} appeared while writing (another run?); not replacing it",
+}
+
+impl Placement<'_> {
+    /// Puts `new` at OUTPUT: where nothing is there, a rename that never replaces (a path that
+    /// appeared meanwhile is refused unless `force`). Otherwise the old OUTPUT, which must be
+    /// what `checked` names (the identity `check_replaceable` returned; `None`: nothing was there
+    /// then), is exchanged with `new` in one step and set aside, and returned for the caller to
+    /// put back if the rest of the commit fails, or to remove once it is complete. A file or
+    /// folder swapped in at OUTPUT after the check is put back, and the commit fails.
+    fn move_into_place(&self, new: &Path, checked: Option<Option<(u64, u64)>>) -> Result<Option<Aside>> {
+        let output = self.output;
+        match std::fs::symlink_metadata(output) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.place_new(new),
+            Err(e) => return Err(Error::io(output, e)),
+        }
+        let Some(checked) = checked else {
+            // Nothing was there when the commit looked: it appeared since, unchecked.
+            return Err(if self.force {
+                changed_while_writing(output)
+            } else {
+                appeared(output)
+            });
+        };
+        let lock = File::open(output).ok();
+        if let Some(handle) = &lock {
+            if let Err(std::fs::TryLockError::WouldBlock) = handle.try_lock() {
+                return Err(Error::Usage(format!(
+                    "another run is replacing output {}; not replacing it too",
                     output.display()
-                ))),
-                Err(e) => Err(Error::io(output, e)),
-            };
+                )));
+            }
         }
-        Err(e) => return Err(Error::io(output, e)),
-    };
-    let lock = File::open(output).ok();
-    if let Some(handle) = &lock {
-        if let Err(std::fs::TryLockError::WouldBlock) = handle.try_lock() {
-            return Err(Error::Usage(format!(
-                "another run is replacing output {}; not replacing it too",
-                output.display()
-            )));
+        let mut aside_name = aside_prefix(self.name);
+        aside_name.push(temp_suffix());
+        let aside = Aside {
+            path: self.parent.join(aside_name),
+            _lock: lock,
+        };
+        match rename_exchange(new, output) {
+            Ok(()) => {}
+            // Gone since: put the new package there as where nothing was.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.place_new(new),
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                return self.move_aside_then_place(new, checked, aside)
+            }
+            Err(e) => return Err(Error::io(output, e)),
         }
-    }
-    let mut aside_name = aside_prefix(name);
-    aside_name.push(temp_suffix());
-    let aside = Aside {
-        path: parent.join(aside_name),
-        _lock: lock,
-    };
-    let new_is_file = std::fs::symlink_metadata(new).at(new)?.is_file();
-    if new_is_file && !existing.is_dir() && std::fs::hard_link(output, &aside.path).is_ok() {
-        if let Err(e) = std::fs::rename(new, output) {
-            let _ = std::fs::remove_file(&aside.path);
+        // `new` now names what was at OUTPUT: exactly what was checked, or it goes back.
+        if identity_no_follow(new) != checked {
+            let _ = rename_exchange(new, output);
+            return Err(changed_while_writing(output));
+        }
+        if let Err(e) = std::fs::rename(new, &aside.path) {
+            let _ = rename_exchange(new, output);
             return Err(Error::io(output, e));
         }
-        return Ok(Some(aside));
+        Ok(Some(aside))
     }
-    std::fs::rename(output, &aside.path).at(output)?;
-    if let Err(e) = std::fs::rename(new, output) {
-        if std::fs::rename(&aside.path, output).is_err() {
-            return Err(Error::Usage(format!(
-                "{}: {e}; the old {} is kept at {}",
-                output.display(),
-                output.display(),
-                aside.path.display()
-            )));
+
+    /// Renames `new` to OUTPUT, where nothing was.
+    fn place_new(&self, new: &Path) -> Result<Option<Aside>> {
+        let output = self.output;
+        match rename_noreplace(new, output) {
+            Ok(()) => Ok(None),
+            Err(e) if is_taken(&e) && !self.force => Err(appeared(output)),
+            Err(e) if is_taken(&e) => Err(Error::Usage(format!(
+                "output {} appeared while writing (another run?); not replacing it",
+                output.display()
+            ))),
+            Err(e) => Err(Error::io(output, e)),
         }
-        return Err(Error::io(output, e));
     }
-    Ok(Some(aside))
+
+    /// Where the system cannot exchange two names: the old OUTPUT is set aside (a file by a second
+    /// hard link, so OUTPUT never goes missing; a folder by a rename), checked to be what
+    /// `checked` names (else put back: a hard link removed, a folder renamed back), then `new`
+    /// renamed in (the old one put back if that fails). A file swapped in at OUTPUT between the
+    /// identity check and the rename of `new` (a few system calls) would still be replaced: the
+    /// exchange above closes that window where it is available.
+    fn move_aside_then_place(
+        &self,
+        new: &Path,
+        checked: Option<(u64, u64)>,
+        aside: Aside,
+    ) -> Result<Option<Aside>> {
+        let output = self.output;
+        let existing = std::fs::symlink_metadata(output).at(output)?;
+        let new_is_file = std::fs::symlink_metadata(new).at(new)?.is_file();
+        if new_is_file && !existing.is_dir() && std::fs::hard_link(output, &aside.path).is_ok() {
+            if identity_no_follow(&aside.path) != checked {
+                let _ = std::fs::remove_file(&aside.path); // only our second link
+                return Err(changed_while_writing(output));
+            }
+            if let Err(e) = std::fs::rename(new, output) {
+                let _ = std::fs::remove_file(&aside.path);
+                return Err(Error::io(output, e));
+            }
+            return Ok(Some(aside));
+        }
+        std::fs::rename(output, &aside.path).at(output)?;
+        if identity_no_follow(&aside.path) != checked {
+            return Err(self.put_back(&aside, changed_while_writing(output)));
+        }
+        if let Err(e) = rename_noreplace(new, output) {
+            return Err(self.put_back(&aside, Error::io(output, e)));
+        }
+        Ok(Some(aside))
+    }
+
+    /// Renames the set-aside `aside` back to OUTPUT (never over something that appeared there)
+    /// and returns `error`, saying where the old OUTPUT is kept if it could not go back.
+    fn put_back(&self, aside: &Aside, error: Error) -> Error {
+        if rename_noreplace(&aside.path, self.output).is_ok() {
+            return error;
+        }
+        Error::Usage(format!(
+            "{error}; the old {} is kept at {}",
+            self.output.display(),
+            aside.path.display()
+        ))
+    }
 }
 
 /// Whether a no-replace rename failed because something is at the target.

@@ -229,6 +229,21 @@ pub(crate) fn mount_of_path(path: &Path) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(path).ok().map(|_| (0, 0))
 }
 
+/// Whether `path` (not followed) is a mount point: on another mount than the folder it is in (a
+/// filesystem mounted there, or a file or folder bind-mounted there). It cannot be renamed or
+/// removed (EBUSY), and what is under it is not the folder's to replace. `false` when either
+/// cannot be looked at.
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let (Ok(parent), Some(own)) = (std::fs::canonicalize(parent), mount_of_path(path)) else {
+        return false;
+    };
+    mount_of_path(&parent).is_some_and(|parent_mount| parent_mount != own)
+}
+
 /// Which mount `path` itself (not followed) is on: its device and, on Linux, the mount id
 /// (`statx`), which also tells a bind mount of a folder of the same filesystem apart.
 #[cfg(unix)]
@@ -378,6 +393,105 @@ fn empty_dir_on(dir: &std::os::fd::OwnedFd, mount: (u64, u64)) -> std::io::Resul
         }
     }
     Ok(())
+}
+
+/// Device and inode of `path` itself (a link not followed), where the platform has them.
+pub(crate) fn identity_no_follow(path: &Path) -> Option<(u64, u64)> {
+    identity_of(&std::fs::symlink_metadata(path).ok()?)
+}
+
+/// Device and inode in `meta`, where the platform has them.
+#[cfg(unix)]
+pub(crate) fn identity_of(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn identity_of(_: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
+}
+
+/// Swaps what `a` and `b` name, atomically (`renameat2(RENAME_EXCHANGE)`): both must exist.
+/// `Unsupported` where the system or filesystem cannot.
+pub(crate) fn rename_exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+                Err(std::io::ErrorKind::Unsupported.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (a, b);
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// What `path` names now (a link not followed), held open so that checks made through
+/// [`Pinned::examined`] see that very file or folder even if another is swapped in at `path`
+/// while they run (they read several files by path, and a fast enough swapper could show them a
+/// package while `path` names a user's folder before and after).
+pub(crate) struct Pinned {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    _fd: rustix::fd::OwnedFd,
+    identity: Option<(u64, u64)>,
+    examined: PathBuf,
+}
+
+impl Pinned {
+    /// Pins what `path` names: on Linux through an `O_PATH` handle (opening nothing, so a device
+    /// or FIFO is not touched) seen as `/proc/self/fd/<n>`; elsewhere `path` itself.
+    pub(crate) fn new(path: &Path, is_dir: bool) -> std::io::Result<Pinned> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use rustix::fd::AsRawFd;
+            use rustix::fs::{fstat, openat, Mode, OFlags, CWD};
+            let fd = openat(
+                CWD,
+                path,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let stat = fstat(&fd)?;
+            let proc_fds = Path::new("/proc/self/fd");
+            // A trailing '/' makes the system follow the magic link to the folder even where the
+            // checks look at a path without following it.
+            let examined = match (proc_fds.is_dir(), is_dir) {
+                (true, true) => PathBuf::from(format!("/proc/self/fd/{}/", fd.as_raw_fd())),
+                (true, false) => proc_fds.join(fd.as_raw_fd().to_string()),
+                (false, _) => path.to_path_buf(),
+            };
+            Ok(Pinned {
+                _fd: fd,
+                identity: Some((stat.st_dev as u64, stat.st_ino as u64)),
+                examined,
+            })
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = is_dir;
+            Ok(Pinned {
+                identity: identity_no_follow(path),
+                examined: path.to_path_buf(),
+            })
+        }
+    }
+
+    /// Device and inode of what was pinned.
+    pub(crate) fn identity(&self) -> Option<(u64, u64)> {
+        self.identity
+    }
+
+    /// The path to look at it through.
+    pub(crate) fn examined(&self) -> &Path {
+        &self.examined
+    }
 }
 
 /// Renames `from` to `to` only if nothing exists at `to` (else `AlreadyExists`), atomically where

@@ -263,6 +263,10 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
     for (entry, relative) in selected {
         let target = root.join(relative);
         let entry_error = |reason: String| zip_error(format!("entry '{}': {reason}", entry.name));
+        let entry_failure = |failure: EntryFailure| match failure {
+            EntryFailure::Archive(reason) => entry_error(reason),
+            EntryFailure::Write(source) => extract_write_error(archive_path, dest, source),
+        };
         // Named by the entry, not by the extraction folder, which is gone by the time the user
         // reads it: a file and a folder of one name (a file `weights` beside `weights/weight.bin`).
         let folder_error = |e: io::Error| entry_error(format!("cannot be extracted beside the others: {e}"));
@@ -275,14 +279,14 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
         }
         if entry.index == manifest_entry.index {
             // Already read and checked: write it from memory.
-            let mut out = create_new(&target).map_err(entry_error)?;
+            let mut out = create_new(&target).map_err(entry_failure)?;
             out.write_all(&manifest_bytes)
-                .map_err(|e| Error::io(&target, e))?;
+                .map_err(|e| extract_write_error(archive_path, dest, e))?;
             written += manifest_bytes.len() as u64;
             continue;
         }
         let budget = limits.max_total_bytes.saturating_sub(written);
-        written += extract_file(&mut archive, entry, &target, budget).map_err(entry_error)?;
+        written += extract_file(&mut archive, entry, &target, budget).map_err(entry_failure)?;
     }
     Ok(root)
 }
@@ -513,19 +517,58 @@ pub(crate) fn strip_suffix_ignore_case<'a>(name: &'a str, suffix: &str) -> &'a s
     }
 }
 
+/// Why an entry could not be extracted: the archive's fault, or the local disk's.
+#[derive(Debug)]
+enum EntryFailure {
+    /// Something wrong with the archive (the reason, for an "invalid zip archive" error).
+    Archive(String),
+    /// Writing the extracted copy failed (a full disk, a file-size limit, an I/O error): nothing
+    /// wrong with the input, so not reported as an invalid archive.
+    Write(io::Error),
+}
+
+/// The error for a failure writing the extraction of `archive_path` into `dest` (a private folder
+/// in the temporary directory): names the archive and the temporary directory the user can act on
+/// (`TMPDIR`), not the private folder, which is gone by the time the line is read.
+fn extract_write_error(archive_path: &Path, dest: &Path, source: io::Error) -> Error {
+    let temp_dir = dest.parent().unwrap_or(dest);
+    Error::Extract {
+        archive: archive_path.to_path_buf(),
+        temp_dir: temp_dir.to_path_buf(),
+        source,
+    }
+}
+
 /// Creates `target`, which must not exist: never overwrite or write through anything already there.
-fn create_new(target: &Path) -> std::result::Result<File, String> {
+fn create_new(target: &Path) -> std::result::Result<File, EntryFailure> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(target)
         .map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
-                "its path collides with another entry".to_owned()
+                EntryFailure::Archive("its path collides with another entry".to_owned())
             } else {
-                format!("{}: {e}", target.display())
+                EntryFailure::Write(e)
             }
         })
+}
+
+/// Copies `reader` into `out` as `io::copy` does, telling a failure to read the archive (corrupt
+/// data) from a failure to write the copy.
+fn copy_entry(reader: &mut impl Read, out: &mut impl Write) -> std::result::Result<u64, EntryFailure> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut copied = 0u64;
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(EntryFailure::Archive(e.to_string())),
+        };
+        out.write_all(&buffer[..read]).map_err(EntryFailure::Write)?;
+        copied += read as u64;
+    }
 }
 
 /// Decompresses one file entry into a new file at `target`, writing at most its declared size and
@@ -535,14 +578,18 @@ fn extract_file<R: Read + io::Seek>(
     entry: &PlannedEntry,
     target: &Path,
     budget: u64,
-) -> std::result::Result<u64, String> {
-    let mut reader = archive.by_index(entry.index).map_err(|e| e.to_string())?;
+) -> std::result::Result<u64, EntryFailure> {
+    let archive_error = |reason: String| EntryFailure::Archive(reason);
+    let mut reader = archive
+        .by_index(entry.index)
+        .map_err(|e| archive_error(e.to_string()))?;
     let mut out = BufWriter::with_capacity(1 << 20, create_new(target)?);
     let limit = entry.declared_size.min(budget);
-    let copied =
-        io::copy(&mut (&mut reader).take(limit.saturating_add(1)), &mut out).map_err(|e| e.to_string())?;
+    let copied = copy_entry(&mut (&mut reader).take(limit.saturating_add(1)), &mut out)?;
     if copied > budget {
-        return Err("uncompressed data exceeds the archive size limit".into());
+        return Err(archive_error(
+            "uncompressed data exceeds the archive size limit".into(),
+        ));
     }
     if copied != entry.declared_size {
         let held = if copied > entry.declared_size {
@@ -550,12 +597,12 @@ fn extract_file<R: Read + io::Seek>(
         } else {
             copied.to_string()
         };
-        return Err(format!(
+        return Err(archive_error(format!(
             "holds {held} bytes but its header declares {}",
             entry.declared_size
-        ));
+        )));
     }
-    out.flush().map_err(|e| format!("{}: {e}", target.display()))?;
+    out.flush().map_err(EntryFailure::Write)?;
     Ok(copied)
 }
 
@@ -984,13 +1031,16 @@ mod tests {
         let mut archive = ZipArchive::new(File::open(&zip_path).unwrap()).unwrap();
         let entries = plan_entries(&archive).unwrap();
         let target = dir.path().join("out");
-        let reason = extract_file(&mut archive, &entries[0], &target, 1000).unwrap_err();
+        let Err(EntryFailure::Archive(reason)) = extract_file(&mut archive, &entries[0], &target, 1000)
+        else {
+            panic!("an archive error");
+        };
         assert!(reason.contains("exceeds the archive size limit"), "{reason}");
         assert!(std::fs::metadata(&target).unwrap().len() <= 1001);
         let target = dir.path().join("out2");
         assert_eq!(
-            extract_file(&mut archive, &entries[0], &target, 50_000),
-            Ok(50_000)
+            extract_file(&mut archive, &entries[0], &target, 50_000).unwrap(),
+            50_000
         );
         assert_eq!(std::fs::read(&target).unwrap(), zeros);
     }

@@ -1371,3 +1371,285 @@ fn an_unrelated_folder_sharing_an_inode_number_with_the_input_is_not_inside_it()
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The sweep of OUTPUT's leftovers deleted a `--report` file named like one
+/// (`.out.mlpackage.mlprune-tmp-<16 hex>`, `-old-`), or the folder so named that holds it with the
+/// user's other files, and then the run failed (red-team, round 5). The report is spared as the
+/// input and config are: a failed run leaves it as it was.
+#[cfg(unix)]
+#[test]
+fn the_sweep_of_leftovers_never_removes_the_report() {
+    let case = Case::linear();
+    let failing_prune = |report: &Path| {
+        Command::new("bash")
+            .arg("-c")
+            .arg("ulimit -f 4 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_mlprune"))
+            .arg("prune")
+            .arg(&case.input)
+            .arg(case.output())
+            .args(PRUNE_ARGS)
+            .arg("--report")
+            .arg(report)
+            .output()
+            .unwrap()
+    };
+    for name in [
+        ".out.mlpackage.mlprune-tmp-0123456789abcdef",
+        ".out.mlpackage.mlprune-old-0123456789abcdef",
+    ] {
+        let report = case.tmp.path().join(name);
+        std::fs::write(&report, b"previous report").unwrap();
+        let o = failing_prune(&report);
+        assert_cli_error(&o, 1, &["File too large"]);
+        assert_eq!(std::fs::read(&report).unwrap(), b"previous report", "{name}");
+        std::fs::remove_file(&report).unwrap();
+    }
+    let folder = case
+        .tmp
+        .path()
+        .join(".out.mlpackage.mlprune-tmp-00000000000000aa");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("notes.txt"), b"precious").unwrap();
+    // Not there yet, the report is spared where it will be.
+    let o = cli_prune(
+        &case.input,
+        &case.output(),
+        &["-q", "--report", folder.join("r.json").to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(folder.join("notes.txt")).unwrap(), b"precious");
+    assert!(folder.join("r.json").is_file());
+}
+
+/// An OUTPUT that is itself a mount point (a tmpfs holding a valid package at out.mlpackage, a
+/// zip bind-mounted at out.zip), or a report bind-mounted over a file, passed the `--force`
+/// checks: the whole run went by, then the commit failed with EBUSY, exit 1 (red-team, round 5).
+/// Refused up front now, exit 2. Needs `mount`; skipped (with a line on stderr) where refused.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_output_or_report_that_is_a_mount_point_is_refused_up_front() {
+    let case = Case::linear();
+    let source = case.tmp.path().join("src.mlpackage");
+    let source_zip = case.tmp.path().join("src.zip");
+    assert!(prune_with(&case, &source, &["-q"]).status.success());
+    assert!(prune_with(&case, &source_zip, &["-q"]).status.success());
+    let output = case.output();
+    copy_dir(&source, &output);
+    // A bind mount of a folder holding a valid package: the mount point is OUTPUT itself.
+    let Some(folder_mount) = BindMount::new(&source, &output) else {
+        eprintln!("skipped: cannot mount here (a mount point at OUTPUT)");
+        return;
+    };
+    let o = prune_with(&case, &output, &["-q", "--force"]);
+    assert_cli_error(&o, 2, &["out.mlpackage", "mount point"]);
+    drop(folder_mount);
+
+    let zip = case.tmp.path().join("out.zip");
+    std::fs::write(&zip, b"").unwrap();
+    let zip_mount = BindMount::new(&source_zip, &zip).expect("mount worked above");
+    let o = prune_with(&case, &zip, &["-q", "--force"]);
+    assert_cli_error(&o, 2, &["out.zip", "mount point"]);
+    drop(zip_mount);
+
+    let report = case.tmp.path().join("r.json");
+    let user_file = case.tmp.path().join("user.json");
+    std::fs::write(&report, b"{}").unwrap();
+    std::fs::write(&user_file, b"precious").unwrap();
+    let report_mount = BindMount::new(&user_file, &report).expect("mount worked above");
+    let other = case.tmp.path().join("other.mlpackage");
+    let o = prune_with(&case, &other, &["-q", "--report", report.to_str().unwrap()]);
+    assert_cli_error(&o, 2, &["r.json", "mount point"]);
+    drop(report_mount);
+    assert_eq!(std::fs::read(&user_file).unwrap(), b"precious");
+    assert!(names_with(&case, "mlprune-").is_empty(), "nothing left behind");
+    assert!(!other.exists());
+}
+
+/// `--force` checked OUTPUT, then renamed (a folder) or hard-linked (a zip) whatever was at that
+/// name aside and deleted it: a user's folder or file swapped in after the check was deleted
+/// (red-team, round 5). The commit now exchanges the new package with what is at OUTPUT in one
+/// step and puts it back unless it is what was checked. Here a thread keeps exchanging OUTPUT
+/// with a user's folder, then file, while `--force` runs go on; the user's data must survive.
+#[cfg(target_os = "linux")]
+#[test]
+fn force_never_deletes_what_is_swapped_in_at_output_after_the_check() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let case = Case::linear();
+    for (output, user, precious) in [
+        ("out.mlpackage", "user", "user/precious.txt"),
+        ("out.zip", "user.txt", "user.txt"),
+    ] {
+        let output = case.tmp.path().join(output);
+        let user = case.tmp.path().join(user);
+        assert!(prune_with(&case, &output, &["-q"]).status.success());
+        if precious.contains('/') {
+            std::fs::create_dir(&user).unwrap();
+        }
+        std::fs::write(case.tmp.path().join(precious), b"precious").unwrap();
+        let found = || {
+            let in_output = if precious.contains('/') {
+                output.join("precious.txt")
+            } else {
+                output.clone()
+            };
+            // Swapped again while a commit put it back, it is kept under a name saying so.
+            let kept = names_with(&case, "mlprune-kept-").into_iter().map(|n| {
+                let kept = case.tmp.path().join(n);
+                if precious.contains('/') {
+                    kept.join("precious.txt")
+                } else {
+                    kept
+                }
+            });
+            [case.tmp.path().join(precious), in_output]
+                .into_iter()
+                .chain(kept)
+                .any(|p| std::fs::read(p).is_ok_and(|b| b == b"precious"))
+        };
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = renameat_with(CWD, &output, CWD, &user, RenameFlags::EXCHANGE);
+                }
+            });
+            // Checked once the swapper stops: while a commit puts a swapped-in folder back, it is
+            // under neither name for a moment.
+            let deadline = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < deadline {
+                let _ = prune_with(&case, &output, &["-q", "--force"]);
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(found(), "the user's {precious} was deleted by --force");
+    }
+    let left: Vec<String> = names_with(&case, "mlprune-")
+        .into_iter()
+        .filter(|n| !n.contains("mlprune-kept-"))
+        .collect();
+    assert!(left.is_empty(), "nothing of ours left behind: {left:?}");
+}
+
+/// The report path was checked (a regular file, never a link) when the run started, but the
+/// commit renamed over whatever was there by then: a link or FIFO swapped in during the run was
+/// replaced, exit 0 (red-team, round 5). The commit now exchanges the two names and puts back
+/// anything but the checked file. Here a thread keeps exchanging the report with a link, then a
+/// FIFO, while runs go on; the link and the FIFO must survive.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_report_never_replaces_a_link_or_fifo_swapped_in_during_the_run() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let case = Case::linear();
+    let report = case.tmp.path().join("r.json");
+    let other = case.tmp.path().join("other");
+    let target = case.tmp.path().join("precious.txt");
+    std::fs::write(&target, b"precious").unwrap();
+    type IsKind = fn(&Path) -> bool;
+    let kinds: [(&str, IsKind); 2] = [
+        ("link", |p: &Path| p.is_symlink()),
+        ("fifo", |p: &Path| {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_fifo())
+        }),
+    ];
+    for (kind, is_kind) in kinds {
+        let _ = std::fs::remove_file(&report);
+        let _ = std::fs::remove_file(&other);
+        std::fs::write(&report, b"{}").unwrap();
+        if kind == "link" {
+            std::os::unix::fs::symlink(&target, &other).unwrap();
+        } else {
+            assert!(Command::new("mkfifo").arg(&other).status().unwrap().success());
+        }
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = renameat_with(CWD, &report, CWD, &other, RenameFlags::EXCHANGE);
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let _ = std::fs::remove_dir_all(case.output());
+                let _ = prune_with(
+                    &case,
+                    &case.output(),
+                    &["-q", "--report", report.to_str().unwrap()],
+                );
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(
+            is_kind(&report) || is_kind(&other),
+            "the {kind} was replaced by the report: {:?}",
+            names_with(&case, "")
+        );
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    // Swapped once more while a refused report was put back, what the scratch name then holds is
+    // somebody's: kept under a name saying so, never swept. Nothing of ours is left.
+    let left: Vec<String> = names_with(&case, "mlprune-")
+        .into_iter()
+        .filter(|n| !n.starts_with(".r.json.mlprune-kept-"))
+        .collect();
+    assert!(left.is_empty(), "nothing of ours left behind: {left:?}");
+}
+
+/// OUTPUT's folder reached through a link (`cur -> A`, the atomic deploy pattern) re-pointed to B
+/// during the run: scratch paths were made, committed and removed by their path through the link,
+/// so the run failed and left its staging folder and report scratch file in A (red-team, round
+/// 5). The folders are resolved once at the start now: the run commits into A. The folder lock
+/// every commit takes is held here until the link is switched, to hit the window every time.
+#[cfg(unix)]
+#[test]
+fn a_link_in_the_output_path_re_pointed_mid_run_leaves_nothing_behind() {
+    let case = Case::linear();
+    let (a, b, cur) = (
+        case.tmp.path().join("A"),
+        case.tmp.path().join("B"),
+        case.tmp.path().join("cur"),
+    );
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    std::os::unix::fs::symlink("A", &cur).unwrap();
+    let lock = std::fs::File::open(&a).unwrap();
+    lock.lock().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .arg("prune")
+        .arg(&case.input)
+        .arg(cur.join("o.mlpackage"))
+        .args(PRUNE_ARGS)
+        .arg("--report")
+        .arg(cur.join("r.json"))
+        .arg("-q")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run's work is done well within this; it then waits for the folder lock.
+    std::thread::sleep(Duration::from_millis(1500));
+    let new_link = case.tmp.path().join("cur.new");
+    std::os::unix::fs::symlink("B", &new_link).unwrap();
+    std::fs::rename(&new_link, &cur).unwrap();
+    drop(lock);
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let mut committed = names_in_dir(&a);
+    committed.sort();
+    assert_eq!(
+        committed,
+        ["o.mlpackage", "r.json"],
+        "committed into A, nothing else"
+    );
+    assert!(names_in_dir(&b).is_empty(), "nothing in B");
+}
+
+fn names_in_dir(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}

@@ -451,3 +451,29 @@ fn a_zip_listing_far_more_entries_than_the_cap_is_refused_while_listing() {
     assert_nothing_left(&case, &["in.zip"]);
     assert_eq!(snapshot(&case.input), before, "input untouched");
 }
+
+/// A local write failure while extracting (here a file-size limit; a full disk or EIO alike) was
+/// reported as "in.zip: invalid zip archive: entry '…': <private extraction folder>/…: File too
+/// large", blaming a valid input and naming a folder already removed (red-team, round 5). It
+/// names the cause and the temporary directory now.
+#[cfg(unix)]
+#[test]
+fn a_write_failure_while_extracting_is_not_called_an_invalid_archive() {
+    let case = zip_case(&[(&format!("{WEIGHTS}/big.bin"), 1 << 20)], false);
+    let tmpdir = private_tmpdir();
+    let shown_tmpdir = tmpdir.path().to_string_lossy().into_owned();
+    let o = mlprune(
+        tmpdir.path(),
+        Some(64),
+        &["inspect".as_ref(), case.input.as_os_str()],
+    );
+    assert_cli_error(
+        &o,
+        1,
+        &["cannot extract", "in.zip", &shown_tmpdir, "File too large"],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("invalid zip archive"), "{stderr}");
+    assert!(!stderr.contains(".mlprune-unzip-"), "{stderr}");
+    assert!(names_in(tmpdir.path()).is_empty(), "extraction removed");
+}
