@@ -21,13 +21,14 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prost::bytes::Bytes;
 use smallvec::SmallVec;
 
 use super::access::{op_bytes_at, OpPath};
 use super::entries::Entries;
+use super::fault::Fault;
 use super::model::{LoadedModel, OpsInFile};
 use super::names::NameList;
 use super::op_file::{place_in, OpFile, OpPlace};
@@ -58,37 +59,6 @@ pub enum UseSite {
     Input { op: usize, param: Arc<str> },
     /// Returned by a block: the function body (`owner: None`) or a nested block of op `owner`.
     BlockOutput { owner: Option<usize> },
-}
-
-/// The first error met reading the index's scratch files, kept by whoever outlives the index.
-#[derive(Debug, Clone, Default)]
-pub struct Fault(Arc<Mutex<Option<Error>>>);
-
-impl Fault {
-    pub fn record(&self, error: Error) {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(error);
-        }
-    }
-
-    /// The error a read met, if one did (taken: later calls answer `None`).
-    pub fn take(&self) -> Option<Error> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    /// `Err` with the error a read met, if one did.
-    pub fn check(&self) -> Result<()> {
-        self.take().map_or(Ok(()), Err)
-    }
-
-    /// `result`, unless a read failed: then that error, which explains whatever followed it.
-    pub fn explain<T>(&self, result: Result<T>) -> Result<T> {
-        match (self.take(), result) {
-            (Some(e), _) => Err(e),
-            (None, result) => result,
-        }
-    }
 }
 
 /// "No op" in the `u32` fields below.
@@ -1345,18 +1315,6 @@ mod tests {
         let spilled = (GraphView::build_spilling(&dangling, None, &spill, hashes).unwrap_err()).to_string();
         assert_eq!(held, spilled);
         assert!(held.contains("block output 'v300'"), "{held}");
-    }
-
-    #[test]
-    fn the_first_failed_read_explains_what_followed_it() {
-        let fault = Fault::default();
-        assert_eq!(fault.explain(Ok(1)).unwrap(), 1);
-        fault.record(Error::Graph("first".into()));
-        fault.record(Error::Graph("second".into()));
-        let later = fault.explain::<()>(Err(Error::Graph("later".into())));
-        assert!(later.unwrap_err().to_string().ends_with("first"));
-        // Taken: reported once.
-        assert!(fault.check().is_ok());
     }
 
     #[test]

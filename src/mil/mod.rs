@@ -8,6 +8,7 @@ pub mod assemble;
 pub mod build;
 pub mod decode_budget;
 pub mod entries;
+pub mod fault;
 pub mod graph;
 pub mod model;
 pub mod names;

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use prost::bytes::Bytes;
 
-use super::graph::Fault;
+use super::fault::Fault;
 use crate::blob::ReadAt;
 use crate::error::{Error, Result};
 use crate::spill_map::paged::{PagedVec, Record, Spill};
