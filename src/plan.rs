@@ -219,19 +219,21 @@ pub(crate) fn report_shape(program: &Program, graph: &GraphView, index: usize) -
 /// `op (type.input)` of the first consumer of op `index`, as reports show it.
 pub(crate) fn consumer_label(graph: &GraphView, index: usize) -> String {
     graph
-        .consumers(index)
-        .first()
-        .map_or("-".to_owned(), |&(c, input)| {
+        .consumer_uses(index)
+        .next()
+        .map_or("-".to_owned(), |(c, input)| {
             format!("{} ({}.{input})", graph.name(c), graph.op_type(c))
         })
 }
 
-/// The consumers of op `index` as config resolution sees them.
+/// The consumers of op `index` as config resolution sees them: each op once. Resolution reads
+/// only an op's name and type, so an op reading the const through several inputs counts as one
+/// (the first consumer, "all constexpr" and "all resolve alike" are the same either way).
 pub(crate) fn consumer_views(graph: &GraphView, index: usize) -> Vec<Consumer<'_>> {
     graph
-        .consumers(index)
+        .consumer_ops(index)
         .into_iter()
-        .map(|(c, _)| Consumer {
+        .map(|c| Consumer {
             op_name: graph.name(c),
             op_type: graph.op_type(c),
         })
@@ -338,7 +340,7 @@ fn decide<'c>(
     ends: &mut ChainEnds<'c>,
 ) -> Result<Decision> {
     let info = graph.info(index);
-    let consumers = graph.consumers(index);
+    let consumers = graph.consumer_ops(index);
     let op_config = match resolve_const_along(graph, config, index, ends)? {
         Resolution::Config(c) => c.clone(),
         Resolution::Skip(reason) => return Ok(Decision::Skip(reason.to_string().into())),
@@ -346,10 +348,7 @@ fn decide<'c>(
             return Ok(Decision::Skip(format!("feeds constexpr op '{consumer}'").into()));
         }
     };
-    if consumers
-        .iter()
-        .any(|&(c, _)| is_constexpr_type(graph.op_type(c)))
-    {
+    if consumers.iter().any(|&c| is_constexpr_type(graph.op_type(c))) {
         return Ok(Decision::Skip(
             "feeds a constexpr op (already compressed; see --joint-compression)".into(),
         ));
@@ -378,9 +377,9 @@ fn decide<'c>(
         ));
     }
     if op_config.is_structural() && !config.op_name.contains_key(&*info.name) {
-        let all_targets = consumers
-            .iter()
-            .all(|&(c, input)| structural_target(graph.op_type(c), input));
+        let all_targets = graph
+            .consumer_uses(index)
+            .all(|(c, input)| structural_target(graph.op_type(c), input));
         if !all_targets {
             return Ok(Decision::Skip(
                 format!(

@@ -183,16 +183,16 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
     // Every name --exclude may give: the plan's consts and the ops reading them.
     let mut known: HashSet<std::borrow::Cow<str>> = HashSet::new();
     for p in planned.iter_mut() {
-        let consumers = graph.consumers(p.op_index);
+        let consumers = graph.consumer_ops(p.op_index);
         known.insert(graph.name(p.op_index));
-        known.extend(consumers.iter().map(|&(c, _)| graph.name(c)));
+        known.extend(consumers.iter().map(|&c| graph.name(c)));
         if !matches!(p.decision, Decision::Prune(_)) {
             continue;
         }
-        let by_consumer = consumers.iter().find(|&&(c, _)| wanted.contains(&*graph.name(c)));
+        let by_consumer = consumers.iter().find(|&&c| wanted.contains(&*graph.name(c)));
         let reason = if wanted.contains(&*graph.name(p.op_index)) {
             format!("excluded by --exclude '{}'", graph.name(p.op_index))
-        } else if let Some(&(c, _)) = by_consumer {
+        } else if let Some(&c) = by_consumer {
             format!("excluded by --exclude '{}' (a consumer)", graph.name(c))
         } else {
             continue;

@@ -115,11 +115,8 @@ fn decide<'c>(
             return Ok(Decision::Skip(format!("feeds constexpr op '{consumer}'").into()));
         }
     };
-    let consumers = graph.consumers(index);
-    if consumers
-        .iter()
-        .any(|&(c, _)| is_constexpr_type(graph.op_type(c)))
-    {
+    let consumers = graph.consumer_ops(index);
+    if consumers.iter().any(|&c| is_constexpr_type(graph.op_type(c))) {
         return Ok(Decision::Skip("feeds another constexpr op".into()));
     }
     let weight_threshold = weight_threshold_of(&op_config)?;
