@@ -3,7 +3,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, Write};
+use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 
 use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
@@ -274,7 +274,7 @@ impl OutputPackage {
         self.staging_dir()
     }
 
-    /// Reserves `path` for a file to publish with the package (see `write_companion`): refuses a
+    /// Reserves `path` for a file to publish with the package (see `companion_file`): refuses a
     /// path that is or lies inside OUTPUT or any of `protected` (the input, the config file),
     /// also through links, and one where something other than a regular file exists. Creates
     /// its hidden sibling now, so an unusable folder fails the run before any work is done.
@@ -295,24 +295,9 @@ impl OutputPackage {
         Ok(())
     }
 
-    /// Writes the reserved companion's contents (synced; published by `commit`).
-    pub fn write_companion(&mut self, bytes: &[u8]) -> Result<()> {
-        let companion = self
-            .companion
-            .as_ref()
-            .ok_or_else(|| Error::Usage("no companion file was reserved".into()))?;
-        let scratch = companion.scratch.path();
-        let mut file = companion.scratch.file();
-        file.set_len(0)
-            .and_then(|()| file.seek(io::SeekFrom::Start(0)).map(drop))
-            .and_then(|()| file.write_all(bytes))
-            .and_then(|()| file.sync_all())
-            .at(scratch)
-    }
-
-    /// The reserved companion's scratch file, emptied, with its path (for errors), to write as the
-    /// run goes instead of whole at the end ([`OutputPackage::write_companion`]): a report of
-    /// many tensors need not be held. The writer syncs it before the commit.
+    /// The reserved companion's scratch file, emptied, with its path (for errors): the report is
+    /// written into it as the run goes (`crate::report_stream`), never held whole. The writer
+    /// syncs it; `commit` publishes it.
     pub fn companion_file(&self) -> Result<(File, PathBuf)> {
         let companion = self
             .companion
@@ -324,6 +309,14 @@ impl OutputPackage {
             .and_then(|()| file.seek(io::SeekFrom::Start(0)).map(drop))
             .at(scratch)?;
         Ok((file, scratch.to_path_buf()))
+    }
+
+    /// Writes the reserved companion's contents whole, synced (tests; runs stream it).
+    #[cfg(test)]
+    fn write_companion(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let (mut file, scratch) = self.companion_file()?;
+        file.write_all(bytes).and_then(|()| file.sync_all()).at(scratch)
     }
 
     /// Where to write the root model in staging (its directory exists).
@@ -1315,6 +1308,7 @@ fn sync_dir(dir: &Path) {
 mod tests {
     use super::*;
     use crate::package::testutil::*;
+    use std::io::Write;
 
     /// Opens the fixture package in `dir` and stages it to `dir/<out_name>` with a new model,
     /// weight file and manifest, as the pipeline does.
