@@ -92,6 +92,45 @@ struct Slot {
     used: u64,
 }
 
+/// The part of a byte range that lies in one page.
+struct PageSpan {
+    page: u64,
+    /// Where it starts in the page ...
+    within: usize,
+    /// ... and in the range.
+    done: usize,
+    len: usize,
+}
+
+impl PageSpan {
+    fn within(&self) -> std::ops::Range<usize> {
+        self.within..self.within + self.len
+    }
+
+    fn bytes(&self) -> std::ops::Range<usize> {
+        self.done..self.done + self.len
+    }
+}
+
+/// The range of `len` bytes at `at`, page by page.
+fn page_spans(at: u64, len: usize) -> impl Iterator<Item = PageSpan> {
+    let mut done = 0;
+    std::iter::from_fn(move || {
+        (done < len).then(|| {
+            let position = at + done as u64;
+            let (page, within) = (position / PAGE as u64, (position % PAGE as u64) as usize);
+            let span = PageSpan {
+                page,
+                within,
+                done,
+                len: (PAGE - within).min(len - done),
+            };
+            done += span.len;
+            span
+        })
+    })
+}
+
 impl PageFile {
     fn lock(&self) -> std::sync::MutexGuard<'_, PageCache> {
         // The cache is consistent between statements: a panic elsewhere leaves it usable.
@@ -101,14 +140,9 @@ impl PageFile {
     /// Copies the bytes at `at` into `out`.
     fn read(&self, at: u64, out: &mut [u8]) -> Result<()> {
         let mut cache = self.lock();
-        let mut done = 0;
-        while done < out.len() {
-            let position = at + done as u64;
-            let (page, within) = (position / PAGE as u64, (position % PAGE as u64) as usize);
-            let n = (PAGE - within).min(out.len() - done);
-            let slot = cache.slot(self, page)?;
-            out[done..done + n].copy_from_slice(&slot.bytes[within..within + n]);
-            done += n;
+        for span in page_spans(at, out.len()) {
+            let slot = cache.slot(self, span.page)?;
+            out[span.bytes()].copy_from_slice(&slot.bytes[span.within()]);
         }
         Ok(())
     }
@@ -116,15 +150,10 @@ impl PageFile {
     /// Stores `data` at `at`.
     fn write(&self, at: u64, data: &[u8]) -> Result<()> {
         let mut cache = self.lock();
-        let mut done = 0;
-        while done < data.len() {
-            let position = at + done as u64;
-            let (page, within) = (position / PAGE as u64, (position % PAGE as u64) as usize);
-            let n = (PAGE - within).min(data.len() - done);
-            let slot = cache.slot(self, page)?;
-            slot.bytes[within..within + n].copy_from_slice(&data[done..done + n]);
+        for span in page_spans(at, data.len()) {
+            let slot = cache.slot(self, span.page)?;
+            slot.bytes[span.within()].copy_from_slice(&data[span.bytes()]);
             slot.dirty = true;
-            done += n;
         }
         Ok(())
     }
