@@ -4,7 +4,7 @@
 //! (uploads, read-backs, the host); a buffer-to-buffer copy measured in the same run gives the
 //! device's own bandwidth ceiling for the kernels' GB/s.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
@@ -18,7 +18,7 @@ use crate::mil::graph::GraphView;
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::Package;
-use crate::plan::{plan, Decision, PlannedTensor};
+use crate::plan::{plan, Decision, Plan};
 use crate::proto::mil::{Program, Value};
 use crate::shared::check_shared_configs;
 use crate::weights::rebuild::op_values_mut;
@@ -79,8 +79,8 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
     let graph = GraphView::of_model(&mut model)?;
     let fault = graph.fault();
-    let planned = fault.explain(plan(&model.program, &graph, config))?;
-    fault.explain(check_shared_configs(&model.program, &graph, config, &planned))?;
+    let mut planned = fault.explain(plan(&model.program, &graph, config))?;
+    fault.explain(check_shared_configs(&model.program, &graph, config, &mut planned))?;
     let source = WeightSource::open(&package)?;
     fault.explain(check_blobs(&model.program, &graph, &planned, &source))?;
     let ctx = GpuContext::new(DevicePolicy::Gpu)?
@@ -89,7 +89,8 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
     let timestamps = ctx.has_timestamps();
     let gpu = GpuBackend::new(ctx);
     let mut rows = Vec::new();
-    for p in planned {
+    for p in planned.iter() {
+        let p = p?;
         let Decision::Prune(op_config) = &p.decision else {
             continue;
         };
@@ -158,24 +159,16 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
 /// data: a tensor prune prunes as `prune_const` maps it (errors name the tensor), every other
 /// blob as the output's copy checks it (errors name `op.param`; see
 /// [`crate::weights::WeightFileBuilder::copy_op_blobs`]).
-fn check_blobs(
-    program: &Program,
-    graph: &GraphView,
-    planned: &[PlannedTensor],
-    source: &WeightSource,
-) -> Result<()> {
-    let pruned: HashSet<usize> = planned
-        .iter()
-        .filter(|p| matches!(p.decision, Decision::Prune(_)))
-        .map(|p| p.op_index)
-        .collect();
+fn check_blobs(program: &Program, graph: &GraphView, planned: &Plan, source: &WeightSource) -> Result<()> {
+    let mut next_plan = planned.cursor();
     // Blob offsets already checked, with the type they were read as.
     let mut seen: HashMap<u64, (ScalarType, u64)> = HashMap::new();
     for (index, info) in graph.infos() {
         let Some(mut op) = graph.op(program, index) else {
             continue;
         };
-        if pruned.contains(&index) {
+        let planned_here = next_plan.take_if_at(index)?;
+        if planned_here.is_some_and(|p| p.is_prune()) {
             let value = op
                 .const_value()
                 .ok_or_else(|| Error::tensor(&info.name, "const op without a value or an output"))?;

@@ -9,7 +9,6 @@
 //! for one op, so the graph's op paths stay valid while the
 //! program is rewritten. Output goes to a staging folder that is renamed into place only at the end.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,11 +36,11 @@ use crate::mil::spill::{SpilledOps, SpilledRenames};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::{check_output_spares, OutputPackage, Package};
-use crate::plan::{consumer_label, plan, report_shape, Decision, PlannedTensor};
+use crate::plan::{consumer_label, plan, report_shape, Decision, Plan, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::proto::mil::{NamedValueType, Operation, Program};
 use crate::report_stream::ReportStream;
-use crate::shared::{blob_key, check_shared_configs, qualified, renamed_copy, Outcome, SharedOutcomes};
+use crate::shared::{check_shared_configs, qualified, renamed_copy, BlobReaders, Outcome};
 use crate::sparsified::SparsifiedConsts;
 use crate::weights::{WeightFileBuilder, WeightSource};
 
@@ -182,15 +181,17 @@ fn prune_steps(
     let mut graph = GraphView::of_model(&mut model)?;
     *watch = graph.op_file().map(OpFile::watch);
     *fault = Some(graph.fault());
-    let mut shared_keys = HashSet::new();
+    let mut shared_blobs = BlobReaders::default();
     let mut planned = if job.joint_compression {
-        plan_joint(&model.program, &graph, &job.config, model.spec_version())?
-            .into_iter()
-            .map(|p| PlannedTensor::new(p.op_index, &p.meta, p.decision))
-            .collect()
+        let joint = plan_joint(&model.program, &graph, &job.config, model.spec_version())?;
+        Plan::of(
+            joint
+                .into_iter()
+                .map(|p| PlannedTensor::new(p.op_index, &p.meta, p.decision)),
+        )?
     } else {
-        let planned = plan(&model.program, &graph, &job.config)?;
-        shared_keys = check_shared_configs(&model.program, &graph, &job.config, &planned)?;
+        let mut planned = plan(&model.program, &graph, &job.config)?;
+        shared_blobs = check_shared_configs(&model.program, &graph, &job.config, &mut planned)?;
         planned
     };
     let source = WeightSource::open(&package)?;
@@ -201,7 +202,7 @@ fn prune_steps(
             &model.program,
             &graph,
             &source,
-            &mut planned,
+            (&mut planned, &mut shared_blobs),
             g,
             &job.cancel,
         )?),
@@ -230,7 +231,7 @@ fn prune_steps(
         renames: SpilledRenames::create_in(out.scratch_dir())?,
         sparsified: SparsifiedConsts::new(),
         dedupe: Deduplicator::new_in(Some(out.scratch_dir())),
-        shared: SharedOutcomes::new(shared_keys),
+        shared: shared_blobs,
     };
     let keep_entries = job.keep_entries;
     let mut report_stream = match &job.report {
@@ -239,10 +240,7 @@ fn prune_steps(
     };
     let planned_count = planned.len();
     // A pruned tensor stores two blobs (mask, kept values), a skipped one its copy.
-    let prunes = planned
-        .iter()
-        .filter(|p| matches!(p.decision, Decision::Prune(_)))
-        .count();
+    let prunes = planned.prunes();
     rewrite.weights.reserve_blobs(planned_count + prunes);
     let mut pruned_count = 0;
     let mut reports = Vec::with_capacity(if keep_entries { planned_count } else { 0 });
@@ -250,25 +248,26 @@ fn prune_steps(
     let mut progress = Progress::new(job.progress, weight_bytes_before, planned.len());
     // Plain consts are read ahead on a reader thread; joint compression materializes its inputs
     // from several ops and reads them itself.
-    let jobs = if job.joint_compression {
-        Vec::new()
-    } else {
-        prefetch_order(&model.program, &graph, &planned, &rewrite.shared, prunes)
-    };
-    // Each entry moves into its report.
-    let mut next_plan = planned.into_iter().peekable();
+    let read_ahead = !job.joint_compression;
+    let mut next_plan = planned.cursor();
     let mut changed_ops = SpilledOps::create_in(out.scratch_dir())?;
     std::thread::scope(|scope| -> Result<()> {
         let jobs = {
-            let (program, graph) = (&model.program, &graph);
-            jobs.into_iter()
-                .filter_map(move |i| prefetch_job(program, graph, i))
+            let (program, graph, planned) = (&model.program, &graph, &planned);
+            let fault = graph.fault();
+            // The plan's pruned entries in program order; a blob several consts share is read for
+            // the first of them only, the others reuse its result. A failed read of the plan's
+            // scratch file ends the list, and fails the run once the walk is over.
+            (0..if read_ahead { planned.len() } else { 0 })
+                .map_while(move |i| planned.get(i).map_err(|e| fault.record(e)).ok())
+                .filter(|p| p.is_prune() && !p.reuses_shared)
+                .filter_map(move |p| prefetch_job(program, graph, p.op_index))
         };
         let prefetcher = Prefetcher::start(scope, &source, jobs);
         for (index, info) in graph.infos() {
             job.cancel.check()?;
             let started = Instant::now();
-            let plan_entry = next_plan.next_if(|p| p.op_index == index);
+            let plan_entry = next_plan.take_if_at(index)?;
             let result = match &plan_entry {
                 Some(PlannedTensor {
                     decision: Decision::Prune(config),
@@ -352,6 +351,7 @@ fn prune_steps(
     let mut op_file = graph.take_op_file();
     drop(graph);
     drop(next_plan);
+    drop(planned);
     let Rewrite {
         weights,
         edits,
@@ -422,37 +422,6 @@ fn prune_steps(
     })
 }
 
-/// The ops of the consts the plan prunes, in program order, for the reader thread. A blob several
-/// consts share is read for the first of them only: the others reuse its result (only those keys
-/// are remembered). `prunes`: how many entries the plan prunes, the most jobs there can be.
-/// Indices, not jobs: they live through the whole walk, and the reader makes each job
-/// ([`prefetch_job`]) when it gets there.
-fn prefetch_order(
-    program: &Program,
-    graph: &GraphView,
-    planned: &[PlannedTensor],
-    shared: &SharedOutcomes,
-    prunes: usize,
-) -> Vec<u32> {
-    let mut seen = HashSet::new();
-    // Sized once: the order lives through the whole walk.
-    let mut order = Vec::with_capacity(prunes);
-    order.extend(
-        planned
-            .iter()
-            .filter(|p| matches!(p.decision, Decision::Prune(_)))
-            .filter(|p| {
-                // Reading the op for its key only pays where a blob is shared.
-                !shared.any_shared()
-                    || blob_key(program, graph, p.op_index)
-                        .filter(|key| shared.is_shared(key))
-                        .is_none_or(|key| seen.insert(key))
-            })
-            .filter_map(|p| u32::try_from(p.op_index).ok()),
-    );
-    order
-}
-
 /// A const op stored in more bytes than this holds its value inline (a `weight.bin` reference is
 /// a few dozen bytes): the reader is given no job for it.
 const READ_AHEAD_OP_LIMIT: usize = 1 << 20;
@@ -460,8 +429,7 @@ const READ_AHEAD_OP_LIMIT: usize = 1 << 20;
 /// The reader's job for the const at `op_index`; none for a const holding its value inline, whose
 /// data is in the op itself: the reader would only hold a second copy of the op and of its value
 /// beside the engine's (a 256 MiB inline tensor peaked at 4× its size).
-fn prefetch_job(program: &Program, graph: &GraphView, op_index: u32) -> Option<Job> {
-    let op_index = op_index as usize;
+fn prefetch_job(program: &Program, graph: &GraphView, op_index: usize) -> Option<Job> {
     if graph
         .op_len(op_index)
         .is_some_and(|len| len > READ_AHEAD_OP_LIMIT)
@@ -538,7 +506,7 @@ struct Rewrite {
     /// coremltools' `const_deduplication`, applied to every const and constexpr op as it is final.
     dedupe: Deduplicator,
     /// What became of each shared blob pruned so far (see [`crate::shared`]).
-    shared: SharedOutcomes,
+    shared: BlobReaders,
 }
 
 /// `Ok((kept, bytes_after))` for a pruned tensor, `Err(reason)` when the kernel skipped it.
@@ -631,8 +599,8 @@ impl Rewrite {
         while let Some(buffer) = self.weights.recycled_tensor() {
             prefetcher.recycle(buffer);
         }
-        let key = self.shared.shared_key(value);
-        if let Some(outcome) = key.as_ref().and_then(|k| self.shared.get(k)).cloned() {
+        let key = self.shared.shared_of(value)?;
+        if let Some(outcome) = key.map(|k| self.shared.outcome(k)).transpose()?.flatten() {
             // Not read again: the prefetcher has no job for it either.
             return self.reuse_shared(graph, index, outcome, output);
         }
@@ -671,7 +639,7 @@ impl Rewrite {
                     reason: reason.clone(),
                     first: qualified(graph, index),
                     device: device.device,
-                });
+                })?;
                 return Ok((Err(reason), device));
             }
             KernelResult::Pruned(p) => p,
@@ -695,7 +663,7 @@ impl Rewrite {
             op: new_op.clone(),
             first: qualified(graph, index),
             device: device.device,
-        });
+        })?;
         if self.merged_into_earlier(graph, index, &new_op, &output.name)? {
             return Ok((Ok((kept, 0)), device));
         }

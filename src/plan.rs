@@ -26,6 +26,9 @@ use crate::mil::value::{is_constexpr_type, OperationExt, TensorTypeExt};
 use crate::proto::mil::{argument::binding::Binding, value_type, Operation, Program};
 use crate::weights::TensorMeta;
 
+mod store;
+pub use store::{Plan, PlanCursor};
+
 /// What happens to one weight tensor. The config and the reason are shared by every entry that
 /// has an equal one (`share_decisions`): a model of many tensors repeats a handful of them, and
 /// the plan lives for the whole run (issue 18).
@@ -72,9 +75,8 @@ impl SharedDecisions {
     }
 }
 
-/// One planned tensor. The plan lives through the whole walk with an entry per weight, so an
-/// entry keeps the dtype and element count but not the shape, which only reports need and read
-/// from the op ([`crate::engine`]): 40 bytes instead of 64 plus a shape allocation (issue 18).
+/// One planned tensor, as [`Plan`] hands it out. The plan keeps the dtype and element count but
+/// not the shape, which only reports need and read from the op ([`crate::engine`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedTensor {
     /// The const's op index in the [`GraphView`].
@@ -83,10 +85,10 @@ pub struct PlannedTensor {
     pub dtype: ScalarType,
     pub count: u64,
     pub decision: Decision,
+    /// It reads a blob an earlier pruned entry reads too, and reuses that entry's result
+    /// ([`crate::shared::check_shared_configs`] marks it).
+    pub reuses_shared: bool,
 }
-
-// The figure the doc above gives; a field that grows it shows here.
-const _: () = assert!(std::mem::size_of::<PlannedTensor>() == 40);
 
 impl PlannedTensor {
     pub fn new(op_index: usize, meta: &TensorMeta, decision: Decision) -> Self {
@@ -95,7 +97,12 @@ impl PlannedTensor {
             dtype: meta.dtype,
             count: meta.count,
             decision,
+            reuses_shared: false,
         }
+    }
+
+    pub fn is_prune(&self) -> bool {
+        matches!(self.decision, Decision::Prune(_))
     }
 
     /// Stored size in bytes (bit-packed for sub-byte types), `None` on overflow.
@@ -151,7 +158,7 @@ fn structural_target(op_type: &str, input: &str) -> bool {
 }
 
 /// Plans every const of the program that holds a weight tensor (numeric, rank ≥ 1).
-pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -> Result<Vec<PlannedTensor>> {
+pub fn plan(program: &Program, graph: &GraphView, config: &OptimizationConfig) -> Result<Plan> {
     plan_counted(program, graph, config).map(|(planned, _)| planned)
 }
 
@@ -161,9 +168,8 @@ pub fn plan_counted(
     program: &Program,
     graph: &GraphView,
     config: &OptimizationConfig,
-) -> Result<(Vec<PlannedTensor>, u64)> {
-    let mut planned = Vec::new();
-    let mut shared = SharedDecisions::default();
+) -> Result<(Plan, u64)> {
+    let mut planned = Plan::default();
     let mut ends = ChainEnds::default();
     for (index, info) in graph.infos() {
         if is_constexpr_type(info.op_type) {
@@ -184,16 +190,13 @@ pub fn plan_counted(
         {
             continue;
         }
-        let mut decision = if storable(&meta) {
+        let decision = if storable(&meta) {
             decide(graph, config, index, &meta, &mut ends)?
         } else {
             Decision::Skip(format!("{} {} values are not stored in weight.bin (needs fp16/fp32/int8/uint8 and at least 10 elements)", meta.count, meta.dtype).into())
         };
-        shared.share(&mut decision);
-        planned.push(PlannedTensor::new(index, &meta, decision));
+        planned.push(PlannedTensor::new(index, &meta, decision))?;
     }
-    // The plan lives for the whole walk: give back the slack of growing it one push at a time.
-    planned.shrink_to_fit();
     Ok((planned, ends.steps))
 }
 
@@ -487,10 +490,10 @@ mod tests {
         let program = palettized_program();
         let graph = GraphView::build(&program)?;
         let planned = plan(&program, &graph, &OptimizationConfig::from_json_str(json)?)?;
-        Ok(planned
-            .into_iter()
-            .map(|p| (graph.name(p.op_index).into_owned(), p.decision))
-            .collect())
+        planned
+            .iter()
+            .map(|p| p.map(|p| (graph.name(p.op_index).into_owned(), p.decision)))
+            .collect()
     }
 
     const MAG: &str = r#""config_type": "OpMagnitudePrunerConfig", "global_config": {"target_sparsity": 0.5, "weight_threshold": 0}"#;

@@ -3,11 +3,11 @@
 //! functions the same blob), or, more rarely, by several consts of one function.
 //!
 //! Such a blob is pruned once: the first const that reads it runs the kernel, every later one reuses
-//! that result and points at the same output blobs ([`SharedOutcomes`]). That is only sound when all
+//! that result and points at the same output blobs ([`BlobReaders`]). That is only sound when all
 //! of them are pruned with the same config, which [`check_shared_configs`] makes sure of before
 //! anything is written.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::config::{OpConfig, OptimizationConfig, Resolution, SkipReason};
 use crate::dtype::ScalarType;
@@ -15,8 +15,11 @@ use crate::error::{Error, Result};
 use crate::mil::entries::Entries;
 use crate::mil::graph::GraphView;
 use crate::mil::value::{OperationExt, ValueExt};
-use crate::plan::{resolve_const_along, ChainEnds, Decision, PlannedTensor};
+use crate::plan::{resolve_const_along, ChainEnds, Decision, Plan, PlannedTensor};
 use crate::proto::mil::{Operation, Program, Value};
+
+mod readers;
+pub use readers::{BlobReaders, SharedBlob};
 
 /// The identity of a source blob as a const reads it: its `weight.bin` offset, and the dtype and
 /// shape the const declares (a blob read under two shapes is pruned as two tensors, since block and
@@ -36,11 +39,6 @@ pub fn blob_key_of(value: &Value) -> Option<BlobKey> {
     Some((offset, meta.dtype, meta.shape))
 }
 
-/// The `weight.bin` offset of the const at `index`, if it reads its value from there.
-fn blob_offset(program: &Program, graph: &GraphView, index: usize) -> Option<u64> {
-    graph.op(program, index)?.const_value()?.blob_offset()
-}
-
 /// `function/name`, how messages and reports tell apart ops of different functions.
 pub fn qualified(graph: &GraphView, index: usize) -> String {
     let info = graph.info(index);
@@ -54,65 +52,97 @@ pub fn qualified(graph: &GraphView, index: usize) -> String {
 /// output, feeding a constexpr op) are not compared. Nor are eligibility skips under an equal
 /// config (rank, size, a structural config on a non-conv/linear consumer): each function is then
 /// pruned as coremltools prunes its source on its own, and the blob is stored pruned and as is.
+/// The first conflict in program order is the one reported.
 ///
-/// Returns the keys of the blobs that several planned consts read, for [`SharedOutcomes::new`].
+/// Marks each pruned entry that reads a blob an earlier pruned entry reads
+/// ([`PlannedTensor::reuses_shared`]), and returns the blob keys of the plan with what is known of
+/// them, for the engine.
 pub fn check_shared_configs(
     program: &Program,
     graph: &GraphView,
     config: &OptimizationConfig,
-    planned: &[PlannedTensor],
-) -> Result<HashSet<BlobKey>> {
-    // Offsets first, 16 bytes a const: a whole key (a shape) and a group for every const of a
-    // model of many tensors took more memory than the rest of the plan (issue 18). Only an offset
-    // several consts read can be a shared blob. Sorted with its plan index, each run keeps the
-    // plan's order.
-    let mut offsets: Vec<(u64, usize)> = planned
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| Some((blob_offset(program, graph, p.op_index)?, i)))
-        .collect();
-    offsets.sort_unstable();
-    let mut groups: BTreeMap<BlobKey, Vec<&PlannedTensor>> = BTreeMap::new();
-    for run in offsets.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
-        for &(_, i) in run {
-            let p = &planned[i];
-            if let Some(key) = blob_key(program, graph, p.op_index) {
-                groups.entry(key).or_default().push(p);
+    plan: &mut Plan,
+) -> Result<BlobReaders> {
+    // First pass: how many consts read each blob, and whether one of them is pruned. Bounded in
+    // memory (see `readers`): a multifunction package shares a blob per tensor.
+    let mut readers = BlobReaders::default();
+    let mut conflicts_possible = false;
+    for i in 0..plan.len() {
+        let p = plan.get(i)?;
+        let Some(key) = blob_key(program, graph, p.op_index) else {
+            continue;
+        };
+        let (number, mut state) = readers.number_or_insert(&key)?;
+        if p.is_prune() {
+            if state.pruned {
+                plan.mark_reuses_shared(i)?;
             }
+            state.pruned = true;
         }
+        state.readers = (state.readers + 1).min(2);
+        conflicts_possible |= state.readers > 1 && state.pruned;
+        readers.set_state(number, state)?;
     }
-    drop(offsets);
-    // Only a blob that is pruned for some const can come out unshared; one every const leaves
-    // alone (a rank-1 bias, say) is copied once whatever the configs say.
-    groups.retain(|_, m| m.len() > 1);
-    let pruned_somewhere =
-        |m: &Vec<&PlannedTensor>| m.iter().any(|p| matches!(p.decision, Decision::Prune(_)));
+    if conflicts_possible {
+        compare_configs(program, graph, config, plan, &mut readers)?;
+    }
+    Ok(readers.keep_only_if_shared())
+}
+
+/// Second pass of [`check_shared_configs`]: each const reading a shared blob that some const
+/// prunes against the first of them that resolved to a config.
+fn compare_configs(
+    program: &Program,
+    graph: &GraphView,
+    config: &OptimizationConfig,
+    plan: &Plan,
+    readers: &mut BlobReaders,
+) -> Result<()> {
+    // The distinct resolved configs, numbered: a few per model.
+    let mut configs: Vec<Option<OpConfig>> = Vec::new();
+    let mut numbers: HashMap<String, u32> = HashMap::new();
     // One record of chain ends for all the consts: many of them feeding one long chain of
     // constexpr ops would each follow it to its end.
     let mut ends = ChainEnds::default();
-    for ((offset, ..), members) in groups.iter().filter(|(_, m)| pruned_somewhere(m)) {
-        let mut first: Option<(usize, Option<OpConfig>)> = None;
-        for &p in members {
-            let Some(resolved) = resolved_config(graph, config, p, &mut ends)? else {
-                continue;
-            };
-            let Some((first_index, first_config)) = &first else {
-                first = Some((p.op_index, resolved));
-                continue;
-            };
-            if *first_config != resolved {
-                let (a, b) = (qualified(graph, *first_index), qualified(graph, p.op_index));
-                let describe = |c: &Option<OpConfig>| c.as_ref().map_or("None".into(), OpConfig::describe);
-                return Err(Error::Config(format!(
-                    "compression config conflict detected between ops {a} and {b}, which share the \
-                     weight.bin blob at offset {offset}: {a} has config {} while {b} has {}.",
-                    describe(first_config),
-                    describe(&resolved)
-                )));
-            }
+    for i in 0..plan.len() {
+        let p = plan.get(i)?;
+        let Some(key) = blob_key(program, graph, p.op_index) else {
+            continue;
+        };
+        let number = readers
+            .number(&key)?
+            .ok_or_else(|| Error::Graph(format!("blob at offset {} lost its number", key.0)))?;
+        let mut state = readers.state(number)?;
+        if state.readers < 2 || !state.pruned {
+            continue;
+        }
+        let Some(resolved) = resolved_config(graph, config, &p, &mut ends)? else {
+            continue;
+        };
+        let config_number = *numbers.entry(format!("{resolved:?}")).or_insert_with(|| {
+            configs.push(resolved.clone());
+            configs.len() as u32 - 1
+        });
+        if state.first_compared == 0 {
+            state.first_compared = i as u32 + 1;
+            state.config = config_number;
+            readers.set_state(number, state)?;
+            continue;
+        }
+        if state.config != config_number {
+            let first = plan.get(state.first_compared as usize - 1)?.op_index;
+            let (a, b) = (qualified(graph, first), qualified(graph, p.op_index));
+            let describe = |c: &Option<OpConfig>| c.as_ref().map_or("None".into(), OpConfig::describe);
+            return Err(Error::Config(format!(
+                "compression config conflict detected between ops {a} and {b}, which share the \
+                 weight.bin blob at offset {}: {a} has config {} while {b} has {}.",
+                key.0,
+                describe(&configs[state.config as usize]),
+                describe(&resolved)
+            )));
         }
     }
-    Ok(groups.into_keys().collect())
+    Ok(())
 }
 
 /// The config a planned const resolves to: `Some(Some(c))` pruned (or an eligibility skip) under
@@ -159,54 +189,6 @@ pub enum Outcome {
         /// Where its kernel ran.
         device: &'static str,
     },
-}
-
-/// The outcomes of shared blobs pruned so far, by [`BlobKey`]. Only blobs that several consts
-/// read are kept: a model without shared weights keeps nothing here.
-#[derive(Debug, Default)]
-pub struct SharedOutcomes {
-    shared: HashSet<BlobKey>,
-    outcomes: HashMap<BlobKey, Outcome>,
-}
-
-impl SharedOutcomes {
-    pub fn new(shared: HashSet<BlobKey>) -> Self {
-        SharedOutcomes {
-            shared,
-            outcomes: HashMap::new(),
-        }
-    }
-
-    /// Whether several planned consts read `key`'s blob.
-    pub fn is_shared(&self, key: &BlobKey) -> bool {
-        self.shared.contains(key)
-    }
-
-    /// Whether any blob is read by several planned consts (most models have none).
-    pub fn any_shared(&self) -> bool {
-        !self.shared.is_empty()
-    }
-
-    /// The key of a const `value`'s blob if several planned consts read it; nothing is computed
-    /// when no blob is shared.
-    pub fn shared_key(&self, value: &Value) -> Option<BlobKey> {
-        if !self.any_shared() {
-            return None;
-        }
-        blob_key_of(value).filter(|key| self.is_shared(key))
-    }
-
-    pub fn get(&self, key: &BlobKey) -> Option<&Outcome> {
-        self.outcomes.get(key)
-    }
-
-    /// Records what became of `key`'s blob, if other consts read it too. `outcome` is called only
-    /// then, so nothing is cloned for a blob no other const reads.
-    pub fn record(&mut self, key: Option<BlobKey>, outcome: impl FnOnce() -> Outcome) {
-        if let Some(key) = key.filter(|k| self.shared.contains(k)) {
-            self.outcomes.insert(key, outcome());
-        }
-    }
 }
 
 /// `op`, a pruned op written for another const, renamed to be `const_name`'s replacement: same

@@ -28,7 +28,7 @@
 mod decimal;
 mod select;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde::Serialize;
 
@@ -38,9 +38,9 @@ use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
 use crate::mil::graph::GraphView;
 use crate::mil::value::OperationExt;
-use crate::plan::{Decision, PlannedTensor};
+use crate::plan::{Decision, Plan};
 use crate::proto::mil::Program;
-use crate::shared::{blob_key, qualified, BlobKey};
+use crate::shared::{blob_key, qualified, BlobReaders};
 use crate::tensor::{TensorData, TensorView};
 use crate::weights::WeightSource;
 
@@ -105,21 +105,22 @@ pub fn decide_cut(
     program: &Program,
     graph: &GraphView,
     source: &WeightSource,
-    planned: &mut [PlannedTensor],
+    (plan, shared): (&mut Plan, &mut BlobReaders),
     global: &GlobalSparsity,
     cancel: &CancelFlag,
 ) -> Result<CutReport> {
-    let excluded = exclude(graph, planned, &global.exclude)?;
-    keep_shared_blobs_whole(program, graph, planned, &excluded)?;
+    let excluded = exclude(graph, plan, &global.exclude)?;
+    keep_shared_blobs_whole(program, graph, plan, shared, &excluded)?;
     // A weight.bin blob that several functions' consts share (a multifunction package) is one
-    // tensor, pruned once: it counts once in N and in the histogram.
-    let mut seen = HashSet::new();
-    let eligible: Vec<&PlannedTensor> = planned
-        .iter()
-        .filter(|p| matches!(p.decision, Decision::Prune(_)))
-        .filter(|p| blob_key(program, graph, p.op_index).is_none_or(|key| seen.insert(key)))
-        .collect();
-    for p in &eligible {
+    // tensor, pruned once: it counts once in N and in the histogram. Entries are read from the
+    // plan at each pass rather than gathered: the plan may be on disk.
+    let eligible = || {
+        plan.iter()
+            .filter(|p| p.as_ref().map_or(true, |p| p.is_prune() && !p.reuses_shared))
+    };
+    let mut total = 0u64;
+    for p in eligible() {
+        let p = p?;
         if !matches!(p.dtype, ScalarType::Float16 | ScalarType::Float32) {
             return Err(Error::Unsupported(format!(
                 "--global-sparsity compares fp16 and fp32 weights only; tensor '{}' is {} (leave it out with --exclude)",
@@ -127,12 +128,14 @@ pub fn decide_cut(
                 p.dtype
             )));
         }
+        total = total
+            .checked_add(p.count)
+            .ok_or_else(|| Error::Unsupported("the eligible element count overflows".into()))?;
     }
-    let total = eligible.iter().try_fold(0u64, |sum, p| sum.checked_add(p.count));
-    let total = total.ok_or_else(|| Error::Unsupported("the eligible element count overflows".into()))?;
     let k = global.sparsity.count_of(total);
     let (cut, _) = select(k, |pass, sink| {
-        for p in &eligible {
+        for p in eligible() {
+            let p = p?;
             if pass == Pass::Fp32Only && p.dtype != ScalarType::Float32 {
                 continue;
             }
@@ -174,34 +177,39 @@ pub fn decide_cut(
 /// skipped, and returns their op indices. A name that is neither a weight const of the plan nor an
 /// op reading one is a usage error: a typo, or the name of an op without weights, would otherwise
 /// silently leave pruned what the user meant to keep.
-fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -> Result<HashSet<usize>> {
+fn exclude(graph: &GraphView, plan: &mut Plan, names: &[String]) -> Result<HashSet<usize>> {
     let mut excluded = HashSet::new();
     if names.is_empty() {
         return Ok(excluded);
     }
     let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
-    // Every name --exclude may give: the plan's consts and the ops reading them.
-    let mut known: HashSet<std::borrow::Cow<str>> = HashSet::new();
-    for p in planned.iter_mut() {
+    // The names given that are the plan's consts or ops reading them (only those: a set of every
+    // such name grew with the model).
+    let mut found: HashSet<&str> = HashSet::new();
+    for i in 0..plan.len() {
+        let p = plan.get(i)?;
         let consumers = graph.consumer_ops(p.op_index);
-        known.insert(graph.name(p.op_index));
-        known.extend(consumers.iter().map(|&c| graph.name(c)));
-        if !matches!(p.decision, Decision::Prune(_)) {
+        let own = graph.name(p.op_index);
+        found.extend(wanted.get(&*own));
+        for &c in &consumers {
+            found.extend(wanted.get(&*graph.name(c)));
+        }
+        if !p.is_prune() {
             continue;
         }
         let by_consumer = consumers.iter().find(|&&c| wanted.contains(&*graph.name(c)));
-        let reason = if wanted.contains(&*graph.name(p.op_index)) {
-            format!("excluded by --exclude '{}'", graph.name(p.op_index))
+        let reason = if wanted.contains(&*own) {
+            format!("excluded by --exclude '{own}'")
         } else if let Some(&c) = by_consumer {
             format!("excluded by --exclude '{}' (a consumer)", graph.name(c))
         } else {
             continue;
         };
-        p.decision = Decision::Skip(reason.into());
+        plan.set_decision(i, Decision::Skip(reason.into()))?;
         excluded.insert(p.op_index);
     }
     // Checked once all names are known; the run stops here, so the marks above go unused.
-    if let Some(unknown) = names.iter().find(|n| !known.contains(n.as_str())) {
+    if let Some(unknown) = names.iter().find(|n| !found.contains(n.as_str())) {
         return Err(Error::Usage(format!(
             "--exclude '{unknown}': the model has no weight const of that name, nor an op reading one"
         )));
@@ -215,35 +223,32 @@ fn exclude(graph: &GraphView, planned: &mut [PlannedTensor], names: &[String]) -
 fn keep_shared_blobs_whole(
     program: &Program,
     graph: &GraphView,
-    planned: &[PlannedTensor],
+    plan: &Plan,
+    shared: &mut BlobReaders,
     excluded: &HashSet<usize>,
 ) -> Result<()> {
-    if excluded.is_empty() {
+    if excluded.is_empty() || !shared.any_shared() {
         return Ok(());
     }
-    // Per blob: one const --exclude skipped and one still to be pruned, once seen.
-    let mut seen: HashMap<BlobKey, (Option<usize>, Option<usize>)> = HashMap::new();
-    for p in planned {
+    for p in plan.iter() {
+        let p = p?;
         let is_excluded = excluded.contains(&p.op_index);
-        if !is_excluded && !matches!(p.decision, Decision::Prune(_)) {
+        if !is_excluded && !p.is_prune() {
             continue;
         }
         let Some(key) = blob_key(program, graph, p.op_index) else {
             continue;
         };
-        let offset = key.0;
-        let entry = seen.entry(key).or_default();
-        if is_excluded {
-            entry.0.get_or_insert(p.op_index);
-        } else {
-            entry.1.get_or_insert(p.op_index);
-        }
-        if let (Some(skipped), Some(pruned)) = *entry {
+        let Some(blob) = shared.shared(&key)? else {
+            continue;
+        };
+        if let Some((skipped, pruned)) = shared.note_exclusion(blob, p.op_index, is_excluded)? {
             return Err(Error::Usage(format!(
-                "--exclude keeps {} but not {}, which shares its weight.bin blob at offset {offset}: \
+                "--exclude keeps {} but not {}, which shares its weight.bin blob at offset {}: \
                  exclude both or neither",
                 qualified(graph, skipped),
-                qualified(graph, pruned)
+                qualified(graph, pruned),
+                key.0
             )));
         }
     }

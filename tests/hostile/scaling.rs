@@ -383,6 +383,7 @@ fn planning_resolves_each_chain_op_once() {
     );
     let feeding: Vec<_> = planned
         .iter()
+        .map(Result::unwrap)
         .filter(|p| graph.name(p.op_index).starts_with(['c', 'k']))
         .collect();
     assert_eq!(feeding.len(), DEPTH + 1, "c0 and every k<i>");
