@@ -404,6 +404,48 @@ fn blob_reference_into_another_blobs_data() {
     );
 }
 
+/// A well-formed record nested inside another blob's data, read by a second const: each record
+/// alone is valid, but their spans overlap, and records nested so could make a small file read and
+/// write as much as they claim (120 records in one 8 MiB blob wrote 566 MB). Refused once the
+/// spans read cover more than the file.
+#[test]
+fn blob_records_nested_in_another_blobs_data_are_refused() {
+    let case = Case::linear();
+    // fc1's weight: record at 64, 6,144 data bytes at 128. A record at 128 claims 6,080 of them.
+    let mut record = Vec::new();
+    record.extend_from_slice(&0xDEAD_BEEFu32.to_le_bytes());
+    record.extend_from_slice(&1u32.to_le_bytes()); // fp16
+    record.extend_from_slice(&6080u64.to_le_bytes());
+    record.extend_from_slice(&192u64.to_le_bytes());
+    record.extend_from_slice(&0u64.to_le_bytes());
+    case.patch_weight_bin(128, &record);
+    let bias = "fc1_bias_0_to_fp16";
+    set_blob_offset(&case, bias, 128);
+    case.edit_program(|p| {
+        for_each_op_mut(p, |op| -> Result<(), mlprune::Error> {
+            if mlprune::mil::OperationExt::name(op) == Some(bias) {
+                let val = op.attributes.lookup_mut("val").unwrap();
+                for ty in [&mut val.r#type, &mut op.outputs[0].r#type] {
+                    let Some(mlprune::proto::mil::value_type::Type::TensorType(t)) =
+                        ty.as_mut().and_then(|t| t.r#type.as_mut())
+                    else {
+                        panic!()
+                    };
+                    let Some(dimension::Dimension::Constant(c)) = t.dimensions[0].dimension.as_mut() else {
+                        panic!()
+                    };
+                    c.size = 3040;
+                }
+            }
+            Ok(())
+        })
+        .unwrap()
+    });
+    let overlap =
+        |e: &Error| matches!(e, Error::Blob { reason, .. } if reason.contains("blob records overlap"));
+    assert_refused(&case, Refused::Both, overlap, &["weight.bin", "overlap"]);
+}
+
 #[test]
 fn bad_sentinel_and_storage_version() {
     let case = Case::linear();
