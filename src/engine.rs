@@ -368,7 +368,7 @@ fn prune_steps(
     weights.finish()?;
     let pruned_any = pruned_count > 0;
     // The output's bodies are assembled op by op into a scratch file, never held whole.
-    let renames = renames.read_back_into_map()?;
+    let renames = renames.read_back_into_map(Some(out.scratch_dir()))?;
     let mut held;
     let top: &mut dyn TopOps = match op_file.as_mut() {
         Some(file) => file,

@@ -1,46 +1,75 @@
-//! The renames of a rewrite, `(function, old, new)`, held compactly for
+//! The renames of a rewrite, `(function, old, new)`, held for
 //! [`super::rewrite::rename_in_block`].
 //!
 //! A model of many small tensors renames the output of every pruned const, and the table is held
-//! while every op that reads one is stored again: as tuples of strings with a map over them it
-//! took about 180 bytes a rename (issue 18). Here both names are ranges of one text buffer, an
-//! entry is 20 bytes, and the lookup table holds entry indices.
+//! while every op that reads one is stored again (issue 18): as tuples of strings with a map over
+//! them it took about 180 bytes a rename, as ranges of one text buffer about 100 (32 MB at
+//! 320,000 tensors, the peak of the run). The renames are now byte-string dicts that keep a few
+//! MiB in memory and the rest in unlinked scratch files ([`SpillDict`]).
 
-use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
 use std::sync::Arc;
 
-use hashbrown::HashTable;
-
 use super::names::NameList;
-use super::texts::{Span, TextBuffer};
 use crate::error::{Error, Result};
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    /// Index into [`RenameMap::functions`].
-    function: u32,
-    old: Span,
-    new: Span,
-}
+use crate::spill_map::SpillDict;
 
 /// Renames by function and old name; an old name is renamed at most once per function.
-#[derive(Debug, Default)]
 pub struct RenameMap {
-    text: TextBuffer,
-    entries: Vec<Entry>,
     /// The functions with renames, in the order their first rename came.
     functions: NameList,
-    by_old: HashTable<u32>,
-    hasher: RandomState,
+    /// (function, old) → new.
+    by_old: SpillDict,
+    /// (function, new) → the number of the first rename to it (several may rename to one name:
+    /// equal consts merged into the first).
+    by_new: SpillDict,
+    len: u64,
+    /// Of the renames whose new name is also an old name in their function, the first of the first
+    /// function by name: (function, new name, rename number).
+    first_chained: Option<(Arc<str>, String, u64)>,
+}
+
+impl std::fmt::Debug for RenameMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenameMap")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RenameMap {
+    fn default() -> Self {
+        Self::new_in(None)
+    }
 }
 
 fn too_many() -> Error {
     Error::Graph("the rewrite renames more values than it can index".into())
 }
 
+/// The key of `name` in the function numbered `function`.
+fn key(function: u32, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + name.len());
+    key.extend_from_slice(&function.to_le_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
 impl RenameMap {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty map whose scratch files, if it needs them, go in `dir` (the system temporary
+    /// folder when `None`).
+    pub fn new_in(dir: Option<&Path>) -> Self {
+        RenameMap {
+            functions: NameList::default(),
+            by_old: SpillDict::new_in(dir),
+            by_new: SpillDict::new_in(dir),
+            len: 0,
+            first_chained: None,
+        }
     }
 
     /// The functions with renames.
@@ -49,33 +78,24 @@ impl RenameMap {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    fn span(&self, span: Span) -> &str {
-        self.text.get(span)
-    }
-
-    fn store(&mut self, text: &str) -> Result<Span> {
-        self.text.push(text).ok_or_else(too_many)
+        self.len == 0
     }
 
     fn function_index(&self, function: &str) -> Option<u32> {
         self.functions.find(function).map(|i| i as u32)
     }
 
-    fn find(&self, function: u32, old: &str) -> Option<&Entry> {
-        let hash = self.hasher.hash_one((function, old));
-        self.by_old
-            .find(hash, |&i| {
-                let entry = &self.entries[i as usize];
-                entry.function == function && self.span(entry.old) == old
-            })
-            .map(|&i| &self.entries[i as usize])
+    fn find(&self, function: u32, old: &str) -> Result<Option<String>> {
+        let Some(new) = self.by_old.get(&key(function, old))? else {
+            return Ok(None);
+        };
+        String::from_utf8(new)
+            .map(Some)
+            .map_err(|_| Error::Graph("a rename read back garbled from its scratch file".into()))
     }
 
     /// Records that uses of `old` in `function` are to read `new`. Renaming an old name twice in
@@ -85,44 +105,60 @@ impl RenameMap {
             Some(i) => i,
             None => u32::try_from(self.functions.number(&Arc::from(function))).map_err(|_| too_many())?,
         };
-        if self.find(function_index, old).is_some() {
+        let old_key = key(function_index, old);
+        if self.by_old.get(&old_key)?.is_some() {
             return Err(Error::Graph(format!(
                 "value '{old}' in function '{function}' renamed twice"
             )));
         }
-        let index = u32::try_from(self.entries.len()).map_err(|_| too_many())?;
-        let entry = Entry {
-            function: function_index,
-            old: self.store(old)?,
-            new: self.store(new)?,
-        };
-        self.entries.push(entry);
-        let (entries, text, hasher) = (&self.entries, &self.text, &self.hasher);
-        let key = |e: &Entry| hasher.hash_one((e.function, text.get(e.old)));
-        self.by_old
-            .insert_unique(key(&entry), index, |&i| key(&entries[i as usize]));
+        let number = self.len;
+        // A chain either way: this rename's new name was renamed before, or earlier renames made
+        // this old name.
+        if self.by_old.get(&key(function_index, new))?.is_some() {
+            self.note_chained(function_index, new, number);
+        }
+        if let Some(first) = self.by_new.get(&old_key)? {
+            let first = u64::from_le_bytes(first.try_into().map_err(|_| too_many())?);
+            self.note_chained(function_index, old, first);
+        }
+        self.by_old.insert_new(&old_key, new.as_bytes())?;
+        let new_key = key(function_index, new);
+        if self.by_new.get(&new_key)?.is_none() {
+            self.by_new.insert_new(&new_key, &number.to_le_bytes())?;
+        }
+        self.len += 1;
         Ok(())
     }
 
+    fn note_chained(&mut self, function: u32, new: &str, number: u64) {
+        let Some(function) = self.functions.get(function as usize).cloned() else {
+            return;
+        };
+        let earlier = match &self.first_chained {
+            None => true,
+            Some((f, _, n)) => (&function, number) < (f, *n),
+        };
+        if earlier {
+            self.first_chained = Some((function, new.to_owned(), number));
+        }
+    }
+
     /// What `old` in `function` is renamed to, if it is.
-    pub fn get(&self, function: &str, old: &str) -> Option<&str> {
-        let entry = self.find(self.function_index(function)?, old)?;
-        Some(self.span(entry.new))
+    pub fn get(&self, function: &str, old: &str) -> Result<Option<String>> {
+        match self.function_index(function) {
+            Some(f) => self.find(f, old),
+            None => Ok(None),
+        }
+    }
+
+    /// A function and a new name there that is also an old name there, if any: the renames would
+    /// then depend on their order. Of several, the first function by name, and there the first
+    /// rename (kept as the renames came in, whatever their number).
+    pub fn first_chained(&self) -> Option<(&Arc<str>, &str)> {
+        self.first_chained.as_ref().map(|(f, new, _)| (f, new.as_str()))
     }
 
     /// A view of the renames of one function.
-    /// A function and a new name there that is also an old name there, if any: the renames would
-    /// then depend on their order. Of several, the first function by name. One pass over the
-    /// renames, whatever the number of functions.
-    pub fn first_chained(&self) -> Option<(&Arc<str>, &str)> {
-        self.entries
-            .iter()
-            .map(|e| (e.function, self.span(e.new)))
-            .filter(|&(function, new)| self.find(function, new).is_some())
-            .filter_map(|(function, new)| Some((self.functions.get(function as usize)?, new)))
-            .min_by(|a, b| a.0.cmp(b.0))
-    }
-
     pub fn of_function(&self, function: &str) -> Option<FunctionRenames<'_>> {
         Some(FunctionRenames {
             map: self,
@@ -138,10 +174,9 @@ pub struct FunctionRenames<'m> {
     function: u32,
 }
 
-impl<'m> FunctionRenames<'m> {
-    pub fn get(&self, old: &str) -> Option<&'m str> {
-        let entry = self.map.find(self.function, old)?;
-        Some(self.map.span(entry.new))
+impl FunctionRenames<'_> {
+    pub fn get(&self, old: &str) -> Result<Option<String>> {
+        self.map.find(self.function, old)
     }
 }
 
@@ -156,14 +191,16 @@ mod tests {
         map.insert("other", "w", "first").unwrap();
         map.insert("main", "", "naïve").unwrap();
         assert_eq!(map.len(), 3);
-        assert_eq!(map.get("main", "w"), Some("w_sparsified"));
-        assert_eq!(map.get("other", "w"), Some("first"));
-        assert_eq!(map.get("main", ""), Some("naïve"));
-        assert_eq!(map.get("main", "first"), None);
-        assert_eq!(map.get("third", "w"), None);
+        let get = |f: &str, old: &str| map.get(f, old).unwrap();
+        assert_eq!(get("main", "w").as_deref(), Some("w_sparsified"));
+        assert_eq!(get("other", "w").as_deref(), Some("first"));
+        assert_eq!(get("main", "").as_deref(), Some("naïve"));
+        assert_eq!(get("main", "first"), None);
+        assert_eq!(get("third", "w"), None);
         let functions: Vec<_> = map.functions().map(|f| &**f).collect();
         assert_eq!(functions, ["main", "other"]);
-        assert_eq!(map.of_function("other").unwrap().get("w"), Some("first"));
+        let other = map.of_function("other").unwrap();
+        assert_eq!(other.get("w").unwrap().as_deref(), Some("first"));
         assert!(map.of_function("third").is_none());
     }
 
@@ -186,5 +223,35 @@ mod tests {
         map.insert("zeta", "x", "y").unwrap();
         map.insert("zeta", "y", "z").unwrap();
         assert_eq!(map.first_chained().map(|(f, n)| (&**f, n)), Some(("main", "b")));
+    }
+
+    #[test]
+    fn a_chain_is_found_whichever_rename_comes_first_and_however_many() {
+        // The later rename makes the earlier one's new name old, or the other way round.
+        for order in [[("b", "c"), ("a", "b")], [("a", "b"), ("b", "c")]] {
+            let mut map = RenameMap::new();
+            for (old, new) in order {
+                map.insert("main", old, new).unwrap();
+            }
+            assert_eq!(map.first_chained().map(|(f, n)| (&**f, n)), Some(("main", "b")));
+        }
+        // Many renames through scratch files: the first chain of the first function by name.
+        let mut map = RenameMap::new();
+        map.by_old = SpillDict::with_tiny_memory();
+        map.by_new = SpillDict::with_tiny_memory();
+        for i in 0..3000 {
+            map.insert("z", &format!("v{i}"), &format!("v{i}_sparsified"))
+                .unwrap();
+            map.insert("y", &format!("w{i}"), "merged").unwrap();
+        }
+        assert_eq!(map.first_chained(), None);
+        map.insert("z", "v7_sparsified", "again").unwrap();
+        map.insert("y", "merged", "w0").unwrap();
+        assert_eq!(map.first_chained().map(|(f, n)| (&**f, n)), Some(("y", "merged")));
+        assert_eq!(
+            map.get("z", "v2999").unwrap().as_deref(),
+            Some("v2999_sparsified")
+        );
+        assert_eq!(map.len(), 6002);
     }
 }

@@ -160,8 +160,8 @@ pub fn rename_in_block(block: &mut Block, map: FunctionRenames<'_>, visited: &mu
         for arg in op.inputs.values_mut() {
             for binding in &mut arg.arguments {
                 if let Some(Binding::Name(name)) = &mut binding.binding {
-                    if let Some(new) = map.get(name.as_str()) {
-                        *name = new.to_owned();
+                    if let Some(new) = map.get(name.as_str())? {
+                        *name = new;
                         n += 1;
                     }
                 }
@@ -176,8 +176,8 @@ pub fn rename_in_block(block: &mut Block, map: FunctionRenames<'_>, visited: &mu
         }
     }
     for out in &mut block.outputs {
-        if let Some(new) = map.get(out.as_str()) {
-            *out = new.to_owned();
+        if let Some(new) = map.get(out.as_str())? {
+            *out = new;
             n += 1;
         }
     }

@@ -158,9 +158,10 @@ impl SpilledRenames {
         Ok(out)
     }
 
-    /// Every rename, straight into a [`RenameMap`] (which refuses an old name renamed twice).
-    pub fn read_back_into_map(self) -> Result<RenameMap> {
-        let mut map = RenameMap::new();
+    /// Every rename, straight into a [`RenameMap`] (which refuses an old name renamed twice),
+    /// whose scratch files go in `dir`.
+    pub fn read_back_into_map(self, dir: Option<&Path>) -> Result<RenameMap> {
+        let mut map = RenameMap::new_in(dir);
         self.for_each(|function, old, new| map.insert(function, old, new))?;
         Ok(map)
     }
@@ -355,15 +356,15 @@ mod tests {
         for (f, old, new) in &made {
             again.push(f, old, new).unwrap();
         }
-        let map = again.read_back_into_map().unwrap();
+        let map = again.read_back_into_map(None).unwrap();
         assert_eq!(map.len(), made.len());
         for (f, old, new) in &made {
-            assert_eq!(map.get(f, old), Some(*new));
+            assert_eq!(map.get(f, old).unwrap().as_deref(), Some(*new));
         }
         let mut twice = SpilledRenames::create_in(dir.path()).unwrap();
         twice.push(&main, "w", "a").unwrap();
         twice.push(&main, "w", "b").unwrap();
-        assert!(twice.read_back_into_map().is_err());
+        assert!(twice.read_back_into_map(None).is_err());
     }
 
     #[test]

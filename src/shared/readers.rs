@@ -398,6 +398,22 @@ mod tests {
     }
 
     #[test]
+    fn a_key_state_reads_back_as_written() {
+        let state = KeyState {
+            readers: 2,
+            pruned: true,
+            first_compared: 0x0102_0304,
+            config: 0x0506_0708,
+            outcome: 0x090a_0b0c_0d0e_0f10,
+            excluded_reader: 0x1112_1314,
+            pruned_reader: 0x1516_1718,
+        };
+        let mut bytes = [0; KeyState::SIZE];
+        state.put(&mut bytes);
+        assert_eq!(KeyState::take(&bytes), state);
+    }
+
+    #[test]
     fn without_a_shared_key_nothing_is_kept() {
         let mut readers = BlobReaders::default();
         readers.number_or_insert(&key(1)).unwrap();

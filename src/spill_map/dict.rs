@@ -34,6 +34,16 @@ impl SpillDict {
         }
     }
 
+    /// A dict that keeps almost nothing in memory (other modules' tests).
+    #[cfg(test)]
+    pub(crate) fn with_tiny_memory() -> Self {
+        SpillDict {
+            index: SpillMap::with_limit(None, 8),
+            log: SpillLog::with_memory(None, 64),
+            ..SpillDict::new_in(None)
+        }
+    }
+
     fn hash(&self, key: &[u8]) -> u64 {
         (self.hash)(key, self.seed)
     }

@@ -24,7 +24,7 @@ pub struct SpillLog {
 
 impl SpillLog {
     pub fn new_in(dir: Option<&Path>) -> Self {
-        Self::with_memory(dir, MEMORY_BYTES)
+        Self::with_memory(dir, super::memory_override().unwrap_or(MEMORY_BYTES))
     }
 
     pub(super) fn with_memory(dir: Option<&Path>, memory_bytes: usize) -> Self {

@@ -25,11 +25,21 @@ pub use dict::SpillDict;
 pub use log::SpillLog;
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use hashbrown::HashMap;
 
 use crate::error::Result;
 use run::Run;
+
+/// `MLPRUNE_SCRATCH_BYTES`, when set to a number: the bytes every scratch store (these maps, their
+/// dicts and logs, [`paged`] stores) keeps in memory before it moves to its files, in place of its
+/// own default. Outputs are the same whatever it is; tests set it small to drive every store
+/// through its files in a whole run (`tests/hostile/scaling.rs`).
+pub(crate) fn memory_override() -> Option<usize> {
+    static OVERRIDE: OnceLock<Option<usize>> = OnceLock::new();
+    *OVERRIDE.get_or_init(|| std::env::var("MLPRUNE_SCRATCH_BYTES").ok()?.trim().parse().ok())
+}
 
 /// Entries held in memory before they go to a run: a `u64 → [u8; 8]` table of this many takes
 /// about 2 MiB (a hash table of 2^17 slots of 17 bytes).
@@ -47,7 +57,9 @@ pub struct SpillMap<const V: usize> {
 impl<const V: usize> SpillMap<V> {
     /// An empty map whose runs, if it ever needs them, are unlinked files in `dir`.
     pub fn new_in(dir: Option<&Path>) -> Self {
-        Self::with_limit(dir, DEFAULT_MEMTABLE_LIMIT)
+        // About 16 bytes an entry in the hash map.
+        let limit = memory_override().map_or(DEFAULT_MEMTABLE_LIMIT, |bytes| bytes / 16);
+        Self::with_limit(dir, limit)
     }
 
     /// An empty map whose runs go next to `path`, the file its entries describe (on the same file

@@ -39,7 +39,7 @@ impl Default for Spill {
     fn default() -> Self {
         Spill {
             dir: None,
-            memory_limit: DEFAULT_MEMORY_LIMIT,
+            memory_limit: super::memory_override().unwrap_or(DEFAULT_MEMORY_LIMIT),
             cache_pages: DEFAULT_CACHE_PAGES,
         }
     }

@@ -14,7 +14,13 @@ use crate::*;
 /// default. `rename` maps op names of `second` to new ones (a consumer only one function has).
 fn two_functions(rename: &[(&str, &str)]) -> Case {
     let case = Case::linear();
-    let path = case.file("model.mlmodel");
+    add_second_function(&case.input, rename);
+    case
+}
+
+/// `package`'s `main` function copied as `second` (the default), as [`two_functions`] describes.
+pub(crate) fn add_second_function(package: &Path, rename: &[(&str, &str)]) {
+    let path = package.join(CORE_ML).join("model.mlmodel");
     let mut model = Model::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
     let Some(Type::MlProgram(program)) = model.r#type.as_mut() else {
         panic!("fixture is an ML Program")
@@ -40,7 +46,6 @@ fn two_functions(rename: &[(&str, &str)]) -> Case {
     description.functions = vec![function("main"), function("second")];
     description.default_function_name = "second".into();
     std::fs::write(&path, model.encode_to_vec()).unwrap();
-    case
 }
 
 fn program_of(package: &Path) -> (Model, Program) {
