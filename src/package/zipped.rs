@@ -798,7 +798,7 @@ mod tests {
     }
 
     fn open_limited(zip_path: &Path, limits: ZipLimits) -> Result<Package> {
-        Package::open_with_limits(zip_path, &limits)
+        Package::open_with_limits(zip_path, &limits, &[])
     }
 
     fn zip_reason(result: Result<Package>) -> String {

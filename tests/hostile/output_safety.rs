@@ -1653,3 +1653,108 @@ fn names_in_dir(dir: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect()
 }
+
+/// The sweep of stale extractions in the temporary directory, at every `Package::open`, spared
+/// only the input: a `--config` file, an existing report or an existing OUTPUT lying in a folder
+/// named and marked like a killed run's extraction was deleted, then the run failed (red-team,
+/// round 19). Each lies in a marked folder of its own here, so that each is spared for itself.
+#[cfg(unix)]
+#[test]
+fn the_temp_sweep_never_removes_the_config_the_report_or_output() {
+    let case = Case::linear();
+    let tmpdir = case.tmp.path().join("tmp");
+    let marked = |hex: &str| {
+        let dir = tmpdir.join(format!(".mlprune-unzip-{hex}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(".mlprune-unzip-scratch"), b"").unwrap();
+        dir
+    };
+    let config_text = "config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n";
+    let config = marked("00000000000000c1").join("cfg.yaml");
+    std::fs::write(&config, config_text).unwrap();
+    let report = marked("00000000000000c2").join("r.json");
+    std::fs::write(&report, b"{\"previous\": \"report\"}").unwrap();
+    let output = marked("00000000000000c3").join("out.mlpackage");
+    assert!(prune_with(&case, &output, &["-q"]).status.success());
+    let before = snapshot(&case.input);
+    let o = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .env("TMPDIR", &tmpdir)
+        .arg("prune")
+        .arg(&case.input)
+        .arg(&output)
+        .arg("--config")
+        .arg(&config)
+        .arg("--report")
+        .arg(&report)
+        .args(["--force", "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), config_text);
+    assert!(
+        std::fs::read(&report).unwrap().starts_with(b"["),
+        "the new report"
+    );
+    assert!(output.join("Manifest.json").is_file(), "the new OUTPUT");
+    assert_eq!(snapshot(&case.input), before);
+    let mut left = names_in_dir(&tmpdir);
+    left.sort();
+    let marked_names: Vec<String> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|t| format!(".mlprune-unzip-00000000000000{t}"))
+        .collect();
+    assert_eq!(left, marked_names, "the three folders kept, nothing else left");
+
+    // `bench` reads its --config before the package is opened (and fails later on a machine
+    // without a GPU): the config is spared all the same.
+    let bench_config = marked("00000000000000c4").join("cfg.yaml");
+    std::fs::write(&bench_config, config_text).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .env("TMPDIR", &tmpdir)
+        .arg("bench")
+        .arg(&case.input)
+        .arg("--config")
+        .arg(&bench_config)
+        .args(["--runs", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&bench_config).unwrap(),
+        config_text,
+        "{stderr}"
+    );
+}
+
+/// With the working directory deeper than `PATH_MAX` and a relative `TMPDIR`, nothing can be made
+/// canonical: the sweep dropped the input from what it spares and deleted it, since it lay in a
+/// folder named and marked like a killed run's extraction (red-team, round 19). It fails closed
+/// now: what it cannot compare with what it spares, it leaves.
+#[cfg(unix)]
+#[test]
+fn the_temp_sweep_fails_closed_where_paths_cannot_be_resolved() {
+    let case = Case::linear();
+    let stale = ".mlprune-unzip-0123456789abcdef";
+    let script = format!(
+        "set -e; n=$(printf 'd%.0s' $(seq 200)); for i in $(seq 22); do mkdir \"$n\"; cd \"$n\"; done
+         mkdir {stale}; : > {stale}/.mlprune-unzip-scratch; cp -r \"$1\" {stale}/in.mlpackage
+         set +e; TMPDIR=. \"$0\" prune {stale}/in.mlpackage out.mlpackage --sparsity 0.5 -q; rc=$?
+         test -f {stale}/in.mlpackage/Manifest.json && echo kept; exit $rc"
+    );
+    let o = Command::new("bash")
+        .current_dir(case.tmp.path())
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_mlprune"))
+        .arg(&case.input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "kept\n",
+        "input deleted; {stderr}"
+    );
+}
