@@ -413,8 +413,7 @@ fn prune_steps(
     let mut notices = load_notices;
     notices.extend_from_slice(out.notices());
     notices.extend(devices.notices);
-    job.cancel.check()?;
-    notices.extend(out.commit()?);
+    notices.extend(out.commit_unless(&job.cancel)?);
     Ok(PruneSummary {
         tensors: reports,
         planned: planned_count,

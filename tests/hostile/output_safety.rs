@@ -1758,3 +1758,59 @@ fn the_temp_sweep_fails_closed_where_paths_cannot_be_resolved() {
         "input deleted; {stderr}"
     );
 }
+
+/// SIGINT while a run waited (up to 60 s) for another run's commit into OUTPUT's folder was held
+/// off until the lock was free; the run then replaced OUTPUT and exited 0 (red-team, round 19).
+/// The wait is not the commit: the signal ends the run at once, 130, OUTPUT as it was. The folder
+/// lock is held here for at most 4 s, so without the fix the run commits and the test fails.
+#[cfg(unix)]
+#[test]
+fn sigint_while_waiting_for_the_folder_lock_leaves_output_as_it_was() {
+    let case = Case::linear();
+    let output = case.tmp.path().join("out.zip");
+    assert!(prune_with(&case, &output, &["-q"]).status.success());
+    let before = std::fs::read(&output).unwrap();
+    let lock = std::fs::File::open(case.tmp.path()).unwrap();
+    lock.lock().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .arg("prune")
+        .arg(&case.input)
+        .arg(&output)
+        .args(["--sparsity", "0.7", "--force", "-q"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The commit writes the new archive to a scratch file (the staging folder has the same
+    // prefix), then waits for the lock.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let archive_written = || {
+        names_with(&case, ".out.zip.mlprune-tmp-")
+            .iter()
+            .any(|n| case.tmp.path().join(n).is_file())
+    };
+    while !archive_written() {
+        assert!(child.try_wait().unwrap().is_none(), "ended before its commit");
+        assert!(Instant::now() < deadline, "no scratch archive appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    send("-INT", &child);
+    let signalled = Instant::now();
+    while child.try_wait().unwrap().is_none() && signalled.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(lock);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "the signal was deferred"
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), before, "OUTPUT as it was");
+    assert_nothing_left(&case, &["in.mlpackage", "out.zip"]);
+}
