@@ -25,6 +25,7 @@ pub use output::{check_output_spares, OutputPackage};
 
 use crate::cleanup::{sweep_stale, ScratchPath};
 use crate::error::{Error, IoContext, Result};
+use crate::open_file::{open_regular_or_err, Links};
 use folder::{read_folder, DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use zipped::{extract_package, strip_suffix_ignore_case, ZipLimits};
 
@@ -306,7 +307,7 @@ fn looks_like_zip(path: &Path) -> Result<bool> {
         return Ok(true);
     }
     let mut head = Vec::with_capacity(4);
-    let file = std::fs::File::open(path).at(path)?;
+    let file = open_regular_or_err(path, Links::Follow).at(path)?;
     file.take(4).read_to_end(&mut head).at(path)?;
     Ok(ZIP_MAGICS.iter().any(|magic| head == magic[..]))
 }
