@@ -158,7 +158,7 @@ fn create_locked(path: &Path, is_dir: bool) -> io::Result<File> {
     let handle = if is_dir {
         std::fs::create_dir(path)?;
         // A sweep may already have removed the fresh, unlocked folder: the name is taken, as below.
-        File::open(path).map_err(|e| match e.kind() {
+        crate::open_file::open_dir(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => io::ErrorKind::AlreadyExists.into(),
             _ => e,
         })?
@@ -286,9 +286,17 @@ pub fn sweep_stale(
         {
             continue;
         }
-        let Ok(handle) = File::open(&path) else { continue };
-        if handle.try_lock().is_err() || !same_file(&path, &handle) {
-            continue; // a live run holds it, or it was replaced meanwhile
+        // Without blocking: a FIFO swapped in since the type was looked at would hang the open.
+        let Ok(handle) = crate::open_file::open_nonblocking(&path, crate::open_file::Links::NoFollow) else {
+            continue;
+        };
+        let opened = handle.metadata().ok();
+        let checked = opened.is_some_and(|m| {
+            crate::package::paths::identity_of(&m) == crate::package::paths::identity_of(&meta)
+                && m.file_type() == meta.file_type()
+        });
+        if !checked || handle.try_lock().is_err() || !same_file(&path, &handle) {
+            continue; // not what was looked at, a live run holds it, or it was replaced meanwhile
         }
         if remove_path(&path, meta.is_dir()).is_ok() {
             removed.push(path);

@@ -19,6 +19,7 @@ use super::{used_paths, Package, Use, UsedPaths};
 use crate::cancel::CancelFlag;
 use crate::cleanup::{self, ScratchPath};
 use crate::error::{show_scratch_as, Error, IoContext, Result};
+use crate::open_file::{open_dir, open_nonblocking, open_regular, open_regular_or_err, Links};
 #[cfg(test)]
 use zip::ZipArchive;
 
@@ -675,8 +676,11 @@ fn is_package_dir(dir: &Path) -> bool {
     if !(manifest && data) {
         return false;
     }
-    let Some(manifest) = File::open(&path)
+    // Without blocking, and only a regular file: a FIFO swapped in at `Manifest.json` since the
+    // listing would hang the check (it runs in the commit, with signals held off).
+    let Some(manifest) = open_regular(&path, Links::NoFollow)
         .ok()
+        .and_then(Result::ok)
         .and_then(|f| valid_manifest(io::Read::take(f, MANIFEST_READ_LIMIT), &path))
     else {
         return false;
@@ -755,7 +759,9 @@ fn valid_manifest(mut reader: impl io::Read, path: &Path) -> Option<Manifest> {
 /// `Manifest.json` (valid), or lies in its `Data/`, with the package at the root or in one
 /// `*.mlpackage/` folder. What mlprune writes for a `.zip` OUTPUT, and reads as a zipped package.
 fn zip_holds_package(path: &Path) -> bool {
-    let Ok(mut file) = File::open(path) else {
+    // Following the link `path` may be (`/proc/self/fd/<n>`, see `Pinned`), but never blocking on a
+    // FIFO it now names.
+    let Ok(Ok(mut file)) = open_regular(path, Links::Follow) else {
         return false;
     };
     if !zip_is_bare(&mut file) {
@@ -993,7 +999,7 @@ fn copy_tree(
 
 /// Copies file contents (std uses copy_file_range/sendfile where it can) into a new file.
 fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
-    let mut from = File::open(src).at(src_shown)?;
+    let mut from = open_regular_or_err(src, Links::NoFollow).at(src_shown)?;
     let mut to = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -1129,7 +1135,7 @@ const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// commit, at most [`COMMIT_WAIT`], and only while `cancel` is not set: a try-lock in a loop, not
 /// a blocking lock, so the wait can be given up). A folder that cannot be opened is not locked.
 fn lock_dir(dir: &Path, cancel: &CancelFlag) -> Result<Option<File>> {
-    let Ok(handle) = File::open(dir) else {
+    let Ok(handle) = open_dir(dir) else {
         return Ok(None);
     };
     let deadline = std::time::Instant::now() + COMMIT_WAIT;
@@ -1183,8 +1189,14 @@ impl Placement<'_> {
                 appeared(output)
             });
         };
-        let lock = File::open(output).ok();
+        // Opened without blocking, and refused unless it is what was checked: a FIFO swapped in
+        // at OUTPUT since the check hung the commit here, signals held off (red-team, round 19).
+        // A path that cannot be opened (a link) is left to the identity check after the exchange.
+        let lock = open_nonblocking(output, Links::NoFollow).ok();
         if let Some(handle) = &lock {
+            if handle.metadata().ok().and_then(|m| identity_of(&m)) != checked {
+                return Err(changed_while_writing(output));
+            }
             if let Err(std::fs::TryLockError::WouldBlock) = handle.try_lock() {
                 return Err(Error::Usage(format!(
                     "another run is replacing output {}; not replacing it too",
@@ -1299,7 +1311,9 @@ fn sync_tree(dir: &Path) -> Result<()> {
         if meta.is_dir() {
             sync_tree(&path)?;
         } else if meta.is_file() {
-            File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
+            open_regular_or_err(&path, Links::NoFollow)
+                .and_then(|f| f.sync_all())
+                .at(&path)?;
         }
     }
     sync_dir(dir);
@@ -1310,7 +1324,7 @@ fn sync_tree(dir: &Path) -> Result<()> {
 /// filesystems refuse to sync a directory; that is not an error for us.
 fn sync_dir(dir: &Path) {
     #[cfg(unix)]
-    if let Ok(handle) = File::open(dir) {
+    if let Ok(handle) = open_dir(dir) {
         let _ = handle.sync_all();
     }
     #[cfg(not(unix))]

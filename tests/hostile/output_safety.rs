@@ -1814,3 +1814,71 @@ fn sigint_while_waiting_for_the_folder_lock_leaves_output_as_it_was() {
     assert_eq!(std::fs::read(&output).unwrap(), before, "OUTPUT as it was");
     assert_nothing_left(&case, &["in.mlpackage", "out.zip"]);
 }
+
+/// A FIFO swapped in at OUTPUT (or at OUTPUT/Manifest.json) while a `--force` run commits: the
+/// commit reopened OUTPUT by path with a blocking open, signals held off, and hung for good;
+/// SIGINT did nothing (red-team, round 19). Opened without blocking and checked on the handle
+/// now: the run is refused ("changed while mlprune was writing") or commits, and never hangs.
+/// A thread keeps exchanging the FIFO with what the commit looks at; each run gets 5 s.
+#[cfg(target_os = "linux")]
+#[test]
+fn force_never_hangs_on_a_fifo_swapped_in_at_output() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let case = Case::linear();
+    for (output, swapped) in [
+        ("out.zip", "out.zip"),
+        ("out.mlpackage", "out.mlpackage/Manifest.json"),
+    ] {
+        let output = case.tmp.path().join(output);
+        let swapped = case.tmp.path().join(swapped);
+        let fifo = case.tmp.path().join("fifo");
+        assert!(prune_with(&case, &output, &["-q"]).status.success());
+        assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = renameat_with(CWD, &swapped, CWD, &fifo, RenameFlags::EXCHANGE);
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                let mut child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+                    .arg("prune")
+                    .arg(&case.input)
+                    .arg(&output)
+                    .args(["--sparsity", "0.5", "--force", "-q"])
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let started = Instant::now();
+                while child.try_wait().unwrap().is_none() {
+                    if started.elapsed() > Duration::from_secs(5) {
+                        child.kill().unwrap();
+                        stop.store(true, Ordering::Relaxed);
+                        panic!("a --force run to {} hung", output.display());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let o = child.wait_with_output().unwrap();
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                assert!(!stderr.contains("panicked"), "{stderr}");
+                assert!(matches!(o.status.code(), Some(0 | 1 | 2)), "{stderr}");
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        // Put back where the exchange left things, for the next case.
+        let _ = std::fs::remove_file(&fifo);
+        if std::fs::symlink_metadata(&swapped).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+            std::fs::remove_file(&swapped).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&output);
+        let _ = std::fs::remove_file(&output);
+    }
+    let left: Vec<String> = names_with(&case, "mlprune-")
+        .into_iter()
+        .filter(|n| !n.contains("mlprune-kept-"))
+        .collect();
+    assert!(left.is_empty(), "nothing of ours left behind: {left:?}");
+}
