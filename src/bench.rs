@@ -71,10 +71,20 @@ pub struct BenchReport {
 const MIN_COPY_BYTES: u64 = 64 << 20;
 
 pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<BenchReport> {
+    bench_sparing(input, config, runs, &[])
+}
+
+/// [`bench`], whose sweep of stale extractions spares `spare` too (the `--config` file).
+pub fn bench_sparing(
+    input: &Path,
+    config: &OptimizationConfig,
+    runs: u32,
+    spare: &[&Path],
+) -> Result<BenchReport> {
     config.validate()?;
     // The model first, checked as prune checks it: a model prune refuses is refused here with the
     // same error, before any device is opened (it used to bench nothing and exit 0).
-    let package = Package::open(input)?;
+    let package = Package::open_sparing(input, spare)?;
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
     let graph = GraphView::of_model(&mut model)?;

@@ -158,7 +158,7 @@ fn create_locked(path: &Path, is_dir: bool) -> io::Result<File> {
     let handle = if is_dir {
         std::fs::create_dir(path)?;
         // A sweep may already have removed the fresh, unlocked folder: the name is taken, as below.
-        File::open(path).map_err(|e| match e.kind() {
+        crate::open_file::open_dir(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => io::ErrorKind::AlreadyExists.into(),
             _ => e,
         })?
@@ -213,13 +213,24 @@ fn remove_path(path: &Path, is_dir: bool) -> io::Result<()> {
 /// - anything that is, holds or lies inside one of `spare` (the run's input, config and report, or
 ///   where the report will be: a user may well prune a package a killed run set aside, under the
 ///   name it was left with).
+///
+/// Fails closed: where one of `spare` cannot be made canonical (a working directory deeper than
+/// `PATH_MAX`, a folder that went missing) nothing is swept, and an entry that cannot be made
+/// canonical is left, since neither can be told apart from what must be spared. Dropping them
+/// instead deleted an input lying in a stale extraction folder (red-team, round 19).
 pub fn sweep_stale(
     dir: &Path,
     prefix: impl AsRef<OsStr>,
     marker: Option<&str>,
     spare: &[&Path],
 ) -> Result<Vec<PathBuf>> {
-    let spare: Vec<PathBuf> = spare.iter().filter_map(|p| canonical_or_future(p)).collect();
+    let Some(spare) = spare
+        .iter()
+        .map(|p| canonical_or_future(p))
+        .collect::<Option<Vec<PathBuf>>>()
+    else {
+        return Ok(Vec::new());
+    };
     let prefix = prefix.as_ref().as_encoded_bytes();
     let mut removed = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -266,17 +277,26 @@ pub fn sweep_stale(
                 continue;
             }
         }
-        if let Ok(canonical) = std::fs::canonicalize(&path) {
-            if spare
-                .iter()
-                .any(|s| lies_within(s, &canonical) || lies_within(&canonical, s))
-            {
-                continue;
-            }
+        let Ok(canonical) = std::fs::canonicalize(&path) else {
+            continue; // cannot be compared with what is spared
+        };
+        if spare
+            .iter()
+            .any(|s| lies_within(s, &canonical) || lies_within(&canonical, s))
+        {
+            continue;
         }
-        let Ok(handle) = File::open(&path) else { continue };
-        if handle.try_lock().is_err() || !same_file(&path, &handle) {
-            continue; // a live run holds it, or it was replaced meanwhile
+        // Without blocking: a FIFO swapped in since the type was looked at would hang the open.
+        let Ok(handle) = crate::open_file::open_nonblocking(&path, crate::open_file::Links::NoFollow) else {
+            continue;
+        };
+        let opened = handle.metadata().ok();
+        let checked = opened.is_some_and(|m| {
+            crate::package::paths::identity_of(&m) == crate::package::paths::identity_of(&meta)
+                && m.file_type() == meta.file_type()
+        });
+        if !checked || handle.try_lock().is_err() || !same_file(&path, &handle) {
+            continue; // not what was looked at, a live run holds it, or it was replaced meanwhile
         }
         if remove_path(&path, meta.is_dir()).is_ok() {
             removed.push(path);
@@ -498,6 +518,29 @@ mod tests {
         let removed = sweep_stale(dir.path(), ".mlprune-unzip-", Some(".marker"), &[]).unwrap();
         assert_eq!(removed, [stale]);
         assert_eq!(std::fs::read(&file).unwrap(), b"user data");
+    }
+
+    #[test]
+    fn a_sweep_that_cannot_resolve_what_it_spares_removes_nothing() {
+        // Regression (red-team, round 19): a spared path that could not be made canonical was
+        // dropped from the list, and the sweep went on without it (the input was deleted).
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".mlprune-unzip-00000000000000aa");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join(".marker"), b"").unwrap();
+        let unresolvable = dir.path().join("gone/also-gone/in.mlpackage");
+        let removed = sweep_stale(dir.path(), ".mlprune-unzip-", Some(".marker"), &[&unresolvable]).unwrap();
+        assert!(removed.is_empty(), "{removed:?}");
+        assert!(stale.join(".marker").is_file());
+        // Once every spared path resolves, the same folder is swept.
+        let removed = sweep_stale(
+            dir.path(),
+            ".mlprune-unzip-",
+            Some(".marker"),
+            &[dir.path().join("in.mlpackage").as_path()],
+        )
+        .unwrap();
+        assert_eq!(removed, [stale]);
     }
 
     #[test]

@@ -323,12 +323,17 @@ pub fn execute(cli: Cli) -> Result<()> {
             ));
             Ok(())
         }
-        Command::Bench { input, config, runs } => {
-            let config = match &config {
+        Command::Bench {
+            input,
+            config: config_path,
+            runs,
+        } => {
+            let config = match &config_path {
                 Some(path) => OptimizationConfig::from_file(path)?,
                 None => crate::bench::default_config()?,
             };
-            let report = crate::bench::bench(&input, &config, runs)?;
+            let spare: Vec<&std::path::Path> = config_path.iter().map(|p| p.as_path()).collect();
+            let report = crate::bench::bench_sparing(&input, &config, runs, &spare)?;
             print_stdout(&crate::bench::render(&report))?;
             if report.rows.iter().any(|r| !r.identical) {
                 return Err(Error::Gpu("bench: CPU and GPU results differ".into()));

@@ -163,7 +163,12 @@ fn prune_steps(
 ) -> Result<PruneSummary> {
     job.config.validate()?;
     let mut devices = Devices::new(job.device, job.gpu_min_elements)?;
-    let package = Package::open(&job.input)?;
+    // The sweep of stale extractions spares every path the run names, not only the input.
+    let named: Vec<&std::path::Path> = (job.config_file.iter().chain(&job.report))
+        .map(PathBuf::as_path)
+        .chain([job.output.as_path()])
+        .collect();
+    let package = Package::open_sparing(&job.input, &named)?;
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
     let functions = model.program.functions.len();
@@ -408,8 +413,7 @@ fn prune_steps(
     let mut notices = load_notices;
     notices.extend_from_slice(out.notices());
     notices.extend(devices.notices);
-    job.cancel.check()?;
-    notices.extend(out.commit()?);
+    notices.extend(out.commit_unless(&job.cancel)?);
     Ok(PruneSummary {
         tensors: reports,
         planned: planned_count,

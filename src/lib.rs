@@ -29,6 +29,7 @@ pub mod inspect;
 pub mod joint;
 mod json_nodes;
 pub mod mil;
+pub(crate) mod open_file;
 pub mod package;
 pub mod plan;
 pub mod prefetch;

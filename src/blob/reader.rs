@@ -149,7 +149,7 @@ impl<R: ReadAt> std::fmt::Debug for BlobReader<R> {
 impl BlobReader<std::fs::File> {
     /// Opens and validates the header of the file at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).at(path)?;
+        let file = crate::open_file::open_regular_or_err(path, crate::open_file::Links::Follow).at(path)?;
         // Surface metadata errors here; `ReadAt::size` for a file cannot report them.
         file.metadata().at(path)?;
         Self::new(file, path.to_path_buf())

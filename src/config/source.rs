@@ -3,10 +3,10 @@
 //! Every refusal is `Error::Config` naming the file (exit 2); only an operating-system failure to
 //! open or read an existing path stays `Error::Io`.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+use crate::open_file::{kind_of, open_nonblocking, Links};
 use crate::{Error, Result};
 
 /// Largest config file mlprune reads, in bytes.
@@ -20,49 +20,6 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 fn config_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Config(format!("{}: {reason}", path.display()))
-}
-
-/// Opens without blocking: opening a FIFO for reading waits for a writer, forever if none comes.
-/// With `O_NONBLOCK` the open returns at once and the type check below refuses it; for a regular
-/// file the flag changes nothing.
-#[cfg(unix)]
-fn open_nonblocking(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
-}
-
-/// Elsewhere there are no FIFOs that block an open; the type check below still applies.
-#[cfg(not(unix))]
-fn open_nonblocking(path: &Path) -> std::io::Result<File> {
-    File::open(path)
-}
-
-/// What a non-regular file is, for the message.
-fn kind_of(meta: &std::fs::Metadata) -> &'static str {
-    let t = meta.file_type();
-    if t.is_dir() {
-        return "a directory";
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_char_device() {
-            return "a character device";
-        }
-        if t.is_block_device() {
-            return "a block device";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-    }
-    "not a regular file"
 }
 
 /// Reads at most `cap + 1` bytes of `reader`; more than `cap` is refused. The check is on the bytes
@@ -88,7 +45,8 @@ pub(crate) fn read_capped(path: &Path, reader: impl Read, cap: u64) -> Result<Ve
 /// The text of a config file: a regular file (after following links), at most
 /// [`MAX_CONFIG_BYTES`], valid UTF-8.
 pub(crate) fn read_config_text(path: &Path) -> Result<String> {
-    let file = open_nonblocking(path).map_err(|e| Error::io(path, e))?;
+    // Without blocking: opening a FIFO for reading waits for a writer, forever if none comes.
+    let file = open_nonblocking(path, Links::Follow).map_err(|e| Error::io(path, e))?;
     // The handle's own metadata: what was opened, not what the path names a moment later.
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {

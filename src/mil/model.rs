@@ -17,6 +17,7 @@ use prost::Message;
 
 use super::split::{split_model, BodyPlaces, SplitModel};
 use crate::error::{Error, IoContext, Result};
+use crate::open_file::{open_regular_or_err, Links};
 use crate::proto::mil::Program;
 use crate::proto::spec::{model, Model};
 
@@ -53,7 +54,8 @@ impl LoadedModel {
     /// Reads and decodes the file at `path`, leaving its ops there; errors name `label`, the path
     /// the user knows (it differs for a zipped package). See [`decode_model`] for what is refused.
     pub fn read(path: &Path, label: &Path) -> Result<Self> {
-        let file = File::open(path).at(label)?;
+        // Never blocking on a FIFO swapped in for the model, and only a regular file read.
+        let file = open_regular_or_err(path, Links::Follow).at(label)?;
         let len = file.metadata().at(label)?.len();
         let SplitModel {
             model,
@@ -85,7 +87,7 @@ impl LoadedModel {
     /// program itself.
     pub fn read_held(path: &Path, label: &Path) -> Result<Self> {
         let mut bytes = Vec::new();
-        File::open(path)
+        open_regular_or_err(path, Links::Follow)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .at(label)?;
         let (shell, program, notices) = into_program(decode_model(bytes.into(), label)?, label)?;

@@ -8,6 +8,7 @@ use super::manifest::Manifest;
 use super::paths::{confined, exists_no_follow};
 use super::ShownPaths;
 use crate::error::{Error, IoContext, Result};
+use crate::open_file::{open_regular_or_err, Links};
 
 pub(crate) const MANIFEST_FILE: &str = "Manifest.json";
 pub(crate) const DATA_DIR: &str = "Data";
@@ -91,7 +92,8 @@ fn require_regular_file(path: &Path, base: &Path, shown: &ShownPaths) -> Result<
 /// Reads a small file that must resolve inside `base`.
 fn read_confined_file(path: &Path, base: &Path, shown: &ShownPaths) -> Result<Vec<u8>> {
     let resolved = require_regular_file(path, base, shown)?;
-    let file = std::fs::File::open(&resolved).at(shown.show(path))?;
+    // Checked again on the handle: the path may name a FIFO by now.
+    let file = open_regular_or_err(&resolved, Links::NoFollow).at(shown.show(path))?;
     let mut bytes = Vec::new();
     file.take(MAX_MANIFEST_BYTES + 1)
         .read_to_end(&mut bytes)

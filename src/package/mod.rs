@@ -25,6 +25,7 @@ pub use output::{check_output_spares, OutputPackage};
 
 use crate::cleanup::{sweep_stale, ScratchPath};
 use crate::error::{Error, IoContext, Result};
+use crate::open_file::{open_regular_or_err, Links};
 use folder::{read_folder, DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use zipped::{extract_package, strip_suffix_ignore_case, ZipLimits};
 
@@ -71,16 +72,24 @@ impl Package {
     /// Opens a package directory, or a zip archive holding one (a file named `*.zip` or starting
     /// with the zip signature).
     pub fn open(input: &Path) -> Result<Package> {
-        Self::open_with_limits(input, &ZipLimits::default())
+        Self::open_sparing(input, &[])
     }
 
-    pub(crate) fn open_with_limits(input: &Path, limits: &ZipLimits) -> Result<Package> {
+    /// [`Package::open`], whose sweep of stale extractions also spares `spare` (the run's config
+    /// files, report and OUTPUT, as the sweep beside OUTPUT does): any of them may lie in a folder
+    /// named like a killed run's extraction.
+    pub fn open_sparing(input: &Path, spare: &[&Path]) -> Result<Package> {
+        Self::open_with_limits(input, &ZipLimits::default(), spare)
+    }
+
+    pub(crate) fn open_with_limits(input: &Path, limits: &ZipLimits, spare: &[&Path]) -> Result<Package> {
         let temp_dir = std::env::temp_dir();
         // Extracted copies left by runs killed before they could remove them (SIGKILL, power loss)
         // go first; a live run's copy is locked and stays. Best effort: a temporary directory that
         // cannot be listed is no reason to refuse a folder input, and extraction reports its own
         // errors.
-        let _ = sweep_stale(&temp_dir, UNZIP_PREFIX, Some(UNZIP_MARKER), &[input]);
+        let spare: Vec<&Path> = std::iter::once(input).chain(spare.iter().copied()).collect();
+        let _ = sweep_stale(&temp_dir, UNZIP_PREFIX, Some(UNZIP_MARKER), &spare);
         let meta = std::fs::metadata(input).at(input)?;
         if meta.is_dir() {
             let root = std::fs::canonicalize(input).at(input)?;
@@ -298,7 +307,7 @@ fn looks_like_zip(path: &Path) -> Result<bool> {
         return Ok(true);
     }
     let mut head = Vec::with_capacity(4);
-    let file = std::fs::File::open(path).at(path)?;
+    let file = open_regular_or_err(path, Links::Follow).at(path)?;
     file.take(4).read_to_end(&mut head).at(path)?;
     Ok(ZIP_MAGICS.iter().any(|magic| head == magic[..]))
 }

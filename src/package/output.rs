@@ -16,8 +16,10 @@ use super::paths::{
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
 use super::{used_paths, Package, Use, UsedPaths};
+use crate::cancel::CancelFlag;
 use crate::cleanup::{self, ScratchPath};
 use crate::error::{show_scratch_as, Error, IoContext, Result};
+use crate::open_file::{open_dir, open_nonblocking, open_regular, open_regular_or_err, Links};
 #[cfg(test)]
 use zip::ZipArchive;
 
@@ -350,7 +352,14 @@ impl OutputPackage {
     /// companion) are in place; if the companion cannot be put in place, the package is taken
     /// back out and the old OUTPUT restored. Signals wait until the renames are done. Returns
     /// notices for the user: an old OUTPUT that could not be removed once the new one was in place.
-    pub fn commit(mut self) -> Result<Vec<String>> {
+    pub fn commit(self) -> Result<Vec<String>> {
+        self.commit_unless(&CancelFlag::default())
+    }
+
+    /// [`OutputPackage::commit`], which stops with `Error::Interrupted`, nothing placed, when
+    /// `cancel` is set before the commit begins, the wait for another run's commit included.
+    pub fn commit_unless(mut self, cancel: &CancelFlag) -> Result<Vec<String>> {
+        cancel.check()?;
         let new_path = match self.zip_folder.clone() {
             Some(folder) => {
                 let temp = create_scratch(&self.parent, &self.output, "output", false)?;
@@ -365,10 +374,13 @@ impl OutputPackage {
                 self.staging_dir().to_path_buf()
             }
         };
-        let _signals = cleanup::hold_off_signals();
         // One commit at a time into OUTPUT's folder: two runs replacing one OUTPUT at once each
-        // set aside the other's package.
-        let dir_lock = lock_dir(&self.parent)?;
+        // set aside the other's package. Waiting for the other run (up to a minute) is not yet
+        // this run's commit, so signals are not held off meanwhile: a SIGINT then cleans up and
+        // exits 130 as anywhere else, where it used to be deferred and the run committed anyway.
+        let dir_lock = lock_dir(&self.parent, cancel)?;
+        let _signals = cleanup::hold_off_signals();
+        cancel.check()?;
         // OUTPUT in the folder resolved when staging started (errors still name the user's path,
         // see `create_scratch`).
         let target = self.parent.join(&self.name);
@@ -664,8 +676,11 @@ fn is_package_dir(dir: &Path) -> bool {
     if !(manifest && data) {
         return false;
     }
-    let Some(manifest) = File::open(&path)
+    // Without blocking, and only a regular file: a FIFO swapped in at `Manifest.json` since the
+    // listing would hang the check (it runs in the commit, with signals held off).
+    let Some(manifest) = open_regular(&path, Links::NoFollow)
         .ok()
+        .and_then(Result::ok)
         .and_then(|f| valid_manifest(io::Read::take(f, MANIFEST_READ_LIMIT), &path))
     else {
         return false;
@@ -744,7 +759,9 @@ fn valid_manifest(mut reader: impl io::Read, path: &Path) -> Option<Manifest> {
 /// `Manifest.json` (valid), or lies in its `Data/`, with the package at the root or in one
 /// `*.mlpackage/` folder. What mlprune writes for a `.zip` OUTPUT, and reads as a zipped package.
 fn zip_holds_package(path: &Path) -> bool {
-    let Ok(mut file) = File::open(path) else {
+    // Following the link `path` may be (`/proc/self/fd/<n>`, see `Pinned`), but never blocking on a
+    // FIFO it now names.
+    let Ok(Ok(mut file)) = open_regular(path, Links::Follow) else {
         return false;
     };
     if !zip_is_bare(&mut file) {
@@ -982,7 +999,7 @@ fn copy_tree(
 
 /// Copies file contents (std uses copy_file_range/sendfile where it can) into a new file.
 fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
-    let mut from = File::open(src).at(src_shown)?;
+    let mut from = open_regular_or_err(src, Links::NoFollow).at(src_shown)?;
     let mut to = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -1115,13 +1132,15 @@ struct Aside {
 const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Takes the advisory lock on `dir` that every commit into it takes (waiting for another run's
-/// commit, at most [`COMMIT_WAIT`]). A folder that cannot be opened is not locked.
-fn lock_dir(dir: &Path) -> Result<Option<File>> {
-    let Ok(handle) = File::open(dir) else {
+/// commit, at most [`COMMIT_WAIT`], and only while `cancel` is not set: a try-lock in a loop, not
+/// a blocking lock, so the wait can be given up). A folder that cannot be opened is not locked.
+fn lock_dir(dir: &Path, cancel: &CancelFlag) -> Result<Option<File>> {
+    let Ok(handle) = open_dir(dir) else {
         return Ok(None);
     };
     let deadline = std::time::Instant::now() + COMMIT_WAIT;
     loop {
+        cancel.check()?;
         match handle.try_lock() {
             Ok(()) => return Ok(Some(handle)),
             Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
@@ -1170,8 +1189,14 @@ impl Placement<'_> {
                 appeared(output)
             });
         };
-        let lock = File::open(output).ok();
+        // Opened without blocking, and refused unless it is what was checked: a FIFO swapped in
+        // at OUTPUT since the check hung the commit here, signals held off (red-team, round 19).
+        // A path that cannot be opened (a link) is left to the identity check after the exchange.
+        let lock = open_nonblocking(output, Links::NoFollow).ok();
         if let Some(handle) = &lock {
+            if handle.metadata().ok().and_then(|m| identity_of(&m)) != checked {
+                return Err(changed_while_writing(output));
+            }
             if let Err(std::fs::TryLockError::WouldBlock) = handle.try_lock() {
                 return Err(Error::Usage(format!(
                     "another run is replacing output {}; not replacing it too",
@@ -1286,7 +1311,9 @@ fn sync_tree(dir: &Path) -> Result<()> {
         if meta.is_dir() {
             sync_tree(&path)?;
         } else if meta.is_file() {
-            File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
+            open_regular_or_err(&path, Links::NoFollow)
+                .and_then(|f| f.sync_all())
+                .at(&path)?;
         }
     }
     sync_dir(dir);
@@ -1297,7 +1324,7 @@ fn sync_tree(dir: &Path) -> Result<()> {
 /// filesystems refuse to sync a directory; that is not an error for us.
 fn sync_dir(dir: &Path) {
     #[cfg(unix)]
-    if let Ok(handle) = File::open(dir) {
+    if let Ok(handle) = open_dir(dir) {
         let _ = handle.sync_all();
     }
     #[cfg(not(unix))]
@@ -1702,6 +1729,38 @@ mod tests {
         }
         // The output was staged with --force each time but never committed: all as before.
         assert_eq!(read_tree(dir.path()), before);
+    }
+
+    #[test]
+    fn a_commit_waiting_for_the_folder_lock_can_be_cancelled() {
+        // Regression (red-team, round 19): the wait for another run's commit (up to a minute)
+        // could not be interrupted, and the run then committed anyway.
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let (_input, staged) = stage(dir.path(), "out.zip", false).unwrap();
+        let other_run = File::open(dir.path()).unwrap();
+        other_run.lock().unwrap();
+        let cancel = CancelFlag::default();
+        let (err, waited) = std::thread::scope(|scope| {
+            let canceller = cancel.clone();
+            scope.spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                canceller.cancel();
+                // Time-boxed: the other run's commit ends, as a run that ignored the cancel
+                // would find (it would then commit).
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                drop(other_run);
+            });
+            let started = std::time::Instant::now();
+            (staged.commit_unless(&cancel), started.elapsed())
+        });
+        assert!(matches!(err, Err(Error::Interrupted)), "{err:?}");
+        assert!(waited < std::time::Duration::from_secs(2), "{waited:?}");
+        assert_eq!(
+            list_dir(dir.path()),
+            ["in.mlpackage"],
+            "nothing placed, nothing left"
+        );
     }
 
     #[test]

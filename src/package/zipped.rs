@@ -20,6 +20,7 @@ use super::folder::{MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use super::manifest::Manifest;
 use super::{used_paths, Use};
 use crate::error::{Error, IoContext, Result};
+use crate::open_file::{open_regular_or_err, Links};
 
 /// Resource caps for extraction. Tests inject small ones.
 #[derive(Debug, Clone, Copy)]
@@ -196,7 +197,7 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
         path: archive_path.to_path_buf(),
         reason,
     };
-    let file = File::open(archive_path).at(archive_path)?;
+    let file = open_regular_or_err(archive_path, Links::Follow).at(archive_path)?;
     let listing = ListingBudget::new(limits);
     let reader = BufReader::with_capacity(1 << 20, listing.reader(file));
     let mut archive = ZipArchive::new(reader).map_err(|e| zip_error(listing.explain(e)))?;
@@ -747,7 +748,7 @@ fn add_tree<W: Write + io::Seek>(
                 .compression_method(method)
                 .large_file(size >= u64::from(u32::MAX));
             writer.start_file(entry_name.as_str(), options).map_err(failed)?;
-            let mut source = File::open(&path).at(&path)?;
+            let mut source = open_regular_or_err(&path, Links::NoFollow).at(&path)?;
             io::copy(&mut source, writer).map_err(|e| failed(e.into()))?;
         } else {
             return Err(zip_error(format!(
@@ -798,7 +799,7 @@ mod tests {
     }
 
     fn open_limited(zip_path: &Path, limits: ZipLimits) -> Result<Package> {
-        Package::open_with_limits(zip_path, &limits)
+        Package::open_with_limits(zip_path, &limits, &[])
     }
 
     fn zip_reason(result: Result<Package>) -> String {

@@ -9,6 +9,7 @@ use crate::blob::{BlobReader, ReadThreads};
 use crate::dtype::ScalarType;
 use crate::error::{Error, IoContext, Result};
 use crate::mil::value::{decode_immediate, element_count, TensorTypeExt, ValueExt};
+use crate::open_file::{open_regular_or_err, Links};
 use crate::package::Package;
 use crate::proto::mil::Value;
 use crate::tensor::TensorData;
@@ -50,7 +51,8 @@ impl WeightSource {
         let blobs = match package.weight_file() {
             Some(path) => {
                 let label = package.display_path(&path);
-                let file = File::open(&path).at(&label)?;
+                // Never blocking on a FIFO swapped in for it, and only a regular file read.
+                let file = open_regular_or_err(&path, Links::Follow).at(&label)?;
                 Some(BlobReader::new(file, label)?)
             }
             None => None,

@@ -1,4 +1,5 @@
-//! Inconsistent models, terminal-safe inspect output, usage-error format.
+//! Inconsistent models, input files swapped for a FIFO mid-run, terminal-safe inspect output,
+//! usage-error format.
 
 use mlprune::proto::mil::{DataType, Dimension, NamedValueType, ValueType};
 
@@ -564,4 +565,109 @@ fn bench_refuses_what_prune_refuses() {
         );
         assert!(bench.stdout.is_empty(), "no table");
     }
+}
+
+/// Runs `f` on another thread and returns what it returns, or `None` after `limit` (the thread,
+/// blocked, is left behind: the test fails either way).
+#[cfg(unix)]
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// Replaces `path` by a FIFO (no writer ever comes), as a rename by another process would.
+#[cfg(unix)]
+fn swap_in_fifo(path: &Path) {
+    let fifo = path.with_extension("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    std::fs::rename(&fifo, path).unwrap();
+}
+
+/// The input's files were type-checked by path when the package was opened, then opened again by
+/// path without `O_NONBLOCK`: `weight.bin` or `model.mlmodel` swapped for a FIFO in between made
+/// `prune` block in open(2) forever (red-team, round 19). Each is opened without blocking and
+/// checked on the handle now: an I/O error naming the file, exit 1.
+#[cfg(unix)]
+#[test]
+fn input_files_swapped_for_a_fifo_are_refused_without_blocking() {
+    let case = Case::linear();
+    let package = mlprune::package::Package::open(&case.input).unwrap();
+    let weight_bin = case.weight_bin();
+    let saved = std::fs::read(&weight_bin).unwrap();
+    swap_in_fifo(&weight_bin);
+    let err = within(Duration::from_secs(3), move || {
+        mlprune::weights::WeightSource::open(&package).err()
+    })
+    .expect("WeightSource::open blocked on the FIFO")
+    .expect("refused");
+    assert!(
+        matches!(&err, Error::Io { path, source } if path.ends_with("weight.bin")
+            && source.kind() == std::io::ErrorKind::InvalidInput),
+        "{err:?}"
+    );
+    assert_eq!(err.exit_code(), 1);
+    assert!(err.one_line().contains("is a FIFO, not a regular file"), "{err}");
+    std::fs::remove_file(&weight_bin).unwrap();
+    std::fs::write(&weight_bin, saved).unwrap();
+
+    let model = case.file("model.mlmodel");
+    swap_in_fifo(&model);
+    let label = model.clone();
+    let err = within(Duration::from_secs(3), move || {
+        mlprune::mil::LoadedModel::read(&label, &label).err()
+    })
+    .expect("LoadedModel::read blocked on the FIFO")
+    .expect("refused");
+    assert!(
+        matches!(&err, Error::Io { path, .. } if path.ends_with("model.mlmodel")),
+        "{err:?}"
+    );
+    assert!(err.one_line().contains("is a FIFO"), "{err}");
+}
+
+/// The same swap racing a real run (the repro of round 19): every run ends within seconds, by
+/// success or by one error line, never a panic, and leaves nothing behind.
+#[cfg(unix)]
+#[test]
+fn prune_never_blocks_on_a_fifo_swapped_in_for_weight_bin() {
+    let case = Case::generated(2, 64);
+    let weight_bin = case.weight_bin();
+    let real = case.tmp.path().join("wb.real");
+    std::fs::hard_link(&weight_bin, &real).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut tries = 0;
+    while Instant::now() < deadline {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+            .arg("prune")
+            .arg(&case.input)
+            .arg(case.output())
+            .args(["--sparsity", "0.5", "-q"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(500 * (tries % 20)));
+        swap_in_fifo(&weight_bin);
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(5) {
+                child.kill().unwrap();
+                panic!("prune blocked on a FIFO swapped in for weight.bin (try {tries})");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let o = child.wait_with_output().unwrap();
+        if !o.status.success() {
+            assert_cli_error(&o, 1, &[]);
+        }
+        let back = case.tmp.path().join("wb.back");
+        std::fs::hard_link(&real, &back).unwrap();
+        std::fs::rename(&back, &weight_bin).unwrap();
+        let _ = std::fs::remove_dir_all(case.output());
+        tries += 1;
+    }
+    assert!(tries > 3, "only {tries} runs");
+    assert_nothing_left(&case, &["in.mlpackage", "wb.real"]);
 }

@@ -1653,3 +1653,232 @@ fn names_in_dir(dir: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect()
 }
+
+/// The sweep of stale extractions in the temporary directory, at every `Package::open`, spared
+/// only the input: a `--config` file, an existing report or an existing OUTPUT lying in a folder
+/// named and marked like a killed run's extraction was deleted, then the run failed (red-team,
+/// round 19). Each lies in a marked folder of its own here, so that each is spared for itself.
+#[cfg(unix)]
+#[test]
+fn the_temp_sweep_never_removes_the_config_the_report_or_output() {
+    let case = Case::linear();
+    let tmpdir = case.tmp.path().join("tmp");
+    let marked = |hex: &str| {
+        let dir = tmpdir.join(format!(".mlprune-unzip-{hex}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(".mlprune-unzip-scratch"), b"").unwrap();
+        dir
+    };
+    let config_text = "config_type: OpMagnitudePrunerConfig\nglobal_config:\n  target_sparsity: 0.5\n";
+    let config = marked("00000000000000c1").join("cfg.yaml");
+    std::fs::write(&config, config_text).unwrap();
+    let report = marked("00000000000000c2").join("r.json");
+    std::fs::write(&report, b"{\"previous\": \"report\"}").unwrap();
+    let output = marked("00000000000000c3").join("out.mlpackage");
+    assert!(prune_with(&case, &output, &["-q"]).status.success());
+    let before = snapshot(&case.input);
+    let o = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .env("TMPDIR", &tmpdir)
+        .arg("prune")
+        .arg(&case.input)
+        .arg(&output)
+        .arg("--config")
+        .arg(&config)
+        .arg("--report")
+        .arg(&report)
+        .args(["--force", "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), config_text);
+    assert!(
+        std::fs::read(&report).unwrap().starts_with(b"["),
+        "the new report"
+    );
+    assert!(output.join("Manifest.json").is_file(), "the new OUTPUT");
+    assert_eq!(snapshot(&case.input), before);
+    let mut left = names_in_dir(&tmpdir);
+    left.sort();
+    let marked_names: Vec<String> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|t| format!(".mlprune-unzip-00000000000000{t}"))
+        .collect();
+    assert_eq!(left, marked_names, "the three folders kept, nothing else left");
+
+    // `bench` reads its --config before the package is opened (and fails later on a machine
+    // without a GPU): the config is spared all the same.
+    let bench_config = marked("00000000000000c4").join("cfg.yaml");
+    std::fs::write(&bench_config, config_text).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .env("TMPDIR", &tmpdir)
+        .arg("bench")
+        .arg(&case.input)
+        .arg("--config")
+        .arg(&bench_config)
+        .args(["--runs", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&bench_config).unwrap(),
+        config_text,
+        "{stderr}"
+    );
+}
+
+/// With the working directory deeper than `PATH_MAX` and a relative `TMPDIR`, nothing can be made
+/// canonical: the sweep dropped the input from what it spares and deleted it, since it lay in a
+/// folder named and marked like a killed run's extraction (red-team, round 19). It fails closed
+/// now: what it cannot compare with what it spares, it leaves.
+#[cfg(unix)]
+#[test]
+fn the_temp_sweep_fails_closed_where_paths_cannot_be_resolved() {
+    let case = Case::linear();
+    let stale = ".mlprune-unzip-0123456789abcdef";
+    let script = format!(
+        "set -e; n=$(printf 'd%.0s' $(seq 200)); for i in $(seq 22); do mkdir \"$n\"; cd \"$n\"; done
+         mkdir {stale}; : > {stale}/.mlprune-unzip-scratch; cp -r \"$1\" {stale}/in.mlpackage
+         set +e; TMPDIR=. \"$0\" prune {stale}/in.mlpackage out.mlpackage --sparsity 0.5 -q; rc=$?
+         test -f {stale}/in.mlpackage/Manifest.json && echo kept; exit $rc"
+    );
+    let o = Command::new("bash")
+        .current_dir(case.tmp.path())
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_mlprune"))
+        .arg(&case.input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "kept\n",
+        "input deleted; {stderr}"
+    );
+}
+
+/// SIGINT while a run waited (up to 60 s) for another run's commit into OUTPUT's folder was held
+/// off until the lock was free; the run then replaced OUTPUT and exited 0 (red-team, round 19).
+/// The wait is not the commit: the signal ends the run at once, 130, OUTPUT as it was. The folder
+/// lock is held here for at most 4 s, so without the fix the run commits and the test fails.
+#[cfg(unix)]
+#[test]
+fn sigint_while_waiting_for_the_folder_lock_leaves_output_as_it_was() {
+    let case = Case::linear();
+    let output = case.tmp.path().join("out.zip");
+    assert!(prune_with(&case, &output, &["-q"]).status.success());
+    let before = std::fs::read(&output).unwrap();
+    let lock = std::fs::File::open(case.tmp.path()).unwrap();
+    lock.lock().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .arg("prune")
+        .arg(&case.input)
+        .arg(&output)
+        .args(["--sparsity", "0.7", "--force", "-q"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The commit writes the new archive to a scratch file (the staging folder has the same
+    // prefix), then waits for the lock.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let archive_written = || {
+        names_with(&case, ".out.zip.mlprune-tmp-")
+            .iter()
+            .any(|n| case.tmp.path().join(n).is_file())
+    };
+    while !archive_written() {
+        assert!(child.try_wait().unwrap().is_none(), "ended before its commit");
+        assert!(Instant::now() < deadline, "no scratch archive appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    send("-INT", &child);
+    let signalled = Instant::now();
+    while child.try_wait().unwrap().is_none() && signalled.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(lock);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "the signal was deferred"
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), before, "OUTPUT as it was");
+    assert_nothing_left(&case, &["in.mlpackage", "out.zip"]);
+}
+
+/// A FIFO swapped in at OUTPUT (or at OUTPUT/Manifest.json) while a `--force` run commits: the
+/// commit reopened OUTPUT by path with a blocking open, signals held off, and hung for good;
+/// SIGINT did nothing (red-team, round 19). Opened without blocking and checked on the handle
+/// now: the run is refused ("changed while mlprune was writing") or commits, and never hangs.
+/// A thread keeps exchanging the FIFO with what the commit looks at; each run gets 5 s.
+#[cfg(target_os = "linux")]
+#[test]
+fn force_never_hangs_on_a_fifo_swapped_in_at_output() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let case = Case::linear();
+    for (output, swapped) in [
+        ("out.zip", "out.zip"),
+        ("out.mlpackage", "out.mlpackage/Manifest.json"),
+    ] {
+        let output = case.tmp.path().join(output);
+        let swapped = case.tmp.path().join(swapped);
+        let fifo = case.tmp.path().join("fifo");
+        assert!(prune_with(&case, &output, &["-q"]).status.success());
+        assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = renameat_with(CWD, &swapped, CWD, &fifo, RenameFlags::EXCHANGE);
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                let mut child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+                    .arg("prune")
+                    .arg(&case.input)
+                    .arg(&output)
+                    .args(["--sparsity", "0.5", "--force", "-q"])
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let started = Instant::now();
+                while child.try_wait().unwrap().is_none() {
+                    if started.elapsed() > Duration::from_secs(5) {
+                        child.kill().unwrap();
+                        stop.store(true, Ordering::Relaxed);
+                        panic!("a --force run to {} hung", output.display());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let o = child.wait_with_output().unwrap();
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                assert!(!stderr.contains("panicked"), "{stderr}");
+                assert!(matches!(o.status.code(), Some(0..=2)), "{stderr}");
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        // Put back where the exchange left things, for the next case.
+        let _ = std::fs::remove_file(&fifo);
+        if std::fs::symlink_metadata(&swapped).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+            std::fs::remove_file(&swapped).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&output);
+        let _ = std::fs::remove_file(&output);
+    }
+    let left: Vec<String> = names_with(&case, "mlprune-")
+        .into_iter()
+        .filter(|n| !n.contains("mlprune-kept-"))
+        .collect();
+    assert!(left.is_empty(), "nothing of ours left behind: {left:?}");
+}
