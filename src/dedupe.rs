@@ -23,8 +23,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
@@ -70,9 +69,6 @@ pub enum Near {
 /// Elements whose raw bytes key coremltools' candidates (`LENGTH_OF_HASHKEY`).
 const KEY_ELEMENTS: usize = 100;
 
-/// The block an op is in: function, specialization and the steps to the block.
-type BlockKey = (Arc<str>, Arc<str>, Vec<usize>);
-
 /// A block path or a printed type, by its number in [`Interner`].
 type Id = u32;
 
@@ -83,31 +79,83 @@ type CloseKey = (Id, Id, Vec<u8>);
 /// Block paths and texts (printed value types, op types, parameter names), each stored once: a key
 /// refers to them by number, so the keys of a model of many tensors cost a few words each instead
 /// of a path and several strings each.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Interner {
-    blocks: HashMap<BlockKey, Id>,
-    texts: HashMap<String, Id>,
+    blocks: Numbering,
+    texts: Numbering,
 }
 
 impl Interner {
-    /// The block holding the op at `path`.
-    fn block(&mut self, path: &OpPath) -> Id {
-        let key = (
-            path.function.clone(),
-            path.specialization.clone(),
-            path.steps[..path.steps.len().saturating_sub(1)].to_vec(),
-        );
-        let next = self.blocks.len() as Id;
-        *self.blocks.entry(key).or_insert(next)
+    fn new_in(dir: Option<&Path>) -> Self {
+        Interner {
+            blocks: Numbering::new_in(dir),
+            texts: Numbering::new_in(dir),
+        }
     }
 
-    fn text(&mut self, text: &str) -> Id {
-        if let Some(&id) = self.texts.get(text) {
-            return id;
+    /// The block holding the op at `path`.
+    fn block(&mut self, path: &OpPath) -> Result<Id> {
+        let mut key = Vec::new();
+        for part in [&path.function, &path.specialization] {
+            key.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            key.extend_from_slice(part.as_bytes());
         }
-        let id = self.texts.len() as Id;
-        self.texts.insert(text.to_owned(), id);
-        id
+        for &step in &path.steps[..path.steps.len().saturating_sub(1)] {
+            key.extend_from_slice(&(step as u64).to_le_bytes());
+        }
+        self.blocks.number(&key)
+    }
+
+    fn text(&mut self, text: &str) -> Result<Id> {
+        self.texts.number(text.as_bytes())
+    }
+}
+
+/// Byte strings numbered in the order first met: the first few thousand in a hash map, the rest in
+/// a [`SpillDict`]. A model of many one-op blocks has a block path per op (1,200,000 of them held
+/// 220 MB as a map of paths), and one of many shapes a printed type per const.
+#[derive(Default)]
+struct Numbering {
+    held: HashMap<Vec<u8>, Id>,
+    spilled: Option<SpillDict>,
+    dir: Option<PathBuf>,
+    next: Id,
+}
+
+/// Keys a [`Numbering`] holds in its hash map.
+const HELD_NUMBERS: usize = 4096;
+
+impl Numbering {
+    fn new_in(dir: Option<&Path>) -> Self {
+        Numbering {
+            dir: dir.map(Path::to_owned),
+            ..Numbering::default()
+        }
+    }
+
+    fn number(&mut self, key: &[u8]) -> Result<Id> {
+        if let Some(&id) = self.held.get(key) {
+            return Ok(id);
+        }
+        if let Some(spilled) = &self.spilled {
+            if let Some(id) = spilled.get(key)? {
+                return Ok(Id::from_le_bytes(
+                    id.try_into().expect("ids are stored as 4 bytes"),
+                ));
+            }
+        }
+        let id = self.next;
+        self.next = id
+            .checked_add(1)
+            .ok_or_else(|| Error::Graph("more than 2^32 blocks or types to deduplicate".into()))?;
+        if self.held.len() < HELD_NUMBERS {
+            self.held.insert(key.to_vec(), id);
+        } else {
+            let dir = self.dir.as_deref();
+            let spilled = self.spilled.get_or_insert_with(|| SpillDict::new_in(dir));
+            spilled.insert_new(key, &id.to_le_bytes())?;
+        }
+        Ok(id)
     }
 }
 
@@ -335,7 +383,7 @@ impl Deduplicator {
             close_types: HashSet::new(),
             resolved: SpillDict::new_in(dir),
             uniques: 0,
-            names: Interner::default(),
+            names: Interner::new_in(dir),
             pending: None,
             shape_seed: RandomState::new().hash_one(0u8),
             cached_bytes: 0,
@@ -361,7 +409,7 @@ impl Deduplicator {
         let [output] = op.outputs.as_slice() else {
             return Ok(Verdict::Keep);
         };
-        let block = self.names.block(path);
+        let block = self.names.block(path)?;
         let key = if op.r#type == "const" {
             let Some(value) = op.attributes.lookup("val") else {
                 return Ok(Verdict::Keep);
@@ -374,7 +422,7 @@ impl Deduplicator {
             }
             Key::Const {
                 block,
-                value_type: self.names.text(&format!("{:?}", value.r#type)),
+                value_type: self.names.text(&format!("{:?}", value.r#type))?,
                 identity: self.identity(value, stored)?,
             }
         } else if op.r#type.starts_with("constexpr_") {
@@ -382,8 +430,8 @@ impl Deduplicator {
             for (name, value) in op.attributes.pairs().filter(|(n, _)| *n != "name") {
                 let identity = self.identity(value, stored)?;
                 let param = (
-                    self.names.text(name),
-                    self.names.text(&format!("{:?}", value.r#type)),
+                    self.names.text(name)?,
+                    self.names.text(&format!("{:?}", value.r#type))?,
                 );
                 params.push((param.0, param.1, identity));
             }
@@ -401,12 +449,12 @@ impl Deduplicator {
                     ),
                     None => return Ok(Verdict::Keep),
                 };
-                params.push((self.names.text(name), self.names.text(&value_type), identity));
+                params.push((self.names.text(name)?, self.names.text(&value_type)?, identity));
             }
             params.sort_by_key(|p| p.0);
             Key::Constexpr {
                 block,
-                op_type: self.names.text(&op.r#type),
+                op_type: self.names.text(&op.r#type)?,
                 params,
             }
         } else {
@@ -498,8 +546,8 @@ impl Deduplicator {
         let Some(value) = op.attributes.lookup("val") else {
             return Ok(Near::None);
         };
-        let block = self.names.block(path);
-        let value_type = self.names.text(&format!("{:?}", value.r#type));
+        let block = self.names.block(path)?;
+        let value_type = self.names.text(&format!("{:?}", value.r#type))?;
         // Read the values only where some const of the same block and type could match.
         if !self.close_types.contains(&(block, value_type)) {
             return Ok(Near::None);
@@ -565,8 +613,8 @@ impl Deduplicator {
         let Some(value) = op.attributes.lookup("val") else {
             return Ok(Near::None);
         };
-        let block = self.names.block(path);
-        let value_type = self.names.text(&format!("{:?}", value.r#type));
+        let block = self.names.block(path)?;
+        let value_type = self.names.text(&format!("{:?}", value.r#type))?;
         let Some(meta) = TensorMeta::of(value) else {
             return Ok(Near::None);
         };
@@ -873,6 +921,22 @@ mod tests {
     use crate::weights::WeightFileBuilder;
 
     type Weights = WeightFileBuilder<Cursor<Vec<u8>>>;
+
+    #[test]
+    fn numbers_stay_the_same_past_the_keys_held_in_memory() {
+        let mut numbering = Numbering::new_in(None);
+        let key = |i: u32| format!("block {i}").into_bytes();
+        let count = HELD_NUMBERS as u32 * 3;
+        for i in 0..count {
+            assert_eq!(numbering.number(&key(i)).unwrap(), i);
+        }
+        assert_eq!(numbering.held.len(), HELD_NUMBERS);
+        assert!(numbering.spilled.is_some());
+        for i in (0..count).rev() {
+            assert_eq!(numbering.number(&key(i)).unwrap(), i, "{i}");
+        }
+        assert_eq!(numbering.number(b"new").unwrap(), count);
+    }
 
     #[test]
     fn firsts_give_back_the_name_of_each_key() {
