@@ -7,6 +7,7 @@
 //! `OutputPackage` stages the result next to the output and renames it into place on `commit`.
 
 mod folder;
+mod holes;
 mod manifest;
 mod output;
 pub(crate) mod paths;

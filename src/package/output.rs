@@ -997,7 +997,8 @@ fn copy_tree(
     Ok(())
 }
 
-/// Copies file contents (std uses copy_file_range/sendfile where it can) into a new file.
+/// Copies file contents into a new file, holes kept ([`super::holes`]; std uses
+/// copy_file_range/sendfile for the data where it can).
 fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
     let mut from = open_regular_or_err(src, Links::NoFollow).at(src_shown)?;
     let mut to = OpenOptions::new()
@@ -1005,7 +1006,7 @@ fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
         .create_new(true)
         .open(dst)
         .at(dst)?;
-    io::copy(&mut from, &mut to).at(dst)?;
+    super::holes::copy_keeping_holes(&mut from, &mut to).at(dst)?;
     Ok(())
 }
 

@@ -1,0 +1,94 @@
+//! File copies that keep holes. A sparse file inside a declared folder item (`weights/`) was
+//! copied with its holes written out as zeros: a 1 GiB file taking 32 KiB of disk took 1 GiB of the
+//! output's disk and 11 s (red team, session 19), where `cp -r` keeps 32 KiB. Only the data
+//! regions the file system reports are copied; the copy is then set to the source's length, which
+//! leaves the rest a hole. Where the file system cannot report regions, everything is copied.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+
+/// Copies `from` (at its start) into `to` (empty, at its start), holes kept as holes.
+pub(crate) fn copy_keeping_holes(from: &mut File, to: &mut File) -> io::Result<()> {
+    let len = from.metadata()?.len();
+    let mut at = 0;
+    while at < len {
+        let Some((data, hole)) = next_data(from, at)? else {
+            break;
+        };
+        from.seek(SeekFrom::Start(data))?;
+        to.seek(SeekFrom::Start(data))?;
+        let copied = io::copy(&mut (&mut *from).take(hole - data), to)?;
+        if copied != hole - data {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file became shorter while it was copied",
+            ));
+        }
+        at = hole;
+    }
+    to.set_len(len)
+}
+
+/// The next data region at or after `at`: `(start, end)`, `None` past the last one. A file system
+/// that cannot tell reports the whole rest as data.
+fn next_data(file: &File, at: u64) -> io::Result<Option<(u64, u64)>> {
+    use rustix::fs::{seek, SeekFrom as Whence};
+    let len = file.metadata()?.len();
+    let data = match seek(file, Whence::Data(at)) {
+        Ok(data) => data,
+        // No data past `at`: the rest is a hole.
+        Err(rustix::io::Errno::NXIO) => return Ok(None),
+        // The file system does not report regions.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOTSUP) => return Ok(Some((at, len))),
+        Err(e) => return Err(e.into()),
+    };
+    let hole = seek(file, Whence::Hole(data)).map_err(io::Error::from)?;
+    Ok(Some((data, hole.min(len))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    #[test]
+    fn holes_stay_holes_and_the_bytes_are_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("sparse"), dir.path().join("copy"));
+        let mut file = File::create(&src).unwrap();
+        // Data at the start, in the middle and at 64 MiB; holes between and a hole at the end.
+        file.write_all(b"head").unwrap();
+        file.write_all_at(&[7; 5000], 8 << 20).unwrap();
+        file.write_all_at(b"late", 64 << 20).unwrap();
+        file.set_len(100 << 20).unwrap();
+        drop(file);
+        let (mut from, mut to) = (File::open(&src).unwrap(), File::create(&dst).unwrap());
+        copy_keeping_holes(&mut from, &mut to).unwrap();
+        drop(to);
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        let (src_meta, dst_meta) = (std::fs::metadata(&src).unwrap(), std::fs::metadata(&dst).unwrap());
+        assert_eq!(dst_meta.len(), 100 << 20);
+        // Where the file system keeps holes, the copy takes no more blocks than the source (a
+        // file system without holes stores both whole).
+        assert!(
+            dst_meta.blocks() <= src_meta.blocks().max(1) + 64,
+            "{} blocks copied from {}",
+            dst_meta.blocks(),
+            src_meta.blocks()
+        );
+    }
+
+    #[test]
+    fn a_file_without_holes_and_an_empty_one_copy_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        for content in [vec![], (0..300_000u32).map(|i| i as u8).collect::<Vec<u8>>()] {
+            let (src, dst) = (dir.path().join("a"), dir.path().join("b"));
+            std::fs::write(&src, &content).unwrap();
+            let _ = std::fs::remove_file(&dst);
+            let (mut from, mut to) = (File::open(&src).unwrap(), File::create(&dst).unwrap());
+            copy_keeping_holes(&mut from, &mut to).unwrap();
+            assert_eq!(std::fs::read(&dst).unwrap(), content);
+        }
+    }
+}
