@@ -332,6 +332,30 @@ fn first_blob_const(case: &Case) -> (String, u64) {
     found.expect("a blob const")
 }
 
+/// Changes the first dimension of the const named `tensor`, in its `val` and its output alike.
+fn set_first_dimension(case: &Case, tensor: &str, change: impl Fn(&mut u64)) {
+    case.edit_program(|p| {
+        for_each_op_mut(p, |op| -> Result<(), mlprune::Error> {
+            if mlprune::mil::OperationExt::name(op) == Some(tensor) {
+                let val = op.attributes.lookup_mut("val").unwrap();
+                for ty in [&mut val.r#type, &mut op.outputs[0].r#type] {
+                    let Some(mlprune::proto::mil::value_type::Type::TensorType(t)) =
+                        ty.as_mut().and_then(|t| t.r#type.as_mut())
+                    else {
+                        panic!()
+                    };
+                    let Some(dimension::Dimension::Constant(c)) = t.dimensions[0].dimension.as_mut() else {
+                        panic!()
+                    };
+                    change(&mut c.size);
+                }
+            }
+            Ok(())
+        })
+        .unwrap()
+    });
+}
+
 /// Sets the blob offset of the const named `tensor`.
 fn set_blob_offset(case: &Case, tensor: &str, offset: u64) {
     case.edit_program(|p| {
@@ -421,26 +445,7 @@ fn blob_records_nested_in_another_blobs_data_are_refused() {
     case.patch_weight_bin(128, &record);
     let bias = "fc1_bias_0_to_fp16";
     set_blob_offset(&case, bias, 128);
-    case.edit_program(|p| {
-        for_each_op_mut(p, |op| -> Result<(), mlprune::Error> {
-            if mlprune::mil::OperationExt::name(op) == Some(bias) {
-                let val = op.attributes.lookup_mut("val").unwrap();
-                for ty in [&mut val.r#type, &mut op.outputs[0].r#type] {
-                    let Some(mlprune::proto::mil::value_type::Type::TensorType(t)) =
-                        ty.as_mut().and_then(|t| t.r#type.as_mut())
-                    else {
-                        panic!()
-                    };
-                    let Some(dimension::Dimension::Constant(c)) = t.dimensions[0].dimension.as_mut() else {
-                        panic!()
-                    };
-                    c.size = 3040;
-                }
-            }
-            Ok(())
-        })
-        .unwrap()
-    });
+    set_first_dimension(&case, bias, |size| *size = 3040);
     let overlap =
         |e: &Error| matches!(e, Error::Blob { reason, .. } if reason.contains("blob records overlap"));
     assert_refused(&case, Refused::Both, overlap, &["weight.bin", "overlap"]);
@@ -484,28 +489,9 @@ fn blob_dtype_disagrees_with_the_ops_type() {
 fn shape_whose_element_count_does_not_match_the_data() {
     let case = Case::linear();
     let (tensor, _) = first_blob_const(&case);
-    case.edit_program(|p| {
-        for_each_op_mut(p, |op| -> Result<(), mlprune::Error> {
-            if mlprune::mil::OperationExt::name(op) == Some(tensor.as_str()) {
-                // The val and the output keep agreeing (a disagreement is refused before any data
-                // is read: model_checks.rs); the blob's element count is what no longer fits.
-                let val = op.attributes.lookup_mut("val").unwrap();
-                for ty in [&mut val.r#type, &mut op.outputs[0].r#type] {
-                    let Some(mlprune::proto::mil::value_type::Type::TensorType(t)) =
-                        ty.as_mut().and_then(|t| t.r#type.as_mut())
-                    else {
-                        panic!()
-                    };
-                    let Some(dimension::Dimension::Constant(c)) = t.dimensions[0].dimension.as_mut() else {
-                        panic!()
-                    };
-                    c.size += 1;
-                }
-            }
-            Ok(())
-        })
-        .unwrap()
-    });
+    // The val and the output keep agreeing (a disagreement is refused before any data is read:
+    // model_checks.rs); the blob's element count is what no longer fits.
+    set_first_dimension(&case, &tensor, |size| *size += 1);
     assert_refused(
         &case,
         Refused::Both,
