@@ -74,7 +74,7 @@ pub fn bench(input: &Path, config: &OptimizationConfig, runs: u32) -> Result<Ben
     bench_sparing(input, config, runs, &[])
 }
 
-/// [`bench`], whose sweep of stale extractions spares `spare` too (the `--config` file).
+/// [`bench()`], whose sweep of stale extractions spares `spare` too (the `--config` file).
 pub fn bench_sparing(
     input: &Path,
     config: &OptimizationConfig,
