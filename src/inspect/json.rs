@@ -5,7 +5,7 @@ use std::io::Write;
 use serde::ser::{Error as _, SerializeSeq};
 use serde::{Serialize, Serializer};
 
-use super::{InspectReport, Inspection};
+use super::{Consumers, InspectReport, Inspection};
 use crate::error::Result;
 
 /// The report as pretty JSON, ending in a newline ([`write_json`] into a string).
@@ -83,7 +83,7 @@ struct Rows<'a>(&'a Inspection);
 impl Serialize for Rows<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         let mut rows = serializer.serialize_seq(Some(self.0.row_count()))?;
-        for row in self.0.rows_for_writing() {
+        for row in self.0.rows_for_writing(Consumers::All) {
             rows.serialize_element(&row.map_err(S::Error::custom)?)?;
         }
         rows.end()
@@ -162,6 +162,7 @@ mod tests {
             function: function.into(),
             name: name.into(),
             consumers: vec![],
+            other_consumers: 0,
             dtype: "fp16".into(),
             shape: vec![4],
             elements: 4,

@@ -40,12 +40,25 @@ pub struct Consumer {
     pub input: String,
 }
 
+/// Which consumers a row lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumers {
+    All,
+    /// The first, and how many others: a weight read through millions of inputs is listed in
+    /// one line of the table without holding them (2,000,000 held 389 MB).
+    First,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct WeightRow {
     /// The function the tensor's op belongs to (`main` in a single-function model).
     pub function: String,
     pub name: String,
     pub consumers: Vec<Consumer>,
+    /// Consumers not listed in `consumers`: the table lists the first and counts the others
+    /// ([`Consumers::First`]); every other listing lists them all.
+    #[serde(skip)]
+    pub other_consumers: usize,
     pub dtype: String,
     pub shape: Vec<u64>,
     pub elements: u64,
@@ -193,7 +206,7 @@ impl Inspection {
                 continue;
             };
             self.check_blobs(index, &mut op)?;
-            let Some((row, blobs)) = self.make_row(index, &op, None)? else {
+            let Some((row, blobs)) = self.make_row(index, &op, None, Consumers::First)? else {
                 continue;
             };
             let too_many = || Error::Graph("too many ops to inspect".into());
@@ -227,7 +240,12 @@ impl Inspection {
 
     /// The rows in program order, each made again (the weights are not read again).
     pub fn rows(&self) -> impl Iterator<Item = Result<WeightRow>> + '_ {
-        self.rows.iter().map(|&(index, sparsity)| {
+        self.rows_listing(Consumers::All)
+    }
+
+    /// [`Inspection::rows`], listing `consumers`.
+    pub fn rows_listing(&self, consumers: Consumers) -> impl Iterator<Item = Result<WeightRow>> + '_ {
+        self.rows.iter().map(move |&(index, sparsity)| {
             // An op read back from a file that changed since the first pass is not read: say so.
             let gone = || {
                 self.graph
@@ -237,7 +255,10 @@ impl Inspection {
             };
             let index = index as usize;
             let op = self.graph.op(&self.model.program, index).ok_or_else(gone);
-            let made = op.and_then(|op| self.make_row(index, &op, Some(sparsity))?.ok_or_else(gone));
+            let made = op.and_then(|op| {
+                self.make_row(index, &op, Some(sparsity), consumers)?
+                    .ok_or_else(gone)
+            });
             let (mut row, blobs) = self.graph.fault().explain(made)?;
             let function = self.function_number(&row.function);
             let marks = self
@@ -254,8 +275,11 @@ impl Inspection {
 
     /// [`Inspection::rows`] for a writer: a row that cannot be made stops it with an I/O error,
     /// and the error itself is kept for [`Inspection::failure`].
-    pub(crate) fn rows_for_writing(&self) -> impl Iterator<Item = std::io::Result<WeightRow>> + '_ {
-        self.rows().map(|row| {
+    pub(crate) fn rows_for_writing(
+        &self,
+        consumers: Consumers,
+    ) -> impl Iterator<Item = std::io::Result<WeightRow>> + '_ {
+        self.rows_listing(consumers).map(|row| {
             row.map_err(|e| {
                 let stop = std::io::Error::other(e.to_string());
                 self.failed.borrow_mut().get_or_insert(e);
@@ -320,20 +344,26 @@ impl Inspection {
         index: usize,
         op: &Operation,
         known_sparsity: Option<Option<f64>>,
+        listing: Consumers,
     ) -> Result<Option<(WeightRow, Vec<u64>)>> {
         let (program, graph, source) = (&self.model.program, &self.graph, &self.source);
         let info = graph.info(index);
-        let consumers: Vec<Consumer> = graph
-            .consumers(index)
-            .into_iter()
-            .map(|(c, input)| Consumer {
-                op: graph.name(c).to_string(),
-                op_type: graph.op_type(c).to_string(),
-                input: input.to_owned(),
-            })
-            .collect();
-        let feeds_constexpr_only =
-            !consumers.is_empty() && consumers.iter().all(|c| c.op_type.starts_with("constexpr_"));
+        let mut consumers = Vec::new();
+        let (mut count, mut all_constexpr) = (0usize, true);
+        graph.for_each_consumer(index, |c, input| {
+            count += 1;
+            let op_type = graph.op_type(c);
+            all_constexpr &= op_type.starts_with("constexpr_");
+            if listing == Consumers::All || consumers.is_empty() {
+                consumers.push(Consumer {
+                    op: graph.name(c).to_string(),
+                    op_type: op_type.to_owned(),
+                    input: input.to_owned(),
+                });
+            }
+        });
+        let other_consumers = count - consumers.len();
+        let feeds_constexpr_only = count > 0 && all_constexpr;
         if feeds_constexpr_only {
             return Ok(None);
         }
@@ -356,6 +386,7 @@ impl Inspection {
                 function: info.path.function.to_string(),
                 name: info.name.to_string(),
                 consumers,
+                other_consumers,
                 dtype: meta.dtype.to_string(),
                 elements: meta.count,
                 bytes: meta.storage_bytes().unwrap_or(u64::MAX),
@@ -389,6 +420,7 @@ impl Inspection {
                 function: info.path.function.to_string(),
                 name: info.name.to_string(),
                 consumers,
+                other_consumers,
                 dtype: meta.dtype.to_string(),
                 elements: meta.count,
                 bytes: walk.bytes,

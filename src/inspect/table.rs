@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use super::{Inspection, WeightRow};
+use super::{Consumers, Inspection, WeightRow};
 use crate::error::{escape_control, Result};
 
 /// The widest a column is padded to. Names come from the input: one name of 100,000 characters
@@ -28,14 +28,14 @@ pub fn write_table(inspection: &Inspection, out: &mut impl Write) -> std::io::Re
     };
     let header: Vec<String> = columns.header().iter().map(|h| h.to_string()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for w in inspection.rows_for_writing() {
+    for w in inspection.rows_for_writing(Consumers::First) {
         for (width, cell) in widths.iter_mut().zip(columns.cells(&w?)) {
             *width = (*width).max(cell.chars().count().min(MAX_PADDED_WIDTH));
         }
     }
     let mut line = String::new();
     columns.write_line(&header, &widths, &mut line, out)?;
-    for w in inspection.rows_for_writing() {
+    for w in inspection.rows_for_writing(Consumers::First) {
         columns.write_line(&columns.cells(&w?), &widths, &mut line, out)?;
     }
     out.write_all(total_line(inspection).as_bytes())
@@ -72,10 +72,11 @@ impl TableColumns {
         let consumer = match w.consumers.as_slice() {
             [] => "-".to_owned(),
             [c, rest @ ..] => {
-                let more = if rest.is_empty() {
+                let others = rest.len() + w.other_consumers;
+                let more = if others == 0 {
                     String::new()
                 } else {
-                    format!(" +{}", rest.len())
+                    format!(" +{others}")
                 };
                 format!("{} ({}.{}){more}", c.op, c.op_type, c.input)
             }

@@ -493,6 +493,58 @@ fn inspect_reads_each_chain_op_once_for_all_rows() {
     assert_eq!(report.chain_steps, 2 * (FAN_IN as u64 + 1));
 }
 
+/// One const read by one op through 3,000 distinct inputs (one of them binding it twice): the
+/// table lists the first consumer and counts the others, without holding them (2,000,000 such
+/// pairs held 389 MB); every other listing has them all, each once.
+#[test]
+fn the_table_counts_the_consumers_of_a_row_it_does_not_list() {
+    use mlprune::inspect::{Consumers, Inspection};
+    use mlprune::mil::build::{bind_name, op};
+    use std::collections::BTreeMap;
+    const READERS: usize = 3_000;
+    let mut inputs = BTreeMap::new();
+    for i in 0..READERS {
+        let mut argument = bind_name("w");
+        if i == 0 {
+            argument.arguments.extend(bind_name("w").arguments);
+        }
+        inputs.insert(format!("k{i:04}"), argument);
+    }
+    let ty = mlprune::mil::value::tensor_value_type(mlprune::dtype::ScalarType::Float16, &[4, 4]);
+    let reader = op(
+        "custom_reader",
+        "reader",
+        inputs,
+        BTreeMap::new(),
+        vec![("reader".into(), ty)],
+    );
+    let case = chains::in_front(vec![chains::ones("w"), reader]);
+
+    let inspection = Inspection::open(&case.input).unwrap();
+    let first: Vec<_> = inspection
+        .rows_listing(Consumers::First)
+        .map(Result::unwrap)
+        .collect();
+    let w = first.iter().find(|r| r.name == "w").unwrap();
+    assert_eq!((w.consumers.len(), w.other_consumers), (1, READERS - 1));
+    assert_eq!(w.consumers[0].input, "k0000");
+    let all: Vec<_> = inspection.rows().map(Result::unwrap).collect();
+    let w = all.iter().find(|r| r.name == "w").unwrap();
+    assert_eq!((w.consumers.len(), w.other_consumers), (READERS, 0));
+    let inputs: Vec<_> = w.consumers.iter().map(|c| c.input.as_str()).collect();
+    let expected: Vec<_> = (0..READERS).map(|i| format!("k{i:04}")).collect();
+    assert_eq!(inputs, expected);
+
+    let o = cli_inspect(&case.input);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8(o.stdout).unwrap();
+    let line = table.lines().find(|l| l.starts_with("w ")).unwrap();
+    assert!(
+        line.contains(&format!("reader (custom_reader.k0000) +{}", READERS - 1)),
+        "{line}"
+    );
+}
+
 /// A chain of D constexpr ops where each op `c<i>` also reads its own const `k<i>`: resolving each
 /// `k<i>`'s config followed the chain from `c<i>` to its end, D²/2 steps (D = 20,000 took 74 s).
 /// Where each op's chain ends is remembered, so each chain op is resolved once; the decisions and
