@@ -137,15 +137,8 @@ impl Numbering {
         if let Some(&id) = self.held.get(key) {
             return Ok(id);
         }
-        if let Some(spilled) = &self.spilled {
-            if let Some(id) = spilled.get(key)? {
-                return Ok(Id::from_le_bytes(
-                    id.try_into().expect("ids are stored as 4 bytes"),
-                ));
-            }
-        }
         let id = self.next;
-        self.next = id
+        let next = id
             .checked_add(1)
             .ok_or_else(|| Error::Graph("more than 2^32 blocks or types to deduplicate".into()))?;
         if self.held.len() < HELD_NUMBERS {
@@ -153,8 +146,13 @@ impl Numbering {
         } else {
             let dir = self.dir.as_deref();
             let spilled = self.spilled.get_or_insert_with(|| SpillDict::new_in(dir));
-            spilled.insert_new(key, &id.to_le_bytes())?;
+            if let Some(known) = spilled.get_or_insert(key, &id.to_le_bytes())? {
+                return Ok(Id::from_le_bytes(
+                    known.try_into().expect("ids are stored as 4 bytes"),
+                ));
+            }
         }
+        self.next = next;
         Ok(id)
     }
 }

@@ -122,10 +122,9 @@ impl RenameMap {
             self.note_chained(function_index, old, first);
         }
         self.by_old.insert_new(&old_key, new.as_bytes())?;
-        let new_key = key(function_index, new);
-        if self.by_new.get(&new_key)?.is_none() {
-            self.by_new.insert_new(&new_key, &number.to_le_bytes())?;
-        }
+        // The first rename to a name is kept.
+        self.by_new
+            .get_or_insert(&key(function_index, new), &number.to_le_bytes())?;
         self.len += 1;
         Ok(())
     }

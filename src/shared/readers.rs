@@ -113,16 +113,14 @@ impl BlobReaders {
 
     /// The number of `key`, and its state: a fresh one for a key not met before.
     pub(super) fn number_or_insert(&mut self, key: &BlobKey) -> Result<(u32, KeyState)> {
-        let bytes = key_bytes(key);
-        if let Some(b) = self.numbers.get(&bytes)? {
+        let next = u32::try_from(self.states.len())
+            .map_err(|_| Error::Graph("more than 2^32 weight.bin blobs".into()))?;
+        if let Some(b) = self.numbers.get_or_insert(&key_bytes(key), &next.to_le_bytes())? {
             let number = u32::from_le_bytes(b.try_into().expect("numbers are stored as 4 bytes"));
             return Ok((number, self.state(number)?));
         }
-        let number = u32::try_from(self.states.len())
-            .map_err(|_| Error::Graph("more than 2^32 weight.bin blobs".into()))?;
-        self.numbers.insert_new(&bytes, &number.to_le_bytes())?;
         self.states.push(KeyState::default())?;
-        Ok((number, KeyState::default()))
+        Ok((next, KeyState::default()))
     }
 
     pub(super) fn state(&self, number: u32) -> Result<KeyState> {

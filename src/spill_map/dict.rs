@@ -51,6 +51,11 @@ impl SpillDict {
     /// The value stored under `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let hash = self.hash(key);
+        self.find(hash, key)
+    }
+
+    /// The value under `key` (hashed to `hash`), looked up through the index once.
+    fn find(&self, hash: u64, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let Some(first) = self.index.get(hash)? else {
             return Ok(None);
         };
@@ -64,14 +69,36 @@ impl SpillDict {
         Ok(None)
     }
 
-    /// Stores `value` under `key`, which the dict must not hold yet (callers ask first).
-    pub fn insert_new(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    /// The value stored under `key` if there is one; otherwise stores `value` under it and
+    /// answers `None`. One lookup where a `get` then an `insert_new` take two.
+    pub fn get_or_insert(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        let hash = self.hash(key);
+        let held = self.index.get(hash)?.is_some();
+        if held {
+            if let Some(found) = self.find(hash, key)? {
+                return Ok(Some(found));
+            }
+        }
+        let position = self.append(key, value)?;
+        if held {
+            self.collided.entry(hash).or_default().push(position);
+        } else {
+            self.index.insert_new(hash, position.to_le_bytes())?;
+        }
+        Ok(None)
+    }
+
+    fn append(&mut self, key: &[u8], value: &[u8]) -> Result<u64> {
         let too_long = || Error::Graph("a deduplication key or value of 4 GiB or more".into());
         let key_len = u32::try_from(key.len()).map_err(|_| too_long())?;
         let value_len = u32::try_from(value.len()).map_err(|_| too_long())?;
-        let position = self
-            .log
-            .append(&[&key_len.to_le_bytes(), &value_len.to_le_bytes(), key, value])?;
+        self.log
+            .append(&[&key_len.to_le_bytes(), &value_len.to_le_bytes(), key, value])
+    }
+
+    /// Stores `value` under `key`, which the dict must not hold yet (callers ask first).
+    pub fn insert_new(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let position = self.append(key, value)?;
         let hash = self.hash(key);
         if self.index.get(hash)?.is_some() {
             self.collided.entry(hash).or_default().push(position);
@@ -124,6 +151,24 @@ mod tests {
         assert_eq!(dict.get(b"").unwrap(), None);
         dict.insert_new(b"", b"empty key").unwrap();
         assert_eq!(dict.get(b"").unwrap().as_deref(), Some(&b"empty key"[..]));
+    }
+
+    #[test]
+    fn get_or_insert_keeps_the_first_value_also_under_one_hash() {
+        let mut colliding = SpillDict::with_tiny_memory();
+        colliding.hash = |_, _| 7;
+        for mut dict in [SpillDict::with_tiny_memory(), colliding] {
+            for i in 0..300u32 {
+                let key = format!("k{i}");
+                assert_eq!(
+                    dict.get_or_insert(key.as_bytes(), &i.to_le_bytes()).unwrap(),
+                    None
+                );
+                let again = dict.get_or_insert(key.as_bytes(), b"later").unwrap();
+                assert_eq!(again, Some(i.to_le_bytes().to_vec()));
+            }
+            assert_eq!(dict.get(b"k299").unwrap(), Some(299u32.to_le_bytes().to_vec()));
+        }
     }
 
     #[test]
