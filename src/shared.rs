@@ -98,7 +98,10 @@ fn compare_configs(
     plan: &Plan,
     readers: &mut BlobReaders,
 ) -> Result<()> {
-    // The distinct resolved configs, numbered: a few per model.
+    // The distinct resolved configs, numbered by their printed form: a few per model. Configs
+    // that print alike are equal (NaN is refused before planning); ones that print apart may still
+    // be equal (a threshold of -0.0 and one of 0.0), so those are compared as values, as
+    // coremltools compares configs.
     let mut configs: Vec<Option<OpConfig>> = Vec::new();
     let mut numbers: HashMap<String, u32> = HashMap::new();
     // One record of chain ends for all the consts: many of them feeding one long chain of
@@ -129,7 +132,7 @@ fn compare_configs(
             readers.set_state(number, state)?;
             continue;
         }
-        if state.config != config_number {
+        if state.config != config_number && configs[state.config as usize] != resolved {
             let first = plan.get(state.first_compared as usize - 1)?.op_index;
             let (a, b) = (qualified(graph, first), qualified(graph, p.op_index));
             let describe = |c: &Option<OpConfig>| c.as_ref().map_or("None".into(), OpConfig::describe);

@@ -167,6 +167,27 @@ fn a_shared_weight_with_two_configs_is_refused_naming_both_ops() {
             "op_name_configs": {"fc1_cast_fp16": {"target_sparsity": 0.75, "weight_threshold": 0}}}"#,
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Configs that are equal as values though they print apart (a threshold of -0.0 and one of
+    // 0.0) are one config, as coremltools compares them: pruned as with 0.0 for both.
+    let threshold = |other: &str| {
+        let case = two_functions(&[("fc1_cast_fp16", "fc1_other")]);
+        let o = prune_with_config_file(
+            &case,
+            &format!(
+                r#"{{"config_type": "OpThresholdPrunerConfig",
+                    "global_config": {{"threshold": 0.0, "weight_threshold": 0}},
+                    "op_name_configs": {{"fc1_other": {{"threshold": {other}, "weight_threshold": 0}}}}}}"#
+            ),
+        );
+        assert!(
+            o.status.success(),
+            "{other}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        snapshot(&case.output())
+    };
+    assert!(threshold("-0.0") == threshold("0.0"), "the same output");
 }
 
 #[test]
