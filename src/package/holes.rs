@@ -7,9 +7,24 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
+/// How a copy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Copied {
+    Whole,
+    /// The source was cut or written while it was copied: the copy would hold zeros where its data
+    /// was, or a mix of two versions.
+    SourceChanged,
+}
+
 /// Copies `from` (at its start) into `to` (empty, at its start), holes kept as holes.
-pub(crate) fn copy_keeping_holes(from: &mut File, to: &mut File) -> io::Result<()> {
-    let len = from.metadata()?.len();
+pub(crate) fn copy_keeping_holes(from: &mut File, to: &mut File) -> io::Result<Copied> {
+    let before = from.metadata()?;
+    copy_after(from, to, before)
+}
+
+/// [`copy_keeping_holes`] of a file that was `before` when the copy began.
+fn copy_after(from: &mut File, to: &mut File, before: std::fs::Metadata) -> io::Result<Copied> {
+    let len = before.len();
     let mut at = 0;
     while at < len {
         let Some((data, hole)) = next_data(from, at)? else {
@@ -19,14 +34,16 @@ pub(crate) fn copy_keeping_holes(from: &mut File, to: &mut File) -> io::Result<(
         to.seek(SeekFrom::Start(data))?;
         let copied = io::copy(&mut (&mut *from).take(hole - data), to)?;
         if copied != hole - data {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file became shorter while it was copied",
-            ));
+            return Ok(Copied::SourceChanged);
         }
         at = hole;
     }
-    to.set_len(len)
+    let after = from.metadata()?;
+    if after.len() != len || after.modified().ok() != before.modified().ok() {
+        return Ok(Copied::SourceChanged);
+    }
+    to.set_len(len)?;
+    Ok(Copied::Whole)
 }
 
 /// The next data region at or after `at`: `(start, end)`, `None` past the last one. A file system
@@ -64,7 +81,7 @@ mod tests {
         file.set_len(100 << 20).unwrap();
         drop(file);
         let (mut from, mut to) = (File::open(&src).unwrap(), File::create(&dst).unwrap());
-        copy_keeping_holes(&mut from, &mut to).unwrap();
+        assert_eq!(copy_keeping_holes(&mut from, &mut to).unwrap(), Copied::Whole);
         drop(to);
         assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
         let (src_meta, dst_meta) = (std::fs::metadata(&src).unwrap(), std::fs::metadata(&dst).unwrap());
@@ -80,6 +97,22 @@ mod tests {
     }
 
     #[test]
+    fn a_file_cut_while_it_is_copied_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("cut"), dir.path().join("copy"));
+        let file = File::create(&src).unwrap();
+        for i in 0..64u64 {
+            file.write_all_at(&[1; 4096], i << 20).unwrap();
+        }
+        let (mut from, mut to) = (File::open(&src).unwrap(), File::create(&dst).unwrap());
+        // Cut once the copy is under way: the first data region is read, then the file shrinks.
+        let before = from.metadata().unwrap();
+        file.set_len(1 << 20).unwrap();
+        let copied = copy_after(&mut from, &mut to, before).unwrap();
+        assert_eq!(copied, Copied::SourceChanged);
+    }
+
+    #[test]
     fn a_file_without_holes_and_an_empty_one_copy_whole() {
         let dir = tempfile::tempdir().unwrap();
         for content in [vec![], (0..300_000u32).map(|i| i as u8).collect::<Vec<u8>>()] {
@@ -87,7 +120,7 @@ mod tests {
             std::fs::write(&src, &content).unwrap();
             let _ = std::fs::remove_file(&dst);
             let (mut from, mut to) = (File::open(&src).unwrap(), File::create(&dst).unwrap());
-            copy_keeping_holes(&mut from, &mut to).unwrap();
+            assert_eq!(copy_keeping_holes(&mut from, &mut to).unwrap(), Copied::Whole);
             assert_eq!(std::fs::read(&dst).unwrap(), content);
         }
     }

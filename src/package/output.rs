@@ -7,6 +7,7 @@ use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 
 use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
+use super::holes::Copied;
 use super::manifest::Manifest;
 use super::paths::{
     confined, exists_no_follow, file_identity, foreign_entry, identity_no_follow, identity_of,
@@ -1006,8 +1007,13 @@ fn copy_file(src: &Path, dst: &Path, src_shown: &Path) -> Result<()> {
         .create_new(true)
         .open(dst)
         .at(dst)?;
-    super::holes::copy_keeping_holes(&mut from, &mut to).at(dst)?;
-    Ok(())
+    match super::holes::copy_keeping_holes(&mut from, &mut to).at(dst)? {
+        Copied::Whole => Ok(()),
+        Copied::SourceChanged => Err(Error::Package {
+            path: src_shown.to_owned(),
+            reason: "changed while mlprune was copying it".into(),
+        }),
+    }
 }
 
 /// The refusal when what is at OUTPUT is no longer what was checked (another file or folder was
