@@ -234,7 +234,7 @@ fn prune_steps(
         edits: Vec::new(),
         replaced: None,
         renames: SpilledRenames::create_in(out.scratch_dir())?,
-        sparsified: SparsifiedConsts::new(),
+        sparsified: SparsifiedConsts::new_in(Some(out.scratch_dir())),
         dedupe: Deduplicator::new_in(Some(out.scratch_dir())),
         shared: shared_blobs,
     };
@@ -531,8 +531,7 @@ impl Rewrite {
         new: String,
     ) -> Result<()> {
         self.rename(graph.function(index), old, new)?;
-        self.sparsified.insert(graph, index);
-        Ok(())
+        self.sparsified.insert(graph, index)
     }
 
     /// Carries an op the walk does not prune into the output: its blobs are copied, unless
@@ -715,7 +714,7 @@ impl Rewrite {
     fn fresh_name(&self, graph: &GraphView, index: usize) -> Result<String> {
         let info = graph.info(index);
         let new_name = sparsified_name(&info.name);
-        let created = self.sparsified.contains(graph, &info.path.function, &info.name);
+        let created = self.sparsified.contains(&info.path.function, &info.name)?;
         if created || graph.producer(&info.path.function, &new_name).is_some() {
             return Err(Error::Graph(format!(
                 "cannot prune '{}': the model already has a value named '{new_name}'",

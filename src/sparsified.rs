@@ -2,27 +2,34 @@
 //!
 //! Two consts can share a `name` attribute (names are only unique per output): the second would
 //! define `<name>_sparsified` again, which the engine refuses. This set answers "did an earlier
-//! const of this function, with this name, define it?" with one op index per pruned const; a set of
-//! the names themselves took about 100 bytes per pruned tensor (issue 18).
+//! const of this function, with this name, define it?". It grows by one entry per pruned tensor,
+//! so it is a [`SpillDict`] of (function, name) keys: a few MiB in memory, the rest in unlinked
+//! scratch files (issue 18: a set of the names took about 100 bytes a pruned tensor, a table of op
+//! indices 8–16 bytes, the largest table of the walk still growing past 320,000 tensors).
 
-use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
 
-use hashbrown::HashTable;
-
+use crate::error::Result;
 use crate::mil::GraphView;
+use crate::spill_map::SpillDict;
 
-#[derive(Default)]
 pub struct SparsifiedConsts {
-    /// Op indices of the consts, found by (function, name), each with 32 bits of that hash: the
-    /// table grows without reading the names again (the graph may hold them in a scratch file,
-    /// where reading them all in table order costs a page read each).
-    consts: HashTable<(u32, u32)>,
-    hasher: RandomState,
+    names: SpillDict,
 }
 
-/// A table hash from 32 bits of one: enough for a table of fewer than 2^32 entries.
-fn spread(hash: u32) -> u64 {
-    u64::from(hash).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+impl Default for SparsifiedConsts {
+    fn default() -> Self {
+        Self::new_in(None)
+    }
+}
+
+/// The key of `name` in `function`: the function's length first, so no two pairs share a key.
+fn key(function: &str, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + function.len() + name.len());
+    key.extend_from_slice(&(function.len() as u64).to_le_bytes());
+    key.extend_from_slice(function.as_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
 }
 
 impl SparsifiedConsts {
@@ -30,31 +37,23 @@ impl SparsifiedConsts {
         Self::default()
     }
 
-    fn hash(&self, function: &str, name: &str) -> u32 {
-        self.hasher.hash_one((function, name)) as u32
+    /// An empty set whose scratch files, if it needs them, go in `dir`.
+    pub fn new_in(dir: Option<&Path>) -> Self {
+        SparsifiedConsts {
+            names: SpillDict::new_in(dir),
+        }
     }
 
     /// Records that the const at `index` of `graph` defined its sparsified name.
-    pub fn insert(&mut self, graph: &GraphView, index: usize) {
-        let (function, name) = (graph.function(index), graph.name(index));
-        if self.contains(graph, function, &name) {
-            return;
-        }
-        let hash = self.hash(function, &name);
-        let index = u32::try_from(index).expect("op indices of the graph are u32");
-        self.consts
-            .insert_unique(spread(hash), (index, hash), |&(_, h)| spread(h));
+    pub fn insert(&mut self, graph: &GraphView, index: usize) -> Result<()> {
+        let key = key(graph.function(index), &graph.name(index));
+        self.names.get_or_insert(&key, &[])?;
+        Ok(())
     }
 
     /// Whether a const of `function` named `name` defined its sparsified name already.
-    pub fn contains(&self, graph: &GraphView, function: &str, name: &str) -> bool {
-        let hash = self.hash(function, name);
-        self.consts
-            .find(spread(hash), |&(i, h)| {
-                let i = i as usize;
-                h == hash && &**graph.function(i) == function && graph.name(i) == name
-            })
-            .is_some()
+    pub fn contains(&self, function: &str, name: &str) -> Result<bool> {
+        Ok(self.names.get(&key(function, name))?.is_some())
     }
 }
 
@@ -119,16 +118,25 @@ mod tests {
             ]
             .map(|(f, n)| (f, n.to_owned()))
         );
-        let mut set = SparsifiedConsts::new();
-        assert!(!set.contains(&graph, "a", "w"));
-        set.insert(&graph, 0);
-        assert!(set.contains(&graph, "a", "w"));
-        assert!(!set.contains(&graph, "b", "w"));
-        assert!(!set.contains(&graph, "a", "v"));
-        assert!(!set.contains(&graph, "a", "w1"));
-        set.insert(&graph, 1);
-        set.insert(&graph, 5);
-        assert_eq!(set.consts.len(), 2);
-        assert!(set.contains(&graph, "b", "v"));
+        for mut set in [
+            SparsifiedConsts::new(),
+            SparsifiedConsts {
+                names: SpillDict::with_tiny_memory(),
+            },
+        ] {
+            let contains = |set: &SparsifiedConsts, f: &str, n: &str| set.contains(f, n).unwrap();
+            assert!(!contains(&set, "a", "w"));
+            set.insert(&graph, 0).unwrap();
+            assert!(contains(&set, "a", "w"));
+            assert!(!contains(&set, "b", "w"));
+            assert!(!contains(&set, "a", "v"));
+            assert!(!contains(&set, "a", "w1"));
+            set.insert(&graph, 1).unwrap();
+            set.insert(&graph, 5).unwrap();
+            assert!(contains(&set, "b", "v"));
+            // A function and a name that concatenate alike are still two pairs.
+            assert!(!contains(&set, "aw", ""));
+            assert!(!contains(&set, "", "aw"));
+        }
     }
 }
