@@ -981,10 +981,17 @@ fn copy_tree(
             copy_file(&src, &dst, &shown(&src))?;
         } else if meta.file_type().is_symlink() {
             let target = confined(&src, input.root(), &shown(&src))?;
-            if !std::fs::metadata(&target).at(shown(&src))?.is_file() {
+            let target_type = std::fs::metadata(&target).at(shown(&src))?.file_type();
+            if !target_type.is_file() {
+                let reason = if target_type.is_dir() {
+                    "a symbolic link to a directory is not supported"
+                } else {
+                    "a symbolic link to something other than a regular file (a FIFO, a socket or \
+                     a device) is not supported"
+                };
                 return Err(Error::Package {
                     path: shown(&src),
-                    reason: "a symbolic link to a directory is not supported".into(),
+                    reason: reason.into(),
                 });
             }
             copy_file(&target, &dst, &shown(&src))?;

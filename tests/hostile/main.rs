@@ -698,6 +698,24 @@ fn symlinks_pointing_outside_the_package() {
     );
     assert_nothing_left(&case, &["in.mlpackage", "secret"]);
     assert_eq!(snapshot(&case.input), before);
+
+    // A link inside the weights item to a FIFO inside the package: refused as what it is, not
+    // as a link to a directory, and never opened (it would block).
+    let case = Case::linear();
+    let fifo = case.file("weights/pipe");
+    let fifo_mode = rustix::fs::Mode::from_raw_mode(0o600);
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, fifo_mode, 0).unwrap();
+    std::os::unix::fs::symlink("pipe", case.file("weights/link")).unwrap();
+    let o = cli_prune(&case.input, &case.output(), &[]);
+    assert_cli_error(
+        &o,
+        1,
+        &[
+            "weights/link",
+            "a symbolic link to something other than a regular file",
+        ],
+    );
+    assert_nothing_left(&case, &["in.mlpackage"]);
 }
 
 /// Zips `entries` (name, bytes) into `path` with deflate.
