@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::dtype::ScalarType;
 use crate::error::{Error, Result};
@@ -31,7 +31,7 @@ use crate::mil::access::OpPath;
 use crate::mil::entries::Entries;
 use crate::mil::value::{decode_immediate, ValueExt};
 use crate::proto::mil::{argument::binding::Binding, Operation, Value};
-use crate::spill_map::SpillDict;
+use crate::spill_map::{Numbering, SpillDict};
 use crate::weights::source::TensorMeta;
 
 /// Values with fewer elements are never deduplicated as consts (coremltools' `_const_threshold`).
@@ -108,52 +108,6 @@ impl Interner {
 
     fn text(&mut self, text: &str) -> Result<Id> {
         self.texts.number(text.as_bytes())
-    }
-}
-
-/// Byte strings numbered in the order first met: the first few thousand in a hash map, the rest in
-/// a [`SpillDict`]. A model of many one-op blocks has a block path per op (1,200,000 of them held
-/// 220 MB as a map of paths), and one of many shapes a printed type per const.
-#[derive(Default)]
-struct Numbering {
-    held: HashMap<Vec<u8>, Id>,
-    spilled: Option<SpillDict>,
-    dir: Option<PathBuf>,
-    next: Id,
-}
-
-/// Keys a [`Numbering`] holds in its hash map.
-const HELD_NUMBERS: usize = 4096;
-
-impl Numbering {
-    fn new_in(dir: Option<&Path>) -> Self {
-        Numbering {
-            dir: dir.map(Path::to_owned),
-            ..Numbering::default()
-        }
-    }
-
-    fn number(&mut self, key: &[u8]) -> Result<Id> {
-        if let Some(&id) = self.held.get(key) {
-            return Ok(id);
-        }
-        let id = self.next;
-        let next = id
-            .checked_add(1)
-            .ok_or_else(|| Error::Graph("more than 2^32 blocks or types to deduplicate".into()))?;
-        if self.held.len() < HELD_NUMBERS {
-            self.held.insert(key.to_vec(), id);
-        } else {
-            let dir = self.dir.as_deref();
-            let spilled = self.spilled.get_or_insert_with(|| SpillDict::new_in(dir));
-            if let Some(known) = spilled.get_or_insert(key, &id.to_le_bytes())? {
-                return Ok(Id::from_le_bytes(
-                    known.try_into().expect("ids are stored as 4 bytes"),
-                ));
-            }
-        }
-        self.next = next;
-        Ok(id)
     }
 }
 
@@ -919,22 +873,6 @@ mod tests {
     use crate::weights::WeightFileBuilder;
 
     type Weights = WeightFileBuilder<Cursor<Vec<u8>>>;
-
-    #[test]
-    fn numbers_stay_the_same_past_the_keys_held_in_memory() {
-        let mut numbering = Numbering::new_in(None);
-        let key = |i: u32| format!("block {i}").into_bytes();
-        let count = HELD_NUMBERS as u32 * 3;
-        for i in 0..count {
-            assert_eq!(numbering.number(&key(i)).unwrap(), i);
-        }
-        assert_eq!(numbering.held.len(), HELD_NUMBERS);
-        assert!(numbering.spilled.is_some());
-        for i in (0..count).rev() {
-            assert_eq!(numbering.number(&key(i)).unwrap(), i, "{i}");
-        }
-        assert_eq!(numbering.number(b"new").unwrap(), count);
-    }
 
     #[test]
     fn firsts_give_back_the_name_of_each_key() {

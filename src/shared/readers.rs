@@ -3,8 +3,8 @@
 //! tensor, and holding a key and the pruned op of each took about 1 KiB a tensor (187 MB for
 //! 160,000 consts of 32x32).
 //!
-//! Each distinct [`BlobKey`] gets a number, found through a [`SpillDict`]; what is known of it is
-//! a fixed-size record in a [`PagedVec`] under that number, and the outcome of pruning it, once
+//! Each distinct [`BlobKey`] gets a number ([`Numbering`], a few thousand in memory, the rest in a
+//! [`crate::spill_map::SpillDict`]); what is known of it is a fixed-size record in a [`PagedVec`] under that number, and the outcome of pruning it, once
 //! there is one, a record of a [`SpillLog`]. All three stay within a few MiB and move to unlinked
 //! scratch files past that.
 
@@ -14,7 +14,7 @@ use super::{blob_key_of, BlobKey, Outcome};
 use crate::error::{Error, Result};
 use crate::proto::mil::{Operation, Value};
 use crate::spill_map::paged::{PagedVec, Record, Spill};
-use crate::spill_map::{SpillDict, SpillLog};
+use crate::spill_map::{Numbering, SpillLog};
 
 /// A blob several planned consts read, by its number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl Record for KeyState {
 
 /// The blob keys of the planned consts, numbered, with what is known of each.
 pub struct BlobReaders {
-    numbers: SpillDict,
+    numbers: Numbering,
     states: PagedVec<KeyState>,
     outcomes: SpillLog,
     any_shared: bool,
@@ -74,7 +74,7 @@ pub struct BlobReaders {
 impl Default for BlobReaders {
     fn default() -> Self {
         BlobReaders {
-            numbers: SpillDict::new_in(None),
+            numbers: Numbering::new_in(None),
             states: PagedVec::new(Spill::default()),
             outcomes: SpillLog::new_in(None),
             any_shared: false,
@@ -105,22 +105,18 @@ fn key_bytes((offset, dtype, shape): &BlobKey) -> Vec<u8> {
 impl BlobReaders {
     /// The number of `key`, if it has one.
     pub(super) fn number(&self, key: &BlobKey) -> Result<Option<u32>> {
-        Ok(self
-            .numbers
-            .get(&key_bytes(key))?
-            .map(|b| u32::from_le_bytes(b.try_into().expect("numbers are stored as 4 bytes"))))
+        self.numbers.find(&key_bytes(key))
     }
 
     /// The number of `key`, and its state: a fresh one for a key not met before.
     pub(super) fn number_or_insert(&mut self, key: &BlobKey) -> Result<(u32, KeyState)> {
-        let next = u32::try_from(self.states.len())
-            .map_err(|_| Error::Graph("more than 2^32 weight.bin blobs".into()))?;
-        if let Some(b) = self.numbers.get_or_insert(&key_bytes(key), &next.to_le_bytes())? {
-            let number = u32::from_le_bytes(b.try_into().expect("numbers are stored as 4 bytes"));
+        let fresh = self.numbers.len();
+        let number = self.numbers.number(&key_bytes(key))?;
+        if number != fresh {
             return Ok((number, self.state(number)?));
         }
         self.states.push(KeyState::default())?;
-        Ok((next, KeyState::default()))
+        Ok((number, KeyState::default()))
     }
 
     pub(super) fn state(&self, number: u32) -> Result<KeyState> {

@@ -18,11 +18,13 @@
 mod bloom;
 mod dict;
 mod log;
+mod numbering;
 pub mod paged;
 mod run;
 
 pub use dict::SpillDict;
 pub use log::SpillLog;
+pub use numbering::Numbering;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
