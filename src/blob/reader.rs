@@ -279,10 +279,9 @@ impl<R: ReadAt> BlobReader<R> {
     /// file past its header (see [`Claims`]).
     fn claim(&self, record: &BlobRecord) -> Result<()> {
         let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
-        if claims.seen.get(record.offset)?.is_some() {
+        if !claims.seen.insert_if_new(record.offset, [1])? {
             return Ok(());
         }
-        claims.seen.insert_new(record.offset, [1])?;
         // `record` checked that its data ends inside the file, past the record.
         let span = record.data_end().unwrap_or(self.size) - record.offset;
         claims.bytes = claims.bytes.saturating_add(span);

@@ -886,44 +886,35 @@ impl GraphView {
     /// of pairs for 2,000,000 of them). Repeats are found by a scan among the first few pairs, then
     /// by a set of (op, parameter) numbers bounded in memory.
     pub fn for_each_consumer<'g>(&'g self, index: usize, mut each: impl FnMut(usize, &'g str)) {
-        let record = self.info_record(index);
         // A scan of the first pairs finds repeats among a few consumers; a weight read by thousands
         // of ops made that quadratic (200,000 readers of one const: 13.7 s), so past a few, a set.
         const SCANNED: usize = 16;
         let mut first: Vec<(u32, u32)> = Vec::new();
         let mut seen: Option<SpillMap<1>> = None;
-        for value in self.output_ids(&record) {
-            for site in self.use_chain(&self.value_record(value)) {
-                if site.param == NONE {
-                    continue;
+        for pair in self.input_uses(index) {
+            let new = match &mut seen {
+                None if first.len() < SCANNED => {
+                    let new = !first.contains(&pair);
+                    if new {
+                        first.push(pair);
+                    }
+                    new
                 }
-                let pair = (site.op, site.param);
-                let new = match &mut seen {
-                    None if first.len() < SCANNED => {
-                        let new = !first.contains(&pair);
-                        if new {
-                            first.push(pair);
+                seen => {
+                    let set = seen.get_or_insert_with(|| {
+                        let mut set = SpillMap::new_in(None);
+                        for &(op, param) in &first {
+                            self.or_fault(set.insert_new(pair_key(op, param), [1]), ());
                         }
-                        new
-                    }
-                    seen => {
-                        let set = seen.get_or_insert_with(|| {
-                            let mut set = SpillMap::new_in(None);
-                            for &(op, param) in &first {
-                                self.or_fault(set.insert_new(pair_key(op, param), [1]), ());
-                            }
-                            set
-                        });
-                        // A failed read or write of the set's files is recorded: the caller's
-                        // check of the fault fails the run.
-                        let key = pair_key(site.op, site.param);
-                        let known = self.or_fault(set.get(key).map(|v| v.is_some()), true);
-                        !known && self.or_fault(set.insert_new(key, [1]).map(|()| true), false)
-                    }
-                };
-                if new {
-                    each(site.op as usize, &self.texts[site.param as usize]);
+                        set
+                    });
+                    // A failed read or write of the set's files is recorded: the caller's check
+                    // of the fault fails the run.
+                    self.or_fault(set.insert_if_new(pair_key(pair.0, pair.1), [1]), false)
                 }
+            };
+            if new {
+                each(pair.0 as usize, &self.texts[pair.1 as usize]);
             }
         }
     }
@@ -933,11 +924,17 @@ impl GraphView {
     /// distinct inputs is walked, not collected (a red-team model of 10 ops of 100,000 inputs
     /// each held 130 MB of pairs while planning one const).
     pub fn consumer_uses(&self, index: usize) -> impl Iterator<Item = (usize, &str)> + '_ {
+        self.input_uses(index)
+            .map(|(op, param)| (op as usize, &*self.texts[param as usize]))
+    }
+
+    /// [`GraphView::consumer_uses`] as (op, parameter text number) pairs.
+    fn input_uses(&self, index: usize) -> impl Iterator<Item = (u32, u32)> + '_ {
         let record = self.info_record(index);
         self.output_ids(&record).flat_map(move |value| {
             self.use_chain(&self.value_record(value))
                 .filter(|site| site.param != NONE)
-                .map(|site| (site.op as usize, &*self.texts[site.param as usize]))
+                .map(|site| (site.op, site.param))
         })
     }
 

@@ -124,6 +124,16 @@ impl<const V: usize> SpillMap<V> {
         Ok(())
     }
 
+    /// Stores `value` under `key` unless the map holds `key` already; whether it stored it (the
+    /// insert of a set).
+    pub fn insert_if_new(&mut self, key: u64, value: [u8; V]) -> Result<bool> {
+        if self.get(key)?.is_some() {
+            return Ok(false);
+        }
+        self.insert_new(key, value)?;
+        Ok(true)
+    }
+
     /// Writes the memtable to a new run, then merges runs until each is at least twice the size of
     /// the next newer one.
     fn spill(&mut self) -> Result<()> {
