@@ -12,7 +12,7 @@
 //! constexpr op), but the lookup can raise, e.g. a conflict between the consumers of an already
 //! palettized weight, so `plan` runs it too (`check_materialized_values`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{
@@ -30,49 +30,12 @@ mod store;
 pub use store::{Plan, PlanCursor};
 
 /// What happens to one weight tensor. The config and the reason are shared by every entry that
-/// has an equal one (`share_decisions`): a model of many tensors repeats a handful of them, and
-/// the plan lives for the whole run (issue 18).
+/// has an equal one ([`Plan`] keeps each once): a model of many tensors repeats a handful of
+/// them, and the plan lives for the whole run (issue 18).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Prune(Arc<OpConfig>),
     Skip(Arc<str>),
-}
-
-/// Gives entries with equal configs or equal skip reasons one shared copy of each.
-pub(crate) fn share_decisions<'a>(decisions: impl Iterator<Item = &'a mut Decision>) {
-    let mut shared = SharedDecisions::default();
-    for decision in decisions {
-        shared.share(decision);
-    }
-}
-
-/// The distinct configs and skip reasons seen so far, so that a decision made for every tensor
-/// shares its allocation with an equal earlier one as soon as it is made (issue 18: sharing them
-/// only once the plan was whole held an allocation per tensor until then, the peak of a model of
-/// many small tensors).
-#[derive(Default)]
-pub(crate) struct SharedDecisions {
-    // Keyed by the printed config: `OpConfig` holds floats, and two configs that print alike are
-    // the same config (NaN is refused before planning).
-    configs: HashMap<String, Arc<OpConfig>>,
-    reasons: HashSet<Arc<str>>,
-}
-
-impl SharedDecisions {
-    pub(crate) fn share(&mut self, decision: &mut Decision) {
-        match decision {
-            Decision::Prune(c) => {
-                let shared = self.configs.entry(format!("{c:?}")).or_insert_with(|| c.clone());
-                *c = shared.clone();
-            }
-            Decision::Skip(r) => match self.reasons.get(r) {
-                Some(shared) => *r = shared.clone(),
-                None => {
-                    self.reasons.insert(r.clone());
-                }
-            },
-        }
-    }
 }
 
 /// One planned tensor, as [`Plan`] hands it out. The plan keeps the dtype and element count but
@@ -406,37 +369,6 @@ mod tests {
     use crate::mil::value::{blob_value, immediate_value, tensor_value_type};
     use crate::proto::mil::{Block, NamedValueType};
     use crate::tensor::TensorData;
-
-    #[test]
-    fn equal_configs_and_reasons_are_shared() {
-        let magnitude = |s: f64| OpConfig::Magnitude {
-            target_sparsity: Some(s),
-            block_size: None,
-            n_m_ratio: None,
-            dim: None,
-            weight_threshold: Some(0),
-        };
-        let mut decisions = vec![
-            Decision::Prune(Arc::new(magnitude(0.5))),
-            Decision::Skip("rank 1".into()),
-            Decision::Prune(Arc::new(magnitude(0.5))),
-            Decision::Prune(Arc::new(magnitude(0.25))),
-            Decision::Skip("rank 1".into()),
-        ];
-        let before = decisions.clone();
-        share_decisions(decisions.iter_mut());
-        assert_eq!(decisions, before, "sharing changes no decision");
-        let (Decision::Prune(a), Decision::Prune(b), Decision::Prune(c)) =
-            (&decisions[0], &decisions[2], &decisions[3])
-        else {
-            unreachable!()
-        };
-        assert!(Arc::ptr_eq(a, b) && !Arc::ptr_eq(a, c));
-        let (Decision::Skip(x), Decision::Skip(y)) = (&decisions[1], &decisions[4]) else {
-            unreachable!()
-        };
-        assert!(Arc::ptr_eq(x, y));
-    }
 
     /// main(x): `w` palettized (iOS18 form: indices and a 16-entry lut held inline) read by two
     /// linears, plus a plain 8x8 weight `v` read by a third linear.

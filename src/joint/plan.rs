@@ -17,7 +17,7 @@ use crate::config::{resolve_op, weight_threshold_of, OptimizationConfig, Resolut
 use crate::error::{Error, Result};
 use crate::mil::graph::GraphView;
 use crate::mil::value::{element_count, is_constexpr_type, TensorTypeExt};
-use crate::plan::{consumer_views, share_decisions, storable, ChainEnds, Decision};
+use crate::plan::{consumer_views, storable, ChainEnds, Decision};
 use crate::proto::mil::{value_type, Program};
 use crate::weights::TensorMeta;
 
@@ -93,7 +93,6 @@ pub fn plan_joint(
             decision,
         });
     }
-    share_decisions(planned.iter_mut().map(|p| &mut p.decision));
     Ok(planned)
 }
 

@@ -116,8 +116,9 @@ impl Plan {
         self.prunes
     }
 
-    /// Whether the entries moved to a scratch file (tests).
-    pub fn on_disk(&self) -> bool {
+    /// Whether the entries moved to a scratch file.
+    #[cfg(test)]
+    fn on_disk(&self) -> bool {
         self.entries.on_disk()
     }
 
@@ -288,5 +289,27 @@ mod tests {
             (Decision::Prune(a), Decision::Prune(b)) => assert!(Arc::ptr_eq(&a, &b)),
             other => panic!("{other:?}"),
         }
+
+        // Equal configs and equal reasons, made apart, come back as one allocation each; the
+        // decisions themselves are unchanged.
+        let decisions = [
+            Decision::Prune(Arc::new(magnitude(0.5))),
+            Decision::Skip("rank 1".into()),
+            Decision::Prune(Arc::new(magnitude(0.5))),
+            Decision::Prune(Arc::new(magnitude(0.25))),
+            Decision::Skip("rank 1".into()),
+        ];
+        let plan = Plan::of((0..5).map(|i| entry(i, decisions[i].clone()))).unwrap();
+        let back: Vec<Decision> = plan.iter().map(|p| p.unwrap().decision).collect();
+        assert_eq!(back, decisions, "sharing changes no decision");
+        let (Decision::Prune(a), Decision::Prune(b), Decision::Prune(c)) = (&back[0], &back[2], &back[3])
+        else {
+            unreachable!()
+        };
+        assert!(Arc::ptr_eq(a, b) && !Arc::ptr_eq(a, c));
+        let (Decision::Skip(x), Decision::Skip(y)) = (&back[1], &back[4]) else {
+            unreachable!()
+        };
+        assert!(Arc::ptr_eq(x, y));
     }
 }
