@@ -188,20 +188,24 @@ fn exclude(graph: &GraphView, plan: &mut Plan, names: &[String]) -> Result<HashS
     let mut found: HashSet<&str> = HashSet::new();
     for i in 0..plan.len() {
         let p = plan.get(i)?;
-        let consumers = graph.consumer_ops(p.op_index);
         let own = graph.name(p.op_index);
-        found.extend(wanted.get(&*own));
-        for &c in &consumers {
-            found.extend(wanted.get(&*graph.name(c)));
+        let own_wanted = wanted.get(&*own).copied();
+        found.extend(own_wanted);
+        // Each consumer's name read once: the first one named excludes by consumer.
+        let mut by_consumer = None;
+        for c in graph.consumer_ops(p.op_index) {
+            if let Some(&name) = wanted.get(&*graph.name(c)) {
+                found.insert(name);
+                by_consumer.get_or_insert(name);
+            }
         }
         if !p.is_prune() {
             continue;
         }
-        let by_consumer = consumers.iter().find(|&&c| wanted.contains(&*graph.name(c)));
-        let reason = if wanted.contains(&*own) {
+        let reason = if own_wanted.is_some() {
             format!("excluded by --exclude '{own}'")
-        } else if let Some(&c) = by_consumer {
-            format!("excluded by --exclude '{}' (a consumer)", graph.name(c))
+        } else if let Some(consumer) = by_consumer {
+            format!("excluded by --exclude '{consumer}' (a consumer)")
         } else {
             continue;
         };
