@@ -27,7 +27,7 @@ fn copy_after(from: &mut File, to: &mut File, before: std::fs::Metadata) -> io::
     let len = before.len();
     let mut at = 0;
     while at < len {
-        let Some((data, hole)) = next_data(from, at)? else {
+        let Some((data, hole)) = next_data(from, at, len)? else {
             break;
         };
         from.seek(SeekFrom::Start(data))?;
@@ -46,11 +46,10 @@ fn copy_after(from: &mut File, to: &mut File, before: std::fs::Metadata) -> io::
     Ok(Copied::Whole)
 }
 
-/// The next data region at or after `at`: `(start, end)`, `None` past the last one. A file system
-/// that cannot tell reports the whole rest as data.
-fn next_data(file: &File, at: u64) -> io::Result<Option<(u64, u64)>> {
+/// The next data region at or after `at` and before `len`: `(start, end)`, `None` past the last
+/// one. A file system that cannot tell reports the whole rest as data.
+fn next_data(file: &File, at: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
     use rustix::fs::{seek, SeekFrom as Whence};
-    let len = file.metadata()?.len();
     let data = match seek(file, Whence::Data(at)) {
         Ok(data) => data,
         // No data past `at`: the rest is a hole.
