@@ -20,7 +20,7 @@ use super::{used_paths, Package, Use, UsedPaths};
 use crate::cancel::CancelFlag;
 use crate::cleanup::{self, ScratchPath};
 use crate::error::{show_scratch_as, Error, IoContext, Result};
-use crate::open_file::{open_dir, open_nonblocking, open_regular, open_regular_or_err, Links};
+use crate::open_file::{kind_of, open_dir, open_nonblocking, open_regular, open_regular_or_err, Links};
 #[cfg(test)]
 use zip::ZipArchive;
 
@@ -981,17 +981,11 @@ fn copy_tree(
             copy_file(&src, &dst, &shown(&src))?;
         } else if meta.file_type().is_symlink() {
             let target = confined(&src, input.root(), &shown(&src))?;
-            let target_type = std::fs::metadata(&target).at(shown(&src))?.file_type();
-            if !target_type.is_file() {
-                let reason = if target_type.is_dir() {
-                    "a symbolic link to a directory is not supported"
-                } else {
-                    "a symbolic link to something other than a regular file (a FIFO, a socket or \
-                     a device) is not supported"
-                };
+            let target_meta = std::fs::metadata(&target).at(shown(&src))?;
+            if !target_meta.is_file() {
                 return Err(Error::Package {
                     path: shown(&src),
-                    reason: reason.into(),
+                    reason: format!("a symbolic link to {} is not supported", kind_of(&target_meta)),
                 });
             }
             copy_file(&target, &dst, &shown(&src))?;
