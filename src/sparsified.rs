@@ -17,12 +17,6 @@ pub struct SparsifiedConsts {
     names: SpillDict,
 }
 
-impl Default for SparsifiedConsts {
-    fn default() -> Self {
-        Self::new_in(None)
-    }
-}
-
 /// The key of `name` in `function`: the function's length first, so no two pairs share a key.
 fn key(function: &str, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + function.len() + name.len());
@@ -33,10 +27,6 @@ fn key(function: &str, name: &str) -> Vec<u8> {
 }
 
 impl SparsifiedConsts {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// An empty set whose scratch files, if it needs them, go in `dir`.
     pub fn new_in(dir: Option<&Path>) -> Self {
         SparsifiedConsts {
@@ -119,7 +109,7 @@ mod tests {
             .map(|(f, n)| (f, n.to_owned()))
         );
         for mut set in [
-            SparsifiedConsts::new(),
+            SparsifiedConsts::new_in(None),
             SparsifiedConsts {
                 names: SpillDict::with_tiny_memory(),
             },
