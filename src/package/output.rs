@@ -442,15 +442,17 @@ impl OutputPackage {
             }
             sync_dir(&parent_dir(&companion.final_path));
         }
-        drop(dir_lock);
         cleanup::mark_committed();
-        // Published: nothing of it is scratch any more.
+        // Published: nothing of it is scratch any more. Its lock goes before the folder's: the
+        // next run's commit into this folder finds OUTPUT still locked otherwise, and refused it
+        // as "another run is replacing output" (seen in CI, two `--force` runs at once).
         if self.zip_folder.is_some() {
             self.temp_zip = None;
         } else {
             self.staging = None;
         }
         self.companion = None;
+        drop(dir_lock);
         let mut notices = Vec::new();
         if let Some(aside) = aside {
             // The new OUTPUT and its report are in place: the run has succeeded, and an old

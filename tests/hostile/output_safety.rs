@@ -836,7 +836,9 @@ fn a_full_disk_writing_a_zip_output_is_one_line_naming_output() {
 /// Two runs to one OUTPUT at once. Without `--force` the loser failed now and then with
 /// "Directory not empty" (exit 1) from the final rename; now it is the usage error "appeared
 /// while writing" (exit 2). With `--force` both succeed (commits into one folder take turns) and
-/// no set-aside old package is left. Timing-dependent: a few rounds each.
+/// no set-aside old package is left. CI once saw the second `--force` run refused with "another
+/// run is replacing output": the first released the folder's lock before its new package's own.
+/// Timing-dependent: a few rounds each.
 #[cfg(unix)]
 #[test]
 fn concurrent_runs_to_one_output_fail_clearly_or_both_succeed() {
