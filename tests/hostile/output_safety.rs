@@ -1630,8 +1630,17 @@ fn a_link_in_the_output_path_re_pointed_mid_run_leaves_nothing_behind() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The run's work is done well within this; it then waits for the folder lock.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Switched once the run has resolved both folders (its report's scratch file, reserved after
+    // the staging folder, is in A) and while it waits for the folder lock: a fixed delay raced
+    // the run's start on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !names_in_dir(&a)
+        .iter()
+        .any(|n| n.starts_with(".r.json.mlprune-tmp-"))
+    {
+        assert!(Instant::now() < deadline, "no report scratch file appeared in A");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let new_link = case.tmp.path().join("cur.new");
     std::os::unix::fs::symlink("B", &new_link).unwrap();
     std::fs::rename(&new_link, &cur).unwrap();
