@@ -87,11 +87,11 @@ pub fn bench_sparing(
     let package = Package::open_sparing(input, spare)?;
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
-    let graph = GraphView::of_model(&mut model)?;
+    let graph = GraphView::of_model(&mut model, None)?;
     let fault = graph.fault();
     let mut planned = fault.explain(plan(&model.program, &graph, config))?;
     fault.explain(check_shared_configs(&model.program, &graph, config, &mut planned))?;
-    let source = WeightSource::open(&package)?;
+    let source = WeightSource::open(&package, None)?;
     fault.explain(check_blobs(&model.program, &graph, &planned, &source))?;
     let ctx = GpuContext::new(DevicePolicy::Gpu)?
         .ok_or_else(|| Error::Gpu("bench: no Vulkan or Metal adapter found".into()))?;

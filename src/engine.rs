@@ -35,7 +35,7 @@ use crate::mil::op_file::{ChangeWatch, OpFile};
 use crate::mil::spill::{SpilledOps, SpilledRenames};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
-use crate::package::{check_output_spares, OutputPackage, Package};
+use crate::package::{check_output_spares, OutputPackage, Package, TableFolder};
 use crate::plan::{consumer_label, plan, report_shape, Decision, Plan, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::proto::mil::{NamedValueType, Operation, Program};
@@ -169,6 +169,12 @@ fn prune_steps(
         .chain([job.output.as_path()])
         .collect();
     let package = Package::open_sparing(&job.input, &named)?;
+    // An old OUTPUT holding the config is named as such before `TableFolder` refuses it as no
+    // package of ours.
+    let configs: Vec<&std::path::Path> = job.config_file.iter().map(|c| c.as_path()).collect();
+    check_output_spares(&job.output, &configs, job.force)?;
+    // Declared before the tables whose files it holds, so that it is dropped after them.
+    let tables = TableFolder::create(&package, &job.output, job.force)?;
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
     let functions = model.program.functions.len();
@@ -183,7 +189,7 @@ fn prune_steps(
     // The ops stay in the file and are read back as they are needed, instead of the whole file
     // staying in memory (issue 18).
     let load_notices = std::mem::take(&mut model.notices);
-    let mut graph = GraphView::of_model(&mut model)?;
+    let mut graph = GraphView::of_model(&mut model, Some(tables.path()))?;
     *watch = graph.op_file().map(OpFile::watch);
     *fault = Some(graph.fault());
     let mut shared_blobs = BlobReaders::default();
@@ -193,13 +199,14 @@ fn prune_steps(
             joint
                 .into_iter()
                 .map(|p| PlannedTensor::new(p.op_index, &p.meta, p.decision)),
+            graph.scratch_dir(),
         )?
     } else {
         let mut planned = plan(&model.program, &graph, &job.config)?;
         shared_blobs = check_shared_configs(&model.program, &graph, &job.config, &mut planned)?;
         planned
     };
-    let source = WeightSource::open(&package)?;
+    let source = WeightSource::open(&package, Some(tables.path()))?;
     let had_weight_file = source.blob_reader().is_some();
     let weight_bytes_before = source.blob_reader().map_or(0, |r| r.size());
     let global_cut = match global {
@@ -214,8 +221,6 @@ fn prune_steps(
         None => None,
     };
 
-    let configs: Vec<&std::path::Path> = job.config_file.iter().map(|c| c.as_path()).collect();
-    check_output_spares(&job.output, &configs, job.force)?;
     // The report is spared by the sweep of leftovers too: it may be named like one, or lie in a
     // folder so named, and a failed run must leave it as it was.
     let reads: Vec<&std::path::Path> = configs.iter().copied().chain(job.report.as_deref()).collect();

@@ -24,6 +24,7 @@ use crate::mil::entries::Entries;
 use crate::mil::graph::GraphView;
 use crate::mil::value::{is_constexpr_type, OperationExt, TensorTypeExt};
 use crate::proto::mil::{argument::binding::Binding, value_type, Operation, Program};
+use crate::spill_map::paged::Spill;
 use crate::weights::TensorMeta;
 
 mod store;
@@ -132,7 +133,7 @@ pub fn plan_counted(
     graph: &GraphView,
     config: &OptimizationConfig,
 ) -> Result<(Plan, u64)> {
-    let mut planned = Plan::default();
+    let mut planned = Plan::new(Spill::in_dir(graph.scratch_dir()));
     let mut ends = ChainEnds::default();
     for (index, info) in graph.infos() {
         if is_constexpr_type(info.op_type) {

@@ -326,7 +326,7 @@ mod tests {
             })
             .filter(|job| job.value().is_ok_and(|v| v.blob_offset().is_some()))
             .collect();
-        (WeightSource::open(&package).unwrap(), jobs)
+        (WeightSource::open(&package, None).unwrap(), jobs)
     }
 
     /// The bytes of the tensor the reader got ahead.

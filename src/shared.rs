@@ -65,7 +65,7 @@ pub fn check_shared_configs(
 ) -> Result<BlobReaders> {
     // First pass: how many consts read each blob, and whether one of them is pruned. Bounded in
     // memory (see `readers`): a multifunction package shares a blob per tensor.
-    let mut readers = BlobReaders::default();
+    let mut readers = BlobReaders::new_in(graph.scratch_dir());
     let mut conflicts_possible = false;
     for i in 0..plan.len() {
         let p = plan.get(i)?;

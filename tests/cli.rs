@@ -70,7 +70,7 @@ fn const_values(pkg: &Path) -> BTreeMap<String, TensorData> {
     let package = Package::open(pkg).unwrap();
     let model_path = package.model_path();
     let model = LoadedModel::read_held(&model_path, &model_path).unwrap();
-    let source = WeightSource::open(&package).unwrap();
+    let source = WeightSource::open(&package, None).unwrap();
     let mut out = BTreeMap::new();
     for_each_op(&model.program, |op| -> Result<(), mlprune::Error> {
         if let (Some(name), Some(v)) = (op.name(), op.const_value()) {

@@ -157,6 +157,18 @@ impl BlobReader<std::fs::File> {
 }
 
 impl<R: ReadAt> BlobReader<R> {
+    /// The reader, the table of records it has read (see [`BlobReader::claim`]) keeping its
+    /// scratch files in `dir` (the system temporary folder when `None`).
+    pub fn scratch_in(self, dir: Option<&Path>) -> Self {
+        BlobReader {
+            claims: Mutex::new(Claims {
+                seen: SpillMap::new_in(dir),
+                bytes: 0,
+            }),
+            ..self
+        }
+    }
+
     /// Validates the 64-byte header (length and version 2). `path` labels errors.
     pub fn new(source: R, path: PathBuf) -> Result<Self> {
         let size = source.size();

@@ -151,8 +151,8 @@ impl Inspection {
         let package = Package::open(input)?;
         let model_path = package.model_path();
         let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
-        let graph = GraphView::of_model(&mut model)?;
-        let source = WeightSource::open(&package)?;
+        let graph = GraphView::of_model(&mut model, None)?;
+        let source = WeightSource::open(&package, None)?;
         let mut opsets: Vec<String> = model
             .program
             .functions

@@ -52,7 +52,7 @@ fn materialization_matches_coremltools_byte_for_byte() {
     for (case, entry) in cases() {
         let (package, model) = load(&golden_dir().join(format!("{case}.mlpackage")));
         let graph = GraphView::build(&model.program).unwrap();
-        let source = WeightSource::open(&package).unwrap();
+        let source = WeightSource::open(&package, None).unwrap();
         let ctx = Context::new(&model.program, &graph, &source);
         for (name, expected) in entry["dense"].as_object().unwrap() {
             let index = (0..graph.op_count())
@@ -100,7 +100,7 @@ fn run_joint(path: &Path, config: &OptimizationConfig) -> crate::Result<JointRun
     let (package, mut model) = load(path);
     let graph = GraphView::build(&model.program)?;
     let planned = plan_joint(&model.program, &graph, config, model.spec_version())?;
-    let source = WeightSource::open(&package)?;
+    let source = WeightSource::open(&package, None)?;
     let mut weights = WeightFileBuilder::new(Cursor::new(Vec::new()), "ours.bin".into())?;
     let mut namer = JointNamer::new();
     let (mut edits, mut renames, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
@@ -251,7 +251,7 @@ fn name_bound_const_inputs_materialize_and_are_inlined() {
 
     let path = golden_dir().join("lut4g_fp16.mlpackage");
     let (package, mut model) = load(&path);
-    let source = WeightSource::open(&package).unwrap();
+    let source = WeightSource::open(&package, None).unwrap();
     let graph = GraphView::build(&model.program).unwrap();
     let index = (0..graph.op_count())
         .position(|i| graph.op_type(i) == LUT_TO_DENSE)

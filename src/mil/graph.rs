@@ -20,7 +20,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::bytes::Bytes;
@@ -263,6 +263,8 @@ pub struct GraphView {
     /// Once [`GraphView::move_ops_to_file`] ran: where every op is read from.
     op_file: Option<OpFile>,
     fault: Fault,
+    /// Where its tables, and those built from it, put their scratch files.
+    scratch: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for GraphView {
@@ -330,25 +332,39 @@ impl GraphView {
             nested: HashMap::new(),
             op_file: None,
             fault: Fault::default(),
+            scratch: spill.dir.clone(),
         }
     }
 
     /// The index of a program whose ops it holds.
     pub fn build(program: &Program) -> Result<Self> {
-        Self::build_with(program, None)
+        Self::build_with(program, None, None)
     }
 
     /// The index of a loaded model. The ops of a model read with [`LoadedModel::read`] are read
     /// from its file as they are indexed and stay there ([`GraphView::op_file`]); a model holding
     /// them is indexed as [`GraphView::build`] does.
-    pub fn of_model(model: &mut LoadedModel) -> Result<Self> {
+    /// Its tables' scratch files go to `scratch` (the system temporary folder when `None`), as do
+    /// those of the tables built from it ([`GraphView::scratch_dir`]).
+    pub fn of_model(model: &mut LoadedModel, scratch: Option<&Path>) -> Result<Self> {
         let in_file = model.ops_in_file.take().map(|ops| (ops, model.path.clone()));
-        Self::build_with(&model.program, in_file)
+        Self::build_with(&model.program, in_file, scratch)
     }
 
-    fn build_with(program: &Program, in_file: Option<(OpsInFile, PathBuf)>) -> Result<Self> {
-        let by_name = ByName::new(SpillMap::new_in(None));
-        Self::build_spilling(program, in_file, &Spill::default(), by_name)
+    fn build_with(
+        program: &Program,
+        in_file: Option<(OpsInFile, PathBuf)>,
+        scratch: Option<&Path>,
+    ) -> Result<Self> {
+        let by_name = ByName::new(SpillMap::new_in(scratch));
+        Self::build_spilling(program, in_file, &Spill::in_dir(scratch), by_name)
+    }
+
+    /// Where the run's tables put their scratch files (the system temporary folder when `None`):
+    /// a folder next to OUTPUT for `prune`, so that a temporary folder in memory (tmpfs) does not
+    /// hold them.
+    pub fn scratch_dir(&self) -> Option<&Path> {
+        self.scratch.as_deref()
     }
 
     /// [`GraphView::build_with`], its tables moving to scratch files as `spill` says and its names
@@ -902,7 +918,7 @@ impl GraphView {
                 }
                 seen => {
                     let set = seen.get_or_insert_with(|| {
-                        let mut set = SpillMap::new_in(None);
+                        let mut set = SpillMap::new_in(self.scratch.as_deref());
                         for &(op, param) in &first {
                             self.or_fault(set.insert_new(pair_key(op, param), [1]), ());
                         }
@@ -1530,7 +1546,7 @@ mod tests {
         assert_eq!(held.program, sibling_blocks());
         let body = &loaded.program.functions["main"].block_specializations["CoreML7"];
         assert!(body.operations.is_empty());
-        let mut g = GraphView::of_model(&mut loaded).unwrap();
+        let mut g = GraphView::of_model(&mut loaded, None).unwrap();
         assert!(loaded.ops_in_file.is_none() && g.op_file().is_some());
         let from_held = GraphView::build(&held.program).unwrap();
         assert_eq!(g.op_count(), from_held.op_count());
@@ -1568,13 +1584,13 @@ mod tests {
         // Between the read and the index.
         let (path, mut loaded) = written(dir.path());
         change(&path, &loaded);
-        let e = GraphView::of_model(&mut loaded).unwrap_err().to_string();
+        let e = GraphView::of_model(&mut loaded, None).unwrap_err().to_string();
         assert!(e.contains("changed while mlprune was reading it"), "{e}");
 
         // After the index (past what it read ahead): the read fails and the watch says why.
         let (path, mut loaded) = written(dir.path());
         let unchanged = loaded.clone();
-        let mut g = GraphView::of_model(&mut loaded).unwrap();
+        let mut g = GraphView::of_model(&mut loaded, None).unwrap();
         let file = g.take_op_file().unwrap();
         file.forget_read_ahead();
         change(&path, &unchanged);
@@ -1600,7 +1616,7 @@ mod tests {
             ops_in_file: None,
             notices: Vec::new(),
         };
-        let g = GraphView::of_model(&mut loaded).unwrap();
+        let g = GraphView::of_model(&mut loaded, None).unwrap();
         assert!(g.op_file().is_none());
         assert_eq!(loaded.program, program);
         assert!(g.op_bytes(&loaded.program, 4).is_some());

@@ -22,7 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use manifest::Manifest;
-pub use output::{check_output_spares, OutputPackage};
+pub use output::{check_output_spares, OutputPackage, TableFolder};
 
 use crate::cleanup::{sweep_stale, ScratchPath};
 use crate::error::{Error, IoContext, Result};

@@ -497,6 +497,44 @@ impl Drop for OutputPackage {
     }
 }
 
+/// A folder next to OUTPUT for the scratch files of the tables a run builds before it stages the
+/// package (the graph index, the plan, the shared-blob table, the blob records read): on
+/// OUTPUT's file system, like the writer's tables, where they were in the system temporary
+/// folder, which may be memory (a tmpfs /tmp held 170 MB of them at 320,000 tensors). Its files
+/// are unlinked; it is named like the staging folder, so that the next run sweeps one a killed
+/// run left, and removed when dropped or on a signal, like every scratch path.
+#[derive(Debug)]
+pub struct TableFolder {
+    scratch: Option<ScratchPath>,
+}
+
+impl TableFolder {
+    /// Refuses an OUTPUT that is, contains or lies inside the input, or that exists and may not
+    /// be replaced (as [`OutputPackage::create`] does, before anything is made next to it), then
+    /// creates the folder in OUTPUT's folder.
+    pub fn create(input: &Package, output: &Path, force: bool) -> Result<TableFolder> {
+        let (parent, name) = split_output(output)?;
+        check_output_location(input, output, &parent, &name, force)?;
+        let parent = resolve_dir("output", &parent)?;
+        let scratch = create_scratch(&parent, output, "output", true)?;
+        Ok(TableFolder {
+            scratch: Some(scratch),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.scratch.as_ref().map_or(Path::new(""), ScratchPath::path)
+    }
+}
+
+impl Drop for TableFolder {
+    fn drop(&mut self) {
+        if let Some(scratch) = self.scratch.take() {
+            scratch.remove();
+        }
+    }
+}
+
 /// OUTPUT must not be the input, inside it, or contain it (comparing canonical paths, so links
 /// and `..` cannot hide it), and must not exist unless `force`.
 fn check_output_location(

@@ -4,6 +4,7 @@
 //! of the distinct decisions, of which a model of many tensors has a handful.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use super::{Decision, PlannedTensor};
@@ -79,12 +80,6 @@ pub struct Plan {
     prunes: usize,
 }
 
-impl Default for Plan {
-    fn default() -> Self {
-        Plan::new(Spill::default())
-    }
-}
-
 impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plan")
@@ -154,9 +149,9 @@ impl Plan {
         })
     }
 
-    /// A plan of `entries`.
-    pub fn of(entries: impl IntoIterator<Item = PlannedTensor>) -> Result<Plan> {
-        let mut plan = Plan::default();
+    /// A plan of `entries`, its scratch files in `scratch` (see [`Spill::in_dir`]).
+    pub fn of(entries: impl IntoIterator<Item = PlannedTensor>, scratch: Option<&Path>) -> Result<Plan> {
+        let mut plan = Plan::new(Spill::in_dir(scratch));
         for p in entries {
             plan.push(p)?;
         }
@@ -278,7 +273,11 @@ mod tests {
 
     #[test]
     fn equal_decisions_share_one_allocation() {
-        let plan = Plan::of((0..10).map(|i| entry(i, Decision::Prune(Arc::new(magnitude(0.5)))))).unwrap();
+        let plan = Plan::of(
+            (0..10).map(|i| entry(i, Decision::Prune(Arc::new(magnitude(0.5))))),
+            None,
+        )
+        .unwrap();
         let mut cursor = plan.cursor();
         assert_eq!(cursor.take_if_at(1).unwrap(), None);
         assert_eq!(cursor.take_if_at(0).unwrap().map(|p| p.op_index), Some(0));
@@ -299,7 +298,7 @@ mod tests {
             Decision::Prune(Arc::new(magnitude(0.25))),
             Decision::Skip("rank 1".into()),
         ];
-        let plan = Plan::of((0..5).map(|i| entry(i, decisions[i].clone()))).unwrap();
+        let plan = Plan::of((0..5).map(|i| entry(i, decisions[i].clone())), None).unwrap();
         let back: Vec<Decision> = plan.iter().map(|p| p.unwrap().decision).collect();
         assert_eq!(back, decisions, "sharing changes no decision");
         let (Decision::Prune(a), Decision::Prune(b), Decision::Prune(c)) = (&back[0], &back[2], &back[3])

@@ -8,6 +8,8 @@
 //! there is one, a record of a [`SpillLog`]. All three stay within a few MiB and move to unlinked
 //! scratch files past that.
 
+use std::path::Path;
+
 use prost::Message;
 
 use super::{blob_key_of, BlobKey, Outcome};
@@ -73,10 +75,18 @@ pub struct BlobReaders {
 
 impl Default for BlobReaders {
     fn default() -> Self {
+        BlobReaders::new_in(None)
+    }
+}
+
+impl BlobReaders {
+    /// An empty table whose scratch files go to `scratch` (the system temporary folder when
+    /// `None`).
+    pub fn new_in(scratch: Option<&Path>) -> Self {
         BlobReaders {
-            numbers: Numbering::new_in(None),
-            states: PagedVec::new(Spill::default()),
-            outcomes: SpillLog::new_in(None),
+            numbers: Numbering::new_in(scratch),
+            states: PagedVec::new(Spill::in_dir(scratch)),
+            outcomes: SpillLog::new_in(scratch),
             any_shared: false,
         }
     }

@@ -46,6 +46,14 @@ impl Default for Spill {
 }
 
 impl Spill {
+    /// The default limits, the files in `dir` (the system temporary folder when `None`).
+    pub fn in_dir(dir: Option<&Path>) -> Self {
+        Spill {
+            dir: dir.map(Path::to_path_buf),
+            ..Spill::default()
+        }
+    }
+
     fn open(&self, bytes: &[u8]) -> Result<PageFile> {
         let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
         let file = tempfile::tempfile_in(&dir).at(&dir)?;

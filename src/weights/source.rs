@@ -4,6 +4,7 @@
 //! and a fully known shape whose element count fits, and the stored data must agree with both.
 
 use std::fs::File;
+use std::path::Path;
 
 use crate::blob::{BlobReader, ReadThreads};
 use crate::dtype::ScalarType;
@@ -46,14 +47,16 @@ pub struct WeightSource {
 }
 
 impl WeightSource {
-    /// Opens the package's `weight.bin` if it has one; errors name it as the user knows it.
-    pub fn open(package: &Package) -> Result<Self> {
+    /// Opens the package's `weight.bin` if it has one; errors name it as the user knows it. The
+    /// table of the blob records read keeps its scratch files in `scratch` (the system temporary
+    /// folder when `None`).
+    pub fn open(package: &Package, scratch: Option<&Path>) -> Result<Self> {
         let blobs = match package.weight_file() {
             Some(path) => {
                 let label = package.display_path(&path);
                 // Never blocking on a FIFO swapped in for it, and only a regular file read.
                 let file = open_regular_or_err(&path, Links::Follow).at(&label)?;
-                Some(BlobReader::new(file, label)?)
+                Some(BlobReader::new(file, label)?.scratch_in(scratch))
             }
             None => None,
         };

@@ -599,7 +599,7 @@ fn input_files_swapped_for_a_fifo_are_refused_without_blocking() {
     let saved = std::fs::read(&weight_bin).unwrap();
     swap_in_fifo(&weight_bin);
     let err = within(Duration::from_secs(3), move || {
-        mlprune::weights::WeightSource::open(&package).err()
+        mlprune::weights::WeightSource::open(&package, None).err()
     })
     .expect("WeightSource::open blocked on the FIFO")
     .expect("refused");

@@ -387,7 +387,8 @@ fn big_case() -> Case {
 }
 
 /// Starts `prune` on `case` and waits until its staging folder holds a `weight.bin`: the run is
-/// then in the middle of writing. Returns the child and the staging folder.
+/// then in the middle of writing. Returns the child and the staging folder (not the folder of
+/// the run's tables, which has the same prefix).
 #[cfg(unix)]
 fn start_prune_and_wait_for_staging(case: &Case) -> (std::process::Child, PathBuf) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
@@ -402,15 +403,17 @@ fn start_prune_and_wait_for_staging(case: &Case) -> (std::process::Child, PathBu
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        let writing = |p: &PathBuf| {
+            let weights = p.join(CORE_ML).join("weights/weight.bin");
+            std::fs::metadata(weights).is_ok_and(|m| m.len() > 0)
+        };
         let staging = std::fs::read_dir(case.tmp.path())
             .unwrap()
             .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().contains(".out.mlpackage.mlprune-tmp-"));
+            .filter(|p| p.to_string_lossy().contains(".out.mlpackage.mlprune-tmp-"))
+            .find(writing);
         if let Some(staging) = staging {
-            let weights = staging.join(CORE_ML).join("weights/weight.bin");
-            if std::fs::metadata(&weights).is_ok_and(|m| m.len() > 0) {
-                return (child, staging);
-            }
+            return (child, staging);
         }
         assert!(
             child.try_wait().unwrap().is_none(),

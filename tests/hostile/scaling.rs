@@ -91,27 +91,41 @@ fn scratch_stores_on_disk_give_the_same_bytes_as_in_memory() {
     assert!(held.status.success() && spilled.status.success());
     assert_eq!(held.stdout, spilled.stdout);
 
-    // The small limit is used: with no usable temporary folder, only that run fails, naming it.
+    // The small limit is used: `inspect`, whose tables go to the temporary folder, fails with
+    // none usable, naming it, only when it is set.
     let missing = case.tmp.path().join("no such folder");
-    let output = case.tmp.path().join("unusable.mlpackage");
-    let prune_with_tmpdir = |scratch: Option<&str>| {
+    let inspect_with_tmpdir = |scratch: Option<&str>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mlprune"));
-        command
-            .arg("prune")
-            .arg(&input)
-            .arg(&output)
-            .args(per_tensor)
-            .env("TMPDIR", &missing);
+        command.arg("inspect").arg(&input).env("TMPDIR", &missing);
         if let Some(bytes) = scratch {
             command.env("MLPRUNE_SCRATCH_BYTES", bytes);
         }
         command.output().unwrap()
     };
-    let o = prune_with_tmpdir(Some("64"));
-    assert_cli_error(&o, 1, &["no such folder"]);
-    assert!(!output.exists());
-    let o = prune_with_tmpdir(None);
+    assert_cli_error(&inspect_with_tmpdir(Some("64")), 1, &["no such folder"]);
+    assert!(inspect_with_tmpdir(None).status.success());
+
+    // `prune` keeps every table next to OUTPUT, none in the temporary folder, which may be memory
+    // (a tmpfs): with none usable it still writes the same bytes, and leaves nothing next to it.
+    let output = case.tmp.path().join("no_tmpdir.mlpackage");
+    let o = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .arg("prune")
+        .arg(&input)
+        .arg(&output)
+        .args(per_tensor)
+        .env("TMPDIR", &missing)
+        .env("MLPRUNE_SCRATCH_BYTES", "64")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (held, _) = run("per_tensor_again", None, &per_tensor);
+    assert!(snapshot(&output) == held, "the outputs differ");
+    let left: Vec<_> = std::fs::read_dir(case.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("mlprune-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A sparse file inside the declared `weights/` folder is copied with its holes kept: 1 GiB that
