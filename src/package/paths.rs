@@ -381,6 +381,11 @@ fn empty_dir_on(dir: &std::os::fd::OwnedFd, mount: (u64, u64)) -> std::io::Resul
             names.push(name.to_owned());
         }
     }
+    // Our markers (`.mlprune-unzip-scratch`) last: the sweep of the shared temporary folder
+    // removes only a folder that carries one, so a run killed while it removes its extraction
+    // must leave it there. Removed first, as it was on ext4, the rest stayed for good (red team,
+    // session 20: 10 of 10 kills timed so).
+    names.sort_by_key(|name| name.to_bytes().starts_with(b".mlprune-"));
     for name in names {
         let stat = rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
         if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
@@ -585,6 +590,12 @@ mod tests {
         #[cfg(target_os = "linux")]
         {
             std::fs::create_dir_all(tree.join("m")).unwrap();
+            // A marker of an extraction folder is removed last, so it outlives a removal that
+            // stops (or is killed) part way: the temp sweep removes only marked folders.
+            std::fs::write(tree.join(crate::package::UNZIP_MARKER), b"").unwrap();
+            for i in 0..32 {
+                std::fs::write(tree.join(format!("f{i}")), b"f").unwrap();
+            }
             let mounted = std::process::Command::new("mount")
                 .arg("--bind")
                 .arg(&keep)
@@ -604,6 +615,10 @@ mod tests {
             assert!(
                 keep.join("precious").is_file(),
                 "nothing removed through the mount"
+            );
+            assert!(
+                tree.join(crate::package::UNZIP_MARKER).is_file(),
+                "the marker is removed last"
             );
         }
     }
