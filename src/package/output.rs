@@ -157,11 +157,13 @@ fn sweep_leftovers(dir: &Path, name: &OsStr, spare: &[&Path], notices: &mut Vec<
 struct Companion {
     final_path: PathBuf,
     scratch: ScratchPath,
-    /// The identity of the regular file that was at `final_path` when it was reserved: the commit
-    /// replaces that file and nothing else (a link or FIFO swapped in since is kept). `None`:
-    /// nothing was there, and the commit will not replace what appeared since (another name of
-    /// OUTPUT, through a bind mount, say).
+    /// The identity of the regular file at `final_path` when it was last checked (reserved, then
+    /// again at the commit): the commit replaces that file and nothing else (a link or FIFO
+    /// swapped in since is kept). `None`: nothing was there, and the commit will not replace what
+    /// appeared since.
     checked: Option<(u64, u64)>,
+    /// What the report may not be or lie inside: the input, the config files, OUTPUT.
+    guarded: Vec<PathBuf>,
 }
 
 /// A package being written.
@@ -294,6 +296,7 @@ impl OutputPackage {
             final_path: dir.join(name),
             scratch,
             checked,
+            guarded: guarded.iter().map(|p| p.to_path_buf()).collect(),
         });
         Ok(())
     }
@@ -382,6 +385,14 @@ impl OutputPackage {
         let dir_lock = lock_dir(&self.parent, cancel)?;
         let _signals = cleanup::hold_off_signals();
         cancel.check()?;
+        // The report is checked again, as OUTPUT is below: what is there now, if it may be
+        // replaced, is what the commit replaces. Checked only at the start, a second run of the
+        // same command (whose commit waited for the first's) found the first's report there and
+        // failed, always (red team, session 20).
+        if let Some(companion) = &mut self.companion {
+            let guarded: Vec<&Path> = companion.guarded.iter().map(PathBuf::as_path).collect();
+            companion.checked = check_companion_location(&companion.final_path, &guarded)?;
+        }
         // OUTPUT in the folder resolved when staging started (errors still name the user's path,
         // see `create_scratch`).
         let target = self.parent.join(&self.name);

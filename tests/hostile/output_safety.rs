@@ -841,7 +841,9 @@ fn a_full_disk_writing_a_zip_output_is_one_line_naming_output() {
 /// while writing" (exit 2). With `--force` both succeed (commits into one folder take turns) and
 /// no set-aside old package is left. CI once saw the second `--force` run refused with "another
 /// run is replacing output": the first released the folder's lock before its new package's own.
-/// Timing-dependent: a few rounds each.
+/// Half the `--force` rounds name one report too: the second commit found the first's report
+/// where it had checked none or another, and always failed (red team, session 20); the report
+/// is checked again at the commit now. Timing-dependent: a few rounds each.
 #[cfg(unix)]
 #[test]
 fn concurrent_runs_to_one_output_fail_clearly_or_both_succeed() {
@@ -872,14 +874,23 @@ fn concurrent_runs_to_one_output_fail_clearly_or_both_succeed() {
             assert_cli_error(o, 2, &["out.mlpackage"]);
         }
     }
-    for _ in 0..8 {
-        let runs = [spawn(&["--force"]), spawn(&["--force"])];
+    let report = case.tmp.path().join("r.json");
+    let report_args = ["--force", "--report", report.to_str().unwrap()];
+    for round in 0..8 {
+        let args = if round % 2 == 0 {
+            &report_args[..]
+        } else {
+            &["--force"][..]
+        };
+        let runs = [spawn(args), spawn(args)];
         for o in runs.into_iter().map(|c| c.wait_with_output().unwrap()) {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         }
         assert!(names_with(&case, "mlprune-").is_empty());
+        let entries: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert!(!entries.as_array().unwrap().is_empty());
     }
-    assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage"]);
+    assert_nothing_left(&case, &["in.mlpackage", "out.mlpackage", "r.json"]);
 }
 
 /// A bind mount of a folder *inside* the input or an old OUTPUT (`X/Data` mounted elsewhere)
