@@ -40,6 +40,58 @@ const NAME_ATTEMPTS: usize = 16;
 struct Registered {
     path: PathBuf,
     is_dir: bool,
+    /// Where it was made, once it is: removed through that, not `path`.
+    place: Option<Place>,
+}
+
+/// A scratch path as made: its folder, open, its name there and its identity. It is removed
+/// through the folder's handle, so that the folder renamed during the run (OUTPUT's folder moved
+/// elsewhere) does not leave it behind there (red team, session 20: the staging folder and the
+/// report's scratch file stayed in the moved folder), and only while the name still holds what
+/// was made.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(unix), allow(dead_code))]
+struct Place {
+    folder: std::sync::Arc<File>,
+    name: OsString,
+    identity: Option<(u64, u64)>,
+}
+
+impl Registered {
+    /// Whether it is still there (at its place, where it has one).
+    fn exists(&self) -> bool {
+        #[cfg(unix)]
+        if let Some(place) = &self.place {
+            return place.holds_it();
+        }
+        std::fs::symlink_metadata(&self.path).is_ok()
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        #[cfg(unix)]
+        if let Some(place) = &self.place {
+            if !place.holds_it() {
+                return Ok(()); // gone, or somebody else's now
+            }
+            return crate::package::paths::remove_tree_one_fs_at(&*place.folder, Path::new(&place.name));
+        }
+        remove_path(&self.path, self.is_dir)
+    }
+}
+
+#[cfg(unix)]
+impl Place {
+    /// Whether its name in its folder names what was made there.
+    fn holds_it(&self) -> bool {
+        use rustix::fs::AtFlags;
+        rustix::fs::statat(&*self.folder, Path::new(&self.name), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(
+            |stat| {
+                #[allow(clippy::unnecessary_cast)]
+                let identity = Some((stat.st_dev as u64, stat.st_ino as u64));
+                identity == self.identity
+            },
+        )
+    }
 }
 
 fn registry() -> MutexGuard<'static, BTreeMap<u64, Registered>> {
@@ -100,11 +152,15 @@ impl ScratchPath {
                 Registered {
                     path: path.clone(),
                     is_dir,
+                    place: None,
                 },
             );
             let created = create_locked(&path, is_dir);
-            if created.is_err() {
-                registered.remove(&id);
+            match (&created, registered.get_mut(&id)) {
+                (Ok(handle), Some(entry)) => entry.place = place_of(parent, &path, handle),
+                _ => {
+                    registered.remove(&id);
+                }
             }
             drop(registered);
             match created {
@@ -131,19 +187,13 @@ impl ScratchPath {
         &self.handle
     }
 
-    /// Records that the path was renamed to `new_path` (which now holds the same lock): a signal
-    /// before the caller drops this removes the new path instead.
-    pub fn renamed_to(&mut self, new_path: PathBuf) {
-        if let Some(entry) = registry().get_mut(&self.id) {
-            entry.path = new_path.clone();
-        }
-        self.path = new_path;
-    }
-
     /// Removes the path now (best effort) and unregisters it.
     pub fn remove(self) {
-        let is_dir = registry().get(&self.id).is_some_and(|r| r.is_dir);
-        let _ = remove_path(&self.path, is_dir);
+        let registered = registry().get(&self.id).cloned();
+        let _ = match registered {
+            Some(registered) => registered.remove(),
+            None => Ok(()),
+        };
     }
 }
 
@@ -151,6 +201,21 @@ impl Drop for ScratchPath {
     fn drop(&mut self) {
         registry().remove(&self.id);
     }
+}
+
+/// Where `path`, just made in `parent` and open as `handle`, is: `None` where the folder cannot
+/// be opened (the path is removed by its name then).
+fn place_of(parent: &Path, path: &Path, handle: &File) -> Option<Place> {
+    let folder = File::open(parent).ok()?;
+    let identity = handle
+        .metadata()
+        .ok()
+        .and_then(|m| crate::package::paths::identity_of(&m));
+    Some(Place {
+        folder: std::sync::Arc::new(folder),
+        name: path.file_name()?.to_os_string(),
+        identity,
+    })
 }
 
 /// Creates the file or directory with `create_new` semantics and takes an exclusive lock on it.
@@ -375,9 +440,9 @@ fn remove_racing_writers<'r>(scratch: impl Iterator<Item = &'r Registered> + Clo
     for pass in 0..REMOVAL_PASSES {
         let mut found = false;
         for registered in scratch.clone() {
-            if std::fs::symlink_metadata(&registered.path).is_ok() {
+            if registered.exists() {
                 found = true;
-                let _ = remove_path(&registered.path, registered.is_dir);
+                let _ = registered.remove();
             }
         }
         if pass > 0 && !found {

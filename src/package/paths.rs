@@ -323,16 +323,24 @@ pub(crate) fn foreign_entry(root: &Path) -> Option<(PathBuf, &'static str)> {
 /// leads nowhere else.
 #[cfg(unix)]
 pub(crate) fn remove_tree_one_fs(path: &Path) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, CWD};
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() {
-        return std::fs::remove_file(path);
+    remove_tree_one_fs_at(rustix::fs::CWD, path)
+}
+
+/// [`remove_tree_one_fs`] of `name` in the open folder `dir`: reached through the handle, so that
+/// the folder renamed meanwhile (a user moving OUTPUT's folder during a run) changes nothing.
+#[cfg(unix)]
+pub(crate) fn remove_tree_one_fs_at<Fd: std::os::fd::AsFd>(dir: Fd, name: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType};
+    let stat = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+        return rustix::fs::unlinkat(&dir, name, AtFlags::empty()).map_err(std::io::Error::from);
     }
-    let mount = mount_of(&meta, path);
-    let dir = open_dir_on(CWD, path, mount)?;
-    empty_dir_on(&dir, mount)?;
-    drop(dir);
-    rustix::fs::unlinkat(CWD, path, AtFlags::REMOVEDIR).map_err(std::io::Error::from)
+    #[allow(clippy::unnecessary_cast)]
+    let mount = (stat.st_dev as u64, mount_id(&dir, Some(name)));
+    let child = open_dir_on(&dir, name, mount)?;
+    empty_dir_on(&child, mount)?;
+    drop(child);
+    rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(std::io::Error::from)
 }
 
 #[cfg(not(unix))]

@@ -1672,6 +1672,46 @@ fn a_link_in_the_output_path_re_pointed_mid_run_leaves_nothing_behind() {
     assert!(names_in_dir(&b).is_empty(), "nothing in B");
 }
 
+/// OUTPUT's folder renamed during the run (`mv P Q`): the run's scratch paths were removed by
+/// their path through `P`, which led nowhere then, so the failed run left its staging folder and
+/// the report's scratch file in `Q` (red team, session 20: 10 of 10). They are removed through a
+/// handle on the folder now. The folder lock every commit takes is held until the rename, so the
+/// run is past its start (its report's scratch file is in `P`) and not yet committed.
+#[cfg(unix)]
+#[test]
+fn output_folder_renamed_mid_run_leaves_nothing_behind() {
+    let case = Case::linear();
+    let (p, q) = (case.tmp.path().join("P"), case.tmp.path().join("Q"));
+    std::fs::create_dir(&p).unwrap();
+    let lock = std::fs::File::open(&p).unwrap();
+    lock.lock().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .arg("prune")
+        .arg(&case.input)
+        .arg(p.join("o.mlpackage"))
+        .args(PRUNE_ARGS)
+        .arg("--report")
+        .arg(p.join("r.json"))
+        .arg("-q")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !names_in_dir(&p)
+        .iter()
+        .any(|n| n.starts_with(".r.json.mlprune-tmp-"))
+    {
+        assert!(Instant::now() < deadline, "no report scratch file appeared in P");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::fs::rename(&p, &q).unwrap();
+    drop(lock);
+    let o = child.wait_with_output().unwrap();
+    assert_cli_error(&o, 1, &["o.mlpackage"]);
+    assert!(names_in_dir(&q).is_empty(), "left in Q: {:?}", names_in_dir(&q));
+    assert_nothing_left(&case, &["in.mlpackage", "Q"]);
+}
+
 fn names_in_dir(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
