@@ -1631,30 +1631,7 @@ fn a_link_in_the_output_path_re_pointed_mid_run_leaves_nothing_behind() {
     std::fs::create_dir(&a).unwrap();
     std::fs::create_dir(&b).unwrap();
     std::os::unix::fs::symlink("A", &cur).unwrap();
-    let lock = std::fs::File::open(&a).unwrap();
-    lock.lock().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
-        .arg("prune")
-        .arg(&case.input)
-        .arg(cur.join("o.mlpackage"))
-        .args(PRUNE_ARGS)
-        .arg("--report")
-        .arg(cur.join("r.json"))
-        .arg("-q")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Switched once the run has resolved both folders (its report's scratch file, reserved after
-    // the staging folder, is in A) and while it waits for the folder lock: a fixed delay raced
-    // the run's start on a loaded machine.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !names_in_dir(&a)
-        .iter()
-        .any(|n| n.starts_with(".r.json.mlprune-tmp-"))
-    {
-        assert!(Instant::now() < deadline, "no report scratch file appeared in A");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let (child, lock) = prune_waiting_to_commit(&case, &cur, &a);
     let new_link = case.tmp.path().join("cur.new");
     std::os::unix::fs::symlink("B", &new_link).unwrap();
     std::fs::rename(&new_link, &cur).unwrap();
@@ -1683,33 +1660,44 @@ fn output_folder_renamed_mid_run_leaves_nothing_behind() {
     let case = Case::linear();
     let (p, q) = (case.tmp.path().join("P"), case.tmp.path().join("Q"));
     std::fs::create_dir(&p).unwrap();
-    let lock = std::fs::File::open(&p).unwrap();
-    lock.lock().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
-        .arg("prune")
-        .arg(&case.input)
-        .arg(p.join("o.mlpackage"))
-        .args(PRUNE_ARGS)
-        .arg("--report")
-        .arg(p.join("r.json"))
-        .arg("-q")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !names_in_dir(&p)
-        .iter()
-        .any(|n| n.starts_with(".r.json.mlprune-tmp-"))
-    {
-        assert!(Instant::now() < deadline, "no report scratch file appeared in P");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let (child, lock) = prune_waiting_to_commit(&case, &p, &p);
     std::fs::rename(&p, &q).unwrap();
     drop(lock);
     let o = child.wait_with_output().unwrap();
     assert_cli_error(&o, 1, &["o.mlpackage"]);
     assert!(names_in_dir(&q).is_empty(), "left in Q: {:?}", names_in_dir(&q));
     assert_nothing_left(&case, &["in.mlpackage", "Q"]);
+}
+
+/// Starts `prune` to `o.mlpackage` with `--report r.json`, both in `dir` (a path through a link,
+/// say), holding the lock every commit into `real_dir` (the folder `dir` leads to) takes, and
+/// returns once the run has resolved both folders (its report's scratch file, reserved after the
+/// staging folder, is in `real_dir`): the run then waits to commit until the lock is dropped. A
+/// fixed delay raced the run's start on a loaded machine.
+#[cfg(unix)]
+fn prune_waiting_to_commit(case: &Case, dir: &Path, real_dir: &Path) -> (std::process::Child, std::fs::File) {
+    let lock = std::fs::File::open(real_dir).unwrap();
+    lock.lock().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+        .arg("prune")
+        .arg(&case.input)
+        .arg(dir.join("o.mlpackage"))
+        .args(PRUNE_ARGS)
+        .arg("--report")
+        .arg(dir.join("r.json"))
+        .arg("-q")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !names_in_dir(real_dir)
+        .iter()
+        .any(|n| n.starts_with(".r.json.mlprune-tmp-"))
+    {
+        assert!(Instant::now() < deadline, "no report scratch file appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (child, lock)
 }
 
 fn names_in_dir(dir: &Path) -> Vec<String> {
