@@ -157,8 +157,8 @@ impl BlobReader<std::fs::File> {
 }
 
 impl<R: ReadAt> BlobReader<R> {
-    /// The reader, the table of records it has read (see [`BlobReader::claim`]) keeping its
-    /// scratch files in `dir` (the system temporary folder when `None`).
+    /// The reader, the table of the blob records it has read (each claimed once, overlaps
+    /// refused) keeping its scratch files in `dir` (the system temporary folder when `None`).
     pub fn scratch_in(self, dir: Option<&Path>) -> Self {
         BlobReader {
             claims: Mutex::new(Claims {
