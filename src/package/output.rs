@@ -80,6 +80,21 @@ fn resolve_dir(what: &str, dir: &Path) -> Result<PathBuf> {
         .map_err(|e| Error::Usage(format!("{what} directory {} is not usable: {e}", dir.display())))
 }
 
+/// OUTPUT's folder, resolved once (see [`resolve_dir`]), and its name. Every check of OUTPUT and
+/// every path made next to it start from this one resolution: the checks resolved the folder
+/// again, so a link in the path re-pointed between a check and the making of a folder put the
+/// table folder, or the committed package, inside the input (red team, session 20). Errors
+/// still name OUTPUT as given.
+fn resolve_output(output: &Path) -> Result<(PathBuf, OsString)> {
+    let (parent, name) = split_output(output)?;
+    let parent = resolve_dir("output", &parent)?;
+    let target = parent.join(&name);
+    if target != output {
+        show_scratch_as(target.as_os_str(), output.as_os_str());
+    }
+    Ok((parent, name))
+}
+
 /// `.<name>.mlprune-tmp-`: the prefix of every scratch sibling of `name` (staging folder, archive
 /// or report being written). A fixed prefix lets a later run find what a killed run left. Built
 /// from the name's bytes: a lossy conversion made a name of invalid UTF-8 longer than measured.
@@ -199,7 +214,7 @@ impl OutputPackage {
     /// other files the run reads or writes (config files, the report), which no sweep of leftovers
     /// removes.
     pub fn create(input: &Package, output: &Path, force: bool, reads: &[&Path]) -> Result<OutputPackage> {
-        let (parent, name) = split_output(output)?;
+        let (parent, name) = resolve_output(output)?;
         check_output_location(input, output, &parent, &name, force)?;
         let spare: Vec<&Path> = std::iter::once(input.origin())
             .chain(reads.iter().copied())
@@ -226,8 +241,8 @@ impl OutputPackage {
     /// Stages a brand-new package with `manifest` and nothing else (the caller writes the model
     /// and `weight.bin`). An existing OUTPUT is refused unless `force` (and then only a package).
     pub fn create_new(output: &Path, manifest: Manifest, force: bool) -> Result<OutputPackage> {
-        let (parent, name) = split_output(output)?;
-        check_existing_output(output, force)?;
+        let (parent, name) = resolve_output(output)?;
+        check_existing_output(&parent.join(&name), force)?;
         let staged = Self::stage(output, (parent, name), manifest, force, &[])?;
         let path = staged.staging_dir().join(MANIFEST_FILE);
         std::fs::write(&path, staged.manifest.to_json()).at(&path)?;
@@ -235,7 +250,8 @@ impl OutputPackage {
         Ok(staged)
     }
 
-    /// `spare`: what the run reads, which no sweep of leftovers may remove.
+    /// `parent`: OUTPUT's folder from [`resolve_output`]. `spare`: what the run reads, which no
+    /// sweep of leftovers may remove.
     fn stage(
         output: &Path,
         (parent, name): (PathBuf, OsString),
@@ -246,7 +262,6 @@ impl OutputPackage {
         let name_str = name.to_string_lossy();
         let zip_folder = (strip_suffix_ignore_case(&name_str, ".zip").len() < name_str.len())
             .then(|| format!("{}.mlpackage", package_stem(output)));
-        let parent = resolve_dir("output", &parent)?;
         let mut notices = Vec::new();
         sweep_leftovers(&parent, &name, spare, &mut notices)?;
         let staging = create_scratch(&parent, output, "output", true)?;
@@ -284,12 +299,14 @@ impl OutputPackage {
     /// also through links, and one where something other than a regular file exists. Creates
     /// its hidden sibling now, so an unusable folder fails the run before any work is done.
     pub fn reserve_companion(&mut self, path: &Path, protected: &[&Path]) -> Result<()> {
+        // OUTPUT where this run puts it (its folder resolved at the start), not through the path
+        // given, whose links may lead elsewhere by now.
+        let target = self.parent.join(&self.name);
         let mut guarded: Vec<&Path> = protected.to_vec();
-        guarded.push(&self.output);
-        let checked = check_companion_location(path, &guarded)?;
+        guarded.push(&target);
+        // Its folder resolved once, as OUTPUT's is, by the check (see `resolve_output`).
+        let (dir, checked) = check_companion_location(path, &guarded)?;
         let name = path.file_name().unwrap_or_default();
-        // Resolved once, as OUTPUT's folder is (see `parent`).
-        let dir = resolve_dir("report", &parent_dir(path))?;
         sweep_leftovers(&dir, name, &guarded, &mut self.notices)?;
         let scratch = create_scratch(&dir, path, "report", false)?;
         self.companion = Some(Companion {
@@ -391,7 +408,7 @@ impl OutputPackage {
         // failed, always (red team, session 20).
         if let Some(companion) = &mut self.companion {
             let guarded: Vec<&Path> = companion.guarded.iter().map(PathBuf::as_path).collect();
-            companion.checked = check_companion_location(&companion.final_path, &guarded)?;
+            companion.checked = check_companion_location(&companion.final_path, &guarded)?.1;
         }
         // OUTPUT in the folder resolved when staging started (errors still name the user's path,
         // see `create_scratch`).
@@ -524,9 +541,8 @@ impl TableFolder {
     /// be replaced (as [`OutputPackage::create`] does, before anything is made next to it), then
     /// creates the folder in OUTPUT's folder.
     pub fn create(input: &Package, output: &Path, force: bool) -> Result<TableFolder> {
-        let (parent, name) = split_output(output)?;
+        let (parent, name) = resolve_output(output)?;
         check_output_location(input, output, &parent, &name, force)?;
-        let parent = resolve_dir("output", &parent)?;
         let scratch = create_scratch(&parent, output, "output", true)?;
         Ok(TableFolder {
             scratch: Some(scratch),
@@ -547,7 +563,8 @@ impl Drop for TableFolder {
 }
 
 /// OUTPUT must not be the input, inside it, or contain it (comparing canonical paths, so links
-/// and `..` cannot hide it), and must not exist unless `force`.
+/// and `..` cannot hide it), and must not exist unless `force`. `parent`: OUTPUT's folder from
+/// [`resolve_output`]; `output` names it in errors.
 fn check_output_location(
     input: &Package,
     output: &Path,
@@ -555,18 +572,13 @@ fn check_output_location(
     name: &std::ffi::OsStr,
     force: bool,
 ) -> Result<()> {
-    let parent_canonical = std::fs::canonicalize(parent).map_err(|e| {
-        Error::Usage(format!(
-            "output directory {} is not usable: {e}",
-            parent.display()
-        ))
-    })?;
-    let exists = exists_no_follow(output);
+    let target = parent.join(name);
+    let exists = exists_no_follow(&target);
     // A dangling symlink cannot be resolved: compare the link's own location then.
     let output_canonical = exists
-        .then(|| std::fs::canonicalize(output).ok())
+        .then(|| std::fs::canonicalize(&target).ok())
         .flatten()
-        .unwrap_or_else(|| parent_canonical.join(name));
+        .unwrap_or_else(|| target.clone());
     let input_canonical = std::fs::canonicalize(input.origin()).at(input.origin())?;
     // Paths first, then identities (device and inode), which see a bind mount too.
     let same = output_canonical == input_canonical
@@ -586,7 +598,7 @@ fn check_output_location(
     let clash = match by_path {
         Some(clash) => Some(clash),
         None => {
-            check_existing_output(output, force)?;
+            check_existing_output(&target, force)?;
             if lies_within(&output_canonical, &input_canonical) {
                 Some("is inside the input")
             } else if lies_within(&input_canonical, &output_canonical) {
@@ -927,9 +939,10 @@ fn zip_is_bare(file: &mut File) -> bool {
 /// A file written next to OUTPUT (the report) must not land on or inside OUTPUT or any of
 /// `protected` (by path or by identity), nor be another hard link of a file in them; where
 /// something exists at `path` it must be a regular file, not a link, that a rename may replace.
-/// Returns that file's identity (device, inode), for the commit to replace only it; `None` where
-/// nothing is at `path`.
-fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<Option<(u64, u64)>> {
+/// Returns `path`'s folder resolved (once: everything checked starts from it, and so does the
+/// report's scratch file) and the identity (device, inode) of the file there, for the commit to
+/// replace only it; `None` where nothing is at `path`.
+fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<(PathBuf, Option<(u64, u64)>)> {
     let raw = path.as_os_str().as_encoded_bytes();
     if raw.ends_with(b"/") || raw.ends_with(b"/.") {
         return Err(Error::Usage(format!(
@@ -941,17 +954,16 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<Option<(
         .file_name()
         .ok_or_else(|| Error::Usage(format!("report {} does not name a file", path.display())))?;
     check_name_length("report", path, name)?;
-    let dir = parent_dir(path);
-    let dir_canonical = std::fs::canonicalize(&dir)
-        .map_err(|e| Error::Usage(format!("report directory {} is not usable: {e}", dir.display())))?;
+    // Resolved once; what is checked below and where the report goes start from it.
+    let dir_canonical = resolve_dir("report", &parent_dir(path))?;
     let location = dir_canonical.join(name);
     let mut existing = None;
-    if exists_no_follow(path) {
+    if exists_no_follow(&location) {
         // Only a regular file is replaced: renaming over a link would put the report where the
         // link was (as root, `--report /dev/stdout` replaced the system's link).
-        let own = std::fs::symlink_metadata(path).at(path)?;
+        let own = std::fs::symlink_metadata(&location).at(path)?;
         // A file bind-mounted there cannot be renamed over (EBUSY): refused before the work.
-        if !own.file_type().is_file() || is_mount_point(path) {
+        if !own.file_type().is_file() || is_mount_point(&location) {
             let what = if own.file_type().is_symlink() {
                 "is a symbolic link"
             } else if own.file_type().is_file() {
@@ -992,7 +1004,7 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<Option<(
             )));
         }
     }
-    Ok(existing)
+    Ok((dir_canonical, existing))
 }
 
 /// Copies the input package tree `src_dir` (at `relative` inside it) into `dst_root`: the `used`
