@@ -145,6 +145,9 @@ impl ScratchPath {
             // process exits before it could be). Registered but not yet made, a handler's pass
             // found nothing, ended, and the path appeared as the process exited: an empty
             // extraction folder left in about 1 of 200 signals (red-team, session 17).
+            // Opened before the path is made: a folder renamed just after (a test that waits for
+            // the path to appear, then renames) is still the one this handle holds.
+            let folder = File::open(parent).ok();
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
             let mut registered = registry();
             registered.insert(
@@ -157,7 +160,7 @@ impl ScratchPath {
             );
             let created = create_locked(&path, is_dir);
             match (&created, registered.get_mut(&id)) {
-                (Ok(handle), Some(entry)) => entry.place = place_of(parent, &path, handle),
+                (Ok(handle), Some(entry)) => entry.place = place_of(folder, &path, handle),
                 _ => {
                     registered.remove(&id);
                 }
@@ -203,19 +206,24 @@ impl Drop for ScratchPath {
     }
 }
 
-/// Where `path`, just made in `parent` and open as `handle`, is: `None` where the folder cannot
-/// be opened (the path is removed by its name then).
-fn place_of(parent: &Path, path: &Path, handle: &File) -> Option<Place> {
-    let folder = File::open(parent).ok()?;
+/// Where `path`, just made and open as `handle`, is: in `folder`, the handle on its folder opened
+/// before it was made. `None` where that folder could not be opened or no longer holds it (the
+/// path is removed by its name then).
+fn place_of(folder: Option<File>, path: &Path, handle: &File) -> Option<Place> {
     let identity = handle
         .metadata()
         .ok()
         .and_then(|m| crate::package::paths::identity_of(&m));
-    Some(Place {
-        folder: std::sync::Arc::new(folder),
+    let place = Place {
+        folder: std::sync::Arc::new(folder?),
         name: path.file_name()?.to_os_string(),
         identity,
-    })
+    };
+    #[cfg(unix)]
+    if !place.holds_it() {
+        return None;
+    }
+    Some(place)
 }
 
 /// Creates the file or directory with `create_new` semantics and takes an exclusive lock on it.
