@@ -261,6 +261,15 @@ fn assert_cli_error(o: &Output, code: i32, names: &[&str]) {
     }
 }
 
+/// The names in the case folder containing `part`.
+fn names_with(case: &Case, part: &str) -> Vec<String> {
+    std::fs::read_dir(case.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(part))
+        .collect()
+}
+
 /// Nothing but the input (and what the case put there) is left in the case directory.
 fn assert_nothing_left(case: &Case, expected: &[&str]) {
     let mut left: Vec<String> = std::fs::read_dir(case.tmp.path())

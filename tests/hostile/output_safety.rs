@@ -583,15 +583,6 @@ impl Drop for BindMount {
     }
 }
 
-/// The names in the case folder containing `part`.
-fn names_with(case: &Case, part: &str) -> Vec<String> {
-    std::fs::read_dir(case.tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(part))
-        .collect()
-}
-
 /// `--force` emptied the input when it was bind-mounted inside the old OUTPUT's `Data/` (the old
 /// package was removed with a recursive delete that went into the mount point), and left the
 /// set-aside folder mounted. An old OUTPUT holding a mount point, a link or a FIFO is not what

@@ -120,11 +120,7 @@ fn scratch_stores_on_disk_give_the_same_bytes_as_in_memory() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (held, _) = run("per_tensor_again", None, &per_tensor);
     assert!(snapshot(&output) == held, "the outputs differ");
-    let left: Vec<_> = std::fs::read_dir(case.tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("mlprune-"))
-        .collect();
+    let left = names_with(&case, "mlprune-");
     assert!(left.is_empty(), "{left:?}");
 }
 
