@@ -22,10 +22,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use manifest::Manifest;
-pub use output::{check_output_spares, OutputPackage, TableFolder};
+pub use output::{check_output_spares, OutputPackage, OutputPlace, TableFolder};
 
 use crate::cleanup::{sweep_stale, ScratchPath};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{show_scratch_as, Error, IoContext, Result};
 use crate::open_file::{open_regular_or_err, Links};
 use folder::{read_folder, DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use zipped::{extract_package, strip_suffix_ignore_case, ZipLimits};
@@ -107,7 +107,22 @@ impl Package {
             });
         }
         // From here on, dropping `temp` (on error, or with the package) removes the extraction.
-        let temp = ExtractedDir(Some(ScratchPath::create_dir(&temp_dir, UNZIP_PREFIX)?));
+        let temp = match ScratchPath::create_dir(&temp_dir, UNZIP_PREFIX) {
+            Ok(scratch) => ExtractedDir(Some(scratch)),
+            // The environment's fault, not the input's: said as such, naming the folder rather
+            // than a hidden name in it the user never chose.
+            Err(Error::Io { source, .. }) => {
+                return Err(Error::Usage(format!(
+                    "the temporary directory {} (TMPDIR) is not usable for extracting {}: {source}",
+                    temp_dir.display(),
+                    input.display()
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        // Errors about the extraction (its folder removed or renamed mid-run, say) name the
+        // archive, as errors about the files in it do, not the hidden folder.
+        show_scratch_as(temp.path().as_os_str(), input.as_os_str());
         let marker = temp.path().join(UNZIP_MARKER);
         File::create_new(&marker).at(&marker)?;
         let root = extract_package(input, temp.path(), limits)?;

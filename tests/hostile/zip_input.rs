@@ -248,7 +248,7 @@ fn start_extraction(tmpdir: &Path, input: &Path, file: &str) -> (Child, PathBuf)
         .arg("inspect")
         .arg(input)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -476,4 +476,41 @@ fn a_write_failure_while_extracting_is_not_called_an_invalid_archive() {
     assert!(!stderr.contains("invalid zip archive"), "{stderr}");
     assert!(!stderr.contains(".mlprune-unzip-"), "{stderr}");
     assert!(names_in(tmpdir.path()).is_empty(), "extraction removed");
+}
+
+/// A zip input needs the temporary folder: one that cannot be used is the environment's fault,
+/// a usage error naming it and the archive, where the line named a hidden folder in it
+/// (`/nonexistent/.mlprune-unzip-<hex>: No such file or directory`, exit 1).
+#[test]
+fn an_unusable_tmpdir_for_a_zip_input_is_a_usage_error_naming_it() {
+    let case = zip_case(&[], false);
+    let missing = case.tmp.path().join("no such tmpdir");
+    let output = case.tmp.path().join("out.mlpackage");
+    let o = mlprune(&missing, None, &prune_args(&case.input, &output));
+    assert_cli_error(&o, 2, &["no such tmpdir", "(TMPDIR)", "in.zip"]);
+    let line = String::from_utf8_lossy(&o.stderr);
+    assert!(!line.contains(".mlprune-unzip"), "{line}");
+    assert_nothing_left(&case, &["in.zip"]);
+}
+
+/// The temporary folder renamed while a zip input is extracted into it: the run fails, naming
+/// the archive, not the hidden extraction folder (red team, session 20), and what it extracted
+/// is removed from where the folder went.
+#[cfg(unix)]
+#[test]
+fn a_tmpdir_renamed_mid_extraction_fails_naming_the_archive_and_leaves_nothing() {
+    let big = "Data/com.apple.CoreML/weights/big.bin";
+    let case = zip_case(&[(&format!("linear.mlpackage/{big}"), GIB)], false);
+    let tmpdir = case.tmp.path().join("t");
+    std::fs::create_dir(&tmpdir).unwrap();
+    let (child, _) = start_extraction(&tmpdir, &case.input, big);
+    signal(&child, "STOP");
+    let moved = case.tmp.path().join("t2");
+    std::fs::rename(&tmpdir, &moved).unwrap();
+    signal(&child, "CONT");
+    let o = child.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&o.stderr);
+    assert_cli_error(&o, 1, &["in.zip"]);
+    assert!(!line.contains(".mlprune-unzip"), "{line}");
+    assert!(names_in(&moved).is_empty(), "nothing left in the moved TMPDIR");
 }
