@@ -35,7 +35,7 @@ use crate::mil::op_file::{ChangeWatch, OpFile};
 use crate::mil::spill::{SpilledOps, SpilledRenames};
 use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
-use crate::package::{check_output_spares, OutputPackage, Package, TableFolder};
+use crate::package::{check_output_spares, OutputPackage, OutputPlace, Package, TableFolder};
 use crate::plan::{consumer_label, plan, report_shape, Decision, Plan, PlannedTensor};
 use crate::prefetch::{Input, Job, Prefetcher, FRESH_READ_LIMIT};
 use crate::proto::mil::{NamedValueType, Operation, Program};
@@ -169,12 +169,15 @@ fn prune_steps(
         .chain([job.output.as_path()])
         .collect();
     let package = Package::open_sparing(&job.input, &named)?;
-    // An old OUTPUT holding the config is named as such before `TableFolder` refuses it as no
+    // An old OUTPUT holding the config is named as such before `OutputPlace` refuses it as no
     // package of ours.
     let configs: Vec<&std::path::Path> = job.config_file.iter().map(|c| c.as_path()).collect();
     check_output_spares(&job.output, &configs, job.force)?;
+    // Checked once, before anything is made next to it; the tables and the staged package go
+    // where this says.
+    let place = OutputPlace::check(&package, &job.output, job.force)?;
     // Declared before the tables whose files it holds, so that it is dropped after them.
-    let tables = TableFolder::create(&package, &job.output, job.force)?;
+    let tables = TableFolder::create(&place)?;
     let model_path = package.model_path();
     let mut model = LoadedModel::read(&model_path, &package.display_path(&model_path))?;
     let functions = model.program.functions.len();
@@ -224,7 +227,7 @@ fn prune_steps(
     // The report is spared by the sweep of leftovers too: it may be named like one, or lie in a
     // folder so named, and a failed run must leave it as it was.
     let reads: Vec<&std::path::Path> = configs.iter().copied().chain(job.report.as_deref()).collect();
-    let mut out = OutputPackage::create(&package, &job.output, job.force, &reads)?;
+    let mut out = OutputPackage::create_at(&package, &place, &reads)?;
     if let Some(report) = &job.report {
         let protected: Vec<&std::path::Path> = std::iter::once(job.input.as_path())
             .chain(job.config_file.as_deref())

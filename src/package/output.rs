@@ -214,12 +214,22 @@ impl OutputPackage {
     /// other files the run reads or writes (config files, the report), which no sweep of leftovers
     /// removes.
     pub fn create(input: &Package, output: &Path, force: bool, reads: &[&Path]) -> Result<OutputPackage> {
-        let (parent, name) = resolve_output(output)?;
-        check_output_location(input, output, &parent, &name, force)?;
+        Self::create_at(input, &OutputPlace::check(input, output, force)?, reads)
+    }
+
+    /// [`OutputPackage::create`] at a place already checked, as the run checked it when it
+    /// started (also for its [`TableFolder`]): OUTPUT is resolved and checked once per run.
+    pub fn create_at(input: &Package, place: &OutputPlace, reads: &[&Path]) -> Result<OutputPackage> {
         let spare: Vec<&Path> = std::iter::once(input.origin())
             .chain(reads.iter().copied())
             .collect();
-        let staged = Self::stage(output, (parent, name), input.manifest().clone(), force, &spare)?;
+        let staged = Self::stage(
+            &place.output,
+            (place.parent.clone(), place.name.clone()),
+            input.manifest().clone(),
+            place.force,
+            &spare,
+        )?;
         // From here on, dropping `staged` on error removes the staging directory.
         let skip = [
             Path::new(DATA_DIR).join(input.manifest().root_model_relative()),
@@ -537,13 +547,9 @@ pub struct TableFolder {
 }
 
 impl TableFolder {
-    /// Refuses an OUTPUT that is, contains or lies inside the input, or that exists and may not
-    /// be replaced (as [`OutputPackage::create`] does, before anything is made next to it), then
-    /// creates the folder in OUTPUT's folder.
-    pub fn create(input: &Package, output: &Path, force: bool) -> Result<TableFolder> {
-        let (parent, name) = resolve_output(output)?;
-        check_output_location(input, output, &parent, &name, force)?;
-        let scratch = create_scratch(&parent, output, "output", true)?;
+    /// Creates the folder next to OUTPUT, in the folder `place` resolved.
+    pub fn create(place: &OutputPlace) -> Result<TableFolder> {
+        let scratch = create_scratch(&place.parent, &place.output, "output", true)?;
         Ok(TableFolder {
             scratch: Some(scratch),
         })
@@ -559,6 +565,34 @@ impl Drop for TableFolder {
         if let Some(scratch) = self.scratch.take() {
             scratch.remove();
         }
+    }
+}
+
+/// Where a run puts OUTPUT: its folder resolved once (see [`resolve_output`]) and checked once,
+/// when the run starts, before anything is made next to it. The table folder and the staged
+/// package both go where this says: each resolved and checked OUTPUT itself before, so a link
+/// switched in between could put them in two folders, and an old OUTPUT was checked twice.
+#[derive(Debug)]
+pub struct OutputPlace {
+    /// OUTPUT as the user gave it (errors name it).
+    output: PathBuf,
+    parent: PathBuf,
+    name: OsString,
+    force: bool,
+}
+
+impl OutputPlace {
+    /// Refuses an OUTPUT that is, contains or lies inside the input, and an existing OUTPUT
+    /// unless `force` (and then only a package).
+    pub fn check(input: &Package, output: &Path, force: bool) -> Result<OutputPlace> {
+        let (parent, name) = resolve_output(output)?;
+        check_output_location(input, output, &parent, &name, force)?;
+        Ok(OutputPlace {
+            output: output.to_path_buf(),
+            parent,
+            name,
+            force,
+        })
     }
 }
 

@@ -1484,7 +1484,7 @@ fn an_output_or_report_that_is_a_mount_point_is_refused_up_front() {
 #[cfg(unix)]
 #[test]
 fn a_link_switched_between_the_checks_and_the_folders_never_leads_into_the_input() {
-    use mlprune::package::{OutputPackage, Package, TableFolder};
+    use mlprune::package::{OutputPackage, OutputPlace, Package, TableFolder};
     use std::sync::atomic::{AtomicBool, Ordering};
     let case = Case::linear();
     let safe = case.tmp.path().join("safe");
@@ -1515,8 +1515,11 @@ fn a_link_switched_between_the_checks_and_the_folders_never_leads_into_the_input
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline && wrong.is_empty() {
             let made_at = |at: &Path| std::fs::canonicalize(at).unwrap();
+            // Each checks the place where it is made: through `OutputPlace` as a run does.
             let outcomes = [
-                TableFolder::create(&package, &output, false).map(|t| made_at(t.path())),
+                OutputPlace::check(&package, &output, false)
+                    .and_then(|place| TableFolder::create(&place))
+                    .map(|t| made_at(t.path())),
                 OutputPackage::create(&package, &output, false, &[])
                     .map(|o| made_at(o.model_path().parent().unwrap())),
             ];
