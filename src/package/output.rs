@@ -430,7 +430,31 @@ impl OutputPackage {
             }
             checked = Some(check_replaceable(&target)?);
         }
-        let ours = identity_no_follow(&new_path);
+        // What this run wrote, known by the handle it holds on it (the staging folder or the
+        // archive), not by its name: only that is published. Something swapped in at the
+        // scratch name since (by anyone who may write in OUTPUT's folder) is somebody's, and is
+        // neither published nor removed; the commit used to publish whatever the name held.
+        let scratch = if self.zip_folder.is_some() {
+            &self.temp_zip
+        } else {
+            &self.staging
+        };
+        let ours = scratch
+            .as_ref()
+            .and_then(|s| s.file().metadata().ok())
+            .and_then(|m| identity_of(&m));
+        if identity_no_follow(&new_path) != ours {
+            if self.zip_folder.is_some() {
+                self.temp_zip.take();
+            } else {
+                self.staging.take();
+            }
+            return Err(Error::Usage(format!(
+                "the package being written for output {} was replaced while mlprune was writing \
+                 it; not publishing it",
+                self.output.display()
+            )));
+        }
         let place = Placement {
             output: &target,
             parent: &self.parent,
@@ -1551,6 +1575,28 @@ mod tests {
             std::fs::read_to_string(dir.path().join("out.mlpackage/Manifest.json")).unwrap(),
             without_weights
         );
+    }
+
+    /// The commit publishes what the run wrote, known by its handle: a folder swapped in at the
+    /// staging folder's name (by anyone who may write next to OUTPUT) is neither published nor
+    /// removed, and OUTPUT does not appear.
+    #[test]
+    fn a_folder_swapped_in_at_the_staging_name_is_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        make_package(dir.path(), "in.mlpackage");
+        let (_input, staged) = stage(dir.path(), "out.mlpackage", false).unwrap();
+        let staging = staged.staging_dir().to_path_buf();
+        std::fs::rename(&staging, dir.path().join("moved")).unwrap();
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(staging.join("theirs.txt"), b"theirs").unwrap();
+        let err = staged.commit().unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("was replaced while mlprune was writing"),
+            "{err}"
+        );
+        assert!(!dir.path().join("out.mlpackage").exists());
+        assert_eq!(std::fs::read(staging.join("theirs.txt")).unwrap(), b"theirs");
     }
 
     #[test]
