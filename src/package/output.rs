@@ -410,6 +410,9 @@ impl OutputPackage {
         // this run's commit, so signals are not held off meanwhile: a SIGINT then cleans up and
         // exits 130 as anywhere else, where it used to be deferred and the run committed anyway.
         let dir_lock = lock_dir(&self.parent, cancel)?;
+        // The last chance to stop; before signals are held off, since the holder asked may run
+        // code of its own (Python's signal handlers).
+        cancel.final_check()?;
         let _signals = cleanup::hold_off_signals();
         cancel.check()?;
         // The report is checked again, as OUTPUT is below: what is there now, if it may be
