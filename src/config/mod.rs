@@ -28,6 +28,7 @@ use std::path::Path;
 
 use crate::Result;
 
+pub use py::Py as ConfigValue;
 pub use resolve::{resolve, resolve_op, weight_threshold_of, Consumer, Resolution, SkipReason};
 pub use shortcuts::{from_shortcuts, parse_n_m, Shortcuts};
 
@@ -160,6 +161,13 @@ impl OptimizationConfig {
     /// Parse the `from_dict` layout from YAML text (what `OptimizationConfig.from_yaml` reads).
     pub fn from_yaml_str(s: &str) -> Result<Self> {
         parse::from_yaml_str(s)
+    }
+
+    /// `OptimizationConfig.from_dict(d)` for `d` given as values (the Python bindings' dict). The
+    /// caller bounds its size and depth as the readers of text do
+    /// ([`limits::MAX_CONFIG_NODES`], [`depth::MAX_CONFIG_DEPTH`]).
+    pub fn from_value(value: &ConfigValue) -> Result<Self> {
+        parse::from_dict(value)
     }
 
     /// The checks coremltools makes when the `OptimizationConfig` is constructed: every entry is a

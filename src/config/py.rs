@@ -9,9 +9,11 @@ use super::pyint::PyInt;
 /// exactly ("… (N bytes)"), a longer one is not built to the end.
 const REPR_BUDGET: usize = 4096;
 
-/// A parsed document, typed like the Python objects `json.load` / `yaml.safe_load` produce.
+/// A parsed document, typed like the Python objects `json.load` / `yaml.safe_load` produce. The
+/// Python bindings build it from the dict they are given (`crate::config::ConfigValue`), so that
+/// what JSON cannot say (keys that are not strings, infinities) reaches the config as it is.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Py {
+pub enum Py {
     None,
     Bool(bool),
     Int(PyInt),
@@ -25,6 +27,20 @@ pub(crate) enum Py {
 }
 
 impl Py {
+    /// A Python `int` given as `str(n)` (an optional `-`, then decimal digits): how the bindings
+    /// pass an int of any size.
+    pub fn int_from_text(text: &str) -> Result<Py, String> {
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(digits) => (true, digits),
+            None => (false, text),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("invalid literal for int() with base 10: {text:?}"));
+        }
+        let magnitude = PyInt::from_decimal(digits)?;
+        Ok(Py::Int(if negative { magnitude.negated() } else { magnitude }))
+    }
+
     /// Python's `type(v).__name__`.
     pub(crate) fn type_name(&self) -> &'static str {
         match self {
