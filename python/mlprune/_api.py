@@ -86,8 +86,8 @@ def prune_weights(
     source = config_source(config)  # an unusable config fails before anything is saved
     scratch = tempfile.mkdtemp(prefix="mlprune-")
     try:
-        if isinstance(mlmodel, (str, os.PathLike)):
-            src = os.fspath(mlmodel)
+        if isinstance(mlmodel, (str, bytes, os.PathLike)):
+            src = os.fsdecode(mlmodel)
             compute_units = ct.ComputeUnit.ALL
             skip_model_load = sys.platform != "darwin"
             function_name = None
@@ -98,20 +98,31 @@ def prune_weights(
             function_name = getattr(mlmodel, "function_name", None)
         dst = tempfile.mkdtemp(suffix=".mlpackage")
         os.rmdir(dst)  # mlprune writes a fresh package there, never into an existing folder
-        _prune(src, dst, source, joint_compression, device, False, progress)
+        try:
+            _prune(src, dst, source, joint_compression, device, False, progress)
+            # Removed at exit once the MLModel holds it (is_temp_package), and not before: until
+            # then nothing would remove it, if a Ctrl-C came after the run's final check, say.
+            return ct.models.MLModel(
+                dst,
+                compute_units=compute_units,
+                skip_model_load=skip_model_load,
+                is_temp_package=True,
+                function_name=function_name,
+            )
+        except BaseException:
+            shutil.rmtree(dst, ignore_errors=True)
+            raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return ct.models.MLModel(
-        dst,
-        compute_units=compute_units,
-        skip_model_load=skip_model_load,
-        is_temp_package=True,
-        function_name=function_name,
-    )
 
 
 def _package_of(mlmodel: Any, scratch: str) -> str:
     """The package behind ``mlmodel``, saved into ``scratch`` first if it has none."""
+    if not callable(getattr(mlmodel, "get_spec", None)):
+        raise ValueError(
+            "mlmodel must be a coremltools MLModel or the path of a package or zip, got "
+            f"{type(mlmodel).__name__}"
+        )
     model_type = mlmodel.get_spec().WhichOneof("Type")
     if model_type != "mlProgram":
         # coremltools' own words for this case

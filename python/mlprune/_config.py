@@ -1,12 +1,12 @@
 """Configs in every form users hold them, turned into what the Rust core reads.
 
-The core reads coremltools' ``OptimizationConfig.from_dict`` layout, as JSON text, or a JSON or YAML
-file. A ``coremltools.optimize.coreml.OptimizationConfig`` is written out in that layout: each op
-config as its class name (``config_type``) and its fields, ``None`` entries kept (they skip ops).
+The core reads coremltools' ``OptimizationConfig.from_dict`` layout, as the dict's own values (not
+JSON text, which turns a key ``None`` into ``"null"`` and cannot say ``float("inf")``), or a JSON or
+YAML file. A ``coremltools.optimize.coreml.OptimizationConfig`` is written out in that layout: each
+op config as its class name (``config_type``) and its fields, ``None`` entries kept (they skip ops).
 The core validates the result exactly as coremltools would.
 """
 
-import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Union
 
@@ -33,6 +33,15 @@ class GlobalSparsity:
             raise ValueError(f"sparsity must be a number or its decimal text, got {sparsity!r}")
         if isinstance(exclude, str):
             raise ValueError("exclude is a list of names, not one string")
+        if weight_threshold is not None and (
+            isinstance(weight_threshold, bool)
+            or not isinstance(weight_threshold, int)
+            or not 0 <= weight_threshold < 2**64
+        ):
+            # as the CLI's --weight-threshold: a count of elements
+            raise ValueError(
+                f"weight_threshold must be a whole number from 0 to 2**64 - 1, got {weight_threshold!r}"
+            )
         self.sparsity = str(sparsity)
         self.weight_threshold = weight_threshold
         self.exclude: List[str] = [str(name) for name in exclude]
@@ -50,11 +59,11 @@ class ConfigSource:
 
     def __init__(
         self,
-        json_text: Optional[str] = None,
+        layout: Optional[Dict[Any, Any]] = None,
         path: Optional[str] = None,
         global_sparsity: Optional[GlobalSparsity] = None,
     ) -> None:
-        self.json_text = json_text
+        self.layout = layout
         self.path = path
         self.global_sparsity = global_sparsity
 
@@ -62,7 +71,7 @@ class ConfigSource:
         """The keyword arguments of the extension's ``prune`` that say what to do."""
         g = self.global_sparsity
         if g is None:
-            return {"config_json": self.json_text, "config_path": self.path}
+            return {"config_dict": self.layout, "config_path": self.path}
         return {
             "global_sparsity": g.sparsity,
             "weight_threshold": g.weight_threshold,
@@ -76,9 +85,9 @@ def config_source(config: Any) -> ConfigSource:
     if isinstance(config, (str, os.PathLike)):
         return ConfigSource(path=os.fspath(config))
     if isinstance(config, dict):
-        return ConfigSource(json_text=_to_json(config, "config"))
+        return ConfigSource(layout=config)
     if all(hasattr(config, a) for a in ("global_config", "op_type_configs", "op_name_configs")):
-        return ConfigSource(json_text=_to_json(_optimization_config_dict(config), "config"))
+        return ConfigSource(layout=_optimization_config_dict(config))
     raise ValueError(
         "config must be a coremltools.optimize.coreml.OptimizationConfig, a dict in "
         "OptimizationConfig.from_dict layout, a path to a JSON or YAML file, or "
@@ -110,18 +119,10 @@ def _optimization_config_dict(config: Any) -> Dict[str, Any]:
 def _op_config_dict(op_config: Any) -> Dict[str, Any]:
     import attrs  # coremltools' config classes are attrs classes; attrs comes with coremltools
 
+    name = type(op_config).__name__
+    if name not in ("OpMagnitudePrunerConfig", "OpThresholdPrunerConfig"):
+        # Refused by its class, as coremltools' prune_weights refuses it, whatever its fields
+        # hold (a quantizer's dtype is a class, which no config value can be).
+        return {"config_type": name}
     fields = attrs.asdict(op_config, recurse=False)
-    return {"config_type": type(op_config).__name__, **fields}
-
-
-def _to_json(value: Any, what: str) -> str:
-    def plain(v: Any) -> Any:
-        # numpy scalars and arrays, as coremltools accepts them in configs
-        if hasattr(v, "tolist"):
-            return v.tolist()
-        raise ValueError(f"{what}: {v!r} ({type(v).__name__}) cannot be passed to mlprune")
-
-    try:
-        return json.dumps(value, default=plain, allow_nan=True)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{what}: {e}") from None
+    return {"config_type": name, **fields}

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -33,6 +34,7 @@ import conformance_run as cr
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("mlprune")
+MAGNITUDE_HALF = {"config_type": "OpMagnitudePrunerConfig", "global_config": {"target_sparsity": 0.5}}
 
 # Models of the conformance suite, and the cases each is pruned with here: every mode, op-type and
 # op-name configs (None entries included), configs both tools refuse, and joint compression of
@@ -326,6 +328,66 @@ def big_model(tmp_path_factory):
     return path
 
 
+def test_dict_values_reach_the_config_as_python_holds_them(models, tmp_path):
+    # Dicts went to the core as JSON text: float("inf") could not be written ("invalid JSON"),
+    # and a key None became the op name "null" (red team, session 21).
+    src = str(models("mlp/fp16/ios16"))
+    threshold = ct.optimize.coreml.OpThresholdPrunerConfig
+    infinite = OptimizationConfig(global_config=threshold(threshold=float("inf"), weight_threshold=0))
+    theirs = ct.optimize.coreml.prune_weights(ct.models.MLModel(src, skip_model_load=True), infinite)
+    for name in ("inf", "inf_dict"):
+        (tmp_path / name).mkdir()
+    assert_same_result("mlp/fp16/ios16", src, mlprune.prune_weights(src, infinite), theirs,
+                       tmp_path / "inf")
+    as_dict = {"config_type": "OpThresholdPrunerConfig",
+               "global_config": {"threshold": float("inf"), "weight_threshold": 0}}
+    assert_same_result("mlp/fp16/ios16", src, mlprune.prune_weights(src, as_dict), theirs,
+                       tmp_path / "inf_dict")
+    with pytest.raises(ValueError, match="threshold"):
+        mlprune.prune(src, tmp_path / "nan.mlpackage",
+                      {"config_type": "OpThresholdPrunerConfig", "global_config": {"threshold": float("nan")}})
+
+    # A key that is no string matches no op in coremltools, whatever the op's name.
+    named = tmp_path / "named.mlpackage"
+
+    @Builder.program(input_specs=[Builder.TensorSpec(shape=(1, 64))], opset_version=ct.target.iOS16)
+    def program(x):
+        import numpy as np
+        weight = np.random.RandomState(0).rand(64, 64).astype(np.float32)
+        return Builder.relu(x=Builder.linear(x=x, weight=weight, name="null"), name="out")
+
+    ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+               compute_precision=ct.precision.FLOAT32).save(str(named))
+    for key in (None, True, 5):
+        config = {"config_type": "OpMagnitudePrunerConfig",
+                  "op_name_configs": {key: {"target_sparsity": 0.9, "weight_threshold": 10}}}
+        theirs = ct.optimize.coreml.prune_weights(ct.models.MLModel(str(named), skip_model_load=True),
+                                                  OptimizationConfig.from_dict(copy.deepcopy(config)))
+        out = tmp_path / f"key_{key}"
+        out.mkdir()
+        theirs.save(str(out / "ct.mlpackage"))
+        mlprune.prune(named, out / "ml.mlpackage", config)
+        sparsity = lambda p: [w["sparsity"] for w in mlprune.inspect(p)["weights"]]  # noqa: E731
+        assert sparsity(out / "ml.mlpackage") == sparsity(out / "ct.mlpackage"), key
+
+    # Another compressor's config is refused by its class, as coremltools refuses it.
+    quantize = OptimizationConfig(global_config=ct.optimize.coreml.OpLinearQuantizerConfig())
+    with pytest.raises(ValueError, match="prune_weights only accept"):
+        mlprune.prune_weights(src, quantize)
+
+
+def test_bad_arguments_are_value_errors(models, tmp_path):
+    src = models("mlp/fp16/ios16")
+    for bad in (-1, 2**64, 0.5, True):
+        with pytest.raises(ValueError, match="weight_threshold"):
+            mlprune.GlobalSparsity(0.5, weight_threshold=bad)
+    with pytest.raises(ValueError, match="NoneType"):
+        mlprune.prune_weights(None, MAGNITUDE_HALF)
+    # A path given as bytes is a path, as os.fspath reads it.
+    pruned = mlprune.prune_weights(os.fsencode(str(src)), MAGNITUDE_HALF, device="cpu")
+    assert isinstance(pruned, ct.models.MLModel)
+
+
 def test_other_python_threads_run_during_a_prune(big_model, tmp_path):
     ticks = []
     running = threading.Event()
@@ -388,6 +450,86 @@ def _ctrl_c_stops_a_prune(big_model, tmp_path):
     mlprune.prune(big_model, out, {"config_type": "OpMagnitudePrunerConfig",
                                    "global_config": {"target_sparsity": 0.5}}, device="cpu")
     assert time.monotonic() - started > 0.3
+
+
+def test_ctrl_c_just_before_the_commit_still_stops_the_run(models, tmp_path):
+    # Python looks for Ctrl-C every 50 ms while the run goes on; a Ctrl-C that came just before the
+    # commit was seen only once the output was in place, so KeyboardInterrupt came with a complete
+    # output (red team, session 21). The run now asks for a last look before it commits. Here it is
+    # held at the commit by a lock on OUTPUT's folder (commits into one folder take turns), and the
+    # signal comes as the lock is released: at most 5 ms before the commit, rarely after a 50 ms look.
+    import fcntl
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        out = tmp_path / "out.mlpackage"
+
+        def interrupt_at_the_commit():
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(tmp_path.iterdir()):
+                time.sleep(0.001)
+            time.sleep(0.5)  # the small model is written by then: the run waits for the lock
+            os.kill(os.getpid(), signal.SIGINT)
+            fcntl.flock(folder, fcntl.LOCK_UN)
+
+        timer = threading.Thread(target=interrupt_at_the_commit)
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                mlprune.prune(models("mlp/fp16/ios16"), out, MAGNITUDE_HALF, device="cpu")
+        finally:
+            timer.join()
+        assert _leftovers(tmp_path, set()) == [], "no output, no staging folder"
+    finally:
+        os.close(folder)
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_prune_weights_interrupted_after_the_run_leaves_nothing(models, tmp_path, monkeypatch):
+    # A Ctrl-C once the output is in place, before the MLModel that removes it at exit holds it,
+    # left a whole package in the temporary folder (red team, session 21). Such a Ctrl-C is
+    # raised here by the MLModel construction.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ct.models, "MLModel", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mlprune.prune_weights(str(models("mlp/fp16/ios16")), MAGNITUDE_HALF)
+    assert _leftovers(tmp_path, set()) == []
+
+
+def _prune_in_child(src, dst, errors):
+    try:
+        mlprune.prune(src, dst, MAGNITUDE_HALF, device="cpu")
+        errors.put(None)
+    except Exception as e:  # noqa: BLE001  (reported to the parent whatever it is)
+        errors.put(f"{type(e).__name__}: {e}")
+
+
+def test_a_forked_child_of_a_process_that_pruned_is_refused_not_hung(big_model, tmp_path):
+    # fork copies the calling thread only: the worker threads of the parent's earlier prune do not
+    # exist in the child, which waited for them forever, Ctrl-C included (red team, session 21).
+    import multiprocessing
+
+    mlprune.prune(big_model, tmp_path / "parent.mlpackage", MAGNITUDE_HALF, device="cpu")
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    child = context.Process(target=_prune_in_child,
+                            args=(str(big_model), str(tmp_path / "child.mlpackage"), errors))
+    child.start()
+    child.join(60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung, "the child's prune never returned"
+    error = errors.get(timeout=5)
+    assert error is not None and error.startswith("MlpruneError") and '"spawn"' in error, error
+    assert _leftovers(tmp_path, {"parent.mlpackage"}) == []
 
 
 def test_package_metadata():
