@@ -497,10 +497,17 @@ fn sparse_mask_share(
         || bits - meta.count >= 8
         || (mask_meta.dtype == ScalarType::UInt1 && bits != meta.count)
     {
+        // Said in bits: "uint8 mask of 3072 elements does not fit the 3072 dense elements" read
+        // as a contradiction (red team, session 21).
+        let expected = match mask_meta.dtype {
+            ScalarType::UInt8 => format!("{} bytes", meta.count.div_ceil(8)),
+            _ => format!("{} elements", meta.count),
+        };
         return Err(Error::tensor(
             name,
             format!(
-                "{} mask of {} elements does not fit the {} dense elements",
+                "{} mask of {} elements holds {bits} bits, not one for each of the {} dense \
+                 elements ({expected} expected)",
                 mask_meta.dtype, mask_meta.count, meta.count
             ),
         ));
