@@ -104,10 +104,7 @@ impl TableColumns {
             cells.push(shared_cell(&w.shared_with, w.shared_with_count));
         }
         // Names and op types come from the input: no control character reaches the terminal.
-        cells
-            .into_iter()
-            .map(|cell| escape_control(&cell).into_owned())
-            .collect()
+        cells.into_iter().map(|cell| escape_cell(&cell)).collect()
     }
 
     /// Writes one line of `cells` padded to `widths`, built in `line` (reused between lines).
@@ -161,10 +158,17 @@ fn total_line(inspection: &Inspection) -> String {
         "total: {} weight tensors, {elements} elements, {bytes} bytes; spec version {}, opset {}, weight.bin {} bytes{}\n",
         inspection.row_count(),
         report.spec_version,
-        escape_control(&report.opsets.join(",")),
+        escape_cell(&report.opsets.join(",")),
         report.weight_file_bytes,
-        escape_control(&functions),
+        escape_cell(&functions),
     )
+}
+
+/// Text from the input as the table shows it: control and formatting characters escaped
+/// ([`escape_control`]), and a backslash doubled, so that a name holding the two characters `\t`
+/// does not read as one holding a tab (red team, session 21).
+fn escape_cell(text: &str) -> String {
+    escape_control(&text.replace('\\', "\\\\")).into_owned()
 }
 
 /// The functions of the other rows sharing a blob with this one (`-` for none), the first few and

@@ -58,7 +58,8 @@ fn inspect_escapes_control_characters_from_the_input() {
     let case = Case::linear();
     let (weight, _) = first_blob_const(&case);
     let evil_name = format!("{weight}\x1b[2J\x1b]0;pwned\x07\r\nfake row\u{2028}\u{2029}\u{feff}");
-    let evil_consumer = "fc1\x1b[31m\u{9b}1m\x7f";
+    // A literal backslash and `t` must not read as an escaped tab: the table doubles it.
+    let evil_consumer = "fc1\x1b[31m\u{9b}1m\x7f\\t";
     let evil_type = "linear\x08\x08\x08";
     let evil_input = "weight\n";
     let evil_opset = "CoreML8\x1b[0m\u{202E}\u{2066}";
@@ -113,7 +114,7 @@ fn inspect_escapes_control_characters_from_the_input() {
         .find(|l| l.starts_with(&escaped_name))
         .unwrap_or_else(|| panic!("row of {escaped_name}: {table}"));
     assert!(
-        row_line.contains("fc1\\u{1b}[31m\\u{9b}1m\\u{7f} (linear\\u{8}\\u{8}\\u{8}.weight\\n)"),
+        row_line.contains("fc1\\u{1b}[31m\\u{9b}1m\\u{7f}\\\\t (linear\\u{8}\\u{8}\\u{8}.weight\\n)"),
         "{row_line}"
     );
     let total = table.lines().last().unwrap();
