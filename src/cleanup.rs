@@ -118,6 +118,9 @@ pub struct ScratchPath {
     path: PathBuf,
     /// Open handle holding the advisory lock; for a file, the handle to write through.
     handle: File,
+    /// The identity (device, inode) of the folder it was made in, as a handle opened before it
+    /// was made shows it, and only where that folder was seen to hold it.
+    folder: Option<(u64, u64)>,
 }
 
 impl ScratchPath {
@@ -159,15 +162,31 @@ impl ScratchPath {
                 },
             );
             let created = create_locked(&path, is_dir);
+            let mut in_folder = None;
             match (&created, registered.get_mut(&id)) {
-                (Ok(handle), Some(entry)) => entry.place = place_of(folder, &path, handle),
+                (Ok(handle), Some(entry)) => {
+                    entry.place = place_of(folder, &path, handle);
+                    in_folder = entry.place.as_ref().and_then(|p| {
+                        p.folder
+                            .metadata()
+                            .ok()
+                            .and_then(|m| crate::package::paths::identity_of(&m))
+                    });
+                }
                 _ => {
                     registered.remove(&id);
                 }
             }
             drop(registered);
             match created {
-                Ok(handle) => return Ok(ScratchPath { id, path, handle }),
+                Ok(handle) => {
+                    return Ok(ScratchPath {
+                        id,
+                        path,
+                        handle,
+                        folder: in_folder,
+                    })
+                }
                 Err(e) => {
                     if e.kind() != io::ErrorKind::AlreadyExists {
                         return Err(Error::io(path, e));
@@ -188,6 +207,20 @@ impl ScratchPath {
     /// The open file (for a scratch file: write through it; it holds the lock).
     pub fn file(&self) -> &File {
         &self.handle
+    }
+
+    /// The identity (device, inode) of the folder it was made in; `None` where that could not be
+    /// told (the folder could not be opened, or did not hold it once made).
+    pub fn folder_identity(&self) -> Option<(u64, u64)> {
+        self.folder
+    }
+
+    /// The identity of what it is (its open handle): what its name should still show.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        self.handle
+            .metadata()
+            .ok()
+            .and_then(|m| crate::package::paths::identity_of(&m))
     }
 
     /// Removes the path now (best effort) and unregisters it.

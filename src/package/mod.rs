@@ -109,6 +109,19 @@ impl Package {
         // From here on, dropping `temp` (on error, or with the package) removes the extraction.
         let temp = match ScratchPath::create_dir(&temp_dir, UNZIP_PREFIX) {
             Ok(scratch) => ExtractedDir(Some(scratch)),
+            // Full (no inode left): as a full disk is anywhere, exit 1 naming the folder.
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                return Err(Error::Extract {
+                    archive: input.to_path_buf(),
+                    temp_dir: temp_dir.clone(),
+                    source,
+                })
+            }
             // The environment's fault, not the input's: said as such, naming the folder rather
             // than a hidden name in it the user never chose.
             Err(Error::Io { source, .. }) => {
@@ -124,7 +137,11 @@ impl Package {
         // archive, as errors about the files in it do, not the hidden folder.
         show_scratch_as(temp.path().as_os_str(), input.as_os_str());
         let marker = temp.path().join(UNZIP_MARKER);
-        File::create_new(&marker).at(&marker)?;
+        File::create_new(&marker).map_err(|source| Error::Extract {
+            archive: input.to_path_buf(),
+            temp_dir: temp_dir.clone(),
+            source,
+        })?;
         let root = extract_package(input, temp.path(), limits)?;
         let root = std::fs::canonicalize(&root).at(&root)?;
         // Name files inside the archive as `archive.zip/<pkg>.mlpackage/...` rather than by the

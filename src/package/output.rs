@@ -12,7 +12,7 @@ use super::manifest::Manifest;
 use super::paths::{
     confined, exists_no_follow, file_identity, foreign_entry, identity_no_follow, identity_of,
     is_mount_point, lies_within, remove_tree_one_fs, rename_exchange, rename_noreplace, same_through_overlay,
-    tree_holds, Pinned,
+    tree_holds, tree_holds_one_of, Pinned,
 };
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
@@ -73,6 +73,35 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// The identity (device, inode) a folder of OUTPUT or the report had when the run checked it
+/// (`None` where the system has none). Paths made there, and the commit, go through the folder's
+/// path: a folder replaced since (by a link into the input, say) is refused by comparing this,
+/// where the path alone led into the input (red team, session 21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirIdentity(Option<(u64, u64)>);
+
+impl DirIdentity {
+    fn of(dir: &Path) -> DirIdentity {
+        DirIdentity(file_identity(dir))
+    }
+
+    /// Refuses the run where `dir` is no longer the folder this identity names.
+    fn check(self, dir: &Path, what: &str, user_path: &Path) -> Result<()> {
+        if self.0.is_some() && file_identity(dir) != self.0 {
+            return Err(folder_changed(what, user_path));
+        }
+        Ok(())
+    }
+}
+
+fn folder_changed(what: &str, user_path: &Path) -> Error {
+    Error::Usage(format!(
+        "{what} directory {} changed during the run (it is no longer the folder checked when the \
+         run started); not writing there",
+        parent_dir(user_path).display()
+    ))
+}
+
 /// `dir` with every link in it followed, once: where the scratch siblings, the commit and the
 /// cleanup of OUTPUT or the report (`what`) go for the rest of the run.
 fn resolve_dir(what: &str, dir: &Path) -> Result<PathBuf> {
@@ -117,8 +146,16 @@ fn sibling_prefix(name: &OsStr, tag: &str) -> OsString {
 
 /// Creates the hidden scratch sibling (a folder if `is_dir`) in `dir` of `user_path`, OUTPUT or the
 /// report (`what`). Errors name `user_path`, not the hidden name; a folder the user cannot write in
-/// is a usage error, as one that does not exist is.
-fn create_scratch(dir: &Path, user_path: &Path, what: &str, is_dir: bool) -> Result<ScratchPath> {
+/// is a usage error, as one that does not exist is. `dir` must still be the folder checked, of
+/// identity `checked` (see [`DirIdentity`]): a path made elsewhere (`dir` replaced by a link into
+/// the input since) is removed and the run refused.
+fn create_scratch(
+    dir: &Path,
+    checked: DirIdentity,
+    user_path: &Path,
+    what: &str,
+    is_dir: bool,
+) -> Result<ScratchPath> {
     let name = user_path.file_name().unwrap_or_default();
     let created = if is_dir {
         ScratchPath::create_dir(dir, scratch_prefix(name))
@@ -127,6 +164,11 @@ fn create_scratch(dir: &Path, user_path: &Path, what: &str, is_dir: bool) -> Res
     };
     match created {
         Ok(scratch) => {
+            let made_in = scratch.folder_identity().or_else(|| file_identity(dir));
+            if checked.0.is_some() && made_in != checked.0 {
+                scratch.remove();
+                return Err(folder_changed(what, user_path));
+            }
             if let Some(scratch_name) = scratch.path().file_name() {
                 show_scratch_as(scratch_name, name);
             }
@@ -171,6 +213,8 @@ fn sweep_leftovers(dir: &Path, name: &OsStr, spare: &[&Path], notices: &mut Vec<
 #[derive(Debug)]
 struct Companion {
     final_path: PathBuf,
+    /// What the folder of `final_path` was when it was checked.
+    dir_identity: DirIdentity,
     scratch: ScratchPath,
     /// The identity of the regular file at `final_path` when it was last checked (reserved, then
     /// again at the commit): the commit replaces that file and nothing else (a link or FIFO
@@ -191,6 +235,8 @@ pub struct OutputPackage {
     /// path re-pointed during the run (`current -> A` switched to `B`) changes nothing of where
     /// they go; same filesystem as OUTPUT, so renames work.
     parent: PathBuf,
+    /// What `parent` was when the run checked it: the commit goes there only if it still is.
+    parent_identity: DirIdentity,
     /// OUTPUT's file name.
     name: OsString,
     force: bool,
@@ -204,6 +250,9 @@ pub struct OutputPackage {
     companion: Option<Companion>,
     /// Things the user should hear about (stale scratch paths removed).
     notices: Vec<String>,
+    /// What the run reads (the input, the config files, the report) with the identities they had
+    /// when staging began: an old OUTPUT that holds one of them by then is not replaced.
+    read_files: Vec<(PathBuf, (u64, u64))>,
 }
 
 impl OutputPackage {
@@ -223,13 +272,17 @@ impl OutputPackage {
         let spare: Vec<&Path> = std::iter::once(input.origin())
             .chain(reads.iter().copied())
             .collect();
-        let staged = Self::stage(
+        let mut staged = Self::stage(
             &place.output,
-            (place.parent.clone(), place.name.clone()),
+            (place.parent.clone(), place.parent_identity, place.name.clone()),
             input.manifest().clone(),
             place.force,
             &spare,
         )?;
+        staged.read_files = spare
+            .iter()
+            .filter_map(|p| Some((p.to_path_buf(), file_identity(p)?)))
+            .collect();
         // From here on, dropping `staged` on error removes the staging directory.
         let skip = [
             Path::new(DATA_DIR).join(input.manifest().root_model_relative()),
@@ -252,8 +305,9 @@ impl OutputPackage {
     /// and `weight.bin`). An existing OUTPUT is refused unless `force` (and then only a package).
     pub fn create_new(output: &Path, manifest: Manifest, force: bool) -> Result<OutputPackage> {
         let (parent, name) = resolve_output(output)?;
+        let identity = DirIdentity::of(&parent);
         check_existing_output(&parent.join(&name), force)?;
-        let staged = Self::stage(output, (parent, name), manifest, force, &[])?;
+        let staged = Self::stage(output, (parent, identity, name), manifest, force, &[])?;
         let path = staged.staging_dir().join(MANIFEST_FILE);
         std::fs::write(&path, staged.manifest.to_json()).at(&path)?;
         staged.create_item_dirs()?;
@@ -264,7 +318,7 @@ impl OutputPackage {
     /// sweep of leftovers may remove.
     fn stage(
         output: &Path,
-        (parent, name): (PathBuf, OsString),
+        (parent, parent_identity, name): (PathBuf, DirIdentity, OsString),
         manifest: Manifest,
         force: bool,
         spare: &[&Path],
@@ -274,10 +328,11 @@ impl OutputPackage {
             .then(|| format!("{}.mlpackage", package_stem(output)));
         let mut notices = Vec::new();
         sweep_leftovers(&parent, &name, spare, &mut notices)?;
-        let staging = create_scratch(&parent, output, "output", true)?;
+        let staging = create_scratch(&parent, parent_identity, output, "output", true)?;
         Ok(OutputPackage {
             output: output.to_path_buf(),
             parent,
+            parent_identity,
             name,
             force,
             zip_folder,
@@ -286,7 +341,30 @@ impl OutputPackage {
             temp_zip: None,
             companion: None,
             notices,
+            read_files: Vec::new(),
         })
+    }
+
+    /// Refuses to go on where the staging folder's name no longer shows the folder this run made
+    /// (swapped by someone who may write next to OUTPUT): that one is somebody's, neither
+    /// published nor removed.
+    fn check_staging_is_ours(&mut self) -> Result<()> {
+        let Some(staging) = &self.staging else {
+            return Ok(());
+        };
+        if identity_no_follow(staging.path()) == staging.identity() {
+            return Ok(());
+        }
+        self.staging.take();
+        Err(self.replaced_while_writing())
+    }
+
+    fn replaced_while_writing(&self) -> Error {
+        Error::Usage(format!(
+            "the package being written for output {} was replaced while mlprune was writing it; \
+             not publishing it",
+            self.output.display()
+        ))
     }
 
     /// Notices for the user: stale scratch paths of interrupted runs that staging removed.
@@ -316,11 +394,13 @@ impl OutputPackage {
         guarded.push(&target);
         // Its folder resolved once, as OUTPUT's is, by the check (see `resolve_output`).
         let (dir, checked) = check_companion_location(path, &guarded)?;
+        let dir_identity = DirIdentity::of(&dir);
         let name = path.file_name().unwrap_or_default();
         sweep_leftovers(&dir, name, &guarded, &mut self.notices)?;
-        let scratch = create_scratch(&dir, path, "report", false)?;
+        let scratch = create_scratch(&dir, dir_identity, path, "report", false)?;
         self.companion = Some(Companion {
             final_path: dir.join(name),
+            dir_identity,
             scratch,
             checked,
             guarded: guarded.iter().map(|p| p.to_path_buf()).collect(),
@@ -391,13 +471,18 @@ impl OutputPackage {
     /// `cancel` is set before the commit begins, the wait for another run's commit included.
     pub fn commit_unless(mut self, cancel: &CancelFlag) -> Result<Vec<String>> {
         cancel.check()?;
+        self.parent_identity.check(&self.parent, "output", &self.output)?;
+        self.check_staging_is_ours()?;
         let new_path = match self.zip_folder.clone() {
             Some(folder) => {
-                let temp = create_scratch(&self.parent, &self.output, "output", false)?;
+                let temp = create_scratch(&self.parent, self.parent_identity, &self.output, "output", false)?;
                 let file = temp.file().try_clone().at(temp.path())?;
                 let temp_path = temp.path().to_path_buf();
                 self.temp_zip = Some(temp);
                 write_package_zip(self.staging_dir(), &folder, file, &self.output)?;
+                // Archived by its name: a folder swapped in while it was read went into the
+                // archive (red team, session 21).
+                self.check_staging_is_ours()?;
                 temp_path
             }
             None => {
@@ -415,6 +500,9 @@ impl OutputPackage {
         cancel.final_check()?;
         let _signals = cleanup::hold_off_signals();
         cancel.check()?;
+        // The commit goes through the folder's path: it must still be the folder checked (one
+        // replaced by a link into the input put the package there; red team, session 21).
+        self.parent_identity.check(&self.parent, "output", &self.output)?;
         // The report is checked again, as OUTPUT is below: what is there now, if it may be
         // replaced, is what the commit replaces. Checked only at the start, a second run of the
         // same command (whose commit waited for the first's) found the first's report there and
@@ -422,6 +510,10 @@ impl OutputPackage {
         if let Some(companion) = &mut self.companion {
             let guarded: Vec<&Path> = companion.guarded.iter().map(PathBuf::as_path).collect();
             companion.checked = check_companion_location(&companion.final_path, &guarded)?.1;
+            let dir = parent_dir(&companion.final_path);
+            companion
+                .dir_identity
+                .check(&dir, "report", &companion.final_path)?;
         }
         // OUTPUT in the folder resolved when staging started (errors still name the user's path,
         // see `create_scratch`).
@@ -432,6 +524,17 @@ impl OutputPackage {
                 return Err(appeared(&self.output));
             }
             checked = Some(check_replaceable(&target)?);
+            // A package of ours, but one that now holds what the run reads (the input moved
+            // into its weights folder): removing it would delete that (red team, session 21).
+            let ids: Vec<(u64, u64)> = self.read_files.iter().map(|(_, id)| *id).collect();
+            if let Some(held) = tree_holds_one_of(&target, &ids) {
+                let file = self.read_files.iter().find(|(_, id)| *id == held).map(|(p, _)| p);
+                return Err(Error::Usage(format!(
+                    "output {} holds {}, which the run reads; refusing to replace it",
+                    self.output.display(),
+                    file.map_or_else(String::new, |p| p.display().to_string())
+                )));
+            }
         }
         // What this run wrote, known by the handle it holds on it (the staging folder or the
         // archive), not by its name: only that is published. Something swapped in at the
@@ -442,21 +545,14 @@ impl OutputPackage {
         } else {
             &self.staging
         };
-        let ours = scratch
-            .as_ref()
-            .and_then(|s| s.file().metadata().ok())
-            .and_then(|m| identity_of(&m));
+        let ours = scratch.as_ref().and_then(ScratchPath::identity);
         if identity_no_follow(&new_path) != ours {
             if self.zip_folder.is_some() {
                 self.temp_zip.take();
             } else {
                 self.staging.take();
             }
-            return Err(Error::Usage(format!(
-                "the package being written for output {} was replaced while mlprune was writing \
-                 it; not publishing it",
-                self.output.display()
-            )));
+            return Err(self.replaced_while_writing());
         }
         let place = Placement {
             output: &target,
@@ -465,6 +561,22 @@ impl OutputPackage {
             force: self.force,
         };
         let aside = match place.move_into_place(&new_path, checked) {
+            // Renamed by name: something swapped in at the scratch name between the look above
+            // and the rename (a few system calls) is what went to OUTPUT. Then it goes back to
+            // that name, the old OUTPUT back in place, and the run fails (red team, session 21:
+            // 1 in 15 runs with a loop swapping the staging folder).
+            Ok(aside) if identity_no_follow(&target) != ours => {
+                let _ = rename_noreplace(&target, &new_path);
+                if let Some(aside) = &aside {
+                    let _ = rename_noreplace(&aside.path, &target);
+                }
+                if self.zip_folder.is_some() {
+                    self.temp_zip.take();
+                } else {
+                    self.staging.take();
+                }
+                return Err(self.replaced_while_writing());
+            }
             Ok(aside) => aside,
             Err(e) => {
                 // Whatever `new_path` names now, if not what we wrote, is somebody's (swapped
@@ -576,7 +688,13 @@ pub struct TableFolder {
 impl TableFolder {
     /// Creates the folder next to OUTPUT, in the folder `place` resolved.
     pub fn create(place: &OutputPlace) -> Result<TableFolder> {
-        let scratch = create_scratch(&place.parent, &place.output, "output", true)?;
+        let scratch = create_scratch(
+            &place.parent,
+            place.parent_identity,
+            &place.output,
+            "output",
+            true,
+        )?;
         Ok(TableFolder {
             scratch: Some(scratch),
         })
@@ -604,6 +722,7 @@ pub struct OutputPlace {
     /// OUTPUT as the user gave it (errors name it).
     output: PathBuf,
     parent: PathBuf,
+    parent_identity: DirIdentity,
     name: OsString,
     force: bool,
 }
@@ -613,10 +732,12 @@ impl OutputPlace {
     /// unless `force` (and then only a package).
     pub fn check(input: &Package, output: &Path, force: bool) -> Result<OutputPlace> {
         let (parent, name) = resolve_output(output)?;
+        let parent_identity = DirIdentity::of(&parent);
         check_output_location(input, output, &parent, &name, force)?;
         Ok(OutputPlace {
             output: output.to_path_buf(),
             parent,
+            parent_identity,
             name,
             force,
         })
@@ -1585,21 +1706,85 @@ mod tests {
     /// removed, and OUTPUT does not appear.
     #[test]
     fn a_folder_swapped_in_at_the_staging_name_is_not_published() {
+        // A zip OUTPUT too: its archive was written from the staging folder by name, and a
+        // folder swapped in there was archived and published (red team, session 21).
+        for output in ["out.mlpackage", "out.zip"] {
+            let dir = tempfile::tempdir().unwrap();
+            make_package(dir.path(), "in.mlpackage");
+            let (_input, staged) = stage(dir.path(), output, false).unwrap();
+            let staging = staged.staging_dir().to_path_buf();
+            std::fs::rename(&staging, dir.path().join("moved")).unwrap();
+            std::fs::create_dir(&staging).unwrap();
+            std::fs::write(staging.join("theirs.txt"), b"theirs").unwrap();
+            let err = staged.commit().unwrap_err();
+            assert!(matches!(err, Error::Usage(_)), "{output}: {err:?}");
+            assert!(
+                err.to_string().contains("was replaced while mlprune was writing"),
+                "{output}: {err}"
+            );
+            assert!(!dir.path().join(output).exists(), "{output}");
+            assert_eq!(std::fs::read(staging.join("theirs.txt")).unwrap(), b"theirs");
+        }
+    }
+
+    /// OUTPUT's folder replaced by a link into the input after the run checked it: the staged
+    /// package went through the link into the input, and the run succeeded (red team, session
+    /// 21). Staging there, or committing there, is refused now; the input is left as it was.
+    #[cfg(unix)]
+    #[test]
+    fn an_output_folder_replaced_by_a_link_into_the_input_is_refused() {
+        for at_commit in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = make_package(dir.path(), "in.mlpackage");
+            let input = Package::open(&root).unwrap();
+            let before = read_tree(&root);
+            let out_dir = dir.path().join("out");
+            std::fs::create_dir(&out_dir).unwrap();
+            let output = out_dir.join("out.mlpackage");
+            let place = OutputPlace::check(&input, &output, false).unwrap();
+            let replace = || {
+                std::fs::rename(&out_dir, dir.path().join("out.real")).unwrap();
+                std::os::unix::fs::symlink(root.join("Data"), &out_dir).unwrap();
+            };
+            let err = if at_commit {
+                let staged = OutputPackage::create_at(&input, &place, &[]).unwrap();
+                std::fs::write(staged.model_path(), b"new model").unwrap();
+                replace();
+                staged.commit().unwrap_err()
+            } else {
+                replace();
+                OutputPackage::create_at(&input, &place, &[]).unwrap_err()
+            };
+            assert!(matches!(err, Error::Usage(_)), "{err:?}");
+            assert!(err.to_string().contains("changed during the run"), "{err}");
+            assert_eq!(
+                read_tree(&root),
+                before,
+                "the input as it was (at commit: {at_commit})"
+            );
+        }
+    }
+
+    /// `--force` over an old package that, by the commit, holds the input (moved into its
+    /// weights folder, a link left at its path so that the run reads on): removing the old
+    /// package deleted the input (red team, session 21). Refused now, both left as they are.
+    #[cfg(unix)]
+    #[test]
+    fn force_never_replaces_an_old_output_that_now_holds_the_input() {
         let dir = tempfile::tempdir().unwrap();
         make_package(dir.path(), "in.mlpackage");
-        let (_input, staged) = stage(dir.path(), "out.mlpackage", false).unwrap();
-        let staging = staged.staging_dir().to_path_buf();
-        std::fs::rename(&staging, dir.path().join("moved")).unwrap();
-        std::fs::create_dir(&staging).unwrap();
-        std::fs::write(staging.join("theirs.txt"), b"theirs").unwrap();
+        let (input, first) = stage(dir.path(), "out.mlpackage", false).unwrap();
+        first.commit().unwrap();
+        let (root, old) = (dir.path().join("in.mlpackage"), dir.path().join("out.mlpackage"));
+        let staged = OutputPackage::create(&input, &old, true, &[]).unwrap();
+        std::fs::write(staged.model_path(), b"new model").unwrap();
+        let moved = old.join("Data/com.apple.CoreML/weights/in.mlpackage");
+        std::fs::rename(&root, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &root).unwrap();
         let err = staged.commit().unwrap_err();
         assert!(matches!(err, Error::Usage(_)), "{err:?}");
-        assert!(
-            err.to_string().contains("was replaced while mlprune was writing"),
-            "{err}"
-        );
-        assert!(!dir.path().join("out.mlpackage").exists());
-        assert_eq!(std::fs::read(staging.join("theirs.txt")).unwrap(), b"theirs");
+        assert!(err.to_string().contains("which the run reads"), "{err}");
+        assert!(moved.join("Manifest.json").is_file(), "the input is still there");
     }
 
     #[test]

@@ -218,6 +218,34 @@ pub(crate) fn tree_holds(root: &Path, id: (u64, u64)) -> bool {
     false
 }
 
+/// The first of `ids` that `root` is or holds at any depth, file or folder (links inside not
+/// followed); past `MAX_ENTRIES` entries, the first of them, as if held: the safe side for the
+/// caller, which refuses to remove `root` then.
+pub(crate) fn tree_holds_one_of(root: &Path, ids: &[(u64, u64)]) -> Option<(u64, u64)> {
+    const MAX_ENTRIES: usize = 100_000;
+    let first = *ids.first()?;
+    let mut pending = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        seen += 1;
+        if seen > MAX_ENTRIES {
+            return Some(first);
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if let Some(id) = identity_of(&meta).filter(|id| ids.contains(id)) {
+            return Some(id);
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    None
+}
+
 /// [`mount_of`] where the system has mounts to tell apart; `None` when `path` cannot be looked at.
 #[cfg(unix)]
 pub(crate) fn mount_of_path(path: &Path) -> Option<(u64, u64)> {

@@ -216,7 +216,7 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
     let entries = plan_entries(&archive).map_err(zip_error)?;
     let (package_name, strip) = package_layout(&entries, archive_path).map_err(zip_error)?;
     let root = dest.join(&package_name);
-    std::fs::create_dir(&root).at(&root)?;
+    std::fs::create_dir(&root).map_err(|e| extract_write_error(archive_path, dest, e))?;
 
     // Each entry with its path relative to the package root.
     let entries: Vec<(&PlannedEntry, PathBuf)> = entries
@@ -270,7 +270,14 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
         };
         // Named by the entry, not by the extraction folder, which is gone by the time the user
         // reads it: a file and a folder of one name (a file `weights` beside `weights/weight.bin`).
-        let folder_error = |e: io::Error| entry_error(format!("cannot be extracted beside the others: {e}"));
+        // A folder the temporary folder has no room for (no inode left) is its fault, not the
+        // archive's (red team, session 21).
+        let folder_error = |e: io::Error| match e.kind() {
+            io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory => {
+                entry_error(format!("cannot be extracted beside the others: {e}"))
+            }
+            _ => extract_write_error(archive_path, dest, e),
+        };
         if entry.is_dir {
             create_dirs_below(&root, relative).map_err(folder_error)?;
             continue;
