@@ -545,6 +545,11 @@ impl OutputPackage {
         } else {
             &self.staging
         };
+        // Looked at just before the rename, which goes by name: a swap in the few system calls
+        // between is not seen (a loop swapping the staging folder got 1 in 15 runs through
+        // there; red team, session 21). Checking what the rename put at OUTPUT and moving it
+        // back cannot tell that swap from one at OUTPUT after the commit, and moved a user's
+        // folder swapped in there to a scratch name that the next run swept.
         let ours = scratch.as_ref().and_then(ScratchPath::identity);
         if identity_no_follow(&new_path) != ours {
             if self.zip_folder.is_some() {
@@ -561,22 +566,6 @@ impl OutputPackage {
             force: self.force,
         };
         let aside = match place.move_into_place(&new_path, checked) {
-            // Renamed by name: something swapped in at the scratch name between the look above
-            // and the rename (a few system calls) is what went to OUTPUT. Then it goes back to
-            // that name, the old OUTPUT back in place, and the run fails (red team, session 21:
-            // 1 in 15 runs with a loop swapping the staging folder).
-            Ok(aside) if identity_no_follow(&target) != ours => {
-                let _ = rename_noreplace(&target, &new_path);
-                if let Some(aside) = &aside {
-                    let _ = rename_noreplace(&aside.path, &target);
-                }
-                if self.zip_folder.is_some() {
-                    self.temp_zip.take();
-                } else {
-                    self.staging.take();
-                }
-                return Err(self.replaced_while_writing());
-            }
             Ok(aside) => aside,
             Err(e) => {
                 // Whatever `new_path` names now, if not what we wrote, is somebody's (swapped
