@@ -494,10 +494,16 @@ impl OutputPackage {
         // set aside the other's package. Waiting for the other run (up to a minute) is not yet
         // this run's commit, so signals are not held off meanwhile: a SIGINT then cleans up and
         // exits 130 as anywhere else, where it used to be deferred and the run committed anyway.
-        let dir_lock = lock_dir(&self.parent, cancel)?;
-        // The last chance to stop; before signals are held off, since the holder asked may run
-        // code of its own (Python's signal handlers).
+        // The last chance to stop, before the folder's lock is taken and signals are held off:
+        // the holder asked may run code of its own (Python's signal handlers), which waited a
+        // minute for the lock if it pruned into the same folder (red team, session 21). A stop
+        // request while the lock is awaited is still seen there.
         cancel.final_check()?;
+        let (dir_lock, waited) = lock_dir(&self.parent, cancel)?;
+        if waited {
+            // Another run's commit came first, for as long as it took: look once more.
+            cancel.final_check()?;
+        }
         let _signals = cleanup::hold_off_signals();
         cancel.check()?;
         // The commit goes through the folder's path: it must still be the folder checked (one
@@ -1376,16 +1382,19 @@ const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Takes the advisory lock on `dir` that every commit into it takes (waiting for another run's
 /// commit, at most [`COMMIT_WAIT`], and only while `cancel` is not set: a try-lock in a loop, not
 /// a blocking lock, so the wait can be given up). A folder that cannot be opened is not locked.
-fn lock_dir(dir: &Path, cancel: &CancelFlag) -> Result<Option<File>> {
+/// Also says whether it had to wait.
+fn lock_dir(dir: &Path, cancel: &CancelFlag) -> Result<(Option<File>, bool)> {
     let Ok(handle) = open_dir(dir) else {
-        return Ok(None);
+        return Ok((None, false));
     };
     let deadline = std::time::Instant::now() + COMMIT_WAIT;
+    let mut waited = false;
     loop {
         cancel.check()?;
         match handle.try_lock() {
-            Ok(()) => return Ok(Some(handle)),
+            Ok(()) => return Ok((Some(handle), waited)),
             Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                waited = true;
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -1395,7 +1404,7 @@ fn lock_dir(dir: &Path, cancel: &CancelFlag) -> Result<Option<File>> {
                 )))
             }
             // No locks on this filesystem: go on without.
-            Err(std::fs::TryLockError::Error(_)) => return Ok(None),
+            Err(std::fs::TryLockError::Error(_)) => return Ok((None, waited)),
         }
     }
 }
