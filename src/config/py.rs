@@ -27,17 +27,18 @@ pub enum Py {
 }
 
 impl Py {
-    /// A Python `int` given as `str(n)` (an optional `-`, then decimal digits): how the bindings
-    /// pass an int of any size.
-    pub fn int_from_text(text: &str) -> Result<Py, String> {
-        let (negative, digits) = match text.strip_prefix('-') {
-            Some(digits) => (true, digits),
+    /// A Python `int` given as `hex(n)` (`0x1f`, `-0x1f`): how the bindings pass an int of any
+    /// size (Python caps decimal text at 4,300 digits; red team, session 21).
+    pub fn int_from_hex(text: &str) -> Result<Py, String> {
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
             None => (false, text),
         };
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("invalid literal for int() with base 10: {text:?}"));
-        }
-        let magnitude = PyInt::from_decimal(digits)?;
+        let digits = rest
+            .strip_prefix("0x")
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| format!("not a hexadecimal int: {text:?}"))?;
+        let magnitude = PyInt::from_power_of_two_radix(digits, 4)?;
         Ok(Py::Int(if negative { magnitude.negated() } else { magnitude }))
     }
 
