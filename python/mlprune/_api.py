@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -84,8 +85,11 @@ def prune_weights(
     import coremltools as ct
 
     source = config_source(config)  # an unusable config fails before anything is saved
-    scratch = tempfile.mkdtemp(prefix="mlprune-")
+    # Named before they are made, so that the cleanup knows them whenever a Ctrl-C comes: one
+    # that came as tempfile.mkdtemp() returned left its folder for good (red team, session 21).
+    scratch = _fresh_temp_path("mlprune-", "")
     try:
+        os.mkdir(scratch, 0o700)
         if isinstance(mlmodel, (str, bytes, os.PathLike)):
             src = os.fsdecode(mlmodel)
             compute_units = ct.ComputeUnit.ALL
@@ -96,8 +100,7 @@ def prune_weights(
             compute_units = mlmodel.compute_unit
             skip_model_load = mlmodel.__proxy__ is None
             function_name = getattr(mlmodel, "function_name", None)
-        dst = tempfile.mkdtemp(suffix=".mlpackage")
-        os.rmdir(dst)  # mlprune writes a fresh package there, never into an existing folder
+        dst = _fresh_temp_path("tmp", ".mlpackage")  # mlprune makes it, never into an existing one
         try:
             _prune(src, dst, source, joint_compression, device, False, progress)
             # Removed at exit once the MLModel holds it (is_temp_package), and not before: until
@@ -114,6 +117,11 @@ def prune_weights(
             raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fresh_temp_path(prefix: str, suffix: str) -> str:
+    """A path in the temporary folder that nothing is at: 128 random bits in its name."""
+    return os.path.join(tempfile.gettempdir(), f"{prefix}{secrets.token_hex(16)}{suffix}")
 
 
 def _package_of(mlmodel: Any, scratch: str) -> str:

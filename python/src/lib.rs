@@ -18,7 +18,7 @@ use mlprune::global_sparsity::{GlobalSparsity, Sparsity};
 use mlprune::Error;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 pyo3::create_exception!(
     _mlprune,
@@ -54,21 +54,25 @@ fn device_policy(device: &str) -> PyResult<DevicePolicy> {
 /// How often the waiting thread looks for Ctrl-C while a prune runs without the GIL.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
-/// The process that last ran mlprune's engine here (0: none yet).
+/// The process in which mlprune's engine last got to work (0: none yet), and so may have
+/// started its worker threads (rayon's pool, which lives as long as the process).
 static RAN_IN: AtomicU32 = AtomicU32::new(0);
 
-/// Refuses to run in a process forked from one that has run the engine (multiprocessing's "fork"
-/// start method): a fork copies only the forking thread, so the engine's worker threads (rayon's
-/// pool) are missing in the child and its first parallel step waited for them forever, Ctrl-C
-/// included (red team, session 21).
+/// Notes that the engine is about to work in this process (see [`refuse_in_a_fork`]): only then,
+/// so that a process that only imported mlprune, or whose call failed before any work (a config
+/// refused, `--version`), forks children that can run it.
+fn mark_engine_started() {
+    RAN_IN.store(std::process::id(), Ordering::SeqCst);
+}
+
+/// Refuses to run in a process forked from one whose engine had got to work (multiprocessing's
+/// "fork" start method): a fork copies only the forking thread, so the engine's worker threads
+/// (rayon's pool) are missing in the child and its first parallel step waited for them forever,
+/// Ctrl-C included (red team, session 21).
 fn refuse_in_a_fork() -> Result<(), String> {
-    let me = std::process::id();
     match RAN_IN.load(Ordering::SeqCst) {
-        0 => {
-            RAN_IN.store(me, Ordering::SeqCst);
-            Ok(())
-        }
-        ran_in if ran_in == me => Ok(()),
+        0 => Ok(()),
+        ran_in if ran_in == std::process::id() => Ok(()),
         _ => Err(
             "mlprune cannot run in a process forked from one that has run it (the \
                   multiprocessing \"fork\" start method): its worker threads do not exist here; use \
@@ -82,63 +86,161 @@ fn refuse_in_a_fork() -> Result<(), String> {
 const MAX_VALUES: usize = mlprune::config::limits::MAX_CONFIG_NODES;
 const MAX_DEPTH: u32 = mlprune::config::depth::MAX_CONFIG_DEPTH;
 
+/// Where a value sits in a dict config: what `config_value` may make of a type that is not
+/// Python's own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Position {
+    /// A dict key: coremltools looks keys up by equality, so one of another type matches nothing.
+    Key,
+    /// A value: read as coremltools' converters read it (`tolist`, `float()`, `int()`).
+    Value,
+    /// What `tolist` returned: no second `tolist` (a numpy long double's returns itself).
+    Converted,
+}
+
 /// A dict config as the Python values it holds, for `OptimizationConfig::from_value`: `None`,
-/// `bool`, `int`, `float`, `str`, `list` (or `tuple`), `dict`, and anything with `tolist` (numpy
-/// values, as coremltools takes them). Passed as values, not as JSON text, which made a key `None`
-/// into the name `"null"` and could not say `float("inf")` (red team, session 21). Every mapping,
-/// list, key and value counts one of [`MAX_VALUES`], as in config text.
-fn config_value(obj: &Bound<'_, PyAny>, depth: u32, values: &mut usize) -> PyResult<ConfigValue> {
-    let too_big = |what: String| PyValueError::new_err(format!("config: {what}"));
+/// `bool`, `int` (any size), `float`, `str`, `list` (or `tuple`), `dict`. Passed as values, not as
+/// JSON text, which made a key `None` into the name `"null"` and could not say `float("inf")`
+/// (red team, session 21). As a value, anything else is read as coremltools' converters read it:
+/// numpy values through `tolist` (once, and refused before it builds more than [`MAX_VALUES`]),
+/// bytes as text, other numbers through `int()` or `float()` (`Decimal`, `Fraction`); as a key, or
+/// where none of that applies, it is a value of its own type, which no field takes and no op name
+/// equals. Every mapping, list, key and value counts one of [`MAX_VALUES`], as in config text.
+fn config_value(
+    obj: &Bound<'_, PyAny>,
+    depth: u32,
+    values: &mut usize,
+    position: Position,
+) -> PyResult<ConfigValue> {
+    let refuse = |what: String| PyValueError::new_err(format!("config: {what}"));
+    // A conversion that raises is the config's fault: ValueError, naming the type.
+    let convert_error = |e: PyErr| match obj.get_type().name() {
+        Ok(name) => refuse(format!("a {name} value could not be read: {e}")),
+        Err(_) => refuse(format!("a value could not be read: {e}")),
+    };
     *values += 1;
     if *values > MAX_VALUES {
-        return Err(too_big(format!("more than {MAX_VALUES} values")));
+        return Err(refuse(format!("more than {MAX_VALUES} values")));
     }
     if depth > MAX_DEPTH {
-        return Err(too_big(format!("nested more than {MAX_DEPTH} levels deep")));
+        return Err(refuse(format!("nested more than {MAX_DEPTH} levels deep")));
     }
     let py = obj.py();
-    Ok(if obj.is_none() {
-        ConfigValue::None
-    } else if let Ok(b) = obj.cast::<PyBool>() {
-        ConfigValue::Bool(b.is_true())
-    } else if obj.is_instance_of::<PyInt>() {
-        // As a plain int (an `IntEnum` prints its name), in decimal: any size.
-        let plain = py.get_type::<PyInt>().call1((obj,))?;
-        ConfigValue::int_from_text(&plain.str()?.to_cow()?).map_err(PyValueError::new_err)?
-    } else if obj.is_instance_of::<PyFloat>() {
-        ConfigValue::Float(obj.extract::<f64>()?)
-    } else if let Ok(text) = obj.cast::<PyString>() {
-        ConfigValue::Str(
-            text.to_cow()
-                .map_err(|e| PyValueError::new_err(format!("config: {e}")))?
-                .into_owned(),
-        )
-    } else if let Ok(dict) = obj.cast::<PyDict>() {
+    let hex_int = |int: Bound<'_, PyAny>| -> PyResult<ConfigValue> {
+        let hex = py.import("builtins")?.getattr("hex")?.call1((int,))?;
+        ConfigValue::int_from_hex(&hex.str()?.to_cow()?).map_err(&refuse)
+    };
+    if obj.is_none() {
+        return Ok(ConfigValue::None);
+    }
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(ConfigValue::Bool(b.is_true()));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        // As a plain int (an `IntEnum` prints its name), in hexadecimal: any size.
+        return hex_int(py.get_type::<PyInt>().call1((obj,))?);
+    }
+    if obj.is_instance_of::<PyFloat>() {
+        return Ok(ConfigValue::Float(obj.extract::<f64>()?));
+    }
+    if let Ok(text) = obj.cast::<PyString>() {
+        return Ok(match text.to_cow() {
+            Ok(text) => ConfigValue::Str(text.into_owned()),
+            // A lone surrogate: no op is so named, and no field reads it.
+            Err(_) => other_value(obj, "str"),
+        });
+    }
+    if let Ok(dict) = obj.cast::<PyDict>() {
         // A snapshot of the items: converting a key may run code that changes the dict.
         let mut pairs = Vec::new();
         for item in dict.items().iter() {
             let (key, value) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
+            let inner = if position == Position::Converted {
+                Position::Converted
+            } else {
+                Position::Value
+            };
             pairs.push((
-                config_value(&key, depth + 1, values)?,
-                config_value(&value, depth + 1, values)?,
+                config_value(&key, depth + 1, values, Position::Key)?,
+                config_value(&value, depth + 1, values, inner)?,
             ));
         }
-        ConfigValue::Dict(pairs)
-    } else if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
-        let items = obj.try_iter()?.collect::<PyResult<Vec<_>>>()?;
-        let items = items.iter().map(|item| config_value(item, depth + 1, values));
-        ConfigValue::List(items.collect::<PyResult<_>>()?)
-    } else if obj.hasattr("tolist")? {
+        return Ok(ConfigValue::Dict(pairs));
+    }
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        let inner = if position == Position::Converted {
+            Position::Converted
+        } else {
+            Position::Value
+        };
+        let mut items = Vec::new();
+        for item in obj.try_iter()? {
+            items.push(config_value(&item?, depth + 1, values, inner)?);
+        }
+        return Ok(ConfigValue::List(items));
+    }
+    if position == Position::Key {
+        return Ok(other_value(obj, ""));
+    }
+    if position == Position::Value && obj.hasattr("tolist").map_err(convert_error)? {
+        // Its element count first: a broadcast array of 8 bytes listed 100 M elements before
+        // it was counted (red team, session 21).
+        if let Ok(size) = obj.getattr("size").and_then(|s| s.extract::<usize>()) {
+            if size > MAX_VALUES - *values {
+                return Err(refuse(format!("more than {MAX_VALUES} values")));
+            }
+        }
         *values -= 1; // the same value, in another form
-        config_value(&obj.call_method0("tolist")?, depth, values)?
-    } else {
-        let repr = obj.repr().map(|r| r.to_string()).unwrap_or_default();
-        let shown: String = repr.chars().take(64).collect();
-        return Err(PyValueError::new_err(format!(
-            "config: {shown} ({}) cannot be passed to mlprune",
-            obj.get_type().name()?
-        )));
-    })
+        let listed = obj.call_method0("tolist").map_err(convert_error)?;
+        return config_value(&listed, depth, values, Position::Converted);
+    }
+    if let Ok(bytes) = obj.cast::<PyBytes>() {
+        return Ok(match std::str::from_utf8(bytes.as_bytes()) {
+            // `float(b"0.5")` and `int(b"100")` read bytes as their text.
+            Ok(text) => ConfigValue::Str(text.to_owned()),
+            Err(_) => other_value(obj, "bytes"),
+        });
+    }
+    if obj.hasattr("__index__").map_err(convert_error)? {
+        let index = py.import("operator")?.getattr("index")?;
+        return hex_int(index.call1((obj,)).map_err(convert_error)?);
+    }
+    if obj.hasattr("__float__").map_err(convert_error)? {
+        let float = py.get_type::<PyFloat>().call1((obj,)).map_err(convert_error)?;
+        return Ok(ConfigValue::Float(float.extract::<f64>()?));
+    }
+    Ok(other_value(obj, ""))
+}
+
+/// A value of a type no config field takes, as Python shows it (its type's name, its `repr` cut
+/// to 64 characters); `name`, where given, is the type's name.
+fn other_value(obj: &Bound<'_, PyAny>, name: &'static str) -> ConfigValue {
+    let type_name = match name {
+        "" => obj
+            .get_type()
+            .name()
+            .map(|n| interned(&n.to_string()))
+            .unwrap_or("object"),
+        name => name,
+    };
+    let repr = obj.repr().map(|r| r.to_string()).unwrap_or_default();
+    ConfigValue::Other(type_name, repr.chars().take(64).collect())
+}
+
+/// `name` for as long as the process lives: the value tree names types as `&'static str`. A
+/// process meets few types; past 256 names, "object".
+fn interned(name: &str) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = names.iter().find(|n| **n == name) {
+        return known;
+    }
+    if names.len() >= 256 {
+        return "object";
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.push(leaked);
+    leaked
 }
 
 /// Prunes `src` into `dst` with a config given as a dict in coremltools' `from_dict` layout
@@ -181,7 +283,7 @@ fn prune(
         }
     };
     let dict = match (config_dict, &config_path, &global) {
-        (Some(dict), None, None) => Some(config_value(dict, 1, &mut 0)?),
+        (Some(dict), None, None) => Some(config_value(dict, 1, &mut 0, Position::Value)?),
         (None, Some(_), None) | (None, None, Some(_)) => None,
         _ => {
             return Err(PyValueError::new_err(
@@ -208,7 +310,7 @@ fn prune(
     });
     let run = {
         let cancel = cancel.clone();
-        move || {
+        let run = move || {
             // Read here, off the GIL: a large config file took a second to read with it held.
             let config = match (&dict, &config_path, &global) {
                 (Some(dict), _, _) => OptimizationConfig::from_value(dict),
@@ -231,15 +333,20 @@ fn prune(
                 progress,
                 cancel,
             };
-            let result = match &global {
+            mark_engine_started();
+            match &global {
                 Some(global) => engine::prune_global(&job, global),
                 None => engine::prune(&job),
-            };
+            }
+        };
+        // Said however the run ends, a refused config included (it cost the 50 ms poll).
+        move || {
+            let result = run();
             let _ = done.send(None);
             result
         }
     };
-    let (mut interrupted, mut answered) = (None, false);
+    let mut interrupted = None;
     let result = std::thread::scope(|scope| {
         let worker = scope.spawn(run);
         loop {
@@ -255,24 +362,22 @@ fn prune(
                 Err(mpsc::RecvTimeoutError::Timeout) if worker.is_finished() => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
             };
-            // Once the final check is answered the run commits: a Ctrl-C from then on is
-            // Python's to raise when the call returns, not a stop of the run.
-            if interrupted.is_none() && !answered {
+            if interrupted.is_none() {
                 if let Err(e) = py.check_signals() {
                     cancel.cancel();
                     interrupted = Some(e);
                 }
             }
             if let Some(reply) = reply {
-                answered = true;
                 let _ = reply.send(());
             }
         }
         worker.join()
     });
     if let Some(e) = interrupted {
-        // Seen before the final check was answered: the run stopped on the flag (or failed
-        // anyway) and left nothing.
+        // Seen up to the final check (or while the run waited for the folder's lock): the run
+        // stopped on the flag and left nothing. Seen in the few system calls of the commit
+        // itself, it is raised with the output in place, as Python would raise it on return.
         return Err(e);
     }
     let summary = result
@@ -286,6 +391,7 @@ fn prune(
 #[pyfunction]
 fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
     refuse_in_a_fork().map_err(MlpruneError::new_err)?;
+    mark_engine_started();
     py.detach(|| mlprune::inspect::Inspection::open(&path).and_then(|i| mlprune::inspect::render_json(&i)))
         .map_err(to_py_err)
 }
@@ -296,6 +402,14 @@ fn run_cli(py: Python<'_>, argv: Vec<OsString>) -> u8 {
     if let Err(message) = refuse_in_a_fork() {
         mlprune::error::write_stderr(&format!("mlprune: error: {message}\n"));
         return 1;
+    }
+    // `--version`, `--help` and usage errors start no worker.
+    let works = argv
+        .iter()
+        .skip(1)
+        .any(|a| matches!(a.to_str(), Some("prune" | "inspect" | "bench" | "generate")));
+    if works {
+        mark_engine_started();
     }
     py.detach(|| mlprune::cli::run(argv))
 }
