@@ -708,7 +708,7 @@ impl Drop for TableFolder {
     }
 }
 
-/// Where a run puts OUTPUT: its folder resolved once (see [`resolve_output`]) and checked once,
+/// Where a run puts OUTPUT: its folder resolved once (links followed) and checked once,
 /// when the run starts, before anything is made next to it. The table folder and the staged
 /// package both go where this says: each resolved and checked OUTPUT itself before, so a link
 /// switched in between could put them in two folders, and an old OUTPUT was checked twice.
