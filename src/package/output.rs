@@ -1763,6 +1763,35 @@ mod tests {
         }
     }
 
+    /// A zip input's second name inside the old package is no reason to refuse: removing the old
+    /// package leaves the zip. Its only name there (moved in mid-run) is.
+    #[cfg(unix)]
+    #[test]
+    fn force_refuses_an_old_output_holding_a_zip_input_only_where_it_is_its_only_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "src.mlpackage");
+        let zip_path = dir.path().join("in.zip");
+        zip_tree(&root, &zip_path, "src.mlpackage/");
+        let input = Package::open(&zip_path).unwrap();
+        let out = dir.path().join("out.mlpackage");
+        let stage = |force| {
+            let staged = OutputPackage::create(&input, &out, force, &[]).unwrap();
+            std::fs::write(staged.model_path(), b"new model").unwrap();
+            staged
+        };
+        stage(false).commit().unwrap();
+        let inside = out.join("Data/com.apple.CoreML/weights/in.zip");
+        let staged = stage(true);
+        std::fs::hard_link(&zip_path, &inside).unwrap();
+        staged.commit().unwrap();
+        assert!(zip_path.is_file(), "the input is still there");
+        let staged = stage(true);
+        std::fs::rename(&zip_path, &inside).unwrap();
+        let err = staged.commit().unwrap_err();
+        assert!(err.to_string().contains("which the run reads"), "{err}");
+        assert!(inside.is_file(), "the input is still there");
+    }
+
     /// `--force` over an old package that, by the commit, holds the input (moved into its
     /// weights folder, a link left at its path so that the run reads on): removing the old
     /// package deleted the input (red team, session 21). Refused now, both left as they are.

@@ -218,9 +218,10 @@ pub(crate) fn tree_holds(root: &Path, id: (u64, u64)) -> bool {
     false
 }
 
-/// The first of `ids` that `root` is or holds at any depth, file or folder (links inside not
-/// followed); past `MAX_ENTRIES` entries, the first of them, as if held: the safe side for the
-/// caller, which refuses to remove `root` then.
+/// The first of `ids` that `root` is or holds at any depth, a folder or a file's only name (a
+/// file with other hard links outlives the removal of `root`); links inside are not followed.
+/// Past `MAX_ENTRIES` entries, the first of `ids`, as if held: the safe side for the caller,
+/// which refuses to remove `root` then.
 pub(crate) fn tree_holds_one_of(root: &Path, ids: &[(u64, u64)]) -> Option<(u64, u64)> {
     const MAX_ENTRIES: usize = 100_000;
     let first = *ids.first()?;
@@ -234,7 +235,8 @@ pub(crate) fn tree_holds_one_of(root: &Path, ids: &[(u64, u64)]) -> Option<(u64,
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if let Some(id) = identity_of(&meta).filter(|id| ids.contains(id)) {
+        let only_name = !meta.is_file() || link_count(&meta) <= 1;
+        if let Some(id) = identity_of(&meta).filter(|id| ids.contains(id) && only_name) {
             return Some(id);
         }
         if meta.is_dir() {
@@ -244,6 +246,18 @@ pub(crate) fn tree_holds_one_of(root: &Path, ids: &[(u64, u64)]) -> Option<(u64,
         }
     }
     None
+}
+
+/// How many names (hard links) the file of `meta` has; 1 where the system does not say.
+#[cfg(unix)]
+fn link_count(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.nlink()
+}
+
+#[cfg(not(unix))]
+fn link_count(_: &std::fs::Metadata) -> u64 {
+    1
 }
 
 /// [`mount_of`] where the system has mounts to tell apart; `None` when `path` cannot be looked at.
