@@ -12,7 +12,7 @@ use super::manifest::Manifest;
 use super::paths::{
     confined, exists_no_follow, file_identity, foreign_entry, identity_no_follow, identity_of,
     is_mount_point, lies_within, remove_tree_one_fs, rename_exchange, rename_noreplace, same_through_overlay,
-    tree_holds, tree_holds_one_of, Pinned,
+    tree_holds, tree_holds_one_of, Pinned, MAX_TREE_ENTRIES,
 };
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
@@ -533,13 +533,24 @@ impl OutputPackage {
             // A package of ours, but one that now holds what the run reads (the input moved
             // into its weights folder): removing it would delete that (red team, session 21).
             let ids: Vec<(u64, u64)> = self.read_files.iter().map(|(_, id)| *id).collect();
-            if let Some(held) = tree_holds_one_of(&target, &ids) {
-                let file = self.read_files.iter().find(|(_, id)| *id == held).map(|(p, _)| p);
-                return Err(Error::Usage(format!(
-                    "output {} holds {}, which the run reads; refusing to replace it",
-                    self.output.display(),
-                    file.map_or_else(String::new, |p| p.display().to_string())
-                )));
+            match tree_holds_one_of(&target, &ids) {
+                Ok(None) => {}
+                Ok(Some(held)) => {
+                    let file = self.read_files.iter().find(|(_, id)| *id == held).map(|(p, _)| p);
+                    return Err(Error::Usage(format!(
+                        "output {} holds {}, which the run reads; refusing to replace it",
+                        self.output.display(),
+                        file.map_or_else(String::new, |p| p.display().to_string())
+                    )));
+                }
+                // Said as what it is: it was reported as holding the input (red team, L-1).
+                Err(()) => {
+                    return Err(Error::Usage(format!(
+                        "output {} holds more than {MAX_TREE_ENTRIES} entries, too many to make sure \
+                         it holds nothing the run reads; refusing to replace it",
+                        self.output.display()
+                    )))
+                }
             }
         }
         // What this run wrote, known by the handle it holds on it (the staging folder or the

@@ -218,26 +218,37 @@ pub(crate) fn tree_holds(root: &Path, id: (u64, u64)) -> bool {
     false
 }
 
+/// Entries [`tree_holds_one_of`] looks at before it gives up.
+pub(crate) const MAX_TREE_ENTRIES: usize = 100_000;
+
 /// The first of `ids` that `root` is or holds at any depth, a folder or a file's only name (a
 /// file with other hard links outlives the removal of `root`); links inside are not followed.
-/// Past `MAX_ENTRIES` entries, the first of `ids`, as if held: the safe side for the caller,
-/// which refuses to remove `root` then.
-pub(crate) fn tree_holds_one_of(root: &Path, ids: &[(u64, u64)]) -> Option<(u64, u64)> {
-    const MAX_ENTRIES: usize = 100_000;
-    let first = *ids.first()?;
+/// `Err(())` past [`MAX_TREE_ENTRIES`] entries: not known.
+pub(crate) fn tree_holds_one_of(root: &Path, ids: &[(u64, u64)]) -> Result<Option<(u64, u64)>, ()> {
+    tree_holds_one_of_within(root, ids, MAX_TREE_ENTRIES)
+}
+
+fn tree_holds_one_of_within(
+    root: &Path,
+    ids: &[(u64, u64)],
+    max_entries: usize,
+) -> Result<Option<(u64, u64)>, ()> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
     let mut pending = vec![root.to_path_buf()];
     let mut seen = 0;
     while let Some(path) = pending.pop() {
         seen += 1;
-        if seen > MAX_ENTRIES {
-            return Some(first);
+        if seen > max_entries {
+            return Err(());
         }
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
         let only_name = !meta.is_file() || link_count(&meta) <= 1;
         if let Some(id) = identity_of(&meta).filter(|id| ids.contains(id) && only_name) {
-            return Some(id);
+            return Ok(Some(id));
         }
         if meta.is_dir() {
             if let Ok(entries) = std::fs::read_dir(&path) {
@@ -245,7 +256,7 @@ pub(crate) fn tree_holds_one_of(root: &Path, ids: &[(u64, u64)]) -> Option<(u64,
             }
         }
     }
-    None
+    Ok(None)
 }
 
 /// How many names (hard links) the file of `meta` has; 1 where the system does not say.
@@ -577,6 +588,31 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A folder, or a file's only name, is held; a file's second hard link is not (removing the
+    /// tree leaves the file); past the entry cap the answer is "not known", never "held" (an old
+    /// package of many files was said to hold the input: red team, session 21).
+    #[cfg(unix)]
+    #[test]
+    fn tree_holds_one_of_tells_held_from_linked_and_from_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub/input")).unwrap();
+        std::fs::write(dir.path().join("outside"), b"x").unwrap();
+        std::fs::hard_link(dir.path().join("outside"), tree.join("sub/linked")).unwrap();
+        std::fs::write(tree.join("sub/only"), b"y").unwrap();
+        let id = |p: &Path| identity_no_follow(p).unwrap();
+        let (folder, linked, only) = (
+            id(&tree.join("sub/input")),
+            id(&tree.join("sub/linked")),
+            id(&tree.join("sub/only")),
+        );
+        assert_eq!(tree_holds_one_of(&tree, &[folder]), Ok(Some(folder)));
+        assert_eq!(tree_holds_one_of(&tree, &[only]), Ok(Some(only)));
+        assert_eq!(tree_holds_one_of(&tree, &[linked]), Ok(None));
+        assert_eq!(tree_holds_one_of(&tree, &[]), Ok(None));
+        assert_eq!(tree_holds_one_of_within(&tree, &[linked], 2), Err(()));
+    }
 
     #[test]
     fn item_paths_are_confined_to_data() {
