@@ -113,10 +113,25 @@ def prune_weights(
                 function_name=function_name,
             )
         except BaseException:
-            shutil.rmtree(dst, ignore_errors=True)
+            _remove_whole(dst)
             raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _remove_whole(scratch)
+
+
+def _remove_whole(path: str) -> None:
+    """Removes the tree at ``path``, finishing the removal when a Ctrl-C interrupts it (one that
+    came while the model copy was removed left part of it; red team, session 21), then raises
+    that ``KeyboardInterrupt``."""
+    interrupted = None
+    for _ in range(10_000):  # each interrupted pass removes something; a bound all the same
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            break  # done, as far as it can be
+        except KeyboardInterrupt as e:
+            interrupted = e
+    if interrupted is not None:
+        raise interrupted
 
 
 def _fresh_temp_path(prefix: str, suffix: str) -> str:

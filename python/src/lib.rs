@@ -18,7 +18,9 @@ use mlprune::global_sparsity::{GlobalSparsity, Sparsity};
 use mlprune::Error;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyComplex, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
+};
 
 pyo3::create_exception!(
     _mlprune,
@@ -137,8 +139,22 @@ fn config_value(
         return Ok(ConfigValue::Bool(b.is_true()));
     }
     if obj.is_instance_of::<PyInt>() {
-        // As a plain int (an `IntEnum` prints its name), in hexadecimal: any size.
-        return hex_int(py.get_type::<PyInt>().call1((obj,))?);
+        // As a plain int, in hexadecimal: any size. A key by its value (int's own `__index__`:
+        // coremltools compares keys, and one whose `__int__` raised failed the run where
+        // coremltools prunes; red team, session 21, L-4); a value by `int()`, as coremltools'
+        // converter reads it, a failure a ValueError.
+        let int = py.get_type::<PyInt>();
+        let plain = match position {
+            Position::Key => int.getattr("__index__")?.call1((obj,))?,
+            _ => int.call1((obj,)).map_err(convert_error)?,
+        };
+        if !plain.is_exact_instance_of::<PyInt>() {
+            return Err(refuse(format!(
+                "int() of a value gave a {}",
+                plain.get_type().name()?
+            )));
+        }
+        return hex_int(plain);
     }
     if obj.is_instance_of::<PyFloat>() {
         return Ok(ConfigValue::Float(obj.extract::<f64>()?));
@@ -182,6 +198,19 @@ fn config_value(
     if position == Position::Key {
         return Ok(other_value(obj, ""));
     }
+    if obj.is_instance_of::<PyBytes>()
+        || obj.is_instance_of::<PyByteArray>()
+        || obj.is_instance_of::<PyMemoryView>()
+    {
+        // `float(b"0.5")` and `int(b"100")` read bytes (bytearray, a memoryview of bytes) as
+        // their text.
+        let bytes = py.get_type::<PyBytes>().call1((obj,)).map_err(convert_error)?;
+        let bytes = bytes.cast::<PyBytes>()?;
+        return Ok(match std::str::from_utf8(bytes.as_bytes()) {
+            Ok(text) => ConfigValue::Str(text.to_owned()),
+            Err(_) => other_value(obj, ""),
+        });
+    }
     if position == Position::Value && obj.hasattr("tolist").map_err(convert_error)? {
         // Its element count first: a broadcast array of 8 bytes listed 100 M elements before
         // it was counted (red team, session 21).
@@ -192,14 +221,12 @@ fn config_value(
         }
         *values -= 1; // the same value, in another form
         let listed = obj.call_method0("tolist").map_err(convert_error)?;
+        if listed.is_instance_of::<PyComplex>() && obj.hasattr("__float__").map_err(convert_error)? {
+            // A numpy complex: coremltools' float() takes its real part.
+            let float = py.get_type::<PyFloat>().call1((obj,)).map_err(convert_error)?;
+            return Ok(ConfigValue::Float(float.extract::<f64>()?));
+        }
         return config_value(&listed, depth, values, Position::Converted);
-    }
-    if let Ok(bytes) = obj.cast::<PyBytes>() {
-        return Ok(match std::str::from_utf8(bytes.as_bytes()) {
-            // `float(b"0.5")` and `int(b"100")` read bytes as their text.
-            Ok(text) => ConfigValue::Str(text.to_owned()),
-            Err(_) => other_value(obj, "bytes"),
-        });
     }
     if obj.hasattr("__index__").map_err(convert_error)? {
         let index = py.import("operator")?.getattr("index")?;

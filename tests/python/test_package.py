@@ -397,6 +397,14 @@ class _ListsItself:
         return self
 
 
+class _IntThatWillNot(int):
+    def __int__(self):
+        raise RuntimeError("no")
+
+    def __index__(self):
+        raise RuntimeError("no")
+
+
 def test_odd_config_values_are_read_as_coremltools_reads_them(tmp_path):
     # Red team, session 21 (J-1, J-6 to J-8): a tolist() returning a numpy scalar again recursed
     # until the stack overflowed (SIGSEGV), ints past 4,300 digits were refused, keys were listed
@@ -427,6 +435,13 @@ def test_odd_config_values_are_read_as_coremltools_reads_them(tmp_path):
         "listed top key": {_Key("config_type"): magnitude},
         "bytes key": {"config_type": magnitude, "op_name_configs": {b"fc1_cast_fp16": entry}},
         "surrogate key": {"config_type": magnitude, "op_name_configs": {"fc1\udc80": entry}},
+        # Red team L: bytearray and numpy complex values; an int that will not be one.
+        "bytearray": g(target_sparsity=bytearray(b"0.5"), weight_threshold=bytearray(b"10")),
+        "complex128": g(target_sparsity=np.complex128(0.5), weight_threshold=10),
+        "complex64": g(target_sparsity=np.complex64(0.5), weight_threshold=10),
+        "int that will not": g(target_sparsity=0.5, weight_threshold=_IntThatWillNot(10)),
+        "int key that will not": {"config_type": magnitude,
+                                  "op_name_configs": {_IntThatWillNot(3): entry}},
     }
 
     def sparsity(path):
@@ -447,6 +462,34 @@ def test_odd_config_values_are_read_as_coremltools_reads_them(tmp_path):
         else:
             mlprune.prune(src, tmp_path / f"ml{n}.mlpackage", config, device="cpu")
             assert sparsity(tmp_path / f"ml{n}.mlpackage") == expected, label
+
+
+def test_prune_weights_interrupted_while_removing_its_scratch_leaves_nothing(
+        models, tmp_path, monkeypatch):
+    # A Ctrl-C while the saved model copy was being removed stopped the removal half-way (red
+    # team, session 21, L-2): raised here by the first removal, before it removes anything.
+    import mlprune._api as api
+
+    model = ct.models.MLModel(str(models("mlp/fp16/ios16")), skip_model_load=True)
+    model.short_description = "changed in memory: saved to the scratch folder first"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    real_rmtree = shutil.rmtree
+    calls = []
+
+    def interrupted_once(path, *args, **kwargs):
+        # Only mlprune's scratch folder, the first time: coremltools removes folders too.
+        if os.path.basename(str(path)).startswith("mlprune-"):
+            calls.append(path)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(api.shutil, "rmtree", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        mlprune.prune_weights(model, MAGNITUDE_HALF)
+    monkeypatch.undo()
+    assert len(calls) == 2, "interrupted once, then removed"
+    assert [p for p in _leftovers(tmp_path, set()) if p.startswith("mlprune-")] == []
 
 
 def test_a_numpy_array_is_counted_before_it_is_listed(models, tmp_path):
