@@ -1629,6 +1629,14 @@ mod tests {
         tree
     }
 
+    /// The fixture package zipped to `dir/in.zip`, opened; and the zip's path.
+    fn zipped_fixture(dir: &Path) -> (Package, PathBuf) {
+        let root = make_package(dir, "src.mlpackage");
+        let zip_path = dir.join("in.zip");
+        zip_tree(&root, &zip_path, "src.mlpackage/");
+        (Package::open(&zip_path).unwrap(), zip_path)
+    }
+
     fn usage(result: Result<(Package, OutputPackage)>) -> String {
         match result {
             Err(Error::Usage(message)) => message,
@@ -1780,10 +1788,7 @@ mod tests {
     #[test]
     fn force_refuses_an_old_output_holding_a_zip_input_only_where_it_is_its_only_name() {
         let dir = tempfile::tempdir().unwrap();
-        let root = make_package(dir.path(), "src.mlpackage");
-        let zip_path = dir.path().join("in.zip");
-        zip_tree(&root, &zip_path, "src.mlpackage/");
-        let input = Package::open(&zip_path).unwrap();
+        let (input, zip_path) = zipped_fixture(dir.path());
         let out = dir.path().join("out.mlpackage");
         let stage = |force| {
             let staged = OutputPackage::create(&input, &out, force, &[]).unwrap();
@@ -1875,10 +1880,7 @@ mod tests {
     #[test]
     fn zipped_input_to_folder_output() {
         let dir = tempfile::tempdir().unwrap();
-        let root = make_package(dir.path(), "src.mlpackage");
-        let zip_path = dir.path().join("in.zip");
-        zip_tree(&root, &zip_path, "src.mlpackage/");
-        let input = Package::open(&zip_path).unwrap();
+        let (input, zip_path) = zipped_fixture(dir.path());
         let out = dir.path().join("out.mlpackage");
         let staged = OutputPackage::create(&input, &out, false, &[]).unwrap();
         std::fs::write(staged.model_path(), b"m").unwrap();
