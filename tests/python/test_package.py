@@ -463,6 +463,12 @@ def test_odd_config_values_are_read_as_coremltools_reads_them(tmp_path):
             mlprune.prune(src, tmp_path / f"ml{n}.mlpackage", config, device="cpu")
             assert sparsity(tmp_path / f"ml{n}.mlpackage") == expected, label
 
+    # A memoryview, which deepcopy cannot copy for coremltools above, reads as the bytes do.
+    as_bytes = tmp_path / f"ml{list(cases).index('bytes')}.mlpackage"
+    viewed = g(target_sparsity=memoryview(b"0.5"), weight_threshold=memoryview(b"10"))
+    mlprune.prune(src, tmp_path / "memoryview.mlpackage", viewed, device="cpu")
+    assert sparsity(tmp_path / "memoryview.mlpackage") == sparsity(as_bytes)
+
 
 def test_prune_weights_interrupted_while_removing_its_scratch_leaves_nothing(
         models, tmp_path, monkeypatch):
