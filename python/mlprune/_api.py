@@ -1,12 +1,13 @@
 """The Python API: ``prune_weights`` (coremltools' drop-in), ``prune`` and ``inspect`` (paths)."""
 
+import atexit
 import json
 import os
 import secrets
 import shutil
 import sys
 import tempfile
-from typing import Any, Dict, List, Union
+from typing import Any, Callable, Dict, List, Union
 
 from . import _mlprune
 from ._config import ConfigSource, config_source
@@ -87,7 +88,10 @@ def prune_weights(
     source = config_source(config)  # an unusable config fails before anything is saved
     # Named before they are made, so that the cleanup knows them whenever a Ctrl-C comes: one
     # that came as tempfile.mkdtemp() returned left its folder for good (red team, session 21).
+    # And removed at exit too, in case a Ctrl-C lands in the cleanup itself before it begins,
+    # which no Python code can rule out (1 in 200 calls with random Ctrl-Cs).
     scratch = _fresh_temp_path("mlprune-", "")
+    scratch_at_exit = _remove_at_exit(scratch)
     try:
         os.mkdir(scratch, 0o700)
         if isinstance(mlmodel, (str, bytes, os.PathLike)):
@@ -101,11 +105,12 @@ def prune_weights(
             skip_model_load = mlmodel.__proxy__ is None
             function_name = getattr(mlmodel, "function_name", None)
         dst = _fresh_temp_path("tmp", ".mlpackage")  # mlprune makes it, never into an existing one
+        dst_at_exit = _remove_at_exit(dst)
         try:
             _prune(src, dst, source, joint_compression, device, False, progress)
             # Removed at exit once the MLModel holds it (is_temp_package), and not before: until
             # then nothing would remove it, if a Ctrl-C came after the run's final check, say.
-            return ct.models.MLModel(
+            pruned = ct.models.MLModel(
                 dst,
                 compute_units=compute_units,
                 skip_model_load=skip_model_load,
@@ -114,9 +119,23 @@ def prune_weights(
             )
         except BaseException:
             _remove_whole(dst)
+            atexit.unregister(dst_at_exit)
             raise
+        atexit.unregister(dst_at_exit)  # the MLModel's own removal at exit takes over
+        return pruned
     finally:
         _remove_whole(scratch)
+        atexit.unregister(scratch_at_exit)
+
+
+def _remove_at_exit(path: str) -> Callable[[], None]:
+    """Registers the removal of ``path`` at exit, and returns it (for ``atexit.unregister``)."""
+
+    def remove() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
+    return remove
 
 
 def _remove_whole(path: str) -> None:
