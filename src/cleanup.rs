@@ -83,15 +83,33 @@ impl Registered {
 impl Place {
     /// Whether its name in its folder names what was made there.
     fn holds_it(&self) -> bool {
-        use rustix::fs::AtFlags;
-        rustix::fs::statat(&*self.folder, Path::new(&self.name), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(
-            |stat| {
-                #[allow(clippy::unnecessary_cast)]
-                let identity = Some((stat.st_dev as u64, stat.st_ino as u64));
-                identity == self.identity
-            },
-        )
+        folder_holds(&self.folder, &self.name, self.identity)
     }
+}
+
+/// Opens the folder just made at `path`: through `folder`, the handle on the folder it was made
+/// in, where there is one (by the path, a folder renamed meanwhile hid it: see `create_locked`).
+fn open_made_dir(path: &Path, folder: Option<&File>) -> io::Result<File> {
+    #[cfg(unix)]
+    if let (Some(folder), Some(name)) = (folder, path.file_name()) {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(folder, Path::new(name), flags, Mode::empty())?;
+        return Ok(File::from(fd));
+    }
+    let _ = folder;
+    crate::open_file::open_dir(path)
+}
+
+/// Whether `name` in the open `folder` is the file or folder of `identity`.
+#[cfg(unix)]
+fn folder_holds(folder: &File, name: &OsStr, identity: Option<(u64, u64)>) -> bool {
+    use rustix::fs::AtFlags;
+    rustix::fs::statat(folder, Path::new(name), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|stat| {
+        #[allow(clippy::unnecessary_cast)]
+        let found = Some((stat.st_dev as u64, stat.st_ino as u64));
+        found == identity
+    })
 }
 
 fn registry() -> MutexGuard<'static, BTreeMap<u64, Registered>> {
@@ -161,7 +179,7 @@ impl ScratchPath {
                     place: None,
                 },
             );
-            let created = create_locked(&path, is_dir);
+            let created = create_locked(&path, is_dir, folder.as_ref());
             let mut in_folder = None;
             match (&created, registered.get_mut(&id)) {
                 (Ok(handle), Some(entry)) => {
@@ -260,11 +278,12 @@ fn place_of(folder: Option<File>, path: &Path, handle: &File) -> Option<Place> {
 }
 
 /// Creates the file or directory with `create_new` semantics and takes an exclusive lock on it.
-fn create_locked(path: &Path, is_dir: bool) -> io::Result<File> {
+/// `folder`: a handle on the folder it is made in, opened before, through which it is checked.
+fn create_locked(path: &Path, is_dir: bool, folder: Option<&File>) -> io::Result<File> {
     let handle = if is_dir {
         std::fs::create_dir(path)?;
         // A sweep may already have removed the fresh, unlocked folder: the name is taken, as below.
-        crate::open_file::open_dir(path).map_err(|e| match e.kind() {
+        open_made_dir(path, folder).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => io::ErrorKind::AlreadyExists.into(),
             _ => e,
         })?
@@ -277,9 +296,34 @@ fn create_locked(path: &Path, is_dir: bool) -> io::Result<File> {
     };
     // Nobody else can hold it yet, except a sweep that saw the fresh, unlocked path and is about to
     // remove it: if the path no longer names our inode, report it as taken and try another name.
-    match handle.try_lock() {
-        Ok(()) if same_file(path, &handle) => Ok(handle),
-        _ => Err(io::ErrorKind::AlreadyExists.into()),
+    if handle.try_lock().is_err() {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    // Locked, then checked (see above). Through the folder's handle where there is one: by the
+    // path, a folder renamed just after the file was made (a test renames it as soon as the
+    // file appears) failed the check, and the file, taken for another's, was left in the
+    // renamed folder (seen once in CI, session 21).
+    #[cfg(unix)]
+    let ours = match folder {
+        Some(folder) => {
+            let identity = handle
+                .metadata()
+                .ok()
+                .and_then(|m| crate::package::paths::identity_of(&m));
+            path.file_name()
+                .is_some_and(|name| folder_holds(folder, name, identity))
+        }
+        None => same_file(path, &handle),
+    };
+    #[cfg(not(unix))]
+    let ours = {
+        let _ = folder;
+        same_file(path, &handle)
+    };
+    if ours {
+        Ok(handle)
+    } else {
+        Err(io::ErrorKind::AlreadyExists.into())
     }
 }
 
