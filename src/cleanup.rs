@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, IoContext, Result};
-use crate::package::paths::lies_within;
+use crate::package::paths::{handle_identity, lies_within};
 
 /// Paths to remove if a signal arrives, by registration id.
 static REGISTRY: Mutex<BTreeMap<u64, Registered>> = Mutex::new(BTreeMap::new());
@@ -92,10 +92,10 @@ impl Place {
 fn open_made_dir(path: &Path, folder: Option<&File>) -> io::Result<File> {
     #[cfg(unix)]
     if let (Some(folder), Some(name)) = (folder, path.file_name()) {
-        use rustix::fs::{Mode, OFlags};
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(folder, Path::new(name), flags, Mode::empty())?;
-        return Ok(File::from(fd));
+        return Ok(File::from(crate::package::paths::open_dir_at(
+            folder,
+            Path::new(name),
+        )?));
     }
     let _ = folder;
     crate::open_file::open_dir(path)
@@ -184,12 +184,7 @@ impl ScratchPath {
             match (&created, registered.get_mut(&id)) {
                 (Ok(handle), Some(entry)) => {
                     entry.place = place_of(folder, &path, handle);
-                    in_folder = entry.place.as_ref().and_then(|p| {
-                        p.folder
-                            .metadata()
-                            .ok()
-                            .and_then(|m| crate::package::paths::identity_of(&m))
-                    });
+                    in_folder = entry.place.as_ref().and_then(|p| handle_identity(&p.folder));
                 }
                 _ => {
                     registered.remove(&id);
@@ -235,10 +230,7 @@ impl ScratchPath {
 
     /// The identity of what it is (its open handle): what its name should still show.
     pub fn identity(&self) -> Option<(u64, u64)> {
-        self.handle
-            .metadata()
-            .ok()
-            .and_then(|m| crate::package::paths::identity_of(&m))
+        handle_identity(&self.handle)
     }
 
     /// Removes the path now (best effort) and unregisters it.
@@ -261,10 +253,7 @@ impl Drop for ScratchPath {
 /// before it was made. `None` where that folder could not be opened or no longer holds it (the
 /// path is removed by its name then).
 fn place_of(folder: Option<File>, path: &Path, handle: &File) -> Option<Place> {
-    let identity = handle
-        .metadata()
-        .ok()
-        .and_then(|m| crate::package::paths::identity_of(&m));
+    let identity = handle_identity(handle);
     let place = Place {
         folder: std::sync::Arc::new(folder?),
         name: path.file_name()?.to_os_string(),
@@ -305,14 +294,9 @@ fn create_locked(path: &Path, is_dir: bool, folder: Option<&File>) -> io::Result
     // renamed folder (seen once in CI, session 21).
     #[cfg(unix)]
     let ours = match folder {
-        Some(folder) => {
-            let identity = handle
-                .metadata()
-                .ok()
-                .and_then(|m| crate::package::paths::identity_of(&m));
-            path.file_name()
-                .is_some_and(|name| folder_holds(folder, name, identity))
-        }
+        Some(folder) => path
+            .file_name()
+            .is_some_and(|name| folder_holds(folder, name, handle_identity(&handle))),
         None => same_file(path, &handle),
     };
     #[cfg(not(unix))]

@@ -100,6 +100,16 @@ enum Position {
     Converted,
 }
 
+impl Position {
+    /// Where the values inside a dict or list at this position sit (their keys are `Key`).
+    fn inner(self) -> Position {
+        match self {
+            Position::Converted => Position::Converted,
+            Position::Key | Position::Value => Position::Value,
+        }
+    }
+}
+
 /// A dict config as the Python values it holds, for `OptimizationConfig::from_value`: `None`,
 /// `bool`, `int` (any size), `float`, `str`, `list` (or `tuple`), `dict`. Passed as values, not as
 /// JSON text, which made a key `None` into the name `"null"` and could not say `float("inf")`
@@ -131,6 +141,11 @@ fn config_value(
     let hex_int = |int: Bound<'_, PyAny>| -> PyResult<ConfigValue> {
         let hex = py.import("builtins")?.getattr("hex")?.call1((int,))?;
         ConfigValue::int_from_hex(&hex.str()?.to_cow()?).map_err(&refuse)
+    };
+    // `float(obj)`, as coremltools' converter reads a number that is no float.
+    let float_of = || -> PyResult<ConfigValue> {
+        let float = py.get_type::<PyFloat>().call1((obj,)).map_err(convert_error)?;
+        Ok(ConfigValue::Float(float.extract::<f64>()?))
     };
     if obj.is_none() {
         return Ok(ConfigValue::None);
@@ -171,27 +186,17 @@ fn config_value(
         let mut pairs = Vec::new();
         for item in dict.items().iter() {
             let (key, value) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
-            let inner = if position == Position::Converted {
-                Position::Converted
-            } else {
-                Position::Value
-            };
             pairs.push((
                 config_value(&key, depth + 1, values, Position::Key)?,
-                config_value(&value, depth + 1, values, inner)?,
+                config_value(&value, depth + 1, values, position.inner())?,
             ));
         }
         return Ok(ConfigValue::Dict(pairs));
     }
     if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
-        let inner = if position == Position::Converted {
-            Position::Converted
-        } else {
-            Position::Value
-        };
         let mut items = Vec::new();
         for item in obj.try_iter()? {
-            items.push(config_value(&item?, depth + 1, values, inner)?);
+            items.push(config_value(&item?, depth + 1, values, position.inner())?);
         }
         return Ok(ConfigValue::List(items));
     }
@@ -223,8 +228,7 @@ fn config_value(
         let listed = obj.call_method0("tolist").map_err(convert_error)?;
         if listed.is_instance_of::<PyComplex>() && obj.hasattr("__float__").map_err(convert_error)? {
             // A numpy complex: coremltools' float() takes its real part.
-            let float = py.get_type::<PyFloat>().call1((obj,)).map_err(convert_error)?;
-            return Ok(ConfigValue::Float(float.extract::<f64>()?));
+            return float_of();
         }
         return config_value(&listed, depth, values, Position::Converted);
     }
@@ -233,8 +237,7 @@ fn config_value(
         return hex_int(index.call1((obj,)).map_err(convert_error)?);
     }
     if obj.hasattr("__float__").map_err(convert_error)? {
-        let float = py.get_type::<PyFloat>().call1((obj,)).map_err(convert_error)?;
-        return Ok(ConfigValue::Float(float.extract::<f64>()?));
+        return float_of();
     }
     Ok(other_value(obj, ""))
 }

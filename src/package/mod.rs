@@ -106,21 +106,23 @@ impl Package {
                 reason: "not an .mlpackage directory or a .zip archive".into(),
             });
         }
+        // The temporary folder's fault, not the archive's (no room left there, say): exit 1
+        // naming it, as a full disk anywhere.
+        let in_temp_dir = |source| Error::Extract {
+            archive: input.to_path_buf(),
+            temp_dir: temp_dir.clone(),
+            source,
+        };
         // From here on, dropping `temp` (on error, or with the package) removes the extraction.
         let temp = match ScratchPath::create_dir(&temp_dir, UNZIP_PREFIX) {
             Ok(scratch) => ExtractedDir(Some(scratch)),
-            // Full (no inode left): as a full disk is anywhere, exit 1 naming the folder.
             Err(Error::Io { source, .. })
                 if matches!(
                     source.kind(),
                     std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
                 ) =>
             {
-                return Err(Error::Extract {
-                    archive: input.to_path_buf(),
-                    temp_dir: temp_dir.clone(),
-                    source,
-                })
+                return Err(in_temp_dir(source))
             }
             // The environment's fault, not the input's: said as such, naming the folder rather
             // than a hidden name in it the user never chose.
@@ -137,11 +139,7 @@ impl Package {
         // archive, as errors about the files in it do, not the hidden folder.
         show_scratch_as(temp.path().as_os_str(), input.as_os_str());
         let marker = temp.path().join(UNZIP_MARKER);
-        File::create_new(&marker).map_err(|source| Error::Extract {
-            archive: input.to_path_buf(),
-            temp_dir: temp_dir.clone(),
-            source,
-        })?;
+        File::create_new(&marker).map_err(in_temp_dir)?;
         let root = extract_package(input, temp.path(), limits)?;
         let root = std::fs::canonicalize(&root).at(&root)?;
         // Name files inside the archive as `archive.zip/<pkg>.mlpackage/...` rather than by the

@@ -10,9 +10,9 @@ use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::holes::Copied;
 use super::manifest::Manifest;
 use super::paths::{
-    confined, exists_no_follow, file_identity, foreign_entry, identity_no_follow, identity_of,
-    is_mount_point, lies_within, remove_tree_one_fs, rename_exchange, rename_noreplace, same_through_overlay,
-    tree_holds, tree_holds_one_of, Pinned, MAX_TREE_ENTRIES,
+    confined, exists_no_follow, file_identity, foreign_entry, handle_identity, identity_no_follow,
+    identity_of, is_mount_point, lies_within, remove_tree_one_fs, rename_exchange, rename_noreplace,
+    same_through_overlay, tree_holds, tree_holds_one_of, Pinned, MAX_TREE_ENTRIES,
 };
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
@@ -85,13 +85,33 @@ impl DirIdentity {
         DirIdentity(file_identity(dir))
     }
 
+    /// Whether a folder of identity `found` is the one checked (always, where none could be
+    /// told then).
+    fn is(self, found: Option<(u64, u64)>) -> bool {
+        self.0.is_none() || found == self.0
+    }
+
     /// Refuses the run where `dir` is no longer the folder this identity names.
     fn check(self, dir: &Path, what: &str, user_path: &Path) -> Result<()> {
-        if self.0.is_some() && file_identity(dir) != self.0 {
+        if !self.is(file_identity(dir)) {
             return Err(folder_changed(what, user_path));
         }
         Ok(())
     }
+}
+
+/// Whether the scratch path in `slot` still shows, at its name, what the run made there (`None`
+/// in the slot: nothing to publish there, so nothing swapped). Where it does not, what is there is
+/// somebody's: the slot is emptied, so that the cleanup does not remove it.
+fn still_ours(slot: &mut Option<ScratchPath>) -> bool {
+    let Some(scratch) = slot else {
+        return true;
+    };
+    if identity_no_follow(scratch.path()) == scratch.identity() {
+        return true;
+    }
+    slot.take();
+    false
 }
 
 fn folder_changed(what: &str, user_path: &Path) -> Error {
@@ -164,8 +184,7 @@ fn create_scratch(
     };
     match created {
         Ok(scratch) => {
-            let made_in = scratch.folder_identity().or_else(|| file_identity(dir));
-            if checked.0.is_some() && made_in != checked.0 {
+            if !checked.is(scratch.folder_identity().or_else(|| file_identity(dir))) {
                 scratch.remove();
                 return Err(folder_changed(what, user_path));
             }
@@ -349,13 +368,9 @@ impl OutputPackage {
     /// (swapped by someone who may write next to OUTPUT): that one is somebody's, neither
     /// published nor removed.
     fn check_staging_is_ours(&mut self) -> Result<()> {
-        let Some(staging) = &self.staging else {
-            return Ok(());
-        };
-        if identity_no_follow(staging.path()) == staging.identity() {
+        if still_ours(&mut self.staging) {
             return Ok(());
         }
-        self.staging.take();
         Err(self.replaced_while_writing())
     }
 
@@ -558,9 +573,9 @@ impl OutputPackage {
         // scratch name since (by anyone who may write in OUTPUT's folder) is somebody's, and is
         // neither published nor removed; the commit used to publish whatever the name held.
         let scratch = if self.zip_folder.is_some() {
-            &self.temp_zip
+            &mut self.temp_zip
         } else {
-            &self.staging
+            &mut self.staging
         };
         // Looked at just before the rename, which goes by name: a swap in the few system calls
         // between is not seen (a loop swapping the staging folder got 1 in 15 runs through
@@ -568,12 +583,7 @@ impl OutputPackage {
         // back cannot tell that swap from one at OUTPUT after the commit, and moved a user's
         // folder swapped in there to a scratch name that the next run swept.
         let ours = scratch.as_ref().and_then(ScratchPath::identity);
-        if identity_no_follow(&new_path) != ours {
-            if self.zip_folder.is_some() {
-                self.temp_zip.take();
-            } else {
-                self.staging.take();
-            }
+        if !still_ours(scratch) {
             return Err(self.replaced_while_writing());
         }
         let place = Placement {
@@ -1456,7 +1466,7 @@ impl Placement<'_> {
         // A path that cannot be opened (a link) is left to the identity check after the exchange.
         let lock = open_nonblocking(output, Links::NoFollow).ok();
         if let Some(handle) = &lock {
-            if handle.metadata().ok().and_then(|m| identity_of(&m)) != checked {
+            if handle_identity(handle) != checked {
                 return Err(changed_while_writing(output));
             }
             if let Err(std::fs::TryLockError::WouldBlock) = handle.try_lock() {

@@ -194,31 +194,15 @@ fn identity_and_facts(_: &Path) -> Option<((u64, u64), LayerFacts)> {
 }
 
 /// Whether `root` is, or (a folder) holds at any depth, the file of identity `id`: another hard
-/// link to it. Links inside are not followed; the walk stops at `MAX_FILES` entries.
+/// link to it. Links inside are not followed; past [`MAX_TREE_ENTRIES`] entries, not held.
 pub(crate) fn tree_holds(root: &Path, id: (u64, u64)) -> bool {
-    const MAX_FILES: usize = 100_000;
-    let mut pending = vec![root.to_path_buf()];
-    let mut seen = 0;
-    while let Some(path) = pending.pop() {
-        seen += 1;
-        if seen > MAX_FILES {
-            return false;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                pending.extend(entries.flatten().map(|e| e.path()));
-            }
-        } else if meta.is_file() && file_identity(&path) == Some(id) {
-            return true;
-        }
-    }
-    false
+    let found = walk_tree(root, MAX_TREE_ENTRIES, |meta| {
+        (meta.is_file() && identity_of(meta) == Some(id)).then_some(())
+    });
+    matches!(found, Ok(Some(())))
 }
 
-/// Entries [`tree_holds_one_of`] looks at before it gives up.
+/// Entries a walk of a tree ([`tree_holds`], [`tree_holds_one_of`]) looks at before it gives up.
 pub(crate) const MAX_TREE_ENTRIES: usize = 100_000;
 
 /// The first of `ids` that `root` is or holds at any depth, a folder or a file's only name (a
@@ -236,6 +220,19 @@ fn tree_holds_one_of_within(
     if ids.is_empty() {
         return Ok(None);
     }
+    walk_tree(root, max_entries, |meta| {
+        let only_name = !meta.is_file() || link_count(meta) <= 1;
+        identity_of(meta).filter(|id| ids.contains(id) && only_name)
+    })
+}
+
+/// Looks at `root` and everything under it (links not followed, each entry's own metadata) until
+/// `look` finds something; `Err(())` past `max_entries` entries.
+fn walk_tree<T>(
+    root: &Path,
+    max_entries: usize,
+    mut look: impl FnMut(&std::fs::Metadata) -> Option<T>,
+) -> Result<Option<T>, ()> {
     let mut pending = vec![root.to_path_buf()];
     let mut seen = 0;
     while let Some(path) = pending.pop() {
@@ -246,9 +243,8 @@ fn tree_holds_one_of_within(
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        let only_name = !meta.is_file() || link_count(&meta) <= 1;
-        if let Some(id) = identity_of(&meta).filter(|id| ids.contains(id) && only_name) {
-            return Ok(Some(id));
+        if let Some(found) = look(&meta) {
+            return Ok(Some(found));
         }
         if meta.is_dir() {
             if let Ok(entries) = std::fs::read_dir(&path) {
@@ -405,6 +401,17 @@ pub(crate) fn remove_tree_one_fs(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Opens the folder `name` in `dirfd` without following a link.
+#[cfg(unix)]
+pub(crate) fn open_dir_at<P: rustix::path::Arg, Fd: std::os::fd::AsFd>(
+    dirfd: Fd,
+    name: P,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(dirfd, name, flags, Mode::empty())?)
+}
+
 /// Opens the folder `name` in `dirfd` without following a link, and checks it is on `mount`.
 #[cfg(unix)]
 fn open_dir_on<P: rustix::path::Arg, Fd: std::os::fd::AsFd>(
@@ -412,13 +419,7 @@ fn open_dir_on<P: rustix::path::Arg, Fd: std::os::fd::AsFd>(
     name: P,
     mount: (u64, u64),
 ) -> std::io::Result<std::os::fd::OwnedFd> {
-    use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::openat(
-        dirfd,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = open_dir_at(dirfd, name)?;
     let stat = rustix::fs::fstat(&fd)?;
     let mnt = mount_id(&fd, None);
     #[allow(clippy::unnecessary_cast)]
@@ -476,6 +477,11 @@ pub(crate) fn identity_of(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
 #[cfg(not(unix))]
 pub(crate) fn identity_of(_: &std::fs::Metadata) -> Option<(u64, u64)> {
     None
+}
+
+/// Device and inode of what the open `file` is.
+pub(crate) fn handle_identity(file: &std::fs::File) -> Option<(u64, u64)> {
+    identity_of(&file.metadata().ok()?)
 }
 
 /// Swaps what `a` and `b` name, atomically (`renameat2(RENAME_EXCHANGE)`): both must exist.
