@@ -10,6 +10,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Disk: a CI run once ran out of space building the Python package (stop 30), with about 7 GB
+# built. Incremental caches only pay on a rerun, and full debug info in every dependency only
+# in a debugger, so neither is built here: backtraces keep their file and line numbers.
+export CARGO_INCREMENTAL=0
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+# CI (.ci/run) also drops each build folder once the steps that use it are done; a developer's
+# rerun keeps them, to stay incremental.
+drop_build() {
+  if [ "${MLPRUNE_DROP_BUILDS:-}" = 1 ]; then
+    echo "MLPRUNE_DROP_BUILDS=1: removing $1 ($(du -sh "$1" 2>/dev/null | cut -f1)), no later step uses it"
+    rm -rf "$1"
+  fi
+}
+
+echo "== disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free here at the start"
+
 echo "== system packages"
 scripts/install-system-packages.sh
 
@@ -24,6 +40,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --lib
 
 echo "== rust-version"
 scripts/check-rust-version.sh
+drop_build target/msrv
 
 echo "== python venv (coremltools 9.0)"
 scripts/setup-python.sh
@@ -54,8 +71,11 @@ if [ "${MLPRUNE_REQUIRE_GPU:-}" = 1 ]; then
 fi
 
 echo "== Python package: pip install . and its tests"
+drop_build target/debug
 VENV_PYTHON="${PYTHON:-${MLPRUNE_VENV:-.venv}/bin/python}"
 # Built by maturin from source, as a user's `pip install <checkout>` does; the shared target folder
 # keeps a rerun incremental.
 CARGO_TARGET_DIR="$PWD/target" "$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check .
 "$VENV_PYTHON" -m pytest -q tests/python/test_package.py
+
+echo "== disk: $(du -sh target | cut -f1) in target/ at the end"
