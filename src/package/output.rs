@@ -10,9 +10,9 @@ use super::folder::{DATA_DIR, MANIFEST_FILE, WEIGHT_FILE};
 use super::holes::Copied;
 use super::manifest::Manifest;
 use super::paths::{
-    confined, exists_no_follow, file_identity, foreign_entry, handle_identity, identity_no_follow,
-    identity_of, is_mount_point, lies_within, remove_tree_one_fs, rename_exchange, rename_noreplace,
-    same_through_overlay, tree_holds, tree_holds_one_of, Pinned, MAX_TREE_ENTRIES,
+    confined, create_dirs_below, exists_no_follow, file_identity, foreign_entry, handle_identity,
+    identity_no_follow, identity_of, is_mount_point, lies_within, remove_tree_one_fs, rename_exchange,
+    rename_noreplace, same_through_overlay, tree_holds, tree_holds_one_of, Pinned, MAX_TREE_ENTRIES,
 };
 use super::random::temp_suffix;
 use super::zipped::{package_stem, strip_suffix_ignore_case, write_package_zip};
@@ -667,14 +667,16 @@ impl OutputPackage {
             .join(self.manifest.weights_relative())
     }
 
-    /// The directories the caller writes into: the root model's and the weights directory.
+    /// The directories the caller writes into: the root model's and the weights directory. Only
+    /// below the staging folder, never that folder itself: a signal may have just removed it.
     fn create_item_dirs(&self) -> Result<()> {
-        let model = self.model_path();
-        if let Some(dir) = model.parent() {
-            std::fs::create_dir_all(dir).at(dir)?;
+        let root = self.staging_dir();
+        let model = Path::new(DATA_DIR).join(self.manifest.root_model_relative());
+        let weights = Path::new(DATA_DIR).join(self.manifest.weights_relative());
+        for below in [model.parent().unwrap_or(Path::new(DATA_DIR)), &weights] {
+            create_dirs_below(root, below).at(root.join(below))?;
         }
-        let weights = self.weights_dir();
-        std::fs::create_dir_all(&weights).at(&weights)
+        Ok(())
     }
 }
 

@@ -1,8 +1,26 @@
 //! Path confinement: the checks that keep every path a package names inside the package.
 
+use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+
+/// Creates the folders of `relative` inside `root`, which must exist: unlike `create_dir_all`, it
+/// never makes `root` or the scratch folder above it again. A signal removes that folder while
+/// another thread is still writing into it, and `create_dir_all` put it back, with part of the
+/// package in it, after the removal (red team: 3 leftover extraction folders in about 1,900
+/// signals in session 17, 2 leftover staging folders of OUTPUT in about 1,000 in session 22).
+pub(crate) fn create_dirs_below(root: &Path, relative: &Path) -> io::Result<()> {
+    let mut path = root.to_path_buf();
+    for component in relative.components() {
+        path.push(component);
+        match std::fs::create_dir(&path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
 
 /// Splits a manifest item path (relative to `Data/`, `/`-separated) into its components, refusing
 /// anything that could leave `Data/`: absolute paths, `..`, backslashes (a separator on Windows),

@@ -18,6 +18,7 @@ use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
 
 use super::folder::{MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use super::manifest::Manifest;
+use super::paths::create_dirs_below;
 use super::{used_paths, Use};
 use crate::error::{Error, IoContext, Result};
 use crate::open_file::{open_regular_or_err, Links};
@@ -297,22 +298,6 @@ pub(crate) fn extract_package(archive_path: &Path, dest: &Path, limits: &ZipLimi
         written += extract_file(&mut archive, entry, &target, budget).map_err(entry_failure)?;
     }
     Ok(root)
-}
-
-/// Creates the folders of `relative` inside `root`, which must exist: unlike `create_dir_all`, it
-/// never makes `root` or the extraction folder above it again. A signal removes that folder while
-/// this thread is still extracting, and `create_dir_all` put it back, with part of the package in
-/// it, after the removal (red-team, session 17: 3 leftovers in about 1,900 signals).
-fn create_dirs_below(root: &Path, relative: &Path) -> io::Result<()> {
-    let mut path = root.to_path_buf();
-    for component in relative.components() {
-        path.push(component);
-        match std::fs::create_dir(&path) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
-            other => other?,
-        }
-    }
-    Ok(())
 }
 
 /// Reads the manifest entry into memory, refusing one larger than read_folder would read.
