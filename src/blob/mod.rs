@@ -9,7 +9,7 @@ mod writer;
 
 pub use reader::{BlobReader, ReadAt, ReadThreads};
 pub use subbyte::{count_ones, pack, padding_bits, unpack};
-pub use writer::{BlobWriter, TensorSink};
+pub use writer::{BlobWriter, EarlierWriteFailed, TensorSink};
 
 use crate::dtype::ScalarType;
 

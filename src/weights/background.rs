@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use crate::blob::TensorSink;
+use crate::blob::{EarlierWriteFailed, TensorSink};
 use crate::tensor::TensorData;
 use crate::weights::is_small_tensor;
 use crate::weights::syncer::Syncer;
@@ -286,11 +286,12 @@ impl TensorSink for BackgroundWriter {
                     buf.copy_from_slice(bytes);
                     return Ok(());
                 }
-                self.send_filling(true)?;
-                self.send_filling(true)?;
+                self.send_filling(true)
+                    .and_then(|()| self.send_filling(true))
+                    .map_err(EarlierWriteFailed::wrap)?;
             }
             State::Direct(_) => {}
-            State::Broken => return Err(broken()),
+            State::Broken => return Err(EarlierWriteFailed::wrap(broken())),
         }
         read_exact_at(&self.reader, buf, at)
     }
