@@ -421,6 +421,7 @@ fn prune_steps(
     let mut notices = load_notices;
     notices.extend_from_slice(out.notices());
     notices.extend(devices.notices);
+    source.check_unchanged()?;
     notices.extend(out.commit_unless(&job.cancel)?);
     Ok(PruneSummary {
         tensors: reports,
