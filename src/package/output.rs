@@ -1,6 +1,7 @@
 //! Staged output: the new package is built in a hidden sibling of OUTPUT and renamed into place
 //! only on `commit`, so OUTPUT is never seen half written and a failed run leaves nothing behind.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek};
@@ -308,13 +309,18 @@ impl OutputPackage {
             input.weight_file_relative(),
         ];
         let used = used_paths(input.manifest());
+        let mut names = FirstNames::default();
+        for relative in &skip {
+            let path = input.root().join(relative);
+            names.note(file_identity(&path), &input.display_path(&path))?;
+        }
         copy_tree(
             input,
             input.root(),
             staged.staging_dir(),
             Path::new(""),
-            &used,
-            &skip,
+            (&used, &skip),
+            &mut names,
         )?;
         staged.create_item_dirs()?;
         Ok(staged)
@@ -1207,18 +1213,47 @@ fn check_companion_location(path: &Path, protected: &[&Path]) -> Result<(PathBuf
     Ok((dir_canonical, existing))
 }
 
+/// The input's files read or copied so far, by identity, with the name each was first met under.
+#[derive(Default)]
+struct FirstNames(HashMap<(u64, u64), PathBuf>);
+
+impl FirstNames {
+    /// Notes the file of `identity` under the name `shown`, refusing a second name for one file:
+    /// each would be written out in full, so that 40 links to one weight file took 40 times its
+    /// disk, and a few thousand would ask for terabytes (red team, session 22).
+    fn note(&mut self, identity: Option<(u64, u64)>, shown: &Path) -> Result<()> {
+        let Some(identity) = identity else {
+            return Ok(());
+        };
+        match self.0.entry(identity) {
+            Entry::Occupied(first) => Err(Error::Package {
+                path: shown.to_owned(),
+                reason: format!(
+                    "is another name (a link) for {}; each file of a package is written out in \
+                     full, so two names for one file are refused",
+                    first.get().display()
+                ),
+            }),
+            Entry::Vacant(slot) => {
+                slot.insert(shown.to_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Copies the input package tree `src_dir` (at `relative` inside it) into `dst_root`: the `used`
 /// paths with everything under them, except the `skip` paths. Files outside every used path are
 /// left out, as extraction leaves them out of a zipped input (see [`used_paths`]). A symlink is
 /// copied as the file it points to, and only if that file is inside the package; the copy never
-/// follows a link out of it.
+/// follows a link out of it. A file met under a second name is refused ([`FirstNames`]).
 fn copy_tree(
     input: &Package,
     src_dir: &Path,
     dst_root: &Path,
     relative: &Path,
-    used: &UsedPaths,
-    skip: &[PathBuf],
+    (used, skip): (&UsedPaths, &[PathBuf]),
+    names: &mut FirstNames,
 ) -> Result<()> {
     let shown = |p: &Path| input.display_path(p);
     let mut children: Vec<PathBuf> = std::fs::read_dir(src_dir)
@@ -1239,8 +1274,9 @@ fn copy_tree(
         let meta = std::fs::symlink_metadata(&src).at(shown(&src))?;
         if meta.is_dir() {
             std::fs::create_dir(&dst).at(&dst)?;
-            copy_tree(input, &src, dst_root, &child_relative, used, skip)?;
+            copy_tree(input, &src, dst_root, &child_relative, (used, skip), names)?;
         } else if meta.is_file() {
+            names.note(identity_of(&meta), &shown(&src))?;
             copy_file(&src, &dst, &shown(&src))?;
         } else if meta.file_type().is_symlink() {
             let target = confined(&src, input.root(), &shown(&src))?;
@@ -1251,6 +1287,7 @@ fn copy_tree(
                     reason: format!("a symbolic link to {} is not supported", kind_of(&target_meta)),
                 });
             }
+            names.note(identity_of(&target_meta), &shown(&src))?;
             copy_file(&target, &dst, &shown(&src))?;
         } else {
             return Err(Error::Package {
@@ -2215,6 +2252,44 @@ mod tests {
             .join("out.mlpackage/Data/com.apple.CoreML/weights/alias");
         assert!(std::fs::symlink_metadata(&alias).unwrap().is_file());
         assert_eq!(std::fs::read(alias).unwrap(), b"notes");
+    }
+
+    /// Two names inside the package for one file (a hard link, or a symbolic link to a file the
+    /// copy or the run reads anyway) are refused: each would be written out in full. A file
+    /// whose other name is outside the package is copied.
+    #[cfg(unix)]
+    #[test]
+    fn a_second_name_for_one_file_of_the_package_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = make_package(dir.path(), "in.mlpackage");
+        let weights = root.join("Data/com.apple.CoreML/weights");
+        std::fs::write(weights.join("table.bin"), b"table").unwrap();
+        std::fs::hard_link(weights.join("table.bin"), dir.path().join("backup.bin")).unwrap();
+        // Its other name is outside the package: staged (and dropped unpublished).
+        stage(dir.path(), "out.mlpackage", false).unwrap();
+
+        let cases: [(&str, fn(&Path, &Path)); 3] = [
+            ("hard link", |weights, link| {
+                std::fs::hard_link(weights.join("table.bin"), link).unwrap()
+            }),
+            ("link to a copied file", |_, link| {
+                std::os::unix::fs::symlink("table.bin", link).unwrap()
+            }),
+            ("link to weight.bin", |_, link| {
+                std::os::unix::fs::symlink("weight.bin", link).unwrap()
+            }),
+        ];
+        for (case, make_link) in cases {
+            let link = weights.join("z-second");
+            make_link(&weights, &link);
+            let err = usage_or_package(stage(dir.path(), "out.mlpackage", false));
+            assert!(
+                err.contains("weights/z-second: invalid package: is another name (a link) for"),
+                "{case}: {err}"
+            );
+            assert_eq!(list_dir(dir.path()), ["backup.bin", "in.mlpackage"], "{case}");
+            std::fs::remove_file(&link).unwrap();
+        }
     }
 
     #[test]
