@@ -724,6 +724,33 @@ fn symlinks_pointing_outside_the_package() {
     assert_nothing_left(&case, &["in.mlpackage"]);
 }
 
+/// Many names for one file inside the package: each would be written out in full (40 links to a
+/// 1 MB file made 42 MB of output), so the package is refused, naming the second name and the
+/// first; folder and zip OUTPUT alike, nothing left, the input untouched.
+#[cfg(unix)]
+#[test]
+fn many_links_to_one_file_are_refused_not_copied_each() {
+    for (link, output) in [("hard", "out.mlpackage"), ("symbolic", "out.zip")] {
+        let case = Case::linear();
+        for i in 0..40 {
+            let name = case.file(&format!("weights/alias{i:02}"));
+            match link {
+                "hard" => std::fs::hard_link(case.weight_bin(), name).unwrap(),
+                _ => std::os::unix::fs::symlink("weight.bin", name).unwrap(),
+            }
+        }
+        let before = snapshot(&case.input);
+        let o = cli_prune(&case.input, &case.tmp.path().join(output), &[]);
+        assert_cli_error(
+            &o,
+            1,
+            &["weights/alias00", "another name (a link) for", "weight.bin"],
+        );
+        assert_nothing_left(&case, &["in.mlpackage"]);
+        assert_eq!(snapshot(&case.input), before, "{link}");
+    }
+}
+
 /// Zips `entries` (name, bytes) into `path` with deflate.
 fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
     let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
