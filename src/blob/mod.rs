@@ -8,7 +8,7 @@ pub mod subbyte;
 mod writer;
 
 pub use reader::{BlobReader, ReadAt, ReadThreads};
-pub use subbyte::{count_ones, pack, padding_bits, unpack};
+pub use subbyte::{count_ones, count_zero_elements, pack, padding_bits, unpack};
 pub use writer::{BlobWriter, EarlierWriteFailed, TensorSink};
 
 use crate::dtype::ScalarType;

@@ -24,7 +24,6 @@ use crate::mil::value::{OperationExt, ValueExt};
 use crate::mil::LoadedModel;
 use crate::package::Package;
 use crate::proto::mil::{argument::binding::Binding, Operation};
-use crate::tensor::TensorData;
 use crate::weights::rebuild::op_values_mut;
 use crate::weights::source::blob_value_meta;
 use crate::weights::{TensorMeta, WeightSource};
@@ -379,7 +378,14 @@ impl Inspection {
             };
             let sparsity = match known_sparsity {
                 Some(known) => known,
-                None => Some(zero_share(&source.read(&info.name, value)?.1)),
+                None => {
+                    let (meta, zeros) = source.count_zeros(&info.name, value)?;
+                    Some(if meta.count == 0 {
+                        0.0
+                    } else {
+                        zeros as f64 / meta.count as f64
+                    })
+                }
             };
             blobs.extend(value.blob_offset());
             WeightRow {
@@ -443,14 +449,6 @@ impl Inspection {
 fn is_weight_dtype(dtype: ScalarType) -> bool {
     use ScalarType::*;
     dtype.is_float() && dtype != Float64 || dtype.is_sub_byte() || matches!(dtype, Int8 | UInt8)
-}
-
-fn zero_share(data: &TensorData) -> f64 {
-    if data.is_empty() {
-        0.0
-    } else {
-        data.count_zeros() as f64 / data.len() as f64
-    }
 }
 
 /// The value of parameter `param` when the op holds it inline: an attribute (iOS16 serialization)
