@@ -17,8 +17,9 @@ pub fn one_line(e: &clap::Error) -> Error {
         Some(ContextValue::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    let arg = text(ContextKind::InvalidArg);
-    let value = text(ContextKind::InvalidValue);
+    let arg = text(ContextKind::InvalidArg).map(|a| clip(&a));
+    let full_value = text(ContextKind::InvalidValue);
+    let value = full_value.as_deref().map(clip);
     let mut message = match (e.kind(), arg.as_deref(), value.as_deref()) {
         (ErrorKind::UnknownArgument, Some(arg), _) => format!("unexpected argument '{arg}'"),
         (ErrorKind::InvalidSubcommand, _, _) => match text(ContextKind::InvalidSubcommand) {
@@ -27,8 +28,13 @@ pub fn one_line(e: &clap::Error) -> Error {
         },
         (ErrorKind::InvalidValue, Some(arg), Some("")) => format!("a value is required for '{arg}'"),
         (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(arg), Some(value)) => {
+            // The parser's reason may quote the value too: quoted clipped as well.
             let why = std::error::Error::source(e)
                 .map(|s| format!(": {s}"))
+                .map(|why| match full_value.as_deref() {
+                    Some(full) if !full.is_empty() => why.replace(full, value),
+                    _ => why,
+                })
                 .unwrap_or_default();
             format!("invalid value '{value}' for '{arg}'{why}")
         }
@@ -81,6 +87,18 @@ pub fn one_line(e: &clap::Error) -> Error {
     }
     message.push_str(&format!("; see '{} --help'", command_path()));
     Error::Usage(message)
+}
+
+/// Most characters of a command-line value one error line quotes.
+const ECHO_CHARS: usize = 64;
+
+/// `value` as an error line quotes it: past [`ECHO_CHARS`] characters, cut there and marked with
+/// the length of the whole. A 100,000-digit `--global-sparsity` made a 200 KB error line.
+fn clip(value: &str) -> String {
+    match value.char_indices().nth(ECHO_CHARS) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &value[..cut], value.len()),
+        None => value.to_owned(),
+    }
 }
 
 /// `mlprune` or `mlprune <command>`, for the help pointer: the top level has no options that take a

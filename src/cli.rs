@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::pyfmt::clip;
 use crate::config::{from_shortcuts, parse_n_m, OptimizationConfig, Shortcuts};
 use crate::engine::{self, DevicePolicy, PruneJob, PruneSummary};
 use crate::error::{escape_control, write_stderr, Error, IoContext, Result};
@@ -87,7 +88,12 @@ pub struct GenerateArgs {
 
 impl GenerateArgs {
     pub fn to_spec(&self) -> Result<crate::synth::SynthSpec> {
-        let bad_shape = || Error::Usage(format!("--shape must look like 4096x4096, not '{}'", self.shape));
+        let bad_shape = || {
+            Error::Usage(format!(
+                "--shape must look like 4096x4096, not '{}'",
+                clip(&self.shape)
+            ))
+        };
         let (r, c) = self.shape.split_once(['x', 'X']).ok_or_else(bad_shape)?;
         let rows = r.trim().parse().map_err(|_| bad_shape())?;
         let cols = c.trim().parse().map_err(|_| bad_shape())?;
@@ -96,7 +102,8 @@ impl GenerateArgs {
             "fp32" | "float32" => crate::dtype::ScalarType::Float32,
             other => {
                 return Err(Error::Usage(format!(
-                    "--dtype must be fp16 or fp32, not '{other}'"
+                    "--dtype must be fp16 or fp32, not '{}'",
+                    clip(other)
                 )))
             }
         };

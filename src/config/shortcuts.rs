@@ -81,7 +81,8 @@ pub fn from_shortcuts(s: &Shortcuts) -> Result<OptimizationConfig> {
 pub fn parse_n_m(s: &str) -> Result<(u64, u64)> {
     let bad = || {
         Error::Config(format!(
-            "invalid n:m ratio '{s}': expected N:M with whole numbers, e.g. 2:4"
+            "invalid n:m ratio '{}': expected N:M with whole numbers, e.g. 2:4",
+            super::pyfmt::clip(s)
         ))
     };
     let (n, m) = s.trim().split_once(':').ok_or_else(bad)?;

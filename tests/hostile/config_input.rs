@@ -494,6 +494,41 @@ fn config_errors_echo_a_long_key_cut_short_on_one_line() {
     assert!(o.stderr.len() < 400, "{} bytes", o.stderr.len());
 }
 
+/// A long command-line value is quoted cut short too: a 100,000-digit `--global-sparsity` made
+/// a 200 KB error line (red team, session 22), as did `--n-m` and `generate --shape`.
+#[test]
+fn argument_errors_quote_a_long_value_cut_short() {
+    let case = Case::linear();
+    let out = case.output();
+    let digits = format!("0.{}", "5".repeat(100_000));
+    let ratio = format!("2:{}", "4".repeat(100_000));
+    let shape = "4x".repeat(50_000);
+    let flag = format!("--{}", "x".repeat(100_000));
+    let input = case.input.to_str().unwrap();
+    let output = out.to_str().unwrap();
+    let runs: [(&[&str], &str); 4] = [
+        (
+            &["prune", input, output, "--global-sparsity", &digits],
+            "--global-sparsity",
+        ),
+        (&["prune", input, output, "--n-m", &ratio], "n:m"),
+        (&["prune", input, output, &flag], "unexpected argument"),
+        (
+            &["generate", "--layers", "1", "--shape", &shape, output],
+            "--shape",
+        ),
+    ];
+    for (args, names) in runs {
+        let o = Command::new(env!("CARGO_BIN_EXE_mlprune"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_cli_error(&o, 2, &[names, "bytes)"]);
+        assert!(o.stderr.len() < 400, "{names}: {} bytes", o.stderr.len());
+    }
+    assert_nothing_left(&case, &["in.mlpackage"]);
+}
+
 #[test]
 fn yaml_that_pyyaml_refuses_is_refused() {
     // coremltools' from_yaml (PyYAML) refuses these; mlprune pruned with them.
