@@ -48,28 +48,21 @@ pub struct WeightSource {
     opened: Option<FileVersion>,
 }
 
-/// What changes when a file is written to: its size, and its modification and change times.
+/// What changes when a file is written to: its size and its modification time. Not its change
+/// time, which a new hard link, a mode or an extended attribute (set by a backup or an indexer)
+/// changes too, without touching a byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileVersion {
     len: u64,
     modified: Option<std::time::SystemTime>,
-    changed: (i64, i64),
 }
 
 impl FileVersion {
     fn of(file: &File) -> std::io::Result<Self> {
         let meta = file.metadata()?;
-        #[cfg(unix)]
-        let changed = {
-            use std::os::unix::fs::MetadataExt;
-            (meta.ctime(), meta.ctime_nsec())
-        };
-        #[cfg(not(unix))]
-        let changed = (0, 0);
         Ok(FileVersion {
             len: meta.len(),
             modified: meta.modified().ok(),
-            changed,
         })
     }
 }
@@ -115,11 +108,11 @@ impl WeightSource {
         Ok((meta, data.count_zeros()))
     }
 
-    /// Refuses a `weight.bin` written to since it was opened (its size or times changed): the
-    /// tensors read may mix old and new bytes. Another process rewriting it in place during a run
-    /// gave an output matching neither, exit 0, in 16 of 40 runs (red team, session 22). Called
-    /// once every tensor is read, before the output is committed. A write within the clock tick
-    /// of one before the open can go unseen: file times are that coarse.
+    /// Refuses a `weight.bin` written to since it was opened (its size or modification time
+    /// changed): the tensors read may mix old and new bytes. Another process rewriting it in place
+    /// during a run gave an output matching neither, exit 0, in 16 of 40 runs (red team, session
+    /// 22). Called once every tensor is read, before the output is committed. A write within the
+    /// clock tick of one before the open can go unseen: file times are that coarse.
     pub fn check_unchanged(&self) -> Result<()> {
         let (Some(reader), Some(opened)) = (&self.blobs, self.opened) else {
             return Ok(());
