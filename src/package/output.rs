@@ -2274,7 +2274,8 @@ mod tests {
         // Its other name is outside the package: staged (and dropped unpublished).
         stage(dir.path(), "out.mlpackage", false).unwrap();
 
-        let cases: [(&str, fn(&Path, &Path)); 3] = [
+        type MakeLink = fn(&Path, &Path);
+        let cases: [(&str, MakeLink); 3] = [
             ("hard link", |weights, link| {
                 std::fs::hard_link(weights.join("table.bin"), link).unwrap()
             }),
