@@ -23,7 +23,7 @@ pub fn one_line(e: &clap::Error) -> Error {
     let mut message = match (e.kind(), arg.as_deref(), value.as_deref()) {
         (ErrorKind::UnknownArgument, Some(arg), _) => format!("unexpected argument '{arg}'"),
         (ErrorKind::InvalidSubcommand, _, _) => match text(ContextKind::InvalidSubcommand) {
-            Some(command) => format!("unrecognized command '{command}'"),
+            Some(command) => format!("unrecognized command '{}'", clip(&command)),
             None => "unrecognized command".into(),
         },
         (ErrorKind::InvalidValue, Some(arg), Some("")) => format!("a value is required for '{arg}'"),
@@ -80,7 +80,7 @@ pub fn one_line(e: &clap::Error) -> Error {
             let suggested =
                 text(ContextKind::SuggestedArg).or_else(|| text(ContextKind::SuggestedSubcommand));
             if let Some(suggested) = suggested {
-                message.push_str(&format!(" (did you mean '{suggested}'?)"));
+                message.push_str(&format!(" (did you mean '{}'?)", clip(&suggested)));
             }
         }
         _ => {}

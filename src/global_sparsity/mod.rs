@@ -215,7 +215,8 @@ fn exclude(graph: &GraphView, plan: &mut Plan, names: &[String]) -> Result<HashS
     // Checked once all names are known; the run stops here, so the marks above go unused.
     if let Some(unknown) = names.iter().find(|n| !found.contains(n.as_str())) {
         return Err(Error::Usage(format!(
-            "--exclude '{unknown}': the model has no weight const of that name, nor an op reading one"
+            "--exclude '{}': the model has no weight const of that name, nor an op reading one",
+            crate::config::pyfmt::clip(unknown)
         )));
     }
     Ok(excluded)

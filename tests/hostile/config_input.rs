@@ -495,7 +495,8 @@ fn config_errors_echo_a_long_key_cut_short_on_one_line() {
 }
 
 /// A long command-line value is quoted cut short too: a 100,000-digit `--global-sparsity` made
-/// a 200 KB error line (red team, session 22), as did `--n-m` and `generate --shape`.
+/// a 200 KB error line (red team, session 22), as did `--n-m`, `generate --shape`, an unknown
+/// command and an unknown `--exclude` name.
 #[test]
 fn argument_errors_quote_a_long_value_cut_short() {
     let case = Case::linear();
@@ -506,7 +507,8 @@ fn argument_errors_quote_a_long_value_cut_short() {
     let flag = format!("--{}", "x".repeat(100_000));
     let input = case.input.to_str().unwrap();
     let output = out.to_str().unwrap();
-    let runs: [(&[&str], &str); 4] = [
+    let word = "w".repeat(100_000);
+    let runs: [(&[&str], &str); 6] = [
         (
             &["prune", input, output, "--global-sparsity", &digits],
             "--global-sparsity",
@@ -516,6 +518,19 @@ fn argument_errors_quote_a_long_value_cut_short() {
         (
             &["generate", "--layers", "1", "--shape", &shape, output],
             "--shape",
+        ),
+        (&[&word], "unrecognized command"),
+        (
+            &[
+                "prune",
+                input,
+                output,
+                "--global-sparsity",
+                "0.5",
+                "--exclude",
+                &word,
+            ],
+            "--exclude",
         ),
     ];
     for (args, names) in runs {
