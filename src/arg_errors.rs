@@ -5,6 +5,9 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::CommandFactory;
 
 use crate::cli::Cli;
+// A long value is quoted as config text is: a 100,000-digit `--global-sparsity` made a 200 KB
+// error line (red team, session 22).
+use crate::config::pyfmt::clip;
 use crate::error::Error;
 
 /// A command-line parse error as one line (exit 2), like every other mlprune error: built from the
@@ -87,18 +90,6 @@ pub fn one_line(e: &clap::Error) -> Error {
     }
     message.push_str(&format!("; see '{} --help'", command_path()));
     Error::Usage(message)
-}
-
-/// Most characters of a command-line value one error line quotes.
-const ECHO_CHARS: usize = 64;
-
-/// `value` as an error line quotes it: past [`ECHO_CHARS`] characters, cut there and marked with
-/// the length of the whole. A 100,000-digit `--global-sparsity` made a 200 KB error line.
-fn clip(value: &str) -> String {
-    match value.char_indices().nth(ECHO_CHARS) {
-        Some((cut, _)) => format!("{}… ({} bytes)", &value[..cut], value.len()),
-        None => value.to_owned(),
-    }
 }
 
 /// `mlprune` or `mlprune <command>`, for the help pointer: the top level has no options that take a
