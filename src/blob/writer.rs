@@ -295,14 +295,10 @@ impl<W: TensorSink> BlobWriter<W> {
     /// The error of a failed [`TensorSink::read_written`] at `offset`: the file's own write error
     /// where an earlier write failed, else `failed_read` and the read's error.
     fn read_back_error(&self, offset: u64, failed_read: &str, e: std::io::Error) -> Error {
-        if e.get_ref().is_some_and(|inner| inner.is::<EarlierWriteFailed>()) {
-            let kind = e.kind();
-            let failed = e
-                .into_inner()
-                .and_then(|inner| inner.downcast::<EarlierWriteFailed>().ok());
-            return Error::io(&self.path, failed.map_or_else(|| kind.into(), |failed| failed.0));
+        match e.downcast::<EarlierWriteFailed>() {
+            Ok(failed) => Error::io(&self.path, failed.0),
+            Err(e) => self.error(offset, format!("{failed_read}: {e}")),
         }
-        self.error(offset, format!("{failed_read}: {e}"))
     }
 
     fn error(&self, offset: u64, reason: impl Into<String>) -> Error {
